@@ -1,0 +1,71 @@
+"""
+Small durable-file helpers shared by the disk-backed parts (queue, spool).
+
+Every function here blocks; callers on the reactor thread run them through
+their ``run_blocking`` callable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+
+__all__ = ["fsync_dir", "write_file_durably", "link_or_copy", "RunBlocking", "run_inline"]
+
+T = TypeVar("T")
+
+#: ``run_blocking(fn, *args)`` runs blocking work (often in a thread pool) and
+#: returns a Deferred of its result.
+RunBlocking = Callable[..., "defer.Deferred[Any]"]
+
+
+def run_inline(fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+    """A ``run_blocking`` that runs *fn* at once in the calling thread."""
+    return defer.maybeDeferred(fn, *args)
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory's entries (new names, renames) to stable storage."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durably(path: str, data: bytes) -> None:
+    """
+    Replace *path* with *data* atomically and durably: write a temporary file
+    beside it, fsync it, rename it over *path*, fsync the directory.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def link_or_copy(src: str, dst: str, *, src_fsynced: bool) -> None:
+    """
+    Make *dst* a durable copy of *src*: a hard link where possible (the data
+    is shared; only the directory entry is new), else a byte copy that is
+    fsynced.  The caller fsyncs *dst*'s directory.
+    """
+    if src_fsynced:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    tmp = f"{dst}.tmp"
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)

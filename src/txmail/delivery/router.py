@@ -1,0 +1,191 @@
+"""
+The delivery router (:class:`txmail.interfaces.IDeliveryRouter`): decides,
+for each recipient, between a local mailbox and the outbound queue.
+
+Implementation notes:
+
+* RCPT time: a recipient in a local domain must resolve in the directory
+  (else ``550 5.1.1``); a recipient elsewhere is accepted only from an
+  authenticated client (else ``554 5.7.1``: no open relay).  The SMTP grammar
+  has already refused source routes, ``%``/``!`` hacks and IP literals that
+  could smuggle a remote destination past this check; the router checks the
+  domain after the last ``@`` only.
+* After DATA: the message is parsed once (metadata shared by every local
+  copy), each local user gets one copy in their INBOX (aliases expanded,
+  duplicates removed), and remote addresses go to the queue in one entry.
+  Copies are made in parallel; the report fires once each is durable.
+* A local copy that fails is put in the queue for that user (a later run
+  retries it), so one broken mailbox never loses the others' mail.  Only if
+  that also fails does its recipient count as failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmail import mime
+from txmail._fs import RunBlocking, run_inline
+from txmail.errors import NoSuchUser
+from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
+from txmail.model import INBOX, DeliveryReport, Envelope, MessageFile, MessageMetadata, RecipientResult
+
+__all__ = ["DeliveryRouter", "split_address"]
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """Split at the last ``@``: ``(local part, lower-cased domain)``; domain ``""`` if none."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
+    return local, domain.lower().rstrip(".")
+
+
+def _parse_file(path: str) -> MessageMetadata:
+    with open(path, "rb") as f:
+        return mime.parse_metadata(f)
+
+
+@implementer(IDeliveryRouter)
+class DeliveryRouter:
+    """
+    Args:
+        directory: who is local.
+        stores: gives each local user's mailbox store.
+        queue: where remote recipients (and failed local copies) go.
+        run_blocking: runs CPU-heavy parsing off the reactor thread.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        directory: IDirectory,
+        stores: IMailStoreProvider,
+        queue: IQueue,
+        *,
+        run_blocking: RunBlocking | None = None,
+    ) -> None:
+        self.directory = directory
+        self.stores = stores
+        self.queue = queue
+        self._run = run_blocking or run_inline
+
+    def _is_local(self, domain: str) -> bool:
+        return bool(domain) and bool(self.directory.is_local_domain(domain))
+
+    @defer.inlineCallbacks
+    def check_recipient(self, address: str, authenticated_user: str | None = None) -> Any:
+        """See :meth:`txmail.interfaces.IDeliveryRouter.check_recipient`."""
+        _, domain = split_address(address)
+        if self._is_local(domain):
+            try:
+                yield self.directory.resolve_recipient(address)
+            except NoSuchUser:
+                return RecipientResult(address, ok=False, reply="550 5.1.1 No such user here")
+            return RecipientResult(address, ok=True)
+        if authenticated_user is None:
+            return RecipientResult(address, ok=False, reply="554 5.7.1 Relay access denied")
+        if not domain:
+            return RecipientResult(address, ok=False, reply="501 5.1.3 Bad recipient address syntax")
+        return RecipientResult(address, ok=True)
+
+    @defer.inlineCallbacks
+    def _targets(self, envelope: Envelope) -> Any:
+        """Map each recipient to (local users, remote addresses)."""
+        targets: dict[str, tuple[list[str], list[str]]] = {}
+        for rcpt in envelope.rcpt_to:
+            local_users: list[str] = []
+            remote: list[str] = []
+            _, domain = split_address(rcpt)
+            if self._is_local(domain):
+                try:
+                    resolved = yield self.directory.resolve_recipient(rcpt)
+                except NoSuchUser:
+                    resolved = []
+                for addr in resolved:
+                    (local_users if self._is_local(split_address(addr)[1]) else remote).append(addr)
+            else:
+                remote.append(rcpt)
+            targets[rcpt] = (local_users, remote)
+        return targets
+
+    @defer.inlineCallbacks
+    def deliver(self, envelope: Envelope, message: MessageFile) -> Any:
+        """See :meth:`txmail.interfaces.IDeliveryRouter.deliver`."""
+        targets = yield self._targets(envelope)
+        users = list(dict.fromkeys(u for local, _ in targets.values() for u in local))
+        remote = list(dict.fromkeys(r for _, rem in targets.values() for r in rem))
+
+        outcome: dict[str, bool] = {}
+        if users:
+            if message.metadata is None:
+                metadata = yield self._run(_parse_file, message.path)
+                message = MessageFile(message.path, message.size, metadata, message.fsynced)
+            results = yield defer.DeferredList(
+                [self._deliver_local(envelope, message, user) for user in users], consumeErrors=True
+            )
+            retry: list[str] = []
+            for user, (ok, value) in zip(users, results, strict=True):
+                if ok:
+                    outcome[user] = True
+                else:
+                    self.log.failure(
+                        "local delivery to {user} failed; queueing it for retry",
+                        failure=value,
+                        user=user,
+                        message_id=envelope.message_id,
+                    )
+                    retry.append(user)
+            if retry:
+                queued = yield self._enqueue(envelope, message, retry)
+                for user in retry:
+                    outcome[user] = queued
+        if remote:
+            queued = yield self._enqueue(envelope, message, remote)
+            for addr in remote:
+                outcome[addr] = queued
+
+        results_out = []
+        for rcpt, (local, rem) in targets.items():
+            dests = local + rem
+            ok = bool(dests) and all(outcome.get(d, False) for d in dests)
+            reply = "250 2.0.0 OK" if ok else ("550 5.1.1 No such user here" if not dests else "451 4.3.0 Delivery failed")
+            results_out.append(
+                RecipientResult(rcpt, ok=ok, temporary=bool(dests) and not ok, reply=reply, detail=",".join(dests))
+            )
+        return DeliveryReport(tuple(results_out))
+
+    def _deliver_local(self, envelope: Envelope, message: MessageFile, user: str) -> defer.Deferred[int]:
+        def got_mailbox(mailbox: Any) -> Any:
+            return mailbox.append(message, (), envelope.received_at or None)
+
+        def delivered(uid: int) -> int:
+            self.log.info(
+                "delivered {message_id} to {user} uid {uid}",
+                message_id=envelope.message_id,
+                user=user,
+                uid=uid,
+            )
+            return uid
+
+        d = defer.maybeDeferred(self.stores.store_for, user)
+        d.addCallback(lambda store: store.get_mailbox(INBOX))
+        d.addCallback(got_mailbox)
+        d.addCallback(delivered)
+        return d
+
+    @defer.inlineCallbacks
+    def _enqueue(self, envelope: Envelope, message: MessageFile, recipients: list[str]) -> Any:
+        try:
+            yield self.queue.enqueue(envelope, message, recipients)
+        except Exception:
+            self.log.failure(
+                "queueing {message_id} failed", failure=Failure(), message_id=envelope.message_id
+            )
+            return False
+        return True

@@ -1,0 +1,487 @@
+"""
+The contracts between txmail's layers, as zope.interface ``Interface``\\s.
+
+One mailbox contract (:class:`IMailStore` and :class:`IMailbox`) serves SMTP
+delivery, POP3 and IMAP alike, so it carries IMAP's semantics and the other
+protocols use a subset.  A new backend (a database, a remote service)
+implements :class:`IMailStoreProvider`, :class:`IMailStore` and
+:class:`IMailbox` and proves itself by passing the conformance suite in
+``tests/store/conformance.py``.
+
+Conventions for every interface here:
+
+* A method documented as returning ``Deferred[X]`` always returns a
+  :class:`twisted.internet.defer.Deferred` (it may have fired already), so
+  a networked backend can implement the same contract.  Failures are
+  delivered as failed Deferreds carrying the exceptions of
+  :mod:`txmail.errors`.
+* Values crossing the interface are the dataclasses of :mod:`txmail.model`.
+* Mailbox names use ``/`` as the hierarchy delimiter and are normalised with
+  :func:`txmail.model.normalize_mailbox_name` (``INBOX`` is
+  case-insensitive).  A backend never lets a name reach outside its user's
+  store.
+* Stores deal in UIDs only.  Message sequence numbers, and which session a
+  message is ``\\Recent`` in, are protocol session state.
+
+This module imports no protocol code.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IMailStoreProvider",
+    "IMailStore",
+    "IMailbox",
+    "IDirectory",
+    "IDeliveryRouter",
+    "IQueue",
+]
+
+
+class IMailStoreProvider(Interface):
+    """
+    Gives each local user their :class:`IMailStore`.
+
+    The delivery router and the POP3/IMAP realms ask it for the store of a
+    canonical user address (``alice@example.test``, as
+    :meth:`IDirectory.resolve_recipient` returns it).
+    """
+
+    def store_for(user):  # type: ignore[no-untyped-def]
+        """
+        Return the :class:`IMailStore` of *user* (``str``, a canonical
+        address), creating the user's storage (with an ``INBOX``) on first
+        use.  Two calls for the same user return stores that see each
+        other's changes (in one process: the same object is fine).
+        """
+
+
+class IMailStore(Interface):
+    """
+    One user's mailboxes: the folder tree and the entry point to each mailbox.
+
+    Every store has an ``INBOX``, which cannot be deleted.
+    """
+
+    user = Attribute("The canonical address (str) of the user this store belongs to.")
+
+    def list_mailboxes(pattern="*"):  # type: ignore[no-untyped-def]
+        """
+        List the mailboxes whose names match *pattern*.
+
+        Args:
+            pattern: an IMAP LIST pattern (``*`` matches anything, ``%``
+                anything but ``/``), matched with
+                :func:`txmail.model.match_mailbox_pattern`.
+
+        Returns:
+            ``Deferred[list[FolderInfo]]`` sorted by name, ``INBOX`` first.
+            Parents that exist only because of their children are listed
+            with ``selectable=False`` when they match.
+        """
+
+    def get_mailbox(name):  # type: ignore[no-untyped-def]
+        """
+        Open the mailbox *name*.
+
+        Returns:
+            ``Deferred[IMailbox]``.  Opening costs no more than reading the
+            mailbox's index: a store must not read every message to open a
+            mailbox.  Opening the same mailbox twice may return the same
+            object; changes through one are visible through the other.
+
+        Raises:
+            NoSuchMailbox: it does not exist (or is not selectable).
+            InvalidMailboxName: the name is not valid.
+        """
+
+    def create_mailbox(name, special_use=None):  # type: ignore[no-untyped-def]
+        """
+        Create mailbox *name*, and any missing parents (RFC 3501 section 6.3.3).
+
+        Args:
+            name: the new mailbox's name.
+            special_use: a :class:`txmail.model.SpecialUse` role, or ``None``.
+
+        Returns:
+            ``Deferred[None]``.
+
+        Raises:
+            MailboxExists: it exists already (``INBOX`` always does).
+            InvalidMailboxName: the name is not valid.
+        """
+
+    def delete_mailbox(name):  # type: ignore[no-untyped-def]
+        """
+        Delete mailbox *name* and its messages (RFC 3501 section 6.3.4).
+
+        A mailbox that has children is not removed: it becomes
+        non-selectable (its messages are removed) and stays as a parent.
+        Listeners of the deleted mailbox receive
+        :class:`txmail.model.MailboxDeleted`.
+
+        Returns:
+            ``Deferred[None]``.
+
+        Raises:
+            NoSuchMailbox: it does not exist.
+            InvalidMailboxName: ``INBOX`` or an invalid name.
+            MailboxNotEmpty: it has children and is non-selectable already.
+        """
+
+    def rename_mailbox(old, new):  # type: ignore[no-untyped-def]
+        """
+        Rename mailbox *old*, and its children, to *new* (RFC 3501 section 6.3.5).
+
+        Renaming ``INBOX`` moves all its messages into a new mailbox *new*
+        and leaves ``INBOX`` empty (children of INBOX are not moved).  UIDs
+        of a renamed mailbox need not be kept; the new mailbox may get a new
+        UIDVALIDITY.  Missing parents of *new* are created.
+
+        Returns:
+            ``Deferred[None]``.
+
+        Raises:
+            NoSuchMailbox: *old* does not exist.
+            MailboxExists: *new* exists.
+            InvalidMailboxName: a name is not valid, or *new* is below *old*.
+        """
+
+    def subscribe(name):  # type: ignore[no-untyped-def]
+        """
+        Add *name* to the user's subscriptions (the name need not exist).
+
+        Returns:
+            ``Deferred[None]``.
+        """
+
+    def unsubscribe(name):  # type: ignore[no-untyped-def]
+        """
+        Remove *name* from the user's subscriptions.
+
+        Returns:
+            ``Deferred[None]``.
+
+        Raises:
+            NoSuchMailbox: *name* was not subscribed.
+        """
+
+    def subscriptions():  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[list[str]]``: the subscribed names, sorted.
+        """
+
+    def special_use_mailbox(role):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[str | None]``: the name of the mailbox with the
+        :class:`txmail.model.SpecialUse` *role*, or ``None``.
+        """
+
+
+class IMailbox(Interface):
+    """
+    One mailbox: messages with UIDs, flags, internal dates and sizes.
+
+    Invariants every backend keeps (the conformance suite checks them):
+
+    * UIDs are positive, strictly ascending in order of arrival, and never
+      change or repeat while :attr:`uidvalidity` stays the same, also across
+      restarts.  ``uidnext`` is greater than every UID ever given.
+    * Each change (append, flag change, expunge) raises the mailbox's
+      modification sequence; the changed message records it (RFC 7162).
+    * :meth:`append` is atomic and durable: the message is never visible
+      half-written, and it is on stable storage before the Deferred fires.
+    * Parsed metadata is computed once when a message enters the mailbox
+      and cached; :meth:`get_metadata` never re-parses per call.
+    * Listeners see every change, made through this object or another
+      session's, in the order made.
+    """
+
+    name = Attribute("The mailbox's canonical name (str).")
+    uidvalidity = Attribute("The UIDVALIDITY (int, non-zero, 32-bit).")
+
+    def status():  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[MailboxStatus]`` with the current counters.
+        """
+
+    def list_messages(uids=None):  # type: ignore[no-untyped-def]
+        """
+        List messages cheaply: no message is read or parsed.
+
+        Args:
+            uids: an iterable of UIDs to restrict the listing to (UIDs that
+                do not exist are left out silently), or ``None`` for all.
+
+        Returns:
+            ``Deferred[list[MessageInfo]]`` in ascending UID order.
+        """
+
+    def open_message(uid):  # type: ignore[no-untyped-def]
+        """
+        Open a message for streaming.
+
+        Returns:
+            ``Deferred`` firing with a readable, seekable binary file object
+            positioned at the start of the message.  The caller closes it.
+            The content never changes while open, even if the message is
+            expunged meanwhile.
+
+        Raises:
+            NoSuchMessage: no message has that UID.
+        """
+
+    def read_message(uid):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[bytes]``: the whole message.  For small messages;
+        use :meth:`open_message` to stream large ones.
+
+        Raises:
+            NoSuchMessage: no message has that UID.
+        """
+
+    def get_metadata(uids):  # type: ignore[no-untyped-def]
+        """
+        Return the cached parsed metadata of many messages at once.
+
+        Args:
+            uids: an iterable of UIDs.
+
+        Returns:
+            ``Deferred[dict[int, MessageMetadata]]``; UIDs that do not exist
+            are left out.
+        """
+
+    def append(message, flags=(), internal_date=None):  # type: ignore[no-untyped-def]
+        """
+        Add a message to the mailbox (delivery, IMAP APPEND).
+
+        Args:
+            message: ``bytes`` or a :class:`txmail.model.MessageFile`.  The
+                content is stored exactly as given (CRLF line ends expected).
+            flags: initial flags (normalised with
+                :func:`txmail.model.normalize_flags`).
+            internal_date: epoch seconds, default now.
+
+        Returns:
+            ``Deferred[int]``: the new message's UID, fired only once the
+            message is durable (file and directory synced for a disk store).
+            Listeners receive :class:`txmail.model.MessagesAdded`.
+        """
+
+    def set_flags(uids, flags, mode, unchanged_since=None):  # type: ignore[no-untyped-def]
+        """
+        Change the flags of many messages at once (IMAP STORE).
+
+        Args:
+            uids: an iterable of UIDs; missing ones are ignored.
+            flags: the flags to set, add or remove.
+            mode: a :class:`txmail.model.FlagMode`.
+            unchanged_since: if given, only messages whose modseq is at most
+                this are changed (RFC 7162 UNCHANGEDSINCE).
+
+        Returns:
+            ``Deferred[list[MessageInfo]]``: the messages whose flags actually
+            changed, with their new flags and modseq.  Listeners receive one
+            :class:`txmail.model.FlagsChanged` with the same messages (none
+            when nothing changed).
+        """
+
+    def copy(uids, target):  # type: ignore[no-untyped-def]
+        """
+        Copy messages, with their flags and internal dates, into *target*.
+
+        Args:
+            uids: an iterable of UIDs; missing ones are ignored.
+            target: another :class:`IMailbox` (possibly of the same store).
+
+        Returns:
+            ``Deferred[list[tuple[int, int]]]``: (source UID, new target UID)
+            pairs in ascending source order (for UIDPLUS COPYUID).
+        """
+
+    def move(uids, target):  # type: ignore[no-untyped-def]
+        """
+        Move messages into *target* (RFC 6851): copy then expunge from here.
+
+        Returns:
+            ``Deferred[list[tuple[int, int]]]`` as :meth:`copy`.  Listeners of
+            this mailbox receive :class:`txmail.model.MessagesExpunged`.
+        """
+
+    def expunge(uids=None):  # type: ignore[no-untyped-def]
+        """
+        Permanently remove messages flagged ``\\Deleted``.
+
+        Args:
+            uids: if given, only these UIDs are considered (UIDPLUS ``UID
+                EXPUNGE``); messages without ``\\Deleted`` stay either way.
+
+        Returns:
+            ``Deferred[list[int]]``: the removed UIDs, ascending.  Listeners
+            receive :class:`txmail.model.MessagesExpunged`.
+        """
+
+    def claim_recent():  # type: ignore[no-untyped-def]
+        """
+        Claim the messages that arrived since the last claim (IMAP ``\\Recent``).
+
+        RFC 3501 section 2.3.2 gives ``\\Recent`` to exactly one session, so
+        this one piece of recent bookkeeping is shared: each UID is returned
+        by exactly one call, across all sessions (and processes, for a
+        backend shared between them).
+
+        Returns:
+            ``Deferred[list[int]]``: the claimed UIDs, ascending.
+        """
+
+    def refresh():  # type: ignore[no-untyped-def]
+        """
+        Pick up changes made behind the store's back (another program writing
+        the same Maildir) and tell listeners about them.
+
+        Returns:
+            ``Deferred[None]``.
+        """
+
+    def add_listener(listener):  # type: ignore[no-untyped-def]
+        """
+        Call ``listener(change)`` with each :class:`txmail.model.MailboxChange`
+        of this mailbox, from any session, after the change is made.
+
+        Listeners must not raise and must not block; they queue what they
+        need and return.
+
+        Returns:
+            a callable with no arguments that removes the listener.
+        """
+
+
+class IDirectory(Interface):
+    """
+    Who is local: domains, users, aliases and their credentials.
+    """
+
+    def is_local_domain(domain):  # type: ignore[no-untyped-def]
+        """
+        Return ``True`` when mail for *domain* (``str``, compared
+        case-insensitively) is delivered here.
+        """
+
+    def resolve_recipient(address):  # type: ignore[no-untyped-def]
+        """
+        Resolve a local recipient address to the users who get the mail.
+
+        Aliases are expanded (recursively, with a loop guard), plus
+        addressing (``user+tag@domain``) resolves to ``user@domain``,
+        domains compare case-insensitively, and duplicates are removed.
+
+        Returns:
+            ``Deferred[list[str]]``: canonical user addresses, non-empty.  An
+            alias may also name non-local addresses; those are returned
+            as they are and the router relays them.
+
+        Raises:
+            NoSuchUser: no user or alias answers to *address*.
+        """
+
+    def get_credentials(username):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[ScramCredentials | None]`` for a login name: the
+        stored SCRAM-SHA-256 verifier (see :mod:`txmail.auth.passwords`),
+        or ``None`` for an unknown user.  Login names are canonical user
+        addresses; a name without ``@`` is looked up in the primary domain.
+        """
+
+    def canonical_user(username):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[str | None]``: the canonical address for a login
+        name, or ``None`` if there is no such user.
+        """
+
+    def owns_address(user, address):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[bool]``: whether *user* may use *address* as a
+        sender (their own address, or an alias that resolves to them).
+        """
+
+
+class IDeliveryRouter(Interface):
+    """
+    Decides where each recipient's copy goes: a local mailbox or the queue.
+    """
+
+    def check_recipient(address, authenticated_user=None):  # type: ignore[no-untyped-def]
+        """
+        Decide, at RCPT time, whether *address* is acceptable.
+
+        Args:
+            address: the forward-path as given (``local@domain``).
+            authenticated_user: the SASL identity, or ``None``.
+
+        Returns:
+            ``Deferred[RecipientResult]``: ``ok`` to accept; otherwise
+            ``reply`` holds the SMTP reply (``"550 5.1.1 ..."``,
+            ``"554 5.7.1 ..."``) and ``temporary`` its class.  Relaying to a
+            non-local domain is allowed only for an authenticated user.
+        """
+
+    def deliver(envelope, message):  # type: ignore[no-untyped-def]
+        """
+        Deliver a received message to every recipient of *envelope*.
+
+        Args:
+            envelope: a :class:`txmail.model.Envelope`.
+            message: a :class:`txmail.model.MessageFile`, fsynced, holding
+                the message as received with the trace headers prepended.
+
+        Returns:
+            ``Deferred[DeliveryReport]``, fired once every successful
+            recipient's copy is durable (in a mailbox or the queue).  A
+            failure for one recipient does not stop the others.
+        """
+
+
+class IQueue(Interface):
+    """
+    The durable outbound spool for mail to non-local recipients.
+    """
+
+    def enqueue(envelope, message, recipients):  # type: ignore[no-untyped-def]
+        """
+        Store *message* (a :class:`txmail.model.MessageFile`) for
+        *recipients* (the non-local subset of the envelope).
+
+        Returns:
+            ``Deferred[str]``: the queue id, fired once the message and its
+            envelope are durable.
+        """
+
+    def list_entries():  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[list[QueueEntry]]``, oldest first.
+        """
+
+    def get_entry(queue_id):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[QueueEntry]``.
+
+        Raises:
+            QueueError: no entry has that id.
+        """
+
+    def open_entry_message(queue_id):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred`` firing with a readable binary file of the queued
+        message.  The caller closes it.
+        """
+
+    def delete_entry(queue_id):  # type: ignore[no-untyped-def]
+        """
+        Remove an entry and its message.  Returns ``Deferred[None]``.
+
+        Raises:
+            QueueError: no entry has that id.
+        """

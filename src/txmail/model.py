@@ -1,0 +1,395 @@
+"""
+Plain data types that cross the interfaces in :mod:`txmail.interfaces`.
+
+These are frozen dataclasses with no behaviour beyond validation, so that
+every backend and every protocol speaks the same values.  Nothing here does
+I/O or imports Twisted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "INBOX",
+    "DELIMITER",
+    "SEEN",
+    "ANSWERED",
+    "FLAGGED",
+    "DELETED",
+    "DRAFT",
+    "SYSTEM_FLAGS",
+    "FlagMode",
+    "SpecialUse",
+    "MessageInfo",
+    "MailboxStatus",
+    "FolderInfo",
+    "MessageMetadata",
+    "MessageFile",
+    "MailboxChange",
+    "MessagesAdded",
+    "FlagsChanged",
+    "MessagesExpunged",
+    "MailboxDeleted",
+    "Envelope",
+    "RecipientResult",
+    "DeliveryReport",
+    "QueueEntry",
+    "normalize_flags",
+    "normalize_mailbox_name",
+    "match_mailbox_pattern",
+]
+
+#: The name of every user's inbox.  It is case-insensitive (RFC 3501
+#: section 5.1); stores always report it spelled ``INBOX``.
+INBOX = "INBOX"
+
+#: The hierarchy delimiter of mailbox names, as IMAP clients see it.
+DELIMITER = "/"
+
+SEEN = "\\Seen"
+ANSWERED = "\\Answered"
+FLAGGED = "\\Flagged"
+DELETED = "\\Deleted"
+DRAFT = "\\Draft"
+
+#: The system flags a store keeps (RFC 3501 section 2.3.2).  ``\\Recent``
+#: is not among them: it is session state, see
+#: :meth:`txmail.interfaces.IMailbox.claim_recent`.
+SYSTEM_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT})
+
+_SYSTEM_BY_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
+_KEYWORD_RE = re.compile(r"^[!#$&'+-\[^-z|}~]+$")  # IMAP atom without ()]{ %*"\
+
+
+def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
+    """
+    Return *flags* with system flags spelled canonically.
+
+    System flags are case-insensitive (``\\seen`` is ``\\Seen``); keywords
+    keep their case.  ``\\Recent`` and unknown backslash flags are dropped,
+    since no store may keep them.
+
+    Raises:
+        ValueError: a keyword contains characters an IMAP atom cannot hold.
+    """
+    out = set()
+    for flag in flags:
+        if flag.startswith("\\"):
+            canonical = _SYSTEM_BY_LOWER.get(flag.lower())
+            if canonical is not None:
+                out.add(canonical)
+            continue
+        if not flag or not _KEYWORD_RE.match(flag):
+            raise ValueError(f"invalid keyword {flag!r}")
+        out.add(flag)
+    return frozenset(out)
+
+
+class FlagMode(Enum):
+    """How :meth:`txmail.interfaces.IMailbox.set_flags` combines flags."""
+
+    REPLACE = "replace"
+    ADD = "add"
+    REMOVE = "remove"
+
+
+class SpecialUse(Enum):
+    """Special-use mailbox roles (RFC 6154); the value is the IMAP attribute."""
+
+    SENT = "\\Sent"
+    DRAFTS = "\\Drafts"
+    TRASH = "\\Trash"
+    JUNK = "\\Junk"
+    ARCHIVE = "\\Archive"
+
+
+def normalize_mailbox_name(name: str) -> str:
+    """
+    Return the canonical form of a mailbox name, or raise ``ValueError``.
+
+    ``INBOX`` is matched case-insensitively and returned as ``INBOX`` (also as
+    the first component of a hierarchical name, ``inbox/x`` becomes
+    ``INBOX/x``).  Leading and trailing delimiters are removed.  A name with
+    an empty component (``a//b``), a ``.`` or ``..`` component, a NUL,
+    CR or LF, or a component starting with ``~`` is refused: no name can
+    reach outside its user's store.
+    """
+    if not isinstance(name, str):
+        raise ValueError("mailbox name must be str")
+    stripped = name.strip(DELIMITER)
+    if not stripped:
+        raise ValueError("empty mailbox name")
+    parts = stripped.split(DELIMITER)
+    for part in parts:
+        if part in ("", ".", "..") or part.startswith("~"):
+            raise ValueError(f"invalid mailbox name component {part!r}")
+        if any(c in part for c in "\x00\r\n") or any(ord(c) < 0x20 for c in part):
+            raise ValueError("control character in mailbox name")
+    if parts[0].upper() == INBOX:
+        parts[0] = INBOX
+    return DELIMITER.join(parts)
+
+
+def match_mailbox_pattern(pattern: str, name: str) -> bool:
+    """
+    Match *name* against an IMAP LIST pattern (RFC 3501 section 6.3.8).
+
+    ``*`` matches anything, ``%`` anything but the hierarchy delimiter.
+    ``INBOX`` is matched case-insensitively.
+    """
+    regex = []
+    for ch in pattern:
+        if ch == "*":
+            regex.append(".*")
+        elif ch == "%":
+            regex.append(f"[^{re.escape(DELIMITER)}]*")
+        else:
+            regex.append(re.escape(ch))
+    rx = re.compile("^" + "".join(regex) + "$", re.DOTALL)
+    if rx.match(name):
+        return True
+    # INBOX is case-insensitive, also as the first hierarchy component.
+    head, sep, tail = name.partition(DELIMITER)
+    if head == INBOX:
+        prefix = pattern[: len(INBOX)]
+        if prefix.upper() == INBOX:
+            return bool(re.compile("^" + "".join(regex[len(INBOX) :]) + "$", re.DOTALL).match(sep + tail))
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """
+    The cheap listing of one message, as :meth:`IMailbox.list_messages` gives it.
+
+    Attributes:
+        uid: never changes or repeats within the mailbox's UIDVALIDITY.
+        flags: system flags (canonical spelling) and keywords.
+        size: the size in octets of the stored message (CRLF line ends).
+        internal_date: seconds since the epoch (UTC) when it arrived.
+        modseq: the mailbox modification sequence of this message's last
+            change (RFC 7162), strictly increasing within the mailbox.
+    """
+
+    uid: int
+    flags: frozenset[str]
+    size: int
+    internal_date: float
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    """
+    Counters of a mailbox (IMAP STATUS, SELECT, POP3 STAT).
+
+    ``recent`` counts messages no session has yet claimed with
+    :meth:`IMailbox.claim_recent`.
+    """
+
+    messages: int
+    recent: int
+    unseen: int
+    uidnext: int
+    uidvalidity: int
+    highest_modseq: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    """
+    One mailbox in a user's store, as :meth:`IMailStore.list_mailboxes` gives it.
+
+    Attributes:
+        name: canonical name with ``/`` as the hierarchy delimiter.
+        special_use: its RFC 6154 role, if any.
+        subscribed: whether the user subscribed to it.
+        has_children: whether any mailbox exists below it.
+        selectable: ``False`` for a name that exists only as a parent of
+            others (IMAP ``\\Noselect``).
+    """
+
+    name: str
+    special_use: SpecialUse | None = None
+    subscribed: bool = False
+    has_children: bool = False
+    selectable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMetadata:
+    """
+    Parsed facts about a message, computed once (at delivery or append) and
+    cached by the store.  Produced by :func:`txmail.mime.parse_metadata`.
+
+    Attributes:
+        header_size: octets of the header section, including the blank line.
+        headers: the header fields as ``(name, raw value)`` pairs in order;
+            values are ``str`` decoded as latin-1 from the raw octets with
+            folding kept, so they round-trip to the original bytes.
+        envelope: the IMAP ENVELOPE structure (RFC 3501 section 7.4.2) as
+            nested tuples of ``str | None``; see :mod:`txmail.mime`.
+        body_structure: the IMAP BODYSTRUCTURE, with extension data, as
+            nested tuples; see :mod:`txmail.mime`.
+        lines: the number of lines of the body (for text parts).
+    """
+
+    header_size: int
+    headers: tuple[tuple[str, str], ...]
+    envelope: tuple[Any, ...]
+    body_structure: tuple[Any, ...]
+    lines: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFile:
+    """
+    A complete message in a file on local disk, handed to a store to append.
+
+    The store may hard-link or copy *path*, never modify or remove it (the
+    caller owns it).  The file holds the message exactly as it is to be
+    stored, with CRLF line ends.  ``fsynced`` tells the store the caller
+    already flushed it to stable storage, so a hard link needs only the
+    directory synced.
+
+    Attributes:
+        path: the file's path.
+        size: its size in octets.
+        metadata: the parsed metadata, when the caller has it already (one
+            parse for many recipients); otherwise the store parses.
+        fsynced: see above.
+    """
+
+    path: str
+    size: int
+    metadata: MessageMetadata | None = None
+    fsynced: bool = False
+
+
+class MailboxChange:
+    """Base class of the change events a mailbox gives its listeners."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesAdded(MailboxChange):
+    """New messages (delivered, appended, copied or moved in, picked up from ``new/``)."""
+
+    messages: tuple[MessageInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsChanged(MailboxChange):
+    """Flags of these messages changed; each info holds the new flags and modseq."""
+
+    messages: tuple[MessageInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesExpunged(MailboxChange):
+    """These UIDs were removed (expunged, or moved out)."""
+
+    uids: tuple[int, ...]
+    highest_modseq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxDeleted(MailboxChange):
+    """The mailbox itself was deleted or renamed away; sessions must deselect it."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """
+    The SMTP envelope of one transaction (RFC 5321 section 2.3.1).
+
+    Attributes:
+        mail_from: the reverse-path, ``""`` for the null sender ``<>``.
+        rcpt_to: forward-paths in the order received, as given.
+        mail_params: ESMTP parameters of MAIL (upper-cased keys).
+        rcpt_params: ESMTP parameters per recipient, parallel to ``rcpt_to``.
+        helo: the name the client gave in EHLO/HELO.
+        peer: the client's address as ``"ip:port"``.
+        authenticated_user: the SASL identity, if the client authenticated.
+        tls: whether the transaction ran under TLS.
+        received_at: seconds since the epoch when DATA completed.
+        protocol: ``SMTP``/``ESMTP``/``ESMTPS``/``ESMTPSA``... for ``Received:``.
+        message_id: a server-assigned id for logs and trace headers.
+    """
+
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    mail_params: dict[str, str | None] = field(default_factory=dict)
+    rcpt_params: tuple[dict[str, str | None], ...] = ()
+    helo: str = ""
+    peer: str = ""
+    authenticated_user: str | None = None
+    tls: bool = False
+    received_at: float = 0.0
+    protocol: str = "ESMTP"
+    message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """
+    What became of one recipient of a delivery.
+
+    Attributes:
+        recipient: the address as the client gave it.
+        ok: delivered to a mailbox or queued durably.
+        temporary: when not ok, whether the failure is temporary (4xx).
+        reply: an SMTP-style text for logs and replies.
+        detail: for local deliveries the mailbox owners and UIDs, for
+            queued ones the queue id.
+    """
+
+    recipient: str
+    ok: bool
+    temporary: bool = False
+    reply: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """The results of :meth:`IDeliveryRouter.deliver`, one per recipient."""
+
+    results: tuple[RecipientResult, ...]
+
+    @property
+    def all_ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def any_ok(self) -> bool:
+        return any(r.ok for r in self.results)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """
+    One message in the outbound queue.
+
+    Attributes:
+        queue_id: the id the queue gave it.
+        envelope: the envelope it was accepted with.
+        recipients: per recipient its state: a dict with at least ``state``
+            (``pending | deferred | delivered | failed``), ``attempts``,
+            ``next_attempt`` (epoch seconds or ``None``) and ``last_error``.
+        size: the message size in octets.
+        created: seconds since the epoch when it was queued.
+    """
+
+    queue_id: str
+    envelope: Envelope
+    recipients: dict[str, dict[str, Any]]
+    size: int
+    created: float

@@ -1,0 +1,239 @@
+"""
+Settings to running services: one :class:`MailServer` (a ``MultiService``)
+holding the shared parts (directory, stores, queue, router, authenticator,
+thread pool) and one listening service per configured endpoint.
+
+``twistd mailserver`` (see ``twisted/plugins/txmail_plugin.py``) and embedders
+both call :func:`build_service`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from txmail.auth.authenticator import Authenticator
+from txmail.config import Settings
+from txmail.delivery.queue import SpoolQueue
+from txmail.delivery.router import DeliveryRouter
+from txmail.directory import FileDirectory
+from txmail.interfaces import IDirectory, IMailStoreProvider
+from txmail.smtp.server import SMTPFactory, SMTPLimits
+from txmail.store.maildir import MaildirProvider
+from txmail.tls import server_context, with_certificate
+
+__all__ = ["MailServer", "ListenerService", "ThreadPoolService", "build_service"]
+
+
+class ThreadPoolService(service.Service):
+    """Runs a bounded thread pool for blocking work while the service runs."""
+
+    def __init__(self, reactor: Any, size: int) -> None:
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=1, maxthreads=size, name="txmail")
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Run ``fn(*args)`` in the pool; a Deferred of its result."""
+        if not self.pool.started:
+            # Not running (a CLI, a test before start): do the work inline.
+            return defer.maybeDeferred(fn, *args)
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class ListenerService(service.Service):
+    """
+    Listens on one endpoint while running, and tells where.
+
+    Binding errors are raised from ``startService``/``privilegedStartService``
+    so that twistd refuses to start rather than running half-deaf.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory, role: str) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.role = role
+        self.port: IListeningPort | None = None
+        self._listening: defer.Deferred[IListeningPort] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._listening is not None:
+            return
+        endpoint = serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.factory)
+        failures: list[Any] = []
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            host = port.getHost()
+            self.log.info(
+                "{role} listening on {host}:{port}", role=self.role, host=host.host, port=host.port
+            )
+            return port
+
+        d.addCallback(listening)
+        d.addErrback(lambda f: failures.append(f) or f)
+        self._listening = d
+        if failures:
+            self._listening = None
+            failures[0].raiseException()
+
+    def when_listening(self) -> defer.Deferred[IListeningPort]:
+        """A Deferred that fires with the listening port."""
+        if self._listening is None:
+            return defer.fail(RuntimeError("not started"))
+        d: defer.Deferred[IListeningPort] = defer.Deferred()
+        self._listening.addCallback(lambda p: (d.callback(p), p)[1])
+        return d
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port, self._listening = self.port, None, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class MailServer(service.MultiService):
+    """
+    A complete txmail server: the shared parts and its listeners.
+
+    Attributes:
+        settings: the :class:`txmail.config.Settings` it runs with.
+        directory, stores, queue, router, authenticator: the shared parts.
+        listeners: the :class:`ListenerService` of each endpoint.
+    """
+
+    directory: IDirectory
+    stores: IMailStoreProvider
+    queue: SpoolQueue
+    router: DeliveryRouter
+    authenticator: Authenticator
+    run_blocking: Callable[..., defer.Deferred[Any]]
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.listeners: list[ListenerService] = []
+
+    def listeners_for(self, role: str) -> list[ListenerService]:
+        return [lst for lst in self.listeners if lst.role == role]
+
+    def when_listening(self) -> defer.Deferred[list[IListeningPort]]:
+        """Fires once every listener is listening."""
+        return defer.gatherResults([lst.when_listening() for lst in self.listeners])
+
+    def address(self, role: str, index: int = 0) -> tuple[str, int]:
+        """The (host, port) a running listener of *role* is bound to."""
+        port = self.listeners_for(role)[index].port
+        if port is None:
+            raise RuntimeError(f"{role} listener {index} is not listening")
+        host = port.getHost()
+        return host.host, host.port
+
+
+def build_service(
+    settings: Settings,
+    *,
+    reactor: Any = None,
+    directory: IDirectory | None = None,
+    stores: IMailStoreProvider | None = None,
+) -> MailServer:
+    """
+    Build a :class:`MailServer` from *settings*.
+
+    Args:
+        settings: validated settings (:func:`txmail.config.load_config`).
+        reactor: the reactor to use; the global one by default.
+        directory: a user directory; default a :class:`FileDirectory` in the
+            data directory.
+        stores: a mailbox store provider; default Maildir under
+            ``<data_dir>/mail``.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    server = MailServer(settings)
+    os.makedirs(settings.data_dir, exist_ok=True)
+    spool_dir = settings.path("spool")
+    os.makedirs(spool_dir, exist_ok=True)
+
+    pool = ThreadPoolService(reactor, settings.threads)
+    pool.setServiceParent(server)
+    run_blocking = pool.run_blocking
+    server.run_blocking = run_blocking
+
+    if directory is None:
+        directory = FileDirectory(
+            settings.path("users.json"),
+            local_domains=settings.domains,
+            primary_domain=settings.primary_domain,
+        )
+    if stores is None:
+        stores = MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
+    queue = SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
+    router = DeliveryRouter(directory, stores, queue, run_blocking=run_blocking)
+    authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
+    tls = server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+
+    server.directory = directory
+    server.stores = stores
+    server.queue = queue
+    server.router = router
+    server.authenticator = authenticator
+
+    limits = SMTPLimits(
+        max_message_size=settings.max_message_size,
+        max_recipients=settings.max_recipients,
+        command_timeout=settings.command_timeout,
+        data_timeout=settings.data_timeout,
+    )
+    for role, endpoints in (("mta", settings.smtp), ("submission", settings.submission)):
+        for description in endpoints:
+            factory = SMTPFactory(
+                role=role,
+                hostname=settings.hostname,
+                router=router,
+                authenticator=authenticator,
+                spool_dir=spool_dir,
+                tls_context=tls,
+                implicit_tls=description.startswith("ssl:"),
+                plaintext_auth=settings.plaintext_auth,
+                limits=limits,
+                clock=reactor,
+                run_blocking=run_blocking,
+            )
+            listener = ListenerService(
+                reactor, with_certificate(description, settings.tls_cert, settings.tls_key), factory, role
+            )
+            listener.setServiceParent(server)
+            server.listeners.append(listener)
+    return server

@@ -1,0 +1,86 @@
+"""
+``twistd mailserver``: glue only.  Options in, :func:`txmail.service.build_service` out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd mailserver``; they override ``--config``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a txmail mail server. With no options it serves the embedded default: "
+        "a Maildir store under ./txmail-data, SMTP on 127.0.0.1:2525, submission on "
+        "127.0.0.1:2587, local domain 'localhost'. Endpoint options take Twisted endpoint "
+        "strings (tcp:25, tcp:587:interface=0.0.0.0, ssl:465 for implicit TLS) and may be "
+        "repeated."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file."],
+        ["data-dir", None, None, "Data directory (mail, users, queue). Default ./txmail-data."],
+        ["hostname", None, None, "Host name for greetings and Received: headers."],
+        ["tls-cert", None, None, "PEM certificate (chain) file; with --tls-key enables STARTTLS."],
+        ["tls-key", None, None, "PEM private key file."],
+        ["plaintext-auth", None, None,
+         "Password authentication without TLS: never | loopback | always (default loopback)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["domain"] = []
+        self["smtp"] = []
+        self["submission"] = []
+
+    def opt_domain(self, name: str) -> None:
+        """A local domain (repeatable; the first is the primary). Default localhost."""
+        self["domain"].append(name)
+
+    def opt_smtp(self, endpoint: str) -> None:
+        """SMTP (MTA role) listener endpoint (repeatable). Default tcp:2525:interface=127.0.0.1."""
+        self["smtp"].append(endpoint)
+
+    def opt_submission(self, endpoint: str) -> None:
+        """Submission listener endpoint (repeatable). Default tcp:2587:interface=127.0.0.1."""
+        self["submission"].append(endpoint)
+
+    def postOptions(self) -> None:
+        from txmail.config import load_config
+        from txmail.errors import ConfigError
+
+        overrides = {
+            "data_dir": self["data-dir"],
+            "hostname": self["hostname"],
+            "domains": self["domain"],
+            "smtp": self["smtp"],
+            "submission": self["submission"],
+            "tls_cert": self["tls-cert"],
+            "tls_key": self["tls-key"],
+            "plaintext_auth": self["plaintext-auth"],
+        }
+        try:
+            self.settings = load_config(self["config"], overrides)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+@implementer(IServiceMaker, IPlugin)
+class MailServerMaker:
+    tapname = "mailserver"
+    description = "A txmail mail server (SMTP, submission; Maildir storage)."
+    options = Options
+
+    def makeService(self, options: Options) -> Any:
+        from txmail.service import build_service
+
+        return build_service(options.settings)
+
+
+serviceMaker = MailServerMaker()
