@@ -1,0 +1,171 @@
+"""Tests for the delivery router: local mailboxes versus the queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from txmail import mime
+from txmail.delivery.queue import SpoolQueue
+from txmail.delivery.router import DeliveryRouter, split_address
+from txmail.errors import NoSuchUser
+from txmail.interfaces import IDeliveryRouter, IDirectory
+from txmail.model import INBOX, Envelope, MessageFile
+from txmail.store.memory import MemoryProvider
+
+
+@implementer(IDirectory)
+class DictDirectory:
+    """A directory of fixed users and aliases for router tests."""
+
+    def __init__(self, domains: set[str], users: set[str], aliases: dict[str, list[str]]) -> None:
+        self.domains = domains
+        self.users = users
+        self.aliases = aliases
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+    def resolve_recipient(self, address: str) -> defer.Deferred[list[str]]:
+        address = address.lower()
+        if address in self.users:
+            return defer.succeed([address])
+        if address in self.aliases:
+            return defer.succeed(self.aliases[address])
+        return defer.fail(NoSuchUser(address))
+
+    def get_credentials(self, username: str) -> defer.Deferred[Any]:
+        return defer.succeed(None)
+
+    def canonical_user(self, username: str) -> defer.Deferred[str | None]:
+        return defer.succeed(username if username in self.users else None)
+
+    def owns_address(self, user: str, address: str) -> defer.Deferred[bool]:
+        return defer.succeed(user == address)
+
+
+class BrokenProvider:
+    """Wraps a provider; the stores of some users fail on append."""
+
+    def __init__(self, inner: MemoryProvider, broken: set[str]) -> None:
+        self.inner = inner
+        self.broken = broken
+
+    def store_for(self, user: str) -> Any:
+        if user in self.broken:
+            raise OSError("disk on fire")
+        return self.inner.store_for(user)
+
+
+MESSAGE = b"Return-Path: <x@remote.test>\r\nSubject: hi\r\n\r\nHello.\r\n"
+
+
+class RouterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = DictDirectory(
+            {"example.test"},
+            {"alice@example.test", "bob@example.test"},
+            {
+                "team@example.test": ["alice@example.test", "bob@example.test"],
+                "fwd@example.test": ["someone@remote.test"],
+            },
+        )
+        self.stores = MemoryProvider()
+        self.queue = SpoolQueue(self.mktemp())
+        self.router = DeliveryRouter(self.directory, self.stores, self.queue)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(MESSAGE)
+        self.message = MessageFile(path, len(MESSAGE), fsynced=True)
+
+    def inbox(self, user: str) -> list[bytes]:
+        mailbox = self.successResultOf(self.stores.store_for(user).get_mailbox(INBOX))
+        infos = self.successResultOf(mailbox.list_messages())
+        return [self.successResultOf(mailbox.read_message(i.uid)) for i in infos]
+
+    def envelope(self, *rcpts: str, user: str | None = None) -> Envelope:
+        return Envelope("x@remote.test", tuple(rcpts), authenticated_user=user, message_id="T1")
+
+    def test_interface(self) -> None:
+        """DeliveryRouter provides IDeliveryRouter."""
+        verifyObject(IDeliveryRouter, self.router)
+
+    def test_split_address(self) -> None:
+        """Addresses split at the last @ with the domain lower-cased."""
+        self.assertEqual(split_address('"a@b"@Example.TEST.'), ('"a@b"', "example.test"))
+        self.assertEqual(split_address("postmaster"), ("postmaster", ""))
+
+    def test_check_local_recipient(self) -> None:
+        """Known local users are accepted and unknown ones get 550 5.1.1."""
+        self.assertTrue(self.successResultOf(self.router.check_recipient("alice@EXAMPLE.test")).ok)
+        res = self.successResultOf(self.router.check_recipient("nobody@example.test"))
+        self.assertFalse(res.ok)
+        self.assertTrue(res.reply.startswith("550 5.1.1"))
+
+    def test_no_relay_without_auth(self) -> None:
+        """A non-local recipient is refused with 554 5.7.1 unless the client authenticated."""
+        res = self.successResultOf(self.router.check_recipient("someone@remote.test"))
+        self.assertFalse(res.ok)
+        self.assertTrue(res.reply.startswith("554 5.7.1"))
+        res = self.successResultOf(self.router.check_recipient("someone@remote.test", "alice@example.test"))
+        self.assertTrue(res.ok)
+
+    def test_deliver_local_dedups_aliases(self) -> None:
+        """Each local user gets exactly one copy, however many recipients reach them."""
+        report = self.successResultOf(
+            self.router.deliver(self.envelope("alice@example.test", "team@example.test"), self.message)
+        )
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+        self.assertEqual(self.inbox("bob@example.test"), [MESSAGE])
+
+    def test_metadata_parsed_once(self) -> None:
+        """The message is parsed once for all local copies."""
+        calls = []
+        real = mime.parse_metadata
+
+        def counting(source: Any) -> Any:
+            calls.append(source)
+            return real(source)
+
+        self.patch(mime, "parse_metadata", counting)
+        self.successResultOf(self.router.deliver(self.envelope("team@example.test"), self.message))
+        self.assertEqual(len(calls), 1)
+
+    def test_remote_recipients_queued(self) -> None:
+        """Remote recipients and remote alias targets go into one queue entry."""
+        report = self.successResultOf(
+            self.router.deliver(
+                self.envelope("someone@else.test", "fwd@example.test", "alice@example.test", user="alice@example.test"),
+                self.message,
+            )
+        )
+        self.assertTrue(report.all_ok)
+        entries = self.successResultOf(self.queue.list_entries())
+        self.assertEqual(len(entries), 1)
+        self.assertEqual(sorted(entries[0].recipients), ["someone@else.test", "someone@remote.test"])
+        self.assertEqual(len(self.inbox("alice@example.test")), 1)
+
+    def test_local_failure_does_not_lose_others(self) -> None:
+        """A failing mailbox is queued for retry while the other users get their copy."""
+        router = DeliveryRouter(self.directory, BrokenProvider(self.stores, {"bob@example.test"}), self.queue)
+        report = self.successResultOf(router.deliver(self.envelope("team@example.test"), self.message))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+        entries = self.successResultOf(self.queue.list_entries())
+        self.assertEqual([list(e.recipients) for e in entries], [["bob@example.test"]])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_unknown_recipient_at_delivery_fails_permanently(self) -> None:
+        """A recipient that no longer resolves is reported failed, not temporary."""
+        report = self.successResultOf(
+            self.router.deliver(self.envelope("alice@example.test", "gone@example.test"), self.message)
+        )
+        self.assertFalse(report.all_ok)
+        gone = report.results[1]
+        self.assertEqual((gone.ok, gone.temporary), (False, False))
+        self.assertTrue(report.results[0].ok)

@@ -1,0 +1,46 @@
+"""Start the real txmail service on loopback ephemeral ports for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from txmail.config import load_config
+from txmail.service import MailServer, build_service
+
+
+@defer.inlineCallbacks
+def start_server(test: TestCase, **overrides: Any) -> Any:
+    """
+    Build and start a MailServer with its data in a temporary directory,
+    SMTP and submission on 127.0.0.1 port 0, domain example.test; stop it
+    when the test ends.  *overrides* are Settings attributes.
+    """
+    data_dir = os.path.abspath(test.mktemp())
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "hostname": "mx.example.test",
+        "domains": ["example.test"],
+        "smtp": ["tcp:0:interface=127.0.0.1"],
+        "submission": ["tcp:0:interface=127.0.0.1"],
+        "threads": 4,
+    }
+    values.update(overrides)
+    settings = load_config(None, values)
+    server: MailServer = build_service(settings, reactor=reactor)
+    server.startService()
+    test.addCleanup(server.stopService)
+    yield server.when_listening()
+    return server
+
+
+def maildir_files(server: MailServer, user: str, sub: str = "new") -> list[str]:
+    """Paths of the message files in a user's INBOX Maildir sub-directory."""
+    local, domain = user.split("@")
+    path = os.path.join(server.settings.data_dir, "mail", domain, local, sub)
+    if not os.path.isdir(path):
+        return []
+    return sorted(os.path.join(path, n) for n in os.listdir(path))

@@ -1,0 +1,366 @@
+"""
+End to end: the real service on loopback, driven by smtplib and raw sockets.
+
+A user receives mail over SMTP into their Maildir; submission requires AUTH and
+then relays (into the queue); STARTTLS, limits and smuggling defences hold on
+a real socket.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import ssl
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests._certs import make_certificate
+from tests.e2e._server import maildir_files, start_server
+
+PASSWORD = "correct horse"
+
+
+def _recv_until(sock: socket.socket, count: int, timeout: float = 10.0) -> list[bytes]:
+    """Read until *count* complete SMTP replies (final lines) have arrived."""
+    sock.settimeout(timeout)
+    buf = b""
+    replies: list[bytes] = []
+    while len(replies) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\r\n" in buf:
+            line, buf = buf.split(b"\r\n", 1)
+            if len(line) >= 4 and line[3:4] == b" ":
+                replies.append(line)
+            elif len(line) < 4:
+                replies.append(line)
+    return replies
+
+
+class ReceiveTests(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield start_server(self)
+        self.server.directory.add_user("alice@example.test", PASSWORD)
+        self.server.directory.add_user("bob@example.test", PASSWORD)
+        self.mta = self.server.address("mta")
+        self.submission = self.server.address("submission")
+
+    def test_delivery_lands_in_maildir_new(self) -> Any:
+        """A message sent to a local user is a file in their Maildir new/ with trace headers."""
+
+        def send() -> None:
+            with smtplib.SMTP(*self.mta) as s:
+                s.sendmail("sender@remote.test", ["alice@example.test"], b"Subject: hi\r\n\r\nHello\r\n..dot\r\n")
+
+        d = deferToThread(send)
+
+        def check(_: Any) -> None:
+            files = maildir_files(self.server, "alice@example.test")
+            self.assertEqual(len(files), 1)
+            with open(files[0], "rb") as f:
+                data = f.read()
+            self.assertTrue(data.startswith(b"Return-Path: <sender@remote.test>\r\nReceived: from "))
+            self.assertIn(b"by mx.example.test", data)
+            self.assertTrue(data.endswith(b"Subject: hi\r\n\r\nHello\r\n.dot\r\n"))
+            self.assertEqual(maildir_files(self.server, "alice@example.test", "tmp"), [])
+
+        return d.addCallback(check)
+
+    def test_relay_refused_on_mta(self) -> Any:
+        """Port 25 refuses non-local recipients with 554 5.7.1, whatever the address trick."""
+        tricks = [
+            "victim@remote.test",
+            "@example.test:victim@remote.test",
+            "victim%remote.test@example.test",
+            "remote.test!victim@example.test",
+            '"victim@remote.test"@example.test',
+            "victim@[127.0.0.1]",
+        ]
+
+        def probe() -> list[int]:
+            codes = []
+            with smtplib.SMTP(*self.mta) as s:
+                s.ehlo("client.test")
+                for rcpt in tricks:
+                    s.mail("sender@remote.test")
+                    code, _ = s.rcpt(rcpt)
+                    codes.append(code)
+                    s.rset()
+            return codes
+
+        def check(codes: list[int]) -> None:
+            for rcpt, code in zip(tricks, codes, strict=True):
+                self.assertGreaterEqual(code, 500, rcpt)
+            self.assertEqual(codes[0], 554)
+            self.assertEqual(self.successResultOf(self.server.queue.list_entries()), [])
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_unknown_local_user(self) -> Any:
+        """An unknown local recipient gets 550 and nothing is stored."""
+
+        def probe() -> int:
+            with smtplib.SMTP(*self.mta) as s:
+                s.mail("sender@remote.test")
+                return s.rcpt("nobody@example.test")[0]
+
+        return deferToThread(probe).addCallback(self.assertEqual, 550)
+
+    def test_submission_requires_auth(self) -> Any:
+        """MAIL before AUTH on submission gets 530 5.7.0."""
+
+        def probe() -> tuple[int, bytes]:
+            with smtplib.SMTP(*self.submission) as s:
+                s.ehlo("client.test")
+                return s.mail("alice@example.test")
+
+        def check(reply: tuple[int, bytes]) -> None:
+            self.assertEqual(reply[0], 530)
+            self.assertIn(b"5.7.0", reply[1])
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_submission_auth_then_relay_queues(self) -> Any:
+        """An authenticated user relays to a remote address: it waits in the queue, local copies land."""
+
+        def send() -> None:
+            with smtplib.SMTP(*self.submission) as s:
+                s.ehlo("client.test")
+                s.login("alice@example.test", PASSWORD)
+                s.sendmail(
+                    "alice@example.test",
+                    ["friend@remote.test", "bob@example.test"],
+                    b"Subject: out\r\n\r\nbye\r\n",
+                )
+
+        d = deferToThread(send)
+
+        def check(_: Any) -> None:
+            entries = self.successResultOf(self.server.queue.list_entries())
+            self.assertEqual(len(entries), 1)
+            self.assertEqual(list(entries[0].recipients), ["friend@remote.test"])
+            self.assertEqual(entries[0].envelope.authenticated_user, "alice@example.test")
+            self.assertEqual(len(maildir_files(self.server, "bob@example.test")), 1)
+
+        return d.addCallback(check)
+
+    def test_wrong_password(self) -> Any:
+        """A wrong password gets 535 and does not authenticate."""
+
+        def probe() -> Any:
+            with smtplib.SMTP(*self.submission) as s:
+                s.ehlo("client.test")
+                try:
+                    s.login("alice@example.test", "wrong")
+                except smtplib.SMTPAuthenticationError as e:
+                    return e.smtp_code
+            return None
+
+        return deferToThread(probe).addCallback(self.assertEqual, 535)
+
+    def test_pipelining(self) -> Any:
+        """A whole pipelined transaction in one write gets every reply in order."""
+
+        def probe() -> list[bytes]:
+            with socket.create_connection(self.mta) as sock:
+                _recv_until(sock, 1)
+                sock.sendall(b"EHLO client.test\r\n")
+                _recv_until(sock, 1)
+                sock.sendall(
+                    b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                    b"RCPT TO:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+                )
+                replies = _recv_until(sock, 5)
+                sock.sendall(b"Subject: p\r\n\r\npipelined\r\n.\r\nQUIT\r\n")
+                replies += _recv_until(sock, 2)
+                return replies
+
+        def check(replies: list[bytes]) -> None:
+            codes = [r[:3] for r in replies]
+            self.assertEqual(codes, [b"250", b"250", b"550", b"250", b"354", b"250", b"221"])
+            self.assertEqual(len(maildir_files(self.server, "alice@example.test")), 1)
+            self.assertEqual(len(maildir_files(self.server, "bob@example.test")), 1)
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_twenty_megabyte_message(self) -> Any:
+        """A 20 MB message arrives byte-exact."""
+        line = b"x" * 998 + b"\r\n"
+        body = b"Subject: big\r\n\r\n" + line * (20 * 1024 * 1024 // len(line))
+
+        def send() -> None:
+            with smtplib.SMTP(*self.mta) as s:
+                s.sendmail("a@remote.test", ["alice@example.test"], body)
+
+        def check(_: Any) -> None:
+            (path,) = maildir_files(self.server, "alice@example.test")
+            with open(path, "rb") as f:
+                data = f.read()
+            self.assertTrue(data.endswith(body))
+            self.assertLess(len(data) - len(body), 1000)
+
+        return deferToThread(send).addCallback(check)
+
+    def test_long_line_gets_500_and_connection_survives(self) -> Any:
+        """A command line over 1000 octets gets 500 5.5.2 and the session goes on."""
+
+        def probe() -> list[bytes]:
+            with socket.create_connection(self.mta) as sock:
+                _recv_until(sock, 1)
+                sock.sendall(b"EHLO " + b"a" * 2000 + b"\r\n")
+                first = _recv_until(sock, 1)
+                sock.sendall(b"NOOP\r\n")
+                return first + _recv_until(sock, 1)
+
+        def check(replies: list[bytes]) -> None:
+            self.assertTrue(replies[0].startswith(b"500 5.5.2"), replies)
+            self.assertTrue(replies[1].startswith(b"250"), replies)
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_smuggling_bare_lf_dot_does_not_end_data(self) -> Any:
+        """Only CRLF.CRLF ends DATA: a smuggled second message is never a transaction of its own."""
+        smuggled = (
+            b"Subject: outer\r\n\r\nbody\n.\nMAIL FROM:<evil@remote.test>\r\nRCPT TO:<bob@example.test>\r\n"
+            b"DATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n"
+        )
+
+        def probe() -> list[bytes]:
+            with socket.create_connection(self.mta) as sock:
+                _recv_until(sock, 1)
+                sock.sendall(b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+                replies = _recv_until(sock, 4)
+                sock.sendall(smuggled)
+                replies += _recv_until(sock, 1)
+                sock.sendall(b"QUIT\r\n")
+                replies += _recv_until(sock, 1)
+                return replies
+
+        def check(replies: list[bytes]) -> None:
+            self.assertEqual([r[:3] for r in replies[:3]], [b"250", b"250", b"250"])
+            self.assertEqual(replies[3][:3], b"354")
+            self.assertEqual(maildir_files(self.server, "bob@example.test"), [])
+            self.assertEqual(replies[-1][:3], b"221")
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_recipient_limit(self) -> Any:
+        """Recipients beyond the limit get 452 4.5.3; the accepted ones still get the message."""
+
+        def probe() -> list[int]:
+            with smtplib.SMTP(*self.mta) as s:
+                s.ehlo("c")
+                s.mail("a@remote.test")
+                codes = [s.rcpt("alice@example.test")[0] for _ in range(101)]
+                s.data(b"Subject: many\r\n\r\nx\r\n")
+                return codes
+
+        def check(codes: list[int]) -> None:
+            self.assertEqual(codes[:100], [250] * 100)
+            self.assertEqual(codes[100], 452)
+            self.assertEqual(len(maildir_files(self.server, "alice@example.test")), 1)
+
+        return deferToThread(probe).addCallback(check)
+
+
+class LimitsTests(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield start_server(self, max_message_size=10000)
+        self.server.directory.add_user("alice@example.test", PASSWORD)
+
+    def test_size_limit_enforced_while_streaming(self) -> Any:
+        """A message over the size limit gets 552 and is not stored; the session continues."""
+
+        def probe() -> tuple[int, int]:
+            with smtplib.SMTP(*self.server.address("mta")) as s:
+                s.ehlo("c")
+                s.mail("a@remote.test")
+                s.rcpt("alice@example.test")
+                code, _ = s.data(b"Subject: big\r\n\r\n" + b"y" * 20000 + b"\r\n")
+                return code, s.noop()[0]
+
+        def check(codes: tuple[int, int]) -> None:
+            self.assertEqual(codes, (552, 250))
+            self.assertEqual(maildir_files(self.server, "alice@example.test"), [])
+            self.assertEqual(os.listdir(os.path.join(self.server.settings.data_dir, "spool")), [])
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_size_declared_too_big(self) -> Any:
+        """MAIL FROM with SIZE over the limit is refused at once with 552."""
+
+        def probe() -> int:
+            with smtplib.SMTP(*self.server.address("mta")) as s:
+                s.ehlo("c")
+                return s.mail("a@remote.test", ["SIZE=20000"])[0]
+
+        return deferToThread(probe).addCallback(self.assertEqual, 552)
+
+
+class TLSTests(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.ca, cert, key = make_certificate(os.path.abspath(self.mktemp()))
+        self.server = yield start_server(self, tls_cert=cert, tls_key=key, plaintext_auth="never")
+        self.server.directory.add_user("alice@example.test", PASSWORD)
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.check_hostname = False
+        return ctx
+
+    def test_starttls_then_auth(self) -> Any:
+        """With plaintext auth off, AUTH is offered only after STARTTLS, and then works."""
+
+        def probe() -> tuple[bool, bool, bool]:
+            with smtplib.SMTP(*self.server.address("submission")) as s:
+                s.ehlo("c")
+                before = s.has_extn("auth")
+                starttls = s.has_extn("starttls")
+                s.starttls(context=self.client_context())
+                s.ehlo("c")
+                after = s.has_extn("auth")
+                s.login("alice@example.test", PASSWORD)
+                s.sendmail("alice@example.test", ["alice@example.test"], b"Subject: tls\r\n\r\nx\r\n")
+            return before, starttls, after
+
+        def check(flags: tuple[bool, bool, bool]) -> None:
+            self.assertEqual(flags, (False, True, True))
+            (path,) = maildir_files(self.server, "alice@example.test")
+            with open(path, "rb") as f:
+                self.assertIn(b"ESMTPSA", f.read())
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_starttls_injection_discarded(self) -> Any:
+        """Commands pipelined after STARTTLS in the same packet are never executed."""
+
+        def probe() -> list[bytes]:
+            raw = socket.create_connection(self.server.address("mta"))
+            _recv_until(raw, 1)
+            raw.sendall(b"EHLO c\r\n")
+            _recv_until(raw, 1)
+            raw.sendall(b"STARTTLS\r\nMAIL FROM:<evil@remote.test>\r\n")
+            first = _recv_until(raw, 1)
+            tls = self.client_context().wrap_socket(raw, server_hostname="localhost")
+            # The injected MAIL must not be answered inside TLS; a fresh
+            # MAIL without EHLO gets 503 (state was reset), not 250.
+            tls.sendall(b"NOOP\r\nMAIL FROM:<a@remote.test>\r\n")
+            replies = first + _recv_until(tls, 2)
+            tls.close()
+            return replies
+
+        def check(replies: list[bytes]) -> None:
+            self.assertEqual(replies[0][:3], b"220")
+            self.assertEqual(replies[1][:3], b"250")  # NOOP, not a reply to the injected MAIL
+            self.assertEqual(replies[2][:3], b"503")
+
+        return deferToThread(probe).addCallback(check)

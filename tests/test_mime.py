@@ -1,0 +1,612 @@
+"""Tests for :mod:`txmail.mime`: metadata, ENVELOPE, BODYSTRUCTURE and sections."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from txmail import mime
+from txmail.mime import (
+    EMPTY_BODY_STRUCTURE,
+    decode_metadata,
+    encode_metadata,
+    extract_section,
+    header_fields,
+    parse_metadata,
+)
+from txmail.model import MessageMetadata
+
+
+def leaf(ctype: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    """A body part entity: a Content-Type field, *extra* fields, blank line, body."""
+    return b"Content-Type: " + ctype + b"\r\n" + extra + b"\r\n" + body
+
+
+def multipart(subtype: bytes, boundary: bytes, parts: list[bytes], extra: bytes = b"") -> bytes:
+    """A multipart entity whose parts are *parts*, with a closing delimiter."""
+    body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts) + b"--" + boundary + b"--\r\n"
+    return b"Content-Type: multipart/" + subtype + b"; boundary=" + boundary + b"\r\n" + extra + b"\r\n" + body
+
+
+def rfc822(message: bytes) -> bytes:
+    """A MESSAGE/RFC822 entity encapsulating *message*."""
+    return b"Content-Type: message/rfc822\r\n\r\n" + message
+
+
+def body_of(entity: bytes) -> bytes:
+    """The octets after an entity's header section."""
+    return entity.split(b"\r\n\r\n", 1)[1]
+
+
+def all_strings(value: Any) -> list[str]:
+    """Every str inside a nested tuple."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, tuple):
+        return [s for v in value for s in all_strings(v)]
+    return []
+
+
+# The shape of the example in RFC 3501 section 6.4.5.
+TEXT_1 = b"part one\r\nline two"
+OCTETS_2 = b"AAECAw=="
+TEXT_31 = b"inner text"
+OCTETS_32 = b"BAUG"
+GIF_41 = b"R0lGODlh"
+TEXT_4221 = b"alt plain"
+RICH_4222 = b"<bold>alt rich</bold>"
+INNER_3 = (
+    b"Subject: three\r\nFrom: c@d\r\nMIME-Version: 1.0\r\n"
+    + multipart(
+        b"mixed",
+        b"in3",
+        [leaf(b"text/plain", TEXT_31), leaf(b"application/octet-stream", OCTETS_32)],
+    )
+)
+ALT_422 = multipart(b"alternative", b"alt", [leaf(b"text/plain", TEXT_4221), leaf(b"text/richtext", RICH_4222)])
+INNER_42 = b"Subject: four-two\r\n" + multipart(b"mixed", b"in42", [leaf(b"text/plain", TEXT_4221), ALT_422])
+PART_4 = multipart(b"mixed", b"p4", [leaf(b"image/gif", GIF_41), rfc822(INNER_42)])
+RFC_EXAMPLE = b"Subject: sections\r\nFrom: a@b\r\n" + multipart(
+    b"mixed",
+    b"outer",
+    [
+        leaf(b"text/plain", TEXT_1),
+        leaf(b"application/octet-stream", OCTETS_2, b"Content-Transfer-Encoding: base64\r\n"),
+        rfc822(INNER_3),
+        PART_4,
+    ],
+)
+
+
+class HeaderTests(SynchronousTestCase):
+    def test_header_size_and_fields(self) -> None:
+        """The header section size counts the blank line and the fields keep their raw octets."""
+        head = b"Subject: hi\r\nX-Folded: one\r\n two\r\nFrom : a@b\r\n\r\n"
+        md = parse_metadata(head + b"body\r\n")
+        self.assertEqual(md.header_size, len(head))
+        self.assertEqual(
+            md.headers,
+            (("Subject", " hi\r\n"), ("X-Folded", " one\r\n two\r\n"), ("From ", " a@b\r\n")),
+        )
+        self.assertEqual("".join(f"{n}:{v}" for n, v in md.headers).encode("latin-1") + b"\r\n", head)
+
+    def test_no_separator(self) -> None:
+        """Without a blank line the whole message is header and the body is empty."""
+        data = b"Subject: hi\r\nFrom: a@b\r\n"
+        md = parse_metadata(data)
+        self.assertEqual(md.header_size, len(data))
+        self.assertEqual(md.lines, 0)
+        self.assertEqual(md.body_structure[6], 0)
+        self.assertEqual(md.envelope[1], "hi")
+
+    def test_lf_only(self) -> None:
+        """LF-only line ends are accepted and counted as they are stored."""
+        md = parse_metadata(b"Subject: x\n\nline1\nline2\n")
+        self.assertEqual(md.header_size, 12)
+        self.assertEqual(md.headers, (("Subject", " x\n"),))
+        self.assertEqual(md.body_structure[6:8], (12, 2))
+        self.assertEqual(md.lines, 2)
+
+    def test_garbage_lines_dropped(self) -> None:
+        """Lines that are neither fields nor continuations are left out of the fields."""
+        md = parse_metadata(b" orphan\r\nFrom a@b Mon Jan 1 00:00:00 2024\r\nX: 1\r\nnot a field\r\n cont\r\n\r\n")
+        self.assertEqual(md.headers, (("X", " 1\r\n"),))
+
+    def test_8bit_header_round_trips(self) -> None:
+        """Raw 8-bit header octets come back exactly through latin-1."""
+        head = "Subject: caf\u00e9 \xff\r\n\r\n".encode("latin-1")
+        md = parse_metadata(head)
+        self.assertEqual(f"{md.headers[0][0]}:{md.headers[0][1]}".encode("latin-1"), head[:-2])
+        self.assertEqual(md.envelope[1], "caf\u00e9 \xff")
+
+    def test_header_fields(self) -> None:
+        """header_fields selects fields case-insensitively, in order, and ends with a blank line."""
+        md = parse_metadata(b"From: a@b\r\nTo: c@d\r\nSubject: s\r\n x\r\nTO: e@f\r\n\r\nbody")
+        self.assertEqual(
+            header_fields(md, ["to", "SUBJECT"]),
+            b"To: c@d\r\nSubject: s\r\n x\r\nTO: e@f\r\n\r\n",
+        )
+        self.assertEqual(header_fields(md, ["to", "subject"], exclude=True), b"From: a@b\r\n\r\n")
+        self.assertEqual(header_fields(md, ["nothing"]), b"\r\n")
+
+    def test_header_fields_adds_missing_line_end(self) -> None:
+        """A last field without a line end still ends with CRLF before the blank line."""
+        md = parse_metadata(b"Subject: s")
+        self.assertEqual(header_fields(md, ["subject"]), b"Subject: s\r\n\r\n")
+
+
+class EnvelopeTests(SynchronousTestCase):
+    def test_rfc3501_example(self) -> None:
+        """The ENVELOPE example of RFC 3501 section 7.4.2 comes out exactly."""
+        data = (
+            b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"
+            b"From: Terry Gray <gray@cac.washington.edu>\r\n"
+            b"Subject: IMAP4rev1 WG mtg summary and minutes\r\n"
+            b"To: imap@cac.washington.edu\r\n"
+            b"cc: minutes@CNRI.Reston.VA.US,\r\n \"John Klensin\" <KLENSIN@MIT.EDU>\r\n"
+            b"Message-Id: <B27397-0100000@cac.washington.edu>\r\n"
+            b"MIME-Version: 1.0\r\n"
+            b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\nhello\r\n"
+        )
+        gray = (("Terry Gray", None, "gray", "cac.washington.edu"),)
+        self.assertEqual(
+            parse_metadata(data).envelope,
+            (
+                "Wed, 17 Jul 1996 02:23:25 -0700 (PDT)",
+                "IMAP4rev1 WG mtg summary and minutes",
+                gray,
+                gray,
+                gray,
+                ((None, None, "imap", "cac.washington.edu"),),
+                ((None, None, "minutes", "CNRI.Reston.VA.US"), ("John Klensin", None, "KLENSIN", "MIT.EDU")),
+                None,
+                None,
+                "<B27397-0100000@cac.washington.edu>",
+            ),
+        )
+
+    def test_missing_headers_are_nil(self) -> None:
+        """Absent fields are NIL, present but empty ones are the empty string."""
+        md = parse_metadata(b"Subject:\r\nTo:\r\n\r\nbody")
+        self.assertEqual(md.envelope, (None, "", None, None, None, None, None, None, None, None))
+
+    def test_sender_and_reply_to_explicit(self) -> None:
+        """Sender and Reply-To are used when present and non-empty."""
+        md = parse_metadata(b"From: a@b\r\nSender: s@t\r\nReply-To:\r\n\r\n")
+        self.assertEqual(md.envelope[2], ((None, None, "a", "b"),))
+        self.assertEqual(md.envelope[3], ((None, None, "s", "t"),))
+        self.assertEqual(md.envelope[4], ((None, None, "a", "b"),))
+
+    def test_group_syntax(self) -> None:
+        """Groups are bracketed by a NIL-host start marker and an all-NIL end marker."""
+        md = parse_metadata(
+            b'To: "Team A": x@y, Zed <z@w>;, undisclosed-recipients:;, after@end\r\n\r\n'
+        )
+        self.assertEqual(
+            md.envelope[5],
+            (
+                (None, None, "Team A", None),
+                (None, None, "x", "y"),
+                ("Zed", None, "z", "w"),
+                (None, None, None, None),
+                (None, None, "undisclosed-recipients", None),
+                (None, None, None, None),
+                (None, None, "after", "end"),
+            ),
+        )
+
+    def test_address_forms(self) -> None:
+        """Route, comment names, quoted local parts, encoded words and host-less addresses parse."""
+        md = parse_metadata(
+            b"To: <@r1,@r2:u@h>, v@h (Old Name), \"odd local\"@h,\r\n"
+            b" =?utf-8?q?J=C3=B6rg?= <j@h>, root, <>, John Q. Public <jqp@[1.2.3.4]>\r\n\r\n"
+        )
+        self.assertEqual(
+            md.envelope[5],
+            (
+                (None, "@r1,@r2", "u", "h"),
+                ("Old Name", None, "v", "h"),
+                (None, None, '"odd local"', "h"),
+                ("=?utf-8?q?J=C3=B6rg?=", None, "j", "h"),
+                (None, None, "root", ""),
+                (None, None, "", ""),
+                ("John Q. Public", None, "jqp", "[1.2.3.4]"),
+            ),
+        )
+
+    def test_unfolded_values(self) -> None:
+        """Envelope strings are unfolded and stripped but otherwise raw."""
+        md = parse_metadata(b"Subject:  =?iso-8859-1?q?a?=\r\n  b \r\nIn-Reply-To: <x@y>\r\n\r\n")
+        self.assertEqual(md.envelope[1], "=?iso-8859-1?q?a?=  b")
+        self.assertEqual(md.envelope[8], "<x@y>")
+
+
+class BodyStructureTests(SynchronousTestCase):
+    def test_rfc3501_example(self) -> None:
+        """The BODYSTRUCTURE example of RFC 3501 section 7.4.2 comes out with its extension data."""
+        text = b"line\r\n" * 22 + b"last"
+        encoded = b"QUJD\r\n" * 72 + b"QUJD"
+        data = b"Subject: x\r\nMIME-Version: 1.0\r\n" + multipart(
+            b"MIXED",
+            b"sep",
+            [
+                leaf(b"TEXT/PLAIN; CHARSET=US-ASCII", text),
+                leaf(
+                    b'TEXT/PLAIN; CHARSET=US-ASCII; NAME="cc.diff"',
+                    encoded,
+                    b"Content-ID: <960723163407.20117h@cac.washington.edu>\r\n"
+                    b"Content-Description: Compiler diff\r\n"
+                    b"Content-Transfer-Encoding: BASE64\r\n",
+                ),
+            ],
+        )
+        self.assertEqual(
+            parse_metadata(data).body_structure,
+            (
+                ("TEXT", "PLAIN", ("CHARSET", "US-ASCII"), None, None, "7BIT", len(text), 23, None, None, None, None),
+                (
+                    "TEXT",
+                    "PLAIN",
+                    ("CHARSET", "US-ASCII", "NAME", "cc.diff"),
+                    "<960723163407.20117h@cac.washington.edu>",
+                    "Compiler diff",
+                    "BASE64",
+                    len(encoded),
+                    73,
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
+                "MIXED",
+                ("BOUNDARY", "sep"),
+                None,
+                None,
+                None,
+            ),
+        )
+
+    def test_default_content_type(self) -> None:
+        """A message without Content-Type is TEXT/PLAIN in US-ASCII, 7BIT."""
+        md = parse_metadata(b"Subject: x\r\n\r\nhello\r\nworld\r\n")
+        self.assertEqual(
+            md.body_structure,
+            ("TEXT", "PLAIN", ("CHARSET", "US-ASCII"), None, None, "7BIT", 14, 2, None, None, None, None),
+        )
+
+    def test_invalid_content_type(self) -> None:
+        """A syntactically invalid Content-Type falls back to the default (RFC 2045 section 5.2)."""
+        md = parse_metadata(b"Content-Type: garbage\r\n\r\nx")
+        self.assertEqual(md.body_structure[:3], ("TEXT", "PLAIN", ("CHARSET", "US-ASCII")))
+
+    def test_no_invented_charset(self) -> None:
+        """A text Content-Type without charset gets no charset parameter."""
+        md = parse_metadata(b"Content-Type: text/html\r\n\r\n<p>")
+        self.assertEqual(md.body_structure[:3], ("TEXT", "HTML", None))
+
+    def test_attachment_extension_data(self) -> None:
+        """Disposition, language, location and MD5 appear as extension data."""
+        att = leaf(
+            b'application/pdf; name="a b.pdf"',
+            b"JVBERi0=",
+            b"Content-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment;\r\n filename=\"a b.pdf\"; size=6\r\n"
+            b"Content-Language: en, de (comment)\r\n"
+            b"Content-Location: http://example.com/a.pdf\r\n"
+            b"Content-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\r\n",
+        )
+        data = multipart(b"mixed", b"==b==", [leaf(b"text/plain; charset=utf-8", b"see attached"), att])
+        bs = parse_metadata(b"From: a@b\r\n" + data).body_structure
+        self.assertEqual(
+            bs[1],
+            (
+                "APPLICATION",
+                "PDF",
+                ("NAME", "a b.pdf"),
+                None,
+                None,
+                "BASE64",
+                8,
+                "Q2hlY2sgSW50ZWdyaXR5IQ==",
+                ("ATTACHMENT", ("FILENAME", "a b.pdf", "SIZE", "6")),
+                ("en", "de"),
+                "http://example.com/a.pdf",
+            ),
+        )
+        self.assertEqual(bs[2:], ("MIXED", ("BOUNDARY", "==b=="), None, None, None))
+
+    def test_nested_message(self) -> None:
+        """A MESSAGE/RFC822 part carries the envelope, body and line count of its message."""
+        inner = b"Subject: inner\r\nFrom: x@y\r\n\r\ninner body\r\n"
+        bs = parse_metadata(b"Subject: outer\r\n" + multipart(b"mixed", b"b", [rfc822(inner)])).body_structure
+        part = bs[0]
+        self.assertEqual(part[:7], ("MESSAGE", "RFC822", None, None, None, "7BIT", len(inner)))
+        self.assertEqual(part[7][1], "inner")
+        self.assertEqual(part[7][2], ((None, None, "x", "y"),))
+        self.assertEqual(
+            part[8], ("TEXT", "PLAIN", ("CHARSET", "US-ASCII"), None, None, "7BIT", 12, 1, None, None, None, None)
+        )
+        self.assertEqual(part[9], 4)
+        self.assertEqual(part[10:], (None, None, None, None))
+
+    def test_section_example_shape(self) -> None:
+        """The RFC 3501 section 6.4.5 example message has the nested shape it describes."""
+        bs = parse_metadata(RFC_EXAMPLE).body_structure
+        self.assertEqual([p if isinstance(p, str) else p[:2] for p in bs[:5]][4], "MIXED")
+        self.assertEqual(bs[0][:2], ("TEXT", "PLAIN"))
+        self.assertEqual(bs[1][:2], ("APPLICATION", "OCTET-STREAM"))
+        self.assertEqual(bs[2][:2], ("MESSAGE", "RFC822"))
+        self.assertEqual(bs[2][8][-5], "MIXED")
+        four = bs[3]
+        self.assertEqual(four[0][:2], ("IMAGE", "GIF"))
+        self.assertEqual(four[1][:2], ("MESSAGE", "RFC822"))
+        alternative = four[1][8][1]
+        self.assertEqual(alternative[0][:2], ("TEXT", "PLAIN"))
+        self.assertEqual(alternative[1][:2], ("TEXT", "RICHTEXT"))
+        self.assertEqual(alternative[2], "ALTERNATIVE")
+
+    def test_digest_default(self) -> None:
+        """Parts of a multipart/digest default to MESSAGE/RFC822 (RFC 2046 section 5.1.5)."""
+        data = b"Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: one\r\n\r\nbody\r\n--d--\r\n"
+        part = parse_metadata(data).body_structure[0]
+        self.assertEqual(part[:2], ("MESSAGE", "RFC822"))
+        self.assertEqual(part[7][1], "one")
+
+    def test_outer_boundary_ends_inner_parts(self) -> None:
+        """An enclosing boundary ends an inner multipart that lacks its close delimiter."""
+        data = (
+            b"Content-Type: multipart/mixed; boundary=outer\r\n\r\n"
+            b"--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+            b"--inner\r\n\r\nA\r\n--outer\r\n\r\nB\r\n--outer--\r\n"
+        )
+        bs = parse_metadata(data).body_structure
+        self.assertEqual(bs[0][0][6], 1)
+        self.assertEqual(bs[0][1], "ALTERNATIVE")
+        self.assertEqual(bs[1][6], 1)
+        self.assertEqual(extract_section(data, "2"), b"B")
+
+    def test_missing_boundary(self) -> None:
+        """A multipart without parts shows one empty TEXT/PLAIN part."""
+        for data in (
+            b"Content-Type: multipart/mixed\r\n\r\nno boundary parameter\r\n",
+            b"Content-Type: multipart/mixed; boundary=zz\r\n\r\nno delimiter line\r\n",
+        ):
+            bs = parse_metadata(data).body_structure
+            self.assertEqual(bs[0], EMPTY_BODY_STRUCTURE)
+            self.assertEqual(bs[1], "MIXED")
+
+    def test_unclosed_multipart(self) -> None:
+        """A multipart whose close delimiter is missing ends its last part at the end of the message."""
+        data = b"Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n\r\nlast part\r\n"
+        self.assertEqual(parse_metadata(data).body_structure[0][6:8], (11, 1))
+
+    def test_boundary_padding_and_near_misses(self) -> None:
+        """Trailing white space after a delimiter is allowed; longer look-alike lines are body."""
+        data = b"Content-Type: multipart/mixed; boundary=q\r\n\r\n--q \t\r\n\r\nx\r\n--qq\r\n--q--  \r\n"
+        bs = parse_metadata(data).body_structure
+        self.assertEqual(len(bs), 6)
+        self.assertEqual(extract_section(data, "1"), b"x\r\n--qq")
+
+    def test_lf_only_multipart(self) -> None:
+        """A multipart with LF line ends finds its parts and sizes."""
+        data = b"Content-Type: multipart/mixed; boundary=q\n\n--q\nContent-Type: text/plain\n\nab\ncd\n--q--\n"
+        bs = parse_metadata(data).body_structure
+        self.assertEqual(bs[0][6:8], (5, 2))
+        self.assertEqual(extract_section(data, "1"), b"ab\ncd")
+
+    def test_rfc2231_continuations(self) -> None:
+        """RFC 2231 continuations are joined; an encoded sequence stays encoded."""
+        data = leaf(
+            b"application/x; title*0=\"a \"; title*1=\"b\";\r\n"
+            b" name*0*=utf-8''%E2%82; name*1*=%AC; name*2=\" x\"",
+            b"",
+        )
+        self.assertEqual(
+            parse_metadata(data).body_structure[2],
+            ("TITLE", "a b", "NAME*", "utf-8''%E2%82%AC%20x"),
+        )
+
+    def test_depth_limit(self) -> None:
+        """Nesting beyond MAX_DEPTH is treated as opaque instead of recursing further."""
+        self.patch(mime, "MAX_DEPTH", 4)
+        data = b"x"
+        for _ in range(10):
+            data = rfc822(data)
+        bs = parse_metadata(data).body_structure
+        envelopes = []
+        while bs[:2] == ("MESSAGE", "RFC822"):
+            envelopes.append(bs[7])
+            bs = bs[8]
+        self.assertEqual(len(envelopes), 5)
+        self.assertEqual(envelopes[-1], mime.EMPTY_ENVELOPE)
+        self.assertEqual(bs, EMPTY_BODY_STRUCTURE)
+
+    def test_part_limit(self) -> None:
+        """No more than MAX_PARTS parts are made; later delimiters stay in the last part."""
+        self.patch(mime, "MAX_PARTS", 3)
+        data = multipart(b"mixed", b"q", [b"\r\na", b"\r\nb", b"\r\nc", b"\r\nd"])
+        bs = parse_metadata(data).body_structure
+        self.assertEqual(len(bs), 3 + 5)
+        self.assertEqual(extract_section(data, "3"), b"c\r\n--q\r\n\r\nd")
+
+
+class SectionTests(SynchronousTestCase):
+    def test_rfc3501_section_table(self) -> None:
+        """Every section of the RFC 3501 section 6.4.5 example gives the octets it names."""
+        inner3_head, inner3_text = INNER_3.split(b"\r\n\r\n", 1)
+        inner42_head, inner42_text = INNER_42.split(b"\r\n\r\n", 1)
+        table = {
+            "HEADER": RFC_EXAMPLE.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n",
+            "TEXT": body_of(RFC_EXAMPLE),
+            "1": TEXT_1,
+            "1.MIME": b"Content-Type: text/plain\r\n\r\n",
+            "2": OCTETS_2,
+            "3": INNER_3,
+            "3.HEADER": inner3_head + b"\r\n\r\n",
+            "3.TEXT": inner3_text,
+            "3.1": TEXT_31,
+            "3.2": OCTETS_32,
+            "3.HEADER.FIELDS (from subject)": b"Subject: three\r\nFrom: c@d\r\n\r\n",
+            "4": body_of(PART_4),
+            "4.1": GIF_41,
+            "4.1.MIME": b"Content-Type: image/gif\r\n\r\n",
+            "4.2": INNER_42,
+            "4.2.HEADER": inner42_head + b"\r\n\r\n",
+            "4.2.TEXT": inner42_text,
+            "4.2.1": TEXT_4221,
+            "4.2.2": body_of(ALT_422),
+            "4.2.2.1": TEXT_4221,
+            "4.2.2.2": RICH_4222,
+            "4.2.2.2.MIME": b"Content-Type: text/richtext\r\n\r\n",
+        }
+        for section, expected in table.items():
+            self.assertEqual((section, extract_section(RFC_EXAMPLE, section)), (section, expected))
+
+    def test_missing_and_inapplicable(self) -> None:
+        """Missing parts, specifiers on non-message parts and malformed specs give nothing."""
+        for section in ["5", "1.2", "4.3", "1.HEADER", "4.TEXT", "MIME", "0", "1.", "HEADER.FIELDS", "TEXT (a)",
+                        "HEADER.FIELDS (a", "bogus", "1.2.3.4.5.6.7", "99999999999999"]:
+            self.assertEqual((section, extract_section(RFC_EXAMPLE, section)), (section, b""))
+
+    def test_whole_and_case(self) -> None:
+        """The empty section is the whole message and specifiers are case-insensitive."""
+        self.assertEqual(extract_section(RFC_EXAMPLE, ""), RFC_EXAMPLE)
+        self.assertEqual(extract_section(RFC_EXAMPLE, "3.header"), extract_section(RFC_EXAMPLE, "3.HEADER"))
+
+    def test_single_part_message(self) -> None:
+        """A non-multipart message's part 1 is its body and its MIME header is the message header."""
+        data = b"Subject: s\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+        self.assertEqual(extract_section(data, "1"), b"body\r\n")
+        self.assertEqual(extract_section(data, "1.MIME"), b"Subject: s\r\nContent-Type: text/plain\r\n\r\n")
+        self.assertEqual(extract_section(data, "2"), b"")
+
+    def test_header_fields_sections(self) -> None:
+        """HEADER.FIELDS and .NOT accept quoted names and end with the blank line."""
+        data = b"From: a@b\r\nTo: c@d\r\nX-Y: 1\r\n\r\nbody"
+        self.assertEqual(extract_section(data, 'HEADER.FIELDS ("To" x-y)'), b"To: c@d\r\nX-Y: 1\r\n\r\n")
+        self.assertEqual(extract_section(data, "HEADER.FIELDS.NOT (TO X-Y)"), b"From: a@b\r\n\r\n")
+
+    def test_top_level_message_rfc822(self) -> None:
+        """A message whose body is MESSAGE/RFC822 numbers the encapsulated message's parts below 1."""
+        inner = b"Subject: in\r\n\r\ninner body"
+        data = b"Subject: out\r\n" + rfc822(inner)
+        self.assertEqual(extract_section(data, "1"), inner)
+        self.assertEqual(extract_section(data, "1.HEADER"), b"Subject: in\r\n\r\n")
+        self.assertEqual(extract_section(data, "1.1"), b"inner body")
+        self.assertEqual(parse_metadata(data).body_structure[7][1], "in")
+
+
+class SerialisationTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        """decode_metadata(encode_metadata(m)) == m, tuples included."""
+        for data in (RFC_EXAMPLE, b"", b"\xff\xfe\r\n\r\n", "Subject: \u00e9\r\n\r\n".encode("latin-1")):
+            md = parse_metadata(data)
+            back = decode_metadata(encode_metadata(md))
+            self.assertEqual(back, md)
+            self.assertIsInstance(back.body_structure, tuple)
+            self.assertIsInstance(back.headers[0] if back.headers else (), tuple)
+
+    def test_damaged_cache(self) -> None:
+        """Damaged cache data raises ValueError."""
+        for data in (b"", b"[", b"{}", b"[2,0,[],[],[],0]", b'[1,"x",[],[],[],0]'):
+            self.assertRaises(ValueError, decode_metadata, data)
+
+
+class LargeInputTests(SynchronousTestCase):
+    def test_file_object(self) -> None:
+        """A 5 MB message read from a file object parses with exact sizes and line counts."""
+        chunk = os.urandom(3 * 19)
+        import base64
+
+        line = base64.b64encode(chunk) + b"\r\n"  # 78 octets
+        count = 5 * 1024 * 1024 // len(line)
+        attachment = line * count
+        text = b"-- \r\nsig --\r\n--not-a-boundary\r\n" * 1000
+        data = b"From: a@b\r\nSubject: big\r\n" + multipart(
+            b"mixed",
+            b"BIG",
+            [
+                leaf(b"text/plain", text[:-2]),
+                leaf(b"application/octet-stream", attachment[:-2], b"Content-Transfer-Encoding: base64\r\n"),
+            ],
+        )
+        f = io.BytesIO(b"prefix" + data)
+        f.seek(6)
+        md = parse_metadata(f)
+        self.assertEqual(md.body_structure[0][6:8], (len(text) - 2, 3000))
+        self.assertEqual(md.body_structure[1][6], len(attachment) - 2)
+        self.assertEqual(md, parse_metadata(data))
+
+    def test_small_chunks_match(self) -> None:
+        """Reading in tiny chunks gives the same answer as parsing the bytes."""
+        self.patch(mime, "_CHUNK", 3)
+        self.assertEqual(parse_metadata(io.BytesIO(RFC_EXAMPLE)), parse_metadata(RFC_EXAMPLE))
+
+    def test_long_lines(self) -> None:
+        """Lines longer than the line buffer are handled without losing octets."""
+        body = b"x" * 200_000
+        data = b"Subject: " + b"s" * 100_000 + b"\r\n\r\n" + body
+        md = parse_metadata(io.BytesIO(data))
+        self.assertEqual(md.header_size, 100_013)
+        self.assertEqual(md.body_structure[6:8], (200_000, 1))
+
+
+FRAGMENTS = [
+    b"--b\r\n",
+    b"--b--\r\n",
+    b"--c\n",
+    b"--c--",
+    b"Content-Type: multipart/mixed; boundary=b\r\n",
+    b"Content-Type: multipart/digest; boundary=\"c\"\n",
+    b"Content-Type: message/rfc822\r\n",
+    b"Content-Type: text/plain; name*0*=x'y'%41; name*1=\"\\\"\"\r\n",
+    b"Content-Disposition: inline; (c\r\n",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"text\r\n",
+    b" folded\r\n",
+    b'From: "a\\" <b@c>, g: d@e, <@x:y@z>;, (c) <\r\n',
+    b"To: ;;,,:<>@\r\n",
+    b"\xff\x00--",
+]
+
+
+class FuzzTests(SynchronousTestCase):
+    def check(self, data: bytes) -> None:
+        """Check the invariants every input must keep."""
+        md = parse_metadata(data)
+        self.assertIsInstance(md, MessageMetadata)
+        self.assertTrue(0 <= md.header_size <= len(data))
+        for s in all_strings((md.headers, md.envelope, md.body_structure)):
+            s.encode("latin-1")
+        self.assertEqual(decode_metadata(encode_metadata(md)), md)
+        self.assertEqual(extract_section(data, "HEADER"), data[: md.header_size])
+        self.assertEqual(extract_section(data, "TEXT"), data[md.header_size :])
+        for section in ("1", "1.MIME", "1.1.TEXT", "2.HEADER", "1.2.HEADER.FIELDS (To)", "1.1.1"):
+            self.assertIsInstance(extract_section(data, section), bytes)
+        self.assertIsInstance(header_fields(md, ["to"], exclude=True), bytes)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=3000))
+    def test_arbitrary_bytes(self, data: bytes) -> None:
+        """Arbitrary octets always yield metadata and sections, never an exception."""
+        self.check(data)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=20), max_size=40))
+    def test_mime_like_bytes(self, pieces: list[bytes]) -> None:
+        """MIME-like fragments in any order never raise, and file input matches bytes input."""
+        data = b"".join(pieces)
+        self.check(data)
+        old = mime._CHUNK
+        mime._CHUNK = 5
+        try:
+            self.assertEqual(parse_metadata(io.BytesIO(data)), parse_metadata(data))
+        finally:
+            mime._CHUNK = old

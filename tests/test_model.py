@@ -1,0 +1,62 @@
+"""Tests for the value helpers in txmail.model."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from txmail.model import match_mailbox_pattern, normalize_flags, normalize_mailbox_name
+
+
+class FlagTests(SynchronousTestCase):
+    def test_system_flags_case_insensitive(self) -> None:
+        """System flags in any case come out canonical; keywords keep their case."""
+        self.assertEqual(
+            normalize_flags(["\\seen", "\\DELETED", "$Forwarded", "Work"]),
+            frozenset({"\\Seen", "\\Deleted", "$Forwarded", "Work"}),
+        )
+
+    def test_recent_and_unknown_system_flags_dropped(self) -> None:
+        """\\Recent and unknown backslash flags are never stored."""
+        self.assertEqual(normalize_flags(["\\Recent", "\\Bogus", "\\Answered"]), frozenset({"\\Answered"}))
+
+    def test_bad_keywords_refused(self) -> None:
+        """Keywords that are not IMAP atoms are refused."""
+        for bad in ["", "a b", "a(b", 'a"b', "a]b", "a{b", "a%b", "a*b"]:
+            self.assertRaises(ValueError, normalize_flags, [bad])
+
+
+class MailboxNameTests(SynchronousTestCase):
+    def test_inbox_case_insensitive(self) -> None:
+        """INBOX in any case, also as a parent, is spelled INBOX."""
+        self.assertEqual(normalize_mailbox_name("inbox"), "INBOX")
+        self.assertEqual(normalize_mailbox_name("InBox/Sub"), "INBOX/Sub")
+        self.assertEqual(normalize_mailbox_name("Inboxes"), "Inboxes")
+
+    def test_delimiters_stripped(self) -> None:
+        """Leading and trailing delimiters are removed."""
+        self.assertEqual(normalize_mailbox_name("/a/b/"), "a/b")
+
+    def test_escapes_refused(self) -> None:
+        """Names that could reach outside the store are refused."""
+        for bad in ["", "/", "..", "a/../b", "a//b", ".", "~bob", "a/~b", "a\x00b", "a\nb"]:
+            self.assertRaises(ValueError, normalize_mailbox_name, bad)
+
+
+class PatternTests(SynchronousTestCase):
+    def test_wildcards(self) -> None:
+        """* matches across levels, % within one level (RFC 3501 section 6.3.8)."""
+        self.assertTrue(match_mailbox_pattern("*", "a/b/c"))
+        self.assertTrue(match_mailbox_pattern("a/*", "a/b/c"))
+        self.assertTrue(match_mailbox_pattern("%", "a"))
+        self.assertFalse(match_mailbox_pattern("%", "a/b"))
+        self.assertTrue(match_mailbox_pattern("a/%", "a/b"))
+        self.assertFalse(match_mailbox_pattern("a/%", "a/b/c"))
+        self.assertFalse(match_mailbox_pattern("b*", "a"))
+        self.assertTrue(match_mailbox_pattern("a.b", "a.b"))
+        self.assertFalse(match_mailbox_pattern("a.b", "axb"))
+
+    def test_inbox_pattern_case_insensitive(self) -> None:
+        """A pattern spelling INBOX in another case still matches INBOX."""
+        self.assertTrue(match_mailbox_pattern("inbox", "INBOX"))
+        self.assertTrue(match_mailbox_pattern("Inbox/%", "INBOX/x"))
+        self.assertFalse(match_mailbox_pattern("inbox", "other"))
