@@ -30,7 +30,9 @@ def leaf(ctype: bytes, body: bytes, extra: bytes = b"") -> bytes:
 def multipart(subtype: bytes, boundary: bytes, parts: list[bytes], extra: bytes = b"") -> bytes:
     """A multipart entity whose parts are *parts*, with a closing delimiter."""
     body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts) + b"--" + boundary + b"--\r\n"
-    return b"Content-Type: multipart/" + subtype + b"; boundary=" + boundary + b"\r\n" + extra + b"\r\n" + body
+    return (
+        b"Content-Type: multipart/" + subtype + b"; boundary=" + boundary + b"\r\n" + extra + b"\r\n" + body
+    )
 
 
 def rfc822(message: bytes) -> bytes:
@@ -60,15 +62,14 @@ OCTETS_32 = b"BAUG"
 GIF_41 = b"R0lGODlh"
 TEXT_4221 = b"alt plain"
 RICH_4222 = b"<bold>alt rich</bold>"
-INNER_3 = (
-    b"Subject: three\r\nFrom: c@d\r\nMIME-Version: 1.0\r\n"
-    + multipart(
-        b"mixed",
-        b"in3",
-        [leaf(b"text/plain", TEXT_31), leaf(b"application/octet-stream", OCTETS_32)],
-    )
+INNER_3 = b"Subject: three\r\nFrom: c@d\r\nMIME-Version: 1.0\r\n" + multipart(
+    b"mixed",
+    b"in3",
+    [leaf(b"text/plain", TEXT_31), leaf(b"application/octet-stream", OCTETS_32)],
 )
-ALT_422 = multipart(b"alternative", b"alt", [leaf(b"text/plain", TEXT_4221), leaf(b"text/richtext", RICH_4222)])
+ALT_422 = multipart(
+    b"alternative", b"alt", [leaf(b"text/plain", TEXT_4221), leaf(b"text/richtext", RICH_4222)]
+)
 INNER_42 = b"Subject: four-two\r\n" + multipart(b"mixed", b"in42", [leaf(b"text/plain", TEXT_4221), ALT_422])
 PART_4 = multipart(b"mixed", b"p4", [leaf(b"image/gif", GIF_41), rfc822(INNER_42)])
 RFC_EXAMPLE = b"Subject: sections\r\nFrom: a@b\r\n" + multipart(
@@ -114,7 +115,9 @@ class HeaderTests(SynchronousTestCase):
 
     def test_garbage_lines_dropped(self) -> None:
         """Lines that are neither fields nor continuations are left out of the fields."""
-        md = parse_metadata(b" orphan\r\nFrom a@b Mon Jan 1 00:00:00 2024\r\nX: 1\r\nnot a field\r\n cont\r\n\r\n")
+        md = parse_metadata(
+            b" orphan\r\nFrom a@b Mon Jan 1 00:00:00 2024\r\nX: 1\r\nnot a field\r\n cont\r\n\r\n"
+        )
         self.assertEqual(md.headers, (("X", " 1\r\n"),))
 
     def test_8bit_header_round_trips(self) -> None:
@@ -148,7 +151,7 @@ class EnvelopeTests(SynchronousTestCase):
             b"From: Terry Gray <gray@cac.washington.edu>\r\n"
             b"Subject: IMAP4rev1 WG mtg summary and minutes\r\n"
             b"To: imap@cac.washington.edu\r\n"
-            b"cc: minutes@CNRI.Reston.VA.US,\r\n \"John Klensin\" <KLENSIN@MIT.EDU>\r\n"
+            b'cc: minutes@CNRI.Reston.VA.US,\r\n "John Klensin" <KLENSIN@MIT.EDU>\r\n'
             b"Message-Id: <B27397-0100000@cac.washington.edu>\r\n"
             b"MIME-Version: 1.0\r\n"
             b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\nhello\r\n"
@@ -184,9 +187,7 @@ class EnvelopeTests(SynchronousTestCase):
 
     def test_group_syntax(self) -> None:
         """Groups are bracketed by a NIL-host start marker and an all-NIL end marker."""
-        md = parse_metadata(
-            b'To: "Team A": x@y, Zed <z@w>;, undisclosed-recipients:;, after@end\r\n\r\n'
-        )
+        md = parse_metadata(b'To: "Team A": x@y, Zed <z@w>;, undisclosed-recipients:;, after@end\r\n\r\n')
         self.assertEqual(
             md.envelope[5],
             (
@@ -203,7 +204,7 @@ class EnvelopeTests(SynchronousTestCase):
     def test_address_forms(self) -> None:
         """Route, comment names, quoted local parts, encoded words and host-less addresses parse."""
         md = parse_metadata(
-            b"To: <@r1,@r2:u@h>, v@h (Old Name), \"odd local\"@h,\r\n"
+            b'To: <@r1,@r2:u@h>, v@h (Old Name), "odd local"@h,\r\n'
             b" =?utf-8?q?J=C3=B6rg?= <j@h>, root, <>, John Q. Public <jqp@[1.2.3.4]>\r\n\r\n"
         )
         self.assertEqual(
@@ -248,7 +249,20 @@ class BodyStructureTests(SynchronousTestCase):
         self.assertEqual(
             parse_metadata(data).body_structure,
             (
-                ("TEXT", "PLAIN", ("CHARSET", "US-ASCII"), None, None, "7BIT", len(text), 23, None, None, None, None),
+                (
+                    "TEXT",
+                    "PLAIN",
+                    ("CHARSET", "US-ASCII"),
+                    None,
+                    None,
+                    "7BIT",
+                    len(text),
+                    23,
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
                 (
                     "TEXT",
                     "PLAIN",
@@ -295,7 +309,7 @@ class BodyStructureTests(SynchronousTestCase):
             b'application/pdf; name="a b.pdf"',
             b"JVBERi0=",
             b"Content-Transfer-Encoding: base64\r\n"
-            b"Content-Disposition: attachment;\r\n filename=\"a b.pdf\"; size=6\r\n"
+            b'Content-Disposition: attachment;\r\n filename="a b.pdf"; size=6\r\n'
             b"Content-Language: en, de (comment)\r\n"
             b"Content-Location: http://example.com/a.pdf\r\n"
             b"Content-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\r\n",
@@ -329,7 +343,8 @@ class BodyStructureTests(SynchronousTestCase):
         self.assertEqual(part[7][1], "inner")
         self.assertEqual(part[7][2], ((None, None, "x", "y"),))
         self.assertEqual(
-            part[8], ("TEXT", "PLAIN", ("CHARSET", "US-ASCII"), None, None, "7BIT", 12, 1, None, None, None, None)
+            part[8],
+            ("TEXT", "PLAIN", ("CHARSET", "US-ASCII"), None, None, "7BIT", 12, 1, None, None, None, None),
         )
         self.assertEqual(part[9], 4)
         self.assertEqual(part[10:], (None, None, None, None))
@@ -394,7 +409,9 @@ class BodyStructureTests(SynchronousTestCase):
 
     def test_lf_only_multipart(self) -> None:
         """A multipart with LF line ends finds its parts and sizes."""
-        data = b"Content-Type: multipart/mixed; boundary=q\n\n--q\nContent-Type: text/plain\n\nab\ncd\n--q--\n"
+        data = (
+            b"Content-Type: multipart/mixed; boundary=q\n\n--q\nContent-Type: text/plain\n\nab\ncd\n--q--\n"
+        )
         bs = parse_metadata(data).body_structure
         self.assertEqual(bs[0][6:8], (5, 2))
         self.assertEqual(extract_section(data, "1"), b"ab\ncd")
@@ -402,7 +419,7 @@ class BodyStructureTests(SynchronousTestCase):
     def test_rfc2231_continuations(self) -> None:
         """RFC 2231 continuations are joined; an encoded sequence stays encoded."""
         data = leaf(
-            b"application/x; title*0=\"a \"; title*1=\"b\";\r\n"
+            b'application/x; title*0="a "; title*1="b";\r\n'
             b" name*0*=utf-8''%E2%82; name*1*=%AC; name*2=\" x\"",
             b"",
         )
@@ -469,8 +486,22 @@ class SectionTests(SynchronousTestCase):
 
     def test_missing_and_inapplicable(self) -> None:
         """Missing parts, specifiers on non-message parts and malformed specs give nothing."""
-        for section in ["5", "1.2", "4.3", "1.HEADER", "4.TEXT", "MIME", "0", "1.", "HEADER.FIELDS", "TEXT (a)",
-                        "HEADER.FIELDS (a", "bogus", "1.2.3.4.5.6.7", "99999999999999"]:
+        for section in [
+            "5",
+            "1.2",
+            "4.3",
+            "1.HEADER",
+            "4.TEXT",
+            "MIME",
+            "0",
+            "1.",
+            "HEADER.FIELDS",
+            "TEXT (a)",
+            "HEADER.FIELDS (a",
+            "bogus",
+            "1.2.3.4.5.6.7",
+            "99999999999999",
+        ]:
             self.assertEqual((section, extract_section(RFC_EXAMPLE, section)), (section, b""))
 
     def test_whole_and_case(self) -> None:
@@ -562,9 +593,9 @@ FRAGMENTS = [
     b"--c\n",
     b"--c--",
     b"Content-Type: multipart/mixed; boundary=b\r\n",
-    b"Content-Type: multipart/digest; boundary=\"c\"\n",
+    b'Content-Type: multipart/digest; boundary="c"\n',
     b"Content-Type: message/rfc822\r\n",
-    b"Content-Type: text/plain; name*0*=x'y'%41; name*1=\"\\\"\"\r\n",
+    b'Content-Type: text/plain; name*0*=x\'y\'%41; name*1="\\""\r\n',
     b"Content-Disposition: inline; (c\r\n",
     b"\r\n",
     b"\n",

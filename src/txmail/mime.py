@@ -1,0 +1,1191 @@
+"""
+Parse a stored message once: header fields, IMAP ENVELOPE and BODYSTRUCTURE,
+and extract IMAP ``BODY[section]`` parts.
+
+This module is pure: it imports nothing from Twisted and does no I/O other
+than reading a file object it is handed.  Every entry point accepts any
+octets (broken MIME, missing boundaries, 8-bit garbage, LF-only line ends,
+no header/body separator) and gives an answer; none of them raises on bad
+input.
+
+Representation
+==============
+
+ENVELOPE and BODYSTRUCTURE are nested tuples of ``str | int | None |
+tuple``, in exactly the order of the IMAP grammar (RFC 3501 section 9,
+``envelope`` and ``body``), so that an IMAP serializer prints them
+mechanically: ``str`` is a string (quoted or literal, the serializer
+chooses), ``None`` is ``NIL``, ``int`` a number and ``tuple`` a
+parenthesised list.
+
+Every ``str`` in them (and in :attr:`MessageMetadata.headers`) is the raw
+octets of the message decoded as **latin-1**: encode with ``latin-1`` to
+get the original octets back.  Nothing is decoded further: RFC 2047
+encoded-words stay as they are, which is what IMAP sends.
+
+Envelope (RFC 3501 section 7.4.2)::
+
+    (date, subject, from, sender, reply-to, to, cc, bcc, in-reply-to, message-id)
+
+* ``date``, ``subject``, ``in-reply-to``, ``message-id``: the first such
+  header field's value, unfolded (RFC 5322 section 2.2.3) and stripped of
+  surrounding white space; ``None`` when the field is absent, ``""`` when it
+  is present but empty.
+* the six address members: a tuple of addresses ``(name, adl, mailbox,
+  host)`` or ``None`` when the field is absent or holds no address.
+  ``sender`` and ``reply-to`` default to ``from`` (RFC 3501 section 7.4.2).
+  A quoted display name is unquoted; a bare address followed by a comment
+  (``user@host (Name)``) takes the comment as its name.  The local part
+  keeps its quotes if it had them, so ``mailbox + "@" + host`` is a valid
+  address.  An address without ``@`` gets host ``""`` (never ``None``,
+  which would mark a group).  Group syntax (RFC 5322 section 3.4) becomes
+  ``(None, None, group-name, None)`` ... members ...
+  ``(None, None, None, None)``.
+
+Body structure (RFC 3501 section 7.4.2, with extension data)::
+
+    non-multipart: (type, subtype, params, id, description, encoding, size,
+                    [lines]                      # TEXT/* only
+                    [envelope, body, lines]      # MESSAGE/RFC822 only
+                    md5, disposition, language, location)
+    multipart:     (part1, part2, ..., subtype, params, disposition,
+                    language, location)
+
+* ``type``, ``subtype``, parameter names, the encoding and the disposition
+  type are upper-cased (ASCII only), as in the RFC 3501 examples
+  (``"TEXT" "PLAIN" ("CHARSET" "US-ASCII")``); parameter values keep their
+  case (a boundary is case-sensitive).
+* ``params`` is a flat tuple ``(name1, value1, name2, value2, ...)`` or
+  ``None``.  RFC 2231 continuations (``name*0``, ``name*1*``...) are joined
+  into one parameter (``name`` or, if encoded, ``name*`` whose value stays
+  ``charset'lang'percent-encoded``).
+* A missing or syntactically invalid Content-Type means ``TEXT/PLAIN
+  ("CHARSET" "US-ASCII")`` (RFC 2045 section 5.2); inside a
+  ``multipart/digest`` the default is ``MESSAGE/RFC822`` (RFC 2046 section
+  5.1.5).  No charset is invented for a Content-Type that names no charset.
+* ``encoding`` defaults to ``"7BIT"``.  ``disposition`` is ``(TYPE,
+  params)`` or ``None``; ``language`` a tuple of tags or ``None``; ``id``,
+  ``description``, ``md5``, ``location`` the unfolded raw values or ``None``.
+* ``size`` is the octets of the part body as stored.  ``lines`` counts text
+  lines of the body: every LF, plus one for a final line without a line
+  end.  The line end before a boundary delimiter belongs to the delimiter
+  (RFC 2046 section 5.1.1), not to the part.
+* A multipart that yields no part (no ``boundary`` parameter, or no
+  delimiter line found) is given one empty ``TEXT/PLAIN`` part, since IMAP
+  cannot express a multipart without parts.  A ``MESSAGE/RFC822`` part is
+  always parsed as a message, whatever its transfer encoding.  Only
+  ``MESSAGE/RFC822`` (not ``MESSAGE/GLOBAL``) gets envelope and body
+  fields, as in RFC 3501's grammar.
+
+Headers
+=======
+
+:attr:`MessageMetadata.headers` holds ``(name, value)`` for each header
+field of the top-level message, in order.  ``name`` is the octets before the
+colon (including any white space before the colon, which obsolete syntax
+allows), ``value`` everything after the colon up to and including the line
+end of the field's last line, folding line ends kept.  So
+``f"{name}:{value}".encode("latin-1")`` is exactly the field's octets.
+Lines that are neither a field (``ftext`` name and a colon) nor a
+continuation of one are left out, as is header text beyond
+``HEADER_COLLECT_LIMIT`` octets.
+
+Implementation notes
+====================
+
+One streaming scanner does the work for both :func:`parse_metadata` and
+:func:`extract_section`.  It skips through the input with compiled patterns
+(C speed), stopping only at line starts that matter: the blank line ending
+a header section, and lines starting with a delimiter of an open multipart;
+those lines are then examined one at a time.  It never holds more than a
+chunk (1 MiB) of a file plus the header fields it keeps, and counts sizes,
+line ends and offsets on the way, so nothing is read twice.  Limits against
+hostile input: nesting depth ``MAX_DEPTH`` and ``MAX_PARTS`` parts in total
+(beyond them the content is an opaque leaf body, as in Dovecot).
+
+Boundary lines are matched strictly: ``--boundary``, an optional ``--``,
+then only white space (RFC 2046 section 5.1.1), innermost multipart first,
+and an enclosing multipart's delimiter also ends the parts inside it.
+Dovecot accepts any line that merely starts with the boundary; we follow
+the RFC and Python's :mod:`email` instead, which keeps a boundary that is a
+prefix of a nested one from cutting it.
+
+Line counts (``lines``) include a last line without line end; Dovecot
+counts LFs only, so for a part ``"a\r\nb"`` (whose final CRLF belongs to the
+next delimiter) it says 1 where we say 2, the number of lines a reader sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from txmail.model import MessageMetadata
+
+__all__ = [
+    "EMPTY_BODY_STRUCTURE",
+    "EMPTY_ENVELOPE",
+    "HEADER_COLLECT_LIMIT",
+    "MAX_DEPTH",
+    "MAX_PARTS",
+    "decode_metadata",
+    "encode_metadata",
+    "extract_section",
+    "header_fields",
+    "parse_metadata",
+]
+
+#: Deepest nesting of multiparts and encapsulated messages that is parsed.
+MAX_DEPTH = 50
+#: Most body parts (multipart children and encapsulated messages) parsed.
+MAX_PARTS = 10_000
+#: Octets of one header section kept for its fields; the rest is only counted.
+HEADER_COLLECT_LIMIT = 1 << 20
+
+#: The envelope of a message with no header fields at all.
+EMPTY_ENVELOPE: tuple[Any, ...] = (None,) * 10
+#: What a multipart without parts shows as its single part (as Dovecot does).
+EMPTY_BODY_STRUCTURE: tuple[Any, ...] = (
+    "TEXT",
+    "PLAIN",
+    ("CHARSET", "US-ASCII"),
+    None,
+    None,
+    "7BIT",
+    0,
+    0,
+    None,
+    None,
+    None,
+    None,
+)
+
+_CHUNK = 1 << 20  # octets read from a file at a time
+_LINE = 1 << 16  # longest line fragment handled as one line
+
+_HEADER, _BODY, _EPILOGUE, _DONE = range(4)  # node states
+_LF = 0x0A
+
+_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _upper(s: str) -> str:
+    """ASCII-only upper case (``str.upper`` maps latin-1 ``ÿ`` outside latin-1)."""
+    return s.translate(_UPPER)
+
+
+def _lower(s: str) -> str:
+    """ASCII-only lower case."""
+    return s.translate(_LOWER)
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+class _Reader:
+    """
+    Octets from a ``bytes`` object or a binary file, consumed either one line
+    at a time or skipped in bulk, keeping the counts the parser needs: the
+    absolute position, the number of LFs consumed and the last three octets
+    consumed.
+    """
+
+    def __init__(self, source: bytes | bytearray | memoryview | typing.BinaryIO) -> None:
+        self._file: typing.BinaryIO | None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self._buf = bytes(source)
+            self._file = None
+            self._eof = True
+        else:
+            self._buf = b""
+            self._file = source
+            self._eof = False
+        self._i = 0
+        self._base = 0
+        self.lf_total = 0
+        self.tail = b""
+        self.at_line_start = True
+
+    @property
+    def pos(self) -> int:
+        return self._base + self._i
+
+    def _fill(self) -> bool:
+        """Read another chunk; return whether any octets came."""
+        if self._eof or self._file is None:
+            return False
+        data = self._file.read(_CHUNK)
+        if not data:
+            self._eof = True
+            return False
+        self._base += self._i
+        self._buf = self._buf[self._i :] + data
+        self._i = 0
+        return True
+
+    def _consume(self, j: int) -> None:
+        """Consume ``_buf[_i:j]``."""
+        i = self._i
+        if j <= i:
+            return
+        buf = self._buf
+        self.lf_total += buf.count(b"\n", i, j)
+        self.tail = (self.tail + buf[max(i, j - 3) : j])[-3:]
+        self.at_line_start = buf[j - 1] == _LF
+        self._i = j
+
+    def next_line(self) -> tuple[bytes, bool] | None:
+        """
+        Consume and return the next line (with its line end) or, for a line
+        longer than ``_LINE``, its next fragment; ``None`` at the end.  The
+        flag says whether the fragment runs to a line end or to the end of
+        the input.
+        """
+        while True:
+            i = self._i
+            j = self._buf.find(b"\n", i, i + _LINE)
+            if j >= 0:
+                end, complete = j + 1, True
+                break
+            if len(self._buf) - i >= _LINE:
+                end, complete = i + _LINE, False
+                break
+            if not self._fill():
+                if self._i >= len(self._buf):
+                    return None
+                end, complete = len(self._buf), True
+                break
+        frag = self._buf[self._i : end]
+        self._consume(end)
+        return frag, complete
+
+    def skip_to(self, stops: _Stops | None, sink: typing.Callable[[bytes], None] | None = None) -> None:
+        """
+        Consume octets up to the next line start where *stops* matches (that
+        line is left unconsumed), or to the end when *stops* is ``None`` or
+        never matches.  Consumed octets go to *sink* when given.
+        """
+        while True:
+            buf, i = self._buf, self._i
+            if stops is None:
+                if sink is not None:
+                    sink(buf[i:])
+                self._consume(len(buf))
+                if not self._fill():
+                    return
+                continue
+            if not self._eof and len(buf) - i < stops.keep and self._fill():
+                continue
+            if self.at_line_start and stops.at_start.match(buf, i):
+                return
+            m = stops.search.search(buf, i)
+            if m is not None:
+                j = m.start() + 1
+            elif self._eof:
+                j = len(buf)
+            else:
+                # A stop may begin in the last octets and end in the next chunk.
+                j = max(i, len(buf) - stops.keep)
+            if sink is not None and j > i:
+                sink(buf[i:j])
+            self._consume(j)
+            if m is not None or (self._eof and j == len(buf)):
+                return
+            self._fill()
+
+
+class _Stops(typing.NamedTuple):
+    """Compiled patterns for the line starts where :meth:`_Reader.skip_to` stops."""
+
+    at_start: re.Pattern[bytes]  # matched at a line start
+    search: re.Pattern[bytes]  # finds the LF before such a line start
+    keep: int  # octets a stop may need beyond its LF
+
+
+@functools.lru_cache(maxsize=256)
+def _stops(prefixes: tuple[bytes, ...], header: bool) -> _Stops | None:
+    """
+    Stops for a header section (a blank line, or a line starting with one of
+    *prefixes*) or for a body (a line starting with one of *prefixes*; none
+    when there are none).
+    """
+    alternatives = [re.escape(p) for p in prefixes]
+    if header:
+        alternatives.insert(0, rb"\r?\n")
+    if not alternatives:
+        return None
+    alt = b"|".join(alternatives)
+    keep = max([len(p) for p in prefixes] + [2]) + 1
+    return _Stops(re.compile(b"(?:" + alt + b")"), re.compile(b"\n(?=" + alt + b")"), keep)
+
+
+# ---------------------------------------------------------------------------
+# Header fields
+
+_FIELD_NAME_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # RFC 5322 section 3.6.8 ftext
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _parse_fields(data: bytes) -> tuple[tuple[str, str], ...]:
+    """Split a header section into ``(name, raw value)`` pairs (see module docstring)."""
+    fields: list[tuple[str, str]] = []
+    name: bytes | None = None
+    value: list[bytes] = []
+    pieces = data.split(b"\n")
+    last = pieces.pop()
+    lines = [p + b"\n" for p in pieces]
+    if last:
+        lines.append(last)
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if name is not None:
+                value.append(line)
+            continue
+        if name is not None:
+            fields.append((name.decode("latin-1"), b"".join(value).decode("latin-1")))
+            name = None
+        m = _FIELD_NAME_RE.match(line)
+        if m is not None:
+            colon = m.end() - 1
+            name = line[:colon]
+            value = [line[colon + 1 :]]
+    if name is not None:
+        fields.append((name.decode("latin-1"), b"".join(value).decode("latin-1")))
+    return tuple(fields)
+
+
+def _field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first raw value of the field *name* (lower case), or ``None``."""
+    for n, v in fields:
+        if _lower(n.rstrip(" \t")) == name:
+            return v
+    return None
+
+
+def _unfold(value: str) -> str:
+    """Unfold (RFC 5322 section 2.2.3) and strip surrounding white space."""
+    return _FOLD_RE.sub("", value).strip(" \t\r\n")
+
+
+def _clean_field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
+    v = _field(fields, name)
+    return None if v is None else _unfold(v)
+
+
+def _format_fields(fields: Iterable[tuple[str, str]], names: Iterable[str], exclude: bool) -> bytes:
+    """HEADER.FIELDS / HEADER.FIELDS.NOT of *fields*, ending with the blank line."""
+    wanted = {_lower(n.strip()) for n in names}
+    out = []
+    for n, v in fields:
+        if (_lower(n.rstrip(" \t")) in wanted) != exclude:
+            line = f"{n}:{v}"
+            if not line.endswith("\n"):
+                line += "\r\n"
+            out.append(line)
+    out.append("\r\n")
+    return "".join(out).encode("latin-1")
+
+
+# ---------------------------------------------------------------------------
+# Structured MIME field values (RFC 2045 section 5.1, RFC 2183, RFC 2231)
+
+_TSPECIALS = set('()<>@,;:\\"/[]?=')
+_ATTRIBUTE_CHARS = {chr(c) for c in range(0x21, 0x7F)} - _TSPECIALS - {"*", "'", "%"}
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~\x80-\xff]+$")
+_CONTINUATION_RE = re.compile(r"^(.+?)\*([0-9]{1,4})(\*?)$")
+
+
+def _split_structured(value: str) -> list[str]:
+    """
+    Split a structured field value at ``;`` outside quoted strings, dropping
+    comments; quoted strings are kept with their quotes.
+    """
+    segments: list[str] = []
+    cur: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == '"':
+            j = i + 1
+            while j < n and value[j] != '"':
+                j += 2 if value[j] == "\\" else 1
+            cur.append(value[i : j + 1])
+            i = j + 1
+        elif c == "(":
+            depth, j = 1, i + 1
+            while j < n and depth:
+                if value[j] == "\\":
+                    j += 1
+                elif value[j] == "(":
+                    depth += 1
+                elif value[j] == ")":
+                    depth -= 1
+                j += 1
+            cur.append(" ")
+            i = j
+        elif c == ";":
+            segments.append("".join(cur))
+            cur = []
+            i += 1
+        else:
+            cur.append(c)
+            i += 1
+    segments.append("".join(cur))
+    return segments
+
+
+def _unquote(value: str) -> str:
+    """The content of a quoted string (escapes resolved), or *value* stripped."""
+    value = value.strip(" \t\r\n")
+    if not value.startswith('"'):
+        return value
+    out = []
+    i = 1
+    while i < len(value) and value[i] != '"':
+        if value[i] == "\\" and i + 1 < len(value):
+            i += 1
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def _percent_encode(value: str) -> str:
+    return "".join(
+        c if c in _ATTRIBUTE_CHARS else "".join(f"%{b:02X}" for b in c.encode("latin-1")) for c in value
+    )
+
+
+def _parameters(segments: list[str]) -> tuple[str, ...]:
+    """
+    Parse ``name=value`` segments into a flat IMAP parameter list, names
+    upper-cased, RFC 2231 continuations joined, first occurrence winning.
+    """
+    continued: dict[str, tuple[str, dict[int, tuple[str, bool]]]] = {}
+    order: list[tuple[str, str] | str] = []
+    for seg in segments:
+        name, eq, raw = seg.partition("=")
+        name = name.strip(" \t\r\n")
+        if not eq or not name:
+            continue
+        value = _unquote(raw)
+        m = _CONTINUATION_RE.match(name)
+        if m is not None:
+            base = m.group(1)
+            key = _lower(base)
+            if key not in continued:
+                continued[key] = (base, {})
+                order.append(key)
+            continued[key][1].setdefault(int(m.group(2)), (value, bool(m.group(3))))
+        else:
+            order.append((name, value))
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in order:
+        if isinstance(item, tuple):
+            name, value = item
+        else:
+            base, segs = continued[item]
+            ordered = [segs[k] for k in sorted(segs)]
+            if ordered[0][1]:
+                name = base + "*"
+                value = "".join(v if enc else _percent_encode(v) for v, enc in ordered)
+            else:
+                name = base
+                value = "".join(v for v, _ in ordered)
+        name = _upper(name)
+        if name in seen:
+            continue
+        seen.add(name)
+        out += [name, value]
+    return tuple(out)
+
+
+def _content_type(
+    fields: tuple[tuple[str, str], ...], digest_child: bool
+) -> tuple[str, str, tuple[str, ...]]:
+    """``(TYPE, SUBTYPE, params)`` of a part, with the RFC 2045/2046 defaults."""
+    raw = _field(fields, "content-type")
+    if raw is not None:
+        segments = _split_structured(_unfold(raw))
+        typ, slash, sub = segments[0].partition("/")
+        typ, sub = typ.strip(" \t\r\n"), sub.strip(" \t\r\n")
+        if slash and _TOKEN_RE.match(typ) and _TOKEN_RE.match(sub):
+            return _upper(typ), _upper(sub), _parameters(segments[1:])
+    if digest_child:
+        return "MESSAGE", "RFC822", ()
+    # RFC 2045 section 5.2: absent or syntactically invalid.
+    return "TEXT", "PLAIN", ("CHARSET", "US-ASCII")
+
+
+def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
+    """``(TYPE, params-or-None)`` from Content-Disposition (RFC 2183), or ``None``."""
+    raw = _field(fields, "content-disposition")
+    if raw is None:
+        return None
+    segments = _split_structured(_unfold(raw))
+    typ = segments[0].strip(" \t\r\n")
+    if not typ:
+        return None
+    return (_upper(typ), _parameters(segments[1:]) or None)
+
+
+def _language(fields: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:
+    """Content-Language tags (RFC 3282), or ``None``."""
+    raw = _field(fields, "content-language")
+    if raw is None:
+        return None
+    text = " ".join(_split_structured(_unfold(raw)))
+    tags = tuple(t for t in re.split(r"[\s,]+", text) if t)
+    return tags or None
+
+
+def _encoding(fields: tuple[tuple[str, str], ...]) -> str:
+    """Content-Transfer-Encoding upper-cased, ``7BIT`` by default (RFC 2045 section 6.1)."""
+    raw = _field(fields, "content-transfer-encoding")
+    if raw is None:
+        return "7BIT"
+    words = " ".join(_split_structured(_unfold(raw))).split()
+    return _upper(words[0]) if words else "7BIT"
+
+
+# ---------------------------------------------------------------------------
+# Addresses (RFC 5322 section 3.4, lenient) for the envelope
+
+
+class _Tok(typing.NamedTuple):
+    kind: str  # "atom", "qs", "dlit", "special", "comment"
+    raw: str
+    text: str
+    space: bool  # white space (or a comment) came before it
+
+
+_ADDR_SPECIALS = frozenset("<>@,;:.")
+_ATOM_STOP = frozenset(' \t\r\n"([') | _ADDR_SPECIALS
+
+
+def _address_tokens(s: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    i, n = 0, len(s)
+    space = False
+    while i < n:
+        c = s[i]
+        if c in " \t\r\n":
+            space = True
+            i += 1
+        elif c == '"' or c == "[":
+            close = '"' if c == '"' else "]"
+            j = i + 1
+            text = []
+            while j < n and s[j] != close:
+                if s[j] == "\\" and j + 1 < n:
+                    j += 1
+                text.append(s[j])
+                j += 1
+            toks.append(_Tok("qs" if c == '"' else "dlit", s[i : j + 1], "".join(text), space))
+            space = False
+            i = j + 1
+        elif c == "(":
+            depth, j = 1, i + 1
+            text = []
+            while j < n:
+                ch = s[j]
+                if ch == "\\" and j + 1 < n:
+                    text.append(s[j + 1])
+                    j += 2
+                    continue
+                if ch == "(":
+                    depth += 1
+                elif ch == ")":
+                    depth -= 1
+                    if depth == 0:
+                        j += 1
+                        break
+                text.append(ch)
+                j += 1
+            toks.append(_Tok("comment", s[i:j], " ".join("".join(text).split()), space))
+            space = True
+            i = j
+        elif c in _ADDR_SPECIALS:
+            toks.append(_Tok("special", c, c, space))
+            space = False
+            i += 1
+        else:
+            j = i
+            while j < n and s[j] not in _ATOM_STOP:
+                j += 1
+            toks.append(_Tok("atom", s[i:j], s[i:j], space))
+            space = False
+            i = j
+    return toks
+
+
+def _phrase(toks: list[_Tok]) -> str | None:
+    """A display name: words joined as written, quoted strings unquoted."""
+    out: list[str] = []
+    for t in toks:
+        if t.kind == "comment":
+            continue
+        if out and t.space:
+            out.append(" ")
+        out.append(t.text if t.kind == "qs" else t.raw)
+    return "".join(out) or None
+
+
+def _raw_join(toks: list[_Tok]) -> str:
+    return "".join(t.raw for t in toks if t.kind != "comment")
+
+
+def _addr_spec(toks: list[_Tok], name: str | None, comments: list[str]) -> tuple[Any, ...] | None:
+    """``(name, None, mailbox, host)`` from the tokens of an addr-spec."""
+    words = [t for t in toks if t.kind != "comment"]
+    if not words:
+        return None
+    at = next((k for k, t in enumerate(words) if t.raw == "@" and t.kind == "special"), None)
+    if at is None:
+        local, host = _raw_join(words), ""
+    else:
+        local, host = _raw_join(words[:at]), _raw_join(words[at + 1 :])
+    if name is None:
+        named = [c for c in comments if c]
+        name = named[-1] if named else None
+    return (name, None, local, host)
+
+
+class _AddressParser:
+    """A forgiving parser of ``address-list`` (RFC 5322 section 3.4)."""
+
+    def __init__(self, value: str) -> None:
+        self.toks = _address_tokens(value)
+        self.out: list[tuple[Any, ...]] = []
+
+    def parse(self) -> tuple[tuple[Any, ...], ...] | None:
+        i = 0
+        while i < len(self.toks):
+            j = self._address(i, in_group=False)
+            i = j if j > i else i + 1
+        return tuple(self.out) or None
+
+    def _address(self, i: int, in_group: bool) -> int:
+        toks, n = self.toks, len(self.toks)
+        stops = "<,;" if in_group else "<,;:"
+        words: list[_Tok] = []
+        comments: list[str] = []
+        while i < n:
+            t = toks[i]
+            if t.kind == "comment":
+                comments.append(t.text)
+            elif t.kind == "special" and t.raw in stops:
+                break
+            else:
+                words.append(t)
+            i += 1
+        stop = toks[i].raw if i < n else ""
+        if stop == "<":
+            return self._angle(i + 1, _phrase(words), comments, in_group)
+        if stop == ":":
+            # group = display-name ":" [group-list] ";"
+            self.out.append((None, None, _phrase(words) or "", None))
+            i += 1
+            while i < n and toks[i].raw != ";":
+                j = self._address(i, in_group=True)
+                i = j if j > i else i + 1
+            self.out.append((None, None, None, None))
+            return i + 1
+        addr = _addr_spec(words, None, comments)
+        if addr is not None:
+            self.out.append(addr)
+        if stop == ";" and in_group:
+            return i  # the group consumes its ";"
+        return i + 1
+
+    def _angle(self, i: int, name: str | None, comments: list[str], in_group: bool) -> int:
+        """angle-addr = "<" [obs-route] addr-spec ">" (RFC 5322 section 3.4, 4.4)."""
+        toks, n = self.toks, len(self.toks)
+        inner: list[_Tok] = []
+        route: str | None = None
+        while i < n and toks[i].kind == "comment":
+            i += 1
+        if i < n and toks[i].raw == "@" and toks[i].kind == "special":
+            start = i
+            while i < n and not (toks[i].kind == "special" and toks[i].raw in ":>"):
+                i += 1
+            if i < n and toks[i].raw == ":":
+                route = _raw_join(toks[start:i])
+                i += 1
+            else:
+                i = start
+        while i < n and not (toks[i].kind == "special" and toks[i].raw in ">,;"):
+            inner.append(toks[i])
+            i += 1
+        if i < n and toks[i].raw == ">":
+            i += 1
+        addr = _addr_spec(inner, name, [])
+        if addr is None:
+            addr = (name, None, "", "")
+        # Anything up to the next "," is junk, except a comment that may name it.
+        while i < n and toks[i].raw not in (",", ";"):
+            if toks[i].kind == "comment":
+                comments.append(toks[i].text)
+            i += 1
+        if addr[0] is None:
+            named = [c for c in comments if c]
+            if named:
+                addr = (named[-1], *addr[1:])
+        self.out.append((addr[0], route, addr[2], addr[3]))
+        if i < n and toks[i].raw == ";" and in_group:
+            return i
+        return i + 1
+
+
+def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...] | None:
+    raw = _field(fields, name)
+    if raw is None:
+        return None
+    return _AddressParser(_unfold(raw)).parse()
+
+
+def _envelope(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...]:
+    """The IMAP ENVELOPE (RFC 3501 section 7.4.2) of a header section."""
+    from_ = _addresses(fields, "from")
+    return (
+        _clean_field(fields, "date"),
+        _clean_field(fields, "subject"),
+        from_,
+        _addresses(fields, "sender") or from_,
+        _addresses(fields, "reply-to") or from_,
+        _addresses(fields, "to"),
+        _addresses(fields, "cc"),
+        _addresses(fields, "bcc"),
+        _clean_field(fields, "in-reply-to"),
+        _clean_field(fields, "message-id"),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The scanner
+
+
+class _Node:
+    """One entity: the message, a body part, or an encapsulated message."""
+
+    __slots__ = (
+        "body_start",
+        "boundary",
+        "children",
+        "ctype",
+        "depth",
+        "digest_child",
+        "end",
+        "fields",
+        "hbuf",
+        "hlen",
+        "lf_at_body",
+        "lines",
+        "message",
+        "start",
+        "state",
+    )
+
+    def __init__(self, start: int, depth: int, digest_child: bool = False) -> None:
+        self.start = start
+        self.body_start = start
+        self.end = start
+        self.state = _HEADER
+        self.depth = depth
+        self.digest_child = digest_child
+        self.hbuf: list[bytes] = []
+        self.hlen = 0
+        self.fields: tuple[tuple[str, str], ...] = ()
+        self.ctype: tuple[str, str, tuple[str, ...]] = ("TEXT", "PLAIN", ())
+        self.lf_at_body = 0
+        self.lines = 0
+        self.children: list[_Node] = []
+        self.message: _Node | None = None
+        self.boundary = b""  # b"--" + boundary while the multipart scans for it
+
+    def add_header(self, data: bytes) -> None:
+        room = HEADER_COLLECT_LIMIT - self.hlen
+        if room > 0:
+            self.hbuf.append(data[:room])
+        self.hlen += len(data)
+
+    def finish_header(self, size: int) -> None:
+        """Parse the first *size* octets of the collected header lines."""
+        data = b"".join(self.hbuf)[:size]
+        self.hbuf = []
+        self.fields = _parse_fields(data)
+        self.ctype = _content_type(self.fields, self.digest_child)
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.ctype[0] == "MULTIPART"
+
+    @property
+    def is_rfc822(self) -> bool:
+        return self.ctype[:2] == ("MESSAGE", "RFC822")
+
+
+class _Parser:
+    """Drive a :class:`_Reader` through the MIME tree (RFC 2045, RFC 2046)."""
+
+    def __init__(self, reader: _Reader) -> None:
+        self.r = reader
+        self.parts = 0
+        self.root = _Node(0, 0)
+        self.stack = [self.root]
+
+    def _prefixes(self) -> tuple[bytes, ...]:
+        """The line prefixes that may be delimiters of the open multiparts."""
+        close_only = self.parts >= MAX_PARTS  # then only close delimiters count
+        return tuple(
+            n.boundary + b"--" if close_only else n.boundary
+            for n in self.stack
+            if n.boundary and n.state == _BODY
+        )
+
+    def run(self) -> _Node:
+        r = self.r
+        stack = self.stack
+        while True:
+            top = stack[-1]
+            header = top.state == _HEADER
+            r.skip_to(_stops(self._prefixes(), header), top.add_header if header else None)
+            pos, lf, tail, at_start = r.pos, r.lf_total, r.tail, r.at_line_start
+            got = r.next_line()
+            if got is None:
+                break
+            frag, complete = got
+            if at_start and complete and frag.startswith(b"--") and self._delimiter(frag, pos, lf, tail):
+                continue
+            if header:
+                if at_start and frag in (b"\r\n", b"\n"):
+                    self._end_header(top)
+                else:
+                    top.add_header(frag)
+        while stack:
+            self._close(stack.pop(), r.pos, r.lf_total, r.tail, 0)
+        return self.root
+
+    def _end_header(self, node: _Node) -> None:
+        """The blank line ending *node*'s header section was just consumed."""
+        r = self.r
+        node.body_start = r.pos
+        node.lf_at_body = r.lf_total
+        node.state = _BODY
+        node.finish_header(node.hlen)
+        if node.depth >= MAX_DEPTH or self.parts >= MAX_PARTS:
+            return
+        if node.is_multipart:
+            boundary = dict(zip(node.ctype[2][::2], node.ctype[2][1::2], strict=False)).get("BOUNDARY")
+            if boundary:
+                node.boundary = b"--" + boundary.encode("latin-1")
+        elif node.is_rfc822:
+            msg = _Node(r.pos, node.depth + 1)
+            node.message = msg
+            self.parts += 1
+            self.stack.append(msg)
+
+    def _delimiter(self, frag: bytes, pos: int, lf: int, tail: bytes) -> bool:
+        """
+        If *frag* (a whole line starting at *pos*) is a boundary delimiter of
+        an open multipart, innermost first, act on it and return ``True``
+        (RFC 2046 section 5.1.1; an enclosing boundary also ends inner parts).
+        """
+        if frag.endswith(b"\r\n"):
+            content = frag[:-2]
+        elif frag.endswith(b"\n"):
+            content = frag[:-1]
+        else:
+            content = frag
+        stack = self.stack
+        for k in range(len(stack) - 1, -1, -1):
+            node = stack[k]
+            if not node.boundary or node.state != _BODY or not content.startswith(node.boundary):
+                continue
+            rest = content[len(node.boundary) :]
+            close = rest.startswith(b"--")
+            if close:
+                rest = rest[2:]
+            if rest.strip(b" \t\r"):
+                continue  # transport padding must be white space
+            if not close and self.parts >= MAX_PARTS:
+                return False  # defensive: _prefixes() lets only close delimiters through
+            # The line end before the delimiter belongs to it, not to the part.
+            eol = 2 if tail.endswith(b"\r\n") else 1 if tail.endswith(b"\n") else 0
+            while len(stack) > k + 1:
+                self._close(stack.pop(), pos, lf, tail, eol)
+            if close:
+                node.state = _EPILOGUE
+            else:
+                child = _Node(self.r.pos, node.depth + 1, digest_child=node.ctype[1] == "DIGEST")
+                node.children.append(child)
+                self.parts += 1
+                stack.append(child)
+            return True
+        return False
+
+    def _close(self, node: _Node, pos: int, lf: int, tail: bytes, eol: int) -> None:
+        """
+        End *node* at *pos*, less the *eol* octets of the line end that
+        belongs to a following delimiter; *lf* and *tail* describe the input
+        before *pos*.
+        """
+        if node.state == _HEADER:
+            ex = eol if pos > node.start else 0
+            node.end = node.body_start = pos - ex
+            node.finish_header(node.end - node.start)
+            node.lines = 0
+            if node.is_rfc822 and node.depth < MAX_DEPTH:
+                node.message = _Node(node.end, node.depth + 1)
+                node.message.state = _DONE
+        else:
+            ex = eol if pos > node.body_start else 0
+            node.end = pos - ex
+            if node.end > node.body_start:
+                last = tail[-1 - ex]
+                node.lines = lf - node.lf_at_body - (1 if ex else 0) + (0 if last == _LF else 1)
+            else:
+                node.lines = 0
+        node.state = _DONE
+
+
+def _parse(source: bytes | bytearray | memoryview | typing.BinaryIO) -> _Node:
+    return _Parser(_Reader(source)).run()
+
+
+# ---------------------------------------------------------------------------
+# Body structure
+
+
+def _body_structure(node: _Node) -> tuple[Any, ...]:
+    """The BODYSTRUCTURE of *node* (RFC 3501 section 7.4.2, see module docstring)."""
+    f = node.fields
+    typ, sub, params = node.ctype
+    ext = (_disposition(f), _language(f), _clean_field(f, "content-location"))
+    if typ == "MULTIPART":
+        kids = [_body_structure(c) for c in node.children] or [EMPTY_BODY_STRUCTURE]
+        return (*kids, sub, params or None, *ext)
+    out: list[Any] = [
+        typ,
+        sub,
+        params or None,
+        _clean_field(f, "content-id"),
+        _clean_field(f, "content-description"),
+        _encoding(f),
+        node.end - node.body_start,
+    ]
+    if typ == "TEXT":
+        out.append(node.lines)
+    elif node.is_rfc822:
+        if node.message is not None:
+            out += [_envelope(node.message.fields), _body_structure(node.message), node.lines]
+        else:
+            out += [EMPTY_ENVELOPE, EMPTY_BODY_STRUCTURE, node.lines]
+    out.append(_clean_field(f, "content-md5"))
+    out += ext
+    return tuple(out)
+
+
+def parse_metadata(source: bytes | typing.BinaryIO) -> MessageMetadata:
+    """
+    Parse a stored message once into its :class:`MessageMetadata`.
+
+    Args:
+        source: the message octets, or a binary file object read from its
+            current position to its end (in 1 MiB chunks; the whole message
+            is never held in memory).
+
+    Returns:
+        header size, header fields, ENVELOPE, BODYSTRUCTURE and body line
+        count, as described in the module docstring.  Any input gives an
+        answer; only an error reading the file propagates.
+    """
+    root = _parse(source)
+    return MessageMetadata(
+        header_size=root.body_start - root.start,
+        headers=root.fields,
+        envelope=_envelope(root.fields),
+        body_structure=_body_structure(root),
+        lines=root.lines,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Cache serialisation
+
+_FORMAT = 1
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def encode_metadata(md: MessageMetadata) -> bytes:
+    """
+    Serialise *md* compactly (ASCII JSON) for a store's cache; the inverse
+    of :func:`decode_metadata`.
+    """
+    return json.dumps(
+        [_FORMAT, md.header_size, md.headers, md.envelope, md.body_structure, md.lines],
+        separators=(",", ":"),
+    ).encode("ascii")
+
+
+def decode_metadata(data: bytes) -> MessageMetadata:
+    """
+    Rebuild the :class:`MessageMetadata` that :func:`encode_metadata` wrote,
+    lists back as tuples, so ``decode_metadata(encode_metadata(m)) == m``.
+
+    Raises:
+        ValueError: *data* is not such a serialisation (a damaged cache;
+            the store should parse the message again).
+    """
+    try:
+        fmt, header_size, headers, envelope, body_structure, lines = json.loads(data)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ValueError("not encoded message metadata") from e
+    if (
+        fmt != _FORMAT
+        or not isinstance(header_size, int)
+        or not isinstance(lines, int)
+        or not isinstance(headers, list)
+        or not isinstance(envelope, list)
+        or not isinstance(body_structure, list)
+    ):
+        raise ValueError("not encoded message metadata")
+    return MessageMetadata(
+        header_size=header_size,
+        headers=_tuples(headers),
+        envelope=_tuples(envelope),
+        body_structure=_tuples(body_structure),
+        lines=lines,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Sections (RFC 3501 section 6.4.5)
+
+_PART_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+_NAME_RE = re.compile(r'"((?:[^"\\]|\\.)*)"|([^\s"()]+)')
+_TEXT_SPECS = frozenset({"", "HEADER", "TEXT", "MIME", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
+
+
+def _parse_section(section: str) -> tuple[list[int], str, list[str]]:
+    """
+    Split a section spec into part numbers, the text specifier and header
+    field names::
+
+        section-spec    = section-msgtext / (section-part ["." section-text])
+        section-msgtext = "HEADER" / "HEADER.FIELDS" [".NOT"] SP header-list / "TEXT"
+        section-part    = nz-number *("." nz-number)
+        section-text    = section-msgtext / "MIME"
+
+    Raises:
+        ValueError: the spec does not follow that grammar.
+    """
+    head, paren, rest = section.strip().partition("(")
+    names: list[str] = []
+    if paren:
+        rest = rest.rstrip()
+        if not rest.endswith(")"):
+            raise ValueError("unterminated header-list")
+        for m in _NAME_RE.finditer(rest[:-1]):
+            names.append(re.sub(r"\\(.)", r"\1", m.group(1)) if m.group(1) is not None else m.group(2))
+        if not names:
+            raise ValueError("empty header-list")
+    words = head.strip().split(".") if head.strip() else []
+    if "" in words:
+        raise ValueError("empty section component")
+    nums: list[int] = []
+    while words and _PART_RE.match(words[0]):
+        nums.append(int(words.pop(0)))
+    text = _upper(".".join(words))
+    if text not in _TEXT_SPECS or (text == "MIME" and not nums):
+        raise ValueError("bad section-text")
+    if text.startswith("HEADER.FIELDS") != bool(names):
+        raise ValueError("header-list where none belongs, or missing")
+    return nums, text, names
+
+
+def _message_parts(msg: _Node) -> list[_Node]:
+    """The numbered parts of a message: its parts if multipart, else its body as part 1."""
+    return msg.children if msg.is_multipart else [msg]
+
+
+def _subparts(part: _Node) -> list[_Node]:
+    """
+    The numbered parts below a body part: a multipart's parts, the parts of
+    a MESSAGE/RFC822 part's message, or the part itself as its only part
+    (as Dovecot answers ``1.1`` of a single-part message).
+    """
+    if part.is_multipart:
+        return part.children
+    if part.message is not None:
+        return _message_parts(part.message)
+    return [part]
+
+
+def extract_section(message: bytes, section: str) -> bytes:
+    """
+    Return ``BODY[section]`` of *message* (RFC 3501 section 6.4.5),
+    parsing it on demand.
+
+    *section* is the text between the brackets, without any ``<partial>``:
+    ``""`` (the whole message), ``HEADER``, ``TEXT``, ``HEADER.FIELDS (A
+    B)``, ``HEADER.FIELDS.NOT (A B)``, or part numbers such as ``1.2``
+    optionally followed by ``.MIME``, ``.HEADER``, ``.TEXT`` or
+    ``.HEADER.FIELDS[.NOT] (...)``.  A non-multipart message's part 1 is its
+    body; ``MIME`` is a part's own header section; ``HEADER``, ``TEXT`` and
+    ``HEADER.FIELDS`` after part numbers apply to the message encapsulated
+    in a MESSAGE/RFC822 part.  A part that does not exist, a specifier that
+    does not apply, or a malformed *section* gives ``b""``.
+    ``HEADER.FIELDS`` output ends with the blank line.
+    """
+    try:
+        nums, text, names = _parse_section(section)
+    except ValueError:
+        return b""
+    if not nums and text == "":
+        return bytes(message)
+    root = _parse(message)
+    msg: _Node | None = root
+    if nums:
+        node = root
+        kids = _message_parts(root)
+        for n in nums:
+            if n > len(kids):
+                return b""
+            node = kids[n - 1]
+            kids = _subparts(node)
+        if text == "":
+            return bytes(message[node.body_start : node.end])
+        if text == "MIME":
+            return bytes(message[node.start : node.body_start])
+        msg = node.message if node.is_rfc822 else None
+    if msg is None:
+        return b""
+    if text == "HEADER":
+        return bytes(message[msg.start : msg.body_start])
+    if text == "TEXT":
+        return bytes(message[msg.body_start : msg.end])
+    return _format_fields(msg.fields, names, exclude=text.endswith(".NOT"))
+
+
+def header_fields(md: MessageMetadata, names: Iterable[str], *, exclude: bool = False) -> bytes:
+    """
+    Answer ``BODY[HEADER.FIELDS (names)]`` (or ``.NOT`` with *exclude*) for
+    the top-level message from its cached header fields.
+
+    Field names match case-insensitively; the fields come out in message
+    order with their original octets, a field that lacks a final line end
+    gets CRLF, and the result ends with the blank line CRLF.
+    """
+    return _format_fields(md.headers, names, exclude)
