@@ -1,0 +1,336 @@
+"""Tests for the txmail admin command (txmail.cli.main) with temporary data directories."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import types
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from txmail import cli
+from txmail.auth.passwords import ScramCredentials, verify_password
+from txmail.directory import FileDirectory
+
+
+class FakeMaildirProvider:
+    """Stands in for txmail.store.maildir.MaildirProvider and records calls."""
+
+    calls: list[tuple[str, str]] = []
+    fail = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def store_for(self, user: str) -> object:
+        if self.fail:
+            raise OSError("disk full")
+        self.calls.append((self.path, user))
+        return object()
+
+
+class CLITestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.stdout = io.StringIO()
+        self.stderr = io.StringIO()
+        self.patch(sys, "stdout", self.stdout)
+        self.patch(sys, "stderr", self.stderr)
+        self.prompts: list[str] = []
+        self.answers: list[str] = []
+        self.patch(cli.getpass, "getpass", self.fake_getpass)
+        FakeMaildirProvider.calls = []
+        FakeMaildirProvider.fail = False
+        fake = types.ModuleType("txmail.store.maildir")
+        fake.MaildirProvider = FakeMaildirProvider  # type: ignore[attr-defined]
+        self.set_module("txmail.store.maildir", fake)
+
+    def set_module(self, name: str, module: types.ModuleType | None) -> None:
+        """Put *module* (or nothing) in sys.modules as *name* until the test ends."""
+        missing = object()
+        old = sys.modules.get(name, missing)
+
+        def restore() -> None:
+            if old is missing:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old  # type: ignore[assignment]
+
+        self.addCleanup(restore)
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
+
+    def fake_getpass(self, prompt: str = "Password: ") -> str:
+        self.prompts.append(prompt)
+        return self.answers.pop(0)
+
+    def txmail(self, *argv: str, stdin: str = "") -> int:
+        self.patch(sys, "stdin", io.StringIO(stdin))
+        return cli.main(list(argv))
+
+    def directory(self, data_dir: str | None = None) -> FileDirectory:
+        return FileDirectory(os.path.join(data_dir or self.data_dir, "users.json"), local_domains=[])
+
+    def users_json(self, data_dir: str | None = None) -> str:
+        with open(os.path.join(data_dir or self.data_dir, "users.json"), encoding="utf-8") as f:
+            return f.read()
+
+
+class UserCommandTests(CLITestCase):
+    def test_add_with_stdin(self) -> None:
+        """user add --password-stdin stores a verifier (never the password) and creates the mailbox."""
+        code = self.txmail(
+            "user",
+            "add",
+            "--data-dir",
+            self.data_dir,
+            "Alice@Example.test",
+            "--password-stdin",
+            stdin="pa ss word\n",
+        )
+        self.assertEqual(code, 0, self.stderr.getvalue())
+        self.assertEqual(self.stdout.getvalue(), "added user alice@example.test\n")
+        text = self.users_json()
+        self.assertNotIn("pa ss word", text)
+        creds = ScramCredentials.from_dict(json.loads(text)["users"]["alice@example.test"]["scram"])
+        self.assertTrue(verify_password(creds, "pa ss word"))
+        self.assertEqual(
+            FakeMaildirProvider.calls, [(os.path.join(self.data_dir, "mail"), "alice@example.test")]
+        )
+
+    def test_add_with_prompt(self) -> None:
+        """Without --password-stdin the password is asked twice with getpass."""
+        self.answers = ["wonderland", "wonderland"]
+        self.assertEqual(self.txmail("user", "add", "--data-dir", self.data_dir, "alice@example.test"), 0)
+        self.assertEqual(len(self.prompts), 2)
+        creds = self.successResultOf(self.directory().get_credentials("alice@example.test"))
+        self.assertTrue(verify_password(creds, "wonderland"))
+
+    def test_prompt_mismatch(self) -> None:
+        """Two different passwords at the prompt fail with exit 1 and add nobody."""
+        self.answers = ["one", "two"]
+        self.assertEqual(self.txmail("user", "add", "--data-dir", self.data_dir, "alice@example.test"), 1)
+        self.assertIn("do not match", self.stderr.getvalue())
+        self.assertEqual(self.directory().list_users(), [])
+
+    def test_add_errors(self) -> None:
+        """Existing users, bad addresses, empty and prohibited passwords exit 1 with a clear message."""
+        self.txmail(
+            "user", "add", "--data-dir", self.data_dir, "alice@example.test", "--password-stdin", stdin="pw\n"
+        )
+        cases = [
+            ("alice@example.test", "pw\n", "exists"),
+            ("not an address", "pw\n", "invalid address"),
+            ("bob@example.test", "\n", "empty password"),
+            ("bob@example.test", "bell\x07\n", "invalid password"),
+        ]
+        for address, stdin, message in cases:
+            self.stderr.truncate(0)
+            self.stderr.seek(0)
+            code = self.txmail(
+                "user", "add", "--data-dir", self.data_dir, address, "--password-stdin", stdin=stdin
+            )
+            self.assertEqual(code, 1, address)
+            self.assertIn(message, self.stderr.getvalue())
+            self.assertTrue(self.stderr.getvalue().startswith("txmail: error: "))
+            self.assertNotIn("Traceback", self.stderr.getvalue())
+        self.assertEqual(self.directory().list_users(), ["alice@example.test"])
+
+    def test_storage_failure_reported(self) -> None:
+        """If the mailbox cannot be created the command says so and exits 1 (the user exists)."""
+        FakeMaildirProvider.fail = True
+        code = self.txmail(
+            "user", "add", "--data-dir", self.data_dir, "alice@example.test", "--password-stdin", stdin="pw\n"
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(
+            "user alice@example.test added, but creating its mail storage failed: disk full",
+            self.stderr.getvalue(),
+        )
+        self.assertEqual(self.directory().list_users(), ["alice@example.test"])
+
+    def test_list_passwd_del(self) -> None:
+        """user list prints users; passwd changes the password; del removes the user."""
+        for name in ("bob@example.test", "alice@example.test"):
+            self.txmail("user", "add", "--data-dir", self.data_dir, name, "--password-stdin", stdin="old\n")
+        self.stdout.truncate(0)
+        self.stdout.seek(0)
+        self.assertEqual(self.txmail("user", "list", "--data-dir", self.data_dir), 0)
+        self.assertEqual(self.stdout.getvalue(), "alice@example.test\nbob@example.test\n")
+        self.assertEqual(
+            self.txmail(
+                "user",
+                "passwd",
+                "--data-dir",
+                self.data_dir,
+                "bob@example.test",
+                "--password-stdin",
+                stdin="new\n",
+            ),
+            0,
+        )
+        creds = self.successResultOf(self.directory().get_credentials("bob@example.test"))
+        self.assertTrue(verify_password(creds, "new"))
+        self.assertEqual(self.txmail("user", "del", "--data-dir", self.data_dir, "bob@example.test"), 0)
+        self.assertEqual(self.directory().list_users(), ["alice@example.test"])
+
+    def test_unknown_user(self) -> None:
+        """passwd and del of an unknown user exit 1; passwd does not prompt first."""
+        self.assertEqual(self.txmail("user", "passwd", "--data-dir", self.data_dir, "ghost@example.test"), 1)
+        self.assertEqual(self.prompts, [])
+        self.assertIn("no user ghost@example.test", self.stderr.getvalue())
+        self.assertEqual(self.txmail("user", "del", "--data-dir", self.data_dir, "ghost@example.test"), 1)
+
+    def test_default_data_dir(self) -> None:
+        """Without --data-dir the directory is ./txmail-data, like the server's default."""
+        cwd = os.getcwd()
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        os.chdir(work)
+        self.addCleanup(os.chdir, cwd)
+        self.assertEqual(
+            self.txmail("user", "add", "alice@example.test", "--password-stdin", stdin="pw\n"), 0
+        )
+        self.assertTrue(os.path.isfile(os.path.join(work, "txmail-data", "users.json")))
+
+    def test_usage_error(self) -> None:
+        """A missing subcommand or argument is a usage error with exit status 2."""
+        self.assertEqual(self.txmail(), 2)
+        self.assertEqual(self.txmail("user", "add"), 2)
+        self.assertEqual(self.txmail("alias", "add", "only-alias@example.test"), 2)
+
+
+class ConfigTests(CLITestCase):
+    def write_config(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp()) + ".toml"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_config_gives_data_dir_and_domains(self) -> None:
+        """With --config the data directory and primary domain come from the file."""
+        data_dir = os.path.abspath(self.mktemp())
+        config = self.write_config(
+            f'[server]\ndata_dir = "{data_dir}"\ndomains = ["Example.org", "other.org"]\n'
+        )
+        self.assertEqual(
+            self.txmail("user", "add", "--config", config, "carol", "--password-stdin", stdin="pw\n"), 0
+        )
+        self.assertIn('"carol@example.org"', self.users_json(data_dir))
+        self.assertEqual(FakeMaildirProvider.calls, [(os.path.join(data_dir, "mail"), "carol@example.org")])
+
+    def test_check_config_ok(self) -> None:
+        """check-config prints OK and a summary of the settings."""
+        config = self.write_config(
+            f'[server]\nhostname = "mx.example.org"\ndata_dir = "{self.data_dir}"\ndomains = ["example.org"]\n'
+        )
+        self.assertEqual(self.txmail("check-config", "--config", config), 0)
+        out = self.stdout.getvalue()
+        self.assertTrue(out.startswith("OK\n"))
+        self.assertIn("mx.example.org", out)
+        self.assertIn("example.org", out)
+        self.assertIn(self.data_dir, out)
+
+    def test_check_config_errors(self) -> None:
+        """A bad key, bad TOML or a missing file exits 1 with the config error on stderr."""
+        cases = [
+            (self.write_config("[server]\nbogus = 1\n"), "unknown key 'bogus'"),
+            (self.write_config("[server\n"), "not valid TOML"),
+            (os.path.join(self.data_dir, "missing.toml"), "cannot read config file"),
+            (self.write_config('[server]\nplaintext_auth = "sometimes"\n'), "plaintext_auth"),
+        ]
+        for path, message in cases:
+            self.stderr.truncate(0)
+            self.stderr.seek(0)
+            self.assertEqual(self.txmail("check-config", "--config", path), 1)
+            self.assertIn(message, self.stderr.getvalue())
+            self.assertNotIn("OK", self.stdout.getvalue())
+
+    def test_check_config_bad_users_file(self) -> None:
+        """check-config also reports a users.json that cannot be parsed."""
+        os.makedirs(self.data_dir)
+        with open(os.path.join(self.data_dir, "users.json"), "w") as f:
+            f.write("{oops")
+        config = self.write_config(f'[server]\ndata_dir = "{self.data_dir}"\n')
+        self.assertEqual(self.txmail("check-config", "--config", config), 1)
+        self.assertIn("not valid JSON", self.stderr.getvalue())
+
+    def test_check_config_needs_config(self) -> None:
+        """check-config without --config is a usage error."""
+        self.assertEqual(self.txmail("check-config"), 2)
+
+
+class AliasCommandTests(CLITestCase):
+    def test_alias_add_list_del(self) -> None:
+        """alias add/list/del manage aliases, including a catch-all."""
+        self.txmail(
+            "user", "add", "--data-dir", self.data_dir, "alice@example.test", "--password-stdin", stdin="pw\n"
+        )
+        self.assertEqual(
+            self.txmail(
+                "alias",
+                "add",
+                "--data-dir",
+                self.data_dir,
+                "Sales@example.test",
+                "alice@example.test",
+                "x@remote.test",
+            ),
+            0,
+        )
+        self.assertEqual(
+            self.txmail("alias", "add", "--data-dir", self.data_dir, "@example.test", "alice@example.test"), 0
+        )
+        self.stdout.truncate(0)
+        self.stdout.seek(0)
+        self.assertEqual(self.txmail("alias", "list", "--data-dir", self.data_dir), 0)
+        self.assertEqual(
+            self.stdout.getvalue(),
+            "@example.test -> alice@example.test\nsales@example.test -> alice@example.test, x@remote.test\n",
+        )
+        resolved = self.successResultOf(self.directory().resolve_recipient("sales@example.test"))
+        self.assertEqual(resolved, ["alice@example.test", "x@remote.test"])
+        self.assertEqual(self.txmail("alias", "del", "--data-dir", self.data_dir, "sales@example.test"), 0)
+        self.assertEqual(list(self.directory().list_aliases()), ["@example.test"])
+
+    def test_alias_errors(self) -> None:
+        """Duplicate aliases, bad targets and unknown aliases exit 1 with a message."""
+        self.txmail("alias", "add", "--data-dir", self.data_dir, "a@example.test", "b@example.test")
+        cases: list[tuple[list[str], str]] = [
+            (["alias", "add", "--data-dir", self.data_dir, "a@example.test", "c@example.test"], "exists"),
+            (["alias", "add", "--data-dir", self.data_dir, "d@example.test", "not valid"], "invalid address"),
+            (["alias", "add", "--data-dir", self.data_dir, "d@example.test", "d@example.test"], "itself"),
+            (["alias", "del", "--data-dir", self.data_dir, "zzz@example.test"], "no alias"),
+        ]
+        for argv, message in cases:
+            self.stderr.truncate(0)
+            self.stderr.seek(0)
+            self.assertEqual(self.txmail(*argv), 1, argv)
+            self.assertIn(message, self.stderr.getvalue())
+
+
+class RealStorageTests(CLITestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.set_module("txmail.store.maildir", None)
+        try:
+            import txmail.store.maildir  # noqa: F401
+        except ImportError:
+            raise SkipTest("txmail.store.maildir is not available yet") from None
+
+    def test_user_add_creates_maildir(self) -> None:
+        """user add creates the user's Maildir (tmp/new/cur) below <data-dir>/mail."""
+        code = self.txmail(
+            "user", "add", "--data-dir", self.data_dir, "alice@example.test", "--password-stdin", stdin="pw\n"
+        )
+        self.assertEqual(code, 0, self.stderr.getvalue())
+        found: list[str] = []
+        for root, dirs, _ in os.walk(os.path.join(self.data_dir, "mail")):
+            if {"tmp", "new", "cur"} <= set(dirs):
+                found.append(root)
+        self.assertTrue(found, "no Maildir was created")
+        self.assertTrue(any("alice" in path for path in found), found)
