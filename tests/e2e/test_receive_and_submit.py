@@ -364,3 +364,75 @@ class TLSTests(TestCase):
             self.assertEqual(replies[2][:3], b"503")
 
         return deferToThread(probe).addCallback(check)
+
+
+def _scram_client_login(sock: socket.socket, username: str, password: str) -> list[bytes]:
+    """Run AUTH SCRAM-SHA-256 (RFC 5802, RFC 7677) as a client over *sock*; return the replies."""
+    import base64
+    import hashlib
+    import hmac
+    import secrets
+
+    nonce = base64.b64encode(secrets.token_bytes(18)).decode()
+    first_bare = f"n={username},r={nonce}"
+    sock.sendall(b"AUTH SCRAM-SHA-256 " + base64.b64encode(("n,," + first_bare).encode()) + b"\r\n")
+    (reply,) = _recv_until(sock, 1)
+    replies = [reply]
+    server_first = base64.b64decode(reply[4:]).decode()
+    fields = dict(item.split("=", 1) for item in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    without_proof = f"c=biws,r={fields['r']}"
+    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(stored_key, auth_message, "sha256")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    final = f"{without_proof},p={base64.b64encode(proof).decode()}"
+    sock.sendall(base64.b64encode(final.encode()) + b"\r\n")
+    (reply,) = _recv_until(sock, 1)
+    replies.append(reply)
+    if reply.startswith(b"334 "):
+        server_final = base64.b64decode(reply[4:]).decode()
+        server_key = hmac.digest(salted, b"Server Key", "sha256")
+        expected = base64.b64encode(hmac.digest(server_key, auth_message, "sha256")).decode()
+        assert server_final == f"v={expected}", server_final
+        sock.sendall(b"\r\n")
+        replies += _recv_until(sock, 1)
+    return replies
+
+
+class ScramTests(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield start_server(self)
+        self.server.directory.add_user("alice@example.test", PASSWORD)
+
+    def test_scram_sha_256_login(self) -> Any:
+        """A SCRAM-SHA-256 client authenticates on submission and verifies the server's signature."""
+
+        def probe() -> list[bytes]:
+            with socket.create_connection(self.server.address("submission")) as sock:
+                _recv_until(sock, 1)
+                sock.sendall(b"EHLO c\r\n")
+                _recv_until(sock, 1)
+                return _scram_client_login(sock, "alice@example.test", PASSWORD)
+
+        def check(replies: list[bytes]) -> None:
+            self.assertEqual([r[:3] for r in replies], [b"334", b"334", b"235"])
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_scram_wrong_password(self) -> Any:
+        """A SCRAM client with the wrong password gets 535."""
+
+        def probe() -> list[bytes]:
+            with socket.create_connection(self.server.address("submission")) as sock:
+                _recv_until(sock, 1)
+                sock.sendall(b"EHLO c\r\n")
+                _recv_until(sock, 1)
+                return _scram_client_login(sock, "alice@example.test", "wrong")
+
+        def check(replies: list[bytes]) -> None:
+            self.assertEqual(replies[-1][:3], b"535")
+
+        return deferToThread(probe).addCallback(check)

@@ -1,0 +1,3 @@
+project = "txmail"
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
+html_theme = "alabaster"
