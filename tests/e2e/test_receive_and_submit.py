@@ -68,7 +68,7 @@ class ReceiveTests(TestCase):
                 data = f.read()
             self.assertTrue(data.startswith(b"Return-Path: <sender@remote.test>\r\nReceived: from "))
             self.assertIn(b"by mx.example.test", data)
-            self.assertTrue(data.endswith(b"Subject: hi\r\n\r\nHello\r\n.dot\r\n"))
+            self.assertTrue(data.endswith(b"Subject: hi\r\n\r\nHello\r\n..dot\r\n"))
             self.assertEqual(maildir_files(self.server, "alice@example.test", "tmp"), [])
 
         return d.addCallback(check)

@@ -1,0 +1,204 @@
+"""
+Events the SMTP server session hands to its application (the adapter).
+
+Events are frozen dataclasses, named as nouns or in the past tense (h11,
+wsproto).  Some need a decision: after returning one of those,
+:meth:`txmail.smtp.session.ServerSession.next_event` returns ``None``
+until the application calls ``accept(...)`` or ``reject(reply)``.  Their
+class attribute ``needs_decision`` is ``True``:
+
+=================  ==============================================================
+event              ``accept(...)`` / ``reject(reply)``
+=================  ==============================================================
+``MailFrom``       ``accept()`` 250 2.1.0, or the application's refusal
+``RcptTo``         ``accept()`` 250 2.1.5, or the router's refusal
+``DataStart``      ``accept()`` opens the content (354 for DATA), or refuse it
+``DataComplete``   ``accept(reply)`` with the queued-as reply, or the failure
+``AuthStep``       ``accept(sasl_event)`` with what the authenticator resolved,
+                   or ``reject(reply)`` when it failed unexpectedly
+``StartTLS``       ``accept()`` sends 220 and resets the session, or refuse
+=================  ==============================================================
+
+The others (``Greeted``, ``DataChunk``, ``DataAborted``, ``Authenticated``,
+``ConnectionClosing``) are information: the session
+has already answered.
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from txmail.smtp.codes import Reply
+
+__all__ = [
+    "AuthStep",
+    "Authenticated",
+    "ConnectionClosing",
+    "DataAborted",
+    "DataChunk",
+    "DataComplete",
+    "DataStart",
+    "Event",
+    "Greeted",
+    "MailFrom",
+    "RcptTo",
+    "StartTLS",
+]
+
+
+class Event:
+    """Base class of the session's events."""
+
+    __slots__ = ()
+    needs_decision: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Greeted(Event):
+    """The client said EHLO (``extended``) or HELO with *name*."""
+
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom(Event):
+    """
+    MAIL FROM was valid and allowed; the application decides.
+
+    Attributes:
+        address: the reverse-path, ``""`` for ``<>``.
+        params: ESMTP parameters, upper-cased keys (SIZE, BODY, SMTPUTF8,
+            RET, ENVID, AUTH...).
+    """
+
+    needs_decision: ClassVar[bool] = True
+    address: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo(Event):
+    """
+    RCPT TO was valid and allowed by the session's own checks; the
+    application (the router's ``check_recipient``) decides.
+
+    Attributes:
+        address: the forward-path, normalised (source route dropped, quoting
+            only where needed).
+        params: ESMTP parameters (NOTIFY, ORCPT...).
+    """
+
+    needs_decision: ClassVar[bool] = True
+    address: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DataStart(Event):
+    """
+    Message content is about to start (DATA, or the first BDAT chunk).
+
+    The application prepares somewhere to put the content; ``accept()``
+    lets it flow (the 354 reply for DATA).
+
+    Attributes:
+        chunking: ``True`` for BDAT, ``False`` for DATA.
+    """
+
+    needs_decision: ClassVar[bool] = True
+    chunking: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk(Event):
+    """A piece of message content, dot-unstuffed (never the whole message at once)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataComplete(Event):
+    """
+    The message content ended and was within limits; the application delivers
+    it and answers with ``accept(reply)`` or ``reject(reply)``.
+
+    Attributes:
+        size: octets of content received (after dot-unstuffing).
+    """
+
+    needs_decision: ClassVar[bool] = True
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataAborted(Event):
+    """
+    The content seen since ``DataStart`` will not be delivered: the
+    application discards it.  The session answers the client itself (at the
+    end of the data for limits, at once for RSET).
+
+    Attributes:
+        reply: the reply the client gets (or got) for it.
+    """
+
+    reply: Reply
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class AuthStep(Event):
+    """
+    The SASL exchange needs the authenticator (a password check or stored
+    credentials).
+
+    The application calls
+    ``authenticator.step(server, request, peer=...)`` and feeds the
+    resulting ``Challenge``/``Succeeded``/``Failed`` to ``accept(...)``.
+
+    Attributes:
+        mechanism: the SASL mechanism name.
+        server: the :class:`txmail.auth.sasl.SASLServer` of this exchange.
+        request: its ``NeedPasswordCheck`` or ``NeedCredentials`` event.
+    """
+
+    needs_decision: ClassVar[bool] = True
+    mechanism: str
+    server: Any
+    request: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated(Event):
+    """AUTH succeeded; the client is now *username* (never a password here)."""
+
+    username: str
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Event):
+    """
+    The client asked for STARTTLS (RFC 3207).
+
+    ``accept()`` queues the 220 reply and resets the session; the
+    application writes it, discards :attr:`ServerSession.trailing_data`
+    and starts the TLS handshake.
+    """
+
+    needs_decision: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosing(Event):
+    """
+    The session ended (QUIT, too many errors, timeout, fatal framing error):
+    send what :meth:`data_to_send` has, then close.
+
+    Attributes:
+        reason: ``"quit"``, ``"errors"``, ``"timeout"`` or ``"protocol"``.
+    """
+
+    reason: str

@@ -1,0 +1,664 @@
+"""
+The Twisted adapter of the SMTP server: moves bytes and time between a
+transport and a :class:`txmail.smtp.session.ServerSession`, and turns the
+session's events into router, authenticator and spool-file calls.
+
+Implementation notes
+--------------------
+* ``dataReceived`` feeds the session and drains its events.  An event that
+  needs a Deferred (RCPT check, delivery, AUTH) leaves the session paused;
+  the adapter then stops reading from the transport (``pauseProducing``)
+  so pipelined input is not buffered without bound, and resumes once the
+  Deferred answered the session.  Replies therefore go out in command
+  order (RFC 2920).
+* Message content is streamed into a temporary file in ``spool_dir``,
+  after a ``Return-Path:`` field and our ``Received:`` field (RFC 5321
+  section 4.4; the ``with`` keyword per RFC 3848).  The size limit counts
+  the client's content only.  Writes to the file are plain buffered writes
+  on the reactor thread; the fsync runs through ``run_blocking``.
+* After the final dot: fsync, then ``router.deliver``; the client gets
+  ``250`` only after the router's Deferred fired, i.e. once every copy is
+  durable.  Reply policy (RFC 5321 has one reply for all recipients after
+  DATA):
+
+  - every recipient ok: ``250 2.0.0 OK: queued as <id>``;
+  - else, if any failure is temporary: ``451 4.3.0`` -- the client retries
+    the whole message, so recipients that did get it may get it twice
+    (duplicates are better than loss);
+  - else (only permanent failures): ``554 5.0.0``.
+
+  The router already queues a failed local copy for retry, so it reports a
+  failure only when even that failed.  An exception from the router (or
+  the fsync) is logged and answered ``451 4.3.0``, never with its text.
+  The temporary file is removed afterwards in every case: the router has
+  hard-linked or copied what it keeps.
+* Timeouts use the injected clock: ``command_timeout`` while waiting for a
+  command, ``data_timeout`` while reading content (RFC 5321 section
+  4.5.3.2), none while we ourselves are waiting for a Deferred.  Expiry
+  answers ``421 4.4.2`` and closes.
+* STARTTLS: the bytes the client pipelined after the command are logged by
+  size and discarded before the handshake (RFC 3207 section 4.2;
+  CVE-2011-0411).
+* Logs use structured fields (``peer``, ``session_id``, ``message_id``,
+  ``user``), never passwords or message content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import tempfile
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import IO, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, ITLSTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txmail._fs import RunBlocking, run_inline
+from txmail.auth import sasl
+from txmail.interfaces import IDeliveryRouter
+from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
+from txmail.smtp import codes
+from txmail.smtp.codes import Reply
+from txmail.smtp.events import (
+    Authenticated,
+    AuthStep,
+    ConnectionClosing,
+    DataAborted,
+    DataChunk,
+    DataComplete,
+    DataStart,
+    Event,
+    Greeted,
+    MailFrom,
+    RcptTo,
+    StartTLS,
+)
+from txmail.smtp.session import SESSION_ROLES, ServerSession, SMTPLimits
+
+__all__ = [
+    "SMTPFactory",
+    "SMTPLimits",
+    "SMTPServerProtocol",
+    "received_header",
+    "reply_for_report",
+]
+
+
+def received_header(
+    *,
+    helo: str,
+    peer_ip: str,
+    hostname: str,
+    protocol: str,
+    message_id: str,
+    recipients: tuple[str, ...] | list[str],
+    when: float,
+) -> bytes:
+    """
+    Build our ``Received:`` trace field (RFC 5321 section 4.4, RFC 5322
+    section 3.6.7), folded, ending in CRLF::
+
+        Received: from <helo> ([<ip>])
+        \tby <hostname> (txmail) with <protocol> id <id>
+        \tfor <rcpt>; <date>
+
+    ``for`` is given only for a single recipient, so one copy does not tell
+    who else got the message.
+    """
+    literal = peer_ip
+    if peer_ip:
+        try:
+            addr = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            literal = "[unknown]"
+        else:
+            literal = f"[IPv6:{addr}]" if addr.version == 6 else f"[{addr}]"
+    else:
+        literal = "[unknown]"
+    date = format_datetime(datetime.fromtimestamp(when, UTC))
+    lines = [
+        f"Received: from {helo or 'unknown'} ({literal})",
+        f"\tby {hostname} (txmail) with {protocol} id {message_id}",
+    ]
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0]}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def reply_for_report(report: DeliveryReport, message_id: str) -> Reply:
+    """The reply to the final dot for a :class:`DeliveryReport` (see the module notes)."""
+    if report.all_ok:
+        return codes.OK.with_text(f"OK: queued as {message_id}")
+    failed: list[RecipientResult] = [r for r in report.results if not r.ok]
+    if any(r.temporary for r in failed):
+        return codes.LOCAL_ERROR
+    return codes.TRANSACTION_FAILED
+
+
+def _fsync_and_close(f: IO[bytes]) -> None:
+    try:
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+        f.close()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Spool:
+    """The temporary file one message is streamed into."""
+
+    def __init__(self, spool_dir: str, message_id: str) -> None:
+        fd, self.path = tempfile.mkstemp(dir=spool_dir, prefix=f"smtp-{message_id}-", suffix=".msg")
+        self.file: IO[bytes] = os.fdopen(fd, "wb")
+        self.size = 0
+        self.failed = False
+
+    def write(self, data: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self.file.write(data)
+        except OSError:
+            self.failed = True
+            raise
+        self.size += len(data)
+
+    def discard(self) -> None:
+        try:
+            if not self.file.closed:
+                self.file.close()
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class SMTPServerProtocol(Protocol):
+    """
+    One SMTP server connection.  Built by :class:`SMTPFactory`; its
+    behaviour is described in the module notes.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: SMTPFactory) -> None:
+        self.factory = factory
+        self.session_id = factory.make_id()
+        self.peer = ""
+        self.peer_ip = ""
+        self.session: ServerSession | None = None
+        self._timer: Any = None
+        self._waiting = False  # a Deferred of ours will answer the session
+        self._processing = False
+        self._reading_paused = False
+        self._lost = False
+        self._spool: _Spool | None = None
+        self._message_id = ""
+        self._started_at = 0.0
+
+    @property
+    def _transport(self) -> Any:
+        """The transport, typed loosely: it is also an IProducer and may be an ITLSTransport."""
+        return self.transport
+
+    # -- Twisted API --
+
+    def connectionMade(self) -> None:
+        peer = self._transport.getPeer()
+        host = getattr(peer, "host", "")
+        port = getattr(peer, "port", "")
+        self.peer_ip = host
+        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        factory = self.factory
+        tls_available = (
+            factory.tls_context is not None
+            and not factory.implicit_tls
+            and ITLSTransport.providedBy(self._transport)
+        )
+        self.session = ServerSession(
+            factory.hostname,
+            role=factory.role,
+            limits=factory.limits,
+            tls_available=tls_available,
+            tls_active=factory.implicit_tls,
+            auth_enabled=factory.authenticator is not None,
+            plaintext_auth=factory.plaintext_auth,
+            loopback=_is_loopback(host) if host else False,
+        )
+        self.log.info(
+            "SMTP connection from {peer} ({role})",
+            peer=self.peer,
+            role=factory.role,
+            session_id=self.session_id,
+        )
+        self._process()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is None or self._lost:
+            return
+        self.session.receive_data(data)
+        self._process()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._cancel_timer()
+        if self.session is not None:
+            self.session.connection_lost()
+        # A message being delivered owns its file until delivery ends.
+        self._discard_spool()
+        self.log.info("SMTP connection from {peer} closed", peer=self.peer, session_id=self.session_id)
+
+    # -- the event loop --
+
+    def _process(self) -> None:
+        """Drain the session's events, write its output, manage timers and reading."""
+        session = self.session
+        if session is None or self._processing or self._lost:
+            return
+        self._processing = True
+        try:
+            while not self._waiting:
+                event = session.next_event()
+                if event is None:
+                    break
+                self._handle(event)
+        finally:
+            self._processing = False
+        self._flush()
+        if session.closed:
+            self._cancel_timer()
+            self._transport.loseConnection()
+            return
+        self._set_reading(not self._waiting)
+        if self._waiting:
+            self._cancel_timer()
+        else:
+            self._reset_timer()
+
+    def _flush(self) -> None:
+        if self.session is not None and not self._lost:
+            out = self.session.data_to_send()
+            if out:
+                self._transport.write(out)
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading == (not self._reading_paused):
+            return
+        self._reading_paused = not reading
+        if reading:
+            self._transport.resumeProducing()
+        else:
+            self._transport.pauseProducing()
+
+    def _wait(self, d: defer.Deferred[Any]) -> None:
+        """The session stays paused until *d* has answered it."""
+        self._waiting = True
+
+        def done(_: Any) -> None:
+            self._waiting = False
+            if self._lost:
+                return
+            self._process()
+
+        d.addBoth(done)
+
+    def _handle(self, event: Event) -> None:
+        assert self.session is not None
+        if isinstance(event, Greeted):
+            self.log.debug(
+                "{peer} greeted as {helo}", peer=self.peer, helo=event.name, session_id=self.session_id
+            )
+        elif isinstance(event, MailFrom):
+            self.session.accept()
+        elif isinstance(event, RcptTo):
+            self._check_recipient(event)
+        elif isinstance(event, DataStart):
+            self._start_data(event)
+        elif isinstance(event, DataChunk):
+            self._write(event.data)
+        elif isinstance(event, DataAborted):
+            self._discard_spool()
+            self.log.info(
+                "message {message_id} from {peer} refused: {code} {enhanced}",
+                message_id=self._message_id,
+                peer=self.peer,
+                code=event.reply.code,
+                enhanced=event.reply.enhanced,
+                session_id=self.session_id,
+            )
+        elif isinstance(event, DataComplete):
+            self._deliver(event)
+        elif isinstance(event, AuthStep):
+            self._auth_step(event)
+        elif isinstance(event, Authenticated):
+            self.log.info(
+                "{peer} authenticated as {user} ({mechanism})",
+                peer=self.peer,
+                user=event.username,
+                mechanism=event.mechanism,
+                session_id=self.session_id,
+            )
+        elif isinstance(event, StartTLS):
+            self._start_tls()
+        elif isinstance(event, ConnectionClosing) and event.reason != "quit":
+            self.log.info(
+                "closing SMTP connection from {peer}: {reason}",
+                peer=self.peer,
+                reason=event.reason,
+                session_id=self.session_id,
+            )
+
+    # -- recipients --
+
+    def _check_recipient(self, event: RcptTo) -> None:
+        session = self.session
+        assert session is not None
+        d = defer.maybeDeferred(
+            self.factory.router.check_recipient, event.address, authenticated_user=session.authenticated_user
+        )
+
+        def checked(result: RecipientResult) -> None:
+            if result.ok:
+                session.accept()
+                return
+            default = (
+                Reply(450, "4.1.1", "Recipient temporarily unavailable")
+                if result.temporary
+                else Reply(550, "5.1.1", "Recipient rejected")
+            )
+            reply = Reply.parse(result.reply, default)
+            if reply.is_positive:
+                reply = default
+            session.reject(reply)
+
+        def failed(f: Failure) -> None:
+            self.log.failure(
+                "recipient check failed for {recipient} from {peer}",
+                failure=f,
+                recipient=event.address,
+                peer=self.peer,
+                session_id=self.session_id,
+            )
+            session.reject(codes.LOCAL_ERROR)
+
+        d.addCallbacks(checked, failed)
+        d.addErrback(self._internal_error)
+        self._wait(d)
+
+    # -- message content --
+
+    def _start_data(self, event: DataStart) -> None:
+        session = self.session
+        assert session is not None and session.transaction is not None
+        tx = session.transaction
+        self._message_id = self.factory.make_id()
+        self._started_at = self.factory.clock.seconds()
+        try:
+            spool = _Spool(self.factory.spool_dir, self._message_id)
+        except OSError:
+            self.log.failure(
+                "cannot create a spool file in {spool_dir}",
+                spool_dir=self.factory.spool_dir,
+                session_id=self.session_id,
+            )
+            session.reject(codes.LOCAL_ERROR)
+            return
+        self._spool = spool
+        header = f"Return-Path: <{tx.mail_from}>\r\n".encode() + received_header(
+            helo=session.helo or "",
+            peer_ip=self.peer_ip,
+            hostname=self.factory.hostname,
+            protocol=session.protocol,
+            message_id=self._message_id,
+            recipients=tx.rcpt_to,
+            when=self._started_at,
+        )
+        self._write(header)
+        session.accept()
+
+    def _write(self, data: bytes) -> None:
+        spool = self._spool
+        if spool is None or spool.failed:
+            return
+        try:
+            spool.write(data)
+        except OSError:
+            self.log.failure(
+                "writing message {message_id} to the spool failed",
+                message_id=self._message_id,
+                session_id=self.session_id,
+            )
+
+    def _discard_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.discard()
+            self._spool = None
+
+    def _deliver(self, event: DataComplete) -> None:
+        session = self.session
+        assert session is not None and session.transaction is not None
+        tx = session.transaction
+        spool, self._spool = self._spool, None
+        message_id = self._message_id
+        if spool is None or spool.failed:
+            if spool is not None:
+                spool.discard()
+            session.reject(codes.LOCAL_ERROR)
+            return
+        envelope = Envelope(
+            mail_from=tx.mail_from,
+            rcpt_to=tuple(tx.rcpt_to),
+            mail_params=dict(tx.mail_params),
+            rcpt_params=tuple(dict(p) for p in tx.rcpt_params),
+            helo=session.helo or "",
+            peer=self.peer,
+            authenticated_user=session.authenticated_user,
+            tls=session.tls,
+            received_at=self.factory.clock.seconds(),
+            protocol=session.protocol,
+            message_id=message_id,
+        )
+        factory = self.factory
+        d = factory.run_blocking(_fsync_and_close, spool.file)
+        d.addCallback(
+            lambda _: factory.router.deliver(envelope, MessageFile(spool.path, spool.size, fsynced=True))
+        )
+
+        def delivered(report: DeliveryReport) -> None:
+            reply = reply_for_report(report, message_id)
+            self.log.info(
+                "message {message_id} from {peer} <{sender}> for {count} recipient(s), {size} octets: {code}",
+                message_id=message_id,
+                peer=self.peer,
+                sender=envelope.mail_from,
+                count=len(envelope.rcpt_to),
+                size=spool.size,
+                code=reply.code,
+                user=envelope.authenticated_user,
+                session_id=self.session_id,
+            )
+            if self._lost:
+                return
+            if reply.is_positive:
+                session.accept(reply)
+            else:
+                session.reject(reply)
+
+        def failed(f: Failure) -> None:
+            self.log.failure(
+                "delivering message {message_id} failed",
+                failure=f,
+                message_id=message_id,
+                session_id=self.session_id,
+            )
+            if not self._lost:
+                session.reject(codes.LOCAL_ERROR)
+
+        d.addCallbacks(delivered, failed)
+        d.addErrback(self._internal_error)
+
+        def remove_spool(result: Any) -> Any:
+            spool.discard()
+            return result
+
+        d.addBoth(remove_spool)
+        self._wait(d)
+
+    # -- AUTH --
+
+    def _auth_step(self, event: AuthStep) -> None:
+        session = self.session
+        authenticator = self.factory.authenticator
+        assert session is not None and authenticator is not None
+        d = defer.maybeDeferred(authenticator.step, event.server, event.request, peer=self.peer)
+
+        def stepped(result: sasl.SASLEvent) -> None:
+            if not self._lost:
+                session.accept(result)
+
+        def failed(f: Failure) -> None:
+            self.log.failure("authentication step failed for {peer}", failure=f, peer=self.peer)
+            if not self._lost:
+                session.reject(codes.AUTH_TEMPORARY_FAILURE)
+
+        d.addCallbacks(stepped, failed)
+        d.addErrback(self._internal_error)
+        self._wait(d)
+
+    # -- STARTTLS --
+
+    def _start_tls(self) -> None:
+        session = self.session
+        assert session is not None
+        discarded = len(session.trailing_data)
+        if discarded:
+            # RFC 3207 section 4.2 / CVE-2011-0411: never run these.
+            self.log.warn(
+                "discarding {count} octets pipelined after STARTTLS from {peer}",
+                count=discarded,
+                peer=self.peer,
+                session_id=self.session_id,
+            )
+        session.accept()
+        self._flush()  # the 220 goes out in the clear, before the handshake
+        self._transport.startTLS(self.factory.tls_context)
+
+    # -- timeouts --
+
+    def _reset_timer(self) -> None:
+        self._cancel_timer()
+        session = self.session
+        if session is None or session.closed:
+            return
+        limits = self.factory.limits
+        delay = limits.data_timeout if session.in_data else limits.command_timeout
+        self._timer = self.factory.clock.callLater(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.session is None:
+            return
+        self.log.info("SMTP connection from {peer} timed out", peer=self.peer, session_id=self.session_id)
+        self.session.timeout()
+        self._process()
+
+    def _internal_error(self, f: Failure) -> None:
+        """A bug in our own callbacks: log it, keep the connection's replies sane."""
+        self.log.failure("internal error in SMTP session", failure=f, session_id=self.session_id)
+        if self.session is not None and self.session.paused and not self._lost:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self.session.reject(codes.LOCAL_ERROR)
+
+
+class SMTPFactory(Factory):
+    """
+    Builds :class:`SMTPServerProtocol` connections.
+
+    Args:
+        role: ``"mta"`` (port 25: local recipients from anyone; the router
+            refuses relaying) or ``"submission"`` (AUTH required before
+            MAIL; authenticated users may send anywhere).
+        hostname: our name, in the greeting, EHLO and ``Received:``.
+        router: the :class:`txmail.interfaces.IDeliveryRouter`.
+        authenticator: a :class:`txmail.auth.authenticator.Authenticator`,
+            or ``None`` for no AUTH.
+        spool_dir: where incoming content is streamed to temporary files
+            (same file system as the stores and queue, so they can
+            hard-link).
+        tls_context: a context factory (``twisted.internet.ssl``) for
+            STARTTLS, or ``None`` for no STARTTLS.
+        implicit_tls: the endpoint already runs TLS (port 465): STARTTLS is
+            not offered and the session counts as TLS.
+        plaintext_auth: ``"never"``, ``"loopback"`` or ``"always"``:
+            whether AUTH is offered without TLS.
+        limits: :class:`SMTPLimits`.
+        clock: the ``IReactorTime`` for timeouts and dates; the global
+            reactor by default.
+        run_blocking: ``run_blocking(fn, *args) -> Deferred`` for fsync;
+            ``None`` runs inline.
+    """
+
+    protocol = SMTPServerProtocol
+
+    def __init__(
+        self,
+        *,
+        role: str = "mta",
+        hostname: str,
+        router: IDeliveryRouter,
+        authenticator: Any = None,
+        spool_dir: str,
+        tls_context: Any = None,
+        implicit_tls: bool = False,
+        plaintext_auth: str = "never",
+        limits: SMTPLimits | None = None,
+        clock: IReactorTime | None = None,
+        run_blocking: RunBlocking | None = None,
+    ) -> None:
+        if role not in SESSION_ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
+            raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.role = role
+        self.hostname = hostname
+        self.router = router
+        self.authenticator = authenticator
+        self.spool_dir = spool_dir
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.plaintext_auth = plaintext_auth
+        self.limits = limits if limits is not None else SMTPLimits()
+        self.clock: Any = clock
+        self.run_blocking: RunBlocking = run_blocking if run_blocking is not None else run_inline
+
+    def make_id(self) -> str:
+        """A new id for a session or message: time-ordered, then random."""
+        return f"{int(self.clock.seconds()):X}{secrets.token_hex(5).upper()}"
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+        return SMTPServerProtocol(self)

@@ -1,0 +1,1063 @@
+"""
+The sans-IO SMTP server session (RFC 5321, with RFC 1870 SIZE, RFC 6152
+8BITMIME, RFC 2034 ENHANCEDSTATUSCODES, RFC 2920 PIPELINING, RFC 3030
+CHUNKING, RFC 3207 STARTTLS, RFC 4954 AUTH and RFC 6531 SMTPUTF8).
+
+Theory of operation
+-------------------
+The session has the h11/h2 shape::
+
+    session = ServerSession("mx.example.test")
+    transport.write(session.data_to_send())          # the 220 greeting
+    session.receive_data(bytes_from_network)
+    while (event := session.next_event()) is not None:
+        ...                                           # maybe session.accept()
+    transport.write(session.data_to_send())
+
+* The session answers on its own where it can (syntax, sequence, limits)
+  and queues those replies in an output buffer (:meth:`data_to_send`).
+* Events that need the application (``MailFrom``, ``RcptTo``,
+  ``DataStart``, ``DataComplete``, ``AuthStep``, ``StartTLS``; see
+  :mod:`txmail.smtp.events`) **pause** the session: :meth:`next_event`
+  returns ``None`` and nothing more is parsed until :meth:`accept` or
+  :meth:`reject` is called.  Input received meanwhile is only buffered.
+  That is what makes RFC 2920 pipelining and Deferred-returning checks
+  safe: replies go out in command order, and no command runs before the
+  previous one was decided.
+* :class:`ServerSession` holds what lasts for the connection (greeting
+  name, TLS, authenticated user, error count);
+  :class:`MailTransaction` what lasts for one mail transaction (the
+  envelope, aiosmtpd's ``Envelope``).  RSET, EHLO/HELO, the end of the
+  data and STARTTLS drop the transaction.
+* Which command is allowed in which state is data (:data:`ALLOWED_STATES`,
+  :data:`SEQUENCE_REPLIES`); a missing entry is ``503 5.5.1``.
+* Message content is handed over in :class:`~txmail.smtp.events.DataChunk`
+  pieces as it arrives and is never accumulated here.
+
+Invariants and policies
+-----------------------
+* Every buffer is bounded: a command line may hold at most
+  ``max_line_length`` octets including CRLF (RFC 5321 section 4.5.3.1.4);
+  a longer one gets ``500 5.5.2``, is discarded up to its CRLF, and the
+  session goes on.  AUTH lines may hold :data:`MAX_AUTH_LINE` octets
+  (RFC 4954 section 4).  While paused, the adapter stops reading from the
+  network, so the input buffer holds at most what was already read.
+* Only CRLF ends a command line.  A command line containing a bare CR or LF
+  is a syntax error (RFC 5321 section 2.3.8).
+* DATA framing is in :mod:`txmail.smtp.dotstuff`: only ``<CRLF>.<CRLF>``
+  ends the data (no SMTP smuggling), and a message with bare CR or LF is
+  read to its end and then refused with ``550 5.6.0``.
+* Text lines longer than 1000 octets inside the message are **accepted**:
+  RFC 5321 section 4.5.3.1 asks receivers to use "implementation techniques
+  that impose no limits on the length of these objects" where possible, and
+  real mail has long lines (Postfix and Exim accept them too).  Nothing is
+  buffered per line, so this costs no memory.
+* Size (RFC 1870): ``SIZE=`` over the limit is refused at MAIL with
+  ``552 5.3.4``; the content is counted as it streams (after
+  dot-unstuffing), and once over the limit it is read to its end and
+  refused with ``552 5.3.4``; the application is told at once with
+  :class:`~txmail.smtp.events.DataAborted` so it can drop what it stored.
+* Recipients beyond ``max_recipients`` get ``452 4.5.3`` (RFC 5321 section
+  4.5.3.1.10); the ones accepted before keep the transaction going.
+* Sender-specified routing (``%``, ``!``, ``@`` in the local part) and
+  address literals in forward-paths are refused with ``553 5.7.1`` unless
+  the client authenticated: our router never interprets them, and refusing
+  them here means no later component can be tricked into relaying.  A
+  source route (``<@a:u@d>``) is dropped by the grammar and ``u@d`` is
+  checked like any address.
+* BDAT (RFC 3030): a chunk is always read by its declared size, even when
+  the command is refused, so the chunk's octets are never taken for
+  commands.  Once a chunk failed, the rest of the transaction's chunks are
+  read and refused, up to ``BDAT ... LAST``.  A BDAT whose size cannot be
+  read loses the framing, so the session answers ``421`` and closes.
+* STARTTLS (RFC 3207): after the command nothing more is parsed; bytes the
+  client pipelined behind it are kept in :attr:`ServerSession.trailing_data`
+  and dropped by :meth:`accept` (the STARTTLS command injection of
+  CVE-2011-0411).  After TLS the session starts over: the client must EHLO
+  again, and any authentication and transaction are forgotten.
+* MAIL before EHLO/HELO is tolerated on a fresh connection: RFC 5321
+  section 4.1.4 makes greeting the client's MUST, nothing depends on it, and
+  Postfix does the same by default.  After STARTTLS it is required.
+* Protocol errors (unknown command, syntax, sequence, failed AUTH, long
+  lines) are counted; past ``max_bad_commands`` the session answers
+  ``421 4.7.0`` and closes.
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from txmail.auth import sasl
+from txmail.smtp import codes
+from txmail.smtp.codes import Reply
+from txmail.smtp.dotstuff import DataDecoder, LineEndingChecker
+from txmail.smtp.events import (
+    Authenticated,
+    AuthStep,
+    ConnectionClosing,
+    DataAborted,
+    DataChunk,
+    DataComplete,
+    DataStart,
+    Event,
+    Greeted,
+    MailFrom,
+    RcptTo,
+    StartTLS,
+)
+from txmail.smtp.grammar import (
+    GrammarError,
+    Mailbox,
+    ParamSyntaxError,
+    bdat_argument,
+    helo_name,
+    mail_from_argument,
+    rcpt_to_argument,
+)
+
+__all__ = [
+    "ALLOWED_STATES",
+    "MAX_AUTH_LINE",
+    "SEQUENCE_REPLIES",
+    "SESSION_ROLES",
+    "MailTransaction",
+    "SMTPLimits",
+    "ServerSession",
+    "State",
+]
+
+#: RFC 4954 section 4: AUTH command and response lines may be up to 12288 octets.
+MAX_AUTH_LINE = 12288
+
+#: ``mta``: port 25, anyone may send to local recipients.  ``submission``:
+#: port 587/465, AUTH is required before MAIL (RFC 6409 section 4.3).
+SESSION_ROLES = ("mta", "submission")
+
+
+@dataclass(frozen=True)
+class SMTPLimits:
+    """
+    Limits of one SMTP server (RFC 5321 section 4.5.3).
+
+    Attributes:
+        max_message_size: octets of message content (as the client sent it,
+            without our trace fields); advertised as ``SIZE``.
+        max_recipients: RCPTs per transaction (the RFC's minimum is 100).
+        max_line_length: octets of a command line including CRLF.
+        command_timeout: seconds to wait for the next command (RFC 5321
+            section 4.5.3.2.7 suggests 5 minutes).
+        data_timeout: seconds to wait for more message content.
+        max_bad_commands: protocol errors tolerated before ``421``.
+    """
+
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 100
+    max_line_length: int = 1000
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    max_bad_commands: int = 20
+
+
+class State(enum.Enum):
+    """Where the session is in the protocol (RFC 5321 section 4.1.4)."""
+
+    #: Greeting sent, no EHLO/HELO yet.
+    CONNECTED = "connected"
+    #: EHLO/HELO done, no transaction.
+    GREETED = "greeted"
+    #: MAIL accepted, no recipient yet.
+    MAIL = "mail"
+    #: At least one recipient accepted.
+    RCPT = "rcpt"
+    #: Reading DATA content up to ``<CRLF>.<CRLF>``.
+    DATA = "data"
+    #: Reading the octets of one BDAT chunk.
+    BDAT = "bdat"
+    #: Between BDAT chunks of one transaction (no ``LAST`` yet).
+    CHUNKING = "chunking"
+    #: Inside an AUTH exchange: lines are SASL responses.
+    AUTH = "auth"
+    #: QUIT, 421, or a fatal error: nothing more is read.
+    CLOSED = "closed"
+
+
+_COMMAND_STATES = frozenset({State.CONNECTED, State.GREETED, State.MAIL, State.RCPT, State.CHUNKING})
+
+#: The state table: in which states each command is allowed.  A command in
+#: any other state gets :data:`SEQUENCE_REPLIES` or ``503 5.5.1``.
+ALLOWED_STATES: dict[str, frozenset[State]] = {
+    "EHLO": _COMMAND_STATES,
+    "HELO": _COMMAND_STATES,
+    # MAIL before EHLO/HELO is tolerated (the client's MUST, not ours; Postfix's
+    # default smtpd_helo_required=no), except after STARTTLS: see _do_mail.
+    "MAIL": frozenset({State.CONNECTED, State.GREETED}),
+    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "DATA": frozenset({State.RCPT}),
+    "BDAT": frozenset({State.RCPT, State.CHUNKING}),
+    "RSET": _COMMAND_STATES,
+    "NOOP": _COMMAND_STATES,
+    "QUIT": _COMMAND_STATES,
+    "HELP": _COMMAND_STATES,
+    "VRFY": _COMMAND_STATES,
+    "EXPN": _COMMAND_STATES,
+    "STARTTLS": frozenset({State.GREETED}),
+    "AUTH": frozenset({State.GREETED}),
+}
+
+#: Replies for specific out-of-sequence commands (default ``503 5.5.1``).
+SEQUENCE_REPLIES: dict[tuple[str, State], Reply] = {
+    ("STARTTLS", State.CONNECTED): codes.NEED_HELO,
+    ("AUTH", State.CONNECTED): codes.NEED_HELO,
+    ("MAIL", State.MAIL): codes.NESTED_MAIL,
+    ("MAIL", State.RCPT): codes.NESTED_MAIL,
+    ("MAIL", State.CHUNKING): codes.NESTED_MAIL,
+    # RFC 5321 section 3.3: DATA with no accepted recipient: 503 or 554.
+    ("DATA", State.MAIL): codes.NO_VALID_RECIPIENTS,
+    ("BDAT", State.MAIL): codes.NO_VALID_RECIPIENTS,
+}
+
+_MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID"})
+_RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})
+_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
+
+
+@dataclass
+class MailTransaction:
+    """
+    The envelope of the mail transaction in progress (RFC 5321 section 3.3).
+
+    Attributes:
+        mail_from: the reverse-path, ``""`` for ``<>``.
+        mail_params: MAIL parameters, upper-cased keys.  DSN parameters (RET,
+            ENVID; NOTIFY, ORCPT per recipient) are kept, not acted on.
+            TODO(RFC 3461): act on DSN parameters and advertise DSN.
+        smtputf8: the client gave ``SMTPUTF8`` (RFC 6531).
+        rcpt_to: accepted forward-paths in order.
+        rcpt_params: the parameters of each accepted recipient.
+        chunking: the content comes by BDAT (RFC 3030).
+        data_started: the application accepted ``DataStart``.
+        size: octets of content received so far.
+        failure: once set, the content is read to its end and refused with
+            this reply.
+    """
+
+    mail_from: str
+    mail_params: dict[str, str | None] = field(default_factory=dict)
+    smtputf8: bool = False
+    rcpt_to: list[str] = field(default_factory=list)
+    rcpt_params: list[dict[str, str | None]] = field(default_factory=list)
+    chunking: bool = False
+    data_started: bool = False
+    size: int = 0
+    failure: Reply | None = None
+
+
+@dataclass
+class _Chunk:
+    """The BDAT chunk being read."""
+
+    remaining: int
+    last: bool
+    #: The chunk is read and thrown away, then answered with this reply.
+    discard_reply: Reply | None = None
+    #: The BDAT command itself was out of sequence (counted as an error).
+    out_of_sequence: bool = False
+
+
+class ServerSession:
+    """
+    One SMTP server connection, without I/O.
+
+    Args:
+        hostname: our name, in the greeting and EHLO reply.
+        role: ``"mta"`` or ``"submission"`` (AUTH required before MAIL).
+        limits: the :class:`SMTPLimits`.
+        tls_available: STARTTLS can be offered (a TLS context exists and the
+            transport can start TLS).
+        tls_active: the connection already runs TLS (implicit TLS, port 465).
+        auth_enabled: AUTH may be offered at all (an authenticator exists).
+        plaintext_auth: ``"never"``, ``"loopback"`` or ``"always"``: whether
+            password mechanisms may run without TLS
+            (:func:`txmail.auth.sasl.available_mechanisms`).
+        loopback: the client is on the loopback interface.
+        sasl_factory: makes the :class:`txmail.auth.sasl.SASLServer` of an
+            exchange (tests inject a fixed nonce); default the class itself.
+
+    Attributes:
+        state: the :class:`State`.
+        helo: the name the client gave in EHLO/HELO, or ``None``.
+        extended: the client greeted with EHLO.
+        tls: the connection runs TLS.
+        authenticated_user: the canonical user the client authenticated as.
+        transaction: the :class:`MailTransaction` in progress, or ``None``.
+        bad_commands: protocol errors so far.
+        tls_restarted: STARTTLS succeeded; EHLO/HELO is now required before MAIL.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        *,
+        role: str = "mta",
+        limits: SMTPLimits | None = None,
+        tls_available: bool = False,
+        tls_active: bool = False,
+        auth_enabled: bool = False,
+        plaintext_auth: str = "never",
+        loopback: bool = False,
+        sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
+    ) -> None:
+        if role not in SESSION_ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
+            raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
+        self.hostname = hostname
+        self.role = role
+        self.limits = limits if limits is not None else SMTPLimits()
+        self.tls_available = tls_available and not tls_active
+        self.tls = tls_active
+        self.auth_enabled = auth_enabled
+        self.plaintext_auth = plaintext_auth
+        self.loopback = loopback
+        self._sasl_factory = sasl_factory
+
+        self.state = State.CONNECTED
+        self.helo: str | None = None
+        self.extended = False
+        self.authenticated_user: str | None = None
+        self.transaction: MailTransaction | None = None
+        self.bad_commands = 0
+        self.tls_restarted = False
+
+        self._inbuf = bytearray()
+        self._scanned = 0  # octets of _inbuf known to hold no CRLF
+        self._discarding_line = False
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._pending: Event | None = None
+        self._trailing = bytearray()
+        self._decoder: DataDecoder | None = None
+        self._chunk: _Chunk | None = None
+        self._checker: LineEndingChecker | None = None
+        self._sasl: sasl.SASLServer | None = None
+        self._resume_state = State.CONNECTED  # where a BDAT chunk returns to
+
+        self._send(Reply(220, "", f"{hostname} ESMTP txmail"))
+
+    # -- public API ----------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """
+        Add bytes received from the client.  Nothing is parsed until
+        :meth:`next_event` is called.
+        """
+        if self.state is State.CLOSED:
+            return
+        if isinstance(self._pending, StartTLS):
+            # RFC 3207 section 4.2: what follows STARTTLS before the
+            # handshake is never a command.
+            self._trailing += data
+            return
+        self._inbuf += data
+
+    def next_event(self) -> Event | None:
+        """
+        Parse what was received and return the next event, or ``None`` when
+        more input (or a decision on the pending event) is needed.
+        """
+        while not self._events and self._pending is None and self.state is not State.CLOSED:
+            if not self._step():
+                break
+        if not self._events:
+            return None
+        return self._events.popleft()
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes to write to the client."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def paused(self) -> bool:
+        """An event awaits :meth:`accept` or :meth:`reject`."""
+        return self._pending is not None
+
+    @property
+    def closed(self) -> bool:
+        """The session ended; close the connection after writing what is left."""
+        return self.state is State.CLOSED
+
+    @property
+    def in_data(self) -> bool:
+        """Message content is being read (the data timeout applies)."""
+        return self.state in (State.DATA, State.BDAT)
+
+    @property
+    def trailing_data(self) -> bytes:
+        """
+        Bytes received after STARTTLS and before the handshake.  The adapter
+        must discard them (they are dropped by :meth:`accept`).
+        """
+        return bytes(self._trailing)
+
+    @property
+    def protocol(self) -> str:
+        """
+        The ``with`` keyword of our ``Received:`` field (RFC 3848, RFC 6531
+        section 3.7.3): SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTP...
+        """
+        if not self.extended:
+            return "SMTP"
+        base = "UTF8SMTP" if self.transaction is not None and self.transaction.smtputf8 else "ESMTP"
+        return base + ("S" if self.tls else "") + ("A" if self.authenticated_user else "")
+
+    def mechanisms(self) -> tuple[str, ...]:
+        """The SASL mechanisms offered right now (none once authenticated)."""
+        if not self.auth_enabled or self.authenticated_user is not None:
+            return ()
+        return sasl.available_mechanisms(
+            tls=self.tls, plaintext_policy=self.plaintext_auth, loopback=self.loopback
+        )
+
+    def accept(self, result: Any = None) -> None:
+        """
+        Answer the pending event positively.
+
+        Args:
+            result: for ``DataComplete``, the reply to send (default
+                ``250 2.0.0 OK``); for ``AuthStep``, the ``Challenge``,
+                ``Succeeded`` or ``Failed`` the authenticator returned;
+                unused otherwise.
+
+        Raises:
+            RuntimeError: no event is pending (the caller's mistake).
+        """
+        event = self._take_pending()
+        if isinstance(event, MailFrom):
+            self.transaction = MailTransaction(
+                mail_from=event.address,
+                mail_params=dict(event.params),
+                smtputf8="SMTPUTF8" in event.params,
+            )
+            self.state = State.MAIL
+            self._send(codes.SENDER_OK)
+        elif isinstance(event, RcptTo):
+            tx = self._tx()
+            tx.rcpt_to.append(event.address)
+            tx.rcpt_params.append(dict(event.params))
+            self.state = State.RCPT
+            self._send(codes.RECIPIENT_OK)
+        elif isinstance(event, DataStart):
+            self._tx().data_started = True
+            if not event.chunking:
+                self.state = State.DATA
+                self._decoder = DataDecoder()
+                self._send(codes.START_MAIL_INPUT)
+        elif isinstance(event, DataComplete):
+            self._end_transaction(result if isinstance(result, Reply) else codes.OK)
+        elif isinstance(event, AuthStep):
+            self._authenticator_result(result)
+        elif isinstance(event, StartTLS):
+            self._send(codes.READY_TO_START_TLS)
+            self._trailing.clear()
+            self._reset_for_tls()
+        else:  # pragma: no cover - every pausing event is handled above
+            raise RuntimeError(f"cannot accept {event!r}")
+
+    def reject(self, reply: Reply) -> None:
+        """
+        Answer the pending event with *reply* (a 4xx or 5xx).
+
+        Raises:
+            RuntimeError: no event is pending.
+            ValueError: *reply* is positive.
+        """
+        if reply.is_positive:
+            raise ValueError("reject() needs a 4xx or 5xx reply")
+        event = self._take_pending()
+        if isinstance(event, MailFrom | RcptTo):
+            self._send(reply)
+        elif isinstance(event, DataStart):
+            if event.chunking:
+                # The chunk's octets follow the command: read them, then refuse.
+                tx = self._tx()
+                tx.failure = reply
+                assert self._chunk is not None
+                self._chunk.discard_reply = reply
+            else:
+                self._send(reply)
+        elif isinstance(event, DataComplete):
+            self._end_transaction(reply)
+        elif isinstance(event, AuthStep):
+            self._end_auth()
+            self._send(reply)
+        elif isinstance(event, StartTLS):
+            # The pipelined bytes were sent against RFC 3207; they stay dropped.
+            self._trailing.clear()
+            self._send(reply)
+        else:  # pragma: no cover
+            raise RuntimeError(f"cannot reject {event!r}")
+
+    def timeout(self) -> None:
+        """The adapter's timer expired: answer ``421 4.4.2`` and close."""
+        if self.state is State.CLOSED:
+            return
+        self._pending = None
+        self._close(codes.TIMEOUT, "timeout")
+
+    def connection_lost(self) -> None:
+        """The connection went away; the session ends without a reply."""
+        if self.state is not State.CLOSED:
+            self._abort_data(codes.LOCAL_ERROR)
+            self._pending = None
+            self.state = State.CLOSED
+
+    # -- output and events ---------------------------------------------------
+
+    def _send(self, reply: Reply) -> None:
+        self._out += reply.to_bytes()
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+        if event.needs_decision:
+            self._pending = event
+
+    def _take_pending(self) -> Event:
+        event = self._pending
+        if event is None:
+            raise RuntimeError("no event is waiting for a decision")
+        if event in self._events:
+            raise RuntimeError("the pending event was not returned by next_event() yet")
+        self._pending = None
+        return event
+
+    def _tx(self) -> MailTransaction:
+        assert self.transaction is not None
+        return self.transaction
+
+    def _protocol_error(self, reply: Reply) -> None:
+        """Answer a client error, counting it; too many close the session."""
+        self.bad_commands += 1
+        if self.bad_commands > self.limits.max_bad_commands:
+            self._close(codes.TOO_MANY_ERRORS, "errors")
+        else:
+            self._send(reply)
+
+    def _close(self, reply: Reply, reason: str) -> None:
+        self._abort_data(reply)
+        self._end_auth()
+        self._send(reply)
+        self.state = State.CLOSED
+        self._inbuf.clear()
+        self._emit(ConnectionClosing(reason))
+
+    def _abort_data(self, reply: Reply) -> None:
+        """Tell the application to drop content it was given, if any."""
+        tx = self.transaction
+        if tx is not None and tx.data_started and tx.failure is None:
+            tx.failure = reply
+            self._emit(DataAborted(reply))
+
+    def _reset_transaction(self, reply: Reply) -> None:
+        self._abort_data(reply)
+        self.transaction = None
+        self._decoder = None
+        self._chunk = None
+        self._checker = None
+        if self.state is not State.CLOSED:
+            self.state = State.GREETED if self.helo is not None else State.CONNECTED
+
+    def _end_transaction(self, reply: Reply) -> None:
+        self.transaction = None
+        self._reset_transaction(reply)
+        self._send(reply)
+
+    def _reset_for_tls(self) -> None:
+        """RFC 3207 section 4.2: forget everything the client said before TLS."""
+        self._reset_transaction(codes.OK)
+        self.helo = None
+        self.extended = False
+        self.authenticated_user = None
+        self.tls = True
+        self.tls_available = False
+        self.tls_restarted = True
+        self.state = State.CONNECTED
+        self._inbuf.clear()
+        self._scanned = 0
+
+    # -- parsing -------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Do one unit of work; ``False`` when more input is needed."""
+        if self.state is State.DATA:
+            return self._step_data()
+        if self.state is State.BDAT:
+            return self._step_bdat()
+        line = self._read_line()
+        if line is None:
+            return False
+        if self.state is State.AUTH:
+            self._auth_response(line)
+        else:
+            self._command(line)
+        return True
+
+    def _read_line(self) -> bytes | None:
+        """
+        Take one CRLF-terminated line from the input, without its CRLF.
+
+        Over-long lines are discarded up to their CRLF and answered here; the
+        caller then gets the next line.
+        """
+        limit = max(self.limits.max_line_length, MAX_AUTH_LINE)
+        while True:
+            idx = self._inbuf.find(b"\r\n", max(self._scanned - 1, 0))
+            if idx < 0:
+                if len(self._inbuf) > limit:
+                    # Keep a final CR: it may start the CRLF.
+                    keep = 1 if self._inbuf.endswith(b"\r") else 0
+                    del self._inbuf[: len(self._inbuf) - keep]
+                    self._discarding_line = True
+                self._scanned = len(self._inbuf)
+                return None
+            line = bytes(self._inbuf[:idx])
+            del self._inbuf[: idx + 2]
+            self._scanned = 0
+            if self._discarding_line or len(line) + 2 > limit:
+                self._discarding_line = False
+                self._line_too_long()
+                if self.state is State.CLOSED:
+                    return None
+                continue
+            return line
+
+    def _line_too_long(self) -> None:
+        if self.state is State.AUTH:
+            self._end_auth()
+        self._protocol_error(codes.LINE_TOO_LONG)
+
+    def _command(self, line: bytes) -> None:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._protocol_error(codes.SYNTAX_ERROR)
+            return
+        if "\r" in text or "\n" in text or "\x00" in text:
+            self._protocol_error(codes.SYNTAX_ERROR)
+            return
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        arg = arg.strip(" ")
+        if len(line) + 2 > self.limits.max_line_length and verb != "AUTH":
+            self._protocol_error(codes.LINE_TOO_LONG)
+            return
+        handler = _HANDLERS.get(verb)
+        if handler is None:
+            self._protocol_error(codes.SYNTAX_ERROR)
+            return
+        if verb == "BDAT":
+            # The chunk must be consumed even when the command is refused.
+            self._do_bdat(arg)
+            return
+        if self.state not in ALLOWED_STATES[verb]:
+            self._protocol_error(SEQUENCE_REPLIES.get((verb, self.state), codes.BAD_SEQUENCE))
+            return
+        handler(self, arg)
+
+    # -- commands --------------------------------------------------------------
+
+    def _do_ehlo(self, arg: str) -> None:
+        self._greet(arg, extended=True)
+
+    def _do_helo(self, arg: str) -> None:
+        self._greet(arg, extended=False)
+
+    def _greet(self, arg: str, *, extended: bool) -> None:
+        try:
+            name = helo_name(arg)
+        except GrammarError:
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR.with_text("Syntax: EHLO hostname"))
+            return
+        # RFC 5321 section 4.1.4: EHLO/HELO in a transaction acts as RSET.
+        self._reset_transaction(codes.OK)
+        self.helo = name
+        self.extended = extended
+        self.state = State.GREETED
+        self._emit(Greeted(name, extended))
+        if not extended:
+            self._send(Reply(250, "", self.hostname))
+            return
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.limits.max_message_size}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "CHUNKING",
+        ]
+        if self.tls_available and not self.tls:
+            lines.append("STARTTLS")
+        mechanisms = self.mechanisms()
+        if mechanisms:
+            lines.append("AUTH " + " ".join(mechanisms))
+        self._send(Reply(250, "", "\n".join(lines)))
+
+    def _do_mail(self, arg: str) -> None:
+        if self.helo is None and self.tls_restarted:
+            # RFC 3207 section 4.2: after TLS the client starts over with EHLO.
+            self._protocol_error(codes.NEED_HELO)
+            return
+        if self.role == "submission" and self.authenticated_user is None:
+            # RFC 6409 section 4.3 / RFC 4954 section 6.
+            self._send(codes.AUTH_REQUIRED)
+            return
+        try:
+            path, params = mail_from_argument(arg)
+        except ParamSyntaxError:
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+            return
+        except GrammarError:
+            self._protocol_error(codes.BAD_SENDER_SYNTAX)
+            return
+        refusal = self._check_mail_params(params)
+        if refusal is not None:
+            self._send(refusal)
+            return
+        if path is not None and not path.is_ascii and "SMTPUTF8" not in params:
+            self._send(codes.SMTPUTF8_REQUIRED)
+            return
+        self._emit(MailFrom("" if path is None else str(path), params))
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
+        for key, value in params.items():
+            if key not in _MAIL_PARAMS:
+                return codes.PARAM_NOT_RECOGNIZED
+            if key == "SIZE":
+                # RFC 1870 section 6: size-value = 1*20DIGIT.
+                if value is None or not value.isascii() or not value.isdigit() or len(value) > 20:
+                    return codes.PARAM_SYNTAX_ERROR
+                if int(value) > self.limits.max_message_size:
+                    return codes.MESSAGE_TOO_BIG
+            elif key == "BODY":
+                body = (value or "").upper()
+                if body == "BINARYMIME":
+                    # RFC 3030 section 3: we do not offer BINARYMIME.
+                    return codes.BODY_NOT_SUPPORTED
+                if body not in _BODY_TYPES:
+                    return codes.PARAM_SYNTAX_ERROR
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return codes.PARAM_SYNTAX_ERROR
+            elif key == "RET":
+                if (value or "").upper() not in ("FULL", "HDRS"):
+                    return codes.PARAM_SYNTAX_ERROR
+            elif value is None and key in ("AUTH", "ENVID"):
+                return codes.PARAM_SYNTAX_ERROR
+        # AUTH=<mailbox> (RFC 4954 section 5) is accepted and ignored.
+        return None
+
+    def _do_rcpt(self, arg: str) -> None:
+        tx = self._tx()
+        if len(tx.rcpt_to) >= self.limits.max_recipients:
+            self._send(codes.TOO_MANY_RECIPIENTS)
+            return
+        try:
+            path, params = rcpt_to_argument(arg)
+        except ParamSyntaxError:
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+            return
+        except GrammarError:
+            self._protocol_error(codes.BAD_RECIPIENT_SYNTAX)
+            return
+        if any(key not in _RCPT_PARAMS for key in params):
+            self._send(codes.PARAM_NOT_RECOGNIZED)
+            return
+        if any(value is None for value in params.values()):
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+            return
+        refusal = self._recipient_policy(path, tx)
+        if refusal is not None:
+            self._send(refusal)
+            return
+        self._emit(RcptTo(str(path), params))
+
+    def _recipient_policy(self, path: Mailbox, tx: MailTransaction) -> Reply | None:
+        if not path.is_ascii and not tx.smtputf8:
+            return codes.SMTPUTF8_REQUIRED
+        if self.authenticated_user is None:
+            if path.has_routing_characters():
+                return codes.ROUTING_NOT_ACCEPTED
+            if path.is_address_literal:
+                return codes.ADDRESS_LITERAL_NOT_ACCEPTED
+        return None
+
+    def _do_data(self, arg: str) -> None:
+        tx = self._tx()
+        if arg:
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+            return
+        if tx.chunking:
+            # RFC 3030 section 2: DATA and BDAT cannot be mixed.
+            self._protocol_error(codes.BAD_SEQUENCE)
+            return
+        tx.size = 0
+        self._emit(DataStart(chunking=False))
+
+    def _do_bdat(self, arg: str) -> None:
+        try:
+            size, last = bdat_argument(arg)
+        except GrammarError:
+            self._close(codes.BDAT_SYNTAX_CLOSING, "protocol")
+            return
+        chunk = _Chunk(size, last)
+        tx = self.transaction
+        if self.state not in ALLOWED_STATES["BDAT"]:
+            chunk.discard_reply = SEQUENCE_REPLIES.get(("BDAT", self.state), codes.BAD_SEQUENCE)
+            chunk.out_of_sequence = True
+            self.bad_commands += 1
+        elif tx is not None and tx.failure is not None:
+            chunk.discard_reply = tx.failure
+        elif tx is not None and tx.size + size > self.limits.max_message_size:
+            chunk.discard_reply = codes.MESSAGE_TOO_BIG
+            self._abort_data(codes.MESSAGE_TOO_BIG)
+            tx.failure = codes.MESSAGE_TOO_BIG
+        self._chunk = chunk
+        self._resume_state = self.state
+        self.state = State.BDAT
+        if chunk.discard_reply is None and tx is not None and not tx.data_started:
+            tx.chunking = True
+            self._checker = LineEndingChecker()
+            self._emit(DataStart(chunking=True))
+
+    def _do_rset(self, arg: str) -> None:
+        self._reset_transaction(codes.OK)
+        self._send(codes.OK)
+
+    def _do_noop(self, arg: str) -> None:
+        self._send(codes.OK)
+
+    def _do_quit(self, arg: str) -> None:
+        self._close(codes.BYE, "quit")
+
+    def _do_help(self, arg: str) -> None:
+        self._send(codes.HELP)
+
+    def _do_vrfy(self, arg: str) -> None:
+        # RFC 5321 section 3.5.3; no answer tells whether a user exists.
+        if not arg:
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+            return
+        self._send(codes.VRFY_CANNOT_VERIFY)
+
+    def _do_expn(self, arg: str) -> None:
+        self._send(codes.EXPN_NOT_AVAILABLE)
+
+    def _do_starttls(self, arg: str) -> None:
+        if arg:
+            # RFC 3207 section 4: "501 Syntax error (no parameters allowed)".
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+            return
+        if self.tls:
+            self._protocol_error(codes.ALREADY_TLS)
+            return
+        if not self.tls_available:
+            self._protocol_error(codes.NOT_IMPLEMENTED)
+            return
+        self._trailing[:] = self._inbuf
+        self._inbuf.clear()
+        self._scanned = 0
+        self._emit(StartTLS())
+
+    # -- AUTH (RFC 4954) -------------------------------------------------------
+
+    def _do_auth(self, arg: str) -> None:
+        if not self.auth_enabled:
+            self._protocol_error(codes.NOT_IMPLEMENTED)
+            return
+        if self.authenticated_user is not None:
+            self._protocol_error(codes.ALREADY_AUTHENTICATED)
+            return
+        words = arg.split(" ")
+        if not 1 <= len(words) <= 2 or not words[0]:
+            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+            return
+        mechanism = words[0].upper()
+        if mechanism not in sasl.MECHANISMS:
+            self._protocol_error(codes.AUTH_UNKNOWN_MECHANISM)
+            return
+        if mechanism not in self.mechanisms():
+            # RFC 4954 section 6: 538 when the mechanism needs encryption.
+            self._protocol_error(codes.AUTH_ENCRYPTION_REQUIRED)
+            return
+        initial: bytes | None = None
+        if len(words) == 2:
+            try:
+                initial = sasl.decode_response(words[1].encode("ascii"))
+            except (sasl.SASLDecodeError, UnicodeEncodeError):
+                self._protocol_error(codes.AUTH_BAD_BASE64)
+                return
+            if initial is None:
+                self._send(codes.AUTH_CANCELLED)
+                return
+        self._sasl = self._sasl_factory(mechanism)
+        self.state = State.AUTH
+        self._sasl_event(self._sasl.start(initial))
+
+    def _auth_response(self, line: bytes) -> None:
+        assert self._sasl is not None
+        try:
+            data = sasl.decode_response(line)
+        except sasl.SASLDecodeError:
+            self._end_auth()
+            self._protocol_error(codes.AUTH_BAD_BASE64)
+            return
+        if data is None:
+            self._sasl.cancel()
+            self._end_auth()
+            self._send(codes.AUTH_CANCELLED)
+            return
+        self._sasl_event(self._sasl.respond(data))
+
+    def _sasl_event(self, event: sasl.SASLEvent) -> None:
+        """An event straight from the SASL server."""
+        if isinstance(event, sasl.Challenge):
+            self._send(Reply(334, "", sasl.encode_challenge(event.data).decode("ascii")))
+            return
+        # Need*, Succeeded and Failed all go through the authenticator: it
+        # answers questions, canonicalises the user and delays failures.
+        assert self._sasl is not None
+        self._emit(AuthStep(self._sasl.mechanism, self._sasl, event))
+
+    def _authenticator_result(self, event: Any) -> None:
+        """An event the authenticator resolved (``accept`` of ``AuthStep``)."""
+        if isinstance(event, sasl.Challenge):
+            self._send(Reply(334, "", sasl.encode_challenge(event.data).decode("ascii")))
+        elif isinstance(event, sasl.Succeeded):
+            mechanism = self._sasl.mechanism if self._sasl is not None else ""
+            self._end_auth()
+            self.authenticated_user = event.username
+            self._send(codes.AUTH_SUCCEEDED)
+            self._emit(Authenticated(event.username, mechanism))
+        elif isinstance(event, sasl.Failed):
+            self._end_auth()
+            if event.reason == "cancelled":
+                self._send(codes.AUTH_CANCELLED)
+            else:
+                self._protocol_error(codes.AUTH_FAILED)
+        else:
+            raise RuntimeError(
+                f"AuthStep must be answered with Challenge, Succeeded or Failed, not {event!r}"
+            )
+
+    def _end_auth(self) -> None:
+        self._sasl = None
+        if self.state is State.AUTH:
+            self.state = State.GREETED
+
+    # -- message content -------------------------------------------------------
+
+    def _step_data(self) -> bool:
+        if not self._inbuf:
+            return False
+        tx = self._tx()
+        assert self._decoder is not None
+        content, rest = self._decoder.feed(bytes(self._inbuf))
+        self._inbuf.clear()
+        if self._decoder.bare_line_ending:
+            self._abort_data(codes.BARE_LINE_ENDING)
+        if content and tx.failure is None:
+            if tx.size + len(content) > self.limits.max_message_size:
+                self._abort_data(codes.MESSAGE_TOO_BIG)
+            else:
+                tx.size += len(content)
+                self._emit(DataChunk(content))
+        if rest is None:
+            return bool(content)
+        self._inbuf += rest
+        self._scanned = 0
+        self._decoder = None
+        if tx.failure is not None:
+            self._end_transaction(tx.failure)
+        else:
+            self.state = State.RCPT
+            self._emit(DataComplete(tx.size))
+        return True
+
+    def _step_bdat(self) -> bool:
+        chunk = self._chunk
+        assert chunk is not None
+        if chunk.remaining:
+            if not self._inbuf:
+                return False
+            piece = bytes(self._inbuf[: chunk.remaining])
+            del self._inbuf[: len(piece)]
+            chunk.remaining -= len(piece)
+            tx = self.transaction
+            if chunk.discard_reply is None and tx is not None and tx.failure is None:
+                assert self._checker is not None
+                self._checker.feed(piece)
+                if self._checker.bare_line_ending:
+                    self._abort_data(codes.BARE_LINE_ENDING)
+                else:
+                    tx.size += len(piece)
+                    self._emit(DataChunk(piece))
+            if chunk.remaining:
+                return True
+        self._finish_chunk(chunk)
+        return True
+
+    def _finish_chunk(self, chunk: _Chunk) -> None:
+        self._chunk = None
+        self.state = self._resume_state
+        tx = self.transaction
+        if chunk.out_of_sequence or tx is None:
+            # Refused by the state table: the transaction (if any) is untouched.
+            if self.bad_commands > self.limits.max_bad_commands:
+                self._close(codes.TOO_MANY_ERRORS, "errors")
+            else:
+                self._send(chunk.discard_reply or codes.BAD_SEQUENCE)
+            return
+        tx.chunking = True
+        self.state = State.CHUNKING
+        if chunk.discard_reply is None and tx.failure is None:
+            assert self._checker is not None
+            if chunk.last:
+                self._checker.finish()
+            if self._checker.bare_line_ending:
+                self._abort_data(codes.BARE_LINE_ENDING)
+        reply = chunk.discard_reply or tx.failure
+        if reply is not None:
+            if chunk.last:
+                self._end_transaction(reply)
+            else:
+                self._send(reply)
+        elif chunk.last:
+            self._emit(DataComplete(tx.size))
+        else:
+            self._send(codes.OK.with_text(f"{tx.size} octets received"))
+
+
+_HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
+    "EHLO": ServerSession._do_ehlo,
+    "HELO": ServerSession._do_helo,
+    "MAIL": ServerSession._do_mail,
+    "RCPT": ServerSession._do_rcpt,
+    "DATA": ServerSession._do_data,
+    "BDAT": ServerSession._do_bdat,
+    "RSET": ServerSession._do_rset,
+    "NOOP": ServerSession._do_noop,
+    "QUIT": ServerSession._do_quit,
+    "HELP": ServerSession._do_help,
+    "VRFY": ServerSession._do_vrfy,
+    "EXPN": ServerSession._do_expn,
+    "STARTTLS": ServerSession._do_starttls,
+    "AUTH": ServerSession._do_auth,
+}

@@ -1,0 +1,512 @@
+"""
+Tests for the Twisted SMTP adapter on StringTransport with a task.Clock and
+a recording fake router: delivery, spool files, replies after Deferreds,
+timeouts, STARTTLS discard, AUTH through the real Authenticator.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txmail.auth.authenticator import Authenticator
+from txmail.auth.passwords import make_credentials
+from txmail.interfaces import IDeliveryRouter
+from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
+from txmail.smtp.server import SMTPFactory, SMTPLimits, SMTPServerProtocol, received_header, reply_for_report
+
+PASSWORD = "secret"
+CREDENTIALS = make_credentials(PASSWORD, iterations=4096, salt=b"0123456789abcdef")
+PEER = IPv4Address("TCP", "192.0.2.7", 4321)
+
+
+@implementer(IDeliveryRouter)
+class FakeRouter:
+    """
+    Accepts recipients in example.test (or anywhere for authenticated users)
+    and records every question and delivery.  With ``manual`` set, the
+    Deferreds of check_recipient and deliver wait for the test.
+    """
+
+    def __init__(self, manual: bool = False) -> None:
+        self.manual = manual
+        self.checked: list[tuple[str, str | None]] = []
+        self.delivered: list[tuple[Envelope, bytes, MessageFile]] = []
+        self.pending: list[tuple[defer.Deferred[Any], Any]] = []
+        self.report: DeliveryReport | None = None
+        self.error: Exception | None = None
+
+    def _answer(self, value: Any) -> defer.Deferred[Any]:
+        if self.manual:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.pending.append((d, value))
+            return d
+        return defer.succeed(value)
+
+    def fire(self) -> None:
+        """Fire the oldest waiting Deferred."""
+        d, value = self.pending.pop(0)
+        d.callback(value)
+
+    def check_recipient(self, address: str, authenticated_user: str | None = None) -> defer.Deferred[Any]:
+        self.checked.append((address, authenticated_user))
+        domain = address.rpartition("@")[2].lower()
+        if domain == "example.test" or authenticated_user is not None:
+            result = RecipientResult(address, ok=True)
+        else:
+            result = RecipientResult(address, ok=False, reply="554 5.7.1 Relay access denied")
+        return self._answer(result)
+
+    def deliver(self, envelope: Envelope, message: MessageFile) -> defer.Deferred[Any]:
+        with open(message.path, "rb") as f:
+            self.delivered.append((envelope, f.read(), message))
+        if self.error is not None:
+            return defer.fail(self.error)
+        report = self.report or DeliveryReport(tuple(RecipientResult(r, ok=True) for r in envelope.rcpt_to))
+        return self._answer(report)
+
+
+class FakeDirectory:
+    """Just enough of IDirectory for the Authenticator: one user, alice."""
+
+    def get_credentials(self, username: str) -> defer.Deferred[Any]:
+        return defer.succeed(CREDENTIALS if username == "alice@example.test" else None)
+
+    def canonical_user(self, username: str) -> defer.Deferred[str | None]:
+        return defer.succeed("alice@example.test" if username == "alice@example.test" else None)
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):
+    """A StringTransport that records startTLS calls and what was written before."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tls_contexts: list[Any] = []
+        self.written_before_tls = b""
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:  # noqa: N803 (Twisted API)
+        self.tls_contexts.append(contextFactory)
+        self.written_before_tls = self.value()
+
+
+def plain(user: str, password: str) -> bytes:
+    return base64.b64encode(f"\0{user}\0{password}".encode())
+
+
+class ServerTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.spool = os.path.abspath(self.mktemp())
+        os.makedirs(self.spool)
+        self.router = FakeRouter()
+
+    def connect(
+        self, transport: StringTransport | None = None, **kwargs: Any
+    ) -> tuple[SMTPServerProtocol, StringTransport]:
+        options: dict[str, Any] = {
+            "hostname": "mx.example.test",
+            "router": self.router,
+            "spool_dir": self.spool,
+            "clock": self.clock,
+        }
+        options.update(kwargs)
+        factory = SMTPFactory(**options)
+        proto = factory.buildProtocol(PEER)
+        transport = transport if transport is not None else StringTransport(peerAddress=PEER)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def take(self, transport: StringTransport) -> list[bytes]:
+        """The reply lines written since the last call."""
+        data = transport.value()
+        transport.clear()
+        return data.split(b"\r\n")[:-1]
+
+    def final_codes(self, lines: list[bytes]) -> list[bytes]:
+        return [line[:3] for line in lines if line[3:4] != b"-"]
+
+    def spool_files(self) -> list[str]:
+        return os.listdir(self.spool)
+
+
+SEND = (
+    b"EHLO client.test\r\nMAIL FROM:<sender@remote.test> SIZE=40\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+)
+BODY = b"Subject: hi\r\n\r\nHello\r\n..dot line\r\n.\r\n"
+
+
+class DeliveryTests(ServerTestCase):
+    def test_greeting(self) -> None:
+        """On connect the server greets with 220 <hostname> ESMTP txmail."""
+        _, transport = self.connect()
+        self.assertEqual(transport.value(), b"220 mx.example.test ESMTP txmail\r\n")
+
+    def test_delivery(self) -> None:
+        """The router gets the envelope and a spool file with Return-Path, Received and the unstuffed body."""
+        proto, transport = self.connect()
+        proto.dataReceived(SEND)
+        proto.dataReceived(BODY)
+        self.assertEqual(len(self.router.delivered), 1)
+        envelope, data, message = self.router.delivered[0]
+        self.assertEqual(envelope.mail_from, "sender@remote.test")
+        self.assertEqual(envelope.rcpt_to, ("alice@example.test",))
+        self.assertEqual(envelope.mail_params, {"SIZE": "40"})
+        self.assertEqual(envelope.helo, "client.test")
+        self.assertEqual(envelope.peer, "192.0.2.7:4321")
+        self.assertEqual(envelope.protocol, "ESMTP")
+        self.assertEqual(envelope.received_at, 1_700_000_000)
+        self.assertFalse(envelope.tls)
+        self.assertIsNone(envelope.authenticated_user)
+        self.assertTrue(message.fsynced)
+        self.assertEqual(message.size, len(data))
+        header = (
+            b"Return-Path: <sender@remote.test>\r\n"
+            b"Received: from client.test ([192.0.2.7])\r\n"
+            b"\tby mx.example.test (txmail) with ESMTP id " + envelope.message_id.encode() + b"\r\n"
+            b"\tfor <alice@example.test>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        )
+        self.assertEqual(data, header + b"Subject: hi\r\n\r\nHello\r\n.dot line\r\n")
+        last = self.take(transport)[-1]
+        self.assertEqual(last, b"250 2.0.0 OK: queued as " + envelope.message_id.encode())
+        self.assertEqual(self.spool_files(), [])
+
+    def test_reply_only_after_router(self) -> None:
+        """The 250 after the final dot is sent only once the router's Deferred fired; reading pauses meanwhile."""
+        self.router.manual = True
+        proto, transport = self.connect()
+        proto.dataReceived(b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        self.assertEqual(self.final_codes(self.take(transport)), [b"220", b"250", b"250"])
+        self.assertEqual(transport.producerState, "paused")
+        self.router.fire()
+        self.assertEqual(transport.producerState, "producing")
+        proto.dataReceived(b"DATA\r\n" + BODY + b"NOOP\r\n")
+        self.assertEqual(self.final_codes(self.take(transport)), [b"250", b"354"])
+        self.assertEqual(len(self.router.delivered), 1)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(self.spool_files()), 1)
+        self.router.fire()
+        self.assertEqual(self.final_codes(self.take(transport)), [b"250", b"250"])
+        self.assertEqual(self.spool_files(), [])
+
+    def test_fsync_through_run_blocking(self) -> None:
+        """The spool file is fsynced through run_blocking before the router sees it."""
+        calls: list[Any] = []
+        waiting: defer.Deferred[None] = defer.Deferred()
+
+        def run_blocking(fn: Any, *args: Any) -> defer.Deferred[Any]:
+            calls.append((fn, args))
+            return waiting.addCallback(lambda _: fn(*args))
+
+        proto, transport = self.connect(run_blocking=run_blocking)
+        proto.dataReceived(SEND + BODY)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.router.delivered, [])
+        waiting.callback(None)
+        self.assertEqual(len(self.router.delivered), 1)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"250")
+
+    def test_pipelined_session(self) -> None:
+        """A whole pipelined session in one write gets all replies in order, router answers arriving later."""
+        self.router.manual = True
+        proto, transport = self.connect()
+        proto.dataReceived(
+            b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+            b"RCPT TO:<x@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+        )
+        for _ in range(3):
+            self.router.fire()
+        self.assertEqual(
+            self.final_codes(self.take(transport)), [b"220", b"250", b"250", b"250", b"554", b"250", b"354"]
+        )
+        proto.dataReceived(b"x\r\n.\r\nQUIT\r\n")
+        self.router.fire()
+        self.assertEqual(self.final_codes(self.take(transport)), [b"250", b"221"])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.router.delivered[0][0].rcpt_to, ("alice@example.test", "bob@example.test"))
+
+    def test_report_policy(self) -> None:
+        """A temporary failure for any recipient gives 451 4.3.0; only permanent ones give 554."""
+        for results, expected in [
+            ((RecipientResult("a", ok=True), RecipientResult("b", ok=False, temporary=True)), b"451 4.3.0"),
+            ((RecipientResult("a", ok=False), RecipientResult("b", ok=False, temporary=False)), b"554 5.0.0"),
+        ]:
+            self.router.report = DeliveryReport(results)
+            proto, transport = self.connect()
+            proto.dataReceived(SEND + BODY)
+            self.assertTrue(self.take(transport)[-1].startswith(expected))
+            self.assertEqual(self.spool_files(), [])
+
+    def test_router_exception(self) -> None:
+        """An exception in the router is logged and answered 451 4.3.0, without its text."""
+        self.router.error = ValueError("secret internals")
+        proto, transport = self.connect()
+        proto.dataReceived(SEND + BODY + b"NOOP\r\n")
+        lines = self.take(transport)
+        self.assertEqual(lines[-2], b"451 4.3.0 Requested action aborted: local error in processing")
+        self.assertEqual(lines[-1], b"250 2.0.0 OK")
+        self.assertNotIn(b"secret", b"".join(lines))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(self.spool_files(), [])
+
+    def test_check_recipient_exception(self) -> None:
+        """A failing recipient check is answered 451 4.3.0 and the session goes on."""
+
+        def broken(address: str, authenticated_user: str | None = None) -> Any:
+            raise RuntimeError("boom")
+
+        self.router.check_recipient = broken  # type: ignore[method-assign]
+        proto, transport = self.connect()
+        proto.dataReceived(b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nNOOP\r\n")
+        self.assertEqual(self.final_codes(self.take(transport))[-2:], [b"451", b"250"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_size_limit(self) -> None:
+        """Content over the limit gets 552 at the dot; nothing is delivered and the spool is empty."""
+        proto, transport = self.connect(limits=SMTPLimits(max_message_size=100))
+        proto.dataReceived(SEND)
+        proto.dataReceived(b"Subject: big\r\n\r\n" + b"y" * 200 + b"\r\n")
+        self.assertEqual(self.spool_files(), [])
+        proto.dataReceived(b".\r\n")
+        self.assertTrue(self.take(transport)[-1].startswith(b"552 5.3.4"))
+        self.assertEqual(self.router.delivered, [])
+
+    def test_bdat_delivery(self) -> None:
+        """A message sent with BDAT is delivered byte-exact (no dot-unstuffing) after the trace fields."""
+        proto, transport = self.connect()
+        proto.dataReceived(b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        proto.dataReceived(b"BDAT 9\r\nSubject: BDAT 6 LAST\r\nx\r\n.\r\n")
+        _envelope, data, _ = self.router.delivered[0]
+        self.assertTrue(data.endswith(b"; Tue, 14 Nov 2023 22:13:20 +0000\r\nSubject: x\r\n.\r\n"))
+        self.assertTrue(data.startswith(b"Return-Path: <a@remote.test>\r\nReceived: "))
+        self.assertEqual(self.final_codes(self.take(transport))[-2:], [b"250", b"250"])
+
+    def test_missing_spool_dir(self) -> None:
+        """If the spool file cannot be created, DATA gets 451 and the error is logged."""
+        proto, transport = self.connect(spool_dir=os.path.join(self.spool, "missing"))
+        proto.dataReceived(SEND)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"451")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_connection_lost_mid_data(self) -> None:
+        """When the client goes away during DATA the spool file is removed."""
+        proto, _transport = self.connect()
+        proto.dataReceived(SEND + b"Subject: partial\r\n")
+        self.assertEqual(len(self.spool_files()), 1)
+        proto.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.spool_files(), [])
+        self.assertEqual(self.router.delivered, [])
+
+    def test_logs_structured_fields(self) -> None:
+        """Accepted messages are logged with peer, session_id and message_id fields."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        proto, _ = self.connect()
+        proto.dataReceived(SEND + BODY)
+        events = [e for e in observer if "message_id" in e and e.get("code") == 250]
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["peer"], "192.0.2.7:4321")
+        self.assertEqual(events[0]["session_id"], proto.session_id)
+        self.assertEqual(events[0]["message_id"], self.router.delivered[0][0].message_id)
+
+
+class AddressTrickTests(ServerTestCase):
+    TRICKS = [
+        "victim@remote.test",
+        "@example.test:victim@remote.test",
+        "victim%remote.test@example.test",
+        "remote.test!victim@example.test",
+        '"victim@remote.test"@example.test',
+        "victim@[127.0.0.1]",
+        "victim@[192.0.2.1]",
+        "@example.test,@example.test:victim@remote.test",
+    ]
+
+    def test_no_trick_relays(self) -> None:
+        """No address trick gets a recipient accepted on the MTA; the router is only asked about real domains."""
+        proto, transport = self.connect()
+        proto.dataReceived(b"EHLO c\r\n")
+        for rcpt in self.TRICKS:
+            self.take(transport)
+            proto.dataReceived(f"MAIL FROM:<a@remote.test>\r\nRCPT TO:<{rcpt}>\r\nRSET\r\n".encode())
+            codes = self.final_codes(self.take(transport))
+            self.assertEqual(codes[0], b"250", rcpt)
+            self.assertGreaterEqual(int(codes[1]), 500, rcpt)
+        asked = [address for address, _ in self.router.checked]
+        self.assertEqual(asked, ["victim@remote.test", "victim@remote.test", "victim@remote.test"])
+
+
+class TimeoutTests(ServerTestCase):
+    def test_command_timeout(self) -> None:
+        """An idle client gets 421 4.4.2 after the command timeout and is disconnected."""
+        proto, transport = self.connect(limits=SMTPLimits(command_timeout=10))
+        self.take(transport)
+        self.clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b"NOOP\r\n")
+        self.clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertEqual(self.take(transport)[-1], b"421 4.4.2 Timeout, closing connection")
+        self.assertTrue(transport.disconnecting)
+
+    def test_data_timeout(self) -> None:
+        """While reading content the data timeout applies; expiry removes the spool file."""
+        proto, transport = self.connect(limits=SMTPLimits(command_timeout=10, data_timeout=60))
+        proto.dataReceived(SEND + b"Subject: slow\r\n")
+        self.clock.advance(30)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(30)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(self.take(transport)[-1].startswith(b"421 4.4.2"))
+        self.assertEqual(self.spool_files(), [])
+
+    def test_no_timeout_while_waiting_for_router(self) -> None:
+        """The idle timer does not run while the server itself waits for the router."""
+        self.router.manual = True
+        proto, transport = self.connect(limits=SMTPLimits(command_timeout=10))
+        proto.dataReceived(b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        self.clock.advance(100)
+        self.assertFalse(transport.disconnecting)
+        self.router.fire()
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+
+
+class StartTLSTests(ServerTestCase):
+    def test_starttls_discards_injection(self) -> None:
+        """220 is written before the handshake starts; pipelined commands after STARTTLS are never run."""
+        context = object()
+        transport = TLSStringTransport(peerAddress=PEER)
+        proto, _ = self.connect(transport, tls_context=context)
+        proto.dataReceived(b"EHLO c\r\n")
+        self.assertIn(b"250 STARTTLS\r\n", transport.value())
+        self.take(transport)
+        proto.dataReceived(b"STARTTLS\r\nMAIL FROM:<evil@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        self.assertEqual(transport.tls_contexts, [context])
+        self.assertEqual(transport.written_before_tls, b"220 2.0.0 Ready to start TLS\r\n")
+        self.assertEqual(self.take(transport), [b"220 2.0.0 Ready to start TLS"])
+        self.assertEqual(self.router.checked, [])
+        # Inside TLS: the session starts over.
+        proto.dataReceived(b"MAIL FROM:<a@remote.test>\r\nEHLO c\r\n")
+        lines = self.take(transport)
+        self.assertTrue(lines[0].startswith(b"503"))
+        self.assertNotIn(b"STARTTLS", b"\r\n".join(lines))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_no_starttls_without_tls_transport(self) -> None:
+        """STARTTLS is not offered when the transport cannot start TLS or with implicit TLS."""
+        proto, transport = self.connect(tls_context=object())
+        proto.dataReceived(b"EHLO c\r\n")
+        self.assertNotIn(b"STARTTLS", transport.value())
+        proto, transport = self.connect(
+            TLSStringTransport(peerAddress=PEER), tls_context=object(), implicit_tls=True
+        )
+        proto.dataReceived(SEND + BODY)
+        self.assertNotIn(b"STARTTLS", transport.value())
+        self.assertEqual(self.router.delivered[0][0].protocol, "ESMTPS")
+        self.assertTrue(self.router.delivered[0][0].tls)
+
+
+class AuthTests(ServerTestCase):
+    def make_authenticator(self) -> Authenticator:
+        return Authenticator(FakeDirectory(), clock=self.clock)  # type: ignore[arg-type]
+
+    def test_submission_auth_and_relay(self) -> None:
+        """On submission, AUTH PLAIN then a remote recipient: the router is asked with the user, ESMTPSA is recorded."""
+        proto, transport = self.connect(
+            role="submission", authenticator=self.make_authenticator(), implicit_tls=True
+        )
+        proto.dataReceived(b"EHLO c\r\nMAIL FROM:<alice@example.test>\r\n")
+        self.assertTrue(self.take(transport)[-1].startswith(b"530 5.7.0"))
+        proto.dataReceived(b"AUTH PLAIN " + plain("alice@example.test", PASSWORD) + b"\r\n")
+        self.assertEqual(self.take(transport), [b"235 2.7.0 Authentication successful"])
+        proto.dataReceived(
+            b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<friend@remote.test>\r\nDATA\r\n" + BODY
+        )
+        self.assertEqual(self.router.checked, [("friend@remote.test", "alice@example.test")])
+        envelope = self.router.delivered[0][0]
+        self.assertEqual(envelope.authenticated_user, "alice@example.test")
+        self.assertEqual(envelope.protocol, "ESMTPSA")
+        self.assertIn(b"with ESMTPSA", self.router.delivered[0][1])
+
+    def test_wrong_password_is_delayed(self) -> None:
+        """A wrong password is answered 535 5.7.8 only after the authenticator's failure delay."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        proto, transport = self.connect(authenticator=self.make_authenticator(), implicit_tls=True)
+        proto.dataReceived(b"EHLO c\r\n")
+        self.take(transport)
+        proto.dataReceived(b"AUTH PLAIN " + plain("alice@example.test", "wrong-pass") + b"\r\nNOOP\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(1)
+        self.assertEqual(self.final_codes(self.take(transport)), [b"535", b"250"])
+        self.assertFalse(any("wrong-pass" in repr(e) for e in observer))
+
+    def test_plaintext_policy(self) -> None:
+        """Without TLS, AUTH is offered only to loopback clients under the loopback policy."""
+        proto, transport = self.connect(authenticator=self.make_authenticator(), plaintext_auth="loopback")
+        proto.dataReceived(b"EHLO c\r\n")
+        self.assertNotIn(b"AUTH", transport.value())
+        loop = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        proto, transport = self.connect(
+            loop, authenticator=self.make_authenticator(), plaintext_auth="loopback"
+        )
+        proto.dataReceived(b"EHLO c\r\n")
+        self.assertIn(b"AUTH SCRAM-SHA-256 PLAIN LOGIN", transport.value())
+
+
+class HelperTests(SynchronousTestCase):
+    def test_received_header_ipv6_many_recipients(self) -> None:
+        """IPv6 peers get an IPv6: literal; with several recipients no 'for' clause is written."""
+        header = received_header(
+            helo="c.test",
+            peer_ip="2001:db8::1",
+            hostname="mx.example.test",
+            protocol="ESMTPS",
+            message_id="ID1",
+            recipients=["a@x.test", "b@x.test"],
+            when=0,
+        )
+        self.assertEqual(
+            header,
+            b"Received: from c.test ([IPv6:2001:db8::1])\r\n\tby mx.example.test (txmail) with ESMTPS id ID1;\r\n"
+            b"\tThu, 01 Jan 1970 00:00:00 +0000\r\n",
+        )
+
+    def test_reply_for_report(self) -> None:
+        """All ok gives 250 with the id; any temporary failure 451; only permanent ones 554."""
+        ok = RecipientResult("a", ok=True)
+        temp = RecipientResult("b", ok=False, temporary=True)
+        perm = RecipientResult("c", ok=False)
+        self.assertEqual(
+            reply_for_report(DeliveryReport((ok,)), "X").to_bytes(), b"250 2.0.0 OK: queued as X\r\n"
+        )
+        self.assertEqual(reply_for_report(DeliveryReport((ok, temp, perm)), "X").code, 451)
+        self.assertEqual(reply_for_report(DeliveryReport((perm,)), "X").code, 554)
+
+    def test_ipv6_peer(self) -> None:
+        """An IPv6 peer is written [addr]:port in the envelope."""
+        router = FakeRouter()
+        factory = SMTPFactory(
+            hostname="h", router=router, spool_dir=os.path.abspath(self.mktemp()), clock=task.Clock()
+        )
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport(peerAddress=IPv6Address("TCP", "::1", 25)))
+        self.assertEqual(proto.peer, "[::1]:25")
+
+    def test_factory_validates(self) -> None:
+        """Unknown roles and plaintext policies are refused at construction."""
+        for bad in ({"role": "relay"}, {"plaintext_auth": "maybe"}):
+            with self.assertRaises(ValueError):
+                SMTPFactory(
+                    hostname="h", router=FakeRouter(), spool_dir="/nonexistent", clock=task.Clock(), **bad
+                )

@@ -1,0 +1,67 @@
+"""
+The sans-IO modules import nothing from Twisted (STYLE.md, "Sans-IO modules").
+
+Later protocols add their pure modules to :data:`SANS_IO_MODULES`.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+__all__ = ["SANS_IO_MODULES", "twisted_imports"]
+
+_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+#: Source files (relative to ``src/``) that must never import Twisted.
+SANS_IO_MODULES = (
+    "txmail/smtp/codes.py",
+    "txmail/smtp/grammar.py",
+    "txmail/smtp/events.py",
+    "txmail/smtp/dotstuff.py",
+    "txmail/smtp/session.py",
+    "txmail/auth/sasl.py",
+    "txmail/auth/passwords.py",
+    "txmail/model.py",
+    "txmail/mime.py",
+)
+
+
+def twisted_imports(source: str) -> list[str]:
+    """The names of every Twisted module *source* imports, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] if node.level == 0 else []
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__" and node.args:
+            arg = node.args[0]
+            names = [arg.value] if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else []
+        else:
+            continue
+        found.extend(n for n in names if n == "twisted" or n.startswith("twisted."))
+    return found
+
+
+class SansIOImportTests(SynchronousTestCase):
+    def test_checker_finds_twisted_imports(self) -> None:
+        """The checker sees plain, from- and nested imports of twisted, and ignores others."""
+        source = (
+            "import os\nfrom twisted.internet import defer\n"
+            "def f():\n    import twisted.logger\n    from txmail import model\n"
+            "__import__('twisted.python')\n"
+        )
+        self.assertEqual(
+            sorted(twisted_imports(source)), ["twisted.internet", "twisted.logger", "twisted.python"]
+        )
+
+    def test_sans_io_modules_do_not_import_twisted(self) -> None:
+        """No listed sans-IO module imports anything from twisted."""
+        for relative in SANS_IO_MODULES:
+            path = os.path.join(_SRC, relative)
+            with open(path, encoding="utf-8") as f:
+                source = f.read()
+            self.assertEqual(twisted_imports(source), [], relative)
