@@ -200,7 +200,9 @@ def build_service(
     if stores is None:
         stores = MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
     queue = SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
-    router = DeliveryRouter(directory, stores, queue, run_blocking=run_blocking)
+    router = DeliveryRouter(
+        directory, stores, queue, run_blocking=run_blocking, primary_domain=settings.primary_domain
+    )
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
 

@@ -160,6 +160,15 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual([list(e.recipients) for e in entries], [["bob@example.test"]])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
+    def test_postmaster_without_domain(self) -> None:
+        """<Postmaster> with no domain means the primary domain's postmaster (RFC 5321 section 4.5.1)."""
+        self.directory.aliases["postmaster@example.test"] = ["alice@example.test"]
+        router = DeliveryRouter(self.directory, self.stores, self.queue, primary_domain="example.test")
+        self.assertTrue(self.successResultOf(router.check_recipient("Postmaster")).ok)
+        report = self.successResultOf(router.deliver(self.envelope("Postmaster"), self.message))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+
     def test_unknown_recipient_at_delivery_fails_permanently(self) -> None:
         """A recipient that no longer resolves is reported failed, not temporary."""
         report = self.successResultOf(

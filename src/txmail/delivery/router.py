@@ -58,6 +58,7 @@ class DeliveryRouter:
         stores: gives each local user's mailbox store.
         queue: where remote recipients (and failed local copies) go.
         run_blocking: runs CPU-heavy parsing off the reactor thread.
+        primary_domain: the domain ``<Postmaster>`` (no domain) belongs to.
     """
 
     log = Logger()
@@ -69,11 +70,22 @@ class DeliveryRouter:
         queue: IQueue,
         *,
         run_blocking: RunBlocking | None = None,
+        primary_domain: str = "localhost",
     ) -> None:
+        self.primary_domain = primary_domain
         self.directory = directory
         self.stores = stores
         self.queue = queue
         self._run = run_blocking or run_inline
+
+    def _qualify(self, address: str) -> str:
+        """
+        RFC 5321 section 4.5.1: ``<Postmaster>`` without a domain MUST be
+        accepted; it means the postmaster of the primary domain.
+        """
+        if address.lower() == "postmaster":
+            return f"postmaster@{self.primary_domain}"
+        return address
 
     def _is_local(self, domain: str) -> bool:
         return bool(domain) and bool(self.directory.is_local_domain(domain))
@@ -81,6 +93,7 @@ class DeliveryRouter:
     @defer.inlineCallbacks
     def check_recipient(self, address: str, authenticated_user: str | None = None) -> Any:
         """See :meth:`txmail.interfaces.IDeliveryRouter.check_recipient`."""
+        address = self._qualify(address)
         _, domain = split_address(address)
         if self._is_local(domain):
             try:
@@ -101,10 +114,10 @@ class DeliveryRouter:
         for rcpt in envelope.rcpt_to:
             local_users: list[str] = []
             remote: list[str] = []
-            _, domain = split_address(rcpt)
+            _, domain = split_address(self._qualify(rcpt))
             if self._is_local(domain):
                 try:
-                    resolved = yield self.directory.resolve_recipient(rcpt)
+                    resolved = yield self.directory.resolve_recipient(self._qualify(rcpt))
                 except NoSuchUser:
                     resolved = []
                 for addr in resolved:
