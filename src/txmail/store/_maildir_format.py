@@ -1,0 +1,385 @@
+"""
+On-disk formats of the Maildir store: folder names, message file names,
+flag letters, ``dovecot-keywords`` and the ``txmail-index`` log.
+
+Pure functions: no I/O, no Twisted.
+
+Maildir file names (https://cr.yp.to/proto/maildir.html, Dovecot's
+``maildir-filename``): ``<base>`` in ``new/``, ``<base>:2,<letters>`` in
+``cur/``, where *base* is ``<secs>.M<usec>P<pid>Q<counter>.<host>,S=<size>``
+for the files txmail writes.  Letters are sorted in ASCII order: ``D``
+(\\Draft), ``F`` (\\Flagged), ``R`` (\\Answered, "replied"), ``S``
+(\\Seen), ``T`` (\\Deleted, "trashed"), and lower-case ``a``..``z`` for
+keywords numbered 0..25 in the folder's ``dovecot-keywords`` file, as
+Dovecot does.  Other letters (``P``, "passed") are kept but not exposed.
+
+Folder names (Maildir++, as Dovecot's default ``LAYOUT=maildir++``):
+``INBOX`` is the user's directory itself; ``a/b`` is ``.a.b`` below it.  A
+``.`` or ``%`` inside a name component is written ``%2E``/``%25`` so that
+the mapping is reversible.
+
+The index log (one text line per record, fields separated by TAB)::
+
+    txmail-index 1 <uidvalidity> <uidnext> <highestmodseq> <recent>   header
+    A <uid> <modseq> <size> <internaldate> <cacheoff> <cachelen> <base> <flags>
+    F <uid> <modseq> <flags>          flags changed
+    X <modseq> <uid>,<uid>,...        expunged
+    M <uid> <cacheoff> <cachelen>     metadata cached (again)
+    R <watermark>                     \\Recent claimed up to this UID
+
+*flags* is a space-separated list (keywords are IMAP atoms, which hold no
+space); *base* has ``%``, TAB, CR and LF percent-escaped.  A line that does
+not parse, or a last line without its line end (a torn write), marks the
+index damaged: the readable records are kept and the store rewrites it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from txmail.model import (
+    ANSWERED,
+    DELETED,
+    DELIMITER,
+    DRAFT,
+    FLAGGED,
+    INBOX,
+    SEEN,
+    normalize_flags,
+    normalize_mailbox_name,
+)
+
+__all__ = [
+    "INDEX_MAGIC",
+    "INDEX_VERSION",
+    "KEYWORD_LETTERS",
+    "SYSTEM_LETTERS",
+    "IndexRecord",
+    "ParsedIndex",
+    "file_name",
+    "flags_from_letters",
+    "folder_dir_name",
+    "folder_from_dir_name",
+    "format_keywords",
+    "index_add",
+    "index_expunge",
+    "index_flags",
+    "index_header",
+    "index_meta",
+    "index_recent",
+    "letters_for",
+    "parse_index",
+    "parse_keywords",
+    "split_file_name",
+]
+
+SYSTEM_LETTERS = {DRAFT: "D", FLAGGED: "F", ANSWERED: "R", SEEN: "S", DELETED: "T"}
+_LETTER_SYSTEM = {v: k for k, v in SYSTEM_LETTERS.items()}
+KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+INDEX_MAGIC = "txmail-index"
+INDEX_VERSION = 1
+
+
+# -- folder names -------------------------------------------------------
+
+
+def _escape_component(part: str) -> str:
+    return part.replace("%", "%25").replace(".", "%2E")
+
+
+def _unescape_component(part: str) -> str | None:
+    out = []
+    i = 0
+    while i < len(part):
+        ch = part[i]
+        if ch == "%":
+            code = part[i + 1 : i + 3]
+            if len(code) != 2 or not all(c in "0123456789abcdefABCDEF" for c in code):
+                return None
+            out.append(chr(int(code, 16)))
+            i += 3
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def folder_dir_name(name: str) -> str:
+    """
+    The directory name (below the user's directory) of a normalised
+    mailbox name other than ``INBOX``: ``Archive/2024`` is ``.Archive.2024``.
+    """
+    if name == INBOX:
+        raise ValueError("INBOX is the user's directory itself")
+    return "." + ".".join(_escape_component(p) for p in name.split(DELIMITER))
+
+
+def folder_from_dir_name(dir_name: str) -> str | None:
+    """
+    The mailbox name of a Maildir++ folder directory, or ``None`` for a
+    directory that is not one (or whose name is not canonical).
+    """
+    if not dir_name.startswith(".") or dir_name in (".", ".."):
+        return None
+    parts = []
+    for raw in dir_name[1:].split("."):
+        part = _unescape_component(raw)
+        if not part:
+            return None
+        parts.append(part)
+    name = DELIMITER.join(parts)
+    try:
+        canonical = normalize_mailbox_name(name)
+    except ValueError:
+        return None
+    if canonical != name or canonical == INBOX or any(DELIMITER in p for p in parts):
+        return None
+    return canonical
+
+
+# -- message file names ---------------------------------------------------
+
+
+def split_file_name(name: str) -> tuple[str, str | None]:
+    """
+    Split a Maildir file name into its base and flag letters (``None`` when
+    the name carries no ``:2,`` info).
+    """
+    base, sep, info = name.partition(":")
+    if sep and info.startswith("2,"):
+        return base, info[2:]
+    return base, None
+
+
+def file_name(base: str, letters: str | None) -> str:
+    """A file name of *base* with *letters* (``None``: no info, for ``new/``)."""
+    if letters is None:
+        return base
+    return f"{base}:2,{letters}"
+
+
+def flags_from_letters(letters: str | None, keywords: dict[str, str]) -> frozenset[str]:
+    """The flags that *letters* encode; *keywords* maps letter to keyword."""
+    if not letters:
+        return frozenset()
+    out = set()
+    for ch in letters:
+        flag = _LETTER_SYSTEM.get(ch) or keywords.get(ch)
+        if flag is not None:
+            out.add(flag)
+    return frozenset(out)
+
+
+def letters_for(flags: Iterable[str], letter_of: dict[str, str], keep: str = "") -> str:
+    """
+    The sorted letters encoding *flags* (keywords through *letter_of*, those
+    without a letter are left out), plus the letters of *keep* that encode
+    nothing txmail knows (such as ``P``).
+    """
+    out = set(keep)
+    out.difference_update(SYSTEM_LETTERS.values())
+    out.difference_update(letter_of.values())
+    for flag in flags:
+        letter = SYSTEM_LETTERS.get(flag) or letter_of.get(flag)
+        if letter is not None:
+            out.add(letter)
+    return "".join(sorted(out))
+
+
+def _is_keyword(name: str) -> bool:
+    """Whether *name* is a keyword an IMAP client can see (an atom, no backslash)."""
+    if not name or name.startswith("\\"):
+        return False
+    try:
+        return normalize_flags([name]) == {name}
+    except ValueError:
+        return False
+
+
+def parse_keywords(data: bytes) -> dict[str, str]:
+    """Parse ``dovecot-keywords`` (``N name`` lines) into letter -> keyword."""
+    out: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        num, _, keyword = line.strip().partition(" ")
+        if num.isdigit() and int(num) < len(KEYWORD_LETTERS) and _is_keyword(keyword):
+            out[KEYWORD_LETTERS[int(num)]] = keyword
+    return out
+
+
+def format_keywords(keywords: dict[str, str]) -> bytes:
+    """Serialise letter -> keyword as ``dovecot-keywords``."""
+    lines = [f"{KEYWORD_LETTERS.index(letter)} {kw}\n" for letter, kw in sorted(keywords.items())]
+    return "".join(lines).encode("utf-8")
+
+
+# -- the index log ------------------------------------------------------
+
+
+def _esc(base: str) -> str:
+    return base.replace("%", "%25").replace("\t", "%09").replace("\n", "%0A").replace("\r", "%0D")
+
+
+def _unesc(base: str) -> str:
+    if "%" not in base:
+        return base
+    return base.replace("%09", "\t").replace("%0A", "\n").replace("%0D", "\r").replace("%25", "%")
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def index_header(uidvalidity: int, uidnext: int, modseq: int, recent: int) -> str:
+    return f"{INDEX_MAGIC}\t{INDEX_VERSION}\t{uidvalidity}\t{uidnext}\t{modseq}\t{recent}\n"
+
+
+def index_add(
+    uid: int, modseq: int, size: int, date: float, coff: int, clen: int, base: str, flags: Iterable[str]
+) -> str:
+    return f"A\t{uid}\t{modseq}\t{size}\t{date!r}\t{coff}\t{clen}\t{_esc(base)}\t{_flags_text(flags)}\n"
+
+
+def index_flags(uid: int, modseq: int, flags: Iterable[str]) -> str:
+    return f"F\t{uid}\t{modseq}\t{_flags_text(flags)}\n"
+
+
+def index_expunge(modseq: int, uids: Iterable[int]) -> str:
+    return f"X\t{modseq}\t{','.join(map(str, uids))}\n"
+
+
+def index_meta(uid: int, coff: int, clen: int) -> str:
+    return f"M\t{uid}\t{coff}\t{clen}\n"
+
+
+def index_recent(watermark: int) -> str:
+    return f"R\t{watermark}\n"
+
+
+@dataclass(slots=True)
+class IndexRecord:
+    """What the index knows of one live message."""
+
+    uid: int
+    modseq: int
+    size: int
+    date: float
+    coff: int
+    clen: int
+    base: str
+    flags: frozenset[str]
+
+
+@dataclass
+class ParsedIndex:
+    """
+    The result of replaying an index log.
+
+    ``uidvalidity`` is ``None`` when the header is missing or unreadable.
+    ``records`` holds the live messages by UID; ``lines`` counts the
+    records read (for the compaction threshold).
+    """
+
+    uidvalidity: int | None = None
+    uidnext: int = 1
+    modseq: int = 1
+    recent: int = 0
+    records: dict[int, IndexRecord] = field(default_factory=dict)
+    damaged: bool = False
+    lines: int = 0
+
+
+def _parse_flags(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def parse_index(data: bytes) -> ParsedIndex:
+    """
+    Replay an index log.  Never raises: unreadable lines are skipped and
+    mark the result damaged.
+    """
+    out = ParsedIndex()
+    if not data:
+        out.damaged = True
+        return out
+    text = data.decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    if lines[-1] != "":
+        out.damaged = True  # torn last write
+    lines.pop()
+    records = out.records
+    flag_sets: dict[str, frozenset[str]] = {}  # most messages share a few flag sets
+
+    def parse_flags(text: str) -> frozenset[str]:
+        found = flag_sets.get(text)
+        if found is None:
+            found = flag_sets[text] = _parse_flags(text)
+        return found
+
+    max_uid = 0
+    max_modseq = 1
+    for i, line in enumerate(lines):
+        f = line.split("\t")
+        try:
+            kind = f[0]
+            if i == 0 and kind == INDEX_MAGIC:
+                if int(f[1]) != INDEX_VERSION or len(f) != 6:
+                    raise ValueError("index version")
+                uidvalidity = int(f[2])
+                if not 0 < uidvalidity <= 0xFFFFFFFF:
+                    raise ValueError("uidvalidity")
+                out.uidvalidity = uidvalidity
+                out.uidnext = int(f[3])
+                max_modseq = max(max_modseq, int(f[4]))
+                out.recent = int(f[5])
+                continue
+            if kind == "A" and len(f) == 9:
+                uid = int(f[1])
+                if uid <= 0:
+                    raise ValueError("uid")
+                rec = IndexRecord(
+                    uid,
+                    int(f[2]),
+                    int(f[3]),
+                    float(f[4]),
+                    int(f[5]),
+                    int(f[6]),
+                    _unesc(f[7]),
+                    parse_flags(f[8]),
+                )
+                records[uid] = rec
+                max_uid = max(max_uid, uid)
+                max_modseq = max(max_modseq, rec.modseq)
+            elif kind == "F" and len(f) == 4:
+                uid, modseq = int(f[1]), int(f[2])
+                flags = parse_flags(f[3])
+                frec = records.get(uid)
+                if frec is not None:
+                    frec.flags = flags
+                    frec.modseq = modseq
+                max_modseq = max(max_modseq, modseq)
+            elif kind == "X" and len(f) == 3:
+                modseq = int(f[1])
+                uids = [int(u) for u in f[2].split(",")] if f[2] else []
+                for uid in uids:
+                    records.pop(uid, None)
+                    max_uid = max(max_uid, uid)
+                max_modseq = max(max_modseq, modseq)
+            elif kind == "M" and len(f) == 4:
+                mrec = records.get(int(f[1]))
+                if mrec is not None:
+                    mrec.coff, mrec.clen = int(f[2]), int(f[3])
+            elif kind == "R" and len(f) == 2:
+                out.recent = max(out.recent, int(f[1]))
+            else:
+                raise ValueError("unknown record")
+        except (ValueError, IndexError):
+            out.damaged = True
+            continue
+        out.lines += 1
+    if out.uidvalidity is None:
+        out.damaged = True
+    out.uidnext = max(out.uidnext, max_uid + 1, 1)
+    out.modseq = max_modseq
+    return out

@@ -1,0 +1,645 @@
+"""
+The blocking file work of the Maildir store.
+
+Every function here runs in a worker thread (through the store's
+``run_blocking``) and touches only the file system: it never reads or
+changes a mailbox object.  Results go back to the reactor thread, which
+updates the in-memory state and the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from txmail import mime
+from txmail._fs import fsync_dir
+from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
+from txmail.model import MessageMetadata
+from txmail.store._maildir_format import (
+    ParsedIndex,
+    file_name,
+    folder_from_dir_name,
+    index_add,
+    index_header,
+    parse_index,
+    parse_keywords,
+    split_file_name,
+)
+
+__all__ = [
+    "CACHE",
+    "DELETED_PREFIX",
+    "INDEX",
+    "KEYWORDS",
+    "Delivered",
+    "Loaded",
+    "Scan",
+    "create_folders",
+    "deliver_bytes",
+    "deliver_file",
+    "link_files",
+    "list_folders",
+    "make_user_dir",
+    "open_file",
+    "pickup_files",
+    "read_file",
+    "read_folder",
+    "read_metadata",
+    "remove_folder",
+    "rename_files",
+    "rename_folders",
+    "replace_file",
+    "scan_folder",
+    "unlink_files",
+    "write_small",
+]
+
+INDEX = "txmail-index"
+CACHE = "txmail-cache"
+KEYWORDS = "dovecot-keywords"
+#: Deleted folders are renamed to this prefix, then removed.
+DELETED_PREFIX = "txmail-deleted-"
+SUBS = ("new", "cur")
+
+#: Compact the metadata cache on open when its dead records pass this.
+CACHE_SLACK = 1 << 16
+
+
+@dataclass
+class Scan:
+    """
+    What ``new/`` and ``cur/`` hold: base -> (sub-directory, file name), the
+    keyword letters, and a stamp (directory mtimes, and when they were
+    taken) to skip rescans of unchanged directories.
+    """
+
+    listing: dict[str, tuple[str, str]]
+    keywords: dict[str, str] | None
+    stamp: tuple[tuple[int, ...], int]
+
+
+@dataclass
+class Loaded:
+    """A folder as read on open: its index (``None`` when missing) and a scan."""
+
+    index: ParsedIndex | None
+    scan: Scan
+
+
+@dataclass
+class Delivered:
+    """Where a new message file landed, and its metadata cache record."""
+
+    sub: str
+    name: str
+    size: int
+    coff: int
+    clen: int
+
+
+def _stamp(path: str) -> tuple[int, ...]:
+    out = []
+    for name in (*SUBS, KEYWORDS):
+        try:
+            out.append(os.stat(os.path.join(path, name)).st_mtime_ns)
+        except OSError:
+            out.append(0)
+    return tuple(out)
+
+
+def scan_folder(
+    path: str, stamp: tuple[tuple[int, ...], int] | None = None, settle_ns: int = 2_000_000_000
+) -> Scan | None:
+    """
+    List the message files of a folder.  With the *stamp* of an earlier
+    scan, return ``None`` when no directory changed since.  That holds only
+    if the earlier scan ran *settle_ns* after the directories' last change:
+    file system timestamps are coarse (down to one second), and a change
+    made just after a scan could otherwise keep the same mtime.
+    """
+    mtimes = _stamp(path)
+    if stamp is not None and mtimes == stamp[0] and stamp[1] - max(mtimes) > settle_ns:
+        return None
+    taken = time.time_ns()
+    listing: dict[str, tuple[str, str]] = {}
+    for sub in SUBS:
+        try:
+            names = os.listdir(os.path.join(path, sub))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name[0] == ".":
+                continue
+            listing[name.partition(":")[0]] = (sub, name)  # cur/ (listed last) wins over new/
+    keywords = None
+    try:
+        with open(os.path.join(path, KEYWORDS), "rb") as f:
+            keywords = parse_keywords(f.read())
+    except FileNotFoundError:
+        pass
+    return Scan(listing, keywords, (mtimes, taken))
+
+
+@contextlib.contextmanager
+def _open_cache(path: str) -> Iterator[BinaryIO | None]:
+    """The folder's metadata cache opened for reading, or ``None`` if it is missing."""
+    try:
+        f = open(os.path.join(path, CACHE), "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        yield None
+        return
+    with f:
+        yield f
+
+
+def _read_cache_record(f: BinaryIO, coff: int, clen: int, base: str) -> bytes | None:
+    """The encoded metadata of a cache record, if it is intact and for *base*."""
+    if coff < 0 or clen <= 0:
+        return None
+    f.seek(coff)
+    data = f.read(clen)
+    head, sep, rest = data.partition(b"\n")
+    if (
+        len(data) != clen
+        or not sep
+        or head != base.encode("utf-8", "surrogateescape")
+        or not rest.endswith(b"\n")
+    ):
+        return None
+    return rest[:-1]
+
+
+def _cache_record(base: str, encoded: bytes) -> bytes:
+    return base.encode("utf-8", "surrogateescape") + b"\n" + encoded + b"\n"
+
+
+def cache_append(path: str, base: str, encoded: bytes) -> tuple[int, int]:
+    """
+    Append a metadata record to the folder's cache; return its (offset,
+    length).  ``O_APPEND`` places concurrent writers' records one after the
+    other; the file position after the write gives this record's end.
+    A failure is not fatal (the message is parsed again when asked for).
+    """
+    record = _cache_record(base, encoded)
+    try:
+        fd = os.open(os.path.join(path, CACHE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            written = os.write(fd, record)
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+        finally:
+            os.close(fd)
+    except OSError:
+        return -1, 0
+    if written != len(record):
+        return -1, 0
+    return end - len(record), len(record)
+
+
+def _compact_cache(path: str, index: ParsedIndex) -> None:
+    """Rewrite the cache with only live records, and the index to match."""
+    cache_path = os.path.join(path, CACHE)
+    tmp_cache = cache_path + ".tmp"
+    with open(cache_path, "rb") as old, open(tmp_cache, "wb") as new:
+        pos = 0
+        for uid in sorted(index.records):
+            rec = index.records[uid]
+            data = _read_cache_record(old, rec.coff, rec.clen, rec.base)
+            if data is None:
+                rec.coff, rec.clen = -1, 0
+                continue
+            record = _cache_record(rec.base, data)
+            new.write(record)
+            rec.coff, rec.clen = pos, len(record)
+            pos += len(record)
+        new.flush()
+        os.fsync(new.fileno())
+    assert index.uidvalidity is not None
+    lines = [index_header(index.uidvalidity, index.uidnext, index.modseq, index.recent)]
+    for uid in sorted(index.records):
+        r = index.records[uid]
+        lines.append(index_add(uid, r.modseq, r.size, r.date, r.coff, r.clen, r.base, r.flags))
+    replace_file(os.path.join(path, INDEX), "".join(lines).encode("utf-8", "surrogateescape"))
+    os.replace(tmp_cache, cache_path)
+    index.lines = len(index.records)
+
+
+def read_folder(path: str) -> Loaded:
+    """
+    Read what opening a folder needs: the index and the directory listing
+    (no message file is read).  Compacts the metadata cache when most of it
+    is dead records.
+
+    Raises:
+        NoSuchMailbox: the folder is not a Maildir.
+    """
+    if not os.path.isdir(os.path.join(path, "cur")):
+        raise NoSuchMailbox(path)
+    index = None
+    try:
+        with open(os.path.join(path, INDEX), "rb") as f:
+            index = parse_index(f.read())
+    except FileNotFoundError:
+        pass
+    scan = scan_folder(path)
+    assert scan is not None
+    if index is not None and not index.damaged:
+        try:
+            cache_size = os.path.getsize(os.path.join(path, CACHE))
+        except OSError:
+            cache_size = 0
+        live = sum(r.clen for r in index.records.values())
+        if cache_size > 2 * live + CACHE_SLACK:
+            _compact_cache(path, index)
+    return Loaded(index, scan)
+
+
+def _find(path: str, base: str) -> tuple[str, str] | None:
+    """Find the current file of a message by its base name (after a rename)."""
+    for sub in ("cur", "new"):
+        try:
+            names = os.listdir(os.path.join(path, sub))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if split_file_name(name)[0] == base:
+                return sub, name
+    return None
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def deliver_bytes(
+    path: str, unique: str, data: bytes, letters: str | None, date: float, metadata: bytes | None
+) -> Delivered:
+    """
+    Deliver *data* as a new message (Maildir delivery: write to ``tmp/``,
+    fsync, rename into ``new/``, or ``cur/`` when it has flags).  The caller
+    syncs the target directory.  *metadata* is the encoded metadata, or
+    ``None`` to parse it here.
+    """
+    size = len(data)
+    base = f"{unique},S={size}"
+    tmp = os.path.join(path, "tmp", base)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    sub = "cur" if letters else "new"
+    name = file_name(base, letters or None)
+    try:
+        os.utime(tmp, (date, date))
+        os.rename(tmp, os.path.join(path, sub, name))
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if metadata is None:
+        metadata = mime.encode_metadata(mime.parse_metadata(data))
+    coff, clen = cache_append(path, base, metadata)
+    return Delivered(sub, name, size, coff, clen)
+
+
+def _copy_durably(src: str, tmp: str, dst: str, date: float | None) -> None:
+    with open(src, "rb") as fin, open(tmp, "xb") as fout:
+        try:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        except BaseException:
+            fout.close()
+            _unlink_quietly(tmp)
+            raise
+    try:
+        if date is not None:
+            os.utime(tmp, (date, date))
+        os.rename(tmp, dst)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def deliver_file(
+    path: str, unique: str, src: str, fsynced: bool, letters: str | None, date: float, metadata: bytes | None
+) -> Delivered:
+    """
+    Deliver the message file *src*: hard-link it into ``new/`` (or ``cur/``)
+    where possible, syncing the file itself when the caller had not; else
+    copy it through ``tmp/``.  The caller syncs the target directory.
+    """
+    size = os.stat(src).st_size
+    base = f"{unique},S={size}"
+    sub = "cur" if letters else "new"
+    name = file_name(base, letters or None)
+    dst = os.path.join(path, sub, name)
+    try:
+        os.link(src, dst)
+    except OSError:
+        _copy_durably(src, os.path.join(path, "tmp", base), dst, date)
+    else:
+        if not fsynced:
+            try:
+                _fsync_file(dst)
+            except BaseException:
+                _unlink_quietly(dst)
+                raise
+    if metadata is None:
+        with open(dst, "rb") as f:
+            metadata = mime.encode_metadata(mime.parse_metadata(f))
+    coff, clen = cache_append(path, base, metadata)
+    return Delivered(sub, name, size, coff, clen)
+
+
+def pickup_files(path: str, items: list[tuple[str, str]]) -> list[tuple[str, str, int, float, int, int]]:
+    """
+    Read messages another program put into the folder: size, date (the
+    file's mtime, as Dovecot uses) and parsed metadata, cached.  Files that
+    vanished meanwhile are left out.  Returns (sub, name, size, date,
+    cache offset, cache length) tuples.
+    """
+    out = []
+    for sub, name in items:
+        full = os.path.join(path, sub, name)
+        try:
+            with open(full, "rb") as f:
+                st = os.fstat(f.fileno())
+                md = mime.parse_metadata(f)
+        except OSError:
+            continue  # gone meanwhile, or unreadable: tried again next time
+        base, _ = split_file_name(name)
+        coff, clen = cache_append(path, base, mime.encode_metadata(md))
+        out.append((sub, name, st.st_size, st.st_mtime, coff, clen))
+    return out
+
+
+def rename_files(path: str, ops: list[tuple[str, str, str, str]]) -> list[tuple[str, str] | None]:
+    """
+    Rename message files for flag changes: (old sub, old name, new sub, new
+    name) each.  A file renamed behind our back is found by its base name;
+    ``None`` marks a file that is gone.
+    """
+    out: list[tuple[str, str] | None] = []
+    for old_sub, old_name, new_sub, new_name in ops:
+        dst = os.path.join(path, new_sub, new_name)
+        try:
+            os.rename(os.path.join(path, old_sub, old_name), dst)
+        except FileNotFoundError:
+            found = _find(path, split_file_name(old_name)[0])
+            if found is None:
+                out.append(None)
+                continue
+            try:
+                os.rename(os.path.join(path, *found), dst)
+            except FileNotFoundError:
+                out.append(None)
+                continue
+        out.append((new_sub, new_name))
+    return out
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def unlink_files(path: str, items: list[tuple[str, str]]) -> None:
+    """Remove message files; one renamed behind our back is found by base name."""
+    for sub, name in items:
+        try:
+            os.unlink(os.path.join(path, sub, name))
+        except FileNotFoundError:
+            found = _find(path, split_file_name(name)[0])
+            if found is not None:
+                _unlink_quietly(os.path.join(path, *found))
+
+
+def open_file(path: str, sub: str, name: str) -> BinaryIO:
+    """
+    Open a message file.  The open file keeps its content even when the
+    message is renamed or removed later.
+
+    Raises:
+        NoSuchMessage: the file is gone.
+    """
+    try:
+        return open(os.path.join(path, sub, name), "rb")
+    except FileNotFoundError:
+        pass
+    found = _find(path, split_file_name(name)[0])
+    if found is not None:
+        try:
+            return open(os.path.join(path, *found), "rb")
+        except FileNotFoundError:
+            pass
+    raise NoSuchMessage(name)
+
+
+def read_file(path: str, sub: str, name: str) -> bytes:
+    """The whole content of a message file (see :func:`open_file`)."""
+    with open_file(path, sub, name) as f:
+        return f.read()
+
+
+def read_metadata(
+    path: str, reqs: list[tuple[int, int, int, str, str, str]]
+) -> tuple[dict[int, MessageMetadata], list[tuple[int, int, int]]]:
+    """
+    Read cached metadata for (uid, offset, length, base, sub, name) each;
+    a message whose record is missing or damaged is parsed again and
+    re-cached.  Returns the metadata by UID and the (uid, offset, length)
+    of the new cache records.
+    """
+    out: dict[int, MessageMetadata] = {}
+    updates = []
+    with _open_cache(path) as cache:
+        for uid, coff, clen, base, sub, name in sorted(reqs, key=lambda r: r[1]):
+            md = None
+            if cache is not None:
+                data = _read_cache_record(cache, coff, clen, base)
+                if data is not None:
+                    try:
+                        md = mime.decode_metadata(data)
+                    except ValueError:
+                        md = None
+            if md is None:
+                try:
+                    with open_file(path, sub, name) as f:
+                        md = mime.parse_metadata(f)
+                except NoSuchMessage:
+                    continue
+                off, length = cache_append(path, base, mime.encode_metadata(md))
+                updates.append((uid, off, length))
+            out[uid] = md
+    return out, updates
+
+
+def link_files(
+    src_path: str, dst_path: str, items: list[tuple[str, str, str, str | None, float, int, int]]
+) -> list[Delivered | None]:
+    """
+    Copy messages into another folder: hard links where possible, else
+    durable copies.  Items are (sub, name, unique, target letters, date,
+    cache offset, cache length); ``None`` marks a source that is gone.
+    The metadata cache record goes along.  All or nothing: on an error the
+    files made so far are removed.  The caller syncs the target directories.
+    """
+    made: list[str] = []
+    out: list[Delivered | None] = []
+    with _open_cache(src_path) as cache:
+        try:
+            _link_all(src_path, dst_path, items, cache, made, out)
+        except BaseException:
+            for p in made:
+                _unlink_quietly(p)
+            raise
+    return out
+
+
+def _link_all(
+    src_path: str,
+    dst_path: str,
+    items: list[tuple[str, str, str, str | None, float, int, int]],
+    cache: BinaryIO | None,
+    made: list[str],
+    out: list[Delivered | None],
+) -> None:
+    """The work of :func:`link_files`; records the files made in *made*."""
+    for sub, name, unique, letters, date, coff, clen in items:
+        src = os.path.join(src_path, sub, name)
+        src_base = split_file_name(name)[0]
+        try:
+            size = os.stat(src).st_size
+        except FileNotFoundError:
+            found = _find(src_path, src_base)
+            if found is None:
+                out.append(None)
+                continue
+            src = os.path.join(src_path, *found)
+            size = os.stat(src).st_size
+        base = f"{unique},S={size}"
+        new_sub = "cur" if letters else "new"
+        new_name = file_name(base, letters or None)
+        dst = os.path.join(dst_path, new_sub, new_name)
+        try:
+            os.link(src, dst)
+        except OSError:
+            _copy_durably(src, os.path.join(dst_path, "tmp", base), dst, date)
+        made.append(dst)
+        encoded = _read_cache_record(cache, coff, clen, src_base) if cache is not None else None
+        if encoded is None:
+            with open(dst, "rb") as f:
+                encoded = mime.encode_metadata(mime.parse_metadata(f))
+        new_off, new_len = cache_append(dst_path, base, encoded)
+        out.append(Delivered(new_sub, new_name, size, new_off, new_len))
+
+
+def replace_file(path: str, data: bytes) -> None:
+    """Replace *path* atomically with *data*, synced (temp file and rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_small(path: str, data: bytes) -> None:
+    """Replace a small state file atomically (temp file and rename, not synced)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# -- folders --------------------------------------------------------------
+
+
+def list_folders(root: str) -> set[str]:
+    """The names of the selectable Maildir++ folders below a user's directory."""
+    out = set()
+    for entry in os.listdir(root):
+        name = folder_from_dir_name(entry)
+        if name is not None and os.path.isdir(os.path.join(root, entry, "cur")):
+            out.add(name)
+    return out
+
+
+def _make_maildir(path: str, uidvalidity: int, folder: bool) -> None:
+    os.makedirs(path, exist_ok=True)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    if folder:
+        # Maildir++: marks a sub-folder (for delivery agents).
+        with open(os.path.join(path, "maildirfolder"), "ab"):
+            pass
+    replace_file(os.path.join(path, INDEX), index_header(uidvalidity, 1, 1, 0).encode())
+
+
+def create_folders(root: str, folders: list[tuple[str, int]], must_create: str | None) -> None:
+    """
+    Create Maildir++ folders (directory name, UIDVALIDITY) that do not exist.
+
+    Raises:
+        MailboxExists: the folder *must_create* (a directory name) exists.
+    """
+    for dir_name, uidvalidity in folders:
+        path = os.path.join(root, dir_name)
+        if os.path.isdir(os.path.join(path, "cur")):
+            if dir_name == must_create:
+                raise MailboxExists(dir_name)
+            continue
+        _make_maildir(path, uidvalidity, folder=True)
+    fsync_dir(root)
+
+
+def remove_folder(root: str, dir_name: str) -> None:
+    """Remove a folder: renamed away first (atomic), then deleted."""
+    trash = os.path.join(root, DELETED_PREFIX + secrets.token_hex(8))
+    os.rename(os.path.join(root, dir_name), trash)
+    fsync_dir(root)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def rename_folders(root: str, renames: list[tuple[str, str]], parents: list[tuple[str, int]]) -> None:
+    """Rename folder directories (old, new), then create missing parents."""
+    done = []
+    try:
+        for old, new in renames:
+            if os.path.exists(os.path.join(root, new)):
+                raise MailboxExists(new)
+            os.rename(os.path.join(root, old), os.path.join(root, new))
+            done.append((old, new))
+    except BaseException:
+        for old, new in reversed(done):
+            os.rename(os.path.join(root, new), os.path.join(root, old))
+        raise
+    create_folders(root, parents, None)
+
+
+def make_user_dir(root: str) -> None:
+    """Create a user's INBOX Maildir (``tmp/ new/ cur/``) if missing."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)

@@ -1,0 +1,1069 @@
+"""
+The Maildir mailbox store: txmail's default, on disk, interoperable with
+Dovecot, mutt and other Maildir tools.
+
+Layout
+======
+
+``alice@Example.Test`` lives in ``<root>/example.test/alice/``.  That
+directory is the INBOX Maildir (``tmp/ new/ cur/``); other mailboxes are
+Maildir++ folders beside them (``.Sent/``, ``.Archive.2024/`` for
+``Archive/2024``; see :mod:`txmail.store._maildir_format` for names, file
+names and flag letters).  Beside the messages of each folder:
+
+* ``txmail-index``: an append-only log of UIDs, flags, sizes, internal
+  dates and modseqs, with UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and the
+  ``\\Recent`` watermark.  It is rewritten (temp file and rename) when it
+  holds more than twice as many records as live messages.
+* ``txmail-cache``: parsed metadata (:func:`txmail.mime.encode_metadata`),
+  one record per message appended at delivery; the index holds each
+  record's offset, so opening a mailbox reads neither the cache nor any
+  message.  Dead records are dropped when the mailbox is next opened.
+* ``dovecot-keywords``: keyword letters, as Dovecot keeps them.
+
+In the user's directory: ``subscriptions`` (one name per line),
+``txmail-special-use.json`` (mailbox name -> RFC 6154 attribute) and
+``txmail-uidvalidity`` (the last UIDVALIDITY given, so a re-created name
+gets a new one).
+
+Theory of operation
+===================
+
+* All in-memory state (the message table, locations, keyword letters)
+  belongs to the reactor thread, and so do the writes of the index log and
+  of the two tiny state files ``dovecot-keywords`` and
+  ``txmail-uidvalidity``: short unbuffered writes, never synced, so that
+  their order is the order of the changes.  All other file work (writing
+  and syncing messages, directory syncs, renames, unlinks, listings,
+  reading messages and the metadata cache, parsing, index rewrites) runs
+  through ``run_blocking``, in :mod:`txmail.store._maildir_io`, which never
+  touches a mailbox object.  The index is not synced (Dovecot's
+  ``fsync=optimized`` trade-off): a crash can lose its last records, and
+  the next open rebuilds them from the files, where a message whose record
+  was lost gets the next free UID.
+* ``append``: the message is written to ``tmp/``, synced, renamed into
+  ``new/`` (``cur/`` with its flag letters when it has flags) and the
+  directory synced; only then, in the reactor thread, is the UID assigned,
+  the index record written, listeners told and the Deferred fired.
+  Appends run concurrently; directory syncs of one directory are shared
+  (group commit, :class:`_DirSync`).  A ``MessageFile`` is hard-linked.
+* Flag changes, expunges, copies/moves out, and rescans (``refresh``) of
+  one mailbox run one at a time (``_serial``), each doing its file work
+  first and then committing to memory and index, so memory always mirrors
+  disk.  Appends are not serialised; a rescan ignores files of appends in
+  flight (``_pending``) and judges only messages known when it began.
+* Files added, renamed or removed by other programs are picked up on open
+  and on :meth:`MaildirMailbox.refresh`: new files get UIDs in file name
+  order (metadata parsed then), vanished ones are expunged, changed flag
+  letters become flag changes.
+* Keywords beyond the 26 letters Maildir offers are kept in the index
+  only (another Maildir tool does not see them).
+* One txmail process per Maildir tree: ``claim_recent`` and UIDs are
+  coordinated inside the process (same user -> same store object, same
+  mailbox -> same mailbox object), not between processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmail import mime
+from txmail._fs import RunBlocking, fsync_dir, run_inline
+from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
+from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider
+from txmail.model import (
+    DELIMITER,
+    INBOX,
+    FlagMode,
+    FlagsChanged,
+    FolderInfo,
+    MessageFile,
+    MessageInfo,
+    MessageMetadata,
+    MessagesAdded,
+    MessagesExpunged,
+    SpecialUse,
+    normalize_flags,
+)
+from txmail.store import _maildir_io as io
+from txmail.store._base import (
+    MailboxState,
+    check_name,
+    folder_infos,
+    generic_copy,
+    next_uidvalidity,
+    select_uids,
+)
+from txmail.store._maildir_format import (
+    KEYWORD_LETTERS,
+    SYSTEM_LETTERS,
+    file_name,
+    flags_from_letters,
+    folder_dir_name,
+    format_keywords,
+    index_add,
+    index_expunge,
+    index_flags,
+    index_header,
+    index_meta,
+    index_recent,
+    letters_for,
+    split_file_name,
+)
+
+__all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
+
+SUBSCRIPTIONS = "subscriptions"
+SPECIAL_USE = "txmail-special-use.json"
+UIDVALIDITY = "txmail-uidvalidity"
+
+#: The index is rewritten when it holds more records than
+#: ``2 * messages + INDEX_SLACK``.
+INDEX_SLACK = 100
+
+
+def _check_path_part(part: str, what: str) -> None:
+    if not part or "/" in part or "\0" in part or part.startswith(".") or part in ("..", "."):
+        raise ValueError(f"unsafe {what} {part!r} for a Maildir path")
+
+
+def _sanitize_host(host: str) -> str:
+    """A host name fit for Maildir file names (the Maildir spec escapes / and :)."""
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054") or "localhost"
+
+
+class _DirSync:
+    """
+    Group commit of directory syncs: each :meth:`sync` fires after an fsync
+    of the directory that *started* after the call, and callers that arrive
+    while one fsync runs share the next one.
+    """
+
+    def __init__(self, path: str, run: RunBlocking) -> None:
+        self.path = path
+        self._run = run
+        self._running = False
+        self._waiting: list[defer.Deferred[None]] = []
+
+    def sync(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        if not self._running:
+            self._start()
+        return d
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._running = True
+
+        def done(result: Any) -> None:
+            self._running = False
+            for d in batch:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+            if self._waiting and not self._running:
+                self._start()
+
+        self._run(fsync_dir, self.path).addBoth(done)
+
+
+class _Loc:
+    """Where a message's file is, and where its metadata is cached."""
+
+    __slots__ = ("base", "clen", "coff", "name", "sub")
+
+    def __init__(self, base: str, sub: str, name: str, coff: int, clen: int) -> None:
+        self.base = base
+        self.sub = sub
+        self.name = name
+        self.coff = coff
+        self.clen = clen
+
+
+@implementer(IMailbox)
+class MaildirMailbox(MailboxState):
+    """
+    One Maildir folder.  Get it from :meth:`MaildirStore.get_mailbox`; the
+    store gives the same object to every caller.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: MaildirStore, name: str, path: str) -> None:
+        self.store = store
+        self.name = name
+        self.path = path
+        self.uidvalidity = 0
+        self._provider = store._provider
+        self._run = store._provider._run
+        self._locs: dict[int, _Loc] = {}
+        self._by_base: dict[str, int] = {}
+        self._letter_kw: dict[str, str] = {}
+        self._kw_letter: dict[str, str] = {}
+        self._pending: set[str] = set()
+        self._serial = defer.DeferredLock()
+        self._index_path = os.path.join(path, io.INDEX)
+        self._index_lines = 0
+        self._index_buffer: list[str] | None = None
+        self._index_drop = False
+        self._compacting = False
+        self._stamp: tuple[tuple[int, ...], int] | None = None
+        self._init_state()
+
+    # -- opening ----------------------------------------------------------
+
+    def _setup(self, loaded: io.Loaded) -> defer.Deferred[MaildirMailbox]:
+        """Build the state from an index and a scan (reactor thread)."""
+        parsed = loaded.index
+        rewrite = parsed is None or parsed.damaged
+        if parsed is None or parsed.uidvalidity is None:
+            # Without the index the old UIDs are unknown, so the files get
+            # new ones: a new UIDVALIDITY is required (RFC 3501 2.3.1.1).
+            self.uidvalidity = self.store._alloc_uidvalidity()
+        else:
+            self.uidvalidity = parsed.uidvalidity
+        if parsed is not None:
+            self._init_state(parsed.uidnext, parsed.modseq, parsed.recent)
+            for uid in sorted(parsed.records):
+                rec = parsed.records[uid]
+                self._insert(MessageInfo(uid, rec.flags, rec.size, rec.date, rec.modseq))
+                self._locs[uid] = _Loc(rec.base, "", "", rec.coff, rec.clen)
+                self._by_base[rec.base] = uid
+            self._index_lines = parsed.lines
+        if rewrite:
+            self._index_drop = True  # the whole index is written below
+        d = self._reconcile(loaded.scan, self._uidnext)
+
+        def finish(_: Any) -> Any:
+            if rewrite:
+                self._index_drop = False
+                return self._compact()
+            return None
+
+        d2: defer.Deferred[Any] = d.addCallback(finish)
+        return d2.addCallback(lambda _: self)
+
+    # -- index ------------------------------------------------------------
+
+    def _write_index(self, text: str) -> None:
+        """Append records to the index (reactor thread; short, unsynced)."""
+        if self._index_drop:
+            return
+        self._index_lines += text.count("\n")
+        if self._index_buffer is not None:
+            self._index_buffer.append(text)
+            return
+        try:
+            with open(self._index_path, "ab") as f:
+                f.write(text.encode("utf-8", "surrogateescape"))
+        except OSError:
+            self.log.failure("writing the index of {mailbox} failed", mailbox=self.path)
+        if not self._compacting and self._index_lines > 2 * len(self._infos) + INDEX_SLACK:
+            self._compact()
+
+    def _compact(self) -> defer.Deferred[None]:
+        """Rewrite the index from the live state; records meanwhile are kept."""
+        if self._compacting:
+            return defer.succeed(None)
+        self._compacting = True
+        lines = [index_header(self.uidvalidity, self._uidnext, self._modseq, self._recent)]
+        for uid, info in self._infos.items():
+            loc = self._locs[uid]
+            lines.append(
+                index_add(
+                    uid, info.modseq, info.size, info.internal_date, loc.coff, loc.clen, loc.base, info.flags
+                )
+            )
+        data = "".join(lines).encode("utf-8", "surrogateescape")
+        self._index_buffer = []
+        self._index_lines = len(self._infos)
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self.log.failure("rewriting the index of {mailbox} failed", result, mailbox=self.path)
+            buffered, self._index_buffer = self._index_buffer or [], None
+            self._compacting = False
+            if buffered:
+                self._index_lines -= sum(t.count("\n") for t in buffered)
+                self._write_index("".join(buffered))
+
+        d = self._run(io.replace_file, self._index_path, data)
+        d.addBoth(done)
+        return d
+
+    def _persist_recent(self, watermark: int) -> None:
+        self._write_index(index_recent(watermark))
+
+    # -- keywords -----------------------------------------------------------
+
+    def _set_keywords(self, keywords: dict[str, str] | None) -> None:
+        if not keywords:
+            return
+        merged = dict(self._letter_kw)
+        merged.update(keywords)
+        self._letter_kw = merged
+        self._kw_letter = {kw: letter for letter, kw in merged.items()}
+
+    def _letters(self, flags: Iterable[str], keep: str = "") -> str:
+        """
+        The file name letters of *flags*; keywords new to this folder get
+        the next free letter (``dovecot-keywords`` rewritten), as long as
+        letters remain.
+        """
+        added = False
+        for flag in sorted(flags):
+            if flag in SYSTEM_LETTERS or flag in self._kw_letter:
+                continue
+            free = [c for c in KEYWORD_LETTERS if c not in self._letter_kw]
+            if not free:
+                continue  # kept in the index only
+            self._letter_kw[free[0]] = flag
+            self._kw_letter[flag] = free[0]
+            added = True
+        if added:
+            try:
+                io.write_small(os.path.join(self.path, io.KEYWORDS), format_keywords(self._letter_kw))
+            except OSError:
+                self.log.failure("writing keywords of {mailbox} failed", mailbox=self.path)
+        return letters_for(flags, self._kw_letter, keep)
+
+    def _representable(self, flags: frozenset[str]) -> frozenset[str]:
+        return frozenset(f for f in flags if f in SYSTEM_LETTERS or f in self._kw_letter)
+
+    # -- commits (reactor thread) -------------------------------------------
+
+    def _commit_added(
+        self, entries: list[tuple[frozenset[str], float, str, str, int, int, int]]
+    ) -> list[MessageInfo]:
+        """Give files that are durable UIDs: (flags, date, sub, name, size, coff, clen)."""
+        infos = self._add((flags, size, date) for flags, date, _, _, size, _, _ in entries)
+        lines = []
+        for info, (_, _, sub, name, _, coff, clen) in zip(infos, entries, strict=True):
+            base = split_file_name(name)[0]
+            self._locs[info.uid] = _Loc(base, sub, name, coff, clen)
+            self._by_base[base] = info.uid
+            lines.append(
+                index_add(info.uid, info.modseq, info.size, info.internal_date, coff, clen, base, info.flags)
+            )
+        if infos:
+            self._write_index("".join(lines))
+            self._notify(MessagesAdded(tuple(infos)))
+        return infos
+
+    def _commit_flags(self, changes: list[tuple[int, frozenset[str]]]) -> list[MessageInfo]:
+        changed = self._set(changes)
+        if changed:
+            self._write_index("".join(index_flags(i.uid, i.modseq, i.flags) for i in changed))
+            self._notify(FlagsChanged(tuple(changed)))
+        return changed
+
+    def _commit_expunge(self, uids: Iterable[int]) -> list[int]:
+        removed = self._remove(uids)
+        for uid in removed:
+            loc = self._locs.pop(uid)
+            if self._by_base.get(loc.base) == uid:
+                del self._by_base[loc.base]
+        if removed:
+            self._write_index(index_expunge(self._modseq, removed))
+            self._notify(MessagesExpunged(tuple(removed), self._modseq))
+        return removed
+
+    # -- reconciling with the directory -------------------------------------
+
+    def _reconcile(self, scan: io.Scan | None, known_below: int) -> defer.Deferred[None]:
+        """
+        Bring the state in line with a directory scan: messages known when
+        the scan began (UIDs below *known_below*) whose file is gone are
+        expunged, changed flag letters become flag changes, files nobody
+        knows get UIDs.
+        """
+        if scan is None:
+            return defer.succeed(None)  # nothing changed on disk
+        self._stamp = scan.stamp
+        self._set_keywords(scan.keywords)
+        listing = scan.listing
+        vanished = []
+        changes = []
+        infos = self._infos
+        # Memos: a mailbox has few distinct flag sets and letter strings.
+        by_letters: dict[str | None, frozenset[str]] = {}
+        hidden: dict[frozenset[str], frozenset[str]] = {}
+        for uid, loc in self._locs.items():
+            if uid >= known_below:
+                break
+            found = listing.get(loc.base)
+            if found is None:
+                vanished.append(uid)
+                continue
+            sub, name = found
+            if sub == loc.sub and name == loc.name:
+                continue
+            loc.sub, loc.name = found
+            letters = split_file_name(name)[1]
+            on_disk = by_letters.get(letters)
+            if on_disk is None:
+                on_disk = by_letters[letters] = flags_from_letters(letters, self._letter_kw)
+            old = infos[uid].flags
+            kept = hidden.get(old)
+            if kept is None:
+                kept = hidden[old] = old - self._representable(old)
+            new = on_disk | kept if kept else on_disk
+            if new != old:
+                changes.append((uid, new))
+        if vanished:
+            self._commit_expunge(vanished)
+        if changes:
+            self._commit_flags(changes)
+        unknown = sorted(
+            ((sub, name) for base, (sub, name) in listing.items() if base not in self._by_base),
+            key=lambda item: item[1],
+        )
+        unknown = [item for item in unknown if item[1].split(",", 1)[0].split(":", 1)[0] not in self._pending]
+        if not unknown:
+            return defer.succeed(None)
+
+        def picked(found: list[tuple[str, str, int, float, int, int]]) -> None:
+            entries = []
+            for sub, name, size, date, coff, clen in found:
+                base, letters = split_file_name(name)
+                if base in self._by_base:
+                    continue
+                flags = flags_from_letters(letters, self._letter_kw)
+                entries.append((flags, date, sub, name, size, coff, clen))
+            self._commit_added(entries)
+
+        return self._run(io.pickup_files, self.path, unknown).addCallback(picked)
+
+    def refresh(self) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IMailbox.refresh`."""
+        return self._serial.run(self._refresh_job)
+
+    def _refresh_job(self) -> defer.Deferred[None]:
+        self._check_alive()
+        known_below = self._uidnext
+        d = self._run(io.scan_folder, self.path, self._stamp)
+        d.addCallback(self._reconcile, known_below)
+        return d
+
+    # -- reading --------------------------------------------------------------
+
+    def _loc(self, uid: int) -> _Loc:
+        self._check_alive()
+        loc = self._locs.get(uid)
+        if loc is None:
+            raise NoSuchMessage(f"{self.name} uid {uid}")
+        return loc
+
+    def open_message(self, uid: int) -> defer.Deferred[BinaryIO]:
+        """See :meth:`txmail.interfaces.IMailbox.open_message`."""
+        try:
+            loc = self._loc(uid)
+        except Exception:
+            return defer.fail()
+        return self._run(io.open_file, self.path, loc.sub, loc.name)
+
+    def read_message(self, uid: int) -> defer.Deferred[bytes]:
+        """See :meth:`txmail.interfaces.IMailbox.read_message`."""
+        try:
+            loc = self._loc(uid)
+        except Exception:
+            return defer.fail()
+        return self._run(io.read_file, self.path, loc.sub, loc.name)
+
+    def get_metadata(self, uids: Iterable[int]) -> defer.Deferred[dict[int, MessageMetadata]]:
+        """See :meth:`txmail.interfaces.IMailbox.get_metadata`."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        reqs = []
+        for uid in select_uids(uids, self._infos):
+            loc = self._locs[uid]
+            reqs.append((uid, loc.coff, loc.clen, loc.base, loc.sub, loc.name))
+        if not reqs:
+            return defer.succeed({})
+
+        def got(
+            result: tuple[dict[int, MessageMetadata], list[tuple[int, int, int]]],
+        ) -> dict[int, MessageMetadata]:
+            found, updates = result
+            lines = []
+            for uid, coff, clen in updates:
+                loc = self._locs.get(uid)
+                if loc is not None and coff >= 0:
+                    loc.coff, loc.clen = coff, clen
+                    lines.append(index_meta(uid, coff, clen))
+            if lines:
+                self._write_index("".join(lines))
+            return {uid: found[uid] for uid, *_ in reqs if uid in found}
+
+        return self._run(io.read_metadata, self.path, reqs).addCallback(got)
+
+    # -- appending --------------------------------------------------------------
+
+    def append(
+        self, message: bytes | MessageFile, flags: Iterable[str] = (), internal_date: float | None = None
+    ) -> defer.Deferred[int]:
+        """See :meth:`txmail.interfaces.IMailbox.append`."""
+        try:
+            self._check_alive()
+            normalized = normalize_flags(flags)
+            date = time.time() if internal_date is None else float(internal_date)
+            letters = self._letters(normalized) or None
+            unique = self._provider._unique()
+            if isinstance(message, MessageFile):
+                encoded = None if message.metadata is None else mime.encode_metadata(message.metadata)
+                job: tuple[Any, ...] = (
+                    io.deliver_file,
+                    self.path,
+                    unique,
+                    message.path,
+                    message.fsynced,
+                    letters,
+                    date,
+                    encoded,
+                )
+            else:
+                job = (io.deliver_bytes, self.path, unique, bytes(message), letters, date, None)
+        except Exception:
+            return defer.fail()
+        self._pending.add(unique)
+        d = self._run(*job)
+
+        def synced(delivered: io.Delivered) -> Any:
+            target = os.path.join(self.path, delivered.sub)
+            d2 = self._provider._sync_dir(target)
+            d2.addCallback(lambda _: delivered)
+            d2.addErrback(self._undo_delivery, delivered)
+            return d2
+
+        def commit(delivered: io.Delivered) -> int:
+            self._pending.discard(unique)
+            if self._deleted:
+                self._run(io.unlink_files, self.path, [(delivered.sub, delivered.name)])
+                raise NoSuchMailbox(self.name)
+            (info,) = self._commit_added(
+                [
+                    (
+                        normalized,
+                        date,
+                        delivered.sub,
+                        delivered.name,
+                        delivered.size,
+                        delivered.coff,
+                        delivered.clen,
+                    )
+                ]
+            )
+            return info.uid
+
+        def failed(f: Failure) -> Failure:
+            self._pending.discard(unique)
+            return f
+
+        d.addCallback(synced)
+        d.addCallbacks(commit, failed)
+        return d
+
+    def _undo_delivery(self, f: Failure, delivered: io.Delivered) -> Failure:
+        """The directory sync failed: remove the file so it is not delivered later."""
+        self._run(io.unlink_files, self.path, [(delivered.sub, delivered.name)])
+        return f
+
+    # -- flags ------------------------------------------------------------------
+
+    def set_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: FlagMode, unchanged_since: int | None = None
+    ) -> defer.Deferred[list[MessageInfo]]:
+        """See :meth:`txmail.interfaces.IMailbox.set_flags`."""
+        try:
+            self._check_alive()
+            wanted = normalize_flags(flags)
+            mode = FlagMode(mode)
+        except Exception:
+            return defer.fail()
+        if uids is not None and not isinstance(uids, range | set | frozenset):
+            uids = list(uids)
+        return self._serial.run(self._set_flags_job, uids, wanted, mode, unchanged_since)
+
+    def _set_flags_job(
+        self, uids: Iterable[int], flags: frozenset[str], mode: FlagMode, unchanged_since: int | None
+    ) -> Any:
+        self._check_alive()
+        changes = self._flag_changes(uids, flags, mode, unchanged_since)
+        if not changes:
+            return []
+        ops = []
+        op_uids = []
+        for uid, new in changes:
+            loc = self._locs[uid]
+            base, old_letters = split_file_name(loc.name)
+            letters = self._letters(new, old_letters or "")
+            if loc.sub == "new" and not letters:
+                continue  # still without flags: stays in new/
+            name = file_name(base, letters)
+            if (loc.sub, loc.name) != ("cur", name):
+                ops.append((loc.sub, loc.name, "cur", name))
+                op_uids.append(uid)
+        if not ops:
+            return self._commit_flags(changes)
+
+        def renamed(results: list[tuple[str, str] | None]) -> list[MessageInfo]:
+            gone = set()
+            for uid, result in zip(op_uids, results, strict=True):
+                if result is None:
+                    gone.add(uid)  # removed behind our back; refresh expunges it
+                else:
+                    loc = self._locs.get(uid)
+                    if loc is not None:
+                        loc.sub, loc.name = result
+            return self._commit_flags([c for c in changes if c[0] not in gone])
+
+        return self._run(io.rename_files, self.path, ops).addCallback(renamed)
+
+    # -- expunge, copy, move --------------------------------------------------
+
+    def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
+        """See :meth:`txmail.interfaces.IMailbox.expunge`."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        if uids is not None and not isinstance(uids, range | set | frozenset):
+            uids = list(uids)
+        return self._serial.run(self._expunge_job, uids)
+
+    def _expunge_job(self, uids: Iterable[int] | None) -> Any:
+        self._check_alive()
+        return self._remove_files(self._deleted_uids(uids))
+
+    def _remove_files(self, uids: list[int]) -> defer.Deferred[list[int]]:
+        """Unlink the files of *uids*, then expunge them (under ``_serial``)."""
+        if not uids:
+            return defer.succeed([])
+        items = [(self._locs[u].sub, self._locs[u].name) for u in uids]
+        d = self._run(io.unlink_files, self.path, items)
+        d.addCallback(lambda _: self._commit_expunge(uids))
+        return d
+
+    def copy(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+        """See :meth:`txmail.interfaces.IMailbox.copy`."""
+        return self._copy_or_move(uids, target, move=False)
+
+    def move(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+        """See :meth:`txmail.interfaces.IMailbox.move`."""
+        return self._copy_or_move(uids, target, move=True)
+
+    def _copy_or_move(
+        self, uids: Iterable[int], target: Any, move: bool
+    ) -> defer.Deferred[list[tuple[int, int]]]:
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        if uids is not None and not isinstance(uids, range | set | frozenset):
+            uids = list(uids)
+        if isinstance(target, MaildirMailbox):
+            return self._serial.run(self._link_job, uids, target, move)
+
+        # Another backend: through the interface.
+        d = generic_copy(self, select_uids(uids, self._infos), target)
+        if move:
+
+            def remove(pairs: list[tuple[int, int]]) -> Any:
+                src = [s for s, _ in pairs]
+                return self._serial.run(self._remove_live, src).addCallback(lambda _: pairs)
+
+            d.addCallback(remove)
+        return d
+
+    def _remove_live(self, uids: list[int]) -> defer.Deferred[list[int]]:
+        return self._remove_files([u for u in uids if u in self._infos])
+
+    def _link_job(self, uids: Iterable[int], target: MaildirMailbox, move: bool) -> Any:
+        self._check_alive()
+        target._check_alive()
+        selected = select_uids(uids, self._infos)
+        if not selected:
+            return []
+        items = []
+        uniques = []
+        for uid in selected:
+            info = self._infos[uid]
+            loc = self._locs[uid]
+            unique = self._provider._unique()
+            uniques.append(unique)
+            letters = target._letters(info.flags) or None
+            items.append((loc.sub, loc.name, unique, letters, info.internal_date, loc.coff, loc.clen))
+        target._pending.update(uniques)
+
+        def linked(results: list[io.Delivered | None]) -> Any:
+            subs = {r.sub for r in results if r is not None}
+            syncs = [self._provider._sync_dir(os.path.join(target.path, sub)) for sub in sorted(subs)]
+            d = defer.gatherResults(syncs, consumeErrors=True)
+            d.addCallback(lambda _: results)
+            return d
+
+        def commit(results: list[io.Delivered | None]) -> Any:
+            target._pending.difference_update(uniques)
+            if target._deleted:
+                raise NoSuchMailbox(target.name)
+            entries = []
+            sources = []
+            for uid, r in zip(selected, results, strict=True):
+                if r is None or uid not in self._infos:
+                    continue
+                info = self._infos[uid]
+                entries.append((info.flags, info.internal_date, r.sub, r.name, r.size, r.coff, r.clen))
+                sources.append(uid)
+            infos = target._commit_added(entries)
+            pairs = [(src, info.uid) for src, info in zip(sources, infos, strict=True)]
+            if move and pairs:
+                return self._remove_files(sources).addCallback(lambda _: pairs)
+            return pairs
+
+        def failed(f: Failure) -> Failure:
+            target._pending.difference_update(uniques)
+            if f.check(defer.FirstError):
+                return f.value.subFailure  # type: ignore[no-any-return]
+            return f
+
+        d = self._run(io.link_files, self.path, target.path, items)
+        d.addCallback(linked)
+        d.addCallbacks(commit, failed)
+        return d
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    """
+    One user's Maildir++ tree.  Get it from :meth:`MaildirProvider.store_for`.
+
+    Folder operations (create, delete, rename, opening a mailbox, the
+    subscription and special-use files) run one at a time (``_lock``).
+    """
+
+    log = Logger()
+
+    def __init__(self, provider: MaildirProvider, user: str, root: str) -> None:
+        self._provider = provider
+        self.user = user
+        self.root = root
+        self._run = provider._run
+        self._lock = defer.DeferredLock()
+        self._boxes: dict[str, MaildirMailbox] = {}
+        # Created synchronously: the first use of a user creates the
+        # storage (IMailStoreProvider.store_for), e.g. from the admin CLI.
+        io.make_user_dir(root)
+        self._subscriptions = set(self._read_lines(SUBSCRIPTIONS))
+        self._roles: dict[str, SpecialUse] = {}
+        try:
+            with open(os.path.join(root, SPECIAL_USE), "rb") as f:
+                for name, value in json.load(f).items():
+                    self._roles[name] = SpecialUse(value)
+        except FileNotFoundError:
+            pass
+        except (ValueError, AttributeError, TypeError):
+            self.log.warn("ignoring a damaged {file}", file=os.path.join(root, SPECIAL_USE))
+        lines = self._read_lines(UIDVALIDITY)
+        self._last_uidvalidity = int(lines[0]) if lines and lines[0].isdigit() else 0
+        for entry in os.listdir(root):
+            if entry.startswith(io.DELETED_PREFIX):
+                # A deletion interrupted by a crash: finish it.
+                self._run(shutil.rmtree, os.path.join(root, entry), True)
+
+    def _read_lines(self, name: str) -> list[str]:
+        try:
+            with open(os.path.join(self.root, name), encoding="utf-8") as f:
+                return [line.strip("\r\n") for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def _alloc_uidvalidity(self) -> int:
+        """A new UIDVALIDITY, larger than any this store gave before."""
+        self._last_uidvalidity = next_uidvalidity(self._last_uidvalidity)
+        try:
+            io.write_small(os.path.join(self.root, UIDVALIDITY), b"%d\n" % self._last_uidvalidity)
+        except OSError:
+            self.log.failure("writing {file} failed", file=os.path.join(self.root, UIDVALIDITY))
+        return self._last_uidvalidity
+
+    def _path(self, name: str) -> str:
+        return self.root if name == INBOX else os.path.join(self.root, folder_dir_name(name))
+
+    def _write_roles(self) -> defer.Deferred[None]:
+        data = json.dumps({n: r.value for n, r in sorted(self._roles.items())}, indent=1).encode()
+        return self._run(io.replace_file, os.path.join(self.root, SPECIAL_USE), data)
+
+    def _write_subscriptions(self) -> defer.Deferred[None]:
+        data = "".join(f"{n}\n" for n in sorted(self._subscriptions)).encode("utf-8")
+        return self._run(io.replace_file, os.path.join(self.root, SUBSCRIPTIONS), data)
+
+    @staticmethod
+    def _locked(fn: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., defer.Deferred[Any]]:
+        """Run an inlineCallbacks method under the store lock."""
+        inner = defer.inlineCallbacks(fn)
+
+        def wrapper(self: MaildirStore, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            return self._lock.run(inner, self, *args, **kwargs)
+
+        wrapper.__name__ = fn.__name__
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+    # -- mailboxes ------------------------------------------------------------
+
+    def get_mailbox(self, name: str) -> defer.Deferred[MaildirMailbox]:
+        """See :meth:`txmail.interfaces.IMailStore.get_mailbox`."""
+        try:
+            name = check_name(name)
+        except InvalidMailboxName:
+            return defer.fail()
+        box = self._boxes.get(name)
+        if box is not None:
+            return defer.succeed(box)
+        return self._lock.run(self._open, name)
+
+    def _open(self, name: str) -> defer.Deferred[MaildirMailbox]:
+        """Open a mailbox (under the store lock)."""
+        box = self._boxes.get(name)
+        if box is not None:
+            return defer.succeed(box)
+        path = self._path(name)
+
+        def loaded(result: io.Loaded) -> defer.Deferred[MaildirMailbox]:
+            mailbox = MaildirMailbox(self, name, path)
+            return mailbox._setup(result)
+
+        def ready(mailbox: MaildirMailbox) -> MaildirMailbox:
+            self._boxes[name] = mailbox
+            return mailbox
+
+        def missing(f: Failure) -> Failure:
+            f.trap(NoSuchMailbox)
+            raise NoSuchMailbox(name)
+
+        d: defer.Deferred[Any] = self._run(io.read_folder, path)
+        d.addErrback(missing)
+        d.addCallback(loaded)
+        return d.addCallback(ready)
+
+    def list_mailboxes(self, pattern: str = "*") -> defer.Deferred[list[FolderInfo]]:
+        """See :meth:`txmail.interfaces.IMailStore.list_mailboxes`."""
+        d = self._run(io.list_folders, self.root)
+        d.addCallback(lambda names: folder_infos(names, pattern, self._subscriptions, self._roles))
+        return d
+
+    def _missing_parents(self, name: str, existing: set[str]) -> list[str]:
+        parts = name.split(DELIMITER)
+        parents = [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
+        return [p for p in parents if p != INBOX and p not in existing]
+
+    @_locked
+    def create_mailbox(self, name: str, special_use: SpecialUse | None = None) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IMailStore.create_mailbox`."""
+        name = check_name(name)
+        role = None if special_use is None else SpecialUse(special_use)
+        if name == INBOX:
+            raise MailboxExists(name)
+        existing = yield self._run(io.list_folders, self.root)
+        if name in existing:
+            raise MailboxExists(name)
+        yield self._create(name, existing)
+        if role is not None:
+            self._roles = {n: r for n, r in self._roles.items() if r is not role}
+            self._roles[name] = role
+            yield self._write_roles()
+
+    def _create(self, name: str, existing: set[str]) -> defer.Deferred[None]:
+        """Create *name* and its missing parents (under the store lock)."""
+        todo = [*self._missing_parents(name, existing), name]
+        folders = [(folder_dir_name(n), self._alloc_uidvalidity()) for n in todo]
+        return self._run(io.create_folders, self.root, folders, folder_dir_name(name))
+
+    @defer.inlineCallbacks
+    def _with_serials(self, names: list[str], fn: Callable[[], Any]) -> Generator[Any, Any, Any]:
+        """Run *fn* while no job of the open mailboxes *names* runs."""
+        boxes = [self._boxes[n] for n in sorted(names) if n in self._boxes]
+        for box in boxes:
+            yield box._serial.acquire()
+        try:
+            return (yield fn())
+        finally:
+            for box in boxes:
+                box._serial.release()
+
+    @_locked
+    def delete_mailbox(self, name: str) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IMailStore.delete_mailbox`."""
+        name = check_name(name)
+        if name == INBOX:
+            raise InvalidMailboxName("INBOX cannot be deleted")
+        existing = yield self._run(io.list_folders, self.root)
+        if name not in existing:
+            if any(n.startswith(name + DELIMITER) for n in existing):
+                raise MailboxNotEmpty(name)
+            raise NoSuchMailbox(name)
+        # RFC 3501 section 6.3.4: with children the name stays as a
+        # non-selectable parent, which Maildir++ expresses by the children's
+        # directories alone.
+        yield self._with_serials(
+            [name], lambda: self._run(io.remove_folder, self.root, folder_dir_name(name))
+        )
+        box = self._boxes.pop(name, None)
+        if box is not None:
+            box._mark_deleted()
+        if self._roles.pop(name, None) is not None:
+            yield self._write_roles()
+
+    @_locked
+    def rename_mailbox(self, old: str, new: str) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IMailStore.rename_mailbox`."""
+        old = check_name(old)
+        new = check_name(new)
+        if new == old:
+            raise MailboxExists(new)
+        if new.startswith(old + DELIMITER):
+            raise InvalidMailboxName("cannot rename a mailbox below itself")
+        existing = yield self._run(io.list_folders, self.root)
+        if new == INBOX or new in existing:
+            raise MailboxExists(new)
+        if old == INBOX:
+            # RFC 3501 section 6.3.5: the messages move to a new mailbox,
+            # INBOX stays (empty), its children stay where they are.
+            yield self._create(new, existing)
+            inbox = yield self._open(INBOX)
+            target = yield self._open(new)
+            yield inbox.move(list(inbox._infos), target)
+            return
+        prefix = old + DELIMITER
+        moving = sorted(n for n in existing if n == old or n.startswith(prefix))
+        if not moving:
+            raise NoSuchMailbox(old)
+        renamed = {n: new + n[len(old) :] for n in moving}
+        if any(t in existing for t in renamed.values()):
+            raise MailboxExists(new)
+        parents = [
+            (folder_dir_name(p), self._alloc_uidvalidity())
+            for p in self._missing_parents(new, existing)
+            if p not in renamed.values()
+        ]
+        dirs = [(folder_dir_name(n), folder_dir_name(renamed[n])) for n in moving]
+        yield self._with_serials(moving, lambda: self._run(io.rename_folders, self.root, dirs, parents))
+        for n in moving:
+            box = self._boxes.pop(n, None)
+            if box is not None:
+                box._mark_deleted()
+        moved_roles = {renamed[n]: r for n, r in self._roles.items() if n in renamed}
+        if moved_roles:
+            self._roles = {n: r for n, r in self._roles.items() if n not in renamed}
+            self._roles.update(moved_roles)
+            yield self._write_roles()
+
+    # -- subscriptions and roles ----------------------------------------------
+
+    @_locked
+    def subscribe(self, name: str) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IMailStore.subscribe`."""
+        name = check_name(name)
+        if name not in self._subscriptions:
+            self._subscriptions.add(name)
+            yield self._write_subscriptions()
+
+    @_locked
+    def unsubscribe(self, name: str) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IMailStore.unsubscribe`."""
+        name = check_name(name)
+        if name not in self._subscriptions:
+            raise NoSuchMailbox(name)
+        self._subscriptions.discard(name)
+        yield self._write_subscriptions()
+
+    def subscriptions(self) -> defer.Deferred[list[str]]:
+        """See :meth:`txmail.interfaces.IMailStore.subscriptions`."""
+        return defer.succeed(sorted(self._subscriptions))
+
+    def special_use_mailbox(self, role: SpecialUse) -> defer.Deferred[str | None]:
+        """See :meth:`txmail.interfaces.IMailStore.special_use_mailbox`."""
+        try:
+            role = SpecialUse(role)
+        except ValueError:
+            return defer.fail()
+        for name, r in sorted(self._roles.items()):
+            if r is role:
+                return defer.succeed(name)
+        return defer.succeed(None)
+
+
+@implementer(IMailStoreProvider)
+class MaildirProvider:
+    """
+    Maildir stores below *root*: ``alice@Example.Test`` in
+    ``<root>/example.test/alice/``.
+
+    Args:
+        root: the directory holding every user's mail.
+        run_blocking: ``run_blocking(fn, *args) -> Deferred`` runs blocking
+            file work (a thread pool in the server); by default it runs
+            inline and returns a fired Deferred.
+        hostname: the host name in new message file names (default: this
+            machine's).
+    """
+
+    def __init__(
+        self, root: str, *, run_blocking: RunBlocking | None = None, hostname: str | None = None
+    ) -> None:
+        self.root = root
+        self._run: RunBlocking = run_blocking or run_inline
+        self.hostname = _sanitize_host(hostname or socket.gethostname())
+        self._stores: dict[str, MaildirStore] = {}
+        self._syncs: dict[str, _DirSync] = {}
+        self._counter = 0
+
+    def user_dir(self, user: str) -> str:
+        """
+        The directory of *user*'s INBOX.
+
+        Raises:
+            ValueError: the address has no ``@``, or a part that could
+                reach outside *root* (``/``, NUL, a leading ``.``, empty).
+        """
+        local, at, domain = user.rpartition("@")
+        if not at:
+            raise ValueError(f"not a user address: {user!r}")
+        domain = domain.lower()
+        _check_path_part(local, "local part")
+        _check_path_part(domain, "domain")
+        return os.path.join(self.root, domain, local)
+
+    def store_for(self, user: str) -> MaildirStore:
+        """See :meth:`txmail.interfaces.IMailStoreProvider.store_for`."""
+        path = self.user_dir(user)
+        store = self._stores.get(path)
+        if store is None:
+            store = self._stores[path] = MaildirStore(self, user, path)
+        return store
+
+    def _unique(self) -> str:
+        """The unique part of a new Maildir file name (before ``,S=``)."""
+        self._counter += 1
+        now = time.time()
+        secs = int(now)
+        usec = int((now - secs) * 1_000_000)
+        return f"{secs}.M{usec}P{os.getpid()}Q{self._counter}.{self.hostname}"
+
+    def _sync_dir(self, path: str) -> defer.Deferred[None]:
+        sync = self._syncs.get(path)
+        if sync is None:
+            sync = self._syncs[path] = _DirSync(path, self._run)
+        return sync.sync()

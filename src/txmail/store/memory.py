@@ -1,0 +1,356 @@
+"""
+A mailbox store kept in memory, for tests and for embedding txmail.
+
+It implements the whole mailbox contract of :mod:`txmail.interfaces`
+(folders, flags, keywords, UIDs, modification sequences, listeners) and
+passes the same conformance suite as the Maildir store, but keeps nothing
+across restarts.  Every Deferred it returns has already fired.
+
+Usage::
+
+    provider = MemoryProvider()
+    store = provider.store_for("alice@example.test")
+    inbox = successResultOf(store.get_mailbox("INBOX"))
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from txmail import mime
+from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
+from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider
+from txmail.model import (
+    DELIMITER,
+    INBOX,
+    FlagMode,
+    FlagsChanged,
+    FolderInfo,
+    MessageFile,
+    MessageInfo,
+    MessageMetadata,
+    MessagesAdded,
+    MessagesExpunged,
+    SpecialUse,
+    normalize_flags,
+)
+from txmail.store._base import (
+    MailboxState,
+    check_name,
+    folder_infos,
+    generic_copy,
+    next_uidvalidity,
+    select_uids,
+)
+
+__all__ = ["MemoryMailbox", "MemoryProvider", "MemoryStore"]
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
+    """Run *fn* and turn its result or exception into a fired Deferred."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        try:
+            return defer.succeed(fn(*args, **kwargs))
+        except Exception:
+            return defer.fail()
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@implementer(IMailbox)
+class MemoryMailbox(MailboxState):
+    """
+    One mailbox of a :class:`MemoryStore`.
+
+    Message bytes and their parsed metadata are kept in dictionaries by UID.
+    """
+
+    def __init__(self, store: MemoryStore, name: str, uidvalidity: int) -> None:
+        self.store = store
+        self.name = name
+        self.uidvalidity = uidvalidity
+        self._init_state()
+        self._data: dict[int, bytes] = {}
+        self._meta: dict[int, MessageMetadata] = {}
+
+    def _take_over(self, other: MemoryMailbox) -> None:
+        """Adopt the messages and counters of *other* (a rename)."""
+        self.uidvalidity = other.uidvalidity
+        self._infos = other._infos
+        self._uidnext = other._uidnext
+        self._modseq = other._modseq
+        self._recent = other._recent
+        self._unseen = other._unseen
+        self._size = other._size
+        self._data = other._data
+        self._meta = other._meta
+
+    def _add_messages(
+        self, items: list[tuple[bytes, MessageMetadata, frozenset[str], float]]
+    ) -> list[MessageInfo]:
+        infos = self._add((flags, len(data), date) for data, _, flags, date in items)
+        for info, (data, meta, _, _) in zip(infos, items, strict=True):
+            self._data[info.uid] = data
+            self._meta[info.uid] = meta
+        if infos:
+            self._notify(MessagesAdded(tuple(infos)))
+        return infos
+
+    def _drop(self, uids: Iterable[int]) -> list[int]:
+        removed = self._remove(uids)
+        for uid in removed:
+            del self._data[uid]
+            del self._meta[uid]
+        if removed:
+            self._notify(MessagesExpunged(tuple(removed), self._modseq))
+        return removed
+
+    def _get(self, uid: int) -> bytes:
+        self._check_alive()
+        data = self._data.get(uid)
+        if data is None:
+            raise NoSuchMessage(f"{self.name} uid {uid}")
+        return data
+
+    @_guard
+    def open_message(self, uid: int) -> BinaryIO:
+        """See :meth:`txmail.interfaces.IMailbox.open_message`."""
+        return io.BytesIO(self._get(uid))
+
+    @_guard
+    def read_message(self, uid: int) -> bytes:
+        """See :meth:`txmail.interfaces.IMailbox.read_message`."""
+        return self._get(uid)
+
+    @_guard
+    def get_metadata(self, uids: Iterable[int]) -> dict[int, MessageMetadata]:
+        """See :meth:`txmail.interfaces.IMailbox.get_metadata`."""
+        self._check_alive()
+        return {uid: self._meta[uid] for uid in select_uids(uids, self._infos)}
+
+    @_guard
+    def append(
+        self, message: bytes | MessageFile, flags: Iterable[str] = (), internal_date: float | None = None
+    ) -> int:
+        """See :meth:`txmail.interfaces.IMailbox.append`."""
+        self._check_alive()
+        normalized = normalize_flags(flags)
+        metadata = None
+        if isinstance(message, MessageFile):
+            with open(message.path, "rb") as f:
+                data = f.read()
+            metadata = message.metadata
+        else:
+            data = bytes(message)
+        if metadata is None:
+            metadata = mime.parse_metadata(data)
+        date = time.time() if internal_date is None else float(internal_date)
+        (info,) = self._add_messages([(data, metadata, normalized, date)])
+        return info.uid
+
+    @_guard
+    def set_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: FlagMode, unchanged_since: int | None = None
+    ) -> list[MessageInfo]:
+        """See :meth:`txmail.interfaces.IMailbox.set_flags`."""
+        self._check_alive()
+        changed = self._set(self._flag_changes(uids, flags, mode, unchanged_since))
+        if changed:
+            self._notify(FlagsChanged(tuple(changed)))
+        return changed
+
+    def copy(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+        """See :meth:`txmail.interfaces.IMailbox.copy`."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        selected = select_uids(uids, self._infos)
+        if not isinstance(target, MemoryMailbox):
+            return generic_copy(self, selected, target)
+        if target._deleted:
+            return defer.fail(NoSuchMailbox(target.name))
+        items = [
+            (self._data[u], self._meta[u], self._infos[u].flags, self._infos[u].internal_date)
+            for u in selected
+        ]
+        infos = target._add_messages(items)
+        return defer.succeed([(u, info.uid) for u, info in zip(selected, infos, strict=True)])
+
+    def move(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+        """See :meth:`txmail.interfaces.IMailbox.move`."""
+
+        def copied(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+            self._drop(src for src, _ in pairs)
+            return pairs
+
+        return self.copy(uids, target).addCallback(copied)
+
+    @_guard
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """See :meth:`txmail.interfaces.IMailbox.expunge`."""
+        self._check_alive()
+        return self._drop(self._deleted_uids(uids))
+
+    @_guard
+    def refresh(self) -> None:
+        """Nothing changes behind a memory store's back."""
+        self._check_alive()
+
+
+@implementer(IMailStore)
+class MemoryStore:
+    """One user's mailboxes, in memory.  Created by :class:`MemoryProvider`."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self._last_uidvalidity = 0
+        self._boxes: dict[str, MemoryMailbox] = {}
+        self._subscriptions: set[str] = set()
+        self._roles: dict[str, SpecialUse] = {}
+        self._new_box(INBOX)
+
+    def _new_box(self, name: str) -> MemoryMailbox:
+        self._last_uidvalidity = next_uidvalidity(self._last_uidvalidity)
+        box = MemoryMailbox(self, name, self._last_uidvalidity)
+        self._boxes[name] = box
+        return box
+
+    def _has_children(self, name: str) -> bool:
+        prefix = name + DELIMITER
+        return any(n.startswith(prefix) for n in self._boxes)
+
+    def _create_parents(self, name: str) -> None:
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if parent not in self._boxes:
+                self._new_box(parent)
+
+    @_guard
+    def list_mailboxes(self, pattern: str = "*") -> list[FolderInfo]:
+        """See :meth:`txmail.interfaces.IMailStore.list_mailboxes`."""
+        return folder_infos(self._boxes, pattern, self._subscriptions, self._roles)
+
+    @_guard
+    def get_mailbox(self, name: str) -> MemoryMailbox:
+        """See :meth:`txmail.interfaces.IMailStore.get_mailbox`."""
+        name = check_name(name)
+        box = self._boxes.get(name)
+        if box is None:
+            raise NoSuchMailbox(name)
+        return box
+
+    @_guard
+    def create_mailbox(self, name: str, special_use: SpecialUse | None = None) -> None:
+        """See :meth:`txmail.interfaces.IMailStore.create_mailbox`."""
+        name = check_name(name)
+        role = None if special_use is None else SpecialUse(special_use)
+        if name in self._boxes:
+            raise MailboxExists(name)
+        self._create_parents(name)
+        self._new_box(name)
+        if role is not None:
+            self._roles = {n: r for n, r in self._roles.items() if r is not role}
+            self._roles[name] = role
+
+    @_guard
+    def delete_mailbox(self, name: str) -> None:
+        """See :meth:`txmail.interfaces.IMailStore.delete_mailbox`."""
+        name = check_name(name)
+        if name == INBOX:
+            raise InvalidMailboxName("INBOX cannot be deleted")
+        box = self._boxes.pop(name, None)
+        if box is None:
+            if self._has_children(name):
+                raise MailboxNotEmpty(name)
+            raise NoSuchMailbox(name)
+        self._roles.pop(name, None)
+        box._mark_deleted()
+
+    @_guard
+    def rename_mailbox(self, old: str, new: str) -> None:
+        """See :meth:`txmail.interfaces.IMailStore.rename_mailbox`."""
+        old = check_name(old)
+        new = check_name(new)
+        if new == old or new.startswith(old + DELIMITER):
+            if new == old:
+                raise MailboxExists(new)
+            raise InvalidMailboxName("cannot rename a mailbox below itself")
+        if old not in self._boxes and not self._has_children(old):
+            raise NoSuchMailbox(old)
+        if old == INBOX:
+            # RFC 3501 section 6.3.5: renaming INBOX moves its messages into
+            # a new mailbox and leaves INBOX empty; its children stay.
+            if new in self._boxes:
+                raise MailboxExists(new)
+            self._create_parents(new)
+            target = self._new_box(new)
+            inbox = self._boxes[INBOX]
+            inbox.move(list(inbox._infos), target)
+            return
+        prefix = old + DELIMITER
+        moving = sorted(n for n in self._boxes if n == old or n.startswith(prefix))
+        renamed = {n: new + n[len(old) :] for n in moving}
+        if new in self._boxes or any(t in self._boxes for t in renamed.values()):
+            raise MailboxExists(new)
+        self._create_parents(new)
+        for name in moving:
+            old_box = self._boxes.pop(name)
+            box = MemoryMailbox(self, renamed[name], old_box.uidvalidity)
+            box._take_over(old_box)
+            self._boxes[box.name] = box
+            old_box._mark_deleted()
+            role = self._roles.pop(name, None)
+            if role is not None:
+                self._roles[box.name] = role
+
+    @_guard
+    def subscribe(self, name: str) -> None:
+        """See :meth:`txmail.interfaces.IMailStore.subscribe`."""
+        self._subscriptions.add(check_name(name))
+
+    @_guard
+    def unsubscribe(self, name: str) -> None:
+        """See :meth:`txmail.interfaces.IMailStore.unsubscribe`."""
+        name = check_name(name)
+        if name not in self._subscriptions:
+            raise NoSuchMailbox(name)
+        self._subscriptions.discard(name)
+
+    @_guard
+    def subscriptions(self) -> list[str]:
+        """See :meth:`txmail.interfaces.IMailStore.subscriptions`."""
+        return sorted(self._subscriptions)
+
+    @_guard
+    def special_use_mailbox(self, role: SpecialUse) -> str | None:
+        """See :meth:`txmail.interfaces.IMailStore.special_use_mailbox`."""
+        role = SpecialUse(role)
+        for name, r in self._roles.items():
+            if r is role:
+                return name
+        return None
+
+
+@implementer(IMailStoreProvider)
+class MemoryProvider:
+    """Gives each user a :class:`MemoryStore`; the same user gets the same store."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, MemoryStore] = {}
+
+    def store_for(self, user: str) -> MemoryStore:
+        """See :meth:`txmail.interfaces.IMailStoreProvider.store_for`."""
+        store = self._stores.get(user)
+        if store is None:
+            store = self._stores[user] = MemoryStore(user)
+        return store

@@ -1,0 +1,647 @@
+"""The Maildir store: the conformance suite, plus on-disk layout and interoperability."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import threading
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.store.conformance import MailStoreConformanceMixin, message
+from txmail import mime
+from txmail.model import (
+    ANSWERED,
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    INBOX,
+    SEEN,
+    FlagMode,
+    FlagsChanged,
+    MessageFile,
+    MessagesAdded,
+    MessagesExpunged,
+)
+from txmail.store._maildir_format import parse_index
+from txmail.store.maildir import MaildirMailbox, MaildirProvider
+
+
+class MaildirConformanceTests(MailStoreConformanceMixin, TestCase):
+    """The Maildir store keeps the whole mailbox contract."""
+
+    def make_provider(self) -> MaildirProvider:
+        self.root = self.mktemp()
+        return MaildirProvider(self.root, hostname="test.host")
+
+    def reopen_provider(self, provider: Any) -> MaildirProvider:
+        return MaildirProvider(provider.root, hostname="test.host")
+
+
+class MaildirThreadedConformanceTests(MailStoreConformanceMixin, TestCase):
+    """The conformance suite again, with file work in real threads (as the server runs it)."""
+
+    def make_provider(self) -> MaildirProvider:
+        return MaildirProvider(self.mktemp(), hostname="test.host", run_blocking=deferToThread)
+
+    def reopen_provider(self, provider: Any) -> MaildirProvider:
+        return MaildirProvider(provider.root, hostname="test.host", run_blocking=deferToThread)
+
+
+USER = "alice@Example.Test"
+
+
+def _names(path: str) -> list[str]:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+class ManualRunner:
+    """A run_blocking that queues calls until the test runs them, one by one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+        self.done: list[str] = []
+
+    def __call__(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append((fn, args, d))
+        return d
+
+    def pending(self) -> list[str]:
+        return [fn.__name__ for fn, _, _ in self.calls]
+
+    def step(self, name: str) -> None:
+        for i, (fn, args, d) in enumerate(self.calls):
+            if fn.__name__ == name:
+                del self.calls[i]
+                self.done.append(name)
+                try:
+                    result = fn(*args)
+                except Exception:
+                    d.errback()
+                else:
+                    d.callback(result)
+                return
+        raise AssertionError(f"no {name} queued: {self.pending()}")
+
+    def drain(self) -> None:
+        while self.calls:
+            self.step(self.calls[0][0].__name__)
+
+
+class MaildirBase(TestCase):
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.provider = MaildirProvider(self.root, hostname="mx.test")
+        self.user_dir = os.path.join(self.root, "example.test", "alice")
+
+    def reopen(self, **kwargs: Any) -> MaildirProvider:
+        return MaildirProvider(self.root, hostname="mx.test", **kwargs)
+
+    def inbox(self, provider: MaildirProvider | None = None) -> Any:
+        store = (provider or self.provider).store_for(USER)
+        return self.successResultOf(store.get_mailbox(INBOX))
+
+    def files(self, sub: str, folder: str = "") -> list[str]:
+        return _names(os.path.join(self.user_dir, folder, sub))
+
+    def drop(self, sub: str, name: str, data: bytes, folder: str = "") -> str:
+        """Deliver a file as another Maildir program would."""
+        path = os.path.join(self.user_dir, folder, sub, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def index_path(self, folder: str = "") -> str:
+        return os.path.join(self.user_dir, folder, "txmail-index")
+
+
+class MaildirLayoutTests(MaildirBase):
+    """Where the Maildir store puts things on disk."""
+
+    def test_user_directory(self) -> None:
+        """A user's INBOX is <root>/<domain lower-cased>/<local part>/ with tmp/ new/ cur/."""
+        self.provider.store_for(USER)
+        self.assertEqual(self.files(""), ["cur", "new", "tmp"])
+        self.assertFalse(os.path.exists(os.path.join(self.user_dir, "maildirfolder")))
+        store = self.provider.store_for(USER)
+        self.assertIs(self.provider.store_for("alice@example.TEST"), store)
+        box = self.successResultOf(store.get_mailbox(INBOX))
+        self.assertIs(self.successResultOf(store.get_mailbox("inbox")), box)
+        os.makedirs(os.path.join(self.user_dir, "txmail-deleted-0123", "cur"))
+        self.reopen().store_for(USER)
+        self.assertEqual(self.files(""), ["cur", "new", "tmp", "txmail-index", "txmail-uidvalidity"])
+
+    def test_unsafe_users(self) -> None:
+        """Addresses whose parts could leave the root are refused with ValueError."""
+        for user in (
+            "../x@example.test",
+            "a/b@example.test",
+            ".hidden@example.test",
+            "@example.test",
+            "alice@..",
+            "alice@a/b",
+            "alice@.example.test",
+            "alice@",
+            "alice",
+            "al\0ice@example.test",
+        ):
+            self.assertRaises(ValueError, self.provider.store_for, user)
+        self.assertEqual(_names(self.root), [])
+
+    def test_folder_layout(self) -> None:
+        """Folders are Maildir++ dot directories with maildirfolder, and . and % are escaped reversibly."""
+        store = self.provider.store_for(USER)
+        for name in ("Archive/2024", "a.b", "100%", "INBOX/Sub", "Ünïcode"):
+            self.successResultOf(store.create_mailbox(name))
+        dirs = [n for n in self.files("") if n.startswith(".")]
+        self.assertEqual(
+            sorted(dirs), sorted([".Archive", ".Archive.2024", ".a%2Eb", ".100%25", ".INBOX.Sub", ".Ünïcode"])
+        )
+        for d in dirs:
+            self.assertEqual(self.files("", d), ["cur", "maildirfolder", "new", "tmp", "txmail-index"])
+        expected = [INBOX, "100%", "Archive", "Archive/2024", "INBOX/Sub", "a.b", "Ünïcode"]
+        names = [f.name for f in self.successResultOf(store.list_mailboxes("*"))]
+        self.assertEqual(names, expected)
+        store2 = self.reopen().store_for(USER)
+        self.assertEqual([f.name for f in self.successResultOf(store2.list_mailboxes("*"))], expected)
+        box = self.successResultOf(store2.get_mailbox("a.b"))
+        self.successResultOf(box.append(message()))
+        self.assertEqual(len(self.files("new", ".a%2Eb")), 1)
+
+    def test_foreign_folders(self) -> None:
+        """A folder made by another Maildir tool is listed and opened; non-folder directories are ignored."""
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.user_dir, ".Foreign", sub))
+            os.makedirs(os.path.join(self.user_dir, ".inbox", sub))
+        os.makedirs(os.path.join(self.user_dir, ".Empty"))
+        self.drop("new", "1.foreign.host", message(), ".Foreign")
+        store = self.provider.store_for(USER)
+        names = [f.name for f in self.successResultOf(store.list_mailboxes("*"))]
+        self.assertEqual(names, [INBOX, "Foreign"])
+        box = self.successResultOf(store.get_mailbox("Foreign"))
+        self.assertEqual(self.successResultOf(box.read_message(1)), message())
+
+    def test_append_lands_in_new(self) -> None:
+        """An appended message is a standard Maildir file in new/ and tmp/ is left empty."""
+        box = self.inbox()
+        data = message()
+        self.successResultOf(box.append(data))
+        (name,) = self.files("new")
+        self.assertRegex(name, rf"^\d+\.M\d+P\d+Q\d+\.mx\.test,S={len(data)}$")
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.files("cur"), [])
+        with open(os.path.join(self.user_dir, "new", name), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_flag_letters(self) -> None:
+        """Flags are file name letters in cur/, keywords lower-case letters listed in dovecot-keywords."""
+        box = self.inbox()
+        uid = self.successResultOf(box.append(message()))
+        self.successResultOf(box.set_flags([uid], [SEEN, FLAGGED, ANSWERED, DRAFT, DELETED], FlagMode.ADD))
+        (name,) = self.files("cur")
+        self.assertTrue(name.endswith(":2,DFRST"), name)
+        self.assertEqual(self.files("new"), [])
+        self.successResultOf(box.set_flags([uid], [SEEN, "Work", "$Label"], FlagMode.REPLACE))
+        (name,) = self.files("cur")
+        self.assertTrue(name.endswith(":2,Sab"), name)
+        with open(os.path.join(self.user_dir, "dovecot-keywords"), "rb") as f:
+            self.assertEqual(f.read(), b"0 $Label\n1 Work\n")
+        self.successResultOf(box.set_flags([uid], [SEEN, "Work", "$Label"], FlagMode.REMOVE))
+        (name,) = self.files("cur")
+        self.assertTrue(name.endswith(":2,"), name)
+        self.successResultOf(box.append(message(2), [SEEN]))
+        self.assertEqual(len(self.files("cur")), 2)
+        self.assertEqual(self.files("new"), [])
+
+
+class MaildirInteropTests(MaildirBase):
+    """Changes made by other Maildir programs are picked up."""
+
+    def test_pickup_dropped_file(self) -> None:
+        """A file dropped into new/ gets the next UID on refresh, with metadata and its mtime as date."""
+        box = self.inbox()
+        first = self.successResultOf(box.append(message(1)))
+        events: list[Any] = []
+        box.add_listener(events.append)
+        path = self.drop("new", "1700000000.M1P1.other.host", message(2))
+        os.utime(path, (1_650_000_000, 1_650_000_000))
+        self.drop("cur", "1700000001.M2P1.other.host:2,S", message(3))
+        self.successResultOf(box.refresh())
+        self.assertEqual([type(e) for e in events], [MessagesAdded])
+        added = events[0].messages
+        self.assertEqual([i.uid for i in added], [first + 1, first + 2])
+        self.assertEqual(added[0].internal_date, 1_650_000_000)
+        self.assertEqual(added[1].flags, frozenset({SEEN}))
+        self.assertEqual(self.successResultOf(box.read_message(first + 1)), message(2))
+        md = self.successResultOf(box.get_metadata([first + 2]))
+        self.assertEqual(md[first + 2], mime.parse_metadata(message(3)))
+        self.successResultOf(box.refresh())
+        self.assertEqual(len(events), 1)
+        box2 = self.inbox(self.reopen())
+        self.assertEqual([i.uid for i in self.successResultOf(box2.list_messages())], [1, 2, 3])
+
+    def test_pickup_on_open(self) -> None:
+        """Files present before the first open, with Dovecot keyword letters, become messages."""
+        self.provider.store_for(USER)
+        with open(os.path.join(self.user_dir, "dovecot-keywords"), "wb") as f:
+            f.write(b"0 Important\n3 $Junk\n")
+        self.drop("cur", "1600000000.a.host:2,FSad", message(1))
+        self.drop("new", "1600000001.b.host", message(2))
+        box = self.inbox()
+        infos = self.successResultOf(box.list_messages())
+        self.assertEqual([i.uid for i in infos], [1, 2])
+        self.assertEqual(infos[0].flags, frozenset({SEEN, FLAGGED, "Important", "$Junk"}))
+        self.assertEqual(infos[1].flags, frozenset())
+
+    def test_external_flag_change(self) -> None:
+        """A flag rename by another tool becomes FlagsChanged with a new modseq; new/ to cur/ alone does not."""
+        box = self.inbox()
+        uid = self.successResultOf(box.append(message(1), [SEEN]))
+        other = self.successResultOf(box.append(message(2)))
+        before = self.successResultOf(box.status()).highest_modseq
+        events: list[Any] = []
+        box.add_listener(events.append)
+        (name,) = self.files("cur")
+        os.rename(
+            os.path.join(self.user_dir, "cur", name), os.path.join(self.user_dir, "cur", name[:-1] + "FS")
+        )
+        (fresh,) = self.files("new")
+        os.rename(
+            os.path.join(self.user_dir, "new", fresh), os.path.join(self.user_dir, "cur", fresh + ":2,")
+        )
+        self.successResultOf(box.refresh())
+        self.assertEqual([type(e) for e in events], [FlagsChanged])
+        (info,) = events[0].messages
+        self.assertEqual((info.uid, info.flags), (uid, frozenset({SEEN, FLAGGED})))
+        self.assertGreater(info.modseq, before)
+        self.assertEqual(self.successResultOf(box.read_message(other)), message(2))
+        self.successResultOf(box.set_flags([other], [ANSWERED], FlagMode.ADD))
+        self.assertIn(fresh + ":2,R", self.files("cur"))
+
+    def test_external_delete(self) -> None:
+        """A file removed by another tool is expunged on refresh and stays gone after a restart."""
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(3)]
+        events: list[Any] = []
+        box.add_listener(events.append)
+        name = sorted(self.files("new"))[1]
+        os.unlink(os.path.join(self.user_dir, "new", name))
+        self.successResultOf(box.refresh())
+        self.assertEqual(
+            events, [MessagesExpunged((uids[1],), self.successResultOf(box.status()).highest_modseq)]
+        )
+        box2 = self.inbox(self.reopen())
+        self.assertEqual([i.uid for i in self.successResultOf(box2.list_messages())], [uids[0], uids[2]])
+
+    def test_open_after_external_rename(self) -> None:
+        """open_message finds a file renamed after the index saw it, and an open file survives renames."""
+        box = self.inbox()
+        uid = self.successResultOf(box.append(message(1)))
+        (name,) = self.files("new")
+        os.rename(os.path.join(self.user_dir, "new", name), os.path.join(self.user_dir, "cur", name + ":2,S"))
+        f = self.successResultOf(box.open_message(uid))
+        self.addCleanup(f.close)
+        self.successResultOf(box.refresh())
+        self.successResultOf(box.set_flags([uid], [FLAGGED], FlagMode.ADD))
+        self.assertTrue(self.files("cur")[0].endswith(":2,FS"))
+        self.assertEqual(f.read(), message(1))
+        self.assertEqual(self.successResultOf(box.read_message(uid)), message(1))
+
+    def test_unknown_letters_kept(self) -> None:
+        """Flag letters txmail does not expose (P, passed) survive its own flag changes."""
+        self.provider.store_for(USER)
+        self.drop("cur", "1600000000.a.host:2,PS", message(1))
+        box = self.inbox()
+        (info,) = self.successResultOf(box.list_messages())
+        self.assertEqual(info.flags, frozenset({SEEN}))
+        self.successResultOf(box.set_flags([1], [FLAGGED], FlagMode.ADD))
+        self.assertEqual(self.files("cur"), ["1600000000.a.host:2,FPS"])
+
+
+class MaildirRecoveryTests(MaildirBase):
+    """Persistence and crash safety of the index."""
+
+    def test_persistence_new_provider(self) -> None:
+        """A new provider on the same root sees the same UIDs, UIDVALIDITY, flags and keywords."""
+        box = self.inbox()
+        self.successResultOf(box.append(message(1), [SEEN, "Alpha"]))
+        self.successResultOf(box.append(message(2), ["$Beta"]))
+        before = self.successResultOf(box.list_messages())
+        box2 = self.inbox(self.reopen())
+        self.assertIsNot(box2, box)
+        self.assertEqual(box2.uidvalidity, box.uidvalidity)
+        self.assertEqual(self.successResultOf(box2.list_messages()), before)
+        self.successResultOf(box2.set_flags([2], ["Alpha"], FlagMode.ADD))
+        self.assertEqual(
+            self.successResultOf(self.inbox(self.reopen()).list_messages())[1].flags,
+            frozenset({"$Beta", "Alpha"}),
+        )
+
+    def test_damaged_index_rebuilt(self) -> None:
+        """A torn last record and garbage in the index keep UIDVALIDITY and every readable UID."""
+        box = self.inbox()
+        for i in range(4):
+            self.successResultOf(box.append(message(i)))
+        self.successResultOf(box.set_flags([1], [DELETED], FlagMode.ADD))
+        self.successResultOf(box.expunge())  # UIDs 2, 3, 4 remain
+        self.successResultOf(box.set_flags([2], [SEEN], FlagMode.ADD))
+        with open(self.index_path(), "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        a4 = next(i for i, line in enumerate(lines) if line.startswith(b"A\t4\t"))
+        lines[a4] = b"A\t4\t9\tgarbage\n"
+        lines.insert(2, b"\x00\xffnot a record\n")
+        with open(self.index_path(), "wb") as f:
+            f.write(b"".join(lines) + b"F\t3\t99\t\\Flag")  # torn write
+        box2 = self.inbox(self.reopen())
+        self.assertEqual(box2.uidvalidity, box.uidvalidity)
+        infos = self.successResultOf(box2.list_messages())
+        # The file whose record was lost is found again; UIDs continue above
+        # the highest readable one.
+        self.assertEqual([i.uid for i in infos], [2, 3, 4])
+        self.assertEqual(infos[0].flags, frozenset({SEEN}))
+        self.assertEqual(self.successResultOf(box2.read_message(4)), message(3))
+        # Rewritten: a further restart reads it cleanly with the same UIDs.
+        with open(self.index_path(), "rb") as f:
+            self.assertFalse(parse_index(f.read()).damaged)
+        box3 = self.inbox(self.reopen())
+        self.assertEqual(self.successResultOf(box3.list_messages()), infos)
+        self.assertEqual(self.successResultOf(box3.append(message(9))), 5)
+
+    def test_deleted_index_rebuilt(self) -> None:
+        """Without its index a mailbox is rebuilt from the files with a new UIDVALIDITY."""
+        box = self.inbox()
+        for i in range(3):
+            self.successResultOf(box.append(message(i), [SEEN] if i == 1 else []))
+        os.unlink(self.index_path())
+        box2 = self.inbox(self.reopen())
+        self.assertNotEqual(box2.uidvalidity, box.uidvalidity)
+        infos = self.successResultOf(box2.list_messages())
+        self.assertEqual([i.uid for i in infos], [1, 2, 3])
+        self.assertEqual([i.flags for i in infos], [frozenset(), frozenset({SEEN}), frozenset()])
+        self.assertEqual(
+            [self.successResultOf(box2.read_message(i.uid)) for i in infos], [message(i) for i in range(3)]
+        )
+        self.assertTrue(os.path.exists(self.index_path()))
+
+    def test_damaged_cache_reparsed(self) -> None:
+        """A damaged metadata cache is noticed and the message parsed again."""
+        box = self.inbox()
+        uid = self.successResultOf(box.append(message(1)))
+        with open(os.path.join(self.user_dir, "txmail-cache"), "r+b") as f:
+            f.write(b"XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX")
+        md = self.successResultOf(box.get_metadata([uid]))
+        self.assertEqual(md[uid], mime.parse_metadata(message(1)))
+        md = self.successResultOf(self.inbox(self.reopen()).get_metadata([uid]))
+        self.assertEqual(md[uid], mime.parse_metadata(message(1)))
+
+    def test_index_compaction(self) -> None:
+        """The index is rewritten when it grows past twice the live messages, keeping all state."""
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(5)]
+        for i in range(150):
+            self.successResultOf(box.set_flags(uids, [SEEN] if i % 2 == 0 else [], FlagMode.REPLACE))
+        with open(self.index_path(), "rb") as f:
+            self.assertLess(len(f.read().splitlines()), 2 * 5 + 100 + 10)
+        before = self.successResultOf(box.list_messages())
+        status = self.successResultOf(box.status())
+        box2 = self.inbox(self.reopen())
+        self.assertEqual(self.successResultOf(box2.list_messages()), before)
+        self.assertEqual(self.successResultOf(box2.status()), status)
+
+    def test_cache_compaction_on_open(self) -> None:
+        """Dead metadata records are dropped when a mailbox is opened again."""
+        box = self.inbox()
+        body = b"x" * 10
+        big = b"X-Padding: " + b"p" * 5000 + b"\r\n"
+        uids = [self.successResultOf(box.append(big + message(i, body))) for i in range(30)]
+        self.successResultOf(box.set_flags(uids[:28], [DELETED], FlagMode.ADD))
+        self.successResultOf(box.expunge())
+        cache = os.path.join(self.user_dir, "txmail-cache")
+        size = os.path.getsize(cache)
+        box2 = self.inbox(self.reopen())
+        self.assertLess(os.path.getsize(cache), size / 5)
+        md = self.successResultOf(box2.get_metadata(uids[28:]))
+        self.assertEqual(md[uids[29]], mime.parse_metadata(big + message(29, body)))
+
+    def test_keywords_beyond_letters(self) -> None:
+        """Keywords past the 26 Maildir letters are kept in the index and survive a restart."""
+        box = self.inbox()
+        keywords = [f"kw{i:02d}" for i in range(30)]
+        uid = self.successResultOf(box.append(message(), keywords))
+        (name,) = self.files("cur")
+        self.assertTrue(name.endswith(":2," + "abcdefghijklmnopqrstuvwxyz"), name)
+        box2 = self.inbox(self.reopen())
+        (info,) = self.successResultOf(box2.list_messages())
+        self.assertEqual(info.flags, frozenset(keywords))
+        self.successResultOf(box2.set_flags([uid], ["kw29"], FlagMode.REMOVE))
+        (info,) = self.successResultOf(self.inbox(self.reopen()).list_messages())
+        self.assertEqual(info.flags, frozenset(keywords[:29]))
+
+    def test_reopen_reads_no_message_file(self) -> None:
+        """Opening a known mailbox again reads its index, but no message file and no parse."""
+        box = self.inbox()
+        for i in range(50):
+            self.successResultOf(box.append(message(i), [SEEN, "Tag"] if i % 3 else []))
+        provider = self.reopen()
+        opened: list[str] = []
+        real_open, real_os_open = builtins.open, os.open
+
+        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(os.fspath(file) if not isinstance(file, int) else "")
+            return real_open(file, *args, **kwargs)
+
+        def counting_os_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(os.fspath(path))
+            return real_os_open(path, *args, **kwargs)
+
+        parses: list[Any] = []
+        self.patch(builtins, "open", counting_open)
+        self.patch(os, "open", counting_os_open)
+        self.patch(mime, "parse_metadata", lambda *a: parses.append(a))
+        box2 = self.inbox(provider)
+        self.assertEqual(len(self.successResultOf(box2.list_messages())), 50)
+        self.successResultOf(box2.status())
+        message_files = [p for p in opened if f"{os.sep}new{os.sep}" in p or f"{os.sep}cur{os.sep}" in p]
+        self.assertEqual(message_files, [])
+        self.assertEqual(parses, [])
+        self.assertIn(self.index_path(), opened)
+
+
+class MaildirDeliveryTests(MaildirBase):
+    """Durable delivery: hard links, group commit of directory syncs, the thread split."""
+
+    def message_file(self, data: bytes, fsynced: bool) -> MessageFile:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return MessageFile(path, len(data), fsynced=fsynced)
+
+    def test_hardlink(self) -> None:
+        """A MessageFile is hard-linked into new/ (same inode), fsynced by the caller or not."""
+        box = self.inbox()
+        seen: set[str] = set()
+        for fsynced in (True, False):
+            mf = self.message_file(message(), fsynced)
+            uid = self.successResultOf(box.append(mf))
+            (name,) = set(self.files("new")) - seen
+            seen.add(name)
+            self.assertEqual(
+                os.stat(os.path.join(self.user_dir, "new", name)).st_ino, os.stat(mf.path).st_ino
+            )
+            self.assertEqual(self.successResultOf(box.read_message(uid)), message())
+
+    def test_copy_links(self) -> None:
+        """Copying between folders hard-links the file under the target's own flag letters."""
+        store = self.provider.store_for(USER)
+        box = self.inbox()
+        uid = self.successResultOf(box.append(message(), [SEEN, "Kw"]))
+        self.successResultOf(store.create_mailbox("Other"))
+        other = self.successResultOf(store.get_mailbox("Other"))
+        self.successResultOf(other.append(message(2), ["First"]))
+        self.successResultOf(box.copy([uid], other))
+        src = os.path.join(self.user_dir, "cur", self.files("cur")[0])
+        copied = [n for n in self.files("cur", ".Other") if n.endswith(":2,Sb")]
+        self.assertEqual(len(copied), 1)
+        self.assertEqual(
+            os.stat(src).st_ino, os.stat(os.path.join(self.user_dir, ".Other", "cur", copied[0])).st_ino
+        )
+
+    def test_group_fsync(self) -> None:
+        """Appends waiting for a directory sync share the next one, and none is covered by an earlier sync."""
+        runner = ManualRunner()
+        provider = self.reopen(run_blocking=runner)
+        d = provider.store_for(USER).get_mailbox(INBOX)
+        runner.drain()
+        box = self.successResultOf(d)
+        appends = [box.append(message(i)) for i in range(5)]
+        self.assertEqual(runner.pending(), ["deliver_bytes"] * 5)
+        runner.step("deliver_bytes")  # renamed into new/; its sync starts
+        self.assertEqual(runner.pending(), ["deliver_bytes"] * 4 + ["fsync_dir"])
+        for _ in range(4):
+            runner.step("deliver_bytes")  # renamed after that sync started
+        self.assertEqual(runner.pending(), ["fsync_dir"])
+        runner.step("fsync_dir")
+        self.assertEqual(self.successResultOf(appends[0]), 1)
+        for waiting in appends[1:]:
+            self.assertNoResult(waiting)
+        self.assertEqual(runner.pending(), ["fsync_dir"])
+        runner.step("fsync_dir")
+        self.assertEqual([self.successResultOf(a) for a in appends[1:]], [2, 3, 4, 5])
+        self.assertEqual(runner.done.count("fsync_dir"), 2)
+        self.assertEqual(runner.calls, [])
+
+    def test_failed_delivery(self) -> None:
+        """A delivery whose directory sync fails reports the error and leaves no message behind."""
+        runner = ManualRunner()
+        provider = self.reopen(run_blocking=runner)
+        d = provider.store_for(USER).get_mailbox(INBOX)
+        runner.drain()
+        box = self.successResultOf(d)
+        appended = box.append(message())
+        runner.step("deliver_bytes")
+        _, _, sync = runner.calls.pop()
+        sync.errback(OSError("sync failed"))
+        self.failureResultOf(appended, OSError)
+        runner.drain()
+        self.assertEqual(self.files("new"), [])
+        self.assertEqual(self.successResultOf(box.list_messages()), [])
+        refreshed = box.refresh()
+        runner.drain()
+        self.successResultOf(refreshed)
+        self.assertEqual(self.successResultOf(box.status()).messages, 0)
+
+    @defer.inlineCallbacks
+    def test_thread_split(self) -> Any:
+        """File work runs in pool threads while state and index change only in the reactor thread."""
+        main = threading.current_thread()
+        workers: set[str] = set()
+
+        def run_blocking(fn: Any, *args: Any) -> defer.Deferred[Any]:
+            def call() -> Any:
+                workers.add(fn.__name__)
+                assert threading.current_thread() is not main
+                return fn(*args)
+
+            return deferToThread(call)
+
+        wrong: list[str] = []
+        for name in ("_write_index", "_commit_added", "_commit_flags", "_commit_expunge", "_notify"):
+            original = getattr(MaildirMailbox, name)
+
+            def check(self: Any, *args: Any, _original: Any = original, _name: str = name) -> Any:
+                if threading.current_thread() is not main:
+                    wrong.append(_name)
+                return _original(self, *args)
+
+            self.patch(MaildirMailbox, name, check)
+
+        provider = self.reopen(run_blocking=run_blocking)
+        store = provider.store_for(USER)
+        box = yield store.get_mailbox(INBOX)
+        events: list[Any] = []
+        box.add_listener(events.append)
+        uids = yield defer.gatherResults([box.append(message(i)) for i in range(20)])
+        self.assertEqual(sorted(uids), list(range(1, 21)))
+        mf = self.message_file(message(99), fsynced=True)
+        uid = yield box.append(mf, [SEEN])
+        yield box.set_flags(range(1, 11), [DELETED], FlagMode.ADD)
+        md = yield box.get_metadata([uid])
+        self.assertEqual(md[uid], mime.parse_metadata(message(99)))
+        self.drop("new", "1.other.host", message(100))
+        yield box.refresh()
+        removed = yield box.expunge()
+        self.assertEqual(removed, list(range(1, 11)))
+        yield store.create_mailbox("Archive")
+        archive = yield store.get_mailbox("Archive")
+        pairs = yield box.move([11, 12], archive)
+        self.assertEqual([p[0] for p in pairs], [11, 12])
+        self.assertEqual((yield box.read_message(uid)), message(99))
+        self.assertEqual(wrong, [])
+        self.assertTrue(
+            {
+                "deliver_bytes",
+                "deliver_file",
+                "fsync_dir",
+                "rename_files",
+                "unlink_files",
+                "link_files",
+                "read_folder",
+                "scan_folder",
+                "pickup_files",
+                "read_metadata",
+            }
+            <= workers,
+            workers,
+        )
+        self.assertEqual(sum(len(e.messages) for e in events if isinstance(e, MessagesAdded)), 22)
+        status = yield box.status()
+        self.assertEqual(status.messages, 10)
+
+    @defer.inlineCallbacks
+    def test_concurrent_changes_threads(self) -> Any:
+        """Appends racing rescans, flag changes and index rewrites in threads leave one consistent state."""
+        provider = self.reopen(run_blocking=deferToThread)
+        box = yield provider.store_for(USER).get_mailbox(INBOX)
+        first = yield defer.gatherResults([box.append(message(i)) for i in range(10)])
+        work = []
+        for i in range(40):
+            work.append(box.append(message(100 + i), [SEEN] if i % 2 else []))
+            work.append(box.refresh())
+            work.append(box.set_flags(first, [f"k{i % 3}", FLAGGED], FlagMode.REPLACE))
+        self.drop("new", "1.dropped.host", message(999))
+        work.append(box.refresh())
+        yield defer.gatherResults(work)
+        yield box.refresh()
+        infos = yield box.list_messages()
+        self.assertEqual(len(infos), 51)
+        self.assertEqual(len({i.uid for i in infos}), 51)
+        self.assertEqual(len(self.files("new")) + len(self.files("cur")), 51)
+        with open(self.index_path(), "rb") as f:
+            self.assertLess(len(f.read().splitlines()), 2 * 51 + 100 + 50)
+        box2 = yield self.reopen().store_for(USER).get_mailbox(INBOX)
+        self.assertEqual((yield box2.list_messages()), infos)
+        self.assertEqual((yield box2.status()), (yield box.status()))
