@@ -22,6 +22,22 @@ TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twi
 CLI = "import sys; from txmail.cli import main; sys.exit(main())"
 
 
+def plugin_env() -> dict[str, str]:
+    """
+    The environment for twistd.  An installed txmail has its plugin in
+    site-packages' twisted/plugins; an editable (development) install does
+    not, so then the checkout's twisted/plugins is put on the path.
+    """
+    import twisted
+
+    env = dict(os.environ)
+    installed = os.path.exists(os.path.join(os.path.dirname(twisted.__file__), "plugins", "txmail_plugin.py"))
+    if not installed:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -32,7 +48,8 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"twistd exited with {proc.returncode}")
+            output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise AssertionError(f"twistd exited with {proc.returncode}: {output[-2000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -63,7 +80,7 @@ class TwistdAcceptanceTests(TestCase):
                  "mailserver", "--data-dir", data_dir, "--domain", "example.test",
                  "--smtp", f"tcp:{smtp}:interface=127.0.0.1",
                  "--submission", f"tcp:{submission}:interface=127.0.0.1"],
-                cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=plugin_env(),
             )
             try:
                 wait_for_port(smtp, proc)
