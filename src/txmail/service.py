@@ -27,7 +27,7 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.directory import FileDirectory
 from txmail.interfaces import IDirectory, IMailStoreProvider
-from txmail.smtp.server import SMTPFactory, SMTPLimits
+from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
 from txmail.store.maildir import MaildirProvider
 from txmail.tls import server_context, with_certificate
 
@@ -185,6 +185,7 @@ def build_service(
     os.makedirs(settings.data_dir, exist_ok=True)
     spool_dir = settings.path("spool")
     os.makedirs(spool_dir, exist_ok=True)
+    clean_spool(spool_dir)
 
     pool = ThreadPoolService(reactor, settings.threads)
     pool.setServiceParent(server)

