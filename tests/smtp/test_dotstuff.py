@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txmail.smtp.dotstuff import DataDecoder, LineEndingChecker, dot_stuff
@@ -148,3 +150,55 @@ class DotStuffTests(SynchronousTestCase):
         self.assertEqual(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n")
         self.assertEqual(dot_stuff(b"x"), b"x\r\n.\r\n")
         self.assertEqual(dot_stuff(b""), b".\r\n")
+
+
+def _reference_decode(data: bytes) -> tuple[bytes, bytes, bool] | None:
+    """
+    A slow, obviously correct decoder: lines start at 0 and after each CRLF;
+    the first line that is exactly "." ends the data; a leading dot of any
+    other line is dropped; a CR not before LF or an LF not after CR is bare.
+    """
+    starts = [0] + [i + 2 for i in range(len(data) - 1) if data[i : i + 2] == b"\r\n"]
+    for p in starts:
+        if data[p : p + 3] == b".\r\n":
+            break
+    else:
+        return None
+    content = bytearray()
+    drop = {q for q in starts if q < p and data[q : q + 1] == b"."}
+    for i in range(p):
+        if i not in drop:
+            content.append(data[i])
+    region = data[:p]
+    bare = any(
+        (c == 0x0D and region[i + 1 : i + 2] != b"\n") or (c == 0x0A and region[i - 1 : i] != b"\r")
+        for i, c in enumerate(region)
+    )
+    return bytes(content), data[p + 3 :], bare
+
+
+class DataDecoderReferenceTests(SynchronousTestCase):
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\r\n.", b".\r\n"]), max_size=30),
+           st.lists(st.integers(min_value=0, max_value=200), max_size=5))
+    def test_matches_reference(self, pieces: list[bytes], cuts: list[int]) -> None:
+        """Fed in any split, the decoder agrees with a line-by-line reference decoder."""
+        data = b"".join(pieces) + b"\r\n.\r\nNEXT"
+        expected = _reference_decode(data)
+        assert expected is not None
+        points = sorted({min(c, len(data)) for c in cuts})
+        chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+        decoder = DataDecoder()
+        out = []
+        rest = None
+        for index, chunk in enumerate(chunks):
+            content, rest = decoder.feed(chunk)
+            out.append(content)
+            if rest is not None:
+                # what follows the end mark in this chunk, plus any later chunks
+                rest += b"".join(chunks[index + 1 :])
+                break
+        self.assertTrue(decoder.done)
+        self.assertEqual(b"".join(out), expected[0])
+        self.assertEqual(rest, expected[1])
+        self.assertEqual(decoder.bare_line_ending, expected[2])

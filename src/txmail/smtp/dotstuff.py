@@ -31,15 +31,12 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-import re
-
 __all__ = ["DataDecoder", "LineEndingChecker", "dot_stuff"]
 
 _CR = 0x0D
 _LF = 0x0A
 _DOT = 0x2E
 _TERMINATOR = b".\r\n"
-_LINE_END = re.compile(rb"[\r\n]")
 
 
 class DataDecoder:
@@ -77,48 +74,63 @@ class DataDecoder:
             raise RuntimeError("DataDecoder fed after the end of data")
         buf = self._held + data if self._held else data
         self._held = b""
-        out: list[bytes] = []
         n = len(buf)
-        i = 0
+        if n == 0:
+            return b"", None
+        # Only lines that start with a dot after a real CRLF matter; find
+        # them with bytes.find instead of walking every line.  A dot after a
+        # bare LF or CR starts no line: it is neither unstuffed nor an end.
+        out: list[bytes] = []
         emit_from = 0
-        while i < n:
-            if self._at_line_start:
-                if buf[i] == _DOT:
-                    head = buf[i : i + 3]
-                    if head == _TERMINATOR:
-                        out.append(buf[emit_from:i])
-                        self.done = True
-                        return b"".join(out), buf[i + 3 :]
-                    if len(head) < 3 and _TERMINATOR.startswith(head):
-                        # Maybe the end mark; wait for the next bytes.
-                        out.append(buf[emit_from:i])
-                        self._held = head
-                        return b"".join(out), None
-                    # RFC 5321 section 4.5.2: drop the first period of the line.
-                    out.append(buf[emit_from:i])
-                    emit_from = i + 1
-                    i += 1
-                self._at_line_start = False
+        pos = 0 if self._at_line_start else -1
+        search_from = 0
+        while True:
+            if pos < 0:
+                k = buf.find(b"\r\n.", search_from)
+                if k < 0:
+                    break
+                pos = k + 2
+            if buf[pos] != _DOT:
+                pos = -1
                 continue
-            m = _LINE_END.search(buf, i)
-            if m is None:
-                break
-            j = m.start()
-            if buf[j] == _LF:
-                self.bare_line_ending = True  # LF without CR: content, not a line end
-                i = j + 1
-            elif j + 1 == n:
-                out.append(buf[emit_from:j])
-                self._held = b"\r"
-                return b"".join(out), None
-            elif buf[j + 1] == _LF:
-                i = j + 2
+            head = buf[pos : pos + 3]
+            if head == _TERMINATOR:
+                self._check_line_endings(buf, pos)
+                out.append(buf[emit_from:pos])
+                self.done = True
+                return b"".join(out), buf[pos + 3 :]
+            if len(head) < 3 and _TERMINATOR.startswith(head):
+                # Maybe the end mark; wait for the next bytes.
+                self._check_line_endings(buf, pos)
+                out.append(buf[emit_from:pos])
+                self._held = head
                 self._at_line_start = True
-            else:
-                self.bare_line_ending = True  # CR without LF
-                i = j + 1
-        out.append(buf[emit_from:])
+                return b"".join(out), None
+            # RFC 5321 section 4.5.2: drop the first period of the line.
+            out.append(buf[emit_from:pos])
+            emit_from = pos + 1
+            search_from = pos + 1
+            pos = -1
+        end = n
+        if buf[-1] == _CR:
+            # Maybe the CR of a CRLF split across reads: decide next time.
+            end = n - 1
+            self._held = b"\r"
+            self._at_line_start = False
+        else:
+            self._at_line_start = buf.endswith(b"\r\n")
+        self._check_line_endings(buf, end)
+        out.append(buf[emit_from:end])
         return b"".join(out), None
+
+    def _check_line_endings(self, buf: bytes, end: int) -> None:
+        """Note a bare CR or LF in ``buf[:end]`` (every CR and LF there is final)."""
+        if self.bare_line_ending:
+            return
+        region = buf[:end] if end < len(buf) else buf
+        crlf = region.count(b"\r\n")
+        if region.count(b"\r") != crlf or region.count(b"\n") != crlf:
+            self.bare_line_ending = True
 
 
 class LineEndingChecker:
