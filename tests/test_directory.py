@@ -224,6 +224,23 @@ class FileDirectoryTests(SynchronousTestCase):
         cli_view.delete_user("alice@example.test")
         self.assertEqual(server_view.list_users(), [])
 
+    def test_recheck_interval(self) -> None:
+        """With a recheck interval, another process's change is seen once the interval has passed."""
+        now = [100.0]
+        server_view = FileDirectory(
+            self.path, local_domains=["example.test"], recheck_interval=1.0, monotonic=lambda: now[0]
+        )
+        self.assertIsNone(self.successResultOf(server_view.canonical_user("alice@example.test")))
+        self.make().add_user("alice@example.test", "pw")
+        now[0] += 0.5
+        self.assertIsNone(self.successResultOf(server_view.canonical_user("alice@example.test")))
+        now[0] += 0.6
+        self.assertEqual(
+            self.successResultOf(server_view.canonical_user("alice@example.test")), "alice@example.test"
+        )
+        server_view.add_user("bob@example.test", "pw")
+        self.assertEqual(self.successResultOf(server_view.canonical_user("bob@example.test")), "bob@example.test")
+
     def test_hand_written_file(self) -> None:
         """A hand-written file with mixed-case keys and bad entries loads what it can."""
         logs = EventLoggingObserver.createWithCleanup(self, FileDirectory.log.observer)

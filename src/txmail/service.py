@@ -197,6 +197,7 @@ def build_service(
             settings.path("users.json"),
             local_domains=settings.domains,
             primary_domain=settings.primary_domain,
+            recheck_interval=1.0,
         )
     if stores is None:
         stores = MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)

@@ -341,7 +341,6 @@ class SMTPServerProtocol(Protocol):
             self.session.connection_lost()
         # A message being delivered owns its file until delivery ends.
         self._discard_spool()
-        self.log.debug("SMTP connection from {peer} closed", peer=self.peer, session_id=self.session_id)
 
     # -- the event loop --
 
