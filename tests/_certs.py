@@ -20,7 +20,7 @@ def make_certificate(directory: str, hostname: str = "localhost") -> tuple[str, 
         (ca_cert_path, server_cert_path, server_key_path), PEM files.
     """
     os.makedirs(directory, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txmail test CA")])
     ca = (

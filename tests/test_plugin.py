@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
-from twisted.application.service import IServiceMaker
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 

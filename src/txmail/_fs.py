@@ -7,13 +7,14 @@ their ``run_blocking`` callable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-__all__ = ["fsync_dir", "write_file_durably", "link_or_copy", "RunBlocking", "run_inline"]
+__all__ = ["RunBlocking", "fsync_dir", "fsync_file", "link_or_copy", "run_inline", "write_file_durably"]
 
 T = TypeVar("T")
 
@@ -50,18 +51,35 @@ def write_file_durably(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
+def fsync_file(path: str) -> None:
+    """Flush a file's data to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def link_or_copy(src: str, dst: str, *, src_fsynced: bool) -> None:
     """
     Make *dst* a durable copy of *src*: a hard link where possible (the data
-    is shared; only the directory entry is new), else a byte copy that is
-    fsynced.  The caller fsyncs *dst*'s directory.
+    is shared; only the directory entry is new; the file is fsynced unless
+    *src_fsynced* says it was already), else a byte copy that is fsynced.
+    The caller fsyncs *dst*'s directory.
     """
-    if src_fsynced:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
+    try:
+        os.link(src, dst)
+    except OSError:
+        pass
+    else:
+        if not src_fsynced:
+            try:
+                fsync_file(dst)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+                raise
+        return
     tmp = f"{dst}.tmp"
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         while chunk := fin.read(1 << 20):

@@ -43,7 +43,7 @@ from typing import Any
 
 from txmail.errors import ConfigError
 
-__all__ = ["Settings", "load_config", "PLAINTEXT_POLICIES", "DEFAULT_DATA_DIR"]
+__all__ = ["DEFAULT_DATA_DIR", "PLAINTEXT_POLICIES", "Settings", "load_config"]
 
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 DEFAULT_DATA_DIR = "./txmail-data"

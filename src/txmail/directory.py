@@ -77,7 +77,7 @@ _LOCAL_ATOM_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~\-\u0080-\U0010ffff]+$
 _LABEL_RE = re.compile(r"^[a-z0-9\u0080-\U0010ffff]([a-z0-9\-\u0080-\U0010ffff]*[a-z0-9\u0080-\U0010ffff])?$")
 
 
-class InvalidAddress(DirectoryError, ValueError):  # noqa: N818 (named like txmail.errors)
+class InvalidAddress(DirectoryError, ValueError):
     """The text is not an address we can store (syntax, length or characters)."""
 
 

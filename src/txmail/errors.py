@@ -9,19 +9,19 @@ is for logs; it is never sent to a client.
 from __future__ import annotations
 
 __all__ = [
-    "TxMailError",
-    "StoreError",
-    "NoSuchMailbox",
-    "MailboxExists",
-    "InvalidMailboxName",
-    "MailboxNotEmpty",
-    "NoSuchMessage",
-    "DirectoryError",
-    "NoSuchUser",
-    "UserExists",
-    "DeliveryError",
-    "QueueError",
     "ConfigError",
+    "DeliveryError",
+    "DirectoryError",
+    "InvalidMailboxName",
+    "MailboxExists",
+    "MailboxNotEmpty",
+    "NoSuchMailbox",
+    "NoSuchMessage",
+    "NoSuchUser",
+    "QueueError",
+    "StoreError",
+    "TxMailError",
+    "UserExists",
 ]
 
 

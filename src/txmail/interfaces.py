@@ -31,11 +31,11 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 __all__ = [
-    "IMailStoreProvider",
-    "IMailStore",
-    "IMailbox",
-    "IDirectory",
     "IDeliveryRouter",
+    "IDirectory",
+    "IMailStore",
+    "IMailStoreProvider",
+    "IMailbox",
     "IQueue",
 ]
 
@@ -434,8 +434,10 @@ class IDeliveryRouter(Interface):
 
         Args:
             envelope: a :class:`txmail.model.Envelope`.
-            message: a :class:`txmail.model.MessageFile`, fsynced, holding
-                the message as received with the trace headers prepended.
+            message: a :class:`txmail.model.MessageFile` holding the message
+                as received with the trace headers prepended.  When its
+                ``fsynced`` is false, each destination (mailbox, queue) syncs
+                the copy or link it keeps before reporting success.
 
         Returns:
             ``Deferred[DeliveryReport]``, fired once every successful

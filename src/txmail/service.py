@@ -31,7 +31,7 @@ from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
 from txmail.store.maildir import MaildirProvider
 from txmail.tls import server_context, with_certificate
 
-__all__ = ["MailServer", "ListenerService", "ThreadPoolService", "build_service"]
+__all__ = ["ListenerService", "MailServer", "ThreadPoolService", "build_service"]
 
 
 class ThreadPoolService(service.Service):

@@ -36,9 +36,7 @@ def _recv_until(sock: socket.socket, count: int, timeout: float = 10.0) -> list[
         buf += chunk
         while b"\r\n" in buf:
             line, buf = buf.split(b"\r\n", 1)
-            if len(line) >= 4 and line[3:4] == b" ":
-                replies.append(line)
-            elif len(line) < 4:
+            if (len(line) >= 4 and line[3:4] == b" ") or len(line) < 4:
                 replies.append(line)
     return replies
 

@@ -176,7 +176,8 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(envelope.received_at, 1_700_000_000)
         self.assertFalse(envelope.tls)
         self.assertIsNone(envelope.authenticated_user)
-        self.assertTrue(message.fsynced)
+        # Handed over complete but unsynced: each destination syncs what it keeps.
+        self.assertFalse(message.fsynced)
         self.assertEqual(message.size, len(data))
         header = (
             b"Return-Path: <sender@remote.test>\r\n"
@@ -207,24 +208,20 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(self.final_codes(self.take(transport)), [b"250", b"250"])
         self.assertEqual(self.spool_files(), [])
 
-    def test_fsync_through_run_blocking(self) -> None:
-        """The spool file is fsynced through run_blocking before the router sees it."""
+    def test_spool_files_made_ahead_in_run_blocking(self) -> None:
+        """Spool files are created ahead of need through run_blocking, not on the reactor thread per message."""
         calls: list[Any] = []
-        waiting: defer.Deferred[None] = defer.Deferred()
 
         def run_blocking(fn: Any, *args: Any) -> defer.Deferred[Any]:
-            if fn is not server_module._fsync_and_close:
-                return defer.maybeDeferred(fn, *args)  # spool files made ahead
-            calls.append((fn, args))
-            return waiting.addCallback(lambda _: fn(*args))
+            calls.append(fn)
+            return defer.maybeDeferred(fn, *args)
 
-        proto, transport = self.connect(run_blocking=run_blocking)
-        proto.dataReceived(SEND + BODY)
-        self.assertEqual(len(calls), 1)
-        self.assertEqual(self.router.delivered, [])
-        waiting.callback(None)
-        self.assertEqual(len(self.router.delivered), 1)
-        self.assertEqual(self.final_codes(self.take(transport))[-1], b"250")
+        proto, _transport = self.connect(run_blocking=run_blocking)
+        for _ in range(3):
+            proto.dataReceived(SEND + BODY if _ == 0 else b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + BODY)
+        self.assertEqual(len(self.router.delivered), 3)
+        self.assertEqual(calls, [server_module._create_spool_files])
+        self.assertGreater(len(self.factories[-1].spool_files.reserved()), 0)
 
     def test_pipelined_session(self) -> None:
         """A whole pipelined session in one write gets all replies in order, router answers arriving later."""

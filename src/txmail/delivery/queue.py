@@ -20,6 +20,7 @@ Implementation notes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -37,7 +38,7 @@ from txmail.errors import QueueError
 from txmail.interfaces import IQueue
 from txmail.model import Envelope, MessageFile, QueueEntry
 
-__all__ = ["SpoolQueue", "RECIPIENT_STATES"]
+__all__ = ["RECIPIENT_STATES", "SpoolQueue"]
 
 RECIPIENT_STATES = ("pending", "deferred", "delivered", "failed")
 
@@ -186,10 +187,8 @@ class SpoolQueue:
 
         def remove() -> None:
             for ext in ("json", "msg"):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(queue_id, ext))
-                except FileNotFoundError:
-                    pass
             fsync_dir(self.directory)
 
         return self._run(remove)

@@ -34,7 +34,7 @@ from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
 from txmail.model import INBOX, DeliveryReport, Envelope, MessageFile, MessageMetadata, RecipientResult
 
-__all__ = ["DeliveryRouter", "split_address", "INLINE_PARSE_LIMIT"]
+__all__ = ["INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
 
 #: Messages up to this size are parsed on the calling thread; bigger ones
 #: go through ``run_blocking``.

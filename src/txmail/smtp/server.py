@@ -147,14 +147,6 @@ def reply_for_report(report: DeliveryReport, message_id: str) -> Reply:
     return codes.TRANSACTION_FAILED
 
 
-def _fsync_and_close(f: IO[bytes]) -> None:
-    try:
-        f.flush()
-        os.fsync(f.fileno())
-    finally:
-        f.close()
-
-
 def _create_spool_files(directory: str, count: int) -> list[tuple[str, IO[bytes]]]:
     out = []
     for _ in range(count):
@@ -563,9 +555,19 @@ class SMTPServerProtocol(Protocol):
             message_id=message_id,
         )
         factory = self.factory
-        d = factory.run_blocking(_fsync_and_close, spool.file)
-        d.addCallback(
-            lambda _: factory.router.deliver(envelope, MessageFile(spool.path, spool.size, fsynced=True))
+        try:
+            spool.file.close()  # flushes the last buffered bytes
+        except OSError:
+            spool.discard()
+            self.log.failure("writing message {message_id} to the spool failed", message_id=message_id)
+            session.reject(codes.LOCAL_ERROR)
+            return
+        # Not fsynced here: every destination syncs what it keeps (a hard
+        # link shares the data), inside the same thread-pool job that links
+        # it, which saves a round trip per message.  The router fires only
+        # once each copy is durable, and only then do we reply 250.
+        d = defer.maybeDeferred(
+            factory.router.deliver, envelope, MessageFile(spool.path, spool.size, fsynced=False)
         )
 
         def delivered(report: DeliveryReport) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from txmail import mime
-from txmail._fs import fsync_dir
+from txmail._fs import fsync_dir, fsync_file
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
 from txmail.model import MessageMetadata
 from txmail.store._maildir_format import (
@@ -334,14 +334,6 @@ def _copy_durably(src: str, tmp: str, dst: str, date: float | None) -> None:
         raise
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def deliver_file(
     path: str, unique: str, src: str, fsynced: bool, letters: str | None, date: float, metadata: bytes | None
 ) -> Delivered:
@@ -362,7 +354,7 @@ def deliver_file(
     else:
         if not fsynced:
             try:
-                _fsync_file(dst)
+                fsync_file(dst)
             except BaseException:
                 _unlink_quietly(dst)
                 raise
