@@ -11,7 +11,7 @@ loopback port and delivering into Maildirs on the same filesystem:
     ``benchmarks/aiosmtpd_maildir.py`` under ``/work/benchvenv`` (aiosmtpd; write to
     ``tmp/``, fsync, rename into ``new/``, fsync ``new/``, then 250).
 ``txmail``
-    ``twistd -n mailserver`` from ``/work/venv``.
+    ``twistd -n mailserver`` from ``/work/txvenv`` (a non-editable install).
 
 The clock starts just before the load generator opens its first connection and stops when
 every message file is present (with at least ``--size`` bytes) in the recipients'
@@ -875,8 +875,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="script that starts/stops the reference Postfix")
     p.add_argument("--bench-python", default="/work/benchvenv/bin/python",
                    help="python with aiosmtpd installed")
-    p.add_argument("--txmail-bin", default="/work/venv/bin",
-                   help="directory holding txmail's twistd and txmail scripts")
+    p.add_argument("--txmail-bin", default="/work/txvenv/bin",
+                   help="directory holding txmail's twistd and txmail scripts, from a "
+                        "non-editable install (pip install .), so twistd finds the plugin")
     p.add_argument("--txmail-start-timeout", type=float, default=30,
                    help="seconds to wait for txmail's SMTP port")
     p.add_argument("--workdir", default=None,
