@@ -37,10 +37,11 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_file_durably(path: str, data: bytes) -> None:
+def write_file_durably(path: str, data: bytes, *, sync_dir: bool = True) -> None:
     """
-    Replace *path* with *data* atomically and durably: write a temporary file
-    beside it, fsync it, rename it over *path*, fsync the directory.
+    Replace *path* with *data* atomically: write a temporary file beside it,
+    fsync it, rename it over *path*, and (unless *sync_dir* is false) fsync
+    the directory so the rename itself is durable.
     """
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -48,7 +49,8 @@ def write_file_durably(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
+    if sync_dir:
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 def fsync_file(path: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from txmail import mime
-from txmail._fs import fsync_dir, fsync_file
+from txmail._fs import fsync_dir, fsync_file, write_file_durably
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
 from txmail.model import MessageMetadata
 from txmail.store._maildir_format import (
@@ -550,12 +550,7 @@ def _link_all(
 
 def replace_file(path: str, data: bytes) -> None:
     """Replace *path* atomically with *data*, synced (temp file and rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file_durably(path, data, sync_dir=False)
 
 
 def write_small(path: str, data: bytes) -> None:
