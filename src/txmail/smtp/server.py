@@ -657,13 +657,17 @@ class SMTPServerProtocol(Protocol):
     # -- timeouts --
 
     def _reset_timer(self) -> None:
-        self._cancel_timer()
         session = self.session
         if session is None or session.closed:
+            self._cancel_timer()
             return
         limits = self.factory.limits
         delay = limits.data_timeout if session.in_data else limits.command_timeout
-        self._timer = self.factory.clock.callLater(delay, self._timed_out)
+        if self._timer is not None and self._timer.active():
+            # Moving a pending call later is cheap (no new heap entry).
+            self._timer.reset(delay)
+        else:
+            self._timer = self.factory.clock.callLater(delay, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
