@@ -264,12 +264,15 @@ class MessageFile:
         metadata: the parsed metadata, when the caller has it already (one
             parse for many recipients); otherwise the store parses.
         fsynced: see above.
+        data: the same content in memory, when the caller still has it
+            (small messages), so that parsing need not read the file back.
     """
 
     path: str
     size: int
     metadata: MessageMetadata | None = None
     fsynced: bool = False
+    data: bytes | None = field(default=None, repr=False)
 
 
 class MailboxChange:

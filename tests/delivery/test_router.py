@@ -136,6 +136,22 @@ class RouterTests(SynchronousTestCase):
         self.successResultOf(self.router.deliver(self.envelope("team@example.test"), self.message))
         self.assertEqual(len(calls), 1)
 
+    def test_in_memory_content_parsed_without_reading_the_file(self) -> None:
+        """When the caller hands the content along, the router parses it without reading the file back."""
+        from txmail.delivery import router as router_module
+
+        def no_read(path: str) -> Any:
+            raise AssertionError("file read back")
+
+        self.patch(router_module, "_parse_file", no_read)
+        message = MessageFile(self.message.path, self.message.size, data=MESSAGE)
+        report = self.successResultOf(self.router.deliver(self.envelope("alice@example.test"), message))
+        self.assertTrue(report.all_ok)
+        mailbox = self.successResultOf(self.stores.store_for("alice@example.test").get_mailbox(INBOX))
+        (uid,) = [i.uid for i in self.successResultOf(mailbox.list_messages())]
+        metadata = self.successResultOf(mailbox.get_metadata([uid]))[uid]
+        self.assertIn(("Subject", " hi\r\n"), [(n, v) for n, v in metadata.headers])
+
     def test_remote_recipients_queued(self) -> None:
         """Remote recipients and remote alias targets go into one queue entry."""
         report = self.successResultOf(

@@ -178,6 +178,8 @@ class DeliveryTests(ServerTestCase):
         self.assertIsNone(envelope.authenticated_user)
         # Handed over complete but unsynced: each destination syncs what it keeps.
         self.assertFalse(message.fsynced)
+        # A small message also travels in memory, equal to the file.
+        self.assertEqual(message.data, data)
         self.assertEqual(message.size, len(data))
         header = (
             b"Return-Path: <sender@remote.test>\r\n"
@@ -207,6 +209,18 @@ class DeliveryTests(ServerTestCase):
         self.router.fire()
         self.assertEqual(self.final_codes(self.take(transport)), [b"250", b"250"])
         self.assertEqual(self.spool_files(), [])
+
+    def test_large_message_not_kept_in_memory(self) -> None:
+        """Past KEEP_IN_MEMORY the message exists only in the spool file."""
+        proto, _transport = self.connect()
+        proto.dataReceived(SEND)
+        line = b"z" * 998 + b"\r\n"
+        for _ in range(server_module.KEEP_IN_MEMORY // len(line) + 2):
+            proto.dataReceived(line)
+        proto.dataReceived(b".\r\n")
+        (_envelope, data, message) = self.router.delivered[0]
+        self.assertIsNone(message.data)
+        self.assertGreater(len(data), server_module.KEEP_IN_MEMORY)
 
     def test_spool_files_made_ahead_in_run_blocking(self) -> None:
         """Spool files are created ahead of need through run_blocking, not on the reactor thread per message."""

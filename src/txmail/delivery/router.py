@@ -145,7 +145,9 @@ class DeliveryRouter:
                 # than a round trip through the thread pool, and it keeps
                 # CPU work (and the GIL) off the worker threads, which then
                 # only wait on the disk.
-                if message.size <= INLINE_PARSE_LIMIT:
+                if message.data is not None and len(message.data) <= INLINE_PARSE_LIMIT:
+                    metadata = mime.parse_metadata(message.data)
+                elif message.size <= INLINE_PARSE_LIMIT:
                     metadata = _parse_file(message.path)
                 else:
                     metadata = yield self._run(_parse_file, message.path)

@@ -231,6 +231,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: Messages up to this size are also kept in memory while they are spooled,
+#: so the router can parse them without reading the file back.
+KEEP_IN_MEMORY = 256 * 1024
+
+
 class _Spool:
     """The temporary file one message is streamed into."""
 
@@ -239,6 +244,7 @@ class _Spool:
         self.file = file
         self.size = 0
         self.failed = False
+        self._chunks: list[bytes] | None = []
 
     def write(self, data: bytes) -> None:
         if self.failed:
@@ -249,6 +255,15 @@ class _Spool:
             self.failed = True
             raise
         self.size += len(data)
+        if self._chunks is not None:
+            if self.size <= KEEP_IN_MEMORY:
+                self._chunks.append(data)
+            else:
+                self._chunks = None  # large: the file is the only copy
+
+    def data(self) -> bytes | None:
+        """The whole content when it was small enough to keep, else ``None``."""
+        return b"".join(self._chunks) if self._chunks is not None else None
 
     def discard(self) -> None:
         try:
@@ -572,7 +587,9 @@ class SMTPServerProtocol(Protocol):
         # it, which saves a round trip per message.  The router fires only
         # once each copy is durable, and only then do we reply 250.
         d = defer.maybeDeferred(
-            factory.router.deliver, envelope, MessageFile(spool.path, spool.size, fsynced=False)
+            factory.router.deliver,
+            envelope,
+            MessageFile(spool.path, spool.size, fsynced=False, data=spool.data()),
         )
 
         def delivered(report: DeliveryReport) -> None:
