@@ -127,6 +127,11 @@ class ReceiveTests(TestCase):
 
     def test_submission_auth_then_relay_queues(self) -> Any:
         """An authenticated user relays to a remote address: it waits in the queue, local copies land."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
 
         def send() -> None:
             with smtplib.SMTP(*self.submission) as s:
@@ -146,6 +151,14 @@ class ReceiveTests(TestCase):
             self.assertEqual(list(entries[0].recipients), ["friend@remote.test"])
             self.assertEqual(entries[0].envelope.authenticated_user, "alice@example.test")
             self.assertEqual(len(maildir_files(self.server, "bob@example.test")), 1)
+            # Logged: who authenticated; never the password.
+            text = "\n".join(formatEvent(e) + repr(e) for e in events)
+            self.assertIn("alice@example.test", text)
+            self.assertNotIn(PASSWORD, text)
+            import base64
+
+            plain = base64.b64encode(b"\0alice@example.test\0" + PASSWORD.encode()).decode()
+            self.assertNotIn(plain, text)
 
         return d.addCallback(check)
 
