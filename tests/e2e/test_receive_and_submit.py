@@ -324,7 +324,13 @@ class TLSTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.ca, cert, key = make_certificate(os.path.abspath(self.mktemp()))
-        self.server = yield start_server(self, tls_cert=cert, tls_key=key, plaintext_auth="never")
+        self.server = yield start_server(
+            self,
+            tls_cert=cert,
+            tls_key=key,
+            plaintext_auth="never",
+            submission=["tcp:0:interface=127.0.0.1", "ssl:0:interface=127.0.0.1"],
+        )
         self.server.directory.add_user("alice@example.test", PASSWORD)
 
     def client_context(self) -> ssl.SSLContext:
@@ -349,6 +355,26 @@ class TLSTests(TestCase):
 
         def check(flags: tuple[bool, bool, bool]) -> None:
             self.assertEqual(flags, (False, True, True))
+            (path,) = maildir_files(self.server, "alice@example.test")
+            with open(path, "rb") as f:
+                self.assertIn(b"ESMTPSA", f.read())
+
+        return deferToThread(probe).addCallback(check)
+
+    def test_implicit_tls_submission(self) -> Any:
+        """An ssl: submission endpoint speaks TLS from the first byte, with AUTH offered at once."""
+
+        def probe() -> tuple[bool, bool]:
+            host, port = self.server.address("submission", 1)
+            with smtplib.SMTP_SSL(host, port, context=self.client_context()) as s:
+                s.ehlo("c")
+                offered = (s.has_extn("auth"), s.has_extn("starttls"))
+                s.login("alice@example.test", PASSWORD)
+                s.sendmail("alice@example.test", ["alice@example.test"], b"Subject: 465\r\n\r\nx\r\n")
+            return offered
+
+        def check(offered: tuple[bool, bool]) -> None:
+            self.assertEqual(offered, (True, False))
             (path,) = maildir_files(self.server, "alice@example.test")
             with open(path, "rb") as f:
                 self.assertIn(b"ESMTPSA", f.read())
