@@ -118,10 +118,11 @@ class DeliveryRouter:
         for rcpt in envelope.rcpt_to:
             local_users: list[str] = []
             remote: list[str] = []
-            _, domain = split_address(self._qualify(rcpt))
+            address = self._qualify(rcpt)
+            _, domain = split_address(address)
             if self._is_local(domain):
                 try:
-                    resolved = yield self.directory.resolve_recipient(self._qualify(rcpt))
+                    resolved = yield self.directory.resolve_recipient(address)
                 except NoSuchUser:
                     resolved = []
                 for addr in resolved:
