@@ -22,6 +22,8 @@ SANS_IO_MODULES = (
     "txmail/smtp/events.py",
     "txmail/smtp/dotstuff.py",
     "txmail/smtp/session.py",
+    "txmail/pop3/events.py",
+    "txmail/pop3/session.py",
     "txmail/auth/sasl.py",
     "txmail/auth/passwords.py",
     "txmail/model.py",

@@ -27,6 +27,10 @@ The file format (every key optional)::
     command_timeout = 300
     data_timeout = 600
 
+    [pop3]
+    listen = ["tcp:110", "ssl:995"]      # POP3 listeners (none by default); ssl: = implicit TLS
+    idle_timeout = 600                   # seconds (RFC 1939 section 3: at least 10 minutes)
+
 Nothing here does protocol work; :mod:`txmail.service` turns settings into
 running services.
 """
@@ -69,6 +73,8 @@ class Settings:
     max_recipients: int = 100
     command_timeout: float = 300.0
     data_timeout: float = 600.0
+    pop3: tuple[str, ...] = ()
+    pop3_idle_timeout: float = 600.0
 
     @property
     def primary_domain(self) -> str:
@@ -98,6 +104,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("smtp", "max_recipients"): "max_recipients",
     ("smtp", "command_timeout"): "command_timeout",
     ("smtp", "data_timeout"): "data_timeout",
+    ("pop3", "listen"): "pop3",
+    ("pop3", "idle_timeout"): "pop3_idle_timeout",
 }
 
 
@@ -128,7 +136,7 @@ def _validate(values: dict[str, Any]) -> Settings:
         if f.name not in values or values[f.name] is None:
             continue
         value = values[f.name]
-        if f.name in ("smtp", "submission"):
+        if f.name in ("smtp", "submission", "pop3"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "domains":
             domains = tuple(d.strip().lower().rstrip(".") for d in _str_list("domains", value))
@@ -139,7 +147,7 @@ def _validate(values: dict[str, Any]) -> Settings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{f.name} must be a positive integer")
             out[f.name] = value
-        elif f.name in ("command_timeout", "data_timeout"):
+        elif f.name in ("command_timeout", "data_timeout", "pop3_idle_timeout"):
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{f.name} must be a positive number of seconds")
             out[f.name] = float(value)
@@ -156,7 +164,7 @@ def _validate(values: dict[str, Any]) -> Settings:
         path = getattr(settings, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
-    for endpoint in settings.smtp + settings.submission:
+    for endpoint in settings.smtp + settings.submission + settings.pop3:
         if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
             raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
     return settings

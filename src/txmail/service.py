@@ -27,6 +27,7 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.directory import FileDirectory
 from txmail.interfaces import IDirectory, IMailStoreProvider
+from txmail.pop3.server import MaildropLocks, POP3Factory
 from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
 from txmail.store.maildir import MaildirProvider
 from txmail.tls import server_context, with_certificate
@@ -240,4 +241,23 @@ def build_service(
             )
             listener.setServiceParent(server)
             server.listeners.append(listener)
+    # One lock registry for every POP3 listener: exclusive access per user
+    # holds across ports (RFC 1939 section 8).
+    pop3_locks = MaildropLocks()
+    for description in settings.pop3:
+        pop3_factory = POP3Factory(
+            authenticator=authenticator,
+            stores=stores,
+            locks=pop3_locks,
+            tls_context=tls,
+            implicit_tls=description.startswith("ssl:"),
+            plaintext_auth=settings.plaintext_auth,
+            idle_timeout=settings.pop3_idle_timeout,
+            clock=reactor,
+        )
+        listener = ListenerService(
+            reactor, with_certificate(description, settings.tls_cert, settings.tls_key), pop3_factory, "pop3"
+        )
+        listener.setServiceParent(server)
+        server.listeners.append(listener)
     return server

@@ -17,7 +17,9 @@ def start_server(test: TestCase, **overrides: Any) -> Any:
     """
     Build and start a MailServer with its data in a temporary directory,
     SMTP and submission on 127.0.0.1 port 0, domain example.test; stop it
-    when the test ends.  *overrides* are Settings attributes.
+    when the test ends.  *overrides* are Settings attributes (for example
+    ``pop3=["tcp:0:interface=127.0.0.1"]`` adds a POP3 listener, role
+    ``"pop3"``).
     """
     data_dir = os.path.abspath(test.mktemp())
     values: dict[str, Any] = {

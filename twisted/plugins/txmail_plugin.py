@@ -38,6 +38,7 @@ class Options(usage.Options):
         self["domain"] = []
         self["smtp"] = []
         self["submission"] = []
+        self["pop3"] = []
 
     def opt_domain(self, name: str) -> None:
         """A local domain (repeatable; the first is the primary). Default localhost."""
@@ -51,6 +52,10 @@ class Options(usage.Options):
         """Submission listener endpoint (repeatable). Default tcp:2587:interface=127.0.0.1."""
         self["submission"].append(endpoint)
 
+    def opt_pop3(self, endpoint: str) -> None:
+        """POP3 listener endpoint (repeatable), e.g. tcp:110 or ssl:995. Default none."""
+        self["pop3"].append(endpoint)
+
     def postOptions(self) -> None:
         from txmail.config import load_config
         from txmail.errors import ConfigError
@@ -61,6 +66,7 @@ class Options(usage.Options):
             "domains": self["domain"],
             "smtp": self["smtp"],
             "submission": self["submission"],
+            "pop3": self["pop3"],
             "tls_cert": self["tls-cert"],
             "tls_key": self["tls-key"],
             "plaintext_auth": self["plaintext-auth"],

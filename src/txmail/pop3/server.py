@@ -1,0 +1,631 @@
+"""
+The Twisted adapter of the POP3 server: moves bytes and time between a
+transport and a :class:`txmail.pop3.session.POP3Session`, and turns the
+session's events into authenticator and mailbox calls.
+
+Implementation notes
+--------------------
+* ``dataReceived`` feeds the session and drains its events.  An event that
+  needs a Deferred (a password check, the maildrop, a message, the UPDATE
+  state) leaves the session paused; the adapter stops reading from the
+  transport meanwhile, so pipelined input is not buffered without bound.
+* Exclusive access (RFC 1939 section 8): after a successful login the user's
+  maildrop is locked in the factory's :class:`MaildropLocks` (shared by every
+  POP3 listener of a server); a second session gets ``-ERR [IN-USE]``.  The
+  lock is released when the session ends, by QUIT or by losing the
+  connection.  The lock lives in this process only.
+  TODO(RFC 1939 section 8): a lock shared between processes when a store is.
+* RETR and TOP stream the message from ``IMailbox.open_message`` with a
+  pull producer (:class:`MessageProducer`) reading ``chunk_size`` octets at
+  a time through :class:`txmail.pop3.session.MessageEncoder`, so a large
+  message is never held whole in memory.  The reads are plain file reads on
+  the reactor thread: a 64 KiB read from the page cache costs microseconds.
+* QUIT in TRANSACTION state: messages retrieved with RETR get ``\\Seen``,
+  deleted ones get ``\\Deleted`` and are expunged by UID, only then.  A
+  dropped connection changes nothing in the store.  IMAP sessions on the
+  INBOX see the expunge through the mailbox's listeners.
+* The idle timer (RFC 1939 section 3: at least 10 minutes) runs on the
+  injected clock while waiting for the client, and is pushed back by every
+  chunk written while a message streams; it is stopped while we wait for a
+  Deferred of our own.  Expiry answers ``-ERR`` and closes without UPDATE.
+* STLS: the bytes pipelined after the command are logged by size and
+  discarded before the handshake (RFC 2595 section 4; CVE-2011-0411).
+* Logs use structured fields (``peer``, ``session_id``, ``user``), never
+  passwords or message content.  Failed logins are slowed down by the
+  shared :class:`txmail.auth.authenticator.Authenticator`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+from typing import IO, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPullProducer, IReactorTime, ITLSTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmail.auth import sasl
+from txmail.errors import NoSuchMessage
+from txmail.interfaces import IMailStoreProvider
+from txmail.model import FlagMode
+from txmail.pop3.events import (
+    AuthStep,
+    ConnectionClosing,
+    Event,
+    Login,
+    Maildrop,
+    PasswordCheck,
+    Retrieve,
+    StartTLS,
+    Update,
+)
+from txmail.pop3.session import (
+    AUTH_FAILED,
+    IN_USE,
+    NO_SUCH_MESSAGE,
+    SYS_TEMP,
+    MessageEncoder,
+    POP3Session,
+    Response,
+)
+
+__all__ = ["MaildropLocks", "MessageProducer", "POP3Factory", "POP3ServerProtocol"]
+
+#: RFC 1939 section 3: "an inactivity autologout timer ... of at least 10 minutes".
+DEFAULT_IDLE_TIMEOUT = 600.0
+#: Octets read from the store per step of a RETR/TOP.
+CHUNK_SIZE = 64 * 1024
+
+_UPDATE_FAILED = Response(False, "Some deleted messages were not removed", "SYS/TEMP")
+
+
+class MaildropLocks:
+    """
+    Which users' maildrops a POP3 session holds (RFC 1939 section 8).  One
+    instance is shared by every POP3 factory of a server.
+    """
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
+    def acquire(self, user: str) -> bool:
+        """Lock *user*'s maildrop; ``False`` when another session holds it."""
+        if user in self._held:
+            return False
+        self._held.add(user)
+        return True
+
+    def release(self, user: str) -> None:
+        """Unlock *user*'s maildrop (no error if it was not locked)."""
+        self._held.discard(user)
+
+    def held(self, user: str) -> bool:
+        """Whether *user*'s maildrop is locked."""
+        return user in self._held
+
+
+@implementer(IPullProducer)
+class MessageProducer:
+    """
+    Streams one message from a file to a consumer through a
+    :class:`MessageEncoder`, one chunk per ``resumeProducing``.
+
+    :attr:`deferred` fires with ``None`` once the terminator was written (the
+    producer has unregistered itself), or with a failure when reading failed
+    or the consumer stopped us.
+
+    Args:
+        file: the open message file (closed here when done).
+        encoder: the RETR or TOP encoder.
+        consumer: the transport.
+        chunk_size: octets per read.
+        on_progress: called after each chunk written (the idle timer).
+    """
+
+    def __init__(
+        self,
+        file: IO[bytes],
+        encoder: MessageEncoder,
+        consumer: Any,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        on_progress: Any = None,
+    ) -> None:
+        self.file = file
+        self.encoder = encoder
+        self.consumer = consumer
+        self.chunk_size = chunk_size
+        self.on_progress = on_progress
+        self.deferred: defer.Deferred[None] = defer.Deferred()
+        self.finished = False
+
+    def start(self) -> None:
+        """Register with the consumer, which then pulls the chunks."""
+        self.consumer.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        while not self.finished:
+            try:
+                data = self.file.read(self.chunk_size)
+            except OSError:
+                self._finish(Failure())
+                return
+            out = self.encoder.feed(data) if data else b""
+            if not data or self.encoder.done:
+                self.consumer.write(out + self.encoder.finish())
+                self.consumer.unregisterProducer()
+                self._finish(None)
+                return
+            if out:
+                self.consumer.write(out)
+                if self.on_progress is not None:
+                    self.on_progress()
+                return
+
+    def pauseProducing(self) -> None:  # pragma: no cover - pull producers are not paused
+        pass
+
+    def stopProducing(self) -> None:
+        """The consumer is going away (or the session gave up): stop, close the file."""
+        self._finish(Failure(defer.CancelledError("message streaming stopped")))
+
+    def _finish(self, result: Failure | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        with contextlib.suppress(OSError):
+            self.file.close()
+        if result is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(result)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class POP3ServerProtocol(Protocol):
+    """One POP3 server connection; see the module notes."""
+
+    log = Logger()
+
+    def __init__(self, factory: POP3Factory) -> None:
+        self.factory = factory
+        self.session_id = factory.make_id()
+        self.peer = ""
+        self.session: POP3Session | None = None
+        self.user: str | None = None  # holds the maildrop lock when set
+        self.mailbox: Any = None  # the user's INBOX (an IMailbox) once logged in
+        self.producer: MessageProducer | None = None
+        self._timer: Any = None
+        self._waiting = False
+        self._processing = False
+        self._reading_paused = False
+        self._lost = False
+
+    @property
+    def _transport(self) -> Any:
+        return self.transport
+
+    # -- Twisted API --
+
+    def connectionMade(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            self._transport.setTcpNoDelay(True)
+        peer = self._transport.getPeer()
+        host = getattr(peer, "host", "")
+        port = getattr(peer, "port", "")
+        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        factory = self.factory
+        self.session = POP3Session(
+            tls_available=(
+                factory.tls_context is not None
+                and not factory.implicit_tls
+                and ITLSTransport.providedBy(self._transport)
+            ),
+            tls_active=factory.implicit_tls,
+            plaintext_auth=factory.plaintext_auth,
+            loopback=_is_loopback(host) if host else False,
+        )
+        self.log.info("POP3 connection from {peer}", peer=self.peer, session_id=self.session_id)
+        self._process()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is None or self._lost:
+            return
+        self.session.receive_data(data)
+        self._process()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._cancel_timer()
+        if self.session is not None:
+            self.session.connection_lost()
+        if self.producer is not None:
+            self.producer.stopProducing()
+            self.producer = None
+        self._release()
+        self.log.info("POP3 connection from {peer} closed", peer=self.peer, session_id=self.session_id)
+
+    # -- the event loop --
+
+    def _process(self) -> None:
+        session = self.session
+        if session is None or self._processing or self._lost:
+            return
+        self._processing = True
+        try:
+            while not self._waiting:
+                event = session.next_event()
+                if event is None:
+                    break
+                self._handle(event)
+        finally:
+            self._processing = False
+        self._flush()
+        if session.closed and not self._waiting:
+            self._cancel_timer()
+            self._release()
+            self._transport.loseConnection()
+            return
+        self._set_reading(not self._waiting)
+        if self._waiting and self.producer is None:
+            self._cancel_timer()
+        else:
+            self._reset_timer()
+
+    def _flush(self) -> None:
+        if self.session is not None and not self._lost:
+            out = self.session.data_to_send()
+            if out:
+                self._transport.write(out)
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading == (not self._reading_paused):
+            return
+        self._reading_paused = not reading
+        if reading:
+            self._transport.resumeProducing()
+        else:
+            self._transport.pauseProducing()
+
+    def _wait(self, d: defer.Deferred[Any]) -> None:
+        """The adapter handles no more events until *d* has fired."""
+        self._waiting = True
+
+        def done(_: Any) -> None:
+            self._waiting = False
+            if not self._lost:
+                self._process()
+
+        d.addBoth(done)
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, PasswordCheck):
+            self._check_password(event)
+        elif isinstance(event, AuthStep):
+            self._auth_step(event)
+        elif isinstance(event, Login):
+            self._login(event)
+        elif isinstance(event, Retrieve):
+            self._retrieve(event)
+        elif isinstance(event, StartTLS):
+            self._start_tls()
+        elif isinstance(event, Update):
+            self._update(event)
+        elif isinstance(event, ConnectionClosing):
+            self.log.debug(
+                "POP3 session of {peer} ends: {reason}",
+                peer=self.peer,
+                reason=event.reason,
+                session_id=self.session_id,
+            )
+
+    def _answer(self, d: defer.Deferred[Any], ok: Any, failed_response: Response, what: str) -> None:
+        """Wait for *d*: ``ok(result)`` on success, else log and reject with *failed_response*."""
+        session = self.session
+        assert session is not None
+
+        def succeeded(result: Any) -> None:
+            if not self._lost:
+                ok(result)
+
+        def failed(f: Failure) -> None:
+            self.log.failure(
+                "{what} failed for {peer}", failure=f, what=what, peer=self.peer, session_id=self.session_id
+            )
+            if not self._lost and session.paused:
+                session.reject(failed_response)
+
+        d.addCallbacks(succeeded, failed)
+        d.addErrback(self._internal_error)
+        self._wait(d)
+
+    # -- authentication --
+
+    def _check_password(self, event: PasswordCheck) -> None:
+        session = self.session
+        assert session is not None
+        d = defer.maybeDeferred(
+            self.factory.authenticator.check_password, event.username, event.password, peer=self.peer
+        )
+
+        def checked(user: str | None) -> None:
+            if user is None:
+                session.reject(AUTH_FAILED)
+            else:
+                session.accept(user)
+
+        self._answer(d, checked, SYS_TEMP, "password check")
+
+    def _auth_step(self, event: AuthStep) -> None:
+        session = self.session
+        assert session is not None
+        d = defer.maybeDeferred(self.factory.authenticator.step, event.server, event.request, peer=self.peer)
+        self._answer(d, session.accept, SYS_TEMP, "authentication step")
+
+    def _login(self, event: Login) -> None:
+        session = self.session
+        assert session is not None
+        if not self.factory.locks.acquire(event.user):
+            self.log.info(
+                "POP3 maildrop of {user} is in use; refused {peer}",
+                user=event.user,
+                peer=self.peer,
+                session_id=self.session_id,
+            )
+            session.reject(IN_USE)
+            return
+        self.user = event.user
+
+        async def open_maildrop() -> tuple[Any, Maildrop]:
+            store = self.factory.stores.store_for(event.user)
+            mailbox = await defer.maybeDeferred(store.get_mailbox, "INBOX")
+            infos = await defer.maybeDeferred(mailbox.list_messages)
+            return mailbox, Maildrop(mailbox.uidvalidity, tuple((i.uid, i.size) for i in infos))
+
+        def opened(result: tuple[Any, Maildrop]) -> None:
+            self.mailbox, maildrop = result
+            self.log.info(
+                "POP3 login of {user} from {peer} ({mechanism}), {count} messages",
+                user=event.user,
+                peer=self.peer,
+                mechanism=event.mechanism,
+                count=len(maildrop.messages),
+                session_id=self.session_id,
+            )
+            session.accept(maildrop)
+
+        d = defer.ensureDeferred(open_maildrop())
+
+        def release_on_failure(f: Failure) -> Failure:
+            self._release()
+            return f
+
+        d.addErrback(release_on_failure)
+        self._answer(d, opened, SYS_TEMP, "opening the maildrop")
+
+    def _release(self) -> None:
+        if self.user is not None:
+            self.factory.locks.release(self.user)
+            self.user = None
+
+    # -- RETR / TOP --
+
+    def _retrieve(self, event: Retrieve) -> None:
+        session = self.session
+        assert session is not None and self.mailbox is not None
+        result: defer.Deferred[None] = defer.Deferred()
+        opening = defer.maybeDeferred(self.mailbox.open_message, event.uid)
+
+        def opened(file: IO[bytes]) -> None:
+            if self._lost:
+                file.close()
+                result.callback(None)
+                return
+            session.accept()
+            self._flush()  # the +OK line goes first
+            producer = MessageProducer(
+                file,
+                MessageEncoder(event.body_lines),
+                self._transport,
+                chunk_size=self.factory.chunk_size,
+                on_progress=self._reset_timer,
+            )
+            self.producer = producer
+            self._reset_timer()
+
+            def streamed(value: Any) -> Any:
+                self.producer = None
+                return value
+
+            producer.deferred.addBoth(streamed)
+            producer.deferred.chainDeferred(result)
+            producer.start()
+
+        def failed(f: Failure) -> None:
+            if f.check(NoSuchMessage):
+                response = NO_SUCH_MESSAGE
+            else:
+                self.log.failure(
+                    "opening message {uid} of {user} failed",
+                    failure=f,
+                    uid=event.uid,
+                    user=self.user,
+                    session_id=self.session_id,
+                )
+                response = SYS_TEMP
+            if not self._lost:
+                session.reject(response)
+            result.callback(None)
+
+        opening.addCallbacks(opened, failed)
+        opening.addErrback(lambda f: None if result.called else result.errback(f))
+
+        def stream_failed(f: Failure) -> None:
+            if not f.check(defer.CancelledError):
+                self.log.failure(
+                    "streaming message {uid} failed", failure=f, uid=event.uid, session_id=self.session_id
+                )
+            if not self._lost:
+                # The response is broken mid-way: the client cannot recover.
+                self._transport.loseConnection()
+                self._lost = True
+
+        result.addErrback(stream_failed)
+        self._wait(result)
+
+    # -- UPDATE --
+
+    def _update(self, event: Update) -> None:
+        session = self.session
+        assert session is not None
+        mailbox: Any = self.mailbox
+
+        async def apply() -> None:
+            if mailbox is None:
+                return
+            if event.seen:
+                await defer.maybeDeferred(mailbox.set_flags, event.seen, {"\\Seen"}, FlagMode.ADD)
+            if event.deleted:
+                await defer.maybeDeferred(mailbox.set_flags, event.deleted, {"\\Deleted"}, FlagMode.ADD)
+                await defer.maybeDeferred(mailbox.expunge, event.deleted)
+
+        def applied(_: Any) -> None:
+            self.log.info(
+                "POP3 session of {user} ended: {deleted} deleted, {seen} seen",
+                user=self.user,
+                deleted=len(event.deleted),
+                seen=len(event.seen),
+                session_id=self.session_id,
+            )
+            session.accept()
+
+        self._answer(defer.ensureDeferred(apply()), applied, _UPDATE_FAILED, "the POP3 UPDATE state")
+
+    # -- STLS --
+
+    def _start_tls(self) -> None:
+        session = self.session
+        assert session is not None
+        discarded = len(session.trailing_data)
+        if discarded:
+            # RFC 2595 section 4 / CVE-2011-0411: never run these.
+            self.log.warn(
+                "discarding {count} octets pipelined after STLS from {peer}",
+                count=discarded,
+                peer=self.peer,
+                session_id=self.session_id,
+            )
+        session.accept()
+        self._flush()  # +OK in the clear, before the handshake
+        self._transport.startTLS(self.factory.tls_context)
+
+    # -- timeouts --
+
+    def _reset_timer(self) -> None:
+        session = self.session
+        if session is None or session.closed or self._lost:
+            self._cancel_timer()
+            return
+        delay = self.factory.idle_timeout
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self.factory.clock.callLater(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.session is None or self._lost:
+            return
+        self.log.info("POP3 connection from {peer} timed out", peer=self.peer, session_id=self.session_id)
+        if self.producer is not None:
+            # The client stopped reading a message: no reply can be framed now.
+            producer, self.producer = self.producer, None
+            self.session.connection_lost()
+            self._transport.unregisterProducer()
+            producer.stopProducing()
+            self._release()
+            self._transport.loseConnection()
+            return
+        self.session.timeout()
+        self._process()
+
+    def _internal_error(self, f: Failure) -> None:
+        """A bug in our own callbacks: log it, keep the session's replies sane."""
+        self.log.failure("internal error in POP3 session", failure=f, session_id=self.session_id)
+        if self.session is not None and self.session.paused and not self._lost:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self.session.reject(SYS_TEMP)
+
+
+class POP3Factory(Factory):
+    """
+    Builds :class:`POP3ServerProtocol` connections.
+
+    Args:
+        authenticator: the shared :class:`txmail.auth.authenticator.Authenticator`.
+        stores: the :class:`txmail.interfaces.IMailStoreProvider`; each user's
+            maildrop is their ``INBOX``.
+        locks: the :class:`MaildropLocks` shared by all POP3 listeners of the
+            server; a new one by default.
+        tls_context: a context factory for STLS, or ``None`` for no STLS.
+        implicit_tls: the endpoint already runs TLS (port 995).
+        plaintext_auth: ``"never"``, ``"loopback"`` or ``"always"``.
+        idle_timeout: seconds of client silence before closing (RFC 1939
+            section 3: at least 600).
+        clock: the ``IReactorTime`` for timeouts; the global reactor by default.
+        chunk_size: octets read per step when streaming a message.
+    """
+
+    protocol = POP3ServerProtocol
+
+    def __init__(
+        self,
+        *,
+        authenticator: Any,
+        stores: IMailStoreProvider,
+        locks: MaildropLocks | None = None,
+        tls_context: Any = None,
+        implicit_tls: bool = False,
+        plaintext_auth: str = "never",
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        clock: IReactorTime | None = None,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
+            raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.authenticator = authenticator
+        self.stores = stores
+        self.locks = locks if locks is not None else MaildropLocks()
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.plaintext_auth = plaintext_auth
+        self.idle_timeout = idle_timeout
+        self.clock: Any = clock
+        self.chunk_size = chunk_size
+
+    def make_id(self) -> str:
+        """A new session id: time-ordered, then random."""
+        return f"{int(self.clock.seconds()):X}{secrets.token_hex(5).upper()}"
+
+    def buildProtocol(self, addr: Any) -> POP3ServerProtocol:
+        return POP3ServerProtocol(self)
