@@ -92,3 +92,13 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual([lst.role for lst in server.listeners], ["mta", "submission", "submission"])
         self.assertTrue(os.path.isdir(os.path.join(settings.data_dir, "spool")))
         self.assertTrue(os.path.isdir(os.path.join(settings.data_dir, "queue")))
+
+    def test_stop_twice(self) -> None:
+        """Stopping a started server twice is harmless (a test may stop it before its cleanup does)."""
+        reactor = MemoryReactorClock()
+        settings = load_config(None, {"data_dir": self.mktemp()})
+        server = build_service(settings, reactor=reactor)
+        server.startService()
+        server.stopService()
+        server.stopService()
+        self.assertFalse(server.running)

@@ -55,7 +55,8 @@ class ThreadPoolService(service.Service):
 
     def stopService(self) -> None:
         super().stopService()
-        self.pool.stop()
+        if self.pool.started:  # stopping twice is harmless
+            self.pool.stop()
 
 
 class ListenerService(service.Service):
