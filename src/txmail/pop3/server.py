@@ -150,13 +150,20 @@ class MessageProducer:
 
     def resumeProducing(self) -> None:
         while not self.finished:
+            at_end = False
             try:
                 data = self.file.read(self.chunk_size)
+                if data and len(data) < self.chunk_size:
+                    # A short read of a regular file means the end is next:
+                    # confirm it now so a small message goes out in one write.
+                    more = self.file.read(self.chunk_size)
+                    at_end = not more
+                    data += more
             except OSError:
                 self._finish(Failure())
                 return
             out = self.encoder.feed(data) if data else b""
-            if not data or self.encoder.done:
+            if not data or at_end or self.encoder.done:
                 self.consumer.write(out + self.encoder.finish())
                 self.consumer.unregisterProducer()
                 self._finish(None)

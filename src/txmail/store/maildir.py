@@ -473,7 +473,15 @@ class MaildirMailbox(MailboxState):
             loc = self._loc(uid)
         except Exception:
             return defer.fail()
-        return self._run(io.open_file, self.path, loc.sub, loc.name)
+        # Opening a file whose name we know costs microseconds: do it here.
+        # Only when it was renamed behind our back does finding it take a
+        # directory scan, which goes to the thread pool.
+        try:
+            return defer.succeed(open(os.path.join(self.path, loc.sub, loc.name), "rb"))
+        except FileNotFoundError:
+            return self._run(io.open_file, self.path, loc.sub, loc.name)
+        except OSError:
+            return defer.fail()
 
     def read_message(self, uid: int) -> defer.Deferred[bytes]:
         """See :meth:`txmail.interfaces.IMailbox.read_message`."""
