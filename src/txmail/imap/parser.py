@@ -1,0 +1,1156 @@
+"""
+The IMAP4rev1 command grammar (RFC 3501 section 9, with the extensions of
+issue 4: IDLE RFC 2177, UIDPLUS RFC 4315, MOVE RFC 6851, NAMESPACE RFC
+2342, ID RFC 2971, UNSELECT RFC 3691, ENABLE RFC 5161, LITERAL+ RFC 7888,
+LIST-EXTENDED RFC 5258, LIST-STATUS RFC 5819, ESEARCH RFC 4731, SASL-IR RFC
+4959, APPENDLIMIT RFC 7889, literal8 RFC 3516).
+
+Input is what :class:`txmail.imap.fragment.CommandFramer` produced for one
+command: line pieces and literals.  :func:`parse_command` gives a
+:class:`txmail.imap.types.Command` or raises :class:`ParseError`, whose tag
+and text make the ``tag BAD text`` answer.  No other exception leaves this
+module, whatever the input (tested with hypothesis).
+
+Each rule is a function named after its ABNF rule, taking a
+:class:`Cursor` and consuming exactly that rule; the rule is quoted in its
+docstring (imap-codec style).
+
+Implementation notes and deviations:
+
+* Keywords (command names, fetch attributes, search keys...) are
+  case-insensitive (RFC 3501 section 9, note 3) and upper-cased.
+* Quoted strings and literals used as strings may hold UTF-8 (RFC 9051
+  section 4.3 allows it in quoted strings); text that is not valid UTF-8
+  is refused with BAD, except APPEND's message literal, which is octets.
+* Nesting of parenthesised search keys and NOT/OR chains is bounded by
+  :data:`MAX_DEPTH`, so hostile input cannot exhaust the stack.
+* Numbers are 32-bit unsigned (RFC 3501 section 9, ``number``).
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+
+from txmail.imap.fragment import Fragment, LineFragment, LiteralFragment
+from txmail.imap.types import (
+    NO_ARGS,
+    Append,
+    Authenticate,
+    Command,
+    CommandArgs,
+    Copy,
+    Create,
+    Delete,
+    Enable,
+    Examine,
+    Expunge,
+    Fetch,
+    FetchAttribute,
+    Id,
+    List,
+    Login,
+    Lsub,
+    Move,
+    Rename,
+    Search,
+    SearchAnd,
+    SearchKey,
+    SearchNode,
+    SearchNot,
+    SearchOr,
+    Section,
+    Select,
+    SequenceSet,
+    Status,
+    Store,
+    Subscribe,
+    Unsubscribe,
+)
+
+__all__ = [
+    "ASTRING_CHARS",
+    "ATOM_CHARS",
+    "COMMANDS",
+    "FETCH_MACROS",
+    "MAX_DEPTH",
+    "MAX_TAG",
+    "STATUS_ITEMS",
+    "UID_COMMANDS",
+    "Cursor",
+    "ParseError",
+    "astring",
+    "atom",
+    "date",
+    "date_time",
+    "decode_mailbox_name",
+    "encode_mailbox_name",
+    "fetch_att",
+    "flag",
+    "flag_list",
+    "list_mailbox",
+    "literal",
+    "mailbox",
+    "nstring",
+    "number",
+    "parse_command",
+    "quoted",
+    "search_key",
+    "section_spec",
+    "sequence_set",
+    "string",
+    "tag",
+]
+
+#: Deepest nesting of parentheses / NOT / OR in one command.
+MAX_DEPTH = 32
+
+#: Longest tag echoed in a reply.
+MAX_TAG = 64
+
+_MAX_NUMBER = 2**32 - 1
+
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
+#: ATOM-CHAR = <any CHAR except atom-specials>
+ATOM_CHARS = frozenset(c for c in range(0x21, 0x7F) if c not in _ATOM_SPECIALS)
+#: ASTRING-CHAR = ATOM-CHAR / resp-specials
+ASTRING_CHARS = ATOM_CHARS | {ord("]")}
+_TAG_CHARS = ASTRING_CHARS - {ord("+")}
+#: list-char = ATOM-CHAR / list-wildcards / resp-specials
+_LIST_CHARS = ASTRING_CHARS | {ord("%"), ord("*")}
+_DIGITS = frozenset(b"0123456789")
+
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+
+#: STATUS items (RFC 3501 section 6.3.10, RFC 7889 APPENDLIMIT, RFC 8438 SIZE).
+STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT", "SIZE"})
+
+
+class ParseError(Exception):
+    """
+    The command does not match the grammar: answer ``tag BAD text``
+    (``* BAD text`` when ``tag`` is ``None``).  ``text`` never holds input.
+    """
+
+    def __init__(self, tag: str | None, text: str) -> None:
+        super().__init__(tag, text)
+        self.tag = tag
+        self.text = text
+
+
+class Cursor:
+    """A position in one command's fragments; each rule function consumes one rule."""
+
+    def __init__(self, fragments: Sequence[Fragment]) -> None:
+        self.fragments = list(fragments) or [LineFragment(b"")]
+        if not isinstance(self.fragments[0], LineFragment):
+            self.fragments.insert(0, LineFragment(b""))
+        self.index = 0
+        self.line = self.fragments[0].data
+        self.pos = 0
+        self.depth = 0
+        self.tag: str | None = None
+
+    @classmethod
+    def of(cls, data: bytes) -> Cursor:
+        """A cursor over one line without literals (for tests and tools)."""
+        return cls([LineFragment(data)])
+
+    def fail(self, what: str) -> ParseError:
+        return ParseError(self.tag, what)
+
+    def peek(self) -> int:
+        """The next octet of the current line piece, ``-1`` at its end."""
+        return self.line[self.pos] if self.pos < len(self.line) else -1
+
+    def at_literal(self) -> bool:
+        return (
+            self.pos >= len(self.line)
+            and self.index + 1 < len(self.fragments)
+            and isinstance(self.fragments[self.index + 1], LiteralFragment)
+        )
+
+    def take_literal(self) -> LiteralFragment:
+        frag = self.fragments[self.index + 1]
+        assert isinstance(frag, LiteralFragment)
+        self.index += 2
+        if self.index < len(self.fragments) and isinstance(self.fragments[self.index], LineFragment):
+            self.line = self.fragments[self.index].data
+        else:
+            self.index = len(self.fragments) - 1
+            self.line = b""
+        self.pos = 0
+        return frag
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.line) and self.index + 1 >= len(self.fragments)
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise self.fail("Unexpected text at end of command")
+
+    def expect(self, text: bytes) -> None:
+        if self.line[self.pos : self.pos + len(text)].upper() != text.upper():
+            raise self.fail(f"Expected {text.decode('ascii')!r}")
+        self.pos += len(text)
+
+    def accept(self, text: bytes) -> bool:
+        if self.line[self.pos : self.pos + len(text)].upper() == text.upper():
+            self.pos += len(text)
+            return True
+        return False
+
+    def sp(self) -> None:
+        """SP = %x20"""
+        if self.peek() != 0x20:
+            raise self.fail("Expected a space")
+        self.pos += 1
+
+    def take_while(self, chars: frozenset[int]) -> bytes:
+        start = self.pos
+        line = self.line
+        while self.pos < len(line) and line[self.pos] in chars:
+            self.pos += 1
+        return line[start : self.pos]
+
+    def keyword(self) -> str:
+        """An upper-cased run of letters, digits, ``.`` and ``-`` (a keyword of the grammar)."""
+        word = self.take_while(_KEYWORD_CHARS)
+        if not word:
+            raise self.fail("Expected a keyword")
+        return word.decode("ascii").upper()
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail("Too deeply nested")
+
+    def leave(self) -> None:
+        self.depth -= 1
+
+
+_KEYWORD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+def _utf8(c: Cursor, data: bytes) -> str:
+    if 0 in data:
+        raise c.fail("NUL in string")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise c.fail("String is not UTF-8") from None
+
+
+# -- basic rules -------------------------------------------------------------
+
+
+def tag(c: Cursor) -> str:
+    """
+    tag = 1*<any ASTRING-CHAR except "+">
+    """
+    word = c.take_while(_TAG_CHARS)
+    if not word:
+        raise c.fail("Missing tag")
+    if len(word) > MAX_TAG:
+        # Not echoed: the BAD goes out untagged (as txmail.imap.fragment does).
+        raise c.fail("Tag too long")
+    c.tag = word.decode("ascii")
+    return c.tag
+
+
+def atom(c: Cursor) -> str:
+    """
+    atom = 1*ATOM-CHAR
+    """
+    word = c.take_while(ATOM_CHARS)
+    if not word:
+        raise c.fail("Expected an atom")
+    return word.decode("ascii")
+
+
+def number(c: Cursor, nonzero: bool = False) -> int:
+    """
+    number = 1*DIGIT  ; unsigned 32-bit integer
+    nz-number = digit-nz *DIGIT  (when *nonzero*)
+    """
+    digits = c.take_while(_DIGITS)
+    if not digits or len(digits) > 10:
+        raise c.fail("Expected a number")
+    value = int(digits)
+    if value > _MAX_NUMBER or (nonzero and value == 0):
+        raise c.fail("Number out of range")
+    return value
+
+
+def quoted(c: Cursor) -> str:
+    """
+    quoted = DQUOTE *QUOTED-CHAR DQUOTE
+    QUOTED-CHAR = <any TEXT-CHAR except quoted-specials> / "\\" quoted-specials
+    """
+    if c.peek() != 0x22:
+        raise c.fail("Expected a quoted string")
+    c.pos += 1
+    out = bytearray()
+    line = c.line
+    while True:
+        if c.pos >= len(line):
+            raise c.fail("Unterminated quoted string")
+        ch = line[c.pos]
+        if ch == 0x22:
+            c.pos += 1
+            return _utf8(c, bytes(out))
+        if ch == 0x5C:
+            nxt = line[c.pos + 1] if c.pos + 1 < len(line) else -1
+            if nxt not in (0x22, 0x5C):
+                raise c.fail("Bad escape in quoted string")
+            out.append(nxt)
+            c.pos += 2
+            continue
+        if ch in (0x0D, 0x0A, 0):
+            raise c.fail("Bad character in quoted string")
+        out.append(ch)
+        c.pos += 1
+
+
+def literal(c: Cursor) -> bytes:
+    """
+    literal = "{" number ["+"] "}" CRLF *CHAR8  ; the framer took the marker out
+    """
+    if not c.at_literal():
+        raise c.fail("Expected a literal")
+    return c.take_literal().data
+
+
+def string(c: Cursor) -> str:
+    """
+    string = quoted / literal
+    """
+    if c.at_literal():
+        return _utf8(c, literal(c))
+    return quoted(c)
+
+
+def astring(c: Cursor) -> str:
+    """
+    astring = 1*ASTRING-CHAR / string
+    """
+    if c.at_literal() or c.peek() == 0x22:
+        return string(c)
+    word = c.take_while(ASTRING_CHARS)
+    if not word:
+        raise c.fail("Expected a string")
+    return word.decode("ascii")
+
+
+def nstring(c: Cursor) -> str | None:
+    """
+    nstring = string / nil
+    nil = "NIL"
+    """
+    if c.at_literal() or c.peek() == 0x22:
+        return string(c)
+    c.expect(b"NIL")
+    return None
+
+
+# -- mailbox names (RFC 3501 section 5.1 and 5.1.3) --------------------------
+
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,"
+_B64_INDEX = {ch: i for i, ch in enumerate(_B64)}
+
+
+def decode_mailbox_name(name: str) -> str:
+    """
+    Decode a mailbox name from modified UTF-7 (RFC 3501 section 5.1.3).
+
+    Strict: ``&`` must start a shift (``&-`` is ``&``), the base64 must be
+    modified base64 of UTF-16 with zero padding bits, and a shift must not
+    encode printable ASCII.
+
+    Raises:
+        ValueError: *name* is not valid modified UTF-7.
+    """
+    if "&" not in name:
+        if not name.isascii():
+            raise ValueError("8-bit octets in a modified UTF-7 name")
+        return name
+    out: list[str] = []
+    i = 0
+    while i < len(name):
+        ch = name[i]
+        if not " " <= ch <= "~":
+            raise ValueError("octet outside printable ASCII")
+        if ch != "&":
+            out.append(ch)
+            i += 1
+            continue
+        end = name.find("-", i + 1)
+        if end < 0:
+            raise ValueError("unterminated shift")
+        encoded = name[i + 1 : end]
+        i = end + 1
+        if not encoded:
+            out.append("&")
+            continue
+        bits = 0
+        nbits = 0
+        units = bytearray()
+        for b in encoded.encode("ascii"):
+            if b not in _B64_INDEX:
+                raise ValueError("bad modified base64")
+            bits = (bits << 6) | _B64_INDEX[b]
+            nbits += 6
+            if nbits >= 8:
+                nbits -= 8
+                units.append((bits >> nbits) & 0xFF)
+        if nbits >= 6 or bits & ((1 << nbits) - 1) or len(units) % 2:
+            raise ValueError("bad modified base64 padding")
+        text = units.decode("utf-16-be")  # raises UnicodeDecodeError (a ValueError)
+        if any(" " <= t <= "~" for t in text):
+            raise ValueError("printable ASCII inside a shift")
+        out.append(text)
+    return "".join(out)
+
+
+def encode_mailbox_name(name: str) -> str:
+    """Encode a mailbox name in modified UTF-7 (RFC 3501 section 5.1.3)."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        data = "".join(pending).encode("utf-16-be", "surrogatepass")
+        bits = 0
+        nbits = 0
+        chars = []
+        for b in data:
+            bits = (bits << 8) | b
+            nbits += 8
+            while nbits >= 6:
+                nbits -= 6
+                chars.append(_B64[(bits >> nbits) & 0x3F])
+        if nbits:
+            chars.append(_B64[(bits << (6 - nbits)) & 0x3F])
+        out.append("&" + bytes(chars).decode("ascii") + "-")
+        pending.clear()
+
+    for ch in name:
+        if " " <= ch <= "~":
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
+def _decode_name(c: Cursor, raw: str) -> str:
+    try:
+        return decode_mailbox_name(raw)
+    except ValueError:
+        raise c.fail("Mailbox name is not modified UTF-7") from None
+
+
+def mailbox(c: Cursor) -> str:
+    """
+    mailbox = "INBOX" / astring
+        ; INBOX is case-insensitive.  All case variants of INBOX (e.g.,
+        ; "iNbOx") MUST be interpreted as INBOX not as an astring.
+
+    The name is decoded from modified UTF-7 (RFC 3501 section 5.1.3).
+    """
+    name = astring(c)
+    if name.upper() == "INBOX":
+        return "INBOX"
+    return _decode_name(c, name)
+
+
+def list_mailbox(c: Cursor) -> str:
+    """
+    list-mailbox = 1*list-char / string
+    list-char = ATOM-CHAR / list-wildcards / resp-specials
+    """
+    if c.at_literal() or c.peek() == 0x22:
+        name = string(c)
+    else:
+        word = c.take_while(_LIST_CHARS)
+        if not word:
+            raise c.fail("Expected a mailbox pattern")
+        name = word.decode("ascii")
+    return _decode_name(c, name)
+
+
+# -- flags -------------------------------------------------------------------
+
+
+def flag(c: Cursor) -> str:
+    """
+    flag = "\\Answered" / "\\Flagged" / "\\Deleted" / "\\Seen" / "\\Draft" /
+           flag-keyword / flag-extension
+    flag-keyword = atom
+    flag-extension = "\\" atom
+
+    System flags are spelled canonically (``\\seen`` gives ``\\Seen``).
+    ``\\Recent`` cannot be set by a client and is refused.
+    """
+    if c.peek() == 0x5C:
+        c.pos += 1
+        name = "\\" + atom(c)
+        canonical = _SYSTEM_FLAGS.get(name.upper(), name)
+        if canonical == "\\Recent":
+            raise c.fail("\\Recent cannot be set")
+        return canonical
+    return atom(c)
+
+
+_SYSTEM_FLAGS = {
+    f.upper(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")
+}
+
+
+def flag_list(c: Cursor) -> tuple[str, ...]:
+    """
+    flag-list = "(" [flag *(SP flag)] ")"
+    """
+    c.expect(b"(")
+    flags: list[str] = []
+    if not c.accept(b")"):
+        flags.append(flag(c))
+        while not c.accept(b")"):
+            c.sp()
+            flags.append(flag(c))
+    return tuple(flags)
+
+
+# -- sequence sets -------------------------------------------------------------
+
+
+def _seq_number(c: Cursor) -> int | None:
+    """seq-number = nz-number / "*" """
+    if c.accept(b"*"):
+        return None
+    return number(c, nonzero=True)
+
+
+def sequence_set(c: Cursor) -> SequenceSet:
+    """
+    sequence-set = (seq-number / seq-range) *("," sequence-set)
+    seq-range = seq-number ":" seq-number
+    seq-number = nz-number / "*"
+    """
+    ranges: list[tuple[int | None, int | None]] = []
+    while True:
+        first = _seq_number(c)
+        last = _seq_number(c) if c.accept(b":") else first
+        ranges.append((first, last))
+        if not c.accept(b","):
+            return SequenceSet(tuple(ranges))
+
+
+# -- dates -------------------------------------------------------------------
+
+
+def _month(c: Cursor) -> int:
+    word = c.line[c.pos : c.pos + 3].decode("latin-1").upper()
+    if word not in _MONTHS:
+        raise c.fail("Bad month")
+    c.pos += 3
+    return _MONTHS.index(word) + 1
+
+
+def _digits(c: Cursor, n: int) -> int:
+    text = c.line[c.pos : c.pos + n]
+    if len(text) != n or any(ch not in _DIGITS for ch in text):
+        raise c.fail("Bad date")
+    c.pos += n
+    return int(text)
+
+
+def date(c: Cursor) -> datetime.date:
+    """
+    date = date-text / DQUOTE date-text DQUOTE
+    date-text = date-day "-" date-month "-" date-year
+    date-day = 1*2DIGIT
+    """
+    q = c.accept(b'"')
+    day = _digits(c, 2) if c.line[c.pos + 1 : c.pos + 2] in _DIGIT_BYTES else _digits(c, 1)
+    c.expect(b"-")
+    month = _month(c)
+    c.expect(b"-")
+    year = _digits(c, 4)
+    if q:
+        c.expect(b'"')
+    try:
+        return datetime.date(year, month, day)
+    except ValueError:
+        raise c.fail("Bad date") from None
+
+
+_DIGIT_BYTES = frozenset(bytes([d]) for d in b"0123456789")
+
+
+def date_time(c: Cursor) -> datetime.datetime:
+    """
+    date-time = DQUOTE date-day-fixed "-" date-month "-" date-year
+                SP time SP zone DQUOTE
+    date-day-fixed = (SP DIGIT) / 2DIGIT
+    time = 2DIGIT ":" 2DIGIT ":" 2DIGIT
+    zone = ("+" / "-") 4DIGIT
+    """
+    c.expect(b'"')
+    day = _digits(c, 1) if c.accept(b" ") else _digits(c, 2)
+    c.expect(b"-")
+    month = _month(c)
+    c.expect(b"-")
+    year = _digits(c, 4)
+    c.sp()
+    hour = _digits(c, 2)
+    c.expect(b":")
+    minute = _digits(c, 2)
+    c.expect(b":")
+    second = _digits(c, 2)
+    c.sp()
+    sign = c.peek()
+    if sign not in (0x2B, 0x2D):
+        raise c.fail("Bad zone")
+    c.pos += 1
+    zh = _digits(c, 2)
+    zm = _digits(c, 2)
+    c.expect(b'"')
+    offset = datetime.timedelta(hours=zh, minutes=zm) * (1 if sign == 0x2B else -1)
+    try:
+        return datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.timezone(offset))
+    except ValueError:
+        raise c.fail("Bad date-time") from None
+
+
+# -- FETCH -------------------------------------------------------------------
+
+_SIMPLE_FETCH = frozenset(
+    {
+        "ENVELOPE",
+        "FLAGS",
+        "INTERNALDATE",
+        "RFC822",
+        "RFC822.HEADER",
+        "RFC822.SIZE",
+        "RFC822.TEXT",
+        "BODY",
+        "BODYSTRUCTURE",
+        "UID",
+    }
+)
+
+#: RFC 3501 section 6.4.5: the macros.
+FETCH_MACROS: dict[str, tuple[FetchAttribute, ...]] = {
+    "ALL": tuple(FetchAttribute(n) for n in ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE")),
+    "FAST": tuple(FetchAttribute(n) for n in ("FLAGS", "INTERNALDATE", "RFC822.SIZE")),
+    "FULL": tuple(FetchAttribute(n) for n in ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY")),
+}
+
+
+def _header_list(c: Cursor) -> tuple[str, ...]:
+    """header-list = "(" header-fld-name *(SP header-fld-name) ")" ; header-fld-name = astring"""
+    c.expect(b"(")
+    names = [astring(c).upper()]
+    while not c.accept(b")"):
+        c.sp()
+        names.append(astring(c).upper())
+    return tuple(names)
+
+
+def section_spec(c: Cursor) -> Section:
+    """
+    section-spec = section-msgtext / (section-part ["." section-text])
+    section-msgtext = "HEADER" / "HEADER.FIELDS" [".NOT"] SP header-list / "TEXT"
+    section-part = nz-number *("." nz-number)
+    section-text = section-msgtext / "MIME"
+    """
+    parts: list[int] = []
+    while c.peek() in _DIGITS:
+        parts.append(number(c, nonzero=True))
+        if not c.accept(b"."):
+            return Section(tuple(parts))
+    if parts and c.peek() == -1:
+        raise c.fail("Bad section")
+    word = c.keyword()
+    if word in ("HEADER", "TEXT") or (word == "MIME" and parts):
+        return Section(tuple(parts), word)
+    if word in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        c.sp()
+        return Section(tuple(parts), word, _header_list(c))
+    raise c.fail("Bad section")
+
+
+def _section(c: Cursor) -> Section:
+    """section = "[" [section-spec] "]" """
+    c.expect(b"[")
+    if c.accept(b"]"):
+        return Section()
+    spec = section_spec(c)
+    c.expect(b"]")
+    return spec
+
+
+def fetch_att(c: Cursor) -> FetchAttribute:
+    """
+    fetch-att = "ENVELOPE" / "FLAGS" / "INTERNALDATE" /
+                "RFC822" [".HEADER" / ".SIZE" / ".TEXT"] /
+                "BODY" ["STRUCTURE"] / "UID" /
+                "BODY" section ["<" number "." nz-number ">"] /
+                "BODY.PEEK" section ["<" number "." nz-number ">"]
+    """
+    name = c.keyword()
+    if c.peek() == ord("["):
+        if name not in ("BODY", "BODY.PEEK"):
+            raise c.fail("Bad fetch attribute")
+        section = _section(c)
+        partial = None
+        if c.accept(b"<"):
+            offset = number(c)
+            c.expect(b".")
+            length = number(c, nonzero=True)
+            c.expect(b">")
+            partial = (offset, length)
+        return FetchAttribute("BODY", section, partial, name == "BODY.PEEK")
+    if name not in _SIMPLE_FETCH:
+        raise c.fail("Bad fetch attribute")
+    return FetchAttribute(name)
+
+
+def _fetch_items(c: Cursor) -> tuple[FetchAttribute, ...]:
+    """("ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")")"""
+    if c.accept(b"("):
+        items = [fetch_att(c)]
+        while not c.accept(b")"):
+            c.sp()
+            items.append(fetch_att(c))
+        return tuple(items)
+    start = c.pos
+    word = c.keyword()
+    if word in FETCH_MACROS and c.peek() != ord("["):
+        return FETCH_MACROS[word]
+    c.pos = start
+    return (fetch_att(c),)
+
+
+# -- SEARCH ------------------------------------------------------------------
+
+_SEARCH_FLAGS = frozenset(
+    {
+        "ALL",
+        "ANSWERED",
+        "DELETED",
+        "DRAFT",
+        "FLAGGED",
+        "NEW",
+        "OLD",
+        "RECENT",
+        "SEEN",
+        "UNANSWERED",
+        "UNDELETED",
+        "UNDRAFT",
+        "UNFLAGGED",
+        "UNSEEN",
+    }
+)
+_SEARCH_STRING = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
+_SEARCH_DATE = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+
+
+def search_key(c: Cursor) -> SearchNode:
+    """
+    search-key = "ALL" / "ANSWERED" / "BCC" SP astring /
+                 "BEFORE" SP date / "BODY" SP astring /
+                 "CC" SP astring / "DELETED" / "FLAGGED" /
+                 "FROM" SP astring / "KEYWORD" SP flag-keyword /
+                 "NEW" / "OLD" / "ON" SP date / "RECENT" / "SEEN" /
+                 "SINCE" SP date / "SUBJECT" SP astring /
+                 "TEXT" SP astring / "TO" SP astring /
+                 "UNANSWERED" / "UNDELETED" / "UNFLAGGED" /
+                 "UNKEYWORD" SP flag-keyword / "UNSEEN" /
+                   ; Above this line were in [IMAP2]
+                 "DRAFT" / "HEADER" SP header-fld-name SP astring /
+                 "LARGER" SP number / "NOT" SP search-key /
+                 "OR" SP search-key SP search-key /
+                 "SENTBEFORE" SP date / "SENTON" SP date /
+                 "SENTSINCE" SP date / "SMALLER" SP number /
+                 "UID" SP sequence-set / "UNDRAFT" / sequence-set /
+                 "(" search-key *(SP search-key) ")"
+    """
+    c.enter()
+    try:
+        ch = c.peek()
+        if ch in _DIGITS or ch == ord("*"):
+            return SearchKey("SEQUENCE", (sequence_set(c),))
+        if c.accept(b"("):
+            keys = [search_key(c)]
+            while not c.accept(b")"):
+                c.sp()
+                keys.append(search_key(c))
+            return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
+        word = c.keyword()
+        if word in _SEARCH_FLAGS:
+            return SearchKey(word)
+        c.sp()
+        if word in _SEARCH_STRING:
+            return SearchKey(word, (astring(c),))
+        if word in _SEARCH_DATE:
+            return SearchKey(word, (date(c),))
+        if word in ("KEYWORD", "UNKEYWORD"):
+            return SearchKey(word, (atom(c),))
+        if word == "HEADER":
+            name = astring(c)
+            c.sp()
+            return SearchKey(word, (name, astring(c)))
+        if word in ("LARGER", "SMALLER"):
+            return SearchKey(word, (number(c),))
+        if word == "UID":
+            return SearchKey(word, (sequence_set(c),))
+        if word == "NOT":
+            return SearchNot(search_key(c))
+        if word == "OR":
+            left = search_key(c)
+            c.sp()
+            return SearchOr(left, search_key(c))
+        raise c.fail("Unknown search key")
+    finally:
+        c.leave()
+
+
+def _paren_words(c: Cursor) -> tuple[str, ...]:
+    """ "(" [keyword *(SP keyword)] ")" , upper-cased"""
+    c.expect(b"(")
+    words: list[str] = []
+    if not c.accept(b")"):
+        words.append(c.keyword())
+        while not c.accept(b")"):
+            c.sp()
+            words.append(c.keyword())
+    return tuple(words)
+
+
+def _search(c: Cursor, uid: bool) -> Search:
+    """
+    search = "SEARCH" [search-return-opts] [SP "CHARSET" SP astring] 1*(SP search-key)
+    search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"
+    """
+    c.sp()
+    options = None
+    start = c.pos
+    if c.accept(b"RETURN ("):
+        c.pos -= 1
+        options = _paren_words(c)
+        if any(o not in ("MIN", "MAX", "ALL", "COUNT") for o in options):
+            raise c.fail("Unknown search return option")
+        c.sp()
+        start = c.pos
+    charset = None
+    if c.accept(b"CHARSET "):
+        charset = astring(c).upper()
+        c.sp()
+    else:
+        c.pos = start
+    keys = [search_key(c)]
+    while not c.at_end():
+        c.sp()
+        keys.append(search_key(c))
+    key = keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
+    return Search(charset, key, uid, options)
+
+
+# -- the commands --------------------------------------------------------------
+
+
+def _no_args(c: Cursor, uid: bool) -> CommandArgs:
+    return NO_ARGS
+
+
+def _one_mailbox(cls: Callable[[str], CommandArgs]) -> Callable[[Cursor, bool], CommandArgs]:
+    def parse(c: Cursor, uid: bool) -> CommandArgs:
+        c.sp()
+        return cls(mailbox(c))
+
+    return parse
+
+
+def _authenticate(c: Cursor, uid: bool) -> Authenticate:
+    """authenticate = "AUTHENTICATE" SP auth-type [SP (base64 / "=")]  ; RFC 4959"""
+    c.sp()
+    mech = atom(c).upper()
+    if c.at_end():
+        return Authenticate(mech)
+    c.sp()
+    if c.accept(b"="):
+        return Authenticate(mech, "")
+    data = c.take_while(_BASE64_CHARS)
+    if not data:
+        raise c.fail("Bad initial response")
+    return Authenticate(mech, data.decode("ascii"))
+
+
+_BASE64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _login(c: Cursor, uid: bool) -> Login:
+    """login = "LOGIN" SP userid SP password ; userid = astring ; password = astring"""
+    c.sp()
+    user = astring(c)
+    c.sp()
+    return Login(user, astring(c))
+
+
+def _rename(c: Cursor, uid: bool) -> Rename:
+    """rename = "RENAME" SP mailbox SP mailbox"""
+    c.sp()
+    old = mailbox(c)
+    c.sp()
+    return Rename(old, mailbox(c))
+
+
+def _list(c: Cursor, uid: bool) -> List:
+    """
+    list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]
+    list-select-opts = "(" [list-select-option *(SP list-select-option)] ")"
+    mbox-or-pat = list-mailbox / patterns
+    patterns = "(" list-mailbox *(SP list-mailbox) ")"
+    list-return-opts = "RETURN" SP "(" [return-option *(SP return-option)] ")"
+    """
+    c.sp()
+    selection: tuple[str, ...] = ()
+    if c.peek() == ord("("):
+        selection = _paren_words(c)
+        c.sp()
+    ref = mailbox(c)
+    c.sp()
+    if c.accept(b"("):
+        patterns = [list_mailbox(c)]
+        while not c.accept(b")"):
+            c.sp()
+            patterns.append(list_mailbox(c))
+    else:
+        patterns = [list_mailbox(c)]
+    returns: list[str] = []
+    status_items = None
+    if not c.at_end():
+        c.sp()
+        c.expect(b"RETURN (")
+        if not c.accept(b")"):
+            while True:
+                word = c.keyword()
+                returns.append(word)
+                if word == "STATUS":  # RFC 5819
+                    c.sp()
+                    status_items = _status_items(c)
+                if c.accept(b")"):
+                    break
+                c.sp()
+    return List(ref, tuple(patterns), selection, tuple(returns), status_items)
+
+
+def _lsub(c: Cursor, uid: bool) -> Lsub:
+    """lsub = "LSUB" SP mailbox SP list-mailbox"""
+    c.sp()
+    ref = mailbox(c)
+    c.sp()
+    return Lsub(ref, list_mailbox(c))
+
+
+def _status_items(c: Cursor) -> tuple[str, ...]:
+    """ "(" status-att *(SP status-att) ")" """
+    items = _paren_words(c)
+    if not items or any(i not in STATUS_ITEMS for i in items):
+        raise c.fail("Bad status item")
+    return items
+
+
+def _status(c: Cursor, uid: bool) -> Status:
+    """status = "STATUS" SP mailbox SP "(" status-att *(SP status-att) ")" """
+    c.sp()
+    box = mailbox(c)
+    c.sp()
+    return Status(box, _status_items(c))
+
+
+def _append(c: Cursor, uid: bool) -> Append:
+    """
+    append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    append-data =/ literal8  ; RFC 3516 section 4.2
+    """
+    c.sp()
+    box = mailbox(c)
+    c.sp()
+    flags: tuple[str, ...] = ()
+    when = None
+    if c.peek() == ord("("):
+        flags = flag_list(c)
+        c.sp()
+    if c.peek() == 0x22:
+        when = date_time(c)
+        c.sp()
+    if not c.at_literal():
+        raise c.fail("Expected a literal")
+    frag = c.take_literal()
+    return Append(box, flags, when, frag.data, frag.binary)
+
+
+def _expunge(c: Cursor, uid: bool) -> Expunge:
+    """expunge = "EXPUNGE" ; uid-expunge = "UID" SP "EXPUNGE" SP sequence-set (RFC 4315)"""
+    if not uid:
+        return Expunge()
+    c.sp()
+    return Expunge(sequence_set(c))
+
+
+def _fetch(c: Cursor, uid: bool) -> Fetch:
+    """fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")")"""
+    c.sp()
+    seq = sequence_set(c)
+    c.sp()
+    return Fetch(seq, _fetch_items(c), uid)
+
+
+def _store(c: Cursor, uid: bool) -> Store:
+    """
+    store = "STORE" SP sequence-set SP store-att-flags
+    store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
+    """
+    c.sp()
+    seq = sequence_set(c)
+    c.sp()
+    mode = ""
+    if c.peek() in (0x2B, 0x2D):
+        mode = chr(c.peek())
+        c.pos += 1
+    word = c.keyword()
+    if word not in ("FLAGS", "FLAGS.SILENT"):
+        raise c.fail("Expected FLAGS")
+    c.sp()
+    if c.peek() == ord("("):
+        flags = flag_list(c)
+    else:
+        flags_l = [flag(c)]
+        while not c.at_end():
+            c.sp()
+            flags_l.append(flag(c))
+        flags = tuple(flags_l)
+    return Store(seq, mode, word == "FLAGS.SILENT", flags, uid)
+
+
+def _copy_like(cls: type[Copy] | type[Move]) -> Callable[[Cursor, bool], CommandArgs]:
+    def parse(c: Cursor, uid: bool) -> CommandArgs:
+        """copy = "COPY" SP sequence-set SP mailbox ; move = "MOVE" SP sequence-set SP mailbox"""
+        c.sp()
+        seq = sequence_set(c)
+        c.sp()
+        return cls(seq, mailbox(c), uid)
+
+    return parse
+
+
+def _id(c: Cursor, uid: bool) -> Id:
+    """
+    id = "ID" SP id-params-list
+    id-params-list = "(" *(string SP nstring) ")" / nil   ; RFC 2971 section 4
+    """
+    c.sp()
+    if c.accept(b"NIL"):
+        return Id(None)
+    c.expect(b"(")
+    params: list[tuple[str, str | None]] = []
+    while not c.accept(b")"):
+        if params:
+            c.sp()
+        key = string(c)
+        c.sp()
+        params.append((key, nstring(c)))
+        if len(params) > 30:  # RFC 2971 section 3.3: at most 30 pairs
+            raise c.fail("Too many ID fields")
+    return Id(tuple(params))
+
+
+def _enable(c: Cursor, uid: bool) -> Enable:
+    """enable = "ENABLE" 1*(SP capability) ; capability = atom"""
+    caps = []
+    while not c.at_end():
+        c.sp()
+        caps.append(atom(c).upper())
+    if not caps:
+        raise c.fail("ENABLE needs a capability")
+    return Enable(tuple(caps))
+
+
+_Parser = Callable[[Cursor, bool], CommandArgs]
+
+#: Command name -> argument parser.  RFC 3501 section 6 and the extensions.
+COMMANDS: dict[str, _Parser] = {
+    "CAPABILITY": _no_args,
+    "NOOP": _no_args,
+    "LOGOUT": _no_args,
+    "STARTTLS": _no_args,
+    "AUTHENTICATE": _authenticate,
+    "LOGIN": _login,
+    "SELECT": _one_mailbox(Select),
+    "EXAMINE": _one_mailbox(Examine),
+    "CREATE": _one_mailbox(Create),
+    "DELETE": _one_mailbox(Delete),
+    "RENAME": _rename,
+    "SUBSCRIBE": _one_mailbox(Subscribe),
+    "UNSUBSCRIBE": _one_mailbox(Unsubscribe),
+    "LIST": _list,
+    "LSUB": _lsub,
+    "STATUS": _status,
+    "APPEND": _append,
+    "CHECK": _no_args,
+    "CLOSE": _no_args,
+    "EXPUNGE": _expunge,
+    "SEARCH": _search,
+    "FETCH": _fetch,
+    "STORE": _store,
+    "COPY": _copy_like(Copy),
+    "MOVE": _copy_like(Move),
+    "IDLE": _no_args,
+    "NAMESPACE": _no_args,
+    "ID": _id,
+    "UNSELECT": _no_args,
+    "ENABLE": _enable,
+}
+
+#: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).
+UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"})
+
+
+def parse_command(fragments: Sequence[Fragment]) -> Command:
+    """
+    Parse one command framed by :class:`txmail.imap.fragment.CommandFramer`.
+
+    ABNF (RFC 3501 section 9)::
+
+        command = tag SP (command-any / command-auth / command-nonauth /
+                  command-select) CRLF
+        uid = "UID" SP (copy / fetch / search / store)
+
+    Raises:
+        ParseError: the command does not match the grammar.
+    """
+    c = Cursor(fragments)
+    tag(c)
+    c.sp()
+    name = c.keyword()
+    uid = False
+    if name == "UID":
+        uid = True
+        c.sp()
+        name = c.keyword()
+        if name not in UID_COMMANDS:
+            raise c.fail("Bad UID command")
+    parse = COMMANDS.get(name)
+    if parse is None:
+        raise c.fail("Unknown command")
+    args = parse(c, uid)
+    c.end()
+    assert c.tag is not None
+    return Command(c.tag, name, args)

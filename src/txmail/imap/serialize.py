@@ -1,0 +1,216 @@
+"""
+Serialisation of IMAP responses (RFC 3501 section 7 and section 9).
+
+Every function returns ``bytes`` ready for the wire.  The string functions
+pick the representation:
+
+* :func:`astring`: an atom when the text is a non-empty run of
+  ``ASTRING-CHAR`` and is not ``NIL`` (which a client would read as nil);
+  else :func:`string`.
+* :func:`string`: a quoted string when the octets are 7-bit, hold no
+  CR, LF or NUL and are at most :data:`MAX_QUOTED` long; else a
+  synchronizing-form literal ``{n}\\r\\n...`` (a server's literals are never
+  acknowledged, RFC 3501 section 4.3, so ``{n}`` is what it sends).
+* :func:`nstring`: ``NIL`` for ``None``, else :func:`string`.
+
+``str`` values are encoded as UTF-8 by default; the ENVELOPE and
+BODYSTRUCTURE tuples of :mod:`txmail.mime` hold latin-1 decoded raw octets
+and are encoded with latin-1 (:func:`envelope`, :func:`body_structure`),
+so the client gets the message's octets back unchanged.
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from txmail.imap.parser import ASTRING_CHARS, ATOM_CHARS, encode_mailbox_name
+from txmail.imap.types import SequenceSet
+
+__all__ = [
+    "MAX_QUOTED",
+    "NIL",
+    "astring",
+    "atom",
+    "body_structure",
+    "continuation",
+    "date_time",
+    "envelope",
+    "flag_list",
+    "mailbox",
+    "nstring",
+    "number",
+    "paren_list",
+    "sequence_set",
+    "string",
+    "tagged",
+    "untagged",
+    "value",
+]
+
+NIL = b"NIL"
+
+#: Longest text sent as a quoted string; longer text goes as a literal.
+MAX_QUOTED = 1024
+
+_QUOTABLE = frozenset(range(0x01, 0x80)) - {0x0D, 0x0A}
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _octets(text: str | bytes, encoding: str) -> bytes:
+    return text if isinstance(text, bytes) else text.encode(encoding)
+
+
+def string(text: str | bytes, encoding: str = "utf-8") -> bytes:
+    """``string = quoted / literal`` (RFC 3501 section 9)."""
+    data = _octets(text, encoding)
+    if len(data) <= MAX_QUOTED and all(b in _QUOTABLE for b in data):
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(data) + data
+
+
+def astring(text: str | bytes, encoding: str = "utf-8") -> bytes:
+    """``astring = 1*ASTRING-CHAR / string`` (RFC 3501 section 9)."""
+    data = _octets(text, encoding)
+    if data and data.upper() != NIL and all(b in ASTRING_CHARS for b in data):
+        return data
+    return string(data)
+
+
+def atom(text: str) -> bytes:
+    """
+    ``atom = 1*ATOM-CHAR``.
+
+    Raises:
+        ValueError: *text* is not an atom (a programming error).
+    """
+    data = text.encode("ascii")
+    if not data or not all(b in ATOM_CHARS for b in data):
+        raise ValueError(f"not an atom: {text!r}")
+    return data
+
+
+def nstring(text: str | bytes | None, encoding: str = "utf-8") -> bytes:
+    """``nstring = string / nil``."""
+    return NIL if text is None else string(text, encoding)
+
+
+def number(n: int) -> bytes:
+    """``number = 1*DIGIT`` (``nz-number`` and ``number64`` alike)."""
+    if n < 0:
+        raise ValueError("IMAP numbers are unsigned")
+    return b"%d" % n
+
+
+def mailbox(name: str) -> bytes:
+    """A mailbox name: modified UTF-7 (RFC 3501 section 5.1.3), then :func:`astring`."""
+    return astring(encode_mailbox_name(name), "ascii")
+
+
+def flag_list(flags: Iterable[str]) -> bytes:
+    """``flag-list = "(" [flag *(SP flag)] ")"``."""
+    return b"(" + b" ".join(f.encode("ascii") for f in flags) + b")"
+
+
+def sequence_set(seq: SequenceSet) -> bytes:
+    """``sequence-set`` (RFC 3501 section 9)."""
+    return str(seq).encode("ascii")
+
+
+def date_time(when: datetime.datetime) -> bytes:
+    """``date-time`` as in INTERNALDATE: ``"17-Jul-1996 02:44:25 -0700"``."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    offset = when.utcoffset() or datetime.timedelta()
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    text = (
+        f"{when.day:2d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"
+    )
+    return b'"' + text.encode("ascii") + b'"'
+
+
+def value(item: Any, encoding: str = "utf-8") -> bytes:
+    """
+    One value of a nested structure: ``None`` is ``NIL``, ``int`` a number,
+    ``str``/``bytes`` a string, ``tuple``/``list`` a parenthesised list.
+    """
+    if item is None:
+        return NIL
+    if isinstance(item, bool):
+        raise TypeError("no IMAP form for a bool")
+    if isinstance(item, int):
+        return number(item)
+    if isinstance(item, str | bytes):
+        return string(item, encoding)
+    if isinstance(item, tuple | list):
+        return paren_list(item, encoding)
+    raise TypeError(f"no IMAP form for {type(item).__name__}")
+
+
+def paren_list(items: Iterable[Any], encoding: str = "utf-8") -> bytes:
+    """``"(" value *(SP value) ")"`` with :func:`value` for each item."""
+    return b"(" + b" ".join(value(i, encoding) for i in items) + b")"
+
+
+def envelope(env: tuple[Any, ...]) -> bytes:
+    """ENVELOPE from :func:`txmail.mime.parse_metadata`'s tuple (latin-1 octets)."""
+    return paren_list(env, "latin-1")
+
+
+def body_structure(body: tuple[Any, ...]) -> bytes:
+    """
+    BODY / BODYSTRUCTURE from :mod:`txmail.mime`'s tuple (latin-1 octets).
+
+    A multipart's parts are written one after the other without a space
+    (RFC 3501 section 9, ``body-type-mpart = 1*body SP media-subtype``), and
+    the body inside a ``MESSAGE/RFC822`` part (its 9th member) is itself a
+    body structure.
+    """
+    if body and isinstance(body[0], tuple):
+        count = 0
+        while count < len(body) and isinstance(body[count], tuple):
+            count += 1
+        parts = b"".join(body_structure(p) for p in body[:count])
+        rest = [value(x, "latin-1") for x in body[count:]]
+        return b"(" + parts + b"".join(b" " + r for r in rest) + b")"
+    rfc822 = (
+        len(body) > 8
+        and isinstance(body[0], str)
+        and isinstance(body[1], str)
+        and (body[0].upper(), body[1].upper()) == ("MESSAGE", "RFC822")
+    )
+    members = [
+        body_structure(x) if i == 8 and rfc822 and isinstance(x, tuple) else value(x, "latin-1")
+        for i, x in enumerate(body)
+    ]
+    return b"(" + b" ".join(members) + b")"
+
+
+def untagged(*words: bytes) -> bytes:
+    """``"*" SP ... CRLF``; the words are joined with spaces."""
+    return b"* " + b" ".join(words) + b"\r\n"
+
+
+def tagged(tag: str, status: str, text: str, code: str | None = None) -> bytes:
+    """``tag SP ("OK" / "NO" / "BAD") SP [resp-text-code SP] text CRLF``."""
+    head = f"{tag} {status} "
+    if code:
+        head += f"[{code}] "
+    return (head + _text(text)).encode("utf-8") + b"\r\n"
+
+
+def continuation(text: str = "") -> bytes:
+    """``continue-req = "+" SP (resp-text / base64) CRLF``."""
+    return b"+ " + _text(text).encode("utf-8") + b"\r\n"
+
+
+def _text(text: str) -> str:
+    # text = 1*TEXT-CHAR: never let a CR or LF split the response.
+    return text.replace("\r", " ").replace("\n", " ")

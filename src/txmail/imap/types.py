@@ -1,0 +1,426 @@
+"""
+Parsed IMAP commands as frozen dataclasses (RFC 3501 section 6 and the
+extensions of issue 4).
+
+A parsed command is a :class:`Command`: its tag, its upper-cased name as
+written after the tag (``"FETCH"``, never ``"UID FETCH"``: the UID form is
+the ``uid`` attribute of the arguments, so one state table entry covers
+both) and a typed argument object (:class:`Select`, :class:`Fetch`...).
+Commands without arguments (CAPABILITY, NOOP, LOGOUT, STARTTLS, CHECK,
+CLOSE, IDLE, NAMESPACE, UNSELECT) have :data:`NO_ARGS`.
+
+Mailbox names here are already decoded from modified UTF-7 (RFC 3501
+section 5.1.3), and ``INBOX`` is spelled in upper case whatever the client
+wrote (RFC 3501 section 5.1).
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+__all__ = [
+    "NO_ARGS",
+    "Append",
+    "Authenticate",
+    "Command",
+    "CommandArgs",
+    "Copy",
+    "Create",
+    "Delete",
+    "Enable",
+    "Examine",
+    "Expunge",
+    "Fetch",
+    "FetchAttribute",
+    "Id",
+    "List",
+    "Login",
+    "Lsub",
+    "Move",
+    "NoArgs",
+    "Rename",
+    "Search",
+    "SearchAnd",
+    "SearchKey",
+    "SearchNode",
+    "SearchNot",
+    "SearchOr",
+    "Section",
+    "Select",
+    "SequenceSet",
+    "Status",
+    "Store",
+    "Subscribe",
+    "Unsubscribe",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSet:
+    """
+    A sequence set (RFC 3501 section 9, ``sequence-set``).
+
+    ``ranges`` holds ``(first, last)`` pairs as written; ``None`` stands for
+    ``*`` (the largest number in use).  ``2:4`` is ``(2, 4)``, ``7`` is
+    ``(7, 7)``, ``5:*`` is ``(5, None)``.  Order and overlaps are kept;
+    :meth:`expand` normalises.
+    """
+
+    ranges: tuple[tuple[int | None, int | None], ...]
+
+    def _bounds(self, max_number: int) -> Iterator[tuple[int, int]]:
+        for first, last in self.ranges:
+            a = max_number if first is None else first
+            b = max_number if last is None else last
+            yield (a, b) if a <= b else (b, a)  # "4:2" is "2:4" (RFC 3501 section 9)
+
+    def expand(self, max_number: int) -> list[int]:
+        """
+        The numbers in the set, sorted and without repeats, given that ``*``
+        is *max_number*.  Numbers above *max_number* are left out (so an
+        empty mailbox gives ``[]``).  RFC 3501 section 6.4.8 allows a UID
+        range ``n:*`` to mean ``max:n`` when ``n`` is above the largest UID;
+        that is the caller's concern (it knows whether these are UIDs).
+        """
+        out: set[int] = set()
+        for a, b in self._bounds(max_number):
+            out.update(range(max(a, 1), min(b, max_number) + 1))
+        return sorted(out)
+
+    def contains(self, number: int, max_number: int) -> bool:
+        """Whether *number* is in the set, given that ``*`` is *max_number*."""
+        return any(a <= number <= b for a, b in self._bounds(max_number))
+
+    def __str__(self) -> str:
+        def one(n: int | None) -> str:
+            return "*" if n is None else str(n)
+
+        return ",".join(one(a) if a == b else f"{one(a)}:{one(b)}" for a, b in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """
+    A ``section`` of ``BODY[...]`` (RFC 3501 section 6.4.5).
+
+    Attributes:
+        part: the part numbers (``()`` for the whole message).
+        text: ``None``, ``"HEADER"``, ``"HEADER.FIELDS"``,
+            ``"HEADER.FIELDS.NOT"``, ``"TEXT"`` or ``"MIME"``.
+        fields: the header field names of ``HEADER.FIELDS(.NOT)``, upper-cased.
+    """
+
+    part: tuple[int, ...] = ()
+    text: str | None = None
+    fields: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        out = ".".join(str(p) for p in self.part)
+        if self.text:
+            out = f"{out}.{self.text}" if out else self.text
+        if self.fields:
+            out += " (" + " ".join(self.fields) + ")"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class FetchAttribute:
+    """
+    One ``fetch-att`` (RFC 3501 section 6.4.5).
+
+    ``name`` is ``ENVELOPE``, ``FLAGS``, ``INTERNALDATE``, ``RFC822``,
+    ``RFC822.HEADER``, ``RFC822.SIZE``, ``RFC822.TEXT``, ``BODY``,
+    ``BODYSTRUCTURE`` or ``UID``.  For ``BODY[section]<partial>``, ``name``
+    is ``BODY`` and ``section`` is not ``None``; ``partial`` is ``(offset,
+    length)``; ``peek`` is set for ``BODY.PEEK``.
+    """
+
+    name: str
+    section: Section | None = None
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+
+
+# -- search keys (RFC 3501 section 6.4.4) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SearchKey:
+    """
+    One search key that is not AND/OR/NOT.
+
+    ``name`` is the upper-cased keyword (``"SEEN"``, ``"FROM"``, ``"HEADER"``,
+    ``"LARGER"``, ``"UID"``...); a bare sequence set has the name
+    ``"SEQUENCE"``.  ``args`` holds its arguments in order: ``str`` for
+    strings and flags, ``int`` for sizes, :class:`datetime.date` for dates,
+    :class:`SequenceSet` for sets.
+    """
+
+    name: str
+    args: tuple[str | int | datetime.date | SequenceSet, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAnd:
+    """All of ``keys`` (a parenthesised list, or the top-level keys)."""
+
+    keys: tuple[SearchNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOr:
+    """``OR left right``."""
+
+    left: SearchNode
+    right: SearchNode
+
+
+@dataclass(frozen=True, slots=True)
+class SearchNot:
+    """``NOT key``."""
+
+    key: SearchNode
+
+
+SearchNode = SearchKey | SearchAnd | SearchOr | SearchNot
+
+
+# -- command arguments -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoArgs:
+    """The arguments of a command that takes none."""
+
+
+NO_ARGS = NoArgs()
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """AUTHENTICATE; ``initial_response`` (RFC 4959 SASL-IR) is the base64 text, ``""`` for ``=``."""
+
+    mechanism: str
+    initial_response: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """LOGIN; the password is kept out of ``repr``."""
+
+    userid: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    """SELECT."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Examine:
+    """EXAMINE."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    """CREATE."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """DELETE."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    """RENAME."""
+
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """SUBSCRIBE."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """UNSUBSCRIBE."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class List:
+    """
+    LIST, with RFC 5258 LIST-EXTENDED options.
+
+    ``patterns`` has one entry for the basic form.  ``selection_options``
+    and ``return_options`` are upper-cased option names;
+    ``status_items`` are the items of ``RETURN (STATUS (...))`` (RFC 5819),
+    ``None`` when STATUS was not asked for.
+    """
+
+    reference: str
+    patterns: tuple[str, ...]
+    selection_options: tuple[str, ...] = ()
+    return_options: tuple[str, ...] = ()
+    status_items: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lsub:
+    """LSUB."""
+
+    reference: str
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """STATUS; ``items`` are upper-cased (``MESSAGES``, ``APPENDLIMIT``...)."""
+
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """APPEND; ``binary`` when the message came as a literal8 (RFC 3516)."""
+
+    mailbox: str
+    flags: tuple[str, ...]
+    date: datetime.datetime | None
+    literal: bytes = field(repr=False)
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Expunge:
+    """EXPUNGE, or UID EXPUNGE (RFC 4315 section 2.1) with its ``uid_set``."""
+
+    uid_set: SequenceSet | None = None
+
+    @property
+    def uid(self) -> bool:
+        """Whether this is UID EXPUNGE."""
+        return self.uid_set is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """
+    SEARCH or UID SEARCH.  ``return_options`` are the RFC 4731 ESEARCH
+    options (``MIN``, ``MAX``, ``ALL``, ``COUNT``), ``None`` without RETURN.
+    """
+
+    charset: str | None
+    key: SearchNode
+    uid: bool = False
+    return_options: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """FETCH or UID FETCH; macros are already expanded."""
+
+    sequence_set: SequenceSet
+    items: tuple[FetchAttribute, ...]
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """
+    STORE or UID STORE.  ``mode`` is ``"+"`` (add), ``"-"`` (remove) or
+    ``""`` (replace); ``silent`` for ``.SILENT``.
+    """
+
+    sequence_set: SequenceSet
+    mode: str
+    silent: bool
+    flags: tuple[str, ...]
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """COPY or UID COPY."""
+
+    sequence_set: SequenceSet
+    mailbox: str
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """MOVE or UID MOVE (RFC 6851)."""
+
+    sequence_set: SequenceSet
+    mailbox: str
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Id:
+    """ID (RFC 2971): field/value pairs, or ``None`` for ``ID NIL``."""
+
+    params: tuple[tuple[str, str | None], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Enable:
+    """ENABLE (RFC 5161); capability names upper-cased."""
+
+    capabilities: tuple[str, ...]
+
+
+CommandArgs = (
+    NoArgs
+    | Authenticate
+    | Login
+    | Select
+    | Examine
+    | Create
+    | Delete
+    | Rename
+    | Subscribe
+    | Unsubscribe
+    | List
+    | Lsub
+    | Status
+    | Append
+    | Expunge
+    | Search
+    | Fetch
+    | Store
+    | Copy
+    | Move
+    | Id
+    | Enable
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A parsed command: its tag, upper-cased name and arguments."""
+
+    tag: str
+    name: str
+    args: CommandArgs = NO_ARGS

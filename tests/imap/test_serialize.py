@@ -1,0 +1,169 @@
+"""Tests for txmail.imap.serialize: known answers, and round trips through the parser."""
+
+from __future__ import annotations
+
+import datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.imap.test_fragment import frame
+from txmail import mime
+from txmail.imap import serialize
+from txmail.imap.fragment import CommandFragments
+from txmail.imap.parser import parse_command
+from txmail.imap.types import Command, Fetch, Login, Select, SequenceSet, Store
+
+
+def parse_one(data: bytes) -> Command:
+    """Frame (accepting literals) and parse one command."""
+    events = [e for e in frame([data]) if isinstance(e, CommandFragments)]
+    assert len(events) == 1, events
+    return parse_command(events[0].fragments)
+
+
+#: (text, astring output) known answers.
+ASTRINGS = [
+    ("abc", b"abc"),
+    ("a]b", b"a]b"),
+    ("", b'""'),
+    ("NIL", b'"NIL"'),
+    ("nil", b'"nil"'),
+    ("a b", b'"a b"'),
+    ('a"b\\', b'"a\\"b\\\\"'),
+    ("a*", b'"a*"'),
+    ("(x)", b'"(x)"'),
+    ("a\r\nb", b"{4}\r\na\r\nb"),
+    ("é", b"{2}\r\n\xc3\xa9"),
+]
+
+
+class StringTests(SynchronousTestCase):
+    def test_astring_known_answers(self) -> None:
+        """astring picks atom, quoted or literal as the table says."""
+        for text, expected in ASTRINGS:
+            self.assertEqual(serialize.astring(text), expected, text)
+
+    def test_astring_parses_back(self) -> None:
+        """Every astring in the table parses back to its text as a LOGIN argument."""
+        for text, encoded in ASTRINGS:
+            cmd = parse_one(b"t LOGIN " + encoded + b" " + encoded + b"\r\n")
+            self.assertEqual(cmd.args, Login(text, text))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")))
+    def test_astring_round_trip(self, text: str) -> None:
+        """Any text without NUL survives astring then the parser."""
+        encoded = serialize.astring(text)
+        self.assertEqual(parse_one(b"t LOGIN x " + encoded + b"\r\n").args, Login("x", text))
+
+    def test_string_never_atom(self) -> None:
+        """string quotes even atom-like text; long text becomes a literal."""
+        self.assertEqual(serialize.string("abc"), b'"abc"')
+        long = "x" * (serialize.MAX_QUOTED + 1)
+        self.assertTrue(serialize.string(long).startswith(b"{%d}\r\n" % len(long)))
+
+    def test_nstring_and_numbers(self) -> None:
+        """None is NIL, numbers are decimal, negatives and bools are refused."""
+        self.assertEqual(serialize.nstring(None), b"NIL")
+        self.assertEqual(serialize.nstring("x"), b'"x"')
+        self.assertEqual(serialize.number(4294967295), b"4294967295")
+        self.assertRaises(ValueError, serialize.number, -1)
+        self.assertRaises(TypeError, serialize.value, True)
+        self.assertRaises(ValueError, serialize.atom, "a b")
+
+    def test_nested_values(self) -> None:
+        """value writes nested lists of strings, numbers and NIL."""
+        self.assertEqual(serialize.value(("a", 1, None, ("b", ()))), b'("a" 1 NIL ("b" ()))')
+
+
+class StructureTests(SynchronousTestCase):
+    def test_mailbox_round_trip(self) -> None:
+        """mailbox encodes to modified UTF-7 and parses back to the same name."""
+        table = [
+            ("INBOX", b"INBOX"),
+            ("~peter/mail/\u53f0\u5317/\u65e5\u672c\u8a9e", b"~peter/mail/&U,BTFw-/&ZeVnLIqe-"),
+            ("a&b c", b'"a&-b c"'),
+            ("Nil", b'"Nil"'),
+        ]
+        for name, encoded in table:
+            self.assertEqual(serialize.mailbox(name), encoded)
+            self.assertEqual(parse_one(b"t SELECT " + encoded + b"\r\n").args, Select(name))
+
+    def test_sequence_set_round_trip(self) -> None:
+        """Sequence sets serialise as written and parse back equal."""
+        for text in [b"1", b"1:*", b"*", b"4:2,7,9:*", b"1,2,3"]:
+            cmd = parse_one(b"t FETCH " + text + b" FLAGS\r\n")
+            assert isinstance(cmd.args, Fetch)
+            self.assertEqual(serialize.sequence_set(cmd.args.sequence_set), text)
+        self.assertEqual(serialize.sequence_set(SequenceSet(((3, None), (5, 5)))), b"3:*,5")
+
+    def test_flag_list_round_trip(self) -> None:
+        """A flag list serialises and parses back as STORE flags."""
+        flags = ("\\Seen", "\\Deleted", "$Forwarded")
+        encoded = serialize.flag_list(flags)
+        self.assertEqual(encoded, b"(\\Seen \\Deleted $Forwarded)")
+        self.assertEqual(
+            parse_one(b"t STORE 1 FLAGS " + encoded + b"\r\n").args,
+            Store(SequenceSet(((1, 1),)), "", False, flags),
+        )
+
+    def test_date_time(self) -> None:
+        """INTERNALDATE format: space-padded day, zone as +hhmm; naive means UTC."""
+        tz = datetime.timezone(datetime.timedelta(hours=-7))
+        self.assertEqual(
+            serialize.date_time(datetime.datetime(1996, 7, 7, 2, 44, 25, tzinfo=tz)),
+            b'" 7-Jul-1996 02:44:25 -0700"',
+        )
+        self.assertEqual(
+            serialize.date_time(datetime.datetime(2020, 12, 31, 23, 0, 0)), b'"31-Dec-2020 23:00:00 +0000"'
+        )
+
+    def test_envelope_from_mime(self) -> None:
+        """The envelope of RFC 3501's sample message serialises as in section 8, octets as latin-1."""
+        from tests.imap.test_parser import RFC_MESSAGE
+
+        meta = mime.parse_metadata(RFC_MESSAGE)
+        self.assertEqual(
+            serialize.envelope(meta.envelope),
+            b'("Mon, 7 Feb 1994 21:52:25 -0800 (PST)" "afternoon meeting" '
+            b'(("Fred Foobar" NIL "foobar" "Blurdybloop.COM")) (("Fred Foobar" NIL "foobar" "Blurdybloop.COM")) '
+            b'(("Fred Foobar" NIL "foobar" "Blurdybloop.COM")) ((NIL NIL "mooch" "owatagu.siam.edu")) '
+            b'NIL NIL NIL "<B27397-0100000@Blurdybloop.COM>")',
+        )
+        self.assertEqual(serialize.envelope((None, "\xe9") + (None,) * 8)[:15], b"(NIL {1}\r\n\xe9 NIL")
+
+    def test_body_structure(self) -> None:
+        """Multipart parts are written without spaces between them, also inside MESSAGE/RFC822."""
+        message = (
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\nhi\r\n--x\r\n"
+            b"Content-Type: message/rfc822\r\n\r\nSubject: s\r\n"
+            b"Content-Type: multipart/alternative; boundary=y\r\n\r\n"
+            b"--y\r\n\r\na\r\n--y\r\n\r\nb\r\n--y--\r\n--x--\r\n"
+        )
+        text = b'"TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" %d 1 NIL NIL NIL NIL'
+        env = b'(NIL "s" NIL NIL NIL NIL NIL NIL NIL NIL)'
+        expected = (
+            b"(("
+            + text % 2
+            + b')("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 88 '
+            + env
+            + b" (("
+            + text % 1
+            + b")("
+            + text % 1
+            + b') "ALTERNATIVE" ("BOUNDARY" "y") NIL NIL NIL) 10 '
+            b'NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "x") NIL NIL NIL)'
+        )
+        self.assertEqual(serialize.body_structure(mime.parse_metadata(message).body_structure), expected)
+
+
+class ResponseLineTests(SynchronousTestCase):
+    def test_lines(self) -> None:
+        """Untagged, tagged and continuation lines end in CRLF; CR/LF in text cannot split them."""
+        self.assertEqual(serialize.untagged(b"3", b"EXISTS"), b"* 3 EXISTS\r\n")
+        self.assertEqual(serialize.tagged("a1", "OK", "done", "READ-WRITE"), b"a1 OK [READ-WRITE] done\r\n")
+        self.assertEqual(serialize.tagged("a1", "BAD", "x\r\ny"), b"a1 BAD x  y\r\n")
+        self.assertEqual(serialize.continuation(), b"+ \r\n")
+        self.assertEqual(serialize.continuation("Ready"), b"+ Ready\r\n")
