@@ -38,17 +38,16 @@ Implementation notes
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import secrets
 from typing import IO, Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPullProducer, IReactorTime, ITLSTransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IPullProducer, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
 from txmail.errors import NoSuchMessage
 from txmail.interfaces import IMailStoreProvider
@@ -193,70 +192,42 @@ class MessageProducer:
             self.deferred.errback(result)
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class POP3ServerProtocol(Protocol):
-    """One POP3 server connection; see the module notes."""
+class POP3ServerProtocol(SessionProtocol):
+    """
+    One POP3 server connection; see the module notes, and
+    :class:`txmail._protocol.SessionProtocol` for the plumbing.
+    """
 
     log = Logger()
 
+    PROTOCOL_NAME = "POP3"
+    STARTTLS_COMMAND = "STLS"
+    INTERNAL_ERROR_REPLY = SYS_TEMP
+
+    session: POP3Session | None
+
     def __init__(self, factory: POP3Factory) -> None:
-        self.factory = factory
-        self.session_id = factory.make_id()
-        self.peer = ""
-        self.session: POP3Session | None = None
+        super().__init__(factory)
+        self.factory: POP3Factory = factory
         self.user: str | None = None  # holds the maildrop lock when set
         self.mailbox: Any = None  # the user's INBOX (an IMailbox) once logged in
         self.producer: MessageProducer | None = None
-        self._timer: Any = None
-        self._waiting = False
-        self._processing = False
-        self._reading_paused = False
-        self._lost = False
 
-    @property
-    def _transport(self) -> Any:
-        return self.transport
+    def _open_session(self, host: str) -> POP3Session:
+        factory = self.factory
+        session = POP3Session(
+            tls_available=self._tls_available(),
+            tls_active=factory.implicit_tls,
+            plaintext_auth=factory.plaintext_auth,
+            loopback=is_loopback(host) if host else False,
+        )
+        self.log.info("POP3 connection from {peer}", peer=self.peer, session_id=self.session_id)
+        return session
 
     # -- Twisted API --
 
-    def connectionMade(self) -> None:
-        with contextlib.suppress(AttributeError, OSError):
-            self._transport.setTcpNoDelay(True)
-        peer = self._transport.getPeer()
-        host = getattr(peer, "host", "")
-        port = getattr(peer, "port", "")
-        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        factory = self.factory
-        self.session = POP3Session(
-            tls_available=(
-                factory.tls_context is not None
-                and not factory.implicit_tls
-                and ITLSTransport.providedBy(self._transport)
-            ),
-            tls_active=factory.implicit_tls,
-            plaintext_auth=factory.plaintext_auth,
-            loopback=_is_loopback(host) if host else False,
-        )
-        self.log.info("POP3 connection from {peer}", peer=self.peer, session_id=self.session_id)
-        self._process()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.session is None or self._lost:
-            return
-        self.session.receive_data(data)
-        self._process()
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lost = True
-        self._cancel_timer()
-        if self.session is not None:
-            self.session.connection_lost()
+        super().connectionLost(reason)
         if self.producer is not None:
             self.producer.stopProducing()
             self.producer = None
@@ -265,56 +236,16 @@ class POP3ServerProtocol(Protocol):
 
     # -- the event loop --
 
-    def _process(self) -> None:
-        session = self.session
-        if session is None or self._processing or self._lost:
-            return
-        self._processing = True
-        try:
-            while not self._waiting:
-                event = session.next_event()
-                if event is None:
-                    break
-                self._handle(event)
-        finally:
-            self._processing = False
-        self._flush()
-        if session.closed and not self._waiting:
-            self._cancel_timer()
-            self._release()
-            self._transport.loseConnection()
-            return
-        self._set_reading(not self._waiting)
-        if self._waiting and self.producer is None:
-            self._cancel_timer()
-        else:
-            self._reset_timer()
+    def _may_close(self) -> bool:
+        # Not while a Deferred of ours (the UPDATE state) will still answer.
+        return not self._waiting
 
-    def _flush(self) -> None:
-        if self.session is not None and not self._lost:
-            out = self.session.data_to_send()
-            if out:
-                self._transport.write(out)
+    def _closing(self) -> None:
+        self._release()
 
-    def _set_reading(self, reading: bool) -> None:
-        if reading == (not self._reading_paused):
-            return
-        self._reading_paused = not reading
-        if reading:
-            self._transport.resumeProducing()
-        else:
-            self._transport.pauseProducing()
-
-    def _wait(self, d: defer.Deferred[Any]) -> None:
-        """The adapter handles no more events until *d* has fired."""
-        self._waiting = True
-
-        def done(_: Any) -> None:
-            self._waiting = False
-            if not self._lost:
-                self._process()
-
-        d.addBoth(done)
+    def _timer_stopped(self) -> bool:
+        # A message being streamed keeps the idle timer running.
+        return self._waiting and self.producer is None
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, PasswordCheck):
@@ -336,26 +267,6 @@ class POP3ServerProtocol(Protocol):
                 reason=event.reason,
                 session_id=self.session_id,
             )
-
-    def _answer(self, d: defer.Deferred[Any], ok: Any, failed_response: Response, what: str) -> None:
-        """Wait for *d*: ``ok(result)`` on success, else log and reject with *failed_response*."""
-        session = self.session
-        assert session is not None
-
-        def succeeded(result: Any) -> None:
-            if not self._lost:
-                ok(result)
-
-        def failed(f: Failure) -> None:
-            self.log.failure(
-                "{what} failed for {peer}", failure=f, what=what, peer=self.peer, session_id=self.session_id
-            )
-            if not self._lost and session.paused:
-                session.reject(failed_response)
-
-        d.addCallbacks(succeeded, failed)
-        d.addErrback(self._internal_error)
-        self._wait(d)
 
     # -- authentication --
 
@@ -519,47 +430,13 @@ class POP3ServerProtocol(Protocol):
 
         self._answer(defer.ensureDeferred(apply()), applied, _UPDATE_FAILED, "the POP3 UPDATE state")
 
-    # -- STLS --
-
-    def _start_tls(self) -> None:
-        session = self.session
-        assert session is not None
-        discarded = len(session.trailing_data)
-        if discarded:
-            # RFC 2595 section 4 / CVE-2011-0411: never run these.
-            self.log.warn(
-                "discarding {count} octets pipelined after STLS from {peer}",
-                count=discarded,
-                peer=self.peer,
-                session_id=self.session_id,
-            )
-        session.accept()
-        self._flush()  # +OK in the clear, before the handshake
-        self._transport.startTLS(self.factory.tls_context)
-
     # -- timeouts --
 
-    def _reset_timer(self) -> None:
-        session = self.session
-        if session is None or session.closed or self._lost:
-            self._cancel_timer()
-            return
-        delay = self.factory.idle_timeout
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(delay)
-        else:
-            self._timer = self.factory.clock.callLater(delay, self._timed_out)
+    def _timer_delay(self) -> float:
+        return self.factory.idle_timeout
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.session is None or self._lost:
-            return
-        self.log.info("POP3 connection from {peer} timed out", peer=self.peer, session_id=self.session_id)
+    def _session_timed_out(self) -> None:
+        assert self.session is not None
         if self.producer is not None:
             # The client stopped reading a message: no reply can be framed now.
             producer, self.producer = self.producer, None
@@ -569,15 +446,7 @@ class POP3ServerProtocol(Protocol):
             self._release()
             self._transport.loseConnection()
             return
-        self.session.timeout()
-        self._process()
-
-    def _internal_error(self, f: Failure) -> None:
-        """A bug in our own callbacks: log it, keep the session's replies sane."""
-        self.log.failure("internal error in POP3 session", failure=f, session_id=self.session_id)
-        if self.session is not None and self.session.paused and not self._lost:
-            with contextlib.suppress(RuntimeError, ValueError):
-                self.session.reject(SYS_TEMP)
+        super()._session_timed_out()
 
 
 class POP3Factory(Factory):
@@ -632,7 +501,7 @@ class POP3Factory(Factory):
 
     def make_id(self) -> str:
         """A new session id: time-ordered, then random."""
-        return f"{int(self.clock.seconds()):X}{secrets.token_hex(5).upper()}"
+        return make_id(self.clock)
 
     def buildProtocol(self, addr: Any) -> POP3ServerProtocol:
         return POP3ServerProtocol(self)

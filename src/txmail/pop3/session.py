@@ -63,11 +63,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from txmail._session import MAX_AUTH_LINE, LineSession
 from txmail.auth import sasl
 from txmail.auth.passwords import Secret
 from txmail.pop3.events import (
@@ -99,8 +99,6 @@ __all__ = [
 
 #: RFC 2449 section 4: command lines are at most 255 octets including CRLF.
 MAX_LINE_LENGTH = 255
-#: Longest AUTH command or SASL response line (as RFC 4954 section 4 allows SMTP).
-MAX_AUTH_LINE = 12288
 
 
 @dataclass(frozen=True)
@@ -203,9 +201,10 @@ ALLOWED_STATES: dict[str, frozenset[State]] = {
 }
 
 
-class POP3Session:
+class POP3Session(LineSession[Event, Response]):
     """
-    One POP3 server connection, without I/O.
+    One POP3 server connection, without I/O.  The line, event and SASL
+    plumbing is :class:`txmail._session.LineSession`'s.
 
     Args:
         tls_available: STLS can be offered (a TLS context exists and the
@@ -226,6 +225,21 @@ class POP3Session:
         bad_commands: protocol errors so far.
     """
 
+    CLOSED_STATE = State.CLOSED
+    AUTH_STATE = State.AUTH
+    AUTH_DONE_STATE = State.AUTHORIZATION
+    STARTTLS_EVENT = StartTLS
+    AUTH_STEP_EVENT = AuthStep
+    CLOSING_EVENT = ConnectionClosing
+    BAD_AUTH_RESULT_ERROR = TypeError
+    LINE_TOO_LONG_REPLY = _LINE_TOO_LONG
+    TOO_MANY_ERRORS_REPLY = _TOO_MANY_ERRORS
+    TIMEOUT_REPLY = _TIMEOUT
+    UNKNOWN_COMMAND_REPLY = _UNKNOWN_COMMAND
+    AUTH_BAD_BASE64_REPLY = _BAD_BASE64
+    AUTH_CANCELLED_REPLY = _CANCELLED
+    AUTH_FAILED_REPLY = AUTH_FAILED
+
     def __init__(
         self,
         *,
@@ -237,79 +251,26 @@ class POP3Session:
         max_bad_commands: int = 20,
         sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
     ) -> None:
-        if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
-            raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
-        self.tls_available = tls_available and not tls_active
-        self.tls = tls_active
-        self.plaintext_auth = plaintext_auth
-        self.loopback = loopback
+        super().__init__(
+            tls_available=tls_available,
+            tls_active=tls_active,
+            plaintext_auth=plaintext_auth,
+            loopback=loopback,
+            sasl_factory=sasl_factory,
+        )
         self.max_line_length = max_line_length
         self.max_bad_commands = max_bad_commands
-        self._sasl_factory = sasl_factory
 
         self.state = State.AUTHORIZATION
         self.user: str | None = None
-        self.bad_commands = 0
         self._username: str | None = None  # from USER, awaiting PASS
         self._maildrop: Maildrop | None = None
         self._deleted: set[int] = set()  # message numbers
         self._seen: set[int] = set()  # message numbers retrieved whole
 
-        self._inbuf = bytearray()
-        self._scanned = 0
-        self._discarding_line = False
-        self._out = bytearray()
-        self._events: deque[Event] = deque()
-        self._pending: Event | None = None
-        self._trailing = bytearray()
-        self._sasl: sasl.SASLServer | None = None
-
         self._send(Response(True, "txmail POP3 server ready"))
 
     # -- public API ------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes from the network (nothing is parsed until :meth:`next_event`)."""
-        if self.state is State.CLOSED:
-            return
-        if self._pending is not None and isinstance(self._pending, StartTLS):
-            # RFC 2595 section 4: nothing after STLS is a command.
-            self._trailing += data
-            return
-        self._inbuf += data
-
-    def next_event(self) -> Event | None:
-        """
-        Parse buffered input and return the next event, or ``None`` when
-        more input (or a decision on the pending event) is needed.
-        """
-        while not self._events and self._pending is None and self.state is not State.CLOSED:
-            if not self._step():
-                break
-        if not self._events:
-            return None
-        return self._events.popleft()
-
-    def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes to write to the client."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    @property
-    def paused(self) -> bool:
-        """An event awaits :meth:`accept` or :meth:`reject`."""
-        return self._pending is not None
-
-    @property
-    def closed(self) -> bool:
-        """The session ended; close the connection after writing what is left."""
-        return self.state is State.CLOSED
-
-    @property
-    def trailing_data(self) -> bytes:
-        """Bytes received after STLS, before the handshake; dropped by ``accept``."""
-        return bytes(self._trailing)
 
     @property
     def maildrop(self) -> Maildrop | None:
@@ -378,11 +339,7 @@ class POP3Session:
                 self._send(Response(True, "Top of message follows"))
         elif isinstance(event, StartTLS):
             self._send(Response(True, "Begin TLS negotiation"))
-            self._trailing.clear()
-            self._inbuf.clear()
-            self._scanned = 0
-            self.tls = True
-            self.tls_available = False
+            self._tls_accepted()
             self._username = None
         elif isinstance(event, Update):
             self._close(Response(True, "Bye"), "quit")
@@ -418,13 +375,6 @@ class POP3Session:
         else:  # pragma: no cover
             raise RuntimeError(f"cannot reject {event!r}")
 
-    def timeout(self) -> None:
-        """The adapter's idle timer expired: answer ``-ERR`` and close (no UPDATE)."""
-        if self.state is State.CLOSED:
-            return
-        self._pending = None
-        self._close(_TIMEOUT, "timeout")
-
     def connection_lost(self) -> None:
         """The connection went away: the session ends without entering UPDATE."""
         self._pending = None
@@ -444,88 +394,23 @@ class POP3Session:
             self._out += line.encode() + b"\r\n"
         self._out += b".\r\n"
 
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
-        if event.needs_decision:
-            self._pending = event
+    def _challenge(self, data: bytes) -> None:
+        # RFC 5034 section 4: "+" SP base64 (an empty challenge is "+ ").
+        self._out += b"+ " + sasl.encode_challenge(data) + b"\r\n"
 
-    def _take_pending(self) -> Event:
-        event = self._pending
-        if event is None:
-            raise RuntimeError("no event is waiting for a decision")
-        if event in self._events:
-            raise RuntimeError("the pending event was not returned by next_event() yet")
-        self._pending = None
-        return event
+    def _max_line_length(self) -> int:
+        return self.max_line_length
 
-    def _protocol_error(self, response: Response) -> None:
-        self.bad_commands += 1
-        if self.bad_commands > self.max_bad_commands:
-            self._close(_TOO_MANY_ERRORS, "errors")
-        else:
-            self._send(response)
-
-    def _close(self, response: Response, reason: str) -> None:
-        self._sasl = None
-        self._send(response)
-        self.state = State.CLOSED
-        self._inbuf.clear()
-        self._emit(ConnectionClosing(reason))
+    def _max_bad_commands(self) -> int:
+        return self.max_bad_commands
 
     # -- parsing ---------------------------------------------------------------
 
-    def _step(self) -> bool:
-        line = self._read_line()
-        if line is None:
-            return False
-        if self.state is State.AUTH:
-            self._auth_response(line)
-        else:
-            self._command(line)
-        return True
-
-    def _read_line(self) -> bytes | None:
-        """One CRLF-terminated line without its CRLF; over-long lines are answered here."""
-        limit = max(self.max_line_length, MAX_AUTH_LINE)
-        while True:
-            idx = self._inbuf.find(b"\r\n", max(self._scanned - 1, 0))
-            if idx < 0:
-                if len(self._inbuf) > limit:
-                    keep = 1 if self._inbuf.endswith(b"\r") else 0
-                    del self._inbuf[: len(self._inbuf) - keep]
-                    self._discarding_line = True
-                self._scanned = len(self._inbuf)
-                return None
-            line = bytes(self._inbuf[:idx])
-            del self._inbuf[: idx + 2]
-            self._scanned = 0
-            if self._discarding_line or len(line) + 2 > limit:
-                self._discarding_line = False
-                self._line_too_long()
-                if self.state is State.CLOSED:
-                    return None
-                continue
-            return line
-
-    def _line_too_long(self) -> None:
-        if self.state is State.AUTH:
-            self._end_auth()
-        self._protocol_error(_LINE_TOO_LONG)
-
     def _command(self, line: bytes) -> None:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._protocol_error(_UNKNOWN_COMMAND)
+        split = self._split_command(line)
+        if split is None:
             return
-        if "\r" in text or "\n" in text or "\x00" in text:
-            self._protocol_error(_UNKNOWN_COMMAND)
-            return
-        verb, _, arg = text.partition(" ")
-        verb = verb.upper()
-        if len(line) + 2 > self.max_line_length and verb != "AUTH":
-            self._protocol_error(_LINE_TOO_LONG)
-            return
+        verb, arg = split
         handler = _HANDLERS.get(verb)
         if handler is None:
             self._protocol_error(_UNKNOWN_COMMAND)
@@ -624,68 +509,10 @@ class POP3Session:
             self._protocol_error(_UNKNOWN_MECHANISM)
             return
         self._username = None
-        initial: bytes | None = None
-        if len(words) == 2:
-            # RFC 5034 section 4: the initial response; "=" is an empty one.
-            try:
-                initial = sasl.decode_response(words[1].encode("ascii"))
-            except (sasl.SASLDecodeError, UnicodeEncodeError):
-                self._protocol_error(_BAD_BASE64)
-                return
-            if initial is None:
-                self._send(_CANCELLED)
-                return
-        self._sasl = self._sasl_factory(mechanism)
-        self.state = State.AUTH
-        self._sasl_event(self._sasl.start(initial))
+        self._start_sasl(mechanism, words[1] if len(words) == 2 else None)
 
-    def _auth_response(self, line: bytes) -> None:
-        assert self._sasl is not None
-        try:
-            data = sasl.decode_response(line)
-        except sasl.SASLDecodeError:
-            self._end_auth()
-            self._protocol_error(_BAD_BASE64)
-            return
-        if data is None:
-            # RFC 5034 section 4: "*" cancels the exchange.
-            self._sasl.cancel()
-            self._end_auth()
-            self._send(_CANCELLED)
-            return
-        self._sasl_event(self._sasl.respond(data))
-
-    def _sasl_event(self, event: sasl.SASLEvent) -> None:
-        if isinstance(event, sasl.Challenge):
-            self._challenge(event.data)
-            return
-        assert self._sasl is not None
-        self._emit(AuthStep(self._sasl.mechanism, self._sasl, event))
-
-    def _challenge(self, data: bytes) -> None:
-        # RFC 5034 section 4: "+" SP base64 (an empty challenge is "+ ").
-        self._out += b"+ " + sasl.encode_challenge(data) + b"\r\n"
-
-    def _authenticator_result(self, event: Any) -> None:
-        if isinstance(event, sasl.Challenge):
-            self._challenge(event.data)
-        elif isinstance(event, sasl.Succeeded):
-            mechanism = self._sasl.mechanism if self._sasl is not None else ""
-            self._end_auth()
-            self._emit(Login(event.username, mechanism))
-        elif isinstance(event, sasl.Failed):
-            self._end_auth()
-            if event.reason == "cancelled":
-                self._send(_CANCELLED)
-            else:
-                self._protocol_error(AUTH_FAILED)
-        else:
-            raise TypeError(f"AuthStep must be answered with Challenge, Succeeded or Failed, not {event!r}")
-
-    def _end_auth(self) -> None:
-        self._sasl = None
-        if self.state is State.AUTH:
-            self.state = State.AUTHORIZATION
+    def _auth_succeeded(self, username: str, mechanism: str) -> None:
+        self._emit(Login(username, mechanism))
 
     def _do_stls(self, arg: str) -> None:
         if arg:
@@ -697,10 +524,7 @@ class POP3Session:
         if not self.tls_available:
             self._protocol_error(_TLS_UNAVAILABLE)
             return
-        self._trailing[:] = self._inbuf
-        self._inbuf.clear()
-        self._scanned = 0
-        self._emit(StartTLS())
+        self._start_tls()
 
     def _do_capa(self, arg: str) -> None:
         self._send_multiline(Response(True, "Capability list follows"), self.capabilities())

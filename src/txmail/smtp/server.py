@@ -48,19 +48,19 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 import tempfile
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import IO, Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime, ITLSTransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmail._fs import RunBlocking, run_inline
+from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
 from txmail.interfaces import IDeliveryRouter
 from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
@@ -224,13 +224,6 @@ def clean_spool(directory: str) -> None:
             os.unlink(os.path.join(directory, name))
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 #: Messages up to this size are also kept in memory while they are spooled,
 #: so the router can parse them without reading the file back.
 KEEP_IN_MEMORY = 256 * 1024
@@ -275,62 +268,41 @@ class _Spool:
             os.unlink(self.path)
 
 
-class SMTPServerProtocol(Protocol):
+class SMTPServerProtocol(SessionProtocol):
     """
     One SMTP server connection.  Built by :class:`SMTPFactory`; its
-    behaviour is described in the module notes.
+    behaviour is described in the module notes, the plumbing in
+    :class:`txmail._protocol.SessionProtocol`.
     """
 
     log = Logger()
 
+    PROTOCOL_NAME = "SMTP"
+    STARTTLS_COMMAND = "STARTTLS"
+    INTERNAL_ERROR_REPLY = codes.LOCAL_ERROR
+
+    session: ServerSession | None
+
     def __init__(self, factory: SMTPFactory) -> None:
-        self.factory = factory
-        self.session_id = factory.make_id()
-        self.peer = ""
+        super().__init__(factory)
+        self.factory: SMTPFactory = factory
         self.peer_ip = ""
-        self.session: ServerSession | None = None
-        self._timer: Any = None
-        self._waiting = False  # a Deferred of ours will answer the session
-        self._processing = False
-        self._reading_paused = False
-        self._lost = False
         self._spool: _Spool | None = None
         self._message_id = ""
         self._started_at = 0.0
 
-    @property
-    def _transport(self) -> Any:
-        """The transport, typed loosely: it is also an IProducer and may be an ITLSTransport."""
-        return self.transport
-
-    # -- Twisted API --
-
-    def connectionMade(self) -> None:
-        # Replies are small and each answers a client waiting for it: send
-        # them at once (no Nagle delay).  Measured ~8% more messages/s in
-        # benchmarks/smtp_delivery.py.
-        with contextlib.suppress(AttributeError, OSError):
-            self._transport.setTcpNoDelay(True)
-        peer = self._transport.getPeer()
-        host = getattr(peer, "host", "")
-        port = getattr(peer, "port", "")
+    def _open_session(self, host: str) -> ServerSession:
         self.peer_ip = host
-        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         factory = self.factory
-        tls_available = (
-            factory.tls_context is not None
-            and not factory.implicit_tls
-            and ITLSTransport.providedBy(self._transport)
-        )
-        self.session = ServerSession(
+        session = ServerSession(
             factory.hostname,
             role=factory.role,
             limits=factory.limits,
-            tls_available=tls_available,
+            tls_available=self._tls_available(),
             tls_active=factory.implicit_tls,
             auth_enabled=factory.authenticator is not None,
             plaintext_auth=factory.plaintext_auth,
-            loopback=_is_loopback(host) if host else False,
+            loopback=is_loopback(host) if host else False,
         )
         self.log.info(
             "SMTP connection from {peer} ({role})",
@@ -338,75 +310,16 @@ class SMTPServerProtocol(Protocol):
             role=factory.role,
             session_id=self.session_id,
         )
-        self._process()
+        return session
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.session is None or self._lost:
-            return
-        self.session.receive_data(data)
-        self._process()
+    # -- Twisted API --
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lost = True
-        self._cancel_timer()
-        if self.session is not None:
-            self.session.connection_lost()
+        super().connectionLost(reason)
         # A message being delivered owns its file until delivery ends.
         self._discard_spool()
 
     # -- the event loop --
-
-    def _process(self) -> None:
-        """Drain the session's events, write its output, manage timers and reading."""
-        session = self.session
-        if session is None or self._processing or self._lost:
-            return
-        self._processing = True
-        try:
-            while not self._waiting:
-                event = session.next_event()
-                if event is None:
-                    break
-                self._handle(event)
-        finally:
-            self._processing = False
-        self._flush()
-        if session.closed:
-            self._cancel_timer()
-            self._transport.loseConnection()
-            return
-        self._set_reading(not self._waiting)
-        if self._waiting:
-            self._cancel_timer()
-        else:
-            self._reset_timer()
-
-    def _flush(self) -> None:
-        if self.session is not None and not self._lost:
-            out = self.session.data_to_send()
-            if out:
-                self._transport.write(out)
-
-    def _set_reading(self, reading: bool) -> None:
-        if reading == (not self._reading_paused):
-            return
-        self._reading_paused = not reading
-        if reading:
-            self._transport.resumeProducing()
-        else:
-            self._transport.pauseProducing()
-
-    def _wait(self, d: defer.Deferred[Any]) -> None:
-        """The session stays paused until *d* has answered it."""
-        self._waiting = True
-
-        def done(_: Any) -> None:
-            self._waiting = False
-            if self._lost:
-                return
-            self._process()
-
-        d.addBoth(done)
 
     def _handle(self, event: Event) -> None:
         assert self.session is not None
@@ -653,58 +566,12 @@ class SMTPServerProtocol(Protocol):
         d.addErrback(self._internal_error)
         self._wait(d)
 
-    # -- STARTTLS --
-
-    def _start_tls(self) -> None:
-        session = self.session
-        assert session is not None
-        discarded = len(session.trailing_data)
-        if discarded:
-            # RFC 3207 section 4.2 / CVE-2011-0411: never run these.
-            self.log.warn(
-                "discarding {count} octets pipelined after STARTTLS from {peer}",
-                count=discarded,
-                peer=self.peer,
-                session_id=self.session_id,
-            )
-        session.accept()
-        self._flush()  # the 220 goes out in the clear, before the handshake
-        self._transport.startTLS(self.factory.tls_context)
-
     # -- timeouts --
 
-    def _reset_timer(self) -> None:
-        session = self.session
-        if session is None or session.closed:
-            self._cancel_timer()
-            return
+    def _timer_delay(self) -> float:
+        assert self.session is not None
         limits = self.factory.limits
-        delay = limits.data_timeout if session.in_data else limits.command_timeout
-        if self._timer is not None and self._timer.active():
-            # Moving a pending call later is cheap (no new heap entry).
-            self._timer.reset(delay)
-        else:
-            self._timer = self.factory.clock.callLater(delay, self._timed_out)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.session is None:
-            return
-        self.log.info("SMTP connection from {peer} timed out", peer=self.peer, session_id=self.session_id)
-        self.session.timeout()
-        self._process()
-
-    def _internal_error(self, f: Failure) -> None:
-        """A bug in our own callbacks: log it, keep the connection's replies sane."""
-        self.log.failure("internal error in SMTP session", failure=f, session_id=self.session_id)
-        if self.session is not None and self.session.paused and not self._lost:
-            with contextlib.suppress(RuntimeError, ValueError):
-                self.session.reject(codes.LOCAL_ERROR)
+        return limits.data_timeout if self.session.in_data else limits.command_timeout
 
 
 class SMTPFactory(Factory):
@@ -779,7 +646,7 @@ class SMTPFactory(Factory):
 
     def make_id(self) -> str:
         """A new id for a session or message: time-ordered, then random."""
-        return f"{int(self.clock.seconds()):X}{secrets.token_hex(5).upper()}"
+        return make_id(self.clock)
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
         return SMTPServerProtocol(self)

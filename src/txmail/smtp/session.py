@@ -88,11 +88,11 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from txmail._session import MAX_AUTH_LINE, LineSession
 from txmail.auth import sasl
 from txmail.smtp import codes
 from txmail.smtp.codes import Reply
@@ -131,9 +131,6 @@ __all__ = [
     "ServerSession",
     "State",
 ]
-
-#: RFC 4954 section 4: AUTH command and response lines may be up to 12288 octets.
-MAX_AUTH_LINE = 12288
 
 #: ``mta``: port 25, anyone may send to local recipients.  ``submission``:
 #: port 587/465, AUTH is required before MAIL (RFC 6409 section 4.3).
@@ -270,9 +267,10 @@ class _Chunk:
     out_of_sequence: bool = False
 
 
-class ServerSession:
+class ServerSession(LineSession[Event, Reply]):
     """
-    One SMTP server connection, without I/O.
+    One SMTP server connection, without I/O.  The line, event and SASL
+    plumbing is :class:`txmail._session.LineSession`'s.
 
     Args:
         hostname: our name, in the greeting and EHLO reply.
@@ -300,6 +298,21 @@ class ServerSession:
         tls_restarted: STARTTLS succeeded; EHLO/HELO is now required before MAIL.
     """
 
+    CLOSED_STATE = State.CLOSED
+    AUTH_STATE = State.AUTH
+    AUTH_DONE_STATE = State.GREETED
+    STARTTLS_EVENT = StartTLS
+    AUTH_STEP_EVENT = AuthStep
+    CLOSING_EVENT = ConnectionClosing
+    BAD_AUTH_RESULT_ERROR = RuntimeError
+    LINE_TOO_LONG_REPLY = codes.LINE_TOO_LONG
+    TOO_MANY_ERRORS_REPLY = codes.TOO_MANY_ERRORS
+    TIMEOUT_REPLY = codes.TIMEOUT
+    UNKNOWN_COMMAND_REPLY = codes.SYNTAX_ERROR
+    AUTH_BAD_BASE64_REPLY = codes.AUTH_BAD_BASE64
+    AUTH_CANCELLED_REPLY = codes.AUTH_CANCELLED
+    AUTH_FAILED_REPLY = codes.AUTH_FAILED
+
     def __init__(
         self,
         hostname: str,
@@ -315,97 +328,38 @@ class ServerSession:
     ) -> None:
         if role not in SESSION_ROLES:
             raise ValueError(f"unknown role {role!r}")
-        if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
-            raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
+        super().__init__(
+            tls_available=tls_available,
+            tls_active=tls_active,
+            plaintext_auth=plaintext_auth,
+            loopback=loopback,
+            sasl_factory=sasl_factory,
+        )
         self.hostname = hostname
         self.role = role
         self.limits = limits if limits is not None else SMTPLimits()
-        self.tls_available = tls_available and not tls_active
-        self.tls = tls_active
         self.auth_enabled = auth_enabled
-        self.plaintext_auth = plaintext_auth
-        self.loopback = loopback
-        self._sasl_factory = sasl_factory
 
         self.state = State.CONNECTED
         self.helo: str | None = None
         self.extended = False
         self.authenticated_user: str | None = None
         self.transaction: MailTransaction | None = None
-        self.bad_commands = 0
         self.tls_restarted = False
 
-        self._inbuf = bytearray()
-        self._scanned = 0  # octets of _inbuf known to hold no CRLF
-        self._discarding_line = False
-        self._out = bytearray()
-        self._events: deque[Event] = deque()
-        self._pending: Event | None = None
-        self._trailing = bytearray()
         self._decoder: DataDecoder | None = None
         self._chunk: _Chunk | None = None
         self._checker: LineEndingChecker | None = None
-        self._sasl: sasl.SASLServer | None = None
         self._resume_state = State.CONNECTED  # where a BDAT chunk returns to
 
         self._send(Reply(220, "", f"{hostname} ESMTP txmail"))
 
     # -- public API ----------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """
-        Add bytes received from the client.  Nothing is parsed until
-        :meth:`next_event` is called.
-        """
-        if self.state is State.CLOSED:
-            return
-        if isinstance(self._pending, StartTLS):
-            # RFC 3207 section 4.2: what follows STARTTLS before the
-            # handshake is never a command.
-            self._trailing += data
-            return
-        self._inbuf += data
-
-    def next_event(self) -> Event | None:
-        """
-        Parse what was received and return the next event, or ``None`` when
-        more input (or a decision on the pending event) is needed.
-        """
-        while not self._events and self._pending is None and self.state is not State.CLOSED:
-            if not self._step():
-                break
-        if not self._events:
-            return None
-        return self._events.popleft()
-
-    def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes to write to the client."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    @property
-    def paused(self) -> bool:
-        """An event awaits :meth:`accept` or :meth:`reject`."""
-        return self._pending is not None
-
-    @property
-    def closed(self) -> bool:
-        """The session ended; close the connection after writing what is left."""
-        return self.state is State.CLOSED
-
     @property
     def in_data(self) -> bool:
         """Message content is being read (the data timeout applies)."""
         return self.state in (State.DATA, State.BDAT)
-
-    @property
-    def trailing_data(self) -> bytes:
-        """
-        Bytes received after STARTTLS and before the handshake.  The adapter
-        must discard them (they are dropped by :meth:`accept`).
-        """
-        return bytes(self._trailing)
 
     @property
     def protocol(self) -> str:
@@ -466,7 +420,6 @@ class ServerSession:
             self._authenticator_result(result)
         elif isinstance(event, StartTLS):
             self._send(codes.READY_TO_START_TLS)
-            self._trailing.clear()
             self._reset_for_tls()
         else:  # pragma: no cover - every pausing event is handled above
             raise RuntimeError(f"cannot accept {event!r}")
@@ -505,13 +458,6 @@ class ServerSession:
         else:  # pragma: no cover
             raise RuntimeError(f"cannot reject {event!r}")
 
-    def timeout(self) -> None:
-        """The adapter's timer expired: answer ``421 4.4.2`` and close."""
-        if self.state is State.CLOSED:
-            return
-        self._pending = None
-        self._close(codes.TIMEOUT, "timeout")
-
     def connection_lost(self) -> None:
         """The connection went away; the session ends without a reply."""
         if self.state is not State.CLOSED:
@@ -524,39 +470,22 @@ class ServerSession:
     def _send(self, reply: Reply) -> None:
         self._out += reply.to_bytes()
 
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
-        if event.needs_decision:
-            self._pending = event
-
-    def _take_pending(self) -> Event:
-        event = self._pending
-        if event is None:
-            raise RuntimeError("no event is waiting for a decision")
-        if event in self._events:
-            raise RuntimeError("the pending event was not returned by next_event() yet")
-        self._pending = None
-        return event
-
     def _tx(self) -> MailTransaction:
         assert self.transaction is not None
         return self.transaction
 
-    def _protocol_error(self, reply: Reply) -> None:
-        """Answer a client error, counting it; too many close the session."""
-        self.bad_commands += 1
-        if self.bad_commands > self.limits.max_bad_commands:
-            self._close(codes.TOO_MANY_ERRORS, "errors")
-        else:
-            self._send(reply)
+    def _challenge(self, data: bytes) -> None:
+        self._send(Reply(334, "", sasl.encode_challenge(data).decode("ascii")))
+
+    def _max_line_length(self) -> int:
+        return self.limits.max_line_length
+
+    def _max_bad_commands(self) -> int:
+        return self.limits.max_bad_commands
 
     def _close(self, reply: Reply, reason: str) -> None:
         self._abort_data(reply)
-        self._end_auth()
-        self._send(reply)
-        self.state = State.CLOSED
-        self._inbuf.clear()
-        self._emit(ConnectionClosing(reason))
+        super()._close(reply, reason)
 
     def _abort_data(self, reply: Reply) -> None:
         """Tell the application to drop content it was given, if any."""
@@ -581,16 +510,13 @@ class ServerSession:
 
     def _reset_for_tls(self) -> None:
         """RFC 3207 section 4.2: forget everything the client said before TLS."""
+        self._tls_accepted()
         self._reset_transaction(codes.OK)
         self.helo = None
         self.extended = False
         self.authenticated_user = None
-        self.tls = True
-        self.tls_available = False
         self.tls_restarted = True
         self.state = State.CONNECTED
-        self._inbuf.clear()
-        self._scanned = 0
 
     # -- parsing -------------------------------------------------------------
 
@@ -600,64 +526,14 @@ class ServerSession:
             return self._step_data()
         if self.state is State.BDAT:
             return self._step_bdat()
-        line = self._read_line()
-        if line is None:
-            return False
-        if self.state is State.AUTH:
-            self._auth_response(line)
-        else:
-            self._command(line)
-        return True
-
-    def _read_line(self) -> bytes | None:
-        """
-        Take one CRLF-terminated line from the input, without its CRLF.
-
-        Over-long lines are discarded up to their CRLF and answered here; the
-        caller then gets the next line.
-        """
-        limit = max(self.limits.max_line_length, MAX_AUTH_LINE)
-        while True:
-            idx = self._inbuf.find(b"\r\n", max(self._scanned - 1, 0))
-            if idx < 0:
-                if len(self._inbuf) > limit:
-                    # Keep a final CR: it may start the CRLF.
-                    keep = 1 if self._inbuf.endswith(b"\r") else 0
-                    del self._inbuf[: len(self._inbuf) - keep]
-                    self._discarding_line = True
-                self._scanned = len(self._inbuf)
-                return None
-            line = bytes(self._inbuf[:idx])
-            del self._inbuf[: idx + 2]
-            self._scanned = 0
-            if self._discarding_line or len(line) + 2 > limit:
-                self._discarding_line = False
-                self._line_too_long()
-                if self.state is State.CLOSED:
-                    return None
-                continue
-            return line
-
-    def _line_too_long(self) -> None:
-        if self.state is State.AUTH:
-            self._end_auth()
-        self._protocol_error(codes.LINE_TOO_LONG)
+        return super()._step()
 
     def _command(self, line: bytes) -> None:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._protocol_error(codes.SYNTAX_ERROR)
+        split = self._split_command(line)
+        if split is None:
             return
-        if "\r" in text or "\n" in text or "\x00" in text:
-            self._protocol_error(codes.SYNTAX_ERROR)
-            return
-        verb, _, arg = text.partition(" ")
-        verb = verb.upper()
+        verb, arg = split
         arg = arg.strip(" ")
-        if len(line) + 2 > self.limits.max_line_length and verb != "AUTH":
-            self._protocol_error(codes.LINE_TOO_LONG)
-            return
         handler = _HANDLERS.get(verb)
         if handler is None:
             self._protocol_error(codes.SYNTAX_ERROR)
@@ -871,10 +747,7 @@ class ServerSession:
         if not self.tls_available:
             self._protocol_error(codes.NOT_IMPLEMENTED)
             return
-        self._trailing[:] = self._inbuf
-        self._inbuf.clear()
-        self._scanned = 0
-        self._emit(StartTLS())
+        self._start_tls()
 
     # -- AUTH (RFC 4954) -------------------------------------------------------
 
@@ -897,70 +770,12 @@ class ServerSession:
             # RFC 4954 section 6: 538 when the mechanism needs encryption.
             self._protocol_error(codes.AUTH_ENCRYPTION_REQUIRED)
             return
-        initial: bytes | None = None
-        if len(words) == 2:
-            try:
-                initial = sasl.decode_response(words[1].encode("ascii"))
-            except (sasl.SASLDecodeError, UnicodeEncodeError):
-                self._protocol_error(codes.AUTH_BAD_BASE64)
-                return
-            if initial is None:
-                self._send(codes.AUTH_CANCELLED)
-                return
-        self._sasl = self._sasl_factory(mechanism)
-        self.state = State.AUTH
-        self._sasl_event(self._sasl.start(initial))
+        self._start_sasl(mechanism, words[1] if len(words) == 2 else None)
 
-    def _auth_response(self, line: bytes) -> None:
-        assert self._sasl is not None
-        try:
-            data = sasl.decode_response(line)
-        except sasl.SASLDecodeError:
-            self._end_auth()
-            self._protocol_error(codes.AUTH_BAD_BASE64)
-            return
-        if data is None:
-            self._sasl.cancel()
-            self._end_auth()
-            self._send(codes.AUTH_CANCELLED)
-            return
-        self._sasl_event(self._sasl.respond(data))
-
-    def _sasl_event(self, event: sasl.SASLEvent) -> None:
-        """An event straight from the SASL server."""
-        if isinstance(event, sasl.Challenge):
-            self._send(Reply(334, "", sasl.encode_challenge(event.data).decode("ascii")))
-            return
-        # Need*, Succeeded and Failed all go through the authenticator: it
-        # answers questions, canonicalises the user and delays failures.
-        assert self._sasl is not None
-        self._emit(AuthStep(self._sasl.mechanism, self._sasl, event))
-
-    def _authenticator_result(self, event: Any) -> None:
-        """An event the authenticator resolved (``accept`` of ``AuthStep``)."""
-        if isinstance(event, sasl.Challenge):
-            self._send(Reply(334, "", sasl.encode_challenge(event.data).decode("ascii")))
-        elif isinstance(event, sasl.Succeeded):
-            mechanism = self._sasl.mechanism if self._sasl is not None else ""
-            self._end_auth()
-            self.authenticated_user = event.username
-            self._send(codes.AUTH_SUCCEEDED)
-            self._emit(Authenticated(event.username, mechanism))
-        elif isinstance(event, sasl.Failed):
-            self._end_auth()
-            if event.reason == "cancelled":
-                self._send(codes.AUTH_CANCELLED)
-            else:
-                self._protocol_error(codes.AUTH_FAILED)
-        else:
-            raise RuntimeError(
-                f"AuthStep must be answered with Challenge, Succeeded or Failed, not {event!r}"
-            )
-
-    def _end_auth(self) -> None:
-        self._sasl = None
-        if self.state is State.AUTH:
-            self.state = State.GREETED
+    def _auth_succeeded(self, username: str, mechanism: str) -> None:
+        self.authenticated_user = username
+        self._send(codes.AUTH_SUCCEEDED)
+        self._emit(Authenticated(username, mechanism))
 
     # -- message content -------------------------------------------------------
 

@@ -1,0 +1,311 @@
+"""
+The Twisted plumbing shared by the server adapters
+(:class:`txmail.smtp.server.SMTPServerProtocol`,
+:class:`txmail.pop3.server.POP3ServerProtocol`, and later IMAP): each moves
+bytes and time between a transport and a sans-IO session built on
+:class:`txmail._session.LineSession`.
+
+Implementation notes
+--------------------
+* ``dataReceived`` feeds the session and drains its events through the
+  subclass's ``_handle``.  An event that needs a Deferred of ours leaves the
+  session paused (:meth:`SessionProtocol._wait`); meanwhile the adapter stops
+  reading from the transport (``pauseProducing``), so pipelined input is not
+  buffered without bound, and resumes once the Deferred answered the
+  session.  Replies therefore go out in command order (RFC 2920, RFC 2449).
+* One timer on the injected clock runs while we wait for the client and is
+  stopped while we wait for a Deferred of our own; expiry lets the session
+  answer and close.
+* STARTTLS/STLS: the bytes the client pipelined after the command are logged
+  by size and discarded before the handshake (RFC 3207 section 4.2, RFC 2595
+  section 4; CVE-2011-0411).
+* A bug in our own callbacks is logged and the paused session is rejected
+  with a temporary failure, never with the exception's text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["SessionProtocol", "format_peer", "is_loopback", "make_id"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* is an IP address on the loopback interface."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def format_peer(host: str, port: Any) -> str:
+    """``host:port`` for logs, with brackets around an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def make_id(clock: Any) -> str:
+    """A new id for a session or message: time-ordered (by *clock*), then random."""
+    return f"{int(clock.seconds()):X}{secrets.token_hex(5).upper()}"
+
+
+class SessionProtocol(Protocol):
+    """
+    Base class of a server connection driving a sans-IO
+    :class:`txmail._session.LineSession`.
+
+    Subclasses must provide:
+
+    * ``PROTOCOL_NAME`` (``"SMTP"``, ``"POP3"``...) and ``STARTTLS_COMMAND``
+      (``"STARTTLS"``, ``"STLS"``...), used in log messages;
+    * ``INTERNAL_ERROR_REPLY``: the temporary failure a paused session is
+      rejected with after a bug in our callbacks;
+    * :meth:`_open_session`: build the session for a client at *host* (and
+      log the connection);
+    * :meth:`_handle`: act on one event of the session;
+    * :meth:`_timer_delay`: seconds the client may stay silent right now.
+
+    They may extend ``connectionLost`` (calling this one first) and override
+    the hooks :meth:`_may_close`, :meth:`_closing`, :meth:`_timer_stopped` and
+    :meth:`_session_timed_out`.
+
+    The factory must have ``make_id()``, ``clock`` (an ``IReactorTime``),
+    ``tls_context`` and ``implicit_tls``.
+
+    Attributes:
+        factory: the factory that built this connection.
+        session_id: the id of this connection in logs.
+        peer: the client's ``host:port``.
+        session: the sans-IO session, from ``connectionMade`` on.
+    """
+
+    log = Logger()
+
+    PROTOCOL_NAME: ClassVar[str]
+    STARTTLS_COMMAND: ClassVar[str]
+    INTERNAL_ERROR_REPLY: ClassVar[Any]
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.session_id = factory.make_id()
+        self.peer = ""
+        self.session: Any = None
+        self._timer: Any = None
+        self._waiting = False  # a Deferred of ours will answer the session
+        self._processing = False
+        self._reading_paused = False
+        self._lost = False
+
+    @property
+    def _transport(self) -> Any:
+        """The transport, typed loosely: it is also an IProducer and may be an ITLSTransport."""
+        return self.transport
+
+    # -- what subclasses provide -------------------------------------------------
+
+    def _open_session(self, host: str) -> Any:
+        """Build (and log) the session for a client connected from *host*."""
+        raise NotImplementedError
+
+    def _handle(self, event: Any) -> None:
+        """Act on one event of the session."""
+        raise NotImplementedError
+
+    def _timer_delay(self) -> float:
+        """Seconds the client may stay silent in the session's current state."""
+        raise NotImplementedError
+
+    def _may_close(self) -> bool:
+        """The session closed: may the connection be dropped now?"""
+        return True
+
+    def _closing(self) -> None:
+        """The connection is about to be dropped because the session closed."""
+
+    def _timer_stopped(self) -> bool:
+        """No timer runs now (by default: while a Deferred of ours is pending)."""
+        return self._waiting
+
+    def _session_timed_out(self) -> None:
+        """The client was silent too long: let the session answer and close."""
+        assert self.session is not None
+        self.session.timeout()
+        self._process()
+
+    # -- Twisted API --
+
+    def connectionMade(self) -> None:
+        # Replies are small and each answers a client waiting for it: send
+        # them at once (no Nagle delay).  Measured ~8% more messages/s in
+        # benchmarks/smtp_delivery.py.
+        with contextlib.suppress(AttributeError, OSError):
+            self._transport.setTcpNoDelay(True)
+        peer = self._transport.getPeer()
+        host = getattr(peer, "host", "")
+        self.peer = format_peer(host, getattr(peer, "port", ""))
+        self.session = self._open_session(host)
+        self._process()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is None or self._lost:
+            return
+        self.session.receive_data(data)
+        self._process()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._cancel_timer()
+        if self.session is not None:
+            self.session.connection_lost()
+
+    # -- helpers for _open_session --
+
+    def _tls_available(self) -> bool:
+        """STARTTLS/STLS can be offered: a context, no implicit TLS, a TLS-capable transport."""
+        factory = self.factory
+        return (
+            factory.tls_context is not None
+            and not factory.implicit_tls
+            and ITLSTransport.providedBy(self._transport)
+        )
+
+    # -- the event loop --
+
+    def _process(self) -> None:
+        """Drain the session's events, write its output, manage timers and reading."""
+        session = self.session
+        if session is None or self._processing or self._lost:
+            return
+        self._processing = True
+        try:
+            while not self._waiting:
+                event = session.next_event()
+                if event is None:
+                    break
+                self._handle(event)
+        finally:
+            self._processing = False
+        self._flush()
+        if session.closed and self._may_close():
+            self._cancel_timer()
+            self._closing()
+            self._transport.loseConnection()
+            return
+        self._set_reading(not self._waiting)
+        if self._timer_stopped():
+            self._cancel_timer()
+        else:
+            self._reset_timer()
+
+    def _flush(self) -> None:
+        """Write what the session has to send."""
+        if self.session is not None and not self._lost:
+            out = self.session.data_to_send()
+            if out:
+                self._transport.write(out)
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading == (not self._reading_paused):
+            return
+        self._reading_paused = not reading
+        if reading:
+            self._transport.resumeProducing()
+        else:
+            self._transport.pauseProducing()
+
+    def _wait(self, d: defer.Deferred[Any]) -> None:
+        """The session stays paused (no more events are handled) until *d* has fired."""
+        self._waiting = True
+
+        def done(_: Any) -> None:
+            self._waiting = False
+            if not self._lost:
+                self._process()
+
+        d.addBoth(done)
+
+    def _answer(self, d: defer.Deferred[Any], ok: Callable[[Any], None], failed_reply: Any, what: str) -> None:
+        """Wait for *d*: ``ok(result)`` on success, else log and reject with *failed_reply*."""
+        session = self.session
+        assert session is not None
+
+        def succeeded(result: Any) -> None:
+            if not self._lost:
+                ok(result)
+
+        def failed(f: Failure) -> None:
+            self.log.failure(
+                "{what} failed for {peer}", failure=f, what=what, peer=self.peer, session_id=self.session_id
+            )
+            if not self._lost and session.paused:
+                session.reject(failed_reply)
+
+        d.addCallbacks(succeeded, failed)
+        d.addErrback(self._internal_error)
+        self._wait(d)
+
+    def _internal_error(self, f: Failure) -> None:
+        """A bug in our own callbacks: log it, keep the connection's replies sane."""
+        self.log.failure(
+            "internal error in " + self.PROTOCOL_NAME + " session", failure=f, session_id=self.session_id
+        )
+        if self.session is not None and self.session.paused and not self._lost:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self.session.reject(self.INTERNAL_ERROR_REPLY)
+
+    # -- STARTTLS / STLS --
+
+    def _start_tls(self) -> None:
+        """Accept the session's StartTLS event and start the handshake."""
+        session = self.session
+        assert session is not None
+        discarded = len(session.trailing_data)
+        if discarded:
+            # RFC 3207 section 4.2, RFC 2595 section 4 / CVE-2011-0411: never run these.
+            self.log.warn(
+                "discarding {count} octets pipelined after " + self.STARTTLS_COMMAND + " from {peer}",
+                count=discarded,
+                peer=self.peer,
+                session_id=self.session_id,
+            )
+        session.accept()
+        self._flush()  # the positive reply goes out in the clear, before the handshake
+        self._transport.startTLS(self.factory.tls_context)
+
+    # -- timeouts --
+
+    def _reset_timer(self) -> None:
+        """(Re)start the timer for :meth:`_timer_delay` seconds."""
+        session = self.session
+        if session is None or session.closed or self._lost:
+            self._cancel_timer()
+            return
+        delay = self._timer_delay()
+        if self._timer is not None and self._timer.active():
+            # Moving a pending call later is cheap (no new heap entry).
+            self._timer.reset(delay)
+        else:
+            self._timer = self.factory.clock.callLater(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.session is None or self._lost:
+            return
+        self.log.info(
+            self.PROTOCOL_NAME + " connection from {peer} timed out", peer=self.peer, session_id=self.session_id
+        )
+        self._session_timed_out()
