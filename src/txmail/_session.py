@@ -38,6 +38,7 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
@@ -56,7 +57,7 @@ EventT = TypeVar("EventT")
 ReplyT = TypeVar("ReplyT")
 
 
-class LineSession(Generic[EventT, ReplyT]):
+class LineSession(ABC, Generic[EventT, ReplyT]):
     """
     Base class of a sans-IO server session reading CRLF-terminated command
     lines.
@@ -221,29 +222,29 @@ class LineSession(Generic[EventT, ReplyT]):
 
     # -- what subclasses provide -------------------------------------------------
 
+    @abstractmethod
     def _send(self, reply: ReplyT) -> None:
         """Queue *reply* in the output buffer."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _challenge(self, data: bytes) -> None:
         """Queue a SASL challenge carrying *data* (base64-encoded on the wire)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _command(self, line: bytes) -> None:
         """Handle one command line (without its CRLF)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _auth_succeeded(self, username: str, mechanism: str) -> None:
         """A SASL exchange succeeded for the canonical *username*."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _max_line_length(self) -> int:
         """Octets a command line (other than AUTH) may hold, CRLF included."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _max_bad_commands(self) -> int:
         """Protocol errors tolerated before closing."""
-        raise NotImplementedError
 
     # -- output and events -------------------------------------------------------
 
