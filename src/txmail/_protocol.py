@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -58,7 +59,7 @@ def make_id(clock: Any) -> str:
     return f"{int(clock.seconds()):X}{secrets.token_hex(5).upper()}"
 
 
-class SessionProtocol(Protocol):
+class SessionProtocol(Protocol, ABC):
     """
     Base class of a server connection driving a sans-IO
     :class:`txmail._session.LineSession`.
@@ -112,17 +113,17 @@ class SessionProtocol(Protocol):
 
     # -- what subclasses provide -------------------------------------------------
 
+    @abstractmethod
     def _open_session(self, host: str) -> Any:
         """Build (and log) the session for a client connected from *host*."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _handle(self, event: Any) -> None:
         """Act on one event of the session."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _timer_delay(self) -> float:
         """Seconds the client may stay silent in the session's current state."""
-        raise NotImplementedError
 
     def _may_close(self) -> bool:
         """The session closed: may the connection be dropped now?"""
