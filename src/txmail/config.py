@@ -31,6 +31,12 @@ The file format (every key optional)::
     listen = ["tcp:110", "ssl:995"]      # POP3 listeners (none by default); ssl: = implicit TLS
     idle_timeout = 600                   # seconds (RFC 1939 section 3: at least 10 minutes)
 
+    [imap]
+    listen = ["tcp:143", "ssl:993"]      # IMAP listeners (none by default); ssl: = implicit TLS
+    idle_timeout = 1800                  # seconds (RFC 3501 section 5.4: at least 30 minutes)
+    max_line = 8192                      # octets of one command line
+    max_literal = 52428800               # octets of one literal; the APPENDLIMIT (RFC 7889)
+
 Nothing here does protocol work; :mod:`txmail.service` turns settings into
 running services.
 """
@@ -75,6 +81,10 @@ class Settings:
     data_timeout: float = 600.0
     pop3: tuple[str, ...] = ()
     pop3_idle_timeout: float = 600.0
+    imap: tuple[str, ...] = ()
+    imap_idle_timeout: float = 1800.0
+    imap_max_line: int = 8192
+    imap_max_literal: int = 50 * 1024 * 1024
 
     @property
     def primary_domain(self) -> str:
@@ -106,6 +116,10 @@ _KEYS: dict[tuple[str, str], str] = {
     ("smtp", "data_timeout"): "data_timeout",
     ("pop3", "listen"): "pop3",
     ("pop3", "idle_timeout"): "pop3_idle_timeout",
+    ("imap", "listen"): "imap",
+    ("imap", "idle_timeout"): "imap_idle_timeout",
+    ("imap", "max_line"): "imap_max_line",
+    ("imap", "max_literal"): "imap_max_literal",
 }
 
 
@@ -136,18 +150,18 @@ def _validate(values: dict[str, Any]) -> Settings:
         if f.name not in values or values[f.name] is None:
             continue
         value = values[f.name]
-        if f.name in ("smtp", "submission", "pop3"):
+        if f.name in ("smtp", "submission", "pop3", "imap"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "domains":
             domains = tuple(d.strip().lower().rstrip(".") for d in _str_list("domains", value))
             if not domains or not all(domains):
                 raise ConfigError("domains must name at least one domain")
             out[f.name] = tuple(dict.fromkeys(domains))
-        elif f.name in ("threads", "max_message_size", "max_recipients"):
+        elif f.name in ("threads", "max_message_size", "max_recipients", "imap_max_line", "imap_max_literal"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{f.name} must be a positive integer")
             out[f.name] = value
-        elif f.name in ("command_timeout", "data_timeout", "pop3_idle_timeout"):
+        elif f.name in ("command_timeout", "data_timeout", "pop3_idle_timeout", "imap_idle_timeout"):
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{f.name} must be a positive number of seconds")
             out[f.name] = float(value)
@@ -156,6 +170,8 @@ def _validate(values: dict[str, Any]) -> Settings:
                 raise ConfigError(f"{f.name} must be a non-empty string")
             out[f.name] = value
     settings = Settings(**out)
+    if settings.imap_max_line < 1024:
+        raise ConfigError("imap max_line must be at least 1024 octets (RFC 7162 section 4 asks for 8192)")
     if settings.plaintext_auth not in PLAINTEXT_POLICIES:
         raise ConfigError(f"plaintext_auth must be one of {', '.join(PLAINTEXT_POLICIES)}")
     if (settings.tls_cert is None) != (settings.tls_key is None):
@@ -164,7 +180,7 @@ def _validate(values: dict[str, Any]) -> Settings:
         path = getattr(settings, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
-    for endpoint in settings.smtp + settings.submission + settings.pop3:
+    for endpoint in settings.smtp + settings.submission + settings.pop3 + settings.imap:
         if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
             raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
     return settings

@@ -26,6 +26,8 @@ from txmail.config import Settings
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.directory import FileDirectory
+from txmail.imap.server import IMAPFactory
+from txmail.imap.session import IMAPLimits
 from txmail.interfaces import IDirectory, IMailStoreProvider
 from txmail.pop3.server import MaildropLocks, POP3Factory
 from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
@@ -95,9 +97,7 @@ class ListenerService(service.Service):
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             host = port.getHost()
-            self.log.info(
-                "{role} listening on {host}:{port}", role=self.role, host=host.host, port=host.port
-            )
+            self.log.info("{role} listening on {host}:{port}", role=self.role, host=host.host, port=host.port)
             return port
 
         d.addCallback(listening)
@@ -208,7 +208,11 @@ def build_service(
         directory, stores, queue, run_blocking=run_blocking, primary_domain=settings.primary_domain
     )
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
-    tls = server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+    tls = (
+        server_context(settings.tls_cert, settings.tls_key)
+        if settings.tls_cert and settings.tls_key
+        else None
+    )
 
     server.directory = directory
     server.stores = stores
@@ -258,6 +262,23 @@ def build_service(
         )
         listener = ListenerService(
             reactor, with_certificate(description, settings.tls_cert, settings.tls_key), pop3_factory, "pop3"
+        )
+        listener.setServiceParent(server)
+        server.listeners.append(listener)
+    imap_limits = IMAPLimits(max_line=settings.imap_max_line, max_literal=settings.imap_max_literal)
+    for description in settings.imap:
+        imap_factory = IMAPFactory(
+            authenticator=authenticator,
+            stores=stores,
+            tls_context=tls,
+            implicit_tls=description.startswith("ssl:"),
+            plaintext_auth=settings.plaintext_auth,
+            idle_timeout=settings.imap_idle_timeout,
+            limits=imap_limits,
+            clock=reactor,
+        )
+        listener = ListenerService(
+            reactor, with_certificate(description, settings.tls_cert, settings.tls_key), imap_factory, "imap"
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)

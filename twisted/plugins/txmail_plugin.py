@@ -29,8 +29,12 @@ class Options(usage.Options):
         ["hostname", None, None, "Host name for greetings and Received: headers."],
         ["tls-cert", None, None, "PEM certificate (chain) file; with --tls-key enables STARTTLS."],
         ["tls-key", None, None, "PEM private key file."],
-        ["plaintext-auth", None, None,
-         "Password authentication without TLS: never | loopback | always (default loopback)."],
+        [
+            "plaintext-auth",
+            None,
+            None,
+            "Password authentication without TLS: never | loopback | always (default loopback).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -39,6 +43,7 @@ class Options(usage.Options):
         self["smtp"] = []
         self["submission"] = []
         self["pop3"] = []
+        self["imap"] = []
 
     def opt_domain(self, name: str) -> None:
         """A local domain (repeatable; the first is the primary). Default localhost."""
@@ -56,6 +61,10 @@ class Options(usage.Options):
         """POP3 listener endpoint (repeatable), e.g. tcp:110 or ssl:995. Default none."""
         self["pop3"].append(endpoint)
 
+    def opt_imap(self, endpoint: str) -> None:
+        """IMAP listener endpoint (repeatable), e.g. tcp:143 or ssl:993. Default none."""
+        self["imap"].append(endpoint)
+
     def postOptions(self) -> None:
         from txmail.config import load_config
         from txmail.errors import ConfigError
@@ -67,6 +76,7 @@ class Options(usage.Options):
             "smtp": self["smtp"],
             "submission": self["submission"],
             "pop3": self["pop3"],
+            "imap": self["imap"],
             "tls_cert": self["tls-cert"],
             "tls_key": self["tls-key"],
             "plaintext_auth": self["plaintext-auth"],

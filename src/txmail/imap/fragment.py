@@ -231,6 +231,19 @@ class CommandFramer:
         self._reset_command()
         self._mode = _Mode.LINE
 
+    def drain(self) -> bytes:
+        """
+        Take every octet received but not yet framed, and forget the command
+        being framed: after STARTTLS (RFC 3501 section 6.2.1) what the client
+        pipelined is never parsed.
+        """
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._events.clear()
+        self._reset_command()
+        self._mode = _Mode.LINE
+        return rest
+
     @property
     def buffered(self) -> int:
         """Octets received but not yet framed (bounded by the limits while framing)."""

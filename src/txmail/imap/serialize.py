@@ -40,9 +40,11 @@ __all__ = [
     "date_time",
     "envelope",
     "flag_list",
+    "is_message_rfc822",
     "mailbox",
     "nstring",
     "number",
+    "number_set",
     "paren_list",
     "sequence_set",
     "string",
@@ -121,6 +123,25 @@ def sequence_set(seq: SequenceSet) -> bytes:
     return str(seq).encode("ascii")
 
 
+def number_set(numbers: Iterable[int]) -> bytes:
+    """
+    Ascending *numbers* as a compact ``sequence-set``: ``[1, 2, 3, 7]`` is
+    ``1:3,7`` (UIDPLUS COPYUID, ESEARCH ALL).  Empty input gives ``b""``.
+    """
+    parts: list[str] = []
+    start = prev = None
+    for n in numbers:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = n
+    if start is not None:
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(parts).encode("ascii")
+
+
 def date_time(when: datetime.datetime) -> bytes:
     """``date-time`` as in INTERNALDATE: ``"17-Jul-1996 02:44:25 -0700"``."""
     if when.tzinfo is None:
@@ -159,37 +180,66 @@ def paren_list(items: Iterable[Any], encoding: str = "utf-8") -> bytes:
     return b"(" + b" ".join(value(i, encoding) for i in items) + b")"
 
 
+def is_message_rfc822(body: tuple[Any, ...]) -> bool:
+    """Whether a non-multipart body structure is a ``MESSAGE/RFC822`` part."""
+    return (
+        len(body) > 9
+        and isinstance(body[0], str)
+        and isinstance(body[1], str)
+        and (body[0].upper(), body[1].upper()) == ("MESSAGE", "RFC822")
+    )
+
+
 def envelope(env: tuple[Any, ...]) -> bytes:
-    """ENVELOPE from :func:`txmail.mime.parse_metadata`'s tuple (latin-1 octets)."""
-    return paren_list(env, "latin-1")
+    """
+    ENVELOPE from :func:`txmail.mime.parse_metadata`'s tuple (latin-1 octets)::
+
+        envelope = "(" env-date SP env-subject SP env-from SP env-sender SP
+                   env-reply-to SP env-to SP env-cc SP env-bcc SP
+                   env-in-reply-to SP env-message-id ")"
+        env-from = "(" 1*address ")" / nil        ; likewise the other lists
+        address  = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"
+
+    Unlike :func:`txmail.imap.envelope`, which puts a space between
+    the addresses of a list, the addresses follow each other directly, as
+    ``1*address`` says (strict parsers such as imap-codec's refuse the space).
+    """
+    out = []
+    for i, member in enumerate(env):
+        if 2 <= i <= 7 and isinstance(member, tuple | list):
+            out.append(b"(" + b"".join(paren_list(a, "latin-1") for a in member) + b")")
+        else:
+            out.append(value(member, "latin-1"))
+    return b"(" + b" ".join(out) + b")"
 
 
 def body_structure(body: tuple[Any, ...]) -> bytes:
     """
-    BODY / BODYSTRUCTURE from :mod:`txmail.mime`'s tuple (latin-1 octets).
+    BODY / BODYSTRUCTURE from :mod:`txmail.mime`'s tuple (latin-1 octets)::
 
-    A multipart's parts are written one after the other without a space
-    (RFC 3501 section 9, ``body-type-mpart = 1*body SP media-subtype``), and
-    the body inside a ``MESSAGE/RFC822`` part (its 9th member) is itself a
-    body structure.
+        body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
+        body-type-msg   = media-message SP body-fields SP envelope
+                          SP body SP body-fld-lines
+
+    As :func:`txmail.imap.body_structure`, except that the
+    envelope of a MESSAGE/RFC822 part is written by :func:`envelope`.
     """
     if body and isinstance(body[0], tuple):
         count = 0
         while count < len(body) and isinstance(body[count], tuple):
             count += 1
         parts = b"".join(body_structure(p) for p in body[:count])
-        rest = [value(x, "latin-1") for x in body[count:]]
-        return b"(" + parts + b"".join(b" " + r for r in rest) + b")"
-    rfc822 = (
-        len(body) > 8
-        and isinstance(body[0], str)
-        and isinstance(body[1], str)
-        and (body[0].upper(), body[1].upper()) == ("MESSAGE", "RFC822")
-    )
-    members = [
-        body_structure(x) if i == 8 and rfc822 and isinstance(x, tuple) else value(x, "latin-1")
-        for i, x in enumerate(body)
-    ]
+        rest = b"".join(b" " + value(x, "latin-1") for x in body[count:])
+        return b"(" + parts + rest + b")"
+    rfc822 = is_message_rfc822(body)
+    members = []
+    for i, x in enumerate(body):
+        if rfc822 and i == 7 and isinstance(x, tuple):
+            members.append(envelope(x))
+        elif rfc822 and i == 8 and isinstance(x, tuple):
+            members.append(body_structure(x))
+        else:
+            members.append(value(x, "latin-1"))
     return b"(" + b" ".join(members) + b")"
 
 

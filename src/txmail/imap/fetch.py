@@ -1,0 +1,349 @@
+"""
+The untagged FETCH response: parsed fetch attributes in, wire octets out
+(RFC 3501 section 6.4.5, the FETCH command, and section 7.4.2, the FETCH
+response).
+
+Theory of operation
+===================
+
+A FETCH runs in two steps for every message:
+
+1. :func:`fetch_needs` looks at the attributes once per command and says
+   what the session must load besides the cheap :class:`MessageInfo`: the
+   cached :class:`MessageMetadata` (ENVELOPE, BODY, BODYSTRUCTURE and
+   top-level ``HEADER.FIELDS``), the message octets (every other body
+   section and the ``RFC822*`` items), and whether the fetch sets ``\\Seen``.
+2. :func:`render_fetch` turns the attributes and what was loaded into one
+   ``* n FETCH (...)`` response, literals included.
+
+Nothing here stores anything: setting ``\\Seen`` is the caller's job (it
+then passes ``include_flags=True`` and an info holding the new flags), as
+is claiming ``\\Recent`` (``recent=True``).
+
+Implementation notes
+====================
+
+* Items come out in the order the client asked for them (RFC 3501 does
+  not require it, clients find it easiest).  An implied ``UID`` (UID FETCH,
+  RFC 3501 section 6.4.8) goes first, an implied ``FLAGS`` (implicit
+  ``\\Seen``, RFC 3501 section 6.4.5) last; an item asked twice is sent once
+  (``BODY.PEEK[x]`` and ``BODY[x]`` count as the same item).
+* Body data (``BODY[...]``, ``RFC822``, ``RFC822.HEADER``, ``RFC822.TEXT``)
+  is always a literal ``{n}\\r\\n...``, whatever its octets, except the empty
+  string, which is ``""``.  Never ``NIL``: a section that does not exist is
+  the empty string, as :func:`txmail.mime.extract_section` gives it.
+* ``BODY`` without a section is ``BODYSTRUCTURE`` without extension data
+  (RFC 3501 section 7.4.2: "A form of BODYSTRUCTURE without extension
+  data"), cut from the cached tuple by :func:`basic_body_structure`.
+* The response names a body section as the parser understood it
+  (``BODY[1.HEADER.FIELDS (FROM TO)]``, header names upper-cased); a
+  partial fetch shows only its origin, ``BODY[]<0>`` (RFC 3501 section
+  7.4.2: "the origin octet is specified").  ``BODY.PEEK`` answers as
+  ``BODY``.
+* ENVELOPE and BODYSTRUCTURE are written by :func:`envelope` and
+  :func:`body_structure` here, not by their namesakes in
+  :mod:`txmail.imap.serialize`, which separate the addresses of a list with
+  spaces that RFC 3501's ``1*address`` does not allow (also in the envelope
+  of a MESSAGE/RFC822 part).
+* Top-level ``HEADER.FIELDS(.NOT)`` comes from the cached header fields
+  when metadata is given (no parse of the message); otherwise from the
+  message octets.  Both give the same octets.
+* Each other section parses the message with
+  :func:`txmail.mime.extract_section`; ``BODY[]`` and ``RFC822`` are the
+  octets as they are.
+
+Deviation: message octets are sent as they are stored, so a message holding
+NUL octets gives a literal IMAP4rev1 does not allow (``CHAR8`` excludes
+NUL).  TODO(RFC 3516: BINARY fetch with literal8 would carry them).
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from txmail import mime
+from txmail.imap import serialize
+from txmail.imap.types import FetchAttribute, Section
+from txmail.model import MessageInfo, MessageMetadata
+
+__all__ = [
+    "FetchNeeds",
+    "basic_body_structure",
+    "fetch_needs",
+    "render_fetch",
+]
+
+_RECENT = "\\Recent"
+
+#: The ``RFC822*`` items as the body sections they stand for (RFC 3501 section 6.4.5).
+_RFC822_SECTIONS = {
+    "RFC822": Section(),
+    "RFC822.HEADER": Section(text="HEADER"),
+    "RFC822.TEXT": Section(text="TEXT"),
+}
+
+#: Names :func:`txmail.mime.extract_section` reads unquoted (its ``_NAME_RE``).
+_PLAIN_NAME_RE = re.compile(r'^[^\s"()\\]+$')
+
+
+@dataclass(frozen=True, slots=True)
+class FetchNeeds:
+    """
+    What the session must load to answer a FETCH, beyond :class:`MessageInfo`.
+
+    Attributes:
+        metadata: ENVELOPE, BODY, BODYSTRUCTURE, or a top-level
+            ``BODY[HEADER.FIELDS(.NOT) ...]`` (answered from
+            :attr:`MessageMetadata.headers`) was asked.
+        message: some other body section, ``RFC822``, ``RFC822.HEADER`` or
+            ``RFC822.TEXT`` was asked: the full message octets are needed.
+        sets_seen: a non-PEEK ``BODY[...]``, ``RFC822`` or ``RFC822.TEXT``
+            was asked, which sets ``\\Seen`` (RFC 3501 section 6.4.5);
+            ``RFC822.HEADER`` does not (it is ``BODY.PEEK[HEADER]``).
+    """
+
+    metadata: bool
+    message: bool
+    sets_seen: bool
+
+
+def _is_metadata_headers(section: Section) -> bool:
+    """Whether *section* is a top-level ``HEADER.FIELDS(.NOT)``, answered from the cached headers."""
+    return not section.part and section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
+
+
+def fetch_needs(items: Sequence[FetchAttribute]) -> FetchNeeds:
+    """
+    What :func:`render_fetch` needs for *items* (a FETCH command's
+    attributes, macros already expanded).
+
+    ``metadata`` and ``message`` are independent: a top-level
+    ``HEADER.FIELDS`` asks for metadata even when another item needs the
+    message too (:func:`render_fetch` then uses the metadata).
+    """
+    metadata = message = sets_seen = False
+    for item in items:
+        name = item.name
+        if item.section is not None:
+            if _is_metadata_headers(item.section):
+                metadata = True
+            else:
+                message = True
+            if not item.peek:
+                sets_seen = True  # RFC 3501 section 6.4.5: "The \Seen flag is implicitly set"
+        elif name in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
+            metadata = True
+        elif name in _RFC822_SECTIONS:
+            message = True
+            if name != "RFC822.HEADER":  # RFC822.HEADER is "BODY.PEEK[HEADER]"
+                sets_seen = True
+    return FetchNeeds(metadata=metadata, message=message, sets_seen=sets_seen)
+
+
+def basic_body_structure(body: tuple[Any, ...]) -> tuple[Any, ...]:
+    """
+    *body* (a :mod:`txmail.mime` BODYSTRUCTURE tuple) without extension
+    data, as ``BODY`` answers it (RFC 3501 section 7.4.2)::
+
+        body-type-1part = (body-type-basic / body-type-msg / body-type-text)
+                          [SP body-ext-1part]
+        body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
+
+    A non-multipart part keeps its basic fields (type to size), plus
+    ``lines`` for TEXT and ``envelope body lines`` for MESSAGE/RFC822, whose
+    body is cut the same way; a multipart keeps its parts and subtype.
+    """
+    if body and isinstance(body[0], tuple):
+        count = 0
+        while count < len(body) and isinstance(body[count], tuple):
+            count += 1
+        parts = tuple(basic_body_structure(p) for p in body[:count])
+        return (*parts, *body[count : count + 1])
+    if isinstance(body[0], str) and body[0].upper() == "TEXT":
+        return body[:8]
+    if serialize.is_message_rfc822(body) and isinstance(body[8], tuple):
+        return (*body[:8], basic_body_structure(body[8]), body[9])
+    return body[:7]
+
+
+def _names_for_extract(names: Sequence[str]) -> str:
+    """A header-list as :func:`txmail.mime.extract_section` reads it (quoting odd names)."""
+    out = []
+    for name in names:
+        if _PLAIN_NAME_RE.match(name):
+            out.append(name)
+        else:
+            out.append('"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "(" + " ".join(out) + ")"
+
+
+def _section_for_extract(section: Section) -> str:
+    """*section* as the ``section`` string of :func:`txmail.mime.extract_section`."""
+    head = str(Section(section.part, section.text))
+    if section.fields:
+        head += " " + _names_for_extract(section.fields)
+    return head
+
+
+def _section_label(section: Section) -> bytes:
+    """
+    The ``section-spec`` of a response item, header names as astrings::
+
+        header-list = "(" header-fld-name *(SP header-fld-name) ")"
+        header-fld-name = astring
+    """
+    head = str(Section(section.part, section.text)).encode("ascii")
+    if section.fields:
+        head += b" (" + b" ".join(serialize.astring(n) for n in section.fields) + b")"
+    return head
+
+
+def _literal(data: bytes) -> bytes:
+    """Body data: a literal, or ``""`` when empty (see the module docstring)."""
+    if not data:
+        return b'""'
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _section_data(
+    section: Section,
+    metadata: MessageMetadata | None,
+    message: bytes | None,
+) -> bytes:
+    """The octets of ``BODY[section]`` (RFC 3501 section 6.4.5), before any partial."""
+    if _is_metadata_headers(section) and metadata is not None:
+        return mime.header_fields(metadata, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
+    if message is None:
+        raise ValueError(f"BODY[{section}] needs the message octets")
+    if not section.part and section.text is None:
+        return bytes(message)
+    return mime.extract_section(message, _section_for_extract(section))
+
+
+def _flags(info: MessageInfo, recent: bool) -> bytes:
+    """
+    ``"FLAGS" SP "(" [flag-fetch *(SP flag-fetch)] ")"``: the flags sorted,
+    then ``\\Recent``, the order :mod:`txmail.imap.view` uses for
+    unsolicited FETCH responses.
+    """
+    shown = sorted(info.flags)
+    if recent:
+        shown.append(_RECENT)
+    return serialize.flag_list(shown)
+
+
+def _need_metadata(metadata: MessageMetadata | None, name: str) -> MessageMetadata:
+    if metadata is None:
+        raise ValueError(f"{name} needs the message metadata")
+    return metadata
+
+
+def _render_item(
+    item: FetchAttribute,
+    info: MessageInfo,
+    metadata: MessageMetadata | None,
+    message: bytes | None,
+    recent: bool,
+) -> bytes:
+    """One ``msg-att`` of the response (RFC 3501 section 7.4.2)."""
+    name = item.name
+    if item.section is not None:
+        data = _section_data(item.section, metadata, message)
+        label = b"BODY[" + _section_label(item.section) + b"]"
+        if item.partial is not None:
+            # RFC 3501 section 6.4.5: "if the starting octet is beyond the end
+            # of the text, an empty string is returned"; 7.4.2: only the
+            # origin octet is shown.
+            offset, length = item.partial
+            data = data[offset : offset + length]
+            label += b"<%d>" % offset
+        return label + b" " + _literal(data)
+    if name == "UID":
+        return b"UID " + serialize.number(info.uid)
+    if name == "FLAGS":
+        return b"FLAGS " + _flags(info, recent)
+    if name == "INTERNALDATE":
+        when = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC)
+        return b"INTERNALDATE " + serialize.date_time(when)
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE " + serialize.number(info.size)
+    if name == "ENVELOPE":
+        return b"ENVELOPE " + serialize.envelope(_need_metadata(metadata, name).envelope)
+    if name == "BODYSTRUCTURE":
+        return b"BODYSTRUCTURE " + serialize.body_structure(_need_metadata(metadata, name).body_structure)
+    if name == "BODY":
+        basic = basic_body_structure(_need_metadata(metadata, name).body_structure)
+        return b"BODY " + serialize.body_structure(basic)
+    if name in _RFC822_SECTIONS:
+        return (
+            name.encode("ascii") + b" " + _literal(_section_data(_RFC822_SECTIONS[name], metadata, message))
+        )
+    raise ValueError(f"unknown fetch attribute {name!r}")
+
+
+def _key(item: FetchAttribute) -> tuple[str, Section | None, tuple[int, int] | None]:
+    """Items with the same key give the same response item (PEEK or not)."""
+    return (item.name, item.section, item.partial)
+
+
+def render_fetch(
+    seq: int,
+    items: Sequence[FetchAttribute],
+    info: MessageInfo,
+    *,
+    metadata: MessageMetadata | None = None,
+    message: bytes | None = None,
+    include_uid: bool = False,
+    include_flags: bool = False,
+    recent: bool = False,
+) -> bytes:
+    """
+    The untagged FETCH response for one message (RFC 3501 section 7.4.2)::
+
+        message-data = nz-number SP "FETCH" SP msg-att
+
+    Args:
+        seq: the message sequence number.
+        items: the attributes asked for, in order (macros expanded).
+        info: the message's listing; its flags are the ones to show (after
+            any implicit ``\\Seen``).
+        metadata: the cached metadata; needed when :func:`fetch_needs` says so.
+        message: the message octets; needed when :func:`fetch_needs` says so.
+        include_uid: add ``UID`` first unless asked (UID FETCH, RFC 3501
+            section 6.4.8: "server implementations MUST implicitly include
+            the UID message data item as part of any FETCH response caused by
+            a UID command").
+        include_flags: add ``FLAGS`` last unless asked, because this fetch
+            just set ``\\Seen`` (RFC 3501 section 6.4.5: "if this causes the
+            flags to change, they SHOULD be included as part of the FETCH
+            responses").
+        recent: the session sees the message as ``\\Recent``; shown in FLAGS.
+
+    Returns:
+        ``* seq FETCH (...)\\r\\n`` with every literal inside.
+
+    Raises:
+        ValueError: an item needs *metadata* or *message* and it was not given
+            (a programming error of the caller), or an unknown attribute.
+    """
+    wanted = list(items)
+    names = {i.name for i in wanted if i.section is None}
+    if include_uid and "UID" not in names:
+        wanted.insert(0, FetchAttribute("UID"))
+    if include_flags and "FLAGS" not in names:
+        wanted.append(FetchAttribute("FLAGS"))
+    seen: set[tuple[str, Section | None, tuple[int, int] | None]] = set()
+    out = []
+    for item in wanted:
+        key = _key(item)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(_render_item(item, info, metadata, message, recent))
+    return serialize.untagged(serialize.number(seq), b"FETCH", b"(" + b" ".join(out) + b")")

@@ -1,0 +1,554 @@
+"""
+Evaluate a parsed IMAP SEARCH key tree against messages (RFC 3501 section
+6.4.4) and format the answers: ``* SEARCH`` (RFC 3501 section 7.2.5) and
+``* ESEARCH`` (RFC 4731).
+
+Theory of operation
+===================
+
+The parser (:func:`txmail.imap.parser.search_key`) gives a tree of
+:class:`~txmail.imap.types.SearchKey` leaves under
+:class:`~txmail.imap.types.SearchAnd`, :class:`~txmail.imap.types.SearchOr`
+and :class:`~txmail.imap.types.SearchNot`.  The session evaluates it one
+message at a time:
+
+1. :func:`search_needs` tells, once per command, what beyond the cheap
+   :class:`~txmail.model.MessageInfo` the keys look at: the parsed
+   :class:`~txmail.model.MessageMetadata` (header keys) and/or the message
+   octets (``BODY``, ``TEXT``).  A search on flags, sizes, dates and
+   numbers touches no message file.
+2. A :class:`SearchContext` holds what is the same for every message of
+   the command: the values of ``*`` and the session's ``\\Recent`` UIDs.
+3. :func:`matches` evaluates the tree for one message.  Decoded header
+   fields and body text are computed lazily, at most once per message,
+   however many keys use them, and AND/OR short-circuit, so a cheap key
+   written first spares the expensive ones.
+4. :func:`format_search` or :func:`format_esearch` writes the result.
+
+This module is sans-IO: it imports nothing from Twisted and does no I/O.
+
+Matching rules and deviations
+=============================
+
+* Strings match as case-insensitive substrings (RFC 3501 section 6.4.4:
+  "In all search keys that use strings, a message matches the key if the
+  string is a substring of the field.  The matching is
+  case-insensitive.").  Both sides are compared after
+  :meth:`str.casefold`, so ``STRASSE`` finds ``Straße`` and ``ÉTÉ`` finds
+  ``été``.  The search string is the client's text (the parser decoded it
+  as UTF-8; ``CHARSET`` other than :data:`SUPPORTED_CHARSETS` is the
+  session's ``NO [BADCHARSET]`` concern).  The empty string is a substring
+  of everything.
+* Header values are compared as decoded text: unfolded (RFC 5322 section
+  2.2.3), raw octets read as UTF-8 when they are valid UTF-8 (RFC 6532)
+  and as latin-1 otherwise, then RFC 2047 encoded-words decoded with
+  :func:`email.header.decode_header`.  The chunks it returns are joined
+  here rather than with :func:`email.header.make_header`, which refuses
+  unknown charsets and bad octets and inserts spaces between chunks; a
+  chunk in an unknown charset is read as latin-1, a bad octet becomes
+  U+FFFD, and any other error falls back to the undecoded text.
+* ``FROM``/``TO``/``CC``/``BCC``/``SUBJECT`` match against the whole decoded
+  field value (display names, addresses and comments alike), as Dovecot
+  does.  Every occurrence of a repeated field is searched.  A message
+  without the field never matches, not even ``FROM ""``.
+* ``HEADER field string``: the field name is case-insensitive; an empty
+  string matches every message that has the field (RFC 3501 section
+  6.4.4).
+* ``BEFORE``/``ON``/``SINCE`` compare the date of the internal date, taken
+  in UTC, "disregarding time and timezone" (RFC 3501 section 6.4.4).
+  ``SENTBEFORE``/``SENTON``/``SENTSINCE`` use the first ``Date:`` field,
+  parsed with :func:`email.utils.parsedate_to_datetime`, and its date in
+  the field's own zone; a message whose ``Date:`` is missing or unparsable
+  matches none of them (but does match ``NOT SENTON ...``).
+* ``BODY`` searches the text of the body: the message is parsed with the
+  standard library (:mod:`email`, ``policy.default``); every ``text/*``
+  leaf part is decoded (Content-Transfer-Encoding base64 /
+  quoted-printable, then its charset, falling back to UTF-8 and then
+  latin-1), and the header fields of an attached ``message/rfc822`` are
+  searched as well, since they are part of the outer body.  Non-text leaf
+  parts (images, PDFs...) are not searched, as in Dovecot.  Should the
+  parser fail, the raw body octets (after
+  :attr:`~txmail.model.MessageMetadata.header_size`, or after the first
+  blank line) are searched as latin-1 text.  ``TEXT`` is the header
+  fields of the message or ``BODY``.
+* ``KEYWORD``/``UNKEYWORD`` compare keywords case-insensitively (flags are
+  case-insensitive, RFC 9051 section 2.3.2).
+* ``NEW`` is ``RECENT UNSEEN`` and ``OLD`` is ``NOT RECENT`` (RFC 3501
+  section 6.4.4); ``\\Recent`` is session state, so the session passes
+  its recent UIDs in the :class:`SearchContext`.
+* Sequence sets: ``*`` is the highest message number for a bare set and
+  the highest UID for ``UID`` (RFC 3501 section 9), and a range is used in
+  either order (``5:*`` with 3 messages is ``3:5``, as RFC 3501 section
+  6.4.8 describes for UIDs).
+* ``MODSEQ`` (RFC 7162 section 3.1.5) is evaluated if a key tree holds it
+  (its last argument is the mod-sequence; a message matches when its
+  modseq is at least that); the parser does not produce it yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import email
+import email.header
+import email.policy
+import email.utils
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any
+
+from txmail.imap import serialize
+from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr, SequenceSet
+from txmail.mime import parse_metadata
+from txmail.model import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, MessageInfo, MessageMetadata
+
+__all__ = [
+    "ESEARCH_OPTIONS",
+    "SUPPORTED_CHARSETS",
+    "SearchContext",
+    "SearchNeeds",
+    "format_esearch",
+    "format_search",
+    "matches",
+    "search_needs",
+]
+
+#: The charsets SEARCH accepts; a NO [BADCHARSET] answer lists these
+#: (RFC 3501 section 6.4.4: US-ASCII MUST be supported).
+SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
+
+#: The RFC 4731 result options, in the order :func:`format_esearch` writes them.
+ESEARCH_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+
+#: Keys that read header fields.
+_HEADER_KEYS = frozenset(
+    {"BCC", "CC", "FROM", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"}
+)
+#: Keys that read the message text.
+_MESSAGE_KEYS = frozenset({"BODY", "TEXT"})
+
+#: A key that tests one system flag: (flag, whether it must be set).
+_FLAG_KEYS = {
+    "ANSWERED": (ANSWERED, True),
+    "DELETED": (DELETED, True),
+    "DRAFT": (DRAFT, True),
+    "FLAGGED": (FLAGGED, True),
+    "SEEN": (SEEN, True),
+    "UNANSWERED": (ANSWERED, False),
+    "UNDELETED": (DELETED, False),
+    "UNDRAFT": (DRAFT, False),
+    "UNFLAGGED": (FLAGGED, False),
+    "UNSEEN": (SEEN, False),
+}
+
+#: Deepest nesting of multiparts / attached messages searched by BODY.
+_MAX_PART_DEPTH = 50
+
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
+
+
+# -- what a search needs ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SearchNeeds:
+    """
+    What :func:`matches` must be given besides the :class:`MessageInfo`.
+
+    Attributes:
+        metadata: a header key (FROM, TO, CC, BCC, SUBJECT, HEADER,
+            SENTBEFORE, SENTON, SENTSINCE) is somewhere in the tree.
+        message: BODY or TEXT is somewhere in the tree.  Their header part
+            uses the metadata when given, else parses the message.
+    """
+
+    metadata: bool
+    message: bool
+
+
+def _leaves(key: SearchNode) -> Iterator[SearchKey]:
+    stack = [key]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, SearchKey):
+            yield node
+        elif isinstance(node, SearchAnd):
+            stack.extend(node.keys)
+        elif isinstance(node, SearchOr):
+            stack.extend((node.left, node.right))
+        else:
+            stack.append(node.key)
+
+
+def search_needs(key: SearchNode) -> SearchNeeds:
+    """What evaluating *key* reads beyond the :class:`MessageInfo`."""
+    names = {leaf.name for leaf in _leaves(key)}
+    return SearchNeeds(metadata=bool(names & _HEADER_KEYS), message=bool(names & _MESSAGE_KEYS))
+
+
+class SearchContext:
+    """
+    What is the same for every message of one SEARCH.
+
+    Attributes:
+        max_seq: the highest message sequence number (``*`` of a bare set).
+        max_uid: the highest UID in the mailbox (``*`` of ``UID``).
+        recent_uids: the UIDs that are ``\\Recent`` in this session.
+    """
+
+    __slots__ = ("max_seq", "max_uid", "recent_uids")
+
+    def __init__(self, *, max_seq: int, max_uid: int, recent_uids: frozenset[int] = frozenset()) -> None:
+        self.max_seq = max_seq
+        self.max_uid = max_uid
+        self.recent_uids = recent_uids
+
+    def __repr__(self) -> str:
+        return (
+            f"SearchContext(max_seq={self.max_seq}, max_uid={self.max_uid}, recent={len(self.recent_uids)})"
+        )
+
+
+# -- decoding for comparison ------------------------------------------------------
+
+
+def _bytes_text(data: bytes, charset: str | None = None) -> str:
+    """*data* as text: in *charset* if it decodes cleanly, else UTF-8, else best effort."""
+    candidates = [charset] if charset else []
+    candidates.append("utf-8")
+    for name in candidates:
+        try:
+            return data.decode(name)
+        except (LookupError, UnicodeError):
+            continue
+    if charset:
+        try:
+            return data.decode(charset, "replace")
+        except LookupError:
+            pass
+    return data.decode("latin-1")
+
+
+def _decode_words(text: str) -> str:
+    """Decode the RFC 2047 encoded-words of *text* (see the module docstring)."""
+    if "=?" not in text:
+        return text
+    try:
+        out = []
+        for chunk, charset in email.header.decode_header(text):
+            if isinstance(chunk, str):
+                out.append(chunk)
+            elif charset is None:
+                # decode_header turned the unencoded text into bytes this way.
+                out.append(chunk.decode("raw-unicode-escape"))
+            else:
+                name = charset.split("*", 1)[0]  # RFC 2231 section 5: charset*language
+                try:
+                    out.append(chunk.decode(name, "replace"))
+                except LookupError:
+                    out.append(chunk.decode("latin-1"))
+        return "".join(out)
+    except Exception:
+        return text
+
+
+def _decode_field(raw: str) -> str:
+    """A header field's raw value (latin-1 decoded octets) as text to compare."""
+    text = _FOLD_RE.sub("", raw).strip(" \t\r\n")
+    with contextlib.suppress(UnicodeError):
+        text = text.encode("latin-1").decode("utf-8")
+    return _decode_words(text)
+
+
+def _internal_date(info: MessageInfo) -> datetime.date:
+    return datetime.datetime.fromtimestamp(info.internal_date, tz=datetime.UTC).date()
+
+
+def _sent_date(value: str) -> datetime.date | None:
+    try:
+        return email.utils.parsedate_to_datetime(_FOLD_RE.sub("", value).strip()).date()
+    except Exception:
+        return None
+
+
+def _raw_body(message: bytes, metadata: MessageMetadata | None) -> bytes:
+    if metadata is not None:
+        return message[metadata.header_size :]
+    m = _BLANK_LINE_RE.search(message)
+    return message[m.end() :] if m else b""
+
+
+def _message_fields(msg: Message) -> list[tuple[str, str]]:
+    """The header fields of a parsed (attached) message, raw values as latin-1 text."""
+    out = []
+    for name, value in msg.raw_items():
+        raw = value.encode("ascii", "surrogateescape") if isinstance(value, str) else str(value).encode()
+        out.append((name, raw.decode("latin-1")))
+    return out
+
+
+def _fields_text(fields: Sequence[tuple[str, str]]) -> str:
+    return "".join(f"{name.strip()}: {_decode_field(value)}\n" for name, value in fields)
+
+
+def _part_texts(part: Message, out: list[str], depth: int) -> None:
+    """Append the searchable text of *part* (see the module docstring) to *out*."""
+    if depth > _MAX_PART_DEPTH:
+        return
+    if part.is_multipart():
+        attached = part.get_content_maintype() == "message"
+        for sub in part.get_payload():
+            if not isinstance(sub, Message):
+                continue
+            if attached:
+                out.append(_fields_text(_message_fields(sub)))
+            _part_texts(sub, out, depth + 1)
+        return
+    if part.get_content_maintype() != "text":
+        return
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        out.append(_bytes_text(payload, part.get_content_charset()))
+
+
+def _body_text(message: bytes, metadata: MessageMetadata | None) -> str:
+    try:
+        msg = email.message_from_bytes(message, policy=email.policy.default)
+        out: list[str] = []
+        _part_texts(msg, out, 0)
+        return "\n".join(out)
+    except Exception:
+        return _raw_body(message, metadata).decode("latin-1")
+
+
+class _Facts:
+    """One message's decoded, case-folded texts, each computed on first use."""
+
+    __slots__ = ("_body", "_fields", "_header_text", "_sent", "message", "metadata")
+
+    def __init__(self, metadata: MessageMetadata | None, message: bytes | None) -> None:
+        self.metadata = metadata
+        self.message = message
+        self._fields: dict[str, list[str]] | None = None
+        self._sent: tuple[datetime.date | None] | None = None
+        self._body: str | None = None
+        self._header_text: str | None = None
+
+    def need_metadata(self, key: str) -> MessageMetadata:
+        if self.metadata is None:
+            if self.message is None:
+                raise ValueError(f"SEARCH {key} needs the message metadata or the message")
+            self.metadata = parse_metadata(self.message)
+        return self.metadata
+
+    def need_message(self, key: str) -> bytes:
+        if self.message is None:
+            raise ValueError(f"SEARCH {key} needs the message")
+        return self.message
+
+    def field(self, key: str, name: str) -> list[str]:
+        """The decoded, case-folded values of every field *name* (case-insensitive)."""
+        if self._fields is None:
+            fields: dict[str, list[str]] = {}
+            for n, v in self.need_metadata(key).headers:
+                fields.setdefault(n.strip(" \t").casefold(), []).append(_decode_field(v).casefold())
+            self._fields = fields
+        return self._fields.get(name.casefold(), [])
+
+    def sent(self, key: str) -> datetime.date | None:
+        if self._sent is None:
+            date = None
+            for n, v in self.need_metadata(key).headers:
+                if n.strip(" \t").lower() == "date":
+                    date = _sent_date(v)
+                    break
+            self._sent = (date,)
+        return self._sent[0]
+
+    def header_text(self, key: str) -> str:
+        if self._header_text is None:
+            self._header_text = _fields_text(self.need_metadata(key).headers).casefold()
+        return self._header_text
+
+    def body(self, key: str) -> str:
+        if self._body is None:
+            self._body = _body_text(self.need_message(key), self.metadata).casefold()
+        return self._body
+
+
+# -- evaluation ----------------------------------------------------------------
+
+
+def _has_keyword(info: MessageInfo, keyword: str) -> bool:
+    wanted = keyword.casefold()
+    return any(flag.casefold() == wanted for flag in info.flags)
+
+
+def _leaf(key: SearchKey, ctx: SearchContext, seq: int, info: MessageInfo, facts: _Facts) -> bool:
+    name, args = key.name, key.args
+    flag = _FLAG_KEYS.get(name)
+    if flag is not None:
+        return (flag[0] in info.flags) == flag[1]
+    if name == "ALL":
+        return True
+    if name == "SEQUENCE":
+        return _set(args[0]).contains(seq, ctx.max_seq)
+    if name == "UID":
+        return _set(args[0]).contains(info.uid, ctx.max_uid)
+    if name == "RECENT":
+        return info.uid in ctx.recent_uids
+    if name == "OLD":
+        return info.uid not in ctx.recent_uids
+    if name == "NEW":
+        return info.uid in ctx.recent_uids and SEEN not in info.flags
+    if name == "KEYWORD":
+        return _has_keyword(info, _str(args[0]))
+    if name == "UNKEYWORD":
+        return not _has_keyword(info, _str(args[0]))
+    if name == "LARGER":
+        return info.size > _int(args[0])
+    if name == "SMALLER":
+        return info.size < _int(args[0])
+    if name == "MODSEQ":
+        return info.modseq >= _int(args[-1])
+    if name in ("BEFORE", "ON", "SINCE"):
+        return _compare_date(name, _internal_date(info), _date(args[0]))
+    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        sent = facts.sent(name)
+        return sent is not None and _compare_date(name[4:], sent, _date(args[0]))
+    if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        wanted = _str(args[0]).casefold()
+        return any(wanted in value for value in facts.field(name, name))
+    if name == "HEADER":
+        wanted = _str(args[1]).casefold()
+        return any(wanted in value for value in facts.field(name, _str(args[0])))
+    if name == "BODY":
+        return _str(args[0]).casefold() in facts.body(name)
+    if name == "TEXT":
+        wanted = _str(args[0]).casefold()
+        facts.need_message(name)
+        return wanted in facts.header_text(name) or wanted in facts.body(name)
+    raise ValueError(f"unknown SEARCH key {name!r}")
+
+
+def _compare_date(how: str, date: datetime.date, wanted: datetime.date) -> bool:
+    if how == "BEFORE":
+        return date < wanted
+    if how == "ON":
+        return date == wanted
+    return date >= wanted  # SINCE: "within or later than" (RFC 3501 section 6.4.4)
+
+
+def _set(arg: Any) -> SequenceSet:
+    if not isinstance(arg, SequenceSet):
+        raise TypeError(f"expected a sequence set, got {arg!r}")
+    return arg
+
+
+def _str(arg: Any) -> str:
+    if not isinstance(arg, str):
+        raise TypeError(f"expected a string, got {arg!r}")
+    return arg
+
+
+def _int(arg: Any) -> int:
+    if not isinstance(arg, int):
+        raise TypeError(f"expected a number, got {arg!r}")
+    return arg
+
+
+def _date(arg: Any) -> datetime.date:
+    if not isinstance(arg, datetime.date):
+        raise TypeError(f"expected a date, got {arg!r}")
+    return arg.date() if isinstance(arg, datetime.datetime) else arg
+
+
+def _eval(key: SearchNode, ctx: SearchContext, seq: int, info: MessageInfo, facts: _Facts) -> bool:
+    if isinstance(key, SearchKey):
+        return _leaf(key, ctx, seq, info, facts)
+    if isinstance(key, SearchAnd):
+        return all(_eval(k, ctx, seq, info, facts) for k in key.keys)
+    if isinstance(key, SearchOr):
+        return _eval(key.left, ctx, seq, info, facts) or _eval(key.right, ctx, seq, info, facts)
+    if isinstance(key, SearchNot):
+        return not _eval(key.key, ctx, seq, info, facts)
+    raise TypeError(f"not a search key: {key!r}")
+
+
+def matches(
+    key: SearchNode,
+    ctx: SearchContext,
+    seq: int,
+    info: MessageInfo,
+    metadata: MessageMetadata | None = None,
+    message: bytes | None = None,
+) -> bool:
+    """
+    Whether message number *seq* (with *info*) satisfies *key*.
+
+    Args:
+        key: the parsed search key tree (``Search.key``).
+        ctx: what is common to every message of this search.
+        seq: the message's sequence number in the session.
+        info: its listing.
+        metadata: its parsed metadata; needed when
+            :func:`search_needs` says ``metadata`` (or derived from
+            *message* when that is given).
+        message: its octets; needed when :func:`search_needs` says
+            ``message``.
+
+    Raises:
+        ValueError: the tree reaches a key whose data was not given, or a
+            key name this module does not know (programming errors).
+    """
+    return _eval(key, ctx, seq, info, _Facts(metadata, message))
+
+
+# -- responses --------------------------------------------------------------------
+
+
+def format_search(numbers: Sequence[int]) -> bytes:
+    """
+    The untagged SEARCH response (RFC 3501 section 7.2.5), numbers in the
+    order given: ``b"* SEARCH 2 3 6\\r\\n"``, or ``b"* SEARCH\\r\\n"`` for
+    none.
+    """
+    return serialize.untagged(b"SEARCH", *(serialize.number(n) for n in numbers))
+
+
+def format_esearch(tag: str, uid: bool, numbers: Sequence[int], options: Sequence[str]) -> bytes:
+    """
+    The ESEARCH response of RFC 4731 section 3.1::
+
+        esearch-response = "ESEARCH" [search-correlator] [SP "UID"] *(SP search-return-data)
+
+    *options* are the RETURN options (``MIN``, ``MAX``, ``ALL``,
+    ``COUNT``); none means ``ALL`` ("RETURN ()" is "RETURN (ALL)").  The
+    results are written in the order MIN, MAX, ALL, COUNT.  When nothing
+    matched, MIN, MAX and ALL are left out ("the server MUST NOT include
+    the MIN result option", likewise MAX and ALL) but the response is still
+    sent, and COUNT is ``0``.  ALL is a compact sequence set (``2,10:11``).
+
+    Raises:
+        ValueError: an option that is not one of :data:`ESEARCH_OPTIONS`.
+    """
+    wanted = {o.upper() for o in options} or {"ALL"}
+    unknown = wanted - set(ESEARCH_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown ESEARCH option(s): {sorted(unknown)}")
+    words = [b"ESEARCH", b"(TAG " + serialize.string(tag) + b")"]
+    if uid:
+        words.append(b"UID")
+    found = sorted(set(numbers))
+    if found and "MIN" in wanted:
+        words += [b"MIN", serialize.number(found[0])]
+    if found and "MAX" in wanted:
+        words += [b"MAX", serialize.number(found[-1])]
+    if found and "ALL" in wanted:
+        words += [b"ALL", serialize.number_set(sorted(set(found)))]
+    if "COUNT" in wanted:
+        words += [b"COUNT", serialize.number(len(found))]
+    return serialize.untagged(*words)

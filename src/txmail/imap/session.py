@@ -1,0 +1,643 @@
+"""
+The sans-IO IMAP4rev1 server session (RFC 3501 with the extensions of
+issue 4).
+
+Theory of operation
+-------------------
+The shape is the one every txmail session has (h11/h2)::
+
+    transport.write(session.data_to_send())          # the greeting
+    session.receive_data(bytes_from_network)
+    while (event := session.next_event()) is not None:
+        ...                                           # answer paused events
+    transport.write(session.data_to_send())
+
+Input goes through :class:`txmail.imap.fragment.CommandFramer` (lines and
+literals, size limits before reading) and :func:`txmail.imap.parser.parse_command`.
+The session owns what needs no store:
+
+* the state machine of RFC 3501 section 3 (not authenticated,
+  authenticated, selected, logout): a command not valid in the current
+  state gets ``BAD`` and the session goes on;
+* CAPABILITY, NOOP, CHECK, LOGOUT, STARTTLS, ID (RFC 2971), ENABLE (RFC
+  5161), NAMESPACE (RFC 2342), IDLE (RFC 2177), and the LOGIN and
+  AUTHENTICATE exchanges (RFC 4959 SASL-IR, the shared SASL layer and
+  plaintext policy of :mod:`txmail.auth.sasl`);
+* literal continuations: ``+`` for a synchronizing literal within the
+  limits, ``BAD``/``NO [TOOBIG]`` before any octet of one that is not
+  (RFC 7888 section 4, RFC 7889);
+* the selected mailbox's :class:`txmail.imap.view.SelectedView` and when
+  its untagged updates may be sent: at the end of each command (EXPUNGE
+  not after FETCH, STORE or SEARCH, RFC 3501 section 7.4.1), and at once
+  during IDLE.
+
+Every other command is an :class:`txmail.imap.events.Execute` event: the
+session pauses until the application has written its untagged responses
+(:meth:`IMAPSession.send`) and called :meth:`IMAPSession.finish`.  So
+pipelined commands are answered one at a time, in order.
+
+STARTTLS: nothing after the command is parsed; bytes the client pipelined
+behind it are kept in :attr:`IMAPSession.trailing_data` for the adapter to
+log, and dropped (RFC 3501 section 6.2.1, RFC 2595 section 3.1;
+CVE-2011-0411).
+
+Replies never include exception text or echo much input.
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from txmail.auth import sasl
+from txmail.imap import serialize
+from txmail.imap.events import (
+    Authenticated,
+    AuthStep,
+    ConnectionClosing,
+    Event,
+    Execute,
+    IdleDone,
+    IdleStarted,
+    PasswordCheck,
+    StartTLS,
+)
+from txmail.imap.fragment import (
+    DEFAULT_MAX_LINE,
+    DEFAULT_MAX_LITERAL,
+    CommandFragments,
+    CommandFramer,
+    FramingError,
+    LineFragment,
+    LiteralAnnounced,
+)
+from txmail.imap.parser import ParseError, parse_command
+from txmail.imap.types import Authenticate, Command, Id, Login
+from txmail.imap.view import SelectedView
+
+__all__ = ["IMAPLimits", "IMAPSession", "State"]
+
+
+class State(enum.Enum):
+    """RFC 3501 section 3."""
+
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+@dataclass(frozen=True, slots=True)
+class IMAPLimits:
+    """
+    Limits of one IMAP session.
+
+    Attributes:
+        max_line: octets of one command line, CRLF included.
+        max_literal: octets of one literal; also the APPENDLIMIT (RFC 7889).
+        max_bad_commands: protocol errors tolerated before ``BYE``.
+    """
+
+    max_line: int = DEFAULT_MAX_LINE
+    max_literal: int = DEFAULT_MAX_LITERAL
+    max_bad_commands: int = 30
+
+
+#: Commands valid in any state, then those added by each state (RFC 3501 section 6).
+_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
+_NOT_AUTH = _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"}
+_AUTH = _ANY | {
+    "SELECT",
+    "EXAMINE",
+    "CREATE",
+    "DELETE",
+    "RENAME",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST",
+    "LSUB",
+    "STATUS",
+    "APPEND",
+    "NAMESPACE",
+    "ENABLE",
+    "IDLE",
+}
+_SELECTED = _AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+_ALLOWED = {
+    State.NOT_AUTHENTICATED: _NOT_AUTH,
+    State.AUTHENTICATED: _AUTH,
+    State.SELECTED: _SELECTED,
+    State.LOGOUT: frozenset(),
+}
+#: RFC 3501 section 7.4.1: no EXPUNGE while responding to these (the UID
+#: forms may see EXPUNGE, but one rule for both is simpler and allowed).
+_NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
+
+_BASE_CAPABILITIES = (
+    "IMAP4rev1",
+    "LITERAL+",
+    "SASL-IR",
+    "ID",
+    "ENABLE",
+    "IDLE",
+    "NAMESPACE",
+    "UIDPLUS",
+    "MOVE",
+    "UNSELECT",
+    "CHILDREN",
+    "SPECIAL-USE",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "ESEARCH",
+)
+
+IMPLEMENTATION = "txmail"
+
+
+class IMAPSession:
+    """
+    One IMAP connection's protocol state, fed bytes and answering with bytes
+    and events (see the module docstring).
+
+    Args:
+        tls_available: STARTTLS can be offered.
+        tls_active: the connection already runs TLS (port 993).
+        plaintext_auth: ``"never"``, ``"loopback"`` or ``"always"``.
+        loopback: the client is on the loopback interface.
+        limits: the session's :class:`IMAPLimits`.
+        sasl_factory: makes the SASL server of an AUTHENTICATE exchange.
+        version: the version reported by ID.
+
+    Attributes:
+        state: a :class:`State`.
+        user: the canonical user once authenticated.
+        view: the selected mailbox's :class:`SelectedView`, or ``None``.
+        tls: the connection runs TLS.
+        bad_commands: protocol errors so far.
+    """
+
+    def __init__(
+        self,
+        *,
+        tls_available: bool = False,
+        tls_active: bool = False,
+        plaintext_auth: str = "never",
+        loopback: bool = False,
+        limits: IMAPLimits | None = None,
+        sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
+        version: str = "",
+    ) -> None:
+        if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
+            raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
+        self.limits = limits or IMAPLimits()
+        self.tls = tls_active
+        self.tls_available = tls_available and not tls_active
+        self.plaintext_auth = plaintext_auth
+        self.loopback = loopback
+        self.version = version
+        self._sasl_factory = sasl_factory
+        self.state = State.NOT_AUTHENTICATED
+        self.user: str | None = None
+        self.view: SelectedView | None = None
+        self.bad_commands = 0
+        self._framer = self._new_framer()
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._pending: Event | None = None
+        self._tag: str | None = None  # of the command being answered
+        self._command: Command | None = None
+        self._trailing = bytearray()
+        self._sasl: sasl.SASLServer | None = None
+        self._idling = False
+        self._write(
+            b"* OK [CAPABILITY " + self._capability_text().encode("ascii") + b"] txmail IMAP4rev1 ready\r\n"
+        )
+
+    def _new_framer(self) -> CommandFramer:
+        lim = self.limits
+        return CommandFramer(
+            max_line=lim.max_line,
+            max_literal=lim.max_literal,
+            max_command=lim.max_literal + 64 * 1024,
+        )
+
+    # -- public API ------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes received from the client."""
+        if self.state is State.LOGOUT:
+            return
+        if isinstance(self._pending, StartTLS):
+            self._trailing += data
+            return
+        self._framer.receive_data(data)
+
+    def next_event(self) -> Event | None:
+        """Parse what was received; the next event, or ``None`` when input or an answer is needed."""
+        while not self._events and self._pending is None and self.state is not State.LOGOUT:
+            frame = self._framer.next_event()
+            if frame is None:
+                break
+            self._frame(frame)
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes to write to the client."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def paused(self) -> bool:
+        """An event awaits an answer."""
+        return self._pending is not None
+
+    @property
+    def closed(self) -> bool:
+        """The session ended: close after writing what is left."""
+        return self.state is State.LOGOUT
+
+    @property
+    def idling(self) -> bool:
+        """An IDLE command is in progress (RFC 2177)."""
+        return self._idling
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after STARTTLS, before the handshake (dropped by ``accept``)."""
+        return bytes(self._trailing)
+
+    @property
+    def pending_command(self) -> Command | None:
+        """The command of the pending :class:`Execute` event."""
+        return self._command if isinstance(self._pending, Execute) else None
+
+    def capabilities(self) -> tuple[str, ...]:
+        """The capabilities to advertise now (RFC 3501 section 7.2.1)."""
+        caps = list(_BASE_CAPABILITIES)
+        caps.append(f"APPENDLIMIT={self.limits.max_literal}")
+        if self.state is State.NOT_AUTHENTICATED:
+            if self.tls_available:
+                caps.append("STARTTLS")
+            mechanisms = sasl.available_mechanisms(
+                tls=self.tls, plaintext_policy=self.plaintext_auth, loopback=self.loopback
+            )
+            caps.extend("AUTH=" + m for m in mechanisms)
+            if not self._password_allowed():
+                caps.append("LOGINDISABLED")
+        return tuple(caps)
+
+    def send(self, data: bytes) -> None:
+        """Queue untagged responses (complete lines) of the command being executed."""
+        self._write(data)
+
+    def finish(self, status: str, text: str, code: str | None = None) -> None:
+        """
+        End the pending :class:`Execute` with ``tag status [code] text``,
+        after the mailbox updates the client may be told now.
+        """
+        event = self._take_pending()
+        if not isinstance(event, Execute):
+            raise RuntimeError("finish() answers an Execute event")
+        command = event.command
+        self._command = None
+        self._flush_updates(allow_expunge=command.name not in _NO_EXPUNGE_DURING)
+        self._complete(command.tag, status, text, code)
+
+    def select(self, view: SelectedView) -> None:
+        """The pending SELECT/EXAMINE opened *view* (call before :meth:`finish`)."""
+        self.view = view
+        self.state = State.SELECTED
+
+    def unselect(self) -> None:
+        """Leave the selected state (CLOSE, UNSELECT, a failed SELECT)."""
+        self.view = None
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    def mailbox_changed(self) -> None:
+        """
+        The view has new changes queued: while idling, tell the client now;
+        otherwise they go out when the next command completes.
+        """
+        if self._idling:
+            self._flush_updates(allow_expunge=True)
+
+    def accept(self, value: object = None) -> None:
+        """Answer the pending PasswordCheck, AuthStep or StartTLS (see :mod:`txmail.imap.events`)."""
+        event = self._take_pending()
+        if isinstance(event, PasswordCheck):
+            assert isinstance(value, str) and self._tag is not None
+            self._logged_in(self._tag, value, "LOGIN")
+        elif isinstance(event, AuthStep):
+            self._authenticator_result(value)
+        elif isinstance(event, StartTLS):
+            assert self._tag is not None
+            self._complete(self._tag, "OK", "Begin TLS negotiation now")
+            self._trailing.clear()
+            self._framer = self._new_framer()
+            self.tls = True
+            self.tls_available = False
+        else:
+            raise RuntimeError(f"accept() does not answer {type(event).__name__}; use finish()")
+
+    def reject(
+        self, status: str = "NO", text: str = "Authentication failed", code: str | None = None
+    ) -> None:
+        """Answer the pending event with a tagged failure (a LOGIN that failed, an internal error)."""
+        event = self._take_pending()
+        if isinstance(event, PasswordCheck):
+            code = code or "AUTHENTICATIONFAILED"
+            self._auth_failure()
+        elif isinstance(event, AuthStep):
+            self._sasl = None
+        elif isinstance(event, StartTLS):
+            self._trailing.clear()
+        elif isinstance(event, Execute):
+            self._command = None
+        tag = self._tag or "*"
+        self._complete(tag, status, text, code)
+
+    def timeout(self) -> None:
+        """The client was idle too long (RFC 3501 section 5.4): ``BYE`` and close."""
+        if self.state is State.LOGOUT:
+            return
+        self._pending = None
+        self._close(b"* BYE Autologout; idle for too long\r\n", "timeout")
+
+    def shutdown(self, text: str = "Server shutting down") -> None:
+        """The server stops: ``BYE`` and close."""
+        if self.state is not State.LOGOUT:
+            self._pending = None
+            self._close(b"* BYE " + _text(text) + b"\r\n", "shutdown")
+
+    def connection_lost(self) -> None:
+        """The transport is gone."""
+        self.state = State.LOGOUT
+        self._idling = False
+        self._pending = None
+
+    # -- internals -------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._out += data
+
+    def _complete(self, tag: str, status: str, text: str, code: str | None = None) -> None:
+        self._write(serialize.tagged(tag, status, text, code))
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+        if event.needs_decision:
+            self._pending = event
+
+    def _take_pending(self) -> Event:
+        event = self._pending
+        if event is None:
+            raise RuntimeError("no event is waiting for an answer")
+        if event in self._events:
+            raise RuntimeError("the pending event was not returned by next_event() yet")
+        self._pending = None
+        return event
+
+    def _flush_updates(self, *, allow_expunge: bool) -> None:
+        if self.view is not None:
+            self._write(self.view.updates(allow_expunge=allow_expunge))
+
+    def _close(self, line: bytes, reason: str) -> None:
+        self._sasl = None
+        self._idling = False
+        self._write(line)
+        self.state = State.LOGOUT
+        self._emit(ConnectionClosing(reason))
+
+    def _bad(self, tag: str | None, text: str, code: str | None = None, status: str = "BAD") -> None:
+        """A client error: answer it, counting; too many end the session."""
+        self.bad_commands += 1
+        if self.bad_commands > self.limits.max_bad_commands:
+            self._close(b"* BYE Too many invalid commands\r\n", "errors")
+            return
+        if tag is None:
+            self._write(b"* BAD " + _text(text) + b"\r\n")
+        else:
+            self._complete(tag, status, text, code)
+
+    def _password_allowed(self) -> bool:
+        return sasl.password_auth_allowed(
+            tls=self.tls, plaintext_policy=self.plaintext_auth, loopback=self.loopback
+        )
+
+    def _capability_text(self) -> str:
+        return " ".join(self.capabilities())
+
+    # -- framing ---------------------------------------------------------------------
+
+    def _frame(self, frame: object) -> None:
+        if isinstance(frame, LiteralAnnounced):
+            # Within the limits (the framer checked): ask for the octets.
+            self._write(b"+ Ready for literal data\r\n")
+            self._framer.accept_literal()
+        elif isinstance(frame, FramingError):
+            if frame.code == "TOOBIG":
+                # RFC 7889 section 4 / RFC 4469: an APPEND over the limit is a NO [TOOBIG].
+                self._bad(frame.tag, frame.text, "TOOBIG", status="NO" if frame.tag else "BAD")
+            else:
+                self._bad(frame.tag, frame.text)
+        elif isinstance(frame, CommandFragments):
+            if self._sasl is not None:
+                self._auth_response(frame)
+            elif self._idling:
+                self._idle_line(frame)
+            else:
+                self._command_frame(frame)
+
+    def _command_frame(self, frame: CommandFragments) -> None:
+        try:
+            command = parse_command(frame.fragments)
+        except ParseError as e:
+            self._bad(e.tag, e.text)
+            return
+        name = command.name
+        if name not in _ALLOWED[self.state]:
+            self._bad(command.tag, f"{name} is not allowed now")
+            return
+        handler = getattr(self, "_cmd_" + name.lower(), None)
+        self._tag = command.tag
+        if handler is not None:
+            handler(command)
+            return
+        if self.view is not None and self.view.deleted:
+            self._complete(command.tag, "NO", "The selected mailbox was deleted")
+            return
+        self._command = command
+        self._emit(Execute(command))
+
+    # -- commands the session answers --------------------------------------------------
+
+    def _cmd_capability(self, command: Command) -> None:
+        self._write(b"* CAPABILITY " + self._capability_text().encode("ascii") + b"\r\n")
+        self._complete(command.tag, "OK", "CAPABILITY completed")
+
+    def _cmd_noop(self, command: Command) -> None:
+        self._flush_updates(allow_expunge=True)
+        self._complete(command.tag, "OK", f"{command.name} completed")
+
+    _cmd_check = _cmd_noop
+
+    def _cmd_logout(self, command: Command) -> None:
+        self._write(b"* BYE Logging out\r\n")
+        self._complete(command.tag, "OK", "LOGOUT completed")
+        self._close(b"", "logout")
+
+    def _cmd_starttls(self, command: Command) -> None:
+        if not self.tls_available:
+            self._bad(command.tag, "TLS is not available" if not self.tls else "TLS is already active")
+            return
+        self._emit(StartTLS())
+        # What the client pipelined behind STARTTLS is never a command.
+        self._trailing[:] = self._framer_leftovers()
+
+    def _framer_leftovers(self) -> bytes:
+        leftover = self._framer.drain()
+        self._framer = self._new_framer()
+        return leftover
+
+    def _cmd_id(self, command: Command) -> None:
+        assert isinstance(command.args, Id)
+        fields: list[str] = ["name", IMPLEMENTATION]
+        if self.version:
+            fields += ["version", self.version]
+        self._write(b"* ID " + serialize.paren_list(fields) + b"\r\n")
+        self._complete(command.tag, "OK", "ID completed")
+
+    def _cmd_enable(self, command: Command) -> None:
+        # RFC 5161 section 3.1: only capabilities that can be enabled are
+        # listed; txmail offers none of them (CONDSTORE, UTF8=ACCEPT...).
+        self._write(b"* ENABLED\r\n")
+        self._complete(command.tag, "OK", "ENABLE completed")
+
+    def _cmd_namespace(self, command: Command) -> None:
+        # RFC 2342: one personal namespace, no prefix, "/" as the delimiter.
+        self._write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        self._complete(command.tag, "OK", "NAMESPACE completed")
+
+    def _cmd_idle(self, command: Command) -> None:
+        self._idling = True
+        self._write(b"+ idling\r\n")
+        self._emit(IdleStarted())
+        self._flush_updates(allow_expunge=True)
+
+    def _idle_line(self, frame: CommandFragments) -> None:
+        self._idling = False
+        line = b"".join(f.data for f in frame.fragments if isinstance(f, LineFragment))
+        tag = self._tag or "*"
+        self._emit(IdleDone())
+        if len(frame.fragments) == 1 and line.strip().upper() == b"DONE":
+            self._flush_updates(allow_expunge=True)
+            self._complete(tag, "OK", "IDLE terminated")
+        else:
+            # RFC 2177 section 3: only DONE ends IDLE.
+            self._bad(tag, "Expected DONE")
+
+    def _cmd_login(self, command: Command) -> None:
+        assert isinstance(command.args, Login)
+        if not self._password_allowed():
+            # RFC 3501 section 6.2.3 (LOGINDISABLED), RFC 5530 PRIVACYREQUIRED.
+            self._complete(
+                command.tag, "NO", "Plaintext login is disabled; use STARTTLS first", "PRIVACYREQUIRED"
+            )
+            return
+        self._emit(PasswordCheck(command.args.userid, command.args.password))
+
+    def _cmd_authenticate(self, command: Command) -> None:
+        args = command.args
+        assert isinstance(args, Authenticate)
+        mechanism = args.mechanism.upper()
+        offered = sasl.available_mechanisms(
+            tls=self.tls, plaintext_policy=self.plaintext_auth, loopback=self.loopback
+        )
+        if mechanism not in offered:
+            self._complete(command.tag, "NO", "Unsupported authentication mechanism", "CANNOT")
+            return
+        initial: bytes | None = None
+        if args.initial_response is not None:
+            if args.initial_response == "":
+                initial = b""  # RFC 4959 section 3: "=" is an empty initial response
+            else:
+                try:
+                    initial = sasl.decode_response(args.initial_response.encode("ascii"))
+                except (sasl.SASLDecodeError, UnicodeEncodeError):
+                    self._bad(command.tag, "Invalid base64 in the initial response")
+                    return
+                if initial is None:
+                    self._bad(command.tag, "Authentication cancelled")
+                    return
+        self._sasl = self._sasl_factory(mechanism)
+        self._sasl_event(self._sasl.start(initial))
+
+    # -- SASL --------------------------------------------------------------------------
+
+    def _auth_response(self, frame: CommandFragments) -> None:
+        assert self._sasl is not None
+        tag = self._tag or "*"
+        if len(frame.fragments) != 1:
+            self._sasl = None
+            self._bad(tag, "Invalid SASL response")
+            return
+        try:
+            data = sasl.decode_response(frame.fragments[0].data)
+        except sasl.SASLDecodeError:
+            self._sasl = None
+            self._bad(tag, "Invalid base64 in the SASL response")
+            return
+        if data is None:
+            # RFC 3501 section 6.2.2: "*" cancels; the server answers BAD.
+            self._sasl.cancel()
+            self._sasl = None
+            self._complete(tag, "BAD", "Authentication cancelled")
+            return
+        self._sasl_event(self._sasl.respond(data))
+
+    def _sasl_event(self, event: sasl.SASLEvent) -> None:
+        if isinstance(event, sasl.Challenge):
+            self._write(b"+ " + sasl.encode_challenge(event.data) + b"\r\n")
+            return
+        assert self._sasl is not None
+        self._emit(AuthStep(self._sasl.mechanism, self._sasl, event))
+
+    def _authenticator_result(self, event: object) -> None:
+        tag = self._tag or "*"
+        if isinstance(event, sasl.Challenge):
+            self._write(b"+ " + sasl.encode_challenge(event.data) + b"\r\n")
+        elif isinstance(event, sasl.Succeeded):
+            mechanism = self._sasl.mechanism if self._sasl is not None else ""
+            self._sasl = None
+            self._logged_in(tag, event.username, mechanism)
+        elif isinstance(event, sasl.Failed):
+            self._sasl = None
+            if event.reason == "cancelled":
+                self._complete(tag, "BAD", "Authentication cancelled")
+            else:
+                self._auth_failure()
+                self._complete(tag, "NO", "Authentication failed", "AUTHENTICATIONFAILED")
+        else:
+            raise RuntimeError(
+                f"AuthStep must be answered with Challenge, Succeeded or Failed, not {event!r}"
+            )
+
+    def _auth_failure(self) -> None:
+        self.bad_commands += 1
+
+    def _logged_in(self, tag: str, user: str, mechanism: str) -> None:
+        self.user = user
+        self.state = State.AUTHENTICATED
+        # RFC 3501 section 6.2.2/6.2.3: capabilities may change after login; say so.
+        self._complete(tag, "OK", "Logged in", "CAPABILITY " + self._capability_text())
+        self._emit(Authenticated(user, mechanism))
+
+
+def _text(text: str) -> bytes:
+    return text.replace("\r", " ").replace("\n", " ").encode("utf-8")

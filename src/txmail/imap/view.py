@@ -1,0 +1,263 @@
+"""
+What one IMAP session knows of its selected mailbox (RFC 3501 sections 2.3.1.2,
+5.2 and 7.4.1).
+
+Theory of operation
+-------------------
+A store deals in UIDs only; message sequence numbers are per session.  A
+:class:`SelectedView` holds the session's picture of the mailbox: the UIDs in
+sequence order, the flags the client was last told, and which messages are
+``\\Recent`` in this session.  Changes made by anyone (this session, another
+session, SMTP delivery) reach the view as :mod:`txmail.model` change events
+through :meth:`SelectedView.queue`; they are *not* applied at once, because
+the client's sequence numbers must stay stable while it cannot be told:
+
+* :meth:`SelectedView.updates` applies what is queued and returns the
+  untagged responses that tell the client (``EXPUNGE``, ``EXISTS``,
+  ``RECENT``, ``FETCH (FLAGS ...)``), in that order.  The session calls it
+  when a command completes, on NOOP/CHECK, and at once while idling.
+* ``EXPUNGE`` is never sent while responding to FETCH, STORE or SEARCH
+  (RFC 3501 section 7.4.1): with ``allow_expunge=False`` removals stay
+  queued and the expunged messages keep their sequence numbers.
+* The picture is compared, not replayed: a change the client was already
+  told about (this session's own STORE and EXPUNGE responses update the
+  view directly) produces nothing.  So the same change arriving twice, or
+  a listing that already holds a message whose arrival is also queued, is
+  harmless.
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+
+from txmail.imap import serialize
+from txmail.imap.types import SequenceSet
+from txmail.model import (
+    FlagsChanged,
+    MailboxChange,
+    MailboxDeleted,
+    MessageInfo,
+    MessagesAdded,
+    MessagesExpunged,
+)
+
+__all__ = ["SelectedView", "SequenceError"]
+
+
+class SequenceError(ValueError):
+    """A message sequence number is not in use (RFC 3501 section 9: answer BAD)."""
+
+
+class SelectedView:
+    """
+    One session's picture of its selected mailbox.
+
+    Args:
+        name: the mailbox's canonical name.
+        uidvalidity: its UIDVALIDITY.
+        messages: the listing at selection time, ascending UIDs.
+        read_only: selected with EXAMINE (or not writable).
+        recent: UIDs this session claimed as ``\\Recent``.
+
+    Attributes:
+        uids: UIDs in sequence order (sequence number ``n`` is ``uids[n-1]``).
+        flags: the flags the client was last told, by UID.
+        recent: the UIDs that are ``\\Recent`` in this session.
+        deleted: the mailbox was deleted while selected.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        uidvalidity: int,
+        messages: Iterable[MessageInfo],
+        *,
+        read_only: bool = False,
+        recent: Iterable[int] = (),
+    ) -> None:
+        self.name = name
+        self.uidvalidity = uidvalidity
+        self.read_only = read_only
+        self.uids: list[int] = []
+        self.flags: dict[int, frozenset[str]] = {}
+        for info in messages:
+            self.uids.append(info.uid)
+            self.flags[info.uid] = info.flags
+        self.recent: set[int] = set(recent) & self.flags.keys()
+        self.deleted = False
+        self._added: dict[int, frozenset[str]] = {}
+        self._expunged: set[int] = set()
+        self._flag_changes: dict[int, frozenset[str]] = {}
+        self._told_exists = len(self.uids)
+        self._told_recent = len(self.recent)
+
+    # -- numbers -------------------------------------------------------------------
+
+    @property
+    def exists(self) -> int:
+        """Messages the client knows of."""
+        return len(self.uids)
+
+    @property
+    def max_uid(self) -> int:
+        """The largest UID the client knows of (``*`` in a UID set), 0 if none."""
+        return self.uids[-1] if self.uids else 0
+
+    def seq_of(self, uid: int) -> int | None:
+        """The sequence number of *uid*, or ``None``."""
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def resolve(self, seqset: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """
+        ``(sequence number, UID)`` pairs of *seqset*, ascending.
+
+        For message numbers, a number above the mailbox size is an error
+        (RFC 3501 section 9: ``seq-number`` must be in use).  For UIDs, unknown
+        UIDs are left out silently and ``n:*`` includes the last message
+        even when ``n`` is larger (RFC 3501 section 6.4.8).
+
+        Raises:
+            SequenceError: a message number is not in use.
+        """
+        if uid:
+            top = self.max_uid
+            if not top:
+                return []
+            if len(seqset.ranges) == 1:
+                first, last = seqset.ranges[0]
+                a = top if first is None else first
+                b = top if last is None else last
+                lo, hi = (a, b) if a <= b else (b, a)
+                start = bisect.bisect_left(self.uids, lo)
+                end = bisect.bisect_right(self.uids, hi)
+                return [(i + 1, self.uids[i]) for i in range(start, end)]
+            return [(i + 1, u) for i, u in enumerate(self.uids) if seqset.contains(u, top)]
+        count = len(self.uids)
+        for first, last in seqset.ranges:
+            for n in (first, last):
+                if n is not None and n > count:
+                    raise SequenceError("Invalid message sequence number")
+        if count == 0:
+            # "*" in an empty mailbox names no message (RFC 3501 section 6.4.5 note).
+            raise SequenceError("No messages")
+        return [(n, self.uids[n - 1]) for n in seqset.expand(count)]
+
+    # -- changes from the store ------------------------------------------------------
+
+    def queue(self, change: MailboxChange) -> None:
+        """Remember *change* until the client can be told (see the module docstring)."""
+        if isinstance(change, MessagesAdded):
+            for info in change.messages:
+                if info.uid not in self.flags and info.uid not in self._expunged:
+                    self._added[info.uid] = info.flags
+        elif isinstance(change, FlagsChanged):
+            for info in change.messages:
+                if info.uid in self._added:
+                    self._added[info.uid] = info.flags
+                else:
+                    self._flag_changes[info.uid] = info.flags
+        elif isinstance(change, MessagesExpunged):
+            for u in change.uids:
+                if self._added.pop(u, None) is None:
+                    self._expunged.add(u)
+                self._flag_changes.pop(u, None)
+        elif isinstance(change, MailboxDeleted):
+            self.deleted = True
+
+    def claimed_recent(self, uids: Iterable[int]) -> None:
+        """This session claimed *uids* as ``\\Recent`` (told at the next :meth:`updates`)."""
+        self.recent.update(uids)
+
+    @property
+    def has_updates(self) -> bool:
+        """Something is queued that the client has not been told."""
+        return bool(
+            self._added
+            or self._expunged
+            or self._flag_changes
+            or self._told_exists != len(self.uids)
+            or self._told_recent != len(self.recent & self.flags.keys())
+        )
+
+    def updates(self, *, allow_expunge: bool = True) -> bytes:
+        """
+        Apply what is queued and return the untagged responses telling the
+        client: ``EXPUNGE`` (only with *allow_expunge*), ``EXISTS``,
+        ``RECENT``, then ``FETCH (FLAGS ...)`` for flags that changed.
+        """
+        out: list[bytes] = []
+        if allow_expunge and self._expunged:
+            gone = sorted(self._expunged)
+            self._expunged.clear()
+            out.extend(self.expunged(gone))
+        if self._added:
+            top = self.max_uid
+            for u in sorted(self._added):
+                flags = self._added[u]
+                if u in self.flags:
+                    continue
+                if u < top:
+                    # Arrived out of UID order (never from a conforming store);
+                    # sequence numbers only grow at the end.
+                    continue
+                self.uids.append(u)
+                self.flags[u] = flags
+                top = u
+            self._added.clear()
+        if self._told_exists != len(self.uids):
+            self._told_exists = len(self.uids)
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+        recent = len(self.recent & self.flags.keys())
+        if self._told_recent != recent:
+            self._told_recent = recent
+            out.append(b"* %d RECENT\r\n" % recent)
+        if self._flag_changes:
+            changes = sorted(self._flag_changes.items())
+            self._flag_changes.clear()
+            for u, flags in changes:
+                seq = self.seq_of(u)
+                if seq is None or self.flags.get(u) == flags:
+                    continue
+                self.flags[u] = flags
+                out.append(self.fetch_flags(seq, u))
+        return b"".join(out)
+
+    def expunged(self, uids: Iterable[int]) -> Iterator[bytes]:
+        """
+        Remove *uids* (ascending) from the picture, yielding one ``EXPUNGE``
+        each; every number is counted after the removals before it (RFC 3501
+        section 7.4.1).
+        """
+        for u in uids:
+            self._expunged.discard(u)
+            seq = self.seq_of(u)
+            if seq is None:
+                continue
+            del self.uids[seq - 1]
+            del self.flags[u]
+            self.recent.discard(u)
+            self._flag_changes.pop(u, None)
+            self._told_exists -= 1
+            yield b"* %d EXPUNGE\r\n" % seq
+        self._told_recent = min(self._told_recent, len(self.recent & self.flags.keys()))
+
+    def display_flags(self, uid: int, flags: Iterable[str]) -> tuple[str, ...]:
+        """*flags* as shown to this session: ``\\Recent`` added where it applies."""
+        shown = sorted(flags)
+        if uid in self.recent:
+            shown.append("\\Recent")
+        return tuple(shown)
+
+    def fetch_flags(self, seq: int, uid: int, *, with_uid: bool = False) -> bytes:
+        """``* seq FETCH (FLAGS (...))`` for what the view holds of *uid*."""
+        items = b""
+        if with_uid:
+            items = b"UID %d " % uid
+        flags = serialize.flag_list(self.display_flags(uid, self.flags.get(uid, ())))
+        return b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, items, flags)

@@ -1,0 +1,400 @@
+"""
+The Twisted adapter of the SMTP client: one delivery attempt to one server.
+
+:func:`deliver_once` connects, drives a sans-IO
+:class:`txmail.smtp.client.ClientSession` over the connection and fires with
+its :class:`~txmail.smtp.client.TransactionResult`.  It never errbacks for
+network trouble: a refused connection, a timeout, a TLS failure or a lost
+connection are temporary results, so the queue runner has one code path.
+
+Implementation notes
+--------------------
+* Endpoint: an IPv4 literal uses ``TCP4ClientEndpoint``, an IPv6 literal
+  (with or without brackets) ``TCP6ClientEndpoint``, a name
+  ``HostnameEndpoint`` (both families, RFC 8305 "happy eyeballs").  MX
+  lookup is the caller's job: pass the address or the MX name.
+* TLS: on the session's ``StartTLS`` event the adapter calls
+  ``transport.startTLS(context)`` and ``session.tls_started()``; the EHLO
+  that follows is the first TLS record.  The context comes from
+  *tls_context_factory*, or else from :func:`client_tls_options`: for
+  ``"verify"`` :func:`twisted.internet.ssl.optionsForClientTLS`, which
+  checks the chain (system roots, or *trust_root*) and the name
+  (*tls_hostname*, default *host*) with service-identity, failing the
+  handshake closed; for ``"opportunistic"`` an unverified context (RFC 7435
+  opportunistic security: encryption without authentication beats
+  cleartext).  A handshake failure loses the connection and gives a
+  temporary result saying "TLS failure".
+* Timeouts (RFC 5321 section 4.5.3.2): one per-command *timeout* on the
+  injected *clock*.  It is restarted whenever bytes arrive or content is
+  written, so a slow but moving transfer does not expire; the connection
+  attempt has the same timeout.
+* Content: bytes go to the session whole; a binary file object is streamed
+  from its current position with :class:`twisted.protocols.basic.FileSender`
+  (a pull producer: the file is read only as fast as the transport drains)
+  through a consumer that dot-stuffs each chunk with the session.  File reads
+  are plain blocking reads on the reactor thread, as in the server's spool.
+* The password given in *auth* is never logged or put in a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from OpenSSL import SSL
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmail.smtp.client import (
+    ClientSession,
+    ReadyForData,
+    StartTLS,
+    TransactionDone,
+    TransactionResult,
+)
+
+__all__ = ["SMTPClientProtocol", "client_endpoint", "client_tls_options", "deliver_once"]
+
+log = Logger()
+
+
+def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """A client endpoint for *host* (an IPv4 or IPv6 literal, bracketed or not, or a name)."""
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(literal)
+    except ValueError:
+        return HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout)
+    if address.version == 6:
+        return TCP6ClientEndpoint(reactor, literal, port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, literal, port, timeout=timeout)
+
+
+def client_tls_options(policy: str, hostname: str, trust_root: Any = None) -> Any:
+    """
+    The TLS context for *policy*: for ``"verify"`` one that checks the chain
+    (against *trust_root*, e.g. ``ssl.Certificate.loadPEM(ca_pem)``, or the
+    platform's roots) and that the certificate names *hostname*; otherwise
+    one that encrypts without checking (opportunistic TLS, RFC 7435).
+    """
+    if policy == "verify":
+        return ssl.optionsForClientTLS(hostname, trustRoot=trust_root)
+    return ssl.CertificateOptions(verify=False)
+
+
+@implementer(IConsumer)
+class _StuffingConsumer:
+    """The consumer FileSender writes to: chunks go through the session's dot-stuffer."""
+
+    def __init__(self, protocol: SMTPClientProtocol) -> None:
+        self.protocol = protocol
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self.protocol.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:
+        with contextlib.suppress(Exception):
+            self.protocol.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def write(self, data: bytes) -> None:
+        self.protocol.content_written(data)
+
+
+class SMTPClientProtocol(Protocol):
+    """
+    One client connection: bytes and time between the transport and a
+    :class:`~txmail.smtp.client.ClientSession`.
+
+    Args:
+        session: the sans-IO session.
+        message_file: the binary file to stream after ``ReadyForData``
+            (``None`` when the session holds the message bytes).
+        tls_context: what ``transport.startTLS`` gets.
+        clock: the timer source.
+        timeout: seconds without progress before giving up.
+        finished: fired with the result, once.
+    """
+
+    def __init__(
+        self,
+        session: ClientSession,
+        message_file: IO[bytes] | None,
+        tls_context: Any,
+        clock: IReactorTime,
+        timeout: float,
+        finished: defer.Deferred[TransactionResult],
+    ) -> None:
+        self.session = session
+        self._file = message_file
+        self._tls_context = tls_context
+        self._clock = clock
+        self._timeout = timeout
+        self._finished = finished
+        self._timer: Any = None
+        self._sender: FileSender | None = None
+        self._lost = False
+        self._processing = False
+
+    # -- Twisted API --
+
+    def connectionMade(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+        self._reset_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lost:
+            return
+        self.session.receive_data(data)
+        self._reset_timer()
+        self._process()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._cancel_timer()
+        self._sender = None
+        if reason.check(SSL.Error) or type(reason.value).__name__ == "VerificationError":
+            description = f"TLS failure: {reason.getErrorMessage()}"
+        else:
+            description = None  # the session names the step it was waiting for
+        self.session.connection_lost(description)
+        self._process()
+
+    # -- content streaming --
+
+    def content_written(self, data: bytes) -> None:
+        """FileSender produced a chunk: stuff it and send it."""
+        self.session.send_data(data)
+        self._flush()
+        self._reset_timer()
+
+    def _start_content(self) -> None:
+        if self._file is None:
+            # Caller's mistake guarded: nothing to stream means an empty message.
+            self.session.end_data()
+            return
+        sender = self._sender = FileSender()
+        d = sender.beginFileTransfer(self._file, _StuffingConsumer(self))
+
+        def sent(_: Any) -> None:
+            if self._sender is sender and not self._lost:
+                self._sender = None
+                self.session.end_data()
+                self._reset_timer()
+                self._process()
+
+        def failed(f: Failure) -> None:
+            # stopProducing (connection lost or session closed): the session
+            # already knows what went wrong.
+            if self._sender is sender:
+                self._sender = None
+                if not self._lost and not self.session.closed:
+                    log.failure("reading the message to send failed", failure=f)
+                    self.session.connection_lost("local error reading the message")
+                    self._process()
+
+        d.addCallbacks(sent, failed)
+
+    # -- the event loop --
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while (event := self.session.next_event()) is not None:
+                if isinstance(event, StartTLS):
+                    self._flush()
+                    self.transport.startTLS(self._tls_context)  # type: ignore[union-attr]
+                    self.session.tls_started()
+                elif isinstance(event, ReadyForData):
+                    self._start_content()
+                elif isinstance(event, TransactionDone):
+                    self._fire(event.result)
+        except Exception:
+            log.failure("internal error in SMTP client")
+            self.session.connection_lost("internal error in the SMTP client")
+            while (event := self.session.next_event()) is not None:
+                if isinstance(event, TransactionDone):
+                    self._fire(event.result)
+        finally:
+            self._processing = False
+        self._flush()
+        if self.session.closed:
+            self._cancel_timer()
+            if self._sender is not None:
+                sender, self._sender = self._sender, None
+                with contextlib.suppress(Exception):
+                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                sender.stopProducing()
+            if not self._lost:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _fire(self, result: TransactionResult) -> None:
+        if not self._finished.called:
+            self._finished.callback(result)
+
+    def _flush(self) -> None:
+        out = self.session.data_to_send()
+        if out and not self._lost:
+            self.transport.write(out)  # type: ignore[union-attr]
+
+    # -- timeouts (RFC 5321 section 4.5.3.2) --
+
+    def _reset_timer(self) -> None:
+        if self._lost or self.session.closed:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout)
+        else:
+            self._timer = self._clock.callLater(self._timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._lost:
+            return
+        self.session.timeout()
+        self._process()
+        if not self._lost:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+def _failed_result(error: str) -> TransactionResult:
+    return TransactionResult(
+        greeting_reply=None, per_recipient={}, message_reply=None, error=error, temporary=True, tls=False
+    )
+
+
+def deliver_once(
+    reactor: Any,
+    host: str,
+    port: int = 25,
+    *,
+    hostname: str,
+    mail_from: str,
+    recipients: Sequence[str | tuple[str, Mapping[str, str]]],
+    message: bytes | IO[bytes],
+    size: int | None = None,
+    needs_8bit: bool = False,
+    needs_smtputf8: bool = False,
+    mail_params: Mapping[str, str] | None = None,
+    tls_policy: str = "opportunistic",
+    tls_context_factory: Any = None,
+    tls_hostname: str | None = None,
+    trust_root: Any = None,
+    auth: tuple[str, str] | None = None,
+    allow_plaintext_auth: bool = False,
+    timeout: float = 300.0,
+    clock: IReactorTime | None = None,
+    endpoint: IStreamClientEndpoint | None = None,
+) -> defer.Deferred[TransactionResult]:
+    """
+    Make one delivery attempt of one message to *host*:*port*.
+
+    Args:
+        reactor: provides ``IReactorTCP`` (and ``IReactorTime`` unless
+            *clock* is given).
+        host: an IP address (IPv6 with or without brackets) or a host name.
+        port: the TCP port.
+        hostname: our name for EHLO.
+        mail_from: the reverse-path (``""`` for the null sender).
+        recipients: addresses or ``(address, {"NOTIFY": ..., "ORCPT": ...})``.
+        message: the message bytes, or a binary file read from its current
+            position to its end.
+        size: octets for SIZE; by default the bytes' length or the file's
+            remaining length.
+        needs_8bit, needs_smtputf8, mail_params, auth, allow_plaintext_auth:
+            see :class:`~txmail.smtp.client.ClientSession`.
+        tls_policy: ``"none"``, ``"opportunistic"`` or ``"verify"``.
+        tls_context_factory: the context for ``startTLS``; by default
+            :func:`client_tls_options` for the policy.
+        tls_hostname: the name the certificate must hold in ``"verify"``
+            mode (the MX host name); by default *host*.
+        trust_root: the CA to trust in ``"verify"`` mode instead of the
+            platform's (an ``IOpenSSLTrustRoot`` or ``ssl.Certificate``).
+        timeout: seconds to wait for the connection and for each reply
+            (RFC 5321 section 4.5.3.2 suggests 5 to 10 minutes).
+        clock: the timer source, by default *reactor*.
+        endpoint: connect with this instead of an endpoint built for *host*.
+
+    Returns:
+        A Deferred firing with the :class:`TransactionResult`; it does not
+        errback for network or protocol trouble.
+
+    Raises:
+        ValueError: bad arguments (see ClientSession).
+    """
+    message_file: IO[bytes] | None = None
+    if isinstance(message, bytes | bytearray | memoryview):
+        data: bytes | None = bytes(message)
+    else:
+        data = None
+        message_file = message
+        if size is None:
+            try:
+                size = os.fstat(message.fileno()).st_size - message.tell()
+            except (AttributeError, OSError, ValueError):
+                position = message.tell()
+                size = message.seek(0, os.SEEK_END) - position
+                message.seek(position)
+    session = ClientSession(
+        hostname,
+        mail_from,
+        recipients,
+        message=data,
+        size=size,
+        needs_8bit=needs_8bit,
+        needs_smtputf8=needs_smtputf8,
+        mail_params=mail_params,
+        tls_policy=tls_policy,
+        auth=auth,
+        allow_plaintext_auth=allow_plaintext_auth,
+    )
+    if tls_context_factory is None and tls_policy != "none":
+        literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        tls_context_factory = client_tls_options(tls_policy, tls_hostname or literal, trust_root)
+    clock = clock if clock is not None else reactor
+    assert clock is not None
+    if endpoint is None:
+        endpoint = client_endpoint(reactor, host, port, timeout)
+    finished: defer.Deferred[TransactionResult] = defer.Deferred()
+    protocol = SMTPClientProtocol(session, message_file, tls_context_factory, clock, timeout, finished)
+
+    def connect_failed(f: Failure) -> None:
+        if not finished.called:
+            finished.callback(
+                _failed_result(f"connection to {host} port {port} failed: {f.getErrorMessage()}")
+            )
+
+    connecting = connectProtocol(endpoint, protocol)
+    connecting.addErrback(connect_failed)
+    # The endpoint's own timeout covers the TCP handshake; this covers an
+    # endpoint that has none.
+    watchdog = clock.callLater(timeout, connecting.cancel)
+
+    def stop_watchdog(result: Any) -> Any:
+        if watchdog.active():
+            watchdog.cancel()
+        return result
+
+    connecting.addBoth(stop_watchdog)
+    return finished

@@ -1,0 +1,111 @@
+"""
+A tiny authoritative DNS server on 127.0.0.1 (UDP, port 0) for tests.
+
+It answers from a dict with :mod:`twisted.names`, in the reactor of the
+running test, so the code under test must query from another thread (as
+:class:`txmail.delivery.mx.MXResolver` does with ``deferToThread``)::
+
+    host, port = start_dns_server(self, {
+        ("example.test", "MX"): [(10, "mx1.example.test")],
+        ("mx1.example.test", "A"): ["127.0.0.1"],
+        ("mx1.example.test", "AAAA"): ["::1"],
+        ("broken.test", "MX"): SERVFAIL,
+    })
+
+Values by type: ``MX`` ``(preference, exchange)`` (exchange ``"."`` or ``""``
+for a null MX), ``A``/``AAAA`` address strings, ``CNAME`` target names.  A
+name that appears in some key but not with the asked type answers NODATA
+(NOERROR, empty answer); a name that appears in no key answers NXDOMAIN.
+The value :data:`SERVFAIL` answers SERVFAIL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.names import dns, error, server
+from twisted.trial.unittest import TestCase
+
+__all__ = ["SERVFAIL", "start_dns_server"]
+
+#: A record value that makes the server answer SERVFAIL.
+SERVFAIL = "SERVFAIL"
+
+
+class _ServerFailure(Exception):
+    """Raised by the fake authority to produce a SERVFAIL answer."""
+
+
+def _payload(rtype: str, value: Any) -> Any:
+    if rtype == "MX":
+        preference, exchange = value
+        return dns.Record_MX(preference, exchange.rstrip(".").encode(), ttl=60)
+    if rtype == "A":
+        return dns.Record_A(value, ttl=60)
+    if rtype == "AAAA":
+        return dns.Record_AAAA(value, ttl=60)
+    if rtype == "CNAME":
+        return dns.Record_CNAME(value.rstrip(".").encode(), ttl=60)
+    raise ValueError(f"unsupported record type {rtype}")
+
+
+class _DictAuthority:
+    """The ``query`` half of IResolver, answering from a dict."""
+
+    def __init__(self, records: dict[tuple[str, str], Any]) -> None:
+        self.records = {(name.lower().rstrip("."), rtype.upper()): v for (name, rtype), v in records.items()}
+        self.names = {name for name, _ in self.records}
+        self.queries: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _rr(name: str, rtype: str, value: Any) -> dns.RRHeader:
+        payload = _payload(rtype, value)
+        return dns.RRHeader(name=name, type=payload.TYPE, payload=payload, ttl=60, auth=True)
+
+    def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred[Any]:
+        name = query.name.name.decode("ascii").lower().rstrip(".")
+        rtype = dns.QUERY_TYPES.get(query.type, str(query.type))
+        self.queries.append((name, rtype))
+        answers = []
+        for _ in range(8):  # follow CNAMEs, as a recursive server would
+            value = self.records.get((name, rtype))
+            if value == SERVFAIL:
+                return defer.fail(_ServerFailure(name))
+            if value is not None:
+                answers.extend(self._rr(name, rtype, v) for v in value)
+                break
+            cname = self.records.get((name, "CNAME"))
+            if cname is None or rtype == "CNAME":
+                if answers or name in self.names:
+                    break  # NODATA (possibly after a CNAME)
+                return defer.fail(error.AuthoritativeDomainError(name))  # NXDOMAIN
+            answers.extend(self._rr(name, "CNAME", v) for v in cname)
+            name = cname[0].lower().rstrip(".")
+        return defer.succeed((answers, [], []))
+
+
+class _Factory(server.DNSServerFactory):
+    def gotResolverError(self, failure: Any, protocol: Any, message: Any, address: Any) -> None:
+        if failure.check(_ServerFailure):
+            # The base class would log the failure, which trial counts as an error.
+            response = self._responseFromMessage(message=message, rCode=dns.ESERVER)
+            self.sendReply(protocol, response, address)
+            return
+        super().gotResolverError(failure, protocol, message, address)
+
+
+def start_dns_server(test_case: TestCase, records: dict[tuple[str, str], Any]) -> tuple[str, int]:
+    """
+    Listen on 127.0.0.1, a free UDP port, answering from *records*; stop when
+    the test ends.  Returns ``(host, port)``.  The authority object (with its
+    ``queries`` log) is ``test_case.dns_authority``.
+    """
+    authority = _DictAuthority(records)
+    factory = _Factory(authorities=[authority])
+    factory.noisy = False
+    protocol = dns.DNSDatagramProtocol(controller=factory)
+    port = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
+    test_case.addCleanup(port.stopListening)
+    test_case.dns_authority = authority  # type: ignore[attr-defined]
+    return "127.0.0.1", port.getHost().port
