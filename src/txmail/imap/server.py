@@ -49,7 +49,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmail._protocol import SessionProtocol, is_loopback, make_id
-from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
+from txmail.errors import (
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxNotEmpty,
+    NoSuchMailbox,
+    NoSuchMessage,
+    StoreError,
+)
 from txmail.imap import serialize
 from txmail.imap.events import (
     Authenticated,
@@ -168,6 +175,26 @@ class _WriteGate:
         return d
 
 
+#: How store errors answer a command (RFC 5530 response codes).
+_STORE_ERRORS: tuple[tuple[type[StoreError], str, str], ...] = (
+    (NoSuchMailbox, "No such mailbox", "NONEXISTENT"),
+    (MailboxExists, "Mailbox already exists", "ALREADYEXISTS"),
+    (MailboxNotEmpty, "Mailbox has children and is not selectable", "CANNOT"),
+    (InvalidMailboxName, "Invalid mailbox name", "CANNOT"),
+)
+
+
+async def _store_op(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a store method; its errors become the tagged NO of :data:`_STORE_ERRORS`."""
+    try:
+        return await defer.maybeDeferred(fn, *args)
+    except StoreError as e:
+        for cls, text, code in _STORE_ERRORS:
+            if isinstance(e, cls):
+                raise _CommandFailed("NO", text, code) from None
+        raise
+
+
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -190,6 +217,7 @@ class IMAPServerProtocol(SessionProtocol):
         self.mailbox: Any = None  # the selected IMailbox
         self._remove_listener: Callable[[], None] | None = None
         self._gate = _WriteGate()
+        self._early_changes: list[MailboxChange] | None = None
 
     def _open_session(self, host: str) -> IMAPSession:
         factory = self.factory
@@ -377,7 +405,11 @@ class IMAPServerProtocol(SessionProtocol):
     def _changed(self, change: MailboxChange) -> None:
         """The selected mailbox's listener (must not raise or block)."""
         session = self.session
-        if session is None or session.view is None or self._lost:
+        if session is None or self._lost:
+            return
+        if session.view is None:
+            if self._early_changes is not None:
+                self._early_changes.append(change)
             return
         view = session.view
         view.queue(change)
@@ -400,12 +432,7 @@ class IMAPServerProtocol(SessionProtocol):
             self._flush()
 
     async def _open(self, name: str) -> Any:
-        try:
-            return await defer.maybeDeferred(self.store.get_mailbox, name)
-        except NoSuchMailbox:
-            raise _CommandFailed("NO", "No such mailbox", "NONEXISTENT") from None
-        except InvalidMailboxName:
-            raise _CommandFailed("NO", "Invalid mailbox name", "CANNOT") from None
+        return await _store_op(self.store.get_mailbox, name)
 
     async def _do_select(self, command: Command) -> tuple[str, str]:
         args = command.args
@@ -413,8 +440,9 @@ class IMAPServerProtocol(SessionProtocol):
         read_only = isinstance(args, Examine)
         self._deselect()
         mailbox = await self._open(args.mailbox)
-        view = SelectedView(mailbox.name, mailbox.uidvalidity, (), read_only=read_only)
         self.mailbox = mailbox
+        # Changes made while we list are kept and applied to the new view.
+        self._early_changes = []
         self._remove_listener = mailbox.add_listener(self._changed)
         infos = await defer.maybeDeferred(mailbox.list_messages)
         recent = await defer.maybeDeferred(mailbox.claim_recent)
@@ -423,6 +451,9 @@ class IMAPServerProtocol(SessionProtocol):
         session = self.session
         assert session is not None
         session.select(view)
+        early, self._early_changes = self._early_changes, None
+        for change in early or ():
+            view.queue(change)
         first_unseen = next((i + 1 for i, info in enumerate(infos) if "\\Seen" not in info.flags), None)
         out = [
             b"* FLAGS " + _SYSTEM_FLAGS + b"\r\n",
@@ -443,7 +474,7 @@ class IMAPServerProtocol(SessionProtocol):
 
     async def _do_close(self, command: Command) -> str:
         view = self._view()
-        if not view.read_only and self.mailbox is not None:
+        if not view.read_only and not view.deleted and self.mailbox is not None:
             # RFC 3501 section 6.4.2: expunge silently, no EXPUNGE responses.
             await defer.maybeDeferred(self.mailbox.expunge)
         self._deselect()
@@ -458,12 +489,7 @@ class IMAPServerProtocol(SessionProtocol):
     async def _do_create(self, command: Command) -> str:
         args = command.args
         assert isinstance(args, Create)
-        try:
-            await defer.maybeDeferred(self.store.create_mailbox, args.mailbox)
-        except MailboxExists:
-            raise _CommandFailed("NO", "Mailbox already exists", "ALREADYEXISTS") from None
-        except InvalidMailboxName:
-            raise _CommandFailed("NO", "Invalid mailbox name", "CANNOT") from None
+        await _store_op(self.store.create_mailbox, args.mailbox)
         return "CREATE completed"
 
     async def _do_delete(self, command: Command) -> str:
@@ -471,42 +497,25 @@ class IMAPServerProtocol(SessionProtocol):
         assert isinstance(args, Delete)
         if args.mailbox == INBOX:
             raise _CommandFailed("NO", "INBOX cannot be deleted", "CANNOT")
-        try:
-            await defer.maybeDeferred(self.store.delete_mailbox, args.mailbox)
-        except NoSuchMailbox:
-            raise _CommandFailed("NO", "No such mailbox", "NONEXISTENT") from None
-        except MailboxNotEmpty:
-            raise _CommandFailed("NO", "Mailbox has children and is not selectable", "CANNOT") from None
-        except InvalidMailboxName:
-            raise _CommandFailed("NO", "Invalid mailbox name", "CANNOT") from None
+        await _store_op(self.store.delete_mailbox, args.mailbox)
         return "DELETE completed"
 
     async def _do_rename(self, command: Command) -> str:
         args = command.args
         assert isinstance(args, Rename)
-        try:
-            await defer.maybeDeferred(self.store.rename_mailbox, args.old, args.new)
-        except NoSuchMailbox:
-            raise _CommandFailed("NO", "No such mailbox", "NONEXISTENT") from None
-        except MailboxExists:
-            raise _CommandFailed("NO", "Target mailbox already exists", "ALREADYEXISTS") from None
-        except InvalidMailboxName:
-            raise _CommandFailed("NO", "Invalid mailbox name", "CANNOT") from None
+        await _store_op(self.store.rename_mailbox, args.old, args.new)
         return "RENAME completed"
 
     async def _do_subscribe(self, command: Command) -> str:
         args = command.args
         assert isinstance(args, Subscribe)
-        await defer.maybeDeferred(self.store.subscribe, args.mailbox)
+        await _store_op(self.store.subscribe, args.mailbox)
         return "SUBSCRIBE completed"
 
     async def _do_unsubscribe(self, command: Command) -> str:
         args = command.args
         assert isinstance(args, Unsubscribe)
-        try:
-            await defer.maybeDeferred(self.store.unsubscribe, args.mailbox)
-        except NoSuchMailbox:
-            raise _CommandFailed("NO", "Not subscribed", "NONEXISTENT") from None
+        await _store_op(self.store.unsubscribe, args.mailbox)
         return "UNSUBSCRIBE completed"
 
     async def _do_list(self, command: Command) -> str:

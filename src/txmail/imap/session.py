@@ -137,6 +137,9 @@ _ALLOWED = {
 #: forms may see EXPUNGE, but one rule for both is simpler and allowed).
 _NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
 
+#: Commands that act on the selected mailbox's messages (refused once it was deleted).
+_ON_SELECTED_MESSAGES = frozenset({"CHECK", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"})
+
 _BASE_CAPABILITIES = (
     "IMAP4rev1",
     "LITERAL+",
@@ -469,7 +472,7 @@ class IMAPSession:
         if handler is not None:
             handler(command)
             return
-        if self.view is not None and self.view.deleted:
+        if self.view is not None and self.view.deleted and name in _ON_SELECTED_MESSAGES:
             self._complete(command.tag, "NO", "The selected mailbox was deleted")
             return
         self._command = command
