@@ -69,7 +69,9 @@ class SessionProtocol(Protocol, ABC):
     * ``PROTOCOL_NAME`` (``"SMTP"``, ``"POP3"``...) and ``STARTTLS_COMMAND``
       (``"STARTTLS"``, ``"STLS"``...), used in log messages;
     * ``INTERNAL_ERROR_REPLY``: the temporary failure a paused session is
-      rejected with after a bug in our callbacks;
+      rejected with after a bug in our callbacks (and when the authenticator
+      fails); ``PASSWORD_FAILED_REPLY``: what a ``PasswordCheck`` that found
+      no user is rejected with;
     * :meth:`_open_session`: build the session for a client at *host* (and
       log the connection);
     * :meth:`_handle`: act on one event of the session;
@@ -94,6 +96,7 @@ class SessionProtocol(Protocol, ABC):
     PROTOCOL_NAME: ClassVar[str]
     STARTTLS_COMMAND: ClassVar[str]
     INTERNAL_ERROR_REPLY: ClassVar[Any]
+    PASSWORD_FAILED_REPLY: ClassVar[Any] = None
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -234,7 +237,9 @@ class SessionProtocol(Protocol, ABC):
 
         d.addBoth(done)
 
-    def _answer(self, d: defer.Deferred[Any], ok: Callable[[Any], None], failed_reply: Any, what: str) -> None:
+    def _answer(
+        self, d: defer.Deferred[Any], ok: Callable[[Any], None], failed_reply: Any, what: str
+    ) -> None:
         """Wait for *d*: ``ok(result)`` on success, else log and reject with *failed_reply*."""
         session = self.session
         assert session is not None
@@ -262,6 +267,31 @@ class SessionProtocol(Protocol, ABC):
         if self.session is not None and self.session.paused and not self._lost:
             with contextlib.suppress(RuntimeError, ValueError):
                 self.session.reject(self.INTERNAL_ERROR_REPLY)
+
+    # -- authentication --
+
+    def _check_password(self, event: Any) -> None:
+        """A ``PasswordCheck`` event: ask the authenticator (which slows down failures)."""
+        session = self.session
+        assert session is not None
+        d = defer.maybeDeferred(
+            self.factory.authenticator.check_password, event.username, event.password, peer=self.peer
+        )
+
+        def checked(user: str | None) -> None:
+            if user is None:
+                session.reject(self.PASSWORD_FAILED_REPLY)
+            else:
+                session.accept(user)
+
+        self._answer(d, checked, self.INTERNAL_ERROR_REPLY, "password check")
+
+    def _auth_step(self, event: Any) -> None:
+        """An ``AuthStep`` event: the authenticator resolves the SASL server's request."""
+        session = self.session
+        assert session is not None
+        d = defer.maybeDeferred(self.factory.authenticator.step, event.server, event.request, peer=self.peer)
+        self._answer(d, session.accept, self.INTERNAL_ERROR_REPLY, "authentication step")
 
     # -- STARTTLS / STLS --
 
@@ -307,6 +337,8 @@ class SessionProtocol(Protocol, ABC):
         if self.session is None or self._lost:
             return
         self.log.info(
-            self.PROTOCOL_NAME + " connection from {peer} timed out", peer=self.peer, session_id=self.session_id
+            self.PROTOCOL_NAME + " connection from {peer} timed out",
+            peer=self.peer,
+            session_id=self.session_id,
         )
         self._session_timed_out()

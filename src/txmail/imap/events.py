@@ -20,7 +20,7 @@ event              answer
                    client pipelined; the application then starts TLS
 =================  ==============================================================
 
-``reject(status, text, code)`` answers any pending event with a tagged
+``reject((status, text, code))`` answers any pending event with a tagged
 response (the adapter's answer to a bug or an unavailable store).
 
 ``Authenticated``, ``IdleStarted``, ``IdleDone`` and ``ConnectionClosing``

@@ -106,6 +106,7 @@ from txmail.model import (
     FlagMode,
     FolderInfo,
     MailboxChange,
+    MessageInfo,
     MessagesAdded,
     SpecialUse,
     match_mailbox_pattern,
@@ -120,6 +121,8 @@ DEFAULT_IDLE_TIMEOUT = 1800.0
 PREAUTH_TIMEOUT = 180.0
 #: Messages handled per step of FETCH and SEARCH.
 BATCH = 256
+#: Messages up to this size are read on the reactor thread (see _read_message).
+INLINE_READ = 1024 * 1024
 #: RFC 6154 mailboxes made for a new user.
 SPECIAL_FOLDERS = (
     ("Sent", SpecialUse.SENT),
@@ -207,6 +210,7 @@ class IMAPServerProtocol(SessionProtocol):
     PROTOCOL_NAME = "IMAP"
     STARTTLS_COMMAND = "STARTTLS"
     INTERNAL_ERROR_REPLY = ("NO", "Internal server error; try again later", "SERVERBUG")
+    PASSWORD_FAILED_REPLY = None  # the session's NO [AUTHENTICATIONFAILED]
 
     session: IMAPSession | None
 
@@ -277,54 +281,6 @@ class IMAPServerProtocol(SessionProtocol):
             )
 
     # -- authentication --
-
-    def _check_password(self, event: PasswordCheck) -> None:
-        session = self.session
-        assert session is not None
-        d = defer.maybeDeferred(
-            self.factory.authenticator.check_password, event.username, event.password, peer=self.peer
-        )
-
-        def checked(user: str | None) -> None:
-            if user is None:
-                session.reject()
-            else:
-                session.accept(user)
-
-        self._answer(d, checked, self.INTERNAL_ERROR_REPLY, "password check")
-
-    def _auth_step(self, event: AuthStep) -> None:
-        session = self.session
-        assert session is not None
-        d = defer.maybeDeferred(self.factory.authenticator.step, event.server, event.request, peer=self.peer)
-        self._answer(d, session.accept, self.INTERNAL_ERROR_REPLY, "authentication step")
-
-    def _answer(
-        self, d: defer.Deferred[Any], ok: Callable[[Any], None], failed_reply: Any, what: str
-    ) -> None:
-        session = self.session
-        assert session is not None
-
-        def succeeded(result: Any) -> None:
-            if not self._lost:
-                ok(result)
-
-        def failed(f: Failure) -> None:
-            self.log.failure(
-                "{what} failed for {peer}", failure=f, what=what, peer=self.peer, session_id=self.session_id
-            )
-            if not self._lost and session.paused:
-                session.reject(*failed_reply)
-
-        d.addCallbacks(succeeded, failed)
-        d.addErrback(self._internal_error)
-        self._wait(d)
-
-    def _internal_error(self, f: Failure) -> None:
-        self.log.failure("internal error in IMAP session", failure=f, session_id=self.session_id)
-        if self.session is not None and self.session.paused and not self._lost:
-            with contextlib.suppress(RuntimeError, ValueError):
-                self.session.reject(*self.INTERNAL_ERROR_REPLY)
 
     def _authenticated(self, event: Authenticated) -> None:
         self.log.info(
@@ -674,9 +630,8 @@ class IMAPServerProtocol(SessionProtocol):
                     continue  # expunged by someone else; told later
                 message = None
                 if needs.message:
-                    try:
-                        message = await defer.maybeDeferred(mailbox.read_message, uid)
-                    except NoSuchMessage:
+                    message = await _read_message(mailbox, info)
+                    if message is None:
                         continue
                 if shows_flags or uid in seen_now:
                     view.flags[uid] = info.flags
@@ -770,9 +725,8 @@ class IMAPServerProtocol(SessionProtocol):
                     continue
                 message = None
                 if needs.message:
-                    try:
-                        message = await defer.maybeDeferred(mailbox.read_message, uid)
-                    except NoSuchMessage:
+                    message = await _read_message(mailbox, info)
+                    if message is None:
                         continue
                 if matches(args.key, ctx, seq, info, metadata.get(uid), message):
                     found.append(uid if args.uid else seq)
@@ -781,6 +735,23 @@ class IMAPServerProtocol(SessionProtocol):
         else:
             self._send(format_search(found))
         return "SEARCH completed"
+
+
+async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
+    """
+    The whole message, or ``None`` when it is gone.  Up to :data:`INLINE_READ`
+    octets are read on the reactor thread from the file ``open_message``
+    gives (microseconds from the page cache, as POP3 does); larger messages
+    are read by the store (its thread pool for a disk store).
+    """
+    try:
+        if info.size <= INLINE_READ:
+            f = await defer.maybeDeferred(mailbox.open_message, info.uid)
+            with f:
+                return f.read()  # type: ignore[no-any-return]
+        return await defer.maybeDeferred(mailbox.read_message, info.uid)  # type: ignore[no-any-return]
+    except NoSuchMessage:
+        return None
 
 
 def _copyuid(uidvalidity: int, pairs: list[tuple[int, int]]) -> str:

@@ -79,7 +79,10 @@ from txmail.imap.parser import ParseError, parse_command
 from txmail.imap.types import Authenticate, Command, Id, Login
 from txmail.imap.view import SelectedView
 
-__all__ = ["IMAPLimits", "IMAPSession", "State"]
+__all__ = ["IMAPLimits", "IMAPSession", "State", "TaggedReply"]
+
+#: A tagged response: status (``"OK"``, ``"NO"``, ``"BAD"``), text, response code or ``None``.
+TaggedReply = tuple[str, str, str | None]
 
 
 class State(enum.Enum):
@@ -348,11 +351,14 @@ class IMAPSession:
         else:
             raise RuntimeError(f"accept() does not answer {type(event).__name__}; use finish()")
 
-    def reject(
-        self, status: str = "NO", text: str = "Authentication failed", code: str | None = None
-    ) -> None:
-        """Answer the pending event with a tagged failure (a LOGIN that failed, an internal error)."""
+    def reject(self, reply: TaggedReply | None = None) -> None:
+        """
+        Answer the pending event with a tagged failure: *reply* is
+        ``(status, text, code)``; ``None`` means the LOGIN's ``NO
+        [AUTHENTICATIONFAILED] Authentication failed``.
+        """
         event = self._take_pending()
+        status, text, code = reply or ("NO", "Authentication failed", None)
         if isinstance(event, PasswordCheck):
             code = code or "AUTHENTICATIONFAILED"
             self._auth_failure()

@@ -203,6 +203,7 @@ class POP3ServerProtocol(SessionProtocol):
     PROTOCOL_NAME = "POP3"
     STARTTLS_COMMAND = "STLS"
     INTERNAL_ERROR_REPLY = SYS_TEMP
+    PASSWORD_FAILED_REPLY = AUTH_FAILED
 
     session: POP3Session | None
 
@@ -269,27 +270,6 @@ class POP3ServerProtocol(SessionProtocol):
             )
 
     # -- authentication --
-
-    def _check_password(self, event: PasswordCheck) -> None:
-        session = self.session
-        assert session is not None
-        d = defer.maybeDeferred(
-            self.factory.authenticator.check_password, event.username, event.password, peer=self.peer
-        )
-
-        def checked(user: str | None) -> None:
-            if user is None:
-                session.reject(AUTH_FAILED)
-            else:
-                session.accept(user)
-
-        self._answer(d, checked, SYS_TEMP, "password check")
-
-    def _auth_step(self, event: AuthStep) -> None:
-        session = self.session
-        assert session is not None
-        d = defer.maybeDeferred(self.factory.authenticator.step, event.server, event.request, peer=self.peer)
-        self._answer(d, session.accept, SYS_TEMP, "authentication step")
 
     def _login(self, event: Login) -> None:
         session = self.session
