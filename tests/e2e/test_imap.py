@@ -294,6 +294,51 @@ class FolderTests(IMAPTestCase):
         self.assertEqual(out["readonly_store"], "NO")
 
 
+class LimitTests(IMAPTestCase):
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield self.start(imap_max_literal=1000)
+
+    @defer.inlineCallbacks
+    def test_oversized_append_refused_before_its_octets(self) -> Any:
+        """APPENDLIMIT is advertised; a larger synchronizing literal gets NO [TOOBIG] and no continuation."""
+
+        def run() -> tuple[bytes, list[bytes], list[bytes]]:
+            raw = RawClient(self.server.address("imap"))
+            try:
+                raw.command(b"l1", b'LOGIN "alice@example.test" "correct horse"')
+                caps = raw.command(b"l2", b"CAPABILITY")[0]
+                refused = raw.command(b"l3", b"APPEND INBOX {5000}")
+                raw.send(b"l4 APPEND INBOX {12}\r\n")
+                cont = raw.readline()
+                raw.send(b"Subject: x\r\n\r\n")
+                accepted = [cont, *raw.until(b"l4 ")]
+            finally:
+                raw.close()
+            return caps, refused, accepted
+
+        caps, refused, accepted = yield deferToThread(run)
+        self.assertIn(b"APPENDLIMIT=1000", caps)
+        self.assertEqual(len(refused), 1)
+        self.assertTrue(refused[0].startswith(b"l3 NO [TOOBIG]"), refused)
+        self.assertTrue(accepted[0].startswith(b"+ "))
+        self.assertTrue(accepted[-1].startswith(b"l4 OK [APPENDUID "), accepted)
+
+    @defer.inlineCallbacks
+    def test_rename_inbox_moves_messages(self) -> Any:
+        """RENAME INBOX moves its messages to the new mailbox and leaves INBOX empty (RFC 3501 section 6.3.5)."""
+        yield self.send(message("one"), message("two"))
+
+        def run() -> tuple[Any, Any]:
+            c = self.login()
+            ok(c.rename("INBOX", "Old"))
+            return ok(c.status("INBOX", "(MESSAGES)")), ok(c.status("Old", "(MESSAGES)"))
+
+        inbox, old = yield deferToThread(run)
+        self.assertEqual(inbox, [b"INBOX (MESSAGES 0)"])
+        self.assertEqual(old, [b"Old (MESSAGES 2)"])
+
+
 class ConcurrencyTests(IMAPTestCase):
     @defer.inlineCallbacks
     def test_idle_sees_delivery_flags_and_expunge(self) -> Any:
