@@ -55,7 +55,9 @@ class ReceiveTests(TestCase):
 
         def send() -> None:
             with smtplib.SMTP(*self.mta) as s:
-                s.sendmail("sender@remote.test", ["alice@example.test"], b"Subject: hi\r\n\r\nHello\r\n..dot\r\n")
+                s.sendmail(
+                    "sender@remote.test", ["alice@example.test"], b"Subject: hi\r\n\r\nHello\r\n..dot\r\n"
+                )
 
         d = deferToThread(send)
 
@@ -162,6 +164,83 @@ class ReceiveTests(TestCase):
 
         return d.addCallback(check)
 
+    def test_submission_dsn_parameters_are_queued(self) -> Any:
+        """DSN is advertised; RET/ENVID/NOTIFY/ORCPT given with smtplib reach the queued envelope, normalised."""
+
+        def send() -> bool:
+            with smtplib.SMTP(*self.submission) as s:
+                s.ehlo("client.test")
+                s.login("alice@example.test", PASSWORD)
+                offered = s.has_extn("dsn")
+                s.mail("alice@example.test", options=["ret=hdrs", "ENVID=Q+2B1"])
+                s.rcpt(
+                    "friend@remote.test",
+                    options=["NOTIFY=failure,delay", "ORCPT=rfc822;Friend+40remote.test"],
+                )
+                s.rcpt("other@remote.test")
+                code, _ = s.data(b"Subject: dsn\r\n\r\nbody\r\n")
+                self.assertEqual(code, 250)
+                code, text = s.rcpt("x@remote.test", options=["NOTIFY=NEVER,SUCCESS"])
+                self.assertEqual(code, 503)  # no MAIL any more: the transaction ended
+                s.mail("alice@example.test")
+                code, text = s.rcpt("x@remote.test", options=["NOTIFY=NEVER,SUCCESS"])
+                self.assertEqual((code, text[:5]), (501, b"5.5.4"))
+                return offered
+
+        def check(offered: bool) -> None:
+            self.assertTrue(offered)
+            entries = self.successResultOf(self.server.queue.list_entries())
+            self.assertEqual(len(entries), 1)
+            envelope = entries[0].envelope
+            self.assertEqual(envelope.mail_params, {"RET": "HDRS", "ENVID": "Q+2B1"})
+            self.assertEqual(envelope.rcpt_to, ("friend@remote.test", "other@remote.test"))
+            self.assertEqual(
+                list(envelope.rcpt_params),
+                [{"NOTIFY": "FAILURE,DELAY", "ORCPT": "rfc822;Friend+40remote.test"}, {}],
+            )
+
+        return deferToThread(send).addCallback(check)
+
+    def test_submission_sender_must_be_owned(self) -> Any:
+        """An authenticated user may send as herself or her alias, not as someone else (553 5.7.1)."""
+        self.server.directory.add_alias("team@example.test", ["alice@example.test"])
+
+        def send() -> tuple[int, bytes]:
+            with smtplib.SMTP(*self.submission) as s:
+                s.ehlo("client.test")
+                s.login("alice@example.test", PASSWORD)
+                try:
+                    s.sendmail("bob@example.test", ["friend@remote.test"], b"Subject: forged\r\n\r\nx\r\n")
+                except smtplib.SMTPSenderRefused as e:
+                    refused = (e.smtp_code, e.smtp_error)
+                else:  # pragma: no cover - the assertion below reports it
+                    refused = (250, b"")
+                s.sendmail("alice@example.test", ["friend@remote.test"], b"Subject: own\r\n\r\nx\r\n")
+                s.sendmail("team@example.test", ["friend@remote.test"], b"Subject: alias\r\n\r\nx\r\n")
+                s.sendmail("<>", ["friend@remote.test"], b"Subject: null\r\n\r\nx\r\n")
+            return refused
+
+        def check(refused: tuple[int, bytes]) -> None:
+            self.assertEqual(refused, (553, b"5.7.1 Sender address rejected: not owned by user"))
+            entries = self.successResultOf(self.server.queue.list_entries())
+            self.assertEqual(
+                sorted(e.envelope.mail_from for e in entries), ["", "alice@example.test", "team@example.test"]
+            )
+
+        return deferToThread(send).addCallback(check)
+
+    def test_mta_sender_not_checked(self) -> Any:
+        """Port 25 takes any sender address for a local recipient (the ownership rule is submission's)."""
+
+        def send() -> None:
+            with smtplib.SMTP(*self.mta) as s:
+                s.sendmail("bob@example.test", ["alice@example.test"], b"Subject: hi\r\n\r\nx\r\n")
+
+        def check(_: Any) -> None:
+            self.assertEqual(len(maildir_files(self.server, "alice@example.test")), 1)
+
+        return deferToThread(send).addCallback(check)
+
     def test_wrong_password(self) -> Any:
         """A wrong password gets 535 and does not authenticate."""
 
@@ -246,7 +325,9 @@ class ReceiveTests(TestCase):
         def probe() -> list[bytes]:
             with socket.create_connection(self.mta) as sock:
                 _recv_until(sock, 1)
-                sock.sendall(b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+                sock.sendall(
+                    b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+                )
                 replies = _recv_until(sock, 4)
                 sock.sendall(smuggled)
                 replies += _recv_until(sock, 1)

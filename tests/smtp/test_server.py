@@ -77,13 +77,36 @@ class FakeRouter:
 
 
 class FakeDirectory:
-    """Just enough of IDirectory for the Authenticator: one user, alice."""
+    """
+    Just enough of IDirectory for the Authenticator and the sender check: one
+    user, alice, who owns her address and the alias team@example.test.  With
+    ``manual`` set, owns_address waits for the test; ``error`` makes it fail.
+    """
+
+    OWNED = {"alice@example.test": {"alice@example.test", "team@example.test"}}
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+        self.manual = False
+        self.pending: list[tuple[defer.Deferred[bool], bool]] = []
+        self.error: Exception | None = None
 
     def get_credentials(self, username: str) -> defer.Deferred[Any]:
         return defer.succeed(CREDENTIALS if username == "alice@example.test" else None)
 
     def canonical_user(self, username: str) -> defer.Deferred[str | None]:
         return defer.succeed("alice@example.test" if username == "alice@example.test" else None)
+
+    def owns_address(self, user: str, address: str) -> defer.Deferred[bool]:
+        self.asked.append((user, address))
+        if self.error is not None:
+            return defer.fail(self.error)
+        owned = address.lower() in self.OWNED.get(user, set())
+        if self.manual:
+            d: defer.Deferred[bool] = defer.Deferred()
+            self.pending.append((d, owned))
+            return d
+        return defer.succeed(owned)
 
 
 @implementer(ITLSTransport)
@@ -192,6 +215,22 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(last, b"250 2.0.0 OK: queued as " + envelope.message_id.encode())
         self.assertEqual(self.spool_files(), [])
 
+    def test_dsn_parameters_reach_the_envelope(self) -> None:
+        """RFC 3461 parameters arrive in the Envelope normalised: RET/NOTIFY upper-cased, ENVID/ORCPT as given."""
+        proto, transport = self.connect()
+        proto.dataReceived(
+            b"EHLO c\r\nMAIL FROM:<a@remote.test> ret=hdrs ENVID=Q+2Bid\r\n"
+            b"RCPT TO:<alice@example.test> notify=delay,Failure ORCPT=rfc822;Alice+40example.test\r\n"
+            b"RCPT TO:<bob@example.test>\r\nDATA\r\n" + BODY
+        )
+        envelope = self.router.delivered[0][0]
+        self.assertEqual(envelope.mail_params, {"RET": "HDRS", "ENVID": "Q+2Bid"})
+        self.assertEqual(
+            envelope.rcpt_params,
+            ({"NOTIFY": "DELAY,FAILURE", "ORCPT": "rfc822;Alice+40example.test"}, {}),
+        )
+        self.assertEqual(self.take(transport)[-1][:3], b"250")
+
     def test_reply_only_after_router(self) -> None:
         """The 250 after the final dot is sent only once the router's Deferred fired; reading pauses meanwhile."""
         self.router.manual = True
@@ -232,7 +271,11 @@ class DeliveryTests(ServerTestCase):
 
         proto, _transport = self.connect(run_blocking=run_blocking)
         for _ in range(3):
-            proto.dataReceived(SEND + BODY if _ == 0 else b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + BODY)
+            proto.dataReceived(
+                SEND + BODY
+                if _ == 0
+                else b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + BODY
+            )
         self.assertEqual(len(self.router.delivered), 3)
         self.assertEqual(calls, [server_module._create_spool_files])
         self.assertGreater(len(self.factories[-1].spool_files.reserved()), 0)
@@ -440,7 +483,106 @@ class StartTLSTests(ServerTestCase):
 
 class AuthTests(ServerTestCase):
     def make_authenticator(self) -> Authenticator:
-        return Authenticator(FakeDirectory(), clock=self.clock)  # type: ignore[arg-type]
+        self.directory = FakeDirectory()
+        return Authenticator(self.directory, clock=self.clock)  # type: ignore[arg-type]
+
+    def submit(self, **kwargs: Any) -> tuple[SMTPServerProtocol, StringTransport]:
+        """A submission connection where alice has authenticated (replies so far taken)."""
+        options: dict[str, Any] = {"role": "submission", "implicit_tls": True}
+        options.update(kwargs)
+        if "authenticator" not in options:
+            options["authenticator"] = self.make_authenticator()
+        proto, transport = self.connect(**options)
+        proto.dataReceived(b"EHLO c\r\nAUTH PLAIN " + plain("alice@example.test", PASSWORD) + b"\r\n")
+        self.assertEqual(self.take(transport)[-1], b"235 2.7.0 Authentication successful")
+        return proto, transport
+
+    def test_sender_must_be_owned(self) -> None:
+        """Submission: her own address and her alias are accepted; someone else's is 553 5.7.1 and starts nothing."""
+        proto, transport = self.submit()
+        proto.dataReceived(
+            b"MAIL FROM:<bob@example.test>\r\nRCPT TO:<friend@remote.test>\r\n"
+            b"MAIL FROM:<Team@example.test>\r\nRSET\r\nMAIL FROM:<alice@example.test>\r\n"
+        )
+        self.assertEqual(
+            self.take(transport),
+            [
+                b"553 5.7.1 Sender address rejected: not owned by user",
+                b"503 5.5.1 Bad sequence of commands",
+                b"250 2.1.0 Sender OK",
+                b"250 2.0.0 OK",
+                b"250 2.1.0 Sender OK",
+            ],
+        )
+        self.assertEqual(
+            self.directory.asked,
+            [
+                ("alice@example.test", "bob@example.test"),
+                ("alice@example.test", "Team@example.test"),
+                ("alice@example.test", "alice@example.test"),
+            ],
+        )
+        self.assertEqual(self.router.checked, [])
+
+    def test_null_sender_not_checked(self) -> None:
+        """MAIL FROM:<> from an authenticated user is accepted without asking the directory (as Postfix does)."""
+        proto, transport = self.submit()
+        proto.dataReceived(b"MAIL FROM:<>\r\nRCPT TO:<friend@remote.test>\r\nDATA\r\n" + BODY)
+        self.assertEqual(self.final_codes(self.take(transport)), [b"250", b"250", b"354", b"250"])
+        self.assertEqual(self.directory.asked, [])
+        self.assertEqual(self.router.delivered[0][0].mail_from, "")
+
+    def test_mta_role_not_checked(self) -> None:
+        """On port 25 even an authenticated client's sender is not checked."""
+        proto, transport = self.submit(role="mta")
+        proto.dataReceived(b"MAIL FROM:<bob@example.test>\r\n")
+        self.assertEqual(self.take(transport), [b"250 2.1.0 Sender OK"])
+        self.assertEqual(self.directory.asked, [])
+
+    def test_sender_check_pauses_pipelined_commands(self) -> None:
+        """While owns_address is pending nothing is answered; then the replies go out in order."""
+        proto, transport = self.submit()
+        self.directory.manual = True
+        proto.dataReceived(b"MAIL FROM:<bob@example.test>\r\nNOOP\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(proto.session.paused)  # type: ignore[union-attr]
+        d, owned = self.directory.pending.pop(0)
+        d.callback(owned)
+        self.assertEqual(self.final_codes(self.take(transport)), [b"553", b"250"])
+
+    def test_sender_check_failure(self) -> None:
+        """A failing directory lookup is answered 451 4.3.0 and logged; no transaction starts."""
+        proto, transport = self.submit()
+        self.directory.error = RuntimeError("directory down")
+        proto.dataReceived(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<friend@remote.test>\r\n")
+        self.assertEqual(self.final_codes(self.take(transport)), [b"451", b"503"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_directory_argument_and_fallbacks(self) -> None:
+        """The directory is the argument, else the router's; submission with AUTH and none is refused."""
+        explicit = FakeDirectory()
+        proto, transport = self.submit(directory=explicit)
+        proto.dataReceived(b"MAIL FROM:<team@example.test>\r\n")
+        self.assertEqual(self.final_codes(self.take(transport)), [b"250"])
+        self.assertEqual(explicit.asked, [("alice@example.test", "team@example.test")])
+        self.assertEqual(self.directory.asked, [])
+
+        routers_directory = FakeDirectory()
+        self.router.directory = routers_directory  # type: ignore[attr-defined]
+        proto, transport = self.submit()
+        proto.dataReceived(b"MAIL FROM:<bob@example.test>\r\n")
+        self.assertEqual(self.final_codes(self.take(transport)), [b"553"])
+        self.assertEqual(routers_directory.asked, [("alice@example.test", "bob@example.test")])
+
+        with self.assertRaises(ValueError):
+            SMTPFactory(
+                role="submission",
+                hostname="h",
+                router=FakeRouter(),
+                authenticator=object(),
+                spool_dir=self.spool,
+                clock=self.clock,
+            )
 
     def test_submission_auth_and_relay(self) -> None:
         """On submission, AUTH PLAIN then a remote recipient: the router is asked with the user, ESMTPSA is recorded."""

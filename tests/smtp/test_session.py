@@ -33,7 +33,7 @@ from txmail.smtp.events import (
     RcptTo,
     StartTLS,
 )
-from txmail.smtp.session import MAX_AUTH_LINE, ServerSession, SMTPLimits, State
+from txmail.smtp.session import MAX_AUTH_LINE, SENDER_NOT_OWNED, ServerSession, SMTPLimits, State
 
 from .test_dotstuff import SMUGGLED, SMUGGLING_SEQUENCES
 
@@ -147,12 +147,12 @@ class GreetingTests(SessionTestCase):
         self.assertEqual(session.data_to_send(), b"")
 
     def test_ehlo_keywords(self) -> None:
-        """EHLO lists the extensions, SIZE with the limit; no STARTTLS or AUTH by default."""
+        """EHLO lists the extensions, SIZE with the limit, DSN (RFC 3461); no STARTTLS or AUTH by default."""
         session, events, out = self.exchange(EHLO, limits=SMTPLimits(max_message_size=1234))
         self.assertEqual(
             out,
             b"250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 1234\r\n250-8BITMIME\r\n"
-            b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+            b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n",
         )
         self.assertEqual(events, [Greeted("client.test", True)])
         self.assertEqual(session.state, State.GREETED)
@@ -224,7 +224,7 @@ class TransactionTests(SessionTestCase):
         )
         self.assertTrue(
             out.endswith(
-                b"250 CHUNKING\r\n250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n550 5.1.1 No such user here\r\n"
+                b"250 DSN\r\n250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n550 5.1.1 No such user here\r\n"
                 b"250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
                 b"250 2.0.0 OK: queued as X1\r\n221 2.0.0 Bye\r\n"
             )
@@ -319,7 +319,7 @@ class ParameterTests(SessionTestCase):
         return events[1:], replies(out)[-1]
 
     def test_mail_parameters(self) -> None:
-        """Known MAIL parameters are kept; DSN parameters are kept but not acted on."""
+        """Known MAIL parameters are kept, DSN's (RFC 3461) among them."""
         events, reply = self.mail(" SIZE=100 BODY=8BITMIME RET=HDRS ENVID=abc AUTH=<>")
         self.assertEqual(reply, "250 2.1.0 Sender OK")
         self.assertEqual(
@@ -375,6 +375,83 @@ class ParameterTests(SessionTestCase):
             session.transaction.rcpt_params, [{"NOTIFY": "NEVER", "ORCPT": "rfc822;b@example.test"}]
         )  # type: ignore[union-attr]
         self.assertTrue(replies(out)[-1].startswith("555 5.5.4"))
+
+    def test_dsn_mail_parameters_normalised(self) -> None:
+        """RFC 3461: RET is upper-cased, ENVID kept as given (xtext undecoded), BODY upper-cased."""
+        envid = "x" * 97 + "+2B"  # 100 characters, the limit
+        session, events, out = self.exchange(
+            EHLO + f"MAIL FROM:<a@remote.test> ret=full ENVID={envid} body=8bitmime\r\n".encode()
+        )
+        self.assertEqual(replies(out)[-1], "250 2.1.0 Sender OK")
+        self.assertEqual(
+            events[-1], MailFrom("a@remote.test", {"RET": "FULL", "ENVID": envid, "BODY": "8BITMIME"})
+        )
+        self.assertEqual(session.transaction.mail_params, {"RET": "FULL", "ENVID": envid, "BODY": "8BITMIME"})  # type: ignore[union-attr]
+
+    def test_dsn_mail_parameter_refusals(self) -> None:
+        """Bad RET/ENVID values and repeated parameters get 501 5.5.4 naming the parameter, and no event."""
+        table = [
+            (" RET=ALL", "501 5.5.4 Bad RET parameter: expected RET=FULL or RET=HDRS"),
+            (" RET", "501 5.5.4 Bad RET parameter"),
+            (" ENVID", "501 5.5.4 Bad ENVID parameter: expected xtext of at most 100 characters"),
+            (" ENVID=" + "x" * 101, "501 5.5.4 Bad ENVID parameter"),
+            (" ENVID=a+2b", "501 5.5.4 Bad ENVID parameter"),  # hexchar digits must be upper case
+            (" ENVID=a+2", "501 5.5.4 Bad ENVID parameter"),
+            (" ENVID=a+0D+0Ab", "501 5.5.4 Bad ENVID parameter"),  # decodes to CR LF
+            (" ENVID=é", "501 5.5.4 Bad ENVID parameter"),
+            (" RET=FULL ret=HDRS", "501 5.5.4 Duplicate RET parameter"),
+            (" ENVID=a ENVID=a", "501 5.5.4 Duplicate ENVID parameter"),
+        ]
+        for params, expected in table:
+            events, reply = self.mail(params)
+            self.assertEqual(events, [], params)
+            self.assertTrue(reply.startswith(expected), (params, reply))
+
+    def test_dsn_rcpt_parameters_normalised(self) -> None:
+        """NOTIFY is upper-cased without repeats in the client's order; ORCPT is kept as given."""
+        session, events, out = self.exchange(
+            EHLO
+            + b"MAIL FROM:<a@remote.test>\r\n"
+            + b"RCPT TO:<b@example.test> notify=delay,success,Delay ORCPT=RFC822;B+2Bx+40example.test\r\n"
+            + b"RCPT TO:<c@example.test> NOTIFY=never\r\n"
+            + b"RCPT TO:<d@example.test> ORCPT=utf-8;d\\x{E9}@example.test\r\n"
+        )
+        self.assertEqual(codes_of(out)[-3:], [250, 250, 250])
+        expected = [
+            {"NOTIFY": "DELAY,SUCCESS", "ORCPT": "RFC822;B+2Bx+40example.test"},
+            {"NOTIFY": "NEVER"},
+            {"ORCPT": "utf-8;d\\x{E9}@example.test"},
+        ]
+        self.assertEqual([e.params for e in events if isinstance(e, RcptTo)], expected)
+        self.assertEqual(session.transaction.rcpt_params, expected)  # type: ignore[union-attr]
+
+    def test_dsn_rcpt_parameter_refusals(self) -> None:
+        """Bad NOTIFY/ORCPT values and repeats get 501 5.5.4 naming the parameter; the transaction goes on."""
+        notify = "501 5.5.4 Bad NOTIFY parameter: expected NEVER or a list of SUCCESS, FAILURE, DELAY"
+        orcpt = "501 5.5.4 Bad ORCPT parameter: expected addr-type;xtext"
+        table = [
+            ("NOTIFY", notify),
+            ("NOTIFY=NEVER,SUCCESS", notify),
+            ("NOTIFY=SUCCESS,", notify),
+            ("NOTIFY=ALWAYS", notify),
+            ("NOTIFY=SUCCESS,,DELAY", notify),
+            ("ORCPT", orcpt),
+            ("ORCPT=b@example.test", orcpt),
+            ("ORCPT=;b@example.test", orcpt),
+            ("ORCPT=rfc(822);b@example.test", orcpt),
+            ("ORCPT=rfc822;", orcpt),
+            ("ORCPT=rfc822;b+3dx@example.test", orcpt),
+            ("ORCPT=rfc822;b+0Ax@example.test", orcpt),
+            ("NOTIFY=NEVER NOTIFY=NEVER", "501 5.5.4 Duplicate NOTIFY parameter"),
+        ]
+        for params, expected in table:
+            session, events, out = self.exchange(
+                EHLO + f"MAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.test> {params}\r\n".encode()
+            )
+            self.assertEqual([e for e in events if isinstance(e, RcptTo)], [], params)
+            self.assertEqual(replies(out)[-1], expected, params)
+            self.assertEqual(session.state, State.MAIL, params)
+            self.assertEqual(session.bad_commands, 1, params)
 
     def test_smtputf8(self) -> None:
         """Non-ASCII addresses need SMTPUTF8 on MAIL (553 5.6.7); with it the protocol is UTF8SMTP."""
@@ -892,6 +969,47 @@ class AuthTests(SessionTestCase):
             **self.AUTH_ON,
         )
         self.assertEqual(codes_of(out)[-2:], [235, 250])
+
+    def test_sender_login_check(self) -> None:
+        """Only submission with an authenticated user and a non-null sender needs the ownership check."""
+        auth = EHLO + b"AUTH PLAIN " + plain("alice@example.test", PASSWORD) + b"\r\n"
+        session, _, _ = self.exchange(auth, role="submission", **self.AUTH_ON)
+        self.assertEqual(session.sender_login_check("bob@example.test"), "alice@example.test")
+        self.assertIsNone(session.sender_login_check(""))
+        session, _, _ = self.exchange(auth, role="mta", **self.AUTH_ON)
+        self.assertIsNone(session.sender_login_check("bob@example.test"))
+        session, _, _ = self.exchange(EHLO, role="submission", **self.AUTH_ON)
+        self.assertIsNone(session.sender_login_check("bob@example.test"))
+
+    def test_sender_not_owned_rejected(self) -> None:
+        """An application refusing MailFrom with SENDER_NOT_OWNED: 553 5.7.1, no transaction, RCPT out of sequence."""
+
+        def decide(session: ServerSession, event: Event) -> None:
+            owner = session.sender_login_check(event.address) if isinstance(event, MailFrom) else None
+            if owner is not None and event.address != owner:  # type: ignore[attr-defined]
+                session.reject(SENDER_NOT_OWNED)
+            else:
+                accept_all(session, event)
+
+        session, _, out = self.exchange(
+            EHLO
+            + b"AUTH PLAIN "
+            + plain("alice@example.test", PASSWORD)
+            + b"\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<x@remote.test>\r\n"
+            + b"MAIL FROM:<alice@example.test>\r\n",
+            decide,
+            role="submission",
+            **self.AUTH_ON,
+        )
+        self.assertEqual(
+            replies(out)[-3:],
+            [
+                "553 5.7.1 Sender address rejected: not owned by user",
+                "503 5.5.1 Bad sequence of commands",
+                "250 2.1.0 Sender OK",
+            ],
+        )
+        self.assertEqual(session.transaction.mail_from, "alice@example.test")  # type: ignore[union-attr]
 
     def test_long_auth_line(self) -> None:
         """AUTH lines may exceed 1000 octets (RFC 4954: 12288), but not the AUTH limit."""

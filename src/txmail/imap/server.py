@@ -422,8 +422,8 @@ class IMAPServerProtocol(SessionProtocol):
         out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
         out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % status.uidnext)
         self._send(b"".join(out))
-        # Changes queued while listing are already in the listing or will be told.
-        view.updates(allow_expunge=True)
+        # Changes queued while listing that the listing does not hold yet
+        # are told by finish(), before the tagged OK.
         return ("READ-ONLY" if read_only else "READ-WRITE", f"{command.name} completed")
 
     _do_examine = _do_select

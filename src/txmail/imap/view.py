@@ -164,7 +164,7 @@ class SelectedView:
                     self._flag_changes[info.uid] = info.flags
         elif isinstance(change, MessagesExpunged):
             for u in change.uids:
-                if self._added.pop(u, None) is None:
+                if self._added.pop(u, None) is None and u in self.flags:
                     self._expunged.add(u)
                 self._flag_changes.pop(u, None)
         elif isinstance(change, MailboxDeleted):

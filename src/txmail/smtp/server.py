@@ -32,6 +32,17 @@ Implementation notes
   the fsync) is logged and answered ``451 4.3.0``, never with its text.
   The temporary file is removed afterwards in every case: the router has
   hard-linked or copied what it keeps.
+* MAIL on the submission role with an authenticated user: the reverse-path
+  must be one the user owns (their address or an alias of theirs,
+  ``IDirectory.owns_address``), else ``553 5.7.1`` (issue 5; Postfix's
+  ``reject_sender_login_mismatch``).  :meth:`ServerSession.sender_login_check`
+  says when the check applies (never for ``<>``, never on port 25).  The
+  directory comes from the factory's ``directory`` argument, else the
+  router's or the authenticator's ``directory`` attribute; a submission
+  factory with AUTH and no directory is refused at construction, so the
+  check cannot be skipped by mistake.  A failing lookup is ``451 4.3.0``.
+* DSN parameters (RFC 3461) reach the ``Envelope`` as the session
+  normalised them (``mail_params``, ``rcpt_params``).
 * Timeouts use the injected clock: ``command_timeout`` while waiting for a
   command, ``data_timeout`` while reading content (RFC 5321 section
   4.5.3.2), none while we ourselves are waiting for a Deferred.  Expiry
@@ -62,7 +73,7 @@ from twisted.python.failure import Failure
 from txmail._fs import RunBlocking, run_inline
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
-from txmail.interfaces import IDeliveryRouter
+from txmail.interfaces import IDeliveryRouter, IDirectory
 from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
 from txmail.smtp import codes
 from txmail.smtp.codes import Reply
@@ -80,7 +91,7 @@ from txmail.smtp.events import (
     RcptTo,
     StartTLS,
 )
-from txmail.smtp.session import SESSION_ROLES, ServerSession, SMTPLimits
+from txmail.smtp.session import SENDER_NOT_OWNED, SESSION_ROLES, ServerSession, SMTPLimits
 
 __all__ = [
     "SMTPFactory",
@@ -328,7 +339,7 @@ class SMTPServerProtocol(SessionProtocol):
                 "{peer} greeted as {helo}", peer=self.peer, helo=event.name, session_id=self.session_id
             )
         elif isinstance(event, MailFrom):
-            self.session.accept()
+            self._check_sender(event)
         elif isinstance(event, RcptTo):
             self._check_recipient(event)
         elif isinstance(event, DataStart):
@@ -366,6 +377,34 @@ class SMTPServerProtocol(SessionProtocol):
                 reason=event.reason,
                 session_id=self.session_id,
             )
+
+    # -- sender --
+
+    def _check_sender(self, event: MailFrom) -> None:
+        session = self.session
+        assert session is not None
+        user = session.sender_login_check(event.address)
+        if user is None:
+            session.accept()
+            return
+        directory = self.factory.directory
+        assert directory is not None  # SMTPFactory refuses submission+AUTH without one
+        d = defer.maybeDeferred(directory.owns_address, user, event.address)
+
+        def checked(owned: bool) -> None:
+            if owned:
+                session.accept()
+                return
+            self.log.info(
+                "{peer}: {user} may not send as <{sender}>",
+                peer=self.peer,
+                user=user,
+                sender=event.address,
+                session_id=self.session_id,
+            )
+            session.reject(SENDER_NOT_OWNED)
+
+        self._answer(d, checked, codes.LOCAL_ERROR, "sender ownership check")
 
     # -- recipients --
 
@@ -600,6 +639,15 @@ class SMTPFactory(Factory):
             reactor by default.
         run_blocking: ``run_blocking(fn, *args) -> Deferred`` for fsync;
             ``None`` runs inline.
+        directory: the :class:`txmail.interfaces.IDirectory` that says which
+            sender addresses an authenticated user owns (submission role);
+            by default the ``directory`` attribute of *router* or of
+            *authenticator*.
+
+    Raises:
+        ValueError: unknown role or plaintext policy, or a submission
+            factory with an authenticator but no directory to check
+            senders against.
     """
 
     protocol = SMTPServerProtocol
@@ -618,11 +666,16 @@ class SMTPFactory(Factory):
         limits: SMTPLimits | None = None,
         clock: IReactorTime | None = None,
         run_blocking: RunBlocking | None = None,
+        directory: IDirectory | None = None,
     ) -> None:
         if role not in SESSION_ROLES:
             raise ValueError(f"unknown role {role!r}")
         if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
             raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
+        if directory is None:
+            directory = getattr(router, "directory", None) or getattr(authenticator, "directory", None)
+        if role == "submission" and authenticator is not None and not hasattr(directory, "owns_address"):
+            raise ValueError("a submission factory with AUTH needs a directory with owns_address")
         if clock is None:
             from twisted.internet import reactor
 
@@ -631,6 +684,7 @@ class SMTPFactory(Factory):
         self.hostname = hostname
         self.router = router
         self.authenticator = authenticator
+        self.directory = directory
         self.spool_dir = spool_dir
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
@@ -639,7 +693,6 @@ class SMTPFactory(Factory):
         self.clock: Any = clock
         self.run_blocking: RunBlocking = run_blocking if run_blocking is not None else run_inline
         self.spool_files = SpoolFiles(spool_dir, self.run_blocking)
-
 
     def stopFactory(self) -> None:
         self.spool_files.close()

@@ -79,8 +79,23 @@ Invariants and policies
   section 4.1.4 makes greeting the client's MUST, nothing depends on it, and
   Postfix does the same by default.  After STARTTLS it is required.
 * Protocol errors (unknown command, syntax, sequence, failed AUTH, long
-  lines) are counted; past ``max_bad_commands`` the session answers
-  ``421 4.7.0`` and closes.
+  lines, malformed parameter values) are counted; past ``max_bad_commands``
+  the session answers ``421 4.7.0`` and closes.
+* DSN (RFC 3461) is advertised and its parameters are checked here and
+  kept, normalised, in the transaction (and so in the ``Envelope`` the
+  router gets): ``RET`` and ``NOTIFY`` upper-cased (NOTIFY without
+  repeats, in the client's order), ``ENVID`` and ``ORCPT`` exactly as
+  given, still xtext-encoded.  Acting on them (notices, bounces, passing
+  them on) is the queue runner's business.  A malformed value is
+  ``501 5.5.4`` with a text naming the parameter; a repeated parameter is
+  ``501 5.5.4`` too (RFC 3461 section 4: each "MAY appear only once").
+  The decoded ENVID and ORCPT address must be printable US-ASCII (RFC 3461
+  sections 4.2 and 4.4), so an encoded CR LF can never reach a bounce's
+  header fields.
+* Submission sender ownership is the application's check (it needs the
+  directory, a Deferred): :meth:`ServerSession.sender_login_check` says
+  which user must own the reverse-path of a ``MailFrom``, and the
+  application rejects it with :data:`SENDER_NOT_OWNED` otherwise.
 
 This module is sans-IO: it imports nothing from Twisted.
 """
@@ -123,7 +138,10 @@ from txmail.smtp.grammar import (
 
 __all__ = [
     "ALLOWED_STATES",
+    "DSN_NOTIFY_KEYWORDS",
     "MAX_AUTH_LINE",
+    "MAX_ENVID_LENGTH",
+    "SENDER_NOT_OWNED",
     "SEQUENCE_REPLIES",
     "SESSION_ROLES",
     "MailTransaction",
@@ -223,6 +241,74 @@ _MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID"})
 _RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 
+#: RFC 3461 section 4.1: ``NOTIFY=NEVER``, or a list of these.
+DSN_NOTIFY_KEYWORDS = ("SUCCESS", "FAILURE", "DELAY")
+#: RFC 3461 section 4.4: an ENVID is at most 100 characters.
+MAX_ENVID_LENGTH = 100
+
+#: Postfix's ``reject_sender_login_mismatch`` reply: an authenticated
+#: submission client gave a reverse-path it does not own (issue 5).  RFC
+#: 3463 section 3.8: X.7.1 "delivery not authorized".
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
+
+_BAD_RET = codes.PARAM_SYNTAX_ERROR.with_text("Bad RET parameter: expected RET=FULL or RET=HDRS")
+_BAD_ENVID = codes.PARAM_SYNTAX_ERROR.with_text(
+    f"Bad ENVID parameter: expected xtext of at most {MAX_ENVID_LENGTH} characters"
+)
+_BAD_NOTIFY = codes.PARAM_SYNTAX_ERROR.with_text(
+    "Bad NOTIFY parameter: expected NEVER or a list of SUCCESS, FAILURE, DELAY"
+)
+_BAD_ORCPT = codes.PARAM_SYNTAX_ERROR.with_text("Bad ORCPT parameter: expected addr-type;xtext")
+
+_HEX_UPPER = frozenset("0123456789ABCDEF")
+#: atext (RFC 5322 section 3.2.3), for the ORCPT addr-type (an atom).
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+
+
+def _xtext_decode(text: str) -> str | None:
+    """
+    Decode RFC 3461 section 4 xtext; ``None`` when *text* is not xtext::
+
+        xtext   = *( xchar / hexchar )
+        xchar   = any ASCII CHAR between "!" (33) and "~" (126) inclusive,
+                  except for "+" and "="
+        hexchar = ASCII "+" immediately followed by two upper case
+                  hexadecimal digits
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "+":
+            pair = text[i + 1 : i + 3]
+            if len(pair) != 2 or not all(h in _HEX_UPPER for h in pair):
+                return None
+            out.append(chr(int(pair, 16)))
+            i += 3
+            continue
+        if not 33 <= ord(c) <= 126 or c == "=":
+            return None
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _printable_xtext(text: str) -> bool:
+    """Non-empty xtext whose decoded value is printable US-ASCII (32-126)."""
+    decoded = _xtext_decode(text)
+    return decoded is not None and decoded != "" and all(32 <= ord(c) <= 126 for c in decoded)
+
+
+def _duplicate_reply(error: ParamSyntaxError) -> Reply:
+    """501 5.5.4 naming a repeated parameter, else the generic 501 5.5.4."""
+    # The grammar's message is "repeated parameter KEY" with KEY a checked
+    # esmtp-keyword (letters, digits, "-"), so it is safe to echo.
+    prefix = "repeated parameter "
+    message = str(error)
+    if message.startswith(prefix):
+        return codes.PARAM_SYNTAX_ERROR.with_text(f"Duplicate {message[len(prefix) :]} parameter")
+    return codes.PARAM_SYNTAX_ERROR
+
 
 @dataclass
 class MailTransaction:
@@ -231,12 +317,14 @@ class MailTransaction:
 
     Attributes:
         mail_from: the reverse-path, ``""`` for ``<>``.
-        mail_params: MAIL parameters, upper-cased keys.  DSN parameters (RET,
-            ENVID; NOTIFY, ORCPT per recipient) are kept, not acted on.
-            TODO(RFC 3461): act on DSN parameters and advertise DSN.
+        mail_params: MAIL parameters, upper-cased keys.  The DSN parameters
+            (RFC 3461) are checked and normalised: ``RET`` is ``FULL`` or
+            ``HDRS``; ``ENVID`` is the xtext as given.
         smtputf8: the client gave ``SMTPUTF8`` (RFC 6531).
         rcpt_to: accepted forward-paths in order.
-        rcpt_params: the parameters of each accepted recipient.
+        rcpt_params: the parameters of each accepted recipient: ``NOTIFY``
+            is ``NEVER`` or a comma list of ``SUCCESS``/``FAILURE``/``DELAY``
+            (upper case, no repeats); ``ORCPT`` is ``addr-type;xtext`` as given.
         chunking: the content comes by BDAT (RFC 3030).
         data_started: the application accepted ``DataStart``.
         size: octets of content received so far.
@@ -379,6 +467,23 @@ class ServerSession(LineSession[Event, Reply]):
         return sasl.available_mechanisms(
             tls=self.tls, plaintext_policy=self.plaintext_auth, loopback=self.loopback
         )
+
+    def sender_login_check(self, address: str) -> str | None:
+        """
+        The user who must own *address* (a ``MailFrom`` reverse-path) for
+        MAIL to be accepted, or ``None`` when no check applies.
+
+        Only on the submission role, for an authenticated user (issue 5:
+        Postfix's ``reject_sender_login_mismatch``).  The null reverse-path
+        ``<>`` is not checked: Postfix skips it too, and a client may send
+        notifications (RFC 3464 DSNs, RFC 8098 MDNs) with it.  The port 25
+        role is never checked.  The application asks the directory
+        (``IDirectory.owns_address``) and rejects with
+        :data:`SENDER_NOT_OWNED` when the answer is no.
+        """
+        if self.role != "submission" or self.authenticated_user is None or not address:
+            return None
+        return self.authenticated_user
 
     def accept(self, result: Any = None) -> None:
         """
@@ -578,6 +683,7 @@ class ServerSession(LineSession[Event, Reply]):
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
             "CHUNKING",
+            "DSN",
         ]
         if self.tls_available and not self.tls:
             lines.append("STARTTLS")
@@ -597,22 +703,30 @@ class ServerSession(LineSession[Event, Reply]):
             return
         try:
             path, params = mail_from_argument(arg)
-        except ParamSyntaxError:
-            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+        except ParamSyntaxError as e:
+            self._protocol_error(_duplicate_reply(e))
             return
         except GrammarError:
             self._protocol_error(codes.BAD_SENDER_SYNTAX)
             return
         refusal = self._check_mail_params(params)
         if refusal is not None:
-            self._send(refusal)
+            self._refuse_params(refusal)
             return
         if path is not None and not path.is_ascii and "SMTPUTF8" not in params:
             self._send(codes.SMTPUTF8_REQUIRED)
             return
         self._emit(MailFrom("" if path is None else str(path), params))
 
+    def _refuse_params(self, refusal: Reply) -> None:
+        """Send a parameter refusal; a malformed value (501) counts as a protocol error."""
+        if refusal.code == 501:
+            self._protocol_error(refusal)
+        else:
+            self._send(refusal)
+
     def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
+        """Check MAIL parameters and normalise *params* in place; a refusal or ``None``."""
         for key, value in params.items():
             if key not in _MAIL_PARAMS:
                 return codes.PARAM_NOT_RECOGNIZED
@@ -633,11 +747,54 @@ class ServerSession(LineSession[Event, Reply]):
                 if value is not None:
                     return codes.PARAM_SYNTAX_ERROR
             elif key == "RET":
-                if (value or "").upper() not in ("FULL", "HDRS"):
-                    return codes.PARAM_SYNTAX_ERROR
-            elif value is None and key in ("AUTH", "ENVID"):
+                # RFC 3461 section 4.3: ret-value = "FULL" / "HDRS"
+                ret = (value or "").upper()
+                if ret not in ("FULL", "HDRS"):
+                    return _BAD_RET
+                params[key] = ret
+            elif key == "ENVID":
+                # RFC 3461 section 4.4: envid-parameter = "ENVID=" xtext, at
+                # most 100 characters, printable US-ASCII once decoded.
+                if value is None or len(value) > MAX_ENVID_LENGTH or not _printable_xtext(value):
+                    return _BAD_ENVID
+            elif value is None and key == "AUTH":
                 return codes.PARAM_SYNTAX_ERROR
+        if "BODY" in params:
+            params["BODY"] = (params["BODY"] or "").upper()
         # AUTH=<mailbox> (RFC 4954 section 5) is accepted and ignored.
+        return None
+
+    def _check_rcpt_params(self, params: dict[str, str | None]) -> Reply | None:
+        """Check RCPT parameters (RFC 3461) and normalise *params* in place."""
+        if any(key not in _RCPT_PARAMS for key in params):
+            return codes.PARAM_NOT_RECOGNIZED
+        for key, value in params.items():
+            if key == "NOTIFY":
+                # RFC 3461 section 4.1:
+                #   notify-esmtp-value = "NEVER" / 1#notify-list-element
+                #   notify-list-element = "SUCCESS" / "FAILURE" / "DELAY"
+                # "NEVER" MUST appear by itself.
+                words = (value or "").upper().split(",")
+                if words == ["NEVER"]:
+                    params[key] = "NEVER"
+                elif words and all(w in DSN_NOTIFY_KEYWORDS for w in words):
+                    params[key] = ",".join(dict.fromkeys(words))
+                else:
+                    return _BAD_NOTIFY
+            elif key == "ORCPT":
+                # RFC 3461 section 4.2:
+                #   orcpt-parameter = "ORCPT=" original-recipient-address
+                #   original-recipient-address = addr-type ";" xtext
+                #   addr-type = atom
+                # and the decoded address is printable US-ASCII.
+                addr_type, semicolon, address = (value or "").partition(";")
+                if (
+                    not semicolon
+                    or not addr_type
+                    or not all(c in _ATEXT for c in addr_type)
+                    or not _printable_xtext(address)
+                ):
+                    return _BAD_ORCPT
         return None
 
     def _do_rcpt(self, arg: str) -> None:
@@ -647,17 +804,15 @@ class ServerSession(LineSession[Event, Reply]):
             return
         try:
             path, params = rcpt_to_argument(arg)
-        except ParamSyntaxError:
-            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+        except ParamSyntaxError as e:
+            self._protocol_error(_duplicate_reply(e))
             return
         except GrammarError:
             self._protocol_error(codes.BAD_RECIPIENT_SYNTAX)
             return
-        if any(key not in _RCPT_PARAMS for key in params):
-            self._send(codes.PARAM_NOT_RECOGNIZED)
-            return
-        if any(value is None for value in params.values()):
-            self._protocol_error(codes.PARAM_SYNTAX_ERROR)
+        refusal = self._check_rcpt_params(params)
+        if refusal is not None:
+            self._refuse_params(refusal)
             return
         refusal = self._recipient_policy(path, tx)
         if refusal is not None:
