@@ -157,6 +157,7 @@ class UserCommandTests(CLITestCase):
         """user list prints users; passwd changes the password; del removes the user."""
         for name in ("bob@example.test", "alice@example.test"):
             self.txmail("user", "add", "--data-dir", self.data_dir, name, "--password-stdin", stdin="old\n")
+        self.stdout.seek(0)
         self.stdout.truncate(0)
         self.stdout.seek(0)
         self.assertEqual(self.txmail("user", "list", "--data-dir", self.data_dir), 0)
@@ -285,6 +286,7 @@ class AliasCommandTests(CLITestCase):
         self.assertEqual(
             self.txmail("alias", "add", "--data-dir", self.data_dir, "@example.test", "alice@example.test"), 0
         )
+        self.stdout.seek(0)
         self.stdout.truncate(0)
         self.stdout.seek(0)
         self.assertEqual(self.txmail("alias", "list", "--data-dir", self.data_dir), 0)
@@ -334,3 +336,79 @@ class RealStorageTests(CLITestCase):
                 found.append(root)
         self.assertTrue(found, "no Maildir was created")
         self.assertTrue(any("alice" in path for path in found), found)
+
+
+class QueueCommandTests(CLITestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        from txmail.delivery.queue import SpoolQueue
+        from txmail.model import Envelope, MessageFile
+
+        self.queue_dir = os.path.join(self.data_dir, "queue")
+        queue = SpoolQueue(self.queue_dir)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"Subject: x\r\n\r\nbody\r\n")
+        results: list[str] = []
+        envelope = Envelope(
+            "alice@example.test", ("a@remote.test", "b@remote.test"), mail_params={"RET": "HDRS"}
+        )
+        queue.enqueue(envelope, MessageFile(path, 20), envelope.rcpt_to).addCallback(results.append)
+        self.queue_id = results[0]
+        queue.update_recipients(
+            self.queue_id,
+            {
+                "a@remote.test": {
+                    "state": "deferred",
+                    "attempts": 1,
+                    "next_attempt": 4102444800,
+                    "last_error": "451 4.2.0 later",
+                    "host": "mx.remote.test",
+                }
+            },
+        )
+
+    def entry(self) -> dict:
+        with open(os.path.join(self.queue_dir, f"{self.queue_id}.json")) as f:
+            return json.load(f)
+
+    def test_list_and_show(self) -> None:
+        """list gives one line per entry with state counts; show gives every recipient's state."""
+        self.assertEqual(self.txmail("queue", "list", "--data-dir", self.data_dir), 0)
+        out = self.stdout.getvalue()
+        self.assertIn(self.queue_id, out)
+        self.assertIn("<alice@example.test>", out)
+        self.assertIn("1 deferred, 1 pending", out)
+        self.assertIn("1 entry", out)
+        self.stdout.seek(0)
+        self.stdout.truncate(0)
+        self.assertEqual(self.txmail("queue", "show", self.queue_id, "--data-dir", self.data_dir), 0)
+        out = self.stdout.getvalue()
+        self.assertIn("<a@remote.test>: deferred, 1 attempt(s)", out)
+        self.assertIn("last host: mx.remote.test", out)
+        self.assertIn("last error: 451 4.2.0 later", out)
+        self.assertIn("<b@remote.test>: pending", out)
+        self.assertIn("RET=HDRS", out)
+
+    def test_flush(self) -> None:
+        """flush makes deferred recipients due now and says the server picks them up at its next poll."""
+        self.assertEqual(self.txmail("queue", "flush", "--data-dir", self.data_dir), 0)
+        self.assertIn("1 deferred recipient(s) due now", self.stdout.getvalue())
+        self.assertIn("next queue pass", self.stdout.getvalue())
+        self.assertLess(self.entry()["recipients"]["a@remote.test"]["next_attempt"], 4102444800)
+        self.assertEqual(self.entry()["recipients"]["a@remote.test"]["state"], "deferred")
+
+    def test_delete(self) -> None:
+        """delete removes the entry's files; an unknown id is an error."""
+        self.assertEqual(self.txmail("queue", "delete", self.queue_id, "--data-dir", self.data_dir), 0)
+        self.assertEqual(os.listdir(self.queue_dir), [])
+        self.assertEqual(self.txmail("queue", "delete", self.queue_id, "--data-dir", self.data_dir), 1)
+        self.assertIn(f"no queue entry {self.queue_id}", self.stderr.getvalue())
+        self.assertEqual(self.txmail("queue", "show", "NOPE", "--data-dir", self.data_dir), 1)
+
+    def test_no_queue(self) -> None:
+        """A data directory without a queue is reported, not created."""
+        empty = self.mktemp()
+        self.assertEqual(self.txmail("queue", "list", "--data-dir", empty), 1)
+        self.assertIn("no queue", self.stderr.getvalue())
+        self.assertFalse(os.path.exists(empty))

@@ -6,7 +6,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txmail.config import Settings, load_config
+from txmail.config import Settings, load_config, parse_host_port
 from txmail.errors import ConfigError
 
 
@@ -79,3 +79,70 @@ class LoadConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             load_config("/nonexistent/txmail.toml")
         self.assertIn("cannot read", str(cm.exception))
+
+
+class OutboundConfigTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self) -> None:
+        """By default the queue runs: system resolvers, port 25, opportunistic TLS, 5 days."""
+        s = load_config(None)
+        self.assertTrue(s.outbound_enabled)
+        self.assertEqual(s.resolvers, ())
+        self.assertEqual(s.relay_port, 25)
+        self.assertIsNone(s.smarthost)
+        self.assertEqual(s.outbound_tls_policy, "opportunistic")
+        self.assertEqual(s.give_up_after, 5 * 86400)
+        self.assertEqual(s.delay_notice_after, 4 * 3600)
+
+    def test_outbound_table(self) -> None:
+        """Every [outbound] key reaches the settings; durations take units."""
+        s = load_config(
+            self.write(
+                "[outbound]\nenabled = false\nresolvers = [\"127.0.0.1:5353\", \"[::1]:53\"]\nrelay_port = 2525\n"
+                'smarthost = "relay.test:587"\nsmarthost_user = "me"\nsmarthost_password = "pw"\n'
+                'tls_policy = "verify"\nretry_schedule = "1m,2m"\ngive_up_after = "2d"\n'
+                'delay_notice_after = "never"\npoll_interval = 5\ntimeout = "1m"\n'
+                '[outbound.tls_policies]\n"Bank.Test" = "verify"\n"old.test" = "none"\n'
+            )
+        )
+        self.assertFalse(s.outbound_enabled)
+        self.assertEqual(s.resolvers, ("127.0.0.1:5353", "[::1]:53"))
+        self.assertEqual(s.relay_port, 2525)
+        self.assertEqual((s.smarthost, s.smarthost_user, s.smarthost_password), ("relay.test:587", "me", "pw"))
+        self.assertNotIn("pw", repr(s))
+        self.assertEqual(s.outbound_tls_policy, "verify")
+        self.assertEqual(s.retry_schedule, "1m,2m")
+        self.assertEqual(s.give_up_after, 2 * 86400)
+        self.assertIsNone(s.delay_notice_after)
+        self.assertEqual((s.queue_poll_interval, s.outbound_timeout), (5.0, 60.0))
+        self.assertEqual(dict(s.outbound_tls_policies), {"bank.test": "verify", "old.test": "none"})
+
+    def test_host_port(self) -> None:
+        """HOST:PORT parsing, IPv6 in brackets, default ports."""
+        self.assertEqual(parse_host_port("127.0.0.1:53"), ("127.0.0.1", 53))
+        self.assertEqual(parse_host_port("[::1]:5353"), ("::1", 5353))
+        self.assertEqual(parse_host_port("ns.test", 53), ("ns.test", 53))
+        for bad in ("ns.test", ":53", "host:0", "host:x", "[::1]x"):
+            self.assertRaises(ConfigError, parse_host_port, bad)
+
+    def test_outbound_errors(self) -> None:
+        """Bad outbound values name the key."""
+        cases = [
+            ('[outbound]\ntls_policy = "maybe"\n', "tls_policy"),
+            ('[outbound]\nretry_schedule = "5x"\n', "retry_schedule"),
+            ("[outbound]\nrelay_port = 70000\n", "relay_port"),
+            ('[outbound]\nresolvers = ["a:b"]\n', "port"),
+            ('[outbound]\nsmarthost_user = "me"\n', "together"),
+            ('[outbound.tls_policies]\n"x.test" = "sometimes"\n', "x.test"),
+            ('[outbound]\ngive_up_after = "soon"\n', "give_up_after"),
+            ('[outbound]\nenabled = "yes"\n', "enabled"),
+        ]
+        for text, needle in cases:
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertIn(needle, str(cm.exception), text)

@@ -53,6 +53,27 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(len(s.submission), 2)
         self.assertEqual(s.plaintext_auth, "never")
 
+    def test_outbound_options(self) -> None:
+        """--resolver (repeatable), --relay-port and --smarthost become outbound settings."""
+        options = _maker().options()  # type: ignore[attr-defined]
+        options.parseOptions(
+            [
+                "--data-dir", self.mktemp(),
+                "--resolver", "127.0.0.1:5353",
+                "--resolver", "[::1]:53",
+                "--relay-port", "2525",
+                "--smarthost", "relay.test:587",
+            ]
+        )
+        s = options.settings
+        self.assertEqual(s.resolvers, ("127.0.0.1:5353", "[::1]:53"))
+        self.assertEqual(s.relay_port, 2525)
+        self.assertEqual(s.smarthost, "relay.test:587")
+        options = _maker().options()  # type: ignore[attr-defined]
+        self.assertRaises(usage.UsageError, options.parseOptions, ["--resolver", "nowhere:x"])
+        options = _maker().options()  # type: ignore[attr-defined]
+        self.assertRaises(usage.UsageError, options.parseOptions, ["--relay-port", "port"])
+
     def test_bad_options_are_usage_errors(self) -> None:
         """Invalid values are reported as usage errors, not tracebacks."""
         maker = _maker()
@@ -92,6 +113,36 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual([lst.role for lst in server.listeners], ["mta", "submission", "submission"])
         self.assertTrue(os.path.isdir(os.path.join(settings.data_dir, "spool")))
         self.assertTrue(os.path.isdir(os.path.join(settings.data_dir, "queue")))
+
+    def test_queue_runner_wiring(self) -> None:
+        """The queue runner is a child service with the outbound settings; disabled, there is none."""
+        reactor = MemoryReactorClock()
+        settings = load_config(
+            None,
+            {
+                "data_dir": self.mktemp(),
+                "relay_port": 2525,
+                "smarthost": "relay.test:587",
+                "smarthost_user": "me",
+                "smarthost_password": "pw",
+                "outbound_tls_policies": {"bank.test": "verify"},
+            },
+        )
+        server = build_service(settings, reactor=reactor)
+        runner = server.runner
+        assert runner is not None
+        self.assertIs(runner.parent, server)
+        self.assertIs(runner.queue, server.queue)
+        self.assertEqual(runner.relay_port, 2525)
+        self.assertEqual((runner.smarthost.host, runner.smarthost.port), ("relay.test", 587))
+        self.assertEqual(runner.smarthost.auth, ("me", "pw"))
+        self.assertEqual(runner.domain_tls, {"bank.test": "verify"})
+        server.startService()
+        self.assertTrue(runner.running)
+        server.stopService()
+        self.assertFalse(runner.running)
+        off = build_service(load_config(None, {"data_dir": self.mktemp(), "outbound_enabled": False}), reactor=reactor)
+        self.assertIsNone(off.runner)
 
     def test_stop_twice(self) -> None:
         """Stopping a started server twice is harmless (a test may stop it before its cleanup does)."""

@@ -1,5 +1,5 @@
 """
-The ``txmail`` admin command: users, aliases and a configuration check.
+The ``txmail`` admin command: users, aliases, the outbound queue and a configuration check.
 
 ::
 
@@ -11,12 +11,23 @@ The ``txmail`` admin command: users, aliases and a configuration check.
     txmail alias del ALIAS
     txmail alias list
     txmail check-config --config FILE
+    txmail queue list                       (the outbound queue)
+    txmail queue show ID
+    txmail queue flush                      (every deferred recipient due now)
+    txmail queue delete ID
 
 Every user and alias command takes ``--data-dir`` (default
 ``./txmail-data``, as the server) and ``--config``; with a config file the
 data directory and the local domains come from it (``--data-dir`` still
 wins when given).  The directory is ``<data-dir>/users.json``, shared with a
 running server, which picks changes up without a restart.
+
+The queue commands work on ``<data-dir>/queue`` and may run beside the
+server: ``flush`` makes every deferred recipient due now by rewriting the
+entries' files; a running server sees that at its next queue pass (at most
+``[outbound] poll_interval`` seconds, 30 by default) and tries them then.
+``delete`` removes an entry for good (no bounce is sent); an attempt already
+in flight for it finishes but is not recorded.
 
 Errors go to stderr as one clear line and the exit status is 1; usage errors
 exit with 2 (argparse's convention).
@@ -33,7 +44,7 @@ from typing import Any
 
 from txmail.config import load_config
 from txmail.directory import FileDirectory
-from txmail.errors import ConfigError, DirectoryError
+from txmail.errors import ConfigError, DirectoryError, QueueError
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -183,6 +194,81 @@ def _check_config(args: argparse.Namespace) -> None:
     _out(f"  submission:     {', '.join(settings.submission) or '-'}")
 
 
+def _queue(args: argparse.Namespace) -> Any:
+    from txmail.delivery.queue import SpoolQueue
+
+    settings = _settings(args)
+    path = os.path.join(settings.data_dir, "queue")
+    if not os.path.isdir(path):
+        raise CLIError(f"no queue at {path}")
+    return SpoolQueue(path)
+
+
+def _now(d: Any) -> Any:
+    """The result of a Deferred that has fired (the queue works inline here)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:  # pragma: no cover - inline queues always fire
+        raise CLIError("queue operation did not complete")
+    result = results[0]
+    if hasattr(result, "raiseException"):
+        if result.check(QueueError):
+            raise CLIError(str(result.value))
+        result.raiseException()
+    return result
+
+
+def _when(timestamp: Any) -> str:
+    import time
+
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(timestamp)))
+
+
+def _queue_list(args: argparse.Namespace) -> None:
+    entries = _now(_queue(args).list_entries())
+    for entry in entries:
+        counts: dict[str, int] = {}
+        for fields in entry.recipients.values():
+            counts[fields.get("state", "?")] = counts.get(fields.get("state", "?"), 0) + 1
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        _out(
+            f"{entry.queue_id}  {_when(entry.created)}  {entry.size:>9}  <{entry.envelope.mail_from}>  {states}"
+        )
+    _out(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+
+
+def _queue_show(args: argparse.Namespace) -> None:
+    entry = _now(_queue(args).get_entry(args.queue_id))
+    env = entry.envelope
+    _out(f"queue id:  {entry.queue_id}")
+    _out(f"created:   {_when(entry.created)}")
+    _out(f"size:      {entry.size}")
+    _out(f"sender:    <{env.mail_from}>")
+    if env.authenticated_user:
+        _out(f"auth user: {env.authenticated_user}")
+    if env.mail_params:
+        _out("params:    " + " ".join(f"{k}={v}" if v is not None else k for k, v in env.mail_params.items()))
+    for rcpt, fields in entry.recipients.items():
+        _out(f"<{rcpt}>: {fields.get('state')}, {fields.get('attempts', 0)} attempt(s)")
+        if fields.get("state") == "deferred":
+            _out(f"    next attempt: {_when(fields.get('next_attempt'))}")
+        for key, label in (("host", "last host"), ("reply", "reply"), ("last_error", "last error")):
+            if fields.get(key):
+                _out(f"    {label}: {fields[key]}")
+
+
+def _queue_flush(args: argparse.Namespace) -> None:
+    count = _now(_queue(args).flush())
+    _out(f"{count} deferred recipient(s) due now; a running server tries them at its next queue pass")
+
+
+def _queue_delete(args: argparse.Namespace) -> None:
+    _now(_queue(args).delete_entry(args.queue_id))
+    _out(f"deleted {args.queue_id}")
+
+
 def _check_user(directory: FileDirectory, address: str) -> None:
     """Fail before prompting for a password when the user does not exist."""
     results: list[Any] = []
@@ -240,6 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_alias_del)
     p = alias.add_parser("list", parents=[common], help="list aliases")
     p.set_defaults(func=_alias_list)
+
+    queue = commands.add_parser("queue", help="inspect and steer the outbound queue").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = queue.add_parser("list", parents=[common], help="list queued messages")
+    p.set_defaults(func=_queue_list)
+    p = queue.add_parser("show", parents=[common], help="show a queued message and its recipients")
+    p.add_argument("queue_id", metavar="ID")
+    p.set_defaults(func=_queue_show)
+    p = queue.add_parser(
+        "flush",
+        parents=[common],
+        help="make every deferred recipient due now (a running server picks them up at its next poll)",
+    )
+    p.set_defaults(func=_queue_flush)
+    p = queue.add_parser("delete", parents=[common], help="delete a queued message (no bounce)")
+    p.add_argument("queue_id", metavar="ID")
+    p.set_defaults(func=_queue_delete)
 
     p = commands.add_parser("check-config", help="validate a configuration file")
     p.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")

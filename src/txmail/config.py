@@ -37,6 +37,24 @@ The file format (every key optional)::
     max_line = 8192                      # octets of one command line
     max_literal = 52428800               # octets of one literal; the APPENDLIMIT (RFC 7889)
 
+    [outbound]
+    enabled = true                       # run the queue (deliver mail for other domains)
+    resolvers = ["127.0.0.1:53"]         # DNS servers to ask (HOST:PORT); default the system's
+    relay_port = 25                      # port to connect to on remote MX hosts
+    smarthost = "smtp.example.net:587"   # send everything through this host (HOST:PORT)
+    smarthost_user = "me"                # AUTH credentials for the smarthost
+    smarthost_password = "secret"
+    tls_policy = "opportunistic"         # none | opportunistic | verify (STARTTLS to remote hosts)
+    ca_file = "/etc/txmail/ca.pem"       # CA certificates for "verify" (default the system's)
+    retry_schedule = "5m,10m,20m,40m,1h" # waits after each failed attempt; the last repeats
+    give_up_after = "5d"                 # bounce what is still undelivered after this
+    delay_notice_after = "4h"            # "delayed" DSN after this ("0" or "never": none)
+    poll_interval = 30                   # seconds between queue passes (txmail queue flush waits for one)
+    timeout = 300                        # seconds per SMTP command (RFC 5321 section 4.5.3.2)
+
+    [outbound.tls_policies]              # per-domain TLS policy, overrides tls_policy
+    "bank.example" = "verify"
+
 Nothing here does protocol work; :mod:`txmail.service` turns settings into
 running services.
 """
@@ -53,9 +71,17 @@ from typing import Any
 
 from txmail.errors import ConfigError
 
-__all__ = ["DEFAULT_DATA_DIR", "PLAINTEXT_POLICIES", "Settings", "load_config"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "PLAINTEXT_POLICIES",
+    "TLS_POLICIES",
+    "Settings",
+    "load_config",
+    "parse_host_port",
+]
 
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
+TLS_POLICIES = ("none", "opportunistic", "verify")
 DEFAULT_DATA_DIR = "./txmail-data"
 
 
@@ -85,6 +111,20 @@ class Settings:
     imap_idle_timeout: float = 1800.0
     imap_max_line: int = 8192
     imap_max_literal: int = 50 * 1024 * 1024
+    outbound_enabled: bool = True
+    resolvers: tuple[str, ...] = ()
+    relay_port: int = 25
+    smarthost: str | None = None
+    smarthost_user: str | None = None
+    smarthost_password: str | None = field(default=None, repr=False)
+    outbound_tls_policy: str = "opportunistic"
+    outbound_tls_policies: tuple[tuple[str, str], ...] = ()
+    outbound_ca_file: str | None = None
+    retry_schedule: str = "5m,10m,20m,40m,1h"
+    give_up_after: float = 5 * 86400.0
+    delay_notice_after: float | None = 4 * 3600.0
+    queue_poll_interval: float = 30.0
+    outbound_timeout: float = 300.0
 
     @property
     def primary_domain(self) -> str:
@@ -120,7 +160,64 @@ _KEYS: dict[tuple[str, str], str] = {
     ("imap", "idle_timeout"): "imap_idle_timeout",
     ("imap", "max_line"): "imap_max_line",
     ("imap", "max_literal"): "imap_max_literal",
+    ("outbound", "enabled"): "outbound_enabled",
+    ("outbound", "resolvers"): "resolvers",
+    ("outbound", "relay_port"): "relay_port",
+    ("outbound", "smarthost"): "smarthost",
+    ("outbound", "smarthost_user"): "smarthost_user",
+    ("outbound", "smarthost_password"): "smarthost_password",
+    ("outbound", "tls_policy"): "outbound_tls_policy",
+    ("outbound", "tls_policies"): "outbound_tls_policies",
+    ("outbound", "ca_file"): "outbound_ca_file",
+    ("outbound", "retry_schedule"): "retry_schedule",
+    ("outbound", "give_up_after"): "give_up_after",
+    ("outbound", "delay_notice_after"): "delay_notice_after",
+    ("outbound", "poll_interval"): "queue_poll_interval",
+    ("outbound", "timeout"): "outbound_timeout",
 }
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """
+    ``"host:port"`` (``"[v6]:port"`` for IPv6) as ``(host, port)``.
+
+    Raises:
+        ConfigError: malformed, or the port is missing (without a default) or out of range.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host or port_text is None:
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(f"{text!r} needs a port (HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"invalid port in {text!r}")
+    return host, int(port_text)
+
+
+def _duration(name: str, value: Any) -> float:
+    from txmail.delivery.backoff import parse_duration
+
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a duration")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
+    raise ConfigError(f'{name} must be a duration such as 30, "5m" or "5d"')
 
 
 def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +249,40 @@ def _validate(values: dict[str, Any]) -> Settings:
         value = values[f.name]
         if f.name in ("smtp", "submission", "pop3", "imap"):
             out[f.name] = _str_list(f.name, value)
+        elif f.name == "resolvers":
+            out[f.name] = _str_list(f.name, value)
+            for item in out[f.name]:
+                parse_host_port(item, 53)
+        elif f.name == "smarthost":
+            if not isinstance(value, str):
+                raise ConfigError("smarthost must be HOST:PORT")
+            parse_host_port(value, 25)
+            out[f.name] = value
+        elif f.name == "outbound_enabled":
+            if not isinstance(value, bool):
+                raise ConfigError("outbound enabled must be true or false")
+            out[f.name] = value
+        elif f.name == "relay_port":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+                raise ConfigError("relay_port must be a port number (1-65535)")
+            out[f.name] = value
+        elif f.name == "outbound_tls_policies":
+            items = value.items() if isinstance(value, Mapping) else value
+            try:
+                pairs = tuple((str(d).lower().rstrip("."), p) for d, p in items)
+            except (TypeError, ValueError):
+                raise ConfigError("tls_policies must be a table of domain = policy") from None
+            for domain, policy in pairs:
+                if policy not in TLS_POLICIES:
+                    raise ConfigError(f"tls policy for {domain} must be one of {', '.join(TLS_POLICIES)}")
+            out[f.name] = pairs
+        elif f.name in ("give_up_after", "queue_poll_interval", "outbound_timeout"):
+            out[f.name] = _duration(f.name, value)
+        elif f.name == "delay_notice_after":
+            if value in (0, "0", "never", "none", False):
+                out[f.name] = None
+            else:
+                out[f.name] = _duration(f.name, value)
         elif f.name == "domains":
             domains = tuple(d.strip().lower().rstrip(".") for d in _str_list("domains", value))
             if not domains or not all(domains):
@@ -172,6 +303,18 @@ def _validate(values: dict[str, Any]) -> Settings:
     settings = Settings(**out)
     if settings.imap_max_line < 1024:
         raise ConfigError("imap max_line must be at least 1024 octets (RFC 7162 section 4 asks for 8192)")
+    if settings.outbound_tls_policy not in TLS_POLICIES:
+        raise ConfigError(f"outbound tls_policy must be one of {', '.join(TLS_POLICIES)}")
+    from txmail.delivery.backoff import parse_schedule
+
+    try:
+        parse_schedule(settings.retry_schedule)
+    except ValueError as e:
+        raise ConfigError(f"retry_schedule: {e}") from None
+    if (settings.smarthost_user is None) != (settings.smarthost_password is None):
+        raise ConfigError("smarthost_user and smarthost_password must be given together")
+    if settings.outbound_ca_file is not None and not os.path.isfile(settings.outbound_ca_file):
+        raise ConfigError(f"outbound ca_file {settings.outbound_ca_file!r} does not exist")
     if settings.plaintext_auth not in PLAINTEXT_POLICIES:
         raise ConfigError(f"plaintext_auth must be one of {', '.join(PLAINTEXT_POLICIES)}")
     if (settings.tls_cert is None) != (settings.tls_key is None):

@@ -5,10 +5,17 @@ thread pool) and one listening service per configured endpoint.
 
 ``twistd mailserver`` (see ``twisted/plugins/txmail_plugin.py``) and embedders
 both call :func:`build_service`.
+
+With ``[outbound] enabled`` (the default) a
+:class:`txmail.delivery.runner.QueueRunner` child service works the queue:
+MX lookups through :class:`txmail.delivery.mx.MXResolver` on the thread pool
+(the ``resolvers`` setting, else the system's), SMTP through
+:func:`txmail.smtp.relay.deliver_once`, notices back through the router.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +29,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from txmail.auth.authenticator import Authenticator
-from txmail.config import Settings
+from txmail.config import Settings, parse_host_port
+from txmail.delivery.backoff import parse_schedule
+from txmail.delivery.mx import MXResolver
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
+from txmail.delivery.runner import QueueRunner, Smarthost
 from txmail.directory import FileDirectory
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
@@ -130,6 +140,8 @@ class MailServer(service.MultiService):
     Attributes:
         settings: the :class:`txmail.config.Settings` it runs with.
         directory, stores, queue, router, authenticator: the shared parts.
+        runner: the :class:`~txmail.delivery.runner.QueueRunner`, or
+            ``None`` when outbound delivery is disabled.
         listeners: the :class:`ListenerService` of each endpoint.
     """
 
@@ -139,6 +151,7 @@ class MailServer(service.MultiService):
     router: DeliveryRouter
     authenticator: Authenticator
     run_blocking: Callable[..., defer.Deferred[Any]]
+    runner: QueueRunner | None = None
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
@@ -159,6 +172,54 @@ class MailServer(service.MultiService):
             raise RuntimeError(f"{role} listener {index} is not listening")
         host = port.getHost()
         return host.host, host.port
+
+
+def _build_runner(
+    settings: Settings,
+    reactor: Any,
+    queue: SpoolQueue,
+    router: DeliveryRouter,
+    directory: IDirectory,
+    run_blocking: Callable[..., defer.Deferred[Any]],
+) -> QueueRunner:
+    """The queue runner for *settings* (see :mod:`txmail.delivery.runner`)."""
+    from txmail.smtp.relay import deliver_once
+
+    nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
+    resolver = MXResolver(nameservers, run_blocking=run_blocking)
+    smarthost = None
+    if settings.smarthost:
+        host, port = parse_host_port(settings.smarthost, 25)
+        smarthost = Smarthost(host, port, settings.smarthost_user, settings.smarthost_password)
+    trust_root = None
+    if settings.outbound_ca_file:
+        from twisted.internet import ssl
+
+        with open(settings.outbound_ca_file, "rb") as f:
+            trust_root = ssl.Certificate.loadPEM(f.read())
+    schedule = parse_schedule(
+        settings.retry_schedule,
+        give_up_after=settings.give_up_after,
+        delay_notice_after=settings.delay_notice_after,
+    )
+    return QueueRunner(
+        queue,
+        router,
+        resolver,
+        functools.partial(deliver_once, reactor),
+        clock=reactor,
+        hostname=settings.hostname,
+        is_local=lambda domain: bool(directory.is_local_domain(domain)),
+        schedule=schedule,
+        relay_port=settings.relay_port,
+        smarthost=smarthost,
+        tls_policy=settings.outbound_tls_policy,
+        domain_tls=dict(settings.outbound_tls_policies),
+        trust_root=trust_root,
+        poll_interval=settings.queue_poll_interval,
+        timeout=settings.outbound_timeout,
+        postmaster=f"postmaster@{settings.primary_domain}",
+    )
 
 
 def build_service(
@@ -219,6 +280,9 @@ def build_service(
     server.queue = queue
     server.router = router
     server.authenticator = authenticator
+    if settings.outbound_enabled:
+        server.runner = _build_runner(settings, reactor, queue, router, directory, run_blocking)
+        server.runner.setServiceParent(server)
 
     limits = SMTPLimits(
         max_message_size=settings.max_message_size,
@@ -233,6 +297,7 @@ def build_service(
                 hostname=settings.hostname,
                 router=router,
                 authenticator=authenticator,
+                directory=directory,
                 spool_dir=spool_dir,
                 tls_context=tls,
                 implicit_tls=description.startswith("ssl:"),

@@ -19,7 +19,8 @@ def start_server(test: TestCase, **overrides: Any) -> Any:
     SMTP and submission on 127.0.0.1 port 0, domain example.test; stop it
     when the test ends.  *overrides* are Settings attributes (for example
     ``pop3=["tcp:0:interface=127.0.0.1"]`` adds a POP3 listener, role
-    ``"pop3"``).
+    ``"pop3"``).  The outbound queue runner is off unless
+    ``outbound_enabled=True``.
     """
     data_dir = os.path.abspath(test.mktemp())
     values: dict[str, Any] = {
@@ -29,6 +30,9 @@ def start_server(test: TestCase, **overrides: Any) -> Any:
         "smtp": ["tcp:0:interface=127.0.0.1"],
         "submission": ["tcp:0:interface=127.0.0.1"],
         "threads": 4,
+        # No outbound delivery unless a test asks for it (outbound_enabled=True):
+        # the queue runner would look remote domains up in the machine's DNS.
+        "outbound_enabled": False,
     }
     values.update(overrides)
     settings = load_config(None, values)

@@ -35,6 +35,14 @@ class Options(usage.Options):
             None,
             "Password authentication without TLS: never | loopback | always (default loopback).",
         ],
+        ["relay-port", None, None, "Port to connect to on remote MX hosts (default 25).", int],
+        [
+            "smarthost",
+            None,
+            None,
+            "Send all outbound mail through HOST:PORT (credentials: [outbound] smarthost_user/"
+            "smarthost_password in the config).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -44,6 +52,7 @@ class Options(usage.Options):
         self["submission"] = []
         self["pop3"] = []
         self["imap"] = []
+        self["resolver"] = []
 
     def opt_domain(self, name: str) -> None:
         """A local domain (repeatable; the first is the primary). Default localhost."""
@@ -65,6 +74,10 @@ class Options(usage.Options):
         """IMAP listener endpoint (repeatable), e.g. tcp:143 or ssl:993. Default none."""
         self["imap"].append(endpoint)
 
+    def opt_resolver(self, address: str) -> None:
+        """DNS server HOST:PORT for MX lookups (repeatable). Default the system's."""
+        self["resolver"].append(address)
+
     def postOptions(self) -> None:
         from txmail.config import load_config
         from txmail.errors import ConfigError
@@ -80,6 +93,9 @@ class Options(usage.Options):
             "tls_cert": self["tls-cert"],
             "tls_key": self["tls-key"],
             "plaintext_auth": self["plaintext-auth"],
+            "resolvers": self["resolver"],
+            "relay_port": self["relay-port"],
+            "smarthost": self["smarthost"],
         }
         try:
             self.settings = load_config(self["config"], overrides)

@@ -16,6 +16,19 @@ Implementation notes:
   :meth:`SpoolQueue.update_recipients`.
 * Index and state live in the reactor thread; only file work goes through
   ``run_blocking``.
+* Per-recipient fields besides ``state``/``attempts``/``next_attempt``/
+  ``last_error`` are the runner's (:mod:`txmail.delivery.runner`):
+  ``last_attempt``, ``host`` (the remote MTA last tried), ``reply``,
+  ``status`` (RFC 3463 code), ``dsn_sent`` and ``delay_notice_sent``.
+* Other processes (``txmail queue flush|delete``) change the files while
+  the server runs: :meth:`SpoolQueue.rescan` brings the index in line with
+  the directory (new, changed and removed ``.json`` files, by modification
+  time), and the runner calls it before each pass.  Writes are
+  last-writer-wins; :meth:`SpoolQueue.update_recipients` never brings back
+  an entry whose ``.json`` was deleted meanwhile.
+* :meth:`SpoolQueue.add_listener` registers a callable told the id of every
+  new entry, so the runner attempts new mail at once instead of at its next
+  poll.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
@@ -97,6 +110,8 @@ class SpoolQueue:
         self._now = now
         os.makedirs(directory, exist_ok=True)
         self._entries: dict[str, QueueEntry] = {}
+        self._stamps: dict[str, int] = {}  # queue id -> mtime_ns of its .json as last read/written
+        self._listeners: list[Callable[[str], Any]] = []
         self._load()
 
     def _path(self, queue_id: str, ext: str) -> str:
@@ -117,11 +132,88 @@ class SpoolQueue:
                     self.log.error("queue entry {queue_id} has lost its message", queue_id=base)
                     continue
                 self._entries[entry.queue_id] = entry
+                self._stamps[entry.queue_id] = self._mtime(entry.queue_id)
             elif ext == "msg" and f"{base}.json" not in names:
                 # Written but never acknowledged: the client was not told 250.
                 os.unlink(os.path.join(self.directory, name))
             elif ".tmp" in name:
                 os.unlink(os.path.join(self.directory, name))
+
+    def _mtime(self, queue_id: str) -> int:
+        try:
+            return os.stat(self._path(queue_id, "json")).st_mtime_ns
+        except OSError:
+            return 0
+
+    def add_listener(self, listener: Callable[[str], Any]) -> None:
+        """Call ``listener(queue_id)`` (in the reactor thread) after each new entry is durable."""
+        self._listeners.append(listener)
+
+    def message_path(self, queue_id: str) -> str:
+        """The path of an entry's message file (for readers that need a path, not a file)."""
+        return self._path(queue_id, "msg")
+
+    def rescan(self) -> defer.Deferred[None]:
+        """
+        Bring the index in line with the directory: entries whose ``.json``
+        appeared or changed (another process wrote it) are read again,
+        entries whose ``.json`` is gone are forgotten.
+        """
+        known = dict(self._stamps)
+
+        def scan() -> tuple[dict[str, QueueEntry | None], set[str]]:
+            changed: dict[str, QueueEntry | None] = {}
+            present: set[str] = set()
+            names = set(os.listdir(self.directory))
+            for name in names:
+                base, _, ext = name.rpartition(".")
+                if ext != "json" or ".tmp" in name or f"{base}.msg" not in names:
+                    continue
+                present.add(base)
+                stamp = self._mtime(base)
+                if known.get(base) == stamp:
+                    continue
+                try:
+                    with open(os.path.join(self.directory, name), "rb") as f:
+                        changed[base] = _entry_from_json(f.read())
+                except FileNotFoundError:
+                    present.discard(base)
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    self.log.error("unreadable queue entry {name}: {error}", name=name, error=str(e))
+                    changed[base] = None
+            return changed, present
+
+        def apply(result: tuple[dict[str, QueueEntry | None], set[str]]) -> None:
+            changed, present = result
+            for queue_id in list(self._entries):
+                if queue_id not in present and queue_id in known:
+                    del self._entries[queue_id]
+                    self._stamps.pop(queue_id, None)
+            for queue_id, entry in changed.items():
+                if entry is not None and entry.queue_id == queue_id:
+                    self._entries[queue_id] = entry
+                    self._stamps[queue_id] = self._mtime(queue_id)
+
+        return self._run(scan).addCallback(apply)
+
+    def flush(self) -> defer.Deferred[int]:
+        """
+        Make every deferred recipient due now (``txmail queue flush``).
+        Fires with the number of recipients changed.
+        """
+        now = self._now()
+        ds = []
+        count = 0
+        for entry in list(self._entries.values()):
+            changes = {
+                rcpt: {"next_attempt": now}
+                for rcpt, fields in entry.recipients.items()
+                if fields.get("state") == "deferred"
+            }
+            if changes:
+                count += len(changes)
+                ds.append(self.update_recipients(entry.queue_id, changes))
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: count)
 
     def _new_id(self) -> str:
         return f"{int(self._now()):x}{secrets.token_hex(5)}".upper()
@@ -152,6 +244,7 @@ class SpoolQueue:
 
         def done(_: None) -> str:
             self._entries[queue_id] = entry
+            self._stamps[queue_id] = self._mtime(queue_id)
             self.log.info(
                 "queued {queue_id} from <{sender}> for {count} recipient(s)",
                 queue_id=queue_id,
@@ -159,6 +252,11 @@ class SpoolQueue:
                 count=len(rcpts),
                 message_id=envelope.message_id,
             )
+            for listener in list(self._listeners):
+                try:
+                    listener(queue_id)
+                except Exception:
+                    self.log.failure("queue listener failed")
             return queue_id
 
         return self._run(write).addCallback(done)
@@ -184,6 +282,7 @@ class SpoolQueue:
         """See :meth:`txmail.interfaces.IQueue.delete_entry`."""
         if self._entries.pop(queue_id, None) is None:
             return defer.fail(QueueError(f"no queue entry {queue_id}"))
+        self._stamps.pop(queue_id, None)
 
         def remove() -> None:
             for ext in ("json", "msg"):
@@ -207,4 +306,22 @@ class SpoolQueue:
                 return defer.fail(QueueError(f"invalid recipient state {state!r}"))
             entry.recipients.setdefault(rcpt, {}).update(fields)
         data = _entry_to_json(entry)
-        return self._run(write_file_durably, self._path(queue_id, "json"), data)
+        path = self._path(queue_id, "json")
+
+        def write() -> int:
+            if not os.path.exists(path):
+                # Deleted by another process (txmail queue delete): do not revive it.
+                raise QueueError(f"queue entry {queue_id} was deleted")
+            write_file_durably(path, data)
+            return self._mtime(queue_id)
+
+        def written(stamp: int) -> None:
+            self._stamps[queue_id] = stamp
+
+        def gone(f: Any) -> Any:
+            if f.check(QueueError) and self._entries.get(queue_id) is entry:
+                del self._entries[queue_id]
+                self._stamps.pop(queue_id, None)
+            return f
+
+        return self._run(write).addCallbacks(written, gone)

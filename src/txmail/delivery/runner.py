@@ -1,0 +1,656 @@
+"""
+The queue runner: works the outbound spool until every recipient is
+delivered or has failed (and its sender has been told).
+
+Theory of operation
+===================
+
+:class:`QueueRunner` is a :class:`twisted.application.service.Service`.
+While it runs, it makes a *pass* over the queue at start, every
+``poll_interval`` seconds, and at once when the queue reports a new entry
+(:meth:`txmail.delivery.queue.SpoolQueue.add_listener`).  Passes never
+overlap: a wake-up during a pass makes another pass follow it.
+
+One pass:
+
+1. :meth:`~txmail.delivery.queue.SpoolQueue.rescan` picks up changes other
+   processes made (``txmail queue flush|delete``).
+2. For each entry (up to ``concurrency`` at a time), the *due* recipients
+   are those ``pending`` and those ``deferred`` whose ``next_attempt`` has
+   come.  They are grouped by domain (the part after the last ``@``,
+   lower-cased), and each group is one SMTP transaction (RFC 5321 section
+   3.3 allows many RCPTs per transaction; one per domain is what the
+   domain's MX hosts can take together).
+3. A group for a local domain (a local copy that failed earlier and was
+   queued by the router) goes back through the router.  For a remote
+   domain: the smarthost if one is configured, else the MX hosts
+   (:class:`~txmail.delivery.mx.MXResolver`, RFC 5321 section 5.1).  Each
+   destination is tried in turn until one *answers*: a destination that
+   gives no greeting, refuses the connection or fails before any RCPT reply
+   (a 421, a TLS failure) passes the turn to the next; RFC 5321 section 5.1
+   asks the client to try the other addresses before deferring.
+4. Per recipient, the outcome (RFC 5321 section 4.2.1): a 2xx makes it
+   ``delivered``; a 5xx, a null MX (RFC 7505) or a domain that does not
+   exist makes it ``failed``; anything else defers it on the
+   :class:`~txmail.delivery.backoff.RetrySchedule`, counted from the entry's
+   ``created`` time; a temporary failure after expiry fails it (status
+   ``4.4.7``, RFC 3463: delivery time expired).  Every attempt is logged
+   with the recipient, the host tried and its reply, and the same is kept in
+   the recipient's state (``host``, ``reply``, ``status``, ``last_error``).
+5. Notices (RFC 3464 via :func:`~txmail.delivery.bounce.make_dsn`), sent as
+   one message per entry and kind through the router from the null sender
+   ``<>``: failed recipients whose NOTIFY (RFC 3461 section 4.1) wants
+   failures, and deferred ones due a delay notice.  Never to a null sender
+   (RFC 5321 section 6.1).  RET=FULL returns the whole message and ENVID is
+   quoted (RFC 3461 sections 4.3, 4.4); ORCPT becomes Original-Recipient.
+   ``dsn_sent`` / ``delay_notice_sent`` are written after the notice is
+   handed to the router, so a crash in between sends it twice at worst.
+6. An entry with no recipient pending or deferred and every failure
+   notified is deleted.
+
+Restart safety: all of the above lives in the entry's JSON (written
+durably by :meth:`~txmail.delivery.queue.SpoolQueue.update_recipients`
+after each transaction), so a new runner resumes from it.  A crash during a
+transaction leaves the recipients as they were: they are tried again, so a
+message may be sent twice but is never lost.
+
+DSN parameters: ``NOTIFY``/``ORCPT`` of each recipient and ``RET``/
+``ENVID`` of the envelope are passed on to servers that advertise DSN (the
+SMTP client decides, RFC 3461 section 4); values are as received (xtext)
+and are decoded for the notices we write ourselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txmail.delivery.backoff import RetrySchedule
+from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
+from txmail.delivery.mx import Destination, NoRoute, NullMX
+from txmail.delivery.router import split_address
+from txmail.errors import QueueError
+from txmail.model import Envelope, MessageFile, QueueEntry
+
+__all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
+
+_XTEXT_RE = re.compile(r"\+([0-9A-F]{2})")
+_PARAM_OK_RE = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
+_ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+#: States in which a recipient still waits for delivery.
+_OPEN = ("pending", "deferred")
+
+
+def xtext_decode(text: str) -> str:
+    """Decode RFC 3461 section 4 xtext (``+XX`` hex escapes of UTF-8 octets)."""
+    if "+" not in text:
+        return text
+    raw = _XTEXT_RE.sub(lambda m: "\x00" + m.group(1), text)
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i] == "\x00":
+            out.append(int(raw[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.extend(raw[i].encode())
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Smarthost:
+    """Send everything through one host (with AUTH when credentials are given)."""
+
+    host: str
+    port: int = 25
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        if self.username is None or self.password is None:
+            return None
+        return (self.username, self.password)
+
+
+class QueueRunner(service.Service):
+    """
+    Works a :class:`~txmail.delivery.queue.SpoolQueue`.  See the module
+    documentation.
+
+    Args:
+        queue: the spool (``rescan``, ``list_entries``, ``update_recipients``,
+            ``open_entry_message``, ``message_path``, ``delete_entry``).
+        router: an ``IDeliveryRouter``; notices and local retries go through
+            its ``deliver``.
+        resolver: has ``resolve(domain) -> Deferred[list[Destination]]``.
+        deliver: ``deliver(host, port, **kwargs) -> Deferred[TransactionResult]``,
+            e.g. :func:`functools.partial` of
+            :func:`txmail.smtp.relay.deliver_once` with the reactor.
+        clock: the timer source.
+        hostname: our name (EHLO, Reporting-MTA).
+        is_local: whether a domain is ours (its recipients go to the router).
+        schedule: the retry policy.
+        relay_port: the port of remote MX hosts (25; tests use others).
+        smarthost: send everything there instead of to the MX hosts.
+        tls_policy: ``none | opportunistic | verify`` for remote hosts.
+        domain_tls: per-domain TLS policy overriding *tls_policy*.
+        trust_root: CA for ``verify`` instead of the platform's.
+        poll_interval: seconds between passes.
+        timeout: seconds per SMTP command (RFC 5321 section 4.5.3.2).
+        concurrency: entries worked at the same time.
+        postmaster: the address named in notices for help.
+        work_dir: where notices are written before the router takes them.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        queue: Any,
+        router: Any,
+        resolver: Any,
+        deliver: Callable[..., defer.Deferred[Any]],
+        *,
+        clock: IReactorTime,
+        hostname: str,
+        is_local: Callable[[str], bool] = lambda domain: False,
+        schedule: RetrySchedule | None = None,
+        relay_port: int = 25,
+        smarthost: Smarthost | None = None,
+        tls_policy: str = "opportunistic",
+        domain_tls: Mapping[str, str] | None = None,
+        trust_root: Any = None,
+        poll_interval: float = 30.0,
+        timeout: float = 300.0,
+        concurrency: int = 10,
+        postmaster: str | None = None,
+        work_dir: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.router = router
+        self.resolver = resolver
+        self.deliver = deliver
+        self.clock = clock
+        self.hostname = hostname
+        self.is_local = is_local
+        self.schedule = schedule or RetrySchedule()
+        self.relay_port = relay_port
+        self.smarthost = smarthost
+        self.tls_policy = tls_policy
+        self.domain_tls = {k.lower().rstrip("."): v for k, v in (domain_tls or {}).items()}
+        self.trust_root = trust_root
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.postmaster = postmaster
+        self.work_dir = work_dir or getattr(queue, "directory", None) or "."
+        self._limit = defer.DeferredSemaphore(concurrency)
+        self._loop: task.LoopingCall | None = None
+        self._wakeup: Any = None
+        self._pass: defer.Deferred[None] | None = None
+        self._again = False
+        if hasattr(queue, "add_listener"):
+            queue.add_listener(self._new_entry)
+
+    # -- service ------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        loop = self._loop = task.LoopingCall(self.run_pass)
+        loop.clock = self.clock
+        loop.start(self.poll_interval, now=False).addErrback(
+            lambda f: self.log.failure("queue runner loop stopped", failure=f)
+        )
+        self.wake()  # the first pass, as soon as the reactor runs
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if self._wakeup is not None and self._wakeup.active():
+            self._wakeup.cancel()
+        self._wakeup = None
+        self._again = False
+        if self._pass is not None:
+            # Let the transactions in flight finish (their results are recorded).
+            d: defer.Deferred[None] = defer.Deferred()
+            self._pass.addBoth(lambda r: (d.callback(None), r)[1])
+            return d
+        return None
+
+    def _new_entry(self, queue_id: str) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        """Make a pass soon (new mail, or ``flush``)."""
+        if not self.running:
+            return
+        if self._pass is not None:
+            self._again = True
+            return
+        if self._wakeup is None or not self._wakeup.active():
+            self._wakeup = self.clock.callLater(0, self.run_pass)
+
+    # -- a pass -------------------------------------------------------------
+
+    def run_pass(self) -> defer.Deferred[None]:
+        """
+        Work every due recipient once.  Fires when done (never errbacks); if
+        a pass is already running, fires when it and the one it is asked to
+        make after it are done.
+        """
+        if self._pass is not None:
+            self._again = True
+            d: defer.Deferred[None] = defer.Deferred()
+            self._pass.addBoth(lambda r: (d.callback(None), r)[1])
+            return d
+        current = self._pass = defer.Deferred.fromCoroutine(self._run_pass())
+
+        def finished(result: Any) -> None:
+            if isinstance(result, Failure):
+                self.log.failure("queue pass failed", failure=result)
+            self._pass = None
+            if self._again and self.running:
+                self._again = False
+                self.wake()
+
+        current.addBoth(finished)
+        return current
+
+    async def _run_pass(self) -> None:
+        if hasattr(self.queue, "rescan"):
+            await self.queue.rescan()
+        entries = await self.queue.list_entries()
+        work = [self._limit.run(self._work_entry, entry) for entry in entries]
+        await defer.DeferredList(work, consumeErrors=False)
+
+    def _now(self) -> float:
+        return self.clock.seconds()
+
+    def _work_entry(self, entry: QueueEntry) -> defer.Deferred[None]:
+        d = defer.Deferred.fromCoroutine(self._work(entry))
+
+        def failed(f: Failure) -> None:
+            if f.check(QueueError):  # deleted meanwhile (txmail queue delete)
+                self.log.info(
+                    "queue entry {queue_id} went away: {error}", queue_id=entry.queue_id, error=f.value
+                )
+                return
+            self.log.failure("working queue entry {queue_id} failed", failure=f, queue_id=entry.queue_id)
+
+        return d.addErrback(failed)
+
+    async def _work(self, entry: QueueEntry) -> None:
+        now = self._now()
+        due = [
+            rcpt
+            for rcpt, st in entry.recipients.items()
+            if st.get("state") == "pending"
+            or (st.get("state") == "deferred" and (st.get("next_attempt") or 0) <= now)
+        ]
+        groups: dict[str, list[str]] = {}
+        for rcpt in due:
+            groups.setdefault(split_address(rcpt)[1], []).append(rcpt)
+        for domain, rcpts in groups.items():
+            if self.is_local(domain):
+                changes = await self._deliver_local(entry, rcpts)
+            else:
+                changes = await self._deliver_remote(entry, domain, rcpts)
+            await self.queue.update_recipients(entry.queue_id, changes)
+        await self._notify(entry)
+        if not any(st.get("state") in _OPEN for st in entry.recipients.values()) and all(
+            st.get("dsn_sent") or st.get("state") != "failed" for st in entry.recipients.values()
+        ):
+            await self.queue.delete_entry(entry.queue_id)
+            self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
+
+    # -- parameters -----------------------------------------------------------
+
+    def _rcpt_params(self, entry: QueueEntry, rcpt: str) -> dict[str, str]:
+        env = entry.envelope
+        for i, original in enumerate(env.rcpt_to):
+            if original.lower() == rcpt.lower() and i < len(env.rcpt_params):
+                return {k.upper(): v for k, v in env.rcpt_params[i].items() if v is not None}
+        return {}
+
+    @staticmethod
+    def _dsn_params(params: Mapping[str, str], keys: Sequence[str]) -> dict[str, str]:
+        return {k: v for k, v in params.items() if k in keys and isinstance(v, str) and _PARAM_OK_RE.match(v)}
+
+    def _policy(self, domain: str) -> str:
+        return self.domain_tls.get(domain, self.tls_policy)
+
+    # -- local --------------------------------------------------------------
+
+    async def _deliver_local(self, entry: QueueEntry, rcpts: list[str]) -> dict[str, dict[str, Any]]:
+        env = entry.envelope
+        envelope = Envelope(
+            mail_from=env.mail_from,
+            rcpt_to=tuple(rcpts),
+            mail_params=dict(env.mail_params),
+            helo=env.helo,
+            peer=env.peer,
+            authenticated_user=env.authenticated_user,
+            tls=env.tls,
+            received_at=env.received_at,
+            protocol=env.protocol,
+            message_id=env.message_id,
+        )
+        path = self.queue.message_path(entry.queue_id)
+        message = MessageFile(path, entry.size, fsynced=True)
+        now = self._now()
+        try:
+            report = await self.router.deliver(envelope, message)
+        except Exception as e:
+            self.log.failure("local redelivery of {queue_id} failed", queue_id=entry.queue_id)
+            results = {r: (False, f"local delivery failed: {e}") for r in rcpts}
+        else:
+            results = {r.recipient: (r.ok, r.reply) for r in report.results}
+        changes: dict[str, dict[str, Any]] = {}
+        for rcpt in rcpts:
+            ok, reply = results.get(rcpt, (False, "local delivery failed"))
+            st = entry.recipients[rcpt]
+            attempts = int(st.get("attempts") or 0) + 1
+            self.log.info(
+                "{queue_id} to <{rcpt}> via local delivery: {reply}",
+                queue_id=entry.queue_id,
+                rcpt=rcpt,
+                reply=reply,
+            )
+            if ok:
+                changes[rcpt] = {
+                    "state": "delivered",
+                    "attempts": attempts,
+                    "last_attempt": now,
+                    "reply": reply,
+                }
+            else:
+                changes[rcpt] = self._temporary(entry, st, attempts, now, reply, None, "4.3.0")
+        return changes
+
+    # -- remote -------------------------------------------------------------
+
+    async def _destinations(self, domain: str) -> list[tuple[Destination, int]]:
+        if self.smarthost is not None:
+            return [(Destination(self.smarthost.host, self.smarthost.host, 0), self.smarthost.port)]
+        found = await self.resolver.resolve(domain)
+        return [(dest, self.relay_port) for dest in found]
+
+    async def _deliver_remote(
+        self, entry: QueueEntry, domain: str, rcpts: list[str]
+    ) -> dict[str, dict[str, Any]]:
+        now = self._now()
+        changes: dict[str, dict[str, Any]] = {}
+        attempts = {r: int(entry.recipients[r].get("attempts") or 0) + 1 for r in rcpts}
+        try:
+            destinations = await self._destinations(domain)
+        except (NullMX, NoRoute) as e:
+            status = e.status
+            for rcpt in rcpts:
+                self.log.info(
+                    "{queue_id} to <{rcpt}>: no route: {error}",
+                    queue_id=entry.queue_id,
+                    rcpt=rcpt,
+                    error=str(e),
+                )
+                if e.temporary:
+                    changes[rcpt] = self._temporary(
+                        entry, entry.recipients[rcpt], attempts[rcpt], now, str(e), None, status
+                    )
+                else:
+                    changes[rcpt] = self._failed(attempts[rcpt], now, str(e), None, status)
+            return changes
+
+        env = entry.envelope
+        recipients = [(r, self._dsn_params(self._rcpt_params(entry, r), ("NOTIFY", "ORCPT"))) for r in rcpts]
+        mail_params = self._dsn_params(
+            {k.upper(): v for k, v in env.mail_params.items() if v}, ("RET", "ENVID")
+        )
+        body = (env.mail_params.get("BODY") or "").upper()
+        last_error = "no mail exchanger to try"
+        last_host: str | None = None
+        last_address = ""
+        result: Any = None
+        for dest, port in destinations:
+            f = await self.queue.open_entry_message(entry.queue_id)
+            try:
+                result = await self.deliver(
+                    dest.address,
+                    port,
+                    hostname=self.hostname,
+                    mail_from=env.mail_from,
+                    recipients=recipients,
+                    message=f,
+                    size=entry.size,
+                    needs_8bit=body == "8BITMIME",
+                    needs_smtputf8="SMTPUTF8" in env.mail_params,
+                    mail_params=mail_params,
+                    tls_policy=self._policy(domain),
+                    tls_hostname=dest.host,
+                    trust_root=self.trust_root,
+                    auth=self.smarthost.auth if self.smarthost else None,
+                    allow_plaintext_auth=self.smarthost is not None,
+                    timeout=self.timeout,
+                )
+            finally:
+                f.close()
+            last_host, last_address = dest.host, f"{dest.address}:{port}"
+            if result.per_recipient or result.message_reply is not None or not result.temporary:
+                break  # it answered: its word decides
+            last_error = result.error or "no answer"
+            self.log.info(
+                "{queue_id} for {domain}: {host} [{address}] port {port}: {error}; trying the next host",
+                queue_id=entry.queue_id,
+                domain=domain,
+                host=dest.host,
+                address=dest.address,
+                port=port,
+                error=last_error,
+            )
+            result = None
+
+        for rcpt in rcpts:
+            if result is None:
+                self.log.info(
+                    "{queue_id} to <{rcpt}>: every host failed: {error}",
+                    queue_id=entry.queue_id,
+                    rcpt=rcpt,
+                    error=last_error,
+                )
+                changes[rcpt] = self._temporary(
+                    entry, entry.recipients[rcpt], attempts[rcpt], now, last_error, last_host, "4.4.1"
+                )
+                continue
+            status = result.status(rcpt)
+            reply = result.reply_for(rcpt)
+            text = (
+                f"{reply.code} {' '.join(w for w in (reply.enhanced, reply.text.replace(chr(10), ' ')) if w)}"
+                if reply is not None
+                else (result.error or "no reply")
+            )
+            code = (reply.enhanced if reply is not None and reply.enhanced else None) or _status_of(
+                text, status
+            )
+            self.log.info(
+                "{queue_id} to <{rcpt}> via {host} [{address}]: {status}: {reply}",
+                queue_id=entry.queue_id,
+                rcpt=rcpt,
+                host=last_host,
+                address=last_address,
+                status=status,
+                reply=text,
+            )
+            if status == "delivered":
+                changes[rcpt] = {
+                    "state": "delivered",
+                    "attempts": attempts[rcpt],
+                    "last_attempt": now,
+                    "host": last_host,
+                    "reply": text,
+                    "status": code,
+                    "next_attempt": None,
+                }
+            elif status == "permanent":
+                changes[rcpt] = self._failed(attempts[rcpt], now, text, last_host, code)
+            else:
+                changes[rcpt] = self._temporary(
+                    entry, entry.recipients[rcpt], attempts[rcpt], now, text, last_host, code
+                )
+        return changes
+
+    @staticmethod
+    def _failed(attempts: int, now: float, error: str, host: str | None, status: str) -> dict[str, Any]:
+        return {
+            "state": "failed",
+            "attempts": attempts,
+            "last_attempt": now,
+            "next_attempt": None,
+            "last_error": error,
+            "host": host,
+            "status": status if status.startswith("5") or status == "4.4.7" else "5.0.0",
+            "dsn_sent": False,
+        }
+
+    def _temporary(
+        self,
+        entry: QueueEntry,
+        st: Mapping[str, Any],
+        attempts: int,
+        now: float,
+        error: str,
+        host: str | None,
+        status: str,
+    ) -> dict[str, Any]:
+        nxt = self.schedule.next_attempt(entry.created, attempts, now)
+        if nxt is None:
+            failed = self._failed(attempts, now, f"{error} (gave up: delivery time expired)", host, "4.4.7")
+            failed["status"] = "4.4.7"  # RFC 3463: delivery time expired
+            return failed
+        return {
+            "state": "deferred",
+            "attempts": attempts,
+            "last_attempt": now,
+            "next_attempt": nxt,
+            "last_error": error,
+            "host": host,
+            "status": status if status.startswith("4") else "4.0.0",
+        }
+
+    # -- notices ------------------------------------------------------------
+
+    async def _notify(self, entry: QueueEntry) -> None:
+        env = entry.envelope
+        now = self._now()
+        failed = [
+            r for r, st in entry.recipients.items() if st.get("state") == "failed" and not st.get("dsn_sent")
+        ]
+        delayed = [
+            r
+            for r, st in entry.recipients.items()
+            if st.get("state") == "deferred"
+            and self.schedule.should_send_delay_notice(entry.created, now, bool(st.get("delay_notice_sent")))
+        ]
+        if failed:
+            wanted = [r for r in failed if notify_wants(self._notify_param(entry, r), "failed")]
+            if wanted and should_bounce(env.mail_from):
+                await self._send_notice(entry, wanted, "failed", now)
+            elif wanted:
+                self.log.info(
+                    "{queue_id}: no bounce for {count} failed recipient(s): null sender",
+                    queue_id=entry.queue_id,
+                    count=len(wanted),
+                )
+            await self.queue.update_recipients(entry.queue_id, {r: {"dsn_sent": True} for r in failed})
+        if delayed:
+            wanted = [r for r in delayed if notify_wants(self._notify_param(entry, r), "delayed")]
+            if wanted and should_bounce(env.mail_from):
+                await self._send_notice(entry, wanted, "delayed", now)
+            await self.queue.update_recipients(
+                entry.queue_id, {r: {"delay_notice_sent": True} for r in delayed}
+            )
+
+    def _notify_param(self, entry: QueueEntry, rcpt: str) -> str | None:
+        return self._rcpt_params(entry, rcpt).get("NOTIFY")
+
+    async def _send_notice(self, entry: QueueEntry, rcpts: list[str], action: str, now: float) -> None:
+        env = entry.envelope
+        statuses = []
+        for rcpt in rcpts:
+            st = entry.recipients[rcpt]
+            orcpt = self._rcpt_params(entry, rcpt).get("ORCPT")
+            statuses.append(
+                RecipientStatus(
+                    recipient=rcpt,
+                    action=action,
+                    status=st.get("status") or ("5.0.0" if action == "failed" else "4.0.0"),
+                    diagnostic=st.get("last_error"),
+                    remote_mta=st.get("host"),
+                    original_recipient=xtext_decode(orcpt) if orcpt else None,
+                    last_attempt=st.get("last_attempt"),
+                    will_retry_until=self.schedule.expires_at(entry.created) if action == "delayed" else None,
+                )
+            )
+        f = await self.queue.open_entry_message(entry.queue_id)
+        try:
+            original = f.read()
+        finally:
+            f.close()
+        ret = (env.mail_params.get("RET") or "").upper()
+        envid = env.mail_params.get("ENVID")
+        data = make_dsn(
+            reporting_mta=self.hostname,
+            sender=env.mail_from,
+            recipients=statuses,
+            original=original,
+            return_full=ret == "FULL",
+            envid=xtext_decode(envid) if envid else None,
+            arrival=env.received_at or entry.created,
+            now=now,
+            postmaster=self.postmaster,
+        )
+        path = os.path.join(self.work_dir, f"dsn-{entry.queue_id}-{secrets.token_hex(4)}.tmp")
+        with open(path, "wb") as out:
+            out.write(data)
+        try:
+            envelope = Envelope(
+                mail_from="",
+                rcpt_to=(env.mail_from,),
+                received_at=now,
+                message_id=f"{entry.queue_id}.dsn",
+                helo=self.hostname,
+            )
+            report = await self.router.deliver(envelope, MessageFile(path, len(data), data=data))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        ok = all(r.ok for r in report.results)
+        self.log.info(
+            "{queue_id}: {action} notice for {rcpts} to <{sender}>: {outcome}",
+            queue_id=entry.queue_id,
+            action=action,
+            rcpts=", ".join(rcpts),
+            sender=env.mail_from,
+            outcome="sent" if ok else "could not be sent",
+        )
+
+
+def _status_of(text: str, status: str) -> str:
+    """An RFC 3463 code for a reply without one: from its text, else from its class."""
+    m = _ENHANCED_RE.search(text)
+    if m:
+        return m.group(1)
+    return {"delivered": "2.0.0", "permanent": "5.0.0"}.get(status, "4.0.0")
