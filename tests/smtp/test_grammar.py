@@ -211,3 +211,22 @@ class FuzzTests(SynchronousTestCase):
             for parse in parsers:
                 with contextlib.suppress(GrammarError):
                     parse(text)
+
+
+class XtextTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        """RFC 3461 section 4: "+", "=", controls, space and non-ASCII are +XX; decoding reverses it."""
+        from txmail.smtp.grammar import xtext_decode, xtext_encode
+
+        encoded = xtext_encode("a+b=c d\x01é")
+        self.assertEqual(encoded, "a+2Bb+3Dc+20d+01+C3+A9")
+        self.assertEqual(xtext_decode(encoded), "a+b=c d\x01é")
+        self.assertEqual(xtext_decode("plain"), "plain")
+        self.assertEqual(xtext_decode(""), "")
+
+    def test_not_xtext(self) -> None:
+        """Lower-case hex, a lone "+", "=", space and non-ASCII are not xtext."""
+        from txmail.smtp.grammar import xtext_decode
+
+        for bad in ("a+2b", "a+", "a+2", "a=b", "a b", "é"):
+            self.assertIsNone(xtext_decode(bad), bad)

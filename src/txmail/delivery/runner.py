@@ -82,10 +82,10 @@ from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.router import split_address
 from txmail.errors import QueueError
 from txmail.model import Envelope, MessageFile, QueueEntry
+from txmail.smtp import grammar
 
 __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
-_XTEXT_RE = re.compile(r"\+([0-9A-F]{2})")
 _PARAM_OK_RE = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
 _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
@@ -94,20 +94,9 @@ _OPEN = ("pending", "deferred")
 
 
 def xtext_decode(text: str) -> str:
-    """Decode RFC 3461 section 4 xtext (``+XX`` hex escapes of UTF-8 octets)."""
-    if "+" not in text:
-        return text
-    raw = _XTEXT_RE.sub(lambda m: "\x00" + m.group(1), text)
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        if raw[i] == "\x00":
-            out.append(int(raw[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.extend(raw[i].encode())
-            i += 1
-    return out.decode("utf-8", "replace")
+    """Decode a stored RFC 3461 xtext value; text that is not xtext is kept as it is."""
+    decoded = grammar.xtext_decode(text)
+    return text if decoded is None else decoded
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from txmail.smtp import grammar
 from txmail.smtp.codes import Reply
 
 __all__ = [
@@ -127,19 +128,8 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _PARAM_VALUE_RE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")  # xtext-safe: printable ASCII, no "="
 
 
-def xtext(text: str) -> str:
-    """
-    Encode *text* as RFC 3461 section 4 xtext (for ``ENVID`` and the address
-    part of ``ORCPT``): ``"+"``, ``"="``, controls, space and non-ASCII become
-    ``+XX`` (UTF-8 octets).
-    """
-    out = []
-    for b in text.encode("utf-8"):
-        if 0x21 <= b <= 0x7E and b not in (0x2B, 0x3D):
-            out.append(chr(b))
-        else:
-            out.append(f"+{b:02X}")
-    return "".join(out)
+#: Encode a value as RFC 3461 xtext (for ``ENVID`` and ``ORCPT``).
+xtext = grammar.xtext_encode
 
 
 class DotStuffer:

@@ -27,6 +27,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -549,3 +550,50 @@ def bdat_argument(text: str) -> tuple[int, bool]:
     if len(words) == 2 and words[1].upper() != "LAST":
         raise GrammarError("BDAT end marker must be LAST")
     return int(words[0]), len(words) == 2
+
+
+# -- RFC 3461 section 4: xtext (ENVID, ORCPT) ---------------------------------
+
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
+
+
+def xtext_decode(text: str) -> str | None:
+    """
+    Decode RFC 3461 section 4 xtext; ``None`` when *text* is not xtext::
+
+        xtext   = *( xchar / hexchar )
+        xchar   = any ASCII CHAR between "!" (33) and "~" (126) inclusive,
+                  except for "+" and "="
+        hexchar = ASCII "+" immediately followed by two upper case
+                  hexadecimal digits
+
+    The ``+XX`` octets are read as UTF-8 (invalid sequences replaced).
+    """
+    if _XTEXT.fullmatch(text) is None:
+        return None
+    if "+" not in text:
+        return text
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "+":
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out += text[i].encode("ascii")
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+def xtext_encode(text: str) -> str:
+    """
+    Encode *text* as xtext: ``"+"``, ``"="``, controls, space and non-ASCII
+    become ``+XX`` (UTF-8 octets).
+    """
+    out = []
+    for b in text.encode("utf-8"):
+        if 0x21 <= b <= 0x7E and b not in (0x2B, 0x3D):
+            out.append(chr(b))
+        else:
+            out.append(f"+{b:02X}")
+    return "".join(out)

@@ -109,7 +109,7 @@ from typing import Any
 
 from txmail._session import MAX_AUTH_LINE, LineSession
 from txmail.auth import sasl
-from txmail.smtp import codes
+from txmail.smtp import codes, grammar
 from txmail.smtp.codes import Reply
 from txmail.smtp.dotstuff import DataDecoder, LineEndingChecker
 from txmail.smtp.events import (
@@ -260,42 +260,13 @@ _BAD_NOTIFY = codes.PARAM_SYNTAX_ERROR.with_text(
 )
 _BAD_ORCPT = codes.PARAM_SYNTAX_ERROR.with_text("Bad ORCPT parameter: expected addr-type;xtext")
 
-_HEX_UPPER = frozenset("0123456789ABCDEF")
 #: atext (RFC 5322 section 3.2.3), for the ORCPT addr-type (an atom).
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
 
 
-def _xtext_decode(text: str) -> str | None:
-    """
-    Decode RFC 3461 section 4 xtext; ``None`` when *text* is not xtext::
-
-        xtext   = *( xchar / hexchar )
-        xchar   = any ASCII CHAR between "!" (33) and "~" (126) inclusive,
-                  except for "+" and "="
-        hexchar = ASCII "+" immediately followed by two upper case
-                  hexadecimal digits
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "+":
-            pair = text[i + 1 : i + 3]
-            if len(pair) != 2 or not all(h in _HEX_UPPER for h in pair):
-                return None
-            out.append(chr(int(pair, 16)))
-            i += 3
-            continue
-        if not 33 <= ord(c) <= 126 or c == "=":
-            return None
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
 def _printable_xtext(text: str) -> bool:
     """Non-empty xtext whose decoded value is printable US-ASCII (32-126)."""
-    decoded = _xtext_decode(text)
+    decoded = grammar.xtext_decode(text)
     return decoded is not None and decoded != "" and all(32 <= ord(c) <= 126 for c in decoded)
 
 
