@@ -193,8 +193,10 @@ class IMailbox(Interface):
       modification sequence; the changed message records it (RFC 7162).
     * :meth:`append` is atomic and durable: the message is never visible
       half-written, and it is on stable storage before the Deferred fires.
-    * Parsed metadata is computed once when a message enters the mailbox
-      and cached; :meth:`get_metadata` never re-parses per call.
+    * Parsed metadata is computed at most once per message and cached: when
+      the message enters through the store, or (for a file another program
+      dropped in) the first time it is asked for; :meth:`get_metadata`
+      never re-parses per call.
     * Listeners see every change, made through this object or another
       session's, in the order made.
     """

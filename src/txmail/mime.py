@@ -176,12 +176,13 @@ _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz
 
 def _upper(s: str) -> str:
     """ASCII-only upper case (``str.upper`` maps latin-1 ``ÿ`` outside latin-1)."""
-    return s.translate(_UPPER)
+    return s.upper() if s.isascii() else s.translate(_UPPER)
 
 
 def _lower(s: str) -> str:
     """ASCII-only lower case."""
-    return s.translate(_LOWER)
+    # str.lower is the same on ASCII text and much faster than translate.
+    return s.lower() if s.isascii() else s.translate(_LOWER)
 
 
 # ---------------------------------------------------------------------------
@@ -1023,8 +1024,9 @@ _FORMAT = 1
 
 
 def _tuples(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+    """JSON lists back to tuples (recursing only into lists: one call per list, not per leaf)."""
+    if type(value) is list:
+        return tuple([_tuples(v) if type(v) is list else v for v in value])
     return value
 
 

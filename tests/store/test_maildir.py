@@ -244,6 +244,30 @@ class MaildirInteropTests(MaildirBase):
         box2 = self.inbox(self.reopen())
         self.assertEqual([i.uid for i in self.successResultOf(box2.list_messages())], [1, 2, 3])
 
+    def test_pickup_parses_lazily(self) -> None:
+        """
+        Opening a mailbox of dropped-in files reads none of them (a stat
+        each); the first get_metadata parses and caches, the next reads
+        the cache.
+        """
+        self.provider.store_for(USER)
+        for n in range(3):
+            self.drop("new", f"160000000{n}.M{n}.other.host", message(n))
+        cache = os.path.join(self.user_dir, "txmail-cache")
+        box = self.inbox()
+        self.assertEqual(len(self.successResultOf(box.list_messages())), 3)
+        before = os.path.getsize(cache) if os.path.exists(cache) else 0
+        md = self.successResultOf(box.get_metadata([1, 2, 3]))
+        self.assertEqual(md[2], mime.parse_metadata(message(1)))
+        grown = os.path.getsize(cache)
+        self.assertGreater(grown, before)
+        self.assertEqual(self.successResultOf(box.get_metadata([1, 2, 3])), md)
+        self.assertEqual(os.path.getsize(cache), grown)
+        # The cache records survive a restart: nothing is parsed again.
+        box2 = self.inbox(self.reopen())
+        self.assertEqual(self.successResultOf(box2.get_metadata([3])), {3: md[3]})
+        self.assertEqual(os.path.getsize(cache), grown)
+
     def test_pickup_on_open(self) -> None:
         """Files present before the first open, with Dovecot keyword letters, become messages."""
         self.provider.store_for(USER)

@@ -367,23 +367,21 @@ def deliver_file(
 
 def pickup_files(path: str, items: list[tuple[str, str]]) -> list[tuple[str, str, int, float, int, int]]:
     """
-    Read messages another program put into the folder: size, date (the
-    file's mtime, as Dovecot uses) and parsed metadata, cached.  Files that
-    vanished meanwhile are left out.  Returns (sub, name, size, date,
-    cache offset, cache length) tuples.
+    Take in messages another program put into the folder: size and date
+    (the file's mtime, as Dovecot uses) from ``stat``.  The messages are not
+    read: their metadata is parsed and cached the first time it is asked
+    for (:func:`read_metadata`), so a SELECT of a mailbox full of new files
+    costs a directory listing and a ``stat`` each.  Files that vanished
+    meanwhile are left out.  Returns (sub, name, size, date, cache offset,
+    cache length) tuples; the offset is -1 (nothing cached yet).
     """
     out = []
     for sub, name in items:
-        full = os.path.join(path, sub, name)
         try:
-            with open(full, "rb") as f:
-                st = os.fstat(f.fileno())
-                md = mime.parse_metadata(f)
+            st = os.stat(os.path.join(path, sub, name))
         except OSError:
-            continue  # gone meanwhile, or unreadable: tried again next time
-        base, _ = split_file_name(name)
-        coff, clen = cache_append(path, base, mime.encode_metadata(md))
-        out.append((sub, name, st.st_size, st.st_mtime, coff, clen))
+            continue  # gone meanwhile: tried again next time
+        out.append((sub, name, st.st_size, st.st_mtime, -1, 0))
     return out
 
 
