@@ -19,6 +19,7 @@ from txmail.imap import serialize
 from txmail.imap.fetch import (
     FetchNeeds,
     basic_body_structure,
+    fetch_chunks,
     fetch_needs,
     render_fetch,
 )
@@ -728,3 +729,21 @@ class ImpliedItemTests(SynchronousTestCase):
             render_fetch(1, attrs, INFO, message=NESTED),
             b"* 1 FETCH (BODY[2.2.MIME]<0> {12}\r\nContent-Type)\r\n",
         )
+
+
+class FetchChunksTests(SynchronousTestCase):
+    def test_literal_octets_are_not_copied(self) -> None:
+        """The pieces join to render_fetch's bytes; BODY[]'s octets are the message object itself."""
+        for text in ("(UID BODY.PEEK[] FLAGS)", "(RFC822 RFC822.SIZE)", "(BODY.PEEK[TEXT]<2.5> UID)", "(FLAGS)"):
+            wanted = items(text)
+            chunks = fetch_chunks(3, wanted, INFO, metadata=SIMPLE_MD, message=SIMPLE, include_uid=True)
+            self.assertEqual(
+                b"".join(chunks),
+                render_fetch(3, wanted, INFO, metadata=SIMPLE_MD, message=SIMPLE, include_uid=True),
+                text,
+            )
+        chunks = fetch_chunks(3, items("(UID BODY.PEEK[] FLAGS)"), INFO, message=SIMPLE)
+        self.assertEqual(len(chunks), 3)
+        self.assertIs(chunks[1], SIMPLE)
+        self.assertTrue(chunks[0].endswith(b"BODY[] {%d}\r\n" % len(SIMPLE)))
+        self.assertTrue(chunks[2].startswith(b" FLAGS ("))

@@ -69,7 +69,7 @@ from txmail.imap.events import (
     PasswordCheck,
     StartTLS,
 )
-from txmail.imap.fetch import fetch_needs, render_fetch
+from txmail.imap.fetch import fetch_chunks, fetch_needs
 from txmail.imap.search import (
     SUPPORTED_CHARSETS,
     SearchContext,
@@ -121,8 +121,6 @@ DEFAULT_IDLE_TIMEOUT = 1800.0
 PREAUTH_TIMEOUT = 180.0
 #: Messages handled per step of FETCH and SEARCH.
 BATCH = 256
-#: Messages up to this size are read on the reactor thread (see _read_message).
-INLINE_READ = 1024 * 1024
 #: RFC 6154 mailboxes made for a new user.
 SPECIAL_FOLDERS = (
     ("Sent", SpecialUse.SENT),
@@ -335,9 +333,10 @@ class IMAPServerProtocol(SessionProtocol):
         d.addErrback(self._internal_error)
         self._wait(d)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, *data: bytes) -> None:
+        """Queue untagged responses of the running command (written per batch by :meth:`_drain`)."""
         assert self.session is not None
-        self.session.send(data)
+        self.session.send(*data)
 
     async def _drain(self) -> None:
         """Write what is queued and wait until the transport took it."""
@@ -636,7 +635,7 @@ class IMAPServerProtocol(SessionProtocol):
                 if shows_flags or uid in seen_now:
                     view.flags[uid] = info.flags
                 self._send(
-                    render_fetch(
+                    *fetch_chunks(
                         seq,
                         args.items,
                         info,
@@ -739,19 +738,25 @@ class IMAPServerProtocol(SessionProtocol):
 
 async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
     """
-    The whole message, or ``None`` when it is gone.  Up to :data:`INLINE_READ`
-    octets are read on the reactor thread from the file ``open_message``
-    gives (microseconds from the page cache, as POP3 does); larger messages
-    are read by the store (its thread pool for a disk store).
+    The whole message, or ``None`` when it is gone.  A store that has it at
+    hand answers at once (the Maildir store reads small files inline); the
+    result is then taken without a trip through the event loop.
     """
     try:
-        if info.size <= INLINE_READ:
-            f = await defer.maybeDeferred(mailbox.open_message, info.uid)
-            with f:
-                return f.read()  # type: ignore[no-any-return]
-        return await defer.maybeDeferred(mailbox.read_message, info.uid)  # type: ignore[no-any-return]
+        reading = defer.maybeDeferred(mailbox.read_message, info.uid)
+        return _result_now(reading) if reading.called else await reading  # type: ignore[no-any-return]
     except NoSuchMessage:
         return None
+
+
+def _result_now(d: defer.Deferred[Any]) -> Any:
+    """The result of a Deferred that has fired, raising its failure (no trip through the event loop)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    result = out[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
 
 
 def _copyuid(uidvalidity: int, pairs: list[tuple[int, int]]) -> str:

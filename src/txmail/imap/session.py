@@ -211,7 +211,7 @@ class IMAPSession:
         self.view: SelectedView | None = None
         self.bad_commands = 0
         self._framer = self._new_framer()
-        self._out = bytearray()
+        self._out: list[bytes] = []  # joined once by data_to_send (FETCH queues megabytes)
         self._events: deque[Event] = deque()
         self._pending: Event | None = None
         self._tag: str | None = None  # of the command being answered
@@ -253,7 +253,7 @@ class IMAPSession:
 
     def data_to_send(self) -> bytes:
         """Return (and forget) the bytes to write to the client."""
-        out = bytes(self._out)
+        out = b"".join(self._out)
         self._out.clear()
         return out
 
@@ -297,9 +297,9 @@ class IMAPSession:
                 caps.append("LOGINDISABLED")
         return tuple(caps)
 
-    def send(self, data: bytes) -> None:
-        """Queue untagged responses (complete lines) of the command being executed."""
-        self._write(data)
+    def send(self, *data: bytes) -> None:
+        """Queue untagged responses (complete lines, possibly in several pieces) of the command being executed."""
+        self._out.extend(data)
 
     def finish(self, status: str, text: str, code: str | None = None) -> None:
         """
@@ -393,7 +393,8 @@ class IMAPSession:
     # -- internals -------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        self._out += data
+        if data:
+            self._out.append(data)
 
     def _complete(self, tag: str, status: str, text: str, code: str | None = None) -> None:
         self._write(serialize.tagged(tag, status, text, code))

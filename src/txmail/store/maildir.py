@@ -131,6 +131,8 @@ UIDVALIDITY = "txmail-uidvalidity"
 #: The index is rewritten when it holds more records than
 #: ``2 * messages + INDEX_SLACK``.
 INDEX_SLACK = 100
+#: read_message reads files up to this size on the calling (reactor) thread.
+INLINE_READ_SIZE = 256 * 1024
 
 
 def _check_path_part(part: str, what: str) -> None:
@@ -489,6 +491,18 @@ class MaildirMailbox(MailboxState):
             loc = self._loc(uid)
         except Exception:
             return defer.fail()
+        # A small file whose name we know is read here: an open and a read
+        # from the page cache cost microseconds, less than a trip to the
+        # thread pool.  Larger files, and one renamed behind our back, are
+        # read in the thread pool.
+        info = self._infos.get(uid)
+        if info is not None and info.size <= INLINE_READ_SIZE:
+            try:
+                return defer.succeed(io.read_known_file(os.path.join(self.path, loc.sub, loc.name), info.size))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return defer.fail()
         return self._run(io.read_file, self.path, loc.sub, loc.name)
 
     def get_metadata(self, uids: Iterable[int]) -> defer.Deferred[dict[int, MessageMetadata]]:
