@@ -669,3 +669,18 @@ class MaildirDeliveryTests(MaildirBase):
         box2 = yield self.reopen().store_for(USER).get_mailbox(INBOX)
         self.assertEqual((yield box2.list_messages()), infos)
         self.assertEqual((yield box2.status()), (yield box.status()))
+
+
+class ReadKnownFileTests(TestCase):
+    def test_reads_whole_file_whatever_the_size_hint(self) -> None:
+        """read_known_file returns the whole file, whether the hint is right, too small or too large."""
+        from txmail.store import _maildir_io
+
+        path = self.mktemp()
+        for content in (b"", b"short", b"x" * 10_000, bytes(range(256)) * 100):
+            with open(path, "wb") as f:
+                f.write(content)
+            for hint in (0, 10, len(content), len(content) * 3):
+                self.assertEqual(_maildir_io.read_known_file(path, hint), content, (len(content), hint))
+        os.unlink(path)
+        self.assertRaises(FileNotFoundError, _maildir_io.read_known_file, path, 10)

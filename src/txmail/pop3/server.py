@@ -322,34 +322,17 @@ class POP3ServerProtocol(SessionProtocol):
     def _retrieve(self, event: Retrieve) -> None:
         session = self.session
         assert session is not None and self.mailbox is not None
+        chunk_size = self.factory.chunk_size
+        if event.size <= chunk_size and self._answer_inline(event, chunk_size):
+            return
         result: defer.Deferred[None] = defer.Deferred()
         opening = defer.maybeDeferred(self.mailbox.open_message, event.uid)
-        # True while opening's callbacks run inside this call (a local store
-        # opens a known file at once): then a message of at most one chunk is
-        # answered right here, in one write, without pausing the transport or
-        # registering a producer (a reactor round trip less per RETR).
-        synchronous = True
-        answered_inline = False
 
         def opened(file: IO[bytes]) -> None:
-            nonlocal answered_inline
             if self._lost:
                 file.close()
                 result.callback(None)
                 return
-            chunk_size = self.factory.chunk_size
-            if synchronous:
-                data = file.read(chunk_size + 1)
-                if len(data) <= chunk_size:
-                    file.close()
-                    encoder = MessageEncoder(event.body_lines)
-                    body = encoder.feed(data) + encoder.finish()
-                    session.accept()
-                    self._flush()  # the +OK line goes first
-                    self._transport.write(body)
-                    answered_inline = True
-                    return
-                file.seek(0)
             session.accept()
             self._flush()  # the +OK line goes first
             producer = MessageProducer(
@@ -388,9 +371,6 @@ class POP3ServerProtocol(SessionProtocol):
 
         opening.addCallbacks(opened, failed)
         opening.addErrback(lambda f: None if result.called else result.errback(f))
-        synchronous = False
-        if answered_inline:
-            return
 
         def stream_failed(f: Failure) -> None:
             if not f.check(defer.CancelledError):
@@ -404,6 +384,33 @@ class POP3ServerProtocol(SessionProtocol):
 
         result.addErrback(stream_failed)
         self._wait(result)
+
+    def _answer_inline(self, event: Retrieve, chunk_size: int) -> bool:
+        """
+        Answer RETR/TOP of a message of at most one chunk at once, when the
+        store has it at hand (the Maildir store reads small files inline):
+        ``+OK`` and the encoded message in one write, no producer, no pause
+        of the transport.  ``False`` leaves it to the streaming path (which
+        also reports a missing message).
+        """
+        assert self.session is not None and self.mailbox is not None
+        reading = defer.maybeDeferred(self.mailbox.read_message, event.uid)
+        if not reading.called:
+            # Not at hand: stream it instead (this read is abandoned).
+            reading.addErrback(lambda f: None)
+            reading.cancel()
+            return False
+        result: list[Any] = []
+        reading.addBoth(result.append)
+        data = result[0]
+        if isinstance(data, Failure) or len(data) > chunk_size:
+            return False
+        encoder = MessageEncoder(event.body_lines)
+        body = encoder.feed(data) + encoder.finish()
+        self.session.accept()
+        self._flush()  # the +OK line goes first
+        self._transport.write(body)
+        return True
 
     # -- UPDATE --
 

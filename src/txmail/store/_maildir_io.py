@@ -464,13 +464,15 @@ def read_known_file(full_path: str, size: int) -> bytes:
     """
     fd = os.open(full_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        chunks = []
-        while True:
-            data = os.read(fd, max(size, 4096) + 1)
-            if not data:
-                break
+        want = max(size, 4096) + 1
+        data = os.read(fd, want)
+        if len(data) < want:
+            return data  # a short read of a regular file is its end
+        chunks = [data]
+        while data:
+            data = os.read(fd, want)
             chunks.append(data)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
