@@ -181,12 +181,17 @@ def _build_runner(
     router: DeliveryRouter,
     directory: IDirectory,
     run_blocking: Callable[..., defer.Deferred[Any]],
+    resolver: Any = None,
+    deliver: Callable[..., defer.Deferred[Any]] | None = None,
 ) -> QueueRunner:
     """The queue runner for *settings* (see :mod:`txmail.delivery.runner`)."""
     from txmail.smtp.relay import deliver_once
 
-    nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
-    resolver = MXResolver(nameservers, run_blocking=run_blocking)
+    if resolver is None:
+        nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
+        resolver = MXResolver(nameservers, run_blocking=run_blocking)
+    if deliver is None:
+        deliver = functools.partial(deliver_once, reactor)
     smarthost = None
     if settings.smarthost:
         host, port = parse_host_port(settings.smarthost, 25)
@@ -206,7 +211,7 @@ def _build_runner(
         queue,
         router,
         resolver,
-        functools.partial(deliver_once, reactor),
+        deliver,
         clock=reactor,
         hostname=settings.hostname,
         is_local=lambda domain: bool(directory.is_local_domain(domain)),
@@ -228,6 +233,8 @@ def build_service(
     reactor: Any = None,
     directory: IDirectory | None = None,
     stores: IMailStoreProvider | None = None,
+    resolver: Any = None,
+    deliver: Callable[..., defer.Deferred[Any]] | None = None,
 ) -> MailServer:
     """
     Build a :class:`MailServer` from *settings*.
@@ -239,6 +246,13 @@ def build_service(
             data directory.
         stores: a mailbox store provider; default Maildir under
             ``<data_dir>/mail``.
+        resolver: what the queue runner asks for a domain's mail hosts (an
+            object with ``resolve(domain) -> Deferred[list[Destination]]``,
+            like :class:`txmail.delivery.mx.MXResolver`); default dnspython
+            with the settings' resolvers.
+        deliver: what the queue runner calls to hand mail to a remote host,
+            with the signature of :func:`txmail.smtp.relay.deliver_once`
+            minus its first (reactor) argument; default SMTP.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -281,7 +295,9 @@ def build_service(
     server.router = router
     server.authenticator = authenticator
     if settings.outbound_enabled:
-        server.runner = _build_runner(settings, reactor, queue, router, directory, run_blocking)
+        server.runner = _build_runner(
+            settings, reactor, queue, router, directory, run_blocking, resolver=resolver, deliver=deliver
+        )
         server.runner.setServiceParent(server)
 
     limits = SMTPLimits(
