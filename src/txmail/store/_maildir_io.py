@@ -183,23 +183,40 @@ def _cache_record(base: str, encoded: bytes) -> bytes:
 def cache_append(path: str, base: str, encoded: bytes) -> tuple[int, int]:
     """
     Append a metadata record to the folder's cache; return its (offset,
-    length).  ``O_APPEND`` places concurrent writers' records one after the
-    other; the file position after the write gives this record's end.
-    A failure is not fatal (the message is parsed again when asked for).
+    length).  See :func:`cache_append_many`.
     """
-    record = _cache_record(base, encoded)
+    return cache_append_many(path, [(base, encoded)])[0]
+
+
+def cache_append_many(path: str, items: list[tuple[str, bytes]]) -> list[tuple[int, int]]:
+    """
+    Append metadata records, (base name, encoded metadata) each, to the
+    folder's cache with one ``write``; return each record's (offset,
+    length).  ``O_APPEND`` places concurrent writers' writes one after the
+    other; the file position after the write gives the end of the last
+    record.  A failure is not fatal: every record gets (-1, 0) and its
+    message is parsed again when asked for.
+    """
+    records = [_cache_record(base, encoded) for base, encoded in items]
+    blob = b"".join(records)
+    failed = [(-1, 0)] * len(records)
     try:
         fd = os.open(os.path.join(path, CACHE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            written = os.write(fd, record)
+            written = os.write(fd, blob)
             end = os.lseek(fd, 0, os.SEEK_CUR)
         finally:
             os.close(fd)
     except OSError:
-        return -1, 0
-    if written != len(record):
-        return -1, 0
-    return end - len(record), len(record)
+        return failed
+    if written != len(blob):
+        return failed
+    out = []
+    offset = end - len(blob)
+    for record in records:
+        out.append((offset, len(record)))
+        offset += len(record)
+    return out
 
 
 def _compact_cache(path: str, index: ParsedIndex) -> None:
@@ -487,7 +504,8 @@ def read_metadata(
     of the new cache records.
     """
     out: dict[int, MessageMetadata] = {}
-    updates = []
+    updates: list[tuple[int, int, int]] = []
+    parsed: list[tuple[int, str, bytes]] = []
     with _open_cache(path) as cache:
         for uid, coff, clen, base, sub, name in sorted(reqs, key=lambda r: r[1]):
             md = None
@@ -504,9 +522,13 @@ def read_metadata(
                         md = mime.parse_metadata(f)
                 except NoSuchMessage:
                     continue
-                off, length = cache_append(path, base, mime.encode_metadata(md))
-                updates.append((uid, off, length))
+                parsed.append((uid, base, mime.encode_metadata(md)))
             out[uid] = md
+    if parsed:
+        # One write for every record of this batch (the first FETCH of a
+        # mailbox of dropped-in files parses them all).
+        places = cache_append_many(path, [(base, encoded) for _, base, encoded in parsed])
+        updates = [(uid, off, length) for (uid, _, _), (off, length) in zip(parsed, places, strict=True)]
     return out, updates
 
 
