@@ -29,6 +29,7 @@ SANS_IO_MODULES = (
     "txmail/smtp/client.py",
     "txmail/delivery/backoff.py",
     "txmail/delivery/bounce.py",
+    "txmail/delivery/hooks.py",
     "txmail/imap/search.py",
     "txmail/imap/view.py",
     "txmail/imap/session.py",

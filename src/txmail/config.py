@@ -126,6 +126,28 @@ class Settings:
     queue_poll_interval: float = 30.0
     outbound_timeout: float = 300.0
 
+    @classmethod
+    def validated(cls, **values: Any) -> Settings:
+        """
+        Build settings in code with the same checks and normalisation as
+        :func:`load_config` (the documented way for embedders)::
+
+            Settings.validated(domains=["example.com"], imap=["tcp:1143"], data_dir="/srv/mail")
+
+        Keyword names are the attribute names; a value of ``None`` keeps the
+        default, an empty list means none (``submission=[]``: no submission
+        listener).  Calling ``Settings(...)`` directly skips every check.
+
+        Raises:
+            TypeError: an unknown keyword.
+            ConfigError: a value is invalid.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+        return _validate(dict(values))
+
     @property
     def primary_domain(self) -> str:
         return self.domains[0]

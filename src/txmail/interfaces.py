@@ -31,6 +31,7 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 __all__ = [
+    "IDeliveryHook",
     "IDeliveryRouter",
     "IDirectory",
     "IMailStore",
@@ -445,6 +446,32 @@ class IDeliveryRouter(Interface):
             ``Deferred[DeliveryReport]``, fired once every successful
             recipient's copy is durable (in a mailbox or the queue).  A
             failure for one recipient does not stop the others.
+        """
+
+
+class IDeliveryHook(Interface):
+    """
+    Embedder code called for each message received over SMTP, before the
+    router delivers it (see :mod:`txmail.delivery.hooks`).  A plain callable
+    with the signature of :meth:`before_delivery` is accepted wherever a hook
+    is.
+    """
+
+    def before_delivery(envelope, message):  # type: ignore[no-untyped-def]
+        """
+        Decide what becomes of one message.
+
+        Args:
+            envelope: the :class:`txmail.model.Envelope` (as rewritten by
+                earlier hooks).
+            message: the :class:`txmail.model.MessageFile`, trace headers
+                included.  Read it, never modify or remove it; it is removed
+                once delivery is over.
+
+        Returns:
+            a :class:`txmail.delivery.hooks.HookResult` (accept, reject,
+            rewrite or consume), ``None`` (accept), or a ``Deferred`` of
+            either.  An exception is a temporary failure (``451 4.3.0``).
         """
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -31,6 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from txmail.auth.authenticator import Authenticator
 from txmail.config import Settings, parse_host_port
 from txmail.delivery.backoff import parse_schedule
+from txmail.delivery.hooks import DeliveryHook
 from txmail.delivery.mx import MXResolver
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
@@ -235,6 +236,7 @@ def build_service(
     stores: IMailStoreProvider | None = None,
     resolver: Any = None,
     deliver: Callable[..., defer.Deferred[Any]] | None = None,
+    delivery_hook: DeliveryHook | Sequence[DeliveryHook] | None = None,
 ) -> MailServer:
     """
     Build a :class:`MailServer` from *settings*.
@@ -253,6 +255,10 @@ def build_service(
         deliver: what the queue runner calls to hand mail to a remote host,
             with the signature of :func:`txmail.smtp.relay.deliver_once`
             minus its first (reactor) argument; default SMTP.
+        delivery_hook: a delivery hook, or a list of them run in order, for
+            each message received over SMTP before it is delivered (see
+            :mod:`txmail.delivery.hooks`).  The queue runner's redeliveries
+            and the server's own notices do not pass through them.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -280,7 +286,12 @@ def build_service(
         stores = MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
     queue = SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
     router = DeliveryRouter(
-        directory, stores, queue, run_blocking=run_blocking, primary_domain=settings.primary_domain
+        directory,
+        stores,
+        queue,
+        run_blocking=run_blocking,
+        primary_domain=settings.primary_domain,
+        hooks=delivery_hook,
     )
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = (
@@ -296,7 +307,14 @@ def build_service(
     server.authenticator = authenticator
     if settings.outbound_enabled:
         server.runner = _build_runner(
-            settings, reactor, queue, router, directory, run_blocking, resolver=resolver, deliver=deliver
+            settings,
+            reactor,
+            queue,
+            router.without_hooks(),
+            directory,
+            run_blocking,
+            resolver=resolver,
+            deliver=deliver,
         )
         server.runner.setServiceParent(server)
 

@@ -17,10 +17,21 @@ Implementation notes:
 * A local copy that fails is put in the queue for that user (a later run
   retries it), so one broken mailbox never loses the others' mail.  Only if
   that also fails does its recipient count as failed.
+* Delivery hooks (:mod:`txmail.delivery.hooks`) run first, in order, before
+  any copy is made: each may accept, reject (every recipient fails with its
+  reply), rewrite the recipients (later hooks and the delivery see the new
+  list; the report then has one result per new recipient) or consume the
+  message (every recipient counts as delivered, nothing is stored here).  A
+  hook that fails makes every recipient fail temporarily (``451 4.3.0``), so
+  the client retries and nothing is lost or half-delivered.
+  :meth:`DeliveryRouter.without_hooks` gives the same router without hooks,
+  for mail the server itself re-delivers or writes (queue runner, DSNs).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -30,11 +41,16 @@ from zope.interface import implementer
 
 from txmail import mime
 from txmail._fs import RunBlocking, run_inline
+from txmail.delivery.hooks import DeliveryHook, HookAction, HookResult, hook_callables
 from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
 from txmail.model import INBOX, DeliveryReport, Envelope, MessageFile, MessageMetadata, RecipientResult
 
-__all__ = ["INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
+__all__ = ["HOOK_FAILED_REPLY", "INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
+
+#: The result of every recipient when a delivery hook fails (RFC 3463
+#: 4.3.0: other or undefined mail system status, temporary).
+HOOK_FAILED_REPLY = "451 4.3.0 Requested action aborted: local error in processing"
 
 #: Messages up to this size are parsed on the calling thread; bigger ones
 #: go through ``run_blocking``.
@@ -63,6 +79,12 @@ class DeliveryRouter:
         queue: where remote recipients (and failed local copies) go.
         run_blocking: runs CPU-heavy parsing off the reactor thread.
         primary_domain: the domain ``<Postmaster>`` (no domain) belongs to.
+        hooks: delivery hooks (:mod:`txmail.delivery.hooks`) run in order
+            on each message before it is delivered: one hook, a list, or
+            ``None``.
+
+    Attributes:
+        hooks: the hooks' functions, in order (a tuple).
     """
 
     log = Logger()
@@ -75,12 +97,26 @@ class DeliveryRouter:
         *,
         run_blocking: RunBlocking | None = None,
         primary_domain: str = "localhost",
+        hooks: DeliveryHook | Sequence[DeliveryHook] | None = None,
     ) -> None:
         self.primary_domain = primary_domain
         self.directory = directory
         self.stores = stores
         self.queue = queue
         self._run = run_blocking or run_inline
+        self.hooks = hook_callables(hooks)
+
+    def without_hooks(self) -> DeliveryRouter:
+        """This router (same directory, stores and queue) with no delivery hooks."""
+        if not self.hooks:
+            return self
+        return DeliveryRouter(
+            self.directory,
+            self.stores,
+            self.queue,
+            run_blocking=self._run,
+            primary_domain=self.primary_domain,
+        )
 
     def _qualify(self, address: str) -> str:
         """
@@ -134,7 +170,65 @@ class DeliveryRouter:
 
     @defer.inlineCallbacks
     def deliver(self, envelope: Envelope, message: MessageFile) -> Any:
-        """See :meth:`txmail.interfaces.IDeliveryRouter.deliver`."""
+        """
+        See :meth:`txmail.interfaces.IDeliveryRouter.deliver`.  The hooks
+        run first (see the module notes).
+        """
+        if self.hooks:
+            outcome = yield self._run_hooks(envelope, message)
+            if isinstance(outcome, DeliveryReport):
+                return outcome
+            envelope = outcome
+        report = yield self._route(envelope, message)
+        return report
+
+    @defer.inlineCallbacks
+    def _run_hooks(self, envelope: Envelope, message: MessageFile) -> Any:
+        """Run the hooks: the (possibly rewritten) envelope, or the final DeliveryReport."""
+        original = envelope
+        for hook in self.hooks:
+            try:
+                result = yield defer.maybeDeferred(hook, envelope, message)
+                if result is None:
+                    result = HookResult.accept()
+                if not isinstance(result, HookResult):
+                    raise TypeError(f"delivery hook returned {result!r}, not a HookResult")
+            except Exception:
+                self.log.failure(
+                    "delivery hook {hook} failed on {message_id}; refusing it temporarily",
+                    failure=Failure(),
+                    hook=getattr(hook, "__qualname__", repr(hook)),
+                    message_id=envelope.message_id,
+                )
+                return _report_all(original, ok=False, temporary=True, reply=HOOK_FAILED_REPLY, detail="hook")
+            if result.action is HookAction.REJECT:
+                self.log.info(
+                    "delivery hook rejected {message_id}: {reply}",
+                    message_id=envelope.message_id,
+                    reply=result.reply,
+                )
+                return _report_all(
+                    original, ok=False, temporary=result.temporary, reply=result.reply, detail="hook"
+                )
+            if result.action is HookAction.CONSUME:
+                self.log.info(
+                    "delivery hook took {message_id}: {detail}",
+                    message_id=envelope.message_id,
+                    detail=result.detail,
+                )
+                return _report_all(original, ok=True, reply="250 2.0.0 OK", detail=result.detail or "hook")
+            if result.action is HookAction.REWRITE:
+                self.log.info(
+                    "delivery hook rewrote the recipients of {message_id}: {recipients}",
+                    message_id=envelope.message_id,
+                    recipients=", ".join(result.recipients),
+                )
+                envelope = _with_recipients(envelope, result.recipients)
+        return envelope
+
+    @defer.inlineCallbacks
+    def _route(self, envelope: Envelope, message: MessageFile) -> Any:
+        """Deliver to local mailboxes and the queue (no hooks)."""
         targets = yield self._targets(envelope)
         users = list(dict.fromkeys(u for local, _ in targets.values() for u in local))
         remote = list(dict.fromkeys(r for _, rem in targets.values() for r in rem))
@@ -181,9 +275,15 @@ class DeliveryRouter:
         for rcpt, (local, rem) in targets.items():
             dests = local + rem
             ok = bool(dests) and all(outcome.get(d, False) for d in dests)
-            reply = "250 2.0.0 OK" if ok else ("550 5.1.1 No such user here" if not dests else "451 4.3.0 Delivery failed")
+            reply = (
+                "250 2.0.0 OK"
+                if ok
+                else ("550 5.1.1 No such user here" if not dests else "451 4.3.0 Delivery failed")
+            )
             results_out.append(
-                RecipientResult(rcpt, ok=ok, temporary=bool(dests) and not ok, reply=reply, detail=",".join(dests))
+                RecipientResult(
+                    rcpt, ok=ok, temporary=bool(dests) and not ok, reply=reply, detail=",".join(dests)
+                )
             )
         return DeliveryReport(tuple(results_out))
 
@@ -216,3 +316,24 @@ class DeliveryRouter:
             )
             return False
         return True
+
+
+def _report_all(
+    envelope: Envelope, *, ok: bool, reply: str, temporary: bool = False, detail: str = ""
+) -> DeliveryReport:
+    """One and the same result for every recipient of *envelope*."""
+    return DeliveryReport(
+        tuple(
+            RecipientResult(rcpt, ok=ok, temporary=temporary, reply=reply, detail=detail)
+            for rcpt in envelope.rcpt_to
+        )
+    )
+
+
+def _with_recipients(envelope: Envelope, recipients: tuple[str, ...]) -> Envelope:
+    """*envelope* for *recipients*; kept addresses keep their ESMTP parameters."""
+    params: dict[str, dict[str, str | None]] = {}
+    for rcpt, p in zip(envelope.rcpt_to, envelope.rcpt_params, strict=False):
+        params.setdefault(rcpt, p)
+    rcpt_params = tuple(dict(params.get(r, {})) for r in recipients) if envelope.rcpt_params else ()
+    return dataclasses.replace(envelope, rcpt_to=recipients, rcpt_params=rcpt_params)

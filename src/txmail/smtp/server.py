@@ -25,7 +25,9 @@ Implementation notes
   - else, if any failure is temporary: ``451 4.3.0`` -- the client retries
     the whole message, so recipients that did get it may get it twice
     (duplicates are better than loss);
-  - else (only permanent failures): ``554 5.0.0``.
+  - else (only permanent failures): ``554 5.0.0``;
+  - except that when every recipient failed with one and the same reply of
+    that class (a delivery hook's ``550 5.7.1 ...``), that reply is sent.
 
   The router already queues a failed local copy for retry, so it reports a
   failure only when even that failed.  An exception from the router (or
@@ -153,9 +155,15 @@ def reply_for_report(report: DeliveryReport, message_id: str) -> Reply:
     if report.all_ok:
         return codes.OK.with_text(f"OK: queued as {message_id}")
     failed: list[RecipientResult] = [r for r in report.results if not r.ok]
-    if any(r.temporary for r in failed):
-        return codes.LOCAL_ERROR
-    return codes.TRANSACTION_FAILED
+    temporary = any(r.temporary for r in failed)
+    default = codes.LOCAL_ERROR if temporary else codes.TRANSACTION_FAILED
+    if len(failed) == len(report.results) and len({r.reply for r in failed}) == 1:
+        # Every recipient failed for one reason (a delivery hook's rejection,
+        # say): that reply, if it is a well-formed one of the right class.
+        reply = codes.Reply.parse(failed[0].reply, default)
+        if reply.code // 100 == default.code // 100:
+            return reply
+    return default
 
 
 def _create_spool_files(directory: str, count: int) -> list[tuple[str, IO[bytes]]]:
