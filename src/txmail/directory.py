@@ -41,11 +41,16 @@ Implementation notes
   out.
 * The local domains are the configured ones plus the domains of existing
   users and aliases.
+* :class:`MemoryDirectory` is the same directory without the file (tests,
+  embedders): both subclass ``_DirectoryBase``, which holds the lookups and
+  the changes (expressed as edits of a document in the file's format), so
+  their semantics cannot drift apart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -65,7 +70,14 @@ from txmail.auth.passwords import ScramCredentials, make_credentials
 from txmail.errors import DirectoryError, NoSuchUser, UserExists
 from txmail.interfaces import IDirectory
 
-__all__ = ["FILE_VERSION", "FileDirectory", "InvalidAddress", "normalize_address", "normalize_domain"]
+__all__ = [
+    "FILE_VERSION",
+    "FileDirectory",
+    "InvalidAddress",
+    "MemoryDirectory",
+    "normalize_address",
+    "normalize_domain",
+]
 
 FILE_VERSION = 1
 _MAX_ALIAS_DEPTH = 20
@@ -159,85 +171,35 @@ def _empty_document() -> dict[str, Any]:
     return {"version": FILE_VERSION, "users": {}, "aliases": {}}
 
 
-@implementer(IDirectory)
-class FileDirectory:
+class _DirectoryBase:
     """
-    The JSON-file user directory.
+    What :class:`FileDirectory` and :class:`MemoryDirectory` share: the
+    lookups of :class:`txmail.interfaces.IDirectory` over a :class:`_Snapshot`
+    and the changes (users, passwords, aliases) as edits of a document in the
+    ``users.json`` format.
 
-    Args:
-        path: the JSON file (``<data-dir>/users.json``); it need not exist.
-        local_domains: the configured local domains.
-        primary_domain: the domain of login names without ``@``; default the
-            first of *local_domains*.
-        recheck_interval: seconds between checks of the file for changes
-            made by another process (a ``stat`` per lookup is measurable on
-            the delivery hot path; the server uses 1 second).  Changes made
-            through this instance are seen at once whatever the interval.
-        monotonic: the clock for *recheck_interval* (tests pass a fake).
-
-    Raises:
-        DirectoryError: the file exists but cannot be read or parsed.
+    Subclasses set :attr:`configured_domains` and :attr:`primary_domain`
+    (:meth:`_set_domains`) and provide :meth:`_current` (the snapshot to
+    answer from) and :meth:`_mutate` (apply a change to the document, keep
+    it, and re-parse).
     """
 
     log = Logger()
+    configured_domains: tuple[str, ...]
+    primary_domain: str | None
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        local_domains: Iterable[str],
-        primary_domain: str | None = None,
-        recheck_interval: float = 0.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.recheck_interval = recheck_interval
-        self._monotonic = monotonic
-        self._next_check = 0.0
-        self.path = path
-        self.lock_path = path + ".lock"
+    def _set_domains(self, local_domains: Iterable[str], primary_domain: str | None) -> None:
         self.configured_domains = tuple(dict.fromkeys(normalize_domain(d) for d in local_domains))
         if primary_domain is not None:
-            self.primary_domain: str | None = normalize_domain(primary_domain)
+            self.primary_domain = normalize_domain(primary_domain)
         else:
             self.primary_domain = self.configured_domains[0] if self.configured_domains else None
-        self._signature: tuple[int, int, int] | None = None
-        self._bad_signature: tuple[int, int, int] | None = None
-        self._snapshot = _Snapshot()
-        self._reload(strict=True)
 
-    # -- reading --
+    def _current(self) -> _Snapshot:
+        raise NotImplementedError
 
-    def _stat_signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def _read_document(self) -> tuple[dict[str, Any], tuple[int, int, int] | None]:
-        """Read and check the file: (document, signature of what was read)."""
-        try:
-            with open(self.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                raw = f.read()
-        except FileNotFoundError:
-            return _empty_document(), None
-        except OSError as e:
-            raise DirectoryError(f"cannot read users file {self.path!r}: {e.strerror}") from None
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        try:
-            document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise DirectoryError(f"users file {self.path!r} is not valid JSON: {e}") from None
-        if (
-            not isinstance(document, dict)
-            or not isinstance(document.setdefault("users", {}), dict)
-            or not isinstance(document.setdefault("aliases", {}), dict)
-        ):
-            raise DirectoryError(f"users file {self.path!r}: expected an object with 'users' and 'aliases'")
-        if document.setdefault("version", FILE_VERSION) != FILE_VERSION:
-            raise DirectoryError(f"users file {self.path!r}: unsupported version {document['version']!r}")
-        return document, signature
+    def _mutate(self, change: Callable[[dict[str, Any]], _T]) -> _T:
+        raise NotImplementedError
 
     def _parse(self, document: dict[str, Any]) -> _Snapshot:
         snapshot = _Snapshot()
@@ -269,32 +231,6 @@ class FileDirectory:
             {_domain_of(u) for u in snapshot.users} | {_domain_of(a) for a in snapshot.aliases}
         )
         return snapshot
-
-    def _reload(self, *, strict: bool = False) -> None:
-        try:
-            document, signature = self._read_document()
-            snapshot = self._parse(document)
-        except DirectoryError:
-            if strict:
-                raise
-            self._bad_signature = self._stat_signature()
-            self.log.failure("cannot reload {path}; keeping the previous users", path=self.path)
-            return
-        self._snapshot = snapshot
-        self._signature = signature
-        self._bad_signature = None
-
-    def _current(self) -> _Snapshot:
-        """The contents, re-read first if the file changed."""
-        if self.recheck_interval > 0:
-            now = self._monotonic()
-            if now < self._next_check:
-                return self._snapshot
-            self._next_check = now + self.recheck_interval
-        signature = self._stat_signature()
-        if signature != self._signature and (signature is None or signature != self._bad_signature):
-            self._reload()
-        return self._snapshot
 
     # -- lookups --
 
@@ -398,44 +334,7 @@ class FileDirectory:
             return defer.succeed(False)
         return defer.succeed(name in self._resolve(address, catch_all=False))
 
-    # -- changes (synchronous; the CLI and tests use them) --
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def _write_document(self, document: dict[str, Any]) -> None:
-        data = (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-        directory = os.path.dirname(self.path) or "."
-        tmp = f"{self.path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(directory)
-
-    def _mutate(self, change: Callable[[dict[str, Any]], _T]) -> _T:
-        """Run *change* on the freshly read document under the lock, then save it."""
-        with self._locked():
-            document, _ = self._read_document()
-            result = change(document)
-            self._write_document(document)
-            self._reload(strict=True)
-        return result
+    # -- changes --
 
     def _user_address(self, address: str) -> str:
         name = address.strip()
@@ -572,3 +471,187 @@ class FileDirectory:
         """Every alias (sorted) with its targets."""
         aliases = self._current().aliases
         return {key: list(aliases[key]) for key in sorted(aliases)}
+
+
+@implementer(IDirectory)
+class FileDirectory(_DirectoryBase):
+    """
+    The JSON-file user directory.
+
+    Args:
+        path: the JSON file (``<data-dir>/users.json``); it need not exist.
+        local_domains: the configured local domains.
+        primary_domain: the domain of login names without ``@``; default the
+            first of *local_domains*.
+        recheck_interval: seconds between checks of the file for changes
+            made by another process (a ``stat`` per lookup is measurable on
+            the delivery hot path; the server uses 1 second).  Changes made
+            through this instance are seen at once whatever the interval.
+        monotonic: the clock for *recheck_interval* (tests pass a fake).
+
+    Raises:
+        DirectoryError: the file exists but cannot be read or parsed.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        local_domains: Iterable[str],
+        primary_domain: str | None = None,
+        recheck_interval: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.recheck_interval = recheck_interval
+        self._monotonic = monotonic
+        self._next_check = 0.0
+        self.path = path
+        self.lock_path = path + ".lock"
+        self._set_domains(local_domains, primary_domain)
+        self._signature: tuple[int, int, int] | None = None
+        self._bad_signature: tuple[int, int, int] | None = None
+        self._snapshot = _Snapshot()
+        self._reload(strict=True)
+
+    # -- reading --
+
+    def _stat_signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read_document(self) -> tuple[dict[str, Any], tuple[int, int, int] | None]:
+        """Read and check the file: (document, signature of what was read)."""
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
+        except FileNotFoundError:
+            return _empty_document(), None
+        except OSError as e:
+            raise DirectoryError(f"cannot read users file {self.path!r}: {e.strerror}") from None
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise DirectoryError(f"users file {self.path!r} is not valid JSON: {e}") from None
+        if (
+            not isinstance(document, dict)
+            or not isinstance(document.setdefault("users", {}), dict)
+            or not isinstance(document.setdefault("aliases", {}), dict)
+        ):
+            raise DirectoryError(f"users file {self.path!r}: expected an object with 'users' and 'aliases'")
+        if document.setdefault("version", FILE_VERSION) != FILE_VERSION:
+            raise DirectoryError(f"users file {self.path!r}: unsupported version {document['version']!r}")
+        return document, signature
+
+    def _reload(self, *, strict: bool = False) -> None:
+        try:
+            document, signature = self._read_document()
+            snapshot = self._parse(document)
+        except DirectoryError:
+            if strict:
+                raise
+            self._bad_signature = self._stat_signature()
+            self.log.failure("cannot reload {path}; keeping the previous users", path=self.path)
+            return
+        self._snapshot = snapshot
+        self._signature = signature
+        self._bad_signature = None
+
+    def _current(self) -> _Snapshot:
+        """The contents, re-read first if the file changed."""
+        if self.recheck_interval > 0:
+            now = self._monotonic()
+            if now < self._next_check:
+                return self._snapshot
+            self._next_check = now + self.recheck_interval
+        signature = self._stat_signature()
+        if signature != self._signature and (signature is None or signature != self._bad_signature):
+            self._reload()
+        return self._snapshot
+
+    # -- changes (synchronous; the CLI and tests use them; see _DirectoryBase) --
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _write_document(self, document: dict[str, Any]) -> None:
+        data = (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        directory = os.path.dirname(self.path) or "."
+        tmp = f"{self.path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(directory)
+
+    def _mutate(self, change: Callable[[dict[str, Any]], _T]) -> _T:
+        """Run *change* on the freshly read document under the lock, then save it."""
+        with self._locked():
+            document, _ = self._read_document()
+            result = change(document)
+            self._write_document(document)
+            self._reload(strict=True)
+        return result
+
+
+@implementer(IDirectory)
+class MemoryDirectory(_DirectoryBase):
+    """
+    A user directory kept in memory, for tests and for embedding txmail.
+
+    It answers exactly like :class:`FileDirectory` (the same lookups and
+    change methods: :meth:`add_user`, :meth:`set_password`,
+    :meth:`delete_user`, :meth:`add_alias` with ``@domain`` catch-alls,
+    :meth:`delete_alias`, :meth:`list_users`, :meth:`list_aliases`;
+    plus-addressing and alias expansion are the same code), but keeps
+    nothing across restarts and touches no file.
+
+    Args:
+        local_domains: the configured local domains.
+        primary_domain: the domain of login names without ``@``; default the
+            first of *local_domains*.
+
+    Usage::
+
+        directory = MemoryDirectory(local_domains=["example.test"])
+        directory.add_user("alice@example.test", "secret")
+        directory.add_alias("@example.test", ["alice@example.test"])
+
+    Changes are meant to be made from the reactor thread; lookups see each
+    change at once (the snapshot they read is replaced as a whole).
+    """
+
+    def __init__(self, *, local_domains: Iterable[str] = (), primary_domain: str | None = None) -> None:
+        self._set_domains(local_domains, primary_domain)
+        self._document = _empty_document()
+        self._snapshot = _Snapshot()
+
+    def _current(self) -> _Snapshot:
+        return self._snapshot
+
+    def _mutate(self, change: Callable[[dict[str, Any]], _T]) -> _T:
+        """Run *change* on a copy of the document; keep it only if *change* succeeds."""
+        document = copy.deepcopy(self._document)
+        result = change(document)
+        self._snapshot = self._parse(document)
+        self._document = document
+        return result

@@ -1,0 +1,1 @@
+"""Tests of txmail.testing (the in-process test server) and MemoryDirectory."""
