@@ -105,7 +105,10 @@ class FetchmailTests(TestCase):
         env = dict(os.environ, HOME=home, FETCHMAILHOME=home)
         assert self.fetchmail is not None
         proc = subprocess.run(
-            [self.fetchmail, "--fetchmailrc", rc_path, "--nodetach", "--verbose"],
+            # Our own lock file: as root fetchmail locks /var/run/fetchmail.pid,
+            # which two tests running at once (trial -j) would share.
+            [self.fetchmail, "--fetchmailrc", rc_path, "--pidfile", os.path.join(home, "fetchmail.pid"),
+             "--nodetach", "--verbose"],
             cwd=home, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=50,
         )
         got = []
