@@ -763,7 +763,8 @@ class BlockingTestServer:
     docstring for the one-reactor-per-process constraint.
 
     Args:
-        domains, **kwargs: as for :class:`TestServer` (but not ``reactor``).
+        domains: as for :class:`TestServer`.
+        **kwargs: as for :class:`TestServer` (but not ``reactor``).
         call_timeout: seconds to wait for start, stop and quick calls.
     """
 

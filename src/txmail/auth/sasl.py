@@ -206,7 +206,7 @@ def decode_response(line: bytes) -> bytes | None:
 
 
 def encode_challenge(data: bytes) -> bytes:
-    """Base64-encode a challenge; ``b""`` stays ``b""`` (sent as ``334 `` / ``+ ``)."""
+    """Base64-encode a challenge; ``b""`` stays ``b""`` (sent as ``334`` / ``+`` and a space)."""
     return base64.b64encode(data) if data else b""
 
 
