@@ -18,11 +18,11 @@ Implementation notes
   messages are claimed for ``\\Recent`` by the first session that hears of
   them (:meth:`txmail.interfaces.IMailbox.claim_recent`).
 * Long responses (FETCH, SEARCH over a big mailbox) are produced in
-  batches of :data:`BATCH` messages; after each batch the handler waits
-  until the transport has written what it holds (:class:`_WriteGate`, a
-  push producer the transport pauses), so memory stays bounded however
-  large the mailbox.  SELECT and ``FETCH (UID FLAGS RFC822.SIZE)`` read only
-  the store's index; ENVELOPE and BODYSTRUCTURE come from the cached
+  batches of :data:`BATCH` messages; a batch is handed to the transport
+  once it has written the one before (:class:`_WriteGate`, a push producer
+  the transport pauses), so the next batch is produced while one drains and
+  memory stays bounded however large the mailbox.  SELECT and
+  ``FETCH (UID FLAGS RFC822.SIZE)`` read only the store's index; ENVELOPE and BODYSTRUCTURE come from the cached
   metadata; only body sections read message files.
 * Timers: 30 minutes of silence once logged in (RFC 3501 section 5.4,
   including IDLE), :data:`PREAUTH_TIMEOUT` before.  Failed logins are slowed
@@ -339,9 +339,13 @@ class IMAPServerProtocol(SessionProtocol):
         self.session.send(*data)
 
     async def _drain(self) -> None:
-        """Write what is queued and wait until the transport took it."""
-        self._flush()
+        """
+        Write the batch just produced, once the transport has written the
+        one before: the next batch is read and rendered while this one
+        drains, and at most two batches are held at once.
+        """
         await self._gate.wait()
+        self._flush()
 
     def _view(self) -> SelectedView:
         assert self.session is not None and self.session.view is not None
