@@ -22,8 +22,9 @@ Implementation notes
   once it has written the one before (:class:`_WriteGate`, a push producer
   the transport pauses), so the next batch is produced while one drains and
   memory stays bounded however large the mailbox.  SELECT and
-  ``FETCH (UID FLAGS RFC822.SIZE)`` read only the store's index; ENVELOPE and BODYSTRUCTURE come from the cached
-  metadata; only body sections read message files.
+  ``FETCH (UID FLAGS RFC822.SIZE)`` read only the store's index;
+  ENVELOPE and BODYSTRUCTURE come from the cached metadata; only body
+  sections read message files.
 * Timers: 30 minutes of silence once logged in (RFC 3501 section 5.4,
   including IDLE), :data:`PREAUTH_TIMEOUT` before.  Failed logins are slowed
   down by the shared :class:`txmail.auth.authenticator.Authenticator`.
