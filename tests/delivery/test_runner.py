@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -425,3 +426,168 @@ class XtextTests(SynchronousTestCase):
         self.assertEqual(xtext_decode("a+2Bb+3Dc"), "a+b=c")
         self.assertEqual(xtext_decode("plain"), "plain")
         self.assertEqual(xtext_decode("+C3+A9"), "é")
+
+
+@dataclass(frozen=True, slots=True)
+class DSNServerResult(TransactionResult):
+    """A result from a server that advertised DSN (RFC 3461 section 3)."""
+
+    dsn: bool = True
+
+
+class SuccessNoticeTests(RunnerTestCase):
+    """NOTIFY=SUCCESS (RFC 3461 sections 4.1 and 5.2): "relayed" and "delivered" notices."""
+
+    def notices(self) -> list[tuple[Envelope, email.message.Message]]:
+        return [(env, email.message_from_bytes(data)) for env, data in self.router.delivered]
+
+    def test_relayed_notice_for_server_without_dsn(self) -> None:
+        """A 2xx from a server without DSN: one "relayed" notice (section 5.2.2), then the entry goes."""
+        self.enqueue(
+            ["a@remote.test", "b@remote.test", "c@remote.test"],
+            mail_params={"ENVID": "env+2Bid"},
+            rcpt_params=(
+                {"NOTIFY": "SUCCESS,FAILURE", "ORCPT": "rfc822;A@remote.test"},
+                {"NOTIFY": "success"},
+                {"NOTIFY": "FAILURE"},
+            ),
+        )
+        self.pass_(self.runner())
+        [(envelope, msg)] = self.notices()
+        self.assertEqual((envelope.mail_from, envelope.rcpt_to), ("", ("alice@example.test",)))
+        self.assertEqual(msg["Subject"], "Delivery Status Notification (Success)")
+        report = next(p for p in msg.walk() if p.get_content_type() == "message/delivery-status")
+        text = report.as_string()
+        self.assertEqual(text.count("Action: relayed"), 2)
+        self.assertIn("Final-Recipient: rfc822;a@remote.test", text)
+        self.assertIn("Original-Recipient: rfc822;A@remote.test", text)
+        self.assertIn("Final-Recipient: rfc822;b@remote.test", text)
+        self.assertNotIn("c@remote.test", text)  # NOTIFY=FAILURE only
+        self.assertIn("Status: 2.0.0", text)
+        self.assertIn("Remote-MTA: dns; mx1.remote.test", text)
+        self.assertIn("Diagnostic-Code: smtp; 250 2.0.0 queued", text)
+        self.assertIn("Original-Envelope-Id: env+id", text)
+        self.assertNotIn("Action: failed", text)
+        self.assertEqual(self.entries(), [])
+
+    def test_no_notice_when_server_has_dsn(self) -> None:
+        """A server that advertised DSN got the NOTIFY and reports itself (section 5.2.1): none from us."""
+        self.smtp.behaviour = lambda host, rcpts: DSNServerResult(
+            Reply(220, "", "hi"), {r: ok() for r in rcpts}, Reply(250, "2.0.0", "queued"), None, False
+        )
+        self.enqueue(["a@remote.test"], rcpt_params=({"NOTIFY": "SUCCESS"},))
+        self.pass_(self.runner())
+        self.assertEqual(self.smtp.calls[0]["recipients"], [("a@remote.test", {"NOTIFY": "SUCCESS"})])
+        self.assertEqual(self.router.delivered, [])
+        self.assertEqual(self.entries(), [])
+
+    def test_no_notice_without_success(self) -> None:
+        """Without SUCCESS in NOTIFY (or with no NOTIFY at all) a delivery is not reported."""
+        self.enqueue(["a@remote.test", "b@remote.test"], rcpt_params=({"NOTIFY": "DELAY"},))
+        self.pass_(self.runner())
+        self.assertEqual(self.router.delivered, [])
+        self.assertEqual(self.entries(), [])
+
+    def test_null_sender_gets_no_notice(self) -> None:
+        """Never a notice to <> (RFC 5321 section 6.1), even with NOTIFY=SUCCESS; the entry goes."""
+        self.enqueue(["a@remote.test"], sender="", rcpt_params=({"NOTIFY": "SUCCESS"},))
+        self.pass_(self.runner())
+        self.assertEqual(self.router.delivered, [])
+        self.assertEqual(self.entries(), [])
+
+    def test_local_delivery_is_delivered(self) -> None:
+        """A queued local recipient delivered through the router: a "delivered" notice (section 5.2.3)."""
+        self.enqueue(["bob@example.test"], rcpt_params=({"NOTIFY": "SUCCESS"},))
+        self.pass_(self.runner())
+        [(copy, _), (envelope, data)] = self.router.delivered
+        self.assertEqual(copy.rcpt_to, ("bob@example.test",))
+        self.assertEqual(envelope.mail_from, "")
+        text = email.message_from_bytes(data).as_string()
+        self.assertIn("Action: delivered", text)
+        self.assertIn("Final-Recipient: rfc822;bob@example.test", text)
+        self.assertIn("Status: 2.0.0", text)
+        self.assertNotIn("Remote-MTA", text)
+        self.assertEqual(self.entries(), [])
+
+    def test_mixed_outcomes_two_notices(self) -> None:
+        """A failure and a success in one entry: one failure report and one success report."""
+        self.smtp.behaviour = lambda host, rcpts: transaction(
+            {r: Reply(550, "5.1.1", "no such user") if r.startswith("x") else ok() for r in rcpts}
+        )
+        self.enqueue(
+            ["x@remote.test", "y@remote.test"],
+            rcpt_params=({"NOTIFY": "SUCCESS,FAILURE"}, {"NOTIFY": "SUCCESS,FAILURE"}),
+        )
+        self.pass_(self.runner())
+        subjects = sorted(msg["Subject"] for _, msg in self.notices())
+        self.assertEqual(
+            subjects,
+            ["Delivery Status Notification (Failure)", "Delivery Status Notification (Success)"],
+        )
+        success = next(m for _, m in self.notices() if "Success" in m["Subject"]).as_string()
+        self.assertIn("Final-Recipient: rfc822;y@remote.test", success)
+        self.assertNotIn("x@remote.test", success.split("text/rfc822-headers")[0])
+        self.assertEqual(self.entries(), [])
+
+    def test_deferred_then_delivered_reports_success(self) -> None:
+        """After a 4xx the later 2xx is reported with the success reply, not the old error."""
+        replies = {"a@remote.test": Reply(451, "4.2.0", "try later")}
+        self.smtp.behaviour = lambda host, rcpts: transaction({r: replies[r] for r in rcpts})
+        qid = self.enqueue(["a@remote.test"], rcpt_params=({"NOTIFY": "SUCCESS"},))
+        runner = self.runner()
+        self.pass_(runner)
+        self.assertNotIn("success_sent", self.states(qid)["a@remote.test"])
+        self.assertEqual(self.router.delivered, [])
+        self.clock.advance(300)
+        replies["a@remote.test"] = ok()
+        self.pass_(runner)
+        [(_, msg)] = self.notices()
+        text = msg.as_string()
+        self.assertIn("Action: relayed", text)
+        self.assertIn("Status: 2.0.0", text)
+        self.assertNotIn("try later", text)
+
+    def test_recorded_flag_survives_restart(self) -> None:
+        """success_sent is kept in the entry: a restart does not send the notice again."""
+        qid = self.enqueue(["a@remote.test", "b@remote.test"], rcpt_params=({"NOTIFY": "SUCCESS"},))
+        self.smtp.behaviour = lambda host, rcpts: transaction(
+            {r: ok() if r.startswith("a") else Reply(451, "4.2.0", "later") for r in rcpts}
+        )
+        self.pass_(self.runner())
+        self.assertEqual(len(self.router.delivered), 1)
+        st = self.states(qid)["a@remote.test"]
+        self.assertEqual((st["success_action"], st["success_sent"]), ("relayed", True))
+
+        self.queue = SpoolQueue(self.dir, now=self.clock.seconds)  # "restart"
+        self.smtp.behaviour = lambda host, rcpts: transaction({r: ok() for r in rcpts})
+        runner = self.runner()
+        self.clock.advance(300)
+        self.pass_(runner)
+        self.assertEqual([r for r, _ in self.smtp.calls[-1]["recipients"]], ["b@remote.test"])
+        self.assertEqual(len(self.router.delivered), 1)  # b did not ask; a was reported before
+        self.assertEqual(self.entries(), [])
+
+    def test_pending_notice_sent_after_restart(self) -> None:
+        """A crash between delivery and notice: the next runner sends the notice, then deletes the entry."""
+        qid = self.enqueue(["a@remote.test"], rcpt_params=({"NOTIFY": "SUCCESS"},))
+        self.successResultOf(
+            self.queue.update_recipients(
+                qid,
+                {
+                    "a@remote.test": {
+                        "state": "delivered",
+                        "host": "mx1.remote.test",
+                        "reply": "250 2.0.0 queued",
+                        "status": "2.0.0",
+                        "success_action": "relayed",
+                        "success_sent": False,
+                    }
+                },
+            )
+        )
+        self.queue = SpoolQueue(self.dir, now=self.clock.seconds)
+        self.pass_(self.runner())
+        self.assertEqual(self.smtp.calls, [])
+        [(_, msg)] = self.notices()
+        self.assertIn("Action: relayed", msg.as_string())
+        self.assertEqual(self.entries(), [])

@@ -23,6 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 
+from tests._certs import make_certificate
 from tests._dns import start_dns_server
 from tests.e2e._server import maildir_files, start_server
 
@@ -152,6 +153,132 @@ class OutboundTests(TestCase):
         self.assertIn("Remote-MTA: dns; mx.remote.test", text)
         self.assertNotIn("rfc822;someone@remote.test", text)
         self.assertIn("Subject: partly", text)  # the original's header section
+
+
+class TLSVerifyTests(TestCase):
+    """
+    STARTTLS with certificate verification to a remote txmail instance.
+
+    The fake DNS points remote.test's MX ``mx.remote.test`` at 127.0.0.1;
+    the runner connects to the address and checks the certificate against
+    the MX host name (``tls_hostname`` = the MX name, RFC 7672 section 3.2.2
+    style name checks by service-identity), not against 127.0.0.1 (which
+    the test certificates also carry).  ``verify`` fails closed: a
+    certificate that does not verify stops the transaction before MAIL, so
+    nothing is sent in the clear and the recipient is deferred.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def start(self, cert_name: str = "mx.remote.test", trust: str = "same", **sender: Any) -> Any:
+        """
+        A remote with a certificate for *cert_name* from a fresh CA, and a
+        sender trusting that CA (*trust* ``"same"``) or another one
+        (``"other"``); *sender* are the sender's Settings overrides.
+        """
+        ca, cert, key = make_certificate(os.path.abspath(self.mktemp()), cert_name)
+        if trust == "other":
+            ca = make_certificate(os.path.abspath(self.mktemp()), cert_name)[0]
+        self.remote = yield start_server(
+            self,
+            hostname="mx.remote.test",
+            domains=["remote.test"],
+            outbound_enabled=False,
+            tls_cert=cert,
+            tls_key=key,
+        )
+        self.remote.directory.add_user("someone@remote.test", PASSWORD)
+        _, remote_port = self.remote.address("mta")
+        dns_host, dns_port = start_dns_server(
+            self,
+            {("remote.test", "MX"): [(10, "mx.remote.test")], ("mx.remote.test", "A"): ["127.0.0.1"]},
+        )
+        sender.setdefault("outbound_tls_policy", "verify")
+        self.sender = yield start_server(
+            self,
+            resolvers=[f"{dns_host}:{dns_port}"],
+            relay_port=remote_port,
+            outbound_enabled=True,
+            outbound_ca_file=ca,
+            **sender,
+        )
+        self.sender.directory.add_user("alice@example.test", PASSWORD)
+
+    def submit(self) -> defer.Deferred[Any]:
+        address = self.sender.address("submission")
+
+        def send() -> None:
+            with smtplib.SMTP(*address) as s:
+                s.login("alice@example.test", PASSWORD)
+                s.sendmail("alice@example.test", ["someone@remote.test"], b"Subject: secret\r\n\r\nhush\r\n")
+
+        return deferToThread(send)
+
+    def recipient_state(self) -> dict[str, Any] | None:
+        entries = self.successResultOf(self.sender.queue.list_entries())
+        return entries[0].recipients["someone@remote.test"] if entries else None
+
+    def queue_empty(self) -> bool:
+        return self.successResultOf(self.sender.queue.list_entries()) == []
+
+    @defer.inlineCallbacks
+    def assert_fails_closed(self) -> Any:
+        yield self.submit()
+        yield wait_for(lambda: (self.recipient_state() or {}).get("state") == "deferred")
+        st = self.recipient_state()
+        assert st is not None
+        self.assertEqual(st["attempts"], 1)
+        self.assertIn("TLS", st["last_error"])
+        self.assertTrue(st["status"].startswith("4."), st["status"])
+        # Nothing went over in the clear: the remote has no message at all.
+        self.assertEqual(maildir_files(self.remote, "someone@remote.test"), [])
+        self.assertEqual(maildir_files(self.remote, "someone@remote.test", "tmp"), [])
+        self.assertEqual(maildir_files(self.sender, "alice@example.test"), [])  # no bounce yet
+        return st
+
+    @defer.inlineCallbacks
+    def test_verify_delivers_over_starttls(self) -> Any:
+        """A certificate for the MX name from the trusted CA: delivered, the remote says ESMTPS."""
+        yield self.start()
+        yield self.submit()
+        yield wait_for(lambda: maildir_files(self.remote, "someone@remote.test") != [])
+        yield wait_for(self.queue_empty)
+        [path] = maildir_files(self.remote, "someone@remote.test")
+        with open(path, "rb") as f:
+            msg = email.message_from_bytes(f.read())
+        received = " ".join(msg.get_all("Received")[0].split())
+        self.assertIn("by mx.remote.test", received)
+        self.assertIn("with ESMTPS", received)  # RFC 3848: ESMTP over TLS
+        self.assertEqual(msg["Subject"], "secret")
+
+    @defer.inlineCallbacks
+    def test_untrusted_ca_fails_closed(self) -> Any:
+        """A certificate from a CA the sender does not trust: deferred with a TLS error, nothing sent."""
+        yield self.start(trust="other")
+        st = yield self.assert_fails_closed()
+        self.assertEqual(st["host"], "mx.remote.test")
+
+    @defer.inlineCallbacks
+    def test_wrong_name_fails_closed_per_domain_policy(self) -> Any:
+        """A per-domain ``verify`` (default opportunistic) refuses a certificate for another name."""
+        yield self.start(
+            cert_name="mail.elsewhere.test",
+            outbound_tls_policy="opportunistic",
+            outbound_tls_policies={"remote.test": "verify"},
+        )
+        yield self.assert_fails_closed()
+
+    @defer.inlineCallbacks
+    def test_opportunistic_accepts_unverified(self) -> Any:
+        """The contrast: ``opportunistic`` takes the same unverifiable certificate and still uses TLS."""
+        yield self.start(cert_name="mail.elsewhere.test", trust="other", outbound_tls_policy="opportunistic")
+        yield self.submit()
+        yield wait_for(lambda: maildir_files(self.remote, "someone@remote.test") != [])
+        [path] = maildir_files(self.remote, "someone@remote.test")
+        with open(path, "rb") as f:
+            msg = email.message_from_bytes(f.read())
+        self.assertIn("with ESMTPS", " ".join(msg.get_all("Received")[0].split()))
 
 
 class RetryTests(TestCase):

@@ -259,6 +259,7 @@ class TransactionTests(SynchronousTestCase):
         )
         self.assertEqual(result.reply_for("b@remote.test"), Reply(450, "4.2.0", "b later"))
         self.assertEqual(result.reply_for("a@remote.test"), Reply(250, "2.0.0", "queued"))
+        self.assertTrue(result.dsn)  # EHLO_FULL advertises DSN
 
     def test_without_pipelining_one_command_at_a_time(self) -> None:
         """Without PIPELINING each command waits for the previous reply; refused RCPTs don't stop the others."""

@@ -45,8 +45,16 @@ One pass:
    quoted (RFC 3461 sections 4.3, 4.4); ORCPT becomes Original-Recipient.
    ``dsn_sent`` / ``delay_notice_sent`` are written after the notice is
    handed to the router, so a crash in between sends it twice at worst.
-6. An entry with no recipient pending or deferred and every failure
-   notified is deleted.
+   Success notices (NOTIFY=SUCCESS) follow RFC 3461 section 5.2: a
+   recipient relayed to a server that advertised DSN gets none from us (the
+   NOTIFY went along with it, section 5.2.1: the notification is that
+   server's job now); relayed to one that did not, a ``relayed`` notice
+   (section 5.2.2); delivered through the router, a ``delivered`` one
+   (section 5.2.3).  When a recipient wanting one is delivered its state
+   records ``success_action`` and ``success_sent: false``; the flag turns
+   true once the notice is handed to the router (or when the sender is null).
+6. An entry with no recipient pending or deferred, every failure notified
+   and every wanted success notice sent is deleted.
 
 Restart safety: all of the above lives in the entry's JSON (written
 durably by :meth:`~txmail.delivery.queue.SpoolQueue.update_recipients`
@@ -57,7 +65,10 @@ message may be sent twice but is never lost.
 DSN parameters: ``NOTIFY``/``ORCPT`` of each recipient and ``RET``/
 ``ENVID`` of the envelope are passed on to servers that advertise DSN (the
 SMTP client decides, RFC 3461 section 4); values are as received (xtext)
-and are decoded for the notices we write ourselves.
+and are decoded for the notices we write ourselves.  Whether the server
+advertised DSN is read from the result's ``dsn`` attribute; a result
+without one counts as a server without DSN (a ``relayed`` notice: at worst
+the sender hears of a success twice, never not at all).
 """
 
 from __future__ import annotations
@@ -302,7 +313,9 @@ class QueueRunner(service.Service):
             await self.queue.update_recipients(entry.queue_id, changes)
         await self._notify(entry)
         if not any(st.get("state") in _OPEN for st in entry.recipients.values()) and all(
-            st.get("dsn_sent") or st.get("state") != "failed" for st in entry.recipients.values()
+            (st.get("dsn_sent") or st.get("state") != "failed")
+            and (st.get("success_sent") is not False or st.get("state") != "delivered")
+            for st in entry.recipients.values()
         ):
             await self.queue.delete_entry(entry.queue_id)
             self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
@@ -365,7 +378,10 @@ class QueueRunner(service.Service):
                     "state": "delivered",
                     "attempts": attempts,
                     "last_attempt": now,
+                    "next_attempt": None,
                     "reply": reply,
+                    "status": "2.0.0",
+                    **self._success_fields(entry, rcpt, "delivered"),
                 }
             else:
                 changes[rcpt] = self._temporary(entry, st, attempts, now, reply, None, "4.3.0")
@@ -493,6 +509,11 @@ class QueueRunner(service.Service):
                     "status": code,
                     "next_attempt": None,
                 }
+                # RFC 3461 section 5.2.1: a server that advertised DSN got the
+                # NOTIFY and reports success itself; section 5.2.2: for one that
+                # did not, our responsibility ends here ("relayed").
+                if not result.dsn:
+                    changes[rcpt].update(self._success_fields(entry, rcpt, "relayed"))
             elif status == "permanent":
                 changes[rcpt] = self._failed(attempts[rcpt], now, text, last_host, code)
             else:
@@ -500,6 +521,12 @@ class QueueRunner(service.Service):
                     entry, entry.recipients[rcpt], attempts[rcpt], now, text, last_host, code
                 )
         return changes
+
+    def _success_fields(self, entry: QueueEntry, rcpt: str, action: str) -> dict[str, Any]:
+        """State fields that ask for a success notice of *action*, if the recipient's NOTIFY wants one."""
+        if not notify_wants(self._notify_param(entry, rcpt), action):
+            return {}
+        return {"success_action": action, "success_sent": False}
 
     @staticmethod
     def _failed(attempts: int, now: float, error: str, host: str | None, status: str) -> dict[str, Any]:
@@ -571,22 +598,42 @@ class QueueRunner(service.Service):
             await self.queue.update_recipients(
                 entry.queue_id, {r: {"delay_notice_sent": True} for r in delayed}
             )
+        # RFC 3461 section 4.1 NOTIFY=SUCCESS: the wish was recorded when the
+        # recipient was delivered (_success_fields), with the action to report.
+        succeeded = [
+            r
+            for r, st in entry.recipients.items()
+            if st.get("state") == "delivered" and st.get("success_sent") is False
+        ]
+        if succeeded:
+            if should_bounce(env.mail_from):
+                await self._send_notice(entry, succeeded, "success", now)
+            await self.queue.update_recipients(entry.queue_id, {r: {"success_sent": True} for r in succeeded})
 
     def _notify_param(self, entry: QueueEntry, rcpt: str) -> str | None:
         return self._rcpt_params(entry, rcpt).get("NOTIFY")
 
-    async def _send_notice(self, entry: QueueEntry, rcpts: list[str], action: str, now: float) -> None:
+    async def _send_notice(self, entry: QueueEntry, rcpts: list[str], kind: str, now: float) -> None:
+        """
+        One DSN about *rcpts* to the envelope sender, through the router.
+        *kind* is ``failed``, ``delayed`` or ``success`` (each recipient's
+        action is then its ``success_action``: ``delivered`` or ``relayed``).
+        """
         env = entry.envelope
         statuses = []
         for rcpt in rcpts:
             st = entry.recipients[rcpt]
             orcpt = self._rcpt_params(entry, rcpt).get("ORCPT")
+            action = (st.get("success_action") or "delivered") if kind == "success" else kind
+            status = st.get("status") or {"failed": "5.0.0", "delayed": "4.0.0"}.get(kind, "2.0.0")
+            if kind == "success" and not status.startswith("2"):
+                status = "2.0.0"  # RFC 3464 section 2.3.4: a 2.X.X status for delivered/relayed
             statuses.append(
                 RecipientStatus(
                     recipient=rcpt,
                     action=action,
-                    status=st.get("status") or ("5.0.0" if action == "failed" else "4.0.0"),
-                    diagnostic=st.get("last_error"),
+                    status=status,
+                    diagnostic=st.get("reply") if kind == "success" else st.get("last_error"),
                     remote_mta=st.get("host"),
                     original_recipient=xtext_decode(orcpt) if orcpt else None,
                     last_attempt=st.get("last_attempt"),
@@ -630,7 +677,7 @@ class QueueRunner(service.Service):
         self.log.info(
             "{queue_id}: {action} notice for {rcpts} to <{sender}>: {outcome}",
             queue_id=entry.queue_id,
-            action=action,
+            action=kind,
             rcpts=", ".join(rcpts),
             sender=env.mail_from,
             outcome="sent" if ok else "could not be sent",

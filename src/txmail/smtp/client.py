@@ -194,6 +194,8 @@ class TransactionResult:
             logs and DSNs (never holds the password), or ``None``.
         temporary: *error* is a temporary failure (retry later).
         tls: the transaction ran over TLS.
+        dsn: the server advertised DSN (RFC 3461), so NOTIFY went along with
+            the message and the notices are its business from here on.
     """
 
     greeting_reply: Reply | None
@@ -202,6 +204,7 @@ class TransactionResult:
     error: str | None
     temporary: bool
     tls: bool = False
+    dsn: bool = False
 
     def status(self, recipient: str) -> str:
         """
@@ -827,6 +830,7 @@ class ClientSession:
             error=self._error,
             temporary=self._temporary,
             tls=self.tls,
+            dsn="DSN" in self.extensions,
         )
         self._events.append(TransactionDone(self.result))
 
