@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from txmail.auth import sasl
 
-__all__ = ["MAX_AUTH_LINE", "LineSession"]
+__all__ = ["MAX_AUTH_LINE", "LineSession", "SessionCore"]
 
 #: RFC 4954 section 4: AUTH command and response lines may be up to 12288
 #: octets (POP3 uses the same limit for RFC 5034 AUTH).
@@ -57,7 +57,71 @@ EventT = TypeVar("EventT")
 ReplyT = TypeVar("ReplyT")
 
 
-class LineSession(ABC, Generic[EventT, ReplyT]):
+class SessionCore(Generic[EventT]):
+    """
+    What every sans-IO server session has, line-based or not (IMAP frames
+    its own input): the output buffer, the event queue, pausing on an event
+    that needs a decision, and the bytes received after STARTTLS.
+
+    Subclasses set ``CLOSED_STATE`` (the value of ``state`` once the session
+    ended) and ``state``, and write with :meth:`_write`.
+    """
+
+    CLOSED_STATE: ClassVar[Any]
+    state: Any
+
+    def __init__(self) -> None:
+        self._out: list[bytes] = []  # joined once by data_to_send
+        self._events: deque[EventT] = deque()
+        self._pending: EventT | None = None
+        self._trailing = bytearray()
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes to write to the client."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def paused(self) -> bool:
+        """An event awaits an answer (``accept``/``reject``...)."""
+        return self._pending is not None
+
+    @property
+    def closed(self) -> bool:
+        """The session ended; close the connection after writing what is left."""
+        return self.state is self.CLOSED_STATE
+
+    @property
+    def trailing_data(self) -> bytes:
+        """
+        Bytes received after STARTTLS/STLS and before the handshake.  The
+        adapter must discard them (they are dropped by ``accept``).
+        """
+        return bytes(self._trailing)
+
+    def _write(self, data: bytes) -> None:
+        """Queue *data* for the client."""
+        if data:
+            self._out.append(data)
+
+    def _emit(self, event: EventT) -> None:
+        self._events.append(event)
+        if event.needs_decision:  # type: ignore[attr-defined]
+            self._pending = event
+
+    def _take_pending(self) -> EventT:
+        """The pending event, now decided; raise RuntimeError when there is none."""
+        event = self._pending
+        if event is None:
+            raise RuntimeError("no event is waiting for a decision")
+        if event in self._events:
+            raise RuntimeError("the pending event was not returned by next_event() yet")
+        self._pending = None
+        return event
+
+
+class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
     """
     Base class of a sans-IO server session reading CRLF-terminated command
     lines.
@@ -146,6 +210,7 @@ class LineSession(ABC, Generic[EventT, ReplyT]):
     ) -> None:
         if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
             raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
+        SessionCore.__init__(self)
         self.tls_available = tls_available and not tls_active
         self.tls = tls_active
         self.plaintext_auth = plaintext_auth
@@ -155,10 +220,6 @@ class LineSession(ABC, Generic[EventT, ReplyT]):
         self._inbuf = bytearray()
         self._scanned = 0  # octets of _inbuf known to hold no CRLF
         self._discarding_line = False
-        self._out = bytearray()
-        self._events: deque[EventT] = deque()
-        self._pending: EventT | None = None
-        self._trailing = bytearray()
         self._sasl: sasl.SASLServer | None = None
 
     # -- public API ------------------------------------------------------------
@@ -188,30 +249,6 @@ class LineSession(ABC, Generic[EventT, ReplyT]):
         if not self._events:
             return None
         return self._events.popleft()
-
-    def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes to write to the client."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    @property
-    def paused(self) -> bool:
-        """An event awaits ``accept`` or ``reject``."""
-        return self._pending is not None
-
-    @property
-    def closed(self) -> bool:
-        """The session ended; close the connection after writing what is left."""
-        return self.state is self.CLOSED_STATE
-
-    @property
-    def trailing_data(self) -> bytes:
-        """
-        Bytes received after STARTTLS/STLS and before the handshake.  The
-        adapter must discard them (they are dropped by ``accept``).
-        """
-        return bytes(self._trailing)
 
     def timeout(self) -> None:
         """The adapter's timer expired: answer ``TIMEOUT_REPLY`` and close."""
@@ -247,21 +284,6 @@ class LineSession(ABC, Generic[EventT, ReplyT]):
         """Protocol errors tolerated before closing."""
 
     # -- output and events -------------------------------------------------------
-
-    def _emit(self, event: EventT) -> None:
-        self._events.append(event)
-        if event.needs_decision:  # type: ignore[attr-defined]
-            self._pending = event
-
-    def _take_pending(self) -> EventT:
-        """The pending event, now decided; raise RuntimeError when there is none."""
-        event = self._pending
-        if event is None:
-            raise RuntimeError("no event is waiting for a decision")
-        if event in self._events:
-            raise RuntimeError("the pending event was not returned by next_event() yet")
-        self._pending = None
-        return event
 
     def _protocol_error(self, reply: ReplyT) -> None:
         """Answer a client error, counting it; too many close the session."""

@@ -49,10 +49,10 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from txmail._session import SessionCore
 from txmail.auth import sasl
 from txmail.imap import serialize
 from txmail.imap.events import (
@@ -164,7 +164,7 @@ _BASE_CAPABILITIES = (
 IMPLEMENTATION = "txmail"
 
 
-class IMAPSession:
+class IMAPSession(SessionCore[Event]):
     """
     One IMAP connection's protocol state, fed bytes and answering with bytes
     and events (see the module docstring).
@@ -186,6 +186,8 @@ class IMAPSession:
         bad_commands: protocol errors so far.
     """
 
+    CLOSED_STATE = State.LOGOUT
+
     def __init__(
         self,
         *,
@@ -206,17 +208,14 @@ class IMAPSession:
         self.loopback = loopback
         self.version = version
         self._sasl_factory = sasl_factory
+        SessionCore.__init__(self)
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: SelectedView | None = None
         self.bad_commands = 0
         self._framer = self._new_framer()
-        self._out: list[bytes] = []  # joined once by data_to_send (FETCH queues megabytes)
-        self._events: deque[Event] = deque()
-        self._pending: Event | None = None
         self._tag: str | None = None  # of the command being answered
         self._command: Command | None = None
-        self._trailing = bytearray()
         self._sasl: sasl.SASLServer | None = None
         self._idling = False
         self._write(
@@ -251,31 +250,10 @@ class IMAPSession:
             self._frame(frame)
         return self._events.popleft() if self._events else None
 
-    def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes to write to the client."""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
-
-    @property
-    def paused(self) -> bool:
-        """An event awaits an answer."""
-        return self._pending is not None
-
-    @property
-    def closed(self) -> bool:
-        """The session ended: close after writing what is left."""
-        return self.state is State.LOGOUT
-
     @property
     def idling(self) -> bool:
         """An IDLE command is in progress (RFC 2177)."""
         return self._idling
-
-    @property
-    def trailing_data(self) -> bytes:
-        """Bytes received after STARTTLS, before the handshake (dropped by ``accept``)."""
-        return bytes(self._trailing)
 
     @property
     def pending_command(self) -> Command | None:
@@ -392,26 +370,8 @@ class IMAPSession:
 
     # -- internals -------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        if data:
-            self._out.append(data)
-
     def _complete(self, tag: str, status: str, text: str, code: str | None = None) -> None:
         self._write(serialize.tagged(tag, status, text, code))
-
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
-        if event.needs_decision:
-            self._pending = event
-
-    def _take_pending(self) -> Event:
-        event = self._pending
-        if event is None:
-            raise RuntimeError("no event is waiting for an answer")
-        if event in self._events:
-            raise RuntimeError("the pending event was not returned by next_event() yet")
-        self._pending = None
-        return event
 
     def _flush_updates(self, *, allow_expunge: bool) -> None:
         if self.view is not None:

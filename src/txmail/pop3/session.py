@@ -384,19 +384,19 @@ class POP3Session(LineSession[Event, Response]):
     # -- output and events -----------------------------------------------------
 
     def _send(self, response: Response) -> None:
-        self._out += response.to_bytes()
+        self._write(response.to_bytes())
 
     def _send_multiline(self, first: Response, lines: list[str]) -> None:
-        self._out += first.to_bytes()
+        self._write(first.to_bytes())
         for line in lines:
             if line.startswith("."):
                 line = "." + line
-            self._out += line.encode() + b"\r\n"
-        self._out += b".\r\n"
+            self._write(line.encode() + b"\r\n")
+        self._write(b".\r\n")
 
     def _challenge(self, data: bytes) -> None:
         # RFC 5034 section 4: "+" SP base64 (an empty challenge is "+ ").
-        self._out += b"+ " + sasl.encode_challenge(data) + b"\r\n"
+        self._write(b"+ " + sasl.encode_challenge(data) + b"\r\n")
 
     def _max_line_length(self) -> int:
         return self.max_line_length

@@ -544,7 +544,7 @@ class ServerSession(LineSession[Event, Reply]):
     # -- output and events ---------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
-        self._out += reply.to_bytes()
+        self._write(reply.to_bytes())
 
     def _tx(self) -> MailTransaction:
         assert self.transaction is not None
