@@ -408,8 +408,8 @@ class POP3ServerProtocol(SessionProtocol):
         encoder = MessageEncoder(event.body_lines)
         body = encoder.feed(data) + encoder.finish()
         self.session.accept()
-        self._flush()  # the +OK line goes first
-        self._transport.write(body)
+        out = self.session.data_to_send()  # the +OK line goes first
+        self._write_out(out + body)
         return True
 
     # -- UPDATE --
