@@ -152,6 +152,21 @@ class ExampleSessionTests(SessionTestCase):
         _, events, _ = self.exchange(self.login() + b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
         self.assertIn(Update(deleted=(3,), seen=()), events)
 
+    def test_retrieve_accepted_with_the_message(self) -> None:
+        """accept(encoded) queues the message right after its +OK, before the next reply (pipelining)."""
+
+        def decide(session: POP3Session, event: Event) -> None:
+            if isinstance(event, Retrieve):
+                session.accept(b"body of %d\r\n.\r\n" % event.uid)
+            else:
+                accept_all(session, event)
+
+        _, _, out = self.exchange(self.login() + b"RETR 1\r\nRETR 2\r\nNOOP\r\n", decide)
+        self.assertTrue(
+            out.endswith(b"+OK 120 octets\r\nbody of 3\r\n.\r\n+OK 200 octets\r\nbody of 5\r\n.\r\n+OK\r\n"),
+            out,
+        )
+
     def test_quit_in_authorization_has_no_update(self) -> None:
         """QUIT before login closes at once, without an Update event."""
         _, events, out = self.exchange(b"QUIT\r\n")

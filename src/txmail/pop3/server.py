@@ -389,8 +389,9 @@ class POP3ServerProtocol(SessionProtocol):
         """
         Answer RETR/TOP of a message of at most one chunk at once, when the
         store has it at hand (the Maildir store reads small files inline):
-        ``+OK`` and the encoded message in one write, no producer, no pause
-        of the transport.  ``False`` leaves it to the streaming path (which
+        ``+OK`` and the encoded message are queued in the session and go out
+        with the other replies of this turn (pipelined RETRs in one write),
+        no producer, no pause of the transport.  ``False`` leaves it to the streaming path (which
         also reports a missing message).
         """
         assert self.session is not None and self.mailbox is not None
@@ -407,9 +408,7 @@ class POP3ServerProtocol(SessionProtocol):
             return False
         encoder = MessageEncoder(event.body_lines)
         body = encoder.feed(data) + encoder.finish()
-        self.session.accept()
-        out = self.session.data_to_send()  # the +OK line goes first
-        self._write_out(out + body)
+        self.session.accept(body)  # written with whatever else this turn answers
         return True
 
     # -- UPDATE --

@@ -310,7 +310,12 @@ class POP3Session(LineSession[Event, Response]):
         Args:
             result: for ``PasswordCheck``, the canonical user; for
                 ``AuthStep``, the authenticator's Challenge, Succeeded or
-                Failed; for ``Login``, the :class:`Maildrop`; unused otherwise.
+                Failed; for ``Login``, the :class:`Maildrop`; for
+                ``Retrieve``, optionally the whole encoded message
+                (:class:`MessageEncoder` output, terminator included) to
+                queue right after the ``+OK`` line, when the application
+                has it at hand (else it streams the message itself);
+                unused otherwise.
 
         Raises:
             RuntimeError: no event is pending (the caller's mistake).
@@ -337,6 +342,9 @@ class POP3Session(LineSession[Event, Response]):
                 self._send(Response(True, f"{event.size} octets"))
             else:
                 self._send(Response(True, "Top of message follows"))
+            if isinstance(result, bytes):
+                # Pipelined RETRs then leave in one write (RFC 2449 PIPELINING).
+                self._write(result)
         elif isinstance(event, StartTLS):
             self._send(Response(True, "Begin TLS negotiation"))
             self._tls_accepted()
