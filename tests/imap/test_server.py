@@ -414,3 +414,30 @@ class SelectedStateTests(ServerTestCase):
         self.send(proto, transport, b"a1 STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")
         self.assertEqual(self.send(proto, transport, b"c1 CLOSE\r\n"), b"c1 OK CLOSE completed\r\n")
         self.assertEqual([i.uid for i in self.successResultOf(self.mailbox.list_messages())], [self.uids[1]])
+
+
+class TakingTurnsTests(ServerTestCase):
+    def test_long_fetch_lets_other_connections_in(self) -> None:
+        """
+        A FETCH over more than one batch gives the reactor a turn between
+        batches: another connection is answered before the FETCH ends.
+        """
+        from txmail.imap.server import BATCH
+
+        for n in range(BATCH * 2):
+            self.successResultOf(self.mailbox.append(b"Subject: %d\r\n\r\nbody\r\n" % n))
+        proto, transport = self.login()
+        other, other_transport = self.connect()
+        out = self.send(proto, transport, b"f1 FETCH 1:* (UID)\r\n")
+        self.assertEqual(out.count(b" FETCH (UID "), BATCH)
+        self.assertNotIn(b"f1 OK", out)
+        # The other client is served while the FETCH waits for its turn.
+        self.assertEqual(self.send(other, other_transport, b"c1 NOOP\r\n"), b"c1 OK NOOP completed\r\n")
+        transport.clear()
+        for _ in range(10):
+            if b"f1 OK" in transport.value():
+                break
+            self.clock.advance(0)
+        total = BATCH * 2 + len(self.uids)
+        self.assertEqual(out.count(b" FETCH (UID ") + transport.value().count(b" FETCH (UID "), total)
+        self.assertTrue(transport.value().endswith(b"f1 OK FETCH completed\r\n"))

@@ -18,7 +18,8 @@ Implementation notes
   messages are claimed for ``\\Recent`` by the first session that hears of
   them (:meth:`txmail.interfaces.IMailbox.claim_recent`).
 * Long responses (FETCH, SEARCH over a big mailbox) are produced in
-  batches of :data:`BATCH` messages; a batch is handed to the transport
+  batches of :data:`BATCH` messages, with a turn of the reactor between
+  two batches so that other connections are served meanwhile; a batch is handed to the transport
   once it has written the one before (:class:`_WriteGate`, a push producer
   the transport pauses), so the next batch is produced while one drains and
   memory stays bounded however large the mailbox.  SELECT and
@@ -348,6 +349,17 @@ class IMAPServerProtocol(SessionProtocol):
         await self._gate.wait()
         self._flush()
 
+    async def _take_turns(self) -> None:
+        """
+        Let the reactor run once between two batches of a long FETCH or
+        SEARCH: a store that answers at once (small files read inline) would
+        otherwise keep every other connection waiting until the whole
+        mailbox was done.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self.factory.clock.callLater(0, d.callback, None)
+        await d
+
     def _view(self) -> SelectedView:
         assert self.session is not None and self.session.view is not None
         return self.session.view
@@ -616,7 +628,9 @@ class IMAPServerProtocol(SessionProtocol):
         needs = fetch_needs(args.items)
         mark_seen = needs.sets_seen and not view.read_only
         shows_flags = any(item.name == "FLAGS" for item in args.items)
-        for batch in _chunks(targets, BATCH):
+        for n, batch in enumerate(_chunks(targets, BATCH)):
+            if n:
+                await self._take_turns()
             uids = [u for _, u in batch]
             infos = {i.uid: i for i in await defer.maybeDeferred(mailbox.list_messages, uids)}
             seen_now: set[int] = set()
@@ -719,7 +733,9 @@ class IMAPServerProtocol(SessionProtocol):
         ctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
         found: list[int] = []
         pairs = list(enumerate(view.uids, 1))
-        for batch in _chunks(pairs, BATCH * 4):
+        for n, batch in enumerate(_chunks(pairs, BATCH * 4)):
+            if n:
+                await self._take_turns()
             uids = [u for _, u in batch]
             infos = {i.uid: i for i in await defer.maybeDeferred(mailbox.list_messages, uids)}
             metadata = await defer.maybeDeferred(mailbox.get_metadata, uids) if needs.metadata else {}
