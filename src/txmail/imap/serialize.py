@@ -210,17 +210,28 @@ def envelope(env: tuple[Any, ...]) -> bytes:
         env-from = "(" 1*address ")" / nil        ; likewise the other lists
         address  = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"
 
-    Unlike :func:`txmail.imap.envelope`, which puts a space between
-    the addresses of a list, the addresses follow each other directly, as
-    ``1*address`` says (strict parsers such as imap-codec's refuse the space).
+    The addresses of a list follow each other without a space, as
+    ``1*address`` says (strict parsers such as imap-codec's refuse the
+    space).  Equal address lists (sender and reply-to default to from) are
+    written once and reused.
     """
     out = []
+    lists: dict[Any, bytes] = {}
     for i, member in enumerate(env):
         if 2 <= i <= 7 and isinstance(member, tuple | list):
-            out.append(b"(" + b"".join(paren_list(a, "latin-1") for a in member) + b")")
+            key = tuple(member) if isinstance(member, list) else member
+            rendered = lists.get(key)
+            if rendered is None:
+                rendered = lists[key] = b"(" + b"".join([_address(a) for a in member]) + b")"
+            out.append(rendered)
         else:
             out.append(value(member, "latin-1"))
     return b"(" + b" ".join(out) + b")"
+
+
+def _address(address: Any) -> bytes:
+    """``address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"`` (NIL for None)."""
+    return b"(" + b" ".join([NIL if x is None else string(x, "latin-1") for x in address]) + b")"
 
 
 def body_structure(body: tuple[Any, ...]) -> bytes:
