@@ -544,7 +544,15 @@ class SerialisationTests(SynchronousTestCase):
 
     def test_damaged_cache(self) -> None:
         """Damaged cache data raises ValueError."""
-        for data in (b"", b"[", b"{}", b"[2,0,[],[],[],0]", b'[1,"x",[],[],[],0]'):
+        for data in (
+            b"",
+            b"[",
+            b"{}",
+            b"[2,0,[],[],[],0]",
+            b'[1,"x",[],[],[],0]',
+            b"[1,0,[1,2],[],[],0]",  # header fields that are not pairs
+            b"[1,0,[],[null,null,[1]],[],0]",  # an address list of non-lists
+        ):
             self.assertRaises(ValueError, decode_metadata, data)
 
 

@@ -1063,10 +1063,18 @@ def decode_metadata(data: bytes) -> MessageMetadata:
         or not isinstance(body_structure, list)
     ):
         raise ValueError("not encoded message metadata")
+    try:
+        # The known shapes, converted by C loops: header fields are [name,
+        # value] pairs; the envelope's members are strings, None or lists of
+        # 4-member address lists.
+        header_pairs = tuple(map(tuple, headers))
+        env = tuple([tuple(map(tuple, m)) if type(m) is list else m for m in envelope])
+    except TypeError as e:
+        raise ValueError("not encoded message metadata") from e
     return MessageMetadata(
         header_size=header_size,
-        headers=_tuples(headers),
-        envelope=_tuples(envelope),
+        headers=header_pairs,
+        envelope=env,
         body_structure=_tuples(body_structure),
         lines=lines,
     )
