@@ -292,6 +292,7 @@ def build_service(
         run_blocking=run_blocking,
         primary_domain=settings.primary_domain,
         hooks=delivery_hook,
+        hostname=settings.hostname,
     )
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from twisted.internet import defer
@@ -156,7 +157,9 @@ class RouterTests(SynchronousTestCase):
         """Remote recipients and remote alias targets go into one queue entry."""
         report = self.successResultOf(
             self.router.deliver(
-                self.envelope("someone@else.test", "fwd@example.test", "alice@example.test", user="alice@example.test"),
+                self.envelope(
+                    "someone@else.test", "fwd@example.test", "alice@example.test", user="alice@example.test"
+                ),
                 self.message,
             )
         )
@@ -194,3 +197,59 @@ class RouterTests(SynchronousTestCase):
         gone = report.results[1]
         self.assertEqual((gone.ok, gone.temporary), (False, False))
         self.assertTrue(report.results[0].ok)
+
+
+class SuccessNoticeTests(SynchronousTestCase):
+    """RFC 3461 NOTIFY=SUCCESS for mail delivered into a local mailbox straight from SMTP."""
+
+    setUp = RouterTests.setUp
+    inbox = RouterTests.inbox
+
+    def envelope_with(
+        self, sender: str, rcpts: dict[str, dict[str, str | None]], **params: str | None
+    ) -> Envelope:
+        return Envelope(
+            sender,
+            tuple(rcpts),
+            mail_params=dict(params),
+            rcpt_params=tuple(rcpts.values()),
+            message_id="T2",
+            received_at=1_700_000_000.0,
+        )
+
+    def test_delivered_notice_to_a_local_sender(self) -> None:
+        """bob asked NOTIFY=SUCCESS for alice: bob gets one 'delivered' DSN; alice gets the message."""
+        from email import message_from_bytes
+
+        envelope = self.envelope_with(
+            "bob@example.test",
+            {"alice@example.test": {"NOTIFY": "SUCCESS,FAILURE", "ORCPT": "rfc822;alice+x@example.test"}},
+            ENVID="id+2B1",
+        )
+        report = self.successResultOf(self.router.deliver(envelope, self.message))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+        (notice,) = self.inbox("bob@example.test")
+        parsed = message_from_bytes(notice)
+        self.assertEqual(parsed.get_content_type(), "multipart/report")
+        status = notice.decode("utf-8", "replace")
+        self.assertIn("Action: delivered", status)
+        self.assertIn("Status: 2.0.0", status)
+        self.assertIn("Original-Recipient: rfc822;alice+x@example.test", status)
+        self.assertIn("Original-Envelope-Id: id+1", status)
+        self.assertNotIn("Hello.", status)  # headers only, never the content
+
+    def test_no_notice_without_success_or_for_null_sender(self) -> None:
+        """No NOTIFY, NOTIFY=FAILURE, or the null sender: no notice."""
+        for sender, notify in (("bob@example.test", None), ("bob@example.test", "FAILURE"), ("", "SUCCESS")):
+            envelope = self.envelope_with(sender, {"alice@example.test": {"NOTIFY": notify}})
+            self.assertTrue(self.successResultOf(self.router.deliver(envelope, self.message)).all_ok)
+        self.assertEqual(self.inbox("bob@example.test"), [])
+        self.assertEqual(len(self.inbox("alice@example.test")), 3)
+
+    def test_queued_recipient_left_to_the_runner(self) -> None:
+        """A remote recipient goes to the queue; its success notice is the queue runner's to send."""
+        envelope = self.envelope_with("bob@example.test", {"someone@remote.test": {"NOTIFY": "SUCCESS"}})
+        envelope = dataclasses.replace(envelope, authenticated_user="bob@example.test")
+        self.assertTrue(self.successResultOf(self.router.deliver(envelope, self.message)).all_ok)
+        self.assertEqual(self.inbox("bob@example.test"), [])

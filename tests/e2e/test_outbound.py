@@ -144,6 +144,7 @@ class OutboundTests(TestCase):
         with open(path, "rb") as f:
             msg = email.message_from_bytes(f.read())
         self.assertEqual(msg["From"], "Mail Delivery System <MAILER-DAEMON@mx.example.test>")
+        self.assertEqual(msg["Return-Path"], "<>")  # RFC 5321 section 4.4, the null reverse-path
         self.assertIn("Failure", msg["Subject"])
         self.assertEqual(msg.get_content_type(), "multipart/report")
         text = msg.as_string()

@@ -362,6 +362,36 @@ class ReceiveTests(TestCase):
         return deferToThread(probe).addCallback(check)
 
 
+class SuccessNoticeTests(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield start_server(self)
+        self.server.directory.add_user("alice@example.test", PASSWORD)
+        self.server.directory.add_user("bob@example.test", PASSWORD)
+
+    @defer.inlineCallbacks
+    def test_notify_success_for_local_delivery(self) -> Any:
+        """RFC 3461: RCPT NOTIFY=SUCCESS to a local user gives the (local) sender a 'delivered' DSN."""
+
+        def send() -> None:
+            with smtplib.SMTP(*self.server.address("mta")) as s:
+                s.ehlo()
+                s.mail("bob@example.test", options=["ENVID=trip-42"])
+                s.rcpt("alice@example.test", options=["NOTIFY=SUCCESS"])
+                s.data(b"Subject: ping\r\n\r\nHello\r\n")
+
+        yield deferToThread(send)
+        self.assertEqual(len(maildir_files(self.server, "alice@example.test")), 1)
+        (notice,) = maildir_files(self.server, "bob@example.test")
+        with open(notice, "rb") as f:
+            data = f.read()
+        self.assertTrue(data.startswith(b"Return-Path: <>\r\n"), data[:200])
+        self.assertIn(b"multipart/report", data)
+        self.assertIn(b"Action: delivered", data)
+        self.assertIn(b"Original-Envelope-Id: trip-42", data)
+        self.assertIn(b"Final-Recipient: rfc822;alice@example.test", data)
+
+
 class LimitsTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:

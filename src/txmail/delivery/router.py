@@ -30,7 +30,11 @@ Implementation notes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import socket
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,10 +45,12 @@ from zope.interface import implementer
 
 from txmail import mime
 from txmail._fs import RunBlocking, run_inline
+from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
 from txmail.delivery.hooks import DeliveryHook, HookAction, HookResult, hook_callables
 from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
 from txmail.model import INBOX, DeliveryReport, Envelope, MessageFile, MessageMetadata, RecipientResult
+from txmail.smtp.grammar import xtext_decode
 
 __all__ = ["HOOK_FAILED_REPLY", "INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
 
@@ -65,6 +71,11 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain.lower().rstrip(".")
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _parse_file(path: str) -> MessageMetadata:
     with open(path, "rb") as f:
         return mime.parse_metadata(f)
@@ -82,6 +93,9 @@ class DeliveryRouter:
         hooks: delivery hooks (:mod:`txmail.delivery.hooks`) run in order
             on each message before it is delivered: one hook, a list, or
             ``None``.
+        hostname: this server's name, the Reporting-MTA of the success
+            notices it sends for local deliveries (RFC 3461 NOTIFY=SUCCESS);
+            default the machine's name.
 
     Attributes:
         hooks: the hooks' functions, in order (a tuple).
@@ -98,8 +112,10 @@ class DeliveryRouter:
         run_blocking: RunBlocking | None = None,
         primary_domain: str = "localhost",
         hooks: DeliveryHook | Sequence[DeliveryHook] | None = None,
+        hostname: str | None = None,
     ) -> None:
         self.primary_domain = primary_domain
+        self.hostname = hostname or socket.gethostname()
         self.directory = directory
         self.stores = stores
         self.queue = queue
@@ -116,6 +132,7 @@ class DeliveryRouter:
             self.queue,
             run_blocking=self._run,
             primary_domain=self.primary_domain,
+            hostname=self.hostname,
         )
 
     def _qualify(self, address: str) -> str:
@@ -180,7 +197,87 @@ class DeliveryRouter:
                 return outcome
             envelope = outcome
         report = yield self._route(envelope, message)
+        yield self._notify_success(envelope, message, report)
         return report
+
+    @defer.inlineCallbacks
+    def _notify_success(self, envelope: Envelope, message: MessageFile, report: DeliveryReport) -> Any:
+        """
+        RFC 3461 section 4.1: a "delivered" notice to the sender for each
+        recipient that asked for NOTIFY=SUCCESS and was delivered into a
+        local mailbox here (recipients that went to the queue get theirs
+        from the queue runner).  Never for the null sender; a notice that
+        cannot be sent is logged and changes nothing about the delivery.
+        """
+        if not should_bounce(envelope.mail_from):
+            return
+        params = dict(zip(envelope.rcpt_to, envelope.rcpt_params, strict=False))
+        wanted = []
+        for result in report.results:
+            notify = (params.get(result.recipient) or {}).get("NOTIFY")
+            if not result.ok or not notify_wants(notify, "delivered"):
+                continue
+            dests = [d for d in result.detail.split(",") if d]
+            if not dests or not all(self._is_local(split_address(d)[1]) for d in dests):
+                continue
+            orcpt = (params.get(result.recipient) or {}).get("ORCPT")
+            decoded = xtext_decode(orcpt) if orcpt else None
+            wanted.append(
+                RecipientStatus(
+                    recipient=result.recipient,
+                    action="delivered",
+                    status="2.0.0",
+                    diagnostic="smtp; " + result.reply if result.reply else None,
+                    original_recipient=decoded if decoded is not None else orcpt,
+                )
+            )
+        if not wanted:
+            return
+        try:
+            original = (
+                message.data if message.data is not None else (yield self._run(_read_file, message.path))
+            )
+            envid = envelope.mail_params.get("ENVID")
+            envid_text = xtext_decode(envid) if envid else None
+            data = make_dsn(
+                reporting_mta=self.hostname,
+                sender=envelope.mail_from,
+                recipients=wanted,
+                original=original,
+                envid=envid_text if envid_text is not None else envid,
+                arrival=envelope.received_at or None,
+            )
+            if self._is_local(split_address(envelope.mail_from)[1]):
+                # RFC 5321 section 4.4: final delivery records the (null) reverse-path.
+                data = b"Return-Path: <>\r\n" + data
+            fd, path = tempfile.mkstemp(
+                prefix="dsn-", suffix=".tmp", dir=os.path.dirname(message.path) or None
+            )
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            try:
+                notice = Envelope(
+                    mail_from="",
+                    rcpt_to=(envelope.mail_from,),
+                    received_at=envelope.received_at,
+                    message_id=f"{envelope.message_id}.dsn",
+                    helo=self.hostname,
+                )
+                sent = yield self._route(notice, MessageFile(path, len(data), data=data))
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            self.log.info(
+                "{message_id}: delivered notice for {rcpts} to <{sender}>: {outcome}",
+                message_id=envelope.message_id,
+                rcpts=", ".join(w.recipient for w in wanted),
+                sender=envelope.mail_from,
+                outcome="sent" if all(r.ok for r in sent.results) else "could not be sent",
+            )
+        except Exception:
+            self.log.failure(
+                "{message_id}: the delivered notice could not be made", message_id=envelope.message_id
+            )
 
     @defer.inlineCallbacks
     def _run_hooks(self, envelope: Envelope, message: MessageFile) -> Any:

@@ -658,6 +658,9 @@ class QueueRunner(service.Service):
             now=now,
             postmaster=self.postmaster,
         )
+        if self.is_local(split_address(env.mail_from)[1]):
+            # RFC 5321 section 4.4: final delivery records the (null) reverse-path.
+            data = b"Return-Path: <>\r\n" + data
         path = os.path.join(self.work_dir, f"dsn-{entry.queue_id}-{secrets.token_hex(4)}.tmp")
         with open(path, "wb") as out:
             out.write(data)
