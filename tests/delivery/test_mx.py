@@ -90,6 +90,16 @@ class MXResolverTests(TestCase):
         self.assertIn(("mx1.example.test", "AAAA"), self.dns_authority.queries)  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
+    def test_answers_cached_for_their_ttl(self) -> Any:
+        """A second resolve of the same domain asks the DNS server nothing (60 s TTLs)."""
+        resolver = self.resolver()
+        first = yield resolver.resolve("example.test")
+        asked = len(self.dns_authority.queries)  # type: ignore[attr-defined]
+        second = yield resolver.resolve("example.test")
+        self.assertEqual(second, first)
+        self.assertEqual(len(self.dns_authority.queries), asked)  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
     def test_trailing_dot_and_case(self) -> Any:
         """A trailing dot and upper case in the domain change nothing."""
         result = yield self.resolver().resolve("Example.TEST.")

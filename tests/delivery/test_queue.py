@@ -110,6 +110,24 @@ class SpoolQueueTests(SynchronousTestCase):
             self.queue.update_recipients(qid, {"bob@remote.test": {"state": "lost"}}), QueueError
         )
 
+    def test_update_in_memory_only(self) -> None:
+        """durable=False merges in memory and writes nothing; the next durable update writes both."""
+        qid = self.successResultOf(self.queue.enqueue(ENVELOPE, make_message(self), ["bob@remote.test"]))
+        path = os.path.join(self.dir, f"{qid}.json")
+        with open(path, "rb") as f:
+            before = f.read()
+        self.successResultOf(
+            self.queue.update_recipients(qid, {"bob@remote.test": {"state": "delivered"}}, durable=False)
+        )
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), before)
+        entry = self.successResultOf(self.queue.get_entry(qid))
+        self.assertEqual(entry.recipients["bob@remote.test"]["state"], "delivered")
+        self.successResultOf(self.queue.update_recipients(qid, {"bob@remote.test": {"attempts": 1}}))
+        reloaded = self.successResultOf(SpoolQueue(self.dir).get_entry(qid))
+        self.assertEqual(reloaded.recipients["bob@remote.test"]["state"], "delivered")
+        self.assertEqual(reloaded.recipients["bob@remote.test"]["attempts"], 1)
+
     def test_enqueue_needs_recipients(self) -> None:
         """Enqueueing for nobody is an error, not an empty entry."""
         self.failureResultOf(self.queue.enqueue(ENVELOPE, make_message(self), []), QueueError)

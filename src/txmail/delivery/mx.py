@@ -171,6 +171,9 @@ class MXResolver:
         resolver.timeout = timeout
         resolver.lifetime = timeout
         resolver.use_search_by_default = False
+        # Answers are kept for their TTL (dnspython's thread-safe cache):
+        # a queue of mail for one domain asks once, not three times a message.
+        resolver.cache = dns.resolver.Cache()
         self._resolver = resolver
         self._run = run_blocking or threads.deferToThread
         self._rng = rng or random.Random()

@@ -292,10 +292,15 @@ class SpoolQueue:
 
         return self._run(remove)
 
-    def update_recipients(self, queue_id: str, changes: dict[str, dict[str, Any]]) -> defer.Deferred[None]:
+    def update_recipients(
+        self, queue_id: str, changes: dict[str, dict[str, Any]], *, durable: bool = True
+    ) -> defer.Deferred[None]:
         """
         Merge *changes* (recipient -> fields) into an entry's recipient states
-        and write the entry durably.
+        and write the entry durably.  With *durable* false the changes are only
+        merged in memory (the caller is about to delete the entry, or to write
+        it with a later call): a crash before that loses them, which at worst
+        sends a message again, never loses one.
         """
         entry = self._entries.get(queue_id)
         if entry is None:
@@ -305,6 +310,8 @@ class SpoolQueue:
             if state is not None and state not in RECIPIENT_STATES:
                 return defer.fail(QueueError(f"invalid recipient state {state!r}"))
             entry.recipients.setdefault(rcpt, {}).update(fields)
+        if not durable:
+            return defer.succeed(None)
         data = _entry_to_json(entry)
         path = self._path(queue_id, "json")
 

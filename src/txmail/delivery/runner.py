@@ -305,12 +305,16 @@ class QueueRunner(service.Service):
         groups: dict[str, list[str]] = {}
         for rcpt in due:
             groups.setdefault(split_address(rcpt)[1], []).append(rcpt)
-        for domain, rcpts in groups.items():
+        for n, (domain, rcpts) in enumerate(groups.items(), 1):
             if self.is_local(domain):
                 changes = await self._deliver_local(entry, rcpts)
             else:
                 changes = await self._deliver_remote(entry, domain, rcpts)
-            await self.queue.update_recipients(entry.queue_id, changes)
+            # Each domain's results are on disk before the next domain is
+            # tried; the last ones are written below only if the entry stays
+            # (a delivered entry is deleted at once: one write less per
+            # message; a crash meanwhile sends it again, never loses it).
+            await self.queue.update_recipients(entry.queue_id, changes, durable=n < len(groups))
         await self._notify(entry)
         if not any(st.get("state") in _OPEN for st in entry.recipients.values()) and all(
             (st.get("dsn_sent") or st.get("state") != "failed")
@@ -319,6 +323,8 @@ class QueueRunner(service.Service):
         ):
             await self.queue.delete_entry(entry.queue_id)
             self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
+        elif groups:
+            await self.queue.update_recipients(entry.queue_id, {})
 
     # -- parameters -----------------------------------------------------------
 
