@@ -441,3 +441,33 @@ class TakingTurnsTests(ServerTestCase):
         total = BATCH * 2 + len(self.uids)
         self.assertEqual(out.count(b" FETCH (UID ") + transport.value().count(b" FETCH (UID "), total)
         self.assertTrue(transport.value().endswith(b"f1 OK FETCH completed\r\n"))
+
+
+class BackPressureTests(ServerTestCase):
+    def test_fetch_waits_while_the_transport_is_full(self) -> None:
+        """
+        During a long FETCH the transport's producer is the write gate: when
+        the transport pauses it, no further batch is written until it
+        resumes; afterwards no producer is left registered.
+        """
+        from txmail.imap.server import BATCH
+
+        for n in range(BATCH * 3):
+            self.successResultOf(self.mailbox.append(b"Subject: %d\r\n\r\nbody\r\n" % n))
+        proto, transport = self.login()
+        self.assertIsNone(transport.producer)
+        out = self.send(proto, transport, b"f1 FETCH 1:* (UID)\r\n")
+        self.assertEqual(out.count(b" FETCH (UID "), BATCH)
+        self.assertIsNotNone(transport.producer)
+        transport.producer.pauseProducing()  # the transport's buffer is full
+        transport.clear()
+        for _ in range(5):
+            self.clock.advance(0)
+        self.assertEqual(transport.value(), b"")  # the next batch waits
+        transport.producer.resumeProducing()  # drained
+        for _ in range(10):
+            if b"f1 OK" in transport.value():
+                break
+            self.clock.advance(0)
+        self.assertTrue(transport.value().endswith(b"f1 OK FETCH completed\r\n"))
+        self.assertIsNone(transport.producer)

@@ -233,8 +233,6 @@ class IMAPServerProtocol(SessionProtocol):
             limits=factory.limits,
         )
         self.log.info("IMAP connection from {peer}", peer=self.peer, session_id=self.session_id)
-        with contextlib.suppress(AttributeError, RuntimeError):
-            self._transport.registerProducer(self._gate, True)
         return session
 
     # -- Twisted API --
@@ -339,6 +337,26 @@ class IMAPServerProtocol(SessionProtocol):
         """Queue untagged responses of the running command (written per batch by :meth:`_drain`)."""
         assert self.session is not None
         self.session.send(*data)
+
+    @contextlib.contextmanager
+    def _streaming(self) -> Any:
+        """
+        While a long response (FETCH, SEARCH) is produced, the write gate is
+        the transport's producer, so that the transport can pause it; other
+        replies go to the socket at once (see ``SessionProtocol._write_out``,
+        which stands aside while a producer is registered).
+        """
+        registered = False
+        with contextlib.suppress(AttributeError, RuntimeError):
+            self._transport.registerProducer(self._gate, True)
+            registered = True
+        try:
+            yield
+        finally:
+            if registered and not self._lost:
+                with contextlib.suppress(AttributeError, RuntimeError):
+                    self._transport.unregisterProducer()
+            self._gate.resumeProducing()
 
     async def _drain(self) -> None:
         """
@@ -620,6 +638,10 @@ class IMAPServerProtocol(SessionProtocol):
         return "EXPUNGE completed"
 
     async def _do_fetch(self, command: Command) -> str:
+        with self._streaming():
+            return await self._fetch(command)
+
+    async def _fetch(self, command: Command) -> str:
         args = command.args
         assert isinstance(args, Fetch)
         view = self._view()
@@ -721,6 +743,10 @@ class IMAPServerProtocol(SessionProtocol):
         return "MOVE completed"
 
     async def _do_search(self, command: Command) -> str:
+        with self._streaming():
+            return await self._search(command)
+
+    async def _search(self, command: Command) -> str:
         args = command.args
         assert isinstance(args, Search)
         if args.charset is not None and args.charset.upper() not in SUPPORTED_CHARSETS:
