@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txmail.model import match_mailbox_pattern, normalize_flags, normalize_mailbox_name
@@ -60,3 +64,20 @@ class PatternTests(SynchronousTestCase):
         self.assertTrue(match_mailbox_pattern("inbox", "INBOX"))
         self.assertTrue(match_mailbox_pattern("Inbox/%", "INBOX/x"))
         self.assertFalse(match_mailbox_pattern("inbox", "other"))
+
+
+class PatternMatchPropertyTests(SynchronousTestCase):
+    @settings(max_examples=3000, deadline=None)
+    @given(
+        st.text(alphabet=st.sampled_from(list("ab/*%")), max_size=8),
+        st.text(alphabet=st.sampled_from(list("ab/")), max_size=8),
+    )
+    def test_same_as_a_regular_expression(self, pattern: str, name: str) -> None:
+        """On small inputs the matcher agrees with the obvious regular expression (RFC 3501 section 6.3.8)."""
+        regex = "".join({"*": ".*", "%": "[^/]*"}.get(c, re.escape(c)) for c in pattern)
+        self.assertEqual(match_mailbox_pattern(pattern, name), bool(re.fullmatch(regex, name, re.DOTALL)))
+
+    def test_no_catastrophic_backtracking(self) -> None:
+        """A pattern of many wildcards against a long name is answered (a regex would backtrack for hours)."""
+        self.assertFalse(match_mailbox_pattern("*a" * 2000 + "b", "a" * 500))
+        self.assertTrue(match_mailbox_pattern("%a" * 200 + "%", "a" * 300))

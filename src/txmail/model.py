@@ -141,25 +141,52 @@ def match_mailbox_pattern(pattern: str, name: str) -> bool:
 
     ``*`` matches anything, ``%`` anything but the hierarchy delimiter.
     ``INBOX`` is matched case-insensitively.
+
+    The match walks the pattern as a set of positions, one character of
+    *name* at a time: time grows with ``len(pattern) * len(name)`` whatever
+    the wildcards (a backtracking regular expression takes exponential time
+    on patterns such as ``*a*a*a*a*a*b``, which any client can send).
     """
-    regex = []
-    for ch in pattern:
-        if ch == "*":
-            regex.append(".*")
-        elif ch == "%":
-            regex.append(f"[^{re.escape(DELIMITER)}]*")
-        else:
-            regex.append(re.escape(ch))
-    rx = re.compile("^" + "".join(regex) + "$", re.DOTALL)
-    if rx.match(name):
+    if _wildcard_match(pattern, name):
         return True
     # INBOX is case-insensitive, also as the first hierarchy component.
     head, sep, tail = name.partition(DELIMITER)
-    if head == INBOX:
-        prefix = pattern[: len(INBOX)]
-        if prefix.upper() == INBOX:
-            return bool(re.compile("^" + "".join(regex[len(INBOX) :]) + "$", re.DOTALL).match(sep + tail))
+    if head == INBOX and pattern[: len(INBOX)].upper() == INBOX:
+        return _wildcard_match(pattern[len(INBOX) :], sep + tail)
     return False
+
+
+def _wildcard_match(pattern: str, name: str) -> bool:
+    """*name* matches *pattern* (``*``, ``%`` wildcards), by simulating the pattern's automaton."""
+
+    def closure(positions: set[int]) -> set[int]:
+        # A wildcard may match nothing: its position reaches the next one.
+        out = set()
+        stack = list(positions)
+        while stack:
+            i = stack.pop()
+            if i in out:
+                continue
+            out.add(i)
+            if i < len(pattern) and pattern[i] in "*%":
+                stack.append(i + 1)
+        return out
+
+    current = closure({0})
+    for ch in name:
+        following = set()
+        for i in current:
+            if i == len(pattern):
+                continue
+            wanted = pattern[i]
+            if wanted == "*" or (wanted == "%" and ch != DELIMITER):
+                following.add(i)
+            elif wanted == ch:
+                following.add(i + 1)
+        if not following:
+            return False
+        current = closure(following)
+    return len(pattern) in current
 
 
 @dataclass(frozen=True, slots=True)
