@@ -18,8 +18,8 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
+import bisect
 import datetime
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -71,12 +71,23 @@ class SequenceSet:
     """
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    # Merged spans by max_number (filled by spans(); not part of the value).
+    _spans: dict[int, tuple[tuple[int, int], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
-    def _bounds(self, max_number: int) -> Iterator[tuple[int, int]]:
-        for first, last in self.ranges:
-            a = max_number if first is None else first
-            b = max_number if last is None else last
-            yield (a, b) if a <= b else (b, a)  # "4:2" is "2:4" (RFC 3501 section 9)
+    def spans(self, max_number: int) -> tuple[tuple[int, int], ...]:
+        """
+        The set as sorted, disjoint ``(first, last)`` spans, given that ``*``
+        is *max_number* (``4:2`` is ``2:4``, RFC 3501 section 9).  Computed
+        once per set and *max_number*: a client may send thousands of
+        overlapping ranges, and every question below costs no more than the
+        spans it touches.
+        """
+        found = self._spans.get(max_number)
+        if found is None:
+            found = self._spans[max_number] = _merged_spans(self.ranges, max_number)
+        return found
 
     def expand(self, max_number: int) -> list[int]:
         """
@@ -86,20 +97,43 @@ class SequenceSet:
         range ``n:*`` to mean ``max:n`` when ``n`` is above the largest UID;
         that is the caller's concern (it knows whether these are UIDs).
         """
-        out: set[int] = set()
-        for a, b in self._bounds(max_number):
-            out.update(range(max(a, 1), min(b, max_number) + 1))
-        return sorted(out)
+        out: list[int] = []
+        for a, b in self.spans(max_number):
+            out.extend(range(max(a, 1), min(b, max_number) + 1))
+        return out
 
     def contains(self, number: int, max_number: int) -> bool:
         """Whether *number* is in the set, given that ``*`` is *max_number*."""
-        return any(a <= number <= b for a, b in self._bounds(max_number))
+        spans = self.spans(max_number)
+        i = bisect.bisect_right(spans, (number, _BIG)) - 1
+        return i >= 0 and spans[i][0] <= number <= spans[i][1]
 
     def __str__(self) -> str:
         def one(n: int | None) -> str:
             return "*" if n is None else str(n)
 
         return ",".join(one(a) if a == b else f"{one(a)}:{one(b)}" for a, b in self.ranges)
+
+
+_BIG = 1 << 64
+
+
+def _merged_spans(
+    ranges: tuple[tuple[int | None, int | None], ...], max_number: int
+) -> tuple[tuple[int, int], ...]:
+    bounds = []
+    for first, last in ranges:
+        a = max_number if first is None else first
+        b = max_number if last is None else last
+        bounds.append((a, b) if a <= b else (b, a))
+    bounds.sort()
+    merged: list[list[int]] = []
+    for a, b in bounds:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return tuple((a, b) for a, b in merged)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,15 +129,15 @@ class SelectedView:
             top = self.max_uid
             if not top:
                 return []
-            if len(seqset.ranges) == 1:
-                first, last = seqset.ranges[0]
-                a = top if first is None else first
-                b = top if last is None else last
-                lo, hi = (a, b) if a <= b else (b, a)
-                start = bisect.bisect_left(self.uids, lo)
-                end = bisect.bisect_right(self.uids, hi)
-                return [(i + 1, self.uids[i]) for i in range(start, end)]
-            return [(i + 1, u) for i, u in enumerate(self.uids) if seqset.contains(u, top)]
+            # Each span of the set is found by bisection: the cost follows
+            # the spans and the messages they hold, not spans x messages.
+            out: list[tuple[int, int]] = []
+            uids = self.uids
+            for lo, hi in seqset.spans(top):
+                start = bisect.bisect_left(uids, lo)
+                end = bisect.bisect_right(uids, hi)
+                out.extend((i + 1, uids[i]) for i in range(start, end))
+            return out
         count = len(self.uids)
         for first, last in seqset.ranges:
             for n in (first, last):
