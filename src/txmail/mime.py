@@ -664,6 +664,7 @@ class _AddressParser:
     def __init__(self, value: str) -> None:
         self.toks = _address_tokens(value)
         self.out: list[tuple[Any, ...]] = []
+        self._route_ends: list[int] | None = None
 
     def parse(self) -> tuple[tuple[Any, ...], ...] | None:
         i = 0
@@ -705,6 +706,22 @@ class _AddressParser:
             return i  # the group consumes its ";"
         return i + 1
 
+    def _route_end(self, i: int) -> int:
+        """
+        The index of the first ``:`` or ``>`` special at or after *i* (``n``
+        if none), from a table built once: an obs-route may hold commas, so
+        the search cannot stop at the next address, and repeating it for
+        every ``<@`` of a hostile header would take quadratic time.
+        """
+        if self._route_ends is None:
+            toks = self.toks
+            ends = [len(toks)] * (len(toks) + 1)
+            for j in range(len(toks) - 1, -1, -1):
+                t = toks[j]
+                ends[j] = j if t.kind == "special" and t.raw in ":>" else ends[j + 1]
+            self._route_ends = ends
+        return self._route_ends[i]
+
     def _angle(self, i: int, name: str | None, comments: list[str], in_group: bool) -> int:
         """angle-addr = "<" [obs-route] addr-spec ">" (RFC 5322 section 3.4, 4.4)."""
         toks, n = self.toks, len(self.toks)
@@ -714,8 +731,7 @@ class _AddressParser:
             i += 1
         if i < n and toks[i].raw == "@" and toks[i].kind == "special":
             start = i
-            while i < n and not (toks[i].kind == "special" and toks[i].raw in ":>"):
-                i += 1
+            i = self._route_end(i)
             if i < n and toks[i].raw == ":":
                 route = _raw_join(toks[start:i])
                 i += 1
