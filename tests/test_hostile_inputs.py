@@ -60,11 +60,6 @@ _SKIP_SEARCH_MANY_PARAMS = (
     "HANGS today (~14.5 s for 250 KB, ~3.7 s for 80 KB: super-linear): SEARCH BODY/TEXT via the stdlib email package is "
     "super-linear in the number of Content-Type parameters; un-skip after the fix"
 )
-_SKIP_FETCH_REPARSE = (
-    "HANGS today (~32 s for one 8 KB command): FETCH parses the whole message again for every "
-    "BODY[section] item (txmail.imap.fetch._section_data -> mime.extract_section -> _parse); "
-    "un-skip after the fix"
-)
 _SKIP_SEARCH_DEEP_NESTING = (
     "HANGS today (depth x lines): SEARCH BODY/TEXT via the stdlib email feed parser checks every "
     "line against every open boundary; un-skip after the fix"
@@ -228,7 +223,6 @@ class IMAPHostileTests(ServerTestCase):
         self.assertTrue(self.answer(out, b"f1").startswith(b"f1 OK"), out)
         self.assertIn(b"BODY[1]<0> {1}\r\nx", out)
 
-    test_fetch_many_section_items_on_many_parts.skip = _SKIP_FETCH_REPARSE  # type: ignore[attr-defined]
 
     def _search_body(self, message: bytes) -> None:
         self.successResultOf(self.mailbox.append(message, (), 1_600_000_000))

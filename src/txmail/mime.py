@@ -132,6 +132,7 @@ __all__ = [
     "HEADER_COLLECT_LIMIT",
     "MAX_DEPTH",
     "MAX_PARTS",
+    "ParsedMessage",
     "decode_metadata",
     "encode_metadata",
     "extract_section",
@@ -1181,7 +1182,34 @@ def extract_section(message: bytes, section: str) -> bytes:
         return b""
     if not nums and text == "":
         return bytes(message)
-    root = _parse(message)
+    return _extract(message, _parse(message), nums, text, names)
+
+
+class ParsedMessage:
+    """
+    A message whose ``BODY[section]`` parts are asked for several times (one
+    FETCH naming many sections): it is parsed once, at the first section
+    that needs the structure, instead of once per section.
+    """
+
+    def __init__(self, message: bytes) -> None:
+        self.data = message
+        self._root: _Node | None = None
+
+    def section(self, section: str) -> bytes:
+        """:func:`extract_section` of this message."""
+        try:
+            nums, text, names = _parse_section(section)
+        except ValueError:
+            return b""
+        if not nums and text == "":
+            return bytes(self.data)
+        if self._root is None:
+            self._root = _parse(self.data)
+        return _extract(self.data, self._root, nums, text, names)
+
+
+def _extract(message: bytes, root: _Node, nums: list[int], text: str, names: list[str]) -> bytes:
     msg: _Node | None = root
     if nums:
         node = root

@@ -228,7 +228,7 @@ def _labelled(label: bytes, body: bytes | tuple[bytes, bytes]) -> bytes | tuple[
 def _section_data(
     section: Section,
     metadata: MessageMetadata | None,
-    message: bytes | None,
+    message: mime.ParsedMessage | None,
 ) -> bytes:
     """The octets of ``BODY[section]`` (RFC 3501 section 6.4.5), before any partial."""
     if _is_metadata_headers(section) and metadata is not None:
@@ -236,8 +236,8 @@ def _section_data(
     if message is None:
         raise ValueError(f"BODY[{section}] needs the message octets")
     if not section.part and section.text is None:
-        return bytes(message)
-    return mime.extract_section(message, _section_for_extract(section))
+        return message.data
+    return message.section(_section_for_extract(section))
 
 
 def _flags(info: MessageInfo, recent: bool) -> bytes:
@@ -262,7 +262,7 @@ def _render_item(
     item: FetchAttribute,
     info: MessageInfo,
     metadata: MessageMetadata | None,
-    message: bytes | None,
+    message: mime.ParsedMessage | None,
     recent: bool,
 ) -> bytes | tuple[bytes, bytes]:
     """One ``msg-att`` of the response (RFC 3501 section 7.4.2); a literal's octets kept apart."""
@@ -380,6 +380,7 @@ def fetch_chunks(
     """
     chunks: list[bytes] = []
     text = [b"* %d FETCH (" % seq]
+    parsed: mime.ParsedMessage | None = None
     first = True
     for item in _plan(tuple(items), include_uid, include_flags):
         if not first:
@@ -395,7 +396,9 @@ def fetch_chunks(
         elif name == "FLAGS" and item.section is None:
             text.append(b"FLAGS " + _flags(info, recent))
         else:
-            rendered = _render_item(item, info, metadata, message, recent)
+            if parsed is None and message is not None:
+                parsed = mime.ParsedMessage(message)  # parsed at most once for all sections
+            rendered = _render_item(item, info, metadata, parsed, recent)
             if isinstance(rendered, tuple):
                 text.append(rendered[0])
                 chunks.append(b"".join(text))
