@@ -163,6 +163,9 @@ _BASE_CAPABILITIES = (
 
 IMPLEMENTATION = "txmail"
 
+#: Octets a literal may hold before login (see IMAPSession._set_literal_limits).
+PREAUTH_MAX_LITERAL = 8192
+
 
 class IMAPSession(SessionCore[Event]):
     """
@@ -223,12 +226,20 @@ class IMAPSession(SessionCore[Event]):
         )
 
     def _new_framer(self) -> CommandFramer:
-        lim = self.limits
-        return CommandFramer(
-            max_line=lim.max_line,
-            max_literal=lim.max_literal,
-            max_command=lim.max_literal + 64 * 1024,
-        )
+        framer = CommandFramer(max_line=self.limits.max_line)
+        self._set_literal_limits(framer)
+        return framer
+
+    def _set_literal_limits(self, framer: CommandFramer) -> None:
+        """
+        Before login a literal may hold :data:`PREAUTH_MAX_LITERAL` octets
+        (a user name or password needs no more; RFC 7888's LITERAL- caps
+        non-synchronizing literals at 4096 for the same reason); after it,
+        ``max_literal`` (the APPENDLIMIT).
+        """
+        size = self.limits.max_literal if self.user is not None else PREAUTH_MAX_LITERAL
+        framer.max_literal = size
+        framer.max_command = size + 64 * 1024
 
     # -- public API ------------------------------------------------------------------
 
@@ -604,6 +615,7 @@ class IMAPSession(SessionCore[Event]):
     def _logged_in(self, tag: str, user: str, mechanism: str) -> None:
         self.user = user
         self.state = State.AUTHENTICATED
+        self._set_literal_limits(self._framer)
         # RFC 3501 section 6.2.2/6.2.3: capabilities may change after login; say so.
         self._complete(tag, "OK", "Logged in", "CAPABILITY " + self._capability_text())
         self._emit(Authenticated(user, mechanism))
