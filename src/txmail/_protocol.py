@@ -34,11 +34,13 @@ from typing import Any, ClassVar
 
 from twisted.internet import defer
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.interfaces import IPushProducer, ITLSTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = ["SessionProtocol", "format_peer", "is_loopback", "make_id"]
 
@@ -73,6 +75,37 @@ def _buffered(transport: Any) -> bool:
     if not isinstance(temp, int) or not isinstance(buffer, bytes) or not isinstance(offset, int):
         return True
     return temp > 0 or len(buffer) > offset
+
+
+@implementer(IPushProducer)
+class _ReplyGate:
+    """
+    A connection's producer (not over TLS) while nothing else streams: the transport
+    pauses it when the client stops reading replies and its write buffer is
+    full, and resumes it once drained.  Meanwhile the protocol reads no
+    more commands, so a client that pipelines without reading cannot make
+    the server hold replies without bound.
+    """
+
+    def __init__(self, protocol: SessionProtocol) -> None:
+        self.protocol = protocol
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.protocol._output_backed_up()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.protocol._output_drained()
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
+#: Replies queued in a session before they are handed to the transport in
+#: the middle of a burst of pipelined commands (so that back-pressure can act).
+FLUSH_EVERY = 256 * 1024
 
 
 class SessionProtocol(Protocol, ABC):
@@ -124,6 +157,8 @@ class SessionProtocol(Protocol, ABC):
         self._processing = False
         self._reading_paused = False
         self._lost = False
+        self._reply_gate = _ReplyGate(self)
+        self._gate_registered = False
 
     @property
     def _transport(self) -> Any:
@@ -173,6 +208,7 @@ class SessionProtocol(Protocol, ABC):
         host = getattr(peer, "host", "")
         self.peer = format_peer(host, getattr(peer, "port", ""))
         self.session = self._open_session(host)
+        self._claim_producer()
         self._process()
 
     def dataReceived(self, data: bytes) -> None:
@@ -207,11 +243,13 @@ class SessionProtocol(Protocol, ABC):
             return
         self._processing = True
         try:
-            while not self._waiting:
+            while not self._waiting and not self._reply_gate.paused:
                 event = session.next_event()
                 if event is None:
                     break
                 self._handle(event)
+                if session.pending_output > FLUSH_EVERY:
+                    self._flush()  # the transport may pause us: the loop then stops
         finally:
             self._processing = False
         self._flush()
@@ -220,12 +258,46 @@ class SessionProtocol(Protocol, ABC):
             self._closing()
             self._transport.loseConnection()
             return
-        self._set_reading(not self._waiting)
+        self._set_reading(not self._waiting and not self._reply_gate.paused)
         if self._timer_stopped():
             self._cancel_timer()
         else:
             self._reset_timer()
         self._send_now()
+
+    # -- back-pressure on replies --
+
+    def _claim_producer(self) -> None:
+        """Register the reply gate as the transport's producer (when nothing else is)."""
+        if self._gate_registered or self._lost or (self.session is not None and self.session.closed):
+            return
+        t = self._transport
+        if isinstance(t, TLSMemoryBIOProtocol) or getattr(t, "TLS", False):
+            # Not over TLS: Twisted's TLS layer pauses a registered
+            # producer until its handshake is done, and pausing us stops
+            # reading the very bytes the handshake needs.
+            return
+        with contextlib.suppress(AttributeError, RuntimeError):
+            t.registerProducer(self._reply_gate, True)
+            self._gate_registered = True
+
+    def _release_producer(self) -> None:
+        """Unregister the reply gate, so that a message or a long response can stream with its own."""
+        if not self._gate_registered:
+            return
+        self._gate_registered = False
+        self._reply_gate.paused = False
+        with contextlib.suppress(AttributeError, RuntimeError):
+            self._transport.unregisterProducer()
+
+    def _output_backed_up(self) -> None:
+        """The client does not read its replies: read no more commands."""
+        self._set_reading(False)
+
+    def _output_drained(self) -> None:
+        """The transport wrote what it held: go on with the commands."""
+        if not self._lost:
+            self._process()
 
     def _send_now(self) -> None:
         """
@@ -242,7 +314,7 @@ class SessionProtocol(Protocol, ABC):
             isinstance(transport, FileDescriptor)
             and transport.connected
             and not transport.disconnecting
-            and transport.producer is None
+            and transport.producer in (None, self._reply_gate)
             and not self._lost
             and _buffered(transport)
         ):
@@ -277,7 +349,7 @@ class SessionProtocol(Protocol, ABC):
             and not t.TLS
             and t.connected
             and not t.disconnecting
-            and t.producer is None
+            and t.producer in (None, self._reply_gate)
             and not _buffered(t)
         ):
             sent = t.writeSomeData(data)
@@ -380,6 +452,7 @@ class SessionProtocol(Protocol, ABC):
             )
         session.accept()
         self._flush()  # the positive reply goes out in the clear, before the handshake
+        self._release_producer()  # see _claim_producer: not over TLS
         self._transport.startTLS(self.factory.tls_context)
 
     # -- timeouts --

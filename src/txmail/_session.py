@@ -72,6 +72,7 @@ class SessionCore(Generic[EventT]):
 
     def __init__(self) -> None:
         self._out: list[bytes] = []  # joined once by data_to_send
+        self._out_size = 0
         self._events: deque[EventT] = deque()
         self._pending: EventT | None = None
         self._trailing = bytearray()
@@ -80,7 +81,13 @@ class SessionCore(Generic[EventT]):
         """Return (and forget) the bytes to write to the client."""
         out = b"".join(self._out)
         self._out.clear()
+        self._out_size = 0
         return out
+
+    @property
+    def pending_output(self) -> int:
+        """Octets queued for the client and not yet taken by :meth:`data_to_send`."""
+        return self._out_size
 
     @property
     def paused(self) -> bool:
@@ -104,6 +111,7 @@ class SessionCore(Generic[EventT]):
         """Queue *data* for the client."""
         if data:
             self._out.append(data)
+            self._out_size += len(data)
 
     def _emit(self, event: EventT) -> None:
         self._events.append(event)

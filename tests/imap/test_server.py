@@ -455,10 +455,10 @@ class BackPressureTests(ServerTestCase):
         for n in range(BATCH * 3):
             self.successResultOf(self.mailbox.append(b"Subject: %d\r\n\r\nbody\r\n" % n))
         proto, transport = self.login()
-        self.assertIsNone(transport.producer)
+        reply_gate = transport.producer  # the connection's, between commands
         out = self.send(proto, transport, b"f1 FETCH 1:* (UID)\r\n")
         self.assertEqual(out.count(b" FETCH (UID "), BATCH)
-        self.assertIsNotNone(transport.producer)
+        self.assertIsNot(transport.producer, reply_gate)  # the FETCH's own write gate
         transport.producer.pauseProducing()  # the transport's buffer is full
         transport.clear()
         for _ in range(5):
@@ -470,4 +470,4 @@ class BackPressureTests(ServerTestCase):
                 break
             self.clock.advance(0)
         self.assertTrue(transport.value().endswith(b"f1 OK FETCH completed\r\n"))
-        self.assertIsNone(transport.producer)
+        self.assertIs(transport.producer, reply_gate)

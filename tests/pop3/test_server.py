@@ -88,8 +88,8 @@ class ServerTestCase(SynchronousTestCase):
         return proto, transport
 
     def take(self, transport: StringTransport) -> bytes:
-        """Pump any registered pull producer, then return and clear the output."""
-        while transport.producer is not None:
+        """Pump any registered pull producer (a message streaming), then return and clear the output."""
+        while transport.producer is not None and not transport.streaming:
             transport.producer.resumeProducing()
         out = transport.value()
         transport.clear()
@@ -189,7 +189,9 @@ class RetrieveTests(ServerTestCase):
             self.take(transport),
             b"+OK %d octets\r\nSubject: one\r\n\r\nfirst\r\n..dotted\r\n.\r\n+OK\r\n" % len(MESSAGES[0]),
         )
-        self.assertIsNone(transport.producer)
+        # The message's producer is gone; the connection's reply gate is back.
+        self.assertTrue(transport.streaming)
+        self.assertFalse(IPullProducer.providedBy(transport.producer))
 
     def test_top(self) -> None:
         """TOP n m sends the header and m body lines."""

@@ -342,10 +342,10 @@ class IMAPServerProtocol(SessionProtocol):
     def _streaming(self) -> Any:
         """
         While a long response (FETCH, SEARCH) is produced, the write gate is
-        the transport's producer, so that the transport can pause it; other
-        replies go to the socket at once (see ``SessionProtocol._write_out``,
-        which stands aside while a producer is registered).
+        the transport's producer (instead of the connection's reply gate), so
+        that the transport can pause the response between batches.
         """
+        self._release_producer()
         registered = False
         with contextlib.suppress(AttributeError, RuntimeError):
             self._transport.registerProducer(self._gate, True)
@@ -357,6 +357,7 @@ class IMAPServerProtocol(SessionProtocol):
                 with contextlib.suppress(AttributeError, RuntimeError):
                     self._transport.unregisterProducer()
             self._gate.resumeProducing()
+            self._claim_producer()
 
     async def _drain(self) -> None:
         """

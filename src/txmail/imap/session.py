@@ -288,7 +288,8 @@ class IMAPSession(SessionCore[Event]):
 
     def send(self, *data: bytes) -> None:
         """Queue untagged responses (complete lines, possibly in several pieces) of the command being executed."""
-        self._out.extend(data)
+        for piece in data:
+            self._write(piece)
 
     def finish(self, status: str, text: str, code: str | None = None) -> None:
         """

@@ -347,10 +347,12 @@ class POP3ServerProtocol(SessionProtocol):
 
             def streamed(value: Any) -> Any:
                 self.producer = None
+                self._claim_producer()
                 return value
 
             producer.deferred.addBoth(streamed)
             producer.deferred.chainDeferred(result)
+            self._release_producer()  # the message streams with its own producer
             producer.start()
 
         def failed(f: Failure) -> None:
