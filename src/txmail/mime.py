@@ -1103,7 +1103,9 @@ def decode_metadata(data: bytes) -> MessageMetadata:
 # Sections (RFC 3501 section 6.4.5)
 
 _PART_RE = re.compile(r"^[1-9][0-9]{0,8}$")
-_NAME_RE = re.compile(r'"((?:[^"\\]|\\.)*)"|([^\s"()]+)')
+# A quoted name may lack its closing quote (taken to the end): a regex that
+# had to find it would rescan the rest of the list from every quote.
+_NAME_RE = re.compile(r'"((?:[^"\\]|\\.)*)"?|([^\s"()]+)', re.DOTALL)
 _TEXT_SPECS = frozenset({"", "HEADER", "TEXT", "MIME", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
 
 
@@ -1134,9 +1136,11 @@ def _parse_section(section: str) -> tuple[list[int], str, list[str]]:
     if "" in words:
         raise ValueError("empty section component")
     nums: list[int] = []
-    while words and _PART_RE.match(words[0]):
-        nums.append(int(words.pop(0)))
-    text = _upper(".".join(words))
+    i = 0
+    while i < len(words) and _PART_RE.match(words[i]):
+        nums.append(int(words[i]))
+        i += 1
+    text = _upper(".".join(words[i:]))
     if text not in _TEXT_SPECS or (text == "MIME" and not nums):
         raise ValueError("bad section-text")
     if text.startswith("HEADER.FIELDS") != bool(names):
