@@ -38,40 +38,49 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
-import json
 import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pop3_download import (  # sibling script: the same generated messages
-    Workload,
-    clear_maildir,
-    make_workload,
-    populate,
-)
-from smtp_delivery import (  # sibling script: shared process helpers
+from _bench import (  # shared benchmark helpers
+    DOMAIN,
+    MB,
+    PASSWORD,
     BenchError,
-    _machine,
+    RefDovecot,
+    Workload,
+    add_txmail_users,
+    descendants,
     free_port,
+    install_sigterm,
     log,
+    machine_info,
+    make_parser,
+    make_workdir,
+    make_workload,
+    parse_servers,
+    populate,
+    print_failures,
+    proc_memory,
+    record_header,
+    run_script,
+    source_commit,
+    start_twistd,
     stop_process,
-    tail_of,
     tree_cpu,
-    wait_for_port,
+    txmail_version,
+    write_results,
 )
 
 __all__ = [
@@ -85,12 +94,7 @@ __all__ = [
     "run_once",
 ]
 
-HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
 HOST = "127.0.0.1"
-DOMAIN = "example.test"
-PASSWORD = "pass"
-MB = 1_000_000
 
 #: The timed phases, in the order they run, with the names used in the table and JSON.
 PHASES = ("login", "select_cold", "select_warm", "fetch_flags", "fetch_body", "fetch_envelope",
@@ -252,49 +256,6 @@ def check_envelopes(reply: Reply, work: Workload) -> None:
                         f"with both items; expected {n}")
 
 
-# --------------------------------------------------------------------------- memory
-
-def proc_memory(pid: int) -> dict[str, int]:
-    """``VmRSS``/``VmHWM`` (kB) from ``/proc/PID/status`` and ``Pss`` from ``smaps_rollup``."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    out[line.split(":")[0]] = int(line.split()[1])
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    out["Pss"] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
-
-
-def descendants(root: int) -> list[tuple[int, str]]:
-    """``(pid, comm)`` of every live descendant of ``root`` (and ``root`` itself)."""
-    parent: dict[int, int] = {}
-    comm: dict[int, str] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        comm[pid] = stat[stat.index("(") + 1: stat.rindex(")")]
-        parent[pid] = int(stat[stat.rindex(")") + 2:].split()[1])
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in comm:
-            out.append((pid, comm[pid]))
-        todo.extend(p for p, pp in parent.items() if pp == pid)
-    return out
-
-
 # --------------------------------------------------------------------------- servers
 
 class ImapServer:
@@ -329,61 +290,21 @@ class ImapServer:
         return {}
 
 
-class DovecotImap(ImapServer):
+class DovecotImap(RefDovecot, ImapServer):
     """Debian's Dovecot via refstack.sh; its user's Maildir and index files emptied per run."""
 
     name = "dovecot"
 
     def __init__(self, refstack: str, keep: bool) -> None:
-        self.refstack = refstack
-        self.keep = keep
-        self.ref_dir = Path(os.environ.get("REF_DIR", "/tmp/ref"))
-        self.maildir_root = Path(os.environ.get("REF_MAILDIR", str(self.ref_dir / "maildir")))
-        self.port = int(os.environ.get("REF_IMAP_PORT", "11143"))
-        self.owner = (int(os.environ.get("REF_MAIL_UID", "8")),
-                      int(os.environ.get("REF_MAIL_GID", "8")))
-        self.maildir: Path | None = None
-        self.started: list[str] = []
-
-    def _pid(self, path: Path) -> int | None:
-        try:
-            pid = int(path.read_text().split()[0])
-            os.kill(pid, 0)
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid
-
-    def master_pid(self) -> int | None:
-        """The Dovecot master's PID, if it runs."""
-        return self._pid(self.ref_dir / "dovecot" / "run" / "master.pid")
-
-    def _postfix_pid(self) -> int | None:
-        return self._pid(self.ref_dir / "postfix" / "spool" / "pid" / "master.pid")
+        super().__init__(refstack, keep, "REF_IMAP_PORT", 11143)
 
     def setup(self) -> None:
         """``refstack.sh start`` (it also starts Postfix)."""
-        had_dovecot, had_postfix = self.master_pid(), self._postfix_pid()
-        log(f"dovecot: {self.refstack} start")
-        res = subprocess.run([self.refstack, "start"], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True)
-        if not had_dovecot and self.master_pid():
-            self.started.append("dovecot")
-        if not had_postfix and self._postfix_pid():
-            self.started.append("postfix")
-        if res.returncode != 0:
-            raise BenchError(f"refstack.sh start failed ({res.returncode}):\n"
-                             f"{res.stdout}\n{res.stderr}")
-        if had_dovecot:
-            log("dovecot: was already running; it will be left running at the end")
+        self.start_refstack()
 
     def fill(self, work: Workload, user: str, scratch: Path, run: int) -> None:
         """Empty the Maildir and every ``dovecot*`` index file, refill ``new/``."""
-        self.maildir = self.maildir_root / user / "Maildir"
-        if not self.maildir.is_dir():
-            raise BenchError(f"{self.maildir} does not exist (refstack has user1..userN)")
-        clear_maildir(self.maildir, ["dovecot"])
-        populate(self.maildir, work, self.owner)
-        wait_for_port(self.port, None, 10, "dovecot imap")
+        self.refill(work, user, "dovecot imap")
 
     def pids(self) -> list[int]:
         """The master: imap-login, auth and the per-connection imap are its children."""
@@ -398,35 +319,6 @@ class DovecotImap(ImapServer):
             log(f"dovecot: {len(imaps)} imap processes, expected 1; memory not measured")
             return {}
         return proc_memory(imaps[0])
-
-    def teardown(self) -> None:
-        """Empty the Maildir again; stop Dovecot / Postfix only if this script started them."""
-        if self.maildir is not None and not self.keep:
-            clear_maildir(self.maildir, ["dovecot"])
-        if "postfix" in self.started:
-            log("postfix: stopping (started by refstack.sh start)")
-            subprocess.run(["postfix", "-c", str(self.ref_dir / "postfix" / "etc"), "stop"],
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        pid = self.master_pid()
-        if "dovecot" in self.started and pid is not None:
-            log(f"dovecot: stopping master pid {pid}")
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while self.master_pid() is not None and time.monotonic() < deadline:
-                time.sleep(0.1)
-        self.started = []
-
-    def info(self) -> dict[str, Any]:
-        """Dovecot version."""
-        out: dict[str, Any] = {"port": self.port, "maildir": str(self.maildir)}
-        try:
-            res = subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
-                                 timeout=10)
-            out["version"] = res.stdout.strip()
-        except (OSError, subprocess.SubprocessError) as e:
-            out["version"] = str(e)
-        return out
-
 
 class TxmailImap(ImapServer):
     """``twistd -n mailserver --imap ...``: a fresh data directory and process per run."""
@@ -446,30 +338,15 @@ class TxmailImap(ImapServer):
         data = run_dir / "data"
         shutil.rmtree(run_dir, ignore_errors=True)
         data.mkdir(parents=True)
-        cmd = [self.txmail, "user", "add", "--data-dir", str(data), f"{user}@{DOMAIN}",
-               "--password-stdin"]
-        res = subprocess.run(cmd, input=PASSWORD + "\n", capture_output=True, text=True,
-                             cwd=run_dir, timeout=120)
-        if res.returncode != 0:
-            raise BenchError(f"{' '.join(cmd)} exited {res.returncode}:\n"
-                             f"{res.stdout}{res.stderr}"[-3000:])
+        add_txmail_users(self.txmail, data, [f"{user}@{DOMAIN}"], run_dir)
         populate(data / "mail" / DOMAIN / user, work, None)
         self.port = free_port()
-        logfile = run_dir / "twistd.log"
-        cmd = [self.twistd, "-n", "--pidfile", str(run_dir / "twistd.pid"),
-               "--logfile", str(logfile), "mailserver", "--data-dir", str(data),
-               "--domain", DOMAIN, "--smtp", f"tcp:0:interface={HOST}",
-               "--submission", f"tcp:0:interface={HOST}",
-               "--imap", f"tcp:{self.port}:interface={HOST}"]
-        log("txmail: " + " ".join(cmd))
-        with open(run_dir / "twistd.out", "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(self.port, self.proc, self.start_timeout, "txmail twistd", logfile)
-        except BenchError as e:
-            raise BenchError(f"{e}\n--- twistd stdout/stderr ---\n"
-                             f"{tail_of(run_dir / 'twistd.out')}") from None
+        self.proc = start_twistd(
+            self.twistd, run_dir,
+            ["--data-dir", str(data), "--domain", DOMAIN,
+             "--smtp", f"tcp:0:interface={HOST}", "--submission", f"tcp:0:interface={HOST}",
+             "--imap", f"tcp:{self.port}:interface={HOST}"],
+            ports=[self.port], start_timeout=self.start_timeout)
 
     def pids(self) -> list[int]:
         """The twistd process (all its threads)."""
@@ -488,27 +365,8 @@ class TxmailImap(ImapServer):
 
     def info(self) -> dict[str, Any]:
         """Which twistd, and txmail's version."""
-        out: dict[str, Any] = {"twistd": self.twistd, "port": self.port}
-        python = Path(self.twistd).parent / "python"
-        try:
-            res = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
-                                  "print(m.version('txmail'))"],
-                                 capture_output=True, text=True, timeout=30)
-            out["version"] = res.stdout.strip() or res.stderr.strip()[-300:]
-        except (OSError, subprocess.SubprocessError) as e:
-            out["version"] = str(e)
-        out["tree_at_run"] = source_commit()  # the install may be older
-        return out
-
-
-def source_commit() -> str:
-    """``git describe --always --dirty`` of the tree this script is in (read-only)."""
-    try:
-        res = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=30)
-        return res.stdout.strip() or res.stderr.strip()[-200:]
-    except (OSError, subprocess.SubprocessError) as e:
-        return str(e)
+        return {"twistd": self.twistd, "port": self.port, "version": txmail_version(self.twistd),
+                "tree_at_run": source_commit()}  # the install may be older
 
 
 # --------------------------------------------------------------------------- measuring
@@ -652,8 +510,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--messages", type=int, default=5000, help="messages in the INBOX")
     p.add_argument("--size", type=int, default=10240, help="bytes per message (whole file)")
     p.add_argument("--servers", default="dovecot,txmail", help="comma-separated: dovecot, txmail")
@@ -677,10 +534,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="keep the scratch directory and Dovecot's Maildir contents")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
-    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = set(args.server_list) - {"dovecot", "txmail"}
-    if unknown or not args.server_list:
-        p.error(f"unknown server(s): {', '.join(sorted(unknown)) or '(none)'}")
+    parse_servers(p, args, {"dovecot", "txmail"})
     for name in ("messages", "size", "runs"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -692,15 +546,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 if any server failed."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    install_sigterm()
     log(f"generating {args.messages} messages of {args.size} bytes")
     work = make_workload(args.messages, args.size, args.user, args.seed)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="imapbench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "imapbench-")
     servers: dict[str, ImapServer] = {}
     for name in args.server_list:
         servers[name] = (DovecotImap(args.refstack, args.keep) if name == "dovecot"
@@ -743,33 +592,21 @@ def main(argv: list[str] | None = None) -> int:
           f"({work.total_bytes / MB:.1f} MB) dropped into new/, median of {args.runs} run(s), "
           f"{os.cpu_count()} CPUs shared with the client; seconds per command")
     print(format_table(rows))
-    for name, err in failures.items():
-        print(f"\n{name}: FAILED\n{err}")
+    print_failures(failures)
 
     record = {
-        "benchmark": "imap_fetch",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": {k: v for k, v in vars(args).items() if k != "server_list"},
+        **record_header("imap_fetch", args),
         "workload": {"messages": args.messages, "size": args.size,
                      "total_bytes": work.total_bytes},
-        "machine": _machine(),
+        "machine": machine_info(),
         "servers": {name: s.info() for name, s in servers.items()},
         "runs": [dataclasses.asdict(r) for r in results],
         "summary": rows,
         "failures": failures,
     }
-    out = Path(args.json) if args.json else RESULTS_DIR / (
-        "imap_fetch-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"\nJSON: {out}")
+    write_results(record, "imap_fetch", args.json)
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; every server this script started has been stopped")
-        sys.exit(130)
+    run_script(main)

@@ -32,11 +32,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,24 +43,33 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imap_fetch import DovecotImap, descendants, proc_memory, source_commit  # sibling script
-from smtp_delivery import (  # sibling script: shared process helpers
+from _bench import (  # shared benchmark helpers
+    DOMAIN,
+    PASSWORD,
     BenchError,
-    _machine,
+    add_txmail_users,
+    descendants,
     free_port,
+    install_sigterm,
     log,
+    machine_info,
+    make_parser,
+    parse_servers,
+    print_failures,
+    proc_memory,
+    record_header,
+    run_script,
+    source_commit,
+    start_twistd,
     stop_process,
-    tail_of,
     wait_for_port,
+    write_results,
 )
+from imap_fetch import DovecotImap  # sibling script
 
 __all__ = ["DovecotIdle", "TxmailIdle", "main", "open_connection", "server_memory"]
 
-HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
 HOST = "127.0.0.1"
-DOMAIN = "example.test"
-PASSWORD = "pass"
 
 
 # --------------------------------------------------------------------------- the client
@@ -158,30 +164,14 @@ class TxmailIdle:
         data = run_dir / "data"
         shutil.rmtree(run_dir, ignore_errors=True)
         data.mkdir(parents=True)
-        for user in users:
-            cmd = [self.txmail, "user", "add", "--data-dir", str(data), f"{user}@{DOMAIN}",
-                   "--password-stdin"]
-            res = subprocess.run(cmd, input=PASSWORD + "\n", capture_output=True, text=True,
-                                 cwd=run_dir, timeout=120)
-            if res.returncode != 0:
-                raise BenchError(f"{' '.join(cmd)} exited {res.returncode}:\n"
-                                 f"{res.stdout}{res.stderr}"[-3000:])
+        add_txmail_users(self.txmail, data, [f"{user}@{DOMAIN}" for user in users], run_dir)
         self.port = free_port()
-        logfile = run_dir / "twistd.log"
-        cmd = [self.twistd, "-n", "--pidfile", str(run_dir / "twistd.pid"),
-               "--logfile", str(logfile), "mailserver", "--data-dir", str(data),
-               "--domain", DOMAIN, "--smtp", f"tcp:0:interface={HOST}",
-               "--submission", f"tcp:0:interface={HOST}",
-               "--imap", f"tcp:{self.port}:interface={HOST}"]
-        log("txmail: " + " ".join(cmd))
-        with open(run_dir / "twistd.out", "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(self.port, self.proc, self.start_timeout, "txmail twistd", logfile)
-        except BenchError as e:
-            raise BenchError(f"{e}\n--- twistd stdout/stderr ---\n"
-                             f"{tail_of(run_dir / 'twistd.out')}") from None
+        self.proc = start_twistd(
+            self.twistd, run_dir,
+            ["--data-dir", str(data), "--domain", DOMAIN,
+             "--smtp", f"tcp:0:interface={HOST}", "--submission", f"tcp:0:interface={HOST}",
+             "--imap", f"tcp:{self.port}:interface={HOST}"],
+            ports=[self.port], start_timeout=self.start_timeout)
 
     def memory(self) -> dict[str, Any]:
         """VmRSS, VmHWM and Pss of twistd (kB)."""
@@ -241,8 +231,7 @@ def measure(server: Any, n: int, users: list[str], mode: str, settle: float,
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--connections", type=int, default=1000, help="idle connections per server")
     p.add_argument("--mode", choices=("login", "idle"), default="login",
                    help="login: LOGIN then nothing; idle: LOGIN, SELECT INBOX, IDLE")
@@ -258,10 +247,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--txmail-start-timeout", type=float, default=30)
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
-    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = set(args.server_list) - {"dovecot", "txmail"}
-    if unknown or not args.server_list:
-        p.error(f"unknown server(s): {', '.join(sorted(unknown)) or '(none)'}")
+    parse_servers(p, args, {"dovecot", "txmail"})
     if args.connections < 1 or args.users < 1:
         p.error("--connections and --users must be at least 1")
     return args
@@ -270,11 +256,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the measurement; exit status 1 if any server failed."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    install_sigterm()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = args.connections + 256
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -314,29 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         d, t = results["dovecot"], results["txmail"]
         print(f"txmail/dovecot: Pss {t['pss_per_conn_kb'] / d['pss_per_conn_kb']:.2f}x, "
               f"Rss {t['rss_per_conn_kb'] / d['rss_per_conn_kb']:.2f}x")
-    for name, err in failures.items():
-        print(f"\n{name}: FAILED\n{err}")
+    print_failures(failures)
     record = {
-        "benchmark": "imap_idle_memory",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": {k: v for k, v in vars(args).items() if k != "server_list"},
-        "machine": _machine(),
+        **record_header("imap_idle_memory", args),
+        "machine": machine_info(),
         "servers": infos,
         "results": results,
         "failures": failures,
     }
-    out = Path(args.json) if args.json else RESULTS_DIR / (
-        "imap_idle_memory-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"\nJSON: {out}")
+    write_results(record, "imap_idle_memory", args.json)
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; every server this script started has been stopped")
-        sys.exit(130)
+    run_script(main)

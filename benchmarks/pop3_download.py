@@ -31,35 +31,45 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
-import json
 import os
-import random
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_delivery import (  # sibling script: shared process helpers
+from _bench import (  # shared benchmark helpers
+    DOMAIN,
+    MB,
+    PASSWORD,
     BenchError,
-    _machine,
+    RefDovecot,
+    Workload,
+    add_txmail_users,
     free_port,
+    install_sigterm,
     log,
+    machine_info,
+    make_parser,
+    make_workdir,
+    make_workload,
+    parse_servers,
+    populate,
+    print_failures,
+    record_header,
+    run_script,
+    start_twistd,
     stop_process,
-    tail_of,
     tree_cpu,
-    wait_for_port,
+    txmail_version,
+    write_results,
 )
 
 __all__ = [
@@ -73,133 +83,7 @@ __all__ = [
     "make_workload",
 ]
 
-HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
 HOST = "127.0.0.1"
-DOMAIN = "example.test"
-PASSWORD = "pass"
-MB = 1_000_000
-
-
-# --------------------------------------------------------------------------- workload
-
-@dataclass(frozen=True)
-class Workload:
-    """The generated messages: file names, and per Message-ID the length and SHA-1."""
-
-    names: tuple[str, ...]
-    bodies: tuple[bytes, ...]
-    expected: dict[bytes, tuple[int, bytes]]
-
-    @property
-    def total_bytes(self) -> int:
-        """Sum of the message sizes (what STAT must report)."""
-        return sum(len(b) for b in self.bodies)
-
-
-_WORD_TEXT = ("the of and to in is that for it as was with be by on not he this are or his from at "
-          "which but have an they you were her she there one all we their can been has more "
-          "if will would who so no about out up what when into time only new some could these "
-          "two may then do first any my now such like our over man me even most made after "
-          "also did many before must through back years where much your way well down should "
-          "because each just those people how too little state good very make world still own "
-          "see men work long here get both between life being under never day same another "
-          "know while last might us great old year off come since against go came right used "
-          "take three mailbox server message download queue header maildir index")
-_WORDS = _WORD_TEXT.split()
-
-
-def build_message(rng: random.Random, user: str, seq: int, size: int, when: float) -> bytes:
-    """One realistic CRLF message of exactly ``size`` bytes (headers + text/plain body).
-
-    Trace and MIME headers as an MTA and a mail user agent write them; the body is lines of
-    words up to 76 columns, about one line in 40 starting with a ``.`` so that the servers'
-    dot-stuffing (RFC 1939 section 3) is exercised.
-    """
-    date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when))
-    sender = f"{rng.choice(_WORDS)}.{rng.choice(_WORDS)}{rng.randrange(100)}@sender{seq % 37}.test"
-    subject = " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(3, 9))).capitalize()
-    head = (
-        f"Return-Path: <{sender}>\r\n"
-        f"Delivered-To: {user}@{DOMAIN}\r\n"
-        f"Received: from mx.sender{seq % 37}.test (mx.sender{seq % 37}.test [192.0.2.{seq % 250 + 1}])\r\n"
-        f"\tby mx.{DOMAIN} with ESMTPS id {seq:08X}\r\n\tfor <{user}@{DOMAIN}>; {date}\r\n"
-        f"Received: from [198.51.100.{seq % 200 + 1}] by mail.sender{seq % 37}.test with ESMTPSA;"
-        f" {date}\r\n"
-        f"From: {sender.split('@')[0].replace('.', ' ').title()} <{sender}>\r\n"
-        f"To: <{user}@{DOMAIN}>\r\n"
-        f"Subject: {subject}\r\n"
-        f"Date: {date}\r\n"
-        f"Message-ID: <{seq:06d}.{int(when)}@sender{seq % 37}.test>\r\n"
-        "MIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8; format=flowed\r\n"
-        "Content-Transfer-Encoding: 7bit\r\n"
-        "\r\n"
-    ).encode()
-    lines: list[bytes] = []
-    length = len(head)
-    while length < size:
-        words: list[str] = []
-        width = rng.randrange(20, 77)
-        while sum(len(w) + 1 for w in words) < width:
-            words.append(rng.choice(_WORDS))
-        text = " ".join(words)[:76]
-        if rng.randrange(40) == 0:
-            text = "." + text[:75]
-        line = text.encode() + b"\r\n"
-        lines.append(line)
-        length += len(line)
-    msg = (head + b"".join(lines))[: size - 2].rstrip(b"\r")
-    msg = msg + b"x" * (size - 2 - len(msg)) + b"\r\n"  # cut the last line, keep CRLF
-    if len(msg) != size:
-        raise AssertionError(f"generated {len(msg)} bytes, wanted {size}")
-    return msg
-
-
-def make_workload(messages: int, size: int, user: str, seed: int) -> Workload:
-    """``messages`` messages, Maildir file names sorting in delivery order."""
-    rng = random.Random(seed)
-    start = 1_763_900_000  # a fixed time, so that the workload is the same every run
-    names, bodies, expected = [], [], {}
-    for i in range(messages):
-        when = start + i * 7
-        body = build_message(rng, user, i, size, when)
-        mid = body[body.index(b"Message-ID: ") + 12: body.index(b">\r\n", body.index(b"Message-ID: ")) + 1]
-        names.append(f"{when}.M{i:06d}P4242Q{i}.bench.test,S={len(body)}")
-        bodies.append(body)
-        expected[mid] = (len(body), hashlib.sha1(body).digest())
-    if len(expected) != messages:
-        raise AssertionError("Message-IDs are not unique")
-    return Workload(tuple(names), tuple(bodies), expected)
-
-
-def populate(maildir: Path, work: Workload, owner: tuple[int, int] | None) -> None:
-    """Write every message into ``maildir/new`` (via ``tmp/`` and rename, as Maildir wants)."""
-    for sub in ("tmp", "new", "cur"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True)
-        if owner is not None:
-            os.chown(maildir / sub, *owner)
-    for name, body in zip(work.names, work.bodies, strict=True):
-        tmp = maildir / "tmp" / name
-        with open(tmp, "wb") as fh:
-            fh.write(body)
-        if owner is not None:
-            os.chown(tmp, *owner)
-        os.rename(tmp, maildir / "new" / name)
-
-
-def clear_maildir(maildir: Path, prefixes: Sequence[str]) -> None:
-    """Delete the message files in tmp/ new/ cur/ and the index files named ``prefixes*``."""
-    for sub in ("tmp", "new", "cur"):
-        d = maildir / sub
-        if d.is_dir():
-            for entry in os.scandir(d):
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-    if maildir.is_dir():
-        for entry in os.scandir(maildir):
-            if entry.is_file(follow_symlinks=False) and entry.name.startswith(tuple(prefixes)):
-                os.unlink(entry.path)
 
 
 # --------------------------------------------------------------------------- the client
@@ -397,90 +281,23 @@ class Pop3Server:
         return {}
 
 
-class DovecotServer(Pop3Server):
+class DovecotServer(RefDovecot, Pop3Server):
     """Debian's Dovecot via refstack.sh, its user's Maildir emptied and refilled."""
 
     name = "dovecot"
 
     def __init__(self, refstack: str, keep: bool) -> None:
-        self.refstack = refstack
-        self.keep = keep
-        self.ref_dir = Path(os.environ.get("REF_DIR", "/tmp/ref"))
-        self.maildir_root = Path(os.environ.get("REF_MAILDIR", str(self.ref_dir / "maildir")))
-        self.port = int(os.environ.get("REF_POP3_PORT", "11110"))
-        self.owner = (int(os.environ.get("REF_MAIL_UID", "8")),
-                      int(os.environ.get("REF_MAIL_GID", "8")))
-        self.maildir: Path | None = None
-        self.started: list[str] = []
-
-    def _pid(self, path: Path) -> int | None:
-        try:
-            pid = int(path.read_text().split()[0])
-            os.kill(pid, 0)
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid
-
-    def _dovecot_pid(self) -> int | None:
-        return self._pid(self.ref_dir / "dovecot" / "run" / "master.pid")
-
-    def _postfix_pid(self) -> int | None:
-        return self._pid(self.ref_dir / "postfix" / "spool" / "pid" / "master.pid")
+        super().__init__(refstack, keep, "REF_POP3_PORT", 11110)
 
     def setup(self, work: Workload, user: str, scratch: Path) -> None:
         """``refstack.sh start`` (it also starts Postfix), then refill the Maildir."""
-        had_dovecot, had_postfix = self._dovecot_pid(), self._postfix_pid()
-        log(f"dovecot: {self.refstack} start")
-        res = subprocess.run([self.refstack, "start"], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True)
-        if not had_dovecot and self._dovecot_pid():
-            self.started.append("dovecot")
-        if not had_postfix and self._postfix_pid():
-            self.started.append("postfix")
-        if res.returncode != 0:
-            raise BenchError(f"refstack.sh start failed ({res.returncode}):\n"
-                             f"{res.stdout}\n{res.stderr}")
-        if had_dovecot:
-            log("dovecot: was already running; it will be left running at the end")
-        self.maildir = self.maildir_root / user / "Maildir"
-        if not self.maildir.is_dir():
-            raise BenchError(f"{self.maildir} does not exist (refstack has user1..userN)")
-        clear_maildir(self.maildir, ["dovecot"])
-        populate(self.maildir, work, self.owner)
-        wait_for_port(self.port, None, 10, "dovecot pop3")
+        self.start_refstack()
+        self.refill(work, user, "dovecot pop3")
 
     def pids(self) -> list[int]:
         """The Dovecot master: pop3-login, auth and the per-session pop3 are its children."""
-        pid = self._dovecot_pid()
+        pid = self.master_pid()
         return [] if pid is None else [pid]
-
-    def teardown(self) -> None:
-        """Empty the Maildir again; stop Dovecot / Postfix only if this script started them."""
-        if self.maildir is not None and not self.keep:
-            clear_maildir(self.maildir, ["dovecot"])
-        if "postfix" in self.started:
-            log("postfix: stopping (started by refstack.sh start)")
-            subprocess.run(["postfix", "-c", str(self.ref_dir / "postfix" / "etc"), "stop"],
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        pid = self._dovecot_pid()
-        if "dovecot" in self.started and pid is not None:
-            log(f"dovecot: stopping master pid {pid}")
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while self._dovecot_pid() is not None and time.monotonic() < deadline:
-                time.sleep(0.1)
-        self.started = []
-
-    def info(self) -> dict[str, Any]:
-        """Dovecot version."""
-        out: dict[str, Any] = {"port": self.port, "maildir": str(self.maildir)}
-        try:
-            res = subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
-                                 timeout=10)
-            out["version"] = res.stdout.strip()
-        except (OSError, subprocess.SubprocessError) as e:
-            out["version"] = str(e)
-        return out
 
 
 class TxmailServer(Pop3Server):
@@ -501,30 +318,15 @@ class TxmailServer(Pop3Server):
         self.data = run_dir / "data"
         shutil.rmtree(run_dir, ignore_errors=True)
         self.data.mkdir(parents=True)
-        cmd = [self.txmail, "user", "add", "--data-dir", str(self.data), f"{user}@{DOMAIN}",
-               "--password-stdin"]
-        res = subprocess.run(cmd, input=PASSWORD + "\n", capture_output=True, text=True,
-                             cwd=run_dir, timeout=120)
-        if res.returncode != 0:
-            raise BenchError(f"{' '.join(cmd)} exited {res.returncode}:\n"
-                             f"{res.stdout}{res.stderr}"[-3000:])
+        add_txmail_users(self.txmail, self.data, [f"{user}@{DOMAIN}"], run_dir)
         populate(self.data / "mail" / DOMAIN / user, work, None)
         self.port = free_port()
-        logfile = run_dir / "twistd.log"
-        cmd = [self.twistd, "-n", "--pidfile", str(run_dir / "twistd.pid"),
-               "--logfile", str(logfile), "mailserver", "--data-dir", str(self.data),
-               "--domain", DOMAIN, "--smtp", f"tcp:0:interface={HOST}",
-               "--submission", f"tcp:0:interface={HOST}",
-               "--pop3", f"tcp:{self.port}:interface={HOST}"]
-        log("txmail: " + " ".join(cmd))
-        with open(run_dir / "twistd.out", "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(self.port, self.proc, self.start_timeout, "txmail twistd", logfile)
-        except BenchError as e:
-            raise BenchError(f"{e}\n--- twistd stdout/stderr ---\n"
-                             f"{tail_of(run_dir / 'twistd.out')}") from None
+        self.proc = start_twistd(
+            self.twistd, run_dir,
+            ["--data-dir", str(self.data), "--domain", DOMAIN,
+             "--smtp", f"tcp:0:interface={HOST}", "--submission", f"tcp:0:interface={HOST}",
+             "--pop3", f"tcp:{self.port}:interface={HOST}"],
+            ports=[self.port], start_timeout=self.start_timeout)
 
     def pids(self) -> list[int]:
         """The twistd process (all its threads)."""
@@ -537,16 +339,7 @@ class TxmailServer(Pop3Server):
 
     def info(self) -> dict[str, Any]:
         """Which twistd, and txmail's version."""
-        out: dict[str, Any] = {"twistd": self.twistd, "port": self.port}
-        python = Path(self.twistd).parent / "python"
-        try:
-            res = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
-                                  "print(m.version('txmail'))"],
-                                 capture_output=True, text=True, timeout=30)
-            out["version"] = res.stdout.strip() or res.stderr.strip()[-300:]
-        except (OSError, subprocess.SubprocessError) as e:
-            out["version"] = str(e)
-        return out
+        return {"twistd": self.twistd, "port": self.port, "version": txmail_version(self.twistd)}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -613,8 +406,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--messages", type=int, default=5000, help="messages in the maildrop")
     p.add_argument("--size", type=int, default=10240, help="bytes per message (whole file)")
     p.add_argument("--servers", default="dovecot,txmail", help="comma-separated: dovecot, txmail")
@@ -639,10 +431,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="keep the scratch directory and Dovecot's Maildir contents")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
-    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = set(args.server_list) - {"dovecot", "txmail"}
-    if unknown or not args.server_list:
-        p.error(f"unknown server(s): {', '.join(sorted(unknown)) or '(none)'}")
+    parse_servers(p, args, {"dovecot", "txmail"})
     for name in ("messages", "size", "runs", "pipeline"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -654,15 +443,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 if any server failed."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    install_sigterm()
     log(f"generating {args.messages} messages of {args.size} bytes")
     work = make_workload(args.messages, args.size, args.user, args.seed)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="pop3bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "pop3bench-")
     servers: dict[str, Pop3Server] = {}
     for name in args.server_list:
         servers[name] = (DovecotServer(args.refstack, args.keep) if name == "dovecot"
@@ -718,34 +502,22 @@ def main(argv: list[str] | None = None) -> int:
           f"pipeline={args.pipeline}, median of {args.runs} run(s), {os.cpu_count()} CPUs "
           "shared with the client")
     print(format_table(rows))
-    for name, err in failures.items():
-        print(f"\n{name}: FAILED\n{err}")
+    print_failures(failures)
 
     record = {
-        "benchmark": "pop3_download",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": {k: v for k, v in vars(args).items() if k != "server_list"},
+        **record_header("pop3_download", args),
         "workload": {"messages": args.messages, "size": args.size,
                      "total_bytes": work.total_bytes},
-        "machine": _machine(),
+        "machine": machine_info(),
         "servers": {name: s.info() for name, s in servers.items()},
         "warmups": warmups,
         "runs": [dataclasses.asdict(r) for r in results],
         "summary": rows,
         "failures": failures,
     }
-    out = Path(args.json) if args.json else RESULTS_DIR / (
-        "pop3_download-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"\nJSON: {out}")
+    write_results(record, "pop3_download", args.json)
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; every server this script started has been stopped")
-        sys.exit(130)
+    run_script(main)

@@ -36,44 +36,48 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
-import json
 import os
-import platform
 import shutil
-import signal
 import smtplib
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import (  # shared benchmark helpers
+    HOST,
+    PASSWORD,
+    BenchError,
+    add_txmail_users,
+    filler_message,
+    free_port,
+    install_sigterm,
+    log,
+    machine_info,
+    make_parser,
+    make_workdir,
+    process_cpu,
+    record_header,
+    run_script,
+    start_twistd,
+    stop_process,
+    tail_of,
+    write_results,
+)
+
 __all__ = ["DNSResponder", "TxmailInstance", "main", "measure"]
 
-HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
-HOST = "127.0.0.1"
 SENDER_DOMAIN = "example.test"
 REMOTE_DOMAIN = "remote.test"
 MX_NAME = "mx.remote.test"
 SENDER = f"sender@{SENDER_DOMAIN}"
-PASSWORD = "pass"
-
-
-def log(message: str) -> None:
-    """Progress output on stderr (stdout carries the result table)."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """A server or the load generator misbehaved; the message says how."""
 
 
 # --------------------------------------------------------------------------- fake DNS
@@ -171,67 +175,6 @@ class DNSResponder:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    """A currently unused loopback TCP port."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def tail_of(path: Path, limit: int = 3000) -> str:
-    """The last ``limit`` characters of a log file."""
-    try:
-        return path.read_text(errors="replace")[-limit:]
-    except OSError as e:
-        return f"({e.strerror}: {path})"
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, logfile: Path) -> None:
-    """Wait until ``port`` accepts connections while ``proc`` stays alive."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(
-                f"{what} exited with status {proc.returncode} before listening"
-                f"\n--- log tail ({logfile}) ---\n{tail_of(logfile)}"
-            )
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise BenchError(
-        f"{what} did not listen on {HOST}:{port} within {timeout}s"
-        f"\n--- log tail ({logfile}) ---\n{tail_of(logfile)}"
-    )
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
-    """SIGTERM a process this script started, then SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, with reaped children) of one process, 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return sum(int(x) for x in fields[11:15]) / _TICK
-
-
 class TxmailInstance:
     """One ``twistd -n mailserver`` with its own data directory."""
 
@@ -250,53 +193,35 @@ class TxmailInstance:
         """``txmail user add`` for each address (before the server starts)."""
         shutil.rmtree(self.dir, ignore_errors=True)
         self.data.mkdir(parents=True)
-        for address in addresses:
-            cmd = [self.txmail, "user", "add", "--data-dir", str(self.data), address, "--password-stdin"]
-            res = subprocess.run(
-                cmd, input=PASSWORD + "\n", capture_output=True, text=True, cwd=self.dir, timeout=120
-            )
-            if res.returncode != 0:
-                raise BenchError(
-                    f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout}{res.stderr}"[-3000:]
-                )
+        add_txmail_users(self.txmail, self.data, addresses, self.dir)
 
     def start(self, domain: str, hostname: str, config: str, extra: list[str]) -> None:
         """Write the config file, start twistd and wait for both ports."""
         config_path = self.dir / "txmail.toml"
         config_path.write_text(config)
-        logfile = self.dir / "twistd.log"
-        cmd = [
+        self.proc = start_twistd(
             self.twistd,
-            "-n",
-            "--pidfile",
-            str(self.dir / "twistd.pid"),
-            "--logfile",
-            str(logfile),
-            "mailserver",
-            "--config",
-            str(config_path),
-            "--data-dir",
-            str(self.data),
-            "--domain",
-            domain,
-            "--hostname",
-            hostname,
-            "--smtp",
-            f"tcp:{self.smtp_port}:interface={HOST}",
-            "--submission",
-            f"tcp:{self.submission_port}:interface={HOST}",
-            *extra,
-        ]
-        log(f"{self.name}: " + " ".join(cmd))
-        with open(self.dir / "twistd.out", "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
-        for port in (self.smtp_port, self.submission_port):
-            try:
-                wait_for_port(port, self.proc, self.start_timeout, f"{self.name} twistd", logfile)
-            except BenchError as e:
-                raise BenchError(f"{e}\n--- twistd stdout ---\n{tail_of(self.dir / 'twistd.out')}") from None
+            self.dir,
+            [
+                "--config",
+                str(config_path),
+                "--data-dir",
+                str(self.data),
+                "--domain",
+                domain,
+                "--hostname",
+                hostname,
+                "--smtp",
+                f"tcp:{self.smtp_port}:interface={HOST}",
+                "--submission",
+                f"tcp:{self.submission_port}:interface={HOST}",
+                *extra,
+            ],
+            ports=(self.smtp_port, self.submission_port),
+            start_timeout=self.start_timeout,
+            name=self.name,
+            out_label="--- twistd stdout ---",
+        )
 
     def cpu(self) -> float:
         """CPU seconds used so far by the twistd process."""
@@ -304,7 +229,7 @@ class TxmailInstance:
 
     def stop(self) -> None:
         """Stop twistd."""
-        stop_process(self.proc)
+        stop_process(self.proc, 20)
         self.proc = None
 
     def maildir_new(self, address: str) -> Path:
@@ -334,16 +259,7 @@ def count_files(dirs: list[Path]) -> int:
 
 def build_message(rcpt: str, size: int, seq: int) -> bytes:
     """Headers plus a ``size``-byte body of 78-column lines."""
-    now = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
-    head = (
-        f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nDate: {now}\r\nSubject: relay {seq}\r\n"
-        f"Message-Id: <{seq}.{os.getpid()}@loadgen.test>\r\n\r\n"
-    ).encode()
-    line = b"X" * 78 + b"\r\n"
-    body = (line * (size // len(line) + 1))[:size]
-    if not body.endswith(b"\r\n"):
-        body = body[:-2] + b"\r\n"
-    return head + body
+    return filler_message(SENDER, rcpt, size, seq, subject=f"relay {seq}")
 
 
 class SubmissionLoad:
@@ -628,28 +544,9 @@ def format_table(results: list[RunResult], summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-    }
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = make_parser(__doc__)
     p.add_argument("--messages", type=int, default=2000, help="timed messages per run")
     p.add_argument("--size", type=int, default=10240, help="message body bytes")
     p.add_argument("--concurrency", type=int, default=10, help="submission connections")
@@ -693,13 +590,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 if a run failed."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="relaybench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    install_sigterm()
+    workdir = make_workdir(args.workdir, "relaybench-")
     results: list[RunResult] = []
     failure: str | None = None
     try:
@@ -727,29 +619,15 @@ def main(argv: list[str] | None = None) -> int:
     if failure:
         print(f"\nFAILED: {failure}")
     record = {
-        "benchmark": "relay_throughput",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": vars(args),
-        "machine": _machine(),
+        **record_header("relay_throughput", args),
+        "machine": machine_info(),
         "runs": [dataclasses.asdict(r) for r in results],
         "summary": summary,
         "failure": failure,
     }
-    out = (
-        Path(args.json)
-        if args.json
-        else RESULTS_DIR / ("relay_throughput-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"\nJSON: {out}")
+    write_results(record, "relay_throughput", args.json)
     return 1 if failure else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; every process this script started has been stopped")
-        sys.exit(130)
+    run_script(main, "process")

@@ -31,25 +31,48 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import os
-import platform
 import resource
 import shutil
-import signal
 import smtplib
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import (  # shared benchmark helpers
+    DOMAIN,
+    HERE,
+    HOST,
+    BenchError,
+    add_txmail_users,
+    filler_message,
+    free_port,
+    install_sigterm,
+    log,
+    machine_info,
+    make_parser,
+    make_workdir,
+    parse_servers,
+    pid_from_file,
+    print_failures,
+    record_header,
+    refstack,
+    refstack_failed,
+    run_script,
+    start_twistd,
+    stop_process,
+    tail_of,
+    tree_cpu,
+    wait_for_port,
+    write_results,
+)
 
 __all__ = [
     "AiosmtpdServer",
@@ -62,21 +85,7 @@ __all__ = [
     "measure",
 ]
 
-HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
-HOST = "127.0.0.1"
-DOMAIN = "example.test"
 SENDER = f"sender@{DOMAIN}"
-PASSWORD = "pass"
-
-
-def log(message: str) -> None:
-    """Progress output on stderr (stdout carries the result table)."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """A server or load generator misbehaved; the message says how."""
 
 
 # --------------------------------------------------------------------------- workload plan
@@ -254,14 +263,7 @@ class SmtpSourceLoad(LoadGenerator):
 
 def build_message(rcpt: str, size: int, seq: int) -> bytes:
     """Headers like smtp-source's plus a ``size``-byte body of 78-column lines."""
-    now = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
-    head = (f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nDate: {now}\r\n"
-            f"Message-Id: <{seq}.{os.getpid()}@loadgen.test>\r\n\r\n").encode()
-    line = b"X" * 78 + b"\r\n"
-    body = (line * (size // len(line) + 1))[:size]
-    if not body.endswith(b"\r\n"):
-        body = body[:-2] + b"\r\n" if len(body) >= 2 else b"\r\n"
-    return head + body
+    return filler_message(SENDER, rcpt, size, seq)
 
 
 class PythonLoad(LoadGenerator):
@@ -320,99 +322,7 @@ class PythonLoad(LoadGenerator):
             t.join(1)
 
 
-# --------------------------------------------------------------------------- CPU accounting
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid -> (ppid, CPU seconds of the process plus its reaped children)."""
-    table: dict[int, tuple[int, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(b")") + 2:].split()
-        # fields[1]=ppid; fields[11..14]=utime stime cutime cstime (proc(5), 0-based from state)
-        ticks = sum(int(x) for x in fields[11:15])
-        table[int(entry)] = (int(fields[1]), ticks / _TICK)
-    return table
-
-
-def tree_cpu(roots: Sequence[int]) -> float:
-    """CPU seconds used so far by ``roots`` and all their descendants (live or reaped).
-
-    A child's time moves into its parent's cutime/cstime when the parent reaps it, so the
-    difference of two readings is the CPU the tree used in between.
-    """
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    total = 0.0
-    todo = [r for r in roots if r in table]
-    seen: set[int] = set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += table[pid][1]
-        todo.extend(children.get(pid, ()))
-    return total
-
-
 # --------------------------------------------------------------------------- servers
-
-def free_port() -> int:
-    """A currently unused loopback TCP port."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def tail_of(path: Path | None, limit: int = 3000) -> str:
-    """The last ``limit`` characters of a log file, or a note that it does not exist."""
-    if path is None:
-        return ""
-    try:
-        return path.read_text(errors="replace")[-limit:]
-    except OSError as e:
-        return f"({e.strerror}: {path})"
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float,
-                  what: str, logfile: Path | None = None) -> None:
-    """Wait until ``port`` accepts connections (and ``proc``, if given, stays alive)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError(f"{what} exited with status {proc.returncode} before listening"
-                             f"\n--- log tail ({logfile}) ---\n{tail_of(logfile)}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise BenchError(f"{what} did not listen on {HOST}:{port} within {timeout}s"
-                     f"\n--- log tail ({logfile}) ---\n{tail_of(logfile)}")
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
-    """SIGTERM the process we started, then SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 class Server:
     """A server under test: set up once, started per run, stopped at the end."""
@@ -460,12 +370,7 @@ class PostfixServer(Server):
         self.started = False
 
     def _master_pid(self) -> int | None:
-        try:
-            pid = int((self.spool / "pid" / "master.pid").read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
+        return pid_from_file(self.spool / "pid" / "master.pid")
 
     def _pid_alive(self) -> bool:
         return self._master_pid() is not None
@@ -478,12 +383,9 @@ class PostfixServer(Server):
     def setup(self) -> None:
         """``refstack.sh start`` (installs dovecot+postfix via apt if missing)."""
         was_running = self._pid_alive()
-        log(f"postfix: {self.refstack} start")
-        res = subprocess.run([self.refstack, "start"], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True)
+        res = refstack(self.refstack, "start", "postfix")
         if res.returncode != 0:
-            raise BenchError(f"refstack.sh start failed ({res.returncode}):\n"
-                             f"{res.stdout}\n{res.stderr}")
+            raise refstack_failed(res)
         self.started = not was_running
         if was_running:
             log("postfix: was already running; it will be left running at the end")
@@ -516,9 +418,7 @@ class PostfixServer(Server):
     def teardown(self) -> None:
         """``refstack.sh stop`` if this script started it."""
         if self.started:
-            log(f"postfix: {self.refstack} stop")
-            subprocess.run([self.refstack, "stop"], stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True)
+            refstack(self.refstack, "stop", "postfix")
 
     def info(self) -> dict[str, Any]:
         """Postfix version and the durability-relevant settings."""
@@ -613,29 +513,16 @@ class TxmailServer(Server):
         shutil.rmtree(self.data, ignore_errors=True)  # a reused --workdir starts empty too
         self.data.mkdir(parents=True)
         nusers = max(int(u.removeprefix("user")) for u in users)
-        for i in range(1, nusers + 1):
-            cmd = [self.txmail, "user", "add", "--data-dir", str(self.data),
-                   f"user{i}@{DOMAIN}", "--password-stdin"]
-            res = subprocess.run(cmd, input=PASSWORD + "\n", capture_output=True, text=True,
-                                 cwd=run_dir, timeout=120)
-            if res.returncode != 0:
-                raise BenchError(f"{' '.join(cmd)} exited {res.returncode}:\n"
-                                 f"{res.stdout}{res.stderr}"[-3000:])
+        add_txmail_users(self.txmail, self.data,
+                         [f"user{i}@{DOMAIN}" for i in range(1, nusers + 1)], run_dir)
         port = free_port()
-        logfile = run_dir / "txmail-twistd.log"
-        cmd = [self.twistd, "-n", "--pidfile", str(run_dir / "twistd.pid"),
-               "--logfile", str(logfile), "mailserver", "--data-dir", str(self.data),
-               "--domain", DOMAIN, "--smtp", f"tcp:{port}:interface={HOST}",
-               "--submission", f"tcp:0:interface={HOST}", "--hostname", "bench.test"]
-        log("txmail: " + " ".join(cmd))
-        with open(run_dir / "txmail-twistd.out", "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(port, self.proc, self.start_timeout, "txmail twistd", logfile)
-        except BenchError as e:
-            out_text = tail_of(run_dir / "txmail-twistd.out")
-            raise BenchError(f"{e}\n--- twistd stdout/stderr ---\n{out_text}") from None
+        self.proc = start_twistd(
+            self.twistd, run_dir,
+            ["--data-dir", str(self.data), "--domain", DOMAIN,
+             "--smtp", f"tcp:{port}:interface={HOST}",
+             "--submission", f"tcp:0:interface={HOST}", "--hostname", "bench.test"],
+            ports=[port], start_timeout=self.start_timeout,
+            logfile=run_dir / "txmail-twistd.log", outfile=run_dir / "txmail-twistd.out")
         return port
 
     def pids(self) -> list[int]:
@@ -827,26 +714,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": sys.version.split()[0]}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--messages", type=int, default=5000, help="timed messages per run")
     p.add_argument("--concurrency", type=int, default=20, help="concurrent SMTP connections")
     p.add_argument("--size", type=int, default=10240,
@@ -886,10 +758,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
-    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = set(args.server_list) - {"postfix", "aiosmtpd", "txmail"}
-    if unknown or not args.server_list:
-        p.error(f"unknown server(s): {', '.join(sorted(unknown)) or '(none)'}")
+    parse_servers(p, args, {"postfix", "aiosmtpd", "txmail"})
     for name in ("messages", "concurrency", "size", "runs", "users"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -899,18 +768,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 if any server failed."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    install_sigterm()
     plan = make_plan(args.messages, args.concurrency, args.size, args.users, args.reuse)
     warmup_plan = (make_plan(args.warmup, args.concurrency, args.size, len(plan.shares),
                              args.reuse) if args.warmup else None)
     if warmup_plan is not None and warmup_plan.users != plan.users[:len(warmup_plan.users)]:
         raise AssertionError("warm-up must use the measured recipients")
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="smtpbench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(args.workdir, "smtpbench-")
     if args.load == "smtp-source":
         if not os.path.exists(args.smtp_source):
             raise SystemExit(f"{args.smtp_source} not found (it ships in Debian's postfix package)")
@@ -967,32 +831,20 @@ def main(argv: list[str] | None = None) -> int:
           f"recipients {', '.join(plan.users)}, load={args.load}, "
           f"median of {args.runs} run(s), {os.cpu_count()} CPUs shared with the load generator")
     print(format_table(rows))
-    for name, err in failures.items():
-        print(f"\n{name}: FAILED\n{err}")
+    print_failures(failures)
 
     record = {
-        "benchmark": "smtp_delivery",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": {k: v for k, v in vars(args).items() if k != "server_list"},
+        **record_header("smtp_delivery", args),
         "plan": [dataclasses.asdict(s) for s in plan.shares],
-        "machine": _machine(),
+        "machine": machine_info(),
         "servers": {name: s.info() for name, s in servers.items()},
         "runs": [dataclasses.asdict(r) for r in results],
         "summary": rows,
         "failures": failures,
     }
-    out = Path(args.json) if args.json else RESULTS_DIR / (
-        "smtp_delivery-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"\nJSON: {out}")
+    write_results(record, "smtp_delivery", args.json)
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; every server this script started has been stopped")
-        sys.exit(130)
+    run_script(main)
