@@ -457,6 +457,28 @@ class IMAPBackPressureTests(ServerTestCase):
         _flood(self, proto, transport, b"a CAPABILITY\r\n")
 
 
+class TLSBackPressureTests(ServerTestCase):
+    def test_capability_flood_over_implicit_tls(self) -> None:
+        """
+        Over TLS reading goes on while replies back up (the TLS layer pauses
+        the connection during its handshake), but only until a bounded amount
+        of input waits unparsed; then reading stops too.
+        """
+        options: dict[str, Any] = {
+            "authenticator": self.authenticator,
+            "stores": self.stores,
+            "clock": self.clock,
+            "plaintext_auth": "loopback",
+            "implicit_tls": True,
+        }
+        proto = IMAPFactory(**options).buildProtocol(None)
+        transport = _FullPipeTransport(peerAddress=IMAP_PEER)
+        proto.makeConnection(transport)
+        _flood(self, proto, transport, b"a CAPABILITY\r\n")
+        self.assertEqual(transport.producerState, "paused")  # reading stopped
+        self.assertLess(proto.session.buffered_input, 1024 * 1024)
+
+
 class IMAPPreAuthLiteralTests(ServerTestCase):
     def test_preauth_literal_is_not_accepted_at_full_size(self) -> None:
         """

@@ -38,7 +38,6 @@ from twisted.internet.interfaces import IPushProducer, ITLSTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -80,7 +79,7 @@ def _buffered(transport: Any) -> bool:
 @implementer(IPushProducer)
 class _ReplyGate:
     """
-    A connection's producer (not over TLS) while nothing else streams: the transport
+    A connection's producer while nothing else streams: the transport
     pauses it when the client stops reading replies and its write buffer is
     full, and resumes it once drained.  Meanwhile the protocol reads no
     more commands, so a client that pipelines without reading cannot make
@@ -106,6 +105,8 @@ class _ReplyGate:
 #: Replies queued in a session before they are handed to the transport in
 #: the middle of a burst of pipelined commands (so that back-pressure can act).
 FLUSH_EVERY = 256 * 1024
+#: Input kept unread in a TLS session while its replies back up (see SessionProtocol._may_read).
+MAX_UNREAD_INPUT = 256 * 1024
 
 
 class SessionProtocol(Protocol, ABC):
@@ -256,9 +257,10 @@ class SessionProtocol(Protocol, ABC):
         if session.closed and self._may_close():
             self._cancel_timer()
             self._closing()
+            self._release_producer()  # TLS closes only once no producer is registered
             self._transport.loseConnection()
             return
-        self._set_reading(not self._waiting and not self._reply_gate.paused)
+        self._set_reading(self._may_read())
         if self._timer_stopped():
             self._cancel_timer()
         else:
@@ -271,14 +273,8 @@ class SessionProtocol(Protocol, ABC):
         """Register the reply gate as the transport's producer (when nothing else is)."""
         if self._gate_registered or self._lost or (self.session is not None and self.session.closed):
             return
-        t = self._transport
-        if isinstance(t, TLSMemoryBIOProtocol) or getattr(t, "TLS", False):
-            # Not over TLS: Twisted's TLS layer pauses a registered
-            # producer until its handshake is done, and pausing us stops
-            # reading the very bytes the handshake needs.
-            return
         with contextlib.suppress(AttributeError, RuntimeError):
-            t.registerProducer(self._reply_gate, True)
+            self._transport.registerProducer(self._reply_gate, True)
             self._gate_registered = True
 
     def _release_producer(self) -> None:
@@ -291,8 +287,23 @@ class SessionProtocol(Protocol, ABC):
             self._transport.unregisterProducer()
 
     def _output_backed_up(self) -> None:
-        """The client does not read its replies: read no more commands."""
-        self._set_reading(False)
+        """The client does not read its replies: answer (and read) no more commands."""
+        self._set_reading(self._may_read())
+
+    def _may_read(self) -> bool:
+        """
+        Whether to read from the transport now.  Not while a Deferred of
+        ours will answer the session, nor while the client's replies back
+        up -- except over TLS, whose layer also pauses us while its
+        handshake is under way and must go on reading for it: there input
+        is read until :data:`MAX_UNREAD_INPUT` octets wait in the session.
+        """
+        if self._waiting:
+            return False
+        if not self._reply_gate.paused:
+            return True
+        session = self.session
+        return bool(session is not None and session.tls and session.buffered_input < MAX_UNREAD_INPUT)
 
     def _output_drained(self) -> None:
         """The transport wrote what it held: go on with the commands."""
@@ -452,8 +463,9 @@ class SessionProtocol(Protocol, ABC):
             )
         session.accept()
         self._flush()  # the positive reply goes out in the clear, before the handshake
-        self._release_producer()  # see _claim_producer: not over TLS
+        self._release_producer()  # registered again through the TLS layer
         self._transport.startTLS(self.factory.tls_context)
+        self._claim_producer()
 
     # -- timeouts --
 

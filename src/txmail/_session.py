@@ -85,6 +85,11 @@ class SessionCore(Generic[EventT]):
         return out
 
     @property
+    def buffered_input(self) -> int:
+        """Octets received and not yet parsed."""
+        return 0
+
+    @property
     def pending_output(self) -> int:
         """Octets queued for the client and not yet taken by :meth:`data_to_send`."""
         return self._out_size
@@ -231,6 +236,11 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
         self._sasl: sasl.SASLServer | None = None
 
     # -- public API ------------------------------------------------------------
+
+    @property
+    def buffered_input(self) -> int:
+        """Octets received and not yet parsed."""
+        return len(self._inbuf)
 
     def receive_data(self, data: bytes) -> None:
         """

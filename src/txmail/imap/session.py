@@ -262,6 +262,11 @@ class IMAPSession(SessionCore[Event]):
         return self._events.popleft() if self._events else None
 
     @property
+    def buffered_input(self) -> int:
+        """Octets received and not yet framed."""
+        return self._framer.buffered
+
+    @property
     def idling(self) -> bool:
         """An IDLE command is in progress (RFC 2177)."""
         return self._idling

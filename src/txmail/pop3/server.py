@@ -381,6 +381,7 @@ class POP3ServerProtocol(SessionProtocol):
                 )
             if not self._lost:
                 # The response is broken mid-way: the client cannot recover.
+                self._release_producer()
                 self._transport.loseConnection()
                 self._lost = True
 
@@ -455,6 +456,7 @@ class POP3ServerProtocol(SessionProtocol):
             self._transport.unregisterProducer()
             producer.stopProducing()
             self._release()
+            self._release_producer()
             self._transport.loseConnection()
             return
         super()._session_timed_out()
