@@ -1,9 +1,10 @@
 """
 The Twisted plumbing shared by the server adapters
 (:class:`txmail.smtp.server.SMTPServerProtocol`,
-:class:`txmail.pop3.server.POP3ServerProtocol`, and later IMAP): each moves
-bytes and time between a transport and a sans-IO session built on
-:class:`txmail._session.LineSession`.
+:class:`txmail.pop3.server.POP3ServerProtocol`,
+:class:`txmail.imap.server.IMAPServerProtocol`): each moves bytes and time
+between a transport and a sans-IO session built on
+:class:`txmail._session.SessionCore`.
 
 Implementation notes
 --------------------
@@ -13,6 +14,13 @@ Implementation notes
   reading from the transport (``pauseProducing``), so pipelined input is not
   buffered without bound, and resumes once the Deferred answered the
   session.  Replies therefore go out in command order (RFC 2920, RFC 2449).
+* Back-pressure on replies: a reply gate is the transport's producer (a
+  message or a long FETCH replaces it with its own while it streams); when
+  the client stops reading and the write buffer fills, commands are no
+  longer answered nor read until it drains (over TLS, reading goes on until
+  ``MAX_UNREAD_INPUT`` octets wait, since the TLS layer also pauses the
+  producer during its handshake).  Replies go straight to the socket on a
+  plain TCP connection with nothing buffered (``_write_out``).
 * One timer on the injected clock runs while we wait for the client and is
   stopped while we wait for a Deferred of our own; expiry lets the session
   answer and close.

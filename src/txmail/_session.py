@@ -1,7 +1,11 @@
 """
-The sans-IO plumbing shared by the line-based server sessions
-(:class:`txmail.smtp.session.ServerSession`,
-:class:`txmail.pop3.session.POP3Session`, and later IMAP).
+The sans-IO plumbing shared by the server sessions:
+:class:`SessionCore` (output, events, pausing) under all three, and
+:class:`LineSession` (CRLF lines, SASL, STARTTLS) under the line-based ones,
+:class:`txmail.smtp.session.ServerSession` and
+:class:`txmail.pop3.session.POP3Session`.  The IMAP session
+(:class:`txmail.imap.session.IMAPSession`) frames its own input (literals)
+on :class:`SessionCore`.
 
 Theory of operation
 -------------------

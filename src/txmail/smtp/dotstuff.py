@@ -170,7 +170,8 @@ def dot_stuff(message: bytes) -> bytes:
     Encode *message* for DATA (RFC 5321 section 4.5.2): double the period at
     the start of each line and add the end-of-data mark.  A message not
     ending in CRLF gets one.  The inverse of :class:`DataDecoder` for
-    messages with CRLF line ends (used by tests and, later, the client).
+    messages with CRLF line ends (used by tests; the SMTP client streams with
+    :class:`txmail.smtp.client.DotStuffer`).
     """
     stuffed = message.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
