@@ -57,6 +57,7 @@ import os
 import re
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -171,7 +172,7 @@ def _empty_document() -> dict[str, Any]:
     return {"version": FILE_VERSION, "users": {}, "aliases": {}}
 
 
-class _DirectoryBase:
+class _DirectoryBase(ABC):
     """
     What :class:`FileDirectory` and :class:`MemoryDirectory` share: the
     lookups of :class:`txmail.interfaces.IDirectory` over a :class:`_Snapshot`
@@ -195,11 +196,13 @@ class _DirectoryBase:
         else:
             self.primary_domain = self.configured_domains[0] if self.configured_domains else None
 
+    @abstractmethod
     def _current(self) -> _Snapshot:
-        raise NotImplementedError
+        """The snapshot to answer lookups from."""
 
+    @abstractmethod
     def _mutate(self, change: Callable[[dict[str, Any]], _T]) -> _T:
-        raise NotImplementedError
+        """Apply *change* to the document, keep it, re-parse; return what *change* returned."""
 
     def _parse(self, document: dict[str, Any]) -> _Snapshot:
         snapshot = _Snapshot()
