@@ -382,7 +382,7 @@ def fetch_chunks(
     text = [b"* %d FETCH (" % seq]
     parsed: mime.ParsedMessage | None = None
     first = True
-    for item in _plan(tuple(items), include_uid, include_flags):
+    for item in _plan_for(items, include_uid, include_flags):
         if not first:
             text.append(b" ")
         first = False
@@ -409,6 +409,24 @@ def fetch_chunks(
     text.append(b")\r\n")
     chunks.append(b"".join(text))
     return chunks
+
+
+#: The last plan made, with the items object it was made for: a FETCH
+#: renders every message with the same items object, so the plan is found
+#: by identity, without hashing the attributes again for each message.
+_last_plan: tuple[object, bool, bool, tuple[FetchAttribute, ...]] = (None, False, False, ())
+
+
+def _plan_for(
+    items: Sequence[FetchAttribute], include_uid: bool, include_flags: bool
+) -> tuple[FetchAttribute, ...]:
+    global _last_plan
+    last = _last_plan
+    if last[0] is items and last[1] is include_uid and last[2] is include_flags:
+        return last[3]
+    plan = _plan(tuple(items), include_uid, include_flags)
+    _last_plan = (items, include_uid, include_flags, plan)
+    return plan
 
 
 @functools.lru_cache(maxsize=128)
