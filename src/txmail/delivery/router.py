@@ -71,6 +71,53 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain.lower().rstrip(".")
 
 
+def stored_xtext(value: str) -> str:
+    """A stored RFC 3461 xtext value (ENVID, ORCPT) as text; a value that is not xtext stays as it is."""
+    decoded = xtext_decode(value)
+    return value if decoded is None else decoded
+
+
+@defer.inlineCallbacks
+def deliver_notice(
+    deliver: Any,
+    sender: str,
+    data: bytes,
+    *,
+    message_id: str,
+    received_at: float,
+    hostname: str,
+    local: bool,
+    directory: str | None = None,
+) -> Any:
+    """
+    Deliver a delivery status notification (*data*, from
+    :func:`txmail.delivery.bounce.make_dsn`) to *sender* from the null
+    reverse-path through *deliver* (``deliver(envelope, message_file)``, a
+    router's).  A local sender's copy gets ``Return-Path: <>`` (RFC 5321
+    section 4.4: final delivery records the reverse-path).  The message is
+    written to a temporary file in *directory* for the router and removed
+    afterwards.  Fires with whether every copy was delivered or queued.
+    """
+    if local:
+        data = b"Return-Path: <>\r\n" + data
+    fd, path = tempfile.mkstemp(prefix="dsn-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        envelope = Envelope(
+            mail_from="",
+            rcpt_to=(sender,),
+            received_at=received_at,
+            message_id=message_id,
+            helo=hostname,
+        )
+        report = yield deliver(envelope, MessageFile(path, len(data), data=data))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return all(r.ok for r in report.results)
+
+
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -221,14 +268,13 @@ class DeliveryRouter:
             if not dests or not all(self._is_local(split_address(d)[1]) for d in dests):
                 continue
             orcpt = (params.get(result.recipient) or {}).get("ORCPT")
-            decoded = xtext_decode(orcpt) if orcpt else None
             wanted.append(
                 RecipientStatus(
                     recipient=result.recipient,
                     action="delivered",
                     status="2.0.0",
                     diagnostic="smtp; " + result.reply if result.reply else None,
-                    original_recipient=decoded if decoded is not None else orcpt,
+                    original_recipient=stored_xtext(orcpt) if orcpt else None,
                 )
             )
         if not wanted:
@@ -238,41 +284,30 @@ class DeliveryRouter:
                 message.data if message.data is not None else (yield self._run(_read_file, message.path))
             )
             envid = envelope.mail_params.get("ENVID")
-            envid_text = xtext_decode(envid) if envid else None
             data = make_dsn(
                 reporting_mta=self.hostname,
                 sender=envelope.mail_from,
                 recipients=wanted,
                 original=original,
-                envid=envid_text if envid_text is not None else envid,
+                envid=stored_xtext(envid) if envid else None,
                 arrival=envelope.received_at or None,
             )
-            if self._is_local(split_address(envelope.mail_from)[1]):
-                # RFC 5321 section 4.4: final delivery records the (null) reverse-path.
-                data = b"Return-Path: <>\r\n" + data
-            fd, path = tempfile.mkstemp(
-                prefix="dsn-", suffix=".tmp", dir=os.path.dirname(message.path) or None
+            sent = yield deliver_notice(
+                self._route,
+                envelope.mail_from,
+                data,
+                message_id=f"{envelope.message_id}.dsn",
+                received_at=envelope.received_at,
+                hostname=self.hostname,
+                local=self._is_local(split_address(envelope.mail_from)[1]),
+                directory=os.path.dirname(message.path) or None,
             )
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            try:
-                notice = Envelope(
-                    mail_from="",
-                    rcpt_to=(envelope.mail_from,),
-                    received_at=envelope.received_at,
-                    message_id=f"{envelope.message_id}.dsn",
-                    helo=self.hostname,
-                )
-                sent = yield self._route(notice, MessageFile(path, len(data), data=data))
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
             self.log.info(
                 "{message_id}: delivered notice for {rcpts} to <{sender}>: {outcome}",
                 message_id=envelope.message_id,
                 rcpts=", ".join(w.recipient for w in wanted),
                 sender=envelope.mail_from,
-                outcome="sent" if all(r.ok for r in sent.results) else "could not be sent",
+                outcome="sent" if sent else "could not be sent",
             )
         except Exception:
             self.log.failure(

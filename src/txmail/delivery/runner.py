@@ -73,10 +73,7 @@ the sender hears of a success twice, never not at all).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,10 +87,9 @@ from twisted.python.failure import Failure
 from txmail.delivery.backoff import RetrySchedule
 from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
 from txmail.delivery.mx import Destination, NoRoute, NullMX
-from txmail.delivery.router import split_address
+from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
 from txmail.model import Envelope, MessageFile, QueueEntry
-from txmail.smtp import grammar
 
 __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
@@ -104,10 +100,8 @@ _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 _OPEN = ("pending", "deferred")
 
 
-def xtext_decode(text: str) -> str:
-    """Decode a stored RFC 3461 xtext value; text that is not xtext is kept as it is."""
-    decoded = grammar.xtext_decode(text)
-    return text if decoded is None else decoded
+#: A stored RFC 3461 xtext value as text (see :func:`txmail.delivery.router.stored_xtext`).
+xtext_decode = stored_xtext
 
 
 @dataclass(frozen=True)
@@ -664,25 +658,16 @@ class QueueRunner(service.Service):
             now=now,
             postmaster=self.postmaster,
         )
-        if self.is_local(split_address(env.mail_from)[1]):
-            # RFC 5321 section 4.4: final delivery records the (null) reverse-path.
-            data = b"Return-Path: <>\r\n" + data
-        path = os.path.join(self.work_dir, f"dsn-{entry.queue_id}-{secrets.token_hex(4)}.tmp")
-        with open(path, "wb") as out:
-            out.write(data)
-        try:
-            envelope = Envelope(
-                mail_from="",
-                rcpt_to=(env.mail_from,),
-                received_at=now,
-                message_id=f"{entry.queue_id}.dsn",
-                helo=self.hostname,
-            )
-            report = await self.router.deliver(envelope, MessageFile(path, len(data), data=data))
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        ok = all(r.ok for r in report.results)
+        ok = await deliver_notice(
+            self.router.deliver,
+            env.mail_from,
+            data,
+            message_id=f"{entry.queue_id}.dsn",
+            received_at=now,
+            hostname=self.hostname,
+            local=self.is_local(split_address(env.mail_from)[1]),
+            directory=self.work_dir,
+        )
         self.log.info(
             "{queue_id}: {action} notice for {rcpts} to <{sender}>: {outcome}",
             queue_id=entry.queue_id,
