@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -541,3 +542,27 @@ class MessageEncoderTests(SynchronousTestCase):
             self.assertTrue(out.endswith(b"\r\n.\r\n") or out == b".\r\n")
             got = [line[1:] if line.startswith(b"..") else line for line in out.split(b"\r\n")[:-2]]
             self.assertEqual(b"\r\n".join(got) + b"\r\n", data)
+
+    def test_matches_reference_on_random_bytes(self) -> None:
+        """
+        Any mix of CR, LF, dots and text (LF-only files, CRLF files, bare CR
+        and LF), cut into chunks anywhere, encodes like the whole message
+        rewritten at once: every LF not after CR becomes CRLF, every line
+        starting with a dot gets another, the last line is ended, then the
+        terminator.
+        """
+
+        def reference(data: bytes) -> bytes:
+            out = re.sub(rb"(?<!\r)\n", b"\r\n", data)
+            out = re.sub(rb"(\A|\n)\.", rb"\1..", out)
+            if out and not out.endswith(b"\n"):
+                out += b"\n" if out.endswith(b"\r") else b"\r\n"
+            return out + b".\r\n"
+
+        rng = random.Random(1939)
+        for alphabet in (b"\r\n.a", b"\n.ab", b"\r\n.\r\na"):
+            for _ in range(300):
+                data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(40)))
+                chunk = rng.choice((0, 1, 2, 3, 5, 11))
+                self.assertEqual(encode(data, chunk=chunk), reference(data), f"{data!r} in chunks of {chunk}")
+
