@@ -565,4 +565,3 @@ class MessageEncoderTests(SynchronousTestCase):
                 data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(40)))
                 chunk = rng.choice((0, 1, 2, 3, 5, 11))
                 self.assertEqual(encode(data, chunk=chunk), reference(data), f"{data!r} in chunks of {chunk}")
-
