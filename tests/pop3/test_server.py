@@ -228,6 +228,100 @@ class RetrieveTests(ServerTestCase):
         self.assertFalse(self.locks.held(USER))
 
 
+class ReadAheadTests(ServerTestCase):
+    """After a RETR the next message is read and encoded ahead, once the replies are written."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.uids.append(self.successResultOf(self.mailbox.append(b"Subject: three\r\n\r\n.x\r\n")))
+        self.reads: list[int] = []
+        read_message = self.mailbox.read_message
+
+        def counting(uid: int) -> Any:
+            self.reads.append(uid)
+            return read_message(uid)
+
+        self.mailbox.read_message = counting  # type: ignore[method-assign]
+
+    def test_next_message_read_after_the_reply(self) -> None:
+        """RETR 1 reads 1 then 2; RETR 2 is answered from the read-ahead, which then reads 3."""
+        proto, transport = self.connect()
+        self.login(proto, transport)
+        written_at_read: list[bytes] = []
+        self.mailbox.read_message = (  # type: ignore[method-assign]
+            lambda uid, inner=self.mailbox.read_message: (
+                written_at_read.append(transport.value()) or inner(uid)
+            )
+        )
+        proto.dataReceived(b"RETR 1\r\n")
+        self.assertEqual(self.reads, [self.uids[0], self.uids[1]])
+        # Message 2 was read only after RETR 1's answer was written.
+        self.assertEqual(written_at_read[0], b"")
+        self.assertTrue(written_at_read[1].endswith(b"..dotted\r\n.\r\n"))
+        self.take(transport)
+        proto.dataReceived(b"RETR 2\r\n")
+        self.assertEqual(
+            self.take(transport), b"+OK %d octets\r\n" % len(MESSAGES[1]) + MESSAGES[1] + b".\r\n"
+        )
+        self.assertEqual(self.reads, [self.uids[0], self.uids[1], self.uids[2]])
+        proto.dataReceived(b"RETR 3\r\n")
+        self.assertEqual(self.take(transport), b"+OK 22 octets\r\nSubject: three\r\n\r\n..x\r\n.\r\n")
+        self.assertEqual(len(self.reads), 3)  # nothing after the last message
+
+    def test_other_commands_do_not_use_it(self) -> None:
+        """TOP of the read-ahead message and RETR of another one read the store as before."""
+        proto, transport = self.connect()
+        self.login(proto, transport)
+        proto.dataReceived(b"RETR 1\r\n")
+        self.take(transport)
+        proto.dataReceived(b"TOP 2 0\r\nRETR 3\r\n")
+        self.assertEqual(
+            self.take(transport),
+            b"+OK Top of message follows\r\nSubject: two\r\nX: y\r\n\r\n.\r\n"
+            b"+OK 22 octets\r\nSubject: three\r\n\r\n..x\r\n.\r\n",
+        )
+        self.assertEqual(self.reads, [self.uids[0], self.uids[1], self.uids[1], self.uids[2]])
+
+    def test_deleted_large_and_streamed_messages_are_not_read_ahead(self) -> None:
+        """A message marked deleted, or bigger than a chunk, is not read ahead."""
+        proto, transport = self.connect()
+        self.login(proto, transport)
+        proto.dataReceived(b"DELE 2\r\nRETR 1\r\n")
+        self.take(transport)
+        self.assertEqual(self.reads, [self.uids[0]])
+        proto, transport = self.connect(chunk_size=len(MESSAGES[0]))
+        self.locks.release(USER)
+        self.login(proto, transport)
+        proto.dataReceived(b"RETR 1\r\n")
+        self.assertTrue(self.take(transport).endswith(b"..dotted\r\n.\r\n"))
+        self.assertEqual(self.reads, [self.uids[0], self.uids[0]])  # message 2 is bigger
+
+    def test_expunged_elsewhere_after_the_read_ahead(self) -> None:
+        """A message read ahead, then expunged by another session, gets -ERR like any expunged one."""
+        proto, transport = self.connect()
+        self.login(proto, transport)
+        proto.dataReceived(b"RETR 1\r\n")
+        self.take(transport)
+        self.successResultOf(self.mailbox.set_flags([self.uids[1]], {"\\Deleted"}, FlagMode.ADD))
+        self.successResultOf(self.mailbox.expunge())
+        proto.dataReceived(b"RETR 2\r\n")
+        self.assertEqual(self.take(transport), b"-ERR No such message\r\n")
+
+    def test_listener_removed_when_the_session_ends(self) -> None:
+        """The session's INBOX listener goes with the connection, QUIT or not."""
+        for end in (b"QUIT\r\n", None):
+            proto, transport = self.connect()
+            self.login(proto, transport)
+            proto.dataReceived(b"RETR 1\r\n")
+            self.assertIsNotNone(proto._remove_listener)
+            if end is not None:
+                proto.dataReceived(end)
+            proto.connectionLost()
+            self.assertIsNone(proto._remove_listener)
+            self.assertIsNone(proto._ahead)
+        self.assertEqual(len(self.mailbox._listeners), 1)  # the test's own
+
+
 class UpdateTests(ServerTestCase):
     def test_quit_deletes_and_notifies(self) -> None:
         """DELE + QUIT expunges from the store; listeners get MessagesExpunged; RETR'd ones get \\Seen."""

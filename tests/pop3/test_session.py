@@ -207,6 +207,18 @@ class TransactionTests(SessionTestCase):
         )
         self.assertFalse(any(isinstance(e, Retrieve) for e in events))
 
+    def test_message_lookup(self) -> None:
+        """message(n) is what RETR n would retrieve: nothing before login, out of range or deleted."""
+        session = POP3Session(plaintext_auth="always")
+        self.assertIsNone(session.message(1))
+        drive(session, [self.login()], accept_all)
+        assert session.maildrop is not None
+        messages = session.maildrop.messages
+        self.assertEqual([session.message(n) for n in range(len(messages) + 2)], [None, *messages, None])
+        drive(session, [b"DELE 1\r\n"], accept_all)
+        self.assertIsNone(session.message(1))
+        self.assertEqual(session.message(2), messages[1])
+
     def test_rset_undeletes(self) -> None:
         """RSET unmarks every deleted message and QUIT then deletes nothing."""
         _, events, out = self.exchange(self.login() + b"DELE 1\r\nDELE 2\r\nRSET\r\nSTAT\r\nQUIT\r\n")

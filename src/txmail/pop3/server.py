@@ -20,6 +20,15 @@ Implementation notes
   a time through :class:`txmail.pop3.session.MessageEncoder`, so a large
   message is never held whole in memory.  The reads are plain file reads on
   the reactor thread: a 64 KiB read from the page cache costs microseconds.
+* A message of at most one chunk that the store has at hand
+  (``IMailbox.read_message`` answering at once, as the Maildir and memory
+  stores do for small messages) is answered whole, with the other replies
+  of the turn.  After a RETR, once the turn's replies are written, the next
+  message is read and encoded ahead (:meth:`POP3ServerProtocol._read_ahead`):
+  clients retrieve in order, so the next RETR is answered without touching
+  the store, and the work overlaps with the client taking in the previous
+  message.  At most one such message is held per session; it is dropped
+  when the INBOX's listener reports it expunged, and not used by TOP.
 * QUIT in TRANSACTION state: messages retrieved with RETR get ``\\Seen``,
   deleted ones get ``\\Deleted`` and are expunged by UID, only then.  A
   dropped connection changes nothing in the store.  IMAP sessions on the
@@ -51,7 +60,7 @@ from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
 from txmail.errors import NoSuchMessage
 from txmail.interfaces import IMailStoreProvider
-from txmail.model import FlagMode
+from txmail.model import FlagMode, MailboxChange, MailboxDeleted, MessagesExpunged
 from txmail.pop3.events import (
     AuthStep,
     ConnectionClosing,
@@ -213,6 +222,11 @@ class POP3ServerProtocol(SessionProtocol):
         self.user: str | None = None  # holds the maildrop lock when set
         self.mailbox: Any = None  # the user's INBOX (an IMailbox) once logged in
         self.producer: MessageProducer | None = None
+        #: The next message, read and encoded ahead of its RETR: (UID, response body).
+        self._ahead: tuple[int, bytes] | None = None
+        #: The message number to read ahead once this turn's replies are written.
+        self._ahead_number: int | None = None
+        self._remove_listener: Any = None
 
     def _open_session(self, host: str) -> POP3Session:
         factory = self.factory
@@ -293,6 +307,7 @@ class POP3ServerProtocol(SessionProtocol):
 
         def opened(result: tuple[Any, Maildrop]) -> None:
             self.mailbox, maildrop = result
+            self._remove_listener = self.mailbox.add_listener(self._mailbox_changed)
             self.log.info(
                 "POP3 login of {user} from {peer} ({mechanism}), {count} messages",
                 user=event.user,
@@ -313,9 +328,22 @@ class POP3ServerProtocol(SessionProtocol):
         self._answer(d, opened, SYS_TEMP, "opening the maildrop")
 
     def _release(self) -> None:
+        self._ahead = None
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
         if self.user is not None:
             self.factory.locks.release(self.user)
             self.user = None
+
+    def _mailbox_changed(self, change: MailboxChange) -> None:
+        """The INBOX changed elsewhere: a message read ahead and expunged meanwhile is dropped."""
+        ahead = self._ahead
+        if ahead is not None and (
+            isinstance(change, MailboxDeleted)
+            or (isinstance(change, MessagesExpunged) and ahead[0] in change.uids)
+        ):
+            self._ahead = None
 
     # -- RETR / TOP --
 
@@ -395,24 +423,69 @@ class POP3ServerProtocol(SessionProtocol):
         ``+OK`` and the encoded message are queued in the session and go out
         with the other replies of this turn (pipelined RETRs in one write),
         no producer, no pause of the transport.  ``False`` leaves it to the streaming path (which
-        also reports a missing message).
+        also reports a missing message).  A RETR is answered from the
+        read-ahead when it asks for the message read ahead, and asks for
+        the next one to be read once this turn's replies are written.
         """
-        assert self.session is not None and self.mailbox is not None
-        reading = defer.maybeDeferred(self.mailbox.read_message, event.uid)
+        assert self.session is not None
+        ahead, self._ahead = self._ahead, None
+        if event.body_lines is None:
+            self._ahead_number = event.number + 1
+            if ahead is not None and ahead[0] == event.uid:
+                self.session.accept(ahead[1])
+                return True
+        body = self._encoded_at_hand(event.uid, event.body_lines, chunk_size)
+        if body is None:
+            return False
+        self.session.accept(body)  # written with whatever else this turn answers
+        return True
+
+    def _encoded_at_hand(self, uid: int, body_lines: int | None, chunk_size: int) -> bytes | None:
+        """
+        Message *uid* encoded for RETR (or TOP *body_lines*), when the store
+        has it at hand and it is at most *chunk_size* octets; else ``None``.
+        """
+        assert self.mailbox is not None
+        reading = defer.maybeDeferred(self.mailbox.read_message, uid)
         if not reading.called:
             # Not at hand: stream it instead (this read is abandoned).
             reading.addErrback(lambda f: None)
             reading.cancel()
-            return False
+            return None
         result: list[Any] = []
         reading.addBoth(result.append)
         data = result[0]
         if isinstance(data, Failure) or len(data) > chunk_size:
-            return False
-        encoder = MessageEncoder(event.body_lines)
-        body = encoder.feed(data) + encoder.finish()
-        self.session.accept(body)  # written with whatever else this turn answers
-        return True
+            return None
+        encoder = MessageEncoder(body_lines)
+        return encoder.feed(data) + encoder.finish()
+
+    def _process(self) -> None:
+        super()._process()
+        number, self._ahead_number = self._ahead_number, None
+        if number is not None:
+            self._read_ahead(number)
+
+    def _read_ahead(self, number: int) -> None:
+        """
+        Read and encode message *number* now, after this turn's replies went
+        out: POP3 clients retrieve messages in order, so the next RETR is
+        most likely for it, and its answer then needs no reading or encoding
+        (done while the client takes in the previous message: on a
+        multi-core machine the answer to a one-at-a-time RETR comes sooner).
+        Only a message the store has at hand and of at most one chunk; one
+        such message is held per session at most.
+        """
+        session = self.session
+        if session is None or self._lost or self._waiting or self.mailbox is None:
+            return
+        info = session.message(number)
+        chunk_size = self.factory.chunk_size
+        if info is None or info[1] > chunk_size:
+            return
+        body = self._encoded_at_hand(info[0], None, chunk_size)
+        if body is not None:
+            self._ahead = (info[0], body)
 
     # -- UPDATE --
 

@@ -277,6 +277,17 @@ class POP3Session(LineSession[Event, Response]):
         """The snapshot taken at login, or ``None`` before."""
         return self._maildrop
 
+    def message(self, number: int) -> tuple[int, int] | None:
+        """
+        The UID and size of message *number* of the snapshot, or ``None``
+        when there is none such (not logged in, out of range, or marked
+        deleted) -- what RETR *number* would retrieve.
+        """
+        messages = self._maildrop.messages if self._maildrop is not None else ()
+        if self.state is not State.TRANSACTION or not 1 <= number <= len(messages) or number in self._deleted:
+            return None
+        return messages[number - 1]
+
     def password_allowed(self) -> bool:
         """USER/PASS and AUTH may run on this connection (the plaintext policy)."""
         return sasl.password_auth_allowed(
