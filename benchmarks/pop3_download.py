@@ -15,8 +15,9 @@ Maildir holds ``--messages`` (5,000) generated messages of ``--size`` (10,240) b
 The same files are written straight into each Maildir's ``new/`` (both servers pick up mail
 that another program dropped there), then one untimed warm-up session per server builds its
 index, then ``--runs`` timed sessions per server, interleaved.  One session is: connect,
-greeting, CAPA, USER/PASS, STAT, LIST, UIDL, RETR 1..N (nothing is deleted), QUIT; the clock
-runs from ``connect()`` to the QUIT reply.  The client is this script (a raw socket, no
+greeting, CAPA, USER/PASS, STAT, LIST, UIDL, RETR 1..N (nothing is deleted; ``--order
+reverse`` or ``random`` retrieves in another order, where txmail's read-ahead of the next
+message does not help), QUIT; the clock runs from ``connect()`` to the QUIT reply.  The client is this script (a raw socket, no
 poplib), which checks every reply and every message's length and identity; RETRs are sent one
 at a time (like poplib) unless ``--pipeline K`` keeps up to K in flight (RFC 2449 section
 6.6, both servers advertise PIPELINING).  Results: a table on stdout and JSON in
@@ -33,6 +34,7 @@ import argparse
 import dataclasses
 import hashlib
 import os
+import random
 import resource
 import shutil
 import socket
@@ -177,9 +179,21 @@ class SessionResult:
     capabilities: list[str]
 
 
+def retr_order(count: int, order: str, seed: int) -> list[int]:
+    """The message numbers in the order the session retrieves them (``--order``)."""
+    numbers = list(range(1, count + 1))
+    if order == "reverse":
+        numbers.reverse()
+    elif order == "random":
+        random.Random(seed).shuffle(numbers)
+    return numbers
+
+
 def download(port: int, user: str, work: Workload, pipeline: int, verify: bool,
-             timeout: float) -> dict[str, Any]:
-    """One session: CAPA, USER/PASS, STAT, LIST, UIDL, RETR 1..N, QUIT; checks everything.
+             timeout: float, order: str = "sequential", seed: int = 0) -> dict[str, Any]:
+    """One session: CAPA, USER/PASS, STAT, LIST, UIDL, RETR of every message, QUIT.
+
+    The RETRs go in ``order`` (:func:`retr_order`); everything is checked.
 
     Every message must be one of the workload's (found by its Message-ID), each exactly once,
     with its length (and, with ``verify``, its SHA-1) after un-stuffing.
@@ -224,11 +238,13 @@ def download(port: int, user: str, work: Workload, pipeline: int, verify: bool,
         window = max(pipeline, 1)
         refill = max(window // 2, 1)
         got = 0
-        for num in range(1, count + 1):
-            if sent < num or (window > 1 and sent - num < refill and sent < count):
-                upto = min(count, num + window - 1)
-                sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(sent + 1, upto + 1)))
+        numbers = retr_order(count, order, seed)
+        for i in range(1, count + 1):
+            if sent < i or (window > 1 and sent - i < refill and sent < count):
+                upto = min(count, i + window - 1)
+                sock.sendall(b"".join(b"RETR %d\r\n" % numbers[n - 1] for n in range(sent + 1, upto + 1)))
                 sent = upto
+            num = numbers[i - 1]
             r.status(f"RETR {num}")
             data = unstuff(r.multiline())
             got += len(data)
@@ -345,11 +361,11 @@ class TxmailServer(Pop3Server):
 # --------------------------------------------------------------------------- measuring
 
 def measure(server: Pop3Server, run: int, user: str, work: Workload, pipeline: int,
-            verify: bool, timeout: float) -> SessionResult:
+            verify: bool, timeout: float, order: str, seed: int) -> SessionResult:
     """One timed session against ``server``, with the CPU its process tree used."""
     cpu0 = tree_cpu(server.pids())
     self0 = resource.getrusage(resource.RUSAGE_SELF)
-    out = download(server.port, user, work, pipeline, verify, timeout)
+    out = download(server.port, user, work, pipeline, verify, timeout, order, seed)
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     time.sleep(0.2)  # let Dovecot's per-session pop3 process exit and be reaped
     cpu = tree_cpu(server.pids()) - cpu0
@@ -413,6 +429,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, help="timed sessions per server (median)")
     p.add_argument("--pipeline", type=int, default=1,
                    help="RETR commands in flight (1 = one at a time, like poplib)")
+    p.add_argument("--order", choices=("sequential", "reverse", "random"), default="sequential",
+                   help="order of the RETRs: 1..N like every client (default), N..1, or "
+                        "shuffled (seeded by --seed)")
     p.add_argument("--verify", action="store_true",
                    help="also compare each message's SHA-1 (default: Message-ID and length)")
     p.add_argument("--user", default="user1", help="the refstack user whose Maildir is used")
@@ -483,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 try:
                     results.append(measure(server, run, args.user, work, args.pipeline,
-                                           args.verify, args.timeout))
+                                           args.verify, args.timeout, args.order,
+                                           args.seed + run))
                 except (BenchError, OSError) as e:
                     failures[server.name] = f"run {run}: {type(e).__name__}: {e}"
                     log(f"{server.name} run {run}: FAILED: {e}")
@@ -498,9 +518,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = summarize(results, args.server_list)
     print(f"\nPOP3 download over one connection: {args.messages} messages x {args.size} B "
-          f"({work.total_bytes / MB:.1f} MB), USER/PASS, STAT, LIST, UIDL, RETR 1..N, no DELE; "
-          f"pipeline={args.pipeline}, median of {args.runs} run(s), {os.cpu_count()} CPUs "
-          "shared with the client")
+          f"({work.total_bytes / MB:.1f} MB), USER/PASS, STAT, LIST, UIDL, RETR of each, no DELE; "
+          f"RETR order {args.order}, pipeline={args.pipeline}, median of {args.runs} run(s), "
+          f"{os.cpu_count()} CPUs shared with the client")
     print(format_table(rows))
     print_failures(failures)
 

@@ -282,6 +282,17 @@ class ReadAheadTests(ServerTestCase):
         )
         self.assertEqual(self.reads, [self.uids[0], self.uids[1], self.uids[1], self.uids[2]])
 
+    def test_only_while_the_client_goes_in_order(self) -> None:
+        """A RETR that does not follow the previous one reads nothing ahead; the next in-order one does."""
+        proto, transport = self.connect()
+        self.login(proto, transport)
+        proto.dataReceived(b"RETR 2\r\n")
+        self.assertEqual(self.reads, [self.uids[1]])
+        proto.dataReceived(b"RETR 1\r\n")
+        self.assertEqual(self.reads, [self.uids[1], self.uids[0]])
+        proto.dataReceived(b"RETR 2\r\n")
+        self.assertEqual(self.reads, [self.uids[1], self.uids[0], self.uids[1], self.uids[2]])
+
     def test_deleted_large_and_streamed_messages_are_not_read_ahead(self) -> None:
         """A message marked deleted, or bigger than a chunk, is not read ahead."""
         proto, transport = self.connect()

@@ -27,7 +27,8 @@ Implementation notes
   message is read and encoded ahead (:meth:`POP3ServerProtocol._read_ahead`):
   clients retrieve in order, so the next RETR is answered without touching
   the store, and the work overlaps with the client taking in the previous
-  message.  At most one such message is held per session; it is dropped
+  message.  Only while the client goes in order: a RETR that does not
+  follow the previous one reads nothing ahead.  At most one such message is held per session; it is dropped
   when the INBOX's listener reports it expunged, and not used by TOP.
 * QUIT in TRANSACTION state: messages retrieved with RETR get ``\\Seen``,
   deleted ones get ``\\Deleted`` and are expunged by UID, only then.  A
@@ -226,6 +227,8 @@ class POP3ServerProtocol(SessionProtocol):
         self._ahead: tuple[int, bytes] | None = None
         #: The message number to read ahead once this turn's replies are written.
         self._ahead_number: int | None = None
+        #: The number of the last message retrieved with RETR (0: none yet).
+        self._last_retr = 0
         self._remove_listener: Any = None
 
     def _open_session(self, host: str) -> POP3Session:
@@ -351,6 +354,10 @@ class POP3ServerProtocol(SessionProtocol):
         session = self.session
         assert session is not None and self.mailbox is not None
         chunk_size = self.factory.chunk_size
+        if event.body_lines is None:
+            if event.number == self._last_retr + 1:  # in order: the next RETR is likely next too
+                self._ahead_number = event.number + 1
+            self._last_retr = event.number
         if event.size <= chunk_size and self._answer_inline(event, chunk_size):
             return
         result: defer.Deferred[None] = defer.Deferred()
@@ -424,16 +431,14 @@ class POP3ServerProtocol(SessionProtocol):
         with the other replies of this turn (pipelined RETRs in one write),
         no producer, no pause of the transport.  ``False`` leaves it to the streaming path (which
         also reports a missing message).  A RETR is answered from the
-        read-ahead when it asks for the message read ahead, and asks for
-        the next one to be read once this turn's replies are written.
+        read-ahead when it asks for the message read ahead (which
+        :meth:`_retrieve` asks for when a RETR follows the previous one).
         """
         assert self.session is not None
         ahead, self._ahead = self._ahead, None
-        if event.body_lines is None:
-            self._ahead_number = event.number + 1
-            if ahead is not None and ahead[0] == event.uid:
-                self.session.accept(ahead[1])
-                return True
+        if event.body_lines is None and ahead is not None and ahead[0] == event.uid:
+            self.session.accept(ahead[1])
+            return True
         body = self._encoded_at_hand(event.uid, event.body_lines, chunk_size)
         if body is None:
             return False
