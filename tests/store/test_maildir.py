@@ -26,6 +26,7 @@ from txmail.model import (
     MessagesAdded,
     MessagesExpunged,
 )
+from txmail.store import maildir
 from txmail.store._maildir_format import parse_index
 from txmail.store.maildir import MaildirMailbox, MaildirProvider
 
@@ -45,6 +46,17 @@ class MaildirThreadedConformanceTests(MailStoreConformanceMixin, TestCase):
     """The conformance suite again, with file work in real threads (as the server runs it)."""
 
     def make_provider(self) -> MaildirProvider:
+        return MaildirProvider(self.mktemp(), hostname="test.host", run_blocking=deferToThread)
+
+    def reopen_provider(self, provider: Any) -> MaildirProvider:
+        return MaildirProvider(provider.root, hostname="test.host", run_blocking=deferToThread)
+
+
+class MaildirBatchedConformanceTests(MailStoreConformanceMixin, TestCase):
+    """The conformance suite with opens and rescans taken in two messages per reactor turn."""
+
+    def make_provider(self) -> MaildirProvider:
+        self.patch(maildir, "BATCH", 2)
         return MaildirProvider(self.mktemp(), hostname="test.host", run_blocking=deferToThread)
 
     def reopen_provider(self, provider: Any) -> MaildirProvider:
@@ -684,3 +696,60 @@ class ReadKnownFileTests(TestCase):
                 self.assertEqual(_maildir_io.read_known_file(path, hint), content, (len(content), hint))
         os.unlink(path)
         self.assertRaises(FileNotFoundError, _maildir_io.read_known_file, path, 10)
+
+
+class MaildirBatchTests(MaildirBase):
+    """Opening and rescanning a big mailbox give the reactor turns between batches."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.patch(maildir, "BATCH", 2)
+        box = self.inbox()
+        self.uids = [self.successResultOf(box.append(message(i))) for i in range(7)]
+        self.names = {n.partition(":")[0]: n for n in self.files("new") + self.files("cur")}
+
+    def test_open_in_turns(self) -> None:
+        """A reopen takes the index in batches, with a run_blocking round trip between them, and gets it all."""
+        os.unlink(
+            os.path.join(self.user_dir, "new", sorted(self.names.values())[1])
+        )  # another program removed it
+        self.drop("new", "1700000000.M1P1.other", message(99))  # and delivered this one
+        runner = ManualRunner()
+        opened = self.reopen(run_blocking=runner).store_for(USER).get_mailbox(INBOX)
+        runner.step("read_folder")
+        self.assertEqual(runner.pending(), ["_nothing"])  # first batch of the index taken, the reactor's turn
+        self.assertNoResult(opened)
+        turns = 0
+        while runner.pending() == ["_nothing"]:
+            runner.step("_nothing")
+            turns += 1
+        self.assertGreaterEqual(turns, 3 + 2)  # 7 records, then 6 files known, in twos
+        runner.drain()
+        box = self.successResultOf(opened)
+        infos = self.successResultOf(box.list_messages())
+        self.assertEqual([i.uid for i in infos], [1, 3, 4, 5, 6, 7, 8])
+        self.assertEqual(self.successResultOf(box.read_message(8)), message(99))
+
+    def test_append_during_a_rescan(self) -> None:
+        """A message delivered while a rescan is between batches is neither expunged nor taken in twice."""
+        runner = ManualRunner()
+        provider = self.reopen(run_blocking=runner)
+        opened = provider.store_for(USER).get_mailbox(INBOX)
+        runner.drain()
+        box = self.successResultOf(opened)
+        changes: list[Any] = []
+        box.add_listener(changes.append)
+        os.unlink(os.path.join(self.user_dir, "new", sorted(self.names.values())[6]))
+        os.utime(os.path.join(self.user_dir, "new"), (1, 1))  # the directory changed: rescan it
+        refreshed = box.refresh()
+        runner.step("scan_folder")
+        self.assertEqual(runner.pending(), ["_nothing"])
+        appended = box.append(message(50))
+        runner.step("deliver_bytes")
+        runner.step("fsync_dir")
+        self.assertEqual(self.successResultOf(appended), 8)
+        runner.drain()
+        self.successResultOf(refreshed)
+        self.assertEqual([i.uid for i in self.successResultOf(box.list_messages())], [1, 2, 3, 4, 5, 6, 8])
+        self.assertEqual([type(c).__name__ for c in changes], ["MessagesAdded", "MessagesExpunged"])
+        self.assertEqual(changes[1].uids, (7,))
