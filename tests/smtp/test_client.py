@@ -468,6 +468,158 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(result.delivered, ["bob@remote.test"])
 
 
+class ReuseTests(SynchronousTestCase):
+    """keep_open: several transactions on one connection (RSET between them)."""
+
+    def open_session(self, ehlo: bytes = EHLO_FULL, **kwargs: Any) -> ClientSession:
+        s = make(keep_open=True, **kwargs)
+        step(s, GREETING)
+        step(s, ehlo)
+        return s
+
+    def test_two_transactions_one_connection(self) -> None:
+        """After 250 the session goes idle (no QUIT); the next transaction starts with RSET."""
+        s = self.open_session()
+        out, events = step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(out, dot_stuff(MESSAGE))
+        out, events = step(s, b"250 2.0.0 first queued\r\n")
+        self.assertEqual(out, b"")  # no QUIT
+        first = done(events)
+        self.assertEqual(first.delivered, ["bob@remote.test"])
+        self.assertTrue(s.idle)
+        self.assertFalse(s.closed)
+        self.assertIsNone(s.waiting_for)
+        s.next_transaction("carol@example.test", ["dave@remote.test"], message=b"Subject: 2\r\n\r\nx\r\n")
+        out, events = step(s)
+        self.assertEqual((out, events), (b"RSET\r\n", []))
+        self.assertEqual(s.waiting_for, "RSET")
+        out, _ = step(s, b"250 2.0.0 reset\r\n")
+        self.assertEqual(
+            out, b"MAIL FROM:<carol@example.test> SIZE=17\r\nRCPT TO:<dave@remote.test>\r\nDATA\r\n"
+        )
+        step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        out, events = step(s, b"250 2.0.0 second queued\r\n")
+        second = done(events)
+        self.assertEqual(second.delivered, ["dave@remote.test"])
+        self.assertEqual(second.message_reply, Reply(250, "2.0.0", "second queued"))
+        self.assertNotIn("bob@remote.test", second.per_recipient)
+        self.assertEqual(first.message_reply, Reply(250, "2.0.0", "first queued"))
+        self.assertEqual(s.transactions, 2)
+        s.quit()
+        out, events = step(s)
+        self.assertEqual(out, b"QUIT\r\n")
+        out, events = step(s, b"221 bye\r\n")
+        self.assertEqual(events, [])  # no transaction ended with the QUIT
+        self.assertTrue(s.closed)
+        self.assertIs(s.result, second)
+
+    def test_refused_transactions_leave_it_usable(self) -> None:
+        """MAIL, RCPT, DATA and content refusals and a SIZE check end the transaction, not the connection."""
+        s = self.open_session(ehlo=EHLO_BASIC)
+        out, events = step(s, b"550 5.7.1 sender refused\r\n")
+        self.assertEqual((out, done(events).status("bob@remote.test"), s.idle), (b"", "permanent", True))
+        cases = [
+            ([b"250 ok\r\n", b"550 5.1.1 no such user\r\n"], "permanent"),
+            ([b"250 ok\r\n", b"250 ok\r\n", b"451 4.3.0 DATA later\r\n"], "temporary"),
+            ([b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"554 5.6.0 content refused\r\n"], "permanent"),
+        ]
+        for replies, status in cases:
+            s.next_transaction("alice@example.test", ["bob@remote.test"], message=MESSAGE)
+            step(s)
+            events = step(s, b"250 reset\r\n")[1]
+            for reply in replies:
+                events = step(s, reply)[1]
+            self.assertEqual(done(events).status("bob@remote.test"), status, replies)
+            self.assertTrue(s.idle)
+        s.next_transaction("alice@example.test", ["bob@remote.test"], message=b"x" * 50, needs_8bit=True)
+        step(s)
+        out, events = step(s, b"250 reset\r\n")
+        self.assertEqual(out, b"")  # 8BITMIME not offered: failed before MAIL
+        self.assertIn("8BITMIME", done(events).error or "")
+        self.assertTrue(s.idle)
+
+    def test_pipelined_refusal_waits_for_the_last_reply(self) -> None:
+        """DATA accepted with no recipient: the lone dot's reply comes before the session is idle."""
+        s = self.open_session()
+        out, events = step(s, b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n")
+        self.assertEqual((out, events), (b".\r\n", []))
+        self.assertFalse(s.idle)
+        out, events = step(s, b"554 no valid recipients\r\n")
+        self.assertEqual(done(events).status("bob@remote.test"), "permanent")
+        self.assertTrue(s.idle)
+
+    def test_session_failures_still_quit(self) -> None:
+        """A failure of the session itself (TLS required, AUTH) is not kept open."""
+        s = make(keep_open=True, tls_policy="verify")
+        step(s, GREETING)
+        out, _ = step(s, EHLO_BASIC)
+        self.assertEqual(out, b"QUIT\r\n")
+        self.assertFalse(s.idle)
+
+    def test_stale_connection(self) -> None:
+        """A reused connection that dies or says 421 before answering RSET is stale; a later failure is not."""
+        for death in ("lost", "421", "timeout"):
+            s = self.open_session()
+            step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+            done(step(s, b"250 queued\r\n")[1])
+            s.next_transaction("alice@example.test", ["bob@remote.test"], message=MESSAGE)
+            step(s)
+            if death == "lost":
+                s.connection_lost()
+                events = step(s)[1]
+            elif death == "421":
+                events = step(s, b"421 4.4.2 idle too long\r\n")[1]
+            else:
+                s.timeout()
+                events = step(s)[1]
+            result = done(events)
+            self.assertTrue(s.stale, death)
+            self.assertTrue(result.temporary)
+            self.assertEqual(result.per_recipient, {})
+            self.assertTrue(s.closed)
+        s = self.open_session()
+        s.connection_lost()  # during the first transaction: not a reused connection
+        self.assertFalse(s.stale)
+        s = self.open_session()
+        step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        done(step(s, b"250 queued\r\n")[1])
+        s.next_transaction("alice@example.test", ["bob@remote.test"], message=MESSAGE)
+        step(s)
+        step(s, b"250 reset\r\n")
+        s.connection_lost()  # after the RSET reply: the server may have seen MAIL
+        self.assertFalse(s.stale)
+
+    def test_lost_while_idle(self) -> None:
+        """The server closing an idle connection ends the session without another TransactionDone."""
+        s = self.open_session()
+        step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        first = done(step(s, b"250 queued\r\n")[1])
+        s.connection_lost()
+        self.assertEqual(step(s), (b"", []))
+        self.assertTrue(s.closed)
+        self.assertIs(s.result, first)
+
+    def test_misuse(self) -> None:
+        """next_transaction and quit only on an idle session."""
+        s = self.open_session()
+        self.assertRaises(RuntimeError, s.next_transaction, "a@example.test", ["b@remote.test"])
+        self.assertRaises(RuntimeError, s.quit)
+        step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        done(step(s, b"250 queued\r\n")[1])
+        self.assertRaises(ValueError, s.next_transaction, "a@example.test", [])
+        self.assertTrue(s.idle)  # a refused call changes nothing
+
+    def test_without_keep_open_unchanged(self) -> None:
+        """Without keep_open a delivered message is still followed by QUIT and the session closes."""
+        s = make()
+        step(s, GREETING)
+        step(s, EHLO_FULL)
+        step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        out, events = step(s, b"250 queued\r\n")
+        self.assertEqual((out, events), (b"QUIT\r\n", []))
+        self.assertFalse(s.idle)
+
+
 class TLSTests(SynchronousTestCase):
     def test_starttls_then_ehlo_again(self) -> None:
         """RFC 3207: STARTTLS, 220, StartTLS event, then EHLO again with the old extensions forgotten."""

@@ -28,9 +28,17 @@ The session has the same h11 shape as the server session::
   :class:`ReadyForData` (only when the message is streamed: push it with
   :meth:`ClientSession.send_data` and end it with
   :meth:`ClientSession.end_data`), and :class:`TransactionDone`, which
-  carries the :class:`TransactionResult` and is always the last event.  Once
-  it was returned, :attr:`ClientSession.closed` is true and the adapter
-  closes the connection after writing what is left.
+  carries the :class:`TransactionResult` and is the last event (unless the
+  session stays open for another transaction, below).  Once it was
+  returned, :attr:`ClientSession.closed` is true and the adapter closes the
+  connection after writing what is left.
+* Connection reuse (``keep_open``): a transaction that ends with the
+  connection usable leaves the session :attr:`ClientSession.idle` instead of
+  sending QUIT; :meth:`ClientSession.next_transaction` sends ``RSET`` and,
+  on its ``250``, the next MAIL/RCPT/DATA with the extensions already
+  known; :meth:`ClientSession.quit` ends it.  A reused connection that dies
+  before answering RSET (the server dropped it while idle) sets
+  :attr:`ClientSession.stale`: the server saw nothing of that transaction.
 * The session never raises because of what the server sent: malformed or
   over-long replies, replies nobody asked for, a ``421`` at any point, a
   lost connection or the adapter's timer all end in a temporary failure.
@@ -258,7 +266,10 @@ class ReadyForData(ClientEvent):
 
 @dataclass(frozen=True, slots=True)
 class TransactionDone(ClientEvent):
-    """The session ended; this is always its last event."""
+    """
+    A transaction ended: the session's last event, unless ``keep_open``
+    left the connection :attr:`~ClientSession.idle` for another.
+    """
 
     result: TransactionResult
 
@@ -280,7 +291,8 @@ class _Recipient:
 
 class ClientSession:
     """
-    A sans-IO SMTP client for one connection carrying one transaction.
+    A sans-IO SMTP client for one connection carrying one transaction, or
+    several one after the other with ``keep_open``.
 
     Args:
         hostname: our name for EHLO/HELO (a domain, or an address literal
@@ -302,6 +314,11 @@ class ClientSession:
         tls_active: the connection already runs TLS (implicit TLS, port 465).
         auth: ``(username, password)`` to authenticate with, or ``None``.
         allow_plaintext_auth: authenticate without TLS too.
+        keep_open: after a transaction that leaves the connection usable (it
+            was delivered, or refused by MAIL, RCPT, DATA or the content
+            reply, or failed a SIZE/8BITMIME/SMTPUTF8 check before MAIL), go
+            :attr:`idle` instead of sending QUIT; then
+            :meth:`next_transaction` or :meth:`quit`.
 
     Raises:
         ValueError: a bad policy, address, or parameter (a caller's mistake,
@@ -316,6 +333,7 @@ class ClientSession:
     _PHASE_TLS: ClassVar[str] = "tls"  # waiting for tls_started()
     _PHASE_DATA: ClassVar[str] = "data"  # waiting for send_data()/end_data()
     _PHASE_CLOSED: ClassVar[str] = "closed"
+    _PHASE_IDLE: ClassVar[str] = "idle"  # keep_open: between transactions
 
     def __init__(
         self,
@@ -332,14 +350,48 @@ class ClientSession:
         tls_active: bool = False,
         auth: tuple[str, str] | None = None,
         allow_plaintext_auth: bool = False,
+        keep_open: bool = False,
     ) -> None:
         if tls_policy not in TLS_POLICIES:
             raise ValueError(f"unknown TLS policy {tls_policy!r}")
         _check_text("hostname", hostname, "\r\n\x00 <>", allow_empty=False)
-        _check_address(mail_from)
         self.hostname = hostname
-        self.mail_from = mail_from
-        self._recipients: list[_Recipient] = []
+        self.tls_policy = tls_policy
+        self.tls = tls_active
+        self._auth = auth
+        self._allow_plaintext_auth = allow_plaintext_auth
+        self.keep_open = keep_open
+        self.extensions: dict[str, str] = {}
+        #: Transactions started on this connection (the first included).
+        self.transactions = 0
+        #: A transaction on a reused connection failed before the server
+        #: answered its RSET: the connection had died while idle and the
+        #: server saw nothing of the transaction (retry it on a new one).
+        self.stale = False
+
+        self._inbuf = bytearray()
+        self._out = bytearray()
+        self._events: deque[ClientEvent] = deque()
+        self._expect: deque[tuple[str, str]] = deque()
+        self._phase = self._PHASE_REPLIES
+        self._greeting: Reply | None = None
+        self.result: TransactionResult | None = None
+        self._set_transaction(mail_from, recipients, message, size, needs_8bit, needs_smtputf8, mail_params)
+        self._expect.append(("greeting", ""))
+
+    def _set_transaction(
+        self,
+        mail_from: str,
+        recipients: Sequence[str | tuple[str, Mapping[str, str]]],
+        message: bytes | None,
+        size: int | None,
+        needs_8bit: bool,
+        needs_smtputf8: bool,
+        mail_params: Mapping[str, str] | None,
+    ) -> None:
+        """Check and take the next transaction's envelope and content; clear the last one's outcome."""
+        _check_address(mail_from)
+        new_recipients: list[_Recipient] = []
         seen: set[str] = set()
         for item in recipients:
             address, params = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
@@ -349,41 +401,77 @@ class ClientSession:
             _check_params(params, _RCPT_PARAMS)
             if address not in seen:
                 seen.add(address)
-                self._recipients.append(_Recipient(address, {k.upper(): v for k, v in params.items()}))
-        if not self._recipients:
+                new_recipients.append(_Recipient(address, {k.upper(): v for k, v in params.items()}))
+        if not new_recipients:
             raise ValueError("no recipients")
-        self._mail_params = {k.upper(): v for k, v in (mail_params or {}).items()}
-        _check_params(self._mail_params, _MAIL_PARAMS)
+        new_mail_params = {k.upper(): v for k, v in (mail_params or {}).items()}
+        _check_params(new_mail_params, _MAIL_PARAMS)
+        self.mail_from = mail_from
+        self._recipients = new_recipients
+        self._mail_params = new_mail_params
         self._message = message
         self.size = size if size is not None else (len(message) if message is not None else None)
         self.needs_8bit = needs_8bit
         addresses = [mail_from] + [r.address for r in self._recipients]
         self.needs_smtputf8 = needs_smtputf8 or not all(a.isascii() for a in addresses)
-        self.tls_policy = tls_policy
-        self.tls = tls_active
-        self._auth = auth
-        self._allow_plaintext_auth = allow_plaintext_auth
-        self.extensions: dict[str, str] = {}
-
-        self._inbuf = bytearray()
-        self._out = bytearray()
-        self._events: deque[ClientEvent] = deque()
-        self._expect: deque[tuple[str, str]] = deque()
-        self._phase = self._PHASE_REPLIES
         self._stuffer = DotStuffer()
         self._pipelined = False
         self._decided = False  # the outcome is known; only QUIT's reply may still come
-
-        self._greeting: Reply | None = None
+        self._finishing = False  # the outcome is known; idle once the replies still due arrived
         self._mail_reply: Reply | None = None
         self._per_recipient: dict[str, Reply] = {}
         self._message_reply: Reply | None = None
         self._error: str | None = None
         self._temporary = False
-        self.result: TransactionResult | None = None
-        self._expect.append(("greeting", ""))
+        self._in_transaction = True
+        self.transactions += 1
 
     # -- public API ------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """
+        A ``keep_open`` session finished its transaction and waits, connected,
+        for :meth:`next_transaction` or :meth:`quit`.
+        """
+        return self._phase == self._PHASE_IDLE
+
+    def next_transaction(
+        self,
+        mail_from: str,
+        recipients: Sequence[str | tuple[str, Mapping[str, str]]],
+        *,
+        message: bytes | None = None,
+        size: int | None = None,
+        needs_8bit: bool = False,
+        needs_smtputf8: bool = False,
+        mail_params: Mapping[str, str] | None = None,
+    ) -> None:
+        """
+        Start another transaction on an :attr:`idle` connection (the
+        arguments are the constructor's).  ``RSET`` goes first: it clears
+        whatever a refused transaction left on the server and shows the
+        connection is still alive (as Postfix does with a cached one); the
+        transaction begins on its ``250``.
+
+        Raises:
+            RuntimeError: the session is not idle.
+            ValueError: bad arguments (as for the constructor).
+        """
+        if self._phase != self._PHASE_IDLE:
+            raise RuntimeError("next_transaction() on a session that is not idle")
+        self._set_transaction(mail_from, recipients, message, size, needs_8bit, needs_smtputf8, mail_params)
+        self.stale = False
+        self.result = None
+        self._phase = self._PHASE_REPLIES
+        self._command("RSET", "rset")
+
+    def quit(self) -> None:
+        """End an :attr:`idle` session: send ``QUIT``; the session closes on its reply (no event)."""
+        if self._phase != self._PHASE_IDLE:
+            raise RuntimeError("quit() on a session that is not idle")
+        self._phase = self._PHASE_REPLIES
+        self._command("QUIT", "quit")
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes received from the server.  Nothing is parsed until :meth:`next_event`."""
@@ -422,12 +510,12 @@ class ClientSession:
     def waiting_for(self) -> str | None:
         """
         What the session waits for: the command whose reply is due
-        (``"greeting"``, ``"EHLO"``, ``"MAIL"``, ``"RCPT"``, ``"DATA"``,
-        ``"end of data"``, ``"QUIT"``...), ``"TLS"`` or ``"data"`` (from the
-        adapter), or ``None`` once closed.  RFC 5321 section 4.5.3.2 gives
+        (``"greeting"``, ``"EHLO"``, ``"RSET"``, ``"MAIL"``, ``"RCPT"``,
+        ``"DATA"``, ``"end of data"``, ``"QUIT"``...), ``"TLS"`` or
+        ``"data"`` (from the adapter), or ``None`` once closed or while idle.  RFC 5321 section 4.5.3.2 gives
         each its own timeout.
         """
-        if self._phase == self._PHASE_CLOSED:
+        if self._phase in (self._PHASE_CLOSED, self._PHASE_IDLE):
             return None
         if self._phase == self._PHASE_TLS:
             return "TLS"
@@ -480,6 +568,7 @@ class ClientSession:
         """The adapter's timer expired (RFC 5321 section 4.5.3.2): give up on the connection."""
         if self._phase == self._PHASE_CLOSED:
             return
+        self._note_stale()
         self._set_error(f"timeout waiting for {self.waiting_for}", temporary=True)
         self._close()
 
@@ -487,6 +576,7 @@ class ClientSession:
         """The connection ended (*description* says why, for the result)."""
         if self._phase == self._PHASE_CLOSED:
             return
+        self._note_stale()
         self._set_error(
             description or f"connection lost while waiting for {self.waiting_for}", temporary=True
         )
@@ -541,6 +631,8 @@ class ClientSession:
         if not self._expect:
             self._protocol_error("unexpected reply " + _describe(reply))
             return
+        if reply.code == 421 and self._expect[0][0] == "rset":
+            self._note_stale()
         tag, arg = self._expect.popleft()
         if reply.code == 421 and tag != "quit":
             # RFC 5321 section 3.8: the server is closing; no QUIT, retry later.
@@ -556,7 +648,13 @@ class ClientSession:
         getattr(self, "_on_" + tag)(reply, arg)
 
     def _on_ignore(self, reply: Reply, arg: str) -> None:
-        pass
+        self._maybe_idle()
+
+    def _on_rset(self, reply: Reply, arg: str) -> None:
+        if 200 <= reply.code < 300:
+            self._start_transaction()
+        else:
+            self._fail("RSET refused: " + _describe(reply), reply, temporary=True)
 
     def _on_greeting(self, reply: Reply, arg: str) -> None:
         self._greeting = reply
@@ -674,13 +772,18 @@ class ClientSession:
             self._fail(
                 f"552 5.3.4 message size {self.size} exceeds the remote server's limit of {limit} octets",
                 temporary=False,
+                reusable=True,
             )
             return
         if self.needs_8bit and "8BITMIME" not in ext:
-            self._fail("554 5.6.3 remote server does not support 8BITMIME (RFC 6152)", temporary=False)
+            self._fail(
+                "554 5.6.3 remote server does not support 8BITMIME (RFC 6152)", temporary=False, reusable=True
+            )
             return
         if self.needs_smtputf8 and "SMTPUTF8" not in ext:
-            self._fail("553 5.6.7 remote server does not support SMTPUTF8 (RFC 6531)", temporary=False)
+            self._fail(
+                "553 5.6.7 remote server does not support SMTPUTF8 (RFC 6531)", temporary=False, reusable=True
+            )
             return
         dsn = "DSN" in ext
         mail = [f"MAIL FROM:<{self.mail_from}>"]
@@ -723,7 +826,7 @@ class ClientSession:
         reply = self._mail_reply
         assert reply is not None
         if reply.code >= 400:
-            self._fail("sender refused: " + _describe(reply), reply)
+            self._fail("sender refused: " + _describe(reply), reply, reusable=True)
         else:
             self._protocol_error("unexpected reply to MAIL " + _describe(reply))
 
@@ -749,7 +852,7 @@ class ClientSession:
 
     def _fail_no_recipients(self) -> None:
         temporary = any(r.is_temporary for r in self._per_recipient.values())
-        self._fail("all recipients were refused", temporary=temporary)
+        self._fail("all recipients were refused", temporary=temporary, reusable=True)
 
     def _on_data(self, reply: Reply, arg: str) -> None:
         if not (self._mail_ok() and self._accepted()):
@@ -773,7 +876,7 @@ class ClientSession:
                 self._events.append(ReadyForData())
         elif reply.code >= 400:
             self._message_reply = reply
-            self._fail("DATA refused: " + _describe(reply), reply)
+            self._fail("DATA refused: " + _describe(reply), reply, reusable=True)
         else:
             self._protocol_error("unexpected reply to DATA " + _describe(reply))
 
@@ -781,10 +884,10 @@ class ClientSession:
         if 200 <= reply.code < 300:
             self._message_reply = reply
             self._decided = True
-            self._command("QUIT", "quit")
+            self._finish(reusable=True)
         elif reply.code >= 400:
             self._message_reply = reply
-            self._fail("message refused: " + _describe(reply), reply)
+            self._fail("message refused: " + _describe(reply), reply, reusable=True)
         else:
             self._protocol_error("unexpected reply to end of data " + _describe(reply))
 
@@ -805,12 +908,42 @@ class ClientSession:
         self._error = error
         self._temporary = temporary
 
-    def _fail(self, error: str, reply: Reply | None = None, *, temporary: bool | None = None) -> None:
-        """The transaction failed; say QUIT politely and wait for its reply."""
+    def _fail(
+        self, error: str, reply: Reply | None = None, *, temporary: bool | None = None, reusable: bool = False
+    ) -> None:
+        """
+        The transaction failed: end it (:meth:`_finish`).  *reusable*: the
+        connection is still fit for another transaction (the failure was
+        this transaction's, not the session's).
+        """
         if temporary is None:
             temporary = reply is None or reply.code < 500
         self._set_error(error, temporary=temporary)
-        self._command("QUIT", "quit")
+        self._finish(reusable=reusable)
+
+    def _finish(self, *, reusable: bool) -> None:
+        """
+        The transaction's outcome is known: with ``keep_open`` and a
+        connection fit for more, go idle once every reply still due has
+        come; otherwise say QUIT politely and close on its reply.
+        """
+        if self.keep_open and reusable:
+            self._finishing = True
+            self._maybe_idle()
+        else:
+            self._command("QUIT", "quit")
+
+    def _maybe_idle(self) -> None:
+        if not self._finishing or self._expect or self._phase != self._PHASE_REPLIES:
+            return
+        self._finishing = False
+        self._phase = self._PHASE_IDLE
+        self._emit_result()
+
+    def _note_stale(self) -> None:
+        """The connection failed before the server answered a reused connection's RSET."""
+        if self.transactions > 1 and self._expect and self._expect[0][0] == "rset":
+            self.stale = True
 
     def _protocol_error(self, what: str) -> None:
         """The server broke the protocol: the stream cannot be trusted; close at once."""
@@ -823,6 +956,12 @@ class ClientSession:
         self._phase = self._PHASE_CLOSED
         self._inbuf.clear()
         self._expect.clear()
+        if self._in_transaction:
+            self._emit_result()
+
+    def _emit_result(self) -> None:
+        """The transaction ended: its result, as :attr:`result` and a :class:`TransactionDone`."""
+        self._in_transaction = False
         self.result = TransactionResult(
             greeting_reply=self._greeting,
             per_recipient=dict(self._per_recipient),
