@@ -9,13 +9,14 @@ both call :func:`build_service`.
 With ``[outbound] enabled`` (the default) a
 :class:`txmail.delivery.runner.QueueRunner` child service works the queue:
 MX lookups through :class:`txmail.delivery.mx.MXResolver` on the thread pool
-(the ``resolvers`` setting, else the system's), SMTP through
-:func:`txmail.smtp.relay.deliver_once`, notices back through the router.
+(the ``resolvers`` setting, else the system's), SMTP through a
+:class:`txmail.smtp.relay.ConnectionCache` (connections kept open for the
+next message to the same host, QUIT when the runner stops), notices back
+through the router.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -186,13 +187,16 @@ def _build_runner(
     deliver: Callable[..., defer.Deferred[Any]] | None = None,
 ) -> QueueRunner:
     """The queue runner for *settings* (see :mod:`txmail.delivery.runner`)."""
-    from txmail.smtp.relay import deliver_once
+    from txmail.smtp.relay import ConnectionCache
 
     if resolver is None:
         nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
         resolver = MXResolver(nameservers, run_blocking=run_blocking)
+    connections = None
     if deliver is None:
-        deliver = functools.partial(deliver_once, reactor)
+        # One connection per destination carries a burst of messages (RSET between them).
+        connections = ConnectionCache(reactor)
+        deliver = connections.deliver
     smarthost = None
     if settings.smarthost:
         host, port = parse_host_port(settings.smarthost, 25)
@@ -225,6 +229,7 @@ def _build_runner(
         poll_interval=settings.queue_poll_interval,
         timeout=settings.outbound_timeout,
         postmaster=f"postmaster@{settings.primary_domain}",
+        connections=connections,
     )
 
 

@@ -48,6 +48,8 @@ class FlakySMTP(LineReceiver):
 
     def connectionMade(self) -> None:
         self.in_data = False
+        factory: Any = self.factory
+        factory.connections = getattr(factory, "connections", 0) + 1
         self.sendLine(b"220 flaky.test ESMTP")
 
     def lineReceived(self, line: bytes) -> None:
@@ -74,6 +76,8 @@ class FlakySMTP(LineReceiver):
         elif verb == b"DATA":
             self.in_data, self.lines = True, []
             self.sendLine(b"354 go ahead")
+        elif verb == b"RSET":
+            self.sendLine(b"250 2.0.0 reset")
         elif verb == b"QUIT":
             self.sendLine(b"221 2.0.0 bye")
             self.transport.loseConnection()
@@ -334,6 +338,19 @@ class RetryTests(TestCase):
         [message] = self.smtp.messages  # type: ignore[attr-defined]
         self.assertIn(b"Subject: retry", message)
         self.assertEqual(maildir_files(self.sender, "alice@example.test"), [])  # no bounce, no delay notice
+
+    @defer.inlineCallbacks
+    def test_connection_kept_for_the_next_message(self) -> Any:
+        """Messages queued one after the other to one MX share a connection (RSET between); stop sends QUIT."""
+        self.smtp.refuse = 0  # type: ignore[attr-defined]
+        for i in range(3):
+            yield self.submit()
+            yield wait_for(lambda n=i + 1: self.states() == [] and len(self.smtp.messages) == n)  # type: ignore[attr-defined]
+        self.assertEqual(self.smtp.connections, 1)  # type: ignore[attr-defined]
+        runner = self.sender.runner
+        self.assertEqual((runner.connections.connections, runner.connections.reused), (1, 2))
+        yield runner.stopService()
+        self.assertEqual(runner.connections._idle, {})
 
     @defer.inlineCallbacks
     def test_restart_resumes(self) -> Any:

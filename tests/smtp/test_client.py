@@ -557,8 +557,8 @@ class ReuseTests(SynchronousTestCase):
         self.assertFalse(s.idle)
 
     def test_stale_connection(self) -> None:
-        """A reused connection that dies or says 421 before answering RSET is stale; a later failure is not."""
-        for death in ("lost", "421", "timeout"):
+        """A reused connection that dies, says 421 or refuses RSET is stale; a later failure is not."""
+        for death in ("lost", "421", "timeout", "500"):
             s = self.open_session()
             step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
             done(step(s, b"250 queued\r\n")[1])
@@ -569,6 +569,10 @@ class ReuseTests(SynchronousTestCase):
                 events = step(s)[1]
             elif death == "421":
                 events = step(s, b"421 4.4.2 idle too long\r\n")[1]
+            elif death == "500":
+                out, events = step(s, b"500 5.5.1 what?\r\n")  # a server without RSET
+                self.assertEqual(out, b"QUIT\r\n")
+                events += step(s, b"221 bye\r\n")[1]
             else:
                 s.timeout()
                 events = step(s)[1]

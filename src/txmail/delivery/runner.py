@@ -148,6 +148,9 @@ class QueueRunner(service.Service):
         concurrency: entries worked at the same time.
         postmaster: the address named in notices for help.
         work_dir: where notices are written before the router takes them.
+        connections: what *deliver* keeps open between transactions (a
+            :class:`txmail.smtp.relay.ConnectionCache`): its ``close()`` is
+            called when the runner stops, after the transactions in flight.
     """
 
     log = Logger()
@@ -173,6 +176,7 @@ class QueueRunner(service.Service):
         concurrency: int = 10,
         postmaster: str | None = None,
         work_dir: str | None = None,
+        connections: Any = None,
     ) -> None:
         self.queue = queue
         self.router = router
@@ -191,6 +195,7 @@ class QueueRunner(service.Service):
         self.timeout = timeout
         self.postmaster = postmaster
         self.work_dir = work_dir or getattr(queue, "directory", None) or "."
+        self.connections = connections
         self._limit = defer.DeferredSemaphore(concurrency)
         self._loop: task.LoopingCall | None = None
         self._wakeup: Any = None
@@ -223,8 +228,14 @@ class QueueRunner(service.Service):
             # Let the transactions in flight finish (their results are recorded).
             d: defer.Deferred[None] = defer.Deferred()
             self._pass.addBoth(lambda r: (d.callback(None), r)[1])
-            return d
-        return None
+            return d.addCallback(lambda _: self._close_connections())
+        return self._close_connections()
+
+    def _close_connections(self) -> Any:
+        """QUIT the connections kept open between transactions (when *deliver* keeps any)."""
+        if self.connections is None:
+            return None
+        return self.connections.close()
 
     def _new_entry(self, queue_id: str) -> None:
         self.wake()

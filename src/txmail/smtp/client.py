@@ -37,8 +37,9 @@ The session has the same h11 shape as the server session::
   sending QUIT; :meth:`ClientSession.next_transaction` sends ``RSET`` and,
   on its ``250``, the next MAIL/RCPT/DATA with the extensions already
   known; :meth:`ClientSession.quit` ends it.  A reused connection that dies
-  before answering RSET (the server dropped it while idle) sets
-  :attr:`ClientSession.stale`: the server saw nothing of that transaction.
+  before answering RSET (the server dropped it while idle), or refuses it,
+  sets :attr:`ClientSession.stale`: the server saw nothing of that
+  transaction.
 * The session never raises because of what the server sent: malformed or
   over-long replies, replies nobody asked for, a ``421`` at any point, a
   lost connection or the adapter's timer all end in a temporary failure.
@@ -364,9 +365,10 @@ class ClientSession:
         self.extensions: dict[str, str] = {}
         #: Transactions started on this connection (the first included).
         self.transactions = 0
-        #: A transaction on a reused connection failed before the server
-        #: answered its RSET: the connection had died while idle and the
-        #: server saw nothing of the transaction (retry it on a new one).
+        #: A transaction on a reused connection ended at its RSET: the
+        #: connection died while idle (or was closed with 421), or the
+        #: server refused RSET; the server saw nothing of the transaction
+        #: (retry it on a new connection).
         self.stale = False
 
         self._inbuf = bytearray()
@@ -654,6 +656,9 @@ class ClientSession:
         if 200 <= reply.code < 300:
             self._start_transaction()
         else:
+            # Not a connection to reuse (RFC 5321 section 4.5.1 requires RSET);
+            # nothing of this transaction reached the server.
+            self.stale = True
             self._fail("RSET refused: " + _describe(reply), reply, temporary=True)
 
     def _on_greeting(self, reply: Reply, arg: str) -> None:

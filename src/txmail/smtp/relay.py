@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from OpenSSL import SSL
@@ -67,7 +67,7 @@ from txmail.smtp.client import (
     TransactionResult,
 )
 
-__all__ = ["SMTPClientProtocol", "client_endpoint", "client_tls_options", "deliver_once"]
+__all__ = ["ConnectionCache", "SMTPClientProtocol", "client_endpoint", "client_tls_options", "deliver_once"]
 
 log = Logger()
 
@@ -148,10 +148,19 @@ class SMTPClientProtocol(Protocol):
         self._sender: FileSender | None = None
         self._lost = False
         self._processing = False
+        #: Called with this protocol when its ``keep_open`` session goes idle
+        #: (before the transaction's result is fired), and when the
+        #: connection is lost; set by :class:`ConnectionCache`.
+        self.on_idle: Callable[[SMTPClientProtocol], None] | None = None
+        self.on_lost: Callable[[SMTPClientProtocol], None] | None = None
+        #: When the connection was made (``clock.seconds()``).
+        self.connected_at = 0.0
+        self._lost_waiters: list[defer.Deferred[None]] = []
 
     # -- Twisted API --
 
     def connectionMade(self) -> None:
+        self.connected_at = self._clock.seconds()
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
         self._reset_timer()
@@ -173,6 +182,48 @@ class SMTPClientProtocol(Protocol):
             description = None  # the session names the step it was waiting for
         self.session.connection_lost(description)
         self._process()
+        if self.on_lost is not None:
+            self.on_lost(self)
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- reuse (ConnectionCache) --
+
+    def reuse(
+        self,
+        finished: defer.Deferred[TransactionResult],
+        message_file: IO[bytes] | None,
+        mail_from: str,
+        recipients: Sequence[str | tuple[str, Mapping[str, str]]],
+        **transaction: Any,
+    ) -> None:
+        """
+        Run the next transaction on this idle connection (arguments as for
+        :meth:`~txmail.smtp.client.ClientSession.next_transaction`);
+        *finished* fires with its result.
+        """
+        self.session.next_transaction(mail_from, recipients, **transaction)
+        self._finished = finished
+        self._file = message_file
+        self._reset_timer()
+        self._process()
+
+    def quit(self) -> None:
+        """End an idle connection: QUIT, then close without waiting for the reply."""
+        if self._lost or not self.session.idle:
+            return
+        self.session.quit()
+        self._flush()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def when_lost(self) -> defer.Deferred[None]:
+        """A Deferred that fires once the connection is gone."""
+        if self._lost:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._lost_waiters.append(d)
+        return d
 
     # -- content streaming --
 
@@ -224,7 +275,13 @@ class SMTPClientProtocol(Protocol):
                 elif isinstance(event, ReadyForData):
                     self._start_content()
                 elif isinstance(event, TransactionDone):
-                    self._fire(event.result)
+                    finished = self._finished
+                    if self.session.idle:
+                        self._cancel_timer()  # idle: the cache's timer, not a command's
+                        if self.on_idle is not None:
+                            self.on_idle(self)  # parked before the result goes out, so it can be reused
+                    if not finished.called:
+                        finished.callback(event.result)
         except Exception:
             log.failure("internal error in SMTP client")
             self.session.connection_lost("internal error in the SMTP client")
@@ -256,7 +313,7 @@ class SMTPClientProtocol(Protocol):
     # -- timeouts (RFC 5321 section 4.5.3.2) --
 
     def _reset_timer(self) -> None:
-        if self._lost or self.session.closed:
+        if self._lost or self.session.closed or self.session.idle:
             return
         if self._timer is not None and self._timer.active():
             self._timer.reset(self._timeout)
@@ -343,19 +400,73 @@ def deliver_once(
     Raises:
         ValueError: bad arguments (see ClientSession).
     """
-    message_file: IO[bytes] | None = None
+    _, finished = _connect(
+        reactor,
+        host,
+        port,
+        hostname=hostname,
+        mail_from=mail_from,
+        recipients=recipients,
+        message=message,
+        size=size,
+        needs_8bit=needs_8bit,
+        needs_smtputf8=needs_smtputf8,
+        mail_params=mail_params,
+        tls_policy=tls_policy,
+        tls_context_factory=tls_context_factory,
+        tls_hostname=tls_hostname,
+        trust_root=trust_root,
+        auth=auth,
+        allow_plaintext_auth=allow_plaintext_auth,
+        timeout=timeout,
+        clock=clock,
+        endpoint=endpoint,
+    )
+    return finished
+
+
+def _content(
+    message: bytes | IO[bytes], size: int | None
+) -> tuple[bytes | None, IO[bytes] | None, int | None]:
+    """The message as (bytes, None, size) or (None, file, size), the size measured when not given."""
     if isinstance(message, bytes | bytearray | memoryview):
-        data: bytes | None = bytes(message)
-    else:
-        data = None
-        message_file = message
-        if size is None:
-            try:
-                size = os.fstat(message.fileno()).st_size - message.tell()
-            except (AttributeError, OSError, ValueError):
-                position = message.tell()
-                size = message.seek(0, os.SEEK_END) - position
-                message.seek(position)
+        return bytes(message), None, size
+    if size is None:
+        try:
+            size = os.fstat(message.fileno()).st_size - message.tell()
+        except (AttributeError, OSError, ValueError):
+            position = message.tell()
+            size = message.seek(0, os.SEEK_END) - position
+            message.seek(position)
+    return None, message, size
+
+
+def _connect(
+    reactor: Any,
+    host: str,
+    port: int,
+    *,
+    hostname: str,
+    mail_from: str,
+    recipients: Sequence[str | tuple[str, Mapping[str, str]]],
+    message: bytes | IO[bytes],
+    size: int | None,
+    needs_8bit: bool,
+    needs_smtputf8: bool,
+    mail_params: Mapping[str, str] | None,
+    tls_policy: str,
+    tls_context_factory: Any,
+    tls_hostname: str | None,
+    trust_root: Any,
+    auth: tuple[str, str] | None,
+    allow_plaintext_auth: bool,
+    timeout: float,
+    clock: IReactorTime | None,
+    endpoint: IStreamClientEndpoint | None,
+    keep_open: bool = False,
+) -> tuple[SMTPClientProtocol, defer.Deferred[TransactionResult]]:
+    """Connect and start the first transaction (see :func:`deliver_once`); the protocol and its result."""
+    data, message_file, size = _content(message, size)
     session = ClientSession(
         hostname,
         mail_from,
@@ -368,6 +479,7 @@ def deliver_once(
         tls_policy=tls_policy,
         auth=auth,
         allow_plaintext_auth=allow_plaintext_auth,
+        keep_open=keep_open,
     )
     if tls_context_factory is None and tls_policy != "none":
         literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -397,4 +509,215 @@ def deliver_once(
         return result
 
     connecting.addBoth(stop_watchdog)
-    return finished
+    return protocol, finished
+
+
+class ConnectionCache:
+    """
+    Delivers like :func:`deliver_once`, but keeps each connection open after
+    its transaction for the next one to the same destination, as Postfix's
+    SMTP connection cache does: a burst of mail to one domain then costs one
+    TCP connection, greeting, EHLO and TLS handshake instead of one per
+    message.
+
+    :meth:`deliver` has :func:`deliver_once`'s signature without the
+    reactor.  Connections are found by everything that makes them differ
+    (host, port, our name, TLS policy, name and trust root, credentials,
+    endpoint).  A connection whose transaction left it usable (delivered, or
+    refused by MAIL, RCPT or DATA) waits up to *idle_timeout* seconds; the
+    next transaction starts with RSET (:meth:`ClientSession.next_transaction`).
+    One that carried *max_transactions* transactions, or has been open
+    *max_age* seconds, is closed instead.  If a reused connection turns out
+    to have died while idle (no answer to RSET), the transaction is tried
+    again at once on a new connection: the server saw nothing of it.
+
+    Args:
+        reactor: provides ``IReactorTCP`` (and ``IReactorTime`` unless
+            *clock* is given).
+        idle_timeout: seconds an unused connection is kept.
+        max_transactions: transactions per connection at most.
+        max_age: seconds a connection is reused for at most.
+        clock: the timer source, by default *reactor*.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        idle_timeout: float = 5.0,
+        max_transactions: int = 100,
+        max_age: float = 300.0,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.max_transactions = max_transactions
+        self.max_age = max_age
+        self.clock: Any = clock if clock is not None else reactor
+        #: Connections opened (for logs and tests).
+        self.connections = 0
+        #: Transactions that ran on a connection opened for an earlier one.
+        self.reused = 0
+        self._idle: dict[tuple[Any, ...], list[tuple[SMTPClientProtocol, Any]]] = {}
+        self._objects: dict[int, Any] = {}
+        self._closed = False
+
+    def deliver(
+        self,
+        host: str,
+        port: int = 25,
+        *,
+        hostname: str,
+        mail_from: str,
+        recipients: Sequence[str | tuple[str, Mapping[str, str]]],
+        message: bytes | IO[bytes],
+        size: int | None = None,
+        needs_8bit: bool = False,
+        needs_smtputf8: bool = False,
+        mail_params: Mapping[str, str] | None = None,
+        tls_policy: str = "opportunistic",
+        tls_context_factory: Any = None,
+        tls_hostname: str | None = None,
+        trust_root: Any = None,
+        auth: tuple[str, str] | None = None,
+        allow_plaintext_auth: bool = False,
+        timeout: float = 300.0,
+        endpoint: IStreamClientEndpoint | None = None,
+    ) -> defer.Deferred[TransactionResult]:
+        """One delivery attempt of one message to *host*:*port* (see :func:`deliver_once`)."""
+        key = (
+            host,
+            port,
+            hostname,
+            tls_policy,
+            self._identity(tls_context_factory),
+            tls_hostname,
+            self._identity(trust_root),
+            auth,
+            allow_plaintext_auth,
+            self._identity(endpoint),
+        )
+        transaction: dict[str, Any] = {
+            "needs_8bit": needs_8bit,
+            "needs_smtputf8": needs_smtputf8,
+            "mail_params": mail_params,
+        }
+
+        def connect() -> defer.Deferred[TransactionResult]:
+            if self._closed:
+                return deliver_once(
+                    self.reactor, host, port, hostname=hostname, mail_from=mail_from, recipients=recipients,
+                    message=message, size=size, tls_policy=tls_policy, tls_context_factory=tls_context_factory,
+                    tls_hostname=tls_hostname, trust_root=trust_root, auth=auth,
+                    allow_plaintext_auth=allow_plaintext_auth, timeout=timeout, clock=self.clock,
+                    endpoint=endpoint, **transaction,
+                )  # fmt: skip
+            protocol, finished = _connect(
+                self.reactor, host, port, hostname=hostname, mail_from=mail_from, recipients=recipients,
+                message=message, size=size, tls_policy=tls_policy, tls_context_factory=tls_context_factory,
+                tls_hostname=tls_hostname, trust_root=trust_root, auth=auth,
+                allow_plaintext_auth=allow_plaintext_auth, timeout=timeout, clock=self.clock,
+                endpoint=endpoint, keep_open=True, **transaction,
+            )  # fmt: skip
+            self.connections += 1
+            protocol.on_idle = lambda p: self._park(key, p)
+            protocol.on_lost = lambda p: self._forget(key, p)
+            return finished
+
+        protocol = self._take(key)
+        if protocol is None:
+            return connect()
+        self.reused += 1
+        data, message_file, measured = _content(message, size)
+        finished: defer.Deferred[TransactionResult] = defer.Deferred()
+        try:
+            protocol.reuse(
+                finished, message_file, mail_from, recipients, message=data, size=measured, **transaction
+            )
+        except Exception:
+            self._park(key, protocol)  # a caller's mistake (bad address...): the connection is still good
+            raise
+
+        def stale(result: TransactionResult) -> Any:
+            if protocol.session.stale:
+                log.info(
+                    "cached connection to {host} port {port} was closed by the server; reconnecting",
+                    host=host,
+                    port=port,
+                )
+                return connect()
+            return result
+
+        return finished.addCallback(stale)
+
+    def close(self) -> defer.Deferred[None]:
+        """Close every idle connection (QUIT) and keep no more; fires once they are gone."""
+        self._closed = True
+        waiting = []
+        for entries in self._idle.values():
+            for protocol, timer in entries:
+                if timer.active():
+                    timer.cancel()
+                waiting.append(protocol.when_lost())
+                protocol.quit()
+        self._idle.clear()
+        return defer.DeferredList(waiting).addCallback(lambda _: None)
+
+    # -- the pool --
+
+    def _identity(self, obj: Any) -> Any:
+        """*obj* as part of a key: itself, or (unhashable, like a Certificate) its identity, kept alive."""
+        if obj is None:
+            return None
+        try:
+            hash(obj)
+        except TypeError:
+            self._objects[id(obj)] = obj  # so that its id is never another object's
+            return ("id", id(obj))
+        return obj
+
+    def _take(self, key: tuple[Any, ...]) -> SMTPClientProtocol | None:
+        entries = self._idle.get(key)
+        while entries:
+            protocol, timer = entries.pop()
+            if timer.active():
+                timer.cancel()
+            if not entries:
+                del self._idle[key]
+            if protocol.session.idle:
+                return protocol
+        return None
+
+    def _park(self, key: tuple[Any, ...], protocol: SMTPClientProtocol) -> None:
+        """A connection finished a transaction and can take another: keep it for a while."""
+        if (
+            self._closed
+            or protocol.session.transactions >= self.max_transactions
+            or self.clock.seconds() - protocol.connected_at >= self.max_age
+        ):
+            # After the result is out: the QUIT goes with this turn's writes.
+            self.clock.callLater(0, protocol.quit)
+            return
+        timer = self.clock.callLater(self.idle_timeout, self._expire, key, protocol)
+        self._idle.setdefault(key, []).append((protocol, timer))
+
+    def _expire(self, key: tuple[Any, ...], protocol: SMTPClientProtocol) -> None:
+        self._remove(key, protocol)
+        protocol.quit()
+
+    def _forget(self, key: tuple[Any, ...], protocol: SMTPClientProtocol) -> None:
+        """The connection is gone (the server closed it, or we did)."""
+        self._remove(key, protocol)
+
+    def _remove(self, key: tuple[Any, ...], protocol: SMTPClientProtocol) -> None:
+        entries = self._idle.get(key)
+        if not entries:
+            return
+        for i, (p, timer) in enumerate(entries):
+            if p is protocol:
+                if timer.active():
+                    timer.cancel()
+                del entries[i]
+                break
+        if not entries:
+            del self._idle[key]
