@@ -191,6 +191,7 @@ class ScriptedServerTests(TestCase):
         second = yield self.deliver(cache, endpoint)
         self.assertEqual((first.delivered, second.delivered), (["x@fake.test"], ["x@fake.test"]))
         self.assertEqual(endpoint.count, 2)
+        self.assertEqual((cache.connections, cache.reused), (2, 0))
         self.assertEqual(len(factory.content), 2)
         self.assertIsNone(second.error)
 

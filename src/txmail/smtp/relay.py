@@ -604,24 +604,18 @@ class ConnectionCache:
         }
 
         def connect() -> defer.Deferred[TransactionResult]:
-            if self._closed:
-                return deliver_once(
-                    self.reactor, host, port, hostname=hostname, mail_from=mail_from, recipients=recipients,
-                    message=message, size=size, tls_policy=tls_policy, tls_context_factory=tls_context_factory,
-                    tls_hostname=tls_hostname, trust_root=trust_root, auth=auth,
-                    allow_plaintext_auth=allow_plaintext_auth, timeout=timeout, clock=self.clock,
-                    endpoint=endpoint, **transaction,
-                )  # fmt: skip
+            keep = not self._closed
             protocol, finished = _connect(
                 self.reactor, host, port, hostname=hostname, mail_from=mail_from, recipients=recipients,
                 message=message, size=size, tls_policy=tls_policy, tls_context_factory=tls_context_factory,
                 tls_hostname=tls_hostname, trust_root=trust_root, auth=auth,
                 allow_plaintext_auth=allow_plaintext_auth, timeout=timeout, clock=self.clock,
-                endpoint=endpoint, keep_open=True, **transaction,
+                endpoint=endpoint, keep_open=keep, **transaction,
             )  # fmt: skip
             self.connections += 1
-            protocol.on_idle = lambda p: self._park(key, p)
-            protocol.on_lost = lambda p: self._forget(key, p)
+            if keep:
+                protocol.on_idle = lambda p: self._park(key, p)
+                protocol.on_lost = lambda p: self._forget(key, p)
             return finished
 
         protocol = self._take(key)
@@ -640,10 +634,12 @@ class ConnectionCache:
 
         def stale(result: TransactionResult) -> Any:
             if protocol.session.stale:
+                self.reused -= 1
                 log.info(
-                    "cached connection to {host} port {port} was closed by the server; reconnecting",
+                    "kept connection to {host} port {port} could not be reused ({error}); reconnecting",
                     host=host,
                     port=port,
+                    error=result.error,
                 )
                 return connect()
             return result
