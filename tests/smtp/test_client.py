@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txmail.smtp.client import (
@@ -622,6 +624,82 @@ class ReuseTests(SynchronousTestCase):
         out, events = step(s, b"250 queued\r\n")
         self.assertEqual((out, events), (b"QUIT\r\n", []))
         self.assertFalse(s.idle)
+
+
+_SERVER_SAYS = st.sampled_from(
+    [
+        b"220 mx ESMTP\r\n",
+        EHLO_FULL,
+        EHLO_BASIC,
+        *[b"250 2.0.0 ok\r\n"] * 8,  # mostly a server that goes along: transactions complete
+        *[b"354 go\r\n"] * 2,
+        *["next"] * 5,
+        *["deliver"] * 3,  # next transaction (when idle) and a server accepting all of it
+        b"421 4.4.2 closing\r\n",
+        b"450 4.2.0 later\r\n",
+        b"500 5.5.1 what\r\n",
+        b"550 5.1.1 no\r\n",
+        b"221 bye\r\n",
+        b"garbage\r\n",
+        b"25",
+        b"0 split\r\n",
+        "lost",
+        "timeout",
+        "quit",
+    ]
+)
+
+
+class ReuseFuzzTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.booleans(), st.lists(_SERVER_SAYS, max_size=40))
+    def test_one_result_per_transaction(self, pipelining: bool, script: list[Any]) -> None:
+        """
+        Whatever a server says after a first delivered message, a keep_open
+        session never raises, ends each transaction it started with exactly
+        one TransactionDone (none for a QUIT or a loss while idle), and is
+        idle only with nothing in flight.
+        """
+        s = make(keep_open=True, tls_policy="none", message=MESSAGE)
+        step(s, GREETING)
+        step(s, EHLO_FULL if pipelining else EHLO_BASIC)
+        for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+            step(s, reply)
+        results = len(step(s, b"250 queued\r\n")[1])
+        self.assertTrue(s.idle)
+        for item in script:
+            if s.closed:
+                break
+            if item in ("next", "deliver") and s.idle:
+                s.next_transaction("a@example.test", ["b@remote.test"], message=MESSAGE)
+            if item == "next":
+                continue
+            if item == "quit":
+                if s.idle:
+                    s.quit()
+                continue
+            if item == "lost":
+                s.connection_lost()
+            elif item == "timeout":
+                s.timeout()
+            elif item == "deliver":
+                s.receive_data(b"250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n")
+            else:
+                s.receive_data(item)
+            _, events = step(s)
+            done_events = [e for e in events if isinstance(e, TransactionDone)]
+            results += len(done_events)
+            for event in events:
+                self.assertIsInstance(event, (TransactionDone, ReadyForData, StartTLS))
+                if isinstance(event, ReadyForData):
+                    s.end_data()
+            if s.idle:
+                self.assertIsNone(s.waiting_for)
+                self.assertIsNotNone(s.result)
+            self.assertLessEqual(results, s.transactions)
+            self.assertGreaterEqual(results, s.transactions - 1)  # at most the current one is open
+        if s.closed or s.idle:
+            self.assertEqual(results, s.transactions)
 
 
 class TLSTests(SynchronousTestCase):
