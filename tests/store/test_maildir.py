@@ -706,13 +706,13 @@ class MaildirBatchTests(MaildirBase):
         self.patch(maildir, "BATCH", 2)
         box = self.inbox()
         self.uids = [self.successResultOf(box.append(message(i))) for i in range(7)]
-        self.names = {n.partition(":")[0]: n for n in self.files("new") + self.files("cur")}
+        self.paths = {
+            uid: os.path.join(self.user_dir, box._locs[uid].sub, box._locs[uid].name) for uid in self.uids
+        }
 
     def test_open_in_turns(self) -> None:
         """A reopen takes the index in batches, with a run_blocking round trip between them, and gets it all."""
-        os.unlink(
-            os.path.join(self.user_dir, "new", sorted(self.names.values())[1])
-        )  # another program removed it
+        os.unlink(self.paths[2])  # another program removed it
         self.drop("new", "1700000000.M1P1.other", message(99))  # and delivered this one
         runner = ManualRunner()
         opened = self.reopen(run_blocking=runner).store_for(USER).get_mailbox(INBOX)
@@ -739,7 +739,7 @@ class MaildirBatchTests(MaildirBase):
         box = self.successResultOf(opened)
         changes: list[Any] = []
         box.add_listener(changes.append)
-        os.unlink(os.path.join(self.user_dir, "new", sorted(self.names.values())[6]))
+        os.unlink(self.paths[7])
         os.utime(os.path.join(self.user_dir, "new"), (1, 1))  # the directory changed: rescan it
         refreshed = box.refresh()
         runner.step("scan_folder")
