@@ -1,11 +1,13 @@
 """
-The Twisted adapter of the SMTP client: one delivery attempt to one server.
+The Twisted adapter of the SMTP client: delivery attempts to one server.
 
 :func:`deliver_once` connects, drives a sans-IO
 :class:`txmail.smtp.client.ClientSession` over the connection and fires with
 its :class:`~txmail.smtp.client.TransactionResult`.  It never errbacks for
 network trouble: a refused connection, a timeout, a TLS failure or a lost
 connection are temporary results, so the queue runner has one code path.
+:class:`ConnectionCache` does the same but keeps each connection open for
+the next message to the same destination (what the queue runner uses).
 
 Implementation notes
 --------------------
@@ -34,6 +36,11 @@ Implementation notes
   through a consumer that dot-stuffs each chunk with the session.  File reads
   are plain blocking reads on the reactor thread, as in the server's spool.
 * The password given in *auth* is never logged or put in a result.
+* Reuse (:class:`ConnectionCache`): the session runs with ``keep_open``; when
+  it goes idle the protocol tells the cache (``on_idle``) *before* firing the
+  transaction's result, so whoever the result wakes can take the connection
+  at once; ``on_lost`` removes a connection the server closed.  While idle
+  no command timer runs (the cache's idle timer does).
 """
 
 from __future__ import annotations
