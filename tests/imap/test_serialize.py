@@ -64,6 +64,33 @@ class StringTests(SynchronousTestCase):
         long = "x" * (serialize.MAX_QUOTED + 1)
         self.assertTrue(serialize.string(long).startswith(b"{%d}\r\n" % len(long)))
 
+    @settings(max_examples=500)
+    @given(
+        st.one_of(
+            st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
+            st.text(alphabet=' "\\\tabc\r\n\x7f\x01'),
+            st.text(alphabet="ab", min_size=serialize.MAX_QUOTED - 2, max_size=serialize.MAX_QUOTED + 2),
+        ),
+        st.sampled_from(["utf-8", "latin-1"]),
+    )
+    def test_string_quoted_or_literal(self, text: str, encoding: str) -> None:
+        """
+        RFC 3501 section 9: a quoted string when the octets allow (at most
+        MAX_QUOTED, no CR, LF, NUL or 8-bit; backslash and quote escaped),
+        else a literal -- whichever path string() takes.
+        """
+        try:
+            data = text.encode(encoding)
+        except UnicodeEncodeError:
+            return
+        quotable = len(data) <= serialize.MAX_QUOTED and all(0 < b < 0x80 and b not in (10, 13) for b in data)
+        if quotable:
+            expected = b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        else:
+            expected = b"{%d}\r\n" % len(data) + data
+        self.assertEqual(serialize.string(text, encoding), expected)
+        self.assertEqual(serialize.string(data), expected)
+
     def test_nstring_and_numbers(self) -> None:
         """None is NIL, numbers are decimal, negatives and bools are refused."""
         self.assertEqual(serialize.nstring(None), b"NIL")
