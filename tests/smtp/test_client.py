@@ -794,6 +794,20 @@ class AuthTests(SynchronousTestCase):
         out, _ = step(s, ehlo)
         return s, out
 
+    def test_kept_connection_stays_authenticated(self) -> None:
+        """RFC 4954 section 4: AUTH once per session; a reused connection's next transaction starts with RSET, MAIL."""
+        s, out = self.tls_session(keep_open=True)
+        self.assertTrue(out.startswith(b"AUTH PLAIN "))
+        out, _ = step(s, b"235 2.7.0 ok\r\n")
+        self.assertTrue(out.startswith(b"MAIL FROM:"))
+        step(s, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        done(step(s, b"250 queued\r\n")[1])
+        s.next_transaction("alice@example.test", ["carol@remote.test"], message=MESSAGE)
+        self.assertEqual(step(s)[0], b"RSET\r\n")
+        out, _ = step(s, b"250 reset\r\n")
+        self.assertEqual(out, b"MAIL FROM:<alice@example.test>\r\n")
+        self.assertTrue(s.tls)
+
     def test_auth_plain(self) -> None:
         """AUTH PLAIN with an initial response (RFC 4616), then the transaction."""
         s, out = self.tls_session()
