@@ -425,7 +425,6 @@ class ClientSession:
         self._message_reply: Reply | None = None
         self._error: str | None = None
         self._temporary = False
-        self._in_transaction = True
         self.transactions += 1
 
     # -- public API ------------------------------------------------------------
@@ -961,12 +960,11 @@ class ClientSession:
         self._phase = self._PHASE_CLOSED
         self._inbuf.clear()
         self._expect.clear()
-        if self._in_transaction:
+        if self.result is None:  # a transaction is under way (none while idle or quitting)
             self._emit_result()
 
     def _emit_result(self) -> None:
         """The transaction ended: its result, as :attr:`result` and a :class:`TransactionDone`."""
-        self._in_transaction = False
         self.result = TransactionResult(
             greeting_reply=self._greeting,
             per_recipient=dict(self._per_recipient),

@@ -457,19 +457,19 @@ def _connect(
     mail_from: str,
     recipients: Sequence[str | tuple[str, Mapping[str, str]]],
     message: bytes | IO[bytes],
-    size: int | None,
-    needs_8bit: bool,
-    needs_smtputf8: bool,
-    mail_params: Mapping[str, str] | None,
-    tls_policy: str,
-    tls_context_factory: Any,
-    tls_hostname: str | None,
-    trust_root: Any,
-    auth: tuple[str, str] | None,
-    allow_plaintext_auth: bool,
-    timeout: float,
-    clock: IReactorTime | None,
-    endpoint: IStreamClientEndpoint | None,
+    size: int | None = None,
+    needs_8bit: bool = False,
+    needs_smtputf8: bool = False,
+    mail_params: Mapping[str, str] | None = None,
+    tls_policy: str = "opportunistic",
+    tls_context_factory: Any = None,
+    tls_hostname: str | None = None,
+    trust_root: Any = None,
+    auth: tuple[str, str] | None = None,
+    allow_plaintext_auth: bool = False,
+    timeout: float = 300.0,
+    clock: IReactorTime | None = None,
+    endpoint: IStreamClientEndpoint | None = None,
     keep_open: bool = False,
 ) -> tuple[SMTPClientProtocol, defer.Deferred[TransactionResult]]:
     """Connect and start the first transaction (see :func:`deliver_once`); the protocol and its result."""
@@ -569,71 +569,53 @@ class ConnectionCache:
         self._objects: dict[int, Any] = {}
         self._closed = False
 
-    def deliver(
-        self,
-        host: str,
-        port: int = 25,
-        *,
-        hostname: str,
-        mail_from: str,
-        recipients: Sequence[str | tuple[str, Mapping[str, str]]],
-        message: bytes | IO[bytes],
-        size: int | None = None,
-        needs_8bit: bool = False,
-        needs_smtputf8: bool = False,
-        mail_params: Mapping[str, str] | None = None,
-        tls_policy: str = "opportunistic",
-        tls_context_factory: Any = None,
-        tls_hostname: str | None = None,
-        trust_root: Any = None,
-        auth: tuple[str, str] | None = None,
-        allow_plaintext_auth: bool = False,
-        timeout: float = 300.0,
-        endpoint: IStreamClientEndpoint | None = None,
-    ) -> defer.Deferred[TransactionResult]:
-        """One delivery attempt of one message to *host*:*port* (see :func:`deliver_once`)."""
+    def deliver(self, host: str, port: int = 25, **options: Any) -> defer.Deferred[TransactionResult]:
+        """
+        One delivery attempt of one message to *host*:*port*; *options* are
+        :func:`deliver_once`'s keyword arguments but *clock* (the cache's).
+        """
+        options.pop("clock", None)
         key = (
             host,
             port,
-            hostname,
-            tls_policy,
-            self._identity(tls_context_factory),
-            tls_hostname,
-            self._identity(trust_root),
-            auth,
-            allow_plaintext_auth,
-            self._identity(endpoint),
+            options.get("hostname"),
+            options.get("tls_policy", "opportunistic"),
+            self._identity(options.get("tls_context_factory")),
+            options.get("tls_hostname"),
+            self._identity(options.get("trust_root")),
+            options.get("auth"),
+            options.get("allow_plaintext_auth", False),
+            self._identity(options.get("endpoint")),
         )
-        transaction: dict[str, Any] = {
-            "needs_8bit": needs_8bit,
-            "needs_smtputf8": needs_smtputf8,
-            "mail_params": mail_params,
-        }
 
         def connect() -> defer.Deferred[TransactionResult]:
             keep = not self._closed
             protocol, finished = _connect(
-                self.reactor, host, port, hostname=hostname, mail_from=mail_from, recipients=recipients,
-                message=message, size=size, tls_policy=tls_policy, tls_context_factory=tls_context_factory,
-                tls_hostname=tls_hostname, trust_root=trust_root, auth=auth,
-                allow_plaintext_auth=allow_plaintext_auth, timeout=timeout, clock=self.clock,
-                endpoint=endpoint, keep_open=keep, **transaction,
-            )  # fmt: skip
+                self.reactor, host, port, clock=self.clock, keep_open=keep, **options
+            )
             self.connections += 1
             if keep:
                 protocol.on_idle = lambda p: self._park(key, p)
-                protocol.on_lost = lambda p: self._forget(key, p)
+                protocol.on_lost = lambda p: self._remove(key, p)
             return finished
 
         protocol = self._take(key)
         if protocol is None:
             return connect()
         self.reused += 1
-        data, message_file, measured = _content(message, size)
+        data, message_file, measured = _content(options["message"], options.get("size"))
         finished: defer.Deferred[TransactionResult] = defer.Deferred()
         try:
             protocol.reuse(
-                finished, message_file, mail_from, recipients, message=data, size=measured, **transaction
+                finished,
+                message_file,
+                options["mail_from"],
+                options["recipients"],
+                message=data,
+                size=measured,
+                needs_8bit=options.get("needs_8bit", False),
+                needs_smtputf8=options.get("needs_smtputf8", False),
+                mail_params=options.get("mail_params"),
             )
         except Exception:
             self._park(key, protocol)  # a caller's mistake (bad address...): the connection is still good
@@ -708,11 +690,8 @@ class ConnectionCache:
         self._remove(key, protocol)
         protocol.quit()
 
-    def _forget(self, key: tuple[Any, ...], protocol: SMTPClientProtocol) -> None:
-        """The connection is gone (the server closed it, or we did)."""
-        self._remove(key, protocol)
-
     def _remove(self, key: tuple[Any, ...], protocol: SMTPClientProtocol) -> None:
+        """Stop keeping *protocol* (it expired, or the connection is gone)."""
         entries = self._idle.get(key)
         if not entries:
             return
