@@ -306,8 +306,13 @@ class MaildirMailbox(MailboxState):
             return
         self._index_lines += text.count("\n")
         if self._index_buffer is not None:
+            # A rewrite is under way: keep the records for the new file, and
+            # append them to the current one too, which stays the index
+            # until the rewrite is renamed over it (a crash or a reader
+            # meanwhile must not miss them).  One written just after the
+            # rename lands in the new file and is replayed there again:
+            # harmless, a record sets or removes one message's state.
             self._index_buffer.append(text)
-            return
         try:
             with open(self._index_path, "ab") as f:
                 f.write(text.encode("utf-8", "surrogateescape"))
