@@ -13,7 +13,9 @@ running test, so the code under test must query from another thread (as
     })
 
 Values by type: ``MX`` ``(preference, exchange)`` (exchange ``"."`` or ``""``
-for a null MX), ``A``/``AAAA`` address strings, ``CNAME`` target names.  A
+for a null MX), ``A``/``AAAA`` address strings, ``CNAME`` and ``PTR`` target
+names, ``TXT`` one ``str``/``bytes`` per record (split into 255-octet
+character-strings) or a list of character-strings.  A
 name that appears in some key but not with the asked type answers NODATA
 (NOERROR, empty answer); a name that appears in no key answers NXDOMAIN.
 The value :data:`SERVFAIL` answers SERVFAIL.
@@ -47,6 +49,14 @@ def _payload(rtype: str, value: Any) -> Any:
         return dns.Record_AAAA(value, ttl=60)
     if rtype == "CNAME":
         return dns.Record_CNAME(value.rstrip(".").encode(), ttl=60)
+    if rtype == "PTR":
+        return dns.Record_PTR(value.rstrip(".").encode(), ttl=60)
+    if rtype == "TXT":
+        # One record: a str/bytes (split into 255-octet character-strings) or a list of them.
+        parts = value if isinstance(value, list | tuple) else [value]
+        data = [p.encode() if isinstance(p, str) else p for p in parts]
+        chunks = [d[i : i + 255] for d in data for i in range(0, max(len(d), 1), 255)]
+        return dns.Record_TXT(*chunks, ttl=60)
     raise ValueError(f"unsupported record type {rtype}")
 
 
