@@ -42,6 +42,7 @@ SANS_IO_MODULES = (
     "txmail/auth/passwords.py",
     "txmail/model.py",
     "txmail/mime.py",
+    "txmail/policy/spf.py",
 )
 
 
