@@ -244,7 +244,11 @@ class SyntaxTests(SPFTestCase):
 
     def test_modifiers(self) -> None:
         """Unknown modifiers are ignored if well formed; redirect and exp may appear once each and need a domain-spec."""
-        self.assertEqual(self.check(record("v=spf1 moo.cow-far_out=man:dog/cat default=+ -all")).result, FAIL)
+        for text in [
+            "v=spf1 moo.cow-far_out=man:dog/cat default=+ -all",
+            "v=spf1 note=%{c}%{r}%{t}%{D2r-} -all",
+        ]:
+            self.assertEqual(self.check(record(text)).result, FAIL, text)
         for text in [
             "v=spf1 foo=%abc -all",
             "v=spf1 exp= -all",

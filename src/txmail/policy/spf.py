@@ -519,7 +519,9 @@ def _parse_record(text: str) -> _Record | str:
                     raise _SyntaxError(f"more than one {key}= modifier")
                 modifiers[key] = _domain_spec(rest[1:])
             else:
-                _macro_string(rest[1:])  # unknown modifiers are ignored, once checked
+                # Unknown modifiers are ignored once checked; any macro letter
+                # is syntax (the ABNF's macro-string), as they are never expanded.
+                _macro_string(rest[1:], explain=True)
     except _SyntaxError as e:
         return str(e)
     return _Record(tuple(directives), modifiers.get("redirect"), modifiers.get("exp"))
