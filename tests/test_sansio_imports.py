@@ -43,6 +43,9 @@ SANS_IO_MODULES = (
     "txmail/model.py",
     "txmail/mime.py",
     "txmail/policy/spf.py",
+    "txmail/policy/authres.py",
+    "txmail/policy/dmarc.py",
+    "txmail/policy/srs.py",
 )
 
 
