@@ -46,6 +46,8 @@ SANS_IO_MODULES = (
     "txmail/policy/authres.py",
     "txmail/policy/dmarc.py",
     "txmail/policy/srs.py",
+    "txmail/policy/dkim.py",
+    "txmail/policy/arc.py",
 )
 
 
