@@ -162,12 +162,17 @@ class SessionProtocol(Protocol, ABC):
         self.peer = ""
         self.session: Any = None
         self._timer: Any = None
-        self._waiting = False  # a Deferred of ours will answer the session
+        self._waits = 0  # Deferreds of ours that will answer the session
         self._processing = False
         self._reading_paused = False
         self._lost = False
         self._reply_gate = _ReplyGate(self)
         self._gate_registered = False
+
+    @property
+    def _waiting(self) -> bool:
+        """A Deferred of ours will answer the session."""
+        return self._waits > 0
 
     @property
     def _transport(self) -> Any:
@@ -388,12 +393,16 @@ class SessionProtocol(Protocol, ABC):
             self._transport.pauseProducing()
 
     def _wait(self, d: defer.Deferred[Any]) -> None:
-        """The session stays paused (no more events are handled) until *d* has fired."""
-        self._waiting = True
+        """
+        The session stays paused (no more events are handled) until *d* has
+        fired -- and any Deferred that its callbacks wait for in turn (a
+        policy asked after the router's check, say).
+        """
+        self._waits += 1
 
         def done(_: Any) -> None:
-            self._waiting = False
-            if not self._lost:
+            self._waits -= 1
+            if not self._waits and not self._lost:
                 self._process()
 
         d.addBoth(done)

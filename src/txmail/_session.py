@@ -468,15 +468,20 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
             self._end_auth()
             self._auth_succeeded(event.username, mechanism)
         elif isinstance(event, sasl.Failed):
+            mechanism = self._sasl.mechanism if self._sasl is not None else ""
             self._end_auth()
             if event.reason == "cancelled":
                 self._send(self.AUTH_CANCELLED_REPLY)
             else:
-                self._protocol_error(self.AUTH_FAILED_REPLY)
+                self._auth_failed(mechanism)
         else:
             raise self.BAD_AUTH_RESULT_ERROR(
                 f"AuthStep must be answered with Challenge, Succeeded or Failed, not {event!r}"
             )
+
+    def _auth_failed(self, mechanism: str) -> None:
+        """A SASL exchange failed (bad credentials): answer ``AUTH_FAILED_REPLY``."""
+        self._protocol_error(self.AUTH_FAILED_REPLY)
 
     def _end_auth(self) -> None:
         """Forget the SASL exchange, if any, and leave ``AUTH_STATE``."""

@@ -352,6 +352,8 @@ class Envelope:
         received_at: seconds since the epoch when DATA completed.
         protocol: ``SMTP``/``ESMTP``/``ESMTPS``/``ESMTPSA``... for ``Received:``.
         message_id: a server-assigned id for logs and trace headers.
+        folder: the folder local recipients get the message in (a policy's
+            choice, such as ``"Junk"``); ``None`` for their INBOX.
     """
 
     mail_from: str
@@ -365,6 +367,7 @@ class Envelope:
     received_at: float = 0.0
     protocol: str = "ESMTP"
     message_id: str = ""
+    folder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

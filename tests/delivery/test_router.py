@@ -15,7 +15,7 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter, split_address
 from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory
-from txmail.model import INBOX, Envelope, MessageFile
+from txmail.model import INBOX, Envelope, MessageFile, SpecialUse
 from txmail.store.memory import MemoryProvider
 
 
@@ -65,7 +65,7 @@ class BrokenProvider:
 MESSAGE = b"Return-Path: <x@remote.test>\r\nSubject: hi\r\n\r\nHello.\r\n"
 
 
-class RouterTests(SynchronousTestCase):
+class RouterTestBase(SynchronousTestCase):
     def setUp(self) -> None:
         self.directory = DictDirectory(
             {"example.test"},
@@ -91,6 +91,8 @@ class RouterTests(SynchronousTestCase):
     def envelope(self, *rcpts: str, user: str | None = None) -> Envelope:
         return Envelope("x@remote.test", tuple(rcpts), authenticated_user=user, message_id="T1")
 
+
+class RouterTests(RouterTestBase):
     def test_interface(self) -> None:
         """DeliveryRouter provides IDeliveryRouter."""
         verifyObject(IDeliveryRouter, self.router)
@@ -253,3 +255,52 @@ class SuccessNoticeTests(SynchronousTestCase):
         envelope = dataclasses.replace(envelope, authenticated_user="bob@example.test")
         self.assertTrue(self.successResultOf(self.router.deliver(envelope, self.message)).all_ok)
         self.assertEqual(self.inbox("bob@example.test"), [])
+
+
+class FolderTests(RouterTestBase):
+    """A policy's folder choice (Envelope.folder) decides where local copies go."""
+
+    def messages(self, user: str, name: str) -> list[bytes]:
+        mailbox = self.successResultOf(self.stores.store_for(user).get_mailbox(name))
+        infos = self.successResultOf(mailbox.list_messages())
+        return [self.successResultOf(mailbox.read_message(i.uid)) for i in infos]
+
+    def test_junk_created_with_special_use(self) -> None:
+        """Junk is created on first use with the \\Junk special use, and the copy lands there."""
+        envelope = dataclasses.replace(self.envelope("alice@example.test"), folder="Junk")
+        report = self.successResultOf(self.router.deliver(envelope, self.message))
+        self.assertTrue(report.all_ok)
+        store = self.stores.store_for("alice@example.test")
+        self.assertEqual(self.successResultOf(store.special_use_mailbox(SpecialUse.JUNK)), "Junk")
+        self.assertEqual(self.messages("alice@example.test", "Junk"), [MESSAGE])
+        self.assertEqual(self.inbox("alice@example.test"), [])
+
+    def test_junk_means_the_special_use_mailbox(self) -> None:
+        """A user whose \\Junk mailbox has another name gets the message there."""
+        store = self.stores.store_for("bob@example.test")
+        self.successResultOf(store.create_mailbox("Spam", SpecialUse.JUNK))
+        envelope = dataclasses.replace(self.envelope("bob@example.test"), folder="junk")
+        self.successResultOf(self.router.deliver(envelope, self.message))
+        self.assertEqual(self.messages("bob@example.test", "Spam"), [MESSAGE])
+
+    def test_unusable_folder_falls_back_to_inbox(self) -> None:
+        """A folder that cannot be created never loses the message: it goes to the INBOX."""
+        envelope = dataclasses.replace(self.envelope("alice@example.test"), folder="a//b")
+        report = self.successResultOf(self.router.deliver(envelope, self.message))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+        self.flushLoggedErrors()
+
+    def test_folder_survives_the_queue(self) -> None:
+        """A local copy queued for retry keeps its folder in the queue entry."""
+        envelope = dataclasses.replace(self.envelope("alice@example.test"), folder="Junk")
+        router = DeliveryRouter(
+            self.directory, BrokenProvider(self.stores, {"alice@example.test"}), self.queue
+        )
+        self.successResultOf(router.deliver(envelope, self.message))
+        self.flushLoggedErrors()
+        (entry,) = self.successResultOf(self.queue.list_entries())
+        self.assertEqual(entry.envelope.folder, "Junk")
+        reloaded = SpoolQueue(self.queue.directory)
+        (again,) = self.successResultOf(reloaded.list_entries())
+        self.assertEqual(again.envelope.folder, "Junk")

@@ -47,9 +47,17 @@ from txmail import mime
 from txmail._fs import RunBlocking, run_inline
 from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
 from txmail.delivery.hooks import DeliveryHook, HookAction, HookResult, hook_callables
-from txmail.errors import NoSuchUser
+from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
-from txmail.model import INBOX, DeliveryReport, Envelope, MessageFile, MessageMetadata, RecipientResult
+from txmail.model import (
+    INBOX,
+    DeliveryReport,
+    Envelope,
+    MessageFile,
+    MessageMetadata,
+    RecipientResult,
+    SpecialUse,
+)
 from txmail.smtp.grammar import xtext_decode
 
 __all__ = ["HOOK_FAILED_REPLY", "INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
@@ -433,10 +441,44 @@ class DeliveryRouter:
             return uid
 
         d = defer.maybeDeferred(self.stores.store_for, user)
-        d.addCallback(lambda store: store.get_mailbox(INBOX))
+        d.addCallback(self._mailbox_for, envelope.folder, user, envelope.message_id)
         d.addCallback(got_mailbox)
         d.addCallback(delivered)
         return d
+
+    @defer.inlineCallbacks
+    def _mailbox_for(self, store: Any, folder: str | None, user: str, message_id: str) -> Any:
+        """
+        The mailbox a local copy goes into: the INBOX, or the *folder* a
+        policy chose.  ``Junk`` means the user's mailbox with the \\Junk
+        special use (RFC 6154) when there is one.  A missing folder is
+        created; when that fails the copy goes to the INBOX, so a policy's
+        choice never loses mail.
+        """
+        if folder is None or folder.upper() == INBOX:
+            mailbox = yield store.get_mailbox(INBOX)
+            return mailbox
+        junk = folder.lower() == "junk"
+        try:
+            if junk:
+                name = yield store.special_use_mailbox(SpecialUse.JUNK)
+                folder = name or folder
+            try:
+                mailbox = yield store.get_mailbox(folder)
+            except NoSuchMailbox:
+                with contextlib.suppress(MailboxExists):
+                    yield store.create_mailbox(folder, SpecialUse.JUNK if junk else None)
+                mailbox = yield store.get_mailbox(folder)
+        except Exception:
+            self.log.failure(
+                "{message_id}: folder {folder} of {user} unusable; delivering to INBOX",
+                failure=Failure(),
+                message_id=message_id,
+                folder=folder,
+                user=user,
+            )
+            mailbox = yield store.get_mailbox(INBOX)
+        return mailbox
 
     @defer.inlineCallbacks
     def _enqueue(self, envelope: Envelope, message: MessageFile, recipients: list[str]) -> Any:

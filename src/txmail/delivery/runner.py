@@ -362,6 +362,7 @@ class QueueRunner(service.Service):
             received_at=env.received_at,
             protocol=env.protocol,
             message_id=env.message_id,
+            folder=env.folder,
         )
         path = self.queue.message_path(entry.queue_id)
         message = MessageFile(path, entry.size, fsynced=True)

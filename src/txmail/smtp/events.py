@@ -17,7 +17,15 @@ event              ``accept(...)`` / ``reject(reply)``
 ``AuthStep``       ``accept(sasl_event)`` with what the authenticator resolved,
                    or ``reject(reply)`` when it failed unexpectedly
 ``StartTLS``       ``accept()`` sends 220 and resets the session, or refuse
+``ClientConnected`` ``accept()`` sends the 220 greeting, or ``reject(reply)``
+                   (``421``: close; ``554``: refuse all but QUIT)
+``HeloReceived``   ``accept()`` answers the greeting, or refuse it
+``AuthFinished``   ``accept()`` sends 235 (or 535 for a failed exchange), or
+                   ``reject(reply)`` instead
 =================  ==============================================================
+
+The last three are emitted only at the stages the session was asked to
+check (its ``checks`` argument: policies, :mod:`txmail.policy.hooks`).
 
 The others (``Greeted``, ``DataChunk``, ``DataAborted``, ``Authenticated``,
 ``ConnectionClosing``) are information: the session
@@ -34,8 +42,10 @@ from typing import Any, ClassVar
 from txmail.smtp.codes import Reply
 
 __all__ = [
+    "AuthFinished",
     "AuthStep",
     "Authenticated",
+    "ClientConnected",
     "ConnectionClosing",
     "DataAborted",
     "DataChunk",
@@ -43,6 +53,7 @@ __all__ = [
     "DataStart",
     "Event",
     "Greeted",
+    "HeloReceived",
     "MailFrom",
     "RcptTo",
     "StartTLS",
@@ -54,6 +65,51 @@ class Event:
 
     __slots__ = ()
     needs_decision: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConnected(Event):
+    """
+    A client connected and the session waits to greet it (only with the
+    ``connect`` check): ``accept()`` sends the 220 greeting; ``reject(reply)``
+    sends *reply* instead -- a ``421`` closes, a ``554`` leaves the session
+    answering ``503`` to everything but QUIT (RFC 5321 section 3.1).
+    """
+
+    needs_decision: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class HeloReceived(Event):
+    """
+    EHLO/HELO with a valid name, before it is answered (only with the
+    ``helo`` check): ``accept()`` answers it (and ``Greeted`` follows);
+    ``reject(reply)`` refuses it and the client may greet again.
+    """
+
+    needs_decision: ClassVar[bool] = True
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFinished(Event):
+    """
+    An AUTH exchange ended (only with the ``auth`` check), before its
+    reply.  ``accept()`` gives the usual reply (235 and ``Authenticated``
+    on success, 535 on failure); ``reject(reply)`` sends *reply* instead
+    and the client is not authenticated.
+
+    Attributes:
+        mechanism: the SASL mechanism.
+        username: the canonical user on success, else ``None``.
+        succeeded: whether the credentials were good.
+    """
+
+    needs_decision: ClassVar[bool] = True
+    mechanism: str
+    username: str | None
+    succeeded: bool
 
 
 @dataclass(frozen=True, slots=True)

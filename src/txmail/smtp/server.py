@@ -59,9 +59,11 @@ Implementation notes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import IO, Any
@@ -77,11 +79,15 @@ from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
 from txmail.interfaces import IDeliveryRouter, IDirectory
 from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
+from txmail.policy.engine import PolicyEngine
+from txmail.policy.hooks import MessageInfo, RecipientInfo, SessionInfo, Stage, TransactionInfo, Verdict
 from txmail.smtp import codes
 from txmail.smtp.codes import Reply
 from txmail.smtp.events import (
     Authenticated,
+    AuthFinished,
     AuthStep,
+    ClientConnected,
     ConnectionClosing,
     DataAborted,
     DataChunk,
@@ -89,6 +95,7 @@ from txmail.smtp.events import (
     DataStart,
     Event,
     Greeted,
+    HeloReceived,
     MailFrom,
     RcptTo,
     StartTLS,
@@ -233,6 +240,70 @@ class SpoolFiles:
                 os.unlink(path)
 
 
+def _split_header(message: bytes) -> int:
+    """
+    The length of the header section of *message* (each field with its
+    CRLF; the empty line and the body follow).  A message without an empty
+    line is all header.
+    """
+    if message.startswith(b"\r\n"):
+        return 0
+    end = message.find(b"\r\n\r\n")
+    return len(message) if end < 0 else end + 2
+
+
+def rewrite_message(
+    data: bytes, return_path: int, trace_length: int, headers: bytes, edits: tuple[Any, ...]
+) -> bytes:
+    """
+    A spooled message (``Return-Path:``, ``Received:``, the client's
+    message) with policy *headers* inserted below ``Return-Path:`` and
+    *edits* applied to the client's header section.
+    """
+    client = data[trace_length:]
+    if edits:
+        split = _split_header(client)
+        section = client[:split]
+        for edit in edits:
+            section = edit(section)
+        client = section + client[split:]
+    return data[:return_path] + headers + data[return_path:trace_length] + client
+
+
+#: A header section longer than this is not read whole for edits (the
+#: message keeps its fields as they are).
+MAX_EDITED_HEADER = 1024 * 1024
+
+
+def _rewrite_file(
+    source: str,
+    target: IO[bytes],
+    return_path: int,
+    trace_length: int,
+    headers: bytes,
+    edits: tuple[Any, ...],
+) -> int:
+    """:func:`rewrite_message` from file to file (blocking); the new size."""
+    with open(source, "rb") as f:
+        head = f.read(trace_length + MAX_EDITED_HEADER)
+        client = head[trace_length:]
+        split = _split_header(client) if edits else 0
+        if edits and split == len(client) and len(head) == trace_length + MAX_EDITED_HEADER:
+            edits, split = (), 0  # a header section this long is left alone
+        section = client[:split]
+        for edit in edits:
+            section = edit(section)
+        size = 0
+        for piece in (head[:return_path], headers, head[return_path:trace_length], section, client[split:]):
+            target.write(piece)
+            size += len(piece)
+        while chunk := f.read(1024 * 1024):
+            target.write(chunk)
+            size += len(chunk)
+    target.close()
+    return size
+
+
 def clean_spool(directory: str) -> None:
     """
     Remove everything in the spool directory: at start-up, files there belong
@@ -249,13 +320,19 @@ KEEP_IN_MEMORY = 256 * 1024
 
 
 class _Spool:
-    """The temporary file one message is streamed into."""
+    """
+    The temporary file one message is streamed into: our ``Return-Path:``
+    field (``return_path`` octets), our ``Received:`` field (up to
+    ``trace_length`` octets), then the client's message.
+    """
 
     def __init__(self, path: str, file: IO[bytes]) -> None:
         self.path = path
         self.file = file
         self.size = 0
         self.failed = False
+        self.return_path = 0
+        self.trace_length = 0
         self._chunks: list[bytes] | None = []
 
     def write(self, data: bytes) -> None:
@@ -275,7 +352,14 @@ class _Spool:
 
     def data(self) -> bytes | None:
         """The whole content when it was small enough to keep, else ``None``."""
-        return b"".join(self._chunks) if self._chunks is not None else None
+        if self._chunks is None:
+            return None
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+    def message_file(self) -> MessageFile:
+        return MessageFile(self.path, self.size, fsynced=False, data=self.data())
 
     def discard(self) -> None:
         try:
@@ -309,10 +393,25 @@ class SMTPServerProtocol(SessionProtocol):
         self._spool: _Spool | None = None
         self._message_id = ""
         self._started_at = 0.0
+        #: What the policies see of this connection (see txmail.policy.hooks).
+        self.info = SessionInfo(role=factory.role, session_id=self.session_id, hostname=factory.hostname)
+        # Accepted verdicts: of connect/HELO/AUTH (every message), of MAIL/RCPT (this transaction).
+        self._conn_verdict = Verdict()
+        self._tx_verdict = Verdict()
 
     def _open_session(self, host: str) -> ServerSession:
         self.peer_ip = host
         factory = self.factory
+        info = self.info
+        info.client_address = host
+        info.client_port = int(getattr(self._transport.getPeer(), "port", 0) or 0)
+        info.tls = factory.implicit_tls
+        engine = factory.policy
+        checks = frozenset(
+            name
+            for stage, name in ((Stage.CONNECT, "connect"), (Stage.HELO, "helo"), (Stage.AUTH, "auth"))
+            if engine is not None and engine.checks(stage)
+        )
         session = ServerSession(
             factory.hostname,
             role=factory.role,
@@ -322,6 +421,7 @@ class SMTPServerProtocol(SessionProtocol):
             auth_enabled=factory.authenticator is not None,
             plaintext_auth=factory.plaintext_auth,
             loopback=is_loopback(host) if host else False,
+            checks=checks,
         )
         self.log.info(
             "SMTP connection from {peer} ({role})",
@@ -337,15 +437,24 @@ class SMTPServerProtocol(SessionProtocol):
         super().connectionLost(reason)
         # A message being delivered owns its file until delivery ends.
         self._discard_spool()
+        if self.factory.policy is not None:
+            self.factory.policy.closed(self.info)
 
     # -- the event loop --
 
     def _handle(self, event: Event) -> None:
         assert self.session is not None
         if isinstance(event, Greeted):
+            self.info.helo = event.name
             self.log.debug(
                 "{peer} greeted as {helo}", peer=self.peer, helo=event.name, session_id=self.session_id
             )
+        elif isinstance(event, ClientConnected):
+            self._policy(Stage.CONNECT, (), self._connection_decided)
+        elif isinstance(event, HeloReceived):
+            self._policy(Stage.HELO, (event.name,), self._connection_decided)
+        elif isinstance(event, AuthFinished):
+            self._auth_finished(event)
         elif isinstance(event, MailFrom):
             self._check_sender(event)
         elif isinstance(event, RcptTo):
@@ -369,6 +478,7 @@ class SMTPServerProtocol(SessionProtocol):
         elif isinstance(event, AuthStep):
             self._auth_step(event)
         elif isinstance(event, Authenticated):
+            self.info.authenticated_user = event.username
             self.log.info(
                 "{peer} authenticated as {user} ({mechanism})",
                 peer=self.peer,
@@ -378,6 +488,10 @@ class SMTPServerProtocol(SessionProtocol):
             )
         elif isinstance(event, StartTLS):
             self._start_tls()
+            # RFC 3207 section 4.2: what the client said before TLS is forgotten.
+            info = self.info
+            info.tls = True
+            info.helo = info.authenticated_user = info.transaction = None
         elif isinstance(event, ConnectionClosing) and event.reason != "quit":
             self.log.info(
                 "closing SMTP connection from {peer}: {reason}",
@@ -386,6 +500,82 @@ class SMTPServerProtocol(SessionProtocol):
                 session_id=self.session_id,
             )
 
+    # -- policies (txmail.policy.hooks) --
+
+    def _policy(self, stage: Stage, args: tuple[Any, ...], decided: Any, abandoned: Any = None) -> None:
+        """
+        Ask the policies of *stage*; ``decided(verdict)`` answers the
+        session (``abandoned()`` is called instead once the client is gone).
+        """
+        engine = self.factory.policy
+        assert engine is not None
+        d = engine.run(stage, self.info, *args)
+
+        def ran(verdict: Verdict) -> None:
+            if not self._lost:
+                decided(verdict)
+            elif abandoned is not None:
+                abandoned()
+
+        d.addCallback(ran)
+        d.addErrback(self._internal_error)
+        self._wait(d)
+
+    def _connection_decided(self, verdict: Verdict) -> None:
+        """The verdict at connect or HELO: refuse, or go on keeping its headers for every message."""
+        session = self.session
+        assert session is not None
+        if verdict.reply is not None:
+            session.reject(verdict.reply)
+            return
+        self._conn_verdict = self._conn_verdict.then(verdict)
+        session.accept()
+
+    def _auth_finished(self, event: AuthFinished) -> None:
+        session = self.session
+        assert session is not None
+        self.info.auth_mechanism = event.mechanism
+        self.info.auth_succeeded = event.succeeded
+
+        def decided(verdict: Verdict) -> None:
+            reply = verdict.reply
+            if reply is not None and (event.succeeded or reply.code == 421):
+                session.reject(reply)
+                return
+            if event.succeeded:
+                self._conn_verdict = self._conn_verdict.then(verdict)
+            session.accept()
+
+        self._policy(Stage.AUTH, (event.username, event.succeeded), decided)
+
+    def _mail_policy(self, event: MailFrom) -> None:
+        """A new transaction: ask the MAIL policies, then answer MAIL."""
+        session = self.session
+        assert session is not None
+        tx = TransactionInfo(event.address, dict(event.params))
+        self.info.transaction = tx
+        self._tx_verdict = Verdict()
+
+        def accept() -> None:
+            session.accept()
+            if session.transaction is not None:
+                tx.recipients = session.transaction.rcpt_to  # the session's own list, kept current
+
+        engine = self.factory.policy
+        if engine is None or not engine.checks(Stage.MAIL):
+            accept()
+            return
+
+        def decided(verdict: Verdict) -> None:
+            if verdict.reply is not None:
+                self.info.transaction = None
+                session.reject(verdict.reply)
+                return
+            self._tx_verdict = verdict
+            accept()
+
+        self._policy(Stage.MAIL, (), decided)
+
     # -- sender --
 
     def _check_sender(self, event: MailFrom) -> None:
@@ -393,7 +583,7 @@ class SMTPServerProtocol(SessionProtocol):
         assert session is not None
         user = session.sender_login_check(event.address)
         if user is None:
-            session.accept()
+            self._mail_policy(event)
             return
         directory = self.factory.directory
         assert directory is not None  # SMTPFactory refuses submission+AUTH without one
@@ -401,7 +591,7 @@ class SMTPServerProtocol(SessionProtocol):
 
         def checked(owned: bool) -> None:
             if owned:
-                session.accept()
+                self._mail_policy(event)
                 return
             self.log.info(
                 "{peer}: {user} may not send as <{sender}>",
@@ -424,18 +614,35 @@ class SMTPServerProtocol(SessionProtocol):
         )
 
         def checked(result: RecipientResult) -> None:
-            if result.ok:
-                session.accept()
+            reply = None
+            if not result.ok:
+                default = (
+                    Reply(450, "4.1.1", "Recipient temporarily unavailable")
+                    if result.temporary
+                    else Reply(550, "5.1.1", "Recipient rejected")
+                )
+                reply = Reply.parse(result.reply, default)
+                if reply.is_positive:
+                    reply = default
+            engine = self.factory.policy
+            if engine is None or not engine.checks(Stage.RCPT):
+                if reply is None:
+                    session.accept()
+                else:
+                    session.reject(reply)
                 return
-            default = (
-                Reply(450, "4.1.1", "Recipient temporarily unavailable")
-                if result.temporary
-                else Reply(550, "5.1.1", "Recipient rejected")
-            )
-            reply = Reply.parse(result.reply, default)
-            if reply.is_positive:
-                reply = default
-            session.reject(reply)
+
+            def decided(verdict: Verdict) -> None:
+                if verdict.reply is not None:
+                    session.reject(verdict.reply)
+                elif reply is not None:
+                    session.reject(reply)
+                else:
+                    self._tx_verdict = self._tx_verdict.then(verdict)
+                    session.accept()
+
+            recipient = RecipientInfo(event.address, dict(event.params), result)
+            self._policy(Stage.RCPT, (recipient,), decided)
 
         def failed(f: Failure) -> None:
             self.log.failure(
@@ -458,8 +665,11 @@ class SMTPServerProtocol(SessionProtocol):
         assert session is not None and session.transaction is not None
         tx = session.transaction
         self._message_id = self.factory.make_id()
+        if self.info.transaction is not None:
+            self.info.transaction.message_id = self._message_id
         self._started_at = self.factory.clock.seconds()
-        header = f"Return-Path: <{tx.mail_from}>\r\n".encode() + received_header(
+        return_path = f"Return-Path: <{tx.mail_from}>\r\n".encode()
+        header = return_path + received_header(
             helo=session.helo or "",
             peer_ip=self.peer_ip,
             hostname=self.factory.hostname,
@@ -477,6 +687,8 @@ class SMTPServerProtocol(SessionProtocol):
                 return
             self._spool = spool
             self._write(header)
+            spool.return_path = len(return_path)
+            spool.trace_length = len(header)
             session.accept()
 
         def failed(f: Failure) -> None:
@@ -534,7 +746,6 @@ class SMTPServerProtocol(SessionProtocol):
             protocol=session.protocol,
             message_id=message_id,
         )
-        factory = self.factory
         try:
             spool.file.close()  # flushes the last buffered bytes
         except OSError:
@@ -542,15 +753,96 @@ class SMTPServerProtocol(SessionProtocol):
             self.log.failure("writing message {message_id} to the spool failed", message_id=message_id)
             session.reject(codes.LOCAL_ERROR)
             return
+        verdict = self._conn_verdict.then(self._tx_verdict)
+        engine = self.factory.policy
+        if engine is None or not engine.checks(Stage.DATA):
+            self._finish_message(spool, envelope, verdict)
+            return
+
+        def decided(data_verdict: Verdict) -> None:
+            if data_verdict.reply is not None:
+                spool.discard()
+                self.log.info(
+                    "message {message_id} from {peer} refused by policy: {code} {enhanced}",
+                    message_id=message_id,
+                    peer=self.peer,
+                    code=data_verdict.reply.code,
+                    enhanced=data_verdict.reply.enhanced,
+                    session_id=self.session_id,
+                )
+                session.reject(data_verdict.reply)
+                return
+            self._finish_message(spool, envelope, verdict.then(data_verdict))
+
+        message = MessageInfo(spool.message_file(), event.size, spool.trace_length)
+        self._policy(Stage.DATA, (message,), decided, abandoned=spool.discard)
+
+    def _finish_message(self, spool: _Spool, envelope: Envelope, verdict: Verdict) -> None:
+        """Apply the policies' headers, edits and folder to the message, then deliver it."""
+        if verdict.folder is not None:
+            envelope = dataclasses.replace(envelope, folder=verdict.folder)
+        if not verdict.headers and not verdict.edits:
+            self._route(spool, envelope)
+            return
+        d = self._rewrite(spool, b"".join(verdict.headers), verdict.edits)
+
+        def failed(f: Failure) -> None:
+            self.log.failure(
+                "adding header fields to {message_id} failed", failure=f, message_id=envelope.message_id
+            )
+            spool.discard()
+            if not self._lost:
+                assert self.session is not None
+                self.session.reject(codes.LOCAL_ERROR)
+
+        d.addCallbacks(lambda new: self._route(new, envelope), failed)
+        d.addErrback(self._internal_error)
+        self._wait(d)
+
+    def _rewrite(self, spool: _Spool, headers: bytes, edits: tuple[Any, ...]) -> defer.Deferred[_Spool]:
+        """A new spool file holding *spool*'s message with *headers* added and *edits* applied."""
+        try:
+            new = self.factory.spool_files.take()
+        except OSError:
+            return defer.fail()
+        new.return_path = spool.return_path
+        new.trace_length = spool.trace_length + len(headers)
+        data = spool.data()
+        if data is not None:
+            try:
+                new.write(rewrite_message(data, spool.return_path, spool.trace_length, headers, edits))
+                new.file.close()
+            except Exception:
+                new.discard()
+                return defer.fail()
+            spool.discard()
+            return defer.succeed(new)
+        new._chunks = None  # large: the file is the only copy
+        d = self.factory.run_blocking(
+            _rewrite_file, spool.path, new.file, spool.return_path, spool.trace_length, headers, edits
+        )
+
+        def written(size: int) -> _Spool:
+            new.size = size
+            spool.discard()
+            return new
+
+        def failed(f: Failure) -> Failure:
+            new.discard()
+            return f
+
+        return d.addCallbacks(written, failed)
+
+    def _route(self, spool: _Spool, envelope: Envelope) -> None:
+        """Hand the message to the router; answer the final dot once every copy is durable."""
+        session = self.session
+        assert session is not None
+        message_id = envelope.message_id
         # Not fsynced here: every destination syncs what it keeps (a hard
         # link shares the data), inside the same thread-pool job that links
         # it, which saves a round trip per message.  The router fires only
         # once each copy is durable, and only then do we reply 250.
-        d = defer.maybeDeferred(
-            factory.router.deliver,
-            envelope,
-            MessageFile(spool.path, spool.size, fsynced=False, data=spool.data()),
-        )
+        d = defer.maybeDeferred(self.factory.router.deliver, envelope, spool.message_file())
 
         def delivered(report: DeliveryReport) -> None:
             reply = reply_for_report(report, message_id)
@@ -651,6 +943,12 @@ class SMTPFactory(Factory):
             sender addresses an authenticated user owns (submission role);
             by default the ``directory`` attribute of *router* or of
             *authenticator*.
+        policies: policy hooks (:mod:`txmail.policy.hooks`) asked in order
+            at each stage of every session; those whose ``roles`` leave out
+            *role* are not asked.
+        resolver: a DNS resolver (:class:`txmail.resolver.Resolver`) for the
+            client's reverse DNS, looked up at connect when there are
+            policies; ``None`` looks nothing up.
 
     Raises:
         ValueError: unknown role or plaintext policy, or a submission
@@ -675,6 +973,8 @@ class SMTPFactory(Factory):
         clock: IReactorTime | None = None,
         run_blocking: RunBlocking | None = None,
         directory: IDirectory | None = None,
+        policies: Sequence[Any] = (),
+        resolver: Any = None,
     ) -> None:
         if role not in SESSION_ROLES:
             raise ValueError(f"unknown role {role!r}")
@@ -701,6 +1001,9 @@ class SMTPFactory(Factory):
         self.clock: Any = clock
         self.run_blocking: RunBlocking = run_blocking if run_blocking is not None else run_inline
         self.spool_files = SpoolFiles(spool_dir, self.run_blocking)
+        engine = PolicyEngine(policies, role=role, clock=self.clock, resolver=resolver) if policies else None
+        #: The :class:`~txmail.policy.engine.PolicyEngine`, or ``None`` without policies.
+        self.policy = engine if engine is not None and engine.active else None
 
     def stopFactory(self) -> None:
         self.spool_files.close()

@@ -114,7 +114,9 @@ from txmail.smtp.codes import Reply
 from txmail.smtp.dotstuff import DataDecoder, LineEndingChecker
 from txmail.smtp.events import (
     Authenticated,
+    AuthFinished,
     AuthStep,
+    ClientConnected,
     ConnectionClosing,
     DataAborted,
     DataChunk,
@@ -122,6 +124,7 @@ from txmail.smtp.events import (
     DataStart,
     Event,
     Greeted,
+    HeloReceived,
     MailFrom,
     RcptTo,
     StartTLS,
@@ -138,6 +141,7 @@ from txmail.smtp.grammar import (
 
 __all__ = [
     "ALLOWED_STATES",
+    "CHECKS",
     "DSN_NOTIFY_KEYWORDS",
     "MAX_AUTH_LINE",
     "MAX_ENVID_LENGTH",
@@ -149,6 +153,11 @@ __all__ = [
     "ServerSession",
     "State",
 ]
+
+#: The optional pause points (:class:`ServerSession`'s ``checks``): at
+#: connect (``ClientConnected``), EHLO/HELO (``HeloReceived``) and the end
+#: of an AUTH exchange (``AuthFinished``).  MAIL, RCPT and DATA always pause.
+CHECKS = frozenset({"connect", "helo", "auth"})
 
 #: ``mta``: port 25, anyone may send to local recipients.  ``submission``:
 #: port 587/465, AUTH is required before MAIL (RFC 6409 section 4.3).
@@ -345,6 +354,10 @@ class ServerSession(LineSession[Event, Reply]):
         loopback: the client is on the loopback interface.
         sasl_factory: makes the :class:`txmail.auth.sasl.SASLServer` of an
             exchange (tests inject a fixed nonce); default the class itself.
+        checks: the optional stages (:data:`CHECKS`) the application
+            decides on (policies, :mod:`txmail.policy.hooks`): the session
+            then pauses on ``ClientConnected`` (no greeting until accepted),
+            ``HeloReceived`` and ``AuthFinished``.
 
     Attributes:
         state: the :class:`State`.
@@ -355,6 +368,8 @@ class ServerSession(LineSession[Event, Reply]):
         transaction: the :class:`MailTransaction` in progress, or ``None``.
         bad_commands: protocol errors so far.
         tls_restarted: STARTTLS succeeded; EHLO/HELO is now required before MAIL.
+        refused: the connection was refused with a ``554`` greeting: every
+            command but QUIT gets ``503`` (RFC 5321 section 3.1).
     """
 
     CLOSED_STATE = State.CLOSED
@@ -384,9 +399,12 @@ class ServerSession(LineSession[Event, Reply]):
         plaintext_auth: str = "never",
         loopback: bool = False,
         sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
+        checks: frozenset[str] = frozenset(),
     ) -> None:
         if role not in SESSION_ROLES:
             raise ValueError(f"unknown role {role!r}")
+        if not checks <= CHECKS:
+            raise ValueError(f"unknown checks {sorted(checks - CHECKS)}")
         super().__init__(
             tls_available=tls_available,
             tls_active=tls_active,
@@ -405,15 +423,23 @@ class ServerSession(LineSession[Event, Reply]):
         self.authenticated_user: str | None = None
         self.transaction: MailTransaction | None = None
         self.tls_restarted = False
+        self.checks = checks
+        self.refused = False
 
         self._decoder: DataDecoder | None = None
         self._chunk: _Chunk | None = None
         self._checker: LineEndingChecker | None = None
         self._resume_state = State.CONNECTED  # where a BDAT chunk returns to
 
-        self._send(Reply(220, "", f"{hostname} ESMTP txmail"))
+        if "connect" in checks:
+            self._emit(ClientConnected())
+        else:
+            self._send(self._greeting())
 
     # -- public API ----------------------------------------------------------
+
+    def _greeting(self) -> Reply:
+        return Reply(220, "", f"{self.hostname} ESMTP txmail")
 
     @property
     def in_data(self) -> bool:
@@ -497,12 +523,22 @@ class ServerSession(LineSession[Event, Reply]):
         elif isinstance(event, StartTLS):
             self._send(codes.READY_TO_START_TLS)
             self._reset_for_tls()
+        elif isinstance(event, ClientConnected):
+            self._send(self._greeting())
+        elif isinstance(event, HeloReceived):
+            self._finish_greeting(event.name, event.extended)
+        elif isinstance(event, AuthFinished):
+            if event.succeeded and event.username is not None:
+                self._authenticated(event.username, event.mechanism)
+            else:
+                super()._auth_failed(event.mechanism)
         else:  # pragma: no cover - every pausing event is handled above
             raise RuntimeError(f"cannot accept {event!r}")
 
     def reject(self, reply: Reply) -> None:
         """
-        Answer the pending event with *reply* (a 4xx or 5xx).
+        Answer the pending event with *reply* (a 4xx or 5xx).  A ``421``
+        closes the session after it is sent, whatever the event.
 
         Raises:
             RuntimeError: no event is pending.
@@ -511,8 +547,20 @@ class ServerSession(LineSession[Event, Reply]):
         if reply.is_positive:
             raise ValueError("reject() needs a 4xx or 5xx reply")
         event = self._take_pending()
-        if isinstance(event, MailFrom | RcptTo):
+        if reply.code == 421:
+            self._close(reply, "policy")
+            return
+        if isinstance(event, MailFrom | RcptTo | HeloReceived):
             self._send(reply)
+        elif isinstance(event, ClientConnected):
+            # RFC 5321 section 3.1: a 554 greeting, then 503 until QUIT.
+            self.refused = True
+            self._send(reply)
+        elif isinstance(event, AuthFinished):
+            if event.succeeded:
+                self._send(reply)
+            else:
+                self._protocol_error(reply)
         elif isinstance(event, DataStart):
             if event.chunking:
                 # The chunk's octets follow the command: read them, then refuse.
@@ -610,6 +658,11 @@ class ServerSession(LineSession[Event, Reply]):
             return
         verb, arg = split
         arg = arg.strip(" ")
+        if self.refused and verb != "QUIT":
+            # RFC 5321 section 3.1: after a 554 greeting, "the server ...
+            # SHOULD respond to any intervening commands with 503".
+            self._protocol_error(codes.BAD_SEQUENCE)
+            return
         handler = _HANDLERS.get(verb)
         if handler is None:
             self._protocol_error(codes.SYNTAX_ERROR)
@@ -637,6 +690,12 @@ class ServerSession(LineSession[Event, Reply]):
         except GrammarError:
             self._protocol_error(codes.PARAM_SYNTAX_ERROR.with_text("Syntax: EHLO hostname"))
             return
+        if "helo" in self.checks:
+            self._emit(HeloReceived(name, extended))
+            return
+        self._finish_greeting(name, extended)
+
+    def _finish_greeting(self, name: str, extended: bool) -> None:
         # RFC 5321 section 4.1.4: EHLO/HELO in a transaction acts as RSET.
         self._reset_transaction(codes.OK)
         self.helo = name
@@ -899,6 +958,18 @@ class ServerSession(LineSession[Event, Reply]):
         self._start_sasl(mechanism, words[1] if len(words) == 2 else None)
 
     def _auth_succeeded(self, username: str, mechanism: str) -> None:
+        if "auth" in self.checks:
+            self._emit(AuthFinished(mechanism, username, True))
+            return
+        self._authenticated(username, mechanism)
+
+    def _auth_failed(self, mechanism: str) -> None:
+        if "auth" in self.checks:
+            self._emit(AuthFinished(mechanism, None, False))
+            return
+        super()._auth_failed(mechanism)
+
+    def _authenticated(self, username: str, mechanism: str) -> None:
         self.authenticated_user = username
         self._send(codes.AUTH_SUCCEEDED)
         self._emit(Authenticated(username, mechanism))

@@ -1,0 +1,168 @@
+"""
+Runs the policies of one SMTP listener (see :mod:`txmail.policy.hooks`):
+asks them in order at each stage, combines their verdicts, turns a broken
+policy into a temporary failure, and waits out a tarpit's delay.
+
+The SMTP adapter (:mod:`txmail.smtp.server`) holds one
+:class:`PolicyEngine` per listener (its role picks the policies that
+apply) and asks it only at the stages some policy checks
+(:meth:`PolicyEngine.checks`), so a server without policies pays nothing.
+
+At connect, when the engine has a resolver, the client's reverse DNS is
+looked up and forward-confirmed first (:mod:`txmail.policy.iprev`): the
+policies then see ``client_name`` and ``iprev``, and the iprev result is
+among the connection's ``auth_results``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txmail.policy.hooks import ACCEPT, Policy, SessionInfo, Stage, Verdict
+from txmail.policy.iprev import check_iprev
+from txmail.resolver import drive
+from txmail.smtp.codes import Reply
+
+__all__ = ["FAILURE_REPLIES", "PolicyEngine"]
+
+#: What a stage answers when a policy fails (RFC 3463: 4.3.0 other mail
+#: system status, 4.7.0 other security status).
+FAILURE_REPLIES = {
+    Stage.CONNECT: Reply(421, "4.3.0", "Service temporarily unavailable, try again later"),
+    Stage.AUTH: Reply(454, "4.7.0", "Temporary authentication failure"),
+}
+_DEFAULT_FAILURE = Reply(451, "4.3.0", "Requested action aborted: local error in processing")
+
+_METHODS = {
+    Stage.CONNECT: "on_connect",
+    Stage.HELO: "on_helo",
+    Stage.AUTH: "on_auth",
+    Stage.MAIL: "on_mail",
+    Stage.RCPT: "on_rcpt",
+    Stage.DATA: "on_data",
+}
+
+
+def _implements(policy: Any, method: str) -> bool:
+    """Whether *policy* has its own *method* (not :class:`Policy`'s do-nothing one)."""
+    if isinstance(policy, Policy):
+        return getattr(type(policy), method) is not getattr(Policy, method)
+    return callable(getattr(policy, method, None))
+
+
+def _name(policy: Any) -> str:
+    return getattr(policy, "name", None) or type(policy).__name__
+
+
+class PolicyEngine:
+    """
+    The policies of one listener.
+
+    Args:
+        policies: policy objects (:class:`txmail.policy.hooks.Policy`
+            subclasses, or objects with some of its methods), in order.
+        role: the listener's role; policies whose ``roles`` leave it out are
+            not asked.
+        clock: an ``IReactorTime`` for tarpit delays.
+        resolver: for the reverse DNS at connect (``query(question) ->
+            Deferred[Answer]``, :class:`txmail.resolver.Resolver`); ``None``
+            looks nothing up.
+    """
+
+    log = Logger()
+
+    def __init__(self, policies: Sequence[Any], *, role: str, clock: Any, resolver: Any = None) -> None:
+        self.role = role
+        self.clock = clock
+        self.resolver = resolver
+        self.policies = tuple(p for p in policies if role in getattr(p, "roles", (role,)))
+        self._calls: dict[Stage, tuple[tuple[Any, Callable[..., Any]], ...]] = {
+            stage: tuple((p, getattr(p, method)) for p in self.policies if _implements(p, method))
+            for stage, method in _METHODS.items()
+        }
+        self._closers = tuple(p.on_close for p in self.policies if _implements(p, "on_close"))
+
+    def checks(self, stage: Stage) -> bool:
+        """Whether any policy is asked at *stage* (at connect: also when reverse DNS is looked up)."""
+        if stage is Stage.CONNECT and self.resolver is not None:
+            return True
+        return bool(self._calls[stage])
+
+    @property
+    def active(self) -> bool:
+        """Whether the engine does anything at all."""
+        return any(self.checks(stage) for stage in Stage) or bool(self._closers)
+
+    def run(self, stage: Stage, session: SessionInfo, *args: Any) -> defer.Deferred[Verdict]:
+        """
+        Ask the policies of *stage* in order; fires with the combined
+        verdict once its delay has passed.  Never fails.
+        """
+        return defer.Deferred.fromCoroutine(self._run(stage, session, args))
+
+    async def _run(self, stage: Stage, session: SessionInfo, args: tuple[Any, ...]) -> Verdict:
+        if stage is Stage.CONNECT and self.resolver is not None and session.client_address:
+            await self._reverse_dns(session)
+        verdict = ACCEPT
+        for policy, method in self._calls[stage]:
+            try:
+                result = await defer.maybeDeferred(method, session, *args)
+                if result is None:
+                    result = ACCEPT
+                if not isinstance(result, Verdict):
+                    raise TypeError(f"{_name(policy)}.{_METHODS[stage]} returned {result!r}, not a Verdict")
+            except Exception:
+                self.log.failure(
+                    "policy {policy} failed at {stage} for {peer}",
+                    failure=Failure(),
+                    policy=_name(policy),
+                    stage=stage.value,
+                    peer=session.client_address,
+                    session_id=session.session_id,
+                )
+                result = Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
+            verdict = verdict.then(result)
+            if verdict.refused:
+                self.log.info(
+                    "policy {policy} refused {stage} from {peer}: {code} {enhanced} {text}",
+                    policy=_name(policy),
+                    stage=stage.value,
+                    peer=session.client_address,
+                    code=verdict.reply.code if verdict.reply else 0,
+                    enhanced=verdict.reply.enhanced if verdict.reply else "",
+                    text=verdict.reply.text if verdict.reply else "",
+                    session_id=session.session_id,
+                )
+                break
+            if verdict.final:
+                break
+        if verdict.delay > 0:
+            await task.deferLater(self.clock, verdict.delay, lambda: None)
+        return verdict
+
+    async def _reverse_dns(self, session: SessionInfo) -> None:
+        from txmail.policy.authres import AuthResult
+
+        try:
+            result = await drive(check_iprev(session.client_address), self.resolver)
+        except Exception:
+            self.log.failure("reverse DNS of {peer} failed", failure=Failure(), peer=session.client_address)
+            return
+        session.client_name = result.name
+        session.iprev = result.result
+        session.auth_results.append(
+            AuthResult("iprev", result.result, properties=(("policy", "iprev", session.client_address),))
+        )
+
+    def closed(self, session: SessionInfo) -> None:
+        """Tell the policies that the connection of *session* ended."""
+        for close in self._closers:
+            try:
+                close(session)
+            except Exception:
+                self.log.failure("policy on_close failed", failure=Failure(), session_id=session.session_id)
