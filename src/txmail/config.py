@@ -55,6 +55,10 @@ The file format (every key optional)::
     [outbound.tls_policies]              # per-domain TLS policy, overrides tls_policy
     "bank.example" = "verify"
 
+The ``[policy]``, ``[dkim]``, ``[srs]`` and ``[arc]`` tables (mail
+authentication, blocklists, limits, signing) are described in
+:mod:`txmail.policy.config`; they become ``Settings.policy``.
+
 Nothing here does protocol work; :mod:`txmail.service` turns settings into
 running services.
 """
@@ -70,6 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txmail.errors import ConfigError
+from txmail.policy.config import PolicyConfig, parse_policy_config
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -125,6 +130,7 @@ class Settings:
     delay_notice_after: float | None = 4 * 3600.0
     queue_poll_interval: float = 30.0
     outbound_timeout: float = 300.0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     @classmethod
     def validated(cls, **values: Any) -> Settings:
@@ -242,11 +248,18 @@ def _duration(name: str, value: Any) -> float:
     raise ConfigError(f'{name} must be a duration such as 30, "5m" or "5d"')
 
 
+#: Tables read whole by :func:`txmail.policy.config.parse_policy_config`.
+POLICY_TABLES = ("policy", "dkim", "srs", "arc")
+
+
 def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for table, content in document.items():
         if not isinstance(content, Mapping):
             raise ConfigError(f"top-level key {table!r} must be a table, like [{table}]")
+        if table in POLICY_TABLES:
+            values.setdefault("policy", {})[table] = content
+            continue
         for key, value in content.items():
             attr = _KEYS.get((table, key))
             if attr is None:
@@ -269,7 +282,14 @@ def _validate(values: dict[str, Any]) -> Settings:
         if f.name not in values or values[f.name] is None:
             continue
         value = values[f.name]
-        if f.name in ("smtp", "submission", "pop3", "imap"):
+        if f.name == "policy":
+            if isinstance(value, PolicyConfig):
+                out[f.name] = value
+            elif isinstance(value, Mapping):
+                out[f.name] = parse_policy_config(value)
+            else:
+                raise ConfigError("policy must be a PolicyConfig or a mapping of its tables")
+        elif f.name in ("smtp", "submission", "pop3", "imap"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "resolvers":
             out[f.name] = _str_list(f.name, value)
