@@ -532,3 +532,35 @@ class AdapterPolicyTests(ServerTestCase):
         proto, transport = self.connect()
         self.assertIsNone(proto.factory.policy)
         self.assertEqual(transport.value(), b"220 mx.example.test ESMTP txmail\r\n")
+
+
+class TrustAndReverseDNSTests(ServerTestCase):
+    """The engine marks trusted clients and looks up the others' reverse DNS at connect."""
+
+    def test_trusted_network(self) -> None:
+        """A client in trusted_networks is trusted and its reverse DNS is not asked."""
+        from txmail.resolver import StaticResolver
+
+        resolver = StaticResolver()
+        proto, _ = self.connect(policies=[Policy()], resolver=resolver, trusted_networks=["192.0.2.0/24"])
+        self.assertTrue(proto.info.trusted)
+        self.assertEqual(resolver.questions, [])
+        self.assertIsNone(proto.info.iprev)
+
+    def test_reverse_dns_at_connect(self) -> None:
+        """An untrusted client's forward-confirmed name and iprev result are known to the connect policies."""
+        from txmail.resolver import StaticResolver
+
+        seen: list[Any] = []
+
+        class Look(Policy):
+            def on_connect(self, session: SessionInfo) -> None:
+                seen.append((session.trusted, session.client_name, session.iprev))
+
+        resolver = StaticResolver(
+            {("7.2.0.192.in-addr.arpa", "PTR"): ["mail.remote.test"], ("mail.remote.test", "A"): ["192.0.2.7"]}
+        )
+        proto, _ = self.connect(policies=[Look()], resolver=resolver, trusted_networks=["127.0.0.0/8"])
+        self.assertEqual(seen, [(False, "mail.remote.test", "pass")])
+        (result,) = proto.info.auth_results
+        self.assertEqual((result.method, result.result), ("iprev", "pass"))

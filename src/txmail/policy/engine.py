@@ -16,6 +16,7 @@ among the connection's ``auth_results``.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,12 +73,24 @@ class PolicyEngine:
         resolver: for the reverse DNS at connect (``query(question) ->
             Deferred[Answer]``, :class:`txmail.resolver.Resolver`); ``None``
             looks nothing up.
+        trusted_networks: clients in these networks are marked
+            ``trusted`` in their :class:`~txmail.policy.hooks.SessionInfo`
+            (and their reverse DNS is not looked up).
     """
 
     log = Logger()
 
-    def __init__(self, policies: Sequence[Any], *, role: str, clock: Any, resolver: Any = None) -> None:
+    def __init__(
+        self,
+        policies: Sequence[Any],
+        *,
+        role: str,
+        clock: Any,
+        resolver: Any = None,
+        trusted_networks: Sequence[str] = (),
+    ) -> None:
         self.role = role
+        self.trusted_networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
         self.clock = clock
         self.resolver = resolver
         self.policies = tuple(p for p in policies if role in getattr(p, "roles", (role,)))
@@ -106,7 +119,12 @@ class PolicyEngine:
         return defer.Deferred.fromCoroutine(self._run(stage, session, args))
 
     async def _run(self, stage: Stage, session: SessionInfo, args: tuple[Any, ...]) -> Verdict:
-        if stage is Stage.CONNECT and self.resolver is not None and session.client_address:
+        if (
+            stage is Stage.CONNECT
+            and self.resolver is not None
+            and session.client_address
+            and not session.trusted
+        ):
             await self._reverse_dns(session)
         verdict = ACCEPT
         for policy, method in self._calls[stage]:
@@ -144,6 +162,16 @@ class PolicyEngine:
         if verdict.delay > 0:
             await task.deferLater(self.clock, verdict.delay, lambda: None)
         return verdict
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether *address* is in the trusted networks (an IPv4-mapped IPv6 address counts as IPv4)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == n.version and ip in n for n in self.trusted_networks)
 
     async def _reverse_dns(self, session: SessionInfo) -> None:
         from txmail.policy.authres import AuthResult

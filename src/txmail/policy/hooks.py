@@ -280,6 +280,9 @@ class SessionInfo:
             (RFC 8601 section 3 "iprev"), or ``None``.
         iprev: the iprev result (``pass``, ``fail``, ``temperror``,
             ``permerror``), or ``None`` when it was not looked up.
+        trusted: the client is in the server's trusted networks
+            (``[policy] trusted_networks``): the built-in inbound checks and
+            limits let it through.
         tls: the connection runs TLS.
         helo: the name the client greeted with, or ``None``.
         authenticated_user: the user the client authenticated as, or ``None``.
@@ -298,6 +301,7 @@ class SessionInfo:
     client_port: int = 0
     client_name: str | None = None
     iprev: str | None = None
+    trusted: bool = False
     tls: bool = False
     helo: str | None = None
     authenticated_user: str | None = None

@@ -407,6 +407,7 @@ class SMTPServerProtocol(SessionProtocol):
         info.client_port = int(getattr(self._transport.getPeer(), "port", 0) or 0)
         info.tls = factory.implicit_tls
         engine = factory.policy
+        info.trusted = engine is not None and engine.is_trusted(host)
         checks = frozenset(
             name
             for stage, name in ((Stage.CONNECT, "connect"), (Stage.HELO, "helo"), (Stage.AUTH, "auth"))
@@ -975,6 +976,7 @@ class SMTPFactory(Factory):
         directory: IDirectory | None = None,
         policies: Sequence[Any] = (),
         resolver: Any = None,
+        trusted_networks: Sequence[str] = (),
     ) -> None:
         if role not in SESSION_ROLES:
             raise ValueError(f"unknown role {role!r}")
@@ -1001,7 +1003,13 @@ class SMTPFactory(Factory):
         self.clock: Any = clock
         self.run_blocking: RunBlocking = run_blocking if run_blocking is not None else run_inline
         self.spool_files = SpoolFiles(spool_dir, self.run_blocking)
-        engine = PolicyEngine(policies, role=role, clock=self.clock, resolver=resolver) if policies else None
+        engine = (
+            PolicyEngine(
+                policies, role=role, clock=self.clock, resolver=resolver, trusted_networks=trusted_networks
+            )
+            if policies
+            else None
+        )
         #: The :class:`~txmail.policy.engine.PolicyEngine`, or ``None`` without policies.
         self.policy = engine if engine is not None and engine.active else None
 
