@@ -26,6 +26,14 @@ Implementation notes:
   the client retries and nothing is lost or half-delivered.
   :meth:`DeliveryRouter.without_hooks` gives the same router without hooks,
   for mail the server itself re-delivers or writes (queue runner, DSNs).
+* Forwarding (:mod:`txmail.delivery.forward`): addresses that a local
+  alias sends to another domain are queued as their own entry, with the
+  envelope sender rewritten by SRS and the message ARC-sealed, when the
+  router has a :class:`~txmail.delivery.forward.Forwarding`.  An SRS address
+  of ours that does not name a user (a bounce coming back) is accepted when
+  its hash and age check out, and delivered to the original sender.
+* The server's own notices (DSNs) are DKIM-signed with ``notice_signer``
+  when there is one.
 """
 
 from __future__ import annotations
@@ -96,6 +104,7 @@ def deliver_notice(
     hostname: str,
     local: bool,
     directory: str | None = None,
+    sign: Any = None,
 ) -> Any:
     """
     Deliver a delivery status notification (*data*, from
@@ -104,8 +113,13 @@ def deliver_notice(
     router's).  A local sender's copy gets ``Return-Path: <>`` (RFC 5321
     section 4.4: final delivery records the reverse-path).  The message is
     written to a temporary file in *directory* for the router and removed
-    afterwards.  Fires with whether every copy was delivered or queued.
+    afterwards.  *sign* (``sign(data) -> Deferred[bytes]``, a
+    :class:`~txmail.policy.authentication.MessageSigner`'s) gives header
+    fields (a DKIM signature) to put on top.  Fires with whether every copy
+    was delivered or queued.
     """
+    if sign is not None:
+        data = (yield sign(data)) + data
     if local:
         data = b"Return-Path: <>\r\n" + data
     fd, path = tempfile.mkstemp(prefix="dsn-", suffix=".tmp", dir=directory)
@@ -151,6 +165,10 @@ class DeliveryRouter:
         hostname: this server's name, the Reporting-MTA of the success
             notices it sends for local deliveries (RFC 3461 NOTIFY=SUCCESS);
             default the machine's name.
+        forwarding: a :class:`txmail.delivery.forward.Forwarding` (SRS,
+            ARC sealing) for mail that aliases forward elsewhere, or ``None``.
+        notice_signer: a :class:`txmail.policy.authentication.MessageSigner`
+            for the notices the server writes, or ``None``.
 
     Attributes:
         hooks: the hooks' functions, in order (a tuple).
@@ -168,6 +186,8 @@ class DeliveryRouter:
         primary_domain: str = "localhost",
         hooks: DeliveryHook | Sequence[DeliveryHook] | None = None,
         hostname: str | None = None,
+        forwarding: Any = None,
+        notice_signer: Any = None,
     ) -> None:
         self.primary_domain = primary_domain
         self.hostname = hostname or socket.gethostname()
@@ -176,6 +196,13 @@ class DeliveryRouter:
         self.queue = queue
         self._run = run_blocking or run_inline
         self.hooks = hook_callables(hooks)
+        self.forwarding = forwarding
+        self.notice_signer = notice_signer
+
+    @property
+    def sign_notice(self) -> Any:
+        """``sign(data) -> Deferred[bytes]`` for the server's notices, or ``None``."""
+        return self.notice_signer.sign if self.notice_signer is not None else None
 
     def without_hooks(self) -> DeliveryRouter:
         """This router (same directory, stores and queue) with no delivery hooks."""
@@ -188,6 +215,8 @@ class DeliveryRouter:
             run_blocking=self._run,
             primary_domain=self.primary_domain,
             hostname=self.hostname,
+            forwarding=self.forwarding,
+            notice_signer=self.notice_signer,
         )
 
     def _qualify(self, address: str) -> str:
@@ -211,6 +240,8 @@ class DeliveryRouter:
             try:
                 yield self.directory.resolve_recipient(address)
             except NoSuchUser:
+                if self._srs_original(address) is not None:
+                    return RecipientResult(address, ok=True)
                 return RecipientResult(address, ok=False, reply="550 5.1.1 No such user here")
             return RecipientResult(address, ok=True)
         if authenticated_user is None:
@@ -219,10 +250,20 @@ class DeliveryRouter:
             return RecipientResult(address, ok=False, reply="501 5.1.3 Bad recipient address syntax")
         return RecipientResult(address, ok=True)
 
+    def _srs_original(self, address: str) -> str | None:
+        """The original sender behind one of our SRS addresses (a returning bounce), or ``None``."""
+        if self.forwarding is None:
+            return None
+        return self.forwarding.original(address)  # type: ignore[no-any-return]
+
     @defer.inlineCallbacks
     def _targets(self, envelope: Envelope) -> Any:
-        """Map each recipient to (local users, remote addresses)."""
+        """
+        Map each recipient to (local users, remote addresses); also the set
+        of remote addresses that a local alias forwards to.
+        """
         targets: dict[str, tuple[list[str], list[str]]] = {}
+        forwarded: set[str] = set()
         for rcpt in envelope.rcpt_to:
             local_users: list[str] = []
             remote: list[str] = []
@@ -233,12 +274,19 @@ class DeliveryRouter:
                     resolved = yield self.directory.resolve_recipient(address)
                 except NoSuchUser:
                     resolved = []
+                    original = self._srs_original(address)
+                    if original is not None:
+                        remote.append(original)
                 for addr in resolved:
-                    (local_users if self._is_local(split_address(addr)[1]) else remote).append(addr)
+                    if self._is_local(split_address(addr)[1]):
+                        local_users.append(addr)
+                    else:
+                        remote.append(addr)
+                        forwarded.add(addr)
             else:
                 remote.append(rcpt)
             targets[rcpt] = (local_users, remote)
-        return targets
+        return targets, forwarded
 
     @defer.inlineCallbacks
     def deliver(self, envelope: Envelope, message: MessageFile) -> Any:
@@ -309,6 +357,7 @@ class DeliveryRouter:
                 hostname=self.hostname,
                 local=self._is_local(split_address(envelope.mail_from)[1]),
                 directory=os.path.dirname(message.path) or None,
+                sign=self.sign_notice,
             )
             self.log.info(
                 "{message_id}: delivered notice for {rcpts} to <{sender}>: {outcome}",
@@ -369,9 +418,13 @@ class DeliveryRouter:
     @defer.inlineCallbacks
     def _route(self, envelope: Envelope, message: MessageFile) -> Any:
         """Deliver to local mailboxes and the queue (no hooks)."""
-        targets = yield self._targets(envelope)
+        targets, forwarded = yield self._targets(envelope)
         users = list(dict.fromkeys(u for local, _ in targets.values() for u in local))
         remote = list(dict.fromkeys(r for _, rem in targets.values() for r in rem))
+        if self.forwarding is None:
+            forwarded = set()
+        onward = [r for r in remote if r in forwarded]
+        remote = [r for r in remote if r not in forwarded]
 
         outcome: dict[str, bool] = {}
         if users:
@@ -409,6 +462,10 @@ class DeliveryRouter:
         if remote:
             queued = yield self._enqueue(envelope, message, remote)
             for addr in remote:
+                outcome[addr] = queued
+        if onward:
+            queued = yield self._forward(envelope, message, onward)
+            for addr in onward:
                 outcome[addr] = queued
 
         results_out = []
@@ -479,6 +536,27 @@ class DeliveryRouter:
             )
             mailbox = yield store.get_mailbox(INBOX)
         return mailbox
+
+    @defer.inlineCallbacks
+    def _forward(self, envelope: Envelope, message: MessageFile, recipients: list[str]) -> Any:
+        """Queue the copy an alias forwards elsewhere: SRS sender, ARC seal (see the module notes)."""
+        forwarding = self.forwarding
+        sender = forwarding.sender(envelope.mail_from, authenticated=envelope.authenticated_user is not None)
+        try:
+            sealed = yield forwarding.seal(message, os.path.dirname(message.path) or None)
+        except Exception:
+            self.log.failure(
+                "sealing {message_id} failed; forwarding it unsealed", message_id=envelope.message_id
+            )
+            sealed = None
+        try:
+            queued = yield self._enqueue(
+                dataclasses.replace(envelope, mail_from=sender), sealed or message, recipients
+            )
+        finally:
+            if sealed is not None:
+                forwarding.discard(sealed)
+        return queued
 
     @defer.inlineCallbacks
     def _enqueue(self, envelope: Envelope, message: MessageFile, recipients: list[str]) -> Any:

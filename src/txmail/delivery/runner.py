@@ -679,6 +679,7 @@ class QueueRunner(service.Service):
             hostname=self.hostname,
             local=self.is_local(split_address(env.mail_from)[1]),
             directory=self.work_dir,
+            sign=getattr(self.router, "sign_notice", None),
         )
         self.log.info(
             "{queue_id}: {action} notice for {rcpts} to <{sender}>: {outcome}",

@@ -35,9 +35,10 @@ policies recorded (the connection's, e.g. iprev, then the message's).
 
 :class:`DKIMSigner` signs mail sent by authenticated submission clients
 and by trusted clients (a local application relaying through port 25) with
-the keys of the author domain (the From field's), as
-:func:`txmail.policy.dkim.sign` makes them: every key of that domain
-configured to sign, so RSA and Ed25519 at once.
+the keys of the author domain (the From field's, or of its nearest parent
+domain with keys), as :func:`txmail.policy.dkim.sign` makes them: every
+key of that domain configured to sign, so RSA and Ed25519 at once
+(:class:`MessageSigner`, which also signs the server's own notices).
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ from txmail.policy.config import PolicyConfig
 from txmail.policy.hooks import MessageInfo, Policy, RecipientInfo, SessionInfo, Verdict
 from txmail.resolver import drive
 
-__all__ = ["AuthenticationResultsHeader", "DKIMSigner", "InboundAuthentication", "split_header"]
+__all__ = [
+    "AuthenticationResultsHeader",
+    "DKIMSigner",
+    "InboundAuthentication",
+    "MessageSigner",
+    "split_header",
+]
 
 _SPF_FAIL_REPLY = "550 5.7.23 SPF validation failed"
 _DMARC_REJECT_REPLY = "550 5.7.1 Email rejected per DMARC policy for {domain}"
@@ -336,6 +343,61 @@ class AuthenticationResultsHeader(Policy):
         if not results:
             return verdict
         return verdict.then(Verdict(headers=(authres.format_header(authserv_id, results),)))
+
+
+class MessageSigner:
+    """
+    DKIM-signs messages with the keys of their author domain (the From
+    field's), falling back to its parent domains (``mx.example.com`` uses
+    ``example.com``'s keys: a relaxed DMARC alignment).
+
+    Args:
+        keys: :class:`~txmail.policy.dkim.SigningKey` objects.
+        run_blocking: runs the signing off the reactor thread.
+        clock: for ``t=``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, keys: Sequence[Any], *, run_blocking: Callable[..., defer.Deferred[Any]], clock: Any
+    ) -> None:
+        by_domain: dict[str, list[Any]] = {}
+        for key in keys:
+            by_domain.setdefault(key.domain.lower().rstrip("."), []).append(key)
+        self.keys = {d: tuple(k) for d, k in by_domain.items()}
+        self.run_blocking = run_blocking
+        self.clock = clock
+
+    def keys_for(self, domain: str) -> tuple[Any, ...]:
+        """The keys of *domain* or of its nearest parent that has some."""
+        labels = domain.lower().rstrip(".").split(".")
+        for i in range(len(labels) - 1):
+            keys = self.keys.get(".".join(labels[i:]))
+            if keys:
+                return keys
+        return ()
+
+    @defer.inlineCallbacks
+    def sign(self, data: bytes) -> Any:
+        """Fires with the DKIM-Signature fields for *data* (``b""`` when there is no key or no From)."""
+        from txmail.policy import dkim, dmarc
+
+        try:
+            author = dmarc.from_domain(split_header(data))
+        except dmarc.FromDomainError:
+            return b""
+        keys = self.keys_for(author)
+        if not keys:
+            return b""
+        try:
+            fields = yield self.run_blocking(
+                functools.partial(dkim.sign, now=self.clock.seconds()), data, keys
+            )
+        except ValueError as e:
+            self.log.info("not signing a message from {domain}: {error}", domain=author, error=str(e))
+            return b""
+        return fields
 
 
 class DKIMSigner(Policy):
