@@ -30,7 +30,8 @@ account is limited like a busy client).  Clients in the trusted networks
   limit gets ``452 4.5.3`` (RFC 5321 section 4.5.3.1.10: "too many
   recipients" is 452, and the client sends the rest in a later
   transaction; RFC 3463 4.5.3 "too many recipients").  Only recipients the
-  router accepted are counted.
+  router accepted are counted (also when a later policy, greylisting say,
+  refuses them: the limit is on what the client asks for).
 * **Address harvesting** (Postfix's ``smtpd_soft_error_limit``,
   ``smtpd_error_sleep_time`` and ``smtpd_hard_error_limit``, counted over
   refused recipients only): every recipient the router refused in this
