@@ -13,6 +13,12 @@ MX lookups through :class:`txmail.delivery.mx.MXResolver` on the thread pool
 :class:`txmail.smtp.relay.ConnectionCache` (connections kept open for the
 next message to the same host, QUIT when the runner stops), notices back
 through the router.
+
+Every SMTP listener asks the policies of :func:`txmail.policy.builtin.build_policies`
+(limits, blocklists, greylisting, SPF/DKIM/ARC/DMARC, DKIM signing,
+Authentication-Results; configured by ``[policy]``, ``[dkim]``...) with the
+embedder's own (``policies=``) among them, and one caching DNS resolver
+(:class:`txmail.resolver.Resolver`, the ``resolvers`` setting) serves them.
 """
 
 from __future__ import annotations
@@ -41,12 +47,15 @@ from txmail.directory import FileDirectory
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
 from txmail.interfaces import IDirectory, IMailStoreProvider
+from txmail.policy.authentication import MessageSigner
+from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
 from txmail.pop3.server import MaildropLocks, POP3Factory
+from txmail.resolver import Resolver
 from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
 from txmail.store.maildir import MaildirProvider
 from txmail.tls import server_context, with_certificate
 
-__all__ = ["ListenerService", "MailServer", "ThreadPoolService", "build_service"]
+__all__ = ["ListenerService", "MailServer", "PolicyService", "ThreadPoolService", "build_service"]
 
 
 class ThreadPoolService(service.Service):
@@ -71,6 +80,25 @@ class ThreadPoolService(service.Service):
         super().stopService()
         if self.pool.started:  # stopping twice is harmless
             self.pool.stop()
+
+
+class PolicyService(service.Service):
+    """Stops the policies that keep state (``stop()``: greylisting saves its table)."""
+
+    log = Logger()
+
+    def __init__(self, policies: Sequence[Any]) -> None:
+        self.policies = tuple(policies)
+
+    def stopService(self) -> None:
+        super().stopService()
+        for policy in self.policies:
+            stop = getattr(policy, "stop", None)
+            if callable(stop):
+                try:
+                    stop()
+                except Exception:
+                    self.log.failure("stopping policy {policy} failed", policy=type(policy).__name__)
 
 
 class ListenerService(service.Service):
@@ -142,6 +170,8 @@ class MailServer(service.MultiService):
     Attributes:
         settings: the :class:`txmail.config.Settings` it runs with.
         directory, stores, queue, router, authenticator: the shared parts.
+        dns: the policies' DNS resolver.
+        policies: the policies every SMTP listener asks, in order.
         runner: the :class:`~txmail.delivery.runner.QueueRunner`, or
             ``None`` when outbound delivery is disabled.
         listeners: the :class:`ListenerService` of each endpoint.
@@ -154,6 +184,8 @@ class MailServer(service.MultiService):
     authenticator: Authenticator
     run_blocking: Callable[..., defer.Deferred[Any]]
     runner: QueueRunner | None = None
+    dns: Any = None
+    policies: Sequence[Any] = ()
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
@@ -242,6 +274,8 @@ def build_service(
     resolver: Any = None,
     deliver: Callable[..., defer.Deferred[Any]] | None = None,
     delivery_hook: DeliveryHook | Sequence[DeliveryHook] | None = None,
+    policies: Sequence[Any] = (),
+    dns: Any = None,
 ) -> MailServer:
     """
     Build a :class:`MailServer` from *settings*.
@@ -264,6 +298,16 @@ def build_service(
             each message received over SMTP before it is delivered (see
             :mod:`txmail.delivery.hooks`).  The queue runner's redeliveries
             and the server's own notices do not pass through them.
+        policies: policy hooks (:mod:`txmail.policy.hooks`) asked at every
+            SMTP stage, after the server's own checks and before the
+            ``Authentication-Results`` field is written
+            (:func:`txmail.policy.builtin.build_policies`).
+        dns: the resolver of the policy checks (``query(question) ->
+            Deferred[Answer]``); default a :class:`txmail.resolver.Resolver`
+            asking the settings' resolvers, else the system's.
+
+    Raises:
+        ConfigError: a DKIM signing key cannot be loaded.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -290,6 +334,9 @@ def build_service(
     if stores is None:
         stores = MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
     queue = SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
+    policy = settings.policy
+    keys = signing_keys(policy)
+    local_domain = directory.is_local_domain
     router = DeliveryRouter(
         directory,
         stores,
@@ -298,6 +345,16 @@ def build_service(
         primary_domain=settings.primary_domain,
         hooks=delivery_hook,
         hostname=settings.hostname,
+        forwarding=build_forwarding(
+            policy,
+            keys=keys,
+            primary_domain=settings.primary_domain,
+            authserv_id=policy.authserv_id or settings.hostname,
+            is_local=lambda domain: bool(local_domain(domain)),
+            run_blocking=run_blocking,
+            clock=reactor,
+        ),
+        notice_signer=MessageSigner(keys, run_blocking=run_blocking, clock=reactor) if keys else None,
     )
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = (
@@ -324,6 +381,22 @@ def build_service(
         )
         server.runner.setServiceParent(server)
 
+    if dns is None:
+        nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
+        dns = Resolver(nameservers, reactor=reactor)
+    server.dns = dns
+    server.policies = build_policies(
+        policy,
+        hostname=settings.hostname,
+        resolver=dns,
+        run_blocking=run_blocking,
+        clock=reactor,
+        greylist_path=settings.path("greylist.json"),
+        extra=policies,
+        keys=keys,
+    )
+    PolicyService(server.policies).setServiceParent(server)
+
     limits = SMTPLimits(
         max_message_size=settings.max_message_size,
         max_recipients=settings.max_recipients,
@@ -345,6 +418,9 @@ def build_service(
                 limits=limits,
                 clock=reactor,
                 run_blocking=run_blocking,
+                policies=server.policies,
+                resolver=dns if policy.enabled and policy.iprev else None,
+                trusted_networks=policy.trusted_networks,
             )
             listener = ListenerService(
                 reactor, with_certificate(description, settings.tls_cert, settings.tls_key), factory, role
