@@ -306,3 +306,35 @@ class SignerTests(ServerTestCase):
             b"MAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + stuffed(message)
         )
         self.assertIn(b"DKIM-Signature", self.router.delivered[2][1])
+
+
+class ResultsHeaderTests(ServerTestCase):
+    """The Authentication-Results policy copies a message only when it has to."""
+
+    def verdict(self, data: bytes | None, results: list[Any]) -> Any:
+        from txmail.model import MessageFile
+        from txmail.policy.hooks import MessageInfo, SessionInfo
+
+        session = SessionInfo(role="mta", auth_results=results)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(MESSAGE)
+        message = MessageInfo(MessageFile(path, len(MESSAGE), data=data), len(MESSAGE), 0)
+        return AuthenticationResultsHeader("mx.example.test").on_data(session, message)
+
+    def test_nothing_to_do(self) -> None:
+        """No results and no Authentication-Results field in the message: an empty verdict (no copy)."""
+        verdict = self.verdict(MESSAGE, [])
+        self.assertEqual((verdict.edits, verdict.headers), ((), ()))
+
+    def test_edit_when_a_field_is_there_or_unknown(self) -> None:
+        """A message carrying the field, or too large to be in memory, is edited."""
+        self.assertEqual(len(self.verdict(b"Authentication-Results: x; none\r\n" + MESSAGE, []).edits), 1)
+        self.assertEqual(len(self.verdict(None, []).edits), 1)
+
+    def test_results_added(self) -> None:
+        """Recorded results become one field."""
+        from txmail.policy.authres import AuthResult
+
+        verdict = self.verdict(MESSAGE, [AuthResult("iprev", "pass")])
+        self.assertEqual(verdict.headers, (b"Authentication-Results: mx.example.test; iprev=pass\r\n",))

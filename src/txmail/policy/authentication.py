@@ -336,7 +336,12 @@ class AuthenticationResultsHeader(Policy):
 
     def on_data(self, session: SessionInfo, message: MessageInfo) -> Verdict:
         authserv_id = self.authserv_id
-        verdict = Verdict.edit_headers(lambda section: authres.remove_forged(section, authserv_id))
+        verdict = Verdict()
+        data = message.data
+        # Editing means copying the message: only when a field may need removing
+        # (always for a large message, whose header is not in memory).
+        if data is None or b"authentication-results" in split_header(data).lower():
+            verdict = Verdict.edit_headers(lambda section: authres.remove_forged(section, authserv_id))
         results = list(session.auth_results)
         if session.transaction is not None:
             results += session.transaction.auth_results
