@@ -1,5 +1,6 @@
 """
-The ``txmail`` admin command: users, aliases, the outbound queue and a configuration check.
+The ``txmail`` admin command: users, aliases, the outbound queue, a
+configuration check, DKIM keys and the DNS records of a mail domain.
 
 ::
 
@@ -15,6 +16,8 @@ The ``txmail`` admin command: users, aliases, the outbound queue and a configura
     txmail queue show ID
     txmail queue flush                      (every deferred recipient due now)
     txmail queue delete ID
+    txmail dkim keygen DOMAIN --selector S --algorithm ed25519|rsa [--bits 2048] [--out PATH] [--force]
+    txmail dns-records DOMAIN [--check] [--resolver HOST:PORT ...]
 
 Every user and alias command takes ``--data-dir`` (default
 ``./txmail-data``, as the server) and ``--config``; with a config file the
@@ -29,6 +32,21 @@ entries' files; a running server sees that at its next queue pass (at most
 ``delete`` removes an entry for good (no bounce is sent); an attempt already
 in flight for it finishes but is not recorded.
 
+``dkim keygen`` writes a new private key (mode 0600, never over an existing
+file unless ``--force``) to ``<data-dir>/dkim/<domain>.<selector>.key`` or
+``--out``, and prints the TXT record to publish and the ``[[dkim.keys]]``
+entry to add to the configuration.  RSA keys have 1024 to 4096 bits (RFC
+8301 section 3.2), 2048 by default; Ed25519 keys (RFC 8463) are shorter but
+not every receiver checks them yet, so sign with an RSA key as well.
+
+``dns-records`` prints, as zone-file lines with a comment each, the records
+a domain needs for mail to reach this server and to authenticate (MX, the
+server's address, SPF, DKIM for each configured key, DMARC, reverse DNS;
+see :mod:`txmail.dnsrecords`).  With ``--check`` it asks the DNS for each
+through txmail's own resolver (the ``[outbound] resolvers``, ``--resolver``,
+else the system's) and prints OK, MISSING, WRONG or COULD NOT CHECK per
+record; the exit status is 1 unless every record is OK.
+
 Errors go to stderr as one clear line and the exit status is 1; usage errors
 exit with 2 (argparse's convention).
 """
@@ -38,15 +56,28 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from txmail.config import load_config
+from txmail.config import load_config, parse_host_port
 from txmail.directory import FileDirectory
+from txmail.dnsrecords import (
+    CheckStatus,
+    DKIMPublication,
+    MailDomain,
+    check_domain,
+    first_questions,
+    format_finding,
+    is_domain_name,
+    summary,
+    zone_line,
+    zone_text,
+)
 from txmail.errors import ConfigError, DirectoryError, QueueError
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "build_parser", "check_records", "main"]
 
 USERS_FILE = "users.json"
 
@@ -269,6 +300,219 @@ def _queue_delete(args: argparse.Namespace) -> None:
     _out(f"deleted {args.queue_id}")
 
 
+# --- dkim keygen and dns-records ------------------------------------------------
+
+#: ``--algorithm`` -> the DKIM algorithm name (RFC 6376 section 3.3, RFC 8463).
+DKIM_ALGORITHMS = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}
+#: RFC 8301 section 3.2: "Verifiers MUST be able to validate signatures with
+#: keys ranging from 1024 bits to 4096 bits".
+MAX_RSA_BITS = 4096
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def _warn(text: str) -> None:
+    print(f"txmail: {text}", file=sys.stderr)
+
+
+def _domain_arg(text: str) -> str:
+    """A DOMAIN argument as a lower-case A-label name without the final dot."""
+    name = text.strip().rstrip(".").lower()
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise CLIError(f"{text!r} is not a domain name") from None
+    if not is_domain_name(name):
+        raise CLIError(
+            f"{text!r} is not a domain name (letters, digits and hyphens, labels separated by dots)"
+        )
+    return name
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _not_local(settings: Any, domain: str) -> None:
+    if domain not in settings.domains:
+        _warn(
+            f"note: {domain} is not one of the configured domains ({', '.join(settings.domains)}); "
+            "add it to [server] domains to receive its mail"
+        )
+
+
+def _dkim_keygen(args: argparse.Namespace) -> None:
+    from txmail.policy.dkim import MIN_RSA_BITS, generate_key, write_key
+
+    domain = _domain_arg(args.domain)
+    selector = args.selector
+    if not _SELECTOR.fullmatch(selector):
+        raise CLIError(f"selector {selector!r} is not a DNS label (letters, digits, '.', '-', '_')")
+    algorithm = DKIM_ALGORITHMS[args.algorithm]
+    if algorithm == "ed25519-sha256" and args.bits is not None:
+        raise CLIError("--bits is for RSA keys; Ed25519 keys always have 256 bits")
+    bits = 2048 if args.bits is None else args.bits
+    if algorithm == "rsa-sha256" and bits < MIN_RSA_BITS:
+        raise CLIError(
+            f"RSA keys need at least {MIN_RSA_BITS} bits: RFC 8301 section 3.2 has verifiers ignore "
+            "signatures made with shorter keys (2048 recommended)"
+        )
+    if algorithm == "rsa-sha256" and bits > MAX_RSA_BITS:
+        raise CLIError(
+            f"RSA keys of more than {MAX_RSA_BITS} bits: RFC 8301 section 3.2 asks verifiers to handle "
+            f"up to {MAX_RSA_BITS} only (2048 recommended)"
+        )
+    settings = _settings(args)
+    if args.out:
+        path = os.path.abspath(args.out)
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            raise CLIError(f"cannot write {path}: {directory} is not a directory")
+    else:
+        directory = os.path.abspath(settings.path("dkim"))
+        path = os.path.join(directory, f"{domain}.{selector}.key")
+        try:
+            # 0700: the directory of private keys; makedirs applies the mode
+            # to the last directory only, the data directory keeps the default.
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"cannot create {directory}: {e.strerror or e}") from None
+    exists = f"{path} exists: not replacing a key whose record may be published (--force replaces it)"
+    if os.path.lexists(path) and not args.force:
+        raise CLIError(exists)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write {path}: {directory} is not writable")
+    content, record = generate_key(algorithm, bits)
+    try:
+        write_key(path, content, overwrite=args.force)
+    except FileExistsError:
+        raise CLIError(exists) from None
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {e.strerror or e}") from None
+    if args.config:
+        _not_local(settings, domain)
+    size = f"{bits}-bit RSA" if algorithm == "rsa-sha256" else "Ed25519"
+    _out(f"Wrote a new {size} private key to {path} (mode 0600).")
+    _out("")
+    _out(f"Publish this TXT record in the {domain} zone:")
+    _out("")
+    _out(zone_line(f"{selector}._domainkey.{domain}", "TXT", record))
+    _out("")
+    _out("Add this to the configuration file:")
+    _out("")
+    _out("[[dkim.keys]]")
+    _out(f"domain = {_toml_string(domain)}")
+    _out(f"selector = {_toml_string(selector)}")
+    _out(f"key = {_toml_string(path)}")
+    _out(
+        "sign = true   # false: publish the record first; true once "
+        f"`txmail dns-records {domain} --check` finds it"
+    )
+    if algorithm == "ed25519-sha256":
+        _out("")
+        _out("Not every receiver checks Ed25519 signatures yet (RFC 8463): sign with an RSA key too.")
+
+
+def _mail_domain(args: argparse.Namespace, settings: Any) -> tuple[MailDomain, int]:
+    """What ``dns-records`` works from, and 1 if a key file could not be read (said on stderr)."""
+    from txmail.policy.dkim import load_signing_key, txt_record_for
+
+    domain = _domain_arg(args.domain)
+    hostname = settings.hostname.strip().rstrip(".").lower()
+    if "." not in hostname:
+        _warn(
+            f"warning: the hostname {hostname!r} is not a fully-qualified domain name: "
+            "set [server] hostname to the name receivers should see"
+        )
+    _not_local(settings, domain)
+    status = 0
+    keys = []
+    for key in settings.policy.dkim_keys:
+        if key.domain != domain:
+            continue
+        signing = key.sign and settings.policy.dkim_sign
+        try:
+            record = txt_record_for(load_signing_key(key.key, domain, key.selector))
+        except OSError as e:
+            error = f"cannot read {key.key}: {e.strerror or e}"
+        except ValueError as e:
+            error = f"{key.key}: {e}"
+        else:
+            keys.append(DKIMPublication(key.selector, record, signing))
+            continue
+        _warn(f"error: DKIM key {key.selector} of {domain}: {error}")
+        keys.append(DKIMPublication(key.selector, None, signing, error))
+        status = 1
+    return MailDomain(domain, hostname, tuple(keys), settings.smarthost), status
+
+
+def check_records(mail: MailDomain, resolver: Any) -> Any:
+    """
+    Check the published records of *mail* through *resolver* (a
+    :class:`txmail.resolver.Resolver` on the running reactor) and print one
+    finding per record, then a summary line.
+
+    Returns:
+        A Deferred that fires with the exit status: 0 when every record is
+        OK, else 1 (missing, wrong, or a DNS failure).
+    """
+    from twisted.internet import defer
+
+    from txmail.resolver import drive
+
+    def report(findings: list[Any]) -> int:
+        _out(f"Checking the DNS records of {mail.domain} for {mail.hostname}:")
+        for finding in findings:
+            for line in format_finding(finding):
+                _out(line)
+        _out(summary(findings))
+        return 0 if all(f.status is CheckStatus.OK for f in findings) else 1
+
+    # Ask the independent questions at once: the resolver keeps the answers
+    # (failures too, for its error_ttl), so an unreachable server costs one
+    # timeout rather than one per record.
+    asked = defer.gatherResults([resolver.query(q) for q in first_questions(mail)])
+    asked.addCallback(lambda _: drive(check_domain(mail), resolver))
+    return asked.addCallback(report)
+
+
+def _react(main: Callable[[Any], Any]) -> int:
+    """Run *main(reactor)* (a Deferred of an exit status) in the reactor; the status."""
+    from twisted.internet import task
+
+    results: list[int] = []
+
+    def run(reactor: Any) -> Any:
+        return main(reactor).addCallback(results.append)
+
+    try:
+        task.react(run)
+    except SystemExit as e:
+        if e.code:
+            return e.code if isinstance(e.code, int) else 1
+    return results[0] if results else 1
+
+
+def _dns_records(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        servers = [parse_host_port(s, 53) for s in (args.resolver or settings.resolvers)]
+    except ConfigError as e:
+        raise CLIError(f"--resolver: {e}") from None
+    mail, status = _mail_domain(args, settings)
+    if not args.check:
+        sys.stdout.write(zone_text(mail))
+        return status
+
+    def check(reactor: Any) -> Any:
+        from txmail.resolver import Resolver
+
+        # Failed answers are kept for the whole run (see check_records).
+        return check_records(mail, Resolver(servers or None, reactor=reactor, timeout=(2, 4), error_ttl=300))
+
+    return _react(check) or status
+
+
 def _check_user(directory: FileDirectory, address: str) -> None:
     """Fail before prompting for a password when the user does not exist."""
     results: list[Any] = []
@@ -294,7 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file")
 
-    parser = argparse.ArgumentParser(prog="txmail", description="txmail administration")
+    parser = argparse.ArgumentParser(
+        prog="txmail",
+        description="txmail administration: users, aliases, the outbound queue, DKIM keys, DNS records",
+        epilog="txmail COMMAND --help (or txmail COMMAND ACTION --help) describes each command.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
@@ -348,6 +596,63 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("check-config", help="validate a configuration file")
     p.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")
     p.set_defaults(func=_check_config, data_dir=None)
+
+    dkim = commands.add_parser("dkim", help="make DKIM signing keys").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = dkim.add_parser(
+        "keygen",
+        parents=[common],
+        help="make a DKIM key; print its DNS record and configuration entry",
+        description=(
+            "Write a new DKIM private key (mode 0600) to <data-dir>/dkim/DOMAIN.SELECTOR.key "
+            "or --out, and print the TXT record to publish at SELECTOR._domainkey.DOMAIN and the "
+            "[[dkim.keys]] entry to add to the configuration. An existing file is never replaced "
+            "without --force."
+        ),
+    )
+    p.add_argument("domain", metavar="DOMAIN", help="the signing domain (d=)")
+    p.add_argument(
+        "--selector", required=True, metavar="S", help="the selector (s=), a DNS label such as 2026a"
+    )
+    p.add_argument(
+        "--algorithm",
+        required=True,
+        choices=sorted(DKIM_ALGORITHMS),
+        help="rsa (checked by every receiver) or ed25519 (RFC 8463; sign with an RSA key too)",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        default=None,
+        help=f"RSA key size, 1024 to {MAX_RSA_BITS} (RFC 8301); default 2048",
+    )
+    p.add_argument("--out", metavar="PATH", default=None, help="where to write the key")
+    p.add_argument("--force", action="store_true", help="replace an existing key file")
+    p.set_defaults(func=_dkim_keygen)
+
+    p = commands.add_parser(
+        "dns-records",
+        parents=[common],
+        help="print (or --check) the DNS records a mail domain needs",
+        description=(
+            "Print the records DOMAIN needs for mail to reach this server and to authenticate: "
+            "MX, the hostname's address, SPF, DKIM (one per configured key), DMARC and reverse "
+            "DNS, as zone-file lines with comments. With --check, look each up and say whether "
+            "it is OK, MISSING, WRONG, or could not be checked; the exit status is 1 unless all "
+            "are OK."
+        ),
+    )
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--check", action="store_true", help="look the records up and compare")
+    p.add_argument(
+        "--resolver",
+        action="append",
+        metavar="HOST:PORT",
+        default=None,
+        help="DNS server to ask (repeatable); default the config's [outbound] resolvers, else the system's",
+    )
+    p.set_defaults(func=_dns_records)
     return parser
 
 
@@ -363,9 +668,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    func: Callable[[argparse.Namespace], None] = args.func
+    func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        func(args)
+        status = func(args)
     except CLIError as e:
         print(f"txmail: error: {e}", file=sys.stderr)
         return 1
@@ -375,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"txmail: error: {e}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":  # pragma: no cover
