@@ -251,6 +251,40 @@ class ConfigTests(CLITestCase):
             self.assertIn(message, self.stderr.getvalue())
             self.assertNotIn("OK", self.stdout.getvalue())
 
+    def test_check_config_policy(self) -> None:
+        """check-config validates [policy], [dkim], [srs] and [arc], loading the signing keys."""
+        from txmail.policy import dkim
+
+        os.makedirs(self.data_dir, exist_ok=True)
+        key = os.path.join(self.data_dir, "k.key")
+        dkim.write_key(key, dkim.generate_key("ed25519-sha256")[0])
+        good = self.write_config(
+            f'[server]\ndata_dir = "{self.data_dir}"\ndomains = ["example.org"]\n'
+            '[policy]\ndnsbl = ["zen.example=127.0.0.[2..11]"]\ngreylisting = true\n'
+            f'[[dkim.keys]]\ndomain = "example.org"\nselector = "ed"\nkey = "{key}"\n'
+            '[srs]\nsecrets = ["sixteen characters or more"]\n'
+        )
+        self.assertEqual(self.txmail("check-config", "--config", good), 0)
+        out = self.stdout.getvalue()
+        self.assertIn("dns lists", out)
+        self.assertIn("greylisting", out)
+        self.assertIn("ed._domainkey.example.org", out)
+        self.assertIn("forwarding:     srs", out)
+        cases = [
+            ('[policy]\ndnsbl = ["zen.example=127.0.0"]\n', "needs four octets"),
+            ("[policy.limits]\nmax_connections = -1\n", "max_connections"),
+            ("[policy]\nbogus = true\n", "unknown key 'bogus' in [policy]"),
+            ('[srs]\nsecrets = ["short"]\n', "at least 16 characters"),
+            (f'[[dkim.keys]]\ndomain = "example.org"\nselector = "s"\nkey = "{key}.missing"\n', "dkim key"),
+            (f'[arc]\ndomain = "example.org"\nselector = "ed"\nkey = "{key}"\n', "must be an RSA key"),
+        ]
+        for text, message in cases:
+            self.stderr.truncate(0)
+            self.stderr.seek(0)
+            path = self.write_config(f'[server]\ndata_dir = "{self.data_dir}"\n' + text)
+            self.assertEqual(self.txmail("check-config", "--config", path), 1, text)
+            self.assertIn(message, self.stderr.getvalue())
+
     def test_check_config_bad_users_file(self) -> None:
         """check-config also reports a users.json that cannot be parsed."""
         os.makedirs(self.data_dir)

@@ -48,6 +48,11 @@ SANS_IO_MODULES = (
     "txmail/policy/srs.py",
     "txmail/policy/dkim.py",
     "txmail/policy/arc.py",
+    "txmail/policy/hooks.py",
+    "txmail/policy/iprev.py",
+    "txmail/policy/config.py",
+    "txmail/dnsdata.py",
+    "txmail/dnsrecords.py",
 )
 
 

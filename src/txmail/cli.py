@@ -214,6 +214,8 @@ def _check_config(args: argparse.Namespace) -> None:
         )
     except DirectoryError as e:
         raise CLIError(str(e)) from None
+    policy = settings.policy
+    keys, forwarding = _check_policy(settings)
     _out("OK")
     _out(f"  hostname:       {settings.hostname}")
     _out(f"  data dir:       {settings.data_dir}")
@@ -223,6 +225,40 @@ def _check_config(args: argparse.Namespace) -> None:
     _out(f"  TLS:            {'certificate ' + settings.tls_cert if settings.tls_cert else 'disabled'}")
     _out(f"  smtp:           {', '.join(settings.smtp) or '-'}")
     _out(f"  submission:     {', '.join(settings.submission) or '-'}")
+    if policy.enabled:
+        checks = [n for n in ("iprev", "spf", "dkim", "arc", "dmarc") if getattr(policy, n)]
+        if policy.dnsbl or policy.dnswl or policy.domain_blocklists:
+            checks.append("dns lists")
+        if policy.defaults.greylisting or any(d.greylisting for _, d in policy.domains):
+            checks.append("greylisting")
+        _out(f"  inbound checks: {', '.join(checks) or '-'} (trusted: {', '.join(policy.trusted_networks) or '-'})")
+    else:
+        _out("  inbound checks: off")
+    _out(f"  dkim signing:   {', '.join(f'{k.selector}._domainkey.{k.domain}' for k in keys) or '-'}")
+    if forwarding is not None:
+        parts = (["srs"] if forwarding.srs is not None else []) + (["arc seal"] if forwarding.seal_key else [])
+        _out(f"  forwarding:     {', '.join(parts)}")
+
+
+def _check_policy(settings: Any) -> tuple[list[Any], Any]:
+    """Load what the server would load of the policy settings (keys); a CLIError if it fails."""
+    from txmail.policy.builtin import build_forwarding, signing_keys
+
+    policy = settings.policy
+    try:
+        keys = signing_keys(policy)
+        forwarding = build_forwarding(
+            policy,
+            keys=keys,
+            primary_domain=settings.primary_domain,
+            authserv_id=policy.authserv_id or settings.hostname,
+            is_local=lambda domain: domain in settings.domains,
+            run_blocking=lambda fn, *a: fn(*a),
+            clock=None,
+        )
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    return keys, forwarding
 
 
 def _queue(args: argparse.Namespace) -> Any:

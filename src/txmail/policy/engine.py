@@ -115,53 +115,102 @@ class PolicyEngine:
         """
         Ask the policies of *stage* in order; fires with the combined
         verdict once its delay has passed.  Never fails.
-        """
-        return defer.Deferred.fromCoroutine(self._run(stage, session, args))
 
-    async def _run(self, stage: Stage, session: SessionInfo, args: tuple[Any, ...]) -> Verdict:
+        Policies that answer at once (no Deferred, no delay: most of them,
+        most of the time) are run in a plain loop; the first Deferred or a
+        reverse DNS lookup switches to the coroutine.
+        """
         if (
             stage is Stage.CONNECT
             and self.resolver is not None
             and session.client_address
             and not session.trusted
         ):
-            await self._reverse_dns(session)
+            return defer.Deferred.fromCoroutine(self._run(stage, session, args, 0, ACCEPT, reverse_dns=True))
         verdict = ACCEPT
-        for policy, method in self._calls[stage]:
+        calls = self._calls[stage]
+        for index, (policy, method) in enumerate(calls):
             try:
-                result = await defer.maybeDeferred(method, session, *args)
-                if result is None:
-                    result = ACCEPT
-                if not isinstance(result, Verdict):
-                    raise TypeError(f"{_name(policy)}.{_METHODS[stage]} returned {result!r}, not a Verdict")
+                result = method(session, *args)
             except Exception:
-                self.log.failure(
-                    "policy {policy} failed at {stage} for {peer}",
-                    failure=Failure(),
-                    policy=_name(policy),
-                    stage=stage.value,
-                    peer=session.client_address,
-                    session_id=session.session_id,
+                result = self._failed(stage, policy, session)
+            if isinstance(result, defer.Deferred):
+                return defer.Deferred.fromCoroutine(
+                    self._run(stage, session, args, index, verdict, pending=result)
                 )
-                result = Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
-            verdict = verdict.then(result)
-            if verdict.refused:
-                self.log.info(
-                    "policy {policy} refused {stage} from {peer}: {code} {enhanced} {text}",
-                    policy=_name(policy),
-                    stage=stage.value,
-                    peer=session.client_address,
-                    code=verdict.reply.code if verdict.reply else 0,
-                    enhanced=verdict.reply.enhanced if verdict.reply else "",
-                    text=verdict.reply.text if verdict.reply else "",
-                    session_id=session.session_id,
-                )
+            verdict, done = self._combine(stage, policy, session, verdict, result)
+            if done:
                 break
-            if verdict.final:
+        if verdict.delay > 0:
+            return task.deferLater(self.clock, verdict.delay, lambda: verdict)
+        return defer.succeed(verdict)
+
+    async def _run(
+        self,
+        stage: Stage,
+        session: SessionInfo,
+        args: tuple[Any, ...],
+        start: int,
+        verdict: Verdict,
+        *,
+        pending: defer.Deferred[Any] | None = None,
+        reverse_dns: bool = False,
+    ) -> Verdict:
+        """The rest of :meth:`run` from the policy at *start*, whose answer may be *pending*."""
+        if reverse_dns:
+            await self._reverse_dns(session)
+        for policy, method in self._calls[stage][start:]:
+            try:
+                if pending is not None:
+                    result, pending = await pending, None
+                else:
+                    result = await defer.maybeDeferred(method, session, *args)
+            except Exception:
+                result = self._failed(stage, policy, session)
+            verdict, done = self._combine(stage, policy, session, verdict, result)
+            if done:
                 break
         if verdict.delay > 0:
             await task.deferLater(self.clock, verdict.delay, lambda: None)
         return verdict
+
+    def _failed(self, stage: Stage, policy: Any, session: SessionInfo) -> Verdict:
+        """Log the exception being handled; the stage's temporary failure."""
+        self.log.failure(
+            "policy {policy} failed at {stage} for {peer}",
+            failure=Failure(),
+            policy=_name(policy),
+            stage=stage.value,
+            peer=session.client_address,
+            session_id=session.session_id,
+        )
+        return Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
+
+    def _combine(
+        self, stage: Stage, policy: Any, session: SessionInfo, verdict: Verdict, result: Any
+    ) -> tuple[Verdict, bool]:
+        """*verdict* followed by one policy's *result*, and whether the stage is decided."""
+        if result is None:
+            return verdict, False
+        if not isinstance(result, Verdict):
+            try:
+                raise TypeError(f"{_name(policy)}.{_METHODS[stage]} returned {result!r}, not a Verdict")
+            except TypeError:
+                result = self._failed(stage, policy, session)
+        verdict = verdict.then(result)
+        if verdict.reply is not None:
+            self.log.info(
+                "policy {policy} refused {stage} from {peer}: {code} {enhanced} {text}",
+                policy=_name(policy),
+                stage=stage.value,
+                peer=session.client_address,
+                code=verdict.reply.code,
+                enhanced=verdict.reply.enhanced,
+                text=verdict.reply.text,
+                session_id=session.session_id,
+            )
+            return verdict, True
+        return verdict, verdict.final
 
     def is_trusted(self, address: str) -> bool:
         """Whether *address* is in the trusted networks (an IPv4-mapped IPv6 address counts as IPv4)."""
