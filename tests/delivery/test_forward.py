@@ -6,12 +6,12 @@ signatures on the server's own notices.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests._dkim import load_key
 from tests.delivery.test_router import DictDirectory
 from txmail._fs import run_inline
 from txmail.delivery.forward import Forwarding, own_results
@@ -38,13 +38,6 @@ MESSAGE = (
     b"\r\n"
     b"Body.\r\n"
 )
-
-
-def load_key(domain: str, selector: str, content: bytes) -> dkim.SigningKey:
-    with tempfile.NamedTemporaryFile(suffix=".key") as f:
-        f.write(content)
-        f.flush()
-        return dkim.load_signing_key(f.name, domain, selector)
 
 
 class ForwardingTests(SynchronousTestCase):

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.testing import StringTransport
 
+from tests._dkim import load_key
 from tests.smtp.test_server import FakeDirectory, ServerTestCase, plain
 from txmail.auth.authenticator import Authenticator
 from txmail.dnsdata import DictAnswers, DNSStatus, Question
@@ -30,16 +31,6 @@ MESSAGE = (
     b"\r\n"
     b"Hello there.\r\n"
 )
-
-
-def load_key(domain: str, selector: str, content: bytes) -> dkim.SigningKey:
-    """A signing key from key file content (as ``txmail dkim keygen`` writes it)."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".key") as f:
-        f.write(content)
-        f.flush()
-        return dkim.load_signing_key(f.name, domain, selector)
 
 
 def zone(**extra: Any) -> dict[tuple[str, str], Any]:
