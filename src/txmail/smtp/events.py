@@ -7,22 +7,22 @@ wsproto).  Some need a decision: after returning one of those,
 until the application calls ``accept(...)`` or ``reject(reply)``.  Their
 class attribute ``needs_decision`` is ``True``:
 
-=================  ==============================================================
-event              ``accept(...)`` / ``reject(reply)``
-=================  ==============================================================
-``MailFrom``       ``accept()`` 250 2.1.0, or the application's refusal
-``RcptTo``         ``accept()`` 250 2.1.5, or the router's refusal
-``DataStart``      ``accept()`` opens the content (354 for DATA), or refuse it
-``DataComplete``   ``accept(reply)`` with the queued-as reply, or the failure
-``AuthStep``       ``accept(sasl_event)`` with what the authenticator resolved,
-                   or ``reject(reply)`` when it failed unexpectedly
-``StartTLS``       ``accept()`` sends 220 and resets the session, or refuse
-``ClientConnected`` ``accept()`` sends the 220 greeting, or ``reject(reply)``
-                   (``421``: close; ``554``: refuse all but QUIT)
-``HeloReceived``   ``accept()`` answers the greeting, or refuse it
-``AuthFinished``   ``accept()`` sends 235 (or 535 for a failed exchange), or
-                   ``reject(reply)`` instead
-=================  ==============================================================
+===================  ==============================================================
+event                ``accept(...)`` / ``reject(reply)``
+===================  ==============================================================
+``MailFrom``         ``accept()`` 250 2.1.0, or the application's refusal
+``RcptTo``           ``accept()`` 250 2.1.5, or the router's refusal
+``DataStart``        ``accept()`` opens the content (354 for DATA), or refuse it
+``DataComplete``     ``accept(reply)`` with the queued-as reply, or the failure
+``AuthStep``         ``accept(sasl_event)`` with what the authenticator resolved,
+                     or ``reject(reply)`` when it failed unexpectedly
+``StartTLS``         ``accept()`` sends 220 and resets the session, or refuse
+``ClientConnected``  ``accept()`` sends the 220 greeting, or ``reject(reply)``
+                     (``421``: close; ``554``: refuse all but QUIT)
+``HeloReceived``     ``accept()`` answers the greeting, or refuse it
+``AuthFinished``     ``accept()`` sends 235 (or 535 for a failed exchange), or
+                     ``reject(reply)`` instead
+===================  ==============================================================
 
 The last three are emitted only at the stages the session was asked to
 check (its ``checks`` argument: policies, :mod:`txmail.policy.hooks`).
