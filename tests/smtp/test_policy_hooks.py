@@ -564,3 +564,25 @@ class TrustAndReverseDNSTests(ServerTestCase):
         self.assertEqual(seen, [(False, "mail.remote.test", "pass")])
         (result,) = proto.info.auth_results
         self.assertEqual((result.method, result.result), ("iprev", "pass"))
+
+
+class EngineTimeoutTests(ServerTestCase):
+    """A stage that takes too long fails temporarily."""
+
+    def test_slow_policy(self) -> None:
+        """A policy whose Deferred never fires gets the stage 451 after the engine's timeout; later ones are not asked."""
+        from txmail.policy.engine import PolicyEngine
+
+        calls: list[Any] = []
+        never: defer.Deferred[Any] = defer.Deferred()
+        slow = Recorder("slow", calls, {"mail": lambda: never})
+        after = Recorder("after", calls)
+        proto, transport = self.connect(policies=[slow, after])
+        proto.factory.policy = PolicyEngine([slow, after], role="mta", clock=self.clock, timeout=30)
+        proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@r.test>\r\n")
+        self.take(transport)
+        self.clock.advance(29)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(1)
+        self.assertEqual(self.take(transport), [b"451 4.3.0 Requested action aborted: local error in processing"])
+        self.assertNotIn(("after", "mail", "s@r.test"), calls)

@@ -76,6 +76,9 @@ class PolicyEngine:
         trusted_networks: clients in these networks are marked
             ``trusted`` in their :class:`~txmail.policy.hooks.SessionInfo`
             (and their reverse DNS is not looked up).
+        timeout: seconds a stage may take (DNS lookups of slow servers add
+            up); past it the stage fails temporarily, as if a policy had
+            failed.  The client's own timeouts do not run meanwhile.
     """
 
     log = Logger()
@@ -88,8 +91,10 @@ class PolicyEngine:
         clock: Any,
         resolver: Any = None,
         trusted_networks: Sequence[str] = (),
+        timeout: float = 120.0,
     ) -> None:
         self.role = role
+        self.timeout = timeout
         self.trusted_networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
         self.clock = clock
         self.resolver = resolver
@@ -126,7 +131,7 @@ class PolicyEngine:
             and session.client_address
             and not session.trusted
         ):
-            return defer.Deferred.fromCoroutine(self._run(stage, session, args, 0, ACCEPT, reverse_dns=True))
+            return self._limited(stage, session, self._run(stage, session, args, 0, ACCEPT, reverse_dns=True))
         verdict = ACCEPT
         calls = self._calls[stage]
         for index, (policy, method) in enumerate(calls):
@@ -135,8 +140,8 @@ class PolicyEngine:
             except Exception:
                 result = self._failed(stage, policy, session)
             if isinstance(result, defer.Deferred):
-                return defer.Deferred.fromCoroutine(
-                    self._run(stage, session, args, index, verdict, pending=result)
+                return self._limited(
+                    stage, session, self._run(stage, session, args, index, verdict, pending=result)
                 )
             verdict, done = self._combine(stage, policy, session, verdict, result)
             if done:
@@ -165,6 +170,8 @@ class PolicyEngine:
                     result, pending = await pending, None
                 else:
                     result = await defer.maybeDeferred(method, session, *args)
+            except defer.CancelledError:
+                raise  # the stage timed out (_limited)
             except Exception:
                 result = self._failed(stage, policy, session)
             verdict, done = self._combine(stage, policy, session, verdict, result)
@@ -173,6 +180,24 @@ class PolicyEngine:
         if verdict.delay > 0:
             await task.deferLater(self.clock, verdict.delay, lambda: None)
         return verdict
+
+    def _limited(self, stage: Stage, session: SessionInfo, coroutine: Any) -> defer.Deferred[Verdict]:
+        """Run *coroutine*; past :attr:`timeout` seconds, the stage's temporary failure."""
+        d = defer.Deferred.fromCoroutine(coroutine)
+        d.addTimeout(self.timeout, self.clock)
+
+        def timed_out(f: Failure) -> Verdict:
+            f.trap(defer.TimeoutError)
+            self.log.warn(
+                "policies at {stage} for {peer} took more than {timeout} seconds",
+                stage=stage.value,
+                peer=session.client_address,
+                timeout=self.timeout,
+                session_id=session.session_id,
+            )
+            return Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
+
+        return d.addErrback(timed_out)
 
     def _failed(self, stage: Stage, policy: Any, session: SessionInfo) -> Verdict:
         """Log the exception being handled; the stage's temporary failure."""
@@ -227,6 +252,8 @@ class PolicyEngine:
 
         try:
             result = await drive(check_iprev(session.client_address), self.resolver)
+        except defer.CancelledError:
+            raise
         except Exception:
             self.log.failure("reverse DNS of {peer} failed", failure=Failure(), peer=session.client_address)
             return
