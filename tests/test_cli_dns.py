@@ -713,3 +713,43 @@ class CheckOverDNSTests(TestCase):
         self.assertRegex(text, r"WRONG +SPF example.test: 2 v=spf1 records")
         self.assertRegex(text, r"MISSING +DKIM s2 s2._domainkey.example.test: no TXT record")
         self.assertTrue(text.endswith("3 OK, 2 missing, 2 wrong\n"), text)
+
+
+class MissingExtraTests(SynchronousTestCase):
+    """Without the policy extra the DKIM commands fail with one clear line."""
+
+    def test_keygen_without_dkimpy(self) -> None:
+        """txmail dkim keygen without dkimpy exits 1 naming txmail[policy], without a traceback."""
+        import io
+        import sys
+
+        from txmail import cli
+
+        saved = {name: sys.modules.get(name) for name in ("txmail.policy.dkim", "dkim")}
+        sys.modules["txmail.policy.dkim"] = None  # type: ignore[assignment]  # import fails
+        sys.modules["dkim"] = None  # type: ignore[assignment]
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        try:
+            status = cli.main(
+                [
+                    "dkim",
+                    "keygen",
+                    "example.org",
+                    "--selector",
+                    "s",
+                    "--algorithm",
+                    "ed25519",
+                    "--data-dir",
+                    self.mktemp(),
+                ]
+            )
+        finally:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+        self.assertEqual(status, 1)
+        self.assertTrue(stderr.getvalue().startswith("txmail: error: "), stderr.getvalue())
+        self.assertNotIn("Traceback", stderr.getvalue())

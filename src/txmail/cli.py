@@ -451,8 +451,6 @@ def _dkim_keygen(args: argparse.Namespace) -> None:
 
 def _mail_domain(args: argparse.Namespace, settings: Any) -> tuple[MailDomain, int]:
     """What ``dns-records`` works from, and 1 if a key file could not be read (said on stderr)."""
-    from txmail.policy.dkim import load_signing_key, txt_record_for
-
     domain = _domain_arg(args.domain)
     hostname = settings.hostname.strip().rstrip(".").lower()
     if "." not in hostname:
@@ -467,6 +465,8 @@ def _mail_domain(args: argparse.Namespace, settings: Any) -> tuple[MailDomain, i
         if key.domain != domain:
             continue
         signing = key.sign and settings.policy.dkim_sign
+        from txmail.policy.dkim import load_signing_key, txt_record_for
+
         try:
             record = txt_record_for(load_signing_key(key.key, domain, key.selector))
         except OSError as e:
@@ -714,6 +714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"txmail: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
+        print(f"txmail: error: {e}", file=sys.stderr)
+        return 1
+    except ImportError as e:  # an optional extra (txmail[policy]) is missing; its message says which
         print(f"txmail: error: {e}", file=sys.stderr)
         return 1
     return status or 0

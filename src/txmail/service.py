@@ -303,7 +303,8 @@ def build_service(
             ``Authentication-Results`` field is written
             (:func:`txmail.policy.builtin.build_policies`).
         dns: the resolver of the policy checks (``query(question) ->
-            Deferred[Answer]``); default a :class:`txmail.resolver.Resolver`
+            Deferred[Answer]`` and ``lookup(name, rdtype)``, as
+            :class:`txmail.resolver.StaticResolver` has them); default a :class:`txmail.resolver.Resolver`
             asking the settings' resolvers, else the system's.
 
     Raises:

@@ -275,6 +275,34 @@ class AdapterPolicyTests(ServerTestCase):
         self.assertEqual(transport.value(), b"220 mx.example.test ESMTP txmail\r\n")
         self.assertEqual([c[:2] for c in self.calls], [("a", "connect")])
 
+    def test_always_asked_after_final(self) -> None:
+        """A policy marked always is still asked after a final accept (not after a refusal)."""
+
+        class Always(Recorder):
+            always = True
+
+        a = Recorder(
+            "a", self.calls, {"connect": Verdict.accept(final=True), "mail": Verdict.reject("550 5.7.1 No")}
+        )
+        b = Recorder("b", self.calls)
+        c = Always("c", self.calls)
+        proto, _ = self.connect(policies=[a, b, c])
+        proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@r.test>\r\n")
+        self.assertEqual(
+            [call[:2] for call in self.calls if call[1] in ("connect", "mail")],
+            [("a", "connect"), ("c", "connect"), ("a", "mail")],
+        )
+
+    def test_forged_results_removed_after_final_accept(self) -> None:
+        """An embedder's final accept at the end of data does not keep forged Authentication-Results."""
+        from txmail.policy.authentication import AuthenticationResultsHeader
+
+        a = Recorder("a", self.calls, {"data": Verdict.accept(final=True)})
+        proto, _ = self.connect(policies=[a, AuthenticationResultsHeader("mx.example.test")])
+        proto.dataReceived(SEND + b"Authentication-Results: mx.example.test; dkim=pass\r\n" + BODY)
+        _, data, _ = self.router.delivered[0]
+        self.assertNotIn(b"dkim=pass", data)
+
     def test_connect_refused(self) -> None:
         """A 554 at connect replaces the greeting and MAIL gets 503; a 421 closes."""
         a = Recorder("a", self.calls, {"connect": Verdict.reject("554 5.7.1 Listed")})
@@ -558,7 +586,10 @@ class TrustAndReverseDNSTests(ServerTestCase):
                 seen.append((session.trusted, session.client_name, session.iprev))
 
         resolver = StaticResolver(
-            {("7.2.0.192.in-addr.arpa", "PTR"): ["mail.remote.test"], ("mail.remote.test", "A"): ["192.0.2.7"]}
+            {
+                ("7.2.0.192.in-addr.arpa", "PTR"): ["mail.remote.test"],
+                ("mail.remote.test", "A"): ["192.0.2.7"],
+            }
         )
         proto, _ = self.connect(policies=[Look()], resolver=resolver, trusted_networks=["127.0.0.0/8"])
         self.assertEqual(seen, [(False, "mail.remote.test", "pass")])
@@ -584,5 +615,7 @@ class EngineTimeoutTests(ServerTestCase):
         self.clock.advance(29)
         self.assertEqual(transport.value(), b"")
         self.clock.advance(1)
-        self.assertEqual(self.take(transport), [b"451 4.3.0 Requested action aborted: local error in processing"])
+        self.assertEqual(
+            self.take(transport), [b"451 4.3.0 Requested action aborted: local error in processing"]
+        )
         self.assertNotIn(("after", "mail", "s@r.test"), calls)

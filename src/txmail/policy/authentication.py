@@ -24,7 +24,7 @@ trusted clients skip it):
   (mail to a domain that enforces is protected even when it shares the
   transaction with one that does not).  When DMARC fails but the ARC chain
   passes and its newest set from a configured trusted sealer recorded
-  ``dmarc=pass`` (or an aligned SPF/DKIM pass), the policy is not applied
+  ``dmarc=pass``, the policy is not applied
   (RFC 8617 section 7.2.1; RFC 7489 section 7.2.1.1's "trusted_forwarder"
   local policy override) and the result says so.
 
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -330,6 +330,7 @@ class AuthenticationResultsHeader(Policy):
     """
 
     roles = frozenset({"mta", "submission"})
+    always = True  # forged fields go whatever other policies decided (RFC 8601 section 5)
 
     def __init__(self, authserv_id: str) -> None:
         self.authserv_id = authserv_id
@@ -423,39 +424,15 @@ class DKIMSigner(Policy):
     def __init__(
         self, keys: Sequence[Any], *, run_blocking: Callable[..., defer.Deferred[Any]], clock: Any
     ) -> None:
-        by_domain: dict[str, list[Any]] = {}
-        for key in keys:
-            by_domain.setdefault(key.domain.lower(), []).append(key)
-        self.keys: Mapping[str, tuple[Any, ...]] = {d: tuple(k) for d, k in by_domain.items()}
+        self.signer = MessageSigner(keys, run_blocking=run_blocking, clock=clock)
         self.run_blocking = run_blocking
-        self.clock = clock
-
-    def keys_for(self, domain: str) -> tuple[Any, ...]:
-        return self.keys.get(domain.lower().rstrip("."), ())
 
     def on_data(self, session: SessionInfo, message: MessageInfo) -> Any:
         if not (session.trusted or (session.role == "submission" and session.authenticated_user)):
             return None
-        return defer.Deferred.fromCoroutine(self._sign(session, message))
+        return defer.Deferred.fromCoroutine(self._sign(message))
 
-    async def _sign(self, session: SessionInfo, message: MessageInfo) -> Verdict:
-        from txmail.policy import dkim
-
+    async def _sign(self, message: MessageInfo) -> Verdict:
         data = await _message_bytes(message, self.run_blocking)
-        try:
-            author = dmarc.from_domain(split_header(data))
-        except dmarc.FromDomainError:
-            return Verdict.accept()
-        keys = self.keys_for(author)
-        if not keys:
-            return Verdict.accept()
-        try:
-            fields = await self.run_blocking(
-                functools.partial(dkim.sign, now=self.clock.seconds()), data, keys
-            )
-        except ValueError as e:
-            self.log.info(
-                "not signing message from {peer}: {error}", peer=session.client_address, error=str(e)
-            )
-            return Verdict.accept()
+        fields = await self.signer.sign(data)
         return Verdict(headers=(fields,)) if fields else Verdict.accept()

@@ -135,6 +135,8 @@ class PolicyEngine:
         verdict = ACCEPT
         calls = self._calls[stage]
         for index, (policy, method) in enumerate(calls):
+            if verdict.final and not getattr(policy, "always", False):
+                continue
             try:
                 result = method(session, *args)
             except Exception:
@@ -143,8 +145,8 @@ class PolicyEngine:
                 return self._limited(
                     stage, session, self._run(stage, session, args, index, verdict, pending=result)
                 )
-            verdict, done = self._combine(stage, policy, session, verdict, result)
-            if done:
+            verdict, refused = self._combine(stage, policy, session, verdict, result)
+            if refused:
                 break
         if verdict.delay > 0:
             return task.deferLater(self.clock, verdict.delay, lambda: verdict)
@@ -165,6 +167,8 @@ class PolicyEngine:
         if reverse_dns:
             await self._reverse_dns(session)
         for policy, method in self._calls[stage][start:]:
+            if verdict.final and not getattr(policy, "always", False) and pending is None:
+                continue
             try:
                 if pending is not None:
                     result, pending = await pending, None
@@ -174,8 +178,8 @@ class PolicyEngine:
                 raise  # the stage timed out (_limited)
             except Exception:
                 result = self._failed(stage, policy, session)
-            verdict, done = self._combine(stage, policy, session, verdict, result)
-            if done:
+            verdict, refused = self._combine(stage, policy, session, verdict, result)
+            if refused:
                 break
         if verdict.delay > 0:
             await task.deferLater(self.clock, verdict.delay, lambda: None)
@@ -214,7 +218,7 @@ class PolicyEngine:
     def _combine(
         self, stage: Stage, policy: Any, session: SessionInfo, verdict: Verdict, result: Any
     ) -> tuple[Verdict, bool]:
-        """*verdict* followed by one policy's *result*, and whether the stage is decided."""
+        """*verdict* followed by one policy's *result*, and whether the stage is refused."""
         if result is None:
             return verdict, False
         if not isinstance(result, Verdict):
@@ -235,7 +239,7 @@ class PolicyEngine:
                 session_id=session.session_id,
             )
             return verdict, True
-        return verdict, verdict.final
+        return verdict, False
 
     def is_trusted(self, address: str) -> bool:
         """Whether *address* is in the trusted networks (an IPv4-mapped IPv6 address counts as IPv4)."""

@@ -26,7 +26,9 @@ Theory of operation
   delays add up and are waited before the reply is sent (a tarpit); header
   fields accumulate in order; the last policy that names a folder wins.
   A verdict with ``final=True`` accepts the stage at once: later policies
-  are not asked at that stage (an allowlist).
+  are not asked at that stage (an allowlist), except those marked
+  ``always`` (the server's ``Authentication-Results`` policy, which must
+  remove forged fields whatever other policies decided).
 * Every method gets the :class:`SessionInfo` of the connection: who the
   client is (address, the forward-confirmed reverse DNS name, the name it
   greeted with, TLS, the authenticated user), the transaction in progress
@@ -213,7 +215,10 @@ class Verdict:
 
     @classmethod
     def edit_headers(cls, edit: Callable[[bytes], bytes]) -> Verdict:
-        """Go on, passing the client's header section through *edit* (data stage only)."""
+        """
+        Go on, passing the client's header section through *edit*, once the
+        message has arrived (an edit given at an earlier stage waits for it).
+        """
         return cls(edits=(edit,))
 
     @property
@@ -388,6 +393,9 @@ class Policy:
 
     #: The session roles this policy is asked in.
     roles: frozenset[str] = frozenset({"mta", "submission"})
+    #: Asked even after an earlier policy accepted the stage with
+    #: ``final=True`` (never after a refusal).
+    always: bool = False
 
     def on_connect(self, session: SessionInfo) -> Any:
         """A client connected (``session.client_address``, ``client_name``)."""

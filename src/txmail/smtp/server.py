@@ -950,6 +950,9 @@ class SMTPFactory(Factory):
         resolver: a DNS resolver (:class:`txmail.resolver.Resolver`) for the
             client's reverse DNS, looked up at connect when there are
             policies; ``None`` looks nothing up.
+        trusted_networks: networks (``"192.0.2.0/24"``) whose clients the
+            policies see as ``trusted`` (the server's own checks let them
+            through, like Postfix's ``mynetworks``).
 
     Raises:
         ValueError: unknown role or plaintext policy, or a submission
