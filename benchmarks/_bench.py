@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ __all__ = [
     "generate_message",
     "install_sigterm",
     "log",
+    "machine_cpu",
     "machine_info",
     "make_parser",
     "make_workdir",
@@ -77,6 +78,7 @@ __all__ = [
     "stop_process",
     "tail_of",
     "tree_cpu",
+    "twistd_env",
     "txmail_version",
     "wait_for_port",
     "write_results",
@@ -273,12 +275,14 @@ def add_txmail_users(txmail: str, data: Path, addresses: Sequence[str], cwd: Pat
 def start_twistd(twistd: str, run_dir: Path, mailserver_args: Sequence[str], *,
                  ports: Sequence[int], start_timeout: float, name: str = "txmail",
                  logfile: Path | None = None, outfile: Path | None = None,
-                 out_label: str = "--- twistd stdout/stderr ---") -> subprocess.Popen[bytes]:
+                 out_label: str = "--- twistd stdout/stderr ---",
+                 env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``twistd -n ... mailserver ARGS`` in ``run_dir`` and wait for each of ``ports``.
 
     The twistd log goes to ``logfile`` (default ``run_dir/twistd.log``), its stdout/stderr
     to ``outfile`` (``run_dir/twistd.out``).  If a port does not open, the process is stopped
-    and BenchError carries the tails of both files.
+    and BenchError carries the tails of both files.  ``env`` replaces the environment
+    (default: inherited; see :func:`twistd_env`).
     """
     logfile = logfile or run_dir / "twistd.log"
     outfile = outfile or run_dir / "twistd.out"
@@ -287,7 +291,8 @@ def start_twistd(twistd: str, run_dir: Path, mailserver_args: Sequence[str], *,
     log(f"{name}: " + " ".join(cmd))
     with open(outfile, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env=None if env is None else dict(env))
     for port in ports:
         try:
             wait_for_port(port, proc, start_timeout, f"{name} twistd", logfile)
@@ -295,6 +300,40 @@ def start_twistd(twistd: str, run_dir: Path, mailserver_args: Sequence[str], *,
             stop_process(proc, 20)
             raise BenchError(f"{e}\n{out_label}\n{tail_of(outfile)}") from None
     return proc
+
+
+_FIND_PLUGIN = ("from twisted.application.service import IServiceMaker\n"
+                "from twisted.plugin import getPlugins\n"
+                "import twisted.plugins\n"
+                "print(any(getattr(p, 'tapname', '') == 'mailserver'\n"
+                "          for p in getPlugins(IServiceMaker, twisted.plugins)))")
+
+
+def twistd_env(twistd: str) -> dict[str, str] | None:
+    """The environment in which ``twistd`` finds the ``mailserver`` plugin.
+
+    A non-editable install (``pip install .``) puts ``twisted/plugins/txmail_plugin.py`` in
+    site-packages; an editable one (``pip install -e .``, e.g. ``/work/main/.venv``) does not,
+    and its twistd only finds the plugin with the source tree's root on ``PYTHONPATH``.
+    Returns ``None`` (inherit the environment) when twistd finds it as it is, else the
+    environment with this checkout's root prepended to ``PYTHONPATH``; BenchError if neither
+    works.
+    """
+    python = str(Path(twistd).parent / "python")
+    root = str(HERE.parent)
+    extended = dict(os.environ)
+    extended["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
+                                             if p)
+    for env in (None, extended):
+        try:
+            res = subprocess.run([python, "-c", _FIND_PLUGIN], capture_output=True, text=True,
+                                 cwd=tempfile.gettempdir(), env=env, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise BenchError(f"{python}: {e}") from None
+        if res.stdout.strip() == "True":
+            return env
+    raise BenchError(f"{twistd} does not find the mailserver plugin, not even with "
+                     f"PYTHONPATH={root}:\n{res.stderr[-2000:]}")
 
 
 def txmail_version(twistd: str) -> str:
@@ -449,6 +488,19 @@ def tree_cpu(roots: Sequence[int]) -> float:
         total += table[pid][1]
         todo.extend(children.get(pid, ()))
     return total
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs), from ``/proc/stat``.
+
+    user + nice + system + irq + softirq + steal of the ``cpu`` line (proc(5); guest time is
+    already in user).  The difference of two readings, less what the processes a script knows
+    about used, is what everything else on the machine took meanwhile.
+    """
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _TICK
 
 
 def process_cpu(pid: int) -> float:
