@@ -649,3 +649,19 @@ class FuzzTests(SynchronousTestCase):
             self.assertEqual(parse_metadata(io.BytesIO(data)), parse_metadata(data))
         finally:
             mime._CHUNK = old
+
+
+class FieldAddressesTests(SynchronousTestCase):
+    def test_each_occurrence_in_the_header_only(self) -> None:
+        """field_addresses gives one tuple per field occurrence, folded fields included, and stops at the body."""
+        data = (
+            b"From: A <a@x.example>, b@y.example\r\nTo: c@z.example\r\nfrom:\r\n d@w.example\r\n"
+            b"\r\nFrom: body@not.example\r\n"
+        )
+        found = mime.field_addresses(data, "From")
+        self.assertEqual(
+            [[(a[2], a[3]) for a in field] for field in found],
+            [[("a", "x.example"), ("b", "y.example")], [("d", "w.example")]],
+        )
+        self.assertEqual(mime.field_addresses(b"\r\nFrom: a@b.example\r\n", "from"), [])
+        self.assertEqual(mime.field_addresses(b"To: a@b.example\r\n", "from"), [])

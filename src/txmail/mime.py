@@ -137,6 +137,7 @@ __all__ = [
     "decode_metadata",
     "encode_metadata",
     "extract_section",
+    "field_addresses",
     "header_fields",
     "parse_metadata",
     "text_parts",
@@ -790,6 +791,30 @@ def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...
     if raw is None:
         return None
     return _AddressParser(_unfold(raw)).parse()
+
+
+_BLANK_LINE_RE = re.compile(rb"\n\r?\n")
+
+
+def field_addresses(header_section: bytes, name: str) -> list[tuple[Any, ...]]:
+    """
+    The addresses of each field called *name* (any case) of a header
+    section, one tuple per occurrence, in order: each address as IMAP's
+    ENVELOPE writes it (name, adl, mailbox, host; group markers have host
+    ``None``).  Only the header fields are split, nothing else is parsed
+    (DMARC's author domain needs no more).
+    """
+    wanted = _lower(name)
+    if header_section.startswith((b"\r\n", b"\n")):
+        return []
+    end = _BLANK_LINE_RE.search(header_section)
+    if end is not None:
+        header_section = header_section[: end.start() + 1]
+    return [
+        _AddressParser(_unfold(value)).parse() or ()
+        for field, value in _parse_fields(header_section)
+        if _lower(field.rstrip(" \t")) == wanted
+    ]
 
 
 def _envelope(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...]:

@@ -88,6 +88,8 @@ class OrganizationalDomainTests(SynchronousTestCase):
     def test_missing_package(self) -> None:
         """Without publicsuffixlist, an ImportError says to install txmail[policy]."""
         dmarc._psl.cache_clear()
+        organizational_domain.cache_clear()
+        self.addCleanup(organizational_domain.cache_clear)
         saved = sys.modules.get("publicsuffixlist")
         sys.modules["publicsuffixlist"] = None  # type: ignore[assignment]
         try:

@@ -73,6 +73,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import functools
 import hashlib
 import os
 import re
@@ -88,10 +89,11 @@ try:
     from dkim.canonicalization import (
         CanonicalizationPolicy,
         InvalidCanonicalizationPolicyError,
+        Relaxed,
+        correct_empty_body,
+        strip_trailing_lines,
     )
     from dkim.crypto import (
-        DigestTooLargeError,
-        RSASSA_PKCS1_v1_5_verify,
         UnparsableKeyError,
         parse_public_key,
     )
@@ -101,7 +103,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test with the modu
         f"DKIM and ARC need dkimpy and PyNaCl ({e}): install the policy extra, pip install 'txmail[policy]'"
     ) from e
 
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
@@ -406,6 +408,56 @@ def write_key(path: str, content: bytes, *, overwrite: bool = False) -> None:
 # --- the message ------------------------------------------------------------
 
 
+def _relaxed_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """
+    dkimpy's relaxed header canonicalization (RFC 6376 section 3.4.2), with
+    a fast path for a field on one line without tabs or two spaces in a row
+    (most fields): its value only loses the white space around it.
+    """
+    out = []
+    slow = Relaxed.canonicalize_headers
+    for name, value in headers:
+        if (
+            value.count(b"\n") == 1
+            and value.endswith(b"\r\n")
+            and not (b"\t" in value or b"  " in value or b"\r" in value[:-2])
+        ):
+            out.append((name.lower().rstrip(), value[:-2].strip() + b"\r\n"))
+        else:
+            out.extend(slow([(name, value)]))
+    return out
+
+
+class _FastPolicy:
+    """A dkimpy canonicalization policy whose relaxed headers take :func:`_relaxed_headers`."""
+
+    __slots__ = ("body_algorithm", "header_algorithm")
+
+    def __init__(self, policy: Any) -> None:
+        self.header_algorithm = policy.header_algorithm
+        self.body_algorithm = policy.body_algorithm
+
+    def canonicalize_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if self.header_algorithm is Relaxed:
+            return _relaxed_headers(headers)
+        return self.header_algorithm.canonicalize_headers(headers)  # type: ignore[no-any-return]
+
+    def canonicalize_body(self, body: bytes) -> bytes:
+        return self.body_algorithm.canonicalize_body(body)  # type: ignore[no-any-return]
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """
+    dkimpy's relaxed body canonicalization (RFC 6376 section 3.4.4), with a
+    fast path: a body without tabs, without two spaces in a row and without
+    a space before a line end is left as it is by the whitespace rules (its
+    two regular-expression passes), so only the trailing empty lines go.
+    """
+    if b"\t" in body or b"  " in body or b" \r\n" in body:
+        return Relaxed.canonicalize_body(body)  # type: ignore[no-any-return]
+    return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
+
+
 class _Message:
     """
     A message parsed once: its header fields as dkimpy takes them
@@ -471,14 +523,22 @@ class _Message:
         algorithm = policy.header_algorithm
         cached = self._canonical_headers.get(algorithm.name)
         if cached is None:
-            cached = self._canonical_headers[algorithm.name] = algorithm.canonicalize_headers(self.headers)
+            if algorithm is Relaxed:
+                cached = _relaxed_headers(self.headers)
+            else:
+                cached = algorithm.canonicalize_headers(self.headers)
+            self._canonical_headers[algorithm.name] = cached
         return cached
 
     def canonical_body(self, policy: Any) -> bytes:
         algorithm = policy.body_algorithm
         cached = self._bodies.get(algorithm.name)
         if cached is None:
-            cached = self._bodies[algorithm.name] = algorithm.canonicalize_body(self.body)
+            if algorithm is Relaxed:
+                cached = _relaxed_body(self.body)
+            else:
+                cached = algorithm.canonicalize_body(self.body)
+            self._bodies[algorithm.name] = cached
         return cached
 
     def body_hash(self, policy: Any, hash_name: str, length: int | None = None) -> bytes:
@@ -574,7 +634,12 @@ def _signed_field(
     for n, v in prefix_fields:
         hasher.update(n + b":" + v)
     _dkimpy_hash_headers(
-        hasher, _RELAXED, message.canonical_headers(_RELAXED), list(include), (field_name, field_value), {}
+        hasher,
+        _FastPolicy(_RELAXED),
+        message.canonical_headers(_RELAXED),
+        list(include),
+        (field_name, field_value),
+        {},
     )
     b = base64.b64encode(_signature(key.algorithm, key._parsed, hasher))
     return head + _fold_b(b) + b"\r\n"
@@ -783,6 +848,7 @@ def _check_dkim_tags(tags: Mapping[bytes, bytes], now: int) -> list[bytes]:
     return names
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_key_record(record: bytes) -> _PublicKey:
     """One TXT record as a DKIM key (RFC 6376 section 3.6.1), or an ``_Outcome``."""
     try:
@@ -815,7 +881,14 @@ def _parse_key_record(record: bytes) -> _PublicKey:
         except (UnparsableKeyError, AssertionError, IndexError, TypeError, ValueError):
             # dkimpy's ASN.1 reader asserts on some malformed input.
             raise _Outcome("permerror", "RSA key does not parse") from None
-        bits = int(key["modulus"]).bit_length()
+        modulus, exponent = int(key["modulus"]), int(key["publicExponent"])
+        bits = modulus.bit_length()
+        try:
+            # Verification through OpenSSL (``cryptography``): the same
+            # RSASSA-PKCS1-v1_5 check as dkimpy's pure-Python one, faster.
+            key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        except ValueError:
+            raise _Outcome("permerror", "RSA key does not parse") from None
     elif kind == b"ed25519":
         # RFC 8463 section 4: the bare 32-byte public key.
         if len(data) != 32:
@@ -877,10 +950,18 @@ def _verify_hash(key: _PublicKey, hasher: Any, signature: bytes) -> bool:
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
             return False
         return True
-    try:
-        return bool(RSASSA_PKCS1_v1_5_verify(hasher, signature, key.key))
-    except (DigestTooLargeError, AssertionError, ValueError):
+    algorithm = _RSA_HASHES.get(hasher.name)
+    if algorithm is None:
         return False
+    try:
+        key.key.verify(signature, hasher.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+#: The hashes an RSA signature may use (rsa-sha1 is refused before this).
+_RSA_HASHES = {"sha256": hashes.SHA256()}
 
 
 def _check_signature(
@@ -921,7 +1002,9 @@ def _check_signature(
     # (dkimpy bug 644046; RFC 6376 section 8.15).
     if b"from" in include:
         include = [*include, b"from"]
-    _dkimpy_hash_headers(hasher, policy, message.canonical_headers(policy), include, signature_field, tags)
+    _dkimpy_hash_headers(
+        hasher, _FastPolicy(policy), message.canonical_headers(policy), include, signature_field, tags
+    )
     if not _verify_hash(key, hasher, _b64(tags[b"b"], "b")):
         raise _Outcome("fail", "signature did not verify")
     return note
@@ -962,6 +1045,23 @@ def _b_value(field_value: bytes) -> bytes:
     return _WSP.sub(b"", match.group(1)) if match else b""
 
 
+#: Messages up to this size keep their parse for the next call on the same
+#: bytes (key_queries, then verify: the server's two steps parse once).
+_REUSE_LIMIT = 256 * 1024
+_last_parse: tuple[bytes, _Message] | None = None
+
+
+def _parsed(message: bytes) -> _Message:
+    """*message* parsed, or its parse by the previous call on the very same bytes object."""
+    global _last_parse
+    last = _last_parse
+    if last is not None and last[0] is message:
+        return last[1]
+    parsed = _Message(message)
+    _last_parse = (message, parsed) if len(message) <= _REUSE_LIMIT else None
+    return parsed
+
+
 def key_queries(message: bytes, *, limit: int = DEFAULT_LIMIT) -> list[str]:
     """
     The TXT names (``<selector>._domainkey.<domain>``, lower-case, no final
@@ -970,7 +1070,7 @@ def key_queries(message: bytes, *, limit: int = DEFAULT_LIMIT) -> list[str]:
     hashed.  Signatures without ``s=`` or ``d=`` need no key (they are
     ``neutral``) but count towards *limit*, as in :func:`verify`.
     """
-    parsed = _Message(message, headers_only=True)
+    parsed = _parsed(message)
     if parsed.error:
         return []  # verify() gives permerror without a key
     names: dict[str, None] = {}
@@ -1024,7 +1124,7 @@ def verify(
         ValueError: a key name :func:`key_queries` gave has no answer in
             *keys*.
     """
-    parsed = _Message(message)
+    parsed = _parsed(message)
     fields = parsed.fields(_SIGNATURE_FIELD)
     if not fields:
         return []

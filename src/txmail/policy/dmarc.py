@@ -86,7 +86,7 @@ from typing import Any
 
 from txmail.dnsdata import Answer, DNSStatus, Question, Resolving
 from txmail.errors import TxMailError
-from txmail.mime import parse_metadata
+from txmail.mime import field_addresses
 from txmail.policy.authres import AuthResult
 
 __all__ = [
@@ -203,6 +203,7 @@ def _normal(domain: str) -> str:
     return domain.lower().rstrip(".")
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """
     The organizational domain of *domain* (RFC 7489 section 3.2).
@@ -540,7 +541,7 @@ def from_domain(header_section: bytes) -> str:
     The author domain of a message (RFC 7489 section 6.6.1): the domain of
     the address in its one ``From`` field, lower case, as an A-label.
 
-    Header fields are read with :func:`txmail.mime.parse_metadata` (the
+    Header fields are read with :func:`txmail.mime.field_addresses` (the
     project's forgiving RFC 5322 parser: comments, quoted display names,
     groups, obsolete routes).  Several addresses are accepted only when they
     share one domain (see the module notes).
@@ -555,15 +556,14 @@ def from_domain(header_section: bytes) -> str:
         NoAuthorDomain: no address, or an address without a domain name (no
             ``@``, a domain literal, not a valid name).
     """
-    metadata = parse_metadata(header_section)
-    count = sum(1 for name, _ in metadata.headers if name.rstrip(" \t").lower() == "from")
-    if count == 0:
+    fields = field_addresses(header_section, "from")
+    if not fields:
         raise MissingFrom("no From field")
-    if count > 1:
-        raise MultipleFrom(f"{count} From fields")
-    # The ENVELOPE's from member: the addresses of the (first and only) From
-    # field as (name, adl, mailbox, host); group markers have host None.
-    addresses = metadata.envelope[2] or ()
+    if len(fields) > 1:
+        raise MultipleFrom(f"{len(fields)} From fields")
+    # The addresses of the one From field as (name, adl, mailbox, host);
+    # group markers have host None.
+    addresses = fields[0]
     hosts = [a[3] for a in addresses if a[2] is not None and a[3] is not None]
     if not hosts:
         raise NoAuthorDomain("the From field holds no address")

@@ -801,23 +801,30 @@ class SMTPServerProtocol(SessionProtocol):
         self._wait(d)
 
     def _rewrite(self, spool: _Spool, headers: bytes, edits: tuple[Any, ...]) -> defer.Deferred[_Spool]:
-        """A new spool file holding *spool*'s message with *headers* added and *edits* applied."""
+        """
+        *spool*'s message with *headers* added and *edits* applied: a message
+        kept in memory is written again into the same file (a few kilobytes
+        into the page cache, cheaper than a new file); a large one is copied
+        into a new spool file in the thread pool.
+        """
+        data = spool.data()
+        if data is not None:
+            content = rewrite_message(data, spool.return_path, spool.trace_length, headers, edits)
+            try:
+                with open(spool.path, "wb") as f:
+                    f.write(content)
+            except Exception:
+                return defer.fail()
+            spool.size = len(content)
+            spool.trace_length += len(headers)
+            spool._chunks = [content] if len(content) <= KEEP_IN_MEMORY else None
+            return defer.succeed(spool)
         try:
             new = self.factory.spool_files.take()
         except OSError:
             return defer.fail()
         new.return_path = spool.return_path
         new.trace_length = spool.trace_length + len(headers)
-        data = spool.data()
-        if data is not None:
-            try:
-                new.write(rewrite_message(data, spool.return_path, spool.trace_length, headers, edits))
-                new.file.close()
-            except Exception:
-                new.discard()
-                return defer.fail()
-            spool.discard()
-            return defer.succeed(new)
         new._chunks = None  # large: the file is the only copy
         d = self.factory.run_blocking(
             _rewrite_file, spool.path, new.file, spool.return_path, spool.trace_length, headers, edits
