@@ -89,6 +89,22 @@ class ResolverTests(TestCase):
         self.assertEqual(self.dns_authority.queries.count(("example.test", "A")), 2)
 
     @defer.inlineCallbacks
+    def test_cached_and_drive_from_cache(self):
+        """cached() gives fresh answers only; a check whose answers are all cached fires at once."""
+        question = Question("example.test", "MX")
+        self.assertIsNone(self.resolver.cached(question))
+        yield self.resolver.query(question)
+        self.assertEqual(self.resolver.cached(question).records, ((10, "mx.example.test"),))
+
+        def check() -> Resolving[int]:
+            answer = yield question
+            return len(answer.records)
+
+        self.assertEqual(self.successResultOf(drive(check(), self.resolver)), 1)
+        self.clock.advance(61)
+        self.assertIsNone(self.resolver.cached(question))
+
+    @defer.inlineCallbacks
     def test_errors_cached_briefly(self):
         """A failed lookup is kept for error_ttl seconds only."""
         yield self.resolver.lookup("broken.test", "TXT")

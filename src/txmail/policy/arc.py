@@ -84,7 +84,7 @@ from txmail.policy.dkim import (
     _check_key,
     _check_signature,
     _check_times,
-    _dkimpy_hash_headers,
+    _hash_headers,
     _key_name,
     _Message,
     _now,
@@ -436,7 +436,7 @@ def _check_seal(chain: _Chain, instance: int, answers: Mapping[str, Answer], now
     hasher = hashlib.sha256()
     for name, value in covered:
         hasher.update(name + b":" + value)
-    _dkimpy_hash_headers(hasher, _RELAXED, [], [], sets[instance].seal[0], tags)
+    _hash_headers(hasher, _RELAXED, [], [], sets[instance].seal[0])
     if not _verify_hash(key, hasher, _b64(tags[b"b"], "b")):
         raise _Outcome("fail", "signature did not verify")
 

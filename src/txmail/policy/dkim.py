@@ -85,7 +85,7 @@ from typing import Any
 try:
     import nacl.exceptions
     import nacl.signing
-    from dkim import hash_headers as _dkimpy_hash_headers
+    from dkim import select_headers
     from dkim.canonicalization import (
         CanonicalizationPolicy,
         InvalidCanonicalizationPolicyError,
@@ -446,6 +446,56 @@ class _FastPolicy:
         return self.body_algorithm.canonicalize_body(body)  # type: ignore[no-any-return]
 
 
+_B_PREFIX = re.compile(rb"[;\s]b\s*=")
+_B_VALUE = re.compile(rb"(?:\s*[A-Za-z0-9+/=])*")
+
+
+def _without_b(value: bytes) -> bytes:
+    """
+    A signature field's value with the value of its ``b=`` tag removed
+    (RFC 6376 section 3.7: "the value of the "b=" tag (including all
+    surrounding whitespace) must be deleted"), exactly as dkimpy's
+    ``RE_BTAG`` substitution does it (FWS and base64 characters up to the
+    last of them, and a line end closing the field), four times faster.
+    """
+    out = []
+    position = 0
+    end = 0
+    match = _B_PREFIX.search(value)
+    while match is not None:
+        found = _B_VALUE.match(value, match.end())
+        assert found is not None  # the pattern matches the empty string
+        end = found.end()
+        if value[end:] in (b"\n", b"\r\n"):
+            end = len(value)
+        out.append(value[position : match.end()])
+        position = end
+        match = _B_PREFIX.search(value, end)
+    out.append(value[position:])
+    return b"".join(out)
+
+
+def _hash_headers(
+    hasher: Any,
+    policy: Any,
+    headers: Sequence[tuple[bytes, bytes]],
+    include: Sequence[bytes],
+    field: tuple[bytes, bytes],
+) -> None:
+    """
+    Hash the signed header fields, then the signature field without its
+    ``b=`` value and without its final line end (RFC 6376 section 3.7),
+    as dkimpy's ``hash_headers`` does, with the faster canonicalization and
+    ``b=`` removal of this module.
+    """
+    fast = _FastPolicy(policy)
+    signature = fast.canonicalize_headers([(field[0], _without_b(field[1]))])
+    for name, value in [*select_headers(headers, include), *((n, v.rstrip()) for n, v in signature)]:
+        hasher.update(name)
+        hasher.update(b":")
+        hasher.update(value)
+
+
 def _relaxed_body(body: bytes) -> bytes:
     """
     dkimpy's relaxed body canonicalization (RFC 6376 section 3.4.4), with a
@@ -633,13 +683,8 @@ def _signed_field(
     hasher = hashlib.sha256()
     for n, v in prefix_fields:
         hasher.update(n + b":" + v)
-    _dkimpy_hash_headers(
-        hasher,
-        _FastPolicy(_RELAXED),
-        message.canonical_headers(_RELAXED),
-        list(include),
-        (field_name, field_value),
-        {},
+    _hash_headers(
+        hasher, _RELAXED, message.canonical_headers(_RELAXED), list(include), (field_name, field_value)
     )
     b = base64.b64encode(_signature(key.algorithm, key._parsed, hasher))
     return head + _fold_b(b) + b"\r\n"
@@ -773,10 +818,16 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=256)
+def _tag_items(value: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """A signature field's tag-list as items, parsed once for key_queries and verify (InvalidTagValueList)."""
+    return tuple(parse_tag_value(value).items())
+
+
 def _tags(value: bytes) -> dict[bytes, bytes]:
     """A tag-list (RFC 6376 section 3.2), or an ``_Outcome`` (neutral)."""
     try:
-        return dict(parse_tag_value(value))
+        return dict(_tag_items(value))
     except InvalidTagValueList:
         raise _Outcome("neutral", "signature syntax error") from None
 
@@ -1002,9 +1053,7 @@ def _check_signature(
     # (dkimpy bug 644046; RFC 6376 section 8.15).
     if b"from" in include:
         include = [*include, b"from"]
-    _dkimpy_hash_headers(
-        hasher, _FastPolicy(policy), message.canonical_headers(policy), include, signature_field, tags
-    )
+    _hash_headers(hasher, policy, message.canonical_headers(policy), include, signature_field)
     if not _verify_hash(key, hasher, _b64(tags[b"b"], "b")):
         raise _Outcome("fail", "signature did not verify")
     return note
@@ -1076,7 +1125,7 @@ def key_queries(message: bytes, *, limit: int = DEFAULT_LIMIT) -> list[str]:
     names: dict[str, None] = {}
     for _, value in parsed.fields(_SIGNATURE_FIELD)[:limit]:
         try:
-            name = _key_name(parse_tag_value(value))
+            name = _key_name(dict(_tag_items(value)))
         except InvalidTagValueList:
             continue
         if name is not None:
