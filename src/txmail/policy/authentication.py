@@ -51,7 +51,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from txmail.dnsdata import Answer
+from txmail.dnsdata import Answer, Question
 from txmail.policy import authres, dmarc, spf
 from txmail.policy.authres import AuthResult
 from txmail.policy.config import PolicyConfig
@@ -92,8 +92,20 @@ def _message_bytes(message: MessageInfo, run_blocking: Callable[..., Any]) -> de
 
 
 async def _lookups(resolver: Any, names: Sequence[str]) -> dict[str, Answer]:
-    answers = await defer.gatherResults([resolver.lookup(name, "TXT") for name in names])
-    return dict(zip(names, answers, strict=True))
+    """The TXT answers for *names*: from the resolver's cache when it has them, else asked in parallel."""
+    cached = getattr(resolver, "cached", None)
+    answers: dict[str, Answer] = {}
+    missing = []
+    for name in names:
+        answer = cached(Question(name, "TXT")) if cached is not None else None
+        if answer is None:
+            missing.append(name)
+        else:
+            answers[name] = answer
+    if missing:
+        fetched = await defer.gatherResults([resolver.lookup(name, "TXT") for name in missing])
+        answers.update(zip(missing, fetched, strict=True))
+    return answers
 
 
 def _spf_result(outcome: spf.SPFOutcome, ptype_property: str, value: str) -> AuthResult:

@@ -56,6 +56,37 @@ def _implements(policy: Any, method: str) -> bool:
     return callable(getattr(policy, method, None))
 
 
+def _result_now(d: defer.Deferred[Any]) -> Any:
+    """
+    The result of *d* if it has fired already (a value or a Failure, which
+    is then handled), else *d* itself, still usable: a policy that answers
+    from caches in a coroutine costs no trip through the coroutine machinery.
+    """
+    box: list[Any] = []
+
+    def grab(result: Any) -> Any:
+        box.append(result)
+        return result
+
+    d.addBoth(grab)
+    if not box:
+        return d
+    if isinstance(box[0], Failure):
+        d.addErrback(lambda _: None)  # handled by the caller
+    return box[0]
+
+
+def _record_iprev(session: SessionInfo, result: Any) -> None:
+    """Put an :class:`~txmail.policy.iprev.IprevResult` into *session* (name, result, auth_results)."""
+    from txmail.policy.authres import AuthResult
+
+    session.client_name = result.name
+    session.iprev = result.result
+    session.auth_results.append(
+        AuthResult("iprev", result.result, properties=(("policy", "iprev", session.client_address),))
+    )
+
+
 def _name(policy: Any) -> str:
     return getattr(policy, "name", None) or type(policy).__name__
 
@@ -131,7 +162,15 @@ class PolicyEngine:
             and session.client_address
             and not session.trusted
         ):
-            return self._limited(stage, session, self._run(stage, session, args, 0, ACCEPT, reverse_dns=True))
+            found = _result_now(drive(check_iprev(session.client_address), self.resolver))
+            if isinstance(found, defer.Deferred):
+                return self._limited(
+                    stage, session, self._run(stage, session, args, 0, ACCEPT, reverse_dns=found)
+                )
+            if isinstance(found, Failure):
+                self.log.failure("reverse DNS of {peer} failed", failure=found, peer=session.client_address)
+            else:
+                _record_iprev(session, found)
         verdict = ACCEPT
         calls = self._calls[stage]
         for index, (policy, method) in enumerate(calls):
@@ -142,9 +181,13 @@ class PolicyEngine:
             except Exception:
                 result = self._failed(stage, policy, session)
             if isinstance(result, defer.Deferred):
-                return self._limited(
-                    stage, session, self._run(stage, session, args, index, verdict, pending=result)
-                )
+                result = _result_now(result)
+                if isinstance(result, defer.Deferred):
+                    return self._limited(
+                        stage, session, self._run(stage, session, args, index, verdict, pending=result)
+                    )
+                if isinstance(result, Failure):
+                    result = self._failed(stage, policy, session, result)
             verdict, refused = self._combine(stage, policy, session, verdict, result)
             if refused:
                 break
@@ -161,11 +204,14 @@ class PolicyEngine:
         verdict: Verdict,
         *,
         pending: defer.Deferred[Any] | None = None,
-        reverse_dns: bool = False,
+        reverse_dns: defer.Deferred[Any] | None = None,
     ) -> Verdict:
-        """The rest of :meth:`run` from the policy at *start*, whose answer may be *pending*."""
-        if reverse_dns:
-            await self._reverse_dns(session)
+        """
+        The rest of :meth:`run` from the policy at *start*, whose answer may
+        be *pending*, after the reverse DNS check *reverse_dns* if given.
+        """
+        if reverse_dns is not None:
+            await self._reverse_dns(session, reverse_dns)
         for policy, method in self._calls[stage][start:]:
             if verdict.final and not getattr(policy, "always", False) and pending is None:
                 continue
@@ -203,11 +249,13 @@ class PolicyEngine:
 
         return d.addErrback(timed_out)
 
-    def _failed(self, stage: Stage, policy: Any, session: SessionInfo) -> Verdict:
-        """Log the exception being handled; the stage's temporary failure."""
+    def _failed(
+        self, stage: Stage, policy: Any, session: SessionInfo, failure: Failure | None = None
+    ) -> Verdict:
+        """Log *failure* (default: the exception being handled); the stage's temporary failure."""
         self.log.failure(
             "policy {policy} failed at {stage} for {peer}",
-            failure=Failure(),
+            failure=failure if failure is not None else Failure(),
             policy=_name(policy),
             stage=stage.value,
             peer=session.client_address,
@@ -251,21 +299,16 @@ class PolicyEngine:
             ip = ip.ipv4_mapped
         return any(ip.version == n.version and ip in n for n in self.trusted_networks)
 
-    async def _reverse_dns(self, session: SessionInfo) -> None:
-        from txmail.policy.authres import AuthResult
-
+    async def _reverse_dns(self, session: SessionInfo, pending: defer.Deferred[Any]) -> None:
+        """Wait for the reverse DNS check *pending* and record its result in *session*."""
         try:
-            result = await drive(check_iprev(session.client_address), self.resolver)
+            result = await pending
         except defer.CancelledError:
             raise
         except Exception:
             self.log.failure("reverse DNS of {peer} failed", failure=Failure(), peer=session.client_address)
             return
-        session.client_name = result.name
-        session.iprev = result.result
-        session.auth_results.append(
-            AuthResult("iprev", result.result, properties=(("policy", "iprev", session.client_address),))
-        )
+        _record_iprev(session, result)
 
     def closed(self, session: SessionInfo) -> None:
         """Tell the policies that the connection of *session* ended."""
