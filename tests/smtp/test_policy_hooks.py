@@ -285,8 +285,9 @@ class AdapterPolicyTests(ServerTestCase):
             "a", self.calls, {"connect": Verdict.accept(final=True), "mail": Verdict.reject("550 5.7.1 No")}
         )
         b = Recorder("b", self.calls)
-        c = Always("c", self.calls)
-        proto, _ = self.connect(policies=[a, b, c])
+        c = Always("c", self.calls, {"connect": Verdict.add_header("X-C", "1")})
+        d = Recorder("d", self.calls)
+        proto, _ = self.connect(policies=[a, b, c, d])
         proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@r.test>\r\n")
         self.assertEqual(
             [call[:2] for call in self.calls if call[1] in ("connect", "mail")],

@@ -29,7 +29,7 @@ from txmail.policy.iprev import check_iprev
 from txmail.resolver import drive
 from txmail.smtp.codes import Reply
 
-__all__ = ["FAILURE_REPLIES", "PolicyEngine"]
+__all__ = ["FAILURE_REPLIES", "PolicyEngine", "result_now"]
 
 #: What a stage answers when a policy fails (RFC 3463: 4.3.0 other mail
 #: system status, 4.7.0 other security status).
@@ -56,7 +56,7 @@ def _implements(policy: Any, method: str) -> bool:
     return callable(getattr(policy, method, None))
 
 
-def _result_now(d: defer.Deferred[Any]) -> Any:
+def result_now(d: defer.Deferred[Any]) -> Any:
     """
     The result of *d* if it has fired already (a value or a Failure, which
     is then handled), else *d* itself, still usable: a policy that answers
@@ -127,6 +127,7 @@ class PolicyEngine:
         self.role = role
         self.timeout = timeout
         self.trusted_networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
+        self._trusted: dict[str, bool] = {}  # address -> is_trusted, for the addresses seen lately
         self.clock = clock
         self.resolver = resolver
         self.policies = tuple(p for p in policies if role in getattr(p, "roles", (role,)))
@@ -151,10 +152,17 @@ class PolicyEngine:
         """
         Ask the policies of *stage* in order; fires with the combined
         verdict once its delay has passed.  Never fails.
+        """
+        verdict = self.decide(stage, session, *args)
+        return verdict if isinstance(verdict, defer.Deferred) else defer.succeed(verdict)
 
-        Policies that answer at once (no Deferred, no delay: most of them,
-        most of the time) are run in a plain loop; the first Deferred or a
-        reverse DNS lookup switches to the coroutine.
+    def decide(self, stage: Stage, session: SessionInfo, *args: Any) -> Verdict | defer.Deferred[Verdict]:
+        """
+        :meth:`run`, but the combined verdict itself when every policy
+        answered at once and there is no delay (most stages, most of the
+        time): policies are run in a plain loop, and the first one that
+        answers later (or a reverse DNS lookup the cache cannot answer)
+        switches to a coroutine.
         """
         if (
             stage is Stage.CONNECT
@@ -162,7 +170,7 @@ class PolicyEngine:
             and session.client_address
             and not session.trusted
         ):
-            found = _result_now(drive(check_iprev(session.client_address), self.resolver))
+            found = result_now(drive(check_iprev(session.client_address), self.resolver))
             if isinstance(found, defer.Deferred):
                 return self._limited(
                     stage, session, self._run(stage, session, args, 0, ACCEPT, reverse_dns=found)
@@ -181,7 +189,7 @@ class PolicyEngine:
             except Exception:
                 result = self._failed(stage, policy, session)
             if isinstance(result, defer.Deferred):
-                result = _result_now(result)
+                result = result_now(result)
                 if isinstance(result, defer.Deferred):
                     return self._limited(
                         stage, session, self._run(stage, session, args, index, verdict, pending=result)
@@ -193,7 +201,7 @@ class PolicyEngine:
                 break
         if verdict.delay > 0:
             return task.deferLater(self.clock, verdict.delay, lambda: verdict)
-        return defer.succeed(verdict)
+        return verdict
 
     async def _run(
         self,
@@ -291,6 +299,14 @@ class PolicyEngine:
 
     def is_trusted(self, address: str) -> bool:
         """Whether *address* is in the trusted networks (an IPv4-mapped IPv6 address counts as IPv4)."""
+        known = self._trusted.get(address)
+        if known is None:
+            if len(self._trusted) >= 4096:
+                self._trusted.clear()
+            known = self._trusted[address] = self._in_trusted_networks(address)
+        return known
+
+    def _in_trusted_networks(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

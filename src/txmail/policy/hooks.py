@@ -227,13 +227,17 @@ class Verdict:
 
     def then(self, later: Verdict) -> Verdict:
         """This verdict followed by *later*'s (see the module notes)."""
+        if self == ACCEPT:
+            return later
+        if later == ACCEPT:
+            return self
         return Verdict(
             reply=later.reply,
             delay=self.delay + later.delay,
             headers=self.headers + later.headers,
             folder=later.folder if later.folder is not None else self.folder,
             edits=self.edits + later.edits,
-            final=later.final,
+            final=self.final or later.final,
         )
 
 

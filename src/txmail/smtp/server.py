@@ -510,7 +510,11 @@ class SMTPServerProtocol(SessionProtocol):
         """
         engine = self.factory.policy
         assert engine is not None
-        d = engine.run(stage, self.info, *args)
+        d = engine.decide(stage, self.info, *args)
+        if isinstance(d, Verdict):
+            # Decided at once (most stages, most of the time): no Deferred round.
+            decided(d)
+            return
 
         def ran(verdict: Verdict) -> None:
             if not self._lost:
