@@ -198,3 +198,27 @@ class MailAuthenticationTests(TestCase):
         self.assertEqual(len(aar), 1)
         self.assertIn(b"mx.receiver.test", aar[0])
         self.assertIn(b"dmarc=pass", aar[0])
+
+    @defer.inlineCallbacks
+    def test_bounce_is_signed(self) -> Any:
+        """A bounce the sender writes for a refused recipient is DKIM-signed with its domain's keys."""
+        yield self.submit(
+            ["nobody@receiver.test"], MESSAGE.replace(b"bob@receiver.test", b"nobody@receiver.test")
+        )
+        yield wait_for(lambda: maildir_files(self.sender, "alice@sender.test") != [])
+        [path] = maildir_files(self.sender, "alice@sender.test")
+        data = read(path)
+        top = header(data)
+        self.assertIn(b"From: Mail Delivery System <MAILER-DAEMON@mx.sender.test>", top)
+        signatures = [line for line in top.split(b"\r\n") if line.startswith(b"DKIM-Signature:")]
+        self.assertEqual(len(signatures), 2)
+        self.assertTrue(all(b"d=sender.test;" in line for line in signatures), signatures)
+        from txmail.dnsdata import DictAnswers, Question
+
+        names = {
+            "rsa._domainkey.sender.test": SENDER_RSA_RECORD,
+            "ed._domainkey.sender.test": SENDER_ED_RECORD,
+        }
+        answers = {n: DictAnswers({(n, "TXT"): [r]}).answer(Question(n, "TXT")) for n, r in names.items()}
+        signed = data.split(b"\r\n", 1)[1]  # without the Return-Path of final delivery
+        self.assertEqual(sorted(r.result for r in dkim.verify(signed, answers)), ["pass", "pass"])
