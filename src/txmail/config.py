@@ -27,6 +27,9 @@ The file format (every key optional)::
     command_timeout = 300
     data_timeout = 600
 
+    [lmtp]
+    listen = ["unix:/run/txmail/lmtp"]   # LMTP listeners (RFC 2033; none by default): TCP or UNIX socket
+
     [pop3]
     listen = ["tcp:110", "ssl:995"]      # POP3 listeners (none by default); ssl: = implicit TLS
     idle_timeout = 600                   # seconds (RFC 1939 section 3: at least 10 minutes)
@@ -110,6 +113,7 @@ class Settings:
     max_recipients: int = 100
     command_timeout: float = 300.0
     data_timeout: float = 600.0
+    lmtp: tuple[str, ...] = ()
     pop3: tuple[str, ...] = ()
     pop3_idle_timeout: float = 600.0
     imap: tuple[str, ...] = ()
@@ -182,6 +186,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("smtp", "max_recipients"): "max_recipients",
     ("smtp", "command_timeout"): "command_timeout",
     ("smtp", "data_timeout"): "data_timeout",
+    ("lmtp", "listen"): "lmtp",
     ("pop3", "listen"): "pop3",
     ("pop3", "idle_timeout"): "pop3_idle_timeout",
     ("imap", "listen"): "imap",
@@ -289,7 +294,7 @@ def _validate(values: dict[str, Any]) -> Settings:
                 out[f.name] = parse_policy_config(value)
             else:
                 raise ConfigError("policy must be a PolicyConfig or a mapping of its tables")
-        elif f.name in ("smtp", "submission", "pop3", "imap"):
+        elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "resolvers":
             out[f.name] = _str_list(f.name, value)
@@ -365,7 +370,7 @@ def _validate(values: dict[str, Any]) -> Settings:
         path = getattr(settings, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
-    for endpoint in settings.smtp + settings.submission + settings.pop3 + settings.imap:
+    for endpoint in settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap:
         if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
             raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
     return settings

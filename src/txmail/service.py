@@ -137,7 +137,8 @@ class ListenerService(service.Service):
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             host = port.getHost()
-            self.log.info("{role} listening on {host}:{port}", role=self.role, host=host.host, port=host.port)
+            where = getattr(host, "name", None) if not hasattr(host, "port") else f"{host.host}:{host.port}"
+            self.log.info("{role} listening on {where}", role=self.role, where=where)
             return port
 
         d.addCallback(listening)
@@ -205,6 +206,8 @@ class MailServer(service.MultiService):
         if port is None:
             raise RuntimeError(f"{role} listener {index} is not listening")
         host = port.getHost()
+        if not hasattr(host, "port"):
+            raise RuntimeError(f"{role} listener {index} is not on TCP: {host}")
         return host.host, host.port
 
 
@@ -404,13 +407,15 @@ def build_service(
         command_timeout=settings.command_timeout,
         data_timeout=settings.data_timeout,
     )
-    for role, endpoints in (("mta", settings.smtp), ("submission", settings.submission)):
+    for role, endpoints in (("mta", settings.smtp), ("submission", settings.submission), ("lmtp", settings.lmtp)):
         for description in endpoints:
+            # LMTP (RFC 2033) serves an MTA in front of us on a local socket: no AUTH,
+            # no relaying (the router refuses remote recipients without AUTH).
             factory = SMTPFactory(
                 role=role,
                 hostname=settings.hostname,
                 router=router,
-                authenticator=authenticator,
+                authenticator=authenticator if role != "lmtp" else None,
                 directory=directory,
                 spool_dir=spool_dir,
                 tls_context=tls,

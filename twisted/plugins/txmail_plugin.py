@@ -50,6 +50,7 @@ class Options(usage.Options):
         self["domain"] = []
         self["smtp"] = []
         self["submission"] = []
+        self["lmtp"] = []
         self["pop3"] = []
         self["imap"] = []
         self["resolver"] = []
@@ -66,6 +67,10 @@ class Options(usage.Options):
         """Submission listener endpoint (repeatable). Default tcp:2587:interface=127.0.0.1."""
         self["submission"].append(endpoint)
 
+    def opt_lmtp(self, endpoint: str) -> None:
+        """LMTP listener endpoint (repeatable), e.g. unix:/run/txmail/lmtp or tcp:24. Default none."""
+        self["lmtp"].append(endpoint)
+
     def opt_pop3(self, endpoint: str) -> None:
         """POP3 listener endpoint (repeatable), e.g. tcp:110 or ssl:995. Default none."""
         self["pop3"].append(endpoint)
@@ -75,7 +80,7 @@ class Options(usage.Options):
         self["imap"].append(endpoint)
 
     def opt_resolver(self, address: str) -> None:
-        """DNS server HOST:PORT for MX lookups (repeatable). Default the system's."""
+        """DNS server HOST:PORT for MX lookups and the policy checks (repeatable). Default the system's."""
         self["resolver"].append(address)
 
     def postOptions(self) -> None:
@@ -88,6 +93,7 @@ class Options(usage.Options):
             "domains": self["domain"],
             "smtp": self["smtp"],
             "submission": self["submission"],
+            "lmtp": self["lmtp"],
             "pop3": self["pop3"],
             "imap": self["imap"],
             "tls_cert": self["tls-cert"],

@@ -108,6 +108,7 @@ __all__ = [
     "SMTPServerProtocol",
     "SpoolFiles",
     "clean_spool",
+    "lmtp_replies",
     "received_header",
     "reply_for_report",
 ]
@@ -171,6 +172,31 @@ def reply_for_report(report: DeliveryReport, message_id: str) -> Reply:
         if reply.code // 100 == default.code // 100:
             return reply
     return default
+
+
+def lmtp_replies(report: DeliveryReport, recipients: Sequence[str], message_id: str) -> list[Reply]:
+    """
+    The LMTP replies to the end of the data (RFC 2033 section 4.2): one per
+    accepted recipient, in the order of the RCPT commands (a recipient
+    given twice gets its result twice), each naming its recipient.  A
+    recipient the router has no result for fails temporarily.
+    """
+    results: dict[str, RecipientResult] = {}
+    for result in report.results:
+        results.setdefault(result.recipient, result)
+    replies = []
+    for rcpt in recipients:
+        result = results.get(rcpt)
+        if result is not None and result.ok:
+            replies.append(codes.OK.with_text(f"<{rcpt}> delivered as {message_id}"))
+            continue
+        temporary = result is None or result.temporary
+        default = codes.LOCAL_ERROR if temporary else codes.TRANSACTION_FAILED
+        reply = Reply.parse(result.reply, default) if result is not None else default
+        if reply.is_positive or reply.code // 100 != default.code // 100:
+            reply = default
+        replies.append(reply.with_text(f"<{rcpt}> {reply.text}"))
+    return replies
 
 
 def _create_spool_files(directory: str, count: int) -> list[tuple[str, IO[bytes]]]:
@@ -871,7 +897,9 @@ class SMTPServerProtocol(SessionProtocol):
             )
             if self._lost:
                 return
-            if reply.is_positive:
+            if session.role == "lmtp":
+                session.accept(lmtp_replies(report, envelope.rcpt_to, message_id))
+            elif reply.is_positive:
                 session.accept(reply)
             else:
                 session.reject(reply)

@@ -103,7 +103,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,7 @@ __all__ = [
     "SENDER_NOT_OWNED",
     "SEQUENCE_REPLIES",
     "SESSION_ROLES",
+    "USE_LHLO",
     "MailTransaction",
     "SMTPLimits",
     "ServerSession",
@@ -161,7 +162,13 @@ CHECKS = frozenset({"connect", "helo", "auth"})
 
 #: ``mta``: port 25, anyone may send to local recipients.  ``submission``:
 #: port 587/465, AUTH is required before MAIL (RFC 6409 section 4.3).
-SESSION_ROLES = ("mta", "submission")
+#: ``lmtp``: LMTP (RFC 2033) for an MTA in front of us: LHLO instead of
+#: EHLO/HELO, and one reply per recipient at the end of the data.
+SESSION_ROLES = ("mta", "submission", "lmtp")
+
+#: The reply to EHLO/HELO on an LMTP connection (RFC 2033 section 4.1: the
+#: client greets with LHLO; SMTP's greetings are not LMTP commands).
+USE_LHLO = Reply(500, "5.5.1", "This is LMTP: use LHLO")
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ _COMMAND_STATES = frozenset({State.CONNECTED, State.GREETED, State.MAIL, State.R
 ALLOWED_STATES: dict[str, frozenset[State]] = {
     "EHLO": _COMMAND_STATES,
     "HELO": _COMMAND_STATES,
+    "LHLO": _COMMAND_STATES,
     # MAIL before EHLO/HELO is tolerated (the client's MUST, not ours; Postfix's
     # default smtpd_helo_required=no), except after STARTTLS: see _do_mail.
     "MAIL": frozenset({State.CONNECTED, State.GREETED}),
@@ -439,7 +447,7 @@ class ServerSession(LineSession[Event, Reply]):
     # -- public API ----------------------------------------------------------
 
     def _greeting(self) -> Reply:
-        return Reply(220, "", f"{self.hostname} ESMTP txmail")
+        return Reply(220, "", f"{self.hostname} {'LMTP' if self.role == 'lmtp' else 'ESMTP'} txmail")
 
     @property
     def in_data(self) -> bool:
@@ -452,9 +460,12 @@ class ServerSession(LineSession[Event, Reply]):
         The ``with`` keyword of our ``Received:`` field (RFC 3848, RFC 6531
         section 3.7.3): SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTP...
         """
-        if not self.extended:
+        if self.role == "lmtp":
+            base = "LMTP"
+        elif not self.extended:
             return "SMTP"
-        base = "UTF8SMTP" if self.transaction is not None and self.transaction.smtputf8 else "ESMTP"
+        else:
+            base = "UTF8SMTP" if self.transaction is not None and self.transaction.smtputf8 else "ESMTP"
         return base + ("S" if self.tls else "") + ("A" if self.authenticated_user else "")
 
     def mechanisms(self) -> tuple[str, ...]:
@@ -488,7 +499,9 @@ class ServerSession(LineSession[Event, Reply]):
 
         Args:
             result: for ``DataComplete``, the reply to send (default
-                ``250 2.0.0 OK``); for ``AuthStep``, the ``Challenge``,
+                ``250 2.0.0 OK``) -- on an LMTP session, a sequence of
+                replies, one per accepted recipient in order (RFC 2033
+                section 4.2), or one reply for them all; for ``AuthStep``, the ``Challenge``,
                 ``Succeeded`` or ``Failed`` the authenticator returned;
                 unused otherwise.
 
@@ -517,7 +530,7 @@ class ServerSession(LineSession[Event, Reply]):
                 self._decoder = DataDecoder()
                 self._send(codes.START_MAIL_INPUT)
         elif isinstance(event, DataComplete):
-            self._end_transaction(result if isinstance(result, Reply) else codes.OK)
+            self._end_transaction(result if isinstance(result, Reply | tuple | list) else codes.OK)
         elif isinstance(event, AuthStep):
             self._authenticator_result(result)
         elif isinstance(event, StartTLS):
@@ -627,10 +640,25 @@ class ServerSession(LineSession[Event, Reply]):
         if self.state is not State.CLOSED:
             self.state = State.GREETED if self.helo is not None else State.CONNECTED
 
-    def _end_transaction(self, reply: Reply) -> None:
+    def _end_transaction(self, reply: Reply | Sequence[Reply]) -> None:
+        """
+        End the transaction with *reply*.  On LMTP the end of the data is
+        answered once per accepted recipient (RFC 2033 section 4.2): *reply*
+        is then sent that many times, or is the sequence of those replies.
+
+        Raises:
+            ValueError: a sequence of replies whose length is not the
+                number of recipients (the caller's mistake).
+        """
+        tx = self.transaction
+        count = len(tx.rcpt_to) if self.role == "lmtp" and tx is not None and tx.rcpt_to else 1
+        replies = [reply] * count if isinstance(reply, Reply) else list(reply)
+        if len(replies) != count:
+            raise ValueError(f"{len(replies)} replies for {count} recipient(s)")
         self.transaction = None
-        self._reset_transaction(reply)
-        self._send(reply)
+        self._reset_transaction(replies[0])
+        for r in replies:
+            self._send(r)
 
     def _reset_for_tls(self) -> None:
         """RFC 3207 section 4.2: forget everything the client said before TLS."""
@@ -658,6 +686,10 @@ class ServerSession(LineSession[Event, Reply]):
             return
         verb, arg = split
         arg = arg.strip(" ")
+        if (verb == "LHLO") != (self.role == "lmtp") and verb in ("LHLO", "EHLO", "HELO"):
+            # LHLO only on LMTP, EHLO/HELO never there (RFC 2033 section 4.1).
+            self._protocol_error(USE_LHLO if self.role == "lmtp" else codes.SYNTAX_ERROR)
+            return
         if self.refused and verb != "QUIT":
             # RFC 5321 section 3.1: after a 554 greeting, "the server ...
             # SHOULD respond to any intervening commands with 503".
@@ -679,6 +711,9 @@ class ServerSession(LineSession[Event, Reply]):
     # -- commands --------------------------------------------------------------
 
     def _do_ehlo(self, arg: str) -> None:
+        self._greet(arg, extended=True)
+
+    def _do_lhlo(self, arg: str) -> None:
         self._greet(arg, extended=True)
 
     def _do_helo(self, arg: str) -> None:
@@ -713,8 +748,11 @@ class ServerSession(LineSession[Event, Reply]):
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
             "CHUNKING",
-            "DSN",
         ]
+        if self.role != "lmtp":
+            # RFC 2033 section 4.3 leaves DSN to the LMTP server; Dovecot does
+            # not offer it either, and the delivering MTA keeps the envelope.
+            lines.append("DSN")
         if self.tls_available and not self.tls:
             lines.append("STARTTLS")
         mechanisms = self.mechanisms()
@@ -1060,6 +1098,7 @@ class ServerSession(LineSession[Event, Reply]):
 _HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
     "EHLO": ServerSession._do_ehlo,
     "HELO": ServerSession._do_helo,
+    "LHLO": ServerSession._do_lhlo,
     "MAIL": ServerSession._do_mail,
     "RCPT": ServerSession._do_rcpt,
     "DATA": ServerSession._do_data,

@@ -1,0 +1,1 @@
+LMTP (RFC 2033) for an MTA in front of txmail: `--lmtp unix:/run/txmail/lmtp` (or `[lmtp] listen`) greets with LHLO and answers the end of the data once per recipient, so txmail can replace Dovecot's LMTP behind Postfix.
