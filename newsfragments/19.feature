@@ -1,1 +1,2 @@
 LMTP (RFC 2033) for an MTA in front of txmail: `--lmtp unix:/run/txmail/lmtp` (or `[lmtp] listen`) greets with LHLO and answers the end of the data once per recipient, so txmail can replace Dovecot's LMTP behind Postfix.
+Policies and milters can replace the body, discard a message after accepting it, or put it on hold: held messages wait in the queue (recipients in state `held`) until `txmail queue release ID|--all`, like Postfix's hold queue.

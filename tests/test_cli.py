@@ -440,6 +440,31 @@ class QueueCommandTests(CLITestCase):
         self.assertIn(f"no queue entry {self.queue_id}", self.stderr.getvalue())
         self.assertEqual(self.txmail("queue", "show", "NOPE", "--data-dir", self.data_dir), 1)
 
+    def test_release(self) -> None:
+        """release lets a held (quarantined) message go: its recipients become pending; show says why it was held."""
+        from txmail.delivery.queue import SpoolQueue
+        from txmail.model import Envelope, MessageFile
+
+        queue = SpoolQueue(self.queue_dir)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"Subject: x\r\n\r\nbody\r\n")
+        results: list[str] = []
+        envelope = Envelope("alice@example.test", ("c@remote.test",), hold="milter rspamd: quarantine")
+        queue.enqueue(envelope, MessageFile(path, 20), envelope.rcpt_to).addCallback(results.append)
+        held = results[0]
+        self.assertEqual(self.txmail("queue", "show", held, "--data-dir", self.data_dir), 0)
+        self.assertIn("held for:  milter rspamd: quarantine", self.stdout.getvalue())
+        self.assertIn("<c@remote.test>: held", self.stdout.getvalue())
+        self.assertEqual(self.txmail("queue", "release", "--data-dir", self.data_dir), 1)
+        self.assertIn("give a queue ID or --all", self.stderr.getvalue())
+        self.assertEqual(self.txmail("queue", "release", held, "--data-dir", self.data_dir), 0)
+        self.assertIn("1 held recipient(s) released", self.stdout.getvalue())
+        with open(os.path.join(self.queue_dir, f"{held}.json")) as f:
+            self.assertEqual(json.load(f)["recipients"]["c@remote.test"]["state"], "pending")
+        self.assertEqual(self.txmail("queue", "release", "--all", "--data-dir", self.data_dir), 0)
+        self.assertIn("0 held recipient(s) released", self.stdout.getvalue())
+
     def test_no_queue(self) -> None:
         """A data directory without a queue is reported, not created."""
         empty = self.mktemp()

@@ -16,6 +16,7 @@ configuration check, DKIM keys and the DNS records of a mail domain.
     txmail queue show ID
     txmail queue flush                      (every deferred recipient due now)
     txmail queue delete ID
+    txmail queue release ID|--all           (held messages: deliver them)
     txmail dkim keygen DOMAIN --selector S --algorithm ed25519|rsa [--bits 2048] [--out PATH] [--force]
     txmail dns-records DOMAIN [--check] [--resolver HOST:PORT ...]
 
@@ -30,7 +31,9 @@ server: ``flush`` makes every deferred recipient due now by rewriting the
 entries' files; a running server sees that at its next queue pass (at most
 ``[outbound] poll_interval`` seconds, 30 by default) and tries them then.
 ``delete`` removes an entry for good (no bounce is sent); an attempt already
-in flight for it finishes but is not recorded.
+in flight for it finishes but is not recorded.  A message a policy or
+milter quarantined waits with its recipients ``held`` (Postfix's hold
+queue) until ``release`` lets them go, at the next queue pass.
 
 ``dkim keygen`` writes a new private key (mode 0600, never over an existing
 file unless ``--force``) to ``<data-dir>/dkim/<domain>.<selector>.key`` or
@@ -315,6 +318,8 @@ def _queue_show(args: argparse.Namespace) -> None:
     _out(f"sender:    <{env.mail_from}>")
     if env.authenticated_user:
         _out(f"auth user: {env.authenticated_user}")
+    if env.hold:
+        _out(f"held for:  {env.hold}")
     if env.mail_params:
         _out("params:    " + " ".join(f"{k}={v}" if v is not None else k for k, v in env.mail_params.items()))
     for rcpt, fields in entry.recipients.items():
@@ -329,6 +334,13 @@ def _queue_show(args: argparse.Namespace) -> None:
 def _queue_flush(args: argparse.Namespace) -> None:
     count = _now(_queue(args).flush())
     _out(f"{count} deferred recipient(s) due now; a running server tries them at its next queue pass")
+
+
+def _queue_release(args: argparse.Namespace) -> None:
+    if (args.queue_id is None) == (not args.all):
+        raise CLIError("give a queue ID or --all")
+    count = _now(_queue(args).release(args.queue_id))
+    _out(f"{count} held recipient(s) released; a running server tries them at its next queue pass")
 
 
 def _queue_delete(args: argparse.Namespace) -> None:
@@ -628,6 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = queue.add_parser("delete", parents=[common], help="delete a queued message (no bounce)")
     p.add_argument("queue_id", metavar="ID")
     p.set_defaults(func=_queue_delete)
+    p = queue.add_parser(
+        "release", parents=[common], help="release a held (quarantined) message, or every one with --all"
+    )
+    p.add_argument("queue_id", metavar="ID", nargs="?")
+    p.add_argument("--all", action="store_true", help="release every held message")
+    p.set_defaults(func=_queue_release)
 
     p = commands.add_parser("check-config", help="validate a configuration file")
     p.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")

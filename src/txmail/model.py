@@ -354,6 +354,9 @@ class Envelope:
         message_id: a server-assigned id for logs and trace headers.
         folder: the folder local recipients get the message in (a policy's
             choice, such as ``"Junk"``); ``None`` for their INBOX.
+        hold: why the message is on hold (a policy's or milter's
+            quarantine): every recipient waits in the queue, in the state
+            ``held``, until an administrator releases it; ``None`` normally.
     """
 
     mail_from: str
@@ -368,6 +371,7 @@ class Envelope:
     protocol: str = "ESMTP"
     message_id: str = ""
     folder: str | None = None
+    hold: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,3 +132,38 @@ class SpoolQueueTests(SynchronousTestCase):
         """Enqueueing for nobody is an error, not an empty entry."""
         self.failureResultOf(self.queue.enqueue(ENVELOPE, make_message(self), []), QueueError)
         self.assertEqual(os.listdir(self.dir), [])
+
+
+class HoldTests(SynchronousTestCase):
+    """A message with a hold reason waits with every recipient ``held`` until released."""
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.queue = SpoolQueue(self.dir, now=lambda: 1700000000.0)
+        self.woken: list[str] = []
+        self.queue.add_listener(self.woken.append)
+
+    def test_held_then_released(self) -> None:
+        """Held recipients survive a restart with the reason; release makes them pending and wakes the runner."""
+        envelope = Envelope("a@x.test", ("b@remote.test",), hold="milter: quarantined")
+        qid = self.successResultOf(self.queue.enqueue(envelope, make_message(self), ["b@remote.test"]))
+        reloaded = SpoolQueue(self.dir)
+        entry = self.successResultOf(reloaded.get_entry(qid))
+        self.assertEqual(entry.envelope.hold, "milter: quarantined")
+        self.assertEqual(entry.recipients["b@remote.test"]["state"], "held")
+        reloaded.add_listener(self.woken.append)
+        self.woken.clear()
+        self.assertEqual(self.successResultOf(reloaded.release(qid)), 1)
+        self.assertEqual(self.woken, [qid])
+        again = SpoolQueue(self.dir)
+        self.assertEqual(self.successResultOf(again.get_entry(qid)).recipients["b@remote.test"]["state"], "pending")
+        self.assertEqual(self.successResultOf(again.release(qid)), 0)
+
+    def test_release_all_and_unknown(self) -> None:
+        """release() without an id releases every held entry; an unknown id is a QueueError."""
+        held = Envelope("a@x.test", ("b@remote.test",), hold="x")
+        self.successResultOf(self.queue.enqueue(held, make_message(self), ["b@remote.test", "c@remote.test"]))
+        self.successResultOf(self.queue.enqueue(held, make_message(self), ["d@remote.test"]))
+        self.successResultOf(self.queue.enqueue(ENVELOPE, make_message(self), ["e@remote.test"]))
+        self.assertEqual(self.successResultOf(self.queue.release()), 3)
+        self.failureResultOf(self.queue.release("NOPE"), QueueError)

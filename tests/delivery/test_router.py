@@ -257,6 +257,37 @@ class SuccessNoticeTests(SynchronousTestCase):
         self.assertEqual(self.inbox("bob@example.test"), [])
 
 
+class HoldTests(RouterTestBase):
+    """A message on hold (Envelope.hold) goes whole into the queue, every recipient held."""
+
+    def test_every_copy_held(self) -> None:
+        """Local users, alias targets and remote recipients are queued held; no mailbox gets a copy; unknown users still fail."""
+        envelope = dataclasses.replace(
+            self.envelope(
+                "team@example.test", "fwd@example.test", "someone@else.test", "nobody@example.test"
+            ),
+            hold="milter: quarantine",
+        )
+        report = self.successResultOf(self.router.deliver(envelope, self.message))
+        self.assertEqual(
+            [(r.recipient, r.ok) for r in report.results],
+            [
+                ("team@example.test", True),
+                ("fwd@example.test", True),
+                ("someone@else.test", True),
+                ("nobody@example.test", False),
+            ],
+        )
+        self.assertEqual(self.inbox("alice@example.test"), [])
+        (entry,) = self.successResultOf(self.queue.list_entries())
+        self.assertEqual(
+            sorted(entry.recipients),
+            ["alice@example.test", "bob@example.test", "someone@else.test", "someone@remote.test"],
+        )
+        self.assertEqual({st["state"] for st in entry.recipients.values()}, {"held"})
+        self.assertEqual(entry.envelope.hold, "milter: quarantine")
+
+
 class FolderTests(RouterTestBase):
     """A policy's folder choice (Envelope.folder) decides where local copies go."""
 

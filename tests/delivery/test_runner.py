@@ -258,6 +258,27 @@ class DeliveryTests(RunnerTestCase):
         self.assertEqual(policies, {"192.0.2.1": "opportunistic", "192.0.2.9": "verify"})
 
 
+class HoldTests(RunnerTestCase):
+    def test_held_entry_waits_until_released(self) -> None:
+        """Held recipients are neither tried nor dropped nor bounced; once released they are delivered."""
+        qid = self.enqueue(["a@remote.test", "b@example.test"], hold="milter: quarantine")
+        runner = self.runner()
+        self.pass_(runner)
+        self.clock.advance(10 * 86400)  # past give_up_after: still no bounce
+        self.pass_(runner)
+        self.assertEqual(self.smtp.calls, [])
+        self.assertEqual(self.router.delivered, [])
+        self.assertEqual({st["state"] for st in self.states(qid).values()}, {"held"})
+        self.successResultOf(self.queue.release(qid))
+        self.pass_(runner)
+        self.assertEqual(
+            [tuple(r for r, _ in c["recipients"]) for c in self.smtp.calls], [("a@remote.test",)]
+        )
+        [(envelope, _)] = self.router.delivered
+        self.assertEqual((envelope.rcpt_to, envelope.hold), (("b@example.test",), None))
+        self.assertEqual(self.entries(), [])
+
+
 class BounceTests(RunnerTestCase):
     def bounce(self) -> tuple[Envelope, email.message.Message]:
         [(envelope, data)] = self.router.delivered

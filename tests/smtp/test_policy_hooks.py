@@ -174,6 +174,14 @@ class VerdictTests(SynchronousTestCase):
         self.assertRaises(ValueError, header_field, "X A", "b")
         self.assertRaises(ValueError, header_field, "X:A", "b")
 
+    def test_milter_verdicts_combine(self) -> None:
+        """Body, discard and hold combine: the later body and hold win, a discard stays."""
+        v = Verdict.replace_body(b"a").then(Verdict.hold_message("x")).then(Verdict.replace_body(b"b\r"))
+        self.assertEqual((v.body, v.hold, v.discard), (b"b\r\n", "x", False))
+        self.assertTrue(Verdict.discard_message().then(Verdict.add_header("X-A", "1")).discard)
+        self.assertEqual(Verdict.replace_body(b"").body, b"")
+        self.assertEqual(Verdict.hold_message("  ").hold, "held by policy")
+
     def test_then(self) -> None:
         """Delays add up, headers accumulate in order, the last folder wins."""
         v = (
@@ -437,6 +445,49 @@ class AdapterPolicyTests(ServerTestCase):
         a = Recorder("a", self.calls, {"data": Verdict.deliver_to("Junk")})
         self.run_message(a)
         self.assertEqual(self.router.delivered[0][0].folder, "Junk")
+
+    def test_replace_body(self) -> None:
+        """A data verdict's body replaces the client's body; the header section and our trace fields stay."""
+        a = Recorder("a", self.calls, {"data": Verdict.replace_body(b"new\nbody")})
+        self.run_message(a)
+        _, data, message = self.router.delivered[0]
+        self.assertIn(b"\r\nSubject: hi\r\n\r\nnew\r\nbody\r\n", data)
+        self.assertNotIn(b"Hello", data)
+        self.assertTrue(data.startswith(b"Return-Path: "))
+        self.assertEqual(message.size, len(data))
+
+    def test_replace_body_of_large_message(self) -> None:
+        """A large message's body is replaced through the file copy."""
+        a = Recorder("a", self.calls, {"data": lambda: Verdict.replace_body(b"short\r\n")})
+        proto, _ = self.connect(policies=[a])
+        body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (KEEP_IN_MEMORY // 1000 + 50)
+        proto.dataReceived(b"EHLO c\r\nMAIL FROM:<s@r.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        proto.dataReceived(body + b".\r\n")
+        _, data, message = self.router.delivered[0]
+        self.assertTrue(data.endswith(b"\r\nSubject: big\r\n\r\nshort\r\n"), data[-100:])
+        self.assertEqual(message.size, len(data))
+        self.assertEqual(self.spool_files(), [])
+
+    def test_discard(self) -> None:
+        """A discarded message gets 250 and reaches no one; the spool is empty."""
+        a = Recorder("a", self.calls, {"data": Verdict.discard_message()})
+        _, transport = self.run_message(a)
+        self.assertTrue(self.take(transport)[-1].startswith(b"250 2.0.0 OK"))
+        self.assertEqual(self.router.delivered, [])
+        self.assertEqual(self.spool_files(), [])
+
+    def test_discard_at_rcpt_drops_the_message(self) -> None:
+        """A discard given at RCPT (as a milter may) takes effect at the end of data."""
+        a = Recorder("a", self.calls, {"rcpt": Verdict.discard_message()})
+        _, transport = self.run_message(a)
+        self.assertTrue(self.take(transport)[-1].startswith(b"250 "))
+        self.assertEqual(self.router.delivered, [])
+
+    def test_hold(self) -> None:
+        """A held message reaches the router with its hold reason in the envelope."""
+        a = Recorder("a", self.calls, {"data": Verdict.hold_message("milter: suspicious\r\n attachment")})
+        self.run_message(a)
+        self.assertEqual(self.router.delivered[0][0].hold, "milter: suspicious attachment")
 
     def test_data_refused(self) -> None:
         """A refusal at the end of data is the reply to the dot; nothing is delivered and the spool is empty."""

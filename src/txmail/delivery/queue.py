@@ -11,7 +11,11 @@ Implementation notes:
 * :meth:`SpoolQueue.enqueue` fires only once both files are durable: the SMTP
   server replies 250 after that.
 * Recipient states: ``pending`` (never tried), ``deferred`` (tried, will be
-  retried at ``next_attempt``), ``delivered``, ``failed``.  The relay that
+  retried at ``next_attempt``), ``delivered``, ``failed``, and ``held``: a
+  message whose envelope has a ``hold`` reason (a policy's or milter's
+  quarantine) is queued with every recipient held; nothing tries them
+  until :meth:`SpoolQueue.release` (``txmail queue release``) makes them
+  ``pending``.  The relay that
   works the queue (outbound delivery) updates them with
   :meth:`SpoolQueue.update_recipients`.
 * Index and state live in the reactor thread; only file work goes through
@@ -53,7 +57,7 @@ from txmail.model import Envelope, MessageFile, QueueEntry
 
 __all__ = ["RECIPIENT_STATES", "SpoolQueue"]
 
-RECIPIENT_STATES = ("pending", "deferred", "delivered", "failed")
+RECIPIENT_STATES = ("pending", "deferred", "delivered", "failed", "held")
 
 
 def _entry_to_json(entry: QueueEntry) -> bytes:
@@ -215,6 +219,43 @@ class SpoolQueue:
                 ds.append(self.update_recipients(entry.queue_id, changes))
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: count)
 
+    def release(self, queue_id: str | None = None) -> defer.Deferred[int]:
+        """
+        Release held recipients (``txmail queue release``): those of
+        *queue_id*, or of every entry when it is ``None``; they are tried at
+        the next queue pass.  Fires with the number of recipients released.
+
+        Raises (in the Deferred):
+            QueueError: no entry *queue_id*.
+        """
+        if queue_id is not None and queue_id not in self._entries:
+            return defer.fail(QueueError(f"no queue entry {queue_id}"))
+        ids = [queue_id] if queue_id is not None else list(self._entries)
+        ds = []
+        count = 0
+        for qid in ids:
+            entry = self._entries[qid]
+            changes = {
+                rcpt: {"state": "pending", "next_attempt": None}
+                for rcpt, fields in entry.recipients.items()
+                if fields.get("state") == "held"
+            }
+            if changes:
+                count += len(changes)
+                ds.append(self.update_recipients(qid, changes))
+        d = defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: count)
+
+        def wake(n: int) -> int:
+            for qid in ids:
+                for listener in list(self._listeners):
+                    try:
+                        listener(qid)
+                    except Exception:
+                        self.log.failure("queue listener failed")
+            return n
+
+        return d.addCallback(wake)
+
     def _new_id(self) -> str:
         return f"{int(self._now()):x}{secrets.token_hex(5)}".upper()
 
@@ -226,11 +267,12 @@ class SpoolQueue:
         if not rcpts:
             return defer.fail(QueueError("no recipients to queue"))
         queue_id = self._new_id()
+        state = "pending" if envelope.hold is None else "held"
         entry = QueueEntry(
             queue_id=queue_id,
             envelope=envelope,
             recipients={
-                r: {"state": "pending", "attempts": 0, "next_attempt": None, "last_error": None}
+                r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None}
                 for r in rcpts
             },
             size=message.size,

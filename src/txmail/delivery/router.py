@@ -423,6 +423,13 @@ class DeliveryRouter:
         remote = list(dict.fromkeys(r for _, rem in targets.values() for r in rem))
         if self.forwarding is None:
             forwarded = set()
+        if envelope.hold is not None:
+            # On hold: every copy (local ones too) waits in the queue until
+            # an administrator releases it; forwarded copies go out as
+            # ordinary relayed ones then.
+            held = users + remote
+            queued = bool(held) and (yield self._enqueue(envelope, message, held))
+            return _report_targets(targets, dict.fromkeys(held, queued))
         onward = [r for r in remote if r in forwarded]
         remote = [r for r in remote if r not in forwarded]
 
@@ -468,21 +475,7 @@ class DeliveryRouter:
             for addr in onward:
                 outcome[addr] = queued
 
-        results_out = []
-        for rcpt, (local, rem) in targets.items():
-            dests = local + rem
-            ok = bool(dests) and all(outcome.get(d, False) for d in dests)
-            reply = (
-                "250 2.0.0 OK"
-                if ok
-                else ("550 5.1.1 No such user here" if not dests else "451 4.3.0 Delivery failed")
-            )
-            results_out.append(
-                RecipientResult(
-                    rcpt, ok=ok, temporary=bool(dests) and not ok, reply=reply, detail=",".join(dests)
-                )
-            )
-        return DeliveryReport(tuple(results_out))
+        return _report_targets(targets, outcome)
 
     def _deliver_local(self, envelope: Envelope, message: MessageFile, user: str) -> defer.Deferred[int]:
         def got_mailbox(mailbox: Any) -> Any:
@@ -568,6 +561,30 @@ class DeliveryRouter:
             )
             return False
         return True
+
+
+def _report_targets(
+    targets: dict[str, tuple[list[str], list[str]]], outcome: dict[str, bool]
+) -> DeliveryReport:
+    """
+    The report of a delivery: a recipient succeeded when it has destinations
+    (local users, remote addresses) and each of them is in *outcome* as done.
+    """
+    results_out = []
+    for rcpt, (local, rem) in targets.items():
+        dests = local + rem
+        ok = bool(dests) and all(outcome.get(d, False) for d in dests)
+        reply = (
+            "250 2.0.0 OK"
+            if ok
+            else ("550 5.1.1 No such user here" if not dests else "451 4.3.0 Delivery failed")
+        )
+        results_out.append(
+            RecipientResult(
+                rcpt, ok=ok, temporary=bool(dests) and not ok, reply=reply, detail=",".join(dests)
+            )
+        )
+    return DeliveryReport(tuple(results_out))
 
 
 def _report_all(

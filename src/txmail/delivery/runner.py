@@ -98,6 +98,8 @@ _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 #: States in which a recipient still waits for delivery.
 _OPEN = ("pending", "deferred")
+#: An entry with a recipient in one of these states stays in the queue.
+_KEPT = (*_OPEN, "held")
 
 
 #: A stored RFC 3461 xtext value as text (see :func:`txmail.delivery.router.stored_xtext`).
@@ -321,7 +323,7 @@ class QueueRunner(service.Service):
             # message; a crash meanwhile sends it again, never loses it).
             await self.queue.update_recipients(entry.queue_id, changes, durable=n < len(groups))
         await self._notify(entry)
-        if not any(st.get("state") in _OPEN for st in entry.recipients.values()) and all(
+        if not any(st.get("state") in _KEPT for st in entry.recipients.values()) and all(
             (st.get("dsn_sent") or st.get("state") != "failed")
             and (st.get("success_sent") is not False or st.get("state") != "delivered")
             for st in entry.recipients.values()

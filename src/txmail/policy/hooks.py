@@ -64,7 +64,11 @@ Theory of operation
   transaction's message.  They are added at the top of the message, below
   ``Return-Path:`` and above our ``Received:`` field.  A data-stage verdict
   may also edit the client's header section (:meth:`Verdict.edit_headers`,
-  e.g. to remove forged ``Authentication-Results`` fields).
+  e.g. to remove forged ``Authentication-Results`` fields), replace the
+  body (:meth:`Verdict.replace_body`), drop the message after accepting
+  it (:meth:`Verdict.discard_message`), or put it on hold in the queue
+  (:meth:`Verdict.hold_message`): what a milter may ask for.  A message
+  both discarded and held is discarded.
 * A policy that raises or whose Deferred fails is logged; the stage then
   fails temporarily (``421 4.3.0`` at connect, ``454 4.7.0`` at auth,
   ``451 4.3.0`` elsewhere), so a broken policy never lets mail through
@@ -165,6 +169,14 @@ class Verdict:
         edits: functions ``header_section -> header_section`` applied in
             order to the client's header section (data stage only).
         final: accept the stage now; later policies are not asked.
+        body: the message's new body (what follows the empty line after
+            the header section, CRLF line ends), or ``None`` to keep it
+            (data stage only; a milter's "replace body").
+        discard: accept the message (``250``) and deliver it to no one
+            (data stage only; a milter's "discard").
+        hold: put the message on hold instead of delivering it, with this
+            reason: every recipient waits in the queue until ``txmail queue
+            release`` (Postfix's hold queue; a milter's "quarantine").
     """
 
     reply: Reply | None = None
@@ -173,6 +185,9 @@ class Verdict:
     folder: str | None = None
     edits: tuple[Callable[[bytes], bytes], ...] = ()
     final: bool = False
+    body: bytes | None = None
+    discard: bool = False
+    hold: str | None = None
 
     def __post_init__(self) -> None:
         if self.reply is not None:
@@ -221,6 +236,32 @@ class Verdict:
         """
         return cls(edits=(edit,))
 
+    @classmethod
+    def replace_body(cls, body: bytes) -> Verdict:
+        """
+        Go on, with *body* as the message's new body (data stage only).
+        Bare CR or LF line ends are made CRLF; a body that does not end
+        with a line end gets one.
+        """
+        body = re.sub(rb"\r\n|\r|\n", b"\r\n", body)
+        if body and not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        return cls(body=body)
+
+    @classmethod
+    def discard_message(cls) -> Verdict:
+        """Accept the message (``250``) and deliver it to no one (data stage only)."""
+        return cls(discard=True)
+
+    @classmethod
+    def hold_message(cls, reason: str) -> Verdict:
+        """
+        Accept the message and put it on hold in the queue with *reason*
+        (see :attr:`hold`); it is delivered once an administrator releases it.
+        """
+        reason = " ".join(reason.split()) or "held by policy"
+        return cls(hold=reason)
+
     @property
     def refused(self) -> bool:
         return self.reply is not None
@@ -238,6 +279,9 @@ class Verdict:
             folder=later.folder if later.folder is not None else self.folder,
             edits=self.edits + later.edits,
             final=self.final or later.final,
+            body=later.body if later.body is not None else self.body,
+            discard=self.discard or later.discard,
+            hold=later.hold if later.hold is not None else self.hold,
         )
 
 

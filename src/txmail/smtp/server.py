@@ -279,20 +279,26 @@ def _split_header(message: bytes) -> int:
 
 
 def rewrite_message(
-    data: bytes, return_path: int, trace_length: int, headers: bytes, edits: tuple[Any, ...]
+    data: bytes,
+    return_path: int,
+    trace_length: int,
+    headers: bytes,
+    edits: tuple[Any, ...],
+    body: bytes | None = None,
 ) -> bytes:
     """
     A spooled message (``Return-Path:``, ``Received:``, the client's
-    message) with policy *headers* inserted below ``Return-Path:`` and
-    *edits* applied to the client's header section.
+    message) with policy *headers* inserted below ``Return-Path:``, *edits*
+    applied to the client's header section, and its body replaced by *body*
+    when that is not ``None``.
     """
     client = data[trace_length:]
-    if edits:
+    if edits or body is not None:
         split = _split_header(client)
         section = client[:split]
         for edit in edits:
             section = edit(section)
-        client = section + client[split:]
+        client = section + (client[split:] if body is None else b"\r\n" + body)
     return data[:return_path] + headers + data[return_path:trace_length] + client
 
 
@@ -308,22 +314,27 @@ def _rewrite_file(
     trace_length: int,
     headers: bytes,
     edits: tuple[Any, ...],
+    body: bytes | None = None,
 ) -> int:
     """:func:`rewrite_message` from file to file (blocking); the new size."""
     with open(source, "rb") as f:
         head = f.read(trace_length + MAX_EDITED_HEADER)
         client = head[trace_length:]
-        split = _split_header(client) if edits else 0
-        if edits and split == len(client) and len(head) == trace_length + MAX_EDITED_HEADER:
+        rework = bool(edits) or body is not None
+        split = _split_header(client) if rework else 0
+        if rework and split == len(client) and len(head) == trace_length + MAX_EDITED_HEADER:
             edits, split = (), 0  # a header section this long is left alone
+            if body is not None:
+                raise ValueError("header section too long to replace the body")
         section = client[:split]
         for edit in edits:
             section = edit(section)
+        rest = client[split:] if body is None else b"\r\n" + body
         size = 0
-        for piece in (head[:return_path], headers, head[return_path:trace_length], section, client[split:]):
+        for piece in (head[:return_path], headers, head[return_path:trace_length], section, rest):
             target.write(piece)
             size += len(piece)
-        while chunk := f.read(1024 * 1024):
+        while body is None and (chunk := f.read(1024 * 1024)):
             target.write(chunk)
             size += len(chunk)
     target.close()
@@ -809,17 +820,30 @@ class SMTPServerProtocol(SessionProtocol):
         self._policy(Stage.DATA, (message,), decided, abandoned=spool.discard)
 
     def _finish_message(self, spool: _Spool, envelope: Envelope, verdict: Verdict) -> None:
-        """Apply the policies' headers, edits and folder to the message, then deliver it."""
-        if verdict.folder is not None:
-            envelope = dataclasses.replace(envelope, folder=verdict.folder)
-        if not verdict.headers and not verdict.edits:
+        """
+        Apply the policies' headers, edits, body, folder and hold to the
+        message, then deliver it (or, when a policy discards it, accept it
+        and drop it).
+        """
+        if verdict.discard:
+            self._discard(spool, envelope)
+            return
+        if verdict.folder is not None or verdict.hold is not None:
+            envelope = dataclasses.replace(
+                envelope,
+                folder=verdict.folder if verdict.folder is not None else envelope.folder,
+                hold=verdict.hold,
+            )
+        if not verdict.headers and not verdict.edits and verdict.body is None:
             self._route(spool, envelope)
             return
-        d = self._rewrite(spool, b"".join(verdict.headers), verdict.edits)
+        d = self._rewrite(spool, b"".join(verdict.headers), verdict.edits, verdict.body)
 
         def failed(f: Failure) -> None:
             self.log.failure(
-                "adding header fields to {message_id} failed", failure=f, message_id=envelope.message_id
+                "rewriting message {message_id} for the policies failed",
+                failure=f,
+                message_id=envelope.message_id,
             )
             spool.discard()
             if not self._lost:
@@ -830,7 +854,27 @@ class SMTPServerProtocol(SessionProtocol):
         d.addErrback(self._internal_error)
         self._wait(d)
 
-    def _rewrite(self, spool: _Spool, headers: bytes, edits: tuple[Any, ...]) -> defer.Deferred[_Spool]:
+    def _discard(self, spool: _Spool, envelope: Envelope) -> None:
+        """A policy discarded the message: ``250`` (one per recipient in LMTP), nothing delivered."""
+        spool.discard()
+        session = self.session
+        assert session is not None
+        self.log.info(
+            "message {message_id} from {peer} <{sender}> discarded by policy",
+            message_id=envelope.message_id,
+            peer=self.peer,
+            sender=envelope.mail_from,
+            session_id=self.session_id,
+        )
+        reply = codes.OK.with_text(f"OK: queued as {envelope.message_id}")
+        if session.role == "lmtp":
+            session.accept([reply.with_text(f"<{rcpt}> {reply.text}") for rcpt in envelope.rcpt_to])
+        else:
+            session.accept(reply)
+
+    def _rewrite(
+        self, spool: _Spool, headers: bytes, edits: tuple[Any, ...], body: bytes | None = None
+    ) -> defer.Deferred[_Spool]:
         """
         *spool*'s message with *headers* added and *edits* applied: a message
         kept in memory is written again into the same file (a few kilobytes
@@ -839,7 +883,7 @@ class SMTPServerProtocol(SessionProtocol):
         """
         data = spool.data()
         if data is not None:
-            content = rewrite_message(data, spool.return_path, spool.trace_length, headers, edits)
+            content = rewrite_message(data, spool.return_path, spool.trace_length, headers, edits, body)
             try:
                 with open(spool.path, "wb") as f:
                     f.write(content)
@@ -857,7 +901,7 @@ class SMTPServerProtocol(SessionProtocol):
         new.trace_length = spool.trace_length + len(headers)
         new._chunks = None  # large: the file is the only copy
         d = self.factory.run_blocking(
-            _rewrite_file, spool.path, new.file, spool.return_path, spool.trace_length, headers, edits
+            _rewrite_file, spool.path, new.file, spool.return_path, spool.trace_length, headers, edits, body
         )
 
         def written(size: int) -> _Spool:
