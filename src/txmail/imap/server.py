@@ -34,13 +34,16 @@ Implementation notes
 * On the first login of a user whose store holds only INBOX, the RFC 6154
   special-use mailboxes (Sent, Drafts, Trash, Junk, Archive) are created
   and subscribed.
+* Copy listeners (:mod:`txmail.imap.listeners`, ``copy_listeners=``) are
+  told of each successful COPY/MOVE on the next turn of the reactor, after
+  the tagged OK; the command never waits for them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -72,6 +75,7 @@ from txmail.imap.events import (
     StartTLS,
 )
 from txmail.imap.fetch import fetch_chunks, fetch_needs
+from txmail.imap.listeners import CopyListener, MessagesCopied
 from txmail.imap.search import (
     SUPPORTED_CHARSETS,
     SearchContext,
@@ -728,6 +732,7 @@ class IMAPServerProtocol(SessionProtocol):
         pairs = await defer.maybeDeferred(self.mailbox.copy, [u for _, u in targets], target)
         if not pairs:
             return "COPY completed"
+        self._copied(target, pairs, moved=False)
         return (_copyuid(target.uidvalidity, pairs), "COPY completed")
 
     async def _do_move(self, command: Command) -> str:
@@ -741,7 +746,53 @@ class IMAPServerProtocol(SessionProtocol):
             # RFC 6851 section 4.3: COPYUID in an untagged OK before the EXPUNGEs.
             self._send(b"* OK [" + _copyuid(target.uidvalidity, pairs).encode("ascii") + b"] Moved\r\n")
             self._send(b"".join(self._view().expunged(sorted(src for src, _ in pairs))))
+            self._copied(target, pairs, moved=True)
         return "MOVE completed"
+
+    # -- copy listeners (txmail.imap.listeners) --
+
+    def _copied(self, target: Any, pairs: list[tuple[int, int]], *, moved: bool) -> None:
+        """Tell the copy listeners, on the next turn of the reactor (after the tagged OK)."""
+        if not self.factory.copy_listeners or self.session is None:
+            return
+        source = self.mailbox.name
+        user = self.session.user or ""
+        self.factory.clock.callLater(
+            0, self._announce_copy, self.store, user, source, target, tuple(pairs), moved
+        )
+
+    def _announce_copy(
+        self, store: Any, user: str, source: str, target: Any, pairs: tuple[tuple[int, int], ...], moved: bool
+    ) -> None:
+        async def announce() -> None:
+            roles = await _special_uses(store, (source, target.name))
+            event = MessagesCopied(
+                user=user,
+                source=source,
+                target=target.name,
+                source_special_use=roles.get(source),
+                target_special_use=roles.get(target.name),
+                moved=moved,
+                uids=pairs,
+                target_mailbox=target,
+                session_id=self.session_id,
+            )
+            for listener in self.factory.copy_listeners:
+                defer.maybeDeferred(listener.messages_copied, event).addErrback(
+                    lambda f, listener=listener: self.log.failure(
+                        "IMAP copy listener {listener} failed for {user}",
+                        failure=f,
+                        listener=type(listener).__name__,
+                        user=user,
+                        session_id=self.session_id,
+                    )
+                )
+
+        defer.ensureDeferred(announce()).addErrback(
+            lambda f: self.log.failure(
+                "IMAP copy listeners not told for {user}", failure=f, user=user, session_id=self.session_id
+            )
+        )
 
     async def _do_search(self, command: Command) -> str:
         with self._streaming():
@@ -838,6 +889,18 @@ def _mailbox_order(name: str) -> tuple[bool, str]:
     return (name != INBOX, name)
 
 
+async def _special_uses(store: Any, names: tuple[str, ...]) -> dict[str, SpecialUse]:
+    """The RFC 6154 role of each mailbox of *names* that has one."""
+    roles: dict[str, SpecialUse] = {}
+    for name in set(names):
+        if "*" in name or "%" in name:
+            continue  # a LIST pattern would match others
+        for folder in await defer.maybeDeferred(store.list_mailboxes, name):
+            if folder.name == name and folder.special_use is not None:
+                roles[name] = folder.special_use
+    return roles
+
+
 async def ensure_special_folders(store: Any) -> None:
     """
     Give a new user the RFC 6154 special-use mailboxes: when the store holds
@@ -866,6 +929,8 @@ class IMAPFactory(Factory):
         idle_timeout: seconds of silence before autologout (RFC 3501 section 5.4).
         limits: the sessions' :class:`txmail.imap.session.IMAPLimits`.
         clock: an ``IReactorTime`` for timers (tests pass a ``Clock``).
+        copy_listeners: objects told of every successful COPY and MOVE
+            (:mod:`txmail.imap.listeners`; a spam filter learns from them).
     """
 
     protocol = IMAPServerProtocol  # type: ignore[assignment]
@@ -881,11 +946,13 @@ class IMAPFactory(Factory):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         limits: IMAPLimits | None = None,
         clock: IReactorTime | None = None,
+        copy_listeners: Sequence[CopyListener] = (),
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
 
             clock = reactor  # type: ignore[assignment]
+        self.copy_listeners = tuple(copy_listeners)
         self.authenticator = authenticator
         self.stores = stores
         self.tls_context = tls_context
