@@ -53,6 +53,8 @@ SANS_IO_MODULES = (
     "txmail/policy/config.py",
     "txmail/dnsdata.py",
     "txmail/dnsrecords.py",
+    "txmail/milter/protocol.py",
+    "txmail/milter/edits.py",
 )
 
 
