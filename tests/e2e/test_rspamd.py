@@ -5,11 +5,23 @@ Spam filtering with a real rspamd (Debian's package, started on loopback by
 
 from __future__ import annotations
 
+import imaplib
+import os
+import smtplib
 import socket
+import time
+from typing import Any
 
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests._rspamd import GTUBE, start_rspamd
+from tests._rspamd import GTUBE, RspamdInstance, start_rspamd
+from tests.e2e._server import maildir_files
+from txmail.config import load_config
+from txmail.imap.server import IMAPFactory
+from txmail.policy.rspamd import RspamdLearner, RspamdPolicy
+from txmail.service import MailServer, build_service
 
 CLEAN = (
     b"From: Alice <alice@example.org>\r\n"
@@ -56,3 +68,138 @@ class RspamdHelperTests(TestCase):
         before = rspamd.stat()["learned"]
         self.assertTrue(rspamd.learn("spam", CLEAN)["success"])
         self.assertEqual(rspamd.stat()["learned"], before + 1)
+
+
+PASSWORD = "rspamd e2e secret"
+
+
+@defer.inlineCallbacks
+def start_server_with_rspamd(test: TestCase, rspamd: RspamdInstance) -> Any:
+    """
+    The real txmail service (SMTP on the MTA role) with an RspamdPolicy, and
+    an IMAP listener whose copy listener is an RspamdLearner (built here on
+    the server's stores and authenticator, as service.py would).
+    """
+    data_dir = os.path.abspath(test.mktemp())
+    settings = load_config(
+        None,
+        {
+            "data_dir": data_dir,
+            "hostname": "mx.example.test",
+            "domains": ["example.test"],
+            "smtp": ["tcp:0:interface=127.0.0.1"],
+            "threads": 4,
+            "outbound_enabled": False,
+        },
+    )
+    policy = RspamdPolicy(rspamd.url, reactor=reactor)
+    learner = RspamdLearner(rspamd.controller_url, password=rspamd.password, reactor=reactor)
+    test.addCleanup(policy.stop)
+    test.addCleanup(learner.stop)
+    server: MailServer = build_service(settings, reactor=reactor, policies=[policy])
+    server.startService()
+    test.addCleanup(server.stopService)
+    yield server.when_listening()
+    factory = IMAPFactory(
+        authenticator=server.authenticator, stores=server.stores, clock=reactor, copy_listeners=[learner]
+    )
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    server.directory.add_user("bob@example.test", PASSWORD)
+    return server, port.getHost().port, learner
+
+
+def smtp_send(address: tuple[str, int], message: bytes) -> tuple[int, bytes]:
+    """One message over SMTP; the reply to the final dot."""
+    with smtplib.SMTP(*address, local_hostname="client.example.org", timeout=30) as smtp:
+        smtp.ehlo()
+        code, text = smtp.mail("alice@example.org")
+        assert code == 250, (code, text)
+        code, text = smtp.rcpt("bob@example.test")
+        assert code == 250, (code, text)
+        return smtp.data(message)
+
+
+class RspamdEndToEndTests(TestCase):
+    """txmail's MTA role with RspamdPolicy, and IMAP with RspamdLearner, against a real rspamd."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.rspamd = start_rspamd(self)
+        self.server, self.imap_port, self.learner = yield start_server_with_rspamd(self, self.rspamd)
+        self.smtp = self.server.address("mta")
+
+    def imap(self, work: Any) -> defer.Deferred[Any]:
+        def run() -> Any:
+            imap = imaplib.IMAP4("127.0.0.1", self.imap_port)
+            try:
+                imap.login("bob@example.test", PASSWORD)
+                return work(imap)
+            finally:
+                imap.logout()
+
+        return deferToThread(run)
+
+    @defer.inlineCallbacks
+    def test_gtube_rejected(self) -> Any:
+        """The GTUBE message is refused at the final dot with 554 5.7.1; nothing is delivered."""
+        code, text = yield deferToThread(smtp_send, self.smtp, gtube_message())
+        self.assertEqual(code, 554, text)
+        self.assertTrue(text.startswith(b"5.7.1 "), text)
+        self.assertEqual(maildir_files(self.server, "bob@example.test"), [])
+        self.assertEqual(self.rspamd.stat()["actions"]["reject"], 1)
+
+    @defer.inlineCallbacks
+    def test_clean_delivered_with_score(self) -> Any:
+        """A clean message reaches the INBOX with its X-Spam-Status and X-Spam-Score (read over IMAP)."""
+        code, text = yield deferToThread(smtp_send, self.smtp, CLEAN)
+        self.assertEqual(code, 250, text)
+
+        def fetch(imap: imaplib.IMAP4) -> bytes:
+            imap.select("INBOX")
+            _, parts = imap.fetch("1", "(BODY.PEEK[])")
+            return bytes(parts[0][1])
+
+        message = yield self.imap(fetch)
+        header = message.split(b"\r\n\r\n")[0]
+        self.assertRegex(header, rb"\r\nX-Spam-Status: No, score=-?\d+\.\d\d required=15\.00\r\n")
+        self.assertRegex(header, rb"\r\nX-Spam-Score: -?\d+\.\d\d\r\n")
+        self.assertTrue(message.endswith(CLEAN.split(b"\r\n\r\n", 1)[1]))
+
+    @defer.inlineCallbacks
+    def test_move_into_junk_learns(self) -> Any:
+        """IMAP MOVE into Junk makes rspamd learn the message as spam; moving it back, as ham."""
+        code, _ = yield deferToThread(smtp_send, self.smtp, CLEAN)
+        self.assertEqual(code, 250)
+        before = self.rspamd.stat()
+        imaplib.Commands.setdefault("MOVE", ("SELECTED",))
+
+        def move(source: str, target: str) -> Any:
+            def work(imap: imaplib.IMAP4) -> Any:
+                imap.select(source)
+                typ, data = imap._simple_command("MOVE", "1", target)
+                assert typ == "OK", (typ, data)
+                return imap._untagged_response(typ, data, "MOVE")
+
+            return self.imap(work)
+
+        yield move("INBOX", "Junk")
+        yield self.wait_for_learned(before["learned"] + 1)
+        spam = sum(s["revision"] for s in self.rspamd.stat()["statfiles"] if s["symbol"] == "BAYES_SPAM")
+        self.assertGreater(spam, 0)
+        yield move("Junk", "INBOX")
+        yield self.wait_for_learned(before["learned"] + 2)
+        ham = sum(s["revision"] for s in self.rspamd.stat()["statfiles"] if s["symbol"] == "BAYES_HAM")
+        self.assertGreater(ham, 0)
+
+    @defer.inlineCallbacks
+    def wait_for_learned(self, count: int, deadline: float = 10.0) -> Any:
+        """Poll the controller's /stat until "learned" reaches *count* (fails after *deadline* seconds)."""
+        end = time.monotonic() + deadline
+        while True:
+            stat = yield deferToThread(self.rspamd.stat)
+            if stat["learned"] >= count:
+                return stat
+            if time.monotonic() > end:
+                self.fail(f"rspamd learned {stat['learned']}, not {count}:\n{self.rspamd.log()[-3000:]}")
+            yield task.deferLater(reactor, 0.1, lambda: None)
