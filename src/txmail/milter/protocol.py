@@ -221,6 +221,7 @@ _MACRO_STAGE = {
     SMFIC_MAIL: SMFIM_ENVFROM,
     SMFIC_RCPT: SMFIM_ENVRCPT,
     SMFIC_DATA: SMFIM_DATA,
+    SMFIC_HEADER: SMFIM_EOH,  # Postfix sends the end-of-header macros with each field
     SMFIC_EOH: SMFIM_EOH,
     SMFIC_BODYEOB: SMFIM_EOM,
 }
