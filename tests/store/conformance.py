@@ -212,6 +212,39 @@ class MailStoreConformanceMixin:
             f.close()
 
     @defer.inlineCallbacks
+    def test_bare_lf_served_as_crlf(self) -> Gen:
+        """
+        A message appended with bare LFs (an IMAP client sending LF alone)
+        is served with CRLF line ends, its size and metadata counted on
+        them (RFC 3501 sections 2.3.4 and 7.4.2); CRLFs already there and
+        bare CRs stay as they are.  Also after a restart and in a copy.
+        """
+        data = b"From: a@b.test\nSubject: lf\r\n\nline\r\nbare\rcr\nend\n"
+        crlf = b"From: a@b.test\r\nSubject: lf\r\n\r\nline\r\nbare\rcr\r\nend\r\n"
+        box = yield self.inbox()
+        other = yield self.mailbox("Other")
+        uid = yield box.append(data)
+        (copied,) = yield box.copy([uid], other)
+        for _ in range(2):
+            for mailbox, u in ((box, uid), (other, copied[1])):
+                (info,) = yield mailbox.list_messages([u])
+                self.assertEqual(info.size, len(crlf))
+                self.assertEqual((yield mailbox.read_message(u)), crlf)
+                f = yield mailbox.open_message(u)
+                try:
+                    self.assertEqual(f.read(), crlf)
+                    f.seek(0)
+                    self.assertEqual(f.read(6), crlf[:6])
+                finally:
+                    f.close()
+                md = yield mailbox.get_metadata([u])
+                self.assertEqual(md[u], mime.parse_metadata(crlf))
+                self.assertEqual((yield mailbox.status()).size, len(crlf))
+            self._provider = self.reopen_provider(self.provider)
+            box = yield self.inbox()
+            other = yield self.store().get_mailbox("Other")
+
+    @defer.inlineCallbacks
     def test_append_default_date(self) -> Gen:
         """Without an internal date, append uses the current time."""
         import time

@@ -7,7 +7,8 @@ Pure functions: no I/O, no Twisted.
 Maildir file names (https://cr.yp.to/proto/maildir.html, Dovecot's
 ``maildir-filename``): ``<base>`` in ``new/``, ``<base>:2,<letters>`` in
 ``cur/``, where *base* is ``<secs>.M<usec>P<pid>Q<counter>.<host>,S=<size>``
-for the files txmail writes.  Letters are sorted in ASCII order: ``D``
+for the files txmail writes, with ``,W=<size with CRLF line ends>`` after it
+when the file holds bare LFs (as Dovecot names its files).  Letters are sorted in ASCII order: ``D``
 (\\Draft), ``F`` (\\Flagged), ``R`` (\\Answered, "replied"), ``S``
 (\\Seen), ``T`` (\\Deleted, "trashed"), and lower-case ``a``..``z`` for
 keywords numbered 0..25 in the folder's ``dovecot-keywords`` file, as
@@ -20,15 +21,22 @@ the mapping is reversible.
 
 The index log (one text line per record, fields separated by TAB)::
 
-    txmail-index 1 <uidvalidity> <uidnext> <highestmodseq> <recent>   header
-    A <uid> <modseq> <size> <internaldate> <cacheoff> <cachelen> <base> <flags>
+    txmail-index 2 <uidvalidity> <uidnext> <highestmodseq> <recent>   header
+    A <uid> <modseq> <size> <internaldate> <cacheoff> <cachelen> <base> <flags> <raw>
     F <uid> <modseq> <flags>          flags changed
     X <modseq> <uid>,<uid>,...        expunged
     M <uid> <cacheoff> <cachelen>     metadata cached (again)
     R <watermark>                     \\Recent claimed up to this UID
 
 *flags* is a space-separated list (keywords are IMAP atoms, which hold no
-space); *base* has ``%``, TAB, CR and LF percent-escaped.  A line that does
+space); *base* has ``%``, TAB, CR and LF percent-escaped.  *size* is the
+size served, with CRLF line ends (RFC822.SIZE); *raw* the size of the file,
+smaller when the file holds bare LFs, which are then served as CRLF.
+
+Version 1 (before *raw*): its ``A`` records have no *raw* field and their
+*size* is the file's; they are read as "not checked yet" (``raw`` is
+``None``), and the store checks those files once and rewrites the index as
+version 2.  A line that does
 not parse, or a last line without its line end (a torn write), marks the
 index damaged: the readable records are kept and the store rewrites it.
 """
@@ -53,6 +61,7 @@ from txmail.model import (
 __all__ = [
     "INDEX_MAGIC",
     "INDEX_VERSION",
+    "INDEX_VERSIONS",
     "KEYWORD_LETTERS",
     "SYSTEM_LETTERS",
     "IndexRecord",
@@ -69,6 +78,7 @@ __all__ = [
     "index_meta",
     "index_recent",
     "letters_for",
+    "name_sizes",
     "parse_index",
     "parse_keywords",
     "split_file_name",
@@ -79,7 +89,9 @@ _LETTER_SYSTEM = {v: k for k, v in SYSTEM_LETTERS.items()}
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 INDEX_MAGIC = "txmail-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+#: The versions :func:`parse_index` reads.
+INDEX_VERSIONS = (1, 2)
 
 
 # -- folder names -------------------------------------------------------
@@ -151,6 +163,27 @@ def split_file_name(name: str) -> tuple[str, str | None]:
     if sep and info.startswith("2,"):
         return base, info[2:]
     return base, None
+
+
+def name_sizes(base: str) -> tuple[int | None, int | None]:
+    """
+    The ``S=`` (file size) and ``W=`` (size with CRLF line ends) a file's
+    base name carries, as Dovecot and txmail name files; ``None`` for each
+    one absent or not a number.  They follow the first comma (Maildir
+    writers escape commas in the host name).
+    """
+    _, comma, rest = base.partition(",")
+    if not comma:
+        return None, None
+    s = w = None
+    for part in rest.split(","):
+        key, eq, value = part.partition("=")
+        if eq and value.isdigit() and value.isascii():
+            if key == "S":
+                s = int(value)
+            elif key == "W":
+                w = int(value)
+    return s, w
 
 
 def file_name(base: str, letters: str | None) -> str:
@@ -236,9 +269,21 @@ def index_header(uidvalidity: int, uidnext: int, modseq: int, recent: int) -> st
 
 
 def index_add(
-    uid: int, modseq: int, size: int, date: float, coff: int, clen: int, base: str, flags: Iterable[str]
+    uid: int,
+    modseq: int,
+    size: int,
+    date: float,
+    coff: int,
+    clen: int,
+    base: str,
+    flags: Iterable[str],
+    raw: int | None = None,
 ) -> str:
-    return f"A\t{uid}\t{modseq}\t{size}\t{date!r}\t{coff}\t{clen}\t{_esc(base)}\t{_flags_text(flags)}\n"
+    """An ``A`` record; *raw* ``None`` means the file's size is *size*."""
+    return (
+        f"A\t{uid}\t{modseq}\t{size}\t{date!r}\t{coff}\t{clen}\t{_esc(base)}\t{_flags_text(flags)}"
+        f"\t{size if raw is None else raw}\n"
+    )
 
 
 def index_flags(uid: int, modseq: int, flags: Iterable[str]) -> str:
@@ -259,7 +304,11 @@ def index_recent(watermark: int) -> str:
 
 @dataclass(slots=True)
 class IndexRecord:
-    """What the index knows of one live message."""
+    """
+    What the index knows of one live message.  *size* is the size served
+    (CRLF line ends), *raw* the file's (``None``: not checked yet, a
+    version 1 record).
+    """
 
     uid: int
     modseq: int
@@ -269,6 +318,7 @@ class IndexRecord:
     clen: int
     base: str
     flags: frozenset[str]
+    raw: int | None = None
 
 
 @dataclass
@@ -278,10 +328,12 @@ class ParsedIndex:
 
     ``uidvalidity`` is ``None`` when the header is missing or unreadable.
     ``records`` holds the live messages by UID; ``lines`` counts the
-    records read (for the compaction threshold).
+    records read (for the compaction threshold); ``version`` is the
+    header's.
     """
 
     uidvalidity: int | None = None
+    version: int = INDEX_VERSION
     uidnext: int = 1
     modseq: int = 1
     recent: int = 0
@@ -324,8 +376,10 @@ def parse_index(data: bytes) -> ParsedIndex:
         try:
             kind = f[0]
             if i == 0 and kind == INDEX_MAGIC:
-                if int(f[1]) != INDEX_VERSION or len(f) != 6:
+                version = int(f[1])
+                if version not in INDEX_VERSIONS or len(f) != 6:
                     raise ValueError("index version")
+                out.version = version
                 uidvalidity = int(f[2])
                 if not 0 < uidvalidity <= 0xFFFFFFFF:
                     raise ValueError("uidvalidity")
@@ -334,9 +388,10 @@ def parse_index(data: bytes) -> ParsedIndex:
                 max_modseq = max(max_modseq, int(f[4]))
                 out.recent = int(f[5])
                 continue
-            if kind == "A" and len(f) == 9:
+            if kind == "A" and (len(f) == 10 or len(f) == 9):
                 uid = int(f[1])
-                if uid <= 0:
+                raw = int(f[9]) if len(f) == 10 else None
+                if uid <= 0 or (raw is not None and raw < 0):
                     raise ValueError("uid")
                 rec = IndexRecord(
                     uid,
@@ -347,6 +402,7 @@ def parse_index(data: bytes) -> ParsedIndex:
                     int(f[6]),
                     _unesc(f[7]),
                     parse_flags(f[8]),
+                    raw,
                 )
                 records[uid] = rec
                 max_uid = max(max_uid, uid)

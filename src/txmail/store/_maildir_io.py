@@ -5,6 +5,16 @@ Every function here runs in a worker thread (through the store's
 ``run_blocking``) and touches only the file system: it never reads or
 changes a mailbox object.  Results go back to the reactor thread, which
 updates the in-memory state and the index.
+
+Line ends: a message is served with CRLF line ends (see
+:mod:`txmail.store._crlf`).  Each message has two sizes: the size served
+(its ``MessageInfo.size``) and the file's (*raw*), equal unless the file
+holds bare LFs.  A file that came from another program is counted once
+when it is taken in (:func:`file_sizes`: a ``W=`` in its name is trusted,
+as Dovecot writes it, else the file is read through); the files txmail
+writes are known when written.  Reading (:func:`open_file`,
+:func:`read_file`) and parsing (:func:`read_metadata`) a file whose sizes
+differ convert it on the way.
 """
 
 from __future__ import annotations
@@ -22,12 +32,15 @@ from txmail import mime
 from txmail._fs import fsync_dir, fsync_file, write_file_durably
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
 from txmail.model import MessageMetadata
+from txmail.store._crlf import CRLFFile, bare_lf_count, count_file, to_crlf
 from txmail.store._maildir_format import (
+    INDEX_VERSION,
     ParsedIndex,
     file_name,
     folder_from_dir_name,
     index_add,
     index_header,
+    name_sizes,
     parse_index,
     parse_keywords,
     split_file_name,
@@ -44,6 +57,7 @@ __all__ = [
     "create_folders",
     "deliver_bytes",
     "deliver_file",
+    "file_sizes",
     "link_files",
     "list_folders",
     "make_user_dir",
@@ -87,21 +101,30 @@ class Scan:
 
 @dataclass
 class Loaded:
-    """A folder as read on open: its index (``None`` when missing) and a scan."""
+    """
+    A folder as read on open: its index (``None`` when missing) and a scan.
+    ``upgraded``: records of an older index were completed (the index is
+    to be rewritten).
+    """
 
     index: ParsedIndex | None
     scan: Scan
+    upgraded: bool = False
 
 
 @dataclass
 class Delivered:
-    """Where a new message file landed, and its metadata cache record."""
+    """
+    Where a new message file landed, and its metadata cache record.  *size*
+    is the size served; *raw* the file's when it differs (bare LFs).
+    """
 
     sub: str
     name: str
     size: int
     coff: int
     clen: int
+    raw: int | None = None
 
 
 def _stamp(path: str) -> tuple[int, ...]:
@@ -241,17 +264,64 @@ def _compact_cache(path: str, index: ParsedIndex) -> None:
     lines = [index_header(index.uidvalidity, index.uidnext, index.modseq, index.recent)]
     for uid in sorted(index.records):
         r = index.records[uid]
-        lines.append(index_add(uid, r.modseq, r.size, r.date, r.coff, r.clen, r.base, r.flags))
+        lines.append(index_add(uid, r.modseq, r.size, r.date, r.coff, r.clen, r.base, r.flags, r.raw))
     replace_file(os.path.join(path, INDEX), "".join(lines).encode("utf-8", "surrogateescape"))
     os.replace(tmp_cache, cache_path)
     index.lines = len(index.records)
+    index.version = INDEX_VERSION
+
+
+def file_sizes(full_path: str, name: str, st_size: int | None = None) -> tuple[int, int]:
+    """
+    The (served, raw) sizes of the message file at *full_path* named
+    *name*: with CRLF line ends, and as stored.  A ``W=`` in the name gives
+    the first, as Dovecot writes it; otherwise the file is read through
+    and its bare LFs counted.
+
+    Raises:
+        OSError: ``FileNotFoundError`` when it was renamed or removed.
+    """
+    if st_size is None:
+        st_size = os.stat(full_path).st_size
+    w = name_sizes(split_file_name(name)[0])[1]
+    if w is not None and w >= st_size:
+        return w, st_size
+    fd = os.open(full_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        raw, bare = count_file(fd, st_size)
+    finally:
+        os.close(fd)
+    return raw + bare, raw
+
+
+def _complete_records(path: str, index: ParsedIndex, listing: dict[str, tuple[str, str]]) -> None:
+    """
+    Count the files of the records an older index left without their file
+    size (once, then the index is rewritten).  A file with bare LFs loses
+    its cached metadata, which was parsed with those line ends.
+    """
+    for rec in index.records.values():
+        if rec.raw is not None:
+            continue
+        found = listing.get(rec.base)
+        if found is None:
+            continue  # gone: the scan's comparison expunges it
+        try:
+            size, raw = file_sizes(os.path.join(path, *found), found[1])
+        except OSError:
+            continue
+        if size != raw:
+            rec.coff, rec.clen = -1, 0
+        rec.size, rec.raw = size, raw
 
 
 def read_folder(path: str) -> Loaded:
     """
     Read what opening a folder needs: the index and the directory listing
-    (no message file is read).  Compacts the metadata cache when most of it
-    is dead records.
+    (no message file is read, except once after an upgrade: the files of
+    records from a version 1 index are counted, see
+    :func:`_complete_records`).  Compacts the metadata cache when most of
+    it is dead records.
 
     Raises:
         NoSuchMailbox: the folder is not a Maildir.
@@ -266,6 +336,12 @@ def read_folder(path: str) -> Loaded:
         pass
     scan = scan_folder(path)
     assert scan is not None
+    upgraded = False
+    if index is not None and (
+        index.version < INDEX_VERSION or any(r.raw is None for r in index.records.values())
+    ):
+        _complete_records(path, index, scan.listing)
+        upgraded = True
     if index is not None and not index.damaged:
         try:
             cache_size = os.path.getsize(os.path.join(path, CACHE))
@@ -274,7 +350,7 @@ def read_folder(path: str) -> Loaded:
         live = sum(r.clen for r in index.records.values())
         if cache_size > 2 * live + CACHE_SLACK:
             _compact_cache(path, index)
-    return Loaded(index, scan)
+    return Loaded(index, scan, upgraded)
 
 
 def _find(path: str, base: str) -> tuple[str, str] | None:
@@ -304,10 +380,14 @@ def deliver_bytes(
     Deliver *data* as a new message (Maildir delivery: write to ``tmp/``,
     fsync, rename into ``new/``, or ``cur/`` when it has flags).  The caller
     syncs the target directory.  *metadata* is the encoded metadata, or
-    ``None`` to parse it here.
+    ``None`` to parse it here.  The octets are stored as given; bare LFs
+    among them (an IMAP APPEND from a client that sends LF alone) are
+    served as CRLF, and the name then carries ``W=``.
     """
-    size = len(data)
-    base = f"{unique},S={size}"
+    raw = len(data)
+    bare = bare_lf_count(data)
+    size = raw + bare
+    base = f"{unique},S={raw},W={size}" if bare else f"{unique},S={raw}"
     tmp = os.path.join(path, "tmp", base)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -326,10 +406,10 @@ def deliver_bytes(
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    if metadata is None:
-        metadata = mime.encode_metadata(mime.parse_metadata(data))
+    if metadata is None or bare:
+        metadata = mime.encode_metadata(mime.parse_metadata(to_crlf(data) if bare else data))
     coff, clen = cache_append(path, base, metadata)
-    return Delivered(sub, name, size, coff, clen)
+    return Delivered(sub, name, size, coff, clen, raw if bare else None)
 
 
 def _copy_durably(src: str, tmp: str, dst: str, date: float | None) -> None:
@@ -357,7 +437,9 @@ def deliver_file(
     """
     Deliver the message file *src*: hard-link it into ``new/`` (or ``cur/``)
     where possible, syncing the file itself when the caller had not; else
-    copy it through ``tmp/``.  The caller syncs the target directory.
+    copy it through ``tmp/``.  The caller syncs the target directory.  The
+    file has CRLF line ends (the :class:`txmail.model.MessageFile`
+    contract): it is not read to count them.
     """
     size = os.stat(src).st_size
     base = f"{unique},S={size}"
@@ -382,23 +464,29 @@ def deliver_file(
     return Delivered(sub, name, size, coff, clen)
 
 
-def pickup_files(path: str, items: list[tuple[str, str]]) -> list[tuple[str, str, int, float, int, int]]:
+def pickup_files(
+    path: str, items: list[tuple[str, str]]
+) -> list[tuple[str, str, int, int | None, float, int, int]]:
     """
-    Take in messages another program put into the folder: size and date
-    (the file's mtime, as Dovecot uses) from ``stat``.  The messages are not
-    read: their metadata is parsed and cached the first time it is asked
-    for (:func:`read_metadata`), so a SELECT of a mailbox full of new files
-    costs a directory listing and a ``stat`` each.  Files that vanished
-    meanwhile are left out.  Returns (sub, name, size, date, cache offset,
-    cache length) tuples; the offset is -1 (nothing cached yet).
+    Take in messages another program put into the folder: the date (the
+    file's mtime, as Dovecot uses) from ``stat``, the sizes from
+    :func:`file_sizes` (the name's ``W=``, else a read through the file
+    counting bare LFs: ~15 us for 10 KB from the page cache).  The messages
+    are not parsed: their metadata is parsed and cached the first time it
+    is asked for (:func:`read_metadata`).  Files that vanished meanwhile are
+    left out.  Returns (sub, name, size, raw size or ``None`` when the
+    same, date, cache offset, cache length) tuples; the offset is -1
+    (nothing cached yet).
     """
     out = []
     for sub, name in items:
+        full = os.path.join(path, sub, name)
         try:
-            st = os.stat(os.path.join(path, sub, name))
+            st = os.stat(full)
+            size, raw = file_sizes(full, name, st.st_size)
         except OSError:
             continue  # gone meanwhile: tried again next time
-        out.append((sub, name, st.st_size, st.st_mtime, -1, 0))
+        out.append((sub, name, size, None if raw == size else raw, st.st_mtime, -1, 0))
     return out
 
 
@@ -443,14 +531,21 @@ def unlink_files(path: str, items: list[tuple[str, str]]) -> None:
                 _unlink_quietly(os.path.join(path, *found))
 
 
-def open_file(path: str, sub: str, name: str) -> BinaryIO:
+def open_file(path: str, sub: str, name: str, size: int | None = None) -> BinaryIO:
     """
     Open a message file.  The open file keeps its content even when the
-    message is renamed or removed later.
+    message is renamed or removed later.  With *size* (the size served, for
+    a file holding bare LFs) the content is converted to CRLF line ends on
+    the way (:class:`txmail.store._crlf.CRLFFile`).
 
     Raises:
         NoSuchMessage: the file is gone.
     """
+    f = _open_raw(path, sub, name)
+    return f if size is None else CRLFFile(f, size)  # type: ignore[return-value]
+
+
+def _open_raw(path: str, sub: str, name: str) -> BinaryIO:
     try:
         return open(os.path.join(path, sub, name), "rb")
     except FileNotFoundError:
@@ -464,10 +559,14 @@ def open_file(path: str, sub: str, name: str) -> BinaryIO:
     raise NoSuchMessage(name)
 
 
-def read_file(path: str, sub: str, name: str) -> bytes:
-    """The whole content of a message file (see :func:`open_file`)."""
-    with open_file(path, sub, name) as f:
-        return f.read()
+def read_file(path: str, sub: str, name: str, convert: bool = False) -> bytes:
+    """
+    The whole content of a message file (see :func:`open_file`), with bare
+    LFs turned into CRLF when *convert*.
+    """
+    with _open_raw(path, sub, name) as f:
+        data = f.read()
+    return to_crlf(data) if convert else data
 
 
 def read_known_file(full_path: str, size: int) -> bytes:
@@ -495,19 +594,19 @@ def read_known_file(full_path: str, size: int) -> bytes:
 
 
 def read_metadata(
-    path: str, reqs: list[tuple[int, int, int, str, str, str]]
+    path: str, reqs: list[tuple[int, int, int, str, str, str, bool]]
 ) -> tuple[dict[int, MessageMetadata], list[tuple[int, int, int]]]:
     """
-    Read cached metadata for (uid, offset, length, base, sub, name) each;
-    a message whose record is missing or damaged is parsed again and
-    re-cached.  Returns the metadata by UID and the (uid, offset, length)
-    of the new cache records.
+    Read cached metadata for (uid, offset, length, base, sub, name,
+    convert) each; a message whose record is missing or damaged is parsed
+    again (with CRLF line ends when *convert*) and re-cached.  Returns the
+    metadata by UID and the (uid, offset, length) of the new cache records.
     """
     out: dict[int, MessageMetadata] = {}
     updates: list[tuple[int, int, int]] = []
     parsed: list[tuple[int, str, bytes]] = []
     with _open_cache(path) as cache:
-        for uid, coff, clen, base, sub, name in sorted(reqs, key=lambda r: r[1]):
+        for uid, coff, clen, base, sub, name, convert in sorted(reqs, key=lambda r: r[1]):
             md = None
             if cache is not None:
                 data = _read_cache_record(cache, coff, clen, base)
@@ -518,8 +617,8 @@ def read_metadata(
                         md = None
             if md is None:
                 try:
-                    with open_file(path, sub, name) as f:
-                        md = mime.parse_metadata(f)
+                    with _open_raw(path, sub, name) as f:
+                        md = mime.parse_metadata(CRLFFile(f) if convert else f)
                 except NoSuchMessage:
                     continue
                 parsed.append((uid, base, mime.encode_metadata(md)))
@@ -533,14 +632,18 @@ def read_metadata(
 
 
 def link_files(
-    src_path: str, dst_path: str, items: list[tuple[str, str, str, str | None, float, int, int]]
+    src_path: str,
+    dst_path: str,
+    items: list[tuple[str, str, str, str | None, float, int, int, int, int | None]],
 ) -> list[Delivered | None]:
     """
     Copy messages into another folder: hard links where possible, else
     durable copies.  Items are (sub, name, unique, target letters, date,
-    cache offset, cache length); ``None`` marks a source that is gone.
-    The metadata cache record goes along.  All or nothing: on an error the
-    files made so far are removed.  The caller syncs the target directories.
+    cache offset, cache length, size served, raw size or ``None``); ``None``
+    marks a source that is gone.  The metadata cache record and the sizes
+    go along (a file with bare LFs gets ``W=`` in its new name).  All or
+    nothing: on an error the files made so far are removed.  The caller
+    syncs the target directories.
     """
     made: list[str] = []
     out: list[Delivered | None] = []
@@ -557,25 +660,25 @@ def link_files(
 def _link_all(
     src_path: str,
     dst_path: str,
-    items: list[tuple[str, str, str, str | None, float, int, int]],
+    items: list[tuple[str, str, str, str | None, float, int, int, int, int | None]],
     cache: BinaryIO | None,
     made: list[str],
     out: list[Delivered | None],
 ) -> None:
     """The work of :func:`link_files`; records the files made in *made*."""
-    for sub, name, unique, letters, date, coff, clen in items:
+    for sub, name, unique, letters, date, coff, clen, size, raw in items:
         src = os.path.join(src_path, sub, name)
         src_base = split_file_name(name)[0]
         try:
-            size = os.stat(src).st_size
+            st_size = os.stat(src).st_size
         except FileNotFoundError:
             found = _find(src_path, src_base)
             if found is None:
                 out.append(None)
                 continue
             src = os.path.join(src_path, *found)
-            size = os.stat(src).st_size
-        base = f"{unique},S={size}"
+            st_size = os.stat(src).st_size
+        base = f"{unique},S={st_size}" if raw is None else f"{unique},S={raw},W={size}"
         new_sub = "cur" if letters else "new"
         new_name = file_name(base, letters or None)
         dst = os.path.join(dst_path, new_sub, new_name)
@@ -587,9 +690,9 @@ def _link_all(
         encoded = _read_cache_record(cache, coff, clen, src_base) if cache is not None else None
         if encoded is None:
             with open(dst, "rb") as f:
-                encoded = mime.encode_metadata(mime.parse_metadata(f))
+                encoded = mime.encode_metadata(mime.parse_metadata(f if raw is None else CRLFFile(f)))
         new_off, new_len = cache_append(dst_path, base, encoded)
-        out.append(Delivered(new_sub, new_name, size, new_off, new_len))
+        out.append(Delivered(new_sub, new_name, size, new_off, new_len, raw))
 
 
 def replace_file(path: str, data: bytes) -> None:

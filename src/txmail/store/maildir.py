@@ -111,6 +111,7 @@ from txmail.store._base import (
     next_uidvalidity,
     select_uids,
 )
+from txmail.store._crlf import CRLFFile, to_crlf
 from txmail.store._maildir_format import (
     KEYWORD_LETTERS,
     SYSTEM_LETTERS,
@@ -197,16 +198,21 @@ class _DirSync:
 
 
 class _Loc:
-    """Where a message's file is, and where its metadata is cached."""
+    """
+    Where a message's file is, and where its metadata is cached.  *raw* is
+    the file's size when it holds bare LFs (served converted to CRLF, see
+    :mod:`txmail.store._crlf`), else ``None`` (served as it is).
+    """
 
-    __slots__ = ("base", "clen", "coff", "name", "sub")
+    __slots__ = ("base", "clen", "coff", "name", "raw", "sub")
 
-    def __init__(self, base: str, sub: str, name: str, coff: int, clen: int) -> None:
+    def __init__(self, base: str, sub: str, name: str, coff: int, clen: int, raw: int | None = None) -> None:
         self.base = base
         self.sub = sub
         self.name = name
         self.coff = coff
         self.clen = clen
+        self.raw = raw
 
 
 @implementer(IMailbox)
@@ -244,7 +250,7 @@ class MaildirMailbox(MailboxState):
     def _setup(self, loaded: io.Loaded) -> defer.Deferred[MaildirMailbox]:
         """Build the state from an index and a scan (reactor thread)."""
         parsed = loaded.index
-        rewrite = parsed is None or parsed.damaged
+        rewrite = parsed is None or parsed.damaged or loaded.upgraded
         if parsed is None or parsed.uidvalidity is None:
             # Without the index the old UIDs are unknown, so the files get
             # new ones: a new UIDVALIDITY is required (RFC 3501 2.3.1.1).
@@ -260,8 +266,9 @@ class MaildirMailbox(MailboxState):
             def take(uids: list[int]) -> None:
                 for uid in uids:
                     rec = records[uid]
-                    insert(MessageInfo(uid, rec.flags, rec.size, rec.date, rec.modseq))
-                    locs[uid] = _Loc(rec.base, "", "", rec.coff, rec.clen)
+                    size, raw = rec.size, rec.raw
+                    insert(MessageInfo(uid, rec.flags, size, rec.date, rec.modseq))
+                    locs[uid] = _Loc(rec.base, "", "", rec.coff, rec.clen, None if raw == size else raw)
                     by_base[rec.base] = uid
 
             d = self._in_batches(sorted(records), take)
@@ -331,7 +338,15 @@ class MaildirMailbox(MailboxState):
             loc = self._locs[uid]
             lines.append(
                 index_add(
-                    uid, info.modseq, info.size, info.internal_date, loc.coff, loc.clen, loc.base, info.flags
+                    uid,
+                    info.modseq,
+                    info.size,
+                    info.internal_date,
+                    loc.coff,
+                    loc.clen,
+                    loc.base,
+                    info.flags,
+                    loc.raw,
                 )
             )
         data = "".join(lines).encode("utf-8", "surrogateescape")
@@ -393,17 +408,23 @@ class MaildirMailbox(MailboxState):
     # -- commits (reactor thread) -------------------------------------------
 
     def _commit_added(
-        self, entries: list[tuple[frozenset[str], float, str, str, int, int, int]]
+        self, entries: list[tuple[frozenset[str], float, str, str, int, int, int, int | None]]
     ) -> list[MessageInfo]:
-        """Give files that are durable UIDs: (flags, date, sub, name, size, coff, clen)."""
-        infos = self._add((flags, size, date) for flags, date, _, _, size, _, _ in entries)
+        """
+        Give files that are durable UIDs: (flags, date, sub, name, size,
+        coff, clen, raw) each; *size* is the size served, *raw* the file's
+        when it holds bare LFs, else ``None``.
+        """
+        infos = self._add((flags, size, date) for flags, date, _, _, size, _, _, _ in entries)
         lines = []
-        for info, (_, _, sub, name, _, coff, clen) in zip(infos, entries, strict=True):
+        for info, (_, _, sub, name, _, coff, clen, raw) in zip(infos, entries, strict=True):
             base = split_file_name(name)[0]
-            self._locs[info.uid] = _Loc(base, sub, name, coff, clen)
+            self._locs[info.uid] = _Loc(base, sub, name, coff, clen, raw)
             self._by_base[base] = info.uid
             lines.append(
-                index_add(info.uid, info.modseq, info.size, info.internal_date, coff, clen, base, info.flags)
+                index_add(
+                    info.uid, info.modseq, info.size, info.internal_date, coff, clen, base, info.flags, raw
+                )
             )
         if infos:
             self._write_index("".join(lines))
@@ -504,14 +525,14 @@ class MaildirMailbox(MailboxState):
         if not unknown:
             return defer.succeed(None)
 
-        def picked(found: list[tuple[str, str, int, float, int, int]]) -> None:
+        def picked(found: list[tuple[str, str, int, int | None, float, int, int]]) -> None:
             entries = []
-            for sub, name, size, date, coff, clen in found:
+            for sub, name, size, raw, date, coff, clen in found:
                 base, letters = split_file_name(name)
                 if base in self._by_base:
                     continue
                 flags = flags_from_letters(letters, self._letter_kw)
-                entries.append((flags, date, sub, name, size, coff, clen))
+                entries.append((flags, date, sub, name, size, coff, clen, raw))
             self._commit_added(entries)
 
         return self._run(io.pickup_files, self.path, unknown).addCallback(picked)
@@ -544,13 +565,16 @@ class MaildirMailbox(MailboxState):
             return defer.fail()
         # Opening a file whose name we know costs microseconds: do it here.
         # Only when it was renamed behind our back does finding it take a
-        # directory scan, which goes to the thread pool.
+        # directory scan, which goes to the thread pool.  A file with bare
+        # LFs is converted as it is read.
+        size = None if loc.raw is None else self._infos[uid].size
         try:
-            return defer.succeed(open(os.path.join(self.path, loc.sub, loc.name), "rb"))
+            f = open(os.path.join(self.path, loc.sub, loc.name), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
-            return self._run(io.open_file, self.path, loc.sub, loc.name)
+            return self._run(io.open_file, self.path, loc.sub, loc.name, size)
         except OSError:
             return defer.fail()
+        return defer.succeed(f if size is None else CRLFFile(f, size))
 
     def read_message(self, uid: int) -> defer.Deferred[bytes]:
         """See :meth:`txmail.interfaces.IMailbox.read_message`."""
@@ -563,16 +587,20 @@ class MaildirMailbox(MailboxState):
         # thread pool.  Larger files, and one renamed behind our back, are
         # read in the thread pool.
         info = self._infos.get(uid)
+        raw = loc.raw
         if info is not None and info.size <= INLINE_READ_SIZE:
             try:
-                return defer.succeed(
-                    io.read_known_file(os.path.join(self.path, loc.sub, loc.name), info.size)
+                data = io.read_known_file(
+                    os.path.join(self.path, loc.sub, loc.name), info.size if raw is None else raw
                 )
             except FileNotFoundError:
                 pass
             except OSError:
                 return defer.fail()
-        return self._run(io.read_file, self.path, loc.sub, loc.name)
+            else:
+                # A file with bare LFs is served with CRLF line ends.
+                return defer.succeed(data if raw is None else to_crlf(data))
+        return self._run(io.read_file, self.path, loc.sub, loc.name, raw is not None)
 
     def get_metadata(self, uids: Iterable[int]) -> defer.Deferred[dict[int, MessageMetadata]]:
         """See :meth:`txmail.interfaces.IMailbox.get_metadata`."""
@@ -582,7 +610,7 @@ class MaildirMailbox(MailboxState):
         reqs = []
         for uid in select_uids(uids, self._infos):
             loc = self._locs[uid]
-            reqs.append((uid, loc.coff, loc.clen, loc.base, loc.sub, loc.name))
+            reqs.append((uid, loc.coff, loc.clen, loc.base, loc.sub, loc.name, loc.raw is not None))
         if not reqs:
             return defer.succeed({})
 
@@ -655,6 +683,7 @@ class MaildirMailbox(MailboxState):
                         delivered.size,
                         delivered.coff,
                         delivered.clen,
+                        delivered.raw,
                     )
                 ]
             )
@@ -795,7 +824,19 @@ class MaildirMailbox(MailboxState):
             unique = self._provider._unique()
             uniques.append(unique)
             letters = target._letters(info.flags) or None
-            items.append((loc.sub, loc.name, unique, letters, info.internal_date, loc.coff, loc.clen))
+            items.append(
+                (
+                    loc.sub,
+                    loc.name,
+                    unique,
+                    letters,
+                    info.internal_date,
+                    loc.coff,
+                    loc.clen,
+                    info.size,
+                    loc.raw,
+                )
+            )
         target._pending.update(uniques)
 
         def linked(results: list[io.Delivered | None]) -> Any:
@@ -815,7 +856,7 @@ class MaildirMailbox(MailboxState):
                 if r is None or uid not in self._infos:
                     continue
                 info = self._infos[uid]
-                entries.append((info.flags, info.internal_date, r.sub, r.name, r.size, r.coff, r.clen))
+                entries.append((info.flags, info.internal_date, r.sub, r.name, r.size, r.coff, r.clen, r.raw))
                 sources.append(uid)
             infos = target._commit_added(entries)
             pairs = [(src, info.uid) for src, info in zip(sources, infos, strict=True)]

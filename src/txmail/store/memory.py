@@ -48,6 +48,7 @@ from txmail.store._base import (
     next_uidvalidity,
     select_uids,
 )
+from txmail.store._crlf import bare_lf_count, to_crlf
 
 __all__ = ["MemoryMailbox", "MemoryProvider", "MemoryStore"]
 
@@ -151,6 +152,11 @@ class MemoryMailbox(MailboxState):
             metadata = message.metadata
         else:
             data = bytes(message)
+        if bare_lf_count(data):
+            # Served with CRLF line ends, as the Maildir store serves a file
+            # holding bare LFs (RFC 3501 section 2.3.4 sizes count CRLF).
+            data = to_crlf(data)
+            metadata = None
         if metadata is None:
             metadata = mime.parse_metadata(data)
         date = time.time() if internal_date is None else float(internal_date)
