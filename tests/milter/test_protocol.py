@@ -133,13 +133,19 @@ class NegotiationTests(SynchronousTestCase):
             packet(b"c"),
             optneg(version=7),
             optneg(version=1),
-            optneg(actions=p.SMFIF_ADDRCPT),
             packet(b"O", b"\x00\x00\x00\x06\x00\x00"),
             optneg(extra=struct.pack("!I", 2) + b"no terminator"),
         ):
             client = MilterClient()
             client.negotiate()
             self.assertRaises(MilterProtocolError, client.receive_data, answer)
+
+    def test_unoffered_actions_dropped(self) -> None:
+        """Actions we did not offer (rspamd asks for ADDRCPT/DELRCPT) are dropped, and refused if used."""
+        client = negotiated(actions=p.SMFIF_ADDHDRS | p.SMFIF_ADDRCPT | p.SMFIF_DELRCPT)
+        self.assertEqual(client.actions, p.SMFIF_ADDHDRS)
+        client.end_of_message()
+        self.assertRaises(MilterProtocolError, client.receive_data, packet(b"+", b"<x@example>\x00"))
 
     def test_unoffered_bits_ignored(self) -> None:
         """Protocol bits we did not offer (SMFIP_RCPT_REJ, max data size) are ignored, as Postfix does."""

@@ -580,7 +580,7 @@ class MilterClient:
         self._modifications: list[Modification] = []
         #: What was negotiated (``None`` before).
         self.negotiated: Negotiated | None = None
-        #: The SMFIF_* actions the milter may take.
+        #: The SMFIF_* actions the milter may take (those it asked for that we offered).
         self.actions = 0
         #: The SMFIP_* bits in force (the milter's, within what we offered
         #: and what its version defines).
@@ -665,17 +665,17 @@ class MilterClient:
     def _negotiated(self, answer: Negotiated) -> None:
         if not 2 <= answer.version <= PROTOCOL_VERSION:
             raise MilterProtocolError(f"milter protocol version {answer.version} (we speak 2 to 6)")
-        if answer.actions & ~self.actions_offered:
-            raise MilterProtocolError(
-                f"milter wants actions 0x{answer.actions:x}; offered 0x{self.actions_offered:x}"
-            )
+        # Actions we did not offer are dropped (rspamd asks for SMFIF_ADDRCPT
+        # and SMFIF_DELRCPT whatever the MTA offers): the milter never gets
+        # to use them, a reply that does is refused (Postfix, which offers
+        # them, fails the negotiation instead when a milter asks for more).
         # Bits we did not offer (SMFIP_RCPT_REJ, SMFIP_MDS_*) are ignored,
         # as Postfix does; those outside the milter's version are cleared.
         self.protocol = answer.protocol & self.protocol_offered & _VERSION_PROTOCOL[answer.version]
         if answer.version < 4:
             self.protocol |= SMFIP_NODATA  # no SMFIC_DATA before version 4
-        self.actions = answer.actions
-        if answer.macros and answer.actions & SMFIF_SETSYMLIST:
+        self.actions = answer.actions & self.actions_offered
+        if answer.macros and self.actions & SMFIF_SETSYMLIST:
             # Postfix: once a milter names lists, stages it leaves out get none.
             self._macro_lists = {
                 stage: frozenset(_macro_key(n) for n in names) for stage, names in answer.macros.items()
