@@ -32,26 +32,23 @@ name).  ``Pass: all`` is not sent: it makes rspamd run every rule even
 after the reject score is reached, which costs time and changes nothing
 here.  Its answer's ``action``:
 
-================== ===================================================
-``reject``         ``554 5.7.1`` at the final dot, with rspamd's
-                   ``smtp_message`` when it is one clean line of
-                   printable ASCII, else "Spam message rejected".
-``soft reject``    ``451 4.7.1`` (rspamd's ``smtp_message`` or "Try
-                   again later"), e.g. a rate limit of rspamd's.
-``greylist``       ``451 4.7.1 Try again later`` the first time; the
-                   same message (client address, sender, recipients,
-                   Message-ID) retried after ``greylist_delay`` (5
-                   minutes) and within a day is accepted, as rspamd's
-                   own greylist module would.  Without this memory a
-                   message scoring between the greylist and the
-                   add-header score would be deferred until it bounced.
-``add header``,    delivered into the recipients' Junk folder (the
-``rewrite subject`` mailbox with the ``\\Junk`` special use, created with
-                   it when missing; :meth:`Verdict.deliver_to`) with
-                   ``X-Spam: Yes``; ``rewrite subject`` also replaces
-                   the Subject with rspamd's ``subject``.
-``no action``      delivered as usual.
-================== ===================================================
+* ``reject``: ``554 5.7.1`` at the final dot, with rspamd's
+  ``smtp_message`` when it is one clean line of printable ASCII, else
+  "Spam message rejected".
+* ``soft reject``: ``451 4.7.1`` (rspamd's ``smtp_message`` or "Try again
+  later"), e.g. a rate limit of rspamd's.
+* ``greylist``: ``451 4.7.1 Try again later`` the first time; the same
+  message (client address, sender, recipients, Message-ID) retried after
+  ``greylist_delay`` (5 minutes) and within a day is accepted, as rspamd's
+  own greylist module would.  Without this memory a message scoring
+  between the greylist and the add-header score would be deferred until it
+  bounced.
+* ``add header`` and ``rewrite subject``: delivered into the recipients'
+  Junk folder (the mailbox with the ``\\Junk`` special use, created with
+  it when missing; :meth:`txmail.policy.hooks.Verdict.deliver_to`) with
+  ``X-Spam: Yes``; ``rewrite subject`` also replaces the Subject with
+  rspamd's ``subject``.
+* ``no action``: delivered as usual.
 
 Every scanned message gets ``X-Spam-Status: Yes|No, score=S
 required=R`` (SpamAssassin's form; R is rspamd's reject score) and
