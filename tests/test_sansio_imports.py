@@ -55,6 +55,7 @@ SANS_IO_MODULES = (
     "txmail/dnsrecords.py",
     "txmail/milter/protocol.py",
     "txmail/milter/edits.py",
+    "txmail/milter/settings.py",
 )
 
 

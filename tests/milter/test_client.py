@@ -621,6 +621,8 @@ class ConfigTests(SynchronousTestCase):
                 parse_milters([entry])
             self.assertIn(words, str(caught.exception))
         self.assertRaises(ConfigError, parse_milters, ["inet:h:1"])
+        built = MilterSettings("inet:h:1")
+        self.assertEqual(parse_milters([built]), [built])
         self.assertRaises(ConfigError, parse_milters, {"address": "inet:h:1"})
 
     def test_endpoints(self) -> None:

@@ -52,10 +52,8 @@ Theory of operation
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -65,7 +63,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import txmail
-from txmail.errors import ConfigError
 from txmail.milter.edits import apply_header_edits, milter_field
 from txmail.milter.protocol import (
     SMFIC_BODY,
@@ -85,6 +82,13 @@ from txmail.milter.protocol import (
     body_chunks,
     header_fields,
 )
+from txmail.milter.settings import (
+    DEFAULT_ACTIONS,
+    ROLES,
+    MilterSettings,
+    check_address,
+    parse_milters,
+)
 from txmail.policy.hooks import MessageInfo, Policy, RecipientInfo, SessionInfo, Stage, Verdict
 from txmail.smtp.codes import Reply
 
@@ -99,145 +103,11 @@ __all__ = [
     "parse_milters",
 ]
 
-#: What ``default_action`` may be.
-DEFAULT_ACTIONS = ("tempfail", "accept", "reject")
-#: The listener roles a milter may apply to.
-ROLES = ("mta", "submission", "lmtp")
-
 # Postfix's replies (milter8.c), kept word for word.
 REJECTED = Reply(550, "5.7.1", "Command rejected")
 TEMPFAILED = Reply(451, "4.7.1", "Service unavailable - try again later")
 UNAVAILABLE_REJECT = Reply(550, "5.5.0", "Service unavailable")
 SHUTDOWN = Reply(421, "4.7.0", "Server closing connection")
-
-_KEYS = {
-    "address",
-    "name",
-    "listeners",
-    "default_action",
-    "connect_timeout",
-    "command_timeout",
-    "content_timeout",
-}
-
-
-@dataclass(frozen=True)
-class MilterSettings:
-    """
-    One ``[[milter]]`` entry.
-
-    Attributes:
-        address: ``inet:host:port`` or ``unix:/path`` (Postfix's syntax), or
-            a Twisted client endpoint string (``tcp:host=...:port=...``).
-        name: for the logs (default: the address).
-        listeners: the listener roles it applies to.
-        default_action: what a broken or unreachable milter means
-            (:data:`DEFAULT_ACTIONS`).
-        connect_timeout, command_timeout, content_timeout: seconds
-            (Postfix's ``milter_connect_timeout``, ``milter_command_timeout``
-            and ``milter_content_timeout``).
-    """
-
-    address: str
-    name: str = ""
-    listeners: tuple[str, ...] = ("mta", "submission")
-    default_action: str = "tempfail"
-    connect_timeout: float = 30.0
-    command_timeout: float = 30.0
-    content_timeout: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", self.address)
-
-
-def _check_address(address: str) -> None:
-    """Raise ValueError unless *address* is a milter address we can connect to."""
-    kind, sep, rest = address.partition(":")
-    if not sep or not rest:
-        raise ValueError("needs inet:host:port, unix:/path or a Twisted endpoint string")
-    if kind == "inet":
-        host, sep, port = rest.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("inet: needs host:port (port 1 to 65535)")
-    elif kind == "unix" and not rest.startswith("path="):
-        if not rest.startswith("/"):
-            raise ValueError("unix: needs an absolute path")
-    elif kind not in ("tcp", "unix", "tls", "ssl"):
-        raise ValueError(f"unknown transport {kind!r}")
-
-
-def _timeout(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
-    value = entry.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{where}: {key} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def parse_milters(entries: Sequence[Mapping[str, Any]]) -> list[MilterSettings]:
-    """
-    The ``[[milter]]`` entries of the configuration, checked, in order.
-
-    Raises:
-        ConfigError: an unknown key or a bad value (the message names the
-            entry and the key).
-    """
-    if not isinstance(entries, list | tuple):
-        raise ConfigError("[[milter]] must be a list of tables")
-    result = []
-    for number, entry in enumerate(entries, 1):
-        where = f"[[milter]] entry {number}"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = sorted(set(entry) - _KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_KEYS))})"
-            )
-        address = entry.get("address")
-        if not isinstance(address, str) or not address.strip():
-            raise ConfigError(f"{where}: address is required (inet:host:port or unix:/path)")
-        address = address.strip()
-        try:
-            _check_address(address)
-        except ValueError as e:
-            raise ConfigError(f"{where}: bad address {address!r}: {e}") from None
-        where = f"[[milter]] {address}"
-        name = entry.get("name", "")
-        if not isinstance(name, str):
-            raise ConfigError(f"{where}: name must be a string")
-        listeners = entry.get("listeners", ["mta", "submission"])
-        if (
-            not isinstance(listeners, list | tuple)
-            or not listeners
-            or not all(isinstance(role, str) and role in ROLES for role in listeners)
-        ):
-            raise ConfigError(
-                f"{where}: listeners must be a non-empty list of {', '.join(ROLES)}, not {listeners!r}"
-            )
-        action = entry.get("default_action", "tempfail")
-        if action not in DEFAULT_ACTIONS:
-            raise ConfigError(
-                f"{where}: default_action must be one of {', '.join(DEFAULT_ACTIONS)}, not {action!r}"
-            )
-        result.append(
-            MilterSettings(
-                address=address,
-                name=name,
-                listeners=tuple(dict.fromkeys(listeners)),
-                default_action=action,
-                connect_timeout=_timeout(entry, "connect_timeout", 30.0, where),
-                command_timeout=_timeout(entry, "command_timeout", 30.0, where),
-                content_timeout=_timeout(entry, "content_timeout", 300.0, where),
-            )
-        )
-    return result
 
 
 def milter_endpoint(reactor: Any, address: str, timeout: float = 30.0) -> Any:
@@ -246,7 +116,7 @@ def milter_endpoint(reactor: Any, address: str, timeout: float = 30.0) -> Any:
     name or an IP address, IPv6 in brackets), ``unix:/path``, or a Twisted
     client endpoint string (``tcp:host=127.0.0.1:port=8891``).
     """
-    _check_address(address)
+    check_address(address)
     kind, _, rest = address.partition(":")
     if kind == "inet":
         host, _, port = rest.rpartition(":")
