@@ -11,10 +11,11 @@ Maildir++ folders beside them (``.Sent/``, ``.Archive.2024/`` for
 ``Archive/2024``; see :mod:`txmail.store._maildir_format` for names, file
 names and flag letters).  Beside the messages of each folder:
 
-* ``txmail-index``: an append-only log of UIDs, flags, sizes, internal
-  dates and modseqs, with UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and the
-  ``\\Recent`` watermark.  It is rewritten (temp file and rename) when it
-  holds more than twice as many records as live messages.
+* ``txmail-index``: an append-only log of UIDs, flags, sizes (served
+  and on disk), internal dates and modseqs, with UIDVALIDITY, UIDNEXT,
+  HIGHESTMODSEQ and the ``\\Recent`` watermark.  It is rewritten (temp
+  file and rename) when it holds more than twice as many records as live
+  messages.
 * ``txmail-cache``: parsed metadata (:func:`txmail.mime.encode_metadata`),
   one record per message appended at delivery; the index holds each
   record's offset, so opening a mailbox reads neither the cache nor any
@@ -61,6 +62,19 @@ Theory of operation
   stop other connections for long (measured: the longest pause while one
   opens after a restart went from ~340 ms to ~80 ms, the rest being the
   garbage collector); what the comparison finds is committed at the end.
+* Line ends: IMAP and POP3 send messages with CRLF, and IMAP's sizes
+  count it (RFC 3501 sections 2.3.4 and 7.4.2), but most Maildir writers
+  (Postfix's ``local``/``virtual``, Dovecot's LDA, procmail, mutt) store
+  LF alone.  A file with bare LFs is served converted, as Dovecot does:
+  ``read_message``, ``open_message`` (converted chunk by chunk, see
+  :mod:`txmail.store._crlf`), metadata parsed on the converted form, and
+  ``MessageInfo.size`` the converted size; the file stays as it is.  A
+  file another program put there is counted once when it is taken in (a
+  read through it, unless its name carries Dovecot's ``W=``, the size with
+  CRLF); the index keeps both sizes, so it is never counted again.  Files
+  txmail writes are CRLF (SMTP, LMTP, a ``MessageFile``) and are neither
+  counted nor converted; bytes appended with bare LFs are stored as given
+  and named with ``W=`` too, and a copy carries the sizes along.
 * Keywords beyond the 26 letters Maildir offers are kept in the index
   only (another Maildir tool does not see them).
 * One txmail process per Maildir tree: ``claim_recent`` and UIDs are
