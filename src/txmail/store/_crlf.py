@@ -59,8 +59,9 @@ def to_crlf(data: bytes) -> bytes:
 
 def count_file(fd: int, size_hint: int = 0) -> tuple[int, int]:
     """
-    Read the file *fd* from its current position to its end: (octets read,
-    bare LFs among them), one chunk at a time.
+    Read the regular file *fd* from its current position to its end:
+    (octets read, bare LFs among them), one chunk at a time; *size_hint*
+    (its expected size) lets a small file be read with one ``read``.
     """
     total = bare = 0
     after_cr = False
@@ -71,6 +72,8 @@ def count_file(fd: int, size_hint: int = 0) -> tuple[int, int]:
             return total, bare
         total += len(chunk)
         bare += bare_lf_count(chunk, after_cr)
+        if len(chunk) < want:
+            return total, bare  # a short read of a regular file is its end
         after_cr = chunk[-1] == 0x0D
         want = CHUNK
 
