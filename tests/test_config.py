@@ -59,7 +59,7 @@ class LoadConfigTests(SynchronousTestCase):
         """Invalid files and values raise ConfigError saying which key and why."""
         cases = [
             ("[server]\nbogus = 1\n", "bogus"),
-            ("[server]\nplaintext_auth = \"sometimes\"\n", "plaintext_auth"),
+            ('[server]\nplaintext_auth = "sometimes"\n', "plaintext_auth"),
             ("[smtp]\nmax_recipients = 0\n", "max_recipients"),
             ("[smtp]\nlisten = [1]\n", "smtp"),
             ("[server]\ndomains = []\n", "domains"),
@@ -103,7 +103,7 @@ class OutboundConfigTests(SynchronousTestCase):
         """Every [outbound] key reaches the settings; durations take units."""
         s = load_config(
             self.write(
-                "[outbound]\nenabled = false\nresolvers = [\"127.0.0.1:5353\", \"[::1]:53\"]\nrelay_port = 2525\n"
+                '[outbound]\nenabled = false\nresolvers = ["127.0.0.1:5353", "[::1]:53"]\nrelay_port = 2525\n'
                 'smarthost = "relay.test:587"\nsmarthost_user = "me"\nsmarthost_password = "pw"\n'
                 'tls_policy = "verify"\nretry_schedule = "1m,2m"\ngive_up_after = "2d"\n'
                 'delay_notice_after = "never"\npoll_interval = 5\ntimeout = "1m"\n'
@@ -113,7 +113,9 @@ class OutboundConfigTests(SynchronousTestCase):
         self.assertFalse(s.outbound_enabled)
         self.assertEqual(s.resolvers, ("127.0.0.1:5353", "[::1]:53"))
         self.assertEqual(s.relay_port, 2525)
-        self.assertEqual((s.smarthost, s.smarthost_user, s.smarthost_password), ("relay.test:587", "me", "pw"))
+        self.assertEqual(
+            (s.smarthost, s.smarthost_user, s.smarthost_password), ("relay.test:587", "me", "pw")
+        )
         self.assertNotIn("pw", repr(s))
         self.assertEqual(s.outbound_tls_policy, "verify")
         self.assertEqual(s.retry_schedule, "1m,2m")
@@ -146,3 +148,59 @@ class OutboundConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as cm:
                 load_config(self.write(text))
             self.assertIn(needle, str(cm.exception), text)
+
+
+class FilterConfigTests(SynchronousTestCase):
+    """``[[milter]]`` and ``[rspamd]`` reach the settings, checked."""
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_milters_and_rspamd(self) -> None:
+        """Two [[milter]] entries keep their order and keys; [rspamd] gives RspamdSettings; none by default."""
+        s = load_config(
+            self.write(
+                '[[milter]]\naddress = "inet:127.0.0.1:8891"\nlisteners = ["submission"]\n'
+                '[[milter]]\naddress = "unix:/run/rspamd/milter.sock"\ndefault_action = "accept"\n'
+                "content_timeout = 60\n"
+                '[rspamd]\nurl = "http://127.0.0.1:11333"\npassword = "pw"\nfail_action = "tempfail"\n'
+                'timeout = "30s"\n'
+            )
+        )
+        self.assertEqual(
+            [m.address for m in s.milters], ["inet:127.0.0.1:8891", "unix:/run/rspamd/milter.sock"]
+        )
+        self.assertEqual(s.milters[0].listeners, ("submission",))
+        self.assertEqual((s.milters[1].default_action, s.milters[1].content_timeout), ("accept", 60.0))
+        assert s.rspamd is not None
+        self.assertEqual(
+            (s.rspamd.password, s.rspamd.fail_action, s.rspamd.timeout), ("pw", "tempfail", 30.0)
+        )
+        default = load_config(None)
+        self.assertEqual((default.milters, default.rspamd), ((), None))
+
+    def test_errors(self) -> None:
+        """Bad entries raise ConfigError naming the problem."""
+        cases = [
+            ('[[milter]]\nlisteners = ["mta"]\n', "address is required"),
+            ('[[milter]]\naddress = "inet:127.0.0.1"\n', "bad address"),
+            ('[[milter]]\naddress = "inet:127.0.0.1:1"\nbogus = 1\n', "bogus"),
+            ('[[milter]]\naddress = "inet:127.0.0.1:1"\ndefault_action = "shrug"\n', "default_action"),
+            ('[rspamd]\nurl = "ftp://x"\n', "http://"),
+            ('[rspamd]\nfail_action = "maybe"\n', "fail_action"),
+            ("[rspamd]\nbogus = 1\n", "bogus"),
+        ]
+        for text, needle in cases:
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertIn(needle, str(cm.exception), text)
+
+    def test_validated_in_code(self) -> None:
+        """Embedders pass the tables as mappings to Settings.validated."""
+        s = Settings.validated(milters=[{"address": "inet:127.0.0.1:8891"}], rspamd={"learn": False})
+        self.assertEqual(s.milters[0].listeners, ("mta", "submission"))
+        assert s.rspamd is not None
+        self.assertFalse(s.rspamd.learn)

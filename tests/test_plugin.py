@@ -10,7 +10,7 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from txmail.config import load_config
+from txmail.config import Settings, load_config
 from txmail.service import MailServer, build_service
 
 
@@ -37,14 +37,22 @@ class PluginTests(SynchronousTestCase):
         data_dir = self.mktemp()
         options.parseOptions(
             [
-                "--data-dir", data_dir,
-                "--hostname", "mx.example.test",
-                "--domain", "example.test",
-                "--domain", "other.test",
-                "--smtp", "tcp:0:interface=127.0.0.1",
-                "--submission", "tcp:0:interface=127.0.0.1",
-                "--submission", "tcp:0:interface=127.0.0.1",
-                "--plaintext-auth", "never",
+                "--data-dir",
+                data_dir,
+                "--hostname",
+                "mx.example.test",
+                "--domain",
+                "example.test",
+                "--domain",
+                "other.test",
+                "--smtp",
+                "tcp:0:interface=127.0.0.1",
+                "--submission",
+                "tcp:0:interface=127.0.0.1",
+                "--submission",
+                "tcp:0:interface=127.0.0.1",
+                "--plaintext-auth",
+                "never",
             ]
         )
         s = options.settings
@@ -58,11 +66,16 @@ class PluginTests(SynchronousTestCase):
         options = _maker().options()  # type: ignore[attr-defined]
         options.parseOptions(
             [
-                "--data-dir", self.mktemp(),
-                "--resolver", "127.0.0.1:5353",
-                "--resolver", "[::1]:53",
-                "--relay-port", "2525",
-                "--smarthost", "relay.test:587",
+                "--data-dir",
+                self.mktemp(),
+                "--resolver",
+                "127.0.0.1:5353",
+                "--resolver",
+                "[::1]:53",
+                "--relay-port",
+                "2525",
+                "--smarthost",
+                "relay.test:587",
             ]
         )
         s = options.settings
@@ -141,8 +154,70 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertTrue(runner.running)
         server.stopService()
         self.assertFalse(runner.running)
-        off = build_service(load_config(None, {"data_dir": self.mktemp(), "outbound_enabled": False}), reactor=reactor)
+        off = build_service(
+            load_config(None, {"data_dir": self.mktemp(), "outbound_enabled": False}), reactor=reactor
+        )
         self.assertIsNone(off.runner)
+
+    def test_filters_wired(self) -> None:
+        """[[milter]] and [rspamd] become policies after the inbound checks, before DKIM signing and
+        Authentication-Results, in order; the rspamd learner follows IMAP copies."""
+        from txmail.milter.client import MilterPolicy
+        from txmail.policy.authentication import AuthenticationResultsHeader, DKIMSigner
+        from txmail.policy.rspamd import RspamdLearner, RspamdPolicy
+
+        reactor = MemoryReactorClock()
+        key = self.mktemp()
+        from txmail.cli import main as txmail_main
+
+        with open(os.devnull, "w") as devnull:
+            import contextlib
+
+            with contextlib.redirect_stdout(devnull):
+                txmail_main(
+                    [
+                        "dkim",
+                        "keygen",
+                        "example.test",
+                        "--selector",
+                        "s1",
+                        "--algorithm",
+                        "ed25519",
+                        "--out",
+                        key,
+                    ]
+                )
+        settings = Settings.validated(
+            data_dir=self.mktemp(),
+            imap=["tcp:1143"],
+            milters=[
+                {"address": "inet:127.0.0.1:8891", "listeners": ["submission"], "content_timeout": 600},
+                {"address": "inet:127.0.0.1:11332"},
+            ],
+            rspamd={"url": "http://127.0.0.1:11333"},
+            policy={
+                "dkim": {"sign": True, "keys": [{"domain": "example.test", "selector": "s1", "key": key}]}
+            },
+        )
+        server = build_service(settings, reactor=reactor)
+        kinds = [type(p) for p in server.policies]
+        self.assertIs(kinds[-1], AuthenticationResultsHeader)
+        filters = [p for p in server.policies if isinstance(p, MilterPolicy | RspamdPolicy)]
+        self.assertEqual([type(p) for p in filters], [MilterPolicy, MilterPolicy, RspamdPolicy])
+        self.assertEqual(
+            [p.settings.address for p in filters[:2]], ["inet:127.0.0.1:8891", "inet:127.0.0.1:11332"]
+        )
+        self.assertLess(server.policies.index(filters[-1]), kinds.index(DKIMSigner))
+        (imap,) = server.listeners_for("imap")
+        (learner,) = imap.factory.copy_listeners
+        self.assertIsInstance(learner, RspamdLearner)
+        submission = server.listeners_for("submission")[0].factory.policy
+        mta = server.listeners_for("mta")[0].factory.policy
+        self.assertEqual(sum(isinstance(p, MilterPolicy) for p in submission.policies), 2)
+        self.assertEqual(sum(isinstance(p, MilterPolicy) for p in mta.policies), 1)
+        self.assertGreaterEqual(submission.timeout, 600)  # the first milter's content timeout
+        self.assertGreaterEqual(mta.timeout, 300)  # the second's default content timeout
+        self.assertLess(mta.timeout, 600)
 
     def test_stop_twice(self) -> None:
         """Stopping a started server twice is harmless (a test may stop it before its cleanup does)."""

@@ -51,6 +51,7 @@ SANS_IO_MODULES = (
     "txmail/policy/hooks.py",
     "txmail/policy/iprev.py",
     "txmail/policy/config.py",
+    "txmail/policy/rspamd_settings.py",
     "txmail/dnsdata.py",
     "txmail/dnsrecords.py",
     "txmail/milter/protocol.py",

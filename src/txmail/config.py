@@ -58,9 +58,22 @@ The file format (every key optional)::
     [outbound.tls_policies]              # per-domain TLS policy, overrides tls_policy
     "bank.example" = "verify"
 
+    [[milter]]                           # milters, asked in order (none by default)
+    address = "inet:127.0.0.1:8891"      # or "unix:/run/opendkim/opendkim.sock"
+    listeners = ["submission"]           # mta | submission | lmtp (default mta and submission)
+    default_action = "tempfail"          # unreachable or broken milter: tempfail | accept | reject
+
+    [rspamd]                             # spam filtering with rspamd (off without this table)
+    url = "http://127.0.0.1:11333"       # the normal worker (POST /checkv2)
+    controller_url = "http://127.0.0.1:11334"  # learning when users move mail into/out of Junk
+    password = "secret"                  # the controller's password
+    fail_action = "accept"               # rspamd unreachable: accept (unscanned) | tempfail
+
 The ``[policy]``, ``[dkim]``, ``[srs]`` and ``[arc]`` tables (mail
 authentication, blocklists, limits, signing) are described in
-:mod:`txmail.policy.config`; they become ``Settings.policy``.
+:mod:`txmail.policy.config`; they become ``Settings.policy``.  Every key of
+``[[milter]]`` is described in :mod:`txmail.milter.settings` and of
+``[rspamd]`` in :mod:`txmail.policy.rspamd_settings`.
 
 Nothing here does protocol work; :mod:`txmail.service` turns settings into
 running services.
@@ -77,7 +90,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txmail.errors import ConfigError
+from txmail.milter.settings import MilterSettings, parse_milters
 from txmail.policy.config import PolicyConfig, parse_policy_config
+from txmail.policy.rspamd_settings import RspamdSettings, parse_rspamd_settings
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -135,6 +150,8 @@ class Settings:
     queue_poll_interval: float = 30.0
     outbound_timeout: float = 300.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    milters: tuple[MilterSettings, ...] = ()
+    rspamd: RspamdSettings | None = None
 
     @classmethod
     def validated(cls, **values: Any) -> Settings:
@@ -260,6 +277,12 @@ POLICY_TABLES = ("policy", "dkim", "srs", "arc")
 def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for table, content in document.items():
+        if table == "milter":
+            values["milters"] = content  # [[milter]]: an array of tables
+            continue
+        if table == "rspamd":
+            values["rspamd"] = content
+            continue
         if not isinstance(content, Mapping):
             raise ConfigError(f"top-level key {table!r} must be a table, like [{table}]")
         if table in POLICY_TABLES:
@@ -294,6 +317,10 @@ def _validate(values: dict[str, Any]) -> Settings:
                 out[f.name] = parse_policy_config(value)
             else:
                 raise ConfigError("policy must be a PolicyConfig or a mapping of its tables")
+        elif f.name == "milters":
+            out[f.name] = tuple(parse_milters(value))
+        elif f.name == "rspamd":
+            out[f.name] = value if isinstance(value, RspamdSettings) else parse_rspamd_settings(value)
         elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "resolvers":

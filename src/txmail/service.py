@@ -47,6 +47,7 @@ from txmail.directory import FileDirectory
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
 from txmail.interfaces import IDirectory, IMailStoreProvider
+from txmail.milter.client import build_milter_policies
 from txmail.policy.authentication import MessageSigner
 from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
 from txmail.pop3.server import MaildropLocks, POP3Factory
@@ -389,6 +390,17 @@ def build_service(
         nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
         dns = Resolver(nameservers, reactor=reactor)
     server.dns = dns
+    # Content filters: milters in their configured order, then rspamd (whose
+    # learner follows IMAP moves into and out of Junk).
+    filters: list[Any] = build_milter_policies(settings.milters, reactor=reactor, run_blocking=run_blocking)
+    copy_listeners: list[Any] = []
+    if settings.rspamd is not None:
+        from txmail.policy.rspamd import build_rspamd  # twisted.web: only when configured
+
+        rspamd_policy, rspamd_learner = build_rspamd(settings.rspamd, reactor=reactor)
+        filters.append(rspamd_policy)
+        if rspamd_learner is not None:
+            copy_listeners.append(rspamd_learner)
     server.policies = build_policies(
         policy,
         hostname=settings.hostname,
@@ -398,8 +410,9 @@ def build_service(
         greylist_path=settings.path("greylist.json"),
         extra=policies,
         keys=keys,
+        filters=filters,
     )
-    PolicyService(server.policies).setServiceParent(server)
+    PolicyService([*server.policies, *copy_listeners]).setServiceParent(server)
 
     limits = SMTPLimits(
         max_message_size=settings.max_message_size,
@@ -407,7 +420,11 @@ def build_service(
         command_timeout=settings.command_timeout,
         data_timeout=settings.data_timeout,
     )
-    for role, endpoints in (("mta", settings.smtp), ("submission", settings.submission), ("lmtp", settings.lmtp)):
+    for role, endpoints in (
+        ("mta", settings.smtp),
+        ("submission", settings.submission),
+        ("lmtp", settings.lmtp),
+    ):
         for description in endpoints:
             # LMTP (RFC 2033) serves an MTA in front of us on a local socket: no AUTH,
             # no relaying (the router refuses remote recipients without AUTH).
@@ -463,6 +480,7 @@ def build_service(
             idle_timeout=settings.imap_idle_timeout,
             limits=imap_limits,
             clock=reactor,
+            copy_listeners=copy_listeners,
         )
         listener = ListenerService(
             reactor, with_certificate(description, settings.tls_cert, settings.tls_key), imap_factory, "imap"

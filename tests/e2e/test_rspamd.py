@@ -19,8 +19,6 @@ from twisted.trial.unittest import TestCase
 from tests._rspamd import GTUBE, RspamdInstance, start_rspamd
 from tests.e2e._server import maildir_files
 from txmail.config import load_config
-from txmail.imap.server import IMAPFactory
-from txmail.policy.rspamd import RspamdLearner, RspamdPolicy
 from txmail.service import MailServer, build_service
 
 CLEAN = (
@@ -76,37 +74,36 @@ PASSWORD = "rspamd e2e secret"
 @defer.inlineCallbacks
 def start_server_with_rspamd(test: TestCase, rspamd: RspamdInstance) -> Any:
     """
-    The real txmail service (SMTP on the MTA role) with an RspamdPolicy, and
-    an IMAP listener whose copy listener is an RspamdLearner (built here on
-    the server's stores and authenticator, as service.py would).
+    The real txmail service built from an ``[rspamd]`` table as a
+    configuration file gives it: SMTP on the MTA role scanned by rspamd, and
+    IMAP whose moves into and out of Junk rspamd learns.
     """
     data_dir = os.path.abspath(test.mktemp())
+    config = test.mktemp()
+    with open(config, "w") as f:
+        f.write(
+            "[rspamd]\n"
+            f'url = "{rspamd.url}"\ncontroller_url = "{rspamd.controller_url}"\n'
+            f'password = "{rspamd.password}"\n'
+        )
     settings = load_config(
-        None,
+        config,
         {
             "data_dir": data_dir,
             "hostname": "mx.example.test",
             "domains": ["example.test"],
             "smtp": ["tcp:0:interface=127.0.0.1"],
+            "imap": ["tcp:0:interface=127.0.0.1"],
             "threads": 4,
             "outbound_enabled": False,
         },
     )
-    policy = RspamdPolicy(rspamd.url, reactor=reactor)
-    learner = RspamdLearner(rspamd.controller_url, password=rspamd.password, reactor=reactor)
-    test.addCleanup(policy.stop)
-    test.addCleanup(learner.stop)
-    server: MailServer = build_service(settings, reactor=reactor, policies=[policy])
+    server: MailServer = build_service(settings, reactor=reactor)
     server.startService()
     test.addCleanup(server.stopService)
     yield server.when_listening()
-    factory = IMAPFactory(
-        authenticator=server.authenticator, stores=server.stores, clock=reactor, copy_listeners=[learner]
-    )
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    test.addCleanup(port.stopListening)
     server.directory.add_user("bob@example.test", PASSWORD)
-    return server, port.getHost().port, learner
+    return server, server.address("imap")[1]
 
 
 def smtp_send(address: tuple[str, int], message: bytes) -> tuple[int, bytes]:
@@ -121,12 +118,12 @@ def smtp_send(address: tuple[str, int], message: bytes) -> tuple[int, bytes]:
 
 
 class RspamdEndToEndTests(TestCase):
-    """txmail's MTA role with RspamdPolicy, and IMAP with RspamdLearner, against a real rspamd."""
+    """txmail configured with ``[rspamd]``: its MTA role scanned and its IMAP moves learnt by a real rspamd."""
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.rspamd = start_rspamd(self)
-        self.server, self.imap_port, self.learner = yield start_server_with_rspamd(self, self.rspamd)
+        self.server, self.imap_port = yield start_server_with_rspamd(self, self.rspamd)
         self.smtp = self.server.address("mta")
 
     def imap(self, work: Any) -> defer.Deferred[Any]:

@@ -33,7 +33,6 @@ from tests.e2e._server import maildir_files
 from tests.e2e.test_outbound import wait_for
 from txmail.config import load_config
 from txmail.dnsdata import Answer
-from txmail.milter.client import MilterPolicy, parse_milters
 from txmail.policy import dkim
 from txmail.service import build_service
 
@@ -127,9 +126,6 @@ class OpenDKIMTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         port = start_opendkim(self)
-        [settings] = parse_milters(
-            [{"address": f"inet:127.0.0.1:{port}", "name": "opendkim", "listeners": ["mta", "submission"]}]
-        )
         values: dict[str, Any] = {
             "data_dir": os.path.abspath(self.mktemp()),
             "hostname": "mx.example.test",
@@ -139,9 +135,13 @@ class OpenDKIMTests(TestCase):
             "threads": 2,
             "outbound_enabled": False,
         }
-        self.server = build_service(
-            load_config(None, values), reactor=reactor, policies=[MilterPolicy(settings, reactor=reactor)]
-        )
+        config = self.mktemp()
+        with open(config, "w") as f:  # the [[milter]] table of a configuration file
+            f.write(
+                f'[[milter]]\naddress = "inet:127.0.0.1:{port}"\n'
+                + 'name = "opendkim"\nlisteners = ["mta", "submission"]\n'
+            )
+        self.server = build_service(load_config(config, values), reactor=reactor)
         self.server.startService()
         self.addCleanup(self.server.stopService)
         yield self.server.when_listening()

@@ -19,7 +19,6 @@ from tests._rspamd import GTUBE, start_rspamd
 from tests.e2e._server import maildir_files
 from tests.e2e.test_outbound import wait_for
 from txmail.config import load_config
-from txmail.milter.client import MilterPolicy, parse_milters
 from txmail.service import build_service
 
 CLEAN = (
@@ -44,9 +43,6 @@ class RspamdMilterTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         rspamd = start_rspamd(self, milter=True)
-        [settings] = parse_milters(
-            [{"address": f"inet:127.0.0.1:{rspamd.milter_port}", "name": "rspamd", "content_timeout": 60}]
-        )
         values: dict[str, Any] = {
             "data_dir": os.path.abspath(self.mktemp()),
             "hostname": "mx.example.test",
@@ -56,9 +52,13 @@ class RspamdMilterTests(TestCase):
             "threads": 2,
             "outbound_enabled": False,
         }
-        self.server = build_service(
-            load_config(None, values), reactor=reactor, policies=[MilterPolicy(settings, reactor=reactor)]
-        )
+        config = self.mktemp()
+        with open(config, "w") as f:  # the [[milter]] table of a configuration file
+            f.write(
+                f'[[milter]]\naddress = "inet:127.0.0.1:{rspamd.milter_port}"\n'
+                + 'name = "rspamd"\ncontent_timeout = 60\n'
+            )
+        self.server = build_service(load_config(config, values), reactor=reactor)
         self.server.startService()
         self.addCleanup(self.server.stopService)
         yield self.server.when_listening()

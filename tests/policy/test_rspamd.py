@@ -413,10 +413,41 @@ class LearnerTests(RspamdTestCase):
         self.fake.answer = (404, b'{"error":"<x@y> has been already learned as spam, ignore it"}')
         learner.messages_copied(self.event("INBOX", "Junk", self.junk))
         yield learner.wait()
-        self.fake.answer = (500, b"broken")
+        self.fake.answer = (400, b"broken")
         learner.messages_copied(self.event("INBOX", "Junk", self.junk))
         yield learner.wait()
-        self.assertEqual(len(self.fake.requests), 2)
+        self.assertEqual(len(self.fake.requests), 2)  # a 4xx is not tried again
+
+    @defer.inlineCallbacks
+    def test_transient_failure_tried_again(self) -> Any:
+        """A 5xx ("database is locked") is tried again after each retry delay, then given up."""
+        learner = self.learner(retry_delays=(1.0, 5.0))
+        self.fake.answer = (500, b'{"error":"cannot commit checkpoint: database is locked"}')
+        learner.messages_copied(self.event("INBOX", "Junk", self.junk))
+        yield self.until(lambda: len(self.fake.requests) == 1)
+        self.clock.advance(1)
+        yield self.until(lambda: len(self.fake.requests) == 2)
+        self.fake.answer = {"success": True}
+        self.clock.advance(5)
+        yield learner.wait()
+        self.assertEqual(len(self.fake.requests), 3)
+        self.fake.answer = (503, b"down")
+        learner.messages_copied(self.event("INBOX", "Junk", self.junk))
+        yield self.until(lambda: len(self.fake.requests) == 4)
+        self.clock.advance(1)
+        yield self.until(lambda: len(self.fake.requests) == 5)
+        self.clock.advance(5)
+        yield learner.wait()  # given up after the last delay: logged, not raised
+        self.assertEqual(len(self.fake.requests), 6)
+
+    @defer.inlineCallbacks
+    def until(self, condition: Any) -> Any:
+        """Spin the real reactor (the fake server's HTTP) until *condition* holds."""
+        for _ in range(500):
+            if condition():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("condition not reached")
 
     @defer.inlineCallbacks
     def test_too_large(self) -> Any:

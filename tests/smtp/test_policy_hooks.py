@@ -671,3 +671,16 @@ class EngineTimeoutTests(ServerTestCase):
             self.take(transport), [b"451 4.3.0 Requested action aborted: local error in processing"]
         )
         self.assertNotIn(("after", "mail", "s@r.test"), calls)
+
+    def test_policy_asks_for_a_longer_stage(self) -> None:
+        """A policy's stage_timeout (a milter's content timeout) lengthens the engine's; a shorter one does not shorten it."""
+        from txmail.policy.engine import PolicyEngine
+
+        patient = Recorder("patient", [])
+        patient.stage_timeout = 400.0  # type: ignore[attr-defined]
+        brief = Recorder("brief", [])
+        brief.stage_timeout = 5.0  # type: ignore[attr-defined]
+        self.assertEqual(PolicyEngine([patient, brief], role="mta", clock=self.clock).timeout, 400.0)
+        self.assertEqual(PolicyEngine([brief], role="mta", clock=self.clock).timeout, 120.0)
+        patient.roles = frozenset({"submission"})
+        self.assertEqual(PolicyEngine([patient], role="mta", clock=self.clock).timeout, 120.0)

@@ -444,6 +444,11 @@ class MilterPolicy(Policy):
         self.settings = settings
         self.name = f"milter {settings.name}"
         self.roles = frozenset(settings.listeners)
+        #: The longest a stage may wait on this milter: connecting, then the
+        #: longest answer (the policy engine waits at least this long).
+        self.stage_timeout = (
+            settings.connect_timeout + max(settings.command_timeout, settings.content_timeout) + 10
+        )
         self.clock = clock if clock is not None else reactor
         self.endpoint = (
             endpoint

@@ -89,10 +89,13 @@ def build_policies(
     greylist_path: str | None = None,
     extra: Sequence[Any] = (),
     keys: Sequence[Any] | None = None,
+    filters: Sequence[Any] = (),
 ) -> list[Any]:
     """
     The policies for *config*, in order (see the module notes), with the
-    embedder's *extra* policies before the Authentication-Results field.
+    content *filters* (milters, rspamd) after the inbound checks and before
+    DKIM signing, and the embedder's *extra* policies before the
+    Authentication-Results field.
     *keys* are the DKIM signing keys when the caller loaded them already
     (:func:`signing_keys`).
 
@@ -131,6 +134,7 @@ def build_policies(
                     inbound, resolver=resolver, run_blocking=run_blocking, hostname=hostname
                 )
             )
+    policies.extend(filters)
     if keys is None:
         keys = signing_keys(config)
     if keys:

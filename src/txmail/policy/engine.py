@@ -109,7 +109,10 @@ class PolicyEngine:
             (and their reverse DNS is not looked up).
         timeout: seconds a stage may take (DNS lookups of slow servers add
             up); past it the stage fails temporarily, as if a policy had
-            failed.  The client's own timeouts do not run meanwhile.
+            failed.  The client's own timeouts do not run meanwhile.  A
+            policy that may need longer (a milter with long content
+            timeouts) says so with a ``stage_timeout`` attribute, and the
+            longest of those is the timeout when it is longer.
     """
 
     log = Logger()
@@ -125,12 +128,12 @@ class PolicyEngine:
         timeout: float = 120.0,
     ) -> None:
         self.role = role
-        self.timeout = timeout
+        self.policies = tuple(p for p in policies if role in getattr(p, "roles", (role,)))
+        self.timeout = max([timeout, *(getattr(p, "stage_timeout", 0.0) for p in self.policies)])
         self.trusted_networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
         self._trusted: dict[str, bool] = {}  # address -> is_trusted, for the addresses seen lately
         self.clock = clock
         self.resolver = resolver
-        self.policies = tuple(p for p in policies if role in getattr(p, "roles", (role,)))
         self._calls: dict[Stage, tuple[tuple[Any, Callable[..., Any]], ...]] = {
             stage: tuple((p, getattr(p, method)) for p in self.policies if _implements(p, method))
             for stage, method in _METHODS.items()

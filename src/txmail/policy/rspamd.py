@@ -83,20 +83,26 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from txmail.errors import ConfigError
 from txmail.model import SpecialUse
 from txmail.policy.hooks import MessageInfo, Policy, SessionInfo, Verdict
+from txmail.policy.rspamd_settings import (
+    DEFAULT_CONTROLLER_URL,
+    DEFAULT_MAX_SIZE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    FAIL_ACTIONS,
+    RspamdSettings,
+    parse_rspamd_settings,
+)
 
 __all__ = [
     "DEFAULT_CONTROLLER_URL",
@@ -110,13 +116,6 @@ __all__ = [
     "strip_spam_fields",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:11333"
-DEFAULT_CONTROLLER_URL = "http://127.0.0.1:11334"
-#: Larger messages are not sent to rspamd (20 MiB).
-DEFAULT_MAX_SIZE = 20 * 1024 * 1024
-DEFAULT_TIMEOUT = 15.0
-FAIL_ACTIONS = ("accept", "tempfail")
-ROLES = ("mta", "submission", "lmtp")
 
 #: Header fields the client may not set (removed from its header section).
 SPAM_FIELDS = frozenset({b"x-spam", b"x-spam-status", b"x-spam-score", b"x-spam-flag"})
@@ -455,6 +454,9 @@ class RspamdLearner:
         timeout: seconds per learn request.
         max_size: larger messages are not learnt.
         concurrency: learn requests in flight at once.
+        retry_delays: seconds to wait before each new try after a failure
+            that may pass (no answer, or HTTP 5xx: rspamd's sqlite3 Bayes
+            backend answers "database is locked" while a scan reads it).
         agent: an ``IAgent`` (tests).
     """
 
@@ -470,12 +472,14 @@ class RspamdLearner:
         timeout: float = 60.0,
         max_size: int = DEFAULT_MAX_SIZE,
         concurrency: int = 4,
+        retry_delays: Iterable[float] = (1.0, 5.0, 30.0),
         agent: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
+        self.retry_delays = tuple(retry_delays)
         self.controller_url = controller_url.rstrip("/")
         self.password = password
         self.clock: IReactorTime = clock if clock is not None else reactor
@@ -554,7 +558,26 @@ class RspamdLearner:
         if self.password:
             headers["Password"] = [self.password]
         url = f"{self.controller_url}/learn{kind}"
-        status, content = await _request(self.agent, self.clock, url, headers, io.BytesIO(data), self.timeout)
+        for delay in (*self.retry_delays, None):
+            try:
+                status, content = await _request(
+                    self.agent, self.clock, url, headers, io.BytesIO(data), self.timeout
+                )
+            except RspamdError as e:
+                if delay is None:
+                    raise
+                error = str(e)
+            else:
+                if status < 500 or delay is None:
+                    break
+                error = f"HTTP {status}: {content[:200].decode('utf-8', 'replace')}"
+            self.log.info(
+                "learning {kind} failed ({error}); trying again in {delay:g} s",
+                kind=kind,
+                error=error,
+                delay=delay,
+            )
+            await task.deferLater(self.clock, delay, lambda: None)
         if status == 200:
             self.log.info(
                 "learnt {kind} from {user}'s {mailbox} UID {uid}",
@@ -570,100 +593,6 @@ class RspamdLearner:
             self.log.info("rspamd already learnt this {kind}: {error}", kind=kind, error=error)
             return
         raise RspamdError(f"{url} answered HTTP {status}: {error}")
-
-
-@dataclass(frozen=True)
-class RspamdSettings:
-    """The ``[rspamd]`` table (see the module notes)."""
-
-    url: str = DEFAULT_URL
-    controller_url: str = DEFAULT_CONTROLLER_URL
-    password: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    fail_action: str = "accept"
-    listeners: tuple[str, ...] = ("mta",)
-    max_size: int = DEFAULT_MAX_SIZE
-    learn: bool = True
-
-
-def _url(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"rspamd {name} must be a URL string")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(f'rspamd {name} must be an http:// URL such as "{DEFAULT_URL}", not {value!r}')
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(f"rspamd {name} has a bad port: {value!r}") from None
-    return value.rstrip("/")
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false")
-    return value
-
-
-def _count(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{name} must be a whole number, 0 or more")
-    return value
-
-
-def _seconds(name: str, value: Any) -> float:
-    from txmail.delivery.backoff import parse_duration
-
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError as e:
-            raise ConfigError(f"{name}: {e}") from None
-    raise ConfigError(f'{name} must be a duration such as 15 or "30s"')
-
-
-def parse_rspamd_settings(table: Mapping[str, Any]) -> RspamdSettings:
-    """
-    Validate the ``[rspamd]`` table of the configuration.
-
-    Raises:
-        ConfigError: an unknown key or a bad value.
-    """
-    if not isinstance(table, Mapping):
-        raise ConfigError("[rspamd] must be a table")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in ("url", "controller_url"):
-            values[key] = _url(key, value)
-        elif key == "password":
-            if not isinstance(value, str) or _clean(value) is None:
-                raise ConfigError("rspamd password must be a one-line string")
-            values[key] = value or None
-        elif key == "timeout":
-            seconds = _seconds("rspamd timeout", value)
-            if seconds <= 0:
-                raise ConfigError("rspamd timeout must be more than 0")
-            values[key] = seconds
-        elif key == "fail_action":
-            if value not in FAIL_ACTIONS:
-                raise ConfigError(f'rspamd fail_action must be "accept" or "tempfail", not {value!r}')
-            values[key] = value
-        elif key == "listeners":
-            if not isinstance(value, list) or not value or any(r not in ROLES for r in value):
-                raise ConfigError(f"rspamd listeners must be a non-empty list of {', '.join(ROLES)}")
-            values[key] = tuple(dict.fromkeys(value))
-        elif key == "max_size":
-            size = _count("rspamd max_size", value)
-            if size == 0:
-                raise ConfigError("rspamd max_size must be more than 0")
-            values[key] = size
-        elif key == "learn":
-            values[key] = _bool("rspamd learn", value)
-        else:
-            raise ConfigError(f"unknown key {key!r} in [rspamd]")
-    return RspamdSettings(**values)
 
 
 def build_rspamd(
