@@ -204,3 +204,22 @@ class FilterConfigTests(SynchronousTestCase):
         self.assertEqual(s.milters[0].listeners, ("mta", "submission"))
         assert s.rspamd is not None
         self.assertFalse(s.rspamd.learn)
+
+
+class QuotaConfigTests(SynchronousTestCase):
+    def test_quota_table(self) -> None:
+        """[quota] storage and [quota.users] become sizes in octets (None: no limit)."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                '[quota]\nstorage = "1G"\n[quota.users]\n"Boss@Example.Test" = "10G"\n"x@example.test" = "none"\n'
+            )
+        s = load_config(path)
+        self.assertEqual(s.quota_storage, 1024**3)
+        self.assertEqual(s.quota_users, (("boss@example.test", 10 * 1024**3), ("x@example.test", None)))
+        self.assertIsNone(load_config(None).quota_storage)
+        with open(path, "w") as f:
+            f.write('[quota]\nstorage = "lots"\n')
+        with self.assertRaises(ConfigError) as cm:
+            load_config(path)
+        self.assertIn("quota storage", str(cm.exception))

@@ -58,6 +58,13 @@ The file format (every key optional)::
     [outbound.tls_policies]              # per-domain TLS policy, overrides tls_policy
     "bank.example" = "verify"
 
+    [quota]
+    storage = "1G"                       # each user's limit over all mailboxes (default none)
+
+    [quota.users]                        # per-user limits, override storage
+    "boss@example.com" = "10G"
+    "archive@example.com" = "none"
+
     [[milter]]                           # milters, asked in order (none by default)
     address = "inet:127.0.0.1:8891"      # or "unix:/run/opendkim/opendkim.sock"
     listeners = ["submission"]           # mta | submission | lmtp (default mta and submission)
@@ -93,6 +100,7 @@ from txmail.errors import ConfigError
 from txmail.milter.settings import MilterSettings, parse_milters
 from txmail.policy.config import PolicyConfig, parse_policy_config
 from txmail.policy.rspamd_settings import RspamdSettings, parse_rspamd_settings
+from txmail.quota import parse_size
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -150,6 +158,8 @@ class Settings:
     queue_poll_interval: float = 30.0
     outbound_timeout: float = 300.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    quota_storage: int | None = None
+    quota_users: tuple[tuple[str, int | None], ...] = ()
     milters: tuple[MilterSettings, ...] = ()
     rspamd: RspamdSettings | None = None
 
@@ -218,6 +228,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("outbound", "smarthost_password"): "smarthost_password",
     ("outbound", "tls_policy"): "outbound_tls_policy",
     ("outbound", "tls_policies"): "outbound_tls_policies",
+    ("quota", "storage"): "quota_storage",
+    ("quota", "users"): "quota_users",
     ("outbound", "ca_file"): "outbound_ca_file",
     ("outbound", "retry_schedule"): "retry_schedule",
     ("outbound", "give_up_after"): "give_up_after",
@@ -317,6 +329,16 @@ def _validate(values: dict[str, Any]) -> Settings:
                 out[f.name] = parse_policy_config(value)
             else:
                 raise ConfigError("policy must be a PolicyConfig or a mapping of its tables")
+        elif f.name == "quota_storage":
+            out[f.name] = parse_size(value, "quota storage")
+        elif f.name == "quota_users":
+            items = value.items() if isinstance(value, Mapping) else value
+            try:
+                out[f.name] = tuple(
+                    (str(user).lower(), parse_size(limit, f"quota for {user}")) for user, limit in items
+                )
+            except (TypeError, ValueError):
+                raise ConfigError('[quota.users] must be a table of "user" = size') from None
         elif f.name == "milters":
             out[f.name] = tuple(parse_milters(value))
         elif f.name == "rspamd":

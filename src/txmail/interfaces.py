@@ -38,6 +38,7 @@ __all__ = [
     "IMailStoreProvider",
     "IMailbox",
     "IQueue",
+    "IStorageUsage",
 ]
 
 
@@ -178,6 +179,23 @@ class IMailStore(Interface):
         """
         Return ``Deferred[str | None]``: the name of the mailbox with the
         :class:`txmail.model.SpecialUse` *role*, or ``None``.
+        """
+
+
+class IStorageUsage(Interface):
+    """
+    A store that knows how much its user keeps (:mod:`txmail.quota`): stores
+    that provide it, beside :class:`IMailStore`, get storage quotas; others
+    have none.
+    """
+
+    def usage():  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[txmail.quota.Usage]``: the octets (the sizes IMAP
+        reports as RFC822.SIZE) and the number of messages over every mailbox
+        of the user.  Cheap: kept up to date as messages come and go, not
+        counted per call; changes made by other programs may take a few
+        minutes to show.
         """
 
 

@@ -51,6 +51,7 @@ from txmail.milter.client import build_milter_policies
 from txmail.policy.authentication import MessageSigner
 from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
 from txmail.pop3.server import MaildropLocks, POP3Factory
+from txmail.quota import Quotas
 from txmail.resolver import Resolver
 from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
 from txmail.store.maildir import MaildirProvider
@@ -342,6 +343,7 @@ def build_service(
     policy = settings.policy
     keys = signing_keys(policy)
     local_domain = directory.is_local_domain
+    quotas = Quotas.from_settings(settings.quota_storage, settings.quota_users)
     router = DeliveryRouter(
         directory,
         stores,
@@ -350,6 +352,7 @@ def build_service(
         primary_domain=settings.primary_domain,
         hooks=delivery_hook,
         hostname=settings.hostname,
+        quotas=quotas,
         forwarding=build_forwarding(
             policy,
             keys=keys,
@@ -481,6 +484,7 @@ def build_service(
             limits=imap_limits,
             clock=reactor,
             copy_listeners=copy_listeners,
+            quotas=quotas,
         )
         listener = ListenerService(
             reactor, with_certificate(description, settings.tls_cert, settings.tls_key), imap_factory, "imap"

@@ -43,7 +43,9 @@ class SpoolQueueTests(SynchronousTestCase):
     def test_enqueue_is_durable_and_survives_restart(self) -> None:
         """An enqueued message and its envelope are on disk and reload with every field."""
         msg = make_message(self)
-        qid = self.successResultOf(self.queue.enqueue(ENVELOPE, msg, ["bob@remote.test", "carol@remote.test"]))
+        qid = self.successResultOf(
+            self.queue.enqueue(ENVELOPE, msg, ["bob@remote.test", "carol@remote.test"])
+        )
         self.assertTrue(os.path.exists(os.path.join(self.dir, f"{qid}.msg")))
         reloaded = SpoolQueue(self.dir)
         entry = self.successResultOf(reloaded.get_entry(qid))
@@ -156,7 +158,9 @@ class HoldTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(reloaded.release(qid)), 1)
         self.assertEqual(self.woken, [qid])
         again = SpoolQueue(self.dir)
-        self.assertEqual(self.successResultOf(again.get_entry(qid)).recipients["b@remote.test"]["state"], "pending")
+        self.assertEqual(
+            self.successResultOf(again.get_entry(qid)).recipients["b@remote.test"]["state"], "pending"
+        )
         self.assertEqual(self.successResultOf(again.release(qid)), 0)
 
     def test_release_all_and_unknown(self) -> None:

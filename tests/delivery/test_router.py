@@ -335,3 +335,98 @@ class FolderTests(RouterTestBase):
         reloaded = SpoolQueue(self.queue.directory)
         (again,) = self.successResultOf(reloaded.list_entries())
         self.assertEqual(again.envelope.folder, "Junk")
+
+
+class QuotaTests(RouterTestBase):
+    """Storage quotas at RCPT and at delivery (txmail.quota)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from txmail.quota import Quotas
+
+        # alice may keep two copies of MESSAGE; bob has no limit.
+        self.limit = 2 * len(MESSAGE)
+        self.router = DeliveryRouter(
+            self.directory,
+            self.stores,
+            self.queue,
+            quotas=Quotas.from_settings(self.limit, [("bob@example.test", None)]),
+        )
+
+    def deliver(self, *rcpts: str, protocol: str = "ESMTP") -> Any:
+        envelope = dataclasses.replace(self.envelope(*rcpts), protocol=protocol)
+        return self.successResultOf(self.router.deliver(envelope, self.message))
+
+    def fill_alice(self) -> None:
+        for _ in range(2):
+            self.assertTrue(self.deliver("alice@example.test").all_ok)
+
+    def test_store_usage(self) -> None:
+        """The memory store counts every mailbox."""
+        from txmail.quota import Usage
+
+        self.fill_alice()
+        store = self.stores.store_for("alice@example.test")
+        self.assertEqual(self.successResultOf(store.usage()), Usage(2 * len(MESSAGE), 2))
+
+    def test_rcpt_refused_when_full(self) -> None:
+        """A full mailbox is refused at RCPT with 452 4.2.2; others, and aliases of several users, are not."""
+        self.fill_alice()
+        result = self.successResultOf(self.router.check_recipient("alice@example.test"))
+        self.assertEqual((result.ok, result.temporary, result.reply), (False, True, "452 4.2.2 Mailbox full"))
+        self.assertTrue(self.successResultOf(self.router.check_recipient("bob@example.test")).ok)
+        self.assertTrue(self.successResultOf(self.router.check_recipient("team@example.test")).ok)
+
+    def test_only_recipient_over_quota(self) -> None:
+        """When the one copy does not fit, the report says 452 4.2.2 (temporary) and nothing is queued."""
+        self.fill_alice()
+        report = self.deliver("alice@example.test")
+        (result,) = report.results
+        self.assertEqual((result.ok, result.temporary, result.reply), (False, True, "452 4.2.2 Mailbox full"))
+        self.assertEqual(self.successResultOf(self.queue.list_entries()), [])
+        self.assertEqual(len(self.inbox("alice@example.test")), 2)
+
+    def test_message_larger_than_quota(self) -> None:
+        """A message larger than the whole quota fails for good: 552 5.2.2."""
+        from txmail.quota import Quotas
+
+        self.router.quotas = Quotas(len(MESSAGE) - 1)
+        (result,) = self.deliver("alice@example.test").results
+        self.assertEqual((result.ok, result.temporary), (False, False))
+        self.assertTrue(result.reply.startswith("552 5.2.2 "), result.reply)
+
+    def test_lmtp_each_recipient_its_own(self) -> None:
+        """Over LMTP the full mailbox fails alone while the others are delivered."""
+        self.fill_alice()
+        report = self.deliver("alice@example.test", "bob@example.test", protocol="LMTP")
+        self.assertEqual(
+            [(r.recipient, r.ok, r.reply) for r in report.results],
+            [
+                ("alice@example.test", False, "452 4.2.2 Mailbox full"),
+                ("bob@example.test", True, "250 2.0.0 OK"),
+            ],
+        )
+        self.assertEqual(len(self.inbox("bob@example.test")), 1)
+        self.assertEqual(self.successResultOf(self.queue.list_entries()), [])
+
+    def test_smtp_partial_queues_the_full_one(self) -> None:
+        """Over SMTP with another recipient delivered, the full mailbox's copy is queued (the 250 stands)."""
+        self.fill_alice()
+        report = self.deliver("alice@example.test", "bob@example.test")
+        self.assertTrue(report.all_ok)
+        (entry,) = self.successResultOf(self.queue.list_entries())
+        self.assertEqual(list(entry.recipients), ["alice@example.test"])
+
+    def test_redeliver_reports_instead_of_queueing(self) -> None:
+        """redeliver() (the queue runner's) reports the quota failure rather than queueing a new entry."""
+        self.fill_alice()
+        envelope = self.envelope("alice@example.test")
+        report = self.successResultOf(self.router.redeliver(envelope, self.message))
+        (result,) = report.results
+        self.assertEqual((result.ok, result.reply), (False, "452 4.2.2 Mailbox full"))
+        self.assertEqual(self.successResultOf(self.queue.list_entries()), [])
+        # Room made (a message expunged): the retry goes in.
+        mailbox = self.successResultOf(self.stores.store_for("alice@example.test").get_mailbox(INBOX))
+        self.successResultOf(mailbox.set_flags([1], {"\\Deleted"}, "add"))
+        self.successResultOf(mailbox.expunge([1]))
+        self.assertTrue(self.successResultOf(self.router.redeliver(envelope, self.message)).all_ok)

@@ -279,6 +279,43 @@ class HoldTests(RunnerTestCase):
         self.assertEqual(self.entries(), [])
 
 
+class QuotaRetryTests(RunnerTestCase):
+    """Local copies the queue retries through DeliveryRouter.redeliver: a full mailbox waits, one too small bounces."""
+
+    def redeliver_with(self, reply: str, temporary: bool) -> None:
+        def redeliver(envelope: Envelope, message: MessageFile) -> defer.Deferred[DeliveryReport]:
+            self.redelivered.append(envelope.rcpt_to)
+            return defer.succeed(
+                DeliveryReport(
+                    tuple(
+                        RecipientResult(r, ok=False, temporary=temporary, reply=reply)
+                        for r in envelope.rcpt_to
+                    )
+                )
+            )
+
+        self.redelivered: list[tuple[str, ...]] = []
+        self.router.redeliver = redeliver  # type: ignore[attr-defined]
+
+    def test_full_mailbox_deferred_with_its_status(self) -> None:
+        self.redeliver_with("452 4.2.2 Mailbox full", True)
+        qid = self.enqueue(["b@example.test"])
+        self.pass_(self.runner())
+        st = self.states(qid)["b@example.test"]
+        self.assertEqual((st["state"], st["status"]), ("deferred", "4.2.2"))
+        self.assertEqual(self.redelivered, [("b@example.test",)])
+        self.assertEqual(self.router.delivered, [])  # nothing went through deliver() (no new entry)
+
+    def test_larger_than_quota_bounces_at_once(self) -> None:
+        self.redeliver_with("552 5.2.2 Message is larger than the mailbox quota", False)
+        qid = self.enqueue(["b@example.test"])
+        self.pass_(self.runner())
+        [(envelope, data)] = self.router.delivered  # the bounce, through deliver()
+        self.assertEqual(envelope.mail_from, "")
+        self.assertIn(b"5.2.2", data)
+        self.assertEqual(self.entries(), [], qid)
+
+
 class BounceTests(RunnerTestCase):
     def bounce(self) -> tuple[Envelope, email.message.Message]:
         [(envelope, data)] = self.router.delivered

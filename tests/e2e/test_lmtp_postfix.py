@@ -4,7 +4,9 @@ a private Postfix instance on loopback accepts mail over SMTP and delivers
 it with ``virtual_transport = lmtp:unix:...`` into txmail, whose users then
 read it over IMAP.  A recipient txmail does not know is refused on its own
 (Postfix bounces it to the sender, also a txmail user) while the others are
-delivered.
+delivered; so is a recipient over quota: a full mailbox gets 452 4.2.2 at
+RCPT (Postfix keeps that copy deferred), a message larger than the whole
+quota 552 5.2.2 after the data (Postfix bounces that copy).
 
 The test needs root (Postfix's master starts as root and runs its daemons
 as the ``postfix`` user) and the ``postfix`` package, which ``.ci/run``
@@ -107,10 +109,22 @@ class PostfixLMTPTests(TestCase):
         # Postfix's lmtp client runs as the postfix user: the socket must be open to it.
         self.socket_path = os.path.join(self.root, "lmtp")
         self.server = yield start_server(
-            self, lmtp=[f"unix:{self.socket_path}:mode=666"], imap=["tcp:0:interface=127.0.0.1"]
+            self,
+            lmtp=[f"unix:{self.socket_path}:mode=666"],
+            imap=["tcp:0:interface=127.0.0.1"],
+            # carol's mailbox is full already; dave's quota is smaller than any message.
+            quota_users={"carol@example.test": 40, "dave@example.test": 60},
         )
-        for user in ("alice@example.test", "bob@example.test", "sender@example.test"):
+        for user in (
+            "alice@example.test",
+            "bob@example.test",
+            "sender@example.test",
+            "carol@example.test",
+            "dave@example.test",
+        ):
             self.server.directory.add_user(user, PASSWORD)
+        inbox = yield self.server.stores.store_for("carol@example.test").get_mailbox("INBOX")
+        yield inbox.append(b"Subject: old\r\n\r\n" + b"x" * 30 + b"\r\n")
         self.smtp_port = free_port()
         self.etc = postfix_config(self.root, self.smtp_port, self.socket_path)
         yield self.postfix("check")
@@ -186,3 +200,39 @@ class PostfixLMTPTests(TestCase):
         log = self.postfix_log()
         self.assertIn("status=sent", log)
         self.assertIn("status=bounced", log)
+
+    @defer.inlineCallbacks
+    def test_over_quota_recipients_fail_alone(self) -> Any:
+        """A full mailbox is deferred (452 4.2.2 at RCPT), one too small bounced (552 5.2.2); alice gets the mail."""
+        message = b"From: sender@example.test\r\nSubject: quota\r\n\r\nFits for alice only.\r\n"
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=20) as s:
+                s.sendmail(
+                    "sender@example.test",
+                    ["carol@example.test", "alice@example.test", "dave@example.test"],
+                    message,
+                )
+
+        yield deferToThread(send)
+        try:
+            for user in ("alice@example.test", "sender@example.test"):
+                yield wait_for(lambda user=user: maildir_files(self.server, user) != [], timeout=30)
+            yield wait_for(lambda: "status=deferred" in self.postfix_log(), timeout=30)
+        except AssertionError:
+            self.fail(f"Postfix did not deliver as expected; its log:\n{self.postfix_log()}")
+        (body,) = yield self.imap_bodies("alice@example.test")
+        self.assertTrue(body.endswith(b"Fits for alice only.\r\n"))
+        self.assertEqual(maildir_files(self.server, "dave@example.test"), [])
+        self.assertEqual(len(maildir_files(self.server, "carol@example.test")), 1)  # the old one only
+        (bounce,) = yield self.imap_bodies("sender@example.test")
+        self.assertIn(b"dave@example.test", bounce)
+        self.assertIn(b"552 5.2.2", bounce)
+        self.assertNotIn(
+            b"carol@example.test", bounce.split(b"\r\n\r\n", 1)[1].split(b"Content-Type: message")[0]
+        )
+        log = self.postfix_log()
+        deferred = [line for line in log.splitlines() if "status=deferred" in line]
+        self.assertTrue(
+            any("carol@example.test" in line and "452 4.2.2" in line for line in deferred), deferred
+        )

@@ -282,6 +282,45 @@ class AppendTests(ServerTestCase):
         self.assertEqual(out, b"p1 NO [TRYCREATE] No such mailbox\r\n")
 
 
+class QuotaTests(ServerTestCase):
+    """RFC 9208 section 4.3: APPEND and COPY that do not fit get NO [OVERQUOTA]; reading, MOVE and EXPUNGE work."""
+
+    def login_with_quota(self, extra: int) -> tuple[IMAPServerProtocol, StringTransport]:
+        from txmail.quota import Quotas
+
+        used = self.successResultOf(self.store.usage()).octets
+        proto, transport = self.connect(quotas=Quotas(used + extra))
+        self.assertTrue(self.send(proto, transport, LOGIN).startswith(b"a1 OK"))
+        self.send(proto, transport, b"s1 SELECT INBOX\r\n")
+        return proto, transport
+
+    def test_append_over_quota(self) -> None:
+        proto, transport = self.login_with_quota(10)
+        out = self.send(proto, transport, b"p1 APPEND INBOX {11+}\r\n0123456789A\r\n")
+        self.assertEqual(out, b"p1 NO [OVERQUOTA] Quota exceeded\r\n")
+        out = self.send(proto, transport, b"p2 APPEND INBOX {10+}\r\n0123456789\r\n")
+        self.assertIn(b"p2 OK [APPENDUID ", out)
+        out = self.send(proto, transport, b"p3 APPEND INBOX {1+}\r\nx\r\n")
+        self.assertEqual(out, b"p3 NO [OVERQUOTA] Quota exceeded\r\n")
+        out = self.send(proto, transport, b"f1 FETCH 1 (RFC822.SIZE)\r\n")
+        self.assertTrue(out.endswith(b"f1 OK FETCH completed\r\n"), out)
+
+    def test_copy_over_quota_move_allowed(self) -> None:
+        self.successResultOf(self.store.create_mailbox("Archive"))
+        proto, transport = self.login_with_quota(0)
+        out = self.send(proto, transport, b"c1 COPY 1 Archive\r\n")
+        self.assertEqual(out, b"c1 NO [OVERQUOTA] Quota exceeded\r\n")
+        out = self.send(proto, transport, b"m1 MOVE 1 Archive\r\n")
+        self.assertTrue(out.endswith(b"m1 OK MOVE completed\r\n"), out)
+        # Room made (the larger message expunged from Archive): a copy of the other fits.
+        out = self.send(
+            proto, transport, b"s2 SELECT Archive\r\nd1 STORE 1 +FLAGS (\\Deleted)\r\nx1 EXPUNGE\r\n"
+        )
+        self.assertTrue(out.endswith(b"x1 OK EXPUNGE completed\r\n"), out)
+        out = self.send(proto, transport, b"s3 SELECT INBOX\r\nc2 COPY 1 Archive\r\n")
+        self.assertIn(b"c2 OK [COPYUID ", out)
+
+
 class SearchTests(ServerTestCase):
     def test_search_charset_utf8(self) -> None:
         """RFC 3501 section 6.4.4: CHARSET UTF-8 is supported."""

@@ -34,11 +34,22 @@ Implementation notes:
   its hash and age check out, and delivered to the original sender.
 * The server's own notices (DSNs) are DKIM-signed with ``notice_signer``
   when there is one.
+* Quotas (:mod:`txmail.quota`), when the router has limits and the store
+  reports its usage: a recipient that names one local user whose mailbox is
+  full is refused at RCPT (``452 4.2.2``).  After DATA, a copy that does not
+  fit fails with ``452 4.2.2`` (``552 5.2.2`` when the message alone is
+  larger than the limit) instead of being queued, when the message came
+  over LMTP (each recipient has its own reply) or when every copy of the
+  message failed that way (the client gets the reply); otherwise it is
+  queued like any failed copy, so the other recipients' 250 stands, and
+  the queue runner tries it again (:meth:`DeliveryRouter.redeliver`) until
+  it fits, it is given up, or it can never fit (a bounce at once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import socket
@@ -56,7 +67,7 @@ from txmail._fs import RunBlocking, run_inline
 from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
 from txmail.delivery.hooks import DeliveryHook, HookAction, HookResult, hook_callables
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchUser
-from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
+from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue, IStorageUsage
 from txmail.model import (
     INBOX,
     DeliveryReport,
@@ -66,6 +77,7 @@ from txmail.model import (
     RecipientResult,
     SpecialUse,
 )
+from txmail.quota import FULL_REPLY, QuotaExceeded, Quotas, Usage
 from txmail.smtp.grammar import xtext_decode
 
 __all__ = ["HOOK_FAILED_REPLY", "INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
@@ -188,7 +200,10 @@ class DeliveryRouter:
         hostname: str | None = None,
         forwarding: Any = None,
         notice_signer: Any = None,
+        quotas: Quotas | None = None,
     ) -> None:
+        self.quotas = quotas if quotas is not None and quotas.enabled else None
+        self._requeue = True
         self.primary_domain = primary_domain
         self.hostname = hostname or socket.gethostname()
         self.directory = directory
@@ -217,7 +232,23 @@ class DeliveryRouter:
             hostname=self.hostname,
             forwarding=self.forwarding,
             notice_signer=self.notice_signer,
+            quotas=self.quotas,
         )
+
+    def redeliver(self, envelope: Envelope, message: MessageFile) -> Any:
+        """
+        Deliver a message the queue holds for local recipients (the queue
+        runner's retry): no hooks, and a copy that fails is reported as
+        failed (its reply, temporary or not) instead of being queued again.
+        """
+        router = copy.copy(self.without_hooks())
+        router._requeue = False
+        return router.deliver(envelope, message)
+
+    def _usage(self, user: str) -> Any:
+        """*user*'s :class:`~txmail.quota.Usage` (a Deferred), or ``None`` when the store keeps none."""
+        store = self.stores.store_for(user)
+        return store.usage() if IStorageUsage.providedBy(store) else None
 
     def _qualify(self, address: str) -> str:
         """
@@ -238,11 +269,21 @@ class DeliveryRouter:
         _, domain = split_address(address)
         if self._is_local(domain):
             try:
-                yield self.directory.resolve_recipient(address)
+                resolved = yield self.directory.resolve_recipient(address)
             except NoSuchUser:
                 if self._srs_original(address) is not None:
                     return RecipientResult(address, ok=True)
                 return RecipientResult(address, ok=False, reply="550 5.1.1 No such user here")
+            if (
+                self.quotas is not None
+                and len(resolved) == 1
+                and self._is_local(split_address(resolved[0])[1])
+            ):
+                user = resolved[0]
+                d = self._usage(user)
+                usage = Usage() if d is None else (yield d)
+                if self.quotas.full(user, usage):
+                    return RecipientResult(address, ok=False, temporary=True, reply=FULL_REPLY)
             return RecipientResult(address, ok=True)
         if authenticated_user is None:
             return RecipientResult(address, ok=False, reply="554 5.7.1 Relay access denied")
@@ -434,6 +475,7 @@ class DeliveryRouter:
         remote = [r for r in remote if r not in forwarded]
 
         outcome: dict[str, bool] = {}
+        failures: dict[str, tuple[str, bool]] = {}  # destination -> (reply, temporary)
         if users:
             if message.metadata is None:
                 # Small messages parse in tens of microseconds: cheaper here
@@ -451,9 +493,20 @@ class DeliveryRouter:
                 [self._deliver_local(envelope, message, user) for user in users], consumeErrors=True
             )
             retry: list[str] = []
+            over: dict[str, QuotaExceeded] = {}
             for user, (ok, value) in zip(users, results, strict=True):
                 if ok:
                     outcome[user] = True
+                elif value.check(QuotaExceeded):
+                    over[user] = value.value
+                elif not self._requeue:
+                    self.log.failure(
+                        "local delivery to {user} failed",
+                        failure=value,
+                        user=user,
+                        message_id=envelope.message_id,
+                    )
+                    failures[user] = ("451 4.3.0 Local delivery failed", True)
                 else:
                     self.log.failure(
                         "local delivery to {user} failed; queueing it for retry",
@@ -462,6 +515,22 @@ class DeliveryRouter:
                         message_id=envelope.message_id,
                     )
                     retry.append(user)
+            if over:
+                # Each recipient its own reply (LMTP, the queue's retry), or
+                # the client's reply when no copy went anywhere; else queue.
+                alone = len(over) == len(users) and not remote and not onward
+                lmtp = envelope.protocol.upper().startswith("LMTP")
+                for user, exceeded in over.items():
+                    self.log.info(
+                        "{message_id} for {user}: {reply}",
+                        message_id=envelope.message_id,
+                        user=user,
+                        reply=exceeded.reply,
+                    )
+                    if lmtp or alone or not self._requeue:
+                        failures[user] = (exceeded.reply, not exceeded.permanent)
+                    else:
+                        retry.append(user)
             if retry:
                 queued = yield self._enqueue(envelope, message, retry)
                 for user in retry:
@@ -475,7 +544,7 @@ class DeliveryRouter:
             for addr in onward:
                 outcome[addr] = queued
 
-        return _report_targets(targets, outcome)
+        return _report_targets(targets, outcome, failures)
 
     def _deliver_local(self, envelope: Envelope, message: MessageFile, user: str) -> defer.Deferred[int]:
         def got_mailbox(mailbox: Any) -> Any:
@@ -491,10 +560,20 @@ class DeliveryRouter:
             return uid
 
         d = defer.maybeDeferred(self.stores.store_for, user)
+        if self.quotas is not None and self.quotas.limit_for(user) is not None:
+            d.addCallback(self._check_quota, user, message.size)
         d.addCallback(self._mailbox_for, envelope.folder, user, envelope.message_id)
         d.addCallback(got_mailbox)
         d.addCallback(delivered)
         return d
+
+    @defer.inlineCallbacks
+    def _check_quota(self, store: Any, user: str, size: int) -> Any:
+        """*store*, once *size* more octets are known to fit in *user*'s quota (else QuotaExceeded)."""
+        assert self.quotas is not None
+        if IStorageUsage.providedBy(store):
+            self.quotas.check(user, (yield store.usage()), size)
+        return store
 
     @defer.inlineCallbacks
     def _mailbox_for(self, store: Any, folder: str | None, user: str, message_id: str) -> Any:
@@ -564,25 +643,30 @@ class DeliveryRouter:
 
 
 def _report_targets(
-    targets: dict[str, tuple[list[str], list[str]]], outcome: dict[str, bool]
+    targets: dict[str, tuple[list[str], list[str]]],
+    outcome: dict[str, bool],
+    failures: dict[str, tuple[str, bool]] | None = None,
 ) -> DeliveryReport:
     """
     The report of a delivery: a recipient succeeded when it has destinations
-    (local users, remote addresses) and each of them is in *outcome* as done.
+    (local users, remote addresses) and each of them is in *outcome* as done;
+    a destination in *failures* gives its reply and whether it is temporary.
     """
+    failures = failures or {}
     results_out = []
     for rcpt, (local, rem) in targets.items():
         dests = local + rem
         ok = bool(dests) and all(outcome.get(d, False) for d in dests)
-        reply = (
-            "250 2.0.0 OK"
-            if ok
-            else ("550 5.1.1 No such user here" if not dests else "451 4.3.0 Delivery failed")
-        )
+        temporary = bool(dests) and not ok
+        if ok:
+            reply = "250 2.0.0 OK"
+        elif not dests:
+            reply = "550 5.1.1 No such user here"
+        else:
+            failed = [failures[d] for d in dests if d in failures]
+            reply, temporary = failed[0] if failed else ("451 4.3.0 Delivery failed", True)
         results_out.append(
-            RecipientResult(
-                rcpt, ok=ok, temporary=bool(dests) and not ok, reply=reply, detail=",".join(dests)
-            )
+            RecipientResult(rcpt, ok=ok, temporary=temporary, reply=reply, detail=",".join(dests))
         )
     return DeliveryReport(tuple(results_out))
 

@@ -369,16 +369,19 @@ class QueueRunner(service.Service):
         path = self.queue.message_path(entry.queue_id)
         message = MessageFile(path, entry.size, fsynced=True)
         now = self._now()
+        # A router that can (DeliveryRouter.redeliver) reports a failed copy
+        # instead of queueing it again, so its attempts count here.
+        deliver = getattr(self.router, "redeliver", self.router.deliver)
         try:
-            report = await self.router.deliver(envelope, message)
+            report = await deliver(envelope, message)
         except Exception as e:
             self.log.failure("local redelivery of {queue_id} failed", queue_id=entry.queue_id)
-            results = {r: (False, f"local delivery failed: {e}") for r in rcpts}
+            results = {r: (False, f"local delivery failed: {e}", True) for r in rcpts}
         else:
-            results = {r.recipient: (r.ok, r.reply) for r in report.results}
+            results = {r.recipient: (r.ok, r.reply, r.temporary) for r in report.results}
         changes: dict[str, dict[str, Any]] = {}
         for rcpt in rcpts:
-            ok, reply = results.get(rcpt, (False, "local delivery failed"))
+            ok, reply, temporary = results.get(rcpt, (False, "local delivery failed", True))
             st = entry.recipients[rcpt]
             attempts = int(st.get("attempts") or 0) + 1
             self.log.info(
@@ -397,8 +400,12 @@ class QueueRunner(service.Service):
                     "status": "2.0.0",
                     **self._success_fields(entry, rcpt, "delivered"),
                 }
+            elif temporary:
+                changes[rcpt] = self._temporary(
+                    entry, st, attempts, now, reply, None, _status_of(reply, "temporary")
+                )
             else:
-                changes[rcpt] = self._temporary(entry, st, attempts, now, reply, None, "4.3.0")
+                changes[rcpt] = self._failed(attempts, now, reply, None, _status_of(reply, "permanent"))
         return changes
 
     # -- remote -------------------------------------------------------------

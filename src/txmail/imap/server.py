@@ -106,7 +106,7 @@ from txmail.imap.types import (
     Unsubscribe,
 )
 from txmail.imap.view import SelectedView, SequenceError
-from txmail.interfaces import IMailStoreProvider
+from txmail.interfaces import IMailStoreProvider, IStorageUsage
 from txmail.model import (
     INBOX,
     FlagMode,
@@ -118,6 +118,7 @@ from txmail.model import (
     match_mailbox_pattern,
     normalize_flags,
 )
+from txmail.quota import QuotaExceeded, Quotas
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "SPECIAL_FOLDERS", "IMAPFactory", "IMAPServerProtocol"]
 
@@ -616,8 +617,20 @@ class IMAPServerProtocol(SessionProtocol):
             # RFC 3501 section 6.3.11: TRYCREATE when the mailbox could be created.
             raise _CommandFailed("NO", "No such mailbox", "TRYCREATE") from None
         when = args.date.timestamp() if args.date is not None else None
+        await self._check_quota(len(args.literal))
         uid = await defer.maybeDeferred(mailbox.append, args.literal, flags, when)
         return (f"APPENDUID {mailbox.uidvalidity} {uid}", "APPEND completed")
+
+    async def _check_quota(self, size: int) -> None:
+        """``NO [OVERQUOTA]`` unless *size* more octets fit in the user's quota (RFC 9208 section 4.3)."""
+        quotas = self.factory.quotas
+        if quotas is None or self.session is None or not IStorageUsage.providedBy(self.store):
+            return
+        user = self.session.user or ""
+        try:
+            quotas.check(user, await self.store.usage(), size)
+        except QuotaExceeded:
+            raise _CommandFailed("NO", "Quota exceeded", "OVERQUOTA") from None
 
     # -- selected state --
 
@@ -729,6 +742,9 @@ class IMAPServerProtocol(SessionProtocol):
         assert isinstance(args, Copy)
         targets = self._targets(args.sequence_set, args.uid)
         target = await self._target_mailbox(args.mailbox)
+        if self.factory.quotas is not None:
+            infos = await defer.maybeDeferred(self.mailbox.list_messages, [u for _, u in targets])
+            await self._check_quota(sum(info.size for info in infos))
         pairs = await defer.maybeDeferred(self.mailbox.copy, [u for _, u in targets], target)
         if not pairs:
             return "COPY completed"
@@ -931,6 +947,9 @@ class IMAPFactory(Factory):
         clock: an ``IReactorTime`` for timers (tests pass a ``Clock``).
         copy_listeners: objects told of every successful COPY and MOVE
             (:mod:`txmail.imap.listeners`; a spam filter learns from them).
+        quotas: the storage limits (:class:`txmail.quota.Quotas`): APPEND
+            and COPY that do not fit get ``NO [OVERQUOTA]`` (RFC 9208
+            section 4.3); MOVE within the user's mailboxes changes nothing.
     """
 
     protocol = IMAPServerProtocol  # type: ignore[assignment]
@@ -947,12 +966,14 @@ class IMAPFactory(Factory):
         limits: IMAPLimits | None = None,
         clock: IReactorTime | None = None,
         copy_listeners: Sequence[CopyListener] = (),
+        quotas: Quotas | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
 
             clock = reactor  # type: ignore[assignment]
         self.copy_listeners = tuple(copy_listeners)
+        self.quotas = quotas if quotas is not None and quotas.enabled else None
         self.authenticator = authenticator
         self.stores = stores
         self.tls_context = tls_context

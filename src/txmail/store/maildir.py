@@ -102,7 +102,7 @@ from zope.interface import implementer
 from txmail import mime
 from txmail._fs import RunBlocking, fsync_dir, run_inline
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider
+from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
 from txmail.model import (
     DELIMITER,
     INBOX,
@@ -117,6 +117,7 @@ from txmail.model import (
     SpecialUse,
     normalize_flags,
 )
+from txmail.quota import Usage
 from txmail.store import _maildir_io as io
 from txmail.store._base import (
     MailboxState,
@@ -143,6 +144,7 @@ from txmail.store._maildir_format import (
     letters_for,
     split_file_name,
 )
+from txmail.store._usage import tree_usage
 
 __all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
 
@@ -896,7 +898,11 @@ class MaildirMailbox(MailboxState):
         return d
 
 
-@implementer(IMailStore)
+#: Seconds a scan of the folders that are not open stays good for usage().
+USAGE_RESCAN = 300.0
+
+
+@implementer(IMailStore, IStorageUsage)
 class MaildirStore:
     """
     One user's Maildir++ tree.  Get it from :meth:`MaildirProvider.store_for`.
@@ -914,6 +920,8 @@ class MaildirStore:
         self._run = provider._run
         self._lock = defer.DeferredLock()
         self._boxes: dict[str, MaildirMailbox] = {}
+        self._usage_scan: dict[str, Usage] | None = None  # {folder path: Usage} (usage())
+        self._usage_scan_at = 0.0
         # Created synchronously: the first use of a user creates the
         # storage (IMailStoreProvider.store_for), e.g. from the admin CLI.
         io.make_user_dir(root)
@@ -1009,6 +1017,38 @@ class MaildirStore:
         d.addErrback(missing)
         d.addCallback(loaded)
         return d.addCallback(ready)
+
+    def usage(self) -> defer.Deferred[Usage]:
+        """
+        See :meth:`txmail.interfaces.IStorageUsage.usage`: the open mailboxes
+        count live; the others from a scan of their directories, made again
+        when older than :data:`USAGE_RESCAN` seconds (other programs' changes).
+        """
+        now = time.monotonic()
+        if self._usage_scan is not None and now - self._usage_scan_at < USAGE_RESCAN:
+            return defer.succeed(self._combined_usage(self._usage_scan))
+
+        def scan() -> dict[str, Usage]:
+            names = {INBOX, *io.list_folders(self.root)}
+            return tree_usage(self.root, {name: self._path(name) for name in names})
+
+        def scanned(result: dict[str, Usage]) -> Usage:
+            self._usage_scan, self._usage_scan_at = result, time.monotonic()
+            return self._combined_usage(result)
+
+        return self._run(scan).addCallback(scanned)
+
+    def _combined_usage(self, scan: dict[str, Usage]) -> Usage:
+        live = {box.path: box for box in self._boxes.values() if not box._deleted}
+        octets = count = 0
+        for path, found in scan.items():
+            box = live.pop(path, None)
+            octets += found.octets if box is None else box._size
+            count += found.messages if box is None else len(box._infos)
+        for box in live.values():  # opened after the scan
+            octets += box._size
+            count += len(box._infos)
+        return Usage(octets, count)
 
     def list_mailboxes(self, pattern: str = "*") -> defer.Deferred[list[FolderInfo]]:
         """See :meth:`txmail.interfaces.IMailStore.list_mailboxes`."""

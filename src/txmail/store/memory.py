@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider
+from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
 from txmail.model import (
     DELIMITER,
     INBOX,
@@ -40,6 +40,7 @@ from txmail.model import (
     SpecialUse,
     normalize_flags,
 )
+from txmail.quota import Usage
 from txmail.store._base import (
     MailboxState,
     check_name,
@@ -212,7 +213,7 @@ class MemoryMailbox(MailboxState):
         self._check_alive()
 
 
-@implementer(IMailStore)
+@implementer(IMailStore, IStorageUsage)
 class MemoryStore:
     """One user's mailboxes, in memory.  Created by :class:`MemoryProvider`."""
 
@@ -240,6 +241,14 @@ class MemoryStore:
             parent = DELIMITER.join(parts[:i])
             if parent not in self._boxes:
                 self._new_box(parent)
+
+    @_guard
+    def usage(self) -> Usage:
+        """See :meth:`txmail.interfaces.IStorageUsage.usage`."""
+        return Usage(
+            sum(box._size for box in self._boxes.values()),
+            sum(len(box._infos) for box in self._boxes.values()),
+        )
 
     @_guard
     def list_mailboxes(self, pattern: str = "*") -> list[FolderInfo]:
