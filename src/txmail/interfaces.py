@@ -281,7 +281,9 @@ class IMailbox(Interface):
 
         Args:
             message: ``bytes`` or a :class:`txmail.model.MessageFile`.  The
-                content is stored exactly as given (CRLF line ends expected).
+                content is stored exactly as given (CRLF line ends expected);
+                bare LFs in it are served as CRLF by ``read_message``,
+                ``open_message``, ``get_metadata`` and ``MessageInfo.size``.
             flags: initial flags (normalised with
                 :func:`txmail.model.normalize_flags`).
             internal_date: epoch seconds, default now.
