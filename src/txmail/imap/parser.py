@@ -75,6 +75,8 @@ __all__ = [
     "ATOM_CHARS",
     "COMMANDS",
     "FETCH_MACROS",
+    "LIST_RETURN_OPTIONS",
+    "LIST_SELECTION_OPTIONS",
     "MAX_DEPTH",
     "MAX_TAG",
     "STATUS_ITEMS",
@@ -126,6 +128,14 @@ _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
 
 #: STATUS items (RFC 3501 section 6.3.10, RFC 7889 APPENDLIMIT, RFC 8438 SIZE).
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT", "SIZE"})
+
+
+#: LIST selection options (RFC 5258 section 3.1, RFC 6154 section 5.1).
+LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+#: The selection options RECURSIVEMATCH can modify (RFC 5258 section 3.1).
+_LIST_BASE_OPTIONS = frozenset({"SUBSCRIBED", "SPECIAL-USE"})
+#: LIST return options (RFC 5258 section 3.2, RFC 5819 STATUS, RFC 6154 SPECIAL-USE).
+LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})
 
 
 class ParseError(Exception):
@@ -923,6 +933,7 @@ def _list(c: Cursor, uid: bool) -> List:
     selection: tuple[str, ...] = ()
     if c.peek() == ord("("):
         selection = _paren_words(c)
+        _check_selection(c, selection)
         c.sp()
     ref = mailbox(c)
     c.sp()
@@ -941,6 +952,9 @@ def _list(c: Cursor, uid: bool) -> List:
         if not c.accept(b")"):
             while True:
                 word = c.keyword()
+                if word not in LIST_RETURN_OPTIONS:
+                    # RFC 5258 section 3: unknown return options get BAD.
+                    raise c.fail("Unknown LIST return option")
                 returns.append(word)
                 if word == "STATUS":  # RFC 5819
                     c.sp()
@@ -949,6 +963,19 @@ def _list(c: Cursor, uid: bool) -> List:
                     break
                 c.sp()
     return List(ref, tuple(patterns), selection, tuple(returns), status_items)
+
+
+def _check_selection(c: Cursor, options: tuple[str, ...]) -> None:
+    """
+    RFC 5258 section 3: an unknown selection option gets BAD, and so does
+    RECURSIVEMATCH without a selection option it could modify (alone or
+    with REMOTE only).
+    """
+    for option in options:
+        if option not in LIST_SELECTION_OPTIONS:
+            raise c.fail("Unknown LIST selection option")
+    if "RECURSIVEMATCH" in options and not any(o in _LIST_BASE_OPTIONS for o in options):
+        raise c.fail("RECURSIVEMATCH needs another selection option")
 
 
 def _lsub(c: Cursor, uid: bool) -> Lsub:

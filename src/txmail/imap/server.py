@@ -528,31 +528,62 @@ class IMAPServerProtocol(SessionProtocol):
         patterns = [_join(args.reference, p) for p in args.patterns if p != ""]
         by_name = {f.name: f for f in folders}
         show_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in ret
+        # The selection criteria (RFC 5258 section 3.1); RECURSIVEMATCH and
+        # REMOTE select nothing themselves.
+        criteria = tuple(
+            dict.fromkeys(o for o in args.selection_options if o in ("SUBSCRIBED", "SPECIAL-USE"))
+        )
+
+        def selected(name: str) -> bool:
+            if "SUBSCRIBED" in sel and name not in subscribed:
+                return False
+            if "SPECIAL-USE" in sel:
+                folder = by_name.get(name)
+                return folder is not None and folder.special_use is not None
+            return True
+
+        def matched(name: str) -> bool:
+            return any(match_mailbox_pattern(p, name) for p in patterns)
+
         names = sorted(subscribed, key=_mailbox_order) if "SUBSCRIBED" in sel else [f.name for f in folders]
-        listed: set[str] = set()
-        for name in names:
-            if not any(match_mailbox_pattern(p, name) for p in patterns):
-                continue
+        chosen = [name for name in names if selected(name)]
+        # Returned mailboxes, in order, with whether each gets CHILDINFO.
+        entries = {name: False for name in chosen if matched(name)}
+        if "RECURSIVEMATCH" in sel:
+            # RFC 5258 section 3.5: a parent that matches the pattern gets
+            # CHILDINFO (and is returned for it) when a descendant meets
+            # the criteria but is not itself returned.
+            for name in chosen:
+                if name in entries:
+                    continue
+                parts = name.split("/")
+                for i in range(1, len(parts)):
+                    parent = "/".join(parts[:i])
+                    if matched(parent):
+                        entries[parent] = True
+            entries = dict(sorted(entries.items(), key=lambda item: _mailbox_order(item[0])))
+        for name, childinfo in entries.items():
             folder = by_name.get(name)
-            if "SPECIAL-USE" in sel and (folder is None or folder.special_use is None):
-                continue
-            listed.add(name)
-            self._send(self._list_line(b"LIST", name, folder, name in subscribed and show_subscribed))
+            self._send(
+                self._list_line(
+                    b"LIST",
+                    name,
+                    folder,
+                    name in subscribed and show_subscribed,
+                    childinfo=criteria if childinfo else (),
+                )
+            )
             if args.status_items is not None and folder is not None and folder.selectable:
                 await self._status_line(name, args.status_items)
-        if "SUBSCRIBED" in sel and "RECURSIVEMATCH" in sel:
-            # RFC 5258 section 3.5: parents of subscribed mailboxes, with CHILDINFO.
-            for folder in folders:
-                name = folder.name
-                if name in listed or not any(match_mailbox_pattern(p, name) for p in patterns):
-                    continue
-                if any(s.startswith(name + "/") for s in subscribed):
-                    line = self._list_line(b"LIST", name, folder, False, childinfo=True)
-                    self._send(line)
         return "LIST completed"
 
     def _list_line(
-        self, verb: bytes, name: str, folder: FolderInfo | None, subscribed: bool, childinfo: bool = False
+        self,
+        verb: bytes,
+        name: str,
+        folder: FolderInfo | None,
+        subscribed: bool,
+        childinfo: tuple[str, ...] = (),
     ) -> bytes:
         attrs: list[str] = []
         if folder is None:
@@ -567,7 +598,7 @@ class IMAPServerProtocol(SessionProtocol):
             attrs.append("\\Subscribed")
         line = b"* " + verb + b" (" + " ".join(attrs).encode("ascii") + b') "/" ' + serialize.mailbox(name)
         if childinfo:
-            line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+            line += b' ("CHILDINFO" ' + serialize.paren_list(childinfo) + b")"
         return line + b"\r\n"
 
     async def _do_lsub(self, command: Command) -> str:

@@ -1,0 +1,110 @@
+"""
+Regression tests for the conformance gaps of issue 12 section 1: each test
+drives the IMAP adapter on a StringTransport and a task.Clock (the setup of
+:mod:`tests.imap.test_server`) and names the RFC section it checks.
+"""
+
+from __future__ import annotations
+
+from tests.imap.test_server import ServerTestCase
+from txmail.imap.fragment import LineFragment
+from txmail.imap.parser import ParseError, parse_command
+
+__all__: list[str] = []
+
+
+def _parse_error(line: bytes) -> ParseError:
+    try:
+        parse_command([LineFragment(line)])
+    except ParseError as e:
+        return e
+    raise AssertionError(f"{line!r} parsed")
+
+
+class ListExtendedTests(ServerTestCase):
+    """RFC 5258 LIST-EXTENDED."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for name in ("Fruit", "Fruit/Apple", "Fruit/Banana", "Tofu", "Tofu/Firm", "Vegetable"):
+            self.successResultOf(self.store.create_mailbox(name))
+        for name in ("INBOX", "Fruit/Banana", "Tofu", "Tofu/Firm", "Vegetable"):
+            self.successResultOf(self.store.subscribe(name))
+
+    def list(self, command: bytes) -> bytes:
+        proto, transport = self.login(select=None)
+        return self.send(proto, transport, b"l1 " + command + b"\r\n")
+
+    def test_unknown_selection_option_parser(self) -> None:
+        """RFC 5258 section 3: an unknown selection option is a syntax error (BAD)."""
+        self.assertEqual(_parse_error(b'a LIST (SUBSCRIBED BOGUS) "" "*"').tag, "a")
+        self.assertEqual(_parse_error(b'a LIST (BOGUS) "" "*"').tag, "a")
+
+    def test_unknown_return_option_parser(self) -> None:
+        """RFC 5258 section 3: an unknown return option is a syntax error (BAD)."""
+        self.assertEqual(_parse_error(b'a LIST "" "*" RETURN (BOGUS)').tag, "a")
+        self.assertEqual(_parse_error(b'a LIST "" "*" RETURN (CHILDREN BOGUS)').tag, "a")
+
+    def test_recursivematch_alone_parser(self) -> None:
+        """RFC 5258 section 3.1: RECURSIVEMATCH alone or with only REMOTE is BAD."""
+        for line in (
+            b'a LIST (RECURSIVEMATCH) "" "*"',
+            b'a LIST (REMOTE RECURSIVEMATCH) "" "*"',
+            b'a LIST (RECURSIVEMATCH REMOTE) "" "*"',
+        ):
+            self.assertEqual(_parse_error(line).tag, "a", line)
+        for line in (
+            b'a LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"',
+            b'a LIST (REMOTE SUBSCRIBED RECURSIVEMATCH) "" "*"',
+            b'a LIST (REMOTE) "" "*" RETURN (SUBSCRIBED CHILDREN)',
+            b'a LIST () "" "*" RETURN ()',
+        ):
+            parse_command([LineFragment(line)])
+
+    def test_bad_options_over_the_wire(self) -> None:
+        """RFC 5258 section 3: unknown options and a lone RECURSIVEMATCH get a tagged BAD."""
+        proto, transport = self.login(select=None)
+        for line in (
+            b'l1 LIST (BOGUS) "" "*"\r\n',
+            b'l1 LIST "" "*" RETURN (BOGUS)\r\n',
+            b'l1 LIST (RECURSIVEMATCH) "" "*"\r\n',
+            b'l1 LIST (REMOTE RECURSIVEMATCH) "" "*"\r\n',
+        ):
+            out = self.send(proto, transport, line)
+            self.assertTrue(out.startswith(b"l1 BAD "), (line, out))
+            self.assertNotIn(b"* LIST", out)
+
+    def test_childinfo_when_child_not_returned(self) -> None:
+        """
+        RFC 5258 section 3.5: with ``%``, a parent whose subscribed child is
+        not returned gets CHILDINFO, whether or not it is subscribed itself.
+        """
+        out = self.list(b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+        self.assertEqual(
+            out,
+            b'* LIST (\\HasNoChildren \\Subscribed) "/" INBOX\r\n'
+            b'* LIST (\\HasChildren) "/" Fruit ("CHILDINFO" ("SUBSCRIBED"))\r\n'
+            b'* LIST (\\HasChildren \\Subscribed) "/" Tofu ("CHILDINFO" ("SUBSCRIBED"))\r\n'
+            b'* LIST (\\HasNoChildren \\Subscribed) "/" Vegetable\r\n'
+            b"l1 OK LIST completed\r\n",
+        )
+
+    def test_no_childinfo_when_children_returned(self) -> None:
+        """
+        RFC 5258 section 3.5: with ``*`` every subscribed child is returned
+        itself, so no parent gets CHILDINFO and an unsubscribed parent is not
+        returned.
+        """
+        out = self.list(b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"')
+        self.assertNotIn(b"CHILDINFO", out)
+        self.assertNotIn(b" Fruit\r\n", out)
+        self.assertIn(b'* LIST (\\HasNoChildren \\Subscribed) "/" Fruit/Banana\r\n', out)
+        self.assertIn(b'* LIST (\\HasChildren \\Subscribed) "/" Tofu\r\n', out)
+        self.assertIn(b'* LIST (\\HasNoChildren \\Subscribed) "/" Tofu/Firm\r\n', out)
+
+    def test_no_childinfo_without_recursivematch(self) -> None:
+        """RFC 5258 section 3.5: CHILDINFO only with RECURSIVEMATCH."""
+        out = self.list(b'LIST (SUBSCRIBED) "" "%"')
+        self.assertNotIn(b"CHILDINFO", out)
+        self.assertNotIn(b" Fruit\r\n", out)
+        self.assertIn(b'* LIST (\\HasChildren \\Subscribed) "/" Tofu\r\n', out)
