@@ -108,3 +108,56 @@ class ListExtendedTests(ServerTestCase):
         self.assertNotIn(b"CHILDINFO", out)
         self.assertNotIn(b" Fruit\r\n", out)
         self.assertIn(b'* LIST (\\HasChildren \\Subscribed) "/" Tofu\r\n', out)
+
+
+class NotModifiedUTF7Tests(ServerTestCase):
+    """A mailbox name that is an astring but not modified UTF-7 (RFC 3501 section 5.1.3)."""
+
+    def test_select_examine_status(self) -> None:
+        """RFC 3501 sections 6.3.1, 6.3.2 and 6.3.10: NO, not BAD."""
+        proto, transport = self.login(select=None)
+        for command, tag in ((b"SELECT", b"x1"), (b"EXAMINE", b"x2"), (b"STATUS", b"x3")):
+            line = (
+                tag
+                + b" "
+                + command
+                + b' "&Jjo"'
+                + (b" (MESSAGES)" if command == b"STATUS" else b"")
+                + b"\r\n"
+            )
+            out = self.send(proto, transport, line)
+            self.assertTrue(out.startswith(tag + b" NO [NONEXISTENT] "), (line, out))
+            self.assertNotIn(b"* ", out)
+
+    def test_failed_select_deselects(self) -> None:
+        """RFC 3501 section 6.3.1: a SELECT that fails leaves no mailbox selected."""
+        proto, transport = self.login()
+        out = self.send(proto, transport, b"x1 SELECT a&b\r\n")
+        self.assertTrue(out.startswith(b"x1 NO [NONEXISTENT] "), out)
+        out = self.send(proto, transport, b"x2 FETCH 1 FLAGS\r\n")
+        self.assertTrue(out.startswith(b"x2 BAD "), out)
+
+    def test_list_finds_nothing(self) -> None:
+        """RFC 3501 section 6.3.8: LIST and LSUB answer OK with no results."""
+        proto, transport = self.login(select=None)
+        self.assertEqual(self.send(proto, transport, b'x1 LIST "" "&Jjo"\r\n'), b"x1 OK LIST completed\r\n")
+        self.assertEqual(self.send(proto, transport, b'x2 LIST "&Jjo" "*"\r\n'), b"x2 OK LIST completed\r\n")
+        self.assertEqual(self.send(proto, transport, b'x3 LSUB "" "a&b*"\r\n'), b"x3 OK LSUB completed\r\n")
+        out = self.send(proto, transport, b'x4 LIST "" ("&Jjo" "INBOX")\r\n')
+        self.assertEqual(out, b'* LIST (\\HasNoChildren) "/" INBOX\r\nx4 OK LIST completed\r\n')
+
+    def test_other_commands_answer_no(self) -> None:
+        """RFC 3501 section 6.3: CREATE, DELETE, RENAME, APPEND, COPY answer NO; the session goes on."""
+        proto, transport = self.login()
+        for line in (
+            b"x1 CREATE a&b\r\n",
+            b"x2 DELETE a&b\r\n",
+            b"x3 RENAME INBOX a&b\r\n",
+            b"x4 COPY 1 a&b\r\n",
+            b"x5 SUBSCRIBE a&b\r\n",
+            b"x6 APPEND a&b {2+}\r\nhi\r\n",
+        ):
+            out = self.send(proto, transport, line)
+            self.assertTrue(out.startswith(line[:3] + b"NO ["), (line, out))
+        out = self.send(proto, transport, b"x7 NOOP\r\n")
+        self.assertEqual(out, b"x7 OK NOOP completed\r\n")

@@ -304,7 +304,33 @@ class CommandTests(SynchronousTestCase):
             Create("~peter/mail/\u53f0\u5317/\u65e5\u672c\u8a9e"),
         )
         self.assertEqual(parse(self, b"a CREATE a&-b\r\n").args, Create("a&b"))
-        parse_error(self, b"a CREATE a&b\r\n")
+        self.assertFalse(parse(self, b"a CREATE a&-b\r\n").invalid_name)
+
+    def test_mailbox_name_not_modified_utf7(self) -> None:
+        """
+        RFC 3501 sections 5.1.3 and 9: a mailbox name is an astring, so one
+        that is not valid modified UTF-7 is no syntax error; the command is
+        marked ``invalid_name`` (answered NO) with the name undecoded.
+        """
+        for data, args in [
+            (b"a CREATE a&b\r\n", Create("a&b")),
+            (b"a SELECT &Jjo\r\n", Select("&Jjo")),
+            (b'a STATUS "&AGE-" (MESSAGES)\r\n', Status("&AGE-", ("MESSAGES",))),
+        ]:
+            cmd = parse(self, data)
+            self.assertEqual(cmd.args, args, data)
+            self.assertTrue(cmd.invalid_name, data)
+        # LIST: a pattern that is not modified UTF-7 is dropped; the command
+        # is marked only when no pattern is left or the reference is bad.
+        cmd = parse(self, b'a LIST "" ("&Jjo" "INBOX")\r\n')
+        self.assertEqual((cmd.args, cmd.invalid_name), (List("", ("INBOX",)), False))
+        cmd = parse(self, b'a LIST "" "&Jjo"\r\n')
+        self.assertEqual((cmd.args, cmd.invalid_name), (List("", ()), True))
+        cmd = parse(self, b'a LIST "&Jjo" "*"\r\n')
+        self.assertEqual((cmd.args, cmd.invalid_name), (List("&Jjo", ()), True))
+        self.assertTrue(parse(self, b'a LSUB "" "a&b"\r\n').invalid_name)
+        # Still a syntax error when it is not an astring at all.
+        parse_error(self, b'a SELECT "a\r\n')
 
     def test_errors(self) -> None:
         """Malformed commands give a ParseError carrying the tag."""

@@ -162,6 +162,8 @@ class Cursor:
         self.pos = 0
         self.depth = 0
         self.tag: str | None = None
+        #: A mailbox name was a valid astring but not modified UTF-7.
+        self.invalid_name = False
 
     @classmethod
     def of(cls, data: bytes) -> Cursor:
@@ -458,10 +460,18 @@ def encode_mailbox_name(name: str) -> str:
 
 
 def _decode_name(c: Cursor, raw: str) -> str:
+    """
+    *raw* decoded from modified UTF-7; when it is not valid modified UTF-7
+    the command is still well-formed (the grammar only asks for an
+    astring): *raw* is returned and the cursor's ``invalid_name`` set, and
+    the command is answered NO (RFC 3501 section 6.3.1) or, for LIST, OK
+    without results.
+    """
     try:
         return decode_mailbox_name(raw)
     except ValueError:
-        raise c.fail("Mailbox name is not modified UTF-7") from None
+        c.invalid_name = True
+        return raw
 
 
 def mailbox(c: Cursor) -> str:
@@ -936,14 +946,20 @@ def _list(c: Cursor, uid: bool) -> List:
         _check_selection(c, selection)
         c.sp()
     ref = mailbox(c)
+    bad_ref = c.invalid_name
     c.sp()
-    if c.accept(b"("):
-        patterns = [list_mailbox(c)]
-        while not c.accept(b")"):
-            c.sp()
-            patterns.append(list_mailbox(c))
-    else:
-        patterns = [list_mailbox(c)]
+    patterns: list[str] = []
+    grouped = c.accept(b"(")
+    while True:
+        c.invalid_name = False
+        pattern = list_mailbox(c)
+        if not c.invalid_name and not bad_ref:
+            # A pattern that is not modified UTF-7 matches nothing.
+            patterns.append(pattern)
+        if not grouped or c.accept(b")"):
+            break
+        c.sp()
+    c.invalid_name = not patterns
     returns: list[str] = []
     status_items = None
     if not c.at_end():
@@ -1180,4 +1196,4 @@ def parse_command(fragments: Sequence[Fragment]) -> Command:
     args = parse(c, uid)
     c.end()
     assert c.tag is not None
-    return Command(c.tag, name, args)
+    return Command(c.tag, name, args, invalid_name=c.invalid_name)

@@ -435,6 +435,10 @@ class IMAPServerProtocol(SessionProtocol):
         assert isinstance(args, Select | Examine)
         read_only = isinstance(args, Examine)
         self._deselect()
+        if command.invalid_name:
+            # RFC 3501 section 6.3.1: a name that is not modified UTF-7 names
+            # no mailbox; NO, and no mailbox is selected any more.
+            raise _CommandFailed("NO", "Mailbox name is not valid modified UTF-7", "NONEXISTENT")
         mailbox = await self._open(args.mailbox)
         self.mailbox = mailbox
         # Changes made while we list are kept and applied to the new view.

@@ -140,6 +140,14 @@ _ALLOWED = {
 #: forms may see EXPUNGE, but one rule for both is simpler and allowed).
 _NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
 
+#: The RFC 5530 code of the NO for a name that is not modified UTF-7:
+#: commands that look a mailbox up find none; the others (CREATE, RENAME,
+#: APPEND, COPY, MOVE) cannot use the name.
+_INVALID_NAME_CODES = {
+    "STATUS": "NONEXISTENT",
+    "DELETE": "NONEXISTENT",
+    "UNSUBSCRIBE": "NONEXISTENT",
+}
 #: Commands that act on the selected mailbox's messages (refused once it was deleted).
 _ON_SELECTED_MESSAGES = frozenset({"CHECK", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"})
 
@@ -451,8 +459,14 @@ class IMAPSession(SessionCore[Event]):
         if name not in _ALLOWED[self.state]:
             self._bad(command.tag, f"{name} is not allowed now")
             return
-        handler = getattr(self, "_cmd_" + name.lower(), None)
         self._tag = command.tag
+        if command.invalid_name and name not in ("SELECT", "EXAMINE"):
+            # SELECT and EXAMINE go to the application, which deselects
+            # first (RFC 3501 section 6.3.1: a failed SELECT leaves no
+            # mailbox selected).
+            self._invalid_name(command)
+            return
+        handler = getattr(self, "_cmd_" + name.lower(), None)
         if handler is not None:
             handler(command)
             return
@@ -461,6 +475,18 @@ class IMAPSession(SessionCore[Event]):
             return
         self._command = command
         self._emit(Execute(command))
+
+    def _invalid_name(self, command: Command) -> None:
+        """
+        A mailbox name that is an astring but not modified UTF-7 names no
+        mailbox: LIST and LSUB find nothing, STATUS and the others answer NO
+        (RFC 3501 sections 5.1.3 and 6.3.10), not BAD.
+        """
+        if command.name in ("LIST", "LSUB"):
+            self._complete(command.tag, "OK", f"{command.name} completed")
+        else:
+            code = _INVALID_NAME_CODES.get(command.name, "CANNOT")
+            self._complete(command.tag, "NO", "Mailbox name is not valid modified UTF-7", code)
 
     # -- commands the session answers --------------------------------------------------
 

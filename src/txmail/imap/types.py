@@ -453,8 +453,18 @@ CommandArgs = (
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A parsed command: its tag, upper-cased name and arguments."""
+    """
+    A parsed command: its tag, upper-cased name and arguments.
+
+    ``invalid_name`` is set when a mailbox name of the command is a valid
+    astring but not valid modified UTF-7 (RFC 3501 section 5.1.3): such a
+    name is kept undecoded in the arguments and the command is answered
+    NO, or for LIST and LSUB OK without those results (LIST drops the
+    patterns that are not modified UTF-7 and is marked only when none is
+    left or the reference is not).
+    """
 
     tag: str
     name: str
     args: CommandArgs = NO_ARGS
+    invalid_name: bool = False
