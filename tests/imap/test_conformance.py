@@ -6,6 +6,8 @@ drives the IMAP adapter on a StringTransport and a task.Clock (the setup of
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.imap.test_server import ServerTestCase
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import ParseError, parse_command
@@ -161,3 +163,56 @@ class NotModifiedUTF7Tests(ServerTestCase):
             self.assertTrue(out.startswith(line[:3] + b"NO ["), (line, out))
         out = self.send(proto, transport, b"x7 NOOP\r\n")
         self.assertEqual(out, b"x7 OK NOOP completed\r\n")
+
+
+class ExamineRecentTests(ServerTestCase):
+    """RFC 3501 section 6.3.2: EXAMINE MUST NOT cause messages to lose \\Recent."""
+
+    def examine(self) -> tuple[Any, Any, bytes]:
+        proto, transport = self.login(select=None)
+        out = self.send(proto, transport, b"e1 EXAMINE INBOX\r\n")
+        self.assertTrue(out.endswith(b"e1 OK [READ-ONLY] EXAMINE completed\r\n"), out)
+        return proto, transport, out
+
+    def test_messages_present_at_examine(self) -> None:
+        """RFC 3501 section 6.3.2: shown \\Recent, and still \\Recent for the next SELECT."""
+        proto, transport, out = self.examine()
+        self.assertIn(b"* 2 RECENT\r\n", out)
+        out = self.send(proto, transport, b"e2 FETCH 1:2 FLAGS\r\n")
+        self.assertEqual(
+            out,
+            b"* 1 FETCH (FLAGS (\\Recent))\r\n* 2 FETCH (FLAGS (\\Recent))\r\ne2 OK FETCH completed\r\n",
+        )
+        self.assertEqual(self.successResultOf(self.mailbox.status()).recent, 2)
+        # A second EXAMINE, and then a SELECT, still see them \Recent.
+        _, _, out = self.examine()
+        self.assertIn(b"* 2 RECENT\r\n", out)
+        proto2, transport2 = self.login(select=None)
+        out = self.send(proto2, transport2, b"s1 SELECT INBOX\r\n")
+        self.assertIn(b"* 2 RECENT\r\n", out)
+        self.assertEqual(self.successResultOf(self.mailbox.status()).recent, 0)
+
+    def test_only_unclaimed_are_recent(self) -> None:
+        """RFC 3501 sections 2.3.2 and 6.3.2: messages a SELECT claimed are not \\Recent in a later EXAMINE."""
+        proto, transport = self.login()  # claims both
+        self.successResultOf(self.mailbox.append(b"Subject: three\r\n\r\nthird\r\n", (), 1_600_000_000))
+        self.send(proto, transport, b"x LOGOUT\r\n")
+        self.successResultOf(self.mailbox.append(b"Subject: four\r\n\r\nfourth\r\n", (), 1_600_000_000))
+        proto, transport, out = self.examine()
+        # The third was claimed by the selecting session when it arrived.
+        self.assertIn(b"* 4 EXISTS\r\n* 1 RECENT\r\n", out)
+        out = self.send(proto, transport, b"e2 FETCH 3:4 FLAGS\r\n")
+        self.assertEqual(
+            out, b"* 3 FETCH (FLAGS ())\r\n* 4 FETCH (FLAGS (\\Recent))\r\ne2 OK FETCH completed\r\n"
+        )
+
+    def test_messages_arriving_while_examined(self) -> None:
+        """RFC 3501 section 6.3.2: a message that arrives during EXAMINE is shown \\Recent and not claimed."""
+        proto, transport, _ = self.examine()
+        self.successResultOf(self.mailbox.append(b"Subject: new\r\n\r\nnew\r\n", (), 1_600_000_000))
+        out = self.send(proto, transport, b"n1 NOOP\r\n")
+        self.assertEqual(out, b"* 3 EXISTS\r\n* 3 RECENT\r\nn1 OK NOOP completed\r\n")
+        self.assertEqual(self.successResultOf(self.mailbox.status()).recent, 3)
+        proto2, transport2 = self.login(select=None)
+        out = self.send(proto2, transport2, b"s1 SELECT INBOX\r\n")
+        self.assertIn(b"* 3 RECENT\r\n", out)

@@ -16,7 +16,9 @@ Implementation notes
   another session, POP3) in the view; the session tells the client when
   RFC 3501 section 7 allows it, or at once during IDLE (RFC 2177).  New
   messages are claimed for ``\\Recent`` by the first session that hears of
-  them (:meth:`txmail.interfaces.IMailbox.claim_recent`).
+  them (:meth:`txmail.interfaces.IMailbox.claim_recent`); a read-only
+  (EXAMINE) session shows the unclaimed ones as ``\\Recent`` and claims none
+  (RFC 3501 section 6.3.2).
 * Long responses (FETCH, SEARCH over a big mailbox) are produced in
   batches of :data:`BATCH` messages, with a turn of the reactor between
   two batches so that other connections are served meanwhile; a batch is handed to the transport
@@ -409,7 +411,11 @@ class IMAPServerProtocol(SessionProtocol):
             return
         view = session.view
         view.queue(change)
-        if isinstance(change, MessagesAdded) and self.mailbox is not None:
+        if isinstance(change, MessagesAdded) and view.read_only:
+            # RFC 3501 section 6.3.2: shown as \Recent, left for a
+            # read-write session to claim.
+            view.claimed_recent(info.uid for info in change.messages)
+        elif isinstance(change, MessagesAdded) and self.mailbox is not None:
             mailbox = self.mailbox
             d = defer.maybeDeferred(mailbox.claim_recent)
 
@@ -444,9 +450,18 @@ class IMAPServerProtocol(SessionProtocol):
         # Changes made while we list are kept and applied to the new view.
         self._early_changes = []
         self._remove_listener = mailbox.add_listener(self._changed)
-        infos = await defer.maybeDeferred(mailbox.list_messages)
-        recent = await defer.maybeDeferred(mailbox.claim_recent)
-        status = await defer.maybeDeferred(mailbox.status)
+        if read_only:
+            # RFC 3501 section 6.3.2: EXAMINE must not take \Recent away.
+            # The view shows the messages no session has claimed yet (the
+            # newest ones: claims go in UID order) without claiming them.
+            before = await defer.maybeDeferred(mailbox.status)
+            infos = await defer.maybeDeferred(mailbox.list_messages)
+            recent = _unclaimed(infos, before)
+            status = await defer.maybeDeferred(mailbox.status)
+        else:
+            infos = await defer.maybeDeferred(mailbox.list_messages)
+            recent = await defer.maybeDeferred(mailbox.claim_recent)
+            status = await defer.maybeDeferred(mailbox.status)
         view = SelectedView(mailbox.name, mailbox.uidvalidity, infos, read_only=read_only, recent=recent)
         session = self.session
         assert session is not None
@@ -454,6 +469,8 @@ class IMAPServerProtocol(SessionProtocol):
         early, self._early_changes = self._early_changes, None
         for change in early or ():
             view.queue(change)
+            if read_only and isinstance(change, MessagesAdded):
+                view.claimed_recent(info.uid for info in change.messages)
         first_unseen = next((i + 1 for i, info in enumerate(infos) if "\\Seen" not in info.flags), None)
         out = [
             b"* FLAGS " + _SYSTEM_FLAGS + b"\r\n",
@@ -907,6 +924,17 @@ def _result_now(d: defer.Deferred[Any]) -> Any:
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+def _unclaimed(infos: list[MessageInfo], status: Any) -> list[int]:
+    """
+    The UIDs of *infos* that no session has claimed as ``\Recent``, from a
+    *status* taken before the listing: the ``status.recent`` newest below
+    its UIDNEXT, and every message that arrived since.
+    """
+    older = [info.uid for info in infos if info.uid < status.uidnext]
+    newer = [info.uid for info in infos if info.uid >= status.uidnext]
+    return older[max(0, len(older) - status.recent) :] + newer if status.recent else newer
 
 
 def _copyuid(uidvalidity: int, pairs: list[tuple[int, int]]) -> str:

@@ -60,7 +60,8 @@ class SelectedView:
         uidvalidity: its UIDVALIDITY.
         messages: the listing at selection time, ascending UIDs.
         read_only: selected with EXAMINE (or not writable).
-        recent: UIDs this session claimed as ``\\Recent``.
+        recent: UIDs that are ``\\Recent`` in this session (claimed by it,
+            or for a read-only view not claimed by anyone yet).
 
     Attributes:
         uids: UIDs in sequence order (sequence number ``n`` is ``uids[n-1]``).
@@ -171,7 +172,11 @@ class SelectedView:
             self.deleted = True
 
     def claimed_recent(self, uids: Iterable[int]) -> None:
-        """This session claimed *uids* as ``\\Recent`` (told at the next :meth:`updates`)."""
+        """
+        *uids* are ``\\Recent`` in this session (told at the next
+        :meth:`updates`): it claimed them, or, read-only, shows them without
+        claiming (RFC 3501 section 6.3.2).
+        """
         self.recent.update(uids)
 
     @property
