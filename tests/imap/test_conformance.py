@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.imap.test_server import ServerTestCase
+from tests.imap.test_server import LOGIN, ServerTestCase
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import ParseError, parse_command
 
@@ -216,3 +216,47 @@ class ExamineRecentTests(ServerTestCase):
         proto2, transport2 = self.login(select=None)
         out = self.send(proto2, transport2, b"s1 SELECT INBOX\r\n")
         self.assertIn(b"* 3 RECENT\r\n", out)
+
+
+def _maximal_id(tag: bytes, value: bytes) -> bytes:
+    """An RFC 2971 ID command with the most fields (30) of the longest names (30 octets)."""
+    pairs = b" ".join(b'"%s" %s' % (b"field-%024d" % i, value) for i in range(30))
+    return tag + b" ID (" + pairs + b")\r\n"
+
+
+class LineLengthTests(ServerTestCase):
+    """The default command line limit (RFC 2971 section 3.3, RFC 7162 section 4)."""
+
+    def test_maximal_id_command(self) -> None:
+        """
+        RFC 2971 section 3.3: 30 pairs with values of 1,024 octets are legal
+        (about 32 KB on one line), before and after login, with the default
+        limits; so are the same values written with every octet escaped.
+        """
+        plain = _maximal_id(b"i1", b'"' + b"v" * 1024 + b'"')
+        escaped = _maximal_id(b"i2", b'"' + b'\\"' * 1024 + b'"')
+        self.assertGreater(len(plain), 31_000)
+        self.assertGreater(len(escaped), 62_000)
+        proto, transport = self.connect()
+        transport.clear()
+        for line in (plain, escaped):
+            out = self.send(proto, transport, line)
+            self.assertTrue(out.startswith(b"* ID ("), out[:100])
+            self.assertTrue(out.endswith(line[:3] + b"OK ID completed\r\n"), out)
+        self.send(proto, transport, LOGIN)
+        # In pieces, as a slow client sends it.
+        transport.clear()
+        slow = _maximal_id(b"i3", b'"' + b"v" * 1024 + b'"')
+        for i in range(0, len(slow), 1000):
+            proto.dataReceived(slow[i : i + 1000])
+        self.assertTrue(transport.value().endswith(b"i3 OK ID completed\r\n"), transport.value()[-200:])
+
+    def test_line_limit_stays_bounded(self) -> None:
+        """RFC 3501 section 9 leaves the limit to the server: a line over 64 KiB is refused and the session goes on."""
+        proto, transport = self.connect()
+        transport.clear()
+        out = self.send(proto, transport, b'i1 ID ("name" "' + b"x" * 70_000 + b'")\r\n')
+        self.assertEqual(out, b"i1 BAD Line too long\r\n")
+        self.assertLess(proto.session.buffered_input, 65_536)  # type: ignore[union-attr]
+        out = self.send(proto, transport, b"i2 NOOP\r\n")
+        self.assertEqual(out, b"i2 OK NOOP completed\r\n")

@@ -80,7 +80,10 @@ __all__ = [
     "LiteralFragment",
 ]
 
-DEFAULT_MAX_LINE = 8192
+#: 64 KiB, as Dovecot: a maximal RFC 2971 ID command (30 pairs, values of
+#: 1,024 octets, quoted) is about 32 KB, and RFC 7162 section 4 asks for at
+#: least 8,192 octets.
+DEFAULT_MAX_LINE = 65536
 DEFAULT_MAX_LITERAL = 50 * 1024 * 1024
 DEFAULT_MAX_COMMAND = DEFAULT_MAX_LITERAL + 64 * 1024
 
@@ -191,6 +194,7 @@ class CommandFramer:
         self.max_literal = max_literal
         self.max_command = max_command
         self._buffer = bytearray()
+        self._scanned = 0  # octets of _buffer known to hold no LF
         self._events: deque[Event] = deque()
         self._mode = _Mode.LINE
         self._fragments: list[Fragment] = []
@@ -239,6 +243,7 @@ class CommandFramer:
         """
         rest = bytes(self._buffer)
         self._buffer.clear()
+        self._scanned = 0
         self._events.clear()
         self._reset_command()
         self._mode = _Mode.LINE
@@ -295,8 +300,11 @@ class CommandFramer:
         return True
 
     def _read_line(self, skipping: bool) -> bool:
-        end = self._buffer.find(b"\n")
+        # A line that arrives in many small reads is searched for its LF
+        # once, not from its start on every read.
+        end = self._buffer.find(b"\n", self._scanned)
         if end < 0:
+            self._scanned = len(self._buffer)
             if len(self._buffer) >= self.max_line:
                 # Over-long line: drop what we have and skip to its end.
                 if not skipping:
@@ -307,10 +315,12 @@ class CommandFramer:
                 # Keep the tail: a literal marker ending the skipped line
                 # may be split across reads.
                 del self._buffer[:-_MARKER_TAIL]
+                self._scanned = len(self._buffer)
                 return bool(self._events)
             return False
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
+        self._scanned = 0
         if line.endswith(b"\r"):
             line = line[:-1]
         if skipping:
