@@ -260,3 +260,40 @@ class LineLengthTests(ServerTestCase):
         self.assertLess(proto.session.buffered_input, 65_536)  # type: ignore[union-attr]
         out = self.send(proto, transport, b"i2 NOOP\r\n")
         self.assertEqual(out, b"i2 OK NOOP completed\r\n")
+
+
+class LsubTests(ServerTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for name in ("foo", "foo/bar", "foo/bar/baz", "top", "top/sub"):
+            self.successResultOf(self.store.create_mailbox(name))
+        for name in ("INBOX", "foo/bar", "foo/bar/baz", "top", "top/sub"):
+            self.successResultOf(self.store.subscribe(name))
+
+    def test_percent_returns_unsubscribed_parent_noselect(self) -> None:
+        """
+        RFC 3501 section 6.3.9: "foo/bar" subscribed but "foo" not: LSUB "%"
+        returns foo flagged \\Noselect, not foo/bar; a subscribed parent is
+        returned as it is.
+        """
+        proto, transport = self.login(select=None)
+        out = self.send(proto, transport, b'l1 LSUB "" "%"\r\n')
+        self.assertEqual(
+            out,
+            b'* LSUB () "/" INBOX\r\n'
+            b'* LSUB (\\Noselect) "/" foo\r\n'
+            b'* LSUB () "/" top\r\n'
+            b"l1 OK LSUB completed\r\n",
+        )
+        out = self.send(proto, transport, b'l2 LSUB "foo/" "%"\r\n')
+        self.assertEqual(out, b'* LSUB () "/" foo/bar\r\nl2 OK LSUB completed\r\n')
+        out = self.send(proto, transport, b'l3 LSUB "" "*"\r\n')
+        self.assertEqual(
+            out,
+            b'* LSUB () "/" INBOX\r\n'
+            b'* LSUB () "/" foo/bar\r\n'
+            b'* LSUB () "/" foo/bar/baz\r\n'
+            b'* LSUB () "/" top\r\n'
+            b'* LSUB () "/" top/sub\r\n'
+            b"l3 OK LSUB completed\r\n",
+        )

@@ -628,11 +628,24 @@ class IMAPServerProtocol(SessionProtocol):
         pattern = _join(args.reference, args.pattern)
         folders: list[FolderInfo] = await defer.maybeDeferred(self.store.list_mailboxes, "*")
         by_name = {f.name: f for f in folders}
-        for name in sorted(await defer.maybeDeferred(self.store.subscriptions), key=_mailbox_order):
+        subscribed = set(await defer.maybeDeferred(self.store.subscriptions))
+        found: dict[str, bool] = {}  # name -> selectable
+        for name in subscribed:
             if match_mailbox_pattern(pattern, name):
                 folder = by_name.get(name)
-                attrs = b"" if folder is not None and folder.selectable else b"\\Noselect"
-                self._send(b"* LSUB (" + attrs + b') "/" ' + serialize.mailbox(name) + b"\r\n")
+                found[name] = folder is not None and folder.selectable
+                continue
+            # RFC 3501 section 6.3.9: with "%", the parent of a subscribed
+            # mailbox is returned, flagged \Noselect when it is not
+            # subscribed itself.
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                parent = "/".join(parts[:i])
+                if parent not in subscribed and match_mailbox_pattern(pattern, parent):
+                    found[parent] = False
+        for name in sorted(found, key=_mailbox_order):
+            attrs = b"" if found[name] else b"\\Noselect"
+            self._send(b"* LSUB (" + attrs + b') "/" ' + serialize.mailbox(name) + b"\r\n")
         return "LSUB completed"
 
     async def _status_line(self, name: str, items: tuple[str, ...]) -> None:
