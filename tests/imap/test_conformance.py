@@ -297,3 +297,41 @@ class LsubTests(ServerTestCase):
             b'* LSUB () "/" top/sub\r\n'
             b"l3 OK LSUB completed\r\n",
         )
+
+
+class SearchAddressTests(ServerTestCase):
+    def test_address_of_the_envelope(self) -> None:
+        """
+        RFC 3501 section 6.4.4: FROM, TO, CC and BCC match the address
+        fields of the envelope structure, so an address written with comments
+        inside it is found as ``mailbox@host``; the field as written (the
+        display name) still matches as a case-insensitive substring.
+        """
+        message = (
+            b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+            b'To: "Carol Q" <carol (x) @ example.net>\r\n'
+            b"Cc: team: dave@ (y) example.com;\r\n"
+            b"Bcc: erin@example.org\r\n"
+            b"Subject: comments\r\n\r\nbody\r\n"
+        )
+        self.successResultOf(self.mailbox.append(message, (), 1_600_000_000))
+        proto, transport = self.login()
+        for key, expected in (
+            (b"FROM user-from@domain.org", b"3"),
+            (b"FROM USER-FROM@Domain.Org", b"3"),
+            (b"FROM from@domain", b"3"),
+            (b"FROM comment", b"3"),
+            (b"FROM bob@example.test", b"1"),
+            (b"TO carol@example.net", b"3"),
+            (b'TO "carol q"', b"3"),
+            (b"CC dave@example.com", b"3"),
+            (b"BCC erin@example.org", b"3"),
+            (b"FROM nobody@domain.org", b""),
+            (b"CC carol@example.net", b""),
+        ):
+            out = self.send(proto, transport, b"s1 SEARCH " + key + b"\r\n")
+            self.assertEqual(
+                out,
+                b"* SEARCH" + (b" " + expected if expected else b"") + b"\r\ns1 OK SEARCH completed\r\n",
+                key,
+            )

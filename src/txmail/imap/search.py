@@ -51,6 +51,10 @@ Matching rules and deviations
   field value (display names, addresses and comments alike), as Dovecot
   does.  Every occurrence of a repeated field is searched.  A message
   without the field never matches, not even ``FROM ""``.
+* ``FROM``/``TO``/``CC``/``BCC`` also match the addresses of the envelope
+  structure (RFC 3501 section 6.4.4), written ``mailbox@host``: so
+  ``From: <user (comment)@ (comment) example.org>`` matches
+  ``FROM user@example.org``, which the field as written does not hold.
 * ``HEADER field string``: the field name is case-insensitive; an empty
   string matches every message that has the field (RFC 3501 section
   6.4.4).
@@ -308,12 +312,13 @@ def _body_text(message: bytes, metadata: MessageMetadata | None) -> str:
 class _Facts:
     """One message's decoded, case-folded texts, each computed on first use."""
 
-    __slots__ = ("_body", "_fields", "_header_text", "_sent", "message", "metadata")
+    __slots__ = ("_addresses", "_body", "_fields", "_header_text", "_sent", "message", "metadata")
 
     def __init__(self, metadata: MessageMetadata | None, message: bytes | None) -> None:
         self.metadata = metadata
         self.message = message
         self._fields: dict[str, list[str]] | None = None
+        self._addresses: dict[str, list[str]] = {}
         self._sent: tuple[datetime.date | None] | None = None
         self._body: str | None = None
         self._header_text: str | None = None
@@ -339,6 +344,18 @@ class _Facts:
             self._fields = fields
         return self._fields.get(name.casefold(), [])
 
+    def addresses(self, key: str) -> list[str]:
+        """The case-folded ``mailbox@host`` of each address of the envelope's *key* field."""
+        found = self._addresses.get(key)
+        if found is None:
+            found = []
+            for address in self.need_metadata(key).envelope[_ENVELOPE_INDEX[key]] or ():
+                # (name, adl, mailbox, host); a group marker has no host.
+                if len(address) == 4 and address[2] is not None and address[3] is not None:
+                    found.append(f"{address[2]}@{address[3]}".casefold())
+            self._addresses[key] = found
+        return found
+
     def sent(self, key: str) -> datetime.date | None:
         if self._sent is None:
             date = None
@@ -361,6 +378,10 @@ class _Facts:
 
 
 # -- evaluation ----------------------------------------------------------------
+
+
+#: The place of each address field in the ENVELOPE (RFC 3501 section 7.4.2).
+_ENVELOPE_INDEX = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}
 
 
 def _has_keyword(info: MessageInfo, keyword: str) -> bool:
@@ -400,9 +421,17 @@ def _leaf(key: SearchKey, ctx: SearchContext, seq: int, info: MessageInfo, facts
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         sent = facts.sent(name)
         return sent is not None and _compare_date(name[4:], sent, _date(args[0]))
-    if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+    if name == "SUBJECT":
         wanted = _str(args[0]).casefold()
         return any(wanted in value for value in facts.field(name, name))
+    if name in _ENVELOPE_INDEX:
+        # The field as written (display names, comments), or the addresses
+        # of the envelope structure (RFC 3501 section 6.4.4).
+        wanted = _str(args[0]).casefold()
+        values = facts.field(name, name)
+        if not values:
+            return False
+        return any(wanted in value for value in values) or any(wanted in a for a in facts.addresses(name))
     if name == "HEADER":
         wanted = _str(args[1]).casefold()
         return any(wanted in value for value in facts.field(name, _str(args[0])))
