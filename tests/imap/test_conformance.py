@@ -11,6 +11,7 @@ from typing import Any
 from tests.imap.test_server import LOGIN, ServerTestCase
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import ParseError, parse_command
+from txmail.model import FlagMode
 
 __all__: list[str] = []
 
@@ -335,3 +336,64 @@ class SearchAddressTests(ServerTestCase):
                 b"* SEARCH" + (b" " + expected if expected else b"") + b"\r\ns1 OK SEARCH completed\r\n",
                 key,
             )
+
+
+_SYSTEM = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+
+
+class KeywordFlagsTests(ServerTestCase):
+    """FLAGS and PERMANENTFLAGS list the keywords in use (RFC 3501 sections 6.3.1, 7.2.6)."""
+
+    def flags_lines(self, keywords: bytes) -> bytes:
+        return (
+            b"* FLAGS (" + _SYSTEM + keywords + b")\r\n"
+            b"* OK [PERMANENTFLAGS (" + _SYSTEM + keywords + b" \\*)] Flags permitted\r\n"
+        )
+
+    def test_select_lists_keywords_in_use(self) -> None:
+        """RFC 3501 section 6.3.1: SELECT's FLAGS and PERMANENTFLAGS hold the mailbox's keywords."""
+        self.successResultOf(self.mailbox.set_flags([self.uids[0]], {"$Label1", "Work"}, FlagMode.ADD))
+        proto, transport = self.connect()
+        self.send(proto, transport, LOGIN)
+        out = self.send(proto, transport, b"s1 SELECT INBOX\r\n")
+        self.assertTrue(out.startswith(self.flags_lines(b" $Label1 Work")), out)
+        out = self.send(proto, transport, b"s2 EXAMINE INBOX\r\n")
+        self.assertTrue(
+            out.startswith(
+                b"* FLAGS (" + _SYSTEM + b" $Label1 Work)\r\n* OK [PERMANENTFLAGS ()] Flags permitted\r\n"
+            ),
+            out,
+        )
+
+    def test_store_of_a_new_keyword(self) -> None:
+        """RFC 3501 section 7.2.6: an untagged FLAGS (and PERMANENTFLAGS) before the FETCH showing a new keyword."""
+        proto, transport = self.login()
+        out = self.send(proto, transport, b"t1 STORE 1 +FLAGS ($Todo)\r\n")
+        self.assertEqual(
+            out,
+            self.flags_lines(b" $Todo") + b"* 1 FETCH (FLAGS ($Todo \\Recent))\r\nt1 OK STORE completed\r\n",
+        )
+        # Known now: no FLAGS again, nor for a removal.
+        out = self.send(proto, transport, b"t2 STORE 2 +FLAGS.SILENT ($Todo)\r\n")
+        self.assertEqual(out, b"t2 OK STORE completed\r\n")
+        out = self.send(proto, transport, b"t3 STORE 2 -FLAGS.SILENT (Other)\r\n")
+        self.assertEqual(out, b"t3 OK STORE completed\r\n")
+
+    def test_keyword_from_another_session(self) -> None:
+        """RFC 3501 section 7.2.6: a keyword set elsewhere is announced with FLAGS before its FETCH."""
+        proto, transport = self.login()
+        self.successResultOf(self.mailbox.set_flags([self.uids[1]], {"Urgent"}, FlagMode.ADD))
+        out = self.send(proto, transport, b"n1 NOOP\r\n")
+        self.assertEqual(
+            out,
+            self.flags_lines(b" Urgent") + b"* 2 FETCH (FLAGS (Urgent \\Recent))\r\nn1 OK NOOP completed\r\n",
+        )
+
+    def test_new_message_with_new_keyword(self) -> None:
+        """RFC 3501 section 7.2.6: a message arriving with a new keyword brings a FLAGS response."""
+        proto, transport = self.login()
+        self.successResultOf(self.mailbox.append(b"Subject: k\r\n\r\nk\r\n", ("$Forwarded",), 1_600_000_000))
+        out = self.send(proto, transport, b"n1 NOOP\r\n")
+        self.assertEqual(
+            out, self.flags_lines(b" $Forwarded") + b"* 3 EXISTS\r\n* 3 RECENT\r\nn1 OK NOOP completed\r\n"
+        )

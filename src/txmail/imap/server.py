@@ -138,8 +138,6 @@ SPECIAL_FOLDERS = (
     ("Junk", SpecialUse.JUNK),
     ("Archive", SpecialUse.ARCHIVE),
 )
-_SYSTEM_FLAGS = b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
-_PERMANENT_FLAGS = b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
 _STORE_MODES = {"": FlagMode.REPLACE, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
 
 
@@ -473,8 +471,8 @@ class IMAPServerProtocol(SessionProtocol):
                 view.claimed_recent(info.uid for info in change.messages)
         first_unseen = next((i + 1 for i, info in enumerate(infos) if "\\Seen" not in info.flags), None)
         out = [
-            b"* FLAGS " + _SYSTEM_FLAGS + b"\r\n",
-            b"* OK [PERMANENTFLAGS " + (b"()" if read_only else _PERMANENT_FLAGS) + b"] Flags permitted\r\n",
+            # RFC 3501 sections 6.3.1 and 7.2.6: with the keywords in use.
+            view.flag_responses(),
             b"* %d EXISTS\r\n" % view.exists,
             b"* %d RECENT\r\n" % len(view.recent),
         ]
@@ -789,6 +787,11 @@ class IMAPServerProtocol(SessionProtocol):
         for info in changed:
             if info.uid in view.flags:
                 view.flags[info.uid] = info.flags
+        if changed and args.mode != "-":
+            # RFC 3501 section 7.2.6: a keyword new to the mailbox is told first.
+            told = view.new_flags(flags)
+            if told:
+                self._send(told)
         if not args.silent:
             # RFC 3501 section 6.4.6: the new flags of each message.
             out = [view.fetch_flags(seq, uid, with_uid=args.uid) for seq, uid in targets if uid in view.flags]

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 from txmail.imap import serialize
 from txmail.imap.types import SequenceSet
 from txmail.model import (
+    SYSTEM_FLAGS,
     FlagsChanged,
     MailboxChange,
     MailboxDeleted,
@@ -45,6 +46,10 @@ from txmail.model import (
 )
 
 __all__ = ["SelectedView", "SequenceError"]
+
+
+#: The system flags in the order FLAGS lists them.
+_SYSTEM_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 class SequenceError(ValueError):
@@ -84,9 +89,13 @@ class SelectedView:
         self.read_only = read_only
         self.uids: list[int] = []
         self.flags: dict[int, frozenset[str]] = {}
+        flag_sets: set[frozenset[str]] = set()
         for info in messages:
             self.uids.append(info.uid)
             self.flags[info.uid] = info.flags
+            flag_sets.add(info.flags)
+        #: Every flag seen in the mailbox since selection (system flags first).
+        self.known_flags: set[str] = set(SYSTEM_FLAGS).union(*flag_sets)
         self.recent: set[int] = set(recent) & self.flags.keys()
         self.deleted = False
         self._added: dict[int, frozenset[str]] = {}
@@ -149,6 +158,35 @@ class SelectedView:
             raise SequenceError("No messages")
         return [(n, self.uids[n - 1]) for n in seqset.expand(count)]
 
+    # -- flags and keywords (RFC 3501 sections 6.3.1 and 7.2.6) -----------------------
+
+    def flag_responses(self) -> bytes:
+        """
+        ``* FLAGS`` and ``* OK [PERMANENTFLAGS ...]``: the system flags and
+        every keyword in use in the mailbox; ``\\*`` (new keywords may be
+        made) unless the view is read-only, where PERMANENTFLAGS is empty.
+        """
+        keywords = sorted(self.known_flags - SYSTEM_FLAGS)
+        flags = serialize.flag_list((*_SYSTEM_ORDER, *keywords))
+        permanent = b"()" if self.read_only else serialize.flag_list((*_SYSTEM_ORDER, *keywords, "\\*"))
+        return b"* FLAGS " + flags + b"\r\n* OK [PERMANENTFLAGS " + permanent + b"] Flags permitted\r\n"
+
+    def new_flags(self, *flag_sets: Iterable[str]) -> bytes:
+        """
+        Note the flags of *flag_sets* as in use; when one of them is a
+        keyword the client has not been told of, the new
+        :meth:`flag_responses` (RFC 3501 section 7.2.6: FLAGS is sent again
+        when the applicable flags change), else ``b""``.  Costs the size of
+        the sets given, not of the mailbox.
+        """
+        known = self.known_flags
+        fresh = False
+        for flags in flag_sets:
+            if not known.issuperset(flags):
+                known.update(flags)
+                fresh = True
+        return self.flag_responses() if fresh else b""
+
     # -- changes from the store ------------------------------------------------------
 
     def queue(self, change: MailboxChange) -> None:
@@ -197,6 +235,7 @@ class SelectedView:
         ``RECENT``, then ``FETCH (FLAGS ...)`` for flags that changed.
         """
         out: list[bytes] = []
+        out.append(self.new_flags(*self._added.values(), *self._flag_changes.values()))
         if allow_expunge and self._expunged:
             gone = sorted(self._expunged)
             self._expunged.clear()
