@@ -421,7 +421,7 @@ class MaildirLineEndThreadTests(TestCase):
 
     def test_threads(self) -> Any:
         root = self.mktemp()
-        provider = maildir.MaildirProvider(root, hostname="mx.test", run_blocking=deferToThread)
+        provider = maildir.MaildirProvider(root, hostname="mx.test", run_blocking=deferToThread, watch="off")
         store = provider.store_for(USER)
         path = os.path.join(root, "example.test", "alice", "new", "1700000000.k.other.host")
         with open(path, "wb") as f:

@@ -31,25 +31,30 @@ from txmail.store._maildir_format import parse_index
 from txmail.store.maildir import MaildirMailbox, MaildirProvider
 
 
+def _quiet() -> dict[str, Any]:
+    """Watchers that poll on a clock nobody advances: nothing left in the reactor after a test."""
+    return {"clock": task.Clock(), "watch": "poll"}
+
+
 class MaildirConformanceTests(MailStoreConformanceMixin, TestCase):
     """The Maildir store keeps the whole mailbox contract."""
 
     def make_provider(self) -> MaildirProvider:
         self.root = self.mktemp()
-        return MaildirProvider(self.root, hostname="test.host")
+        return MaildirProvider(self.root, hostname="test.host", **_quiet())
 
     def reopen_provider(self, provider: Any) -> MaildirProvider:
-        return MaildirProvider(provider.root, hostname="test.host")
+        return MaildirProvider(provider.root, hostname="test.host", **_quiet())
 
 
 class MaildirThreadedConformanceTests(MailStoreConformanceMixin, TestCase):
     """The conformance suite again, with file work in real threads (as the server runs it)."""
 
     def make_provider(self) -> MaildirProvider:
-        return MaildirProvider(self.mktemp(), hostname="test.host", run_blocking=deferToThread)
+        return MaildirProvider(self.mktemp(), hostname="test.host", run_blocking=deferToThread, **_quiet())
 
     def reopen_provider(self, provider: Any) -> MaildirProvider:
-        return MaildirProvider(provider.root, hostname="test.host", run_blocking=deferToThread)
+        return MaildirProvider(provider.root, hostname="test.host", run_blocking=deferToThread, **_quiet())
 
 
 class MaildirBatchedConformanceTests(MailStoreConformanceMixin, TestCase):
@@ -57,10 +62,10 @@ class MaildirBatchedConformanceTests(MailStoreConformanceMixin, TestCase):
 
     def make_provider(self) -> MaildirProvider:
         self.patch(maildir, "BATCH", 2)
-        return MaildirProvider(self.mktemp(), hostname="test.host", run_blocking=deferToThread)
+        return MaildirProvider(self.mktemp(), hostname="test.host", run_blocking=deferToThread, **_quiet())
 
     def reopen_provider(self, provider: Any) -> MaildirProvider:
-        return MaildirProvider(provider.root, hostname="test.host", run_blocking=deferToThread)
+        return MaildirProvider(provider.root, hostname="test.host", run_blocking=deferToThread, **_quiet())
 
 
 USER = "alice@Example.Test"
@@ -107,10 +112,13 @@ class ManualRunner:
 class MaildirBase(TestCase):
     def setUp(self) -> None:
         self.root = self.mktemp()
-        self.provider = MaildirProvider(self.root, hostname="mx.test")
+        self.clock = task.Clock()
+        self.provider = MaildirProvider(self.root, hostname="mx.test", clock=self.clock, watch="poll")
         self.user_dir = os.path.join(self.root, "example.test", "alice")
 
     def reopen(self, **kwargs: Any) -> MaildirProvider:
+        kwargs.setdefault("clock", self.clock)
+        kwargs.setdefault("watch", "poll")
         return MaildirProvider(self.root, hostname="mx.test", **kwargs)
 
     def inbox(self, provider: MaildirProvider | None = None) -> Any:

@@ -59,7 +59,7 @@ class MaildirUsageTests(UsageMixin, TestCase):
         self.root = self.mktemp()
 
     def provider(self) -> Any:
-        return MaildirProvider(self.root, hostname="mx.test")
+        return MaildirProvider(self.root, hostname="mx.test", watch="off")
 
     def drop(self, folder: str, sub: str, name: str, data: bytes) -> None:
         path = os.path.join(self.root, "example.test", "alice", folder, sub, name)

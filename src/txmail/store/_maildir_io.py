@@ -24,9 +24,9 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from txmail import mime
 from txmail._fs import fsync_dir, fsync_file, write_file_durably
@@ -86,17 +86,92 @@ SUBS = ("new", "cur")
 CACHE_SLACK = 1 << 16
 
 
+#: File system timestamps can be coarse (one second, two on FAT; a few
+#: milliseconds on Linux file systems with nanosecond fields): a change made
+#: in the same tick as a listing leaves the directory's mtime as it was.  A
+#: listing taken less than this long after the directory's last change is
+#: therefore followed by one more once this time has passed (Dovecot's
+#: "dirty" Maildir check, MAILDIR_SYNC_SECS).
+SETTLE_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """
+    What a folder's listing is known to reflect: the mtimes (ns) of
+    ``new/``, ``cur/`` and ``dovecot-keywords`` (0 when missing), and
+    *verify_at*, the wall-clock time (ns) after which one more listing is
+    owed (``None``: none is).  One is owed when the last listing ran within
+    :data:`SETTLE_NS` of a directory's change, or when the store took in
+    times left by its own writes (:meth:`absorb`): a change by another
+    program in the same timestamp tick would otherwise stay unseen.
+    """
+
+    mtimes: tuple[int, ...]
+    verify_at: int | None = None
+
+    @classmethod
+    def after_listing(cls, mtimes: tuple[int, ...], taken: int, settle_ns: int = SETTLE_NS) -> Stamp:
+        """The stamp of a listing made at *taken* (ns) of directories with *mtimes*."""
+        newest = max(mtimes)
+        if taken - newest > settle_ns:
+            return cls(mtimes)
+        # A directory time in the future (a file server's clock ahead of
+        # ours) counts from now: listed again every settle_ns meanwhile.
+        return cls(mtimes, min(newest, taken) + settle_ns)
+
+    def changed(self, current: tuple[int, ...], now: int, strict: bool) -> bool:
+        """
+        Whether a listing is due: a directory changed, or one is owed (at
+        once when *strict*, else once *verify_at* has passed).
+        """
+        if current != self.mtimes:
+            return True
+        if self.verify_at is None:
+            return False
+        return strict or now >= self.verify_at
+
+    def absorb(
+        self, before: tuple[int, ...], after: tuple[int, ...], now: int, settle_ns: int = SETTLE_NS
+    ) -> Stamp:
+        """
+        Take in the times left by the store's own change: a directory whose
+        time was *before* the change (as this stamp has it) gets its time
+        *after*; one that had changed already keeps its old time (a listing
+        will be made).  Another program's change that landed during ours, or
+        in the same tick, is caught by the one listing owed from then on.
+        """
+        mtimes = tuple(a if b == s else s for b, a, s in zip(before, after, self.mtimes, strict=True))
+        if mtimes == self.mtimes:
+            return self
+        verify_at = self.verify_at
+        if verify_at is None:
+            verify_at = min(max(after), now) + settle_ns
+        return Stamp(mtimes, verify_at)
+
+
 @dataclass
 class Scan:
     """
     What ``new/`` and ``cur/`` hold: base -> (sub-directory, file name), the
-    keyword letters, and a stamp (directory mtimes, and when they were
-    taken) to skip rescans of unchanged directories.
+    keyword letters, and the :class:`Stamp` of the listing.
     """
 
     listing: dict[str, tuple[str, str]]
     keywords: dict[str, str] | None
-    stamp: tuple[tuple[int, ...], int]
+    stamp: Stamp
+
+
+@dataclass
+class Changed:
+    """
+    The result of a change to a folder's message files, with the folder's
+    :func:`dir_mtimes` just *before* and *after* it.
+    """
+
+    result: Any
+    before: tuple[int, ...]
+    after: tuple[int, ...]
 
 
 @dataclass
@@ -125,9 +200,16 @@ class Delivered:
     coff: int
     clen: int
     raw: int | None = None
+    before: tuple[int, ...] = ()
+    after: tuple[int, ...] = ()
 
 
-def _stamp(path: str) -> tuple[int, ...]:
+def dir_mtimes(path: str) -> tuple[int, ...]:
+    """
+    The mtimes (ns) of a folder's ``new/``, ``cur/`` and ``dovecot-keywords``
+    (0 for a missing one): three ``stat`` calls, a few microseconds, cheap
+    enough for the reactor thread.
+    """
     out = []
     for name in (*SUBS, KEYWORDS):
         try:
@@ -138,19 +220,26 @@ def _stamp(path: str) -> tuple[int, ...]:
 
 
 def scan_folder(
-    path: str, stamp: tuple[tuple[int, ...], int] | None = None, settle_ns: int = 2_000_000_000
+    path: str,
+    stamp: Stamp | None = None,
+    settle_ns: int = SETTLE_NS,
+    strict: bool = True,
+    now: Callable[[], int] = time.time_ns,
 ) -> Scan | None:
     """
     List the message files of a folder.  With the *stamp* of an earlier
-    scan, return ``None`` when no directory changed since.  That holds only
-    if the earlier scan ran *settle_ns* after the directories' last change:
-    file system timestamps are coarse (down to one second), and a change
-    made just after a scan could otherwise keep the same mtime.
+    listing, return ``None`` when no listing is due (:meth:`Stamp.changed`).
+    *now* is the wall clock in nanoseconds.
+
+    Raises:
+        NoSuchMailbox: the folder is gone (removed by another program).
     """
-    mtimes = _stamp(path)
-    if stamp is not None and mtimes == stamp[0] and stamp[1] - max(mtimes) > settle_ns:
+    mtimes = dir_mtimes(path)
+    if stamp is not None and not stamp.changed(mtimes, now(), strict):
         return None
-    taken = time.time_ns()
+    taken = now()
+    if not os.path.isdir(os.path.join(path, "cur")):
+        raise NoSuchMailbox(path)
     listing: dict[str, tuple[str, str]] = {}
     for sub in SUBS:
         try:
@@ -167,7 +256,7 @@ def scan_folder(
             keywords = parse_keywords(f.read())
     except FileNotFoundError:
         pass
-    return Scan(listing, keywords, (mtimes, taken))
+    return Scan(listing, keywords, Stamp.after_listing(mtimes, taken, settle_ns))
 
 
 @contextlib.contextmanager
@@ -402,14 +491,16 @@ def deliver_bytes(
     name = file_name(base, letters or None)
     try:
         os.utime(tmp, (date, date))
+        before = dir_mtimes(path)
         os.rename(tmp, os.path.join(path, sub, name))
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    after = dir_mtimes(path)
     if metadata is None or bare:
         metadata = mime.encode_metadata(mime.parse_metadata(to_crlf(data) if bare else data))
     coff, clen = cache_append(path, base, metadata)
-    return Delivered(sub, name, size, coff, clen, raw if bare else None)
+    return Delivered(sub, name, size, coff, clen, raw if bare else None, before, after)
 
 
 def _copy_durably(src: str, tmp: str, dst: str, date: float | None) -> None:
@@ -446,6 +537,7 @@ def deliver_file(
     sub = "cur" if letters else "new"
     name = file_name(base, letters or None)
     dst = os.path.join(path, sub, name)
+    before = dir_mtimes(path)
     try:
         os.link(src, dst)
     except OSError:
@@ -457,11 +549,12 @@ def deliver_file(
             except BaseException:
                 _unlink_quietly(dst)
                 raise
+    after = dir_mtimes(path)
     if metadata is None:
         with open(dst, "rb") as f:
             metadata = mime.encode_metadata(mime.parse_metadata(f))
     coff, clen = cache_append(path, base, metadata)
-    return Delivered(sub, name, size, coff, clen)
+    return Delivered(sub, name, size, coff, clen, None, before, after)
 
 
 def pickup_files(
@@ -490,12 +583,14 @@ def pickup_files(
     return out
 
 
-def rename_files(path: str, ops: list[tuple[str, str, str, str]]) -> list[tuple[str, str] | None]:
+def rename_files(path: str, ops: list[tuple[str, str, str, str]]) -> Changed:
     """
     Rename message files for flag changes: (old sub, old name, new sub, new
     name) each.  A file renamed behind our back is found by its base name;
-    ``None`` marks a file that is gone.
+    ``None`` marks a file that is gone.  Returns the list of new places
+    (:class:`Changed`).
     """
+    before = dir_mtimes(path)
     out: list[tuple[str, str] | None] = []
     for old_sub, old_name, new_sub, new_name in ops:
         dst = os.path.join(path, new_sub, new_name)
@@ -512,7 +607,7 @@ def rename_files(path: str, ops: list[tuple[str, str, str, str]]) -> list[tuple[
                 out.append(None)
                 continue
         out.append((new_sub, new_name))
-    return out
+    return Changed(out, before, dir_mtimes(path))
 
 
 def _unlink_quietly(path: str) -> None:
@@ -520,8 +615,9 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def unlink_files(path: str, items: list[tuple[str, str]]) -> None:
+def unlink_files(path: str, items: list[tuple[str, str]]) -> Changed:
     """Remove message files; one renamed behind our back is found by base name."""
+    before = dir_mtimes(path)
     for sub, name in items:
         try:
             os.unlink(os.path.join(path, sub, name))
@@ -529,6 +625,7 @@ def unlink_files(path: str, items: list[tuple[str, str]]) -> None:
             found = _find(path, split_file_name(name)[0])
             if found is not None:
                 _unlink_quietly(os.path.join(path, *found))
+    return Changed(None, before, dir_mtimes(path))
 
 
 def open_file(path: str, sub: str, name: str, size: int | None = None) -> BinaryIO:
@@ -635,7 +732,7 @@ def link_files(
     src_path: str,
     dst_path: str,
     items: list[tuple[str, str, str, str | None, float, int, int, int, int | None]],
-) -> list[Delivered | None]:
+) -> Changed:
     """
     Copy messages into another folder: hard links where possible, else
     durable copies.  Items are (sub, name, unique, target letters, date,
@@ -643,10 +740,12 @@ def link_files(
     marks a source that is gone.  The metadata cache record and the sizes
     go along (a file with bare LFs gets ``W=`` in its new name).  All or
     nothing: on an error the files made so far are removed.  The caller
-    syncs the target directories.
+    syncs the target directories.  Returns the list (:class:`Changed`, with
+    the target's times).
     """
     made: list[str] = []
     out: list[Delivered | None] = []
+    before = dir_mtimes(dst_path)
     with _open_cache(src_path) as cache:
         try:
             _link_all(src_path, dst_path, items, cache, made, out)
@@ -654,7 +753,7 @@ def link_files(
             for p in made:
                 _unlink_quietly(p)
             raise
-    return out
+    return Changed(out, before, dir_mtimes(dst_path))
 
 
 def _link_all(

@@ -95,6 +95,7 @@ from io import BytesIO
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -144,6 +145,7 @@ from txmail.store._maildir_format import (
     letters_for,
     split_file_name,
 )
+from txmail.store._maildir_watch import POLL_INTERVAL, FolderWatcher
 from txmail.store._usage import tree_usage
 
 __all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
@@ -259,7 +261,9 @@ class MaildirMailbox(MailboxState):
         self._index_buffer: list[str] | None = None
         self._index_drop = False
         self._compacting = False
-        self._stamp: tuple[tuple[int, ...], int] | None = None
+        self._stamp: io.Stamp | None = None
+        #: Listings of the directories made (opening, rescans): for tests and statistics.
+        self.rescans = 0
         self._init_state()
 
     # -- opening ----------------------------------------------------------
@@ -413,10 +417,12 @@ class MaildirMailbox(MailboxState):
             self._kw_letter[flag] = free[0]
             added = True
         if added:
+            before = io.dir_mtimes(self.path)
             try:
                 io.write_small(os.path.join(self.path, io.KEYWORDS), format_keywords(self._letter_kw))
             except OSError:
                 self.log.failure("writing keywords of {mailbox} failed", mailbox=self.path)
+            self._absorb(before, io.dir_mtimes(self.path))
         return letters_for(flags, self._kw_letter, keep)
 
     def _representable(self, flags: frozenset[str]) -> frozenset[str]:
@@ -477,6 +483,7 @@ class MaildirMailbox(MailboxState):
         """
         if scan is None:
             return defer.succeed(None)  # nothing changed on disk
+        self.rescans += 1
         self._stamp = scan.stamp
         self._set_keywords(scan.keywords)
         listing = scan.listing
@@ -555,15 +562,92 @@ class MaildirMailbox(MailboxState):
         return self._run(io.pickup_files, self.path, unknown).addCallback(picked)
 
     def refresh(self) -> defer.Deferred[None]:
-        """See :meth:`txmail.interfaces.IMailbox.refresh`."""
-        return self._serial.run(self._refresh_job)
+        """
+        See :meth:`txmail.interfaces.IMailbox.refresh`: the directories are
+        listed again unless their times are those of the last listing and
+        that listing owes no other (:class:`txmail.store._maildir_io.Stamp`).
+        Always thorough; :meth:`refresh_if_changed` is the cheap check.
+        """
+        return self._serial.run(self._refresh_job, True)
 
-    def _refresh_job(self) -> defer.Deferred[None]:
+    def refresh_if_changed(self) -> defer.Deferred[None]:
+        """
+        The cheap change check, run when an open mailbox is asked for again
+        (:meth:`MaildirStore.get_mailbox`: IMAP SELECT, EXAMINE, STATUS,
+        APPEND, a POP3 login, a delivery) and by the watcher of a mailbox
+        with listeners.  Three ``stat`` calls in the calling thread; the
+        directories are listed (in ``run_blocking``) only when one changed,
+        or when a listing is owed and its time has come (a change in the
+        same timestamp tick as the last listing or as our own write is
+        seen within :data:`txmail.store._maildir_io.SETTLE_NS`, as in
+        Dovecot).  The store's own writes do not count as changes.
+        """
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        stamp = self._stamp
+        if stamp is not None:
+            try:
+                current = io.dir_mtimes(self.path)
+            except Exception:
+                return defer.fail()
+            if not stamp.changed(current, self._provider._now(), strict=False):
+                return defer.succeed(None)
+        return self._serial.run(self._refresh_job, False)
+
+    def _refresh_job(self, strict: bool) -> defer.Deferred[None]:
         self._check_alive()
         known_below = self._uidnext
-        d = self._run(io.scan_folder, self.path, self._stamp)
-        d.addCallback(self._reconcile, known_below)
+        d = self._run(
+            io.scan_folder, self.path, self._stamp, self._provider._settle_ns, strict, self._provider._now
+        )
+        d.addCallbacks(self._reconcile, self._vanished, callbackArgs=(known_below,))
         return d
+
+    def _vanished(self, f: Failure) -> Failure:
+        """The folder was removed behind our back: the mailbox is deleted."""
+        if f.check(NoSuchMailbox) and not self._deleted:
+            if self.store._boxes.get(self.name) is self:
+                del self.store._boxes[self.name]
+            self._mark_deleted()
+            return Failure(NoSuchMailbox(self.name))
+        return f
+
+    def _absorb(self, before: tuple[int, ...], after: tuple[int, ...]) -> None:
+        """Take in the directory times our own change left (reactor thread)."""
+        if self._stamp is not None and before and after:
+            provider = self._provider
+            self._stamp = self._stamp.absorb(before, after, provider._now(), provider._settle_ns)
+
+    def _verify_due_in(self) -> float | None:
+        """Seconds until the listing the last one owes is due, or ``None`` when none is owed."""
+        stamp = self._stamp
+        if stamp is None or stamp.verify_at is None:
+            return None
+        return max(0.0, (stamp.verify_at - self._provider._now()) / 1e9)
+
+    # -- watching -------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+        """
+        See :meth:`txmail.interfaces.IMailbox.add_listener`.  While the
+        mailbox has listeners, its directories are watched for other
+        programs' changes (:mod:`txmail.store._maildir_watch`).
+        """
+        remove = super().add_listener(listener)
+        if not self._deleted:
+            self._provider._watch(self)
+
+        def remove_and_unwatch() -> None:
+            remove()
+            if not self._listeners:
+                self._provider._unwatch(self)
+
+        return remove_and_unwatch
+
+    def _mark_deleted(self) -> None:
+        super()._mark_deleted()
+        self._provider._unwatch(self)
 
     # -- reading --------------------------------------------------------------
 
@@ -695,6 +779,7 @@ class MaildirMailbox(MailboxState):
             if self._deleted:
                 self._run(io.unlink_files, self.path, [(delivered.sub, delivered.name)])
                 raise NoSuchMailbox(self.name)
+            self._absorb(delivered.before, delivered.after)
             (info,) = self._commit_added(
                 [
                     (
@@ -762,7 +847,9 @@ class MaildirMailbox(MailboxState):
         if not ops:
             return self._commit_flags(changes)
 
-        def renamed(results: list[tuple[str, str] | None]) -> list[MessageInfo]:
+        def renamed(changed: io.Changed) -> list[MessageInfo]:
+            self._absorb(changed.before, changed.after)
+            results: list[tuple[str, str] | None] = changed.result
             gone = set()
             for uid, result in zip(op_uids, results, strict=True):
                 if result is None:
@@ -796,8 +883,12 @@ class MaildirMailbox(MailboxState):
             return defer.succeed([])
         items = [(self._locs[u].sub, self._locs[u].name) for u in uids]
         d = self._run(io.unlink_files, self.path, items)
-        d.addCallback(lambda _: self._commit_expunge(uids))
-        return d
+
+        def unlinked(changed: io.Changed) -> list[int]:
+            self._absorb(changed.before, changed.after)
+            return self._commit_expunge(uids)
+
+        return d.addCallback(unlinked)
 
     def copy(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
         """See :meth:`txmail.interfaces.IMailbox.copy`."""
@@ -861,7 +952,9 @@ class MaildirMailbox(MailboxState):
             )
         target._pending.update(uniques)
 
-        def linked(results: list[io.Delivered | None]) -> Any:
+        def linked(changed: io.Changed) -> Any:
+            target._absorb(changed.before, changed.after)
+            results: list[io.Delivered | None] = changed.result
             subs = {r.sub for r in results if r is not None}
             syncs = [self._provider._sync_dir(os.path.join(target.path, sub)) for sub in sorted(subs)]
             d = defer.gatherResults(syncs, consumeErrors=True)
@@ -991,7 +1084,17 @@ class MaildirStore:
             return defer.fail()
         box = self._boxes.get(name)
         if box is not None:
-            return defer.succeed(box)
+            # Pick up other programs' changes (cheap when there are none).
+            found = box
+
+            def failed(f: Failure) -> Any:
+                if f.check(NoSuchMailbox):
+                    return f  # removed behind our back
+                self.log.failure("checking {mailbox} for changes failed", f, mailbox=found.path)
+                return None
+
+            d = box.refresh_if_changed()
+            return d.addErrback(failed).addCallback(lambda _: found)
         return self._lock.run(self._open, name)
 
     def _open(self, name: str) -> defer.Deferred[MaildirMailbox]:
@@ -1210,17 +1313,64 @@ class MaildirProvider:
             inline and returns a fired Deferred.
         hostname: the host name in new message file names (default: this
             machine's).
+        clock: the reactor that runs the watchers (``IReactorTime``; inotify
+            also needs ``IReactorFDSet``); the global reactor by default.
+        watch: how mailboxes with listeners are watched for other programs'
+            changes: ``"auto"`` (inotify on Linux, else polling),
+            ``"inotify"``, ``"poll"``, or ``"off"`` (only the checks when a
+            mailbox is asked for again, and :meth:`MaildirMailbox.refresh`).
+        poll_interval: seconds between two checks of a watched mailbox when
+            polling.
+        settle: seconds after a directory's change during which a listing
+            may miss a change made in the same timestamp tick (see
+            :data:`txmail.store._maildir_io.SETTLE_NS`).
     """
 
     def __init__(
-        self, root: str, *, run_blocking: RunBlocking | None = None, hostname: str | None = None
+        self,
+        root: str,
+        *,
+        run_blocking: RunBlocking | None = None,
+        hostname: str | None = None,
+        clock: IReactorTime | None = None,
+        watch: str = "auto",
+        poll_interval: float = POLL_INTERVAL,
+        settle: float = io.SETTLE_NS / 1e9,
     ) -> None:
+        if watch not in ("auto", "inotify", "poll", "off"):
+            raise ValueError(f"unknown watch mode {watch!r}")
         self.root = root
         self._run: RunBlocking = run_blocking or run_inline
         self.hostname = _sanitize_host(hostname or socket.gethostname())
         self._stores: dict[str, MaildirStore] = {}
         self._syncs: dict[str, _DirSync] = {}
         self._counter = 0
+        self._clock = clock
+        self._watch_mode = watch
+        self._poll_interval = poll_interval
+        self._settle_ns = int(settle * 1e9)
+        self._watcher: FolderWatcher | None = None
+        #: The wall clock in nanoseconds (the directory times' scale); tests replace it.
+        self._now: Callable[[], int] = time.time_ns
+
+    def _watch(self, box: MaildirMailbox) -> None:
+        """Watch *box* for other programs' changes while it has listeners."""
+        if self._watch_mode == "off":
+            return
+        if self._watcher is None:
+            clock = self._clock
+            if clock is None:
+                from twisted.internet import reactor as clock
+            self._watcher = FolderWatcher(
+                clock,  # type: ignore[arg-type]
+                mode="auto" if self._watch_mode == "inotify" else self._watch_mode,
+                poll_interval=self._poll_interval,
+            )
+        self._watcher.start(box)
+
+    def _unwatch(self, box: MaildirMailbox) -> None:
+        if self._watcher is not None:
+            self._watcher.stop(box)
 
     def user_dir(self, user: str) -> str:
         """
