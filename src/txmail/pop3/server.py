@@ -304,6 +304,9 @@ class POP3ServerProtocol(SessionProtocol):
 
         async def open_maildrop() -> tuple[Any, Maildrop]:
             store = self.factory.stores.store_for(event.user)
+            # get_mailbox of an open mailbox first picks up what other
+            # programs changed (IMailStore.get_mailbox; cheap when nothing
+            # did), so mail dropped into a Maildir meanwhile is listed.
             mailbox = await defer.maybeDeferred(store.get_mailbox, "INBOX")
             infos = await defer.maybeDeferred(mailbox.list_messages)
             return mailbox, Maildrop(mailbox.uidvalidity, tuple((i.uid, i.size) for i in infos))
