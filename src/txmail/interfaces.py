@@ -363,22 +363,48 @@ class IMailbox(Interface):
     def refresh():  # type: ignore[no-untyped-def]
         """
         Pick up changes made behind the store's back (another program writing
-        the same Maildir) and tell listeners about them.
+        the same Maildir) and tell listeners about them, as if they had been
+        made through this mailbox: new files as
+        :class:`txmail.model.MessagesAdded`, changed flags as
+        :class:`txmail.model.FlagsChanged`, vanished files as
+        :class:`txmail.model.MessagesExpunged`.
+
+        The protocols never call this themselves.  A store that can be
+        changed from outside must pick such changes up on its own:
+
+        * when :meth:`IMailStore.get_mailbox` is asked for a mailbox that is
+          already open (IMAP SELECT, EXAMINE, STATUS, APPEND; the start of a
+          POP3 session; a delivery), with a check cheap enough to run on
+          every such call (the Maildir store compares directory times), so
+          that the answer reflects the files as they are;
+        * while the mailbox has listeners (a session has it selected), by
+          watching it and turning what it finds into listener events within
+          a few seconds (inotify or polling in the Maildir store), which
+          IMAP sends at NOOP, CHECK and after each command, and at once
+          during IDLE.
+
+        A store nobody else writes (the memory store) does nothing here.
+        See ``docs/guides/backend.rst``.
 
         Returns:
-            ``Deferred[None]``.
+            ``Deferred[None]``, fired once the changes found are committed
+            and told.
         """
 
     def add_listener(listener):  # type: ignore[no-untyped-def]
         """
         Call ``listener(change)`` with each :class:`txmail.model.MailboxChange`
-        of this mailbox, from any session, after the change is made.
+        of this mailbox, from any session, after the change is made, and for
+        changes made by other programs once the store finds them (see
+        :meth:`refresh`; a store may watch a mailbox only while it has
+        listeners).
 
         Listeners must not raise and must not block; they queue what they
         need and return.
 
         Returns:
-            a callable with no arguments that removes the listener.
+            a callable with no arguments that removes the listener (calling
+            it again does nothing).
         """
 
 
