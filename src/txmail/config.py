@@ -37,7 +37,7 @@ The file format (every key optional)::
     [imap]
     listen = ["tcp:143", "ssl:993"]      # IMAP listeners (none by default); ssl: = implicit TLS
     idle_timeout = 1800                  # seconds (RFC 3501 section 5.4: at least 30 minutes)
-    max_line = 8192                      # octets of one command line
+    max_line = 65536                     # octets of one command line (an RFC 2971 ID can be ~32 KB)
     max_literal = 52428800               # octets of one literal; the APPENDLIMIT (RFC 7889)
 
     [outbound]
@@ -141,7 +141,7 @@ class Settings:
     pop3_idle_timeout: float = 600.0
     imap: tuple[str, ...] = ()
     imap_idle_timeout: float = 1800.0
-    imap_max_line: int = 8192
+    imap_max_line: int = 65536
     imap_max_literal: int = 50 * 1024 * 1024
     outbound_enabled: bool = True
     resolvers: tuple[str, ...] = ()

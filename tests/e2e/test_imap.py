@@ -212,6 +212,29 @@ class ReadTests(IMAPTestCase):
         self.assertEqual(answers[8], [b"a9 OK NOOP completed\r\n"])
 
 
+class IDTests(IMAPTestCase):
+    @defer.inlineCallbacks
+    def test_maximal_id_command(self) -> Any:
+        """RFC 2971 section 3.3: 30 pairs with 1,024-octet values (~32 KB) fit the default line limit; 70 KB do not."""
+
+        def run() -> tuple[list[bytes], list[bytes], list[bytes]]:
+            raw = RawClient(self.server.address("imap"))
+            try:
+                pairs = b" ".join(b'"field%02d" "%s"' % (i, b"v" * 1024) for i in range(30))
+                big = raw.command(b"i1", b"ID (" + pairs + b")")
+                huge = raw.command(b"i2", b"ID (" + pairs * 2 + b")")
+                after = raw.command(b"i3", b"NOOP")
+            finally:
+                raw.close()
+            return big, huge, after
+
+        big, huge, after = yield deferToThread(run)
+        self.assertTrue(big[0].startswith(b"* ID ("), big)
+        self.assertEqual(big[-1], b"i1 OK ID completed\r\n")
+        self.assertTrue(huge[-1].startswith(b"i2 BAD"), huge)
+        self.assertEqual(after, [b"i3 OK NOOP completed\r\n"])
+
+
 class FolderTests(IMAPTestCase):
     @defer.inlineCallbacks
     def test_special_use_folders_and_management(self) -> Any:

@@ -16,11 +16,11 @@ from txmail.service import build_service
 
 class IMAPSettingsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
-        """No IMAP listener by default; 30 minutes idle (RFC 3501 section 5.4), 8192-octet lines, 50 MB literals."""
+        """No IMAP listener by default; 30 minutes idle (RFC 3501 section 5.4), 64 KiB lines (a maximal RFC 2971 ID fits), 50 MB literals."""
         settings = load_config(None)
         self.assertEqual(settings.imap, ())
         self.assertEqual(settings.imap_idle_timeout, 1800.0)
-        self.assertEqual(settings.imap_max_line, 8192)
+        self.assertEqual(settings.imap_max_line, 65536)
         self.assertEqual(settings.imap_max_literal, 50 * 1024 * 1024)
 
     def test_toml(self) -> None:
