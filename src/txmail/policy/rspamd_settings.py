@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from txmail.errors import ConfigError
+from txmail.policy.config import _bool, _count, _seconds
 
 __all__ = [
     "DEFAULT_CONTROLLER_URL",
@@ -61,31 +62,6 @@ def _url(name: str, value: Any) -> str:
     except ValueError:
         raise ConfigError(f"rspamd {name} has a bad port: {value!r}") from None
     return value.rstrip("/")
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false")
-    return value
-
-
-def _count(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{name} must be a whole number, 0 or more")
-    return value
-
-
-def _seconds(name: str, value: Any) -> float:
-    from txmail.delivery.backoff import parse_duration
-
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError as e:
-            raise ConfigError(f"{name}: {e}") from None
-    raise ConfigError(f'{name} must be a duration such as 15 or "30s"')
 
 
 def parse_rspamd_settings(table: Mapping[str, Any]) -> RspamdSettings:
