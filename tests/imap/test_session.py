@@ -37,8 +37,8 @@ from txmail.model import FlagsChanged, MailboxDeleted, MessageInfo, MessagesAdde
 __all__ = ["drain", "feed", "logged_in", "selected"]
 
 BASE_CAPS = (
-    b"IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-    b"SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH APPENDLIMIT=52428800"
+    b"IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE CHILDREN SPECIAL-USE LIST-EXTENDED "
+    b"LIST-STATUS UIDPLUS UNSELECT MOVE ESEARCH APPENDLIMIT=52428800"
 )
 AUTH_CAPS = b"AUTH=SCRAM-SHA-256 AUTH=PLAIN AUTH=LOGIN"
 USER = "alice@example.test"
@@ -475,8 +475,10 @@ class IdleTests(SynchronousTestCase):
         view.queue(MessagesAdded((info(4),)))
         session.mailbox_changed()
         self.assertEqual(session.data_to_send(), b"")
-        _, out = feed(session, b"n1 NOOP\r\n")
-        self.assertEqual(out, b"* 4 EXISTS\r\nn1 OK NOOP completed\r\n")
+        (event,), _ = feed(session, b"n1 NOOP\r\n")
+        assert isinstance(event, Execute)
+        session.finish("OK", "NOOP completed")
+        self.assertEqual(session.data_to_send(), b"* 4 EXISTS\r\nn1 OK NOOP completed\r\n")
 
 
 class StartTLSTests(SynchronousTestCase):
@@ -618,10 +620,25 @@ class SimpleCommandTests(SynchronousTestCase):
         _, out = feed(session, b"a1 NAMESPACE\r\n")
         self.assertEqual(out, b'* NAMESPACE (("" "/")) NIL NIL\r\na1 OK NAMESPACE completed\r\n')
 
-    def test_noop_check(self) -> None:
+    def test_noop_unselected(self) -> None:
+        """NOOP with nothing selected is answered by the session at once (nothing to look at)."""
+        session = logged_in()
+        events, out = feed(session, b"a1 NOOP\r\n")
+        self.assertEqual((events, out), ([], b"a1 OK NOOP completed\r\n"))
+
+    def test_noop_check_selected(self) -> None:
+        """NOOP and CHECK with a mailbox selected go to the command layer (it looks for changes)."""
         session, _ = selected()
-        _, out = feed(session, b"a1 NOOP\r\na2 CHECK\r\n")
-        self.assertEqual(out, b"a1 OK NOOP completed\r\na2 OK CHECK completed\r\n")
+        (event,), out = feed(session, b"a1 NOOP\r\na2 CHECK\r\n")
+        self.assertEqual((event, out), (Execute(event.command), b""))
+        assert isinstance(event, Execute)
+        self.assertEqual(event.command.name, "NOOP")
+        session.finish("OK", "NOOP completed")
+        (event,) = drain(session)
+        assert isinstance(event, Execute)
+        self.assertEqual(event.command.name, "CHECK")
+        session.finish("OK", "CHECK completed")
+        self.assertEqual(session.data_to_send(), b"a1 OK NOOP completed\r\na2 OK CHECK completed\r\n")
 
 
 class ExecuteTests(SynchronousTestCase):
@@ -703,8 +720,10 @@ class ExecuteTests(SynchronousTestCase):
             self.assertEqual(session.data_to_send(), b"* 4 EXISTS\r\na1 OK done\r\n", command)
             # Sequence numbers stay stable: message 1 is still there.
             self.assertEqual(view.uids, [1, 2, 3, 4])
-            _, out = feed(session, b"a2 NOOP\r\n")
-            self.assertEqual(out, b"* 1 EXPUNGE\r\na2 OK NOOP completed\r\n", command)
+            (event,), _ = feed(session, b"a2 NOOP\r\n")
+            assert isinstance(event, Execute)
+            session.finish("OK", "NOOP completed")
+            self.assertEqual(session.data_to_send(), b"* 1 EXPUNGE\r\na2 OK NOOP completed\r\n", command)
             self.assertEqual(view.uids, [2, 3, 4])
 
     def test_deleted_mailbox(self) -> None:

@@ -124,7 +124,7 @@ __all__ = [
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 
 #: The RFC 4731 result options, in the order :func:`format_esearch` writes them.
-ESEARCH_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+ESEARCH_OPTIONS = serialize.ESEARCH_OPTIONS
 
 #: Keys that read header fields.
 _HEADER_KEYS = frozenset(
@@ -519,46 +519,7 @@ def matches(
 
 # -- responses --------------------------------------------------------------------
 
-
-def format_search(numbers: Sequence[int]) -> bytes:
-    """
-    The untagged SEARCH response (RFC 3501 section 7.2.5), numbers in the
-    order given: ``b"* SEARCH 2 3 6\\r\\n"``, or ``b"* SEARCH\\r\\n"`` for
-    none.
-    """
-    return serialize.untagged(b"SEARCH", *(serialize.number(n) for n in numbers))
-
-
-def format_esearch(tag: str, uid: bool, numbers: Sequence[int], options: Sequence[str]) -> bytes:
-    """
-    The ESEARCH response of RFC 4731 section 3.1::
-
-        esearch-response = "ESEARCH" [search-correlator] [SP "UID"] *(SP search-return-data)
-
-    *options* are the RETURN options (``MIN``, ``MAX``, ``ALL``,
-    ``COUNT``); none means ``ALL`` ("RETURN ()" is "RETURN (ALL)").  The
-    results are written in the order MIN, MAX, ALL, COUNT.  When nothing
-    matched, MIN, MAX and ALL are left out ("the server MUST NOT include
-    the MIN result option", likewise MAX and ALL) but the response is still
-    sent, and COUNT is ``0``.  ALL is a compact sequence set (``2,10:11``).
-
-    Raises:
-        ValueError: an option that is not one of :data:`ESEARCH_OPTIONS`.
-    """
-    wanted = {o.upper() for o in options} or {"ALL"}
-    unknown = wanted - set(ESEARCH_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown ESEARCH option(s): {sorted(unknown)}")
-    words = [b"ESEARCH", b"(TAG " + serialize.string(tag) + b")"]
-    if uid:
-        words.append(b"UID")
-    found = sorted(set(numbers))
-    if found and "MIN" in wanted:
-        words += [b"MIN", serialize.number(found[0])]
-    if found and "MAX" in wanted:
-        words += [b"MAX", serialize.number(found[-1])]
-    if found and "ALL" in wanted:
-        words += [b"ALL", serialize.number_set(sorted(set(found)))]
-    if "COUNT" in wanted:
-        words += [b"COUNT", serialize.number(len(found))]
-    return serialize.untagged(*words)
+# The SEARCH and ESEARCH responses are written by txmail.imap.serialize (the
+# one module that writes IMAP syntax); these names stay for callers.
+format_search = serialize.search_response
+format_esearch = serialize.esearch_response

@@ -18,6 +18,15 @@ BODYSTRUCTURE tuples of :mod:`txmail.mime` hold latin-1 decoded raw octets
 and are encoded with latin-1 (:func:`envelope`, :func:`body_structure`),
 so the client gets the message's octets back unchanged.
 
+Typed responses
+---------------
+The command layer (:mod:`txmail.imap.commands`) says what to answer with
+the dataclasses of :mod:`txmail.imap.responses`; :func:`render` turns one
+into the pieces to write, with one function per response type (the table
+:data:`_RENDERERS`).  A FETCH response is written by
+:func:`txmail.imap.fetch.fetch_chunks`, this module's FETCH part (a module
+of its own for its size and its measured hot paths).
+
 This module is sans-IO: it imports nothing from Twisted.
 """
 
@@ -28,10 +37,12 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from txmail.imap import responses as r
 from txmail.imap.parser import ASTRING_CHARS, ATOM_CHARS, encode_mailbox_name
 from txmail.imap.types import SequenceSet
 
 __all__ = [
+    "ESEARCH_OPTIONS",
     "MAX_QUOTED",
     "NIL",
     "astring",
@@ -40,13 +51,20 @@ __all__ = [
     "continuation",
     "date_time",
     "envelope",
+    "esearch_response",
+    "expunge",
+    "fetch_flags",
     "flag_list",
+    "flags_and_permanent",
     "is_message_rfc822",
     "mailbox",
     "nstring",
     "number",
     "number_set",
     "paren_list",
+    "render",
+    "render_all",
+    "search_response",
     "sequence_set",
     "string",
     "tagged",
@@ -297,3 +315,168 @@ def continuation(text: str = "") -> bytes:
 def _text(text: str) -> str:
     # text = 1*TEXT-CHAR: never let a CR or LF split the response.
     return text.replace("\r", " ").replace("\n", " ")
+
+
+# -- typed responses (txmail.imap.responses) ---------------------------------------------
+
+#: The RFC 4731 result options, in the order :func:`esearch_response` writes them.
+ESEARCH_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+
+
+def search_response(numbers: Iterable[int]) -> bytes:
+    """
+    The untagged SEARCH response (RFC 3501 section 7.2.5), numbers in the
+    order given: ``b"* SEARCH 2 3 6\\r\\n"``, or ``b"* SEARCH\\r\\n"`` for
+    none.
+    """
+    return untagged(b"SEARCH", *(number(n) for n in numbers))
+
+
+def esearch_response(tag: str, uid: bool, numbers: Iterable[int], options: Iterable[str]) -> bytes:
+    """
+    The ESEARCH response of RFC 4731 section 3.1::
+
+        esearch-response = "ESEARCH" [search-correlator] [SP "UID"] *(SP search-return-data)
+
+    *options* are the RETURN options (``MIN``, ``MAX``, ``ALL``,
+    ``COUNT``); none means ``ALL`` ("RETURN ()" is "RETURN (ALL)").  The
+    results are written in the order MIN, MAX, ALL, COUNT.  When nothing
+    matched, MIN, MAX and ALL are left out ("the server MUST NOT include
+    the MIN result option", likewise MAX and ALL) but the response is still
+    sent, and COUNT is ``0``.  ALL is a compact sequence set (``2,10:11``).
+
+    Raises:
+        ValueError: an option that is not one of :data:`ESEARCH_OPTIONS`.
+    """
+    wanted = {o.upper() for o in options} or {"ALL"}
+    unknown = wanted - set(ESEARCH_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown ESEARCH option(s): {sorted(unknown)}")
+    words = [b"ESEARCH", b"(TAG " + string(tag) + b")"]
+    if uid:
+        words.append(b"UID")
+    found = sorted(set(numbers))
+    if found and "MIN" in wanted:
+        words += [b"MIN", number(found[0])]
+    if found and "MAX" in wanted:
+        words += [b"MAX", number(found[-1])]
+    if found and "ALL" in wanted:
+        words += [b"ALL", number_set(found)]
+    if "COUNT" in wanted:
+        words += [b"COUNT", number(len(found))]
+    return untagged(*words)
+
+
+def flags_and_permanent(flags: Iterable[str], permanent: Iterable[str] | None) -> bytes:
+    """``* FLAGS (...)`` then ``* OK [PERMANENTFLAGS (...)]`` (RFC 3501 sections 7.2.6 and 7.1)."""
+    kept = b"()" if permanent is None else flag_list(permanent)
+    return b"* FLAGS " + flag_list(flags) + b"\r\n* OK [PERMANENTFLAGS " + kept + b"] Flags permitted\r\n"
+
+
+def expunge(seq: int) -> bytes:
+    """``* n EXPUNGE`` (RFC 3501 section 7.4.1)."""
+    return b"* %d EXPUNGE\r\n" % seq
+
+
+def fetch_flags(seq: int, flags: Iterable[str], uid: int | None = None) -> bytes:
+    """``* n FETCH ([UID u ]FLAGS (...))``."""
+    items = b"" if uid is None else b"UID %d " % uid
+    return b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, items, flag_list(flags))
+
+
+def _namespace(spaces: tuple[tuple[str, str], ...]) -> bytes:
+    if not spaces:
+        return NIL
+    return b"(" + b"".join(b"(" + string(p) + b" " + string(d) + b")" for p, d in spaces) + b")"
+
+
+def _list_data(resp: r.ListData) -> bytes:
+    line = (
+        b"* "
+        + resp.verb.encode("ascii")
+        + b" ("
+        + " ".join(resp.attributes).encode("ascii")
+        + b") "
+        + string(resp.delimiter)
+        + b" "
+        + mailbox(resp.name)
+    )
+    if resp.childinfo:
+        line += b' ("CHILDINFO" ' + paren_list(resp.childinfo) + b")"
+    return line + b"\r\n"
+
+
+def _status_data(resp: r.StatusData) -> bytes:
+    parts = b" ".join(b"%s %d" % (item.encode("ascii"), n) for item, n in resp.items)
+    return b"* STATUS " + mailbox(resp.name) + b" (" + parts + b")\r\n"
+
+
+def _untagged_ok(resp: r.UntaggedOk) -> bytes:
+    code = b"" if resp.code is None else b"[" + resp.code.encode("ascii") + b"] "
+    return b"* OK " + code + _text(resp.text).encode("utf-8") + b"\r\n"
+
+
+def _fetch_data(resp: r.FetchData) -> list[bytes]:
+    return _fetch.fetch_chunks(
+        resp.seq,
+        resp.items,
+        resp.info,
+        metadata=resp.metadata,
+        message=resp.message,
+        include_uid=resp.include_uid,
+        include_flags=resp.include_flags,
+        recent=resp.recent,
+    )
+
+
+#: One function per response type: the response, as pieces to write in order.
+_RENDERERS: dict[type, Any] = {
+    r.FetchData: _fetch_data,
+    r.FetchFlags: lambda x: (fetch_flags(x.seq, x.flags, x.uid),),
+    r.Exists: lambda x: (b"* %d EXISTS\r\n" % x.count,),
+    r.Recent: lambda x: (b"* %d RECENT\r\n" % x.count,),
+    r.Expunged: lambda x: tuple(expunge(n) for n in x.numbers),
+    r.UntaggedOk: lambda x: (_untagged_ok(x),),
+    r.FlagsData: lambda x: (flags_and_permanent(x.flags, x.permanent),),
+    r.ListData: lambda x: (_list_data(x),),
+    r.StatusData: lambda x: (_status_data(x),),
+    r.SearchData: lambda x: (search_response(x.numbers),),
+    r.ESearchData: lambda x: (esearch_response(x.tag, x.uid, x.numbers, x.options),),
+    r.CapabilityData: lambda x: (untagged(b"CAPABILITY", *(c.encode("ascii") for c in x.capabilities)),),
+    r.IdData: lambda x: (b"* ID " + paren_list(x.fields) + b"\r\n",),
+    r.Enabled: lambda x: (untagged(b"ENABLED", *(c.encode("ascii") for c in x.capabilities)),),
+    r.NamespaceData: lambda x: (
+        untagged(b"NAMESPACE", _namespace(x.personal), _namespace(x.other_users), _namespace(x.shared)),
+    ),
+}
+
+
+def render(response: r.Response) -> Iterable[bytes]:
+    """
+    The wire form of a typed response of :mod:`txmail.imap.responses`, as
+    pieces to write one after the other (a FETCH literal's octets are a
+    piece of their own, not copied).
+
+    Raises:
+        TypeError: not a response type this module knows (a programming error).
+    """
+    renderer = _RENDERERS.get(type(response))
+    if renderer is None:
+        raise TypeError(f"no IMAP form for {type(response).__name__}")
+    return renderer(response)  # type: ignore[no-any-return]
+
+
+def render_all(responses: Iterable[r.Response]) -> list[bytes]:
+    """:func:`render` of each of *responses*, the pieces in one list."""
+    out: list[bytes] = []
+    renderers = _RENDERERS
+    for response in responses:
+        renderer = renderers.get(type(response))
+        if renderer is None:
+            raise TypeError(f"no IMAP form for {type(response).__name__}")
+        out.extend(renderer(response))
+    return out
+
+
+# fetch.py writes with this module's functions: imported last.
+from txmail.imap import fetch as _fetch  # noqa: E402

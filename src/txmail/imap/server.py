@@ -44,7 +44,6 @@ Implementation notes
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,15 +55,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmail._protocol import SessionProtocol, is_loopback, make_id
-from txmail.errors import (
-    InvalidMailboxName,
-    MailboxExists,
-    MailboxNotEmpty,
-    NoSuchMailbox,
-    NoSuchMessage,
-    StoreError,
-)
 from txmail.imap import serialize
+from txmail.imap.commands import COMMANDS
+from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
+from txmail.imap.commands.mailboxes import special_uses
+from txmail.imap.commands.selected import BATCH
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -76,79 +71,21 @@ from txmail.imap.events import (
     PasswordCheck,
     StartTLS,
 )
-from txmail.imap.fetch import fetch_chunks, fetch_needs
 from txmail.imap.listeners import CopyListener, MessagesCopied
-from txmail.imap.search import (
-    SUPPORTED_CHARSETS,
-    SearchContext,
-    format_esearch,
-    format_search,
-    matches,
-    search_needs,
-)
+from txmail.imap.responses import CommandFailed, Response
 from txmail.imap.session import IMAPLimits, IMAPSession
-from txmail.imap.types import (
-    Append,
-    Command,
-    Copy,
-    Create,
-    Delete,
-    Examine,
-    Expunge,
-    Fetch,
-    List,
-    Lsub,
-    Move,
-    Rename,
-    Search,
-    Select,
-    Status,
-    Store,
-    Subscribe,
-    Unsubscribe,
-)
-from txmail.imap.view import SelectedView, SequenceError
-from txmail.interfaces import IMailStoreProvider, IStorageUsage
-from txmail.model import (
-    INBOX,
-    FlagMode,
-    FolderInfo,
-    MailboxChange,
-    MessageInfo,
-    MessagesAdded,
-    SpecialUse,
-    match_mailbox_pattern,
-    normalize_flags,
-)
-from txmail.quota import QuotaExceeded, Quotas
+from txmail.imap.types import Command
+from txmail.imap.view import SelectedView
+from txmail.interfaces import IMailStoreProvider
+from txmail.model import MailboxChange, MessagesAdded
+from txmail.quota import Quotas
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "SPECIAL_FOLDERS", "IMAPFactory", "IMAPServerProtocol"]
+__all__ = ["BATCH", "DEFAULT_IDLE_TIMEOUT", "SPECIAL_FOLDERS", "IMAPFactory", "IMAPServerProtocol"]
 
 #: RFC 3501 section 5.4: an autologout timer of at least 30 minutes.
 DEFAULT_IDLE_TIMEOUT = 1800.0
 #: Seconds a client may stay silent before it logged in.
 PREAUTH_TIMEOUT = 180.0
-#: Messages handled per step of FETCH and SEARCH.
-BATCH = 256
-#: RFC 6154 mailboxes made for a new user.
-SPECIAL_FOLDERS = (
-    ("Sent", SpecialUse.SENT),
-    ("Drafts", SpecialUse.DRAFTS),
-    ("Trash", SpecialUse.TRASH),
-    ("Junk", SpecialUse.JUNK),
-    ("Archive", SpecialUse.ARCHIVE),
-)
-_STORE_MODES = {"": FlagMode.REPLACE, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
-
-
-class _CommandFailed(Exception):
-    """End the command with a tagged NO/BAD (raised inside a handler)."""
-
-    def __init__(self, status: str, text: str, code: str | None = None) -> None:
-        super().__init__(status, text, code)
-        self.status = status
-        self.text = text
-        self.code = code
 
 
 @implementer(IPushProducer)
@@ -181,30 +118,6 @@ class _WriteGate:
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.append(d)
         return d
-
-
-#: How store errors answer a command (RFC 5530 response codes).
-_STORE_ERRORS: tuple[tuple[type[StoreError], str, str], ...] = (
-    (NoSuchMailbox, "No such mailbox", "NONEXISTENT"),
-    (MailboxExists, "Mailbox already exists", "ALREADYEXISTS"),
-    (MailboxNotEmpty, "Mailbox has children and is not selectable", "CANNOT"),
-    (InvalidMailboxName, "Invalid mailbox name", "CANNOT"),
-)
-
-
-async def _store_op(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a store method; its errors become the tagged NO of :data:`_STORE_ERRORS`."""
-    try:
-        return await defer.maybeDeferred(fn, *args)
-    except StoreError as e:
-        for cls, text, code in _STORE_ERRORS:
-            if isinstance(e, cls):
-                raise _CommandFailed("NO", text, code) from None
-        raise
-
-
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class IMAPServerProtocol(SessionProtocol):
@@ -294,7 +207,7 @@ class IMAPServerProtocol(SessionProtocol):
             session_id=self.session_id,
         )
         self.store = self.factory.stores.store_for(event.user)
-        d = defer.ensureDeferred(ensure_special_folders(self.store))
+        d = defer.Deferred.fromCoroutine(ensure_special_folders(self.store))
         d.addErrback(
             lambda f: self.log.failure("creating special-use mailboxes failed", failure=f, user=event.user)
         )
@@ -305,23 +218,25 @@ class IMAPServerProtocol(SessionProtocol):
     def _execute(self, command: Command) -> None:
         session = self.session
         assert session is not None
-        handler = getattr(self, "_do_" + command.name.lower())
+        spec = COMMANDS[command.name]
+        handler = spec.run
+        assert handler is not None
 
         async def run() -> None:
             try:
-                text = await handler(command)
-            except _CommandFailed as e:
+                if spec.streams:
+                    with self._streaming():
+                        done = await handler(self, command)
+                else:
+                    done = await handler(self, command)
+            except CommandFailed as e:
                 if not self._lost:
                     session.finish(e.status, e.text, e.code)
                 return
-            if self._lost:
-                return
-            if isinstance(text, tuple):
-                session.finish("OK", text[1], text[0])
-            else:
-                session.finish("OK", text or f"{command.name} completed")
+            if not self._lost:
+                session.finish("OK", done.text or f"{command.name} completed", done.code)
 
-        d = defer.ensureDeferred(run())
+        d = defer.Deferred.fromCoroutine(run())
 
         def failed(f: Failure) -> None:
             self.log.failure(
@@ -337,11 +252,6 @@ class IMAPServerProtocol(SessionProtocol):
         d.addErrback(failed)
         d.addErrback(self._internal_error)
         self._wait(d)
-
-    def _send(self, *data: bytes) -> None:
-        """Queue untagged responses of the running command (written per batch by :meth:`_drain`)."""
-        assert self.session is not None
-        self.session.send(*data)
 
     @contextlib.contextmanager
     def _streaming(self) -> Any:
@@ -364,7 +274,7 @@ class IMAPServerProtocol(SessionProtocol):
             self._gate.resumeProducing()
             self._claim_producer()
 
-    async def _drain(self) -> None:
+    async def drain(self) -> None:
         """
         Write the batch just produced, once the transport has written the
         one before: the next batch is read and rendered while this one
@@ -373,7 +283,7 @@ class IMAPServerProtocol(SessionProtocol):
         await self._gate.wait()
         self._flush()
 
-    async def _take_turns(self) -> None:
+    async def take_turn(self) -> None:
         """
         Let the reactor run once between two batches of a long FETCH or
         SEARCH: a store that answers at once (small files read inline) would
@@ -383,10 +293,6 @@ class IMAPServerProtocol(SessionProtocol):
         d: defer.Deferred[None] = defer.Deferred()
         self.factory.clock.callLater(0, d.callback, None)
         await d
-
-    def _view(self) -> SelectedView:
-        assert self.session is not None and self.session.view is not None
-        return self.session.view
 
     # -- selection --
 
@@ -431,411 +337,38 @@ class IMAPServerProtocol(SessionProtocol):
             session.mailbox_changed()
             self._flush()
 
-    async def _open(self, name: str) -> Any:
-        return await _store_op(self.store.get_mailbox, name)
+    # -- what the command layer sees (txmail.imap.commands.context.CommandContext) --
 
-    async def _do_select(self, command: Command) -> tuple[str, str]:
-        args = command.args
-        assert isinstance(args, Select | Examine)
-        read_only = isinstance(args, Examine)
-        self._deselect()
-        if command.invalid_name:
-            # RFC 3501 section 6.3.1: a name that is not modified UTF-7 names
-            # no mailbox; NO, and no mailbox is selected any more.
-            raise _CommandFailed("NO", "Mailbox name is not valid modified UTF-7", "NONEXISTENT")
-        mailbox = await self._open(args.mailbox)
+    @property
+    def quotas(self) -> Quotas | None:
+        return self.factory.quotas
+
+    def emit(self, *responses: Response) -> None:
+        """Queue untagged responses of the running command (written per batch by :meth:`drain`)."""
+        self.session.send(*serialize.render_all(responses))
+
+    def listen(self, mailbox: Any) -> None:
         self.mailbox = mailbox
-        # Changes made while we list are kept and applied to the new view.
+        # Changes made while the handler lists are kept and applied to the new view.
         self._early_changes = []
         self._remove_listener = mailbox.add_listener(self._changed)
-        if read_only:
-            # RFC 3501 section 6.3.2: EXAMINE must not take \Recent away.
-            # The view shows the messages no session has claimed yet (the
-            # newest ones: claims go in UID order) without claiming them.
-            before = await defer.maybeDeferred(mailbox.status)
-            infos = await defer.maybeDeferred(mailbox.list_messages)
-            recent = _unclaimed(infos, before)
-            status = await defer.maybeDeferred(mailbox.status)
-        else:
-            infos = await defer.maybeDeferred(mailbox.list_messages)
-            recent = await defer.maybeDeferred(mailbox.claim_recent)
-            status = await defer.maybeDeferred(mailbox.status)
-        view = SelectedView(mailbox.name, mailbox.uidvalidity, infos, read_only=read_only, recent=recent)
+
+    def selected(self, view: SelectedView) -> None:
         session = self.session
         assert session is not None
         session.select(view)
         early, self._early_changes = self._early_changes, None
         for change in early or ():
             view.queue(change)
-            if read_only and isinstance(change, MessagesAdded):
+            if view.read_only and isinstance(change, MessagesAdded):
                 view.claimed_recent(info.uid for info in change.messages)
-        first_unseen = next((i + 1 for i, info in enumerate(infos) if "\\Seen" not in info.flags), None)
-        out = [
-            # RFC 3501 sections 6.3.1 and 7.2.6: with the keywords in use.
-            view.flag_responses(),
-            b"* %d EXISTS\r\n" % view.exists,
-            b"* %d RECENT\r\n" % len(view.recent),
-        ]
-        if first_unseen is not None:
-            out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
-        out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
-        out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % status.uidnext)
-        self._send(b"".join(out))
-        # Changes queued while listing that the listing does not hold yet
-        # are told by finish(), before the tagged OK.
-        return ("READ-ONLY" if read_only else "READ-WRITE", f"{command.name} completed")
 
-    _do_examine = _do_select
-
-    async def _do_close(self, command: Command) -> str:
-        view = self._view()
-        if not view.read_only and not view.deleted and self.mailbox is not None:
-            # RFC 3501 section 6.4.2: expunge silently, no EXPUNGE responses.
-            await defer.maybeDeferred(self.mailbox.expunge)
+    def deselect(self) -> None:
         self._deselect()
-        return "CLOSE completed"
-
-    async def _do_unselect(self, command: Command) -> str:
-        self._deselect()
-        return "UNSELECT completed"
-
-    # -- mailbox management --
-
-    async def _do_create(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Create)
-        await _store_op(self.store.create_mailbox, args.mailbox)
-        return "CREATE completed"
-
-    async def _do_delete(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Delete)
-        if args.mailbox == INBOX:
-            raise _CommandFailed("NO", "INBOX cannot be deleted", "CANNOT")
-        await _store_op(self.store.delete_mailbox, args.mailbox)
-        return "DELETE completed"
-
-    async def _do_rename(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Rename)
-        await _store_op(self.store.rename_mailbox, args.old, args.new)
-        return "RENAME completed"
-
-    async def _do_subscribe(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Subscribe)
-        await _store_op(self.store.subscribe, args.mailbox)
-        return "SUBSCRIBE completed"
-
-    async def _do_unsubscribe(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Unsubscribe)
-        await _store_op(self.store.unsubscribe, args.mailbox)
-        return "UNSUBSCRIBE completed"
-
-    async def _do_list(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, List)
-        if args.patterns == ("",) and not args.selection_options and not args.return_options:
-            # RFC 3501 section 6.3.8: the delimiter and the root.
-            self._send(b'* LIST (\\Noselect) "/" ""\r\n')
-            return "LIST completed"
-        folders: list[FolderInfo] = await defer.maybeDeferred(self.store.list_mailboxes, "*")
-        subscribed = set(await defer.maybeDeferred(self.store.subscriptions))
-        sel = set(args.selection_options)
-        ret = set(args.return_options)
-        patterns = [_join(args.reference, p) for p in args.patterns if p != ""]
-        by_name = {f.name: f for f in folders}
-        show_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in ret
-        # The selection criteria (RFC 5258 section 3.1); RECURSIVEMATCH and
-        # REMOTE select nothing themselves.
-        criteria = tuple(
-            dict.fromkeys(o for o in args.selection_options if o in ("SUBSCRIBED", "SPECIAL-USE"))
-        )
-
-        def selected(name: str) -> bool:
-            if "SUBSCRIBED" in sel and name not in subscribed:
-                return False
-            if "SPECIAL-USE" in sel:
-                folder = by_name.get(name)
-                return folder is not None and folder.special_use is not None
-            return True
-
-        def matched(name: str) -> bool:
-            return any(match_mailbox_pattern(p, name) for p in patterns)
-
-        names = sorted(subscribed, key=_mailbox_order) if "SUBSCRIBED" in sel else [f.name for f in folders]
-        chosen = [name for name in names if selected(name)]
-        # Returned mailboxes, in order, with whether each gets CHILDINFO.
-        entries = {name: False for name in chosen if matched(name)}
-        if "RECURSIVEMATCH" in sel:
-            # RFC 5258 section 3.5: a parent that matches the pattern gets
-            # CHILDINFO (and is returned for it) when a descendant meets
-            # the criteria but is not itself returned.
-            for name in chosen:
-                if name in entries:
-                    continue
-                parts = name.split("/")
-                for i in range(1, len(parts)):
-                    parent = "/".join(parts[:i])
-                    if matched(parent):
-                        entries[parent] = True
-            entries = dict(sorted(entries.items(), key=lambda item: _mailbox_order(item[0])))
-        for name, childinfo in entries.items():
-            folder = by_name.get(name)
-            self._send(
-                self._list_line(
-                    b"LIST",
-                    name,
-                    folder,
-                    name in subscribed and show_subscribed,
-                    childinfo=criteria if childinfo else (),
-                )
-            )
-            if args.status_items is not None and folder is not None and folder.selectable:
-                await self._status_line(name, args.status_items)
-        return "LIST completed"
-
-    def _list_line(
-        self,
-        verb: bytes,
-        name: str,
-        folder: FolderInfo | None,
-        subscribed: bool,
-        childinfo: tuple[str, ...] = (),
-    ) -> bytes:
-        attrs: list[str] = []
-        if folder is None:
-            attrs.append("\\NonExistent")
-        else:
-            if not folder.selectable:
-                attrs.append("\\Noselect")
-            attrs.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
-            if folder.special_use is not None:
-                attrs.append(folder.special_use.value)
-        if subscribed:
-            attrs.append("\\Subscribed")
-        line = b"* " + verb + b" (" + " ".join(attrs).encode("ascii") + b') "/" ' + serialize.mailbox(name)
-        if childinfo:
-            line += b' ("CHILDINFO" ' + serialize.paren_list(childinfo) + b")"
-        return line + b"\r\n"
-
-    async def _do_lsub(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Lsub)
-        pattern = _join(args.reference, args.pattern)
-        folders: list[FolderInfo] = await defer.maybeDeferred(self.store.list_mailboxes, "*")
-        by_name = {f.name: f for f in folders}
-        subscribed = set(await defer.maybeDeferred(self.store.subscriptions))
-        found: dict[str, bool] = {}  # name -> selectable
-        for name in subscribed:
-            if match_mailbox_pattern(pattern, name):
-                folder = by_name.get(name)
-                found[name] = folder is not None and folder.selectable
-                continue
-            # RFC 3501 section 6.3.9: with "%", the parent of a subscribed
-            # mailbox is returned, flagged \Noselect when it is not
-            # subscribed itself.
-            parts = name.split("/")
-            for i in range(1, len(parts)):
-                parent = "/".join(parts[:i])
-                if parent not in subscribed and match_mailbox_pattern(pattern, parent):
-                    found[parent] = False
-        for name in sorted(found, key=_mailbox_order):
-            attrs = b"" if found[name] else b"\\Noselect"
-            self._send(b"* LSUB (" + attrs + b') "/" ' + serialize.mailbox(name) + b"\r\n")
-        return "LSUB completed"
-
-    async def _status_line(self, name: str, items: tuple[str, ...]) -> None:
-        mailbox = await self._open(name)
-        status = await defer.maybeDeferred(mailbox.status)
-        values = {
-            "MESSAGES": status.messages,
-            "RECENT": status.recent,
-            "UIDNEXT": status.uidnext,
-            "UIDVALIDITY": status.uidvalidity,
-            "UNSEEN": status.unseen,
-            "SIZE": status.size,
-            "APPENDLIMIT": self.factory.limits.max_literal,
-        }
-        parts = b" ".join(b"%s %d" % (item.encode("ascii"), values[item]) for item in items if item in values)
-        self._send(b"* STATUS " + serialize.mailbox(name) + b" (" + parts + b")\r\n")
-
-    async def _do_status(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Status)
-        await self._status_line(args.mailbox, args.items)
-        return "STATUS completed"
-
-    async def _do_append(self, command: Command) -> tuple[str, str]:
-        args = command.args
-        assert isinstance(args, Append)
-        try:
-            flags = normalize_flags(args.flags)
-        except ValueError:
-            raise _CommandFailed("BAD", "Invalid flag") from None
-        try:
-            mailbox = await defer.maybeDeferred(self.store.get_mailbox, args.mailbox)
-        except (NoSuchMailbox, InvalidMailboxName):
-            # RFC 3501 section 6.3.11: TRYCREATE when the mailbox could be created.
-            raise _CommandFailed("NO", "No such mailbox", "TRYCREATE") from None
-        when = args.date.timestamp() if args.date is not None else None
-        await self._check_quota(len(args.literal))
-        uid = await defer.maybeDeferred(mailbox.append, args.literal, flags, when)
-        return (f"APPENDUID {mailbox.uidvalidity} {uid}", "APPEND completed")
-
-    async def _check_quota(self, size: int) -> None:
-        """``NO [OVERQUOTA]`` unless *size* more octets fit in the user's quota (RFC 9208 section 4.3)."""
-        quotas = self.factory.quotas
-        if quotas is None or self.session is None or not IStorageUsage.providedBy(self.store):
-            return
-        user = self.session.user or ""
-        try:
-            quotas.check(user, await self.store.usage(), size)
-        except QuotaExceeded:
-            raise _CommandFailed("NO", "Quota exceeded", "OVERQUOTA") from None
-
-    # -- selected state --
-
-    def _targets(self, seqset: Any, uid: bool) -> list[tuple[int, int]]:
-        try:
-            return self._view().resolve(seqset, uid=uid)
-        except SequenceError as e:
-            raise _CommandFailed("BAD", str(e)) from None
-
-    def _writable(self) -> None:
-        if self._view().read_only:
-            raise _CommandFailed("NO", "Mailbox is read-only", "READ-ONLY")
-
-    async def _do_expunge(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Expunge)
-        self._writable()
-        uids = None
-        if args.uid_set is not None:
-            uids = [u for _, u in self._targets(args.uid_set, True)]
-        removed = await defer.maybeDeferred(self.mailbox.expunge, uids)
-        self._send(b"".join(self._view().expunged(removed)))
-        return "EXPUNGE completed"
-
-    async def _do_fetch(self, command: Command) -> str:
-        with self._streaming():
-            return await self._fetch(command)
-
-    async def _fetch(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Fetch)
-        view = self._view()
-        mailbox = self.mailbox
-        targets = self._targets(args.sequence_set, args.uid)
-        needs = fetch_needs(args.items)
-        mark_seen = needs.sets_seen and not view.read_only
-        shows_flags = any(item.name == "FLAGS" for item in args.items)
-        for n, batch in enumerate(_chunks(targets, BATCH)):
-            if n:
-                await self._take_turns()
-            uids = [u for _, u in batch]
-            infos = {i.uid: i for i in await defer.maybeDeferred(mailbox.list_messages, uids)}
-            seen_now: set[int] = set()
-            if mark_seen:
-                unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
-                if unseen:
-                    changed = await defer.maybeDeferred(mailbox.set_flags, unseen, {"\\Seen"}, FlagMode.ADD)
-                    for info in changed:
-                        infos[info.uid] = info
-                        seen_now.add(info.uid)
-            metadata = await defer.maybeDeferred(mailbox.get_metadata, uids) if needs.metadata else {}
-            for seq, uid in batch:
-                info = infos.get(uid)
-                if info is None:
-                    continue  # expunged by someone else; told later
-                message = None
-                if needs.message:
-                    message = await _read_message(mailbox, info)
-                    if message is None:
-                        continue
-                if shows_flags or uid in seen_now:
-                    view.flags[uid] = info.flags
-                self._send(
-                    *fetch_chunks(
-                        seq,
-                        args.items,
-                        info,
-                        metadata=metadata.get(uid),
-                        message=message,
-                        include_uid=args.uid,
-                        include_flags=uid in seen_now,
-                        recent=uid in view.recent,
-                    )
-                )
-            await self._drain()
-        return "FETCH completed" if not args.uid else "UID FETCH completed"
-
-    async def _do_store(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Store)
-        self._writable()
-        view = self._view()
-        targets = self._targets(args.sequence_set, args.uid)
-        try:
-            flags = normalize_flags(args.flags)
-        except ValueError:
-            raise _CommandFailed("BAD", "Invalid flag") from None
-        changed = await defer.maybeDeferred(
-            self.mailbox.set_flags, [u for _, u in targets], flags, _STORE_MODES[args.mode]
-        )
-        for info in changed:
-            if info.uid in view.flags:
-                view.flags[info.uid] = info.flags
-        if changed and args.mode != "-":
-            # RFC 3501 section 7.2.6: a keyword new to the mailbox is told first.
-            told = view.new_flags(flags)
-            if told:
-                self._send(told)
-        if not args.silent:
-            # RFC 3501 section 6.4.6: the new flags of each message.
-            out = [view.fetch_flags(seq, uid, with_uid=args.uid) for seq, uid in targets if uid in view.flags]
-            self._send(b"".join(out))
-        return "STORE completed"
-
-    async def _target_mailbox(self, name: str) -> Any:
-        try:
-            return await defer.maybeDeferred(self.store.get_mailbox, name)
-        except (NoSuchMailbox, InvalidMailboxName):
-            # RFC 3501 section 6.4.7: TRYCREATE.
-            raise _CommandFailed("NO", "No such mailbox", "TRYCREATE") from None
-
-    async def _do_copy(self, command: Command) -> tuple[str, str] | str:
-        args = command.args
-        assert isinstance(args, Copy)
-        targets = self._targets(args.sequence_set, args.uid)
-        target = await self._target_mailbox(args.mailbox)
-        if self.factory.quotas is not None:
-            infos = await defer.maybeDeferred(self.mailbox.list_messages, [u for _, u in targets])
-            await self._check_quota(sum(info.size for info in infos))
-        pairs = await defer.maybeDeferred(self.mailbox.copy, [u for _, u in targets], target)
-        if not pairs:
-            return "COPY completed"
-        self._copied(target, pairs, moved=False)
-        return (_copyuid(target.uidvalidity, pairs), "COPY completed")
-
-    async def _do_move(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Move)
-        self._writable()
-        targets = self._targets(args.sequence_set, args.uid)
-        target = await self._target_mailbox(args.mailbox)
-        pairs = await defer.maybeDeferred(self.mailbox.move, [u for _, u in targets], target)
-        if pairs:
-            # RFC 6851 section 4.3: COPYUID in an untagged OK before the EXPUNGEs.
-            self._send(b"* OK [" + _copyuid(target.uidvalidity, pairs).encode("ascii") + b"] Moved\r\n")
-            self._send(b"".join(self._view().expunged(sorted(src for src, _ in pairs))))
-            self._copied(target, pairs, moved=True)
-        return "MOVE completed"
 
     # -- copy listeners (txmail.imap.listeners) --
 
-    def _copied(self, target: Any, pairs: list[tuple[int, int]], *, moved: bool) -> None:
+    def copied(self, target: Any, pairs: list[tuple[int, int]], *, moved: bool) -> None:
         """Tell the copy listeners, on the next turn of the reactor (after the tagged OK)."""
         if not self.factory.copy_listeners or self.session is None:
             return
@@ -849,7 +382,7 @@ class IMAPServerProtocol(SessionProtocol):
         self, store: Any, user: str, source: str, target: Any, pairs: tuple[tuple[int, int], ...], moved: bool
     ) -> None:
         async def announce() -> None:
-            roles = await _special_uses(store, (source, target.name))
+            roles = await special_uses(store, (source, target.name))
             event = MessagesCopied(
                 user=user,
                 source=source,
@@ -877,138 +410,6 @@ class IMAPServerProtocol(SessionProtocol):
                 "IMAP copy listeners not told for {user}", failure=f, user=user, session_id=self.session_id
             )
         )
-
-    async def _do_search(self, command: Command) -> str:
-        with self._streaming():
-            return await self._search(command)
-
-    async def _search(self, command: Command) -> str:
-        args = command.args
-        assert isinstance(args, Search)
-        if args.charset is not None and args.charset.upper() not in SUPPORTED_CHARSETS:
-            raise _CommandFailed(
-                "NO", "Unsupported charset", "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")"
-            )
-        view = self._view()
-        mailbox = self.mailbox
-        needs = search_needs(args.key)
-        ctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
-        found: list[int] = []
-        pairs = list(enumerate(view.uids, 1))
-        for n, batch in enumerate(_chunks(pairs, BATCH * 4)):
-            if n:
-                await self._take_turns()
-            uids = [u for _, u in batch]
-            infos = {i.uid: i for i in await defer.maybeDeferred(mailbox.list_messages, uids)}
-            metadata = await defer.maybeDeferred(mailbox.get_metadata, uids) if needs.metadata else {}
-            for seq, uid in batch:
-                info = infos.get(uid)
-                if info is None:
-                    continue
-                message = None
-                if needs.message:
-                    message = await _read_message(mailbox, info)
-                    if message is None:
-                        continue
-                if matches(args.key, ctx, seq, info, metadata.get(uid), message):
-                    found.append(uid if args.uid else seq)
-        if args.return_options is not None:
-            self._send(format_esearch(command.tag, args.uid, found, args.return_options))
-        else:
-            self._send(format_search(found))
-        return "SEARCH completed"
-
-
-async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
-    """
-    The whole message, or ``None`` when it is gone.  A store that has it at
-    hand answers at once (the Maildir store reads small files inline); the
-    result is then taken without a trip through the event loop.
-    """
-    try:
-        reading = defer.maybeDeferred(mailbox.read_message, info.uid)
-        return _result_now(reading) if reading.called else await reading  # type: ignore[no-any-return]
-    except NoSuchMessage:
-        return None
-
-
-def _result_now(d: defer.Deferred[Any]) -> Any:
-    """The result of a Deferred that has fired, raising its failure (no trip through the event loop)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    result = out[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
-
-
-def _unclaimed(infos: list[MessageInfo], status: Any) -> list[int]:
-    """
-    The UIDs of *infos* that no session has claimed as ``\Recent``, from a
-    *status* taken before the listing: the ``status.recent`` newest below
-    its UIDNEXT, and every message that arrived since.
-    """
-    older = [info.uid for info in infos if info.uid < status.uidnext]
-    newer = [info.uid for info in infos if info.uid >= status.uidnext]
-    return older[max(0, len(older) - status.recent) :] + newer if status.recent else newer
-
-
-def _copyuid(uidvalidity: int, pairs: list[tuple[int, int]]) -> str:
-    """RFC 4315 section 3: ``COPYUID uidvalidity source-set dest-set`` in matching order."""
-    src = ",".join(str(s) for s, _ in pairs)
-    dst = ",".join(str(d) for _, d in pairs)
-    if len(pairs) > 1:
-        # Both sets ascending and contiguous where they can be written as ranges.
-        src_compact = serialize.number_set(s for s, _ in pairs).decode("ascii")
-        dst_compact = serialize.number_set(d for _, d in pairs).decode("ascii")
-        if src_compact.count(",") == dst_compact.count(",") and _same_shape(pairs):
-            src, dst = src_compact, dst_compact
-    return f"COPYUID {uidvalidity} {src} {dst}"
-
-
-def _same_shape(pairs: list[tuple[int, int]]) -> bool:
-    """Runs of consecutive source UIDs map onto runs of consecutive target UIDs."""
-    return all((b[0] - a[0] == 1) == (b[1] - a[1] == 1) for a, b in itertools.pairwise(pairs))
-
-
-def _join(reference: str, pattern: str) -> str:
-    """RFC 3501 section 6.3.8: the reference name and the pattern, with one delimiter between."""
-    if not reference:
-        return pattern
-    if pattern.startswith("/"):
-        return pattern.lstrip("/")
-    return reference.rstrip("/") + "/" + pattern
-
-
-def _mailbox_order(name: str) -> tuple[bool, str]:
-    return (name != INBOX, name)
-
-
-async def _special_uses(store: Any, names: tuple[str, ...]) -> dict[str, SpecialUse]:
-    """The RFC 6154 role of each mailbox of *names* that has one."""
-    roles: dict[str, SpecialUse] = {}
-    for name in set(names):
-        if "*" in name or "%" in name:
-            continue  # a LIST pattern would match others
-        for folder in await defer.maybeDeferred(store.list_mailboxes, name):
-            if folder.name == name and folder.special_use is not None:
-                roles[name] = folder.special_use
-    return roles
-
-
-async def ensure_special_folders(store: Any) -> None:
-    """
-    Give a new user the RFC 6154 special-use mailboxes: when the store holds
-    only INBOX, create and subscribe Sent, Drafts, Trash, Junk and Archive.
-    """
-    folders = await defer.maybeDeferred(store.list_mailboxes, "*")
-    if any(f.name != INBOX for f in folders):
-        return
-    for name, role in SPECIAL_FOLDERS:
-        with contextlib.suppress(MailboxExists):
-            await defer.maybeDeferred(store.create_mailbox, name, role)
-        await defer.maybeDeferred(store.subscribe, name)
-    await defer.maybeDeferred(store.subscribe, INBOX)
 
 
 class IMAPFactory(Factory):

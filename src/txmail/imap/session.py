@@ -19,10 +19,12 @@ The session owns what needs no store:
 * the state machine of RFC 3501 section 3 (not authenticated,
   authenticated, selected, logout): a command not valid in the current
   state gets ``BAD`` and the session goes on;
-* CAPABILITY, NOOP, CHECK, LOGOUT, STARTTLS, ID (RFC 2971), ENABLE (RFC
-  5161), NAMESPACE (RFC 2342), IDLE (RFC 2177), and the LOGIN and
-  AUTHENTICATE exchanges (RFC 4959 SASL-IR, the shared SASL layer and
-  plaintext policy of :mod:`txmail.auth.sasl`);
+* the commands that change the connection: LOGOUT, STARTTLS, IDLE (RFC
+  2177), and the LOGIN and AUTHENTICATE exchanges (RFC 4959 SASL-IR, the
+  shared SASL layer and plaintext policy of :mod:`txmail.auth.sasl`);
+* the commands of the table (:data:`txmail.imap.commands.COMMANDS`) with
+  an ``answer`` handler, which need no store (CAPABILITY, ID, ENABLE,
+  NAMESPACE, NOOP while nothing is selected): answered at once;
 * literal continuations: ``+`` for a synchronizing literal within the
   limits, ``BAD``/``NO [TOOBIG]`` before any octet of one that is not
   (RFC 7888 section 4, RFC 7889);
@@ -31,8 +33,10 @@ The session owns what needs no store:
   not after FETCH, STORE or SEARCH, RFC 3501 section 7.4.1), and at once
   during IDLE.
 
-Every other command is an :class:`txmail.imap.events.Execute` event: the
-session pauses until the application has written its untagged responses
+The table also says in which states a command is valid and which
+capabilities to advertise.  Every other command is an
+:class:`txmail.imap.events.Execute` event: the session pauses until the
+application has run its ``run`` handler, written its untagged responses
 (:meth:`IMAPSession.send`) and called :meth:`IMAPSession.finish`.  So
 pipelined commands are answered one at a time, in order.
 
@@ -48,13 +52,14 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from txmail._session import SessionCore
 from txmail.auth import sasl
 from txmail.imap import serialize
+from txmail.imap.commands import COMMANDS, State, allowed
+from txmail.imap.commands import capabilities as table_capabilities
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -76,22 +81,13 @@ from txmail.imap.fragment import (
     LiteralAnnounced,
 )
 from txmail.imap.parser import ParseError, parse_command
-from txmail.imap.types import Authenticate, Command, Id, Login
+from txmail.imap.types import Authenticate, Command, Login
 from txmail.imap.view import SelectedView
 
 __all__ = ["IMAPLimits", "IMAPSession", "State", "TaggedReply"]
 
 #: A tagged response: status (``"OK"``, ``"NO"``, ``"BAD"``), text, response code or ``None``.
 TaggedReply = tuple[str, str, str | None]
-
-
-class State(enum.Enum):
-    """RFC 3501 section 3."""
-
-    NOT_AUTHENTICATED = "not authenticated"
-    AUTHENTICATED = "authenticated"
-    SELECTED = "selected"
-    LOGOUT = "logout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,67 +105,6 @@ class IMAPLimits:
     max_literal: int = DEFAULT_MAX_LITERAL
     max_bad_commands: int = 30
 
-
-#: Commands valid in any state, then those added by each state (RFC 3501 section 6).
-_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
-_NOT_AUTH = _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"}
-_AUTH = _ANY | {
-    "SELECT",
-    "EXAMINE",
-    "CREATE",
-    "DELETE",
-    "RENAME",
-    "SUBSCRIBE",
-    "UNSUBSCRIBE",
-    "LIST",
-    "LSUB",
-    "STATUS",
-    "APPEND",
-    "NAMESPACE",
-    "ENABLE",
-    "IDLE",
-}
-_SELECTED = _AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
-_ALLOWED = {
-    State.NOT_AUTHENTICATED: _NOT_AUTH,
-    State.AUTHENTICATED: _AUTH,
-    State.SELECTED: _SELECTED,
-    State.LOGOUT: frozenset(),
-}
-#: RFC 3501 section 7.4.1: no EXPUNGE while responding to these (the UID
-#: forms may see EXPUNGE, but one rule for both is simpler and allowed).
-_NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
-
-#: The RFC 5530 code of the NO for a name that is not modified UTF-7:
-#: commands that look a mailbox up find none; the others (CREATE, RENAME,
-#: APPEND, COPY, MOVE) cannot use the name.
-_INVALID_NAME_CODES = {
-    "STATUS": "NONEXISTENT",
-    "DELETE": "NONEXISTENT",
-    "UNSUBSCRIBE": "NONEXISTENT",
-}
-#: Commands that act on the selected mailbox's messages (refused once it was deleted).
-_ON_SELECTED_MESSAGES = frozenset({"CHECK", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"})
-
-_BASE_CAPABILITIES = (
-    "IMAP4rev1",
-    "LITERAL+",
-    "SASL-IR",
-    "ID",
-    "ENABLE",
-    "IDLE",
-    "NAMESPACE",
-    "UIDPLUS",
-    "MOVE",
-    "UNSELECT",
-    "CHILDREN",
-    "SPECIAL-USE",
-    "LIST-EXTENDED",
-    "LIST-STATUS",
-    "ESEARCH",
-)
-
-IMPLEMENTATION = "txmail"
 
 #: Octets a literal may hold before login (see IMAPSession._set_literal_limits).
 PREAUTH_MAX_LITERAL = 8192
@@ -286,7 +221,7 @@ class IMAPSession(SessionCore[Event]):
 
     def capabilities(self) -> tuple[str, ...]:
         """The capabilities to advertise now (RFC 3501 section 7.2.1)."""
-        caps = list(_BASE_CAPABILITIES)
+        caps = list(table_capabilities())
         caps.append(f"APPENDLIMIT={self.limits.max_literal}")
         if self.state is State.NOT_AUTHENTICATED:
             if self.tls_available:
@@ -314,7 +249,7 @@ class IMAPSession(SessionCore[Event]):
             raise RuntimeError("finish() answers an Execute event")
         command = event.command
         self._command = None
-        self._flush_updates(allow_expunge=command.name not in _NO_EXPUNGE_DURING)
+        self._flush_updates(allow_expunge=not COMMANDS[command.name].withholds_expunge)
         self._complete(command.tag, status, text, code)
 
     def select(self, view: SelectedView) -> None:
@@ -456,49 +391,43 @@ class IMAPSession(SessionCore[Event]):
             self._bad(e.tag, e.text)
             return
         name = command.name
-        if name not in _ALLOWED[self.state]:
+        if name not in allowed(self.state):
             self._bad(command.tag, f"{name} is not allowed now")
             return
+        spec = COMMANDS[name]
         self._tag = command.tag
-        if command.invalid_name and name not in ("SELECT", "EXAMINE"):
-            # SELECT and EXAMINE go to the application, which deselects
-            # first (RFC 3501 section 6.3.1: a failed SELECT leaves no
-            # mailbox selected).
-            self._invalid_name(command)
+        if command.invalid_name and spec.invalid_name is not None:
+            # SELECT and EXAMINE (None) go to their handler, which
+            # deselects first (RFC 3501 section 6.3.1: a failed SELECT
+            # leaves no mailbox selected).
+            self._invalid_name(command, spec.invalid_name)
             return
-        handler = getattr(self, "_cmd_" + name.lower(), None)
-        if handler is not None:
-            handler(command)
+        if spec.connection:
+            _CONNECTION_COMMANDS[name](self, command)
             return
-        if self.view is not None and self.view.deleted and name in _ON_SELECTED_MESSAGES:
+        if spec.answer is not None and (spec.run is None or self.view is None):
+            for response in spec.answer(self, command):
+                self._write(b"".join(serialize.render(response)))
+            self._complete(command.tag, "OK", f"{name} completed")
+            return
+        if self.view is not None and self.view.deleted and spec.on_messages:
             self._complete(command.tag, "NO", "The selected mailbox was deleted")
             return
         self._command = command
         self._emit(Execute(command))
 
-    def _invalid_name(self, command: Command) -> None:
+    def _invalid_name(self, command: Command, code: str) -> None:
         """
         A mailbox name that is an astring but not modified UTF-7 names no
-        mailbox: LIST and LSUB find nothing, STATUS and the others answer NO
-        (RFC 3501 sections 5.1.3 and 6.3.10), not BAD.
+        mailbox: LIST and LSUB find nothing (*code* ``""``), STATUS and the
+        others answer NO [*code*] (RFC 3501 sections 5.1.3 and 6.3.10), not BAD.
         """
-        if command.name in ("LIST", "LSUB"):
+        if not code:
             self._complete(command.tag, "OK", f"{command.name} completed")
         else:
-            code = _INVALID_NAME_CODES.get(command.name, "CANNOT")
             self._complete(command.tag, "NO", "Mailbox name is not valid modified UTF-7", code)
 
-    # -- commands the session answers --------------------------------------------------
-
-    def _cmd_capability(self, command: Command) -> None:
-        self._write(b"* CAPABILITY " + self._capability_text().encode("ascii") + b"\r\n")
-        self._complete(command.tag, "OK", "CAPABILITY completed")
-
-    def _cmd_noop(self, command: Command) -> None:
-        self._flush_updates(allow_expunge=True)
-        self._complete(command.tag, "OK", f"{command.name} completed")
-
-    _cmd_check = _cmd_noop
+    # -- the connection commands (connection=True in the table) -------------------------
 
     def _cmd_logout(self, command: Command) -> None:
         self._write(b"* BYE Logging out\r\n")
@@ -517,25 +446,6 @@ class IMAPSession(SessionCore[Event]):
         leftover = self._framer.drain()
         self._framer = self._new_framer()
         return leftover
-
-    def _cmd_id(self, command: Command) -> None:
-        assert isinstance(command.args, Id)
-        fields: list[str] = ["name", IMPLEMENTATION]
-        if self.version:
-            fields += ["version", self.version]
-        self._write(b"* ID " + serialize.paren_list(fields) + b"\r\n")
-        self._complete(command.tag, "OK", "ID completed")
-
-    def _cmd_enable(self, command: Command) -> None:
-        # RFC 5161 section 3.1: only capabilities that can be enabled are
-        # listed; txmail offers none of them (CONDSTORE, UTF8=ACCEPT...).
-        self._write(b"* ENABLED\r\n")
-        self._complete(command.tag, "OK", "ENABLE completed")
-
-    def _cmd_namespace(self, command: Command) -> None:
-        # RFC 2342: one personal namespace, no prefix, "/" as the delimiter.
-        self._write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
-        self._complete(command.tag, "OK", "NAMESPACE completed")
 
     def _cmd_idle(self, command: Command) -> None:
         self._idling = True
@@ -651,6 +561,16 @@ class IMAPSession(SessionCore[Event]):
         # RFC 3501 section 6.2.2/6.2.3: capabilities may change after login; say so.
         self._complete(tag, "OK", "Logged in", "CAPABILITY " + self._capability_text())
         self._emit(Authenticated(user, mechanism))
+
+
+#: The commands that change the connection, answered here (``connection=True`` in the table).
+_CONNECTION_COMMANDS: dict[str, Callable[[IMAPSession, Command], None]] = {
+    "LOGOUT": IMAPSession._cmd_logout,
+    "STARTTLS": IMAPSession._cmd_starttls,
+    "IDLE": IMAPSession._cmd_idle,
+    "LOGIN": IMAPSession._cmd_login,
+    "AUTHENTICATE": IMAPSession._cmd_authenticate,
+}
 
 
 def _text(text: str) -> bytes:

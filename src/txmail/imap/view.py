@@ -34,6 +34,7 @@ import bisect
 from collections.abc import Iterable, Iterator
 
 from txmail.imap import serialize
+from txmail.imap.responses import Exists, FetchFlags, Recent
 from txmail.imap.types import SequenceSet
 from txmail.model import (
     SYSTEM_FLAGS,
@@ -161,16 +162,19 @@ class SelectedView:
 
     # -- flags and keywords (RFC 3501 sections 6.3.1 and 7.2.6) -----------------------
 
-    def flag_responses(self) -> bytes:
+    def flag_lists(self) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
         """
-        ``* FLAGS`` and ``* OK [PERMANENTFLAGS ...]``: the system flags and
+        FLAGS and PERMANENTFLAGS (``None``: empty): the system flags and
         every keyword in use in the mailbox; ``\\*`` (new keywords may be
         made) unless the view is read-only, where PERMANENTFLAGS is empty.
         """
         keywords = sorted(self.known_flags - SYSTEM_FLAGS)
-        flags = serialize.flag_list((*_SYSTEM_ORDER, *keywords))
-        permanent = b"()" if self.read_only else serialize.flag_list((*_SYSTEM_ORDER, *keywords, "\\*"))
-        return b"* FLAGS " + flags + b"\r\n* OK [PERMANENTFLAGS " + permanent + b"] Flags permitted\r\n"
+        flags = (*_SYSTEM_ORDER, *keywords)
+        return flags, None if self.read_only else (*flags, "\\*")
+
+    def flag_responses(self) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS ...]`` of :meth:`flag_lists`."""
+        return serialize.flags_and_permanent(*self.flag_lists())
 
     def new_flags(self, *flag_sets: Iterable[str]) -> bytes:
         """
@@ -257,11 +261,11 @@ class SelectedView:
             self._added.clear()
         if self._told_exists != len(self.uids):
             self._told_exists = len(self.uids)
-            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            out.append(serialize.render(Exists(len(self.uids)))[0])
         recent = len(self.recent & self.flags.keys())
         if self._told_recent != recent:
             self._told_recent = recent
-            out.append(b"* %d RECENT\r\n" % recent)
+            out.append(serialize.render(Recent(recent))[0])
         if self._flag_changes:
             changes = sorted(self._flag_changes.items())
             self._flag_changes.clear()
@@ -273,12 +277,14 @@ class SelectedView:
                 out.append(self.fetch_flags(seq, u))
         return b"".join(out)
 
-    def expunged(self, uids: Iterable[int]) -> Iterator[bytes]:
+    def expunge(self, uids: Iterable[int]) -> list[int]:
         """
-        Remove *uids* (ascending) from the picture, yielding one ``EXPUNGE``
-        each; every number is counted after the removals before it (RFC 3501
-        section 7.4.1).
+        Remove *uids* (ascending) from the picture; the sequence number of
+        each as the client counts it, every number counted after the
+        removals before it (RFC 3501 section 7.4.1): the ``EXPUNGE``
+        responses to send, in order.
         """
+        numbers = []
         for u in uids:
             self._expunged.discard(u)
             seq = self.seq_of(u)
@@ -289,8 +295,14 @@ class SelectedView:
             self.recent.discard(u)
             self._flag_changes.pop(u, None)
             self._told_exists -= 1
-            yield b"* %d EXPUNGE\r\n" % seq
+            numbers.append(seq)
         self._told_recent = min(self._told_recent, len(self.recent & self.flags.keys()))
+        return numbers
+
+    def expunged(self, uids: Iterable[int]) -> Iterator[bytes]:
+        """:meth:`expunge`, yielding one ``* n EXPUNGE`` line each."""
+        for seq in self.expunge(uids):
+            yield serialize.expunge(seq)
 
     def display_flags(self, uid: int, flags: Iterable[str]) -> tuple[str, ...]:
         """*flags* as shown to this session: ``\\Recent`` added where it applies."""
@@ -301,8 +313,10 @@ class SelectedView:
 
     def fetch_flags(self, seq: int, uid: int, *, with_uid: bool = False) -> bytes:
         """``* seq FETCH (FLAGS (...))`` for what the view holds of *uid*."""
-        items = b""
-        if with_uid:
-            items = b"UID %d " % uid
-        flags = serialize.flag_list(self.display_flags(uid, self.flags.get(uid, ())))
-        return b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, items, flags)
+        return serialize.fetch_flags(
+            seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None
+        )
+
+    def flags_fetched(self, seq: int, uid: int, *, with_uid: bool = False) -> FetchFlags:
+        """:meth:`fetch_flags` as a typed response."""
+        return FetchFlags(seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None)

@@ -1,0 +1,360 @@
+"""
+Selecting a mailbox and working on its messages (RFC 3501 sections 6.3.1,
+6.3.2 and 6.4): SELECT, EXAMINE, CLOSE, UNSELECT (RFC 3691), EXPUNGE (and
+UID EXPUNGE, RFC 4315), STORE, COPY, MOVE (RFC 6851), FETCH and SEARCH
+(with ESEARCH, RFC 4731).
+
+Long responses (FETCH, SEARCH over a big mailbox) are produced in batches
+of :data:`BATCH` messages: ``await ctx.take_turn()`` between two, and
+``await ctx.drain()`` after each, so that the adapter can serve other
+connections and apply back-pressure (``streams=True`` in the table).
+SELECT and ``FETCH (UID FLAGS RFC822.SIZE)`` read only the store's index;
+ENVELOPE and BODYSTRUCTURE come from the cached metadata; only body
+sections read message files.
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from txmail.errors import NoSuchMessage
+from txmail.imap import serialize
+from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
+from txmail.imap.commands.mailboxes import check_quota
+from txmail.imap.commands.registry import AUTHENTICATED, SELECTED, command, extension
+from txmail.imap.fetch import fetch_needs
+from txmail.imap.responses import (
+    Bad,
+    Done,
+    ESearchData,
+    Exists,
+    Expunged,
+    FetchData,
+    FlagsData,
+    No,
+    Recent,
+    SearchData,
+    UntaggedOk,
+)
+from txmail.imap.search import SUPPORTED_CHARSETS, SearchContext, matches, search_needs
+from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, Select, Store
+from txmail.imap.view import SelectedView, SequenceError
+from txmail.model import FlagMode, MessageInfo, normalize_flags
+
+__all__ = ["BATCH", "copyuid"]
+
+#: Messages handled per step of FETCH and SEARCH.
+BATCH = 256
+_STORE_MODES = {"": FlagMode.REPLACE, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
+
+# RFC 4315 (APPENDUID, COPYUID, UID EXPUNGE); RFC 4731 (SEARCH RETURN).
+extension("UIDPLUS")
+
+
+def _view(ctx: CommandContext) -> SelectedView:
+    view = ctx.session.view
+    assert view is not None
+    return view  # type: ignore[no-any-return]
+
+
+def _targets(view: SelectedView, seqset: Any, uid: bool) -> list[tuple[int, int]]:
+    try:
+        return view.resolve(seqset, uid=uid)
+    except SequenceError as e:
+        raise Bad(str(e)) from None
+
+
+def _writable(view: SelectedView) -> None:
+    if view.read_only:
+        raise No("Mailbox is read-only", "READ-ONLY")
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
+    """
+    The whole message, or ``None`` when it is gone.  A store that has it at
+    hand answers at once (the Maildir store reads small files inline; an
+    awaited Deferred that has fired gives its result without a trip
+    through the event loop).
+    """
+    try:
+        result = mailbox.read_message(info.uid)
+        if hasattr(result, "__await__"):
+            result = await result
+        return result  # type: ignore[no-any-return]
+    except NoSuchMessage:
+        return None
+
+
+# -- selection ---------------------------------------------------------------------------
+
+
+def _unclaimed(infos: list[MessageInfo], status: Any) -> list[int]:
+    """
+    The UIDs of *infos* that no session has claimed as ``\\Recent``, from a
+    *status* taken before the listing: the ``status.recent`` newest below
+    its UIDNEXT, and every message that arrived since.
+    """
+    older = [info.uid for info in infos if info.uid < status.uidnext]
+    newer = [info.uid for info in infos if info.uid >= status.uidnext]
+    return older[max(0, len(older) - status.recent) :] + newer if status.recent else newer
+
+
+@command("SELECT", "EXAMINE", states=AUTHENTICATED, invalid_name=None)
+async def select(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3501 sections 6.3.1 (SELECT) and 6.3.2 (EXAMINE)."""
+    args = cmd.args
+    assert isinstance(args, Select | Examine)
+    read_only = isinstance(args, Examine)
+    ctx.deselect()
+    if cmd.invalid_name:
+        # RFC 3501 section 6.3.1: a name that is not modified UTF-7 names
+        # no mailbox; NO, and no mailbox is selected any more.
+        raise No("Mailbox name is not valid modified UTF-7", "NONEXISTENT")
+    mailbox = await store_op(ctx.store.get_mailbox, args.mailbox)
+    # Changes made while we list are kept and applied to the new view.
+    ctx.listen(mailbox)
+    if read_only:
+        # RFC 3501 section 6.3.2: EXAMINE must not take \Recent away.
+        # The view shows the messages no session has claimed yet (the
+        # newest ones: claims go in UID order) without claiming them.
+        before = await call(mailbox.status)
+        infos = await call(mailbox.list_messages)
+        recent = _unclaimed(infos, before)
+        status = await call(mailbox.status)
+    else:
+        infos = await call(mailbox.list_messages)
+        recent = await call(mailbox.claim_recent)
+        status = await call(mailbox.status)
+    view = SelectedView(mailbox.name, mailbox.uidvalidity, infos, read_only=read_only, recent=recent)
+    ctx.selected(view)
+    first_unseen = next((i + 1 for i, info in enumerate(infos) if "\\Seen" not in info.flags), None)
+    # RFC 3501 sections 6.3.1 and 7.2.6: with the keywords in use.
+    ctx.emit(FlagsData(*view.flag_lists()), Exists(view.exists), Recent(len(view.recent)))
+    if first_unseen is not None:
+        ctx.emit(UntaggedOk("First unseen", f"UNSEEN {first_unseen}"))
+    ctx.emit(
+        UntaggedOk("UIDs valid", f"UIDVALIDITY {mailbox.uidvalidity}"),
+        UntaggedOk("Predicted next UID", f"UIDNEXT {status.uidnext}"),
+    )
+    # Changes queued while listing that the listing does not hold yet
+    # are told by the session before the tagged OK.
+    return Done(code="READ-ONLY" if read_only else "READ-WRITE")
+
+
+@command("CLOSE", states=SELECTED)
+async def close(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3501 section 6.4.2: expunge silently, no EXPUNGE responses."""
+    view = _view(ctx)
+    if not view.read_only and not view.deleted and ctx.mailbox is not None:
+        await call(ctx.mailbox.expunge)
+    ctx.deselect()
+    return Done()
+
+
+@command("UNSELECT", states=SELECTED, capability="UNSELECT")
+async def unselect(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3691: leave the mailbox without expunging."""
+    ctx.deselect()
+    return Done()
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+@command("EXPUNGE", states=SELECTED, on_messages=True)
+async def expunge(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3501 section 6.4.3; UID EXPUNGE, RFC 4315 section 2.1."""
+    args = cmd.args
+    assert isinstance(args, Expunge)
+    view = _view(ctx)
+    _writable(view)
+    uids = None
+    if args.uid_set is not None:
+        uids = [u for _, u in _targets(view, args.uid_set, True)]
+    removed = await call(ctx.mailbox.expunge, uids)
+    ctx.emit(Expunged(tuple(view.expunge(removed))))
+    return Done()
+
+
+@command("STORE", states=SELECTED, on_messages=True, withholds_expunge=True)
+async def store(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3501 section 6.4.6."""
+    args = cmd.args
+    assert isinstance(args, Store)
+    view = _view(ctx)
+    _writable(view)
+    targets = _targets(view, args.sequence_set, args.uid)
+    try:
+        flags = normalize_flags(args.flags)
+    except ValueError:
+        raise Bad("Invalid flag") from None
+    changed = await call(ctx.mailbox.set_flags, [u for _, u in targets], flags, _STORE_MODES[args.mode])
+    for info in changed:
+        if info.uid in view.flags:
+            view.flags[info.uid] = info.flags
+    if changed and args.mode != "-" and not view.known_flags.issuperset(flags):
+        # RFC 3501 section 7.2.6: a keyword new to the mailbox is told first.
+        view.new_flags(flags)
+        ctx.emit(FlagsData(*view.flag_lists()))
+    if not args.silent:
+        # RFC 3501 section 6.4.6: the new flags of each message.
+        ctx.emit(
+            *[view.flags_fetched(seq, uid, with_uid=args.uid) for seq, uid in targets if uid in view.flags]
+        )
+    return Done()
+
+
+def copyuid(uidvalidity: int, pairs: list[tuple[int, int]]) -> str:
+    """RFC 4315 section 3: ``COPYUID uidvalidity source-set dest-set`` in matching order."""
+    src = ",".join(str(s) for s, _ in pairs)
+    dst = ",".join(str(d) for _, d in pairs)
+    if len(pairs) > 1:
+        # Both sets ascending and contiguous where they can be written as ranges.
+        src_compact = serialize.number_set(s for s, _ in pairs).decode("ascii")
+        dst_compact = serialize.number_set(d for _, d in pairs).decode("ascii")
+        if src_compact.count(",") == dst_compact.count(",") and _same_shape(pairs):
+            src, dst = src_compact, dst_compact
+    return f"COPYUID {uidvalidity} {src} {dst}"
+
+
+def _same_shape(pairs: list[tuple[int, int]]) -> bool:
+    """Runs of consecutive source UIDs map onto runs of consecutive target UIDs."""
+    return all((b[0] - a[0] == 1) == (b[1] - a[1] == 1) for a, b in itertools.pairwise(pairs))
+
+
+@command("COPY", states=SELECTED, on_messages=True)
+async def copy(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3501 section 6.4.7, with RFC 4315 COPYUID."""
+    args = cmd.args
+    assert isinstance(args, Copy)
+    targets = _targets(_view(ctx), args.sequence_set, args.uid)
+    target = await target_mailbox(ctx.store, args.mailbox)
+    uids = [u for _, u in targets]
+    if ctx.quotas is not None:
+        infos = await call(ctx.mailbox.list_messages, uids)
+        await check_quota(ctx, sum(info.size for info in infos))
+    pairs = await call(ctx.mailbox.copy, uids, target)
+    if not pairs:
+        return Done()
+    ctx.copied(target, pairs, moved=False)
+    return Done(code=copyuid(target.uidvalidity, pairs))
+
+
+@command("MOVE", states=SELECTED, capability="MOVE", on_messages=True)
+async def move(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 6851: COPY, then EXPUNGE of the sources."""
+    args = cmd.args
+    assert isinstance(args, Move)
+    view = _view(ctx)
+    _writable(view)
+    targets = _targets(view, args.sequence_set, args.uid)
+    target = await target_mailbox(ctx.store, args.mailbox)
+    pairs = await call(ctx.mailbox.move, [u for _, u in targets], target)
+    if pairs:
+        # RFC 6851 section 4.3: COPYUID in an untagged OK before the EXPUNGEs.
+        ctx.emit(
+            UntaggedOk("Moved", copyuid(target.uidvalidity, pairs)),
+            Expunged(tuple(view.expunge(sorted(src for src, _ in pairs)))),
+        )
+        ctx.copied(target, pairs, moved=True)
+    return Done()
+
+
+@command("FETCH", states=SELECTED, on_messages=True, withholds_expunge=True, streams=True)
+async def fetch(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3501 section 6.4.5; UID FETCH, section 6.4.8."""
+    args = cmd.args
+    assert isinstance(args, Fetch)
+    view = _view(ctx)
+    mailbox = ctx.mailbox
+    targets = _targets(view, args.sequence_set, args.uid)
+    needs = fetch_needs(args.items)
+    mark_seen = needs.sets_seen and not view.read_only
+    shows_flags = any(item.name == "FLAGS" for item in args.items)
+    for n, batch in enumerate(_chunks(targets, BATCH)):
+        if n:
+            await ctx.take_turn()
+        uids = [u for _, u in batch]
+        infos = {i.uid: i for i in await call(mailbox.list_messages, uids)}
+        seen_now: set[int] = set()
+        if mark_seen:
+            unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
+            if unseen:
+                changed = await call(mailbox.set_flags, unseen, {"\\Seen"}, FlagMode.ADD)
+                for info in changed:
+                    infos[info.uid] = info
+                    seen_now.add(info.uid)
+        metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
+        responses: list[FetchData] = []
+        for seq, uid in batch:
+            info = infos.get(uid)
+            if info is None:
+                continue  # expunged by someone else; told later
+            message = None
+            if needs.message:
+                message = await _read_message(mailbox, info)
+                if message is None:
+                    continue
+            if shows_flags or uid in seen_now:
+                view.flags[uid] = info.flags
+            responses.append(
+                FetchData(
+                    seq,
+                    args.items,
+                    info,
+                    metadata.get(uid),
+                    message,
+                    args.uid,
+                    uid in seen_now,
+                    uid in view.recent,
+                )
+            )
+        ctx.emit(*responses)
+        await ctx.drain()
+    return Done("UID FETCH completed" if args.uid else "FETCH completed")
+
+
+@command(
+    "SEARCH", states=SELECTED, capability="ESEARCH", on_messages=True, withholds_expunge=True, streams=True
+)
+async def search(ctx: CommandContext, cmd: Command) -> Done:
+    """RFC 3501 section 6.4.4; RFC 4731 ESEARCH (SEARCH RETURN)."""
+    args = cmd.args
+    assert isinstance(args, Search)
+    if args.charset is not None and args.charset.upper() not in SUPPORTED_CHARSETS:
+        raise No("Unsupported charset", "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")")
+    view = _view(ctx)
+    mailbox = ctx.mailbox
+    needs = search_needs(args.key)
+    sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
+    found: list[int] = []
+    pairs = list(enumerate(view.uids, 1))
+    for n, batch in enumerate(_chunks(pairs, BATCH * 4)):
+        if n:
+            await ctx.take_turn()
+        uids = [u for _, u in batch]
+        infos = {i.uid: i for i in await call(mailbox.list_messages, uids)}
+        metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
+        for seq, uid in batch:
+            info = infos.get(uid)
+            if info is None:
+                continue
+            message = None
+            if needs.message:
+                message = await _read_message(mailbox, info)
+                if message is None:
+                    continue
+            if matches(args.key, sctx, seq, info, metadata.get(uid), message):
+                found.append(uid if args.uid else seq)
+    if args.return_options is not None:
+        ctx.emit(ESearchData(cmd.tag, args.uid, found, args.return_options))
+    else:
+        ctx.emit(SearchData(found))
+    return Done("SEARCH completed")
