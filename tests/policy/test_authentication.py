@@ -274,6 +274,41 @@ class SignerTests(ServerTestCase):
         (result,) = dkim.verify(client_part, answers, now=self.clock.seconds())
         self.assertEqual((result.result, result.domain), ("pass", "example.test"))
 
+    def test_signature_covers_earlier_policies_changes(self) -> None:
+        """A milter-like policy before the signer edits the Subject and replaces the body: the signature verifies on what is delivered."""
+        from txmail._fs import run_inline
+        from txmail.policy.hooks import Policy, Verdict
+
+        class Disclaimer(Policy):
+            def on_data(self, session: Any, message: Any) -> Verdict:
+                return Verdict.edit_headers(lambda s: s.replace(b"Subject: ", b"Subject: [ext] ")).then(
+                    Verdict.replace_body(b"Hello there.\r\n-- \r\nSent from txmail\r\n")
+                )
+
+        key = load_key("example.test", "ed", ED_PRIVATE)
+        directory = FakeDirectory()
+        proto, transport = self.connect(
+            role="submission",
+            policies=[Disclaimer(), DKIMSigner([key], run_blocking=run_inline, clock=self.clock)],
+            authenticator=Authenticator(directory, clock=self.clock),
+            directory=directory,
+            plaintext_auth="always",
+        )
+        message = MESSAGE.replace(b"sender@remote.test", b"alice@example.test")
+        proto.dataReceived(
+            b"EHLO c.test\r\nAUTH PLAIN " + plain("alice@example.test", "secret") + b"\r\n"
+            b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@remote.test>\r\nDATA\r\n" + stuffed(message)
+        )
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"250")
+        _, data, _ = self.router.delivered[0]
+        self.assertIn(b"Subject: [ext] ", data)
+        self.assertTrue(data.endswith(b"-- \r\nSent from txmail\r\n"))
+        client_part = data[data.index(b"DKIM-Signature:") :]
+        name = "ed._domainkey.example.test"
+        answers = {name: DictAnswers({(name, "TXT"): [ED_RECORD]}).answer(Question(name, "TXT"))}
+        (result,) = dkim.verify(client_part, answers, now=self.clock.seconds())
+        self.assertEqual(result.result, "pass")
+
     def test_other_domains_and_unauthenticated_not_signed(self) -> None:
         """Mail from a domain without keys, or from an untrusted port-25 client, is not signed."""
         from txmail._fs import run_inline

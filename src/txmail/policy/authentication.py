@@ -458,6 +458,8 @@ class DKIMSigner(Policy):
         return defer.Deferred.fromCoroutine(self._sign(message))
 
     async def _sign(self, message: MessageInfo) -> Verdict:
-        data = await _message_bytes(message, self.run_blocking)
+        # What will be delivered: the earlier policies' edits and new body
+        # (a milter's) applied, so that the signature survives them.
+        data = message.changed(await _message_bytes(message, self.run_blocking))
         fields = await self.signer.sign(data)
         return Verdict(headers=(fields,)) if fields else Verdict.accept()

@@ -16,6 +16,7 @@ among the connection's ``auth_results``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -188,7 +189,7 @@ class PolicyEngine:
             if verdict.final and not getattr(policy, "always", False):
                 continue
             try:
-                result = method(session, *args)
+                result = method(session, *_with_prior(stage, args, verdict))
             except Exception:
                 result = self._failed(stage, policy, session)
             if isinstance(result, defer.Deferred):
@@ -230,7 +231,7 @@ class PolicyEngine:
                 if pending is not None:
                     result, pending = await pending, None
                 else:
-                    result = await defer.maybeDeferred(method, session, *args)
+                    result = await defer.maybeDeferred(method, session, *_with_prior(stage, args, verdict))
             except defer.CancelledError:
                 raise  # the stage timed out (_limited)
             except Exception:
@@ -336,3 +337,13 @@ class PolicyEngine:
                 close(session)
             except Exception:
                 self.log.failure("policy on_close failed", failure=Failure(), session_id=session.session_id)
+
+
+def _with_prior(stage: Stage, args: tuple[Any, ...], verdict: Verdict) -> tuple[Any, ...]:
+    """
+    The arguments of a data-stage policy: the message with the header edits
+    and new body of the policies before it (:attr:`MessageInfo.prior`).
+    """
+    if stage is not Stage.DATA or (not verdict.edits and verdict.body is None):
+        return args
+    return (dataclasses.replace(args[0], prior=verdict), *args[1:])

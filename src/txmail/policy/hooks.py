@@ -99,6 +99,7 @@ __all__ = [
     "TransactionInfo",
     "Verdict",
     "header_field",
+    "split_header",
 ]
 
 
@@ -151,6 +152,18 @@ def header_field(name: str, value: str | bytes) -> bytes:
     if any(b"\r" in line for line in lines) or any(line[:1] not in (b" ", b"\t") for line in lines[1:]):
         raise ValueError("a header field value may only contain folding line breaks")
     return raw_name + b": " + b"\r\n".join(lines) + b"\r\n"
+
+
+def split_header(message: bytes) -> int:
+    """
+    The length of the header section of *message* (each field with its
+    CRLF; the empty line and the body follow).  A message without an empty
+    line is all header.
+    """
+    if message.startswith(b"\r\n"):
+        return 0
+    end = message.find(b"\r\n\r\n")
+    return len(message) if end < 0 else end + 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,17 +422,37 @@ class MessageInfo:
             it); it starts with our ``Return-Path:`` and ``Received:`` fields.
         size: octets the client sent.
         trace_length: octets of our own fields at the start of the file.
+        prior: the verdict of the policies asked before this one at the
+            end of data, when it edits the header section or replaces the
+            body (else ``None``): :meth:`changed` applies it, so that a
+            policy that must see the message as it will be delivered (DKIM
+            signing after a milter's changes) can.
     """
 
     file: MessageFile
     size: int
     trace_length: int
+    prior: Verdict | None = None
 
     @property
     def data(self) -> bytes | None:
         """The client's message in memory (messages up to 256 KiB), else ``None``."""
         data = self.file.data
         return None if data is None else data[self.trace_length :]
+
+    def changed(self, data: bytes) -> bytes:
+        """
+        *data* (the client's message, from :attr:`data` or :meth:`read`) with
+        the header edits and the new body of :attr:`prior` applied.
+        """
+        prior = self.prior
+        if prior is None or (not prior.edits and prior.body is None):
+            return data
+        split = split_header(data)
+        section = data[:split]
+        for edit in prior.edits:
+            section = edit(section)
+        return section + (data[split:] if prior.body is None else b"\r\n" + prior.body)
 
     def read(self) -> bytes:
         """The client's message, read from the file when it is not in memory (blocking)."""

@@ -80,7 +80,15 @@ from txmail.auth import sasl
 from txmail.interfaces import IDeliveryRouter, IDirectory
 from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
 from txmail.policy.engine import PolicyEngine
-from txmail.policy.hooks import MessageInfo, RecipientInfo, SessionInfo, Stage, TransactionInfo, Verdict
+from txmail.policy.hooks import (
+    MessageInfo,
+    RecipientInfo,
+    SessionInfo,
+    Stage,
+    TransactionInfo,
+    Verdict,
+    split_header,
+)
 from txmail.smtp import codes
 from txmail.smtp.codes import Reply
 from txmail.smtp.events import (
@@ -266,18 +274,6 @@ class SpoolFiles:
                 os.unlink(path)
 
 
-def _split_header(message: bytes) -> int:
-    """
-    The length of the header section of *message* (each field with its
-    CRLF; the empty line and the body follow).  A message without an empty
-    line is all header.
-    """
-    if message.startswith(b"\r\n"):
-        return 0
-    end = message.find(b"\r\n\r\n")
-    return len(message) if end < 0 else end + 2
-
-
 def rewrite_message(
     data: bytes,
     return_path: int,
@@ -294,7 +290,7 @@ def rewrite_message(
     """
     client = data[trace_length:]
     if edits or body is not None:
-        split = _split_header(client)
+        split = split_header(client)
         section = client[:split]
         for edit in edits:
             section = edit(section)
@@ -321,7 +317,7 @@ def _rewrite_file(
         head = f.read(trace_length + MAX_EDITED_HEADER)
         client = head[trace_length:]
         rework = bool(edits) or body is not None
-        split = _split_header(client) if rework else 0
+        split = split_header(client) if rework else 0
         if rework and split == len(client) and len(head) == trace_length + MAX_EDITED_HEADER:
             edits, split = (), 0  # a header section this long is left alone
             if body is not None:
