@@ -118,7 +118,6 @@ next delimiter) it says 1 where we say 2, the number of lines a reader sees.
 from __future__ import annotations
 
 import binascii
-import functools
 import json
 import re
 import typing
@@ -287,11 +286,29 @@ class _Reader:
                 continue
             if not self._eof and len(buf) - i < stops.keep and self._fill():
                 continue
-            if self.at_line_start and stops.at_start.match(buf, i):
+            if self.at_line_start and stops.at(buf, i):
                 return
-            m = stops.search.search(buf, i)
-            if m is not None:
-                j = m.start() + 1
+            # Candidates come from one generic pattern (a blank line, a line
+            # starting with "--"); the boundaries are checked here, so no
+            # pattern is compiled per boundary (each message has its own).
+            found = cut = -1
+            pos = i
+            while True:
+                m = stops.search.search(buf, pos)
+                if m is None:
+                    break
+                start = m.start() + 1
+                if not self._eof and len(buf) - start < stops.keep:
+                    cut = start  # too few octets to tell: read on from there
+                    break
+                if stops.at(buf, start):
+                    found = start
+                    break
+                pos = start
+            if found >= 0:
+                j = found
+            elif cut >= 0:
+                j = cut
             elif self._eof:
                 j = len(buf)
             else:
@@ -300,34 +317,50 @@ class _Reader:
             if sink is not None and j > i:
                 sink(buf[i:j])
             self._consume(j)
-            if m is not None or (self._eof and j == len(buf)):
+            if found >= 0 or (self._eof and j == len(buf)):
                 return
             self._fill()
 
 
 class _Stops(typing.NamedTuple):
-    """Compiled patterns for the line starts where :meth:`_Reader.skip_to` stops."""
+    """
+    The line starts where :meth:`_Reader.skip_to` stops: one starting with
+    one of *prefixes* (``--boundary``), or in a header section a blank line.
+    """
 
-    at_start: re.Pattern[bytes]  # matched at a line start
-    search: re.Pattern[bytes]  # finds the LF before such a line start
+    prefixes: tuple[bytes, ...]
+    header: bool
+    search: re.Pattern[bytes]  # finds the LF before a candidate line start
     keep: int  # octets a stop may need beyond its LF
 
+    def at(self, buf: bytes, i: int) -> bool:
+        """Whether the line starting at *i* of *buf* is a stop."""
+        if self.prefixes and buf.startswith(self.prefixes, i):
+            return True
+        return self.header and (buf.startswith(b"\n", i) or buf.startswith(b"\r\n", i))
 
-@functools.lru_cache(maxsize=256)
+
+# Every prefix is a boundary delimiter, which starts with "--" (RFC 2046
+# section 5.1.1): these three patterns serve every message.
+_BLANK_SEARCH = re.compile(rb"\n(?=\r?\n)")
+_BLANK_OR_DASHES_SEARCH = re.compile(rb"\n(?=\r?\n|--)")
+_DASHES_SEARCH = re.compile(rb"\n--")
+
+
 def _stops(prefixes: tuple[bytes, ...], header: bool) -> _Stops | None:
     """
     Stops for a header section (a blank line, or a line starting with one of
     *prefixes*) or for a body (a line starting with one of *prefixes*; none
-    when there are none).
+    when there are none).  Each prefix starts with ``--``.
     """
-    alternatives = [re.escape(p) for p in prefixes]
     if header:
-        alternatives.insert(0, rb"\r?\n")
-    if not alternatives:
+        search = _BLANK_OR_DASHES_SEARCH if prefixes else _BLANK_SEARCH
+    elif prefixes:
+        search = _DASHES_SEARCH
+    else:
         return None
-    alt = b"|".join(alternatives)
     keep = max([len(p) for p in prefixes] + [2]) + 1
-    return _Stops(re.compile(b"(?:" + alt + b")"), re.compile(b"\n(?=" + alt + b")"), keep)
+    return _Stops(prefixes, header, search, keep)
 
 
 # ---------------------------------------------------------------------------
