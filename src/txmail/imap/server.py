@@ -1,14 +1,24 @@
 """
 The Twisted adapter of the IMAP server: moves bytes and time between a
 transport and a :class:`txmail.imap.session.IMAPSession`, and runs the
-session's commands against the user's :class:`txmail.interfaces.IMailStore`.
+handlers of the command layer (:mod:`txmail.imap.commands`) against the
+user's :class:`txmail.interfaces.IMailStore`.  What a command means is
+decided there; this module keeps bytes, batching, back-pressure and timers.
 
 Implementation notes
 --------------------
 * Commands run one at a time, in order: an ``Execute`` event pauses the
-  session until its handler (a coroutine here) has written the untagged
-  responses and called ``finish``.  Reading from the transport is paused
-  meanwhile (:class:`txmail._protocol.SessionProtocol`).
+  session until the command's ``run`` handler (from
+  :data:`txmail.imap.commands.COMMANDS`, a coroutine run with
+  ``Deferred.fromCoroutine``) has emitted its untagged responses and ended
+  with ``Done`` or ``No``/``Bad``; then ``finish``.  Reading from the
+  transport is paused meanwhile (:class:`txmail._protocol.SessionProtocol`).
+* The protocol object is the handlers' ``ctx``
+  (:class:`txmail.imap.commands.context.CommandContext`): ``emit`` renders
+  typed responses with :func:`txmail.imap.serialize.render_all` into the
+  session's output, ``drain``/``take_turn`` pace long responses,
+  ``listen``/``selected``/``deselect`` tie the selected mailbox's listener
+  to the view, ``copied`` tells the copy listeners.
 * Everything a command needs from storage goes through the shared mailbox
   contract; IMAP keeps only sequence numbers, ``\\Recent`` and what the
   client was told (:class:`txmail.imap.view.SelectedView`).
@@ -19,8 +29,8 @@ Implementation notes
   them (:meth:`txmail.interfaces.IMailbox.claim_recent`); a read-only
   (EXAMINE) session shows the unclaimed ones as ``\\Recent`` and claims none
   (RFC 3501 section 6.3.2).
-* Long responses (FETCH, SEARCH over a big mailbox) are produced in
-  batches of :data:`BATCH` messages, with a turn of the reactor between
+* Long responses (FETCH, SEARCH over a big mailbox; ``streams=True`` in
+  the table) are produced in batches of :data:`BATCH` messages, with a turn of the reactor between
   two batches so that other connections are served meanwhile; a batch is handed to the transport
   once it has written the one before (:class:`_WriteGate`, a push producer
   the transport pauses), so the next batch is produced while one drains and
