@@ -556,6 +556,62 @@ class SerialisationTests(SynchronousTestCase):
             self.assertRaises(ValueError, decode_metadata, data)
 
 
+class CacheFormatTests(SynchronousTestCase):
+    """The cache format 2 (marshal, CRC-checked, structures loaded on first use) and format 1 (JSON)."""
+
+    def messages(self) -> list[bytes]:
+        nested = b"Subject: outer\r\n" + multipart(
+            b"mixed", b"X", [leaf(b"text/plain", b"a\r\nb"), rfc822(b"From: x@y\r\nSubject: in\r\n\r\nhi")]
+        )
+        return [RFC_EXAMPLE, nested, b"", b"\xff\xfe\r\n\r\n", "Subject: \u00e9\r\n\r\n".encode("latin-1")]
+
+    def test_structures_loaded_on_first_use(self) -> None:
+        """The header fields come at once; envelope and structure on first use, equal to the parse."""
+        for data in self.messages():
+            md = parse_metadata(data)
+            back = decode_metadata(encode_metadata(md))
+            self.assertFalse(back.is_complete)
+            self.assertEqual((back.header_size, back.headers), (md.header_size, tuple(md.headers)))
+            self.assertFalse(back.is_complete)
+            self.assertEqual(back.body_structure, md.body_structure)
+            self.assertTrue(back.is_complete)
+            self.assertEqual((back.envelope, back.lines), (md.envelope, md.lines))
+            self.assertEqual(back, md)
+            self.assertEqual(hash(back), hash(md))
+
+    def test_format_1_still_read(self) -> None:
+        """A record of the JSON format (caches written before format 2) decodes to the same metadata."""
+        import json
+
+        for data in self.messages():
+            md = parse_metadata(data)
+            old = json.dumps(
+                [1, md.header_size, md.headers, md.envelope, md.body_structure, md.lines],
+                separators=(",", ":"),
+            ).encode("ascii")
+            self.assertEqual(decode_metadata(old), md)
+            self.assertTrue(encode_metadata(md).startswith(b"\x00M2"))
+
+    def test_damaged_record(self) -> None:
+        """Any changed, missing or added octet of a format 2 record is a ValueError, not a wrong answer."""
+        encoded = encode_metadata(parse_metadata(RFC_EXAMPLE))
+        for i in range(len(encoded)):
+            damaged = encoded[:i] + bytes([encoded[i] ^ 0x20]) + encoded[i + 1 :]
+            self.assertRaises(ValueError, decode_metadata, damaged)
+        for cut in (1, 3, 8, 11, 12, len(encoded) // 2, len(encoded) - 1):
+            self.assertRaises(ValueError, decode_metadata, encoded[:cut])
+        self.assertRaises(ValueError, decode_metadata, encoded + b"x")
+
+    def test_immutable(self) -> None:
+        """Metadata cannot be changed, decoded lazily or not."""
+        for md in (
+            parse_metadata(RFC_EXAMPLE),
+            decode_metadata(encode_metadata(parse_metadata(RFC_EXAMPLE))),
+        ):
+            self.assertRaises(AttributeError, setattr, md, "header_size", 1)
+            self.assertRaises(AttributeError, setattr, md, "envelope", ())
+
+
 class LargeInputTests(SynchronousTestCase):
     def test_file_object(self) -> None:
         """A 5 MB message read from a file object parses with exact sizes and line counts."""

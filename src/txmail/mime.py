@@ -118,9 +118,13 @@ next delimiter) it says 1 where we say 2, the number of lines a reader sees.
 from __future__ import annotations
 
 import binascii
+import functools
 import json
+import marshal
 import re
+import struct
 import typing
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -438,16 +442,21 @@ def _clean_field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
     return None if v is None else _unfold(v)
 
 
+@functools.lru_cache(maxsize=64)
+def _wanted_names(names: tuple[str, ...]) -> frozenset[str]:
+    """The lower-case field names of a HEADER.FIELDS list (one per command, not per message)."""
+    return frozenset(_lower(n.strip()) for n in names)
+
+
 def _format_fields(fields: Iterable[tuple[str, str]], names: Iterable[str], exclude: bool) -> bytes:
     """HEADER.FIELDS / HEADER.FIELDS.NOT of *fields*, ending with the blank line."""
-    wanted = {_lower(n.strip()) for n in names}
+    wanted = _wanted_names(tuple(names))
     out = []
     for n, v in fields:
-        if (_lower(n.rstrip(" \t")) in wanted) != exclude:
-            line = f"{n}:{v}"
-            if not line.endswith("\n"):
-                line += "\r\n"
-            out.append(line)
+        key = n.rstrip(" \t")
+        # _lower inlined: it runs for every field of every message fetched.
+        if ((key.lower() if key.isascii() else key.translate(_LOWER)) in wanted) != exclude:
+            out.append(f"{n}:{v}" if v.endswith("\n") else f"{n}:{v}\r\n")
     out.append("\r\n")
     return "".join(out).encode("latin-1")
 
@@ -1118,8 +1127,24 @@ def parse_metadata(source: bytes | typing.BinaryIO) -> MessageMetadata:
 
 # ---------------------------------------------------------------------------
 # Cache serialisation
+#
+# Format 2 (written): MAGIC, the CRC-32 of the rest, the length of the first
+# part (4 octets each, little-endian), then two marshal dumps (version 4, a
+# format every Python 3 since 3.4 reads): ``(header_size, headers)`` and
+# ``(envelope, body_structure, lines)``.  Decoding checks the CRC, loads the
+# first part and leaves the second to the first use of a structure
+# (:meth:`MessageMetadata.deferred`): a client fetching header fields never
+# pays for it.  ``marshal`` builds only plain values (and code objects,
+# which we never call), much faster than JSON (~9 us against ~32 us for a
+# typical message) and without turning lists back into tuples; the CRC
+# turns a damaged record into a ``ValueError`` before anything is loaded.
+#
+# Format 1 (read only, the caches written before): ASCII JSON
+# ``[1, header_size, headers, envelope, body_structure, lines]``.
 
 _FORMAT = 1
+_MAGIC = b"\x00M2"
+_PREFIX = struct.Struct("<3sII")
 
 
 def _tuples(value: Any) -> Any:
@@ -1131,28 +1156,63 @@ def _tuples(value: Any) -> Any:
 
 def encode_metadata(md: MessageMetadata) -> bytes:
     """
-    Serialise *md* compactly (ASCII JSON) for a store's cache; the inverse
-    of :func:`decode_metadata`.
+    Serialise *md* compactly for a store's cache (format 2, see above); the
+    inverse of :func:`decode_metadata`.
     """
-    return json.dumps(
-        [_FORMAT, md.header_size, md.headers, md.envelope, md.body_structure, md.lines],
-        separators=(",", ":"),
-    ).encode("ascii")
+    head = marshal.dumps((md.header_size, tuple(md.headers)), 4)
+    rest = marshal.dumps((md.envelope, md.body_structure, md.lines), 4)
+    crc = zlib.crc32(rest, zlib.crc32(head, zlib.crc32(struct.pack("<I", len(head)))))
+    return _PREFIX.pack(_MAGIC, crc, len(head)) + head + rest
+
+
+def _not_metadata(*_: Any) -> ValueError:
+    return ValueError("not encoded message metadata")
 
 
 def decode_metadata(data: bytes) -> MessageMetadata:
     """
-    Rebuild the :class:`MessageMetadata` that :func:`encode_metadata` wrote,
-    lists back as tuples, so ``decode_metadata(encode_metadata(m)) == m``.
+    Rebuild the :class:`MessageMetadata` that :func:`encode_metadata` wrote
+    (or the JSON of format 1), so ``decode_metadata(encode_metadata(m)) ==
+    m``.  The envelope and body structure of format 2 are loaded on first
+    use.
 
     Raises:
         ValueError: *data* is not such a serialisation (a damaged cache;
             the store should parse the message again).
     """
+    if data[:3] != _MAGIC:
+        return _decode_json(data)
+    if len(data) < _PREFIX.size:
+        raise _not_metadata()
+    _, crc, head_len = _PREFIX.unpack_from(data)
+    start = _PREFIX.size
+    if head_len > len(data) - start or zlib.crc32(memoryview(data)[start - 4 :]) != crc:
+        raise _not_metadata()
+    try:
+        # marshal reads bytes twice as fast as a memoryview.
+        header_size, headers = marshal.loads(data[start : start + head_len])
+    except (EOFError, ValueError, TypeError) as e:
+        raise _not_metadata() from e
+    if type(header_size) is not int or type(headers) is not tuple:
+        raise _not_metadata()
+    rest = data[start + head_len :]
+
+    def complete() -> tuple[tuple[Any, ...], tuple[Any, ...], int]:
+        # Checked by the CRC above: only a bug of ours could fail here.
+        envelope, body_structure, lines = marshal.loads(rest)
+        if type(envelope) is not tuple or type(body_structure) is not tuple or type(lines) is not int:
+            raise _not_metadata()
+        return envelope, body_structure, lines
+
+    return MessageMetadata.deferred(header_size, headers, complete)
+
+
+def _decode_json(data: bytes) -> MessageMetadata:
+    """Decode format 1 (JSON), written by txmail before format 2."""
     try:
         fmt, header_size, headers, envelope, body_structure, lines = json.loads(data)
     except (TypeError, ValueError, RecursionError) as e:
-        raise ValueError("not encoded message metadata") from e
+        raise _not_metadata() from e
     if (
         fmt != _FORMAT
         or not isinstance(header_size, int)
@@ -1161,7 +1221,7 @@ def decode_metadata(data: bytes) -> MessageMetadata:
         or not isinstance(envelope, list)
         or not isinstance(body_structure, list)
     ):
-        raise ValueError("not encoded message metadata")
+        raise _not_metadata()
     try:
         # The known shapes, converted by C loops: header fields are [name,
         # value] pairs; the envelope's members are strings, None or lists of
@@ -1169,7 +1229,7 @@ def decode_metadata(data: bytes) -> MessageMetadata:
         header_pairs = tuple(map(tuple, headers))
         env = tuple([tuple(map(tuple, m)) if type(m) is list else m for m in envelope])
     except TypeError as e:
-        raise ValueError("not encoded message metadata") from e
+        raise _not_metadata() from e
     return MessageMetadata(
         header_size=header_size,
         headers=header_pairs,

@@ -9,7 +9,7 @@ I/O or imports Twisted.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -249,7 +249,6 @@ class FolderInfo:
     selectable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
 class MessageMetadata:
     """
     Parsed facts about a message, computed once (at delivery or append) and
@@ -265,13 +264,109 @@ class MessageMetadata:
         body_structure: the IMAP BODYSTRUCTURE, with extension data, as
             nested tuples; see :mod:`txmail.mime`.
         lines: the number of lines of the body (for text parts).
+
+    Immutable, compared and hashed by these five values, like a frozen
+    dataclass.  A store may build one with :meth:`deferred`: the last three
+    are then computed by a function on first use (a cache record decoded in
+    two steps, so that a client asking for header fields only does not pay
+    for the structures; or a body parsed only when first needed).
     """
+
+    __slots__ = ("_body_structure", "_complete", "_envelope", "_lines", "header_size", "headers")
 
     header_size: int
     headers: tuple[tuple[str, str], ...]
-    envelope: tuple[Any, ...]
-    body_structure: tuple[Any, ...]
-    lines: int = 0
+
+    def __init__(
+        self,
+        header_size: int,
+        headers: tuple[tuple[str, str], ...],
+        envelope: tuple[Any, ...],
+        body_structure: tuple[Any, ...],
+        lines: int = 0,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "header_size", header_size)
+        _set(self, "headers", headers)
+        _set(self, "_envelope", envelope)
+        _set(self, "_body_structure", body_structure)
+        _set(self, "_lines", lines)
+        _set(self, "_complete", None)
+
+    @classmethod
+    def deferred(
+        cls,
+        header_size: int,
+        headers: tuple[tuple[str, str], ...],
+        complete: Callable[[], tuple[tuple[Any, ...], tuple[Any, ...], int]],
+    ) -> MessageMetadata:
+        """
+        Metadata whose envelope, body structure and line count are
+        ``complete()``'s ``(envelope, body_structure, lines)``, called once,
+        on first use of any of them.
+        """
+        md = cls(header_size, headers, (), (), 0)
+        object.__setattr__(md, "_complete", complete)
+        return md
+
+    def _completed(self) -> None:
+        complete = self._complete
+        if complete is not None:
+            envelope, body_structure, lines = complete()
+            _set = object.__setattr__
+            _set(self, "_envelope", envelope)
+            _set(self, "_body_structure", body_structure)
+            _set(self, "_lines", lines)
+            _set(self, "_complete", None)
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether the envelope, body structure and line count are at hand (no call pending)."""
+        return self._complete is None
+
+    @property
+    def envelope(self) -> tuple[Any, ...]:
+        if self._complete is not None:
+            self._completed()
+        return self._envelope
+
+    @property
+    def body_structure(self) -> tuple[Any, ...]:
+        if self._complete is not None:
+            self._completed()
+        return self._body_structure
+
+    @property
+    def lines(self) -> int:
+        if self._complete is not None:
+            self._completed()
+        return self._lines
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.header_size, self.headers, self.envelope, self.body_structure, self.lines)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: MessageMetadata is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: MessageMetadata is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return (
+            f"MessageMetadata(header_size={self.header_size!r}, headers={self.headers!r}, "
+            f"envelope={self.envelope!r}, body_structure={self.body_structure!r}, lines={self.lines!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MessageMetadata, self._values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,9 @@ def _quiet() -> dict[str, Any]:
     return {"clock": task.Clock(), "watch": "poll"}
 
 
+MIME_PARSE = mime.parse_metadata
+
+
 class MaildirConformanceTests(MailStoreConformanceMixin, TestCase):
     """The Maildir store keeps the whole mailbox contract."""
 
@@ -441,6 +444,70 @@ class MaildirRecoveryTests(MaildirBase):
         self.assertEqual(md[uid], mime.parse_metadata(message(1)))
         md = self.successResultOf(self.inbox(self.reopen()).get_metadata([uid]))
         self.assertEqual(md[uid], mime.parse_metadata(message(1)))
+
+    def test_format_1_cache_still_read(self) -> None:
+        """
+        A cache written in the JSON format of earlier versions is read as it
+        is (no message parsed again, nothing rewritten); new records are
+        appended in format 2 beside it.
+        """
+        import json
+
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(3)]
+        cache = os.path.join(self.user_dir, "txmail-cache")
+        # Rewrite the cache as an earlier txmail wrote it, the index to match.
+        lines, pos = [], 0
+        index = []
+        with open(self.index_path(), "rb") as f:
+            parsed = parse_index(f.read())
+        for uid in uids:
+            md = mime.parse_metadata(message(uid - 1))
+            rec = parsed.records[uid]
+            body = [1, md.header_size, md.headers, md.envelope, md.body_structure, md.lines]
+            record = rec.base.encode() + b"\n" + json.dumps(body, separators=(",", ":")).encode() + b"\n"
+            lines.append(record)
+            index.append(f"M\t{uid}\t{pos}\t{len(record)}\n")
+            pos += len(record)
+        with open(cache, "wb") as f:
+            f.write(b"".join(lines))
+        with open(self.index_path(), "a") as f:
+            f.write("".join(index))
+        box2 = self.inbox(self.reopen())
+        self.patch(mime, "parse_metadata", lambda *a: self.fail("parsed again"))
+        md = self.successResultOf(box2.get_metadata(uids))
+        self.assertEqual(os.path.getsize(cache), pos)
+        self.patch(mime, "parse_metadata", MIME_PARSE)
+        self.assertEqual(md, {u: mime.parse_metadata(message(u - 1)) for u in uids})
+        uid = self.successResultOf(box2.append(message(7)))
+        with open(cache, "rb") as f:
+            self.assertIn(b"\n\x00M2", f.read()[pos:])
+        self.assertEqual(self.successResultOf(box2.get_metadata([uid]))[uid], mime.parse_metadata(message(7)))
+
+    def test_damaged_records_among_many(self) -> None:
+        """
+        Records read in spans (one read for neighbours): a damaged one, or
+        one pointing past the end, is parsed again; the others are served
+        from the cache.
+        """
+        self.patch(maildir.io, "SPAN_GAP", 64)
+        self.patch(maildir.io, "SPAN_MAX", 4096)
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(40)]
+        cache = os.path.join(self.user_dir, "txmail-cache")
+        locs = box._locs
+        with open(cache, "r+b") as f:
+            for uid in uids[5::7]:
+                f.seek(locs[uid].coff + locs[uid].clen - 5)
+                f.write(b"\xff")
+        locs[uids[3]].coff = os.path.getsize(cache) + 10
+        parses = []
+        real = mime.parse_metadata
+        self.patch(mime, "parse_metadata", lambda source: parses.append(1) or real(source))
+        md = self.successResultOf(box.get_metadata(uids))
+        self.assertEqual(len(parses), len(uids[5::7]) + 1)
+        self.patch(mime, "parse_metadata", real)
+        self.assertEqual(md, {u: mime.parse_metadata(message(u - 1)) for u in uids})
 
     def test_index_compaction(self) -> None:
         """The index is rewritten when it grows past twice the live messages, keeping all state."""

@@ -276,7 +276,11 @@ def _read_cache_record(f: BinaryIO, coff: int, clen: int, base: str) -> bytes | 
     if coff < 0 or clen <= 0:
         return None
     f.seek(coff)
-    data = f.read(clen)
+    return _check_record(f.read(clen), clen, base)
+
+
+def _check_record(data: bytes, clen: int, base: str) -> bytes | None:
+    """The encoded metadata of the record *data* read for *base*, or ``None`` when it is not intact."""
     head, sep, rest = data.partition(b"\n")
     if (
         len(data) != clen
@@ -286,6 +290,45 @@ def _read_cache_record(f: BinaryIO, coff: int, clen: int, base: str) -> bytes | 
     ):
         return None
     return rest[:-1]
+
+
+#: Cache records at most this far apart are read with one ``pread``.
+SPAN_GAP = 1 << 14
+#: The most octets of the cache read at once.
+SPAN_MAX = 1 << 22
+
+
+def _read_cache_records(fd: int, places: list[tuple[int, int, str]]) -> list[bytes | None]:
+    """
+    The encoded metadata of the records at (offset, length, base) each,
+    *places* sorted by offset (see :func:`_read_cache_record`): records
+    close to each other (those of one batch of messages usually follow
+    each other) are read with one ``pread`` per span instead of a seek and
+    a read each.
+    """
+    out: list[bytes | None] = []
+    i, n = 0, len(places)
+    while i < n:
+        coff, clen, _ = places[i]
+        if coff < 0 or clen <= 0:
+            out.append(None)
+            i += 1
+            continue
+        start, end, j = coff, coff + clen, i + 1
+        while j < n:
+            c, length, _ = places[j]
+            if c < 0 or length <= 0 or c > end + SPAN_GAP or max(end, c + length) - start > SPAN_MAX:
+                break
+            end = max(end, c + length)
+            j += 1
+        try:
+            blob = os.pread(fd, end - start, start)
+        except OSError:
+            blob = b""
+        for c, length, b in places[i:j]:
+            out.append(_check_record(blob[c - start : c - start + length], length, b))
+        i = j
+    return out
 
 
 def _cache_record(base: str, encoded: bytes) -> bytes:
@@ -702,24 +745,27 @@ def read_metadata(
     out: dict[int, MessageMetadata] = {}
     updates: list[tuple[int, int, int]] = []
     parsed: list[tuple[int, str, bytes]] = []
+    ordered = sorted(reqs, key=lambda r: r[1])
     with _open_cache(path) as cache:
-        for uid, coff, clen, base, sub, name, convert in sorted(reqs, key=lambda r: r[1]):
-            md = None
-            if cache is not None:
-                data = _read_cache_record(cache, coff, clen, base)
-                if data is not None:
-                    try:
-                        md = mime.decode_metadata(data)
-                    except ValueError:
-                        md = None
-            if md is None:
-                try:
-                    with _open_raw(path, sub, name) as f:
-                        md = mime.parse_metadata(CRLFFile(f) if convert else f)
-                except NoSuchMessage:
-                    continue
-                parsed.append((uid, base, mime.encode_metadata(md)))
-            out[uid] = md
+        if cache is None:
+            records: list[bytes | None] = [None] * len(ordered)
+        else:
+            records = _read_cache_records(cache.fileno(), [(r[1], r[2], r[3]) for r in ordered])
+    for (uid, _, _, base, sub, name, convert), data in zip(ordered, records, strict=True):
+        md = None
+        if data is not None:
+            try:
+                md = mime.decode_metadata(data)
+            except ValueError:
+                md = None
+        if md is None:
+            try:
+                with _open_raw(path, sub, name) as f:
+                    md = mime.parse_metadata(CRLFFile(f) if convert else f)
+            except NoSuchMessage:
+                continue
+            parsed.append((uid, base, mime.encode_metadata(md)))
+        out[uid] = md
     if parsed:
         # One write for every record of this batch (the first FETCH of a
         # mailbox of dropped-in files parses them all).
