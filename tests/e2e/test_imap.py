@@ -212,6 +212,36 @@ class ReadTests(IMAPTestCase):
         self.assertEqual(answers[8], [b"a9 OK NOOP completed\r\n"])
 
 
+class QuotaE2ETests(IMAPTestCase):
+    @defer.inlineCallbacks
+    def test_quota_reported_and_enforced(self) -> Any:
+        """imaplib's GETQUOTAROOT sees [quota] storage; an APPEND past it gets NO [OVERQUOTA]; delivery past it 452."""
+        self.server = yield self.start(quota_storage=4096)
+        yield self.send(b"Subject: one\r\n\r\n" + b"x" * 1000 + b"\r\n")
+
+        def run() -> tuple[Any, Any, Any]:
+            client = self.login()
+            typ, data = client.getquotaroot("INBOX")
+            assert typ == "OK", data
+            over = client.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"y" * 4000 + b"\r\n")
+            return data, over, client.capabilities
+
+        data, over, capabilities = yield deferToThread(run)
+        self.assertIn("QUOTA", capabilities)
+        self.assertEqual(data[0], [b'INBOX ""'])
+        self.assertRegex(data[1][0], rb'^"" \(STORAGE [12] 4\)$')
+        self.assertEqual(over[0], "NO")
+        self.assertIn(b"[OVERQUOTA]", over[1][0])
+
+        def deliver() -> Any:
+            with smtplib.SMTP(*self.server.address("mta")) as s:
+                return s.sendmail("bob@remote.test", [USER], b"Subject: two\r\n\r\n" + b"z" * 3500 + b"\r\n")
+
+        with self.assertRaises(smtplib.SMTPDataError) as cm:
+            yield deferToThread(deliver)
+        self.assertEqual(cm.exception.smtp_code, 452)
+
+
 class IDTests(IMAPTestCase):
     @defer.inlineCallbacks
     def test_maximal_id_command(self) -> Any:

@@ -294,6 +294,43 @@ class QuotaTests(ServerTestCase):
         self.send(proto, transport, b"s1 SELECT INBOX\r\n")
         return proto, transport
 
+    def test_getquotaroot_and_getquota(self) -> None:
+        """RFC 9208 sections 4.2.1-4.2.2: one root "" with STORAGE in KiB (usage rounded up); unknown roots and mailboxes are NO."""
+        used = self.successResultOf(self.store.usage()).octets
+        proto, transport = self.login_with_quota(10 * 1024)
+        limit_kib = (used + 10 * 1024) // 1024
+        out = self.send(proto, transport, b"q1 GETQUOTAROOT INBOX\r\n")
+        self.assertEqual(
+            out,
+            b'* QUOTAROOT INBOX ""\r\n* QUOTA "" (STORAGE %d %d)\r\nq1 OK GETQUOTAROOT completed\r\n'
+            % (-(-used // 1024), limit_kib),
+        )
+        out = self.send(proto, transport, b'q2 GETQUOTA ""\r\n')
+        self.assertEqual(out, b'* QUOTA "" (STORAGE 1 %d)\r\nq2 OK GETQUOTA completed\r\n' % limit_kib)
+        self.assertEqual(
+            self.send(proto, transport, b"q3 GETQUOTA other\r\n"),
+            b"q3 NO [NONEXISTENT] No such quota root\r\n",
+        )
+        self.assertTrue(self.send(proto, transport, b"q4 GETQUOTAROOT Nowhere\r\n").startswith(b"q4 NO "))
+
+    def test_no_limit_no_root(self) -> None:
+        """A user without a limit has no quota root (RFC 9208 section 4.2.2)."""
+        proto, transport = self.login()
+        out = self.send(proto, transport, b'q1 GETQUOTAROOT INBOX\r\nq2 GETQUOTA ""\r\n')
+        self.assertEqual(
+            out,
+            b"* QUOTAROOT INBOX\r\nq1 OK GETQUOTAROOT completed\r\nq2 NO [NONEXISTENT] No such quota root\r\n",
+        )
+
+    def test_status_deleted(self) -> None:
+        """RFC 9208 section 4.3: STATUS DELETED and DELETED-STORAGE count the messages flagged \\Deleted."""
+        proto, transport = self.login_with_quota(0)
+        self.send(proto, transport, b"d1 STORE 2 +FLAGS (\\Deleted)\r\n")
+        out = self.send(proto, transport, b"s2 STATUS INBOX (MESSAGES DELETED DELETED-STORAGE)\r\n")
+        self.assertEqual(
+            out, b"* STATUS INBOX (MESSAGES 2 DELETED 1 DELETED-STORAGE 1)\r\ns2 OK STATUS completed\r\n"
+        )
+
     def test_append_over_quota(self) -> None:
         proto, transport = self.login_with_quota(10)
         out = self.send(proto, transport, b"p1 APPEND INBOX {11+}\r\n0123456789A\r\n")

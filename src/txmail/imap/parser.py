@@ -49,6 +49,8 @@ from txmail.imap.types import (
     Expunge,
     Fetch,
     FetchAttribute,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     List,
     Login,
@@ -127,7 +129,19 @@ _DIGITS = frozenset(b"0123456789")
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 #: STATUS items (RFC 3501 section 6.3.10, RFC 7889 APPENDLIMIT, RFC 8438 SIZE).
-STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDLIMIT", "SIZE"})
+STATUS_ITEMS = frozenset(
+    {
+        "MESSAGES",
+        "RECENT",
+        "UIDNEXT",
+        "UIDVALIDITY",
+        "UNSEEN",
+        "APPENDLIMIT",
+        "SIZE",
+        "DELETED",
+        "DELETED-STORAGE",
+    }
+)
 
 
 #: LIST selection options (RFC 5258 section 3.1, RFC 6154 section 5.1).
@@ -1126,6 +1140,12 @@ def _enable(c: Cursor, uid: bool) -> Enable:
     return Enable(tuple(caps))
 
 
+def _getquota(c: Cursor, uid: bool) -> GetQuota:
+    """getquota = "GETQUOTA" SP quota-root-name ; quota-root-name = astring (RFC 9208 section 9)"""
+    c.sp()
+    return GetQuota(astring(c))
+
+
 _Parser = Callable[[Cursor, bool], CommandArgs]
 
 #: Command name -> argument parser.  RFC 3501 section 6 and the extensions.
@@ -1160,6 +1180,8 @@ COMMANDS: dict[str, _Parser] = {
     "ID": _id,
     "UNSELECT": _no_args,
     "ENABLE": _enable,
+    "GETQUOTA": _getquota,
+    "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).

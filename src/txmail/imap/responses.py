@@ -39,6 +39,8 @@ __all__ = [
     "ListData",
     "NamespaceData",
     "No",
+    "QuotaData",
+    "QuotaRootData",
     "Recent",
     "Response",
     "SearchData",
@@ -144,6 +146,22 @@ class StatusData(Response):
 
     name: str
     items: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRootData(Response):
+    """``* QUOTAROOT mailbox root ...`` (RFC 9208 section 5.2): no roots when nothing limits it."""
+
+    mailbox: str
+    roots: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaData(Response):
+    """``* QUOTA root (RESOURCE usage limit ...)`` (RFC 9208 section 5.1)."""
+
+    root: str
+    resources: tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -440,6 +440,18 @@ _RENDERERS: dict[type, Any] = {
     r.FlagsData: lambda x: (flags_and_permanent(x.flags, x.permanent),),
     r.ListData: lambda x: (_list_data(x),),
     r.StatusData: lambda x: (_status_data(x),),
+    r.QuotaRootData: lambda x: (
+        untagged(b"QUOTAROOT", mailbox(x.mailbox), *(astring(root) for root in x.roots)),
+    ),
+    r.QuotaData: lambda x: (
+        untagged(
+            b"QUOTA",
+            astring(x.root),
+            b"("
+            + b" ".join(b"%s %d %d" % (n.encode("ascii"), used, limit) for n, used, limit in x.resources)
+            + b")",
+        ),
+    ),
     r.SearchData: lambda x: (search_response(x.numbers),),
     r.ESearchData: lambda x: (esearch_response(x.tag, x.uid, x.numbers, x.options),),
     r.CapabilityData: lambda x: (untagged(b"CAPABILITY", *(c.encode("ascii") for c in x.capabilities)),),

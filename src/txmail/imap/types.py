@@ -36,6 +36,8 @@ __all__ = [
     "Expunge",
     "Fetch",
     "FetchAttribute",
+    "GetQuota",
+    "GetQuotaRoot",
     "Id",
     "List",
     "Login",
@@ -335,6 +337,20 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class GetQuota:
+    """GETQUOTA (RFC 9208 section 4.2.1): a quota root's name."""
+
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetQuotaRoot:
+    """GETQUOTAROOT (RFC 9208 section 4.2.2)."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
 class Append:
     """APPEND; ``binary`` when the message came as a literal8 (RFC 3516)."""
 
@@ -438,6 +454,8 @@ CommandArgs = (
     | Unsubscribe
     | List
     | Lsub
+    | GetQuota
+    | GetQuotaRoot
     | Status
     | Append
     | Expunge

@@ -211,6 +211,11 @@ async def status_response(ctx: CommandContext, name: str, items: tuple[str, ...]
         "SIZE": status.size,
         "APPENDLIMIT": ctx.session.limits.max_literal,
     }
+    if "DELETED" in items or "DELETED-STORAGE" in items:
+        # RFC 9208 section 4.3: the messages flagged \Deleted, and their size.
+        deleted = [info for info in await call(mailbox.list_messages) if "\\Deleted" in info.flags]
+        values["DELETED"] = len(deleted)
+        values["DELETED-STORAGE"] = -(-sum(info.size for info in deleted) // 1024)
     return StatusData(name, tuple((item, values[item]) for item in items if item in values))
 
 
