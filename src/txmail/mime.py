@@ -125,7 +125,7 @@ import re
 import struct
 import typing
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from txmail.model import MessageMetadata
@@ -138,10 +138,12 @@ __all__ = [
     "MAX_PARTS",
     "ParsedMessage",
     "decode_metadata",
+    "encode_header_metadata",
     "encode_metadata",
     "extract_section",
     "field_addresses",
     "header_fields",
+    "parse_header_section",
     "parse_metadata",
     "text_parts",
 ]
@@ -1125,6 +1127,25 @@ def parse_metadata(source: bytes | typing.BinaryIO) -> MessageMetadata:
     )
 
 
+def parse_header_section(data: bytes) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """
+    The ``header_size`` and ``headers`` that :func:`parse_metadata` gives
+    for the message *data*, without looking at its body (a client's first
+    sync asks for header fields only): the header ends at the first empty
+    line, or with the data.
+    """
+    if data[:1] == b"\n":
+        return 1, _parse_fields(b"")
+    if data[:2] == b"\r\n":
+        return 2, _parse_fields(b"")
+    m = _BLANK_LINE_RE.search(data)
+    if m is None:
+        size = lines_end = len(data)
+    else:
+        size, lines_end = m.end(), m.start() + 1
+    return size, _parse_fields(data[: min(lines_end, HEADER_COLLECT_LIMIT)])
+
+
 # ---------------------------------------------------------------------------
 # Cache serialisation
 #
@@ -1165,20 +1186,34 @@ def encode_metadata(md: MessageMetadata) -> bytes:
     return _PREFIX.pack(_MAGIC, crc, len(head)) + head + rest
 
 
+def encode_header_metadata(header_size: int, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """
+    Serialise the header part alone (format 2 with an empty second part):
+    :func:`decode_metadata` then needs a function that completes it.
+    """
+    head = marshal.dumps((header_size, tuple(headers)), 4)
+    crc = zlib.crc32(head, zlib.crc32(struct.pack("<I", len(head))))
+    return _PREFIX.pack(_MAGIC, crc, len(head)) + head
+
+
 def _not_metadata(*_: Any) -> ValueError:
     return ValueError("not encoded message metadata")
 
 
-def decode_metadata(data: bytes) -> MessageMetadata:
+def decode_metadata(
+    data: bytes, complete: Callable[[], tuple[tuple[Any, ...], tuple[Any, ...], int]] | None = None
+) -> MessageMetadata:
     """
     Rebuild the :class:`MessageMetadata` that :func:`encode_metadata` wrote
     (or the JSON of format 1), so ``decode_metadata(encode_metadata(m)) ==
     m``.  The envelope and body structure of format 2 are loaded on first
-    use.
+    use; those of a record of :func:`encode_header_metadata` are given by
+    *complete* (see :meth:`MessageMetadata.deferred`).
 
     Raises:
         ValueError: *data* is not such a serialisation (a damaged cache;
-            the store should parse the message again).
+            the store should parse the message again), or a header-only
+            record and no *complete*.
     """
     if data[:3] != _MAGIC:
         return _decode_json(data)
@@ -1196,15 +1231,19 @@ def decode_metadata(data: bytes) -> MessageMetadata:
     if type(header_size) is not int or type(headers) is not tuple:
         raise _not_metadata()
     rest = data[start + head_len :]
+    if not rest:
+        if complete is None:
+            raise ValueError("header fields only: the structures are not cached")
+        return MessageMetadata.deferred(header_size, headers, complete)
 
-    def complete() -> tuple[tuple[Any, ...], tuple[Any, ...], int]:
+    def load() -> tuple[tuple[Any, ...], tuple[Any, ...], int]:
         # Checked by the CRC above: only a bug of ours could fail here.
         envelope, body_structure, lines = marshal.loads(rest)
         if type(envelope) is not tuple or type(body_structure) is not tuple or type(lines) is not int:
             raise _not_metadata()
         return envelope, body_structure, lines
 
-    return MessageMetadata.deferred(header_size, headers, complete)
+    return MessageMetadata.deferred(header_size, headers, load)
 
 
 def _decode_json(data: bytes) -> MessageMetadata:

@@ -282,6 +282,8 @@ class MaildirInteropTests(MaildirBase):
         before = os.path.getsize(cache) if os.path.exists(cache) else 0
         md = self.successResultOf(box.get_metadata([1, 2, 3]))
         self.assertEqual(md[2], mime.parse_metadata(message(1)))
+        self.assertEqual(md[1], mime.parse_metadata(message(0)))
+        self.assertEqual(md[3], mime.parse_metadata(message(2)))
         grown = os.path.getsize(cache)
         self.assertGreater(grown, before)
         self.assertEqual(self.successResultOf(box.get_metadata([1, 2, 3])), md)
@@ -502,12 +504,70 @@ class MaildirRecoveryTests(MaildirBase):
                 f.write(b"\xff")
         locs[uids[3]].coff = os.path.getsize(cache) + 10
         parses = []
-        real = mime.parse_metadata
+        real, real_header = mime.parse_metadata, mime.parse_header_section
         self.patch(mime, "parse_metadata", lambda source: parses.append(1) or real(source))
+        self.patch(mime, "parse_header_section", lambda source: parses.append(1) or real_header(source))
         md = self.successResultOf(box.get_metadata(uids))
         self.assertEqual(len(parses), len(uids[5::7]) + 1)
         self.patch(mime, "parse_metadata", real)
         self.assertEqual(md, {u: mime.parse_metadata(message(u - 1)) for u in uids})
+
+    def drop_three(self) -> MaildirMailbox:
+        self.provider.store_for(USER)
+        for n in range(3):
+            self.drop("new", f"160000000{n}.M{n}.other.host", message(n))
+        return self.inbox()
+
+    def test_header_only_at_first_sight(self) -> None:
+        """
+        A dropped-in message is parsed for its header alone when first
+        asked for; its structures are parsed on first use, once, and cached
+        (another copy of its metadata, or a restart, finds them there).
+        """
+        box = self.drop_three()
+        whole = []
+        real = mime.parse_metadata
+        self.patch(mime, "parse_metadata", lambda source: whole.append(1) or real(source))
+        md = self.successResultOf(box.get_metadata([1, 2, 3]))
+        again = self.successResultOf(box.get_metadata([2]))
+        self.assertEqual(md[2].headers, real(message(1)).headers)
+        self.assertEqual((whole, md[2].is_complete), ([], False))
+        self.assertEqual(md[2].body_structure, real(message(1)).body_structure)
+        self.assertEqual(len(whole), 1)
+        self.assertEqual(again[2].envelope, real(message(1)).envelope)  # from the cache
+        self.assertEqual(len(whole), 1)
+        box2 = self.inbox(self.reopen())
+        self.patch(mime, "parse_header_section", lambda source: self.fail("parsed again"))
+        self.assertEqual(self.successResultOf(box2.get_metadata([2]))[2], real(message(1)))
+        self.assertEqual(len(whole), 1)
+
+    def test_structures_asked_lately_parse_whole(self) -> None:
+        """Once a structure was asked of a header-only parse, new messages are parsed whole for a while."""
+        box = self.drop_three()
+        md = self.successResultOf(box.get_metadata([1]))
+        self.assertFalse(md[1].is_complete)
+        self.assertEqual(md[1].lines, mime.parse_metadata(message(0)).lines)
+        header_alone = mime.parse_header_section
+        self.patch(mime, "parse_header_section", lambda source: self.fail("header alone"))
+        md = self.successResultOf(box.get_metadata([2, 3]))
+        self.assertEqual(md, {2: mime.parse_metadata(message(1)), 3: mime.parse_metadata(message(2))})
+        self.patch(mime, "parse_header_section", header_alone)
+        self.patch(maildir.time, "monotonic", lambda: box._structures_at + maildir.STRUCTURES_WINDOW + 1)
+        self.drop("new", "1600000009.M9.other.host", message(9))
+        box = self.inbox()
+        (uid,) = [u for u in box._infos if u > 3]
+        self.assertFalse(self.successResultOf(box.get_metadata([uid]))[uid].is_complete)
+
+    def test_header_only_message_gone(self) -> None:
+        """A message removed before its structures are used gets those of its header fields alone."""
+        box = self.drop_three()
+        md = self.successResultOf(box.get_metadata([2]))[2]
+        loc = box._locs[2]
+        os.unlink(os.path.join(self.user_dir, loc.sub, loc.name))
+        self.assertEqual(md.envelope, mime.parse_metadata(message(1)).envelope)
+        self.assertEqual(md.body_structure[:2], ("TEXT", "PLAIN"))
+        self.assertEqual(md.lines, 0)
+        self.flushLoggedErrors()
 
     def test_index_compaction(self) -> None:
         """The index is rewritten when it grows past twice the live messages, keeping all state."""

@@ -733,14 +733,31 @@ def read_known_file(full_path: str, size: int) -> bytes:
         os.close(fd)
 
 
+#: Messages up to this size (as stored) are parsed for their header
+#: fields alone when first asked for (see :func:`read_metadata`).
+HEADER_ONLY_SIZE = 256 * 1024
+
+#: What :func:`read_metadata` calls to get the function that completes the
+#: header-only metadata of a message: (uid, header fields) -> a function
+#: returning (envelope, body structure, lines), called in the reactor thread.
+Completion = Callable[[int, tuple[tuple[str, str], ...]], Callable[[], tuple[Any, Any, int]]]
+
+
 def read_metadata(
-    path: str, reqs: list[tuple[int, int, int, str, str, str, bool]]
+    path: str, reqs: list[tuple[int, int, int, str, str, str, bool]], complete: Completion | None = None
 ) -> tuple[dict[int, MessageMetadata], list[tuple[int, int, int]]]:
     """
     Read cached metadata for (uid, offset, length, base, sub, name,
     convert) each; a message whose record is missing or damaged is parsed
     again (with CRLF line ends when *convert*) and re-cached.  Returns the
     metadata by UID and the (uid, offset, length) of the new cache records.
+
+    With *complete*, a message of at most :data:`HEADER_ONLY_SIZE` octets
+    is parsed for its header fields alone (:func:`txmail.mime.parse_header_section`,
+    a fifth of a whole parse) and cached so
+    (:func:`txmail.mime.encode_header_metadata`); its envelope and body
+    structure come from ``complete(uid, headers)`` when first used.
+    Without it, header-only records are parsed again as a whole.
     """
     out: dict[int, MessageMetadata] = {}
     updates: list[tuple[int, int, int]] = []
@@ -755,16 +772,15 @@ def read_metadata(
         md = None
         if data is not None:
             try:
-                md = mime.decode_metadata(data)
+                md = mime.decode_metadata(data, _completion(complete, uid, data))
             except ValueError:
                 md = None
         if md is None:
             try:
-                with _open_raw(path, sub, name) as f:
-                    md = mime.parse_metadata(CRLFFile(f) if convert else f)
+                md, encoded = _parse_file(path, sub, name, convert, uid, complete)
             except NoSuchMessage:
                 continue
-            parsed.append((uid, base, mime.encode_metadata(md)))
+            parsed.append((uid, base, encoded))
         out[uid] = md
     if parsed:
         # One write for every record of this batch (the first FETCH of a
@@ -772,6 +788,43 @@ def read_metadata(
         places = cache_append_many(path, [(base, encoded) for _, base, encoded in parsed])
         updates = [(uid, off, length) for (uid, _, _), (off, length) in zip(parsed, places, strict=True)]
     return out, updates
+
+
+def _completion(
+    complete: Completion | None, uid: int, data: bytes
+) -> Callable[[], tuple[Any, Any, int]] | None:
+    """For a header-only record *data*, the function completing it (decoded lazily, headers first)."""
+    if complete is None:
+        return None
+
+    def later() -> tuple[Any, Any, int]:
+        # The header fields are decoded again only when the structures are
+        # wanted: the record itself carries no function.
+        return complete(uid, mime.decode_metadata(data, _never).headers)()
+
+    return later
+
+
+def _never() -> tuple[Any, Any, int]:  # pragma: no cover - only decodes the headers
+    raise AssertionError("not called")
+
+
+def _parse_file(
+    path: str, sub: str, name: str, convert: bool, uid: int, complete: Completion | None
+) -> tuple[MessageMetadata, bytes]:
+    """Parse a message file: its header alone when *complete* is given and it is small."""
+    with _open_raw(path, sub, name) as f:
+        if complete is not None:
+            data = f.read(HEADER_ONLY_SIZE + 1)
+            if len(data) <= HEADER_ONLY_SIZE:
+                if convert:
+                    data = to_crlf(data)
+                header_size, headers = mime.parse_header_section(data)
+                md = MessageMetadata.deferred(header_size, headers, complete(uid, headers))
+                return md, mime.encode_header_metadata(header_size, headers)
+            f.seek(0)
+        md = mime.parse_metadata(CRLFFile(f) if convert else f)
+    return md, mime.encode_metadata(md)
 
 
 def link_files(

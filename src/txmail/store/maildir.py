@@ -84,6 +84,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -163,6 +164,10 @@ INLINE_READ_SIZE = 256 * 1024
 #: between batches the reactor serves other connections (a 100,000-message
 #: mailbox would otherwise hold it for about half a second).
 BATCH = 4096
+#: Seconds after an envelope or body structure was last asked of a message
+#: parsed for its header alone during which get_metadata parses new
+#: messages whole (a client fetching structures wants them all).
+STRUCTURES_WINDOW = 60.0
 
 
 def _nothing() -> None:
@@ -262,6 +267,8 @@ class MaildirMailbox(MailboxState):
         self._index_drop = False
         self._compacting = False
         self._stamp: io.Stamp | None = None
+        #: When a structure was last asked of a header-only parse (time.monotonic()).
+        self._structures_at = -STRUCTURES_WINDOW
         #: Listings of the directories made (opening, rescans): for tests and statistics.
         self.rescans = 0
         self._init_state()
@@ -734,7 +741,60 @@ class MaildirMailbox(MailboxState):
                 self._write_index("".join(lines))
             return {uid: found[uid] for uid, *_ in reqs if uid in found}
 
-        return self._run(io.read_metadata, self.path, reqs).addCallback(got)
+        # Parse new messages for their header alone, unless the structures
+        # were asked of this mailbox lately (then whole, in the thread pool).
+        recent = time.monotonic() - self._structures_at < STRUCTURES_WINDOW
+        complete = None if recent else self._completion
+        return self._run(io.read_metadata, self.path, reqs, complete).addCallback(got)
+
+    def _completion(
+        self, uid: int, headers: tuple[tuple[str, str], ...]
+    ) -> Callable[[], tuple[Any, Any, int]]:
+        """The function completing header-only metadata (see :func:`io.read_metadata`); any thread."""
+        return lambda: self._complete_metadata(uid, headers)
+
+    def _complete_metadata(self, uid: int, headers: tuple[tuple[str, str], ...]) -> tuple[Any, Any, int]:
+        """
+        The envelope, body structure and line count of a message whose
+        header alone was parsed, when first used (reactor thread): from
+        its cache record if another copy of its metadata completed it
+        already, else parsed from the file (at most
+        :data:`io.HEADER_ONLY_SIZE` octets, read here as ``read_message``
+        reads small files) and cached.  A message gone meanwhile gets the
+        envelope of its header fields and an empty structure.
+        """
+        self._structures_at = time.monotonic()
+        loc = self._locs.get(uid)
+        if loc is not None:
+            try:
+                md = self._cached_full(loc) or self._parse_and_cache(uid, loc)
+            except Exception:
+                self.log.failure("parsing {mailbox} uid {uid} failed", mailbox=self.path, uid=uid)
+            else:
+                return md.envelope, md.body_structure, md.lines
+        text = "".join(f"{n}:{v}" if v.endswith("\n") else f"{n}:{v}\r\n" for n, v in headers) + "\r\n"
+        md = mime.parse_metadata(text.encode("latin-1"))
+        return md.envelope, md.body_structure, 0
+
+    def _cached_full(self, loc: _Loc) -> MessageMetadata | None:
+        """The whole metadata of *loc*'s cache record, or ``None`` when it holds the header only."""
+        if loc.coff < 0:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(self.path, io.CACHE), "rb") as f:
+                (data,) = io._read_cache_records(f.fileno(), [(loc.coff, loc.clen, loc.base)])
+            if data is not None:
+                return mime.decode_metadata(data)
+        return None
+
+    def _parse_and_cache(self, uid: int, loc: _Loc) -> MessageMetadata:
+        data = io.read_file(self.path, loc.sub, loc.name, loc.raw is not None)
+        md = mime.parse_metadata(data)
+        coff, clen = io.cache_append(self.path, loc.base, mime.encode_metadata(md))
+        if coff >= 0:
+            loc.coff, loc.clen = coff, clen
+            self._write_index(index_meta(uid, coff, clen))
+        return md
 
     # -- appending --------------------------------------------------------------
 
