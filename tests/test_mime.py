@@ -707,6 +707,8 @@ class FuzzTests(SynchronousTestCase):
         for s in all_strings((md.headers, md.envelope, md.body_structure)):
             s.encode("latin-1")
         self.assertEqual(decode_metadata(encode_metadata(md)), md)
+        size, fields = mime.parse_header_section(data)
+        self.assertEqual((size, tuple(fields)), (md.header_size, tuple(md.headers)))
         self.assertEqual(extract_section(data, "HEADER"), data[: md.header_size])
         self.assertEqual(extract_section(data, "TEXT"), data[md.header_size :])
         for section in ("1", "1.MIME", "1.1.TEXT", "2.HEADER", "1.2.HEADER.FIELDS (To)", "1.1.1"):

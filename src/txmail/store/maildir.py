@@ -19,7 +19,10 @@ names and flag letters).  Beside the messages of each folder:
 * ``txmail-cache``: parsed metadata (:func:`txmail.mime.encode_metadata`),
   one record per message appended at delivery; the index holds each
   record's offset, so opening a mailbox reads neither the cache nor any
-  message.  Dead records are dropped when the mailbox is next opened.
+  message.  Dead records are dropped when the mailbox is next opened.  A
+  file another program dropped in gets a record of its header fields alone
+  when first asked for, and a whole one when its envelope or body
+  structure is first used (:meth:`MaildirMailbox.get_metadata`).
 * ``dovecot-keywords``: keyword letters, as Dovecot keeps them.
 
 In the user's directory: ``subscriptions`` (one name per line),
