@@ -43,6 +43,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/base.py",
     "txmail/imap/commands/mailboxes.py",
     "txmail/imap/commands/selected.py",
+    "txmail/imap/commands/create_special_use.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",
     "txmail/auth/sasl.py",

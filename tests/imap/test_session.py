@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from twisted.trial.unittest import SynchronousTestCase
 
 from txmail.auth import sasl
+from txmail.imap.commands import capabilities
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -36,10 +37,9 @@ from txmail.model import FlagsChanged, MailboxDeleted, MessageInfo, MessagesAdde
 
 __all__ = ["drain", "feed", "logged_in", "selected"]
 
-BASE_CAPS = (
-    b"IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE CHILDREN SPECIAL-USE LIST-EXTENDED "
-    b"LIST-STATUS QUOTA QUOTA=RES-STORAGE UIDPLUS UNSELECT MOVE ESEARCH APPENDLIMIT=52428800"
-)
+# Built from the command table (every extension adds to it); the table's
+# own order is checked by test_capability_order.
+BASE_CAPS = " ".join((*capabilities(), "APPENDLIMIT=52428800")).encode("ascii")
 AUTH_CAPS = b"AUTH=SCRAM-SHA-256 AUTH=PLAIN AUTH=LOGIN"
 USER = "alice@example.test"
 
@@ -106,6 +106,17 @@ def all_splits(data: bytes) -> Iterable[list[bytes]]:
 
 
 class GreetingAndCapabilityTests(SynchronousTestCase):
+    def test_capability_order(self) -> None:
+        """
+        RFC 3501 section 7.2.1: IMAP4rev1 first, then the table's
+        capabilities in registration order (these ones at least, in this order).
+        """
+        caps = capabilities()
+        self.assertEqual(caps[:3], ("IMAP4rev1", "LITERAL+", "SASL-IR"))
+        expected = ["IDLE", "NAMESPACE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "QUOTA", "MOVE"]
+        self.assertEqual([c for c in caps if c in expected], expected)
+        self.assertEqual(len(set(caps)), len(caps))
+
     def test_greeting(self) -> None:
         """RFC 3501 section 7.1.1: the greeting is an untagged OK carrying the CAPABILITY code."""
         session = IMAPSession(plaintext_auth="always")

@@ -140,6 +140,7 @@ STATUS_ITEMS = frozenset(
         "SIZE",
         "DELETED",
         "DELETED-STORAGE",
+        "HIGHESTMODSEQ",  # RFC 7162 section 3.1.10
     }
 )
 
@@ -665,6 +666,7 @@ def date_time(c: Cursor) -> datetime.datetime:
 
 _SIMPLE_FETCH = frozenset(
     {
+        "MODSEQ",  # RFC 7162 section 3.1.4.1
         "ENVELOPE",
         "FLAGS",
         "INTERNALDATE",
@@ -844,6 +846,8 @@ def search_key(c: Cursor) -> SearchNode:
             return SearchKey(word, (number(c),))
         if word == "UID":
             return SearchKey(word, (sequence_set(c),))
+        if word == "MODSEQ":
+            return _search_modseq(c)
         if word == "NOT":
             return SearchNot(search_key(c))
         if word == "OR":
@@ -853,6 +857,57 @@ def search_key(c: Cursor) -> SearchNode:
         raise c.fail("Unknown search key")
     finally:
         c.leave()
+
+
+def mod_sequence_value(c: Cursor, nonzero: bool = True) -> int:
+    """
+    mod-sequence-value  = 1*DIGIT  ; 1 <= n <= 9,223,372,036,854,775,807 (RFC 7162 section 7)
+    mod-sequence-valzer = "0" / mod-sequence-value  (when not *nonzero*)
+    """
+    digits = c.take_while(_DIGITS)
+    if not digits or len(digits) > 19:
+        raise c.fail("Expected a mod-sequence")
+    value = int(digits)
+    if value > 2**63 - 1 or (nonzero and value == 0):
+        raise c.fail("Mod-sequence out of range")
+    return value
+
+
+def _search_modseq(c: Cursor) -> SearchKey:
+    """
+    search-modsequence = "MODSEQ" [search-modseq-ext] SP mod-sequence-valzer
+    search-modseq-ext  = SP entry-name SP entry-type-req   (RFC 7162 section 7)
+    entry-type-req     = "priv" / "shared" / "all"
+
+    Flags have no private or shared mod-sequences of their own here: the
+    entry is checked and dropped.
+    """
+    if c.peek() == 0x22:
+        quoted(c)
+        c.sp()
+        if c.keyword() not in ("PRIV", "SHARED", "ALL"):
+            raise c.fail("Expected priv, shared or all")
+        c.sp()
+    return SearchKey("MODSEQ", (mod_sequence_value(c, nonzero=False),))
+
+
+def _modifiers(c: Cursor, names: tuple[str, ...]) -> dict[str, int]:
+    """
+    A parenthesised list of ``NAME mod-sequence-valzer`` modifiers
+    (``(CHANGEDSINCE n)``, ``(UNCHANGEDSINCE n)``; RFC 7162 section 7), each
+    of *names* at most once.
+    """
+    c.expect(b"(")
+    found: dict[str, int] = {}
+    while True:
+        word = c.keyword()
+        if word not in names or word in found:
+            raise c.fail("Unknown or repeated modifier")
+        c.sp()
+        found[word] = mod_sequence_value(c, nonzero=word != "UNCHANGEDSINCE")
+        if c.accept(b")"):
+            return found
+        c.sp()
 
 
 def _paren_words(c: Cursor) -> tuple[str, ...]:
@@ -909,6 +964,37 @@ def _one_mailbox(cls: Callable[[str], CommandArgs]) -> Callable[[Cursor, bool], 
         return cls(mailbox(c))
 
     return parse
+
+
+def _create(c: Cursor, uid: bool) -> Create:
+    """
+    create = "CREATE" SP mailbox [create-params]               ; RFC 4466 section 2.2
+    create-params = SP "(" create-param *(SP create-param) ")"
+    create-param =/ "USE" SP "(" [use-attr *(SP use-attr)] ")"  ; RFC 6154 section 6
+    use-attr = "\\All" / "\\Archive" / ... / use-attr-ext ; use-attr-ext = "\\" atom
+    """
+    c.sp()
+    box = mailbox(c)
+    if c.at_end():
+        return Create(box)
+    c.sp()
+    c.expect(b"(")
+    uses: list[str] = []
+    while True:
+        if c.keyword() != "USE":
+            raise c.fail("Unknown CREATE parameter")
+        c.sp()
+        c.expect(b"(")
+        if not c.accept(b")"):
+            c.expect(b"\\")
+            uses.append("\\" + atom(c))
+            while not c.accept(b")"):
+                c.sp()
+                c.expect(b"\\")
+                uses.append("\\" + atom(c))
+        if c.accept(b")"):
+            return Create(box, tuple(uses))
+        c.sp()
 
 
 def _authenticate(c: Cursor, uid: bool) -> Authenticate:
@@ -1063,11 +1149,20 @@ def _expunge(c: Cursor, uid: bool) -> Expunge:
 
 
 def _fetch(c: Cursor, uid: bool) -> Fetch:
-    """fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")")"""
+    """
+    fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")")
+            [fetch-modifiers]
+    fetch-modifiers = SP "(" "CHANGEDSINCE" SP mod-sequence-value ")"  ; RFC 7162 section 7
+    """
     c.sp()
     seq = sequence_set(c)
     c.sp()
-    return Fetch(seq, _fetch_items(c), uid)
+    items = _fetch_items(c)
+    changed_since = None
+    if not c.at_end():
+        c.sp()
+        changed_since = _modifiers(c, ("CHANGEDSINCE",))["CHANGEDSINCE"]
+    return Fetch(seq, items, uid, changed_since)
 
 
 def _store(c: Cursor, uid: bool) -> Store:
@@ -1078,6 +1173,11 @@ def _store(c: Cursor, uid: bool) -> Store:
     c.sp()
     seq = sequence_set(c)
     c.sp()
+    unchanged_since = None
+    if c.peek() == ord("("):
+        # store-modifiers = SP "(" "UNCHANGEDSINCE" SP mod-sequence-valzer ")" (RFC 7162 section 7)
+        unchanged_since = _modifiers(c, ("UNCHANGEDSINCE",))["UNCHANGEDSINCE"]
+        c.sp()
     mode = ""
     if c.peek() in (0x2B, 0x2D):
         mode = chr(c.peek())
@@ -1094,7 +1194,7 @@ def _store(c: Cursor, uid: bool) -> Store:
             c.sp()
             flags_l.append(flag(c))
         flags = tuple(flags_l)
-    return Store(seq, mode, word == "FLAGS.SILENT", flags, uid)
+    return Store(seq, mode, word == "FLAGS.SILENT", flags, uid, unchanged_since)
 
 
 def _copy_like(cls: type[Copy] | type[Move]) -> Callable[[Cursor, bool], CommandArgs]:
@@ -1140,6 +1240,27 @@ def _enable(c: Cursor, uid: bool) -> Enable:
     return Enable(tuple(caps))
 
 
+def _select_like(cls: type[Select] | type[Examine]) -> Callable[[Cursor, bool], CommandArgs]:
+    def parse(c: Cursor, uid: bool) -> CommandArgs:
+        """
+        select = "SELECT" SP mailbox [select-params] ; examine likewise
+        select-params = SP "(" select-param *(SP select-param) ")"  ; RFC 4466 section 2.1
+        select-param =/ condstore-param ; condstore-param = "CONDSTORE"  (RFC 7162 section 7)
+        """
+        c.sp()
+        box = mailbox(c)
+        condstore = False
+        if not c.at_end():
+            c.sp()
+            params = _paren_words(c)
+            if not params or any(p != "CONDSTORE" for p in params):
+                raise c.fail("Unknown SELECT parameter")
+            condstore = True
+        return cls(box, condstore)
+
+    return parse
+
+
 def _getquota(c: Cursor, uid: bool) -> GetQuota:
     """getquota = "GETQUOTA" SP quota-root-name ; quota-root-name = astring (RFC 9208 section 9)"""
     c.sp()
@@ -1156,9 +1277,9 @@ COMMANDS: dict[str, _Parser] = {
     "STARTTLS": _no_args,
     "AUTHENTICATE": _authenticate,
     "LOGIN": _login,
-    "SELECT": _one_mailbox(Select),
-    "EXAMINE": _one_mailbox(Examine),
-    "CREATE": _one_mailbox(Create),
+    "SELECT": _select_like(Select),
+    "EXAMINE": _select_like(Examine),
+    "CREATE": _create,
     "DELETE": _one_mailbox(Delete),
     "RENAME": _rename,
     "SUBSCRIBE": _one_mailbox(Subscribe),

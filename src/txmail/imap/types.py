@@ -254,23 +254,26 @@ class Login:
 
 @dataclass(frozen=True, slots=True)
 class Select:
-    """SELECT."""
+    """SELECT; ``condstore`` for the ``(CONDSTORE)`` parameter (RFC 7162 section 3.1.8)."""
 
     mailbox: str
+    condstore: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Examine:
-    """EXAMINE."""
+    """EXAMINE; ``condstore`` as for :class:`Select`."""
 
     mailbox: str
+    condstore: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Create:
-    """CREATE."""
+    """CREATE; ``special_use``: the ``USE`` attributes (RFC 6154 section 3), as sent."""
 
     mailbox: str
+    special_use: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +396,8 @@ class Fetch:
     sequence_set: SequenceSet
     items: tuple[FetchAttribute, ...]
     uid: bool = False
+    #: The ``(CHANGEDSINCE n)`` modifier (RFC 7162 section 3.1.4).
+    changed_since: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +412,8 @@ class Store:
     silent: bool
     flags: tuple[str, ...]
     uid: bool = False
+    #: The ``(UNCHANGEDSINCE n)`` modifier (RFC 7162 section 3.1.3).
+    unchanged_since: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
+from txmail.imap.commands.create_special_use import requested_role
 from txmail.imap.commands.registry import AUTHENTICATED, command, extension
 from txmail.imap.responses import Bad, Done, ListData, No, StatusData
 from txmail.imap.types import (
@@ -32,16 +33,18 @@ from txmail.quota import QuotaExceeded
 
 __all__ = ["check_quota", "special_uses", "status_response"]
 
-# RFC 3348 (\HasChildren), RFC 6154 (roles in LIST), RFC 5258, RFC 5819.
-extension("CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS")
+# RFC 3348 (\HasChildren), RFC 6154 (roles in LIST; CREATE-SPECIAL-USE:
+# :mod:`txmail.imap.commands.create_special_use`), RFC 5258, RFC 5819.
+extension("CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS")
 
 
 @command("CREATE", states=AUTHENTICATED)
 async def create(ctx: CommandContext, cmd: Command) -> Done:
-    """RFC 3501 section 6.3.3."""
+    """RFC 3501 section 6.3.3, with RFC 6154 section 3 CREATE-SPECIAL-USE."""
     args = cmd.args
     assert isinstance(args, Create)
-    await store_op(ctx.store.create_mailbox, args.mailbox)
+    role = await requested_role(ctx, args.special_use)
+    await store_op(ctx.store.create_mailbox, args.mailbox, *(() if role is None else (role,)))
     return Done()
 
 
