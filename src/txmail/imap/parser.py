@@ -38,6 +38,7 @@ from txmail.imap.fragment import Fragment, LineFragment, LiteralFragment
 from txmail.imap.types import (
     NO_ARGS,
     Append,
+    AppendMessage,
     Authenticate,
     Command,
     CommandArgs,
@@ -66,9 +67,11 @@ from txmail.imap.types import (
     Section,
     Select,
     SequenceSet,
+    Sort,
     Status,
     Store,
     Subscribe,
+    Thread,
     Unsubscribe,
 )
 
@@ -81,6 +84,8 @@ __all__ = [
     "LIST_SELECTION_OPTIONS",
     "MAX_DEPTH",
     "MAX_TAG",
+    "SORT_KEYS",
+    "SORT_RETURN_OPTIONS",
     "STATUS_ITEMS",
     "UID_COMMANDS",
     "Cursor",
@@ -951,6 +956,69 @@ def _search(c: Cursor, uid: bool) -> Search:
     return Search(charset, key, uid, options)
 
 
+# -- SORT and THREAD (RFC 5256, RFC 5957, RFC 5267) ---------------------------
+
+#: RFC 5256 section 4 sort-key, and RFC 5957's DISPLAYFROM / DISPLAYTO.
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
+#: RFC 5267 section 3.2: the ESORT return options.
+SORT_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+
+
+def _search_program(c: Cursor) -> tuple[str, SearchNode]:
+    """search-charset 1*(SP search-key), the charset upper-cased (RFC 5256 section 4)."""
+    charset = astring(c).upper()
+    keys = []
+    while not c.at_end():
+        c.sp()
+        keys.append(search_key(c))
+    if not keys:
+        raise c.fail("Missing search key")
+    return charset, keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
+
+
+def _sort(c: Cursor, uid: bool) -> Sort:
+    """
+    sort = ["UID" SP] "SORT" [SP sort-return-opts] SP sort-criteria SP search-charset 1*(SP search-key)
+    sort-criteria = "(" sort-criterion *(SP sort-criterion) ")"
+    sort-criterion = ["REVERSE" SP] sort-key
+    sort-return-opts = "RETURN" SP "(" [sort-return-opt *(SP sort-return-opt)] ")"
+    (RFC 5256 section 4, RFC 5957 section 4, RFC 5267 section 3.2)
+    """
+    c.sp()
+    options = None
+    if c.accept(b"RETURN "):
+        options = _paren_words(c)
+        if any(o not in SORT_RETURN_OPTIONS for o in options):
+            raise c.fail("Unknown sort return option")
+        c.sp()
+    c.expect(b"(")
+    criteria: list[tuple[str, bool]] = []
+    while True:
+        word = c.keyword()
+        reverse = word == "REVERSE"
+        if reverse:
+            c.sp()
+            word = c.keyword()
+        if word not in SORT_KEYS:
+            raise c.fail("Unknown sort key")
+        criteria.append((word, reverse))
+        if c.accept(b")"):
+            break
+        c.sp()
+    c.sp()
+    charset, key = _search_program(c)
+    return Sort(tuple(criteria), charset, key, uid, options)
+
+
+def _thread(c: Cursor, uid: bool) -> Thread:
+    """thread = ["UID" SP] "THREAD" SP thread-alg SP search-charset 1*(SP search-key) (RFC 5256 section 4)"""
+    c.sp()
+    algorithm = atom(c).upper()
+    c.sp()
+    charset, key = _search_program(c)
+    return Thread(algorithm, charset, key, uid)
+
+
 # -- the commands --------------------------------------------------------------
 
 
@@ -1120,11 +1188,25 @@ def _status(c: Cursor, uid: bool) -> Status:
 
 def _append(c: Cursor, uid: bool) -> Append:
     """
-    append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
-    append-data =/ literal8  ; RFC 3516 section 4.2
+    append = "APPEND" SP mailbox 1*append-message       ; RFC 3502 section 6.3.11
+    append-message = append-opts SP append-data
+    append-opts = [SP flag-list] [SP date-time]
+    append-data = literal / literal8                    ; RFC 3516 section 4.2
+
+    A NUL octet in a plain literal (not a literal8) is refused: RFC 3501
+    section 4.3 (``CHAR8`` excludes it); binary content needs a literal8.
     """
     c.sp()
     box = mailbox(c)
+    first = _append_message(c)
+    more: list[AppendMessage] = []
+    while not c.at_end():
+        more.append(_append_message(c))
+    return Append(box, first.flags, first.date, first.literal, first.binary, tuple(more))
+
+
+def _append_message(c: Cursor) -> AppendMessage:
+    """append-message = append-opts SP append-data  (RFC 3502 section 6.3.11)"""
     c.sp()
     flags: tuple[str, ...] = ()
     when = None
@@ -1137,7 +1219,9 @@ def _append(c: Cursor, uid: bool) -> Append:
     if not c.at_literal():
         raise c.fail("Expected a literal")
     frag = c.take_literal()
-    return Append(box, flags, when, frag.data, frag.binary)
+    if not frag.binary and b"\x00" in frag.data:
+        raise c.fail("NUL in a literal: send binary content as a literal8 (~{n})")
+    return AppendMessage(flags, when, frag.data, frag.binary)
 
 
 def _expunge(c: Cursor, uid: bool) -> Expunge:
@@ -1303,10 +1387,12 @@ COMMANDS: dict[str, _Parser] = {
     "ENABLE": _enable,
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
+    "SORT": _sort,
+    "THREAD": _thread,
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).
-UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"})
+UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD"})
 
 
 def parse_command(fragments: Sequence[Fragment]) -> Command:

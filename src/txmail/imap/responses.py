@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from txmail.imap.types import FetchAttribute
 from txmail.model import MessageInfo, MessageMetadata
@@ -29,6 +30,7 @@ __all__ = [
     "CommandFailed",
     "Done",
     "ESearchData",
+    "ESortData",
     "Enabled",
     "Exists",
     "Expunged",
@@ -44,7 +46,9 @@ __all__ = [
     "Recent",
     "Response",
     "SearchData",
+    "SortData",
     "StatusData",
+    "ThreadData",
     "UntaggedOk",
 ]
 
@@ -221,6 +225,38 @@ class ESearchData(Response):
     options: Sequence[str]
 
 
+@dataclass(frozen=True, slots=True)
+class SortData(Response):
+    """``* SORT n ...`` in the sorted order (RFC 5256 section 4)."""
+
+    numbers: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ESortData(Response):
+    """
+    ``* ESEARCH (TAG "t") [UID] ...`` answering ``SORT RETURN (...)`` (RFC
+    5267 section 3.2): *numbers* in the sorted order; MIN and MAX are the
+    first and last of that order, ALL keeps it.
+    """
+
+    tag: str
+    uid: bool
+    numbers: Sequence[int]
+    options: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadData(Response):
+    """
+    ``* THREAD (...)...`` (RFC 5256 section 4): the threads as nested
+    ``(number, children)`` tuples, ``number`` ``None`` for a dummy parent
+    (:mod:`txmail.imap.thread`).
+    """
+
+    threads: Sequence[tuple[int | None, tuple[Any, ...]]]
+
+
 # Not frozen: one is made per message of a FETCH, and a frozen dataclass
 # takes 1.5 us to build against 0.25 us (treat it as frozen all the same).
 @dataclass(slots=True)
@@ -247,9 +283,12 @@ class FetchFlags(Response):
     """
     ``* n FETCH ([UID u] FLAGS (...))``: the flags a message has now
     (STORE, RFC 3501 section 6.4.6; a flag change told later); *flags* as
-    shown, ``\\Recent`` included; *uid* ``None`` leaves UID out.
+    shown, ``\\Recent`` included; *uid* ``None`` leaves UID out.  With
+    CONDSTORE (RFC 7162 section 3.1.3) *modseq* adds ``MODSEQ (m)``, and
+    *flags* ``None`` gives ``* n FETCH (UID u MODSEQ (m))`` (STORE .SILENT).
     """
 
     seq: int
-    flags: tuple[str, ...]
+    flags: tuple[str, ...] | None
     uid: int | None = None
+    modseq: int | None = None

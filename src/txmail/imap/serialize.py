@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from txmail.imap import responses as r
@@ -52,6 +52,7 @@ __all__ = [
     "date_time",
     "envelope",
     "esearch_response",
+    "esort_response",
     "expunge",
     "fetch_flags",
     "flag_list",
@@ -66,8 +67,10 @@ __all__ = [
     "render_all",
     "search_response",
     "sequence_set",
+    "sort_response",
     "string",
     "tagged",
+    "thread_response",
     "untagged",
     "value",
 ]
@@ -367,6 +370,92 @@ def esearch_response(tag: str, uid: bool, numbers: Iterable[int], options: Itera
     return untagged(*words)
 
 
+def sort_response(numbers: Iterable[int]) -> bytes:
+    """``* SORT n ...`` in the order given, ``* SORT`` for none (RFC 5256 section 4)."""
+    return untagged(b"SORT", *(number(n) for n in numbers))
+
+
+def _ordered_set(numbers: Sequence[int]) -> bytes:
+    """*numbers* as a ``sequence-set`` that keeps their order: only ascending runs become ranges."""
+    parts: list[bytes] = []
+    i, n = 0, len(numbers)
+    while i < n:
+        j = i
+        while j + 1 < n and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(b"%d" % numbers[i] if i == j else b"%d:%d" % (numbers[i], numbers[j]))
+        i = j + 1
+    return b",".join(parts)
+
+
+def esort_response(tag: str, uid: bool, numbers: Sequence[int], options: Iterable[str]) -> bytes:
+    """
+    The ESEARCH response to ``SORT RETURN (...)`` (RFC 5267 section 3.2):
+    MIN and MAX are the first and the last message in the sort order, ALL
+    is every message in that order (ascending runs written ``n:m``),
+    COUNT how many.  No option means ALL; nothing found leaves out MIN,
+    MAX and ALL.
+    """
+    wanted = {o.upper() for o in options} or {"ALL"}
+    words = [b"ESEARCH", b"(TAG " + string(tag) + b")"]
+    if uid:
+        words.append(b"UID")
+    if numbers and "MIN" in wanted:
+        words += [b"MIN", number(numbers[0])]
+    if numbers and "MAX" in wanted:
+        words += [b"MAX", number(numbers[-1])]
+    if numbers and "ALL" in wanted:
+        words += [b"ALL", _ordered_set(numbers)]
+    if "COUNT" in wanted:
+        words += [b"COUNT", number(len(numbers))]
+    return untagged(*words)
+
+
+def thread_response(threads: Iterable[tuple[int | None, tuple[Any, ...]]]) -> bytes:
+    """
+    ``* THREAD`` and its thread lists (RFC 5256 section 4)::
+
+        thread-list    = "(" (thread-members / thread-nested) ")"
+        thread-members = nz-number *(SP nz-number) [SP thread-nested]
+        thread-nested  = 2*thread-list
+
+    A thread is ``(number, children)``, ``number`` ``None`` for a dummy
+    parent.  A chain of single children is one list of numbers; two
+    children or more are nested lists.  No recursion (a chain of replies
+    can be thousands deep).
+    """
+    out = [b"* THREAD "]
+    for root in threads:
+        out.append(b"(")
+        # A stack of what remains to write: a node, or the bytes ")".
+        stack: list[Any] = [b")", root]
+        first = True
+        while stack:
+            item = stack.pop()
+            if isinstance(item, bytes):
+                out.append(item)
+                first = item == b"("
+                continue
+            num, children = item
+            while True:
+                if num is not None:
+                    out.append(b"%d" % num if first else b" %d" % num)
+                    first = False
+                if len(children) == 1:
+                    num, children = children[0]
+                    continue
+                break
+            if children:
+                if not first:
+                    out.append(b" ")
+                for child in reversed(children):
+                    stack += [b")", child, b"("]
+    if len(out) == 1:
+        return b"* THREAD\r\n"
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
 def flags_and_permanent(flags: Iterable[str], permanent: Iterable[str] | None) -> bytes:
     """``* FLAGS (...)`` then ``* OK [PERMANENTFLAGS (...)]`` (RFC 3501 sections 7.2.6 and 7.1)."""
     kept = b"()" if permanent is None else flag_list(permanent)
@@ -378,10 +467,16 @@ def expunge(seq: int) -> bytes:
     return b"* %d EXPUNGE\r\n" % seq
 
 
-def fetch_flags(seq: int, flags: Iterable[str], uid: int | None = None) -> bytes:
-    """``* n FETCH ([UID u ]FLAGS (...))``."""
+def fetch_flags(seq: int, flags: Iterable[str], uid: int | None = None, modseq: int | None = None) -> bytes:
+    """``* n FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])`` (MODSEQ: RFC 7162 section 3.1.4.1)."""
     items = b"" if uid is None else b"UID %d " % uid
-    return b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, items, flag_list(flags))
+    tail = b"" if modseq is None else b" MODSEQ (%d)" % modseq
+    return b"* %d FETCH (%sFLAGS %s%s)\r\n" % (seq, items, flag_list(flags), tail)
+
+
+def fetch_modseq(seq: int, uid: int, modseq: int) -> bytes:
+    """``* n FETCH (UID u MODSEQ (m))``: a STORE .SILENT with CONDSTORE (RFC 7162 section 3.1.3)."""
+    return b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (seq, uid, modseq)
 
 
 def _namespace(spaces: tuple[tuple[str, str], ...]) -> bytes:
@@ -432,7 +527,9 @@ def _fetch_data(resp: r.FetchData) -> list[bytes]:
 #: One function per response type: the response, as pieces to write in order.
 _RENDERERS: dict[type, Any] = {
     r.FetchData: _fetch_data,
-    r.FetchFlags: lambda x: (fetch_flags(x.seq, x.flags, x.uid),),
+    r.FetchFlags: lambda x: (
+        fetch_modseq(x.seq, x.uid, x.modseq) if x.flags is None else fetch_flags(x.seq, x.flags, x.uid, x.modseq),
+    ),
     r.Exists: lambda x: (b"* %d EXISTS\r\n" % x.count,),
     r.Recent: lambda x: (b"* %d RECENT\r\n" % x.count,),
     r.Expunged: lambda x: tuple(expunge(n) for n in x.numbers),
@@ -454,6 +551,9 @@ _RENDERERS: dict[type, Any] = {
     ),
     r.SearchData: lambda x: (search_response(x.numbers),),
     r.ESearchData: lambda x: (esearch_response(x.tag, x.uid, x.numbers, x.options),),
+    r.SortData: lambda x: (sort_response(x.numbers),),
+    r.ESortData: lambda x: (esort_response(x.tag, x.uid, x.numbers, x.options),),
+    r.ThreadData: lambda x: (thread_response(x.threads),),
     r.CapabilityData: lambda x: (untagged(b"CAPABILITY", *(c.encode("ascii") for c in x.capabilities)),),
     r.IdData: lambda x: (b"* ID " + paren_list(x.fields) + b"\r\n",),
     r.Enabled: lambda x: (untagged(b"ENABLED", *(c.encode("ascii") for c in x.capabilities)),),

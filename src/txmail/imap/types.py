@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "NO_ARGS",
     "Append",
+    "AppendMessage",
     "Authenticate",
     "Command",
     "CommandArgs",
@@ -54,9 +55,11 @@ __all__ = [
     "Section",
     "Select",
     "SequenceSet",
+    "Sort",
     "Status",
     "Store",
     "Subscribe",
+    "Thread",
     "Unsubscribe",
 ]
 
@@ -354,14 +357,33 @@ class GetQuotaRoot:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of a MULTIAPPEND (RFC 3502) after the first; fields as :class:`Append`'s."""
+
+    flags: tuple[str, ...]
+    date: datetime.datetime | None
+    literal: bytes = field(repr=False)
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Append:
-    """APPEND; ``binary`` when the message came as a literal8 (RFC 3516)."""
+    """
+    APPEND; ``binary`` when the message came as a literal8 (RFC 3516);
+    ``more``: the further messages of a MULTIAPPEND (RFC 3502).
+    """
 
     mailbox: str
     flags: tuple[str, ...]
     date: datetime.datetime | None
     literal: bytes = field(repr=False)
     binary: bool = False
+    more: tuple[AppendMessage, ...] = ()
+
+    @property
+    def messages(self) -> tuple[AppendMessage, ...]:
+        """Every message, in order (the first is this command's own fields)."""
+        return (AppendMessage(self.flags, self.date, self.literal, self.binary), *self.more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +409,32 @@ class Search:
     key: SearchNode
     uid: bool = False
     return_options: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sort:
+    """
+    SORT or UID SORT (RFC 5256 section 4): ``criteria`` as ``(key,
+    reverse)`` pairs, keys upper-cased (``ARRIVAL``... and RFC 5957's
+    ``DISPLAYFROM``/``DISPLAYTO``); ``return_options`` the RFC 5267 ESORT
+    options, ``None`` without RETURN.
+    """
+
+    criteria: tuple[tuple[str, bool], ...]
+    charset: str
+    key: SearchNode
+    uid: bool = False
+    return_options: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """THREAD or UID THREAD (RFC 5256 section 4): the algorithm upper-cased."""
+
+    algorithm: str
+    charset: str
+    key: SearchNode
+    uid: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +515,8 @@ CommandArgs = (
     | Append
     | Expunge
     | Search
+    | Sort
+    | Thread
     | Fetch
     | Store
     | Copy
