@@ -615,7 +615,7 @@ class SimpleCommandTests(SynchronousTestCase):
     def test_enable(self) -> None:
         """RFC 5161 section 3.1: ENABLED lists only what got enabled (nothing here)."""
         session = logged_in()
-        _, out = feed(session, b"a1 ENABLE CONDSTORE\r\n")
+        _, out = feed(session, b"a1 ENABLE X-UNKNOWN\r\n")
         self.assertEqual(out, b"* ENABLED\r\na1 OK ENABLE completed\r\n")
 
     def test_enable_before_login(self) -> None:

@@ -282,6 +282,9 @@ def _render_item(
         return b"UID " + serialize.number(info.uid)
     if name == "FLAGS":
         return b"FLAGS " + _flags(info, recent)
+    if name == "MODSEQ":
+        # RFC 7162 section 3.1.4.1: "MODSEQ" SP "(" permsg-modsequence ")"
+        return b"MODSEQ (%d)" % info.modseq
     if name == "INTERNALDATE":
         when = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC)
         return b"INTERNALDATE " + serialize.date_time(when)

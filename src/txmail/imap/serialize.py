@@ -511,6 +511,13 @@ def _untagged_ok(resp: r.UntaggedOk) -> bytes:
     return b"* OK " + code + _text(resp.text).encode("utf-8") + b"\r\n"
 
 
+def _with_modseq(line: bytes, form: bytes, modseq: int | None) -> bytes:
+    """*line* with ``form % modseq`` before its CRLF (RFC 7162 section 3.1.5), or as it is."""
+    if modseq is None:
+        return line
+    return line[:-2] + form % modseq + b"\r\n"
+
+
 def _fetch_data(resp: r.FetchData) -> list[bytes]:
     return _fetch.fetch_chunks(
         resp.seq,
@@ -549,8 +556,10 @@ _RENDERERS: dict[type, Any] = {
             + b")",
         ),
     ),
-    r.SearchData: lambda x: (search_response(x.numbers),),
-    r.ESearchData: lambda x: (esearch_response(x.tag, x.uid, x.numbers, x.options),),
+    r.SearchData: lambda x: (_with_modseq(search_response(x.numbers), b" (MODSEQ %d)", x.modseq),),
+    r.ESearchData: lambda x: (
+        _with_modseq(esearch_response(x.tag, x.uid, x.numbers, x.options), b" MODSEQ %d", x.modseq),
+    ),
     r.SortData: lambda x: (sort_response(x.numbers),),
     r.ESortData: lambda x: (esort_response(x.tag, x.uid, x.numbers, x.options),),
     r.ThreadData: lambda x: (thread_response(x.threads),),

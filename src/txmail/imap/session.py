@@ -158,6 +158,8 @@ class IMAPSession(SessionCore[Event]):
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: SelectedView | None = None
+        #: The extensions ENABLEd (RFC 5161), explicitly or by using them (RFC 7162 CONDSTORE).
+        self.enabled: set[str] = set()
         self.bad_commands = 0
         self._framer = self._new_framer()
         self._tag: str | None = None  # of the command being answered

@@ -74,6 +74,11 @@ class SelectedView:
         flags: the flags the client was last told, by UID.
         recent: the UIDs that are ``\\Recent`` in this session.
         deleted: the mailbox was deleted while selected.
+        highest_modseq: the largest mod-sequence seen (RFC 7162): the
+            mailbox's HIGHESTMODSEQ at selection (:meth:`set_highest_modseq`)
+            raised by each change queued since.
+        condstore: CONDSTORE is enabled (RFC 7162 section 3.1): flag
+            changes are told with ``UID`` and ``MODSEQ``.
     """
 
     def __init__(
@@ -103,6 +108,9 @@ class SelectedView:
         self._added: dict[int, frozenset[str]] = {}
         self._expunged: set[int] = set()
         self._flag_changes: dict[int, frozenset[str]] = {}
+        self._flag_modseqs: dict[int, int] = {}
+        self.highest_modseq = 0
+        self.condstore = False
         self._told_exists = len(self.uids)
         self._told_recent = len(self.recent)
 
@@ -194,19 +202,28 @@ class SelectedView:
 
     # -- changes from the store ------------------------------------------------------
 
+    def set_highest_modseq(self, modseq: int) -> None:
+        """Raise :attr:`highest_modseq` to *modseq* (never lowers it)."""
+        if modseq > self.highest_modseq:
+            self.highest_modseq = modseq
+
     def queue(self, change: MailboxChange) -> None:
         """Remember *change* until the client can be told (see the module docstring)."""
         if isinstance(change, MessagesAdded):
             for info in change.messages:
+                self.set_highest_modseq(info.modseq)
                 if info.uid not in self.flags and info.uid not in self._expunged:
                     self._added[info.uid] = info.flags
         elif isinstance(change, FlagsChanged):
             for info in change.messages:
+                self.set_highest_modseq(info.modseq)
                 if info.uid in self._added:
                     self._added[info.uid] = info.flags
                 else:
                     self._flag_changes[info.uid] = info.flags
+                    self._flag_modseqs[info.uid] = info.modseq
         elif isinstance(change, MessagesExpunged):
+            self.set_highest_modseq(change.highest_modseq)
             for u in change.uids:
                 if self._added.pop(u, None) is None and u in self.flags:
                     self._expunged.add(u)
@@ -269,12 +286,18 @@ class SelectedView:
         if self._flag_changes:
             changes = sorted(self._flag_changes.items())
             self._flag_changes.clear()
+            modseqs = self._flag_modseqs
+            self._flag_modseqs = {}
             for u, flags in changes:
                 seq = self.seq_of(u)
                 if seq is None or self.flags.get(u) == flags:
                     continue
                 self.flags[u] = flags
-                out.append(self.fetch_flags(seq, u))
+                if self.condstore:
+                    # RFC 7162 section 3.1: with UID and MODSEQ once enabled.
+                    out.append(self.fetch_flags(seq, u, with_uid=True, modseq=modseqs.get(u)))
+                else:
+                    out.append(self.fetch_flags(seq, u))
         return b"".join(out)
 
     def expunge(self, uids: Iterable[int]) -> list[int]:
@@ -311,12 +334,16 @@ class SelectedView:
             shown.append("\\Recent")
         return tuple(shown)
 
-    def fetch_flags(self, seq: int, uid: int, *, with_uid: bool = False) -> bytes:
-        """``* seq FETCH (FLAGS (...))`` for what the view holds of *uid*."""
+    def fetch_flags(self, seq: int, uid: int, *, with_uid: bool = False, modseq: int | None = None) -> bytes:
+        """``* seq FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])`` for what the view holds of *uid*."""
         return serialize.fetch_flags(
-            seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None
+            seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None, modseq
         )
 
-    def flags_fetched(self, seq: int, uid: int, *, with_uid: bool = False) -> FetchFlags:
+    def flags_fetched(
+        self, seq: int, uid: int, *, with_uid: bool = False, modseq: int | None = None
+    ) -> FetchFlags:
         """:meth:`fetch_flags` as a typed response."""
-        return FetchFlags(seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None)
+        return FetchFlags(
+            seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None, modseq
+        )

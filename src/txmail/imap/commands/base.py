@@ -17,6 +17,7 @@ from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import (
     ANY_STATE,
     AUTHENTICATED,
+    ENABLEABLE,
     NOT_AUTHENTICATED,
     SELECTED,
     command,
@@ -24,7 +25,7 @@ from txmail.imap.commands.registry import (
     extension,
 )
 from txmail.imap.responses import CapabilityData, Done, Enabled, IdData, NamespaceData, Response
-from txmail.imap.types import Command, Id
+from txmail.imap.types import Command, Enable, Id
 
 __all__ = ["IMPLEMENTATION"]
 
@@ -61,10 +62,22 @@ def id_(session: Any, cmd: Command) -> Sequence[Response]:
 @command("ENABLE", states=AUTHENTICATED, capability="ENABLE")
 def enable(session: Any, cmd: Command) -> Sequence[Response]:
     """
-    RFC 5161 section 3.1: only capabilities that can be enabled are listed;
-    txmail offers none of them yet (CONDSTORE, UTF8=ACCEPT...).
+    RFC 5161 section 3.1: only capabilities that can be enabled
+    (:data:`~txmail.imap.commands.registry.ENABLEABLE`, e.g. CONDSTORE)
+    and were not enabled before are listed in ENABLED.
     """
-    return (Enabled(),)
+    assert isinstance(cmd.args, Enable)
+    offered = set(session.capabilities())
+    out: list[Response] = []
+    done: list[str] = []
+    for name in dict.fromkeys(cmd.args.capabilities):
+        turn_on = ENABLEABLE.get(name)
+        if turn_on is None or name not in offered or name in session.enabled:
+            continue
+        out.extend(turn_on(session))
+        session.enabled.add(name)
+        done.append(name)
+    return (*out, Enabled(tuple(done)))
 
 
 connection_command("IDLE", states=AUTHENTICATED, capability="IDLE")

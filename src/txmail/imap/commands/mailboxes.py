@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from txmail.imap.commands import condstore
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.create_special_use import requested_role
+from txmail.imap.commands.multiappend import append_messages, appenduid
 from txmail.imap.commands.registry import AUTHENTICATED, command, extension
 from txmail.imap.responses import Bad, Done, ListData, No, StatusData
 from txmail.imap.types import (
@@ -213,7 +215,10 @@ async def status_response(ctx: CommandContext, name: str, items: tuple[str, ...]
         "UNSEEN": status.unseen,
         "SIZE": status.size,
         "APPENDLIMIT": ctx.session.limits.max_literal,
+        "HIGHESTMODSEQ": status.highest_modseq,  # RFC 7162 section 3.1.10
     }
+    if "HIGHESTMODSEQ" in items:
+        condstore.enable_implicitly(ctx)  # a CONDSTORE enabling command (section 3.1)
     if "DELETED" in items or "DELETED-STORAGE" in items:
         # RFC 9208 section 4.3: the messages flagged \Deleted, and their size.
         deleted = [info for info in await call(mailbox.list_messages) if "\\Deleted" in info.flags]
@@ -245,18 +250,22 @@ async def check_quota(ctx: CommandContext, size: int) -> None:
 
 @command("APPEND", states=AUTHENTICATED)
 async def append(ctx: CommandContext, cmd: Command) -> Done:
-    """RFC 3501 section 6.3.11, with RFC 4315 APPENDUID."""
+    """
+    RFC 3501 section 6.3.11, with RFC 4315 APPENDUID and RFC 3502
+    MULTIAPPEND (:mod:`txmail.imap.commands.multiappend`).
+    """
     args = cmd.args
     assert isinstance(args, Append)
+    messages = args.messages
     try:
-        flags = normalize_flags(args.flags)
+        for m in messages:
+            normalize_flags(m.flags)
     except ValueError:
         raise Bad("Invalid flag") from None
     mailbox = await target_mailbox(ctx.store, args.mailbox)
-    when = args.date.timestamp() if args.date is not None else None
-    await check_quota(ctx, len(args.literal))
-    uid = await call(mailbox.append, args.literal, flags, when)
-    return Done(code=f"APPENDUID {mailbox.uidvalidity} {uid}")
+    await check_quota(ctx, sum(len(m.literal) for m in messages))
+    uids = await append_messages(ctx, mailbox, messages)
+    return Done(code=appenduid(mailbox, uids))
 
 
 async def special_uses(store: Any, names: tuple[str, ...]) -> dict[str, SpecialUse]:

@@ -43,6 +43,7 @@ __all__ = [
     "AUTHENTICATED",
     "CAPABILITIES",
     "COMMANDS",
+    "ENABLEABLE",
     "NOT_AUTHENTICATED",
     "SELECTED",
     "CommandSpec",
@@ -51,6 +52,7 @@ __all__ = [
     "capabilities",
     "command",
     "connection_command",
+    "enableable",
     "extension",
 ]
 
@@ -123,6 +125,21 @@ def extension(*names: str) -> None:
     """Register capabilities that change existing commands (UIDPLUS, CHILDREN...)."""
     for name in names:
         CAPABILITIES.setdefault(name)
+
+
+#: Capabilities ENABLE can turn on (RFC 5161), with what enabling each
+#: does: ``enable(session) -> responses`` (sent before ENABLED).
+ENABLEABLE: dict[str, Callable[[Any], Any]] = {}
+
+
+def enableable(name: str) -> Callable[[Any], Any]:
+    """Decorate ``enable(session) -> responses``: ENABLE *name* calls it (once per session)."""
+
+    def register(fn: Any) -> Any:
+        ENABLEABLE[name] = fn
+        return fn
+
+    return register
 
 
 def command(

@@ -22,6 +22,7 @@ from typing import Any
 
 from txmail.errors import NoSuchMessage
 from txmail.imap import serialize
+from txmail.imap.commands import condstore
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
 from txmail.imap.commands.registry import AUTHENTICATED, SELECTED, command, extension
@@ -142,6 +143,7 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
     ctx.emit(
         UntaggedOk("UIDs valid", f"UIDVALIDITY {mailbox.uidvalidity}"),
         UntaggedOk("Predicted next UID", f"UIDNEXT {status.uidnext}"),
+        *condstore.select_responses(ctx, view, status, args.condstore),
     )
     # Changes queued while listing that the listing does not hold yet
     # are told by the session before the tagged OK.
@@ -195,7 +197,13 @@ async def store(ctx: CommandContext, cmd: Command) -> Done:
         flags = normalize_flags(args.flags)
     except ValueError:
         raise Bad("Invalid flag") from None
-    changed = await call(ctx.mailbox.set_flags, [u for _, u in targets], flags, _STORE_MODES[args.mode])
+    uids = [u for _, u in targets]
+    if args.unchanged_since is None:
+        changed = await call(ctx.mailbox.set_flags, uids, flags, _STORE_MODES[args.mode])
+    else:
+        # RFC 7162 section 3.1.3: a CONDSTORE enabling command.
+        condstore.enable_implicitly(ctx)
+        changed = await call(ctx.mailbox.set_flags, uids, flags, _STORE_MODES[args.mode], args.unchanged_since)
     for info in changed:
         if info.uid in view.flags:
             view.flags[info.uid] = info.flags
@@ -203,6 +211,18 @@ async def store(ctx: CommandContext, cmd: Command) -> Done:
         # RFC 3501 section 7.2.6: a keyword new to the mailbox is told first.
         view.new_flags(flags)
         ctx.emit(FlagsData(*view.flag_lists()))
+    if condstore.enabled(ctx.session):
+        responses, modified = await condstore.store_responses(
+            ctx,
+            view,
+            targets,
+            changed,
+            uid=args.uid,
+            silent=args.silent,
+            unchanged_since=args.unchanged_since,
+        )
+        ctx.emit(*responses)
+        return Done(code=modified)
     if not args.silent:
         # RFC 3501 section 6.4.6: the new flags of each message.
         ctx.emit(
@@ -277,6 +297,8 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     targets = _targets(view, args.sequence_set, args.uid)
     needs = fetch_needs(args.items)
     mark_seen = needs.sets_seen and not view.read_only
+    items = condstore.fetch_items(ctx, args.items, args.changed_since, mark_seen)
+    changed_since = args.changed_since
     shows_flags = any(item.name == "FLAGS" for item in args.items)
     for n, batch in enumerate(_chunks(targets, BATCH)):
         if n:
@@ -297,6 +319,8 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
             info = infos.get(uid)
             if info is None:
                 continue  # expunged by someone else; told later
+            if changed_since is not None and info.modseq <= changed_since:
+                continue  # RFC 7162 section 3.1.4.1: not changed since
             message = None
             if needs.message:
                 message = await _read_message(mailbox, info)
@@ -307,7 +331,7 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
             responses.append(
                 FetchData(
                     seq,
-                    args.items,
+                    items,
                     info,
                     metadata.get(uid),
                     message,
@@ -333,6 +357,10 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     view = _view(ctx)
     mailbox = ctx.mailbox
     needs = search_needs(args.key)
+    with_modseq = condstore.search_uses_modseq(args.key)
+    if with_modseq:
+        condstore.enable_implicitly(ctx)  # RFC 7162 section 3.1.5
+    top_modseq = 0
     sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
     found: list[int] = []
     pairs = list(enumerate(view.uids, 1))
@@ -353,8 +381,11 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
                     continue
             if matches(args.key, sctx, seq, info, metadata.get(uid), message):
                 found.append(uid if args.uid else seq)
+                top_modseq = max(top_modseq, info.modseq)
+    # RFC 7162 section 3.1.5: the highest mod-sequence found, when searched by MODSEQ.
+    modseq = top_modseq if with_modseq and found else None
     if args.return_options is not None:
-        ctx.emit(ESearchData(cmd.tag, args.uid, found, args.return_options))
+        ctx.emit(ESearchData(cmd.tag, args.uid, found, args.return_options, modseq=modseq))
     else:
-        ctx.emit(SearchData(found))
+        ctx.emit(SearchData(found, modseq=modseq))
     return Done("SEARCH completed")
