@@ -1,3 +1,4 @@
 Storage quotas: `[quota] storage` and `[quota.users]` limit what each user keeps; a full mailbox gets 452 4.2.2 at RCPT, a message that does not fit 452 4.2.2 (552 5.2.2 when larger than the quota) per LMTP recipient, IMAP APPEND and COPY get NO [OVERQUOTA]; the queue retries local copies that did not fit until they do, are given up, or can never fit.
 IMAP QUOTA (RFC 9208): GETQUOTAROOT and GETQUOTA report the [quota] storage limit (one root "" per user, STORAGE in KiB), STATUS DELETED and DELETED-STORAGE; QUOTA and QUOTA=RES-STORAGE are advertised.
 IMAP CREATE-SPECIAL-USE (RFC 6154 section 3): CREATE name (USE (\Junk)) gives the new mailbox a role; a role that is unknown, already given, or one of two gets NO [USEATTR].
+IMAP MULTIAPPEND (RFC 3502): several messages in one APPEND, all or none (those appended before a failure are expunged again), APPENDUID with a UID set; a NUL in a plain APPEND literal is BAD (RFC 3501 section 4.3: binary content needs a literal8).

@@ -43,6 +43,8 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/base.py",
     "txmail/imap/commands/mailboxes.py",
     "txmail/imap/commands/selected.py",
+    "txmail/imap/commands/sort.py",
+    "txmail/imap/thread.py",
     "txmail/imap/commands/condstore.py",
     "txmail/imap/commands/create_special_use.py",
     "txmail/imap/commands/multiappend.py",

@@ -145,7 +145,7 @@ STATUS_ITEMS = frozenset(
         "SIZE",
         "DELETED",
         "DELETED-STORAGE",
-        "HIGHESTMODSEQ",  # RFC 7162 section 3.1.10
+        "HIGHESTMODSEQ",  # RFC 7162 section 3.1.7
     }
 )
 
@@ -671,7 +671,7 @@ def date_time(c: Cursor) -> datetime.datetime:
 
 _SIMPLE_FETCH = frozenset(
     {
-        "MODSEQ",  # RFC 7162 section 3.1.4.1
+        "MODSEQ",  # RFC 7162 section 3.1.4.2
         "ENVELOPE",
         "FLAGS",
         "INTERNALDATE",

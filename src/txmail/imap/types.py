@@ -444,7 +444,7 @@ class Fetch:
     sequence_set: SequenceSet
     items: tuple[FetchAttribute, ...]
     uid: bool = False
-    #: The ``(CHANGEDSINCE n)`` modifier (RFC 7162 section 3.1.4).
+    #: The ``(CHANGEDSINCE n)`` modifier (RFC 7162 section 3.1.4.1).
     changed_since: int | None = None
 
 

@@ -215,7 +215,7 @@ async def status_response(ctx: CommandContext, name: str, items: tuple[str, ...]
         "UNSEEN": status.unseen,
         "SIZE": status.size,
         "APPENDLIMIT": ctx.session.limits.max_literal,
-        "HIGHESTMODSEQ": status.highest_modseq,  # RFC 7162 section 3.1.10
+        "HIGHESTMODSEQ": status.highest_modseq,  # RFC 7162 section 3.1.7
     }
     if "HIGHESTMODSEQ" in items:
         condstore.enable_implicitly(ctx)  # a CONDSTORE enabling command (section 3.1)
