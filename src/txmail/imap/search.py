@@ -338,11 +338,18 @@ class _Facts:
     def field(self, key: str, name: str) -> list[str]:
         """The decoded, case-folded values of every field *name* (case-insensitive)."""
         if self._fields is None:
-            fields: dict[str, list[str]] = {}
-            for n, v in self.need_metadata(key).headers:
-                fields.setdefault(n.strip(" \t").casefold(), []).append(_decode_field(v).casefold())
-            self._fields = fields
-        return self._fields.get(name.casefold(), [])
+            self._fields = {}
+        wanted = name.casefold()
+        found = self._fields.get(wanted)
+        if found is None:
+            # Only the fields asked for are decoded (RFC 2047 decoding is the
+            # costly part, and a search names one or two fields).
+            found = self._fields[wanted] = [
+                _decode_field(v).casefold()
+                for n, v in self.need_metadata(key).headers
+                if n.strip(" \t").casefold() == wanted
+            ]
+        return found
 
     def addresses(self, key: str) -> list[str]:
         """The case-folded ``mailbox@host`` of each address of the envelope's *key* field."""
