@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from txmail import mime
-from txmail.imap import serialize
+from txmail.imap import binary, serialize
 from txmail.imap.types import FetchAttribute, Section
 from txmail.model import MessageInfo, MessageMetadata
 
@@ -267,6 +267,8 @@ def _render_item(
 ) -> bytes | tuple[bytes, bytes]:
     """One ``msg-att`` of the response (RFC 3501 section 7.4.2); a literal's octets kept apart."""
     name = item.name
+    if name in binary.BINARY_ITEMS:
+        return binary.render_item(item, message)
     if item.section is not None:
         data = _section_data(item.section, metadata, message)
         label = b"BODY[" + _section_label(item.section) + b"]"
@@ -283,7 +285,7 @@ def _render_item(
     if name == "FLAGS":
         return b"FLAGS " + _flags(info, recent)
     if name == "MODSEQ":
-        # RFC 7162 section 3.1.4.1: "MODSEQ" SP "(" permsg-modsequence ")"
+        # RFC 7162 section 3.1.4.2: "MODSEQ" SP "(" permsg-modsequence ")"
         return b"MODSEQ (%d)" % info.modseq
     if name == "INTERNALDATE":
         when = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC)

@@ -745,6 +745,8 @@ def fetch_att(c: Cursor) -> FetchAttribute:
                 "BODY.PEEK" section ["<" number "." nz-number ">"]
     """
     name = c.keyword()
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+        return _binary_att(c, name)
     if c.peek() == ord("["):
         if name not in ("BODY", "BODY.PEEK"):
             raise c.fail("Bad fetch attribute")
@@ -760,6 +762,35 @@ def fetch_att(c: Cursor) -> FetchAttribute:
     if name not in _SIMPLE_FETCH:
         raise c.fail("Bad fetch attribute")
     return FetchAttribute(name)
+
+
+def _binary_att(c: Cursor, name: str) -> FetchAttribute:
+    """
+    fetch-att =/ "BINARY" [".PEEK"] section-binary [partial] /
+                 "BINARY.SIZE" section-binary              ; RFC 3516 section 4.2
+    section-binary = "[" [section-part] "]"
+    partial = "<" number "." nz-number ">"
+
+    ``BINARY.SIZE`` is a peek: it does not set ``\\Seen``.
+    """
+    c.expect(b"[")
+    parts: list[int] = []
+    if not c.accept(b"]"):
+        parts.append(number(c, nonzero=True))
+        while c.accept(b"."):
+            parts.append(number(c, nonzero=True))
+        c.expect(b"]")
+    section = Section(tuple(parts))
+    if name == "BINARY.SIZE":
+        return FetchAttribute(name, section, None, True)
+    partial = None
+    if c.accept(b"<"):
+        offset = number(c)
+        c.expect(b".")
+        length = number(c, nonzero=True)
+        c.expect(b">")
+        partial = (offset, length)
+    return FetchAttribute("BINARY", section, partial, name == "BINARY.PEEK")
 
 
 def _fetch_items(c: Cursor) -> tuple[FetchAttribute, ...]:

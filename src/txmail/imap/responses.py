@@ -210,7 +210,7 @@ class UntaggedOk(Response):
 
 @dataclass(frozen=True, slots=True)
 class SearchData(Response):
-    """``* SEARCH n ...`` (RFC 3501 section 7.2.5); ``(MODSEQ m)`` last with *modseq* (RFC 7162 section 3.1.5)."""
+    """``* SEARCH n ...`` (RFC 3501 section 7.2.5); ``(MODSEQ m)`` last with *modseq* (RFC 7162 section 3.1.6)."""
 
     numbers: Sequence[int]
     modseq: int | None = None
@@ -224,7 +224,7 @@ class ESearchData(Response):
     uid: bool
     numbers: Sequence[int]
     options: Sequence[str]
-    #: ``MODSEQ m`` last (RFC 7162 section 3.1.5), when searched by MODSEQ.
+    #: ``MODSEQ m`` last (RFC 7162 section 3.1.10), when searched by MODSEQ.
     modseq: int | None = None
 
 

@@ -468,7 +468,7 @@ def expunge(seq: int) -> bytes:
 
 
 def fetch_flags(seq: int, flags: Iterable[str], uid: int | None = None, modseq: int | None = None) -> bytes:
-    """``* n FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])`` (MODSEQ: RFC 7162 section 3.1.4.1)."""
+    """``* n FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])`` (MODSEQ: RFC 7162 section 3.1.4.2)."""
     items = b"" if uid is None else b"UID %d " % uid
     tail = b"" if modseq is None else b" MODSEQ (%d)" % modseq
     return b"* %d FETCH (%sFLAGS %s%s)\r\n" % (seq, items, flag_list(flags), tail)
@@ -512,7 +512,7 @@ def _untagged_ok(resp: r.UntaggedOk) -> bytes:
 
 
 def _with_modseq(line: bytes, form: bytes, modseq: int | None) -> bytes:
-    """*line* with ``form % modseq`` before its CRLF (RFC 7162 section 3.1.5), or as it is."""
+    """*line* with ``form % modseq`` before its CRLF (RFC 7162 sections 3.1.6 and 3.1.10), or as it is."""
     if modseq is None:
         return line
     return line[:-2] + form % modseq + b"\r\n"
@@ -535,7 +535,9 @@ def _fetch_data(resp: r.FetchData) -> list[bytes]:
 _RENDERERS: dict[type, Any] = {
     r.FetchData: _fetch_data,
     r.FetchFlags: lambda x: (
-        fetch_modseq(x.seq, x.uid, x.modseq) if x.flags is None else fetch_flags(x.seq, x.flags, x.uid, x.modseq),
+        fetch_modseq(x.seq, x.uid, x.modseq)
+        if x.flags is None
+        else fetch_flags(x.seq, x.flags, x.uid, x.modseq),
     ),
     r.Exists: lambda x: (b"* %d EXISTS\r\n" % x.count,),
     r.Recent: lambda x: (b"* %d RECENT\r\n" % x.count,),

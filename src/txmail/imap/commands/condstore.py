@@ -22,8 +22,8 @@ This module turns them into the protocol:
   [MODIFIED set]`` (section 3.1.3), and ``.SILENT`` still gets ``* n FETCH
   (UID u MODSEQ (m))`` for each message changed.
 * ``SEARCH MODSEQ``: the response ends with ``(MODSEQ n)``, the highest
-  mod-sequence of the messages found (section 3.1.5); in ESEARCH, ``MODSEQ
-  n``.
+  mod-sequence of the messages found (section 3.1.6); in ESEARCH, ``MODSEQ
+  n`` (section 3.1.10).
 
 The handlers of FETCH, STORE, SEARCH, SELECT and STATUS
 (:mod:`txmail.imap.commands.selected`, :mod:`txmail.imap.commands.mailboxes`)
@@ -118,7 +118,7 @@ def fetch_items(
 ) -> tuple[FetchAttribute, ...]:
     """
     The FETCH items with ``MODSEQ`` added where RFC 7162 wants it:
-    CHANGEDSINCE implies it (section 3.1.4.2), and once CONDSTORE is
+    CHANGEDSINCE implies it (section 3.1.4.1), and once CONDSTORE is
     enabled a FETCH that sets ``\\Seen`` shows the new MODSEQ with the
     flags (section 3.1).  ``MODSEQ`` or CHANGEDSINCE enables CONDSTORE.
     """

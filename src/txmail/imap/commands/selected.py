@@ -203,7 +203,9 @@ async def store(ctx: CommandContext, cmd: Command) -> Done:
     else:
         # RFC 7162 section 3.1.3: a CONDSTORE enabling command.
         condstore.enable_implicitly(ctx)
-        changed = await call(ctx.mailbox.set_flags, uids, flags, _STORE_MODES[args.mode], args.unchanged_since)
+        changed = await call(
+            ctx.mailbox.set_flags, uids, flags, _STORE_MODES[args.mode], args.unchanged_since
+        )
     for info in changed:
         if info.uid in view.flags:
             view.flags[info.uid] = info.flags
@@ -382,7 +384,7 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
             if matches(args.key, sctx, seq, info, metadata.get(uid), message):
                 found.append(uid if args.uid else seq)
                 top_modseq = max(top_modseq, info.modseq)
-    # RFC 7162 section 3.1.5: the highest mod-sequence found, when searched by MODSEQ.
+    # RFC 7162 sections 3.1.6 and 3.1.10: the highest mod-sequence found, when searched by MODSEQ.
     modseq = top_modseq if with_modseq and found else None
     if args.return_options is not None:
         ctx.emit(ESearchData(cmd.tag, args.uid, found, args.return_options, modseq=modseq))
