@@ -93,10 +93,14 @@ class RegistryTests(SynchronousTestCase):
         self.assertIn("LOGINDISABLED", caps)
 
     def test_long_responses_stream(self) -> None:
-        """FETCH and SEARCH are written in batches under back-pressure; they withhold EXPUNGE with STORE."""
-        self.assertEqual({n for n, s in COMMANDS.items() if s.streams}, {"FETCH", "SEARCH"})
+        """
+        FETCH, SEARCH, SORT and THREAD are written in batches under
+        back-pressure; they withhold EXPUNGE with STORE.
+        """
+        self.assertEqual({n for n, s in COMMANDS.items() if s.streams}, {"FETCH", "SEARCH", "SORT", "THREAD"})
         self.assertEqual(
-            {n for n, s in COMMANDS.items() if s.withholds_expunge}, {"FETCH", "SEARCH", "STORE"}
+            {n for n, s in COMMANDS.items() if s.withholds_expunge},
+            {"FETCH", "SEARCH", "STORE", "SORT", "THREAD"},
         )
 
     def test_every_response_type_renders(self) -> None:

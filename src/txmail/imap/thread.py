@@ -29,6 +29,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import calendar
+import datetime
 import email.utils
 import re
 from collections.abc import Iterable, Sequence
@@ -148,7 +149,13 @@ def sent_date(raw: str | None) -> float | None:
     if m is not None:
         day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
         month = _MONTHS.get(mon.upper())
-        if month is not None:
+        if (
+            month is not None
+            and 1 <= int(day) <= calendar.monthrange(int(year), month)[1]
+            and int(hh) < 24
+            and int(mm) < 60
+            and int(ss or 0) <= 60
+        ):
             try:
                 when = calendar.timegm((int(year), month, int(day), int(hh), int(mm), int(ss or 0)))
             except (ValueError, OverflowError):
@@ -157,8 +164,9 @@ def sent_date(raw: str | None) -> float | None:
             return float(when - offset if sign == "+" else when + offset)
     try:
         parsed = email.utils.parsedate_tz(" ".join(raw.split()))
-        if parsed is None or parsed[0] < 1 or parsed[1] < 1 or parsed[2] < 1:
+        if parsed is None:
             return None
+        datetime.datetime(*parsed[:6])  # ValueError for 31 February and the like
         return float(email.utils.mktime_tz(parsed))
     except (ValueError, OverflowError, TypeError, IndexError):
         return None
