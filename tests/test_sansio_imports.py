@@ -48,6 +48,8 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/condstore.py",
     "txmail/imap/commands/create_special_use.py",
     "txmail/imap/commands/multiappend.py",
+    "txmail/imap/commands/binary.py",
+    "txmail/imap/binary.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",
     "txmail/auth/sasl.py",

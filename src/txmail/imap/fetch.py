@@ -54,7 +54,8 @@ Implementation notes
 
 Deviation: message octets are sent as they are stored, so a message holding
 NUL octets gives a literal IMAP4rev1 does not allow (``CHAR8`` excludes
-NUL).  TODO(RFC 3516: BINARY fetch with literal8 would carry them).
+NUL); ``BINARY[]`` (RFC 3516, :mod:`txmail.imap.binary`) sends them in a
+literal8.
 
 This module is sans-IO: it imports nothing from Twisted.
 """

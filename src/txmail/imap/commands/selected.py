@@ -22,7 +22,9 @@ from typing import Any
 
 from txmail.errors import NoSuchMessage
 from txmail.imap import serialize
+from txmail.imap.binary import binary_items
 from txmail.imap.commands import condstore
+from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
 from txmail.imap.commands.registry import AUTHENTICATED, SELECTED, command, extension
@@ -302,6 +304,7 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     items = condstore.fetch_items(ctx, args.items, args.changed_since, mark_seen)
     changed_since = args.changed_since
     shows_flags = any(item.name == "FLAGS" for item in args.items)
+    wanted_binary = binary_items(args.items)
     for n, batch in enumerate(_chunks(targets, BATCH)):
         if n:
             await ctx.take_turn()
@@ -328,6 +331,8 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                 message = await _read_message(mailbox, info)
                 if message is None:
                     continue
+                if wanted_binary:
+                    require_decodable(message, wanted_binary)  # RFC 3516 section 4.2: NO [UNKNOWN-CTE]
             if shows_flags or uid in seen_now:
                 view.flags[uid] = info.flags
             responses.append(
