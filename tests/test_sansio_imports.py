@@ -49,6 +49,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/create_special_use.py",
     "txmail/imap/commands/multiappend.py",
     "txmail/imap/commands/binary.py",
+    "txmail/imap/commands/replace.py",
     "txmail/imap/binary.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",

@@ -58,6 +58,7 @@ from txmail.imap.types import (
     Lsub,
     Move,
     Rename,
+    Replace,
     Search,
     SearchAnd,
     SearchKey,
@@ -1255,6 +1256,18 @@ def _append_message(c: Cursor) -> AppendMessage:
     return AppendMessage(flags, when, frag.data, frag.binary)
 
 
+def _replace(c: Cursor, uid: bool) -> Replace:
+    """
+    replace = "REPLACE" SP seq-number SP mailbox append-message  ; RFC 8508 section 6
+    uid-replace = "UID" SP replace                               ; seq-number is a UID
+    """
+    c.sp()
+    n = number(c, nonzero=True)
+    c.sp()
+    box = mailbox(c)
+    return Replace(n, box, _append_message(c), uid)
+
+
 def _expunge(c: Cursor, uid: bool) -> Expunge:
     """expunge = "EXPUNGE" ; uid-expunge = "UID" SP "EXPUNGE" SP sequence-set (RFC 4315)"""
     if not uid:
@@ -1418,12 +1431,13 @@ COMMANDS: dict[str, _Parser] = {
     "ENABLE": _enable,
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
+    "REPLACE": _replace,
     "SORT": _sort,
     "THREAD": _thread,
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).
-UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD"})
+UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD", "REPLACE"})
 
 
 def parse_command(fragments: Sequence[Fragment]) -> Command:

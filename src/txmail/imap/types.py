@@ -46,6 +46,7 @@ __all__ = [
     "Move",
     "NoArgs",
     "Rename",
+    "Replace",
     "Search",
     "SearchAnd",
     "SearchKey",
@@ -384,6 +385,16 @@ class Append:
     def messages(self) -> tuple[AppendMessage, ...]:
         """Every message, in order (the first is this command's own fields)."""
         return (AppendMessage(self.flags, self.date, self.literal, self.binary), *self.more)
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """REPLACE or UID REPLACE (RFC 8508): message ``number`` (a UID for UID REPLACE) by ``message`` in ``mailbox``."""
+
+    number: int
+    mailbox: str
+    message: AppendMessage
+    uid: bool = False
 
 
 @dataclass(frozen=True, slots=True)
