@@ -228,6 +228,7 @@ class SelectedView:
                 if self._added.pop(u, None) is None and u in self.flags:
                     self._expunged.add(u)
                 self._flag_changes.pop(u, None)
+                self._flag_modseqs.pop(u, None)
         elif isinstance(change, MailboxDeleted):
             self.deleted = True
 
@@ -317,6 +318,7 @@ class SelectedView:
             del self.flags[u]
             self.recent.discard(u)
             self._flag_changes.pop(u, None)
+            self._flag_modseqs.pop(u, None)
             self._told_exists -= 1
             numbers.append(seq)
         self._told_recent = min(self._told_recent, len(self.recent & self.flags.keys()))
