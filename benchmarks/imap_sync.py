@@ -21,7 +21,8 @@ the server answers that command for these messages:
   (a) ``UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc Subject
   Date Message-ID Priority X-Priority References Newsgroups In-Reply-To Content-Type
   Reply-To)])`` (Thunderbird's first sync) cold, then warm; ``UID SEARCH SUBJECT zebracorn``;
-  ``UID SEARCH TEXT quokkaberry``;
+  ``UID SEARCH TEXT quokkaberry``; ``UID SORT (ARRIVAL)``, ``(DATE)``, ``(SUBJECT)`` and ``UID
+  THREAD REFERENCES`` (RFC 5256; each answers every message once, checked);
 * fill B: a first connection SELECTs; then (b) ``UID FETCH 1:* (ENVELOPE BODYSTRUCTURE
   INTERNALDATE FLAGS RFC822.SIZE)`` cold, then warm.
 
@@ -83,11 +84,17 @@ SUBJECT_WORD = "zebracorn"
 TEXT_WORD = "quokkaberry"
 SEARCH_SUBJECT = b"UID SEARCH SUBJECT " + SUBJECT_WORD.encode()
 SEARCH_TEXT = b"UID SEARCH TEXT " + TEXT_WORD.encode()
+#: RFC 5256 (issue 12 section 4: at most 2x Dovecot), after the searches of fill A.
+SORTS = (("sort_arrival", b"UID SORT (ARRIVAL) US-ASCII ALL"), ("sort_date", b"UID SORT (DATE) US-ASCII ALL"),
+         ("sort_subject", b"UID SORT (SUBJECT) US-ASCII ALL"),
+         ("thread_refs", b"UID THREAD REFERENCES US-ASCII ALL"))
 PHASES = ("select_cold", "headers_cold", "headers_warm", "search_subject", "search_text",
-          "structure_cold", "structure_warm")
+          *(name for name, _ in SORTS), "structure_cold", "structure_warm")
 LABELS = {"select_cold": "SELECT cold", "headers_cold": "(a) cold", "headers_warm": "(a) warm",
           "search_subject": "(c) SUBJECT", "search_text": "(c) TEXT",
-          "structure_cold": "(b) cold", "structure_warm": "(b) warm"}
+          "structure_cold": "(b) cold", "structure_warm": "(b) warm",
+          "sort_arrival": "SORT ARRIVAL", "sort_date": "SORT DATE", "sort_subject": "SORT SUBJECT",
+          "thread_refs": "THREAD REFS"}
 
 _WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "this", "are", "or", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "one", "all", "we", "their", "can", "been", "has", "more", "if", "will", "would", "who", "so", "no", "about", "out", "up", "what", "when", "into", "time", "only", "new", "some", "could", "these", "two", "may", "then", "do", "first", "any", "my", "now", "such", "like", "our", "over", "even", "most", "made", "after", "also", "did", "many", "before", "must", "through", "back", "years", "where", "much", "your", "way", "well", "down", "should", "because", "each", "just", "those", "people", "how", "too", "little", "state", "good", "very", "make", "world", "still", "own", "see", "work", "long", "here", "get", "both", "between", "life", "being", "under", "never", "day", "same", "another", "know", "while", "last", "might", "great", "old", "year", "off", "come", "since", "against", "go", "came", "right", "used", "take", "three", "invoice", "meeting", "report", "project", "budget", "release", "schedule", "review"]
 
@@ -230,7 +237,7 @@ def run_fill(server: ImapServer, user: str, work: MixedWorkload, phases: list[tu
         session = Session(server, user, n, timeout)
         try:
             c0 = tree_cpu(server.pids())
-            reply = session.client.command(command, keep=name.startswith("search"))
+            reply = session.client.command(command, keep=name.startswith(("search", "sort", "thread")))
             cpu[name] = tree_cpu(server.pids()) - c0
             seconds[name] = reply.seconds
             if name.startswith("search"):
@@ -238,6 +245,12 @@ def run_fill(server: ImapServer, user: str, work: MixedWorkload, phases: list[tu
                 got = _uids_of_search(reply)
                 if len(got) != len(want):
                     raise ImapError(f"{command.decode()}: {len(got)} results, expected {len(want)}")
+            elif name.startswith(("sort", "thread")):
+                # Every message once (a THREAD line's numbers, parentheses aside).
+                line = next((x for x in reply.untagged if x.startswith((b"* SORT", b"* THREAD"))), b"")
+                got = len(line.replace(b"(", b" ").replace(b")", b" ").split()) - 2
+                if got != n:
+                    raise ImapError(f"{command.decode()}: {got} messages, expected {n}")
             elif reply.fetches != n:
                 raise ImapError(f"{name}: {reply.fetches} FETCH responses, expected {n}")
         finally:
@@ -251,7 +264,7 @@ def run_once(server: ImapServer, run: int, user: str, work: MixedWorkload, workd
     cpu: dict[str, float] = {}
     fills = (
         [("headers_cold", FETCH_HEADERS), ("headers_warm", FETCH_HEADERS),
-         ("search_subject", SEARCH_SUBJECT), ("search_text", SEARCH_TEXT)],
+         ("search_subject", SEARCH_SUBJECT), ("search_text", SEARCH_TEXT), *SORTS],
         [("structure_cold", FETCH_STRUCTURE), ("structure_warm", FETCH_STRUCTURE)],
     )
     for k, phases in enumerate(fills):

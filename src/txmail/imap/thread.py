@@ -28,7 +28,6 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-import calendar
 import datetime
 import email.utils
 import re
@@ -61,14 +60,14 @@ def casemap(text: str) -> bytes:
 # -- base subject (RFC 5256 section 2.1) --------------------------------------------------
 
 _SPACES_RE = re.compile(r"[ \t\r\n]+")
-# subj-trailer = "(fwd)" / WSP
-_TRAILER_RE = re.compile(r"(?:\(fwd\)| )$", re.IGNORECASE)
+# subj-trailer = "(fwd)" / WSP: see base_subject.
 # subj-leader = (*subj-blob subj-refwd) / WSP
 # subj-refwd = ("re" / ("fw" ["d"])) *WSP [subj-blob] ":"
 # subj-blob = "[" *BLOBCHAR "]" *WSP ; BLOBCHAR = any CHAR except "[" and "]"
 _BLOB = r"\[[^\[\]]*\] *"
 _LEADER_RE = re.compile(rf"(?:(?:{_BLOB})*(?:re|fwd?) *(?:{_BLOB})?:| )", re.IGNORECASE)
 _BLOB_RE = re.compile(_BLOB)
+_LEADER_STARTS = frozenset("[rRfF ")
 # subj-fwd-hdr = "[fwd:" ; subj-fwd-trl = "]"
 _FWD_HDR = "[FWD:"
 
@@ -96,14 +95,15 @@ def base_subject(raw: str | None) -> tuple[str, bool]:
     while True:
         # (2) the trailers.
         while True:
-            m = _TRAILER_RE.search(text)
-            if m is None:
-                break
-            if m.group() != " ":
+            if text.endswith(" "):
+                text = text[:-1]
+            elif text[-5:].lower() == "(fwd)":
+                text = text[:-5]
                 reply = True
-            text = text[: m.start()]
+            else:
+                break
         # (3), (4), (5): leaders and blobs at the start.
-        while True:
+        while text[:1] in _LEADER_STARTS:
             m = _LEADER_RE.match(text)
             if m is not None:
                 if m.group() != " ":
@@ -125,6 +125,7 @@ def base_subject(raw: str | None) -> tuple[str, bool]:
 
 # -- sent date (RFC 5256 section 2.2) -----------------------------------------------------
 
+_EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
 _MONTHS = {
     m: i
     for i, m in enumerate(
@@ -149,19 +150,16 @@ def sent_date(raw: str | None) -> float | None:
     if m is not None:
         day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
         month = _MONTHS.get(mon.upper())
-        if (
-            month is not None
-            and 1 <= int(day) <= calendar.monthrange(int(year), month)[1]
-            and int(hh) < 24
-            and int(mm) < 60
-            and int(ss or 0) <= 60
-        ):
+        h, mi, sec = int(hh), int(mm), int(ss or 0)
+        if month is not None and h < 24 and mi < 60 and sec <= 60:
             try:
-                when = calendar.timegm((int(year), month, int(day), int(hh), int(mm), int(ss or 0)))
-            except (ValueError, OverflowError):
-                return None
-            offset = (int(oh) * 60 + int(om)) * 60
-            return float(when - offset if sign == "+" else when + offset)
+                days = datetime.date(int(year), month, int(day)).toordinal() - _EPOCH_DAY
+            except ValueError:
+                days = None  # 31 February: email.utils decides
+            if days is not None:
+                offset = (int(oh) * 60 + int(om)) * 60
+                when = days * 86400 + h * 3600 + mi * 60 + sec
+                return float(when - offset if sign == "+" else when + offset)
     try:
         parsed = email.utils.parsedate_tz(" ".join(raw.split()))
         if parsed is None:
@@ -188,8 +186,9 @@ def message_ids(raw: str | None) -> list[str]:
     if not raw:
         return []
     out = []
-    for m in _MSG_ID_RE.finditer(raw):
-        mid = _WSP_RE.sub("", m.group(1))
+    for mid in _MSG_ID_RE.findall(raw):
+        if _WSP_RE.search(mid) is not None:
+            mid = _WSP_RE.sub("", mid)
         at = mid.find("@")
         if 0 < at < len(mid) - 1:
             out.append(mid)
@@ -429,13 +428,14 @@ def references(messages: Iterable[ThreadMessage]) -> list[ThreadNode]:
         if len(node.children) > 1:
             node.children.sort(key=key)
     roots.sort(key=key)
-    return [_freeze(root) for root in roots]
+    return _freeze(roots)
 
 
-def _freeze(root: _Container) -> ThreadNode:
-    """The tree under *root* as nested ``(number, children)`` tuples."""
+def _freeze(roots: list[_Container]) -> list[ThreadNode]:
+    """The trees under *roots* as nested ``(number, children)`` tuples."""
     frozen: dict[int, ThreadNode] = {}
-    for node in _post_order([root]):
+    for node in _post_order(roots):
         number = node.msg.number if node.msg is not None else None
-        frozen[id(node)] = (number, tuple(frozen.pop(id(c)) for c in node.children))
-    return frozen[id(root)]
+        children = node.children
+        frozen[id(node)] = (number, tuple([frozen.pop(id(c)) for c in children]) if children else ())
+    return [frozen[id(root)] for root in roots]
