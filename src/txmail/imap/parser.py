@@ -42,6 +42,7 @@ from txmail.imap.types import (
     Authenticate,
     Command,
     CommandArgs,
+    Compress,
     Copy,
     Create,
     Delete,
@@ -1256,6 +1257,12 @@ def _append_message(c: Cursor) -> AppendMessage:
     return AppendMessage(flags, when, frag.data, frag.binary)
 
 
+def _compress(c: Cursor, uid: bool) -> Compress:
+    """compress = "COMPRESS" SP algorithm ; algorithm = "DEFLATE" / atom  (RFC 4978 section 4)"""
+    c.sp()
+    return Compress(atom(c).upper())
+
+
 def _replace(c: Cursor, uid: bool) -> Replace:
     """
     replace = "REPLACE" SP seq-number SP mailbox append-message  ; RFC 8508 section 6
@@ -1432,6 +1439,7 @@ COMMANDS: dict[str, _Parser] = {
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
     "REPLACE": _replace,
+    "COMPRESS": _compress,
     "SORT": _sort,
     "THREAD": _thread,
 }

@@ -49,11 +49,24 @@ Implementation notes
 * Copy listeners (:mod:`txmail.imap.listeners`, ``copy_listeners=``) are
   told of each successful COPY/MOVE on the next turn of the reactor, after
   the tagged OK; the command never waits for them.
+* COMPRESS=DEFLATE (RFC 4978, :mod:`txmail.imap.commands.compress`): the
+  tagged OK goes out as it is, then each write batch is deflated (raw
+  deflate, ``wbits=-15``) and ends with a ``Z_SYNC_FLUSH``, so the client
+  can read every response at once.  Input is inflated in pieces of at
+  most :data:`INFLATE_CHUNK` octets, and only while the session may read
+  (not while a command runs or the client's replies back up): the rest
+  stays compressed, so a decompression bomb costs CPU, not memory, and
+  the framer's line and literal limits apply to the inflated octets.
+  Input the client sent after COMPRESS before the OK is taken back from
+  the session and inflated too.  Compression sits inside TLS (the
+  transport encrypts what we deflate); a stream error closes the
+  connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,12 +103,21 @@ from txmail.interfaces import IMailStoreProvider
 from txmail.model import MailboxChange, MessagesAdded
 from txmail.quota import Quotas
 
-__all__ = ["BATCH", "DEFAULT_IDLE_TIMEOUT", "SPECIAL_FOLDERS", "IMAPFactory", "IMAPServerProtocol"]
+__all__ = [
+    "BATCH",
+    "DEFAULT_IDLE_TIMEOUT",
+    "INFLATE_CHUNK",
+    "SPECIAL_FOLDERS",
+    "IMAPFactory",
+    "IMAPServerProtocol",
+]
 
 #: RFC 3501 section 5.4: an autologout timer of at least 30 minutes.
 DEFAULT_IDLE_TIMEOUT = 1800.0
 #: Seconds a client may stay silent before it logged in.
 PREAUTH_TIMEOUT = 180.0
+#: COMPRESS (RFC 4978): octets of inflated input handed to the session at a time.
+INFLATE_CHUNK = 64 * 1024
 
 
 @implementer(IPushProducer)
@@ -150,6 +172,13 @@ class IMAPServerProtocol(SessionProtocol):
         self._remove_listener: Callable[[], None] | None = None
         self._gate = _WriteGate()
         self._early_changes: list[MailboxChange] | None = None
+        # COMPRESS=DEFLATE (RFC 4978): the streams, once active.
+        self._compress_requested = False
+        self._deflater: Any = None
+        self._inflater: Any = None
+        self._compressed_in = b""
+        self._inflate_more = False
+        self._inflating = False
 
     def _open_session(self, host: str) -> IMAPSession:
         factory = self.factory
@@ -245,6 +274,8 @@ class IMAPServerProtocol(SessionProtocol):
                 return
             if not self._lost:
                 session.finish("OK", done.text or f"{command.name} completed", done.code)
+                if self._compress_requested and self._deflater is None:
+                    self._begin_compression()
 
         d = defer.Deferred.fromCoroutine(run())
 
@@ -375,6 +406,69 @@ class IMAPServerProtocol(SessionProtocol):
 
     def deselect(self) -> None:
         self._deselect()
+
+    # -- COMPRESS=DEFLATE (RFC 4978) --
+
+    def start_compression(self) -> bool:
+        """
+        COMPRESS DEFLATE was accepted: compress once its tagged OK is out.
+        ``False`` when compression is already active (``NO [COMPRESSIONACTIVE]``).
+        """
+        if self._compress_requested:
+            return False
+        self._compress_requested = True
+        return True
+
+    def _begin_compression(self) -> None:
+        session = self.session
+        assert session is not None
+        # What the client sent after COMPRESS is compressed: inflate it first.
+        self._compressed_in = session.take_buffered_input()
+        self._flush()  # the tagged OK, uncompressed
+        self._deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._inflater = zlib.decompressobj(-15)
+        self.log.info("IMAP COMPRESS=DEFLATE for {peer}", peer=self.peer, session_id=self.session_id)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._inflater is None:
+            super().dataReceived(data)
+            return
+        self._compressed_in += data
+        self._inflate_input()
+
+    def _inflate_input(self) -> None:
+        """Inflate pending input in bounded pieces, while the session may read."""
+        if self._inflating or self._inflater is None:
+            return
+        self._inflating = True
+        try:
+            while (self._compressed_in or self._inflate_more) and not self._lost and self._may_read():
+                try:
+                    out = self._inflater.decompress(self._compressed_in, INFLATE_CHUNK)
+                except zlib.error:
+                    self.log.warn(
+                        "invalid deflate stream from {peer}", peer=self.peer, session_id=self.session_id
+                    )
+                    self._compressed_in = b""
+                    self._inflate_more = False
+                    self._transport.loseConnection()
+                    return
+                self._compressed_in = self._inflater.unconsumed_tail
+                self._inflate_more = len(out) >= INFLATE_CHUNK
+                if out:
+                    super().dataReceived(out)
+        finally:
+            self._inflating = False
+
+    def _process(self) -> None:
+        super()._process()
+        if self._compressed_in or self._inflate_more:
+            self._inflate_input()
+
+    def _write_out(self, data: bytes) -> None:
+        if self._deflater is not None:
+            data = self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
+        super()._write_out(data)
 
     # -- copy listeners (txmail.imap.listeners) --
 

@@ -206,6 +206,14 @@ class IMAPSession(SessionCore[Event]):
             self._frame(frame)
         return self._events.popleft() if self._events else None
 
+    def take_buffered_input(self) -> bytes:
+        """
+        Take the octets received but not yet framed.  After COMPRESS (RFC
+        4978 section 3) they are compressed: the adapter inflates them and
+        gives them back with :meth:`receive_data`.
+        """
+        return self._framer_leftovers()
+
     @property
     def buffered_input(self) -> int:
         """Octets received and not yet framed."""

@@ -29,6 +29,7 @@ __all__ = [
     "Authenticate",
     "Command",
     "CommandArgs",
+    "Compress",
     "Copy",
     "Create",
     "Delete",
@@ -388,6 +389,13 @@ class Append:
 
 
 @dataclass(frozen=True, slots=True)
+class Compress:
+    """COMPRESS (RFC 4978): the algorithm, upper-cased."""
+
+    algorithm: str
+
+
+@dataclass(frozen=True, slots=True)
 class Replace:
     """REPLACE or UID REPLACE (RFC 8508): message ``number`` (a UID for UID REPLACE) by ``message`` in ``mailbox``."""
 
@@ -534,6 +542,8 @@ CommandArgs = (
     | Move
     | Id
     | Enable
+    | Replace
+    | Compress
 )
 
 
