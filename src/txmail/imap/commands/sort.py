@@ -45,7 +45,6 @@ from txmail.imap.responses import Bad, Done, ESortData, No, SortData, ThreadData
 from txmail.imap.search import SUPPORTED_CHARSETS, SearchContext, matches, search_needs
 from txmail.imap.search import _decode_field as decode_field
 from txmail.imap.types import Command, SearchKey, SearchNode, Sort, Thread
-from txmail.mime import _field as first_field
 from txmail.model import MessageInfo, MessageMetadata
 
 __all__ = ["THREAD_ALGORITHMS", "sort_keys"]
@@ -83,30 +82,59 @@ def _display_key(md: MessageMetadata | None, key: str) -> bytes:
     return thread.casemap(mailbox or "")
 
 
-def _date(info: MessageInfo, md: MessageMetadata | None) -> float:
-    sent = thread.sent_date(first_field(md.headers, "date")) if md is not None else None
+#: The header fields SORT and THREAD read (lower case).
+_FIELDS = frozenset({"subject", "date", "message-id", "references", "in-reply-to"})
+_NO_FIELDS: dict[str, str] = {}
+
+
+def _fields(md: MessageMetadata | None) -> dict[str, str]:
+    """
+    The first raw value of each of :data:`_FIELDS` that the message has:
+    one pass over its header fields (a store's cached records are plain
+    tuples, so a lookup per field would walk them once each).
+    """
+    if md is None:
+        return _NO_FIELDS
+    found: dict[str, str] = {}
+    wanted = _FIELDS
+    for name, value in md.headers:
+        key = name.lower()
+        if key not in wanted:
+            if key[-1:] not in (" ", "\t"):
+                continue
+            key = key.rstrip(" \t")
+            if key not in wanted:
+                continue
+        if key not in found:
+            found[key] = value
+    return found
+
+
+def _date(info: MessageInfo, fields: dict[str, str]) -> float:
+    """RFC 5256 section 2.2: the sent date, else the internal date."""
+    sent = thread.sent_date(fields.get("date"))
     return float(info.internal_date) if sent is None else sent
 
 
-def _subject(md: MessageMetadata | None) -> bytes:
-    if md is None:
-        return b""
-    return thread.casemap(thread.base_subject(first_field(md.headers, "subject"))[0])
+def _subject(fields: dict[str, str]) -> bytes:
+    return thread.casemap(thread.base_subject(fields.get("subject"))[0])
 
 
-_KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None], Any]] = {
-    "ARRIVAL": lambda info, md: info.internal_date,
-    "SIZE": lambda info, md: info.size,
-    "DATE": _date,
-    "SUBJECT": lambda info, md: _subject(md),
-    "FROM": lambda info, md: _mailbox_key(md, "FROM"),
-    "TO": lambda info, md: _mailbox_key(md, "TO"),
-    "CC": lambda info, md: _mailbox_key(md, "CC"),
-    "DISPLAYFROM": lambda info, md: _display_key(md, "DISPLAYFROM"),
-    "DISPLAYTO": lambda info, md: _display_key(md, "DISPLAYTO"),
+_KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, dict[str, str]], Any]] = {
+    "ARRIVAL": lambda info, md, fields: info.internal_date,
+    "SIZE": lambda info, md, fields: info.size,
+    "DATE": lambda info, md, fields: _date(info, fields),
+    "SUBJECT": lambda info, md, fields: _subject(fields),
+    "FROM": lambda info, md, fields: _mailbox_key(md, "FROM"),
+    "TO": lambda info, md, fields: _mailbox_key(md, "TO"),
+    "CC": lambda info, md, fields: _mailbox_key(md, "CC"),
+    "DISPLAYFROM": lambda info, md, fields: _display_key(md, "DISPLAYFROM"),
+    "DISPLAYTO": lambda info, md, fields: _display_key(md, "DISPLAYTO"),
 }
 #: Keys that the store's index alone answers.
 _INDEX_KEYS = frozenset({"ARRIVAL", "SIZE"})
+#: Keys read from header fields (the others from the index or the envelope).
+_FIELD_KEYS = frozenset({"DATE", "SUBJECT"})
 
 #: RFC 5256 section 3, in the order advertised.
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
@@ -117,7 +145,8 @@ def sort_keys(
     criteria: tuple[tuple[str, bool], ...], info: MessageInfo, md: MessageMetadata | None
 ) -> tuple[Any, ...]:
     """One message's value for each of *criteria* (``(key, reverse)`` pairs), in order."""
-    return tuple(_KEYS[key](info, md) for key, _ in criteria)
+    fields = _fields(md) if any(key in _FIELD_KEYS for key, _ in criteria) else _NO_FIELDS
+    return tuple(_KEYS[key](info, md, fields) for key, _ in criteria)
 
 
 def _check_charset(charset: str) -> None:
@@ -206,19 +235,17 @@ async def thread_(ctx: CommandContext, cmd: Command) -> Done:
     found: list[thread.ThreadMessage] = []
 
     def record(seq: int, uid: int, info: MessageInfo, md: Any) -> None:
-        base, reply = (
-            thread.base_subject(first_field(md.headers, "subject")) if md is not None else ("", False)
-        )
+        fields = _fields(md)
+        base, reply = thread.base_subject(fields.get("subject"))
         msg = thread.ThreadMessage(
-            uid if args.uid else seq, seq, _date(info, md), thread.casemap(base), reply
+            uid if args.uid else seq, seq, _date(info, fields), thread.casemap(base), reply
         )
-        if with_ids and md is not None:
-            headers = md.headers
-            own = thread.message_ids(first_field(headers, "message-id"))
+        if with_ids:
+            own = thread.message_ids(fields.get("message-id"))
             msg.message_id = own[0] if own else None
-            parents = thread.message_ids(first_field(headers, "references"))
+            parents = thread.message_ids(fields.get("references"))
             if not parents:
-                parents = thread.message_ids(first_field(headers, "in-reply-to"))[:1]
+                parents = thread.message_ids(fields.get("in-reply-to"))[:1]
             msg.parents = parents
         found.append(msg)
 
