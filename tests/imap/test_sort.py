@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap.test_server import ServerTestCase
 from txmail.imap.commands import COMMANDS, capabilities
+from txmail.imap.commands.sort import FactsCache, MessageFacts
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import ParseError, parse_command
 from txmail.imap.serialize import esort_response, sort_response, thread_response
@@ -249,3 +250,64 @@ class SortCommandTests(ServerTestCase):
 
 # The two messages of test_server's setUp.
 from tests.imap.test_server import MESSAGES as MESSAGES_1_2  # noqa: E402
+
+
+class _Box:
+    """A mailbox as the facts cache sees it."""
+
+    def __init__(self, uidvalidity: int = 1) -> None:
+        self.uidvalidity = uidvalidity
+
+
+class FactsCacheTests(SynchronousTestCase):
+    def facts(self, n: int) -> MessageFacts:
+        return MessageFacts(float(n), b"S", False, None, ())
+
+    def test_kept_per_mailbox_and_uidvalidity(self) -> None:
+        cache = FactsCache()
+        box = _Box()
+        cache.table(box, [1])[1] = self.facts(1)
+        self.assertEqual(cache.table(box, [1]), {1: self.facts(1)})
+        self.assertEqual(cache.table(_Box(), [1]), {})
+        box.uidvalidity = 2  # RFC 3501 section 2.3.1.1: the UIDs name other messages now
+        self.assertEqual(cache.table(box, [1]), {})
+
+    def test_expunged_trimmed(self) -> None:
+        cache = FactsCache()
+        box = _Box()
+        table = cache.table(box, range(1, 3001))
+        table.update({n: self.facts(n) for n in range(1, 3001)})
+        self.assertEqual(set(cache.table(box, [5, 6])), {5, 6})
+
+    def test_least_recently_used_forgotten(self) -> None:
+        cache = FactsCache(limit=10)
+        a, b, c = _Box(), _Box(), _Box()
+        cache.table(a, []).update({n: self.facts(n) for n in range(6)})
+        cache.table(b, []).update({n: self.facts(n) for n in range(6)})
+        self.assertEqual(len(cache.table(c, [])), 0)  # a (12 > 10) is forgotten
+        self.assertEqual(len(cache.table(b, [])), 6)
+        self.assertEqual(len(cache.table(a, [])), 0)
+
+    def test_second_sort_reads_no_metadata(self) -> None:
+        """A SORT (DATE) after a THREAD of the same mailbox takes the cached facts."""
+        store = ServerTestCase("run")
+        store.setUp()
+        mailbox = store.mailbox
+        asked: list[list[int]] = []
+        original = mailbox.get_metadata
+
+        def get_metadata(uids: list[int]) -> object:
+            asked.append(list(uids))
+            return original(uids)
+
+        mailbox.get_metadata = get_metadata  # type: ignore[method-assign]
+        store.addCleanup(store.tearDown)
+        proto, transport = store.login()
+        out = store.send(proto, transport, b"t THREAD REFERENCES UTF-8 ALL\r\n")
+        self.assertTrue(out.endswith(b"t OK THREAD completed\r\n"), out)
+        self.assertEqual(asked, [[1, 2]])
+        out = store.send(proto, transport, b"s SORT (REVERSE DATE SUBJECT) UTF-8 ALL\r\n")
+        self.assertEqual(out, b"* SORT 1 2\r\ns OK SORT completed\r\n")
+        self.assertEqual(asked, [[1, 2]])
+        out = store.send(proto, transport, b"s SORT (FROM) UTF-8 ALL\r\n")  # the envelope: metadata
+        self.assertEqual(asked, [[1, 2], [1, 2]])

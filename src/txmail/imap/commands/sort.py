@@ -34,8 +34,10 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from txmail.imap import thread
 from txmail.imap.commands.context import CommandContext, call
@@ -47,7 +49,7 @@ from txmail.imap.search import _decode_field as decode_field
 from txmail.imap.types import Command, SearchKey, SearchNode, Sort, Thread
 from txmail.model import MessageInfo, MessageMetadata
 
-__all__ = ["THREAD_ALGORITHMS", "sort_keys"]
+__all__ = ["FACTS", "THREAD_ALGORITHMS", "FactsCache", "MessageFacts", "message_facts", "sort_keys"]
 
 #: The envelope position of each address sort key's field (RFC 3501 section 7.4.2).
 _ENVELOPE_FIELD = {"FROM": 2, "TO": 5, "CC": 6, "DISPLAYFROM": 2, "DISPLAYTO": 5}
@@ -116,25 +118,90 @@ def _date(info: MessageInfo, fields: dict[str, str]) -> float:
     return float(info.internal_date) if sent is None else sent
 
 
-def _subject(fields: dict[str, str]) -> bytes:
-    return thread.casemap(thread.base_subject(fields.get("subject"))[0])
+class MessageFacts(NamedTuple):
+    """What SORT (DATE, SUBJECT) and THREAD know of a message, from its header fields."""
+
+    #: The sent date, else the internal date (RFC 5256 section 2.2).
+    date: float
+    #: The base subject as an ``i;ascii-casemap`` key (section 2.1).
+    subject: bytes
+    #: The subject marked a reply or forward.
+    reply: bool
+    #: The first valid ``Message-ID``.
+    message_id: str | None
+    #: ``References``, else the first ``In-Reply-To`` id.
+    parents: tuple[str, ...]
 
 
-_KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, dict[str, str]], Any]] = {
-    "ARRIVAL": lambda info, md, fields: info.internal_date,
-    "SIZE": lambda info, md, fields: info.size,
-    "DATE": lambda info, md, fields: _date(info, fields),
-    "SUBJECT": lambda info, md, fields: _subject(fields),
-    "FROM": lambda info, md, fields: _mailbox_key(md, "FROM"),
-    "TO": lambda info, md, fields: _mailbox_key(md, "TO"),
-    "CC": lambda info, md, fields: _mailbox_key(md, "CC"),
-    "DISPLAYFROM": lambda info, md, fields: _display_key(md, "DISPLAYFROM"),
-    "DISPLAYTO": lambda info, md, fields: _display_key(md, "DISPLAYTO"),
+def message_facts(info: MessageInfo, md: MessageMetadata | None) -> MessageFacts:
+    """:class:`MessageFacts` of a message, from its listing and metadata."""
+    fields = _fields(md)
+    base, reply = thread.base_subject(fields.get("subject"))
+    own = thread.message_ids(fields.get("message-id"))
+    parents = thread.message_ids(fields.get("references"))
+    if not parents:
+        parents = thread.message_ids(fields.get("in-reply-to"))[:1]
+    return MessageFacts(
+        _date(info, fields), thread.casemap(base), reply, own[0] if own else None, tuple(parents)
+    )
+
+
+class FactsCache:
+    """
+    :class:`MessageFacts` by UID for the mailboxes sorted or threaded
+    lately, so that the next SORT or THREAD of a mailbox reads no metadata
+    for the messages it has seen (a message's header fields and internal
+    date never change while its UID names it, RFC 3501 section 2.3.1.1; a
+    new UIDVALIDITY starts afresh).  The least recently used mailboxes are
+    forgotten beyond *limit* messages in all; a table holding many
+    expunged UIDs is trimmed when used.
+    """
+
+    def __init__(self, limit: int = 250_000) -> None:
+        self.limit = limit
+        self._tables: OrderedDict[int, tuple[weakref.ref[Any], int, dict[int, MessageFacts]]] = OrderedDict()
+
+    def table(self, mailbox: Any, uids: Sequence[int]) -> dict[int, MessageFacts]:
+        """The facts known for *mailbox* (whose messages are now *uids*), to read and fill."""
+        key = id(mailbox)
+        entry = self._tables.pop(key, None)
+        if entry is None or entry[0]() is not mailbox or entry[1] != mailbox.uidvalidity:
+            try:
+                ref = weakref.ref(mailbox)
+            except TypeError:
+                return {}  # not cacheable: a table for this command only
+            entry = (ref, mailbox.uidvalidity, {})
+        table = entry[2]
+        if len(table) > 2 * len(uids) + 1024:
+            table = {uid: table[uid] for uid in uids if uid in table}
+            entry = (entry[0], entry[1], table)
+        self._tables[key] = entry
+        total = sum(len(t) for _, _, t in self._tables.values())
+        while total > self.limit and len(self._tables) > 1:
+            _, (_, _, dropped) = self._tables.popitem(last=False)
+            total -= len(dropped)
+        return table
+
+
+#: The cache of this process.
+FACTS = FactsCache()
+
+
+_KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
+    "ARRIVAL": lambda info, md, facts: info.internal_date,
+    "SIZE": lambda info, md, facts: info.size,
+    "DATE": lambda info, md, facts: facts.date,  # type: ignore[union-attr]
+    "SUBJECT": lambda info, md, facts: facts.subject,  # type: ignore[union-attr]
+    "FROM": lambda info, md, facts: _mailbox_key(md, "FROM"),
+    "TO": lambda info, md, facts: _mailbox_key(md, "TO"),
+    "CC": lambda info, md, facts: _mailbox_key(md, "CC"),
+    "DISPLAYFROM": lambda info, md, facts: _display_key(md, "DISPLAYFROM"),
+    "DISPLAYTO": lambda info, md, facts: _display_key(md, "DISPLAYTO"),
 }
 #: Keys that the store's index alone answers.
 _INDEX_KEYS = frozenset({"ARRIVAL", "SIZE"})
-#: Keys read from header fields (the others from the index or the envelope).
-_FIELD_KEYS = frozenset({"DATE", "SUBJECT"})
+#: Keys read from :class:`MessageFacts`.
+_FACT_KEYS = frozenset({"DATE", "SUBJECT"})
 
 #: RFC 5256 section 3, in the order advertised.
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
@@ -142,11 +209,18 @@ _ALGORITHMS = {"ORDEREDSUBJECT": thread.ordered_subject, "REFERENCES": thread.re
 
 
 def sort_keys(
-    criteria: tuple[tuple[str, bool], ...], info: MessageInfo, md: MessageMetadata | None
+    criteria: tuple[tuple[str, bool], ...],
+    info: MessageInfo,
+    md: MessageMetadata | None,
+    facts: MessageFacts | None = None,
 ) -> tuple[Any, ...]:
-    """One message's value for each of *criteria* (``(key, reverse)`` pairs), in order."""
-    fields = _fields(md) if any(key in _FIELD_KEYS for key, _ in criteria) else _NO_FIELDS
-    return tuple(_KEYS[key](info, md, fields) for key, _ in criteria)
+    """
+    One message's value for each of *criteria* (``(key, reverse)`` pairs),
+    in order; *facts* computed from *md* when not given.
+    """
+    if facts is None and any(key in _FACT_KEYS for key, _ in criteria):
+        facts = message_facts(info, md)
+    return tuple(_KEYS[key](info, md, facts) for key, _ in criteria)
 
 
 def _check_charset(charset: str) -> None:
@@ -158,9 +232,15 @@ async def _each_match(
     ctx: CommandContext,
     key: SearchNode,
     want_metadata: bool,
-    record: Callable[[int, int, MessageInfo, Any], None],
+    want_facts: bool,
+    record: Callable[[int, int, MessageInfo, Any, MessageFacts | None], None],
 ) -> None:
-    """Call *record* ``(seq, uid, info, metadata)`` for each message matching *key*, in mailbox order."""
+    """
+    Call *record* ``(seq, uid, info, metadata, facts)`` for each message
+    matching *key*, in mailbox order: *metadata* when *want_metadata* (or
+    the search needs it), *facts* when *want_facts* (from :data:`FACTS`,
+    the metadata read only for the messages it does not know).
+    """
     view = ctx.session.view
     assert view is not None
     mailbox = ctx.mailbox
@@ -169,13 +249,15 @@ async def _each_match(
     match_all = isinstance(key, SearchKey) and key.name == "ALL"
     sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
     uids = view.uids
+    known = FACTS.table(mailbox, uids) if want_facts else {}
     step = BATCH * 4
     for start in range(0, len(uids), step):
         if start:
             await ctx.take_turn()
         batch = uids[start : start + step]
         infos = {i.uid: i for i in await call(mailbox.list_messages, batch)}
-        metadata = await call(mailbox.get_metadata, batch) if with_metadata else {}
+        wanted = batch if with_metadata else [u for u in batch if want_facts and u not in known]
+        metadata = await call(mailbox.get_metadata, wanted) if wanted else {}
         for seq, uid in enumerate(batch, start + 1):
             info = infos.get(uid)
             if info is None:
@@ -189,7 +271,12 @@ async def _each_match(
                         continue
                 if not matches(key, sctx, seq, info, md, message):
                     continue
-            record(seq, uid, info, md)
+            facts = None
+            if want_facts:
+                facts = known.get(uid)
+                if facts is None:
+                    facts = known[uid] = message_facts(info, md)
+            record(seq, uid, info, md, facts)
 
 
 @command("SORT", states=SELECTED, capability="SORT", on_messages=True, withholds_expunge=True, streams=True)
@@ -201,10 +288,11 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
     criteria = args.criteria
     found: list[tuple[tuple[Any, ...], int]] = []
 
-    def record(seq: int, uid: int, info: MessageInfo, md: Any) -> None:
-        found.append((sort_keys(criteria, info, md), uid if args.uid else seq))
+    def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: MessageFacts | None) -> None:
+        found.append((sort_keys(criteria, info, md, facts), uid if args.uid else seq))
 
-    await _each_match(ctx, args.key, any(key not in _INDEX_KEYS for key, _ in criteria), record)
+    keys = {key for key, _ in criteria}
+    await _each_match(ctx, args.key, bool(keys - _INDEX_KEYS - _FACT_KEYS), bool(keys & _FACT_KEYS), record)
     # One stable sort per criterion, the last first; ties keep mailbox order.
     for i in range(len(criteria) - 1, -1, -1):
         found.sort(key=lambda item, i=i: item[0][i], reverse=criteria[i][1])  # type: ignore[misc]
@@ -231,25 +319,13 @@ async def thread_(ctx: CommandContext, cmd: Command) -> Done:
     if args.algorithm not in THREAD_ALGORITHMS:
         raise Bad("Unknown threading algorithm")
     _check_charset(args.charset)
-    with_ids = args.algorithm == "REFERENCES"
     found: list[thread.ThreadMessage] = []
 
-    def record(seq: int, uid: int, info: MessageInfo, md: Any) -> None:
-        fields = _fields(md)
-        base, reply = thread.base_subject(fields.get("subject"))
-        msg = thread.ThreadMessage(
-            uid if args.uid else seq, seq, _date(info, fields), thread.casemap(base), reply
-        )
-        if with_ids:
-            own = thread.message_ids(fields.get("message-id"))
-            msg.message_id = own[0] if own else None
-            parents = thread.message_ids(fields.get("references"))
-            if not parents:
-                parents = thread.message_ids(fields.get("in-reply-to"))[:1]
-            msg.parents = parents
-        found.append(msg)
+    def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: MessageFacts | None) -> None:
+        assert facts is not None
+        found.append(thread.ThreadMessage(uid if args.uid else seq, seq, *facts))
 
-    await _each_match(ctx, args.key, True, record)
+    await _each_match(ctx, args.key, False, True, record)
     ctx.emit(ThreadData(_ALGORITHMS[args.algorithm](found)))
     return Done("UID THREAD completed" if args.uid else "THREAD completed")
 
