@@ -90,7 +90,12 @@ def base_subject(raw: str | None) -> tuple[str, bool]:
     """
     if not raw:
         return "", False
-    text = _SPACES_RE.sub(" ", _decode_field(raw))
+    if "=?" in raw or "\n" in raw or "\r" in raw or not raw.isascii():
+        text = _SPACES_RE.sub(" ", _decode_field(raw))
+    else:  # the usual subject: nothing to decode or unfold
+        text = raw.strip(" \t")
+        if "  " in text or "\t" in text:
+            text = _SPACES_RE.sub(" ", text)
     reply = False
     while True:
         # (2) the trailers.
