@@ -1234,7 +1234,7 @@ def decode_metadata(
     if not rest:
         if complete is None:
             raise ValueError("header fields only: the structures are not cached")
-        return MessageMetadata.deferred(header_size, headers, complete)
+        return MessageMetadata.deferred(header_size, _Fields(headers), complete)
 
     def load() -> tuple[tuple[Any, ...], tuple[Any, ...], int]:
         # Checked by the CRC above: only a bug of ours could fail here.
@@ -1243,7 +1243,7 @@ def decode_metadata(
             raise _not_metadata()
         return envelope, body_structure, lines
 
-    return MessageMetadata.deferred(header_size, headers, load)
+    return MessageMetadata.deferred(header_size, _Fields(headers), load)
 
 
 def _decode_json(data: bytes) -> MessageMetadata:
