@@ -116,10 +116,12 @@ class CondstoreServerTests(ServerTestCase):
         self.assertEqual(out, b"* ENABLED\r\ne2 OK ENABLE completed\r\n")
 
     def test_select_condstore(self) -> None:
-        """Sections 3.1.2.1 and 3.1.8: SELECT (CONDSTORE) sends HIGHESTMODSEQ; plain SELECT before does not."""
+        """Sections 3.1.2.1 and 3.1.8: every SELECT/EXAMINE sends HIGHESTMODSEQ; (CONDSTORE) also enables CONDSTORE."""
         proto, transport = self.login(select=None)
         out = self.run_lines(proto, transport, b"s1 EXAMINE INBOX")
-        self.assertNotIn(b"HIGHESTMODSEQ", out)
+        self.assertIn(b"* OK [HIGHESTMODSEQ 3] Highest\r\n", out)
+        out = self.run_lines(proto, transport, b"f0 FETCH 1 (FLAGS)")
+        self.assertNotIn(b"MODSEQ", out)  # not enabled yet
         out = self.run_lines(proto, transport, b"s2 EXAMINE INBOX (CONDSTORE)")
         self.assertIn(b"* OK [HIGHESTMODSEQ 3] Highest\r\n", out)
         self.assertTrue(out.endswith(b"s2 OK [READ-ONLY] EXAMINE completed\r\n"), out)

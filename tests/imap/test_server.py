@@ -122,6 +122,7 @@ class SampleSessionTests(ServerTestCase):
             b"* OK [UNSEEN 1] First unseen\r\n"
             b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
             b"* OK [UIDNEXT 3] Predicted next UID\r\n"
+            b"* OK [HIGHESTMODSEQ 3] Highest\r\n"
             b"a2 OK [READ-WRITE] SELECT completed\r\n" % self.mailbox.uidvalidity,
         )
 

@@ -102,14 +102,15 @@ def select_responses(ctx: CommandContext, view: SelectedView, status: Any, param
     """
     SELECT/EXAMINE: note the mailbox's HIGHESTMODSEQ in *view*; with the
     ``(CONDSTORE)`` parameter *param* CONDSTORE is enabled (RFC 7162 section
-    3.1.8).  Once enabled, the HIGHESTMODSEQ response (section 3.1.2.1).
+    3.1.8).  The HIGHESTMODSEQ response (section 3.1.2.1), or NOMODSEQ.
     """
     view.set_highest_modseq(status.highest_modseq)
     if param:
         ctx.session.enabled.add(CONDSTORE)
-    if not enabled(ctx.session):
-        return ()
-    view.condstore = True
+    if enabled(ctx.session):
+        view.condstore = True
+    # Section 3.1.2.1: a server that keeps mod-sequences sends HIGHESTMODSEQ
+    # with every successful SELECT and EXAMINE (as Dovecot does), enabled or not.
     return (highest_modseq_ok(status.highest_modseq),)
 
 
