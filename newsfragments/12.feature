@@ -7,3 +7,4 @@ IMAP BINARY (RFC 3516): FETCH BINARY[part]<partial>, BINARY.PEEK and BINARY.SIZE
 IMAP SORT, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267): SORT/UID SORT on ARRIVAL, CC, DATE, FROM, SIZE, SUBJECT, TO, DISPLAYFROM, DISPLAYTO with REVERSE, SORT RETURN (MIN MAX ALL COUNT), and THREAD/UID THREAD with both algorithms; CONTEXT=SEARCH/SORT are not offered.
 IMAP REPLACE (RFC 8508): REPLACE and UID REPLACE append the new message (APPENDUID) and expunge the old one; a failure on the way leaves the old message alone.
 IMAP COMPRESS=DEFLATE (RFC 4978): after COMPRESS DEFLATE both directions are raw deflate (inside TLS when TLS is on), input inflated in bounded pieces under back-pressure; a second COMPRESS gets NO [COMPRESSIONACTIVE].
+IMAP STATUS=SIZE (RFC 8438) is advertised: STATUS and LIST-STATUS SIZE give the sum of the messages' RFC822.SIZE.

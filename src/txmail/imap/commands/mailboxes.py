@@ -227,6 +227,10 @@ async def status_response(ctx: CommandContext, name: str, items: tuple[str, ...]
     return StatusData(name, tuple((item, values[item]) for item in items if item in values))
 
 
+# RFC 8438: STATUS (and LIST-STATUS) SIZE, the sum of the messages' RFC822.SIZE.
+extension("STATUS=SIZE")
+
+
 @command("STATUS", states=AUTHENTICATED, invalid_name="NONEXISTENT")
 async def status(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 3501 section 6.3.10."""
