@@ -34,6 +34,7 @@ __all__ = [
     "IDeliveryHook",
     "IDeliveryRouter",
     "IDirectory",
+    "IExpungeHistory",
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
@@ -196,6 +197,28 @@ class IStorageUsage(Interface):
         of the user.  Cheap: kept up to date as messages come and go, not
         counted per call; changes made by other programs may take a few
         minutes to show.
+        """
+
+
+class IExpungeHistory(Interface):
+    """
+    A mailbox that remembers which UIDs were expunged at which
+    mod-sequence (what QRESYNC, RFC 7162 section 3.2, tells a client that
+    resynchronises: ``VANISHED (EARLIER)``).  Optional beside
+    :class:`IMailbox`: the IMAP server offers QRESYNC's vanished lists only
+    for mailboxes that provide it.  The memory and Maildir stores do (the
+    Maildir store keeps the history in its index, across restarts).
+    """
+
+    def expunged_since(modseq, uids=None):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[list[int]]``: the UIDs expunged after mod-sequence
+        *modseq* (``int``), ascending, restricted to *uids* (an iterable of
+        UIDs) when given.  A store whose history does not reach back to
+        *modseq* (it keeps it in coarser steps, or lost part of it) answers
+        with a superset: UIDs expunged earlier, never a UID still present
+        or never given (RFC 7162 section 3.2.6 allows reporting messages
+        expunged before *modseq*).
         """
 
 

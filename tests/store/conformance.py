@@ -24,7 +24,7 @@ from zope.interface.verify import verifyObject
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider
+from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider
 from txmail.model import (
     ANSWERED,
     DELETED,
@@ -549,6 +549,42 @@ class MailStoreConformanceMixin:
         removed = yield box.expunge([uids[1], uids[2]])
         self.assertEqual(removed, [uids[1]])
         self.assertEqual([i.uid for i in (yield box.list_messages())], [uids[0], uids[2]])
+
+    @defer.inlineCallbacks
+    def test_expunged_since(self) -> Gen:
+        """expunged_since: the UIDs expunged after a modseq, ascending, restricted to given UIDs (RFC 7162 section 3.2)."""
+        box = yield self.inbox()
+        self.assertTrue(verifyObject(IExpungeHistory, box))
+        uids = yield self.fill(box, 6)
+        start = (yield box.status()).highest_modseq
+        self.assertEqual((yield box.expunged_since(start)), [])
+        yield box.set_flags([uids[3], uids[1]], [DELETED], FlagMode.ADD)
+        yield box.expunge()
+        middle = (yield box.status()).highest_modseq
+        yield box.set_flags([uids[4]], [DELETED], FlagMode.ADD)
+        yield box.expunge()
+        self.assertEqual((yield box.expunged_since(start)), [uids[1], uids[3], uids[4]])
+        self.assertEqual((yield box.expunged_since(middle)), [uids[4]])
+        self.assertEqual((yield box.expunged_since((yield box.status()).highest_modseq)), [])
+        self.assertEqual(
+            (yield box.expunged_since(start, [uids[0], uids[3], uids[4], 999])), [uids[3], uids[4]]
+        )
+        self.assertEqual((yield box.expunged_since(start, [])), [])
+
+    @defer.inlineCallbacks
+    def test_expunged_since_survives_reopen(self) -> Gen:
+        """The expunge history survives a restart (QRESYNC after a reconnect, RFC 7162 section 3.2.5)."""
+        box = yield self.inbox()
+        uids = yield self.fill(box, 4)
+        start = (yield box.status()).highest_modseq
+        yield box.set_flags(uids[:2], [DELETED], FlagMode.ADD)
+        yield box.expunge()
+        later = (yield box.status()).highest_modseq
+        provider = self.reopen_provider(self.provider)
+        box2 = yield provider.store_for(USER).get_mailbox(INBOX)
+        self.assertEqual((yield box2.expunged_since(start)), uids[:2])
+        self.assertEqual((yield box2.expunged_since(later)), [])
+        self.assertEqual((yield box2.expunged_since(start, uids[1:])), [uids[1]])
 
     @defer.inlineCallbacks
     def test_open_message_survives_expunge(self) -> Gen:

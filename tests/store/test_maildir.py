@@ -583,6 +583,43 @@ class MaildirRecoveryTests(MaildirBase):
         self.assertEqual(self.successResultOf(box2.list_messages()), before)
         self.assertEqual(self.successResultOf(box2.status()), status)
 
+    def test_expunge_history_kept_by_compaction(self) -> None:
+        """A rewritten index keeps the expunge history (QRESYNC, RFC 7162 section 3.2), merged into ranges."""
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(100)]
+        marks = []
+        for i in range(50):
+            marks.append(self.successResultOf(box.status()).highest_modseq)
+            self.successResultOf(box.set_flags(uids[2 * i : 2 * i + 1], [DELETED], FlagMode.ADD))
+            self.successResultOf(box.expunge())
+        expected = uids[0:100:2]
+        self.successResultOf(box._compact())
+        with open(self.index_path(), "rb") as f:
+            xs = [line for line in f.read().splitlines() if line.startswith(b"X\t")]
+        self.assertLessEqual(len(xs), 33)
+        box2 = self.inbox(self.reopen())
+        self.assertEqual(self.successResultOf(box2.expunged_since(marks[0])), expected)
+        # Merged records: a superset of what was expunged since, never a live UID.
+        later = self.successResultOf(box2.expunged_since(marks[40]))
+        self.assertTrue(set(expected[40:]) <= set(later) <= set(expected))
+        self.assertEqual(self.successResultOf(box2.expunged_since(marks[0], [uids[2], uids[3]])), [uids[2]])
+        box3 = self.inbox(self.reopen())
+        self.assertEqual(self.successResultOf(box3.expunged_since(marks[0])), expected)
+
+    def test_expunge_history_unknown_before_the_index(self) -> None:
+        """An index without the history marker answers a superset: every UID gone (RFC 7162 section 3.2.6)."""
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(4)]
+        self.successResultOf(box.set_flags(uids[:2], [DELETED], FlagMode.ADD))
+        self.successResultOf(box.expunge())
+        with open(self.index_path(), "rb") as f:
+            lines = [line for line in f.read().splitlines(keepends=True) if not line.startswith(b"X\t")]
+        with open(self.index_path(), "wb") as f:
+            f.write(b"".join(lines))
+        box2 = self.inbox(self.reopen())
+        self.assertEqual(self.successResultOf(box2.expunged_since(1)), uids[:2])
+        self.assertEqual(self.successResultOf(box2.expunged_since(1, [uids[1], uids[2]])), [uids[1]])
+
     def test_records_during_a_rewrite_reach_the_current_index(self) -> None:
         """While the index is rewritten, new records go to the current file too, then to the new one."""
         runner = ManualRunner()

@@ -159,6 +159,11 @@ class MailboxState:
         self._listeners: dict[int, Listener] = {}
         self._listener_token = 0
         self._deleted = False
+        #: The expunge history (RFC 7162 section 3.2): ``(modseq, uids)``
+        #: per expunge, ascending modseq; complete after ``_expunge_horizon``
+        #: (before it, :meth:`_expunged_since` answers with every UID gone).
+        self._expunge_log: list[tuple[int, tuple[int, ...]]] = []
+        self._expunge_horizon = 0
 
     # -- checks ---------------------------------------------------------
 
@@ -227,8 +232,30 @@ class MailboxState:
                 self._count(info, -1)
                 removed.append(uid)
         if removed:
-            self._next_modseq()
+            self._expunge_log.append((self._next_modseq(), tuple(removed)))
         return removed
+
+    def _expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> list[int]:
+        """
+        See :meth:`txmail.interfaces.IExpungeHistory.expunged_since`: from
+        the log, or, for a *modseq* before the history's horizon, every UID
+        below UIDNEXT that is not present (a superset, RFC 7162 section
+        3.2.6).
+        """
+        wanted = None if uids is None else {u for u in uids if 0 < u < self._uidnext}
+        if modseq < self._expunge_horizon:
+            if wanted is None:
+                return [u for u in range(1, self._uidnext) if u not in self._infos]
+            return sorted(u for u in wanted if u not in self._infos)
+        found: set[int] = set()
+        # The log is in ascending modseq: walk back from the newest entry.
+        for entry_modseq, removed in reversed(self._expunge_log):
+            if entry_modseq <= modseq:
+                break
+            found.update(removed)
+        if wanted is not None:
+            found &= wanted
+        return sorted(found)
 
     def _flag_changes(
         self,

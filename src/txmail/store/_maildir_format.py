@@ -24,7 +24,7 @@ The index log (one text line per record, fields separated by TAB)::
     txmail-index 2 <uidvalidity> <uidnext> <highestmodseq> <recent>   header
     A <uid> <modseq> <size> <internaldate> <cacheoff> <cachelen> <base> <flags> <raw>
     F <uid> <modseq> <flags>          flags changed
-    X <modseq> <uid>,<uid>,...        expunged
+    X <modseq> <uid>,<uid>,...        expunged (<uid> may be a range <lo>:<hi>)
     M <uid> <cacheoff> <cachelen>     metadata cached (again)
     R <watermark>                     \\Recent claimed up to this UID
 
@@ -36,7 +36,12 @@ smaller when the file holds bare LFs, which are then served as CRLF.
 Version 1 (before *raw*): its ``A`` records have no *raw* field and their
 *size* is the file's; they are read as "not checked yet" (``raw`` is
 ``None``), and the store checks those files once and rewrites the index as
-version 2.  A line that does
+version 2.  The ``X`` records are the expunge history QRESYNC needs (RFC
+7162 section 3.2); a rewritten index keeps them, merged into at most
+:data:`EXPUNGE_RECORDS` records with UID ranges, after an ``X <modseq>``
+record without UIDs that marks the history complete after *modseq* (an
+index without one is complete only from the time it is read).
+A line that does
 not parse, or a last line without its line end (a torn write), marks the
 index damaged: the readable records are kept and the store rewrites it.
 """
@@ -59,6 +64,7 @@ from txmail.model import (
 )
 
 __all__ = [
+    "EXPUNGE_RECORDS",
     "INDEX_MAGIC",
     "INDEX_VERSION",
     "INDEX_VERSIONS",
@@ -66,6 +72,7 @@ __all__ = [
     "SYSTEM_LETTERS",
     "IndexRecord",
     "ParsedIndex",
+    "compact_expunge_log",
     "file_name",
     "flags_from_letters",
     "folder_dir_name",
@@ -294,6 +301,65 @@ def index_expunge(modseq: int, uids: Iterable[int]) -> str:
     return f"X\t{modseq}\t{','.join(map(str, uids))}\n"
 
 
+#: The most ``X`` records a rewritten index keeps (:func:`compact_expunge_log`).
+EXPUNGE_RECORDS = 32
+
+
+def _uid_ranges(uids: Iterable[int]) -> str:
+    """Ascending *uids* as ``lo:hi`` ranges and single UIDs, comma-separated."""
+    parts: list[str] = []
+    lo = hi = None
+    for u in uids:
+        if hi is not None and u == hi + 1:
+            hi = u
+            continue
+        if lo is not None:
+            parts.append(str(lo) if lo == hi else f"{lo}:{hi}")
+        lo = hi = u
+    if lo is not None:
+        parts.append(str(lo) if lo == hi else f"{lo}:{hi}")
+    return ",".join(parts)
+
+
+def compact_expunge_log(
+    log: list[tuple[int, tuple[int, ...]]], horizon: int, limit: int = EXPUNGE_RECORDS
+) -> tuple[list[tuple[int, tuple[int, ...]]], str]:
+    """
+    Merge an expunge history (``(modseq, uids)`` ascending) into at most
+    *limit* entries (consecutive entries joined, each taking the highest
+    modseq of its group: a client asking from between two is told a few
+    UIDs expunged just before, which RFC 7162 section 3.2.6 allows), and
+    the index records for it: the horizon marker, then one ``X`` record
+    per entry with UID ranges.
+    """
+    if len(log) > limit:
+        merged: list[tuple[int, tuple[int, ...]]] = []
+        size = -(-len(log) // limit)
+        for start in range(0, len(log), size):
+            group = log[start : start + size]
+            uids = sorted({u for _, removed in group for u in removed})
+            merged.append((group[-1][0], tuple(uids)))
+        log = merged
+    lines = [f"X\t{horizon}\t\n"]
+    lines.extend(f"X\t{modseq}\t{_uid_ranges(sorted(uids))}\n" for modseq, uids in log if uids)
+    return log, "".join(lines)
+
+
+def _parse_uids(text: str) -> list[int]:
+    """``X`` record UIDs: ``u,u,lo:hi,...``."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.partition(":")
+        if sep:
+            a, b = int(lo), int(hi)
+            if not 0 < a <= b:
+                raise ValueError("uid range")
+            out.extend(range(a, b + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
 def index_meta(uid: int, coff: int, clen: int) -> str:
     return f"M\t{uid}\t{coff}\t{clen}\n"
 
@@ -340,6 +406,10 @@ class ParsedIndex:
     records: dict[int, IndexRecord] = field(default_factory=dict)
     damaged: bool = False
     lines: int = 0
+    #: The expunge history: ``(modseq, uids)`` of each ``X`` record, in order.
+    expunged: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    #: The history is complete after this modseq (``None``: no marker read).
+    expunge_horizon: int | None = None
 
 
 def _parse_flags(text: str) -> frozenset[str]:
@@ -417,11 +487,15 @@ def parse_index(data: bytes) -> ParsedIndex:
                 max_modseq = max(max_modseq, modseq)
             elif kind == "X" and len(f) == 3:
                 modseq = int(f[1])
-                uids = [int(u) for u in f[2].split(",")] if f[2] else []
+                uids = _parse_uids(f[2]) if f[2] else []
                 for uid in uids:
                     records.pop(uid, None)
                     max_uid = max(max_uid, uid)
                 max_modseq = max(max_modseq, modseq)
+                if uids:
+                    out.expunged.append((modseq, tuple(uids)))
+                elif out.expunge_horizon is None:
+                    out.expunge_horizon = modseq
             elif kind == "M" and len(f) == 4:
                 mrec = records.get(int(f[1]))
                 if mrec is not None:

@@ -36,6 +36,7 @@ from txmail.store._crlf import CRLFFile, bare_lf_count, count_file, to_crlf
 from txmail.store._maildir_format import (
     INDEX_VERSION,
     ParsedIndex,
+    compact_expunge_log,
     file_name,
     folder_from_dir_name,
     index_add,
@@ -394,6 +395,11 @@ def _compact_cache(path: str, index: ParsedIndex) -> None:
         os.fsync(new.fileno())
     assert index.uidvalidity is not None
     lines = [index_header(index.uidvalidity, index.uidnext, index.modseq, index.recent)]
+    # The expunge history (QRESYNC) is kept, merged.
+    horizon = index.modseq if index.expunge_horizon is None else index.expunge_horizon
+    index.expunged, history = compact_expunge_log(sorted(index.expunged, key=lambda e: e[0]), horizon)
+    index.expunge_horizon = horizon
+    lines.append(history)
     for uid in sorted(index.records):
         r = index.records[uid]
         lines.append(index_add(uid, r.modseq, r.size, r.date, r.coff, r.clen, r.base, r.flags, r.raw))

@@ -107,7 +107,7 @@ from zope.interface import implementer
 from txmail import mime
 from txmail._fs import RunBlocking, fsync_dir, run_inline
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
+from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
 from txmail.model import (
     DELIMITER,
     INBOX,
@@ -136,6 +136,7 @@ from txmail.store._crlf import CRLFFile, to_crlf
 from txmail.store._maildir_format import (
     KEYWORD_LETTERS,
     SYSTEM_LETTERS,
+    compact_expunge_log,
     file_name,
     flags_from_letters,
     folder_dir_name,
@@ -242,7 +243,7 @@ class _Loc:
         self.raw = raw
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IExpungeHistory)
 class MaildirMailbox(MailboxState):
     """
     One Maildir folder.  Get it from :meth:`MaildirStore.get_mailbox`; the
@@ -291,6 +292,11 @@ class MaildirMailbox(MailboxState):
         if parsed is not None:
             self._init_state(parsed.uidnext, parsed.modseq, parsed.recent)
             self._index_lines = parsed.lines
+            # The expunge history (QRESYNC): complete after the index's
+            # marker, or, without one, only from now on.
+            self._expunge_log = sorted(parsed.expunged, key=lambda e: e[0])
+            horizon = parsed.expunge_horizon
+            self._expunge_horizon = parsed.modseq if horizon is None else horizon
             records = parsed.records
             insert, locs, by_base = self._insert, self._locs, self._by_base
 
@@ -365,6 +371,9 @@ class MaildirMailbox(MailboxState):
             return defer.succeed(None)
         self._compacting = True
         lines = [index_header(self.uidvalidity, self._uidnext, self._modseq, self._recent)]
+        # The expunge history (QRESYNC), merged so that it stays small.
+        self._expunge_log, history = compact_expunge_log(self._expunge_log, self._expunge_horizon)
+        lines.append(history)
         for uid, info in self._infos.items():
             loc = self._locs[uid]
             lines.append(
@@ -382,7 +391,7 @@ class MaildirMailbox(MailboxState):
             )
         data = "".join(lines).encode("utf-8", "surrogateescape")
         self._index_buffer = []
-        self._index_lines = len(self._infos)
+        self._index_lines = len(self._infos) + history.count("\n")
 
         def done(result: Any) -> None:
             if isinstance(result, Failure):
@@ -396,6 +405,13 @@ class MaildirMailbox(MailboxState):
         d = self._run(io.replace_file, self._index_path, data)
         d.addBoth(done)
         return d
+
+    def expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
+        """See :meth:`txmail.interfaces.IExpungeHistory.expunged_since`."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        return defer.succeed(self._expunged_since(modseq, uids))
 
     def _persist_recent(self, watermark: int) -> None:
         self._write_index(index_recent(watermark))

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
+from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
 from txmail.model import (
     DELIMITER,
     INBOX,
@@ -68,7 +68,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
     return wrapper
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IExpungeHistory)
 class MemoryMailbox(MailboxState):
     """
     One mailbox of a :class:`MemoryStore`.
@@ -90,6 +90,8 @@ class MemoryMailbox(MailboxState):
         self._infos = other._infos
         self._uidnext = other._uidnext
         self._modseq = other._modseq
+        self._expunge_log = other._expunge_log
+        self._expunge_horizon = other._expunge_horizon
         self._recent = other._recent
         self._unseen = other._unseen
         self._size = other._size
@@ -115,6 +117,12 @@ class MemoryMailbox(MailboxState):
         if removed:
             self._notify(MessagesExpunged(tuple(removed), self._modseq))
         return removed
+
+    @_guard
+    def expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> list[int]:
+        """See :meth:`txmail.interfaces.IExpungeHistory.expunged_since`."""
+        self._check_alive()
+        return self._expunged_since(modseq, uids)
 
     def _get(self, uid: int) -> bytes:
         self._check_alive()
