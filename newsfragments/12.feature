@@ -8,3 +8,4 @@ IMAP SORT, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256), SORT=DISPLAY 
 IMAP REPLACE (RFC 8508): REPLACE and UID REPLACE append the new message (APPENDUID) and expunge the old one; a failure on the way leaves the old message alone.
 IMAP COMPRESS=DEFLATE (RFC 4978): after COMPRESS DEFLATE both directions are raw deflate (inside TLS when TLS is on), input inflated in bounded pieces under back-pressure; a second COMPRESS gets NO [COMPRESSIONACTIVE].
 IMAP STATUS=SIZE (RFC 8438) is advertised: STATUS and LIST-STATUS SIZE give the sum of the messages' RFC822.SIZE.
+IMAP PREVIEW (RFC 8970): FETCH PREVIEW and PREVIEW (LAZY) give up to 256 characters of the message's first text part (plain text preferred, HTML without markup), decoded from its transfer encoding and charset, white space collapsed.

@@ -51,6 +51,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/binary.py",
     "txmail/imap/commands/replace.py",
     "txmail/imap/commands/compress.py",
+    "txmail/imap/commands/preview.py",
     "txmail/imap/binary.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",

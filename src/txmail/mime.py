@@ -118,7 +118,10 @@ next delimiter) it says 1 where we say 2, the number of lines a reader sees.
 from __future__ import annotations
 
 import binascii
+import codecs
 import functools
+import html
+import html.parser
 import json
 import marshal
 import re
@@ -145,6 +148,7 @@ __all__ = [
     "header_fields",
     "parse_header_section",
     "parse_metadata",
+    "preview",
     "text_parts",
 ]
 
@@ -1471,3 +1475,134 @@ def header_fields(md: MessageMetadata, names: Iterable[str], *, exclude: bool = 
     gets CRLF, and the result ends with the blank line CRLF.
     """
     return _format_fields(md.headers, names, exclude)
+
+
+# ---------------------------------------------------------------------------
+# Preview text (IMAP PREVIEW, RFC 8970)
+
+#: Most characters of a preview (RFC 8970 section 3.1: "MUST NOT exceed 256 characters").
+PREVIEW_LENGTH = 256
+#: Octets of a part's encoded body read for its preview: a preview needs the
+#: start of the text only, so a huge part costs no more than a small one.
+_PREVIEW_OCTETS = 64 * 1024
+#: C0 and C1 controls (white space among them becomes a space first).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+class _HTMLText(html.parser.HTMLParser):
+    """The character data of an HTML document, without script, style and head content."""
+
+    _HIDDEN = frozenset({"script", "style", "head", "title", "template"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in self._HIDDEN:
+            self.hidden += 1
+        elif tag in ("br", "p", "div", "li", "tr", "td", "h1", "h2", "h3", "h4", "h5", "h6"):
+            self.pieces.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN and self.hidden:
+            self.hidden -= 1
+        elif tag in ("p", "div", "li", "tr", "td", "h1", "h2", "h3", "h4", "h5", "h6"):
+            self.pieces.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.pieces.append(data)
+
+
+def _html_text(markup: str) -> str:
+    parser = _HTMLText()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:  # HTMLParser is lenient; never fail a FETCH on markup
+        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
+    return "".join(parser.pieces)
+
+
+def _charset(node: _Node) -> str | None:
+    params = node.ctype[2]
+    for i in range(0, len(params) - 1, 2):
+        if params[i] == "CHARSET":
+            return params[i + 1]
+    return None
+
+
+def _decode_text(body: bytes, charset: str | None) -> str:
+    """*body* as text: its charset when Python knows it, else UTF-8; bad octets replaced."""
+    codec = "utf-8"
+    if charset:
+        try:
+            codec = codecs.lookup(charset.strip().strip('"')).name
+        except (LookupError, ValueError):
+            codec = "utf-8"
+    if codec in ("ascii", "us-ascii"):
+        codec = "utf-8"  # 8-bit octets in "US-ASCII" text are most often UTF-8
+    try:
+        return body.decode(codec, errors="replace")
+    except LookupError:  # a codec that is not a text encoding
+        return body.decode("utf-8", errors="replace")
+
+
+def _preview_part(root: _Node) -> _Node | None:
+    """
+    The part whose text is the preview: the first TEXT/PLAIN or TEXT/HTML
+    leaf that is not an attachment, in message order, and within a
+    MULTIPART/ALTERNATIVE the TEXT/PLAIN one before the TEXT/HTML one.
+    Encapsulated messages (MESSAGE/RFC822 parts) are not looked into.
+    """
+
+    def usable(node: _Node) -> bool:
+        if node.ctype[0] != "TEXT" or node.ctype[1] not in ("PLAIN", "HTML"):
+            return False
+        disposition = _disposition(node.fields)
+        return disposition is None or disposition[0] != "ATTACHMENT"
+
+    def find(node: _Node) -> _Node | None:
+        if node.is_multipart:
+            if node.ctype[1] == "ALTERNATIVE":
+                found = [f for f in (find(c) for c in node.children) if f is not None]
+                plain = [f for f in found if f.ctype[1] == "PLAIN"]
+                return (plain or found or [None])[0]
+            for child in node.children:
+                hit = find(child)
+                if hit is not None:
+                    return hit
+            return None
+        return node if usable(node) else None
+
+    if root.is_rfc822 and root.message is not None:
+        root = root.message
+    return find(root)
+
+
+def preview(message: bytes) -> str:
+    """
+    The preview of *message* (RFC 8970 section 3.1): at most
+    :data:`PREVIEW_LENGTH` characters of its first text part (TEXT/PLAIN
+    preferred to TEXT/HTML in a MULTIPART/ALTERNATIVE; HTML without its
+    tags, script and style), transfer encoding and charset undone, controls
+    dropped and white space collapsed to single spaces.  ``""`` when the
+    message has no such text.  No heuristics for quoted replies or
+    signatures.  Never raises on bad input; reads at most
+    :data:`_PREVIEW_OCTETS` octets of the part's body.
+    """
+    part = _preview_part(_parse(message))
+    if part is None:
+        return ""
+    body = bytes(message[part.body_start : min(part.end, part.body_start + _PREVIEW_OCTETS)])
+    if part.end - part.body_start > _PREVIEW_OCTETS:
+        cut = body.rfind(b"\n")
+        if cut > 0:
+            body = body[: cut + 1]  # whole lines: base64 and quoted-printable stay decodable
+    text = _decode_text(_decode_transfer(body, _encoding(part.fields)), _charset(part))
+    if part.ctype[1] == "HTML":
+        text = _html_text(text)
+    text = " ".join(_CONTROLS.sub(" ", text).split())
+    return text[:PREVIEW_LENGTH].rstrip()

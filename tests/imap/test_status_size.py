@@ -15,7 +15,7 @@ class StatusSizeTests(ServerTestCase):
     def test_advertised(self) -> None:
         """RFC 8438 section 2: the STATUS=SIZE capability."""
         self.assertIn("STATUS=SIZE", capabilities())
-        proto, transport = self.connect()
+        _proto, transport = self.connect()
         self.assertIn(b" STATUS=SIZE ", transport.value())
 
     def test_size_is_sum_of_rfc822_sizes(self) -> None:

@@ -142,6 +142,8 @@ def fetch_needs(items: Sequence[FetchAttribute]) -> FetchNeeds:
                 sets_seen = True  # RFC 3501 section 6.4.5: "The \Seen flag is implicitly set"
         elif name in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
             metadata = True
+        elif name == "PREVIEW":  # RFC 8970: made from the message text, does not set \\Seen
+            message = True
         elif name in _RFC822_SECTIONS:
             message = True
             if name != "RFC822.HEADER":  # RFC822.HEADER is "BODY.PEEK[HEADER]"
@@ -259,6 +261,21 @@ def _need_metadata(metadata: MessageMetadata | None, name: str) -> MessageMetada
     return metadata
 
 
+def _need_message(message: mime.ParsedMessage | None, name: str) -> mime.ParsedMessage:
+    if message is None:
+        raise ValueError(f"{name} needs the message octets")
+    return message
+
+
+def _string_item(text: str) -> bytes | tuple[bytes, bytes]:
+    """``string`` (RFC 3501 section 9), a literal's octets kept apart."""
+    data = serialize.string(text)
+    if data.startswith(b"{"):
+        head, _, octets = data.partition(b"\r\n")
+        return (head + b"\r\n", octets)
+    return data
+
+
 def _render_item(
     item: FetchAttribute,
     info: MessageInfo,
@@ -293,6 +310,9 @@ def _render_item(
         return b"INTERNALDATE " + serialize.date_time(when)
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE " + serialize.number(info.size)
+    if name == "PREVIEW":
+        # RFC 8970 section 3.1: UTF-8 text; a literal when not ASCII (serialize.string).
+        return _labelled(b"PREVIEW", _string_item(mime.preview(_need_message(message, name).data)))
     if name == "ENVELOPE":
         return b"ENVELOPE " + serialize.envelope(_need_metadata(metadata, name).envelope)
     if name == "BODYSTRUCTURE":

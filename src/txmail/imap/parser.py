@@ -749,6 +749,8 @@ def fetch_att(c: Cursor) -> FetchAttribute:
     name = c.keyword()
     if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
         return _binary_att(c, name)
+    if name == "PREVIEW":
+        return _preview_att(c)
     if c.peek() == ord("["):
         if name not in ("BODY", "BODY.PEEK"):
             raise c.fail("Bad fetch attribute")
@@ -764,6 +766,24 @@ def fetch_att(c: Cursor) -> FetchAttribute:
     if name not in _SIMPLE_FETCH:
         raise c.fail("Bad fetch attribute")
     return FetchAttribute(name)
+
+
+def _preview_att(c: Cursor) -> FetchAttribute:
+    """
+    fetch-att   =/ "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"]
+    preview-mod =  "LAZY"                                  ; RFC 8970 section 7
+
+    ``LAZY`` changes nothing here: the preview is always computed, which
+    RFC 8970 section 3.2 allows.
+    """
+    if c.accept(b" ("):
+        while True:
+            if c.keyword() != "LAZY":
+                raise c.fail("Unknown PREVIEW modifier")
+            if c.accept(b")"):
+                break
+            c.sp()
+    return FetchAttribute("PREVIEW")
 
 
 def _binary_att(c: Cursor, name: str) -> FetchAttribute:
