@@ -9,3 +9,4 @@ IMAP REPLACE (RFC 8508): REPLACE and UID REPLACE append the new message (APPENDU
 IMAP COMPRESS=DEFLATE (RFC 4978): after COMPRESS DEFLATE both directions are raw deflate (inside TLS when TLS is on), input inflated in bounded pieces under back-pressure; a second COMPRESS gets NO [COMPRESSIONACTIVE].
 IMAP STATUS=SIZE (RFC 8438) is advertised: STATUS and LIST-STATUS SIZE give the sum of the messages' RFC822.SIZE.
 IMAP PREVIEW (RFC 8970): FETCH PREVIEW and PREVIEW (LAZY) give up to 256 characters of the message's first text part (plain text preferred, HTML without markup), decoded from its transfer encoding and charset, white space collapsed.
+IMAP UTF8=ACCEPT (RFC 6855): after ENABLE UTF8=ACCEPT mailbox names are UTF-8 in commands and responses instead of modified UTF-7, SEARCH CHARSET and SORT/THREAD with a charset other than UTF-8 get BAD, and APPEND takes the UTF8 (~{n}) data item.

@@ -53,6 +53,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/compress.py",
     "txmail/imap/commands/preview.py",
     "txmail/imap/binary.py",
+    "txmail/imap/commands/utf8.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",
     "txmail/auth/sasl.py",

@@ -40,3 +40,18 @@ class PreviewAndSizeTests(IMAPTestCase):
         self.assertEqual(status, [b"INBOX (MESSAGES 1 SIZE %d)" % len(MESSAGE)])
         self.assertEqual(fetched[0][0], b"1 (RFC822.SIZE %d PREVIEW {14}" % len(MESSAGE))
         self.assertEqual(fetched[0][1].decode("utf-8"), "Grüße, Alice")
+
+
+class UTF8AcceptTests(IMAPTestCase):
+    @defer.inlineCallbacks
+    def test_imaplib_utf8(self) -> Any:
+        """RFC 6855 section 3 through imaplib's enable("UTF8=ACCEPT"): UTF-8 mailbox names both ways."""
+
+        def run() -> Any:
+            client = self.login()
+            ok(client.enable("UTF8=ACCEPT"))  # imaplib checks the ENABLED response and switches to UTF-8
+            ok(client.create('"Entwürfe"'))
+            return ok(client.list('""', '"Entw*"'))
+
+        listed = yield deferToThread(run)
+        self.assertEqual(listed, ['(\\HasNoChildren) "/" "Entwürfe"'.encode()])

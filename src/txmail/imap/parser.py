@@ -186,6 +186,8 @@ class Cursor:
         self.tag: str | None = None
         #: A mailbox name was a valid astring but not modified UTF-7.
         self.invalid_name = False
+        #: The session enabled UTF8=ACCEPT (RFC 6855): names are UTF-8.
+        self.utf8 = False
 
     @classmethod
     def of(cls, data: bytes) -> Cursor:
@@ -487,8 +489,11 @@ def _decode_name(c: Cursor, raw: str) -> str:
     the command is still well-formed (the grammar only asks for an
     astring): *raw* is returned and the cursor's ``invalid_name`` set, and
     the command is answered NO (RFC 3501 section 6.3.1) or, for LIST, OK
-    without results.
+    without results.  After ENABLE UTF8=ACCEPT the name is UTF-8 as it
+    came (RFC 6855 section 3).
     """
+    if c.utf8:
+        return raw
     try:
         return decode_mailbox_name(raw)
     except ValueError:
@@ -997,6 +1002,8 @@ def _search(c: Cursor, uid: bool) -> Search:
         start = c.pos
     charset = None
     if c.accept(b"CHARSET "):
+        if c.utf8:  # RFC 6855 section 3: "it SHOULD reject the command with a BAD response"
+            raise c.fail("SEARCH CHARSET is not allowed after ENABLE UTF8=ACCEPT")
         charset = astring(c).upper()
         c.sp()
     else:
@@ -1020,6 +1027,8 @@ SORT_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
 def _search_program(c: Cursor) -> tuple[str, SearchNode]:
     """search-charset 1*(SP search-key), the charset upper-cased (RFC 5256 section 4)."""
     charset = astring(c).upper()
+    if c.utf8 and charset != "UTF-8":  # RFC 6855 section 3 (erratum 4029): BAD
+        raise c.fail("Only UTF-8 is allowed after ENABLE UTF8=ACCEPT")
     keys = []
     while not c.at_end():
         c.sp()
@@ -1269,6 +1278,15 @@ def _append_message(c: Cursor) -> AppendMessage:
     if c.peek() == 0x22:
         when = date_time(c)
         c.sp()
+    if c.accept(b"UTF8 ("):
+        # RFC 6855 section 4: append-data =/ "UTF8" SP "(" literal8 ")"
+        if not c.at_literal():
+            raise c.fail("Expected a literal8")
+        frag = c.take_literal()
+        if not frag.binary:
+            raise c.fail("UTF8 needs a literal8 (~{n})")
+        c.expect(b")")
+        return AppendMessage(flags, when, frag.data, frag.binary)
     if not c.at_literal():
         raise c.fail("Expected a literal")
     frag = c.take_literal()
@@ -1468,7 +1486,7 @@ COMMANDS: dict[str, _Parser] = {
 UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD", "REPLACE"})
 
 
-def parse_command(fragments: Sequence[Fragment]) -> Command:
+def parse_command(fragments: Sequence[Fragment], *, utf8: bool = False) -> Command:
     """
     Parse one command framed by :class:`txmail.imap.fragment.CommandFramer`.
 
@@ -1478,10 +1496,14 @@ def parse_command(fragments: Sequence[Fragment]) -> Command:
                   command-select) CRLF
         uid = "UID" SP (copy / fetch / search / store)
 
+    *utf8*: the session enabled UTF8=ACCEPT (RFC 6855): mailbox names are
+    UTF-8 rather than modified UTF-7, and SEARCH CHARSET is BAD.
+
     Raises:
         ParseError: the command does not match the grammar.
     """
     c = Cursor(fragments)
+    c.utf8 = utf8
     tag(c)
     c.sp()
     name = c.keyword()

@@ -145,9 +145,26 @@ def number(n: int) -> bytes:
     return b"%d" % n
 
 
+#: Mailbox names go out as UTF-8, not modified UTF-7, while this is set
+#: (RFC 6855 section 3, after ENABLE UTF8=ACCEPT): :func:`render` and
+#: :func:`render_all` set it for one session's responses.
+_utf8_names = False
+
+
 def mailbox(name: str) -> bytes:
-    """A mailbox name: modified UTF-7 (RFC 3501 section 5.1.3), then :func:`astring`."""
-    return astring(encode_mailbox_name(name), "ascii")
+    """
+    A mailbox name: modified UTF-7 (RFC 3501 section 5.1.3), then
+    :func:`astring`; UTF-8 after ENABLE UTF8=ACCEPT (RFC 6855 section 3),
+    quoted unless it needs a literal.
+    """
+    if not _utf8_names:
+        return astring(encode_mailbox_name(name), "ascii")
+    data = name.encode("utf-8")
+    if data and data.upper() != NIL and all(b in ASTRING_CHARS for b in data):
+        return data
+    if len(data) <= MAX_QUOTED and not re.search(rb"[\x00\r\n]", data):
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(data) + data
 
 
 def flag_list(flags: Iterable[str]) -> bytes:
@@ -574,30 +591,33 @@ _RENDERERS: dict[type, Any] = {
 }
 
 
-def render(response: r.Response) -> Iterable[bytes]:
+def render(response: r.Response, *, utf8_names: bool = False) -> Iterable[bytes]:
     """
     The wire form of a typed response of :mod:`txmail.imap.responses`, as
     pieces to write one after the other (a FETCH literal's octets are a
-    piece of their own, not copied).
+    piece of their own, not copied).  *utf8_names*: mailbox names in UTF-8
+    (RFC 6855 section 3), for a session that enabled UTF8=ACCEPT.
 
     Raises:
         TypeError: not a response type this module knows (a programming error).
     """
-    renderer = _RENDERERS.get(type(response))
-    if renderer is None:
-        raise TypeError(f"no IMAP form for {type(response).__name__}")
-    return renderer(response)  # type: ignore[no-any-return]
+    return render_all((response,), utf8_names=utf8_names)
 
 
-def render_all(responses: Iterable[r.Response]) -> list[bytes]:
+def render_all(responses: Iterable[r.Response], *, utf8_names: bool = False) -> list[bytes]:
     """:func:`render` of each of *responses*, the pieces in one list."""
+    global _utf8_names
     out: list[bytes] = []
     renderers = _RENDERERS
-    for response in responses:
-        renderer = renderers.get(type(response))
-        if renderer is None:
-            raise TypeError(f"no IMAP form for {type(response).__name__}")
-        out.extend(renderer(response))
+    _utf8_names = utf8_names
+    try:
+        for response in responses:
+            renderer = renderers.get(type(response))
+            if renderer is None:
+                raise TypeError(f"no IMAP form for {type(response).__name__}")
+            out.extend(renderer(response))
+    finally:
+        _utf8_names = False
     return out
 
 

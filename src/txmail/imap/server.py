@@ -83,6 +83,7 @@ from txmail.imap.commands import COMMANDS
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.selected import BATCH
+from txmail.imap.commands.utf8 import UTF8_ACCEPT
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -386,7 +387,7 @@ class IMAPServerProtocol(SessionProtocol):
 
     def emit(self, *responses: Response) -> None:
         """Queue untagged responses of the running command (written per batch by :meth:`drain`)."""
-        self.session.send(*serialize.render_all(responses))
+        self.session.send(*serialize.render_all(responses, utf8_names=UTF8_ACCEPT in self.session.enabled))
 
     def listen(self, mailbox: Any) -> None:
         self.mailbox = mailbox

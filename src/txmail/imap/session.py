@@ -60,6 +60,7 @@ from txmail.auth import sasl
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS, State, allowed
 from txmail.imap.commands import capabilities as table_capabilities
+from txmail.imap.commands.utf8 import UTF8_ACCEPT
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -396,7 +397,7 @@ class IMAPSession(SessionCore[Event]):
 
     def _command_frame(self, frame: CommandFragments) -> None:
         try:
-            command = parse_command(frame.fragments)
+            command = parse_command(frame.fragments, utf8=UTF8_ACCEPT in self.enabled)
         except ParseError as e:
             self._bad(e.tag, e.text)
             return
@@ -417,7 +418,7 @@ class IMAPSession(SessionCore[Event]):
             return
         if spec.answer is not None and (spec.run is None or self.view is None):
             for response in spec.answer(self, command):
-                self._write(b"".join(serialize.render(response)))
+                self._write(b"".join(serialize.render(response, utf8_names=UTF8_ACCEPT in self.enabled)))
             self._complete(command.tag, "OK", f"{name} completed")
             return
         if self.view is not None and self.view.deleted and spec.on_messages:
