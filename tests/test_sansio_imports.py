@@ -46,6 +46,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/sort.py",
     "txmail/imap/thread.py",
     "txmail/imap/commands/condstore.py",
+    "txmail/imap/commands/qresync.py",
     "txmail/imap/commands/create_special_use.py",
     "txmail/imap/commands/multiappend.py",
     "txmail/imap/commands/binary.py",

@@ -89,9 +89,8 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(parse(b"a STATUS INBOX (HIGHESTMODSEQ)").args, Status("INBOX", ("HIGHESTMODSEQ",)))
 
     def test_advertised(self) -> None:
-        """Section 3.1.1: CONDSTORE is advertised; QRESYNC is not (no expunge history yet)."""
+        """Section 3.1.1: CONDSTORE is advertised (QRESYNC too: tests/imap/test_qresync.py)."""
         self.assertIn("CONDSTORE", capabilities())
-        self.assertNotIn("QRESYNC", capabilities())
 
     def test_nomodseq(self) -> None:
         """Section 3.1.2.2: a mailbox without mod-sequences gets NOMODSEQ."""

@@ -136,7 +136,8 @@ class NotModifiedUTF7Tests(ServerTestCase):
         """RFC 3501 section 6.3.1: a SELECT that fails leaves no mailbox selected."""
         proto, transport = self.login()
         out = self.send(proto, transport, b"x1 SELECT a&b\r\n")
-        self.assertTrue(out.startswith(b"x1 NO [NONEXISTENT] "), out)
+        # RFC 7162 section 3.2.11: the mailbox selected at login is closed.
+        self.assertTrue(out.startswith(b"* OK [CLOSED] Previous mailbox closed\r\nx1 NO [NONEXISTENT] "), out)
         out = self.send(proto, transport, b"x2 FETCH 1 FLAGS\r\n")
         self.assertTrue(out.startswith(b"x2 BAD "), out)
 
@@ -360,6 +361,7 @@ class KeywordFlagsTests(ServerTestCase):
         out = self.send(proto, transport, b"s2 EXAMINE INBOX\r\n")
         self.assertTrue(
             out.startswith(
+                b"* OK [CLOSED] Previous mailbox closed\r\n"  # RFC 7162 section 3.2.11
                 b"* FLAGS (" + _SYSTEM + b" $Label1 Work)\r\n* OK [PERMANENTFLAGS ()] Flags permitted\r\n"
             ),
             out,

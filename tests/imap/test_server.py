@@ -473,7 +473,10 @@ class SelectedStateTests(ServerTestCase):
         """RFC 3501 section 6.3.1: a failed SELECT closes the previously selected mailbox."""
         proto, transport = self.login()
         out = self.send(proto, transport, b"s2 SELECT Nowhere\r\n")
-        self.assertEqual(out, b"s2 NO [NONEXISTENT] No such mailbox\r\n")
+        # RFC 7162 section 3.2.11: CLOSED, the mailbox selected before is closed.
+        self.assertEqual(
+            out, b"* OK [CLOSED] Previous mailbox closed\r\ns2 NO [NONEXISTENT] No such mailbox\r\n"
+        )
         out = self.send(proto, transport, b"f1 FETCH 1 FLAGS\r\n")
         self.assertEqual(out, b"f1 BAD FETCH is not allowed now\r\n")
 

@@ -58,6 +58,7 @@ from txmail.imap.types import (
     Login,
     Lsub,
     Move,
+    QresyncParam,
     Rename,
     Replace,
     Search,
@@ -1332,10 +1333,37 @@ def _fetch(c: Cursor, uid: bool) -> Fetch:
     c.sp()
     items = _fetch_items(c)
     changed_since = None
+    vanished = False
     if not c.at_end():
         c.sp()
-        changed_since = _modifiers(c, ("CHANGEDSINCE",))["CHANGEDSINCE"]
-    return Fetch(seq, items, uid, changed_since)
+        changed_since, vanished = _fetch_modifiers(c, uid)
+    return Fetch(seq, items, uid, changed_since, vanished)
+
+
+def _fetch_modifiers(c: Cursor, uid: bool) -> tuple[int, bool]:
+    """
+    fetch-modifiers = SP "(" fetch-modifier *(SP fetch-modifier) ")"
+    fetch-modifier  = "CHANGEDSINCE" SP mod-sequence-value / "VANISHED"  ; RFC 7162 sections 3.2.6, 7
+    VANISHED only in UID FETCH and with CHANGEDSINCE (section 3.2.6).
+    """
+    c.expect(b"(")
+    changed_since: int | None = None
+    vanished = False
+    while True:
+        word = c.keyword()
+        if word == "CHANGEDSINCE" and changed_since is None:
+            c.sp()
+            changed_since = mod_sequence_value(c)
+        elif word == "VANISHED" and not vanished and uid:
+            vanished = True
+        else:
+            raise c.fail("Unknown or repeated FETCH modifier")
+        if c.accept(b")"):
+            break
+        c.sp()
+    if changed_since is None:
+        raise c.fail("VANISHED needs CHANGEDSINCE")
+    return changed_since, vanished
 
 
 def _store(c: Cursor, uid: bool) -> Store:
@@ -1413,6 +1441,35 @@ def _enable(c: Cursor, uid: bool) -> Enable:
     return Enable(tuple(caps))
 
 
+def _qresync_param(c: Cursor) -> QresyncParam:
+    """
+    select-param =/ "QRESYNC" SP "(" uidvalidity SP mod-sequence-value [SP known-uids]
+                    [SP seq-match-data] ")"                        ; RFC 7162 section 7
+    seq-match-data = "(" known-sequence-set SP known-uid-set ")"
+    """
+    c.expect(b"(")
+    uidvalidity = number(c, nonzero=True)
+    c.sp()
+    modseq = mod_sequence_value(c)
+    known = match = None
+    if c.accept(b" "):
+        if c.accept(b"("):
+            seqs = sequence_set(c)
+            c.sp()
+            match = (seqs, sequence_set(c))
+            c.expect(b")")
+        else:
+            known = sequence_set(c)
+            if c.accept(b" "):
+                c.expect(b"(")
+                seqs = sequence_set(c)
+                c.sp()
+                match = (seqs, sequence_set(c))
+                c.expect(b")")
+    c.expect(b")")
+    return QresyncParam(uidvalidity, modseq, known, match)
+
+
 def _select_like(cls: type[Select] | type[Examine]) -> Callable[[Cursor, bool], CommandArgs]:
     def parse(c: Cursor, uid: bool) -> CommandArgs:
         """
@@ -1423,13 +1480,23 @@ def _select_like(cls: type[Select] | type[Examine]) -> Callable[[Cursor, bool], 
         c.sp()
         box = mailbox(c)
         condstore = False
+        qresync = None
         if not c.at_end():
             c.sp()
-            params = _paren_words(c)
-            if not params or any(p != "CONDSTORE" for p in params):
-                raise c.fail("Unknown SELECT parameter")
-            condstore = True
-        return cls(box, condstore)
+            c.expect(b"(")
+            while True:
+                word = c.keyword()
+                if word == "CONDSTORE" and not condstore:
+                    condstore = True
+                elif word == "QRESYNC" and qresync is None:
+                    c.sp()
+                    qresync = _qresync_param(c)
+                else:
+                    raise c.fail("Unknown SELECT parameter")
+                if c.accept(b")"):
+                    break
+                c.sp()
+        return cls(box, condstore, qresync)
 
     return parse
 

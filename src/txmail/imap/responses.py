@@ -201,6 +201,14 @@ class Expunged(Response):
 
 
 @dataclass(frozen=True, slots=True)
+class Vanished(Response):
+    """``* VANISHED [(EARLIER) ]uid-set`` (RFC 7162 section 3.2.10); nothing when *uids* is empty."""
+
+    uids: tuple[int, ...]
+    earlier: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class UntaggedOk(Response):
     """``* OK [code] text`` (RFC 3501 section 7.1.1)."""
 

@@ -484,6 +484,11 @@ def expunge(seq: int) -> bytes:
     return b"* %d EXPUNGE\r\n" % seq
 
 
+def vanished(uids: Iterable[int], *, earlier: bool = False) -> bytes:
+    """``* VANISHED [(EARLIER) ]uid-set`` for ascending *uids* (RFC 7162 section 3.2.10)."""
+    return b"* VANISHED %s%s\r\n" % (b"(EARLIER) " if earlier else b"", number_set(uids))
+
+
 def fetch_flags(seq: int, flags: Iterable[str], uid: int | None = None, modseq: int | None = None) -> bytes:
     """``* n FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])`` (MODSEQ: RFC 7162 section 3.1.4.2)."""
     items = b"" if uid is None else b"UID %d " % uid
@@ -559,6 +564,7 @@ _RENDERERS: dict[type, Any] = {
     r.Exists: lambda x: (b"* %d EXISTS\r\n" % x.count,),
     r.Recent: lambda x: (b"* %d RECENT\r\n" % x.count,),
     r.Expunged: lambda x: tuple(expunge(n) for n in x.numbers),
+    r.Vanished: lambda x: (vanished(x.uids, earlier=x.earlier),) if x.uids else (),
     r.UntaggedOk: lambda x: (_untagged_ok(x),),
     r.FlagsData: lambda x: (flags_and_permanent(x.flags, x.permanent),),
     r.ListData: lambda x: (_list_data(x),),

@@ -258,19 +258,38 @@ class Login:
 
 
 @dataclass(frozen=True, slots=True)
+class QresyncParam:
+    """
+    The ``QRESYNC (uidvalidity modseq [known-uids [(seqs uids)]])`` SELECT
+    parameter (RFC 7162 section 3.2.5).
+    """
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    #: The message sequence match data: (sequence numbers, UIDs).
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Select:
-    """SELECT; ``condstore`` for the ``(CONDSTORE)`` parameter (RFC 7162 section 3.1.8)."""
+    """
+    SELECT; ``condstore`` for the ``(CONDSTORE)`` parameter (RFC 7162
+    section 3.1.8), ``qresync`` for ``(QRESYNC (...))`` (section 3.2.5).
+    """
 
     mailbox: str
     condstore: bool = False
+    qresync: QresyncParam | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Examine:
-    """EXAMINE; ``condstore`` as for :class:`Select`."""
+    """EXAMINE; ``condstore`` and ``qresync`` as for :class:`Select`."""
 
     mailbox: str
     condstore: bool = False
+    qresync: QresyncParam | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +484,8 @@ class Fetch:
     uid: bool = False
     #: The ``(CHANGEDSINCE n)`` modifier (RFC 7162 section 3.1.4.1).
     changed_since: int | None = None
+    #: The ``VANISHED`` modifier of UID FETCH (RFC 7162 section 3.2.6).
+    vanished: bool = False
 
 
 @dataclass(frozen=True, slots=True)

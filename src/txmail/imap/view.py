@@ -34,7 +34,7 @@ import bisect
 from collections.abc import Iterable, Iterator
 
 from txmail.imap import serialize
-from txmail.imap.responses import Exists, FetchFlags, Recent
+from txmail.imap.responses import Exists, Expunged, FetchFlags, Recent, Response, Vanished
 from txmail.imap.types import SequenceSet
 from txmail.model import (
     SYSTEM_FLAGS,
@@ -79,6 +79,8 @@ class SelectedView:
             raised by each change queued since.
         condstore: CONDSTORE is enabled (RFC 7162 section 3.1): flag
             changes are told with ``UID`` and ``MODSEQ``.
+        qresync: QRESYNC is enabled (RFC 7162 section 3.2.10): expunges
+            are told with ``* VANISHED uids`` instead of ``* n EXPUNGE``.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class SelectedView:
         self._flag_modseqs: dict[int, int] = {}
         self.highest_modseq = 0
         self.condstore = False
+        self.qresync = False
         self._told_exists = len(self.uids)
         self._told_recent = len(self.recent)
 
@@ -262,7 +265,10 @@ class SelectedView:
         if allow_expunge and self._expunged:
             gone = sorted(self._expunged)
             self._expunged.clear()
-            out.extend(self.expunged(gone))
+            if self.qresync:
+                out.extend(serialize.render(self.expunge_response(gone)))
+            else:
+                out.extend(self.expunged(gone))
         if self._added:
             top = self.max_uid
             for u in sorted(self._added):
@@ -323,6 +329,18 @@ class SelectedView:
             numbers.append(seq)
         self._told_recent = min(self._told_recent, len(self.recent & self.flags.keys()))
         return numbers
+
+    def expunge_response(self, uids: Iterable[int]) -> Response:
+        """
+        :meth:`expunge` *uids* (ascending) and tell it: ``* n EXPUNGE``
+        each, or with QRESYNC enabled ``* VANISHED uids`` of those the
+        client knew (RFC 7162 section 3.2.10).
+        """
+        if not self.qresync:
+            return Expunged(tuple(self.expunge(uids)))
+        known = [u for u in uids if u in self.flags]
+        self.expunge(known)
+        return Vanished(tuple(known))
 
     def expunged(self, uids: Iterable[int]) -> Iterator[bytes]:
         """:meth:`expunge`, yielding one ``* n EXPUNGE`` line each."""

@@ -27,8 +27,8 @@ This module turns them into the protocol:
 
 The handlers of FETCH, STORE, SEARCH, SELECT and STATUS
 (:mod:`txmail.imap.commands.selected`, :mod:`txmail.imap.commands.mailboxes`)
-call the functions here.  QRESYNC (section 3.2) is not offered: see
-``docs/standards.rst``.
+call the functions here.  QRESYNC (section 3.2), built on this, is
+:mod:`txmail.imap.commands.qresync`.
 
 This module is sans-IO: it imports nothing from Twisted.
 """

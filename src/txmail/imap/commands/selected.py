@@ -23,7 +23,7 @@ from typing import Any
 from txmail.errors import NoSuchMessage
 from txmail.imap import serialize
 from txmail.imap.binary import binary_items
-from txmail.imap.commands import condstore
+from txmail.imap.commands import condstore, qresync
 from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
@@ -34,7 +34,6 @@ from txmail.imap.responses import (
     Done,
     ESearchData,
     Exists,
-    Expunged,
     FetchData,
     FlagsData,
     No,
@@ -115,6 +114,10 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
     args = cmd.args
     assert isinstance(args, Select | Examine)
     read_only = isinstance(args, Examine)
+    if args.qresync is not None:
+        qresync.require_enabled(ctx, "QRESYNC parameter")  # RFC 7162 section 3.2.5
+    if ctx.session.view is not None:
+        ctx.emit(qresync.closed())  # RFC 7162 section 3.2.11
     ctx.deselect()
     if cmd.invalid_name:
         # RFC 3501 section 6.3.1: a name that is not modified UTF-7 names
@@ -147,6 +150,9 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
         UntaggedOk("Predicted next UID", f"UIDNEXT {status.uidnext}"),
         *condstore.select_responses(ctx, view, status, args.condstore),
     )
+    qresync.select_responses(ctx, view, args.qresync)
+    if args.qresync is not None:
+        ctx.emit(*await qresync.resync(ctx, view, infos, status, args.qresync))
     # Changes queued while listing that the listing does not hold yet
     # are told by the session before the tagged OK.
     return Done(code="READ-ONLY" if read_only else "READ-WRITE")
@@ -183,7 +189,7 @@ async def expunge(ctx: CommandContext, cmd: Command) -> Done:
     if args.uid_set is not None:
         uids = [u for _, u in _targets(view, args.uid_set, True)]
     removed = await call(ctx.mailbox.expunge, uids)
-    ctx.emit(Expunged(tuple(view.expunge(removed))))
+    ctx.emit(view.expunge_response(removed))  # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 section 3.2.10)
     return Done()
 
 
@@ -285,7 +291,7 @@ async def move(ctx: CommandContext, cmd: Command) -> Done:
         # RFC 6851 section 4.3: COPYUID in an untagged OK before the EXPUNGEs.
         ctx.emit(
             UntaggedOk("Moved", copyuid(target.uidvalidity, pairs)),
-            Expunged(tuple(view.expunge(sorted(src for src, _ in pairs)))),
+            view.expunge_response(sorted(src for src, _ in pairs)),
         )
         ctx.copied(target, pairs, moved=True)
     return Done()
@@ -301,6 +307,8 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     targets = _targets(view, args.sequence_set, args.uid)
     needs = fetch_needs(args.items)
     mark_seen = needs.sets_seen and not view.read_only
+    if args.vanished and args.changed_since is not None:
+        await qresync.fetch_vanished(ctx, view, args.sequence_set, args.changed_since)
     items = condstore.fetch_items(ctx, args.items, args.changed_since, mark_seen)
     changed_since = args.changed_since
     shows_flags = any(item.name == "FLAGS" for item in args.items)
