@@ -730,12 +730,12 @@ class ExecuteTests(SynchronousTestCase):
             session.finish("OK", "done")
             self.assertEqual(session.data_to_send(), b"* 4 EXISTS\r\na1 OK done\r\n", command)
             # Sequence numbers stay stable: message 1 is still there.
-            self.assertEqual(view.uids, [1, 2, 3, 4])
+            self.assertEqual(list(view.uids), [1, 2, 3, 4])
             (event,), _ = feed(session, b"a2 NOOP\r\n")
             assert isinstance(event, Execute)
             session.finish("OK", "NOOP completed")
             self.assertEqual(session.data_to_send(), b"* 1 EXPUNGE\r\na2 OK NOOP completed\r\n", command)
-            self.assertEqual(view.uids, [2, 3, 4])
+            self.assertEqual(list(view.uids), [2, 3, 4])
 
     def test_deleted_mailbox(self) -> None:
         """A mailbox deleted while selected: commands needing it get NO."""

@@ -144,7 +144,7 @@ class UpdatesTests(SynchronousTestCase):
             view.updates(),
             b"* 2 EXPUNGE\r\n* 2 EXPUNGE\r\n* 4 EXISTS\r\n* 3 RECENT\r\n* 2 FETCH (FLAGS (\\Seen \\Recent))\r\n",
         )
-        self.assertEqual(view.uids, [1, 4, 5, 6])
+        self.assertEqual(list(view.uids), [1, 4, 5, 6])
         self.assertEqual(view.flags[4], frozenset({"\\Seen"}))
         self.assertFalse(view.has_updates)
         self.assertEqual(view.updates(), b"")
@@ -175,12 +175,12 @@ class UpdatesTests(SynchronousTestCase):
         self.assertEqual(
             view.updates(allow_expunge=False), b"* 4 EXISTS\r\n* 3 FETCH (FLAGS (\\Flagged))\r\n"
         )
-        self.assertEqual(view.uids, [1, 2, 3, 4])
+        self.assertEqual(list(view.uids), [1, 2, 3, 4])
         self.assertEqual(view.resolve(seqset((1, 1)), uid=False), [(1, 1)])
         self.assertTrue(view.has_updates)
         self.assertEqual(view.updates(allow_expunge=False), b"")
         self.assertEqual(view.updates(), b"* 1 EXPUNGE\r\n")
-        self.assertEqual(view.uids, [2, 3, 4])
+        self.assertEqual(list(view.uids), [2, 3, 4])
         self.assertFalse(view.has_updates)
 
     def test_flags_of_held_expunge_dropped(self) -> None:
@@ -206,7 +206,7 @@ class DuplicateTests(SynchronousTestCase):
         view.queue(MessagesAdded((info(2),)))
         self.assertFalse(view.has_updates)
         self.assertEqual(view.updates(), b"")
-        self.assertEqual(view.uids, [1, 2])
+        self.assertEqual(list(view.uids), [1, 2])
 
     def test_add_twice(self) -> None:
         view = view_of(1)
@@ -223,7 +223,7 @@ class DuplicateTests(SynchronousTestCase):
         view.queue(MessagesExpunged((2,)))
         self.assertFalse(view.has_updates)
         self.assertEqual(view.updates(), b"")
-        self.assertEqual(view.uids, [1])
+        self.assertEqual(list(view.uids), [1])
 
     def test_add_then_flags_before_flush(self) -> None:
         """Flags changed before the arrival is told: the arrival carries them, no FETCH."""
@@ -261,7 +261,7 @@ class DuplicateTests(SynchronousTestCase):
         self.assertEqual(list(view.expunged([2])), [b"* 2 EXPUNGE\r\n"])
         view.queue(MessagesExpunged((2,)))
         self.assertEqual(view.updates(), b"")
-        self.assertEqual(view.uids, [1, 3])
+        self.assertEqual(list(view.uids), [1, 3])
 
     def test_has_updates_after_own_expunge(self) -> None:
         """has_updates is "something is queued that the client has not been told": not an expunge it was told."""
@@ -283,7 +283,7 @@ class ExpungedTests(SynchronousTestCase):
         self.assertEqual(
             list(view.expunged([20, 30, 50])), [b"* 2 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n", b"* 3 EXPUNGE\r\n"]
         )
-        self.assertEqual(view.uids, [10, 40])
+        self.assertEqual(list(view.uids), [10, 40])
         self.assertEqual(view.seq_of(40), 2)
         self.assertNotIn(20, view.flags)
         self.assertEqual(view.exists, 2)
@@ -329,3 +329,115 @@ class MiscTests(SynchronousTestCase):
     def test_attributes(self) -> None:
         view = SelectedView("Sent", 99, [], read_only=True)
         self.assertEqual((view.name, view.uidvalidity, view.read_only, view.exists), ("Sent", 99, True, 0))
+
+
+class SharedStateTests(SynchronousTestCase):
+    """
+    Views of the same mailbox state share one snapshot (issue 12 section 4),
+    and each copies what it changes: one client's picture never moves while
+    another's is told of changes (RFC 3501 section 7.4.1).
+    """
+
+    def test_same_listing_shared(self) -> None:
+        a, b = view_of(1, 2, 3), view_of(1, 2, 3)
+        self.assertIs(a.uids, b.uids)
+        self.assertIs(a.flags._base, b.flags._base)
+
+    def test_different_listing_not_shared(self) -> None:
+        a = view_of(1, 2, 3)
+        b = view_of(1, 2, 4)
+        c = SelectedView("INBOX", 7, [info(1), info(2, "\\Seen"), info(3)])
+        d = SelectedView("INBOX", 8, [info(1), info(2), info(3)])
+        self.assertIsNot(a.uids, b.uids)
+        self.assertIsNot(a.uids, c.uids)
+        self.assertEqual(c.flags[2], frozenset({"\\Seen"}))
+        self.assertEqual(a.flags[2], frozenset())
+        self.assertIsNot(a.uids, d.uids)
+
+    def test_expunge_copies(self) -> None:
+        a, b = view_of(1, 2, 3), view_of(1, 2, 3)
+        a.queue(MessagesExpunged((2,), 0))
+        b.queue(MessagesExpunged((2,), 0))
+        self.assertEqual(a.updates(), b"* 2 EXPUNGE\r\n")
+        self.assertEqual(list(a.uids), [1, 3])
+        self.assertNotIn(2, a.flags)
+        # The other client has not been told yet: its numbers stay.
+        self.assertEqual(list(b.uids), [1, 2, 3])
+        self.assertIn(2, b.flags)
+        self.assertEqual(b.updates(allow_expunge=False), b"")
+        self.assertEqual(b.seq_of(3), 3)
+        self.assertEqual(b.updates(), b"* 2 EXPUNGE\r\n")
+        self.assertEqual(list(b.uids), [1, 3])
+
+    def test_arrival_copies(self) -> None:
+        a, b = view_of(1, 2), view_of(1, 2)
+        a.queue(MessagesAdded((info(3),)))
+        self.assertEqual(a.updates(), b"* 3 EXISTS\r\n")
+        self.assertEqual(list(a.uids), [1, 2, 3])
+        self.assertEqual(list(b.uids), [1, 2])
+        self.assertEqual(len(a.flags), 3)
+        self.assertEqual(len(b.flags), 2)
+        self.assertNotIn(3, b.flags)
+
+    def test_flags_copied(self) -> None:
+        a, b = view_of(1, 2), view_of(1, 2)
+        a.flags[2] = frozenset({"\\Deleted"})  # what the adapter does after its STORE
+        self.assertEqual(b.flags[2], frozenset())
+        self.assertIs(a.uids, b.uids)  # numbers unchanged: still shared
+        self.assertEqual(dict(a.flags), {1: frozenset(), 2: frozenset({"\\Deleted"})})
+        self.assertEqual(dict(b.flags), {1: frozenset(), 2: frozenset()})
+
+    def test_flags_mapping(self) -> None:
+        view = view_of(*range(1, 201))
+        flags = view.flags
+        self.assertEqual(len(flags), 200)
+        self.assertIsNone(flags.get(500))
+        self.assertEqual(flags.get(500, "x"), "x")
+        with self.assertRaises(KeyError):
+            flags[500]
+        del flags[10]
+        with self.assertRaises(KeyError):
+            del flags[10]
+        with self.assertRaises(KeyError):
+            flags[10]
+        self.assertIsNone(flags.get(10))
+        flags[300] = frozenset({"$Label"})
+        self.assertEqual(len(flags), 200)
+        self.assertEqual(list(flags), [u for u in range(1, 201) if u != 10] + [300])
+        # Writing the flags a UID has keeps it the snapshot's.
+        flags[5] = frozenset()
+        self.assertNotIn(5, flags._own)
+        flags[5] = frozenset({"\\Seen"})
+        flags[5] = frozenset()
+        self.assertNotIn(5, flags._own)
+        del flags[300]
+        self.assertNotIn(300, flags._own)
+        flags[10] = frozenset()
+        self.assertEqual(len(flags), 200)
+        self.assertNotIn(10, flags._own)
+        flags[300] = frozenset({"$Label"})
+        del flags[10]
+        # Many changes fold the overlay into a private table; same contents.
+        for u in range(20, 120):
+            flags[u] = frozenset({"\\Seen"})
+        self.assertEqual(flags._own, {})
+        self.assertTrue(flags._private)
+        self.assertEqual(len(flags), 200)
+        flags[400] = frozenset()
+        del flags[400]
+        self.assertEqual(len(flags), 200)
+        self.assertEqual(flags[50], frozenset({"\\Seen"}))
+        self.assertNotIn(10, flags)
+        self.assertEqual(flags[300], frozenset({"$Label"}))
+        self.assertEqual(view_of(*range(1, 201)).flags[50], frozenset())
+
+    def test_snapshot_released(self) -> None:
+        from txmail.imap import view as module
+
+        a = SelectedView("Shared-test", 3, [info(1)])
+        self.assertIn(("Shared-test", 3), module._SNAPSHOTS)
+        del a
+        import gc
+
+        gc.collect()
+        self.assertNotIn(("Shared-test", 3), module._SNAPSHOTS)

@@ -25,13 +25,26 @@ the client's sequence numbers must stay stable while it cannot be told:
   a listing that already holds a message whose arrival is also queued, is
   harmless.
 
+Sessions that see the same mailbox state share it (issue 12 section 4: a
+thousand clients selecting the same 5,000-message INBOX).  At selection the
+listing becomes a :class:`_Snapshot`, an immutable UID array (``array('I')``)
+and flags table; a snapshot with the same contents made by an earlier
+selection of a mailbox of that name and UIDVALIDITY (still in use by some
+view) is taken instead of the new one.  A view copies the UID array only
+when its own sequence numbers change (an EXPUNGE or EXISTS it tells its
+client), and keeps flags that differ from the snapshot's in a small
+per-view overlay (:class:`_Flags`); until then a view costs a few hundred
+bytes however large the mailbox.
+
 This module is sans-IO: it imports nothing from Twisted.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+import weakref
+from array import array
+from collections.abc import Iterable, Iterator, MutableMapping
 
 from txmail.imap import serialize
 from txmail.imap.responses import Exists, Expunged, FetchFlags, Recent, Response, Vanished
@@ -57,6 +70,148 @@ class SequenceError(ValueError):
     """A message sequence number is not in use (RFC 3501 section 9: answer BAD)."""
 
 
+class _Snapshot:
+    """
+    A mailbox listing shared by the views that selected it: never changed.
+
+    Attributes:
+        uids: the UIDs, ascending, as ``array('I')`` (UIDs are 32-bit, RFC
+            3501 section 2.3.1.1).
+        flags: the flags of each UID.
+        known: every flag in use, system flags included.
+    """
+
+    __slots__ = ("__weakref__", "flags", "known", "uids")
+
+    def __init__(self, uids: array[int], flags: dict[int, frozenset[str]]) -> None:
+        self.uids = uids
+        self.flags = flags
+        # Stores share one frozenset among messages with the same flags, so
+        # the distinct sets are few and found in C (about 1.5 ms per 100,000
+        # messages).
+        self.known = frozenset(SYSTEM_FLAGS.union(*set(flags.values())))
+
+    def same(self, uids: array[int], infos: list[MessageInfo]) -> bool:
+        """This snapshot holds exactly *uids* with the flags of *infos*."""
+        if self.uids != uids:
+            return False
+        flags = self.flags
+        return all(flags[info.uid] == info.flags for info in infos)
+
+
+#: The latest snapshot of each (mailbox name, UIDVALIDITY), while a view uses it.
+_SNAPSHOTS: weakref.WeakValueDictionary[tuple[str, int], _Snapshot] = weakref.WeakValueDictionary()
+
+
+def _snapshot(name: str, uidvalidity: int, infos: list[MessageInfo]) -> _Snapshot:
+    """A snapshot of *infos*: the one already shared when it holds the same."""
+    uids = array("I", [info.uid for info in infos])
+    key = (name, uidvalidity)
+    shared = _SNAPSHOTS.get(key)
+    if shared is not None and shared.same(uids, infos):
+        return shared
+    snap = _Snapshot(uids, {info.uid: info.flags for info in infos})
+    _SNAPSHOTS[key] = snap
+    return snap
+
+
+_MISSING = object()
+
+
+class _Flags(MutableMapping[int, frozenset[str]]):
+    """
+    A view's flags by UID: a shared snapshot's table, never written, under
+    this view's own changes (``None`` for a UID removed).  Writing the
+    flags a UID already has changes nothing (FETCH FLAGS writes what it
+    shows).  Once the changes are a sizeable part of the whole they are
+    folded into a private table, written in place from then on.
+    """
+
+    __slots__ = ("_base", "_len", "_own", "_private")
+
+    def __init__(self, base: dict[int, frozenset[str]]) -> None:
+        self._base = base
+        self._own: dict[int, frozenset[str] | None] = {}
+        self._len = len(base)
+        self._private = False
+
+    def __getitem__(self, uid: int) -> frozenset[str]:
+        value = self._own.get(uid, _MISSING)
+        if value is _MISSING:
+            return self._base[uid]
+        if value is None:
+            raise KeyError(uid)
+        return value  # type: ignore[return-value]
+
+    def get(self, uid: int, default: object = None) -> object:  # type: ignore[override]
+        value = self._own.get(uid, _MISSING)
+        if value is _MISSING:
+            return self._base.get(uid, default)
+        return default if value is None else value
+
+    def __contains__(self, uid: object) -> bool:
+        value = self._own.get(uid, _MISSING)  # type: ignore[call-overload]
+        if value is _MISSING:
+            return uid in self._base
+        return value is not None
+
+    def __setitem__(self, uid: int, flags: frozenset[str]) -> None:
+        base = self._base
+        if self._private:
+            base[uid] = flags
+            return
+        own = self._own
+        value = own.get(uid, _MISSING)
+        if value is _MISSING:
+            old = base.get(uid, _MISSING)
+            if old is flags or old == flags:
+                return
+            if old is _MISSING:
+                self._len += 1
+        elif value is None:
+            self._len += 1
+        if uid in base and base[uid] == flags:
+            del own[uid]  # back to the snapshot's
+            return
+        own[uid] = flags
+        self._fold()
+
+    def __delitem__(self, uid: int) -> None:
+        if uid not in self:
+            raise KeyError(uid)
+        self._len -= 1
+        if self._private:
+            del self._base[uid]
+            return
+        if uid in self._base:
+            self._own[uid] = None
+            self._fold()
+        else:
+            del self._own[uid]
+
+    def __iter__(self) -> Iterator[int]:
+        own = self._own
+        base = self._base
+        for uid in base:
+            if own.get(uid, _MISSING) is not None:
+                yield uid
+        for uid, value in own.items():
+            if value is not None and uid not in base:
+                yield uid
+
+    def __len__(self) -> int:
+        return len(self._base) if self._private else self._len
+
+    def _fold(self) -> None:
+        own = self._own
+        if len(own) > 64 and len(own) * 8 > len(self._base):
+            merged = {uid: flags for uid, flags in self._base.items() if uid not in own}
+            merged.update((uid, flags) for uid, flags in own.items() if flags is not None)
+            self._base = merged
+            self._own = {}
+            self._private = True
+
+
 class SelectedView:
     """
     One session's picture of its selected mailbox.
@@ -70,8 +225,11 @@ class SelectedView:
             or for a read-only view not claimed by anyone yet).
 
     Attributes:
-        uids: UIDs in sequence order (sequence number ``n`` is ``uids[n-1]``).
-        flags: the flags the client was last told, by UID.
+        uids: UIDs in sequence order (sequence number ``n`` is ``uids[n-1]``),
+            an ``array('I')`` that may be shared with other views: read it,
+            never change it.
+        flags: the flags the client was last told, by UID (a mapping that
+            may be written).
         recent: the UIDs that are ``\\Recent`` in this session.
         deleted: the mailbox was deleted while selected.
         highest_modseq: the largest mod-sequence seen (RFC 7162): the
@@ -95,17 +253,14 @@ class SelectedView:
         self.name = name
         self.uidvalidity = uidvalidity
         self.read_only = read_only
-        self.uids: list[int] = []
-        self.flags: dict[int, frozenset[str]] = {}
-        for info in messages:
-            self.uids.append(info.uid)
-            self.flags[info.uid] = info.flags
-        #: Every flag in use since selection: the system flags and keywords.
-        #: Stores share one frozenset among messages with the same flags, so
-        #: the distinct sets are few and found in C (about 1.5 ms per 100,000
-        #: messages); afterwards only changed flags are looked at.
-        self.known_flags: set[str] = set(SYSTEM_FLAGS).union(*set(self.flags.values()))
-        self.recent: set[int] = set(recent) & self.flags.keys()
+        snap = _snapshot(name, uidvalidity, list(messages))
+        self._snapshot: _Snapshot | None = snap
+        self.uids: array[int] = snap.uids
+        self.flags: _Flags = _Flags(snap.flags)
+        #: Every flag in use since selection: the system flags and keywords;
+        #: after selection only changed flags are looked at.
+        self.known_flags: set[str] = set(snap.known)
+        self.recent: set[int] = {u for u in recent if u in self.flags}
         self.deleted = False
         self._added: dict[int, frozenset[str]] = {}
         self._expunged: set[int] = set()
@@ -118,6 +273,17 @@ class SelectedView:
         self._told_recent = len(self.recent)
 
     # -- numbers -------------------------------------------------------------------
+
+    def _own_uids(self) -> array[int]:
+        """:attr:`uids`, copied first if still the shared snapshot's."""
+        if self._snapshot is not None:
+            self.uids = array("I", self.uids)
+            self._snapshot = None
+        return self.uids
+
+    def _recent_count(self) -> int:
+        flags = self.flags
+        return sum(1 for u in self.recent if u in flags)
 
     @property
     def exists(self) -> int:
@@ -251,7 +417,7 @@ class SelectedView:
             or self._expunged
             or self._flag_changes
             or self._told_exists != len(self.uids)
-            or self._told_recent != len(self.recent & self.flags.keys())
+            or self._told_recent != self._recent_count()
         )
 
     def updates(self, *, allow_expunge: bool = True) -> bytes:
@@ -279,14 +445,14 @@ class SelectedView:
                     # Arrived out of UID order (never from a conforming store);
                     # sequence numbers only grow at the end.
                     continue
-                self.uids.append(u)
+                self._own_uids().append(u)
                 self.flags[u] = flags
                 top = u
             self._added.clear()
         if self._told_exists != len(self.uids):
             self._told_exists = len(self.uids)
             out.append(serialize.render(Exists(len(self.uids)))[0])
-        recent = len(self.recent & self.flags.keys())
+        recent = self._recent_count()
         if self._told_recent != recent:
             self._told_recent = recent
             out.append(serialize.render(Recent(recent))[0])
@@ -320,14 +486,14 @@ class SelectedView:
             seq = self.seq_of(u)
             if seq is None:
                 continue
-            del self.uids[seq - 1]
+            del self._own_uids()[seq - 1]
             del self.flags[u]
             self.recent.discard(u)
             self._flag_changes.pop(u, None)
             self._flag_modseqs.pop(u, None)
             self._told_exists -= 1
             numbers.append(seq)
-        self._told_recent = min(self._told_recent, len(self.recent & self.flags.keys()))
+        self._told_recent = min(self._told_recent, self._recent_count())
         return numbers
 
     def expunge_response(self, uids: Iterable[int]) -> Response:
