@@ -749,3 +749,311 @@ class FieldAddressesTests(SynchronousTestCase):
         )
         self.assertEqual(mime.field_addresses(b"\r\nFrom: a@b.example\r\n", "from"), [])
         self.assertEqual(mime.field_addresses(b"To: a@b.example\r\n", "from"), [])
+
+
+# ---------------------------------------------------------------------------
+# Fast paths against the general code (differential tests)
+
+
+def _reference_parse_fields(data: bytes) -> list[tuple[str, str]]:
+    """The line-by-line header splitter that mime._parse_fields replaced."""
+    import re
+
+    name_re = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+    fields: list[tuple[str, str]] = []
+    name: bytes | None = None
+    value: list[bytes] = []
+    pieces = data.split(b"\n")
+    last = pieces.pop()
+    lines = [p + b"\n" for p in pieces]
+    if last:
+        lines.append(last)
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if name is not None:
+                value.append(line)
+            continue
+        if name is not None:
+            fields.append((name.decode("latin-1"), b"".join(value).decode("latin-1")))
+            name = None
+        m = name_re.match(line)
+        if m is not None:
+            colon = m.end() - 1
+            name = line[:colon]
+            value = [line[colon + 1 :]]
+    if name is not None:
+        fields.append((name.decode("latin-1"), b"".join(value).decode("latin-1")))
+    return fields
+
+
+def _reference_split_structured(value: str) -> list[str]:
+    """mime._split_structured without its fast path (the general scanner)."""
+    segments: list[str] = []
+    cur: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == '"':
+            j = i + 1
+            while j < n and value[j] != '"':
+                j += 2 if value[j] == "\\" else 1
+            cur.append(value[i : j + 1])
+            i = j + 1
+        elif c == "(":
+            depth, j = 1, i + 1
+            while j < n and depth:
+                if value[j] == "\\":
+                    j += 1
+                elif value[j] == "(":
+                    depth += 1
+                elif value[j] == ")":
+                    depth -= 1
+                j += 1
+            cur.append(" ")
+            i = j
+        elif c == ";":
+            segments.append("".join(cur))
+            cur = []
+            i += 1
+        else:
+            cur.append(c)
+            i += 1
+    segments.append("".join(cur))
+    return segments
+
+
+def _reference_unquote(value: str) -> str:
+    value = value.strip(" \t\r\n")
+    if not value.startswith('"'):
+        return value
+    out = []
+    i = 1
+    while i < len(value) and value[i] != '"':
+        if value[i] == "\\" and i + 1 < len(value):
+            i += 1
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def _reference_unfold(value: str) -> str:
+    return mime._FOLD_RE.sub("", value).strip(" \t\r\n")
+
+
+#: Address field values: the forms the fast path takes and near misses it must leave alone.
+ADDRESS_VALUES = [
+    "a@b.example",
+    "<a@b.example>",
+    "Name <a@b.example>",
+    "An  When20\t<an.when20@sender4.test>",
+    "First Last <first.last@x.example>, other@y.example , <z@z.example>",
+    "=?utf-8?q?J=C3=B6rg?= <j@x.example>",
+    '"Quoted, Name" <q@x.example>',
+    "J. Smith <j@x.example>",
+    "a@b.example (Comment Name)",
+    "Group: a@b.example, c@d.example;",
+    "undisclosed-recipients:;",
+    "a@b.example,,c@d.example",
+    "a@b.example,",
+    ",a@b.example",
+    "< a@b.example >",
+    "Name <a@b.example> junk",
+    "Name<a@b.example>",
+    "Name <@route.example:a@b.example>",
+    "Name <a@[192.0.2.1]>",
+    "Name <a..b@x.example>",
+    "Name <.a@x.example>",
+    "Name <a@x.example.>",
+    "a@b@c.example",
+    "localonly",
+    "<localonly>",
+    "Name <>",
+    "Ünïcode <u@x.example>",
+    "Name\r <a@b.example>",
+    "Name <a@b.example>>",
+    "Name <<a@b.example>",
+    "a@b.example c@d.example",
+    "\\escaped <a@b.example>",
+    "x)y <a@b.example>",
+    "x]y <a@b.example>",
+    "a@b.example\tOther <c@d.example>",
+]
+
+#: Structured MIME field values (Content-Type and friends).
+STRUCTURED_VALUES = [
+    "text/plain; charset=utf-8",
+    'multipart/mixed; boundary="=_b000005"',
+    'application/pdf; name="doc5.pdf"',
+    'attachment; filename="a;b.pdf"',
+    'attachment; filename="a\\";b.pdf"',
+    "text/plain; (comment; here) charset=us-ascii",
+    'text/plain; charset="unterminated',
+    'text/plain; a="x"; b="y;z"; c=d',
+    'text/plain; a=""; b="\\\\"',
+    "text/plain;;; charset=x;",
+    'x; a="one""two"; b=three',
+    "",
+    ";",
+    '"',
+    '";"',
+]
+
+
+def _workload_messages() -> list[bytes]:
+    """Messages shaped as the imap_sync benchmark's (its forms of every header field)."""
+    import random
+
+    rng = random.Random(2026)
+    words = ["an", "when", "out", "so", "release", "budget", "o'neil", "x-y", "j=c3"]
+    out = []
+    for seq in range(200):
+        sender = f"{rng.choice(words)}.{rng.choice(words)}{rng.randrange(100)}@sender{seq % 53}.test"
+        name = sender.split("@")[0].replace(".", " ").title()
+        cc = f"Cc: {rng.choice(words).title()} <{rng.choice(words)}@example.test>\r\n" if seq % 4 == 0 else ""
+        head = (
+            f"Return-Path: <{sender}>\r\nFrom: {name} <{sender}>\r\nTo: <user1@example.test>\r\n{cc}"
+            f"Subject: s {seq}\r\nDate: Sun, 23 Nov 2025 12:13:48 +0000\r\n"
+            f"Message-ID: <{seq:06d}@sender.test>\r\nMIME-Version: 1.0\r\n"
+        ).encode()
+        if seq % 5:
+            out.append(head + b"Content-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n")
+            continue
+        b = f"=_b{seq:06d}"
+        out.append(
+            head
+            + (
+                f'Content-Type: multipart/mixed; boundary="{b}"\r\n\r\npreamble\r\n--{b}\r\n'
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\nhi\r\n"
+                f'--{b}\r\nContent-Type: application/pdf; name="doc{seq}.pdf"\r\n'
+                f'Content-Disposition: attachment; filename="doc{seq}.pdf"\r\n'
+                f"Content-Transfer-Encoding: base64\r\n\r\nQUJD\r\n--{b}--\r\n"
+            ).encode()
+        )
+    return out
+
+
+def _corpus_headers() -> list[bytes]:
+    """Header sections: the workload's, this module's sample messages, and folded variants."""
+    sections = [m.split(b"\r\n\r\n", 1)[0] + b"\r\n" for m in _workload_messages()]
+    for value in FRAGMENTS:
+        sections.append(value)
+    for value in ADDRESS_VALUES:
+        for sep in (b" ", b"\r\n ", b"\n\t"):
+            sections.append(b"From:" + sep + value.encode("latin-1") + b"\r\nTo: x\r\n")
+    sections += [
+        b"",
+        b"\n",
+        b"A: 1\nB : 2\r\n\tmore\r\n  more\nnot a field\n continued\nC:3",
+        b" leading continuation\nX: y\n",
+        b"X-\xff: \xfe\r\nY:\r\nZ",
+        b"A:\r\n\r\nB: after blank\r\n",
+        b"A: 1\r\r\nB: 2\r",
+    ]
+    return sections
+
+
+class FastPathTests(SynchronousTestCase):
+    """The fast paths give exactly what the general code gives."""
+
+    def check_addresses(self, value: str) -> None:
+        expected = mime._AddressParser(value).parse()
+        self.assertEqual(mime._parse_addresses(value), expected, value)
+        simple = mime._simple_addresses(value) if value else None
+        if simple is not None:
+            self.assertEqual(simple, expected, value)
+
+    def test_address_values(self) -> None:
+        """The simple-address fast path agrees with the full parser, or declines."""
+        taken = 0
+        for value in ADDRESS_VALUES:
+            for v in (value, value.strip()):
+                self.check_addresses(v)
+                taken += mime._simple_addresses(v) is not None if v else 0
+        self.assertGreater(taken, 5)
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    "a",
+                    "Bc",
+                    "x.y",
+                    "=?q?=",
+                    " ",
+                    "  ",
+                    "\t",
+                    "<",
+                    ">",
+                    "@",
+                    ",",
+                    ";",
+                    ":",
+                    '"',
+                    "(",
+                    ")",
+                    "[",
+                    "]",
+                    ".",
+                    "\\",
+                    "\xe9",
+                    "\r",
+                ]
+            ),
+            max_size=25,
+        )
+    )
+    def test_generated_addresses(self, pieces: list[str]) -> None:
+        """Generated address-like values: fast path and full parser agree."""
+        self.check_addresses(mime._unfold("".join(pieces)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.sampled_from(["a", "/", "=", ";", '"', "\\", "(", ")", " ", "\t", "x-y"]), max_size=25)
+    )
+    def test_generated_structured(self, pieces: list[str]) -> None:
+        """Generated structured values: the split and unquote fast paths agree with the scanners."""
+        value = "".join(pieces)
+        self.assertEqual(mime._split_structured(value), _reference_split_structured(value))
+        self.assertEqual(mime._unquote(value), _reference_unquote(value))
+
+    def test_structured_values(self) -> None:
+        for value in STRUCTURED_VALUES:
+            self.assertEqual(mime._split_structured(value), _reference_split_structured(value), value)
+            for seg in _reference_split_structured(value):
+                self.assertEqual(
+                    mime._unquote(seg.partition("=")[2]), _reference_unquote(seg.partition("=")[2])
+                )
+
+    def test_header_sections(self) -> None:
+        """Header splitting, unfolding and envelopes agree with the general code on the corpus."""
+        for data in _corpus_headers():
+            fields = mime._parse_fields(data)
+            self.assertEqual(list(fields), _reference_parse_fields(data), data)
+            for _, v in fields:
+                self.assertEqual(mime._unfold(v), _reference_unfold(v))
+                self.check_addresses(mime._unfold(v))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from([b"A: 1", b"b :2", b"\r\n", b"\n", b" ", b"\t", b"x", b":", b"\r", b"\xff"]),
+            max_size=30,
+        )
+    )
+    def test_generated_header_sections(self, pieces: list[bytes]) -> None:
+        data = b"".join(pieces)
+        self.assertEqual(list(mime._parse_fields(data)), _reference_parse_fields(data))
+
+    def test_workload_messages(self) -> None:
+        """Whole messages: the envelope equals the full parser's on every address field."""
+        for data in _workload_messages():
+            md = parse_metadata(data)
+            fields = _reference_parse_fields(data.split(b"\r\n\r\n", 1)[0] + b"\r\n")
+            by_name = {n.lower(): v for n, v in reversed(fields)}
+            expected = [
+                mime._AddressParser(_reference_unfold(by_name[k])).parse() if k in by_name else None
+                for k in ("from", "to", "cc")
+            ]
+            self.assertEqual([md.envelope[2], md.envelope[5], md.envelope[6]], expected)
+            self.assertIsNotNone(md.envelope[2])

@@ -376,7 +376,6 @@ def _stops(prefixes: tuple[bytes, ...], header: bool) -> _Stops | None:
 # ---------------------------------------------------------------------------
 # Header fields
 
-_FIELD_NAME_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # RFC 5322 section 3.6.8 ftext
 _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
 
 
@@ -400,38 +399,25 @@ class _Fields(tuple[tuple[str, str], ...]):
         return index
 
 
+# One field per match: a line starting with a name and a colon, then the
+# continuation lines (starting with a space or a tab) that follow it.  Lines
+# that are neither (nor continue a field) are never a match start: ``^``
+# only matches at line starts and a name cannot start with white space.
+_FIELD_RE = re.compile(r"^([\x21-\x39\x3b-\x7e]+[ \t]*):([^\n]*\n?(?:[ \t][^\n]*\n?)*)", re.M)
+
+
 def _parse_fields(data: bytes) -> tuple[tuple[str, str], ...]:
     """Split a header section into ``(name, raw value)`` pairs (see module docstring)."""
-    fields: list[tuple[str, str]] = []
-    name: bytes | None = None
-    value: list[bytes] = []
-    pieces = data.split(b"\n")
-    last = pieces.pop()
-    lines = [p + b"\n" for p in pieces]
-    if last:
-        lines.append(last)
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if name is not None:
-                value.append(line)
-            continue
-        if name is not None:
-            fields.append((name.decode("latin-1"), b"".join(value).decode("latin-1")))
-            name = None
-        m = _FIELD_NAME_RE.match(line)
-        if m is not None:
-            colon = m.end() - 1
-            name = line[:colon]
-            value = [line[colon + 1 :]]
-    if name is not None:
-        fields.append((name.decode("latin-1"), b"".join(value).decode("latin-1")))
-    return _Fields(fields)
+    # Decoded once (latin-1 maps each octet to one character), split by one
+    # pattern; tests.test_mime compares it with a line-by-line splitter.
+    return _Fields(_FIELD_RE.findall(data.decode("latin-1")))
 
 
 def _field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
     """The first raw value of the field *name* (lower case), or ``None``."""
     if isinstance(fields, _Fields):
-        return fields.by_name().get(name)
+        index = fields._by_name
+        return (fields.by_name() if index is None else index).get(name)
     for n, v in fields:
         if _lower(n.rstrip(" \t")) == name:
             return v
@@ -440,6 +426,9 @@ def _field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
 
 def _unfold(value: str) -> str:
     """Unfold (RFC 5322 section 2.2.3) and strip surrounding white space."""
+    lfs = value.count("\n")
+    if lfs == 0 or (lfs == 1 and value[-1] == "\n"):
+        return value.strip(" \t\r\n")  # one line: nothing to unfold
     return _FOLD_RE.sub("", value).strip(" \t\r\n")
 
 
@@ -481,6 +470,13 @@ def _split_structured(value: str) -> list[str]:
     Split a structured field value at ``;`` outside quoted strings, dropping
     comments; quoted strings are kept with their quotes.
     """
+    if "(" not in value and "\\" not in value:
+        # Without comments and escapes a quote always opens or closes a
+        # quoted string: a ";" is outside them when every piece before it
+        # holds an even number of quotes.
+        pieces = value.split(";")
+        if '"' not in value or not any(p.count('"') & 1 for p in pieces):
+            return pieces
     segments: list[str] = []
     cur: list[str] = []
     i, n = 0, len(value)
@@ -520,6 +516,9 @@ def _unquote(value: str) -> str:
     value = value.strip(" \t\r\n")
     if not value.startswith('"'):
         return value
+    if "\\" not in value:
+        end = value.find('"', 1)
+        return value[1:end] if end >= 0 else value[1:]
     out = []
     i = 1
     while i < len(value) and value[i] != '"':
@@ -587,15 +586,26 @@ def _content_type(
     """``(TYPE, SUBTYPE, params)`` of a part, with the RFC 2045/2046 defaults."""
     raw = _field(fields, "content-type")
     if raw is not None:
-        segments = _split_structured(_unfold(raw))
-        typ, slash, sub = segments[0].partition("/")
-        typ, sub = typ.strip(" \t\r\n"), sub.strip(" \t\r\n")
-        if slash and _TOKEN_RE.match(typ) and _TOKEN_RE.match(sub):
-            return _upper(typ), _upper(sub), _parameters(segments[1:])
+        parsed = _content_type_value(raw)
+        if parsed is not None:
+            return parsed
     if digest_child:
         return "MESSAGE", "RFC822", ()
     # RFC 2045 section 5.2: absent or syntactically invalid.
     return "TEXT", "PLAIN", ("CHARSET", "US-ASCII")
+
+
+# The values of the MIME fields repeat from message to message (but for
+# boundaries and file names): their parses (tuples of strings) are cached.
+@functools.lru_cache(maxsize=512)
+def _content_type_value(raw: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """``(TYPE, SUBTYPE, params)`` of a raw Content-Type value, ``None`` when invalid."""
+    segments = _split_structured(_unfold(raw))
+    typ, slash, sub = segments[0].partition("/")
+    typ, sub = typ.strip(" \t\r\n"), sub.strip(" \t\r\n")
+    if slash and _TOKEN_RE.match(typ) and _TOKEN_RE.match(sub):
+        return _upper(typ), _upper(sub), _parameters(segments[1:])
+    return None
 
 
 def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
@@ -603,6 +613,11 @@ def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
     raw = _field(fields, "content-disposition")
     if raw is None:
         return None
+    return _disposition_value(raw)
+
+
+@functools.lru_cache(maxsize=512)
+def _disposition_value(raw: str) -> tuple[Any, ...] | None:
     segments = _split_structured(_unfold(raw))
     typ = segments[0].strip(" \t\r\n")
     if not typ:
@@ -625,6 +640,11 @@ def _encoding(fields: tuple[tuple[str, str], ...]) -> str:
     raw = _field(fields, "content-transfer-encoding")
     if raw is None:
         return "7BIT"
+    return _encoding_value(raw)
+
+
+@functools.lru_cache(maxsize=512)
+def _encoding_value(raw: str) -> str:
     words = " ".join(_split_structured(_unfold(raw))).split()
     return _upper(words[0]) if words else "7BIT"
 
@@ -834,11 +854,53 @@ class _AddressParser:
         return i + 1
 
 
+# The common forms of one address, ``Name Words <local@host>``, ``<local@host>``
+# and ``local@host``, in plain atoms (no quotes, comments, dots in the name,
+# or white space inside the address); anything else takes the full parser.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_SIMPLE_ADDRESS_RE = re.compile(
+    rf"(?:({_ATEXT}(?:[ \t]+{_ATEXT})*)?[ \t]*<({_DOT_ATOM})@({_DOT_ATOM})>|({_DOT_ATOM})@({_DOT_ATOM}))"
+)
+_BLANKS_RE = re.compile(r"[ \t]+")
+
+
+def _simple_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
+    """
+    The addresses of *value* (unfolded and stripped) when it is a list of
+    the common forms (see ``_SIMPLE_ADDRESS_RE``), exactly as
+    :class:`_AddressParser` gives them; ``None`` when it is anything else.
+    """
+    out = []
+    match = _SIMPLE_ADDRESS_RE.fullmatch
+    for piece in value.split(",") if "," in value else (value,):
+        m = match(piece.strip(" \t"))
+        if m is None:
+            return None
+        name, local, host, bare_local, bare_host = m.groups()
+        if local is None:
+            out.append((None, None, bare_local, bare_host))
+        else:
+            if name is not None and ("\t" in name or "  " in name):
+                name = _BLANKS_RE.sub(" ", name)
+            out.append((name, None, local, host))
+    return tuple(out)
+
+
+def _parse_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
+    """The addresses of an unfolded address field value (see module docstring)."""
+    if value:
+        simple = _simple_addresses(value)
+        if simple is not None:
+            return simple
+    return _AddressParser(value).parse()
+
+
 def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...] | None:
     raw = _field(fields, name)
     if raw is None:
         return None
-    return _AddressParser(_unfold(raw)).parse()
+    return _parse_addresses(_unfold(raw))
 
 
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
@@ -859,7 +921,7 @@ def field_addresses(header_section: bytes, name: str) -> list[tuple[Any, ...]]:
     if end is not None:
         header_section = header_section[: end.start() + 1]
     return [
-        _AddressParser(_unfold(value)).parse() or ()
+        _parse_addresses(_unfold(value)) or ()
         for field, value in _parse_fields(header_section)
         if _lower(field.rstrip(" \t")) == wanted
     ]
