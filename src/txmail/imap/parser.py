@@ -761,14 +761,7 @@ def fetch_att(c: Cursor) -> FetchAttribute:
         if name not in ("BODY", "BODY.PEEK"):
             raise c.fail("Bad fetch attribute")
         section = _section(c)
-        partial = None
-        if c.accept(b"<"):
-            offset = number(c)
-            c.expect(b".")
-            length = number(c, nonzero=True)
-            c.expect(b">")
-            partial = (offset, length)
-        return FetchAttribute("BODY", section, partial, name == "BODY.PEEK")
+        return FetchAttribute("BODY", section, _partial(c), name == "BODY.PEEK")
     if name not in _SIMPLE_FETCH:
         raise c.fail("Bad fetch attribute")
     return FetchAttribute(name)
@@ -811,14 +804,18 @@ def _binary_att(c: Cursor, name: str) -> FetchAttribute:
     section = Section(tuple(parts))
     if name == "BINARY.SIZE":
         return FetchAttribute(name, section, None, True)
-    partial = None
-    if c.accept(b"<"):
-        offset = number(c)
-        c.expect(b".")
-        length = number(c, nonzero=True)
-        c.expect(b">")
-        partial = (offset, length)
-    return FetchAttribute("BINARY", section, partial, name == "BINARY.PEEK")
+    return FetchAttribute("BINARY", section, _partial(c), name == "BINARY.PEEK")
+
+
+def _partial(c: Cursor) -> tuple[int, int] | None:
+    """[partial]: partial = "<" number "." nz-number ">" (RFC 3501 section 9)"""
+    if not c.accept(b"<"):
+        return None
+    offset = number(c)
+    c.expect(b".")
+    length = number(c, nonzero=True)
+    c.expect(b">")
+    return offset, length
 
 
 def _fetch_items(c: Cursor) -> tuple[FetchAttribute, ...]:

@@ -170,7 +170,8 @@ class SearchNeeds:
     message: bool
 
 
-def _leaves(key: SearchNode) -> Iterator[SearchKey]:
+def leaves(key: SearchNode) -> Iterator[SearchKey]:
+    """Every search key of the tree *key* (AND, OR and NOT looked through)."""
     stack = [key]
     while stack:
         node = stack.pop()
@@ -186,7 +187,7 @@ def _leaves(key: SearchNode) -> Iterator[SearchKey]:
 
 def search_needs(key: SearchNode) -> SearchNeeds:
     """What evaluating *key* reads beyond the :class:`MessageInfo`."""
-    names = {leaf.name for leaf in _leaves(key)}
+    names = {leaf.name for leaf in leaves(key)}
     return SearchNeeds(metadata=bool(names & _HEADER_KEYS), message=bool(names & _MESSAGE_KEYS))
 
 

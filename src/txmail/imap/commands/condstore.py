@@ -42,7 +42,8 @@ from txmail.imap import serialize
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import enableable, extension
 from txmail.imap.responses import FetchFlags, Response, UntaggedOk
-from txmail.imap.types import FetchAttribute, SearchAnd, SearchKey, SearchNode, SearchOr
+from txmail.imap.search import leaves
+from txmail.imap.types import FetchAttribute, SearchNode
 from txmail.imap.view import SelectedView
 
 __all__ = [
@@ -133,19 +134,7 @@ def fetch_items(
 
 def search_uses_modseq(key: SearchNode) -> bool:
     """Whether a search key tree holds ``MODSEQ`` (RFC 7162 section 3.1.5)."""
-    stack = [key]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, SearchKey):
-            if node.name == "MODSEQ":
-                return True
-        elif isinstance(node, SearchAnd):
-            stack.extend(node.keys)
-        elif isinstance(node, SearchOr):
-            stack.extend((node.left, node.right))
-        else:
-            stack.append(node.key)
-    return False
+    return any(leaf.name == "MODSEQ" for leaf in leaves(key))
 
 
 async def store_responses(
