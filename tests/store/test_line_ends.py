@@ -152,6 +152,32 @@ class ConversionTests(TestCase):
         self.assertEqual(name_sizes("1.M1.host,W=x,S=5"), (5, None))
         self.assertEqual(name_sizes("1.M1.host,S=\u0661"), (None, None))  # not an ASCII number
 
+    def test_pickup_files_sizes(self) -> None:
+        """pickup_files gives file_sizes' sizes and the file's mtime, with and without W=, and skips vanished files."""
+        path = self.mktemp()
+        os.makedirs(os.path.join(path, "new"))
+        contents = [LF, CRLF, MIXED, MULTIPART_LF, b"", b"\n", b"\r", b"x" * 70000 + b"\r\n\n" * 3]
+        items = []
+        for k, data in enumerate(contents):
+            for name in (
+                f"{k}.M{k}P1.host,S={len(data)}",
+                f"{k}.M{k}P2.host,S={len(data)},W={len(to_crlf(data))}",
+            ):
+                with open(os.path.join(path, "new", name), "wb") as f:
+                    f.write(data)
+                items.append(("new", name))
+        items.append(("new", "gone.M1P1.host"))
+        got = _maildir_io.pickup_files(path, items)
+        self.assertEqual(len(got), len(items) - 1)
+        for (sub, name, size, raw, date, coff, clen), (isub, iname) in zip(got, items, strict=False):
+            full = os.path.join(path, sub, name)
+            data = open(full, "rb").read()  # noqa: SIM115
+            self.assertEqual((sub, name), (isub, iname))
+            self.assertEqual(size, len(to_crlf(data)))
+            self.assertEqual(raw, None if size == len(data) else len(data))
+            self.assertEqual((size, len(data)), _maildir_io.file_sizes(full, name))
+            self.assertEqual((date, coff, clen), (os.stat(full).st_mtime, -1, 0))
+
 
 def write_v1_index(
     path: str, uidvalidity: int, records: list[tuple[int, int, float, int, int, str, frozenset[str]]]

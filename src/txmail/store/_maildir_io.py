@@ -621,11 +621,23 @@ def pickup_files(
     (nothing cached yet).
     """
     out = []
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
     for sub, name in items:
         full = os.path.join(path, sub, name)
         try:
-            st = os.stat(full)
-            size, raw = file_sizes(full, name, st.st_size)
+            if name_sizes(split_file_name(name)[0])[1] is not None:
+                st = os.stat(full)
+                size, raw = file_sizes(full, name, st.st_size)
+            else:
+                # To be read through anyway: opened first, then fstat (one
+                # path lookup instead of two).
+                fd = os.open(full, flags)
+                try:
+                    st = os.fstat(fd)
+                    raw, bare = count_file(fd, st.st_size)
+                finally:
+                    os.close(fd)
+                size = raw + bare
         except OSError:
             continue  # gone meanwhile: tried again next time
         out.append((sub, name, size, None if raw == size else raw, st.st_mtime, -1, 0))
