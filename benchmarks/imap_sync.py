@@ -23,8 +23,18 @@ the server answers that command for these messages:
   Reply-To)])`` (Thunderbird's first sync) cold, then warm; ``UID SEARCH SUBJECT zebracorn``;
   ``UID SEARCH TEXT quokkaberry``; ``UID SORT (ARRIVAL)``, ``(DATE)``, ``(SUBJECT)`` and ``UID
   THREAD REFERENCES`` (RFC 5256; each answers every message once, checked);
+  last, the QRESYNC resync (RFC 7162 section 3.2.5, ``qresync``): a client connection
+  ``ENABLE QRESYNC`` + ``SELECT INBOX`` notes UIDVALIDITY and HIGHESTMODSEQ; another connection
+  then sets ``\\Flagged`` on 1,000 UIDs spread over the mailbox (``UID STORE``) and expunges
+  100 others (``UID STORE +FLAGS.SILENT (\\Deleted)``, ``UID EXPUNGE``); the timed command,
+  on a fresh connection after LOGIN and ``ENABLE QRESYNC`` (no SELECT before it), is
+  ``SELECT INBOX (QRESYNC (uidvalidity modseq))``, checked to report the 100 UIDs in
+  ``VANISHED (EARLIER)`` and one FETCH per flagged message;
 * fill B: a first connection SELECTs; then (b) ``UID FETCH 1:* (ENVELOPE BODYSTRUCTURE
   INTERNALDATE FLAGS RFC822.SIZE)`` cold, then warm.
+
+``--qresync-only`` runs fill A with its cold SELECT and the QRESYNC phase alone (for the issue's
+100,000-message figure without the rest).
 
 Checked: every SELECT reports all messages; every FETCH answers one response per message;
 each SEARCH finds exactly the messages generated with its word (1 in 50 subjects, 1 in 50
@@ -88,13 +98,15 @@ SEARCH_TEXT = b"UID SEARCH TEXT " + TEXT_WORD.encode()
 SORTS = (("sort_arrival", b"UID SORT (ARRIVAL) US-ASCII ALL"), ("sort_date", b"UID SORT (DATE) US-ASCII ALL"),
          ("sort_subject", b"UID SORT (SUBJECT) US-ASCII ALL"),
          ("thread_refs", b"UID THREAD REFERENCES US-ASCII ALL"))
+#: RFC 7162 section 3.2.5 (issue 12 section 4: at most Dovecot's time), last of fill A.
+QRESYNC_FLAGGED, QRESYNC_EXPUNGED = 1000, 100
 PHASES = ("select_cold", "headers_cold", "headers_warm", "search_subject", "search_text",
-          *(name for name, _ in SORTS), "structure_cold", "structure_warm")
+          *(name for name, _ in SORTS), "qresync", "structure_cold", "structure_warm")
 LABELS = {"select_cold": "SELECT cold", "headers_cold": "(a) cold", "headers_warm": "(a) warm",
           "search_subject": "(c) SUBJECT", "search_text": "(c) TEXT",
           "structure_cold": "(b) cold", "structure_warm": "(b) warm",
           "sort_arrival": "SORT ARRIVAL", "sort_date": "SORT DATE", "sort_subject": "SORT SUBJECT",
-          "thread_refs": "THREAD REFS"}
+          "thread_refs": "THREAD REFS", "qresync": "QRESYNC"}
 
 _WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "this", "are", "or", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "one", "all", "we", "their", "can", "been", "has", "more", "if", "will", "would", "who", "so", "no", "about", "out", "up", "what", "when", "into", "time", "only", "new", "some", "could", "these", "two", "may", "then", "do", "first", "any", "my", "now", "such", "like", "our", "over", "even", "most", "made", "after", "also", "did", "many", "before", "must", "through", "back", "years", "where", "much", "your", "way", "well", "down", "should", "because", "each", "just", "those", "people", "how", "too", "little", "state", "good", "very", "make", "world", "still", "own", "see", "work", "long", "here", "get", "both", "between", "life", "being", "under", "never", "day", "same", "another", "know", "while", "last", "might", "great", "old", "year", "off", "come", "since", "against", "go", "came", "right", "used", "take", "three", "invoice", "meeting", "report", "project", "budget", "release", "schedule", "review"]
 
@@ -222,6 +234,88 @@ def _uids_of_search(reply: Any) -> list[int]:
     return []
 
 
+def _uid_set(uids: list[int]) -> bytes:
+    return b",".join(b"%d" % u for u in uids)
+
+
+def _expand_set(text: bytes) -> list[int]:
+    out: list[int] = []
+    for part in text.split(b","):
+        lo, _, hi = part.partition(b":")
+        a, b = int(lo), int(hi or lo)
+        out.extend(range(min(a, b), max(a, b) + 1))
+    return out
+
+
+def _code_of(reply: Any, name: bytes) -> int:
+    """The number of a ``* OK [NAME n]`` response code."""
+    for line in reply.untagged:
+        i = line.find(b"[" + name + b" ")
+        if i >= 0:
+            return int(line[i + len(name) + 2: line.index(b"]", i)])
+    raise ImapError(f"SELECT without {name.decode()}")
+
+
+def qresync_changes(n: int) -> tuple[list[int], list[int]]:
+    """Positions (0-based) of the messages flagged and of those expunged: spread, disjoint."""
+    flagged = [i * n // QRESYNC_FLAGGED for i in range(QRESYNC_FLAGGED)]
+    taken = set(flagged)
+    expunged = []
+    for i in range(QRESYNC_EXPUNGED):
+        k = (i * n // QRESYNC_EXPUNGED + n // (2 * QRESYNC_FLAGGED) + 1) % n
+        while k in taken:
+            k = (k + 1) % n
+        taken.add(k)
+        expunged.append(k)
+    return flagged, sorted(expunged)
+
+
+def run_qresync(server: ImapServer, user: str, n: int, timeout: float) -> tuple[float, float]:
+    """The QRESYNC phase (see the module's docstring): seconds and server CPU of the resync."""
+    client = ImapClient(server.port, timeout)
+    try:
+        client.command(f"LOGIN {user} {PASSWORD}".encode())
+        client.command(b"ENABLE QRESYNC")
+        select = client.command(b"SELECT INBOX")
+        uidvalidity, modseq = _code_of(select, b"UIDVALIDITY"), _code_of(select, b"HIGHESTMODSEQ")
+        client.command(b"LOGOUT")
+    finally:
+        client.close()
+    session = Session(server, user, n, timeout)
+    try:
+        uids = _uids_of_search(session.client.command(b"UID SEARCH ALL"))
+        if len(uids) != n:
+            raise ImapError(f"UID SEARCH ALL: {len(uids)} UIDs, expected {n}")
+        flagged_at, expunged_at = qresync_changes(n)
+        flagged = [uids[k] for k in flagged_at]
+        expunged = [uids[k] for k in expunged_at]
+        for i in range(0, len(flagged), 200):
+            session.client.command(b"UID STORE " + _uid_set(flagged[i: i + 200]) + b" +FLAGS.SILENT (\\Flagged)")
+        session.client.command(b"UID STORE " + _uid_set(expunged) + b" +FLAGS.SILENT (\\Deleted)")
+        session.client.command(b"UID EXPUNGE " + _uid_set(expunged))
+    finally:
+        session.close()
+    time.sleep(0.2)
+    client = ImapClient(server.port, timeout)
+    try:
+        client.command(f"LOGIN {user} {PASSWORD}".encode())
+        client.command(b"ENABLE QRESYNC")
+        c0 = tree_cpu(server.pids())
+        reply = client.command(b"SELECT INBOX (QRESYNC (%d %d))" % (uidvalidity, modseq))
+        cpu = tree_cpu(server.pids()) - c0
+        vanished = [u for line in reply.untagged if line.startswith(b"* VANISHED (EARLIER) ")
+                    for u in _expand_set(line[21:].strip())]
+        if sorted(vanished) != expunged:
+            raise ImapError(f"QRESYNC: {len(vanished)} UIDs VANISHED (EARLIER), expected {len(expunged)}")
+        if reply.fetches != len(flagged) or exists_of(reply) != n - len(expunged):
+            raise ImapError(f"QRESYNC: {reply.fetches} FETCH responses and {exists_of(reply)} EXISTS, "
+                            f"expected {len(flagged)} and {n - len(expunged)}")
+        client.command(b"LOGOUT")
+    finally:
+        client.close()
+    return reply.seconds, cpu
+
+
 def run_fill(server: ImapServer, user: str, work: MixedWorkload, phases: list[tuple[str, bytes]],
              timeout: float, seconds: dict[str, float], cpu: dict[str, float]) -> None:
     """After a fresh fill: a cold SELECT, then each phase on its own connection."""
@@ -234,6 +328,10 @@ def run_fill(server: ImapServer, user: str, work: MixedWorkload, phases: list[tu
     first.close()
     time.sleep(0.2)  # Dovecot's imap process exits
     for name, command in phases:
+        if name == "qresync":
+            seconds[name], cpu[name] = run_qresync(server, user, n, timeout)
+            time.sleep(0.2)
+            continue
         session = Session(server, user, n, timeout)
         try:
             c0 = tree_cpu(server.pids())
@@ -259,14 +357,16 @@ def run_fill(server: ImapServer, user: str, work: MixedWorkload, phases: list[tu
 
 
 def run_once(server: ImapServer, run: int, user: str, work: MixedWorkload, workdir: Path,
-             timeout: float) -> RunResult:
+             timeout: float, qresync_only: bool = False) -> RunResult:
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    fills = (
+    fills: tuple[list[tuple[str, bytes]], ...] = (
         [("headers_cold", FETCH_HEADERS), ("headers_warm", FETCH_HEADERS),
-         ("search_subject", SEARCH_SUBJECT), ("search_text", SEARCH_TEXT), *SORTS],
+         ("search_subject", SEARCH_SUBJECT), ("search_text", SEARCH_TEXT), *SORTS, ("qresync", b"")],
         [("structure_cold", FETCH_STRUCTURE), ("structure_warm", FETCH_STRUCTURE)],
     )
+    if qresync_only:
+        fills = ([("qresync", b"")],)
     for k, phases in enumerate(fills):
         log(f"{server.name} run {run} fill {'AB'[k]}: dropping {len(work.bodies)} files into new/")
         try:
@@ -288,30 +388,36 @@ def summarize(results: list[RunResult], order: list[str]) -> list[dict[str, Any]
         if not mine:
             continue
         row: dict[str, Any] = {"server": name, "runs": len(mine), "messages": mine[0].messages}
-        for p in PHASES:
+        for p in _phases(results):
             row[p] = statistics.median(r.seconds[p] for r in mine)
             row[p + "_cpu"] = statistics.median(r.server_cpu[p] for r in mine)
             row[p + "_all"] = [round(r.seconds[p], 4) for r in mine]
         rows.append(row)
     ref = next((r for r in rows if r["server"] == "dovecot"), None)
     for row in rows:
-        row["ratio_to_dovecot"] = {p: row[p] / ref[p] for p in PHASES if ref[p]} if ref else None
+        row["ratio_to_dovecot"] = {p: row[p] / ref[p] for p in _phases(results) if ref[p]} if ref else None
     return rows
 
 
+def _phases(results: list[RunResult]) -> list[str]:
+    """The phases that every run measured, in :data:`PHASES` order."""
+    return [p for p in PHASES if all(p in r.seconds for r in results)]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'server':<10} " + " ".join(f"{LABELS[p]:>12}" for p in PHASES) + f" {'runs':>4}"
+    phases = [p for p in PHASES if rows and all(p in r for r in rows)]
+    head = f"{'server':<10} " + " ".join(f"{LABELS[p]:>12}" for p in phases) + f" {'runs':>4}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['server']:<10} " + " ".join(f"{r[p]:>11.3f}s" for p in PHASES)
+        lines.append(f"{r['server']:<10} " + " ".join(f"{r[p]:>11.3f}s" for p in phases)
                      + f" {r['runs']:>4}")
     for r in rows:
         if r["server"] != "dovecot" and r["ratio_to_dovecot"]:
             ratios = r["ratio_to_dovecot"]
             lines.append(f"{r['server'] + '/dc':<10} " + " ".join(
-                f"{ratios[p]:>11.2f}x" if p in ratios else f"{'-':>12}" for p in PHASES))
+                f"{ratios[p]:>11.2f}x" if p in ratios else f"{'-':>12}" for p in phases))
     lines.append("server CPU s (median): " + "; ".join(
-        f"{r['server']}: " + ", ".join(f"{LABELS[p]} {r[p + '_cpu']:.2f}" for p in PHASES)
+        f"{r['server']}: " + ", ".join(f"{LABELS[p]} {r[p + '_cpu']:.2f}" for p in phases)
         for r in rows))
     return "\n".join(lines)
 
@@ -334,6 +440,8 @@ def parse_args(argv: list[str]) -> Any:
                    help="seconds to wait for txmail's IMAP port")
     p.add_argument("--workdir", default=None, help="scratch directory (default: a new /tmp/imapsync-*)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--qresync-only", action="store_true",
+                   help="only the cold SELECT and the QRESYNC phase (fill A alone)")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
     parse_servers(p, args, {"dovecot", "txmail"})
@@ -367,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                 if server.name in failures:
                     continue
                 try:
-                    results.append(run_once(server, run, args.user, work, workdir, args.timeout))
+                    results.append(run_once(server, run, args.user, work, workdir, args.timeout,
+                                               args.qresync_only))
                 except (BenchError, OSError) as e:
                     failures[server.name] = f"run {run}: {type(e).__name__}: {e}"
                     log(f"{server.name} run {run}: FAILED: {e}")

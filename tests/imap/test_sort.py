@@ -10,11 +10,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap.test_server import ServerTestCase
 from txmail.imap.commands import COMMANDS, capabilities
-from txmail.imap.commands.sort import FactsCache, MessageFacts
+from txmail.imap.commands.sort import FactsCache, MessageFacts, date_facts, message_facts
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import ParseError, parse_command
 from txmail.imap.serialize import esort_response, sort_response, thread_response
 from txmail.imap.types import SearchAnd, SearchKey, Sort, Thread
+from txmail.model import MessageInfo, MessageMetadata
 
 __all__: list[str] = []
 
@@ -244,6 +245,22 @@ class SortCommandTests(ServerTestCase):
             b"* THREAD (4 3)(1 5)(2)\r\nt OK THREAD completed\r\n",
         )
 
+    def test_date_first_then_subject_and_thread(self) -> None:
+        """
+        A first SORT (DATE) keeps the date alone (and the raw fields); a
+        SORT (SUBJECT) or THREAD after it completes them to the same answers.
+        """
+        self.assertEqual(self.cmd(b"s SORT (DATE) UTF-8 ALL"), b"* SORT 4 3 1 2 5\r\ns OK SORT completed\r\n")
+        self.assertEqual(
+            self.cmd(b"s SORT (SUBJECT) UTF-8 ALL"), b"* SORT 3 4 1 5 2\r\ns OK SORT completed\r\n"
+        )
+        self.assertEqual(
+            self.cmd(b"s SORT (REVERSE DATE) UTF-8 ALL"), b"* SORT 5 1 2 3 4\r\ns OK SORT completed\r\n"
+        )
+        self.assertEqual(
+            self.cmd(b"t THREAD REFERENCES UTF-8 ALL"), b"* THREAD (4 3)(1 5)(2)\r\nt OK THREAD completed\r\n"
+        )
+
     def test_thread_unknown_algorithm(self) -> None:
         self.assertEqual(self.cmd(b"t THREAD XYZ UTF-8 ALL"), b"t BAD Unknown threading algorithm\r\n")
 
@@ -287,6 +304,55 @@ class FactsCacheTests(SynchronousTestCase):
         self.assertEqual(len(cache.table(c, [])), 0)  # a (12 > 10) is forgotten
         self.assertEqual(len(cache.table(b, [])), 6)
         self.assertEqual(len(cache.table(a, [])), 0)
+
+    def test_date_facts_completed(self) -> None:
+        """DateFacts keep the raw fields that MessageFacts come from: the same facts either way."""
+        info = MessageInfo(uid=1, flags=frozenset(), size=10, internal_date=1_600_000_000, modseq=1)
+        md = MessageMetadata(
+            0,
+            (
+                ("Received", " from x; Mon, 1 Jan 2001 00:00:00 +0000\r\n"),
+                ("SUBJECT ", " Re: [list] Hello\r\n"),
+                ("date", " Tue, 2 Jan 2001 10:00:00 +0100\r\n"),
+                ("Message-Id", " <m@x>\r\n"),
+                ("In-Reply-To", " <p@x>\r\n"),
+                ("Date", " Wed, 3 Jan 2001 10:00:00 +0100\r\n"),
+            ),
+            (),
+            (),
+        )
+        date = date_facts(info, md)
+        self.assertEqual(date.date, 978426000.0)  # the first Date: field
+        facts = date.complete()
+        self.assertEqual(facts, message_facts(info, md))
+        self.assertEqual(facts, MessageFacts(978426000.0, b"HELLO", True, "m@x", ("p@x",)))
+        self.assertEqual(
+            date_facts(info, None).complete(), MessageFacts(1_600_000_000.0, b"", False, None, ())
+        )
+
+    def test_first_date_sort_then_thread_reads_metadata_once(self) -> None:
+        """A SORT (DATE) first keeps what a THREAD after it needs: no metadata read again."""
+        store = ServerTestCase("run")
+        store.setUp()
+        mailbox = store.mailbox
+        asked: list[list[int]] = []
+        original = mailbox.get_metadata
+
+        def get_metadata(uids: list[int]) -> object:
+            asked.append(list(uids))
+            return original(uids)
+
+        mailbox.get_metadata = get_metadata  # type: ignore[method-assign]
+        store.addCleanup(store.tearDown)
+        proto, transport = store.login()
+        out = store.send(proto, transport, b"s SORT (DATE) UTF-8 ALL\r\n")
+        self.assertTrue(out.endswith(b"s OK SORT completed\r\n"), out)
+        self.assertEqual(asked, [[1, 2]])
+        out = store.send(proto, transport, b"t THREAD REFERENCES UTF-8 ALL\r\n")
+        self.assertTrue(out.endswith(b"t OK THREAD completed\r\n"), out)
+        out = store.send(proto, transport, b"s SORT (SUBJECT) UTF-8 ALL\r\n")
+        self.assertTrue(out.endswith(b"s OK SORT completed\r\n"), out)
+        self.assertEqual(asked, [[1, 2]])
 
     def test_second_sort_reads_no_metadata(self) -> None:
         """A SORT (DATE) after a THREAD of the same mailbox takes the cached facts."""

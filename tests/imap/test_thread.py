@@ -36,6 +36,13 @@ class BaseSubjectTests(SynchronousTestCase):
         """(1) tabs and continuations become a space, runs of spaces one space."""
         self.check("a\r\n\tb  \t c", "a b c", False)
 
+    def test_stored_value_line_end(self) -> None:
+        """A stored value's final CRLF or LF (not a fold) takes the plain path, same result."""
+        self.check(" Re: hello  world \r\n", "hello world", True)
+        self.check(" hello\n", "hello", False)
+        self.check(" a\r\n\tb \r\n", "a b", False)
+        self.check(" caf\xc3\xa9\r\n", "café", False)  # UTF-8 octets: decoded
+
     def test_step1_encoded_words(self) -> None:
         """(1) RFC 2047 encoded-words are decoded before anything else."""
         self.check("=?utf-8?q?Re=3A_R=C3=A9sum=C3=A9?=", "Résumé", True)
@@ -123,6 +130,14 @@ class MessageIdTests(SynchronousTestCase):
         self.assertEqual(message_ids("<a> <@b> <c@> foo@bar"), [])
         self.assertEqual(message_ids('"Your message of Monday" <x@y>'), ["x@y"])
         self.assertEqual(message_ids(None), [])
+
+    def test_usual_and_general_forms_agree(self) -> None:
+        """The fast path (every "<" opens a plain id) and the general loop give the same ids."""
+        self.assertEqual(message_ids("<a@b@c> <d@e>"), ["a@b@c", "d@e"])
+        self.assertEqual(message_ids("<<a@b>>"), ["a@b"])
+        self.assertEqual(message_ids("<a@b> <c d@e>"), ["a@b", "cd@e"])
+        self.assertEqual(message_ids("<a@b> <c@> <d@e>"), ["a@b", "d@e"])
+        self.assertEqual(message_ids("x <a@b> y"), ["a@b"])
 
 
 def msg(

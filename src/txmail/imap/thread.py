@@ -90,10 +90,12 @@ def base_subject(raw: str | None) -> tuple[str, bool]:
     """
     if not raw:
         return "", False
-    if "=?" in raw or "\n" in raw or "\r" in raw or not raw.isascii():
+    # A stored field value ends with its line's CRLF (or LF): not a fold.
+    body = raw[:-2] if raw.endswith("\r\n") else raw[:-1] if raw.endswith("\n") else raw
+    if "=?" in body or "\n" in body or "\r" in body or not body.isascii():
         text = _SPACES_RE.sub(" ", _decode_field(raw))
     else:  # the usual subject: nothing to decode or unfold
-        text = raw.strip(" \t")
+        text = body.strip(" \t")
         if "  " in text or "\t" in text:
             text = _SPACES_RE.sub(" ", text)
     reply = False
@@ -179,6 +181,8 @@ def sent_date(raw: str | None) -> float | None:
 
 _MSG_ID_RE = re.compile(r"<([^<>]*)>")
 _WSP_RE = re.compile(r"\s+")
+# The usual form: no white space inside, something either side of the first "@".
+_PLAIN_ID_RE = re.compile(r"<([^<>\s@]+@[^<>\s]+)>")
 
 
 def message_ids(raw: str | None) -> list[str]:
@@ -190,6 +194,10 @@ def message_ids(raw: str | None) -> list[str]:
     """
     if not raw:
         return []
+    plain = _PLAIN_ID_RE.findall(raw)
+    if len(plain) == raw.count("<"):
+        # Each "<" opens a usual id, so the general loop below would find these.
+        return plain
     out = []
     for mid in _MSG_ID_RE.findall(raw):
         if _WSP_RE.search(mid) is not None:

@@ -7,7 +7,10 @@ keys, CHARSET ``US-ASCII`` or ``UTF-8``), in batches with ``await
 ctx.take_turn()`` between two, and compute each matching message's sort
 keys once, from the store's index (:class:`~txmail.model.MessageInfo`:
 internal date, size) and its cached metadata (header fields; the
-envelope's addresses only for the address keys).  The sort is then one
+envelope's addresses only for the address keys), kept by UID in a cache
+of the process (:data:`FACTS`); a SORT whose only header key is DATE
+computes the date alone (:class:`DateFacts`, the other facts completed
+from the raw fields it keeps when first needed).  The sort is then one
 stable ``list.sort`` per criterion, the last first, so that REVERSE
 reverses one criterion only and ties keep the mailbox order (RFC 5256
 section 3: "sorted according to the order in which they appear in the
@@ -49,7 +52,16 @@ from txmail.imap.search import _decode_field as decode_field
 from txmail.imap.types import Command, SearchKey, SearchNode, Sort, Thread
 from txmail.model import MessageInfo, MessageMetadata
 
-__all__ = ["FACTS", "THREAD_ALGORITHMS", "FactsCache", "MessageFacts", "message_facts", "sort_keys"]
+__all__ = [
+    "FACTS",
+    "THREAD_ALGORITHMS",
+    "DateFacts",
+    "FactsCache",
+    "MessageFacts",
+    "date_facts",
+    "message_facts",
+    "sort_keys",
+]
 
 #: The envelope position of each address sort key's field (RFC 3501 section 7.4.2).
 _ENVELOPE_FIELD = {"FROM": 2, "TO": 5, "CC": 6, "DISPLAYFROM": 2, "DISPLAYTO": 5}
@@ -87,6 +99,23 @@ def _display_key(md: MessageMetadata | None, key: str) -> bytes:
 #: The header fields SORT and THREAD read (lower case).
 _FIELDS = frozenset({"subject", "date", "message-id", "references", "in-reply-to"})
 _NO_FIELDS: dict[str, str] = {}
+#: Each header field name seen (as spelt) -> its key in :data:`_FIELDS`, or ``""``: one dict
+#: lookup per field of a message instead of a ``lower()`` (bounded: cleared when full).
+_FIELD_KEYS: dict[str, str] = {}
+_FIELD_KEYS_LIMIT = 4096
+
+
+def _field_key(name: str) -> str:
+    """The key of :data:`_FIELDS` that header field *name* is (case and trailing blanks aside), or ``""``."""
+    key = name.lower()
+    if key not in _FIELDS:
+        key = key.rstrip(" \t")
+        if key not in _FIELDS:
+            key = ""
+    if len(_FIELD_KEYS) >= _FIELD_KEYS_LIMIT:
+        _FIELD_KEYS.clear()
+    _FIELD_KEYS[name] = key
+    return key
 
 
 def _fields(md: MessageMetadata | None) -> dict[str, str]:
@@ -98,23 +127,19 @@ def _fields(md: MessageMetadata | None) -> dict[str, str]:
     if md is None:
         return _NO_FIELDS
     found: dict[str, str] = {}
-    wanted = _FIELDS
+    keys = _FIELD_KEYS
     for name, value in md.headers:
-        key = name.lower()
-        if key not in wanted:
-            if key[-1:] not in (" ", "\t"):
-                continue
-            key = key.rstrip(" \t")
-            if key not in wanted:
-                continue
-        if key not in found:
+        key = keys.get(name)
+        if key is None:
+            key = _field_key(name)
+        if key and key not in found:
             found[key] = value
     return found
 
 
-def _date(info: MessageInfo, fields: dict[str, str]) -> float:
-    """RFC 5256 section 2.2: the sent date, else the internal date."""
-    sent = thread.sent_date(fields.get("date"))
+def _date(info: MessageInfo, raw: str | None) -> float:
+    """RFC 5256 section 2.2: the sent date (*raw*: the ``Date:`` field), else the internal date."""
+    sent = thread.sent_date(raw)
     return float(info.internal_date) if sent is None else sent
 
 
@@ -135,20 +160,51 @@ class MessageFacts(NamedTuple):
 
 def message_facts(info: MessageInfo, md: MessageMetadata | None) -> MessageFacts:
     """:class:`MessageFacts` of a message, from its listing and metadata."""
+    return date_facts(info, md).complete()
+
+
+class DateFacts(NamedTuple):
+    """
+    What SORT (DATE) alone computes of a message (so that its first SORT
+    (DATE) does no more): the date, and the raw header fields the other
+    :class:`MessageFacts` come from, completed without metadata when a
+    SORT (SUBJECT) or THREAD needs them.
+    """
+
+    #: The sent date, else the internal date (RFC 5256 section 2.2).
+    date: float
+    subject: str | None
+    message_id: str | None
+    references: str | None
+    in_reply_to: str | None
+
+    def complete(self) -> MessageFacts:
+        """The message's :class:`MessageFacts`."""
+        base, reply = thread.base_subject(self.subject)
+        own = thread.message_ids(self.message_id)
+        parents = thread.message_ids(self.references)
+        if not parents:
+            parents = thread.message_ids(self.in_reply_to)[:1]
+        return MessageFacts(self.date, thread.casemap(base), reply, own[0] if own else None, tuple(parents))
+
+
+#: What :data:`FACTS` keeps of a message.
+Facts = MessageFacts | DateFacts
+
+
+def date_facts(info: MessageInfo, md: MessageMetadata | None) -> DateFacts:
+    """:class:`DateFacts` of a message, from its listing and metadata."""
     fields = _fields(md)
-    base, reply = thread.base_subject(fields.get("subject"))
-    own = thread.message_ids(fields.get("message-id"))
-    parents = thread.message_ids(fields.get("references"))
-    if not parents:
-        parents = thread.message_ids(fields.get("in-reply-to"))[:1]
-    return MessageFacts(
-        _date(info, fields), thread.casemap(base), reply, own[0] if own else None, tuple(parents)
+    get = fields.get
+    return DateFacts(
+        _date(info, get("date")), get("subject"), get("message-id"), get("references"), get("in-reply-to")
     )
 
 
 class FactsCache:
     """
-    :class:`MessageFacts` by UID for the mailboxes sorted or threaded
+    :class:`MessageFacts` (or, until something needs more than the date,
+    :class:`DateFacts`) by UID for the mailboxes sorted or threaded
     lately, so that the next SORT or THREAD of a mailbox reads no metadata
     for the messages it has seen (a message's header fields and internal
     date never change while its UID names it, RFC 3501 section 2.3.1.1; a
@@ -159,9 +215,9 @@ class FactsCache:
 
     def __init__(self, limit: int = 250_000) -> None:
         self.limit = limit
-        self._tables: OrderedDict[int, tuple[weakref.ref[Any], int, dict[int, MessageFacts]]] = OrderedDict()
+        self._tables: OrderedDict[int, tuple[weakref.ref[Any], int, dict[int, Facts]]] = OrderedDict()
 
-    def table(self, mailbox: Any, uids: Sequence[int]) -> dict[int, MessageFacts]:
+    def table(self, mailbox: Any, uids: Sequence[int]) -> dict[int, Facts]:
         """The facts known for *mailbox* (whose messages are now *uids*), to read and fill."""
         key = id(mailbox)
         entry = self._tables.pop(key, None)
@@ -186,6 +242,9 @@ class FactsCache:
 #: The cache of this process.
 FACTS = FactsCache()
 
+#: What :func:`_each_match` computes of each message: nothing, the date alone, everything.
+NO_FACTS, DATE_FACTS, ALL_FACTS = 0, 1, 2
+
 
 _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
     "ARRIVAL": lambda info, md, facts: info.internal_date,
@@ -200,8 +259,9 @@ _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | N
 }
 #: Keys that the store's index alone answers.
 _INDEX_KEYS = frozenset({"ARRIVAL", "SIZE"})
-#: Keys read from :class:`MessageFacts`.
+#: Keys read from :class:`MessageFacts`; DATE alone from :class:`DateFacts` too.
 _FACT_KEYS = frozenset({"DATE", "SUBJECT"})
+_DATE_KEYS = frozenset({"DATE"})
 
 #: RFC 5256 section 3, in the order advertised.
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
@@ -212,7 +272,7 @@ def sort_keys(
     criteria: tuple[tuple[str, bool], ...],
     info: MessageInfo,
     md: MessageMetadata | None,
-    facts: MessageFacts | None = None,
+    facts: Facts | None = None,
 ) -> tuple[Any, ...]:
     """
     One message's value for each of *criteria* (``(key, reverse)`` pairs),
@@ -232,14 +292,16 @@ async def _each_match(
     ctx: CommandContext,
     key: SearchNode,
     want_metadata: bool,
-    want_facts: bool,
-    record: Callable[[int, int, MessageInfo, Any, MessageFacts | None], None],
+    want_facts: int,
+    record: Callable[[int, int, MessageInfo, Any, Any], None],
 ) -> None:
     """
     Call *record* ``(seq, uid, info, metadata, facts)`` for each message
     matching *key*, in mailbox order: *metadata* when *want_metadata* (or
-    the search needs it), *facts* when *want_facts* (from :data:`FACTS`,
-    the metadata read only for the messages it does not know).
+    the search needs it); *facts* when *want_facts* (from :data:`FACTS`,
+    the metadata read only for the messages it does not know), a
+    :class:`MessageFacts` when it is :data:`ALL_FACTS`, else (DATE alone)
+    whatever :data:`FACTS` knows or a :class:`DateFacts`.
     """
     view = ctx.session.view
     assert view is not None
@@ -271,11 +333,15 @@ async def _each_match(
                         continue
                 if not matches(key, sctx, seq, info, md, message):
                     continue
-            facts = None
+            facts: Facts | None = None
             if want_facts:
                 facts = known.get(uid)
                 if facts is None:
-                    facts = known[uid] = message_facts(info, md)
+                    facts = known[uid] = (
+                        date_facts(info, md) if want_facts == DATE_FACTS else message_facts(info, md)
+                    )
+                elif want_facts == ALL_FACTS and type(facts) is DateFacts:
+                    facts = known[uid] = facts.complete()
             record(seq, uid, info, md, facts)
 
 
@@ -288,11 +354,14 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
     criteria = args.criteria
     found: list[tuple[tuple[Any, ...], int]] = []
 
-    def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: MessageFacts | None) -> None:
+    def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: Facts | None) -> None:
         found.append((sort_keys(criteria, info, md, facts), uid if args.uid else seq))
 
     keys = {key for key, _ in criteria}
-    await _each_match(ctx, args.key, bool(keys - _INDEX_KEYS - _FACT_KEYS), bool(keys & _FACT_KEYS), record)
+    want_facts = (
+        (DATE_FACTS if keys & _FACT_KEYS <= _DATE_KEYS else ALL_FACTS) if keys & _FACT_KEYS else NO_FACTS
+    )
+    await _each_match(ctx, args.key, bool(keys - _INDEX_KEYS - _FACT_KEYS), want_facts, record)
     # One stable sort per criterion, the last first; ties keep mailbox order.
     for i in range(len(criteria) - 1, -1, -1):
         found.sort(key=lambda item, i=i: item[0][i], reverse=criteria[i][1])  # type: ignore[misc]
@@ -321,11 +390,11 @@ async def thread_(ctx: CommandContext, cmd: Command) -> Done:
     _check_charset(args.charset)
     found: list[thread.ThreadMessage] = []
 
-    def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: MessageFacts | None) -> None:
-        assert facts is not None
+    def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: Facts | None) -> None:
+        assert isinstance(facts, MessageFacts)
         found.append(thread.ThreadMessage(uid if args.uid else seq, seq, *facts))
 
-    await _each_match(ctx, args.key, False, True, record)
+    await _each_match(ctx, args.key, False, ALL_FACTS, record)
     ctx.emit(ThreadData(_ALGORITHMS[args.algorithm](found)))
     return Done("UID THREAD completed" if args.uid else "THREAD completed")
 
