@@ -392,9 +392,8 @@ class _Fields(tuple[tuple[str, str], ...]):
         """Lower-case field name (trailing blanks dropped) -> its first raw value."""
         index = self._by_name
         if index is None:
-            index = {}
-            for n, v in self:
-                index.setdefault(_lower(n.rstrip(" \t")), v)
+            # Built from the last field back: the first of each name wins.
+            index = {_lower(n.rstrip(" \t")): v for n, v in reversed(self)}
             self._by_name = index
         return index
 
