@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap.test_server import ServerTestCase
 from txmail.imap.commands import COMMANDS, capabilities
-from txmail.imap.commands.sort import FactsCache, MessageFacts, date_facts, message_facts
+from txmail.imap.commands.sort import FactsCache, MessageFacts, message_facts, sort_facts
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import ParseError, parse_command
 from txmail.imap.serialize import esort_response, sort_response, thread_response
@@ -247,8 +247,8 @@ class SortCommandTests(ServerTestCase):
 
     def test_date_first_then_subject_and_thread(self) -> None:
         """
-        A first SORT (DATE) keeps the date alone (and the raw fields); a
-        SORT (SUBJECT) or THREAD after it completes them to the same answers.
+        A first SORT (DATE) keeps the sort keys (and the raw fields of the
+        ids); a SORT (SUBJECT) or THREAD after it answers the same.
         """
         self.assertEqual(self.cmd(b"s SORT (DATE) UTF-8 ALL"), b"* SORT 4 3 1 2 5\r\ns OK SORT completed\r\n")
         self.assertEqual(
@@ -305,8 +305,8 @@ class FactsCacheTests(SynchronousTestCase):
         self.assertEqual(len(cache.table(b, [])), 6)
         self.assertEqual(len(cache.table(a, [])), 0)
 
-    def test_date_facts_completed(self) -> None:
-        """DateFacts keep the raw fields that MessageFacts come from: the same facts either way."""
+    def test_sort_facts_completed(self) -> None:
+        """SortFacts keep the raw fields the message ids come from: the same facts either way."""
         info = MessageInfo(uid=1, flags=frozenset(), size=10, internal_date=1_600_000_000, modseq=1)
         md = MessageMetadata(
             0,
@@ -321,13 +321,13 @@ class FactsCacheTests(SynchronousTestCase):
             (),
             (),
         )
-        date = date_facts(info, md)
+        date = sort_facts(info, md)
         self.assertEqual(date.date, 978426000.0)  # the first Date: field
         facts = date.complete()
         self.assertEqual(facts, message_facts(info, md))
         self.assertEqual(facts, MessageFacts(978426000.0, b"HELLO", True, "m@x", ("p@x",)))
         self.assertEqual(
-            date_facts(info, None).complete(), MessageFacts(1_600_000_000.0, b"", False, None, ())
+            sort_facts(info, None).complete(), MessageFacts(1_600_000_000.0, b"", False, None, ())
         )
 
     def test_first_date_sort_then_thread_reads_metadata_once(self) -> None:

@@ -9,8 +9,8 @@ keys once, from the store's index (:class:`~txmail.model.MessageInfo`:
 internal date, size) and its cached metadata (header fields; the
 envelope's addresses only for the address keys), kept by UID in a cache
 of the process (:data:`FACTS`); a SORT whose only header key is DATE
-computes the date alone (:class:`DateFacts`, the other facts completed
-from the raw fields it keeps when first needed).  The sort is then one
+computes the sort keys alone (:class:`SortFacts`: the message ids of
+THREAD are parsed from the raw fields it keeps when first needed).  The sort is then one
 stable ``list.sort`` per criterion, the last first, so that REVERSE
 reverses one criterion only and ties keep the mailbox order (RFC 5256
 section 3: "sorted according to the order in which they appear in the
@@ -55,11 +55,11 @@ from txmail.model import MessageInfo, MessageMetadata
 __all__ = [
     "FACTS",
     "THREAD_ALGORITHMS",
-    "DateFacts",
     "FactsCache",
     "MessageFacts",
-    "date_facts",
+    "SortFacts",
     "message_facts",
+    "sort_facts",
     "sort_keys",
 ]
 
@@ -160,51 +160,59 @@ class MessageFacts(NamedTuple):
 
 def message_facts(info: MessageInfo, md: MessageMetadata | None) -> MessageFacts:
     """:class:`MessageFacts` of a message, from its listing and metadata."""
-    return date_facts(info, md).complete()
+    return sort_facts(info, md).complete()
 
 
-class DateFacts(NamedTuple):
+class SortFacts(NamedTuple):
     """
-    What SORT (DATE) alone computes of a message (so that its first SORT
-    (DATE) does no more): the date, and the raw header fields the other
-    :class:`MessageFacts` come from, completed without metadata when a
-    SORT (SUBJECT) or THREAD needs them.
+    What SORT (DATE, SUBJECT) computes of a message: the facts it sorts
+    by, and the raw fields the message ids come from (completed to
+    :class:`MessageFacts` without metadata when a THREAD needs them).
     """
 
     #: The sent date, else the internal date (RFC 5256 section 2.2).
     date: float
-    subject: str | None
+    #: The base subject as an ``i;ascii-casemap`` key (section 2.1).
+    subject: bytes
+    #: The subject marked a reply or forward.
+    reply: bool
+    #: The raw ``Message-ID``, ``References`` and ``In-Reply-To`` fields.
     message_id: str | None
     references: str | None
     in_reply_to: str | None
 
     def complete(self) -> MessageFacts:
         """The message's :class:`MessageFacts`."""
-        base, reply = thread.base_subject(self.subject)
         own = thread.message_ids(self.message_id)
         parents = thread.message_ids(self.references)
         if not parents:
             parents = thread.message_ids(self.in_reply_to)[:1]
-        return MessageFacts(self.date, thread.casemap(base), reply, own[0] if own else None, tuple(parents))
+        return MessageFacts(self.date, self.subject, self.reply, own[0] if own else None, tuple(parents))
 
 
 #: What :data:`FACTS` keeps of a message.
-Facts = MessageFacts | DateFacts
+Facts = MessageFacts | SortFacts
 
 
-def date_facts(info: MessageInfo, md: MessageMetadata | None) -> DateFacts:
-    """:class:`DateFacts` of a message, from its listing and metadata."""
+def sort_facts(info: MessageInfo, md: MessageMetadata | None) -> SortFacts:
+    """:class:`SortFacts` of a message, from its listing and metadata."""
     fields = _fields(md)
     get = fields.get
-    return DateFacts(
-        _date(info, get("date")), get("subject"), get("message-id"), get("references"), get("in-reply-to")
+    base, reply = thread.base_subject(get("subject"))
+    return SortFacts(
+        _date(info, get("date")),
+        thread.casemap(base),
+        reply,
+        get("message-id"),
+        get("references"),
+        get("in-reply-to"),
     )
 
 
 class FactsCache:
     """
-    :class:`MessageFacts` (or, until something needs more than the date,
-    :class:`DateFacts`) by UID for the mailboxes sorted or threaded
+    :class:`MessageFacts` (or, until a THREAD needs the message ids,
+    :class:`SortFacts`) by UID for the mailboxes sorted or threaded
     lately, so that the next SORT or THREAD of a mailbox reads no metadata
     for the messages it has seen (a message's header fields and internal
     date never change while its UID names it, RFC 3501 section 2.3.1.1; a
@@ -242,8 +250,8 @@ class FactsCache:
 #: The cache of this process.
 FACTS = FactsCache()
 
-#: What :func:`_each_match` computes of each message: nothing, the date alone, everything.
-NO_FACTS, DATE_FACTS, ALL_FACTS = 0, 1, 2
+#: What :func:`_each_match` computes of each message: nothing, the sort keys, everything.
+NO_FACTS, SORT_FACTS, ALL_FACTS = 0, 1, 2
 
 
 _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
@@ -259,9 +267,8 @@ _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | N
 }
 #: Keys that the store's index alone answers.
 _INDEX_KEYS = frozenset({"ARRIVAL", "SIZE"})
-#: Keys read from :class:`MessageFacts`; DATE alone from :class:`DateFacts` too.
+#: Keys read from :class:`SortFacts` or :class:`MessageFacts`.
 _FACT_KEYS = frozenset({"DATE", "SUBJECT"})
-_DATE_KEYS = frozenset({"DATE"})
 
 #: RFC 5256 section 3, in the order advertised.
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
@@ -300,8 +307,8 @@ async def _each_match(
     matching *key*, in mailbox order: *metadata* when *want_metadata* (or
     the search needs it); *facts* when *want_facts* (from :data:`FACTS`,
     the metadata read only for the messages it does not know), a
-    :class:`MessageFacts` when it is :data:`ALL_FACTS`, else (DATE alone)
-    whatever :data:`FACTS` knows or a :class:`DateFacts`.
+    :class:`MessageFacts` when it is :data:`ALL_FACTS`, else (SORT)
+    whatever :data:`FACTS` knows or a :class:`SortFacts`.
     """
     view = ctx.session.view
     assert view is not None
@@ -338,9 +345,9 @@ async def _each_match(
                 facts = known.get(uid)
                 if facts is None:
                     facts = known[uid] = (
-                        date_facts(info, md) if want_facts == DATE_FACTS else message_facts(info, md)
+                        sort_facts(info, md) if want_facts == SORT_FACTS else message_facts(info, md)
                     )
-                elif want_facts == ALL_FACTS and type(facts) is DateFacts:
+                elif want_facts == ALL_FACTS and type(facts) is SortFacts:
                     facts = known[uid] = facts.complete()
             record(seq, uid, info, md, facts)
 
@@ -358,9 +365,7 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
         found.append((sort_keys(criteria, info, md, facts), uid if args.uid else seq))
 
     keys = {key for key, _ in criteria}
-    want_facts = (
-        (DATE_FACTS if keys & _FACT_KEYS <= _DATE_KEYS else ALL_FACTS) if keys & _FACT_KEYS else NO_FACTS
-    )
+    want_facts = SORT_FACTS if keys & _FACT_KEYS else NO_FACTS
     await _each_match(ctx, args.key, bool(keys - _INDEX_KEYS - _FACT_KEYS), want_facts, record)
     # One stable sort per criterion, the last first; ties keep mailbox order.
     for i in range(len(criteria) - 1, -1, -1):
