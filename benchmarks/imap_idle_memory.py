@@ -5,8 +5,9 @@ Opens ``--connections`` (1,000) IMAP connections to each server, one after the o
 doing ``LOGIN`` (spread over ``user1..user10``, ``--users``) and then, with ``--mode idle``,
 ``SELECT INBOX`` (empty) and ``IDLE`` (RFC 2177); with ``--mode login`` (the default) nothing
 more.  ``--mode select`` first drops ``--messages`` (5,000) messages of ``--size`` bytes into
-the ``new/`` of ``user1``'s INBOX (``_bench.populate``, as ``imap_fetch.py`` does) and puts
-every connection on that one user (``--users`` defaults to 1 there): each does ``LOGIN``,
+the ``new/`` of one user's INBOX (``--select-user``, ``user10``: ``imap_fetch.py`` and
+``imap_sync.py`` refill ``user1``'s) with ``_bench.populate`` as ``imap_fetch.py`` does, and
+puts every connection on that one user: each does ``LOGIN``,
 ``SELECT INBOX`` of the same N-message mailbox and ``IDLE``, the case of issue 12 section 4.
 All stay open while the server's memory is read, then all are closed.
 
@@ -285,10 +286,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=2048, help="--mode select: bytes per message")
     p.add_argument("--seed", type=int, default=12, help="--mode select: workload seed")
     p.add_argument(
-        "--users",
-        type=int,
-        default=None,
-        help="connections spread over user1..userN (10; 1 with --mode select)",
+        "--users", type=int, default=10, help="connections spread over user1..userN (not with --mode select)"
+    )
+    p.add_argument(
+        "--select-user", default="user10", help="--mode select: the one user, whose INBOX is filled"
     )
     p.add_argument("--servers", default="dovecot,txmail", help="comma-separated: dovecot, txmail")
     p.add_argument("--settle", type=float, default=2.0, help="seconds to wait before reading memory")
@@ -307,8 +308,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
     parse_servers(p, args, {"dovecot", "txmail"})
-    if args.users is None:
-        args.users = 1 if args.mode == "select" else 10
     if args.connections < 1 or args.users < 1:
         p.error("--connections and --users must be at least 1")
     return args
@@ -324,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         log(f"RLIMIT_NOFILE soft limit raised from {soft} to {new}")
-    users = [f"user{i}" for i in range(1, args.users + 1)]
+    users = [args.select_user] if args.mode == "select" else [f"user{i}" for i in range(1, args.users + 1)]
     work = None
     if args.mode == "select":
         log(f"generating {args.messages} messages of {args.size} bytes")
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     inbox = f", INBOX of {args.messages} messages" if work is not None else ""
     print(
         f"\nIMAP memory per idle connection: {args.connections} connections, mode "
-        f"{args.mode}, spread over {args.users} users{inbox}"
+        f"{args.mode}, spread over {len(users)} users{inbox}"
     )
     head = (
         f"{'server':<8} {'Pss/conn kB':>11} {'Rss/conn kB':>11} {'baseline Pss MB':>15} "

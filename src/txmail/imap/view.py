@@ -157,6 +157,8 @@ class _Flags(MutableMapping[int, frozenset[str]]):
 
     def __setitem__(self, uid: int, flags: frozenset[str]) -> None:
         base = self._base
+        if base.get(uid) is flags and uid not in self._own:
+            return  # the common case: FETCH FLAGS writing what the view holds
         if self._private:
             base[uid] = flags
             return
