@@ -13,14 +13,15 @@ from txmail.service import MailServer, build_service
 
 
 @defer.inlineCallbacks
-def start_server(test: TestCase, **overrides: Any) -> Any:
+def start_server(test: TestCase, config: str | None = None, **overrides: Any) -> Any:
     """
     Build and start a MailServer with its data in a temporary directory,
     SMTP and submission on 127.0.0.1 port 0, domain example.test; stop it
     when the test ends.  *overrides* are Settings attributes (for example
     ``pop3=["tcp:0:interface=127.0.0.1"]`` adds a POP3 listener, role
     ``"pop3"``).  The outbound queue runner is off unless
-    ``outbound_enabled=True``.
+    ``outbound_enabled=True``.  *config* is the text of a TOML configuration
+    file to read first (the overrides win), for tests of its tables.
     """
     data_dir = os.path.abspath(test.mktemp())
     values: dict[str, Any] = {
@@ -35,7 +36,12 @@ def start_server(test: TestCase, **overrides: Any) -> Any:
         "outbound_enabled": False,
     }
     values.update(overrides)
-    settings = load_config(None, values)
+    path = None
+    if config is not None:
+        path = test.mktemp()
+        with open(path, "w") as f:
+            f.write(config)
+    settings = load_config(path, values)
     server: MailServer = build_service(settings, reactor=reactor)
     server.startService()
     test.addCleanup(server.stopService)

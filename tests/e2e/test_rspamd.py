@@ -6,7 +6,6 @@ Spam filtering with a real rspamd (Debian's package, started on loopback by
 from __future__ import annotations
 
 import imaplib
-import os
 import smtplib
 import socket
 import time
@@ -17,9 +16,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests._rspamd import GTUBE, RspamdInstance, start_rspamd
-from tests.e2e._server import maildir_files
-from txmail.config import load_config
-from txmail.service import MailServer, build_service
+from tests.e2e._server import maildir_files, start_server
+from txmail.service import MailServer
 
 CLEAN = (
     b"From: Alice <alice@example.org>\r\n"
@@ -78,30 +76,17 @@ def start_server_with_rspamd(test: TestCase, rspamd: RspamdInstance) -> Any:
     configuration file gives it: SMTP on the MTA role scanned by rspamd, and
     IMAP whose moves into and out of Junk rspamd learns.
     """
-    data_dir = os.path.abspath(test.mktemp())
-    config = test.mktemp()
-    with open(config, "w") as f:
-        f.write(
+    server: MailServer = yield start_server(
+        test,
+        config=(
             "[rspamd]\n"
             f'url = "{rspamd.url}"\ncontroller_url = "{rspamd.controller_url}"\n'
             f'password = "{rspamd.password}"\n'
-        )
-    settings = load_config(
-        config,
-        {
-            "data_dir": data_dir,
-            "hostname": "mx.example.test",
-            "domains": ["example.test"],
-            "smtp": ["tcp:0:interface=127.0.0.1"],
-            "imap": ["tcp:0:interface=127.0.0.1"],
-            "threads": 4,
-            "outbound_enabled": False,
-        },
+        ),
+        smtp=["tcp:0:interface=127.0.0.1"],
+        submission=[],
+        imap=["tcp:0:interface=127.0.0.1"],
     )
-    server: MailServer = build_service(settings, reactor=reactor)
-    server.startService()
-    test.addCleanup(server.stopService)
-    yield server.when_listening()
     server.directory.add_user("bob@example.test", PASSWORD)
     return server, server.address("imap")[1]
 

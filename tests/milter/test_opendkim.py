@@ -25,16 +25,14 @@ import subprocess
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.e2e._server import maildir_files
+from tests.e2e._server import maildir_files, start_server
 from tests.e2e.test_outbound import wait_for
-from txmail.config import load_config
 from txmail.dnsdata import Answer
 from txmail.policy import dkim
-from txmail.service import build_service
 
 OPENDKIM = "/usr/sbin/opendkim"
 PASSWORD = "correct horse"
@@ -126,25 +124,14 @@ class OpenDKIMTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         port = start_opendkim(self)
-        values: dict[str, Any] = {
-            "data_dir": os.path.abspath(self.mktemp()),
-            "hostname": "mx.example.test",
-            "domains": ["example.test"],
-            "smtp": ["tcp:0:interface=127.0.0.1"],
-            "submission": ["tcp:0:interface=127.0.0.1"],
-            "threads": 2,
-            "outbound_enabled": False,
-        }
-        config = self.mktemp()
-        with open(config, "w") as f:  # the [[milter]] table of a configuration file
-            f.write(
+        self.server = yield start_server(
+            self,
+            config=(  # the [[milter]] table of a configuration file
                 f'[[milter]]\naddress = "inet:127.0.0.1:{port}"\n'
-                + 'name = "opendkim"\nlisteners = ["mta", "submission"]\n'
-            )
-        self.server = build_service(load_config(config, values), reactor=reactor)
-        self.server.startService()
-        self.addCleanup(self.server.stopService)
-        yield self.server.when_listening()
+                'name = "opendkim"\nlisteners = ["mta", "submission"]\n'
+            ),
+            threads=2,
+        )
         self.server.directory.add_user("alice@example.test", PASSWORD)
         self.server.directory.add_user("bob@example.test", PASSWORD)
 

@@ -7,19 +7,16 @@ reply at the end of data and never delivered; a clean message is delivered.
 
 from __future__ import annotations
 
-import os
 import smtplib
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests._rspamd import GTUBE, start_rspamd
-from tests.e2e._server import maildir_files
+from tests.e2e._server import maildir_files, start_server
 from tests.e2e.test_outbound import wait_for
-from txmail.config import load_config
-from txmail.service import build_service
 
 CLEAN = (
     b"From: Carol <carol@remote.test>\r\n"
@@ -43,25 +40,14 @@ class RspamdMilterTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         rspamd = start_rspamd(self, milter=True)
-        values: dict[str, Any] = {
-            "data_dir": os.path.abspath(self.mktemp()),
-            "hostname": "mx.example.test",
-            "domains": ["example.test"],
-            "smtp": ["tcp:0:interface=127.0.0.1"],
-            "submission": ["tcp:0:interface=127.0.0.1"],
-            "threads": 2,
-            "outbound_enabled": False,
-        }
-        config = self.mktemp()
-        with open(config, "w") as f:  # the [[milter]] table of a configuration file
-            f.write(
+        self.server = yield start_server(
+            self,
+            config=(  # the [[milter]] table of a configuration file
                 f'[[milter]]\naddress = "inet:127.0.0.1:{rspamd.milter_port}"\n'
-                + 'name = "rspamd"\ncontent_timeout = 60\n'
-            )
-        self.server = build_service(load_config(config, values), reactor=reactor)
-        self.server.startService()
-        self.addCleanup(self.server.stopService)
-        yield self.server.when_listening()
+                'name = "rspamd"\ncontent_timeout = 60\n'
+            ),
+            threads=2,
+        )
         self.server.directory.add_user("bob@example.test", "secret")
 
     def send(self, message: bytes) -> Any:
