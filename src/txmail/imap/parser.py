@@ -87,6 +87,7 @@ __all__ = [
     "LIST_SELECTION_OPTIONS",
     "MAX_DEPTH",
     "MAX_TAG",
+    "SAVED_RESULT",
     "SORT_KEYS",
     "SORT_RETURN_OPTIONS",
     "STATUS_ITEMS",
@@ -112,6 +113,7 @@ __all__ = [
     "search_key",
     "section_spec",
     "sequence_set",
+    "sequence_set_or_saved",
     "string",
     "tag",
 ]
@@ -189,6 +191,8 @@ class Cursor:
         self.invalid_name = False
         #: The session enabled UTF8=ACCEPT (RFC 6855): names are UTF-8.
         self.utf8 = False
+        #: Names are UTF-8 without the rest of UTF8=ACCEPT (IMAP4rev2, RFC 9051 section 5.1).
+        self.utf8_names = False
 
     @classmethod
     def of(cls, data: bytes) -> Cursor:
@@ -493,7 +497,7 @@ def _decode_name(c: Cursor, raw: str) -> str:
     without results.  After ENABLE UTF8=ACCEPT the name is UTF-8 as it
     came (RFC 6855 section 3).
     """
-    if c.utf8:
+    if c.utf8 or c.utf8_names:
         return raw
     try:
         return decode_mailbox_name(raw)
@@ -596,6 +600,21 @@ def sequence_set(c: Cursor) -> SequenceSet:
         ranges.append((first, last))
         if not c.accept(b","):
             return SequenceSet(tuple(ranges))
+
+
+#: ``$`` (RFC 5182 section 2.1).
+SAVED_RESULT = SequenceSet((), saved=True)
+
+
+def sequence_set_or_saved(c: Cursor) -> SequenceSet:
+    """
+    sequence-set =/ seq-last-command ; seq-last-command = "$"  (RFC 5182 section 4)
+
+    ``$`` stands alone: ``1,$`` is BAD.
+    """
+    if c.accept(b"$"):
+        return SAVED_RESULT
+    return sequence_set(c)
 
 
 # -- dates -------------------------------------------------------------------
@@ -881,8 +900,8 @@ def search_key(c: Cursor) -> SearchNode:
     c.enter()
     try:
         ch = c.peek()
-        if ch in _DIGITS or ch == ord("*"):
-            return SearchKey("SEQUENCE", (sequence_set(c),))
+        if ch in _DIGITS or ch == ord("*") or ch == ord("$"):
+            return SearchKey("SEQUENCE", (sequence_set_or_saved(c),))
         if c.accept(b"("):
             keys = [search_key(c)]
             while not c.accept(b")"):
@@ -906,7 +925,7 @@ def search_key(c: Cursor) -> SearchNode:
         if word in ("LARGER", "SMALLER"):
             return SearchKey(word, (number(c),))
         if word == "UID":
-            return SearchKey(word, (sequence_set(c),))
+            return SearchKey(word, (sequence_set_or_saved(c),))
         if word == "MODSEQ":
             return _search_modseq(c)
         if word == "NOT":
@@ -994,7 +1013,7 @@ def _search(c: Cursor, uid: bool) -> Search:
     if c.accept(b"RETURN ("):
         c.pos -= 1
         options = _paren_words(c)
-        if any(o not in ("MIN", "MAX", "ALL", "COUNT") for o in options):
+        if any(o not in ("MIN", "MAX", "ALL", "COUNT", "SAVE") for o in options):  # SAVE: RFC 5182
             raise c.fail("Unknown search return option")
         c.sp()
         start = c.pos
@@ -1316,7 +1335,7 @@ def _expunge(c: Cursor, uid: bool) -> Expunge:
     if not uid:
         return Expunge()
     c.sp()
-    return Expunge(sequence_set(c))
+    return Expunge(sequence_set_or_saved(c))
 
 
 def _fetch(c: Cursor, uid: bool) -> Fetch:
@@ -1326,7 +1345,7 @@ def _fetch(c: Cursor, uid: bool) -> Fetch:
     fetch-modifiers = SP "(" "CHANGEDSINCE" SP mod-sequence-value ")"  ; RFC 7162 section 7
     """
     c.sp()
-    seq = sequence_set(c)
+    seq = sequence_set_or_saved(c)
     c.sp()
     items = _fetch_items(c)
     changed_since = None
@@ -1369,7 +1388,7 @@ def _store(c: Cursor, uid: bool) -> Store:
     store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
     """
     c.sp()
-    seq = sequence_set(c)
+    seq = sequence_set_or_saved(c)
     c.sp()
     unchanged_since = None
     if c.peek() == ord("("):
@@ -1399,7 +1418,7 @@ def _copy_like(cls: type[Copy] | type[Move]) -> Callable[[Cursor, bool], Command
     def parse(c: Cursor, uid: bool) -> CommandArgs:
         """copy = "COPY" SP sequence-set SP mailbox ; move = "MOVE" SP sequence-set SP mailbox"""
         c.sp()
-        seq = sequence_set(c)
+        seq = sequence_set_or_saved(c)
         c.sp()
         return cls(seq, mailbox(c), uid)
 
@@ -1550,7 +1569,7 @@ COMMANDS: dict[str, _Parser] = {
 UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD", "REPLACE"})
 
 
-def parse_command(fragments: Sequence[Fragment], *, utf8: bool = False) -> Command:
+def parse_command(fragments: Sequence[Fragment], *, utf8: bool = False, utf8_names: bool = False) -> Command:
     """
     Parse one command framed by :class:`txmail.imap.fragment.CommandFramer`.
 
@@ -1562,12 +1581,15 @@ def parse_command(fragments: Sequence[Fragment], *, utf8: bool = False) -> Comma
 
     *utf8*: the session enabled UTF8=ACCEPT (RFC 6855): mailbox names are
     UTF-8 rather than modified UTF-7, and SEARCH CHARSET is BAD.
+    *utf8_names*: the session enabled IMAP4rev2 (RFC 9051 section 5.1):
+    mailbox names are UTF-8, and nothing else changes.
 
     Raises:
         ParseError: the command does not match the grammar.
     """
     c = Cursor(fragments)
     c.utf8 = utf8
+    c.utf8_names = utf8_names
     tag(c)
     c.sp()
     name = c.keyword()

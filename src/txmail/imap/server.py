@@ -81,9 +81,9 @@ from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
+from txmail.imap.commands.imap4rev2 import utf8_names
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.selected import BATCH
-from txmail.imap.commands.utf8 import UTF8_ACCEPT
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -361,7 +361,7 @@ class IMAPServerProtocol(SessionProtocol):
             # RFC 3501 section 6.3.2: shown as \Recent, left for a
             # read-write session to claim.
             view.claimed_recent(info.uid for info in change.messages)
-        elif isinstance(change, MessagesAdded) and self.mailbox is not None:
+        elif isinstance(change, MessagesAdded) and self.mailbox is not None and view.shows_recent:
             mailbox = self.mailbox
             d = defer.maybeDeferred(mailbox.claim_recent)
 
@@ -387,7 +387,7 @@ class IMAPServerProtocol(SessionProtocol):
 
     def emit(self, *responses: Response) -> None:
         """Queue untagged responses of the running command (written per batch by :meth:`drain`)."""
-        self.session.send(*serialize.render_all(responses, utf8_names=UTF8_ACCEPT in self.session.enabled))
+        self.session.send(*serialize.render_all(responses, utf8_names=utf8_names(self.session.enabled)))
 
     def listen(self, mailbox: Any) -> None:
         self.mailbox = mailbox

@@ -60,6 +60,7 @@ from txmail.auth import sasl
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS, State, allowed
 from txmail.imap.commands import capabilities as table_capabilities
+from txmail.imap.commands.imap4rev2 import IMAP4REV2, utf8_names
 from txmail.imap.commands.utf8 import UTF8_ACCEPT
 from txmail.imap.events import (
     Authenticated,
@@ -397,7 +398,9 @@ class IMAPSession(SessionCore[Event]):
 
     def _command_frame(self, frame: CommandFragments) -> None:
         try:
-            command = parse_command(frame.fragments, utf8=UTF8_ACCEPT in self.enabled)
+            command = parse_command(
+                frame.fragments, utf8=UTF8_ACCEPT in self.enabled, utf8_names=IMAP4REV2 in self.enabled
+            )
         except ParseError as e:
             self._bad(e.tag, e.text)
             return
@@ -418,7 +421,7 @@ class IMAPSession(SessionCore[Event]):
             return
         if spec.answer is not None and (spec.run is None or self.view is None):
             for response in spec.answer(self, command):
-                self._write(b"".join(serialize.render(response, utf8_names=UTF8_ACCEPT in self.enabled)))
+                self._write(b"".join(serialize.render(response, utf8_names=utf8_names(self.enabled))))
             self._complete(command.tag, "OK", f"{name} completed")
             return
         if self.view is not None and self.view.deleted and spec.on_messages:

@@ -78,6 +78,8 @@ class SequenceSet:
     """
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    #: ``$``, the saved search result (RFC 5182 section 2.1; ``ranges`` is then empty).
+    saved: bool = False
     # Merged spans by max_number (filled by spans(); not part of the value).
     _spans: dict[int, tuple[tuple[int, int], ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
@@ -116,6 +118,9 @@ class SequenceSet:
         return i >= 0 and spans[i][0] <= number <= spans[i][1]
 
     def __str__(self) -> str:
+        if self.saved:
+            return "$"
+
         def one(n: int | None) -> str:
             return "*" if n is None else str(n)
 

@@ -241,6 +241,10 @@ class SelectedView:
             changes are told with ``UID`` and ``MODSEQ``.
         qresync: QRESYNC is enabled (RFC 7162 section 3.2.10): expunges
             are told with ``* VANISHED uids`` instead of ``* n EXPUNGE``.
+        shows_recent: ``\\Recent`` and ``RECENT`` exist in this session
+            (not after ENABLE IMAP4rev2, RFC 9051 section 2.3.2).
+        saved: the UIDs of the saved search result ``$`` (RFC 5182
+            section 2.1), empty until a ``SEARCH RETURN (SAVE)``.
     """
 
     def __init__(
@@ -273,6 +277,8 @@ class SelectedView:
         self.qresync = False
         self._told_exists = len(self.uids)
         self._told_recent = len(self.recent)
+        self.shows_recent = True
+        self.saved: frozenset[int] = frozenset()
 
     # -- numbers -------------------------------------------------------------------
 
@@ -316,6 +322,10 @@ class SelectedView:
         Raises:
             SequenceError: a message number is not in use.
         """
+        if seqset.saved:
+            # RFC 5182 section 2.1: the saved messages still there, UID or not.
+            found = ((self.seq_of(u), u) for u in sorted(self.saved))
+            return [(seq, u) for seq, u in found if seq is not None]
         if uid:
             top = self.max_uid
             if not top:
@@ -409,7 +419,14 @@ class SelectedView:
         :meth:`updates`): it claimed them, or, read-only, shows them without
         claiming (RFC 3501 section 6.3.2).
         """
-        self.recent.update(uids)
+        if self.shows_recent:
+            self.recent.update(uids)
+
+    def forget_recent(self) -> None:
+        """No ``\\Recent`` and no ``RECENT`` from now on (IMAP4rev2, RFC 9051 section 2.3.2)."""
+        self.shows_recent = False
+        self.recent.clear()
+        self._told_recent = 0
 
     @property
     def has_updates(self) -> bool:

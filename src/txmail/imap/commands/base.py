@@ -67,12 +67,14 @@ def enable(session: Any, cmd: Command) -> Sequence[Response]:
     and were not enabled before are listed in ENABLED.
     """
     assert isinstance(cmd.args, Enable)
-    offered = set(session.capabilities())
+    # Capability names are case-insensitive (IMAP4rev2 is offered mixed-case).
+    offered = {c.upper(): c for c in session.capabilities()}
     out: list[Response] = []
     done: list[str] = []
-    for name in dict.fromkeys(cmd.args.capabilities):
+    for requested in dict.fromkeys(cmd.args.capabilities):
+        name = offered.get(requested, "")
         turn_on = ENABLEABLE.get(name)
-        if turn_on is None or name not in offered or name in session.enabled:
+        if turn_on is None or name in session.enabled:
             continue
         out.extend(turn_on(session))
         session.enabled.add(name)

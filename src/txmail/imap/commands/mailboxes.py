@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txmail.imap.commands import condstore
+from txmail.imap.commands import condstore, imap4rev2
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.create_special_use import requested_role
 from txmail.imap.commands.multiappend import append_messages, appenduid
@@ -122,6 +122,7 @@ async def list_(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 3501 section 6.3.8, RFC 5258 (LIST-EXTENDED), RFC 5819 (LIST-STATUS)."""
     args = cmd.args
     assert isinstance(args, List)
+    imap4rev2.check_status_items(ctx.session, args.status_items or ())
     if args.patterns == ("",) and not args.selection_options and not args.return_options:
         # RFC 3501 section 6.3.8: the delimiter and the root.
         ctx.emit(ListData("", ("\\Noselect",)))
@@ -236,6 +237,7 @@ async def status(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 3501 section 6.3.10."""
     args = cmd.args
     assert isinstance(args, Status)
+    imap4rev2.check_status_items(ctx.session, args.items)
     ctx.emit(await status_response(ctx, args.mailbox, args.items))
     return Done()
 

@@ -23,7 +23,7 @@ from typing import Any
 from txmail.errors import NoSuchMessage
 from txmail.imap import serialize
 from txmail.imap.binary import binary_items
-from txmail.imap.commands import condstore, qresync
+from txmail.imap.commands import condstore, imap4rev2, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
@@ -126,7 +126,13 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
     mailbox = await store_op(ctx.store.get_mailbox, args.mailbox)
     # Changes made while we list are kept and applied to the new view.
     ctx.listen(mailbox)
-    if read_only:
+    rev2 = imap4rev2.enabled(ctx.session)
+    if rev2:
+        # RFC 9051 section 2.3.2: no \Recent, none claimed.
+        infos = await call(mailbox.list_messages)
+        recent: list[int] = []
+        status = await call(mailbox.status)
+    elif read_only:
         # RFC 3501 section 6.3.2: EXAMINE must not take \Recent away.
         # The view shows the messages no session has claimed yet (the
         # newest ones: claims go in UID order) without claiming them.
@@ -139,12 +145,17 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
         recent = await call(mailbox.claim_recent)
         status = await call(mailbox.status)
     view = SelectedView(mailbox.name, mailbox.uidvalidity, infos, read_only=read_only, recent=recent)
+    if rev2:
+        view.forget_recent()
     ctx.selected(view)
-    first_unseen = next((i + 1 for i, info in enumerate(infos) if "\\Seen" not in info.flags), None)
     # RFC 3501 sections 6.3.1 and 7.2.6: with the keywords in use.
-    ctx.emit(FlagsData(*view.flag_lists()), Exists(view.exists), Recent(len(view.recent)))
-    if first_unseen is not None:
-        ctx.emit(UntaggedOk("First unseen", f"UNSEEN {first_unseen}"))
+    ctx.emit(FlagsData(*view.flag_lists()), Exists(view.exists))
+    if not rev2:
+        # Neither is sent under IMAP4rev2 (RFC 9051 section 6.3.2).
+        ctx.emit(Recent(len(view.recent)))
+        first_unseen = next((i + 1 for i, info in enumerate(infos) if "\\Seen" not in info.flags), None)
+        if first_unseen is not None:
+            ctx.emit(UntaggedOk("First unseen", f"UNSEEN {first_unseen}"))
     ctx.emit(
         UntaggedOk("UIDs valid", f"UIDVALIDITY {mailbox.uidvalidity}"),
         UntaggedOk("Predicted next UID", f"UIDNEXT {status.uidnext}"),
@@ -153,6 +164,8 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
     qresync.select_responses(ctx, view, args.qresync)
     if args.qresync is not None:
         ctx.emit(*await qresync.resync(ctx, view, infos, status, args.qresync))
+    if rev2:
+        ctx.emit(await imap4rev2.select_list(ctx, mailbox.name))  # RFC 9051 section 6.3.2
     # Changes queued while listing that the listing does not hold yet
     # are told by the session before the tagged OK.
     return Done(code="READ-ONLY" if read_only else "READ-WRITE")
@@ -364,15 +377,22 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     "SEARCH", states=SELECTED, capability="ESEARCH", on_messages=True, withholds_expunge=True, streams=True
 )
 async def search(ctx: CommandContext, cmd: Command) -> Done:
-    """RFC 3501 section 6.4.4; RFC 4731 ESEARCH (SEARCH RETURN)."""
+    """
+    RFC 3501 section 6.4.4; RFC 4731 ESEARCH (SEARCH RETURN); RFC 5182
+    SEARCHRES (``RETURN (SAVE)``, ``$``); IMAP4rev2 answers ESEARCH.
+    """
     args = cmd.args
     assert isinstance(args, Search)
+    view = _view(ctx)
+    imap4rev2.check_search_keys(ctx.session, args.key)
+    key = searchres.replace_saved(args.key, view)
+    options = imap4rev2.search_options(ctx.session, args.return_options)
+    searchres.forget(view, options)
     if args.charset is not None and args.charset.upper() not in SUPPORTED_CHARSETS:
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")")
-    view = _view(ctx)
     mailbox = ctx.mailbox
-    needs = search_needs(args.key)
-    with_modseq = condstore.search_uses_modseq(args.key)
+    needs = search_needs(key)
+    with_modseq = condstore.search_uses_modseq(key)
     if with_modseq:
         condstore.enable_implicitly(ctx)  # RFC 7162 section 3.1.5
     top_modseq = 0
@@ -394,13 +414,15 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
                 message = await _read_message(mailbox, info)
                 if message is None:
                     continue
-            if matches(args.key, sctx, seq, info, metadata.get(uid), message):
+            if matches(key, sctx, seq, info, metadata.get(uid), message):
                 found.append(uid if args.uid else seq)
                 top_modseq = max(top_modseq, info.modseq)
     # RFC 7162 sections 3.1.6 and 3.1.10: the highest mod-sequence found, when searched by MODSEQ.
     modseq = top_modseq if with_modseq and found else None
-    if args.return_options is not None:
-        ctx.emit(ESearchData(cmd.tag, args.uid, found, args.return_options, modseq=modseq))
-    else:
+    searchres.save(view, options, found if args.uid else [view.uids[n - 1] for n in found])
+    shown = searchres.shown_options(options)
+    if shown is not None:
+        ctx.emit(ESearchData(cmd.tag, args.uid, found, shown, modseq=modseq))
+    elif options is None:
         ctx.emit(SearchData(found, modseq=modseq))
     return Done("SEARCH completed")

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from txmail.imap import thread
+from txmail.imap.commands import searchres
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import SELECTED, command, extension
 from txmail.imap.commands.selected import BATCH, _read_message
@@ -312,6 +313,7 @@ async def _each_match(
     """
     view = ctx.session.view
     assert view is not None
+    key = searchres.replace_saved(key, view)  # RFC 5182 section 2.1: $ in the keys
     mailbox = ctx.mailbox
     needs = search_needs(key)
     with_metadata = want_metadata or needs.metadata
