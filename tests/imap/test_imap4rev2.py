@@ -295,6 +295,19 @@ class RevTwoServerTests(ServerTestCase):
         out = self.send(proto, transport, b'l1 LIST "" INBOX RETURN (STATUS (RECENT))\r\n')
         self.assertTrue(out.startswith(b"l1 BAD "), out)
 
+    def test_delete_has_children(self) -> None:
+        """RFC 9051 sections 6.3.5 and 7.1: NO [HASCHILDREN] under rev2, NO [CANNOT] (RFC 5530) under rev1."""
+        self.successResultOf(self.store.create_mailbox("Work/2024"))
+        self.successResultOf(self.store.delete_mailbox("Work"))  # now kept only by its child
+        proto, transport = self.login(select=None)
+        out = self.send(proto, transport, b"d1 DELETE Work\r\n")
+        self.assertTrue(out.startswith(b"d1 NO [CANNOT] "), out)
+        proto, transport = self.enabled(select=None)
+        out = self.send(proto, transport, b"d2 DELETE Work\r\n")
+        self.assertTrue(out.startswith(b"d2 NO [HASCHILDREN] "), out)
+        out = self.send(proto, transport, b"d3 DELETE Nothing\r\n")
+        self.assertTrue(out.startswith(b"d3 NO [NONEXISTENT] "), out)
+
     def test_utf8_names(self) -> None:
         """RFC 9051 section 5.1: mailbox names in UTF-8 both ways, not modified UTF-7."""
         proto, transport = self.enabled(select=None)

@@ -12,6 +12,8 @@ What ENABLE IMAP4rev2 changes (RFC 9051 appendix E):
   and 6.4.4, section 9 ``status-att`` and ``search-key``).
 * SELECT and EXAMINE (section 6.3.2) send no RECENT and no ``OK
   [UNSEEN n]``, and send the mailbox's ``* LIST`` response.
+* DELETE of a mailbox that its children keep is ``NO [HASCHILDREN]``
+  (sections 6.3.5 and 7.1), not ``NO [CANNOT]``.
 * SEARCH is always answered with ``* ESEARCH (TAG ...)`` (section 6.4.4,
   section 7.3.4): no RETURN means ``RETURN (ALL)``.
 * Mailbox names are UTF-8 both ways (section 5.1), not modified UTF-7:
@@ -31,15 +33,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from txmail.errors import MailboxNotEmpty
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import enableable, extension
-from txmail.imap.responses import Bad, ListData, Response
+from txmail.imap.responses import Bad, ListData, No, Response
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr
 
 __all__ = [
     "IMAP4REV2",
     "check_search_keys",
     "check_status_items",
+    "delete_mailbox",
     "enabled",
     "search_options",
     "select_list",
@@ -117,6 +121,20 @@ def check_status_items(session: Any, items: Iterable[str]) -> None:
     """BAD for ``RECENT`` under rev2 (RFC 9051 section 9, ``status-att``)."""
     if enabled(session) and "RECENT" in items:
         raise Bad("RECENT is not an IMAP4rev2 status item")
+
+
+async def delete_mailbox(store: Any, name: str, session: Any) -> None:
+    """
+    DELETE through :func:`~txmail.imap.commands.context.store_op`: a
+    mailbox whose children keep it is ``NO [HASCHILDREN]`` under rev2
+    (RFC 9051 sections 6.3.5 and 7.1), ``NO [CANNOT]`` (RFC 5530) under rev1.
+    """
+    try:
+        await call(store.delete_mailbox, name)
+    except MailboxNotEmpty:
+        if enabled(session):
+            raise No("Mailbox has children", "HASCHILDREN") from None
+        raise
 
 
 async def select_list(ctx: CommandContext, name: str) -> ListData:

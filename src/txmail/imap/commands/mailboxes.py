@@ -57,7 +57,7 @@ async def delete(ctx: CommandContext, cmd: Command) -> Done:
     assert isinstance(args, Delete)
     if args.mailbox == INBOX:
         raise No("INBOX cannot be deleted", "CANNOT")
-    await store_op(ctx.store.delete_mailbox, args.mailbox)
+    await store_op(imap4rev2.delete_mailbox, ctx.store, args.mailbox, ctx.session)
     return Done()
 
 

@@ -384,10 +384,10 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     args = cmd.args
     assert isinstance(args, Search)
     view = _view(ctx)
-    imap4rev2.check_search_keys(ctx.session, args.key)
     key = searchres.replace_saved(args.key, view)
     options = imap4rev2.search_options(ctx.session, args.return_options)
     searchres.forget(view, options)
+    imap4rev2.check_search_keys(ctx.session, args.key)
     if args.charset is not None and args.charset.upper() not in SUPPORTED_CHARSETS:
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")")
     mailbox = ctx.mailbox
