@@ -385,7 +385,7 @@ class AdapterTests(ServerTestCase):
 
     def test_other_mailbox_status_between_commands(self) -> None:
         """A change in another mailbox is told at once when no command is in progress (section 1)."""
-        p1, t1, p2, t2 = self.pair(b"n NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))\r\n")
+        _p1, t1, p2, t2 = self.pair(b"n NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))\r\n")
         self.send(p2, t2, b"c1 CREATE Work\r\n")
         self.assertEqual(self.told(t1), b'* LIST () "/" Work\r\n')
         self.send(p2, t2, b"c2 APPEND Work {5}\r\nhello\r\n")
@@ -443,7 +443,7 @@ class AdapterTests(ServerTestCase):
 
     def test_selected_pushed_between_commands(self) -> None:
         """SELECTED: EXISTS, EXPUNGE and MessageNew's FETCH go out as they happen (sections 5.2, 5.3)."""
-        p1, t1, p2, t2 = self.pair(
+        _p1, t1, _p2, _t2 = self.pair(
             b"n NOTIFY SET (selected (MessageNew (UID FLAGS) MessageExpunge FlagChange))\r\n"
         )
         self.successResultOf(self.mailbox.append(b"Subject: 3\r\n\r\nx\r\n"))
