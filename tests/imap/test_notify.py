@@ -130,11 +130,13 @@ class CheckTests(SynchronousTestCase):
             self.assertEqual(e.code, SUPPORTED)
 
     def test_fetch_attributes(self) -> None:
-        check(notify_args(b"a NOTIFY SET (selected (MessageNew (UID FLAGS) MessageExpunge))\r\n"))
-        e = self.assertRaises(
-            No, check, notify_args(b"a NOTIFY SET (selected (MessageNew (ENVELOPE) MessageExpunge))\r\n")
-        )
-        self.assertEqual(e.code, "CANNOT")
+        """MessageNew takes any fetch attributes (section 5.2); the selected filter says which need the store."""
+        args = notify_args(b"a NOTIFY SET (selected (MessageNew (UID FLAGS) MessageExpunge))\r\n")
+        check(args)
+        self.assertFalse(NotifyState(args).fetch_from_store)
+        args = notify_args(b"a NOTIFY SET (selected (MessageNew (UID ENVELOPE) MessageExpunge))\r\n")
+        check(args)
+        self.assertTrue(NotifyState(args).fetch_from_store)
 
     def test_too_many_mailboxes(self) -> None:
         names = b" ".join(b"m%d" % i for i in range(MAX_MAILBOXES + 1))
@@ -411,6 +413,20 @@ class AdapterTests(ServerTestCase):
         )
         self.assertEqual(self.send(p1, t1, b"DONE\r\n"), b"i OK IDLE terminated\r\n")
 
+    def test_client_not_reading(self) -> None:
+        """While the client's replies back up, notifications wait, coalesced, until it reads again."""
+        p1, t1, _, _ = self.pair(b"n NOTIFY SET (mailboxes Sent (MessageNew MessageExpunge))\r\n")
+        sent = self.successResultOf(self.store.get_mailbox("Sent"))
+        p1._reply_gate.pauseProducing()
+        for _ in range(3):
+            self.successResultOf(sent.append(b"Subject: x\r\n\r\nx\r\n"))
+        self.assertEqual(self.told(t1), b"")
+        p1._reply_gate.resumeProducing()
+        self.assertEqual(
+            self.told(t1),
+            b"* STATUS Sent (MESSAGES 3 UIDNEXT 4 UIDVALIDITY %d UNSEEN 3)\r\n" % sent.uidvalidity,
+        )
+
     def test_told_before_tagged_while_a_command_runs(self) -> None:
         """A change heard while one of the session's commands runs goes out before that command's OK."""
         p1, t1, _, _ = self.pair(b"n NOTIFY SET (mailboxes Junk (MessageNew MessageExpunge))\r\n")
@@ -482,6 +498,48 @@ class AdapterTests(ServerTestCase):
         self.patch(self.mailbox, "list_messages", list_and_expunge)
         out = self.send(p1, t1, b"f UID FETCH 1:* (UID)\r\n")
         self.assertTrue(out.endswith(b"* 1 EXPUNGE\r\nf OK UID FETCH completed\r\n"), out)
+
+    def test_fetch_from_store_between_commands(self) -> None:
+        """MessageNew (UID ENVELOPE BODY.PEEK[...]): the FETCH read from the store follows the EXISTS."""
+        p1, t1, _, _ = self.pair(
+            b"n NOTIFY SET (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)]) MessageExpunge))\r\n"
+        )
+        self.successResultOf(self.mailbox.append(b"Subject: three\r\n\r\nx\r\n"))
+        self.assertEqual(
+            self.told(t1),
+            b"* 3 EXISTS\r\n* 3 RECENT\r\n"
+            b"* 3 FETCH (UID 3 BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: three\r\n\r\n)\r\n",
+        )
+        self.assertNotIn("\\Seen", self.flags(3))
+        self.assertEqual(self.send(p1, t1, b"n2 NOOP\r\n"), b"n2 OK NOOP completed\r\n")
+
+    def test_fetch_from_store_before_tagged(self) -> None:
+        """A message arriving while a command runs: EXISTS and its FETCH before the tagged OK."""
+        p1, t1, _, _ = self.pair(
+            b"n NOTIFY SET (selected-delayed (MessageNew (RFC822.SIZE) MessageExpunge))\r\n"
+        )
+        original = self.mailbox.status
+        message = b"Subject: during\r\n\r\nx\r\n"
+
+        def status_and_deliver() -> Any:
+            self.successResultOf(self.mailbox.append(message))
+            return original()
+
+        self.patch(self.mailbox, "status", status_and_deliver)
+        out = self.send(p1, t1, b"s STATUS INBOX (MESSAGES)\r\n")
+        self.assertEqual(
+            out,
+            b"* STATUS INBOX (MESSAGES 3)\r\n* 3 EXISTS\r\n* 3 RECENT\r\n"
+            b"* 3 FETCH (RFC822.SIZE %d)\r\ns OK STATUS completed\r\n" % len(message),
+        )
+
+    def test_fetch_from_store_while_idle(self) -> None:
+        p1, t1, _, _ = self.pair(b"n NOTIFY SET (selected (MessageNew (ENVELOPE) MessageExpunge))\r\n")
+        self.assertEqual(self.send(p1, t1, b"i IDLE\r\n"), b"+ idling\r\n")
+        self.successResultOf(self.mailbox.append(b"Subject: idle\r\n\r\nx\r\n"))
+        out = self.told(t1)
+        self.assertTrue(out.startswith(b'* 3 EXISTS\r\n* 3 RECENT\r\n* 3 FETCH (ENVELOPE (NIL "idle" '), out)
+        self.assertEqual(self.send(p1, t1, b"DONE\r\n"), b"i OK IDLE terminated\r\n")
 
     def test_without_selected_filter(self) -> None:
         """Without SELECTED, the selected mailbox is told at the end of commands only, as without NOTIFY."""
@@ -576,6 +634,31 @@ class EndToEndTests(IMAPTestCase):
         self.assertEqual(lines[2], b'* LIST (\\Subscribed) "/" Projects\r\n')
         done = yield deferToThread(lambda: (raw.send(b"DONE\r\n"), raw.until(b"a3 "))[1])
         self.assertEqual(done, [b"a3 OK IDLE terminated\r\n"])
+
+    @defer.inlineCallbacks
+    def test_selected_message_new_fetch(self) -> Any:
+        """SELECTED MessageNew with fetch attributes read from the Maildir store (in threads) during IDLE."""
+        raw = yield deferToThread(RawClient, self.server.address("imap"))
+        self.addCleanup(raw.close)
+
+        def start() -> None:
+            raw.command(b"a1", b'LOGIN "alice@example.test" "correct horse"')
+            raw.command(b"a2", b"SELECT INBOX")
+            raw.command(
+                b"a3",
+                b"NOTIFY SET (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)]) MessageExpunge))",
+            )
+            raw.send(b"a4 IDLE\r\n")
+            raw.until(b"+ ")
+
+        yield deferToThread(start)
+        yield self.send(message("fetched at once"))
+        lines = yield deferToThread(lambda: [raw.readline() for _ in range(5)])
+        self.assertEqual(lines[:2], [b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n"])
+        self.assertEqual(lines[2], b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (SUBJECT)] {28}\r\n")
+        self.assertEqual(lines[3:], [b"Subject: fetched at once\r\n", b"\r\n"])
+        done = yield deferToThread(lambda: (raw.send(b"DONE\r\n"), raw.until(b"a4 "))[1])
+        self.assertEqual(done, [b")\r\n", b"a4 OK IDLE terminated\r\n"])
 
     @defer.inlineCallbacks
     def test_imaplib_notify_between_commands(self) -> Any:

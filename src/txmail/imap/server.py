@@ -82,7 +82,7 @@ from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
 from txmail.imap.commands.mailboxes import special_uses
-from txmail.imap.commands.notify import NotifyState, command_names
+from txmail.imap.commands.notify import NotifyState, command_names, new_message_fetches
 from txmail.imap.commands.selected import BATCH
 from txmail.imap.commands.utf8 import UTF8_ACCEPT
 from txmail.imap.events import (
@@ -234,6 +234,7 @@ class IMAPServerProtocol(SessionProtocol):
         elif isinstance(event, StartTLS):
             self._start_tls()
         elif isinstance(event, IdleStarted):
+            self._fetch_new_messages()
             self._deliver_notifications()
         elif isinstance(event, IdleDone):
             pass
@@ -286,6 +287,7 @@ class IMAPServerProtocol(SessionProtocol):
             if not self._lost:
                 await self._notifications_before_tagged()
                 session.finish("OK", done.text or f"{command.name} completed", done.code)
+                self._fetch_new_messages()
                 if self._compress_requested and self._deflater is None:
                     self._begin_compression()
 
@@ -391,6 +393,7 @@ class IMAPServerProtocol(SessionProtocol):
         if session.idling or (session.notify_selected is not None and session.between_commands):
             session.mailbox_changed()
             self._flush()
+            self._fetch_new_messages()
 
     # -- what the command layer sees (txmail.imap.commands.context.CommandContext) --
 
@@ -429,8 +432,10 @@ class IMAPServerProtocol(SessionProtocol):
         session = self.session
         if session is not None:
             session.notify_selected = None if state is None else state.selected
-            fetch = () if state is None else state.selected_fetch
+            later = state is not None and state.fetch_from_store
+            fetch = () if state is None or later else state.selected_fetch
             session.notify_fetch = frozenset(a.name for a in fetch)
+            session.notify_fetch_later = later
         wanted = state is not None and state.watches_other_mailboxes and self.store is not None
         if wanted and self._remove_store_listener is None:
             self._remove_store_listener = self.store.add_store_listener(self._store_changed)
@@ -454,6 +459,9 @@ class IMAPServerProtocol(SessionProtocol):
             return
         if not state.pending or not (session.idling or session.between_commands):
             return
+        if self._reply_gate.paused:
+            # The client does not read: keep it queued (coalesced, bounded) until it does.
+            return
 
         async def deliver() -> None:
             self._delivering = True
@@ -474,14 +482,58 @@ class IMAPServerProtocol(SessionProtocol):
         )
 
     async def _notifications_before_tagged(self) -> None:
-        """What waits goes out before a command's tagged response."""
+        """What waits goes out before a command's tagged response (MessageNew's FETCH after its EXISTS)."""
         state, session = self._notify, self.session
-        if state is None or session is None or not state.pending:
+        if state is None or session is None:
+            return
+        if session.notify_fetch_later:
+            session.push_updates()
+            while (uids := session.take_new_messages()) and session.view is not None:
+                view, mailbox = session.view, self.mailbox
+                self.emit(*await new_message_fetches(view, mailbox, uids, state.selected_fetch))
+                if self._lost or session.view is not view:
+                    return
+                session.push_updates()
+        if not state.pending:
             return
         responses = await state.responses(session)
         if not self._lost:
             self.emit(*responses)
             self._after_notifications(state)
+
+    def _output_drained(self) -> None:
+        super()._output_drained()
+        self._deliver_notifications()
+
+    def _fetch_new_messages(self) -> None:
+        """
+        NOTIFY's MessageNew fetch attributes that need the store: read them
+        for the messages the last EXISTS told of and write the FETCHes
+        before anything else (the session waits meanwhile).
+        """
+        session, state = self.session, self._notify
+        if session is None or state is None or not session.notify_fetch_later or self._lost:
+            return
+        uids = session.take_new_messages()
+        view, mailbox = session.view, self.mailbox
+        if not uids or view is None or mailbox is None:
+            return
+
+        async def fetch() -> None:
+            responses = await new_message_fetches(view, mailbox, uids, state.selected_fetch)
+            if not self._lost and session.view is view:
+                session.unsolicited(
+                    *serialize.render_all(responses, utf8_names=UTF8_ACCEPT in session.enabled)
+                )
+                self._flush()
+
+        d = defer.ensureDeferred(fetch())
+        d.addErrback(
+            lambda f: self.log.failure(
+                "NOTIFY MessageNew fetch failed", failure=f, session_id=self.session_id
+            )
+        )
+        self._wait(d)
 
     def _after_notifications(self, state: NotifyState) -> None:
         """After ``OK [NOTIFICATIONOVERFLOW]``: as after NOTIFY NONE (RFC 5465 section 5.8)."""

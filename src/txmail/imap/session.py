@@ -165,8 +165,13 @@ class IMAPSession(SessionCore[Event]):
         #: NOTIFY (RFC 5465 section 6.1): ``"SELECTED"`` or ``"SELECTED-DELAYED"``
         #: when the selected mailbox's changes are pushed between commands.
         self.notify_selected: str | None = None
-        #: The fetch attributes (``UID``, ``FLAGS``) of NOTIFY's MessageNew for the selected mailbox.
+        #: NOTIFY's MessageNew fetch attributes for the selected mailbox when
+        #: they are ``UID`` and ``FLAGS`` only (told from the view, after EXISTS).
         self.notify_fetch: frozenset[str] = frozenset()
+        #: True when they need the store: the UIDs of the new messages told
+        #: by EXISTS are kept for the adapter (:meth:`take_new_messages`).
+        self.notify_fetch_later = False
+        self._new_messages: list[int] = []
         self.bad_commands = 0
         self._framer = self._new_framer()
         self._tag: str | None = None  # of the command being answered
@@ -274,11 +279,13 @@ class IMAPSession(SessionCore[Event]):
     def select(self, view: SelectedView) -> None:
         """The pending SELECT/EXAMINE opened *view* (call before :meth:`finish`)."""
         self.view = view
+        self._new_messages = []
         self.state = State.SELECTED
 
     def unselect(self) -> None:
         """Leave the selected state (CLOSE, UNSELECT, a failed SELECT)."""
         self.view = None
+        self._new_messages = []
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
@@ -294,6 +301,25 @@ class IMAPSession(SessionCore[Event]):
             self._flush_updates(allow_expunge=True)
         elif self.notify_selected is not None and self.between_commands:
             self._flush_updates(allow_expunge=self.notify_selected == "SELECTED")
+
+    def take_new_messages(self) -> list[int]:
+        """
+        The UIDs of the messages told by EXISTS since the last call, when
+        NOTIFY's MessageNew asks for fetch attributes the adapter must read
+        from the store (:attr:`notify_fetch_later`).
+        """
+        uids, self._new_messages = self._new_messages, []
+        return uids
+
+    def push_updates(self) -> None:
+        """
+        Tell the selected mailbox's changes now, as the running command's
+        completion would (its EXPUNGE rule): the adapter then fetches
+        NOTIFY's MessageNew attributes before the tagged response.
+        """
+        command = self.pending_command
+        withholds = command is not None and COMMANDS[command.name].withholds_expunge
+        self._flush_updates(allow_expunge=self.notify_selected == "SELECTED" or not withholds)
 
     @property
     def between_commands(self) -> bool:
@@ -375,13 +401,16 @@ class IMAPSession(SessionCore[Event]):
         view = self.view
         if view is None:
             return
-        if not self.notify_fetch:
+        if not self.notify_fetch and not self.notify_fetch_later:
             self._write(view.updates(allow_expunge=allow_expunge))
             return
         # RFC 5465 section 5.2: MessageNew's FETCH follows the EXISTS.
         known = view.max_uid
         self._write(view.updates(allow_expunge=allow_expunge))
         start = bisect.bisect_right(view.uids, known)
+        if self.notify_fetch_later:
+            self._new_messages.extend(view.uids[start:])
+            return
         with_uid = "UID" in self.notify_fetch
         for i in range(start, len(view.uids)):
             uid = view.uids[i]

@@ -40,8 +40,10 @@ What is supported
   included (the client uses UIDs, section 5.3), and also after FETCH,
   STORE and SEARCH; with ``SELECTED-DELAYED`` EXPUNGE waits for a command
   that allows it, as without NOTIFY (section 6.1.2).  ``MessageNew``'s
-  fetch attributes may be ``UID`` and ``FLAGS`` (sent in a FETCH after the
-  EXISTS); others are refused with ``NO [CANNOT]``.  Without a selected
+  fetch attributes are sent in a FETCH after the EXISTS (section 5.2):
+  ``UID`` and ``FLAGS`` from the view at once, others
+  (:func:`new_message_fetches`) read from the store before the next
+  response, as peeks (``\\Seen`` is never set).  Without a selected
   filter (``SELECTED NONE``) nothing is pushed for the selected mailbox:
   it is told at the end of commands as without NOTIFY (txmail does not
   freeze the view).
@@ -68,10 +70,23 @@ from collections.abc import Container, Iterable
 from typing import Any
 
 from txmail.errors import StoreError
+from txmail.imap.binary import binary_items
 from txmail.imap.commands import condstore, qresync
+from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import AUTHENTICATED, command
-from txmail.imap.responses import Bad, Done, ListData, No, Response, StatusData, UntaggedOk
+from txmail.imap.fetch import fetch_needs
+from txmail.imap.responses import (
+    Bad,
+    CommandFailed,
+    Done,
+    FetchData,
+    ListData,
+    No,
+    Response,
+    StatusData,
+    UntaggedOk,
+)
 from txmail.imap.types import Command, Notify, NotifyGroup
 from txmail.interfaces import IStoreChanges
 from txmail.model import (
@@ -107,8 +122,8 @@ MESSAGE_EVENTS = frozenset({"MessageNew", "MessageExpunge", "FlagChange", "Annot
 MAX_MAILBOXES = 1000
 #: Notifications (STATUS of distinct mailboxes, LIST responses) waiting for the client.
 MAX_PENDING = 1000
-#: The fetch attributes MessageNew may ask for (told from the view, without reading messages).
-FETCH_ATTRIBUTES = frozenset({"UID", "FLAGS"})
+#: MessageNew's fetch attributes told from the view, without reading the store.
+VIEW_ATTRIBUTES = frozenset({"UID", "FLAGS"})
 
 _SELECTED = ("SELECTED", "SELECTED-DELAYED")
 
@@ -143,9 +158,6 @@ def check(args: Notify) -> None:
             raise Bad("An event is given twice")
     if any(e not in SUPPORTED_EVENTS for g in groups for e in g.events):
         raise No("Event not supported", "BADEVENT (" + " ".join(SUPPORTED_EVENTS) + ")")
-    for group in groups:
-        if group.fetch and not {a.name for a in group.fetch} <= FETCH_ATTRIBUTES:
-            raise No("MessageNew may fetch only UID and FLAGS here", "CANNOT")
     if sum(len(g.mailboxes) for g in groups) > MAX_MAILBOXES:
         raise No("Too many mailboxes to watch", "NOTIFICATIONOVERFLOW")
 
@@ -194,6 +206,10 @@ class NotifyState:
         selected = [g for g in groups if g.filter in _SELECTED and g.events]
         self.selected: str | None = selected[0].filter if selected else None
         self.selected_fetch = selected[0].fetch if selected else ()
+        #: The selected filter's fetch attributes need the store (not only UID and FLAGS).
+        self.fetch_from_store = (
+            bool(self.selected_fetch) and not {a.name for a in self.selected_fetch} <= VIEW_ATTRIBUTES
+        )
         self._filters = [_Filter(g) for g in groups if g.filter not in _SELECTED and g.events]
         self.subscribed = set(subscribed)
         self.overflowed = False
@@ -308,6 +324,7 @@ class NotifyState:
         self._filters = []
         self.selected = None
         self.selected_fetch = ()
+        self.fetch_from_store = False
 
     async def responses(self, session: Any) -> list[Response]:
         """
@@ -356,6 +373,40 @@ def status_data(name: str, status: Any, items: tuple[str, ...]) -> StatusData:
         "HIGHESTMODSEQ": status.highest_modseq,
     }
     return StatusData(name, tuple((item, values[item]) for item in items))
+
+
+async def new_message_fetches(view: Any, mailbox: Any, uids: list[int], items: Any) -> list[FetchData]:
+    """
+    MessageNew's FETCH responses (section 5.2) for the new messages *uids*
+    of the selected mailbox, with the sequence numbers the client knows
+    when it returns (the caller writes them at once).  Read as BODY.PEEK would: \\Seen is never set here (the client
+    SHOULD NOT ask for attributes that set it).  A message gone meanwhile,
+    or whose part cannot be decoded, is left out.
+    """
+    needs = fetch_needs(items)
+    wanted_binary = binary_items(items)
+    infos = await call(mailbox.list_messages, uids)
+    metadata = await call(mailbox.get_metadata, [i.uid for i in infos]) if needs.metadata else {}
+    found = []
+    for info in infos:
+        message = None
+        if needs.message:
+            try:
+                message = await call(mailbox.read_message, info.uid)
+                if wanted_binary:
+                    require_decodable(message, wanted_binary)
+            except (StoreError, CommandFailed):
+                continue
+        found.append((info, message))
+    # The sequence numbers after the last await: an EXPUNGE told meanwhile counts.
+    out = []
+    for info, message in found:
+        seq = view.seq_of(info.uid)
+        if seq is not None:
+            out.append(
+                FetchData(seq, items, info, metadata.get(info.uid), message, recent=info.uid in view.recent)
+            )
+    return out
 
 
 def command_names(cmd: Command | None) -> frozenset[str]:
