@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.e2e.test_imap import IMAPTestCase, RawClient, message, ok
 from tests.imap.test_commands import command
 from tests.imap.test_server import ServerTestCase
+from tests.imap.test_session import feed, info, selected
 from txmail.imap import serialize
 from txmail.imap.commands import capabilities, notify
 from txmail.imap.commands.context import run_now
@@ -291,6 +292,65 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(got[0].code, "NOTIFICATIONOVERFLOW")
         self.assertFalse(state.heard(added("more")))
         self.assertEqual(responses(state), [])
+
+
+class SessionTests(SynchronousTestCase):
+    """The sans-IO session: when the selected mailbox's changes go out under NOTIFY (section 6.1)."""
+
+    def test_pushed_between_commands(self) -> None:
+        session, view = selected()
+        view.queue(MessagesAdded((info(4),)))
+        session.mailbox_changed()
+        self.assertEqual(session.data_to_send(), b"")  # no NOTIFY: wait for a command
+        session.notify_selected = "SELECTED"
+        session.notify_fetch = frozenset({"UID"})
+        session.mailbox_changed()
+        self.assertEqual(session.data_to_send(), b"* 4 EXISTS\r\n* 4 FETCH (UID 4)\r\n")
+        view.queue(MessagesExpunged((1,)))
+        session.mailbox_changed()
+        self.assertEqual(session.data_to_send(), b"* 1 EXPUNGE\r\n")
+
+    def test_delayed_holds_expunge(self) -> None:
+        session, view = selected()
+        session.notify_selected = "SELECTED-DELAYED"
+        view.queue(MessagesExpunged((1,)))
+        view.queue(MessagesAdded((info(4),)))
+        session.mailbox_changed()
+        self.assertEqual(session.data_to_send(), b"* 4 EXISTS\r\n")
+        feed(session, b"f FETCH 1 (UID)\r\n")
+        session.finish("OK", "FETCH completed")
+        self.assertEqual(session.data_to_send(), b"f OK FETCH completed\r\n")
+        feed(session, b"n NOOP\r\n")
+        session.finish("OK", "NOOP completed")
+        self.assertEqual(session.data_to_send(), b"* 1 EXPUNGE\r\nn OK NOOP completed\r\n")
+
+    def test_selected_expunge_after_fetch(self) -> None:
+        session, view = selected()
+        session.notify_selected = "SELECTED"
+        feed(session, b"f FETCH 1 (UID)\r\n")
+        self.assertFalse(session.between_commands)
+        view.queue(MessagesExpunged((2,)))
+        session.mailbox_changed()
+        self.assertEqual(session.data_to_send(), b"")  # not in the middle of a command
+        session.finish("OK", "FETCH completed")
+        self.assertEqual(session.data_to_send(), b"* 2 EXPUNGE\r\nf OK FETCH completed\r\n")
+        self.assertTrue(session.between_commands)
+
+    def test_new_messages_kept_for_the_adapter(self) -> None:
+        session, view = selected()
+        session.notify_selected = "SELECTED"
+        session.notify_fetch_later = True
+        view.queue(MessagesAdded((info(4), info(5))))
+        session.mailbox_changed()
+        self.assertEqual(session.data_to_send(), b"* 5 EXISTS\r\n")
+        self.assertEqual(session.take_new_messages(), [4, 5])
+        self.assertEqual(session.take_new_messages(), [])
+
+    def test_not_before_login(self) -> None:
+        session = IMAPSession()
+        self.assertFalse(session.between_commands)
+        session.unsolicited(b"* STATUS x (MESSAGES 1)\r\n")
+        self.assertTrue(session.data_to_send().endswith(b"* STATUS x (MESSAGES 1)\r\n"))
 
 
 class FakeContext:
