@@ -25,6 +25,7 @@ from txmail.imap.parser import ParseError
 from txmail.imap.responses import Bad, Done, ListData, No, StatusData, UntaggedOk
 from txmail.imap.session import IMAPSession
 from txmail.imap.types import FetchAttribute, Notify, NotifyGroup
+from txmail.imap.view import SelectedView
 from txmail.model import (
     FlagsChanged,
     FolderCreated,
@@ -292,6 +293,31 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(got[0].code, "NOTIFICATIONOVERFLOW")
         self.assertFalse(state.heard(added("more")))
         self.assertEqual(responses(state), [])
+
+
+class NewMessageFetchTests(SynchronousTestCase):
+    def test_fetches_with_sequence_numbers(self) -> None:
+        """Section 5.2: MessageNew's attributes for the new messages, numbered as the view numbers them."""
+        store = MemoryProvider().store_for(USER)
+        inbox = self.successResultOf(store.get_mailbox("INBOX"))
+        for subject in (b"a", b"b"):
+            self.successResultOf(inbox.append(b"Subject: " + subject + b"\r\n\r\nx\r\n"))
+        view = SelectedView("INBOX", inbox.uidvalidity, self.successResultOf(inbox.list_messages()))
+        items = (FetchAttribute("UID"), FetchAttribute("RFC822.SIZE"))
+        got = run_now(notify.new_message_fetches(view, inbox, [2, 9], items))
+        self.assertEqual([(r.seq, r.info.uid) for r in got], [(2, 2)])
+        self.assertEqual(b"".join(serialize.render_all(got)), b"* 2 FETCH (UID 2 RFC822.SIZE 17)\r\n")
+
+    def test_deleted_mailbox(self) -> None:
+        store = MemoryProvider().store_for(USER)
+        self.successResultOf(store.create_mailbox("Gone"))
+        box = self.successResultOf(store.get_mailbox("Gone"))
+        self.successResultOf(box.append(b"Subject: a\r\n\r\nx\r\n"))
+        view = SelectedView("Gone", box.uidvalidity, self.successResultOf(box.list_messages()))
+        self.successResultOf(store.delete_mailbox("Gone"))
+        self.assertEqual(
+            run_now(notify.new_message_fetches(view, box, [1], (FetchAttribute("ENVELOPE"),))), []
+        )
 
 
 class SessionTests(SynchronousTestCase):

@@ -7,11 +7,13 @@ is removed.
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from txmail.errors import NoSuchMailbox
 from txmail.interfaces import IStoreChanges
 from txmail.model import (
     INBOX,
@@ -150,3 +152,13 @@ class MemoryStoreChangesTests(StoreChangesMixin, TestCase):
 class MaildirStoreChangesTests(StoreChangesMixin, TestCase):
     def provider(self) -> Any:
         return MaildirProvider(self.mktemp(), watch="off")
+
+    def test_folder_removed_behind_our_back(self) -> None:
+        """An open folder another program removed is deleted when the store finds out."""
+        store, heard, _ = self.listen()
+        self.successResultOf(store.create_mailbox("Gone"))
+        box = self.successResultOf(store.get_mailbox("Gone"))
+        del heard[:]
+        shutil.rmtree(box.path)
+        self.failureResultOf(box.refresh(), NoSuchMailbox)
+        self.assertEqual(heard, [FolderDeleted("Gone")])

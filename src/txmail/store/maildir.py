@@ -648,6 +648,8 @@ class MaildirMailbox(MailboxState):
             if self.store._boxes.get(self.name) is self:
                 del self.store._boxes[self.name]
             self._mark_deleted()
+            if self.store._store_listeners:
+                self.store._tell_store(FolderDeleted(self.name))
             return Failure(NoSuchMailbox(self.name))
         return f
 

@@ -385,8 +385,11 @@ async def new_message_fetches(view: Any, mailbox: Any, uids: list[int], items: A
     """
     needs = fetch_needs(items)
     wanted_binary = binary_items(items)
-    infos = await call(mailbox.list_messages, uids)
-    metadata = await call(mailbox.get_metadata, [i.uid for i in infos]) if needs.metadata else {}
+    try:
+        infos = await call(mailbox.list_messages, uids)
+        metadata = await call(mailbox.get_metadata, [i.uid for i in infos]) if needs.metadata else {}
+    except StoreError:  # the mailbox was deleted meanwhile
+        return []
     found = []
     for info in infos:
         message = None
