@@ -551,7 +551,7 @@ class AdapterTests(ServerTestCase):
         self.successResultOf(self.mailbox.append(b"Subject: 3\r\n\r\nx\r\n"))
         self.assertEqual(self.told(t1), b"* 3 EXISTS\r\n* 3 RECENT\r\n* 3 FETCH (UID 3 FLAGS (\\Recent))\r\n")
         self.successResultOf(self.mailbox.set_flags([self.uids[0]], {"\\Deleted"}, "add"))
-        self.assertEqual(self.told(t1), b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n")
+        self.assertEqual(self.told(t1), b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent))\r\n")
         self.successResultOf(self.mailbox.expunge())
         self.assertEqual(self.told(t1), b"* 1 EXPUNGE\r\n")
 
@@ -561,7 +561,8 @@ class AdapterTests(ServerTestCase):
         self.successResultOf(self.mailbox.append(b"Subject: 3\r\n\r\nx\r\n"))
         self.assertEqual(self.told(t1), b"* 3 EXISTS\r\n* 3 RECENT\r\n* 3 FETCH (UID 3)\r\n")
         self.successResultOf(self.mailbox.set_flags([self.uids[0]], {"\\Deleted"}, "add"))
-        self.told(t1)
+        # No FlagChange asked: told as without NOTIFY, without the UID (section 5.1 is for FlagChange).
+        self.assertEqual(self.told(t1), b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n")
         self.successResultOf(self.mailbox.expunge())
         self.assertEqual(self.told(t1), b"")
         out = self.send(p1, t1, b"f FETCH 2 (UID)\r\n")

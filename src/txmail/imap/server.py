@@ -436,6 +436,7 @@ class IMAPServerProtocol(SessionProtocol):
             fetch = () if state is None or later else state.selected_fetch
             session.notify_fetch = frozenset(a.name for a in fetch)
             session.notify_fetch_later = later
+            session.notify_flag_uid = state is not None and state.selected_flags
         wanted = state is not None and state.watches_other_mailboxes and self.store is not None
         if wanted and self._remove_store_listener is None:
             self._remove_store_listener = self.store.add_store_listener(self._store_changed)

@@ -171,6 +171,8 @@ class IMAPSession(SessionCore[Event]):
         #: True when they need the store: the UIDs of the new messages told
         #: by EXISTS are kept for the adapter (:meth:`take_new_messages`).
         self.notify_fetch_later = False
+        #: NOTIFY's FlagChange for the selected mailbox: flag changes are told with UID (section 5.1).
+        self.notify_flag_uid = False
         self._new_messages: list[int] = []
         self.bad_commands = 0
         self._framer = self._new_framer()
@@ -401,6 +403,7 @@ class IMAPSession(SessionCore[Event]):
         view = self.view
         if view is None:
             return
+        view.flags_with_uid = self.notify_flag_uid
         if not self.notify_fetch and not self.notify_fetch_later:
             self._write(view.updates(allow_expunge=allow_expunge))
             return

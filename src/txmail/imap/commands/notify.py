@@ -206,6 +206,8 @@ class NotifyState:
         selected = [g for g in groups if g.filter in _SELECTED and g.events]
         self.selected: str | None = selected[0].filter if selected else None
         self.selected_fetch = selected[0].fetch if selected else ()
+        #: FlagChange for the selected mailbox: its FETCHes carry the UID (section 5.1).
+        self.selected_flags = bool(selected) and "FlagChange" in selected[0].events
         #: The selected filter's fetch attributes need the store (not only UID and FLAGS).
         self.fetch_from_store = (
             bool(self.selected_fetch) and not {a.name for a in self.selected_fetch} <= VIEW_ATTRIBUTES
@@ -324,6 +326,7 @@ class NotifyState:
         self._filters = []
         self.selected = None
         self.selected_fetch = ()
+        self.selected_flags = False
         self.fetch_from_store = False
 
     async def responses(self, session: Any) -> list[Response]:
