@@ -34,9 +34,13 @@ What is supported
   (``(\\Noselect \\HasChildren)`` when it stays as a parent), ``* LIST ()
   "/" new ("OLDNAME" (old))`` for each renamed one.
   ``SubscriptionChange`` (section 5.5): ``* LIST (\\Subscribed) "/" name``
-  or ``* LIST () "/" name``.
+  or ``* LIST () "/" name``.  No ``\\HasChildren``/``\\HasNoChildren``
+  (a SHOULD): the store's event does not say, and asking would cost a
+  listing per event.
 * The selected mailbox: with ``SELECTED`` the usual EXISTS, EXPUNGE and
-  FETCH responses go out as soon as nothing is in progress, EXPUNGE
+  FETCH responses (with ``UID`` when ``FlagChange`` is asked, section 5.1;
+  flag changes are told without it too, as without NOTIFY) go out as soon
+  as nothing is in progress, EXPUNGE
   included (the client uses UIDs, section 5.3), and also after FETCH,
   STORE and SEARCH; with ``SELECTED-DELAYED`` EXPUNGE waits for a command
   that allows it, as without NOTIFY (section 6.1.2).  ``MessageNew``'s
