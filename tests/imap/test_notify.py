@@ -291,6 +291,7 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(len(got), 1)
         self.assertIsInstance(got[0], UntaggedOk)
         self.assertEqual(got[0].code, "NOTIFICATIONOVERFLOW")
+        self.assertFalse(state.pending)
         self.assertFalse(state.heard(added("more")))
         self.assertEqual(responses(state), [])
 

@@ -240,7 +240,7 @@ class NotifyState:
     @property
     def pending(self) -> bool:
         """Notifications wait for the client."""
-        return bool(self._status or self._lists or self.overflowed)
+        return bool(self._status or self._lists or (self.overflowed and not self._overflow_told))
 
     def heard(self, change: FolderChange, *, selected: str | None = None, own: Container[str] = ()) -> bool:
         """
