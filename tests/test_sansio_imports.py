@@ -56,6 +56,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/utf8.py",
     "txmail/imap/commands/imap4rev2.py",
     "txmail/imap/commands/searchres.py",
+    "txmail/imap/commands/notify.py",
     "txmail/imap/binary.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",

@@ -40,6 +40,7 @@ __all__ = [
     "IMailbox",
     "IQueue",
     "IStorageUsage",
+    "IStoreChanges",
 ]
 
 
@@ -197,6 +198,36 @@ class IStorageUsage(Interface):
         of the user.  Cheap: kept up to date as messages come and go, not
         counted per call; changes made by other programs may take a few
         minutes to show.
+        """
+
+
+class IStoreChanges(Interface):
+    """
+    A store that tells listeners about every change of its user's folders
+    (what IMAP NOTIFY, RFC 5465, reports for mailboxes other than the
+    selected one).  Optional beside :class:`IMailStore`: the IMAP server
+    offers NOTIFY's events for other mailboxes only for stores that provide
+    it.  The memory and Maildir stores do, for the changes made through the
+    store in this process (a delivery, another IMAP or POP3 session, the
+    admin CLI); changes other programs make to a Maildir are told for the
+    mailboxes that are watched (:meth:`IMailbox.add_listener`).
+    """
+
+    def add_store_listener(listener):  # type: ignore[no-untyped-def]
+        """
+        Call ``listener(change)`` with each :class:`txmail.model.FolderChange`
+        of this store, after the change is made: :class:`txmail.model.MessagesChanged`
+        for the messages of any mailbox (the events mailbox listeners get),
+        :class:`txmail.model.FolderCreated`, :class:`txmail.model.FolderDeleted`,
+        :class:`txmail.model.FolderRenamed` and
+        :class:`txmail.model.SubscriptionChanged`.
+
+        Listeners must not raise and must not block.  A store with no
+        store listener does no work for them.
+
+        Returns:
+            a callable with no arguments that removes the listener (calling
+            it again does nothing).
         """
 
 

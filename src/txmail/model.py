@@ -27,7 +27,11 @@ __all__ = [
     "Envelope",
     "FlagMode",
     "FlagsChanged",
+    "FolderChange",
+    "FolderCreated",
+    "FolderDeleted",
     "FolderInfo",
+    "FolderRenamed",
     "MailboxChange",
     "MailboxDeleted",
     "MailboxStatus",
@@ -35,10 +39,12 @@ __all__ = [
     "MessageInfo",
     "MessageMetadata",
     "MessagesAdded",
+    "MessagesChanged",
     "MessagesExpunged",
     "QueueEntry",
     "RecipientResult",
     "SpecialUse",
+    "SubscriptionChanged",
     "match_mailbox_pattern",
     "normalize_flags",
     "normalize_mailbox_name",
@@ -428,6 +434,63 @@ class MessagesExpunged(MailboxChange):
 @dataclass(frozen=True, slots=True)
 class MailboxDeleted(MailboxChange):
     """The mailbox itself was deleted or renamed away; sessions must deselect it."""
+
+
+class FolderChange:
+    """
+    Base class of the change events a store gives its store listeners
+    (:class:`txmail.interfaces.IStoreChanges`): one user's folder tree,
+    subscriptions, and the messages of any of their mailboxes.
+    """
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesChanged(FolderChange):
+    """
+    *change* (a :class:`MailboxChange` other than :class:`MailboxDeleted`)
+    happened in the mailbox *name*; *mailbox* is its
+    :class:`txmail.interfaces.IMailbox` (for its counters).
+    """
+
+    name: str
+    change: MailboxChange
+    mailbox: object = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCreated(FolderChange):
+    """The mailbox *name* was created (or its parent was, on the way)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class FolderDeleted(FolderChange):
+    """
+    The mailbox *name* was deleted; *parent*: it stays as a non-selectable
+    parent of its children (RFC 3501 section 6.3.4).
+    """
+
+    name: str
+    parent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRenamed(FolderChange):
+    """The mailbox *old* is now called *new* (one event per renamed mailbox, children included)."""
+
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionChanged(FolderChange):
+    """*name* was subscribed (*subscribed*) or unsubscribed."""
+
+    name: str
+    subscribed: bool
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ from txmail.imap.types import (
     Login,
     Lsub,
     Move,
+    Notify,
+    NotifyGroup,
     QresyncParam,
     Rename,
     Replace,
@@ -87,6 +89,7 @@ __all__ = [
     "LIST_SELECTION_OPTIONS",
     "MAX_DEPTH",
     "MAX_TAG",
+    "NOTIFY_EVENTS",
     "SAVED_RESULT",
     "SORT_KEYS",
     "SORT_RETURN_OPTIONS",
@@ -1523,6 +1526,110 @@ def _getquota(c: Cursor, uid: bool) -> GetQuota:
     return GetQuota(astring(c))
 
 
+#: RFC 5465 section 5: the events, by upper-cased name.
+NOTIFY_EVENTS = {
+    name.upper(): name
+    for name in (
+        "MessageNew",
+        "MessageExpunge",
+        "FlagChange",
+        "AnnotationChange",
+        "MailboxName",
+        "SubscriptionChange",
+        "MailboxMetadataChange",
+        "ServerMetadataChange",
+    )
+}
+
+_NOTIFY_FILTERS = frozenset(
+    {"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES"}
+)
+
+
+def _notify(c: Cursor, uid: bool) -> Notify:
+    """
+    notify           = "NOTIFY" SP (notify-set / notify-none)  ; RFC 5465 section 8
+    notify-none      = "NONE"
+    notify-set       = "SET" [status-indicator] SP event-groups
+    status-indicator = SP "STATUS"
+    event-groups     = event-group *(SP event-group)
+
+    Only the grammar: what the events mean together (MessageNew with
+    MessageExpunge...) is checked by the handler
+    (:mod:`txmail.imap.commands.notify`).
+    """
+    c.sp()
+    word = c.keyword()
+    if word == "NONE":
+        return Notify(None)
+    if word != "SET":
+        raise c.fail("Expected SET or NONE")
+    c.sp()
+    status = c.accept(b"STATUS ")
+    groups = [_event_group(c)]
+    while c.accept(b" "):
+        groups.append(_event_group(c))
+    return Notify(tuple(groups), status)
+
+
+def _event_group(c: Cursor) -> NotifyGroup:
+    """
+    event-group = "(" filter-mailboxes SP events ")"
+    filter-mailboxes-other = "inboxes" / "personal" / "subscribed" /
+                  ( "subtree" SP one-or-more-mailbox ) /
+                  ( "mailboxes" SP one-or-more-mailbox )
+    one-or-more-mailbox = mailbox / "(" mailbox *(SP mailbox) ")"
+    events = ( "(" event *(SP event) ")" ) / "NONE"
+    """
+    c.expect(b"(")
+    name = c.keyword()
+    if name not in _NOTIFY_FILTERS:
+        raise c.fail("Bad NOTIFY mailbox filter")
+    boxes: list[str] = []
+    if name in ("SUBTREE", "MAILBOXES"):
+        c.sp()
+        if c.accept(b"("):
+            boxes.append(mailbox(c))
+            while not c.accept(b")"):
+                c.sp()
+                boxes.append(mailbox(c))
+        else:
+            boxes.append(mailbox(c))
+    c.sp()
+    events: list[str] = []
+    fetch: tuple[FetchAttribute, ...] = ()
+    if not c.accept(b"("):
+        if c.keyword() != "NONE":
+            raise c.fail("Expected NOTIFY events")
+    else:
+        while True:
+            event = _notify_event(c)
+            events.append(event)
+            if event == "MessageNew" and c.accept(b" ("):
+                items = [fetch_att(c)]
+                while not c.accept(b")"):
+                    c.sp()
+                    items.append(fetch_att(c))
+                fetch = tuple(items)
+            if c.accept(b")"):
+                break
+            c.sp()
+    c.expect(b")")
+    return NotifyGroup(name, tuple(boxes), tuple(events), fetch)
+
+
+def _notify_event(c: Cursor) -> str:
+    """
+    event = message-event / mailbox-event / user-event / event-ext
+    event-ext = atom
+
+    The RFC 5465 names are given their RFC spelling; another atom is
+    kept upper-cased (an event we do not support: ``NO [BADEVENT]``).
+    """
+    word = atom(c).upper()
+    return NOTIFY_EVENTS.get(word, word)
+
+
 _Parser = Callable[[Cursor, bool], CommandArgs]
 
 #: Command name -> argument parser.  RFC 3501 section 6 and the extensions.
@@ -1563,6 +1670,7 @@ COMMANDS: dict[str, _Parser] = {
     "COMPRESS": _compress,
     "SORT": _sort,
     "THREAD": _thread,
+    "NOTIFY": _notify,
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).

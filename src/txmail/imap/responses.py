@@ -142,6 +142,8 @@ class ListData(Response):
     verb: str = "LIST"
     childinfo: tuple[str, ...] = ()
     delimiter: str = "/"
+    #: The RFC 5465 section 5.4 ``OLDNAME`` extended data item (a NOTIFY rename).
+    oldname: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -496,6 +496,11 @@ def fetch_flags(seq: int, flags: Iterable[str], uid: int | None = None, modseq: 
     return b"* %d FETCH (%sFLAGS %s%s)\r\n" % (seq, items, flag_list(flags), tail)
 
 
+def fetch_uid(seq: int, uid: int) -> bytes:
+    """``* n FETCH (UID u)``: NOTIFY's MessageNew asking for the UID alone (RFC 5465 section 5.2)."""
+    return b"* %d FETCH (UID %d)\r\n" % (seq, uid)
+
+
 def fetch_modseq(seq: int, uid: int, modseq: int) -> bytes:
     """``* n FETCH (UID u MODSEQ (m))``: a STORE .SILENT with CONDSTORE (RFC 7162 section 3.1.3)."""
     return b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (seq, uid, modseq)
@@ -520,6 +525,8 @@ def _list_data(resp: r.ListData) -> bytes:
     )
     if resp.childinfo:
         line += b' ("CHILDINFO" ' + paren_list(resp.childinfo) + b")"
+    if resp.oldname is not None:
+        line += b' ("OLDNAME" (' + mailbox(resp.oldname) + b"))"
     return line + b"\r\n"
 
 

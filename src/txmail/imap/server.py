@@ -83,6 +83,7 @@ from txmail.imap.commands import COMMANDS
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
 from txmail.imap.commands.imap4rev2 import utf8_names
 from txmail.imap.commands.mailboxes import special_uses
+from txmail.imap.commands.notify import NotifyState, command_names, new_message_fetches
 from txmail.imap.commands.selected import BATCH
 from txmail.imap.events import (
     Authenticated,
@@ -101,7 +102,7 @@ from txmail.imap.session import IMAPLimits, IMAPSession
 from txmail.imap.types import Command
 from txmail.imap.view import SelectedView
 from txmail.interfaces import IMailStoreProvider
-from txmail.model import MailboxChange, MessagesAdded
+from txmail.model import FolderChange, MailboxChange, MessagesAdded
 from txmail.quota import Quotas
 
 __all__ = [
@@ -173,6 +174,10 @@ class IMAPServerProtocol(SessionProtocol):
         self._remove_listener: Callable[[], None] | None = None
         self._gate = _WriteGate()
         self._early_changes: list[MailboxChange] | None = None
+        # NOTIFY (RFC 5465): the session's wishes, the store listener, a delivery running.
+        self._notify: NotifyState | None = None
+        self._remove_store_listener: Callable[[], None] | None = None
+        self._delivering = False
         # COMPRESS=DEFLATE (RFC 4978): the streams, once active.
         self._compress_requested = False
         self._deflater: Any = None
@@ -199,6 +204,7 @@ class IMAPServerProtocol(SessionProtocol):
         super().connectionLost(reason)
         self._gate.stopProducing()
         self._deselect()
+        self.watch(None)
         self.log.info("IMAP connection from {peer} closed", peer=self.peer, session_id=self.session_id)
 
     # -- the event loop --
@@ -214,6 +220,7 @@ class IMAPServerProtocol(SessionProtocol):
 
     def _closing(self) -> None:
         self._deselect()
+        self.watch(None)
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, Execute):
@@ -226,7 +233,10 @@ class IMAPServerProtocol(SessionProtocol):
             self._authenticated(event)
         elif isinstance(event, StartTLS):
             self._start_tls()
-        elif isinstance(event, IdleStarted | IdleDone):
+        elif isinstance(event, IdleStarted):
+            self._fetch_new_messages()
+            self._deliver_notifications()
+        elif isinstance(event, IdleDone):
             pass
         elif isinstance(event, ConnectionClosing):
             self.log.debug(
@@ -271,10 +281,13 @@ class IMAPServerProtocol(SessionProtocol):
                     done = await handler(self, command)
             except CommandFailed as e:
                 if not self._lost:
+                    await self._notifications_before_tagged()
                     session.finish(e.status, e.text, e.code)
                 return
             if not self._lost:
+                await self._notifications_before_tagged()
                 session.finish("OK", done.text or f"{command.name} completed", done.code)
+                self._fetch_new_messages()
                 if self._compress_requested and self._deflater is None:
                     self._begin_compression()
 
@@ -375,9 +388,12 @@ class IMAPServerProtocol(SessionProtocol):
 
     def _told(self) -> None:
         session = self.session
-        if session is not None and session.idling and not self._lost:
+        if session is None or self._lost:
+            return
+        if session.idling or (session.notify_selected is not None and session.between_commands):
             session.mailbox_changed()
             self._flush()
+            self._fetch_new_messages()
 
     # -- what the command layer sees (txmail.imap.commands.context.CommandContext) --
 
@@ -407,6 +423,123 @@ class IMAPServerProtocol(SessionProtocol):
 
     def deselect(self) -> None:
         self._deselect()
+
+    # -- NOTIFY (RFC 5465, txmail.imap.commands.notify) --
+
+    def watch(self, state: NotifyState | None) -> None:
+        """See :meth:`txmail.imap.commands.context.CommandContext.watch`."""
+        self._notify = state
+        session = self.session
+        if session is not None:
+            session.notify_selected = None if state is None else state.selected
+            later = state is not None and state.fetch_from_store
+            fetch = () if state is None or later else state.selected_fetch
+            session.notify_fetch = frozenset(a.name for a in fetch)
+            session.notify_fetch_later = later
+            session.notify_flag_uid = state is not None and state.selected_flags
+        wanted = state is not None and state.watches_other_mailboxes and self.store is not None
+        if wanted and self._remove_store_listener is None:
+            self._remove_store_listener = self.store.add_store_listener(self._store_changed)
+        elif not wanted and self._remove_store_listener is not None:
+            self._remove_store_listener()
+            self._remove_store_listener = None
+
+    def _store_changed(self, change: FolderChange) -> None:
+        """The store listener (must not raise or block): queue, and tell at once if the client may be told."""
+        state, session = self._notify, self.session
+        if state is None or session is None or self._lost:
+            return
+        selected = self.mailbox.name if self.mailbox is not None else None
+        if state.heard(change, selected=selected, own=command_names(session.pending_command)):
+            self._deliver_notifications()
+
+    def _deliver_notifications(self) -> None:
+        """While idling or between commands (RFC 5465 section 1), write what waits now."""
+        session, state = self.session, self._notify
+        if session is None or state is None or self._lost or self._delivering:
+            return
+        if not state.pending or not (session.idling or session.between_commands):
+            return
+        if self._reply_gate.paused:
+            # The client does not read: keep it queued (coalesced, bounded) until it does.
+            return
+
+        async def deliver() -> None:
+            self._delivering = True
+            try:
+                responses = await state.responses(session)
+            finally:
+                self._delivering = False
+            if self._lost or self.session is not session:
+                return
+            session.unsolicited(*serialize.render_all(responses, utf8_names=utf8_names(session.enabled)))
+            self._flush()
+            self._after_notifications(state)
+            if state.pending:
+                self._deliver_notifications()
+
+        defer.ensureDeferred(deliver()).addErrback(
+            lambda f: self.log.failure("NOTIFY delivery failed", failure=f, session_id=self.session_id)
+        )
+
+    async def _notifications_before_tagged(self) -> None:
+        """What waits goes out before a command's tagged response (MessageNew's FETCH after its EXISTS)."""
+        state, session = self._notify, self.session
+        if state is None or session is None:
+            return
+        if session.notify_fetch_later:
+            session.push_updates()
+            while (uids := session.take_new_messages()) and session.view is not None:
+                view, mailbox = session.view, self.mailbox
+                self.emit(*await new_message_fetches(view, mailbox, uids, state.selected_fetch))
+                if self._lost or session.view is not view:
+                    return
+                session.push_updates()
+        if not state.pending:
+            return
+        responses = await state.responses(session)
+        if not self._lost:
+            self.emit(*responses)
+            self._after_notifications(state)
+
+    def _output_drained(self) -> None:
+        super()._output_drained()
+        self._deliver_notifications()
+
+    def _fetch_new_messages(self) -> None:
+        """
+        NOTIFY's MessageNew fetch attributes that need the store: read them
+        for the messages the last EXISTS told of and write the FETCHes
+        before anything else (the session waits meanwhile).
+        """
+        session, state = self.session, self._notify
+        if session is None or state is None or not session.notify_fetch_later or self._lost:
+            return
+        uids = session.take_new_messages()
+        view, mailbox = session.view, self.mailbox
+        if not uids or view is None or mailbox is None:
+            return
+
+        async def fetch() -> None:
+            responses = await new_message_fetches(view, mailbox, uids, state.selected_fetch)
+            if not self._lost and session.view is view:
+                session.unsolicited(
+                    *serialize.render_all(responses, utf8_names=utf8_names(session.enabled))
+                )
+                self._flush()
+
+        d = defer.ensureDeferred(fetch())
+        d.addErrback(
+            lambda f: self.log.failure(
+                "NOTIFY MessageNew fetch failed", failure=f, session_id=self.session_id
+            )
+        )
+        self._wait(d)
+
+    def _after_notifications(self, state: NotifyState) -> None:
+        """After ``OK [NOTIFICATIONOVERFLOW]``: as after NOTIFY NONE (RFC 5465 section 5.8)."""
+        if state.overflowed and self._notify is state:
+            self.watch(None)
 
     # -- COMPRESS=DEFLATE (RFC 4978) --
 

@@ -52,6 +52,7 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -162,6 +163,18 @@ class IMAPSession(SessionCore[Event]):
         self.view: SelectedView | None = None
         #: The extensions ENABLEd (RFC 5161), explicitly or by using them (RFC 7162 CONDSTORE).
         self.enabled: set[str] = set()
+        #: NOTIFY (RFC 5465 section 6.1): ``"SELECTED"`` or ``"SELECTED-DELAYED"``
+        #: when the selected mailbox's changes are pushed between commands.
+        self.notify_selected: str | None = None
+        #: NOTIFY's MessageNew fetch attributes for the selected mailbox when
+        #: they are ``UID`` and ``FLAGS`` only (told from the view, after EXISTS).
+        self.notify_fetch: frozenset[str] = frozenset()
+        #: True when they need the store: the UIDs of the new messages told
+        #: by EXISTS are kept for the adapter (:meth:`take_new_messages`).
+        self.notify_fetch_later = False
+        #: NOTIFY's FlagChange for the selected mailbox: flag changes are told with UID (section 5.1).
+        self.notify_flag_uid = False
+        self._new_messages: list[int] = []
         self.bad_commands = 0
         self._framer = self._new_framer()
         self._tag: str | None = None  # of the command being answered
@@ -261,27 +274,69 @@ class IMAPSession(SessionCore[Event]):
             raise RuntimeError("finish() answers an Execute event")
         command = event.command
         self._command = None
-        self._flush_updates(allow_expunge=not COMMANDS[command.name].withholds_expunge)
+        # RFC 5465 section 5.3: with NOTIFY SELECTED, expunges are not held back.
+        immediate = self.notify_selected == "SELECTED"
+        self._flush_updates(allow_expunge=immediate or not COMMANDS[command.name].withholds_expunge)
         self._complete(command.tag, status, text, code)
 
     def select(self, view: SelectedView) -> None:
         """The pending SELECT/EXAMINE opened *view* (call before :meth:`finish`)."""
         self.view = view
+        self._new_messages = []
         self.state = State.SELECTED
 
     def unselect(self) -> None:
         """Leave the selected state (CLOSE, UNSELECT, a failed SELECT)."""
         self.view = None
+        self._new_messages = []
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
     def mailbox_changed(self) -> None:
         """
         The view has new changes queued: while idling, tell the client now;
-        otherwise they go out when the next command completes.
+        with NOTIFY SELECTED or SELECTED-DELAYED (RFC 5465 section 6.1) also
+        when no command is in progress (EXPUNGE only with SELECTED: RFC
+        3501 section 7.4.1 holds it back otherwise); else they go out when
+        the next command completes.
         """
         if self._idling:
             self._flush_updates(allow_expunge=True)
+        elif self.notify_selected is not None and self.between_commands:
+            self._flush_updates(allow_expunge=self.notify_selected == "SELECTED")
+
+    def take_new_messages(self) -> list[int]:
+        """
+        The UIDs of the messages told by EXISTS since the last call, when
+        NOTIFY's MessageNew asks for fetch attributes the adapter must read
+        from the store (:attr:`notify_fetch_later`).
+        """
+        uids, self._new_messages = self._new_messages, []
+        return uids
+
+    def push_updates(self) -> None:
+        """
+        Tell the selected mailbox's changes now, as the running command's
+        completion would (its EXPUNGE rule): the adapter then fetches
+        NOTIFY's MessageNew attributes before the tagged response.
+        """
+        command = self.pending_command
+        withholds = command is not None and COMMANDS[command.name].withholds_expunge
+        self._flush_updates(allow_expunge=self.notify_selected == "SELECTED" or not withholds)
+
+    @property
+    def between_commands(self) -> bool:
+        """Logged in, and no command is in progress: unsolicited responses may go out (RFC 5465)."""
+        return self._pending is None and self.state in (State.AUTHENTICATED, State.SELECTED)
+
+    def unsolicited(self, *data: bytes) -> None:
+        """
+        Write untagged responses that belong to no command (NOTIFY's STATUS
+        and LIST, RFC 5465): the adapter calls it while idling, between
+        commands, or while a command runs (before its tagged response).
+        """
+        for piece in data:
+            self._write(piece)
 
     def accept(self, value: object = None) -> None:
         """Answer the pending PasswordCheck, AuthStep or StartTLS (see :mod:`txmail.imap.events`)."""
@@ -346,8 +401,27 @@ class IMAPSession(SessionCore[Event]):
         self._write(serialize.tagged(tag, status, text, code))
 
     def _flush_updates(self, *, allow_expunge: bool) -> None:
-        if self.view is not None:
-            self._write(self.view.updates(allow_expunge=allow_expunge))
+        view = self.view
+        if view is None:
+            return
+        view.flags_with_uid = self.notify_flag_uid
+        if not self.notify_fetch and not self.notify_fetch_later:
+            self._write(view.updates(allow_expunge=allow_expunge))
+            return
+        # RFC 5465 section 5.2: MessageNew's FETCH follows the EXISTS.
+        known = view.max_uid
+        self._write(view.updates(allow_expunge=allow_expunge))
+        start = bisect.bisect_right(view.uids, known)
+        if self.notify_fetch_later:
+            self._new_messages.extend(view.uids[start:])
+            return
+        with_uid = "UID" in self.notify_fetch
+        for i in range(start, len(view.uids)):
+            uid = view.uids[i]
+            if "FLAGS" in self.notify_fetch:
+                self._write(view.fetch_flags(i + 1, uid, with_uid=with_uid))
+            else:
+                self._write(serialize.fetch_uid(i + 1, uid))
 
     def _close(self, line: bytes, reason: str) -> None:
         self._sasl = None

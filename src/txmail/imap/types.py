@@ -46,6 +46,8 @@ __all__ = [
     "Lsub",
     "Move",
     "NoArgs",
+    "Notify",
+    "NotifyGroup",
     "Rename",
     "Replace",
     "Search",
@@ -541,6 +543,37 @@ class Enable:
     capabilities: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyGroup:
+    """
+    One ``event-group`` of NOTIFY SET (RFC 5465 section 8).
+
+    Attributes:
+        filter: ``SELECTED``, ``SELECTED-DELAYED``, ``INBOXES``,
+            ``PERSONAL``, ``SUBSCRIBED``, ``SUBTREE`` or ``MAILBOXES``
+            (upper-cased).
+        mailboxes: the names of ``SUBTREE`` and ``MAILBOXES`` (decoded, as
+            mailbox names are), else ``()``.
+        events: the event names as spelled in RFC 5465 section 5
+            (``MessageNew``...; an unknown ``event-ext`` upper-cased);
+            ``()`` for ``NONE``.
+        fetch: the fetch attributes of ``MessageNew``, ``()`` when none.
+    """
+
+    filter: str
+    mailboxes: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    fetch: tuple[FetchAttribute, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """NOTIFY (RFC 5465): ``groups`` is ``None`` for NOTIFY NONE; ``status`` for SET STATUS."""
+
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False
+
+
 CommandArgs = (
     NoArgs
     | Authenticate
@@ -570,6 +603,7 @@ CommandArgs = (
     | Enable
     | Replace
     | Compress
+    | Notify
 )
 
 

@@ -275,6 +275,8 @@ class SelectedView:
         self.highest_modseq = 0
         self.condstore = False
         self.qresync = False
+        #: Flag changes are told with their UID (NOTIFY FlagChange, RFC 5465 section 5.1).
+        self.flags_with_uid = False
         self._told_exists = len(self.uids)
         self._told_recent = len(self.recent)
         self.shows_recent = True
@@ -489,7 +491,7 @@ class SelectedView:
                     # RFC 7162 section 3.1: with UID and MODSEQ once enabled.
                     out.append(self.fetch_flags(seq, u, with_uid=True, modseq=modseqs.get(u)))
                 else:
-                    out.append(self.fetch_flags(seq, u))
+                    out.append(self.fetch_flags(seq, u, with_uid=self.flags_with_uid))
         return b"".join(out)
 
     def expunge(self, uids: Iterable[int]) -> list[int]:

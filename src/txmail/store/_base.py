@@ -30,11 +30,13 @@ from txmail.model import (
     INBOX,
     SEEN,
     FlagMode,
+    FolderChange,
     FolderInfo,
     MailboxChange,
     MailboxDeleted,
     MailboxStatus,
     MessageInfo,
+    MessagesChanged,
     SpecialUse,
     match_mailbox_pattern,
     normalize_flags,
@@ -44,6 +46,7 @@ from txmail.model import (
 __all__ = [
     "Listener",
     "MailboxState",
+    "StoreListeners",
     "check_name",
     "folder_infos",
     "generic_copy",
@@ -133,6 +136,44 @@ def folder_infos(
     ]
     out.sort(key=lambda f: (f.name != INBOX, f.name))
     return out
+
+
+class StoreListeners:
+    """
+    The store listeners of :class:`txmail.interfaces.IStoreChanges`, for a
+    store class to inherit: it calls :meth:`_tell_store` after each folder
+    or subscription change, and its mailboxes (:meth:`MailboxState._notify`)
+    after each message change, only when a listener is registered.
+    """
+
+    log = Logger()
+
+    _store_listeners: dict[int, Callable[[FolderChange], None]]
+    _store_listener_token: int
+
+    def _init_store_listeners(self) -> None:
+        self._store_listeners = {}
+        self._store_listener_token = 0
+
+    def add_store_listener(self, listener: Callable[[FolderChange], None]) -> Callable[[], None]:
+        """See :meth:`txmail.interfaces.IStoreChanges.add_store_listener`."""
+        self._store_listener_token += 1
+        token = self._store_listener_token
+        self._store_listeners[token] = listener
+
+        def remove() -> None:
+            self._store_listeners.pop(token, None)
+
+        return remove
+
+    def _tell_store(self, *changes: FolderChange) -> None:
+        """Tell every store listener about *changes*; a failing listener is logged, not fatal."""
+        for listener in list(self._store_listeners.values()):
+            for change in changes:
+                try:
+                    listener(change)
+                except Exception:
+                    self.log.failure("store listener failed")
 
 
 class MailboxState:
@@ -295,12 +336,19 @@ class MailboxState:
         ]
 
     def _notify(self, change: MailboxChange) -> None:
-        """Tell every listener about *change*; a failing listener is logged, not fatal."""
+        """
+        Tell every listener about *change*; a failing listener is logged,
+        not fatal.  Then the store's listeners (:class:`StoreListeners`),
+        if it has any, hear it as :class:`~txmail.model.MessagesChanged`.
+        """
         for listener in list(self._listeners.values()):
             try:
                 listener(change)
             except Exception:
                 self.log.failure("mailbox listener failed for {mailbox}", mailbox=self.name)
+        store = getattr(self, "store", None)
+        if getattr(store, "_store_listeners", None) and not isinstance(change, MailboxDeleted):
+            store._tell_store(MessagesChanged(self.name, change, self))
 
     def _mark_deleted(self) -> None:
         """The mailbox is gone: tell listeners and refuse further use."""

@@ -107,25 +107,37 @@ from zope.interface import implementer
 from txmail import mime
 from txmail._fs import RunBlocking, fsync_dir, run_inline
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
+from txmail.interfaces import (
+    IExpungeHistory,
+    IMailbox,
+    IMailStore,
+    IMailStoreProvider,
+    IStorageUsage,
+    IStoreChanges,
+)
 from txmail.model import (
     DELIMITER,
     INBOX,
     FlagMode,
     FlagsChanged,
+    FolderCreated,
+    FolderDeleted,
     FolderInfo,
+    FolderRenamed,
     MessageFile,
     MessageInfo,
     MessageMetadata,
     MessagesAdded,
     MessagesExpunged,
     SpecialUse,
+    SubscriptionChanged,
     normalize_flags,
 )
 from txmail.quota import Usage
 from txmail.store import _maildir_io as io
 from txmail.store._base import (
     MailboxState,
+    StoreListeners,
     check_name,
     folder_infos,
     generic_copy,
@@ -636,6 +648,8 @@ class MaildirMailbox(MailboxState):
             if self.store._boxes.get(self.name) is self:
                 del self.store._boxes[self.name]
             self._mark_deleted()
+            if self.store._store_listeners:
+                self.store._tell_store(FolderDeleted(self.name))
             return Failure(NoSuchMailbox(self.name))
         return f
 
@@ -1074,8 +1088,8 @@ class MaildirMailbox(MailboxState):
 USAGE_RESCAN = 300.0
 
 
-@implementer(IMailStore, IStorageUsage)
-class MaildirStore:
+@implementer(IMailStore, IStorageUsage, IStoreChanges)
+class MaildirStore(StoreListeners):
     """
     One user's Maildir++ tree.  Get it from :meth:`MaildirProvider.store_for`.
 
@@ -1086,6 +1100,7 @@ class MaildirStore:
     log = Logger()
 
     def __init__(self, provider: MaildirProvider, user: str, root: str) -> None:
+        self._init_store_listeners()
         self._provider = provider
         self.user = user
         self.root = root
@@ -1263,7 +1278,14 @@ class MaildirStore:
         """Create *name* and its missing parents (under the store lock)."""
         todo = [*self._missing_parents(name, existing), name]
         folders = [(folder_dir_name(n), self._alloc_uidvalidity()) for n in todo]
-        return self._run(io.create_folders, self.root, folders, folder_dir_name(name))
+        d = self._run(io.create_folders, self.root, folders, folder_dir_name(name))
+
+        def created(result: None) -> None:
+            if self._store_listeners:
+                self._tell_store(*(FolderCreated(n) for n in todo))
+            return result
+
+        return d.addCallback(created)
 
     @defer.inlineCallbacks
     def _with_serials(self, names: list[str], fn: Callable[[], Any]) -> Generator[Any, Any, Any]:
@@ -1297,6 +1319,9 @@ class MaildirStore:
         box = self._boxes.pop(name, None)
         if box is not None:
             box._mark_deleted()
+        if self._store_listeners:
+            parent = any(n.startswith(name + DELIMITER) for n in existing)
+            self._tell_store(FolderDeleted(name, parent=parent))
         if self._roles.pop(name, None) is not None:
             yield self._write_roles()
 
@@ -1338,6 +1363,11 @@ class MaildirStore:
             box = self._boxes.pop(n, None)
             if box is not None:
                 box._mark_deleted()
+        if self._store_listeners:
+            made = [
+                FolderCreated(n) for n in self._missing_parents(new, existing) if n not in renamed.values()
+            ]
+            self._tell_store(*made, *(FolderRenamed(n, renamed[n]) for n in moving))
         moved_roles = {renamed[n]: r for n, r in self._roles.items() if n in renamed}
         if moved_roles:
             self._roles = {n: r for n, r in self._roles.items() if n not in renamed}
@@ -1353,6 +1383,8 @@ class MaildirStore:
         if name not in self._subscriptions:
             self._subscriptions.add(name)
             yield self._write_subscriptions()
+            if self._store_listeners:
+                self._tell_store(SubscriptionChanged(name, True))
 
     @_locked
     def unsubscribe(self, name: str) -> Generator[Any, Any, None]:
@@ -1362,6 +1394,8 @@ class MaildirStore:
             raise NoSuchMailbox(name)
         self._subscriptions.discard(name)
         yield self._write_subscriptions()
+        if self._store_listeners:
+            self._tell_store(SubscriptionChanged(name, False))
 
     def subscriptions(self) -> defer.Deferred[list[str]]:
         """See :meth:`txmail.interfaces.IMailStore.subscriptions`."""

@@ -25,24 +25,36 @@ from zope.interface import implementer
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
+from txmail.interfaces import (
+    IExpungeHistory,
+    IMailbox,
+    IMailStore,
+    IMailStoreProvider,
+    IStorageUsage,
+    IStoreChanges,
+)
 from txmail.model import (
     DELIMITER,
     INBOX,
     FlagMode,
     FlagsChanged,
+    FolderCreated,
+    FolderDeleted,
     FolderInfo,
+    FolderRenamed,
     MessageFile,
     MessageInfo,
     MessageMetadata,
     MessagesAdded,
     MessagesExpunged,
     SpecialUse,
+    SubscriptionChanged,
     normalize_flags,
 )
 from txmail.quota import Usage
 from txmail.store._base import (
     MailboxState,
+    StoreListeners,
     check_name,
     folder_infos,
     generic_copy,
@@ -221,11 +233,12 @@ class MemoryMailbox(MailboxState):
         self._check_alive()
 
 
-@implementer(IMailStore, IStorageUsage)
-class MemoryStore:
+@implementer(IMailStore, IStorageUsage, IStoreChanges)
+class MemoryStore(StoreListeners):
     """One user's mailboxes, in memory.  Created by :class:`MemoryProvider`."""
 
     def __init__(self, user: str) -> None:
+        self._init_store_listeners()
         self.user = user
         self._last_uidvalidity = 0
         self._boxes: dict[str, MemoryMailbox] = {}
@@ -243,12 +256,16 @@ class MemoryStore:
         prefix = name + DELIMITER
         return any(n.startswith(prefix) for n in self._boxes)
 
-    def _create_parents(self, name: str) -> None:
+    def _create_parents(self, name: str) -> list[FolderCreated]:
+        """Create the missing parents of *name*; the events telling it."""
         parts = name.split(DELIMITER)
+        created = []
         for i in range(1, len(parts)):
             parent = DELIMITER.join(parts[:i])
             if parent not in self._boxes:
                 self._new_box(parent)
+                created.append(FolderCreated(parent))
+        return created
 
     @_guard
     def usage(self) -> Usage:
@@ -279,11 +296,13 @@ class MemoryStore:
         role = None if special_use is None else SpecialUse(special_use)
         if name in self._boxes:
             raise MailboxExists(name)
-        self._create_parents(name)
+        created = self._create_parents(name)
         self._new_box(name)
         if role is not None:
             self._roles = {n: r for n, r in self._roles.items() if r is not role}
             self._roles[name] = role
+        if self._store_listeners:
+            self._tell_store(*created, FolderCreated(name))
 
     @_guard
     def delete_mailbox(self, name: str) -> None:
@@ -298,6 +317,8 @@ class MemoryStore:
             raise NoSuchMailbox(name)
         self._roles.pop(name, None)
         box._mark_deleted()
+        if self._store_listeners:
+            self._tell_store(FolderDeleted(name, parent=self._has_children(name)))
 
     @_guard
     def rename_mailbox(self, old: str, new: str) -> None:
@@ -315,8 +336,10 @@ class MemoryStore:
             # a new mailbox and leaves INBOX empty; its children stay.
             if new in self._boxes:
                 raise MailboxExists(new)
-            self._create_parents(new)
+            created = self._create_parents(new)
             target = self._new_box(new)
+            if self._store_listeners:
+                self._tell_store(*created, FolderCreated(new))
             inbox = self._boxes[INBOX]
             inbox.move(list(inbox._infos), target)
             return
@@ -325,7 +348,7 @@ class MemoryStore:
         renamed = {n: new + n[len(old) :] for n in moving}
         if new in self._boxes or any(t in self._boxes for t in renamed.values()):
             raise MailboxExists(new)
-        self._create_parents(new)
+        created = self._create_parents(new)
         for name in moving:
             old_box = self._boxes.pop(name)
             box = MemoryMailbox(self, renamed[name], old_box.uidvalidity)
@@ -335,11 +358,17 @@ class MemoryStore:
             role = self._roles.pop(name, None)
             if role is not None:
                 self._roles[box.name] = role
+        if self._store_listeners:
+            self._tell_store(*created, *(FolderRenamed(n, renamed[n]) for n in moving))
 
     @_guard
     def subscribe(self, name: str) -> None:
         """See :meth:`txmail.interfaces.IMailStore.subscribe`."""
-        self._subscriptions.add(check_name(name))
+        name = check_name(name)
+        if name not in self._subscriptions:
+            self._subscriptions.add(name)
+            if self._store_listeners:
+                self._tell_store(SubscriptionChanged(name, True))
 
     @_guard
     def unsubscribe(self, name: str) -> None:
@@ -348,6 +377,8 @@ class MemoryStore:
         if name not in self._subscriptions:
             raise NoSuchMailbox(name)
         self._subscriptions.discard(name)
+        if self._store_listeners:
+            self._tell_store(SubscriptionChanged(name, False))
 
     @_guard
     def subscriptions(self) -> list[str]:

@@ -87,6 +87,13 @@ class CommandContext(Protocol):
     def copied(self, target: Any, pairs: list[tuple[int, int]], *, moved: bool) -> None:
         """COPY/MOVE put messages into *target* (``(source uid, target uid)``): tell the copy listeners."""
 
+    def watch(self, state: Any) -> None:
+        """
+        NOTIFY (RFC 5465): replace the session's
+        :class:`~txmail.imap.commands.notify.NotifyState` (``None`` for
+        NOTIFY NONE) and listen to the store's changes while it wants some.
+        """
+
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, awaited when it returns an awaitable (a store's Deferred)."""
