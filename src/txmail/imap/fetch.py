@@ -308,6 +308,23 @@ def _render_item(
     if name == "INTERNALDATE":
         when = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC)
         return b"INTERNALDATE " + serialize.date_time(when)
+    if name == "SAVEDATE":
+        # RFC 8514 section 4.2: NIL when the store keeps no save date.
+        if info.save_date is None:
+            return b"SAVEDATE NIL"
+        return b"SAVEDATE " + serialize.date_time(
+            datetime.datetime.fromtimestamp(info.save_date, datetime.UTC)
+        )
+    if name == "EMAILID":
+        # RFC 8474 section 5.1: "EMAILID" SP "(" objectid ")".  A store
+        # without ids (not IObjectIds) has none to tell: NIL, as for THREADID.
+        return (
+            b"EMAILID NIL" if info.email_id is None else b"EMAILID (" + info.email_id.encode("ascii") + b")"
+        )
+    if name == "THREADID":
+        # RFC 8474 section 5.2: NIL, the answer of a server that does not
+        # compute threads.
+        return b"THREADID NIL"
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE " + serialize.number(info.size)
     if name == "PREVIEW":

@@ -149,6 +149,7 @@ STATUS_ITEMS = frozenset(
         "DELETED",
         "DELETED-STORAGE",
         "HIGHESTMODSEQ",  # RFC 7162 section 3.1.7
+        "MAILBOXID",  # RFC 8474 section 4
     }
 )
 
@@ -680,6 +681,9 @@ def date_time(c: Cursor) -> datetime.datetime:
 _SIMPLE_FETCH = frozenset(
     {
         "MODSEQ",  # RFC 7162 section 3.1.4.2
+        "SAVEDATE",  # RFC 8514 section 4.2
+        "EMAILID",  # RFC 8474 section 5.1
+        "THREADID",  # RFC 8474 section 5.2
         "ENVELOPE",
         "FLAGS",
         "INTERNALDATE",
@@ -846,6 +850,7 @@ _SEARCH_FLAGS = frozenset(
         "NEW",
         "OLD",
         "RECENT",
+        "SAVEDATESUPPORTED",  # RFC 8514 section 4.3
         "SEEN",
         "UNANSWERED",
         "UNDELETED",
@@ -855,7 +860,11 @@ _SEARCH_FLAGS = frozenset(
     }
 )
 _SEARCH_STRING = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
-_SEARCH_DATE = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_SEARCH_DATE = frozenset(
+    {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
+)
+#: RFC 8474 section 6: ``"EMAILID" SP objectid / "THREADID" SP objectid``.
+_SEARCH_OBJECTID = frozenset({"EMAILID", "THREADID"})
 
 
 def search_key(c: Cursor) -> SearchNode:
@@ -909,6 +918,8 @@ def search_key(c: Cursor) -> SearchNode:
             return SearchKey(word, (sequence_set(c),))
         if word == "MODSEQ":
             return _search_modseq(c)
+        if word in _SEARCH_OBJECTID:
+            return SearchKey(word, (objectid(c),))
         if word == "NOT":
             return SearchNot(search_key(c))
         if word == "OR":
@@ -918,6 +929,18 @@ def search_key(c: Cursor) -> SearchNode:
         raise c.fail("Unknown search key")
     finally:
         c.leave()
+
+
+#: objectid = 1*255(ALPHA / DIGIT / "_" / "-")  (RFC 8474 section 7)
+_OBJECTID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def objectid(c: Cursor) -> str:
+    """``objectid = 1*255(ALPHA / DIGIT / "_" / "-")`` (RFC 8474 section 7); case-sensitive."""
+    text = c.take_while(_OBJECTID_CHARS)
+    if not text or len(text) > 255:
+        raise c.fail("Expected an object id")
+    return text.decode("ascii")
 
 
 def mod_sequence_value(c: Cursor, nonzero: bool = True) -> int:

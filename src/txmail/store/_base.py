@@ -24,7 +24,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from txmail.errors import InvalidMailboxName, NoSuchMailbox
-from txmail.store._ids import derived_email_id, new_email_id, new_mailbox_id
 from txmail.model import (
     DELETED,
     DELIMITER,
@@ -41,13 +40,14 @@ from txmail.model import (
     normalize_flags,
     normalize_mailbox_name,
 )
+from txmail.store._ids import derived_email_id, new_email_id, new_mailbox_id
 
 __all__ = [
     "Listener",
     "MailboxState",
     "check_name",
-    "folder_infos",
     "derived_email_id",
+    "folder_infos",
     "generic_copy",
     "new_email_id",
     "new_mailbox_id",
@@ -187,9 +187,7 @@ class MailboxState:
         self._modseq += 1
         return self._modseq
 
-    def _add(
-        self, entries: Iterable[tuple[frozenset[str], int, float, str | None]]
-    ) -> list[MessageInfo]:
+    def _add(self, entries: Iterable[tuple[frozenset[str], int, float, str | None]]) -> list[MessageInfo]:
         """
         Give each ``(flags, size, internal_date, email_id)`` the next UID, a
         modseq, the save date now (RFC 8514 section 3) and its email id (a

@@ -61,6 +61,7 @@ __all__ = [
     "deliver_bytes",
     "deliver_file",
     "file_sizes",
+    "folder_mailbox_id",
     "link_files",
     "list_folders",
     "make_user_dir",
@@ -76,7 +77,6 @@ __all__ = [
     "scan_folder",
     "unlink_files",
     "write_small",
-    "folder_mailbox_id",
 ]
 
 INDEX = "txmail-index"
