@@ -12,8 +12,9 @@ Maildir++ folders beside them (``.Sent/``, ``.Archive.2024/`` for
 names and flag letters).  Beside the messages of each folder:
 
 * ``txmail-index``: an append-only log of UIDs, flags, sizes (served
-  and on disk), internal dates and modseqs, with UIDVALIDITY, UIDNEXT,
-  HIGHESTMODSEQ and the ``\\Recent`` watermark.  It is rewritten (temp
+  and on disk), internal dates, modseqs, save dates (RFC 8514) and EMAILIDs
+  (RFC 8474), with UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and the
+  ``\\Recent`` watermark.  It is rewritten (temp
   file and rename) when it holds more than twice as many records as live
   messages.
 * ``txmail-cache``: parsed metadata (:func:`txmail.mime.encode_metadata`),
@@ -24,6 +25,8 @@ names and flag letters).  Beside the messages of each folder:
   when first asked for, and a whole one when its envelope or body
   structure is first used (:meth:`MaildirMailbox.get_metadata`).
 * ``dovecot-keywords``: keyword letters, as Dovecot keeps them.
+* ``txmail-mailboxid``: the folder's MAILBOXID (RFC 8474), written when
+  the folder is first opened; it moves with the directory on a rename.
 
 In the user's directory: ``subscriptions`` (one name per line),
 ``txmail-special-use.json`` (mailbox name -> RFC 6154 attribute) and
