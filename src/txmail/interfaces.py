@@ -38,6 +38,7 @@ __all__ = [
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
+    "IObjectIdProvider",
     "IObjectIds",
     "IQueue",
     "ISaveDates",
@@ -255,6 +256,15 @@ class IObjectIds(Interface):
     """
 
     mailbox_id = Attribute("The mailbox's MAILBOXID (str).")
+
+
+class IObjectIdProvider(Interface):
+    """
+    A marker on an :class:`IMailStoreProvider` whose mailboxes all provide
+    :class:`IObjectIds`.  The IMAP server advertises OBJECTID (RFC 8474)
+    only for such a provider: its capability list is sent before the user,
+    and so the store, is known.  The memory and Maildir providers are.
+    """
 
 
 class IMailbox(Interface):

@@ -22,17 +22,19 @@ from zope.interface import alsoProvides
 from tests.e2e._server import start_server
 from tests.imap.test_commands import FakeContext, FakeMailbox, command
 from tests.imap.test_condstore import parse
-from tests.imap.test_server import PASSWORD, USER, ServerTestCase
+from tests.imap.test_server import LOGIN, PASSWORD, USER, ServerTestCase
 from txmail.errors import UserExists
 from txmail.imap import fetch, search, serialize
-from txmail.imap.commands import capabilities
+from txmail.imap.commands import capabilities, objectid
 from txmail.imap.commands.context import run_now
 from txmail.imap.commands.mailboxes import create, status
 from txmail.imap.parser import ParseError
-from txmail.imap.responses import Done, StatusData
+from txmail.imap.responses import Done, StatusData, UntaggedOk
+from txmail.imap.session import IMAPSession
 from txmail.imap.types import Fetch, FetchAttribute, Search, SearchKey, Status
 from txmail.interfaces import IObjectIds
 from txmail.model import MessageInfo
+from txmail.store.memory import MemoryProvider
 
 __all__: list[str] = []
 
@@ -215,6 +217,51 @@ class ObjectIdServerTests(ServerTestCase):
         self.send(proto, transport, b"s1 SELECT Archive\r\n")
         copied = self.email_ids(self.send(proto, transport, b"f2 FETCH 1:* (EMAILID)\r\n"))
         self.assertEqual(copied, source)
+
+
+class ThirdPartyProvider:
+    """A provider of memory stores that does not declare IObjectIdProvider (a third-party backend)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryProvider()
+
+    def store_for(self, user: str) -> Any:
+        return self.inner.store_for(user)
+
+
+class WithheldTests(ServerTestCase):
+    """OBJECTID is advertised only for a store provider that declares object ids."""
+
+    def test_withheld(self) -> None:
+        """The greeting, CAPABILITY and LOGIN's OK leave OBJECTID out; the rest of the table stays."""
+        self.assertEqual(objectid.withheld(self.stores), frozenset())
+        provider = ThirdPartyProvider()
+        self.assertEqual(objectid.withheld(provider), frozenset({"OBJECTID"}))
+        proto, transport = self.connect(stores=provider)
+        greeting = transport.value()
+        self.assertNotIn(b"OBJECTID", greeting)
+        self.assertIn(b" SAVEDATE", greeting)
+        out = self.send(proto, transport, LOGIN)
+        self.assertNotIn(b"OBJECTID", out)
+        out = self.send(proto, transport, b"c1 CAPABILITY\r\n")
+        self.assertNotIn(b"OBJECTID", out)
+        self.assertIn(b" SAVEDATE", out)
+        proto, transport = self.connect()
+        self.assertIn(b" OBJECTID", transport.value())
+
+    def test_session(self) -> None:
+        """IMAPSession(withheld=...) filters the table's capabilities."""
+        self.assertIn("OBJECTID", IMAPSession().capabilities())
+        self.assertNotIn("OBJECTID", IMAPSession(withheld={"OBJECTID"}).capabilities())
+
+    def test_mailbox_without_ids(self) -> None:
+        """A mailbox without IObjectIds (or with a malformed id) gets no MAILBOXID at SELECT."""
+        self.assertEqual(objectid.select_response(FakeMailbox()), ())
+        box = IdMailbox()
+        alsoProvides(box, IObjectIds)
+        self.assertEqual(objectid.select_response(box), (UntaggedOk("Ok", "MAILBOXID (Fbox-1)"),))
+        box.mailbox_id = "F" * 256
+        self.assertEqual(objectid.select_response(box), ())
 
 
 class EndToEndTests(TestCase):

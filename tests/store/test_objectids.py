@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 
 from tests.store.conformance import USER, Gen, message
 from tests.store.test_line_ends import write_v1_index
-from txmail.interfaces import IObjectIds, ISaveDates
+from txmail.interfaces import IObjectIdProvider, IObjectIds, ISaveDates
 from txmail.model import DELETED, INBOX, SEEN, FlagMode
 from txmail.store import _maildir_io
 from txmail.store._ids import derived_email_id
@@ -61,7 +61,8 @@ class ObjectIdsMixin:
         return self.successResultOf(box.list_messages())  # type: ignore[attr-defined,no-any-return]
 
     def test_interfaces(self) -> None:
-        """Mailboxes provide ISaveDates and IObjectIds, with a well-formed MAILBOXID."""
+        """Mailboxes provide ISaveDates and IObjectIds, with a well-formed MAILBOXID; the provider says so."""
+        self.assertTrue(IObjectIdProvider.providedBy(self.provider))
         box = self.box()
         self.assertTrue(verifyObject(ISaveDates, box))
         self.assertTrue(verifyObject(IObjectIds, box))

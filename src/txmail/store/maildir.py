@@ -115,6 +115,7 @@ from txmail.interfaces import (
     IMailbox,
     IMailStore,
     IMailStoreProvider,
+    IObjectIdProvider,
     IObjectIds,
     ISaveDates,
     IStorageUsage,
@@ -1420,7 +1421,7 @@ class MaildirStore:
         return defer.succeed(None)
 
 
-@implementer(IMailStoreProvider)
+@implementer(IMailStoreProvider, IObjectIdProvider)
 class MaildirProvider:
     """
     Maildir stores below *root*: ``alice@Example.Test`` in

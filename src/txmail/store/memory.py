@@ -30,6 +30,7 @@ from txmail.interfaces import (
     IMailbox,
     IMailStore,
     IMailStoreProvider,
+    IObjectIdProvider,
     IObjectIds,
     ISaveDates,
     IStorageUsage,
@@ -379,7 +380,7 @@ class MemoryStore:
         return None
 
 
-@implementer(IMailStoreProvider)
+@implementer(IMailStoreProvider, IObjectIdProvider)
 class MemoryProvider:
     """Gives each user a :class:`MemoryStore`; the same user gets the same store."""
 

@@ -17,9 +17,11 @@ the FETCH and SEARCH code tell them:
 * ``SEARCH EMAILID id`` compares exactly (ids are case-sensitive);
   ``SEARCH THREADID id`` matches nothing (:mod:`txmail.imap.search`).
 
-A mailbox whose store does not provide :class:`~txmail.interfaces.IObjectIds`
-gets no ``MAILBOXID`` (left out of CREATE, SELECT and STATUS) and
-``EMAILID NIL``: never an error.
+OBJECTID is advertised only when the store provider declares that its
+mailboxes keep ids (:class:`~txmail.interfaces.IObjectIdProvider`,
+:func:`withheld`).  Should a mailbox have none all the same (or a client
+ask without the capability), it gets no ``MAILBOXID`` (left out of CREATE,
+SELECT and STATUS) and ``EMAILID NIL``: never an error.
 
 This module is sans-IO: it imports nothing from Twisted.
 """
@@ -33,9 +35,9 @@ from txmail.errors import StoreError
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import extension
 from txmail.imap.responses import UntaggedOk
-from txmail.interfaces import IObjectIds
+from txmail.interfaces import IObjectIdProvider, IObjectIds
 
-__all__ = ["OBJECTID", "created_code", "mailbox_id", "select_response"]
+__all__ = ["OBJECTID", "created_code", "mailbox_id", "select_response", "withheld"]
 
 OBJECTID = "OBJECTID"
 
@@ -44,6 +46,14 @@ _OBJECTID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 # RFC 8474 section 3: the capability.
 extension(OBJECTID)
+
+
+def withheld(provider: Any) -> frozenset[str]:
+    """
+    The capabilities not to advertise for the store *provider*: OBJECTID
+    unless it provides :class:`~txmail.interfaces.IObjectIdProvider`.
+    """
+    return frozenset() if IObjectIdProvider.providedBy(provider) else frozenset({OBJECTID})
 
 
 def mailbox_id(mailbox: Any) -> str | None:
