@@ -40,17 +40,14 @@ from txmail.model import (
     normalize_flags,
     normalize_mailbox_name,
 )
-from txmail.store._ids import derived_email_id, new_email_id, new_mailbox_id
+from txmail.store._ids import new_email_id
 
 __all__ = [
     "Listener",
     "MailboxState",
     "check_name",
-    "derived_email_id",
     "folder_infos",
     "generic_copy",
-    "new_email_id",
-    "new_mailbox_id",
     "next_uidvalidity",
     "select_uids",
 ]

@@ -55,11 +55,11 @@ from txmail.store._base import (
     check_name,
     folder_infos,
     generic_copy,
-    new_mailbox_id,
     next_uidvalidity,
     select_uids,
 )
 from txmail.store._crlf import bare_lf_count, to_crlf
+from txmail.store._ids import new_mailbox_id
 
 __all__ = ["MemoryMailbox", "MemoryProvider", "MemoryStore"]
 
