@@ -31,14 +31,21 @@ from txmail.imap.commands.mailboxes import create, status
 from txmail.imap.parser import ParseError
 from txmail.imap.responses import Done, StatusData, UntaggedOk
 from txmail.imap.session import IMAPSession
+from txmail.imap.thread import thread_id
 from txmail.imap.types import Fetch, FetchAttribute, Search, SearchKey, Status
 from txmail.interfaces import IObjectIds
+from txmail.mime import parse_metadata
 from txmail.model import MessageInfo
 from txmail.store.memory import MemoryProvider
 
 __all__: list[str] = []
 
 INFO = MessageInfo(4, frozenset(), 10, 1_600_000_000.0, 5, 1_600_000_100.0, "Mabc-_9")
+ROOT = b"Message-ID: <root@example.test>\r\nSubject: hello\r\n\r\nbody\r\n"
+REPLY = (
+    b"Message-ID: <reply2@example.test>\r\nIn-Reply-To: <reply1@example.test>\r\n"
+    b"References: <root@example.test>\r\n <reply1@example.test>\r\nSubject: Re: hello\r\n\r\nbody\r\n"
+)
 EMAILID_RE = re.compile(rb"EMAILID \((M[0-9a-f]{24})\)")
 
 
@@ -78,29 +85,58 @@ class RenderTests(SynchronousTestCase):
     """FETCH and SEARCH on MessageInfo's email_id (txmail.imap.fetch, txmail.imap.search)."""
 
     def test_fetch(self) -> None:
-        """RFC 8474 sections 5.1 and 5.2: EMAILID (id); THREADID NIL (no threads computed)."""
+        """RFC 8474 sections 5.1 and 5.2: EMAILID (id) and THREADID (id); NIL without ids."""
         items = (FetchAttribute("EMAILID"), FetchAttribute("THREADID"))
+        self.assertTrue(fetch.fetch_needs(items).metadata)
+        self.assertFalse(fetch.fetch_needs(items[:1]).metadata)
+        md = parse_metadata(REPLY)
         self.assertEqual(
-            fetch.render_fetch(1, items, INFO), b"* 1 FETCH (EMAILID (Mabc-_9) THREADID NIL)\r\n"
+            fetch.render_fetch(1, items, INFO, metadata=md),
+            b"* 1 FETCH (EMAILID (Mabc-_9) THREADID (%s))\r\n" % thread_id(md.headers).encode(),  # type: ignore[union-attr]
         )
-        bare = MessageInfo(4, frozenset(), 10, 1.0, 5)  # a store without ids
-        self.assertEqual(fetch.render_fetch(1, items, bare), b"* 1 FETCH (EMAILID NIL THREADID NIL)\r\n")
+        bare = MessageInfo(4, frozenset(), 10, 1.0, 5)  # a store without ids, a message without message ids
+        self.assertEqual(
+            fetch.render_fetch(1, items, bare, metadata=parse_metadata(b"Subject: x\r\n\r\n")),
+            b"* 1 FETCH (EMAILID NIL THREADID NIL)\r\n",
+        )
+
+    def test_thread_id(self) -> None:
+        """
+        RFC 8474 section 5.2: the thread's root is the first References id,
+        else the first In-Reply-To id, else the Message-ID; without any, the
+        message's own thread, named after its EMAILID.
+        """
+        root = thread_id(parse_metadata(ROOT).headers)
+        assert root is not None
+        self.assertRegex(root, r"^T[0-9a-f]{24}$")
+        self.assertEqual(thread_id(parse_metadata(REPLY).headers), root)
+        self.assertEqual(thread_id(parse_metadata(b"In-Reply-To: <root@example.test>\r\n\r\n").headers), root)
+        other = thread_id(parse_metadata(b"Message-ID: <other@example.test>\r\n\r\n").headers)
+        self.assertNotEqual(other, root)
+        alone = parse_metadata(b"Subject: no ids\r\n\r\n").headers
+        self.assertIsNone(thread_id(alone))
+        self.assertRegex(thread_id(alone, "M1") or "", r"^T[0-9a-f]{24}$")
+        self.assertNotEqual(thread_id(alone, "M1"), thread_id(alone, "M2"))
 
     def test_search(self) -> None:
-        """RFC 8474 section 6: EMAILID matches exactly; THREADID matches nothing."""
+        """RFC 8474 section 6: EMAILID and THREADID match exactly."""
         ctx = search.SearchContext(max_seq=1, max_uid=4)
+        md = parse_metadata(REPLY)
 
         def hits(key: bytes, info: MessageInfo = INFO) -> bool:
             args = parse(b"a SEARCH " + key).args
             assert isinstance(args, Search)
-            return search.matches(args.key, ctx, 1, info)
+            return search.matches(args.key, ctx, 1, info, md)
 
         self.assertTrue(hits(b"EMAILID Mabc-_9"))
         self.assertFalse(hits(b"EMAILID MABC-_9"))
         self.assertFalse(hits(b"EMAILID Mabc"))
+        self.assertTrue(hits(b"THREADID " + (thread_id(md.headers) or "").encode()))
+        self.assertFalse(hits(b"THREADID " + (thread_id(md.headers) or "").upper().encode()))
         self.assertTrue(hits(b"NOT THREADID Mabc-_9"))
         self.assertFalse(hits(b"EMAILID Mabc-_9", MessageInfo(4, frozenset(), 10, 1.0, 5)))
         self.assertFalse(search.search_needs(parse(b"a SEARCH EMAILID M1").args.key).metadata)  # type: ignore[union-attr]
+        self.assertTrue(search.search_needs(parse(b"a SEARCH THREADID T1").args.key).metadata)  # type: ignore[union-attr]
 
 
 class IdMailbox(FakeMailbox):
@@ -189,19 +225,36 @@ class ObjectIdServerTests(ServerTestCase):
         self.assertIn(b"* STATUS INBOX (MAILBOXID (%s))\r\n" % self.mailbox.mailbox_id.encode(), out)
 
     def test_fetch_and_search(self) -> None:
-        """RFC 8474 sections 5 and 6: FETCH EMAILID/THREADID; SEARCH EMAILID finds the message."""
+        """RFC 8474 sections 5 and 6: FETCH EMAILID/THREADID; SEARCH EMAILID and THREADID find the messages."""
+        self.successResultOf(self.mailbox.append(ROOT))
+        self.successResultOf(self.mailbox.append(REPLY))
         proto, transport = self.login()
         out = self.send(proto, transport, b"f1 FETCH 1:* (EMAILID THREADID)\r\n")
         infos = self.successResultOf(self.mailbox.list_messages())
+        root = (thread_id(parse_metadata(ROOT).headers) or "").encode()
+        own = [
+            (thread_id((), i.email_id) or "").encode() for i in infos[:2]
+        ]  # no message ids: threads of their own
         self.assertEqual(
             out,
-            b"* 1 FETCH (EMAILID (%s) THREADID NIL)\r\n* 2 FETCH (EMAILID (%s) THREADID NIL)\r\n"
-            b"f1 OK FETCH completed\r\n" % (infos[0].email_id.encode(), infos[1].email_id.encode()),
+            b"* 1 FETCH (EMAILID (%s) THREADID (%s))\r\n* 2 FETCH (EMAILID (%s) THREADID (%s))\r\n"
+            b"* 3 FETCH (EMAILID (%s) THREADID (%s))\r\n* 4 FETCH (EMAILID (%s) THREADID (%s))\r\n"
+            b"f1 OK FETCH completed\r\n"
+            % (
+                infos[0].email_id.encode(),
+                own[0],
+                infos[1].email_id.encode(),
+                own[1],
+                infos[2].email_id.encode(),
+                root,
+                infos[3].email_id.encode(),
+                root,
+            ),
         )
         out = self.send(proto, transport, b"f2 UID SEARCH EMAILID %s\r\n" % infos[1].email_id.encode())
         self.assertEqual(out, b"* SEARCH %d\r\nf2 OK SEARCH completed\r\n" % infos[1].uid)
-        out = self.send(proto, transport, b"f3 SEARCH THREADID T1\r\n")
-        self.assertEqual(out, b"* SEARCH\r\nf3 OK SEARCH completed\r\n")
+        out = self.send(proto, transport, b"f3 SEARCH THREADID %s\r\n" % root)
+        self.assertEqual(out, b"* SEARCH 3 4\r\nf3 OK SEARCH completed\r\n")
         out = self.send(proto, transport, b"f4 SEARCH EMAILID\r\n")
         self.assertTrue(out.startswith(b"f4 BAD "), out)
         out = self.send(proto, transport, b"f5 FETCH 1 (EMAILID\r\n")
@@ -316,7 +369,7 @@ class EndToEndTests(TestCase):
         assert mailbox_id is not None, one["created"]
         self.assertEqual(one["status"], b"Work (MAILBOXID (%s))" % mailbox_id.group(1))
         (email_id,) = EMAILID_RE.findall(one["fetched"])
-        self.assertIn(b"THREADID NIL", one["fetched"])
+        self.assertRegex(one["fetched"], rb"THREADID \(T[0-9a-f]{24}\)")
         self.assertEqual(EMAILID_RE.findall(one["copied"]), [email_id])
 
         yield server.stopService()

@@ -90,9 +90,9 @@ Matching rules and deviations
   internal date's, and the internal date's for a message whose store keeps
   no save date; ``SAVEDATESUPPORTED`` matches the messages that have one
   (every message of a mailbox whose store keeps them, none otherwise).
-* ``EMAILID`` compares the RFC 8474 EMAILID exactly (object ids are
-  case-sensitive, RFC 8474 section 7); ``THREADID`` matches nothing, as no
-  message has a THREADID (FETCH answers NIL, section 5.2).
+* ``EMAILID`` and ``THREADID`` compare the RFC 8474 ids exactly (object
+  ids are case-sensitive, RFC 8474 section 7); the THREADID is
+  :func:`txmail.imap.thread.thread_id`'s, from the header fields.
 * ``MODSEQ`` (RFC 7162 section 3.1.5) is evaluated if a key tree holds it
   (its last argument is the mod-sequence; a message matches when its
   modseq is at least that); the parser does not produce it yet.
@@ -136,7 +136,7 @@ ESEARCH_OPTIONS = serialize.ESEARCH_OPTIONS
 
 #: Keys that read header fields.
 _HEADER_KEYS = frozenset(
-    {"BCC", "CC", "FROM", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"}
+    {"BCC", "CC", "FROM", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO", "THREADID"}
 )
 #: Keys that read the message text.
 _MESSAGE_KEYS = frozenset({"BODY", "TEXT"})
@@ -169,7 +169,7 @@ class SearchNeeds:
 
     Attributes:
         metadata: a header key (FROM, TO, CC, BCC, SUBJECT, HEADER,
-            SENTBEFORE, SENTON, SENTSINCE) is somewhere in the tree.
+            SENTBEFORE, SENTON, SENTSINCE, THREADID) is somewhere in the tree.
         message: BODY or TEXT is somewhere in the tree.  Their header part
             uses the metadata when given, else parses the message.
     """
@@ -451,7 +451,9 @@ def _leaf(key: SearchKey, ctx: SearchContext, seq: int, info: MessageInfo, facts
     if name == "EMAILID":
         return info.email_id is not None and info.email_id == _str(args[0])
     if name == "THREADID":
-        return False  # no message has a THREADID (FETCH THREADID is NIL)
+        from txmail.imap.thread import thread_id  # thread.py imports this module
+
+        return thread_id(facts.need_metadata(name).headers, info.email_id) == _str(args[0])
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         sent = facts.sent(name)
         return sent is not None and _compare_date(name[4:], sent, _date(args[0]))

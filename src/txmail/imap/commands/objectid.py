@@ -12,10 +12,16 @@ the FETCH and SEARCH code tell them:
   in LIST-STATUS).
 * ``FETCH EMAILID`` (section 5.1): the store's id of the message
   (:mod:`txmail.imap.fetch`); a copy or move keeps it.
-* ``FETCH THREADID`` (section 5.2): always ``NIL``, the answer the RFC
-  gives a server that does not compute threads.
-* ``SEARCH EMAILID id`` compares exactly (ids are case-sensitive);
-  ``SEARCH THREADID id`` matches nothing (:mod:`txmail.imap.search`).
+* ``FETCH THREADID`` (section 5.2): computed from the cached header
+  fields, not kept by the stores (:func:`txmail.imap.thread.thread_id`):
+  the thread's root is the first ``References`` id, else the first
+  ``In-Reply-To`` id, else the message's own ``Message-ID``, and the id is
+  ``T`` and 96 bits of its hash, so every message naming the same first
+  message shares it and it never changes; a message without these fields
+  is a thread of its own (named after its EMAILID).  Not RFC 5256
+  threading: no subject grouping, no repair of broken chains.
+* ``SEARCH EMAILID id`` and ``SEARCH THREADID id`` compare exactly (ids
+  are case-sensitive) (:mod:`txmail.imap.search`).
 
 OBJECTID is advertised only when the store provider declares that its
 mailboxes keep ids (:class:`~txmail.interfaces.IObjectIdProvider`,
