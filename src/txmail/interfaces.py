@@ -38,7 +38,10 @@ __all__ = [
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
+    "IObjectIdProvider",
+    "IObjectIds",
     "IQueue",
+    "ISaveDates",
     "IStorageUsage",
     "IStoreChanges",
 ]
@@ -251,6 +254,48 @@ class IExpungeHistory(Interface):
         or never given (RFC 7162 section 3.2.6 allows reporting messages
         expunged before *modseq*).
         """
+
+
+class ISaveDates(Interface):
+    """
+    A mailbox that keeps when each message was saved into it (RFC 8514
+    section 3, the IMAP SAVEDATE extension): every
+    :class:`txmail.model.MessageInfo` it gives has ``save_date`` set, to the
+    time the message was delivered, appended, copied or moved in, never
+    changed while the message stays.  Optional beside :class:`IMailbox`:
+    for a mailbox without it, IMAP answers ``SAVEDATE NIL`` and searches
+    the internal date instead (RFC 8514 sections 4.2 and 4.3).  The memory
+    and Maildir stores provide it (the Maildir store in its index).
+    """
+
+
+class IObjectIds(Interface):
+    """
+    A mailbox with the persistent object ids of RFC 8474 (IMAP OBJECTID):
+    its own :attr:`mailbox_id`, and an ``email_id`` on every
+    :class:`txmail.model.MessageInfo` it gives.  Optional beside
+    :class:`IMailbox`.
+
+    Ids are 1 to 255 characters of ``[A-Za-z0-9_-]`` (RFC 8474 section 3,
+    and the ``Id`` of JMAP, RFC 8620 section 1.2, so that a JMAP server over
+    the same store can use them as they are).  The mailbox id never changes
+    while the mailbox exists, also across a rename (of the mailbox or a
+    parent) and restarts, and is never given to another mailbox (a deleted
+    and re-created name gets a new one).  A message keeps its email id
+    across restarts, and :meth:`IMailbox.copy` and :meth:`IMailbox.move`
+    give the new message the source's (RFC 8474 section 5.1).
+    """
+
+    mailbox_id = Attribute("The mailbox's MAILBOXID (str).")
+
+
+class IObjectIdProvider(Interface):
+    """
+    A marker on an :class:`IMailStoreProvider` whose mailboxes all provide
+    :class:`IObjectIds`.  The IMAP server advertises OBJECTID (RFC 8474)
+    only for such a provider: its capability list is sent before the user,
+    and so the store, is known.  The memory and Maildir providers are.
+    """
 
 
 class IMailbox(Interface):

@@ -207,6 +207,14 @@ class MessageInfo:
         internal_date: seconds since the epoch (UTC) when it arrived.
         modseq: the mailbox modification sequence of this message's last
             change (RFC 7162), strictly increasing within the mailbox.
+        save_date: seconds since the epoch (UTC) when the message was saved
+            into this mailbox (delivery, append, copy, move; RFC 8514
+            section 3), or ``None`` from a store that does not keep it
+            (see :class:`txmail.interfaces.ISaveDates`).
+        email_id: the message's RFC 8474 EMAILID (1 to 255 characters of
+            ``[A-Za-z0-9_-]``), kept by a copy or move, or ``None`` from a
+            store that does not keep one (see
+            :class:`txmail.interfaces.IObjectIds`).
     """
 
     uid: int
@@ -214,6 +222,8 @@ class MessageInfo:
     size: int
     internal_date: float
     modseq: int
+    save_date: float | None = None
+    email_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,9 @@ class ExtensionTests(IMAPTestCase):
         out = yield deferToThread(run)
         # The default folders (Sent...) were made at login: \Sent is taken.
         self.assertTrue(out["create"][-1].startswith(b"c1 NO [USEATTR] "), out["create"])
-        self.assertEqual(out["create_new"], [b"c2 OK CREATE completed\r\n"])
+        # RFC 8474 section 4.1: CREATE tells the new mailbox's MAILBOXID.
+        (created,) = out["create_new"]
+        self.assertRegex(created, rb"^c2 OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n$")
         self.assertRegex(out["multi"][-1], rb"^a1 OK \[APPENDUID \d+ 1:2\] ")
         self.assertIn(b"* 1 FETCH (UID 1 BINARY.SIZE[1] %d)\r\n" % len(PAYLOAD), out["size"])
         self.assertRegex(b"".join(out["replace"]), rb"\* OK \[APPENDUID \d+ 3\] [^\r]*\r\n\* 2 EXPUNGE\r\n")

@@ -51,7 +51,7 @@ class CreateSpecialUseTests(ServerTestCase):
         """RFC 6154 section 3: the new mailbox has the role, and LIST shows it (section 2)."""
         proto, transport = self.login(select=None)
         out = self.send(proto, transport, b"c1 CREATE Spam (USE (\\Junk))\r\n")
-        self.assertEqual(out, b"c1 OK CREATE completed\r\n")
+        self.assertRegex(out, rb"^c1 OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n$")  # RFC 8474
         self.assertEqual(self.successResultOf(self.store.special_use_mailbox(SpecialUse.JUNK)), "Spam")
         out = self.send(proto, transport, b'c2 LIST (SPECIAL-USE) "" *\r\n')
         self.assertIn(b'* LIST (\\HasNoChildren \\Junk) "/" Spam\r\n', out)
@@ -60,7 +60,7 @@ class CreateSpecialUseTests(ServerTestCase):
         """RFC 6154 section 3: USE () creates a mailbox without a role."""
         proto, transport = self.login(select=None)
         out = self.send(proto, transport, b"c1 CREATE Plain (USE ())\r\n")
-        self.assertEqual(out, b"c1 OK CREATE completed\r\n")
+        self.assertRegex(out, rb"^c1 OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n$")  # RFC 8474
 
     def test_role_taken(self) -> None:
         """RFC 6154 section 3: a role another mailbox has is NO [USEATTR]; nothing is created."""
@@ -88,5 +88,5 @@ class CreateSpecialUseTests(ServerTestCase):
         """RFC 6154 section 6: use-attr names are case-insensitive as atoms are."""
         proto, transport = self.login(select=None)
         out = self.send(proto, transport, b"c1 CREATE Old (USE (\\archive))\r\n")
-        self.assertEqual(out, b"c1 OK CREATE completed\r\n")
+        self.assertRegex(out, rb"^c1 OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n$")  # RFC 8474
         self.assertEqual(self.successResultOf(self.store.special_use_mailbox(SpecialUse.ARCHIVE)), "Old")

@@ -122,8 +122,10 @@ class SampleSessionTests(ServerTestCase):
             b"* OK [UNSEEN 1] First unseen\r\n"
             b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
             b"* OK [UIDNEXT 3] Predicted next UID\r\n"
+            b"* OK [MAILBOXID (%s)] Ok\r\n"
             b"* OK [HIGHESTMODSEQ 3] Highest\r\n"
-            b"a2 OK [READ-WRITE] SELECT completed\r\n" % self.mailbox.uidvalidity,
+            b"a2 OK [READ-WRITE] SELECT completed\r\n"
+            % (self.mailbox.uidvalidity, self.mailbox.mailbox_id.encode()),
         )
 
         out = self.send(proto, transport, b"a3 FETCH 1 FLAGS\r\n")

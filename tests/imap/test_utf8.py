@@ -50,7 +50,7 @@ class UTF8AcceptTests(ServerTestCase):
         """RFC 6855 section 3: after ENABLE, names are UTF-8 in commands and responses."""
         proto, transport = self.enabled()
         out = self.send(proto, transport, b'c1 CREATE "' + UTF8 + b'"\r\n')
-        self.assertEqual(out, b"c1 OK CREATE completed\r\n")
+        self.assertRegex(out, rb"^c1 OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n$")  # RFC 8474
         self.assertIn(NAME, [f.name for f in self.successResultOf(self.store.list_mailboxes())])
         out = self.send(proto, transport, b'l1 LIST "" "Entw*"\r\n')
         self.assertEqual(out, b'* LIST (\\HasNoChildren) "/" "' + UTF8 + b'"\r\nl1 OK LIST completed\r\n')
@@ -58,7 +58,7 @@ class UTF8AcceptTests(ServerTestCase):
         self.assertEqual(out, b'* STATUS "' + UTF8 + b'" (MESSAGES 0)\r\nst1 OK STATUS completed\r\n')
         # An ampersand is an ampersand: no modified UTF-7 decoding.
         out = self.send(proto, transport, b"c2 CREATE A&B\r\n")
-        self.assertEqual(out, b"c2 OK CREATE completed\r\n")
+        self.assertRegex(out, rb"^c2 OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n$")  # RFC 8474
         self.assertIn("A&B", [f.name for f in self.successResultOf(self.store.list_mailboxes())])
 
     def test_quoted_utf8_search(self) -> None:

@@ -22,7 +22,7 @@ from txmail import mime
 from txmail.model import INBOX, SEEN, MessageFile
 from txmail.store import _crlf, _maildir_io, maildir
 from txmail.store._crlf import CRLFFile, bare_lf_count, count_file, to_crlf
-from txmail.store._maildir_format import index_add, index_header, name_sizes, parse_index
+from txmail.store._maildir_format import INDEX_VERSION, index_add, index_header, name_sizes, parse_index
 
 LF = b"From: a@b.test\nSubject: lf\n\nline\n"
 CRLF = b"From: a@b.test\r\nSubject: lf\r\n\r\nline\r\n"
@@ -183,9 +183,10 @@ def write_v1_index(
     path: str, uidvalidity: int, records: list[tuple[int, int, float, int, int, str, frozenset[str]]]
 ) -> None:
     """An index as txmail wrote it before the raw size: version 1, nine-field A records."""
-    lines = [index_header(uidvalidity, 10, 20, 0).replace("\t2\t", "\t1\t", 1)]
+    lines = [index_header(uidvalidity, 10, 20, 0).replace(f"\t{INDEX_VERSION}\t", "\t1\t", 1)]
     for uid, size, date, coff, clen, base, flags in records:
-        lines.append(index_add(uid, 5, size, date, coff, clen, base, flags).rsplit("\t", 1)[0] + "\n")
+        # Without the raw size, save date and EMAILID of versions 2 and 3.
+        lines.append(index_add(uid, 5, size, date, coff, clen, base, flags).rsplit("\t", 3)[0] + "\n")
     with open(path, "wb") as f:
         f.write("".join(lines).encode())
 
@@ -395,7 +396,7 @@ class MaildirLineEndTests(MaildirBase):
         An index written before the raw size (version 1) still loads with
         the same UIDs; its files are counted once, an LF file gets its CRLF
         size and its metadata (cached parsed with LFs) parsed again, and the
-        index is rewritten as version 2, so the next start reads no file.
+        index is rewritten in the current version, so the next start reads no file.
         """
         box = self.inbox()
         self.successResultOf(box.append(CRLF, [SEEN]))
@@ -424,7 +425,7 @@ class MaildirLineEndTests(MaildirBase):
         self.check_served(box2, 2, CRLF)
         with open(self.index_path(), "rb") as f:
             parsed = parse_index(f.read())
-        self.assertEqual(parsed.version, 2)
+        self.assertEqual(parsed.version, INDEX_VERSION)
         self.assertEqual(
             [(r.size, r.raw) for r in parsed.records.values()],
             [(len(CRLF), len(CRLF)), (len(CRLF), len(LF))],

@@ -156,7 +156,9 @@ class MaildirLayoutTests(MaildirBase):
         self.assertIs(self.successResultOf(store.get_mailbox("inbox")), box)
         os.makedirs(os.path.join(self.user_dir, "txmail-deleted-0123", "cur"))
         self.reopen().store_for(USER)
-        self.assertEqual(self.files(""), ["cur", "new", "tmp", "txmail-index", "txmail-uidvalidity"])
+        self.assertEqual(
+            self.files(""), ["cur", "new", "tmp", "txmail-index", "txmail-mailboxid", "txmail-uidvalidity"]
+        )
 
     def test_unsafe_users(self) -> None:
         """Addresses whose parts could leave the root are refused with ValueError."""

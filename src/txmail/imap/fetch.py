@@ -101,7 +101,8 @@ class FetchNeeds:
     What the session must load to answer a FETCH, beyond :class:`MessageInfo`.
 
     Attributes:
-        metadata: ENVELOPE, BODY, BODYSTRUCTURE, or a top-level
+        metadata: ENVELOPE, BODY, BODYSTRUCTURE, THREADID (RFC 8474, from
+            the header fields), or a top-level
             ``BODY[HEADER.FIELDS(.NOT) ...]`` (answered from
             :attr:`MessageMetadata.headers`) was asked.
         message: some other body section, ``RFC822``, ``RFC822.HEADER`` or
@@ -140,7 +141,7 @@ def fetch_needs(items: Sequence[FetchAttribute]) -> FetchNeeds:
                 message = True
             if not item.peek:
                 sets_seen = True  # RFC 3501 section 6.4.5: "The \Seen flag is implicitly set"
-        elif name in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
+        elif name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "THREADID"):
             metadata = True
         elif name == "PREVIEW":  # RFC 8970: made from the message text, does not set \\Seen
             message = True
@@ -308,6 +309,27 @@ def _render_item(
     if name == "INTERNALDATE":
         when = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC)
         return b"INTERNALDATE " + serialize.date_time(when)
+    if name == "SAVEDATE":
+        # RFC 8514 section 4.2: NIL when the store keeps no save date.
+        if info.save_date is None:
+            return b"SAVEDATE NIL"
+        return b"SAVEDATE " + serialize.date_time(
+            datetime.datetime.fromtimestamp(info.save_date, datetime.UTC)
+        )
+    if name == "EMAILID":
+        # RFC 8474 section 5.1: "EMAILID" SP "(" objectid ")".  A store
+        # without ids (not IObjectIds) has none to tell: NIL, as for THREADID.
+        return (
+            b"EMAILID NIL" if info.email_id is None else b"EMAILID (" + info.email_id.encode("ascii") + b")"
+        )
+    if name == "THREADID":
+        # RFC 8474 section 5.2: "THREADID" SP ("(" objectid ")" / nil), from
+        # the cached header fields (thread.py imports search, which imports
+        # serialize, which imports this module: imported here).
+        from txmail.imap.thread import thread_id
+
+        found = thread_id(_need_metadata(metadata, name).headers, info.email_id)
+        return b"THREADID NIL" if found is None else b"THREADID (" + found.encode("ascii") + b")"
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE " + serialize.number(info.size)
     if name == "PREVIEW":

@@ -154,6 +154,7 @@ STATUS_ITEMS = frozenset(
         "DELETED",
         "DELETED-STORAGE",
         "HIGHESTMODSEQ",  # RFC 7162 section 3.1.7
+        "MAILBOXID",  # RFC 8474 section 4
     }
 )
 
@@ -702,6 +703,9 @@ def date_time(c: Cursor) -> datetime.datetime:
 _SIMPLE_FETCH = frozenset(
     {
         "MODSEQ",  # RFC 7162 section 3.1.4.2
+        "SAVEDATE",  # RFC 8514 section 4.2
+        "EMAILID",  # RFC 8474 section 5.1
+        "THREADID",  # RFC 8474 section 5.2
         "ENVELOPE",
         "FLAGS",
         "INTERNALDATE",
@@ -868,6 +872,7 @@ _SEARCH_FLAGS = frozenset(
         "NEW",
         "OLD",
         "RECENT",
+        "SAVEDATESUPPORTED",  # RFC 8514 section 4.3
         "SEEN",
         "UNANSWERED",
         "UNDELETED",
@@ -877,7 +882,11 @@ _SEARCH_FLAGS = frozenset(
     }
 )
 _SEARCH_STRING = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
-_SEARCH_DATE = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_SEARCH_DATE = frozenset(
+    {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
+)
+#: RFC 8474 section 6: ``"EMAILID" SP objectid / "THREADID" SP objectid``.
+_SEARCH_OBJECTID = frozenset({"EMAILID", "THREADID"})
 
 
 def search_key(c: Cursor) -> SearchNode:
@@ -931,6 +940,8 @@ def search_key(c: Cursor) -> SearchNode:
             return SearchKey(word, (sequence_set_or_saved(c),))
         if word == "MODSEQ":
             return _search_modseq(c)
+        if word in _SEARCH_OBJECTID:
+            return SearchKey(word, (objectid(c),))
         if word == "NOT":
             return SearchNot(search_key(c))
         if word == "OR":
@@ -940,6 +951,18 @@ def search_key(c: Cursor) -> SearchNode:
         raise c.fail("Unknown search key")
     finally:
         c.leave()
+
+
+#: objectid = 1*255(ALPHA / DIGIT / "_" / "-")  (RFC 8474 section 7)
+_OBJECTID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def objectid(c: Cursor) -> str:
+    """``objectid = 1*255(ALPHA / DIGIT / "_" / "-")`` (RFC 8474 section 7); case-sensitive."""
+    text = c.take_while(_OBJECTID_CHARS)
+    if not text or len(text) > 255:
+        raise c.fail("Expected an object id")
+    return text.decode("ascii")
 
 
 def mod_sequence_value(c: Cursor, nonzero: bool = True) -> int:

@@ -148,10 +148,14 @@ class ListData(Response):
 
 @dataclass(frozen=True, slots=True)
 class StatusData(Response):
-    """``* STATUS name (ITEM n ...)`` (RFC 3501 section 7.2.4)."""
+    """
+    ``* STATUS name (ITEM n ...)`` (RFC 3501 section 7.2.4); a ``str``
+    value is an object id, written ``ITEM (id)`` (RFC 8474 section 4.3:
+    ``MAILBOXID (id)``).
+    """
 
     name: str
-    items: tuple[tuple[str, int], ...]
+    items: tuple[tuple[str, int | str], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,14 @@ Matching rules and deviations
   the highest UID for ``UID`` (RFC 3501 section 9), and a range is used in
   either order (``5:*`` with 3 messages is ``3:5``, as RFC 3501 section
   6.4.8 describes for UIDs).
+* ``SAVEDBEFORE``/``SAVEDON``/``SAVEDSINCE`` (RFC 8514 section 4.3)
+  compare the date of the save date as ``BEFORE``/``ON``/``SINCE`` do the
+  internal date's, and the internal date's for a message whose store keeps
+  no save date; ``SAVEDATESUPPORTED`` matches the messages that have one
+  (every message of a mailbox whose store keeps them, none otherwise).
+* ``EMAILID`` and ``THREADID`` compare the RFC 8474 ids exactly (object
+  ids are case-sensitive, RFC 8474 section 7); the THREADID is
+  :func:`txmail.imap.thread.thread_id`'s, from the header fields.
 * ``MODSEQ`` (RFC 7162 section 3.1.5) is evaluated if a key tree holds it
   (its last argument is the mod-sequence; a message matches when its
   modseq is at least that); the parser does not produce it yet.
@@ -128,7 +136,7 @@ ESEARCH_OPTIONS = serialize.ESEARCH_OPTIONS
 
 #: Keys that read header fields.
 _HEADER_KEYS = frozenset(
-    {"BCC", "CC", "FROM", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"}
+    {"BCC", "CC", "FROM", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO", "THREADID"}
 )
 #: Keys that read the message text.
 _MESSAGE_KEYS = frozenset({"BODY", "TEXT"})
@@ -161,7 +169,7 @@ class SearchNeeds:
 
     Attributes:
         metadata: a header key (FROM, TO, CC, BCC, SUBJECT, HEADER,
-            SENTBEFORE, SENTON, SENTSINCE) is somewhere in the tree.
+            SENTBEFORE, SENTON, SENTSINCE, THREADID) is somewhere in the tree.
         message: BODY or TEXT is somewhere in the tree.  Their header part
             uses the metadata when given, else parses the message.
     """
@@ -267,6 +275,16 @@ def _decode_field(raw: str) -> str:
 
 def _internal_date(info: MessageInfo) -> datetime.date:
     return datetime.datetime.fromtimestamp(info.internal_date, tz=datetime.UTC).date()
+
+
+def _save_date(info: MessageInfo) -> datetime.date:
+    """
+    The date of the save date, in UTC; the internal date's when the store
+    keeps none (RFC 8514 section 4.3: "the SAVEDBEFORE, SAVEDON, and
+    SAVEDSINCE search keys MUST use the internal date attribute instead").
+    """
+    when = info.internal_date if info.save_date is None else info.save_date
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).date()
 
 
 def _sent_date(value: str) -> datetime.date | None:
@@ -426,6 +444,16 @@ def _leaf(key: SearchKey, ctx: SearchContext, seq: int, info: MessageInfo, facts
         return info.modseq >= _int(args[-1])
     if name in ("BEFORE", "ON", "SINCE"):
         return _compare_date(name, _internal_date(info), _date(args[0]))
+    if name in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+        return _compare_date(name[5:], _save_date(info), _date(args[0]))
+    if name == "SAVEDATESUPPORTED":
+        return info.save_date is not None
+    if name == "EMAILID":
+        return info.email_id is not None and info.email_id == _str(args[0])
+    if name == "THREADID":
+        from txmail.imap.thread import thread_id  # thread.py imports this module
+
+        return thread_id(facts.need_metadata(name).headers, info.email_id) == _str(args[0])
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         sent = facts.sent(name)
         return sent is not None and _compare_date(name[4:], sent, _date(args[0]))

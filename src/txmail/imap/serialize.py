@@ -531,7 +531,12 @@ def _list_data(resp: r.ListData) -> bytes:
 
 
 def _status_data(resp: r.StatusData) -> bytes:
-    parts = b" ".join(b"%s %d" % (item.encode("ascii"), n) for item, n in resp.items)
+    parts = b" ".join(
+        b"%s (%s)" % (item.encode("ascii"), n.encode("ascii"))
+        if isinstance(n, str)
+        else b"%s %d" % (item.encode("ascii"), n)
+        for item, n in resp.items
+    )
     return b"* STATUS " + mailbox(resp.name) + b" (" + parts + b")\r\n"
 
 

@@ -79,7 +79,7 @@ from zope.interface import implementer
 
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.imap import serialize
-from txmail.imap.commands import COMMANDS
+from txmail.imap.commands import COMMANDS, objectid
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
 from txmail.imap.commands.imap4rev2 import utf8_names
 from txmail.imap.commands.mailboxes import special_uses
@@ -194,6 +194,7 @@ class IMAPServerProtocol(SessionProtocol):
             plaintext_auth=factory.plaintext_auth,
             loopback=is_loopback(host) if host else False,
             limits=factory.limits,
+            withheld=objectid.withheld(factory.stores),
         )
         self.log.info("IMAP connection from {peer}", peer=self.peer, session_id=self.session_id)
         return session

@@ -53,7 +53,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from txmail._session import SessionCore
@@ -126,6 +126,9 @@ class IMAPSession(SessionCore[Event]):
         limits: the session's :class:`IMAPLimits`.
         sasl_factory: makes the SASL server of an AUTHENTICATE exchange.
         version: the version reported by ID.
+        withheld: capabilities of the table not to advertise (OBJECTID for
+            a store without object ids,
+            :func:`txmail.imap.commands.objectid.withheld`).
 
     Attributes:
         state: a :class:`State`.
@@ -147,6 +150,7 @@ class IMAPSession(SessionCore[Event]):
         limits: IMAPLimits | None = None,
         sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
         version: str = "",
+        withheld: Iterable[str] = (),
     ) -> None:
         if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
             raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
@@ -156,6 +160,8 @@ class IMAPSession(SessionCore[Event]):
         self.plaintext_auth = plaintext_auth
         self.loopback = loopback
         self.version = version
+        #: Capabilities of the table not to advertise (OBJECTID without store ids).
+        self.withheld = frozenset(withheld)
         self._sasl_factory = sasl_factory
         SessionCore.__init__(self)
         self.state = State.NOT_AUTHENTICATED
@@ -246,7 +252,7 @@ class IMAPSession(SessionCore[Event]):
 
     def capabilities(self) -> tuple[str, ...]:
         """The capabilities to advertise now (RFC 3501 section 7.2.1)."""
-        caps = list(table_capabilities())
+        caps = [c for c in table_capabilities() if c not in self.withheld]
         caps.append(f"APPENDLIMIT={self.limits.max_literal}")
         if self.state is State.NOT_AUTHENTICATED:
             if self.tls_available:

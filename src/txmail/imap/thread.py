@@ -10,6 +10,8 @@ algorithms, on plain data: no store, no I/O.
   internal date).
 * :func:`message_ids`: the ``msg-id`` values of ``Message-ID``,
   ``References`` and ``In-Reply-To``.
+* :func:`thread_id`: the THREADID of RFC 8474 section 5.2, from the same
+  fields.
 * :func:`ordered_subject` and :func:`references`: the algorithms of
   section 3, on :class:`ThreadMessage` records, giving the threads as
   nested ``(number, children)`` tuples (``number`` is ``None`` for a dummy
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +49,7 @@ __all__ = [
     "ordered_subject",
     "references",
     "sent_date",
+    "thread_id",
 ]
 
 #: A thread: ``(message number or None for a dummy, children)``.
@@ -452,3 +456,35 @@ def _freeze(roots: list[_Container]) -> list[ThreadNode]:
         children = node.children
         frozen[id(node)] = (number, tuple([frozen.pop(id(c)) for c in children]) if children else ())
     return [frozen[id(root)] for root in roots]
+
+
+# -- THREADID (RFC 8474 section 5.2) -------------------------------------------------------
+
+
+def thread_id(headers: Sequence[tuple[str, str]], email_id: str | None = None) -> str | None:
+    """
+    The THREADID of a message (RFC 8474 section 5.2) from its header
+    fields: the root of its thread is the first id of its ``References``
+    (RFC 5322 section 3.6.4 keeps the thread's first message there), else
+    the first of ``In-Reply-To``, else its own ``Message-ID``; the id is
+    ``T`` and 96 bits of the BLAKE2b hash of that root, so that every reply
+    that names the same first message shares it, and it never changes (the
+    header fields do not).  A message with none of these fields is a thread
+    of its own, named after its *email_id* (``None`` without one).  The
+    form (a letter and 24 hexadecimal digits) is a valid JMAP ``Id``.
+    """
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        key = name.strip(" \t").lower()
+        if key in ("references", "in-reply-to", "message-id") and key not in fields:
+            fields[key] = value
+    for key in ("references", "in-reply-to", "message-id"):
+        ids = message_ids(fields.get(key))
+        if ids:
+            root = "<" + ids[0] + ">"
+            break
+    else:
+        if email_id is None:
+            return None
+        root = email_id
+    return "T" + hashlib.blake2b(root.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()

@@ -42,6 +42,7 @@ from txmail.model import (
     normalize_flags,
     normalize_mailbox_name,
 )
+from txmail.store._ids import new_email_id
 
 __all__ = [
     "Listener",
@@ -224,13 +225,20 @@ class MailboxState:
         self._modseq += 1
         return self._modseq
 
-    def _add(self, entries: Iterable[tuple[frozenset[str], int, float]]) -> list[MessageInfo]:
-        """Give each ``(flags, size, internal_date)`` the next UID and a modseq."""
+    def _add(self, entries: Iterable[tuple[frozenset[str], int, float, str | None]]) -> list[MessageInfo]:
+        """
+        Give each ``(flags, size, internal_date, email_id)`` the next UID, a
+        modseq, the save date now (RFC 8514 section 3) and its email id (a
+        new one for ``None``; a copy keeps the source's, RFC 8474 section 5.1).
+        """
         added = []
-        for flags, size, internal_date in entries:
+        now = time.time()
+        for flags, size, internal_date, email_id in entries:
             uid = self._uidnext
             self._uidnext += 1
-            info = MessageInfo(uid, flags, size, internal_date, self._next_modseq())
+            info = MessageInfo(
+                uid, flags, size, internal_date, self._next_modseq(), now, email_id or new_email_id()
+            )
             self._infos[uid] = info
             self._count(info, 1)
             added.append(info)
@@ -257,7 +265,9 @@ class MailboxState:
             old = self._infos.get(uid)
             if old is None or old.flags == flags:
                 continue
-            info = MessageInfo(uid, flags, old.size, old.internal_date, self._next_modseq())
+            info = MessageInfo(
+                uid, flags, old.size, old.internal_date, self._next_modseq(), old.save_date, old.email_id
+            )
             self._count(old, -1)
             self._infos[uid] = info
             self._count(info, 1)

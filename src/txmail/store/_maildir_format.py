@@ -21,8 +21,8 @@ the mapping is reversible.
 
 The index log (one text line per record, fields separated by TAB)::
 
-    txmail-index 2 <uidvalidity> <uidnext> <highestmodseq> <recent>   header
-    A <uid> <modseq> <size> <internaldate> <cacheoff> <cachelen> <base> <flags> <raw>
+    txmail-index 3 <uidvalidity> <uidnext> <highestmodseq> <recent>   header
+    A <uid> <modseq> <size> <internaldate> <cacheoff> <cachelen> <base> <flags> <raw> <savedate> <emailid>
     F <uid> <modseq> <flags>          flags changed
     X <modseq> <uid>,<uid>,...        expunged (<uid> may be a range <lo>:<hi>)
     M <uid> <cacheoff> <cachelen>     metadata cached (again)
@@ -36,7 +36,11 @@ smaller when the file holds bare LFs, which are then served as CRLF.
 Version 1 (before *raw*): its ``A`` records have no *raw* field and their
 *size* is the file's; they are read as "not checked yet" (``raw`` is
 ``None``), and the store checks those files once and rewrites the index as
-version 2.  The ``X`` records are the expunge history QRESYNC needs (RFC
+version 3.  Version 2 (before *savedate* and *emailid*, RFC 8514 and
+RFC 8474): its ``A`` records are read with the internal date as the save
+date and an EMAILID derived from the base name
+(:func:`txmail.store._base.derived_email_id`), and the index is rewritten
+as version 3.  The ``X`` records are the expunge history QRESYNC needs (RFC
 7162 section 3.2); a rewritten index keeps them, merged into at most
 :data:`EXPUNGE_RECORDS` records with UID ranges, after an ``X <modseq>``
 record without UIDs that marks the history complete after *modseq* (an
@@ -62,6 +66,7 @@ from txmail.model import (
     normalize_flags,
     normalize_mailbox_name,
 )
+from txmail.store._ids import derived_email_id, is_object_id
 
 __all__ = [
     "EXPUNGE_RECORDS",
@@ -96,9 +101,9 @@ _LETTER_SYSTEM = {v: k for k, v in SYSTEM_LETTERS.items()}
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 INDEX_MAGIC = "txmail-index"
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 #: The versions :func:`parse_index` reads.
-INDEX_VERSIONS = (1, 2)
+INDEX_VERSIONS = (1, 2, 3)
 
 
 # -- folder names -------------------------------------------------------
@@ -285,11 +290,18 @@ def index_add(
     base: str,
     flags: Iterable[str],
     raw: int | None = None,
+    save_date: float | None = None,
+    email_id: str | None = None,
 ) -> str:
-    """An ``A`` record; *raw* ``None`` means the file's size is *size*."""
+    """
+    An ``A`` record; *raw* ``None`` means the file's size is *size*, a
+    *save_date* ``None`` the internal date, an *email_id* ``None`` the one
+    derived from *base*.
+    """
     return (
         f"A\t{uid}\t{modseq}\t{size}\t{date!r}\t{coff}\t{clen}\t{_esc(base)}\t{_flags_text(flags)}"
-        f"\t{size if raw is None else raw}\n"
+        f"\t{size if raw is None else raw}\t{date if save_date is None else save_date!r}"
+        f"\t{email_id or derived_email_id(base)}\n"
     )
 
 
@@ -385,6 +397,10 @@ class IndexRecord:
     base: str
     flags: frozenset[str]
     raw: int | None = None
+    #: When it was saved into the folder (RFC 8514); the internal date for older records.
+    save_date: float = 0.0
+    #: Its EMAILID (RFC 8474); derived from *base* for older records.
+    email_id: str = ""
 
 
 @dataclass
@@ -458,21 +474,31 @@ def parse_index(data: bytes) -> ParsedIndex:
                 max_modseq = max(max_modseq, int(f[4]))
                 out.recent = int(f[5])
                 continue
-            if kind == "A" and (len(f) == 10 or len(f) == 9):
+            if kind == "A" and len(f) in (9, 10, 12):
                 uid = int(f[1])
-                raw = int(f[9]) if len(f) == 10 else None
+                raw = int(f[9]) if len(f) >= 10 else None
                 if uid <= 0 or (raw is not None and raw < 0):
                     raise ValueError("uid")
+                base = _unesc(f[7])
+                date = float(f[4])
+                if len(f) == 12:
+                    save_date, email_id = float(f[10]), f[11]
+                    if not is_object_id(email_id):
+                        raise ValueError("email id")
+                else:  # versions 1 and 2
+                    save_date, email_id = date, derived_email_id(base)
                 rec = IndexRecord(
                     uid,
                     int(f[2]),
                     int(f[3]),
-                    float(f[4]),
+                    date,
                     int(f[5]),
                     int(f[6]),
-                    _unesc(f[7]),
+                    base,
                     parse_flags(f[8]),
                     raw,
+                    save_date,
+                    email_id,
                 )
                 records[uid] = rec
                 max_uid = max(max_uid, uid)

@@ -33,6 +33,7 @@ from txmail._fs import fsync_dir, fsync_file, write_file_durably
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
 from txmail.model import MessageMetadata
 from txmail.store._crlf import CRLFFile, bare_lf_count, count_file, to_crlf
+from txmail.store._ids import is_object_id, new_mailbox_id
 from txmail.store._maildir_format import (
     INDEX_VERSION,
     ParsedIndex,
@@ -52,6 +53,7 @@ __all__ = [
     "DELETED_PREFIX",
     "INDEX",
     "KEYWORDS",
+    "MAILBOX_ID",
     "Delivered",
     "Loaded",
     "Scan",
@@ -59,6 +61,7 @@ __all__ = [
     "deliver_bytes",
     "deliver_file",
     "file_sizes",
+    "folder_mailbox_id",
     "link_files",
     "list_folders",
     "make_user_dir",
@@ -79,6 +82,9 @@ __all__ = [
 INDEX = "txmail-index"
 CACHE = "txmail-cache"
 KEYWORDS = "dovecot-keywords"
+#: The folder's MAILBOXID (RFC 8474 section 4), one line; it moves with the
+#: folder's directory when the mailbox is renamed.
+MAILBOX_ID = "txmail-mailboxid"
 #: Deleted folders are renamed to this prefix, then removed.
 DELETED_PREFIX = "txmail-deleted-"
 SUBS = ("new", "cur")
@@ -186,6 +192,8 @@ class Loaded:
     index: ParsedIndex | None
     scan: Scan
     upgraded: bool = False
+    #: The folder's MAILBOXID (:func:`folder_mailbox_id`).
+    mailbox_id: str = ""
 
 
 @dataclass
@@ -402,7 +410,11 @@ def _compact_cache(path: str, index: ParsedIndex) -> None:
     lines.append(history)
     for uid in sorted(index.records):
         r = index.records[uid]
-        lines.append(index_add(uid, r.modseq, r.size, r.date, r.coff, r.clen, r.base, r.flags, r.raw))
+        lines.append(
+            index_add(
+                uid, r.modseq, r.size, r.date, r.coff, r.clen, r.base, r.flags, r.raw, r.save_date, r.email_id
+            )
+        )
     replace_file(os.path.join(path, INDEX), "".join(lines).encode("utf-8", "surrogateescape"))
     os.replace(tmp_cache, cache_path)
     index.lines = len(index.records)
@@ -466,6 +478,7 @@ def read_folder(path: str) -> Loaded:
     """
     if not os.path.isdir(os.path.join(path, "cur")):
         raise NoSuchMailbox(path)
+    mailbox_id = folder_mailbox_id(path)
     index = None
     try:
         with open(os.path.join(path, INDEX), "rb") as f:
@@ -488,7 +501,27 @@ def read_folder(path: str) -> Loaded:
         live = sum(r.clen for r in index.records.values())
         if cache_size > 2 * live + CACHE_SLACK:
             _compact_cache(path, index)
-    return Loaded(index, scan, upgraded)
+    return Loaded(index, scan, upgraded, mailbox_id)
+
+
+def folder_mailbox_id(path: str) -> str:
+    """
+    The MAILBOXID of the folder at *path*, from its :data:`MAILBOX_ID` file;
+    a folder without one (new, made by another program, or from before
+    OBJECTID) gets a new id, written there (synced) before it is used.  A
+    file that does not hold a valid id is replaced (the mailbox cannot have
+    used it).  Should the write fail, the id holds for this process only.
+    """
+    id_path = os.path.join(path, MAILBOX_ID)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(id_path, encoding="ascii") as f:
+            found = f.read(300).strip()
+        if is_object_id(found):
+            return found
+    mailbox_id = new_mailbox_id()
+    with contextlib.suppress(OSError):
+        write_file_durably(id_path, mailbox_id.encode("ascii") + b"\n")
+    return mailbox_id
 
 
 def _find(path: str, base: str) -> tuple[str, str] | None:

@@ -12,8 +12,9 @@ Maildir++ folders beside them (``.Sent/``, ``.Archive.2024/`` for
 names and flag letters).  Beside the messages of each folder:
 
 * ``txmail-index``: an append-only log of UIDs, flags, sizes (served
-  and on disk), internal dates and modseqs, with UIDVALIDITY, UIDNEXT,
-  HIGHESTMODSEQ and the ``\\Recent`` watermark.  It is rewritten (temp
+  and on disk), internal dates, modseqs, save dates (RFC 8514) and EMAILIDs
+  (RFC 8474), with UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and the
+  ``\\Recent`` watermark.  It is rewritten (temp
   file and rename) when it holds more than twice as many records as live
   messages.
 * ``txmail-cache``: parsed metadata (:func:`txmail.mime.encode_metadata`),
@@ -24,6 +25,8 @@ names and flag letters).  Beside the messages of each folder:
   when first asked for, and a whole one when its envelope or body
   structure is first used (:meth:`MaildirMailbox.get_metadata`).
 * ``dovecot-keywords``: keyword letters, as Dovecot keeps them.
+* ``txmail-mailboxid``: the folder's MAILBOXID (RFC 8474), written when
+  the folder is first opened; it moves with the directory on a rename.
 
 In the user's directory: ``subscriptions`` (one name per line),
 ``txmail-special-use.json`` (mailbox name -> RFC 6154 attribute) and
@@ -112,6 +115,9 @@ from txmail.interfaces import (
     IMailbox,
     IMailStore,
     IMailStoreProvider,
+    IObjectIdProvider,
+    IObjectIds,
+    ISaveDates,
     IStorageUsage,
     IStoreChanges,
 )
@@ -145,6 +151,7 @@ from txmail.store._base import (
     select_uids,
 )
 from txmail.store._crlf import CRLFFile, to_crlf
+from txmail.store._ids import derived_email_id
 from txmail.store._maildir_format import (
     KEYWORD_LETTERS,
     SYSTEM_LETTERS,
@@ -255,7 +262,7 @@ class _Loc:
         self.raw = raw
 
 
-@implementer(IMailbox, IExpungeHistory)
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds)
 class MaildirMailbox(MailboxState):
     """
     One Maildir folder.  Get it from :meth:`MaildirStore.get_mailbox`; the
@@ -269,6 +276,8 @@ class MaildirMailbox(MailboxState):
         self.name = name
         self.path = path
         self.uidvalidity = 0
+        #: RFC 8474 section 4: from the folder's ``txmail-mailboxid`` (set on open).
+        self.mailbox_id = ""
         self._provider = store._provider
         self._run = store._provider._run
         self._locs: dict[int, _Loc] = {}
@@ -294,6 +303,7 @@ class MaildirMailbox(MailboxState):
     def _setup(self, loaded: io.Loaded) -> defer.Deferred[MaildirMailbox]:
         """Build the state from an index and a scan (reactor thread)."""
         parsed = loaded.index
+        self.mailbox_id = loaded.mailbox_id
         rewrite = parsed is None or parsed.damaged or loaded.upgraded
         if parsed is None or parsed.uidvalidity is None:
             # Without the index the old UIDs are unknown, so the files get
@@ -316,7 +326,9 @@ class MaildirMailbox(MailboxState):
                 for uid in uids:
                     rec = records[uid]
                     size, raw = rec.size, rec.raw
-                    insert(MessageInfo(uid, rec.flags, size, rec.date, rec.modseq))
+                    insert(
+                        MessageInfo(uid, rec.flags, size, rec.date, rec.modseq, rec.save_date, rec.email_id)
+                    )
                     locs[uid] = _Loc(rec.base, "", "", rec.coff, rec.clen, None if raw == size else raw)
                     by_base[rec.base] = uid
 
@@ -399,6 +411,8 @@ class MaildirMailbox(MailboxState):
                     loc.base,
                     info.flags,
                     loc.raw,
+                    info.save_date,
+                    info.email_id,
                 )
             )
         data = "".join(lines).encode("utf-8", "surrogateescape")
@@ -469,22 +483,41 @@ class MaildirMailbox(MailboxState):
     # -- commits (reactor thread) -------------------------------------------
 
     def _commit_added(
-        self, entries: list[tuple[frozenset[str], float, str, str, int, int, int, int | None]]
+        self,
+        entries: list[tuple[frozenset[str], float, str, str, int, int, int, int | None]],
+        email_ids: list[str] | None = None,
     ) -> list[MessageInfo]:
         """
         Give files that are durable UIDs: (flags, date, sub, name, size,
         coff, clen, raw) each; *size* is the size served, *raw* the file's
-        when it holds bare LFs, else ``None``.
+        when it holds bare LFs, else ``None``.  Each gets the save date now
+        and the EMAILID of *email_ids* (a copy's source's), else one derived
+        from its base name (so that a file's id can be derived again should
+        the index be lost).
         """
-        infos = self._add((flags, size, date) for flags, date, _, _, size, _, _, _ in entries)
+        bases = [split_file_name(entry[3])[0] for entry in entries]
+        ids = email_ids or [derived_email_id(base) for base in bases]
+        infos = self._add(
+            (flags, size, date, email_id)
+            for (flags, date, _, _, size, _, _, _), email_id in zip(entries, ids, strict=True)
+        )
         lines = []
-        for info, (_, _, sub, name, _, coff, clen, raw) in zip(infos, entries, strict=True):
-            base = split_file_name(name)[0]
+        for info, base, (_, _, sub, name, _, coff, clen, raw) in zip(infos, bases, entries, strict=True):
             self._locs[info.uid] = _Loc(base, sub, name, coff, clen, raw)
             self._by_base[base] = info.uid
             lines.append(
                 index_add(
-                    info.uid, info.modseq, info.size, info.internal_date, coff, clen, base, info.flags, raw
+                    info.uid,
+                    info.modseq,
+                    info.size,
+                    info.internal_date,
+                    coff,
+                    clen,
+                    base,
+                    info.flags,
+                    raw,
+                    info.save_date,
+                    info.email_id,
                 )
             )
         if infos:
@@ -1060,13 +1093,16 @@ class MaildirMailbox(MailboxState):
                 raise NoSuchMailbox(target.name)
             entries = []
             sources = []
+            email_ids = []
             for uid, r in zip(selected, results, strict=True):
                 if r is None or uid not in self._infos:
                     continue
                 info = self._infos[uid]
                 entries.append((info.flags, info.internal_date, r.sub, r.name, r.size, r.coff, r.clen, r.raw))
                 sources.append(uid)
-            infos = target._commit_added(entries)
+                # RFC 8474 section 5.1: the copy keeps the source's EMAILID.
+                email_ids.append(info.email_id or derived_email_id(self._locs[uid].base))
+            infos = target._commit_added(entries, email_ids)
             pairs = [(src, info.uid) for src, info in zip(sources, infos, strict=True)]
             if move and pairs:
                 return self._remove_files(sources).addCallback(lambda _: pairs)
@@ -1413,7 +1449,7 @@ class MaildirStore(StoreListeners):
         return defer.succeed(None)
 
 
-@implementer(IMailStoreProvider)
+@implementer(IMailStoreProvider, IObjectIdProvider)
 class MaildirProvider:
     """
     Maildir stores below *root*: ``alice@Example.Test`` in

@@ -30,6 +30,9 @@ from txmail.interfaces import (
     IMailbox,
     IMailStore,
     IMailStoreProvider,
+    IObjectIdProvider,
+    IObjectIds,
+    ISaveDates,
     IStorageUsage,
     IStoreChanges,
 )
@@ -62,6 +65,7 @@ from txmail.store._base import (
     select_uids,
 )
 from txmail.store._crlf import bare_lf_count, to_crlf
+from txmail.store._ids import new_mailbox_id
 
 __all__ = ["MemoryMailbox", "MemoryProvider", "MemoryStore"]
 
@@ -80,7 +84,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
     return wrapper
 
 
-@implementer(IMailbox, IExpungeHistory)
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds)
 class MemoryMailbox(MailboxState):
     """
     One mailbox of a :class:`MemoryStore`.
@@ -92,13 +96,16 @@ class MemoryMailbox(MailboxState):
         self.store = store
         self.name = name
         self.uidvalidity = uidvalidity
+        #: RFC 8474 section 4: kept by a rename (:meth:`_take_over`).
+        self.mailbox_id = new_mailbox_id()
         self._init_state()
         self._data: dict[int, bytes] = {}
         self._meta: dict[int, MessageMetadata] = {}
 
     def _take_over(self, other: MemoryMailbox) -> None:
-        """Adopt the messages and counters of *other* (a rename)."""
+        """Adopt the messages, counters and MAILBOXID of *other* (a rename)."""
         self.uidvalidity = other.uidvalidity
+        self.mailbox_id = other.mailbox_id
         self._infos = other._infos
         self._uidnext = other._uidnext
         self._modseq = other._modseq
@@ -111,10 +118,11 @@ class MemoryMailbox(MailboxState):
         self._meta = other._meta
 
     def _add_messages(
-        self, items: list[tuple[bytes, MessageMetadata, frozenset[str], float]]
+        self, items: list[tuple[bytes, MessageMetadata, frozenset[str], float, str | None]]
     ) -> list[MessageInfo]:
-        infos = self._add((flags, len(data), date) for data, _, flags, date in items)
-        for info, (data, meta, _, _) in zip(infos, items, strict=True):
+        """Add ``(data, metadata, flags, internal date, email id or None)`` each."""
+        infos = self._add((flags, len(data), date, email_id) for data, _, flags, date, email_id in items)
+        for info, (data, meta, _, _, _) in zip(infos, items, strict=True):
             self._data[info.uid] = data
             self._meta[info.uid] = meta
         if infos:
@@ -181,7 +189,7 @@ class MemoryMailbox(MailboxState):
         if metadata is None:
             metadata = mime.parse_metadata(data)
         date = time.time() if internal_date is None else float(internal_date)
-        (info,) = self._add_messages([(data, metadata, normalized, date)])
+        (info,) = self._add_messages([(data, metadata, normalized, date, None)])
         return info.uid
 
     @_guard
@@ -205,9 +213,11 @@ class MemoryMailbox(MailboxState):
             return generic_copy(self, selected, target)
         if target._deleted:
             return defer.fail(NoSuchMailbox(target.name))
+        # The copies keep the source's EMAILID (RFC 8474 section 5.1).
         items = [
-            (self._data[u], self._meta[u], self._infos[u].flags, self._infos[u].internal_date)
+            (self._data[u], self._meta[u], info.flags, info.internal_date, info.email_id)
             for u in selected
+            for info in (self._infos[u],)
         ]
         infos = target._add_messages(items)
         return defer.succeed([(u, info.uid) for u, info in zip(selected, infos, strict=True)])
@@ -395,7 +405,7 @@ class MemoryStore(StoreListeners):
         return None
 
 
-@implementer(IMailStoreProvider)
+@implementer(IMailStoreProvider, IObjectIdProvider)
 class MemoryProvider:
     """Gives each user a :class:`MemoryStore`; the same user gets the same store."""
 

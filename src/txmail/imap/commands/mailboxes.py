@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txmail.imap.commands import condstore, imap4rev2
+from txmail.imap.commands import condstore, imap4rev2, objectid
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.create_special_use import requested_role
 from txmail.imap.commands.multiappend import append_messages, appenduid
@@ -47,7 +47,7 @@ async def create(ctx: CommandContext, cmd: Command) -> Done:
     assert isinstance(args, Create)
     role = await requested_role(ctx, args.special_use)
     await store_op(ctx.store.create_mailbox, args.mailbox, *(() if role is None else (role,)))
-    return Done()
+    return Done(code=await objectid.created_code(ctx, args.mailbox))  # RFC 8474 section 4.1
 
 
 @command("DELETE", states=AUTHENTICATED, invalid_name="NONEXISTENT")
@@ -208,7 +208,7 @@ async def status_response(ctx: CommandContext, name: str, items: tuple[str, ...]
     """The STATUS response of mailbox *name* (RFC 3501 section 7.2.4, RFC 8438 SIZE, RFC 7889 APPENDLIMIT)."""
     mailbox = await store_op(ctx.store.get_mailbox, name)
     status = await call(mailbox.status)
-    values = {
+    values: dict[str, int | str] = {
         "MESSAGES": status.messages,
         "RECENT": status.recent,
         "UIDNEXT": status.uidnext,
@@ -218,6 +218,10 @@ async def status_response(ctx: CommandContext, name: str, items: tuple[str, ...]
         "APPENDLIMIT": ctx.session.limits.max_literal,
         "HIGHESTMODSEQ": status.highest_modseq,  # RFC 7162 section 3.1.7
     }
+    if "MAILBOXID" in items:
+        found = objectid.mailbox_id(mailbox)  # RFC 8474 section 4.3; left out without one
+        if found is not None:
+            values["MAILBOXID"] = found
     if "HIGHESTMODSEQ" in items:
         condstore.enable_implicitly(ctx)  # a CONDSTORE enabling command (section 3.1)
     if "DELETED" in items or "DELETED-STORAGE" in items:

@@ -23,7 +23,7 @@ from typing import Any
 from txmail.errors import NoSuchMessage
 from txmail.imap import serialize
 from txmail.imap.binary import binary_items
-from txmail.imap.commands import condstore, imap4rev2, qresync, searchres
+from txmail.imap.commands import condstore, imap4rev2, objectid, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
@@ -159,6 +159,7 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
     ctx.emit(
         UntaggedOk("UIDs valid", f"UIDVALIDITY {mailbox.uidvalidity}"),
         UntaggedOk("Predicted next UID", f"UIDNEXT {status.uidnext}"),
+        *objectid.select_response(mailbox),  # RFC 8474 section 4.2
         *condstore.select_responses(ctx, view, status, args.condstore),
     )
     qresync.select_responses(ctx, view, args.qresync)
