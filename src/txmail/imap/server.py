@@ -82,6 +82,7 @@ from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
 from txmail.imap.commands.mailboxes import special_uses
+from txmail.imap.commands.metadata import withheld_capabilities
 from txmail.imap.commands.selected import BATCH
 from txmail.imap.commands.utf8 import UTF8_ACCEPT
 from txmail.imap.events import (
@@ -190,6 +191,7 @@ class IMAPServerProtocol(SessionProtocol):
             loopback=is_loopback(host) if host else False,
             limits=factory.limits,
         )
+        session.withheld = factory.withheld
         self.log.info("IMAP connection from {peer}", peer=self.peer, session_id=self.session_id)
         return session
 
@@ -247,6 +249,12 @@ class IMAPServerProtocol(SessionProtocol):
             session_id=self.session_id,
         )
         self.store = self.factory.stores.store_for(event.user)
+        # Capabilities the store does not back (METADATA); later sessions
+        # of this factory start with them withheld (the provider's stores
+        # are alike), so their LOGIN response code is right too.
+        self.factory.withheld = withheld_capabilities(self.store)
+        if self.session is not None:
+            self.session.withheld = self.factory.withheld
         d = defer.Deferred.fromCoroutine(ensure_special_folders(self.store))
         d.addErrback(
             lambda f: self.log.failure("creating special-use mailboxes failed", failure=f, user=event.user)
@@ -567,6 +575,9 @@ class IMAPFactory(Factory):
         self.idle_timeout = idle_timeout
         self.limits = limits or IMAPLimits()
         self.clock = clock
+        #: Capabilities withheld from sessions (see ``IMAPSession.withheld``),
+        #: learnt from the stores at login.
+        self.withheld: frozenset[str] = frozenset()
 
     def make_id(self) -> str:
         return make_id(self.clock)

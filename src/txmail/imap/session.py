@@ -94,17 +94,27 @@ TaggedReply = tuple[str, str, str | None]
 @dataclass(frozen=True, slots=True)
 class IMAPLimits:
     """
-    Limits of one IMAP session.
+    Limits of one IMAP session (and its METADATA settings).
 
     Attributes:
         max_line: octets of one command line, CRLF included.
         max_literal: octets of one literal; also the APPENDLIMIT (RFC 7889).
         max_bad_commands: protocol errors tolerated before ``BYE``.
+        metadata_max_size: octets of one METADATA entry value (RFC 5464
+            section 4.3: ``NO [METADATA MAXSIZE n]`` beyond).
+        metadata_max_entries: METADATA entries one user may keep (``NO
+            [METADATA TOOMANY]`` beyond).
+        metadata_admin: the server entry ``/shared/admin`` (a URI), or ``None``.
+        metadata_comment: the server entry ``/shared/comment``, or ``None``.
     """
 
     max_line: int = DEFAULT_MAX_LINE
     max_literal: int = DEFAULT_MAX_LITERAL
     max_bad_commands: int = 30
+    metadata_max_size: int = 16384
+    metadata_max_entries: int = 256
+    metadata_admin: str | None = None
+    metadata_comment: str | None = None
 
 
 #: Octets a literal may hold before login (see IMAPSession._set_literal_limits).
@@ -149,6 +159,9 @@ class IMAPSession(SessionCore[Event]):
         if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
             raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
         self.limits = limits or IMAPLimits()
+        #: Capabilities of the table not to advertise: those the user's
+        #: store does not back (METADATA without IMetadataStore).
+        self.withheld: frozenset[str] = frozenset()
         self.tls = tls_active
         self.tls_available = tls_available and not tls_active
         self.plaintext_auth = plaintext_auth
@@ -232,7 +245,7 @@ class IMAPSession(SessionCore[Event]):
 
     def capabilities(self) -> tuple[str, ...]:
         """The capabilities to advertise now (RFC 3501 section 7.2.1)."""
-        caps = list(table_capabilities())
+        caps = [c for c in table_capabilities() if c not in self.withheld]
         caps.append(f"APPENDLIMIT={self.limits.max_literal}")
         if self.state is State.NOT_AUTHENTICATED:
             if self.tls_available:

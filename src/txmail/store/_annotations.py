@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -142,10 +143,8 @@ def write_annotations(path: str, entries: Mapping[str, bytes], server: bool = Fa
     if entries:
         write_file_durably(file, encode(entries))
         return
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(file)
-    except FileNotFoundError:
-        pass
 
 
 class AnnotationListeners:

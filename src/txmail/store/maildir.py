@@ -1398,7 +1398,6 @@ class MaildirStore:
                 return defer.succeed(name)
         return defer.succeed(None)
 
-
     # -- RFC 5464 annotations (IMetadataStore) --------------------------------
 
     def _read_annotations(self, mailbox: str) -> defer.Deferred[dict[str, bytes]]:
@@ -1410,7 +1409,9 @@ class MaildirStore:
             entries, damaged = result
             if damaged:
                 self.log.warn(
-                    "set aside a damaged annotations file of {mailbox!r} in {root}", mailbox=mailbox, root=self.root
+                    "set aside a damaged annotations file of {mailbox!r} in {root}",
+                    mailbox=mailbox,
+                    root=self.root,
                 )
             return entries
 
@@ -1450,10 +1451,8 @@ class MaildirStore:
             names = yield self._run(io.list_folders, self.root)
             total = 0
             for name in ["", INBOX, *sorted(names)]:
-                try:
+                with contextlib.suppress(NoSuchMailbox):  # removed meanwhile by another program
                     total += len((yield self._read_annotations(name)))
-                except NoSuchMailbox:
-                    pass  # removed meanwhile by another program
             self._annotation_total = total
         return self._annotation_total
 

@@ -383,7 +383,6 @@ class MemoryStore:
                 return name
         return None
 
-
     # -- RFC 5464 annotations (IMetadataStore) --------------------------------
 
     def _annotated(self, mailbox: str) -> str:
