@@ -190,8 +190,8 @@ class IMAPServerProtocol(SessionProtocol):
             plaintext_auth=factory.plaintext_auth,
             loopback=is_loopback(host) if host else False,
             limits=factory.limits,
+            withheld=factory.withheld,
         )
-        session.withheld = factory.withheld
         self.log.info("IMAP connection from {peer}", peer=self.peer, session_id=self.session_id)
         return session
 

@@ -134,6 +134,7 @@ class IMAPSession(SessionCore[Event]):
         limits: the session's :class:`IMAPLimits`.
         sasl_factory: makes the SASL server of an AUTHENTICATE exchange.
         version: the version reported by ID.
+        withheld: capabilities of the table not to advertise (see ``withheld``).
 
     Attributes:
         state: a :class:`State`.
@@ -155,13 +156,14 @@ class IMAPSession(SessionCore[Event]):
         limits: IMAPLimits | None = None,
         sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
         version: str = "",
+        withheld: frozenset[str] = frozenset(),
     ) -> None:
         if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
             raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
         self.limits = limits or IMAPLimits()
         #: Capabilities of the table not to advertise: those the user's
         #: store does not back (METADATA without IMetadataStore).
-        self.withheld: frozenset[str] = frozenset()
+        self.withheld = withheld
         self.tls = tls_active
         self.tls_available = tls_available and not tls_active
         self.plaintext_auth = plaintext_auth
