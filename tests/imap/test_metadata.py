@@ -20,7 +20,8 @@ from zope.interface import implementer
 
 from tests.e2e._server import start_server
 from tests.imap.test_server import LOGIN, ServerTestCase
-from txmail.errors import NoSuchMailbox, UserExists
+from txmail.config import load_config
+from txmail.errors import ConfigError, NoSuchMailbox, UserExists
 from txmail.imap import responses, serialize
 from txmail.imap.commands import capabilities
 from txmail.imap.commands.context import run_now
@@ -479,6 +480,36 @@ class AdapterTests(ServerTestCase):
         t2 = StringTransport()
         proto2.makeConnection(t2)
         self.assertNotIn(b"METADATA", t2.value())
+
+
+class ConfigTests(SynchronousTestCase):
+    """The [imap] keys of METADATA: admin, comment, metadata_max_size, metadata_max_entries."""
+
+    def test_defaults(self) -> None:
+        s = load_config(None)
+        self.assertEqual((s.imap_admin, s.imap_comment), (None, None))
+        self.assertEqual((s.imap_metadata_max_size, s.imap_metadata_max_entries), (16384, 256))
+
+    def test_values(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[imap]\nadmin = "tel:+1-555-0100"\ncomment = "Hi"\nmetadata_max_size = 1024\n')
+        s = load_config(path)
+        self.assertEqual(
+            (s.imap_admin, s.imap_comment, s.imap_metadata_max_size), ("tel:+1-555-0100", "Hi", 1024)
+        )
+
+    def test_errors(self) -> None:
+        """RFC 5464: admin is a URI; at least 1024 octets and 10 entries (section 4.1)."""
+        for values in (
+            {"imap_admin": "postmaster"},
+            {"imap_admin": 5},
+            {"imap_metadata_max_size": 1023},
+            {"imap_metadata_max_entries": 9},
+            {"imap_metadata_max_entries": True},
+            {"imap_comment": ""},
+        ):
+            self.assertRaises(ConfigError, load_config, None, values)
 
 
 USER = "alice@example.test"
