@@ -74,8 +74,8 @@ def _metadata_store(ctx: CommandContext) -> Any:
     return store
 
 
-async def _computed(ctx: CommandContext, mailbox: str) -> dict[str, bytes]:
-    """The read-only entries of *mailbox* (``""``: the server's)."""
+async def _computed(ctx: CommandContext, mailbox: str, names: Iterable[str]) -> dict[str, bytes]:
+    """The read-only entries of *mailbox* (``""``: the server's) that *names* may ask for."""
     if mailbox == "":
         limits = ctx.session.limits
         out = {}
@@ -84,6 +84,8 @@ async def _computed(ctx: CommandContext, mailbox: str) -> dict[str, bytes]:
         if limits.metadata_comment:
             out[COMMENT] = limits.metadata_comment.encode("utf-8")
         return out
+    if not any(n == SPECIALUSE or SPECIALUSE.startswith(n + "/") for n in names):
+        return {}  # not asked: no listing
     role = (await special_uses(ctx.store, (mailbox,))).get(mailbox)
     return {} if role is None else {SPECIALUSE: role.value.encode("ascii")}
 
@@ -131,7 +133,7 @@ async def getmetadata(ctx: CommandContext, cmd: Command) -> Done:
     assert isinstance(args, GetMetadata)
     store = _metadata_store(ctx)
     entries = dict(await store_op(store.get_annotations, args.mailbox))  # NO [NONEXISTENT]
-    entries.update(await _computed(ctx, args.mailbox))
+    entries.update(await _computed(ctx, args.mailbox, args.entries))
     found = select_entries(entries, args.entries, args.depth)
     longest = 0
     if args.maxsize is not None:
