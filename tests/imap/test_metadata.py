@@ -442,6 +442,24 @@ class AdapterTests(ServerTestCase):
         out = self.send(proto, transport, b'm6 GETMETADATA "" /private/comment\r\n')
         self.assertEqual(out, b'* METADATA "" (/private/comment NIL)\r\nm6 OK GETMETADATA completed\r\n')
 
+    def test_invalid_mailbox_name(self) -> None:
+        """RFC 3501 section 5.1.3: a name that is not modified UTF-7 is NO, not BAD."""
+        proto, transport = self.login(select=None)
+        out = self.send(proto, transport, b"m1 GETMETADATA &Jjo /private/comment\r\n")
+        self.assertTrue(out.startswith(b"m1 NO [NONEXISTENT] "), out)
+        out = self.send(proto, transport, b'm2 SETMETADATA &Jjo (/private/comment "x")\r\n')
+        self.assertTrue(out.startswith(b"m2 NO [CANNOT] "), out)
+
+    def test_utf8_names(self) -> None:
+        """RFC 6855 section 3: after ENABLE UTF8=ACCEPT the METADATA response names the mailbox in UTF-8."""
+        self.successResultOf(self.store.create_mailbox("Büro"))
+        proto, transport = self.login(select=None)
+        self.send(proto, transport, b"e1 ENABLE UTF8=ACCEPT\r\n")
+        out = self.send(proto, transport, 'm1 GETMETADATA "Büro" /private/comment\r\n'.encode())
+        self.assertEqual(
+            out, '* METADATA "Büro" (/private/comment NIL)\r\nm1 OK GETMETADATA completed\r\n'.encode()
+        )
+
     def test_not_authenticated(self) -> None:
         """Sections 4.2 and 4.3: the commands need the authenticated state."""
         proto, transport = self.connect()
