@@ -27,7 +27,7 @@ from txmail.imap.commands import capabilities
 from txmail.imap.commands.context import run_now
 from txmail.imap.commands.metadata import getmetadata, select_entries, setmetadata
 from txmail.imap.fragment import CommandFragments, CommandFramer
-from txmail.imap.parser import MAX_ENTRY_NAME, ParseError, parse_command
+from txmail.imap.parser import MAX_ENTRY_NAME, MAX_METADATA_ENTRIES, ParseError, parse_command
 from txmail.imap.responses import Done, No, Response
 from txmail.imap.session import IMAPLimits, IMAPSession
 from txmail.imap.types import Command, GetMetadata, SetMetadata
@@ -128,6 +128,14 @@ class ParserTests(SynchronousTestCase):
         ):
             self.assertRaises(ParseError, parse, line)
         self.assertRaises(ParseError, parse, b"a SETMETADATA INBOX (/private/comment {})", b"\x00\x01\x02")
+        many = b" ".join(b"/private/e%d NIL" % i for i in range(MAX_METADATA_ENTRIES + 1))
+        self.assertRaises(ParseError, parse, b"a SETMETADATA INBOX (" + many + b")")
+        names = b" ".join(b"/private/e%d" % i for i in range(MAX_METADATA_ENTRIES + 1))
+        self.assertRaises(ParseError, parse, b"a GETMETADATA INBOX (" + names + b")")
+        names = b" ".join(b"/private/e%d" % i for i in range(MAX_METADATA_ENTRIES))
+        self.assertEqual(
+            len(parse(b"a GETMETADATA INBOX (" + names + b")").args.entries), MAX_METADATA_ENTRIES
+        )  # type: ignore[union-attr]
         args = parse(b"a SETMETADATA INBOX (/shared/vendor/acme/x NIL)").args
         self.assertEqual(args, SetMetadata("INBOX", (("/shared/vendor/acme/x", None),)))
 

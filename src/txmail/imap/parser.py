@@ -89,6 +89,7 @@ __all__ = [
     "LIST_SELECTION_OPTIONS",
     "MAX_DEPTH",
     "MAX_ENTRY_NAME",
+    "MAX_METADATA_ENTRIES",
     "MAX_TAG",
     "SORT_KEYS",
     "SORT_RETURN_OPTIONS",
@@ -129,6 +130,10 @@ MAX_TAG = 64
 #: Longest RFC 5464 entry name, in octets (a literal could otherwise make one
 #: as long as a message).
 MAX_ENTRY_NAME = 1024
+
+#: Most entries one GETMETADATA asks for, or one SETMETADATA sets (literals
+#: could otherwise pack millions into one command).
+MAX_METADATA_ENTRIES = 1000
 
 _MAX_NUMBER = 2**32 - 1
 
@@ -1527,7 +1532,8 @@ def metadata_entry(c: Cursor, setting: bool = False) -> str:
     ``shared``; case-insensitive (returned lower-cased).  An entry to set
     (*setting*) has at least 2 components, 4 under ``vendor``; one to get
     may be ``/private`` or ``/shared`` alone (with DEPTH).  Longer than
-    :data:`MAX_ENTRY_NAME`: BAD too.
+    :data:`MAX_ENTRY_NAME`, or more than :data:`MAX_METADATA_ENTRIES` in
+    one command: BAD too.
     """
     name = astring(c)
     if len(name) > MAX_ENTRY_NAME:
@@ -1550,6 +1556,8 @@ def _metadata_entries(c: Cursor) -> tuple[str, ...]:
         return (metadata_entry(c),)
     names = [metadata_entry(c)]
     while not c.accept(b")"):
+        if len(names) >= MAX_METADATA_ENTRIES:
+            raise c.fail("Too many entries in one command")
         c.sp()
         names.append(metadata_entry(c))
     return tuple(dict.fromkeys(names))
@@ -1624,6 +1632,8 @@ def _setmetadata(c: Cursor, uid: bool) -> SetMetadata:
         pairs.append((name, _metadata_value(c)))
         if c.accept(b")"):
             return SetMetadata(box, tuple(pairs))
+        if len(pairs) >= MAX_METADATA_ENTRIES:
+            raise c.fail("Too many entries in one command")
         c.sp()
 
 

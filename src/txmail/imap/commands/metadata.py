@@ -110,6 +110,7 @@ def select_entries(
     """
     out: list[tuple[str, bytes | None]] = []
     seen: set[str] = set()
+    ordered = sorted(entries) if depth != 0 else []
     for name in names:
         if (name in entries or depth == 0) and name not in seen:
             seen.add(name)
@@ -117,7 +118,7 @@ def select_entries(
         if depth == 0:
             continue
         prefix = name + "/"
-        for key in sorted(entries):
+        for key in ordered:
             if key in seen or not key.startswith(prefix):
                 continue
             if depth is None or "/" not in key[len(prefix) :]:
