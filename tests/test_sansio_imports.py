@@ -59,6 +59,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/notify.py",
     "txmail/imap/commands/objectid.py",
     "txmail/imap/commands/savedate.py",
+    "txmail/imap/commands/metadata.py",
     "txmail/imap/binary.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",

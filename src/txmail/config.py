@@ -39,6 +39,10 @@ The file format (every key optional)::
     idle_timeout = 1800                  # seconds (RFC 3501 section 5.4: at least 30 minutes)
     max_line = 65536                     # octets of one command line (an RFC 2971 ID can be ~32 KB)
     max_literal = 52428800               # octets of one literal; the APPENDLIMIT (RFC 7889)
+    admin = "mailto:postmaster@example.com"  # METADATA server entry /shared/admin (RFC 5464)
+    comment = "Maintenance on Sunday"    # METADATA server entry /shared/comment
+    metadata_max_size = 16384            # octets of one METADATA entry value
+    metadata_max_entries = 256           # METADATA entries one user may keep
 
     [outbound]
     enabled = true                       # run the queue (deliver mail for other domains)
@@ -143,6 +147,10 @@ class Settings:
     imap_idle_timeout: float = 1800.0
     imap_max_line: int = 65536
     imap_max_literal: int = 50 * 1024 * 1024
+    imap_admin: str | None = None
+    imap_comment: str | None = None
+    imap_metadata_max_size: int = 16384
+    imap_metadata_max_entries: int = 256
     outbound_enabled: bool = True
     resolvers: tuple[str, ...] = ()
     relay_port: int = 25
@@ -220,6 +228,10 @@ _KEYS: dict[tuple[str, str], str] = {
     ("imap", "idle_timeout"): "imap_idle_timeout",
     ("imap", "max_line"): "imap_max_line",
     ("imap", "max_literal"): "imap_max_literal",
+    ("imap", "admin"): "imap_admin",
+    ("imap", "comment"): "imap_comment",
+    ("imap", "metadata_max_size"): "imap_metadata_max_size",
+    ("imap", "metadata_max_entries"): "imap_metadata_max_entries",
     ("outbound", "enabled"): "outbound_enabled",
     ("outbound", "resolvers"): "resolvers",
     ("outbound", "relay_port"): "relay_port",
@@ -387,6 +399,17 @@ def _validate(values: dict[str, Any]) -> Settings:
         elif f.name in ("threads", "max_message_size", "max_recipients", "imap_max_line", "imap_max_literal"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{f.name} must be a positive integer")
+            out[f.name] = value
+        elif f.name in ("imap_metadata_max_size", "imap_metadata_max_entries"):
+            # RFC 5464 section 4.1: at least 1024 octets and 10 entries.
+            least = 1024 if f.name == "imap_metadata_max_size" else 10
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{f.name} must be an integer of at least {least}")
+            out[f.name] = value
+        elif f.name == "imap_admin":
+            # RFC 5464 section 3.2.1.1: a URI (mailto:, tel:...).
+            if not isinstance(value, str) or ":" not in value.strip(":"):
+                raise ConfigError('imap admin must be a URI, e.g. "mailto:postmaster@example.com"')
             out[f.name] = value
         elif f.name in ("command_timeout", "data_timeout", "pop3_idle_timeout", "imap_idle_timeout"):
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

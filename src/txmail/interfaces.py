@@ -38,6 +38,7 @@ __all__ = [
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
+    "IMetadataStore",
     "IObjectIdProvider",
     "IObjectIds",
     "IQueue",
@@ -296,6 +297,59 @@ class IObjectIdProvider(Interface):
     only for such a provider: its capability list is sent before the user,
     and so the store, is known.  The memory and Maildir providers are.
     """
+class IMetadataStore(Interface):
+    """
+    A store that keeps RFC 5464 annotations (IMAP METADATA entries): per
+    mailbox, and for the server (mailbox name ``""``) per user.  Optional
+    beside :class:`IMailStore`: the IMAP server advertises METADATA only
+    for stores that provide it.  The memory and Maildir stores do (Maildir
+    keeps a file per mailbox, moved by RENAME and removed by DELETE).
+
+    Entry names are lower case and already checked by the caller (RFC 5464
+    section 3.2); values are octets.  Entries the server computes
+    (``/private/specialuse``, ``/shared/admin``) are not stored here.
+    """
+
+    def get_annotations(mailbox):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[dict[str, bytes]]``: every entry of *mailbox*
+        (``""``: the server's), by name.
+
+        Raises:
+            NoSuchMailbox: the mailbox does not exist.
+            InvalidMailboxName: the name is not valid.
+        """
+
+    def set_annotations(mailbox, changes):  # type: ignore[no-untyped-def]
+        """
+        Set the entries of *changes* (``{name: bytes}``; ``None`` removes
+        the entry) on *mailbox* (``""``: the server), all or none, durably;
+        then tell the annotation listeners
+        (:class:`txmail.model.AnnotationsChanged`, the names that changed).
+
+        Returns:
+            ``Deferred[None]``.
+
+        Raises:
+            NoSuchMailbox: the mailbox does not exist.
+            InvalidMailboxName: the name is not valid.
+        """
+
+    def annotation_count():  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[int]``: the number of entries the user keeps, over
+        every mailbox and the server (for the per-user limit).
+        """
+
+    def add_annotation_listener(listener):  # type: ignore[no-untyped-def]
+        """
+        Call ``listener(change)`` with a :class:`txmail.model.AnnotationsChanged`
+        after each :meth:`set_annotations` that changed something.  Listeners
+        must not raise and must not block.
+
+        Returns:
+            a callable with no arguments that removes the listener.
+        """
 
 
 class IMailbox(Interface):

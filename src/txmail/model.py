@@ -23,6 +23,7 @@ __all__ = [
     "INBOX",
     "SEEN",
     "SYSTEM_FLAGS",
+    "AnnotationsChanged",
     "DeliveryReport",
     "Envelope",
     "FlagMode",
@@ -501,6 +502,18 @@ class SubscriptionChanged(FolderChange):
 
     name: str
     subscribed: bool
+@dataclass(frozen=True, slots=True)
+class AnnotationsChanged:
+    """
+    RFC 5464 annotations (METADATA entries) of a mailbox, or of the server
+    when *mailbox* is ``""``, were set or removed: the entry names, lower
+    case (what :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener`
+    listeners get; RFC 5465 NOTIFY's MailboxMetadataChange and
+    ServerMetadataChange events).
+    """
+
+    mailbox: str
+    entries: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -472,7 +472,14 @@ def build_service(
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)
-    imap_limits = IMAPLimits(max_line=settings.imap_max_line, max_literal=settings.imap_max_literal)
+    imap_limits = IMAPLimits(
+        max_line=settings.imap_max_line,
+        max_literal=settings.imap_max_literal,
+        metadata_max_size=settings.imap_metadata_max_size,
+        metadata_max_entries=settings.imap_metadata_max_entries,
+        metadata_admin=settings.imap_admin,
+        metadata_comment=settings.imap_comment,
+    )
     for description in settings.imap:
         imap_factory = IMAPFactory(
             authenticator=authenticator,

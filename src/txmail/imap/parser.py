@@ -51,6 +51,7 @@ from txmail.imap.types import (
     Expunge,
     Fetch,
     FetchAttribute,
+    GetMetadata,
     GetQuota,
     GetQuotaRoot,
     Id,
@@ -72,6 +73,7 @@ from txmail.imap.types import (
     Section,
     Select,
     SequenceSet,
+    SetMetadata,
     Sort,
     Status,
     Store,
@@ -88,6 +90,8 @@ __all__ = [
     "LIST_RETURN_OPTIONS",
     "LIST_SELECTION_OPTIONS",
     "MAX_DEPTH",
+    "MAX_ENTRY_NAME",
+    "MAX_METADATA_ENTRIES",
     "MAX_TAG",
     "NOTIFY_EVENTS",
     "SAVED_RESULT",
@@ -109,6 +113,7 @@ __all__ = [
     "list_mailbox",
     "literal",
     "mailbox",
+    "metadata_entry",
     "nstring",
     "number",
     "parse_command",
@@ -126,6 +131,14 @@ MAX_DEPTH = 32
 
 #: Longest tag echoed in a reply.
 MAX_TAG = 64
+
+#: Longest RFC 5464 entry name, in octets (a literal could otherwise make one
+#: as long as a message).
+MAX_ENTRY_NAME = 1024
+
+#: Most entries one GETMETADATA asks for, or one SETMETADATA sets (literals
+#: could otherwise pack millions into one command).
+MAX_METADATA_ENTRIES = 1000
 
 _MAX_NUMBER = 2**32 - 1
 
@@ -1651,6 +1664,124 @@ def _notify_event(c: Cursor) -> str:
     """
     word = atom(c).upper()
     return NOTIFY_EVENTS.get(word, word)
+# -- METADATA (RFC 5464) ------------------------------------------------------
+
+#: The scopes an entry name starts with (RFC 5464 section 3.2).
+_ENTRY_SCOPES = ("private", "shared")
+
+
+def metadata_entry(c: Cursor, setting: bool = False) -> str:
+    """
+    entry = astring  ; slash-separated path to entry, MUST NOT contain "*" or "%"
+
+    RFC 5464 section 3.2: ASCII without controls, ``/`` separated, no two
+    consecutive ``/``, no trailing ``/``, first component ``private`` or
+    ``shared``; case-insensitive (returned lower-cased).  An entry to set
+    (*setting*) has at least 2 components, 4 under ``vendor``; one to get
+    may be ``/private`` or ``/shared`` alone (with DEPTH).  Longer than
+    :data:`MAX_ENTRY_NAME`, or more than :data:`MAX_METADATA_ENTRIES` in
+    one command: BAD too.
+    """
+    name = astring(c)
+    if len(name) > MAX_ENTRY_NAME:
+        raise c.fail("Entry name too long")
+    if not name.isascii() or any(ch < " " or ch in "*%\x7f" for ch in name):
+        raise c.fail("Invalid character in entry name")
+    if not name.startswith("/") or "//" in name or name.endswith("/"):
+        raise c.fail("Invalid entry name")
+    parts = name.lower().split("/")[1:]
+    if parts[0] not in _ENTRY_SCOPES:
+        raise c.fail("Entry names begin with /private or /shared")
+    if setting and (len(parts) < 2 or (parts[1] == "vendor" and len(parts) < 4)):
+        raise c.fail("Entry name has too few components")
+    return name.lower()
+
+
+def _metadata_entries(c: Cursor) -> tuple[str, ...]:
+    """entries = entry / "(" entry *(SP entry) ")"  (RFC 5464 section 5); repeats dropped"""
+    if not c.accept(b"("):
+        return (metadata_entry(c),)
+    names = [metadata_entry(c)]
+    while not c.accept(b")"):
+        if len(names) >= MAX_METADATA_ENTRIES:
+            raise c.fail("Too many entries in one command")
+        c.sp()
+        names.append(metadata_entry(c))
+    return tuple(dict.fromkeys(names))
+
+
+def _getmetadata(c: Cursor, uid: bool) -> GetMetadata:
+    """
+    getmetadata = "GETMETADATA" [SP getmetadata-options] SP mailbox SP entries
+    getmetadata-options = "(" getmetadata-option *(SP getmetadata-option) ")"
+    maxsize-opt = "MAXSIZE" SP number
+    scope-opt = "DEPTH" SP ("0" / "1" / "infinity")      (RFC 5464 section 5)
+
+    An unknown or repeated option is BAD.
+    """
+    c.sp()
+    maxsize: int | None = None
+    depth: int | None = 0
+    if c.accept(b"("):
+        seen: set[str] = set()
+        while True:
+            word = c.keyword()
+            if word in seen or word not in ("MAXSIZE", "DEPTH"):
+                raise c.fail("Unknown or repeated GETMETADATA option")
+            seen.add(word)
+            c.sp()
+            if word == "MAXSIZE":
+                maxsize = number(c)
+            else:
+                value = c.keyword()
+                if value not in ("0", "1", "INFINITY"):
+                    raise c.fail("DEPTH is 0, 1 or infinity")
+                depth = None if value == "INFINITY" else int(value)
+            if c.accept(b")"):
+                break
+            c.sp()
+        c.sp()
+    box = mailbox(c)
+    c.sp()
+    return GetMetadata(box, _metadata_entries(c), maxsize, depth)
+
+
+def _metadata_value(c: Cursor) -> bytes | None:
+    """
+    value = nstring / literal8  (RFC 5464 section 5); a NUL needs a literal8
+    (RFC 3501 section 4.3), as in APPEND.
+    """
+    if c.at_literal():
+        frag = c.take_literal()
+        if not frag.binary and b"\x00" in frag.data:
+            raise c.fail("NUL in a literal: send binary values as a literal8 (~{n})")
+        return frag.data
+    if c.peek() == 0x22:
+        return quoted(c).encode("utf-8")
+    c.expect(b"NIL")
+    return None
+
+
+def _setmetadata(c: Cursor, uid: bool) -> SetMetadata:
+    """
+    setmetadata = "SETMETADATA" SP mailbox SP entry-values
+    entry-values = "(" entry-value *(SP entry-value) ")"
+    entry-value = entry SP value                       (RFC 5464 section 5)
+    """
+    c.sp()
+    box = mailbox(c)
+    c.sp()
+    c.expect(b"(")
+    pairs: list[tuple[str, bytes | None]] = []
+    while True:
+        name = metadata_entry(c, setting=True)
+        c.sp()
+        pairs.append((name, _metadata_value(c)))
+        if c.accept(b")"):
+            return SetMetadata(box, tuple(pairs))
+        if len(pairs) >= MAX_METADATA_ENTRIES:
+            raise c.fail("Too many entries in one command")
+        c.sp()
 
 
 _Parser = Callable[[Cursor, bool], CommandArgs]
@@ -1689,6 +1820,8 @@ COMMANDS: dict[str, _Parser] = {
     "ENABLE": _enable,
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
     "REPLACE": _replace,
     "COMPRESS": _compress,
     "SORT": _sort,

@@ -39,6 +39,8 @@ __all__ = [
     "FlagsData",
     "IdData",
     "ListData",
+    "MetadataData",
+    "MetadataNames",
     "NamespaceData",
     "No",
     "QuotaData",
@@ -172,6 +174,28 @@ class QuotaData(Response):
 
     root: str
     resources: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataData(Response):
+    """
+    ``* METADATA mailbox (entry value ...)`` (RFC 5464 section 4.4.1):
+    *mailbox* ``""`` for the server; a value ``None`` is ``NIL``.
+    """
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataNames(Response):
+    """
+    ``* METADATA mailbox entry ...`` (RFC 5464 section 4.4.2): the entries
+    that changed, without values (unsolicited; for RFC 5465 NOTIFY).
+    """
+
+    mailbox: str
+    entries: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ __all__ = [
     "flags_and_permanent",
     "is_message_rfc822",
     "mailbox",
+    "metadata_value",
     "nstring",
     "number",
     "number_set",
@@ -565,6 +566,20 @@ def _fetch_data(resp: r.FetchData) -> list[bytes]:
     )
 
 
+def metadata_value(value: bytes | None) -> bytes:
+    """``value = nstring / literal8`` (RFC 5464 section 5): a literal8 when it holds a NUL."""
+    if value is None:
+        return NIL
+    if b"\x00" in value:
+        return b"~{%d}\r\n" % len(value) + value
+    return string(value)
+
+
+def _metadata_data(resp: r.MetadataData) -> bytes:
+    pairs = b" ".join(astring(name) + b" " + metadata_value(value) for name, value in resp.entries)
+    return untagged(b"METADATA", mailbox(resp.mailbox), b"(" + pairs + b")")
+
+
 #: One function per response type: the response, as pieces to write in order.
 _RENDERERS: dict[type, Any] = {
     r.FetchData: _fetch_data,
@@ -593,6 +608,8 @@ _RENDERERS: dict[type, Any] = {
             + b")",
         ),
     ),
+    r.MetadataData: lambda x: (_metadata_data(x),),
+    r.MetadataNames: lambda x: (untagged(b"METADATA", mailbox(x.mailbox), *(astring(n) for n in x.entries)),),
     r.SearchData: lambda x: (_with_modseq(search_response(x.numbers), b" (MODSEQ %d)", x.modseq),),
     r.ESearchData: lambda x: (
         _with_modseq(esearch_response(x.tag, x.uid, x.numbers, x.options), b" MODSEQ %d", x.modseq),

@@ -83,6 +83,7 @@ from txmail.imap.commands import COMMANDS, objectid
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
 from txmail.imap.commands.imap4rev2 import utf8_names
 from txmail.imap.commands.mailboxes import special_uses
+from txmail.imap.commands.metadata import withheld_capabilities
 from txmail.imap.commands.notify import NotifyState, command_names, new_message_fetches
 from txmail.imap.commands.selected import BATCH
 from txmail.imap.events import (
@@ -194,7 +195,7 @@ class IMAPServerProtocol(SessionProtocol):
             plaintext_auth=factory.plaintext_auth,
             loopback=is_loopback(host) if host else False,
             limits=factory.limits,
-            withheld=objectid.withheld(factory.stores),
+            withheld=factory.withheld,
         )
         self.log.info("IMAP connection from {peer}", peer=self.peer, session_id=self.session_id)
         return session
@@ -258,6 +259,12 @@ class IMAPServerProtocol(SessionProtocol):
             session_id=self.session_id,
         )
         self.store = self.factory.stores.store_for(event.user)
+        # Capabilities the store does not back (METADATA); later sessions
+        # of this factory start with them withheld (the provider's stores
+        # are alike), so their LOGIN response code is right too.
+        self.factory.withheld = objectid.withheld(self.factory.stores) | withheld_capabilities(self.store)
+        if self.session is not None:
+            self.session.withheld = self.factory.withheld
         d = defer.Deferred.fromCoroutine(ensure_special_folders(self.store))
         d.addErrback(
             lambda f: self.log.failure("creating special-use mailboxes failed", failure=f, user=event.user)
@@ -701,6 +708,9 @@ class IMAPFactory(Factory):
         self.idle_timeout = idle_timeout
         self.limits = limits or IMAPLimits()
         self.clock = clock
+        #: Capabilities withheld from sessions (see ``IMAPSession.withheld``),
+        #: from the provider (OBJECTID), and from the stores at login (METADATA).
+        self.withheld: frozenset[str] = objectid.withheld(stores)
 
     def make_id(self) -> str:
         return make_id(self.clock)

@@ -96,17 +96,27 @@ TaggedReply = tuple[str, str, str | None]
 @dataclass(frozen=True, slots=True)
 class IMAPLimits:
     """
-    Limits of one IMAP session.
+    Limits of one IMAP session (and its METADATA settings).
 
     Attributes:
         max_line: octets of one command line, CRLF included.
         max_literal: octets of one literal; also the APPENDLIMIT (RFC 7889).
         max_bad_commands: protocol errors tolerated before ``BYE``.
+        metadata_max_size: octets of one METADATA entry value (RFC 5464
+            section 4.3: ``NO [METADATA MAXSIZE n]`` beyond).
+        metadata_max_entries: METADATA entries one user may keep (``NO
+            [METADATA TOOMANY]`` beyond).
+        metadata_admin: the server entry ``/shared/admin`` (a URI), or ``None``.
+        metadata_comment: the server entry ``/shared/comment``, or ``None``.
     """
 
     max_line: int = DEFAULT_MAX_LINE
     max_literal: int = DEFAULT_MAX_LITERAL
     max_bad_commands: int = 30
+    metadata_max_size: int = 16384
+    metadata_max_entries: int = 256
+    metadata_admin: str | None = None
+    metadata_comment: str | None = None
 
 
 #: Octets a literal may hold before login (see IMAPSession._set_literal_limits).
@@ -126,9 +136,10 @@ class IMAPSession(SessionCore[Event]):
         limits: the session's :class:`IMAPLimits`.
         sasl_factory: makes the SASL server of an AUTHENTICATE exchange.
         version: the version reported by ID.
-        withheld: capabilities of the table not to advertise (OBJECTID for
-            a store without object ids,
-            :func:`txmail.imap.commands.objectid.withheld`).
+        withheld: capabilities of the table not to advertise: those the
+            user's store does not back (OBJECTID without store ids,
+            :func:`txmail.imap.commands.objectid.withheld`; METADATA
+            without IMetadataStore, set again at login).
 
     Attributes:
         state: a :class:`State`.
@@ -160,7 +171,7 @@ class IMAPSession(SessionCore[Event]):
         self.plaintext_auth = plaintext_auth
         self.loopback = loopback
         self.version = version
-        #: Capabilities of the table not to advertise (OBJECTID without store ids).
+        #: Capabilities of the table not to advertise (see *withheld*).
         self.withheld = frozenset(withheld)
         self._sasl_factory = sasl_factory
         SessionCore.__init__(self)

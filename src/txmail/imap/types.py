@@ -38,6 +38,7 @@ __all__ = [
     "Expunge",
     "Fetch",
     "FetchAttribute",
+    "GetMetadata",
     "GetQuota",
     "GetQuotaRoot",
     "Id",
@@ -59,6 +60,7 @@ __all__ = [
     "Section",
     "Select",
     "SequenceSet",
+    "SetMetadata",
     "Sort",
     "Status",
     "Store",
@@ -385,6 +387,32 @@ class GetQuotaRoot:
 
 
 @dataclass(frozen=True, slots=True)
+class GetMetadata:
+    """
+    GETMETADATA (RFC 5464 section 4.2): the mailbox (``""``: the server),
+    the entry names (checked and lower-cased, section 3.2), MAXSIZE
+    (``None``: no limit) and DEPTH (``0``, ``1`` or ``None`` for infinity).
+    """
+
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None
+    depth: int | None = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadata:
+    """
+    SETMETADATA (RFC 5464 section 4.3): the mailbox (``""``: the server)
+    and ``(entry, value)`` pairs in the order given, the value ``None``
+    (NIL) to remove the entry.
+    """
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
     """One message of a MULTIAPPEND (RFC 3502) after the first; fields as :class:`Append`'s."""
 
@@ -589,6 +617,8 @@ CommandArgs = (
     | Lsub
     | GetQuota
     | GetQuotaRoot
+    | GetMetadata
+    | SetMetadata
     | Status
     | Append
     | Expunge

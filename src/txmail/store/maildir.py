@@ -115,6 +115,7 @@ from txmail.interfaces import (
     IMailbox,
     IMailStore,
     IMailStoreProvider,
+    IMetadataStore,
     IObjectIdProvider,
     IObjectIds,
     ISaveDates,
@@ -124,6 +125,7 @@ from txmail.interfaces import (
 from txmail.model import (
     DELIMITER,
     INBOX,
+    AnnotationsChanged,
     FlagMode,
     FlagsChanged,
     FolderCreated,
@@ -140,6 +142,7 @@ from txmail.model import (
     normalize_flags,
 )
 from txmail.quota import Usage
+from txmail.store import _annotations as annotations
 from txmail.store import _maildir_io as io
 from txmail.store._base import (
     MailboxState,
@@ -1124,7 +1127,7 @@ class MaildirMailbox(MailboxState):
 USAGE_RESCAN = 300.0
 
 
-@implementer(IMailStore, IStorageUsage, IStoreChanges)
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore)
 class MaildirStore(StoreListeners):
     """
     One user's Maildir++ tree.  Get it from :meth:`MaildirProvider.store_for`.
@@ -1145,6 +1148,9 @@ class MaildirStore(StoreListeners):
         self._boxes: dict[str, MaildirMailbox] = {}
         self._usage_scan: dict[str, Usage] | None = None  # {folder path: Usage} (usage())
         self._usage_scan_at = 0.0
+        # RFC 5464 annotations: listeners, and the user's count (None: count again).
+        self._annotation_listeners = annotations.AnnotationListeners()
+        self._annotation_total: int | None = None
         # Created synchronously: the first use of a user creates the
         # storage (IMailStoreProvider.store_for), e.g. from the admin CLI.
         io.make_user_dir(root)
@@ -1358,6 +1364,7 @@ class MaildirStore(StoreListeners):
         if self._store_listeners:
             parent = any(n.startswith(name + DELIMITER) for n in existing)
             self._tell_store(FolderDeleted(name, parent=parent))
+        self._annotation_total = None  # the folder's annotations went with it
         if self._roles.pop(name, None) is not None:
             yield self._write_roles()
 
@@ -1380,6 +1387,12 @@ class MaildirStore(StoreListeners):
             inbox = yield self._open(INBOX)
             target = yield self._open(new)
             yield inbox.move(list(inbox._infos), target)
+            # RFC 5464 section 4.1: INBOX keeps its annotations, the new
+            # mailbox gets a copy.
+            entries = yield self._read_annotations(INBOX)
+            if entries:
+                yield self._run(annotations.write_annotations, self._path(new), entries)
+                self._annotation_total = None
             return
         prefix = old + DELIMITER
         moving = sorted(n for n in existing if n == old or n.startswith(prefix))
@@ -1404,6 +1417,7 @@ class MaildirStore(StoreListeners):
                 FolderCreated(n) for n in self._missing_parents(new, existing) if n not in renamed.values()
             ]
             self._tell_store(*made, *(FolderRenamed(n, renamed[n]) for n in moving))
+        # The annotations files moved with the directories.
         moved_roles = {renamed[n]: r for n, r in self._roles.items() if n in renamed}
         if moved_roles:
             self._roles = {n: r for n, r in self._roles.items() if n not in renamed}
@@ -1447,6 +1461,68 @@ class MaildirStore(StoreListeners):
             if r is role:
                 return defer.succeed(name)
         return defer.succeed(None)
+
+    # -- RFC 5464 annotations (IMetadataStore) --------------------------------
+
+    def _read_annotations(self, mailbox: str) -> defer.Deferred[dict[str, bytes]]:
+        """The annotations of *mailbox* (``""``: the server's), under the store lock."""
+        server = mailbox == ""
+        path = self.root if server else self._path(mailbox)
+
+        def read(result: tuple[dict[str, bytes], bool]) -> dict[str, bytes]:
+            entries, damaged = result
+            if damaged:
+                self.log.warn(
+                    "set aside a damaged annotations file of {mailbox!r} in {root}",
+                    mailbox=mailbox,
+                    root=self.root,
+                )
+            return entries
+
+        def missing(f: Failure) -> Failure:
+            f.trap(NoSuchMailbox)
+            raise NoSuchMailbox(mailbox)
+
+        d: defer.Deferred[Any] = self._run(annotations.read_annotations, path, server)
+        return d.addCallbacks(read, missing)
+
+    def get_annotations(self, mailbox: str) -> defer.Deferred[dict[str, bytes]]:
+        """See :meth:`txmail.interfaces.IMetadataStore.get_annotations`."""
+        try:
+            name = "" if mailbox == "" else check_name(mailbox)
+        except InvalidMailboxName:
+            return defer.fail()
+        return self._lock.run(self._read_annotations, name)
+
+    @_locked
+    def set_annotations(self, mailbox: str, changes: dict[str, bytes | None]) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IMetadataStore.set_annotations`."""
+        name = "" if mailbox == "" else check_name(mailbox)
+        old = yield self._read_annotations(name)
+        entries, changed = annotations.apply_changes(old, changes)
+        if not changed:
+            return
+        path = self.root if name == "" else self._path(name)
+        yield self._run(annotations.write_annotations, path, entries, name == "")
+        if self._annotation_total is not None:
+            self._annotation_total += len(entries) - len(old)
+        self._annotation_listeners.notify(AnnotationsChanged(name, changed))
+
+    @_locked
+    def annotation_count(self) -> Generator[Any, Any, int]:
+        """See :meth:`txmail.interfaces.IMetadataStore.annotation_count`."""
+        if self._annotation_total is None:
+            names = yield self._run(io.list_folders, self.root)
+            total = 0
+            for name in ["", INBOX, *sorted(names)]:
+                with contextlib.suppress(NoSuchMailbox):  # removed meanwhile by another program
+                    total += len((yield self._read_annotations(name)))
+            self._annotation_total = total
+        return self._annotation_total
+
+    def add_annotation_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+        """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener`."""
+        return self._annotation_listeners.add(listener)
 
 
 @implementer(IMailStoreProvider, IObjectIdProvider)

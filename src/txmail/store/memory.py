@@ -30,6 +30,7 @@ from txmail.interfaces import (
     IMailbox,
     IMailStore,
     IMailStoreProvider,
+    IMetadataStore,
     IObjectIdProvider,
     IObjectIds,
     ISaveDates,
@@ -39,6 +40,7 @@ from txmail.interfaces import (
 from txmail.model import (
     DELIMITER,
     INBOX,
+    AnnotationsChanged,
     FlagMode,
     FlagsChanged,
     FolderCreated,
@@ -55,6 +57,7 @@ from txmail.model import (
     normalize_flags,
 )
 from txmail.quota import Usage
+from txmail.store._annotations import AnnotationListeners, apply_changes
 from txmail.store._base import (
     MailboxState,
     StoreListeners,
@@ -243,7 +246,7 @@ class MemoryMailbox(MailboxState):
         self._check_alive()
 
 
-@implementer(IMailStore, IStorageUsage, IStoreChanges)
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore)
 class MemoryStore(StoreListeners):
     """One user's mailboxes, in memory.  Created by :class:`MemoryProvider`."""
 
@@ -254,6 +257,9 @@ class MemoryStore(StoreListeners):
         self._boxes: dict[str, MemoryMailbox] = {}
         self._subscriptions: set[str] = set()
         self._roles: dict[str, SpecialUse] = {}
+        # RFC 5464 annotations by mailbox name ("": the server's).
+        self._annotations: dict[str, dict[str, bytes]] = {}
+        self._annotation_listeners = AnnotationListeners()
         self._new_box(INBOX)
 
     def _new_box(self, name: str) -> MemoryMailbox:
@@ -326,6 +332,7 @@ class MemoryStore(StoreListeners):
                 raise MailboxNotEmpty(name)
             raise NoSuchMailbox(name)
         self._roles.pop(name, None)
+        self._annotations.pop(name, None)
         box._mark_deleted()
         if self._store_listeners:
             self._tell_store(FolderDeleted(name, parent=self._has_children(name)))
@@ -352,6 +359,10 @@ class MemoryStore(StoreListeners):
                 self._tell_store(*created, FolderCreated(new))
             inbox = self._boxes[INBOX]
             inbox.move(list(inbox._infos), target)
+            # RFC 5464 section 4.1: INBOX keeps its annotations, the new
+            # mailbox gets a copy.
+            if INBOX in self._annotations:
+                self._annotations[new] = dict(self._annotations[INBOX])
             return
         prefix = old + DELIMITER
         moving = sorted(n for n in self._boxes if n == old or n.startswith(prefix))
@@ -368,6 +379,9 @@ class MemoryStore(StoreListeners):
             role = self._roles.pop(name, None)
             if role is not None:
                 self._roles[box.name] = role
+            annotations = self._annotations.pop(name, None)
+            if annotations is not None:
+                self._annotations[box.name] = annotations
         if self._store_listeners:
             self._tell_store(*created, *(FolderRenamed(n, renamed[n]) for n in moving))
 
@@ -403,6 +417,42 @@ class MemoryStore(StoreListeners):
             if r is role:
                 return name
         return None
+
+    # -- RFC 5464 annotations (IMetadataStore) --------------------------------
+
+    def _annotated(self, mailbox: str) -> str:
+        if mailbox == "":
+            return mailbox
+        name = check_name(mailbox)
+        if name not in self._boxes:
+            raise NoSuchMailbox(name)
+        return name
+
+    @_guard
+    def get_annotations(self, mailbox: str) -> dict[str, bytes]:
+        """See :meth:`txmail.interfaces.IMetadataStore.get_annotations`."""
+        return dict(self._annotations.get(self._annotated(mailbox), {}))
+
+    @_guard
+    def set_annotations(self, mailbox: str, changes: dict[str, bytes | None]) -> None:
+        """See :meth:`txmail.interfaces.IMetadataStore.set_annotations`."""
+        name = self._annotated(mailbox)
+        entries, changed = apply_changes(self._annotations.get(name, {}), changes)
+        if entries:
+            self._annotations[name] = entries
+        else:
+            self._annotations.pop(name, None)
+        if changed:
+            self._annotation_listeners.notify(AnnotationsChanged(name, changed))
+
+    @_guard
+    def annotation_count(self) -> int:
+        """See :meth:`txmail.interfaces.IMetadataStore.annotation_count`."""
+        return sum(len(entries) for entries in self._annotations.values())
+
+    def add_annotation_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+        """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener`."""
+        return self._annotation_listeners.add(listener)
 
 
 @implementer(IMailStoreProvider, IObjectIdProvider)

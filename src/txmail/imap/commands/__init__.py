@@ -57,6 +57,7 @@ from txmail.imap.commands import (  # noqa: F401
     compress,
     imap4rev2,
     mailboxes,
+    metadata,
     notify,
     objectid,
     preview,
