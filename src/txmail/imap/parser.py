@@ -40,6 +40,7 @@ from txmail.imap.types import (
     Append,
     AppendMessage,
     Authenticate,
+    CatenatePart,
     Command,
     CommandArgs,
     Compress,
@@ -85,6 +86,7 @@ __all__ = [
     "FETCH_MACROS",
     "LIST_RETURN_OPTIONS",
     "LIST_SELECTION_OPTIONS",
+    "MAX_CATENATE_PARTS",
     "MAX_DEPTH",
     "MAX_TAG",
     "SORT_KEYS",
@@ -1262,11 +1264,18 @@ def _append(c: Cursor, uid: bool) -> Append:
     more: list[AppendMessage] = []
     while not c.at_end():
         more.append(_append_message(c))
-    return Append(box, first.flags, first.date, first.literal, first.binary, tuple(more))
+    return Append(box, first.flags, first.date, first.literal, first.binary, tuple(more), first.catenate)
+
+
+#: ``cat-part`` items of one CATENATE append (RFC 4469): each URL costs a message read.
+MAX_CATENATE_PARTS = 100
 
 
 def _append_message(c: Cursor) -> AppendMessage:
-    """append-message = append-opts SP append-data  (RFC 3502 section 6.3.11)"""
+    """
+    append-message = append-opts SP append-data  (RFC 3502 section 6.3.11)
+    append-data =/ "CATENATE" SP "(" cat-part *(SP cat-part) ")"  ; RFC 4469 section 5
+    """
     c.sp()
     flags: tuple[str, ...] = ()
     when = None
@@ -1276,7 +1285,19 @@ def _append_message(c: Cursor) -> AppendMessage:
     if c.peek() == 0x22:
         when = date_time(c)
         c.sp()
-    if c.accept(b"UTF8 ("):
+    if c.accept(b"CATENATE ("):
+        return AppendMessage(flags, when, b"", False, _cat_parts(c))
+    data, binary = _append_data(c)
+    return AppendMessage(flags, when, data, binary)
+
+
+def _append_data(c: Cursor, utf8: bool = True) -> tuple[bytes, bool]:
+    """
+    append-data = literal / literal8 / "UTF8" SP "(" literal8 ")"  ; RFC 3516, RFC 6855 section 4
+
+    The octets and whether they came as a literal8 (*utf8*: the ``UTF8`` form is allowed).
+    """
+    if utf8 and c.accept(b"UTF8 ("):
         # RFC 6855 section 4: append-data =/ "UTF8" SP "(" literal8 ")"
         if not c.at_literal():
             raise c.fail("Expected a literal8")
@@ -1284,13 +1305,42 @@ def _append_message(c: Cursor) -> AppendMessage:
         if not frag.binary:
             raise c.fail("UTF8 needs a literal8 (~{n})")
         c.expect(b")")
-        return AppendMessage(flags, when, frag.data, frag.binary)
+        return frag.data, frag.binary
     if not c.at_literal():
         raise c.fail("Expected a literal")
     frag = c.take_literal()
     if not frag.binary and b"\x00" in frag.data:
         raise c.fail("NUL in a literal: send binary content as a literal8 (~{n})")
-    return AppendMessage(flags, when, frag.data, frag.binary)
+    return frag.data, frag.binary
+
+
+def _cat_parts(c: Cursor) -> tuple[CatenatePart, ...]:
+    """
+    cat-part *(SP cat-part) ")"                 ; after "CATENATE (" (RFC 4469 section 5)
+    cat-part = text-literal / url
+    text-literal = "TEXT" SP literal            ; a literal8 too (RFC 3516)
+    url = "URL" SP astring
+    cat-part =/ "UTF8" SP "(" literal8 ")"      ; RFC 6855 section 4
+
+    At most :data:`MAX_CATENATE_PARTS` parts.
+    """
+    parts: list[CatenatePart] = []
+    while True:
+        if len(parts) >= MAX_CATENATE_PARTS:
+            raise c.fail("Too many CATENATE parts")
+        if c.accept(b"URL "):
+            parts.append(CatenatePart(url=astring(c)))
+        elif c.accept(b"TEXT "):
+            data, binary = _append_data(c, utf8=False)
+            parts.append(CatenatePart(text=data, binary=binary))
+        elif c.peek() == ord("U") or c.peek() == ord("u"):
+            data, binary = _append_data(c)  # "UTF8 (" literal8 ")"
+            parts.append(CatenatePart(text=data, binary=binary))
+        else:
+            raise c.fail("Expected TEXT or URL")
+        if c.accept(b")"):
+            return tuple(parts)
+        c.sp()
 
 
 def _compress(c: Cursor, uid: bool) -> Compress:

@@ -385,6 +385,13 @@ class IMAPServerProtocol(SessionProtocol):
     def quotas(self) -> Quotas | None:
         return self.factory.quotas
 
+    @property
+    def server_names(self) -> frozenset[str]:
+        """The host names an IMAP URL may give for this server: the factory's, and the address connected to."""
+        host = getattr(self.transport.getHost(), "host", "") if self.transport is not None else ""
+        local = {host, f"[{host}]"} if host else set()
+        return self.factory.hostnames | {name.lower() for name in local}
+
     def emit(self, *responses: Response) -> None:
         """Queue untagged responses of the running command (written per batch by :meth:`drain`)."""
         self.session.send(*serialize.render_all(responses, utf8_names=UTF8_ACCEPT in self.session.enabled))
@@ -535,6 +542,8 @@ class IMAPFactory(Factory):
         quotas: the storage limits (:class:`txmail.quota.Quotas`): APPEND
             and COPY that do not fit get ``NO [OVERQUOTA]`` (RFC 9208
             section 4.3); MOVE within the user's mailboxes changes nothing.
+        hostname: the server's name: an IMAP URL (CATENATE, RFC 4469) may
+            name it, or the address the client connected to.
     """
 
     protocol = IMAPServerProtocol  # type: ignore[assignment]
@@ -552,6 +561,7 @@ class IMAPFactory(Factory):
         clock: IReactorTime | None = None,
         copy_listeners: Sequence[CopyListener] = (),
         quotas: Quotas | None = None,
+        hostname: str | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -559,6 +569,7 @@ class IMAPFactory(Factory):
             clock = reactor  # type: ignore[assignment]
         self.copy_listeners = tuple(copy_listeners)
         self.quotas = quotas if quotas is not None and quotas.enabled else None
+        self.hostnames = frozenset({hostname.lower()} if hostname else ())
         self.authenticator = authenticator
         self.stores = stores
         self.tls_context = tls_context
