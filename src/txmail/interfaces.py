@@ -40,6 +40,7 @@ __all__ = [
     "IMailbox",
     "IQueue",
     "IStorageUsage",
+    "IURLAuthKeys",
 ]
 
 
@@ -219,6 +220,34 @@ class IExpungeHistory(Interface):
         with a superset: UIDs expunged earlier, never a UID still present
         or never given (RFC 7162 section 3.2.6 allows reporting messages
         expunged before *modseq*).
+        """
+
+
+class IURLAuthKeys(Interface):
+    """
+    A store that keeps its user's URLAUTH mailbox access keys (RFC 4467
+    section 3): one secret random key per mailbox, with which the IMAP
+    server signs and checks URLAUTH-authorized URLs (the ``INTERNAL``
+    mechanism).  Optional beside :class:`IMailStore`: the IMAP server
+    offers URLAUTH only with stores that provide it.  The memory store
+    keeps the keys in memory, the Maildir store in a file of the user's
+    directory (mode 0600), so they survive restarts.
+    """
+
+    def urlauth_key(mailbox, uidvalidity, create=False):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[bytes | None]``: the access key of *mailbox*
+        (``str``) while its UIDVALIDITY is *uidvalidity* (``int``; a key
+        made for another UIDVALIDITY, e.g. of a deleted mailbox of the same
+        name, is not given).  Without a key: a new random one when *create*
+        is true (kept before the Deferred fires), else ``None``.
+        """
+
+    def reset_urlauth_keys(mailbox=None):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[None]``: forget the key of *mailbox*, or every key
+        of the user when ``None`` (RFC 4467 section 6.2, RESETKEY); the URLs
+        signed with them are no longer valid.
         """
 
 

@@ -52,6 +52,7 @@ from txmail.imap.types import (
     Expunge,
     Fetch,
     FetchAttribute,
+    GenUrlAuth,
     GetQuota,
     GetQuotaRoot,
     Id,
@@ -62,6 +63,7 @@ from txmail.imap.types import (
     QresyncParam,
     Rename,
     Replace,
+    ResetKey,
     Search,
     SearchAnd,
     SearchKey,
@@ -77,6 +79,7 @@ from txmail.imap.types import (
     Subscribe,
     Thread,
     Unsubscribe,
+    UrlFetch,
 )
 
 __all__ = [
@@ -89,6 +92,7 @@ __all__ = [
     "MAX_CATENATE_PARTS",
     "MAX_DEPTH",
     "MAX_TAG",
+    "MAX_URLAUTH_ITEMS",
     "SORT_KEYS",
     "SORT_RETURN_OPTIONS",
     "STATUS_ITEMS",
@@ -1554,6 +1558,61 @@ def _getquota(c: Cursor, uid: bool) -> GetQuota:
     return GetQuota(astring(c))
 
 
+#: URLs of one GENURLAUTH or URLFETCH (RFC 4467): each is a store lookup.
+MAX_URLAUTH_ITEMS = 100
+
+_MECHANISM_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+def _mechanism(c: Cursor) -> str:
+    """mechanism = "INTERNAL" / 1*(ALPHA / DIGIT / "-" / ".")  (RFC 4467 section 9), upper-cased"""
+    word = c.take_while(_MECHANISM_CHARS)
+    if not word:
+        raise c.fail("Expected a URLAUTH mechanism")
+    return word.decode("ascii").upper()
+
+
+def _genurlauth(c: Cursor, uid: bool) -> GenUrlAuth:
+    """genurlauth = "GENURLAUTH" 1*(SP url-rump SP mechanism) ; url-rump = astring  (RFC 4467 section 9)"""
+    requests: list[tuple[str, str]] = []
+    while True:
+        if len(requests) >= MAX_URLAUTH_ITEMS:
+            raise c.fail("Too many URLs")
+        c.sp()
+        rump = astring(c)
+        c.sp()
+        requests.append((rump, _mechanism(c)))
+        if c.at_end():
+            return GenUrlAuth(tuple(requests))
+
+
+def _resetkey(c: Cursor, uid: bool) -> ResetKey:
+    """resetkey = "RESETKEY" [SP mailbox *(SP mechanism)]  (RFC 4467 section 9)"""
+    if c.at_end():
+        return ResetKey()
+    c.sp()
+    box = mailbox(c)
+    mechanisms: list[str] = []
+    while not c.at_end():
+        if len(mechanisms) >= MAX_URLAUTH_ITEMS:
+            raise c.fail("Too many mechanisms")
+        c.sp()
+        mechanisms.append(_mechanism(c))
+    return ResetKey(box, tuple(mechanisms))
+
+
+def _urlfetch(c: Cursor, uid: bool) -> UrlFetch:
+    """urlfetch = "URLFETCH" 1*(SP url-full) ; url-full = astring  (RFC 4467 section 9)"""
+    urls: list[str] = []
+    while True:
+        if len(urls) >= MAX_URLAUTH_ITEMS:
+            raise c.fail("Too many URLs")
+        c.sp()
+        urls.append(astring(c))
+        if c.at_end():
+            return UrlFetch(tuple(urls))
+
+
 _Parser = Callable[[Cursor, bool], CommandArgs]
 
 #: Command name -> argument parser.  RFC 3501 section 6 and the extensions.
@@ -1594,6 +1653,9 @@ COMMANDS: dict[str, _Parser] = {
     "COMPRESS": _compress,
     "SORT": _sort,
     "THREAD": _thread,
+    "GENURLAUTH": _genurlauth,
+    "RESETKEY": _resetkey,
+    "URLFETCH": _urlfetch,
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).

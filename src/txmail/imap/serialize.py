@@ -581,6 +581,8 @@ _RENDERERS: dict[type, Any] = {
             + b")",
         ),
     ),
+    r.GenUrlAuthData: lambda x: (untagged(b"GENURLAUTH", *(string(u) for u in x.urls)),),
+    r.UrlFetchData: lambda x: (untagged(b"URLFETCH", astring(x.url), nstring(x.data)),),
     r.SearchData: lambda x: (_with_modseq(search_response(x.numbers), b" (MODSEQ %d)", x.modseq),),
     r.ESearchData: lambda x: (
         _with_modseq(esearch_response(x.tag, x.uid, x.numbers, x.options), b" MODSEQ %d", x.modseq),

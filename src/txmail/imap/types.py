@@ -39,6 +39,7 @@ __all__ = [
     "Expunge",
     "Fetch",
     "FetchAttribute",
+    "GenUrlAuth",
     "GetQuota",
     "GetQuotaRoot",
     "Id",
@@ -49,6 +50,7 @@ __all__ = [
     "NoArgs",
     "Rename",
     "Replace",
+    "ResetKey",
     "Search",
     "SearchAnd",
     "SearchKey",
@@ -64,6 +66,7 @@ __all__ = [
     "Subscribe",
     "Thread",
     "Unsubscribe",
+    "UrlFetch",
 ]
 
 
@@ -425,6 +428,28 @@ class Append:
     def messages(self) -> tuple[AppendMessage, ...]:
         """Every message, in order (the first is this command's own fields)."""
         return (AppendMessage(self.flags, self.date, self.literal, self.binary, self.catenate), *self.more)
+
+
+@dataclass(frozen=True, slots=True)
+class GenUrlAuth:
+    """GENURLAUTH (RFC 4467 section 6.1): ``(url rump, mechanism)`` pairs, mechanisms upper-cased."""
+
+    requests: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetKey:
+    """RESETKEY (RFC 4467 section 6.2): every key (``mailbox`` ``None``) or one mailbox's."""
+
+    mailbox: str | None = None
+    mechanisms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UrlFetch:
+    """URLFETCH (RFC 4467 section 6.3): the URLs, as written."""
+
+    urls: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,12 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from txmail import mime
 from txmail.imap.parser import Cursor, ParseError, section_spec
 from txmail.imap.types import Section
 from txmail.model import INBOX
 
-__all__ = ["IMAPURL", "MAX_URL", "URLError", "parse_url", "response_text"]
+__all__ = ["IMAPURL", "MAX_URL", "URLError", "parse_url", "response_text", "url_part"]
 
 #: Longest URL accepted (Dovecot's command lines bound them likewise).
 MAX_URL = 8192
@@ -302,3 +303,39 @@ def response_text(url: str, limit: int = 200) -> str:
     """
     kept = "".join(ch for ch in url if 0x20 < ord(ch) < 0x7F and ch != "]")[:limit]
     return kept or "-"
+
+
+def url_part(message: mime.ParsedMessage, url: IMAPURL) -> bytes:
+    """
+    What *url* names of *message*: ``BODY[section]<partial>`` as FETCH gives
+    it (RFC 5092 ``isection``, ``ipartial``; a partial beyond the end is
+    empty).  ``URLError`` when the section names a body part that does not exist.
+    """
+    data = message.data
+    section = url.section
+    if section is not None:
+        if section.part and not _part_exists(message, section):
+            raise URLError("no such body part")
+        data = message.section(_section_text(section))
+    if url.partial is not None:
+        offset, length = url.partial
+        data = data[offset:] if length is None else data[offset : offset + length]
+    return bytes(data)
+
+
+def _section_text(section: Section) -> str:
+    """*section* as :func:`txmail.mime.extract_section` reads it (header names quoted)."""
+    head = str(Section(section.part, section.text))
+    if section.fields:
+        names = " ".join('"' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in section.fields)
+        head += " (" + names + ")"
+    return head
+
+
+def _part_exists(message: mime.ParsedMessage, section: Section) -> bool:
+    """
+    Whether the part numbers of *section* name a body part: one that
+    exists has a ``MIME`` header or a body (a missing one gives neither).
+    """
+    parts = ".".join(str(p) for p in section.part)
+    return bool(message.section(parts + ".MIME") or message.section(parts))

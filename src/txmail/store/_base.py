@@ -42,6 +42,7 @@ from txmail.model import (
 )
 
 __all__ = [
+    "URLAUTH_KEY_SIZE",
     "Listener",
     "MailboxState",
     "check_name",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 Listener = Callable[[MailboxChange], None]
+
+#: Octets of a URLAUTH mailbox access key (RFC 4467 section 3: at least 128 bits).
+URLAUTH_KEY_SIZE = 32
 
 #: Largest UIDVALIDITY (a 32-bit non-zero number, RFC 3501 section 9).
 MAX_UIDVALIDITY = 0xFFFFFFFF

@@ -107,7 +107,14 @@ from zope.interface import implementer
 from txmail import mime
 from txmail._fs import RunBlocking, fsync_dir, run_inline
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
+from txmail.interfaces import (
+    IExpungeHistory,
+    IMailbox,
+    IMailStore,
+    IMailStoreProvider,
+    IStorageUsage,
+    IURLAuthKeys,
+)
 from txmail.model import (
     DELIMITER,
     INBOX,
@@ -125,6 +132,7 @@ from txmail.model import (
 from txmail.quota import Usage
 from txmail.store import _maildir_io as io
 from txmail.store._base import (
+    URLAUTH_KEY_SIZE,
     MailboxState,
     check_name,
     folder_infos,
@@ -158,6 +166,8 @@ __all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
 SUBSCRIPTIONS = "subscriptions"
 SPECIAL_USE = "txmail-special-use.json"
 UIDVALIDITY = "txmail-uidvalidity"
+#: The URLAUTH mailbox access keys (RFC 4467): ``{name: [uidvalidity, hex key]}``, mode 0600.
+URLAUTH_KEYS = "txmail-urlauth-keys.json"
 
 #: The index is rewritten when it holds more records than
 #: ``2 * messages + INDEX_SLACK``.
@@ -1074,7 +1084,7 @@ class MaildirMailbox(MailboxState):
 USAGE_RESCAN = 300.0
 
 
-@implementer(IMailStore, IStorageUsage)
+@implementer(IMailStore, IStorageUsage, IURLAuthKeys)
 class MaildirStore:
     """
     One user's Maildir++ tree.  Get it from :meth:`MaildirProvider.store_for`.
@@ -1152,6 +1162,51 @@ class MaildirStore:
         wrapper.__name__ = fn.__name__
         wrapper.__doc__ = fn.__doc__
         return wrapper
+
+    # -- URLAUTH access keys (RFC 4467) -------------------------------------------
+
+    def _read_urlauth_keys(self) -> dict[str, tuple[int, bytes]]:
+        try:
+            with open(os.path.join(self.root, URLAUTH_KEYS), "rb") as f:
+                raw = json.load(f)
+            return {str(n): (int(v[0]), bytes.fromhex(v[1])) for n, v in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError, TypeError, IndexError, KeyError):
+            # Damaged: no key is valid, so no URL signed before is (none is
+            # accepted wrongly); GENURLAUTH makes new ones.
+            self.log.warn("ignoring a damaged {file}", file=os.path.join(self.root, URLAUTH_KEYS))
+            return {}
+
+    def _write_urlauth_keys(self, keys: dict[str, tuple[int, bytes]]) -> defer.Deferred[None]:
+        data = json.dumps({n: [v, k.hex()] for n, (v, k) in sorted(keys.items())}, indent=1).encode()
+        return self._run(_write_secret, os.path.join(self.root, URLAUTH_KEYS), data)
+
+    @_locked
+    def urlauth_key(self, mailbox: str, uidvalidity: int, create: bool = False) -> Generator[Any, Any, bytes | None]:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.urlauth_key`."""
+        keys = yield self._run(self._read_urlauth_keys)
+        kept = keys.get(mailbox)
+        if kept is not None and kept[0] == uidvalidity:
+            return kept[1]
+        if not create:
+            return None
+        key = os.urandom(URLAUTH_KEY_SIZE)
+        keys[mailbox] = (uidvalidity, key)
+        yield self._write_urlauth_keys(keys)
+        return key
+
+    @_locked
+    def reset_urlauth_keys(self, mailbox: str | None = None) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.reset_urlauth_keys`."""
+        keys = yield self._run(self._read_urlauth_keys)
+        if mailbox is None:
+            changed = bool(keys)
+            keys = {}
+        else:
+            changed = keys.pop(mailbox, None) is not None
+        if changed:
+            yield self._write_urlauth_keys(keys)
 
     # -- mailboxes ------------------------------------------------------------
 
@@ -1377,6 +1432,18 @@ class MaildirStore:
             if r is role:
                 return defer.succeed(name)
         return defer.succeed(None)
+
+
+def _write_secret(path: str, data: bytes) -> None:
+    """Replace *path* with *data* atomically and durably, readable by its owner only (mode 0600)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
 
 
 @implementer(IMailStoreProvider)

@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
@@ -25,7 +26,14 @@ from zope.interface import implementer
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider, IStorageUsage
+from txmail.interfaces import (
+    IExpungeHistory,
+    IMailbox,
+    IMailStore,
+    IMailStoreProvider,
+    IStorageUsage,
+    IURLAuthKeys,
+)
 from txmail.model import (
     DELIMITER,
     INBOX,
@@ -42,6 +50,7 @@ from txmail.model import (
 )
 from txmail.quota import Usage
 from txmail.store._base import (
+    URLAUTH_KEY_SIZE,
     MailboxState,
     check_name,
     folder_infos,
@@ -221,7 +230,7 @@ class MemoryMailbox(MailboxState):
         self._check_alive()
 
 
-@implementer(IMailStore, IStorageUsage)
+@implementer(IMailStore, IStorageUsage, IURLAuthKeys)
 class MemoryStore:
     """One user's mailboxes, in memory.  Created by :class:`MemoryProvider`."""
 
@@ -231,6 +240,7 @@ class MemoryStore:
         self._boxes: dict[str, MemoryMailbox] = {}
         self._subscriptions: set[str] = set()
         self._roles: dict[str, SpecialUse] = {}
+        self._urlauth_keys: dict[str, tuple[int, bytes]] = {}  # name -> (uidvalidity, key)
         self._new_box(INBOX)
 
     def _new_box(self, name: str) -> MemoryMailbox:
@@ -257,6 +267,26 @@ class MemoryStore:
             sum(box._size for box in self._boxes.values()),
             sum(len(box._infos) for box in self._boxes.values()),
         )
+
+    @_guard
+    def urlauth_key(self, mailbox: str, uidvalidity: int, create: bool = False) -> bytes | None:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.urlauth_key`."""
+        kept = self._urlauth_keys.get(mailbox)
+        if kept is not None and kept[0] == uidvalidity:
+            return kept[1]
+        if not create:
+            return None
+        key = os.urandom(URLAUTH_KEY_SIZE)
+        self._urlauth_keys[mailbox] = (uidvalidity, key)
+        return key
+
+    @_guard
+    def reset_urlauth_keys(self, mailbox: str | None = None) -> None:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.reset_urlauth_keys`."""
+        if mailbox is None:
+            self._urlauth_keys.clear()
+        else:
+            self._urlauth_keys.pop(mailbox, None)
 
     @_guard
     def list_mailboxes(self, pattern: str = "*") -> list[FolderInfo]:

@@ -52,8 +52,8 @@ from txmail.errors import InvalidMailboxName, NoSuchMailbox, NoSuchMessage
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import extension
 from txmail.imap.responses import No
-from txmail.imap.types import AppendMessage, Section
-from txmail.imap.url import IMAPURL, URLError, parse_url, response_text
+from txmail.imap.types import AppendMessage
+from txmail.imap.url import IMAPURL, URLError, parse_url, response_text, url_part
 
 __all__ = ["MAX_URLS", "bad_url", "build_message", "build_messages", "read_url", "server_names"]
 
@@ -91,7 +91,10 @@ class _Reader:
             raise bad_url(text) from None
         self._check_access(ctx, url, text)
         message = await self._message_of(url, text)
-        return _part(message, url, text)
+        try:
+            return url_part(message, url)
+        except URLError:
+            raise bad_url(text, "No such message part") from None
 
     def _check_access(self, ctx: CommandContext, url: IMAPURL, text: str) -> None:
         if url.host is not None and url.host not in server_names(ctx):
@@ -122,39 +125,6 @@ class _Reader:
 def server_names(ctx: CommandContext) -> frozenset[str]:
     """The host names a URL may give for this server (lower-cased)."""
     return frozenset(getattr(ctx, "server_names", ()) or ())
-
-
-def _part(message: mime.ParsedMessage, url: IMAPURL, text: str) -> bytes:
-    """``BODY[section]<partial>`` of the message (RFC 5092 ``isection``, ``ipartial``)."""
-    data = message.data
-    section = url.section
-    if section is not None:
-        if section.part and not _part_exists(message, section):
-            raise bad_url(text, "No such message part")
-        data = message.section(_section_text(section))
-    if url.partial is not None:
-        offset, length = url.partial
-        data = data[offset:] if length is None else data[offset : offset + length]
-    return bytes(data)
-
-
-def _section_text(section: Section) -> str:
-    """*section* as :func:`txmail.mime.extract_section` reads it (header names quoted)."""
-    head = str(Section(section.part, section.text))
-    if section.fields:
-        names = " ".join('"' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in section.fields)
-        head += " (" + names + ")"
-    return head
-
-
-def _part_exists(message: mime.ParsedMessage, section: Section) -> bool:
-    """
-    Whether the part numbers of *section* name a body part (its ``MIME``
-    header is empty only when there is no such part: a part that exists
-    has at least the blank line ending its header, or a body).
-    """
-    parts = ".".join(str(p) for p in section.part)
-    return bool(message.section(parts + ".MIME") or message.section(parts))
 
 
 async def read_url(ctx: CommandContext, url: str) -> bytes:
