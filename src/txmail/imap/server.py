@@ -80,7 +80,7 @@ from zope.interface import implementer
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS
-from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
+from txmail.imap.commands.context import SPECIAL_FOLDERS, call, ensure_special_folders
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.selected import BATCH
 from txmail.imap.commands.utf8 import UTF8_ACCEPT
@@ -384,6 +384,14 @@ class IMAPServerProtocol(SessionProtocol):
     @property
     def quotas(self) -> Quotas | None:
         return self.factory.quotas
+
+    async def user_store(self, user: str) -> Any:
+        """
+        The store of *user* when that is a user's canonical name, else
+        ``None``: another user's mail, for a URLAUTH-authorized URL (RFC 4467).
+        """
+        canonical = await call(self.factory.authenticator.directory.canonical_user, user)
+        return self.factory.stores.store_for(user) if canonical == user else None
 
     @property
     def server_names(self) -> frozenset[str]:

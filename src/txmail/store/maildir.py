@@ -1183,7 +1183,9 @@ class MaildirStore:
         return self._run(_write_secret, os.path.join(self.root, URLAUTH_KEYS), data)
 
     @_locked
-    def urlauth_key(self, mailbox: str, uidvalidity: int, create: bool = False) -> Generator[Any, Any, bytes | None]:
+    def urlauth_key(
+        self, mailbox: str, uidvalidity: int, create: bool = False
+    ) -> Generator[Any, Any, bytes | None]:
         """See :meth:`txmail.interfaces.IURLAuthKeys.urlauth_key`."""
         keys = yield self._run(self._read_urlauth_keys)
         kept = keys.get(mailbox)

@@ -19,10 +19,13 @@ CATENATE (RFC 4469): APPEND builds the message from ``TEXT`` literals and
   RFC 3501 section 6.4.5) and ``;PARTIAL=offset[.length]``.
 * Only this server's mail, and only the logged-in user's: a host other
   than the server's names (``server_names``: its host name and the
-  address the client connected to), a user other than the logged-in one,
-  or a ``;URLAUTH=`` (URLAUTH is not offered) get ``NO [BADURL url]``, as
-  do a syntax error in the URL, an unknown mailbox, UIDVALIDITY, message
-  or part.  Reading a message through a URL does not set ``\\Seen``.
+  address the client connected to) or a user other than the logged-in
+  one get ``NO [BADURL url]``, as do a syntax error in the URL, an
+  unknown mailbox, UIDVALIDITY, message or part.  A URLAUTH-authorized
+  URL (RFC 4467, :mod:`txmail.imap.commands.urlauth`) is accepted when
+  URLFETCH would give its data to the logged-in user (it may name another
+  user's mail, which that user signed); otherwise ``NO [BADURL url]``.
+  Reading a message through a URL does not set ``\\Seen``.
 * ``BADURL`` carries the URL as a bare ``url-resp-text`` (section 5 and
   erratum 4046, as Dovecot), without ``]``, CR or LF, at most 200
   characters.
@@ -46,11 +49,13 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox, NoSuchMessage
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import extension
+from txmail.imap.commands.urlauth import UnauthorizedURL, authorized_mailbox
 from txmail.imap.responses import No
 from txmail.imap.types import AppendMessage
 from txmail.imap.url import IMAPURL, URLError, parse_url, response_text, url_part
@@ -75,7 +80,7 @@ class _Reader:
     def __init__(self, ctx: CommandContext) -> None:
         self.ctx = ctx
         self.urls = 0
-        self._last: tuple[str, int, int] | None = None
+        self._last: tuple[str, str, int, int] | None = None
         self._message: mime.ParsedMessage | None = None
 
     async def read(self, text: str) -> bytes:
@@ -89,29 +94,35 @@ class _Reader:
             url = parse_url(text, None if view is None else view.name)
         except URLError:
             raise bad_url(text) from None
-        self._check_access(ctx, url, text)
         message = await self._message_of(url, text)
         try:
             return url_part(message, url)
         except URLError:
             raise bad_url(text, "No such message part") from None
 
-    def _check_access(self, ctx: CommandContext, url: IMAPURL, text: str) -> None:
+    async def _mailbox(self, url: IMAPURL, text: str) -> Any:
+        """The mailbox *url* names, if the logged-in user may read it."""
+        ctx = self.ctx
+        if url.access is not None or url.token is not None:
+            try:
+                return await authorized_mailbox(ctx, url)  # RFC 4467 URLAUTH
+            except UnauthorizedURL:
+                raise bad_url(text, "URLAUTH URL not authorized") from None
         if url.host is not None and url.host not in server_names(ctx):
             raise bad_url(text, "URL names another server")
         if url.user is not None and url.user != ctx.session.user:
             raise bad_url(text, "URL names another user's mailbox")
-        if url.access is not None or url.token is not None:
-            raise bad_url(text, "URLAUTH is not supported")
-
-    async def _message_of(self, url: IMAPURL, text: str) -> mime.ParsedMessage:
         try:
-            mailbox = await call(self.ctx.store.get_mailbox, url.mailbox)
+            mailbox = await call(ctx.store.get_mailbox, url.mailbox)
         except (NoSuchMailbox, InvalidMailboxName):
             raise bad_url(text, "No such mailbox") from None
         if url.uidvalidity is not None and url.uidvalidity != mailbox.uidvalidity:
             raise bad_url(text, "UIDVALIDITY mismatch")
-        key = (url.mailbox, mailbox.uidvalidity, url.uid)
+        return mailbox
+
+    async def _message_of(self, url: IMAPURL, text: str) -> mime.ParsedMessage:
+        mailbox = await self._mailbox(url, text)
+        key = (url.user or self.ctx.session.user or "", url.mailbox, mailbox.uidvalidity, url.uid)
         if key == self._last and self._message is not None:
             return self._message
         try:

@@ -66,6 +66,12 @@ class CommandContext(Protocol):
     quotas: Any
     server_names: frozenset[str]
 
+    async def user_store(self, user: str) -> Any:
+        """
+        The store of another user, by canonical name, or ``None`` (optional:
+        URLAUTH, RFC 4467, reads what that user signed).
+        """
+
     def emit(self, *responses: Response) -> None:
         """Queue untagged responses of the running command (rendered by :mod:`txmail.imap.serialize`)."""
 
