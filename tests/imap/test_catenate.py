@@ -15,6 +15,8 @@ import imaplib
 import re
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -199,6 +201,59 @@ class URLTests(SynchronousTestCase):
         ):
             self.assertRaises(URLError, parse_url, text, "INBOX")
 
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.text(max_size=80),
+            st.lists(
+                st.sampled_from(
+                    [
+                        "imap://",
+                        "//",
+                        "/",
+                        "u%40x@",
+                        ";AUTH=*",
+                        "h",
+                        ":143",
+                        "INBOX",
+                        "%FF",
+                        "%41",
+                        ";UIDVALIDITY=",
+                        ";UID=",
+                        ";SECTION=",
+                        ";PARTIAL=",
+                        ";EXPIRE=",
+                        ";URLAUTH=",
+                        "1",
+                        "0",
+                        ".",
+                        "2030-01-01T00:00:00Z",
+                        "anonymous",
+                        "user+",
+                        "submit+",
+                        ":internal:",
+                        "0" * 32,
+                        "HEADER.FIELDS%20(A)",
+                        "[::1]",
+                        "?",
+                        "..",
+                        "]",
+                        " ",
+                    ]
+                ),
+                max_size=12,
+            ).map("".join),
+        ),
+        st.one_of(st.none(), st.just("INBOX"), st.just("a/b")),
+    )
+    def test_fuzz(self, text: str, base: str | None) -> None:
+        """parse_url raises nothing but URLError, whatever the text."""
+        try:
+            url = parse_url(text, base)
+        except URLError:
+            return
+        self.assertGreater(url.uid, 0)
+
     def test_response_text(self) -> None:
         """url-resp-text (erratum 2002): no "]", no controls, not empty, bounded."""
         self.assertEqual(response_text("/INBOX/;UID=1"), "/INBOX/;UID=1")
@@ -380,6 +435,21 @@ class CatenateServerTests(ServerTestCase):
         self.assertEqual(out, b"a OK [APPENDUID %d 1] APPEND completed\r\n" % drafts.uidvalidity)
         self.assertEqual(self.stored(drafts), [HEADER + b"body\r\n" + b"second body\r\n" + b"Subject"])
         self.assertEqual(self.flags(1), frozenset())
+
+    def test_server_host_name(self) -> None:
+        """A URL may name the server by its host name (IMAPFactory(hostname=)), in any case, or by the address connected to."""
+        proto, transport = self.connect(hostname="mx.example.test")
+        self.send(proto, transport, LOGIN)
+        for host in (b"MX.Example.Test", b"mx.example.test:143", b"10.0.0.1"):
+            out = self.send(
+                proto, transport, b"a APPEND INBOX CATENATE (URL imap://%s/INBOX/;UID=2)\r\n" % host
+            )
+            self.assertTrue(out.startswith(b"a OK [APPENDUID "), out)
+        out = self.send(
+            proto, transport, b"a APPEND INBOX CATENATE (URL imap://mx.example.test.evil/INBOX/;UID=2)\r\n"
+        )
+        self.assertTrue(out.startswith(b"a NO [BADURL "), out)
+        self.assertEqual(self.stored(), [*MESSAGES, MESSAGES[1], MESSAGES[1], MESSAGES[1]])
 
     def test_synchronizing_literal(self) -> None:
         """A synchronizing TEXT literal gets its continuation as any literal."""
