@@ -239,9 +239,7 @@ class FileDirectoryTests(SynchronousTestCase):
             self.successResultOf(server_view.canonical_user("alice@example.test")), "alice@example.test"
         )
         server_view.add_user("bob@example.test", "pw")
-        self.assertEqual(
-            self.successResultOf(server_view.canonical_user("bob@example.test")), "bob@example.test"
-        )
+        self.assertEqual(self.successResultOf(server_view.canonical_user("bob@example.test")), "bob@example.test")
 
     def test_hand_written_file(self) -> None:
         """A hand-written file with mixed-case keys and bad entries loads what it can."""

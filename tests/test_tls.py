@@ -23,12 +23,7 @@ class ServerContextTests(SynchronousTestCase):
         garbage = self.mktemp()
         with open(garbage, "w") as f:
             f.write("not a pem file")
-        for c, k in [
-            ("/nonexistent.pem", key),
-            (cert, "/nonexistent.key"),
-            (garbage, key),
-            (cert, other_key),
-        ]:
+        for c, k in [("/nonexistent.pem", key), (cert, "/nonexistent.key"), (garbage, key), (cert, other_key)]:
             self.assertRaises(ConfigError, server_context, c, k)
 
 

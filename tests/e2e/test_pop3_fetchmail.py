@@ -87,19 +87,17 @@ class FetchmailTests(TestCase):
         host, port = self.server.address("pop3")
         # One file per message: fetchmail starts the MDA once per message, via /bin/sh.
         mda = f"cat > $(mktemp {out_dir}/msg.XXXXXX)"
-        rc = "\n".join(
-            [
-                "set no syslog",
-                "set invisible",  # no Received: header of its own
-                f"poll {host} service {port} protocol POP3 auth password timeout 20",
-                f"  user {_quote(USER)} there with password {_quote(PASSWORD)}"
-                f" is {_quote(getpass.getuser())} here",
-                f"  options fetchall {'keep' if keep else 'no keep'} no rewrite no stripcr"
-                " sslproto ''",  # plain POP3, no opportunistic STLS
-                f"  mda {_quote(mda)}",
-                "",
-            ]
-        )
+        rc = "\n".join([
+            "set no syslog",
+            "set invisible",  # no Received: header of its own
+            f"poll {host} service {port} protocol POP3 auth password timeout 20",
+            f"  user {_quote(USER)} there with password {_quote(PASSWORD)}"
+            f" is {_quote(getpass.getuser())} here",
+            f"  options fetchall {'keep' if keep else 'no keep'} no rewrite no stripcr"
+            " sslproto ''",  # plain POP3, no opportunistic STLS
+            f"  mda {_quote(mda)}",
+            "",
+        ])
         rc_path = os.path.join(home, "fetchmailrc")
         fd = os.open(rc_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -109,20 +107,9 @@ class FetchmailTests(TestCase):
         proc = subprocess.run(
             # Our own lock file: as root fetchmail locks /var/run/fetchmail.pid,
             # which two tests running at once (trial -j) would share.
-            [
-                self.fetchmail,
-                "--fetchmailrc",
-                rc_path,
-                "--pidfile",
-                os.path.join(home, "fetchmail.pid"),
-                "--nodetach",
-                "--verbose",
-            ],
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=50,
+            [self.fetchmail, "--fetchmailrc", rc_path, "--pidfile", os.path.join(home, "fetchmail.pid"),
+             "--nodetach", "--verbose"],
+            cwd=home, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=50,
         )
         got = []
         for name in sorted(os.listdir(out_dir)):

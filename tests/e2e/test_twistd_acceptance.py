@@ -69,54 +69,23 @@ class TwistdAcceptanceTests(TestCase):
 
         def run() -> list[str]:
             add = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    CLI,
-                    "user",
-                    "add",
-                    "--data-dir",
-                    data_dir,
-                    "carol@example.test",
-                    "--password-stdin",
-                ],
-                input=b"s3cret\n",
-                capture_output=True,
-                timeout=60,
-                cwd=workdir,
+                [sys.executable, "-c", CLI, "user", "add", "--data-dir", data_dir,
+                 "carol@example.test", "--password-stdin"],
+                input=b"s3cret\n", capture_output=True, timeout=60, cwd=workdir,
             )
             assert add.returncode == 0, add.stderr
             smtp, submission = free_port(), free_port()
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    TWISTD,
-                    "-n",
-                    "--pidfile=",
-                    "--logfile",
-                    os.path.join(workdir, "log"),
-                    "mailserver",
-                    "--data-dir",
-                    data_dir,
-                    "--domain",
-                    "example.test",
-                    "--smtp",
-                    f"tcp:{smtp}:interface=127.0.0.1",
-                    "--submission",
-                    f"tcp:{submission}:interface=127.0.0.1",
-                ],
-                cwd=workdir,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=plugin_env(),
+                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(workdir, "log"),
+                 "mailserver", "--data-dir", data_dir, "--domain", "example.test",
+                 "--smtp", f"tcp:{smtp}:interface=127.0.0.1",
+                 "--submission", f"tcp:{submission}:interface=127.0.0.1"],
+                cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=plugin_env(),
             )
             try:
                 wait_for_port(smtp, proc)
                 with smtplib.SMTP("127.0.0.1", smtp) as s:
-                    s.sendmail(
-                        "dave@remote.test", ["carol@example.test"], b"Subject: acceptance\r\n\r\nhi\r\n"
-                    )
+                    s.sendmail("dave@remote.test", ["carol@example.test"], b"Subject: acceptance\r\n\r\nhi\r\n")
                 new = os.path.join(data_dir, "mail", "example.test", "carol", "new")
                 return [open(os.path.join(new, n), "rb").read().decode() for n in os.listdir(new)]
             finally:

@@ -179,10 +179,8 @@ def _reference_decode(data: bytes) -> tuple[bytes, bytes, bool] | None:
 
 class DataDecoderReferenceTests(SynchronousTestCase):
     @settings(max_examples=500, deadline=None)
-    @given(
-        st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\r\n.", b".\r\n"]), max_size=30),
-        st.lists(st.integers(min_value=0, max_value=200), max_size=5),
-    )
+    @given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\r\n.", b".\r\n"]), max_size=30),
+           st.lists(st.integers(min_value=0, max_value=200), max_size=5))
     def test_matches_reference(self, pieces: list[bytes], cuts: list[int]) -> None:
         """Fed in any split, the decoder agrees with a line-by-line reference decoder."""
         data = b"".join(pieces) + b"\r\n.\r\nNEXT"
