@@ -28,10 +28,13 @@ from txmail.errors import UserExists
 from txmail.imap import serialize
 from txmail.imap.commands import capabilities
 from txmail.imap.commands import urlauth as urlauth_module
+from txmail.imap.commands.context import run_now
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import MAX_URLAUTH_ITEMS, ParseError, parse_command
 from txmail.imap.responses import GenUrlAuthData, UrlFetchData
+from txmail.imap.session import IMAPSession
 from txmail.imap.types import GenUrlAuth, ResetKey, UrlFetch
+from txmail.imap.url import parse_url
 from txmail.interfaces import IURLAuthKeys
 from txmail.store.maildir import URLAUTH_KEYS, MaildirProvider
 from txmail.store.memory import MemoryProvider
@@ -131,6 +134,68 @@ class KeyStoreTests(SynchronousTestCase):
             f.write("{not json")
         self.assertIsNone(self.successResultOf(store.urlauth_key("INBOX", 5)))
         self.assertTrue(self.successResultOf(store.urlauth_key("INBOX", 5, True)))
+
+
+class HandlerContext:
+    """A CommandContext for the handlers without Twisted: alice's memory store, bob's through user_store."""
+
+    def __init__(self) -> None:
+        self.provider = MemoryProvider()
+        self.session = IMAPSession()
+        self.session.user = USER
+        self.store = self.provider.store_for(USER)
+        self.server_names = frozenset({HOST})
+        self.emitted: list[Any] = []
+
+    async def user_store(self, user: str) -> Any:
+        return self.provider.store_for(user) if user == BOB else None
+
+    def emit(self, *responses: Any) -> None:
+        self.emitted.extend(responses)
+
+    async def drain(self) -> None:
+        pass
+
+
+class HandlerTests(SynchronousTestCase):
+    """The handlers of txmail.imap.commands.urlauth driven with run_now."""
+
+    def test_generate_fetch_reset(self) -> None:
+        ctx = HandlerContext()
+        inbox = ctx.store._boxes["INBOX"]
+        inbox.append(b"Subject: x\r\n\r\nbody\r\n")
+        rump = f"imap://alice%40example.test@{HOST}/INBOX/;UID=1/;SECTION=TEXT;URLAUTH=authuser"
+        run_now(
+            urlauth_module.genurlauth(
+                ctx, parse_command([LineFragment(b'g GENURLAUTH "%s" INTERNAL' % rump.encode())])
+            )
+        )  # type: ignore[arg-type]
+        (generated,) = ctx.emitted
+        (url,) = generated.urls
+        fetch = parse_command([LineFragment(b'f URLFETCH "%s" "%s"' % (url.encode(), rump.encode()))])
+        run_now(urlauth_module.urlfetch(ctx, fetch))  # type: ignore[arg-type]
+        self.assertEqual(ctx.emitted[1:], [UrlFetchData(url, b"body\r\n"), UrlFetchData(rump, None)])
+        run_now(urlauth_module.resetkey(ctx, parse_command([LineFragment(b"r RESETKEY INBOX")])))  # type: ignore[arg-type]
+        run_now(urlauth_module.urlfetch(ctx, fetch))  # type: ignore[arg-type]
+        self.assertEqual(ctx.emitted[3:], [UrlFetchData(url, None), UrlFetchData(rump, None)])
+
+    def test_other_user(self) -> None:
+        """authorized_mailbox gives bob's mailbox only with bob's verifier."""
+        ctx = HandlerContext()
+        bob = ctx.provider.store_for(BOB)
+        inbox = bob._boxes["INBOX"]
+        key = run_now(_deferred(bob.urlauth_key("INBOX", inbox.uidvalidity, True)))
+        rump = f"imap://bob%40example.test@{HOST}/INBOX/;UID=1;URLAUTH=anonymous"
+        url = parse_url(f"{rump}:internal:{urlauth_module.sign(key, rump)}")
+        self.assertIs(run_now(urlauth_module.authorized_mailbox(ctx, url)), inbox)  # type: ignore[arg-type]
+        forged = parse_url(f"{rump}:internal:{urlauth_module.sign(b'x' * 32, rump)}")
+        self.assertRaises(
+            urlauth_module.UnauthorizedURL, run_now, urlauth_module.authorized_mailbox(ctx, forged)
+        )  # type: ignore[arg-type]
+
+
+async def _deferred(d: Any) -> Any:
+    return await d
 
 
 class TwoUsers:
