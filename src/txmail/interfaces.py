@@ -45,6 +45,7 @@ __all__ = [
     "ISaveDates",
     "IStorageUsage",
     "IStoreChanges",
+    "IURLAuthKeys",
 ]
 
 
@@ -297,6 +298,8 @@ class IObjectIdProvider(Interface):
     only for such a provider: its capability list is sent before the user,
     and so the store, is known.  The memory and Maildir providers are.
     """
+
+
 class IMetadataStore(Interface):
     """
     A store that keeps RFC 5464 annotations (IMAP METADATA entries): per
@@ -349,6 +352,34 @@ class IMetadataStore(Interface):
 
         Returns:
             a callable with no arguments that removes the listener.
+        """
+
+
+class IURLAuthKeys(Interface):
+    """
+    A store that keeps its user's URLAUTH mailbox access keys (RFC 4467
+    section 3): one secret random key per mailbox, with which the IMAP
+    server signs and checks URLAUTH-authorized URLs (the ``INTERNAL``
+    mechanism).  Optional beside :class:`IMailStore`: the IMAP server
+    offers URLAUTH only with stores that provide it.  The memory store
+    keeps the keys in memory, the Maildir store in a file of the user's
+    directory (mode 0600), so they survive restarts.
+    """
+
+    def urlauth_key(mailbox, uidvalidity, create=False):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[bytes | None]``: the access key of *mailbox*
+        (``str``) while its UIDVALIDITY is *uidvalidity* (``int``; a key
+        made for another UIDVALIDITY, e.g. of a deleted mailbox of the same
+        name, is not given).  Without a key: a new random one when *create*
+        is true (kept before the Deferred fires), else ``None``.
+        """
+
+    def reset_urlauth_keys(mailbox=None):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[None]``: forget the key of *mailbox*, or every key
+        of the user when ``None`` (RFC 4467 section 6.2, RESETKEY); the URLs
+        signed with them are no longer valid.
         """
 
 

@@ -492,6 +492,7 @@ def build_service(
             clock=reactor,
             copy_listeners=copy_listeners,
             quotas=quotas,
+            hostname=settings.hostname,
         )
         listener = ListenerService(
             reactor, with_certificate(description, settings.tls_cert, settings.tls_key), imap_factory, "imap"

@@ -40,6 +40,7 @@ from txmail.imap.types import (
     Append,
     AppendMessage,
     Authenticate,
+    CatenatePart,
     Command,
     CommandArgs,
     Compress,
@@ -51,6 +52,7 @@ from txmail.imap.types import (
     Expunge,
     Fetch,
     FetchAttribute,
+    GenUrlAuth,
     GetMetadata,
     GetQuota,
     GetQuotaRoot,
@@ -64,6 +66,7 @@ from txmail.imap.types import (
     QresyncParam,
     Rename,
     Replace,
+    ResetKey,
     Search,
     SearchAnd,
     SearchKey,
@@ -80,6 +83,7 @@ from txmail.imap.types import (
     Subscribe,
     Thread,
     Unsubscribe,
+    UrlFetch,
 )
 
 __all__ = [
@@ -89,10 +93,12 @@ __all__ = [
     "FETCH_MACROS",
     "LIST_RETURN_OPTIONS",
     "LIST_SELECTION_OPTIONS",
+    "MAX_CATENATE_PARTS",
     "MAX_DEPTH",
     "MAX_ENTRY_NAME",
     "MAX_METADATA_ENTRIES",
     "MAX_TAG",
+    "MAX_URLAUTH_ITEMS",
     "NOTIFY_EVENTS",
     "SAVED_RESULT",
     "SORT_KEYS",
@@ -1320,11 +1326,18 @@ def _append(c: Cursor, uid: bool) -> Append:
     more: list[AppendMessage] = []
     while not c.at_end():
         more.append(_append_message(c))
-    return Append(box, first.flags, first.date, first.literal, first.binary, tuple(more))
+    return Append(box, first.flags, first.date, first.literal, first.binary, tuple(more), first.catenate)
+
+
+#: ``cat-part`` items of one CATENATE append (RFC 4469): each URL costs a message read.
+MAX_CATENATE_PARTS = 100
 
 
 def _append_message(c: Cursor) -> AppendMessage:
-    """append-message = append-opts SP append-data  (RFC 3502 section 6.3.11)"""
+    """
+    append-message = append-opts SP append-data  (RFC 3502 section 6.3.11)
+    append-data =/ "CATENATE" SP "(" cat-part *(SP cat-part) ")"  ; RFC 4469 section 5
+    """
     c.sp()
     flags: tuple[str, ...] = ()
     when = None
@@ -1334,7 +1347,19 @@ def _append_message(c: Cursor) -> AppendMessage:
     if c.peek() == 0x22:
         when = date_time(c)
         c.sp()
-    if c.accept(b"UTF8 ("):
+    if c.accept(b"CATENATE ("):
+        return AppendMessage(flags, when, b"", False, _cat_parts(c))
+    data, binary = _append_data(c)
+    return AppendMessage(flags, when, data, binary)
+
+
+def _append_data(c: Cursor, utf8: bool = True) -> tuple[bytes, bool]:
+    """
+    append-data = literal / literal8 / "UTF8" SP "(" literal8 ")"  ; RFC 3516, RFC 6855 section 4
+
+    The octets and whether they came as a literal8 (*utf8*: the ``UTF8`` form is allowed).
+    """
+    if utf8 and c.accept(b"UTF8 ("):
         # RFC 6855 section 4: append-data =/ "UTF8" SP "(" literal8 ")"
         if not c.at_literal():
             raise c.fail("Expected a literal8")
@@ -1342,13 +1367,42 @@ def _append_message(c: Cursor) -> AppendMessage:
         if not frag.binary:
             raise c.fail("UTF8 needs a literal8 (~{n})")
         c.expect(b")")
-        return AppendMessage(flags, when, frag.data, frag.binary)
+        return frag.data, frag.binary
     if not c.at_literal():
         raise c.fail("Expected a literal")
     frag = c.take_literal()
     if not frag.binary and b"\x00" in frag.data:
         raise c.fail("NUL in a literal: send binary content as a literal8 (~{n})")
-    return AppendMessage(flags, when, frag.data, frag.binary)
+    return frag.data, frag.binary
+
+
+def _cat_parts(c: Cursor) -> tuple[CatenatePart, ...]:
+    """
+    cat-part *(SP cat-part) ")"                 ; after "CATENATE (" (RFC 4469 section 5)
+    cat-part = text-literal / url
+    text-literal = "TEXT" SP literal            ; a literal8 too (RFC 3516)
+    url = "URL" SP astring
+    cat-part =/ "UTF8" SP "(" literal8 ")"      ; RFC 6855 section 4
+
+    At most :data:`MAX_CATENATE_PARTS` parts.
+    """
+    parts: list[CatenatePart] = []
+    while True:
+        if len(parts) >= MAX_CATENATE_PARTS:
+            raise c.fail("Too many CATENATE parts")
+        if c.accept(b"URL "):
+            parts.append(CatenatePart(url=astring(c)))
+        elif c.accept(b"TEXT "):
+            data, binary = _append_data(c, utf8=False)
+            parts.append(CatenatePart(text=data, binary=binary))
+        elif c.peek() == ord("U") or c.peek() == ord("u"):
+            data, binary = _append_data(c)  # "UTF8 (" literal8 ")"
+            parts.append(CatenatePart(text=data, binary=binary))
+        else:
+            raise c.fail("Expected TEXT or URL")
+        if c.accept(b")"):
+            return tuple(parts)
+        c.sp()
 
 
 def _compress(c: Cursor, uid: bool) -> Compress:
@@ -1664,6 +1718,8 @@ def _notify_event(c: Cursor) -> str:
     """
     word = atom(c).upper()
     return NOTIFY_EVENTS.get(word, word)
+
+
 # -- METADATA (RFC 5464) ------------------------------------------------------
 
 #: The scopes an entry name starts with (RFC 5464 section 3.2).
@@ -1784,6 +1840,61 @@ def _setmetadata(c: Cursor, uid: bool) -> SetMetadata:
         c.sp()
 
 
+#: URLs of one GENURLAUTH or URLFETCH (RFC 4467): each is a store lookup.
+MAX_URLAUTH_ITEMS = 100
+
+_MECHANISM_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+def _mechanism(c: Cursor) -> str:
+    """mechanism = "INTERNAL" / 1*(ALPHA / DIGIT / "-" / ".")  (RFC 4467 section 9), upper-cased"""
+    word = c.take_while(_MECHANISM_CHARS)
+    if not word:
+        raise c.fail("Expected a URLAUTH mechanism")
+    return word.decode("ascii").upper()
+
+
+def _genurlauth(c: Cursor, uid: bool) -> GenUrlAuth:
+    """genurlauth = "GENURLAUTH" 1*(SP url-rump SP mechanism) ; url-rump = astring  (RFC 4467 section 9)"""
+    requests: list[tuple[str, str]] = []
+    while True:
+        if len(requests) >= MAX_URLAUTH_ITEMS:
+            raise c.fail("Too many URLs")
+        c.sp()
+        rump = astring(c)
+        c.sp()
+        requests.append((rump, _mechanism(c)))
+        if c.at_end():
+            return GenUrlAuth(tuple(requests))
+
+
+def _resetkey(c: Cursor, uid: bool) -> ResetKey:
+    """resetkey = "RESETKEY" [SP mailbox *(SP mechanism)]  (RFC 4467 section 9)"""
+    if c.at_end():
+        return ResetKey()
+    c.sp()
+    box = mailbox(c)
+    mechanisms: list[str] = []
+    while not c.at_end():
+        if len(mechanisms) >= MAX_URLAUTH_ITEMS:
+            raise c.fail("Too many mechanisms")
+        c.sp()
+        mechanisms.append(_mechanism(c))
+    return ResetKey(box, tuple(mechanisms))
+
+
+def _urlfetch(c: Cursor, uid: bool) -> UrlFetch:
+    """urlfetch = "URLFETCH" 1*(SP url-full) ; url-full = astring  (RFC 4467 section 9)"""
+    urls: list[str] = []
+    while True:
+        if len(urls) >= MAX_URLAUTH_ITEMS:
+            raise c.fail("Too many URLs")
+        c.sp()
+        urls.append(astring(c))
+        if c.at_end():
+            return UrlFetch(tuple(urls))
+
+
 _Parser = Callable[[Cursor, bool], CommandArgs]
 
 #: Command name -> argument parser.  RFC 3501 section 6 and the extensions.
@@ -1827,6 +1938,9 @@ COMMANDS: dict[str, _Parser] = {
     "SORT": _sort,
     "THREAD": _thread,
     "NOTIFY": _notify,
+    "GENURLAUTH": _genurlauth,
+    "RESETKEY": _resetkey,
+    "URLFETCH": _urlfetch,
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).

@@ -18,7 +18,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from txmail.imap.types import FetchAttribute
@@ -37,6 +37,7 @@ __all__ = [
     "FetchData",
     "FetchFlags",
     "FlagsData",
+    "GenUrlAuthData",
     "IdData",
     "ListData",
     "MetadataData",
@@ -52,6 +53,7 @@ __all__ = [
     "StatusData",
     "ThreadData",
     "UntaggedOk",
+    "UrlFetchData",
 ]
 
 
@@ -196,6 +198,21 @@ class MetadataNames(Response):
 
     mailbox: str
     entries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GenUrlAuthData(Response):
+    """``* GENURLAUTH url ...`` (RFC 4467 section 7): the URLAUTH-authorized URLs, in order."""
+
+    urls: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UrlFetchData(Response):
+    """``* URLFETCH url nstring`` (RFC 4467 section 7): the data, or ``None`` (NIL) when the URL gives none."""
+
+    url: str
+    data: bytes | None = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -610,6 +610,8 @@ _RENDERERS: dict[type, Any] = {
     ),
     r.MetadataData: lambda x: (_metadata_data(x),),
     r.MetadataNames: lambda x: (untagged(b"METADATA", mailbox(x.mailbox), *(astring(n) for n in x.entries)),),
+    r.GenUrlAuthData: lambda x: (untagged(b"GENURLAUTH", *(string(u) for u in x.urls)),),
+    r.UrlFetchData: lambda x: (untagged(b"URLFETCH", astring(x.url), nstring(x.data)),),
     r.SearchData: lambda x: (_with_modseq(search_response(x.numbers), b" (MODSEQ %d)", x.modseq),),
     r.ESearchData: lambda x: (
         _with_modseq(esearch_response(x.tag, x.uid, x.numbers, x.options), b" MODSEQ %d", x.modseq),

@@ -80,7 +80,7 @@ from zope.interface import implementer
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS, objectid
-from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
+from txmail.imap.commands.context import SPECIAL_FOLDERS, call, ensure_special_folders
 from txmail.imap.commands.imap4rev2 import utf8_names
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.metadata import withheld_capabilities
@@ -409,6 +409,21 @@ class IMAPServerProtocol(SessionProtocol):
     def quotas(self) -> Quotas | None:
         return self.factory.quotas
 
+    async def user_store(self, user: str) -> Any:
+        """
+        The store of *user* when that is a user's canonical name, else
+        ``None``: another user's mail, for a URLAUTH-authorized URL (RFC 4467).
+        """
+        canonical = await call(self.factory.authenticator.directory.canonical_user, user)
+        return self.factory.stores.store_for(user) if canonical == user else None
+
+    @property
+    def server_names(self) -> frozenset[str]:
+        """The host names an IMAP URL may give for this server: the factory's, and the address connected to."""
+        host = getattr(self.transport.getHost(), "host", "") if self.transport is not None else ""
+        local = {host, f"[{host}]"} if host else set()
+        return self.factory.hostnames | {name.lower() for name in local}
+
     def emit(self, *responses: Response) -> None:
         """Queue untagged responses of the running command (written per batch by :meth:`drain`)."""
         self.session.send(*serialize.render_all(responses, utf8_names=utf8_names(self.session.enabled)))
@@ -531,9 +546,7 @@ class IMAPServerProtocol(SessionProtocol):
         async def fetch() -> None:
             responses = await new_message_fetches(view, mailbox, uids, state.selected_fetch)
             if not self._lost and session.view is view:
-                session.unsolicited(
-                    *serialize.render_all(responses, utf8_names=utf8_names(session.enabled))
-                )
+                session.unsolicited(*serialize.render_all(responses, utf8_names=utf8_names(session.enabled)))
                 self._flush()
 
         d = defer.ensureDeferred(fetch())
@@ -676,6 +689,8 @@ class IMAPFactory(Factory):
         quotas: the storage limits (:class:`txmail.quota.Quotas`): APPEND
             and COPY that do not fit get ``NO [OVERQUOTA]`` (RFC 9208
             section 4.3); MOVE within the user's mailboxes changes nothing.
+        hostname: the server's name: an IMAP URL (CATENATE, RFC 4469) may
+            name it, or the address the client connected to.
     """
 
     protocol = IMAPServerProtocol  # type: ignore[assignment]
@@ -693,6 +708,7 @@ class IMAPFactory(Factory):
         clock: IReactorTime | None = None,
         copy_listeners: Sequence[CopyListener] = (),
         quotas: Quotas | None = None,
+        hostname: str | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -700,6 +716,7 @@ class IMAPFactory(Factory):
             clock = reactor  # type: ignore[assignment]
         self.copy_listeners = tuple(copy_listeners)
         self.quotas = quotas if quotas is not None and quotas.enabled else None
+        self.hostnames = frozenset({hostname.lower()} if hostname else ())
         self.authenticator = authenticator
         self.stores = stores
         self.tls_context = tls_context

@@ -27,6 +27,7 @@ __all__ = [
     "Append",
     "AppendMessage",
     "Authenticate",
+    "CatenatePart",
     "Command",
     "CommandArgs",
     "Compress",
@@ -38,6 +39,7 @@ __all__ = [
     "Expunge",
     "Fetch",
     "FetchAttribute",
+    "GenUrlAuth",
     "GetMetadata",
     "GetQuota",
     "GetQuotaRoot",
@@ -51,6 +53,7 @@ __all__ = [
     "NotifyGroup",
     "Rename",
     "Replace",
+    "ResetKey",
     "Search",
     "SearchAnd",
     "SearchKey",
@@ -67,6 +70,7 @@ __all__ = [
     "Subscribe",
     "Thread",
     "Unsubscribe",
+    "UrlFetch",
 ]
 
 
@@ -413,13 +417,31 @@ class SetMetadata:
 
 
 @dataclass(frozen=True, slots=True)
+class CatenatePart:
+    """
+    One ``cat-part`` of a CATENATE append (RFC 4469 section 5): the octets
+    of a ``TEXT`` literal (``binary`` for a literal8, or ``UTF8 (~{n})``,
+    RFC 6855 section 4), or the ``URL`` as the client wrote it.
+    """
+
+    text: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
-    """One message of a MULTIAPPEND (RFC 3502) after the first; fields as :class:`Append`'s."""
+    """
+    One message of a MULTIAPPEND (RFC 3502) after the first; fields as
+    :class:`Append`'s.  ``catenate``: the parts of a CATENATE append (RFC
+    4469), whose message is built by the handler (``literal`` is then ``b""``).
+    """
 
     flags: tuple[str, ...]
     date: datetime.datetime | None
     literal: bytes = field(repr=False)
     binary: bool = False
+    catenate: tuple[CatenatePart, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,11 +457,34 @@ class Append:
     literal: bytes = field(repr=False)
     binary: bool = False
     more: tuple[AppendMessage, ...] = ()
+    catenate: tuple[CatenatePart, ...] | None = None
 
     @property
     def messages(self) -> tuple[AppendMessage, ...]:
         """Every message, in order (the first is this command's own fields)."""
-        return (AppendMessage(self.flags, self.date, self.literal, self.binary), *self.more)
+        return (AppendMessage(self.flags, self.date, self.literal, self.binary, self.catenate), *self.more)
+
+
+@dataclass(frozen=True, slots=True)
+class GenUrlAuth:
+    """GENURLAUTH (RFC 4467 section 6.1): ``(url rump, mechanism)`` pairs, mechanisms upper-cased."""
+
+    requests: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetKey:
+    """RESETKEY (RFC 4467 section 6.2): every key (``mailbox`` ``None``) or one mailbox's."""
+
+    mailbox: str | None = None
+    mechanisms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UrlFetch:
+    """URLFETCH (RFC 4467 section 6.3): the URLs, as written."""
+
+    urls: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from txmail.model import (
 from txmail.store._ids import new_email_id
 
 __all__ = [
+    "URLAUTH_KEY_SIZE",
     "Listener",
     "MailboxState",
     "StoreListeners",
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 Listener = Callable[[MailboxChange], None]
+
+#: Octets of a URLAUTH mailbox access key (RFC 4467 section 3: at least 128 bits).
+URLAUTH_KEY_SIZE = 32
 
 #: Largest UIDVALIDITY (a 32-bit non-zero number, RFC 3501 section 9).
 MAX_UIDVALIDITY = 0xFFFFFFFF

@@ -121,6 +121,7 @@ from txmail.interfaces import (
     ISaveDates,
     IStorageUsage,
     IStoreChanges,
+    IURLAuthKeys,
 )
 from txmail.model import (
     DELIMITER,
@@ -145,6 +146,7 @@ from txmail.quota import Usage
 from txmail.store import _annotations as annotations
 from txmail.store import _maildir_io as io
 from txmail.store._base import (
+    URLAUTH_KEY_SIZE,
     MailboxState,
     StoreListeners,
     check_name,
@@ -180,6 +182,8 @@ __all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
 SUBSCRIPTIONS = "subscriptions"
 SPECIAL_USE = "txmail-special-use.json"
 UIDVALIDITY = "txmail-uidvalidity"
+#: The URLAUTH mailbox access keys (RFC 4467): ``{name: [uidvalidity, hex key]}``, mode 0600.
+URLAUTH_KEYS = "txmail-urlauth-keys.json"
 
 #: The index is rewritten when it holds more records than
 #: ``2 * messages + INDEX_SLACK``.
@@ -1127,7 +1131,7 @@ class MaildirMailbox(MailboxState):
 USAGE_RESCAN = 300.0
 
 
-@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore)
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys)
 class MaildirStore(StoreListeners):
     """
     One user's Maildir++ tree.  Get it from :meth:`MaildirProvider.store_for`.
@@ -1209,6 +1213,53 @@ class MaildirStore(StoreListeners):
         wrapper.__name__ = fn.__name__
         wrapper.__doc__ = fn.__doc__
         return wrapper
+
+    # -- URLAUTH access keys (RFC 4467) -------------------------------------------
+
+    def _read_urlauth_keys(self) -> dict[str, tuple[int, bytes]]:
+        try:
+            with open(os.path.join(self.root, URLAUTH_KEYS), "rb") as f:
+                raw = json.load(f)
+            return {str(n): (int(v[0]), bytes.fromhex(v[1])) for n, v in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError, TypeError, IndexError, KeyError):
+            # Damaged: no key is valid, so no URL signed before is (none is
+            # accepted wrongly); GENURLAUTH makes new ones.
+            self.log.warn("ignoring a damaged {file}", file=os.path.join(self.root, URLAUTH_KEYS))
+            return {}
+
+    def _write_urlauth_keys(self, keys: dict[str, tuple[int, bytes]]) -> defer.Deferred[None]:
+        data = json.dumps({n: [v, k.hex()] for n, (v, k) in sorted(keys.items())}, indent=1).encode()
+        return self._run(_write_secret, os.path.join(self.root, URLAUTH_KEYS), data)
+
+    @_locked
+    def urlauth_key(
+        self, mailbox: str, uidvalidity: int, create: bool = False
+    ) -> Generator[Any, Any, bytes | None]:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.urlauth_key`."""
+        keys = yield self._run(self._read_urlauth_keys)
+        kept = keys.get(mailbox)
+        if kept is not None and kept[0] == uidvalidity:
+            return kept[1]
+        if not create:
+            return None
+        key = os.urandom(URLAUTH_KEY_SIZE)
+        keys[mailbox] = (uidvalidity, key)
+        yield self._write_urlauth_keys(keys)
+        return key
+
+    @_locked
+    def reset_urlauth_keys(self, mailbox: str | None = None) -> Generator[Any, Any, None]:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.reset_urlauth_keys`."""
+        keys = yield self._run(self._read_urlauth_keys)
+        if mailbox is None:
+            changed = bool(keys)
+            keys = {}
+        else:
+            changed = keys.pop(mailbox, None) is not None
+        if changed:
+            yield self._write_urlauth_keys(keys)
 
     # -- mailboxes ------------------------------------------------------------
 
@@ -1526,6 +1577,19 @@ class MaildirStore(StoreListeners):
 
 
 @implementer(IMailStoreProvider, IObjectIdProvider)
+def _write_secret(path: str, data: bytes) -> None:
+    """Replace *path* with *data* atomically and durably, readable by its owner only (mode 0600)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+@implementer(IMailStoreProvider)
 class MaildirProvider:
     """
     Maildir stores below *root*: ``alice@Example.Test`` in

@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
@@ -36,6 +37,7 @@ from txmail.interfaces import (
     ISaveDates,
     IStorageUsage,
     IStoreChanges,
+    IURLAuthKeys,
 )
 from txmail.model import (
     DELIMITER,
@@ -59,6 +61,7 @@ from txmail.model import (
 from txmail.quota import Usage
 from txmail.store._annotations import AnnotationListeners, apply_changes
 from txmail.store._base import (
+    URLAUTH_KEY_SIZE,
     MailboxState,
     StoreListeners,
     check_name,
@@ -246,7 +249,7 @@ class MemoryMailbox(MailboxState):
         self._check_alive()
 
 
-@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore)
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys)
 class MemoryStore(StoreListeners):
     """One user's mailboxes, in memory.  Created by :class:`MemoryProvider`."""
 
@@ -260,6 +263,7 @@ class MemoryStore(StoreListeners):
         # RFC 5464 annotations by mailbox name ("": the server's).
         self._annotations: dict[str, dict[str, bytes]] = {}
         self._annotation_listeners = AnnotationListeners()
+        self._urlauth_keys: dict[str, tuple[int, bytes]] = {}  # name -> (uidvalidity, key)
         self._new_box(INBOX)
 
     def _new_box(self, name: str) -> MemoryMailbox:
@@ -290,6 +294,26 @@ class MemoryStore(StoreListeners):
             sum(box._size for box in self._boxes.values()),
             sum(len(box._infos) for box in self._boxes.values()),
         )
+
+    @_guard
+    def urlauth_key(self, mailbox: str, uidvalidity: int, create: bool = False) -> bytes | None:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.urlauth_key`."""
+        kept = self._urlauth_keys.get(mailbox)
+        if kept is not None and kept[0] == uidvalidity:
+            return kept[1]
+        if not create:
+            return None
+        key = os.urandom(URLAUTH_KEY_SIZE)
+        self._urlauth_keys[mailbox] = (uidvalidity, key)
+        return key
+
+    @_guard
+    def reset_urlauth_keys(self, mailbox: str | None = None) -> None:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.reset_urlauth_keys`."""
+        if mailbox is None:
+            self._urlauth_keys.clear()
+        else:
+            self._urlauth_keys.pop(mailbox, None)
 
     @_guard
     def list_mailboxes(self, pattern: str = "*") -> list[FolderInfo]:

@@ -56,12 +56,21 @@ class CommandContext(Protocol):
         store: the user's :class:`txmail.interfaces.IMailStore`.
         mailbox: the selected :class:`txmail.interfaces.IMailbox`, or ``None``.
         quotas: the :class:`txmail.quota.Quotas` to enforce, or ``None``.
+        server_names: the host names (lower-cased) by which an IMAP URL
+            names this server (RFC 4469 CATENATE); optional.
     """
 
     session: Any
     store: Any
     mailbox: Any
     quotas: Any
+    server_names: frozenset[str]
+
+    async def user_store(self, user: str) -> Any:
+        """
+        The store of another user, by canonical name, or ``None`` (optional:
+        URLAUTH, RFC 4467, reads what that user signed).
+        """
 
     def emit(self, *responses: Response) -> None:
         """Queue untagged responses of the running command (rendered by :mod:`txmail.imap.serialize`)."""

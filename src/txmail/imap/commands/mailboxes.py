@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txmail.imap.commands import condstore, imap4rev2, objectid
+from txmail.imap.commands import catenate, condstore, imap4rev2, objectid
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.create_special_use import requested_role
 from txmail.imap.commands.multiappend import append_messages, appenduid
@@ -261,8 +261,9 @@ async def check_quota(ctx: CommandContext, size: int) -> None:
 @command("APPEND", states=AUTHENTICATED)
 async def append(ctx: CommandContext, cmd: Command) -> Done:
     """
-    RFC 3501 section 6.3.11, with RFC 4315 APPENDUID and RFC 3502
-    MULTIAPPEND (:mod:`txmail.imap.commands.multiappend`).
+    RFC 3501 section 6.3.11, with RFC 4315 APPENDUID, RFC 3502
+    MULTIAPPEND (:mod:`txmail.imap.commands.multiappend`) and RFC 4469
+    CATENATE (:mod:`txmail.imap.commands.catenate`).
     """
     args = cmd.args
     assert isinstance(args, Append)
@@ -273,6 +274,7 @@ async def append(ctx: CommandContext, cmd: Command) -> Done:
     except ValueError:
         raise Bad("Invalid flag") from None
     mailbox = await target_mailbox(ctx.store, args.mailbox)
+    messages = await catenate.build_messages(ctx, messages)
     await check_quota(ctx, sum(len(m.literal) for m in messages))
     uids = await append_messages(ctx, mailbox, messages)
     return Done(code=appenduid(mailbox, uids))

@@ -24,6 +24,7 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
+from txmail.imap.commands.catenate import build_message
 from txmail.imap.commands.context import CommandContext, call, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
 from txmail.imap.commands.multiappend import append_messages, appenduid, take_back
@@ -52,8 +53,9 @@ async def replace(ctx: CommandContext, cmd: Command) -> Done:
         raise No("No such message", "NONEXISTENT")
     ((_, old_uid),) = found
     target = await target_mailbox(ctx.store, args.mailbox)
-    await check_quota(ctx, len(args.message.literal))
-    (new_uid,) = await append_messages(ctx, target, [args.message])
+    message = await build_message(ctx, args.message)  # RFC 4469 CATENATE
+    await check_quota(ctx, len(message.literal))
+    (new_uid,) = await append_messages(ctx, target, [message])
     mailbox = ctx.mailbox
     flagged = False
     try:
