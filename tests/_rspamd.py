@@ -166,6 +166,14 @@ class RspamdInstance:
         with urllib.request.urlopen(request, timeout=30) as response:
             return dict(json.load(response))
 
+    def statfiles_ready(self) -> bool:
+        """The controller answers ``/stat`` and lists both Bayes statfiles."""
+        try:
+            symbols = {s.get("symbol") for s in self.stat().get("statfiles", ())}
+        except (OSError, ValueError):
+            return False
+        return {"BAYES_HAM", "BAYES_SPAM"} <= symbols
+
     def ping(self) -> bool:
         try:
             with urllib.request.urlopen(self.url + "/ping", timeout=2) as response:
@@ -303,5 +311,13 @@ def start_rspamd(test_case: Any, milter: bool = False, *, timeout: float = 90.0)
             raise RuntimeError(
                 f"rspamd did not start (exit status {status}) within {timeout} s:\n{output[-3000:]}\n{instance.log()[-5000:]}"
             )
+        time.sleep(0.1)
+    # The controller loads its Bayes statfiles on its own: learning before
+    # they are there fails ("SPAM class is missing"), so wait for /stat to
+    # list both.
+    while not instance.statfiles_ready():
+        if instance.process.poll() is not None or time.monotonic() > deadline:
+            instance.stop()
+            raise RuntimeError(f"rspamd's controller did not load its statfiles within {timeout} s:\n{instance.log()[-5000:]}")
         time.sleep(0.1)
     return instance

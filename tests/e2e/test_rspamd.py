@@ -84,7 +84,6 @@ def start_server_with_rspamd(test: TestCase, rspamd: RspamdInstance) -> Any:
             f'password = "{rspamd.password}"\n'
         ),
         smtp=["tcp:0:interface=127.0.0.1"],
-        submission=[],
         imap=["tcp:0:interface=127.0.0.1"],
     )
     server.directory.add_user("bob@example.test", PASSWORD)

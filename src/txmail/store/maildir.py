@@ -1576,7 +1576,6 @@ class MaildirStore(StoreListeners):
         return self._annotation_listeners.add(listener)
 
 
-@implementer(IMailStoreProvider, IObjectIdProvider)
 def _write_secret(path: str, data: bytes) -> None:
     """Replace *path* with *data* atomically and durably, readable by its owner only (mode 0600)."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -1589,7 +1588,7 @@ def _write_secret(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-@implementer(IMailStoreProvider)
+@implementer(IMailStoreProvider, IObjectIdProvider)
 class MaildirProvider:
     """
     Maildir stores below *root*: ``alice@Example.Test`` in
