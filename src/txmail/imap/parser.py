@@ -40,6 +40,7 @@ from txmail.imap.types import (
     Append,
     AppendMessage,
     Authenticate,
+    CancelUpdate,
     Command,
     CommandArgs,
     Compress,
@@ -87,6 +88,7 @@ __all__ = [
     "LIST_SELECTION_OPTIONS",
     "MAX_DEPTH",
     "MAX_TAG",
+    "SEARCH_RETURN_OPTIONS",
     "SORT_KEYS",
     "SORT_RETURN_OPTIONS",
     "STATUS_ITEMS",
@@ -983,19 +985,56 @@ def _paren_words(c: Cursor) -> tuple[str, ...]:
     return tuple(words)
 
 
+#: RFC 4731 section 3.1 and RFC 5267 section 4 (CONTEXT=SEARCH, CONTEXT=SORT): the search return options.
+SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "CONTEXT", "UPDATE", "PARTIAL"})
+
+
+def _return_options(c: Cursor) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """
+    "(" [search-return-opt *(SP search-return-opt)] ")", upper-cased, and PARTIAL's range::
+
+        search-return-opt =/ modifier-context / modifier-partial / modifier-update
+        modifier-partial  = "PARTIAL" SP partial-range
+        partial-range     = nz-number ":" nz-number   ; 500:400 is 400:500
+
+    (RFC 4731 section 3.1, RFC 5267 section 5).  An unknown or repeated
+    option, a repeated PARTIAL or UPDATE, and PARTIAL with ALL (section
+    4.4) are BAD.
+    """
+    c.expect(b"(")
+    words: list[str] = []
+    partial = None
+    while not c.accept(b")"):
+        if words:
+            c.sp()
+        word = c.keyword()
+        if word not in SEARCH_RETURN_OPTIONS:
+            raise c.fail("Unknown search return option")
+        if word in words and word in ("PARTIAL", "UPDATE"):
+            raise c.fail(f"Repeated {word}")
+        words.append(word)
+        if word == "PARTIAL":
+            c.sp()
+            low = number(c, nonzero=True)
+            c.expect(b":")
+            high = number(c, nonzero=True)
+            partial = (min(low, high), max(low, high))
+    if partial is not None and "ALL" in words:
+        raise c.fail("PARTIAL conflicts with ALL")
+    return tuple(words), partial
+
+
 def _search(c: Cursor, uid: bool) -> Search:
     """
     search = "SEARCH" [search-return-opts] [SP "CHARSET" SP astring] 1*(SP search-key)
     search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"
     """
     c.sp()
-    options = None
+    options = partial = None
     start = c.pos
     if c.accept(b"RETURN ("):
         c.pos -= 1
-        options = _paren_words(c)
-        if any(o not in ("MIN", "MAX", "ALL", "COUNT") for o in options):
-            raise c.fail("Unknown search return option")
+        options, partial = _return_options(c)
         c.sp()
         start = c.pos
     charset = None
@@ -1011,15 +1050,15 @@ def _search(c: Cursor, uid: bool) -> Search:
         c.sp()
         keys.append(search_key(c))
     key = keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
-    return Search(charset, key, uid, options)
+    return Search(charset, key, uid, options, partial)
 
 
 # -- SORT and THREAD (RFC 5256, RFC 5957, RFC 5267) ---------------------------
 
 #: RFC 5256 section 4 sort-key, and RFC 5957's DISPLAYFROM / DISPLAYTO.
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
-#: RFC 5267 section 3.2: the ESORT return options.
-SORT_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+#: RFC 5267 sections 3.2 and 4: the ESORT and CONTEXT=SORT return options.
+SORT_RETURN_OPTIONS = SEARCH_RETURN_OPTIONS
 
 
 def _search_program(c: Cursor) -> tuple[str, SearchNode]:
@@ -1045,11 +1084,9 @@ def _sort(c: Cursor, uid: bool) -> Sort:
     (RFC 5256 section 4, RFC 5957 section 4, RFC 5267 section 3.2)
     """
     c.sp()
-    options = None
+    options = partial = None
     if c.accept(b"RETURN "):
-        options = _paren_words(c)
-        if any(o not in SORT_RETURN_OPTIONS for o in options):
-            raise c.fail("Unknown sort return option")
+        options, partial = _return_options(c)
         c.sp()
     c.expect(b"(")
     criteria: list[tuple[str, bool]] = []
@@ -1067,7 +1104,7 @@ def _sort(c: Cursor, uid: bool) -> Sort:
         c.sp()
     c.sp()
     charset, key = _search_program(c)
-    return Sort(tuple(criteria), charset, key, uid, options)
+    return Sort(tuple(criteria), charset, key, uid, options, partial)
 
 
 def _thread(c: Cursor, uid: bool) -> Thread:
@@ -1504,6 +1541,17 @@ def _getquota(c: Cursor, uid: bool) -> GetQuota:
     return GetQuota(astring(c))
 
 
+def _cancelupdate(c: Cursor, uid: bool) -> CancelUpdate:
+    """command-select =/ "CANCELUPDATE" 1*(SP quoted) (RFC 5267 section 5)"""
+    tags = []
+    while not c.at_end():
+        c.sp()
+        tags.append(quoted(c))
+    if not tags:
+        raise c.fail("Missing tag")
+    return CancelUpdate(tuple(tags))
+
+
 _Parser = Callable[[Cursor, bool], CommandArgs]
 
 #: Command name -> argument parser.  RFC 3501 section 6 and the extensions.
@@ -1544,6 +1592,7 @@ COMMANDS: dict[str, _Parser] = {
     "COMPRESS": _compress,
     "SORT": _sort,
     "THREAD": _thread,
+    "CANCELUPDATE": _cancelupdate,
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).

@@ -173,6 +173,7 @@ class IMAPServerProtocol(SessionProtocol):
         self._remove_listener: Callable[[], None] | None = None
         self._gate = _WriteGate()
         self._early_changes: list[MailboxChange] | None = None
+        self._refreshing = False  # the updating searches are judging changes
         # COMPRESS=DEFLATE (RFC 4978): the streams, once active.
         self._compress_requested = False
         self._deflater: Any = None
@@ -357,6 +358,8 @@ class IMAPServerProtocol(SessionProtocol):
             return
         view = session.view
         view.queue(change)
+        if session.contexts:
+            self._context_change(change)
         if isinstance(change, MessagesAdded) and view.read_only:
             # RFC 3501 section 6.3.2: shown as \Recent, left for a
             # read-write session to claim.
@@ -372,6 +375,30 @@ class IMAPServerProtocol(SessionProtocol):
 
             d.addCallbacks(claimed, lambda f: self.log.failure("claim_recent failed", failure=f))
         self._told()
+
+    def _context_change(self, change: MailboxChange) -> None:
+        """
+        The updating searches (RFC 5267 section 4.3) hear *change* (queued,
+        not applied by the view yet): expunged results leave at once
+        (``REMOVEFROM`` while their numbers are still the client's); other
+        changes are judged against the stored search programs, then told
+        with the view's updates.
+        """
+        session = self.session
+        assert session is not None and session.view is not None
+        self.emit(*session.contexts.heard(change, session.view))
+        if session.contexts.pending and not self._refreshing:
+            self._refreshing = True
+            d = defer.Deferred.fromCoroutine(session.contexts.refresh(self.mailbox, session.view))
+            d.addErrback(lambda f: self.log.failure("updating searches failed", failure=f))
+
+            def done(_: object) -> None:
+                self._refreshing = False
+                if session.contexts.pending and session.view is not None and not self._lost:
+                    self._context_change(MailboxChange())
+                self._told()
+
+            d.addBoth(done)
 
     def _told(self) -> None:
         session = self.session

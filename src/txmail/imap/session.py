@@ -61,6 +61,7 @@ from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS, State, allowed
 from txmail.imap.commands import capabilities as table_capabilities
 from txmail.imap.commands.utf8 import UTF8_ACCEPT
+from txmail.imap.contexts import ResultContexts
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -159,6 +160,8 @@ class IMAPSession(SessionCore[Event]):
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: SelectedView | None = None
+        #: The updating searches on the selected mailbox (RFC 5267 section 4.3).
+        self.contexts = ResultContexts()
         #: The extensions ENABLEd (RFC 5161), explicitly or by using them (RFC 7162 CONDSTORE).
         self.enabled: set[str] = set()
         self.bad_commands = 0
@@ -267,10 +270,12 @@ class IMAPSession(SessionCore[Event]):
         """The pending SELECT/EXAMINE opened *view* (call before :meth:`finish`)."""
         self.view = view
         self.state = State.SELECTED
+        self.contexts.clear()
 
     def unselect(self) -> None:
         """Leave the selected state (CLOSE, UNSELECT, a failed SELECT)."""
         self.view = None
+        self.contexts.clear()  # RFC 5267 section 4.3: updates cease
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
@@ -347,6 +352,9 @@ class IMAPSession(SessionCore[Event]):
     def _flush_updates(self, *, allow_expunge: bool) -> None:
         if self.view is not None:
             self._write(self.view.updates(allow_expunge=allow_expunge))
+            if self.contexts:
+                # RFC 5267 section 4.3.3: ADDTO after the EXISTS and FETCH.
+                self.send(*serialize.render_all(self.contexts.updates(self.view)))
 
     def _close(self, line: bytes, reason: str) -> None:
         self._sasl = None

@@ -52,7 +52,18 @@ This package is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 # The order of the imports is the order of the capabilities.
-from txmail.imap.commands import base, compress, mailboxes, preview, quota, replace, selected, sort, utf8  # noqa: F401
+from txmail.imap.commands import (  # noqa: F401
+    base,
+    compress,
+    context_updates,
+    mailboxes,
+    preview,
+    quota,
+    replace,
+    selected,
+    sort,
+    utf8,
+)
 from txmail.imap.commands.registry import COMMANDS, CommandSpec, State, allowed, capabilities
 
 __all__ = ["COMMANDS", "CommandSpec", "State", "allowed", "capabilities"]

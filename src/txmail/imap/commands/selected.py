@@ -2,7 +2,8 @@
 Selecting a mailbox and working on its messages (RFC 3501 sections 6.3.1,
 6.3.2 and 6.4): SELECT, EXAMINE, CLOSE, UNSELECT (RFC 3691), EXPUNGE (and
 UID EXPUNGE, RFC 4315), STORE, COPY, MOVE (RFC 6851), FETCH and SEARCH
-(with ESEARCH, RFC 4731).
+(with ESEARCH, RFC 4731, and RFC 5267 CONTEXT=SEARCH's PARTIAL and
+UPDATE: :mod:`txmail.imap.contexts`).
 
 Long responses (FETCH, SEARCH over a big mailbox) are produced in batches
 of :data:`BATCH` messages: ``await ctx.take_turn()`` between two, and
@@ -21,7 +22,7 @@ import itertools
 from typing import Any
 
 from txmail.errors import NoSuchMessage
-from txmail.imap import serialize
+from txmail.imap import contexts, serialize
 from txmail.imap.binary import binary_items
 from txmail.imap.commands import condstore, qresync
 from txmail.imap.commands.binary import require_decodable
@@ -371,6 +372,7 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")")
     view = _view(ctx)
     mailbox = ctx.mailbox
+    live = contexts.begin(ctx, cmd.tag, args.uid, args.key, args.return_options)  # RFC 5267 section 4.3
     needs = search_needs(args.key)
     with_modseq = condstore.search_uses_modseq(args.key)
     if with_modseq:
@@ -400,7 +402,10 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     # RFC 7162 sections 3.1.6 and 3.1.10: the highest mod-sequence found, when searched by MODSEQ.
     modseq = top_modseq if with_modseq and found else None
     if args.return_options is not None:
-        ctx.emit(ESearchData(cmd.tag, args.uid, found, args.return_options, modseq=modseq))
+        ctx.emit(
+            ESearchData(cmd.tag, args.uid, found, args.return_options, modseq=modseq, partial=args.partial)
+        )
     else:
         ctx.emit(SearchData(found, modseq=modseq))
+    contexts.opened(ctx, live, [(n if args.uid else view.uids[n - 1],) for n in found])
     return Done("SEARCH completed")
