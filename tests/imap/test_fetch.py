@@ -734,12 +734,7 @@ class ImpliedItemTests(SynchronousTestCase):
 class FetchChunksTests(SynchronousTestCase):
     def test_literal_octets_are_not_copied(self) -> None:
         """The pieces join to render_fetch's bytes; BODY[]'s octets are the message object itself."""
-        for text in (
-            "(UID BODY.PEEK[] FLAGS)",
-            "(RFC822 RFC822.SIZE)",
-            "(BODY.PEEK[TEXT]<2.5> UID)",
-            "(FLAGS)",
-        ):
+        for text in ("(UID BODY.PEEK[] FLAGS)", "(RFC822 RFC822.SIZE)", "(BODY.PEEK[TEXT]<2.5> UID)", "(FLAGS)"):
             wanted = items(text)
             chunks = fetch_chunks(3, wanted, INFO, metadata=SIMPLE_MD, message=SIMPLE, include_uid=True)
             self.assertEqual(
