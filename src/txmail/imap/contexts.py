@@ -93,17 +93,16 @@ class Reverse:
 
 def freeze(key: SearchNode, view: Any) -> SearchNode:
     """
-    *key* with each message sequence set made the UIDs it names now, and
-    ``*`` of each UID set the largest UID now (RFC 5267 section 4.3), so
-    that later messages are judged as the command judged.
+    *key* with each message sequence set made the UIDs it names now (RFC
+    5267 section 4.3: "any message sequence numbers used in the search
+    program are evaluated at the time the command is received").  A UID
+    set keeps its ``*``, the largest UID when a message is judged, as a
+    new searching command would.
     """
     if isinstance(key, SearchKey):
         if key.name == "SEQUENCE":
             uids = [view.uids[n - 1] for n in key.args[0].expand(view.exists)]  # type: ignore[union-attr]
             return SearchKey("UID", (_uid_set(uids),))
-        if key.name == "UID":
-            spans = key.args[0].spans(view.max_uid)  # type: ignore[union-attr]
-            return SearchKey("UID", (SequenceSet(tuple(spans) or ((0, 0),)),))
         return key
     if isinstance(key, SearchAnd):
         return SearchAnd(tuple(freeze(k, view) for k in key.keys))
@@ -238,6 +237,7 @@ class ResultContext:
     def _remove(self, uids: list[int], view: Any) -> list[tuple[int, list[int]]]:
         """Take *uids* out of the results: the ``(position, numbers)`` pairs saying so."""
         pairs: list[tuple[int, list[int]]] = []
+        uids = sorted(uids, key=self._keys.__getitem__)  # in the requested order
         numbers = [self._number(u, view) for u in uids]  # before any leaves
         for uid, n in zip(uids, numbers, strict=True):
             key = self._keys.pop(uid)
@@ -392,7 +392,9 @@ class ResultContexts:
             messages[uid] = await _read(mailbox, uid)
         if generation != self._generation:
             return
-        sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
+        # "*" of a UID set: the largest UID, a new message's before the view holds it.
+        top = max(view.max_uid, batch[-1] if infos else 0)
+        sctx = SearchContext(max_seq=view.exists, max_uid=top, recent_uids=frozenset(view.recent))
         for context, uids in wanted:
             if self._contexts.get(context.tag) is not context:
                 continue  # cancelled meanwhile
@@ -467,14 +469,12 @@ def begin(
     return context
 
 
-def opened(ctx: Any, context: ResultContext | None, results: Iterable[OrderKey]) -> None:
+def opened(ctx: Any, context: ResultContext, results: Iterable[OrderKey]) -> None:
     """
     The searching command told its results (order keys, see
     :meth:`ResultContext.order_key`): *context* goes live, and results
     expunged while the command ran leave now.
     """
-    if context is None:
-        return
     update = context.open(results, ctx.session.view)
     if update is not None:
         ctx.emit(update)

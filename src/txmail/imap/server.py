@@ -358,8 +358,6 @@ class IMAPServerProtocol(SessionProtocol):
             return
         view = session.view
         view.queue(change)
-        if session.contexts:
-            self._context_change(change)
         if isinstance(change, MessagesAdded) and view.read_only:
             # RFC 3501 section 6.3.2: shown as \Recent, left for a
             # read-write session to claim.
@@ -374,6 +372,8 @@ class IMAPServerProtocol(SessionProtocol):
                     self._told()
 
             d.addCallbacks(claimed, lambda f: self.log.failure("claim_recent failed", failure=f))
+        if session.contexts:
+            self._context_change(change)
         self._told()
 
     def _context_change(self, change: MailboxChange) -> None:

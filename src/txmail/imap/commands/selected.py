@@ -407,5 +407,6 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
         )
     else:
         ctx.emit(SearchData(found, modseq=modseq))
-    contexts.opened(ctx, live, [(n if args.uid else view.uids[n - 1],) for n in found])
+    if live is not None:
+        contexts.opened(ctx, live, [(n if args.uid else view.uids[n - 1],) for n in found])
     return Done("SEARCH completed")

@@ -384,7 +384,8 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
         ctx.emit(ESortData(cmd.tag, args.uid, numbers, args.return_options, args.partial))
     else:
         ctx.emit(SortData(numbers))
-    contexts.opened(ctx, live, [(*_ordered(criteria, k), uid) for k, _, uid in found])
+    if live is not None:
+        contexts.opened(ctx, live, [(*_ordered(criteria, k), uid) for k, _, uid in found])
     return Done("UID SORT completed" if args.uid else "SORT completed")
 
 
