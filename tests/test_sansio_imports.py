@@ -54,6 +54,8 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/compress.py",
     "txmail/imap/commands/preview.py",
     "txmail/imap/commands/utf8.py",
+    "txmail/imap/commands/context_updates.py",
+    "txmail/imap/contexts.py",
     "txmail/imap/binary.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",
