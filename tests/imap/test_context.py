@@ -8,6 +8,7 @@ memory store, INBOX holding "one" from bob, UID 1, and "two", UID 2).
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -200,6 +201,30 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(update, ContextUpdate("s", True, (), ((2, (30,)), (4, (10,)))))
         self.assertEqual(context.results(), [50, 30, 20, 10])
         self.assertEqual(set(context.ready), {60})
+
+    def test_client_follows(self) -> None:
+        """A client applying each update in order (sections 4.3.3, 4.3.4) ends with the context's list."""
+        rng = random.Random(5267)
+        view = SelectedView("INBOX", 1, [info(u) for u in range(1, 201)])
+        for size in (3, 15, 16, 60):
+            context = ResultContext("s", True, SearchKey("ALL"), lambda i, md: (i.uid % 7,))
+            shown = rng.sample(range(1, 201), 80)
+            context.open([(u % 7, u) for u in shown], view)
+            client = context.results()
+            for _ in range(5):
+                gone = rng.sample(context.results(), min(size, len(context)))
+                new = rng.sample([u for u in range(1, 201) if u not in context.results()], size)
+                context.ready = {**dict.fromkeys(gone), **{u: (u % 7, u) for u in new}}
+                update = context.updates(view)
+                assert update is not None
+                for position, numbers in update.removed:
+                    for n in numbers:
+                        self.assertEqual(client.pop(position - 1), n)
+                for position, numbers in update.added:
+                    for k, n in enumerate(numbers):
+                        client.insert(position - 1 + k, n)
+                self.assertEqual(client, context.results())
+                self.assertEqual(client, sorted(client, key=lambda u: (u % 7, u)))
 
     def test_sort_by_message_number(self) -> None:
         """A SORT context of message numbers: the numbers the client has now."""

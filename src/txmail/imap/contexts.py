@@ -50,6 +50,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -235,37 +236,63 @@ class ResultContext:
         return uid if self.uid else view.seq_of(uid) or 0
 
     def _remove(self, uids: list[int], view: Any) -> list[tuple[int, list[int]]]:
-        """Take *uids* out of the results: the ``(position, numbers)`` pairs saying so."""
-        pairs: list[tuple[int, list[int]]] = []
-        uids = sorted(uids, key=self._keys.__getitem__)  # in the requested order
-        numbers = [self._number(u, view) for u in uids]  # before any leaves
-        for uid, n in zip(uids, numbers, strict=True):
-            key = self._keys.pop(uid)
-            i = bisect.bisect_left(self._order, key)
-            del self._order[i]
-            if not self.sorted:
-                pairs = pairs or [(0, [])]
-                pairs[0][1].append(n)
-            elif pairs and pairs[-1][0] == i + 1:
-                pairs[-1][1].append(n)  # the next result moved into the same place
-            else:
-                pairs.append((i + 1, [n]))
-        return pairs
+        """
+        Take *uids* out of the results: the ``(position, numbers)`` pairs
+        saying so, one after the other.  The ``j``-th one (in the
+        requested order) is at its place in the list before, less the
+        ``j`` taken out ahead of it: positions are found by bisection and
+        the list is rebuilt once, so a change to many messages costs the
+        size of the list, not that times the changes.
+        """
+        if not uids:
+            return []
+        keys = sorted(self._keys.pop(u) for u in uids)
+        order = self._order
+        places = [bisect.bisect_left(order, key) for key in keys]
+        if len(keys) < 16:
+            for i in reversed(places):
+                del order[i]
+        else:
+            gone = set(keys)
+            self._order = [key for key in order if key not in gone]
+        return self._pairs(keys, [i - j for j, i in enumerate(places)], view, same=True)
 
     def _add(self, keys: list[OrderKey], view: Any) -> list[tuple[int, list[int]]]:
-        """Put the messages of *keys* into the results: the ``(position, numbers)`` pairs saying so."""
+        """
+        Put the messages of *keys* into the results: the ``(position,
+        numbers)`` pairs saying so, one after the other (the ``j``-th at
+        its place in the list before, plus the ``j`` put in ahead of it).
+        """
+        if not keys:
+            return []
+        keys = sorted(keys)
+        order = self._order
+        places = [bisect.bisect_left(order, key) + j for j, key in enumerate(keys)]
+        if len(keys) < 16:
+            for i, key in zip(places, keys, strict=True):
+                order.insert(i, key)
+        else:
+            self._order = list(heapq.merge(order, keys))
+        for key in keys:
+            self._keys[key[-1]] = key
+        return self._pairs(keys, places, view, same=False)
+
+    def _pairs(
+        self, keys: list[OrderKey], places: list[int], view: Any, *, same: bool
+    ) -> list[tuple[int, list[int]]]:
+        """
+        The ``(position, numbers)`` pairs of changes at *places* (0-based,
+        in the order applied): position 0 for a SEARCH; for a SORT,
+        adjacent changes in one set (removals at the same place, additions
+        each right after the one before).
+        """
+        numbers = [self._number(key[-1], view) for key in keys]
+        if not self.sorted:
+            return [(0, numbers)]
         pairs: list[tuple[int, list[int]]] = []
-        for key in sorted(keys):
-            uid = key[-1]
-            i = bisect.bisect_left(self._order, key)
-            self._order.insert(i, key)
-            self._keys[uid] = key
-            n = self._number(uid, view)
-            if not self.sorted:
-                pairs = pairs or [(0, [])]
-                pairs[0][1].append(n)
-            elif pairs and pairs[-1][0] + len(pairs[-1][1]) == i + 1:
-                pairs[-1][1].append(n)  # right after the one before
+        for i, n in zip(places, numbers, strict=True):
+            if pairs and pairs[-1][0] + (0 if same else len(pairs[-1][1])) == i + 1:
+                pairs[-1][1].append(n)
             else:
                 pairs.append((i + 1, [n]))
         return pairs
