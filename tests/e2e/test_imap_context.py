@@ -104,3 +104,47 @@ class ContextE2ETests(test_imap.IMAPTestCase):
         self.assertEqual(got["new"], {search: [b"UID ADDTO (0 %d)" % new], sort: [b"ADDTO (1 4)"]})
         # CANCELUPDATE: the SEARCH context is told nothing more.
         self.assertEqual(got["cancelled"], {sort: [b"REMOVEFROM (1 4)"]})
+
+    @defer.inlineCallbacks
+    def test_idle_and_expunge(self) -> Any:
+        """
+        Section 4.3.2: an idling session hears ADDTO after EXISTS (a search
+        that reads the metadata, in the store's threads) and REMOVEFROM
+        before EXPUNGE.
+        """
+        login = b'LOGIN "%s" "%s"' % (test_imap.USER.encode(), test_imap.PASSWORD.encode())
+
+        def run() -> dict[str, Any]:
+            b = self.login()
+            test_imap.ok(b.append("INBOX", None, None, MESSAGES[0]))
+            raw = test_imap.RawClient(self.server.address("imap"))
+            try:
+                raw.command(b"l1", login)
+                raw.command(b"s1", b"SELECT INBOX")
+                out = {"search": raw.command(b"u1", b"SEARCH RETURN (UPDATE) FROM bob")}
+                raw.send(b"i1 IDLE\r\n")
+                raw.until(b"+ ")
+                test_imap.ok(b.append("INBOX", None, None, MESSAGES[2]))
+                out["added"] = raw.until(b"* ESEARCH")
+                test_imap.ok(b.select("INBOX"))
+                test_imap.ok(b.store("1", "+FLAGS", "(\\Deleted)"))
+                test_imap.ok(b.expunge())
+                out["expunged"] = raw.until(b"* 1 EXPUNGE")
+                raw.send(b"DONE\r\n")
+                out["done"] = raw.until(b"i1 ")
+                out["cancel"] = raw.command(b"c1", b'CANCELUPDATE "u1"')
+            finally:
+                raw.close()
+            return out
+
+        got = yield deferToThread(run)
+        self.assertEqual(got["search"], [b'* ESEARCH (TAG "u1") ALL 1\r\n', b"u1 OK SEARCH completed\r\n"])
+        added = got["added"]
+        self.assertEqual(added[-1], b'* ESEARCH (TAG "u1") ADDTO (0 2)\r\n')
+        self.assertIn(b"* 2 EXISTS\r\n", added)
+        self.assertIn(b'* ESEARCH (TAG "u1") REMOVEFROM (0 1)\r\n', got["expunged"])
+        self.assertLess(
+            got["expunged"].index(b'* ESEARCH (TAG "u1") REMOVEFROM (0 1)\r\n'), len(got["expunged"]) - 1
+        )
+        self.assertEqual(got["done"][-1], b"i1 OK IDLE terminated\r\n")
+        self.assertEqual(got["cancel"], [b"c1 OK Updates cancelled\r\n"])

@@ -24,7 +24,16 @@ from txmail.imap.parser import ParseError
 from txmail.imap.responses import Bad, ContextUpdate, ESearchData, ESortData, NoUpdate
 from txmail.imap.types import CancelUpdate, SearchAnd, SearchKey, SequenceSet
 from txmail.imap.view import SelectedView
-from txmail.model import DELETED, SEEN, FlagMode, FlagsChanged, MessageInfo, MessagesAdded, MessagesExpunged
+from txmail.model import (
+    DELETED,
+    SEEN,
+    FlagMode,
+    FlagsChanged,
+    MailboxDeleted,
+    MessageInfo,
+    MessagesAdded,
+    MessagesExpunged,
+)
 from txmail.store.memory import MemoryProvider
 
 __all__: list[str] = []
@@ -273,6 +282,9 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(len(contexts), 0)
         contexts.add(a)
         contexts.clear()
+        self.assertEqual(len(contexts), 0)
+        contexts.add(a)
+        self.assertEqual(contexts.heard(MailboxDeleted(), self.view), [])
         self.assertEqual(len(contexts), 0)
 
 

@@ -58,7 +58,14 @@ from txmail.errors import NoSuchMessage
 from txmail.imap.responses import Bad, ContextUpdate, NoUpdate
 from txmail.imap.search import SearchContext, matches, search_needs
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr, SequenceSet
-from txmail.model import FlagsChanged, MailboxChange, MessageInfo, MessagesAdded, MessagesExpunged
+from txmail.model import (
+    FlagsChanged,
+    MailboxChange,
+    MailboxDeleted,
+    MessageInfo,
+    MessagesAdded,
+    MessagesExpunged,
+)
 
 __all__ = ["MAX_CONTEXTS", "ResultContext", "ResultContexts", "Reverse", "begin", "freeze", "opened"]
 
@@ -382,6 +389,8 @@ class ResultContexts:
             uids = [info.uid for info in change.messages]
             for context in self._contexts.values():
                 context.changed(uids)
+        elif isinstance(change, MailboxDeleted):
+            self.clear()  # no longer selected, in effect (section 4.3)
         return out
 
     async def refresh(self, mailbox: Any, view: Any) -> None:

@@ -46,6 +46,12 @@ Implementation notes
 * On the first login of a user whose store holds only INBOX, the RFC 6154
   special-use mailboxes (Sent, Drafts, Trash, Junk, Archive) are created
   and subscribed.
+* Updating searches (RFC 5267 section 4.3, :mod:`txmail.imap.contexts`):
+  the selected mailbox's listener also hands each change to the session's
+  contexts; an expunged result's ``REMOVEFROM`` is written at once (before
+  the ``EXPUNGE``), and other changes are judged by a coroutine run here
+  (awaiting the store's metadata or messages when the search needs them),
+  then told with the view's updates, or at once during IDLE.
 * Copy listeners (:mod:`txmail.imap.listeners`, ``copy_listeners=``) are
   told of each successful COPY/MOVE on the next turn of the reactor, after
   the tagged OK; the command never waits for them.

@@ -31,7 +31,9 @@ The session owns what needs no store:
 * the selected mailbox's :class:`txmail.imap.view.SelectedView` and when
   its untagged updates may be sent: at the end of each command (EXPUNGE
   not after FETCH, STORE or SEARCH, RFC 3501 section 7.4.1), and at once
-  during IDLE.
+  during IDLE; after them, the ``ADDTO``/``REMOVEFROM`` of the updating
+  searches (RFC 5267 section 4.3, :attr:`IMAPSession.contexts`), which
+  end with the selection.
 
 The table also says in which states a command is valid and which
 capabilities to advertise.  Every other command is an
