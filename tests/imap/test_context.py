@@ -325,6 +325,16 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(contexts.updates(view), [ContextUpdate("u1", False, (), ((0, (4,)),))])
         self.assertEqual(contexts.get("u1").results(), [1, 3, 4])  # type: ignore[union-attr]
 
+    def test_mailbox_gone(self) -> None:
+        """A store error while judging changes ends the refresh quietly (the mailbox is being deleted)."""
+        ctx, view, contexts = self.ctx, self.ctx.session.view, self.ctx.session.contexts
+        run_now(search(ctx, parse(b"u1 SEARCH RETURN (UPDATE) UNSEEN")))
+        contexts.heard(FlagsChanged((info(1, (SEEN,)),)), view)
+        self.mailbox._mark_deleted()  # what deleting it does; no listener here to tell
+        run_now(contexts.refresh(self.mailbox, view))
+        self.assertEqual(contexts.updates(view), [])
+        self.assertFalse(contexts.pending)
+
     def test_tag_reuse_and_noupdate(self) -> None:
         """Section 4.3: a live tag is BAD; section 4.3.1: beyond the limit, NOUPDATE and the results."""
         ctx = self.ctx

@@ -54,7 +54,7 @@ import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from txmail.errors import NoSuchMessage
+from txmail.errors import NoSuchMessage, StoreError
 from txmail.imap.responses import Bad, ContextUpdate, NoUpdate
 from txmail.imap.search import SearchContext, matches, search_needs
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr, SequenceSet
@@ -409,7 +409,10 @@ class ResultContexts:
             uids = sorted(set().union(*(todo for _, todo in work)))
             for start in range(0, len(uids), _READ_BATCH):
                 batch = uids[start : start + _READ_BATCH]
-                await self._judge(mailbox, view, batch, work, generation)
+                try:
+                    await self._judge(mailbox, view, batch, work, generation)
+                except StoreError:
+                    return  # the mailbox is gone: MailboxDeleted ends the contexts
 
     async def _judge(
         self,
