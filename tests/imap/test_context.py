@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap.test_commands import FakeContext, command
@@ -24,6 +25,7 @@ from txmail.imap.parser import ParseError
 from txmail.imap.responses import Bad, ContextUpdate, ESearchData, ESortData, NoUpdate
 from txmail.imap.types import CancelUpdate, SearchAnd, SearchKey, SequenceSet
 from txmail.imap.view import SelectedView
+from txmail.mime import parse_metadata
 from txmail.model import (
     DELETED,
     SEEN,
@@ -259,6 +261,30 @@ class ContextTests(SynchronousTestCase):
         update = context.open([(10,), (20,), (30,)], self.view)
         self.assertEqual(update, ContextUpdate("a", True, ((0, (20,)),), ()))
         self.assertEqual(context.pending, {30})
+
+    def test_expunged_while_reading(self) -> None:
+        """A message expunged while its metadata is read is not judged (no ADDTO of a gone message)."""
+        metadata: defer.Deferred[dict[int, Any]] = defer.Deferred()
+
+        class Mailbox:
+            def list_messages(self, uids: Any) -> list[MessageInfo]:
+                return [info(u) for u in uids]
+
+            def get_metadata(self, uids: Any) -> defer.Deferred[dict[int, Any]]:
+                return metadata
+
+        contexts = ResultContexts()
+        context = ResultContext("a", True, SearchKey("FROM", ("bob",)))
+        contexts.add(context)
+        context.open([], self.view)
+        contexts.heard(MessagesAdded((info(20), info(30))), self.view)
+        done = defer.Deferred.fromCoroutine(contexts.refresh(Mailbox(), self.view))
+        self.assertNoResult(done)
+        contexts.heard(MessagesExpunged((20,)), self.view)
+        md = parse_metadata(b"From: bob@x.test\r\n\r\nx\r\n")
+        metadata.callback({20: md, 30: md})
+        self.successResultOf(done)
+        self.assertEqual(context.ready, {30: (30,)})
 
     def test_contexts(self) -> None:
         """The session's contexts: heard changes, the limit, CANCELUPDATE, the end."""

@@ -9,10 +9,10 @@ Theory of operation
 ===================
 
 * A :class:`ResultContext` holds, for one searching command, its search
-  program with message numbers and ``*`` fixed to UIDs when the command
-  ran (:func:`freeze`; section 4.3: "message sequence numbers used in the
-  search program are evaluated at the time the command is received"), and
-  the results the client was told, as UIDs in the requested order (UID
+  program with its message numbers made the UIDs they named when the
+  command ran (:func:`freeze`; section 4.3: "message sequence numbers used
+  in the search program are evaluated at the time the command is
+  received"), and the results the client was told, as UIDs in the requested order (UID
   order for SEARCH; the sort keys then UID order for SORT, as the SORT
   command orders them).  Numbers are made message sequence numbers when a
   response is written, from the session's
@@ -324,6 +324,8 @@ class ResultContexts:
         self.limit = limit
         self._contexts: dict[str, ResultContext] = {}
         self._generation = 0
+        #: While :meth:`refresh` runs: the UIDs expunged since it began.
+        self._vanished: set[int] | None = None
 
     def __len__(self) -> int:
         return len(self._contexts)
@@ -381,6 +383,8 @@ class ResultContexts:
         """
         out: list[ContextUpdate] = []
         if isinstance(change, MessagesExpunged):
+            if self._vanished is not None:
+                self._vanished.update(change.uids)  # refresh() may have read them already
             for context in self._contexts.values():
                 update = context.expunged(change.uids, view)
                 if update is not None:
@@ -400,19 +404,23 @@ class ResultContexts:
         and the metadata or the messages when a context needs them.
         """
         generation = self._generation
-        while generation == self._generation:
-            work = [(c, c.pending) for c in self._contexts.values() if c.pending]
-            if not work:
-                return
-            for context, _ in work:
-                context.pending = set()
-            uids = sorted(set().union(*(todo for _, todo in work)))
-            for start in range(0, len(uids), _READ_BATCH):
-                batch = uids[start : start + _READ_BATCH]
-                try:
-                    await self._judge(mailbox, view, batch, work, generation)
-                except StoreError:
-                    return  # the mailbox is gone: MailboxDeleted ends the contexts
+        self._vanished = set()
+        try:
+            while generation == self._generation:
+                work = [(c, c.pending) for c in self._contexts.values() if c.pending]
+                if not work:
+                    return
+                for context, _ in work:
+                    context.pending = set()
+                uids = sorted(set().union(*(todo for _, todo in work)))
+                for start in range(0, len(uids), _READ_BATCH):
+                    batch = uids[start : start + _READ_BATCH]
+                    try:
+                        await self._judge(mailbox, view, batch, work, generation)
+                    except StoreError:
+                        return  # the mailbox is gone: MailboxDeleted ends the contexts
+        finally:
+            self._vanished = None
 
     async def _judge(
         self,
@@ -431,15 +439,16 @@ class ResultContexts:
             messages[uid] = await _read(mailbox, uid)
         if generation != self._generation:
             return
+        vanished = self._vanished or ()
         # "*" of a UID set: the largest UID, a new message's before the view holds it.
-        top = max(view.max_uid, batch[-1] if infos else 0)
+        top = max(view.max_uid, max(infos, default=0))
         sctx = SearchContext(max_seq=view.exists, max_uid=top, recent_uids=frozenset(view.recent))
         for context, uids in wanted:
             if self._contexts.get(context.tag) is not context:
                 continue  # cancelled meanwhile
             for uid in uids:
-                if uid in context.pending:
-                    continue  # changed again meanwhile: the next round decides
+                if uid in context.pending or uid in vanished:
+                    continue  # changed again or expunged while the store was read
                 info = infos[uid]
                 message = messages.get(uid) if context.needs_message else None
                 if context.needs_message and message is None:
