@@ -60,6 +60,8 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/objectid.py",
     "txmail/imap/commands/savedate.py",
     "txmail/imap/commands/metadata.py",
+    "txmail/imap/commands/context_updates.py",
+    "txmail/imap/contexts.py",
     "txmail/imap/binary.py",
     "txmail/pop3/events.py",
     "txmail/pop3/session.py",

@@ -57,7 +57,8 @@ class ParserTests(SynchronousTestCase):
             b"a1 SORT (REVERSE) UTF-8 ALL",
             b"a1 SORT (COLOR) UTF-8 ALL",
             b"a1 SORT ARRIVAL UTF-8 ALL",
-            b"a1 SORT RETURN (PARTIAL 1:10) (ARRIVAL) UTF-8 ALL",  # CONTEXT=SORT is not offered
+            b"a1 SORT RETURN (PARTIAL 1:10 ALL) (ARRIVAL) UTF-8 ALL",  # RFC 5267 section 4.4
+            b"a1 SORT RETURN (COLOR) (ARRIVAL) UTF-8 ALL",
         ):
             self.assertRaises(ParseError, parse, line)
 
@@ -104,7 +105,7 @@ class CapabilityTests(SynchronousTestCase):
         caps = capabilities()
         wanted = ["SORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "SORT=DISPLAY", "ESORT"]
         self.assertEqual([c for c in caps if c in wanted], wanted)
-        self.assertFalse([c for c in caps if c.startswith("CONTEXT=")])
+        self.assertEqual([c for c in caps if c.startswith("CONTEXT=")], ["CONTEXT=SEARCH", "CONTEXT=SORT"])
         self.assertEqual(COMMANDS["SORT"].capability, "SORT")
 
 

@@ -40,6 +40,7 @@ from txmail.imap.types import (
     Append,
     AppendMessage,
     Authenticate,
+    CancelUpdate,
     CatenatePart,
     Command,
     CommandArgs,
@@ -101,6 +102,7 @@ __all__ = [
     "MAX_URLAUTH_ITEMS",
     "NOTIFY_EVENTS",
     "SAVED_RESULT",
+    "SEARCH_RETURN_OPTIONS",
     "SORT_KEYS",
     "SORT_RETURN_OPTIONS",
     "STATUS_ITEMS",
@@ -1047,19 +1049,59 @@ def _paren_words(c: Cursor) -> tuple[str, ...]:
     return tuple(words)
 
 
+#: RFC 4731 section 3.1 and RFC 5267 section 4 (CONTEXT=SEARCH, CONTEXT=SORT): the search return options.
+#: RFC 4731 section 3.1, RFC 5267 section 5, and RFC 5182's SAVE (SEARCH only).
+SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "CONTEXT", "UPDATE", "PARTIAL", "SAVE"})
+
+
+def _return_options(
+    c: Cursor, allowed: frozenset[str] = SEARCH_RETURN_OPTIONS
+) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """
+    "(" [search-return-opt *(SP search-return-opt)] ")", upper-cased, and PARTIAL's range::
+
+        search-return-opt =/ modifier-context / modifier-partial / modifier-update
+        modifier-partial  = "PARTIAL" SP partial-range
+        partial-range     = nz-number ":" nz-number   ; 500:400 is 400:500
+
+    (RFC 4731 section 3.1, RFC 5267 section 5).  An unknown or repeated
+    option, a repeated PARTIAL or UPDATE, and PARTIAL with ALL (section
+    4.4) are BAD.
+    """
+    c.expect(b"(")
+    words: list[str] = []
+    partial = None
+    while not c.accept(b")"):
+        if words:
+            c.sp()
+        word = c.keyword()
+        if word not in allowed:
+            raise c.fail("Unknown search return option")
+        if word in words and word in ("PARTIAL", "UPDATE"):
+            raise c.fail(f"Repeated {word}")
+        words.append(word)
+        if word == "PARTIAL":
+            c.sp()
+            low = number(c, nonzero=True)
+            c.expect(b":")
+            high = number(c, nonzero=True)
+            partial = (min(low, high), max(low, high))
+    if partial is not None and "ALL" in words:
+        raise c.fail("PARTIAL conflicts with ALL")
+    return tuple(words), partial
+
+
 def _search(c: Cursor, uid: bool) -> Search:
     """
     search = "SEARCH" [search-return-opts] [SP "CHARSET" SP astring] 1*(SP search-key)
     search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"
     """
     c.sp()
-    options = None
+    options = partial = None
     start = c.pos
     if c.accept(b"RETURN ("):
         c.pos -= 1
-        options = _paren_words(c)
-        if any(o not in ("MIN", "MAX", "ALL", "COUNT", "SAVE") for o in options):  # SAVE: RFC 5182
-            raise c.fail("Unknown search return option")
+        options, partial = _return_options(c)
         c.sp()
         start = c.pos
     charset = None
@@ -1075,15 +1117,15 @@ def _search(c: Cursor, uid: bool) -> Search:
         c.sp()
         keys.append(search_key(c))
     key = keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
-    return Search(charset, key, uid, options)
+    return Search(charset, key, uid, options, partial)
 
 
 # -- SORT and THREAD (RFC 5256, RFC 5957, RFC 5267) ---------------------------
 
 #: RFC 5256 section 4 sort-key, and RFC 5957's DISPLAYFROM / DISPLAYTO.
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
-#: RFC 5267 section 3.2: the ESORT return options.
-SORT_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+#: RFC 5267 sections 3.2 and 4: the ESORT and CONTEXT=SORT return options.
+SORT_RETURN_OPTIONS = SEARCH_RETURN_OPTIONS - {"SAVE"}
 
 
 def _search_program(c: Cursor) -> tuple[str, SearchNode]:
@@ -1109,11 +1151,9 @@ def _sort(c: Cursor, uid: bool) -> Sort:
     (RFC 5256 section 4, RFC 5957 section 4, RFC 5267 section 3.2)
     """
     c.sp()
-    options = None
+    options = partial = None
     if c.accept(b"RETURN "):
-        options = _paren_words(c)
-        if any(o not in SORT_RETURN_OPTIONS for o in options):
-            raise c.fail("Unknown sort return option")
+        options, partial = _return_options(c, SORT_RETURN_OPTIONS)
         c.sp()
     c.expect(b"(")
     criteria: list[tuple[str, bool]] = []
@@ -1131,7 +1171,7 @@ def _sort(c: Cursor, uid: bool) -> Sort:
         c.sp()
     c.sp()
     charset, key = _search_program(c)
-    return Sort(tuple(criteria), charset, key, uid, options)
+    return Sort(tuple(criteria), charset, key, uid, options, partial)
 
 
 def _thread(c: Cursor, uid: bool) -> Thread:
@@ -1895,6 +1935,17 @@ def _urlfetch(c: Cursor, uid: bool) -> UrlFetch:
             return UrlFetch(tuple(urls))
 
 
+def _cancelupdate(c: Cursor, uid: bool) -> CancelUpdate:
+    """command-select =/ "CANCELUPDATE" 1*(SP quoted) (RFC 5267 section 5)"""
+    tags = []
+    while not c.at_end():
+        c.sp()
+        tags.append(quoted(c))
+    if not tags:
+        raise c.fail("Missing tag")
+    return CancelUpdate(tuple(tags))
+
+
 _Parser = Callable[[Cursor, bool], CommandArgs]
 
 #: Command name -> argument parser.  RFC 3501 section 6 and the extensions.
@@ -1941,6 +1992,7 @@ COMMANDS: dict[str, _Parser] = {
     "GENURLAUTH": _genurlauth,
     "RESETKEY": _resetkey,
     "URLFETCH": _urlfetch,
+    "CANCELUPDATE": _cancelupdate,
 }
 
 #: Commands that may follow ``UID`` (RFC 3501 section 6.4.8, RFC 4315, RFC 6851).

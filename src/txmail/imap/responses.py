@@ -28,6 +28,7 @@ __all__ = [
     "Bad",
     "CapabilityData",
     "CommandFailed",
+    "ContextUpdate",
     "Done",
     "ESearchData",
     "ESortData",
@@ -44,6 +45,7 @@ __all__ = [
     "MetadataNames",
     "NamespaceData",
     "No",
+    "NoUpdate",
     "QuotaData",
     "QuotaRootData",
     "Recent",
@@ -281,6 +283,8 @@ class ESearchData(Response):
     options: Sequence[str]
     #: ``MODSEQ m`` last (RFC 7162 section 3.1.10), when searched by MODSEQ.
     modseq: int | None = None
+    #: RETURN (PARTIAL low:high): ``PARTIAL (low:high set)`` (RFC 5267 section 4.4).
+    partial: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +306,33 @@ class ESortData(Response):
     uid: bool
     numbers: Sequence[int]
     options: Sequence[str]
+    #: RETURN (PARTIAL low:high): that window of the sort order (RFC 5267 section 4.4).
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextUpdate(Response):
+    """
+    ``* ESEARCH (TAG "t") [UID] REMOVEFROM (...) ADDTO (...)``: changes to
+    the results of an updating search (RFC 5267 sections 4.3.2 to 4.3.4).
+    *removed* and *added* are ``(context position, numbers)`` pairs, in
+    the order the client applies them: position 0 for a SEARCH (the
+    numbers in mailbox order), the position in the sort order for a SORT
+    (each number at the next position).  Nothing is sent when both are empty.
+    """
+
+    tag: str
+    uid: bool
+    removed: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    added: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NoUpdate(Response):
+    """``* NO [NOUPDATE "tag"] text``: no updates for that searching command (RFC 5267 section 4.3.1)."""
+
+    tag: str
+    text: str = "Too many updating searches"
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ __all__ = [
     "astring",
     "atom",
     "body_structure",
+    "context_update",
     "continuation",
     "date_time",
     "envelope",
@@ -353,26 +354,31 @@ def search_response(numbers: Iterable[int]) -> bytes:
     return untagged(b"SEARCH", *(number(n) for n in numbers))
 
 
-def esearch_response(tag: str, uid: bool, numbers: Iterable[int], options: Iterable[str]) -> bytes:
+def esearch_response(
+    tag: str,
+    uid: bool,
+    numbers: Iterable[int],
+    options: Iterable[str],
+    partial: tuple[int, int] | None = None,
+) -> bytes:
     """
     The ESEARCH response of RFC 4731 section 3.1::
 
         esearch-response = "ESEARCH" [search-correlator] [SP "UID"] *(SP search-return-data)
 
     *options* are the RETURN options (``MIN``, ``MAX``, ``ALL``,
-    ``COUNT``); none means ``ALL`` ("RETURN ()" is "RETURN (ALL)").  The
-    results are written in the order MIN, MAX, ALL, COUNT.  When nothing
-    matched, MIN, MAX and ALL are left out ("the server MUST NOT include
-    the MIN result option", likewise MAX and ALL) but the response is still
-    sent, and COUNT is ``0``.  ALL is a compact sequence set (``2,10:11``).
+    ``COUNT``, and RFC 5267's ``PARTIAL`` with its range *partial*;
+    ``CONTEXT`` and ``UPDATE`` ask for no data); no result option means
+    ``ALL`` ("RETURN ()" is "RETURN (ALL)").  The results are written in
+    the order MIN, MAX, ALL, PARTIAL, COUNT.  When nothing matched, MIN,
+    MAX and ALL are left out ("the server MUST NOT include the MIN result
+    option", likewise MAX and ALL) but the response is still sent, and
+    COUNT is ``0``.  ALL is a compact sequence set (``2,10:11``).
 
     Raises:
         ValueError: an option that is not one of :data:`ESEARCH_OPTIONS`.
     """
-    wanted = {o.upper() for o in options} or {"ALL"}
-    unknown = wanted - set(ESEARCH_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown ESEARCH option(s): {sorted(unknown)}")
+    wanted = _result_options(options)
     words = [b"ESEARCH", b"(TAG " + string(tag) + b")"]
     if uid:
         words.append(b"UID")
@@ -383,9 +389,29 @@ def esearch_response(tag: str, uid: bool, numbers: Iterable[int], options: Itera
         words += [b"MAX", number(found[-1])]
     if found and "ALL" in wanted:
         words += [b"ALL", number_set(found)]
+    if partial is not None and "PARTIAL" in wanted:
+        words += [b"PARTIAL", _partial(partial, number_set(found[partial[0] - 1 : partial[1]]))]
     if "COUNT" in wanted:
         words += [b"COUNT", number(len(found))]
     return untagged(*words)
+
+
+#: RETURN options that ask for no result data (RFC 5267 sections 4.2 and 4.3).
+_NO_DATA_OPTIONS = frozenset({"CONTEXT", "UPDATE"})
+
+
+def _result_options(options: Iterable[str]) -> set[str]:
+    """The result options asked for, ``ALL`` when none (RFC 4731 section 3.1)."""
+    wanted = {o.upper() for o in options} - _NO_DATA_OPTIONS
+    unknown = wanted - set(ESEARCH_OPTIONS) - {"PARTIAL"}
+    if unknown:
+        raise ValueError(f"unknown ESEARCH option(s): {sorted(unknown)}")
+    return wanted or {"ALL"}
+
+
+def _partial(window: tuple[int, int], found: bytes) -> bytes:
+    """``"(" partial-range SP partial-results ")"``, ``NIL`` for no results (RFC 5267 section 5)."""
+    return b"(%d:%d %s)" % (window[0], window[1], found or b"NIL")
 
 
 def sort_response(numbers: Iterable[int]) -> bytes:
@@ -406,15 +432,22 @@ def _ordered_set(numbers: Sequence[int]) -> bytes:
     return b",".join(parts)
 
 
-def esort_response(tag: str, uid: bool, numbers: Sequence[int], options: Iterable[str]) -> bytes:
+def esort_response(
+    tag: str,
+    uid: bool,
+    numbers: Sequence[int],
+    options: Iterable[str],
+    partial: tuple[int, int] | None = None,
+) -> bytes:
     """
     The ESEARCH response to ``SORT RETURN (...)`` (RFC 5267 section 3.2):
     MIN and MAX are the first and the last message in the sort order, ALL
     is every message in that order (ascending runs written ``n:m``),
-    COUNT how many.  No option means ALL; nothing found leaves out MIN,
-    MAX and ALL.
+    PARTIAL the window *partial* of that order (section 4.4), COUNT how
+    many.  No result option means ALL; nothing found leaves out MIN, MAX
+    and ALL.
     """
-    wanted = {o.upper() for o in options} or {"ALL"}
+    wanted = _result_options(options)
     words = [b"ESEARCH", b"(TAG " + string(tag) + b")"]
     if uid:
         words.append(b"UID")
@@ -424,8 +457,32 @@ def esort_response(tag: str, uid: bool, numbers: Sequence[int], options: Iterabl
         words += [b"MAX", number(numbers[-1])]
     if numbers and "ALL" in wanted:
         words += [b"ALL", _ordered_set(numbers)]
+    if partial is not None and "PARTIAL" in wanted:
+        words += [b"PARTIAL", _partial(partial, _ordered_set(numbers[partial[0] - 1 : partial[1]]))]
     if "COUNT" in wanted:
         words += [b"COUNT", number(len(numbers))]
+    return untagged(*words)
+
+
+def context_update(resp: r.ContextUpdate) -> bytes:
+    """
+    ``* ESEARCH (TAG "t") [UID] REMOVEFROM (...) ADDTO (...)`` (RFC 5267
+    section 5)::
+
+        ret-data-addto = "ADDTO" SP "(" context-position SP sequence-set
+                         *(SP context-position SP sequence-set) ")"
+
+    and likewise ``ret-data-removefrom``; each set keeps the order given
+    (ascending runs written ``n:m``).  ``b""`` when there is no change.
+    """
+    if not resp.removed and not resp.added:
+        return b""
+    words = [b"ESEARCH", b"(TAG " + string(resp.tag) + b")"]
+    if resp.uid:
+        words.append(b"UID")
+    for name, pairs in ((b"REMOVEFROM", resp.removed), (b"ADDTO", resp.added)):
+        if pairs:
+            words += [name, b"(" + b" ".join(b"%d %s" % (p, _ordered_set(ns)) for p, ns in pairs) + b")"]
     return untagged(*words)
 
 
@@ -614,10 +671,16 @@ _RENDERERS: dict[type, Any] = {
     r.UrlFetchData: lambda x: (untagged(b"URLFETCH", astring(x.url), nstring(x.data)),),
     r.SearchData: lambda x: (_with_modseq(search_response(x.numbers), b" (MODSEQ %d)", x.modseq),),
     r.ESearchData: lambda x: (
-        _with_modseq(esearch_response(x.tag, x.uid, x.numbers, x.options), b" MODSEQ %d", x.modseq),
+        _with_modseq(
+            esearch_response(x.tag, x.uid, x.numbers, x.options, x.partial), b" MODSEQ %d", x.modseq
+        ),
     ),
     r.SortData: lambda x: (sort_response(x.numbers),),
-    r.ESortData: lambda x: (esort_response(x.tag, x.uid, x.numbers, x.options),),
+    r.ESortData: lambda x: (esort_response(x.tag, x.uid, x.numbers, x.options, x.partial),),
+    r.ContextUpdate: lambda x: (context_update(x),) if x.removed or x.added else (),
+    r.NoUpdate: lambda x: (
+        b"* NO [NOUPDATE " + string(x.tag) + b"] " + _text(x.text).encode("utf-8") + b"\r\n",
+    ),
     r.ThreadData: lambda x: (thread_response(x.threads),),
     r.CapabilityData: lambda x: (untagged(b"CAPABILITY", *(c.encode("ascii") for c in x.capabilities)),),
     r.IdData: lambda x: (b"* ID " + paren_list(x.fields) + b"\r\n",),

@@ -46,6 +46,12 @@ Implementation notes
 * On the first login of a user whose store holds only INBOX, the RFC 6154
   special-use mailboxes (Sent, Drafts, Trash, Junk, Archive) are created
   and subscribed.
+* Updating searches (RFC 5267 section 4.3, :mod:`txmail.imap.contexts`):
+  the selected mailbox's listener also hands each change to the session's
+  contexts; an expunged result's ``REMOVEFROM`` is written at once (before
+  the ``EXPUNGE``), and other changes are judged by a coroutine run here
+  (awaiting the store's metadata or messages when the search needs them),
+  then told with the view's updates, or at once during IDLE.
 * Copy listeners (:mod:`txmail.imap.listeners`, ``copy_listeners=``) are
   told of each successful COPY/MOVE on the next turn of the reactor, after
   the tagged OK; the command never waits for them.
@@ -179,6 +185,7 @@ class IMAPServerProtocol(SessionProtocol):
         self._notify: NotifyState | None = None
         self._remove_store_listener: Callable[[], None] | None = None
         self._delivering = False
+        self._refreshing = False  # the updating searches are judging changes
         # COMPRESS=DEFLATE (RFC 4978): the streams, once active.
         self._compress_requested = False
         self._deflater: Any = None
@@ -392,7 +399,33 @@ class IMAPServerProtocol(SessionProtocol):
                     self._told()
 
             d.addCallbacks(claimed, lambda f: self.log.failure("claim_recent failed", failure=f))
+        if session.contexts:
+            self._context_change(change)
         self._told()
+
+    def _context_change(self, change: MailboxChange) -> None:
+        """
+        The updating searches (RFC 5267 section 4.3) hear *change* (queued,
+        not applied by the view yet): expunged results leave at once
+        (``REMOVEFROM`` while their numbers are still the client's); other
+        changes are judged against the stored search programs, then told
+        with the view's updates.
+        """
+        session = self.session
+        assert session is not None and session.view is not None
+        self.emit(*session.contexts.heard(change, session.view))
+        if session.contexts.pending and not self._refreshing:
+            self._refreshing = True
+            d = defer.Deferred.fromCoroutine(session.contexts.refresh(self.mailbox, session.view))
+            d.addErrback(lambda f: self.log.failure("updating searches failed", failure=f))
+
+            def done(_: object) -> None:
+                self._refreshing = False
+                if session.contexts.pending and session.view is not None and not self._lost:
+                    self._context_change(MailboxChange())
+                self._told()
+
+            d.addBoth(done)
 
     def _told(self) -> None:
         session = self.session

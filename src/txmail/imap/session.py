@@ -31,7 +31,9 @@ The session owns what needs no store:
 * the selected mailbox's :class:`txmail.imap.view.SelectedView` and when
   its untagged updates may be sent: at the end of each command (EXPUNGE
   not after FETCH, STORE or SEARCH, RFC 3501 section 7.4.1), and at once
-  during IDLE.
+  during IDLE; after them, the ``ADDTO``/``REMOVEFROM`` of the updating
+  searches (RFC 5267 section 4.3, :attr:`IMAPSession.contexts`), which
+  end with the selection.
 
 The table also says in which states a command is valid and which
 capabilities to advertise.  Every other command is an
@@ -63,6 +65,7 @@ from txmail.imap.commands import COMMANDS, State, allowed
 from txmail.imap.commands import capabilities as table_capabilities
 from txmail.imap.commands.imap4rev2 import IMAP4REV2, utf8_names
 from txmail.imap.commands.utf8 import UTF8_ACCEPT
+from txmail.imap.contexts import ResultContexts
 from txmail.imap.events import (
     Authenticated,
     AuthStep,
@@ -178,6 +181,8 @@ class IMAPSession(SessionCore[Event]):
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: SelectedView | None = None
+        #: The updating searches on the selected mailbox (RFC 5267 section 4.3).
+        self.contexts = ResultContexts()
         #: The extensions ENABLEd (RFC 5161), explicitly or by using them (RFC 7162 CONDSTORE).
         self.enabled: set[str] = set()
         #: NOTIFY (RFC 5465 section 6.1): ``"SELECTED"`` or ``"SELECTED-DELAYED"``
@@ -301,11 +306,13 @@ class IMAPSession(SessionCore[Event]):
         self.view = view
         self._new_messages = []
         self.state = State.SELECTED
+        self.contexts.clear()
 
     def unselect(self) -> None:
         """Leave the selected state (CLOSE, UNSELECT, a failed SELECT)."""
         self.view = None
         self._new_messages = []
+        self.contexts.clear()  # RFC 5267 section 4.3: updates cease
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
@@ -424,21 +431,24 @@ class IMAPSession(SessionCore[Event]):
         view.flags_with_uid = self.notify_flag_uid
         if not self.notify_fetch and not self.notify_fetch_later:
             self._write(view.updates(allow_expunge=allow_expunge))
-            return
-        # RFC 5465 section 5.2: MessageNew's FETCH follows the EXISTS.
-        known = view.max_uid
-        self._write(view.updates(allow_expunge=allow_expunge))
-        start = bisect.bisect_right(view.uids, known)
-        if self.notify_fetch_later:
-            self._new_messages.extend(view.uids[start:])
-            return
-        with_uid = "UID" in self.notify_fetch
-        for i in range(start, len(view.uids)):
-            uid = view.uids[i]
-            if "FLAGS" in self.notify_fetch:
-                self._write(view.fetch_flags(i + 1, uid, with_uid=with_uid))
+        else:
+            # RFC 5465 section 5.2: MessageNew's FETCH follows the EXISTS.
+            known = view.max_uid
+            self._write(view.updates(allow_expunge=allow_expunge))
+            start = bisect.bisect_right(view.uids, known)
+            if self.notify_fetch_later:
+                self._new_messages.extend(view.uids[start:])
             else:
-                self._write(serialize.fetch_uid(i + 1, uid))
+                with_uid = "UID" in self.notify_fetch
+                for i in range(start, len(view.uids)):
+                    uid = view.uids[i]
+                    if "FLAGS" in self.notify_fetch:
+                        self._write(view.fetch_flags(i + 1, uid, with_uid=with_uid))
+                    else:
+                        self._write(serialize.fetch_uid(i + 1, uid))
+        if self.contexts:
+            # RFC 5267 section 4.3.3: ADDTO after the EXISTS and FETCH.
+            self.send(*serialize.render_all(self.contexts.updates(view)))
 
     def _close(self, line: bytes, reason: str) -> None:
         self._sasl = None

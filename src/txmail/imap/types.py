@@ -27,6 +27,7 @@ __all__ = [
     "Append",
     "AppendMessage",
     "Authenticate",
+    "CancelUpdate",
     "CatenatePart",
     "Command",
     "CommandArgs",
@@ -520,13 +521,16 @@ class Expunge:
 class Search:
     """
     SEARCH or UID SEARCH.  ``return_options`` are the RFC 4731 ESEARCH
-    options (``MIN``, ``MAX``, ``ALL``, ``COUNT``), ``None`` without RETURN.
+    options (``MIN``, ``MAX``, ``ALL``, ``COUNT``) and RFC 5267's
+    (``CONTEXT``, ``UPDATE``, ``PARTIAL``), ``None`` without RETURN;
+    ``partial`` is PARTIAL's range, ``(low, high)`` with ``low <= high``.
     """
 
     charset: str | None
     key: SearchNode
     uid: bool = False
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,7 +539,8 @@ class Sort:
     SORT or UID SORT (RFC 5256 section 4): ``criteria`` as ``(key,
     reverse)`` pairs, keys upper-cased (``ARRIVAL``... and RFC 5957's
     ``DISPLAYFROM``/``DISPLAYTO``); ``return_options`` the RFC 5267 ESORT
-    options, ``None`` without RETURN.
+    options (and CONTEXT=SORT's, as for :class:`Search`), ``None`` without
+    RETURN; ``partial`` is PARTIAL's range.
     """
 
     criteria: tuple[tuple[str, bool], ...]
@@ -543,6 +548,14 @@ class Sort:
     key: SearchNode
     uid: bool = False
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpdate:
+    """CANCELUPDATE (RFC 5267 section 4.3.5): the tags of the updating searches to end."""
+
+    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,6 +692,7 @@ CommandArgs = (
     | Replace
     | Compress
     | Notify
+    | CancelUpdate
 )
 
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 from txmail.imap.commands import (  # noqa: F401
     base,
     compress,
+    context_updates,
     imap4rev2,
     mailboxes,
     metadata,

@@ -2,7 +2,8 @@
 Selecting a mailbox and working on its messages (RFC 3501 sections 6.3.1,
 6.3.2 and 6.4): SELECT, EXAMINE, CLOSE, UNSELECT (RFC 3691), EXPUNGE (and
 UID EXPUNGE, RFC 4315), STORE, COPY, MOVE (RFC 6851), FETCH and SEARCH
-(with ESEARCH, RFC 4731).
+(with ESEARCH, RFC 4731, and RFC 5267 CONTEXT=SEARCH's PARTIAL and
+UPDATE: :mod:`txmail.imap.contexts`).
 
 Long responses (FETCH, SEARCH over a big mailbox) are produced in batches
 of :data:`BATCH` messages: ``await ctx.take_turn()`` between two, and
@@ -21,7 +22,7 @@ import itertools
 from typing import Any
 
 from txmail.errors import NoSuchMessage
-from txmail.imap import serialize
+from txmail.imap import contexts, serialize
 from txmail.imap.binary import binary_items
 from txmail.imap.commands import condstore, imap4rev2, objectid, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
@@ -392,6 +393,7 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     if args.charset is not None and args.charset.upper() not in SUPPORTED_CHARSETS:
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")")
     mailbox = ctx.mailbox
+    live = contexts.begin(ctx, cmd.tag, args.uid, key, options)  # RFC 5267 section 4.3
     needs = search_needs(key)
     with_modseq = condstore.search_uses_modseq(key)
     if with_modseq:
@@ -423,7 +425,9 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     searchres.save(view, options, found if args.uid else [view.uids[n - 1] for n in found])
     shown = searchres.shown_options(options)
     if shown is not None:
-        ctx.emit(ESearchData(cmd.tag, args.uid, found, shown, modseq=modseq))
+        ctx.emit(ESearchData(cmd.tag, args.uid, found, shown, modseq=modseq, partial=args.partial))
     elif options is None:
         ctx.emit(SearchData(found, modseq=modseq))
+    if live is not None:
+        contexts.opened(ctx, live, [(n if args.uid else view.uids[n - 1],) for n in found])
     return Done("SEARCH completed")

@@ -28,9 +28,9 @@ Sort keys (RFC 5256 section 3, RFC 5957 section 3), strings compared with
   2047 decoded; without one, ``mailbox@host`` (or the mailbox alone).
 
 ``SORT RETURN (...)`` answers with an ESEARCH response (RFC 5267 section
-3.2) whose MIN, MAX and ALL follow the sort order.  CONTEXT=SEARCH and
-CONTEXT=SORT (PARTIAL, UPDATE, CANCELUPDATE and the live ADDTO/REMOVEFROM
-updates) are not offered.
+3.2) whose MIN, MAX, ALL and PARTIAL follow the sort order; with ``RETURN
+(UPDATE)`` the results are kept up to date (CONTEXT=SORT, RFC 5267 section
+4: :mod:`txmail.imap.contexts`).
 
 This module is sans-IO: it imports nothing from Twisted.
 """
@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from txmail.imap import thread
+from txmail.imap import contexts, thread
 from txmail.imap.commands import searchres
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import SELECTED, command, extension
@@ -361,23 +361,44 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
     assert isinstance(args, Sort)
     _check_charset(args.charset)
     criteria = args.criteria
-    found: list[tuple[tuple[Any, ...], int]] = []
+    found: list[tuple[tuple[Any, ...], int, int]] = []
 
     def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: Facts | None) -> None:
-        found.append((sort_keys(criteria, info, md, facts), uid if args.uid else seq))
+        found.append((sort_keys(criteria, info, md, facts), uid if args.uid else seq, uid))
 
     keys = {key for key, _ in criteria}
+    view = ctx.session.view
+    assert view is not None
+    search_key = searchres.replace_saved(args.key, view)  # RFC 5182 section 2.1: $ in the keys
+    live = contexts.begin(  # RFC 5267 section 4.3
+        ctx,
+        cmd.tag,
+        args.uid,
+        search_key,
+        args.return_options,
+        lambda info, md: _ordered(criteria, sort_keys(criteria, info, md)),
+        metadata=bool(keys - _INDEX_KEYS),
+    )
     want_facts = SORT_FACTS if keys & _FACT_KEYS else NO_FACTS
-    await _each_match(ctx, args.key, bool(keys - _INDEX_KEYS - _FACT_KEYS), want_facts, record)
+    await _each_match(ctx, search_key, bool(keys - _INDEX_KEYS - _FACT_KEYS), want_facts, record)
     # One stable sort per criterion, the last first; ties keep mailbox order.
     for i in range(len(criteria) - 1, -1, -1):
         found.sort(key=lambda item, i=i: item[0][i], reverse=criteria[i][1])  # type: ignore[misc]
-    numbers = [n for _, n in found]
+    numbers = [n for _, n, _ in found]
     if args.return_options is not None:
-        ctx.emit(ESortData(cmd.tag, args.uid, numbers, args.return_options))
+        ctx.emit(ESortData(cmd.tag, args.uid, numbers, args.return_options, args.partial))
     else:
         ctx.emit(SortData(numbers))
+    if live is not None:
+        contexts.opened(ctx, live, [(*_ordered(criteria, k), uid) for k, _, uid in found])
     return Done("UID SORT completed" if args.uid else "SORT completed")
+
+
+def _ordered(criteria: tuple[tuple[str, bool], ...], keys: tuple[Any, ...]) -> tuple[Any, ...]:
+    """*keys* compared as SORT orders them: each reversed criterion's key in reverse."""
+    return tuple(
+        contexts.Reverse(k) if reverse else k for k, (_, reverse) in zip(keys, criteria, strict=True)
+    )
 
 
 @command(
