@@ -85,7 +85,8 @@ class ParserTests(SynchronousTestCase):
             b"a SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL",
             b"a SEARCH RETURN (UPDATE UPDATE) ALL",
             b"a SEARCH RETURN (PARTIAL 1:99999999999) ALL",
-            b"a SEARCH RETURN (SAVE) ALL",
+            b"a SORT RETURN (SAVE) (DATE) UTF-8 ALL",  # SAVE is SEARCH's (RFC 5182)
+            b"a SEARCH RETURN (FOO) ALL",
         ):
             self.assertRaises(ParseError, parse, line)
 
