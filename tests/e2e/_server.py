@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import imaplib
 import os
 from typing import Any
 
@@ -9,6 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from txmail.config import load_config
+from txmail.errors import UserExists
 from txmail.service import MailServer, build_service
 
 
@@ -56,3 +59,32 @@ def maildir_files(server: MailServer, user: str, sub: str = "new") -> list[str]:
     if not os.path.isdir(path):
         return []
     return sorted(os.path.join(path, n) for n in os.listdir(path))
+
+
+class IMAPRestartCase(TestCase):
+    """
+    Base of the end-to-end tests that start the real service with IMAP on
+    127.0.0.1 port 0 over a data directory, start it again on the same
+    directory (a restart), and log in with imaplib as :attr:`user`.
+    """
+
+    timeout = 120
+    user = "alice@example.test"
+    password = "imap secret"
+    #: The text of a TOML configuration file to start with, or ``None``.
+    config: str | None = None
+
+    @defer.inlineCallbacks
+    def start(self, data_dir: str) -> Any:
+        server = yield start_server(
+            self, config=self.config, imap=["tcp:0:interface=127.0.0.1"], data_dir=data_dir
+        )
+        with contextlib.suppress(UserExists):  # kept across the restart
+            server.directory.add_user(self.user, self.password)
+        return server
+
+    def client(self, server: Any) -> Any:
+        host, port = server.address("imap")
+        c = imaplib.IMAP4(host, port, timeout=20)
+        c.login(self.user, self.password)
+        return c

@@ -8,18 +8,16 @@ imapclient against the real service, restarted in between.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.e2e._server import start_server
+from tests.e2e._server import IMAPRestartCase
 from tests.imap.test_fragment import frame
 from tests.imap.test_server import ServerTestCase
-from txmail.errors import UserExists
 from txmail.imap.commands import capabilities, condstore
 from txmail.imap.fragment import CommandFragments
 from txmail.imap.parser import ParseError, parse_command
@@ -273,26 +271,20 @@ USER = "alice@example.test"
 PASSWORD = "condstore secret"
 
 
-class EndToEndTests(TestCase):
+class EndToEndTests(IMAPRestartCase):
     """imapclient (PyPI) against the real service on Maildir, restarted in between."""
 
-    timeout = 120
+    user = USER
+    password = PASSWORD
 
     def setUp(self) -> None:
         if imapclient is None:
             raise SkipTest("imapclient is not installed")
 
-    @defer.inlineCallbacks
-    def start(self, data_dir: str) -> Any:
-        server = yield start_server(self, imap=["tcp:0:interface=127.0.0.1"], data_dir=data_dir)
-        with contextlib.suppress(UserExists):  # kept across the restart
-            server.directory.add_user(USER, PASSWORD)
-        return server
-
     def client(self, server: Any) -> Any:
         host, port = server.address("imap")
         c = imapclient.IMAPClient(host, port=port, ssl=False, timeout=20)
-        c.login(USER, PASSWORD)
+        c.login(self.user, self.password)
         return c
 
     @defer.inlineCallbacks

@@ -8,20 +8,19 @@ with imaplib against the real service on Maildir, restarted in between.
 
 from __future__ import annotations
 
-import contextlib
 import imaplib
 import os
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.e2e._server import start_server
+from tests.e2e._server import IMAPRestartCase
 from tests.imap.test_server import LOGIN, ServerTestCase
 from txmail.config import load_config
-from txmail.errors import ConfigError, NoSuchMailbox, UserExists
+from txmail.errors import ConfigError, NoSuchMailbox
 from txmail.imap import responses, serialize
 from txmail.imap.commands import capabilities
 from txmail.imap.commands.context import run_now
@@ -546,28 +545,12 @@ for _name in ("GETMETADATA", "SETMETADATA"):
     imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
 
 
-class EndToEndTests(TestCase):
+class EndToEndTests(IMAPRestartCase):
     """imaplib against the real service on Maildir: set, rename, restart, get; /shared/admin from [imap]."""
 
-    timeout = 120
-
-    @defer.inlineCallbacks
-    def start(self, data_dir: str) -> Any:
-        server = yield start_server(
-            self,
-            config='[imap]\nadmin = "mailto:postmaster@example.test"\nmetadata_max_entries = 10\n',
-            imap=["tcp:0:interface=127.0.0.1"],
-            data_dir=data_dir,
-        )
-        with contextlib.suppress(UserExists):  # kept across the restart
-            server.directory.add_user(USER, PASSWORD)
-        return server
-
-    def client(self, server: Any) -> imaplib.IMAP4:
-        host, port = server.address("imap")
-        c = imaplib.IMAP4(host, port, timeout=20)
-        c.login(USER, PASSWORD)
-        return c
+    user = USER
+    password = PASSWORD
+    config = '[imap]\nadmin = "mailto:postmaster@example.test"\nmetadata_max_entries = 10\n'
 
     @defer.inlineCallbacks
     def test_metadata_across_restart(self) -> Any:

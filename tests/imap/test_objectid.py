@@ -8,22 +8,19 @@ restarted in between.
 
 from __future__ import annotations
 
-import contextlib
-import imaplib
 import os
 import re
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 
-from tests.e2e._server import start_server
+from tests.e2e._server import IMAPRestartCase
 from tests.imap.test_commands import FakeContext, FakeMailbox, command
 from tests.imap.test_condstore import parse
 from tests.imap.test_server import LOGIN, PASSWORD, USER, ServerTestCase
-from txmail.errors import UserExists
 from txmail.imap import fetch, search, serialize
 from txmail.imap.commands import capabilities, objectid
 from txmail.imap.commands.context import run_now
@@ -317,23 +314,11 @@ class WithheldTests(ServerTestCase):
         self.assertEqual(objectid.select_response(box), ())
 
 
-class EndToEndTests(TestCase):
+class EndToEndTests(IMAPRestartCase):
     """imaplib against the real service on Maildir: the ids before and after a restart."""
 
-    timeout = 120
-
-    @defer.inlineCallbacks
-    def start(self, data_dir: str) -> Any:
-        server = yield start_server(self, imap=["tcp:0:interface=127.0.0.1"], data_dir=data_dir)
-        with contextlib.suppress(UserExists):  # kept across the restart
-            server.directory.add_user(USER, PASSWORD)
-        return server
-
-    def client(self, server: Any) -> imaplib.IMAP4:
-        host, port = server.address("imap")
-        c = imaplib.IMAP4(host, port, timeout=20)
-        c.login(USER, PASSWORD)
-        return c
+    user = USER
+    password = PASSWORD
 
     @defer.inlineCallbacks
     def test_ids_across_restart(self) -> Any:

@@ -10,7 +10,6 @@ restarted in between.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import imaplib
 import os
@@ -19,12 +18,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e._server import start_server
+from tests.e2e._server import IMAPRestartCase
 from tests.imap.test_server import CREDENTIALS, LOGIN, MESSAGES, USER, ServerTestCase
 from txmail.auth.authenticator import Authenticator
-from txmail.errors import UserExists
 from txmail.imap import serialize
 from txmail.imap.commands import capabilities
 from txmail.imap.commands import urlauth as urlauth_module
@@ -379,23 +377,11 @@ class URLAuthServerTests(ServerTestCase):
         self.assertEqual(out, b"a NO [BADURL %s] URLAUTH URL not authorized\r\n" % bad[:200].encode())
 
 
-class EndToEndTests(TestCase):
+class EndToEndTests(IMAPRestartCase):
     """imaplib against the real service on Maildir: GENURLAUTH, restart, URLFETCH."""
 
-    timeout = 120
-
-    @defer.inlineCallbacks
-    def start(self, data_dir: str) -> Any:
-        server = yield start_server(self, imap=["tcp:0:interface=127.0.0.1"], data_dir=data_dir)
-        with contextlib.suppress(UserExists):  # kept across the restart
-            server.directory.add_user(USER, "imap secret")
-        return server
-
-    def client(self, server: Any) -> imaplib.IMAP4:
-        host, port = server.address("imap")
-        c = imaplib.IMAP4(host, port, timeout=20)
-        c.login(USER, "imap secret")
-        return c
+    user = USER
+    password = "imap secret"
 
     @defer.inlineCallbacks
     def test_urlauth_across_restart(self) -> Any:
