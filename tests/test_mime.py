@@ -137,6 +137,23 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(header_fields(md, ["to", "subject"], exclude=True), b"From: a@b\r\n\r\n")
         self.assertEqual(header_fields(md, ["nothing"]), b"\r\n")
 
+    def test_header_fields_name_spellings(self) -> None:
+        """
+        Each spelling of a name is judged once per list and kept: blanks before
+        the colon, other cases, in both directions, and past
+        the bound on remembered spellings.
+        """
+        md = parse_metadata("To \t: c@d\r\nTO: e@f\r\nx-Ab: g\r\nFrom: a@b\r\n\r\n".encode("latin-1"))
+        names = ("to", "X-AB")
+        for _ in range(2):  # the second time from the remembered spellings
+            self.assertEqual(
+                header_fields(md, names), "To \t: c@d\r\nTO: e@f\r\nx-Ab: g\r\n\r\n".encode("latin-1")
+            )
+            self.assertEqual(header_fields(md, names, exclude=True), b"From: a@b\r\n\r\n")
+        many = parse_metadata(b"".join(b"X-%d: v\r\n" % i for i in range(5000)) + b"To: z\r\n\r\n")
+        self.assertEqual(header_fields(many, ("to", "x-4999")), b"X-4999: v\r\nTo: z\r\n\r\n")
+        self.assertEqual(header_fields(many, ("to", "x-4999")), b"X-4999: v\r\nTo: z\r\n\r\n")
+
     def test_header_fields_adds_missing_line_end(self) -> None:
         """A last field without a line end still ends with CRLF before the blank line."""
         md = parse_metadata(b"Subject: s")

@@ -436,21 +436,39 @@ def _clean_field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
     return None if v is None else _unfold(v)
 
 
+class _NameFilter(dict[str, bool]):
+    """
+    Raw field name -> whether a HEADER.FIELDS (``exclude``: .NOT) list keeps
+    it, filled on first sight of each spelling: the messages of a mailbox
+    share a few dozen spellings, so each is lower-cased once per command
+    instead of once per field of every message.
+    """
+
+    __slots__ = ("exclude", "wanted")
+
+    def __init__(self, wanted: frozenset[str], exclude: bool) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.exclude = exclude
+
+    def __missing__(self, raw: str) -> bool:
+        key = raw.rstrip(" \t")
+        keep = (_lower(key) in self.wanted) != self.exclude
+        if len(self) < 4096:  # bounded: names are the sender's
+            self[raw] = keep
+        return keep
+
+
 @functools.lru_cache(maxsize=64)
-def _wanted_names(names: tuple[str, ...]) -> frozenset[str]:
-    """The lower-case field names of a HEADER.FIELDS list (one per command, not per message)."""
-    return frozenset(_lower(n.strip()) for n in names)
+def _name_filter(names: tuple[str, ...], exclude: bool) -> _NameFilter:
+    """The filter of a HEADER.FIELDS list (one per command, not per message)."""
+    return _NameFilter(frozenset(_lower(n.strip()) for n in names), exclude)
 
 
 def _format_fields(fields: Iterable[tuple[str, str]], names: Iterable[str], exclude: bool) -> bytes:
     """HEADER.FIELDS / HEADER.FIELDS.NOT of *fields*, ending with the blank line."""
-    wanted = _wanted_names(tuple(names))
-    out = []
-    for n, v in fields:
-        key = n.rstrip(" \t")
-        # _lower inlined: it runs for every field of every message fetched.
-        if ((key.lower() if key.isascii() else key.translate(_LOWER)) in wanted) != exclude:
-            out.append(f"{n}:{v}" if v.endswith("\n") else f"{n}:{v}\r\n")
+    keep = _name_filter(names if type(names) is tuple else tuple(names), exclude)
+    out = [f"{n}:{v}" if v.endswith("\n") else f"{n}:{v}\r\n" for n, v in fields if keep[n]]
     out.append("\r\n")
     return "".join(out).encode("latin-1")
 
