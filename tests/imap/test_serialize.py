@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -184,6 +185,77 @@ class StructureTests(SynchronousTestCase):
             b'NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "x") NIL NIL NIL)'
         )
         self.assertEqual(serialize.body_structure(mime.parse_metadata(message).body_structure), expected)
+
+
+def _reference_envelope(env: tuple[Any, ...]) -> bytes:
+    """ENVELOPE written with the general :func:`serialize.value` (what the fast path must give)."""
+    out = []
+    for i, member in enumerate(env):
+        if 2 <= i <= 7 and isinstance(member, tuple):
+            out.append(b"(" + b"".join(serialize.value(a, "latin-1") for a in member) + b")")
+        else:
+            out.append(serialize.value(member, "latin-1"))
+    return b"(" + b" ".join(out) + b")"
+
+
+def _reference_body_structure(body: tuple[Any, ...]) -> bytes:
+    """BODYSTRUCTURE written with the general :func:`serialize.value`."""
+    if body and isinstance(body[0], tuple):
+        count = 0
+        while count < len(body) and isinstance(body[count], tuple):
+            count += 1
+        parts = b"".join(_reference_body_structure(p) for p in body[:count])
+        return b"(" + parts + b"".join(b" " + serialize.value(x, "latin-1") for x in body[count:]) + b")"
+    rfc822 = serialize.is_message_rfc822(body)
+    members = []
+    for i, x in enumerate(body):
+        if rfc822 and i == 7 and isinstance(x, tuple):
+            members.append(_reference_envelope(x))
+        elif rfc822 and i == 8 and isinstance(x, tuple):
+            members.append(_reference_body_structure(x))
+        else:
+            members.append(serialize.value(x, "latin-1"))
+    return b"(" + b" ".join(members) + b")"
+
+
+_LATIN1_TEXT = st.text(alphabet=st.characters(max_codepoint=255), max_size=60)
+_STRUCTURES = st.recursive(
+    st.none() | _LATIN1_TEXT | st.integers(0, 2**40),
+    lambda children: st.lists(children, max_size=6).map(tuple),
+    max_leaves=30,
+)
+
+
+class Latin1FastPathTests(SynchronousTestCase):
+    """ENVELOPE and BODYSTRUCTURE remember short tokens; the octets are those of the general code."""
+
+    @given(_STRUCTURES)
+    @settings(max_examples=300, deadline=None)
+    def test_same_as_value(self, item: Any) -> None:
+        for _ in range(2):  # the second time from the remembered tokens
+            self.assertEqual(serialize._latin1(item), serialize.value(item, "latin-1"))
+
+    def test_messages(self) -> None:
+        """The workload's messages (multipart, attachments, message/rfc822) and RFC 3501's sample."""
+        from tests.imap.test_parser import RFC_MESSAGE
+        from tests.test_mime import _workload_messages
+
+        for data in [RFC_MESSAGE, *_workload_messages()]:
+            md = mime.parse_metadata(data)
+            for _ in range(2):
+                self.assertEqual(serialize.envelope(md.envelope), _reference_envelope(md.envelope))
+                self.assertEqual(
+                    serialize.body_structure(md.body_structure), _reference_body_structure(md.body_structure)
+                )
+
+    def test_bounded(self) -> None:
+        """At most ``_TOKENS_MAX`` tokens are remembered; long strings never."""
+        for n in range(serialize._TOKENS_MAX + 100):
+            serialize._latin1(f"token-{n}")
+        serialize._latin1("x" * (serialize._TOKEN_LEN + 1))
+        self.assertLessEqual(len(serialize._TOKENS), serialize._TOKENS_MAX)
+        self.assertNotIn("x" * (serialize._TOKEN_LEN + 1), serialize._TOKENS)
+        self.assertEqual(serialize._latin1("token-99999"), b'"token-99999"')
 
 
 class ResponseLineTests(SynchronousTestCase):

@@ -252,6 +252,42 @@ def is_message_rfc822(body: tuple[Any, ...]) -> bool:
     )
 
 
+#: Rendered short strings and all-string tuples of ENVELOPE and
+#: BODYSTRUCTURE (``"TEXT"``, ``("CHARSET" "utf-8")``, ``"7BIT"``...), by
+#: value: most of a body structure is a few dozen such tokens.  Bounded.
+_TOKENS: dict[Any, bytes] = {}
+_TOKENS_MAX = 4096
+#: Strings at most this long are remembered in :data:`_TOKENS`.
+_TOKEN_LEN = 40
+
+
+def _latin1(item: Any) -> bytes:
+    """
+    :func:`value` with latin-1 for the tuples of :mod:`txmail.mime`
+    (ENVELOPE and BODYSTRUCTURE members), the same octets, faster: short
+    strings and tuples of strings are rendered once and remembered.
+    """
+    kind = type(item)
+    if kind is str:
+        out = _TOKENS.get(item)
+        if out is None:
+            out = string(item, "latin-1")
+            if len(item) <= _TOKEN_LEN and len(_TOKENS) < _TOKENS_MAX:
+                _TOKENS[item] = out
+        return out
+    if item is None:
+        return NIL
+    if kind is tuple:
+        out = _TOKENS.get(item)
+        if out is not None:
+            return out
+        out = b"(" + b" ".join([_latin1(i) for i in item]) + b")"
+        if len(item) <= 8 and len(_TOKENS) < _TOKENS_MAX and all(type(i) is str for i in item):
+            _TOKENS[item] = out
+        return out
+    return value(item, "latin-1")
+
+
 def envelope(env: tuple[Any, ...]) -> bytes:
     """
     ENVELOPE from :func:`txmail.mime.parse_metadata`'s tuple (latin-1 octets)::
@@ -277,13 +313,13 @@ def envelope(env: tuple[Any, ...]) -> bytes:
                 rendered = lists[key] = b"(" + b"".join([_address(a) for a in member]) + b")"
             out.append(rendered)
         else:
-            out.append(value(member, "latin-1"))
+            out.append(_latin1(member))
     return b"(" + b" ".join(out) + b")"
 
 
 def _address(address: Any) -> bytes:
     """``address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"`` (NIL for None)."""
-    return b"(" + b" ".join([NIL if x is None else string(x, "latin-1") for x in address]) + b")"
+    return b"(" + b" ".join([_latin1(x) for x in address]) + b")"
 
 
 def body_structure(body: tuple[Any, ...]) -> bytes:
@@ -301,18 +337,19 @@ def body_structure(body: tuple[Any, ...]) -> bytes:
         count = 0
         while count < len(body) and isinstance(body[count], tuple):
             count += 1
-        parts = b"".join(body_structure(p) for p in body[:count])
-        rest = b"".join(b" " + value(x, "latin-1") for x in body[count:])
+        parts = b"".join([body_structure(p) for p in body[:count]])
+        rest = b"".join([b" " + _latin1(x) for x in body[count:]])
         return b"(" + parts + rest + b")"
-    rfc822 = is_message_rfc822(body)
+    if not is_message_rfc822(body):
+        return b"(" + b" ".join([_latin1(x) for x in body]) + b")"
     members = []
     for i, x in enumerate(body):
-        if rfc822 and i == 7 and isinstance(x, tuple):
+        if i == 7 and isinstance(x, tuple):
             members.append(envelope(x))
-        elif rfc822 and i == 8 and isinstance(x, tuple):
+        elif i == 8 and isinstance(x, tuple):
             members.append(body_structure(x))
         else:
-            members.append(value(x, "latin-1"))
+            members.append(_latin1(x))
     return b"(" + b" ".join(members) + b")"
 
 
