@@ -150,7 +150,9 @@ def support_event(name: str, available: Callable[[Any], bool] | None = None) -> 
 
 def supported_events(store: Any) -> tuple[str, ...]:
     """The events offered with *store* (RFC 5465 section 3.1: what BADEVENT lists)."""
-    return tuple(name for name, available in SUPPORTED_EVENTS.items() if available is None or available(store))
+    return tuple(
+        name for name, available in SUPPORTED_EVENTS.items() if available is None or available(store)
+    )
 
 
 def check(args: Notify, supported: Collection[str] | None = None) -> None:
