@@ -58,8 +58,9 @@ What is supported
   command names.
 * Costs are bounded: at most :data:`MAX_MAILBOXES` names in one NOTIFY
   (else ``NO [NOTIFICATIONOVERFLOW]``), and at most :data:`MAX_PENDING`
-  notifications waiting for the client (a client that does not read);
-  past that the session sends ``* OK [NOTIFICATIONOVERFLOW]`` and behaves
+  notifications waiting for the client (a client that does not read),
+  and :data:`~txmail.imap.commands.notify_metadata.MAX_ENTRIES` METADATA
+  entry names; past that the session sends ``* OK [NOTIFICATIONOVERFLOW]`` and behaves
   as after NOTIFY NONE (section 5.8).  A store event costs a session a
   few set lookups; the STATUS counters are read when they are sent.
 
