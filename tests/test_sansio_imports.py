@@ -57,6 +57,7 @@ SANS_IO_MODULES = (
     "txmail/imap/commands/imap4rev2.py",
     "txmail/imap/commands/searchres.py",
     "txmail/imap/commands/notify.py",
+    "txmail/imap/commands/notify_metadata.py",
     "txmail/imap/commands/objectid.py",
     "txmail/imap/commands/savedate.py",
     "txmail/imap/commands/metadata.py",

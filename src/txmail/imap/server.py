@@ -91,6 +91,7 @@ from txmail.imap.commands.imap4rev2 import utf8_names
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.metadata import withheld_capabilities
 from txmail.imap.commands.notify import NotifyState, command_names, new_message_fetches
+from txmail.imap.commands.notify_metadata import own_names
 from txmail.imap.commands.selected import BATCH
 from txmail.imap.events import (
     Authenticated,
@@ -108,8 +109,8 @@ from txmail.imap.responses import CommandFailed, Response
 from txmail.imap.session import IMAPLimits, IMAPSession
 from txmail.imap.types import Command
 from txmail.imap.view import SelectedView
-from txmail.interfaces import IMailStoreProvider
-from txmail.model import FolderChange, MailboxChange, MessagesAdded
+from txmail.interfaces import IMailStoreProvider, IMetadataStore
+from txmail.model import AnnotationsChanged, FolderChange, MailboxChange, MessagesAdded
 from txmail.quota import Quotas
 
 __all__ = [
@@ -184,6 +185,7 @@ class IMAPServerProtocol(SessionProtocol):
         # NOTIFY (RFC 5465): the session's wishes, the store listener, a delivery running.
         self._notify: NotifyState | None = None
         self._remove_store_listener: Callable[[], None] | None = None
+        self._remove_annotation_listener: Callable[[], None] | None = None
         self._delivering = False
         self._refreshing = False  # the updating searches are judging changes
         # COMPRESS=DEFLATE (RFC 4978): the streams, once active.
@@ -499,6 +501,13 @@ class IMAPServerProtocol(SessionProtocol):
         elif not wanted and self._remove_store_listener is not None:
             self._remove_store_listener()
             self._remove_store_listener = None
+        # RFC 5465 sections 5.6 and 5.7: the store's annotation changes.
+        metadata = state is not None and state.watches_metadata and IMetadataStore.providedBy(self.store)
+        if metadata and self._remove_annotation_listener is None:
+            self._remove_annotation_listener = self.store.add_annotation_listener(self._annotations_changed)
+        elif not metadata and self._remove_annotation_listener is not None:
+            self._remove_annotation_listener()
+            self._remove_annotation_listener = None
 
     def _store_changed(self, change: FolderChange) -> None:
         """The store listener (must not raise or block): queue, and tell at once if the client may be told."""
@@ -507,6 +516,14 @@ class IMAPServerProtocol(SessionProtocol):
             return
         selected = self.mailbox.name if self.mailbox is not None else None
         if state.heard(change, selected=selected, own=command_names(session.pending_command)):
+            self._deliver_notifications()
+
+    def _annotations_changed(self, change: AnnotationsChanged) -> None:
+        """The annotation listener (must not raise or block): as :meth:`_store_changed`."""
+        state, session = self._notify, self.session
+        if state is None or session is None or self._lost:
+            return
+        if state.heard(change, own=own_names(session.pending_command)):
             self._deliver_notifications()
 
     def _deliver_notifications(self) -> None:

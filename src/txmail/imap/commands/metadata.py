@@ -31,8 +31,12 @@ only METADATA is advertised.
   per-user limit ``NO [METADATA TOOMANY]`` (limits from
   :class:`txmail.imap.session.IMAPLimits`).  ``NO [METADATA NOPRIVATE]``
   is never needed: private entries are supported everywhere.
-* No unsolicited METADATA responses (ENABLE METADATA is not offered);
-  the store tells its annotation listeners of each change, for NOTIFY.
+* Unsolicited METADATA responses (section 4.4.2) only through NOTIFY's
+  ``MailboxMetadataChange`` and ``ServerMetadataChange`` (RFC 5465
+  sections 5.6 and 5.7, which need no ENABLE METADATA;
+  :mod:`txmail.imap.commands.notify_metadata`), offered here for stores
+  with annotations.  ENABLE METADATA (section 4.1, a MAY) is not offered:
+  without NOTIFY no unsolicited METADATA is sent.
 
 This module is sans-IO: it imports nothing from Twisted.
 """
@@ -42,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from txmail.imap.commands import notify, notify_metadata
 from txmail.imap.commands.context import CommandContext, call, store_op
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.registry import AUTHENTICATED, command
@@ -55,6 +60,11 @@ __all__ = ["CAPABILITIES", "select_entries", "withheld_capabilities"]
 #: entries; METADATA-SERVER would claim server entries only (RFC 5464
 #: section 1), so it is not advertised beside it (as Dovecot and Cyrus).
 CAPABILITIES = ("METADATA",)
+
+# RFC 5465 sections 5.6 and 5.7: REQUIRED of a server with METADATA, for
+# the stores that keep annotations (BADEVENT with the others).
+for _event in notify_metadata.EVENTS:
+    notify.support_event(_event, IMetadataStore.providedBy)
 
 #: Computed entries (never stored).
 SPECIALUSE = "/private/specialuse"

@@ -13,10 +13,12 @@ What is supported
   ``MAILBOXES`` (exact names, no wildcards, section 6.6; names that do not
   exist are ignored).
 * Events (section 5): ``MessageNew``, ``MessageExpunge`` and
-  ``FlagChange``; ``MailboxName`` and ``SubscriptionChange``.
-  ``AnnotationChange``, ``MailboxMetadataChange`` and
-  ``ServerMetadataChange`` (no ANNOTATE or METADATA here) and unknown
-  events get ``NO [BADEVENT (the supported events)]`` (section 3.1).
+  ``FlagChange``; ``MailboxName`` and ``SubscriptionChange``;
+  ``MailboxMetadataChange`` and ``ServerMetadataChange`` when the store
+  keeps METADATA (:mod:`txmail.imap.commands.notify_metadata`).
+  ``AnnotationChange`` (no ANNOTATE here), the METADATA events on a store
+  without :class:`~txmail.interfaces.IMetadataStore`, and unknown events
+  get ``NO [BADEVENT (the supported events)]`` (section 3.1).
   :func:`support_event` is the hook an extension that can report one of
   them (METADATA) calls to be offered.
 * The rules of sections 5 and 6.1 are ``BAD``: ``MessageNew`` without
@@ -56,8 +58,9 @@ What is supported
   command names.
 * Costs are bounded: at most :data:`MAX_MAILBOXES` names in one NOTIFY
   (else ``NO [NOTIFICATIONOVERFLOW]``), and at most :data:`MAX_PENDING`
-  notifications waiting for the client (a client that does not read);
-  past that the session sends ``* OK [NOTIFICATIONOVERFLOW]`` and behaves
+  notifications waiting for the client (a client that does not read),
+  and :data:`~txmail.imap.commands.notify_metadata.MAX_ENTRIES` METADATA
+  entry names; past that the session sends ``* OK [NOTIFICATIONOVERFLOW]`` and behaves
   as after NOTIFY NONE (section 5.8).  A store event costs a session a
   few set lookups; the STATUS counters are read when they are sent.
 
@@ -70,7 +73,7 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 from typing import Any
 
 from txmail.errors import StoreError
@@ -78,6 +81,7 @@ from txmail.imap.binary import binary_items
 from txmail.imap.commands import condstore, qresync
 from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.notify_metadata import MAILBOX_EVENT, SERVER_EVENT, MetadataQueue
 from txmail.imap.commands.registry import AUTHENTICATED, command
 from txmail.imap.fetch import fetch_needs
 from txmail.imap.responses import (
@@ -95,6 +99,7 @@ from txmail.imap.types import Command, Notify, NotifyGroup
 from txmail.interfaces import IStoreChanges
 from txmail.model import (
     DELIMITER,
+    AnnotationsChanged,
     FlagsChanged,
     FolderChange,
     FolderCreated,
@@ -114,10 +119,12 @@ __all__ = [
     "NotifyState",
     "check",
     "support_event",
+    "supported_events",
 ]
 
-#: The events this server reports (RFC 5465 section 5), in the order BADEVENT lists them.
-SUPPORTED_EVENTS: dict[str, None] = dict.fromkeys(
+#: The events this server reports (RFC 5465 section 5), in the order BADEVENT lists
+#: them: each with the test a store must pass for it (``None``: any store).
+SUPPORTED_EVENTS: dict[str, Callable[[Any], bool] | None] = dict.fromkeys(
     ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
 )
 #: The events about messages: the only ones a selected-mailbox filter takes (section 6.1).
@@ -132,20 +139,29 @@ VIEW_ATTRIBUTES = frozenset({"UID", "FLAGS"})
 _SELECTED = ("SELECTED", "SELECTED-DELAYED")
 
 
-def support_event(name: str) -> None:
+def support_event(name: str, available: Callable[[Any], bool] | None = None) -> None:
     """
     Offer the event *name* (RFC 5465 spelling, e.g. ``MailboxMetadataChange``):
-    the hook for the extension that reports it (METADATA).  It must then
-    also tell :meth:`NotifyState.heard` (or queue its own responses).
+    the hook for the extension that reports it (METADATA), for the stores
+    that pass *available* (all when ``None``).  It must then also tell
+    :meth:`NotifyState.heard` (or queue its own responses).
     """
-    SUPPORTED_EVENTS.setdefault(name)
+    SUPPORTED_EVENTS.setdefault(name, available)
 
 
-def check(args: Notify) -> None:
+def supported_events(store: Any) -> tuple[str, ...]:
+    """The events offered with *store* (RFC 5465 section 3.1: what BADEVENT lists)."""
+    return tuple(
+        name for name, available in SUPPORTED_EVENTS.items() if available is None or available(store)
+    )
+
+
+def check(args: Notify, supported: Collection[str] | None = None) -> None:
     """
     The rules of RFC 5465 sections 3.1, 5 and 6.1 for one NOTIFY SET:
     ``Bad`` for what the client must not send, ``No [BADEVENT]`` for an
-    event not offered, ``No [NOTIFICATIONOVERFLOW]`` for too many names.
+    event not offered (*supported*: :func:`supported_events`; every event
+    offered when ``None``), ``No [NOTIFICATIONOVERFLOW]`` for too many names.
     """
     groups = args.groups or ()
     if sum(1 for g in groups if g.filter in _SELECTED) > 1:
@@ -160,8 +176,9 @@ def check(args: Notify) -> None:
             raise Bad("FlagChange requires MessageNew and MessageExpunge")
         if len(events) != len(group.events):
             raise Bad("An event is given twice")
-    if any(e not in SUPPORTED_EVENTS for g in groups for e in g.events):
-        raise No("Event not supported", "BADEVENT (" + " ".join(SUPPORTED_EVENTS) + ")")
+    offered = tuple(SUPPORTED_EVENTS) if supported is None else tuple(supported)
+    if any(e not in offered for g in groups for e in g.events):
+        raise No("Event not supported", "BADEVENT (" + " ".join(offered) + ")")
     if sum(len(g.mailboxes) for g in groups) > MAX_MAILBOXES:
         raise No("Too many mailboxes to watch", "NOTIFICATIONOVERFLOW")
 
@@ -222,11 +239,17 @@ class NotifyState:
         self._overflow_told = False
         self._status: dict[str, Any] = {}  # name -> IMailbox, in order heard
         self._lists: list[ListData] = []
+        self._metadata = MetadataQueue()  # RFC 5465 sections 5.6 and 5.7
 
     @property
     def watches_other_mailboxes(self) -> bool:
         """Some event of a mailbox other than the selected one is wanted."""
         return bool(self._filters)
+
+    @property
+    def watches_metadata(self) -> bool:
+        """MailboxMetadataChange or ServerMetadataChange is wanted (sections 5.6 and 5.7)."""
+        return any(MAILBOX_EVENT in f.events or SERVER_EVENT in f.events for f in self._filters)
 
     def wants(self, name: str, event: str) -> bool:
         """Whether *event* of mailbox *name* is to be told (not the selected mailbox's)."""
@@ -240,9 +263,17 @@ class NotifyState:
     @property
     def pending(self) -> bool:
         """Notifications wait for the client."""
-        return bool(self._status or self._lists or (self.overflowed and not self._overflow_told))
+        return bool(
+            self._status or self._lists or self._metadata or (self.overflowed and not self._overflow_told)
+        )
 
-    def heard(self, change: FolderChange, *, selected: str | None = None, own: Container[str] = ()) -> bool:
+    def heard(
+        self,
+        change: FolderChange | AnnotationsChanged,
+        *,
+        selected: str | None = None,
+        own: Container[str] = (),
+    ) -> bool:
         """
         Queue what *change* tells the client, if it wants it: *selected* is
         the selected mailbox's name (told by the view instead), *own* the
@@ -258,6 +289,8 @@ class NotifyState:
             return False
         if isinstance(change, MessagesChanged):
             return self._message_event(change, selected, own)
+        if isinstance(change, AnnotationsChanged):
+            return self._metadata_event(change, own)
         return self._mailbox_event(change, own)
 
     def _message_event(self, change: MessagesChanged, selected: str | None, own: Container[str]) -> bool:
@@ -279,6 +312,20 @@ class NotifyState:
         self._status[name] = change.mailbox
         return self._bound()
 
+    def _metadata_event(self, change: AnnotationsChanged, own: Container[str]) -> bool:
+        """Sections 5.6 and 5.7: the entry names, for the METADATA response."""
+        name = change.mailbox
+        if name in own or not change.entries:
+            return False
+        if name == "":  # a user event: the group's mailboxes do not matter
+            wanted = any(SERVER_EVENT in f.events for f in self._filters)
+        else:
+            wanted = self._wants_name(name, MAILBOX_EVENT)
+        if not wanted:
+            return False
+        self._metadata.add(name, change.entries)
+        return self._bound()
+
     def _mailbox_event(self, change: FolderChange, own: Container[str]) -> bool:
         responses: list[ListData] = []
         if isinstance(change, SubscriptionChanged):
@@ -293,6 +340,7 @@ class NotifyState:
                 flags = ("\\Noselect", "\\HasChildren") if change.parent else ("\\NonExistent",)
                 responses.append(ListData(change.name, flags + self._subscribed_flag(change.name)))
             self._status.pop(change.name, None)
+            self._metadata.forget(change.name)
         elif isinstance(change, FolderRenamed):
             if (
                 change.old not in own
@@ -304,6 +352,7 @@ class NotifyState:
                 flags = self._subscribed_flag(change.new)
                 responses.append(ListData(change.new, flags, oldname=change.old))
             self._status.pop(change.old, None)
+            self._metadata.rename(change.old, change.new, self._wants_name(change.new, MAILBOX_EVENT))
         if not responses:
             return False
         self._lists.extend(responses)
@@ -318,7 +367,7 @@ class NotifyState:
         return ("\\Subscribed",) if name in self.subscribed else ()
 
     def _bound(self) -> bool:
-        if len(self._status) + len(self._lists) > MAX_PENDING:
+        if len(self._status) + len(self._lists) + len(self._metadata) > MAX_PENDING or self._metadata.full:
             self.overflow()
         return True
 
@@ -327,6 +376,7 @@ class NotifyState:
         self.overflowed = True
         self._status.clear()
         self._lists.clear()
+        self._metadata.clear()
         self._filters = []
         self.selected = None
         self.selected_fetch = ()
@@ -335,9 +385,9 @@ class NotifyState:
 
     async def responses(self, session: Any) -> list[Response]:
         """
-        Take what waits: the LIST responses in order, then one STATUS per
-        mailbox (its counters now; a mailbox gone meanwhile is left out),
-        or the ``OK [NOTIFICATIONOVERFLOW]`` once.
+        Take what waits: the LIST responses in order, the METADATA ones,
+        then one STATUS per mailbox (its counters now; a mailbox gone
+        meanwhile is left out), or the ``OK [NOTIFICATIONOVERFLOW]`` once.
         """
         if self.overflowed:
             if self._overflow_told:
@@ -346,6 +396,7 @@ class NotifyState:
             return [UntaggedOk("Too many notifications; NOTIFY is off", "NOTIFICATIONOVERFLOW")]
         out: list[Response] = list(self._lists)
         self._lists.clear()
+        out.extend(self._metadata.take())
         boxes, self._status = self._status, {}
         items = status_items(session)
         for name, mailbox in boxes.items():
@@ -441,8 +492,8 @@ async def notify(ctx: CommandContext, cmd: Command) -> Done:
     if args.groups is None:
         ctx.watch(None)
         return Done("NOTIFY completed")
-    check(args)
     store = ctx.store
+    check(args, supported_events(store))
     state = NotifyState(args, await call(store.subscriptions))
     if state.watches_other_mailboxes and not IStoreChanges.providedBy(store):
         raise No("This store cannot report changes of other mailboxes", "CANNOT")
