@@ -367,6 +367,17 @@ class BodyKeyTests(SearchTestCase):
         self.check(b"TEXT inner@", [4])
         self.check(b"TEXT hiddenword", [])
 
+    def test_text_with_or_without_metadata(self) -> None:
+        """TEXT reads the header fields from the metadata when given, else from the message: the same answers."""
+        for word in (b"lunch", b"alice", b"x-mailer", "grüße".encode(), b"inner@", b"hiddenword", b"subject"):
+            key = parse_search(b'SEARCH TEXT "' + word + b'"').key
+            for seq, ((info, raw), md) in enumerate(zip(MAILBOX, METADATA, strict=True), 1):
+                self.assertEqual(
+                    matches(key, CTX, seq, info, md, raw),
+                    matches(key, CTX, seq, info, None, raw),
+                    (word, seq),
+                )
+
     def test_empty_string(self) -> None:
         self.check(b'BODY ""', [1, 2, 3, 4])
         self.check(b'TEXT ""', [1, 2, 3, 4])

@@ -113,7 +113,7 @@ from typing import Any
 from txmail import mime
 from txmail.imap import serialize
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr, SequenceSet
-from txmail.mime import parse_metadata
+from txmail.mime import parse_header_section, parse_metadata
 from txmail.model import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, MessageInfo, MessageMetadata
 
 __all__ = [
@@ -394,7 +394,13 @@ class _Facts:
 
     def header_text(self, key: str) -> str:
         if self._header_text is None:
-            self._header_text = _fields_text(self.need_metadata(key).headers).casefold()
+            if self.metadata is not None:
+                fields = self.metadata.headers
+            else:
+                # TEXT reads the message anyway: its header fields alone,
+                # not a whole parse (the body is walked by body()).
+                fields = parse_header_section(self.need_message(key))[1]
+            self._header_text = _fields_text(fields).casefold()
         return self._header_text
 
     def body(self, key: str) -> str:
