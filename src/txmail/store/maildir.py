@@ -509,24 +509,28 @@ class MaildirMailbox(MailboxState):
             for (flags, date, _, _, size, _, _, _), email_id in zip(entries, ids, strict=True)
         )
         lines = []
+        # While the whole index is to be written afresh (the first open of a
+        # folder without one), records appended now would be dropped.
+        write = not self._index_drop
         for info, base, (_, _, sub, name, _, coff, clen, raw) in zip(infos, bases, entries, strict=True):
             self._locs[info.uid] = _Loc(base, sub, name, coff, clen, raw)
             self._by_base[base] = info.uid
-            lines.append(
-                index_add(
-                    info.uid,
-                    info.modseq,
-                    info.size,
-                    info.internal_date,
-                    coff,
-                    clen,
-                    base,
-                    info.flags,
-                    raw,
-                    info.save_date,
-                    info.email_id,
+            if write:
+                lines.append(
+                    index_add(
+                        info.uid,
+                        info.modseq,
+                        info.size,
+                        info.internal_date,
+                        coff,
+                        clen,
+                        base,
+                        info.flags,
+                        raw,
+                        info.save_date,
+                        info.email_id,
+                    )
                 )
-            )
         if infos:
             self._write_index("".join(lines))
             self._notify(MessagesAdded(tuple(infos)))
