@@ -143,8 +143,10 @@ __all__ = [
     "decode_metadata",
     "encode_header_metadata",
     "encode_metadata",
+    "envelope",
     "extract_section",
     "field_addresses",
+    "header_columns",
     "header_fields",
     "parse_header_section",
     "parse_metadata",
@@ -918,6 +920,27 @@ def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...
     if raw is None:
         return None
     return _parse_addresses(_unfold(raw))
+
+
+def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """
+    For each field of *names* (lower case), the raw value of each of its
+    occurrences in *headers* (``(name, raw value)`` pairs), in order: a
+    field's name matches when, blanks stripped, it case-folds to it (as
+    IMAP SEARCH compares names).
+    """
+    where = {name: i for i, name in enumerate(names)}
+    found: list[list[str]] = [[] for _ in names]
+    for name, value in headers:
+        i = where.get(name.strip(" \t").casefold())
+        if i is not None:
+            found[i].append(value)
+    return tuple(tuple(values) for values in found)
+
+
+def envelope(fields: Iterable[tuple[str, str]]) -> tuple[Any, ...]:
+    """The IMAP ENVELOPE (RFC 3501 section 7.4.2) of the header fields *fields* (``(name, raw value)`` pairs)."""
+    return _envelope(_Fields(fields))
 
 
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")

@@ -502,6 +502,8 @@ class SubscriptionChanged(FolderChange):
 
     name: str
     subscribed: bool
+
+
 @dataclass(frozen=True, slots=True)
 class AnnotationsChanged:
     """
