@@ -28,6 +28,8 @@ This module imports no protocol code.
 
 from __future__ import annotations
 
+import sys
+
 from zope.interface import Attribute, Interface
 
 __all__ = [
@@ -262,7 +264,10 @@ class IExpungeHistory(Interface):
 
 #: The header fields :meth:`IHeaderColumns.header_columns` gives, in this
 #: order (lower case): what SEARCH's header keys, SORT and THREAD read.
-HEADER_COLUMNS = ("subject", "date", "from", "to", "cc", "bcc", "message-id", "references", "in-reply-to")
+HEADER_COLUMNS = tuple(
+    sys.intern(name)  # one object each: marshal writes each name once per block
+    for name in ("subject", "date", "from", "to", "cc", "bcc", "message-id", "references", "in-reply-to")
+)
 
 
 class IHeaderColumns(Interface):
@@ -278,14 +283,13 @@ class IHeaderColumns(Interface):
 
     def header_columns(uids):  # type: ignore[no-untyped-def]
         """
-        Return ``Deferred[dict[int, tuple[tuple[str, ...], ...]]]``: for
+        Return ``Deferred[dict[int, tuple[tuple[str, str], ...]]]``: for
         each message of *uids* (an iterable of UIDs; those that do not
-        exist are left out, as :meth:`IMailbox.get_metadata` does), one
-        tuple per field of :data:`HEADER_COLUMNS`, in that order, holding
-        the raw value of each occurrence of the field in header order
-        (empty when the message has none): exactly the values of
-        ``MessageMetadata.headers`` whose name, blanks stripped and
-        case-folded, is the field's (:func:`txmail.mime.header_columns`).
+        exist are left out, as :meth:`IMailbox.get_metadata` does), the
+        ``(name, raw value)`` pairs of ``MessageMetadata.headers`` whose
+        name, blanks stripped and case-folded, is one of
+        :data:`HEADER_COLUMNS`, in header order, each named by that lower
+        case name (:func:`txmail.mime.header_columns`).
         """
 
 

@@ -922,20 +922,19 @@ def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...
     return _parse_addresses(_unfold(raw))
 
 
-def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """
-    For each field of *names* (lower case), the raw value of each of its
-    occurrences in *headers* (``(name, raw value)`` pairs), in order: a
-    field's name matches when, blanks stripped, it case-folds to it (as
-    IMAP SEARCH compares names).
+    The ``(name, raw value)`` pairs of *headers* whose name, blanks
+    stripped and case-folded (as IMAP SEARCH compares names), is one of
+    *names* (lower case), in order, each named by its member of *names*.
     """
-    where = {name: i for i, name in enumerate(names)}
-    found: list[list[str]] = [[] for _ in names]
+    where = {name: name for name in names}
+    found = []
     for name, value in headers:
-        i = where.get(name.strip(" \t").casefold())
-        if i is not None:
-            found[i].append(value)
-    return tuple(tuple(values) for values in found)
+        key = where.get(name.strip(" \t").casefold())
+        if key is not None:
+            found.append((key, value))
+    return tuple(found)
 
 
 def envelope(fields: Iterable[tuple[str, str]]) -> tuple[Any, ...]:

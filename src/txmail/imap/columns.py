@@ -9,8 +9,8 @@ once; :class:`ColumnHeaders` stands in for the metadata where
 :mod:`txmail.imap.search` and :mod:`txmail.imap.commands.sort` read it:
 
 * ``headers``: the ``(name, raw value)`` pairs of those fields, every
-  occurrence of each, in header order within a field (SEARCH matches
-  every occurrence, SORT and THREAD read the first), named in lower case.
+  occurrence of each (SEARCH matches every occurrence, SORT and THREAD
+  read the first), in header order, named in lower case.
 * ``envelope``: the ENVELOPE built from them as the store builds it
   (:func:`txmail.mime.envelope`, the first occurrence of each field), so
   its From, To, Cc and Bcc addresses (positions 2, 5, 6, 7: SEARCH FROM/TO/
@@ -37,7 +37,7 @@ from txmail.imap.search import leaves
 from txmail.imap.types import SearchNode
 from txmail.interfaces import HEADER_COLUMNS, IHeaderColumns
 
-__all__ = ["COLUMN_SORT_KEYS", "ColumnHeaders", "column_headers", "has_columns", "search_uses_columns"]
+__all__ = ["COLUMN_SORT_KEYS", "ColumnHeaders", "has_columns", "read_columns", "search_uses_columns"]
 
 #: SEARCH keys answered by the columns (besides those reading no header).
 _COLUMN_KEYS = frozenset({"BCC", "CC", "FROM", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"})
@@ -94,16 +94,9 @@ class ColumnHeaders:
         return f"ColumnHeaders({self.headers!r})"
 
 
-def column_headers(values: tuple[tuple[str, ...], ...]) -> ColumnHeaders:
-    """The :class:`ColumnHeaders` of one message's columns (one tuple of raw values per field)."""
-    return ColumnHeaders(
-        tuple([(name, v) for name, found in zip(HEADER_COLUMNS, values, strict=True) for v in found])
-    )
-
-
 async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHeaders]:
     """The :class:`ColumnHeaders` of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
     result = mailbox.header_columns(uids)
     if hasattr(result, "__await__"):
         result = await result
-    return {uid: column_headers(values) for uid, values in result.items()}
+    return {uid: ColumnHeaders(values) for uid, values in result.items()}

@@ -15,8 +15,9 @@ that concurrent writers' blocks follow each other)::
 The payload is ``marshal.dumps((names, bases, values), 4)``: the field
 names of the block (:data:`txmail.interfaces.HEADER_COLUMNS` when it was
 written), the messages' base file names (the part before ``:2,``, as the
-metadata cache keys its records) and, for each, one tuple per field of
-the raw values of its occurrences (:func:`txmail.mime.header_columns`).
+metadata cache keys its records) and, for each, the ``(name, raw value)``
+pairs of its fields of those names, in header order
+(:func:`txmail.mime.header_columns`).
 
 A record is keyed by the message file's base name, which names one
 message for good (a Maildir file's content never changes): records of
@@ -57,8 +58,8 @@ MAX_BLOCK = 1 << 28
 _MAGIC = b"TXC1"
 _HEAD = struct.Struct("<4sII")
 
-#: One message's columns: per field, the raw values of its occurrences.
-Values = tuple[tuple[str, ...], ...]
+#: One message's columns: its (name, raw value) pairs of the column fields.
+Values = tuple[tuple[str, str], ...]
 
 
 def _block(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
@@ -68,18 +69,14 @@ def _block(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
     return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def _valid(payload: Any, width: int) -> bool:
-    """Whether a decoded payload has the shape :func:`_block` writes."""
+def _valid(payload: Any) -> bool:
+    """Whether a decoded payload has the shape :func:`_block` writes (each record a tuple)."""
     if type(payload) is not tuple or len(payload) != 3:
         return False
-    names, bases, values = payload
-    if type(names) is not tuple or type(bases) is not tuple or type(values) is not tuple:
+    _, bases, values = payload
+    if type(bases) is not tuple or type(values) is not tuple or len(bases) != len(values):
         return False
-    if len(bases) != len(values) or len(names) != width:
-        return False
-    return all(type(b) is str for b in bases) and all(
-        type(v) is tuple and len(v) == width and all(type(f) is tuple for f in v) for v in values
-    )
+    return all(type(b) is str for b in bases) and all(type(v) is tuple for v in values)
 
 
 def read_columns(path: str, names: tuple[str, ...]) -> tuple[dict[str, Values], int, bool]:
@@ -113,7 +110,7 @@ def read_columns(path: str, names: tuple[str, ...]) -> tuple[dict[str, Values], 
         except (EOFError, ValueError, TypeError):
             return found, count, True
         if type(decoded) is tuple and len(decoded) == 3 and decoded[0] == names:
-            if not _valid(decoded, len(names)):
+            if not _valid(decoded):
                 return found, count, True
             found.update(zip(decoded[1], decoded[2], strict=True))
             count += len(decoded[1])
