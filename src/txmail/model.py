@@ -502,8 +502,6 @@ class SubscriptionChanged(FolderChange):
 
     name: str
     subscribed: bool
-
-
 @dataclass(frozen=True, slots=True)
 class AnnotationsChanged:
     """

@@ -272,7 +272,8 @@ class SpoolQueue:
             queue_id=queue_id,
             envelope=envelope,
             recipients={
-                r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None} for r in rcpts
+                r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None}
+                for r in rcpts
             },
             size=message.size,
             created=self._now(),
