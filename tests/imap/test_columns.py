@@ -79,6 +79,27 @@ class SearchUsesColumnsTests(SynchronousTestCase):
         self.assertIn("ColumnHeaders", repr(md))
 
 
+class DecodeFieldTests(SynchronousTestCase):
+    def test_fast_path_same_text(self) -> None:
+        """SEARCH's shortcut for one-line ASCII values gives the text of the whole decoding."""
+        import contextlib
+        import random
+
+        from txmail.imap import search
+
+        def slow(raw: str) -> str:
+            text = search._FOLD_RE.sub("", raw).strip(" \t\r\n")
+            with contextlib.suppress(UnicodeError):
+                text = text.encode("latin-1").decode("utf-8")
+            return search._decode_words(text)
+
+        rng = random.Random(5)
+        pieces = ["a", " ", "\t", "\r", "\n", "\r\n ", "=?", "?=", "\xc3\xa9", "b", "=?utf-8?q?x?="]
+        for _ in range(20000):
+            raw = "".join(rng.choice(pieces) for _ in range(rng.randrange(8)))
+            self.assertEqual(search._decode_field(raw), slow(raw), repr(raw))
+
+
 MESSAGES = [
     b"From: Carol <carol@x.test>\r\nSubject: Lunch zebra\r\nDate: Tue, 2 Jan 2024 12:00:00 +0000\r\n"
     b"Message-ID: <lunch@x.test>\r\n\r\nnoon?\r\n",

@@ -339,6 +339,50 @@ class MaildirColumnsTests(_StoreColumnsMixin, TestCase):
         self.assertEqual({mailbox._locs[uid].base: v for uid, v in found.items()}, old)
 
 
+class ColumnsFileTests(SynchronousTestCase):
+    """The file format alone (txmail.store._maildir_columns)."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        os.mkdir(self.path)
+
+    def test_blocks_bounded(self) -> None:
+        """Records are written in blocks of bounded size; all are read back, the later record winning."""
+        self.patch(columns, "BLOCK_TEXT", 100)
+        items = [(f"b{i}", (("subject", " " + "x" * (i * 10)),)) for i in range(30)]
+        self.assertTrue(columns.append_columns(self.path, HEADER_COLUMNS, items))
+        self.assertTrue(columns.append_columns(self.path, HEADER_COLUMNS, [("b3", (("date", " now"),))]))
+        with open(os.path.join(self.path, columns.COLUMNS), "rb") as f:
+            self.assertGreater(f.read().count(b"TXC1"), 10)
+        found, records, damaged = columns.read_columns(self.path, HEADER_COLUMNS)
+        self.assertEqual((records, damaged), (31, False))
+        self.assertEqual(found["b29"], items[29][1])
+        self.assertEqual(found["b3"], (("date", " now"),))
+
+    def test_oversized_length_is_damage(self) -> None:
+        """A block claiming more than MAX_BLOCK octets is damage; the records before it are kept."""
+        columns.append_columns(self.path, HEADER_COLUMNS, [("a", ())])
+        with open(os.path.join(self.path, columns.COLUMNS), "ab") as f:
+            f.write(b"TXC1" + (columns.MAX_BLOCK + 1).to_bytes(4, "little") + b"\0\0\0\0")
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), ({"a": ()}, 1, True))
+
+    def test_rewrite(self) -> None:
+        """A rewrite leaves the records given, nothing else, and no temporary file."""
+        columns.append_columns(self.path, HEADER_COLUMNS, [("a", ()), ("b", ())])
+        self.assertTrue(columns.rewrite_columns(self.path, HEADER_COLUMNS, [("b", (("cc", " x"),))]))
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), ({"b": (("cc", " x"),)}, 1, False))
+        self.assertEqual(os.listdir(self.path), [columns.COLUMNS])
+        self.assertTrue(columns.rewrite_columns(self.path, HEADER_COLUMNS, []))
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), ({}, 0, False))
+
+    def test_unwritable(self) -> None:
+        """A folder that cannot be written: the appends and rewrites say so, nothing raises."""
+        missing = os.path.join(self.path, "gone")
+        self.assertFalse(columns.append_columns(missing, HEADER_COLUMNS, [("a", ())]))
+        self.assertFalse(columns.rewrite_columns(missing, HEADER_COLUMNS, [("a", ())]))
+        self.assertEqual(columns.read_columns(missing, HEADER_COLUMNS), ({}, 0, False))
+
+
 class MaildirThreadedColumnsTests(MaildirColumnsTests):
     """The same, with the file work in real threads."""
 

@@ -54,6 +54,8 @@ COLUMNS = "txmail-columns"
 SLACK = 1024
 #: The largest block read (a block claiming more is damage).
 MAX_BLOCK = 1 << 28
+#: Characters of values (and base names) after which a block is closed.
+BLOCK_TEXT = 1 << 23
 
 _MAGIC = b"TXC1"
 _HEAD = struct.Struct("<4sII")
@@ -67,6 +69,24 @@ def _block(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
     values = tuple(value for _, value in items)
     payload = marshal.dumps((names, bases, values), 4)
     return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+    """
+    *items* as blocks of at most about :data:`BLOCK_TEXT` characters of
+    values each (a message's header fields are at most
+    :data:`txmail.mime.HEADER_COLLECT_LIMIT` octets, so every block stays
+    far below :data:`MAX_BLOCK`).
+    """
+    out, start, size = [], 0, 0
+    for i, (base, value) in enumerate(items):
+        size += len(base) + sum(len(v) for _, v in value)
+        if size >= BLOCK_TEXT:
+            out.append(_block(names, items[start : i + 1]))
+            start, size = i + 1, 0
+    if start < len(items):
+        out.append(_block(names, items[start:]))
+    return b"".join(out)
 
 
 def _valid(payload: Any) -> bool:
@@ -126,7 +146,7 @@ def append_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Val
     """
     if not items:
         return True
-    blob = _block(names, items)
+    blob = _blocks(names, items)
     try:
         fd = os.open(os.path.join(path, COLUMNS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -148,7 +168,7 @@ def rewrite_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Va
     try:
         with open(tmp, "wb") as f:
             if items:
-                f.write(_block(names, items))
+                f.write(_blocks(names, items))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
