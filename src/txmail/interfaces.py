@@ -283,13 +283,14 @@ class IHeaderColumns(Interface):
 
     def header_columns(uids):  # type: ignore[no-untyped-def]
         """
-        Return ``Deferred[dict[int, tuple[tuple[str, str], ...]]]``: for
-        each message of *uids* (an iterable of UIDs; those that do not
-        exist are left out, as :meth:`IMailbox.get_metadata` does), the
-        ``(name, raw value)`` pairs of ``MessageMetadata.headers`` whose
-        name, blanks stripped and case-folded, is one of
-        :data:`HEADER_COLUMNS`, in header order, each named by that lower
-        case name (:func:`txmail.mime.header_columns`).
+        Return ``Deferred[dict[int, tuple[str, ...]]]``: for each message
+        of *uids* (an iterable of UIDs; those that do not exist are left
+        out, as :meth:`IMailbox.get_metadata` does), the fields of
+        ``MessageMetadata.headers`` whose name, blanks stripped and
+        case-folded, is one of :data:`HEADER_COLUMNS`, in header order,
+        each named by that lower case name, flattened into one tuple
+        ``(name, raw value, name, raw value, ...)``
+        (:func:`txmail.mime.header_columns`).
         """
 
 

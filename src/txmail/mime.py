@@ -922,18 +922,20 @@ def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...
     return _parse_addresses(_unfold(raw))
 
 
-def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[str, ...]:
     """
-    The ``(name, raw value)`` pairs of *headers* whose name, blanks
-    stripped and case-folded (as IMAP SEARCH compares names), is one of
-    *names* (lower case), in order, each named by its member of *names*.
+    The fields of *headers* (``(name, raw value)`` pairs) whose name,
+    blanks stripped and case-folded (as IMAP SEARCH compares names), is
+    one of *names* (lower case), in order, each named by its member of
+    *names*, flattened: ``(name, value, name, value, ...)`` (one tuple a
+    message: a store loading many of them makes few objects).
     """
     where = {name: name for name in names}
-    found = []
+    found: list[str] = []
     for name, value in headers:
         key = where.get(name.strip(" \t").casefold())
         if key is not None:
-            found.append((key, value))
+            found += (key, value)
     return tuple(found)
 
 

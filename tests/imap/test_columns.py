@@ -72,7 +72,11 @@ class SearchUsesColumnsTests(SynchronousTestCase):
             HEADER_COLUMNS,
         )
         md = columns.ColumnHeaders(headers)
-        self.assertEqual(md.headers, headers)
+        self.assertEqual(md.fields, headers)
+        self.assertEqual(
+            tuple(md.headers),
+            (("from", " Carol <carol@x.test>\r\n"), ("to", " a@x, (c) b@y\r\n"), ("subject", " hi\r\n")),
+        )
         self.assertEqual(md.envelope[2], (("Carol", None, "carol", "x.test"),))
         self.assertEqual([a[2:] for a in md.envelope[5]], [("a", "x"), ("b", "y")])
         self.assertIsNone(md.envelope[6])

@@ -10,7 +10,8 @@ once; :class:`ColumnHeaders` stands in for the metadata where
 
 * ``headers``: the ``(name, raw value)`` pairs of those fields, every
   occurrence of each (SEARCH matches every occurrence, SORT and THREAD
-  read the first), in header order, named in lower case.
+  read the first), in header order, named in lower case: an iterable made
+  afresh at each use from the store's flat tuple (no pair is kept).
 * ``envelope``: the ENVELOPE built from them as the store builds it
   (:func:`txmail.mime.envelope`, the first occurrence of each field), so
   its From, To, Cc and Bcc addresses (positions 2, 5, 6, 7: SEARCH FROM/TO/
@@ -77,21 +78,28 @@ def search_uses_columns(key: SearchNode) -> bool:
 class ColumnHeaders:
     """A message's header columns, read as :class:`~txmail.model.MessageMetadata` is by SEARCH and SORT."""
 
-    __slots__ = ("_envelope", "headers")
+    __slots__ = ("_envelope", "fields")
 
-    def __init__(self, headers: tuple[tuple[str, str], ...]) -> None:
-        self.headers = headers
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        #: ``(name, raw value, name, raw value, ...)``, as the store gives them.
+        self.fields = fields
         self._envelope: tuple[Any, ...] | None = None
+
+    @property
+    def headers(self) -> Iterable[tuple[str, str]]:
+        """The ``(name, raw value)`` pairs, in order (an iterator, to be used once)."""
+        pairs = iter(self.fields)
+        return zip(pairs, pairs, strict=True)
 
     @property
     def envelope(self) -> tuple[Any, ...]:
         """The ENVELOPE of the columns (its addresses only are the message's; see the module docstring)."""
         if self._envelope is None:
-            self._envelope = mime.envelope(self.headers)
+            self._envelope = mime.envelope(tuple(self.headers))
         return self._envelope
 
     def __repr__(self) -> str:
-        return f"ColumnHeaders({self.headers!r})"
+        return f"ColumnHeaders({self.fields!r})"
 
 
 async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHeaders]:

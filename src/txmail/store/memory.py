@@ -175,7 +175,7 @@ class MemoryMailbox(MailboxState):
         self._check_alive()
         return {uid: self._meta[uid] for uid in select_uids(uids, self._infos)}
 
-    def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[tuple[str, str], ...]]]:
+    def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, ...]]]:
         """See :meth:`txmail.interfaces.IHeaderColumns.header_columns`: computed from :meth:`get_metadata`."""
         return self.get_metadata(uids).addCallback(
             lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
