@@ -65,6 +65,10 @@ class SearchUsesColumnsTests(SynchronousTestCase):
         ):
             self.assertFalse(columns.search_uses_columns(_key(line)), line)
 
+    def test_every_sort_key_answered(self) -> None:
+        """SORT reads the columns for any criteria: every sort key must be answered by them."""
+        self.assertLessEqual(set(sort._KEYS), columns.COLUMN_SORT_KEYS)
+
     def test_stand_in(self) -> None:
         """ColumnHeaders: the pairs as given, and the envelope of the address fields."""
         headers = mime.header_columns(

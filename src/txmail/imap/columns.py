@@ -44,7 +44,8 @@ __all__ = ["COLUMN_SORT_KEYS", "ColumnHeaders", "has_columns", "read_columns", "
 _COLUMN_KEYS = frozenset({"BCC", "CC", "FROM", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"})
 #: SEARCH keys that read header fields or the message (see search._HEADER_KEYS, _MESSAGE_KEYS).
 _HEADER_KEYS = frozenset({"HEADER", "THREADID", "BODY", "TEXT"}) | _COLUMN_KEYS
-#: SORT keys answered by the columns.
+#: SORT keys answered by the columns: all of them (SORT reads the columns
+#: whatever its criteria; a test checks that every key of the sort module is here).
 COLUMN_SORT_KEYS = frozenset(
     {"ARRIVAL", "SIZE", "DATE", "SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO"}
 )
