@@ -28,13 +28,17 @@ This module imports no protocol code.
 
 from __future__ import annotations
 
+import sys
+
 from zope.interface import Attribute, Interface
 
 __all__ = [
+    "HEADER_COLUMNS",
     "IDeliveryHook",
     "IDeliveryRouter",
     "IDirectory",
     "IExpungeHistory",
+    "IHeaderColumns",
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
@@ -255,6 +259,38 @@ class IExpungeHistory(Interface):
         with a superset: UIDs expunged earlier, never a UID still present
         or never given (RFC 7162 section 3.2.6 allows reporting messages
         expunged before *modseq*).
+        """
+
+
+#: The header fields :meth:`IHeaderColumns.header_columns` gives, in this
+#: order (lower case): what SEARCH's header keys, SORT and THREAD read.
+HEADER_COLUMNS = tuple(
+    sys.intern(name)  # one object each: marshal writes each name once per block
+    for name in ("subject", "date", "from", "to", "cc", "bcc", "message-id", "references", "in-reply-to")
+)
+
+
+class IHeaderColumns(Interface):
+    """
+    A mailbox that gives a few header fields of many messages at once,
+    without a :class:`txmail.model.MessageMetadata` per message (IMAP
+    SEARCH on header keys, SORT and THREAD of a big mailbox read them for
+    every message).  Optional beside :class:`IMailbox`: the IMAP server
+    reads :meth:`IMailbox.get_metadata` for a mailbox without it.  The
+    memory and Maildir stores provide it (the Maildir store in its
+    ``txmail-columns`` file).
+    """
+
+    def header_columns(uids):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[dict[int, tuple[str, ...]]]``: for each message
+        of *uids* (an iterable of UIDs; those that do not exist are left
+        out, as :meth:`IMailbox.get_metadata` does), the fields of
+        ``MessageMetadata.headers`` whose name, blanks stripped and
+        case-folded, is one of :data:`HEADER_COLUMNS`, in header order,
+        each named by that lower case name, flattened into one tuple
+        ``(name, raw value, name, raw value, ...)``
+        (:func:`txmail.mime.header_columns`).
         """
 
 

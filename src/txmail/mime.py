@@ -143,8 +143,10 @@ __all__ = [
     "decode_metadata",
     "encode_header_metadata",
     "encode_metadata",
+    "envelope",
     "extract_section",
     "field_addresses",
+    "header_columns",
     "header_fields",
     "parse_header_section",
     "parse_metadata",
@@ -918,6 +920,28 @@ def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...
     if raw is None:
         return None
     return _parse_addresses(_unfold(raw))
+
+
+def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    The fields of *headers* (``(name, raw value)`` pairs) whose name,
+    blanks stripped and case-folded (as IMAP SEARCH compares names), is
+    one of *names* (lower case), in order, each named by its member of
+    *names*, flattened: ``(name, value, name, value, ...)`` (one tuple a
+    message: a store loading many of them makes few objects).
+    """
+    where = {name: name for name in names}
+    found: list[str] = []
+    for name, value in headers:
+        key = where.get(name.strip(" \t").casefold())
+        if key is not None:
+            found += (key, value)
+    return tuple(found)
+
+
+def envelope(fields: Iterable[tuple[str, str]]) -> tuple[Any, ...]:
+    """The IMAP ENVELOPE (RFC 3501 section 7.4.2) of the header fields *fields* (``(name, raw value)`` pairs)."""
+    return _envelope(_Fields(fields))
 
 
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")

@@ -267,6 +267,9 @@ def _decode_words(text: str) -> str:
 
 def _decode_field(raw: str) -> str:
     """A header field's raw value (latin-1 decoded octets) as text to compare."""
+    if raw.isascii() and "=?" not in raw and "\n" not in raw.rstrip("\r\n"):
+        # The common case, one line of ASCII: nothing to unfold, re-read or decode.
+        return raw.strip(" \t\r\n")
     text = _FOLD_RE.sub("", raw).strip(" \t\r\n")
     with contextlib.suppress(UnicodeError):
         text = text.encode("latin-1").decode("utf-8")

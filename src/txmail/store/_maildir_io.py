@@ -31,7 +31,9 @@ from typing import Any, BinaryIO
 from txmail import mime
 from txmail._fs import fsync_dir, fsync_file, write_file_durably
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
+from txmail.interfaces import HEADER_COLUMNS
 from txmail.model import MessageMetadata
+from txmail.store import _maildir_columns as columns
 from txmail.store._crlf import CRLFFile, bare_lf_count, count_file, to_crlf
 from txmail.store._ids import is_object_id, new_mailbox_id
 from txmail.store._maildir_format import (
@@ -837,6 +839,12 @@ def read_metadata(
         # One write for every record of this batch (the first FETCH of a
         # mailbox of dropped-in files parses them all).
         places = cache_append_many(path, [(base, encoded) for _, base, encoded in parsed])
+        # Their header columns too, while the fields are in hand (IHeaderColumns).
+        columns.append_columns(
+            path,
+            HEADER_COLUMNS,
+            [(base, mime.header_columns(out[uid].headers, HEADER_COLUMNS)) for uid, base, _ in parsed],
+        )
         updates = [(uid, off, length) for (uid, _, _), (off, length) in zip(parsed, places, strict=True)]
     return out, updates
 

@@ -24,6 +24,10 @@ names and flag letters).  Beside the messages of each folder:
   file another program dropped in gets a record of its header fields alone
   when first asked for, and a whole one when its envelope or body
   structure is first used (:meth:`MaildirMailbox.get_metadata`).
+* ``txmail-columns``: the few raw header fields SEARCH, SORT and THREAD
+  read (:class:`txmail.interfaces.IHeaderColumns`), blocks of records keyed
+  by base file name, appended when a message is first parsed or first asked
+  for, read whole in one go (:mod:`txmail.store._maildir_columns`).
 * ``dovecot-keywords``: keyword letters, as Dovecot keeps them.
 * ``txmail-mailboxid``: the folder's MAILBOXID (RFC 8474), written when
   the folder is first opened; it moves with the directory on a rename.
@@ -111,7 +115,9 @@ from txmail import mime
 from txmail._fs import RunBlocking, fsync_dir, run_inline
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import (
+    HEADER_COLUMNS,
     IExpungeHistory,
+    IHeaderColumns,
     IMailbox,
     IMailStore,
     IMailStoreProvider,
@@ -144,6 +150,7 @@ from txmail.model import (
 )
 from txmail.quota import Usage
 from txmail.store import _annotations as annotations
+from txmail.store import _maildir_columns as columns
 from txmail.store import _maildir_io as io
 from txmail.store._base import (
     URLAUTH_KEY_SIZE,
@@ -198,6 +205,8 @@ BATCH = 4096
 #: parsed for its header alone during which get_metadata parses new
 #: messages whole (a client fetching structures wants them all).
 STRUCTURES_WINDOW = 60.0
+#: Messages whose header columns are filled from the metadata cache at once.
+COLUMNS_FILL = 1024
 
 
 def _nothing() -> None:
@@ -269,7 +278,7 @@ class _Loc:
         self.raw = raw
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds)
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns)
 class MaildirMailbox(MailboxState):
     """
     One Maildir folder.  Get it from :meth:`MaildirStore.get_mailbox`; the
@@ -823,6 +832,50 @@ class MaildirMailbox(MailboxState):
         recent = time.monotonic() - self._structures_at < STRUCTURES_WINDOW
         complete = None if recent else self._completion
         return self._run(io.read_metadata, self.path, reqs, complete).addCallback(got)
+
+    def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, columns.Values]]:
+        """
+        See :meth:`txmail.interfaces.IHeaderColumns.header_columns`: read
+        from the folder's ``txmail-columns`` file
+        (:mod:`txmail.store._maildir_columns`); the messages it has no
+        record of are read from the metadata cache (:meth:`get_metadata`,
+        :data:`COLUMNS_FILL` at a time) and their records appended.
+        """
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        wanted = [(uid, self._locs[uid].base) for uid in select_uids(uids, self._infos)]
+        if not wanted:
+            return defer.succeed({})
+        return defer.ensureDeferred(self._header_columns(wanted))
+
+    async def _header_columns(self, wanted: list[tuple[int, str]]) -> dict[int, columns.Values]:
+        known, records, damaged = await self._run(columns.read_columns, self.path, HEADER_COLUMNS)
+        out: dict[int, columns.Values] = {}
+        missing = []
+        for uid, base in wanted:
+            found = known.get(base)
+            if found is None:
+                missing.append(uid)
+            else:
+                out[uid] = found
+        new: list[tuple[str, columns.Values]] = []
+        for start in range(0, len(missing), COLUMNS_FILL):
+            metadata = await self.get_metadata(missing[start : start + COLUMNS_FILL])
+            for uid, md in metadata.items():
+                values = out[uid] = mime.header_columns(md.headers, HEADER_COLUMNS)
+                loc = self._locs.get(uid)
+                if loc is not None:
+                    new.append((loc.base, values))
+        if damaged or records + len(new) > 2 * len(self._locs) + columns.SLACK:
+            # Damage (the records after it are lost) or mostly stale records: one live block.
+            live = {loc.base for loc in self._locs.values()}
+            keep = [(base, values) for base, values in known.items() if base in live]
+            keep.extend(new)
+            await self._run(columns.rewrite_columns, self.path, HEADER_COLUMNS, keep)
+        elif new:
+            await self._run(columns.append_columns, self.path, HEADER_COLUMNS, new)
+        return out
 
     def _completion(
         self, uid: int, headers: tuple[tuple[str, str], ...]

@@ -27,7 +27,9 @@ from zope.interface import implementer
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import (
+    HEADER_COLUMNS,
     IExpungeHistory,
+    IHeaderColumns,
     IMailbox,
     IMailStore,
     IMailStoreProvider,
@@ -90,7 +92,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
     return wrapper
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds)
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns)
 class MemoryMailbox(MailboxState):
     """
     One mailbox of a :class:`MemoryStore`.
@@ -172,6 +174,12 @@ class MemoryMailbox(MailboxState):
         """See :meth:`txmail.interfaces.IMailbox.get_metadata`."""
         self._check_alive()
         return {uid: self._meta[uid] for uid in select_uids(uids, self._infos)}
+
+    def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, ...]]]:
+        """See :meth:`txmail.interfaces.IHeaderColumns.header_columns`: computed from :meth:`get_metadata`."""
+        return self.get_metadata(uids).addCallback(
+            lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
+        )
 
     @_guard
     def append(

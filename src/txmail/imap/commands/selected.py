@@ -24,6 +24,7 @@ from typing import Any
 from txmail.errors import NoSuchMessage
 from txmail.imap import contexts, serialize
 from txmail.imap.binary import binary_items
+from txmail.imap.columns import has_columns, read_columns, search_uses_columns
 from txmail.imap.commands import condstore, imap4rev2, objectid, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
@@ -402,12 +403,18 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
     found: list[int] = []
     pairs = list(enumerate(view.uids, 1))
+    # The header keys answered by the store's header columns: read at once.
+    by_columns = needs.metadata and not needs.message and has_columns(mailbox) and search_uses_columns(key)
+    column_md: dict[int, Any] = await read_columns(mailbox, view.uids) if by_columns else {}
     for n, batch in enumerate(_chunks(pairs, BATCH * 4)):
         if n:
             await ctx.take_turn()
         uids = [u for _, u in batch]
         infos = {i.uid: i for i in await call(mailbox.list_messages, uids)}
-        metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
+        if by_columns:
+            metadata = column_md
+        else:
+            metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
         for seq, uid in batch:
             info = infos.get(uid)
             if info is None:

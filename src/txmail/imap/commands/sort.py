@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from txmail.imap import contexts, thread
+from txmail.imap.columns import has_columns, read_columns, search_uses_columns
 from txmail.imap.commands import searchres
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import SELECTED, command, extension
@@ -321,14 +322,28 @@ async def _each_match(
     sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
     uids = view.uids
     known = FACTS.table(mailbox, uids) if want_facts else {}
+    # The header columns of the store stand in for the metadata when they answer everything.
+    by_columns = (
+        has_columns(mailbox)
+        and not needs.message
+        and (not needs.metadata or search_uses_columns(key))
+        and (with_metadata or bool(want_facts))
+    )
+    column_md: dict[int, Any] = {}
+    if by_columns:
+        wanted = uids if with_metadata else [u for u in uids if u not in known]
+        column_md = await read_columns(mailbox, wanted) if wanted else {}
     step = BATCH * 4
     for start in range(0, len(uids), step):
         if start:
             await ctx.take_turn()
         batch = uids[start : start + step]
         infos = {i.uid: i for i in await call(mailbox.list_messages, batch)}
-        wanted = batch if with_metadata else [u for u in batch if want_facts and u not in known]
-        metadata = await call(mailbox.get_metadata, wanted) if wanted else {}
+        if by_columns:
+            metadata = column_md
+        else:
+            wanted = batch if with_metadata else [u for u in batch if want_facts and u not in known]
+            metadata = await call(mailbox.get_metadata, wanted) if wanted else {}
         for seq, uid in enumerate(batch, start + 1):
             info = infos.get(uid)
             if info is None:

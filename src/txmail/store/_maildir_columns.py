@@ -1,0 +1,181 @@
+"""
+The Maildir store's header columns file, ``txmail-columns`` (see
+:class:`txmail.interfaces.IHeaderColumns`): a few raw header fields of
+every message of a folder, read for all of them with one read and a few
+``marshal.loads``, instead of one metadata cache record per message.
+
+Format
+======
+
+A sequence of blocks, each appended with one ``write`` (``O_APPEND``, so
+that concurrent writers' blocks follow each other)::
+
+    b"TXC1" | length (4 octets, little-endian) | CRC-32 of the payload (4) | payload
+
+The payload is ``marshal.dumps((names, bases, values), 4)``: the field
+names of the block (:data:`txmail.interfaces.HEADER_COLUMNS` when it was
+written), the messages' base file names (the part before ``:2,``, as the
+metadata cache keys its records) and, for each, its fields of those
+names, in header order, flattened: ``(name, raw value, name, raw value,
+...)`` (:func:`txmail.mime.header_columns`; one tuple a message, so that
+loading 20,000 records makes 20,000 containers for the garbage collector
+to track, not seven times as many).
+
+A record is keyed by the message file's base name, which names one
+message for good (a Maildir file's content never changes): records of
+expunged messages are never looked up, a new UIDVALIDITY or a rebuilt
+index finds the same files under the same names, and a message renamed
+for its flags keeps its base.  A later block's record for a base wins.
+Blocks written with other field names are skipped.
+
+Reading stops at the first damaged block (bad magic, a length past the
+end of the file, a bad CRC, a payload of the wrong shape): its records and
+the following ones are treated as missing, and the caller (the mailbox)
+rewrites the file with what was read.  Missing records are filled from
+the metadata cache, never guessed.  The file is rewritten (temporary file
+and rename) when it holds more than twice as many records as the folder
+has messages (plus :data:`SLACK`).
+
+Every function here runs in a worker thread and touches only the file
+system, like :mod:`txmail.store._maildir_io`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import struct
+import zlib
+from typing import Any
+
+__all__ = ["COLUMNS", "SLACK", "append_columns", "read_columns", "rewrite_columns"]
+
+COLUMNS = "txmail-columns"
+#: A rewrite is due when the file holds more records than ``2 * messages + SLACK``.
+SLACK = 1024
+#: The largest block read (a block claiming more is damage).
+MAX_BLOCK = 1 << 28
+#: Characters of values (and base names) after which a block is closed.
+BLOCK_TEXT = 1 << 23
+
+_MAGIC = b"TXC1"
+_HEAD = struct.Struct("<4sII")
+
+#: One message's columns: name, raw value, name, raw value... of its column fields.
+Values = tuple[str, ...]
+
+
+def _block(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+    bases = tuple(base for base, _ in items)
+    values = tuple(value for _, value in items)
+    payload = marshal.dumps((names, bases, values), 4)
+    return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+    """
+    *items* as blocks of at most about :data:`BLOCK_TEXT` characters of
+    values each (a message's header fields are at most
+    :data:`txmail.mime.HEADER_COLLECT_LIMIT` octets, so every block stays
+    far below :data:`MAX_BLOCK`).
+    """
+    out, start, size = [], 0, 0
+    for i, (base, value) in enumerate(items):
+        size += len(base) + sum(map(len, value))
+        if size >= BLOCK_TEXT:
+            out.append(_block(names, items[start : i + 1]))
+            start, size = i + 1, 0
+    if start < len(items):
+        out.append(_block(names, items[start:]))
+    return b"".join(out)
+
+
+def _valid(payload: Any) -> bool:
+    """Whether a decoded payload has the shape :func:`_block` writes (each record a tuple of pairs)."""
+    if type(payload) is not tuple or len(payload) != 3:
+        return False
+    _, bases, values = payload
+    if type(bases) is not tuple or type(values) is not tuple or len(bases) != len(values):
+        return False
+    return all(type(b) is str for b in bases) and all(type(v) is tuple and not len(v) & 1 for v in values)
+
+
+def read_columns(path: str, names: tuple[str, ...]) -> tuple[dict[str, Values], int, bool]:
+    """
+    The records of the folder's columns file written for *names*: (base ->
+    values, the number of records in the file, whether damage was found).
+    A missing file has no records and no damage.
+    """
+    try:
+        with open(os.path.join(path, COLUMNS), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}, 0, False
+    except OSError:
+        return {}, 0, True
+    found: dict[str, Values] = {}
+    count, pos, end = 0, 0, len(data)
+    view = memoryview(data)
+    while pos < end:
+        if end - pos < _HEAD.size:
+            return found, count, True
+        magic, length, crc = _HEAD.unpack_from(data, pos)
+        start = pos + _HEAD.size
+        if magic != _MAGIC or length > MAX_BLOCK or start + length > end:
+            return found, count, True
+        payload = view[start : start + length]
+        if zlib.crc32(payload) != crc:
+            return found, count, True
+        try:
+            decoded = marshal.loads(payload)
+        except (EOFError, ValueError, TypeError):
+            return found, count, True
+        if type(decoded) is tuple and len(decoded) == 3 and decoded[0] == names:
+            if not _valid(decoded):
+                return found, count, True
+            found.update(zip(decoded[1], decoded[2], strict=True))
+            count += len(decoded[1])
+        pos = start + length
+    return found, count, False
+
+
+def append_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Values]]) -> bool:
+    """
+    Append the records *items* ((base, values) each) as one block with one
+    ``write``; whether it was written whole (a failure only costs their
+    being filled again from the metadata cache next time).
+    """
+    if not items:
+        return True
+    blob = _blocks(names, items)
+    try:
+        fd = os.open(os.path.join(path, COLUMNS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            written = os.write(fd, blob)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return written == len(blob)
+
+
+def rewrite_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Values]]) -> bool:
+    """
+    Replace the columns file with one holding *items* alone (temporary
+    file, sync, rename); whether it was replaced.
+    """
+    target = os.path.join(path, COLUMNS)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            if items:
+                f.write(_blocks(names, items))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    return True

@@ -1,0 +1,401 @@
+"""
+Header columns (:class:`txmail.interfaces.IHeaderColumns`): the memory and
+Maildir stores give exactly the fields of each message's metadata; the
+Maildir store's ``txmail-columns`` file survives restarts, and damaged,
+foreign or stale records fall back to the metadata cache.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txmail import mime
+from txmail.interfaces import HEADER_COLUMNS, IHeaderColumns
+from txmail.store import _maildir_columns as columns
+from txmail.store.maildir import MaildirProvider
+from txmail.store.memory import MemoryProvider
+
+__all__ = ["generated_messages"]
+
+USER = "alice@example.test"
+
+_WORDS = ["zebra", "quokka", "Straße", "été", "lunch", "budget"]
+_SUBJECTS = [
+    "Subject: {w} plans\r\n",
+    "Subject: =?utf-8?q?{q}_caf=C3=A9?=\r\n",
+    "Subject: =?iso-8859-1?b?w6l06Q==?= {w}\r\n",
+    "Subject: Re: [team] Fwd: {w}\r\n (fwd)\r\n",
+    "SUBJECT : {w}\r\nSubject: second {w}\r\n",
+    "subject:{w}\r\n",
+    "X-Subject: not {w}\r\n",
+    "",
+]
+_ADDRESSES = [
+    "{f}: Carol <carol@x.test>\r\n",
+    "{f}: =?utf-8?q?Andr=C3=A9?= <andre@x.test>\r\n",
+    "{f}: <user (comment)@ (more) example.org>\r\n",
+    "{f}: team: a@x.test, Bob <b@y.test>;, c@z.test\r\n",
+    "{f}: dave@x.test (Dave {w})\r\n",
+    "{f}: first@x.test\r\n{f}: second {w} <second@x.test>\r\n",
+    "{f}: undisclosed-recipients:;\r\n",
+    "{f}: \r\n",
+    "",
+]
+_DATES = [
+    "Date: Tue, 2 Jan 2024 12:00:00 +0000\r\n",
+    "Date: Mon, 1 Jan 2024 23:30:00 -0500\r\n",
+    "Date: 3 Jan 2024 01:00 +0100\r\n",
+    "Date: not a date\r\n",
+    "Date: Wed, 3 Jan 2024\r\n 08:00:00 +0000\r\nDate: Thu, 4 Jan 2024 08:00:00 +0000\r\n",
+    "",
+]
+
+
+def generated_messages(count: int, seed: int = 7) -> list[bytes]:
+    """*count* messages whose header fields mix encoded, folded, repeated and missing fields."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        w = rng.choice(_WORDS)
+        q = w.encode("utf-8").hex("=").upper()
+        q = "=" + q
+        lines = [rng.choice(_SUBJECTS).format(w=w, q=q), rng.choice(_DATES)]
+        for field in ("From", "To", "Cc", "Bcc"):
+            lines.append(rng.choice(_ADDRESSES).format(f=rng.choice([field, field.upper()]), w=w))
+        mid = f"<m{i}@x.test>"
+        if rng.random() < 0.9:
+            lines.append(f"Message-ID: {mid}\r\n")
+        if i and rng.random() < 0.5:
+            parents = " ".join(f"<m{rng.randrange(i)}@x.test>" for _ in range(rng.randrange(1, 4)))
+            lines.append(
+                f"References: {parents}\r\n" if rng.random() < 0.7 else f"References:\r\n {parents}\r\n"
+            )
+        if i and rng.random() < 0.3:
+            lines.append(f"In-Reply-To: <m{rng.randrange(i)}@x.test>\r\n")
+        rng.shuffle(lines)
+        out.append(("".join(lines) + "\r\nbody " + w + "\r\n").encode("utf-8"))
+    return out
+
+
+def _expected(md: Any) -> tuple[str, ...]:
+    """The columns of a message from its metadata, computed independently of mime.header_columns."""
+    return tuple(
+        x
+        for n, v in md.headers
+        if n.strip(" \t").lower() in HEADER_COLUMNS
+        for x in (n.strip(" \t").lower(), v)
+    )
+
+
+class HeaderColumnsFunctionTests(SynchronousTestCase):
+    def test_fields_in_order_every_occurrence(self) -> None:
+        """Every occurrence, in header order, named in lower case; other fields left out."""
+        headers = (
+            ("Received", " x\r\n"),
+            ("SUBJECT ", " one\r\n"),
+            ("From", " a@x\r\n"),
+            ("X-Subject", " no\r\n"),
+            ("subject", " two\r\n folded\r\n"),
+            ("In-Reply-To", " <p@x>\r\n"),
+        )
+        self.assertEqual(
+            mime.header_columns(headers, HEADER_COLUMNS),
+            (
+                *("subject", " one\r\n"),
+                *("from", " a@x\r\n"),
+                *("subject", " two\r\n folded\r\n"),
+                *("in-reply-to", " <p@x>\r\n"),
+            ),
+        )
+        self.assertEqual(mime.header_columns((), HEADER_COLUMNS), ())
+
+    def test_names_are_the_constants(self) -> None:
+        """The names given are HEADER_COLUMNS' own objects (marshal writes each once per block)."""
+        (name, _) = mime.header_columns((("Message-ID", " <a@b>\r\n"),), HEADER_COLUMNS)
+        self.assertIs(name, HEADER_COLUMNS[HEADER_COLUMNS.index("message-id")])
+
+
+class _StoreColumnsMixin:
+    """header_columns gives each message's fields as its metadata holds them."""
+
+    def make_provider(self) -> Any:
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def fill(self, messages: list[bytes]) -> Any:
+        self.provider = self.make_provider()
+        store = yield self.provider.store_for(USER)
+        self.mailbox = yield store.get_mailbox("INBOX")
+        self.uids = []
+        for body in messages:
+            uid = yield self.mailbox.append(body)
+            self.uids.append(uid)
+
+    @defer.inlineCallbacks
+    def test_columns_equal_metadata(self) -> Any:
+        """Encoded, folded, repeated and missing fields: exactly the metadata's values."""
+        yield self.fill(generated_messages(60))
+        self.assertTrue(IHeaderColumns.providedBy(self.mailbox))
+        metadata = yield self.mailbox.get_metadata(self.uids)
+        found = yield self.mailbox.header_columns(self.uids)
+        self.assertEqual(found, {uid: _expected(md) for uid, md in metadata.items()})
+        self.assertTrue(any(v[::2].count("subject") > 1 for v in found.values()))
+
+    @defer.inlineCallbacks
+    def test_unknown_uids_left_out(self) -> Any:
+        """UIDs that do not exist (or were expunged) are left out, as get_metadata does."""
+        yield self.fill(generated_messages(3))
+        yield self.mailbox.set_flags([self.uids[1]], {"\\Deleted"}, self._add())
+        yield self.mailbox.expunge()
+        found = yield self.mailbox.header_columns([*self.uids, 999])
+        self.assertEqual(sorted(found), [self.uids[0], self.uids[2]])
+        empty = yield self.mailbox.header_columns([])
+        self.assertEqual(empty, {})
+
+    def _add(self) -> Any:
+        from txmail.model import FlagMode
+
+        return FlagMode.ADD
+
+
+class MemoryColumnsTests(_StoreColumnsMixin, TestCase):
+    def make_provider(self) -> Any:
+        return MemoryProvider()
+
+
+class MaildirColumnsTests(_StoreColumnsMixin, TestCase):
+    def make_provider(self) -> Any:
+        self.root = self.mktemp()
+        return MaildirProvider(self.root, hostname="test.host", clock=task.Clock(), watch="poll")
+
+    def reopen(self) -> Any:
+        """The store of a new provider on the same directory (a restart)."""
+        return MaildirProvider(self.root, hostname="test.host", clock=task.Clock(), watch="poll")
+
+    @property
+    def path(self) -> str:
+        return self.mailbox.path  # type: ignore[no-any-return]
+
+    def spy(self, mailbox: Any) -> list[list[int]]:
+        asked: list[list[int]] = []
+        original = mailbox.get_metadata
+
+        def get_metadata(uids: Any) -> Any:
+            asked.append(list(uids))
+            return original(uids)
+
+        mailbox.get_metadata = get_metadata
+        return asked
+
+    @defer.inlineCallbacks
+    def reopened_mailbox(self) -> Any:
+        store = yield self.reopen().store_for(USER)
+        mailbox = yield store.get_mailbox("INBOX")
+        return mailbox
+
+    @defer.inlineCallbacks
+    def test_file_survives_restart(self) -> Any:
+        """The first call fills the file from the metadata; after a restart it reads no metadata."""
+        yield self.fill(generated_messages(20))
+        asked = self.spy(self.mailbox)
+        first = yield self.mailbox.header_columns(self.uids)
+        self.assertEqual(sum(map(len, asked)), 20)
+        self.assertTrue(os.path.exists(os.path.join(self.path, columns.COLUMNS)))
+        again = yield self.mailbox.header_columns(self.uids)
+        self.assertEqual(again, first)
+        self.assertEqual(sum(map(len, asked)), 20)
+        mailbox = yield self.reopened_mailbox()
+        asked = self.spy(mailbox)
+        after = yield mailbox.header_columns(self.uids)
+        self.assertEqual(after, first)
+        self.assertEqual(asked, [])
+
+    @defer.inlineCallbacks
+    def test_parse_writes_columns(self) -> Any:
+        """A file another program dropped in gets its columns when its metadata is first parsed."""
+        yield self.fill([])
+        for i, body in enumerate(generated_messages(5)):
+            with open(os.path.join(self.path, "new", f"1700000000.M{i}P1.other"), "wb") as f:
+                f.write(body)
+        mailbox = yield self.reopened_mailbox()
+        uids = [info.uid for info in (yield mailbox.list_messages())]
+        metadata = yield mailbox.get_metadata(uids)
+        _, records, damaged = columns.read_columns(mailbox.path, HEADER_COLUMNS)
+        self.assertEqual((records, damaged), (5, False))
+        asked = self.spy(mailbox)
+        found = yield mailbox.header_columns(uids)
+        self.assertEqual(asked, [])
+        self.assertEqual(found, {uid: _expected(md) for uid, md in metadata.items()})
+
+    @defer.inlineCallbacks
+    def check_damage(self, damage: Any) -> Any:
+        """After *damage* (a function of the file's path), the answers are right and the file repaired."""
+        yield self.fill(generated_messages(30))
+        metadata = yield self.mailbox.get_metadata(self.uids)
+        want = {uid: _expected(md) for uid, md in metadata.items()}
+        for start in (0, 10, 20):  # three blocks
+            yield self.mailbox.header_columns(self.uids[start : start + 10])
+        damage(os.path.join(self.path, columns.COLUMNS))
+        mailbox = yield self.reopened_mailbox()
+        found = yield mailbox.header_columns(self.uids)
+        self.assertEqual(found, want)
+        _, records, damaged = columns.read_columns(mailbox.path, HEADER_COLUMNS)
+        self.assertFalse(damaged)
+        self.assertEqual(records, 30)
+        asked = self.spy(mailbox)
+        again = yield mailbox.header_columns(self.uids)
+        self.assertEqual((again, asked), (want, []))
+
+    def test_bad_crc(self) -> Any:
+        """A changed octet in a block: its records and the later ones are filled from the metadata."""
+
+        def damage(path: str) -> None:
+            with open(path, "r+b") as f:
+                data = bytearray(f.read())
+                data[len(data) // 2] ^= 0x55
+                f.seek(0)
+                f.write(data)
+
+        return self.check_damage(damage)
+
+    def test_truncated(self) -> Any:
+        """A block cut short (a crash in a write)."""
+
+        def damage(path: str) -> None:
+            os.truncate(path, os.path.getsize(path) - 7)
+
+        return self.check_damage(damage)
+
+    def test_garbage_appended(self) -> Any:
+        """Octets that are no block after the last one."""
+
+        def damage(path: str) -> None:
+            with open(path, "ab") as f:
+                f.write(b"TXC1\xff\xff\xff\x0fnot a block")
+
+        return self.check_damage(damage)
+
+    def test_missing_file(self) -> Any:
+        """A removed file is filled again."""
+        return self.check_damage(os.unlink)
+
+    def test_wrong_shape_payload(self) -> Any:
+        """A block whose CRC holds but whose payload is not records is damage, not an answer."""
+        import marshal
+        import struct
+        import zlib
+
+        def damage(path: str) -> None:
+            payload = marshal.dumps((HEADER_COLUMNS, ("a", "b"), (("x",),)), 4)
+            with open(path, "r+b") as f:
+                f.seek(0)
+                f.write(struct.pack("<4sII", b"TXC1", len(payload), zlib.crc32(payload)) + payload)
+                f.truncate()
+
+        return self.check_damage(damage)
+
+    @defer.inlineCallbacks
+    def test_foreign_fields_skipped(self) -> Any:
+        """A block written for other field names (another version) is skipped, not misread."""
+        yield self.fill(generated_messages(4))
+        metadata = yield self.mailbox.get_metadata(self.uids)
+        bases = [self.mailbox._locs[uid].base for uid in self.uids]
+        columns.append_columns(self.path, ("subject",), [(b, ("subject", " wrong")) for b in bases])
+        found = yield self.mailbox.header_columns(self.uids)
+        self.assertEqual(found, {uid: _expected(md) for uid, md in metadata.items()})
+
+    @defer.inlineCallbacks
+    def test_stale_records_compacted(self) -> Any:
+        """When most records are of expunged messages the file is rewritten with the live ones."""
+        from txmail.model import FlagMode
+
+        self.patch(columns, "SLACK", 0)
+        yield self.fill(generated_messages(12))
+        yield self.mailbox.header_columns(self.uids)
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS)[1], 12)
+        yield self.mailbox.set_flags(self.uids[:10], {"\\Deleted"}, FlagMode.ADD)
+        yield self.mailbox.expunge()
+        found = yield self.mailbox.header_columns(self.uids)
+        self.assertEqual(sorted(found), self.uids[10:])
+        known, records, damaged = columns.read_columns(self.path, HEADER_COLUMNS)
+        self.assertEqual((records, damaged), (2, False))
+        self.assertEqual(sorted(known), sorted(self.mailbox._locs[uid].base for uid in self.uids[10:]))
+
+    @defer.inlineCallbacks
+    def test_new_uidvalidity(self) -> Any:
+        """The index lost (new UIDVALIDITY, new UIDs): the records still name their files."""
+        yield self.fill(generated_messages(8))
+        first = yield self.mailbox.header_columns(self.uids)
+        old = {self.mailbox._locs[uid].base: v for uid, v in first.items()}
+        os.unlink(os.path.join(self.path, "txmail-index"))
+        mailbox = yield self.reopened_mailbox()
+        uids = [info.uid for info in (yield mailbox.list_messages())]
+        metadata = yield mailbox.get_metadata(uids)
+        found = yield mailbox.header_columns(uids)
+        self.assertEqual(found, {uid: _expected(md) for uid, md in metadata.items()})
+        self.assertEqual({mailbox._locs[uid].base: v for uid, v in found.items()}, old)
+
+
+class ColumnsFileTests(SynchronousTestCase):
+    """The file format alone (txmail.store._maildir_columns)."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        os.mkdir(self.path)
+
+    def test_blocks_bounded(self) -> None:
+        """Records are written in blocks of bounded size; all are read back, the later record winning."""
+        self.patch(columns, "BLOCK_TEXT", 100)
+        items = [(f"b{i}", ("subject", " " + "x" * (i * 10))) for i in range(30)]
+        self.assertTrue(columns.append_columns(self.path, HEADER_COLUMNS, items))
+        self.assertTrue(columns.append_columns(self.path, HEADER_COLUMNS, [("b3", ("date", " now"))]))
+        with open(os.path.join(self.path, columns.COLUMNS), "rb") as f:
+            self.assertGreater(f.read().count(b"TXC1"), 10)
+        found, records, damaged = columns.read_columns(self.path, HEADER_COLUMNS)
+        self.assertEqual((records, damaged), (31, False))
+        self.assertEqual(found["b29"], items[29][1])
+        self.assertEqual(found["b3"], ("date", " now"))
+
+    def test_oversized_length_is_damage(self) -> None:
+        """A block claiming more than MAX_BLOCK octets is damage; the records before it are kept."""
+        columns.append_columns(self.path, HEADER_COLUMNS, [("a", ())])
+        with open(os.path.join(self.path, columns.COLUMNS), "ab") as f:
+            f.write(b"TXC1" + (columns.MAX_BLOCK + 1).to_bytes(4, "little") + b"\0\0\0\0")
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), ({"a": ()}, 1, True))
+
+    def test_rewrite(self) -> None:
+        """A rewrite leaves the records given, nothing else, and no temporary file."""
+        columns.append_columns(self.path, HEADER_COLUMNS, [("a", ()), ("b", ())])
+        self.assertTrue(columns.rewrite_columns(self.path, HEADER_COLUMNS, [("b", ("cc", " x"))]))
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), ({"b": ("cc", " x")}, 1, False))
+        self.assertEqual(os.listdir(self.path), [columns.COLUMNS])
+        self.assertTrue(columns.rewrite_columns(self.path, HEADER_COLUMNS, []))
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), ({}, 0, False))
+
+    def test_unwritable(self) -> None:
+        """A folder that cannot be written: the appends and rewrites say so, nothing raises."""
+        missing = os.path.join(self.path, "gone")
+        self.assertFalse(columns.append_columns(missing, HEADER_COLUMNS, [("a", ())]))
+        self.assertFalse(columns.rewrite_columns(missing, HEADER_COLUMNS, [("a", ())]))
+        self.assertEqual(columns.read_columns(missing, HEADER_COLUMNS), ({}, 0, False))
+
+
+class MaildirThreadedColumnsTests(MaildirColumnsTests):
+    """The same, with the file work in real threads."""
+
+    def make_provider(self) -> Any:
+        self.root = self.mktemp()
+        return MaildirProvider(
+            self.root, hostname="test.host", run_blocking=deferToThread, clock=task.Clock(), watch="poll"
+        )
+
+    def reopen(self) -> Any:
+        return MaildirProvider(
+            self.root, hostname="test.host", run_blocking=deferToThread, clock=task.Clock(), watch="poll"
+        )
