@@ -331,6 +331,19 @@ def _body_text(message: bytes, metadata: MessageMetadata | None) -> str:
         return _raw_body(message, metadata).decode("latin-1")
 
 
+#: A header field name as written -> its comparison key (blanks before the
+#: colon dropped, case-folded): the messages of a mailbox share a few dozen
+#: spellings.  Bounded: names are the senders'.
+_NAMES: dict[str, str] = {}
+
+
+def _name_key(name: str) -> str:
+    key = name.strip(" \t").casefold()
+    if len(_NAMES) < 4096:
+        _NAMES[name] = key
+    return key
+
+
 class _Facts:
     """One message's decoded, case-folded texts, each computed on first use."""
 
@@ -369,7 +382,7 @@ class _Facts:
             found = self._fields[wanted] = [
                 _decode_field(v).casefold()
                 for n, v in self.need_metadata(key).headers
-                if n.strip(" \t").casefold() == wanted
+                if (_NAMES.get(n) or _name_key(n)) == wanted
             ]
         return found
 
