@@ -367,6 +367,21 @@ class BodyKeyTests(SearchTestCase):
         self.check(b"TEXT inner@", [4])
         self.check(b"TEXT hiddenword", [])
 
+    def test_field_name_spellings(self) -> None:
+        """Field names compare case-insensitively without the blanks before the colon, also past the remembered spellings."""
+        from txmail.imap import search
+
+        md = parse_metadata(b"X-Foo \t: bar\r\nx-FOO: baz\r\n\r\nbody")
+        key = parse_search(b"SEARCH HEADER x-foo baz").key
+        info = MAILBOX[0][0]
+        self.assertTrue(matches(key, CTX, 1, info, md, None))
+        for n in range(5000):  # more spellings than are remembered
+            search._name_key(f"X-{n}")
+        self.assertLessEqual(len(search._NAMES), 4096)
+        other = parse_metadata(b"X-Foo\t : baz\r\n\r\nbody")
+        self.assertTrue(matches(key, CTX, 1, info, other, None))
+        self.assertFalse(matches(parse_search(b"SEARCH HEADER x-foo qux").key, CTX, 1, info, other, None))
+
     def test_text_with_or_without_metadata(self) -> None:
         """TEXT reads the header fields from the metadata when given, else from the message: the same answers."""
         for word in (b"lunch", b"alice", b"x-mailer", "grüße".encode(), b"inner@", b"hiddenword", b"subject"):
