@@ -277,6 +277,23 @@ class _Box:
         self.uidvalidity = uidvalidity
 
 
+def _counting_metadata_reads() -> tuple[ServerTestCase, list[list[int]]]:
+    """A set-up server test case whose mailbox records the UIDs of each ``get_metadata`` call."""
+    store = ServerTestCase("run")
+    store.setUp()
+    mailbox = store.mailbox
+    asked: list[list[int]] = []
+    original = mailbox.get_metadata
+
+    def get_metadata(uids: list[int]) -> object:
+        asked.append(list(uids))
+        return original(uids)
+
+    mailbox.get_metadata = get_metadata  # type: ignore[method-assign]
+    store.addCleanup(store.tearDown)
+    return store, asked
+
+
 class FactsCacheTests(SynchronousTestCase):
     def facts(self, n: int) -> MessageFacts:
         return MessageFacts(float(n), b"S", False, None, ())
@@ -333,18 +350,7 @@ class FactsCacheTests(SynchronousTestCase):
 
     def test_first_date_sort_then_thread_reads_metadata_once(self) -> None:
         """A SORT (DATE) first keeps what a THREAD after it needs: no metadata read again."""
-        store = ServerTestCase("run")
-        store.setUp()
-        mailbox = store.mailbox
-        asked: list[list[int]] = []
-        original = mailbox.get_metadata
-
-        def get_metadata(uids: list[int]) -> object:
-            asked.append(list(uids))
-            return original(uids)
-
-        mailbox.get_metadata = get_metadata  # type: ignore[method-assign]
-        store.addCleanup(store.tearDown)
+        store, asked = _counting_metadata_reads()
         proto, transport = store.login()
         out = store.send(proto, transport, b"s SORT (DATE) UTF-8 ALL\r\n")
         self.assertTrue(out.endswith(b"s OK SORT completed\r\n"), out)
@@ -357,18 +363,7 @@ class FactsCacheTests(SynchronousTestCase):
 
     def test_second_sort_reads_no_metadata(self) -> None:
         """A SORT (DATE) after a THREAD of the same mailbox takes the cached facts."""
-        store = ServerTestCase("run")
-        store.setUp()
-        mailbox = store.mailbox
-        asked: list[list[int]] = []
-        original = mailbox.get_metadata
-
-        def get_metadata(uids: list[int]) -> object:
-            asked.append(list(uids))
-            return original(uids)
-
-        mailbox.get_metadata = get_metadata  # type: ignore[method-assign]
-        store.addCleanup(store.tearDown)
+        store, asked = _counting_metadata_reads()
         proto, transport = store.login()
         out = store.send(proto, transport, b"t THREAD REFERENCES UTF-8 ALL\r\n")
         self.assertTrue(out.endswith(b"t OK THREAD completed\r\n"), out)

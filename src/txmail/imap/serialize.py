@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from txmail.imap import responses as r
@@ -415,19 +415,30 @@ def esearch_response(
     Raises:
         ValueError: an option that is not one of :data:`ESEARCH_OPTIONS`.
     """
+    return _esearch(tag, uid, sorted(set(numbers)), options, partial, number_set)
+
+
+def _esearch(
+    tag: str,
+    uid: bool,
+    found: Sequence[int],
+    options: Iterable[str],
+    partial: tuple[int, int] | None,
+    write_set: Callable[[Sequence[int]], bytes],
+) -> bytes:
+    """The ESEARCH response of *found* in its order (SEARCH's ascending, SORT's sorted); *write_set* writes ALL and PARTIAL."""
     wanted = _result_options(options)
     words = [b"ESEARCH", b"(TAG " + string(tag) + b")"]
     if uid:
         words.append(b"UID")
-    found = sorted(set(numbers))
     if found and "MIN" in wanted:
         words += [b"MIN", number(found[0])]
     if found and "MAX" in wanted:
         words += [b"MAX", number(found[-1])]
     if found and "ALL" in wanted:
-        words += [b"ALL", number_set(found)]
+        words += [b"ALL", write_set(found)]
     if partial is not None and "PARTIAL" in wanted:
-        words += [b"PARTIAL", _partial(partial, number_set(found[partial[0] - 1 : partial[1]]))]
+        words += [b"PARTIAL", _partial(partial, write_set(found[partial[0] - 1 : partial[1]]))]
     if "COUNT" in wanted:
         words += [b"COUNT", number(len(found))]
     return untagged(*words)
@@ -484,21 +495,7 @@ def esort_response(
     many.  No result option means ALL; nothing found leaves out MIN, MAX
     and ALL.
     """
-    wanted = _result_options(options)
-    words = [b"ESEARCH", b"(TAG " + string(tag) + b")"]
-    if uid:
-        words.append(b"UID")
-    if numbers and "MIN" in wanted:
-        words += [b"MIN", number(numbers[0])]
-    if numbers and "MAX" in wanted:
-        words += [b"MAX", number(numbers[-1])]
-    if numbers and "ALL" in wanted:
-        words += [b"ALL", _ordered_set(numbers)]
-    if partial is not None and "PARTIAL" in wanted:
-        words += [b"PARTIAL", _partial(partial, _ordered_set(numbers[partial[0] - 1 : partial[1]]))]
-    if "COUNT" in wanted:
-        words += [b"COUNT", number(len(numbers))]
-    return untagged(*words)
+    return _esearch(tag, uid, numbers, options, partial, _ordered_set)
 
 
 def context_update(resp: r.ContextUpdate) -> bytes:
