@@ -68,11 +68,22 @@ class LoadConfigTests(SynchronousTestCase):
             ('[smtp]\nsubmission = ["ssl:465"]\n', "certificate"),
             ("not toml at all [", "not valid TOML"),
             ("x = 1\n", "must be a table"),
+            ("[server]\ngc_threshold = [0]\n", "gc_threshold"),
+            ("[server]\ngc_threshold = [1, 2, 3, 4]\n", "gc_threshold"),
+            ('[server]\ngc_threshold = "700"\n', "gc_threshold"),
         ]
         for text, needle in cases:
             with self.assertRaises(ConfigError) as cm:
                 load_config(self.write(text))
             self.assertIn(needle, str(cm.exception), text)
+
+    def test_gc_threshold(self) -> None:
+        """``[server] gc_threshold``: a default tuned for a server, a list of up to three, or ``[]``."""
+        self.assertEqual(load_config(None).gc_threshold, (100_000, 50, 100))
+        self.assertEqual(
+            load_config(self.write("[server]\ngc_threshold = [5000, 20]\n")).gc_threshold, (5000, 20)
+        )
+        self.assertEqual(load_config(self.write("[server]\ngc_threshold = []\n")).gc_threshold, ())
 
     def test_missing_file(self) -> None:
         """A config path that does not exist is a ConfigError, not an OSError."""

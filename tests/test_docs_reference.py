@@ -84,7 +84,7 @@ def default_spellings(value: object) -> list[str]:
     if isinstance(value, tuple):
         if not value:
             return ["``[]``", "``{}``"]
-        return ["``[" + ", ".join(f'"{v}"' for v in value) + "]``"]
+        return ["``[" + ", ".join(f"{v}" if isinstance(v, int) else f'"{v}"' for v in value) + "]``"]
     raise AssertionError(f"no spelling for default {value!r}")
 
 

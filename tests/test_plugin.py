@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application.service import IServiceMaker
@@ -104,6 +105,24 @@ class PluginTests(SynchronousTestCase):
         service = maker.makeService(options)  # type: ignore[attr-defined]
         self.assertIsInstance(service, MailServer)
         self.assertTrue(os.path.isdir(data_dir))
+
+    def test_make_service_tunes_gc(self) -> None:
+        """makeService sets the process's GC thresholds from ``[server] gc_threshold``; ``[]`` keeps them."""
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        gc.set_threshold(700, 10, 10)
+        maker = _maker()
+        options = maker.options()  # type: ignore[attr-defined]
+        options.parseOptions(["--data-dir", self.mktemp()])
+        maker.makeService(options)  # type: ignore[attr-defined]
+        self.assertEqual(gc.get_threshold(), (100_000, 50, 100))
+        for text, expected in (("[12345, 7, 9]", (12345, 7, 9)), ("[]", (12345, 7, 9))):
+            config = self.mktemp()
+            with open(config, "w") as f:
+                f.write(f"[server]\ngc_threshold = {text}\n")
+            options = maker.options()  # type: ignore[attr-defined]
+            options.parseOptions(["--config", config, "--data-dir", self.mktemp()])
+            maker.makeService(options)  # type: ignore[attr-defined]
+            self.assertEqual(gc.get_threshold(), expected)
 
 
 class BuildServiceTests(SynchronousTestCase):

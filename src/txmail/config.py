@@ -14,6 +14,7 @@ The file format (every key optional)::
     domains = ["example.com"]            # local domains; the first is the primary
     plaintext_auth = "loopback"          # never | loopback | always
     threads = 8                          # blocking-work thread pool size
+    gc_threshold = [100000, 50, 100]     # twistd mailserver's gc.set_threshold; [] leaves Python's
 
     [tls]
     cert = "/etc/txmail/cert.pem"        # PEM certificate chain; with key enables STARTTLS
@@ -132,6 +133,7 @@ class Settings:
     domains: tuple[str, ...] = ("localhost",)
     plaintext_auth: str = "loopback"
     threads: int = 8
+    gc_threshold: tuple[int, ...] = (100_000, 50, 100)
     tls_cert: str | None = None
     tls_key: str | None = None
     smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
@@ -213,6 +215,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "domains"): "domains",
     ("server", "plaintext_auth"): "plaintext_auth",
     ("server", "threads"): "threads",
+    ("server", "gc_threshold"): "gc_threshold",
     ("tls", "cert"): "tls_cert",
     ("tls", "key"): "tls_key",
     ("smtp", "listen"): "smtp",
@@ -396,6 +399,15 @@ def _validate(values: dict[str, Any]) -> Settings:
             if not domains or not all(domains):
                 raise ConfigError("domains must name at least one domain")
             out[f.name] = tuple(dict.fromkeys(domains))
+        elif f.name == "gc_threshold":
+            # gc.set_threshold(threshold0[, threshold1[, threshold2]]); [] keeps Python's.
+            if (
+                not isinstance(value, list | tuple)
+                or len(value) > 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+            ):
+                raise ConfigError("gc_threshold must be a list of at most three positive integers")
+            out[f.name] = tuple(value)
         elif f.name in ("threads", "max_message_size", "max_recipients", "imap_max_line", "imap_max_literal"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{f.name} must be a positive integer")

@@ -23,6 +23,7 @@ embedder's own (``policies=``) among them, and one caching DNS resolver
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,7 +58,7 @@ from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
 from txmail.store.maildir import MaildirProvider
 from txmail.tls import server_context, with_certificate
 
-__all__ = ["ListenerService", "MailServer", "PolicyService", "ThreadPoolService", "build_service"]
+__all__ = ["ListenerService", "MailServer", "PolicyService", "ThreadPoolService", "build_service", "tune_gc"]
 
 
 class ThreadPoolService(service.Service):
@@ -268,6 +269,25 @@ def _build_runner(
         postmaster=f"postmaster@{settings.primary_domain}",
         connections=connections,
     )
+
+
+def tune_gc(threshold: Sequence[int]) -> None:
+    """
+    Set the process's garbage-collection thresholds (``[server]
+    gc_threshold``; an empty sequence leaves Python's).
+
+    Python collects its youngest generation after every 700 new container
+    objects by default, and promotes what is alive then towards the oldest
+    generation, whose collections walk every object of the process.  A mail
+    server holds every open mailbox's state (a few objects a message) and
+    makes and drops many short-lived tuples per message it serves: with the
+    default a large FETCH, SEARCH or SORT spent about a third of its time in
+    the collector (``benchmarks/README.md``, "Garbage collection").  Objects
+    are still freed by reference counting at once; only reference cycles
+    wait longer for the collector.
+    """
+    if threshold:
+        gc.set_threshold(*threshold)
 
 
 def build_service(

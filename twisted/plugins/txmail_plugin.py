@@ -116,8 +116,11 @@ class MailServerMaker:
     options = Options
 
     def makeService(self, options: Options) -> Any:
-        from txmail.service import build_service
+        from txmail.service import build_service, tune_gc
 
+        # This process is the mail server's own: tune its garbage collector
+        # (an application embedding build_service keeps its own settings).
+        tune_gc(options.settings.gc_threshold)
         return build_service(options.settings)
 
 
