@@ -34,11 +34,13 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "HEADER_COLUMNS",
+    "HEADER_LINES",
     "IDeliveryHook",
     "IDeliveryRouter",
     "IDirectory",
     "IExpungeHistory",
     "IHeaderColumns",
+    "IHeaderLines",
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
@@ -291,6 +293,44 @@ class IHeaderColumns(Interface):
         each named by that lower case name, flattened into one tuple
         ``(name, raw value, name, raw value, ...)``
         (:func:`txmail.mime.header_columns`).
+        """
+
+
+#: The header fields :meth:`IHeaderLines.header_lines` gives (lower case):
+#: those mail clients ask for in the ``BODY.PEEK[HEADER.FIELDS (...)]`` of
+#: their first sync (Thunderbird's list, plus Sender, Importance and List-Id).
+HEADER_LINES = tuple(
+    sys.intern(name)
+    for name in (
+        "from", "to", "cc", "bcc", "subject", "date", "message-id", "priority", "x-priority",
+        "references", "newsgroups", "in-reply-to", "content-type", "reply-to", "sender",
+        "importance", "list-id",
+    )
+)  # fmt: skip
+
+
+class IHeaderLines(Interface):
+    """
+    A mailbox that gives the lines of a few header fields of many messages
+    at once, without a :class:`txmail.model.MessageMetadata` per message:
+    IMAP answers ``BODY.PEEK[HEADER.FIELDS (...)]`` of names all in
+    :data:`HEADER_LINES` from them (a client's first sync of a big mailbox
+    asks that of every message).  Optional beside :class:`IMailbox`; the
+    memory and Maildir stores provide it (the Maildir store in its
+    ``txmail-lines`` file).
+    """
+
+    def header_lines(uids):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[dict[int, tuple[str, str]]]``: for each message
+        of *uids* (an iterable of UIDs; those that do not exist are left
+        out, as :meth:`IMailbox.get_metadata` does), ``(keys, text)``
+        (:func:`txmail.mime.header_lines`): the fields of
+        ``MessageMetadata.headers`` whose name, blanks stripped and
+        case-folded, is one of :data:`HEADER_LINES`, in header order, as
+        one text of their lines (name, colon, raw value, each ending with a
+        line end, CRLF added where a field had none), and their lower case
+        names joined by spaces.
         """
 
 

@@ -126,6 +126,7 @@ import json
 import marshal
 import re
 import struct
+import sys
 import typing
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -148,6 +149,8 @@ __all__ = [
     "field_addresses",
     "header_columns",
     "header_fields",
+    "header_lines",
+    "header_lines_fields",
     "parse_header_section",
     "parse_metadata",
     "preview",
@@ -937,6 +940,58 @@ def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -
         if key is not None:
             found += (key, value)
     return tuple(found)
+
+
+def header_lines(
+    headers: Iterable[tuple[str, str]], names: frozenset[str] | tuple[str, ...]
+) -> tuple[str, str]:
+    """
+    The fields of *headers* (``(name, raw value)`` pairs) whose name,
+    blanks stripped and case-folded, is one of *names* (lower case), as
+    ``(keys, text)``: *text* their lines in order, each exactly as
+    ``BODY[HEADER.FIELDS (...)]`` writes it (:func:`header_fields`: name,
+    colon, raw value, CRLF added where the value has no line end), *keys*
+    their lower case names joined by single spaces (interned: messages
+    with the same fields share one string).
+    """
+    keys: list[str] = []
+    lines: list[str] = []
+    for name, value in headers:
+        key = name.strip(" \t").casefold()
+        if key in names:
+            keys.append(key)
+            lines.append(f"{name}:{value}" if value.endswith("\n") else f"{name}:{value}\r\n")
+    return sys.intern(" ".join(keys)), "".join(lines)
+
+
+@functools.lru_cache(maxsize=256)
+def _lines_plan(keys: str, names: tuple[str, ...]) -> tuple[bool, ...] | None:
+    """
+    For a record's *keys* and a HEADER.FIELDS list: ``None`` when every
+    field of the record is asked for (its text is the answer), else which
+    of its fields are.
+    """
+    wanted = frozenset(_lower(n.strip()) for n in names)
+    keep = tuple(key in wanted for key in keys.split(" ")) if keys else ()
+    return None if all(keep) else keep
+
+
+def header_lines_fields(record: tuple[str, str], names: tuple[str, ...]) -> bytes:
+    """
+    ``BODY[HEADER.FIELDS (names)]`` from a :func:`header_lines` record,
+    when every one of *names* (lower-cased) is among the names it was made
+    for: the same octets as :func:`header_fields` of the message.
+    """
+    keys, text = record
+    plan = _lines_plan(keys, names)
+    if plan is None:
+        return (text + "\r\n").encode("latin-1")
+    # Every line of *text* ends with a line end, so the field pattern splits
+    # it into the fields it was joined from.
+    fields = _FIELD_RE.findall(text)
+    out = [f"{n}:{v}" for (n, v), keep in zip(fields, plan, strict=True) if keep]
+    out.append("\r\n")
+    return "".join(out).encode("latin-1")
 
 
 def envelope(fields: Iterable[tuple[str, str]]) -> tuple[Any, ...]:

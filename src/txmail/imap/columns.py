@@ -35,10 +35,18 @@ from typing import Any
 
 from txmail import mime
 from txmail.imap.search import leaves
-from txmail.imap.types import SearchNode
-from txmail.interfaces import HEADER_COLUMNS, IHeaderColumns
+from txmail.imap.types import FetchAttribute, SearchNode
+from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IHeaderColumns, IHeaderLines
 
-__all__ = ["COLUMN_SORT_KEYS", "ColumnHeaders", "has_columns", "read_columns", "search_uses_columns"]
+__all__ = [
+    "COLUMN_SORT_KEYS",
+    "ColumnHeaders",
+    "fetch_uses_lines",
+    "has_columns",
+    "read_columns",
+    "read_lines",
+    "search_uses_columns",
+]
 
 #: SEARCH keys answered by the columns (besides those reading no header).
 _COLUMN_KEYS = frozenset({"BCC", "CC", "FROM", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"})
@@ -109,3 +117,43 @@ async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHea
     if hasattr(result, "__await__"):
         result = await result
     return {uid: ColumnHeaders(values) for uid, values in result.items()}
+
+
+# -- FETCH BODY.PEEK[HEADER.FIELDS (...)] from header lines (IHeaderLines) ------------
+
+_LINE_NAMES = frozenset(HEADER_LINES)
+#: Metadata items that a FETCH may ask beside HEADER.FIELDS without
+#: needing the metadata (see :func:`txmail.imap.fetch.fetch_needs`).
+_METADATA_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "THREADID"})
+
+
+def fetch_uses_lines(mailbox: Any, items: Iterable[FetchAttribute]) -> bool:
+    """
+    Whether a FETCH of *items* from *mailbox* is answered from its header
+    lines (:class:`txmail.interfaces.IHeaderLines`) instead of its
+    metadata: the mailbox gives them, and everything *items* reads from the
+    metadata is a top-level ``HEADER.FIELDS`` (not ``.NOT``) of names all
+    in :data:`~txmail.interfaces.HEADER_LINES` (what a client's first sync
+    asks of every message).
+    """
+    if not IHeaderLines.providedBy(mailbox):
+        return False
+    for item in items:
+        section = item.section
+        if section is None:
+            if item.name in _METADATA_ITEMS:
+                return False
+        elif section.text == "HEADER.FIELDS" and not section.part:
+            if not all(name.strip().lower() in _LINE_NAMES for name in section.fields):
+                return False
+        elif section.text == "HEADER.FIELDS.NOT" and not section.part:
+            return False
+    return True
+
+
+async def read_lines(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """The header lines records of *uids* of *mailbox* (an :class:`IHeaderLines`)."""
+    result = mailbox.header_lines(uids)
+    if hasattr(result, "__await__"):
+        result = await result
+    return result  # type: ignore[no-any-return]

@@ -74,6 +74,10 @@ from txmail.imap import binary, serialize
 from txmail.imap.types import FetchAttribute, Section
 from txmail.model import MessageInfo, MessageMetadata
 
+#: A record of a store's header lines (:meth:`txmail.interfaces.IHeaderLines.header_lines`),
+#: given instead of the metadata when it answers every item (:func:`txmail.imap.columns.fetch_uses_lines`).
+HeaderLines = tuple[str, str]
+
 __all__ = [
     "FetchNeeds",
     "basic_body_structure",
@@ -231,11 +235,14 @@ def _labelled(label: bytes, body: bytes | tuple[bytes, bytes]) -> bytes | tuple[
 
 def _section_data(
     section: Section,
-    metadata: MessageMetadata | None,
+    metadata: MessageMetadata | HeaderLines | None,
     message: mime.ParsedMessage | None,
 ) -> bytes:
     """The octets of ``BODY[section]`` (RFC 3501 section 6.4.5), before any partial."""
     if _is_metadata_headers(section) and metadata is not None:
+        if type(metadata) is tuple:
+            # A record of the store's header lines (txmail.imap.columns.fetch_uses_lines).
+            return mime.header_lines_fields(metadata, section.fields)
         return mime.header_fields(metadata, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
     if message is None:
         raise ValueError(f"BODY[{section}] needs the message octets")
@@ -256,8 +263,8 @@ def _flags(info: MessageInfo, recent: bool) -> bytes:
     return b"(" + " ".join(shown).encode("ascii") + b")"
 
 
-def _need_metadata(metadata: MessageMetadata | None, name: str) -> MessageMetadata:
-    if metadata is None:
+def _need_metadata(metadata: MessageMetadata | HeaderLines | None, name: str) -> MessageMetadata:
+    if metadata is None or type(metadata) is tuple:
         raise ValueError(f"{name} needs the message metadata")
     return metadata
 
@@ -280,7 +287,7 @@ def _string_item(text: str) -> bytes | tuple[bytes, bytes]:
 def _render_item(
     item: FetchAttribute,
     info: MessageInfo,
-    metadata: MessageMetadata | None,
+    metadata: MessageMetadata | HeaderLines | None,
     message: mime.ParsedMessage | None,
     recent: bool,
 ) -> bytes | tuple[bytes, bytes]:
@@ -359,7 +366,7 @@ def render_fetch(
     items: Sequence[FetchAttribute],
     info: MessageInfo,
     *,
-    metadata: MessageMetadata | None = None,
+    metadata: MessageMetadata | HeaderLines | None = None,
     message: bytes | None = None,
     include_uid: bool = False,
     include_flags: bool = False,
@@ -413,7 +420,7 @@ def fetch_chunks(
     items: Sequence[FetchAttribute],
     info: MessageInfo,
     *,
-    metadata: MessageMetadata | None = None,
+    metadata: MessageMetadata | HeaderLines | None = None,
     message: bytes | None = None,
     include_uid: bool = False,
     include_flags: bool = False,

@@ -360,7 +360,7 @@ class FetchData(Response):
     seq: int
     items: Sequence[FetchAttribute]
     info: MessageInfo
-    metadata: MessageMetadata | None = None
+    metadata: MessageMetadata | tuple[str, str] | None = None
     message: bytes | None = None
     include_uid: bool = False
     include_flags: bool = False

@@ -36,6 +36,11 @@ the metadata cache, never guessed.  The file is rewritten (temporary file
 and rename) when it holds more than twice as many records as the folder
 has messages (plus :data:`SLACK`).
 
+The header lines file ``txmail-lines`` (:data:`LINES`,
+:class:`txmail.interfaces.IHeaderLines`) has the same format, with
+:data:`txmail.interfaces.HEADER_LINES` as its names and ``(keys, text)``
+records; each function takes the file's name.
+
 Every function here runs in a worker thread and touches only the file
 system, like :mod:`txmail.store._maildir_io`.
 """
@@ -49,9 +54,12 @@ import struct
 import zlib
 from typing import Any
 
-__all__ = ["COLUMNS", "SLACK", "append_columns", "read_columns", "rewrite_columns"]
+__all__ = ["COLUMNS", "LINES", "SLACK", "append_columns", "read_columns", "rewrite_columns"]
 
 COLUMNS = "txmail-columns"
+#: The header lines file (:class:`txmail.interfaces.IHeaderLines`): the same
+#: format, each record ``(keys, text)`` (:func:`txmail.mime.header_lines`).
+LINES = "txmail-lines"
 #: A rewrite is due when the file holds more records than ``2 * messages + SLACK``.
 SLACK = 1024
 #: The largest block read (a block claiming more is damage).
@@ -101,14 +109,16 @@ def _valid(payload: Any) -> bool:
     return all(type(b) is str for b in bases) and all(type(v) is tuple and not len(v) & 1 for v in values)
 
 
-def read_columns(path: str, names: tuple[str, ...]) -> tuple[dict[str, Values], int, bool]:
+def read_columns(
+    path: str, names: tuple[str, ...], filename: str = COLUMNS
+) -> tuple[dict[str, Values], int, bool]:
     """
     The records of the folder's columns file written for *names*: (base ->
     values, the number of records in the file, whether damage was found).
     A missing file has no records and no damage.
     """
     try:
-        with open(os.path.join(path, COLUMNS), "rb") as f:
+        with open(os.path.join(path, filename), "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return {}, 0, False
@@ -140,7 +150,9 @@ def read_columns(path: str, names: tuple[str, ...]) -> tuple[dict[str, Values], 
     return found, count, False
 
 
-def append_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Values]]) -> bool:
+def append_columns(
+    path: str, names: tuple[str, ...], items: list[tuple[str, Values]], filename: str = COLUMNS
+) -> bool:
     """
     Append the records *items* ((base, values) each) as one block with one
     ``write``; whether it was written whole (a failure only costs their
@@ -150,7 +162,7 @@ def append_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Val
         return True
     blob = _blocks(names, items)
     try:
-        fd = os.open(os.path.join(path, COLUMNS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(path, filename), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             written = os.write(fd, blob)
         finally:
@@ -160,12 +172,14 @@ def append_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Val
     return written == len(blob)
 
 
-def rewrite_columns(path: str, names: tuple[str, ...], items: list[tuple[str, Values]]) -> bool:
+def rewrite_columns(
+    path: str, names: tuple[str, ...], items: list[tuple[str, Values]], filename: str = COLUMNS
+) -> bool:
     """
     Replace the columns file with one holding *items* alone (temporary
     file, sync, rename); whether it was replaced.
     """
-    target = os.path.join(path, COLUMNS)
+    target = os.path.join(path, filename)
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:

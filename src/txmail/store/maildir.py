@@ -28,6 +28,9 @@ names and flag letters).  Beside the messages of each folder:
   read (:class:`txmail.interfaces.IHeaderColumns`), blocks of records keyed
   by base file name, appended when a message is first parsed or first asked
   for, read whole in one go (:mod:`txmail.store._maildir_columns`).
+* ``txmail-lines``: the lines of the header fields mail clients fetch on
+  their first sync (:class:`txmail.interfaces.IHeaderLines`), in the same
+  format, written and read alike.
 * ``dovecot-keywords``: keyword letters, as Dovecot keeps them.
 * ``txmail-mailboxid``: the folder's MAILBOXID (RFC 8474), written when
   the folder is first opened; it moves with the directory on a rename.
@@ -116,8 +119,10 @@ from txmail._fs import RunBlocking, fsync_dir, run_inline
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import (
     HEADER_COLUMNS,
+    HEADER_LINES,
     IExpungeHistory,
     IHeaderColumns,
+    IHeaderLines,
     IMailbox,
     IMailStore,
     IMailStoreProvider,
@@ -207,6 +212,15 @@ BATCH = 4096
 STRUCTURES_WINDOW = 60.0
 #: Messages whose header columns are filled from the metadata cache at once.
 COLUMNS_FILL = 1024
+#: ``header_lines`` of fewer messages than this (and than a quarter of the
+#: folder) reads their metadata, not the whole ``txmail-lines`` file.
+LINES_FEW = 2048
+_LINE_NAMES = frozenset(HEADER_LINES)
+
+
+def _lines_of(md: MessageMetadata) -> tuple[str, str]:
+    """A message's :class:`IHeaderLines` record."""
+    return mime.header_lines(md.headers, _LINE_NAMES)
 
 
 def _nothing() -> None:
@@ -278,7 +292,7 @@ class _Loc:
         self.raw = raw
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns)
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
 class MaildirMailbox(MailboxState):
     """
     One Maildir folder.  Get it from :meth:`MaildirStore.get_mailbox`; the
@@ -850,7 +864,47 @@ class MaildirMailbox(MailboxState):
         return defer.ensureDeferred(self._header_columns(wanted))
 
     async def _header_columns(self, wanted: list[tuple[int, str]]) -> dict[int, columns.Values]:
-        known, records, damaged = await self._run(columns.read_columns, self.path, HEADER_COLUMNS)
+        return await self._records(
+            wanted,
+            HEADER_COLUMNS,
+            columns.COLUMNS,
+            lambda md: mime.header_columns(md.headers, HEADER_COLUMNS),
+        )
+
+    def header_lines(self, uids: Iterable[int]) -> defer.Deferred[dict[int, columns.Values]]:
+        """
+        See :meth:`txmail.interfaces.IHeaderLines.header_lines`: for many
+        messages (at least :data:`LINES_FEW` and a quarter of the folder)
+        read from the folder's ``txmail-lines`` file as
+        :meth:`header_columns` reads its file, else made from
+        :meth:`get_metadata`.
+        """
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        wanted = [(uid, self._locs[uid].base) for uid in select_uids(uids, self._infos)]
+        if not wanted:
+            return defer.succeed({})
+        if len(wanted) < LINES_FEW or len(wanted) < len(self._locs) // 4:
+            return self.get_metadata([uid for uid, _ in wanted]).addCallback(
+                lambda found: {uid: _lines_of(md) for uid, md in found.items()}
+            )
+        return defer.ensureDeferred(self._records(wanted, HEADER_LINES, columns.LINES, _lines_of))
+
+    async def _records(
+        self,
+        wanted: list[tuple[int, str]],
+        names: tuple[str, ...],
+        filename: str,
+        make: Callable[[MessageMetadata], columns.Values],
+    ) -> dict[int, columns.Values]:
+        """
+        The records of *wanted* ((uid, base) each) in the columns-format
+        file *filename* (:mod:`txmail.store._maildir_columns`); those it
+        lacks are made from the metadata cache (:meth:`get_metadata`,
+        :data:`COLUMNS_FILL` at a time, ``make(metadata)``) and appended.
+        """
+        known, records, damaged = await self._run(columns.read_columns, self.path, names, filename)
         out: dict[int, columns.Values] = {}
         missing = []
         for uid, base in wanted:
@@ -863,7 +917,7 @@ class MaildirMailbox(MailboxState):
         for start in range(0, len(missing), COLUMNS_FILL):
             metadata = await self.get_metadata(missing[start : start + COLUMNS_FILL])
             for uid, md in metadata.items():
-                values = out[uid] = mime.header_columns(md.headers, HEADER_COLUMNS)
+                values = out[uid] = make(md)
                 loc = self._locs.get(uid)
                 if loc is not None:
                     new.append((loc.base, values))
@@ -872,9 +926,9 @@ class MaildirMailbox(MailboxState):
             live = {loc.base for loc in self._locs.values()}
             keep = [(base, values) for base, values in known.items() if base in live]
             keep.extend(new)
-            await self._run(columns.rewrite_columns, self.path, HEADER_COLUMNS, keep)
+            await self._run(columns.rewrite_columns, self.path, names, keep, filename)
         elif new:
-            await self._run(columns.append_columns, self.path, HEADER_COLUMNS, new)
+            await self._run(columns.append_columns, self.path, names, new, filename)
         return out
 
     def _completion(

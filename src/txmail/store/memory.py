@@ -28,8 +28,10 @@ from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import (
     HEADER_COLUMNS,
+    HEADER_LINES,
     IExpungeHistory,
     IHeaderColumns,
+    IHeaderLines,
     IMailbox,
     IMailStore,
     IMailStoreProvider,
@@ -92,7 +94,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
     return wrapper
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns)
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
 class MemoryMailbox(MailboxState):
     """
     One mailbox of a :class:`MemoryStore`.
@@ -179,6 +181,13 @@ class MemoryMailbox(MailboxState):
         """See :meth:`txmail.interfaces.IHeaderColumns.header_columns`: computed from :meth:`get_metadata`."""
         return self.get_metadata(uids).addCallback(
             lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
+        )
+
+    def header_lines(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
+        """See :meth:`txmail.interfaces.IHeaderLines.header_lines`: made from :meth:`get_metadata`."""
+        names = frozenset(HEADER_LINES)
+        return self.get_metadata(uids).addCallback(
+            lambda found: {uid: mime.header_lines(md.headers, names) for uid, md in found.items()}
         )
 
     @_guard

@@ -24,7 +24,7 @@ from typing import Any
 from txmail.errors import NoSuchMessage
 from txmail.imap import contexts, serialize
 from txmail.imap.binary import binary_items
-from txmail.imap.columns import has_columns, read_columns, search_uses_columns
+from txmail.imap.columns import fetch_uses_lines, has_columns, read_columns, read_lines, search_uses_columns
 from txmail.imap.commands import condstore, imap4rev2, objectid, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
@@ -329,6 +329,10 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     changed_since = args.changed_since
     shows_flags = any(item.name == "FLAGS" for item in args.items)
     wanted_binary = binary_items(args.items)
+    # A first sync's header fields, from the store's header lines at once.
+    lines: dict[int, Any] | None = None
+    if needs.metadata and targets and fetch_uses_lines(mailbox, args.items):
+        lines = await read_lines(mailbox, [u for _, u in targets])
     for n, batch in enumerate(_chunks(targets, BATCH)):
         if n:
             await ctx.take_turn()
@@ -342,7 +346,10 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                 for info in changed:
                     infos[info.uid] = info
                     seen_now.add(info.uid)
-        metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
+        if lines is not None:
+            metadata = lines
+        else:
+            metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
         responses: list[FetchData] = []
         for seq, uid in batch:
             info = infos.get(uid)
