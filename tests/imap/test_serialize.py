@@ -148,6 +148,14 @@ class StructureTests(SynchronousTestCase):
             serialize.date_time(datetime.datetime(2020, 12, 31, 23, 0, 0)), b'"31-Dec-2020 23:00:00 +0000"'
         )
 
+    def test_timestamp_date_time(self) -> None:
+        """A POSIX timestamp in UTC, to the second (fractions dropped, before 1970 too), as date_time gives it."""
+        for ts in (0.0, 1_700_000_000.75, 1_700_000_000.0, 86_399.999, -0.5, -86_400.25, 951_782_400):
+            when = datetime.datetime.fromtimestamp(ts, datetime.UTC).replace(microsecond=0)
+            self.assertEqual(serialize.timestamp_date_time(ts), serialize.date_time(when), ts)
+        self.assertEqual(serialize.timestamp_date_time(951_782_400.5), b'"29-Feb-2000 00:00:00 +0000"')
+        self.assertEqual(serialize.timestamp_date_time(-0.5), b'"31-Dec-1969 23:59:59 +0000"')
+
     def test_envelope_from_mime(self) -> None:
         """The envelope of RFC 3501's sample message serialises as in section 8, octets as latin-1."""
         from tests.imap.test_parser import RFC_MESSAGE

@@ -62,7 +62,6 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import re
 from collections.abc import Sequence
@@ -314,15 +313,12 @@ def _render_item(
         # RFC 7162 section 3.1.4.2: "MODSEQ" SP "(" permsg-modsequence ")"
         return b"MODSEQ (%d)" % info.modseq
     if name == "INTERNALDATE":
-        when = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC)
-        return b"INTERNALDATE " + serialize.date_time(when)
+        return b"INTERNALDATE " + serialize.timestamp_date_time(info.internal_date)
     if name == "SAVEDATE":
         # RFC 8514 section 4.2: NIL when the store keeps no save date.
         if info.save_date is None:
             return b"SAVEDATE NIL"
-        return b"SAVEDATE " + serialize.date_time(
-            datetime.datetime.fromtimestamp(info.save_date, datetime.UTC)
-        )
+        return b"SAVEDATE " + serialize.timestamp_date_time(info.save_date)
     if name == "EMAILID":
         # RFC 8474 section 5.1: "EMAILID" SP "(" objectid ")".  A store
         # without ids (not IObjectIds) has none to tell: NIL, as for THREADID.

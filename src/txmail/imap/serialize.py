@@ -33,6 +33,8 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import datetime
+import functools
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -211,6 +213,21 @@ def date_time(when: datetime.datetime) -> bytes:
         f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"
     )
     return b'"' + text.encode("ascii") + b'"'
+
+
+@functools.lru_cache(maxsize=4096)
+def _seconds_date_time(seconds: int) -> bytes:
+    return date_time(datetime.datetime.fromtimestamp(seconds, datetime.UTC))
+
+
+def timestamp_date_time(when: float) -> bytes:
+    """
+    :func:`date_time` of a POSIX timestamp, in UTC (INTERNALDATE, SAVEDATE),
+    remembered by second: the messages of a mailbox often share their
+    seconds (a batch delivered or dropped in at once), and a FETCH of every
+    message's INTERNALDATE formats each second once.
+    """
+    return _seconds_date_time(math.floor(when))
 
 
 def value(item: Any, encoding: str = "utf-8") -> bytes:
