@@ -269,9 +269,10 @@ def is_message_rfc822(body: tuple[Any, ...]) -> bool:
     )
 
 
-#: Rendered short strings and all-string tuples of ENVELOPE and
-#: BODYSTRUCTURE (``"TEXT"``, ``("CHARSET" "utf-8")``, ``"7BIT"``...), by
-#: value: most of a body structure is a few dozen such tokens.  Bounded.
+#: Rendered short strings and tuples of strings and NILs of ENVELOPE and
+#: BODYSTRUCTURE (``"TEXT"``, ``("CHARSET" "utf-8")``, ``"7BIT"``, an
+#: address...), by value: most of a body structure is a few dozen such
+#: tokens, and senders recur.  Bounded.
 _TOKENS: dict[Any, bytes] = {}
 _TOKENS_MAX = 4096
 #: Strings at most this long are remembered in :data:`_TOKENS`.
@@ -299,7 +300,8 @@ def _latin1(item: Any) -> bytes:
         if out is not None:
             return out
         out = b"(" + b" ".join([_latin1(i) for i in item]) + b")"
-        if len(item) <= 8 and len(_TOKENS) < _TOKENS_MAX and all(type(i) is str for i in item):
+        # Addresses (name, NIL, mailbox, host) recur from message to message.
+        if len(item) <= 8 and len(_TOKENS) < _TOKENS_MAX and all(type(i) is str or i is None for i in item):
             _TOKENS[item] = out
         return out
     return value(item, "latin-1")
@@ -327,16 +329,11 @@ def envelope(env: tuple[Any, ...]) -> bytes:
             key = tuple(member) if isinstance(member, list) else member
             rendered = lists.get(key)
             if rendered is None:
-                rendered = lists[key] = b"(" + b"".join([_address(a) for a in member]) + b")"
+                rendered = lists[key] = b"(" + b"".join([_latin1(a) for a in member]) + b")"
             out.append(rendered)
         else:
             out.append(_latin1(member))
     return b"(" + b" ".join(out) + b")"
-
-
-def _address(address: Any) -> bytes:
-    """``address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"`` (NIL for None)."""
-    return b"(" + b" ".join([_latin1(x) for x in address]) + b")"
 
 
 def body_structure(body: tuple[Any, ...]) -> bytes:
