@@ -39,7 +39,8 @@ test.  The predicate's answers are :func:`txmail.imap.search.matches`'s:
   matches (RFC 3501 section 6.4.4);
 * ``FROM``/``TO``/``CC``/``BCC`` test the field's text and, when it does
   not match, the addresses of the envelope built from the columns, as
-  :class:`ColumnHeaders` gives them;
+  :class:`ColumnHeaders` gives them (of the field's first occurrence: that
+  one field is parsed, by the envelope's own parser);
 * ``SENTBEFORE``/``SENTON``/``SENTSINCE`` read the first ``Date:``;
 * the keys that read no header field (flags, sizes, dates, numbers) are
   evaluated by :mod:`txmail.imap.search` itself.
@@ -193,6 +194,14 @@ def _substring(name: str, wanted: str) -> Predicate:
     """SUBJECT and HEADER: *wanted* is in the text of some field *name*."""
 
     def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+        if values.count(name) == 1:  # field_texts and _text, inline: the common case
+            i = values.index(name)
+            if i & 1:
+                return False
+            raw = values[i + 1]
+            if raw.isascii() and "=?" not in raw and "\n" not in raw.rstrip("\r\n"):
+                return wanted in raw.strip(" \t\r\n").lower()
+            return wanted in search._decode_field(raw).casefold()
         return any(wanted in text for text in field_texts(values, name))
 
     return test
@@ -201,6 +210,9 @@ def _substring(name: str, wanted: str) -> Predicate:
 def _address(key: str, wanted: str) -> Predicate:
     """FROM/TO/CC/BCC: the field's text, else the envelope's addresses (RFC 3501 section 6.4.4)."""
     name = key.lower()
+    # Whether the addresses of a first value match: senders recur, so each
+    # value is parsed once a search (at most _MEMO of them kept).
+    memo: dict[str, bool] = {}
 
     def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
         texts = field_texts(values, name)
@@ -208,10 +220,50 @@ def _address(key: str, wanted: str) -> Predicate:
             return False
         if any(wanted in text for text in texts):
             return True
-        facts = search._Facts(ColumnHeaders(values), None)  # type: ignore[arg-type]
-        return any(wanted in a for a in facts.addresses(key))
+        raw = next(values[i + 1] for i in range(0, len(values), 2) if values[i] == name)
+        if raw.isascii() and "=?" not in raw and _literal_addresses(texts[0]):
+            return False  # its addresses are in its text, which does not match
+        hit = memo.get(raw)
+        if hit is None:
+            hit = any(wanted in a for a in _addresses(raw))
+            if len(memo) < _MEMO:
+                memo[raw] = hit
+        return hit
 
     return test
+
+
+#: The most address field values whose answer one search keeps.
+_MEMO = 1 << 16
+
+
+def _literal_addresses(text: str) -> bool:
+    """
+    Whether the addresses of a field whose text is *text* (the value of
+    one line of ASCII, unfolded and stripped, lowered) are written in it
+    as ``mailbox@host``: the value is a list of the common forms that
+    :func:`txmail.mime.envelope` reads with its own pattern
+    (``mime._simple_addresses``, whose classes are the same in either
+    case), each holding its address as written.
+    """
+    match = mime._SIMPLE_ADDRESS_RE.fullmatch
+    return all(match(piece.strip(" \t")) for piece in (text.split(",") if "," in text else (text,)))
+
+
+def _addresses(raw: str) -> list[str]:
+    """
+    The case-folded ``mailbox@host`` of each address of an address field's
+    raw value, as the envelope of :class:`ColumnHeaders` gives them
+    (``_Facts.addresses``): :func:`txmail.mime.envelope` parses the first
+    occurrence of the field alone, so that one is parsed here, the rest of
+    the envelope left unbuilt.
+    """
+    found = []
+    for address in mime._parse_addresses(mime._unfold(raw)) or ():
+        # (name, adl, mailbox, host); a group marker has no host.
+        if len(address) == 4 and address[2] is not None and address[3] is not None:
+            found.append(f"{address[2]}@{address[3]}".casefold())
+    return found
 
 
 def _sent_key(key: SearchKey) -> Predicate:

@@ -59,7 +59,15 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COLUMNS", "SLACK", "Read", "append_columns", "read_columns", "read_columns_since", "rewrite_columns"]
+__all__ = [
+    "COLUMNS",
+    "SLACK",
+    "Read",
+    "append_columns",
+    "read_columns",
+    "read_columns_since",
+    "rewrite_columns",
+]
 
 COLUMNS = "txmail-columns"
 #: A rewrite is due when the file holds more records than ``2 * messages + SLACK``.
