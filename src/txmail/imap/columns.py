@@ -25,24 +25,48 @@ header is answered by them (:func:`search_uses_columns`); anything else
 (``HEADER`` of another field, ``THREADID``, ``TEXT``, ``BODY``) keeps the
 metadata path.
 
+SEARCH does not build a :class:`ColumnHeaders` for every message: it reads
+the flat tuples (:func:`read_column_values`) and turns the key tree once
+into a predicate (:func:`column_predicate`) that tests them directly, so
+the work per message is finding the field in the tuple and the substring
+test.  The predicate's answers are :func:`txmail.imap.search.matches`'s:
+
+* a field's text is :func:`txmail.imap.search._decode_field`'s, case-folded;
+  a value of one line of ASCII without ``=?`` (what that function returns
+  stripped, untouched) is lowered instead, which for ASCII is the same as
+  :meth:`str.casefold`; any other value goes through that function;
+* every occurrence of the field is tested, and a message without it never
+  matches (RFC 3501 section 6.4.4);
+* ``FROM``/``TO``/``CC``/``BCC`` test the field's text and, when it does
+  not match, the addresses of the envelope built from the columns, as
+  :class:`ColumnHeaders` gives them (of the field's first occurrence: that
+  one field is parsed, by the envelope's own parser);
+* ``SENTBEFORE``/``SENTON``/``SENTSINCE`` read the first ``Date:``;
+* the keys that read no header field (flags, sizes, dates, numbers) are
+  evaluated by :mod:`txmail.imap.search` itself.
+
 This module is sans-IO: it imports nothing from Twisted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from txmail import mime
-from txmail.imap.search import leaves
-from txmail.imap.types import FetchAttribute, SearchNode
+from txmail.imap import search
+from txmail.imap.search import SearchContext, leaves
+from txmail.imap.types import FetchAttribute, SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr
 from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IHeaderColumns, IHeaderLines
+from txmail.model import MessageInfo
 
 __all__ = [
     "COLUMN_SORT_KEYS",
     "ColumnHeaders",
+    "column_predicate",
     "fetch_uses_lines",
     "has_columns",
+    "read_column_values",
     "read_columns",
     "read_lines",
     "search_uses_columns",
@@ -117,6 +141,199 @@ async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHea
     if hasattr(result, "__await__"):
         result = await result
     return {uid: ColumnHeaders(values) for uid, values in result.items()}
+
+
+async def read_column_values(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
+    """The flat column tuples of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
+    result = mailbox.header_columns(uids)
+    if hasattr(result, "__await__"):
+        result = await result
+    return result
+
+
+# -- SEARCH on the flat tuples --------------------------------------------------
+
+#: A compiled search: (sequence number, listing, column tuple) -> whether it matches.
+Predicate = Callable[[int, MessageInfo, tuple[str, ...]], bool]
+
+
+def _text(raw: str) -> str:
+    """
+    A raw value as SEARCH compares it: ``_decode_field(raw).casefold()``,
+    without the call for one line of ASCII without encoded-words (stripped
+    and lowered: :meth:`str.casefold` of ASCII text is :meth:`str.lower`).
+    """
+    if raw.isascii() and "=?" not in raw and "\n" not in raw.rstrip("\r\n"):
+        return raw.strip(" \t\r\n").lower()
+    return search._decode_field(raw).casefold()
+
+
+def field_texts(values: tuple[str, ...], name: str) -> list[str]:
+    """
+    The texts (:func:`_text`) of every field *name* (lower case) of a
+    column tuple, in order.  Most messages have a field once or not at
+    all: two scans in C find it then.
+    """
+    count = values.count(name)
+    if count == 1:
+        i = values.index(name)
+        # A value equal to the name is not the field (names are at even places).
+        return [] if i & 1 else [_text(values[i + 1])]
+    if not count:
+        return []
+    return [_text(values[i + 1]) for i in range(0, len(values), 2) if values[i] == name]
+
+
+def _sent(values: tuple[str, ...]) -> Any:
+    """The date of the first ``Date:`` (as ``_Facts.sent``), or None."""
+    for i in range(0, len(values), 2):
+        if values[i] == "date":
+            return search._sent_date(values[i + 1])
+    return None
+
+
+def _substring(name: str, wanted: str) -> Predicate:
+    """SUBJECT and HEADER: *wanted* is in the text of some field *name*."""
+
+    def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+        if values.count(name) == 1:  # field_texts and _text, inline: the common case
+            i = values.index(name)
+            if i & 1:
+                return False
+            raw = values[i + 1]
+            if raw.isascii() and "=?" not in raw and "\n" not in raw.rstrip("\r\n"):
+                return wanted in raw.strip(" \t\r\n").lower()
+            return wanted in search._decode_field(raw).casefold()
+        return any(wanted in text for text in field_texts(values, name))
+
+    return test
+
+
+def _address(key: str, wanted: str) -> Predicate:
+    """FROM/TO/CC/BCC: the field's text, else the envelope's addresses (RFC 3501 section 6.4.4)."""
+    name = key.lower()
+    # Whether the addresses of a first value match: senders recur, so each
+    # value is parsed once a search (at most _MEMO of them kept).
+    memo: dict[str, bool] = {}
+
+    def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+        texts = field_texts(values, name)
+        if not texts:
+            return False
+        if any(wanted in text for text in texts):
+            return True
+        raw = next(values[i + 1] for i in range(0, len(values), 2) if values[i] == name)
+        if raw.isascii() and "=?" not in raw and _literal_addresses(texts[0]):
+            return False  # its addresses are in its text, which does not match
+        hit = memo.get(raw)
+        if hit is None:
+            hit = any(wanted in a for a in _addresses(raw))
+            if len(memo) < _MEMO:
+                memo[raw] = hit
+        return hit
+
+    return test
+
+
+#: The most address field values whose answer one search keeps.
+_MEMO = 1 << 16
+
+
+def _literal_addresses(text: str) -> bool:
+    """
+    Whether the addresses of a field whose text is *text* (the value of
+    one line of ASCII, unfolded and stripped, lowered) are written in it
+    as ``mailbox@host``: the value is a list of the common forms that
+    :func:`txmail.mime.envelope` reads with its own pattern
+    (``mime._simple_addresses``, whose classes are the same in either
+    case), each holding its address as written.
+    """
+    match = mime._SIMPLE_ADDRESS_RE.fullmatch
+    return all(match(piece.strip(" \t")) for piece in (text.split(",") if "," in text else (text,)))
+
+
+def _addresses(raw: str) -> list[str]:
+    """
+    The case-folded ``mailbox@host`` of each address of an address field's
+    raw value, as the envelope of :class:`ColumnHeaders` gives them
+    (``_Facts.addresses``): :func:`txmail.mime.envelope` parses the first
+    occurrence of the field alone, so that one is parsed here, the rest of
+    the envelope left unbuilt.
+    """
+    found = []
+    for address in mime._parse_addresses(mime._unfold(raw)) or ():
+        # (name, adl, mailbox, host); a group marker has no host.
+        if len(address) == 4 and address[2] is not None and address[3] is not None:
+            found.append(f"{address[2]}@{address[3]}".casefold())
+    return found
+
+
+def _sent_key(key: SearchKey) -> Predicate:
+    how, wanted = key.name[4:], search._date(key.args[0])
+
+    def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+        sent = _sent(values)
+        return sent is not None and search._compare_date(how, sent, wanted)
+
+    return test
+
+
+def _other(key: SearchKey, ctx: SearchContext) -> Predicate:
+    """A key reading no header field: :mod:`txmail.imap.search`'s own evaluation."""
+    facts = search._Facts(None, None)
+
+    def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+        return search._leaf(key, ctx, seq, info, facts)
+
+    return test
+
+
+def _compile_leaf(key: SearchKey, ctx: SearchContext) -> Predicate:
+    name = key.name
+    if name == "SUBJECT":
+        return _substring("subject", search._str(key.args[0]).casefold())
+    if name == "HEADER":
+        return _substring(search._str(key.args[0]).casefold(), search._str(key.args[1]).casefold())
+    if name in search._ENVELOPE_INDEX:
+        return _address(name, search._str(key.args[0]).casefold())
+    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        return _sent_key(key)
+    if name == "ALL":
+        return lambda seq, info, values: True
+    if name in _HEADER_KEYS:
+        raise ValueError(f"SEARCH {name} is not answered by the header columns")
+    return _other(key, ctx)
+
+
+def _compile(key: SearchNode, ctx: SearchContext) -> Predicate:
+    if isinstance(key, SearchKey):
+        return _compile_leaf(key, ctx)
+    if isinstance(key, SearchAnd):
+        parts = tuple(_compile(k, ctx) for k in key.keys)
+        if len(parts) == 1:
+            return parts[0]
+        return lambda seq, info, values: all(p(seq, info, values) for p in parts)
+    if isinstance(key, SearchOr):
+        left, right = _compile(key.left, ctx), _compile(key.right, ctx)
+        return lambda seq, info, values: left(seq, info, values) or right(seq, info, values)
+    if isinstance(key, SearchNot):
+        inner = _compile(key.key, ctx)
+        return lambda seq, info, values: not inner(seq, info, values)
+    raise TypeError(f"not a search key: {key!r}")
+
+
+def column_predicate(key: SearchNode, ctx: SearchContext) -> Predicate:
+    """
+    *key* (for which :func:`search_uses_columns` holds) turned once into a
+    function of (sequence number, listing, column tuple) answering as
+    :func:`txmail.imap.search.matches` does with the message's metadata.
+
+    Raises:
+        ValueError: a key of *key* is not answered by the columns.
+    """
+    if not search_uses_columns(key):
+        raise ValueError("the search reads more than the header columns")
+    return _compile(key, ctx)
 
 
 # -- FETCH BODY.PEEK[HEADER.FIELDS (...)] from header lines (IHeaderLines) ------------

@@ -36,6 +36,15 @@ the metadata cache, never guessed.  The file is rewritten (temporary file
 and rename) when it holds more than twice as many records as the folder
 has messages (plus :data:`SLACK`).
 
+A mailbox keeps what it last read (:class:`Read`) and gives it back to
+:func:`read_columns_since`, which reads only what was appended to the same
+file since, or nothing when the file is as it was (a SEARCH or SORT of a
+big mailbox would otherwise decode the whole file each time).  The file
+changes only by appends (the same file, longer) and by a rewrite (a new
+file renamed over it: another inode, another first block); and should a
+kept record outlive its file, it is still right, since a base names one
+message content for good.
+
 The header lines file ``txmail-lines`` (:data:`LINES`,
 :class:`txmail.interfaces.IHeaderLines`) has the same format, with
 :data:`txmail.interfaces.HEADER_LINES` as its names and ``(keys, text)``
@@ -52,9 +61,19 @@ import marshal
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COLUMNS", "LINES", "SLACK", "append_columns", "read_columns", "rewrite_columns"]
+__all__ = [
+    "COLUMNS",
+    "LINES",
+    "SLACK",
+    "Read",
+    "append_columns",
+    "read_columns",
+    "read_columns_since",
+    "rewrite_columns",
+]
 
 COLUMNS = "txmail-columns"
 #: The header lines file (:class:`txmail.interfaces.IHeaderLines`): the same
@@ -117,37 +136,94 @@ def read_columns(
     values, the number of records in the file, whether damage was found).
     A missing file has no records and no damage.
     """
+    read = read_columns_since(path, names, None, filename)
+    return read.found, read.count, read.damaged
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """
+    What :func:`read_columns_since` found (its ``found`` is shared by the
+    reads that follow: never changed).
+
+    Attributes:
+        names: the field names read.
+        file: the file read: (device, inode, its first block's head), or None.
+        size: the octets read, up to the end of the last whole block.
+        found: base -> values.
+        count: the records read.
+        damaged: whether damage was found (at *size*).
+    """
+
+    names: tuple[str, ...]
+    file: tuple[int, int, bytes] | None
+    size: int
+    found: dict[str, Values]
+    count: int
+    damaged: bool
+
+
+def read_columns_since(
+    path: str, names: tuple[str, ...], previous: Read | None, filename: str = COLUMNS
+) -> Read:
+    """
+    The records of the folder's columns file written for *names*, as
+    :func:`read_columns`; what *previous* read of the same file is kept,
+    and only the blocks appended since are read.
+    """
     try:
         with open(os.path.join(path, filename), "rb") as f:
-            data = f.read()
+            st = os.fstat(f.fileno())
+            file = (st.st_dev, st.st_ino, f.read(_HEAD.size))
+            if (
+                previous is not None
+                and previous.file == file
+                and previous.names == names
+                and not previous.damaged
+                and previous.size <= st.st_size
+            ):
+                if previous.size == st.st_size:
+                    return previous
+                f.seek(previous.size)
+                data = f.read()
+                found, count, used, damaged = _parse(data, names)
+                found = {**previous.found, **found} if found else previous.found
+                return Read(names, file, previous.size + used, found, previous.count + count, damaged)
+            data = file[2] + f.read()
     except FileNotFoundError:
-        return {}, 0, False
+        return Read(names, None, 0, {}, 0, False)
     except OSError:
-        return {}, 0, True
+        return Read(names, None, 0, {}, 0, True)
+    found, count, used, damaged = _parse(data, names)
+    return Read(names, file, used, found, count, damaged)
+
+
+def _parse(data: bytes, names: tuple[str, ...]) -> tuple[dict[str, Values], int, int, bool]:
+    """The blocks of *data*: (base -> values, records, octets of the whole blocks, damaged)."""
     found: dict[str, Values] = {}
     count, pos, end = 0, 0, len(data)
     view = memoryview(data)
     while pos < end:
         if end - pos < _HEAD.size:
-            return found, count, True
+            return found, count, pos, True
         magic, length, crc = _HEAD.unpack_from(data, pos)
         start = pos + _HEAD.size
         if magic != _MAGIC or length > MAX_BLOCK or start + length > end:
-            return found, count, True
+            return found, count, pos, True
         payload = view[start : start + length]
         if zlib.crc32(payload) != crc:
-            return found, count, True
+            return found, count, pos, True
         try:
             decoded = marshal.loads(payload)
         except (EOFError, ValueError, TypeError):
-            return found, count, True
+            return found, count, pos, True
         if type(decoded) is tuple and len(decoded) == 3 and decoded[0] == names:
             if not _valid(decoded):
-                return found, count, True
+                return found, count, pos, True
             found.update(zip(decoded[1], decoded[2], strict=True))
             count += len(decoded[1])
         pos = start + length
-    return found, count, False
+    return found, count, pos, False
 
 
 def append_columns(

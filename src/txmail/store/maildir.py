@@ -324,6 +324,8 @@ class MaildirMailbox(MailboxState):
         self._stamp: io.Stamp | None = None
         #: When a structure was last asked of a header-only parse (time.monotonic()).
         self._structures_at = -STRUCTURES_WINDOW
+        #: The columns file as last read, to read only what was appended since.
+        self._columns_read: columns.Read | None = None
         #: Listings of the directories made (opening, rescans): for tests and statistics.
         self.rescans = 0
         self._init_state()
@@ -851,7 +853,8 @@ class MaildirMailbox(MailboxState):
         """
         See :meth:`txmail.interfaces.IHeaderColumns.header_columns`: read
         from the folder's ``txmail-columns`` file
-        (:mod:`txmail.store._maildir_columns`); the messages it has no
+        (:mod:`txmail.store._maildir_columns`; what was read before is
+        kept, and only the records appended since are read); the messages it has no
         record of are read from the metadata cache (:meth:`get_metadata`,
         :data:`COLUMNS_FILL` at a time) and their records appended.
         """
@@ -904,7 +907,13 @@ class MaildirMailbox(MailboxState):
         lacks are made from the metadata cache (:meth:`get_metadata`,
         :data:`COLUMNS_FILL` at a time, ``make(metadata)``) and appended.
         """
-        known, records, damaged = await self._run(columns.read_columns, self.path, names, filename)
+        if filename == columns.COLUMNS:
+            # Kept as read: SEARCH and SORT read it whole at each command.
+            read = await self._run(columns.read_columns_since, self.path, names, self._columns_read)
+            self._columns_read = read
+            known, records, damaged = read.found, read.count, read.damaged
+        else:
+            known, records, damaged = await self._run(columns.read_columns, self.path, names, filename)
         out: dict[int, columns.Values] = {}
         missing = []
         for uid, base in wanted:

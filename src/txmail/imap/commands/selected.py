@@ -24,7 +24,14 @@ from typing import Any
 from txmail.errors import NoSuchMessage
 from txmail.imap import contexts, serialize
 from txmail.imap.binary import binary_items
-from txmail.imap.columns import fetch_uses_lines, has_columns, read_columns, read_lines, search_uses_columns
+from txmail.imap.columns import (
+    column_predicate,
+    fetch_uses_lines,
+    has_columns,
+    read_column_values,
+    read_lines,
+    search_uses_columns,
+)
 from txmail.imap.commands import condstore, imap4rev2, objectid, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
@@ -410,18 +417,28 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
     found: list[int] = []
     pairs = list(enumerate(view.uids, 1))
-    # The header keys answered by the store's header columns: read at once.
+    # The header keys answered by the store's header columns: read at once,
+    # and tested on the flat tuples by the key compiled once (columns.column_predicate).
     by_columns = needs.metadata and not needs.message and has_columns(mailbox) and search_uses_columns(key)
-    column_md: dict[int, Any] = await read_columns(mailbox, view.uids) if by_columns else {}
+    column_values = await read_column_values(mailbox, view.uids) if by_columns else {}
+    test = column_predicate(key, sctx) if by_columns else None
     for n, batch in enumerate(_chunks(pairs, BATCH * 4)):
         if n:
             await ctx.take_turn()
         uids = [u for _, u in batch]
         infos = {i.uid: i for i in await call(mailbox.list_messages, uids)}
-        if by_columns:
-            metadata = column_md
-        else:
-            metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
+        if test is not None:
+            # The listing still tells which messages are left (expunged meanwhile: skipped).
+            for seq, uid in batch:
+                info = infos.get(uid)
+                if info is None:
+                    continue
+                values = column_values.get(uid)
+                if test(seq, info, values) if values is not None else matches(key, sctx, seq, info):
+                    found.append(uid if args.uid else seq)
+                    top_modseq = max(top_modseq, info.modseq)
+            continue
+        metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
         for seq, uid in batch:
             info = infos.get(uid)
             if info is None:
