@@ -217,6 +217,22 @@ class MaildirColumnsTests(_StoreColumnsMixin, TestCase):
         self.assertEqual(asked, [])
 
     @defer.inlineCallbacks
+    def test_read_kept_while_selected(self) -> Any:
+        """The columns as read are kept while the mailbox has listeners (selected), and dropped after."""
+        yield self.fill(generated_messages(6))
+        yield self.mailbox.header_columns(self.uids)
+        self.assertIsNone(self.mailbox._columns_read)  # nobody has it selected
+        remove = self.mailbox.add_listener(lambda change: None)
+        first = yield self.mailbox.header_columns(self.uids)
+        read = self.mailbox._columns_read
+        self.assertEqual(len(read.found), 6)
+        again = yield self.mailbox.header_columns(self.uids)
+        self.assertEqual(again, first)
+        self.assertIs(self.mailbox._columns_read, read)  # the file unchanged: nothing read
+        remove()
+        self.assertIsNone(self.mailbox._columns_read)
+
+    @defer.inlineCallbacks
     def test_parse_writes_columns(self) -> Any:
         """A file another program dropped in gets its columns when its metadata is first parsed."""
         yield self.fill([])

@@ -324,7 +324,8 @@ class MaildirMailbox(MailboxState):
         self._stamp: io.Stamp | None = None
         #: When a structure was last asked of a header-only parse (time.monotonic()).
         self._structures_at = -STRUCTURES_WINDOW
-        #: The columns file as last read, to read only what was appended since.
+        #: The columns file as last read, to read only what was appended since
+        #: (kept while the mailbox has listeners: sessions that have it selected).
         self._columns_read: columns.Read | None = None
         #: Listings of the directories made (opening, rescans): for tests and statistics.
         self.rescans = 0
@@ -751,6 +752,7 @@ class MaildirMailbox(MailboxState):
             remove()
             if not self._listeners:
                 self._provider._unwatch(self)
+                self._columns_read = None  # a big mailbox's columns are tens of MB
 
         return remove_and_unwatch
 
@@ -910,7 +912,8 @@ class MaildirMailbox(MailboxState):
         if filename == columns.COLUMNS:
             # Kept as read: SEARCH and SORT read it whole at each command.
             read = await self._run(columns.read_columns_since, self.path, names, self._columns_read)
-            self._columns_read = read
+            # Kept for the next SEARCH or SORT of a session that has it selected.
+            self._columns_read = read if self._listeners else None
             known, records, damaged = read.found, read.count, read.damaged
         else:
             known, records, damaged = await self._run(columns.read_columns, self.path, names, filename)
