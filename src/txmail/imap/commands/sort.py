@@ -8,9 +8,12 @@ ctx.take_turn()`` between two, and compute each matching message's sort
 keys once, from the store's index (:class:`~txmail.model.MessageInfo`:
 internal date, size) and its cached metadata (header fields; the
 envelope's addresses only for the address keys), kept by UID in a cache
-of the process (:data:`FACTS`); a SORT whose only header key is DATE
-computes the sort keys alone (:class:`SortFacts`: the message ids of
-THREAD are parsed from the raw fields it keeps when first needed).  The sort is then one
+of the process (:data:`FACTS`); a SORT whose header keys are DATE and
+SUBJECT computes the sort keys alone (:class:`SortFacts`: the message ids
+of THREAD are parsed from the raw fields it keeps when first needed), and
+one whose only header key is DATE, reading the store's header columns,
+the sent date alone (:class:`DateFacts`: the rest is computed from the
+columns it keeps when a SUBJECT key or THREAD first needs it).  The sort is then one
 stable ``list.sort`` per criterion, the last first, so that REVERSE
 reverses one criterion only and ties keep the mailbox order (RFC 5256
 section 3: "sorted according to the order in which they appear in the
@@ -43,7 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from txmail.imap import contexts, thread
-from txmail.imap.columns import has_columns, read_columns, search_uses_columns
+from txmail.imap.columns import ColumnHeaders, has_columns, read_columns, search_uses_columns
 from txmail.imap.commands import searchres
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import SELECTED, command, extension
@@ -57,6 +60,7 @@ from txmail.model import MessageInfo, MessageMetadata
 __all__ = [
     "FACTS",
     "THREAD_ALGORITHMS",
+    "DateFacts",
     "FactsCache",
     "MessageFacts",
     "SortFacts",
@@ -139,9 +143,40 @@ def _fields(md: MessageMetadata | None) -> dict[str, str]:
     return found
 
 
+def _column_fields(columns: tuple[str, ...]) -> dict[str, str]:
+    """
+    :func:`_fields` of a message's header columns (the store's flat tuple,
+    :class:`~txmail.imap.columns.ColumnHeaders`), walked directly: their
+    names are already the lower case ones of
+    :data:`~txmail.interfaces.HEADER_COLUMNS`.
+    """
+    found: dict[str, str] = {}
+    pairs = iter(columns)
+    for name, value in zip(pairs, pairs, strict=True):
+        if name in _FIELDS and name not in found:
+            found[name] = value
+    return found
+
+
 def _date(info: MessageInfo, raw: str | None) -> float:
     """RFC 5256 section 2.2: the sent date (*raw*: the ``Date:`` field), else the internal date."""
     sent = thread.sent_date(raw)
+    return float(info.internal_date) if sent is None else sent
+
+
+def _column_date(info: MessageInfo, columns: tuple[str, ...]) -> float:
+    """
+    :func:`_date` of a message's header columns (the flat tuple): its first
+    ``date`` field, found by ``tuple.index`` without walking the others (a
+    name is at an even position; a value spelt ``date`` is skipped).
+    """
+    try:
+        i = columns.index("date")
+        while i & 1:
+            i = columns.index("date", i + 1)
+    except ValueError:
+        return float(info.internal_date)
+    sent = thread.sent_date(columns[i + 1])
     return float(info.internal_date) if sent is None else sent
 
 
@@ -163,6 +198,28 @@ class MessageFacts(NamedTuple):
 def message_facts(info: MessageInfo, md: MessageMetadata | None) -> MessageFacts:
     """:class:`MessageFacts` of a message, from its listing and metadata."""
     return sort_facts(info, md).complete()
+
+
+class DateFacts(NamedTuple):
+    """
+    What SORT (DATE) computes of a message read from the store's header
+    columns: the sent date, and the columns the other facts come from
+    (completed to :class:`SortFacts` without reading them again when a
+    SUBJECT key or THREAD needs them).
+    """
+
+    #: The sent date, else the internal date (RFC 5256 section 2.2).
+    date: float
+    #: The message's header columns, the store's flat tuple.
+    columns: tuple[str, ...]
+
+    def sort_facts(self) -> SortFacts:
+        """The message's :class:`SortFacts`."""
+        return _sort_facts(self.date, _column_fields(self.columns))
+
+    def complete(self) -> MessageFacts:
+        """The message's :class:`MessageFacts`."""
+        return self.sort_facts().complete()
 
 
 class SortFacts(NamedTuple):
@@ -193,16 +250,21 @@ class SortFacts(NamedTuple):
 
 
 #: What :data:`FACTS` keeps of a message.
-Facts = MessageFacts | SortFacts
+Facts = MessageFacts | SortFacts | DateFacts
 
 
 def sort_facts(info: MessageInfo, md: MessageMetadata | None) -> SortFacts:
-    """:class:`SortFacts` of a message, from its listing and metadata."""
-    fields = _fields(md)
+    """:class:`SortFacts` of a message, from its listing and metadata (or header columns)."""
+    fields = _column_fields(md.fields) if type(md) is ColumnHeaders else _fields(md)
+    return _sort_facts(_date(info, fields.get("date")), fields)
+
+
+def _sort_facts(date: float, fields: dict[str, str]) -> SortFacts:
+    """:class:`SortFacts` of a message of sent date *date* and first fields *fields* (:func:`_fields`)."""
     get = fields.get
     base, reply = thread.base_subject(get("subject"))
     return SortFacts(
-        _date(info, get("date")),
+        date,
         thread.casemap(base),
         reply,
         get("message-id"),
@@ -252,8 +314,16 @@ class FactsCache:
 #: The cache of this process.
 FACTS = FactsCache()
 
-#: What :func:`_each_match` computes of each message: nothing, the sort keys, everything.
-NO_FACTS, SORT_FACTS, ALL_FACTS = 0, 1, 2
+#: What :func:`_each_match` computes of each message: nothing, the sent date (on the header
+#: columns), the sort keys, everything.
+NO_FACTS, DATE_FACTS, SORT_FACTS, ALL_FACTS = 0, 1, 2, 3
+
+
+def _new_facts(want: int, info: MessageInfo, md: MessageMetadata | None) -> Facts:
+    """The facts :func:`_each_match` computes of a message :data:`FACTS` does not know."""
+    if want == DATE_FACTS and type(md) is ColumnHeaders:
+        return DateFacts(_column_date(info, md.fields), md.fields)
+    return message_facts(info, md) if want == ALL_FACTS else sort_facts(info, md)
 
 
 _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
@@ -310,7 +380,9 @@ async def _each_match(
     the search needs it); *facts* when *want_facts* (from :data:`FACTS`,
     the metadata read only for the messages it does not know), a
     :class:`MessageFacts` when it is :data:`ALL_FACTS`, else (SORT)
-    whatever :data:`FACTS` knows or a :class:`SortFacts`.
+    whatever :data:`FACTS` knows (a :class:`DateFacts` completed for
+    :data:`SORT_FACTS`) or a :class:`SortFacts` (a :class:`DateFacts`
+    for :data:`DATE_FACTS` on the header columns).
     """
     view = ctx.session.view
     assert view is not None
@@ -361,11 +433,11 @@ async def _each_match(
             if want_facts:
                 facts = known.get(uid)
                 if facts is None:
-                    facts = known[uid] = (
-                        sort_facts(info, md) if want_facts == SORT_FACTS else message_facts(info, md)
-                    )
-                elif want_facts == ALL_FACTS and type(facts) is SortFacts:
+                    facts = known[uid] = _new_facts(want_facts, info, md)
+                elif want_facts == ALL_FACTS and type(facts) is not MessageFacts:
                     facts = known[uid] = facts.complete()
+                elif want_facts == SORT_FACTS and type(facts) is DateFacts:
+                    facts = known[uid] = facts.sort_facts()
             record(seq, uid, info, md, facts)
 
 
@@ -376,10 +448,14 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
     assert isinstance(args, Sort)
     _check_charset(args.charset)
     criteria = args.criteria
-    found: list[tuple[tuple[Any, ...], int, int]] = []
+    found: list[tuple[list[Any], int, int]] = []
+    getters = [_KEYS[key] for key, _ in criteria]
+    get = getters[0]
 
     def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: Facts | None) -> None:
-        found.append((sort_keys(criteria, info, md, facts), uid if args.uid else seq, uid))
+        # sort_keys, the getters looked up once (and one criterion without a loop)
+        keys = [get(info, md, facts)] if len(getters) == 1 else [g(info, md, facts) for g in getters]
+        found.append((keys, uid if args.uid else seq, uid))
 
     keys = {key for key, _ in criteria}
     view = ctx.session.view
@@ -394,7 +470,8 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
         lambda info, md: _ordered(criteria, sort_keys(criteria, info, md)),
         metadata=bool(keys - _INDEX_KEYS),
     )
-    want_facts = SORT_FACTS if keys & _FACT_KEYS else NO_FACTS
+    fact_keys = keys & _FACT_KEYS
+    want_facts = (DATE_FACTS if fact_keys == {"DATE"} else SORT_FACTS) if fact_keys else NO_FACTS
     await _each_match(ctx, search_key, bool(keys - _INDEX_KEYS - _FACT_KEYS), want_facts, record)
     # One stable sort per criterion, the last first; ties keep mailbox order.
     for i in range(len(criteria) - 1, -1, -1):
