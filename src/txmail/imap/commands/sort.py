@@ -319,11 +319,34 @@ FACTS = FactsCache()
 NO_FACTS, DATE_FACTS, SORT_FACTS, ALL_FACTS = 0, 1, 2, 3
 
 
-def _new_facts(want: int, info: MessageInfo, md: MessageMetadata | None) -> Facts:
-    """The facts :func:`_each_match` computes of a message :data:`FACTS` does not know."""
-    if want == DATE_FACTS and type(md) is ColumnHeaders:
-        return DateFacts(_column_date(info, md.fields), md.fields)
-    return message_facts(info, md) if want == ALL_FACTS else sort_facts(info, md)
+def _new_facts(want: int, info: MessageInfo, md: MessageMetadata | ColumnHeaders | tuple[str, ...] | None) -> Facts:
+    """
+    The facts :func:`_each_match` computes of a message :data:`FACTS` does
+    not know, from its metadata, its :class:`ColumnHeaders` or the store's
+    flat tuple of its header columns (:func:`_column_values`).
+    """
+    if type(md) is tuple and want == DATE_FACTS:  # the usual case first
+        return DateFacts(_column_date(info, md), md)
+    columns = md if type(md) is tuple else md.fields if type(md) is ColumnHeaders else None
+    if columns is None:
+        return message_facts(info, md) if want == ALL_FACTS else sort_facts(info, md)  # type: ignore[arg-type]
+    if want == DATE_FACTS:
+        return DateFacts(_column_date(info, columns), columns)
+    fields = _column_fields(columns)
+    facts = _sort_facts(_date(info, fields.get("date")), fields)
+    return facts.complete() if want == ALL_FACTS else facts
+
+
+async def _column_values(mailbox: Any, uids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+    """
+    The header columns of the messages *uids* of *mailbox* as the store
+    gives them, flat tuples (:func:`~txmail.imap.columns.read_columns`
+    without a :class:`ColumnHeaders` each, for the facts alone).
+    """
+    result = mailbox.header_columns(uids)
+    if hasattr(result, "__await__"):
+        result = await result
+    return result  # type: ignore[no-any-return]
 
 
 _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
@@ -402,9 +425,11 @@ async def _each_match(
         and (with_metadata or bool(want_facts))
     )
     column_md: dict[int, Any] = {}
-    if by_columns:
-        wanted = uids if with_metadata else [u for u in uids if u not in known]
-        column_md = await read_columns(mailbox, wanted) if wanted else {}
+    if by_columns and with_metadata:
+        column_md = await read_columns(mailbox, uids)
+    elif by_columns:
+        wanted = [u for u in uids if u not in known]
+        column_md = await _column_values(mailbox, wanted) if wanted else {}
     step = BATCH * 4
     for start in range(0, len(uids), step):
         if start:
