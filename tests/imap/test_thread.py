@@ -163,8 +163,39 @@ class SentDateTests(SynchronousTestCase):
 
 
 _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "mon", "XYZ")
-_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec", "DEC", "feb", "Foo")
-_ZONES = ("+0000", "-0000", "+0100", "-0800", "+0530", "-1200", "+1400", "+9959", "GMT", "UT", "EST", "PDT", "Z", "")
+_MONTH_NAMES = (
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+    "DEC",
+    "feb",
+    "Foo",
+)
+_ZONES = (
+    "+0000",
+    "-0000",
+    "+0100",
+    "-0800",
+    "+0530",
+    "-1200",
+    "+1400",
+    "+9959",
+    "GMT",
+    "UT",
+    "EST",
+    "PDT",
+    "Z",
+    "",
+)
 
 #: Odd forms: folded, comments, obsolete zones and years, no seconds, leap seconds and days, bad values, non-ASCII.
 _ODD_DATES = [
@@ -220,7 +251,9 @@ def _generated_dates(count: int, seed: int = 5) -> list[str]:
         parts = [day, rng.choice(_MONTH_NAMES), year, hms, rng.choice(_ZONES)]
         if rng.random() < 0.7:
             parts.insert(0, rng.choice(_DAY_NAMES) + ",")
-        raw = rng.choice((" ", "  ", "\t", "\r\n ")).join(parts) + rng.choice(("", "", " (UTC)", "\r\n", " x"))
+        raw = rng.choice((" ", "  ", "\t", "\r\n ")).join(parts) + rng.choice(
+            ("", "", " (UTC)", "\r\n", " x")
+        )
         out.append(rng.choice(("", " ")) + raw)
     return out
 

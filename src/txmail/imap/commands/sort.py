@@ -319,7 +319,9 @@ FACTS = FactsCache()
 NO_FACTS, DATE_FACTS, SORT_FACTS, ALL_FACTS = 0, 1, 2, 3
 
 
-def _new_facts(want: int, info: MessageInfo, md: MessageMetadata | ColumnHeaders | tuple[str, ...] | None) -> Facts:
+def _new_facts(
+    want: int, info: MessageInfo, md: MessageMetadata | ColumnHeaders | tuple[str, ...] | None
+) -> Facts:
     """
     The facts :func:`_each_match` computes of a message :data:`FACTS` does
     not know, from its metadata, its :class:`ColumnHeaders` or the store's
