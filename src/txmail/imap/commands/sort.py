@@ -43,6 +43,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from txmail.imap import contexts, thread
@@ -475,14 +476,17 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
     assert isinstance(args, Sort)
     _check_charset(args.charset)
     criteria = args.criteria
-    found: list[tuple[list[Any], int, int]] = []
+    # (key, ..., number, uid) a message: sort_keys, the getters looked up once, in one tuple.
+    found: list[tuple[Any, ...]] = []
     getters = [_KEYS[key] for key, _ in criteria]
-    get = getters[0]
+    get, alone = getters[0], len(getters) == 1
 
     def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: Facts | None) -> None:
-        # sort_keys, the getters looked up once (and one criterion without a loop)
-        keys = [get(info, md, facts)] if len(getters) == 1 else [g(info, md, facts) for g in getters]
-        found.append((keys, uid if args.uid else seq, uid))
+        number = uid if args.uid else seq
+        if alone:
+            found.append((get(info, md, facts), number, uid))
+        else:
+            found.append((*[g(info, md, facts) for g in getters], number, uid))
 
     keys = {key for key, _ in criteria}
     view = ctx.session.view
@@ -502,14 +506,14 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
     await _each_match(ctx, search_key, bool(keys - _INDEX_KEYS - _FACT_KEYS), want_facts, record)
     # One stable sort per criterion, the last first; ties keep mailbox order.
     for i in range(len(criteria) - 1, -1, -1):
-        found.sort(key=lambda item, i=i: item[0][i], reverse=criteria[i][1])  # type: ignore[misc]
-    numbers = [n for _, n, _ in found]
+        found.sort(key=itemgetter(i), reverse=criteria[i][1])
+    numbers = [item[-2] for item in found]
     if args.return_options is not None:
         ctx.emit(ESortData(cmd.tag, args.uid, numbers, args.return_options, args.partial))
     else:
         ctx.emit(SortData(numbers))
     if live is not None:
-        contexts.opened(ctx, live, [(*_ordered(criteria, k), uid) for k, _, uid in found])
+        contexts.opened(ctx, live, [(*_ordered(criteria, item[:-2]), item[-1]) for item in found])
     return Done("UID SORT completed" if args.uid else "SORT completed")
 
 
