@@ -8,12 +8,12 @@ ctx.take_turn()`` between two, and compute each matching message's sort
 keys once, from the store's index (:class:`~txmail.model.MessageInfo`:
 internal date, size) and its cached metadata (header fields; the
 envelope's addresses only for the address keys), kept by UID in a cache
-of the process (:data:`FACTS`); a SORT whose header keys are DATE and
-SUBJECT computes the sort keys alone (:class:`SortFacts`: the message ids
-of THREAD are parsed from the raw fields it keeps when first needed), and
-one whose only header key is DATE, reading the store's header columns,
-the sent date alone (:class:`DateFacts`: the rest is computed from the
-columns it keeps when a SUBJECT key or THREAD first needs it).  The sort is then one
+of the process (:data:`FACTS`); a SORT computes the sort keys alone
+(:class:`SortFacts`: the message ids of THREAD are parsed from the raw
+fields it keeps when first needed), and one whose only header key is
+DATE, reading the store's header columns, the sent date alone
+(:class:`DateFacts`: the rest is computed from the message's columns,
+kept meanwhile, when a SUBJECT key or THREAD first needs it).  The sort is then one
 stable ``list.sort`` per criterion, the last first, so that REVERSE
 reverses one criterion only and ties keep the mailbox order (RFC 5256
 section 3: "sorted according to the order in which they appear in the
@@ -403,7 +403,8 @@ async def _each_match(
     """
     Call *record* ``(seq, uid, info, metadata, facts)`` for each message
     matching *key*, in mailbox order: *metadata* when *want_metadata* (or
-    the search needs it); *facts* when *want_facts* (from :data:`FACTS`,
+    the search needs it; else whatever the facts were computed from, the
+    store's flat tuple of header columns on the columns path); *facts* when *want_facts* (from :data:`FACTS`,
     the metadata read only for the messages it does not know), a
     :class:`MessageFacts` when it is :data:`ALL_FACTS`, else (SORT)
     whatever :data:`FACTS` knows (a :class:`DateFacts` completed for
