@@ -239,6 +239,20 @@ COMPARED = [
 ]
 
 
+#: Run in a row, the facts each computed kept for the next (SORT (DATE) keeps the date alone).
+SEQUENCE = [
+    b"UID SORT (DATE) UTF-8 ALL",
+    b"UID SORT (REVERSE DATE) UTF-8 ALL",
+    b"UID THREAD ORDEREDSUBJECT UTF-8 ALL",
+    b"UID SORT (DATE) UTF-8 ALL",
+    b"UID SORT (SUBJECT) UTF-8 ALL",
+    b"UID THREAD REFERENCES UTF-8 ALL",
+    b"UID SORT (DATE) UTF-8 ALL",
+    b"UID SORT (DATE FROM) UTF-8 ALL",
+    b"UID SORT (SUBJECT DATE) UTF-8 SUBJECT lunch",
+]
+
+
 def _hidden(mailbox: Any) -> bool:
     return False
 
@@ -246,10 +260,14 @@ def _hidden(mailbox: Any) -> bool:
 class _ComparePaths:
     """The answers with the columns equal those without (the metadata path)."""
 
-    def answers(self, proto: Any, transport: Any) -> list[bytes]:
+    def answers(
+        self, proto: Any, transport: Any, lines: list[bytes] = COMPARED, fresh: bool = True
+    ) -> list[bytes]:
         out = []
-        for n, line in enumerate(COMPARED):
-            sort.FACTS._tables.clear()
+        sort.FACTS._tables.clear()
+        for n, line in enumerate(lines):
+            if fresh:
+                sort.FACTS._tables.clear()
             reply = self.send(proto, transport, b"c%d " % n + line + b"\r\n")  # type: ignore[attr-defined]
             self.assertTrue(
                 (b"\r\n" + reply).endswith(b"\r\nc%d OK %s completed\r\n" % (n, line.split()[1]))
@@ -270,6 +288,19 @@ class _ComparePaths:
         # Some searches find some messages, not all: the comparison means something.
         hits = [a for a in with_columns if a.startswith(b"* SEARCH ")]
         self.assertTrue(any(len(a.split()) > 3 for a in hits))
+
+    def compare_sequence(self) -> None:
+        """:data:`SEQUENCE` in a row on the columns answers as each alone on the metadata path."""
+        proto, transport = self.login()  # type: ignore[attr-defined]
+        self.answers(proto, transport, SEQUENCE[:1])
+        kept = {type(f) for _, _, t in sort.FACTS._tables.values() for f in t.values()}
+        self.assertEqual(kept, {sort.DateFacts})  # type: ignore[attr-defined]
+        in_a_row = self.answers(proto, transport, SEQUENCE, fresh=False)
+        self.patch(selected, "has_columns", _hidden)  # type: ignore[attr-defined]
+        self.patch(sort, "has_columns", _hidden)  # type: ignore[attr-defined]
+        alone = self.answers(proto, transport, SEQUENCE)
+        for line, a, b in zip(SEQUENCE, in_a_row, alone, strict=True):
+            self.assertEqual(a, b, line)  # type: ignore[attr-defined]
 
 
 class MemoryComparisonTests(_ComparePaths, ServerTestCase):
@@ -292,6 +323,10 @@ class MemoryComparisonTests(_ComparePaths, ServerTestCase):
         self.compare()
         self.assertTrue(calls)
 
+    def test_same_answers_in_a_row(self) -> None:
+        """SORT (DATE), then other SORTs and THREADs using its facts: the answers of the metadata path."""
+        self.compare_sequence()
+
 
 class MaildirComparisonTests(_ComparePaths, ServerTestCase):
     def setUp(self) -> None:
@@ -309,6 +344,10 @@ class MaildirComparisonTests(_ComparePaths, ServerTestCase):
         """The Maildir store's columns file gives the answers of its metadata."""
         self.compare()
         self.assertTrue(os.path.exists(os.path.join(self.mailbox.path, "txmail-columns")))
+
+    def test_same_answers_in_a_row(self) -> None:
+        """SORT (DATE), then other SORTs and THREADs using its facts: the answers of the metadata path."""
+        self.compare_sequence()
 
     def test_damaged_file(self) -> None:
         """A damaged columns file: the same answers (the records are filled from the metadata)."""

@@ -6,15 +6,21 @@ adapter on StringTransport (see tests/imap/test_server.py).
 
 from __future__ import annotations
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap.test_server import ServerTestCase
-from txmail.imap.commands import COMMANDS, capabilities
-from txmail.imap.commands.sort import FactsCache, MessageFacts, message_facts, sort_facts
+from tests.store.test_columns import generated_messages
+from txmail import mime
+from txmail.imap.columns import ColumnHeaders
+from txmail.imap.commands import COMMANDS, capabilities, sort
+from txmail.imap.commands.sort import DateFacts, FactsCache, MessageFacts, message_facts, sort_facts
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import ParseError, parse_command
 from txmail.imap.serialize import esort_response, sort_response, thread_response
 from txmail.imap.types import SearchAnd, SearchKey, Sort, Thread
+from txmail.interfaces import HEADER_COLUMNS
 from txmail.model import MessageInfo, MessageMetadata
 
 __all__: list[str] = []
@@ -347,6 +353,56 @@ class FactsCacheTests(SynchronousTestCase):
         self.assertEqual(
             sort_facts(info, None).complete(), MessageFacts(1_600_000_000.0, b"", False, None, ())
         )
+
+    def test_date_facts_from_columns(self) -> None:
+        """
+        The facts of SORT (DATE) from the header columns (the date alone,
+        completed later) equal those of the metadata, at every level, on
+        messages with encoded, folded, repeated and missing fields.
+        """
+        for n, body in enumerate(generated_messages(200, seed=3), 1):
+            info = MessageInfo(
+                uid=n, flags=frozenset(), size=len(body), internal_date=1_600_000_000 + n, modseq=1
+            )
+            md = mime.parse_metadata(body)
+            columns = mime.header_columns(md.headers, HEADER_COLUMNS)
+            expected = message_facts(info, md)
+            for md_form in (columns, ColumnHeaders(columns)):
+                date = sort._new_facts(sort.DATE_FACTS, info, md_form)
+                self.assertIsInstance(date, DateFacts)
+                self.assertEqual(date.date, expected.date, body)
+                self.assertEqual(date.sort_facts(), sort_facts(info, md), body)
+                self.assertEqual(date.complete(), expected, body)
+                self.assertEqual(sort._new_facts(sort.SORT_FACTS, info, md_form), sort_facts(info, md), body)
+                self.assertEqual(sort._new_facts(sort.ALL_FACTS, info, md_form), expected, body)
+            # The metadata path is unchanged: the sort keys computed at once.
+            self.assertEqual(sort._new_facts(sort.DATE_FACTS, info, md), sort_facts(info, md))
+
+    def test_column_date_first_date_field(self) -> None:
+        """The first Date field of the columns, a value spelt "date" skipped, else the internal date."""
+        info = MessageInfo(uid=1, flags=frozenset(), size=10, internal_date=1_600_000_000, modseq=1)
+        first, second = " Tue, 2 Jan 2001 10:00:00 +0100\r\n", " Wed, 3 Jan 2001 10:00:00 +0100\r\n"
+        cases = {
+            ("subject", "date", "date", first, "date", second): 978426000.0,
+            ("date", first, "date", second): 978426000.0,
+            ("subject", "date", "from", "date"): 1_600_000_000.0,
+            ("subject", "date"): 1_600_000_000.0,
+            ("date", " garbage\r\n", "date", first): 1_600_000_000.0,
+            (): 1_600_000_000.0,
+        }
+        for columns, expected in cases.items():
+            self.assertEqual(sort._column_date(info, columns), expected, columns)
+        # Against the general walk of the fields, on generated tuples.
+        rng = random.Random(9)
+        names = ("subject", "date", "from", "message-id")
+        values = ("date", "subject", first, second, " x\r\n", "")
+        for _ in range(500):
+            columns = tuple(
+                x for _ in range(rng.randint(0, 5)) for x in (rng.choice(names), rng.choice(values))
+            )
+            fields = sort._fields(ColumnHeaders(columns))
+            self.assertEqual(sort._column_date(info, columns), sort._date(info, fields.get("date")), columns)
+            self.assertEqual(sort._column_fields(columns), fields, columns)
 
     def test_first_date_sort_then_thread_reads_metadata_once(self) -> None:
         """A SORT (DATE) first keeps what a THREAD after it needs: no metadata read again."""

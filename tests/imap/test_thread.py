@@ -5,8 +5,14 @@ section 2, and the ORDEREDSUBJECT and REFERENCES algorithms of section 3.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import random
+import re
+
 from twisted.trial.unittest import SynchronousTestCase
 
+from txmail.imap import thread
 from txmail.imap.serialize import thread_response
 from txmail.imap.thread import (
     ThreadMessage,
@@ -118,6 +124,171 @@ class SentDateTests(SynchronousTestCase):
     def test_invalid(self) -> None:
         for raw in (None, "", "garbage", "32 Foo 2020 10:00:00 +0000", "Mon, 31 Feb 2020 10:00:00 +0000"):
             self.assertIsNone(sent_date(raw), raw)
+
+    def test_same_as_reference(self) -> None:
+        """The fast path (each day's date computed once) answers as the parser it replaced, on generated and odd dates."""
+        dates = _generated_dates(3000) + _ODD_DATES
+        self.patch(thread, "_DAYS", {})
+        for raw in dates:
+            self.assertEqual(sent_date(raw), _reference_sent_date(raw), raw)
+        # Again, the days known.
+        for raw in dates:
+            self.assertEqual(sent_date(raw), _reference_sent_date(raw), raw)
+        # A small cache, cleared when full.
+        self.patch(thread, "_DAYS", {})
+        self.patch(thread, "_DAYS_LIMIT", 8)
+        for raw in dates:
+            self.assertEqual(sent_date(raw), _reference_sent_date(raw), raw)
+        self.assertLessEqual(len(thread._DAYS), 8)
+
+    def test_same_as_general_path(self) -> None:
+        """Usual dates: the fast path gives email.utils's answer (so a wrong day, zone or second would fail)."""
+        for raw in _generated_dates(2000, seed=11):
+            parsed = email.utils.parsedate_tz(" ".join(raw.split()))
+            if parsed is None:
+                continue
+            try:
+                datetime.datetime(*parsed[:6])
+            except ValueError:
+                continue
+            self.assertEqual(sent_date(raw), float(email.utils.mktime_tz(parsed)), raw)
+
+    def test_cached_day_used(self) -> None:
+        """A day's date is computed once (a wrong cached value would show)."""
+        self.patch(thread, "_DAYS", {})
+        self.assertEqual(sent_date("Tue, 1 Dec 2026 10:00:00 +0000"), 1796119200.0)
+        self.assertIn("1 Dec 2026", thread._DAYS)
+        thread._DAYS["1 Dec 2026"] += 1
+        self.assertEqual(sent_date("1 Dec 2026 10:00:00 +0000"), 1796119200.0 + 86400)
+
+
+_DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "mon", "XYZ")
+_MONTH_NAMES = (
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+    "DEC",
+    "feb",
+    "Foo",
+)
+_ZONES = (
+    "+0000",
+    "-0000",
+    "+0100",
+    "-0800",
+    "+0530",
+    "-1200",
+    "+1400",
+    "+9959",
+    "GMT",
+    "UT",
+    "EST",
+    "PDT",
+    "Z",
+    "",
+)
+
+#: Odd forms: folded, comments, obsolete zones and years, no seconds, leap seconds and days, bad values, non-ASCII.
+_ODD_DATES = [
+    "Tue, 1 Dec 2026 10:00:00 +0000",
+    "Tue,1 Dec 2026 10:00:00 +0000",
+    "Tue , 1 Dec 2026 10:00:00 +0000",
+    "1 Dec 2026 10:00 +0000",
+    "01 Dec 2026 10:00:00 +0000 (UTC)",
+    "01 Dec 2026 10:00:00 +0000(UTC)",
+    " Tue, 1 Dec 2026\r\n 10:00:00 +0000\r\n",
+    "Tue, 1\tDec\t2026 10:00:00\t-0000",
+    "Tue, 1 Dec 2026 10:00:00 +0000 trailing",
+    "Tue, 1 Dec 2026 10:00:00 +00000",
+    "Tue, 1 Dec 2026 10:00:00 +000",
+    "Tue, 1 Dec 26 10:00:00 +0000",
+    "Tue, 1 Dec 0000 10:00:00 +0000",
+    "Tue, 1 Dec 9999 23:59:59 -1200",
+    "Tue, 29 Feb 2024 10:00:00 +0000",
+    "Tue, 29 Feb 2023 10:00:00 +0000",
+    "Tue, 29 Feb 1900 10:00:00 +0000",
+    "Tue, 29 Feb 2000 10:00:00 +0000",
+    "Tue, 0 Dec 2026 10:00:00 +0000",
+    "Tue, 32 Dec 2026 10:00:00 +0000",
+    "Tue, 1 Dec 2026 24:00:00 +0000",
+    "Tue, 1 Dec 2026 23:60:00 +0000",
+    "Tue, 1 Dec 2026 23:59:60 +0000",
+    "Tue, 1 Dec 2026 23:59:61 +0000",
+    "Tue, 1 Dec 2026 9:05:07 +0000",
+    "Tue, 1 Dec 2026 10:00:00 EST",
+    "Tue, 1 Dec 2026 10:00:00 GMT",
+    "Tue, 1 Dec 2026 10:00:00",
+    "Tue, 1 Dec 2026",
+    "Tuesday, 1 December 2026 10:00:00 +0000",
+    "Tue, \u0661 Dec 2026 10:00:00 +0000",
+    "Tue, 1 Dec \u0662\u0660\u0662\u0666 10:00:00 +0000",
+    "Tue, 1\u00a0Dec\u00a02026 10:00:00 +0000",
+    "Tue, 1\x1cDec 2026 10:00:00 +0000",
+    "Tue, 1 D\u00e9c 2026 10:00:00 +0000",
+    "2026-12-01T10:00:00Z",
+    "",
+    " ",
+]
+
+
+def _generated_dates(count: int, seed: int = 5) -> list[str]:
+    """*count* ``Date:`` values, mostly usual, some with odd parts (see :data:`_ODD_DATES`)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        day = str(rng.randint(0, 32)).zfill(rng.choice((1, 2)))
+        year = str(rng.choice((rng.randint(1900, 2100), rng.randint(0, 99), 2024, 2023)))
+        hms = f"{rng.randint(0, 24)}:{rng.randint(0, 60):02}" + rng.choice(("", f":{rng.randint(0, 61):02}"))
+        parts = [day, rng.choice(_MONTH_NAMES), year, hms, rng.choice(_ZONES)]
+        if rng.random() < 0.7:
+            parts.insert(0, rng.choice(_DAY_NAMES) + ",")
+        raw = rng.choice((" ", "  ", "\t", "\r\n ")).join(parts) + rng.choice(
+            ("", "", " (UTC)", "\r\n", " x")
+        )
+        out.append(rng.choice(("", " ")) + raw)
+    return out
+
+
+# The parser of the usual form that the one caching each day's date replaced.
+_REFERENCE_DATE_RE = re.compile(
+    r"\s*(?:[A-Za-z]{3}\s*,\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})(?:\s|\(|$)"
+)
+
+
+def _reference_sent_date(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    m = _REFERENCE_DATE_RE.match(raw)
+    if m is not None:
+        day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
+        month = thread._MONTHS.get(mon.upper())
+        h, mi, sec = int(hh), int(mm), int(ss or 0)
+        if month is not None and h < 24 and mi < 60 and sec <= 60:
+            try:
+                days = datetime.date(int(year), month, int(day)).toordinal() - thread._EPOCH_DAY
+            except ValueError:
+                days = None
+            if days is not None:
+                offset = (int(oh) * 60 + int(om)) * 60
+                when = days * 86400 + h * 3600 + mi * 60 + sec
+                return float(when - offset if sign == "+" else when + offset)
+    try:
+        parsed = email.utils.parsedate_tz(" ".join(raw.split()))
+        if parsed is None:
+            return None
+        datetime.datetime(*parsed[:6])
+        return float(email.utils.mktime_tz(parsed))
+    except (ValueError, OverflowError, TypeError, IndexError):
+        return None
 
 
 class MessageIdTests(SynchronousTestCase):

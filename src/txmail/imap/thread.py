@@ -143,10 +143,33 @@ _MONTHS = {
         ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1
     )
 }
-# The usual form, parsed without email.utils (a SORT (DATE) of 100,000 messages).
+# The usual form, parsed without email.utils (a SORT (DATE) of 100,000 messages): the
+# date ("1 Dec 2026"), the time, the zone.
 _DATE_RE = re.compile(
-    r"\s*(?:[A-Za-z]{3}\s*,\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})(?:\s|\(|$)"
+    r"\s*(?:[A-Za-z]{3}\s*,\s*)?(\d{1,2}\s+[A-Za-z]{3}\s+\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})(?:\s|\(|$)"
 )
+#: The date part of :data:`_DATE_RE` as spelt -> its days since 1970-01-01, or ``None`` for
+#: no such day (31 February: email.utils decides); most messages of a mailbox share their
+#: day with others (bounded: cleared when full).
+_DAYS: dict[str, int | None] = {}
+_DAYS_LIMIT = 4096
+
+
+def _days(text: str) -> int | None:
+    """The days since 1970-01-01 of *text* (``1 Dec 2026``: :data:`_DATE_RE`'s first group), or ``None``."""
+    days = _DAYS.get(text, _DAYS)
+    if days is not _DAYS:
+        return days  # type: ignore[return-value]
+    day, mon, year = text.split()
+    month = _MONTHS.get(mon.upper())
+    try:
+        days = None if month is None else datetime.date(int(year), month, int(day)).toordinal() - _EPOCH_DAY
+    except ValueError:
+        days = None
+    if len(_DAYS) >= _DAYS_LIMIT:
+        _DAYS.clear()
+    _DAYS[text] = days
+    return days
 
 
 def sent_date(raw: str | None) -> float | None:
@@ -159,18 +182,15 @@ def sent_date(raw: str | None) -> float | None:
         return None
     m = _DATE_RE.match(raw)
     if m is not None:
-        day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
-        month = _MONTHS.get(mon.upper())
+        date, hh, mm, ss, sign, oh, om = m.groups()
+        days = _DAYS.get(date)
+        if days is None:
+            days = _days(date)
         h, mi, sec = int(hh), int(mm), int(ss or 0)
-        if month is not None and h < 24 and mi < 60 and sec <= 60:
-            try:
-                days = datetime.date(int(year), month, int(day)).toordinal() - _EPOCH_DAY
-            except ValueError:
-                days = None  # 31 February: email.utils decides
-            if days is not None:
-                offset = (int(oh) * 60 + int(om)) * 60
-                when = days * 86400 + h * 3600 + mi * 60 + sec
-                return float(when - offset if sign == "+" else when + offset)
+        if days is not None and h < 24 and mi < 60 and sec <= 60:
+            offset = (int(oh) * 60 + int(om)) * 60
+            when = days * 86400 + h * 3600 + mi * 60 + sec
+            return float(when - offset if sign == "+" else when + offset)
     try:
         parsed = email.utils.parsedate_tz(" ".join(raw.split()))
         if parsed is None:

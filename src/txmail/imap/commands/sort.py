@@ -8,9 +8,12 @@ ctx.take_turn()`` between two, and compute each matching message's sort
 keys once, from the store's index (:class:`~txmail.model.MessageInfo`:
 internal date, size) and its cached metadata (header fields; the
 envelope's addresses only for the address keys), kept by UID in a cache
-of the process (:data:`FACTS`); a SORT whose only header key is DATE
-computes the sort keys alone (:class:`SortFacts`: the message ids of
-THREAD are parsed from the raw fields it keeps when first needed).  The sort is then one
+of the process (:data:`FACTS`); a SORT computes the sort keys alone
+(:class:`SortFacts`: the message ids of THREAD are parsed from the raw
+fields it keeps when first needed), and one whose only header key is
+DATE, reading the store's header columns, the sent date alone
+(:class:`DateFacts`: the rest is computed from the message's columns,
+kept meanwhile, when a SUBJECT key or THREAD first needs it).  The sort is then one
 stable ``list.sort`` per criterion, the last first, so that REVERSE
 reverses one criterion only and ties keep the mailbox order (RFC 5256
 section 3: "sorted according to the order in which they appear in the
@@ -40,10 +43,11 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from txmail.imap import contexts, thread
-from txmail.imap.columns import has_columns, read_columns, search_uses_columns
+from txmail.imap.columns import ColumnHeaders, has_columns, read_columns, search_uses_columns
 from txmail.imap.commands import searchres
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import SELECTED, command, extension
@@ -57,6 +61,7 @@ from txmail.model import MessageInfo, MessageMetadata
 __all__ = [
     "FACTS",
     "THREAD_ALGORITHMS",
+    "DateFacts",
     "FactsCache",
     "MessageFacts",
     "SortFacts",
@@ -139,9 +144,40 @@ def _fields(md: MessageMetadata | None) -> dict[str, str]:
     return found
 
 
+def _column_fields(columns: tuple[str, ...]) -> dict[str, str]:
+    """
+    :func:`_fields` of a message's header columns (the store's flat tuple,
+    :class:`~txmail.imap.columns.ColumnHeaders`), walked directly: their
+    names are already the lower case ones of
+    :data:`~txmail.interfaces.HEADER_COLUMNS`.
+    """
+    found: dict[str, str] = {}
+    pairs = iter(columns)
+    for name, value in zip(pairs, pairs, strict=True):
+        if name in _FIELDS and name not in found:
+            found[name] = value
+    return found
+
+
 def _date(info: MessageInfo, raw: str | None) -> float:
     """RFC 5256 section 2.2: the sent date (*raw*: the ``Date:`` field), else the internal date."""
     sent = thread.sent_date(raw)
+    return float(info.internal_date) if sent is None else sent
+
+
+def _column_date(info: MessageInfo, columns: tuple[str, ...]) -> float:
+    """
+    :func:`_date` of a message's header columns (the flat tuple): its first
+    ``date`` field, found by ``tuple.index`` without walking the others (a
+    name is at an even position; a value spelt ``date`` is skipped).
+    """
+    try:
+        i = columns.index("date")
+        while i & 1:
+            i = columns.index("date", i + 1)
+    except ValueError:
+        return float(info.internal_date)
+    sent = thread.sent_date(columns[i + 1])
     return float(info.internal_date) if sent is None else sent
 
 
@@ -163,6 +199,28 @@ class MessageFacts(NamedTuple):
 def message_facts(info: MessageInfo, md: MessageMetadata | None) -> MessageFacts:
     """:class:`MessageFacts` of a message, from its listing and metadata."""
     return sort_facts(info, md).complete()
+
+
+class DateFacts(NamedTuple):
+    """
+    What SORT (DATE) computes of a message read from the store's header
+    columns: the sent date, and the columns the other facts come from
+    (completed to :class:`SortFacts` without reading them again when a
+    SUBJECT key or THREAD needs them).
+    """
+
+    #: The sent date, else the internal date (RFC 5256 section 2.2).
+    date: float
+    #: The message's header columns, the store's flat tuple.
+    columns: tuple[str, ...]
+
+    def sort_facts(self) -> SortFacts:
+        """The message's :class:`SortFacts`."""
+        return _sort_facts(self.date, _column_fields(self.columns))
+
+    def complete(self) -> MessageFacts:
+        """The message's :class:`MessageFacts`."""
+        return self.sort_facts().complete()
 
 
 class SortFacts(NamedTuple):
@@ -193,16 +251,21 @@ class SortFacts(NamedTuple):
 
 
 #: What :data:`FACTS` keeps of a message.
-Facts = MessageFacts | SortFacts
+Facts = MessageFacts | SortFacts | DateFacts
 
 
 def sort_facts(info: MessageInfo, md: MessageMetadata | None) -> SortFacts:
-    """:class:`SortFacts` of a message, from its listing and metadata."""
-    fields = _fields(md)
+    """:class:`SortFacts` of a message, from its listing and metadata (or header columns)."""
+    fields = _column_fields(md.fields) if type(md) is ColumnHeaders else _fields(md)
+    return _sort_facts(_date(info, fields.get("date")), fields)
+
+
+def _sort_facts(date: float, fields: dict[str, str]) -> SortFacts:
+    """:class:`SortFacts` of a message of sent date *date* and first fields *fields* (:func:`_fields`)."""
     get = fields.get
     base, reply = thread.base_subject(get("subject"))
     return SortFacts(
-        _date(info, get("date")),
+        date,
         thread.casemap(base),
         reply,
         get("message-id"),
@@ -252,8 +315,41 @@ class FactsCache:
 #: The cache of this process.
 FACTS = FactsCache()
 
-#: What :func:`_each_match` computes of each message: nothing, the sort keys, everything.
-NO_FACTS, SORT_FACTS, ALL_FACTS = 0, 1, 2
+#: What :func:`_each_match` computes of each message: nothing, the sent date (on the header
+#: columns), the sort keys, everything.
+NO_FACTS, DATE_FACTS, SORT_FACTS, ALL_FACTS = 0, 1, 2, 3
+
+
+def _new_facts(
+    want: int, info: MessageInfo, md: MessageMetadata | ColumnHeaders | tuple[str, ...] | None
+) -> Facts:
+    """
+    The facts :func:`_each_match` computes of a message :data:`FACTS` does
+    not know, from its metadata, its :class:`ColumnHeaders` or the store's
+    flat tuple of its header columns (:func:`_column_values`).
+    """
+    if type(md) is tuple and want == DATE_FACTS:  # the usual case first
+        return DateFacts(_column_date(info, md), md)
+    columns = md if type(md) is tuple else md.fields if type(md) is ColumnHeaders else None
+    if columns is None:
+        return message_facts(info, md) if want == ALL_FACTS else sort_facts(info, md)  # type: ignore[arg-type]
+    if want == DATE_FACTS:
+        return DateFacts(_column_date(info, columns), columns)
+    fields = _column_fields(columns)
+    facts = _sort_facts(_date(info, fields.get("date")), fields)
+    return facts.complete() if want == ALL_FACTS else facts
+
+
+async def _column_values(mailbox: Any, uids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+    """
+    The header columns of the messages *uids* of *mailbox* as the store
+    gives them, flat tuples (:func:`~txmail.imap.columns.read_columns`
+    without a :class:`ColumnHeaders` each, for the facts alone).
+    """
+    result = mailbox.header_columns(uids)
+    if hasattr(result, "__await__"):
+        result = await result
+    return result  # type: ignore[no-any-return]
 
 
 _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
@@ -307,10 +403,13 @@ async def _each_match(
     """
     Call *record* ``(seq, uid, info, metadata, facts)`` for each message
     matching *key*, in mailbox order: *metadata* when *want_metadata* (or
-    the search needs it); *facts* when *want_facts* (from :data:`FACTS`,
+    the search needs it; else whatever the facts were computed from, the
+    store's flat tuple of header columns on the columns path); *facts* when *want_facts* (from :data:`FACTS`,
     the metadata read only for the messages it does not know), a
     :class:`MessageFacts` when it is :data:`ALL_FACTS`, else (SORT)
-    whatever :data:`FACTS` knows or a :class:`SortFacts`.
+    whatever :data:`FACTS` knows (a :class:`DateFacts` completed for
+    :data:`SORT_FACTS`) or a :class:`SortFacts` (a :class:`DateFacts`
+    for :data:`DATE_FACTS` on the header columns).
     """
     view = ctx.session.view
     assert view is not None
@@ -330,9 +429,11 @@ async def _each_match(
         and (with_metadata or bool(want_facts))
     )
     column_md: dict[int, Any] = {}
-    if by_columns:
-        wanted = uids if with_metadata else [u for u in uids if u not in known]
-        column_md = await read_columns(mailbox, wanted) if wanted else {}
+    if by_columns and with_metadata:
+        column_md = await read_columns(mailbox, uids)
+    elif by_columns:
+        wanted = [u for u in uids if u not in known]
+        column_md = await _column_values(mailbox, wanted) if wanted else {}
     step = BATCH * 4
     for start in range(0, len(uids), step):
         if start:
@@ -361,11 +462,11 @@ async def _each_match(
             if want_facts:
                 facts = known.get(uid)
                 if facts is None:
-                    facts = known[uid] = (
-                        sort_facts(info, md) if want_facts == SORT_FACTS else message_facts(info, md)
-                    )
-                elif want_facts == ALL_FACTS and type(facts) is SortFacts:
+                    facts = known[uid] = _new_facts(want_facts, info, md)
+                elif want_facts == ALL_FACTS and type(facts) is not MessageFacts:
                     facts = known[uid] = facts.complete()
+                elif want_facts == SORT_FACTS and type(facts) is DateFacts:
+                    facts = known[uid] = facts.sort_facts()
             record(seq, uid, info, md, facts)
 
 
@@ -376,10 +477,17 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
     assert isinstance(args, Sort)
     _check_charset(args.charset)
     criteria = args.criteria
-    found: list[tuple[tuple[Any, ...], int, int]] = []
+    # (key, ..., number, uid) a message: sort_keys, the getters looked up once, in one tuple.
+    found: list[tuple[Any, ...]] = []
+    getters = [_KEYS[key] for key, _ in criteria]
+    get, alone = getters[0], len(getters) == 1
 
     def record(seq: int, uid: int, info: MessageInfo, md: Any, facts: Facts | None) -> None:
-        found.append((sort_keys(criteria, info, md, facts), uid if args.uid else seq, uid))
+        number = uid if args.uid else seq
+        if alone:
+            found.append((get(info, md, facts), number, uid))
+        else:
+            found.append((*[g(info, md, facts) for g in getters], number, uid))
 
     keys = {key for key, _ in criteria}
     view = ctx.session.view
@@ -394,18 +502,19 @@ async def sort(ctx: CommandContext, cmd: Command) -> Done:
         lambda info, md: _ordered(criteria, sort_keys(criteria, info, md)),
         metadata=bool(keys - _INDEX_KEYS),
     )
-    want_facts = SORT_FACTS if keys & _FACT_KEYS else NO_FACTS
+    fact_keys = keys & _FACT_KEYS
+    want_facts = (DATE_FACTS if fact_keys == {"DATE"} else SORT_FACTS) if fact_keys else NO_FACTS
     await _each_match(ctx, search_key, bool(keys - _INDEX_KEYS - _FACT_KEYS), want_facts, record)
     # One stable sort per criterion, the last first; ties keep mailbox order.
     for i in range(len(criteria) - 1, -1, -1):
-        found.sort(key=lambda item, i=i: item[0][i], reverse=criteria[i][1])  # type: ignore[misc]
-    numbers = [n for _, n, _ in found]
+        found.sort(key=itemgetter(i), reverse=criteria[i][1])
+    numbers = [item[-2] for item in found]
     if args.return_options is not None:
         ctx.emit(ESortData(cmd.tag, args.uid, numbers, args.return_options, args.partial))
     else:
         ctx.emit(SortData(numbers))
     if live is not None:
-        contexts.opened(ctx, live, [(*_ordered(criteria, k), uid) for k, _, uid in found])
+        contexts.opened(ctx, live, [(*_ordered(criteria, item[:-2]), item[-1]) for item in found])
     return Done("UID SORT completed" if args.uid else "SORT completed")
 
 
