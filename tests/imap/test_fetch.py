@@ -734,7 +734,12 @@ class ImpliedItemTests(SynchronousTestCase):
 class FetchChunksTests(SynchronousTestCase):
     def test_literal_octets_are_not_copied(self) -> None:
         """The pieces join to render_fetch's bytes; BODY[]'s octets are the message object itself."""
-        for text in ("(UID BODY.PEEK[] FLAGS)", "(RFC822 RFC822.SIZE)", "(BODY.PEEK[TEXT]<2.5> UID)", "(FLAGS)"):
+        for text in (
+            "(UID BODY.PEEK[] FLAGS)",
+            "(RFC822 RFC822.SIZE)",
+            "(BODY.PEEK[TEXT]<2.5> UID)",
+            "(FLAGS)",
+        ):
             wanted = items(text)
             chunks = fetch_chunks(3, wanted, INFO, metadata=SIMPLE_MD, message=SIMPLE, include_uid=True)
             self.assertEqual(
@@ -742,8 +747,15 @@ class FetchChunksTests(SynchronousTestCase):
                 render_fetch(3, wanted, INFO, metadata=SIMPLE_MD, message=SIMPLE, include_uid=True),
                 text,
             )
-        chunks = fetch_chunks(3, items("(UID BODY.PEEK[] FLAGS)"), INFO, message=SIMPLE)
+        big = SIMPLE + b"a line of the body\r\n" * 300  # above fetch._JOINED_LITERAL
+        chunks = fetch_chunks(3, items("(UID BODY.PEEK[] FLAGS)"), INFO, message=big)
         self.assertEqual(len(chunks), 3)
-        self.assertIs(chunks[1], SIMPLE)
-        self.assertTrue(chunks[0].endswith(b"BODY[] {%d}\r\n" % len(SIMPLE)))
+        self.assertIs(chunks[1], big)
+        self.assertTrue(chunks[0].endswith(b"BODY[] {%d}\r\n" % len(big)))
         self.assertTrue(chunks[2].startswith(b" FLAGS ("))
+
+    def test_small_literal_joined(self) -> None:
+        """A literal of at most _JOINED_LITERAL octets is copied into one piece with its line."""
+        chunks = fetch_chunks(3, items("(UID BODY.PEEK[] FLAGS)"), INFO, message=SIMPLE)
+        self.assertEqual(len(chunks), 1)
+        self.assertEqual(chunks[0], render_fetch(3, items("(UID BODY.PEEK[] FLAGS)"), INFO, message=SIMPLE))

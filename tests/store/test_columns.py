@@ -217,11 +217,18 @@ class MaildirColumnsTests(_StoreColumnsMixin, TestCase):
         self.assertEqual(asked, [])
 
     @defer.inlineCallbacks
-    def test_read_kept_while_selected(self) -> Any:
-        """The columns as read are kept while the mailbox has listeners (selected), and dropped after."""
+    def test_read_kept_while_selected_or_last(self) -> Any:
+        """
+        The columns as read are kept while the mailbox has listeners
+        (selected) or is the provider's last mailbox to read them; reading
+        another mailbox's drops those of one nobody has selected.
+        """
         yield self.fill(generated_messages(6))
-        yield self.mailbox.header_columns(self.uids)
-        self.assertIsNone(self.mailbox._columns_read)  # nobody has it selected
+        store = yield self.provider.store_for(USER)
+        yield store.create_mailbox("Other")
+        other = yield store.get_mailbox("Other")
+        yield other.append(generated_messages(1)[0])
+        yield self.mailbox.header_columns(self.uids)  # the file written
         remove = self.mailbox.add_listener(lambda change: None)
         first = yield self.mailbox.header_columns(self.uids)
         read = self.mailbox._columns_read
@@ -229,8 +236,14 @@ class MaildirColumnsTests(_StoreColumnsMixin, TestCase):
         again = yield self.mailbox.header_columns(self.uids)
         self.assertEqual(again, first)
         self.assertIs(self.mailbox._columns_read, read)  # the file unchanged: nothing read
-        remove()
+        yield other.header_columns([1])  # another mailbox reads: this one is selected, it keeps them
+        self.assertIs(self.mailbox._columns_read, read)
+        remove()  # nobody has it selected, and it did not read last
         self.assertIsNone(self.mailbox._columns_read)
+        self.assertIsNotNone(other._columns_read)  # the last to read keeps them, selected or not
+        yield self.mailbox.header_columns(self.uids)
+        self.assertIsNone(other._columns_read)
+        self.assertIsNotNone(self.mailbox._columns_read)
 
     @defer.inlineCallbacks
     def test_parse_writes_columns(self) -> Any:

@@ -450,7 +450,9 @@ def fetch_chunks(
             if parsed is None and message is not None:
                 parsed = mime.ParsedMessage(message)  # parsed at most once for all sections
             rendered = _render_item(item, info, metadata, parsed, recent)
-            if isinstance(rendered, tuple):
+            if type(rendered) is tuple and len(rendered[1]) <= _JOINED_LITERAL:
+                text += rendered  # a small literal (header fields): copied into the line
+            elif isinstance(rendered, tuple):
                 text.append(rendered[0])
                 chunks.append(b"".join(text))
                 chunks.append(rendered[1])
@@ -460,6 +462,11 @@ def fetch_chunks(
     text.append(b")\r\n")
     chunks.append(b"".join(text))
     return chunks
+
+
+#: Literals up to this many octets are joined into their response line:
+#: one piece to write instead of three (a big one is a piece of its own).
+_JOINED_LITERAL = 4096
 
 
 #: The last plan made, with the items object it was made for: a FETCH

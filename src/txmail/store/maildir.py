@@ -325,7 +325,8 @@ class MaildirMailbox(MailboxState):
         #: When a structure was last asked of a header-only parse (time.monotonic()).
         self._structures_at = -STRUCTURES_WINDOW
         #: The columns file as last read, to read only what was appended since
-        #: (kept while the mailbox has listeners: sessions that have it selected).
+        #: (kept while the mailbox has listeners, sessions that have it
+        #: selected, or it is the provider's last mailbox to read its columns).
         self._columns_read: columns.Read | None = None
         #: Listings of the directories made (opening, rescans): for tests and statistics.
         self.rescans = 0
@@ -752,7 +753,7 @@ class MaildirMailbox(MailboxState):
             remove()
             if not self._listeners:
                 self._provider._unwatch(self)
-                self._columns_read = None  # a big mailbox's columns are tens of MB
+                self._forget_columns()
 
         return remove_and_unwatch
 
@@ -912,8 +913,7 @@ class MaildirMailbox(MailboxState):
         if filename == columns.COLUMNS:
             # Kept as read: SEARCH and SORT read it whole at each command.
             read = await self._run(columns.read_columns_since, self.path, names, self._columns_read)
-            # Kept for the next SEARCH or SORT of a session that has it selected.
-            self._columns_read = read if self._listeners else None
+            self._keep_columns(read)
             known, records, damaged = read.found, read.count, read.damaged
         else:
             known, records, damaged = await self._run(columns.read_columns, self.path, names, filename)
@@ -942,6 +942,26 @@ class MaildirMailbox(MailboxState):
         elif new:
             await self._run(columns.append_columns, self.path, names, new, filename)
         return out
+
+    def _keep_columns(self, read: columns.Read) -> None:
+        """
+        Keep *read* for the next SEARCH, SORT or THREAD: while a session has
+        the mailbox selected, and after that until another mailbox of the
+        provider reads its columns (a client that searches on a new
+        connection each time finds them still decoded).  So at most one
+        mailbox that nobody has selected keeps its columns (tens of MB for
+        a big mailbox).
+        """
+        self._columns_read = read
+        provider = self._provider
+        previous, provider._columns_last = provider._columns_last, self
+        if previous is not None and previous is not self:
+            previous._forget_columns()
+
+    def _forget_columns(self) -> None:
+        """Drop the columns kept, unless a session has the mailbox selected or it read them last."""
+        if not self._listeners and self._provider._columns_last is not self:
+            self._columns_read = None
 
     def _completion(
         self, uid: int, headers: tuple[tuple[str, str], ...]
@@ -1761,6 +1781,8 @@ class MaildirProvider:
         self._poll_interval = poll_interval
         self._settle_ns = int(settle * 1e9)
         self._watcher: FolderWatcher | None = None
+        #: The mailbox that read its header columns last (it keeps them; see _keep_columns).
+        self._columns_last: MaildirMailbox | None = None
         #: The wall clock in nanoseconds (the directory times' scale); tests replace it.
         self._now: Callable[[], int] = time.time_ns
 
