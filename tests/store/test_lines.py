@@ -23,7 +23,8 @@ from txmail.store import maildir
 from txmail.store.maildir import MaildirProvider
 from txmail.store.memory import MemoryProvider
 
-from .test_columns import generated_messages
+from . import test_columns
+from .test_columns import _StoreColumnsMixin, generated_messages
 
 USER = "alice@example.test"
 NAMES = frozenset(HEADER_LINES)
@@ -121,18 +122,8 @@ class HeaderLinesFunctionTests(SynchronousTestCase):
 
 
 class _StoreLinesMixin:
-    def make_provider(self) -> Any:
-        raise NotImplementedError
-
-    @defer.inlineCallbacks
-    def fill(self, messages: list[bytes]) -> Any:
-        self.provider = self.make_provider()
-        store = yield self.provider.store_for(USER)
-        self.mailbox = yield store.get_mailbox("INBOX")
-        self.uids = []
-        for body in messages:
-            uid = yield self.mailbox.append(body)
-            self.uids.append(uid)
+    make_provider = _StoreColumnsMixin.make_provider
+    fill = _StoreColumnsMixin.fill
 
     @defer.inlineCallbacks
     def test_lines_equal_metadata(self) -> Any:
@@ -160,16 +151,7 @@ class MaildirLinesTests(_StoreLinesMixin, TestCase):
         self.root = self.mktemp()
         return MaildirProvider(self.root, hostname="test.host", clock=task.Clock(), watch="poll")
 
-    def spy(self, mailbox: Any) -> list[list[int]]:
-        asked: list[list[int]] = []
-        original = mailbox.get_metadata
-
-        def get_metadata(uids: Any) -> Any:
-            asked.append(list(uids))
-            return original(uids)
-
-        mailbox.get_metadata = get_metadata
-        return asked
+    spy = test_columns.MaildirColumnsTests.spy  # the module, not the class: trial would run it here too
 
     @defer.inlineCallbacks
     def reopened_mailbox(self) -> Any:

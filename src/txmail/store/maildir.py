@@ -861,13 +861,21 @@ class MaildirMailbox(MailboxState):
         record of are read from the metadata cache (:meth:`get_metadata`,
         :data:`COLUMNS_FILL` at a time) and their records appended.
         """
+        return self._with_bases(uids, lambda wanted: defer.ensureDeferred(self._header_columns(wanted)))
+
+    def _with_bases(
+        self,
+        uids: Iterable[int],
+        then: Callable[[list[tuple[int, str]]], defer.Deferred[dict[int, columns.Values]]],
+    ) -> defer.Deferred[dict[int, columns.Values]]:
+        """``then([(uid, base), ...])`` of those of *uids* that exist; ``{}`` when none do."""
         failed = self._alive_or_fail()
         if failed is not None:
             return failed
         wanted = [(uid, self._locs[uid].base) for uid in select_uids(uids, self._infos)]
         if not wanted:
             return defer.succeed({})
-        return defer.ensureDeferred(self._header_columns(wanted))
+        return then(wanted)
 
     async def _header_columns(self, wanted: list[tuple[int, str]]) -> dict[int, columns.Values]:
         return await self._records(
@@ -885,12 +893,9 @@ class MaildirMailbox(MailboxState):
         :meth:`header_columns` reads its file, else made from
         :meth:`get_metadata`.
         """
-        failed = self._alive_or_fail()
-        if failed is not None:
-            return failed
-        wanted = [(uid, self._locs[uid].base) for uid in select_uids(uids, self._infos)]
-        if not wanted:
-            return defer.succeed({})
+        return self._with_bases(uids, self._header_lines)
+
+    def _header_lines(self, wanted: list[tuple[int, str]]) -> defer.Deferred[dict[int, columns.Values]]:
         if len(wanted) < LINES_FEW or len(wanted) < len(self._locs) // 4:
             return self.get_metadata([uid for uid, _ in wanted]).addCallback(
                 lambda found: {uid: _lines_of(md) for uid, md in found.items()}
