@@ -110,6 +110,26 @@ class MemoryComparisonTests(_ComparePaths, ServerTestCase):
         self.assertIn(b"Subject", with_lines[0])
 
 
+class ChangedSinceTests(ServerTestCase):
+    def test_changedsince_reads_metadata(self) -> None:
+        """FETCH ... (CHANGEDSINCE n) answers from the metadata: it usually concerns a few of its targets."""
+        for body in generated_messages(5):
+            self.successResultOf(self.mailbox.append(body, (), 1_600_000_000))
+        calls: list[Any] = []
+        original = self.mailbox.header_lines
+        self.mailbox.header_lines = lambda uids: calls.append(uids) or original(uids)  # type: ignore[attr-defined]
+        proto, transport = self.login()
+        reply = self.send(
+            proto, transport, b"e1 FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)]) (CHANGEDSINCE 1)\r\n"
+        )
+        self.assertIn(b"e1 OK", reply)
+        self.assertGreaterEqual(reply.count(b" FETCH ("), 5)
+        self.assertEqual(calls, [])
+        again = self.send(proto, transport, b"e2 FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])\r\n")
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(again.count(b" FETCH ("), reply.count(b" FETCH ("))
+
+
 class MaildirComparisonTests(_ComparePaths, ServerTestCase):
     def setUp(self) -> None:
         super().setUp()

@@ -336,9 +336,10 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     changed_since = args.changed_since
     shows_flags = any(item.name == "FLAGS" for item in args.items)
     wanted_binary = binary_items(args.items)
-    # A first sync's header fields, from the store's header lines at once.
+    # A first sync's header fields, from the store's header lines at once
+    # (not for CHANGEDSINCE, which usually answers a few of the targets).
     lines: dict[int, Any] | None = None
-    if needs.metadata and targets and fetch_uses_lines(mailbox, args.items):
+    if needs.metadata and targets and changed_since is None and fetch_uses_lines(mailbox, args.items):
         lines = await read_lines(mailbox, [u for _, u in targets])
     for n, batch in enumerate(_chunks(targets, BATCH)):
         if n:
