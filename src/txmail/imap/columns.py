@@ -135,20 +135,22 @@ class ColumnHeaders:
         return f"ColumnHeaders({self.fields!r})"
 
 
+async def _awaited(result: Any) -> Any:
+    """A store's answer, awaited when it is a Deferred (or another awaitable)."""
+    if hasattr(result, "__await__"):
+        return await result
+    return result
+
+
 async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHeaders]:
     """The :class:`ColumnHeaders` of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
-    result = mailbox.header_columns(uids)
-    if hasattr(result, "__await__"):
-        result = await result
-    return {uid: ColumnHeaders(values) for uid, values in result.items()}
+    values = await read_column_values(mailbox, uids)
+    return {uid: ColumnHeaders(fields) for uid, fields in values.items()}
 
 
 async def read_column_values(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
     """The flat column tuples of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
-    result = mailbox.header_columns(uids)
-    if hasattr(result, "__await__"):
-        result = await result
-    return result
+    return await _awaited(mailbox.header_columns(uids))  # type: ignore[no-any-return]
 
 
 # -- SEARCH on the flat tuples --------------------------------------------------
@@ -370,7 +372,4 @@ def fetch_uses_lines(mailbox: Any, items: Iterable[FetchAttribute]) -> bool:
 
 async def read_lines(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """The header lines records of *uids* of *mailbox* (an :class:`IHeaderLines`)."""
-    result = mailbox.header_lines(uids)
-    if hasattr(result, "__await__"):
-        result = await result
-    return result  # type: ignore[no-any-return]
+    return await _awaited(mailbox.header_lines(uids))  # type: ignore[no-any-return]

@@ -47,7 +47,13 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from txmail.imap import contexts, thread
-from txmail.imap.columns import ColumnHeaders, has_columns, read_columns, search_uses_columns
+from txmail.imap.columns import (
+    ColumnHeaders,
+    has_columns,
+    read_column_values,
+    read_columns,
+    search_uses_columns,
+)
 from txmail.imap.commands import searchres
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import SELECTED, command, extension
@@ -326,7 +332,7 @@ def _new_facts(
     """
     The facts :func:`_each_match` computes of a message :data:`FACTS` does
     not know, from its metadata, its :class:`ColumnHeaders` or the store's
-    flat tuple of its header columns (:func:`_column_values`).
+    flat tuple of its header columns (:func:`~txmail.imap.columns.read_column_values`).
     """
     if type(md) is tuple and want == DATE_FACTS:  # the usual case first
         return DateFacts(_column_date(info, md), md)
@@ -338,18 +344,6 @@ def _new_facts(
     fields = _column_fields(columns)
     facts = _sort_facts(_date(info, fields.get("date")), fields)
     return facts.complete() if want == ALL_FACTS else facts
-
-
-async def _column_values(mailbox: Any, uids: Sequence[int]) -> dict[int, tuple[str, ...]]:
-    """
-    The header columns of the messages *uids* of *mailbox* as the store
-    gives them, flat tuples (:func:`~txmail.imap.columns.read_columns`
-    without a :class:`ColumnHeaders` each, for the facts alone).
-    """
-    result = mailbox.header_columns(uids)
-    if hasattr(result, "__await__"):
-        result = await result
-    return result  # type: ignore[no-any-return]
 
 
 _KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
@@ -433,7 +427,7 @@ async def _each_match(
         column_md = await read_columns(mailbox, uids)
     elif by_columns:
         wanted = [u for u in uids if u not in known]
-        column_md = await _column_values(mailbox, wanted) if wanted else {}
+        column_md = await read_column_values(mailbox, wanted) if wanted else {}
     step = BATCH * 4
     for start in range(0, len(uids), step):
         if start:

@@ -122,6 +122,13 @@ async def authorized_mailbox(ctx: CommandContext, url: IMAPURL) -> Any:
     return mailbox
 
 
+def _key_store(ctx: CommandContext) -> Any:
+    """The session's store, which must keep access keys (:class:`IURLAuthKeys`): else NO [CANNOT]."""
+    if not IURLAuthKeys.providedBy(ctx.store):
+        raise No("URLAUTH is not available for this mailbox store", "CANNOT")
+    return ctx.store
+
+
 def _bad(rump: str, text: str) -> No:
     return No(text, "BADURL " + response_text(rump))
 
@@ -131,9 +138,7 @@ async def genurlauth(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 4467 section 6.1: each rump with its INTERNAL verifier, in one ``* GENURLAUTH``."""
     args = cmd.args
     assert isinstance(args, GenUrlAuth)
-    store = ctx.store
-    if not IURLAuthKeys.providedBy(store):
-        raise No("URLAUTH is not available for this mailbox store", "CANNOT")
+    store = _key_store(ctx)
     urls: list[str] = []
     for rump, mechanism in args.requests:
         if mechanism != MECHANISM:
@@ -163,9 +168,7 @@ async def resetkey(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 4467 section 6.2: forget one mailbox's access key, or all of them."""
     args = cmd.args
     assert isinstance(args, ResetKey)
-    store = ctx.store
-    if not IURLAuthKeys.providedBy(store):
-        raise No("URLAUTH is not available for this mailbox store", "CANNOT")
+    store = _key_store(ctx)
     if any(m != MECHANISM for m in args.mechanisms):
         raise No("Unsupported URLAUTH mechanism")
     if args.mailbox is None:
