@@ -290,7 +290,38 @@ def start_rspamd(test_case: Any, milter: bool = False, *, timeout: float = 90.0)
         command.append("-i")
     for name, sub in (("LOCAL_CONFDIR", ""), ("DBDIR", "db"), ("RUNDIR", "run"), ("LOGDIR", "log")):
         command += ["--var", f"{name}={os.path.join(directory, sub).rstrip('/')}"]
-    with open(os.path.join(directory, "log", "stdout"), "wb") as out:
+    if test_case is not None:
+        test_case.addCleanup(instance.stop)
+    deadline = time.monotonic() + timeout
+    # The controller loads its Bayes statfiles on its own: learning before
+    # they are there fails ("SPAM class is missing"), so wait for /stat to
+    # list both.  Seen rarely: a controller that never lists them (its
+    # statfiles opened while the normal worker was creating them); rspamd
+    # is then started once more, the files being there.
+    for attempt in (1, 2):
+        _run_until_ping(instance, command, directory, deadline, timeout)
+        ready_by = deadline if attempt == 2 else min(deadline, time.monotonic() + STATFILES_WAIT)
+        while not instance.statfiles_ready():
+            if instance.process is None or instance.process.poll() is not None or time.monotonic() > ready_by:
+                instance.stop()
+                break
+            time.sleep(0.1)
+        else:
+            return instance
+    raise RuntimeError(
+        f"rspamd's controller did not load its statfiles within {timeout} s:\n{instance.log()[-5000:]}"
+    )
+
+
+#: Seconds a first rspamd is given to list its statfiles before it is started again.
+STATFILES_WAIT = 30.0
+
+
+def _run_until_ping(
+    instance: RspamdInstance, command: list[str], directory: str, deadline: float, timeout: float
+) -> None:
+    """Start *command* as *instance*'s process and wait until its ``/ping`` answers."""
+    with open(os.path.join(directory, "log", "stdout"), "ab") as out:
         instance.process = subprocess.Popen(
             command,
             cwd=directory,
@@ -299,9 +330,6 @@ def start_rspamd(test_case: Any, milter: bool = False, *, timeout: float = 90.0)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    if test_case is not None:
-        test_case.addCleanup(instance.stop)
-    deadline = time.monotonic() + timeout
     while not instance.ping():
         if instance.process.poll() is not None or time.monotonic() > deadline:
             status = instance.process.poll()
@@ -312,12 +340,3 @@ def start_rspamd(test_case: Any, milter: bool = False, *, timeout: float = 90.0)
                 f"rspamd did not start (exit status {status}) within {timeout} s:\n{output[-3000:]}\n{instance.log()[-5000:]}"
             )
         time.sleep(0.1)
-    # The controller loads its Bayes statfiles on its own: learning before
-    # they are there fails ("SPAM class is missing"), so wait for /stat to
-    # list both.
-    while not instance.statfiles_ready():
-        if instance.process.poll() is not None or time.monotonic() > deadline:
-            instance.stop()
-            raise RuntimeError(f"rspamd's controller did not load its statfiles within {timeout} s:\n{instance.log()[-5000:]}")
-        time.sleep(0.1)
-    return instance
