@@ -340,7 +340,8 @@ class MaildirLineEndTests(MaildirBase):
         multipart = to_crlf(MULTIPART_LF)
         self.check_served(other, 1, CRLF)
         self.check_served(other, 2, multipart)
-        names = sorted(self.files("new", ".Other"))
+        # In copy order (the Q counter), not name order: M99999 sorts after M100000.
+        names = sorted(self.files("new", ".Other"), key=lambda n: int(n.split("Q")[1].split(".")[0]))
         self.assertEqual([name_sizes(n)[1] for n in names], [len(CRLF), len(multipart)])
         self.assertEqual(
             os.stat(os.path.join(self.user_dir, "new", self.files("new")[0])).st_ino,

@@ -131,6 +131,10 @@ class MaildirBase(TestCase):
     def files(self, sub: str, folder: str = "") -> list[str]:
         return _names(os.path.join(self.user_dir, folder, sub))
 
+    def read_file(self, sub: str, name: str, folder: str = "") -> bytes:
+        with open(os.path.join(self.user_dir, folder, sub, name), "rb") as f:
+            return f.read()
+
     def drop(self, sub: str, name: str, data: bytes, folder: str = "") -> str:
         """Deliver a file as another Maildir program would."""
         path = os.path.join(self.user_dir, folder, sub, name)
@@ -339,7 +343,8 @@ class MaildirInteropTests(MaildirBase):
         uids = [self.successResultOf(box.append(message(i))) for i in range(3)]
         events: list[Any] = []
         box.add_listener(events.append)
-        name = sorted(self.files("new"))[1]
+        # The file holding uids[1]'s message: names are not in append order (M99999 sorts after M100000).
+        (name,) = [n for n in self.files("new") if self.read_file("new", n) == message(1)]
         os.unlink(os.path.join(self.user_dir, "new", name))
         self.successResultOf(box.refresh())
         self.assertEqual(
