@@ -202,6 +202,39 @@ class MaildirLinesTests(_StoreLinesMixin, TestCase):
         self.assertEqual(columns.read_columns(mailbox.path, HEADER_LINES, columns.LINES)[1:], (12, False))
 
     @defer.inlineCallbacks
+    def test_read_kept_by_last_reader(self) -> Any:
+        """
+        The header lines as read are kept by the provider's last mailbox to
+        read its own (selected or not): a repeated first sync reads only
+        what was appended since, and another mailbox's read drops them.
+        """
+        yield self.fill(generated_messages(6))
+        store = yield self.provider.store_for(USER)
+        yield store.create_mailbox("Other")
+        other = yield store.get_mailbox("Other")
+        yield other.append(generated_messages(1)[0])
+        first = yield self.mailbox.header_lines(self.uids)  # the file written
+        first = yield self.mailbox.header_lines(self.uids)
+        read = self.mailbox._lines_read
+        self.assertEqual(len(read.found), 6)
+        parsed: list[Any] = []
+        self.patch(columns, "_parse", lambda *a, _parse=columns._parse: parsed.append(a) or _parse(*a))
+        again = yield self.mailbox.header_lines(self.uids)
+        self.assertEqual((again, parsed), (first, []))
+        self.assertIs(self.mailbox._lines_read, read)  # the file unchanged: nothing read
+        uid = yield self.mailbox.append(generated_messages(7)[6])
+        grown = yield self.mailbox.header_lines([*self.uids, uid])  # its record made and appended
+        self.assertEqual({u: grown[u] for u in self.uids}, first)
+        again = yield self.mailbox.header_lines([*self.uids, uid])
+        self.assertEqual(again, grown)
+        self.assertEqual(len(self.mailbox._lines_read.found), 7)
+        (appended,) = parsed  # the block appended alone, not the whole file
+        self.assertEqual(appended[0], columns._blocks(HEADER_LINES, [(self.mailbox._locs[uid].base, grown[uid])]))
+        yield other.header_lines([1])  # another mailbox reads: it keeps its own, this one forgets
+        self.assertIsNone(self.mailbox._lines_read)
+        self.assertIsNotNone(other._lines_read)
+
+    @defer.inlineCallbacks
     def test_few_messages_read_metadata(self) -> Any:
         """Asked for fewer than LINES_FEW messages, the store makes the records from their metadata."""
         self.patch(maildir, "LINES_FEW", 5)

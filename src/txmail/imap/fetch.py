@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,10 +256,25 @@ def _flags(info: MessageInfo, recent: bool) -> bytes:
     then ``\\Recent``, the order :mod:`txmail.imap.view` uses for
     unsolicited FETCH responses.
     """
-    shown = sorted(info.flags)
-    if recent:
-        shown.append(_RECENT)
-    return b"(" + " ".join(shown).encode("ascii") + b")"
+    memo = _FLAGS_RECENT if recent else _FLAGS_SHOWN
+    flags = info.flags
+    found = memo.get(flags)
+    if found is None:
+        shown = sorted(flags)
+        if recent:
+            shown.append(_RECENT)
+        found = b"(" + " ".join(shown).encode("ascii") + b")"
+        if len(memo) >= _FLAGS_MEMO:
+            memo.clear()
+        memo[flags] = found
+    return found
+
+
+#: :func:`_flags` of the flag sets seen (a mailbox has few distinct ones),
+#: without and with ``\Recent``; emptied when it reaches ``_FLAGS_MEMO``.
+_FLAGS_SHOWN: dict[frozenset[str], bytes] = {}
+_FLAGS_RECENT: dict[frozenset[str], bytes] = {}
+_FLAGS_MEMO = 1024
 
 
 def _need_metadata(metadata: MessageMetadata | HeaderLines | None, name: str) -> MessageMetadata:
@@ -429,62 +444,209 @@ def fetch_chunks(
     into its response line (measured: a sixth of the time of ``UID FETCH
     1:* (BODY.PEEK[])``).
     """
+    steps, fused, fused_section = _compiled(items, include_uid, include_flags)
+    if fused is not None:
+        # Every item written directly: the whole response in one format.
+        line = _fused_line(fused, fused_section, seq, info, metadata, recent)
+        if line is not None:
+            return [line]
     chunks: list[bytes] = []
     text = [b"* %d FETCH (" % seq]
     parsed: mime.ParsedMessage | None = None
-    first = True
-    for item in _plan_for(items, include_uid, include_flags):
-        if not first:
-            text.append(b" ")
-        first = False
+    for kind, item, head in steps:
         # The items every client asks of every message, written directly
         # (measured: about a third of the time of FETCH (UID FLAGS RFC822.SIZE)).
-        name = item.name
-        if name == "UID":
-            text.append(b"UID %d" % info.uid)
-        elif name == "RFC822.SIZE":
-            text.append(b"RFC822.SIZE %d" % info.size)
-        elif name == "FLAGS" and item.section is None:
-            text.append(b"FLAGS " + _flags(info, recent))
+        if kind is _UID:
+            text.append(head % info.uid)
+            continue
+        if kind is _SIZE:
+            text.append(head % info.size)
+            continue
+        if kind is _FLAGS:
+            text.append(head + _flags(info, recent))
+            continue
+        if kind is _HEADERS and metadata is not None:
+            # A first sync's header fields (from the metadata or the store's header lines).
+            data = _section_data(item.section, metadata, None)  # type: ignore[arg-type]
+            if data and len(data) <= _JOINED_LITERAL:
+                text += (head, b"{%d}\r\n" % len(data), data)
+                continue
+        if head[:1] == b" ":
+            text.append(b" ")
+        if parsed is None and message is not None:
+            parsed = mime.ParsedMessage(message)  # parsed at most once for all sections
+        rendered = _render_item(item, info, metadata, parsed, recent)
+        if type(rendered) is tuple and len(rendered[1]) <= _JOINED_LITERAL:
+            text += rendered  # a small literal (header fields): copied into the line
+        elif isinstance(rendered, tuple):
+            text.append(rendered[0])
+            chunks.append(b"".join(text))
+            chunks.append(rendered[1])
+            text = []
         else:
-            if parsed is None and message is not None:
-                parsed = mime.ParsedMessage(message)  # parsed at most once for all sections
-            rendered = _render_item(item, info, metadata, parsed, recent)
-            if type(rendered) is tuple and len(rendered[1]) <= _JOINED_LITERAL:
-                text += rendered  # a small literal (header fields): copied into the line
-            elif isinstance(rendered, tuple):
-                text.append(rendered[0])
-                chunks.append(b"".join(text))
-                chunks.append(rendered[1])
-                text = []
-            else:
-                text.append(rendered)
+            text.append(rendered)
     text.append(b")\r\n")
     chunks.append(b"".join(text))
     return chunks
 
 
+def _fused_line(
+    fused: bytes,
+    section: Section | None,
+    seq: int,
+    info: MessageInfo,
+    metadata: MessageMetadata | HeaderLines | None,
+    recent: bool,
+) -> bytes | None:
+    """
+    The response from its :func:`_fuse` format; None when its header
+    fields need the message (no *metadata*) or are not a small literal.
+    """
+    values = {b"seq": seq, b"uid": info.uid, b"size": info.size, b"flags": _flags(info, recent)}
+    if section is not None:
+        if metadata is None:
+            return None
+        data = _section_data(section, metadata, None)
+        if not data or len(data) > _JOINED_LITERAL:
+            return None
+        values[b"length"] = len(data)
+        values[b"data"] = data
+    return fused % values
+
+
+#: A row of :func:`batch_chunks`: ``(seq, info, metadata, message,
+#: include_flags, recent)``, the arguments of :func:`fetch_chunks`.
+FetchRow = tuple[int, MessageInfo, "MessageMetadata | HeaderLines | None", "bytes | None", bool, bool]
+
+
+def batch_chunks(items: Sequence[FetchAttribute], include_uid: bool, rows: Iterable[FetchRow]) -> list[bytes]:
+    """
+    :func:`fetch_chunks` of each row, the pieces up to
+    :data:`_JOINED_LITERAL` octets joined: a batch of a first sync's
+    header fetches is one piece to write, and a big literal is still a
+    piece of its own, not copied.
+    """
+    out: list[bytes] = []
+    small: list[bytes] = []
+    for seq, info, metadata, message, include_flags, recent in rows:
+        _, fused, section = _compiled(items, include_uid, include_flags)
+        if fused is not None:
+            line = _fused_line(fused, section, seq, info, metadata, recent)
+            if line is not None:
+                small.append(line)
+                continue
+        chunks = fetch_chunks(
+            seq,
+            items,
+            info,
+            metadata=metadata,
+            message=message,
+            include_uid=include_uid,
+            include_flags=include_flags,
+            recent=recent,
+        )
+        for chunk in chunks:
+            if len(chunk) > _JOINED_LITERAL:
+                if small:
+                    out.append(b"".join(small))
+                    small = []
+                out.append(chunk)
+            else:
+                small.append(chunk)
+    if small:
+        out.append(b"".join(small))
+    return out
+
+
+#: What :func:`_steps` makes of each item: written directly (UID,
+#: RFC822.SIZE, FLAGS, top-level header fields without a partial) or by
+#: :func:`_render_item`.
+_UID, _SIZE, _FLAGS, _HEADERS, _OTHER = "UID", "SIZE", "FLAGS", "HEADERS", "OTHER"
+
+
+@functools.lru_cache(maxsize=128)
+def _steps(plan: tuple[FetchAttribute, ...]) -> tuple[tuple[str, FetchAttribute, bytes], ...]:
+    """
+    For each item of a plan: (its kind, the item, the text before its
+    value: the separating space, then for the direct kinds the label).
+    """
+    steps = []
+    for n, item in enumerate(plan):
+        sep = b" " if n else b""
+        section = item.section
+        if section is None and item.name == "UID":
+            steps.append((_UID, item, sep + b"UID %d"))
+        elif section is None and item.name == "RFC822.SIZE":
+            steps.append((_SIZE, item, sep + b"RFC822.SIZE %d"))
+        elif section is None and item.name == "FLAGS":
+            steps.append((_FLAGS, item, sep + b"FLAGS "))
+        elif (
+            section is not None
+            and item.partial is None
+            and item.name not in binary.BINARY_ITEMS
+            and _is_metadata_headers(section)
+        ):
+            steps.append((_HEADERS, item, sep + b"BODY[" + _section_label(section) + b"] "))
+        else:
+            steps.append((_OTHER, item, sep))
+    return tuple(steps)
+
+
+@functools.lru_cache(maxsize=128)
+def _fuse(steps: tuple[tuple[str, FetchAttribute, bytes], ...]) -> tuple[bytes | None, Section | None]:
+    """
+    When every step is written directly, each kind once (so at most one
+    header fields section): a format of the whole response, for a mapping
+    of ``seq``, ``uid``, ``size``, ``flags``, ``length`` and ``data`` (the
+    section's octets; the keys a format does not use are ignored), and
+    that section.  Else ``(None, None)``.
+    """
+    kinds = [kind for kind, _, _ in steps]
+    if _OTHER in kinds or len(set(kinds)) != len(kinds):
+        return None, None
+    fields = {
+        _UID: b"%(uid)d",
+        _SIZE: b"%(size)d",
+        _FLAGS: b"%(flags)s",
+        _HEADERS: b"{%(length)d}\r\n%(data)s",
+    }
+    out = [b"* %(seq)d FETCH ("]
+    section = None
+    for kind, item, head in steps:
+        if kind is _HEADERS:
+            section = item.section
+            out.append(head.replace(b"%", b"%%"))
+        else:
+            out.append(head.replace(b"%d", b""))
+        out.append(fields[kind])
+    out.append(b")\r\n")
+    return b"".join(out), section
+
+
+#: What :func:`_compiled` gives: the steps, the fused format and its section.
+_Compiled = tuple[tuple[tuple[str, FetchAttribute, bytes], ...], bytes | None, Section | None]
+
+#: The last one made, with the items object it was made for: a FETCH
+#: renders every message with the same items object, so it is found by
+#: identity, without hashing the attributes again for each message.
+_last_compiled: tuple[object, bool, bool, _Compiled] = (None, False, False, ((), None, None))
+
+
+def _compiled(items: Sequence[FetchAttribute], include_uid: bool, include_flags: bool) -> _Compiled:
+    """The :func:`_steps` of the response's items, and their :func:`_fuse`."""
+    global _last_compiled
+    last = _last_compiled
+    if last[0] is items and last[1] is include_uid and last[2] is include_flags:
+        return last[3]
+    steps = _steps(_plan(tuple(items), include_uid, include_flags))
+    compiled = (steps, *_fuse(steps))
+    _last_compiled = (items, include_uid, include_flags, compiled)
+    return compiled
+
+
 #: Literals up to this many octets are joined into their response line:
 #: one piece to write instead of three (a big one is a piece of its own).
 _JOINED_LITERAL = 4096
-
-
-#: The last plan made, with the items object it was made for: a FETCH
-#: renders every message with the same items object, so the plan is found
-#: by identity, without hashing the attributes again for each message.
-_last_plan: tuple[object, bool, bool, tuple[FetchAttribute, ...]] = (None, False, False, ())
-
-
-def _plan_for(
-    items: Sequence[FetchAttribute], include_uid: bool, include_flags: bool
-) -> tuple[FetchAttribute, ...]:
-    global _last_plan
-    last = _last_plan
-    if last[0] is items and last[1] is include_uid and last[2] is include_flags:
-        return last[3]
-    plan = _plan(tuple(items), include_uid, include_flags)
-    _last_plan = (items, include_uid, include_flags, plan)
-    return plan
 
 
 @functools.lru_cache(maxsize=128)

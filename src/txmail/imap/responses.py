@@ -368,6 +368,23 @@ class FetchData(Response):
 
 
 @dataclass(frozen=True, slots=True)
+class FetchBatch(Response):
+    """
+    The ``* n FETCH (...)`` of a batch of messages of one FETCH command,
+    asked the same *items*: each row holds what a :class:`FetchData` holds,
+    ``(seq, info, metadata, message, include_flags, recent)`` (see
+    :func:`txmail.imap.fetch.batch_chunks`).  One object for a batch, not
+    one per message.
+    """
+
+    items: Sequence[FetchAttribute]
+    include_uid: bool
+    rows: Sequence[
+        tuple[int, MessageInfo, MessageMetadata | tuple[str, str] | None, bytes | None, bool, bool]
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class FetchFlags(Response):
     """
     ``* n FETCH ([UID u] FLAGS (...))``: the flags a message has now

@@ -671,6 +671,10 @@ def _fetch_data(resp: r.FetchData) -> list[bytes]:
     )
 
 
+def _fetch_batch(resp: r.FetchBatch) -> list[bytes]:
+    return _fetch.batch_chunks(resp.items, resp.include_uid, resp.rows)
+
+
 def metadata_value(value: bytes | None) -> bytes:
     """``value = nstring / literal8`` (RFC 5464 section 5): a literal8 when it holds a NUL."""
     if value is None:
@@ -688,6 +692,7 @@ def _metadata_data(resp: r.MetadataData) -> bytes:
 #: One function per response type: the response, as pieces to write in order.
 _RENDERERS: dict[type, Any] = {
     r.FetchData: _fetch_data,
+    r.FetchBatch: _fetch_batch,
     r.FetchFlags: lambda x: (
         fetch_modseq(x.seq, x.uid, x.modseq)
         if x.flags is None

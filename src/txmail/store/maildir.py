@@ -328,6 +328,7 @@ class MaildirMailbox(MailboxState):
         #: (kept while the mailbox has listeners, sessions that have it
         #: selected, or it is the provider's last mailbox to read its columns).
         self._columns_read: columns.Read | None = None
+        self._lines_read: columns.Read | None = None
         #: Listings of the directories made (opening, rescans): for tests and statistics.
         self.rescans = 0
         self._init_state()
@@ -921,7 +922,11 @@ class MaildirMailbox(MailboxState):
             self._keep_columns(read)
             known, records, damaged = read.found, read.count, read.damaged
         else:
-            known, records, damaged = await self._run(columns.read_columns, self.path, names, filename)
+            # Kept by the provider's last reader alone: a client's first sync
+            # fetches them again on its next connection (see _keep_lines).
+            read = await self._run(columns.read_columns_since, self.path, names, self._lines_read, filename)
+            self._keep_lines(read)
+            known, records, damaged = read.found, read.count, read.damaged
         out: dict[int, columns.Values] = {}
         missing = []
         for uid, base in wanted:
@@ -962,6 +967,19 @@ class MaildirMailbox(MailboxState):
         previous, provider._columns_last = provider._columns_last, self
         if previous is not None and previous is not self:
             previous._forget_columns()
+
+    def _keep_lines(self, read: columns.Read) -> None:
+        """
+        Keep the header lines *read* until another mailbox of the provider
+        reads its own: so at most one mailbox keeps them (about half a KB a
+        message), and a FETCH of a first sync that a client repeats on a
+        new connection reads only the records appended since.
+        """
+        self._lines_read = read
+        provider = self._provider
+        previous, provider._lines_last = provider._lines_last, self
+        if previous is not None and previous is not self:
+            previous._lines_read = None
 
     def _forget_columns(self) -> None:
         """Drop the columns kept, unless a session has the mailbox selected or it read them last."""
@@ -1788,6 +1806,8 @@ class MaildirProvider:
         self._watcher: FolderWatcher | None = None
         #: The mailbox that read its header columns last (it keeps them; see _keep_columns).
         self._columns_last: MaildirMailbox | None = None
+        #: The mailbox that read its header lines last (it keeps them; see _keep_lines).
+        self._lines_last: MaildirMailbox | None = None
         #: The wall clock in nanoseconds (the directory times' scale); tests replace it.
         self._now: Callable[[], int] = time.time_ns
 

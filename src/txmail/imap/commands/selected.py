@@ -37,13 +37,13 @@ from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
 from txmail.imap.commands.registry import AUTHENTICATED, SELECTED, command, extension
-from txmail.imap.fetch import fetch_needs
+from txmail.imap.fetch import FetchRow, fetch_needs
 from txmail.imap.responses import (
     Bad,
     Done,
     ESearchData,
     Exists,
-    FetchData,
+    FetchBatch,
     FlagsData,
     No,
     Recent,
@@ -358,7 +358,7 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
             metadata = lines
         else:
             metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
-        responses: list[FetchData] = []
+        rows: list[FetchRow] = []
         for seq, uid in batch:
             info = infos.get(uid)
             if info is None:
@@ -374,19 +374,8 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                     require_decodable(message, wanted_binary)  # RFC 3516 section 4.2: NO [UNKNOWN-CTE]
             if shows_flags or uid in seen_now:
                 view.flags[uid] = info.flags
-            responses.append(
-                FetchData(
-                    seq,
-                    items,
-                    info,
-                    metadata.get(uid),
-                    message,
-                    args.uid,
-                    uid in seen_now,
-                    uid in view.recent,
-                )
-            )
-        ctx.emit(*responses)
+            rows.append((seq, info, metadata.get(uid), message, uid in seen_now, uid in view.recent))
+        ctx.emit(FetchBatch(items, args.uid, rows))
         await ctx.drain()
     return Done("UID FETCH completed" if args.uid else "FETCH completed")
 
