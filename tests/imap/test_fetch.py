@@ -15,10 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap.test_fragment import frame
 from txmail import mime
-from txmail.imap import serialize
+from txmail.imap import fetch, serialize
 from txmail.imap.fetch import (
     FetchNeeds,
     basic_body_structure,
+    batch_chunks,
     fetch_chunks,
     fetch_needs,
     render_fetch,
@@ -753,6 +754,102 @@ class FetchChunksTests(SynchronousTestCase):
         self.assertIs(chunks[1], big)
         self.assertTrue(chunks[0].endswith(b"BODY[] {%d}\r\n" % len(big)))
         self.assertTrue(chunks[2].startswith(b" FLAGS ("))
+
+    def test_fused_format_same_octets(self) -> None:
+        """
+        Items all written directly (UID, RFC822.SIZE, FLAGS, one top-level
+        header fields section) are answered by one format: the octets of
+        the item-by-item path, ``%`` in a field name and \\Recent included.
+        """
+        texts = (
+            "(UID RFC822.SIZE FLAGS)",
+            "(FLAGS UID)",
+            '(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From Subject "X-100%")])',
+            "(BODY.PEEK[HEADER.FIELDS (Subject)] RFC822.SIZE)",
+            "(FLAGS BODY.PEEK[HEADER.FIELDS.NOT (Subject)])",
+        )
+        lines = mime.header_lines(SIMPLE_MD.headers, ("from", "subject", "x-100%", "date"))
+        fused = {
+            (text, recent, n): fetch_chunks(
+                3, items(text), INFO, metadata=md, include_uid=True, recent=recent
+            )
+            for text in texts
+            for recent in (False, True)
+            for n, md in enumerate((SIMPLE_MD, lines))
+            if n == 0 or "NOT" not in text
+        }
+        self.assertTrue(all(len(chunks) == 1 for chunks in fused.values()))
+        self.assertEqual(
+            fused[texts[2], True, 0],
+            [
+                b"* 3 FETCH (UID 4827313 RFC822.SIZE 44827 FLAGS (\\Seen \\Recent) "
+                b'BODY[HEADER.FIELDS (FROM SUBJECT "X-100%")] '
+                + literal(mime.header_fields(SIMPLE_MD, ("From", "Subject", "X-100%")))
+                + b")\r\n"
+            ],
+        )
+        compiled = fetch._compiled
+        self.patch(fetch, "_compiled", lambda *a: (compiled(*a)[0], None, None))  # item by item
+        for (text, recent, n), chunks in fused.items():
+            md = (SIMPLE_MD, lines)[n]
+            self.assertEqual(
+                chunks, fetch_chunks(3, items(text), INFO, metadata=md, include_uid=True, recent=recent), text
+            )
+
+    def test_flag_texts_remembered(self) -> None:
+        """The flag texts are remembered by flag set, and the memory emptied when full."""
+        self.patch(fetch, "_FLAGS_MEMO", 2)
+        self.patch(fetch, "_FLAGS_SHOWN", {})
+        wanted = items("(FLAGS)")
+        for _ in range(2):
+            for flags, shown in (
+                ({"\\Seen"}, b"(\\Seen)"),
+                ({"b", "a"}, b"(a b)"),
+                (set(), b"()"),
+                ({"\\Seen"}, b"(\\Seen)"),
+            ):
+                info = MessageInfo(uid=1, flags=frozenset(flags), size=1, internal_date=0.0, modseq=1)
+                self.assertEqual(render_fetch(1, wanted, info), b"* 1 FETCH (FLAGS " + shown + b")\r\n")
+                self.assertLessEqual(len(fetch._FLAGS_SHOWN), 2)
+
+    def test_batch(self) -> None:
+        """
+        batch_chunks gives the octets of fetch_chunks of each row, the small
+        responses joined into one piece, a big literal a piece of its own.
+        """
+        big = SIMPLE + b"a line of the body\r\n" * 300  # above fetch._JOINED_LITERAL
+        other = MessageInfo(uid=9, flags=frozenset(), size=len(big), internal_date=0.0, modseq=2)
+        for text, rows, count in (
+            (
+                "(UID FLAGS BODY.PEEK[])",
+                [
+                    (1, INFO, None, SIMPLE, False, False),
+                    (2, other, None, big, True, True),
+                    (3, INFO, None, SIMPLE, False, True),
+                ],
+                3,
+            ),
+            (
+                "(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From Subject)])",
+                [(1, INFO, SIMPLE_MD, None, False, False), (2, other, SIMPLE_MD, None, True, True)],
+                1,
+            ),
+        ):
+            wanted = items(text)
+            pieces = batch_chunks(wanted, True, rows)
+            expected = b"".join(
+                b"".join(
+                    fetch_chunks(
+                        seq, wanted, info, metadata=md, message=m, include_uid=True, include_flags=f, recent=r
+                    )
+                )
+                for seq, info, md, m, f, r in rows
+            )
+            self.assertEqual(b"".join(pieces), expected, text)
+            self.assertEqual(len(pieces), count, text)
+        self.assertIs(
+            batch_chunks(items("(BODY.PEEK[])"), False, [(2, other, None, big, False, False)])[1], big
+        )
 
     def test_small_literal_joined(self) -> None:
         """A literal of at most _JOINED_LITERAL octets is copied into one piece with its line."""
