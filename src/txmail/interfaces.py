@@ -6,7 +6,9 @@ delivery, POP3 and IMAP alike, so it carries IMAP's semantics and the other
 protocols use a subset.  A new backend (a database, a remote service)
 implements :class:`IMailStoreProvider`, :class:`IMailStore` and
 :class:`IMailbox` and proves itself by passing the conformance suite in
-``tests/store/conformance.py``.
+:mod:`txmail.testing.store` (:mod:`txmail.testing.queue` and
+:mod:`txmail.testing.directory` do the same for :class:`IQueue` and
+:class:`IDirectory`).
 
 Conventions for every interface here:
 
