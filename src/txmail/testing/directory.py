@@ -184,7 +184,6 @@ class DirectoryConformanceMixin:
             "alice@other.test",
             "carol@example.test",
             "alice@remote.test",
-            "alice",
         ):
             yield self.assertFailure(directory.resolve_recipient(address), NoSuchUser)
 
