@@ -709,7 +709,8 @@ class IDirectory(Interface):
     def canonical_user(username):  # type: ignore[no-untyped-def]
         """
         Return ``Deferred[str | None]``: the canonical address for a login
-        name, or ``None`` if there is no such user.
+        name (a name without ``@`` is in the primary domain, as for
+        :meth:`get_credentials`), or ``None`` if there is no such user.
         """
 
     def owns_address(user, address):  # type: ignore[no-untyped-def]
