@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from twisted.internet.testing import EventLoggingObserver
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from txmail.auth.passwords import ScramCredentials, verify_password
 from txmail.directory import FileDirectory, InvalidAddress, normalize_address
 from txmail.errors import DirectoryError, NoSuchUser, UserExists
 from txmail.interfaces import IDirectory
+from txmail.testing.directory import DirectoryConformanceMixin
 
 
 class AddressTests(SynchronousTestCase):
@@ -239,7 +242,9 @@ class FileDirectoryTests(SynchronousTestCase):
             self.successResultOf(server_view.canonical_user("alice@example.test")), "alice@example.test"
         )
         server_view.add_user("bob@example.test", "pw")
-        self.assertEqual(self.successResultOf(server_view.canonical_user("bob@example.test")), "bob@example.test")
+        self.assertEqual(
+            self.successResultOf(server_view.canonical_user("bob@example.test")), "bob@example.test"
+        )
 
     def test_hand_written_file(self) -> None:
         """A hand-written file with mixed-case keys and bad entries loads what it can."""
@@ -309,3 +314,33 @@ class FileDirectoryTests(SynchronousTestCase):
         bare = FileDirectory(self.path, local_domains=[])
         self.assertIsNone(self.successResultOf(bare.canonical_user("carol")))
         self.assertRaises(InvalidAddress, bare.add_user, "dave", "pw")
+
+
+def provision(directory: Any, users: Mapping[str, str], aliases: Mapping[str, Sequence[str]]) -> Any:
+    """Add *users* and *aliases* with the change methods of FileDirectory and MemoryDirectory."""
+    for address, password in users.items():
+        directory.add_user(address, password)
+    for alias, targets in aliases.items():
+        directory.add_alias(alias, targets)
+    return directory
+
+
+class FileDirectoryConformanceTests(DirectoryConformanceMixin, TestCase):
+    """FileDirectory keeps the whole directory contract."""
+
+    def make_directory(
+        self, domains: Sequence[str], users: Mapping[str, str], aliases: Mapping[str, Sequence[str]]
+    ) -> FileDirectory:
+        path = os.path.join(self.mktemp(), "users.json")
+        return provision(FileDirectory(path, local_domains=domains), users, aliases)
+
+
+class FileDirectoryReaderConformanceTests(DirectoryConformanceMixin, TestCase):
+    """The contract again, from a FileDirectory that reads a file another one (the CLI) wrote."""
+
+    def make_directory(
+        self, domains: Sequence[str], users: Mapping[str, str], aliases: Mapping[str, Sequence[str]]
+    ) -> FileDirectory:
+        path = os.path.join(self.mktemp(), "users.json")
+        provision(FileDirectory(path, local_domains=domains), users, aliases)
+        return FileDirectory(path, local_domains=domains, recheck_interval=1.0)

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import smtplib
 import sys
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -23,6 +24,7 @@ import txmail
 from txmail.config import Settings, load_config
 from txmail.errors import ConfigError
 from txmail.model import INBOX
+from txmail.testing.directory import DirectoryConformanceMixin
 
 EXAMPLE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples", "embedded_server.py"
@@ -189,3 +191,12 @@ class EmbeddedExampleTests(TestCase):
         for user in ("alice@example.test", "bob@example.test", "archive@example.test"):
             messages = yield self.fetch_all(user)
             self.assertEqual(messages, [], user)
+
+
+class ExampleDirectoryConformanceTests(DirectoryConformanceMixin, TestCase):
+    """The example's DictDirectory keeps the whole directory contract."""
+
+    def make_directory(
+        self, domains: Sequence[str], users: Mapping[str, str], aliases: Mapping[str, Sequence[str]]
+    ) -> Any:
+        return load_example().DictDirectory(domains, users, aliases)

@@ -107,13 +107,24 @@ class DictDirectory:
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains
 
-    def resolve_recipient(self, address: str) -> defer.Deferred[list[str]]:
-        address = self._base(address)
+    def _expand(self, address: str, seen: set[str]) -> list[str]:
+        """The users (and remote addresses) *address* stands for; aliases recursively, loops cut."""
+        if address in seen:
+            return []
+        seen.add(address)
         if address in self.credentials:
-            return defer.succeed([address])
-        if address in self.aliases:
-            return defer.succeed(list(dict.fromkeys(self.aliases[address])))
-        return defer.fail(NoSuchUser(address))
+            return [address]
+        found = []
+        for target in self.aliases.get(address, []):
+            local = self.is_local_domain(target.rpartition("@")[2])
+            found.extend(self._expand(target, seen) if local else [target])
+        return found
+
+    def resolve_recipient(self, address: str) -> defer.Deferred[list[str]]:
+        found = list(dict.fromkeys(self._expand(self._base(address), set())))
+        if not found:
+            return defer.fail(NoSuchUser(address))
+        return defer.succeed(found)
 
     def get_credentials(self, username: str) -> defer.Deferred[ScramCredentials | None]:
         return defer.succeed(self.credentials.get(self._qualify(username)))
@@ -123,8 +134,7 @@ class DictDirectory:
         return defer.succeed(name if name in self.credentials else None)
 
     def owns_address(self, user: str, address: str) -> defer.Deferred[bool]:
-        user, address = self._qualify(user), self._base(address)
-        return defer.succeed(address == user or user in self.aliases.get(address, []))
+        return defer.succeed(self._qualify(user) in self._expand(self._base(address), set()))
 
 
 @implementer(IDeliveryHook)

@@ -6,7 +6,9 @@ delivery, POP3 and IMAP alike, so it carries IMAP's semantics and the other
 protocols use a subset.  A new backend (a database, a remote service)
 implements :class:`IMailStoreProvider`, :class:`IMailStore` and
 :class:`IMailbox` and proves itself by passing the conformance suite in
-``tests/store/conformance.py``.
+:mod:`txmail.testing.store` (:mod:`txmail.testing.queue` and
+:mod:`txmail.testing.directory` do the same for :class:`IQueue` and
+:class:`IDirectory`).
 
 Conventions for every interface here:
 
@@ -707,7 +709,8 @@ class IDirectory(Interface):
     def canonical_user(username):  # type: ignore[no-untyped-def]
         """
         Return ``Deferred[str | None]``: the canonical address for a login
-        name, or ``None`` if there is no such user.
+        name (a name without ``@`` is in the primary domain, as for
+        :meth:`get_credentials`), or ``None`` if there is no such user.
         """
 
     def owns_address(user, address):  # type: ignore[no-untyped-def]
@@ -784,6 +787,15 @@ class IDeliveryHook(Interface):
 class IQueue(Interface):
     """
     The durable outbound spool for mail to non-local recipients.
+
+    Each entry keeps a state per recipient (:attr:`txmail.model.QueueEntry.recipients`):
+    ``pending`` when queued (``held`` when the envelope has a ``hold``
+    reason), then as the queue runner records its attempts with
+    :meth:`update_recipients`, ``deferred`` (to be retried at
+    ``next_attempt``), ``delivered`` or ``failed``.  Every method taking a
+    queue id fails with :class:`~txmail.errors.QueueError` when no entry has
+    that id.  The conformance suite :mod:`txmail.testing.queue` checks the
+    contract.
     """
 
     def enqueue(envelope, message, recipients):  # type: ignore[no-untyped-def]
@@ -794,6 +806,9 @@ class IQueue(Interface):
         Returns:
             ``Deferred[str]``: the queue id, fired once the message and its
             envelope are durable.
+
+        Raises:
+            QueueError: *recipients* is empty.
         """
 
     def list_entries():  # type: ignore[no-untyped-def]
@@ -809,10 +824,32 @@ class IQueue(Interface):
             QueueError: no entry has that id.
         """
 
+    def update_recipients(queue_id, changes, *, durable=True):  # type: ignore[no-untyped-def]
+        """
+        Record what became of recipients: merge *changes* (recipient -> the
+        fields to set, ``state``, ``attempts``, ``next_attempt``,
+        ``last_error`` and any other JSON-serialisable fields the runner
+        keeps) into the entry's recipient states; fields not named keep
+        their values.  With *durable* true, fires once the entry, with every
+        change merged so far, is durable; with *durable* false the changes
+        need only be seen by later calls until a durable update or a delete.
+
+        Returns:
+            ``Deferred[None]``.
+
+        Raises:
+            QueueError: no entry has that id, or a ``state`` is not one of
+                ``pending``, ``deferred``, ``delivered``, ``failed``,
+                ``held``; then nothing is changed.
+        """
+
     def open_entry_message(queue_id):  # type: ignore[no-untyped-def]
         """
         Return ``Deferred`` firing with a readable binary file of the queued
-        message.  The caller closes it.
+        message, its bytes exactly as enqueued.  The caller closes it.
+
+        Raises:
+            QueueError: no entry has that id.
         """
 
     def delete_entry(queue_id):  # type: ignore[no-untyped-def]

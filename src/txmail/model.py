@@ -600,7 +600,7 @@ class QueueEntry:
         queue_id: the id the queue gave it.
         envelope: the envelope it was accepted with.
         recipients: per recipient its state: a dict with at least ``state``
-            (``pending | deferred | delivered | failed``), ``attempts``,
+            (``pending | deferred | delivered | failed | held``), ``attempts``,
             ``next_attempt`` (epoch seconds or ``None``) and ``last_error``.
         size: the message size in octets.
         created: seconds since the epoch when it was queued.

@@ -1,17 +1,22 @@
-"""Tests for the durable outbound spool, txmail.delivery.queue."""
+"""
+Tests for the durable outbound spool, txmail.delivery.queue: the queue
+conformance suite (:mod:`txmail.testing.queue`), plus the spool's files
+and its own methods (release).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
-from zope.interface.verify import verifyObject
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txmail.delivery.queue import SpoolQueue
 from txmail.errors import QueueError
-from txmail.interfaces import IQueue
 from txmail.model import Envelope, MessageFile
+from txmail.testing.queue import QueueConformanceMixin
 
 
 def make_message(test: SynchronousTestCase, data: bytes = b"Subject: x\r\n\r\nbody\r\n") -> MessageFile:
@@ -31,31 +36,44 @@ ENVELOPE = Envelope(
 )
 
 
+class SpoolQueueConformanceTests(QueueConformanceMixin, TestCase):
+    """The spool directory queue keeps the whole queue contract."""
+
+    def make_queue(self) -> SpoolQueue:
+        return SpoolQueue(self.mktemp())
+
+    def reopen_queue(self, queue: Any) -> SpoolQueue:
+        return SpoolQueue(queue.directory)
+
+
+class SpoolQueueThreadedConformanceTests(QueueConformanceMixin, TestCase):
+    """The conformance suite again, with file work in real threads (as the server runs it)."""
+
+    def make_queue(self) -> SpoolQueue:
+        return SpoolQueue(self.mktemp(), run_blocking=deferToThread)
+
+    def reopen_queue(self, queue: Any) -> SpoolQueue:
+        return SpoolQueue(queue.directory, run_blocking=deferToThread)
+
+
 class SpoolQueueTests(SynchronousTestCase):
+    """The spool's files: one .msg and one .json per entry."""
+
     def setUp(self) -> None:
         self.dir = self.mktemp()
         self.queue = SpoolQueue(self.dir, now=lambda: 1700000000.0)
 
-    def test_interface(self) -> None:
-        """SpoolQueue provides IQueue."""
-        verifyObject(IQueue, self.queue)
-
-    def test_enqueue_is_durable_and_survives_restart(self) -> None:
-        """An enqueued message and its envelope are on disk and reload with every field."""
-        msg = make_message(self)
+    def test_entry_files(self) -> None:
+        """An entry is its message in <id>.msg and its envelope in <id>.json, the two files alone."""
         qid = self.successResultOf(
-            self.queue.enqueue(ENVELOPE, msg, ["bob@remote.test", "carol@remote.test"])
+            self.queue.enqueue(ENVELOPE, make_message(self), ["bob@remote.test", "carol@remote.test"])
         )
-        self.assertTrue(os.path.exists(os.path.join(self.dir, f"{qid}.msg")))
-        reloaded = SpoolQueue(self.dir)
-        entry = self.successResultOf(reloaded.get_entry(qid))
-        self.assertEqual(entry.envelope, ENVELOPE)
-        self.assertEqual(entry.size, msg.size)
-        self.assertEqual(sorted(entry.recipients), ["bob@remote.test", "carol@remote.test"])
-        self.assertEqual({r["state"] for r in entry.recipients.values()}, {"pending"})
-        f = self.successResultOf(reloaded.open_entry_message(qid))
-        with f:
+        with open(os.path.join(self.dir, f"{qid}.msg"), "rb") as f:
             self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        with open(os.path.join(self.dir, f"{qid}.json")) as f:
+            doc = json.load(f)
+        self.assertEqual((doc["version"], doc["queue_id"], doc["created"]), (1, qid, 1700000000.0))
+        self.assertEqual(sorted(os.listdir(self.dir)), [f"{qid}.json", f"{qid}.msg"])
 
     def test_hard_link_when_fsynced(self) -> None:
         """A fsynced message file is hard-linked into the queue, not copied."""
@@ -63,17 +81,13 @@ class SpoolQueueTests(SynchronousTestCase):
         qid = self.successResultOf(self.queue.enqueue(ENVELOPE, msg, ["bob@remote.test"]))
         self.assertEqual(os.stat(msg.path).st_ino, os.stat(os.path.join(self.dir, f"{qid}.msg")).st_ino)
 
-    def test_list_and_delete(self) -> None:
-        """Entries are listed oldest first and deleting removes both files."""
+    def test_delete_removes_files(self) -> None:
+        """Deleting an entry removes both its files and leaves the other entry's."""
         q1 = self.successResultOf(self.queue.enqueue(ENVELOPE, make_message(self), ["bob@remote.test"]))
         q2 = self.successResultOf(self.queue.enqueue(ENVELOPE, make_message(self), ["bob@remote.test"]))
-        ids = [e.queue_id for e in self.successResultOf(self.queue.list_entries())]
-        self.assertEqual(sorted(ids), sorted([q1, q2]))
         self.successResultOf(self.queue.delete_entry(q1))
-        self.assertEqual([e.queue_id for e in self.successResultOf(self.queue.list_entries())], [q2])
         self.assertFalse(any(n.startswith(q1) for n in os.listdir(self.dir)))
-        self.failureResultOf(self.queue.delete_entry(q1), QueueError)
-        self.failureResultOf(self.queue.get_entry(q1), QueueError)
+        self.assertEqual(sorted(os.listdir(self.dir)), [f"{q2}.json", f"{q2}.msg"])
 
     def test_half_written_entry_removed_at_start(self) -> None:
         """A message file without its envelope (a crash before 250) is removed on load."""
@@ -95,22 +109,24 @@ class SpoolQueueTests(SynchronousTestCase):
         self.assertEqual([e.queue_id for e in self.successResultOf(reloaded.list_entries())], [qid])
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
-    def test_update_recipients_persists(self) -> None:
-        """Recipient state changes are written and reload; unknown states are refused."""
+    def test_update_recipients_written(self) -> None:
+        """Recipient state changes are written to the entry's .json file; refused ones are not."""
         qid = self.successResultOf(self.queue.enqueue(ENVELOPE, make_message(self), ["bob@remote.test"]))
+        path = os.path.join(self.dir, f"{qid}.json")
         self.successResultOf(
             self.queue.update_recipients(
                 qid, {"bob@remote.test": {"state": "deferred", "attempts": 1, "last_error": "451 busy"}}
             )
         )
-        with open(os.path.join(self.dir, f"{qid}.json")) as f:
+        with open(path) as f:
             doc = json.load(f)
         self.assertEqual(doc["recipients"]["bob@remote.test"]["state"], "deferred")
-        entry = self.successResultOf(SpoolQueue(self.dir).get_entry(qid))
-        self.assertEqual(entry.recipients["bob@remote.test"]["last_error"], "451 busy")
+        self.assertEqual(doc["recipients"]["bob@remote.test"]["last_error"], "451 busy")
         self.failureResultOf(
             self.queue.update_recipients(qid, {"bob@remote.test": {"state": "lost"}}), QueueError
         )
+        with open(path) as f:
+            self.assertEqual(json.load(f), doc)
 
     def test_update_in_memory_only(self) -> None:
         """durable=False merges in memory and writes nothing; the next durable update writes both."""
@@ -126,12 +142,12 @@ class SpoolQueueTests(SynchronousTestCase):
         entry = self.successResultOf(self.queue.get_entry(qid))
         self.assertEqual(entry.recipients["bob@remote.test"]["state"], "delivered")
         self.successResultOf(self.queue.update_recipients(qid, {"bob@remote.test": {"attempts": 1}}))
-        reloaded = self.successResultOf(SpoolQueue(self.dir).get_entry(qid))
-        self.assertEqual(reloaded.recipients["bob@remote.test"]["state"], "delivered")
-        self.assertEqual(reloaded.recipients["bob@remote.test"]["attempts"], 1)
+        with open(path) as f:
+            written = json.load(f)["recipients"]["bob@remote.test"]
+        self.assertEqual((written["state"], written["attempts"]), ("delivered", 1))
 
     def test_enqueue_needs_recipients(self) -> None:
-        """Enqueueing for nobody is an error, not an empty entry."""
+        """Enqueueing for nobody writes no file."""
         self.failureResultOf(self.queue.enqueue(ENVELOPE, make_message(self), []), QueueError)
         self.assertEqual(os.listdir(self.dir), [])
 

@@ -11,7 +11,6 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.store.conformance import MailStoreConformanceMixin, message
 from txmail import mime
 from txmail.model import (
     ANSWERED,
@@ -29,6 +28,7 @@ from txmail.model import (
 from txmail.store import maildir
 from txmail.store._maildir_format import parse_index
 from txmail.store.maildir import MaildirMailbox, MaildirProvider
+from txmail.testing.store import MailStoreConformanceMixin, message
 
 
 def _quiet() -> dict[str, Any]:

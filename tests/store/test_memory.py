@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from tests.store.conformance import MailStoreConformanceMixin
 from txmail.model import INBOX
 from txmail.store.memory import MemoryMailbox, MemoryProvider
+from txmail.testing.store import MailStoreConformanceMixin
 
 
 class MemoryStoreConformanceTests(MailStoreConformanceMixin, TestCase):

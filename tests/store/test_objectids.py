@@ -17,7 +17,6 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from tests.store.conformance import USER, Gen, message
 from tests.store.test_line_ends import write_v1_index
 from txmail.interfaces import IObjectIdProvider, IObjectIds, ISaveDates
 from txmail.model import DELETED, INBOX, SEEN, FlagMode
@@ -26,6 +25,7 @@ from txmail.store._ids import derived_email_id
 from txmail.store._maildir_format import INDEX_VERSION, parse_index
 from txmail.store.maildir import MaildirProvider
 from txmail.store.memory import MemoryProvider
+from txmail.testing.store import USER, Gen, message
 
 __all__: list[str] = []
 

@@ -15,12 +15,12 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from tests.store.conformance import message
 from txmail.errors import NoSuchMailbox
 from txmail.model import INBOX, SEEN, FlagMode, FlagsChanged, MailboxDeleted, MessagesAdded, MessagesExpunged
 from txmail.store import _maildir_io as io
 from txmail.store._maildir_watch import inotify_supported
 from txmail.store.maildir import MaildirProvider
+from txmail.testing.store import message
 
 USER = "alice@example.test"
 SETTLE = 2.0

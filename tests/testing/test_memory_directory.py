@@ -5,13 +5,16 @@ FileDirectory (aliases, catch-alls, plus-addressing, credentials), no file.
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+from collections.abc import Mapping, Sequence
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from txmail.auth.passwords import verify_password
 from txmail.directory import InvalidAddress, MemoryDirectory
 from txmail.errors import NoSuchUser, UserExists
 from txmail.interfaces import IDirectory
+from txmail.testing.directory import DirectoryConformanceMixin
 
 
 class MemoryDirectoryTests(SynchronousTestCase):
@@ -84,3 +87,17 @@ class MemoryDirectoryTests(SynchronousTestCase):
         self.directory.delete_user("bob@example.test")
         self.assertEqual(self.directory.list_users(), ["alice@example.test"])
         self.assertRaises(NoSuchUser, self.directory.delete_user, "bob@example.test")
+
+
+class MemoryDirectoryConformanceTests(DirectoryConformanceMixin, TestCase):
+    """MemoryDirectory keeps the whole directory contract."""
+
+    def make_directory(
+        self, domains: Sequence[str], users: Mapping[str, str], aliases: Mapping[str, Sequence[str]]
+    ) -> MemoryDirectory:
+        directory = MemoryDirectory(local_domains=domains)
+        for address, password in users.items():
+            directory.add_user(address, password)
+        for alias, targets in aliases.items():
+            directory.add_alias(alias, targets)
+        return directory

@@ -347,10 +347,11 @@ class SpoolQueue:
         entry = self._entries.get(queue_id)
         if entry is None:
             return defer.fail(QueueError(f"no queue entry {queue_id}"))
-        for rcpt, fields in changes.items():
+        for fields in changes.values():
             state = fields.get("state")
             if state is not None and state not in RECIPIENT_STATES:
                 return defer.fail(QueueError(f"invalid recipient state {state!r}"))
+        for rcpt, fields in changes.items():
             entry.recipients.setdefault(rcpt, {}).update(fields)
         if not durable:
             return defer.succeed(None)

@@ -7,6 +7,10 @@ with ``twisted.trial.unittest.TestCase`` and implement
 :meth:`~MailStoreConformanceMixin.make_provider` (and, for a persistent
 backend, :meth:`~MailStoreConformanceMixin.reopen_provider`)::
 
+    from twisted.trial.unittest import TestCase
+
+    from txmail.testing.store import MailStoreConformanceMixin
+
     class MyStoreTests(MailStoreConformanceMixin, TestCase):
         def make_provider(self):
             return MyProvider(self.mktemp())

@@ -54,6 +54,16 @@ Two APIs
   blocking API has started the reactor in its thread, the same process
   cannot run the reactor itself (``reactor.run()``).
 
+Conformance suites
+==================
+
+The submodules :mod:`txmail.testing.store`, :mod:`txmail.testing.queue`
+and :mod:`txmail.testing.directory` hold the conformance suites of the
+mailbox store, outbound queue and user directory contracts: mixins for a
+trial ``TestCase`` that a backend, in this repository or outside it, runs
+against itself (see the backend guide).  Importing :mod:`txmail.testing`
+does not import them.
+
 Implementation notes
 ====================
 
