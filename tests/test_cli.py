@@ -7,7 +7,9 @@ import json
 import os
 import sys
 import types
+from typing import Any
 
+from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from txmail import cli
@@ -21,14 +23,14 @@ class FakeMaildirProvider:
     calls: list[tuple[str, str]] = []
     fail = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, **options: Any) -> None:
         self.path = path
 
-    def store_for(self, user: str) -> object:
+    def store_for(self, user: str) -> defer.Deferred[object]:
         if self.fail:
-            raise OSError("disk full")
+            return defer.fail(OSError("disk full"))
         self.calls.append((self.path, user))
-        return object()
+        return defer.succeed(object())
 
 
 class CLITestCase(SynchronousTestCase):

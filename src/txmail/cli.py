@@ -64,6 +64,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
 from txmail.config import load_config, parse_host_port
 from txmail.directory import FileDirectory
 from txmail.dnsrecords import (
@@ -132,23 +135,25 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _create_storage(data_dir: str, address: str) -> None:
-    """Create the user's mailbox storage, as the server would on first delivery."""
+def _create_storage(settings: Any, address: str) -> None:
+    """
+    Create the user's mailbox storage, as the server would on first
+    delivery, through the configured backend (``[store] backend``).
+    """
     try:
-        from txmail.store.maildir import MaildirProvider
+        from txmail.service import make_store_provider
+
+        provider = make_store_provider(settings)
     except ImportError as e:
         raise CLIError(f"user {address} added, but mail storage is not available: {e}") from None
-    failures: list[Any] = []
-    try:
-        result = MaildirProvider(os.path.join(data_dir, "mail")).store_for(address)
-        if hasattr(result, "addErrback"):
-            # A provider may answer with a Deferred; ours fire at once here.
-            result.addErrback(failures.append)
-    except Exception as e:
-        raise CLIError(f"user {address} added, but creating its mail storage failed: {e}") from None
-    if failures:
+    # The backends' file work runs inline here: the Deferred has fired.
+    results: list[Any] = []
+    defer.maybeDeferred(provider.store_for, address).addBoth(results.append)
+    if not results:  # pragma: no cover - the configured backends answer inline
+        raise CLIError(f"user {address} added, but creating its mail storage did not complete")
+    if isinstance(results[0], Failure):
         raise CLIError(
-            f"user {address} added, but creating its mail storage failed: {failures[0].getErrorMessage()}"
+            f"user {address} added, but creating its mail storage failed: {results[0].getErrorMessage()}"
         )
 
 
@@ -159,7 +164,7 @@ def _user_add(args: argparse.Namespace) -> None:
         address = directory.add_user(args.address, password)
     except ValueError as e:  # InvalidAddress or a password SASLprep refuses
         raise CLIError(_value_error_text(e)) from None
-    _create_storage(settings.data_dir, address)
+    _create_storage(settings, address)
     _out(f"added user {address}")
 
 
