@@ -38,7 +38,6 @@ from twisted.python.threadpool import ThreadPool
 
 from txmail.auth.authenticator import Authenticator
 from txmail.config import Settings, parse_host_port
-from txmail.errors import ConfigError
 from txmail.delivery.backoff import parse_schedule
 from txmail.delivery.hooks import DeliveryHook
 from txmail.delivery.mx import MXResolver
@@ -46,6 +45,7 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.delivery.runner import QueueRunner, Smarthost
 from txmail.directory import FileDirectory
+from txmail.errors import ConfigError
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
 from txmail.interfaces import IDirectory, IMailStoreProvider
