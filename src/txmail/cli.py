@@ -24,7 +24,10 @@ Every user and alias command takes ``--data-dir`` (default
 ``./txmail-data``, as the server) and ``--config``; with a config file the
 data directory and the local domains come from it (``--data-dir`` still
 wins when given).  The directory is ``<data-dir>/users.json``, shared with a
-running server, which picks changes up without a restart.
+running server, which picks changes up without a restart.  ``user add``
+creates the user's mail storage through the configured ``[store] backend``
+(:func:`txmail.service.make_store_provider`), as the server would on the
+first delivery.
 
 The queue commands work on ``<data-dir>/queue`` and may run beside the
 server: ``flush`` makes every deferred recipient due now by rewriting the
@@ -182,7 +185,11 @@ def _user_passwd(args: argparse.Namespace) -> None:
 def _user_del(args: argparse.Namespace) -> None:
     directory, settings = _directory(args)
     address = directory.delete_user(args.address)
-    _out(f"deleted user {address} (their mail stays under {os.path.join(settings.data_dir, 'mail')})")
+    if settings.store_backend == "maildir":
+        where = f"under {os.path.join(settings.data_dir, 'mail')}"
+    else:
+        where = f"in the {settings.store_backend} store"
+    _out(f"deleted user {address} (their mail stays {where})")
 
 
 def _user_list(args: argparse.Namespace) -> None:
@@ -227,6 +234,7 @@ def _check_config(args: argparse.Namespace) -> None:
     _out("OK")
     _out(f"  hostname:       {settings.hostname}")
     _out(f"  data dir:       {settings.data_dir}")
+    _out(f"  mail store:     {settings.store_backend}")
     _out(f"  domains:        {', '.join(settings.domains)} (primary {settings.primary_domain})")
     _out(f"  users:          {len(directory.list_users())}")
     _out(f"  plaintext auth: {settings.plaintext_auth}")
