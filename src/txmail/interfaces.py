@@ -59,9 +59,10 @@ class IMailStoreProvider(Interface):
     """
     Gives each local user their :class:`IMailStore`.
 
-    The delivery router and the POP3/IMAP realms ask it for the store of a
+    The delivery router and the POP3/IMAP servers ask it for the store of a
     canonical user address (``alice@example.test``, as
-    :meth:`IDirectory.resolve_recipient` returns it).
+    :meth:`IDirectory.resolve_recipient` returns it); the server builds the
+    one ``[store] backend`` names (:func:`txmail.service.make_store_provider`).
     """
 
     def store_for(user):  # type: ignore[no-untyped-def]
@@ -78,8 +79,9 @@ class IMailStoreProvider(Interface):
             failure to open (the storage is unreachable) is a failed
             Deferred; the protocols log it and answer with a temporary
             error (IMAP ``NO [UNAVAILABLE]``, POP3 ``-ERR [SYS/TEMP]``).
-            An address the provider cannot store (one that would reach
-            outside its storage) fails with ``ValueError``.
+            An address the provider refuses to store (the Maildir
+            provider: one that would reach outside its tree) fails with
+            ``ValueError``.
 
         Coordination is the provider's job.  Several sessions, protocols and
         deliveries use one user's storage at once, and the contract holds

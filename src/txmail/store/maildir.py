@@ -93,6 +93,10 @@ Theory of operation
 * One txmail process per Maildir tree: ``claim_recent`` and UIDs are
   coordinated inside the process (same user -> same store object, same
   mailbox -> same mailbox object), not between processes.
+* ``MaildirProvider.store_for`` opens a user's store once: the INBOX is
+  created when missing and the user's files (subscriptions, special-use
+  roles, the last UIDVALIDITY) are read through ``run_blocking``; calls made
+  meanwhile wait for that open, later ones get the store at once.
 """
 
 from __future__ import annotations
