@@ -7,7 +7,9 @@ import json
 import os
 import sys
 import types
+from typing import Any
 
+from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from txmail import cli
@@ -21,14 +23,14 @@ class FakeMaildirProvider:
     calls: list[tuple[str, str]] = []
     fail = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, **options: Any) -> None:
         self.path = path
 
-    def store_for(self, user: str) -> object:
+    def store_for(self, user: str) -> defer.Deferred[object]:
         if self.fail:
-            raise OSError("disk full")
+            return defer.fail(OSError("disk full"))
         self.calls.append((self.path, user))
-        return object()
+        return defer.succeed(object())
 
 
 class CLITestCase(SynchronousTestCase):
@@ -224,6 +226,37 @@ class ConfigTests(CLITestCase):
         self.assertIn('"carol@example.org"', self.users_json(data_dir))
         self.assertEqual(FakeMaildirProvider.calls, [(os.path.join(data_dir, "mail"), "carol@example.org")])
 
+    def test_user_add_uses_the_configured_backend(self) -> None:
+        """user add creates the storage through the provider [store] backend names, not Maildir directly."""
+        import txmail.service
+
+        data_dir = os.path.abspath(self.mktemp())
+        config = self.write_config(
+            f'[server]\ndata_dir = "{data_dir}"\ndomains = ["example.org"]\n[store]\nbackend = "memory"\n'
+        )
+        made: list[Any] = []
+        real = txmail.service.make_store_provider
+
+        def recording(settings: Any, **kwargs: Any) -> Any:
+            provider = real(settings, **kwargs)
+            made.append((settings.store_backend, provider))
+            return provider
+
+        self.patch(txmail.service, "make_store_provider", recording)
+        self.assertEqual(
+            self.txmail("user", "add", "--config", config, "carol", "--password-stdin", stdin="pw\n"), 0
+        )
+        self.assertEqual([backend for backend, _ in made], ["memory"])
+        self.assertEqual(FakeMaildirProvider.calls, [])
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "mail")))
+        self.assertEqual(self.stdout.getvalue(), "added user carol@example.org\n")
+        self.assertEqual(self.txmail("user", "del", "--config", config, "carol"), 0)
+        self.assertTrue(
+            self.stdout.getvalue().endswith(
+                "deleted user carol@example.org (their mail stays in the memory store)\n"
+            )
+        )
+
     def test_check_config_ok(self) -> None:
         """check-config prints OK and a summary of the settings."""
         config = self.write_config(
@@ -235,6 +268,7 @@ class ConfigTests(CLITestCase):
         self.assertIn("mx.example.org", out)
         self.assertIn("example.org", out)
         self.assertIn(self.data_dir, out)
+        self.assertIn("  mail store:     maildir\n", out)
 
     def test_check_config_errors(self) -> None:
         """A bad key, bad TOML or a missing file exits 1 with the config error on stderr."""

@@ -234,3 +234,36 @@ class QuotaConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             load_config(path)
         self.assertIn("quota storage", str(cm.exception))
+
+
+class StoreConfigTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_backend(self) -> None:
+        """[store] backend chooses the mail store; Maildir by default."""
+        self.assertEqual(load_config(None).store_backend, "maildir")
+        self.assertEqual(load_config(self.write('[store]\nbackend = "memory"\n')).store_backend, "memory")
+        self.assertEqual(load_config(self.write('[store]\nbackend = "maildir"\n')).store_backend, "maildir")
+        self.assertEqual(Settings.validated(store_backend="memory").store_backend, "memory")
+
+    def test_postgresql_not_available_yet(self) -> None:
+        """The reserved "postgresql" backend is refused with a clear error."""
+        with self.assertRaises(ConfigError) as cm:
+            load_config(self.write('[store]\nbackend = "postgresql"\n'))
+        self.assertEqual(
+            str(cm.exception), '[store] backend "postgresql" is not available yet; use "maildir" or "memory"'
+        )
+
+    def test_unknown_backends(self) -> None:
+        """Any other value names the allowed ones; so do unknown keys of [store]."""
+        for value in ('"mbox"', '""', "1", '["maildir"]', '"Maildir"'):
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(f"[store]\nbackend = {value}\n"))
+            self.assertIn('[store] backend must be "maildir" or "memory"', str(cm.exception), value)
+        with self.assertRaises(ConfigError) as cm:
+            load_config(self.write('[store]\ndsn = "postgresql://db/mail"\n'))
+        self.assertIn("unknown key 'dsn' in [store]", str(cm.exception))

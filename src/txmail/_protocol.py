@@ -49,6 +49,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmail.auth import sasl
+
 __all__ = ["SessionProtocol", "format_peer", "is_loopback", "make_id"]
 
 
@@ -452,7 +454,7 @@ class SessionProtocol(Protocol, ABC):
             if user is None:
                 session.reject(self.PASSWORD_FAILED_REPLY)
             else:
-                session.accept(user)
+                self._logging_in(user, lambda: session.accept(user))
 
         self._answer(d, checked, self.INTERNAL_ERROR_REPLY, "password check")
 
@@ -461,7 +463,25 @@ class SessionProtocol(Protocol, ABC):
         session = self.session
         assert session is not None
         d = defer.maybeDeferred(self.factory.authenticator.step, event.server, event.request, peer=self.peer)
-        self._answer(d, session.accept, self.INTERNAL_ERROR_REPLY, "authentication step")
+
+        def stepped(result: Any) -> None:
+            if isinstance(result, sasl.Succeeded):
+                self._logging_in(result.username, lambda: session.accept(result))
+            else:
+                session.accept(result)
+
+        self._answer(d, stepped, self.INTERNAL_ERROR_REPLY, "authentication step")
+
+    def _logging_in(self, user: str, accept: Callable[[], None]) -> None:
+        """
+        *user* proved who they are (a password or a SASL exchange):
+        ``accept()`` answers the paused session with the success.  At once
+        here; an adapter that needs something first (the IMAP one opens the
+        user's store, so that a store it cannot open fails the LOGIN or
+        AUTHENTICATE) overrides this, waits (:meth:`_answer`) and accepts or
+        rejects the session itself.
+        """
+        accept()
 
     # -- STARTTLS / STLS --
 

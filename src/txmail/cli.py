@@ -24,7 +24,10 @@ Every user and alias command takes ``--data-dir`` (default
 ``./txmail-data``, as the server) and ``--config``; with a config file the
 data directory and the local domains come from it (``--data-dir`` still
 wins when given).  The directory is ``<data-dir>/users.json``, shared with a
-running server, which picks changes up without a restart.
+running server, which picks changes up without a restart.  ``user add``
+creates the user's mail storage through the configured ``[store] backend``
+(:func:`txmail.service.make_store_provider`), as the server would on the
+first delivery.
 
 The queue commands work on ``<data-dir>/queue`` and may run beside the
 server: ``flush`` makes every deferred recipient due now by rewriting the
@@ -63,6 +66,9 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from txmail.config import load_config, parse_host_port
 from txmail.directory import FileDirectory
@@ -132,23 +138,25 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _create_storage(data_dir: str, address: str) -> None:
-    """Create the user's mailbox storage, as the server would on first delivery."""
+def _create_storage(settings: Any, address: str) -> None:
+    """
+    Create the user's mailbox storage, as the server would on first
+    delivery, through the configured backend (``[store] backend``).
+    """
     try:
-        from txmail.store.maildir import MaildirProvider
+        from txmail.service import make_store_provider
+
+        provider = make_store_provider(settings)
     except ImportError as e:
         raise CLIError(f"user {address} added, but mail storage is not available: {e}") from None
-    failures: list[Any] = []
-    try:
-        result = MaildirProvider(os.path.join(data_dir, "mail")).store_for(address)
-        if hasattr(result, "addErrback"):
-            # A provider may answer with a Deferred; ours fire at once here.
-            result.addErrback(failures.append)
-    except Exception as e:
-        raise CLIError(f"user {address} added, but creating its mail storage failed: {e}") from None
-    if failures:
+    # The backends' file work runs inline here: the Deferred has fired.
+    results: list[Any] = []
+    defer.maybeDeferred(provider.store_for, address).addBoth(results.append)
+    if not results:  # pragma: no cover - the configured backends answer inline
+        raise CLIError(f"user {address} added, but creating its mail storage did not complete")
+    if isinstance(results[0], Failure):
         raise CLIError(
-            f"user {address} added, but creating its mail storage failed: {failures[0].getErrorMessage()}"
+            f"user {address} added, but creating its mail storage failed: {results[0].getErrorMessage()}"
         )
 
 
@@ -159,7 +167,7 @@ def _user_add(args: argparse.Namespace) -> None:
         address = directory.add_user(args.address, password)
     except ValueError as e:  # InvalidAddress or a password SASLprep refuses
         raise CLIError(_value_error_text(e)) from None
-    _create_storage(settings.data_dir, address)
+    _create_storage(settings, address)
     _out(f"added user {address}")
 
 
@@ -177,7 +185,11 @@ def _user_passwd(args: argparse.Namespace) -> None:
 def _user_del(args: argparse.Namespace) -> None:
     directory, settings = _directory(args)
     address = directory.delete_user(args.address)
-    _out(f"deleted user {address} (their mail stays under {os.path.join(settings.data_dir, 'mail')})")
+    if settings.store_backend == "maildir":
+        where = f"under {os.path.join(settings.data_dir, 'mail')}"
+    else:
+        where = f"in the {settings.store_backend} store"
+    _out(f"deleted user {address} (their mail stays {where})")
 
 
 def _user_list(args: argparse.Namespace) -> None:
@@ -222,6 +234,7 @@ def _check_config(args: argparse.Namespace) -> None:
     _out("OK")
     _out(f"  hostname:       {settings.hostname}")
     _out(f"  data dir:       {settings.data_dir}")
+    _out(f"  mail store:     {settings.store_backend}")
     _out(f"  domains:        {', '.join(settings.domains)} (primary {settings.primary_domain})")
     _out(f"  users:          {len(directory.list_users())}")
     _out(f"  plaintext auth: {settings.plaintext_auth}")

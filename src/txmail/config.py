@@ -16,6 +16,9 @@ The file format (every key optional)::
     threads = 8                          # blocking-work thread pool size
     gc_threshold = [100000, 50, 100]     # twistd mailserver's gc.set_threshold; [] leaves Python's
 
+    [store]
+    backend = "maildir"                  # maildir (under data_dir/mail) | memory (lost at exit)
+
     [tls]
     cert = "/etc/txmail/cert.pem"        # PEM certificate chain; with key enables STARTTLS
     key = "/etc/txmail/key.pem"
@@ -110,6 +113,7 @@ from txmail.quota import parse_size
 __all__ = [
     "DEFAULT_DATA_DIR",
     "PLAINTEXT_POLICIES",
+    "STORE_BACKENDS",
     "TLS_POLICIES",
     "Settings",
     "load_config",
@@ -117,6 +121,10 @@ __all__ = [
 ]
 
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
+#: The mail store backends ``[store] backend`` may name.
+STORE_BACKENDS = ("maildir", "memory")
+#: Backends reserved for a later release: named, but refused with a clear error.
+RESERVED_STORE_BACKENDS = ("postgresql",)
 TLS_POLICIES = ("none", "opportunistic", "verify")
 DEFAULT_DATA_DIR = "./txmail-data"
 
@@ -134,6 +142,7 @@ class Settings:
     plaintext_auth: str = "loopback"
     threads: int = 8
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
+    store_backend: str = "maildir"
     tls_cert: str | None = None
     tls_key: str | None = None
     smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
@@ -216,6 +225,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "plaintext_auth"): "plaintext_auth",
     ("server", "threads"): "threads",
     ("server", "gc_threshold"): "gc_threshold",
+    ("store", "backend"): "store_backend",
     ("tls", "cert"): "tls_cert",
     ("tls", "key"): "tls_key",
     ("smtp", "listen"): "smtp",
@@ -331,6 +341,16 @@ def _str_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _store_backend(value: Any) -> str:
+    """A valid ``[store] backend``; a ConfigError naming the allowed values otherwise."""
+    allowed = " or ".join(f'"{b}"' for b in STORE_BACKENDS)
+    if value in RESERVED_STORE_BACKENDS:
+        raise ConfigError(f'[store] backend "{value}" is not available yet; use {allowed}')
+    if value not in STORE_BACKENDS:
+        raise ConfigError(f"[store] backend must be {allowed}, not {value!r}")
+    return str(value)
+
+
 def _validate(values: dict[str, Any]) -> Settings:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
@@ -369,6 +389,8 @@ def _validate(values: dict[str, Any]) -> Settings:
                 raise ConfigError("smarthost must be HOST:PORT")
             parse_host_port(value, 25)
             out[f.name] = value
+        elif f.name == "store_backend":
+            out[f.name] = _store_backend(value)
         elif f.name == "outbound_enabled":
             if not isinstance(value, bool):
                 raise ConfigError("outbound enabled must be true or false")

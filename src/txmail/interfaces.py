@@ -61,17 +61,50 @@ class IMailStoreProvider(Interface):
     """
     Gives each local user their :class:`IMailStore`.
 
-    The delivery router and the POP3/IMAP realms ask it for the store of a
+    The delivery router and the POP3/IMAP servers ask it for the store of a
     canonical user address (``alice@example.test``, as
-    :meth:`IDirectory.resolve_recipient` returns it).
+    :meth:`IDirectory.resolve_recipient` returns it); the server builds the
+    one ``[store] backend`` names (:func:`txmail.service.make_store_provider`).
     """
 
     def store_for(user):  # type: ignore[no-untyped-def]
         """
-        Return the :class:`IMailStore` of *user* (``str``, a canonical
+        Open the :class:`IMailStore` of *user* (``str``, a canonical
         address), creating the user's storage (with an ``INBOX``) on first
-        use.  Two calls for the same user return stores that see each
+        use.  Two calls for the same user give stores that see each
         other's changes (in one process: the same object is fine).
+
+        Returns:
+            ``Deferred[IMailStore]``.  Opening never blocks the reactor: a
+            store that must touch a disk or a database to open does it off
+            the reactor thread (or asynchronously) and fires later.  A
+            failure to open (the storage is unreachable) is a failed
+            Deferred; the protocols log it and answer with a temporary
+            error (IMAP ``NO [UNAVAILABLE]``, POP3 ``-ERR [SYS/TEMP]``).
+            An address the provider refuses to store (the Maildir
+            provider: one that would reach outside its tree) fails with
+            ``ValueError``.
+
+        Coordination is the provider's job.  Several sessions, protocols and
+        deliveries use one user's storage at once, and the contract holds
+        for all of them together:
+
+        * UIDs and modification sequences are allocated by the rules of
+          :class:`IMailbox` (strictly ascending, never given twice within
+          one UIDVALIDITY), whoever appends or changes a message;
+        * the POP3 maildrop lock (RFC 1939 section 8) keeps a second POP3
+          session out of a maildrop in use;
+        * ``\\Recent`` (:meth:`IMailbox.claim_recent`) goes to exactly one
+          session.
+
+        A provider whose storage is shared by several processes (a
+        database behind several servers) must coordinate these between the
+        processes.  The Maildir provider
+        (:class:`txmail.store.maildir.MaildirProvider`) coordinates them
+        inside one process only (one store object per user, one mailbox
+        object per mailbox, the POP3 locks of
+        :class:`txmail.pop3.server.MaildropLocks`): one txmail process per
+        Maildir tree.
         """
 
 

@@ -45,6 +45,7 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.delivery.runner import QueueRunner, Smarthost
 from txmail.directory import FileDirectory
+from txmail.errors import ConfigError
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
 from txmail.interfaces import IDirectory, IMailStoreProvider
@@ -55,10 +56,17 @@ from txmail.pop3.server import MaildropLocks, POP3Factory
 from txmail.quota import Quotas
 from txmail.resolver import Resolver
 from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
-from txmail.store.maildir import MaildirProvider
 from txmail.tls import server_context, with_certificate
 
-__all__ = ["ListenerService", "MailServer", "PolicyService", "ThreadPoolService", "build_service", "tune_gc"]
+__all__ = [
+    "ListenerService",
+    "MailServer",
+    "PolicyService",
+    "ThreadPoolService",
+    "build_service",
+    "make_store_provider",
+    "tune_gc",
+]
 
 
 class ThreadPoolService(service.Service):
@@ -290,6 +298,34 @@ def tune_gc(threshold: Sequence[int]) -> None:
         gc.set_threshold(*threshold)
 
 
+def make_store_provider(
+    settings: Settings, *, run_blocking: Callable[..., defer.Deferred[Any]] | None = None
+) -> IMailStoreProvider:
+    """
+    The mail store provider ``[store] backend`` names in *settings*: the
+    server's (:func:`build_service`) and the admin command's
+    (:mod:`txmail.cli`).
+
+    * ``"maildir"``: a :class:`txmail.store.maildir.MaildirProvider` under
+      ``<data_dir>/mail``, its file work done by *run_blocking* (default:
+      inline, in the calling thread);
+    * ``"memory"``: a :class:`txmail.store.memory.MemoryProvider`; the mail
+      is lost when the process ends.
+
+    The backend modules are imported here, when one is chosen.
+    """
+    backend = settings.store_backend
+    if backend == "memory":
+        from txmail.store.memory import MemoryProvider
+
+        return MemoryProvider()
+    if backend == "maildir":
+        from txmail.store.maildir import MaildirProvider
+
+        return MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
+    raise ConfigError(f"unknown [store] backend {backend!r}")
+
+
 def build_service(
     settings: Settings,
     *,
@@ -310,8 +346,9 @@ def build_service(
         reactor: the reactor to use; the global one by default.
         directory: a user directory; default a :class:`FileDirectory` in the
             data directory.
-        stores: a mailbox store provider; default Maildir under
-            ``<data_dir>/mail``.
+        stores: a mailbox store provider; default the one ``[store]
+            backend`` names (:func:`make_store_provider`: Maildir under
+            ``<data_dir>/mail`` unless configured otherwise).
         resolver: what the queue runner asks for a domain's mail hosts (an
             object with ``resolve(domain) -> Deferred[list[Destination]]``,
             like :class:`txmail.delivery.mx.MXResolver`); default dnspython
@@ -358,7 +395,7 @@ def build_service(
             recheck_interval=1.0,
         )
     if stores is None:
-        stores = MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
+        stores = make_store_provider(settings, run_blocking=run_blocking)
     queue = SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
     policy = settings.policy
     keys = signing_keys(policy)

@@ -97,7 +97,9 @@ class ForwardingTests(SynchronousTestCase):
         (arc_set,) = verdict.sets
         self.assertEqual(arc_set.result_of("dmarc"), "pass")
         self.assertEqual(arc_set.result_of("arc"), "none")
-        mailbox = self.successResultOf(self.stores.store_for("alice@example.test").get_mailbox(INBOX))
+        mailbox = self.successResultOf(
+            self.successResultOf(self.stores.store_for("alice@example.test")).get_mailbox(INBOX)
+        )
         (info,) = self.successResultOf(mailbox.list_messages())
         self.assertEqual(self.successResultOf(mailbox.read_message(info.uid)), MESSAGE)
 
@@ -180,7 +182,9 @@ class NoticeSigningTests(SynchronousTestCase):
             "bob@example.test", ("alice@example.test",), rcpt_params=({"NOTIFY": "SUCCESS"},), message_id="T"
         )
         self.successResultOf(router.deliver(envelope, MessageFile(path, len(MESSAGE))))
-        mailbox = self.successResultOf(stores.store_for("bob@example.test").get_mailbox(INBOX))
+        mailbox = self.successResultOf(
+            self.successResultOf(stores.store_for("bob@example.test")).get_mailbox(INBOX)
+        )
         (info,) = self.successResultOf(mailbox.list_messages())
         notice = self.successResultOf(mailbox.read_message(info.uid))
         self.assertTrue(notice.startswith(b"Return-Path: <>\r\nDKIM-Signature:"), notice[:80])

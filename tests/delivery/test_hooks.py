@@ -109,7 +109,7 @@ class RouterHookTests(SynchronousTestCase):
         return report
 
     def inbox(self, user: str) -> list[bytes]:
-        mailbox = self.successResultOf(self.stores.store_for(user).get_mailbox(INBOX))
+        mailbox = self.successResultOf(self.successResultOf(self.stores.store_for(user)).get_mailbox(INBOX))
         infos = self.successResultOf(mailbox.list_messages())
         return [self.successResultOf(mailbox.read_message(i.uid)) for i in infos]
 

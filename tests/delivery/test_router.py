@@ -84,7 +84,7 @@ class RouterTestBase(SynchronousTestCase):
         self.message = MessageFile(path, len(MESSAGE), fsynced=True)
 
     def inbox(self, user: str) -> list[bytes]:
-        mailbox = self.successResultOf(self.stores.store_for(user).get_mailbox(INBOX))
+        mailbox = self.successResultOf(self.successResultOf(self.stores.store_for(user)).get_mailbox(INBOX))
         infos = self.successResultOf(mailbox.list_messages())
         return [self.successResultOf(mailbox.read_message(i.uid)) for i in infos]
 
@@ -150,7 +150,9 @@ class RouterTests(RouterTestBase):
         message = MessageFile(self.message.path, self.message.size, data=MESSAGE)
         report = self.successResultOf(self.router.deliver(self.envelope("alice@example.test"), message))
         self.assertTrue(report.all_ok)
-        mailbox = self.successResultOf(self.stores.store_for("alice@example.test").get_mailbox(INBOX))
+        mailbox = self.successResultOf(
+            self.successResultOf(self.stores.store_for("alice@example.test")).get_mailbox(INBOX)
+        )
         (uid,) = [i.uid for i in self.successResultOf(mailbox.list_messages())]
         metadata = self.successResultOf(mailbox.get_metadata([uid]))[uid]
         self.assertIn(("Subject", " hi\r\n"), [(n, v) for n, v in metadata.headers])
@@ -292,7 +294,7 @@ class FolderTests(RouterTestBase):
     """A policy's folder choice (Envelope.folder) decides where local copies go."""
 
     def messages(self, user: str, name: str) -> list[bytes]:
-        mailbox = self.successResultOf(self.stores.store_for(user).get_mailbox(name))
+        mailbox = self.successResultOf(self.successResultOf(self.stores.store_for(user)).get_mailbox(name))
         infos = self.successResultOf(mailbox.list_messages())
         return [self.successResultOf(mailbox.read_message(i.uid)) for i in infos]
 
@@ -301,14 +303,14 @@ class FolderTests(RouterTestBase):
         envelope = dataclasses.replace(self.envelope("alice@example.test"), folder="Junk")
         report = self.successResultOf(self.router.deliver(envelope, self.message))
         self.assertTrue(report.all_ok)
-        store = self.stores.store_for("alice@example.test")
+        store = self.successResultOf(self.stores.store_for("alice@example.test"))
         self.assertEqual(self.successResultOf(store.special_use_mailbox(SpecialUse.JUNK)), "Junk")
         self.assertEqual(self.messages("alice@example.test", "Junk"), [MESSAGE])
         self.assertEqual(self.inbox("alice@example.test"), [])
 
     def test_junk_means_the_special_use_mailbox(self) -> None:
         """A user whose \\Junk mailbox has another name gets the message there."""
-        store = self.stores.store_for("bob@example.test")
+        store = self.successResultOf(self.stores.store_for("bob@example.test"))
         self.successResultOf(store.create_mailbox("Spam", SpecialUse.JUNK))
         envelope = dataclasses.replace(self.envelope("bob@example.test"), folder="junk")
         self.successResultOf(self.router.deliver(envelope, self.message))
@@ -366,7 +368,7 @@ class QuotaTests(RouterTestBase):
         from txmail.quota import Usage
 
         self.fill_alice()
-        store = self.stores.store_for("alice@example.test")
+        store = self.successResultOf(self.stores.store_for("alice@example.test"))
         self.assertEqual(self.successResultOf(store.usage()), Usage(2 * len(MESSAGE), 2))
 
     def test_rcpt_refused_when_full(self) -> None:
@@ -426,7 +428,9 @@ class QuotaTests(RouterTestBase):
         self.assertEqual((result.ok, result.reply), (False, "452 4.2.2 Mailbox full"))
         self.assertEqual(self.successResultOf(self.queue.list_entries()), [])
         # Room made (a message expunged): the retry goes in.
-        mailbox = self.successResultOf(self.stores.store_for("alice@example.test").get_mailbox(INBOX))
+        mailbox = self.successResultOf(
+            self.successResultOf(self.stores.store_for("alice@example.test")).get_mailbox(INBOX)
+        )
         self.successResultOf(mailbox.set_flags([1], {"\\Deleted"}, "add"))
         self.successResultOf(mailbox.expunge([1]))
         self.assertTrue(self.successResultOf(self.router.redeliver(envelope, self.message)).all_ok)

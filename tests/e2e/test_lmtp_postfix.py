@@ -123,7 +123,7 @@ class PostfixLMTPTests(TestCase):
             "dave@example.test",
         ):
             self.server.directory.add_user(user, PASSWORD)
-        inbox = yield self.server.stores.store_for("carol@example.test").get_mailbox("INBOX")
+        inbox = yield (yield self.server.stores.store_for("carol@example.test")).get_mailbox("INBOX")
         yield inbox.append(b"Subject: old\r\n\r\n" + b"x" * 30 + b"\r\n")
         self.smtp_port = free_port()
         self.etc = postfix_config(self.root, self.smtp_port, self.socket_path)

@@ -62,13 +62,13 @@ class POP3TestCase(TestCase):
 
     @defer.inlineCallbacks
     def append(self, data: bytes, server: Any = None) -> Any:
-        inbox = yield (server or self.server).stores.store_for(USER).get_mailbox("INBOX")
+        inbox = yield (yield (server or self.server).stores.store_for(USER)).get_mailbox("INBOX")
         uid = yield inbox.append(data)
         return uid
 
     @defer.inlineCallbacks
     def inbox_uids(self) -> Any:
-        inbox = yield self.server.stores.store_for(USER).get_mailbox("INBOX")
+        inbox = yield (yield self.server.stores.store_for(USER)).get_mailbox("INBOX")
         infos = yield inbox.list_messages()
         return [i.uid for i in infos], [i.flags for i in infos]
 
@@ -235,7 +235,7 @@ class TLSTests(TestCase):
     @defer.inlineCallbacks
     def test_stls_then_login(self) -> Any:
         """Without TLS USER is refused with [AUTH]; after stls() it works and CAPA drops STLS."""
-        inbox = yield self.server.stores.store_for(USER).get_mailbox("INBOX")
+        inbox = yield (yield self.server.stores.store_for(USER)).get_mailbox("INBOX")
         yield inbox.append(b"Subject: tls\r\n\r\nsecret\r\n")
 
         def run() -> tuple[Any, ...]:
@@ -299,7 +299,7 @@ class ImplicitTLSTests(TestCase):
         )
         server.directory.add_user(USER, PASSWORD)
         message = b"Subject: big\r\n\r\n" + b".line of text\r\n" * (2 * 1024 * 1024 // 15)
-        inbox = yield server.stores.store_for(USER).get_mailbox("INBOX")
+        inbox = yield (yield server.stores.store_for(USER)).get_mailbox("INBOX")
         yield inbox.append(message)
 
         def run() -> tuple[Any, bytes]:

@@ -475,7 +475,7 @@ class CatenateServerTests(ServerTestCase):
 
     def test_other_users_mail(self) -> None:
         """A URL never reads another user's mailbox, even one that exists."""
-        other = self.stores.store_for("bob@example.test")
+        other = self.successResultOf(self.stores.store_for("bob@example.test"))
         inbox = self.successResultOf(other.get_mailbox("INBOX"))
         self.successResultOf(inbox.append(b"Subject: secret\r\n\r\nbob's\r\n"))
         proto, transport = self.login()

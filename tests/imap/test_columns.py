@@ -335,7 +335,7 @@ class MaildirComparisonTests(_ComparePaths, ServerTestCase):
         self.root = tempfile.mkdtemp()
         self.addCleanup(_rmtree, self.root)
         self.stores = MaildirProvider(self.root, hostname="test.host", clock=self.clock, watch="off")  # type: ignore[assignment]
-        store = self.stores.store_for(USER)
+        store = self.successResultOf(self.stores.store_for(USER))
         self.mailbox = self.successResultOf(store.get_mailbox("INBOX"))
         for body in generated_messages(80):
             self.successResultOf(self.mailbox.append(body, (), 1_600_000_000))

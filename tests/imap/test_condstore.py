@@ -246,7 +246,9 @@ class MaildirModseqTests(SynchronousTestCase):
 
     def test_modseq_survives_reopen(self) -> None:
         root = self.mktemp()
-        box = self.successResultOf(self.provider(root).store_for("alice@example.test").get_mailbox("INBOX"))
+        box = self.successResultOf(
+            self.successResultOf(self.provider(root).store_for("alice@example.test")).get_mailbox("INBOX")
+        )
         uids = [self.successResultOf(box.append(b"Subject: %d\r\n\r\nbody\r\n" % i)) for i in range(3)]
         self.successResultOf(box.set_flags(uids[:1], {"\\Seen"}, FlagMode.ADD))
         self.successResultOf(box.set_flags(uids[1:2], {"\\Deleted"}, FlagMode.ADD))
@@ -255,7 +257,9 @@ class MaildirModseqTests(SynchronousTestCase):
         highest = self.successResultOf(box.status()).highest_modseq
         self.assertGreater(highest, max(before.values()))  # the expunge counts too
         # A new provider on the same directory: a restart.
-        box2 = self.successResultOf(self.provider(root).store_for("alice@example.test").get_mailbox("INBOX"))
+        box2 = self.successResultOf(
+            self.successResultOf(self.provider(root).store_for("alice@example.test")).get_mailbox("INBOX")
+        )
         self.assertEqual({i.uid: i.modseq for i in self.successResultOf(box2.list_messages())}, before)
         self.assertEqual(self.successResultOf(box2.status()).highest_modseq, highest)
         (changed,) = self.successResultOf(box2.set_flags(uids[2:], {"\\Flagged"}, FlagMode.ADD))

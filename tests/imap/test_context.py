@@ -319,7 +319,7 @@ class HandlerTests(SynchronousTestCase):
     """The SEARCH handler and the contexts, driven without Twisted (memory store)."""
 
     def setUp(self) -> None:
-        self.store = MemoryProvider().store_for("alice@example.test")
+        self.store = self.successResultOf(MemoryProvider().store_for("alice@example.test"))
         self.mailbox = run_now(self.get())
         for n in range(3):
             self.mailbox.append(

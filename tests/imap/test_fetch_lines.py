@@ -55,7 +55,9 @@ def _never(mailbox: Any, items: Any) -> bool:
 
 class FetchUsesLinesTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.mailbox = self.successResultOf(MemoryProvider().store_for(USER).get_mailbox("INBOX"))
+        self.mailbox = self.successResultOf(
+            self.successResultOf(MemoryProvider().store_for(USER)).get_mailbox("INBOX")
+        )
 
     def test_lines_used(self) -> None:
         """HEADER.FIELDS of listed names, beside items that read no metadata."""
@@ -137,7 +139,9 @@ class MaildirComparisonTests(_ComparePaths, ServerTestCase):
         self.root = tempfile.mkdtemp()
         self.addCleanup(_rmtree, self.root)
         self.stores = MaildirProvider(self.root, hostname="test.host", clock=self.clock, watch="off")  # type: ignore[assignment]
-        self.mailbox = self.successResultOf(self.stores.store_for(USER).get_mailbox("INBOX"))
+        self.mailbox = self.successResultOf(
+            self.successResultOf(self.stores.store_for(USER)).get_mailbox("INBOX")
+        )
         for body in generated_messages(40):
             self.successResultOf(self.mailbox.append(body, (), 1_600_000_000))
 

@@ -403,8 +403,8 @@ class PlainProvider:
     def __init__(self, provider: MemoryProvider) -> None:
         self.provider = provider
 
-    def store_for(self, user: str) -> PlainStore:
-        return PlainStore(self.provider.store_for(user))
+    def store_for(self, user: str) -> defer.Deferred[PlainStore]:
+        return self.provider.store_for(user).addCallback(PlainStore)
 
 
 class AdapterTests(ServerTestCase):

@@ -19,7 +19,7 @@ from tests.imap.test_server import ServerTestCase
 from tests.imap.test_session import feed, info, selected
 from txmail.imap import serialize
 from txmail.imap.commands import capabilities, notify
-from txmail.imap.commands.context import run_now
+from txmail.imap.commands.context import call, run_now
 from txmail.imap.commands.notify import MAX_MAILBOXES, MAX_PENDING, NotifyState, check
 from txmail.imap.parser import ParseError
 from txmail.imap.responses import Bad, Done, ListData, No, StatusData, UntaggedOk
@@ -302,7 +302,7 @@ class StateTests(SynchronousTestCase):
 class NewMessageFetchTests(SynchronousTestCase):
     def test_fetches_with_sequence_numbers(self) -> None:
         """Section 5.2: MessageNew's attributes for the new messages, numbered as the view numbers them."""
-        store = MemoryProvider().store_for(USER)
+        store = self.successResultOf(MemoryProvider().store_for(USER))
         inbox = self.successResultOf(store.get_mailbox("INBOX"))
         for subject in (b"a", b"b"):
             self.successResultOf(inbox.append(b"Subject: " + subject + b"\r\n\r\nx\r\n"))
@@ -313,7 +313,7 @@ class NewMessageFetchTests(SynchronousTestCase):
         self.assertEqual(b"".join(serialize.render_all(got)), b"* 2 FETCH (UID 2 RFC822.SIZE 17)\r\n")
 
     def test_deleted_mailbox(self) -> None:
-        store = MemoryProvider().store_for(USER)
+        store = self.successResultOf(MemoryProvider().store_for(USER))
         self.successResultOf(store.create_mailbox("Gone"))
         box = self.successResultOf(store.get_mailbox("Gone"))
         self.successResultOf(box.append(b"Subject: a\r\n\r\nx\r\n"))
@@ -388,7 +388,7 @@ class FakeContext:
 
     def __init__(self) -> None:
         self.session = IMAPSession()
-        self.store = MemoryProvider().store_for(USER)
+        self.store = run_now(call(MemoryProvider().store_for, USER))
         self.mailbox: Any = None
         self.quotas = None
         self.emitted: list[Any] = []

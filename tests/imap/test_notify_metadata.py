@@ -99,7 +99,7 @@ class QueueTests(SynchronousTestCase):
 class CheckTests(SynchronousTestCase):
     def test_offered_with_metadata_store(self) -> None:
         """Sections 5.6 and 5.7: REQUIRED with METADATA; listed in BADEVENT after the others."""
-        store = MemoryProvider().store_for(USER)
+        store = self.successResultOf(MemoryProvider().store_for(USER))
         self.assertEqual(supported_events(store), (*BASE_EVENTS.split(), *EVENTS))
         args = notify_args(b"a NOTIFY SET (personal (MailboxMetadataChange ServerMetadataChange))\r\n")
         check(args, supported_events(store))
@@ -107,7 +107,7 @@ class CheckTests(SynchronousTestCase):
 
     def test_badevent_without_metadata_store(self) -> None:
         """A store without IMetadataStore: NO [BADEVENT] listing only the other events."""
-        plain = PlainProvider(MemoryProvider()).store_for(USER)
+        plain = self.successResultOf(PlainProvider(MemoryProvider()).store_for(USER))
         self.assertEqual(supported_events(plain), tuple(BASE_EVENTS.split()))
         for event in EVENTS:
             args = notify_args(b"a NOTIFY SET (personal (" + event.encode() + b"))\r\n")
@@ -116,7 +116,7 @@ class CheckTests(SynchronousTestCase):
 
     def test_annotation_change_stays_unsupported(self) -> None:
         """AnnotationChange (RFC 5257 message annotations) is still BADEVENT, with the METADATA events listed."""
-        store = MemoryProvider().store_for(USER)
+        store = self.successResultOf(MemoryProvider().store_for(USER))
         args = notify_args(b"a NOTIFY SET (personal (MessageNew MessageExpunge AnnotationChange))\r\n")
         e = self.assertRaises(No, check, args, supported_events(store))
         self.assertEqual(e.code, f"BADEVENT ({BASE_EVENTS} {' '.join(EVENTS)})")
@@ -276,7 +276,7 @@ class HandlerTests(SynchronousTestCase):
 
     def test_store_without_metadata(self) -> None:
         ctx = FakeContext()
-        ctx.store = PlainProvider(MemoryProvider()).store_for(USER)
+        ctx.store = self.successResultOf(PlainProvider(MemoryProvider()).store_for(USER))
         e = self.assertRaises(
             No, self.run_notify, ctx, b"a NOTIFY SET (personal (MailboxMetadataChange))\r\n"
         )

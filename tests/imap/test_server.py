@@ -57,7 +57,7 @@ class ServerTestCase(SynchronousTestCase):
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
         self.stores = MemoryProvider()
-        self.store = self.stores.store_for(USER)
+        self.store = self.successResultOf(self.stores.store_for(USER))
         self.mailbox = self.successResultOf(self.store.get_mailbox("INBOX"))
         self.uids = [self.successResultOf(self.mailbox.append(m, (), 1_600_000_000)) for m in MESSAGES]
         self.authenticator = Authenticator(FakeDirectory(), clock=self.clock)  # type: ignore[arg-type]

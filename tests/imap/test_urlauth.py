@@ -26,7 +26,7 @@ from txmail.auth.authenticator import Authenticator
 from txmail.imap import serialize
 from txmail.imap.commands import capabilities
 from txmail.imap.commands import urlauth as urlauth_module
-from txmail.imap.commands.context import run_now
+from txmail.imap.commands.context import call, run_now
 from txmail.imap.fragment import LineFragment
 from txmail.imap.parser import MAX_URLAUTH_ITEMS, ParseError, parse_command
 from txmail.imap.responses import GenUrlAuthData, UrlFetchData
@@ -107,7 +107,7 @@ class KeyStoreTests(SynchronousTestCase):
         return key  # type: ignore[no-any-return]
 
     def test_memory(self) -> None:
-        store = MemoryProvider().store_for(USER)
+        store = self.successResultOf(MemoryProvider().store_for(USER))
         self.check(store)
         self.successResultOf(store.reset_urlauth_keys())
         self.assertIsNone(self.successResultOf(store.urlauth_key("INBOX", 5)))
@@ -115,19 +115,23 @@ class KeyStoreTests(SynchronousTestCase):
     def test_maildir_survives_restart(self) -> None:
         """The Maildir store keeps the keys in a file only its owner reads, across restarts."""
         root = self.mktemp()
-        store = MaildirProvider(root).store_for(USER)
+        store = self.successResultOf(MaildirProvider(root).store_for(USER))
         key = self.check(store)
         path = os.path.join(store.root, URLAUTH_KEYS)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
-        again = MaildirProvider(root).store_for(USER)
+        again = self.successResultOf(MaildirProvider(root).store_for(USER))
         self.assertEqual(self.successResultOf(again.urlauth_key("INBOX", 5)), key)
         self.successResultOf(again.reset_urlauth_keys())
-        self.assertIsNone(self.successResultOf(MaildirProvider(root).store_for(USER).urlauth_key("INBOX", 5)))
+        self.assertIsNone(
+            self.successResultOf(
+                self.successResultOf(MaildirProvider(root).store_for(USER)).urlauth_key("INBOX", 5)
+            )
+        )
 
     def test_maildir_damaged_file(self) -> None:
         """A damaged key file gives no key (no URL is accepted wrongly); GENURLAUTH makes new ones."""
         root = self.mktemp()
-        store = MaildirProvider(root).store_for(USER)
+        store = self.successResultOf(MaildirProvider(root).store_for(USER))
         with open(os.path.join(store.root, URLAUTH_KEYS), "w") as f:
             f.write("{not json")
         self.assertIsNone(self.successResultOf(store.urlauth_key("INBOX", 5)))
@@ -141,12 +145,12 @@ class HandlerContext:
         self.provider = MemoryProvider()
         self.session = IMAPSession()
         self.session.user = USER
-        self.store = self.provider.store_for(USER)
+        self.store = run_now(call(self.provider.store_for, USER))
         self.server_names = frozenset({HOST})
         self.emitted: list[Any] = []
 
     async def user_store(self, user: str) -> Any:
-        return self.provider.store_for(user) if user == BOB else None
+        return (await self.provider.store_for(user)) if user == BOB else None
 
     def emit(self, *responses: Any) -> None:
         self.emitted.extend(responses)
@@ -180,7 +184,7 @@ class HandlerTests(SynchronousTestCase):
     def test_other_user(self) -> None:
         """authorized_mailbox gives bob's mailbox only with bob's verifier."""
         ctx = HandlerContext()
-        bob = ctx.provider.store_for(BOB)
+        bob = self.successResultOf(ctx.provider.store_for(BOB))
         inbox = bob._boxes["INBOX"]
         key = run_now(_deferred(bob.urlauth_key("INBOX", inbox.uidvalidity, True)))
         rump = f"imap://bob%40example.test@{HOST}/INBOX/;UID=1;URLAUTH=anonymous"
@@ -229,7 +233,7 @@ class URLAuthServerTests(ServerTestCase):
 
     def bob_url(self, access: str, section: str = "") -> str:
         """A URL of bob's message 1, signed with bob's key (as bob's GENURLAUTH would)."""
-        store = self.stores.store_for(BOB)
+        store = self.successResultOf(self.stores.store_for(BOB))
         inbox = self.successResultOf(store.get_mailbox("INBOX"))
         if not self.successResultOf(inbox.list_messages()):
             self.successResultOf(inbox.append(BOB_MESSAGE))

@@ -347,7 +347,7 @@ class LearnerTests(RspamdTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.fake.answer = {"success": True}
-        self.store = MemoryProvider().store_for("bob@example.test")
+        self.store = self.successResultOf(MemoryProvider().store_for("bob@example.test"))
         self.successResultOf(self.store.create_mailbox("Junk", SpecialUse.JUNK))
         self.junk = self.successResultOf(self.store.get_mailbox("Junk"))
         self.inbox = self.successResultOf(self.store.get_mailbox("INBOX"))

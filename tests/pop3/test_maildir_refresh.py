@@ -26,7 +26,9 @@ class MaildirPOP3RefreshTests(ServerTestCase):
         self.clock.advance(1_700_000_000)
         self.root = self.mktemp()
         self.stores = MaildirProvider(self.root, hostname="mx.test", clock=self.clock, watch="poll")
-        self.mailbox = self.successResultOf(self.stores.store_for(USER).get_mailbox("INBOX"))
+        self.mailbox = self.successResultOf(
+            self.successResultOf(self.stores.store_for(USER)).get_mailbox("INBOX")
+        )
         self.successResultOf(self.mailbox.append(MESSAGE))
         self.inbox = os.path.join(self.root, "example.test", "alice")
         self.locks = MaildropLocks()

@@ -64,7 +64,9 @@ class ServerTestCase(SynchronousTestCase):
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
         self.stores = MemoryProvider()
-        self.mailbox = self.successResultOf(self.stores.store_for(USER).get_mailbox("INBOX"))
+        self.mailbox = self.successResultOf(
+            self.successResultOf(self.stores.store_for(USER)).get_mailbox("INBOX")
+        )
         self.uids = [self.successResultOf(self.mailbox.append(m)) for m in MESSAGES]
         self.changes: list[Any] = []
         self.mailbox.add_listener(self.changes.append)

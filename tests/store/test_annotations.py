@@ -36,7 +36,7 @@ class AnnotationsMixin:
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.store = self.provider().store_for(USER)
+        self.store = yield self.provider().store_for(USER)
         yield self.store.create_mailbox("Work")
 
     def test_interface(self) -> None:
@@ -133,9 +133,9 @@ class MaildirAnnotationsTests(AnnotationsMixin, TestCase):
         """The files are read again by a new provider (a restart)."""
         yield self.store.set_annotations("Work", {"/private/comment": b"w", "/shared/bin": b"\x00\xff"})
         yield self.store.set_annotations("", {"/private/x": b"s"})
-        again = MaildirProvider(self.root, hostname="mx.test", clock=task.Clock(), watch="poll").store_for(
-            USER
-        )
+        again = yield MaildirProvider(
+            self.root, hostname="mx.test", clock=task.Clock(), watch="poll"
+        ).store_for(USER)
         self.assertEqual(
             (yield again.get_annotations("Work")), {"/private/comment": b"w", "/shared/bin": b"\x00\xff"}
         )

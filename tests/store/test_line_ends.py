@@ -211,7 +211,7 @@ class MaildirLineEndTests(MaildirBase):
 
     def test_dropped_lf_file(self) -> None:
         """The issue's example: an LF file dropped into new/ is served with CRLF and its CRLF size."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("new", "1700000000.V801I2M3.other.host", LF)
         box = self.inbox()
         self.check_served(box, 1, CRLF)
@@ -223,7 +223,7 @@ class MaildirLineEndTests(MaildirBase):
 
     def test_mixed_and_multipart(self) -> None:
         """Only bare LFs are converted; BODYSTRUCTURE octets and lines count CRLF."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("new", "1700000000.a.other.host", MIXED)
         self.drop("cur", "1700000001.b.other.host:2,S", MULTIPART_LF)
         self.drop("new", "1700000002.c.other.host", CRLF)
@@ -254,9 +254,9 @@ class MaildirLineEndTests(MaildirBase):
         body = b"".join(b"line %d of a long message\n" % i for i in range(20000))
         data = b"Subject: big\n\n" + body
         self.assertGreater(len(data), maildir.INLINE_READ_SIZE)
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("new", "1700000000.e.other.host", data)
-        box = yield self.reopen(run_blocking=deferToThread).store_for(USER).get_mailbox(INBOX)
+        box = yield (yield self.reopen(run_blocking=deferToThread).store_for(USER)).get_mailbox(INBOX)
         crlf = reference(data)
         (info,) = yield box.list_messages([1])
         self.assertEqual(info.size, len(crlf))
@@ -278,7 +278,7 @@ class MaildirLineEndTests(MaildirBase):
         A foreign file is counted once: the index keeps both sizes, and a
         restart reads no message file (the metadata cache is parsed CRLF).
         """
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("new", "1700000000.f.other.host", LF)
         box = self.inbox()
         self.check_served(box, 1, CRLF)
@@ -312,7 +312,7 @@ class MaildirLineEndTests(MaildirBase):
 
     def test_dovecot_sizes_honoured(self) -> None:
         """A Dovecot file name's W= is the CRLF size: the file is not read to count; S= = W= is CRLF."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("cur", f"1700000000.M1P2.dovecot.host,S={len(LF)},W={len(CRLF)}:2,S", LF)
         self.drop("new", f"1700000001.M3P2.dovecot.host,S={len(CRLF)},W={len(CRLF)}", CRLF)
         self.patch(_maildir_io, "count_file", lambda *a: self.fail("counted a file with W="))
@@ -322,13 +322,13 @@ class MaildirLineEndTests(MaildirBase):
 
     def test_dovecot_size_without_w_is_counted(self) -> None:
         """S= alone is the file's size, not a promise of CRLF: the file is counted."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("new", f"1700000000.M1P2.dovecot.host,S={len(LF)}", LF)
         self.check_served(self.inbox(), 1, CRLF)
 
     def test_copy_and_move(self) -> None:
         """A copied or moved LF message keeps its sizes in the target (hard link, W= in its name)."""
-        store = self.provider.store_for(USER)
+        store = self.successResultOf(self.provider.store_for(USER))
         self.drop("new", "1700000000.g.other.host", LF)
         self.drop("new", "1700000001.h.other.host", MULTIPART_LF)
         box = self.inbox()
@@ -348,11 +348,15 @@ class MaildirLineEndTests(MaildirBase):
             os.stat(os.path.join(self.user_dir, ".Other", "new", names[0])).st_ino,
         )
         # After a restart, and after losing the target's index (W= in the names).
-        other2 = self.successResultOf(self.reopen().store_for(USER).get_mailbox("Other"))
+        other2 = self.successResultOf(
+            self.successResultOf(self.reopen().store_for(USER)).get_mailbox("Other")
+        )
         self.check_served(other2, 1, CRLF)
         os.unlink(self.index_path(".Other"))
         self.patch(_maildir_io, "count_file", lambda *a: self.fail("counted a file with W="))
-        other3 = self.successResultOf(self.reopen().store_for(USER).get_mailbox("Other"))
+        other3 = self.successResultOf(
+            self.successResultOf(self.reopen().store_for(USER)).get_mailbox("Other")
+        )
         self.check_served(other3, 1, CRLF)
         self.check_served(other3, 2, multipart)
 
@@ -384,7 +388,7 @@ class MaildirLineEndTests(MaildirBase):
         ]
         for name in self.files("new"):
             self.assertEqual(name_sizes(name), (len(CRLF), None))
-        store = self.provider.store_for(USER)
+        store = self.successResultOf(self.provider.store_for(USER))
         self.successResultOf(store.create_mailbox("Other"))
         other = self.successResultOf(store.get_mailbox("Other"))
         self.successResultOf(box.copy(uids, other))
@@ -437,7 +441,7 @@ class MaildirLineEndTests(MaildirBase):
 
     def test_deleted_index_recounts(self) -> None:
         """Without the index, files are taken in again with their CRLF sizes."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("new", "1700000000.j.other.host", MIXED)
         self.successResultOf(self.inbox().get_metadata([1]))
         os.unlink(self.index_path())
@@ -450,11 +454,14 @@ class MaildirLineEndThreadTests(TestCase):
     def test_threads(self) -> Any:
         root = self.mktemp()
         provider = maildir.MaildirProvider(root, hostname="mx.test", run_blocking=deferToThread, watch="off")
-        store = provider.store_for(USER)
         path = os.path.join(root, "example.test", "alice", "new", "1700000000.k.other.host")
-        with open(path, "wb") as f:
-            f.write(LF)
-        d = store.get_mailbox(INBOX)
+
+        def opened(store: Any) -> Any:
+            with open(path, "wb") as f:
+                f.write(LF)
+            return store.get_mailbox(INBOX)
+
+        d = provider.store_for(USER).addCallback(opened)
         d.addCallback(lambda box: box.get_metadata([1]).addCallback(lambda md: (box, md)))
 
         def check(result: tuple[Any, Any]) -> Any:

@@ -124,8 +124,14 @@ class MaildirBase(TestCase):
         kwargs.setdefault("watch", "poll")
         return MaildirProvider(self.root, hostname="mx.test", **kwargs)
 
+    def store_of(self, provider: MaildirProvider, runner: ManualRunner) -> Any:
+        """USER's store from *provider*, its first open run by *runner*."""
+        d = provider.store_for(USER)
+        runner.step("_open_user_dir")
+        return self.successResultOf(d)
+
     def inbox(self, provider: MaildirProvider | None = None) -> Any:
-        store = (provider or self.provider).store_for(USER)
+        store = self.successResultOf((provider or self.provider).store_for(USER))
         return self.successResultOf(store.get_mailbox(INBOX))
 
     def files(self, sub: str, folder: str = "") -> list[str]:
@@ -151,18 +157,60 @@ class MaildirLayoutTests(MaildirBase):
 
     def test_user_directory(self) -> None:
         """A user's INBOX is <root>/<domain lower-cased>/<local part>/ with tmp/ new/ cur/."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.assertEqual(self.files(""), ["cur", "new", "tmp"])
         self.assertFalse(os.path.exists(os.path.join(self.user_dir, "maildirfolder")))
-        store = self.provider.store_for(USER)
-        self.assertIs(self.provider.store_for("alice@example.TEST"), store)
+        store = self.successResultOf(self.provider.store_for(USER))
+        self.assertIs(self.successResultOf(self.provider.store_for("alice@example.TEST")), store)
         box = self.successResultOf(store.get_mailbox(INBOX))
         self.assertIs(self.successResultOf(store.get_mailbox("inbox")), box)
         os.makedirs(os.path.join(self.user_dir, "txmail-deleted-0123", "cur"))
-        self.reopen().store_for(USER)
+        self.successResultOf(self.reopen().store_for(USER))
         self.assertEqual(
             self.files(""), ["cur", "new", "tmp", "txmail-index", "txmail-mailboxid", "txmail-uidvalidity"]
         )
+
+    def test_first_open_through_run_blocking(self) -> None:
+        """The first open of a user creates and reads the tree in run_blocking; later ones answer at once."""
+        runner = ManualRunner()
+        provider = self.reopen(run_blocking=runner)
+        first = provider.store_for(USER)
+        self.assertEqual(runner.pending(), ["_open_user_dir"])
+        self.assertNoResult(first)
+        self.assertFalse(os.path.exists(self.user_dir))  # nothing touched on the reactor thread
+        runner.step("_open_user_dir")
+        store = self.successResultOf(first)
+        self.assertEqual(self.files(""), ["cur", "new", "tmp"])
+        self.assertIs(self.successResultOf(provider.store_for("alice@example.TEST")), store)
+        self.assertEqual(runner.pending(), [])
+
+    def test_concurrent_first_opens(self) -> None:
+        """Calls made while the first open runs wait for that one open and get the same store."""
+        runner = ManualRunner()
+        provider = self.reopen(run_blocking=runner)
+        calls = [provider.store_for(USER), provider.store_for(USER), provider.store_for("alice@EXAMPLE.test")]
+        self.assertEqual(runner.pending(), ["_open_user_dir"])
+        for d in calls:
+            self.assertNoResult(d)
+        runner.step("_open_user_dir")
+        stores = [self.successResultOf(d) for d in calls]
+        self.assertIs(stores[1], stores[0])
+        self.assertIs(stores[2], stores[0])
+        self.assertEqual(stores[0].user, USER)
+
+    def test_failed_open(self) -> None:
+        """A first open that fails fails every caller waiting for it, and the next call tries again."""
+        runner = ManualRunner()
+        provider = self.reopen(run_blocking=runner)
+        calls = [provider.store_for(USER), provider.store_for(USER)]
+        _, _, opening = runner.calls.pop()
+        opening.errback(OSError("disk gone"))
+        for d in calls:
+            self.assertEqual(str(self.failureResultOf(d, OSError).value), "disk gone")
+        again = provider.store_for(USER)
+        self.assertEqual(runner.pending(), ["_open_user_dir"])
+        runner.step("_open_user_dir")
+        self.assertEqual(self.successResultOf(again).root, self.user_dir)
 
     def test_unsafe_users(self) -> None:
         """Addresses whose parts could leave the root are refused with ValueError."""
@@ -178,12 +226,12 @@ class MaildirLayoutTests(MaildirBase):
             "alice",
             "al\0ice@example.test",
         ):
-            self.assertRaises(ValueError, self.provider.store_for, user)
+            self.failureResultOf(self.provider.store_for(user), ValueError)
         self.assertEqual(_names(self.root), [])
 
     def test_folder_layout(self) -> None:
         """Folders are Maildir++ dot directories with maildirfolder, and . and % are escaped reversibly."""
-        store = self.provider.store_for(USER)
+        store = self.successResultOf(self.provider.store_for(USER))
         for name in ("Archive/2024", "a.b", "100%", "INBOX/Sub", "Ünïcode"):
             self.successResultOf(store.create_mailbox(name))
         dirs = [n for n in self.files("") if n.startswith(".")]
@@ -195,7 +243,7 @@ class MaildirLayoutTests(MaildirBase):
         expected = [INBOX, "100%", "Archive", "Archive/2024", "INBOX/Sub", "a.b", "Ünïcode"]
         names = [f.name for f in self.successResultOf(store.list_mailboxes("*"))]
         self.assertEqual(names, expected)
-        store2 = self.reopen().store_for(USER)
+        store2 = self.successResultOf(self.reopen().store_for(USER))
         self.assertEqual([f.name for f in self.successResultOf(store2.list_mailboxes("*"))], expected)
         box = self.successResultOf(store2.get_mailbox("a.b"))
         self.successResultOf(box.append(message()))
@@ -208,7 +256,7 @@ class MaildirLayoutTests(MaildirBase):
             os.makedirs(os.path.join(self.user_dir, ".inbox", sub))
         os.makedirs(os.path.join(self.user_dir, ".Empty"))
         self.drop("new", "1.foreign.host", message(), ".Foreign")
-        store = self.provider.store_for(USER)
+        store = self.successResultOf(self.provider.store_for(USER))
         names = [f.name for f in self.successResultOf(store.list_mailboxes("*"))]
         self.assertEqual(names, [INBOX, "Foreign"])
         box = self.successResultOf(store.get_mailbox("Foreign"))
@@ -279,7 +327,7 @@ class MaildirInteropTests(MaildirBase):
         each); the first get_metadata parses and caches, the next reads
         the cache.
         """
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         for n in range(3):
             self.drop("new", f"160000000{n}.M{n}.other.host", message(n))
         cache = os.path.join(self.user_dir, "txmail-cache")
@@ -301,7 +349,7 @@ class MaildirInteropTests(MaildirBase):
 
     def test_pickup_on_open(self) -> None:
         """Files present before the first open, with Dovecot keyword letters, become messages."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         with open(os.path.join(self.user_dir, "dovecot-keywords"), "wb") as f:
             f.write(b"0 Important\n3 $Junk\n")
         self.drop("cur", "1600000000.a.host:2,FSad", message(1))
@@ -369,7 +417,7 @@ class MaildirInteropTests(MaildirBase):
 
     def test_unknown_letters_kept(self) -> None:
         """Flag letters txmail does not expose (P, passed) survive its own flag changes."""
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         self.drop("cur", "1600000000.a.host:2,PS", message(1))
         box = self.inbox()
         (info,) = self.successResultOf(box.list_messages())
@@ -520,7 +568,7 @@ class MaildirRecoveryTests(MaildirBase):
         self.assertEqual(md, {u: mime.parse_metadata(message(u - 1)) for u in uids})
 
     def drop_three(self) -> MaildirMailbox:
-        self.provider.store_for(USER)
+        self.successResultOf(self.provider.store_for(USER))
         for n in range(3):
             self.drop("new", f"160000000{n}.M{n}.other.host", message(n))
         return self.inbox()
@@ -630,7 +678,7 @@ class MaildirRecoveryTests(MaildirBase):
     def test_records_during_a_rewrite_reach_the_current_index(self) -> None:
         """While the index is rewritten, new records go to the current file too, then to the new one."""
         runner = ManualRunner()
-        opened = self.reopen(run_blocking=runner).store_for(USER).get_mailbox(INBOX)
+        opened = self.store_of(self.reopen(run_blocking=runner), runner).get_mailbox(INBOX)
         runner.drain()
         box = self.successResultOf(opened)
         added = box.append(message(1))
@@ -733,7 +781,7 @@ class MaildirDeliveryTests(MaildirBase):
 
     def test_copy_links(self) -> None:
         """Copying between folders hard-links the file under the target's own flag letters."""
-        store = self.provider.store_for(USER)
+        store = self.successResultOf(self.provider.store_for(USER))
         box = self.inbox()
         uid = self.successResultOf(box.append(message(), [SEEN, "Kw"]))
         self.successResultOf(store.create_mailbox("Other"))
@@ -751,7 +799,7 @@ class MaildirDeliveryTests(MaildirBase):
         """Appends waiting for a directory sync share the next one, and none is covered by an earlier sync."""
         runner = ManualRunner()
         provider = self.reopen(run_blocking=runner)
-        d = provider.store_for(USER).get_mailbox(INBOX)
+        d = self.store_of(provider, runner).get_mailbox(INBOX)
         runner.drain()
         box = self.successResultOf(d)
         appends = [box.append(message(i)) for i in range(5)]
@@ -775,7 +823,7 @@ class MaildirDeliveryTests(MaildirBase):
         """A delivery whose directory sync fails reports the error and leaves no message behind."""
         runner = ManualRunner()
         provider = self.reopen(run_blocking=runner)
-        d = provider.store_for(USER).get_mailbox(INBOX)
+        d = self.store_of(provider, runner).get_mailbox(INBOX)
         runner.drain()
         box = self.successResultOf(d)
         appended = box.append(message())
@@ -817,7 +865,7 @@ class MaildirDeliveryTests(MaildirBase):
             self.patch(MaildirMailbox, name, check)
 
         provider = self.reopen(run_blocking=run_blocking)
-        store = provider.store_for(USER)
+        store = yield provider.store_for(USER)
         box = yield store.get_mailbox(INBOX)
         events: list[Any] = []
         box.add_listener(events.append)
@@ -850,6 +898,7 @@ class MaildirDeliveryTests(MaildirBase):
                 "scan_folder",
                 "pickup_files",
                 "read_metadata",
+                "_open_user_dir",
             }
             <= workers,
             workers,
@@ -862,7 +911,7 @@ class MaildirDeliveryTests(MaildirBase):
     def test_concurrent_changes_threads(self) -> Any:
         """Appends racing rescans, flag changes and index rewrites in threads leave one consistent state."""
         provider = self.reopen(run_blocking=deferToThread)
-        box = yield provider.store_for(USER).get_mailbox(INBOX)
+        box = yield (yield provider.store_for(USER)).get_mailbox(INBOX)
         first = yield defer.gatherResults([box.append(message(i)) for i in range(10)])
         work = []
         for i in range(40):
@@ -884,7 +933,7 @@ class MaildirDeliveryTests(MaildirBase):
             yield task.deferLater(reactor, 0.01, lambda: None)
         with open(self.index_path(), "rb") as f:
             self.assertLess(len(f.read().splitlines()), 2 * 51 + 100 + 50)
-        box2 = yield self.reopen().store_for(USER).get_mailbox(INBOX)
+        box2 = yield (yield self.reopen().store_for(USER)).get_mailbox(INBOX)
         self.assertEqual((yield box2.list_messages()), infos)
         self.assertEqual((yield box2.status()), (yield box.status()))
 
@@ -921,7 +970,7 @@ class MaildirBatchTests(MaildirBase):
         os.unlink(self.paths[2])  # another program removed it
         self.drop("new", "1700000000.M1P1.other", message(99))  # and delivered this one
         runner = ManualRunner()
-        opened = self.reopen(run_blocking=runner).store_for(USER).get_mailbox(INBOX)
+        opened = self.store_of(self.reopen(run_blocking=runner), runner).get_mailbox(INBOX)
         runner.step("read_folder")
         self.assertEqual(runner.pending(), ["_nothing"])  # first batch of the index taken, the reactor's turn
         self.assertNoResult(opened)
@@ -940,7 +989,7 @@ class MaildirBatchTests(MaildirBase):
         """A message delivered while a rescan is between batches is neither expunged nor taken in twice."""
         runner = ManualRunner()
         provider = self.reopen(run_blocking=runner)
-        opened = provider.store_for(USER).get_mailbox(INBOX)
+        opened = self.store_of(provider, runner).get_mailbox(INBOX)
         runner.drain()
         box = self.successResultOf(opened)
         changes: list[Any] = []

@@ -22,9 +22,9 @@ class MemoryStoreTests(TestCase):
     def test_same_objects(self) -> None:
         """The same user gets the same store, and a mailbox the same object, with fired Deferreds."""
         provider = MemoryProvider()
-        store = provider.store_for("alice@example.test")
-        self.assertIs(provider.store_for("alice@example.test"), store)
+        store = self.successResultOf(provider.store_for("alice@example.test"))
+        self.assertIs(self.successResultOf(provider.store_for("alice@example.test")), store)
         box = self.successResultOf(store.get_mailbox(INBOX))
         self.assertIsInstance(box, MemoryMailbox)
         self.assertIs(self.successResultOf(store.get_mailbox("inbox")), box)
-        self.assertIsNot(provider.store_for("bob@example.test"), store)
+        self.assertIsNot(self.successResultOf(provider.store_for("bob@example.test")), store)

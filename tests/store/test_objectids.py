@@ -51,10 +51,10 @@ class ObjectIdsMixin:
 
     def setUp(self) -> None:
         self.provider = self.make_provider()
-        self.store = self.provider.store_for(USER)
+        self.store = self.successResultOf(self.provider.store_for(USER))
 
     def box(self, name: str = INBOX, provider: Any = None) -> Any:
-        store = (provider or self.provider).store_for(USER)
+        store = self.successResultOf((provider or self.provider).store_for(USER))
         return self.successResultOf(store.get_mailbox(name))  # type: ignore[attr-defined]
 
     def infos(self, box: Any) -> list[Any]:
@@ -241,7 +241,7 @@ class MaildirObjectIdsTests(ObjectIdsMixin, TestCase):
         """A copy to another user's store also keeps the EMAILID (the same backend links the file)."""
         box = self.box()
         uid = yield box.append(message(1))
-        other = yield self.provider.store_for("bob@example.test").get_mailbox(INBOX)
+        other = yield (yield self.provider.store_for("bob@example.test")).get_mailbox(INBOX)
         yield box.copy([uid], other)
         (source,) = yield box.list_messages()
         (copy,) = yield other.list_messages()

@@ -31,7 +31,7 @@ class RefreshBase(TestCase):
         self.root = self.mktemp()
         self.clock = task.Clock()
         self.provider = self.make_provider()
-        self.store = self.provider.store_for(USER)
+        self.store = self.successResultOf(self.provider.store_for(USER))
         self.user_dir = os.path.join(self.root, "example.test", "alice")
         self.counter = 0
 
@@ -203,7 +203,7 @@ class CheapCheckTests(RefreshBase):
         """The memory store has no other writer: refresh() does nothing."""
         from txmail.store.memory import MemoryProvider
 
-        box = self.successResultOf(MemoryProvider().store_for(USER).get_mailbox(INBOX))
+        box = self.successResultOf(self.successResultOf(MemoryProvider().store_for(USER)).get_mailbox(INBOX))
         self.assertIsNone(self.successResultOf(box.refresh()))
 
 
@@ -274,7 +274,7 @@ class PollingWatcherTests(RefreshBase):
 
     def test_watch_off(self) -> None:
         provider = self.make_provider(watch="off")
-        box = self.successResultOf(provider.store_for(USER).get_mailbox(INBOX))
+        box = self.successResultOf(self.successResultOf(provider.store_for(USER)).get_mailbox(INBOX))
         box.add_listener(lambda e: None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 

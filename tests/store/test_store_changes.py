@@ -46,7 +46,7 @@ class StoreChangesMixin:
         raise NotImplementedError
 
     def listen(self: Any) -> tuple[Any, list[Any], Any]:
-        store = self.provider().store_for(USER)
+        store = self.successResultOf(self.provider().store_for(USER))
         verifyObject(IStoreChanges, store)
         heard: list[Any] = []
         remove = store.add_store_listener(heard.append)

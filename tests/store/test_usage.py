@@ -32,7 +32,7 @@ class UsageMixin:
 
     def test_counts_every_folder(self: Any) -> None:
         """Appends, copies and expunges in every folder change the usage."""
-        store = self.provider().store_for(USER)
+        store = self.successResultOf(self.provider().store_for(USER))
         verifyObject(IStorageUsage, store)
         self.assertEqual(self.successResultOf(store.usage()), Usage(0, 0))
         inbox = self.successResultOf(store.get_mailbox(INBOX))
@@ -68,18 +68,18 @@ class MaildirUsageTests(UsageMixin, TestCase):
 
     def test_folders_not_open_are_scanned(self) -> None:
         """A fresh process counts folders it never opened from their file names (,W= before ,S=), else their size."""
-        store = self.provider().store_for(USER)
+        store = self.successResultOf(self.provider().store_for(USER))
         self.successResultOf(store.create_mailbox("Archive"))
         self.drop("", "new", "1.M1P1.other,S=100,W=104", b"x" * 100)  # Dovecot: W= is the CRLF size
         self.drop(".Archive", "cur", "2.M2P2.other,S=50:2,S", b"y" * 50)
         self.drop(".Archive", "cur", "3.M3P3.other:2,", b"z" * 7)  # no size in the name: stat
         self.drop(".Archive", "tmp", "4.M4P4.other", b"not delivered yet")
-        fresh = self.provider().store_for(USER)
+        fresh = self.successResultOf(self.provider().store_for(USER))
         self.assertEqual(self.successResultOf(fresh.usage()), Usage(104 + 50 + 7, 3))
 
     def test_open_mailbox_counts_live_and_scan_is_redone(self, clock: Any = None) -> None:
         """An open mailbox counts live; a closed folder's scan is taken again once it is USAGE_RESCAN seconds old."""
-        store = self.provider().store_for(USER)
+        store = self.successResultOf(self.provider().store_for(USER))
         self.successResultOf(store.create_mailbox("Archive"))
         inbox = self.successResultOf(store.get_mailbox(INBOX))
         self.assertEqual(self.successResultOf(store.usage()), Usage(0, 0))

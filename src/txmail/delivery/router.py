@@ -245,10 +245,13 @@ class DeliveryRouter:
         router._requeue = False
         return router.deliver(envelope, message)
 
-    def _usage(self, user: str) -> Any:
-        """*user*'s :class:`~txmail.quota.Usage` (a Deferred), or ``None`` when the store keeps none."""
-        store = self.stores.store_for(user)
-        return store.usage() if IStorageUsage.providedBy(store) else None
+    def _usage(self, user: str) -> defer.Deferred[Usage | None]:
+        """*user*'s :class:`~txmail.quota.Usage`, or ``None`` when the store keeps none."""
+
+        def usage(store: Any) -> Any:
+            return store.usage() if IStorageUsage.providedBy(store) else None
+
+        return defer.maybeDeferred(self.stores.store_for, user).addCallback(usage)
 
     def _qualify(self, address: str) -> str:
         """
@@ -280,8 +283,9 @@ class DeliveryRouter:
                 and self._is_local(split_address(resolved[0])[1])
             ):
                 user = resolved[0]
-                d = self._usage(user)
-                usage = Usage() if d is None else (yield d)
+                usage = yield self._usage(user)
+                if usage is None:
+                    usage = Usage()
                 if self.quotas.full(user, usage):
                     return RecipientResult(address, ok=False, temporary=True, reply=FULL_REPLY)
             return RecipientResult(address, ok=True)

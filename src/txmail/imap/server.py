@@ -43,6 +43,11 @@ Implementation notes
   down by the shared :class:`txmail.auth.authenticator.Authenticator`.
 * STARTTLS: bytes pipelined after the command are logged by size and
   discarded before the handshake (CVE-2011-0411).
+* A login opens the user's store
+  (:meth:`txmail.interfaces.IMailStoreProvider.store_for`)
+  before its tagged OK, the session paused meanwhile; a store that cannot
+  be opened fails the LOGIN or AUTHENTICATE with ``NO [UNAVAILABLE]``
+  (RFC 5530) and the connection stays usable.
 * On the first login of a user whose store holds only INBOX, the RFC 6154
   special-use mailboxes (Sent, Drafts, Trash, Junk, Archive) are created
   and subscribed.
@@ -126,6 +131,8 @@ __all__ = [
 DEFAULT_IDLE_TIMEOUT = 1800.0
 #: Seconds a client may stay silent before it logged in.
 PREAUTH_TIMEOUT = 180.0
+#: LOGIN/AUTHENTICATE when the user's store cannot be opened (RFC 5530 section 3).
+STORE_UNAVAILABLE_REPLY = ("NO", "Mail store unavailable; try again later", "UNAVAILABLE")
 #: COMPRESS (RFC 4978): octets of inflated input handed to the session at a time.
 INFLATE_CHUNK = 64 * 1024
 
@@ -259,6 +266,21 @@ class IMAPServerProtocol(SessionProtocol):
 
     # -- authentication --
 
+    def _logging_in(self, user: str, accept: Callable[[], None]) -> None:
+        """
+        Open *user*'s store before the LOGIN or AUTHENTICATE succeeds: a
+        store that cannot be opened is logged and fails the command with
+        ``NO [UNAVAILABLE]`` (RFC 5530); the session waits meanwhile, so
+        commands pipelined after the login run once the store is there.
+        """
+        d = defer.maybeDeferred(self.factory.stores.store_for, user)
+
+        def opened(store: Any) -> None:
+            self.store = store
+            accept()
+
+        self._answer(d, opened, STORE_UNAVAILABLE_REPLY, "opening the mail store of " + user)
+
     def _authenticated(self, event: Authenticated) -> None:
         self.log.info(
             "IMAP login of {user} from {peer} ({mechanism})",
@@ -267,7 +289,7 @@ class IMAPServerProtocol(SessionProtocol):
             mechanism=event.mechanism,
             session_id=self.session_id,
         )
-        self.store = self.factory.stores.store_for(event.user)
+        # self.store was opened by _logging_in, before the tagged OK.
         # Capabilities the store does not back (METADATA); later sessions
         # of this factory start with them withheld (the provider's stores
         # are alike), so their LOGIN response code is right too.
@@ -450,7 +472,7 @@ class IMAPServerProtocol(SessionProtocol):
         ``None``: another user's mail, for a URLAUTH-authorized URL (RFC 4467).
         """
         canonical = await call(self.factory.authenticator.directory.canonical_user, user)
-        return self.factory.stores.store_for(user) if canonical == user else None
+        return (await call(self.factory.stores.store_for, user)) if canonical == user else None
 
     @property
     def server_names(self) -> frozenset[str]:

@@ -14,7 +14,11 @@ Implementation notes
   POP3 listener of a server); a second session gets ``-ERR [IN-USE]``.  The
   lock is released when the session ends, by QUIT or by losing the
   connection.  The lock lives in this process only.
-  TODO(RFC 1939 section 8): a lock shared between processes when a store is.
+  TODO(RFC 1939 section 8): a lock shared between processes when a store is
+  (the provider's job: :meth:`txmail.interfaces.IMailStoreProvider.store_for`).
+* The store is opened after the login (``store_for`` may fire later: the
+  session waits); a store or maildrop that cannot be opened is logged and
+  answered with ``-ERR [SYS/TEMP]`` (RFC 3206), the lock released.
 * RETR and TOP stream the message from ``IMailbox.open_message`` with a
   pull producer (:class:`MessageProducer`) reading ``chunk_size`` octets at
   a time through :class:`txmail.pop3.session.MessageEncoder`, so a large
@@ -303,7 +307,7 @@ class POP3ServerProtocol(SessionProtocol):
         self.user = event.user
 
         async def open_maildrop() -> tuple[Any, Maildrop]:
-            store = self.factory.stores.store_for(event.user)
+            store = await defer.maybeDeferred(self.factory.stores.store_for, event.user)
             # get_mailbox of an open mailbox first picks up what other
             # programs changed (IMailStore.get_mailbox; cheap when nothing
             # did), so mail dropped into a Maildir meanwhile is listed.

@@ -93,6 +93,10 @@ Theory of operation
 * One txmail process per Maildir tree: ``claim_recent`` and UIDs are
   coordinated inside the process (same user -> same store object, same
   mailbox -> same mailbox object), not between processes.
+* ``MaildirProvider.store_for`` opens a user's store once: the INBOX is
+  created when missing and the user's files (subscriptions, special-use
+  roles, the last UIDVALIDITY) are read through ``run_blocking``; calls made
+  meanwhile wait for that open, later ones get the store at once.
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ import socket
 import time
 from collections.abc import Callable, Generator, Iterable
 from io import BytesIO
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -235,6 +239,53 @@ def _check_path_part(part: str, what: str) -> None:
 def _sanitize_host(host: str) -> str:
     """A host name fit for Maildir file names (the Maildir spec escapes / and :)."""
     return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054") or "localhost"
+
+
+class _UserFiles(NamedTuple):
+    """What opening a user's Maildir++ tree reads (:func:`_open_user_dir`)."""
+
+    subscriptions: list[str]
+    roles: dict[str, SpecialUse]
+    #: The special-use file could not be read whole (``roles`` holds what could).
+    roles_damaged: bool
+    last_uidvalidity: int
+    #: Directories of folder deletions a crash interrupted.
+    interrupted: list[str]
+
+
+def _read_lines(path: str) -> list[str]:
+    """The non-empty lines of the file at *path* (none when it is missing)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip("\r\n") for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _open_user_dir(root: str) -> _UserFiles:
+    """
+    Create the user's INBOX Maildir at *root* when missing and read the
+    user's own files (blocking: run through ``run_blocking``).
+    """
+    io.make_user_dir(root)
+    roles: dict[str, SpecialUse] = {}
+    damaged = False
+    try:
+        with open(os.path.join(root, SPECIAL_USE), "rb") as f:
+            for name, value in json.load(f).items():
+                roles[name] = SpecialUse(value)
+    except FileNotFoundError:
+        pass
+    except (ValueError, AttributeError, TypeError):
+        damaged = True
+    lines = _read_lines(os.path.join(root, UIDVALIDITY))
+    return _UserFiles(
+        subscriptions=_read_lines(os.path.join(root, SUBSCRIPTIONS)),
+        roles=roles,
+        roles_damaged=damaged,
+        last_uidvalidity=int(lines[0]) if lines and lines[0].isdigit() else 0,
+        interrupted=[os.path.join(root, e) for e in os.listdir(root) if e.startswith(io.DELETED_PREFIX)],
+    )
 
 
 class _DirSync:
@@ -1308,7 +1359,7 @@ class MaildirStore(StoreListeners):
 
     log = Logger()
 
-    def __init__(self, provider: MaildirProvider, user: str, root: str) -> None:
+    def __init__(self, provider: MaildirProvider, user: str, root: str, files: _UserFiles) -> None:
         self._init_store_listeners()
         self._provider = provider
         self.user = user
@@ -1321,32 +1372,16 @@ class MaildirStore(StoreListeners):
         # RFC 5464 annotations: listeners, and the user's count (None: count again).
         self._annotation_listeners = annotations.AnnotationListeners()
         self._annotation_total: int | None = None
-        # Created synchronously: the first use of a user creates the
-        # storage (IMailStoreProvider.store_for), e.g. from the admin CLI.
-        io.make_user_dir(root)
-        self._subscriptions = set(self._read_lines(SUBSCRIPTIONS))
-        self._roles: dict[str, SpecialUse] = {}
-        try:
-            with open(os.path.join(root, SPECIAL_USE), "rb") as f:
-                for name, value in json.load(f).items():
-                    self._roles[name] = SpecialUse(value)
-        except FileNotFoundError:
-            pass
-        except (ValueError, AttributeError, TypeError):
+        # The storage was created and its files read by the provider
+        # (_open_user_dir, in run_blocking; IMailStoreProvider.store_for).
+        self._subscriptions = set(files.subscriptions)
+        self._roles: dict[str, SpecialUse] = dict(files.roles)
+        if files.roles_damaged:
             self.log.warn("ignoring a damaged {file}", file=os.path.join(root, SPECIAL_USE))
-        lines = self._read_lines(UIDVALIDITY)
-        self._last_uidvalidity = int(lines[0]) if lines and lines[0].isdigit() else 0
-        for entry in os.listdir(root):
-            if entry.startswith(io.DELETED_PREFIX):
-                # A deletion interrupted by a crash: finish it.
-                self._run(shutil.rmtree, os.path.join(root, entry), True)
-
-    def _read_lines(self, name: str) -> list[str]:
-        try:
-            with open(os.path.join(self.root, name), encoding="utf-8") as f:
-                return [line.strip("\r\n") for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
+        self._last_uidvalidity = files.last_uidvalidity
+        for path in files.interrupted:
+            # A deletion interrupted by a crash: finish it.
+            self._run(shutil.rmtree, path, True)
 
     def _alloc_uidvalidity(self) -> int:
         """A new UIDVALIDITY, larger than any this store gave before."""
@@ -1797,6 +1832,8 @@ class MaildirProvider:
         self._run: RunBlocking = run_blocking or run_inline
         self.hostname = _sanitize_host(hostname or socket.gethostname())
         self._stores: dict[str, MaildirStore] = {}
+        #: First opens of a user's store under way: {user dir: callers waiting}.
+        self._opening: dict[str, list[defer.Deferred[MaildirStore]]] = {}
         self._syncs: dict[str, _DirSync] = {}
         self._counter = 0
         self._clock = clock
@@ -1846,13 +1883,44 @@ class MaildirProvider:
         _check_path_part(domain, "domain")
         return os.path.join(self.root, domain, local)
 
-    def store_for(self, user: str) -> MaildirStore:
-        """See :meth:`txmail.interfaces.IMailStoreProvider.store_for`."""
-        path = self.user_dir(user)
+    def store_for(self, user: str) -> defer.Deferred[MaildirStore]:
+        """
+        See :meth:`txmail.interfaces.IMailStoreProvider.store_for`.
+
+        The first open of a user creates their INBOX when missing and reads
+        their files through ``run_blocking``; later calls answer with the
+        same store at once.  Calls made while that first open runs wait for
+        it and get the same store (one open per user at a time).  An unsafe
+        address fails with ``ValueError`` (:meth:`user_dir`).
+        """
+        try:
+            path = self.user_dir(user)
+        except ValueError:
+            return defer.fail()
         store = self._stores.get(path)
-        if store is None:
-            store = self._stores[path] = MaildirStore(self, user, path)
-        return store
+        if store is not None:
+            return defer.succeed(store)
+        d: defer.Deferred[MaildirStore] = defer.Deferred()
+        waiting = self._opening.get(path)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        self._opening[path] = [d]
+        opened = self._run(_open_user_dir, path)
+        opened.addCallback(lambda files: MaildirStore(self, user, path, files))
+        opened.addBoth(self._opened, path)
+        return d
+
+    def _opened(self, result: MaildirStore | Failure, path: str) -> None:
+        """The first open of the store at *path* ended: answer everyone waiting for it."""
+        waiting = self._opening.pop(path)
+        if isinstance(result, MaildirStore):
+            self._stores[path] = result
+            for d in waiting:
+                d.callback(result)
+        else:
+            for d in waiting:
+                d.errback(result)
 
     def _unique(self) -> str:
         """The unique part of a new Maildir file name (before ``,S=``)."""

@@ -9,7 +9,7 @@ across restarts.  Every Deferred it returns has already fired.
 Usage::
 
     provider = MemoryProvider()
-    store = provider.store_for("alice@example.test")
+    store = successResultOf(provider.store_for("alice@example.test"))
     inbox = successResultOf(store.get_mailbox("INBOX"))
 """
 
@@ -503,9 +503,9 @@ class MemoryProvider:
     def __init__(self) -> None:
         self._stores: dict[str, MemoryStore] = {}
 
-    def store_for(self, user: str) -> MemoryStore:
-        """See :meth:`txmail.interfaces.IMailStoreProvider.store_for`."""
+    def store_for(self, user: str) -> defer.Deferred[MemoryStore]:
+        """See :meth:`txmail.interfaces.IMailStoreProvider.store_for` (fired already)."""
         store = self._stores.get(user)
         if store is None:
             store = self._stores[user] = MemoryStore(user)
-        return store
+        return defer.succeed(store)

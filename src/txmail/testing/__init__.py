@@ -620,7 +620,8 @@ class TestServer:
         user = await self.directory.canonical_user(address)
         if user is None:
             raise NoSuchUser(f"{address} is not a user of this TestServer (add_user it first)")
-        return await self.stores.store_for(user).get_mailbox(mailbox)
+        store = await self.stores.store_for(user)
+        return await store.get_mailbox(mailbox)
 
     async def _read_all(self, box: Any) -> list[bytes]:
         infos = await box.list_messages()

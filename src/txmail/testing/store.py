@@ -107,11 +107,11 @@ class MailStoreConformanceMixin:
 
     @defer.inlineCallbacks
     def inbox(self, user: str = USER) -> Any:
-        return (yield self.store(user).get_mailbox(INBOX))
+        return (yield (yield self.store(user)).get_mailbox(INBOX))
 
     @defer.inlineCallbacks
     def mailbox(self, name: str, user: str = USER) -> Any:
-        store = self.store(user)
+        store = yield self.store(user)
         with contextlib.suppress(MailboxExists):
             yield store.create_mailbox(name)
         return (yield store.get_mailbox(name))
@@ -143,7 +143,7 @@ class MailStoreConformanceMixin:
     def test_interfaces(self) -> Gen:
         """Provider, store and mailbox provide their interfaces fully."""
         self.assertTrue(verifyObject(IMailStoreProvider, self.provider))
-        store = self.store()
+        store = yield self.store()
         self.assertTrue(verifyObject(IMailStore, store))
         self.assertEqual(store.user, USER)
         box = yield self.inbox()
@@ -151,26 +151,28 @@ class MailStoreConformanceMixin:
         self.assertEqual(box.name, INBOX)
         self.assertTrue(0 < box.uidvalidity < 2**32)
 
-    def test_same_store(self) -> None:
+    @defer.inlineCallbacks
+    def test_same_store(self) -> Gen:
         """The same user gets a store that sees the same mailboxes."""
-        a = self.provider.store_for(USER)
-        b = self.provider.store_for(USER)
+        a = yield self.provider.store_for(USER)
+        b = yield self.provider.store_for(USER)
         self.assertTrue(a is b or a.user == b.user)
 
     @defer.inlineCallbacks
     def test_new_store_has_only_inbox(self) -> Gen:
         """A new user's store holds INBOX and nothing else."""
-        folders = yield self.store().list_mailboxes("*")
+        folders = yield (yield self.store()).list_mailboxes("*")
         self.assertEqual([f.name for f in folders], [INBOX])
         self.assertTrue(folders[0].selectable)
 
     @defer.inlineCallbacks
     def test_methods_return_deferreds(self) -> Gen:
         """Every documented Deferred-returning method returns a Deferred."""
-        store = self.store()
+        store = yield self.store()
         box = yield self.inbox()
         uid = yield box.append(message())
         calls = [
+            self.provider.store_for(USER),
             store.list_mailboxes("*"),
             store.subscriptions(),
             store.special_use_mailbox(SpecialUse.SENT),
@@ -246,7 +248,7 @@ class MailStoreConformanceMixin:
                 self.assertEqual((yield mailbox.status()).size, len(crlf))
             self._provider = self.reopen_provider(self.provider)
             box = yield self.inbox()
-            other = yield self.store().get_mailbox("Other")
+            other = yield (yield self.store()).get_mailbox("Other")
 
     @defer.inlineCallbacks
     def test_append_default_date(self) -> Gen:
@@ -373,7 +375,7 @@ class MailStoreConformanceMixin:
         yield box.expunge()
         validity = box.uidvalidity
         provider = self.reopen_provider(self.provider)
-        box2 = yield provider.store_for(USER).get_mailbox(INBOX)
+        box2 = yield (yield provider.store_for(USER)).get_mailbox(INBOX)
         self.assertEqual(box2.uidvalidity, validity)
         status = yield box2.status()
         self.assertEqual(status.uidnext, uids[1] + 1)
@@ -585,7 +587,7 @@ class MailStoreConformanceMixin:
         yield box.expunge()
         later = (yield box.status()).highest_modseq
         provider = self.reopen_provider(self.provider)
-        box2 = yield provider.store_for(USER).get_mailbox(INBOX)
+        box2 = yield (yield provider.store_for(USER)).get_mailbox(INBOX)
         self.assertEqual((yield box2.expunged_since(start)), uids[:2])
         self.assertEqual((yield box2.expunged_since(later)), [])
         self.assertEqual((yield box2.expunged_since(start, uids[1:])), [uids[1]])
@@ -609,7 +611,7 @@ class MailStoreConformanceMixin:
     def test_listeners(self) -> Gen:
         """Listeners see additions, flag changes and expunges in order, also from another open."""
         box = yield self.inbox()
-        other = yield self.store().get_mailbox("inbox")
+        other = yield (yield self.store()).get_mailbox("inbox")
         events = self.record(box)
         uid = yield other.append(message())
         yield other.set_flags([uid], [DELETED], FlagMode.ADD)
@@ -643,7 +645,7 @@ class MailStoreConformanceMixin:
         """Deleting a mailbox tells its listeners, and the old object refuses further use."""
         box = yield self.mailbox("Old")
         events = self.record(box)
-        yield self.store().delete_mailbox("Old")
+        yield (yield self.store()).delete_mailbox("Old")
         self.assertEqual(events, [MailboxDeleted()])
         yield self.assertFailure(box.append(message()), NoSuchMailbox)
         yield self.assertFailure(box.list_messages(), NoSuchMailbox)
@@ -655,7 +657,7 @@ class MailStoreConformanceMixin:
         """Each UID is claimed as recent by exactly one call, across opens of the mailbox."""
         box = yield self.inbox()
         uids = yield self.fill(box, 2)
-        again = yield self.store().get_mailbox(INBOX)
+        again = yield (yield self.store()).get_mailbox(INBOX)
         self.assertEqual((yield box.claim_recent()), uids)
         self.assertEqual((yield again.claim_recent()), [])
         self.assertEqual((yield box.status()).recent, 0)
@@ -671,7 +673,7 @@ class MailStoreConformanceMixin:
         yield self.fill(box, 2)
         yield box.claim_recent()
         provider = self.reopen_provider(self.provider)
-        box2 = yield provider.store_for(USER).get_mailbox(INBOX)
+        box2 = yield (yield provider.store_for(USER)).get_mailbox(INBOX)
         self.assertEqual((yield box2.claim_recent()), [])
         self.assertEqual((yield box2.status()).recent, 0)
 
@@ -680,7 +682,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_create_with_parents_and_list(self) -> Gen:
         """Creating a/b/c creates its parents; LIST with * and % walks the hierarchy."""
-        store = self.store()
+        store = yield self.store()
         yield store.create_mailbox("Work/Projects/Txmail")
         yield store.create_mailbox("Sent")
         everything = yield store.list_mailboxes("*")
@@ -701,7 +703,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_create_existing(self) -> Gen:
         """Creating an existing mailbox, or INBOX in any case, fails with MailboxExists."""
-        store = self.store()
+        store = yield self.store()
         yield store.create_mailbox("Drafts")
         yield self.assertFailure(store.create_mailbox("Drafts"), MailboxExists)
         yield self.assertFailure(store.create_mailbox("inbox"), MailboxExists)
@@ -709,7 +711,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_inbox_case_insensitive(self) -> Gen:
         """INBOX is found whatever its case, and reported as INBOX."""
-        store = self.store()
+        store = yield self.store()
         box = yield store.get_mailbox("iNbOx")
         self.assertEqual(box.name, INBOX)
         yield store.create_mailbox("inbox/Sub")
@@ -721,12 +723,12 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_missing_mailbox(self) -> Gen:
         """Opening a mailbox that does not exist fails with NoSuchMailbox."""
-        yield self.assertFailure(self.store().get_mailbox("Nope"), NoSuchMailbox)
+        yield self.assertFailure((yield self.store()).get_mailbox("Nope"), NoSuchMailbox)
 
     @defer.inlineCallbacks
     def test_invalid_names(self) -> Gen:
         """Names that are empty, hold .., ~, NUL or CR/LF are refused everywhere."""
-        store = self.store()
+        store = yield self.store()
         for name in ("", "..", "a/../b", "~x", "a/~b", "a\x00b", "a\r\nb", "/", "a//b", "."):
             yield self.assertFailure(store.create_mailbox(name), InvalidMailboxName)
             yield self.assertFailure(store.get_mailbox(name), InvalidMailboxName)
@@ -739,7 +741,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_delete(self) -> Gen:
         """A deleted mailbox is gone with its messages; INBOX and missing names cannot be deleted."""
-        store = self.store()
+        store = yield self.store()
         box = yield self.mailbox("Junk")
         yield self.fill(box, 2)
         yield store.delete_mailbox("Junk")
@@ -754,7 +756,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_delete_with_children(self) -> Gen:
         """Deleting a mailbox with children leaves a non-selectable parent; deleting that fails."""
-        store = self.store()
+        store = yield self.store()
         parent = yield self.mailbox("Lists")
         yield self.fill(parent, 1)
         child = yield self.mailbox("Lists/Twisted")
@@ -774,7 +776,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_rename_with_children(self) -> Gen:
         """Renaming moves a mailbox and its children with their messages; the old names are gone."""
-        store = self.store()
+        store = yield self.store()
         a = yield self.mailbox("A")
         yield self.fill(a, 2, (SEEN,))
         b = yield self.mailbox("A/B")
@@ -796,7 +798,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_rename_errors(self) -> Gen:
         """Renaming a missing mailbox, onto an existing one, or below itself fails."""
-        store = self.store()
+        store = yield self.store()
         yield store.create_mailbox("One")
         yield store.create_mailbox("Two")
         yield self.assertFailure(store.rename_mailbox("Missing", "Three"), NoSuchMailbox)
@@ -809,7 +811,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_rename_inbox(self) -> Gen:
         """Renaming INBOX moves its messages to the new mailbox and leaves INBOX empty."""
-        store = self.store()
+        store = yield self.store()
         inbox = yield self.inbox()
         uids = yield self.fill(inbox, 2, (FLAGGED,))
         yield store.create_mailbox("INBOX/Child")
@@ -830,9 +832,9 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_names_stay_inside_store(self) -> Gen:
         """Mailbox names cannot reach another user's store."""
-        other = self.store(OTHER)
+        other = yield self.store(OTHER)
         yield self.fill((yield self.inbox(OTHER)), 1)
-        store = self.store()
+        store = yield self.store()
         for name in ("../bob", "../../example.test/bob", "..%2Fbob"):
             try:
                 yield store.create_mailbox(name)
@@ -847,7 +849,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_subscriptions(self) -> Gen:
         """Subscriptions are kept sorted, shown in LIST, and unsubscribing an unknown name fails."""
-        store = self.store()
+        store = yield self.store()
         yield store.create_mailbox("Sent")
         yield store.subscribe("Sent")
         yield store.subscribe("inbox")
@@ -859,12 +861,12 @@ class MailStoreConformanceMixin:
         self.assertEqual((yield store.subscriptions()), [INBOX, "Sent"])
         yield self.assertFailure(store.unsubscribe("Not/Yet"), NoSuchMailbox)
         provider = self.reopen_provider(self.provider)
-        self.assertEqual((yield provider.store_for(USER).subscriptions()), [INBOX, "Sent"])
+        self.assertEqual((yield (yield provider.store_for(USER)).subscriptions()), [INBOX, "Sent"])
 
     @defer.inlineCallbacks
     def test_special_use(self) -> Gen:
         """A mailbox created with a special-use role is found by it, also after a restart and a rename."""
-        store = self.store()
+        store = yield self.store()
         self.assertIsNone((yield store.special_use_mailbox(SpecialUse.SENT)))
         yield store.create_mailbox("Sent Items", SpecialUse.SENT)
         yield store.create_mailbox("Bin", special_use=SpecialUse.TRASH)
@@ -874,7 +876,7 @@ class MailStoreConformanceMixin:
         self.assertIs(folders["Sent Items"].special_use, SpecialUse.SENT)
         yield store.rename_mailbox("Bin", "Trash")
         provider = self.reopen_provider(self.provider)
-        store2 = provider.store_for(USER)
+        store2 = yield provider.store_for(USER)
         self.assertEqual((yield store2.special_use_mailbox(SpecialUse.TRASH)), "Trash")
         yield store2.delete_mailbox("Trash")
         self.assertIsNone((yield store2.special_use_mailbox(SpecialUse.TRASH)))
@@ -884,7 +886,7 @@ class MailStoreConformanceMixin:
     @defer.inlineCallbacks
     def test_persistence(self) -> Gen:
         """Messages, flags, keywords, dates, modseqs and folders survive a restart."""
-        store = self.store()
+        store = yield self.store()
         yield store.create_mailbox("Keep")
         box = yield store.get_mailbox("Keep")
         yield box.append(message(1), [SEEN, "Alpha"], 1_500_000_000.0)
@@ -892,7 +894,7 @@ class MailStoreConformanceMixin:
         before = yield box.list_messages()
         status = yield box.status()
         provider = self.reopen_provider(self.provider)
-        box2 = yield provider.store_for(USER).get_mailbox("Keep")
+        box2 = yield (yield provider.store_for(USER)).get_mailbox("Keep")
         self.assertEqual(box2.uidvalidity, box.uidvalidity)
         self.assertEqual((yield box2.list_messages()), before)
         self.assertEqual((yield box2.status()).highest_modseq, status.highest_modseq)
