@@ -32,6 +32,7 @@ SANS_IO_MODULES = (
     "txmail/delivery/hooks.py",
     "txmail/imap/search.py",
     "txmail/imap/columns.py",
+    "txmail/imap/structures.py",
     "txmail/imap/view.py",
     "txmail/imap/session.py",
     "txmail/imap/events.py",

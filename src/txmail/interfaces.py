@@ -50,6 +50,7 @@ __all__ = [
     "IObjectIdProvider",
     "IObjectIds",
     "IQueue",
+    "IRecordCache",
     "ISaveDates",
     "IStorageUsage",
     "IStoreChanges",
@@ -366,6 +367,39 @@ class IHeaderLines(Interface):
         one text of their lines (name, colon, raw value, each ending with a
         line end, CRLF added where a field had none), and their lower case
         names joined by spaces.
+        """
+
+
+class IRecordCache(Interface):
+    """
+    A mailbox that keeps, for a protocol, a record derived from each
+    message (parts of its metadata rendered as the protocol writes them),
+    so that it is derived once and not at each command: the IMAP server
+    keeps its ENVELOPE, BODYSTRUCTURE and BODY texts this way, as Dovecot
+    keeps them in its cache file.  Optional beside :class:`IMailbox`; the
+    Maildir store provides it (a ``txmail-records-KIND`` file per folder).
+
+    A record is a tuple of an even number of items, ``(name, value, name,
+    value, ...)``, names ``str``, values ``str`` or ``bytes``, opaque to
+    the store.  *kind* (letters, digits, ``-`` and ``.``) names what the
+    protocol keeps, version included: a record kept for one kind is never
+    given for another.  A record belongs to its message: it is gone when
+    the message is expunged, and a copy does not carry it.
+    """
+
+    def cached_records(kind, uids):  # type: ignore[no-untyped-def]
+        """
+        Return ``Deferred[dict[int, tuple]]``: the records of *kind* kept
+        for the messages of *uids* (an iterable of UIDs); a message without
+        one, or that does not exist, is left out.
+        """
+
+    def cache_records(kind, records):  # type: ignore[no-untyped-def]
+        """
+        Keep *records* (``dict[int, tuple]``, UID to record) as the records
+        of *kind* of those messages.  Returns ``Deferred[None]``.  Best
+        effort: a store may drop some (a message expunged meanwhile, a disk
+        that is full); it never fails for that.
         """
 
 

@@ -789,12 +789,39 @@ class FetchChunksTests(SynchronousTestCase):
             ],
         )
         compiled = fetch._compiled
-        self.patch(fetch, "_compiled", lambda *a: (compiled(*a)[0], None, None))  # item by item
+        self.patch(fetch, "_compiled", lambda *a: (compiled(*a)[0], None))  # item by item
         for (text, recent, n), chunks in fused.items():
             md = (SIMPLE_MD, lines)[n]
             self.assertEqual(
                 chunks, fetch_chunks(3, items(text), INFO, metadata=md, include_uid=True, recent=recent), text
             )
+
+    def test_structures_same_octets(self) -> None:
+        """
+        ENVELOPE, BODYSTRUCTURE and BODY given as kept Structures
+        (txmail.imap.structures) are written as from the metadata, fused
+        with UID, FLAGS, RFC822.SIZE and INTERNALDATE or item by item
+        beside other items; a header fields section needs the metadata.
+        """
+        from txmail.imap.structures import structures_of
+
+        for md in (SIMPLE_MD, NESTED_MD):
+            kept = structures_of(md)
+            for text in (
+                "(ENVELOPE BODYSTRUCTURE INTERNALDATE FLAGS RFC822.SIZE)",
+                "(BODY ENVELOPE)",
+                "(BODYSTRUCTURE MODSEQ)",
+                "(ENVELOPE BODY.PEEK[TEXT]<0.10>)",
+            ):
+                wanted = items(text)
+                expected = render_fetch(3, wanted, INFO, metadata=md, message=SIMPLE, include_uid=True)
+                got = fetch_chunks(3, wanted, INFO, metadata=kept, message=SIMPLE, include_uid=True)
+                self.assertEqual(b"".join(got), expected, text)
+                self.assertEqual(len(got), 1)
+        with self.assertRaises(ValueError):
+            fetch_chunks(3, items("(ENVELOPE BODY.PEEK[HEADER.FIELDS (Subject)])"), INFO, metadata=kept)
+        with self.assertRaises(ValueError):
+            fetch_chunks(3, items("(THREADID)"), INFO, metadata=kept)
 
     def test_flag_texts_remembered(self) -> None:
         """The flag texts are remembered by flag set, and the memory emptied when full."""

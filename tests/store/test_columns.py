@@ -398,6 +398,32 @@ class ColumnsFileTests(SynchronousTestCase):
             f.write(b"TXC1" + (columns.MAX_BLOCK + 1).to_bytes(4, "little") + b"\0\0\0\0")
         self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), ({"a": ()}, 1, True))
 
+    def test_wrong_shapes_are_damage(self) -> None:
+        """A block whose CRC holds but whose records are not (base, pairs of strings) is damage."""
+        import marshal
+        import struct
+        import zlib
+
+        good = (("a", ("subject", " x")), ("b", ()))
+        columns.append_columns(self.path, HEADER_COLUMNS, list(good))
+        for bases, values in (
+            (("c",), (("subject",),)),  # an odd number of strings
+            ((3,), (("subject", " y"),)),  # a base that is not a string
+            (("c",), (["subject", " y"],)),  # a record that is not a tuple
+            (("c", "d"), (("subject", " y"), ("a", "b", "c"))),
+        ):
+            payload = marshal.dumps((HEADER_COLUMNS, bases, values), 4)
+            block = struct.pack("<4sII", b"TXC1", len(payload), zlib.crc32(payload)) + payload
+            path = os.path.join(self.path, columns.COLUMNS)
+            with open(path, "rb") as f:
+                whole = f.read()
+            with open(path, "ab") as f:
+                f.write(block)
+            self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), (dict(good), 2, True), values)
+            with open(path, "wb") as f:
+                f.write(whole)
+        self.assertEqual(columns.read_columns(self.path, HEADER_COLUMNS), (dict(good), 2, False))
+
     def test_rewrite(self) -> None:
         """A rewrite leaves the records given, nothing else, and no temporary file."""
         columns.append_columns(self.path, HEADER_COLUMNS, [("a", ()), ("b", ())])

@@ -66,7 +66,7 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from txmail import mime
 from txmail.imap import binary, serialize
@@ -76,6 +76,22 @@ from txmail.model import MessageInfo, MessageMetadata
 #: A record of a store's header lines (:meth:`txmail.interfaces.IHeaderLines.header_lines`),
 #: given instead of the metadata when it answers every item (:func:`txmail.imap.columns.fetch_uses_lines`).
 HeaderLines = tuple[str, str]
+
+
+class Structures(NamedTuple):
+    """
+    A message's ENVELOPE, BODYSTRUCTURE and BODY as written in a response
+    (after the item's name), given instead of the metadata when they are
+    all a FETCH reads of it (:mod:`txmail.imap.structures`).
+    """
+
+    envelope: bytes
+    body_structure: bytes
+    body: bytes
+
+
+#: What a FETCH renders a message's items from: its metadata, or one of the above.
+Loaded = MessageMetadata | HeaderLines | Structures
 
 __all__ = [
     "FetchNeeds",
@@ -234,11 +250,13 @@ def _labelled(label: bytes, body: bytes | tuple[bytes, bytes]) -> bytes | tuple[
 
 def _section_data(
     section: Section,
-    metadata: MessageMetadata | HeaderLines | None,
+    metadata: Loaded | None,
     message: mime.ParsedMessage | None,
 ) -> bytes:
     """The octets of ``BODY[section]`` (RFC 3501 section 6.4.5), before any partial."""
     if _is_metadata_headers(section) and metadata is not None:
+        if type(metadata) is Structures:
+            raise ValueError(f"BODY[{section}] needs the message metadata")
         if type(metadata) is tuple:
             # A record of the store's header lines (txmail.imap.columns.fetch_uses_lines).
             return mime.header_lines_fields(metadata, section.fields)
@@ -277,8 +295,8 @@ _FLAGS_RECENT: dict[frozenset[str], bytes] = {}
 _FLAGS_MEMO = 1024
 
 
-def _need_metadata(metadata: MessageMetadata | HeaderLines | None, name: str) -> MessageMetadata:
-    if metadata is None or type(metadata) is tuple:
+def _need_metadata(metadata: Loaded | None, name: str) -> MessageMetadata:
+    if metadata is None or type(metadata) is tuple or type(metadata) is Structures:
         raise ValueError(f"{name} needs the message metadata")
     return metadata
 
@@ -301,7 +319,7 @@ def _string_item(text: str) -> bytes | tuple[bytes, bytes]:
 def _render_item(
     item: FetchAttribute,
     info: MessageInfo,
-    metadata: MessageMetadata | HeaderLines | None,
+    metadata: Loaded | None,
     message: mime.ParsedMessage | None,
     recent: bool,
 ) -> bytes | tuple[bytes, bytes]:
@@ -377,7 +395,7 @@ def render_fetch(
     items: Sequence[FetchAttribute],
     info: MessageInfo,
     *,
-    metadata: MessageMetadata | HeaderLines | None = None,
+    metadata: Loaded | None = None,
     message: bytes | None = None,
     include_uid: bool = False,
     include_flags: bool = False,
@@ -431,7 +449,7 @@ def fetch_chunks(
     items: Sequence[FetchAttribute],
     info: MessageInfo,
     *,
-    metadata: MessageMetadata | HeaderLines | None = None,
+    metadata: Loaded | None = None,
     message: bytes | None = None,
     include_uid: bool = False,
     include_flags: bool = False,
@@ -444,10 +462,10 @@ def fetch_chunks(
     into its response line (measured: a sixth of the time of ``UID FETCH
     1:* (BODY.PEEK[])``).
     """
-    steps, fused, fused_section = _compiled(items, include_uid, include_flags)
+    steps, fused = _compiled(items, include_uid, include_flags)
     if fused is not None:
         # Every item written directly: the whole response in one format.
-        line = _fused_line(fused, fused_section, seq, info, metadata, recent)
+        line = _fused_line(fused, seq, info, metadata, recent)
         if line is not None:
             return [line]
     chunks: list[bytes] = []
@@ -465,7 +483,13 @@ def fetch_chunks(
         if kind is _FLAGS:
             text.append(head + _flags(info, recent))
             continue
-        if kind is _HEADERS and metadata is not None:
+        if kind is _DATE:
+            text.append(head + serialize.timestamp_date_time(info.internal_date))
+            continue
+        if kind in _STRUCTURE_KINDS and type(metadata) is Structures:
+            text.append(head + metadata[_STRUCTURE_KINDS[kind]])
+            continue
+        if kind is _HEADERS and metadata is not None and type(metadata) is not Structures:
             # A first sync's header fields (from the metadata or the store's header lines).
             data = _section_data(item.section, metadata, None)  # type: ignore[arg-type]
             if data and len(data) <= _JOINED_LITERAL:
@@ -491,32 +515,36 @@ def fetch_chunks(
 
 
 def _fused_line(
-    fused: bytes,
-    section: Section | None,
-    seq: int,
-    info: MessageInfo,
-    metadata: MessageMetadata | HeaderLines | None,
-    recent: bool,
+    fused: _Fused, seq: int, info: MessageInfo, metadata: Loaded | None, recent: bool
 ) -> bytes | None:
     """
-    The response from its :func:`_fuse` format; None when its header
-    fields need the message (no *metadata*) or are not a small literal.
+    The response from its :func:`_fuse` format; None when what it needs
+    was not loaded so (header fields without *metadata*, structures not
+    given as :class:`Structures`) or its header fields are not a small
+    literal.
     """
     values = {b"seq": seq, b"uid": info.uid, b"size": info.size, b"flags": _flags(info, recent)}
+    if fused.date:
+        values[b"date"] = serialize.timestamp_date_time(info.internal_date)
+    if fused.structures:
+        if type(metadata) is not Structures:
+            return None
+        values[b"envelope"], values[b"bodystructure"], values[b"body"] = metadata
+    section = fused.section
     if section is not None:
-        if metadata is None:
+        if metadata is None or type(metadata) is Structures:
             return None
         data = _section_data(section, metadata, None)
         if not data or len(data) > _JOINED_LITERAL:
             return None
         values[b"length"] = len(data)
         values[b"data"] = data
-    return fused % values
+    return fused.format % values
 
 
 #: A row of :func:`batch_chunks`: ``(seq, info, metadata, message,
 #: include_flags, recent)``, the arguments of :func:`fetch_chunks`.
-FetchRow = tuple[int, MessageInfo, "MessageMetadata | HeaderLines | None", "bytes | None", bool, bool]
+FetchRow = tuple[int, MessageInfo, "Loaded | None", "bytes | None", bool, bool]
 
 
 def batch_chunks(items: Sequence[FetchAttribute], include_uid: bool, rows: Iterable[FetchRow]) -> list[bytes]:
@@ -529,9 +557,9 @@ def batch_chunks(items: Sequence[FetchAttribute], include_uid: bool, rows: Itera
     out: list[bytes] = []
     small: list[bytes] = []
     for seq, info, metadata, message, include_flags, recent in rows:
-        _, fused, section = _compiled(items, include_uid, include_flags)
+        fused = _compiled(items, include_uid, include_flags)[1]
         if fused is not None:
-            line = _fused_line(fused, section, seq, info, metadata, recent)
+            line = _fused_line(fused, seq, info, metadata, recent)
             if line is not None:
                 small.append(line)
                 continue
@@ -559,9 +587,23 @@ def batch_chunks(items: Sequence[FetchAttribute], include_uid: bool, rows: Itera
 
 
 #: What :func:`_steps` makes of each item: written directly (UID,
-#: RFC822.SIZE, FLAGS, top-level header fields without a partial) or by
-#: :func:`_render_item`.
-_UID, _SIZE, _FLAGS, _HEADERS, _OTHER = "UID", "SIZE", "FLAGS", "HEADERS", "OTHER"
+#: RFC822.SIZE, FLAGS, INTERNALDATE, top-level header fields without a
+#: partial; ENVELOPE, BODYSTRUCTURE and BODY when given as
+#: :class:`Structures`) or by :func:`_render_item`.
+_UID, _SIZE, _FLAGS, _DATE, _HEADERS, _OTHER = "UID", "SIZE", "FLAGS", "DATE", "HEADERS", "OTHER"
+_ENVELOPE, _BODYSTRUCTURE, _BODY = "ENVELOPE", "BODYSTRUCTURE", "BODY"
+#: The structure kinds, by their place in :class:`Structures`.
+_STRUCTURE_KINDS = {_ENVELOPE: 0, _BODYSTRUCTURE: 1, _BODY: 2}
+#: The items written directly without a section, by name: their kind and label.
+_DIRECT = {
+    "UID": (_UID, b"UID %d"),
+    "RFC822.SIZE": (_SIZE, b"RFC822.SIZE %d"),
+    "FLAGS": (_FLAGS, b"FLAGS "),
+    "INTERNALDATE": (_DATE, b"INTERNALDATE "),
+    "ENVELOPE": (_ENVELOPE, b"ENVELOPE "),
+    "BODYSTRUCTURE": (_BODYSTRUCTURE, b"BODYSTRUCTURE "),
+    "BODY": (_BODY, b"BODY "),
+}
 
 
 @functools.lru_cache(maxsize=128)
@@ -574,12 +616,9 @@ def _steps(plan: tuple[FetchAttribute, ...]) -> tuple[tuple[str, FetchAttribute,
     for n, item in enumerate(plan):
         sep = b" " if n else b""
         section = item.section
-        if section is None and item.name == "UID":
-            steps.append((_UID, item, sep + b"UID %d"))
-        elif section is None and item.name == "RFC822.SIZE":
-            steps.append((_SIZE, item, sep + b"RFC822.SIZE %d"))
-        elif section is None and item.name == "FLAGS":
-            steps.append((_FLAGS, item, sep + b"FLAGS "))
+        if section is None and item.name in _DIRECT:
+            kind, label = _DIRECT[item.name]
+            steps.append((kind, item, sep + label))
         elif (
             section is not None
             and item.partial is None
@@ -592,24 +631,43 @@ def _steps(plan: tuple[FetchAttribute, ...]) -> tuple[tuple[str, FetchAttribute,
     return tuple(steps)
 
 
+class _Fused(NamedTuple):
+    """A whole response as one format (see :func:`_fuse`)."""
+
+    format: bytes
+    #: The header fields section it writes, if any.
+    section: Section | None
+    #: Whether it writes ENVELOPE, BODYSTRUCTURE or BODY (from :class:`Structures`).
+    structures: bool
+    #: Whether it writes INTERNALDATE.
+    date: bool
+
+
+#: The mapping key each direct kind's value is written from.
+_FUSED_FIELDS = {
+    _UID: b"%(uid)d",
+    _SIZE: b"%(size)d",
+    _FLAGS: b"%(flags)s",
+    _DATE: b"%(date)s",
+    _ENVELOPE: b"%(envelope)s",
+    _BODYSTRUCTURE: b"%(bodystructure)s",
+    _BODY: b"%(body)s",
+    _HEADERS: b"{%(length)d}\r\n%(data)s",
+}
+
+
 @functools.lru_cache(maxsize=128)
-def _fuse(steps: tuple[tuple[str, FetchAttribute, bytes], ...]) -> tuple[bytes | None, Section | None]:
+def _fuse(steps: tuple[tuple[str, FetchAttribute, bytes], ...]) -> _Fused | None:
     """
     When every step is written directly, each kind once (so at most one
     header fields section): a format of the whole response, for a mapping
-    of ``seq``, ``uid``, ``size``, ``flags``, ``length`` and ``data`` (the
-    section's octets; the keys a format does not use are ignored), and
-    that section.  Else ``(None, None)``.
+    of ``seq``, ``uid``, ``size``, ``flags``, ``date``, ``envelope``,
+    ``bodystructure``, ``body``, ``length`` and ``data`` (the section's
+    octets), the keys a format does not use being ignored.  Else None.
     """
     kinds = [kind for kind, _, _ in steps]
     if _OTHER in kinds or len(set(kinds)) != len(kinds):
-        return None, None
-    fields = {
-        _UID: b"%(uid)d",
-        _SIZE: b"%(size)d",
-        _FLAGS: b"%(flags)s",
-        _HEADERS: b"{%(length)d}\r\n%(data)s",
-    }
+        return None
     out = [b"* %(seq)d FETCH ("]
     section = None
     for kind, item, head in steps:
@@ -618,18 +676,19 @@ def _fuse(steps: tuple[tuple[str, FetchAttribute, bytes], ...]) -> tuple[bytes |
             out.append(head.replace(b"%", b"%%"))
         else:
             out.append(head.replace(b"%d", b""))
-        out.append(fields[kind])
+        out.append(_FUSED_FIELDS[kind])
     out.append(b")\r\n")
-    return b"".join(out), section
+    structures = any(kind in _STRUCTURE_KINDS for kind in kinds)
+    return _Fused(b"".join(out), section, structures, _DATE in kinds)
 
 
-#: What :func:`_compiled` gives: the steps, the fused format and its section.
-_Compiled = tuple[tuple[tuple[str, FetchAttribute, bytes], ...], bytes | None, Section | None]
+#: What :func:`_compiled` gives: the steps, and their fused format if any.
+_Compiled = tuple[tuple[tuple[str, FetchAttribute, bytes], ...], _Fused | None]
 
 #: The last one made, with the items object it was made for: a FETCH
 #: renders every message with the same items object, so it is found by
 #: identity, without hashing the attributes again for each message.
-_last_compiled: tuple[object, bool, bool, _Compiled] = (None, False, False, ((), None, None))
+_last_compiled: tuple[object, bool, bool, _Compiled] = (None, False, False, ((), None))
 
 
 def _compiled(items: Sequence[FetchAttribute], include_uid: bool, include_flags: bool) -> _Compiled:
@@ -639,7 +698,7 @@ def _compiled(items: Sequence[FetchAttribute], include_uid: bool, include_flags:
     if last[0] is items and last[1] is include_uid and last[2] is include_flags:
         return last[3]
     steps = _steps(_plan(tuple(items), include_uid, include_flags))
-    compiled = (steps, *_fuse(steps))
+    compiled = (steps, _fuse(steps))
     _last_compiled = (items, include_uid, include_flags, compiled)
     return compiled
 

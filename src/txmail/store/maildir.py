@@ -31,6 +31,9 @@ names and flag letters).  Beside the messages of each folder:
 * ``txmail-lines``: the lines of the header fields mail clients fetch on
   their first sync (:class:`txmail.interfaces.IHeaderLines`), in the same
   format, written and read alike.
+* ``txmail-records-KIND``: what a protocol keeps of each message
+  (:class:`txmail.interfaces.IRecordCache`; IMAP's rendered ENVELOPE and
+  BODYSTRUCTURE), in the same format, appended when first derived.
 * ``dovecot-keywords``: keyword letters, as Dovecot keeps them.
 * ``txmail-mailboxid``: the folder's MAILBOXID (RFC 8474), written when
   the folder is first opened; it moves with the directory on a rename.
@@ -105,6 +108,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -133,6 +137,7 @@ from txmail.interfaces import (
     IMetadataStore,
     IObjectIdProvider,
     IObjectIds,
+    IRecordCache,
     ISaveDates,
     IStorageUsage,
     IStoreChanges,
@@ -220,6 +225,17 @@ COLUMNS_FILL = 1024
 #: folder) reads their metadata, not the whole ``txmail-lines`` file.
 LINES_FEW = 2048
 _LINE_NAMES = frozenset(HEADER_LINES)
+
+
+#: What :meth:`MaildirMailbox.cached_records` accepts as a kind (it names a file).
+_KIND_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
+
+
+def _records_file(kind: str) -> str:
+    """The file of the records of *kind* (:class:`IRecordCache`)."""
+    if not isinstance(kind, str) or _KIND_RE.fullmatch(kind) is None:
+        raise ValueError(f"not a record kind: {kind!r}")
+    return "txmail-records-" + kind
 
 
 def _lines_of(md: MessageMetadata) -> tuple[str, str]:
@@ -343,7 +359,7 @@ class _Loc:
         self.raw = raw
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines, IRecordCache)
 class MaildirMailbox(MailboxState):
     """
     One Maildir folder.  Get it from :meth:`MaildirStore.get_mailbox`; the
@@ -379,7 +395,10 @@ class MaildirMailbox(MailboxState):
         #: (kept while the mailbox has listeners, sessions that have it
         #: selected, or it is the provider's last mailbox to read its columns).
         self._columns_read: columns.Read | None = None
+        #: The header lines and the records of a kind as last read (kept by
+        #: the provider's last mailbox to read them: see _keep_last).
         self._lines_read: columns.Read | None = None
+        self._records_read: columns.Read | None = None
         #: Listings of the directories made (opening, rescans): for tests and statistics.
         self.rescans = 0
         self._init_state()
@@ -974,9 +993,9 @@ class MaildirMailbox(MailboxState):
             known, records, damaged = read.found, read.count, read.damaged
         else:
             # Kept by the provider's last reader alone: a client's first sync
-            # fetches them again on its next connection (see _keep_lines).
+            # fetches them again on its next connection (see _keep_last).
             read = await self._run(columns.read_columns_since, self.path, names, self._lines_read, filename)
-            self._keep_lines(read)
+            self._keep_last("_lines_read", read)
             known, records, damaged = read.found, read.count, read.damaged
         out: dict[int, columns.Values] = {}
         missing = []
@@ -1019,18 +1038,68 @@ class MaildirMailbox(MailboxState):
         if previous is not None and previous is not self:
             previous._forget_columns()
 
-    def _keep_lines(self, read: columns.Read) -> None:
+    def _keep_last(self, slot: str, read: columns.Read) -> None:
         """
-        Keep the header lines *read* until another mailbox of the provider
-        reads its own: so at most one mailbox keeps them (about half a KB a
-        message), and a FETCH of a first sync that a client repeats on a
-        new connection reads only the records appended since.
+        Keep *read* (the header lines or the records of a kind) in *slot*
+        until another mailbox of the provider reads its own: so at most one
+        mailbox keeps them (some hundred octets a message), and a FETCH of
+        a first sync that a client repeats on a new connection reads only
+        the records appended since.
         """
-        self._lines_read = read
-        provider = self._provider
-        previous, provider._lines_last = provider._lines_last, self
+        setattr(self, slot, read)
+        last = self._provider._last_readers
+        previous, last[slot] = last.get(slot), self
         if previous is not None and previous is not self:
-            previous._lines_read = None
+            setattr(previous, slot, None)
+
+    def cached_records(self, kind: str, uids: Iterable[int]) -> defer.Deferred[dict[int, columns.Values]]:
+        """
+        See :meth:`txmail.interfaces.IRecordCache.cached_records`: read from
+        the folder's ``txmail-records-KIND`` file as :meth:`header_lines`
+        reads its file (the read kept by the provider's last reader).
+        """
+        filename = _records_file(kind)
+        return self._with_bases(
+            uids, lambda wanted: defer.ensureDeferred(self._cached(kind, filename, wanted))
+        )
+
+    async def _read_records(self, kind: str, filename: str) -> columns.Read:
+        read = await self._run(columns.read_columns_since, self.path, (kind,), self._records_read, filename)
+        self._keep_last("_records_read", read)
+        return read
+
+    async def _cached(
+        self, kind: str, filename: str, wanted: list[tuple[int, str]]
+    ) -> dict[int, columns.Values]:
+        known = (await self._read_records(kind, filename)).found
+        return {uid: found for uid, base in wanted if (found := known.get(base)) is not None}
+
+    def cache_records(self, kind: str, records: dict[int, columns.Values]) -> defer.Deferred[None]:
+        """
+        See :meth:`txmail.interfaces.IRecordCache.cache_records`: appended
+        to the folder's ``txmail-records-KIND`` file, which is written again
+        with the live records alone when damaged or mostly stale (as
+        ``txmail-columns``).  A deleted mailbox keeps nothing.
+        """
+        filename = _records_file(kind)
+        if self._deleted or not records:
+            return defer.succeed(None)
+        return defer.ensureDeferred(self._cache_records(kind, filename, records))
+
+    async def _cache_records(self, kind: str, filename: str, records: dict[int, columns.Values]) -> None:
+        new = [
+            (loc.base, record) for uid, record in records.items() if (loc := self._locs.get(uid)) is not None
+        ]
+        if not new:
+            return
+        read = await self._read_records(kind, filename)
+        if read.damaged or read.count + len(new) > 2 * len(self._locs) + columns.SLACK:
+            live = {loc.base for loc in self._locs.values()}.difference(base for base, _ in new)
+            keep = [(base, values) for base, values in read.found.items() if base in live]
+            keep.extend(new)
+            await self._run(columns.rewrite_columns, self.path, (kind,), keep, filename)
+        else:
+            await self._run(columns.append_columns, self.path, (kind,), new, filename)
 
     def _forget_columns(self) -> None:
         """Drop the columns kept, unless a session has the mailbox selected or it read them last."""
@@ -1843,8 +1912,9 @@ class MaildirProvider:
         self._watcher: FolderWatcher | None = None
         #: The mailbox that read its header columns last (it keeps them; see _keep_columns).
         self._columns_last: MaildirMailbox | None = None
-        #: The mailbox that read its header lines last (it keeps them; see _keep_lines).
-        self._lines_last: MaildirMailbox | None = None
+        #: The mailbox that read its header lines last, and its records of a
+        #: kind, by the attribute keeping them (see MaildirMailbox._keep_last).
+        self._last_readers: dict[str, MaildirMailbox] = {}
         #: The wall clock in nanoseconds (the directory times' scale); tests replace it.
         self._now: Callable[[], int] = time.time_ns
 

@@ -37,7 +37,7 @@ from txmail.imap.commands.binary import require_decodable
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
 from txmail.imap.commands.mailboxes import check_quota
 from txmail.imap.commands.registry import AUTHENTICATED, SELECTED, command, extension
-from txmail.imap.fetch import FetchRow, fetch_needs
+from txmail.imap.fetch import FetchRow, Structures, fetch_needs
 from txmail.imap.responses import (
     Bad,
     Done,
@@ -51,6 +51,7 @@ from txmail.imap.responses import (
     UntaggedOk,
 )
 from txmail.imap.search import SUPPORTED_CHARSETS, SearchContext, matches, search_needs
+from txmail.imap.structures import cached_structures, fetch_uses_structures, keep_structures, structures_of
 from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
 from txmail.model import FlagMode, MessageInfo, normalize_flags
@@ -341,6 +342,13 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     lines: dict[int, Any] | None = None
     if needs.metadata and targets and changed_since is None and fetch_uses_lines(mailbox, args.items):
         lines = await read_lines(mailbox, [u for _, u in targets])
+    # ENVELOPE, BODYSTRUCTURE and BODY of many messages: from what the store
+    # keeps, those it lacks rendered from their metadata and kept at the end.
+    kept: dict[int, Structures] | None = None
+    rendered: dict[int, Structures] = {}
+    uses_structures = fetch_uses_structures(mailbox, args.items, len(targets))
+    if needs.metadata and lines is None and changed_since is None and uses_structures:
+        kept = await cached_structures(mailbox, [u for _, u in targets])
     for n, batch in enumerate(_chunks(targets, BATCH)):
         if n:
             await ctx.take_turn()
@@ -356,6 +364,12 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                     seen_now.add(info.uid)
         if lines is not None:
             metadata = lines
+        elif kept is not None:
+            missing = [u for u in uids if u not in kept]
+            if missing:
+                for uid, md in (await call(mailbox.get_metadata, missing)).items():
+                    kept[uid] = rendered[uid] = structures_of(md)
+            metadata = kept
         else:
             metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
         rows: list[FetchRow] = []
@@ -377,6 +391,8 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
             rows.append((seq, info, metadata.get(uid), message, uid in seen_now, uid in view.recent))
         ctx.emit(FetchBatch(items, args.uid, rows))
         await ctx.drain()
+    if rendered:
+        await keep_structures(mailbox, rendered)
     return Done("UID FETCH completed" if args.uid else "FETCH completed")
 
 

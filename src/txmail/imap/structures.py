@@ -1,0 +1,121 @@
+"""
+ENVELOPE, BODYSTRUCTURE and BODY of many messages, rendered once and kept by the store.
+
+A client's first sync of a big mailbox, or a client that lists one, asks
+``FETCH 1:* (ENVELOPE BODYSTRUCTURE ...)`` (RFC 3501 section 6.4.5) of every
+message.  Rendering those from each message's metadata is most of the work
+of such a FETCH once the messages are parsed; a store that keeps records for
+a protocol (:class:`txmail.interfaces.IRecordCache`) keeps the rendered
+texts, so that each message's are rendered once, as Dovecot keeps
+``imap.envelope`` and ``imap.bodystructure`` in its cache file.
+
+A FETCH of at least :data:`MANY` messages whose items read nothing of the
+metadata but these three (:func:`fetch_uses_structures`) reads the records
+kept (:func:`cached_structures`), renders the others from their metadata
+batch by batch as before, and keeps those at the end
+(:func:`keep_structures`).  The records are of the kind :data:`KIND`, whose
+number changes whenever this server's rendering of the three changes, so
+that a record written by another version is never used.
+
+This module is sans-IO: it imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from txmail.imap import serialize
+from txmail.imap.columns import _awaited
+from txmail.imap.fetch import Structures, basic_body_structure
+from txmail.imap.types import FetchAttribute
+from txmail.interfaces import IRecordCache
+from txmail.model import MessageMetadata
+
+__all__ = [
+    "KIND",
+    "MANY",
+    "cached_structures",
+    "fetch_uses_structures",
+    "keep_structures",
+    "record_of",
+    "structures_of",
+]
+
+#: The kind of the records (:class:`txmail.interfaces.IRecordCache`); its
+#: number changes when :mod:`txmail.imap.serialize` renders them differently.
+KIND = "imap-structures-1"
+#: A FETCH of fewer messages renders from their metadata (the store's file
+#: of records is read whole).
+MANY = 1024
+
+#: The items written from :class:`Structures`.
+_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
+_NAMES = ("envelope", "bodystructure", "body")
+
+
+def fetch_uses_structures(mailbox: Any, items: Iterable[FetchAttribute], count: int) -> bool:
+    """
+    Whether a FETCH of *items* from *count* messages of *mailbox* is
+    answered from kept structures: the mailbox keeps records, there are at
+    least :data:`MANY` messages, and the items read nothing of the metadata
+    but ENVELOPE, BODYSTRUCTURE and BODY (at least one of those).
+    """
+    if count < MANY or not IRecordCache.providedBy(mailbox):
+        return False
+    wanted = False
+    for item in items:
+        section = item.section
+        if section is None:
+            if item.name == "THREADID":
+                return False
+            wanted = wanted or item.name in _ITEMS
+        elif not section.part and section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            return False  # read from the metadata (fetch.fetch_needs)
+    return wanted
+
+
+def structures_of(metadata: MessageMetadata) -> Structures:
+    """A message's three texts, as :func:`txmail.imap.fetch.render_fetch` writes them."""
+    body = metadata.body_structure
+    return Structures(
+        serialize.envelope(metadata.envelope),
+        serialize.body_structure(body),
+        serialize.body_structure(basic_body_structure(body)),
+    )
+
+
+def record_of(structures: Structures) -> tuple[str | bytes, ...]:
+    """The record kept for *structures*: ``("envelope", octets, "bodystructure", octets, "body", octets)``."""
+    return (_NAMES[0], structures.envelope, _NAMES[1], structures.body_structure, _NAMES[2], structures.body)
+
+
+def _from_record(record: Any) -> Structures | None:
+    """The structures of a record of :func:`record_of`; None for anything else."""
+    if (
+        type(record) is tuple
+        and len(record) == 6
+        and record[0::2] == _NAMES
+        and type(record[1]) is bytes
+        and type(record[3]) is bytes
+        and type(record[5]) is bytes
+    ):
+        return Structures(record[1], record[3], record[5])
+    return None
+
+
+async def cached_structures(mailbox: Any, uids: Iterable[int]) -> dict[int, Structures]:
+    """The structures *mailbox* (an :class:`IRecordCache`) keeps of *uids*."""
+    records = await _awaited(mailbox.cached_records(KIND, uids))
+    out = {}
+    for uid, record in records.items():
+        found = _from_record(record)
+        if found is not None:
+            out[uid] = found
+    return out
+
+
+async def keep_structures(mailbox: Any, structures: dict[int, Structures]) -> None:
+    """Have *mailbox* (an :class:`IRecordCache`) keep *structures*, rendered by this FETCH."""
+    if structures:
+        await _awaited(mailbox.cache_records(KIND, {uid: record_of(s) for uid, s in structures.items()}))
