@@ -229,6 +229,24 @@ class ComparisonTests(ServerTestCase):
         self.patch(selected, "fetch_uses_structures", lambda *a: False)
         self.assertEqual(self.answers(session), first)
 
+    def test_kept_as_it_goes(self) -> None:
+        """A FETCH hands its structures to the store every KEEP_EVERY messages rendered, the rest at its end."""
+        self.patch(structures, "KEEP_EVERY", 16)
+        self.patch(selected, "KEEP_EVERY", 16)
+        self.patch(selected, "BATCH", 8)
+        kept: list[int] = []
+        original_keep = self.mailbox.cache_records
+        self.mailbox.cache_records = lambda kind, records: (
+            kept.append(len(records)) or original_keep(kind, records)
+        )  # type: ignore[method-assign]
+        proto, transport = self.login()
+        transport.clear()
+        proto.dataReceived(b"k1 " + COMPARED[0] + b"\r\n")
+        while b"k1 OK" not in transport.value():
+            self.clock.advance(0)  # the turns FETCH gives between batches
+        self.assertEqual(transport.value().count(b" FETCH ("), 40)
+        self.assertEqual(kept, [16, 16, 8])
+
     def test_new_message_rendered(self) -> None:
         """A message delivered after the records were kept is rendered and kept by the next FETCH."""
         self.answers()

@@ -12,10 +12,11 @@ texts, so that each message's are rendered once, as Dovecot keeps
 A FETCH of at least :data:`MANY` messages whose items read nothing of the
 metadata but these three (:func:`fetch_uses_structures`) reads the records
 kept (:func:`cached_structures`), renders the others from their metadata
-batch by batch as before, and keeps those at the end
-(:func:`keep_structures`).  The records are of the kind :data:`KIND`, whose
-number changes whenever this server's rendering of the three changes, so
-that a record written by another version is never used.
+batch by batch as before, and hands those to the store
+(:func:`keep_structures`) every :data:`KEEP_EVERY` messages rendered and
+at its end.  The records are of the kind :data:`KIND`, whose number
+changes whenever this server's rendering of the three changes, so that a
+record written by another version is never used.
 
 This module is sans-IO: it imports nothing from Twisted.
 """
@@ -33,6 +34,7 @@ from txmail.interfaces import IRecordCache
 from txmail.model import MessageMetadata
 
 __all__ = [
+    "KEEP_EVERY",
     "KIND",
     "MANY",
     "cached_structures",
@@ -48,6 +50,10 @@ KIND = "imap-structures-1"
 #: A FETCH of fewer messages renders from their metadata (the store's file
 #: of records is read whole).
 MANY = 1024
+
+#: A FETCH hands the store the structures it rendered every this many
+#: messages, and at its end.
+KEEP_EVERY = 16384
 
 #: The items written from :class:`Structures`.
 _ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})

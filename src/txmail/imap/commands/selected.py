@@ -51,7 +51,13 @@ from txmail.imap.responses import (
     UntaggedOk,
 )
 from txmail.imap.search import SUPPORTED_CHARSETS, SearchContext, matches, search_needs
-from txmail.imap.structures import cached_structures, fetch_uses_structures, keep_structures, structures_of
+from txmail.imap.structures import (
+    KEEP_EVERY,
+    cached_structures,
+    fetch_uses_structures,
+    keep_structures,
+    structures_of,
+)
 from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
 from txmail.model import FlagMode, MessageInfo, normalize_flags
@@ -369,6 +375,9 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
             if missing:
                 for uid, md in (await call(mailbox.get_metadata, missing)).items():
                     kept[uid] = rendered[uid] = structures_of(md)
+                if len(rendered) >= KEEP_EVERY:  # kept as it goes: a client may leave mid-FETCH
+                    await keep_structures(mailbox, rendered)
+                    rendered = {}
             metadata = kept
         else:
             metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
