@@ -121,6 +121,7 @@ class PredicateTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.messages = _messages()
         self.ctx = SearchContext(max_seq=len(self.messages), max_uid=len(self.messages))
+        self.values_only = 0
 
     def answers(self, line: str) -> tuple[list[int], list[int]]:
         key = _key(line)
@@ -128,7 +129,27 @@ class PredicateTests(SynchronousTestCase):
         test = columns.column_predicate(key, self.ctx)
         fast = [uid for uid, info, _, values in self.messages if test(uid, info, values)]
         general = [uid for uid, info, md, _ in self.messages if matches(key, self.ctx, uid, info, md)]
+        on_values = columns.values_predicate(key)
+        if on_values is not None:
+            self.values_only += 1
+            self.assertEqual([uid for uid, _, _, values in self.messages if on_values(values)], fast, line)
         return fast, general
+
+    def test_values_predicate(self) -> None:
+        """
+        A key of the columns alone has a test of the tuple alone (the same
+        answers: checked in answers()); one reading flags, numbers or UIDs
+        has none.
+        """
+        self.values_only = 0
+        for line in _lines():
+            self.answers(line)
+        self.assertGreater(self.values_only, 50)
+        for line in ("UNSEEN SUBJECT lunch", "UID 2:40 SUBJECT e", "OR SUBJECT a SEEN", "NOT 1:3"):
+            self.assertIsNone(columns.values_predicate(_key(line)), line)
+        for line in ("SUBJECT a", 'OR FROM a NOT HEADER Cc ""', "ALL SENTON 3-Jan-2024"):
+            self.assertIsNotNone(columns.values_predicate(_key(line)), line)
+        self.assertRaises(ValueError, columns.values_predicate, _key("TEXT x"))
 
     def test_same_answers(self) -> None:
         """Every key, every string: the same messages as the metadata path."""

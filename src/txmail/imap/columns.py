@@ -70,6 +70,7 @@ __all__ = [
     "read_columns",
     "read_lines",
     "search_uses_columns",
+    "values_predicate",
 ]
 
 #: SEARCH keys answered by the columns (besides those reading no header).
@@ -157,6 +158,8 @@ async def read_column_values(mailbox: Any, uids: Iterable[int]) -> dict[int, tup
 
 #: A compiled search: (sequence number, listing, column tuple) -> whether it matches.
 Predicate = Callable[[int, MessageInfo, tuple[str, ...]], bool]
+#: A compiled search that reads the column tuple alone.
+ValuesPredicate = Callable[[tuple[str, ...]], bool]
 
 
 def _text(raw: str) -> str:
@@ -194,10 +197,10 @@ def _sent(values: tuple[str, ...]) -> Any:
     return None
 
 
-def _substring(name: str, wanted: str) -> Predicate:
+def _substring(name: str, wanted: str) -> ValuesPredicate:
     """SUBJECT and HEADER: *wanted* is in the text of some field *name*."""
 
-    def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+    def test(values: tuple[str, ...]) -> bool:
         if values.count(name) == 1:  # field_texts and _text, inline: the common case
             i = values.index(name)
             if i & 1:
@@ -211,14 +214,14 @@ def _substring(name: str, wanted: str) -> Predicate:
     return test
 
 
-def _address(key: str, wanted: str) -> Predicate:
+def _address(key: str, wanted: str) -> ValuesPredicate:
     """FROM/TO/CC/BCC: the field's text, else the envelope's addresses (RFC 3501 section 6.4.4)."""
     name = key.lower()
     # Whether the addresses of a first value match: senders recur, so each
     # value is parsed once a search (at most _MEMO of them kept).
     memo: dict[str, bool] = {}
 
-    def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+    def test(values: tuple[str, ...]) -> bool:
         texts = field_texts(values, name)
         if not texts:
             return False
@@ -270,10 +273,10 @@ def _addresses(raw: str) -> list[str]:
     return found
 
 
-def _sent_key(key: SearchKey) -> Predicate:
+def _sent_key(key: SearchKey) -> ValuesPredicate:
     how, wanted = key.name[4:], search._date(key.args[0])
 
-    def test(seq: int, info: MessageInfo, values: tuple[str, ...]) -> bool:
+    def test(values: tuple[str, ...]) -> bool:
         sent = _sent(values)
         return sent is not None and search._compare_date(how, sent, wanted)
 
@@ -290,7 +293,8 @@ def _other(key: SearchKey, ctx: SearchContext) -> Predicate:
     return test
 
 
-def _compile_leaf(key: SearchKey, ctx: SearchContext) -> Predicate:
+def _values_leaf(key: SearchKey) -> ValuesPredicate | None:
+    """The test of a key that reads the columns alone, or None."""
     name = key.name
     if name == "SUBJECT":
         return _substring("subject", search._str(key.args[0]).casefold())
@@ -301,9 +305,16 @@ def _compile_leaf(key: SearchKey, ctx: SearchContext) -> Predicate:
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         return _sent_key(key)
     if name == "ALL":
-        return lambda seq, info, values: True
-    if name in _HEADER_KEYS:
-        raise ValueError(f"SEARCH {name} is not answered by the header columns")
+        return lambda values: True
+    return None
+
+
+def _compile_leaf(key: SearchKey, ctx: SearchContext) -> Predicate:
+    on_values = _values_leaf(key)
+    if on_values is not None:
+        return lambda seq, info, values: on_values(values)
+    if key.name in _HEADER_KEYS:
+        raise ValueError(f"SEARCH {key.name} is not answered by the header columns")
     return _other(key, ctx)
 
 
@@ -324,6 +335,29 @@ def _compile(key: SearchNode, ctx: SearchContext) -> Predicate:
     raise TypeError(f"not a search key: {key!r}")
 
 
+def _compile_values(key: SearchNode) -> ValuesPredicate | None:
+    if isinstance(key, SearchKey):
+        return _values_leaf(key)
+    if isinstance(key, SearchAnd):
+        parts = tuple(_compile_values(k) for k in key.keys)
+        if any(p is None for p in parts):
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        return lambda values: all(p(values) for p in parts)  # type: ignore[misc]
+    if isinstance(key, SearchOr):
+        left, right = _compile_values(key.left), _compile_values(key.right)
+        if left is None or right is None:
+            return None
+        return lambda values: left(values) or right(values)
+    if isinstance(key, SearchNot):
+        inner = _compile_values(key.key)
+        if inner is None:
+            return None
+        return lambda values: not inner(values)
+    raise TypeError(f"not a search key: {key!r}")
+
+
 def column_predicate(key: SearchNode, ctx: SearchContext) -> Predicate:
     """
     *key* (for which :func:`search_uses_columns` holds) turned once into a
@@ -336,6 +370,22 @@ def column_predicate(key: SearchNode, ctx: SearchContext) -> Predicate:
     if not search_uses_columns(key):
         raise ValueError("the search reads more than the header columns")
     return _compile(key, ctx)
+
+
+def values_predicate(key: SearchNode) -> ValuesPredicate | None:
+    """
+    :func:`column_predicate` of a key that reads nothing but the header
+    columns (no flags, sizes, dates, numbers or UIDs: ``SUBJECT x``, ``OR
+    FROM a TO b``), as a function of the column tuple alone, so that a
+    search tests every message without its listing and lists only those
+    that match; None for another key.
+
+    Raises:
+        ValueError: a key of *key* is not answered by the columns.
+    """
+    if not search_uses_columns(key):
+        raise ValueError("the search reads more than the header columns")
+    return _compile_values(key)
 
 
 # -- FETCH BODY.PEEK[HEADER.FIELDS (...)] from header lines (IHeaderLines) ------------

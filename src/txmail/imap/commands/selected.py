@@ -31,6 +31,7 @@ from txmail.imap.columns import (
     read_column_values,
     read_lines,
     search_uses_columns,
+    values_predicate,
 )
 from txmail.imap.commands import condstore, imap4rev2, objectid, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
@@ -437,9 +438,18 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     by_columns = needs.metadata and not needs.message and has_columns(mailbox) and search_uses_columns(key)
     column_values = await read_column_values(mailbox, view.uids) if by_columns else {}
     test = column_predicate(key, sctx) if by_columns else None
+    on_values = values_predicate(key) if by_columns else None
     for n, batch in enumerate(_chunks(pairs, BATCH * 4)):
         if n:
             await ctx.take_turn()
+        if on_values is not None:
+            # A key of the columns alone: every message tested on them, and
+            # only those that match (or have none) listed, to skip any
+            # expunged meanwhile and to learn their mod-sequences.
+            get = column_values.get
+            batch = [(seq, uid) for seq, uid in batch if (v := get(uid)) is None or on_values(v)]
+            if not batch:
+                continue
         uids = [u for _, u in batch]
         infos = {i.uid: i for i in await call(mailbox.list_messages, uids)}
         if test is not None:
