@@ -15,7 +15,7 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter, split_address
 from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory
-from txmail.model import INBOX, Envelope, MessageFile, SpecialUse
+from txmail.model import INBOX, Envelope, MessageSource, SpecialUse
 from txmail.store.memory import MemoryProvider
 
 
@@ -81,7 +81,7 @@ class RouterTestBase(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(MESSAGE)
-        self.message = MessageFile(path, len(MESSAGE), fsynced=True)
+        self.message = MessageSource.from_file(path, len(MESSAGE), fsynced=True)
 
     def inbox(self, user: str) -> list[bytes]:
         mailbox = self.successResultOf(self.successResultOf(self.stores.store_for(user)).get_mailbox(INBOX))
@@ -146,8 +146,8 @@ class RouterTests(RouterTestBase):
         def no_read(path: str) -> Any:
             raise AssertionError("file read back")
 
-        self.patch(router_module, "_parse_file", no_read)
-        message = MessageFile(self.message.path, self.message.size, data=MESSAGE)
+        self.patch(router_module, "_parse_source", no_read)
+        message = MessageSource.from_file(self.message.local_path, self.message.size, data=MESSAGE)
         report = self.successResultOf(self.router.deliver(self.envelope("alice@example.test"), message))
         self.assertTrue(report.all_ok)
         mailbox = self.successResultOf(

@@ -20,9 +20,9 @@ from zope.interface import implementer
 
 from txmail.auth.authenticator import Authenticator
 from txmail.auth.passwords import make_credentials
+from txmail.delivery import spool as spool_module
 from txmail.interfaces import IDeliveryRouter
-from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
-from txmail.smtp import server as server_module
+from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.smtp.server import SMTPFactory, SMTPLimits, SMTPServerProtocol, received_header, reply_for_report
 
 PASSWORD = "secret"
@@ -41,7 +41,7 @@ class FakeRouter:
     def __init__(self, manual: bool = False) -> None:
         self.manual = manual
         self.checked: list[tuple[str, str | None]] = []
-        self.delivered: list[tuple[Envelope, bytes, MessageFile]] = []
+        self.delivered: list[tuple[Envelope, bytes, MessageSource]] = []
         self.pending: list[tuple[defer.Deferred[Any], Any]] = []
         self.report: DeliveryReport | None = None
         self.error: Exception | None = None
@@ -67,8 +67,8 @@ class FakeRouter:
             result = RecipientResult(address, ok=False, reply="554 5.7.1 Relay access denied")
         return self._answer(result)
 
-    def deliver(self, envelope: Envelope, message: MessageFile) -> defer.Deferred[Any]:
-        with open(message.path, "rb") as f:
+    def deliver(self, envelope: Envelope, message: MessageSource) -> defer.Deferred[Any]:
+        with message.open() as f:
             self.delivered.append((envelope, f.read(), message))
         if self.error is not None:
             return defer.fail(self.error)
@@ -167,7 +167,7 @@ class ServerTestCase(SynchronousTestCase):
         """Files in the spool directory, less the empty ones made ahead of need."""
         reserved = set()
         for factory in getattr(self, "factories", []):
-            reserved |= factory.spool_files.reserved()
+            reserved |= factory.spool.reserved()
         return [n for n in os.listdir(self.spool) if os.path.join(self.spool, n) not in reserved]
 
 
@@ -254,12 +254,12 @@ class DeliveryTests(ServerTestCase):
         proto, _transport = self.connect()
         proto.dataReceived(SEND)
         line = b"z" * 998 + b"\r\n"
-        for _ in range(server_module.KEEP_IN_MEMORY // len(line) + 2):
+        for _ in range(spool_module.KEEP_IN_MEMORY // len(line) + 2):
             proto.dataReceived(line)
         proto.dataReceived(b".\r\n")
         (_envelope, data, message) = self.router.delivered[0]
         self.assertIsNone(message.data)
-        self.assertGreater(len(data), server_module.KEEP_IN_MEMORY)
+        self.assertGreater(len(data), spool_module.KEEP_IN_MEMORY)
 
     def test_spool_files_made_ahead_in_run_blocking(self) -> None:
         """Spool files are created ahead of need through run_blocking, not on the reactor thread per message."""
@@ -277,8 +277,8 @@ class DeliveryTests(ServerTestCase):
                 else b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + BODY
             )
         self.assertEqual(len(self.router.delivered), 3)
-        self.assertEqual(calls, [server_module._create_spool_files])
-        self.assertGreater(len(self.factories[-1].spool_files.reserved()), 0)
+        self.assertEqual(calls, [spool_module._create_spool_files])
+        self.assertGreater(len(self.factories[-1].spool.reserved()), 0)
 
     def test_pipelined_session(self) -> None:
         """A whole pipelined session in one write gets all replies in order, router answers arriving later."""
