@@ -21,7 +21,7 @@ from zope.interface import implementer
 from txmail.auth.authenticator import Authenticator
 from txmail.auth.passwords import make_credentials
 from txmail.delivery import spool as spool_module
-from txmail.interfaces import IDeliveryRouter
+from txmail.interfaces import IDeliveryRouter, ISpool, ISpooledMessage
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.smtp.server import SMTPFactory, SMTPLimits, SMTPServerProtocol, received_header, reply_for_report
 
@@ -381,6 +381,101 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(events[0]["peer"], "192.0.2.7:4321")
         self.assertEqual(events[0]["session_id"], proto.session_id)
         self.assertEqual(events[0]["message_id"], self.router.delivered[0][0].message_id)
+
+
+@implementer(ISpooledMessage)
+class MemorySpooled:
+    """A spooled message kept in memory: no file, no directory."""
+
+    def __init__(self, spool: MemorySpool) -> None:
+        self.spool = spool
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.failed = False
+        self.discarded = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+    def finish(self, fsync: bool = False) -> defer.Deferred[MessageSource]:
+        self.spool.finished.append(fsync)
+        if self.spool.finish_error is not None:
+            return defer.fail(self.spool.finish_error)
+        return defer.succeed(MessageSource.from_bytes(b"".join(self.chunks)))
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+@implementer(ISpool)
+class MemorySpool:
+    """An ISpool that keeps messages in memory (what the SMTP server must cope with: no paths)."""
+
+    def __init__(self) -> None:
+        self.taken: list[MemorySpooled] = []
+        self.finished: list[bool] = []
+        self.finish_error: Exception | None = None
+
+    def take(self) -> MemorySpooled:
+        spooled = MemorySpooled(self)
+        self.taken.append(spooled)
+        return spooled
+
+    def close(self) -> None:
+        pass
+
+
+class SpoolInterfaceTests(ServerTestCase):
+    """The server uses its ISpool only: any implementation will do."""
+
+    def test_spool_without_files(self) -> None:
+        """A spool without files: the router gets a source without a path; the message is discarded after."""
+        spool = MemorySpool()
+        proto, transport = self.connect(spool=spool, spool_dir=None)
+        proto.dataReceived(SEND + BODY)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"250")
+        ((_envelope, data, message),) = self.router.delivered
+        self.assertIsNone(message.local_path)
+        self.assertTrue(data.startswith(b"Return-Path: <sender@remote.test>\r\nReceived: "))
+        self.assertTrue(data.endswith(b"\r\n\r\nHello\r\n.dot line\r\n"))
+        self.assertEqual(spool.finished, [False])  # not fsynced: the destinations sync what they keep
+        (spooled,) = spool.taken
+        self.assertTrue(spooled.discarded)
+        self.assertEqual(os.listdir(self.spool), [])
+
+    def test_finish_failure(self) -> None:
+        """A spool that cannot finish the message: 451, logged, discarded, nothing delivered."""
+        spool = MemorySpool()
+        spool.finish_error = OSError(28, "No space left on device")
+        proto, transport = self.connect(spool=spool, spool_dir=None)
+        proto.dataReceived(SEND + BODY)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"451")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.router.delivered, [])
+        self.assertTrue(spool.taken[0].discarded)
+
+    def test_take_failure(self) -> None:
+        """A spool that cannot start a message: DATA gets 451 and the error is logged."""
+        spool = MemorySpool()
+
+        def take() -> Any:
+            raise OSError(13, "Permission denied")
+
+        spool.take = take  # type: ignore[method-assign]
+        proto, transport = self.connect(spool=spool, spool_dir=None)
+        proto.dataReceived(SEND)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"451")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_one_spool_needed(self) -> None:
+        """A factory takes exactly one of spool and spool_dir."""
+        with self.assertRaises(ValueError):
+            SMTPFactory(hostname="h", router=FakeRouter(), clock=task.Clock())
+        with self.assertRaises(ValueError):
+            SMTPFactory(
+                hostname="h", router=FakeRouter(), spool=MemorySpool(), spool_dir=self.spool, clock=task.Clock()
+            )
 
 
 class AddressTrickTests(ServerTestCase):
