@@ -121,7 +121,9 @@ class RunnerTestCase(SynchronousTestCase):
         with open(path, "wb") as f:
             f.write(MESSAGE)
         envelope = Envelope(mail_from=sender, rcpt_to=tuple(rcpts), received_at=self.clock.seconds(), **env)
-        return self.successResultOf(self.queue.enqueue(envelope, MessageSource.from_file(path, len(MESSAGE)), rcpts))
+        return self.successResultOf(
+            self.queue.enqueue(envelope, MessageSource.from_file(path, len(MESSAGE)), rcpts)
+        )
 
     def states(self, queue_id: str) -> dict[str, dict[str, Any]]:
         return self.successResultOf(self.queue.get_entry(queue_id)).recipients

@@ -56,7 +56,9 @@ def session(role: str = "mta", **kw: Any) -> SessionInfo:
 
 def message_info(message: bytes = MESSAGE) -> MessageInfo:
     data = TRACE + message
-    return MessageInfo(MessageSource.from_file("/nonexistent", len(data), data=data), len(message), len(TRACE))
+    return MessageInfo(
+        MessageSource.from_file("/nonexistent", len(data), data=data), len(message), len(TRACE)
+    )
 
 
 def rcpt(address: str = "bob@example.test", ok: bool = True) -> RecipientInfo:

@@ -109,7 +109,9 @@ class RspamdTestCase(TestCase):
             f.write(trace + data)
         whole = trace + data
         return MessageInfo(
-            MessageSource.from_file(path, len(whole), data=whole if in_memory else None), len(data), len(trace)
+            MessageSource.from_file(path, len(whole), data=whole if in_memory else None),
+            len(data),
+            len(trace),
         )
 
     def check(

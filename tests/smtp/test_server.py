@@ -474,7 +474,11 @@ class SpoolInterfaceTests(ServerTestCase):
             SMTPFactory(hostname="h", router=FakeRouter(), clock=task.Clock())
         with self.assertRaises(ValueError):
             SMTPFactory(
-                hostname="h", router=FakeRouter(), spool=MemorySpool(), spool_dir=self.spool, clock=task.Clock()
+                hostname="h",
+                router=FakeRouter(),
+                spool=MemorySpool(),
+                spool_dir=self.spool,
+                clock=task.Clock(),
             )
 
 

@@ -365,9 +365,7 @@ class DeliveryRouter:
         if not wanted:
             return
         try:
-            original = (
-                message.data if message.data is not None else (yield self._run(message.read))
-            )
+            original = message.data if message.data is not None else (yield self._run(message.read))
             envid = envelope.mail_params.get("ENVID")
             data = make_dsn(
                 reporting_mta=self.hostname,
@@ -608,7 +606,9 @@ class DeliveryRouter:
                 "sealing {message_id} failed; forwarding it unsealed", message_id=envelope.message_id
             )
             sealed = None
-        queued = yield self._enqueue(dataclasses.replace(envelope, mail_from=sender), sealed or message, recipients)
+        queued = yield self._enqueue(
+            dataclasses.replace(envelope, mail_from=sender), sealed or message, recipients
+        )
         return queued
 
     @defer.inlineCallbacks
