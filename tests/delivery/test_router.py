@@ -17,6 +17,7 @@ from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory
 from txmail.model import INBOX, Envelope, MessageSource, SpecialUse
 from txmail.store.memory import MemoryProvider
+from txmail.testing.sources import streamed_source
 
 
 @implementer(IDirectory)
@@ -138,6 +139,21 @@ class RouterTests(RouterTestBase):
         self.patch(mime, "parse_metadata", counting)
         self.successResultOf(self.router.deliver(self.envelope("team@example.test"), self.message))
         self.assertEqual(len(calls), 1)
+
+    def test_streamed_source(self) -> None:
+        """A source with neither a file nor its octets in memory reaches mailboxes and the queue exactly."""
+        body = b"".join(b"line %06d\r\n" % i for i in range(30000))  # past INLINE_PARSE_LIMIT
+        data = MESSAGE + body
+        envelope = self.envelope("team@example.test", "someone@remote.test", user="alice@example.test")
+        report = self.successResultOf(self.router.deliver(envelope, streamed_source(data)))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox("alice@example.test"), [data])
+        self.assertEqual(self.inbox("bob@example.test"), [data])
+        (entry,) = self.successResultOf(self.queue.list_entries())
+        self.assertEqual(entry.recipients.keys(), {"someone@remote.test"})
+        f = self.successResultOf(self.queue.open_entry_message(entry.queue_id))
+        with f:
+            self.assertEqual(f.read(), data)
 
     def test_in_memory_content_parsed_without_reading_the_file(self) -> None:
         """When the caller hands the content along, the router parses it without reading the file back."""

@@ -21,8 +21,8 @@ Implementation notes
 * After the final dot: the spooled message is finished (not fsynced: each
   destination syncs what it keeps), then ``router.deliver``; the client
   gets ``250`` only after the router's Deferred fired, i.e. once every
-  copy is durable.  Reply policy (RFC 5321 has one reply for all recipients after
-  DATA):
+  copy is durable.  Reply policy (RFC 5321 has one reply for all
+  recipients after DATA):
 
   - every recipient ok: ``250 2.0.0 OK: queued as <id>``;
   - else, if any failure is temporary: ``451 4.3.0`` -- the client retries
