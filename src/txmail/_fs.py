@@ -14,6 +14,8 @@ from typing import Any, BinaryIO, TypeVar
 
 from twisted.internet import defer
 
+from txmail.model import MessageSource
+
 __all__ = [
     "RunBlocking",
     "fsync_dir",
@@ -119,7 +121,7 @@ def write_stream_durably(source: BinaryIO, dst: str) -> int:
     return size
 
 
-def store_source(message: Any, dst: str) -> None:
+def store_source(message: MessageSource, dst: str) -> None:
     """
     Make *dst* a durable copy of the :class:`txmail.model.MessageSource`
     *message*: :func:`link_or_copy` of its local file when it has one,

@@ -121,7 +121,8 @@ def deliver_notice(
     reverse-path through *deliver* (``deliver(envelope, message_source)``, a
     router's).  A local sender's copy gets ``Return-Path: <>`` (RFC 5321
     section 4.4: final delivery records the reverse-path).  The message is
-    handed over from memory (:meth:`MessageSource.from_bytes`).  *sign* (``sign(data) -> Deferred[bytes]``, a
+    handed over from memory (:meth:`MessageSource.from_bytes`).  *sign*
+    (``sign(data) -> Deferred[bytes]``, a
     :class:`~txmail.policy.authentication.MessageSigner`'s) gives header
     fields (a DKIM signature) to put on top.  Fires with whether every copy
     was delivered or queued.
