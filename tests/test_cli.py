@@ -410,7 +410,7 @@ class QueueCommandTests(CLITestCase):
     def setUp(self) -> None:
         super().setUp()
         from txmail.delivery.queue import SpoolQueue
-        from txmail.model import Envelope, MessageFile
+        from txmail.model import Envelope, MessageSource
 
         self.queue_dir = os.path.join(self.data_dir, "queue")
         queue = SpoolQueue(self.queue_dir)
@@ -421,7 +421,9 @@ class QueueCommandTests(CLITestCase):
         envelope = Envelope(
             "alice@example.test", ("a@remote.test", "b@remote.test"), mail_params={"RET": "HDRS"}
         )
-        queue.enqueue(envelope, MessageFile(path, 20), envelope.rcpt_to).addCallback(results.append)
+        queue.enqueue(envelope, MessageSource.from_file(path, 20), envelope.rcpt_to).addCallback(
+            results.append
+        )
         self.queue_id = results[0]
         queue.update_recipients(
             self.queue_id,
@@ -477,7 +479,7 @@ class QueueCommandTests(CLITestCase):
     def test_release(self) -> None:
         """release lets a held (quarantined) message go: its recipients become pending; show says why it was held."""
         from txmail.delivery.queue import SpoolQueue
-        from txmail.model import Envelope, MessageFile
+        from txmail.model import Envelope, MessageSource
 
         queue = SpoolQueue(self.queue_dir)
         path = self.mktemp()
@@ -485,7 +487,9 @@ class QueueCommandTests(CLITestCase):
             f.write(b"Subject: x\r\n\r\nbody\r\n")
         results: list[str] = []
         envelope = Envelope("alice@example.test", ("c@remote.test",), hold="milter rspamd: quarantine")
-        queue.enqueue(envelope, MessageFile(path, 20), envelope.rcpt_to).addCallback(results.append)
+        queue.enqueue(envelope, MessageSource.from_file(path, 20), envelope.rcpt_to).addCallback(
+            results.append
+        )
         held = results[0]
         self.assertEqual(self.txmail("queue", "show", held, "--data-dir", self.data_dir), 0)
         self.assertIn("held for:  milter rspamd: quarantine", self.stdout.getvalue())

@@ -7,6 +7,8 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from txmail import _fs
+from txmail.model import MessageSource
+from txmail.testing.sources import streamed_source
 
 
 class LinkOrCopyTests(SynchronousTestCase):
@@ -62,3 +64,31 @@ class LinkOrCopyTests(SynchronousTestCase):
             self.assertEqual(f.read(), b"two")
         self.assertEqual(sorted(os.listdir(self.dir)), ["src", "state.json"])
         self.assertEqual(len(self.synced), 4)
+
+    def test_store_source_links_a_local_file(self) -> None:
+        """store_source hard-links a source's local file (fsynced when the caller had not)."""
+        dst = os.path.join(self.dir, "dst")
+        _fs.store_source(MessageSource.from_file(self.src, 7, fsynced=False), dst)
+        self.assertEqual(os.stat(dst).st_ino, os.stat(self.src).st_ino)
+        self.assertEqual(self.synced, [os.stat(dst).st_ino])
+
+    def test_store_source_streams_without_a_file(self) -> None:
+        """A source without a local file is streamed into a new file, fsynced, with no temporary file left."""
+        data = b"x" * 3_000_000 + b"end\r\n"
+        dst = os.path.join(self.dir, "dst")
+        _fs.store_source(streamed_source(data, piece=65536), dst)
+        with open(dst, "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(self.synced, [os.stat(dst).st_ino])
+        self.assertEqual(sorted(os.listdir(self.dir)), ["dst", "src"])
+
+    def test_stream_failure_leaves_nothing(self) -> None:
+        """A source that fails while it is read leaves neither the target nor a temporary file."""
+
+        class Failing:
+            def read(self, n: int) -> bytes:
+                raise OSError(5, "I/O error")
+
+        dst = os.path.join(self.dir, "dst")
+        self.assertRaises(OSError, _fs.write_stream_durably, Failing(), dst)
+        self.assertEqual(os.listdir(self.dir), ["src"])

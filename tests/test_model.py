@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txmail.model import match_mailbox_pattern, normalize_flags, normalize_mailbox_name
+from txmail.mime import parse_metadata
+from txmail.model import (
+    MessageSource,
+    as_source,
+    match_mailbox_pattern,
+    normalize_flags,
+    normalize_mailbox_name,
+)
 
 
 class FlagTests(SynchronousTestCase):
@@ -81,3 +88,53 @@ class PatternMatchPropertyTests(SynchronousTestCase):
         """A pattern of many wildcards against a long name is answered (a regex would backtrack for hours)."""
         self.assertFalse(match_mailbox_pattern("*a" * 2000 + "b", "a" * 500))
         self.assertTrue(match_mailbox_pattern("%a" * 200 + "%", "a" * 300))
+
+
+class MessageSourceTests(SynchronousTestCase):
+    """The message a store or queue is handed: where its octets are does not matter to it."""
+
+    def test_from_bytes(self) -> None:
+        """A source in memory: its data, size, a fresh reader each time, no file, not durable."""
+        source = MessageSource.from_bytes(bytearray(b"Subject: a\r\n\r\nbody\r\n"))
+        self.assertEqual(source.data, b"Subject: a\r\n\r\nbody\r\n")
+        self.assertEqual(source.size, 20)
+        self.assertIsNone(source.local_path)
+        self.assertFalse(source.fsynced)
+        with source.open() as f:
+            self.assertEqual(f.read(7), b"Subject")
+        with source.open() as f:
+            self.assertEqual(f.read(), source.data)
+        self.assertEqual(source.read(), source.data)
+
+    def test_from_file(self) -> None:
+        """A source of a local file names it, reads it, and keeps the caller's flags."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"on disk\r\n")
+        source = MessageSource.from_file(path, 9, fsynced=True)
+        self.assertEqual(source.local_path, path)
+        self.assertTrue(source.fsynced)
+        self.assertIsNone(source.data)
+        self.assertEqual(source.read(), b"on disk\r\n")
+        with source.open() as f:
+            self.assertEqual(f.read(), b"on disk\r\n")
+
+    def test_with_metadata(self) -> None:
+        """with_metadata keeps everything else: file, data, durability."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"x\r\n")
+        source = MessageSource.from_file(path, 3, fsynced=True, data=b"x\r\n")
+        metadata = parse_metadata(b"x\r\n")
+        parsed = source.with_metadata(metadata)
+        self.assertIs(parsed.metadata, metadata)
+        self.assertIsNone(source.metadata)
+        self.assertEqual(
+            (parsed.local_path, parsed.data, parsed.fsynced, parsed.size), (path, b"x\r\n", True, 3)
+        )
+
+    def test_as_source(self) -> None:
+        """as_source keeps a source and turns bytes into one."""
+        source = MessageSource.from_bytes(b"a")
+        self.assertIs(as_source(source), source)
+        self.assertEqual(as_source(b"b").data, b"b")

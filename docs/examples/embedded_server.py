@@ -60,7 +60,7 @@ from txmail import (
     make_credentials,
 )
 from txmail.auth.passwords import ScramCredentials
-from txmail.model import Envelope, MessageFile
+from txmail.model import Envelope, MessageSource
 
 __all__ = ["AuditHook", "DictDirectory", "main", "make_service"]
 
@@ -158,7 +158,7 @@ class AuditHook:
         self.archive = archive
         self.seen: list[tuple[str, str, tuple[str, ...]]] = []
 
-    def before_delivery(self, envelope: Envelope, message: MessageFile) -> HookResult:
+    def before_delivery(self, envelope: Envelope, message: MessageSource) -> HookResult:
         self.seen.append((envelope.message_id, envelope.mail_from, envelope.rcpt_to))
         self.log.info(
             "message {message_id} from <{sender}> to {recipients}, {size} octets",

@@ -146,7 +146,7 @@ class HouseRules(Policy):
         data = message.data  # in memory for messages up to 256 KiB
         if data is not None:
             return self._judge(session, data)
-        # A large message is only in its file: read its start in a thread,
+        # A large message is only in the spool: read its start in a thread,
         # and answer with a Deferred.
         d = self.run_blocking(_read_start, message)
         return d.addCallback(lambda start: self._judge(session, start))
@@ -163,8 +163,7 @@ class HouseRules(Policy):
 
 def _read_start(message: MessageInfo) -> bytes:
     """The first :data:`HEADER_LIMIT` octets of the client's message (blocking)."""
-    with open(message.file.path, "rb") as f:
-        f.seek(message.trace_length)
+    with message.open() as f:
         return f.read(HEADER_LIMIT)
 
 

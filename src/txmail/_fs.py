@@ -10,11 +10,22 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from twisted.internet import defer
 
-__all__ = ["RunBlocking", "fsync_dir", "fsync_file", "link_or_copy", "run_inline", "write_file_durably"]
+from txmail.model import MessageSource
+
+__all__ = [
+    "RunBlocking",
+    "fsync_dir",
+    "fsync_file",
+    "link_or_copy",
+    "run_inline",
+    "store_source",
+    "write_file_durably",
+    "write_stream_durably",
+]
 
 T = TypeVar("T")
 
@@ -82,10 +93,43 @@ def link_or_copy(src: str, dst: str, *, src_fsynced: bool) -> None:
                     os.unlink(dst)
                 raise
         return
+    with open(src, "rb") as fin:
+        write_stream_durably(fin, dst)
+
+
+def write_stream_durably(source: BinaryIO, dst: str) -> int:
+    """
+    Make *dst* a durable copy of what *source* (a binary file object) reads
+    from its position to its end: written in 1 MiB pieces to ``dst.tmp``,
+    fsynced, renamed.  The caller fsyncs *dst*'s directory.  Returns the
+    octets written.
+    """
     tmp = f"{dst}.tmp"
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(1 << 20):
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, dst)
+    size = 0
+    try:
+        with open(tmp, "wb") as fout:
+            while chunk := source.read(1 << 20):
+                fout.write(chunk)
+                size += len(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return size
+
+
+def store_source(message: MessageSource, dst: str) -> None:
+    """
+    Make *dst* a durable copy of the :class:`txmail.model.MessageSource`
+    *message*: :func:`link_or_copy` of its local file when it has one,
+    else its octets streamed through :meth:`~txmail.model.MessageSource.open`.
+    The caller fsyncs *dst*'s directory.
+    """
+    if message.local_path is not None:
+        link_or_copy(message.local_path, dst, src_fsynced=message.fsynced)
+        return
+    with message.open() as f:
+        write_stream_durably(f, dst)

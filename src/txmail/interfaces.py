@@ -52,6 +52,8 @@ __all__ = [
     "IQueue",
     "IRecordCache",
     "ISaveDates",
+    "ISpool",
+    "ISpooledMessage",
     "IStorageUsage",
     "IStoreChanges",
     "IURLAuthKeys",
@@ -609,10 +611,17 @@ class IMailbox(Interface):
         Add a message to the mailbox (delivery, IMAP APPEND).
 
         Args:
-            message: ``bytes`` or a :class:`txmail.model.MessageFile`.  The
-                content is stored exactly as given (CRLF line ends expected);
-                bare LFs in it are served as CRLF by ``read_message``,
-                ``open_message``, ``get_metadata`` and ``MessageInfo.size``.
+            message: a :class:`txmail.model.MessageSource` (``bytes`` are
+                a shorthand for :meth:`~txmail.model.MessageSource.from_bytes`).
+                The store reads it through ``open()`` in pieces (never
+                requiring a large message whole in memory), may take its
+                ``data`` when there, and may hard-link or copy its
+                ``local_path`` when it has one and the store can; it uses
+                the source's ``metadata`` when given instead of parsing.
+                The content is stored exactly as given (CRLF line ends
+                expected); bare LFs in it are served as CRLF by
+                ``read_message``, ``open_message``, ``get_metadata`` and
+                ``MessageInfo.size``.
             flags: initial flags (normalised with
                 :func:`txmail.model.normalize_flags`).
             internal_date: epoch seconds, default now.
@@ -813,7 +822,7 @@ class IDeliveryRouter(Interface):
 
         Args:
             envelope: a :class:`txmail.model.Envelope`.
-            message: a :class:`txmail.model.MessageFile` holding the message
+            message: a :class:`txmail.model.MessageSource` of the message
                 as received with the trace headers prepended.  When its
                 ``fsynced`` is false, each destination (mailbox, queue) syncs
                 the copy or link it keeps before reporting success.
@@ -840,9 +849,10 @@ class IDeliveryHook(Interface):
         Args:
             envelope: the :class:`txmail.model.Envelope` (as rewritten by
                 earlier hooks).
-            message: the :class:`txmail.model.MessageFile`, trace headers
-                included.  Read it, never modify or remove it; it is removed
-                once delivery is over.
+            message: the :class:`txmail.model.MessageSource`, trace
+                headers included.  Read it (``data``, ``read()`` for a small
+                message, ``open()`` to stream), never modify or remove what
+                it reads from; the server removes that once delivery is over.
 
         Returns:
             a :class:`txmail.delivery.hooks.HookResult` (accept, reject,
@@ -867,8 +877,11 @@ class IQueue(Interface):
 
     def enqueue(envelope, message, recipients):  # type: ignore[no-untyped-def]
         """
-        Store *message* (a :class:`txmail.model.MessageFile`) for
-        *recipients* (the non-local subset of the envelope).
+        Store *message* (a :class:`txmail.model.MessageSource`, read as
+        :meth:`IMailbox.append` reads it: streamed, or its ``local_path``
+        linked or copied) for *recipients* (the non-local subset of the
+        envelope).  The queue keeps its own copy: the caller may remove the
+        source's file once this fired.
 
         Returns:
             ``Deferred[str]``: the queue id, fired once the message and its
@@ -925,4 +938,73 @@ class IQueue(Interface):
 
         Raises:
             QueueError: no entry has that id.
+        """
+
+
+class ISpool(Interface):
+    """
+    Where the SMTP and LMTP servers write a message while its content
+    arrives (DATA, BDAT), before it is handed to the delivery router as a
+    :class:`txmail.model.MessageSource`.  The server knows nothing else of
+    it: the local implementation
+    (:class:`txmail.delivery.spool.LocalSpool`) writes files in a directory
+    on the stores' file system, so that they can hard-link them.
+    """
+
+    def take():  # type: ignore[no-untyped-def]
+        """
+        Start a new message.
+
+        Returns:
+            an empty :class:`ISpooledMessage`, or a ``Deferred`` of one.
+
+        Raises:
+            OSError: none can be made (the server answers ``451 4.3.0``).
+        """
+
+    def close():  # type: ignore[no-untyped-def]
+        """
+        Release what was prepared ahead of need (the server's factory
+        stops); :meth:`take` still works afterwards.
+        """
+
+
+class ISpooledMessage(Interface):
+    """
+    One message being written into an :class:`ISpool`.  Writes come from one
+    thread at a time (the reactor's; a large message rewritten for the
+    policies is written from a worker thread, while nothing else uses it).
+    """
+
+    size = Attribute("The octets written so far (``int``).")
+    failed = Attribute("A write failed (``bool``): later writes are ignored and :meth:`finish` fails.")
+
+    def write(data):  # type: ignore[no-untyped-def]
+        """
+        Append *data* (``bytes``).  Cheap (buffered), so it is called on the
+        reactor thread for each piece received.
+
+        Raises:
+            OSError: the write failed; :attr:`failed` is then true.
+        """
+
+    def finish(fsync=False):  # type: ignore[no-untyped-def]
+        """
+        No more writes: the message is complete.
+
+        Args:
+            fsync: make the octets durable before firing (the source's
+                ``fsynced`` is then true).  Without it the destinations sync
+                what they keep (a hard link shares the data).
+
+        Returns:
+            ``Deferred[MessageSource]`` of the content (with its ``data``
+            when it was small enough to keep in memory), valid until
+            :meth:`discard`.  Fails when writing or syncing failed.
+        """
+
+    def discard():  # type: ignore[no-untyped-def]
+        """
+        Remove the message, whether finished or not (the router has linked
+        or copied what it keeps).  Calling it again does nothing.
         """

@@ -2,17 +2,21 @@
 Plain data types that cross the interfaces in :mod:`txmail.interfaces`.
 
 These are frozen dataclasses with no behaviour beyond validation, so that
-every backend and every protocol speaks the same values.  Nothing here does
-I/O or imports Twisted.
+every backend and every protocol speaks the same values.  Nothing here
+imports Twisted, and nothing does I/O except reading a
+:class:`MessageSource` (which its callers run where they may block).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import io
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "ANSWERED",
@@ -22,6 +26,7 @@ __all__ = [
     "FLAGGED",
     "INBOX",
     "SEEN",
+    "SOURCE_CHUNK",
     "SYSTEM_FLAGS",
     "AnnotationsChanged",
     "DeliveryReport",
@@ -36,9 +41,9 @@ __all__ = [
     "MailboxChange",
     "MailboxDeleted",
     "MailboxStatus",
-    "MessageFile",
     "MessageInfo",
     "MessageMetadata",
+    "MessageSource",
     "MessagesAdded",
     "MessagesChanged",
     "MessagesExpunged",
@@ -46,6 +51,7 @@ __all__ = [
     "RecipientResult",
     "SpecialUse",
     "SubscriptionChanged",
+    "as_source",
     "match_mailbox_pattern",
     "normalize_flags",
     "normalize_mailbox_name",
@@ -386,32 +392,100 @@ class MessageMetadata:
         return (MessageMetadata, self._values())
 
 
-@dataclass(frozen=True, slots=True)
-class MessageFile:
-    """
-    A complete message in a file on local disk, handed to a store to append.
+#: Octets :meth:`MessageSource.open`'s readers take at a time when they stream.
+SOURCE_CHUNK = 1 << 20
 
-    The store may hard-link or copy *path*, never modify or remove it (the
-    caller owns it).  The file holds the message exactly as it is to be
-    stored, with CRLF line ends.  ``fsynced`` tells the store the caller
-    already flushed it to stable storage, so a hard link needs only the
-    directory synced.
+
+@dataclass(frozen=True, slots=True)
+class MessageSource:
+    """
+    A complete message handed to a store (:meth:`txmail.interfaces.IMailbox.append`)
+    or to the queue (:meth:`txmail.interfaces.IQueue.enqueue`): its octets,
+    with CRLF line ends, exactly as they are to be stored, wherever they are.
+
+    A consumer reads it with :meth:`open` (in pieces of at most
+    :data:`SOURCE_CHUNK`: never the whole of a large message in memory),
+    or takes :attr:`data` when it is there.  A store that understands
+    local files may instead hard-link or copy :attr:`local_path` (zero-copy
+    delivery); one that does not simply streams.  Nobody modifies or
+    removes what a source reads from: the caller owns it and keeps it until
+    the store or queue has answered.
+
+    Make one with :meth:`from_bytes` (octets in memory), :meth:`from_file`
+    (a file on local disk), or directly with any *opener* (a function
+    giving a new readable binary file object positioned at the start of
+    the message, each time it is called: a database large object, a
+    socket already buffered to disk...).
 
     Attributes:
-        path: the file's path.
-        size: its size in octets.
-        metadata: the parsed metadata, when the caller has it already (one
-            parse for many recipients); otherwise the store parses.
-        fsynced: see above.
-        data: the same content in memory, when the caller still has it
-            (small messages), so that parsing need not read the file back.
+        size: the message's size in octets.
+        opener: ``opener()`` gives a new readable binary file object of
+            the message, positioned at its start (the caller closes it).
+            It may block: callers on the reactor thread run it through
+            their ``run_blocking``.
+        metadata: the parsed :class:`MessageMetadata`, when the caller has
+            it already (one parse for many recipients); otherwise the store
+            parses.
+        fsynced: the caller already made these octets durable (a store
+            that links :attr:`local_path` then syncs only the directory).
+        data: the same octets in memory, when the caller has them (small
+            messages), so that parsing need not read them back.
+        local_path: a file on local disk holding exactly these octets,
+            which a store may hard-link or copy (never modify or remove),
+            or ``None``.
     """
 
-    path: str
     size: int
-    metadata: MessageMetadata | None = None
+    opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
+    metadata: MessageMetadata | None = field(default=None, repr=False)
     fsynced: bool = False
     data: bytes | None = field(default=None, repr=False)
+    local_path: str | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, metadata: MessageMetadata | None = None) -> MessageSource:
+        """A source of *data* in memory (never durable on its own: ``fsynced`` is false)."""
+        data = bytes(data)
+        return cls(len(data), functools.partial(io.BytesIO, data), metadata, False, data)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str,
+        size: int,
+        *,
+        metadata: MessageMetadata | None = None,
+        fsynced: bool = False,
+        data: bytes | None = None,
+    ) -> MessageSource:
+        """
+        A source of the file *path* on local disk (of *size* octets), which
+        stores may hard-link: :attr:`local_path` is *path*.  *data* is its
+        content when the caller still has it in memory.
+        """
+        return cls(size, functools.partial(open, path, "rb"), metadata, fsynced, data, path)
+
+    def open(self) -> BinaryIO:
+        """A new readable binary file object of the message, at its start (blocking; the caller closes it)."""
+        return self.opener()
+
+    def read(self) -> bytes:
+        """The whole message: :attr:`data` when held, else read through :meth:`open` (blocking; small messages)."""
+        if self.data is not None:
+            return self.data
+        with self.open() as f:
+            return f.read()
+
+    def with_metadata(self, metadata: MessageMetadata) -> MessageSource:
+        """This source with *metadata* (parsed once by the caller for every copy)."""
+        return dataclasses.replace(self, metadata=metadata)
+
+
+def as_source(message: bytes | MessageSource) -> MessageSource:
+    """*message* as a :class:`MessageSource` (``bytes`` are a shorthand for :meth:`MessageSource.from_bytes`)."""
+    if isinstance(message, MessageSource):
+        return message
+    return MessageSource.from_bytes(bytes(message))
 
 
 class MailboxChange:

@@ -44,6 +44,7 @@ from txmail.delivery.mx import MXResolver
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.delivery.runner import QueueRunner, Smarthost
+from txmail.delivery.spool import clean_spool
 from txmail.directory import FileDirectory
 from txmail.errors import ConfigError
 from txmail.imap.server import IMAPFactory
@@ -55,7 +56,7 @@ from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
 from txmail.pop3.server import MaildropLocks, POP3Factory
 from txmail.quota import Quotas
 from txmail.resolver import Resolver
-from txmail.smtp.server import SMTPFactory, SMTPLimits, clean_spool
+from txmail.smtp.server import SMTPFactory, SMTPLimits
 from txmail.tls import server_context, with_certificate
 
 __all__ = [

@@ -18,7 +18,7 @@ from txmail.delivery.forward import Forwarding, own_results
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.dnsdata import DictAnswers, Question
-from txmail.model import INBOX, Envelope, MessageFile
+from txmail.model import INBOX, Envelope, MessageSource
 from txmail.policy import arc, dkim
 from txmail.policy.authentication import MessageSigner
 from txmail.policy.srs import SRS
@@ -65,11 +65,11 @@ class ForwardingTests(SynchronousTestCase):
             self.directory, self.stores, self.queue, forwarding=self.forwarding, hostname="mx.example.test"
         )
 
-    def message(self, data: bytes = MESSAGE) -> MessageFile:
+    def message(self, data: bytes = MESSAGE) -> MessageSource:
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(data)
-        return MessageFile(path, len(data), fsynced=True)
+        return MessageSource.from_file(path, len(data), fsynced=True)
 
     def entries(self) -> list[tuple[Any, bytes]]:
         out = []
@@ -181,7 +181,7 @@ class NoticeSigningTests(SynchronousTestCase):
         envelope = Envelope(
             "bob@example.test", ("alice@example.test",), rcpt_params=({"NOTIFY": "SUCCESS"},), message_id="T"
         )
-        self.successResultOf(router.deliver(envelope, MessageFile(path, len(MESSAGE))))
+        self.successResultOf(router.deliver(envelope, MessageSource.from_file(path, len(MESSAGE))))
         mailbox = self.successResultOf(
             self.successResultOf(stores.store_for("bob@example.test")).get_mailbox(INBOX)
         )

@@ -13,7 +13,7 @@ from txmail.delivery.hooks import HookAction, HookResult, hook_callable, hook_ca
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import HOOK_FAILED_REPLY, DeliveryRouter
 from txmail.interfaces import IDeliveryHook
-from txmail.model import INBOX, DeliveryReport, Envelope, MessageFile
+from txmail.model import INBOX, DeliveryReport, Envelope, MessageSource
 from txmail.smtp.server import reply_for_report
 from txmail.store.memory import MemoryProvider
 
@@ -61,7 +61,7 @@ class HookResultTests(SynchronousTestCase):
         """An IDeliveryHook gives its before_delivery; a callable itself; anything else is a TypeError."""
         hook = RecordingHook()
 
-        def fn(envelope: Envelope, message: MessageFile) -> None:
+        def fn(envelope: Envelope, message: MessageSource) -> None:
             return None
 
         self.assertEqual(hook_callable(hook), hook.before_delivery)
@@ -78,9 +78,9 @@ class RecordingHook:
 
     def __init__(self, result: Any = None) -> None:
         self.result = result
-        self.calls: list[tuple[Envelope, MessageFile]] = []
+        self.calls: list[tuple[Envelope, MessageSource]] = []
 
-    def before_delivery(self, envelope: Envelope, message: MessageFile) -> Any:
+    def before_delivery(self, envelope: Envelope, message: MessageSource) -> Any:
         self.calls.append((envelope, message))
         return self.result
 
@@ -97,7 +97,7 @@ class RouterHookTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(MESSAGE)
-        self.message = MessageFile(path, len(MESSAGE), fsynced=True)
+        self.message = MessageSource.from_file(path, len(MESSAGE), fsynced=True)
 
     def router(self, *hooks: Any) -> DeliveryRouter:
         return DeliveryRouter(self.directory, self.stores, self.queue, hooks=list(hooks))
@@ -164,7 +164,7 @@ class RouterHookTests(SynchronousTestCase):
     def test_rewrite_bcc_and_chain(self) -> None:
         """An added archive address gets a copy; the next hook sees the new list; kept addresses keep their params."""
 
-        def add_archive(envelope: Envelope, message: MessageFile) -> HookResult:
+        def add_archive(envelope: Envelope, message: MessageSource) -> HookResult:
             return HookResult.rewrite([*envelope.rcpt_to, "archive@example.test"])
 
         after = RecordingHook()
@@ -204,7 +204,7 @@ class RouterHookTests(SynchronousTestCase):
     def test_raising_hook(self) -> None:
         """A hook that raises is logged; every recipient fails temporarily (451 4.3.0); nothing is delivered."""
 
-        def broken(envelope: Envelope, message: MessageFile) -> HookResult:
+        def broken(envelope: Envelope, message: MessageSource) -> HookResult:
             raise ZeroDivisionError("bug")
 
         # The first hook rewrote: the failure still covers the original recipients.

@@ -15,15 +15,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txmail.delivery.queue import SpoolQueue
 from txmail.errors import QueueError
-from txmail.model import Envelope, MessageFile
+from txmail.model import Envelope, MessageSource
 from txmail.testing.queue import QueueConformanceMixin
 
 
-def make_message(test: SynchronousTestCase, data: bytes = b"Subject: x\r\n\r\nbody\r\n") -> MessageFile:
+def make_message(test: SynchronousTestCase, data: bytes = b"Subject: x\r\n\r\nbody\r\n") -> MessageSource:
     path = test.mktemp()
     with open(path, "wb") as f:
         f.write(data)
-    return MessageFile(path, len(data), fsynced=True)
+    return MessageSource.from_file(path, len(data), fsynced=True)
 
 
 ENVELOPE = Envelope(
@@ -79,7 +79,7 @@ class SpoolQueueTests(SynchronousTestCase):
         """A fsynced message file is hard-linked into the queue, not copied."""
         msg = make_message(self)
         qid = self.successResultOf(self.queue.enqueue(ENVELOPE, msg, ["bob@remote.test"]))
-        self.assertEqual(os.stat(msg.path).st_ino, os.stat(os.path.join(self.dir, f"{qid}.msg")).st_ino)
+        self.assertEqual(os.stat(msg.local_path).st_ino, os.stat(os.path.join(self.dir, f"{qid}.msg")).st_ino)
 
     def test_delete_removes_files(self) -> None:
         """Deleting an entry removes both its files and leaves the other entry's."""

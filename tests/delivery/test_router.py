@@ -15,8 +15,9 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter, split_address
 from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory
-from txmail.model import INBOX, Envelope, MessageFile, SpecialUse
+from txmail.model import INBOX, Envelope, MessageSource, SpecialUse
 from txmail.store.memory import MemoryProvider
+from txmail.testing.sources import streamed_source
 
 
 @implementer(IDirectory)
@@ -81,7 +82,7 @@ class RouterTestBase(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(MESSAGE)
-        self.message = MessageFile(path, len(MESSAGE), fsynced=True)
+        self.message = MessageSource.from_file(path, len(MESSAGE), fsynced=True)
 
     def inbox(self, user: str) -> list[bytes]:
         mailbox = self.successResultOf(self.successResultOf(self.stores.store_for(user)).get_mailbox(INBOX))
@@ -139,6 +140,21 @@ class RouterTests(RouterTestBase):
         self.successResultOf(self.router.deliver(self.envelope("team@example.test"), self.message))
         self.assertEqual(len(calls), 1)
 
+    def test_streamed_source(self) -> None:
+        """A source with neither a file nor its octets in memory reaches mailboxes and the queue exactly."""
+        body = b"".join(b"line %06d\r\n" % i for i in range(30000))  # past INLINE_PARSE_LIMIT
+        data = MESSAGE + body
+        envelope = self.envelope("team@example.test", "someone@remote.test", user="alice@example.test")
+        report = self.successResultOf(self.router.deliver(envelope, streamed_source(data)))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox("alice@example.test"), [data])
+        self.assertEqual(self.inbox("bob@example.test"), [data])
+        (entry,) = self.successResultOf(self.queue.list_entries())
+        self.assertEqual(entry.recipients.keys(), {"someone@remote.test"})
+        f = self.successResultOf(self.queue.open_entry_message(entry.queue_id))
+        with f:
+            self.assertEqual(f.read(), data)
+
     def test_in_memory_content_parsed_without_reading_the_file(self) -> None:
         """When the caller hands the content along, the router parses it without reading the file back."""
         from txmail.delivery import router as router_module
@@ -146,8 +162,8 @@ class RouterTests(RouterTestBase):
         def no_read(path: str) -> Any:
             raise AssertionError("file read back")
 
-        self.patch(router_module, "_parse_file", no_read)
-        message = MessageFile(self.message.path, self.message.size, data=MESSAGE)
+        self.patch(router_module, "_parse_source", no_read)
+        message = MessageSource.from_file(self.message.local_path, self.message.size, data=MESSAGE)
         report = self.successResultOf(self.router.deliver(self.envelope("alice@example.test"), message))
         self.assertTrue(report.all_ok)
         mailbox = self.successResultOf(

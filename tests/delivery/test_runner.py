@@ -15,7 +15,7 @@ from txmail.delivery.backoff import RetrySchedule
 from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.runner import QueueRunner, Smarthost, xtext_decode
-from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
+from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.smtp.client import TransactionResult
 from txmail.smtp.codes import Reply
 
@@ -76,8 +76,8 @@ class FakeRouter:
     def __init__(self) -> None:
         self.delivered: list[tuple[Envelope, bytes]] = []
 
-    def deliver(self, envelope: Envelope, message: MessageFile) -> defer.Deferred[DeliveryReport]:
-        with open(message.path, "rb") as f:
+    def deliver(self, envelope: Envelope, message: MessageSource) -> defer.Deferred[DeliveryReport]:
+        with message.open() as f:
             self.delivered.append((envelope, f.read()))
         return defer.succeed(DeliveryReport(tuple(RecipientResult(r, ok=True) for r in envelope.rcpt_to)))
 
@@ -121,7 +121,9 @@ class RunnerTestCase(SynchronousTestCase):
         with open(path, "wb") as f:
             f.write(MESSAGE)
         envelope = Envelope(mail_from=sender, rcpt_to=tuple(rcpts), received_at=self.clock.seconds(), **env)
-        return self.successResultOf(self.queue.enqueue(envelope, MessageFile(path, len(MESSAGE)), rcpts))
+        return self.successResultOf(
+            self.queue.enqueue(envelope, MessageSource.from_file(path, len(MESSAGE)), rcpts)
+        )
 
     def states(self, queue_id: str) -> dict[str, dict[str, Any]]:
         return self.successResultOf(self.queue.get_entry(queue_id)).recipients
@@ -283,7 +285,7 @@ class QuotaRetryTests(RunnerTestCase):
     """Local copies the queue retries through DeliveryRouter.redeliver: a full mailbox waits, one too small bounces."""
 
     def redeliver_with(self, reply: str, temporary: bool) -> None:
-        def redeliver(envelope: Envelope, message: MessageFile) -> defer.Deferred[DeliveryReport]:
+        def redeliver(envelope: Envelope, message: MessageSource) -> defer.Deferred[DeliveryReport]:
             self.redelivered.append(envelope.rcpt_to)
             return defer.succeed(
                 DeliveryReport(

@@ -33,6 +33,7 @@ from txmail.imap.responses import No
 from txmail.imap.session import IMAPLimits, IMAPSession
 from txmail.imap.types import Append, AppendMessage, CatenatePart, Replace, Section
 from txmail.imap.url import MAX_URL, URLError, parse_url, response_text
+from txmail.model import MessageSource
 
 __all__: list[str] = []
 
@@ -507,8 +508,8 @@ class CatenateServerTests(ServerTestCase):
         real = self.mailbox.append
         calls: list[bytes] = []
 
-        def append(data: bytes, *args: Any) -> Any:
-            calls.append(data)
+        def append(data: MessageSource, *args: Any) -> Any:
+            calls.append(data.read())
             if len(calls) == 2:
                 raise StoreError("disk full")
             return real(data, *args)

@@ -26,7 +26,7 @@ from txmail.milter.client import (
     milter_reply,
     parse_milters,
 )
-from txmail.model import MessageFile, RecipientResult
+from txmail.model import MessageSource, RecipientResult
 from txmail.policy.hooks import MessageInfo, RecipientInfo, SessionInfo, TransactionInfo, Verdict
 from txmail.smtp.codes import Reply
 
@@ -56,7 +56,9 @@ def session(role: str = "mta", **kw: Any) -> SessionInfo:
 
 def message_info(message: bytes = MESSAGE) -> MessageInfo:
     data = TRACE + message
-    return MessageInfo(MessageFile("/nonexistent", len(data), data=data), len(message), len(TRACE))
+    return MessageInfo(
+        MessageSource.from_file("/nonexistent", len(data), data=data), len(message), len(TRACE)
+    )
 
 
 def rcpt(address: str = "bob@example.test", ok: bool = True) -> RecipientInfo:

@@ -338,14 +338,14 @@ class ResultsHeaderTests(ServerTestCase):
     """The Authentication-Results policy copies a message only when it has to."""
 
     def verdict(self, data: bytes | None, results: list[Any]) -> Any:
-        from txmail.model import MessageFile
+        from txmail.model import MessageSource
         from txmail.policy.hooks import MessageInfo, SessionInfo
 
         session = SessionInfo(role="mta", auth_results=results)
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(MESSAGE)
-        message = MessageInfo(MessageFile(path, len(MESSAGE), data=data), len(MESSAGE), 0)
+        message = MessageInfo(MessageSource.from_file(path, len(MESSAGE), data=data), len(MESSAGE), 0)
         return AuthenticationResultsHeader("mx.example.test").on_data(session, message)
 
     def test_nothing_to_do(self) -> None:

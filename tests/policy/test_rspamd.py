@@ -16,7 +16,7 @@ from twisted.web import resource, server
 
 from txmail.errors import ConfigError
 from txmail.imap.listeners import MessagesCopied
-from txmail.model import MessageFile, SpecialUse
+from txmail.model import MessageSource, SpecialUse
 from txmail.policy.hooks import MessageInfo, SessionInfo, TransactionInfo, Verdict
 from txmail.policy.rspamd import (
     NOT_SCANNED,
@@ -109,7 +109,9 @@ class RspamdTestCase(TestCase):
             f.write(trace + data)
         whole = trace + data
         return MessageInfo(
-            MessageFile(path, len(whole), data=whole if in_memory else None), len(data), len(trace)
+            MessageSource.from_file(path, len(whole), data=whole if in_memory else None),
+            len(data),
+            len(trace),
         )
 
     def check(

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.smtp.test_server import BODY, SEND, FakeDirectory, ServerTestCase, plain
 from txmail.auth.authenticator import Authenticator
+from txmail.delivery.spool import KEEP_IN_MEMORY
 from txmail.policy.hooks import MessageInfo, Policy, RecipientInfo, SessionInfo, Verdict, header_field
 from txmail.smtp.codes import Reply
 from txmail.smtp.events import (
@@ -24,7 +25,6 @@ from txmail.smtp.events import (
     Greeted,
     HeloReceived,
 )
-from txmail.smtp.server import KEEP_IN_MEMORY
 from txmail.smtp.session import ServerSession
 
 

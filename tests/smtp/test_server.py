@@ -20,9 +20,9 @@ from zope.interface import implementer
 
 from txmail.auth.authenticator import Authenticator
 from txmail.auth.passwords import make_credentials
-from txmail.interfaces import IDeliveryRouter
-from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
-from txmail.smtp import server as server_module
+from txmail.delivery import spool as spool_module
+from txmail.interfaces import IDeliveryRouter, ISpool, ISpooledMessage
+from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.smtp.server import SMTPFactory, SMTPLimits, SMTPServerProtocol, received_header, reply_for_report
 
 PASSWORD = "secret"
@@ -41,7 +41,7 @@ class FakeRouter:
     def __init__(self, manual: bool = False) -> None:
         self.manual = manual
         self.checked: list[tuple[str, str | None]] = []
-        self.delivered: list[tuple[Envelope, bytes, MessageFile]] = []
+        self.delivered: list[tuple[Envelope, bytes, MessageSource]] = []
         self.pending: list[tuple[defer.Deferred[Any], Any]] = []
         self.report: DeliveryReport | None = None
         self.error: Exception | None = None
@@ -67,8 +67,8 @@ class FakeRouter:
             result = RecipientResult(address, ok=False, reply="554 5.7.1 Relay access denied")
         return self._answer(result)
 
-    def deliver(self, envelope: Envelope, message: MessageFile) -> defer.Deferred[Any]:
-        with open(message.path, "rb") as f:
+    def deliver(self, envelope: Envelope, message: MessageSource) -> defer.Deferred[Any]:
+        with message.open() as f:
             self.delivered.append((envelope, f.read(), message))
         if self.error is not None:
             return defer.fail(self.error)
@@ -167,7 +167,7 @@ class ServerTestCase(SynchronousTestCase):
         """Files in the spool directory, less the empty ones made ahead of need."""
         reserved = set()
         for factory in getattr(self, "factories", []):
-            reserved |= factory.spool_files.reserved()
+            reserved |= factory.spool.reserved()
         return [n for n in os.listdir(self.spool) if os.path.join(self.spool, n) not in reserved]
 
 
@@ -254,12 +254,12 @@ class DeliveryTests(ServerTestCase):
         proto, _transport = self.connect()
         proto.dataReceived(SEND)
         line = b"z" * 998 + b"\r\n"
-        for _ in range(server_module.KEEP_IN_MEMORY // len(line) + 2):
+        for _ in range(spool_module.KEEP_IN_MEMORY // len(line) + 2):
             proto.dataReceived(line)
         proto.dataReceived(b".\r\n")
         (_envelope, data, message) = self.router.delivered[0]
         self.assertIsNone(message.data)
-        self.assertGreater(len(data), server_module.KEEP_IN_MEMORY)
+        self.assertGreater(len(data), spool_module.KEEP_IN_MEMORY)
 
     def test_spool_files_made_ahead_in_run_blocking(self) -> None:
         """Spool files are created ahead of need through run_blocking, not on the reactor thread per message."""
@@ -277,8 +277,8 @@ class DeliveryTests(ServerTestCase):
                 else b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + BODY
             )
         self.assertEqual(len(self.router.delivered), 3)
-        self.assertEqual(calls, [server_module._create_spool_files])
-        self.assertGreater(len(self.factories[-1].spool_files.reserved()), 0)
+        self.assertEqual(calls, [spool_module._create_spool_files])
+        self.assertGreater(len(self.factories[-1].spool.reserved()), 0)
 
     def test_pipelined_session(self) -> None:
         """A whole pipelined session in one write gets all replies in order, router answers arriving later."""
@@ -381,6 +381,105 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(events[0]["peer"], "192.0.2.7:4321")
         self.assertEqual(events[0]["session_id"], proto.session_id)
         self.assertEqual(events[0]["message_id"], self.router.delivered[0][0].message_id)
+
+
+@implementer(ISpooledMessage)
+class MemorySpooled:
+    """A spooled message kept in memory: no file, no directory."""
+
+    def __init__(self, spool: MemorySpool) -> None:
+        self.spool = spool
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.failed = False
+        self.discarded = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+    def finish(self, fsync: bool = False) -> defer.Deferred[MessageSource]:
+        self.spool.finished.append(fsync)
+        if self.spool.finish_error is not None:
+            return defer.fail(self.spool.finish_error)
+        return defer.succeed(MessageSource.from_bytes(b"".join(self.chunks)))
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+@implementer(ISpool)
+class MemorySpool:
+    """An ISpool that keeps messages in memory (what the SMTP server must cope with: no paths)."""
+
+    def __init__(self) -> None:
+        self.taken: list[MemorySpooled] = []
+        self.finished: list[bool] = []
+        self.finish_error: Exception | None = None
+
+    def take(self) -> MemorySpooled:
+        spooled = MemorySpooled(self)
+        self.taken.append(spooled)
+        return spooled
+
+    def close(self) -> None:
+        pass
+
+
+class SpoolInterfaceTests(ServerTestCase):
+    """The server uses its ISpool only: any implementation will do."""
+
+    def test_spool_without_files(self) -> None:
+        """A spool without files: the router gets a source without a path; the message is discarded after."""
+        spool = MemorySpool()
+        proto, transport = self.connect(spool=spool, spool_dir=None)
+        proto.dataReceived(SEND + BODY)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"250")
+        ((_envelope, data, message),) = self.router.delivered
+        self.assertIsNone(message.local_path)
+        self.assertTrue(data.startswith(b"Return-Path: <sender@remote.test>\r\nReceived: "))
+        self.assertTrue(data.endswith(b"\r\n\r\nHello\r\n.dot line\r\n"))
+        self.assertEqual(spool.finished, [False])  # not fsynced: the destinations sync what they keep
+        (spooled,) = spool.taken
+        self.assertTrue(spooled.discarded)
+        self.assertEqual(os.listdir(self.spool), [])
+
+    def test_finish_failure(self) -> None:
+        """A spool that cannot finish the message: 451, logged, discarded, nothing delivered."""
+        spool = MemorySpool()
+        spool.finish_error = OSError(28, "No space left on device")
+        proto, transport = self.connect(spool=spool, spool_dir=None)
+        proto.dataReceived(SEND + BODY)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"451")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.router.delivered, [])
+        self.assertTrue(spool.taken[0].discarded)
+
+    def test_take_failure(self) -> None:
+        """A spool that cannot start a message: DATA gets 451 and the error is logged."""
+        spool = MemorySpool()
+
+        def take() -> Any:
+            raise OSError(13, "Permission denied")
+
+        spool.take = take  # type: ignore[method-assign]
+        proto, transport = self.connect(spool=spool, spool_dir=None)
+        proto.dataReceived(SEND)
+        self.assertEqual(self.final_codes(self.take(transport))[-1], b"451")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_one_spool_needed(self) -> None:
+        """A factory takes exactly one of spool and spool_dir."""
+        with self.assertRaises(ValueError):
+            SMTPFactory(hostname="h", router=FakeRouter(), clock=task.Clock())
+        with self.assertRaises(ValueError):
+            SMTPFactory(
+                hostname="h",
+                router=FakeRouter(),
+                spool=MemorySpool(),
+                spool_dir=self.spool,
+                clock=task.Clock(),
+            )
 
 
 class AddressTrickTests(ServerTestCase):

@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.store.test_maildir import USER, MaildirBase
 from txmail import mime
-from txmail.model import INBOX, SEEN, MessageFile
+from txmail.model import INBOX, SEEN, MessageSource
 from txmail.store import _crlf, _maildir_io, maildir
 from txmail.store._crlf import CRLFFile, bare_lf_count, count_file, to_crlf
 from txmail.store._maildir_format import INDEX_VERSION, index_add, index_header, name_sizes, parse_index
@@ -384,7 +384,7 @@ class MaildirLineEndTests(MaildirBase):
             f.write(CRLF)
         uids = [
             self.successResultOf(box.append(CRLF)),
-            self.successResultOf(box.append(MessageFile(path, len(CRLF), fsynced=True))),
+            self.successResultOf(box.append(MessageSource.from_file(path, len(CRLF), fsynced=True))),
         ]
         for name in self.files("new"):
             self.assertEqual(name_sizes(name), (len(CRLF), None))

@@ -21,9 +21,9 @@ from txmail.model import (
     SEEN,
     FlagMode,
     FlagsChanged,
-    MessageFile,
     MessagesAdded,
     MessagesExpunged,
+    MessageSource,
 )
 from txmail.store import maildir
 from txmail.store._maildir_format import parse_index
@@ -759,14 +759,14 @@ class MaildirRecoveryTests(MaildirBase):
 class MaildirDeliveryTests(MaildirBase):
     """Durable delivery: hard links, group commit of directory syncs, the thread split."""
 
-    def message_file(self, data: bytes, fsynced: bool) -> MessageFile:
+    def message_file(self, data: bytes, fsynced: bool) -> MessageSource:
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(data)
-        return MessageFile(path, len(data), fsynced=fsynced)
+        return MessageSource.from_file(path, len(data), fsynced=fsynced)
 
     def test_hardlink(self) -> None:
-        """A MessageFile is hard-linked into new/ (same inode), fsynced by the caller or not."""
+        """A MessageSource is hard-linked into new/ (same inode), fsynced by the caller or not."""
         box = self.inbox()
         seen: set[str] = set()
         for fsynced in (True, False):
@@ -775,7 +775,7 @@ class MaildirDeliveryTests(MaildirBase):
             (name,) = set(self.files("new")) - seen
             seen.add(name)
             self.assertEqual(
-                os.stat(os.path.join(self.user_dir, "new", name)).st_ino, os.stat(mf.path).st_ino
+                os.stat(os.path.join(self.user_dir, "new", name)).st_ino, os.stat(mf.local_path).st_ino
             )
             self.assertEqual(self.successResultOf(box.read_message(uid)), message())
 

@@ -26,17 +26,14 @@ The server's own notices (DSNs) are DKIM-signed by the router with
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from txmail.model import MessageFile
+from txmail.model import MessageSource
 
 __all__ = ["Forwarding", "own_results"]
 
@@ -71,20 +68,6 @@ def own_results(data: bytes, authserv_id: str) -> str | None:
         _, semicolon, rest = text.partition(";")
         return rest.strip() if semicolon else "none"
     return None
-
-
-def _read(message: MessageFile) -> bytes:
-    if message.data is not None:
-        return message.data
-    with open(message.path, "rb") as f:
-        return f.read()
-
-
-def _write_temp(directory: str | None, data: bytes) -> str:
-    fd, path = tempfile.mkstemp(prefix="fwd-", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
 
 
 class Forwarding:
@@ -152,15 +135,14 @@ class Forwarding:
             return None
 
     @defer.inlineCallbacks
-    def seal(self, message: MessageFile, directory: str | None) -> Any:
+    def seal(self, message: MessageSource) -> Any:
         """
-        Fires with a :class:`MessageFile` of *message* with our ARC set on
-        top (a new file in *directory*, the caller removes it), or ``None``
-        when it is not sealed.
+        Fires with a :class:`MessageSource` of *message* with our ARC set
+        on top (in memory), or ``None`` when it is not sealed.
         """
         if self.seal_key is None:
             return None
-        data = message.data if message.data is not None else (yield self.run_blocking(_read, message))
+        data = message.data if message.data is not None else (yield self.run_blocking(message.read))
         results = own_results(data, self.authserv_id)
         if results is None:
             return None
@@ -190,12 +172,4 @@ class Forwarding:
             return None
         if not fields:
             return None
-        sealed = fields + data
-        path = yield self.run_blocking(_write_temp, directory, sealed)
-        return MessageFile(path, len(sealed), data=sealed)
-
-    @staticmethod
-    def discard(message: MessageFile) -> None:
-        """Remove a file :meth:`seal` made."""
-        with contextlib.suppress(OSError):
-            os.unlink(message.path)
+        return MessageSource.from_bytes(fields + data)

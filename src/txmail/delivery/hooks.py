@@ -5,8 +5,8 @@ before the router delivers it, and decides what becomes of it.
 A hook is either a plain callable ``hook(envelope, message)`` or an object
 providing :class:`txmail.interfaces.IDeliveryHook` (``before_delivery(envelope,
 message)``).  It gets the :class:`txmail.model.Envelope` and the
-:class:`txmail.model.MessageFile` (the message as received, trace headers
-included) and returns a :class:`HookResult`, ``None`` (the same as
+:class:`txmail.model.MessageSource` (the message as received, trace headers
+included: ``data`` or ``read()`` for a small one, ``open()`` to stream) and returns a :class:`HookResult`, ``None`` (the same as
 :meth:`HookResult.accept`), or a ``Deferred`` of either.
 
 Theory of operation

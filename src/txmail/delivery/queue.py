@@ -3,8 +3,9 @@ The durable outbound spool (:class:`txmail.interfaces.IQueue`).
 
 Implementation notes:
 
-* Layout: ``<dir>/<id>.msg`` holds the message (a hard link of the received
-  spool file where possible), ``<id>.json`` the envelope and per-recipient
+* Layout: ``<dir>/<id>.msg`` holds the message (a hard link of the
+  message source's local file where possible, else its octets streamed
+  in), ``<id>.json`` the envelope and per-recipient
   states.  The JSON file is written last (temp file, fsync, rename, directory
   fsync), so an entry exists exactly when its ``.json`` does; a ``.msg``
   without one is a half-made entry and is removed at start-up.
@@ -50,10 +51,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmail._fs import RunBlocking, fsync_dir, link_or_copy, run_inline, write_file_durably
+from txmail._fs import RunBlocking, fsync_dir, run_inline, store_source, write_file_durably
 from txmail.errors import QueueError
 from txmail.interfaces import IQueue
-from txmail.model import Envelope, MessageFile, QueueEntry
+from txmail.model import Envelope, MessageSource, QueueEntry
 
 __all__ = ["RECIPIENT_STATES", "SpoolQueue"]
 
@@ -260,7 +261,7 @@ class SpoolQueue:
         return f"{int(self._now()):x}{secrets.token_hex(5)}".upper()
 
     def enqueue(
-        self, envelope: Envelope, message: MessageFile, recipients: Iterable[str]
+        self, envelope: Envelope, message: MessageSource, recipients: Iterable[str]
     ) -> defer.Deferred[str]:
         """See :meth:`txmail.interfaces.IQueue.enqueue`."""
         rcpts = list(dict.fromkeys(recipients))
@@ -281,7 +282,7 @@ class SpoolQueue:
         data = _entry_to_json(entry)
 
         def write() -> None:
-            link_or_copy(message.path, self._path(queue_id, "msg"), src_fsynced=message.fsynced)
+            store_source(message, self._path(queue_id, "msg"))
             write_file_durably(self._path(queue_id, "json"), data)  # fsyncs the directory too
 
         def done(_: None) -> str:

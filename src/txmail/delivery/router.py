@@ -51,9 +51,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
 import socket
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,8 +70,8 @@ from txmail.model import (
     INBOX,
     DeliveryReport,
     Envelope,
-    MessageFile,
     MessageMetadata,
+    MessageSource,
     RecipientResult,
     SpecialUse,
 )
@@ -115,17 +113,16 @@ def deliver_notice(
     received_at: float,
     hostname: str,
     local: bool,
-    directory: str | None = None,
     sign: Any = None,
 ) -> Any:
     """
     Deliver a delivery status notification (*data*, from
     :func:`txmail.delivery.bounce.make_dsn`) to *sender* from the null
-    reverse-path through *deliver* (``deliver(envelope, message_file)``, a
+    reverse-path through *deliver* (``deliver(envelope, message_source)``, a
     router's).  A local sender's copy gets ``Return-Path: <>`` (RFC 5321
     section 4.4: final delivery records the reverse-path).  The message is
-    written to a temporary file in *directory* for the router and removed
-    afterwards.  *sign* (``sign(data) -> Deferred[bytes]``, a
+    handed over from memory (:meth:`MessageSource.from_bytes`).  *sign*
+    (``sign(data) -> Deferred[bytes]``, a
     :class:`~txmail.policy.authentication.MessageSigner`'s) gives header
     fields (a DKIM signature) to put on top.  Fires with whether every copy
     was delivered or queued.
@@ -134,31 +131,19 @@ def deliver_notice(
         data = (yield sign(data)) + data
     if local:
         data = b"Return-Path: <>\r\n" + data
-    fd, path = tempfile.mkstemp(prefix="dsn-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        envelope = Envelope(
-            mail_from="",
-            rcpt_to=(sender,),
-            received_at=received_at,
-            message_id=message_id,
-            helo=hostname,
-        )
-        report = yield deliver(envelope, MessageFile(path, len(data), data=data))
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    envelope = Envelope(
+        mail_from="",
+        rcpt_to=(sender,),
+        received_at=received_at,
+        message_id=message_id,
+        helo=hostname,
+    )
+    report = yield deliver(envelope, MessageSource.from_bytes(data))
     return all(r.ok for r in report.results)
 
 
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _parse_file(path: str) -> MessageMetadata:
-    with open(path, "rb") as f:
+def _parse_source(message: MessageSource) -> MessageMetadata:
+    with message.open() as f:
         return mime.parse_metadata(f)
 
 
@@ -235,7 +220,7 @@ class DeliveryRouter:
             quotas=self.quotas,
         )
 
-    def redeliver(self, envelope: Envelope, message: MessageFile) -> Any:
+    def redeliver(self, envelope: Envelope, message: MessageSource) -> Any:
         """
         Deliver a message the queue holds for local recipients (the queue
         runner's retry): no hooks, and a copy that fails is reported as
@@ -334,7 +319,7 @@ class DeliveryRouter:
         return targets, forwarded
 
     @defer.inlineCallbacks
-    def deliver(self, envelope: Envelope, message: MessageFile) -> Any:
+    def deliver(self, envelope: Envelope, message: MessageSource) -> Any:
         """
         See :meth:`txmail.interfaces.IDeliveryRouter.deliver`.  The hooks
         run first (see the module notes).
@@ -349,7 +334,7 @@ class DeliveryRouter:
         return report
 
     @defer.inlineCallbacks
-    def _notify_success(self, envelope: Envelope, message: MessageFile, report: DeliveryReport) -> Any:
+    def _notify_success(self, envelope: Envelope, message: MessageSource, report: DeliveryReport) -> Any:
         """
         RFC 3461 section 4.1: a "delivered" notice to the sender for each
         recipient that asked for NOTIFY=SUCCESS and was delivered into a
@@ -381,9 +366,7 @@ class DeliveryRouter:
         if not wanted:
             return
         try:
-            original = (
-                message.data if message.data is not None else (yield self._run(_read_file, message.path))
-            )
+            original = message.data if message.data is not None else (yield self._run(message.read))
             envid = envelope.mail_params.get("ENVID")
             data = make_dsn(
                 reporting_mta=self.hostname,
@@ -401,7 +384,6 @@ class DeliveryRouter:
                 received_at=envelope.received_at,
                 hostname=self.hostname,
                 local=self._is_local(split_address(envelope.mail_from)[1]),
-                directory=os.path.dirname(message.path) or None,
                 sign=self.sign_notice,
             )
             self.log.info(
@@ -417,7 +399,7 @@ class DeliveryRouter:
             )
 
     @defer.inlineCallbacks
-    def _run_hooks(self, envelope: Envelope, message: MessageFile) -> Any:
+    def _run_hooks(self, envelope: Envelope, message: MessageSource) -> Any:
         """Run the hooks: the (possibly rewritten) envelope, or the final DeliveryReport."""
         original = envelope
         for hook in self.hooks:
@@ -461,7 +443,7 @@ class DeliveryRouter:
         return envelope
 
     @defer.inlineCallbacks
-    def _route(self, envelope: Envelope, message: MessageFile) -> Any:
+    def _route(self, envelope: Envelope, message: MessageSource) -> Any:
         """Deliver to local mailboxes and the queue (no hooks)."""
         targets, forwarded = yield self._targets(envelope)
         users = list(dict.fromkeys(u for local, _ in targets.values() for u in local))
@@ -488,11 +470,11 @@ class DeliveryRouter:
                 # only wait on the disk.
                 if message.data is not None and len(message.data) <= INLINE_PARSE_LIMIT:
                     metadata = mime.parse_metadata(message.data)
-                elif message.size <= INLINE_PARSE_LIMIT:
-                    metadata = _parse_file(message.path)
+                elif message.size <= INLINE_PARSE_LIMIT and message.local_path is not None:
+                    metadata = _parse_source(message)
                 else:
-                    metadata = yield self._run(_parse_file, message.path)
-                message = MessageFile(message.path, message.size, metadata, message.fsynced)
+                    metadata = yield self._run(_parse_source, message)
+                message = message.with_metadata(metadata)
             results = yield defer.DeferredList(
                 [self._deliver_local(envelope, message, user) for user in users], consumeErrors=True
             )
@@ -550,7 +532,7 @@ class DeliveryRouter:
 
         return _report_targets(targets, outcome, failures)
 
-    def _deliver_local(self, envelope: Envelope, message: MessageFile, user: str) -> defer.Deferred[int]:
+    def _deliver_local(self, envelope: Envelope, message: MessageSource, user: str) -> defer.Deferred[int]:
         def got_mailbox(mailbox: Any) -> Any:
             return mailbox.append(message, (), envelope.received_at or None)
 
@@ -614,28 +596,24 @@ class DeliveryRouter:
         return mailbox
 
     @defer.inlineCallbacks
-    def _forward(self, envelope: Envelope, message: MessageFile, recipients: list[str]) -> Any:
+    def _forward(self, envelope: Envelope, message: MessageSource, recipients: list[str]) -> Any:
         """Queue the copy an alias forwards elsewhere: SRS sender, ARC seal (see the module notes)."""
         forwarding = self.forwarding
         sender = forwarding.sender(envelope.mail_from, authenticated=envelope.authenticated_user is not None)
         try:
-            sealed = yield forwarding.seal(message, os.path.dirname(message.path) or None)
+            sealed = yield forwarding.seal(message)
         except Exception:
             self.log.failure(
                 "sealing {message_id} failed; forwarding it unsealed", message_id=envelope.message_id
             )
             sealed = None
-        try:
-            queued = yield self._enqueue(
-                dataclasses.replace(envelope, mail_from=sender), sealed or message, recipients
-            )
-        finally:
-            if sealed is not None:
-                forwarding.discard(sealed)
+        queued = yield self._enqueue(
+            dataclasses.replace(envelope, mail_from=sender), sealed or message, recipients
+        )
         return queued
 
     @defer.inlineCallbacks
-    def _enqueue(self, envelope: Envelope, message: MessageFile, recipients: list[str]) -> Any:
+    def _enqueue(self, envelope: Envelope, message: MessageSource, recipients: list[str]) -> Any:
         try:
             yield self.queue.enqueue(envelope, message, recipients)
         except Exception:

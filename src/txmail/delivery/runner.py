@@ -89,7 +89,7 @@ from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, shou
 from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
-from txmail.model import Envelope, MessageFile, QueueEntry
+from txmail.model import Envelope, MessageSource, QueueEntry
 
 __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
@@ -149,7 +149,6 @@ class QueueRunner(service.Service):
         timeout: seconds per SMTP command (RFC 5321 section 4.5.3.2).
         concurrency: entries worked at the same time.
         postmaster: the address named in notices for help.
-        work_dir: where notices are written before the router takes them.
         connections: what *deliver* keeps open between transactions (a
             :class:`txmail.smtp.relay.ConnectionCache`): its ``close()`` is
             called when the runner stops, after the transactions in flight.
@@ -177,7 +176,6 @@ class QueueRunner(service.Service):
         timeout: float = 300.0,
         concurrency: int = 10,
         postmaster: str | None = None,
-        work_dir: str | None = None,
         connections: Any = None,
     ) -> None:
         self.queue = queue
@@ -196,7 +194,6 @@ class QueueRunner(service.Service):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.postmaster = postmaster
-        self.work_dir = work_dir or getattr(queue, "directory", None) or "."
         self.connections = connections
         self._limit = defer.DeferredSemaphore(concurrency)
         self._loop: task.LoopingCall | None = None
@@ -367,7 +364,7 @@ class QueueRunner(service.Service):
             folder=env.folder,
         )
         path = self.queue.message_path(entry.queue_id)
-        message = MessageFile(path, entry.size, fsynced=True)
+        message = MessageSource.from_file(path, entry.size, fsynced=True)
         now = self._now()
         # A router that can (DeliveryRouter.redeliver) reports a failed copy
         # instead of queueing it again, so its attempts count here.
@@ -687,7 +684,6 @@ class QueueRunner(service.Service):
             received_at=now,
             hostname=self.hostname,
             local=self.is_local(split_address(env.mail_from)[1]),
-            directory=self.work_dir,
             sign=getattr(self.router, "sign_notice", None),
         )
         self.log.info(

@@ -85,9 +85,9 @@ import enum
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
-from txmail.model import MessageFile, RecipientResult
+from txmail.model import MessageSource, RecipientResult
 from txmail.smtp.codes import Reply
 
 __all__ = [
@@ -418,8 +418,9 @@ class MessageInfo:
     The message at the end of data, as :meth:`Policy.on_data` sees it.
 
     Attributes:
-        file: the :class:`~txmail.model.MessageFile` (read it, never change
-            it); it starts with our ``Return-Path:`` and ``Received:`` fields.
+        file: the :class:`~txmail.model.MessageSource` (read it, never
+            change what it reads from); it starts with our ``Return-Path:``
+            and ``Received:`` fields.
         size: octets the client sent.
         trace_length: octets of our own fields at the start of the file.
         prior: the verdict of the policies asked before this one at the
@@ -429,7 +430,7 @@ class MessageInfo:
             signing after a milter's changes) can.
     """
 
-    file: MessageFile
+    file: MessageSource
     size: int
     trace_length: int
     prior: Verdict | None = None
@@ -454,13 +455,27 @@ class MessageInfo:
             section = edit(section)
         return section + (data[split:] if prior.body is None else b"\r\n" + prior.body)
 
+    def open(self) -> BinaryIO:
+        """The client's message as a binary file, past our own fields (blocking; the caller closes it)."""
+        f = self.file.open()
+        try:
+            if f.seekable():
+                f.seek(self.trace_length)
+            else:
+                left = self.trace_length
+                while left > 0 and (skipped := f.read(left)):
+                    left -= len(skipped)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
     def read(self) -> bytes:
-        """The client's message, read from the file when it is not in memory (blocking)."""
+        """The client's message, read from the source when it is not in memory (blocking)."""
         data = self.data
         if data is not None:
             return data
-        with open(self.file.path, "rb") as f:
-            f.seek(self.trace_length)
+        with self.open() as f:
             return f.read()
 
 

@@ -314,9 +314,7 @@ class RspamdPolicy(Policy):
         data = message.data
         if data is not None:
             return io.BytesIO(data)
-        f = open(message.file.path, "rb")  # noqa: SIM115 - FileBodyProducer reads and closes it
-        f.seek(message.trace_length)
-        return f
+        return message.open()  # FileBodyProducer reads and closes it
 
     async def scan(self, session: SessionInfo, message: MessageInfo) -> dict[str, Any]:
         """rspamd's JSON answer for *message*, or RspamdError."""

@@ -1,7 +1,7 @@
 """
 The Twisted adapter of the SMTP server: moves bytes and time between a
 transport and a :class:`txmail.smtp.session.ServerSession`, and turns the
-session's events into router, authenticator and spool-file calls.
+session's events into router, authenticator and spool calls.
 
 Implementation notes
 --------------------
@@ -11,15 +11,18 @@ Implementation notes
   so pipelined input is not buffered without bound, and resumes once the
   Deferred answered the session.  Replies therefore go out in command
   order (RFC 2920).
-* Message content is streamed into a temporary file in ``spool_dir``,
-  after a ``Return-Path:`` field and our ``Received:`` field (RFC 5321
-  section 4.4; the ``with`` keyword per RFC 3848).  The size limit counts
-  the client's content only.  Writes to the file are plain buffered writes
-  on the reactor thread; the fsync runs through ``run_blocking``.
-* After the final dot: fsync, then ``router.deliver``; the client gets
-  ``250`` only after the router's Deferred fired, i.e. once every copy is
-  durable.  Reply policy (RFC 5321 has one reply for all recipients after
-  DATA):
+* Message content is streamed into a spooled message of the factory's
+  :class:`txmail.interfaces.ISpool` (:mod:`txmail.delivery.spool`: a
+  temporary file), after a ``Return-Path:`` field and our ``Received:``
+  field (RFC 5321 section 4.4; the ``with`` keyword per RFC 3848).  The
+  size limit counts the client's content only.  The server never sees
+  where the octets are: it hands the router the
+  :class:`txmail.model.MessageSource` the spool gives at the end.
+* After the final dot: the spooled message is finished (not fsynced: each
+  destination syncs what it keeps), then ``router.deliver``; the client
+  gets ``250`` only after the router's Deferred fired, i.e. once every
+  copy is durable.  Reply policy (RFC 5321 has one reply for all
+  recipients after DATA):
 
   - every recipient ok: ``250 2.0.0 OK: queued as <id>``;
   - else, if any failure is temporary: ``451 4.3.0`` -- the client retries
@@ -31,8 +34,8 @@ Implementation notes
 
   The router already queues a failed local copy for retry, so it reports a
   failure only when even that failed.  An exception from the router (or
-  the fsync) is logged and answered ``451 4.3.0``, never with its text.
-  The temporary file is removed afterwards in every case: the router has
+  the spool) is logged and answered ``451 4.3.0``, never with its text.
+  The spooled message is discarded afterwards in every case: the router has
   hard-linked or copied what it keeps.
 * MAIL on the submission role with an authenticated user: the reverse-path
   must be one the user owns (their address or an alias of theirs,
@@ -58,15 +61,12 @@ Implementation notes
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -77,8 +77,9 @@ from twisted.python.failure import Failure
 from txmail._fs import RunBlocking, run_inline
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
-from txmail.interfaces import IDeliveryRouter, IDirectory
-from txmail.model import DeliveryReport, Envelope, MessageFile, RecipientResult
+from txmail.delivery.spool import LocalSpool
+from txmail.interfaces import IDeliveryRouter, IDirectory, ISpool, ISpooledMessage
+from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.policy.engine import PolicyEngine
 from txmail.policy.hooks import (
     MessageInfo,
@@ -114,8 +115,6 @@ __all__ = [
     "SMTPFactory",
     "SMTPLimits",
     "SMTPServerProtocol",
-    "SpoolFiles",
-    "clean_spool",
     "lmtp_replies",
     "received_header",
     "reply_for_report",
@@ -207,73 +206,6 @@ def lmtp_replies(report: DeliveryReport, recipients: Sequence[str], message_id: 
     return replies
 
 
-def _create_spool_files(directory: str, count: int) -> list[tuple[str, IO[bytes]]]:
-    out = []
-    for _ in range(count):
-        fd, path = tempfile.mkstemp(dir=directory, prefix="smtp-", suffix=".msg")
-        out.append((path, os.fdopen(fd, "wb")))
-    return out
-
-
-class SpoolFiles:
-    """
-    Hands out new empty files in the spool directory for incoming messages.
-
-    Creating a file waits on the filesystem journal while other threads
-    fsync (measured at about 1 ms on ext4 under delivery load), so a few
-    files are created ahead of need in the thread pool and the reactor
-    thread just takes one.  When none is ready it creates one itself.
-    Files left over from a previous run are never handed out: the
-    directory is emptied by :func:`clean_spool` at start-up.
-    """
-
-    def __init__(self, directory: str, run_blocking: RunBlocking, reserve: int = 16) -> None:
-        self.directory = directory
-        self._run = run_blocking
-        self.reserve = reserve
-        self._ready: list[tuple[str, IO[bytes]]] = []
-        self._refilling = False
-
-    def take(self) -> _Spool:
-        """A new empty spool file (raises OSError if it cannot be made)."""
-        if self._ready:
-            path, f = self._ready.pop()
-        else:
-            ((path, f),) = _create_spool_files(self.directory, 1)
-        self._refill()
-        return _Spool(path, f)
-
-    def _refill(self) -> None:
-        if self._refilling or len(self._ready) >= self.reserve // 2:
-            return
-        self._refilling = True
-
-        def made(files: list[tuple[str, IO[bytes]]]) -> None:
-            self._ready.extend(files)
-
-        def done(result: Any) -> None:
-            self._refilling = False
-            if isinstance(result, Failure):
-                # Not fatal: take() creates files itself and logs its errors.
-                result.trap(OSError)
-
-        d = self._run(_create_spool_files, self.directory, self.reserve - len(self._ready))
-        d.addCallback(made)
-        d.addBoth(done)
-
-    def reserved(self) -> set[str]:
-        """The paths of the files made ahead of need, not yet handed out."""
-        return {path for path, _ in self._ready}
-
-    def close(self) -> None:
-        """Remove the files made ahead of need."""
-        ready, self._ready = self._ready, []
-        for path, f in ready:
-            f.close()
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
 def rewrite_message(
     data: bytes,
     return_path: int,
@@ -303,18 +235,27 @@ def rewrite_message(
 MAX_EDITED_HEADER = 1024 * 1024
 
 
+def _read_up_to(f: Any, n: int) -> bytes:
+    """Up to *n* octets of *f*, fewer only at its end (a stream may give less per read)."""
+    pieces = []
+    while n > 0 and (piece := f.read(n)):
+        pieces.append(piece)
+        n -= len(piece)
+    return b"".join(pieces)
+
+
 def _rewrite_file(
-    source: str,
-    target: IO[bytes],
+    source: MessageSource,
+    target: ISpooledMessage,
     return_path: int,
     trace_length: int,
     headers: bytes,
     edits: tuple[Any, ...],
     body: bytes | None = None,
-) -> int:
-    """:func:`rewrite_message` from file to file (blocking); the new size."""
-    with open(source, "rb") as f:
-        head = f.read(trace_length + MAX_EDITED_HEADER)
+) -> None:
+    """:func:`rewrite_message` from a source streamed into a spooled message (blocking)."""
+    with source.open() as f:
+        head = _read_up_to(f, trace_length + MAX_EDITED_HEADER)
         client = head[trace_length:]
         rework = bool(edits) or body is not None
         split = split_header(client) if rework else 0
@@ -326,82 +267,28 @@ def _rewrite_file(
         for edit in edits:
             section = edit(section)
         rest = client[split:] if body is None else b"\r\n" + body
-        size = 0
         for piece in (head[:return_path], headers, head[return_path:trace_length], section, rest):
             target.write(piece)
-            size += len(piece)
         while body is None and (chunk := f.read(1024 * 1024)):
             target.write(chunk)
-            size += len(chunk)
-    target.close()
-    return size
 
 
-def clean_spool(directory: str) -> None:
+@dataclasses.dataclass
+class _Received:
     """
-    Remove everything in the spool directory: at start-up, files there belong
-    to messages that were never acknowledged (or were files made ahead).
-    """
-    for name in os.listdir(directory):
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(directory, name))
-
-
-#: Messages up to this size are also kept in memory while they are spooled,
-#: so the router can parse them without reading the file back.
-KEEP_IN_MEMORY = 256 * 1024
-
-
-class _Spool:
-    """
-    The temporary file one message is streamed into: our ``Return-Path:``
-    field (``return_path`` octets), our ``Received:`` field (up to
-    ``trace_length`` octets), then the client's message.
+    A message received and spooled: its source, which starts with our
+    ``Return-Path:`` field (``return_path`` octets) and our ``Received:``
+    field (up to ``trace_length`` octets) before the client's message, and
+    the spooled message to discard once delivery is over.
     """
 
-    def __init__(self, path: str, file: IO[bytes]) -> None:
-        self.path = path
-        self.file = file
-        self.size = 0
-        self.failed = False
-        self.return_path = 0
-        self.trace_length = 0
-        self._chunks: list[bytes] | None = []
-
-    def write(self, data: bytes) -> None:
-        if self.failed:
-            return
-        try:
-            self.file.write(data)
-        except OSError:
-            self.failed = True
-            raise
-        self.size += len(data)
-        if self._chunks is not None:
-            if self.size <= KEEP_IN_MEMORY:
-                self._chunks.append(data)
-            else:
-                self._chunks = None  # large: the file is the only copy
-
-    def data(self) -> bytes | None:
-        """The whole content when it was small enough to keep, else ``None``."""
-        if self._chunks is None:
-            return None
-        if len(self._chunks) > 1:
-            self._chunks = [b"".join(self._chunks)]
-        return self._chunks[0] if self._chunks else b""
-
-    def message_file(self) -> MessageFile:
-        return MessageFile(self.path, self.size, fsynced=False, data=self.data())
+    spooled: ISpooledMessage
+    source: MessageSource
+    return_path: int
+    trace_length: int
 
     def discard(self) -> None:
-        try:
-            if not self.file.closed:
-                self.file.close()
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        self.spooled.discard()
 
 
 class SMTPServerProtocol(SessionProtocol):
@@ -423,7 +310,10 @@ class SMTPServerProtocol(SessionProtocol):
         super().__init__(factory)
         self.factory: SMTPFactory = factory
         self.peer_ip = ""
-        self._spool: _Spool | None = None
+        #: The message being received, and the lengths of our own fields at its start.
+        self._spool: ISpooledMessage | None = None
+        self._return_path = 0
+        self._trace_length = 0
         self._message_id = ""
         self._started_at = 0.0
         #: What the policies see of this connection (see txmail.policy.hooks).
@@ -717,23 +607,22 @@ class SMTPServerProtocol(SessionProtocol):
             when=self._started_at,
         )
 
-        d = defer.maybeDeferred(self.factory.spool_files.take)
+        d = defer.maybeDeferred(self.factory.spool.take)
 
-        def created(spool: _Spool) -> None:
+        def created(spooled: ISpooledMessage) -> None:
             if self._lost:
-                spool.discard()
+                spooled.discard()
                 return
-            self._spool = spool
+            self._spool = spooled
             self._write(header)
-            spool.return_path = len(return_path)
-            spool.trace_length = len(header)
+            self._return_path = len(return_path)
+            self._trace_length = len(header)
             session.accept()
 
         def failed(f: Failure) -> None:
             self.log.failure(
-                "cannot create a spool file in {spool_dir}",
+                "cannot start a message in the spool",
                 failure=f,
-                spool_dir=self.factory.spool_dir,
                 session_id=self.session_id,
             )
             session.reject(codes.LOCAL_ERROR)
@@ -764,11 +653,11 @@ class SMTPServerProtocol(SessionProtocol):
         session = self.session
         assert session is not None and session.transaction is not None
         tx = session.transaction
-        spool, self._spool = self._spool, None
+        spooled, self._spool = self._spool, None
         message_id = self._message_id
-        if spool is None or spool.failed:
-            if spool is not None:
-                spool.discard()
+        if spooled is None or spooled.failed:
+            if spooled is not None:
+                spooled.discard()
             session.reject(codes.LOCAL_ERROR)
             return
         envelope = Envelope(
@@ -784,22 +673,47 @@ class SMTPServerProtocol(SessionProtocol):
             protocol=session.protocol,
             message_id=message_id,
         )
-        try:
-            spool.file.close()  # flushes the last buffered bytes
-        except OSError:
-            spool.discard()
-            self.log.failure("writing message {message_id} to the spool failed", message_id=message_id)
-            session.reject(codes.LOCAL_ERROR)
-            return
+        return_path, trace_length = self._return_path, self._trace_length
+        # Not fsynced here: every destination syncs what it keeps (see _route).
+        d = defer.maybeDeferred(spooled.finish, False)
+
+        def finished(source: MessageSource) -> None:
+            received = _Received(spooled, source, return_path, trace_length)
+            if self._lost:
+                received.discard()
+                return
+            self._data_policy(received, envelope, event.size)
+
+        def failed(f: Failure) -> None:
+            spooled.discard()
+            self.log.failure(
+                "writing message {message_id} to the spool failed",
+                failure=f,
+                message_id=message_id,
+                session_id=self.session_id,
+            )
+            if not self._lost:
+                session.reject(codes.LOCAL_ERROR)
+
+        d.addCallbacks(finished, failed)
+        d.addErrback(self._internal_error)
+        if not d.called:
+            self._wait(d)
+
+    def _data_policy(self, received: _Received, envelope: Envelope, size: int) -> None:
+        """Ask the policies of the end of data, then finish the message."""
+        session = self.session
+        assert session is not None
+        message_id = envelope.message_id
         verdict = self._conn_verdict.then(self._tx_verdict)
         engine = self.factory.policy
         if engine is None or not engine.checks(Stage.DATA):
-            self._finish_message(spool, envelope, verdict)
+            self._finish_message(received, envelope, verdict)
             return
 
         def decided(data_verdict: Verdict) -> None:
             if data_verdict.reply is not None:
-                spool.discard()
+                received.discard()
                 self.log.info(
                     "message {message_id} from {peer} refused by policy: {code} {enhanced}",
                     message_id=message_id,
@@ -810,19 +724,19 @@ class SMTPServerProtocol(SessionProtocol):
                 )
                 session.reject(data_verdict.reply)
                 return
-            self._finish_message(spool, envelope, verdict.then(data_verdict))
+            self._finish_message(received, envelope, verdict.then(data_verdict))
 
-        message = MessageInfo(spool.message_file(), event.size, spool.trace_length)
-        self._policy(Stage.DATA, (message,), decided, abandoned=spool.discard)
+        message = MessageInfo(received.source, size, received.trace_length)
+        self._policy(Stage.DATA, (message,), decided, abandoned=received.discard)
 
-    def _finish_message(self, spool: _Spool, envelope: Envelope, verdict: Verdict) -> None:
+    def _finish_message(self, received: _Received, envelope: Envelope, verdict: Verdict) -> None:
         """
         Apply the policies' headers, edits, body, folder and hold to the
         message, then deliver it (or, when a policy discards it, accept it
         and drop it).
         """
         if verdict.discard:
-            self._discard(spool, envelope)
+            self._discard(received, envelope)
             return
         if verdict.folder is not None or verdict.hold is not None:
             envelope = dataclasses.replace(
@@ -831,9 +745,9 @@ class SMTPServerProtocol(SessionProtocol):
                 hold=verdict.hold,
             )
         if not verdict.headers and not verdict.edits and verdict.body is None:
-            self._route(spool, envelope)
+            self._route(received, envelope)
             return
-        d = self._rewrite(spool, b"".join(verdict.headers), verdict.edits, verdict.body)
+        d = self._rewrite(received, b"".join(verdict.headers), verdict.edits, verdict.body)
 
         def failed(f: Failure) -> None:
             self.log.failure(
@@ -841,7 +755,7 @@ class SMTPServerProtocol(SessionProtocol):
                 failure=f,
                 message_id=envelope.message_id,
             )
-            spool.discard()
+            received.discard()
             if not self._lost:
                 assert self.session is not None
                 self.session.reject(codes.LOCAL_ERROR)
@@ -850,9 +764,9 @@ class SMTPServerProtocol(SessionProtocol):
         d.addErrback(self._internal_error)
         self._wait(d)
 
-    def _discard(self, spool: _Spool, envelope: Envelope) -> None:
+    def _discard(self, received: _Received, envelope: Envelope) -> None:
         """A policy discarded the message: ``250`` (one per recipient in LMTP), nothing delivered."""
-        spool.discard()
+        received.discard()
         session = self.session
         assert session is not None
         self.log.info(
@@ -868,50 +782,45 @@ class SMTPServerProtocol(SessionProtocol):
         else:
             session.accept(reply)
 
+    @defer.inlineCallbacks
     def _rewrite(
-        self, spool: _Spool, headers: bytes, edits: tuple[Any, ...], body: bytes | None = None
-    ) -> defer.Deferred[_Spool]:
+        self, received: _Received, headers: bytes, edits: tuple[Any, ...], body: bytes | None = None
+    ) -> Any:
         """
-        *spool*'s message with *headers* added and *edits* applied: a message
-        kept in memory is written again into the same file (a few kilobytes
-        into the page cache, cheaper than a new file); a large one is copied
-        into a new spool file in the thread pool.
+        *received*'s message with *headers* added and *edits* applied, as a
+        new spooled message (the old one is discarded): a message kept in
+        memory is rewritten on the reactor thread (a few kilobytes into the
+        page cache), a large one is streamed into the new one in the thread
+        pool.
         """
-        data = spool.data()
-        if data is not None:
-            content = rewrite_message(data, spool.return_path, spool.trace_length, headers, edits, body)
-            try:
-                with open(spool.path, "wb") as f:
-                    f.write(content)
-            except Exception:
-                return defer.fail()
-            spool.size = len(content)
-            spool.trace_length += len(headers)
-            spool._chunks = [content] if len(content) <= KEEP_IN_MEMORY else None
-            return defer.succeed(spool)
+        source = received.source
+        new = yield defer.maybeDeferred(self.factory.spool.take)
         try:
-            new = self.factory.spool_files.take()
-        except OSError:
-            return defer.fail()
-        new.return_path = spool.return_path
-        new.trace_length = spool.trace_length + len(headers)
-        new._chunks = None  # large: the file is the only copy
-        d = self.factory.run_blocking(
-            _rewrite_file, spool.path, new.file, spool.return_path, spool.trace_length, headers, edits, body
-        )
-
-        def written(size: int) -> _Spool:
-            new.size = size
-            spool.discard()
-            return new
-
-        def failed(f: Failure) -> Failure:
+            if source.data is not None:
+                new.write(
+                    rewrite_message(
+                        source.data, received.return_path, received.trace_length, headers, edits, body
+                    )
+                )
+            else:
+                yield self.factory.run_blocking(
+                    _rewrite_file,
+                    source,
+                    new,
+                    received.return_path,
+                    received.trace_length,
+                    headers,
+                    edits,
+                    body,
+                )
+            rewritten = yield new.finish(False)
+        except BaseException:
             new.discard()
-            return f
+            raise
+        received.discard()
+        return _Received(new, rewritten, received.return_path, received.trace_length + len(headers))
 
-        return d.addCallbacks(written, failed)
-
-    def _route(self, spool: _Spool, envelope: Envelope) -> None:
+    def _route(self, received: _Received, envelope: Envelope) -> None:
         """Hand the message to the router; answer the final dot once every copy is durable."""
         session = self.session
         assert session is not None
@@ -920,7 +829,7 @@ class SMTPServerProtocol(SessionProtocol):
         # link shares the data), inside the same thread-pool job that links
         # it, which saves a round trip per message.  The router fires only
         # once each copy is durable, and only then do we reply 250.
-        d = defer.maybeDeferred(self.factory.router.deliver, envelope, spool.message_file())
+        d = defer.maybeDeferred(self.factory.router.deliver, envelope, received.source)
 
         def delivered(report: DeliveryReport) -> None:
             reply = reply_for_report(report, message_id)
@@ -930,7 +839,7 @@ class SMTPServerProtocol(SessionProtocol):
                 peer=self.peer,
                 sender=envelope.mail_from,
                 count=len(envelope.rcpt_to),
-                size=spool.size,
+                size=received.source.size,
                 code=reply.code,
                 user=envelope.authenticated_user,
                 session_id=self.session_id,
@@ -958,7 +867,7 @@ class SMTPServerProtocol(SessionProtocol):
         d.addErrback(self._internal_error)
 
         def remove_spool(result: Any) -> Any:
-            spool.discard()
+            received.discard()
             return result
 
         d.addBoth(remove_spool)
@@ -1005,8 +914,11 @@ class SMTPFactory(Factory):
         router: the :class:`txmail.interfaces.IDeliveryRouter`.
         authenticator: a :class:`txmail.auth.authenticator.Authenticator`,
             or ``None`` for no AUTH.
-        spool_dir: where incoming content is streamed to temporary files
-            (same file system as the stores and queue, so they can
+        spool: the :class:`txmail.interfaces.ISpool` incoming content is
+            written to while it arrives.
+        spool_dir: instead of *spool*: a directory for a
+            :class:`txmail.delivery.spool.LocalSpool` of this factory's
+            own (same file system as the stores and queue, so they can
             hard-link).
         tls_context: a context factory (``twisted.internet.ssl``) for
             STARTTLS, or ``None`` for no STARTTLS.
@@ -1017,7 +929,8 @@ class SMTPFactory(Factory):
         limits: :class:`SMTPLimits`.
         clock: the ``IReactorTime`` for timeouts and dates; the global
             reactor by default.
-        run_blocking: ``run_blocking(fn, *args) -> Deferred`` for fsync;
+        run_blocking: ``run_blocking(fn, *args) -> Deferred`` for file
+            work (rewriting large messages, the *spool_dir* spool's);
             ``None`` runs inline.
         directory: the :class:`txmail.interfaces.IDirectory` that says which
             sender addresses an authenticated user owns (submission role);
@@ -1034,9 +947,10 @@ class SMTPFactory(Factory):
             through, like Postfix's ``mynetworks``).
 
     Raises:
-        ValueError: unknown role or plaintext policy, or a submission
+        ValueError: unknown role or plaintext policy, a submission
             factory with an authenticator but no directory to check
-            senders against.
+            senders against, or not exactly one of *spool* and
+            *spool_dir*.
     """
 
     protocol = SMTPServerProtocol
@@ -1048,7 +962,8 @@ class SMTPFactory(Factory):
         hostname: str,
         router: IDeliveryRouter,
         authenticator: Any = None,
-        spool_dir: str,
+        spool: ISpool | None = None,
+        spool_dir: str | None = None,
         tls_context: Any = None,
         implicit_tls: bool = False,
         plaintext_auth: str = "never",
@@ -1062,6 +977,8 @@ class SMTPFactory(Factory):
     ) -> None:
         if role not in SESSION_ROLES:
             raise ValueError(f"unknown role {role!r}")
+        if (spool is None) == (spool_dir is None):
+            raise ValueError("give either a spool or a spool_dir")
         if plaintext_auth not in sasl.PLAINTEXT_POLICIES:
             raise ValueError(f"unknown plaintext_auth policy {plaintext_auth!r}")
         if directory is None:
@@ -1077,14 +994,14 @@ class SMTPFactory(Factory):
         self.router = router
         self.authenticator = authenticator
         self.directory = directory
-        self.spool_dir = spool_dir
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.plaintext_auth = plaintext_auth
         self.limits = limits if limits is not None else SMTPLimits()
         self.clock: Any = clock
         self.run_blocking: RunBlocking = run_blocking if run_blocking is not None else run_inline
-        self.spool_files = SpoolFiles(spool_dir, self.run_blocking)
+        #: Where incoming messages are written (:class:`txmail.interfaces.ISpool`).
+        self.spool: ISpool = spool if spool is not None else LocalSpool(str(spool_dir), self.run_blocking)
         engine = (
             PolicyEngine(
                 policies, role=role, clock=self.clock, resolver=resolver, trusted_networks=trusted_networks
@@ -1096,7 +1013,7 @@ class SMTPFactory(Factory):
         self.policy = engine if engine is not None and engine.active else None
 
     def stopFactory(self) -> None:
-        self.spool_files.close()
+        self.spool.close()
 
     def make_id(self) -> str:
         """A new id for a session or message: time-ordered, then random."""

@@ -34,7 +34,7 @@ from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import HEADER_COLUMNS
 from txmail.model import MessageMetadata
 from txmail.store import _maildir_columns as columns
-from txmail.store._crlf import CRLFFile, bare_lf_count, count_file, to_crlf
+from txmail.store._crlf import CHUNK, CRLFFile, bare_lf_count, count_file, to_crlf
 from txmail.store._ids import is_object_id, new_mailbox_id
 from txmail.store._maildir_format import (
     INDEX_VERSION,
@@ -62,6 +62,7 @@ __all__ = [
     "create_folders",
     "deliver_bytes",
     "deliver_file",
+    "deliver_stream",
     "file_sizes",
     "folder_mailbox_id",
     "link_files",
@@ -613,7 +614,7 @@ def deliver_file(
     Deliver the message file *src*: hard-link it into ``new/`` (or ``cur/``)
     where possible, syncing the file itself when the caller had not; else
     copy it through ``tmp/``.  The caller syncs the target directory.  The
-    file has CRLF line ends (the :class:`txmail.model.MessageFile`
+    file has CRLF line ends (the :class:`txmail.model.MessageSource`
     contract): it is not read to count them.
     """
     size = os.stat(src).st_size
@@ -639,6 +640,56 @@ def deliver_file(
             metadata = mime.encode_metadata(mime.parse_metadata(f))
     coff, clen = cache_append(path, base, metadata)
     return Delivered(sub, name, size, coff, clen, None, before, after)
+
+
+def deliver_stream(
+    path: str,
+    unique: str,
+    opener: Callable[[], BinaryIO],
+    letters: str | None,
+    date: float,
+    metadata: bytes | None,
+) -> Delivered:
+    """
+    Deliver the message that ``opener()`` reads (a
+    :class:`txmail.model.MessageSource` without a local file or data):
+    streamed into ``tmp/`` in pieces, counting bare LFs on the way, then
+    fsync and rename as :func:`deliver_bytes` does.  The caller syncs the
+    target directory.
+    """
+    tmp = os.path.join(path, "tmp", unique)
+    raw = bare = 0
+    after_cr = False
+    try:
+        with opener() as src, open(tmp, "xb") as out:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                raw += len(chunk)
+                bare += bare_lf_count(chunk, after_cr)
+                after_cr = chunk[-1] == 0x0D
+            out.flush()
+            os.fsync(out.fileno())
+        os.utime(tmp, (date, date))
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    size = raw + bare
+    base = f"{unique},S={raw},W={size}" if bare else f"{unique},S={raw}"
+    sub = "cur" if letters else "new"
+    name = file_name(base, letters or None)
+    dst = os.path.join(path, sub, name)
+    try:
+        before = dir_mtimes(path)
+        os.rename(tmp, dst)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    after = dir_mtimes(path)
+    if metadata is None or bare:
+        with open(dst, "rb") as f:
+            metadata = mime.encode_metadata(mime.parse_metadata(CRLFFile(f, size) if bare else f))  # type: ignore[arg-type]
+    coff, clen = cache_append(path, base, metadata)
+    return Delivered(sub, name, size, coff, clen, raw if bare else None, before, after)
 
 
 def pickup_files(

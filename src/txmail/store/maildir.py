@@ -63,7 +63,9 @@ Theory of operation
   directory synced; only then, in the reactor thread, is the UID assigned,
   the index record written, listeners told and the Deferred fired.
   Appends run concurrently; directory syncs of one directory are shared
-  (group commit, :class:`_DirSync`).  A ``MessageFile`` is hard-linked.
+  (group commit, :class:`_DirSync`).  A ``MessageSource`` with a local
+  file is hard-linked; one with neither a file nor its data in memory is
+  streamed into ``tmp/``.
 * Flag changes, expunges, copies/moves out, and rescans (``refresh``) of
   one mailbox run one at a time (``_serial``), each doing its file work
   first and then committing to memory and index, so memory always mirrors
@@ -88,7 +90,7 @@ Theory of operation
   file another program put there is counted once when it is taken in (a
   read through it, unless its name carries Dovecot's ``W=``, the size with
   CRLF); the index keeps both sizes, so it is never counted again.  Files
-  txmail writes are CRLF (SMTP, LMTP, a ``MessageFile``) and are neither
+  txmail writes are CRLF (SMTP, LMTP, a ``MessageSource``'s local file) and are neither
   counted nor converted; bytes appended with bare LFs are stored as given
   and named with ``W=`` too, and a copy carries the sizes along.
 * Keywords beyond the 26 letters Maildir offers are kept in the index
@@ -153,11 +155,11 @@ from txmail.model import (
     FolderDeleted,
     FolderInfo,
     FolderRenamed,
-    MessageFile,
     MessageInfo,
     MessageMetadata,
     MessagesAdded,
     MessagesExpunged,
+    MessageSource,
     SpecialUse,
     SubscriptionChanged,
     normalize_flags,
@@ -1158,7 +1160,7 @@ class MaildirMailbox(MailboxState):
     # -- appending --------------------------------------------------------------
 
     def append(
-        self, message: bytes | MessageFile, flags: Iterable[str] = (), internal_date: float | None = None
+        self, message: bytes | MessageSource, flags: Iterable[str] = (), internal_date: float | None = None
     ) -> defer.Deferred[int]:
         """See :meth:`txmail.interfaces.IMailbox.append`."""
         try:
@@ -1167,18 +1169,24 @@ class MaildirMailbox(MailboxState):
             date = time.time() if internal_date is None else float(internal_date)
             letters = self._letters(normalized) or None
             unique = self._provider._unique()
-            if isinstance(message, MessageFile):
+            if isinstance(message, MessageSource):
                 encoded = None if message.metadata is None else mime.encode_metadata(message.metadata)
-                job: tuple[Any, ...] = (
-                    io.deliver_file,
-                    self.path,
-                    unique,
-                    message.path,
-                    message.fsynced,
-                    letters,
-                    date,
-                    encoded,
-                )
+                job: tuple[Any, ...]
+                if message.local_path is not None:
+                    job = (
+                        io.deliver_file,
+                        self.path,
+                        unique,
+                        message.local_path,
+                        message.fsynced,
+                        letters,
+                        date,
+                        encoded,
+                    )
+                elif message.data is not None:
+                    job = (io.deliver_bytes, self.path, unique, message.data, letters, date, encoded)
+                else:
+                    job = (io.deliver_stream, self.path, unique, message.opener, letters, date, encoded)
             else:
                 job = (io.deliver_bytes, self.path, unique, bytes(message), letters, date, None)
         except Exception:

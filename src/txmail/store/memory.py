@@ -53,11 +53,11 @@ from txmail.model import (
     FolderDeleted,
     FolderInfo,
     FolderRenamed,
-    MessageFile,
     MessageInfo,
     MessageMetadata,
     MessagesAdded,
     MessagesExpunged,
+    MessageSource,
     SpecialUse,
     SubscriptionChanged,
     normalize_flags,
@@ -192,15 +192,14 @@ class MemoryMailbox(MailboxState):
 
     @_guard
     def append(
-        self, message: bytes | MessageFile, flags: Iterable[str] = (), internal_date: float | None = None
+        self, message: bytes | MessageSource, flags: Iterable[str] = (), internal_date: float | None = None
     ) -> int:
         """See :meth:`txmail.interfaces.IMailbox.append`."""
         self._check_alive()
         normalized = normalize_flags(flags)
         metadata = None
-        if isinstance(message, MessageFile):
-            with open(message.path, "rb") as f:
-                data = f.read()
+        if isinstance(message, MessageSource):
+            data = message.read()
             metadata = message.metadata
         else:
             data = bytes(message)

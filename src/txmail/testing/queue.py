@@ -25,6 +25,7 @@ connection); a queue that holds resources releases them with
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import time
@@ -37,7 +38,8 @@ from zope.interface.verify import verifyObject
 from txmail.delivery.queue import RECIPIENT_STATES
 from txmail.errors import QueueError
 from txmail.interfaces import IQueue
-from txmail.model import Envelope, MessageFile, QueueEntry
+from txmail.model import Envelope, MessageSource, QueueEntry
+from txmail.testing.sources import file_source, pattern_digest, pattern_source, streamed_source
 
 __all__ = ["ENVELOPE", "QueueConformanceMixin", "queued_message"]
 
@@ -109,14 +111,9 @@ class QueueConformanceMixin:
         self._queue = yield defer.maybeDeferred(self.reopen_queue, (yield self.queue()))
         return self._queue
 
-    def message_file(self, data: bytes, *, fsynced: bool = True) -> MessageFile:
-        """The message as the SMTP server hands it over: a file the caller owns."""
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return MessageFile(path, len(data), fsynced=fsynced)
+    def message_file(self, data: bytes, *, fsynced: bool = True) -> MessageSource:
+        """The message as the SMTP server hands it over: a source of a local file the caller owns."""
+        return file_source(self.mktemp(), data, fsynced=fsynced)
 
     @defer.inlineCallbacks
     def enqueue(
@@ -245,7 +242,7 @@ class QueueConformanceMixin:
         for fsynced in (True, False):
             message = self.message_file(data, fsynced=fsynced)
             ids.append((yield queue.enqueue(ENVELOPE, message, [BOB])))
-            with open(message.path, "rb") as f:
+            with open(message.local_path, "rb") as f:
                 self.assertEqual(f.read(), data)
         for queue_id in ids:
             self.assertEqual((yield self.read(queue_id)), data)
@@ -258,10 +255,49 @@ class QueueConformanceMixin:
         data = queued_message(5)
         message = self.message_file(data)
         queue_id = yield queue.enqueue(ENVELOPE, message, [BOB])
-        os.unlink(message.path)
+        os.unlink(message.local_path)
         self.assertEqual((yield self.read(queue_id)), data)
         yield self.reopen()
         self.assertEqual((yield self.read(queue_id)), data)
+
+    @defer.inlineCallbacks
+    def test_every_kind_of_source(self) -> Gen:
+        """A source in memory, a local file and a source that only streams are each queued exactly."""
+        queue = yield self.queue()
+        body = b"8-bit \xe9\xff NUL \x00\r\n.\r\n" * 500
+        datas = [queued_message(n) + body for n in range(3)]
+        sources = [
+            MessageSource.from_bytes(datas[0]),
+            self.message_file(datas[1], fsynced=False),
+            streamed_source(datas[2], piece=1000),
+        ]
+        ids = []
+        for source in sources:
+            ids.append((yield queue.enqueue(ENVELOPE, source, [BOB])))
+        yield self.reopen()
+        queue = yield self.queue()
+        for queue_id, data in zip(ids, datas, strict=True):
+            self.assertEqual((yield self.read(queue_id)), data)
+            self.assertEqual((yield queue.get_entry(queue_id)).size, len(data))
+
+    @defer.inlineCallbacks
+    def test_large_stream(self) -> Gen:
+        """A 5 MB source that only streams (made as it is read) is queued whole and reads back exactly."""
+        size = 5 * 1024 * 1024 + 17
+        queue = yield self.queue()
+        queue_id = yield queue.enqueue(ENVELOPE, pattern_source(size), [BOB])
+        self.assertEqual((yield queue.get_entry(queue_id)).size, size)
+        f = yield queue.open_entry_message(queue_id)
+        digest = hashlib.sha256()
+        read = 0
+        try:
+            while chunk := f.read(65536):
+                digest.update(chunk)
+                read += len(chunk)
+        finally:
+            f.close()
+        self.assertEqual(read, size)
+        self.assertEqual(digest.hexdigest(), pattern_digest(size))
 
     @defer.inlineCallbacks
     def test_large_message_streams(self) -> Gen:

@@ -19,7 +19,7 @@ backend, :meth:`~MailStoreConformanceMixin.reopen_provider`)::
 from __future__ import annotations
 
 import contextlib
-import os
+import hashlib
 from collections.abc import Generator
 from typing import Any
 
@@ -39,12 +39,13 @@ from txmail.model import (
     FlagsChanged,
     MailboxDeleted,
     MailboxStatus,
-    MessageFile,
     MessageMetadata,
     MessagesAdded,
     MessagesExpunged,
+    MessageSource,
     SpecialUse,
 )
+from txmail.testing.sources import file_source, pattern_digest, pattern_source, streamed_source
 
 __all__ = ["MailStoreConformanceMixin", "message"]
 
@@ -123,13 +124,9 @@ class MailStoreConformanceMixin:
             uids.append((yield box.append(message(i + 1), flags)))
         return uids
 
-    def message_file(self, data: bytes, **kwargs: Any) -> MessageFile:
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return MessageFile(path, len(data), **kwargs)
+    def message_file(self, data: bytes, **kwargs: Any) -> MessageSource:
+        """*data* as the SMTP server hands a message over: a source of a local file the caller owns."""
+        return file_source(self.mktemp(), data, **kwargs)
 
     @staticmethod
     def record(box: Any) -> list[Any]:
@@ -313,7 +310,7 @@ class MailStoreConformanceMixin:
 
     @defer.inlineCallbacks
     def test_message_file(self) -> Gen:
-        """A MessageFile is stored exactly, fsynced or not, and the caller's file is left alone."""
+        """A source of a local file is stored exactly, fsynced or not, and the caller's file is left alone."""
         box = yield self.inbox()
         for i, fsynced in enumerate((True, False)):
             data = message(10 + i)
@@ -322,14 +319,77 @@ class MailStoreConformanceMixin:
             self.assertEqual((yield box.read_message(uid)), data)
             found = yield box.get_metadata([uid])
             self.assertEqual(found[uid], mime.parse_metadata(data))
-            with open(mf.path, "rb") as f:
+            with open(mf.local_path, "rb") as f:
                 self.assertEqual(f.read(), data)
         infos = yield box.list_messages()
         self.assertEqual([i.flags for i in infos], [frozenset({FLAGGED})] * 2)
 
     @defer.inlineCallbacks
+    def test_append_every_kind_of_source(self) -> Gen:
+        """
+        Bytes, a source in memory, a local file and a source that only
+        streams (no path, no data, short reads, not seekable) are each
+        stored exactly, with their size, metadata and flags.
+        """
+        box = yield self.inbox()
+        body = b"8-bit \xe9\xff and NUL \x00 octets\r\n.\r\n..dot\r\n" * 300
+        datas = [message(20 + n, body) for n in range(4)]
+        sources = [
+            datas[0],
+            MessageSource.from_bytes(datas[1]),
+            self.message_file(datas[2], fsynced=False),
+            streamed_source(datas[3], piece=1000),
+        ]
+        uids = []
+        for source in sources:
+            uids.append((yield box.append(source, [SEEN])))
+        infos = yield box.list_messages(uids)
+        found = yield box.get_metadata(uids)
+        for uid, data, info in zip(uids, datas, infos, strict=True):
+            self.assertEqual((yield box.read_message(uid)), data)
+            self.assertEqual(info.size, len(data))
+            self.assertEqual(info.flags, frozenset({SEEN}))
+            self.assertEqual(found[uid], mime.parse_metadata(data))
+
+    @defer.inlineCallbacks
+    def test_append_streamed_bare_lf(self) -> Gen:
+        """A streamed source with bare LFs (one right after a piece ending in CR) is served as its bytes would be."""
+        box = yield self.inbox()
+        data = b"Subject: lf\n\nline one\nCR at the end of a piece\r\nthen LF\n" + b"x" * 50 + b"\r\n"
+        split = data.index(b"\r\nthen") + 1
+        as_bytes = yield box.append(data)
+        streamed = yield box.append(streamed_source(data, piece=split))
+        self.assertEqual((yield box.read_message(streamed)), (yield box.read_message(as_bytes)))
+        infos = yield box.list_messages([as_bytes, streamed])
+        self.assertEqual(infos[0].size, infos[1].size)
+        found = yield box.get_metadata([as_bytes, streamed])
+        self.assertEqual(found[as_bytes], found[streamed])
+
+    @defer.inlineCallbacks
+    def test_append_large_stream(self) -> Gen:
+        """A 5 MB source that only streams (made as it is read) is stored whole and reads back exactly."""
+        size = 5 * 1024 * 1024 + 17
+        box = yield self.inbox()
+        uid = yield box.append(pattern_source(size))
+        (info,) = yield box.list_messages([uid])
+        self.assertEqual(info.size, size)
+        f = yield box.open_message(uid)
+        digest = hashlib.sha256()
+        read = 0
+        try:
+            while chunk := f.read(65536):
+                digest.update(chunk)
+                read += len(chunk)
+        finally:
+            f.close()
+        self.assertEqual(read, size)
+        self.assertEqual(digest.hexdigest(), pattern_digest(size))
+        found = yield box.get_metadata([uid])
+        self.assertEqual(dict(found[uid].headers).get("Subject"), " large\r\n")
+
+    @defer.inlineCallbacks
     def test_message_file_metadata_used(self) -> Gen:
-        """A MessageFile's own metadata is stored as given, not parsed again."""
+        """A source's own metadata is stored as given, not parsed again."""
         box = yield self.inbox()
         given = MessageMetadata(
             header_size=3,

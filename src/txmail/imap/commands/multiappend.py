@@ -31,7 +31,7 @@ from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import extension
 from txmail.imap.responses import Bad
 from txmail.imap.types import AppendMessage
-from txmail.model import FlagMode, normalize_flags
+from txmail.model import FlagMode, MessageSource, normalize_flags
 
 __all__ = ["append_messages", "appenduid", "take_back"]
 
@@ -44,15 +44,19 @@ async def append_messages(ctx: CommandContext, mailbox: Any, messages: Sequence[
     """
     try:
         prepared = [
-            (m.literal, normalize_flags(m.flags), m.date.timestamp() if m.date is not None else None)
+            (
+                MessageSource.from_bytes(m.literal),
+                normalize_flags(m.flags),
+                m.date.timestamp() if m.date is not None else None,
+            )
             for m in messages
         ]
     except ValueError:
         raise Bad("Invalid flag") from None
     uids: list[int] = []
     try:
-        for literal, flags, when in prepared:
-            uids.append(await call(mailbox.append, literal, flags, when))
+        for source, flags, when in prepared:
+            uids.append(await call(mailbox.append, source, flags, when))
     except BaseException:
         if uids:
             await take_back(mailbox, uids)
