@@ -53,7 +53,8 @@ _counter = itertools.count(1)
 def _bin_dir() -> str | None:
     """The newest PostgreSQL's binaries, or ``None``."""
     found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
     )
     return os.path.dirname(found[-1]) if found else None
 
@@ -149,13 +150,25 @@ class PostgresCluster:
             ]
         )
         self._run(
-            os.path.join(self.bin_dir, "pg_ctl"), "start", "-w", "-t", "60", "-D", self.data_dir, "-l", self.log_path, "-o", options
+            os.path.join(self.bin_dir, "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            self.data_dir,
+            "-l",
+            self.log_path,
+            "-o",
+            options,
         )
 
     def stop(self) -> None:
         try:
             subprocess.run(
-                self._command(os.path.join(self.bin_dir, "pg_ctl"), "stop", "-D", self.data_dir, "-m", "immediate", "-w"),
+                self._command(
+                    os.path.join(self.bin_dir, "pg_ctl"), "stop", "-D", self.data_dir, "-m", "immediate", "-w"
+                ),
                 capture_output=True,
                 timeout=60,
                 check=False,

@@ -726,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="create or upgrade the schema (safe to repeat, and to run on several nodes at once)",
     )
     p.set_defaults(func=_db_upgrade)
-    p = db.add_parser("status", parents=[common], help="print the schema version (exit 1 if it needs an upgrade)")
+    p = db.add_parser(
+        "status", parents=[common], help="print the schema version (exit 1 if it needs an upgrade)"
+    )
     p.set_defaults(func=_db_status)
 
     p = commands.add_parser("check-config", help="validate a configuration file")

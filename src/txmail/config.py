@@ -505,7 +505,9 @@ def _validate(values: dict[str, Any]) -> Settings:
     if settings.outbound_ca_file is not None and not os.path.isfile(settings.outbound_ca_file):
         raise ConfigError(f"outbound ca_file {settings.outbound_ca_file!r} does not exist")
     if settings.directory_backend == "postgresql" and not settings.postgresql_dsn.strip():
-        raise ConfigError('[directory] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)')
+        raise ConfigError(
+            '[directory] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
+        )
     if settings.postgresql_min_connections > settings.postgresql_max_connections:
         raise ConfigError("[postgresql] min_connections must not exceed max_connections")
     if settings.plaintext_auth not in PLAINTEXT_POLICIES:

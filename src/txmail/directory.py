@@ -293,7 +293,9 @@ class _DirectoryBase(ABC):
                 )
         return True
 
-    def _resolve(self, address: str, *, catch_all: bool = True, snapshot: _Snapshot | None = None) -> list[str]:
+    def _resolve(
+        self, address: str, *, catch_all: bool = True, snapshot: _Snapshot | None = None
+    ) -> list[str]:
         """The expansion of *address* in *snapshot* (default :meth:`_current`; anything with
         ``users``, ``aliases`` and ``domains`` answering ``in`` and ``aliases.get``)."""
         if snapshot is None:

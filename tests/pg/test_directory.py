@@ -86,7 +86,9 @@ class PostgresDirectoryChangeTests(TestCase):
         self.assertEqual(str(failure), "user alice@example.test exists")
         failure = yield self.assertFailure(self.directory.add_user("info@example.test", "x"), UserExists)
         self.assertEqual(str(failure), "an alias info@example.test exists")
-        failure = yield self.assertFailure(self.directory.add_alias("alice@example.test", ["x@remote.test"]), UserExists)
+        failure = yield self.assertFailure(
+            self.directory.add_alias("alice@example.test", ["x@remote.test"]), UserExists
+        )
         self.assertEqual(str(failure), "a user alice@example.test exists")
         yield self.assertFailure(self.directory.add_alias("info@example.test", ["x@remote.test"]), UserExists)
         yield self.assertFailure(self.directory.add_user("not an address", "x"), InvalidAddress)
@@ -112,7 +114,9 @@ class PostgresDirectoryChangeTests(TestCase):
         """Deleted users and aliases stop resolving; deleting them again fails with NoSuchUser."""
         yield self.directory.add_user("alice@example.test", "pw")
         yield self.directory.add_alias("@example.test", ["alice@example.test"])
-        self.assertEqual((yield self.directory.resolve_recipient("anyone@example.test")), ["alice@example.test"])
+        self.assertEqual(
+            (yield self.directory.resolve_recipient("anyone@example.test")), ["alice@example.test"]
+        )
         self.assertEqual((yield self.directory.delete_alias("@EXAMPLE.test")), "@example.test")
         yield self.assertFailure(self.directory.resolve_recipient("anyone@example.test"), NoSuchUser)
         yield self.assertFailure(self.directory.delete_alias("@example.test"), NoSuchUser)
@@ -167,7 +171,9 @@ class PostgresDirectoryChangeTests(TestCase):
         from txmail.pg.directory import PostgresDirectory
 
         clock = task.Clock()
-        other = PostgresDirectory(self.database, local_domains=["example.test"], refresh_interval=5.0, clock=clock)
+        other = PostgresDirectory(
+            self.database, local_domains=["example.test"], refresh_interval=5.0, clock=clock
+        )
         other.start()
         self.addCleanup(other.stop)
         yield self.directory.add_user("erin@later.test", "pw")
@@ -189,7 +195,9 @@ class PostgresDirectoryChangeTests(TestCase):
         yield self.database.run(lambda conn: conn.execute("UPDATE users SET scram = '{\"salt\": 1}'::jsonb"))
         self.assertIsNone((yield self.directory.get_credentials("alice")))
         self.assertEqual((yield self.directory.canonical_user("alice")), "alice@example.test")
-        self.assertEqual((yield self.directory.resolve_recipient("alice@example.test")), ["alice@example.test"])
+        self.assertEqual(
+            (yield self.directory.resolve_recipient("alice@example.test")), ["alice@example.test"]
+        )
         self.flushLoggedErrors()
 
     def test_no_documents(self) -> None:

@@ -19,7 +19,9 @@ from txmail.errors import ConfigError
 __all__ = ["EXTRA_HINT", "require_psycopg"]
 
 #: What to install for the PostgreSQL backends.
-EXTRA_HINT = "install txmail's postgresql extra: pip install 'txmail[postgresql]' (psycopg 3 and psycopg-pool)"
+EXTRA_HINT = (
+    "install txmail's postgresql extra: pip install 'txmail[postgresql]' (psycopg 3 and psycopg-pool)"
+)
 
 
 def require_psycopg() -> tuple[ModuleType, ModuleType]:
@@ -33,5 +35,7 @@ def require_psycopg() -> tuple[ModuleType, ModuleType]:
         import psycopg
         import psycopg_pool
     except ImportError as e:
-        raise ConfigError(f"PostgreSQL is configured but {e.name or 'psycopg'} is not installed: {EXTRA_HINT}") from None
+        raise ConfigError(
+            f"PostgreSQL is configured but {e.name or 'psycopg'} is not installed: {EXTRA_HINT}"
+        ) from None
     return psycopg, psycopg_pool

@@ -70,7 +70,9 @@ class Database:
 
     log = Logger()
 
-    def __init__(self, dsn: str, *, min_connections: int = 1, max_connections: int = 10, reactor: Any = None) -> None:
+    def __init__(
+        self, dsn: str, *, min_connections: int = 1, max_connections: int = 10, reactor: Any = None
+    ) -> None:
         self._psycopg, self._psycopg_pool = require_psycopg()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -123,7 +125,9 @@ class Database:
         try:
             return self._psycopg.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT)
         except self._psycopg.OperationalError as e:
-            raise DatabaseError(f"cannot connect to PostgreSQL ([postgresql] dsn): {_first_line(e)}") from None
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL ([postgresql] dsn): {_first_line(e)}"
+            ) from None
 
     def run_sync(self, fn: Callable[..., _T], *args: Any) -> _T:
         """

@@ -333,7 +333,9 @@ class PostgresDirectory(_DirectoryBase):
 
     # -- changes (Deferreds; errors as FileDirectory's) --
 
-    def _change(self, prepare: Callable[[], tuple[Callable[..., Any], tuple[Any, ...]]]) -> defer.Deferred[Any]:
+    def _change(
+        self, prepare: Callable[[], tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> defer.Deferred[Any]:
         """Run the change *prepare* returns (a function and its arguments); keep the domains it reports."""
 
         def changed(outcome: tuple[Any, frozenset[str]]) -> Any:
