@@ -199,3 +199,28 @@ class PostgresCommandTests(TestCase):
             config = f.read()
         failure = yield self.assertFailure(start_server(self, config=config), SchemaTooOld)
         self.assertIn("run `txmail db upgrade`", str(failure))
+
+    def test_twistd_refuses_old_schema(self) -> None:
+        """twistd mailserver exits with the message (no traceback) when the schema needs an upgrade."""
+        import gc
+        import importlib.util
+
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())  # makeService tunes the collector
+        path = os.path.join(
+            os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+            "twisted",
+            "plugins",
+            "txmail_plugin.py",
+        )
+        spec = importlib.util.spec_from_file_location("_txmail_plugin_for_pg", path)
+        assert spec is not None and spec.loader is not None
+        plugin = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(plugin)
+        options = plugin.Options()
+        options.parseOptions(
+            ["--config", self.config, "--data-dir", self.data_dir, "--smtp", "tcp:0:interface=127.0.0.1"]
+        )
+        with self.assertRaises(SystemExit) as cm:
+            plugin.serviceMaker.makeService(options)
+        self.assertIn("txmail: the PostgreSQL schema is at version 0", str(cm.exception.code))
+        self.assertIn("run `txmail db upgrade`", str(cm.exception.code))
