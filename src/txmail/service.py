@@ -66,6 +66,7 @@ __all__ = [
     "build_service",
     "make_directory",
     "make_store_provider",
+    "postgresql_service",
     "tune_gc",
 ]
 
@@ -327,6 +328,25 @@ def make_store_provider(
     raise ConfigError(f"unknown [store] backend {backend!r}")
 
 
+def postgresql_service(settings: Settings, server: service.MultiService, *, reactor: Any) -> Any:
+    """
+    The :class:`txmail.pg.db.DatabaseService` of *server*: one
+    ``[postgresql]`` pool per process, made (and added to *server*) the
+    first time a PostgreSQL backend asks, shared by the next ones.
+
+    Raises:
+        ConfigError: no ``[postgresql] dsn``, or psycopg is not installed.
+    """
+    from txmail.pg.db import DatabaseService, database_from_settings
+
+    for child in server:
+        if isinstance(child, DatabaseService):
+            return child
+    database_service = DatabaseService(database_from_settings(settings, reactor=reactor))
+    database_service.setServiceParent(server)
+    return database_service
+
+
 def make_directory(settings: Settings, server: service.MultiService, *, reactor: Any) -> IDirectory:
     """
     The user directory ``[directory] backend`` names in *settings*:
@@ -335,8 +355,8 @@ def make_directory(settings: Settings, server: service.MultiService, *, reactor:
       ``<data_dir>/users.json``;
     * ``"postgresql"``: a :class:`txmail.pg.directory.PostgresDirectory`
       on the ``[postgresql]`` database, whose pool (and the directory's
-      domain refresh) a :class:`txmail.pg.db.DatabaseService` child of
-      *server* runs.  The schema is checked here, before anything listens.
+      domain refresh) the :class:`txmail.pg.db.DatabaseService` child of
+      *server* runs (:func:`postgresql_service`).  The schema is checked here, before anything listens.
 
     Raises:
         ConfigError: psycopg is not installed.
@@ -344,15 +364,14 @@ def make_directory(settings: Settings, server: service.MultiService, *, reactor:
         DatabaseError: the database cannot be reached.
     """
     if settings.directory_backend == "postgresql":
-        from txmail.pg.db import DatabaseService, database_from_settings
         from txmail.pg.directory import PostgresDirectory
 
-        database = database_from_settings(settings, reactor=reactor)
+        database_service = postgresql_service(settings, server, reactor=reactor)
         pg_directory = PostgresDirectory(
-            database, local_domains=settings.domains, primary_domain=settings.primary_domain
+            database_service.database, local_domains=settings.domains, primary_domain=settings.primary_domain
         )
         pg_directory.check_schema()
-        DatabaseService(database, (pg_directory,)).setServiceParent(server)
+        database_service.dependents.append(pg_directory)
         return pg_directory
     return FileDirectory(
         settings.path("users.json"),

@@ -155,6 +155,12 @@ class PostgresCommandTests(TestCase):
             self, config=config, data_dir=self.data_dir, imap=["tcp:0:interface=127.0.0.1"]
         )
         self.assertEqual(type(server.directory).__name__, "PostgresDirectory")
+        from txmail.pg.db import DatabaseService
+
+        (database_service,) = [child for child in server if isinstance(child, DatabaseService)]
+        self.assertIs(database_service.database, server.directory.db)
+        self.assertTrue(database_service.database.running)
+        self.assertEqual(database_service.dependents, [server.directory])
 
         smtp_host, smtp_port = server.address("mta")
 

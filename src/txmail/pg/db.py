@@ -31,7 +31,7 @@ of ``fn`` itself (including txmail's own, such as
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from twisted.application import service
@@ -171,9 +171,9 @@ class DatabaseService(service.Service):
     domain refresh), after the database starts and before it stops.
     """
 
-    def __init__(self, database: Database, dependents: tuple[Any, ...] = ()) -> None:
+    def __init__(self, database: Database, dependents: Iterable[Any] = ()) -> None:
         self.database = database
-        self.dependents = dependents
+        self.dependents = list(dependents)
 
     def startService(self) -> None:
         super().startService()
@@ -183,7 +183,7 @@ class DatabaseService(service.Service):
 
     def stopService(self) -> None:
         super().stopService()
-        for dependent in self.dependents:
+        for dependent in reversed(self.dependents):
             dependent.stop()
         self.database.stop()
 
