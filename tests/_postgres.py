@@ -44,7 +44,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
-__all__ = ["PostgresCluster", "fresh_database", "postgres_available"]
+__all__ = ["PostgresCluster", "cluster", "fresh_database", "postgres_available"]
 
 _SUPERUSER = "txmail"
 _counter = itertools.count(1)
