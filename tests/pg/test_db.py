@@ -9,7 +9,7 @@ from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests._postgres import fresh_database, postgres_available
 from txmail.config import Settings
@@ -75,13 +75,17 @@ class DatabaseTests(TestCase):
         self.failureResultOf(self.database.run(insert, 8, True), ValueError)
         self.assertEqual(self.database.run_sync(values), [7])
 
-    def test_stop_twice(self) -> None:
-        """Stopping twice, or without starting, is harmless."""
+    @defer.inlineCallbacks
+    def test_stop_twice_and_restart(self) -> Gen:
+        """Stopping twice, or without starting, is harmless; a stopped database starts again."""
         self.database.stop()
         self.database.start()
         self.database.stop()
         self.database.stop()
         self.assertFalse(self.database.running)
+        self.database.start()
+        self.addCleanup(self.database.stop)
+        self.assertIn("txmail-postgresql", (yield self.database.run(insert, 1)))
 
     def test_service_runs_dependents(self) -> None:
         """DatabaseService starts the database then its dependents, and stops them in reverse."""
@@ -111,7 +115,7 @@ class UnreachableTests(SynchronousTestCase):
     def setUp(self) -> None:
         reason = postgres_available()
         if reason is not None:
-            raise self.skipTest(reason)  # type: ignore[func-returns-value]
+            raise SkipTest(reason)
 
     def test_unreachable(self) -> None:
         from txmail.pg.db import Database
@@ -126,8 +130,9 @@ class SettingsTests(SynchronousTestCase):
     """database_from_settings and the missing-psycopg error."""
 
     def test_from_settings(self) -> None:
-        if postgres_available() is not None:
-            raise self.skipTest(postgres_available())  # type: ignore[func-returns-value]
+        reason = postgres_available()
+        if reason is not None:
+            raise SkipTest(reason)
         from txmail.pg.db import database_from_settings
 
         settings = Settings.validated(

@@ -82,8 +82,11 @@ class Database:
         self.min_connections = min_connections
         self.max_connections = max(max_connections, min_connections, 1)
         self.reactor = reactor
-        self.threads = ThreadPool(minthreads=0, maxthreads=self.max_connections, name="txmail-postgresql")
+        self.threads = self._thread_pool()
         self.pool: Any = None
+
+    def _thread_pool(self) -> ThreadPool:
+        return ThreadPool(minthreads=0, maxthreads=self.max_connections, name="txmail-postgresql")
 
     @property
     def running(self) -> bool:
@@ -104,6 +107,8 @@ class Database:
             name="txmail",
         )
         self.pool.open(wait=False)
+        if self.threads.joined:  # stopped before: a ThreadPool does not start twice
+            self.threads = self._thread_pool()
         self.threads.start()
 
     def stop(self) -> None:
