@@ -267,3 +267,72 @@ class StoreConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             load_config(self.write('[store]\ndsn = "postgresql://db/mail"\n'))
         self.assertIn("unknown key 'dsn' in [store]", str(cm.exception))
+
+
+class PostgresConfigTests(SynchronousTestCase):
+    """[directory] backend and [postgresql]."""
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self) -> None:
+        """The file directory by default; no DSN; a pool of 1 to 10 connections."""
+        settings = load_config(None)
+        self.assertEqual(settings.directory_backend, "file")
+        self.assertEqual(
+            (
+                settings.postgresql_dsn,
+                settings.postgresql_min_connections,
+                settings.postgresql_max_connections,
+            ),
+            ("", 1, 10),
+        )
+
+    def test_postgresql_directory(self) -> None:
+        """The keys are read; the DSN, which may hold a password, is not in the settings' repr."""
+        settings = load_config(
+            self.write(
+                '[directory]\nbackend = "postgresql"\n\n'
+                '[postgresql]\ndsn = "postgresql://txmail:s3cret@db/mail"\nmin_connections = 2\nmax_connections = 20\n'
+            )
+        )
+        self.assertEqual(settings.directory_backend, "postgresql")
+        self.assertEqual(settings.postgresql_dsn, "postgresql://txmail:s3cret@db/mail")
+        self.assertEqual((settings.postgresql_min_connections, settings.postgresql_max_connections), (2, 20))
+        self.assertNotIn("s3cret", repr(settings))
+
+    def test_postgresql_needs_dsn(self) -> None:
+        """backend = "postgresql" without a DSN (or with an empty one) is a clear error."""
+        for text in (
+            '[directory]\nbackend = "postgresql"\n',
+            '[directory]\nbackend = "postgresql"\n[postgresql]\ndsn = " "\n',
+        ):
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertEqual(
+                str(cm.exception),
+                '[directory] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)',
+            )
+
+    def test_invalid(self) -> None:
+        """Unknown backends, bad pool bounds and unknown keys are refused."""
+        cases = {
+            '[directory]\nbackend = "ldap"\n': '[directory] backend must be "file" or "postgresql"',
+            "[postgresql]\ndsn = 5\n": "[postgresql] dsn must be a string",
+            "[postgresql]\nmax_connections = 0\n": "postgresql_max_connections must be a positive integer",
+            "[postgresql]\nmin_connections = 5\nmax_connections = 2\n": "min_connections must not exceed max_connections",
+            '[postgresql]\nhost = "db"\n': "unknown key 'host' in [postgresql]",
+        }
+        for text, message in cases.items():
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertIn(message, str(cm.exception), text)
+
+    def test_store_stays_reserved(self) -> None:
+        """A DSN does not make the PostgreSQL store available yet."""
+        with self.assertRaises(ConfigError) as cm:
+            load_config(self.write('[store]\nbackend = "postgresql"\n[postgresql]\ndsn = "dbname=mail"\n'))
+        self.assertIn("not available yet", str(cm.exception))

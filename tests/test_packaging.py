@@ -23,3 +23,15 @@ class PackagesTests(SynchronousTestCase):
         }
         self.assertIn("txmail.smtp", found)
         self.assertEqual(sorted(found - listed), [])
+
+    def test_migrations_shipped(self) -> None:
+        """The PostgreSQL migrations (SQL files, not modules) are package data of txmail.pg."""
+        import fnmatch
+
+        config = configparser.ConfigParser()
+        config.read(os.path.join(_ROOT, "setup.cfg"))
+        patterns = config["options.package_data"]["txmail.pg"].split()
+        migrations = os.path.join(_ROOT, "src", "txmail", "pg", "migrations")
+        files = [f"migrations/{name}" for name in sorted(os.listdir(migrations)) if name.endswith(".sql")]
+        self.assertIn("migrations/0001_directory.sql", files)
+        self.assertEqual([f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)], [])

@@ -12,6 +12,8 @@ configuration check, DKIM keys and the DNS records of a mail domain.
     txmail alias del ALIAS
     txmail alias list
     txmail check-config --config FILE
+    txmail db upgrade --config FILE         (create or upgrade the PostgreSQL schema)
+    txmail db status --config FILE
     txmail queue list                       (the outbound queue)
     txmail queue show ID
     txmail queue flush                      (every deferred recipient due now)
@@ -24,7 +26,11 @@ Every user and alias command takes ``--data-dir`` (default
 ``./txmail-data``, as the server) and ``--config``; with a config file the
 data directory and the local domains come from it (``--data-dir`` still
 wins when given).  The directory is ``<data-dir>/users.json``, shared with a
-running server, which picks changes up without a restart.  ``user add``
+running server, which picks changes up without a restart.  With ``[directory]
+backend = "postgresql"`` they work on the ``[postgresql] dsn`` database
+instead (:class:`txmail.pg.directory.PostgresDirectory`), whose schema
+``txmail db upgrade`` creates or upgrades (``db status`` prints its
+version).  ``user add``
 creates the user's mail storage through the configured ``[store] backend``
 (:func:`txmail.service.make_store_provider`), as the server would on the
 first delivery.
@@ -84,7 +90,7 @@ from txmail.dnsrecords import (
     zone_line,
     zone_text,
 )
-from txmail.errors import ConfigError, DirectoryError, QueueError
+from txmail.errors import ConfigError, DatabaseError, DirectoryError, QueueError
 
 __all__ = ["CLIError", "build_parser", "check_records", "main"]
 
@@ -102,8 +108,22 @@ def _settings(args: argparse.Namespace) -> Any:
         raise CLIError(f"config error: {e}") from None
 
 
-def _directory(args: argparse.Namespace) -> tuple[FileDirectory, Any]:
+def _directory(args: argparse.Namespace) -> tuple[Any, Any]:
+    """
+    The configured directory (``[directory] backend``) and the settings.
+    The PostgreSQL directory's methods return Deferreds that have fired
+    (its database is not started: queries run inline); :func:`_done`
+    unwraps them.
+    """
     settings = _settings(args)
+    if settings.directory_backend == "postgresql":
+        from txmail.pg.directory import PostgresDirectory
+
+        pg_directory = PostgresDirectory(
+            _database(settings), local_domains=settings.domains, primary_domain=settings.primary_domain
+        )
+        pg_directory.check_schema()
+        return pg_directory, settings
     try:
         directory = FileDirectory(
             os.path.join(settings.data_dir, USERS_FILE),
@@ -113,6 +133,50 @@ def _directory(args: argparse.Namespace) -> tuple[FileDirectory, Any]:
     except DirectoryError as e:
         raise CLIError(str(e)) from None
     return directory, settings
+
+
+def _database(settings: Any) -> Any:
+    """The ``[postgresql]`` database of *settings*, not started (queries run inline)."""
+    try:
+        from txmail.pg.db import database_from_settings
+
+        return database_from_settings(settings)
+    except ConfigError as e:
+        raise CLIError(f"config error: {e}") from None
+
+
+def _done(result: Any) -> Any:
+    """*result*, or the result of a Deferred that has fired (errors raised)."""
+    if not isinstance(result, defer.Deferred):
+        return result
+    results: list[Any] = []
+    result.addBoth(results.append)
+    if not results:  # pragma: no cover - unstarted databases answer inline
+        raise CLIError("the directory did not answer")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def _db_upgrade(args: argparse.Namespace) -> None:
+    from txmail.pg.schema import upgrade
+
+    before, after = _database(_settings(args)).run_sync(upgrade)
+    if before == after:
+        _out(f"the PostgreSQL schema is up to date (version {after})")
+    else:
+        _out(f"upgraded the PostgreSQL schema from version {before} to {after}")
+
+
+def _db_status(args: argparse.Namespace) -> int:
+    from txmail.pg.schema import LATEST_VERSION, current_version
+
+    version = _database(_settings(args)).run_sync(current_version)
+    if version < LATEST_VERSION:
+        _out(f"schema version {version}; this txmail needs {LATEST_VERSION}: run `txmail db upgrade`")
+        return 1
+    _out(f"schema version {version} (this txmail needs {LATEST_VERSION}): up to date")
+    return 0
 
 
 def _out(text: str) -> None:
@@ -164,7 +228,7 @@ def _user_add(args: argparse.Namespace) -> None:
     directory, settings = _directory(args)
     password = _read_password(args)
     try:
-        address = directory.add_user(args.address, password)
+        address = _done(directory.add_user(args.address, password))
     except ValueError as e:  # InvalidAddress or a password SASLprep refuses
         raise CLIError(_value_error_text(e)) from None
     _create_storage(settings, address)
@@ -176,7 +240,7 @@ def _user_passwd(args: argparse.Namespace) -> None:
     _check_user(directory, args.address)
     password = _read_password(args)
     try:
-        address = directory.set_password(args.address, password)
+        address = _done(directory.set_password(args.address, password))
     except ValueError as e:
         raise CLIError(_value_error_text(e)) from None
     _out(f"changed the password of {address}")
@@ -184,7 +248,7 @@ def _user_passwd(args: argparse.Namespace) -> None:
 
 def _user_del(args: argparse.Namespace) -> None:
     directory, settings = _directory(args)
-    address = directory.delete_user(args.address)
+    address = _done(directory.delete_user(args.address))
     if settings.store_backend == "maildir":
         where = f"under {os.path.join(settings.data_dir, 'mail')}"
     else:
@@ -194,41 +258,33 @@ def _user_del(args: argparse.Namespace) -> None:
 
 def _user_list(args: argparse.Namespace) -> None:
     directory, _ = _directory(args)
-    for user in directory.list_users():
+    for user in _done(directory.list_users()):
         _out(user)
 
 
 def _alias_add(args: argparse.Namespace) -> None:
     directory, _ = _directory(args)
     try:
-        alias = directory.add_alias(args.alias, args.targets)
+        alias = _done(directory.add_alias(args.alias, args.targets))
     except ValueError as e:
         raise CLIError(_value_error_text(e, "")) from None
-    _out(f"added alias {alias} -> {', '.join(directory.list_aliases()[alias])}")
+    _out(f"added alias {alias} -> {', '.join(_done(directory.list_aliases())[alias])}")
 
 
 def _alias_del(args: argparse.Namespace) -> None:
     directory, _ = _directory(args)
-    alias = directory.delete_alias(args.alias)
+    alias = _done(directory.delete_alias(args.alias))
     _out(f"deleted alias {alias}")
 
 
 def _alias_list(args: argparse.Namespace) -> None:
     directory, _ = _directory(args)
-    for alias, targets in directory.list_aliases().items():
+    for alias, targets in _done(directory.list_aliases()).items():
         _out(f"{alias} -> {', '.join(targets)}")
 
 
 def _check_config(args: argparse.Namespace) -> None:
-    settings = _settings(args)
-    try:
-        directory = FileDirectory(
-            os.path.join(settings.data_dir, USERS_FILE),
-            local_domains=settings.domains,
-            primary_domain=settings.primary_domain,
-        )
-    except DirectoryError as e:
-        raise CLIError(str(e)) from None
+    directory, settings = _directory(args)
     policy = settings.policy
     keys, forwarding = _check_policy(settings)
     _out("OK")
@@ -236,7 +292,8 @@ def _check_config(args: argparse.Namespace) -> None:
     _out(f"  data dir:       {settings.data_dir}")
     _out(f"  mail store:     {settings.store_backend}")
     _out(f"  domains:        {', '.join(settings.domains)} (primary {settings.primary_domain})")
-    _out(f"  users:          {len(directory.list_users())}")
+    _out(f"  directory:      {settings.directory_backend}")
+    _out(f"  users:          {len(_done(directory.list_users()))}")
     _out(f"  plaintext auth: {settings.plaintext_auth}")
     _out(f"  TLS:            {'certificate ' + settings.tls_cert if settings.tls_cert else 'disabled'}")
     _out(f"  smtp:           {', '.join(settings.smtp) or '-'}")
@@ -574,7 +631,7 @@ def _dns_records(args: argparse.Namespace) -> int:
     return _react(check) or status
 
 
-def _check_user(directory: FileDirectory, address: str) -> None:
+def _check_user(directory: Any, address: str) -> None:
     """Fail before prompting for a password when the user does not exist."""
     results: list[Any] = []
     directory.canonical_user(address).addBoth(results.append)
@@ -660,6 +717,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="release every held message")
     p.set_defaults(func=_queue_release)
 
+    db = commands.add_parser("db", help="the PostgreSQL schema ([postgresql] dsn)").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = db.add_parser(
+        "upgrade",
+        parents=[common],
+        help="create or upgrade the schema (safe to repeat, and to run on several nodes at once)",
+    )
+    p.set_defaults(func=_db_upgrade)
+    p = db.add_parser(
+        "status", parents=[common], help="print the schema version (exit 1 if it needs an upgrade)"
+    )
+    p.set_defaults(func=_db_status)
+
     p = commands.add_parser("check-config", help="validate a configuration file")
     p.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")
     p.set_defaults(func=_check_config, data_dir=None)
@@ -743,6 +814,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except DirectoryError as e:  # NoSuchUser, UserExists, InvalidAddress, unreadable file
         print(f"txmail: error: {e}", file=sys.stderr)
+        return 1
+    except DatabaseError as e:  # PostgreSQL unreachable, or its schema too old
+        print(f"txmail: error: {e}", file=sys.stderr)
+        return 1
+    except ConfigError as e:  # PostgreSQL configured without psycopg installed
+        print(f"txmail: error: config error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"txmail: error: {e}", file=sys.stderr)

@@ -19,6 +19,14 @@ The file format (every key optional)::
     [store]
     backend = "maildir"                  # maildir (under data_dir/mail) | memory (lost at exit)
 
+    [directory]
+    backend = "file"                     # file (data_dir/users.json) | postgresql ([postgresql] dsn)
+
+    [postgresql]                         # the database of the PostgreSQL backends (txmail[postgresql])
+    dsn = "host=/run/postgresql dbname=txmail"  # libpq connection string; required by them
+    min_connections = 1                  # connections the pool keeps open
+    max_connections = 10                 # most connections (and query threads) of one process
+
     [tls]
     cert = "/etc/txmail/cert.pem"        # PEM certificate chain; with key enables STARTTLS
     key = "/etc/txmail/key.pem"
@@ -112,6 +120,7 @@ from txmail.quota import parse_size
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "DIRECTORY_BACKENDS",
     "PLAINTEXT_POLICIES",
     "STORE_BACKENDS",
     "TLS_POLICIES",
@@ -125,6 +134,8 @@ PLAINTEXT_POLICIES = ("never", "loopback", "always")
 STORE_BACKENDS = ("maildir", "memory")
 #: Backends reserved for a later release: named, but refused with a clear error.
 RESERVED_STORE_BACKENDS = ("postgresql",)
+#: The user directory backends ``[directory] backend`` may name.
+DIRECTORY_BACKENDS = ("file", "postgresql")
 TLS_POLICIES = ("none", "opportunistic", "verify")
 DEFAULT_DATA_DIR = "./txmail-data"
 
@@ -143,6 +154,10 @@ class Settings:
     threads: int = 8
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
     store_backend: str = "maildir"
+    directory_backend: str = "file"
+    postgresql_dsn: str = field(default="", repr=False)
+    postgresql_min_connections: int = 1
+    postgresql_max_connections: int = 10
     tls_cert: str | None = None
     tls_key: str | None = None
     smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
@@ -226,6 +241,10 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "threads"): "threads",
     ("server", "gc_threshold"): "gc_threshold",
     ("store", "backend"): "store_backend",
+    ("directory", "backend"): "directory_backend",
+    ("postgresql", "dsn"): "postgresql_dsn",
+    ("postgresql", "min_connections"): "postgresql_min_connections",
+    ("postgresql", "max_connections"): "postgresql_max_connections",
     ("tls", "cert"): "tls_cert",
     ("tls", "key"): "tls_key",
     ("smtp", "listen"): "smtp",
@@ -391,6 +410,15 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = value
         elif f.name == "store_backend":
             out[f.name] = _store_backend(value)
+        elif f.name == "directory_backend":
+            if value not in DIRECTORY_BACKENDS:
+                allowed = " or ".join(f'"{b}"' for b in DIRECTORY_BACKENDS)
+                raise ConfigError(f"[directory] backend must be {allowed}, not {value!r}")
+            out[f.name] = value
+        elif f.name == "postgresql_dsn":
+            if not isinstance(value, str):
+                raise ConfigError("[postgresql] dsn must be a string (a libpq connection string)")
+            out[f.name] = value
         elif f.name == "outbound_enabled":
             if not isinstance(value, bool):
                 raise ConfigError("outbound enabled must be true or false")
@@ -430,7 +458,15 @@ def _validate(values: dict[str, Any]) -> Settings:
             ):
                 raise ConfigError("gc_threshold must be a list of at most three positive integers")
             out[f.name] = tuple(value)
-        elif f.name in ("threads", "max_message_size", "max_recipients", "imap_max_line", "imap_max_literal"):
+        elif f.name in (
+            "threads",
+            "max_message_size",
+            "max_recipients",
+            "imap_max_line",
+            "imap_max_literal",
+            "postgresql_min_connections",
+            "postgresql_max_connections",
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{f.name} must be a positive integer")
             out[f.name] = value
@@ -468,6 +504,12 @@ def _validate(values: dict[str, Any]) -> Settings:
         raise ConfigError("smarthost_user and smarthost_password must be given together")
     if settings.outbound_ca_file is not None and not os.path.isfile(settings.outbound_ca_file):
         raise ConfigError(f"outbound ca_file {settings.outbound_ca_file!r} does not exist")
+    if settings.directory_backend == "postgresql" and not settings.postgresql_dsn.strip():
+        raise ConfigError(
+            '[directory] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
+        )
+    if settings.postgresql_min_connections > settings.postgresql_max_connections:
+        raise ConfigError("[postgresql] min_connections must not exceed max_connections")
     if settings.plaintext_auth not in PLAINTEXT_POLICIES:
         raise ConfigError(f"plaintext_auth must be one of {', '.join(PLAINTEXT_POLICIES)}")
     if (settings.tls_cert is None) != (settings.tls_key is None):

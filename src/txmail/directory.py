@@ -293,8 +293,13 @@ class _DirectoryBase(ABC):
                 )
         return True
 
-    def _resolve(self, address: str, *, catch_all: bool = True) -> list[str]:
-        snapshot = self._current()
+    def _resolve(
+        self, address: str, *, catch_all: bool = True, snapshot: _Snapshot | None = None
+    ) -> list[str]:
+        """The expansion of *address* in *snapshot* (default :meth:`_current`; anything with
+        ``users``, ``aliases`` and ``domains`` answering ``in`` and ``aliases.get``)."""
+        if snapshot is None:
+            snapshot = self._current()
         try:
             canonical = normalize_address(address)
         except InvalidAddress:

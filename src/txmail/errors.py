@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DatabaseError",
     "DeliveryError",
     "DirectoryError",
     "InvalidMailboxName",
@@ -19,6 +20,7 @@ __all__ = [
     "NoSuchMessage",
     "NoSuchUser",
     "QueueError",
+    "SchemaTooOld",
     "StoreError",
     "TxMailError",
     "UserExists",
@@ -86,3 +88,11 @@ class QueueError(TxMailError):
 
 class ConfigError(TxMailError):
     """The configuration is invalid; the text says which key and why."""
+
+
+class DatabaseError(TxMailError):
+    """The database (``[postgresql]``) cannot be used: unreachable, or its schema does not fit."""
+
+
+class SchemaTooOld(DatabaseError):
+    """The database schema is older than this txmail's: run ``txmail db upgrade``."""

@@ -65,7 +65,9 @@ __all__ = [
     "PolicyService",
     "ThreadPoolService",
     "build_service",
+    "make_directory",
     "make_store_provider",
+    "postgresql_service",
     "tune_gc",
 ]
 
@@ -327,6 +329,59 @@ def make_store_provider(
     raise ConfigError(f"unknown [store] backend {backend!r}")
 
 
+def postgresql_service(settings: Settings, server: service.MultiService, *, reactor: Any) -> Any:
+    """
+    The :class:`txmail.pg.db.DatabaseService` of *server*: one
+    ``[postgresql]`` pool per process, made (and added to *server*) the
+    first time a PostgreSQL backend asks, shared by the next ones.
+
+    Raises:
+        ConfigError: no ``[postgresql] dsn``, or psycopg is not installed.
+    """
+    from txmail.pg.db import DatabaseService, database_from_settings
+
+    for child in server:
+        if isinstance(child, DatabaseService):
+            return child
+    database_service = DatabaseService(database_from_settings(settings, reactor=reactor))
+    database_service.setServiceParent(server)
+    return database_service
+
+
+def make_directory(settings: Settings, server: service.MultiService, *, reactor: Any) -> IDirectory:
+    """
+    The user directory ``[directory] backend`` names in *settings*:
+
+    * ``"file"``: a :class:`txmail.directory.FileDirectory` on
+      ``<data_dir>/users.json``;
+    * ``"postgresql"``: a :class:`txmail.pg.directory.PostgresDirectory`
+      on the ``[postgresql]`` database, whose pool (and the directory's
+      domain refresh) the :class:`txmail.pg.db.DatabaseService` child of
+      *server* runs (:func:`postgresql_service`).  The schema is checked here, before anything listens.
+
+    Raises:
+        ConfigError: psycopg is not installed.
+        SchemaTooOld: the database needs ``txmail db upgrade``.
+        DatabaseError: the database cannot be reached.
+    """
+    if settings.directory_backend == "postgresql":
+        from txmail.pg.directory import PostgresDirectory
+
+        database_service = postgresql_service(settings, server, reactor=reactor)
+        pg_directory = PostgresDirectory(
+            database_service.database, local_domains=settings.domains, primary_domain=settings.primary_domain
+        )
+        pg_directory.check_schema()
+        database_service.dependents.append(pg_directory)
+        return pg_directory
+    return FileDirectory(
+        settings.path("users.json"),
+        local_domains=settings.domains,
+        primary_domain=settings.primary_domain,
+        recheck_interval=1.0,
+    )
+
+
 def build_service(
     settings: Settings,
     *,
@@ -345,8 +400,9 @@ def build_service(
     Args:
         settings: validated settings (:func:`txmail.config.load_config`).
         reactor: the reactor to use; the global one by default.
-        directory: a user directory; default a :class:`FileDirectory` in the
-            data directory.
+        directory: a user directory; default the one ``[directory] backend``
+            names (:func:`make_directory`: a :class:`FileDirectory` in the
+            data directory unless configured otherwise).
         stores: a mailbox store provider; default the one ``[store]
             backend`` names (:func:`make_store_provider`: Maildir under
             ``<data_dir>/mail`` unless configured otherwise).
@@ -371,7 +427,10 @@ def build_service(
             asking the settings' resolvers, else the system's.
 
     Raises:
-        ConfigError: a DKIM signing key cannot be loaded.
+        ConfigError: a DKIM signing key cannot be loaded, or PostgreSQL is
+            configured without psycopg installed.
+        SchemaTooOld: the PostgreSQL schema needs ``txmail db upgrade``.
+        DatabaseError: the PostgreSQL database cannot be reached.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -389,12 +448,7 @@ def build_service(
     server.run_blocking = run_blocking
 
     if directory is None:
-        directory = FileDirectory(
-            settings.path("users.json"),
-            local_domains=settings.domains,
-            primary_domain=settings.primary_domain,
-            recheck_interval=1.0,
-        )
+        directory = make_directory(settings, server, reactor=reactor)
     if stores is None:
         stores = make_store_provider(settings, run_blocking=run_blocking)
     queue = SpoolQueue(settings.path("queue"), run_blocking=run_blocking)

@@ -121,7 +121,12 @@ class MailServerMaker:
         # This process is the mail server's own: tune its garbage collector
         # (an application embedding build_service keeps its own settings).
         tune_gc(options.settings.gc_threshold)
-        return build_service(options.settings)
+        from txmail.errors import DatabaseError
+
+        try:
+            return build_service(options.settings)
+        except DatabaseError as e:  # PostgreSQL unreachable, or its schema needs `txmail db upgrade`
+            raise SystemExit(f"txmail: {e}") from None
 
 
 serviceMaker = MailServerMaker()
