@@ -15,6 +15,9 @@ The file format (every key optional)::
     plaintext_auth = "loopback"          # never | loopback | always
     threads = 8                          # blocking-work thread pool size
     gc_threshold = [100000, 50, 100]     # twistd mailserver's gc.set_threshold; [] leaves Python's
+    proxy_protocol = ["tcp:25"]          # listeners behind a load balancer: a PROXY header (v1/v2) first
+    proxy_trusted = ["10.0.0.0/8"]       # who may send it (default loopback); others are closed
+    proxy_timeout = 10                   # seconds to send the complete header
 
     [store]
     backend = "maildir"                  # maildir (under data_dir/mail) | memory (lost at exit)
@@ -97,6 +100,7 @@ running services.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -112,6 +116,7 @@ from txmail.quota import parse_size
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "DEFAULT_PROXY_TRUSTED",
     "PLAINTEXT_POLICIES",
     "STORE_BACKENDS",
     "TLS_POLICIES",
@@ -123,6 +128,8 @@ __all__ = [
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 #: The mail store backends ``[store] backend`` may name.
 STORE_BACKENDS = ("maildir", "memory")
+#: The balancers ``[server] proxy_trusted`` names by default: this machine.
+DEFAULT_PROXY_TRUSTED = ("127.0.0.0/8", "::1/128")
 #: Backends reserved for a later release: named, but refused with a clear error.
 RESERVED_STORE_BACKENDS = ("postgresql",)
 TLS_POLICIES = ("none", "opportunistic", "verify")
@@ -142,6 +149,9 @@ class Settings:
     plaintext_auth: str = "loopback"
     threads: int = 8
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
+    proxy_protocol: tuple[str, ...] = ()
+    proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    proxy_timeout: float = 10.0
     store_backend: str = "maildir"
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -225,6 +235,9 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "plaintext_auth"): "plaintext_auth",
     ("server", "threads"): "threads",
     ("server", "gc_threshold"): "gc_threshold",
+    ("server", "proxy_protocol"): "proxy_protocol",
+    ("server", "proxy_trusted"): "proxy_trusted",
+    ("server", "proxy_timeout"): "proxy_timeout",
     ("store", "backend"): "store_backend",
     ("tls", "cert"): "tls_cert",
     ("tls", "key"): "tls_key",
@@ -341,6 +354,17 @@ def _str_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _networks(name: str, value: Any) -> tuple[str, ...]:
+    """A list of IP networks (``"10.0.0.0/8"``, ``"2001:db8::/32"``, a bare address)."""
+    networks = _str_list(name, value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {network!r} is not a network such as 192.0.2.0/24") from None
+    return networks
+
+
 def _store_backend(value: Any) -> str:
     """A valid ``[store] backend``; a ConfigError naming the allowed values otherwise."""
     allowed = " or ".join(f'"{b}"' for b in STORE_BACKENDS)
@@ -380,6 +404,12 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = value if isinstance(value, RspamdSettings) else parse_rspamd_settings(value)
         elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap"):
             out[f.name] = _str_list(f.name, value)
+        elif f.name == "proxy_protocol":
+            out[f.name] = tuple(dict.fromkeys(_str_list(f.name, value)))
+        elif f.name == "proxy_trusted":
+            out[f.name] = _networks(f.name, value)
+        elif f.name == "proxy_timeout":
+            out[f.name] = _duration(f.name, value)
         elif f.name == "resolvers":
             out[f.name] = _str_list(f.name, value)
             for item in out[f.name]:
@@ -476,7 +506,13 @@ def _validate(values: dict[str, Any]) -> Settings:
         path = getattr(settings, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
-    for endpoint in settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap:
+    listeners = settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap
+    for endpoint in settings.proxy_protocol:
+        if endpoint not in listeners:
+            raise ConfigError(
+                f"proxy_protocol endpoint {endpoint!r} is not a listener; name it exactly as in a listen list"
+            )
+    for endpoint in listeners:
         if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
             raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
     return settings
