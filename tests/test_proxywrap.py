@@ -6,7 +6,9 @@ proxy_*`` settings.
 
 from __future__ import annotations
 
+import io
 import struct
+import sys
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -20,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests._certs import make_certificate
+from txmail import cli
 from txmail.config import Settings, load_config
 from txmail.errors import ConfigError
 from txmail.proxywrap import ProxyProtocolFactory, ProxyProtocolWrapper, ProxySettings, listen_proxied
@@ -386,3 +389,24 @@ class ProxyConfigTests(SynchronousTestCase):
             {"proxy_protocol": [25]},
         ):
             self.assertRaises(ConfigError, Settings.validated, **values)
+
+    def test_check_config_names_the_proxy_listeners(self) -> None:
+        """txmail check-config lists the PROXY listeners and who may send the header; nothing without them."""
+        data_dir = self.mktemp()
+        for extra, expected in (
+            (
+                'proxy_protocol = ["tcp:25"]\nproxy_trusted = ["10.0.0.0/8"]\n',
+                "  PROXY protocol: tcp:25 (from 10.0.0.0/8)\n",
+            ),
+            ("", None),
+        ):
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(f'[server]\ndata_dir = "{data_dir}"\n{extra}[smtp]\nlisten = ["tcp:25"]\n')
+            out = io.StringIO()
+            self.patch(sys, "stdout", out)
+            self.assertEqual(cli.main(["check-config", "--config", path]), 0)
+            if expected is None:
+                self.assertNotIn("PROXY", out.getvalue())
+            else:
+                self.assertIn(expected, out.getvalue())
