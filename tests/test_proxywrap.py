@@ -7,19 +7,23 @@ proxy_*`` settings.
 from __future__ import annotations
 
 import io
+import socket
+import ssl
 import struct
 import sys
 from typing import Any
 
+from twisted.internet import defer, reactor, tcp
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, formatEvent
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests._certs import make_certificate
 from txmail import cli
@@ -343,6 +347,108 @@ class ListenTests(SynchronousTestCase):
         f.trap(ConfigError)
         self.assertIn("cannot take the PROXY protocol", str(f.value))
         self.assertTrue(port.stopped)
+
+
+class Sender(Protocol):
+    """A client that sends *data* once connected and keeps what it receives."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.received = b""
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
+
+
+class Echo(Recorder):
+    """Answers each chunk with its peer's and its own address."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.transport.write(f"{peer.host}:{peer.port} -> {host.host}:{host.port}\n".encode())
+        self.transport.loseConnection()
+
+
+class EchoFactory(RecordingFactory):
+    def buildProtocol(self, addr: Any) -> Recorder | None:  # type: ignore[override]
+        protocol = Echo(addr)
+        protocol.factory = self
+        self.built.append(protocol)
+        return protocol
+
+
+class LoopbackTests(TestCase):
+    """Real connections on loopback: the wrapper hands the connection itself to the protocol."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def serve(self, description: str) -> Any:
+        self.inner = EchoFactory()
+        port = yield listen_proxied(
+            reactor, lambda r: serverFromString(r, description), self.inner, ProxySettings()
+        )
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_tcp_connection_spliced(self) -> Any:
+        """After the header the protocol's transport is the TCP connection itself, telling the header's addresses."""
+        port = yield self.serve("tcp:0:interface=127.0.0.1")
+        client = Sender(V1 + b"hello\r\n")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        yield client.closed
+        self.assertEqual(client.received, b"192.0.2.7:56324 -> 198.51.100.1:25\n")
+        [protocol] = self.inner.built
+        self.assertIs(type(protocol.transport), tcp.Server)
+        self.assertEqual(protocol.built_for, IPv4Address("TCP", "192.0.2.7", 56324))
+        self.assertEqual(protocol.data, b"hello\r\n")
+
+    @defer.inlineCallbacks
+    def test_unknown_header_spliced_with_real_addresses(self) -> Any:
+        """PROXY UNKNOWN: the connection is handed over with its own addresses."""
+        port = yield self.serve("tcp:0:interface=127.0.0.1")
+        client = Sender(b"PROXY UNKNOWN\r\nx")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        yield client.closed
+        self.assertTrue(client.received.startswith(b"127.0.0.1:"), client.received)
+        self.assertTrue(client.received.endswith(f" -> 127.0.0.1:{port}\n".encode()), client.received)
+
+    @defer.inlineCallbacks
+    def test_tls_after_the_header(self) -> Any:
+        """ssl: endpoint: the header in the clear, then a TLS session whose transport tells the header's addresses."""
+        ca, cert, key = make_certificate(self.mktemp())
+        port = yield self.serve(f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+
+        def run() -> bytes:
+            context = ssl.create_default_context(cafile=ca)
+            context.check_hostname = False
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.sendall(V2_INET)
+                with context.wrap_socket(raw) as tls:
+                    tls.sendall(b"hello\r\n")
+                    data = b""
+                    while not data.endswith(b"\n"):
+                        chunk = tls.recv(1024)
+                        if not chunk:
+                            break
+                        data += chunk
+                    return data
+
+        received = yield deferToThread(run)
+        self.assertEqual(received, b"192.0.2.7:56324 -> 198.51.100.1:25\n")
+        [protocol] = self.inner.built
+        self.assertIsInstance(protocol.transport, TLSMemoryBIOProtocol)
+        self.assertIs(type(protocol.transport.transport), tcp.Server)
+        self.assertEqual(protocol.data, b"hello\r\n")
 
 
 class ProxyConfigTests(SynchronousTestCase):

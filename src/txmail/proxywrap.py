@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Protocol, connectionDone
@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: The transports a wrapper hands over to the protocol once the header is read (see ``_splice``).
+_SPLICEABLE = (tcp.Server, unix.Server)
 
 
 @dataclass(frozen=True)
@@ -189,10 +191,40 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         if protocol is None:
             self._refuse()
             return
+        transport = self.transport
+        if self._splice(protocol):
+            protocol.makeConnection(transport)
+            if rest and not transport.disconnecting:
+                protocol.dataReceived(rest)
+            return
         self.wrappedProtocol = protocol
         protocol.makeConnection(self)
-        if rest:
+        if rest and not self.disconnecting and not getattr(transport, "disconnecting", False):
             protocol.dataReceived(rest)
+
+    def _splice(self, protocol: Any) -> bool:
+        """
+        Step out of the way of a plain TCP or UNIX connection of Twisted's
+        reactors: *protocol* becomes the connection's protocol, and the
+        header's addresses its ``getPeer``/``getHost`` (instance
+        attributes, as ``startTLS`` sets ``getHandle``).  The protocol then
+        has the real transport, with its fast paths
+        (:meth:`txmail._protocol.SessionProtocol._write_out`), and no call
+        goes through the wrapper.  Other transports (TLS already started,
+        other reactors, tests' ``StringTransport``) keep the wrapper.
+        """
+        transport = self.transport
+        if type(transport) not in _SPLICEABLE or transport.TLS or transport.protocol is not self:
+            return False
+        if self._source is not None and self._destination is not None:
+            source, destination = self._source, self._destination
+            transport.getPeer = lambda: source
+            transport.getHost = lambda: destination
+        self.factory.unregisterProtocol(self)
+        transport.protocol = protocol
+        self.transport = None
+        self.connected = 0
+        return True
 
     def _timed_out(self) -> None:
         self._timer = None
