@@ -20,6 +20,12 @@ authentication failure delays and the logs all read them there.
 * With implicit TLS (``ssl:`` endpoints) the header comes before the TLS
   handshake: the TLS layer is put above the PROXY reader, not below it
   (:func:`listen_proxied`).
+* Once the header is read, a plain TCP or UNIX connection of Twisted's
+  reactors is handed to the mail protocol (or to the TLS layer) itself,
+  the header's addresses set as its ``getPeer``/``getHost``: nothing more
+  passes through the wrapper, and the direct writes of
+  :class:`txmail._protocol.SessionProtocol` work as without a balancer.
+  Other transports keep the wrapper between them and the protocol.
 
 Twisted's own ``twisted.protocols.haproxy`` (``proxyEndpoint``) does not fit:
 it connects the wrapped protocol before the header is read (a greeting's
@@ -118,8 +124,9 @@ def _describe(address: IAddress) -> str:
 class ProxyProtocolWrapper(ProtocolWrapper):
     """
     One connection of a PROXY listener: reads the header, then builds the
-    wrapped factory's protocol and relays between it and the transport
-    (it is the protocol's transport).  Before the header is read,
+    wrapped factory's protocol and hands it the connection (see
+    ``_splice``), or else relays between it and the transport (it is then
+    the protocol's transport).  Before the header is read,
     ``wrappedProtocol`` is ``None``.
     """
 
