@@ -119,6 +119,10 @@ class ListenerService(service.Service):
 
     Binding errors are raised from ``startService``/``privilegedStartService``
     so that twistd refuses to start rather than running half-deaf.
+
+    With *proxy* (``[server] proxy_protocol``), each connection starts with
+    a PROXY protocol header from a trusted load balancer
+    (:func:`txmail.proxywrap.listen_proxied`).
     """
 
     log = Logger()

@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 
 from tests._certs import make_certificate
 from tests.e2e._server import maildir_files
-from txmail.config import load_config
+from txmail.config import Settings
 from txmail.resolver import StaticResolver
 from txmail.service import MailServer, build_service
 
@@ -140,13 +140,14 @@ class ProxyTestCase(TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def start(self, config: str = "", **overrides: Any) -> Any:
-        """The service in a temporary directory, its policies asking a StaticResolver; alice exists."""
+    def start(self, **overrides: Any) -> Any:
+        """
+        The service in a temporary directory, on loopback port 0 only (an
+        empty list is no listener: ``Settings.validated``), its policies
+        asking a StaticResolver; alice exists.
+        """
         ca, cert, key = make_certificate(os.path.abspath(self.mktemp()))
         self.ca = ca
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(config)
         values: dict[str, Any] = {
             "data_dir": os.path.abspath(self.mktemp()),
             "hostname": "mx.example.test",
@@ -160,9 +161,14 @@ class ProxyTestCase(TestCase):
         }
         values.update(overrides)
         self.dns = StaticResolver({("66.2.0.192.bl.test", "A"): ["127.0.0.2"]})
-        server: MailServer = build_service(load_config(path, values), reactor=reactor, dns=self.dns)
+        settings = Settings.validated(**values)
+        for description in (
+            settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap
+        ):
+            self.assertIn(description, (LOOPBACK, TLS_LOOPBACK))  # never a fixed port
+        server: MailServer = build_service(settings, reactor=reactor, dns=self.dns)
+        self.addCleanup(server.stopService)  # also when a listener fails to start: the thread pool runs
         server.startService()
-        self.addCleanup(server.stopService)
         yield server.when_listening()
         server.directory.add_user(USER, PASSWORD)
         self.server = server
@@ -188,7 +194,7 @@ def log_text(events: list[dict[str, Any]]) -> str:
 class SMTPTests(ProxyTestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        yield self.start("[policy]\ndnsbl = ['bl.test']\n", proxy_protocol=[LOOPBACK])
+        yield self.start(policy={"policy": {"dnsbl": ["bl.test"]}}, proxy_protocol=[LOOPBACK])
 
     @defer.inlineCallbacks
     def test_received_names_the_claimed_client(self) -> Any:
