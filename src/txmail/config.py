@@ -128,12 +128,12 @@ __all__ = [
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 #: The mail store backends ``[store] backend`` may name.
 STORE_BACKENDS = ("maildir", "memory")
-#: The balancers ``[server] proxy_trusted`` names by default: this machine.
-DEFAULT_PROXY_TRUSTED = ("127.0.0.0/8", "::1/128")
 #: Backends reserved for a later release: named, but refused with a clear error.
 RESERVED_STORE_BACKENDS = ("postgresql",)
 TLS_POLICIES = ("none", "opportunistic", "verify")
 DEFAULT_DATA_DIR = "./txmail-data"
+#: The balancers ``[server] proxy_trusted`` names by default: this machine.
+DEFAULT_PROXY_TRUSTED = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,6 @@ class Settings:
     plaintext_auth: str = "loopback"
     threads: int = 8
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
-    proxy_protocol: tuple[str, ...] = ()
-    proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
-    proxy_timeout: float = 10.0
     store_backend: str = "maildir"
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -172,6 +169,9 @@ class Settings:
     imap_comment: str | None = None
     imap_metadata_max_size: int = 16384
     imap_metadata_max_entries: int = 256
+    proxy_protocol: tuple[str, ...] = ()
+    proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    proxy_timeout: float = 10.0
     outbound_enabled: bool = True
     resolvers: tuple[str, ...] = ()
     relay_port: int = 25
@@ -235,9 +235,6 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "plaintext_auth"): "plaintext_auth",
     ("server", "threads"): "threads",
     ("server", "gc_threshold"): "gc_threshold",
-    ("server", "proxy_protocol"): "proxy_protocol",
-    ("server", "proxy_trusted"): "proxy_trusted",
-    ("server", "proxy_timeout"): "proxy_timeout",
     ("store", "backend"): "store_backend",
     ("tls", "cert"): "tls_cert",
     ("tls", "key"): "tls_key",
@@ -258,6 +255,9 @@ _KEYS: dict[tuple[str, str], str] = {
     ("imap", "comment"): "imap_comment",
     ("imap", "metadata_max_size"): "imap_metadata_max_size",
     ("imap", "metadata_max_entries"): "imap_metadata_max_entries",
+    ("server", "proxy_protocol"): "proxy_protocol",
+    ("server", "proxy_trusted"): "proxy_trusted",
+    ("server", "proxy_timeout"): "proxy_timeout",
     ("outbound", "enabled"): "outbound_enabled",
     ("outbound", "resolvers"): "resolvers",
     ("outbound", "relay_port"): "relay_port",
@@ -506,16 +506,21 @@ def _validate(values: dict[str, Any]) -> Settings:
         path = getattr(settings, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
+    _check_proxy_listeners(settings)
+    for endpoint in settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap:
+        if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
+            raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
+    return settings
+
+
+def _check_proxy_listeners(settings: Settings) -> None:
+    """Every ``proxy_protocol`` endpoint is a listener's (a typo would leave a listener without it)."""
     listeners = settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap
     for endpoint in settings.proxy_protocol:
         if endpoint not in listeners:
             raise ConfigError(
                 f"proxy_protocol endpoint {endpoint!r} is not a listener; name it exactly as in a listen list"
             )
-    for endpoint in listeners:
-        if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
-            raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
-    return settings
 
 
 def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> Settings:
