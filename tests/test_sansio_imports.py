@@ -87,6 +87,7 @@ SANS_IO_MODULES = (
     "txmail/milter/protocol.py",
     "txmail/milter/edits.py",
     "txmail/milter/settings.py",
+    "txmail/proxyproto.py",
 )
 
 

@@ -298,6 +298,9 @@ def _check_config(args: argparse.Namespace) -> None:
     _out(f"  TLS:            {'certificate ' + settings.tls_cert if settings.tls_cert else 'disabled'}")
     _out(f"  smtp:           {', '.join(settings.smtp) or '-'}")
     _out(f"  submission:     {', '.join(settings.submission) or '-'}")
+    if settings.proxy_protocol:
+        senders = ", ".join(settings.proxy_trusted) or "UNIX sockets only"
+        _out(f"  PROXY protocol: {', '.join(settings.proxy_protocol)} (from {senders})")
     if policy.enabled:
         checks = [n for n in ("iprev", "spf", "dkim", "arc", "dmarc") if getattr(policy, n)]
         if policy.dnsbl or policy.dnswl or policy.domain_blocklists:

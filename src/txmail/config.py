@@ -15,6 +15,9 @@ The file format (every key optional)::
     plaintext_auth = "loopback"          # never | loopback | always
     threads = 8                          # blocking-work thread pool size
     gc_threshold = [100000, 50, 100]     # twistd mailserver's gc.set_threshold; [] leaves Python's
+    proxy_protocol = ["tcp:25"]          # listeners behind a load balancer: a PROXY header (v1/v2) first
+    proxy_trusted = ["10.0.0.0/8"]       # who may send it (default loopback); others are closed
+    proxy_timeout = 10                   # seconds to send the complete header
 
     [store]
     backend = "maildir"                  # maildir (under data_dir/mail) | memory (lost at exit)
@@ -105,6 +108,7 @@ running services.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -120,6 +124,7 @@ from txmail.quota import parse_size
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "DEFAULT_PROXY_TRUSTED",
     "DIRECTORY_BACKENDS",
     "PLAINTEXT_POLICIES",
     "STORE_BACKENDS",
@@ -138,6 +143,8 @@ RESERVED_STORE_BACKENDS = ("postgresql",)
 DIRECTORY_BACKENDS = ("file", "postgresql")
 TLS_POLICIES = ("none", "opportunistic", "verify")
 DEFAULT_DATA_DIR = "./txmail-data"
+#: The balancers ``[server] proxy_trusted`` names by default: this machine.
+DEFAULT_PROXY_TRUSTED = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,9 @@ class Settings:
     imap_comment: str | None = None
     imap_metadata_max_size: int = 16384
     imap_metadata_max_entries: int = 256
+    proxy_protocol: tuple[str, ...] = ()
+    proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    proxy_timeout: float = 10.0
     outbound_enabled: bool = True
     resolvers: tuple[str, ...] = ()
     relay_port: int = 25
@@ -264,6 +274,9 @@ _KEYS: dict[tuple[str, str], str] = {
     ("imap", "comment"): "imap_comment",
     ("imap", "metadata_max_size"): "imap_metadata_max_size",
     ("imap", "metadata_max_entries"): "imap_metadata_max_entries",
+    ("server", "proxy_protocol"): "proxy_protocol",
+    ("server", "proxy_trusted"): "proxy_trusted",
+    ("server", "proxy_timeout"): "proxy_timeout",
     ("outbound", "enabled"): "outbound_enabled",
     ("outbound", "resolvers"): "resolvers",
     ("outbound", "relay_port"): "relay_port",
@@ -360,6 +373,17 @@ def _str_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _networks(name: str, value: Any) -> tuple[str, ...]:
+    """A list of IP networks (``"10.0.0.0/8"``, ``"2001:db8::/32"``, a bare address)."""
+    networks = _str_list(name, value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {network!r} is not a network such as 192.0.2.0/24") from None
+    return networks
+
+
 def _store_backend(value: Any) -> str:
     """A valid ``[store] backend``; a ConfigError naming the allowed values otherwise."""
     allowed = " or ".join(f'"{b}"' for b in STORE_BACKENDS)
@@ -399,6 +423,12 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = value if isinstance(value, RspamdSettings) else parse_rspamd_settings(value)
         elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap"):
             out[f.name] = _str_list(f.name, value)
+        elif f.name == "proxy_protocol":
+            out[f.name] = tuple(dict.fromkeys(_str_list(f.name, value)))
+        elif f.name == "proxy_trusted":
+            out[f.name] = _networks(f.name, value)
+        elif f.name == "proxy_timeout":
+            out[f.name] = _duration(f.name, value)
         elif f.name == "resolvers":
             out[f.name] = _str_list(f.name, value)
             for item in out[f.name]:
@@ -518,10 +548,21 @@ def _validate(values: dict[str, Any]) -> Settings:
         path = getattr(settings, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
+    _check_proxy_listeners(settings)
     for endpoint in settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap:
         if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
             raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
     return settings
+
+
+def _check_proxy_listeners(settings: Settings) -> None:
+    """Every ``proxy_protocol`` endpoint is a listener's (a typo would leave a listener without it)."""
+    listeners = settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap
+    for endpoint in settings.proxy_protocol:
+        if endpoint not in listeners:
+            raise ConfigError(
+                f"proxy_protocol endpoint {endpoint!r} is not a listener; name it exactly as in a listen list"
+            )
 
 
 def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> Settings:

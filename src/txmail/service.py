@@ -54,6 +54,7 @@ from txmail.milter.client import build_milter_policies
 from txmail.policy.authentication import MessageSigner
 from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
 from txmail.pop3.server import MaildropLocks, POP3Factory
+from txmail.proxywrap import ProxySettings, listen_proxied
 from txmail.quota import Quotas
 from txmail.resolver import Resolver
 from txmail.smtp.server import SMTPFactory, SMTPLimits
@@ -121,15 +122,28 @@ class ListenerService(service.Service):
 
     Binding errors are raised from ``startService``/``privilegedStartService``
     so that twistd refuses to start rather than running half-deaf.
+
+    With *proxy* (``[server] proxy_protocol``), each connection starts with
+    a PROXY protocol header from a trusted load balancer
+    (:func:`txmail.proxywrap.listen_proxied`).
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory, role: str) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: IProtocolFactory,
+        role: str,
+        proxy: ProxySettings | None = None,
+    ) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.role = role
+        #: Connections start with a PROXY header (``[server] proxy_protocol``), or ``None``.
+        self.proxy = proxy
         self.port: IListeningPort | None = None
         self._listening: defer.Deferred[IListeningPort] | None = None
 
@@ -144,15 +158,24 @@ class ListenerService(service.Service):
     def _listen(self) -> None:
         if self._listening is not None:
             return
-        endpoint = serverFromString(self.reactor, self.description)
-        d = endpoint.listen(self.factory)
+        if self.proxy is None:
+            d = serverFromString(self.reactor, self.description).listen(self.factory)
+        else:
+            d = listen_proxied(
+                self.reactor, lambda r: serverFromString(r, self.description), self.factory, self.proxy
+            )
         failures: list[Any] = []
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             host = port.getHost()
             where = getattr(host, "name", None) if not hasattr(host, "port") else f"{host.host}:{host.port}"
-            self.log.info("{role} listening on {where}", role=self.role, where=where)
+            self.log.info(
+                "{role} listening on {where}{proxy}",
+                role=self.role,
+                where=where,
+                proxy=" (PROXY protocol)" if self.proxy is not None else "",
+            )
             return port
 
         d.addCallback(listening)
@@ -529,6 +552,12 @@ def build_service(
     )
     PolicyService([*server.policies, *copy_listeners]).setServiceParent(server)
 
+    proxy = ProxySettings.from_strings(settings.proxy_trusted, settings.proxy_timeout)
+
+    def proxied(description: str) -> ProxySettings | None:
+        """The PROXY settings of the listener on *description*, if it is one (``[server] proxy_protocol``)."""
+        return proxy if description in settings.proxy_protocol else None
+
     limits = SMTPLimits(
         max_message_size=settings.max_message_size,
         max_recipients=settings.max_recipients,
@@ -561,7 +590,11 @@ def build_service(
                 trusted_networks=policy.trusted_networks,
             )
             listener = ListenerService(
-                reactor, with_certificate(description, settings.tls_cert, settings.tls_key), factory, role
+                reactor,
+                with_certificate(description, settings.tls_cert, settings.tls_key),
+                factory,
+                role,
+                proxy=proxied(description),
             )
             listener.setServiceParent(server)
             server.listeners.append(listener)
@@ -580,7 +613,11 @@ def build_service(
             clock=reactor,
         )
         listener = ListenerService(
-            reactor, with_certificate(description, settings.tls_cert, settings.tls_key), pop3_factory, "pop3"
+            reactor,
+            with_certificate(description, settings.tls_cert, settings.tls_key),
+            pop3_factory,
+            "pop3",
+            proxy=proxied(description),
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)
@@ -607,7 +644,11 @@ def build_service(
             hostname=settings.hostname,
         )
         listener = ListenerService(
-            reactor, with_certificate(description, settings.tls_cert, settings.tls_key), imap_factory, "imap"
+            reactor,
+            with_certificate(description, settings.tls_cert, settings.tls_key),
+            imap_factory,
+            "imap",
+            proxy=proxied(description),
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)
