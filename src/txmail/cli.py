@@ -37,7 +37,8 @@ first delivery.
 
 The queue commands work on ``<data-dir>/queue`` (with ``[queue] backend =
 "postgresql"``, on the ``[postgresql] dsn`` database's queue, which every
-node shares) and may run beside the server: ``flush`` makes every deferred recipient due now by rewriting the
+node shares) and may run beside the server: ``flush`` makes every deferred
+recipient due now by rewriting the
 entries' files; a running server sees that at its next queue pass (at most
 ``[outbound] poll_interval`` seconds, 30 by default) and tries them then.
 ``delete`` removes an entry for good (no bounce is sent); an attempt already
@@ -305,16 +306,12 @@ def _check_config(args: argparse.Namespace) -> None:
             checks.append("dns lists")
         if policy.defaults.greylisting or any(d.greylisting for _, d in policy.domains):
             checks.append("greylisting")
-        _out(
-            f"  inbound checks: {', '.join(checks) or '-'} (trusted: {', '.join(policy.trusted_networks) or '-'})"
-        )
+        _out(f"  inbound checks: {', '.join(checks) or '-'} (trusted: {', '.join(policy.trusted_networks) or '-'})")
     else:
         _out("  inbound checks: off")
     _out(f"  dkim signing:   {', '.join(f'{k.selector}._domainkey.{k.domain}' for k in keys) or '-'}")
     if forwarding is not None:
-        parts = (["srs"] if forwarding.srs is not None else []) + (
-            ["arc seal"] if forwarding.seal_key else []
-        )
+        parts = (["srs"] if forwarding.srs is not None else []) + (["arc seal"] if forwarding.seal_key else [])
         _out(f"  forwarding:     {', '.join(parts)}")
 
 
