@@ -220,12 +220,14 @@ class QueueRunner(service.Service):
         self._wakeup: Any = None
         self._pass: defer.Deferred[None] | None = None
         self._again = False
+        self._stopping = False
         queue.add_listener(self._new_entry)
 
     # -- service ------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         loop = self._loop = task.LoopingCall(self.run_pass)
         loop.clock = self.clock
         loop.start(self.poll_interval, now=False).addErrback(
@@ -235,6 +237,7 @@ class QueueRunner(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self._stopping = True  # the pass in flight ends after its batch
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
@@ -304,7 +307,7 @@ class QueueRunner(service.Service):
                 claimed.extend(entry.queue_id for entry in entries)
                 work = [self._limit.run(self._work_entry, entry) for entry in entries]
                 await defer.DeferredList(work, consumeErrors=False)
-                if self.claim_batch is None or not self.running:
+                if self.claim_batch is None or self._stopping:
                     break
         finally:
             for queue_id in claimed:
