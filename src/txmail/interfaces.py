@@ -968,11 +968,25 @@ class IQueue(Interface):
 
     def release_claim(queue_id):  # type: ignore[no-untyped-def]
         """
-        Give up the claim on an entry (the runner is done with it for this
-        pass).  An entry deleted meanwhile is no error.
+        Give up this queue object's claim on an entry (the runner is done
+        with it for this pass).  A claim another claimer took since the
+        lease ran out is left alone; an entry deleted meanwhile is no
+        error.
 
         Returns:
             ``Deferred[None]``.
+        """
+
+    def renew_claims(queue_ids, lease_seconds):  # type: ignore[no-untyped-def]
+        """
+        Extend the claims this queue object holds on *queue_ids* to
+        *lease_seconds* from now (a runner still working them keeps them,
+        however long a delivery takes).  Entries deleted meanwhile, not
+        claimed, or claimed by another claimer since the lease ran out are
+        left alone.
+
+        Returns:
+            ``Deferred[list[str]]``: the ids whose claim was extended.
         """
 
     def open_source(queue_id):  # type: ignore[no-untyped-def]

@@ -309,6 +309,33 @@ class ClaimTests(RunnerTestCase):
         self.assertEqual(self.entries(), [])
 
 
+class SlowClaimTests(RunnerTestCase):
+    """A delivery that takes longer than the lease: the runner keeps its claims alive meanwhile."""
+
+    def test_claims_renewed_during_a_slow_delivery(self) -> None:
+        """While a transaction hangs past the lease, nobody else can claim its entry; afterwards it is done."""
+        pending: list[defer.Deferred[TransactionResult]] = []
+
+        def slow(host: str, port: int, **kwargs: Any) -> defer.Deferred[TransactionResult]:
+            d: defer.Deferred[TransactionResult] = defer.Deferred()
+            pending.append(d)
+            return d
+
+        self.smtp = slow  # type: ignore[assignment]
+        self.enqueue(["a@remote.test"])
+        runner = self.runner(lease=60)
+        d = runner.run_pass()
+        self.assertEqual(len(pending), 1)
+        for _ in range(10):  # ten minutes, ten leases
+            self.clock.advance(60)
+            self.assertEqual(self.successResultOf(self.queue.claim(None, 60)), [])
+        pending[0].callback(transaction({"a@remote.test": ok()}))
+        self.successResultOf(d)
+        self.assertEqual(self.entries(), [])
+        # The renewals stopped with the pass.
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class HoldTests(RunnerTestCase):
     def test_held_entry_waits_until_released(self) -> None:
         """Held recipients are neither tried nor dropped nor bounced; once released they are delivered."""

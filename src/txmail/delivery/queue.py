@@ -188,6 +188,16 @@ class SpoolQueue:
         self._claims.pop(queue_id, None)
         return defer.succeed(None)
 
+    def renew_claims(self, queue_ids: Iterable[str], lease_seconds: float) -> defer.Deferred[list[str]]:
+        """See :meth:`txmail.interfaces.IQueue.renew_claims`."""
+        now = self._now()
+        renewed = []
+        for queue_id in queue_ids:
+            if queue_id in self._claims and queue_id in self._entries:
+                self._claims[queue_id] = now + lease_seconds
+                renewed.append(queue_id)
+        return defer.succeed(renewed)
+
     def open_source(self, queue_id: str) -> defer.Deferred[MessageSource]:
         """See :meth:`txmail.interfaces.IQueue.open_source` (the message file, which stores may link)."""
         entry = self._entries.get(queue_id)

@@ -17,7 +17,8 @@ One pass:
 1. The runner claims entries (:meth:`~txmail.interfaces.IQueue.claim`),
    ``claim_batch`` at a time (all at once by default), each for ``lease``
    seconds, until none is left unclaimed; it holds its claims until the
-   pass ends, then releases them.  Runners of other nodes sharing the queue
+   pass ends (renewing them every third of a lease meanwhile), then
+   releases them.  Runners of other nodes sharing the queue
    (PostgreSQL) are given other entries, so no entry is worked by two at
    once; the claims of a runner that died run out with their lease and
    another node's runner takes the entries.  (The file queue picks up
@@ -299,6 +300,12 @@ class QueueRunner(service.Service):
 
     async def _run_pass(self) -> None:
         claimed: list[str] = []
+        # Keep the claims alive while the pass runs, however long a delivery takes.
+        renewal = task.LoopingCall(self._renew, claimed)
+        renewal.clock = self.clock
+        renewal.start(self.lease / 3, now=False).addErrback(
+            lambda f: self.log.failure("renewing queue claims stopped", failure=f)
+        )
         try:
             while True:
                 entries = await self.queue.claim(self.claim_batch, self.lease)
@@ -310,11 +317,19 @@ class QueueRunner(service.Service):
                 if self.claim_batch is None or self._stopping:
                     break
         finally:
+            if renewal.running:
+                renewal.stop()
             for queue_id in claimed:
                 try:
                     await self.queue.release_claim(queue_id)
                 except Exception:
                     self.log.failure("releasing the claim on {queue_id} failed", queue_id=queue_id)
+
+    def _renew(self, claimed: list[str]) -> defer.Deferred[Any] | None:
+        if not claimed:
+            return None
+        d = self.queue.renew_claims(list(claimed), self.lease)
+        return d.addErrback(lambda f: self.log.failure("renewing queue claims failed", failure=f))
 
     async def _update(
         self, entry: QueueEntry, changes: dict[str, dict[str, Any]], *, durable: bool = True

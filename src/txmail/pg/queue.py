@@ -188,10 +188,22 @@ def _claim(conn: Any, node: str, limit: int | None, lease_seconds: float) -> lis
     return _entries(conn, rows)
 
 
-def _release_claim(conn: Any, queue_id: str) -> None:
+def _release_claim(conn: Any, node: str, queue_id: str) -> None:
+    # Only this node's claim: once its lease ran out another node may hold the entry.
     conn.execute(
-        "UPDATE queue_entries SET claimed_by = NULL, lease_until = NULL WHERE queue_id = %s", (queue_id,)
+        "UPDATE queue_entries SET claimed_by = NULL, lease_until = NULL WHERE queue_id = %s AND claimed_by = %s",
+        (queue_id, node),
     )
+
+
+def _renew(conn: Any, node: str, queue_ids: list[str], lease_seconds: float) -> list[str]:
+    rows = conn.execute(
+        f"UPDATE queue_entries SET lease_until = {_DB_NOW} + %s"
+        " WHERE queue_id = ANY(%s) AND claimed_by = %s AND lease_until IS NOT NULL"
+        " RETURNING queue_id",
+        (float(lease_seconds), queue_ids, node),
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 def _update(conn: Any, queue_id: str, changes: dict[str, dict[str, Any]]) -> None:
@@ -384,7 +396,11 @@ class PostgresQueue:
 
     def release_claim(self, queue_id: str) -> defer.Deferred[None]:
         """See :meth:`txmail.interfaces.IQueue.release_claim`."""
-        return self.database.run(_release_claim, queue_id)
+        return self.database.run(_release_claim, self.node, queue_id)
+
+    def renew_claims(self, queue_ids: Iterable[str], lease_seconds: float) -> defer.Deferred[list[str]]:
+        """See :meth:`txmail.interfaces.IQueue.renew_claims` (the claims of this object's node)."""
+        return self.database.run(_renew, self.node, list(queue_ids), lease_seconds)
 
     def flush(self) -> defer.Deferred[int]:
         """See :meth:`txmail.interfaces.IQueue.flush`."""

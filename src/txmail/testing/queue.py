@@ -177,6 +177,7 @@ class QueueConformanceMixin:
             queue.update_recipients("NOSUCHID", {}),
             queue.claim(None, 60),
             queue.release_claim("NOSUCHID"),
+            queue.renew_claims(["NOSUCHID"], 60),
             queue.open_source("NOSUCHID"),
             queue.flush(),
             queue.release(None),
@@ -562,10 +563,33 @@ class QueueConformanceMixin:
         self.assertIsNone((yield queue.release_claim(second)))
         other = yield defer.maybeDeferred(self.other_claimer, queue)
         self.assertEqual((yield self.claimed(other)), [second])
+        if other is not queue:
+            # Another claimer's claim is not this one's to release.
+            yield queue.release_claim(second)
+            self.assertEqual((yield self.claimed(queue)), [])
         yield other.release_claim(second)
-        yield queue.release_claim(second)
         yield queue.release_claim("NOSUCHID")
         self.assertEqual((yield self.claimed(queue)), [second])
+
+    @defer.inlineCallbacks
+    def test_renew_claims(self) -> Gen:
+        """Renewed claims outlast their first lease; only the claimer's own live claims are renewed."""
+        queue = yield self.queue()
+        first = yield self.enqueue(queued_message(1))
+        second = yield self.enqueue(queued_message(2))
+        deleted = yield self.enqueue(queued_message(3))
+        self.assertEqual((yield self.claimed(queue, lease=0)), [first, second, deleted])
+        yield queue.delete_entry(deleted)
+        other = yield defer.maybeDeferred(self.other_claimer, queue)
+        renewed = yield queue.renew_claims([first, deleted, "NOSUCHID"], 3600)
+        self.assertEqual(renewed, [first])
+        # The first is held again; the second's lease ran out.
+        self.assertEqual((yield self.claimed(other)), [second])
+        if other is not queue:
+            # The second is the other claimer's now: not renewed for the first one.
+            self.assertEqual((yield queue.renew_claims([second], 3600)), [])
+        yield queue.release_claim(first)
+        self.assertEqual((yield queue.renew_claims([first], 3600)), [])
 
     @defer.inlineCallbacks
     def test_expired_lease_claimable(self) -> Gen:
