@@ -67,10 +67,10 @@ One pass:
 
 Restart safety: all of the above lives in the entry's recipient states
 (written durably by :meth:`~txmail.interfaces.IQueue.update_recipients`
-after each transaction), so a new runner resumes from it.  The runner keeps
-its own copy of the states of the entries it works, updated with what it
-writes: it never relies on the queue changing an entry it returned.  A crash during a
-transaction leaves the recipients as they were: they are tried again, so a
+after each transaction), so a new runner resumes from it.  The runner
+keeps its own copy of the states of the entries it works, updated with
+what it writes: it never relies on the queue changing an entry it
+returned.  A crash during a transaction leaves the recipients as they were: they are tried again, so a
 message may be sent twice but is never lost.
 
 DSN parameters: ``NOTIFY``/``ORCPT`` of each recipient and ``RET``/
@@ -166,9 +166,10 @@ class QueueRunner(service.Service):
         claim_batch: entries claimed at a time (``None``: every unclaimed
             one at once); runners sharing a queue share its entries out in
             batches.
-        lease: seconds an entry stays claimed (longer than a batch takes to
-            work); a runner that dies leaves its entries to the others for
-            that long.
+        lease: seconds an entry stays claimed unless renewed (the runner
+            renews its claims every third of it while a pass runs); a
+            runner that dies leaves its entries to the others for that
+            long.
     """
 
     log = Logger()
