@@ -336,3 +336,42 @@ class PostgresConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             load_config(self.write('[store]\nbackend = "postgresql"\n[postgresql]\ndsn = "dbname=mail"\n'))
         self.assertIn("not available yet", str(cm.exception))
+
+
+class QueueConfigTests(SynchronousTestCase):
+    """[queue] backend and lease."""
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self) -> None:
+        """The file queue by default, with a lease of 15 minutes."""
+        settings = load_config(None)
+        self.assertEqual((settings.queue_backend, settings.queue_lease), ("file", 900.0))
+
+    def test_postgresql_queue(self) -> None:
+        """backend = "postgresql" with a DSN, and a lease as a duration."""
+        settings = load_config(
+            self.write('[queue]\nbackend = "postgresql"\nlease = "2m"\n[postgresql]\ndsn = "dbname=mail"\n')
+        )
+        self.assertEqual((settings.queue_backend, settings.queue_lease), ("postgresql", 120.0))
+        self.assertEqual(load_config(self.write("[queue]\nlease = 45\n")).queue_lease, 45.0)
+
+    def test_invalid(self) -> None:
+        """No DSN, an unknown backend, a lease that is no positive duration: clear errors."""
+        cases = {
+            '[queue]\nbackend = "postgresql"\n': (
+                '[queue] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
+            ),
+            '[queue]\nbackend = "redis"\n': '[queue] backend must be "file" or "postgresql", not \'redis\'',
+            "[queue]\nlease = 0\n": "[queue] lease must be positive",
+            '[queue]\nlease = "soon"\n': "[queue] lease",
+            "[queue]\nclaims = 3\n": "unknown key 'claims' in [queue]",
+        }
+        for text, message in cases.items():
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertIn(message, str(cm.exception), text)

@@ -35,8 +35,10 @@ creates the user's mail storage through the configured ``[store] backend``
 (:func:`txmail.service.make_store_provider`), as the server would on the
 first delivery.
 
-The queue commands work on ``<data-dir>/queue`` and may run beside the
-server: ``flush`` makes every deferred recipient due now by rewriting the
+The queue commands work on ``<data-dir>/queue`` (with ``[queue] backend =
+"postgresql"``, on the ``[postgresql] dsn`` database's queue, which every
+node shares) and may run beside the server: ``flush`` makes every deferred
+recipient due now by rewriting the
 entries' files; a running server sees that at its next queue pass (at most
 ``[outbound] poll_interval`` seconds, 30 by default) and tries them then.
 ``delete`` removes an entry for good (no bounce is sent); an attempt already
@@ -338,9 +340,16 @@ def _check_policy(settings: Any) -> tuple[list[Any], Any]:
 
 
 def _queue(args: argparse.Namespace) -> Any:
+    """The configured queue (``[queue] backend``); its Deferreds have fired when returned."""
     from txmail.delivery.queue import SpoolQueue
 
     settings = _settings(args)
+    if settings.queue_backend == "postgresql":
+        from txmail.pg.queue import PostgresQueue
+
+        pg_queue = PostgresQueue(_database(settings))
+        pg_queue.check_schema()
+        return pg_queue
     path = os.path.join(settings.data_dir, "queue")
     if not os.path.isdir(path):
         raise CLIError(f"no queue at {path}")

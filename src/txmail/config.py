@@ -25,6 +25,10 @@ The file format (every key optional)::
     [directory]
     backend = "file"                     # file (data_dir/users.json) | postgresql ([postgresql] dsn)
 
+    [queue]
+    backend = "file"                     # file (data_dir/queue) | postgresql ([postgresql] dsn; shared by nodes)
+    lease = "15m"                        # how long a queue runner's claim on an entry lasts (postgresql)
+
     [postgresql]                         # the database of the PostgreSQL backends (txmail[postgresql])
     dsn = "host=/run/postgresql dbname=txmail"  # libpq connection string; required by them
     min_connections = 1                  # connections the pool keeps open
@@ -141,6 +145,8 @@ STORE_BACKENDS = ("maildir", "memory")
 RESERVED_STORE_BACKENDS = ("postgresql",)
 #: The user directory backends ``[directory] backend`` may name.
 DIRECTORY_BACKENDS = ("file", "postgresql")
+#: The outbound queue backends ``[queue] backend`` may name.
+QUEUE_BACKENDS = ("file", "postgresql")
 TLS_POLICIES = ("none", "opportunistic", "verify")
 DEFAULT_DATA_DIR = "./txmail-data"
 #: The balancers ``[server] proxy_trusted`` names by default: this machine.
@@ -162,6 +168,8 @@ class Settings:
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
     store_backend: str = "maildir"
     directory_backend: str = "file"
+    queue_backend: str = "file"
+    queue_lease: float = 900.0
     postgresql_dsn: str = field(default="", repr=False)
     postgresql_min_connections: int = 1
     postgresql_max_connections: int = 10
@@ -252,6 +260,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "gc_threshold"): "gc_threshold",
     ("store", "backend"): "store_backend",
     ("directory", "backend"): "directory_backend",
+    ("queue", "backend"): "queue_backend",
+    ("queue", "lease"): "queue_lease",
     ("postgresql", "dsn"): "postgresql_dsn",
     ("postgresql", "min_connections"): "postgresql_min_connections",
     ("postgresql", "max_connections"): "postgresql_max_connections",
@@ -445,6 +455,15 @@ def _validate(values: dict[str, Any]) -> Settings:
                 allowed = " or ".join(f'"{b}"' for b in DIRECTORY_BACKENDS)
                 raise ConfigError(f"[directory] backend must be {allowed}, not {value!r}")
             out[f.name] = value
+        elif f.name == "queue_backend":
+            if value not in QUEUE_BACKENDS:
+                allowed = " or ".join(f'"{b}"' for b in QUEUE_BACKENDS)
+                raise ConfigError(f"[queue] backend must be {allowed}, not {value!r}")
+            out[f.name] = value
+        elif f.name == "queue_lease":
+            out[f.name] = _duration("[queue] lease", value)
+            if out[f.name] <= 0:
+                raise ConfigError("[queue] lease must be longer than 0 seconds")
         elif f.name == "postgresql_dsn":
             if not isinstance(value, str):
                 raise ConfigError("[postgresql] dsn must be a string (a libpq connection string)")
@@ -537,6 +556,10 @@ def _validate(values: dict[str, Any]) -> Settings:
     if settings.directory_backend == "postgresql" and not settings.postgresql_dsn.strip():
         raise ConfigError(
             '[directory] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
+        )
+    if settings.queue_backend == "postgresql" and not settings.postgresql_dsn.strip():
+        raise ConfigError(
+            '[queue] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
         )
     if settings.postgresql_min_connections > settings.postgresql_max_connections:
         raise ConfigError("[postgresql] min_connections must not exceed max_connections")

@@ -940,6 +940,88 @@ class IQueue(Interface):
             QueueError: no entry has that id.
         """
 
+    def add_listener(listener):  # type: ignore[no-untyped-def]
+        """
+        Call ``listener(queue_id)`` in the reactor thread after each entry
+        this queue object made (:meth:`enqueue`) or released
+        (:meth:`release`) is durable, so that a queue runner tries new mail
+        at once rather than at its next poll.  Entries made by other
+        processes or nodes are found by polling (:meth:`claim`).
+        """
+
+    def claim(limit, lease_seconds):  # type: ignore[no-untyped-def]
+        """
+        Take entries to work on: up to *limit* (every one when ``None``)
+        of the entries that nobody holds a claim on, oldest first, each
+        claimed until *lease_seconds* from now, :meth:`release_claim` or
+        :meth:`delete_entry`.  A claimed entry is given to no other
+        :meth:`claim` (of this queue object, another one, or another node
+        sharing the storage) until then; once its lease has run out (its
+        runner died, or took too long) it is claimable again.  This is what
+        keeps two queue runners from delivering one message twice.  The
+        entries include those with nothing due; the runner decides what is
+        due.
+
+        Returns:
+            ``Deferred[list[QueueEntry]]``.
+        """
+
+    def release_claim(queue_id):  # type: ignore[no-untyped-def]
+        """
+        Give up this queue object's claim on an entry (the runner is done
+        with it for this pass).  A claim another claimer took since the
+        lease ran out is left alone; an entry deleted meanwhile is no
+        error.
+
+        Returns:
+            ``Deferred[None]``.
+        """
+
+    def renew_claims(queue_ids, lease_seconds):  # type: ignore[no-untyped-def]
+        """
+        Extend the claims this queue object holds on *queue_ids* to
+        *lease_seconds* from now (a runner still working them keeps them,
+        however long a delivery takes).  Entries deleted meanwhile, not
+        claimed, or claimed by another claimer since the lease ran out are
+        left alone.
+
+        Returns:
+            ``Deferred[list[str]]``: the ids whose claim was extended.
+        """
+
+    def open_source(queue_id):  # type: ignore[no-untyped-def]
+        """
+        The queued message as a :class:`txmail.model.MessageSource` (to hand
+        back to the delivery router: a local copy retried), its bytes
+        exactly as enqueued; its ``open()`` may block, as any source's.
+
+        Returns:
+            ``Deferred[MessageSource]``.
+
+        Raises:
+            QueueError: no entry has that id.
+        """
+
+    def flush():  # type: ignore[no-untyped-def]
+        """
+        Make every deferred recipient due now (``txmail queue flush``).
+
+        Returns:
+            ``Deferred[int]``: the number of recipients changed.
+        """
+
+    def release(queue_id=None):  # type: ignore[no-untyped-def]
+        """
+        Make the held recipients of *queue_id*, or of every entry when it
+        is ``None``, ``pending`` (``txmail queue release``).
+
+        Returns:
+            ``Deferred[int]``: the number of recipients released.
+
+        Raises:
+            QueueError: no entry has that id.
+        """
+
 
 class ISpool(Interface):
     """

@@ -49,7 +49,7 @@ from txmail.directory import FileDirectory
 from txmail.errors import ConfigError
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
-from txmail.interfaces import IDirectory, IMailStoreProvider
+from txmail.interfaces import IDirectory, IMailStoreProvider, IQueue
 from txmail.milter.client import build_milter_policies
 from txmail.policy.authentication import MessageSigner
 from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
@@ -67,6 +67,7 @@ __all__ = [
     "ThreadPoolService",
     "build_service",
     "make_directory",
+    "make_queue",
     "make_store_provider",
     "postgresql_service",
     "tune_gc",
@@ -217,7 +218,7 @@ class MailServer(service.MultiService):
 
     directory: IDirectory
     stores: IMailStoreProvider
-    queue: SpoolQueue
+    queue: IQueue
     router: DeliveryRouter
     authenticator: Authenticator
     run_blocking: Callable[..., defer.Deferred[Any]]
@@ -251,7 +252,7 @@ class MailServer(service.MultiService):
 def _build_runner(
     settings: Settings,
     reactor: Any,
-    queue: SpoolQueue,
+    queue: IQueue,
     router: DeliveryRouter,
     directory: IDirectory,
     run_blocking: Callable[..., defer.Deferred[Any]],
@@ -302,6 +303,9 @@ def _build_runner(
         timeout=settings.outbound_timeout,
         postmaster=f"postmaster@{settings.primary_domain}",
         connections=connections,
+        # A shared queue is claimed a batch at a time, so that the nodes share it out.
+        claim_batch=None if settings.queue_backend == "file" else 50,
+        lease=settings.queue_lease,
     )
 
 
@@ -405,6 +409,37 @@ def make_directory(settings: Settings, server: service.MultiService, *, reactor:
     )
 
 
+def make_queue(
+    settings: Settings,
+    server: service.MultiService,
+    *,
+    reactor: Any,
+    run_blocking: Callable[..., defer.Deferred[Any]],
+) -> IQueue:
+    """
+    The outbound queue ``[queue] backend`` names in *settings*:
+
+    * ``"file"``: a :class:`txmail.delivery.queue.SpoolQueue` in
+      ``<data_dir>/queue``;
+    * ``"postgresql"``: a :class:`txmail.pg.queue.PostgresQueue` on the
+      ``[postgresql]`` database (:func:`postgresql_service`), shared by the
+      queue runners of every node.  The schema is checked here.
+
+    Raises:
+        ConfigError: psycopg is not installed.
+        SchemaTooOld: the database needs ``txmail db upgrade``.
+        DatabaseError: the database cannot be reached.
+    """
+    if settings.queue_backend == "postgresql":
+        from txmail.pg.queue import PostgresQueue
+
+        database_service = postgresql_service(settings, server, reactor=reactor)
+        pg_queue = PostgresQueue(database_service.database)
+        pg_queue.check_schema()
+        return pg_queue
+    return SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
+
+
 def build_service(
     settings: Settings,
     *,
@@ -474,7 +509,7 @@ def build_service(
         directory = make_directory(settings, server, reactor=reactor)
     if stores is None:
         stores = make_store_provider(settings, run_blocking=run_blocking)
-    queue = SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
+    queue = make_queue(settings, server, reactor=reactor, run_blocking=run_blocking)
     policy = settings.policy
     keys = signing_keys(policy)
     local_domain = directory.is_local_domain

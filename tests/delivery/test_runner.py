@@ -260,6 +260,82 @@ class DeliveryTests(RunnerTestCase):
         self.assertEqual(policies, {"192.0.2.1": "opportunistic", "192.0.2.9": "verify"})
 
 
+class ClaimTests(RunnerTestCase):
+    """The runner works the entries it claims (IQueue.claim), a batch at a time, and releases them."""
+
+    def test_batches_in_one_pass(self) -> None:
+        """With claim_batch, one pass still works every entry, each once, and leaves none claimed."""
+        replies = {"d@remote.test": Reply(451, "4.2.0", "try later")}
+        self.smtp.behaviour = lambda host, rcpts: transaction({r: replies.get(r, ok()) for r in rcpts})
+        ids = [self.enqueue([f"{c}@remote.test"]) for c in "abcde"]
+        self.pass_(self.runner(claim_batch=2))
+        self.assertEqual(
+            sorted(r for c in self.smtp.calls for r, _ in c["recipients"]),
+            [f"{c}@remote.test" for c in "abcde"],
+        )
+        self.assertEqual([e.queue_id for e in self.entries()], [ids[3]])
+        # Released at the end of the pass: claimable again.
+        self.assertEqual([e.queue_id for e in self.successResultOf(self.queue.claim(None, 60))], [ids[3]])
+
+    def test_skips_entries_claimed_elsewhere(self) -> None:
+        """An entry another runner holds is left alone until its claim is released."""
+        first = self.enqueue(["a@remote.test"])
+        self.clock.advance(1)  # the oldest entry is claimed first
+        second = self.enqueue(["b@remote.test"])
+        (held,) = self.successResultOf(self.queue.claim(1, 3600))
+        self.assertEqual(held.queue_id, first)
+        self.pass_(self.runner())
+        self.assertEqual([r for c in self.smtp.calls for r, _ in c["recipients"]], ["b@remote.test"])
+        self.assertEqual([e.queue_id for e in self.entries()], [first])
+        self.successResultOf(self.queue.release_claim(first))
+        self.pass_(self.runner())
+        self.assertEqual(self.entries(), [])
+        # The second entry went in the first pass alone: each recipient was sent once.
+        self.assertEqual(
+            [r for c in self.smtp.calls for r, _ in c["recipients"]], ["b@remote.test", "a@remote.test"]
+        )
+        self.assertNotEqual(first, second)
+
+    def test_expired_claim_taken_over(self) -> None:
+        """A claim whose lease ran out (its runner died) no longer keeps the entry from this runner."""
+        self.enqueue(["a@remote.test"])
+        self.successResultOf(self.queue.claim(None, 600))
+        runner = self.runner()
+        self.pass_(runner)
+        self.assertEqual(self.smtp.calls, [])
+        self.clock.advance(601)
+        self.pass_(runner)
+        self.assertEqual(len(self.smtp.calls), 1)
+        self.assertEqual(self.entries(), [])
+
+
+class SlowClaimTests(RunnerTestCase):
+    """A delivery that takes longer than the lease: the runner keeps its claims alive meanwhile."""
+
+    def test_claims_renewed_during_a_slow_delivery(self) -> None:
+        """While a transaction hangs past the lease, nobody else can claim its entry; afterwards it is done."""
+        pending: list[defer.Deferred[TransactionResult]] = []
+
+        def slow(host: str, port: int, **kwargs: Any) -> defer.Deferred[TransactionResult]:
+            d: defer.Deferred[TransactionResult] = defer.Deferred()
+            pending.append(d)
+            return d
+
+        self.smtp = slow  # type: ignore[assignment]
+        self.enqueue(["a@remote.test"])
+        runner = self.runner(lease=60)
+        d = runner.run_pass()
+        self.assertEqual(len(pending), 1)
+        for _ in range(10):  # ten minutes, ten leases
+            self.clock.advance(60)
+            self.assertEqual(self.successResultOf(self.queue.claim(None, 60)), [])
+        pending[0].callback(transaction({"a@remote.test": ok()}))
+        self.successResultOf(d)
+        self.assertEqual(self.entries(), [])
+        # The renewals stopped with the pass.
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class HoldTests(RunnerTestCase):
     def test_held_entry_waits_until_released(self) -> None:
         """Held recipients are neither tried nor dropped nor bounced; once released they are delivered."""

@@ -34,6 +34,10 @@ Implementation notes:
 * :meth:`SpoolQueue.add_listener` registers a callable told the id of every
   new entry, so the runner attempts new mail at once instead of at its next
   poll.
+* Claims (:meth:`SpoolQueue.claim`) are leases held in this object's memory:
+  one process works a spool directory.  A claim made while the queue holds
+  no live claim (the start of a runner's pass) first :meth:`rescans
+  <SpoolQueue.rescan>` the directory.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class SpoolQueue:
         self._entries: dict[str, QueueEntry] = {}
         self._stamps: dict[str, int] = {}  # queue id -> mtime_ns of its .json as last read/written
         self._listeners: list[Callable[[str], Any]] = []
+        self._claims: dict[str, float] = {}  # queue id -> the end of its lease
         self._load()
 
     def _path(self, queue_id: str, ext: str) -> str:
@@ -158,6 +163,48 @@ class SpoolQueue:
         """The path of an entry's message file (for readers that need a path, not a file)."""
         return self._path(queue_id, "msg")
 
+    def claim(self, limit: int | None, lease_seconds: float) -> defer.Deferred[list[QueueEntry]]:
+        """See :meth:`txmail.interfaces.IQueue.claim`."""
+        now = self._now()
+        self._claims = {qid: until for qid, until in self._claims.items() if until > now}
+        d = self.rescan() if not self._claims else defer.succeed(None)
+
+        def take(_: None) -> list[QueueEntry]:
+            now = self._now()
+            free = sorted(
+                (e for e in self._entries.values() if self._claims.get(e.queue_id, now) <= now),
+                key=lambda e: (e.created, e.queue_id),
+            )
+            if limit is not None:
+                free = free[: max(limit, 0)]
+            for entry in free:
+                self._claims[entry.queue_id] = now + lease_seconds
+            return free
+
+        return d.addCallback(take)
+
+    def release_claim(self, queue_id: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IQueue.release_claim`."""
+        self._claims.pop(queue_id, None)
+        return defer.succeed(None)
+
+    def renew_claims(self, queue_ids: Iterable[str], lease_seconds: float) -> defer.Deferred[list[str]]:
+        """See :meth:`txmail.interfaces.IQueue.renew_claims`."""
+        now = self._now()
+        renewed = []
+        for queue_id in queue_ids:
+            if queue_id in self._claims and queue_id in self._entries:
+                self._claims[queue_id] = now + lease_seconds
+                renewed.append(queue_id)
+        return defer.succeed(renewed)
+
+    def open_source(self, queue_id: str) -> defer.Deferred[MessageSource]:
+        """See :meth:`txmail.interfaces.IQueue.open_source` (the message file, which stores may link)."""
+        entry = self._entries.get(queue_id)
+        if entry is None:
+            return defer.fail(QueueError(f"no queue entry {queue_id}"))
+        return defer.succeed(MessageSource.from_file(self._path(queue_id, "msg"), entry.size, fsynced=True))
+
     def rescan(self) -> defer.Deferred[None]:
         """
         Bring the index in line with the directory: entries whose ``.json``
@@ -194,6 +241,7 @@ class SpoolQueue:
                 if queue_id not in present and queue_id in known:
                     del self._entries[queue_id]
                     self._stamps.pop(queue_id, None)
+                    self._claims.pop(queue_id, None)
             for queue_id, entry in changed.items():
                 if entry is not None and entry.queue_id == queue_id:
                     self._entries[queue_id] = entry
@@ -273,8 +321,7 @@ class SpoolQueue:
             queue_id=queue_id,
             envelope=envelope,
             recipients={
-                r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None}
-                for r in rcpts
+                r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None} for r in rcpts
             },
             size=message.size,
             created=self._now(),
@@ -326,6 +373,7 @@ class SpoolQueue:
         if self._entries.pop(queue_id, None) is None:
             return defer.fail(QueueError(f"no queue entry {queue_id}"))
         self._stamps.pop(queue_id, None)
+        self._claims.pop(queue_id, None)
 
         def remove() -> None:
             for ext in ("json", "msg"):

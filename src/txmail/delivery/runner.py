@@ -6,15 +6,24 @@ Theory of operation
 ===================
 
 :class:`QueueRunner` is a :class:`twisted.application.service.Service`.
-While it runs, it makes a *pass* over the queue at start, every
+It works any :class:`~txmail.interfaces.IQueue` through that interface
+alone.  While it runs, it makes a *pass* over the queue at start, every
 ``poll_interval`` seconds, and at once when the queue reports a new entry
-(:meth:`txmail.delivery.queue.SpoolQueue.add_listener`).  Passes never
-overlap: a wake-up during a pass makes another pass follow it.
+(:meth:`~txmail.interfaces.IQueue.add_listener`).  Passes never overlap: a
+wake-up during a pass makes another pass follow it.
 
 One pass:
 
-1. :meth:`~txmail.delivery.queue.SpoolQueue.rescan` picks up changes other
-   processes made (``txmail queue flush|delete``).
+1. The runner claims entries (:meth:`~txmail.interfaces.IQueue.claim`),
+   ``claim_batch`` at a time (all at once by default), each for ``lease``
+   seconds, until none is left unclaimed; it holds its claims until the
+   pass ends (renewing them every third of a lease meanwhile), then
+   releases them.  Runners of other nodes sharing the queue
+   (PostgreSQL) are given other entries, so no entry is worked by two at
+   once; the claims of a runner that died run out with their lease and
+   another node's runner takes the entries.  (The file queue picks up
+   changes other processes made, ``txmail queue flush|delete``, at the
+   first claim of a pass.)
 2. For each entry (up to ``concurrency`` at a time), the *due* recipients
    are those ``pending`` and those ``deferred`` whose ``next_attempt`` has
    come.  They are grouped by domain (the part after the last ``@``,
@@ -56,10 +65,12 @@ One pass:
 6. An entry with no recipient pending or deferred, every failure notified
    and every wanted success notice sent is deleted.
 
-Restart safety: all of the above lives in the entry's JSON (written
-durably by :meth:`~txmail.delivery.queue.SpoolQueue.update_recipients`
-after each transaction), so a new runner resumes from it.  A crash during a
-transaction leaves the recipients as they were: they are tried again, so a
+Restart safety: all of the above lives in the entry's recipient states
+(written durably by :meth:`~txmail.interfaces.IQueue.update_recipients`
+after each transaction), so a new runner resumes from it.  The runner
+keeps its own copy of the states of the entries it works, updated with
+what it writes: it never relies on the queue changing an entry it
+returned.  A crash during a transaction leaves the recipients as they were: they are tried again, so a
 message may be sent twice but is never lost.
 
 DSN parameters: ``NOTIFY``/``ORCPT`` of each recipient and ``RET``/
@@ -73,6 +84,7 @@ the sender hears of a success twice, never not at all).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,7 +101,7 @@ from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, shou
 from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
-from txmail.model import Envelope, MessageSource, QueueEntry
+from txmail.model import Envelope, QueueEntry
 
 __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
@@ -124,12 +136,11 @@ class Smarthost:
 
 class QueueRunner(service.Service):
     """
-    Works a :class:`~txmail.delivery.queue.SpoolQueue`.  See the module
+    Works an :class:`~txmail.interfaces.IQueue`.  See the module
     documentation.
 
     Args:
-        queue: the spool (``rescan``, ``list_entries``, ``update_recipients``,
-            ``open_entry_message``, ``message_path``, ``delete_entry``).
+        queue: the queue.
         router: an ``IDeliveryRouter``; notices and local retries go through
             its ``deliver``.
         resolver: has ``resolve(domain) -> Deferred[list[Destination]]``.
@@ -152,6 +163,13 @@ class QueueRunner(service.Service):
         connections: what *deliver* keeps open between transactions (a
             :class:`txmail.smtp.relay.ConnectionCache`): its ``close()`` is
             called when the runner stops, after the transactions in flight.
+        claim_batch: entries claimed at a time (``None``: every unclaimed
+            one at once); runners sharing a queue share its entries out in
+            batches.
+        lease: seconds an entry stays claimed unless renewed (the runner
+            renews its claims every third of it while a pass runs); a
+            runner that dies leaves its entries to the others for that
+            long.
     """
 
     log = Logger()
@@ -177,6 +195,8 @@ class QueueRunner(service.Service):
         concurrency: int = 10,
         postmaster: str | None = None,
         connections: Any = None,
+        claim_batch: int | None = None,
+        lease: float = 900.0,
     ) -> None:
         self.queue = queue
         self.router = router
@@ -195,18 +215,21 @@ class QueueRunner(service.Service):
         self.timeout = timeout
         self.postmaster = postmaster
         self.connections = connections
+        self.claim_batch = claim_batch
+        self.lease = lease
         self._limit = defer.DeferredSemaphore(concurrency)
         self._loop: task.LoopingCall | None = None
         self._wakeup: Any = None
         self._pass: defer.Deferred[None] | None = None
         self._again = False
-        if hasattr(queue, "add_listener"):
-            queue.add_listener(self._new_entry)
+        self._stopping = False
+        queue.add_listener(self._new_entry)
 
     # -- service ------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         loop = self._loop = task.LoopingCall(self.run_pass)
         loop.clock = self.clock
         loop.start(self.poll_interval, now=False).addErrback(
@@ -216,6 +239,7 @@ class QueueRunner(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self._stopping = True  # the pass in flight ends after its batch
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
@@ -276,16 +300,54 @@ class QueueRunner(service.Service):
         return current
 
     async def _run_pass(self) -> None:
-        if hasattr(self.queue, "rescan"):
-            await self.queue.rescan()
-        entries = await self.queue.list_entries()
-        work = [self._limit.run(self._work_entry, entry) for entry in entries]
-        await defer.DeferredList(work, consumeErrors=False)
+        claimed: list[str] = []
+        # Keep the claims alive while the pass runs, however long a delivery takes.
+        renewal = task.LoopingCall(self._renew, claimed)
+        renewal.clock = self.clock
+        renewal.start(self.lease / 3, now=False).addErrback(
+            lambda f: self.log.failure("renewing queue claims stopped", failure=f)
+        )
+        try:
+            while True:
+                entries = await self.queue.claim(self.claim_batch, self.lease)
+                if not entries:
+                    break
+                claimed.extend(entry.queue_id for entry in entries)
+                work = [self._limit.run(self._work_entry, entry) for entry in entries]
+                await defer.DeferredList(work, consumeErrors=False)
+                if self.claim_batch is None or self._stopping:
+                    break
+        finally:
+            if renewal.running:
+                renewal.stop()
+            for queue_id in claimed:
+                try:
+                    await self.queue.release_claim(queue_id)
+                except Exception:
+                    self.log.failure("releasing the claim on {queue_id} failed", queue_id=queue_id)
+
+    def _renew(self, claimed: list[str]) -> defer.Deferred[Any] | None:
+        if not claimed:
+            return None
+        d = self.queue.renew_claims(list(claimed), self.lease)
+        return d.addErrback(lambda f: self.log.failure("renewing queue claims failed", failure=f))
+
+    async def _update(
+        self, entry: QueueEntry, changes: dict[str, dict[str, Any]], *, durable: bool = True
+    ) -> None:
+        """Record *changes* in the queue and in the runner's copy of *entry*'s states."""
+        await self.queue.update_recipients(entry.queue_id, changes, durable=durable)
+        for rcpt, fields in changes.items():
+            entry.recipients.setdefault(rcpt, {}).update(fields)
 
     def _now(self) -> float:
         return self.clock.seconds()
 
     def _work_entry(self, entry: QueueEntry) -> defer.Deferred[None]:
+        # The runner's own copy of the states: updated by _update alone.
+        entry = dataclasses.replace(
+            entry, recipients={rcpt: dict(fields) for rcpt, fields in entry.recipients.items()}
+        )
         d = defer.Deferred.fromCoroutine(self._work(entry))
 
         def failed(f: Failure) -> None:
@@ -318,7 +380,7 @@ class QueueRunner(service.Service):
             # tried; the last ones are written below only if the entry stays
             # (a delivered entry is deleted at once: one write less per
             # message; a crash meanwhile sends it again, never loses it).
-            await self.queue.update_recipients(entry.queue_id, changes, durable=n < len(groups))
+            await self._update(entry, changes, durable=n < len(groups))
         await self._notify(entry)
         if not any(st.get("state") in _KEPT for st in entry.recipients.values()) and all(
             (st.get("dsn_sent") or st.get("state") != "failed")
@@ -328,7 +390,7 @@ class QueueRunner(service.Service):
             await self.queue.delete_entry(entry.queue_id)
             self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
         elif groups:
-            await self.queue.update_recipients(entry.queue_id, {})
+            await self._update(entry, {})
 
     # -- parameters -----------------------------------------------------------
 
@@ -363,8 +425,7 @@ class QueueRunner(service.Service):
             message_id=env.message_id,
             folder=env.folder,
         )
-        path = self.queue.message_path(entry.queue_id)
-        message = MessageSource.from_file(path, entry.size, fsynced=True)
+        message = await self.queue.open_source(entry.queue_id)
         now = self._now()
         # A router that can (DeliveryRouter.redeliver) reports a failed copy
         # instead of queueing it again, so its attempts count here.
@@ -608,14 +669,12 @@ class QueueRunner(service.Service):
                     queue_id=entry.queue_id,
                     count=len(wanted),
                 )
-            await self.queue.update_recipients(entry.queue_id, {r: {"dsn_sent": True} for r in failed})
+            await self._update(entry, {r: {"dsn_sent": True} for r in failed})
         if delayed:
             wanted = [r for r in delayed if notify_wants(self._notify_param(entry, r), "delayed")]
             if wanted and should_bounce(env.mail_from):
                 await self._send_notice(entry, wanted, "delayed", now)
-            await self.queue.update_recipients(
-                entry.queue_id, {r: {"delay_notice_sent": True} for r in delayed}
-            )
+            await self._update(entry, {r: {"delay_notice_sent": True} for r in delayed})
         # RFC 3461 section 4.1 NOTIFY=SUCCESS: the wish was recorded when the
         # recipient was delivered (_success_fields), with the action to report.
         succeeded = [
@@ -626,7 +685,7 @@ class QueueRunner(service.Service):
         if succeeded:
             if should_bounce(env.mail_from):
                 await self._send_notice(entry, succeeded, "success", now)
-            await self.queue.update_recipients(entry.queue_id, {r: {"success_sent": True} for r in succeeded})
+            await self._update(entry, {r: {"success_sent": True} for r in succeeded})
 
     def _notify_param(self, entry: QueueEntry, rcpt: str) -> str | None:
         return self._rcpt_params(entry, rcpt).get("NOTIFY")

@@ -96,6 +96,14 @@ class QueueConformanceMixin:
         """Return a queue on the same storage as *queue*, as after a restart (or a Deferred of one)."""
         return queue
 
+    def other_claimer(self, queue: Any) -> Any:
+        """
+        Return a queue that claims entries besides *queue* (or a Deferred of
+        one): *queue* itself for a queue one process works, a queue of
+        another node on the same storage for a shared one.
+        """
+        return queue
+
     # -- helpers ------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -167,6 +175,13 @@ class QueueConformanceMixin:
             queue.open_entry_message("NOSUCHID"),
             queue.delete_entry("NOSUCHID"),
             queue.update_recipients("NOSUCHID", {}),
+            queue.claim(None, 60),
+            queue.release_claim("NOSUCHID"),
+            queue.renew_claims(["NOSUCHID"], 60),
+            queue.open_source("NOSUCHID"),
+            queue.flush(),
+            queue.release(None),
+            queue.release("NOSUCHID"),
         ]
         for d in calls:
             self.assertIsInstance(d, defer.Deferred)
@@ -499,3 +514,201 @@ class QueueConformanceMixin:
         again = yield self.enqueue(queued_message(9))
         self.assertNotEqual(again, ids[0])
         self.assertEqual(len(set((yield self.listed()))), 4)
+
+    # -- what a queue runner needs ---------------------------------------------
+
+    @defer.inlineCallbacks
+    def claimed(self, queue: Any, limit: int | None = None, lease: float = 3600) -> Any:
+        """The queue ids :meth:`~txmail.interfaces.IQueue.claim` gives, in its order."""
+        return [e.queue_id for e in (yield queue.claim(limit, lease))]
+
+    @defer.inlineCallbacks
+    def test_claim_gives_entries_once(self) -> Gen:
+        """claim gives every unclaimed entry, oldest first, with its state; a second claim gets none."""
+        queue = yield self.queue()
+        ids = []
+        for n in range(3):
+            ids.append((yield self.enqueue(queued_message(n))))
+        entries = yield queue.claim(None, 3600)
+        self.assertEqual([e.queue_id for e in entries], ids)
+        self.assertEqual(entries[0].envelope, ENVELOPE)
+        self.assertEqual(entries[0].recipients[BOB]["state"], "pending")
+        self.assertEqual(entries[0].size, len(queued_message(0)))
+        self.assertEqual((yield self.claimed(queue)), [])
+        other = yield defer.maybeDeferred(self.other_claimer, queue)
+        self.assertEqual((yield self.claimed(other)), [])
+        # Claims hide nothing from the listing.
+        self.assertEqual((yield self.listed()), ids)
+
+    @defer.inlineCallbacks
+    def test_claim_limit(self) -> Gen:
+        """claim takes at most *limit* entries, the oldest; the next claim takes the next ones."""
+        queue = yield self.queue()
+        ids = []
+        for n in range(5):
+            ids.append((yield self.enqueue(queued_message(n))))
+        other = yield defer.maybeDeferred(self.other_claimer, queue)
+        self.assertEqual((yield self.claimed(queue, 2)), ids[:2])
+        self.assertEqual((yield self.claimed(other, 2)), ids[2:4])
+        self.assertEqual((yield self.claimed(queue, 2)), ids[4:])
+        self.assertEqual((yield self.claimed(other, 2)), [])
+
+    @defer.inlineCallbacks
+    def test_release_claim(self) -> Gen:
+        """A released entry is claimable again, by anyone; releasing an unknown or unclaimed id is no error."""
+        queue = yield self.queue()
+        first = yield self.enqueue(queued_message(1))
+        second = yield self.enqueue(queued_message(2))
+        self.assertEqual((yield self.claimed(queue)), [first, second])
+        self.assertIsNone((yield queue.release_claim(second)))
+        other = yield defer.maybeDeferred(self.other_claimer, queue)
+        self.assertEqual((yield self.claimed(other)), [second])
+        if other is not queue:
+            # Another claimer's claim is not this one's to release.
+            yield queue.release_claim(second)
+            self.assertEqual((yield self.claimed(queue)), [])
+        yield other.release_claim(second)
+        yield queue.release_claim("NOSUCHID")
+        self.assertEqual((yield self.claimed(queue)), [second])
+
+    @defer.inlineCallbacks
+    def test_renew_claims(self) -> Gen:
+        """Renewed claims outlast their first lease; only the claimer's own live claims are renewed."""
+        queue = yield self.queue()
+        first = yield self.enqueue(queued_message(1))
+        second = yield self.enqueue(queued_message(2))
+        deleted = yield self.enqueue(queued_message(3))
+        self.assertEqual((yield self.claimed(queue, lease=0)), [first, second, deleted])
+        yield queue.delete_entry(deleted)
+        other = yield defer.maybeDeferred(self.other_claimer, queue)
+        renewed = yield queue.renew_claims([first, deleted, "NOSUCHID"], 3600)
+        self.assertEqual(renewed, [first])
+        # The first is held again; the second's lease ran out.
+        self.assertEqual((yield self.claimed(other)), [second])
+        if other is not queue:
+            # The second is the other claimer's now: not renewed for the first one.
+            self.assertEqual((yield queue.renew_claims([second], 3600)), [])
+        yield queue.release_claim(first)
+        self.assertEqual((yield queue.renew_claims([first], 3600)), [])
+
+    @defer.inlineCallbacks
+    def test_expired_lease_claimable(self) -> Gen:
+        """Once its lease has run out (its runner died), an entry is claimable again."""
+        queue = yield self.queue()
+        first = yield self.enqueue(queued_message(1))
+        second = yield self.enqueue(queued_message(2))
+        self.assertEqual((yield self.claimed(queue, 1, lease=3600)), [first])
+        self.assertEqual((yield self.claimed(queue, 1, lease=0)), [second])
+        other = yield defer.maybeDeferred(self.other_claimer, queue)
+        self.assertEqual((yield self.claimed(other)), [second])
+        self.assertEqual((yield self.claimed(queue)), [])
+
+    @defer.inlineCallbacks
+    def test_claims_and_new_entries(self) -> Gen:
+        """New entries are claimable while others are claimed; a deleted entry is never given."""
+        queue = yield self.queue()
+        first = yield self.enqueue(queued_message(1))
+        self.assertEqual((yield self.claimed(queue)), [first])
+        second = yield self.enqueue(queued_message(2))
+        third = yield self.enqueue(queued_message(3))
+        yield queue.delete_entry(second)
+        self.assertEqual((yield self.claimed(queue)), [third])
+        yield queue.delete_entry(first)
+        yield queue.release_claim(first)
+        yield queue.release_claim(third)
+        self.assertEqual((yield self.claimed(queue)), [third])
+
+    @defer.inlineCallbacks
+    def test_claim_sees_updates(self) -> Gen:
+        """A claimed entry carries the recipient states last written."""
+        queue = yield self.queue()
+        queue_id = yield self.enqueue()
+        yield queue.update_recipients(queue_id, {BOB: {"state": "deferred", "attempts": 2, "host": "mx"}})
+        (entry,) = yield queue.claim(None, 3600)
+        self.assertFields(entry.recipients[BOB], {"state": "deferred", "attempts": 2, "host": "mx"})
+        self.assertEqual(entry.recipients[CAROL]["state"], "pending")
+
+    @defer.inlineCallbacks
+    def test_open_source_bytes_exact(self) -> Gen:
+        """open_source gives the message as a MessageSource: its size, its bytes exactly, each open anew."""
+        queue = yield self.queue()
+        body = bytes(b for b in range(256) if b not in b"\r\n") + b"\r\n.\r\n"
+        data = queued_message(7) + body * 3000
+        queue_id = yield self.enqueue(data)
+        source = yield queue.open_source(queue_id)
+        self.assertIsInstance(source, MessageSource)
+        self.assertEqual(source.size, len(data))
+        for _ in range(2):
+            with source.open() as f:
+                chunks = []
+                while chunk := f.read(65536):
+                    self.assertLessEqual(len(chunk), 65536)
+                    chunks.append(chunk)
+            self.assertEqual(b"".join(chunks), data)
+        self.assertEqual(source.read(), data)
+        yield self.assertFailure(queue.open_source("NOSUCHID"), QueueError)
+
+    @defer.inlineCallbacks
+    def test_open_source_large_stream(self) -> Gen:
+        """A 3 MB message comes back through open_source exactly."""
+        size = 3 * 1024 * 1024 + 5
+        queue = yield self.queue()
+        queue_id = yield queue.enqueue(ENVELOPE, pattern_source(size), [BOB])
+        source = yield queue.open_source(queue_id)
+        digest = hashlib.sha256()
+        with source.open() as f:
+            while chunk := f.read(100_000):
+                digest.update(chunk)
+        self.assertEqual(digest.hexdigest(), pattern_digest(size))
+
+    @defer.inlineCallbacks
+    def test_listener_told_of_new_entries(self) -> Gen:
+        """A listener hears the id of each new entry, once it is durable."""
+        queue = yield self.queue()
+        heard: list[str] = []
+        queue.add_listener(heard.append)
+        first = yield self.enqueue(queued_message(1))
+        second = yield self.enqueue(queued_message(2))
+        self.assertEqual(heard, [first, second])
+        self.assertEqual((yield queue.get_entry(first)).queue_id, first)
+
+    @defer.inlineCallbacks
+    def test_flush(self) -> Gen:
+        """flush makes deferred recipients due now and counts them; others are left alone."""
+        queue = yield self.queue()
+        queue_id = yield self.enqueue()
+        later = time.time() + 86400
+        yield queue.update_recipients(
+            queue_id, {BOB: {"state": "deferred", "next_attempt": later}, CAROL: {"state": "delivered"}}
+        )
+        before = time.time()
+        self.assertEqual((yield queue.flush()), 1)
+        entry = yield (yield self.reopen()).get_entry(queue_id)
+        self.assertEqual(entry.recipients[BOB]["state"], "deferred")
+        self.assertLessEqual(entry.recipients[BOB]["next_attempt"], time.time() + 1)
+        self.assertLessEqual(before - 1, entry.recipients[BOB]["next_attempt"])
+        self.assertFields(entry.recipients[CAROL], {"state": "delivered", "next_attempt": None})
+        # Still deferred (due now): counted again.
+        self.assertEqual((yield (yield self.queue()).flush()), 1)
+
+    @defer.inlineCallbacks
+    def test_release_held(self) -> Gen:
+        """release makes held recipients pending (one entry's, or all) and tells the listeners."""
+        held = Envelope("alice@example.test", (BOB, CAROL), hold="milter: quarantined")
+        first = yield self.enqueue(envelope=held)
+        second = yield self.enqueue(envelope=held)
+        plain = yield self.enqueue()
+        queue = yield self.queue()
+        heard: list[str] = []
+        queue.add_listener(heard.append)
+        self.assertEqual((yield queue.release(first)), 2)
+        self.assertIn(first, heard)
+        entry = yield (yield self.reopen()).get_entry(first)
+        self.assertFields(entry.recipients[BOB], {"state": "pending", "next_attempt": None})
+        self.assertEqual((yield (yield self.queue()).get_entry(second)).recipients[BOB]["state"], "held")
+        self.assertEqual((yield (yield self.queue()).release(None)), 2)
+        entry = yield (yield self.queue()).get_entry(second)
+        self.assertEqual({s["state"] for s in entry.recipients.values()}, {"pending"})
+        self.assertEqual((yield (yield self.queue()).release(None)), 0)
+        self.assertEqual((yield (yield self.queue()).release(plain)), 0)
+        yield self.assertFailure((yield self.queue()).release("NOSUCHID"), QueueError)
