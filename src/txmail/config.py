@@ -17,7 +17,7 @@ The file format (every key optional)::
     gc_threshold = [100000, 50, 100]     # twistd mailserver's gc.set_threshold; [] leaves Python's
 
     [store]
-    backend = "maildir"                  # maildir (under data_dir/mail) | memory (lost at exit)
+    backend = "maildir"                  # maildir (data_dir/mail) | memory (lost at exit) | postgresql
 
     [directory]
     backend = "file"                     # file (data_dir/users.json) | postgresql ([postgresql] dsn)
@@ -131,9 +131,9 @@ __all__ = [
 
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 #: The mail store backends ``[store] backend`` may name.
-STORE_BACKENDS = ("maildir", "memory")
+STORE_BACKENDS = ("maildir", "memory", "postgresql")
 #: Backends reserved for a later release: named, but refused with a clear error.
-RESERVED_STORE_BACKENDS = ("postgresql",)
+RESERVED_STORE_BACKENDS: tuple[str, ...] = ()
 #: The user directory backends ``[directory] backend`` may name.
 DIRECTORY_BACKENDS = ("file", "postgresql")
 TLS_POLICIES = ("none", "opportunistic", "verify")
@@ -507,6 +507,10 @@ def _validate(values: dict[str, Any]) -> Settings:
     if settings.directory_backend == "postgresql" and not settings.postgresql_dsn.strip():
         raise ConfigError(
             '[directory] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
+        )
+    if settings.store_backend == "postgresql" and not settings.postgresql_dsn.strip():
+        raise ConfigError(
+            '[store] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
         )
     if settings.postgresql_min_connections > settings.postgresql_max_connections:
         raise ConfigError("[postgresql] min_connections must not exceed max_connections")
