@@ -285,6 +285,24 @@ class PostgresStoreNotificationTests(TestCase):
         self.assertEqual((yield b.status()).highest_modseq, (yield a.status()).highest_modseq)
 
     @defer.inlineCallbacks
+    def test_burst(self) -> Gen:
+        """Twenty appends on A in a row reach B's listener, every UID once, in order, within a second."""
+        a = yield (yield self.a.store_for(USER)).get_mailbox(INBOX)
+        b = yield (yield self.b.store_for(USER)).get_mailbox(INBOX)
+        events: list[Any] = []
+        b.add_listener(events.append)
+        uids = []
+        for i in range(20):
+            uids.append((yield a.append(message(i))))
+
+        def told() -> list[int]:
+            return [info.uid for e in events for info in e.messages]
+
+        self.assertTrue((yield wait_for(self.reactor, lambda: len(told()) >= 20)))
+        self.assertEqual(told(), uids)
+        self.assertTrue(all(isinstance(e, MessagesAdded) for e in events))
+
+    @defer.inlineCallbacks
     def test_own_changes_told_once(self) -> Gen:
         """A node's listener hears its own change once (its own notification is not read back)."""
         a = yield (yield self.a.store_for(USER)).get_mailbox(INBOX)

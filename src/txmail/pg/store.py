@@ -309,16 +309,25 @@ def _move_rows(
     """
     Copy the messages *uids* of mailbox *source* into *target* with new
     UIDs and modseqs, sharing their bodies; ``(source UID, target UID)``
-    pairs of those found, ascending.  The caller holds no lock on
-    *target*'s row yet.
+    pairs of those found, ascending.
+
+    The target's row is locked first, then the source messages ``FOR
+    SHARE``: an expunge of them elsewhere waits for this transaction (and
+    then finds their bodies still used), or went first and they are not
+    copied.  No transaction holds a source message's lock while it waits
+    for a mailbox row, so the order cannot deadlock.
+
+    Raises:
+        NoSuchMailbox: the target is gone.
     """
+    if conn.execute("SELECT 1 FROM mailboxes WHERE id = %s FOR UPDATE", (target,)).fetchone() is None:
+        raise NoSuchMailbox(str(target))
     rows = conn.execute(
         "SELECT uid, flags, internal_date, size, email_id, body_id, metadata FROM messages"
-        " WHERE mailbox = %s AND uid = ANY(%s) ORDER BY uid",
+        " WHERE mailbox = %s AND uid = ANY(%s) ORDER BY uid FOR SHARE",
         (source, uids),
     ).fetchall()
     if not rows:
-        conn.execute("SELECT 1 FROM mailboxes WHERE id = %s FOR SHARE", (target,))
         return []
     first_uid, first_modseq = _allocate(conn, target, len(rows), len(rows))
     now = time.time()
@@ -425,6 +434,7 @@ class PostgresMailbox(MailboxState):
         self.mailbox_id = mailbox_id
         self._init_state()
         self._lock = defer.DeferredLock()
+        self._refresh_waiting = False
 
     @property
     def _database(self) -> Any:
@@ -496,6 +506,27 @@ class PostgresMailbox(MailboxState):
             return result
 
         return self._lock.run(locked)
+
+    def _notified(self) -> defer.Deferred[None] | None:
+        """
+        Another node changed the mailbox: refresh it, unless a refresh is
+        already waiting for its turn (a burst of notifications costs one
+        read, which sees all of them).  ``None`` when one was waiting.
+        """
+        if self._refresh_waiting:
+            return None
+        self._refresh_waiting = True
+
+        def started() -> defer.Deferred[None]:
+            self._refresh_waiting = False
+            return self.refresh()
+
+        # Refreshes queue behind the changes under way: started when its turn comes.
+        d: defer.Deferred[None] = defer.Deferred()
+        self._lock.acquire().addCallback(lambda lock: lock.release()).addCallback(
+            lambda _: started()
+        ).chainDeferred(d)
+        return d
 
     # -- reading -------------------------------------------------------------
 
@@ -1148,7 +1179,9 @@ class PostgresProvider:
             return
         box = store._boxes.get(box_id)
         if box is not None:
-            box.refresh().addErrback(lambda f: f.trap(NoSuchMailbox)).addErrback(self._refresh_failed)
+            d = box._notified()
+            if d is not None:
+                d.addErrback(lambda f: f.trap(NoSuchMailbox)).addErrback(self._refresh_failed)
 
     def _reconnected(self) -> None:
         """The listening connection is (back) up: what was missed while it was down is read now."""
