@@ -65,6 +65,40 @@ class MakeStoreProviderTests(TestCase):
         error = self.assertRaises(SchemaTooOld, make_store_provider, self.settings(fresh_database(self)))
         self.assertIn("run `txmail db upgrade`", str(error))
 
+    def test_user_add_creates_inbox(self) -> None:
+        """``txmail user add`` with the PostgreSQL store makes the user's INBOX in the database."""
+        import io
+        import sys
+
+        from txmail import cli
+
+        database = upgraded_database(self, start=False)
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('[server]\ndomains = ["example.test"]\n\n' + config(database.dsn))
+        out = io.StringIO()
+        saved = sys.stdin
+        sys.stdin = io.StringIO("pw\n")
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                status = cli.main(
+                    [
+                        "user",
+                        "add",
+                        "alice",
+                        "--password-stdin",
+                        "--config",
+                        path,
+                        "--data-dir",
+                        self.mktemp(),
+                    ]
+                )
+        finally:
+            sys.stdin = saved
+        self.assertEqual((status, out.getvalue()), (0, "added user alice@example.test\n"))
+        rows = database.run_sync(lambda conn: conn.execute("SELECT owner, name FROM mailboxes").fetchall())
+        self.assertEqual(rows, [(USER, INBOX)])
+
 
 class PostgresStoreServerTests(TestCase):
     timeout = 120
