@@ -323,6 +323,26 @@ class PostgresStoreNotificationTests(TestCase):
         yield store_a.delete_mailbox("Old")
         self.assertTrue((yield wait_for(self.reactor, lambda: events == [MailboxDeleted()])))
 
+    @defer.inlineCallbacks
+    def test_reconnect(self) -> Gen:
+        """
+        When the listening connection is lost, it is made again and the open
+        mailboxes are refreshed: a change made meanwhile is still told.
+        """
+        a = yield (yield self.a.store_for(USER)).get_mailbox(INBOX)
+        b = yield (yield self.b.store_for(USER)).get_mailbox(INBOX)
+        events: list[Any] = []
+        b.add_listener(events.append)
+        killed = count(
+            self.database,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE query = 'LISTEN txmail_store' AND pid <> pg_backend_pid()",
+        )
+        self.assertEqual(killed, 2)
+        uid = yield a.append(message(1))
+        self.assertTrue((yield wait_for(self.reactor, lambda: len(events) == 1, timeout=5.0)))
+        self.assertEqual(events[0].messages[0].uid, uid)
+
     def test_stop(self) -> None:
         """stop ends the listening thread; a stopped provider is not listening."""
         listener = self.a._listener

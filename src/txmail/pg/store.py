@@ -130,6 +130,8 @@ READ_CHUNK = 256 * 1024
 LISTEN_POLL = 0.25
 #: Seconds between attempts to reconnect the listening connection.
 RECONNECT_DELAY = 1.0
+#: Seconds :meth:`_Listener.stop` allows beyond the polling interval (a connection being made).
+CONNECT_GRACE = 10.0
 
 _MESSAGE_COLUMNS = "uid, flags, size, internal_date, modseq, save_date, email_id"
 
@@ -1253,7 +1255,3 @@ class _Listener:
                     "store notifications: {error}; reconnecting", error=str(e).strip() or type(e).__name__
                 )
                 self._stopping.wait(RECONNECT_DELAY)
-
-
-#: Seconds :meth:`_Listener.stop` allows beyond the polling interval (a connection being made).
-CONNECT_GRACE = 10.0
