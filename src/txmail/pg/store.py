@@ -882,6 +882,9 @@ class PostgresStore:
         except InvalidMailboxName:
             return defer.fail()
 
+        # The ids of the objects in use, taken here: the thread does not touch the weak dictionary.
+        in_use = frozenset(box_id for box_id, box in list(self._boxes.items()) if not box._deleted)
+
         def query(conn: Any) -> tuple[Any, _Changes | None] | None:
             row = conn.execute(
                 "SELECT id, uidvalidity, mailbox_id FROM mailboxes WHERE owner = %s AND name = %s",
@@ -889,8 +892,7 @@ class PostgresStore:
             ).fetchone()
             if row is None:
                 return None
-            box = self._boxes.get(row[0])
-            if box is not None and not box._deleted:
+            if row[0] in in_use:
                 return row, None
             return row, _read_changes(conn, row[0], 0)
 
