@@ -9,7 +9,7 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
 from tests.pg._helpers import upgraded_database
-from txmail.errors import SchemaTooOld
+from txmail.errors import NoSuchMailbox, SchemaTooOld
 from txmail.model import (
     DELETED,
     INBOX,
@@ -136,6 +136,18 @@ class PostgresStoreTests(TestCase):
         yield copies.expunge()
         self.assertEqual(count(self.database, "SELECT count(*) FROM bodies"), 1)
         yield store.delete_mailbox("Copies")
+        self.assertEqual(count(self.database, "SELECT count(*) FROM bodies"), 0)
+        self.assertEqual(count(self.database, "SELECT count(*) FROM body_chunks"), 0)
+
+    @defer.inlineCallbacks
+    def test_append_to_mailbox_gone_elsewhere(self) -> Gen:
+        """An append to a mailbox another node deleted fails with NoSuchMailbox and leaves no body behind."""
+        other = make(other_node(self.database, self))
+        store = yield self.provider.store_for(USER)
+        yield store.create_mailbox("Gone")
+        gone = yield (yield other.store_for(USER)).get_mailbox("Gone")
+        yield store.delete_mailbox("Gone")
+        yield self.assertFailure(gone.append(message(1)), NoSuchMailbox)
         self.assertEqual(count(self.database, "SELECT count(*) FROM bodies"), 0)
         self.assertEqual(count(self.database, "SELECT count(*) FROM body_chunks"), 0)
 

@@ -620,21 +620,38 @@ class PostgresMailbox(MailboxState):
         """
         See :meth:`txmail.interfaces.IMailbox.append`: the source is read
         in chunks (bare LFs made CRLF) into a spooled file, its metadata
-        parsed unless it has some, and stored with a UID and modseq taken
-        from the mailbox's row.
+        parsed unless it has some, and its body stored in a transaction of
+        its own, before the mailbox's turn (a large message does not hold
+        up the mailbox's other changes); then the message is added with a
+        UID and modseq taken from the mailbox's row.  If that fails, the
+        body is deleted again.
         """
         try:
             normalized = sorted(normalize_flags(flags))
         except ValueError:
             return defer.fail()
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
         date = time.time() if internal_date is None else float(internal_date)
         bodies = self.store.provider.bodies
         box_id = self.box_id
 
-        def store(conn: Any) -> int:
+        def put(conn: Any) -> tuple[int, int, bytes]:
             spooled, _, metadata = _spool(message)
             with spooled:
                 body_id, size = bodies.put(conn, spooled)
+            return body_id, size, mime.encode_metadata(metadata)
+
+        def stored(body: tuple[int, int, bytes]) -> defer.Deferred[int]:
+            def not_added(failure: Any) -> Any:
+                cleanup = self._database.run(bodies.delete_unused, [body[0]])
+                cleanup.addErrback(lambda f: self.log.failure("deleting an unused body failed", f))
+                return failure
+
+            return self._change(add, *body).addErrback(not_added)
+
+        def add(conn: Any, body_id: int, size: int, metadata: bytes) -> int:
             uid, modseq = _allocate(conn, box_id, 1, 1)
             conn.execute(
                 "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, save_date, size,"
@@ -649,13 +666,13 @@ class PostgresMailbox(MailboxState):
                     size,
                     new_email_id(),
                     body_id,
-                    mime.encode_metadata(metadata),
+                    metadata,
                 ),
             )
             _notify(conn, self._node, self.store.user, box_id, "added")
             return uid
 
-        return self._change(store)
+        return self._database.run(put).addCallback(stored)
 
     def set_flags(
         self, uids: Iterable[int], flags: Iterable[str], mode: FlagMode, unchanged_since: int | None = None
