@@ -645,9 +645,10 @@ class PostgresMailbox(MailboxState):
 
         def stored(body: tuple[int, int, bytes]) -> defer.Deferred[int]:
             def not_added(failure: Any) -> Any:
+                # The append fails once the body is gone (or its deletion failed, logged).
                 cleanup = self._database.run(bodies.delete_unused, [body[0]])
                 cleanup.addErrback(lambda f: self.log.failure("deleting an unused body failed", f))
-                return failure
+                return cleanup.addCallback(lambda _: failure)
 
             return self._change(add, *body).addErrback(not_added)
 
