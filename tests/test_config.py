@@ -250,12 +250,13 @@ class StoreConfigTests(SynchronousTestCase):
         self.assertEqual(load_config(self.write('[store]\nbackend = "maildir"\n')).store_backend, "maildir")
         self.assertEqual(Settings.validated(store_backend="memory").store_backend, "memory")
 
-    def test_postgresql_not_available_yet(self) -> None:
-        """The reserved "postgresql" backend is refused with a clear error."""
+    def test_postgresql_needs_dsn(self) -> None:
+        """The "postgresql" backend without a [postgresql] dsn is refused with a clear error."""
         with self.assertRaises(ConfigError) as cm:
             load_config(self.write('[store]\nbackend = "postgresql"\n'))
         self.assertEqual(
-            str(cm.exception), '[store] backend "postgresql" is not available yet; use "maildir" or "memory"'
+            str(cm.exception),
+            '[store] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)',
         )
 
     def test_unknown_backends(self) -> None:
@@ -331,11 +332,12 @@ class PostgresConfigTests(SynchronousTestCase):
                 load_config(self.write(text))
             self.assertIn(message, str(cm.exception), text)
 
-    def test_store_stays_reserved(self) -> None:
-        """A DSN does not make the PostgreSQL store available yet."""
-        with self.assertRaises(ConfigError) as cm:
-            load_config(self.write('[store]\nbackend = "postgresql"\n[postgresql]\ndsn = "dbname=mail"\n'))
-        self.assertIn("not available yet", str(cm.exception))
+    def test_store_with_dsn(self) -> None:
+        """With a DSN the PostgreSQL store is accepted."""
+        settings = load_config(
+            self.write('[store]\nbackend = "postgresql"\n[postgresql]\ndsn = "dbname=mail"\n')
+        )
+        self.assertEqual((settings.store_backend, settings.postgresql_dsn), ("postgresql", "dbname=mail"))
 
 
 class QueueConfigTests(SynchronousTestCase):

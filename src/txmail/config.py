@@ -20,7 +20,7 @@ The file format (every key optional)::
     proxy_timeout = 10                   # seconds to send the complete header
 
     [store]
-    backend = "maildir"                  # maildir (under data_dir/mail) | memory (lost at exit)
+    backend = "maildir"                  # maildir (data_dir/mail) | memory (lost at exit) | postgresql
 
     [directory]
     backend = "file"                     # file (data_dir/users.json) | postgresql ([postgresql] dsn)
@@ -140,9 +140,9 @@ __all__ = [
 
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 #: The mail store backends ``[store] backend`` may name.
-STORE_BACKENDS = ("maildir", "memory")
+STORE_BACKENDS = ("maildir", "memory", "postgresql")
 #: Backends reserved for a later release: named, but refused with a clear error.
-RESERVED_STORE_BACKENDS = ("postgresql",)
+RESERVED_STORE_BACKENDS: tuple[str, ...] = ()
 #: The user directory backends ``[directory] backend`` may name.
 DIRECTORY_BACKENDS = ("file", "postgresql")
 #: The outbound queue backends ``[queue] backend`` may name.
@@ -560,6 +560,10 @@ def _validate(values: dict[str, Any]) -> Settings:
     if settings.queue_backend == "postgresql" and not settings.postgresql_dsn.strip():
         raise ConfigError(
             '[queue] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
+        )
+    if settings.store_backend == "postgresql" and not settings.postgresql_dsn.strip():
+        raise ConfigError(
+            '[store] backend = "postgresql" needs a [postgresql] dsn (a libpq connection string)'
         )
     if settings.postgresql_min_connections > settings.postgresql_max_connections:
         raise ConfigError("[postgresql] min_connections must not exceed max_connections")

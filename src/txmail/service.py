@@ -329,7 +329,11 @@ def tune_gc(threshold: Sequence[int]) -> None:
 
 
 def make_store_provider(
-    settings: Settings, *, run_blocking: Callable[..., defer.Deferred[Any]] | None = None
+    settings: Settings,
+    *,
+    run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
+    server: service.MultiService | None = None,
+    reactor: Any = None,
 ) -> IMailStoreProvider:
     """
     The mail store provider ``[store] backend`` names in *settings*: the
@@ -340,9 +344,18 @@ def make_store_provider(
       ``<data_dir>/mail``, its file work done by *run_blocking* (default:
       inline, in the calling thread);
     * ``"memory"``: a :class:`txmail.store.memory.MemoryProvider`; the mail
-      is lost when the process ends.
+      is lost when the process ends;
+    * ``"postgresql"``: a :class:`txmail.pg.store.PostgresProvider` on the
+      ``[postgresql]`` database: with *server*, the shared one of
+      :func:`postgresql_service`, which also starts and stops the
+      provider's change notifications; without (the admin command), a
+      database of its own whose queries run inline.  The schema is
+      checked here.
 
     The backend modules are imported here, when one is chosen.
+
+    Raises:
+        SchemaTooOld: the database needs ``txmail db upgrade``.
     """
     backend = settings.store_backend
     if backend == "memory":
@@ -353,6 +366,19 @@ def make_store_provider(
         from txmail.store.maildir import MaildirProvider
 
         return MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
+    if backend == "postgresql":
+        from txmail.pg.db import database_from_settings
+        from txmail.pg.store import PostgresProvider
+
+        if server is None:
+            provider = PostgresProvider(database_from_settings(settings, reactor=reactor))
+            provider.check_schema()
+            return provider
+        database_service = postgresql_service(settings, server, reactor=reactor)
+        provider = PostgresProvider(database_service.database)
+        provider.check_schema()
+        database_service.dependents.append(provider)
+        return provider
     raise ConfigError(f"unknown [store] backend {backend!r}")
 
 
@@ -508,7 +534,7 @@ def build_service(
     if directory is None:
         directory = make_directory(settings, server, reactor=reactor)
     if stores is None:
-        stores = make_store_provider(settings, run_blocking=run_blocking)
+        stores = make_store_provider(settings, run_blocking=run_blocking, server=server, reactor=reactor)
     queue = make_queue(settings, server, reactor=reactor, run_blocking=run_blocking)
     policy = settings.policy
     keys = signing_keys(policy)

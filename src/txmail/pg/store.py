@@ -1,0 +1,1277 @@
+"""
+The mail store on PostgreSQL: every user's mailboxes in one database that
+several txmail processes (nodes) share.
+
+Usage::
+
+    provider = PostgresProvider(database)      # a txmail.pg.db.Database
+    provider.check_schema()                    # blocking: at start-up only
+    provider.start()                           # LISTEN for other nodes' changes
+    store = yield provider.store_for("alice@example.test")
+
+What is where (``src/txmail/pg/migrations/0002_store.sql``)
+------------------------------------------------------------
+* ``mailboxes``: per user and name, with UIDVALIDITY, UIDNEXT,
+  HIGHESTMODSEQ, the \\Recent watermark, the special-use role and the
+  MAILBOXID (RFC 8474); ``subscriptions``; ``mail_users`` (the last
+  UIDVALIDITY given).
+* ``messages``: per mailbox and UID, the flags and keywords, internal and
+  save dates (RFC 8514), size, modseq (RFC 7162), EMAILID, the parsed
+  metadata (:func:`txmail.mime.encode_metadata`, parsed once at delivery)
+  and the id of the body; ``expunged``: the UIDs expunged with their
+  modseq (QRESYNC, :class:`~txmail.interfaces.IExpungeHistory`).
+* the octets, in :class:`txmail.pg.bodies.BodyStore` (chunks of 256 KiB),
+  shared by every copy of a message.
+
+How UIDs and modseqs are allocated
+----------------------------------
+Every change of a mailbox runs in one transaction that first updates (and
+so locks) the mailbox's row: ``UPDATE mailboxes SET uidnext = uidnext + n,
+highest_modseq = highest_modseq + n ... RETURNING``.  Two nodes appending
+to one mailbox take turns on that row lock and never get the same UID; the
+changes commit in modseq order, so a node that has seen modseq *m* has seen
+everything before it.
+
+What a node keeps
+-----------------
+A process keeps each open mailbox's message list (UID, flags, size, dates,
+modseq; not the octets or metadata) as the memory store does, and brings
+it up to date after each of its own changes, at :meth:`PostgresMailbox.refresh`,
+at :meth:`PostgresStore.get_mailbox`, and when another node NOTIFYs a
+change (below), reading only what changed since the highest modseq it has
+seen.  One mailbox object per mailbox and process is handed out while it is
+in use, so every session of the process hears every change.
+
+Changes across processes
+------------------------
+Each transaction that changes a mailbox sends ``NOTIFY txmail_store`` (on
+commit) with a JSON payload: the node, the user, the mailbox's row id and
+what changed (``added``, ``flags``, ``expunged``, ``recent``,
+``mailboxes``).  :meth:`PostgresProvider.start` opens one dedicated
+listening connection per process (a thread waiting on psycopg's
+``notifies()``); a notification for a mailbox the process has open
+refreshes it, which tells its listeners (MessagesAdded, FlagsChanged,
+MessagesExpunged, MailboxDeleted for a mailbox deleted or renamed
+elsewhere).  After the listening connection (re)connects, every open
+mailbox is refreshed, for the notifications it may have missed.
+
+\\Recent is kept in the database (a watermark per mailbox), so exactly one
+session of any node claims each new message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txmail import mime
+from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
+from txmail.interfaces import (
+    HEADER_COLUMNS,
+    HEADER_LINES,
+    IExpungeHistory,
+    IHeaderColumns,
+    IHeaderLines,
+    IMailbox,
+    IMailStore,
+    IMailStoreProvider,
+    IObjectIdProvider,
+    IObjectIds,
+    ISaveDates,
+    IStorageUsage,
+)
+from txmail.model import (
+    DELIMITER,
+    INBOX,
+    FlagMode,
+    FlagsChanged,
+    FolderInfo,
+    MessageInfo,
+    MessageMetadata,
+    MessagesAdded,
+    MessagesExpunged,
+    MessageSource,
+    SpecialUse,
+    normalize_flags,
+)
+from txmail.pg.bodies import SPOOL_MEMORY, BodyStore
+from txmail.pg.schema import require_current
+from txmail.quota import Usage
+from txmail.store._base import (
+    MailboxState,
+    check_name,
+    folder_infos,
+    generic_copy,
+    next_uidvalidity,
+    select_uids,
+)
+from txmail.store._crlf import bare_lf_count, to_crlf
+from txmail.store._ids import new_email_id, new_mailbox_id
+
+__all__ = ["CHANNEL", "PostgresMailbox", "PostgresProvider", "PostgresStore"]
+
+#: The LISTEN/NOTIFY channel of mailbox changes.
+CHANNEL = "txmail_store"
+#: Octets of a message source read at a time while storing it.
+READ_CHUNK = 256 * 1024
+#: Seconds the listening thread waits for a notification before checking whether to stop.
+LISTEN_POLL = 0.25
+#: Seconds between attempts to reconnect the listening connection.
+RECONNECT_DELAY = 1.0
+#: Seconds :meth:`_Listener.stop` allows beyond the polling interval (a connection being made).
+CONNECT_GRACE = 10.0
+
+_MESSAGE_COLUMNS = "uid, flags, size, internal_date, modseq, save_date, email_id"
+
+
+def _info(row: tuple[Any, ...]) -> MessageInfo:
+    uid, flags, size, internal_date, modseq, save_date, email_id = row
+    return MessageInfo(
+        int(uid), frozenset(flags), int(size), float(internal_date), int(modseq), float(save_date), email_id
+    )
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """A mailbox as the database has it, from a modseq on (read on a database thread)."""
+
+    name: str
+    uidnext: int
+    highest_modseq: int
+    recent_uid: int
+    #: Messages added or changed after the modseq, ascending UID.
+    messages: tuple[MessageInfo, ...]
+    #: UIDs expunged after the modseq.
+    expunged: tuple[int, ...]
+
+
+# -- database work (on the database's threads) ------------------------------
+
+
+def _read_changes(conn: Any, box_id: int, since: int) -> _Changes | None:
+    """
+    The mailbox's counters and what changed after modseq *since*; ``None``
+    when the mailbox is gone.  The row is read ``FOR SHARE`` first: no
+    change can commit in between, so the reads after it agree.
+    """
+    row = conn.execute(
+        "SELECT name, uidnext, highest_modseq, recent_uid FROM mailboxes WHERE id = %s FOR SHARE", (box_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    messages = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE mailbox = %s AND modseq > %s ORDER BY uid",
+        (box_id, since),
+    ).fetchall()
+    expunged: list[Any] = []
+    if since > 0:
+        expunged = conn.execute(
+            "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s ORDER BY uid", (box_id, since)
+        ).fetchall()
+    return _Changes(
+        row[0],
+        int(row[1]),
+        int(row[2]),
+        int(row[3]),
+        tuple(_info(r) for r in messages),
+        tuple(int(r[0]) for r in expunged),
+    )
+
+
+def _notify(conn: Any, node: str, user: str, box_id: int | None, kind: str) -> None:
+    """Queue a notification of a change, sent when the transaction commits."""
+    payload = json.dumps({"node": node, "user": user, "mailbox": box_id, "kind": kind})
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+def _allocate(conn: Any, box_id: int, uids: int, modseqs: int) -> tuple[int, int]:
+    """
+    Take *uids* UIDs and *modseqs* modseqs of the mailbox (locking its row
+    until the transaction ends): ``(first UID, first modseq)``.
+
+    Raises:
+        NoSuchMailbox: the mailbox is gone.
+    """
+    row = conn.execute(
+        "UPDATE mailboxes SET uidnext = uidnext + %s, highest_modseq = highest_modseq + %s"
+        " WHERE id = %s RETURNING uidnext - %s, highest_modseq - %s + 1",
+        (uids, modseqs, box_id, uids, modseqs),
+    ).fetchone()
+    if row is None:
+        raise NoSuchMailbox(str(box_id))
+    return int(row[0]), int(row[1])
+
+
+def _spool(message: bytes | MessageSource) -> tuple[BinaryIO, int, MessageMetadata]:
+    """
+    The message's octets with every bare LF made CRLF (as the memory and
+    Maildir stores serve them, RFC 3501 section 2.3.4) in a spooled
+    temporary file at its start, their size and their metadata: the
+    source's own when it has some and nothing was converted, else parsed
+    from the file.  Read one chunk at a time.
+    """
+    if isinstance(message, bytes | bytearray | memoryview):
+        message = MessageSource.from_bytes(bytes(message))
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - returned
+    bare = 0
+    try:
+        with contextlib.closing(message.open()) as f:
+            after_cr = False
+            while chunk := f.read(READ_CHUNK):
+                count = bare_lf_count(chunk, after_cr)
+                if count:
+                    bare += count
+                    if after_cr and chunk[:1] == b"\n":
+                        out.write(b"\n")
+                        out.write(to_crlf(chunk[1:]))
+                    else:
+                        out.write(to_crlf(chunk))
+                else:
+                    out.write(chunk)
+                after_cr = chunk[-1:] == b"\r"
+        size = out.tell()
+        metadata = None if bare else message.metadata
+        if metadata is None:
+            out.seek(0)
+            metadata = mime.parse_metadata(out)  # type: ignore[arg-type]
+        out.seek(0)
+    except BaseException:
+        out.close()
+        raise
+    return out, size, metadata  # type: ignore[return-value]
+
+
+def _mailbox_rows(conn: Any, owner: str) -> list[tuple[str, str | None]]:
+    return conn.execute("SELECT name, special_use FROM mailboxes WHERE owner = %s", (owner,)).fetchall()
+
+
+def _lock_user(conn: Any, owner: str) -> int:
+    """Make sure the user has a row and INBOX; lock the row (folder changes take turns); the last UIDVALIDITY."""
+    conn.execute("INSERT INTO mail_users (address) VALUES (%s) ON CONFLICT DO NOTHING", (owner,))
+    (last,) = conn.execute(
+        "SELECT last_uidvalidity FROM mail_users WHERE address = %s FOR UPDATE", (owner,)
+    ).fetchone()
+    last = int(last)
+    if (
+        conn.execute("SELECT 1 FROM mailboxes WHERE owner = %s AND name = %s", (owner, INBOX)).fetchone()
+        is None
+    ):
+        last = _insert_mailbox(conn, owner, INBOX, last)
+    return last
+
+
+def _insert_mailbox(conn: Any, owner: str, name: str, last_uidvalidity: int) -> int:
+    """Create the mailbox *name* with a fresh UIDVALIDITY and MAILBOXID; the UIDVALIDITY given."""
+    uidvalidity = next_uidvalidity(last_uidvalidity)
+    conn.execute(
+        "INSERT INTO mailboxes (owner, name, mailbox_id, uidvalidity) VALUES (%s, %s, %s, %s)",
+        (owner, name, new_mailbox_id(), uidvalidity),
+    )
+    conn.execute("UPDATE mail_users SET last_uidvalidity = %s WHERE address = %s", (uidvalidity, owner))
+    return uidvalidity
+
+
+def _create_parents(conn: Any, owner: str, name: str, last: int) -> int:
+    """Create the missing parents of *name*; the last UIDVALIDITY given."""
+    parts = name.split(DELIMITER)
+    for i in range(1, len(parts)):
+        parent = DELIMITER.join(parts[:i])
+        found = conn.execute(
+            "SELECT 1 FROM mailboxes WHERE owner = %s AND name = %s", (owner, parent)
+        ).fetchone()
+        if found is None:
+            last = _insert_mailbox(conn, owner, parent, last)
+    return last
+
+
+def _has_children(conn: Any, owner: str, name: str) -> bool:
+    prefix = name + DELIMITER
+    row = conn.execute(
+        "SELECT 1 FROM mailboxes WHERE owner = %s AND left(name, %s) = %s LIMIT 1",
+        (owner, len(prefix), prefix),
+    ).fetchone()
+    return row is not None
+
+
+def _move_rows(
+    conn: Any, bodies: BodyStore, source: int, uids: list[int], target: int
+) -> list[tuple[int, int]]:
+    """
+    Copy the messages *uids* of mailbox *source* into *target* with new
+    UIDs and modseqs, sharing their bodies; ``(source UID, target UID)``
+    pairs of those found, ascending.
+
+    The target's row is locked first, then the source messages ``FOR
+    SHARE``: an expunge of them elsewhere waits for this transaction (and
+    then finds their bodies still used), or went first and they are not
+    copied.  No transaction holds a source message's lock while it waits
+    for a mailbox row, so the order cannot deadlock.
+
+    Raises:
+        NoSuchMailbox: the target is gone.
+    """
+    if conn.execute("SELECT 1 FROM mailboxes WHERE id = %s FOR UPDATE", (target,)).fetchone() is None:
+        raise NoSuchMailbox(str(target))
+    rows = conn.execute(
+        "SELECT uid, flags, internal_date, size, email_id, body_id, metadata FROM messages"
+        " WHERE mailbox = %s AND uid = ANY(%s) ORDER BY uid FOR SHARE",
+        (source, uids),
+    ).fetchall()
+    if not rows:
+        return []
+    first_uid, first_modseq = _allocate(conn, target, len(rows), len(rows))
+    now = time.time()
+    pairs = []
+    with conn.cursor() as cur:
+        for i, (uid, flags, internal_date, size, email_id, body_id, metadata) in enumerate(rows):
+            cur.execute(
+                "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, save_date, size,"
+                " email_id, body_id, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    target,
+                    first_uid + i,
+                    first_modseq + i,
+                    flags,
+                    internal_date,
+                    now,
+                    size,
+                    email_id,
+                    body_id,
+                    metadata,
+                ),
+            )
+            pairs.append((int(uid), first_uid + i))
+    return pairs
+
+
+def _expunge_rows(conn: Any, bodies: BodyStore, box_id: int, uids: list[int]) -> list[int]:
+    """Remove the messages *uids* (all found), record them expunged at one new modseq; those removed."""
+    if not uids:
+        return []
+    _, modseq = _allocate(conn, box_id, 0, 1)
+    rows = conn.execute(
+        "DELETE FROM messages WHERE mailbox = %s AND uid = ANY(%s) RETURNING uid, body_id", (box_id, uids)
+    ).fetchall()
+    removed = sorted(int(r[0]) for r in rows)
+    if removed:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO expunged (mailbox, uid, modseq) VALUES (%s, %s, %s)"
+                " ON CONFLICT (mailbox, uid) DO UPDATE SET modseq = excluded.modseq",
+                [(box_id, uid, modseq) for uid in removed],
+            )
+        bodies.delete_unused(conn, (r[1] for r in rows))
+    return removed
+
+
+def _flag_rows(
+    conn: Any,
+    box_id: int,
+    uids: list[int],
+    wanted: frozenset[str],
+    mode: FlagMode,
+    unchanged_since: int | None,
+) -> list[int]:
+    """Set flags in the database (STORE, RFC 3501 section 6.4.6; UNCHANGEDSINCE, RFC 7162 section 3.1.3); the UIDs changed."""
+    conn.execute("SELECT 1 FROM mailboxes WHERE id = %s FOR UPDATE", (box_id,))
+    rows = conn.execute(
+        "SELECT uid, flags, modseq FROM messages WHERE mailbox = %s AND uid = ANY(%s) ORDER BY uid",
+        (box_id, uids),
+    ).fetchall()
+    changes = []
+    for uid, flags, modseq in rows:
+        old = frozenset(flags)
+        if unchanged_since is not None and modseq > unchanged_since:
+            continue
+        if mode is FlagMode.REPLACE:
+            new = wanted
+        elif mode is FlagMode.ADD:
+            new = old | wanted
+        else:
+            new = old - wanted
+        if new != old:
+            changes.append((int(uid), sorted(new)))
+    if not changes:
+        return []
+    _, first = _allocate(conn, box_id, 0, len(changes))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE messages SET flags = %s, modseq = %s WHERE mailbox = %s AND uid = %s",
+            [(flags, first + i, box_id, uid) for i, (uid, flags) in enumerate(changes)],
+        )
+    return [uid for uid, _ in changes]
+
+
+@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
+class PostgresMailbox(MailboxState):
+    """
+    One mailbox of a :class:`PostgresStore`: the message list in memory
+    (:class:`~txmail.store._base.MailboxState`), every change made in the
+    database first.  The changes of one process to one mailbox run one
+    after the other (a ``DeferredLock``), and each ends by reading what
+    changed since this process last looked, which is what the listeners
+    are told.
+    """
+
+    def __init__(
+        self, store: PostgresStore, box_id: int, name: str, uidvalidity: int, mailbox_id: str
+    ) -> None:
+        self.store = store
+        self.box_id = box_id
+        self.name = name
+        self.uidvalidity = uidvalidity
+        #: RFC 8474 section 4: kept by a rename.
+        self.mailbox_id = mailbox_id
+        self._init_state()
+        self._lock = defer.DeferredLock()
+        self._refresh_waiting = False
+
+    @property
+    def _database(self) -> Any:
+        return self.store.provider.database
+
+    @property
+    def _node(self) -> str:
+        return self.store.provider.node
+
+    # -- applying what the database says ------------------------------------
+
+    def _apply(self, changes: _Changes | None) -> None:
+        """Bring the message list up to *changes* and tell the listeners (reactor thread)."""
+        if changes is None or changes.name != self.name:
+            # Deleted, or renamed (by another node): this object is done.
+            self.store._forget(self)
+            self._mark_deleted()
+            return
+        added = []
+        changed = []
+        for info in changes.messages:
+            old = self._infos.get(info.uid)
+            if old is None:
+                added.append(info)
+            elif info.modseq > old.modseq:
+                changed.append(info)
+                self._count(old, -1)
+                self._infos[info.uid] = info
+                self._count(info, 1)
+        if added:
+            unordered = bool(self._infos) and added[0].uid < next(reversed(self._infos))
+            for info in added:
+                self._insert(info)
+            if unordered:  # pragma: no cover - UIDs commit in order; kept ascending regardless
+                self._infos = dict(sorted(self._infos.items()))
+        removed = [uid for uid in changes.expunged if uid in self._infos]
+        for uid in removed:
+            self._count(self._infos.pop(uid), -1)
+        self._uidnext = max(self._uidnext, changes.uidnext)
+        self._modseq = max([self._modseq, changes.highest_modseq, *(i.modseq for i in changed)])
+        self._recent = max(self._recent, changes.recent_uid)
+        if added:
+            self._notify(MessagesAdded(tuple(added)))
+        if changed:
+            self._notify(FlagsChanged(tuple(changed)))
+        if removed:
+            self._notify(MessagesExpunged(tuple(removed), self._modseq))
+
+    def _change(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """
+        Run ``fn(conn, *args)`` and then read the changes since this
+        process's modseq, in one transaction, one change of this mailbox at
+        a time; apply the changes and fire with ``fn``'s result.
+        """
+
+        def work(conn: Any, since: int) -> tuple[Any, _Changes | None]:
+            result = fn(conn, *args)
+            return result, _read_changes(conn, self.box_id, since)
+
+        def locked() -> defer.Deferred[Any]:
+            failed = self._alive_or_fail()
+            if failed is not None:
+                return failed
+            return self._database.run(work, self._modseq).addCallback(applied)
+
+        def applied(outcome: tuple[Any, _Changes | None]) -> Any:
+            result, changes = outcome
+            self._apply(changes)
+            return result
+
+        return self._lock.run(locked)
+
+    def _notified(self) -> defer.Deferred[None] | None:
+        """
+        Another node changed the mailbox: refresh it, unless a refresh is
+        already waiting for its turn (a burst of notifications costs one
+        read, which sees all of them).  ``None`` when one was waiting.
+        """
+        if self._refresh_waiting:
+            return None
+        self._refresh_waiting = True
+
+        def started() -> defer.Deferred[None]:
+            self._refresh_waiting = False
+            return self.refresh()
+
+        # Refreshes queue behind the changes under way: started when its turn comes.
+        d: defer.Deferred[None] = defer.Deferred()
+        self._lock.acquire().addCallback(lambda lock: lock.release()).addCallback(
+            lambda _: started()
+        ).chainDeferred(d)
+        return d
+
+    # -- reading -------------------------------------------------------------
+
+    def expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
+        """See :meth:`txmail.interfaces.IExpungeHistory.expunged_since`: from the ``expunged`` table."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        wanted = None if uids is None else sorted({int(u) for u in uids})
+
+        def query(conn: Any) -> list[int]:
+            if wanted is None:
+                rows = conn.execute(
+                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s ORDER BY uid",
+                    (self.box_id, modseq),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s AND uid = ANY(%s) ORDER BY uid",
+                    (self.box_id, modseq, wanted),
+                ).fetchall()
+            return [int(r[0]) for r in rows]
+
+        if wanted == []:
+            return defer.succeed([])
+        return self._database.run(query)
+
+    def _body(self, conn: Any, uid: int) -> BinaryIO:
+        row = conn.execute(
+            "SELECT body_id FROM messages WHERE mailbox = %s AND uid = %s", (self.box_id, uid)
+        ).fetchone()
+        if row is None:
+            raise NoSuchMessage(f"{self.name} uid {uid}")
+        return self.store.provider.bodies.open(conn, row[0])
+
+    def open_message(self, uid: int) -> defer.Deferred[BinaryIO]:
+        """
+        See :meth:`txmail.interfaces.IMailbox.open_message`: the body is
+        copied chunk by chunk into a spooled temporary file (in memory up
+        to 1 MiB), which stays readable if the message is expunged.
+        """
+        return self._alive_or_fail() or self._database.run(self._body, uid)
+
+    def read_message(self, uid: int) -> defer.Deferred[bytes]:
+        """See :meth:`txmail.interfaces.IMailbox.read_message`."""
+
+        def read(conn: Any) -> bytes:
+            with self._body(conn, uid) as f:
+                return f.read()
+
+        return self._alive_or_fail() or self._database.run(read)
+
+    def get_metadata(self, uids: Iterable[int]) -> defer.Deferred[dict[int, MessageMetadata]]:
+        """See :meth:`txmail.interfaces.IMailbox.get_metadata`: decoded from what delivery stored."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        selected = select_uids(uids, self._infos)
+
+        def query(conn: Any) -> dict[int, MessageMetadata]:
+            rows = conn.execute(
+                "SELECT uid, metadata FROM messages WHERE mailbox = %s AND uid = ANY(%s)",
+                (self.box_id, selected),
+            ).fetchall()
+            return {int(uid): mime.decode_metadata(bytes(data)) for uid, data in rows}
+
+        if not selected:
+            return defer.succeed({})
+        return self._database.run(query)
+
+    def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, ...]]]:
+        """See :meth:`txmail.interfaces.IHeaderColumns.header_columns`: computed from :meth:`get_metadata`."""
+        return self.get_metadata(uids).addCallback(
+            lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
+        )
+
+    def header_lines(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
+        """See :meth:`txmail.interfaces.IHeaderLines.header_lines`: made from :meth:`get_metadata`."""
+        names = frozenset(HEADER_LINES)
+        return self.get_metadata(uids).addCallback(
+            lambda found: {uid: mime.header_lines(md.headers, names) for uid, md in found.items()}
+        )
+
+    # -- changing -----------------------------------------------------------
+
+    def append(
+        self, message: bytes | MessageSource, flags: Iterable[str] = (), internal_date: float | None = None
+    ) -> defer.Deferred[int]:
+        """
+        See :meth:`txmail.interfaces.IMailbox.append`: the source is read
+        in chunks (bare LFs made CRLF) into a spooled file, its metadata
+        parsed unless it has some, and its body stored in a transaction of
+        its own, before the mailbox's turn (a large message does not hold
+        up the mailbox's other changes); then the message is added with a
+        UID and modseq taken from the mailbox's row.  If that fails, the
+        body is deleted again.
+        """
+        try:
+            normalized = sorted(normalize_flags(flags))
+        except ValueError:
+            return defer.fail()
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        date = time.time() if internal_date is None else float(internal_date)
+        bodies = self.store.provider.bodies
+        box_id = self.box_id
+
+        def put(conn: Any) -> tuple[int, int, bytes]:
+            spooled, _, metadata = _spool(message)
+            with spooled:
+                body_id, size = bodies.put(conn, spooled)
+            return body_id, size, mime.encode_metadata(metadata)
+
+        def stored(body: tuple[int, int, bytes]) -> defer.Deferred[int]:
+            def not_added(failure: Any) -> Any:
+                # The append fails once the body is gone (or its deletion failed, logged).
+                cleanup = self._database.run(bodies.delete_unused, [body[0]])
+                cleanup.addErrback(lambda f: self.log.failure("deleting an unused body failed", f))
+                return cleanup.addCallback(lambda _: failure)
+
+            return self._change(add, *body).addErrback(not_added)
+
+        def add(conn: Any, body_id: int, size: int, metadata: bytes) -> int:
+            uid, modseq = _allocate(conn, box_id, 1, 1)
+            conn.execute(
+                "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, save_date, size,"
+                " email_id, body_id, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    box_id,
+                    uid,
+                    modseq,
+                    normalized,
+                    date,
+                    time.time(),
+                    size,
+                    new_email_id(),
+                    body_id,
+                    metadata,
+                ),
+            )
+            _notify(conn, self._node, self.store.user, box_id, "added")
+            return uid
+
+        return self._database.run(put).addCallback(stored)
+
+    def set_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: FlagMode, unchanged_since: int | None = None
+    ) -> defer.Deferred[list[MessageInfo]]:
+        """See :meth:`txmail.interfaces.IMailbox.set_flags`: computed and set in one transaction."""
+        try:
+            wanted = normalize_flags(flags)
+            mode = FlagMode(mode)
+        except ValueError:
+            return defer.fail()
+        selected = select_uids(uids, self._infos)
+
+        def store(conn: Any) -> list[int]:
+            changed = _flag_rows(conn, self.box_id, selected, wanted, mode, unchanged_since)
+            if changed:
+                _notify(conn, self._node, self.store.user, self.box_id, "flags")
+            return changed
+
+        def infos(changed: list[int]) -> list[MessageInfo]:
+            return [self._infos[uid] for uid in changed if uid in self._infos]
+
+        if not selected:
+            return self._alive_or_fail() or defer.succeed([])
+        return self._change(store).addCallback(infos)
+
+    def _same_database(self, target: Any) -> bool:
+        return isinstance(target, PostgresMailbox) and target._database is self._database
+
+    def copy(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+        """
+        See :meth:`txmail.interfaces.IMailbox.copy`: within the database the
+        copies share the bodies and keep the EMAILIDs (RFC 8474 section
+        5.1); into another backend, through :func:`generic_copy`.
+        """
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        selected = select_uids(uids, self._infos)
+        if not self._same_database(target):
+            return generic_copy(self, selected, target)
+        if target._deleted:
+            return defer.fail(NoSuchMailbox(target.name))
+        bodies = self.store.provider.bodies
+
+        def store(conn: Any) -> list[tuple[int, int]]:
+            pairs = _move_rows(conn, bodies, self.box_id, selected, target.box_id)
+            if pairs:
+                _notify(conn, self._node, target.store.user, target.box_id, "added")
+            return pairs
+
+        return self._database.run(store).addCallback(
+            lambda pairs: target.refresh().addCallback(lambda _: pairs)
+        )
+
+    def move(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+        """See :meth:`txmail.interfaces.IMailbox.move`: copy and expunge in one transaction."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        selected = select_uids(uids, self._infos)
+        if not self._same_database(target):
+
+            def copied(pairs: list[tuple[int, int]]) -> defer.Deferred[list[tuple[int, int]]]:
+                def drop(conn: Any) -> list[tuple[int, int]]:
+                    _expunge_rows(conn, self.store.provider.bodies, self.box_id, [s for s, _ in pairs])
+                    _notify(conn, self._node, self.store.user, self.box_id, "expunged")
+                    return pairs
+
+                return self._change(drop)
+
+            return generic_copy(self, selected, target).addCallback(copied)
+        if target._deleted:
+            return defer.fail(NoSuchMailbox(target.name))
+        bodies = self.store.provider.bodies
+
+        def store(conn: Any) -> list[tuple[int, int]]:
+            # Lock both rows in id order: two moves in opposite directions take turns.
+            conn.execute(
+                "SELECT 1 FROM mailboxes WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                ([self.box_id, target.box_id],),
+            )
+            pairs = _move_rows(conn, bodies, self.box_id, selected, target.box_id)
+            if pairs:
+                _expunge_rows(conn, bodies, self.box_id, [s for s, _ in pairs])
+                _notify(conn, self._node, target.store.user, target.box_id, "added")
+                _notify(conn, self._node, self.store.user, self.box_id, "expunged")
+            return pairs
+
+        return self._change(store).addCallback(lambda pairs: target.refresh().addCallback(lambda _: pairs))
+
+    def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
+        """See :meth:`txmail.interfaces.IMailbox.expunge`: the \\Deleted ones of the messages this process knows."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        known = select_uids(uids, self._infos)
+
+        def store(conn: Any) -> list[int]:
+            conn.execute("SELECT 1 FROM mailboxes WHERE id = %s FOR UPDATE", (self.box_id,))
+            rows = conn.execute(
+                "SELECT uid FROM messages WHERE mailbox = %s AND uid = ANY(%s) AND %s = ANY(flags)",
+                (self.box_id, known, "\\Deleted"),
+            ).fetchall()
+            removed = _expunge_rows(
+                conn, self.store.provider.bodies, self.box_id, sorted(int(r[0]) for r in rows)
+            )
+            if removed:
+                _notify(conn, self._node, self.store.user, self.box_id, "expunged")
+            return removed
+
+        if not known:
+            return defer.succeed([])
+        return self._change(store)
+
+    def claim_recent(self) -> defer.Deferred[list[int]]:
+        """See :meth:`txmail.interfaces.IMailbox.claim_recent`: the watermark is the mailbox row's ``recent_uid``."""
+
+        def claim(conn: Any) -> list[int]:
+            (recent,) = conn.execute(
+                "SELECT recent_uid FROM mailboxes WHERE id = %s FOR UPDATE", (self.box_id,)
+            ).fetchone() or (None,)
+            if recent is None:
+                raise NoSuchMailbox(self.name)
+            rows = conn.execute(
+                "SELECT uid FROM messages WHERE mailbox = %s AND uid > %s ORDER BY uid", (self.box_id, recent)
+            ).fetchall()
+            claimed = [int(r[0]) for r in rows]
+            if claimed:
+                conn.execute("UPDATE mailboxes SET recent_uid = %s WHERE id = %s", (claimed[-1], self.box_id))
+            return claimed
+
+        return self._change(claim)
+
+    def refresh(self) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IMailbox.refresh`: read what changed since the highest modseq seen."""
+        return self._change(lambda conn: None)
+
+
+@implementer(IMailStore, IStorageUsage)
+class PostgresStore:
+    """One user's mailboxes in the database.  Created by :class:`PostgresProvider`."""
+
+    log = Logger()
+
+    def __init__(self, provider: PostgresProvider, user: str) -> None:
+        self.provider = provider
+        self.user = user
+        #: The mailbox objects in use, by row id.
+        self._boxes: weakref.WeakValueDictionary[int, PostgresMailbox] = weakref.WeakValueDictionary()
+
+    @property
+    def _database(self) -> Any:
+        return self.provider.database
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return self._database.run(fn, *args)
+
+    def _forget(self, box: PostgresMailbox) -> None:
+        if self._boxes.get(box.box_id) is box:
+            del self._boxes[box.box_id]
+
+    def _gone(self, box_ids: Iterable[int]) -> None:
+        """The mailboxes *box_ids* were deleted or renamed here: their objects are done."""
+        for box_id in box_ids:
+            box = self._boxes.pop(box_id, None)
+            if box is not None:
+                box._mark_deleted()
+
+    def refresh_open(self) -> defer.Deferred[None]:
+        """Refresh every mailbox in use (after a folder change elsewhere, or missed notifications)."""
+        ds = []
+        for box in list(self._boxes.values()):
+            ds.append(box.refresh().addErrback(lambda f: f.trap(NoSuchMailbox)))
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    def _folder_change(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Run a folder change under the user's row lock; NOTIFY the other nodes."""
+
+        def work(conn: Any) -> Any:
+            last = _lock_user(conn, self.user)
+            result = fn(conn, last, *args)
+            _notify(conn, self.provider.node, self.user, None, "mailboxes")
+            return result
+
+        return self._run(work)
+
+    # -- IStorageUsage --------------------------------------------------------
+
+    def usage(self) -> defer.Deferred[Usage]:
+        """See :meth:`txmail.interfaces.IStorageUsage.usage`: summed by the database."""
+
+        def query(conn: Any) -> Usage:
+            size, count = conn.execute(
+                "SELECT coalesce(sum(m.size), 0), count(*) FROM messages m"
+                " JOIN mailboxes b ON b.id = m.mailbox WHERE b.owner = %s",
+                (self.user,),
+            ).fetchone()
+            return Usage(int(size), int(count))
+
+        return self._run(query)
+
+    # -- IMailStore -----------------------------------------------------------
+
+    def list_mailboxes(self, pattern: str = "*") -> defer.Deferred[list[FolderInfo]]:
+        """See :meth:`txmail.interfaces.IMailStore.list_mailboxes`."""
+
+        def query(conn: Any) -> list[FolderInfo]:
+            rows = _mailbox_rows(conn, self.user)
+            subscribed = {
+                r[0] for r in conn.execute("SELECT name FROM subscriptions WHERE owner = %s", (self.user,))
+            }
+            roles = {name: SpecialUse(role) for name, role in rows if role is not None}
+            return folder_infos([name for name, _ in rows], pattern, subscribed, roles)
+
+        return self._run(query)
+
+    def get_mailbox(self, name: str) -> defer.Deferred[PostgresMailbox]:
+        """
+        See :meth:`txmail.interfaces.IMailStore.get_mailbox`: the object in
+        use for the mailbox, refreshed, or a new one loaded from the database.
+        """
+        try:
+            name = check_name(name)
+        except InvalidMailboxName:
+            return defer.fail()
+
+        # The ids of the objects in use, taken here: the thread does not touch the weak dictionary.
+        in_use = frozenset(box_id for box_id, box in list(self._boxes.items()) if not box._deleted)
+
+        def query(conn: Any) -> tuple[Any, _Changes | None] | None:
+            row = conn.execute(
+                "SELECT id, uidvalidity, mailbox_id FROM mailboxes WHERE owner = %s AND name = %s",
+                (self.user, name),
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] in in_use:
+                return row, None
+            return row, _read_changes(conn, row[0], 0)
+
+        def found(result: tuple[Any, _Changes | None] | None) -> Any:
+            if result is None:
+                raise NoSuchMailbox(name)
+            (box_id, uidvalidity, mailbox_id), changes = result
+            box = self._boxes.get(box_id)
+            if box is not None and not box._deleted:
+                return box.refresh().addCallback(lambda _: box)
+            box = PostgresMailbox(self, box_id, name, int(uidvalidity), mailbox_id)
+            if changes is None:
+                return box.refresh().addCallback(lambda _: self._keep(box))
+            box._apply(changes)
+            return self._keep(box)
+
+        return self._run(query).addCallback(found)
+
+    def _keep(self, box: PostgresMailbox) -> PostgresMailbox:
+        """Hand out *box*, or the object another call loaded for the same mailbox meanwhile."""
+        if box._deleted:
+            raise NoSuchMailbox(box.name)
+        kept = self._boxes.get(box.box_id)
+        if kept is not None and not kept._deleted:
+            return kept
+        self._boxes[box.box_id] = box
+        return box
+
+    def create_mailbox(self, name: str, special_use: SpecialUse | None = None) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IMailStore.create_mailbox`."""
+        try:
+            name = check_name(name)
+            role = None if special_use is None else SpecialUse(special_use)
+        except (InvalidMailboxName, ValueError):
+            return defer.fail()
+
+        def create(conn: Any, last: int) -> None:
+            if conn.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = %s AND name = %s", (self.user, name)
+            ).fetchone():
+                raise MailboxExists(name)
+            last = _create_parents(conn, self.user, name, last)
+            _insert_mailbox(conn, self.user, name, last)
+            if role is not None:
+                conn.execute(
+                    "UPDATE mailboxes SET special_use = NULL WHERE owner = %s AND special_use = %s",
+                    (self.user, role.value),
+                )
+                conn.execute(
+                    "UPDATE mailboxes SET special_use = %s WHERE owner = %s AND name = %s",
+                    (role.value, self.user, name),
+                )
+
+        return self._folder_change(create)
+
+    def delete_mailbox(self, name: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IMailStore.delete_mailbox`: with its messages and unshared bodies."""
+        try:
+            name = check_name(name)
+        except InvalidMailboxName:
+            return defer.fail()
+        if name == INBOX:
+            return defer.fail(InvalidMailboxName("INBOX cannot be deleted"))
+
+        def delete(conn: Any, last: int) -> int:
+            row = conn.execute(
+                "SELECT id FROM mailboxes WHERE owner = %s AND name = %s", (self.user, name)
+            ).fetchone()
+            if row is None:
+                if _has_children(conn, self.user, name):
+                    raise MailboxNotEmpty(name)
+                raise NoSuchMailbox(name)
+            body_ids = [
+                r[0] for r in conn.execute("SELECT DISTINCT body_id FROM messages WHERE mailbox = %s", row)
+            ]
+            conn.execute("DELETE FROM mailboxes WHERE id = %s", row)
+            self.provider.bodies.delete_unused(conn, body_ids)
+            return int(row[0])
+
+        return self._folder_change(delete).addCallback(lambda box_id: self._gone([box_id]))
+
+    def rename_mailbox(self, old: str, new: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IMailStore.rename_mailbox` (RFC 3501 section 6.3.5)."""
+        try:
+            old = check_name(old)
+            new = check_name(new)
+        except InvalidMailboxName:
+            return defer.fail()
+        if new == old:
+            return defer.fail(MailboxExists(new))
+        if new.startswith(old + DELIMITER):
+            return defer.fail(InvalidMailboxName("cannot rename a mailbox below itself"))
+        if old == INBOX:
+            return self._folder_change(self._rename_inbox, new).addCallback(lambda _: self.refresh_open())
+
+        def rename(conn: Any, last: int) -> list[int]:
+            prefix = old + DELIMITER
+            rows = conn.execute(
+                "SELECT id, name FROM mailboxes WHERE owner = %s AND (name = %s OR left(name, %s) = %s)",
+                (self.user, old, len(prefix), prefix),
+            ).fetchall()
+            if not rows:
+                raise NoSuchMailbox(old)
+            targets = [new + n[len(old) :] for _, n in rows]
+            if conn.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = %s AND name = ANY(%s)", (self.user, [new, *targets])
+            ).fetchone():
+                raise MailboxExists(new)
+            # Out of the way first (under a name check_name refuses), so no two rows ever hold one name.
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE mailboxes SET name = %s WHERE id = %s",
+                    [(f"~renaming~{box_id}", box_id) for box_id, _ in rows],
+                )
+                cur.executemany(
+                    "UPDATE mailboxes SET name = %s WHERE id = %s",
+                    [(target, box_id) for (box_id, _), target in zip(rows, targets, strict=True)],
+                )
+            _create_parents(conn, self.user, new, last)
+            return [int(box_id) for box_id, _ in rows]
+
+        return self._folder_change(rename).addCallback(self._gone)
+
+    def _rename_inbox(self, conn: Any, last: int, new: str) -> None:
+        """RFC 3501 section 6.3.5: INBOX's messages move to a new mailbox *new*; INBOX stays, empty, with its children."""
+        if conn.execute(
+            "SELECT 1 FROM mailboxes WHERE owner = %s AND name = %s", (self.user, new)
+        ).fetchone():
+            raise MailboxExists(new)
+        last = _create_parents(conn, self.user, new, last)
+        _insert_mailbox(conn, self.user, new, last)
+        (inbox,) = conn.execute(
+            "SELECT id FROM mailboxes WHERE owner = %s AND name = %s", (self.user, INBOX)
+        ).fetchone()
+        (target,) = conn.execute(
+            "SELECT id FROM mailboxes WHERE owner = %s AND name = %s", (self.user, new)
+        ).fetchone()
+        uids = [
+            int(r[0])
+            for r in conn.execute("SELECT uid FROM messages WHERE mailbox = %s ORDER BY uid", (inbox,))
+        ]
+        pairs = _move_rows(conn, self.provider.bodies, inbox, uids, target)
+        _expunge_rows(conn, self.provider.bodies, inbox, [s for s, _ in pairs])
+        _notify(conn, self.provider.node, self.user, inbox, "expunged")
+
+    def subscribe(self, name: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IMailStore.subscribe`."""
+        try:
+            name = check_name(name)
+        except InvalidMailboxName:
+            return defer.fail()
+
+        def add(conn: Any) -> None:
+            conn.execute("INSERT INTO mail_users (address) VALUES (%s) ON CONFLICT DO NOTHING", (self.user,))
+            conn.execute(
+                "INSERT INTO subscriptions (owner, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (self.user, name),
+            )
+
+        return self._run(add)
+
+    def unsubscribe(self, name: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IMailStore.unsubscribe`."""
+        try:
+            name = check_name(name)
+        except InvalidMailboxName:
+            return defer.fail()
+
+        def remove(conn: Any) -> None:
+            cur = conn.execute("DELETE FROM subscriptions WHERE owner = %s AND name = %s", (self.user, name))
+            if not cur.rowcount:
+                raise NoSuchMailbox(name)
+
+        return self._run(remove)
+
+    def subscriptions(self) -> defer.Deferred[list[str]]:
+        """See :meth:`txmail.interfaces.IMailStore.subscriptions`."""
+
+        def query(conn: Any) -> list[str]:
+            rows = conn.execute("SELECT name FROM subscriptions WHERE owner = %s", (self.user,)).fetchall()
+            return sorted(r[0] for r in rows)
+
+        return self._run(query)
+
+    def special_use_mailbox(self, role: SpecialUse) -> defer.Deferred[str | None]:
+        """See :meth:`txmail.interfaces.IMailStore.special_use_mailbox`."""
+        try:
+            role = SpecialUse(role)
+        except ValueError:
+            return defer.fail()
+
+        def query(conn: Any) -> str | None:
+            row = conn.execute(
+                "SELECT name FROM mailboxes WHERE owner = %s AND special_use = %s ORDER BY name LIMIT 1",
+                (self.user, role.value),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return self._run(query)
+
+
+@implementer(IMailStoreProvider, IObjectIdProvider)
+class PostgresProvider:
+    """
+    Gives each user a :class:`PostgresStore` on *database* (a
+    :class:`txmail.pg.db.Database`); the same user gets the same store
+    while it is in use.  :meth:`start` and :meth:`stop` (the
+    :class:`txmail.pg.db.DatabaseService` calls them) run the listening
+    connection that hears the other nodes' changes.
+    """
+
+    log = Logger()
+
+    def __init__(self, database: Any, *, bodies: BodyStore | None = None) -> None:
+        self.database = database
+        self.bodies = bodies if bodies is not None else BodyStore()
+        #: This process's name in the notifications: its own are not read back.
+        self.node = uuid.uuid4().hex
+        self._stores: weakref.WeakValueDictionary[str, PostgresStore] = weakref.WeakValueDictionary()
+        self._listener: _Listener | None = None
+
+    def check_schema(self) -> None:
+        """
+        Refuse a database whose schema is too old (blocking: at start-up).
+
+        Raises:
+            SchemaTooOld: run ``txmail db upgrade``.
+            DatabaseError: the database cannot be reached.
+        """
+        self.database.run_sync(require_current)
+
+    def store_for(self, user: str) -> defer.Deferred[PostgresStore]:
+        """See :meth:`txmail.interfaces.IMailStoreProvider.store_for`: the user's INBOX is made the first time."""
+        store = self._stores.get(user)
+        if store is not None:
+            return defer.succeed(store)
+
+        def made(_: Any) -> PostgresStore:
+            store = self._stores.get(user)
+            if store is None:
+                store = self._stores[user] = PostgresStore(self, user)
+            return store
+
+        def ensure(conn: Any) -> None:
+            exists = conn.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = %s AND name = %s", (user, INBOX)
+            ).fetchone()
+            if exists is None:
+                _lock_user(conn, user)
+
+        return self.database.run(ensure).addCallback(made)
+
+    # -- notifications ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start listening for the other nodes' changes (a thread with its own connection)."""
+        if self._listener is None:
+            self._listener = _Listener(self.database, self._notified, self._reconnected)
+            self._listener.start()
+
+    def stop(self) -> None:
+        """Stop listening (waits for the listening thread, at most about a second)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
+    def listening(self) -> defer.Deferred[None]:
+        """Fires once the listening connection has run LISTEN (after :meth:`start`)."""
+        if self._listener is None:
+            return defer.fail(RuntimeError("the provider is not started"))
+        return self._listener.when_listening()
+
+    def _notified(self, payload: str) -> None:
+        """A notification from the database (reactor thread): refresh what it names."""
+        try:
+            note = json.loads(payload)
+            node, user, box_id, kind = note["node"], note["user"], note["mailbox"], note["kind"]
+        except (ValueError, KeyError, TypeError):
+            self.log.warn("ignoring a malformed store notification: {payload!r}", payload=payload)
+            return
+        if node == self.node:
+            return
+        store = self._stores.get(user)
+        if store is None:
+            return
+        if kind == "mailboxes":
+            store.refresh_open().addErrback(self._refresh_failed)
+            return
+        box = store._boxes.get(box_id)
+        if box is not None:
+            d = box._notified()
+            if d is not None:
+                d.addErrback(lambda f: f.trap(NoSuchMailbox)).addErrback(self._refresh_failed)
+
+    def _reconnected(self) -> None:
+        """The listening connection is (back) up: what was missed while it was down is read now."""
+        for store in list(self._stores.values()):
+            store.refresh_open().addErrback(self._refresh_failed)
+
+    def _refresh_failed(self, failure: Any) -> None:
+        self.log.failure("refreshing a mailbox after a notification failed", failure)
+
+
+class _Listener:
+    """
+    One connection of its own (autocommit) that runs ``LISTEN
+    txmail_store`` and waits for notifications in a thread, handing each
+    payload to the reactor; reconnects after a failure.
+    """
+
+    log = Logger()
+
+    def __init__(self, database: Any, deliver: Callable[[str], None], connected: Callable[[], None]) -> None:
+        self.database = database
+        self.reactor = database.reactor
+        self.deliver = deliver
+        self.connected = connected
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listening = False
+        self._waiting: list[defer.Deferred[None]] = []
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="txmail-store-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10 * LISTEN_POLL + CONNECT_GRACE)
+            self._thread = None
+
+    def when_listening(self) -> defer.Deferred[None]:
+        if self._listening:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _up(self) -> None:
+        self._listening = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+        self.connected()
+
+    def _run(self) -> None:
+        psycopg = self.database._psycopg
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.database.dsn, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.reactor.callFromThread(self._up)
+                    while not self._stopping.is_set():
+                        for note in conn.notifies(timeout=LISTEN_POLL):
+                            self.reactor.callFromThread(self.deliver, note.payload)
+            except Exception as e:
+                if self._stopping.is_set():
+                    return
+                self._listening = False
+                self.log.warn(
+                    "store notifications: {error}; reconnecting", error=str(e).strip() or type(e).__name__
+                )
+                self._stopping.wait(RECONNECT_DELAY)
