@@ -416,6 +416,16 @@ def start_submitting(jobs: list[tuple[Node, str, range]]) -> Callable[[], None]:
     return join
 
 
+def queue_size(dsn: str) -> int:
+    """Entries in the shared queue (a delivered one is deleted)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM queue_entries").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def claims_of(dsn: str, node: Node) -> dict[str, float]:
     """
     The entries of the second batch *node*'s process holds claims on (its
@@ -548,6 +558,7 @@ class TwoNodeTests(TestCase):
             submitted = time.monotonic()
             wait_until(lambda: sink.count("one-") >= 1000, 120, "the first 1,000 messages at the sink")
             delivered = time.monotonic()
+            wait_until(lambda: queue_size(dsn) == 0, 60, "the queue to be empty")
             first = [r for r in sink.snapshot() if r.message_id.startswith("one-")]
             ids = sorted(r.message_id for r in first)
             expected = sorted(f"one-{side}-{n}@example.test" for side in "ab" for n in range(500))
@@ -579,7 +590,8 @@ class TwoNodeTests(TestCase):
                 "every message of the second batch at the sink",
             )
             finished = time.monotonic()
-            time.sleep(0.5)  # anything still on its way (a duplicate) arrives and is counted
+            # Then nothing is left to send (a duplicate would be on its way before).
+            wait_until(lambda: queue_size(dsn) == 0, 60, "the queue to be empty")
             second = [r for r in sink.snapshot() if r.message_id.startswith("two-")]
             self.assertEqual(
                 sorted({r.message_id for r in second}),
