@@ -50,7 +50,9 @@ class TwoNodeLockTests(TestCase):
 
     def rows(self) -> list[tuple[str, str, str]]:
         return self.database.run_sync(
-            lambda conn: conn.execute("SELECT address, token, node FROM maildrop_locks ORDER BY address").fetchall()
+            lambda conn: conn.execute(
+                "SELECT address, token, node FROM maildrop_locks ORDER BY address"
+            ).fetchall()
         )
 
     def expires(self, *, at: bool = False) -> float:

@@ -178,6 +178,8 @@ class ProviderLockTests(test_server.ServerTestCase):
         proto, transport = self.connect_with_provider()
         proto.dataReceived(LOGIN)
         self.held.grant()
+        self.assertEqual(self.take(transport), LOGGED_IN)
+        self.assertEqual(self.held.released, [])
         self.held.release_error = DatabaseError("gone")
         proto.connectionLost()
         self.assertEqual(self.held.released, [USER])
@@ -204,6 +206,8 @@ class ProviderLockTests(test_server.ServerTestCase):
         proto, transport = self.connect_with_provider()
         proto.dataReceived(LOGIN)
         self.held.grant()
-        self.assertTrue(self.take(transport).endswith(b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n"))
+        self.assertTrue(
+            self.take(transport).endswith(b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n")
+        )
         self.assertEqual(self.held.released, [USER])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
