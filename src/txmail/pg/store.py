@@ -22,6 +22,9 @@ What is where (``src/txmail/pg/migrations/0002_store.sql``)
   modseq (QRESYNC, :class:`~txmail.interfaces.IExpungeHistory`).
 * the octets, in :class:`txmail.pg.bodies.BodyStore` (chunks of 256 KiB),
   shared by every copy of a message.
+* ``maildrop_locks`` (``0004_maildrop_locks.sql``): the POP3 maildrop
+  lock every node respects (:meth:`PostgresProvider.lock_maildrop`, a lease
+  row: :mod:`txmail.pg.maildrop`).
 
 How UIDs and modseqs are allocated
 ----------------------------------
