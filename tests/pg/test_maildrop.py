@@ -104,13 +104,13 @@ class TwoNodeLockTests(TestCase):
         the lease has run out, then takes the maildrop over.  A's late
         release does not remove B's row.
         """
-        a, b = self.node(lock_lease=1.5), self.node(lock_lease=1.5)
+        a, b = self.node(lock_lease=3), self.node(lock_lease=3)
         lock = yield a.lock_maildrop(USER)
         lock.stop_renewing()
         self.assertIsNone((yield b.lock_maildrop(USER)))
         yield sleep(0.5)
         self.assertIsNone((yield b.lock_maildrop(USER)))
-        yield sleep(1.3)
+        yield sleep(2.8)
         taken = yield b.lock_maildrop(USER)
         self.assertIsNotNone(taken)
         self.assertEqual(self.rows(), [(USER, taken.token, b.node)])
@@ -121,11 +121,11 @@ class TwoNodeLockTests(TestCase):
     @defer.inlineCallbacks
     def test_renewal_keeps_it(self) -> Gen:
         """A live holder renews every third of the lease: after more than two leases B is still refused."""
-        a, b = self.node(lock_lease=1.5), self.node(lock_lease=1.5)
+        a, b = self.node(lock_lease=3), self.node(lock_lease=3)
         lock = yield a.lock_maildrop(USER)
-        yield sleep(3.5)
+        yield sleep(7)
         self.assertIsNone((yield b.lock_maildrop(USER)))
-        self.assertGreater(self.expires(), 0.5)
+        self.assertGreater(self.expires(), 1)
         yield lock.release()
         self.assertIsNotNone((yield b.lock_maildrop(USER)))
 
