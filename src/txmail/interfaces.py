@@ -46,6 +46,8 @@ __all__ = [
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
+    "IMaildropLock",
+    "IMaildropLocks",
     "IMetadataStore",
     "IObjectIdProvider",
     "IObjectIds",
@@ -107,7 +109,56 @@ class IMailStoreProvider(Interface):
         inside one process only (one store object per user, one mailbox
         object per mailbox, the POP3 locks of
         :class:`txmail.pop3.server.MaildropLocks`): one txmail process per
-        Maildir tree.
+        Maildir tree.  A provider shared between processes offers its own
+        POP3 lock by providing :class:`IMaildropLocks` too.
+        """
+
+
+class IMaildropLock(Interface):
+    """
+    A POP3 session's exclusive hold on one user's maildrop (RFC 1939
+    section 8), from :meth:`IMaildropLocks.lock_maildrop`.
+    """
+
+    user = Attribute("The canonical address (str) whose maildrop is held.")
+
+    def release():  # type: ignore[no-untyped-def]
+        """
+        Give the maildrop up (the session ended, by QUIT or a lost
+        connection).  Releasing twice is harmless.
+
+        Returns:
+            ``Deferred[None]``; a failure (the storage is unreachable) is
+            logged by the caller, and a lock that could not be released
+            must not outlive its holder for long (a lease, say).
+        """
+
+
+class IMaildropLocks(Interface):
+    """
+    Optional, beside :class:`IMailStoreProvider`: the POP3 maildrop lock of
+    a provider whose storage several processes share (RFC 1939 section 8:
+    "exclusive-access lock on the maildrop").
+
+    The POP3 server (:func:`txmail.pop3.server.maildrop_locks_for`) uses
+    the provider's locks when the provider provides this interface, and
+    otherwise its own in-process :class:`txmail.pop3.server.MaildropLocks`,
+    which is right for storage that one process uses (the Maildir and
+    memory providers do not provide it).
+    """
+
+    def lock_maildrop(user):  # type: ignore[no-untyped-def]
+        """
+        Lock the maildrop of *user* (``str``, a canonical address) for one
+        POP3 session, against the sessions of this process and of every
+        other process on the same storage.
+
+        Returns:
+            ``Deferred[IMaildropLock | None]``: the lock, or ``None`` when
+            another session holds it (the client gets ``-ERR [IN-USE]``,
+            RFC 2449 section 8.1.1).  A failure (the storage is
+            unreachable) is a failed Deferred, answered ``-ERR [SYS/TEMP]``
+            (RFC 3206); it must fire in bounded time.
         """
 
 

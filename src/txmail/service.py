@@ -53,7 +53,7 @@ from txmail.interfaces import IDirectory, IMailStoreProvider, IQueue
 from txmail.milter.client import build_milter_policies
 from txmail.policy.authentication import MessageSigner
 from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
-from txmail.pop3.server import MaildropLocks, POP3Factory
+from txmail.pop3.server import POP3Factory, maildrop_locks_for
 from txmail.proxywrap import ProxySettings, listen_proxied
 from txmail.quota import Quotas
 from txmail.resolver import Resolver
@@ -660,8 +660,9 @@ def build_service(
             listener.setServiceParent(server)
             server.listeners.append(listener)
     # One lock registry for every POP3 listener: exclusive access per user
-    # holds across ports (RFC 1939 section 8).
-    pop3_locks = MaildropLocks()
+    # holds across ports (RFC 1939 section 8), and across processes when the
+    # provider offers its own locks (IMaildropLocks: the PostgreSQL store).
+    pop3_locks = maildrop_locks_for(stores)
     for description in settings.pop3:
         pop3_factory = POP3Factory(
             authenticator=authenticator,

@@ -22,6 +22,9 @@ What is where (``src/txmail/pg/migrations/0002_store.sql``)
   modseq (QRESYNC, :class:`~txmail.interfaces.IExpungeHistory`).
 * the octets, in :class:`txmail.pg.bodies.BodyStore` (chunks of 256 KiB),
   shared by every copy of a message.
+* ``maildrop_locks`` (``0004_maildrop_locks.sql``): the POP3 maildrop
+  lock every node respects (:meth:`PostgresProvider.lock_maildrop`, a lease
+  row: :mod:`txmail.pg.maildrop`).
 
 How UIDs and modseqs are allocated
 ----------------------------------
@@ -85,6 +88,7 @@ from txmail.interfaces import (
     IHeaderColumns,
     IHeaderLines,
     IMailbox,
+    IMaildropLocks,
     IMailStore,
     IMailStoreProvider,
     IObjectIdProvider,
@@ -107,6 +111,7 @@ from txmail.model import (
     normalize_flags,
 )
 from txmail.pg.bodies import SPOOL_MEMORY, BodyStore
+from txmail.pg.maildrop import DEFAULT_LEASE, PostgresMaildropLock, PostgresMaildropLocks
 from txmail.pg.schema import require_current
 from txmail.quota import Usage
 from txmail.store._base import (
@@ -1112,7 +1117,7 @@ class PostgresStore:
         return self._run(query)
 
 
-@implementer(IMailStoreProvider, IObjectIdProvider)
+@implementer(IMailStoreProvider, IObjectIdProvider, IMaildropLocks)
 class PostgresProvider:
     """
     Gives each user a :class:`PostgresStore` on *database* (a
@@ -1120,15 +1125,28 @@ class PostgresProvider:
     while it is in use.  :meth:`start` and :meth:`stop` (the
     :class:`txmail.pg.db.DatabaseService` calls them) run the listening
     connection that hears the other nodes' changes.
+
+    The POP3 maildrop lock is shared by every node too
+    (:meth:`lock_maildrop`, a lease row: :mod:`txmail.pg.maildrop`);
+    *lock_lease* is how long a dead node's locks outlive it, renewals run
+    on *clock* (the database's reactor by default).
     """
 
     log = Logger()
 
-    def __init__(self, database: Any, *, bodies: BodyStore | None = None) -> None:
+    def __init__(
+        self,
+        database: Any,
+        *,
+        bodies: BodyStore | None = None,
+        lock_lease: float = DEFAULT_LEASE,
+        clock: Any = None,
+    ) -> None:
         self.database = database
         self.bodies = bodies if bodies is not None else BodyStore()
         #: This process's name in the notifications: its own are not read back.
         self.node = uuid.uuid4().hex
+        self.maildrop_locks = PostgresMaildropLocks(database, self.node, lease=lock_lease, clock=clock)
         self._stores: weakref.WeakValueDictionary[str, PostgresStore] = weakref.WeakValueDictionary()
         self._listener: _Listener | None = None
 
@@ -1163,6 +1181,10 @@ class PostgresProvider:
 
         return self.database.run(ensure).addCallback(made)
 
+    def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:
+        """See :meth:`txmail.interfaces.IMaildropLocks.lock_maildrop`: held against every node."""
+        return self.maildrop_locks.lock_maildrop(user)
+
     # -- notifications ---------------------------------------------------------
 
     def start(self) -> None:
@@ -1172,7 +1194,11 @@ class PostgresProvider:
             self._listener.start()
 
     def stop(self) -> None:
-        """Stop listening (waits for the listening thread, at most about a second)."""
+        """
+        Stop listening (waits for the listening thread, at most about a
+        second) and renewing maildrop locks.
+        """
+        self.maildrop_locks.stop()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()

@@ -10,15 +10,20 @@ Implementation notes
   state) leaves the session paused; the adapter stops reading from the
   transport meanwhile, so pipelined input is not buffered without bound.
 * Exclusive access (RFC 1939 section 8): after a successful login the user's
-  maildrop is locked in the factory's :class:`MaildropLocks` (shared by every
-  POP3 listener of a server); a second session gets ``-ERR [IN-USE]``.  The
-  lock is released when the session ends, by QUIT or by losing the
-  connection.  The lock lives in this process only.
-  TODO(RFC 1939 section 8): a lock shared between processes when a store is
-  (the provider's job: :meth:`txmail.interfaces.IMailStoreProvider.store_for`).
-* The store is opened after the login (``store_for`` may fire later: the
+  maildrop is locked in the factory's locks (one
+  :class:`txmail.interfaces.IMaildropLocks` shared by every POP3 listener of
+  a server, :func:`maildrop_locks_for`): the provider's own when it offers
+  them (the PostgreSQL provider: a lock every node on the database
+  respects), else an in-process :class:`MaildropLocks` (right for storage
+  one process uses: Maildir, memory).  A second session gets
+  ``-ERR [IN-USE]`` (RFC 2449 section 8.1.1).  The lock is released when the
+  session ends, by QUIT or by losing the connection; a lock that arrives
+  after the connection was lost is released at once.
+* Taking the lock may wait (a database); a lock that cannot be taken (the
+  database is unreachable) is logged and answered ``-ERR [SYS/TEMP]``
+  (RFC 3206).  Then the store is opened (``store_for`` may fire later: the
   session waits); a store or maildrop that cannot be opened is logged and
-  answered with ``-ERR [SYS/TEMP]`` (RFC 3206), the lock released.
+  answered with ``-ERR [SYS/TEMP]``, the lock released.
 * RETR and TOP stream the message from ``IMailbox.open_message`` with a
   pull producer (:class:`MessageProducer`) reading ``chunk_size`` octets at
   a time through :class:`txmail.pop3.session.MessageEncoder`, so a large
@@ -64,7 +69,7 @@ from zope.interface import implementer
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
 from txmail.errors import NoSuchMessage
-from txmail.interfaces import IMailStoreProvider
+from txmail.interfaces import IMaildropLock, IMaildropLocks, IMailStoreProvider
 from txmail.model import FlagMode, MailboxChange, MailboxDeleted, MessagesExpunged
 from txmail.pop3.events import (
     AuthStep,
@@ -87,7 +92,7 @@ from txmail.pop3.session import (
     Response,
 )
 
-__all__ = ["MaildropLocks", "MessageProducer", "POP3Factory", "POP3ServerProtocol"]
+__all__ = ["MaildropLocks", "MessageProducer", "POP3Factory", "POP3ServerProtocol", "maildrop_locks_for"]
 
 #: RFC 1939 section 3: "an inactivity autologout timer ... of at least 10 minutes".
 DEFAULT_IDLE_TIMEOUT = 600.0
@@ -97,14 +102,22 @@ CHUNK_SIZE = 64 * 1024
 _UPDATE_FAILED = Response(False, "Some deleted messages were not removed", "SYS/TEMP")
 
 
+@implementer(IMaildropLocks)
 class MaildropLocks:
     """
-    Which users' maildrops a POP3 session holds (RFC 1939 section 8).  One
-    instance is shared by every POP3 factory of a server.
+    Which users' maildrops a POP3 session of this process holds (RFC 1939
+    section 8).  One instance is shared by every POP3 factory of a server
+    whose store provider has no locks of its own (:func:`maildrop_locks_for`).
     """
 
     def __init__(self) -> None:
         self._held: set[str] = set()
+
+    def lock_maildrop(self, user: str) -> defer.Deferred[IMaildropLock | None]:
+        """See :meth:`txmail.interfaces.IMaildropLocks.lock_maildrop` (answers at once)."""
+        if not self.acquire(user):
+            return defer.succeed(None)
+        return defer.succeed(_HeldMaildrop(self, user))
 
     def acquire(self, user: str) -> bool:
         """Lock *user*'s maildrop; ``False`` when another session holds it."""
@@ -120,6 +133,33 @@ class MaildropLocks:
     def held(self, user: str) -> bool:
         """Whether *user*'s maildrop is locked."""
         return user in self._held
+
+
+@implementer(IMaildropLock)
+class _HeldMaildrop:
+    """A session's hold on a maildrop in :class:`MaildropLocks`."""
+
+    def __init__(self, locks: MaildropLocks, user: str) -> None:
+        self.locks = locks
+        self.user = user
+        self._released = False
+
+    def release(self) -> defer.Deferred[None]:
+        if not self._released:
+            self._released = True
+            self.locks.release(self.user)
+        return defer.succeed(None)
+
+
+def maildrop_locks_for(stores: Any) -> Any:
+    """
+    The POP3 maildrop locks for a server on *stores*: the provider itself
+    when it provides :class:`txmail.interfaces.IMaildropLocks` (its lock
+    holds across processes), else a new in-process :class:`MaildropLocks`.
+    """
+    if IMaildropLocks.providedBy(stores):
+        return stores
+    return MaildropLocks()
 
 
 @implementer(IPullProducer)
@@ -225,6 +265,7 @@ class POP3ServerProtocol(SessionProtocol):
         super().__init__(factory)
         self.factory: POP3Factory = factory
         self.user: str | None = None  # holds the maildrop lock when set
+        self._lock: Any = None  # the IMaildropLock held
         self.mailbox: Any = None  # the user's INBOX (an IMailbox) once logged in
         self.producer: MessageProducer | None = None
         #: The next message, read and encoded ahead of its RETR: (UID, response body).
@@ -295,18 +336,16 @@ class POP3ServerProtocol(SessionProtocol):
     def _login(self, event: Login) -> None:
         session = self.session
         assert session is not None
-        if not self.factory.locks.acquire(event.user):
-            self.log.info(
-                "POP3 maildrop of {user} is in use; refused {peer}",
-                user=event.user,
-                peer=self.peer,
-                session_id=self.session_id,
-            )
-            session.reject(IN_USE)
-            return
-        self.user = event.user
 
-        async def open_maildrop() -> tuple[Any, Maildrop]:
+        async def open_maildrop() -> tuple[Any, Maildrop] | None:
+            lock = await defer.maybeDeferred(self.factory.locks.lock_maildrop, event.user)
+            if lock is None:
+                return None
+            if self._lost:  # the client left while we waited for the lock
+                self._release_lock(lock)
+                return None
+            self._lock = lock
+            self.user = event.user
             store = await defer.maybeDeferred(self.factory.stores.store_for, event.user)
             # get_mailbox of an open mailbox first picks up what other
             # programs changed (IMailStore.get_mailbox; cheap when nothing
@@ -315,7 +354,16 @@ class POP3ServerProtocol(SessionProtocol):
             infos = await defer.maybeDeferred(mailbox.list_messages)
             return mailbox, Maildrop(mailbox.uidvalidity, tuple((i.uid, i.size) for i in infos))
 
-        def opened(result: tuple[Any, Maildrop]) -> None:
+        def opened(result: tuple[Any, Maildrop] | None) -> None:
+            if result is None:
+                self.log.info(
+                    "POP3 maildrop of {user} is in use; refused {peer}",
+                    user=event.user,
+                    peer=self.peer,
+                    session_id=self.session_id,
+                )
+                session.reject(IN_USE)
+                return
             self.mailbox, maildrop = result
             self._remove_listener = self.mailbox.add_listener(self._mailbox_changed)
             self.log.info(
@@ -335,16 +383,31 @@ class POP3ServerProtocol(SessionProtocol):
             return f
 
         d.addErrback(release_on_failure)
-        self._answer(d, opened, SYS_TEMP, "opening the maildrop")
+        self._answer(d, opened, SYS_TEMP, "locking or opening the maildrop")
 
     def _release(self) -> None:
         self._ahead = None
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
-        if self.user is not None:
-            self.factory.locks.release(self.user)
-            self.user = None
+        lock, self._lock = self._lock, None
+        self.user = None
+        if lock is not None:
+            self._release_lock(lock)
+
+    def _release_lock(self, lock: Any) -> None:
+        """Give the maildrop lock up; a failure is logged (a shared lock's lease ends it)."""
+        user = lock.user
+
+        def failed(f: Failure) -> None:
+            self.log.failure(
+                "releasing the POP3 maildrop lock of {user} failed",
+                failure=f,
+                user=user,
+                session_id=self.session_id,
+            )
+
+        defer.maybeDeferred(lock.release).addErrback(failed)
 
     def _mailbox_changed(self, change: MailboxChange) -> None:
         """The INBOX changed elsewhere: a message read ahead and expunged meanwhile is dropped."""
@@ -555,8 +618,10 @@ class POP3Factory(Factory):
         authenticator: the shared :class:`txmail.auth.authenticator.Authenticator`.
         stores: the :class:`txmail.interfaces.IMailStoreProvider`; each user's
             maildrop is their ``INBOX``.
-        locks: the :class:`MaildropLocks` shared by all POP3 listeners of the
-            server; a new one by default.
+        locks: the :class:`txmail.interfaces.IMaildropLocks` shared by all
+            POP3 listeners of the server; by default
+            :func:`maildrop_locks_for` *stores* (the provider's own locks,
+            else a new :class:`MaildropLocks`).
         tls_context: a context factory for STLS, or ``None`` for no STLS.
         implicit_tls: the endpoint already runs TLS (port 995).
         plaintext_auth: ``"never"``, ``"loopback"`` or ``"always"``.
@@ -573,7 +638,7 @@ class POP3Factory(Factory):
         *,
         authenticator: Any,
         stores: IMailStoreProvider,
-        locks: MaildropLocks | None = None,
+        locks: IMaildropLocks | None = None,
         tls_context: Any = None,
         implicit_tls: bool = False,
         plaintext_auth: str = "never",
@@ -589,7 +654,7 @@ class POP3Factory(Factory):
             clock = reactor
         self.authenticator = authenticator
         self.stores = stores
-        self.locks = locks if locks is not None else MaildropLocks()
+        self.locks: Any = locks if locks is not None else maildrop_locks_for(stores)
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.plaintext_auth = plaintext_auth
