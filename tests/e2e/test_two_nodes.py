@@ -95,6 +95,34 @@ class Sink:
     receipts: list[Receipt] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    #: Per client HELO name: MAIL commands let through before the others wait for its event.
+    allowances: dict[str, int] = field(default_factory=dict)
+    holds: dict[str, threading.Event] = field(default_factory=dict)
+
+    def hold(self, helo: str, after: int = 0) -> None:
+        """Let *after* more MAIL commands of client *helo* through, then hold the others until released."""
+        with self.lock:
+            self.allowances[helo] = after
+            self.holds[helo] = threading.Event()
+
+    def release(self, helo: str) -> None:
+        with self.lock:
+            self.allowances.pop(helo, None)
+            event = self.holds.pop(helo, None)
+        if event is not None:
+            event.set()
+
+    def wait_for(self, helo: str) -> None:
+        """Called at each MAIL of client *helo*: returns at once unless it is held."""
+        with self.lock:
+            allowed = self.allowances.get(helo)
+            if allowed is None:
+                return
+            if allowed > 0:
+                self.allowances[helo] = allowed - 1
+                return
+            event = self.holds[helo]
+        event.wait(120)
 
     def count(self, prefix: str = "") -> int:
         with self.lock:
@@ -136,6 +164,7 @@ class SinkHandler(socketserver.StreamRequestHandler):
                     self.reply(b"250-sink.remote.test\r\n250 8BITMIME" if verb == b"EHLO" else b"250 sink")
                 elif verb == b"MAIL":
                     sink.gate.wait(120)
+                    sink.wait_for(helo)
                     self.reply(b"250 2.1.0 OK")
                 elif verb in (b"RCPT", b"RSET", b"NOOP"):
                     self.reply(b"250 2.0.0 OK")
@@ -199,6 +228,8 @@ def start_sink(test: TestCase, delay: float = 0.0) -> tuple[Sink, int]:
 
     def stop() -> None:
         server.sink.gate.set()  # type: ignore[attr-defined]
+        for helo in list(server.sink.holds):  # type: ignore[attr-defined]
+            server.sink.release(helo)  # type: ignore[attr-defined]
         server.shutdown()
         server.server_close()
 
@@ -570,18 +601,24 @@ class TwoNodeTests(TestCase):
                 f"{delivered - started:.1f} s after the first submission; by node: {by_node}"
             )
 
-            # 500 more, held back at the sink until all are queued (so that
-            # both runners are busy with claims); then kill A once the sink
-            # has acknowledged 200 of them.
-            sink.gate.clear()
+            # 500 more.  The sink holds node B's deliveries back, and node
+            # A's after its first 40, so that A is sure to hold claims on
+            # entries it is trying to deliver when it is killed; then B is
+            # let through.
+            sink.hold("node-b.example.test")
+            sink.hold("node-a.example.test", after=40)
             second_start = time.monotonic()
             start_submitting([(a, "two-a-", range(250)), (b, "two-b-", range(250))])()
-            sink.gate.set()
-            wait_until(lambda: sink.count("two-") >= 200, 120, "200 of the second batch at the sink")
+            wait_until(
+                lambda: sink.count("two-") >= 40 and bool(claims_of(dsn, a)),
+                120,
+                "node A to deliver 40 of the second batch and hold claims on more",
+            )
             a.kill()
             killed = time.monotonic()
             at_kill = sink.count("two-")
             orphaned = claims_of(dsn, a)
+            sink.release("node-b.example.test")
             wait_until(
                 lambda: (
                     len({r.message_id for r in sink.snapshot() if r.message_id.startswith("two-")}) >= 500
