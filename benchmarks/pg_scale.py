@@ -26,7 +26,7 @@ generator of ``smtp_delivery.py``), the clock stopping when every message is com
 INBOX (the raw-socket client of ``imap_fetch.py``), twice.  Results: a table on stdout and
 JSON in ``benchmarks/results/``::
 
-    python3 benchmarks/pg_scale.py --messages 3000 --runs 3
+    /work/main/.venv/bin/python benchmarks/pg_scale.py --messages 3000 --runs 3  # needs psycopg
 """
 
 from __future__ import annotations
