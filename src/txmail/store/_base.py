@@ -23,7 +23,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox
+from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES
 from txmail.model import (
     DELETED,
     DELIMITER,
@@ -50,8 +52,10 @@ __all__ = [
     "MailboxState",
     "StoreListeners",
     "check_name",
+    "columns_from_metadata",
     "folder_infos",
     "generic_copy",
+    "lines_from_metadata",
     "next_uidvalidity",
     "select_uids",
 ]
@@ -86,6 +90,23 @@ def next_uidvalidity(last: int) -> int:
     if value > MAX_UIDVALIDITY:  # pragma: no cover - far future
         value = 1
     return value
+
+
+def columns_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, ...]]]:
+    """:meth:`~txmail.interfaces.IHeaderColumns.header_columns` made from *mailbox*'s ``get_metadata``."""
+    return mailbox.get_metadata(uids).addCallback(  # type: ignore[no-any-return]
+        lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
+    )
+
+
+_LINE_NAMES = frozenset(HEADER_LINES)
+
+
+def lines_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
+    """:meth:`~txmail.interfaces.IHeaderLines.header_lines` made from *mailbox*'s ``get_metadata``."""
+    return mailbox.get_metadata(uids).addCallback(  # type: ignore[no-any-return]
+        lambda found: {uid: mime.header_lines(md.headers, _LINE_NAMES) for uid, md in found.items()}
+    )
 
 
 def select_uids(uids: Iterable[int] | None, present: dict[int, Any]) -> list[int]:

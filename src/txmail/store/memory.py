@@ -27,8 +27,6 @@ from zope.interface import implementer
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import (
-    HEADER_COLUMNS,
-    HEADER_LINES,
     IExpungeHistory,
     IHeaderColumns,
     IHeaderLines,
@@ -69,8 +67,10 @@ from txmail.store._base import (
     MailboxState,
     StoreListeners,
     check_name,
+    columns_from_metadata,
     folder_infos,
     generic_copy,
+    lines_from_metadata,
     next_uidvalidity,
     select_uids,
 )
@@ -179,16 +179,11 @@ class MemoryMailbox(MailboxState):
 
     def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, ...]]]:
         """See :meth:`txmail.interfaces.IHeaderColumns.header_columns`: computed from :meth:`get_metadata`."""
-        return self.get_metadata(uids).addCallback(
-            lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
-        )
+        return columns_from_metadata(self, uids)
 
     def header_lines(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
         """See :meth:`txmail.interfaces.IHeaderLines.header_lines`: made from :meth:`get_metadata`."""
-        names = frozenset(HEADER_LINES)
-        return self.get_metadata(uids).addCallback(
-            lambda found: {uid: mime.header_lines(md.headers, names) for uid, md in found.items()}
-        )
+        return lines_from_metadata(self, uids)
 
     @_guard
     def append(
