@@ -43,6 +43,7 @@ __all__ = [
     "IExpungeHistory",
     "IHeaderColumns",
     "IHeaderLines",
+    "IInboxDelivery",
     "IMailStore",
     "IMailStoreProvider",
     "IMailbox",
@@ -159,6 +160,41 @@ class IMaildropLocks(Interface):
             RFC 2449 section 8.1.1).  A failure (the storage is
             unreachable) is a failed Deferred, answered ``-ERR [SYS/TEMP]``
             (RFC 3206); it must fire in bounded time.
+        """
+
+
+class IInboxDelivery(Interface):
+    """
+    Optional, beside :class:`IMailStoreProvider`: one message put into the
+    INBOXes of several users at once, as the delivery router does for the
+    local recipients of one SMTP transaction.
+
+    A provider whose every operation is a round trip to a database (the
+    PostgreSQL provider) stores the message's octets once, shared by every
+    copy, and makes all the copies in one transaction, instead of one
+    :meth:`IMailStore.get_mailbox` and :meth:`IMailbox.append` per
+    recipient.  The router (:class:`txmail.delivery.router.DeliveryRouter`)
+    uses it when the provider provides it and the copies go to INBOXes;
+    the Maildir and memory providers do not need it.
+    """
+
+    def deliver_to_inboxes(users, message, internal_date=None):  # type: ignore[no-untyped-def]
+        """
+        Append *message* (a :class:`txmail.model.MessageSource`) to the
+        INBOX of each of *users* (canonical addresses, ``str``, no two
+        alike), with no flags and the given *internal_date* (seconds since
+        the epoch; now when ``None``), creating a user's storage on first
+        use as :meth:`IMailStoreProvider.store_for` does.  Each copy is
+        what :meth:`IMailbox.append` would have made: the same octets,
+        metadata and size, a new UID and modseq of its INBOX; the listeners
+        of an INBOX in use are told (:class:`txmail.model.MessagesAdded`).
+
+        All or nothing: when it fails, no copy was made.
+
+        Returns:
+            ``Deferred[dict[str, int]]``: each user's new UID.  Only once
+            it fires are the copies durable (the promise
+            :meth:`IMailbox.append` makes).
         """
 
 

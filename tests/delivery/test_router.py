@@ -14,7 +14,7 @@ from txmail import mime
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter, split_address
 from txmail.errors import NoSuchUser
-from txmail.interfaces import IDeliveryRouter, IDirectory
+from txmail.interfaces import IDeliveryRouter, IDirectory, IInboxDelivery
 from txmail.model import INBOX, Envelope, MessageSource, SpecialUse
 from txmail.store.memory import MemoryProvider
 from txmail.testing.sources import streamed_source
@@ -450,3 +450,76 @@ class QuotaTests(RouterTestBase):
         self.successResultOf(mailbox.set_flags([1], {"\\Deleted"}, "add"))
         self.successResultOf(mailbox.expunge([1]))
         self.assertTrue(self.successResultOf(self.router.redeliver(envelope, self.message)).all_ok)
+
+
+@implementer(IInboxDelivery)
+class AtOnceProvider:
+    """
+    A memory provider offering IInboxDelivery: each call recorded; the
+    copies made with append, or the call failing when *fail* is set.
+    """
+
+    def __init__(self, inner: MemoryProvider) -> None:
+        self.inner = inner
+        self.calls: list[tuple[list[str], float | None]] = []
+        self.fail = False
+
+    def store_for(self, user: str) -> Any:
+        return self.inner.store_for(user)
+
+    @defer.inlineCallbacks
+    def deliver_to_inboxes(
+        self, users: list[str], message: MessageSource, internal_date: float | None = None
+    ) -> Any:
+        self.calls.append((list(users), internal_date))
+        if self.fail:
+            raise OSError("database gone")
+        uids = {}
+        for user in users:
+            box = yield (yield self.inner.store_for(user)).get_mailbox(INBOX)
+            uids[user] = yield box.append(message, (), internal_date)
+        return uids
+
+
+class InboxDeliveryTests(RouterTestBase):
+    """A provider that delivers to several INBOXes at once (IInboxDelivery) gets the INBOX copies in one call."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.provider = AtOnceProvider(self.stores)
+        self.router = DeliveryRouter(self.directory, self.provider, self.queue)
+
+    def test_one_call_for_every_inbox(self) -> None:
+        """The local users of one transaction (aliases expanded, each once) get their copies in one call."""
+        envelope = dataclasses.replace(
+            self.envelope("team@example.test", "alice@example.test"), received_at=1_700_000_000.0
+        )
+        report = self.successResultOf(self.router.deliver(envelope, self.message))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.provider.calls, [(["alice@example.test", "bob@example.test"], 1_700_000_000.0)])
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+        self.assertEqual(self.inbox("bob@example.test"), [MESSAGE])
+
+    def test_failure_falls_back_to_one_by_one(self) -> None:
+        """When the call fails (logged), every copy is made one by one: nothing is lost or doubled."""
+        self.provider.fail = True
+        report = self.successResultOf(self.router.deliver(self.envelope("team@example.test"), self.message))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+        self.assertEqual(self.inbox("bob@example.test"), [MESSAGE])
+
+    def test_folder_and_quota_one_by_one(self) -> None:
+        """A policy's folder goes one by one; so do users with a quota to check, the others at once."""
+        from txmail.quota import Quotas
+
+        envelope = dataclasses.replace(self.envelope("team@example.test"), folder="Junk")
+        self.assertTrue(self.successResultOf(self.router.deliver(envelope, self.message)).all_ok)
+        self.assertEqual(self.provider.calls, [])
+        self.router.quotas = Quotas.from_settings(None, [("alice@example.test", 10 * len(MESSAGE))])
+        self.assertTrue(
+            self.successResultOf(self.router.deliver(self.envelope("team@example.test"), self.message)).all_ok
+        )
+        self.assertEqual(self.provider.calls, [(["bob@example.test"], None)])
+        self.assertEqual(self.inbox("alice@example.test"), [MESSAGE])
+        self.assertEqual(self.inbox("bob@example.test"), [MESSAGE])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Generator
 from typing import Any
 
@@ -19,8 +20,9 @@ from txmail.model import (
     MailboxDeleted,
     MessagesAdded,
     MessagesExpunged,
+    MessageSource,
 )
-from txmail.testing.store import MailStoreConformanceMixin, message
+from txmail.testing.store import InboxDeliveryConformanceMixin, MailStoreConformanceMixin, message
 
 Gen = Generator[Any, Any, None]
 USER = "alice@example.test"
@@ -34,7 +36,7 @@ def make(database: Any) -> Any:
     return provider
 
 
-class PostgresStoreConformanceTests(MailStoreConformanceMixin, TestCase):
+class PostgresStoreConformanceTests(InboxDeliveryConformanceMixin, MailStoreConformanceMixin, TestCase):
     """The PostgreSQL store keeps the whole mailbox contract; a restart is a new provider on the same database."""
 
     def make_provider(self) -> Any:
@@ -138,6 +140,65 @@ class PostgresStoreTests(TestCase):
         yield store.delete_mailbox("Copies")
         self.assertEqual(count(self.database, "SELECT count(*) FROM bodies"), 0)
         self.assertEqual(count(self.database, "SELECT count(*) FROM body_chunks"), 0)
+
+    @defer.inlineCallbacks
+    def test_deliver_to_inboxes_one_body(self) -> Gen:
+        """
+        deliver_to_inboxes stores the body once for every copy, in one
+        transaction: the body stays while any copy uses it.
+        """
+        users = [USER, "bob@example.test", "carol@example.test"]
+        data = message(1)
+        uids = yield self.provider.deliver_to_inboxes(users, MessageSource.from_bytes(data))
+        self.assertEqual(uids, dict.fromkeys(users, 1))
+        self.assertEqual(count(self.database, "SELECT count(*) FROM bodies"), 1)
+        self.assertEqual(count(self.database, "SELECT count(DISTINCT body_id) FROM messages"), 1)
+        self.assertEqual(count(self.database, "SELECT count(DISTINCT email_id) FROM messages"), 3)
+        for user in users[:2]:
+            box = yield self.inbox(user=user)
+            yield box.set_flags([1], [DELETED], FlagMode.ADD)
+            yield box.expunge()
+        self.assertEqual(count(self.database, "SELECT count(*) FROM bodies"), 1)
+        self.assertEqual((yield (yield self.inbox(user=users[2])).read_message(1)), data)
+        again = yield self.provider.deliver_to_inboxes(users, MessageSource.from_bytes(data))
+        self.assertEqual(again, dict.fromkeys(users, 2))
+
+    @defer.inlineCallbacks
+    def test_deliver_to_inboxes_all_or_nothing(self) -> Gen:
+        """A source that fails while it is read leaves no copy, no body and no UID taken."""
+        box = yield self.inbox()
+
+        class Broken(io.BytesIO):
+            def read(self, size: int | None = -1) -> bytes:
+                raise OSError("disk gone")
+
+        source = MessageSource(size=10, opener=lambda: Broken())
+        yield self.assertFailure(
+            self.provider.deliver_to_inboxes([USER, "bob@example.test"], source), OSError
+        )
+        self.assertEqual(count(self.database, "SELECT count(*) FROM messages"), 0)
+        self.assertEqual(count(self.database, "SELECT count(*) FROM bodies"), 0)
+        self.assertEqual((yield box.append(message(1))), 1)
+
+    @defer.inlineCallbacks
+    def test_deliver_to_inboxes_concurrently(self) -> Gen:
+        """
+        Deliveries to overlapping sets of INBOXes from two nodes at once
+        (their rows locked in one order: no deadlock) give every INBOX
+        distinct ascending UIDs.
+        """
+        other = make(other_node(self.database, self))
+        users = [USER, "bob@example.test", "carol@example.test"]
+        ds = []
+        for i in range(10):
+            for provider, chosen in ((self.provider, users), (other, users[::-1][: 2 + i % 2])):
+                ds.append(provider.deliver_to_inboxes(chosen, MessageSource.from_bytes(message(i))))
+        results = yield defer.gatherResults(ds, consumeErrors=True)
+        for user in users:
+            got = sorted(r[user] for r in results if user in r)
+            self.assertEqual(got, list(range(1, len(got) + 1)))
+            box = yield self.inbox(user=user)
+            self.assertEqual([i.uid for i in (yield box.list_messages())], got)
 
     @defer.inlineCallbacks
     def test_append_to_mailbox_gone_elsewhere(self) -> Gen:
@@ -313,6 +374,20 @@ class PostgresStoreNotificationTests(TestCase):
         self.assertTrue((yield wait_for(self.reactor, lambda: len(told()) >= 20)))
         self.assertEqual(told(), uids)
         self.assertTrue(all(isinstance(e, MessagesAdded) for e in events))
+
+    @defer.inlineCallbacks
+    def test_deliver_to_inboxes_told(self) -> Gen:
+        """A delivery to several INBOXes on A reaches B's listeners of each, within a second."""
+        bob = "bob@example.test"
+        events: list[Any] = []
+        boxes = []  # kept: a store holds its mailbox objects weakly
+        for user in (USER, bob):
+            boxes.append((yield (yield self.b.store_for(user)).get_mailbox(INBOX)))
+            boxes[-1].add_listener(events.append)
+        uids = yield self.a.deliver_to_inboxes([USER, bob], MessageSource.from_bytes(message(1)))
+        self.assertTrue((yield wait_for(self.reactor, lambda: len(events) == 2)))
+        self.assertTrue(all(isinstance(e, MessagesAdded) for e in events))
+        self.assertEqual(sorted(e.messages[0].uid for e in events), sorted(uids.values()))
 
     @defer.inlineCallbacks
     def test_own_changes_told_once(self) -> Gen:

@@ -65,7 +65,14 @@ from txmail._fs import RunBlocking, run_inline
 from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
 from txmail.delivery.hooks import DeliveryHook, HookAction, HookResult, hook_callables
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchUser
-from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue, IStorageUsage
+from txmail.interfaces import (
+    IDeliveryRouter,
+    IDirectory,
+    IInboxDelivery,
+    IMailStoreProvider,
+    IQueue,
+    IStorageUsage,
+)
 from txmail.model import (
     INBOX,
     DeliveryReport,
@@ -475,8 +482,15 @@ class DeliveryRouter:
                 else:
                     metadata = yield self._run(_parse_source, message)
                 message = message.with_metadata(metadata)
+            at_once = yield self._deliver_inboxes(envelope, message, users)
             results = yield defer.DeferredList(
-                [self._deliver_local(envelope, message, user) for user in users], consumeErrors=True
+                [
+                    defer.succeed(at_once[user])
+                    if user in at_once
+                    else self._deliver_local(envelope, message, user)
+                    for user in users
+                ],
+                consumeErrors=True,
             )
             retry: list[str] = []
             over: dict[str, QuotaExceeded] = {}
@@ -532,25 +546,56 @@ class DeliveryRouter:
 
         return _report_targets(targets, outcome, failures)
 
+    @defer.inlineCallbacks
+    def _deliver_inboxes(self, envelope: Envelope, message: MessageSource, users: list[str]) -> Any:
+        """
+        The copies for *users* made at once by a provider that offers it
+        (:class:`txmail.interfaces.IInboxDelivery`): those going to the
+        INBOX with no quota to check (one user too: one round trip instead
+        of several).  ``{user: UID}`` of the copies made; the other users (and all of
+        them when it fails, logged) go one by one
+        (:meth:`_deliver_local`).
+        """
+        folder = envelope.folder
+        if not IInboxDelivery.providedBy(self.stores) or (folder is not None and folder.upper() != INBOX):
+            return {}
+        quotas = self.quotas
+        wanted = [u for u in users if quotas is None or quotas.limit_for(u) is None]
+        if not wanted:
+            return {}
+        try:
+            uids = yield self.stores.deliver_to_inboxes(wanted, message, envelope.received_at or None)
+        except Exception:
+            self.log.failure(
+                "{message_id}: delivering to {count} INBOXes at once failed; one at a time",
+                failure=Failure(),
+                message_id=envelope.message_id,
+                count=len(wanted),
+            )
+            return {}
+        for user, uid in uids.items():
+            self._delivered(envelope, user, uid)
+        return uids
+
+    def _delivered(self, envelope: Envelope, user: str, uid: int) -> int:
+        self.log.info(
+            "delivered {message_id} to {user} uid {uid}",
+            message_id=envelope.message_id,
+            user=user,
+            uid=uid,
+        )
+        return uid
+
     def _deliver_local(self, envelope: Envelope, message: MessageSource, user: str) -> defer.Deferred[int]:
         def got_mailbox(mailbox: Any) -> Any:
             return mailbox.append(message, (), envelope.received_at or None)
-
-        def delivered(uid: int) -> int:
-            self.log.info(
-                "delivered {message_id} to {user} uid {uid}",
-                message_id=envelope.message_id,
-                user=user,
-                uid=uid,
-            )
-            return uid
 
         d = defer.maybeDeferred(self.stores.store_for, user)
         if self.quotas is not None and self.quotas.limit_for(user) is not None:
             d.addCallback(self._check_quota, user, message.size)
         d.addCallback(self._mailbox_for, envelope.folder, user, envelope.message_id)
         d.addCallback(got_mailbox)
-        d.addCallback(delivered)
+        d.addCallback(lambda uid: self._delivered(envelope, user, uid))
         return d
 
     @defer.inlineCallbacks

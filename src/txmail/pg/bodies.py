@@ -38,12 +38,17 @@ class BodyStore:
 
     chunk_size = CHUNK_SIZE
 
-    def put(self, conn: Any, stream: BinaryIO) -> tuple[int, int]:
+    def put(self, conn: Any, stream: BinaryIO, size: int | None = None) -> tuple[int, int]:
         """
         Store the octets *stream* reads (to its end) as a new body, one
-        chunk at a time; ``(body id, size)``.
+        chunk at a time; ``(body id, size)``.  *size*, when the caller
+        knows it, saves a statement; a stream that reads another number of
+        octets is refused (``ValueError``, the transaction is rolled back).
         """
-        (body_id,) = conn.execute("INSERT INTO bodies (size) VALUES (0) RETURNING id").fetchone()
+        known = size
+        (body_id,) = conn.execute(
+            "INSERT INTO bodies (size) VALUES (%s) RETURNING id", (known or 0,)
+        ).fetchone()
         size = 0
         seq = 0
         with conn.cursor() as cur:
@@ -56,7 +61,10 @@ class BodyStore:
                 )
                 size += len(chunk)
                 seq += 1
-        conn.execute("UPDATE bodies SET size = %s WHERE id = %s", (size, body_id))
+        if known is None:
+            conn.execute("UPDATE bodies SET size = %s WHERE id = %s", (size, body_id))
+        elif size != known:
+            raise ValueError(f"the body is {size} octets, not the {known} announced")
         return body_id, size
 
     def open(self, conn: Any, body_id: int) -> BinaryIO:

@@ -85,6 +85,7 @@ from txmail.interfaces import (
     IExpungeHistory,
     IHeaderColumns,
     IHeaderLines,
+    IInboxDelivery,
     IMailbox,
     IMaildropLocks,
     IMailStore,
@@ -256,6 +257,78 @@ def _spool(message: bytes | MessageSource) -> tuple[BinaryIO, int, MessageMetada
         out.close()
         raise
     return out, size, metadata  # type: ignore[return-value]
+
+
+class _MissingInboxes(Exception):
+    """Users without an INBOX yet, met by :func:`_deliver_inboxes` (its transaction is rolled back)."""
+
+    def __init__(self, users: list[str]) -> None:
+        super().__init__(users)
+        self.users = users
+
+
+def _make_inboxes(conn: Any, users: list[str]) -> None:
+    """Make sure each of *users* has a row and an INBOX (in the order of the addresses)."""
+    for user in sorted(users):
+        _lock_user(conn, user)
+
+
+def _deliver_inboxes(
+    conn: Any, bodies: BodyStore, node: str, users: list[str], message: bytes | MessageSource, date: float
+) -> dict[str, tuple[int, int]]:
+    """
+    One message into the INBOX of each of *users*, in the caller's
+    transaction: the body stored once (every copy refers to it), each
+    INBOX row locked in the order of their ids (so that two such
+    deliveries, on any nodes, never wait for each other in a cycle; a user
+    without an INBOX yet raises :class:`_MissingInboxes`), then one statement takes each INBOX's next UID and
+    modseq, adds the copies and queues one notification per INBOX.  ``{user: (INBOX id, UID)}``.
+    """
+    spooled, size, metadata = _spool(message)
+    with spooled:
+        body_id, size = bodies.put(conn, spooled, size)
+    encoded = mime.encode_metadata(metadata)
+    boxes = dict(
+        conn.execute(
+            "SELECT owner, id FROM mailboxes WHERE owner = ANY(%s) AND name = %s ORDER BY id FOR UPDATE",
+            (users, INBOX),
+        ).fetchall()
+    )
+    missing = [u for u in users if u not in boxes]
+    if missing:
+        # Made in a transaction of their own (_make_inboxes), which takes
+        # the users' rows: never while INBOX rows are held here.
+        raise _MissingInboxes(missing)
+    ids = [boxes[u] for u in users]
+    rows = conn.execute(
+        "WITH taken AS ("
+        "  UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1"
+        "  WHERE id = ANY(%(ids)s) RETURNING id, uidnext - 1 AS uid, highest_modseq AS modseq"
+        "), copies AS ("
+        "  SELECT taken.*, c.owner, c.email_id FROM taken"
+        "  JOIN unnest(%(ids)s::bigint[], %(users)s::text[], %(email_ids)s::text[]) AS c (box, owner, email_id)"
+        "  ON c.box = taken.id"
+        "), added AS ("
+        "  INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, save_date, size, email_id,"
+        "  body_id, metadata) SELECT id, uid, modseq, '{}', %(date)s, %(saved)s, %(size)s, email_id,"
+        "  %(body)s, %(metadata)s FROM copies RETURNING mailbox"
+        ") SELECT copies.owner, copies.id, copies.uid, pg_notify(%(channel)s, json_build_object("
+        "  'node', %(node)s::text, 'user', copies.owner, 'mailbox', copies.id, 'kind', 'added')::text)"
+        " FROM copies JOIN added ON added.mailbox = copies.id",
+        {
+            "ids": ids,
+            "users": users,
+            "email_ids": [new_email_id() for _ in users],
+            "date": date,
+            "saved": time.time(),
+            "size": size,
+            "body": body_id,
+            "metadata": encoded,
+            "channel": CHANNEL,
+            "node": node,
+        },
+    ).fetchall()
+    return {owner: (int(box_id), int(uid)) for owner, box_id, uid, _ in rows}
 
 
 def _mailbox_rows(conn: Any, owner: str) -> list[tuple[str, str | None]]:
@@ -1112,7 +1185,7 @@ class PostgresStore:
         return self._run(query)
 
 
-@implementer(IMailStoreProvider, IObjectIdProvider, IMaildropLocks)
+@implementer(IMailStoreProvider, IObjectIdProvider, IMaildropLocks, IInboxDelivery)
 class PostgresProvider:
     """
     Gives each user a :class:`PostgresStore` on *database* (a
@@ -1179,6 +1252,45 @@ class PostgresProvider:
     def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:
         """See :meth:`txmail.interfaces.IMaildropLocks.lock_maildrop`: held against every node."""
         return self.maildrop_locks.lock_maildrop(user)
+
+    def deliver_to_inboxes(
+        self, users: Iterable[str], message: bytes | MessageSource, internal_date: float | None = None
+    ) -> defer.Deferred[dict[str, int]]:
+        """
+        See :meth:`txmail.interfaces.IInboxDelivery.deliver_to_inboxes`:
+        one transaction and one body for every copy
+        (:func:`_deliver_inboxes`).  The INBOXes this process has in use
+        are refreshed (their listeners told) before the result fires; a
+        refresh that fails is logged, the copies are made all the same.
+        """
+        wanted = list(dict.fromkeys(users))
+        if not wanted:
+            return defer.succeed({})
+        date = time.time() if internal_date is None else float(internal_date)
+
+        def delivered(made: dict[str, tuple[int, int]]) -> defer.Deferred[dict[str, int]]:
+            refreshes = []
+            for user, (box_id, _) in made.items():
+                store = self._stores.get(user)
+                box = store._boxes.get(box_id) if store is not None else None
+                if box is not None and not box._deleted:
+                    refreshes.append(
+                        box.refresh()
+                        .addErrback(lambda f: f.trap(NoSuchMailbox))
+                        .addErrback(self._refresh_failed)
+                    )
+            done = defer.gatherResults(refreshes, consumeErrors=True)
+            return done.addCallback(lambda _: {user: uid for user, (_, uid) in made.items()})
+
+        def deliver() -> defer.Deferred[dict[str, tuple[int, int]]]:
+            return self.database.run(_deliver_inboxes, self.bodies, self.node, wanted, message, date)
+
+        def first_delivery(failure: Any) -> Any:
+            # Some user's first message: their INBOX made, then once more.
+            failure.trap(_MissingInboxes)
+            return self.database.run(_make_inboxes, failure.value.users).addCallback(lambda _: deliver())
+
+        return deliver().addErrback(first_delivery).addCallback(delivered)
 
     # -- notifications ---------------------------------------------------------
 

@@ -28,7 +28,7 @@ from zope.interface.verify import verifyObject
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IExpungeHistory, IMailbox, IMailStore, IMailStoreProvider
+from txmail.interfaces import IExpungeHistory, IInboxDelivery, IMailbox, IMailStore, IMailStoreProvider
 from txmail.model import (
     ANSWERED,
     DELETED,
@@ -47,7 +47,7 @@ from txmail.model import (
 )
 from txmail.testing.sources import file_source, pattern_digest, pattern_source, streamed_source
 
-__all__ = ["MailStoreConformanceMixin", "message"]
+__all__ = ["InboxDeliveryConformanceMixin", "MailStoreConformanceMixin", "message"]
 
 USER = "alice@example.test"
 OTHER = "bob@example.test"
@@ -961,3 +961,74 @@ class MailStoreConformanceMixin:
         self.assertEqual((yield box2.read_message(before[1].uid)), message(2))
         md = yield box2.get_metadata([before[0].uid])
         self.assertEqual(md[before[0].uid], mime.parse_metadata(message(1)))
+
+
+class InboxDeliveryConformanceMixin:
+    """
+    Behaviour of a provider that also provides the optional
+    :class:`txmail.interfaces.IInboxDelivery`.  Mix it in before
+    :class:`MailStoreConformanceMixin`, whose helpers it uses::
+
+        class MyStoreTests(InboxDeliveryConformanceMixin, MailStoreConformanceMixin, TestCase):
+            ...
+    """
+
+    # Provided by MailStoreConformanceMixin and TestCase.
+    provider: Any
+    inbox: Any
+    record: Any
+    assertEqual: Any
+    assertTrue: Any
+
+    def inbox_delivery(self) -> Any:
+        """The provider, checked to provide :class:`IInboxDelivery` fully."""
+        self.assertTrue(verifyObject(IInboxDelivery, self.provider))
+        return self.provider
+
+    @defer.inlineCallbacks
+    def test_deliver_to_inboxes(self) -> Gen:
+        """
+        One message into several INBOXes at once: each copy as append makes
+        it (octets, size, metadata, date, no flags, a new UID), a user's
+        storage made on first use, an open INBOX's listeners told before
+        the result fires.
+        """
+        provider = self.inbox_delivery()
+        box = yield self.inbox()
+        yield box.append(message(1))
+        events = self.record(box)
+        data = message(2, b"line one\nline two\n")  # bare LFs: stored and served as CRLF
+        crlf = data.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
+        source = MessageSource.from_bytes(data)
+        uids = yield provider.deliver_to_inboxes([USER, OTHER], source, 1_700_000_000.0)
+        self.assertEqual(uids, {USER: 2, OTHER: 1})
+        self.assertEqual([type(e) for e in events], [MessagesAdded])
+        self.assertEqual([i.uid for i in events[0].messages], [2])
+        for user, uid in uids.items():
+            inbox = yield self.inbox(user)
+            (info,) = [i for i in (yield inbox.list_messages()) if i.uid == uid]
+            self.assertEqual(info.flags, frozenset())
+            self.assertEqual(info.internal_date, 1_700_000_000.0)
+            self.assertEqual(info.size, len(crlf))
+            self.assertEqual((yield inbox.read_message(uid)), crlf)
+            self.assertEqual((yield inbox.get_metadata([uid]))[uid], mime.parse_metadata(crlf))
+        self.assertEqual((yield provider.deliver_to_inboxes([], source)), {})
+
+    @defer.inlineCallbacks
+    def test_deliver_to_inboxes_streams(self) -> Gen:
+        """A large streamed source goes into every INBOX whole; the copies stay apart when one is expunged."""
+        provider = self.inbox_delivery()
+        size = 3 * 1024 * 1024 + 17
+        uids = yield provider.deliver_to_inboxes([USER, OTHER], pattern_source(size))
+        mine = yield self.inbox(USER)
+        yield mine.set_flags([uids[USER]], [DELETED], FlagMode.ADD)
+        yield mine.expunge()
+        theirs = yield self.inbox(OTHER)
+        f = yield theirs.open_message(uids[OTHER])
+        try:
+            digest = hashlib.sha256()
+            while chunk := f.read(65536):
+                digest.update(chunk)
+        finally:
+            f.close()
+        self.assertEqual(digest.hexdigest(), pattern_digest(size))
