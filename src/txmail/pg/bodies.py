@@ -21,6 +21,7 @@ database's threads, never the reactor's.
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Iterable
 from typing import Any, BinaryIO
@@ -69,22 +70,34 @@ class BodyStore:
 
     def open(self, conn: Any, body_id: int) -> BinaryIO:
         """
-        A file positioned at the start of the body's octets: a spooled
-        temporary file (in memory up to :data:`SPOOL_MEMORY`, on disk
-        above) filled chunk by chunk through a server-side cursor, so it
-        stays readable when the message is expunged meanwhile.
+        A file positioned at the start of the body's octets, readable when
+        the message is expunged meanwhile.  A body of one chunk (most
+        messages) comes with its size in one statement and is read from
+        memory; a larger one is copied into a spooled temporary file (in
+        memory up to :data:`SPOOL_MEMORY`, on disk above), chunk by chunk
+        through a server-side cursor.
 
         Raises:
             KeyError: no such body.
         """
-        row = conn.execute("SELECT size FROM bodies WHERE id = %s", (body_id,)).fetchone()
+        row = conn.execute(
+            "SELECT b.size, c.data FROM bodies b"
+            " LEFT JOIN body_chunks c ON c.body_id = b.id AND c.seq = 0 WHERE b.id = %s",
+            (body_id,),
+        ).fetchone()
         if row is None:
             raise KeyError(body_id)
+        size, first = int(row[0]), bytes(row[1] or b"")
+        if len(first) >= size:
+            return io.BytesIO(first)
         out = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - handed to the caller
         try:
+            out.write(first)
             with conn.cursor(name=f"txmail_body_{body_id}") as cur:
                 cur.itersize = 4
-                cur.execute("SELECT data FROM body_chunks WHERE body_id = %s ORDER BY seq", (body_id,))
+                cur.execute(
+                    "SELECT data FROM body_chunks WHERE body_id = %s AND seq > 0 ORDER BY seq", (body_id,)
+                )
                 for (data,) in cur:
                     out.write(data)
             out.seek(0)

@@ -111,6 +111,73 @@ async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
         return None
 
 
+#: Messages a FETCH of whole messages asks the store for ahead of the one it
+#: writes (a store whose every read is a round trip, to a database, has them
+#: under way together), and the octets those may hold at most (one always).
+READ_AHEAD = 8
+READ_AHEAD_OCTETS = 4 * 1024 * 1024
+
+
+class _Raised:
+    """An exception a read raised at once, raised again when its turn comes."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _ReadAhead:
+    """
+    The messages of *infos*, read in that order (:meth:`read`), each asked
+    of the store up to :data:`READ_AHEAD` messages (and
+    :data:`READ_AHEAD_OCTETS`) before its turn.  :meth:`close` forgets the
+    reads not taken (their failures too).
+    """
+
+    def __init__(self, mailbox: Any, infos: list[MessageInfo]) -> None:
+        self._mailbox = mailbox
+        self._waiting = list(reversed(infos))
+        self._started: dict[int, tuple[Any, int]] = {}
+        self._octets = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        waiting = self._waiting
+        while waiting and (
+            not self._started
+            or (len(self._started) < READ_AHEAD and self._octets + waiting[-1].size <= READ_AHEAD_OCTETS)
+        ):
+            info = waiting.pop()
+            try:
+                result = self._mailbox.read_message(info.uid)
+            except Exception as e:
+                result = _Raised(e)
+            self._started[info.uid] = (result, info.size)
+            self._octets += info.size
+
+    async def read(self, info: MessageInfo) -> bytes | None:
+        """The message *info* (the next of the list), or ``None`` when it is gone."""
+        result, size = self._started.pop(info.uid)
+        self._octets -= size
+        self._fill()
+        try:
+            if isinstance(result, _Raised):
+                raise result.error
+            if hasattr(result, "__await__"):
+                result = await result
+            return result  # type: ignore[no-any-return]
+        except NoSuchMessage:
+            return None
+
+    def close(self) -> None:
+        for result, _ in self._started.values():
+            if hasattr(result, "addErrback"):
+                result.addErrback(lambda failure: None)
+            elif hasattr(result, "close") and hasattr(result, "send"):
+                result.close()  # a coroutine never awaited
+        self._started.clear()
+        self._waiting.clear()
+
+
 # -- selection ---------------------------------------------------------------------------
 
 
@@ -383,22 +450,31 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
         else:
             metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
         rows: list[FetchRow] = []
+        wanted = []
         for seq, uid in batch:
             info = infos.get(uid)
             if info is None:
                 continue  # expunged by someone else; told later
             if changed_since is not None and info.modseq <= changed_since:
                 continue  # RFC 7162 section 3.1.4.1: not changed since
-            message = None
-            if needs.message:
-                message = await _read_message(mailbox, info)
-                if message is None:
-                    continue
-                if wanted_binary:
-                    require_decodable(message, wanted_binary)  # RFC 3516 section 4.2: NO [UNKNOWN-CTE]
-            if shows_flags or uid in seen_now:
-                view.flags[uid] = info.flags
-            rows.append((seq, info, metadata.get(uid), message, uid in seen_now, uid in view.recent))
+            wanted.append((seq, info))
+        reads = _ReadAhead(mailbox, [info for _, info in wanted]) if needs.message else None
+        try:
+            for seq, info in wanted:
+                uid = info.uid
+                message = None
+                if reads is not None:
+                    message = await reads.read(info)
+                    if message is None:
+                        continue
+                    if wanted_binary:
+                        require_decodable(message, wanted_binary)  # RFC 3516 section 4.2: NO [UNKNOWN-CTE]
+                if shows_flags or uid in seen_now:
+                    view.flags[uid] = info.flags
+                rows.append((seq, info, metadata.get(uid), message, uid in seen_now, uid in view.recent))
+        finally:
+            if reads is not None:
+                reads.close()
         ctx.emit(FetchBatch(items, args.uid, rows))
         await ctx.drain()
     if rendered:
