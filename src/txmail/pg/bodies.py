@@ -8,11 +8,9 @@ A body is a row of ``bodies`` (its id and size) and its octets in
 whole in memory.  Messages refer to a body by id, so a copy (IMAP COPY,
 MOVE between mailboxes) shares its source's body instead of writing it
 again; a body goes when the last message referring to it does
-(:meth:`BodyStore.delete_unused`).  A new message's body is written in a
-transaction of its own before the message row; a process that dies in
-between leaves a body no message uses, which
-``DELETE FROM bodies b WHERE created < now() - interval '1 day' AND NOT
-EXISTS (SELECT 1 FROM messages m WHERE m.body_id = b.id)`` removes.
+(:meth:`BodyStore.delete_unused`).  A new message's body is written in
+the transaction that adds the message (every copy of a delivery, or an
+IMAP APPEND), so a process that dies in between leaves nothing behind.
 
 Every method takes a psycopg connection and runs in the caller's
 transaction (:meth:`txmail.pg.db.Database.run` passes one): on the

@@ -273,6 +273,63 @@ def _make_inboxes(conn: Any, users: list[str]) -> None:
         _lock_user(conn, user)
 
 
+def _store_body(conn: Any, bodies: BodyStore, message: bytes | MessageSource) -> tuple[int, int, bytes]:
+    """The message's body stored (bare LFs made CRLF): ``(body id, size, encoded metadata)``."""
+    spooled, size, metadata = _spool(message)
+    with spooled:
+        body_id, size = bodies.put(conn, spooled, size)
+    return body_id, size, mime.encode_metadata(metadata)
+
+
+def _add_copies(
+    conn: Any,
+    node: str,
+    copies: list[tuple[str, int]],
+    body: tuple[int, int, bytes],
+    flags: list[str],
+    date: float,
+) -> dict[int, int]:
+    """
+    One statement adding a message of *body* (from :func:`_store_body`)
+    to each mailbox of *copies* (``(owner, mailbox id)``, no mailbox
+    twice): each takes its mailbox's next UID and modseq (the caller holds
+    the rows' locks when there are several, taken in the order of their
+    ids) and queues a notification.  ``{mailbox id: UID}`` of the copies
+    made: a mailbox that is gone is left out.
+    """
+    body_id, size, metadata = body
+    rows = conn.execute(
+        "WITH taken AS ("
+        "  UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1"
+        "  WHERE id = ANY(%(ids)s) RETURNING id, uidnext - 1 AS uid, highest_modseq AS modseq"
+        "), copies AS ("
+        "  SELECT taken.*, c.owner, c.email_id FROM taken"
+        "  JOIN unnest(%(ids)s::bigint[], %(owners)s::text[], %(email_ids)s::text[]) AS c (box, owner, email_id)"
+        "  ON c.box = taken.id"
+        "), added AS ("
+        "  INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, save_date, size, email_id,"
+        "  body_id, metadata) SELECT id, uid, modseq, %(flags)s::text[], %(date)s, %(saved)s, %(size)s,"
+        "  email_id, %(body)s, %(metadata)s FROM copies RETURNING mailbox"
+        ") SELECT copies.id, copies.uid, pg_notify(%(channel)s, json_build_object("
+        "  'node', %(node)s::text, 'user', copies.owner, 'mailbox', copies.id, 'kind', 'added')::text)"
+        " FROM copies JOIN added ON added.mailbox = copies.id",
+        {
+            "ids": [box_id for _, box_id in copies],
+            "owners": [owner for owner, _ in copies],
+            "email_ids": [new_email_id() for _ in copies],
+            "flags": flags,
+            "date": date,
+            "saved": time.time(),
+            "size": size,
+            "body": body_id,
+            "metadata": metadata,
+            "channel": CHANNEL,
+            "node": node,
+        },
+    ).fetchall()
+    return {int(box_id): int(uid) for box_id, uid, _ in rows}
+
+
 def _deliver_inboxes(
     conn: Any, bodies: BodyStore, node: str, users: list[str], message: bytes | MessageSource, date: float
 ) -> dict[str, tuple[int, int]]:
@@ -281,13 +338,11 @@ def _deliver_inboxes(
     transaction: the body stored once (every copy refers to it), each
     INBOX row locked in the order of their ids (so that two such
     deliveries, on any nodes, never wait for each other in a cycle; a user
-    without an INBOX yet raises :class:`_MissingInboxes`), then one statement takes each INBOX's next UID and
-    modseq, adds the copies and queues one notification per INBOX.  ``{user: (INBOX id, UID)}``.
+    without an INBOX yet raises :class:`_MissingInboxes`), then the copies
+    added in one statement (:func:`_add_copies`).  ``{user: (INBOX id,
+    UID)}``.
     """
-    spooled, size, metadata = _spool(message)
-    with spooled:
-        body_id, size = bodies.put(conn, spooled, size)
-    encoded = mime.encode_metadata(metadata)
+    body = _store_body(conn, bodies, message)
     boxes = dict(
         conn.execute(
             "SELECT owner, id FROM mailboxes WHERE owner = ANY(%s) AND name = %s ORDER BY id FOR UPDATE",
@@ -299,36 +354,8 @@ def _deliver_inboxes(
         # Made in a transaction of their own (_make_inboxes), which takes
         # the users' rows: never while INBOX rows are held here.
         raise _MissingInboxes(missing)
-    ids = [boxes[u] for u in users]
-    rows = conn.execute(
-        "WITH taken AS ("
-        "  UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1"
-        "  WHERE id = ANY(%(ids)s) RETURNING id, uidnext - 1 AS uid, highest_modseq AS modseq"
-        "), copies AS ("
-        "  SELECT taken.*, c.owner, c.email_id FROM taken"
-        "  JOIN unnest(%(ids)s::bigint[], %(users)s::text[], %(email_ids)s::text[]) AS c (box, owner, email_id)"
-        "  ON c.box = taken.id"
-        "), added AS ("
-        "  INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, save_date, size, email_id,"
-        "  body_id, metadata) SELECT id, uid, modseq, '{}', %(date)s, %(saved)s, %(size)s, email_id,"
-        "  %(body)s, %(metadata)s FROM copies RETURNING mailbox"
-        ") SELECT copies.owner, copies.id, copies.uid, pg_notify(%(channel)s, json_build_object("
-        "  'node', %(node)s::text, 'user', copies.owner, 'mailbox', copies.id, 'kind', 'added')::text)"
-        " FROM copies JOIN added ON added.mailbox = copies.id",
-        {
-            "ids": ids,
-            "users": users,
-            "email_ids": [new_email_id() for _ in users],
-            "date": date,
-            "saved": time.time(),
-            "size": size,
-            "body": body_id,
-            "metadata": encoded,
-            "channel": CHANNEL,
-            "node": node,
-        },
-    ).fetchall()
-    return {owner: (int(box_id), int(uid)) for owner, box_id, uid, _ in rows}
+    uids = _add_copies(conn, node, [(u, boxes[u]) for u in users], body, [], date)
+    return {user: (boxes[user], uids[boxes[user]]) for user in users}
 
 
 def _mailbox_rows(conn: Any, owner: str) -> list[tuple[str, str | None]]:
@@ -691,13 +718,15 @@ class PostgresMailbox(MailboxState):
         self, message: bytes | MessageSource, flags: Iterable[str] = (), internal_date: float | None = None
     ) -> defer.Deferred[int]:
         """
-        See :meth:`txmail.interfaces.IMailbox.append`: the source is read
-        in chunks (bare LFs made CRLF) into a spooled file, its metadata
-        parsed unless it has some, and its body stored in a transaction of
-        its own, before the mailbox's turn (a large message does not hold
-        up the mailbox's other changes); then the message is added with a
-        UID and modseq taken from the mailbox's row.  If that fails, the
-        body is deleted again.
+        See :meth:`txmail.interfaces.IMailbox.append`: one transaction
+        reads the source in chunks (bare LFs made CRLF) into a spooled
+        file, parses its metadata unless it has some, stores the body and
+        adds the message with the mailbox's next UID and modseq (its row
+        locked only for that last statement); then the mailbox is
+        refreshed, in its turn, so the message is listed (and the
+        listeners told) when the Deferred fires.  A large message does not
+        hold up the mailbox's other changes while its body is written, and
+        a failure leaves nothing behind.
         """
         try:
             normalized = sorted(normalize_flags(flags))
@@ -708,45 +737,24 @@ class PostgresMailbox(MailboxState):
             return failed
         date = time.time() if internal_date is None else float(internal_date)
         bodies = self.store.provider.bodies
-        box_id = self.box_id
+        box_id, owner, node = self.box_id, self.store.user, self._node
 
-        def put(conn: Any) -> tuple[int, int, bytes]:
-            spooled, _, metadata = _spool(message)
-            with spooled:
-                body_id, size = bodies.put(conn, spooled)
-            return body_id, size, mime.encode_metadata(metadata)
+        def add(conn: Any) -> int:
+            body = _store_body(conn, bodies, message)
+            uids = _add_copies(conn, node, [(owner, box_id)], body, normalized, date)
+            if box_id not in uids:
+                raise NoSuchMailbox(self.name)  # deleted by another node: rolled back, body and all
+            return uids[box_id]
 
-        def stored(body: tuple[int, int, bytes]) -> defer.Deferred[int]:
-            def not_added(failure: Any) -> Any:
-                # The append fails once the body is gone (or its deletion failed, logged).
-                cleanup = self._database.run(bodies.delete_unused, [body[0]])
-                cleanup.addErrback(lambda f: self.log.failure("deleting an unused body failed", f))
-                return cleanup.addCallback(lambda _: failure)
+        def added(uid: int) -> defer.Deferred[int]:
+            return self.refresh().addCallback(lambda _: uid)
 
-            return self._change(add, *body).addErrback(not_added)
+        def gone(failure: Any) -> Any:
+            failure.trap(NoSuchMailbox)
+            # Learn it now (its listeners told), as a change of this node would.
+            return self.refresh().addBoth(lambda _: failure)
 
-        def add(conn: Any, body_id: int, size: int, metadata: bytes) -> int:
-            uid, modseq = _allocate(conn, box_id, 1, 1)
-            conn.execute(
-                "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, save_date, size,"
-                " email_id, body_id, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    box_id,
-                    uid,
-                    modseq,
-                    normalized,
-                    date,
-                    time.time(),
-                    size,
-                    new_email_id(),
-                    body_id,
-                    metadata,
-                ),
-            )
-            _notify(conn, self._node, self.store.user, box_id, "added")
-            return uid
-
-        return self._database.run(put).addCallback(stored)
+        return self._database.run(add).addCallbacks(added, gone)
 
     def set_flags(
         self, uids: Iterable[int], flags: Iterable[str], mode: FlagMode, unchanged_since: int | None = None
