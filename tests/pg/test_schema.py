@@ -49,6 +49,7 @@ class UpgradeTests(TestCase):
         found = set(self.database.run_sync(tables))
         directory = {"alias_targets", "aliases", "domains", "schema_version", "users"}
         store = {"mail_users", "mailboxes", "subscriptions", "bodies", "body_chunks", "messages", "expunged"}
+        store |= {"maildrop_locks", "annotations", "urlauth_keys"}
         queue = {"queue_entries", "queue_recipients", "queue_chunks"}
         self.assertEqual(found & (directory | store | queue), directory | store | queue)
 

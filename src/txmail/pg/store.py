@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import threading
 import time
@@ -90,14 +91,17 @@ from txmail.interfaces import (
     IMaildropLocks,
     IMailStore,
     IMailStoreProvider,
+    IMetadataStore,
     IObjectIdProvider,
     IObjectIds,
     ISaveDates,
     IStorageUsage,
+    IURLAuthKeys,
 )
 from txmail.model import (
     DELIMITER,
     INBOX,
+    AnnotationsChanged,
     FlagMode,
     FlagsChanged,
     FolderInfo,
@@ -113,7 +117,9 @@ from txmail.pg.bodies import SPOOL_MEMORY, BodyStore
 from txmail.pg.maildrop import DEFAULT_LEASE, PostgresMaildropLock, PostgresMaildropLocks
 from txmail.pg.schema import require_current
 from txmail.quota import Usage
+from txmail.store._annotations import AnnotationListeners, apply_changes
 from txmail.store._base import (
+    URLAUTH_KEY_SIZE,
     MailboxState,
     check_name,
     columns_from_metadata,
@@ -893,7 +899,7 @@ class PostgresMailbox(MailboxState):
         return self._change(lambda conn: None)
 
 
-@implementer(IMailStore, IStorageUsage)
+@implementer(IMailStore, IStorageUsage, IMetadataStore, IURLAuthKeys)
 class PostgresStore:
     """One user's mailboxes in the database.  Created by :class:`PostgresProvider`."""
 
@@ -904,6 +910,7 @@ class PostgresStore:
         self.user = user
         #: The mailbox objects in use, by row id.
         self._boxes: weakref.WeakValueDictionary[int, PostgresMailbox] = weakref.WeakValueDictionary()
+        self._annotation_listeners = AnnotationListeners()
 
     @property
     def _database(self) -> Any:
@@ -1135,7 +1142,144 @@ class PostgresStore:
         ]
         pairs = _move_rows(conn, self.provider.bodies, inbox, uids, target)
         _expunge_rows(conn, self.provider.bodies, inbox, [s for s, _ in pairs])
+        # RFC 5464 section 4.1: the new mailbox gets a copy of INBOX's annotations.
+        conn.execute(
+            "INSERT INTO annotations (owner, mailbox, name, value)"
+            " SELECT owner, %s, name, value FROM annotations WHERE mailbox = %s",
+            (target, inbox),
+        )
         _notify(conn, self.provider.node, self.user, inbox, "expunged")
+
+    # -- IMetadataStore (RFC 5464) -------------------------------------------------
+
+    def _annotated(self, conn: Any, mailbox: str) -> int | None:
+        """The row id of *mailbox* (``None``: the server's entries, ``""``)."""
+        if mailbox == "":
+            return None
+        name = check_name(mailbox)
+        row = conn.execute(
+            "SELECT id FROM mailboxes WHERE owner = %s AND name = %s", (self.user, name)
+        ).fetchone()
+        if row is None:
+            raise NoSuchMailbox(name)
+        return int(row[0])
+
+    def _entries(self, conn: Any, box_id: int | None) -> dict[str, bytes]:
+        rows = conn.execute(
+            "SELECT name, value FROM annotations WHERE owner = %s AND coalesce(mailbox, 0) = %s",
+            (self.user, box_id or 0),
+        ).fetchall()
+        return {name: bytes(value) for name, value in rows}
+
+    def get_annotations(self, mailbox: str) -> defer.Deferred[dict[str, bytes]]:
+        """See :meth:`txmail.interfaces.IMetadataStore.get_annotations`."""
+        return self._run(lambda conn: self._entries(conn, self._annotated(conn, mailbox)))
+
+    def set_annotations(self, mailbox: str, changes: dict[str, bytes | None]) -> defer.Deferred[None]:
+        """
+        See :meth:`txmail.interfaces.IMetadataStore.set_annotations`: one
+        transaction, the mailbox's row locked so that two nodes' changes
+        take turns.
+        """
+
+        def change(conn: Any) -> tuple[str, ...]:
+            box_id = self._annotated(conn, mailbox)
+            if box_id is None:
+                conn.execute("SELECT 1 FROM mail_users WHERE address = %s FOR UPDATE", (self.user,))
+            else:
+                conn.execute("SELECT 1 FROM mailboxes WHERE id = %s FOR UPDATE", (box_id,))
+            _, changed = apply_changes(self._entries(conn, box_id), changes)
+            for name in changed:
+                conn.execute(
+                    "DELETE FROM annotations WHERE owner = %s AND coalesce(mailbox, 0) = %s AND name = %s",
+                    (self.user, box_id or 0, name),
+                )
+                value = changes[name]
+                if value is not None:
+                    conn.execute(
+                        "INSERT INTO annotations (owner, mailbox, name, value) VALUES (%s, %s, %s, %s)",
+                        (self.user, box_id, name, bytes(value)),
+                    )
+            return changed
+
+        def told(changed: tuple[str, ...]) -> None:
+            if changed:
+                name = "" if mailbox == "" else check_name(mailbox)
+                self._annotation_listeners.notify(AnnotationsChanged(name, changed))
+
+        return self._run(change).addCallback(told)
+
+    def annotation_count(self) -> defer.Deferred[int]:
+        """See :meth:`txmail.interfaces.IMetadataStore.annotation_count`."""
+
+        def query(conn: Any) -> int:
+            (n,) = conn.execute("SELECT count(*) FROM annotations WHERE owner = %s", (self.user,)).fetchone()
+            return int(n)
+
+        return self._run(query)
+
+    def add_annotation_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+        """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener` (changes made by this process)."""
+        return self._annotation_listeners.add(listener)
+
+    # -- IURLAuthKeys (RFC 4467) -------------------------------------------------------
+
+    def urlauth_key(
+        self, mailbox: str, uidvalidity: int, create: bool = False
+    ) -> defer.Deferred[bytes | None]:
+        """
+        See :meth:`txmail.interfaces.IURLAuthKeys.urlauth_key`: one key per
+        mailbox row (gone with the mailbox), for the UIDVALIDITY it was made for.
+        """
+
+        def get(conn: Any) -> bytes | None:
+            try:
+                name = check_name(mailbox)
+            except InvalidMailboxName:
+                return None
+            row = conn.execute(
+                "SELECT b.id, k.uidvalidity, k.key FROM mailboxes b LEFT JOIN urlauth_keys k ON k.mailbox = b.id"
+                " WHERE b.owner = %s AND b.name = %s FOR UPDATE OF b",
+                (self.user, name),
+            ).fetchone()
+            if row is None:
+                return None
+            box_id, kept_validity, key = row
+            if key is not None and int(kept_validity) == uidvalidity:
+                return bytes(key)
+            if not create:
+                return None
+            key = os.urandom(URLAUTH_KEY_SIZE)
+            conn.execute(
+                "INSERT INTO urlauth_keys (mailbox, uidvalidity, key) VALUES (%s, %s, %s)"
+                " ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, key = excluded.key",
+                (box_id, uidvalidity, key),
+            )
+            return key
+
+        return self._run(get)
+
+    def reset_urlauth_keys(self, mailbox: str | None = None) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.IURLAuthKeys.reset_urlauth_keys`."""
+
+        def reset(conn: Any) -> None:
+            if mailbox is None:
+                conn.execute(
+                    "DELETE FROM urlauth_keys WHERE mailbox IN (SELECT id FROM mailboxes WHERE owner = %s)",
+                    (self.user,),
+                )
+                return
+            try:
+                name = check_name(mailbox)
+            except InvalidMailboxName:
+                return
+            conn.execute(
+                "DELETE FROM urlauth_keys WHERE mailbox IN"
+                " (SELECT id FROM mailboxes WHERE owner = %s AND name = %s)",
+                (self.user, name),
+            )
+
+        return self._run(reset)
 
     def subscribe(self, name: str) -> defer.Deferred[None]:
         """See :meth:`txmail.interfaces.IMailStore.subscribe`."""
