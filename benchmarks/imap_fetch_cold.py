@@ -61,11 +61,17 @@ def _children_cpu() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _tail(transport: StringTransport) -> bytes:
+    """The last octets written (without copying the whole answer, as ``value()`` does)."""
+    with transport.io.getbuffer() as view:
+        return bytes(view[-65536:])
+
+
 async def _run(proto: Any, transport: StringTransport, tag: bytes, command: bytes) -> bytes:
     transport.clear()
     proto.dataReceived(tag + b" " + command + b"\r\n")
-    while b"\r\n" + tag + b" " not in b"\r\n" + transport.value():
-        await task.deferLater(reactor, 0.001, lambda: None)
+    while b"\r\n" + tag + b" " not in b"\r\n" + _tail(transport):
+        await task.deferLater(reactor, 0.005, lambda: None)
     out = transport.value()
     if not re.search(rb"(^|\r\n)" + tag + rb" OK", out):
         raise RuntimeError(f"{command!r} failed: {out[-200:]!r}")
@@ -106,6 +112,9 @@ async def _measure(args: argparse.Namespace, root: str, pool: ThreadPool) -> Non
         f"cpu {cpu:.2f} s ({cpu * us:.0f}), workers' cpu {workers:.2f} s ({workers * us:.0f})"
     )
     print(f"{out.count(b' FETCH (')} answers, sha1 {hashlib.sha1(out).hexdigest()}")
+    if args.answer:
+        with open(args.answer, "wb") as f:
+            f.write(out)
     stop = getattr(stores, "stop", None)
     if stop is not None:
         stop()
@@ -116,6 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--copy-of", help="a Maildir tree this script made before (--keep), copied instead of made again"
+    )
+    parser.add_argument("--answer", help="write the FETCH's answer to this file")
+    parser.add_argument("--keep", help="make the tree here too, and leave it, for --copy-of")
     args = parser.parse_args(argv)
     settings = load_config(None)
     tune_gc(settings.gc_threshold)  # as twistd mailserver runs
