@@ -88,8 +88,8 @@ class _Tree:
         self.addCleanup(shutil.rmtree, root, True)  # type: ignore[attr-defined]
         return root
 
-    def pool(self, size: int = 2, timeout: float = _parse_pool.DEFAULT_TIMEOUT) -> ParsePool:
-        pool = ParsePool(size, timeout=timeout)
+    def pool(self, size: int = 2) -> ParsePool:
+        pool = ParsePool(size)
         self.addCleanup(pool.stop)  # type: ignore[attr-defined]
         return pool
 
@@ -165,8 +165,9 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
 
     def test_hung_worker(self) -> None:
         """A worker that does not answer in time is killed, its messages ``None``; the others are answered."""
-        pool = self.pool(timeout=1.0)
-        pool.parse(self.root, self.items)
+        pool = self.pool()
+        pool.parse(self.root, self.items)  # started (in less than the default time)
+        pool.timeout = 1.0
         victim = pool.pids()[0]
         os.kill(victim, signal.SIGSTOP)
         started = time.monotonic()
@@ -177,6 +178,16 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         self.assertEqual(pool.failures, 1)
         self.assertFalse(_alive(victim))
         self.check(pool.parse(self.root, self.items), self.items)
+
+    def test_large_batch_waited_for(self) -> None:
+        """A batch of more octets is given more time: OCTETS_A_SECOND of them a second."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:40])  # started (in less than the default time)
+        pool.timeout = 0.1
+        os.kill(pool.pids()[0], signal.SIGSTOP)
+        started = time.monotonic()
+        self.assertEqual(pool.parse(self.root, self.items[:40], _parse_pool.OCTETS_A_SECOND), [None] * 40)
+        self.assertGreaterEqual(time.monotonic() - started, 1.0)
 
     def test_nonsense_answer(self) -> None:
         """A worker answering something else than its batch's list is dropped."""

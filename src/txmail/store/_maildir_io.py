@@ -930,7 +930,9 @@ def _pool_parse(
     todo = [i for i, md in enumerate(metadata) if md is None]
     if pool is None or len(todo) < POOL_LEAST:
         return {}
-    answers = pool.parse(path, [(ordered[i][4], ordered[i][5], ordered[i][6]) for i in todo])
+    # The files' sizes from their names (S=), for the time the workers get.
+    octets = sum(name_sizes(ordered[i][3])[0] or 0 for i in todo)
+    answers = pool.parse(path, [(ordered[i][4], ordered[i][5], ordered[i][6]) for i in todo], octets)
     out = {}
     for i, encoded in zip(todo, answers, strict=True):
         if encoded is not None:

@@ -41,11 +41,14 @@ from typing import Any
 from txmail import mime
 from txmail.store._crlf import CRLFFile
 
-__all__ = ["DEFAULT_TIMEOUT", "MIN_SHARE", "ParsePool", "parse_file"]
+__all__ = ["DEFAULT_TIMEOUT", "MIN_SHARE", "OCTETS_A_SECOND", "ParsePool", "parse_file"]
 
 #: Seconds a worker may take to answer one batch before it is killed and
-#: its messages parsed inline.
+#: its messages parsed inline, besides :data:`OCTETS_A_SECOND` of its messages.
 DEFAULT_TIMEOUT = 30.0
+#: The slowest parse allowed for (a parse runs at about 100 MB/s): a batch of
+#: large messages has more time.
+OCTETS_A_SECOND = 4 << 20
 #: A batch is split between at most ``len(items) // MIN_SHARE`` workers
 #: (so a small one goes to one worker: a pipe round trip costs about a parse).
 MIN_SHARE = 32
@@ -198,10 +201,11 @@ class ParsePool:
         #: Workers that failed (died, hung, answered nonsense) and were replaced.
         self.failures = 0
 
-    def parse(self, path: str, items: Sequence[Item]) -> list[bytes | None]:
+    def parse(self, path: str, items: Sequence[Item], octets: int = 0) -> list[bytes | None]:
         """
-        The encoded metadata of each of *items* (files of the folder *path*),
-        or ``None`` for those the workers did not parse; blocking.
+        The encoded metadata of each of *items* (files of the folder *path*,
+        about *octets* in all), or ``None`` for those the workers did not
+        parse; blocking.
         """
         if not items:
             return []
@@ -210,7 +214,7 @@ class ParsePool:
             return [None] * len(items)
         step = -(-len(items) // len(workers))
         shares = [items[i : i + step] for i in range(0, len(items), step)]
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout + octets / OCTETS_A_SECOND
         sent: list[_Worker | None] = []
         for worker, share in zip(workers, shares, strict=False):
             try:
