@@ -21,6 +21,7 @@ The file format (every key optional)::
 
     [store]
     backend = "maildir"                  # maildir (data_dir/mail) | memory (lost at exit) | postgresql
+    parse_workers = 2                    # Maildir: processes parsing messages (default: the CPUs); 0 inline
 
     [directory]
     backend = "file"                     # file (data_dir/users.json) | postgresql ([postgresql] dsn)
@@ -167,6 +168,7 @@ class Settings:
     threads: int = 8
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
     store_backend: str = "maildir"
+    store_parse_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     directory_backend: str = "file"
     queue_backend: str = "file"
     queue_lease: float = 900.0
@@ -259,6 +261,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "threads"): "threads",
     ("server", "gc_threshold"): "gc_threshold",
     ("store", "backend"): "store_backend",
+    ("store", "parse_workers"): "store_parse_workers",
     ("directory", "backend"): "directory_backend",
     ("queue", "backend"): "queue_backend",
     ("queue", "lease"): "queue_lease",
@@ -450,6 +453,10 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = value
         elif f.name == "store_backend":
             out[f.name] = _store_backend(value)
+        elif f.name == "store_parse_workers":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError("[store] parse_workers must be an integer of at least 0")
+            out[f.name] = value
         elif f.name == "directory_backend":
             if value not in DIRECTORY_BACKENDS:
                 allowed = " or ".join(f'"{b}"' for b in DIRECTORY_BACKENDS)

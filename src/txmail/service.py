@@ -98,6 +98,17 @@ class ThreadPoolService(service.Service):
             self.pool.stop()
 
 
+class StopService(service.Service):
+    """Calls *stop* when the server stops (a store provider's helpers: the Maildir parse workers)."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.stop = stop
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.stop()
+
+
 class PolicyService(service.Service):
     """Stops the policies that keep state (``stop()``: greylisting saves its table)."""
 
@@ -342,7 +353,8 @@ def make_store_provider(
 
     * ``"maildir"``: a :class:`txmail.store.maildir.MaildirProvider` under
       ``<data_dir>/mail``, its file work done by *run_blocking* (default:
-      inline, in the calling thread);
+      inline, in the calling thread); with *server*, ``[store]
+      parse_workers`` processes parse new messages, stopped with it;
     * ``"memory"``: a :class:`txmail.store.memory.MemoryProvider`; the mail
       is lost when the process ends;
     * ``"postgresql"``: a :class:`txmail.pg.store.PostgresProvider` on the
@@ -365,7 +377,17 @@ def make_store_provider(
     if backend == "maildir":
         from txmail.store.maildir import MaildirProvider
 
-        return MaildirProvider(settings.path("mail"), run_blocking=run_blocking, hostname=settings.hostname)
+        # Parse worker processes for the server's (their waits in its thread pool), stopped with it.
+        workers = settings.store_parse_workers if server is not None else 0
+        maildir = MaildirProvider(
+            settings.path("mail"),
+            run_blocking=run_blocking,
+            hostname=settings.hostname,
+            parse_workers=workers,
+        )
+        if server is not None:
+            StopService(maildir.stop).setServiceParent(server)
+        return maildir
     if backend == "postgresql":
         from txmail.pg.db import database_from_settings
         from txmail.pg.store import PostgresProvider

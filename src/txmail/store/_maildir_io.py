@@ -49,6 +49,7 @@ from txmail.store._maildir_format import (
     parse_keywords,
     split_file_name,
 )
+from txmail.store._parse_pool import ParsePool
 
 __all__ = [
     "CACHE",
@@ -848,7 +849,10 @@ Completion = Callable[[int, tuple[tuple[str, str], ...]], Callable[[], tuple[Any
 
 
 def read_metadata(
-    path: str, reqs: list[tuple[int, int, int, str, str, str, bool]], complete: Completion | None = None
+    path: str,
+    reqs: list[tuple[int, int, int, str, str, str, bool]],
+    complete: Completion | None = None,
+    pool: ParsePool | None = None,
 ) -> tuple[dict[int, MessageMetadata], list[tuple[int, int, int]]]:
     """
     Read cached metadata for (uid, offset, length, base, sub, name,
@@ -861,7 +865,10 @@ def read_metadata(
     a fifth of a whole parse) and cached so
     (:func:`txmail.mime.encode_header_metadata`); its envelope and body
     structure come from ``complete(uid, headers)`` when first used.
-    Without it, header-only records are parsed again as a whole.
+    Without it, header-only records are parsed again as a whole: by the
+    worker processes of *pool* when given and at least :data:`POOL_LEAST`
+    are (:mod:`txmail.store._parse_pool`; those it did not parse are parsed
+    here, as every one without it).
     """
     out: dict[int, MessageMetadata] = {}
     updates: list[tuple[int, int, int]] = []
@@ -872,18 +879,22 @@ def read_metadata(
             records: list[bytes | None] = [None] * len(ordered)
         else:
             records = _read_cache_records(cache.fileno(), [(r[1], r[2], r[3]) for r in ordered])
-    for (uid, _, _, base, sub, name, convert), data in zip(ordered, records, strict=True):
-        md = None
+    metadata: list[MessageMetadata | None] = [None] * len(ordered)
+    for i, ((uid, *_), data) in enumerate(zip(ordered, records, strict=True)):
         if data is not None:
-            try:
-                md = mime.decode_metadata(data, _completion(complete, uid, data))
-            except ValueError:
-                md = None
+            with contextlib.suppress(ValueError):
+                metadata[i] = mime.decode_metadata(data, _completion(complete, uid, data))
+    pooled = _pool_parse(path, ordered, metadata, pool) if complete is None else {}
+    for i, (uid, _, _, base, sub, name, convert) in enumerate(ordered):
+        md = metadata[i]
         if md is None:
-            try:
-                md, encoded = _parse_file(path, sub, name, convert, uid, complete)
-            except NoSuchMessage:
-                continue
+            if i in pooled:
+                md, encoded = pooled[i]
+            else:
+                try:
+                    md, encoded = _parse_file(path, sub, name, convert, uid, complete)
+                except NoSuchMessage:
+                    continue
             parsed.append((uid, base, encoded))
         out[uid] = md
     if parsed:
@@ -898,6 +909,36 @@ def read_metadata(
         )
         updates = [(uid, off, length) for (uid, _, _), (off, length) in zip(parsed, places, strict=True)]
     return out, updates
+
+
+#: ``read_metadata`` asks its pool to parse when at least this many messages
+#: need a whole parse (fewer are parsed inline: a round trip to the workers
+#: costs about as much as a few parses).
+POOL_LEAST = 64
+
+
+def _pool_parse(
+    path: str,
+    ordered: list[tuple[int, int, int, str, str, str, bool]],
+    metadata: list[MessageMetadata | None],
+    pool: ParsePool | None,
+) -> dict[int, tuple[MessageMetadata, bytes]]:
+    """
+    The metadata and encoded record that the workers of *pool* parsed, by
+    index in *ordered*, of the messages lacking metadata.
+    """
+    todo = [i for i, md in enumerate(metadata) if md is None]
+    if pool is None or len(todo) < POOL_LEAST:
+        return {}
+    # The files' sizes from their names (S=), for the time the workers get.
+    octets = sum(name_sizes(ordered[i][3])[0] or 0 for i in todo)
+    answers = pool.parse(path, [(ordered[i][4], ordered[i][5], ordered[i][6]) for i in todo], octets)
+    out = {}
+    for i, encoded in zip(todo, answers, strict=True):
+        if encoded is not None:
+            with contextlib.suppress(ValueError):  # not a record (never seen): parsed here again
+                out[i] = (mime.decode_metadata(encoded), encoded)
+    return out
 
 
 def _completion(

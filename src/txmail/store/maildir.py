@@ -198,6 +198,7 @@ from txmail.store._maildir_format import (
     split_file_name,
 )
 from txmail.store._maildir_watch import POLL_INTERVAL, FolderWatcher
+from txmail.store._parse_pool import ParsePool
 from txmail.store._usage import tree_usage
 
 __all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
@@ -923,7 +924,8 @@ class MaildirMailbox(MailboxState):
         # were asked of this mailbox lately (then whole, in the thread pool).
         recent = time.monotonic() - self._structures_at < STRUCTURES_WINDOW
         complete = None if recent else self._completion
-        return self._run(io.read_metadata, self.path, reqs, complete).addCallback(got)
+        pool = None if complete is not None or len(reqs) < io.POOL_LEAST else self._provider._pool()
+        return self._run(io.read_metadata, self.path, reqs, complete, pool).addCallback(got)
 
     def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, columns.Values]]:
         """
@@ -1890,6 +1892,13 @@ class MaildirProvider:
         settle: seconds after a directory's change during which a listing
             may miss a change made in the same timestamp tick (see
             :data:`txmail.store._maildir_io.SETTLE_NS`).
+        parse_workers: the most worker processes parsing messages whole
+            for a :meth:`MaildirMailbox.get_metadata` of many messages
+            (:mod:`txmail.store._parse_pool`), started when first needed
+            and stopped by :meth:`stop`; 0 (the default) parses them in
+            the ``run_blocking`` thread.  Their wait is ``run_blocking``'s:
+            give the workers to a provider whose ``run_blocking`` is a
+            thread pool.
     """
 
     def __init__(
@@ -1902,9 +1911,14 @@ class MaildirProvider:
         watch: str = "auto",
         poll_interval: float = POLL_INTERVAL,
         settle: float = io.SETTLE_NS / 1e9,
+        parse_workers: int = 0,
     ) -> None:
         if watch not in ("auto", "inotify", "poll", "off"):
             raise ValueError(f"unknown watch mode {watch!r}")
+        if parse_workers < 0:
+            raise ValueError(f"parse_workers must be at least 0, not {parse_workers}")
+        self.parse_workers = parse_workers
+        self._parse_pool: ParsePool | None = None
         self.root = root
         self._run: RunBlocking = run_blocking or run_inline
         self.hostname = _sanitize_host(hostname or socket.gethostname())
@@ -1925,6 +1939,21 @@ class MaildirProvider:
         self._last_readers: dict[str, MaildirMailbox] = {}
         #: The wall clock in nanoseconds (the directory times' scale); tests replace it.
         self._now: Callable[[], int] = time.time_ns
+
+    def _pool(self) -> ParsePool | None:
+        """The parse worker pool (made when first asked for), or ``None`` without workers."""
+        if self._parse_pool is None and self.parse_workers:
+            self._parse_pool = ParsePool(self.parse_workers)
+        return self._parse_pool
+
+    def stop(self) -> None:
+        """
+        Stop the parse worker processes (those busy when their batch ends);
+        a later need starts new ones.  The server calls it when it stops.
+        """
+        pool, self._parse_pool = self._parse_pool, None
+        if pool is not None:
+            pool.stop()
 
     def _watch(self, box: MaildirMailbox) -> None:
         """Watch *box* for other programs' changes while it has listeners."""

@@ -19,6 +19,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from txmail.errors import NoSuchMessage
@@ -423,63 +424,106 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     uses_structures = fetch_uses_structures(mailbox, args.items, len(targets))
     if needs.metadata and lines is None and changed_since is None and uses_structures:
         kept = await cached_structures(mailbox, [u for _, u in targets])
-    for n, batch in enumerate(_chunks(targets, BATCH)):
-        if n:
-            await ctx.take_turn()
-        uids = [u for _, u in batch]
-        infos = {i.uid: i for i in await call(mailbox.list_messages, uids)}
-        seen_now: set[int] = set()
-        if mark_seen:
-            unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
-            if unseen:
-                changed = await call(mailbox.set_flags, unseen, {"\\Seen"}, FlagMode.ADD)
-                for info in changed:
-                    infos[info.uid] = info
-                    seen_now.add(info.uid)
-        if lines is not None:
-            metadata = lines
-        elif kept is not None:
-            missing = [u for u in uids if u not in kept]
-            if missing:
-                for uid, md in (await call(mailbox.get_metadata, missing)).items():
-                    kept[uid] = rendered[uid] = structures_of(md)
-                if len(rendered) >= KEEP_EVERY:  # kept as it goes: a client may leave mid-FETCH
-                    await keep_structures(mailbox, rendered)
-                    rendered = {}
-            metadata = kept
-        else:
-            metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
-        rows: list[FetchRow] = []
-        wanted = []
-        for seq, uid in batch:
-            info = infos.get(uid)
-            if info is None:
-                continue  # expunged by someone else; told later
-            if changed_since is not None and info.modseq <= changed_since:
-                continue  # RFC 7162 section 3.1.4.1: not changed since
-            wanted.append((seq, info))
-        reads = _ReadAhead(mailbox, [info for _, info in wanted]) if needs.message else None
-        try:
-            for seq, info in wanted:
-                uid = info.uid
-                message = None
+    batches = list(_chunks(targets, BATCH))
+    ahead = _Ahead()
+    structured = False  # a batch's structures were rendered from its metadata
+    try:
+        for n, batch in enumerate(batches):
+            if n:
+                await ctx.take_turn()
+            uids = [u for _, u in batch]
+            infos = {i.uid: i for i in await call(mailbox.list_messages, uids)}
+            seen_now: set[int] = set()
+            if mark_seen:
+                unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
+                if unseen:
+                    changed = await call(mailbox.set_flags, unseen, {"\\Seen"}, FlagMode.ADD)
+                    for info in changed:
+                        infos[info.uid] = info
+                        seen_now.add(info.uid)
+            if lines is not None:
+                metadata = lines
+            elif kept is not None:
+                missing = [u for u in uids if u not in kept]
+                if missing:
+                    found = await ahead.take() if ahead.uids == missing else None
+                    if found is None:
+                        found = await call(mailbox.get_metadata, missing)
+                    if structured and n + 1 < len(batches):
+                        # The next batch's metadata asked for before this one renders:
+                        # a store parsing in other processes (the Maildir parse workers)
+                        # parses it meanwhile.  Not before a first batch was rendered,
+                        # which tells the store that the structures are wanted.
+                        ahead.ask(mailbox.get_metadata, [u for _, u in batches[n + 1] if u not in kept])
+                    for uid, md in found.items():
+                        kept[uid] = rendered[uid] = structures_of(md)
+                    structured = True
+                    if len(rendered) >= KEEP_EVERY:  # kept as it goes: a client may leave mid-FETCH
+                        await keep_structures(mailbox, rendered)
+                        rendered = {}
+                metadata = kept
+            else:
+                metadata = await call(mailbox.get_metadata, uids) if needs.metadata else {}
+            rows: list[FetchRow] = []
+            wanted = []
+            for seq, uid in batch:
+                info = infos.get(uid)
+                if info is None:
+                    continue  # expunged by someone else; told later
+                if changed_since is not None and info.modseq <= changed_since:
+                    continue  # RFC 7162 section 3.1.4.1: not changed since
+                wanted.append((seq, info))
+            reads = _ReadAhead(mailbox, [info for _, info in wanted]) if needs.message else None
+            try:
+                for seq, info in wanted:
+                    uid = info.uid
+                    message = None
+                    if reads is not None:
+                        message = await reads.read(info)
+                        if message is None:
+                            continue
+                        if wanted_binary:
+                            # RFC 3516 section 4.2: NO [UNKNOWN-CTE]
+                            require_decodable(message, wanted_binary)
+                    if shows_flags or uid in seen_now:
+                        view.flags[uid] = info.flags
+                    rows.append((seq, info, metadata.get(uid), message, uid in seen_now, uid in view.recent))
+            finally:
                 if reads is not None:
-                    message = await reads.read(info)
-                    if message is None:
-                        continue
-                    if wanted_binary:
-                        require_decodable(message, wanted_binary)  # RFC 3516 section 4.2: NO [UNKNOWN-CTE]
-                if shows_flags or uid in seen_now:
-                    view.flags[uid] = info.flags
-                rows.append((seq, info, metadata.get(uid), message, uid in seen_now, uid in view.recent))
-        finally:
-            if reads is not None:
-                reads.close()
-        ctx.emit(FetchBatch(items, args.uid, rows))
-        await ctx.drain()
+                    reads.close()
+            ctx.emit(FetchBatch(items, args.uid, rows))
+            await ctx.drain()
+    finally:
+        ahead.forget()
     if rendered:
         await keep_structures(mailbox, rendered)
     return Done("UID FETCH completed" if args.uid else "FETCH completed")
+
+
+class _Ahead:
+    """The metadata of a FETCH's next batch, asked for before the current batch renders."""
+
+    def __init__(self) -> None:
+        self.uids: list[int] | None = None
+        self._asked: Any = None
+
+    def ask(self, get_metadata: Callable[[list[int]], Any], uids: list[int]) -> None:
+        """``get_metadata(uids)`` asked now, its answer taken later (:meth:`take`)."""
+        self.forget()
+        if uids:
+            self.uids, self._asked = uids, get_metadata(uids)
+
+    async def take(self) -> Any:
+        """The answer (or error) of what was asked for :attr:`uids`."""
+        asked, self.uids, self._asked = self._asked, None, None
+        return (await asked) if hasattr(asked, "__await__") else asked
+
+    def forget(self) -> None:
+        """The FETCH ended without taking it: an error it may end with is not reported."""
+        asked, self.uids, self._asked = self._asked, None, None
+        add_errback = getattr(asked, "addErrback", None)
+        if add_errback is not None:
+            add_errback(lambda _: None)
 
 
 @command(

@@ -1,0 +1,332 @@
+"""
+The Maildir store's parse worker processes (:mod:`txmail.store._parse_pool`):
+their records are those of the inline parse on generated and hostile
+messages (bare-LF files too); a worker that dies or hangs loses no message
+and is replaced; the store with workers gives the metadata of the store
+without, and stops them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_mime import FRAGMENTS, _workload_messages
+from txmail import mime
+from txmail.config import ConfigError, Settings, load_config
+from txmail.imap.structures import structures_of
+from txmail.model import MessageMetadata
+from txmail.service import make_store_provider
+from txmail.store import _maildir_io as io
+from txmail.store import _parse_pool
+from txmail.store._crlf import to_crlf
+from txmail.store._parse_pool import ParsePool
+from txmail.store.maildir import MaildirProvider
+
+from .test_columns import generated_messages
+
+USER = "alice@example.test"
+
+
+def hostile_messages(count: int, seed: int = 5) -> list[bytes]:
+    """MIME-like fragments in random orders, and a few odd shapes (empty, no body, NULs, deep nesting)."""
+    rng = random.Random(seed)
+    out = [
+        b"",
+        b"Subject: no body",
+        b"\r\n\r\n",
+        b"\x00\xff" * 300,
+        b"From: " + b"a" * 20_000 + b"\r\n\r\nx",
+        b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(60)),
+    ]
+    while len(out) < count:
+        pieces = [
+            rng.choice(FRAGMENTS) if rng.random() < 0.8 else rng.randbytes(rng.randrange(20))
+            for _ in range(rng.randrange(60))
+        ]
+        out.append(b"".join(pieces))
+    return out
+
+
+def corpus() -> list[bytes]:
+    """Generated, benchmark-shaped and hostile messages (every fourth of the generated ones with bare LFs)."""
+    generated = generated_messages(60) + _workload_messages()[:60]
+    bare = [m.replace(b"\r\n", b"\n") for m in generated[::4]]
+    return generated + bare + hostile_messages(80)
+
+
+def values(md: MessageMetadata) -> tuple[Any, ...]:
+    """Everything a message's metadata tells, and the IMAP structures rendered from it."""
+    return (md.header_size, tuple(md.headers), md.envelope, md.body_structure, md.lines, structures_of(md))
+
+
+def write_files(root: str, messages: list[bytes]) -> list[tuple[str, str, bool]]:
+    """The messages as files of ``root/new`` (fixed times); a file holding bare LFs is to be converted."""
+    os.makedirs(os.path.join(root, "new"), exist_ok=True)
+    items = []
+    for i, data in enumerate(messages):
+        name = f"{1_700_000_000 + i}.M{i}P1Q{i}.test,S={len(data)}"
+        with open(os.path.join(root, "new", name), "wb") as f:
+            f.write(data)
+        os.utime(os.path.join(root, "new", name), (1_700_000_000 + i, 1_700_000_000 + i))
+        items.append(("new", name, to_crlf(data) != data))
+    return items
+
+
+class _Tree:
+    def tree(self) -> str:
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)  # type: ignore[attr-defined]
+        return root
+
+    def pool(self, size: int = 2) -> ParsePool:
+        pool = ParsePool(size)
+        self.addCleanup(pool.stop)  # type: ignore[attr-defined]
+        return pool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class ParsePoolTests(_Tree, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = self.tree()
+        self.messages = corpus()
+        self.items = write_files(self.root, self.messages)
+
+    def check(
+        self, answers: list[bytes | None], items: list[tuple[str, str, bool]], *, whole: bool = True
+    ) -> None:
+        """Every answer decodes to what the inline parse of its file (CRLF line ends) gives."""
+        self.assertEqual(len(answers), len(items))
+        if whole:
+            self.assertNotIn(None, answers)
+        for answer, (sub, name, convert) in zip(answers, items, strict=True):
+            if answer is None:
+                continue
+            with open(os.path.join(self.root, sub, name), "rb") as f:
+                data = f.read()
+            inline = mime.parse_metadata(to_crlf(data) if convert else data)
+            md, encoded = io._parse_file(self.root, sub, name, convert, 0, None)
+            self.assertEqual(values(mime.decode_metadata(answer)), values(inline), name)
+            self.assertEqual(values(mime.decode_metadata(answer)), values(md), name)
+            self.assertEqual(values(mime.decode_metadata(answer)), values(mime.decode_metadata(encoded)))
+
+    def test_same_as_inline(self) -> None:
+        """The workers' records decode to the inline parse's metadata, bare-LF files converted."""
+        self.assertTrue(any(convert for _, _, convert in self.items))
+        pool = self.pool()
+        answers = pool.parse(self.root, self.items)
+        self.check(answers, self.items)
+        self.assertEqual(len(pool.pids()), 2)  # the batch was shared
+        self.assertEqual(pool.parse(self.root, []), [])
+
+    def test_wrong_answer_noticed(self) -> None:
+        """The comparison above fails on a record of another message (it would catch a wrong worker)."""
+        answers = self.pool().parse(self.root, self.items)
+        answers[0], answers[1] = answers[1], answers[0]
+        with self.assertRaises(self.failureException):
+            self.check(answers, self.items)
+
+    def test_missing_file(self) -> None:
+        """A file gone is ``None`` (parsed inline by the caller, which finds it renamed or reports it gone)."""
+        items = [*self.items[:3], ("new", "nothing-here,S=1", False)]
+        answers = self.pool(1).parse(self.root, items)
+        self.assertIsNone(answers[3])
+        self.check(answers[:3], items[:3])
+
+    def test_killed_worker(self) -> None:
+        """A killed worker's messages are ``None`` (never wrong); the next batch starts a new worker."""
+        pool = self.pool()
+        self.check(pool.parse(self.root, self.items), self.items)
+        victim = pool.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        answers = pool.parse(self.root, self.items)
+        self.check(answers, self.items, whole=False)
+        self.assertIn(None, answers)
+        self.assertEqual(pool.failures, 1)
+        self.check(pool.parse(self.root, self.items), self.items)
+        self.assertNotIn(victim, pool.pids())
+        self.assertEqual(len(pool.pids()), 2)
+
+    def test_hung_worker(self) -> None:
+        """A worker that does not answer in time is killed, its messages ``None``; the others are answered."""
+        pool = self.pool()
+        pool.parse(self.root, self.items)  # started (in less than the default time)
+        pool.timeout = 1.0
+        victim = pool.pids()[0]
+        os.kill(victim, signal.SIGSTOP)
+        started = time.monotonic()
+        answers = pool.parse(self.root, self.items)
+        self.assertLess(time.monotonic() - started, 20)
+        self.check(answers, self.items, whole=False)
+        self.assertEqual(answers.count(None), len(self.items) // 2)
+        self.assertEqual(pool.failures, 1)
+        self.assertFalse(_alive(victim))
+        self.check(pool.parse(self.root, self.items), self.items)
+
+    def test_large_batch_waited_for(self) -> None:
+        """A batch of more octets is given more time: OCTETS_A_SECOND of them a second."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:40])  # started (in less than the default time)
+        pool.timeout = 0.1
+        os.kill(pool.pids()[0], signal.SIGSTOP)
+        started = time.monotonic()
+        self.assertEqual(pool.parse(self.root, self.items[:40], _parse_pool.OCTETS_A_SECOND), [None] * 40)
+        self.assertGreaterEqual(time.monotonic() - started, 1.0)
+
+    def test_nonsense_answer(self) -> None:
+        """A worker answering something else than its batch's list is dropped."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:40])
+        (worker,) = pool._idle
+        worker.process.stdin.close()  # type: ignore[union-attr]
+        worker.process.wait()
+        self.assertEqual(pool.parse(self.root, self.items[:40]), [None] * 40)
+        self.assertEqual(pool.failures, 1)
+
+    def test_stop(self) -> None:
+        """Stopped, the workers end and a parse gets nothing (its caller parses inline)."""
+        pool = self.pool()
+        pool.parse(self.root, self.items)
+        pids = pool.pids()
+        pool.stop()
+        self.assertEqual([p for p in pids if _alive(p)], [])
+        self.assertEqual(pool.parse(self.root, self.items[:5]), [None] * 5)
+
+    def test_bad_size(self) -> None:
+        with self.assertRaises(ValueError):
+            ParsePool(0)
+
+    def test_worker_batch(self) -> None:
+        """What a worker answers for a batch, computed here: a message that fails is ``None``."""
+        answers = _parse_pool.parse_batch(self.root, [self.items[0], ("cur", "gone", False)])
+        self.assertIsNone(answers[1])
+        self.check(answers[:1], self.items[:1])
+
+
+class MaildirWorkersTests(_Tree, SynchronousTestCase):
+    """The store with workers against the store without, each on its own copy of the same files."""
+
+    def setUp(self) -> None:
+        self.patch(io, "POOL_LEAST", 8)
+        self.messages = corpus()
+
+    def mailbox(self, workers: int) -> tuple[MaildirProvider, Any]:
+        root = self.tree()
+        inbox = os.path.join(root, "example.test", "alice")
+        write_files(inbox, self.messages)
+        provider = MaildirProvider(
+            root, hostname="test.host", clock=task.Clock(), watch="off", parse_workers=workers
+        )
+        self.addCleanup(provider.stop)
+        store = self.successResultOf(provider.store_for(USER))
+        box = self.successResultOf(store.get_mailbox("INBOX"))
+        box._structures_at = time.monotonic()  # structures asked lately: new messages parsed whole
+        return provider, box
+
+    def metadata(self, box: Any) -> dict[int, tuple[Any, ...]]:
+        uids = [i.uid for i in self.successResultOf(box.list_messages())]
+        found = self.successResultOf(box.get_metadata(uids))
+        self.assertEqual(len(found), len(self.messages))
+        return {uid: values(md) for uid, md in found.items()}
+
+    def test_same_metadata(self) -> None:
+        """The same metadata by UID, from the parse and then from the cache records written."""
+        _, inline = self.mailbox(0)
+        provider, pooled = self.mailbox(2)
+        expected = self.metadata(inline)
+        self.assertEqual(self.metadata(pooled), expected)
+        self.assertEqual(len(provider._pool().pids()), 2)  # type: ignore[union-attr]
+        self.assertIsNone(self.mailbox(0)[0]._pool())
+        # Read back from the records the workers' answers were cached as.
+        provider.stop()
+        store = self.successResultOf(
+            MaildirProvider(
+                os.path.dirname(os.path.dirname(pooled.path)),
+                hostname="test.host",
+                clock=task.Clock(),
+                watch="off",
+            ).store_for(USER)
+        )
+        again = self.successResultOf(store.get_mailbox("INBOX"))
+        self.patch(_parse_pool.ParsePool, "parse", lambda *a: self.fail("parsed again"))
+        self.assertEqual(self.metadata(again), expected)
+
+    def test_killed_workers(self) -> None:
+        """Workers killed between two requests: the metadata is still whole and right, and new ones start."""
+        _, inline = self.mailbox(0)
+        expected = self.metadata(inline)
+        provider, pooled = self.mailbox(2)
+        pool = provider._pool()
+        assert pool is not None
+        pool.parse(pooled.path, [("new", "none", False)] * 80)  # the workers started
+        pids = pool.pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        self.assertEqual(self.metadata(pooled), expected)
+        self.assertEqual(pool.failures, 2)
+        self.assertEqual(provider._pool(), pool)
+
+    def test_small_requests_inline(self) -> None:
+        """Fewer than POOL_LEAST messages to parse: no worker."""
+        self.patch(io, "POOL_LEAST", 10_000)
+        provider, pooled = self.mailbox(2)
+        self.metadata(pooled)
+        self.assertEqual(provider._pool().pids(), [])  # type: ignore[union-attr]
+
+    def test_stop(self) -> None:
+        """stop() ends the workers; a later need starts new ones."""
+        provider, pooled = self.mailbox(2)
+        self.metadata(pooled)
+        pids = provider._pool().pids()  # type: ignore[union-attr]
+        provider.stop()
+        self.assertEqual([p for p in pids if _alive(p)], [])
+        self.assertEqual(provider._pool().pids(), [])  # type: ignore[union-attr]
+
+    def test_bad_count(self) -> None:
+        with self.assertRaises(ValueError):
+            MaildirProvider(self.tree(), parse_workers=-1)
+
+
+class SettingsTests(SynchronousTestCase):
+    def test_parse_workers(self) -> None:
+        """``[store] parse_workers``: the CPUs by default, 0 allowed, anything else but an integer refused."""
+        self.assertEqual(load_config(None).store_parse_workers, os.cpu_count() or 1)
+        self.assertEqual(Settings.validated(store_parse_workers=0).store_parse_workers, 0)
+        self.assertEqual(Settings.validated(store_parse_workers=3).store_parse_workers, 3)
+        for bad in (-1, True, "2", 1.5):
+            with self.assertRaises(ConfigError):
+                Settings.validated(store_parse_workers=bad)
+
+    def test_server_provider(self) -> None:
+        """The server's Maildir provider has the workers and stops them with it; the admin command's has none."""
+        settings = Settings.validated(data_dir=os.path.abspath(self.mktemp()), store_parse_workers=3)
+        self.assertEqual(make_store_provider(settings).parse_workers, 0)  # type: ignore[attr-defined]
+        server = MultiService()
+        provider = make_store_provider(settings, server=server)
+        assert isinstance(provider, MaildirProvider)
+        self.assertEqual(provider.parse_workers, 3)
+        pool = provider._pool()
+        assert pool is not None
+        stopped: list[bool] = []
+        self.patch(pool, "stop", lambda: stopped.append(True))
+        server.startService()
+        self.assertEqual(stopped, [])
+        server.stopService()
+        self.assertEqual(stopped, [True])
+        self.assertIsNone(provider._parse_pool)
