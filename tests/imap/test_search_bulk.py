@@ -11,6 +11,7 @@ extended and made again as messages come and go; and through the server
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 from typing import Any
@@ -20,11 +21,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.imap import test_columns, test_search_columns
 from tests.imap.test_server import USER, ServerTestCase
 from tests.store.test_columns import generated_messages
+from txmail import mime
 from txmail.imap import columns
 from txmail.imap.commands import selected, sort
 from txmail.imap.responses import Done, SearchData
 from txmail.imap.search import SearchContext, matches
 from txmail.imap.view import SelectedView
+from txmail.interfaces import HEADER_COLUMNS
 from txmail.store.maildir import MaildirProvider
 
 __all__: list[str] = []
@@ -158,6 +161,33 @@ class BulkTests(SynchronousTestCase):
         self.assertEqual(columns.bulk_search(_key("FROM second@x"), ODD_VALUES), [7])  # its text
         self.assertEqual(columns.bulk_search(_key('BCC "ss@x"'), ODD_VALUES), [6])
 
+    def test_texts(self) -> None:
+        """The texts indexed are those of _text, value by value, whatever the mix."""
+        odd = [
+            " Plain ASCII\r\n",
+            "a\n\r\nb",
+            "x\n\r",
+            "\nabc",
+            " folded\r\n over\r\n",
+            "\r\n",
+            "",
+            "   \t",
+            " caf\u00e9 \u212a\r\n",
+            " =?utf-8?q?Dr=C3=A9i?=\r\n",
+            " = ? not a word\r\n",
+            " ends =\r\n",
+            "?= starts\r\n",
+            " Stra\u00dfe\r\n",
+            "\u0130stanbul",
+        ]
+        rng = random.Random(9)
+        raws = [v for _, _, _, values in self.messages for v in values[1::2]]
+        samples = [odd, [*odd, " a\x00b\r\n"]]
+        samples += [[rng.choice(odd + raws) for _ in range(rng.randrange(0, 40))] for _ in range(30)]
+        for sample in samples:
+            built = columns.FieldIndex.build("subject", [("subject", raw) for raw in sample])
+            self.assertEqual(_occurrences(built.texts), [(i, columns._text(r)) for i, r in enumerate(sample)])
+
     def test_index_kept_extended_rebuilt(self) -> None:
         """The same tuples: the same index; more after them: extended as if made afresh; others: made again."""
         values = self.values[:200]
@@ -169,7 +199,11 @@ class BulkTests(SynchronousTestCase):
         self.assertIsNot(extended, first)
         fresh = columns.FieldIndex.build("from", longer)
         for a, b in ((extended.texts, fresh.texts), (extended.addresses(), fresh.addresses())):
-            self.assertEqual((a.text, a.nexts, a.owners), (b.text, b.nexts, b.owners))
+            self.assertEqual(_occurrences(a), _occurrences(b))
+        self.assertIn(
+            (3, columns._text(" =?utf-8?q?Dr=C3=A9i?=\r\n")),
+            _occurrences(columns.FieldIndex.build("subject", ODD_VALUES).texts),
+        )
         self.assertGreater(len(extended.addresses().owners), len(first.addresses().owners))
         fewer = self.values[:50] + self.values[51:230]  # one expunged
         rebuilt = columns.field_index("from", fewer)
@@ -188,6 +222,17 @@ class BulkTests(SynchronousTestCase):
         self.assertEqual(columns.ordered_values({1: a, 2: b}, array("I", [1, 2])), [a, b])
         self.assertIsNone(columns.ordered_values({1: a, 2: b}, [1, 2, 5]))
         self.assertIsNone(columns.ordered_values({1: a, 2: b, 7: c}, [1, 2, 5]))
+
+
+def _occurrences(joined: Any) -> list[tuple[int, str]]:
+    """The (message, text) of each text of a columns._Joined, sorted; its layout checked."""
+    start, out = 0, []
+    for end, owner in zip(joined.nexts, joined.owners, strict=True):
+        assert joined.text[end - 1] == "\x00", (joined.text, end)
+        out.append((owner, joined.text[start : end - 1]))
+        start = end
+    assert start == len(joined.text)
+    return sorted(out)
 
 
 def _with_needle(key: Any, needle: str) -> Any:
@@ -367,3 +412,86 @@ class NoColumnsTests(SynchronousTestCase):
         self.assertIsInstance(done, Done)
         self.assertEqual(len(calls), 1)  # in bulk
         self.assertEqual(ctx.emitted, [SearchData([1])])
+
+
+class HelperTests(SynchronousTestCase):
+    """The helpers made faster for the search's every-message steps give the answers they gave."""
+
+    def test_recent_count(self) -> None:
+        """The view's \\Recent count, in C while its flags are unchanged, and after changes."""
+        infos = test_columns.ColumnsMailbox().list_messages()
+        view = SelectedView("INBOX", 7, infos, recent=[1, 2, 3])
+        flags = view.flags
+        self.assertEqual(flags.count_of({1, 2, 3, 9}), 3)
+        self.assertEqual(view._recent_count(), 3)
+        del flags[2]  # removed by this view (an expunge it was told of)
+        flags[1] = frozenset({"\\Seen"})
+        self.assertEqual(flags.count_of({1, 2, 3, 9}), sum(1 for u in (1, 2, 3, 9) if u in flags))
+        self.assertEqual(flags.count_of({1, 2, 3, 9}), 2)
+
+    def test_select_uids(self) -> None:
+        """All the UIDs asked, as a list or an array: the keys; anything else: those present, ascending."""
+        from array import array
+
+        from txmail.store._base import select_uids
+
+        present = {2: 0, 5: 0, 9: 0}
+        self.assertEqual(select_uids([2, 5, 9], present), [2, 5, 9])
+        self.assertEqual(select_uids(array("I", [2, 5, 9]), present), [2, 5, 9])
+        self.assertEqual(select_uids([9, 5, 2], present), [2, 5, 9])
+        self.assertEqual(select_uids([2, 5, 8], present), [2, 5])
+        self.assertEqual(select_uids(array("I", [1, 2, 5]), present), [2, 5])
+        self.assertEqual(select_uids([5, 5, 2], present), [2, 5])
+        self.assertEqual(select_uids(range(1, 6), present), [2, 5])
+
+
+class MaildirAnswerTests(SynchronousTestCase):
+    """The Maildir store gives its last header_columns answer again only while nothing changed."""
+
+    def test_answer_again(self) -> None:
+        root = tempfile.mkdtemp()
+        self.addCleanup(test_columns._rmtree, root)
+        stores = MaildirProvider(root, hostname="test.host", watch="off")
+        store = self.successResultOf(stores.store_for(USER))
+        mailbox = self.successResultOf(store.get_mailbox("INBOX"))
+        bodies = generated_messages(12, seed=4)
+        uids = [self.successResultOf(mailbox.append(b, (), 1_600_000_000)) for b in bodies[:10]]
+        made: list[int] = []
+        records = mailbox._records
+
+        def counted(*args: Any) -> Any:
+            made.append(1)
+            return records(*args)
+
+        mailbox._records = counted  # type: ignore[method-assign]
+        first = self.successResultOf(mailbox.header_columns(uids))
+        self.successResultOf(mailbox.header_columns(uids))  # the file as appended by the first
+        self.assertEqual(len(made), 2)
+        again = self.successResultOf(mailbox.header_columns(uids))
+        self.assertEqual(len(made), 2)  # given again
+        self.assertEqual(again, first)
+        self.assertIsNot(again, first)
+        again.clear()  # a copy: the caller may change it
+        self.assertEqual(self.successResultOf(mailbox.header_columns(uids)), first)
+        self.assertEqual(len(made), 2)
+        # Fewer asked, a message added, one expunged, the file gone: answered afresh, rightly.
+        self.assertEqual(
+            self.successResultOf(mailbox.header_columns(uids[:4])), {u: first[u] for u in uids[:4]}
+        )
+        uids.append(self.successResultOf(mailbox.append(bodies[10], (), 1_600_000_000)))
+        grown = self.successResultOf(mailbox.header_columns(uids))
+        self.assertEqual(sorted(grown), uids)
+        self.assertEqual({u: grown[u] for u in uids[:-1]}, first)
+        expected = mime.header_columns(mime.parse_metadata(bodies[10]).headers, HEADER_COLUMNS)
+        self.assertEqual(grown[uids[-1]], expected)
+        from txmail.model import DELETED, FlagMode
+
+        self.successResultOf(mailbox.set_flags([uids[3]], {DELETED}, FlagMode.ADD))
+        self.successResultOf(mailbox.expunge([uids[3]]))
+        self.assertEqual(
+            self.successResultOf(mailbox.header_columns(uids)), {u: grown[u] for u in uids if u != uids[3]}
+        )
+        os.remove(os.path.join(mailbox.path, "txmail-columns"))
+        self.assertEqual(
+            self.successResultOf(mailbox.header_columns(uids)), {u: grown[u] for u in uids if u != uids[3]}
+        )

@@ -53,7 +53,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate
+from itertools import accumulate, compress, repeat
+from operator import getitem
 from typing import Any
 
 from txmail import mime
@@ -417,7 +418,7 @@ class _Joined:
     def __init__(self, texts: list[str], owners: list[int]) -> None:
         self.text = _SEP.join(texts) + _SEP if texts else ""
         #: The offset just past each text's separator (where the next begins).
-        self.nexts = array("q", accumulate(map(len, texts), _plus_sep))
+        self.nexts = array("q", accumulate(map((1).__add__, map(len, texts))))
         #: The message (its place in the searched sequence) of each text.
         self.owners = array("q", owners)
 
@@ -442,10 +443,6 @@ class _Joined:
         return found
 
 
-def _plus_sep(total: int, length: int) -> int:
-    return total + length + 1
-
-
 class FieldIndex:
     """
     The texts (:func:`_text`) of every occurrence of one column field of a
@@ -464,20 +461,26 @@ class FieldIndex:
 
     @classmethod
     def build(cls, name: str, values: list[tuple[str, ...]]) -> FieldIndex:
-        """The index of field *name* (lower case) of *values*."""
-        texts: list[str] = []
-        owners: list[int] = []
-        add_text, add_owner = texts.append, owners.append
-        for i, fields in enumerate(values):
-            if fields.count(name) == 1:  # field_texts, inline: the common case
-                j = fields.index(name)
-                if not j & 1:
-                    add_text(_text(fields[j + 1]))
-                    add_owner(i)
-                continue
-            for text in field_texts(fields, name):
-                add_text(text)
-                add_owner(i)
+        """
+        The index of field *name* (lower case) of *values*: the messages
+        with the field once (most) found by passes in C, their texts made by
+        :func:`_text`; the others' as :func:`field_texts` reads them.
+        """
+        counts = list(map(tuple.count, values, repeat(name)))
+        once = list(compress(range(len(values)), map((1).__eq__, counts)))
+        tuples = list(map(values.__getitem__, once))
+        places = list(map(tuple.index, tuples, repeat(name)))
+        owners: list[int] = once
+        if any(map((1).__and__, places)):  # a name in a value's place: not the field
+            kept = [k for k, j in enumerate(places) if not j & 1]
+            owners = list(map(once.__getitem__, kept))
+            tuples = list(map(tuples.__getitem__, kept))
+            places = list(map(places.__getitem__, kept))
+        texts = list(map(_text, map(getitem, tuples, map((1).__add__, places))))
+        for i in compress(range(len(values)), map((1).__lt__, counts)):  # a repeated field (or name)
+            for text in field_texts(values[i], name):
+                texts.append(text)
+                owners.append(i)
         return cls(name, values, _Joined(texts, owners))
 
     def extended(self, values: list[tuple[str, ...]]) -> FieldIndex:
