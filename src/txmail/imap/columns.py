@@ -53,8 +53,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate, compress, repeat
-from operator import getitem
+from itertools import accumulate
 from typing import Any
 
 from txmail import mime
@@ -462,25 +461,29 @@ class FieldIndex:
     @classmethod
     def build(cls, name: str, values: list[tuple[str, ...]]) -> FieldIndex:
         """
-        The index of field *name* (lower case) of *values*: the messages
-        with the field once (most) found by passes in C, their texts made by
-        :func:`_text`; the others' as :func:`field_texts` reads them.
+        The index of field *name* (lower case) of *values*: each message's
+        texts as :func:`field_texts` makes them (inline for a field found
+        once, as :func:`_substring` tests it).
         """
-        counts = list(map(tuple.count, values, repeat(name)))
-        once = list(compress(range(len(values)), map((1).__eq__, counts)))
-        tuples = list(map(values.__getitem__, once))
-        places = list(map(tuple.index, tuples, repeat(name)))
-        owners: list[int] = once
-        if any(map((1).__and__, places)):  # a name in a value's place: not the field
-            kept = [k for k, j in enumerate(places) if not j & 1]
-            owners = list(map(once.__getitem__, kept))
-            tuples = list(map(tuples.__getitem__, kept))
-            places = list(map(places.__getitem__, kept))
-        texts = list(map(_text, map(getitem, tuples, map((1).__add__, places))))
-        for i in compress(range(len(values)), map((1).__lt__, counts)):  # a repeated field (or name)
-            for text in field_texts(values[i], name):
-                texts.append(text)
-                owners.append(i)
+        texts: list[str] = []
+        owners: list[int] = []
+        add_text, add_owner = texts.append, owners.append
+        decode = search._decode_field
+        for i, fields in enumerate(values):
+            if fields.count(name) == 1:
+                j = fields.index(name)
+                if j & 1:
+                    continue  # a value spelled like the name: not the field
+                raw = fields[j + 1]
+                if raw.isascii() and "=?" not in raw and "\n" not in raw.rstrip("\r\n"):
+                    add_text(raw.strip(" \t\r\n").lower())  # _text, inline
+                else:
+                    add_text(decode(raw).casefold())
+                add_owner(i)
+            elif fields:
+                for text in field_texts(fields, name):
+                    add_text(text)
+                    add_owner(i)
         return cls(name, values, _Joined(texts, owners))
 
     def extended(self, values: list[tuple[str, ...]]) -> FieldIndex:
