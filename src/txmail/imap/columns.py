@@ -45,6 +45,13 @@ test.  The predicate's answers are :func:`txmail.imap.search.matches`'s:
 * the keys that read no header field (flags, sizes, dates, numbers) are
   evaluated by :mod:`txmail.imap.search` itself.
 
+A key of the columns alone on a mailbox whose every message has them is
+answered in bulk instead (:func:`bulk_search`): for each field it reads, a
+:class:`FieldIndex` holds the texts above of every message joined into one
+string, searched with :meth:`str.find` (the same texts, so the same
+answers), and kept from one search to the next (extended when messages
+were appended).
+
 This module is sans-IO: it imports nothing from Twisted.
 """
 
