@@ -513,14 +513,29 @@ class FieldIndex:
             name = self.name
             texts: list[str] = []
             owners: list[int] = []
+            # Senders recur: each value's addresses parsed once (at most _MEMO kept).
+            parsed: dict[str, list[str]] = {}
             for i, fields in enumerate(self.values):
-                found = field_texts(fields, name)
-                if not found:
-                    continue
-                raw = next(fields[j + 1] for j in range(0, len(fields), 2) if fields[j] == name)
-                if raw.isascii() and "=?" not in raw and _literal_addresses(found[0]):
-                    continue
-                for address in _addresses(raw):
+                if fields.count(name) == 1:
+                    j = fields.index(name)
+                    if j & 1:
+                        continue
+                    raw = fields[j + 1]
+                    if raw.isascii() and "=?" not in raw and _literal_addresses(_text(raw)):
+                        continue
+                else:
+                    found = field_texts(fields, name)
+                    if not found:
+                        continue
+                    raw = next(fields[j + 1] for j in range(0, len(fields), 2) if fields[j] == name)
+                    if raw.isascii() and "=?" not in raw and _literal_addresses(found[0]):
+                        continue
+                addresses = parsed.get(raw)
+                if addresses is None:
+                    addresses = _addresses(raw)
+                    if len(parsed) < _MEMO:
+                        parsed[raw] = addresses
+                for address in addresses:
                     texts.append(address)
                     owners.append(i)
             self._addresses = _Joined(texts, owners)
