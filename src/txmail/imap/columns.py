@@ -45,12 +45,22 @@ test.  The predicate's answers are :func:`txmail.imap.search.matches`'s:
 * the keys that read no header field (flags, sizes, dates, numbers) are
   evaluated by :mod:`txmail.imap.search` itself.
 
+A key of the columns alone on a mailbox whose every message has them is
+answered in bulk instead (:func:`bulk_search`): for each field it reads, a
+:class:`FieldIndex` holds the texts above of every message joined into one
+string, searched with :meth:`str.find` (the same texts, so the same
+answers), and kept from one search to the next (extended when messages
+were appended).
+
 This module is sans-IO: it imports nothing from Twisted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 from typing import Any
 
 from txmail import mime
@@ -63,9 +73,13 @@ from txmail.model import MessageInfo
 __all__ = [
     "COLUMN_SORT_KEYS",
     "ColumnHeaders",
+    "FieldIndex",
+    "bulk_search",
     "column_predicate",
     "fetch_uses_lines",
+    "field_index",
     "has_columns",
+    "ordered_values",
     "read_column_values",
     "read_columns",
     "read_lines",
@@ -386,6 +400,245 @@ def values_predicate(key: SearchNode) -> ValuesPredicate | None:
     if not search_uses_columns(key):
         raise ValueError("the search reads more than the header columns")
     return _compile_values(key)
+
+
+# -- SEARCH in bulk: one text a field, searched in C ------------------------------
+
+#: What separates the texts of a :class:`_Joined`: a needle holding it is
+#: searched message by message instead (no text boundary is crossed then).
+_SEP = "\x00"
+#: The fields with a kept :class:`FieldIndex` (one each: the last mailbox
+#: searched on that field; some MB for 100,000 messages).
+_INDEXES: dict[str, FieldIndex] = {}
+
+
+class _Joined:
+    """
+    Texts joined by :data:`_SEP` into one string, each followed by it, and
+    for each the message it belongs to: a substring search is then one
+    :meth:`str.find` a match, in C, whatever the number of messages.
+    """
+
+    __slots__ = ("nexts", "owners", "text")
+
+    def __init__(self, texts: list[str], owners: list[int]) -> None:
+        self.text = _SEP.join(texts) + _SEP if texts else ""
+        #: The offset just past each text's separator (where the next begins).
+        self.nexts = array("q", accumulate(map((1).__add__, map(len, texts))))
+        #: The message (its place in the searched sequence) of each text.
+        self.owners = array("q", owners)
+
+    def then(self, tail: _Joined, shift: int) -> _Joined:
+        """These texts followed by *tail*'s, whose owners are *shift* places further."""
+        joined = _Joined([], [])
+        offset = len(self.text)
+        joined.text = self.text + tail.text
+        joined.nexts = self.nexts + array("q", map(offset.__add__, tail.nexts))
+        joined.owners = self.owners + array("q", map(shift.__add__, tail.owners))
+        return joined
+
+    def find(self, needle: str) -> set[int]:
+        """The messages with a text holding *needle* (not empty, without :data:`_SEP`)."""
+        text, nexts, owners = self.text, self.nexts, self.owners
+        found: set[int] = set()
+        at = text.find(needle)
+        while at >= 0:
+            k = bisect_right(nexts, at)  # the text the match is in: it never crosses a separator
+            found.add(owners[k])
+            at = text.find(needle, nexts[k])
+        return found
+
+
+class FieldIndex:
+    """
+    The texts (:func:`_text`) of every occurrence of one column field of a
+    sequence of column tuples, joined (:class:`_Joined`); for an address
+    field, also the addresses :func:`_address` parses, made at first use.
+    """
+
+    __slots__ = ("_addresses", "name", "texts", "values")
+
+    def __init__(self, name: str, values: list[tuple[str, ...]], texts: _Joined) -> None:
+        self.name = name
+        #: The column tuples indexed, in order (compared with those of the next search).
+        self.values = values
+        self.texts = texts
+        self._addresses: _Joined | None = None
+
+    @classmethod
+    def build(cls, name: str, values: list[tuple[str, ...]]) -> FieldIndex:
+        """
+        The index of field *name* (lower case) of *values*: each message's
+        texts as :func:`field_texts` makes them (inline for a field found
+        once, as :func:`_substring` tests it).
+        """
+        texts: list[str] = []
+        owners: list[int] = []
+        add_text, add_owner = texts.append, owners.append
+        decode = search._decode_field
+        for i, fields in enumerate(values):
+            if fields.count(name) == 1:
+                j = fields.index(name)
+                if j & 1:
+                    continue  # a value spelled like the name: not the field
+                raw = fields[j + 1]
+                if raw.isascii() and "=?" not in raw and "\n" not in raw.rstrip("\r\n"):
+                    add_text(raw.strip(" \t\r\n").lower())  # _text, inline
+                else:
+                    add_text(decode(raw).casefold())
+                add_owner(i)
+            elif fields:
+                for text in field_texts(fields, name):
+                    add_text(text)
+                    add_owner(i)
+        return cls(name, values, _Joined(texts, owners))
+
+    def extended(self, values: list[tuple[str, ...]]) -> FieldIndex:
+        """The index of *values*, which begin with this index's (messages appended)."""
+        done = len(self.values)
+        tail = FieldIndex.build(self.name, values[done:])
+        index = FieldIndex(self.name, values, self.texts.then(tail.texts, done))
+        if self._addresses is not None:
+            index._addresses = self._addresses.then(tail.addresses(), done)
+        return index
+
+    def addresses(self) -> _Joined:
+        """
+        The case-folded addresses (:func:`_addresses`) of the first
+        occurrence of the field, of the messages whose addresses
+        :func:`_address` reads beside the field's text: those not written
+        literally in it.
+        """
+        if self._addresses is None:
+            name = self.name
+            texts: list[str] = []
+            owners: list[int] = []
+            # Senders recur: each value's addresses parsed once (at most _MEMO kept).
+            parsed: dict[str, list[str]] = {}
+            for i, fields in enumerate(self.values):
+                if fields.count(name) == 1:
+                    j = fields.index(name)
+                    if j & 1:
+                        continue
+                    raw = fields[j + 1]
+                    if raw.isascii() and "=?" not in raw and _literal_addresses(_text(raw)):
+                        continue
+                else:
+                    found = field_texts(fields, name)
+                    if not found:
+                        continue
+                    raw = next(fields[j + 1] for j in range(0, len(fields), 2) if fields[j] == name)
+                    if raw.isascii() and "=?" not in raw and _literal_addresses(found[0]):
+                        continue
+                addresses = parsed.get(raw)
+                if addresses is None:
+                    addresses = _addresses(raw)
+                    if len(parsed) < _MEMO:
+                        parsed[raw] = addresses
+                for address in addresses:
+                    texts.append(address)
+                    owners.append(i)
+            self._addresses = _Joined(texts, owners)
+        return self._addresses
+
+    def find(self, needle: str, with_addresses: bool) -> set[int] | None:
+        """
+        The places of the messages where some occurrence of the field holds
+        *needle* (case-folded; with *with_addresses*, or some address of
+        its first occurrence: FROM/TO/CC/BCC); None for a needle holding
+        :data:`_SEP`.
+        """
+        if _SEP in needle:
+            return None
+        if not needle:  # every message with the field, and no other (RFC 3501 section 6.4.4)
+            return set(self.texts.owners)
+        found = self.texts.find(needle)
+        if with_addresses:
+            found |= self.addresses().find(needle)
+        return found
+
+
+def field_index(name: str, values: list[tuple[str, ...]]) -> FieldIndex:
+    """
+    The :class:`FieldIndex` of field *name* of *values*: the one kept for
+    *name* when it indexed the same tuples (compared in C, by identity
+    first), extended when *values* only adds messages after them, else
+    made afresh and kept in its place.
+    """
+    index = _INDEXES.get(name)
+    if index is not None:
+        done = index.values
+        if done == values:
+            return index
+        if len(values) > len(done) and values[: len(done)] == done:
+            index = _INDEXES[name] = index.extended(values)
+            return index
+    index = _INDEXES[name] = FieldIndex.build(name, values)
+    return index
+
+
+def ordered_values(
+    column_values: dict[int, tuple[str, ...]], uids: Sequence[int]
+) -> list[tuple[str, ...]] | None:
+    """
+    The column tuples of *uids* in their order, from a store's answer
+    (:func:`read_column_values`); None when some have none (the store lacks
+    a record, or the message is gone).
+    """
+    if len(column_values) != len(uids):
+        return None
+    if list(column_values) == (uids if isinstance(uids, list) else list(uids)):
+        return list(column_values.values())
+    values = list(map(column_values.get, uids))
+    return None if None in values else values  # type: ignore[return-value]
+
+
+def bulk_search(key: SearchNode, values: list[tuple[str, ...]]) -> list[int] | None:
+    """
+    The places (0-based, ascending) in *values* of the column tuples that
+    *key* matches, found with one :class:`FieldIndex` a field (kept from
+    one search to the next): the answers of :func:`values_predicate`'s
+    test, without Python work for each message; None when *key* has a key
+    this does not answer (``SENTBEFORE``, ``SENTON``, ``SENTSINCE``, a
+    string holding NUL), to be tested message by message.
+
+    Raises:
+        ValueError: a key of *key* is not answered by the columns.
+    """
+    if not search_uses_columns(key):
+        raise ValueError("the search reads more than the header columns")
+    found = _bulk(key, values)
+    return None if found is None else sorted(found)
+
+
+def _bulk(key: SearchNode, values: list[tuple[str, ...]]) -> set[int] | None:
+    if isinstance(key, SearchKey):
+        name = key.name
+        if name == "SUBJECT":
+            return field_index("subject", values).find(search._str(key.args[0]).casefold(), False)
+        if name == "HEADER":
+            field = search._str(key.args[0]).casefold()
+            return field_index(field, values).find(search._str(key.args[1]).casefold(), False)
+        if name in search._ENVELOPE_INDEX:
+            return field_index(name.lower(), values).find(search._str(key.args[0]).casefold(), True)
+        if name == "ALL":
+            return set(range(len(values)))
+        return None
+    if isinstance(key, SearchAnd):
+        found: set[int] | None = None
+        for part in key.keys:
+            got = _bulk(part, values)
+            if got is None:
+                return None
+            found = got if found is None else found & got
+        return set(range(len(values))) if found is None else found
+    if isinstance(key, SearchOr):
+        left, right = _bulk(key.left, values), _bulk(key.right, values)
+        return None if left is None or right is None else left | right
+    if isinstance(key, SearchNot):
+        inner = _bulk(key.key, values)
+        return None if inner is None else set(range(len(values))).difference(inner)
+    raise TypeError(f"not a search key: {key!r}")
 
 
 # -- FETCH BODY.PEEK[HEADER.FIELDS (...)] from header lines (IHeaderLines) ------------

@@ -155,6 +155,12 @@ class _Flags(MutableMapping[int, frozenset[str]]):
             return uid in self._base
         return value is not None
 
+    def count_of(self, uids: set[int]) -> int:
+        """How many of *uids* are keys (in C while this view changed none)."""
+        if not self._own:
+            return len(self._base.keys() & uids)
+        return sum(1 for u in uids if u in self)
+
     def __setitem__(self, uid: int, flags: frozenset[str]) -> None:
         base = self._base
         if base.get(uid) is flags and uid not in self._own:
@@ -292,8 +298,7 @@ class SelectedView:
         return self.uids
 
     def _recent_count(self) -> int:
-        flags = self.flags
-        return sum(1 for u in self.recent if u in flags)
+        return self.flags.count_of(self.recent)
 
     @property
     def exists(self) -> int:

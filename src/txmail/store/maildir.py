@@ -109,6 +109,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import operator
 import os
 import re
 import shutil
@@ -344,6 +345,9 @@ class _DirSync:
         self._run(fsync_dir, self.path).addBoth(done)
 
 
+_base_of = operator.attrgetter("base")
+
+
 class _Loc:
     """
     Where a message's file is, and where its metadata is cached.  *raw* is
@@ -398,6 +402,10 @@ class MaildirMailbox(MailboxState):
         #: (kept while the mailbox has listeners, sessions that have it
         #: selected, or it is the provider's last mailbox to read its columns).
         self._columns_read: columns.Read | None = None
+        #: The last answer of header_columns: (the read it came from, the
+        #: _Loc of each message asked, the answer), given again (a copy)
+        #: while both are the same objects (see header_columns).
+        self._columns_answer: tuple[columns.Read, list[_Loc], dict[int, columns.Values]] | None = None
         #: The header lines and the records of a kind as last read (kept by
         #: the provider's last mailbox to read them: see _keep_last).
         self._lines_read: columns.Read | None = None
@@ -936,7 +944,13 @@ class MaildirMailbox(MailboxState):
         record of are read from the metadata cache (:meth:`get_metadata`,
         :data:`COLUMNS_FILL` at a time) and their records appended.
         """
-        return self._with_bases(uids, lambda wanted: defer.ensureDeferred(self._header_columns(wanted)))
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        present = select_uids(uids, self._infos)
+        if not present:
+            return defer.succeed({})
+        return defer.ensureDeferred(self._header_columns(present, list(map(self._locs.__getitem__, present))))
 
     def _with_bases(
         self,
@@ -952,13 +966,28 @@ class MaildirMailbox(MailboxState):
             return defer.succeed({})
         return then(wanted)
 
-    async def _header_columns(self, wanted: list[tuple[int, str]]) -> dict[int, columns.Values]:
-        return await self._records(
-            wanted,
+    async def _header_columns(self, uids: list[int], locs: list[_Loc]) -> dict[int, columns.Values]:
+        """
+        The answer for *uids* (their *locs*): the last one again when the
+        columns file is as it was read then and the same messages are asked
+        (the same :class:`_Loc` objects: the same files), as by a SEARCH or
+        SORT repeated on an unchanged mailbox; else :meth:`_records`.
+        """
+        last = self._columns_answer
+        if last is not None:
+            read = await self._run(columns.read_columns_since, self.path, HEADER_COLUMNS, self._columns_read)
+            self._keep_columns(read)
+            if last[0] is read and last[1] == locs:  # compared by identity, in C
+                return dict(last[2])
+        out = await self._records(
+            list(zip(uids, map(_base_of, locs), strict=True)),
             HEADER_COLUMNS,
             columns.COLUMNS,
             lambda md: mime.header_columns(md.headers, HEADER_COLUMNS),
         )
+        read = self._columns_read
+        self._columns_answer = None if read is None or len(out) != len(uids) else (read, locs, out)
+        return dict(out) if self._columns_answer is not None else out
 
     def header_lines(self, uids: Iterable[int]) -> defer.Deferred[dict[int, columns.Values]]:
         """
@@ -1109,6 +1138,7 @@ class MaildirMailbox(MailboxState):
         """Drop the columns kept, unless a session has the mailbox selected or it read them last."""
         if not self._listeners and self._provider._columns_last is not self:
             self._columns_read = None
+            self._columns_answer = None
 
     def _completion(
         self, uid: int, headers: tuple[tuple[str, str], ...]

@@ -26,9 +26,11 @@ from txmail.errors import NoSuchMessage
 from txmail.imap import contexts, serialize
 from txmail.imap.binary import binary_items
 from txmail.imap.columns import (
+    bulk_search,
     column_predicate,
     fetch_uses_lines,
     has_columns,
+    ordered_values,
     read_column_values,
     read_lines,
     search_uses_columns,
@@ -60,7 +62,7 @@ from txmail.imap.structures import (
     keep_structures,
     structures_of,
 )
-from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, Select, Store
+from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, SearchNode, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
 from txmail.model import FlagMode, MessageInfo, normalize_flags
 
@@ -526,6 +528,22 @@ class _Ahead:
             add_errback(lambda _: None)
 
 
+def _bulk_hits(key: SearchNode, uids: Any, column_values: dict[int, tuple[str, ...]]) -> list[Any] | None:
+    """
+    The (sequence number, UID) of the messages of *uids* whose column
+    tuples *key* (a key of the columns alone) matches, by
+    :func:`txmail.imap.columns.bulk_search`; None when some message has no
+    tuple or *key* is not answered in bulk (then each message is tested).
+    """
+    values = ordered_values(column_values, uids)
+    if values is None:
+        return None
+    places = bulk_search(key, values)
+    if places is None:
+        return None
+    return [(i + 1, uids[i]) for i in places]
+
+
 @command(
     "SEARCH", states=SELECTED, capability="ESEARCH", on_messages=True, withholds_expunge=True, streams=True
 )
@@ -552,16 +570,28 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     top_modseq = 0
     sctx = SearchContext(max_seq=view.exists, max_uid=view.max_uid, recent_uids=frozenset(view.recent))
     found: list[int] = []
-    pairs = list(enumerate(view.uids, 1))
     # The header keys answered by the store's header columns: read at once,
     # and tested on the flat tuples by the key compiled once (columns.column_predicate).
     by_columns = needs.metadata and not needs.message and has_columns(mailbox) and search_uses_columns(key)
     column_values = await read_column_values(mailbox, view.uids) if by_columns else {}
     test = column_predicate(key, sctx) if by_columns else None
     on_values = values_predicate(key) if by_columns else None
+    # A key of the columns alone, every message having them: the matches
+    # found in bulk, one text a field (columns.bulk_search), and only they listed.
+    hits = _bulk_hits(key, view.uids, column_values) if on_values is not None else None
+    pairs = list(enumerate(view.uids, 1)) if hits is None else hits
     for n, batch in enumerate(_chunks(pairs, BATCH * 4)):
         if n:
             await ctx.take_turn()
+        if hits is not None:
+            # The listing tells which are left (expunged meanwhile: skipped) and their mod-sequences.
+            infos = {i.uid: i for i in await call(mailbox.list_messages, [u for _, u in batch])}
+            for seq, uid in batch:
+                info = infos.get(uid)
+                if info is not None:
+                    found.append(uid if args.uid else seq)
+                    top_modseq = max(top_modseq, info.modseq)
+            continue
         if on_values is not None:
             # A key of the columns alone: every message tested on them, and
             # only those that match (or have none) listed, to skip any
