@@ -189,6 +189,42 @@ class PostgresDirectoryChangeTests(TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     @defer.inlineCallbacks
+    def test_recipient_answers_remembered(self) -> Gen:
+        """
+        resolve_recipient answers (no such user too) are remembered for
+        recipient_ttl seconds: a second lookup within them does not ask the
+        database; a change through the same directory counts at once, one
+        made on another node once they are over; 0 remembers nothing.
+        """
+        from twisted.internet import task
+
+        from txmail.pg.directory import PostgresDirectory
+
+        clock = task.Clock()
+        node = PostgresDirectory(self.database, local_domains=["example.test"], clock=clock)
+        node.check_schema()
+        yield self.assertFailure(node.resolve_recipient("alice@example.test"), NoSuchUser)
+        yield self.directory.add_user("alice@example.test", "pw")  # on another node
+        yield self.assertFailure(node.resolve_recipient("alice@example.test"), NoSuchUser)
+        clock.advance(2.0)
+        self.assertEqual((yield node.resolve_recipient("alice@example.test")), ["alice@example.test"])
+        asked = []
+        real_run = node.db.run
+        self.patch(node.db, "run", lambda fn, *a: asked.append(fn) or real_run(fn, *a))
+        self.assertEqual((yield node.resolve_recipient("alice@example.test")), ["alice@example.test"])
+        self.assertEqual(asked, [])
+        yield self.assertFailure(node.resolve_recipient("bob@example.test"), NoSuchUser)
+        yield node.add_alias("bob@example.test", ["alice@example.test"])  # through this node: at once
+        self.assertEqual((yield node.resolve_recipient("bob@example.test")), ["alice@example.test"])
+        strict = PostgresDirectory(
+            self.database, local_domains=["example.test"], recipient_ttl=0, clock=clock
+        )
+        strict.check_schema()
+        yield self.assertFailure(strict.resolve_recipient("carol@example.test"), NoSuchUser)
+        yield self.directory.add_user("carol@example.test", "pw")
+        self.assertEqual((yield strict.resolve_recipient("carol@example.test")), ["carol@example.test"])
+
+    @defer.inlineCallbacks
     def test_invalid_stored_credentials(self) -> Gen:
         """A user whose stored verifier is broken gets mail but cannot log in."""
         yield self.directory.add_user("alice@example.test", "pw")

@@ -14,6 +14,13 @@ Implementation notes
   the file directory's own code (``_DirectoryBase._expand``: recursion,
   loop guard, plus-addressing, catch-alls) reading the rows it needs as it
   goes (:class:`_Rows`), so the two directories cannot answer differently.
+* ``resolve_recipient`` answers (a user, an alias's targets, or no such
+  recipient) are remembered for ``recipient_ttl`` seconds (2 by default,
+  like the domain list below; 0: every lookup asks the database): the SMTP
+  server resolves each recipient at RCPT and the delivery router again
+  after DATA, moments apart, and the second is then answered from memory.
+  Any change made through this instance forgets them at once; a change
+  made on another node counts here within that time.
 * ``is_local_domain`` is synchronous (the SMTP server and the queue runner
   ask it inline), so it answers from memory: the configured domains plus
   the ``domains`` table, read when the server is built, after every change
@@ -47,6 +54,8 @@ __all__ = ["PostgresDirectory"]
 
 #: The advisory lock key of directory changes ("users" in ASCII).
 CHANGE_LOCK = 0x7573657273
+#: The resolve_recipient answers remembered at most (all forgotten beyond).
+RECIPIENTS_KEPT = 10_000
 
 
 class _Rows:
@@ -211,6 +220,8 @@ class PostgresDirectory(_DirectoryBase):
             first of *local_domains*.
         refresh_interval: seconds between re-reads of the domain list while
             started (:meth:`start`).
+        recipient_ttl: seconds a :meth:`resolve_recipient` answer is
+            remembered (0: never).
         clock: what times those re-reads; default the database's reactor.
 
     Usage::
@@ -227,10 +238,14 @@ class PostgresDirectory(_DirectoryBase):
         local_domains: Iterable[str],
         primary_domain: str | None = None,
         refresh_interval: float = 2.0,
+        recipient_ttl: float = 2.0,
         clock: Any = None,
     ) -> None:
         self.db = database
         self.clock = clock if clock is not None else database.reactor
+        self.recipient_ttl = recipient_ttl
+        #: address -> (when the answer expires, the targets; empty: no such recipient)
+        self._recipients: dict[str, tuple[float, list[str]]] = {}
         self._set_domains(local_domains, primary_domain)
         self.refresh_interval = refresh_interval
         self._domains: frozenset[str] = frozenset()
@@ -287,8 +302,21 @@ class PostgresDirectory(_DirectoryBase):
         def resolved(found: list[str]) -> list[str]:
             if not found:
                 raise NoSuchUser(address)
-            return found
+            return list(found)
 
+        if self.recipient_ttl > 0:
+            now = self.clock.seconds()
+            kept = self._recipients.get(address)
+            if kept is not None and kept[0] > now:
+                return defer.maybeDeferred(resolved, kept[1])
+
+            def remember(found: list[str]) -> list[str]:
+                if len(self._recipients) >= RECIPIENTS_KEPT:
+                    self._recipients.clear()
+                self._recipients[address] = (now + self.recipient_ttl, list(found))
+                return found
+
+            return self.db.run(self._resolve_in, address, True).addCallback(remember).addCallback(resolved)
         return self.db.run(self._resolve_in, address, True).addCallback(resolved)
 
     def _resolve_in(self, conn: Any, address: str, catch_all: bool) -> list[str]:
@@ -341,6 +369,7 @@ class PostgresDirectory(_DirectoryBase):
         def changed(outcome: tuple[Any, frozenset[str]]) -> Any:
             result, domains = outcome
             self._domains = domains
+            self._recipients.clear()
             return result
 
         def run() -> defer.Deferred[Any]:
