@@ -354,6 +354,24 @@ class QueueConfigTests(SynchronousTestCase):
         settings = load_config(None)
         self.assertEqual((settings.queue_backend, settings.queue_lease), ("file", 900.0))
 
+    def test_maildrop_lease(self) -> None:
+        """[store] maildrop_lease: two minutes by default, a positive duration."""
+        self.assertEqual(load_config(None).store_maildrop_lease, 120.0)
+        self.assertEqual(
+            load_config(self.write('[store]\nmaildrop_lease = "30s"\n')).store_maildrop_lease, 30.0
+        )
+        self.assertEqual(
+            load_config(self.write("[store]\nmaildrop_lease = 600\n")).store_maildrop_lease, 600.0
+        )
+        for text, message in {
+            "[store]\nmaildrop_lease = 0\n": "[store] maildrop_lease must be positive",
+            '[store]\nmaildrop_lease = "later"\n': "[store] maildrop_lease",
+            "[store]\nmaildrop_lease = true\n": "[store] maildrop_lease must be a duration",
+        }.items():
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertIn(message, str(cm.exception))
+
     def test_postgresql_queue(self) -> None:
         """backend = "postgresql" with a DSN, and a lease as a duration."""
         settings = load_config(

@@ -22,6 +22,7 @@ The file format (every key optional)::
     [store]
     backend = "maildir"                  # maildir (data_dir/mail) | memory (lost at exit) | postgresql
     parse_workers = 2                    # Maildir: processes parsing messages (default: the CPUs); 0 inline
+    maildrop_lease = "2m"                # postgresql: how long a dead node's POP3 maildrop locks outlive it
 
     [directory]
     backend = "file"                     # file (data_dir/users.json) | postgresql ([postgresql] dsn)
@@ -169,6 +170,7 @@ class Settings:
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
     store_backend: str = "maildir"
     store_parse_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    store_maildrop_lease: float = 120.0
     directory_backend: str = "file"
     queue_backend: str = "file"
     queue_lease: float = 900.0
@@ -262,6 +264,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "gc_threshold"): "gc_threshold",
     ("store", "backend"): "store_backend",
     ("store", "parse_workers"): "store_parse_workers",
+    ("store", "maildrop_lease"): "store_maildrop_lease",
     ("directory", "backend"): "directory_backend",
     ("queue", "backend"): "queue_backend",
     ("queue", "lease"): "queue_lease",
@@ -467,6 +470,10 @@ def _validate(values: dict[str, Any]) -> Settings:
                 allowed = " or ".join(f'"{b}"' for b in QUEUE_BACKENDS)
                 raise ConfigError(f"[queue] backend must be {allowed}, not {value!r}")
             out[f.name] = value
+        elif f.name == "store_maildrop_lease":
+            out[f.name] = _duration("[store] maildrop_lease", value)
+            if out[f.name] <= 0:
+                raise ConfigError("[store] maildrop_lease must be longer than 0 seconds")
         elif f.name == "queue_lease":
             out[f.name] = _duration("[queue] lease", value)
             if out[f.name] <= 0:

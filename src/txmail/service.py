@@ -393,11 +393,13 @@ def make_store_provider(
         from txmail.pg.store import PostgresProvider
 
         if server is None:
-            provider = PostgresProvider(database_from_settings(settings, reactor=reactor))
+            provider = PostgresProvider(
+                database_from_settings(settings, reactor=reactor), lock_lease=settings.store_maildrop_lease
+            )
             provider.check_schema()
             return provider
         database_service = postgresql_service(settings, server, reactor=reactor)
-        provider = PostgresProvider(database_service.database)
+        provider = PostgresProvider(database_service.database, lock_lease=settings.store_maildrop_lease)
         provider.check_schema()
         database_service.dependents.append(provider)
         return provider

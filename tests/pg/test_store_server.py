@@ -58,6 +58,21 @@ class MakeStoreProviderTests(TestCase):
         store = self.successResultOf(provider.store_for(USER))
         self.assertEqual([f.name for f in self.successResultOf(store.list_mailboxes())], [INBOX])
 
+    def test_maildrop_lease(self) -> None:
+        """[store] maildrop_lease is the lease of the provider's POP3 maildrop locks."""
+        from txmail.service import make_store_provider
+
+        database = upgraded_database(self, start=False)
+        settings = Settings.validated(
+            data_dir=os.path.abspath(self.mktemp()),
+            store_backend="postgresql",
+            postgresql_dsn=database.dsn,
+            store_maildrop_lease=30.0,
+        )
+        provider = make_store_provider(settings)
+        self.assertEqual(provider.maildrop_locks.lease, 30.0)
+        self.assertEqual(make_store_provider(self.settings(database.dsn)).maildrop_locks.lease, 120.0)
+
     def test_old_schema(self) -> None:
         """An old schema is refused when the provider is made, with the command that upgrades it."""
         from txmail.service import make_store_provider
