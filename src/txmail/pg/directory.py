@@ -304,20 +304,19 @@ class PostgresDirectory(_DirectoryBase):
                 raise NoSuchUser(address)
             return list(found)
 
-        if self.recipient_ttl > 0:
-            now = self.clock.seconds()
-            kept = self._recipients.get(address)
-            if kept is not None and kept[0] > now:
-                return defer.maybeDeferred(resolved, kept[1])
+        now = self.clock.seconds()
+        kept = self._recipients.get(address)
+        if kept is not None and kept[0] > now:
+            return defer.maybeDeferred(resolved, kept[1])
 
-            def remember(found: list[str]) -> list[str]:
+        def remember(found: list[str]) -> list[str]:
+            if self.recipient_ttl > 0:
                 if len(self._recipients) >= RECIPIENTS_KEPT:
                     self._recipients.clear()
                 self._recipients[address] = (now + self.recipient_ttl, list(found))
-                return found
+            return found
 
-            return self.db.run(self._resolve_in, address, True).addCallback(remember).addCallback(resolved)
-        return self.db.run(self._resolve_in, address, True).addCallback(resolved)
+        return self.db.run(self._resolve_in, address, True).addCallback(remember).addCallback(resolved)
 
     def _resolve_in(self, conn: Any, address: str, catch_all: bool) -> list[str]:
         return self._resolve(address, catch_all=catch_all, snapshot=_DatabaseSnapshot(conn))  # type: ignore[arg-type]

@@ -128,6 +128,14 @@ class _Raised:
         self.error = error
 
 
+def _abandon(result: Any) -> None:
+    """A store call's result that will not be awaited: its failure is not reported, a coroutine closed."""
+    if hasattr(result, "addErrback"):
+        result.addErrback(lambda failure: None)
+    elif hasattr(result, "close") and hasattr(result, "send"):
+        result.close()  # a coroutine never awaited
+
+
 class _ReadAhead:
     """
     The messages of *infos*, read in that order (:meth:`read`), each asked
@@ -173,10 +181,7 @@ class _ReadAhead:
 
     def close(self) -> None:
         for result, _ in self._started.values():
-            if hasattr(result, "addErrback"):
-                result.addErrback(lambda failure: None)
-            elif hasattr(result, "close") and hasattr(result, "send"):
-                result.close()  # a coroutine never awaited
+            _abandon(result)
         self._started.clear()
         self._waiting.clear()
 
@@ -523,9 +528,7 @@ class _Ahead:
     def forget(self) -> None:
         """The FETCH ended without taking it: an error it may end with is not reported."""
         asked, self.uids, self._asked = self._asked, None, None
-        add_errback = getattr(asked, "addErrback", None)
-        if add_errback is not None:
-            add_errback(lambda _: None)
+        _abandon(asked)
 
 
 def _bulk_hits(key: SearchNode, uids: Any, column_values: dict[int, tuple[str, ...]]) -> list[Any] | None:
