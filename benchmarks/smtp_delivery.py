@@ -50,6 +50,7 @@ from _bench import (  # shared benchmark helpers
     DOMAIN,
     HERE,
     HOST,
+    PASSWORD,
     BenchError,
     add_txmail_users,
     filler_message,
@@ -354,6 +355,10 @@ class Server:
         """Version and configuration details for the JSON record."""
         return {}
 
+    def probe(self) -> tuple[int, str] | None:
+        """(IMAP port, user) of a mailbox outside the plan to probe visibility with, or None."""
+        return None
+
 
 class PostfixServer(Server):
     """Debian Postfix via refstack.sh (started once; Maildirs cleared before every run)."""
@@ -496,11 +501,18 @@ class AiosmtpdServer(Server):
 
 
 class TxmailServer(Server):
-    """``twistd -n mailserver`` from the txmail venv, fresh data directory per run."""
+    """
+    ``twistd -n mailserver --workers N`` from the txmail venv, fresh data directory per run:
+    ``txmail`` is one process (``--workers 1``), ``txmail-wN`` N SMTP worker processes and
+    the owner that delivers.
+    """
 
     name = "txmail"
 
-    def __init__(self, venv_bin: str, start_timeout: float) -> None:
+    def __init__(self, venv_bin: str, start_timeout: float, workers: int = 1) -> None:
+        self.workers = workers
+        if workers > 1:
+            self.name = f"txmail-w{workers}"
         self.twistd = str(Path(venv_bin) / "twistd")
         self.txmail = str(Path(venv_bin) / "txmail")
         self.start_timeout = start_timeout
@@ -514,20 +526,44 @@ class TxmailServer(Server):
         self.data.mkdir(parents=True)
         nusers = max(int(u.removeprefix("user")) for u in users)
         add_txmail_users(self.txmail, self.data,
-                         [f"user{i}@{DOMAIN}" for i in range(1, nusers + 1)], run_dir)
+                         [f"user{i}@{DOMAIN}" for i in range(1, nusers + 1)] + [f"probe@{DOMAIN}"],
+                         run_dir)
         port = free_port()
+        self.imap_port = free_port()
         self.proc = start_twistd(
             self.twistd, run_dir,
             ["--data-dir", str(self.data), "--domain", DOMAIN,
              "--smtp", f"tcp:{port}:interface={HOST}",
-             "--submission", f"tcp:0:interface={HOST}", "--hostname", "bench.test"],
-            ports=[port], start_timeout=self.start_timeout,
-            logfile=run_dir / "txmail-twistd.log", outfile=run_dir / "txmail-twistd.out")
+             "--submission", f"tcp:0:interface={HOST}", "--hostname", "bench.test",
+             "--workers", str(self.workers), "--imap", f"tcp:{self.imap_port}:interface={HOST}"],
+            ports=[port, self.imap_port], start_timeout=self.start_timeout,
+            logfile=run_dir / f"{self.name}-twistd.log", outfile=run_dir / f"{self.name}-twistd.out")
+        if self.workers > 1:
+            # The port accepts into its backlog at once: wait until every worker listens.
+            deadline = time.monotonic() + self.start_timeout
+            while len(self._children()) < self.workers or not _all_listening(
+                    run_dir / f"{self.name}-twistd.log", self.workers):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.name}: the workers did not start")
+                time.sleep(0.1)
         return port
 
+    def probe(self) -> tuple[int, str] | None:
+        """The IMAP listener and the probe user (not among the measured recipients)."""
+        return self.imap_port, f"probe@{DOMAIN}"
+
+    def _children(self) -> list[int]:
+        if self.proc is None:
+            return []
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
     def pids(self) -> list[int]:
-        """The server process."""
-        return [] if self.proc is None else [self.proc.pid]
+        """The server process and its SMTP workers."""
+        return [] if self.proc is None else [self.proc.pid, *self._children()]
 
     def maildirs(self, users: list[str]) -> list[Path]:
         """``D/mail/example.test/userN``."""
@@ -546,6 +582,16 @@ class TxmailServer(Server):
         return {"twistd": self.twistd}
 
 
+def _all_listening(logfile: Path, workers: int) -> bool:
+    """Whether the owner's log shows every worker listening for SMTP."""
+    try:
+        text = logfile.read_text(errors="replace")
+    except OSError:
+        return False
+    return all(f"worker {n}: [txmail.service.ListenerService#info] mta listening" in text
+               for n in range(1, workers + 1))
+
+
 # --------------------------------------------------------------------------- measuring
 
 @dataclass
@@ -562,6 +608,9 @@ class RunResult:
     server_cpu: float
     load_cpu: float
     poller_cpu: float
+    #: Seconds from a probe message's 250 to IMAP IDLE's EXISTS for it (p50, p99); None: not probed.
+    visible_p50: float | None = None
+    visible_p99: float | None = None
 
 
 def _wait_delivered(counter: MaildirCounter, target: int, load: LoadGenerator,
@@ -607,6 +656,84 @@ def _wait_delivered(counter: MaildirCounter, target: int, load: LoadGenerator,
         time.sleep(poll)
 
 
+class VisibilityProbe:
+    """
+    While the load runs: one message every ``interval`` seconds to the probe user over SMTP,
+    and an IMAP IDLE on its INBOX; each message's delay is the time from its 250 to the
+    ``* n EXISTS`` that announces it (negative: announced before the client had its 250).
+    """
+
+    def __init__(self, smtp_port: int, imap_port: int, user: str, interval: float = 0.1) -> None:
+        self.smtp_port, self.imap_port, self.user, self.interval = smtp_port, imap_port, user, interval
+        self.sent: list[float] = []
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.error: str | None = None
+
+    def start(self) -> None:
+        import imaplib
+
+        imap = imaplib.IMAP4(HOST, self.imap_port)
+        imap.login(self.user, PASSWORD)
+        imap.select("INBOX")
+        imap.send(b"P1 IDLE\r\n")
+        if not imap.readline().startswith(b"+"):
+            raise BenchError("probe: IDLE refused")
+        self._imap = imap
+        self._threads = [threading.Thread(target=self._watch, daemon=True),
+                         threading.Thread(target=self._send, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _watch(self) -> None:
+        import re
+
+        while not self._stop.is_set():
+            try:
+                line = self._imap.readline()
+            except OSError:
+                return
+            if not line:
+                return
+            m = re.match(rb"\* (\d+) EXISTS", line)
+            if m:
+                self.seen.setdefault(int(m.group(1)), time.monotonic())
+
+    def _send(self) -> None:
+        n = 0
+        while not self._stop.wait(self.interval):
+            n += 1
+            try:
+                with smtplib.SMTP(HOST, self.smtp_port, timeout=60) as s:
+                    s.sendmail(f"probe@{DOMAIN}", [self.user],
+                               f"Subject: probe {n}\r\n\r\nprobe\r\n".encode())
+                self.sent.append(time.monotonic())
+            except (OSError, smtplib.SMTPException) as e:
+                self.error = str(e)
+                return
+
+    def stop(self) -> tuple[float, float] | None:
+        """Stop; the p50 and p99 delays in seconds (None when nothing was measured)."""
+        self._stop.set()
+        for t in self._threads[1:]:
+            t.join(60)
+        time.sleep(0.5)  # the last announcements
+        try:
+            self._imap.send(b"DONE\r\n")
+            self._imap.logout()
+        except Exception:
+            pass
+        delays = sorted(self.seen[i] - t for i, t in enumerate(self.sent, 1) if i in self.seen)
+        if self.error:
+            log(f"probe: {self.error}")
+        if len(delays) < len(self.sent):
+            log(f"probe: {len(self.sent) - len(delays)} of {len(self.sent)} never announced")
+        if not delays:
+            return None
+        return delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+
+
 def measure(server: Server, run: int, plan: Plan, warmup_plan: Plan | None,
             make_load: Callable[[], LoadGenerator], workdir: Path, timeout: float,
             poll: float, busy_poll: float) -> RunResult:
@@ -638,7 +765,11 @@ def measure(server: Server, run: int, plan: Plan, warmup_plan: Plan | None,
         self0 = resource.getrusage(resource.RUSAGE_SELF)
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
+        probing = server.probe()
+        probe = VisibilityProbe(port, *probing) if probing is not None else None
         load.start(port, plan)
+        if probe is not None:
+            probe.start()
         try:
             delivered, accepted = _wait_delivered(counter, base + plan.messages, load, started,
                                                   timeout, poll, busy_poll, server.name)
@@ -652,6 +783,7 @@ def measure(server: Server, run: int, plan: Plan, warmup_plan: Plan | None,
                 time.sleep(poll)
         finally:
             load.stop()
+            visible = probe.stop() if probe is not None else None
         server_cpu = tree_cpu(server.pids()) - server_cpu0
         self1 = resource.getrusage(resource.RUSAGE_SELF)
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -663,16 +795,23 @@ def measure(server: Server, run: int, plan: Plan, warmup_plan: Plan | None,
                            plan.messages / seconds, base, server_cpu,
                            # python load runs in this process: its CPU is in self_cpu
                            kids_cpu if isinstance(load, SmtpSourceLoad) else self_cpu,
-                           self_cpu)
+                           self_cpu, *(visible or (None, None)))
         log(f"{server.name} run {run}: {seconds:.2f} s, {result.msgs_per_sec:.1f} msg/s "
             f"(last 250 after {result.accepted_seconds:.2f} s; CPU s: server "
-            f"{server_cpu:.2f}, load generator {result.load_cpu:.2f}, poller {self_cpu:.2f})")
+            f"{server_cpu:.2f}, load generator {result.load_cpu:.2f}, poller {self_cpu:.2f})"
+            + (f"; 250 to IMAP EXISTS p50 {visible[0] * 1000:.1f} ms, p99 {visible[1] * 1000:.1f} ms"
+               if visible else ""))
         return result
     finally:
         server.end_run()
 
 
 # --------------------------------------------------------------------------- reporting
+
+def _median_ms(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known) * 1000, 1) if known else None
+
 
 def summarize(results: list[RunResult], order: list[str]) -> list[dict[str, Any]]:
     """Median per server and ratio to Postfix's median msg/s."""
@@ -693,6 +832,8 @@ def summarize(results: list[RunResult], order: list[str]) -> list[dict[str, Any]
             "server_cpu": statistics.median(r.server_cpu for r in mine),
             "load_cpu": statistics.median(r.load_cpu for r in mine),
             "all_msgs_per_sec": [round(r.msgs_per_sec, 2) for r in mine],
+            "visible_p50_ms": _median_ms([r.visible_p50 for r in mine]),
+            "visible_p99_ms": _median_ms([r.visible_p99 for r in mine]),
         })
     ref = next((r["msgs_per_sec"] for r in rows if r["server"] == "postfix"), None)
     for row in rows:
@@ -702,15 +843,18 @@ def summarize(results: list[RunResult], order: list[str]) -> list[dict[str, Any]
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table of the medians."""
-    head = f"{'server':<10} {'messages':>8} {'seconds':>9} {'msg/s':>9} {'vs postfix':>10} " \
-           f"{'last 250 s':>10} {'server CPU s':>12} {'load CPU s':>10} {'runs':>4}"
+    head = f"{'server':<11} {'messages':>8} {'seconds':>9} {'msg/s':>9} {'vs postfix':>10} " \
+           f"{'last 250 s':>10} {'server CPU s':>12} {'load CPU s':>10} {'runs':>4} " \
+           f"{'250->IMAP p50/p99 ms':>20}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['ratio_to_postfix']:.2f}x" if r["ratio_to_postfix"] else "-"
         acc = f"{r['accepted_seconds']:.2f}" if r["accepted_seconds"] is not None else "-"
-        lines.append(f"{r['server']:<10} {r['messages']:>8} {r['seconds']:>9.2f} "
+        lines.append(f"{r['server']:<11} {r['messages']:>8} {r['seconds']:>9.2f} "
                      f"{r['msgs_per_sec']:>9.1f} {ratio:>10} {acc:>10} "
-                     f"{r['server_cpu']:>12.2f} {r['load_cpu']:>10.2f} {r['runs']:>4}")
+                     f"{r['server_cpu']:>12.2f} {r['load_cpu']:>10.2f} {r['runs']:>4} "
+                     + (f"{r['visible_p50_ms']:>9.1f}/{r['visible_p99_ms']:<10.1f}"
+                        if r.get("visible_p50_ms") is not None else f"{'-':>20}"))
     return "\n".join(lines)
 
 
@@ -724,7 +868,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=10240,
                    help="message payload bytes (smtp-source -l); files must be at least this big")
     p.add_argument("--servers", default="postfix,aiosmtpd,txmail",
-                   help="comma-separated: postfix, aiosmtpd, txmail")
+                   help="comma-separated: postfix, aiosmtpd, txmail (one process), "
+                        "txmail-wN (N SMTP worker processes)")
     p.add_argument("--runs", type=int, default=1, help="runs per server; the median is reported")
     p.add_argument("--users", type=int, default=10,
                    help="spread recipients over user1..userN (one smtp-source per user)")
@@ -758,7 +903,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
-    parse_servers(p, args, {"postfix", "aiosmtpd", "txmail"})
+    parse_servers(p, args, {"postfix", "aiosmtpd", "txmail", *(f"txmail-w{n}" for n in range(2, 17))})
     for name in ("messages", "concurrency", "size", "runs", "users"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -792,7 +937,8 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "aiosmtpd":
             servers[name] = AiosmtpdServer(args.bench_python)
         else:
-            servers[name] = TxmailServer(args.txmail_bin, args.txmail_start_timeout)
+            workers = int(name.removeprefix("txmail-w")) if name.startswith("txmail-w") else 1
+            servers[name] = TxmailServer(args.txmail_bin, args.txmail_start_timeout, workers)
 
     results: list[RunResult] = []
     failures: dict[str, str] = {}

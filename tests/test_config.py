@@ -71,6 +71,9 @@ class LoadConfigTests(SynchronousTestCase):
             ("[server]\ngc_threshold = [0]\n", "gc_threshold"),
             ("[server]\ngc_threshold = [1, 2, 3, 4]\n", "gc_threshold"),
             ('[server]\ngc_threshold = "700"\n', "gc_threshold"),
+            ("[server]\nworkers = 0\n", "workers"),
+            ('[server]\nworkers = "auto"\n', "workers"),
+            ("[server]\nworkers = true\n", "workers"),
         ]
         for text, needle in cases:
             with self.assertRaises(ConfigError) as cm:
@@ -84,6 +87,12 @@ class LoadConfigTests(SynchronousTestCase):
             load_config(self.write("[server]\ngc_threshold = [5000, 20]\n")).gc_threshold, (5000, 20)
         )
         self.assertEqual(load_config(self.write("[server]\ngc_threshold = []\n")).gc_threshold, ())
+
+    def test_workers(self) -> None:
+        """``[server] workers``: unset (the plugin's number of CPUs), or a count; 1 is one process."""
+        self.assertIsNone(load_config(None).workers)
+        self.assertEqual(load_config(self.write("[server]\nworkers = 3\n")).workers, 3)
+        self.assertEqual(load_config(None, {"workers": 1}).workers, 1)
 
     def test_missing_file(self) -> None:
         """A config path that does not exist is a ConfigError, not an OSError."""

@@ -124,6 +124,46 @@ class PluginTests(SynchronousTestCase):
             maker.makeService(options)  # type: ignore[attr-defined]
             self.assertEqual(gc.get_threshold(), expected)
 
+    def test_workers_default_to_the_cpus(self) -> None:
+        """``twistd mailserver`` receives SMTP in one worker per CPU unless told (``--workers``)."""
+        maker = _maker()
+        options = maker.options()  # type: ignore[attr-defined]
+        options.parseOptions(["--data-dir", self.mktemp()])
+        self.assertIsNone(options.settings.workers)
+        service = maker.makeService(options)  # type: ignore[attr-defined]
+        cpus = os.cpu_count() or 1
+        self.assertEqual(service.settings.workers, cpus)
+        if cpus > 1:
+            self.assertEqual(service.workers.count, cpus)
+        else:
+            self.assertIsNone(service.workers)
+        for value, expected in (("1", None), ("3", 3)):
+            options = maker.options()  # type: ignore[attr-defined]
+            options.parseOptions(["--data-dir", self.mktemp(), "--workers", value])
+            service = maker.makeService(options)  # type: ignore[attr-defined]
+            self.assertEqual(service.workers.count if service.workers else None, expected)
+            # SMTP and submission are bound by this process and served by the workers; LMTP would stay.
+            self.assertEqual(
+                [(lst.role, lst.accept) for lst in service.listeners],
+                [("mta", expected is None), ("submission", expected is None)],
+            )
+        options = maker.options()  # type: ignore[attr-defined]
+        self.assertRaises(usage.UsageError, options.parseOptions, ["--workers", "0"])
+
+    def test_embedder_objects_need_one_process(self) -> None:
+        """build_service with the embedder's own SMTP-side objects refuses workers (they cannot cross)."""
+        from txmail.errors import ConfigError
+
+        settings = load_config(None, {"data_dir": self.mktemp(), "workers": 2})
+        with self.assertRaises(ConfigError) as cm:
+            build_service(settings, reactor=MemoryReactorClock(), policies=[object()])
+        self.assertIn("policies", str(cm.exception))
+        server = build_service(settings, reactor=MemoryReactorClock())
+        self.assertEqual(server.workers.count, 2)
+        self.assertIsNone(
+            build_service(Settings(data_dir=self.mktemp()), reactor=MemoryReactorClock()).workers
+        )
+
 
 class BuildServiceTests(SynchronousTestCase):
     def test_listens_on_configured_endpoints(self) -> None:

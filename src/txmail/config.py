@@ -14,6 +14,7 @@ The file format (every key optional)::
     domains = ["example.com"]            # local domains; the first is the primary
     plaintext_auth = "loopback"          # never | loopback | always
     threads = 8                          # blocking-work thread pool size
+    workers = 2                          # SMTP receiving processes (twistd: default the CPUs); 1: one process
     gc_threshold = [100000, 50, 100]     # twistd mailserver's gc.set_threshold; [] leaves Python's
     proxy_protocol = ["tcp:25"]          # listeners behind a load balancer: a PROXY header (v1/v2) first
     proxy_trusted = ["10.0.0.0/8"]       # who may send it (default loopback); others are closed
@@ -167,6 +168,7 @@ class Settings:
     domains: tuple[str, ...] = ("localhost",)
     plaintext_auth: str = "loopback"
     threads: int = 8
+    workers: int | None = None
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
     store_backend: str = "maildir"
     store_parse_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -261,6 +263,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "domains"): "domains",
     ("server", "plaintext_auth"): "plaintext_auth",
     ("server", "threads"): "threads",
+    ("server", "workers"): "workers",
     ("server", "gc_threshold"): "gc_threshold",
     ("store", "backend"): "store_backend",
     ("store", "parse_workers"): "store_parse_workers",
@@ -456,6 +459,10 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = value
         elif f.name == "store_backend":
             out[f.name] = _store_backend(value)
+        elif f.name == "workers":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 256:
+                raise ConfigError("[server] workers must be an integer from 1 to 256")
+            out[f.name] = value
         elif f.name == "store_parse_workers":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError("[store] parse_workers must be an integer of at least 0")

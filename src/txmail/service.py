@@ -149,11 +149,15 @@ class ListenerService(service.Service):
         factory: IProtocolFactory,
         role: str,
         proxy: ProxySettings | None = None,
+        accept: bool = True,
     ) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.role = role
+        #: False: the socket is bound and listening, but connections are
+        #: accepted by the SMTP worker processes it is handed to (:mod:`txmail.workers`).
+        self.accept = accept
         #: Connections start with a PROXY header (``[server] proxy_protocol``), or ``None``.
         self.proxy = proxy
         self.port: IListeningPort | None = None
@@ -180,13 +184,16 @@ class ListenerService(service.Service):
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
+            if not self.accept:
+                port.stopReading()  # type: ignore[attr-defined]
             host = port.getHost()
             where = getattr(host, "name", None) if not hasattr(host, "port") else f"{host.host}:{host.port}"
             self.log.info(
-                "{role} listening on {where}{proxy}",
+                "{role} listening on {where}{proxy}{workers}",
                 role=self.role,
                 where=where,
                 proxy=" (PROXY protocol)" if self.proxy is not None else "",
+                workers="" if self.accept else " (connections served by the SMTP workers)",
             )
             return port
 
@@ -234,6 +241,8 @@ class MailServer(service.MultiService):
     authenticator: Authenticator
     run_blocking: Callable[..., defer.Deferred[Any]]
     runner: QueueRunner | None = None
+    #: The :class:`txmail.workers.WorkerPool` (``[server] workers`` above 1), or ``None``.
+    workers: Any = None
     dns: Any = None
     policies: Sequence[Any] = ()
 
@@ -318,6 +327,11 @@ def _build_runner(
         claim_batch=None if settings.queue_backend == "file" else 50,
         lease=settings.queue_lease,
     )
+
+
+#: Seconds the queue runner leaves a message an SMTP worker has just queued
+#: to the worker's hand-over (then it takes it: the worker died meanwhile).
+ADOPT_GRACE = 10.0
 
 
 def tune_gc(threshold: Sequence[int]) -> None:
@@ -490,6 +504,127 @@ def make_queue(
     return SpoolQueue(settings.path("queue"), run_blocking=run_blocking)
 
 
+def make_router(
+    settings: Settings,
+    directory: IDirectory,
+    stores: IMailStoreProvider,
+    queue: Any,
+    *,
+    reactor: Any,
+    run_blocking: Callable[..., defer.Deferred[Any]],
+    keys: Sequence[Any],
+    hooks: DeliveryHook | Sequence[DeliveryHook] | None = None,
+) -> DeliveryRouter:
+    """The delivery router of *settings* (quotas, forwarding with SRS and ARC, signed notices)."""
+    policy = settings.policy
+    local_domain = directory.is_local_domain
+    return DeliveryRouter(
+        directory,
+        stores,
+        queue,
+        run_blocking=run_blocking,
+        primary_domain=settings.primary_domain,
+        hooks=hooks,
+        hostname=settings.hostname,
+        quotas=Quotas.from_settings(settings.quota_storage, settings.quota_users),
+        forwarding=build_forwarding(
+            policy,
+            keys=keys,
+            primary_domain=settings.primary_domain,
+            authserv_id=policy.authserv_id or settings.hostname,
+            is_local=lambda domain: bool(local_domain(domain)),
+            run_blocking=run_blocking,
+            clock=reactor,
+        ),
+        notice_signer=MessageSigner(keys, run_blocking=run_blocking, clock=reactor) if keys else None,
+    )
+
+
+def smtp_policies(
+    settings: Settings,
+    server: service.MultiService,
+    *,
+    reactor: Any,
+    run_blocking: Callable[..., defer.Deferred[Any]],
+    dns: Any,
+    keys: Sequence[Any],
+    extra: Sequence[Any] = (),
+    greylist_path: str | None = None,
+) -> tuple[list[Any], list[Any]]:
+    """
+    The policies every SMTP listener of *server* asks
+    (:func:`txmail.policy.builtin.build_policies` with the content filters:
+    milters in their configured order, then rspamd), and the IMAP copy
+    listeners (rspamd's learner, which follows moves into and out of
+    Junk).  A :class:`PolicyService` child of *server* stops them.
+    *greylist_path* defaults to ``<data_dir>/greylist.json``.
+    """
+    filters: list[Any] = build_milter_policies(settings.milters, reactor=reactor, run_blocking=run_blocking)
+    copy_listeners: list[Any] = []
+    if settings.rspamd is not None:
+        from txmail.policy.rspamd import build_rspamd  # twisted.web: only when configured
+
+        rspamd_policy, rspamd_learner = build_rspamd(settings.rspamd, reactor=reactor)
+        filters.append(rspamd_policy)
+        if rspamd_learner is not None:
+            copy_listeners.append(rspamd_learner)
+    policies = build_policies(
+        settings.policy,
+        hostname=settings.hostname,
+        resolver=dns,
+        run_blocking=run_blocking,
+        clock=reactor,
+        greylist_path=greylist_path or settings.path("greylist.json"),
+        extra=extra,
+        keys=keys,
+        filters=filters,
+    )
+    PolicyService([*policies, *copy_listeners]).setServiceParent(server)
+    return policies, copy_listeners
+
+
+def smtp_factory(
+    settings: Settings,
+    role: str,
+    description: str,
+    *,
+    router: Any,
+    authenticator: Authenticator,
+    directory: IDirectory,
+    spool_dir: str,
+    tls: Any,
+    policies: Sequence[Any],
+    dns: Any,
+    reactor: Any,
+    run_blocking: Callable[..., defer.Deferred[Any]],
+) -> SMTPFactory:
+    """The SMTP factory of one listener of *role* (``mta``, ``submission`` or ``lmtp``) on *description*."""
+    # LMTP (RFC 2033) serves an MTA in front of us on a local socket: no AUTH,
+    # no relaying (the router refuses remote recipients without AUTH).
+    return SMTPFactory(
+        role=role,
+        hostname=settings.hostname,
+        router=router,
+        authenticator=authenticator if role != "lmtp" else None,
+        directory=directory,
+        spool_dir=spool_dir,
+        tls_context=tls,
+        implicit_tls=description.startswith("ssl:"),
+        plaintext_auth=settings.plaintext_auth,
+        limits=SMTPLimits(
+            max_message_size=settings.max_message_size,
+            max_recipients=settings.max_recipients,
+            command_timeout=settings.command_timeout,
+            data_timeout=settings.data_timeout,
+        ),
+        clock=reactor,
+        run_blocking=run_blocking,
+        policies=policies,
+        resolver=dns if settings.policy.enabled and settings.policy.iprev else None,
+        trusted_networks=settings.policy.trusted_networks,
+    )
+
+
 def build_service(
     settings: Settings,
     *,
@@ -544,6 +679,24 @@ def build_service(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    workers = settings.workers or 1
+    if workers > 1:
+        # The workers build their SMTP side from the settings alone.
+        given = [
+            name
+            for name, value in (
+                ("directory", directory),
+                ("delivery_hook", delivery_hook),
+                ("policies", policies),
+                ("dns", dns),
+            )
+            if value
+        ]
+        if given:
+            raise ConfigError(
+                f"[server] workers = {workers} cannot run the {', '.join(given)} given to build_service "
+                "in the SMTP worker processes: use workers = 1"
+            )
     server = MailServer(settings)
     os.makedirs(settings.data_dir, exist_ok=True)
     spool_dir = settings.path("spool")
@@ -560,30 +713,21 @@ def build_service(
     if stores is None:
         stores = make_store_provider(settings, run_blocking=run_blocking, server=server, reactor=reactor)
     queue = make_queue(settings, server, reactor=reactor, run_blocking=run_blocking)
-    policy = settings.policy
-    keys = signing_keys(policy)
-    local_domain = directory.is_local_domain
-    quotas = Quotas.from_settings(settings.quota_storage, settings.quota_users)
-    router = DeliveryRouter(
+    if workers > 1 and isinstance(queue, SpoolQueue):
+        # What a worker queues is its to hand over: a queue pass leaves it alone a while.
+        queue.adopt_grace = ADOPT_GRACE
+    keys = signing_keys(settings.policy)
+    router = make_router(
+        settings,
         directory,
         stores,
         queue,
+        reactor=reactor,
         run_blocking=run_blocking,
-        primary_domain=settings.primary_domain,
+        keys=keys,
         hooks=delivery_hook,
-        hostname=settings.hostname,
-        quotas=quotas,
-        forwarding=build_forwarding(
-            policy,
-            keys=keys,
-            primary_domain=settings.primary_domain,
-            authserv_id=policy.authserv_id or settings.hostname,
-            is_local=lambda domain: bool(local_domain(domain)),
-            run_blocking=run_blocking,
-            clock=reactor,
-        ),
-        notice_signer=MessageSigner(keys, run_blocking=run_blocking, clock=reactor) if keys else None,
     )
+    quotas = Quotas.from_settings(settings.quota_storage, settings.quota_users)
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = (
         server_context(settings.tls_cert, settings.tls_key)
@@ -596,8 +740,8 @@ def build_service(
     server.queue = queue
     server.router = router
     server.authenticator = authenticator
-    if settings.outbound_enabled:
-        server.runner = _build_runner(
+    if settings.outbound_enabled or workers > 1:
+        runner = _build_runner(
             settings,
             reactor,
             queue,
@@ -607,35 +751,17 @@ def build_service(
             resolver=resolver,
             deliver=deliver,
         )
-        server.runner.setServiceParent(server)
+        if settings.outbound_enabled:
+            server.runner = runner
+            runner.setServiceParent(server)
 
     if dns is None:
         nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
         dns = Resolver(nameservers, reactor=reactor)
     server.dns = dns
-    # Content filters: milters in their configured order, then rspamd (whose
-    # learner follows IMAP moves into and out of Junk).
-    filters: list[Any] = build_milter_policies(settings.milters, reactor=reactor, run_blocking=run_blocking)
-    copy_listeners: list[Any] = []
-    if settings.rspamd is not None:
-        from txmail.policy.rspamd import build_rspamd  # twisted.web: only when configured
-
-        rspamd_policy, rspamd_learner = build_rspamd(settings.rspamd, reactor=reactor)
-        filters.append(rspamd_policy)
-        if rspamd_learner is not None:
-            copy_listeners.append(rspamd_learner)
-    server.policies = build_policies(
-        policy,
-        hostname=settings.hostname,
-        resolver=dns,
-        run_blocking=run_blocking,
-        clock=reactor,
-        greylist_path=settings.path("greylist.json"),
-        extra=policies,
-        keys=keys,
-        filters=filters,
+    server.policies, copy_listeners = smtp_policies(
+        settings, server, reactor=reactor, run_blocking=run_blocking, dns=dns, keys=keys, extra=policies
     )
-    PolicyService([*server.policies, *copy_listeners]).setServiceParent(server)
 
     proxy = ProxySettings.from_strings(settings.proxy_trusted, settings.proxy_timeout)
 
@@ -643,36 +769,26 @@ def build_service(
         """The PROXY settings of the listener on *description*, if it is one (``[server] proxy_protocol``)."""
         return proxy if description in settings.proxy_protocol else None
 
-    limits = SMTPLimits(
-        max_message_size=settings.max_message_size,
-        max_recipients=settings.max_recipients,
-        command_timeout=settings.command_timeout,
-        data_timeout=settings.data_timeout,
-    )
+    handed = workers > 1
     for role, endpoints in (
         ("mta", settings.smtp),
         ("submission", settings.submission),
         ("lmtp", settings.lmtp),
     ):
         for description in endpoints:
-            # LMTP (RFC 2033) serves an MTA in front of us on a local socket: no AUTH,
-            # no relaying (the router refuses remote recipients without AUTH).
-            factory = SMTPFactory(
-                role=role,
-                hostname=settings.hostname,
+            factory = smtp_factory(
+                settings,
+                role,
+                description,
                 router=router,
-                authenticator=authenticator if role != "lmtp" else None,
+                authenticator=authenticator,
                 directory=directory,
                 spool_dir=spool_dir,
-                tls_context=tls,
-                implicit_tls=description.startswith("ssl:"),
-                plaintext_auth=settings.plaintext_auth,
-                limits=limits,
-                clock=reactor,
-                run_blocking=run_blocking,
+                tls=tls,
                 policies=server.policies,
-                resolver=dns if policy.enabled and policy.iprev else None,
-                trusted_networks=policy.trusted_networks,
+                dns=dns,
+                reactor=reactor,
+                run_blocking=run_blocking,
             )
             listener = ListenerService(
                 reactor,
@@ -680,6 +796,8 @@ def build_service(
                 factory,
                 role,
                 proxy=proxied(description),
+                # SMTP and submission connections go to the workers (LMTP stays here).
+                accept=not (handed and role != "lmtp"),
             )
             listener.setServiceParent(server)
             server.listeners.append(listener)
@@ -738,4 +856,10 @@ def build_service(
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)
+    if workers > 1:
+        from txmail.workers import WorkerPool
+
+        # After the listeners: they are listening by the time it starts.
+        server.workers = WorkerPool(reactor, settings, workers, server.listeners, runner, router)
+        server.workers.setServiceParent(server)
     return server

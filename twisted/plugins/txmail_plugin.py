@@ -37,6 +37,13 @@ class Options(usage.Options):
         ],
         ["relay-port", None, None, "Port to connect to on remote MX hosts (default 25).", int],
         [
+            "workers",
+            None,
+            None,
+            "SMTP receiving processes (default: the number of CPUs; 1 runs everything in one process).",
+            int,
+        ],
+        [
             "smarthost",
             None,
             None,
@@ -102,6 +109,7 @@ class Options(usage.Options):
             "resolvers": self["resolver"],
             "relay_port": self["relay-port"],
             "smarthost": self["smarthost"],
+            "workers": self["workers"],
         }
         try:
             self.settings = load_config(self["config"], overrides)
@@ -120,11 +128,18 @@ class MailServerMaker:
 
         # This process is the mail server's own: tune its garbage collector
         # (an application embedding build_service keeps its own settings).
-        tune_gc(options.settings.gc_threshold)
+        settings = options.settings
+        tune_gc(settings.gc_threshold)
+        if settings.workers is None:
+            # A server of its own: SMTP on every core (an embedder's build_service runs one process).
+            import dataclasses
+            import os
+
+            settings = dataclasses.replace(settings, workers=os.cpu_count() or 1)
         from txmail.errors import DatabaseError
 
         try:
-            return build_service(options.settings)
+            return build_service(settings)
         except DatabaseError as e:  # PostgreSQL unreachable, or its schema needs `txmail db upgrade`
             raise SystemExit(f"txmail: {e}") from None
 

@@ -221,6 +221,8 @@ class QueueRunner(service.Service):
         self._loop: task.LoopingCall | None = None
         self._wakeup: Any = None
         self._pass: defer.Deferred[None] | None = None
+        #: queue id -> who waits for a pass to finish working it (deliver_fresh).
+        self._working: dict[str, list[defer.Deferred[None]]] = {}
         self._again = False
         self._stopping = False
         queue.add_listener(self._new_entry)
@@ -313,7 +315,7 @@ class QueueRunner(service.Service):
                 if not entries:
                     break
                 claimed.extend(entry.queue_id for entry in entries)
-                work = [self._limit.run(self._work_entry, entry) for entry in entries]
+                work = [self._scheduled(entry) for entry in entries]
                 await defer.DeferredList(work, consumeErrors=False)
                 if self.claim_batch is None or self._stopping:
                     break
@@ -325,6 +327,20 @@ class QueueRunner(service.Service):
                     await self.queue.release_claim(queue_id)
                 except Exception:
                     self.log.failure("releasing the claim on {queue_id} failed", queue_id=queue_id)
+
+    def _scheduled(self, entry: QueueEntry) -> defer.Deferred[bool | None]:
+        """Work *entry* in this pass (under the concurrency limit); :meth:`deliver_fresh` may wait for it."""
+        d = self._limit.run(self._work_entry, entry)
+        waiting = self._working[entry.queue_id] = []
+
+        def done(result: Any) -> Any:
+            if self._working.get(entry.queue_id) is waiting:
+                del self._working[entry.queue_id]
+            for w in waiting:
+                w.callback(None)
+            return result
+
+        return d.addBoth(done)
 
     def _renew(self, claimed: list[str]) -> defer.Deferred[Any] | None:
         if not claimed:
@@ -343,12 +359,12 @@ class QueueRunner(service.Service):
     def _now(self) -> float:
         return self.clock.seconds()
 
-    def _work_entry(self, entry: QueueEntry) -> defer.Deferred[None]:
+    def _work_entry(self, entry: QueueEntry, local_only: bool = False) -> defer.Deferred[bool | None]:
         # The runner's own copy of the states: updated by _update alone.
         entry = dataclasses.replace(
             entry, recipients={rcpt: dict(fields) for rcpt, fields in entry.recipients.items()}
         )
-        d = defer.Deferred.fromCoroutine(self._work(entry))
+        d = defer.Deferred.fromCoroutine(self._work(entry, local_only))
 
         def failed(f: Failure) -> None:
             if f.check(QueueError):  # deleted meanwhile (txmail queue delete)
@@ -360,7 +376,47 @@ class QueueRunner(service.Service):
 
         return d.addErrback(failed)
 
-    async def _work(self, entry: QueueEntry) -> None:
+    def deliver_fresh(self, queue_id: str) -> defer.Deferred[None]:
+        """
+        Deliver the local recipients of an entry another process has just
+        queued (an SMTP worker, :mod:`txmail.workers`), at once and outside
+        the passes: the queue adopts the entry, this runner claims it,
+        delivers its local copies (as a pass would, recording the outcome
+        and deleting an entry with nothing left), then releases it and
+        wakes a pass for remote recipients.  Fires once the local copies
+        are in their mailboxes, or their failures recorded in the queue;
+        works whether or not the runner service runs (``[outbound]
+        enabled = false`` still delivers locally).
+
+        Raises (in the Deferred): what adopting or claiming the entry raises.
+        """
+        return defer.Deferred.fromCoroutine(self._deliver_fresh(queue_id))
+
+    async def _deliver_fresh(self, queue_id: str) -> None:
+        if not await self.queue.adopt(queue_id):
+            return  # a pass found it first and has worked it to its end
+        entry = await self.queue.claim_entry(queue_id, self.lease)
+        if entry is None:
+            # A pass of this runner found it first (a rescan): its local
+            # copies are delivered once the pass has worked it.  (Claimed by
+            # another node's runner: it is in the shared queue, durably.)
+            waiting = self._working.get(queue_id)
+            if waiting is not None:
+                w: defer.Deferred[None] = defer.Deferred()
+                waiting.append(w)
+                await w
+            return
+        try:
+            # Not under the passes' concurrency limit: slow remote hosts must
+            # not hold back local mail (the workers' transactions bound these).
+            finished = await self._work_entry(entry, True)
+        finally:
+            await self.queue.release_claim(queue_id)
+        if not finished:
+            self.wake()  # remote recipients (or a retry) for a pass
+
+    async def _work(self, entry: QueueEntry, local_only: bool = False) -> bool:
+        """Work *entry*'s due recipients; whether it was done and deleted."""
         now = self._now()
         due = [
             rcpt
@@ -370,7 +426,9 @@ class QueueRunner(service.Service):
         ]
         groups: dict[str, list[str]] = {}
         for rcpt in due:
-            groups.setdefault(split_address(rcpt)[1], []).append(rcpt)
+            domain = split_address(rcpt)[1]
+            if not local_only or self.is_local(domain):
+                groups.setdefault(domain, []).append(rcpt)
         for n, (domain, rcpts) in enumerate(groups.items(), 1):
             if self.is_local(domain):
                 changes = await self._deliver_local(entry, rcpts)
@@ -389,8 +447,10 @@ class QueueRunner(service.Service):
         ):
             await self.queue.delete_entry(entry.queue_id)
             self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
-        elif groups:
+            return True
+        if groups:
             await self._update(entry, {})
+        return False
 
     # -- parameters -----------------------------------------------------------
 

@@ -1,0 +1,616 @@
+"""
+SMTP on every core: receiving worker processes and one delivering owner.
+
+One Python process runs every session on one core.  With ``[server]
+workers`` (``--workers``) above 1 the server splits, as Postfix splits
+``smtpd`` from its queue manager and delivery agents:
+
+* The **owner** (the ``twistd mailserver`` process, :func:`build_service`)
+  binds every listener, keeps everything that must be single -- the mail
+  store (Maildir UIDs), IMAP and POP3 sessions, LMTP, the queue runner --
+  and starts :class:`WorkerPool`, a service that runs the workers.
+* Each **worker** (``python -m txmail.workers``, :func:`run_worker`) is
+  given the owner's settings and the listening sockets of the SMTP and
+  submission listeners (inherited file descriptors: privileged ports stay
+  bound by the owner, which twistd may then run unprivileged), and
+  accepts connections on them; the kernel hands each new connection to
+  one of the processes waiting in ``accept``.  A worker runs the whole SMTP
+  session -- parsing, TLS, authentication against the same users, the
+  policy checks, size limits -- with the same factories as the owner would
+  (:func:`txmail.service.smtp_factory`), built from the same settings.
+* A worker's router (:class:`WorkerRouter`) answers RCPT TO from its own
+  directory (aliases, unknown users, relaying) and asks the owner only for
+  a user's storage usage when quotas are on.  At the end of DATA it writes
+  the message into the queue, durably (:class:`txmail.delivery.queue.QueueWriter`,
+  the same files and fsyncs as the queue's own ``enqueue``; or the
+  PostgreSQL queue), then tells the owner its queue id over AMP
+  (:class:`Accepted`).  The owner adopts the entry, claims it and delivers
+  its local recipients into their mailboxes at once
+  (:meth:`txmail.delivery.runner.QueueRunner.deliver_fresh`: the same code
+  as a queue pass), and answers; remote recipients are left to the queue
+  runner.  Only then does the worker answer 250: a 250 still means the
+  message is in every local recipient's mailbox or in the queue, on disk.
+* Should the owner not answer (it died), the worker answers ``451`` and
+  closes its listening sockets at once, finishes nothing more and exits.
+  The message is in the queue, so the owner's next start delivers it: a
+  message that got 250 was fully delivered and is never delivered again;
+  one that got 451 may arrive as well as the client's retry.
+* :class:`WorkerPool` supervises: a worker that exits or dies is started
+  again after ``restart_delay`` seconds (its accepted messages are in the
+  queue already; the connections it held are lost like any crashed
+  connection).  Stopping the server sends the workers SIGTERM (and SIGKILL
+  after ``stop_timeout``); ``twistd -n mailserver`` stopped with Control-C
+  stops them too (they are in its process group and stop on SIGINT).
+* Logs: each worker writes its log events as text lines to its standard
+  output, and the owner logs each line as ``worker N: ...``, N counting
+  from 1, so a connection's lines tell which worker served it.
+
+What each worker keeps for itself: the per-client rate limits and the
+failed-login delays count per worker, greylisting keeps one table per
+worker (``greylist-worker-N.json``), and DNS answers are cached per
+worker.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.error import ProcessDone
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmail.config import Settings
+from txmail.errors import QueueError
+from txmail.interfaces import IDeliveryRouter, IStorageUsage
+from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
+from txmail.quota import Usage
+
+__all__ = ["Accepted", "StorageUsage", "WorkerPool", "WorkerRouter", "run_worker"]
+
+#: The reply when the owner did not take a queued message (it died, or failed).
+OWNER_FAILED_REPLY = "451 4.3.0 Temporary failure: try again later"
+
+#: The child's file descriptor of its AMP connection to the owner.
+CONTROL_FD = 3
+
+
+# -- the AMP commands ------------------------------------------------------------
+
+
+class Accepted(amp.Command):
+    """Worker to owner: a message is in the queue as *queue_id*; deliver its local copies."""
+
+    arguments = [(b"queue_id", amp.Unicode())]
+    response: list[tuple[bytes, amp.Argument]] = []
+    errors = {QueueError: b"QUEUE_ERROR"}
+
+
+class StorageUsage(amp.Command):
+    """Worker to owner: what *user* keeps (for the quota check at RCPT TO)."""
+
+    arguments = [(b"user", amp.Unicode())]
+    response = [(b"known", amp.Boolean()), (b"octets", amp.Integer()), (b"messages", amp.Integer())]
+
+
+# -- the owner's side ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandedListener:
+    """A listening socket handed to the workers: its role, endpoint string and descriptor."""
+
+    role: str
+    description: str
+    fd: int
+    family: int
+    proxied: bool
+
+
+class _OwnerAMP(amp.AMP):
+    """The owner's end of one worker's control connection."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        super().__init__()
+        self.pool = pool
+        self.index = index
+
+    @Accepted.responder
+    def accepted(self, queue_id: str) -> defer.Deferred[dict[str, Any]]:
+        return self.pool.runner.deliver_fresh(queue_id).addCallback(lambda _: {})
+
+    @StorageUsage.responder
+    def storage_usage(self, user: str) -> defer.Deferred[dict[str, Any]]:
+        def answer(usage: Usage | None) -> dict[str, Any]:
+            if usage is None:
+                return {"known": False, "octets": 0, "messages": 0}
+            return {"known": True, "octets": usage.octets, "messages": usage.messages}
+
+        return self.pool.router._usage(user).addCallback(answer)
+
+
+class _WorkerProcess(protocol.ProcessProtocol):
+    """One worker process seen from the owner: its output becomes log lines."""
+
+    log = Logger()
+
+    def __init__(self, pool: WorkerPool, index: int, spec: bytes) -> None:
+        self.pool = pool
+        self.index = index
+        self.spec = spec
+        self._partial = {1: b"", 2: b""}
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.spec)
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803 -- Twisted's name
+        if childFD not in self._partial:
+            return
+        lines = (self._partial[childFD] + data).split(b"\n")
+        self._partial[childFD] = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if text:
+            self.log.info("worker {worker}: {line}", worker=self.index, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._partial.items():
+            if rest:
+                self._line(rest)
+            self._partial[fd] = b""
+        self.pool._ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(service.Service):
+    """
+    Runs *count* SMTP worker processes on the listeners of *listeners* whose
+    ``accept`` is false, and answers them (see the module notes).
+
+    Args:
+        reactor: the owner's reactor.
+        settings: the settings the workers are given (``workers`` included).
+        count: how many workers.
+        listeners: the server's :class:`txmail.service.ListenerService` objects.
+        runner: the :class:`~txmail.delivery.runner.QueueRunner` that
+            delivers what the workers queue (running or not).
+        router: the owner's :class:`~txmail.delivery.router.DeliveryRouter`
+            (for storage usage).
+        python: the interpreter the workers run on.
+        restart_delay: seconds before a worker that ended is started again.
+        stop_timeout: seconds the workers get to stop before SIGKILL.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Settings,
+        count: int,
+        listeners: Sequence[Any],
+        runner: Any,
+        router: Any,
+        *,
+        python: str = sys.executable,
+        restart_delay: float = 1.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.count = count
+        self.listeners = [lst for lst in listeners if not lst.accept]
+        self.runner = runner
+        self.router = router
+        self.python = python
+        self.restart_delay = restart_delay
+        self.stop_timeout = stop_timeout
+        #: index (from 1) -> the running process, for each live worker.
+        self.processes: dict[int, _WorkerProcess] = {}
+        #: Each worker's process ids over time (the first, then its restarts).
+        self.pids: dict[int, list[int]] = {}
+        self._controls: dict[int, Any] = {}
+        self._restarts: dict[int, Any] = {}
+
+    def handed(self) -> list[HandedListener]:
+        """The listening sockets the workers get."""
+        out = []
+        for lst in self.listeners:
+            port = lst.port
+            if port is None:
+                raise RuntimeError(f"{lst.role} listener on {lst.description} is not listening")
+            out.append(
+                HandedListener(
+                    lst.role, lst.description, port.fileno(), port.socket.family, lst.proxy is not None
+                )
+            )
+        return out
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(1, self.count + 1):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        if not self.running:
+            return
+        handed = self.handed()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", CONTROL_FD: theirs.fileno()}
+        fds = []
+        for n, lst in enumerate(handed):
+            child_fds[CONTROL_FD + 1 + n] = lst.fd
+            fds.append((lst.role, lst.description, CONTROL_FD + 1 + n, lst.family, lst.proxied))
+        spec = pickle.dumps({"settings": self.settings, "index": index, "listeners": fds})
+        env = dict(os.environ)
+        # The workers import this very txmail, wherever the owner found it.
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+        process = _WorkerProcess(self, index, spec)
+        try:
+            transport = self.reactor.spawnProcess(
+                process,
+                self.python,
+                [self.python, "-m", "txmail.workers", str(index)],
+                env=env,
+                childFDs=child_fds,
+            )
+        finally:
+            theirs.close()
+        control = _OwnerAMP(self, index)
+        self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _Once(control))
+        ours.close()
+        self._controls[index] = control
+        self.processes[index] = process
+        self.pids.setdefault(index, []).append(transport.pid)
+        self.log.info("worker {worker} started (pid {pid})", worker=index, pid=transport.pid)
+
+    def _ended(self, process: _WorkerProcess, reason: Failure) -> None:
+        index = process.index
+        if self.processes.get(index) is process:
+            del self.processes[index]
+        control = self._controls.pop(index, None)
+        if control is not None and control.transport is not None:
+            control.transport.loseConnection()
+        if not self.running:
+            return
+        self.log.warn(
+            "worker {worker} ended ({reason}); starting it again in {delay} s",
+            worker=index,
+            reason=reason.getErrorMessage() if not reason.check(ProcessDone) else "exit 0",
+            delay=self.restart_delay,
+        )
+        self._restarts[index] = self.reactor.callLater(self.restart_delay, self._spawn, index)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        processes = list(self.processes.values())
+        for process in processes:
+            _signal(process, "TERM")
+
+        def kill() -> None:
+            for process in processes:
+                if not process.ended.called:
+                    self.log.warn("worker {worker} did not stop: killing it", worker=process.index)
+                    _signal(process, "KILL")
+
+        timer = self.reactor.callLater(self.stop_timeout, kill)
+        done = defer.gatherResults([p.ended for p in processes])
+
+        def stopped(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return done.addCallback(stopped)
+
+
+def _signal(process: _WorkerProcess, name: str) -> None:
+    transport = process.transport
+    if transport is None or getattr(transport, "pid", None) is None:
+        return
+    try:
+        transport.signalProcess(name)
+    except (OSError, ProcessLookupError) as e:  # gone meanwhile
+        process.log.debug("signalling worker {worker}: {error}", worker=process.index, error=e)
+    except Exception as e:  # twisted.internet.error.ProcessExitedAlready
+        process.log.debug("signalling worker {worker}: {error}", worker=process.index, error=e)
+
+
+class _Once(protocol.Factory):
+    """A factory for one adopted connection: it hands out *proto*."""
+
+    def __init__(self, proto: protocol.Protocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+        return self.proto
+
+
+# -- the worker's side -------------------------------------------------------------
+
+
+class _WorkerAMP(amp.AMP):
+    """The worker's end of its control connection; losing it stops the worker."""
+
+    def __init__(self, lost: Callable[[], None]) -> None:
+        super().__init__()
+        self._lost = lost
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        self._lost()
+
+
+@implementer(IStorageUsage)
+class _OwnerUsage:
+    """One user's storage usage, asked of the owner."""
+
+    def __init__(self, control: amp.AMP, user: str) -> None:
+        self.control = control
+        self.user = user
+
+    def usage(self) -> defer.Deferred[Usage | None]:
+        def made(answer: dict[str, Any]) -> Usage | None:
+            if not answer["known"]:
+                return None
+            return Usage(octets=answer["octets"], messages=answer["messages"])
+
+        return self.control.callRemote(StorageUsage, user=self.user).addCallback(made)
+
+
+class _OwnerStores:
+    """What a worker's recipient check sees as the stores: usage, asked of the owner."""
+
+    def __init__(self, control: amp.AMP) -> None:
+        self.control = control
+
+    def store_for(self, user: str) -> defer.Deferred[_OwnerUsage]:
+        return defer.succeed(_OwnerUsage(self.control, user))
+
+
+@implementer(IDeliveryRouter)
+class WorkerRouter:
+    """
+    A worker's router: recipients are checked by *checker* (a
+    :class:`~txmail.delivery.router.DeliveryRouter` on the worker's
+    directory, whose stores give usage asked of the owner); a message is
+    queued durably in *queue* and handed to the owner with *hand_over*
+    (``queue_id -> Deferred``, firing once the owner delivered its local
+    copies).  See the module notes.
+    """
+
+    log = Logger()
+
+    def __init__(self, checker: Any, queue: Any, hand_over: Callable[[str], defer.Deferred[Any]]) -> None:
+        self.checker = checker
+        self.queue = queue
+        self.hand_over = hand_over
+        self.directory = checker.directory
+
+    def check_recipient(self, address: str, authenticated_user: str | None = None) -> Any:
+        """See :meth:`txmail.interfaces.IDeliveryRouter.check_recipient`."""
+        return self.checker.check_recipient(address, authenticated_user)
+
+    @defer.inlineCallbacks
+    def deliver(self, envelope: Envelope, message: MessageSource) -> Any:
+        """Queue durably, hand over to the owner, then report every recipient done (or 451)."""
+        recipients = [self.checker._qualify(r) for r in envelope.rcpt_to]
+        try:
+            queue_id = yield self.queue.enqueue(envelope, message, recipients)
+        except Exception:
+            self.log.failure("queueing {message_id} failed", message_id=envelope.message_id)
+            return _report(envelope, ok=False, reply=OWNER_FAILED_REPLY)
+        try:
+            yield self.hand_over(queue_id)
+        except Exception:
+            self.log.failure(
+                "the owner did not take {message_id} (queued as {queue_id})",
+                message_id=envelope.message_id,
+                queue_id=queue_id,
+            )
+            return _report(envelope, ok=False, reply=OWNER_FAILED_REPLY)
+        return _report(envelope, ok=True, reply="250 2.0.0 OK", detail=f"queue:{queue_id}")
+
+
+def _report(envelope: Envelope, *, ok: bool, reply: str, detail: str = "") -> DeliveryReport:
+    return DeliveryReport(
+        tuple(
+            RecipientResult(rcpt, ok=ok, temporary=not ok, reply=reply, detail=detail)
+            for rcpt in envelope.rcpt_to
+        )
+    )
+
+
+class _AdoptingReactor:
+    """
+    The reactor a worker's endpoints listen through: ``listenTCP`` and
+    ``listenSSL`` adopt the inherited socket *fd* instead of binding (TLS
+    wrapped around the factory as ``listenSSL`` would); every other
+    attribute is the real reactor's.
+    """
+
+    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        return self._reactor.adoptStreamPort(self._fd, self._family, factory)
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: Any,
+        contextFactory: Any,  # noqa: N803 -- IReactorSSL's name
+        backlog: int = 50,
+        interface: str = "",
+    ) -> Any:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        return self.listenTCP(port, TLSMemoryBIOFactory(contextFactory, False, factory), backlog, interface)
+
+    def listenUNIX(self, address: str, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._reactor.adoptStreamPort(self._fd, self._family, factory)
+
+
+def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
+    """
+    Build and start a worker from its *spec* (settings, index, inherited
+    listeners): the SMTP side of :func:`txmail.service.build_service` on
+    the inherited sockets, with a :class:`WorkerRouter`.  Returns the
+    running service; the reactor stops when the owner goes away.
+    """
+    from txmail.auth.authenticator import Authenticator
+    from txmail.config import parse_host_port
+    from txmail.delivery.queue import QueueWriter
+    from txmail.delivery.spool import clean_spool
+    from txmail.policy.builtin import signing_keys
+    from txmail.proxywrap import ProxySettings
+    from txmail.resolver import Resolver
+    from txmail.service import (
+        ListenerService,
+        ThreadPoolService,
+        make_directory,
+        make_queue,
+        make_router,
+        smtp_factory,
+        smtp_policies,
+        tune_gc,
+    )
+    from txmail.tls import server_context, with_certificate
+
+    settings: Settings = spec["settings"]
+    index: int = spec["index"]
+    tune_gc(settings.gc_threshold)
+    server = service.MultiService()
+    pool = ThreadPoolService(reactor, settings.threads)
+    pool.setServiceParent(server)
+    run_blocking = pool.run_blocking
+    spool_dir = settings.path("spool", f"worker-{index}")
+    os.makedirs(spool_dir, exist_ok=True)
+    clean_spool(spool_dir)
+
+    def lost() -> None:
+        # The owner is gone: free the ports at once (a new owner binds them), then stop.
+        for child in list(server):
+            if isinstance(child, ListenerService) and child.running:
+                child.stopService()
+        if reactor.running:
+            reactor.stop()
+
+    control = _WorkerAMP(lost)
+    reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX, _Once(control))
+    os.close(CONTROL_FD)
+
+    directory = make_directory(settings, server, reactor=reactor)
+    queue: Any
+    if settings.queue_backend == "file":
+        queue = QueueWriter(settings.path("queue"), run_blocking=run_blocking)
+    else:
+        queue = make_queue(settings, server, reactor=reactor, run_blocking=run_blocking)
+    keys = signing_keys(settings.policy)
+    checker = make_router(
+        settings,
+        directory,
+        _OwnerStores(control),
+        queue,
+        reactor=reactor,
+        run_blocking=run_blocking,
+        keys=keys,
+    )
+
+    def hand_over(queue_id: str) -> defer.Deferred[Any]:
+        return control.callRemote(Accepted, queue_id=queue_id)
+
+    router = WorkerRouter(checker, queue, hand_over)
+    authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
+    tls = (
+        server_context(settings.tls_cert, settings.tls_key)
+        if settings.tls_cert and settings.tls_key
+        else None
+    )
+    nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
+    dns = Resolver(nameservers, reactor=reactor)
+    policies, _ = smtp_policies(
+        settings,
+        server,
+        reactor=reactor,
+        run_blocking=run_blocking,
+        dns=dns,
+        keys=keys,
+        greylist_path=settings.path(f"greylist-worker-{index}.json"),
+    )
+    proxy = ProxySettings.from_strings(settings.proxy_trusted, settings.proxy_timeout)
+    for role, description, fd, family, proxied in spec["listeners"]:
+        factory = smtp_factory(
+            settings,
+            role,
+            description,
+            router=router,
+            authenticator=authenticator,
+            directory=directory,
+            spool_dir=spool_dir,
+            tls=tls,
+            policies=policies,
+            dns=dns,
+            reactor=reactor,
+            run_blocking=run_blocking,
+        )
+        ListenerService(
+            _AdoptingReactor(reactor, fd, family),
+            with_certificate(description, settings.tls_cert, settings.tls_key),
+            factory,
+            role,
+            proxy=proxy if proxied else None,
+        ).setServiceParent(server)
+    server.startService()
+    # The adopted ports hold their own copies of the descriptors.
+    for _, _, fd, _, _ in spec["listeners"]:
+        os.close(fd)
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    return server
+
+
+def main() -> None:
+    """``python -m txmail.workers N``: a worker, given its spec on standard input by the owner."""
+    from twisted.internet import reactor
+    from twisted.logger import FileLogObserver, eventAsText, globalLogBeginner
+
+    spec = pickle.loads(sys.stdin.buffer.read())
+
+    def text(event: Any) -> str:
+        return eventAsText(event, includeTimestamp=False) + "\n"
+
+    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, text)], redirectStandardIO=False)
+    # SIGINT (Control-C on twistd -n reaches the whole process group) and SIGTERM stop it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    run_worker(reactor, spec)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
