@@ -588,7 +588,9 @@ def _all_listening(logfile: Path, workers: int) -> bool:
         text = logfile.read_text(errors="replace")
     except OSError:
         return False
-    return all(f"worker {n}: [txmail.service.ListenerService#info] mta listening" in text
+    import re
+
+    return all(re.search(rf"worker {n}: .*ListenerService#info\] mta listening", text)
                for n in range(1, workers + 1))
 
 

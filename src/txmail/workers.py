@@ -41,9 +41,13 @@ workers`` (``--workers``) above 1 the server splits, as Postfix splits
   connection).  Stopping the server sends the workers SIGTERM (and SIGKILL
   after ``stop_timeout``); ``twistd -n mailserver`` stopped with Control-C
   stops them too (they are in its process group and stop on SIGINT).
-* Logs: each worker writes its log events as text lines to its standard
-  output, and the owner logs each line as ``worker N: ...``, N counting
-  from 1, so a connection's lines tell which worker served it.
+* Logs: each worker writes its log events to its standard output as
+  twistd's text lines, with ``worker N:`` (N counting from 1) at the start
+  of the system part (``2026-12-07T05:30:15+0000 [worker 1:
+  txmail.smtp.server.SMTPServerProtocol#info] ...``), so a connection's
+  lines tell which worker served it.  The owner writes them as they are
+  into its own log file (twistd's ``--logfile``, or standard output), in
+  order per worker; embedded without such a file, it logs them as events.
 
 What each worker keeps for itself: the per-client rate limits and the
 failed-login delays count per worker, greylisting keeps one table per
@@ -73,6 +77,7 @@ from zope.interface import implementer
 from txmail.config import Settings
 from txmail.errors import QueueError
 from txmail.interfaces import IDeliveryRouter, IStorageUsage
+from txmail.mime import encode_metadata, parse_metadata
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.quota import Usage
 
@@ -83,15 +88,30 @@ OWNER_FAILED_REPLY = "451 4.3.0 Temporary failure: try again later"
 
 #: The child's file descriptor of its AMP connection to the owner.
 CONTROL_FD = 3
+#: The largest value of one AMP argument (65,535 octets), with room to spare.
+AMP_VALUE_LIMIT = 60_000
+#: Messages up to this size are parsed by the worker for the owner (larger: by the owner, in a thread).
+PARSE_LIMIT = 256 * 1024
 
 
 # -- the AMP commands ------------------------------------------------------------
 
 
 class Accepted(amp.Command):
-    """Worker to owner: a message is in the queue as *queue_id*; deliver its local copies."""
+    """
+    Worker to owner: a message is in the queue as *queue_id*; deliver its
+    local copies.  *entry* is the entry's ``.json`` as written and *stamp*
+    its mtime_ns, and *metadata* the message's parsed metadata
+    (:func:`txmail.mime.encode_metadata`), each empty when too large for
+    one AMP value (the owner then reads or parses them itself).
+    """
 
-    arguments = [(b"queue_id", amp.Unicode())]
+    arguments = [
+        (b"queue_id", amp.Unicode()),
+        (b"entry", amp.String()),
+        (b"stamp", amp.Integer()),
+        (b"metadata", amp.String()),
+    ]
     response: list[tuple[bytes, amp.Argument]] = []
     errors = {QueueError: b"QUEUE_ERROR"}
 
@@ -126,8 +146,14 @@ class _OwnerAMP(amp.AMP):
         self.index = index
 
     @Accepted.responder
-    def accepted(self, queue_id: str) -> defer.Deferred[dict[str, Any]]:
-        return self.pool.runner.deliver_fresh(queue_id).addCallback(lambda _: {})
+    def accepted(
+        self, queue_id: str, entry: bytes, stamp: int, metadata: bytes
+    ) -> defer.Deferred[dict[str, Any]]:
+        from txmail.mime import decode_metadata
+
+        parsed = decode_metadata(metadata) if metadata else None
+        d = self.pool.runner.deliver_fresh(queue_id, entry or None, stamp, parsed)
+        return d.addCallback(lambda _: {})
 
     @StorageUsage.responder
     def storage_usage(self, user: str) -> defer.Deferred[dict[str, Any]]:
@@ -161,18 +187,31 @@ class _WorkerProcess(protocol.ProcessProtocol):
             return
         lines = (self._partial[childFD] + data).split(b"\n")
         self._partial[childFD] = lines.pop()
-        for line in lines:
-            self._line(line)
+        self._lines(lines)
 
-    def _line(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        if text:
-            self.log.info("worker {worker}: {line}", worker=self.index, line=text)
+    def _lines(self, lines: list[bytes]) -> None:
+        text = "".join(
+            t + "\n" for t in (line.decode("utf-8", "replace").rstrip("\r") for line in lines) if t
+        )
+        if not text:
+            return
+        out = self.pool.log_output
+        if out is not None:
+            # Already log lines: straight into the owner's log file (twistd's).
+            try:
+                out(text)
+                return
+            except Exception:
+                self.pool.log_output = None
+                self.log.failure("writing the workers' log lines failed; logging them as events")
+        # No log file of ours to write into (an embedder's observers): one
+        # event for what arrived at once.
+        self.log.info("{lines}", lines=text.rstrip("\n"), worker=self.index)
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self._partial.items():
             if rest:
-                self._line(rest)
+                self._lines([rest])
             self._partial[fd] = b""
         self.pool._ended(self, reason)
         self.ended.callback(None)
@@ -227,6 +266,9 @@ class WorkerPool(service.Service):
         self.pids: dict[int, list[int]] = {}
         self._controls: dict[int, Any] = {}
         self._restarts: dict[int, Any] = {}
+        #: Writes the workers' log lines into the process's log file, or
+        #: ``None``: they become log events (see :func:`_log_output`).
+        self.log_output: Callable[[str], None] | None = None
 
     def handed(self) -> list[HandedListener]:
         """The listening sockets the workers get."""
@@ -244,6 +286,7 @@ class WorkerPool(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.log_output = _log_output()
         for index in range(1, self.count + 1):
             self._spawn(index)
 
@@ -325,6 +368,30 @@ class WorkerPool(service.Service):
         return done.addCallback(stopped)
 
 
+def _log_output() -> Callable[[str], None] | None:
+    """
+    A writer into the text log file of this process (twistd's ``--logfile``,
+    or its standard output with ``-n``): the one file observer of the
+    global log publisher, or ``None`` when there is not exactly one.  The
+    workers' lines are written through it as they are, so that relaying
+    them costs the owner one write a batch, not a log event a line; the
+    file's own rotation applies to them too.
+    """
+    from twisted.logger import globalLogPublisher
+
+    observers = [o for o in getattr(globalLogPublisher, "_observers", ()) if hasattr(o, "_outFile")]
+    if len(observers) != 1:
+        return None
+    observer = observers[0]
+    out, encoding = observer._outFile, getattr(observer, "_encoding", None)
+
+    def write(text: str) -> None:
+        out.write(text if encoding is None else text.encode(encoding))
+        out.flush()
+
+    return write
+
+
 def _signal(process: _WorkerProcess, name: str) -> None:
     transport = process.transport
     if transport is None or getattr(transport, "pid", None) is None:
@@ -402,7 +469,14 @@ class WorkerRouter:
 
     log = Logger()
 
-    def __init__(self, checker: Any, queue: Any, hand_over: Callable[[str], defer.Deferred[Any]]) -> None:
+    def __init__(
+        self,
+        checker: Any,
+        queue: Any,
+        hand_over: Callable[..., defer.Deferred[Any]],
+        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
+    ) -> None:
+        self._run = run_blocking or (lambda fn, *args: defer.maybeDeferred(fn, *args))
         self.checker = checker
         self.queue = queue
         self.hand_over = hand_over
@@ -417,12 +491,28 @@ class WorkerRouter:
         """Queue durably, hand over to the owner, then report every recipient done (or 451)."""
         recipients = [self.checker._qualify(r) for r in envelope.rcpt_to]
         try:
-            queue_id = yield self.queue.enqueue(envelope, message, recipients)
+            if hasattr(self.queue, "write"):  # the file queue: hand the entry over as written
+                written = yield self.queue.write(envelope, message, recipients)
+                queue_id, entry, stamp = written.entry.queue_id, written.data, written.stamp
+            else:
+                queue_id, entry, stamp = (yield self.queue.enqueue(envelope, message, recipients)), b"", 0
         except Exception:
             self.log.failure("queueing {message_id} failed", message_id=envelope.message_id)
             return _report(envelope, ok=False, reply=OWNER_FAILED_REPLY)
+        # The owner would parse the message to deliver it: it is parsed here, on the worker's core.
+        metadata = b""
+        if message.size <= PARSE_LIMIT:
+            try:
+                data = message.data if message.data is not None else (yield self._run(_read, message))
+                metadata = encode_metadata(parse_metadata(data))
+            except Exception:
+                self.log.failure("parsing {message_id} failed", message_id=envelope.message_id)
+        if len(entry) > AMP_VALUE_LIMIT:
+            entry, stamp = b"", 0
+        if len(metadata) > AMP_VALUE_LIMIT:
+            metadata = b""
         try:
-            yield self.hand_over(queue_id)
+            yield self.hand_over(queue_id, entry, stamp, metadata)
         except Exception:
             self.log.failure(
                 "the owner did not take {message_id} (queued as {queue_id})",
@@ -431,6 +521,11 @@ class WorkerRouter:
             )
             return _report(envelope, ok=False, reply=OWNER_FAILED_REPLY)
         return _report(envelope, ok=True, reply="250 2.0.0 OK", detail=f"queue:{queue_id}")
+
+
+def _read(message: MessageSource) -> bytes:
+    with message.open() as f:
+        return f.read()  # type: ignore[no-any-return]
 
 
 def _report(envelope: Envelope, *, ok: bool, reply: str, detail: str = "") -> DeliveryReport:
@@ -543,10 +638,10 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
         keys=keys,
     )
 
-    def hand_over(queue_id: str) -> defer.Deferred[Any]:
-        return control.callRemote(Accepted, queue_id=queue_id)
+    def hand_over(queue_id: str, entry: bytes, stamp: int, metadata: bytes) -> defer.Deferred[Any]:
+        return control.callRemote(Accepted, queue_id=queue_id, entry=entry, stamp=stamp, metadata=metadata)
 
-    router = WorkerRouter(checker, queue, hand_over)
+    router = WorkerRouter(checker, queue, hand_over, run_blocking)
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = (
         server_context(settings.tls_cert, settings.tls_key)
@@ -598,12 +693,17 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
 def main() -> None:
     """``python -m txmail.workers N``: a worker, given its spec on standard input by the owner."""
     from twisted.internet import reactor
-    from twisted.logger import FileLogObserver, eventAsText, globalLogBeginner
+    from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
 
     spec = pickle.loads(sys.stdin.buffer.read())
+    marker = f" [worker {spec['index']}: "
 
     def text(event: Any) -> str:
-        return eventAsText(event, includeTimestamp=False) + "\n"
+        # twistd's line, the worker named in its system part:
+        # "2026-12-07T05:30:15+0000 [worker 1: txmail.smtp.server.SMTPServerProtocol#info] ..."
+        line = formatEventAsClassicLogText(event) or ""
+        stamp, found, rest = line.partition(" [")
+        return stamp + marker + rest if found else line
 
     globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, text)], redirectStandardIO=False)
     # SIGINT (Control-C on twistd -n reaches the whole process group) and SIGTERM stop it.

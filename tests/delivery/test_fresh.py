@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.delivery.test_runner import MESSAGE, RunnerTestCase
 from txmail.delivery.queue import QueueWriter, SpoolQueue
 from txmail.errors import QueueError
+from txmail.mime import decode_metadata, encode_metadata, parse_metadata
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.smtp.server import reply_for_report
 from txmail.workers import OWNER_FAILED_REPLY, WorkerRouter
@@ -245,6 +246,26 @@ class DeliverFreshTests(WriterCase):
         self.assertEqual(len(slow), 1)  # delivered once
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_handed_entry_and_metadata_are_used(self) -> None:
+        """Given the entry's octets and the parsed message, the owner reads no file and parses nothing."""
+        writer = QueueWriter(self.dir, now=self.clock.seconds)
+        envelope = Envelope(mail_from="carol@remote.test", rcpt_to=("bob@example.test",), message_id="W2")
+        written = self.successResultOf(writer.write(envelope, source(self), ["bob@example.test"]))
+        os.unlink(os.path.join(self.dir, f"{written.entry.queue_id}.json"))  # a read would fail
+        metadata = parse_metadata(MESSAGE)
+        runner = self.runner()
+        self.successResultOf(
+            runner.deliver_fresh(
+                written.entry.queue_id,
+                written.data,
+                written.stamp,
+                decode_metadata(encode_metadata(metadata)),
+            )
+        )
+        [(envelope, data)] = self.router.delivered
+        self.assertEqual((envelope.message_id, data), ("W2", MESSAGE))
+        self.assertEqual(self.router.metadata, [metadata])
+
     def test_missing_entry(self) -> None:
         self.failureResultOf(self.runner().deliver_fresh("ABCDEF0123456789AB"), QueueError)
 
@@ -270,10 +291,12 @@ class WorkerRouterTests(SynchronousTestCase):
         self.dir = self.mktemp()
         os.makedirs(self.dir)
         self.handed: list[tuple[str, defer.Deferred[Any]]] = []
+        self.details: list[tuple[bytes, int, bytes]] = []
 
-        def hand_over(queue_id: str) -> defer.Deferred[Any]:
+        def hand_over(queue_id: str, entry: bytes, stamp: int, metadata: bytes) -> defer.Deferred[Any]:
             d: defer.Deferred[Any] = defer.Deferred()
             self.handed.append((queue_id, d))
+            self.details.append((entry, stamp, metadata))
             return d
 
         self.checker = FakeChecker()
@@ -292,6 +315,13 @@ class WorkerRouterTests(SynchronousTestCase):
         self.assertNoResult(d)  # queued, but the owner has not answered yet
         entry = self.successResultOf(SpoolQueue(self.dir).get_entry(queue_id))
         self.assertEqual(sorted(entry.recipients), ["bob@example.test", "postmaster@example.test"])
+        # The entry as written and the parsed message go along: the owner reads and parses nothing.
+        [(data, stamp, metadata)] = self.details
+        path = os.path.join(self.dir, f"{queue_id}.json")
+        with open(path, "rb") as f:
+            self.assertEqual(data, f.read())
+        self.assertEqual(stamp, os.stat(path).st_mtime_ns)
+        self.assertEqual(decode_metadata(metadata), parse_metadata(MESSAGE))
         answer.callback({})
         report = self.successResultOf(d)
         self.assertTrue(report.all_ok)

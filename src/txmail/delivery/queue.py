@@ -50,7 +50,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
@@ -125,11 +125,21 @@ def _new_entry(
     )
 
 
-def _write_entry(directory: str, entry: QueueEntry, message: MessageSource) -> None:
-    """Write an entry's two files, the ``.json`` last and durably (blocking)."""
-    data = _entry_to_json(entry)
+def _write_entry(directory: str, entry: QueueEntry, data: bytes, message: MessageSource) -> int:
+    """Write an entry's two files, the ``.json`` (*data*) last and durably (blocking); its mtime_ns."""
     store_source(message, os.path.join(directory, f"{entry.queue_id}.msg"))
-    write_file_durably(os.path.join(directory, f"{entry.queue_id}.json"), data)  # fsyncs the directory too
+    path = os.path.join(directory, f"{entry.queue_id}.json")
+    write_file_durably(path, data)  # fsyncs the directory too
+    return os.stat(path).st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Written:
+    """An entry :meth:`QueueWriter.write` wrote: it, its ``.json`` octets and their mtime_ns."""
+
+    entry: QueueEntry
+    data: bytes
+    stamp: int
 
 
 class QueueWriter:
@@ -156,14 +166,15 @@ class QueueWriter:
 
     def write(
         self, envelope: Envelope, message: MessageSource, recipients: Iterable[str]
-    ) -> defer.Deferred[QueueEntry]:
-        """Write an entry durably; fires with it once both files are on disk."""
+    ) -> defer.Deferred[Written]:
+        """Write an entry durably; fires once both files are on disk."""
         try:
             entry = _new_entry(envelope, message, recipients, self._now())
         except QueueError as e:
             return defer.fail(e)
+        data = _entry_to_json(entry)
 
-        def done(_: None) -> QueueEntry:
+        def done(stamp: int) -> Written:
             self.log.info(
                 "queued {queue_id} from <{sender}> for {count} recipient(s)",
                 queue_id=entry.queue_id,
@@ -171,15 +182,15 @@ class QueueWriter:
                 count=len(entry.recipients),
                 message_id=entry.envelope.message_id,
             )
-            return entry
+            return Written(entry, data, stamp)
 
-        return self._run(_write_entry, self.directory, entry, message).addCallback(done)
+        return self._run(_write_entry, self.directory, entry, data, message).addCallback(done)
 
     def enqueue(
         self, envelope: Envelope, message: MessageSource, recipients: Iterable[str]
     ) -> defer.Deferred[str]:
         """:meth:`write`; fires with the queue id."""
-        return self.write(envelope, message, recipients).addCallback(lambda entry: entry.queue_id)
+        return self.write(envelope, message, recipients).addCallback(lambda written: written.entry.queue_id)
 
 
 @implementer(IQueue)
@@ -410,10 +421,10 @@ class SpoolQueue:
     ) -> defer.Deferred[str]:
         """See :meth:`txmail.interfaces.IQueue.enqueue`."""
 
-        def done(entry: QueueEntry) -> str:
-            queue_id = entry.queue_id
-            self._entries[queue_id] = entry
-            self._stamps[queue_id] = self._mtime(queue_id)
+        def done(written: Written) -> str:
+            queue_id = written.entry.queue_id
+            self._entries[queue_id] = written.entry
+            self._stamps[queue_id] = written.stamp
             self._tell(queue_id)
             return queue_id
 
@@ -426,14 +437,15 @@ class SpoolQueue:
             except Exception:
                 self.log.failure("queue listener failed")
 
-    def adopt(self, queue_id: str) -> defer.Deferred[bool]:
+    def adopt(self, queue_id: str, data: bytes | None = None, stamp: int = 0) -> defer.Deferred[bool]:
         """
         Take into the index an entry another process added to the directory
         (an SMTP worker's :class:`QueueWriter`), at once rather than at the
         next :meth:`rescan`.  Its listeners are not told (the caller works
         the entry).  Fires with ``False`` when this queue has already
         worked the entry to its end and deleted it (a pass found it first),
-        else ``True``.
+        else ``True``.  The writer may give the ``.json`` octets it wrote
+        (*data*) and their mtime_ns (*stamp*): then nothing is read.
 
         Raises (in the Deferred):
             QueueError: no such entry, or it cannot be read.
@@ -445,6 +457,16 @@ class SpoolQueue:
         if not _QUEUE_ID_RE.match(queue_id):
             return defer.fail(QueueError(f"not a queue id: {queue_id!r}"))
         path = self._path(queue_id, "json")
+        if data is not None:
+            try:
+                entry = _entry_from_json(data)
+            except (ValueError, KeyError, TypeError) as e:
+                return defer.fail(QueueError(f"unreadable queue entry {queue_id}: {e}"))
+            if entry.queue_id != queue_id:
+                return defer.fail(QueueError(f"queue entry {entry.queue_id} handed over as {queue_id}"))
+            self._entries[queue_id] = entry
+            self._stamps[queue_id] = stamp
+            return defer.succeed(True)
 
         def read() -> tuple[QueueEntry, int]:
             try:

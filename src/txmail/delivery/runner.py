@@ -223,6 +223,8 @@ class QueueRunner(service.Service):
         self._pass: defer.Deferred[None] | None = None
         #: queue id -> who waits for a pass to finish working it (deliver_fresh).
         self._working: dict[str, list[defer.Deferred[None]]] = {}
+        #: queue id -> the parsed metadata of an entry deliver_fresh works (None: not parsed yet).
+        self._fresh: dict[str, Any] = {}
         self._again = False
         self._stopping = False
         queue.add_listener(self._new_entry)
@@ -376,7 +378,9 @@ class QueueRunner(service.Service):
 
         return d.addErrback(failed)
 
-    def deliver_fresh(self, queue_id: str) -> defer.Deferred[None]:
+    def deliver_fresh(
+        self, queue_id: str, data: bytes | None = None, stamp: int = 0, metadata: Any = None
+    ) -> defer.Deferred[None]:
         """
         Deliver the local recipients of an entry another process has just
         queued (an SMTP worker, :mod:`txmail.workers`), at once and outside
@@ -386,14 +390,21 @@ class QueueRunner(service.Service):
         wakes a pass for remote recipients.  Fires once the local copies
         are in their mailboxes, or their failures recorded in the queue;
         works whether or not the runner service runs (``[outbound]
-        enabled = false`` still delivers locally).
+        enabled = false`` still delivers locally).  The writer may give the
+        entry's ``.json`` octets and mtime (*data*, *stamp*: see the queue's
+        ``adopt``) and the message's parsed
+        :class:`~txmail.model.MessageMetadata`, which then are not read or
+        parsed again here.  A successful local copy is logged by the router
+        alone (``delivered ... uid N``), not again by the runner.
 
         Raises (in the Deferred): what adopting or claiming the entry raises.
         """
-        return defer.Deferred.fromCoroutine(self._deliver_fresh(queue_id))
+        return defer.Deferred.fromCoroutine(self._deliver_fresh(queue_id, data, stamp, metadata))
 
-    async def _deliver_fresh(self, queue_id: str) -> None:
-        if not await self.queue.adopt(queue_id):
+    async def _deliver_fresh(self, queue_id: str, data: bytes | None, stamp: int, metadata: Any) -> None:
+        if not await (
+            self.queue.adopt(queue_id, data, stamp) if data is not None else self.queue.adopt(queue_id)
+        ):
             return  # a pass found it first and has worked it to its end
         entry = await self.queue.claim_entry(queue_id, self.lease)
         if entry is None:
@@ -409,8 +420,10 @@ class QueueRunner(service.Service):
         try:
             # Not under the passes' concurrency limit: slow remote hosts must
             # not hold back local mail (the workers' transactions bound these).
+            self._fresh[queue_id] = metadata
             finished = await self._work_entry(entry, True)
         finally:
+            self._fresh.pop(queue_id, None)
             await self.queue.release_claim(queue_id)
         if not finished:
             self.wake()  # remote recipients (or a retry) for a pass
@@ -446,7 +459,8 @@ class QueueRunner(service.Service):
             for st in entry.recipients.values()
         ):
             await self.queue.delete_entry(entry.queue_id)
-            self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
+            if entry.queue_id not in self._fresh:
+                self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
             return True
         if groups:
             await self._update(entry, {})
@@ -486,6 +500,9 @@ class QueueRunner(service.Service):
             folder=env.folder,
         )
         message = await self.queue.open_source(entry.queue_id)
+        fresh = entry.queue_id in self._fresh
+        if self._fresh.get(entry.queue_id) is not None:
+            message = message.with_metadata(self._fresh[entry.queue_id])
         now = self._now()
         # A router that can (DeliveryRouter.redeliver) reports a failed copy
         # instead of queueing it again, so its attempts count here.
@@ -502,12 +519,13 @@ class QueueRunner(service.Service):
             ok, reply, temporary = results.get(rcpt, (False, "local delivery failed", True))
             st = entry.recipients[rcpt]
             attempts = int(st.get("attempts") or 0) + 1
-            self.log.info(
-                "{queue_id} to <{rcpt}> via local delivery: {reply}",
-                queue_id=entry.queue_id,
-                rcpt=rcpt,
-                reply=reply,
-            )
+            if not (ok and fresh):  # the router logged it ("delivered ... uid N")
+                self.log.info(
+                    "{queue_id} to <{rcpt}> via local delivery: {reply}",
+                    queue_id=entry.queue_id,
+                    rcpt=rcpt,
+                    reply=reply,
+                )
             if ok:
                 changes[rcpt] = {
                     "state": "delivered",
