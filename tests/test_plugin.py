@@ -160,6 +160,12 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("policies", str(cm.exception))
         server = build_service(settings, reactor=MemoryReactorClock())
         self.assertEqual(server.workers.count, 2)
+        # Delivery hooks are fine: the owner's router delivers, and runs them.
+        hooked = build_service(
+            settings, reactor=MemoryReactorClock(), delivery_hook=lambda envelope, message: None
+        )
+        self.assertIs(hooked.workers.router, hooked.router)
+        self.assertEqual(len(hooked.router.hooks), 1)
         self.assertIsNone(
             build_service(Settings(data_dir=self.mktemp()), reactor=MemoryReactorClock()).workers
         )

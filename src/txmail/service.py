@@ -329,11 +329,6 @@ def _build_runner(
     )
 
 
-#: Seconds the queue runner leaves a message an SMTP worker has just queued
-#: to the worker's hand-over (then it takes it: the worker died meanwhile).
-ADOPT_GRACE = 10.0
-
-
 def tune_gc(threshold: Sequence[int]) -> None:
     """
     Set the process's garbage-collection thresholds (``[server]
@@ -681,15 +676,11 @@ def build_service(
         reactor = global_reactor
     workers = settings.workers or 1
     if workers > 1:
-        # The workers build their SMTP side from the settings alone.
+        # The workers build their SMTP side from the settings alone (the
+        # delivery hooks run in this process: its router delivers).
         given = [
             name
-            for name, value in (
-                ("directory", directory),
-                ("delivery_hook", delivery_hook),
-                ("policies", policies),
-                ("dns", dns),
-            )
+            for name, value in (("directory", directory), ("policies", policies), ("dns", dns))
             if value
         ]
         if given:
@@ -713,9 +704,6 @@ def build_service(
     if stores is None:
         stores = make_store_provider(settings, run_blocking=run_blocking, server=server, reactor=reactor)
     queue = make_queue(settings, server, reactor=reactor, run_blocking=run_blocking)
-    if workers > 1 and isinstance(queue, SpoolQueue):
-        # What a worker queues is its to hand over: a queue pass leaves it alone a while.
-        queue.adopt_grace = ADOPT_GRACE
     keys = signing_keys(settings.policy)
     router = make_router(
         settings,
@@ -740,8 +728,8 @@ def build_service(
     server.queue = queue
     server.router = router
     server.authenticator = authenticator
-    if settings.outbound_enabled or workers > 1:
-        runner = _build_runner(
+    if settings.outbound_enabled:
+        server.runner = _build_runner(
             settings,
             reactor,
             queue,
@@ -751,9 +739,7 @@ def build_service(
             resolver=resolver,
             deliver=deliver,
         )
-        if settings.outbound_enabled:
-            server.runner = runner
-            runner.setServiceParent(server)
+        server.runner.setServiceParent(server)
 
     if dns is None:
         nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
@@ -860,6 +846,6 @@ def build_service(
         from txmail.workers import WorkerPool
 
         # After the listeners: they are listening by the time it starts.
-        server.workers = WorkerPool(reactor, settings, workers, server.listeners, runner, router)
+        server.workers = WorkerPool(reactor, settings, workers, server.listeners, router)
         server.workers.setServiceParent(server)
     return server

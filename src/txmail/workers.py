@@ -20,25 +20,32 @@ workers`` (``--workers``) above 1 the server splits, as Postfix splits
   (:func:`txmail.service.smtp_factory`), built from the same settings.
 * A worker's router (:class:`WorkerRouter`) answers RCPT TO from its own
   directory (aliases, unknown users, relaying) and asks the owner only for
-  a user's storage usage when quotas are on.  At the end of DATA it writes
-  the message into the queue, durably (:class:`txmail.delivery.queue.QueueWriter`,
-  the same files and fsyncs as the queue's own ``enqueue``; or the
-  PostgreSQL queue), then tells the owner its queue id over AMP
-  (:class:`Accepted`).  The owner adopts the entry, claims it and delivers
-  its local recipients into their mailboxes at once
-  (:meth:`txmail.delivery.runner.QueueRunner.deliver_fresh`: the same code
-  as a queue pass), and answers; remote recipients are left to the queue
-  runner.  Only then does the worker answer 250: a 250 still means the
-  message is in every local recipient's mailbox or in the queue, on disk.
-* Should the owner not answer (it died), the worker answers ``451`` and
-  closes its listening sockets at once, finishes nothing more and exits.
-  The message is in the queue, so the owner's next start delivers it: a
-  message that got 250 was fully delivered and is never delivered again;
-  one that got 451 may arrive as well as the client's retry.
+  a user's storage usage when quotas are on.  At the end of DATA the
+  worker parses the message (on its own core) and hands it to the owner
+  over AMP (:class:`Deliver`): the path of its spool file (on the same
+  file system, not yet fsynced), the envelope and the parsed metadata.
+  The owner runs its :class:`~txmail.delivery.router.DeliveryRouter` on
+  it exactly as a single process does -- delivery hooks, local copies
+  linked into the mailboxes and fsynced, remote recipients and failed
+  copies written durably into the queue -- and answers with the report;
+  only then does the worker answer 250.  So ``250`` keeps its meaning:
+  the message is on disk in every local recipient's mailbox or in the
+  queue, and an IMAP IDLE has seen it by the time the client has its 250.
+* Why not queue first, as Postfix does: a first version had each worker
+  write the message durably into the queue and the owner deliver it from
+  there before the answer.  It made a message cost about 3 ms more CPU
+  (two more fsyncs, the queue files written, read and removed) and was
+  slower with two workers than one process on a two-core machine
+  (``benchmarks/README.md``, "SMTP workers"); and without waiting for the
+  owner, a kill of the owner between a mailbox delivery and the queue
+  update would deliver a message that got 250 twice.
+* Should the owner not answer (it died), the worker answers ``451``,
+  closes its listening sockets at once and exits: a message that got 250
+  was delivered, once; one cut short may have been delivered, or not.
 * :class:`WorkerPool` supervises: a worker that exits or dies is started
-  again after ``restart_delay`` seconds (its accepted messages are in the
-  queue already; the connections it held are lost like any crashed
-  connection).  Stopping the server sends the workers SIGTERM (and SIGKILL
+  again after ``restart_delay`` seconds (the messages it answered 250 are
+  delivered or queued already; the connections it held are lost like any
+  crashed connection, and their messages were not answered 250).  Stopping the server sends the workers SIGTERM (and SIGKILL
   after ``stop_timeout``); ``twistd -n mailserver`` stopped with Control-C
   stops them too (they are in its process group and stop on SIGINT).
 * Logs: each worker writes its log events to its standard output as
@@ -57,6 +64,9 @@ worker.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import pickle
 import signal
@@ -75,45 +85,55 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmail.config import Settings
-from txmail.errors import QueueError
 from txmail.interfaces import IDeliveryRouter, IStorageUsage
 from txmail.mime import encode_metadata, parse_metadata
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.quota import Usage
 
-__all__ = ["Accepted", "StorageUsage", "WorkerPool", "WorkerRouter", "run_worker"]
+__all__ = [
+    "Deliver",
+    "StorageUsage",
+    "WorkerPool",
+    "WorkerRouter",
+    "envelope_from_json",
+    "envelope_to_json",
+    "run_worker",
+]
 
-#: The reply when the owner did not take a queued message (it died, or failed).
+#: The reply when the owner did not deliver a message (it died, or failed).
 OWNER_FAILED_REPLY = "451 4.3.0 Temporary failure: try again later"
 
 #: The child's file descriptor of its AMP connection to the owner.
 CONTROL_FD = 3
 #: The largest value of one AMP argument (65,535 octets), with room to spare.
 AMP_VALUE_LIMIT = 60_000
-#: Messages up to this size are parsed by the worker for the owner (larger: by the owner, in a thread).
+#: Messages up to this size are parsed by the worker for the owner (larger: by the owner's router).
 PARSE_LIMIT = 256 * 1024
 
 
 # -- the AMP commands ------------------------------------------------------------
 
 
-class Accepted(amp.Command):
+class Deliver(amp.Command):
     """
-    Worker to owner: a message is in the queue as *queue_id*; deliver its
-    local copies.  *entry* is the entry's ``.json`` as written and *stamp*
-    its mtime_ns, and *metadata* the message's parsed metadata
-    (:func:`txmail.mime.encode_metadata`), each empty when too large for
-    one AMP value (the owner then reads or parses them itself).
+    Worker to owner: deliver the message in the worker's spool file *path*
+    (*size* octets, not fsynced) for the envelope (JSON, in *envelope*, or
+    when larger than one AMP value in the file *envelope_file*) through
+    the owner's router, as a single process would.  *metadata* is the
+    message's parsed metadata (:func:`txmail.mime.encode_metadata`), empty
+    when the worker did not parse it.  The report comes back as JSON, in
+    *report*, or when larger than one AMP value in the file *report_file*
+    (beside the spool file; the worker removes it).
     """
 
     arguments = [
-        (b"queue_id", amp.Unicode()),
-        (b"entry", amp.String()),
-        (b"stamp", amp.Integer()),
+        (b"envelope", amp.String()),
+        (b"envelope_file", amp.Unicode()),
+        (b"path", amp.Unicode()),
+        (b"size", amp.Integer()),
         (b"metadata", amp.String()),
     ]
-    response: list[tuple[bytes, amp.Argument]] = []
-    errors = {QueueError: b"QUEUE_ERROR"}
+    response = [(b"report", amp.String()), (b"report_file", amp.Unicode())]
 
 
 class StorageUsage(amp.Command):
@@ -145,15 +165,30 @@ class _OwnerAMP(amp.AMP):
         self.pool = pool
         self.index = index
 
-    @Accepted.responder
-    def accepted(
-        self, queue_id: str, entry: bytes, stamp: int, metadata: bytes
+    @Deliver.responder
+    def deliver(
+        self, envelope: bytes, envelope_file: str, path: str, size: int, metadata: bytes
     ) -> defer.Deferred[dict[str, Any]]:
         from txmail.mime import decode_metadata
 
-        parsed = decode_metadata(metadata) if metadata else None
-        d = self.pool.runner.deliver_fresh(queue_id, entry or None, stamp, parsed)
-        return d.addCallback(lambda _: {})
+        if envelope_file:
+            with open(envelope_file, "rb") as f:
+                envelope = f.read()
+        source = MessageSource.from_file(path, size)
+        if metadata:
+            source = source.with_metadata(decode_metadata(metadata))
+        d = defer.maybeDeferred(self.pool.router.deliver, envelope_from_json(envelope), source)
+
+        def answer(report: DeliveryReport) -> dict[str, Any]:
+            results = [[r.recipient, r.ok, r.temporary, r.reply, r.detail] for r in report.results]
+            data = json.dumps(results).encode()
+            if len(data) <= AMP_VALUE_LIMIT:
+                return {"report": data, "report_file": ""}
+            side = f"{path}.report"
+            _write(side, data)
+            return {"report": b"", "report_file": side}
+
+        return d.addCallback(answer)
 
     @StorageUsage.responder
     def storage_usage(self, user: str) -> defer.Deferred[dict[str, Any]]:
@@ -227,10 +262,8 @@ class WorkerPool(service.Service):
         settings: the settings the workers are given (``workers`` included).
         count: how many workers.
         listeners: the server's :class:`txmail.service.ListenerService` objects.
-        runner: the :class:`~txmail.delivery.runner.QueueRunner` that
-            delivers what the workers queue (running or not).
-        router: the owner's :class:`~txmail.delivery.router.DeliveryRouter`
-            (for storage usage).
+        router: the owner's :class:`~txmail.delivery.router.DeliveryRouter`:
+            it delivers what the workers receive, and tells storage usage.
         python: the interpreter the workers run on.
         restart_delay: seconds before a worker that ended is started again.
         stop_timeout: seconds the workers get to stop before SIGKILL.
@@ -244,7 +277,6 @@ class WorkerPool(service.Service):
         settings: Settings,
         count: int,
         listeners: Sequence[Any],
-        runner: Any,
         router: Any,
         *,
         python: str = sys.executable,
@@ -255,7 +287,6 @@ class WorkerPool(service.Service):
         self.settings = settings
         self.count = count
         self.listeners = [lst for lst in listeners if not lst.accept]
-        self.runner = runner
         self.router = router
         self.python = python
         self.restart_delay = restart_delay
@@ -462,9 +493,14 @@ class WorkerRouter:
     A worker's router: recipients are checked by *checker* (a
     :class:`~txmail.delivery.router.DeliveryRouter` on the worker's
     directory, whose stores give usage asked of the owner); a message is
-    queued durably in *queue* and handed to the owner with *hand_over*
-    (``queue_id -> Deferred``, firing once the owner delivered its local
-    copies).  See the module notes.
+    parsed here and handed to the owner with *hand_over* (``(envelope
+    JSON, envelope file or "", path, size, metadata) -> Deferred`` of the
+    answer), whose report it gives.  See the module notes.
+
+    Args:
+        spool_dir: where an envelope too large for one AMP value is written
+            for the owner.
+        run_blocking: reads spooled messages too large to be in memory.
     """
 
     log = Logger()
@@ -472,14 +508,14 @@ class WorkerRouter:
     def __init__(
         self,
         checker: Any,
-        queue: Any,
         hand_over: Callable[..., defer.Deferred[Any]],
+        spool_dir: str,
         run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
     ) -> None:
-        self._run = run_blocking or (lambda fn, *args: defer.maybeDeferred(fn, *args))
         self.checker = checker
-        self.queue = queue
         self.hand_over = hand_over
+        self.spool_dir = spool_dir
+        self._run = run_blocking or (lambda fn, *args: defer.maybeDeferred(fn, *args))
         self.directory = checker.directory
 
     def check_recipient(self, address: str, authenticated_user: str | None = None) -> Any:
@@ -488,17 +524,9 @@ class WorkerRouter:
 
     @defer.inlineCallbacks
     def deliver(self, envelope: Envelope, message: MessageSource) -> Any:
-        """Queue durably, hand over to the owner, then report every recipient done (or 451)."""
-        recipients = [self.checker._qualify(r) for r in envelope.rcpt_to]
-        try:
-            if hasattr(self.queue, "write"):  # the file queue: hand the entry over as written
-                written = yield self.queue.write(envelope, message, recipients)
-                queue_id, entry, stamp = written.entry.queue_id, written.data, written.stamp
-            else:
-                queue_id, entry, stamp = (yield self.queue.enqueue(envelope, message, recipients)), b"", 0
-        except Exception:
-            self.log.failure("queueing {message_id} failed", message_id=envelope.message_id)
-            return _report(envelope, ok=False, reply=OWNER_FAILED_REPLY)
+        """Hand the spooled message to the owner; its report, or 451 for every recipient."""
+        if message.local_path is None:
+            raise ValueError("a worker hands over spooled messages only")
         # The owner would parse the message to deliver it: it is parsed here, on the worker's core.
         metadata = b""
         if message.size <= PARSE_LIMIT:
@@ -507,20 +535,59 @@ class WorkerRouter:
                 metadata = encode_metadata(parse_metadata(data))
             except Exception:
                 self.log.failure("parsing {message_id} failed", message_id=envelope.message_id)
-        if len(entry) > AMP_VALUE_LIMIT:
-            entry, stamp = b"", 0
-        if len(metadata) > AMP_VALUE_LIMIT:
-            metadata = b""
+            if len(metadata) > AMP_VALUE_LIMIT:
+                metadata = b""
+        env = envelope_to_json(envelope)
+        side = ""
         try:
-            yield self.hand_over(queue_id, entry, stamp, metadata)
+            if len(env) > AMP_VALUE_LIMIT:
+                side = os.path.join(self.spool_dir, f"{envelope.message_id}.envelope")
+                yield self._run(_write, side, env)
+                env = b""
+            answer = yield self.hand_over(env, side, message.local_path, message.size, metadata)
         except Exception:
-            self.log.failure(
-                "the owner did not take {message_id} (queued as {queue_id})",
-                message_id=envelope.message_id,
-                queue_id=queue_id,
-            )
+            self.log.failure("the owner did not deliver {message_id}", message_id=envelope.message_id)
             return _report(envelope, ok=False, reply=OWNER_FAILED_REPLY)
-        return _report(envelope, ok=True, reply="250 2.0.0 OK", detail=f"queue:{queue_id}")
+        finally:
+            if side:
+                with contextlib.suppress(OSError):
+                    os.unlink(side)
+        report = answer["report"]
+        if answer["report_file"]:
+            report = yield self._run(_take, answer["report_file"])
+        return DeliveryReport(
+            tuple(
+                RecipientResult(rcpt, ok=bool(ok), temporary=bool(temporary), reply=reply, detail=detail)
+                for rcpt, ok, temporary, reply, detail in json.loads(report)
+            )
+        )
+
+
+def envelope_to_json(envelope: Envelope) -> bytes:
+    """*envelope* as JSON (what crosses from a worker to the owner)."""
+    return json.dumps(dataclasses.asdict(envelope)).encode()
+
+
+def envelope_from_json(data: bytes) -> Envelope:
+    """The inverse of :func:`envelope_to_json`."""
+    env = json.loads(data)
+    env["rcpt_to"] = tuple(env["rcpt_to"])
+    env["rcpt_params"] = tuple(env["rcpt_params"])
+    return Envelope(**env)
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _take(path: str) -> bytes:
+    """Read a file handed over, and remove it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
 
 
 def _read(message: MessageSource) -> bytes:
@@ -581,7 +648,6 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
     """
     from txmail.auth.authenticator import Authenticator
     from txmail.config import parse_host_port
-    from txmail.delivery.queue import QueueWriter
     from txmail.delivery.spool import clean_spool
     from txmail.policy.builtin import signing_keys
     from txmail.proxywrap import ProxySettings
@@ -590,7 +656,6 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
         ListenerService,
         ThreadPoolService,
         make_directory,
-        make_queue,
         make_router,
         smtp_factory,
         smtp_policies,
@@ -622,26 +687,25 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
     os.close(CONTROL_FD)
 
     directory = make_directory(settings, server, reactor=reactor)
-    queue: Any
-    if settings.queue_backend == "file":
-        queue = QueueWriter(settings.path("queue"), run_blocking=run_blocking)
-    else:
-        queue = make_queue(settings, server, reactor=reactor, run_blocking=run_blocking)
     keys = signing_keys(settings.policy)
     checker = make_router(
         settings,
         directory,
         _OwnerStores(control),
-        queue,
+        None,
         reactor=reactor,
         run_blocking=run_blocking,
         keys=keys,
     )
 
-    def hand_over(queue_id: str, entry: bytes, stamp: int, metadata: bytes) -> defer.Deferred[Any]:
-        return control.callRemote(Accepted, queue_id=queue_id, entry=entry, stamp=stamp, metadata=metadata)
+    def hand_over(
+        envelope: bytes, envelope_file: str, path: str, size: int, metadata: bytes
+    ) -> defer.Deferred[Any]:
+        return control.callRemote(
+            Deliver, envelope=envelope, envelope_file=envelope_file, path=path, size=size, metadata=metadata
+        )
 
-    router = WorkerRouter(checker, queue, hand_over, run_blocking)
+    router = WorkerRouter(checker, hand_over, spool_dir, run_blocking)
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = (
         server_context(settings.tls_cert, settings.tls_key)

@@ -75,10 +75,8 @@ class FakeSMTP:
 class FakeRouter:
     def __init__(self) -> None:
         self.delivered: list[tuple[Envelope, bytes]] = []
-        self.metadata: list[Any] = []  # the parsed metadata each message came with (None: none)
 
     def deliver(self, envelope: Envelope, message: MessageSource) -> defer.Deferred[DeliveryReport]:
-        self.metadata.append(message.metadata)
         with message.open() as f:
             self.delivered.append((envelope, f.read()))
         return defer.succeed(DeliveryReport(tuple(RecipientResult(r, ok=True) for r in envelope.rcpt_to)))

@@ -114,27 +114,6 @@ class PostgresQueueStorageTests(TestCase):
         self.assertEqual(self.rows("SELECT claimed_by, lease_until FROM queue_entries"), [(None, None)])
 
     @defer.inlineCallbacks
-    def test_claim_entry(self) -> Gen:
-        """
-        claim_entry (the owner working what an SMTP worker queued) claims
-        one entry by id, once; a runner's claim keeps it out, and another
-        node's claim_entry does not get it either.
-        """
-        worker = make(other_node(self, self.database), node="worker")
-        queue_id = yield worker.enqueue(ENVELOPE, pattern_source(100), ["bob@example.test"])
-        self.assertTrue((yield self.queue.adopt(queue_id)))
-        entry = yield self.queue.claim_entry(queue_id, 600)
-        self.assertEqual(entry.queue_id, queue_id)
-        self.assertEqual(entry.recipients["bob@example.test"]["state"], "pending")
-        self.assertEqual(self.rows("SELECT claimed_by FROM queue_entries"), [("node-a",)])
-        self.assertIsNone((yield self.queue.claim_entry(queue_id, 600)))
-        self.assertEqual((yield worker.claim(None, 600)), [])
-        yield self.queue.release_claim(queue_id)
-        self.assertEqual([e.queue_id for e in (yield worker.claim(None, 600))], [queue_id])
-        self.assertIsNone((yield self.queue.claim_entry(queue_id, 600)))
-        self.assertIsNone((yield self.queue.claim_entry("FFFFFFFF00000000AA", 600)))
-
-    @defer.inlineCallbacks
     def test_concurrent_claims_disjoint(self) -> Gen:
         """Four nodes claiming at once, a few entries at a time, never get the same entry."""
         ids = []

@@ -45,17 +45,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmail._fs import RunBlocking, fsync_dir, run_inline, store_source, write_file_durably
@@ -63,11 +60,9 @@ from txmail.errors import QueueError
 from txmail.interfaces import IQueue
 from txmail.model import Envelope, MessageSource, QueueEntry
 
-__all__ = ["RECIPIENT_STATES", "QueueWriter", "SpoolQueue"]
+__all__ = ["RECIPIENT_STATES", "SpoolQueue"]
 
 RECIPIENT_STATES = ("pending", "deferred", "delivered", "failed", "held")
-#: How many ids of deleted entries a queue remembers (see ``SpoolQueue._done``).
-DONE_KEPT = 10_000
 
 
 def _entry_to_json(entry: QueueEntry) -> bytes:
@@ -99,100 +94,6 @@ def _entry_from_json(data: bytes) -> QueueEntry:
     )
 
 
-_QUEUE_ID_RE = re.compile(r"\A[0-9A-F]{8,32}\Z")
-
-
-def _new_id(now: float) -> str:
-    return f"{int(now):x}{secrets.token_hex(5)}".upper()
-
-
-def _new_entry(
-    envelope: Envelope, message: MessageSource, recipients: Iterable[str], now: float
-) -> QueueEntry:
-    """A new entry for *recipients* (every one pending, or held when the envelope is on hold)."""
-    rcpts = list(dict.fromkeys(recipients))
-    if not rcpts:
-        raise QueueError("no recipients to queue")
-    state = "pending" if envelope.hold is None else "held"
-    return QueueEntry(
-        queue_id=_new_id(now),
-        envelope=envelope,
-        recipients={
-            r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None} for r in rcpts
-        },
-        size=message.size,
-        created=now,
-    )
-
-
-def _write_entry(directory: str, entry: QueueEntry, data: bytes, message: MessageSource) -> int:
-    """Write an entry's two files, the ``.json`` (*data*) last and durably (blocking); its mtime_ns."""
-    store_source(message, os.path.join(directory, f"{entry.queue_id}.msg"))
-    path = os.path.join(directory, f"{entry.queue_id}.json")
-    write_file_durably(path, data)  # fsyncs the directory too
-    return os.stat(path).st_mtime_ns
-
-
-@dataclass(frozen=True)
-class Written:
-    """An entry :meth:`QueueWriter.write` wrote: it, its ``.json`` octets and their mtime_ns."""
-
-    entry: QueueEntry
-    data: bytes
-    stamp: int
-
-
-class QueueWriter:
-    """
-    Adds entries to a spool directory that a :class:`SpoolQueue` of another
-    process works: what an SMTP worker process (:mod:`txmail.workers`)
-    queues each message it accepts with.  The same files and the same
-    fsyncs as :meth:`SpoolQueue.enqueue`; no index, no claims.
-
-    Args:
-        directory: the spool directory (it must exist).
-        run_blocking: runs blocking file work, see :mod:`txmail._fs`.
-        now: a function giving the current time (for tests).
-    """
-
-    log = Logger()
-
-    def __init__(
-        self, directory: str, *, run_blocking: RunBlocking | None = None, now: Any = time.time
-    ) -> None:
-        self.directory = directory
-        self._run = run_blocking or run_inline
-        self._now = now
-
-    def write(
-        self, envelope: Envelope, message: MessageSource, recipients: Iterable[str]
-    ) -> defer.Deferred[Written]:
-        """Write an entry durably; fires once both files are on disk."""
-        try:
-            entry = _new_entry(envelope, message, recipients, self._now())
-        except QueueError as e:
-            return defer.fail(e)
-        data = _entry_to_json(entry)
-
-        def done(stamp: int) -> Written:
-            self.log.info(
-                "queued {queue_id} from <{sender}> for {count} recipient(s)",
-                queue_id=entry.queue_id,
-                sender=entry.envelope.mail_from,
-                count=len(entry.recipients),
-                message_id=entry.envelope.message_id,
-            )
-            return Written(entry, data, stamp)
-
-        return self._run(_write_entry, self.directory, entry, data, message).addCallback(done)
-
-    def enqueue(
-        self, envelope: Envelope, message: MessageSource, recipients: Iterable[str]
-    ) -> defer.Deferred[str]:
-        """:meth:`write`; fires with the queue id."""
-        return self.write(envelope, message, recipients).addCallback(lambda written: written.entry.queue_id)
-
-
 @implementer(IQueue)
 class SpoolQueue:
     """
@@ -212,25 +113,15 @@ class SpoolQueue:
         *,
         run_blocking: RunBlocking | None = None,
         now: Any = time.time,
-        adopt_grace: float = 0.0,
     ) -> None:
         self.directory = directory
         self._run = run_blocking or run_inline
         self._now = now
-        #: Seconds a new entry written by another process is left to it to
-        #: hand over (:meth:`adopt`) before a :meth:`rescan` takes it in:
-        #: the server sets it when it runs SMTP workers.
-        self.adopt_grace = adopt_grace
         os.makedirs(directory, exist_ok=True)
-        self._writer = QueueWriter(directory, run_blocking=self._run, now=self._now)
         self._entries: dict[str, QueueEntry] = {}
         self._stamps: dict[str, int] = {}  # queue id -> mtime_ns of its .json as last read/written
         self._listeners: list[Callable[[str], Any]] = []
         self._claims: dict[str, float] = {}  # queue id -> the end of its lease
-        # The ids of the entries deleted lately: a directory read in flight
-        # (a rescan, an adoption) may predate a deletion, and must not bring
-        # the entry back.  Queue ids are never used again.
-        self._done: OrderedDict[str, None] = OrderedDict()
         self._load()
 
     def _path(self, queue_id: str, ext: str) -> str:
@@ -321,7 +212,6 @@ class SpoolQueue:
         entries whose ``.json`` is gone are forgotten.
         """
         known = dict(self._stamps)
-        young = time.time() - self.adopt_grace
 
         def scan() -> tuple[dict[str, QueueEntry | None], set[str]]:
             changed: dict[str, QueueEntry | None] = {}
@@ -335,8 +225,6 @@ class SpoolQueue:
                 stamp = self._mtime(base)
                 if known.get(base) == stamp:
                     continue
-                if base not in known and stamp / 1e9 > young:
-                    continue  # just queued by a worker, which hands it over itself (adopt)
                 try:
                     with open(os.path.join(self.directory, name), "rb") as f:
                         changed[base] = _entry_from_json(f.read())
@@ -349,9 +237,6 @@ class SpoolQueue:
 
         def apply(result: tuple[dict[str, QueueEntry | None], set[str]]) -> None:
             changed, present = result
-            for queue_id in list(changed):
-                if queue_id in self._done:
-                    del changed[queue_id]
             for queue_id in list(self._entries):
                 if queue_id not in present and queue_id in known:
                     del self._entries[queue_id]
@@ -411,101 +296,60 @@ class SpoolQueue:
 
         def wake(n: int) -> int:
             for qid in ids:
-                self._tell(qid)
+                for listener in list(self._listeners):
+                    try:
+                        listener(qid)
+                    except Exception:
+                        self.log.failure("queue listener failed")
             return n
 
         return d.addCallback(wake)
+
+    def _new_id(self) -> str:
+        return f"{int(self._now()):x}{secrets.token_hex(5)}".upper()
 
     def enqueue(
         self, envelope: Envelope, message: MessageSource, recipients: Iterable[str]
     ) -> defer.Deferred[str]:
         """See :meth:`txmail.interfaces.IQueue.enqueue`."""
+        rcpts = list(dict.fromkeys(recipients))
+        if not rcpts:
+            return defer.fail(QueueError("no recipients to queue"))
+        queue_id = self._new_id()
+        state = "pending" if envelope.hold is None else "held"
+        entry = QueueEntry(
+            queue_id=queue_id,
+            envelope=envelope,
+            recipients={
+                r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None} for r in rcpts
+            },
+            size=message.size,
+            created=self._now(),
+        )
+        data = _entry_to_json(entry)
 
-        def done(written: Written) -> str:
-            queue_id = written.entry.queue_id
-            self._entries[queue_id] = written.entry
-            self._stamps[queue_id] = written.stamp
-            self._tell(queue_id)
+        def write() -> None:
+            store_source(message, self._path(queue_id, "msg"))
+            write_file_durably(self._path(queue_id, "json"), data)  # fsyncs the directory too
+
+        def done(_: None) -> str:
+            self._entries[queue_id] = entry
+            self._stamps[queue_id] = self._mtime(queue_id)
+            self.log.info(
+                "queued {queue_id} from <{sender}> for {count} recipient(s)",
+                queue_id=queue_id,
+                sender=envelope.mail_from,
+                count=len(rcpts),
+                message_id=envelope.message_id,
+            )
+            for listener in list(self._listeners):
+                try:
+                    listener(queue_id)
+                except Exception:
+                    self.log.failure("queue listener failed")
             return queue_id
 
-        return self._writer.write(envelope, message, recipients).addCallback(done)
-
-    def _tell(self, queue_id: str) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(queue_id)
-            except Exception:
-                self.log.failure("queue listener failed")
-
-    def adopt(self, queue_id: str, data: bytes | None = None, stamp: int = 0) -> defer.Deferred[bool]:
-        """
-        Take into the index an entry another process added to the directory
-        (an SMTP worker's :class:`QueueWriter`), at once rather than at the
-        next :meth:`rescan`.  Its listeners are not told (the caller works
-        the entry).  Fires with ``False`` when this queue has already
-        worked the entry to its end and deleted it (a pass found it first),
-        else ``True``.  The writer may give the ``.json`` octets it wrote
-        (*data*) and their mtime_ns (*stamp*): then nothing is read.
-
-        Raises (in the Deferred):
-            QueueError: no such entry, or it cannot be read.
-        """
-        if queue_id in self._entries:
-            return defer.succeed(True)
-        if queue_id in self._done:
-            return defer.succeed(False)
-        if not _QUEUE_ID_RE.match(queue_id):
-            return defer.fail(QueueError(f"not a queue id: {queue_id!r}"))
-        path = self._path(queue_id, "json")
-        if data is not None:
-            try:
-                entry = _entry_from_json(data)
-            except (ValueError, KeyError, TypeError) as e:
-                return defer.fail(QueueError(f"unreadable queue entry {queue_id}: {e}"))
-            if entry.queue_id != queue_id:
-                return defer.fail(QueueError(f"queue entry {entry.queue_id} handed over as {queue_id}"))
-            self._entries[queue_id] = entry
-            self._stamps[queue_id] = stamp
-            return defer.succeed(True)
-
-        def read() -> tuple[QueueEntry, int]:
-            try:
-                with open(path, "rb") as f:
-                    entry = _entry_from_json(f.read())
-                    stamp = os.fstat(f.fileno()).st_mtime_ns
-            except FileNotFoundError:
-                raise QueueError(f"no queue entry {queue_id}") from None
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise QueueError(f"unreadable queue entry {queue_id}: {e}") from None
-            return entry, stamp
-
-        def add(result: tuple[QueueEntry, int]) -> bool:
-            entry, stamp = result
-            if queue_id in self._done:  # worked and deleted while it was read
-                return False
-            # Adopted meanwhile (a rescan): keep the index's object.
-            self._entries.setdefault(queue_id, entry)
-            self._stamps.setdefault(queue_id, stamp)
-            return True
-
-        def gone(f: Failure) -> Any:
-            if queue_id in self._done:
-                return False
-            return f
-
-        return self._run(read).addCallbacks(add, gone)
-
-    def claim_entry(self, queue_id: str, lease_seconds: float) -> defer.Deferred[QueueEntry | None]:
-        """
-        Claim one entry by its id (the owner process working what a worker
-        just queued): the entry, or ``None`` when it is gone or claimed.
-        """
-        now = self._now()
-        entry = self._entries.get(queue_id)
-        if entry is None or self._claims.get(queue_id, now) > now:
-            return defer.succeed(None)
-        self._claims[queue_id] = now + lease_seconds
-        return defer.succeed(entry)
+        return self._run(write).addCallback(done)
 
     def list_entries(self) -> defer.Deferred[list[QueueEntry]]:
         """See :meth:`txmail.interfaces.IQueue.list_entries`."""
@@ -528,9 +372,6 @@ class SpoolQueue:
         """See :meth:`txmail.interfaces.IQueue.delete_entry`."""
         if self._entries.pop(queue_id, None) is None:
             return defer.fail(QueueError(f"no queue entry {queue_id}"))
-        self._done[queue_id] = None
-        while len(self._done) > DONE_KEPT:
-            self._done.popitem(last=False)
         self._stamps.pop(queue_id, None)
         self._claims.pop(queue_id, None)
 

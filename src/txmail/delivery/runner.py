@@ -221,10 +221,6 @@ class QueueRunner(service.Service):
         self._loop: task.LoopingCall | None = None
         self._wakeup: Any = None
         self._pass: defer.Deferred[None] | None = None
-        #: queue id -> who waits for a pass to finish working it (deliver_fresh).
-        self._working: dict[str, list[defer.Deferred[None]]] = {}
-        #: queue id -> the parsed metadata of an entry deliver_fresh works (None: not parsed yet).
-        self._fresh: dict[str, Any] = {}
         self._again = False
         self._stopping = False
         queue.add_listener(self._new_entry)
@@ -317,7 +313,7 @@ class QueueRunner(service.Service):
                 if not entries:
                     break
                 claimed.extend(entry.queue_id for entry in entries)
-                work = [self._scheduled(entry) for entry in entries]
+                work = [self._limit.run(self._work_entry, entry) for entry in entries]
                 await defer.DeferredList(work, consumeErrors=False)
                 if self.claim_batch is None or self._stopping:
                     break
@@ -329,20 +325,6 @@ class QueueRunner(service.Service):
                     await self.queue.release_claim(queue_id)
                 except Exception:
                     self.log.failure("releasing the claim on {queue_id} failed", queue_id=queue_id)
-
-    def _scheduled(self, entry: QueueEntry) -> defer.Deferred[bool | None]:
-        """Work *entry* in this pass (under the concurrency limit); :meth:`deliver_fresh` may wait for it."""
-        d = self._limit.run(self._work_entry, entry)
-        waiting = self._working[entry.queue_id] = []
-
-        def done(result: Any) -> Any:
-            if self._working.get(entry.queue_id) is waiting:
-                del self._working[entry.queue_id]
-            for w in waiting:
-                w.callback(None)
-            return result
-
-        return d.addBoth(done)
 
     def _renew(self, claimed: list[str]) -> defer.Deferred[Any] | None:
         if not claimed:
@@ -361,12 +343,12 @@ class QueueRunner(service.Service):
     def _now(self) -> float:
         return self.clock.seconds()
 
-    def _work_entry(self, entry: QueueEntry, local_only: bool = False) -> defer.Deferred[bool | None]:
+    def _work_entry(self, entry: QueueEntry) -> defer.Deferred[None]:
         # The runner's own copy of the states: updated by _update alone.
         entry = dataclasses.replace(
             entry, recipients={rcpt: dict(fields) for rcpt, fields in entry.recipients.items()}
         )
-        d = defer.Deferred.fromCoroutine(self._work(entry, local_only))
+        d = defer.Deferred.fromCoroutine(self._work(entry))
 
         def failed(f: Failure) -> None:
             if f.check(QueueError):  # deleted meanwhile (txmail queue delete)
@@ -378,58 +360,7 @@ class QueueRunner(service.Service):
 
         return d.addErrback(failed)
 
-    def deliver_fresh(
-        self, queue_id: str, data: bytes | None = None, stamp: int = 0, metadata: Any = None
-    ) -> defer.Deferred[None]:
-        """
-        Deliver the local recipients of an entry another process has just
-        queued (an SMTP worker, :mod:`txmail.workers`), at once and outside
-        the passes: the queue adopts the entry, this runner claims it,
-        delivers its local copies (as a pass would, recording the outcome
-        and deleting an entry with nothing left), then releases it and
-        wakes a pass for remote recipients.  Fires once the local copies
-        are in their mailboxes, or their failures recorded in the queue;
-        works whether or not the runner service runs (``[outbound]
-        enabled = false`` still delivers locally).  The writer may give the
-        entry's ``.json`` octets and mtime (*data*, *stamp*: see the queue's
-        ``adopt``) and the message's parsed
-        :class:`~txmail.model.MessageMetadata`, which then are not read or
-        parsed again here.  A successful local copy is logged by the router
-        alone (``delivered ... uid N``), not again by the runner.
-
-        Raises (in the Deferred): what adopting or claiming the entry raises.
-        """
-        return defer.Deferred.fromCoroutine(self._deliver_fresh(queue_id, data, stamp, metadata))
-
-    async def _deliver_fresh(self, queue_id: str, data: bytes | None, stamp: int, metadata: Any) -> None:
-        if not await (
-            self.queue.adopt(queue_id, data, stamp) if data is not None else self.queue.adopt(queue_id)
-        ):
-            return  # a pass found it first and has worked it to its end
-        entry = await self.queue.claim_entry(queue_id, self.lease)
-        if entry is None:
-            # A pass of this runner found it first (a rescan): its local
-            # copies are delivered once the pass has worked it.  (Claimed by
-            # another node's runner: it is in the shared queue, durably.)
-            waiting = self._working.get(queue_id)
-            if waiting is not None:
-                w: defer.Deferred[None] = defer.Deferred()
-                waiting.append(w)
-                await w
-            return
-        try:
-            # Not under the passes' concurrency limit: slow remote hosts must
-            # not hold back local mail (the workers' transactions bound these).
-            self._fresh[queue_id] = metadata
-            finished = await self._work_entry(entry, True)
-        finally:
-            self._fresh.pop(queue_id, None)
-            await self.queue.release_claim(queue_id)
-        if not finished:
-            self.wake()  # remote recipients (or a retry) for a pass
-
-    async def _work(self, entry: QueueEntry, local_only: bool = False) -> bool:
-        """Work *entry*'s due recipients; whether it was done and deleted."""
+    async def _work(self, entry: QueueEntry) -> None:
         now = self._now()
         due = [
             rcpt
@@ -439,9 +370,7 @@ class QueueRunner(service.Service):
         ]
         groups: dict[str, list[str]] = {}
         for rcpt in due:
-            domain = split_address(rcpt)[1]
-            if not local_only or self.is_local(domain):
-                groups.setdefault(domain, []).append(rcpt)
+            groups.setdefault(split_address(rcpt)[1], []).append(rcpt)
         for n, (domain, rcpts) in enumerate(groups.items(), 1):
             if self.is_local(domain):
                 changes = await self._deliver_local(entry, rcpts)
@@ -459,12 +388,9 @@ class QueueRunner(service.Service):
             for st in entry.recipients.values()
         ):
             await self.queue.delete_entry(entry.queue_id)
-            if entry.queue_id not in self._fresh:
-                self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
-            return True
-        if groups:
+            self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
+        elif groups:
             await self._update(entry, {})
-        return False
 
     # -- parameters -----------------------------------------------------------
 
@@ -500,9 +426,6 @@ class QueueRunner(service.Service):
             folder=env.folder,
         )
         message = await self.queue.open_source(entry.queue_id)
-        fresh = entry.queue_id in self._fresh
-        if self._fresh.get(entry.queue_id) is not None:
-            message = message.with_metadata(self._fresh[entry.queue_id])
         now = self._now()
         # A router that can (DeliveryRouter.redeliver) reports a failed copy
         # instead of queueing it again, so its attempts count here.
@@ -519,13 +442,12 @@ class QueueRunner(service.Service):
             ok, reply, temporary = results.get(rcpt, (False, "local delivery failed", True))
             st = entry.recipients[rcpt]
             attempts = int(st.get("attempts") or 0) + 1
-            if not (ok and fresh):  # the router logged it ("delivered ... uid N")
-                self.log.info(
-                    "{queue_id} to <{rcpt}> via local delivery: {reply}",
-                    queue_id=entry.queue_id,
-                    rcpt=rcpt,
-                    reply=reply,
-                )
+            self.log.info(
+                "{queue_id} to <{rcpt}> via local delivery: {reply}",
+                queue_id=entry.queue_id,
+                rcpt=rcpt,
+                reply=reply,
+            )
             if ok:
                 changes[rcpt] = {
                     "state": "delivered",

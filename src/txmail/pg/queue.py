@@ -188,21 +188,6 @@ def _claim(conn: Any, node: str, limit: int | None, lease_seconds: float) -> lis
     return _entries(conn, rows)
 
 
-def _claim_one(conn: Any, node: str, queue_id: str, lease_seconds: float) -> QueueEntry | None:
-    # A concurrent claim of the row makes this UPDATE wait and then see the new lease: no row.
-    rows = conn.execute(
-        f"""
-        UPDATE queue_entries
-        SET claimed_by = %(node)s, lease_until = {_DB_NOW} + %(lease)s
-        WHERE queue_id = %(queue_id)s AND (lease_until IS NULL OR lease_until <= {_DB_NOW})
-        RETURNING queue_id, seq, envelope, size, created
-        """,
-        {"node": node, "queue_id": queue_id, "lease": float(lease_seconds)},
-    ).fetchall()
-    entries = _entries(conn, rows)
-    return entries[0] if entries else None
-
-
 def _release_claim(conn: Any, node: str, queue_id: str) -> None:
     # Only this node's claim: once its lease ran out another node may hold the entry.
     conn.execute(
@@ -408,21 +393,6 @@ class PostgresQueue:
     def claim(self, limit: int | None, lease_seconds: float) -> defer.Deferred[list[QueueEntry]]:
         """See :meth:`txmail.interfaces.IQueue.claim`."""
         return self.database.run(_claim, self.node, limit, lease_seconds)
-
-    def claim_entry(self, queue_id: str, lease_seconds: float) -> defer.Deferred[QueueEntry | None]:
-        """
-        Claim one entry by its id (the owner process working what an SMTP
-        worker just queued, :mod:`txmail.workers`): the entry, or ``None``
-        when it is gone or claimed by a runner.
-        """
-        return self.database.run(_claim_one, self.node, queue_id, lease_seconds)
-
-    def adopt(self, queue_id: str) -> defer.Deferred[bool]:
-        """
-        Nothing to do: every process sees the entries in the database (see
-        :meth:`txmail.delivery.queue.SpoolQueue.adopt`); ``True``.
-        """
-        return defer.succeed(True)
 
     def release_claim(self, queue_id: str) -> defer.Deferred[None]:
         """See :meth:`txmail.interfaces.IQueue.release_claim`."""
