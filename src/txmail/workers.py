@@ -365,8 +365,11 @@ class WorkerPool(service.Service):
             control.transport.loseConnection()
         if not self.running:
             return
+        # A worker stopped by Control-C (the signal reaches the whole process
+        # group) may end before this process hears of it: the restart waits,
+        # and stopping the server cancels it.
         self.log.warn(
-            "worker {worker} ended ({reason}); starting it again in {delay} s",
+            "worker {worker} ended ({reason}); it is started again in {delay} s unless the server stops",
             worker=index,
             reason=reason.getErrorMessage() if not reason.check(ProcessDone) else "exit 0",
             delay=self.restart_delay,

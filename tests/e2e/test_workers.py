@@ -58,6 +58,7 @@ class Node:
         assert add.returncode == 0, add.stderr
 
     def start(self) -> None:
+        # A process group of its own, as a shell gives a foreground command (Control-C reaches all of it).
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile", self.log,
@@ -68,6 +69,7 @@ class Node:
                 "--imap", f"tcp:{self.imap}:interface=127.0.0.1",
             ],
             cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=plugin_env(),
+            start_new_session=True,
         )  # fmt: skip
         wait_for_port(self.imap, self.proc)
         # The SMTP ports accept into their backlog at once; wait until both workers listen.
@@ -276,6 +278,27 @@ class WorkersTests(TestCase):
             finally:
                 with contextlib.suppress(Exception):
                     imap.logout()
+
+        return deferToThread(run)
+
+    def test_control_c_stops_everything(self) -> Any:
+        """SIGINT to the process group (Control-C on ``twistd -n``) stops the owner and every worker."""
+        node = self.node
+
+        def run() -> None:
+            node.start()
+            assert node.proc is not None
+            pids = [node.proc.pid, *node.worker_pids().values()]
+            os.killpg(node.proc.pid, signal.SIGINT)
+            node.proc.wait(timeout=60)
+            for pid in pids[1:]:
+                wait_until(lambda pid=pid: not _alive(pid), 30, f"worker {pid} to stop")
+            log = node.log_text()
+            self.assertIn("Received SIGINT", log)
+            self.assertEqual(
+                len(re.findall(r"\[worker \d: twisted.internet.base#info\] Received SIGINT", log)), 2
+            )
+            self.assertEqual(len(re.findall(r"worker \d started \(pid", log)), 2)  # none started again
 
         return deferToThread(run)
 
