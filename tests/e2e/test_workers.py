@@ -43,8 +43,9 @@ PASSWORD = "worker secret"
 class Node:
     """One ``twistd -n mailserver --workers 2`` process tree over a data directory, on fixed free ports."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, extra: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.extra = extra
         self.data_dir = os.path.join(workdir, "data")
         self.log = os.path.join(workdir, "log")
         self.smtp, self.submission, self.imap = free_port(), free_port(), free_port()
@@ -66,7 +67,7 @@ class Node:
                 "--hostname", "mx.example.test", "--workers", "2",
                 "--smtp", f"tcp:{self.smtp}:interface=127.0.0.1",
                 "--submission", f"tcp:{self.submission}:interface=127.0.0.1",
-                "--imap", f"tcp:{self.imap}:interface=127.0.0.1",
+                "--imap", f"tcp:{self.imap}:interface=127.0.0.1", *self.extra,
             ],
             cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=plugin_env(),
             start_new_session=True,
@@ -299,6 +300,38 @@ class WorkersTests(TestCase):
                 len(re.findall(r"\[worker \d: twisted.internet.base#info\] Received SIGINT", log)), 2
             )
             self.assertEqual(len(re.findall(r"worker \d started \(pid", log)), 2)  # none started again
+
+        return deferToThread(run)
+
+    def test_tls_in_the_workers(self) -> Any:
+        """STARTTLS on the SMTP port and implicit TLS (``ssl:``) submission are served by the workers."""
+        import ssl
+
+        from tests._certs import make_certificate
+
+        ca, cert, key = make_certificate(os.path.join(self.node.workdir, "certs"))
+        implicit = free_port()
+        node = Node(self.node.workdir, ("--tls-cert", cert, "--tls-key", key,
+                                        "--submission", f"ssl:{implicit}:interface=127.0.0.1"))  # fmt: skip
+        self.node = node
+
+        def run() -> None:
+            node.start()
+            context = ssl.create_default_context(cafile=ca)
+            for n in range(40):
+                with smtplib.SMTP("localhost", node.smtp, timeout=30) as s:
+                    s.starttls(context=context)
+                    s.sendmail("bob@remote.test", [USER], message(f"starttls-{n}@example.test"))
+                with smtplib.SMTP_SSL("localhost", implicit, context=context, timeout=30) as s:
+                    s.login(USER, PASSWORD)
+                    s.sendmail(USER, [USER], message(f"implicit-{n}@example.test"))
+            expected = [f"{kind}-{n}@example.test" for kind in ("starttls", "implicit") for n in range(40)]
+            self.assertEqual(node.message_ids(), Counter(expected))
+            log = node.log_text()
+            tls = set(
+                re.findall(r"\[worker (\d): txmail.smtp.server.SMTPServerProtocol#info\] message .* 250", log)
+            )
+            self.assertEqual(tls, {"1", "2"})
 
         return deferToThread(run)
 
