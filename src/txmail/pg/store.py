@@ -19,7 +19,9 @@ What is where (``src/txmail/pg/migrations/0002_store.sql``)
   save dates (RFC 8514), size, modseq (RFC 7162), EMAILID, the parsed
   metadata (:func:`txmail.mime.encode_metadata`, parsed once at delivery)
   and the id of the body; ``expunged``: the UIDs expunged with their
-  modseq (QRESYNC, :class:`~txmail.interfaces.IExpungeHistory`).
+  modseq (QRESYNC, :class:`~txmail.interfaces.IExpungeHistory`), those of
+  the last :data:`EXPUNGE_HISTORY` modseqs of each mailbox, and under UID
+  0 the horizon after which the history is complete (:func:`_prune_expunged`).
 * the octets, in :class:`txmail.pg.bodies.BodyStore` (chunks of 256 KiB),
   shared by every copy of a message.
 * ``maildrop_locks`` (``0004_maildrop_locks.sql``): the POP3 maildrop
@@ -180,6 +182,10 @@ RECONNECT_DELAY = 1.0
 #: Seconds :meth:`_Listener.stop` allows beyond the polling interval (a connection being made).
 CONNECT_GRACE = 10.0
 
+#: Modseqs of expunge history (QRESYNC) kept per mailbox: an expunge
+#: deletes the ``expunged`` rows older than that many modseqs before it.
+EXPUNGE_HISTORY = 100_000
+
 _MESSAGE_COLUMNS = "uid, flags, size, internal_date, modseq, save_date, email_id"
 
 
@@ -202,6 +208,10 @@ class _Changes:
     messages: tuple[MessageInfo, ...]
     #: UIDs expunged after the modseq.
     expunged: tuple[int, ...]
+    #: When the expunge history no longer reaches back to the modseq
+    #: (pruned, :func:`_prune_expunged`): every UID present, ascending
+    #: (what is not among them is gone), and ``expunged`` is empty.
+    present: tuple[int, ...] | None = None
 
 
 # -- database work (on the database's threads) ------------------------------
@@ -226,10 +236,15 @@ def _read_changes(conn: Any, box_id: int, since: int, lock: bool = True) -> _Cha
         (box_id, since),
     ).fetchall()
     expunged: list[Any] = []
+    present = None
     if since > 0:
         expunged = conn.execute(
             "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s ORDER BY uid", (box_id, since)
         ).fetchall()
+        if expunged and expunged[0][0] == 0:  # the horizon is after *since*: history pruned
+            expunged = []
+            rows = conn.execute("SELECT uid FROM messages WHERE mailbox = %s ORDER BY uid", (box_id,))
+            present = tuple(int(r[0]) for r in rows)
     return _Changes(
         row[0],
         int(row[1]),
@@ -237,6 +252,7 @@ def _read_changes(conn: Any, box_id: int, since: int, lock: bool = True) -> _Cha
         int(row[3]),
         tuple(_info(r) for r in messages),
         tuple(int(r[0]) for r in expunged),
+        present,
     )
 
 
@@ -585,8 +601,14 @@ def _move_rows(
     return pairs
 
 
-def _expunge_rows(conn: Any, bodies: BodyStore, box_id: int, uids: list[int]) -> list[int]:
-    """Remove the messages *uids* (all found), record them expunged at one new modseq; those removed."""
+def _expunge_rows(
+    conn: Any, bodies: BodyStore, box_id: int, uids: list[int], history: int = EXPUNGE_HISTORY
+) -> list[int]:
+    """
+    Remove the messages *uids* (all found), record them expunged at one
+    new modseq, keeping *history* modseqs of history
+    (:func:`_prune_expunged`); those removed.
+    """
     if not uids:
         return []
     _, modseq = _allocate(conn, box_id, 0, 1)
@@ -602,7 +624,29 @@ def _expunge_rows(conn: Any, bodies: BodyStore, box_id: int, uids: list[int]) ->
                 [(box_id, uid, modseq) for uid in removed],
             )
         bodies.delete_unused(conn, (r[1] for r in rows))
+        _prune_expunged(conn, box_id, modseq - history)
     return removed
+
+
+def _prune_expunged(conn: Any, box_id: int, horizon: int) -> None:
+    """
+    Forget the expunges at or before modseq *horizon* (RFC 7162 section
+    3.2.6 lets a server answer with a superset past what it remembers): the
+    rows go, and the row of UID 0 (no message has it) holds the horizon,
+    the modseq after which the history is complete.  One index range probe
+    when there is nothing to forget.
+    """
+    if horizon <= 0:
+        return
+    cur = conn.execute(
+        "DELETE FROM expunged WHERE mailbox = %s AND uid > 0 AND modseq <= %s", (box_id, horizon)
+    )
+    if cur.rowcount:
+        conn.execute(
+            "INSERT INTO expunged (mailbox, uid, modseq) VALUES (%s, 0, %s) ON CONFLICT (mailbox, uid)"
+            " DO UPDATE SET modseq = greatest(expunged.modseq, excluded.modseq)",
+            (box_id, horizon),
+        )
 
 
 def _flag_rows(
@@ -707,7 +751,11 @@ class PostgresMailbox(MailboxState):
                 self._insert(info)
             if unordered:  # pragma: no cover - UIDs commit in order; kept ascending regardless
                 self._infos = dict(sorted(self._infos.items()))
-        removed = [uid for uid in changes.expunged if uid in self._infos]
+        if changes.present is None:
+            removed = [uid for uid in changes.expunged if uid in self._infos]
+        else:  # the expunge history no longer reaches back to this list
+            present = set(changes.present)
+            removed = [uid for uid in self._infos if uid not in present]
         for uid in removed:
             self._count(self._infos.pop(uid), -1)
         self._uidnext = max(self._uidnext, changes.uidnext)
@@ -788,14 +836,21 @@ class PostgresMailbox(MailboxState):
         wanted = None if uids is None else sorted({int(u) for u in uids})
 
         def query(conn: Any) -> list[int]:
+            _snapshot(conn)
+            horizon = conn.execute(
+                "SELECT modseq FROM expunged WHERE mailbox = %s AND uid = 0", (self.box_id,)
+            ).fetchone()
+            if horizon is not None and modseq < horizon[0]:
+                return self._gone_below_uidnext(conn, wanted)
             if wanted is None:
                 rows = conn.execute(
-                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s ORDER BY uid",
+                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s AND uid > 0 ORDER BY uid",
                     (self.box_id, modseq),
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s AND uid = ANY(%s) ORDER BY uid",
+                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s AND uid = ANY(%s) AND uid > 0"
+                    " ORDER BY uid",
                     (self.box_id, modseq, wanted),
                 ).fetchall()
             return [int(r[0]) for r in rows]
@@ -803,6 +858,22 @@ class PostgresMailbox(MailboxState):
         if wanted == []:
             return defer.succeed([])
         return self._database.run(query)
+
+    def _gone_below_uidnext(self, conn: Any, wanted: list[int] | None) -> list[int]:
+        """
+        Past the history's horizon: every UID below UIDNEXT that is not
+        present (of *wanted*, when given), as the memory store answers
+        past its own (a superset, RFC 7162 section 3.2.6).
+        """
+        row = conn.execute("SELECT uidnext FROM mailboxes WHERE id = %s", (self.box_id,)).fetchone()
+        if row is None:
+            raise NoSuchMailbox(self.name)
+        uidnext = int(row[0])
+        present = {
+            int(r[0]) for r in conn.execute("SELECT uid FROM messages WHERE mailbox = %s", (self.box_id,))
+        }
+        candidates: Iterable[int] = range(1, uidnext) if wanted is None else wanted
+        return [uid for uid in candidates if 0 < uid < uidnext and uid not in present]
 
     def _body(self, conn: Any, uid: int) -> BinaryIO:
         row = conn.execute(
@@ -958,11 +1029,14 @@ class PostgresMailbox(MailboxState):
         if failed is not None:
             return failed
         selected = select_uids(uids, self._infos)
+        history = self.store.provider.expunge_history
         if not self._same_database(target):
 
             def copied(pairs: list[tuple[int, int]]) -> defer.Deferred[list[tuple[int, int]]]:
                 def drop(conn: Any) -> list[tuple[int, int]]:
-                    _expunge_rows(conn, self.store.provider.bodies, self.box_id, [s for s, _ in pairs])
+                    _expunge_rows(
+                        conn, self.store.provider.bodies, self.box_id, [s for s, _ in pairs], history
+                    )
                     _notify(conn, self._node, self.store.user, self.box_id, "expunged")
                     return pairs
 
@@ -981,7 +1055,7 @@ class PostgresMailbox(MailboxState):
             )
             pairs = _move_rows(conn, bodies, self.box_id, selected, target.box_id)
             if pairs:
-                _expunge_rows(conn, bodies, self.box_id, [s for s, _ in pairs])
+                _expunge_rows(conn, bodies, self.box_id, [s for s, _ in pairs], history)
                 _notify(conn, self._node, target.store.user, target.box_id, "added")
                 _notify(conn, self._node, self.store.user, self.box_id, "expunged")
             return pairs
@@ -1002,7 +1076,11 @@ class PostgresMailbox(MailboxState):
                 (self.box_id, known, "\\Deleted"),
             ).fetchall()
             removed = _expunge_rows(
-                conn, self.store.provider.bodies, self.box_id, sorted(int(r[0]) for r in rows)
+                conn,
+                self.store.provider.bodies,
+                self.box_id,
+                sorted(int(r[0]) for r in rows),
+                self.store.provider.expunge_history,
             )
             if removed:
                 _notify(conn, self._node, self.store.user, self.box_id, "expunged")
@@ -1237,7 +1315,11 @@ class _StoreWatch:
         uidnext = mark[0]
         added = tuple(info for info in changes.messages if info.uid >= uidnext)
         changed = tuple(info for info in changes.messages if info.uid < uidnext)
-        removed = tuple(uid for uid in changes.expunged if uid < uidnext)
+        if changes.present is None:
+            removed = tuple(uid for uid in changes.expunged if uid < uidnext)
+        else:  # the history is pruned past the mark: every UID gone below it (a superset)
+            present = set(changes.present)
+            removed = tuple(uid for uid in range(1, uidnext) if uid not in present)
         events: list[MailboxChange] = []
         if added:
             events.append(MessagesAdded(added))
@@ -1573,7 +1655,7 @@ class PostgresStore(StoreListeners):
             for r in conn.execute("SELECT uid FROM messages WHERE mailbox = %s ORDER BY uid", (inbox,))
         ]
         pairs = _move_rows(conn, self.provider.bodies, inbox, uids, target)
-        _expunge_rows(conn, self.provider.bodies, inbox, [s for s, _ in pairs])
+        _expunge_rows(conn, self.provider.bodies, inbox, [s for s, _ in pairs], self.provider.expunge_history)
         # RFC 5464 section 4.1: the new mailbox gets a copy of INBOX's annotations.
         conn.execute(
             "INSERT INTO annotations (owner, mailbox, name, value)"
@@ -1784,7 +1866,9 @@ class PostgresProvider:
     The POP3 maildrop lock is shared by every node too
     (:meth:`lock_maildrop`, a lease row: :mod:`txmail.pg.maildrop`);
     *lock_lease* is how long a dead node's locks outlive it, renewals run
-    on *clock* (the database's reactor by default).
+    on *clock* (the database's reactor by default).  *expunge_history* is
+    how many modseqs of each mailbox's expunge history (QRESYNC) are kept
+    (:func:`_prune_expunged`).
     """
 
     log = Logger()
@@ -1796,8 +1880,10 @@ class PostgresProvider:
         bodies: BodyStore | None = None,
         lock_lease: float = DEFAULT_LEASE,
         clock: Any = None,
+        expunge_history: int = EXPUNGE_HISTORY,
     ) -> None:
         self.database = database
+        self.expunge_history = expunge_history
         self.bodies = bodies if bodies is not None else BodyStore()
         #: This process's name in the notifications: its own are not read back.
         self.node = uuid.uuid4().hex
