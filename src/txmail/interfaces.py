@@ -346,7 +346,9 @@ class IStoreChanges(Interface):
     it.  The memory and Maildir stores do, for the changes made through the
     store in this process (a delivery, another IMAP or POP3 session, the
     admin CLI); changes other programs make to a Maildir are told for the
-    mailboxes that are watched (:meth:`IMailbox.add_listener`).
+    mailboxes that are watched (:meth:`IMailbox.add_listener`).  The
+    PostgreSQL store does for the changes of every node on its database
+    (:mod:`txmail.pg.store`).
     """
 
     def add_store_listener(listener):  # type: ignore[no-untyped-def]

@@ -19,7 +19,9 @@ What is where (``src/txmail/pg/migrations/0002_store.sql``)
   save dates (RFC 8514), size, modseq (RFC 7162), EMAILID, the parsed
   metadata (:func:`txmail.mime.encode_metadata`, parsed once at delivery)
   and the id of the body; ``expunged``: the UIDs expunged with their
-  modseq (QRESYNC, :class:`~txmail.interfaces.IExpungeHistory`).
+  modseq (QRESYNC, :class:`~txmail.interfaces.IExpungeHistory`), those of
+  the last :data:`EXPUNGE_HISTORY` modseqs of each mailbox, and under UID
+  0 the horizon after which the history is complete (:func:`_prune_expunged`).
 * the octets, in :class:`txmail.pg.bodies.BodyStore` (chunks of 256 KiB),
   shared by every copy of a message.
 * ``maildrop_locks`` (``0004_maildrop_locks.sql``): the POP3 maildrop
@@ -49,14 +51,38 @@ Changes across processes
 ------------------------
 Each transaction that changes a mailbox sends ``NOTIFY txmail_store`` (on
 commit) with a JSON payload: the node, the user, the mailbox's row id and
-what changed (``added``, ``flags``, ``expunged``, ``recent``,
-``mailboxes``).  :meth:`PostgresProvider.start` opens one dedicated
+what changed (``added``, ``flags``, ``expunged``; ``mailboxes`` for a
+folder created, deleted or renamed, ``subscriptions`` for a subscription,
+both without a mailbox).  No name or UID is sent: a payload stays far
+below PostgreSQL's 8000 bytes whatever the names, and who needs more reads
+it.  :meth:`PostgresProvider.start` opens one dedicated
 listening connection per process (a thread waiting on psycopg's
 ``notifies()``); a notification for a mailbox the process has open
 refreshes it, which tells its listeners (MessagesAdded, FlagsChanged,
 MessagesExpunged, MailboxDeleted for a mailbox deleted or renamed
 elsewhere).  After the listening connection (re)connects, every open
 mailbox is refreshed, for the notifications it may have missed.
+
+Store listeners (IMAP NOTIFY)
+-----------------------------
+:class:`PostgresStore` provides :class:`~txmail.interfaces.IStoreChanges`:
+its store listeners hear the changes of every mailbox of the user, made
+by this process or any other node, open here or not, and every folder
+and subscription change.  A store with a listener keeps a
+:class:`_StoreWatch`: the folder tree and subscriptions as last read, and
+per mailbox only ``(UIDNEXT, HIGHESTMODSEQ)`` of what its listeners were
+told.  A mailbox open here tells its changes as it hears them; a
+notification for another one reads, off the reactor, what changed after
+that mark (the messages above its UIDNEXT were added, the others with a
+higher modseq flagged, the ``expunged`` rows after it expunged), and a
+``mailboxes`` or ``subscriptions`` notification reads the tree again and
+tells the difference (:func:`_folder_changes`).  Such a mailbox's
+:class:`~txmail.model.MessagesChanged` carries a handle whose ``status()``
+sums its counters in the database, without loading its messages.  Changes
+made through this process are told before the call that made them
+fires, as the memory store does.  A store without store listeners keeps
+and reads nothing for them: a notification for a mailbox it does not
+have open costs it nothing.
 
 \\Recent is kept in the database (a watermark per mailbox), so exactly one
 session of any node claims each new message.
@@ -96,21 +122,31 @@ from txmail.interfaces import (
     IObjectIds,
     ISaveDates,
     IStorageUsage,
+    IStoreChanges,
     IURLAuthKeys,
 )
 from txmail.model import (
     DELIMITER,
     INBOX,
+    SEEN,
     AnnotationsChanged,
     FlagMode,
     FlagsChanged,
+    FolderChange,
+    FolderCreated,
+    FolderDeleted,
     FolderInfo,
+    FolderRenamed,
+    MailboxChange,
+    MailboxStatus,
     MessageInfo,
     MessageMetadata,
     MessagesAdded,
+    MessagesChanged,
     MessagesExpunged,
     MessageSource,
     SpecialUse,
+    SubscriptionChanged,
     normalize_flags,
 )
 from txmail.pg.bodies import SPOOL_MEMORY, BodyStore
@@ -121,6 +157,7 @@ from txmail.store._annotations import AnnotationListeners, apply_changes
 from txmail.store._base import (
     URLAUTH_KEY_SIZE,
     MailboxState,
+    StoreListeners,
     check_name,
     columns_from_metadata,
     folder_infos,
@@ -145,6 +182,10 @@ RECONNECT_DELAY = 1.0
 #: Seconds :meth:`_Listener.stop` allows beyond the polling interval (a connection being made).
 CONNECT_GRACE = 10.0
 
+#: Modseqs of expunge history (QRESYNC) kept per mailbox: an expunge
+#: deletes the ``expunged`` rows older than that many modseqs before it.
+EXPUNGE_HISTORY = 100_000
+
 _MESSAGE_COLUMNS = "uid, flags, size, internal_date, modseq, save_date, email_id"
 
 
@@ -167,19 +208,26 @@ class _Changes:
     messages: tuple[MessageInfo, ...]
     #: UIDs expunged after the modseq.
     expunged: tuple[int, ...]
+    #: When the expunge history no longer reaches back to the modseq
+    #: (pruned, :func:`_prune_expunged`): every UID present, ascending
+    #: (what is not among them is gone), and ``expunged`` is empty.
+    present: tuple[int, ...] | None = None
 
 
 # -- database work (on the database's threads) ------------------------------
 
 
-def _read_changes(conn: Any, box_id: int, since: int) -> _Changes | None:
+def _read_changes(conn: Any, box_id: int, since: int, lock: bool = True) -> _Changes | None:
     """
     The mailbox's counters and what changed after modseq *since*; ``None``
     when the mailbox is gone.  The row is read ``FOR SHARE`` first: no
-    change can commit in between, so the reads after it agree.
+    change can commit in between, so the reads after it agree (without
+    *lock*, the caller's transaction is one snapshot: :func:`_snapshot`).
     """
     row = conn.execute(
-        "SELECT name, uidnext, highest_modseq, recent_uid FROM mailboxes WHERE id = %s FOR SHARE", (box_id,)
+        "SELECT name, uidnext, highest_modseq, recent_uid FROM mailboxes WHERE id = %s"
+        + (" FOR SHARE" if lock else ""),
+        (box_id,),
     ).fetchone()
     if row is None:
         return None
@@ -188,10 +236,15 @@ def _read_changes(conn: Any, box_id: int, since: int) -> _Changes | None:
         (box_id, since),
     ).fetchall()
     expunged: list[Any] = []
+    present = None
     if since > 0:
         expunged = conn.execute(
             "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s ORDER BY uid", (box_id, since)
         ).fetchall()
+        if expunged and expunged[0][0] == 0:  # the horizon is after *since*: history pruned
+            expunged = []
+            rows = conn.execute("SELECT uid FROM messages WHERE mailbox = %s ORDER BY uid", (box_id,))
+            present = tuple(int(r[0]) for r in rows)
     return _Changes(
         row[0],
         int(row[1]),
@@ -199,7 +252,88 @@ def _read_changes(conn: Any, box_id: int, since: int) -> _Changes | None:
         int(row[3]),
         tuple(_info(r) for r in messages),
         tuple(int(r[0]) for r in expunged),
+        present,
     )
+
+
+def _snapshot(conn: Any) -> None:
+    """
+    Make the transaction one snapshot (``REPEATABLE READ``, read only),
+    first thing in it: its reads agree without locking a mailbox row, so
+    reading several mailboxes never waits for, nor holds up, a change.
+    The changes of a mailbox commit in modseq order (its row lock), so a
+    snapshot that holds one holds those before it.
+    """
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+
+def _read_unlocked(conn: Any, box_id: int, since: int) -> _Changes | None:
+    """:func:`_read_changes` in a snapshot of its own."""
+    _snapshot(conn)
+    return _read_changes(conn, box_id, since, lock=False)
+
+
+def _read_tree(conn: Any, owner: str) -> tuple[dict[int, tuple[str, int, int]], frozenset[str]]:
+    """The user's mailboxes (row id: ``(name, UIDNEXT, HIGHESTMODSEQ)``) and subscriptions."""
+    rows = conn.execute(
+        "SELECT id, name, uidnext, highest_modseq FROM mailboxes WHERE owner = %s", (owner,)
+    ).fetchall()
+    subscribed = conn.execute("SELECT name FROM subscriptions WHERE owner = %s", (owner,)).fetchall()
+    return (
+        {int(box_id): (name, int(uidnext), int(modseq)) for box_id, name, uidnext, modseq in rows},
+        frozenset(r[0] for r in subscribed),
+    )
+
+
+def _read_status(conn: Any, box_id: int, name: str) -> MailboxStatus:
+    """
+    The counters of mailbox *box_id* summed by the database, as a
+    :class:`PostgresMailbox` loaded now would give them.
+
+    Raises:
+        NoSuchMailbox: the mailbox is gone.
+    """
+    row = conn.execute(
+        "SELECT count(m.uid), count(m.uid) FILTER (WHERE m.uid > b.recent_uid),"
+        " count(m.uid) FILTER (WHERE NOT %s = ANY(m.flags)), b.uidnext, b.uidvalidity, b.highest_modseq,"
+        " coalesce(sum(m.size), 0) FROM mailboxes b LEFT JOIN messages m ON m.mailbox = b.id"
+        " WHERE b.id = %s GROUP BY b.id",
+        (SEEN, box_id),
+    ).fetchone()
+    if row is None:
+        raise NoSuchMailbox(name)
+    return MailboxStatus(*(int(value) for value in row))
+
+
+def _folder_changes(
+    old: dict[int, str], new: dict[int, str], old_subscribed: frozenset[str], new_subscribed: frozenset[str]
+) -> list[FolderChange]:
+    """
+    What changed between two readings of a user's folder tree (row id:
+    name) and subscriptions: a row gone is a mailbox deleted (a parent
+    still when its children stay, RFC 3501 section 6.3.4), a row kept
+    under another name one renamed, a new row one created.  Deletions
+    come first and a name a rename frees is created after the rename, so
+    a client that applies the events in order ends with the new tree.
+    """
+    names = set(new.values())
+    deleted = sorted(name for box_id, name in old.items() if box_id not in new)
+    renamed = sorted(
+        (name, new[box_id]) for box_id, name in old.items() if box_id in new and new[box_id] != name
+    )
+    freed = {old_name for old_name, _ in renamed}
+    created = sorted(name for box_id, name in new.items() if box_id not in old)
+    out: list[FolderChange] = [
+        FolderDeleted(name, parent=any(n.startswith(name + DELIMITER) for n in names)) for name in deleted
+    ]
+    out.extend(FolderCreated(name) for name in created if name not in freed)
+    out.extend(FolderRenamed(old_name, new_name) for old_name, new_name in renamed)
+    out.extend(FolderCreated(name) for name in created if name in freed)
+    out.extend(
+        SubscriptionChanged(name, name in new_subscribed)
+        for name in sorted(old_subscribed.symmetric_difference(new_subscribed))
+    )
+    return out
 
 
 def _notify(conn: Any, node: str, user: str, box_id: int | None, kind: str) -> None:
@@ -467,8 +601,14 @@ def _move_rows(
     return pairs
 
 
-def _expunge_rows(conn: Any, bodies: BodyStore, box_id: int, uids: list[int]) -> list[int]:
-    """Remove the messages *uids* (all found), record them expunged at one new modseq; those removed."""
+def _expunge_rows(
+    conn: Any, bodies: BodyStore, box_id: int, uids: list[int], history: int = EXPUNGE_HISTORY
+) -> list[int]:
+    """
+    Remove the messages *uids* (all found), record them expunged at one
+    new modseq, keeping *history* modseqs of history
+    (:func:`_prune_expunged`); those removed.
+    """
     if not uids:
         return []
     _, modseq = _allocate(conn, box_id, 0, 1)
@@ -484,7 +624,29 @@ def _expunge_rows(conn: Any, bodies: BodyStore, box_id: int, uids: list[int]) ->
                 [(box_id, uid, modseq) for uid in removed],
             )
         bodies.delete_unused(conn, (r[1] for r in rows))
+        _prune_expunged(conn, box_id, modseq - history)
     return removed
+
+
+def _prune_expunged(conn: Any, box_id: int, horizon: int) -> None:
+    """
+    Forget the expunges at or before modseq *horizon* (RFC 7162 section
+    3.2.6 lets a server answer with a superset past what it remembers): the
+    rows go, and the row of UID 0 (no message has it) holds the horizon,
+    the modseq after which the history is complete.  One index range probe
+    when there is nothing to forget.
+    """
+    if horizon <= 0:
+        return
+    cur = conn.execute(
+        "DELETE FROM expunged WHERE mailbox = %s AND uid > 0 AND modseq <= %s", (box_id, horizon)
+    )
+    if cur.rowcount:
+        conn.execute(
+            "INSERT INTO expunged (mailbox, uid, modseq) VALUES (%s, 0, %s) ON CONFLICT (mailbox, uid)"
+            " DO UPDATE SET modseq = greatest(expunged.modseq, excluded.modseq)",
+            (box_id, horizon),
+        )
 
 
 def _flag_rows(
@@ -559,13 +721,19 @@ class PostgresMailbox(MailboxState):
 
     # -- applying what the database says ------------------------------------
 
-    def _apply(self, changes: _Changes | None) -> None:
-        """Bring the message list up to *changes* and tell the listeners (reactor thread)."""
+    def _apply(self, changes: _Changes | None) -> defer.Deferred[None] | None:
+        """
+        Bring the message list up to *changes* and tell the listeners
+        (reactor thread); the store's listeners, if it has some, through
+        its :class:`_StoreWatch`: the Deferred that fires once they are
+        told (never fails), or ``None``.
+        """
         if changes is None or changes.name != self.name:
             # Deleted, or renamed (by another node): this object is done.
             self.store._forget(self)
             self._mark_deleted()
-            return
+            return None
+        before = (self._uidnext, self._modseq)
         added = []
         changed = []
         for info in changes.messages:
@@ -583,18 +751,33 @@ class PostgresMailbox(MailboxState):
                 self._insert(info)
             if unordered:  # pragma: no cover - UIDs commit in order; kept ascending regardless
                 self._infos = dict(sorted(self._infos.items()))
-        removed = [uid for uid in changes.expunged if uid in self._infos]
+        if changes.present is None:
+            removed = [uid for uid in changes.expunged if uid in self._infos]
+        else:  # the expunge history no longer reaches back to this list
+            present = set(changes.present)
+            removed = [uid for uid in self._infos if uid not in present]
         for uid in removed:
             self._count(self._infos.pop(uid), -1)
         self._uidnext = max(self._uidnext, changes.uidnext)
         self._modseq = max([self._modseq, changes.highest_modseq, *(i.modseq for i in changed)])
         self._recent = max(self._recent, changes.recent_uid)
+        events: list[MailboxChange] = []
         if added:
-            self._notify(MessagesAdded(tuple(added)))
+            events.append(MessagesAdded(tuple(added)))
         if changed:
-            self._notify(FlagsChanged(tuple(changed)))
+            events.append(FlagsChanged(tuple(changed)))
         if removed:
-            self._notify(MessagesExpunged(tuple(removed), self._modseq))
+            events.append(MessagesExpunged(tuple(removed), self._modseq))
+        for event in events:
+            self._notify(event)
+        after = (self._uidnext, self._modseq)
+        watch = self.store._watch
+        if watch is None or (not events and after == before):
+            return None
+        return watch.mailbox_told(self, before, after, events)
+
+    def _tell_store_listeners(self, change: MailboxChange) -> None:
+        """The store's listeners are told by its :class:`_StoreWatch` (:meth:`_apply`), not here."""
 
     def _change(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """
@@ -615,8 +798,10 @@ class PostgresMailbox(MailboxState):
 
         def applied(outcome: tuple[Any, _Changes | None]) -> Any:
             result, changes = outcome
-            self._apply(changes)
-            return result
+            told = self._apply(changes)
+            # The store's listeners hear the change before the caller does
+            # (a session's own change is known as its own while its command runs).
+            return result if told is None else told.addCallback(lambda _: result)
 
         return self._lock.run(locked)
 
@@ -651,14 +836,21 @@ class PostgresMailbox(MailboxState):
         wanted = None if uids is None else sorted({int(u) for u in uids})
 
         def query(conn: Any) -> list[int]:
+            _snapshot(conn)
+            horizon = conn.execute(
+                "SELECT modseq FROM expunged WHERE mailbox = %s AND uid = 0", (self.box_id,)
+            ).fetchone()
+            if horizon is not None and modseq < horizon[0]:
+                return self._gone_below_uidnext(conn, wanted)
             if wanted is None:
                 rows = conn.execute(
-                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s ORDER BY uid",
+                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s AND uid > 0 ORDER BY uid",
                     (self.box_id, modseq),
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s AND uid = ANY(%s) ORDER BY uid",
+                    "SELECT uid FROM expunged WHERE mailbox = %s AND modseq > %s AND uid = ANY(%s) AND uid > 0"
+                    " ORDER BY uid",
                     (self.box_id, modseq, wanted),
                 ).fetchall()
             return [int(r[0]) for r in rows]
@@ -666,6 +858,22 @@ class PostgresMailbox(MailboxState):
         if wanted == []:
             return defer.succeed([])
         return self._database.run(query)
+
+    def _gone_below_uidnext(self, conn: Any, wanted: list[int] | None) -> list[int]:
+        """
+        Past the history's horizon: every UID below UIDNEXT that is not
+        present (of *wanted*, when given), as the memory store answers
+        past its own (a superset, RFC 7162 section 3.2.6).
+        """
+        row = conn.execute("SELECT uidnext FROM mailboxes WHERE id = %s", (self.box_id,)).fetchone()
+        if row is None:
+            raise NoSuchMailbox(self.name)
+        uidnext = int(row[0])
+        present = {
+            int(r[0]) for r in conn.execute("SELECT uid FROM messages WHERE mailbox = %s", (self.box_id,))
+        }
+        candidates: Iterable[int] = range(1, uidnext) if wanted is None else wanted
+        return [uid for uid in candidates if 0 < uid < uidnext and uid not in present]
 
     def _body(self, conn: Any, uid: int) -> BinaryIO:
         row = conn.execute(
@@ -821,11 +1029,14 @@ class PostgresMailbox(MailboxState):
         if failed is not None:
             return failed
         selected = select_uids(uids, self._infos)
+        history = self.store.provider.expunge_history
         if not self._same_database(target):
 
             def copied(pairs: list[tuple[int, int]]) -> defer.Deferred[list[tuple[int, int]]]:
                 def drop(conn: Any) -> list[tuple[int, int]]:
-                    _expunge_rows(conn, self.store.provider.bodies, self.box_id, [s for s, _ in pairs])
+                    _expunge_rows(
+                        conn, self.store.provider.bodies, self.box_id, [s for s, _ in pairs], history
+                    )
                     _notify(conn, self._node, self.store.user, self.box_id, "expunged")
                     return pairs
 
@@ -844,7 +1055,7 @@ class PostgresMailbox(MailboxState):
             )
             pairs = _move_rows(conn, bodies, self.box_id, selected, target.box_id)
             if pairs:
-                _expunge_rows(conn, bodies, self.box_id, [s for s, _ in pairs])
+                _expunge_rows(conn, bodies, self.box_id, [s for s, _ in pairs], history)
                 _notify(conn, self._node, target.store.user, target.box_id, "added")
                 _notify(conn, self._node, self.store.user, self.box_id, "expunged")
             return pairs
@@ -865,7 +1076,11 @@ class PostgresMailbox(MailboxState):
                 (self.box_id, known, "\\Deleted"),
             ).fetchall()
             removed = _expunge_rows(
-                conn, self.store.provider.bodies, self.box_id, sorted(int(r[0]) for r in rows)
+                conn,
+                self.store.provider.bodies,
+                self.box_id,
+                sorted(int(r[0]) for r in rows),
+                self.store.provider.expunge_history,
             )
             if removed:
                 _notify(conn, self._node, self.store.user, self.box_id, "expunged")
@@ -899,9 +1114,253 @@ class PostgresMailbox(MailboxState):
         return self._change(lambda conn: None)
 
 
-@implementer(IMailStore, IStorageUsage, IMetadataStore, IURLAuthKeys)
-class PostgresStore:
-    """One user's mailboxes in the database.  Created by :class:`PostgresProvider`."""
+#: What a store's listeners were last told of a mailbox: ``(UIDNEXT, HIGHESTMODSEQ)``.
+Mark = tuple[int, int]
+#: The mark of a mailbox created since the last reading: nothing in it told
+#: yet (the schema's first UIDNEXT and HIGHESTMODSEQ).
+NEW_MARK: Mark = (1, 1)
+
+
+class _Unopened:
+    """
+    A mailbox this process does not have open, as a store listener's
+    :class:`~txmail.model.MessagesChanged` names it: :meth:`status` gives
+    its counters (the open object's when it has been opened since, else
+    summed by the database in one query) without loading its messages.
+    """
+
+    def __init__(self, store: PostgresStore, box_id: int, name: str) -> None:
+        self.store = store
+        self.box_id = box_id
+        self.name = name
+
+    def status(self) -> defer.Deferred[MailboxStatus]:
+        """See :meth:`txmail.interfaces.IMailbox.status`."""
+        box = self.store._boxes.get(self.box_id)
+        if box is not None and not box._deleted:
+            return box.status()
+        return self.store._run(_read_status, self.box_id, self.name)
+
+
+class _StoreWatch:
+    """
+    What a :class:`PostgresStore` keeps while it has store listeners
+    (:class:`~txmail.interfaces.IStoreChanges`), to tell them every change
+    of the user's mailboxes, made by this process or another node.
+
+    * The folder tree (row id: name) and the subscriptions as last read:
+      a folder or subscription change, here or elsewhere (a ``mailboxes``
+      or ``subscriptions`` notification), reads them again and tells the
+      difference (:func:`_folder_changes`).
+    * A *mark* per mailbox, ``(UIDNEXT, HIGHESTMODSEQ)`` of what the
+      listeners were told.  A mailbox this process has open tells its
+      changes as its own listeners hear them, when its mark is where its
+      message list was; any other change is read from the database
+      relative to the mark (:func:`_read_changes`): messages at or above
+      the mark's UIDNEXT were added, the others with a higher modseq had
+      their flags changed, and the ``expunged`` rows after its modseq
+      (below its UIDNEXT) were expunged.  Nothing else is kept: no
+      message list for the mailboxes nobody has open.
+
+    Every reading and telling runs in turn (one ``DeferredLock``), so the
+    readings are applied in the order they were made; requests that wait
+    for their turn are merged (a burst of notifications costs one read).
+    A reading is one snapshot (:func:`_snapshot`) and locks no row.
+    The first reading (started with the watch) only takes the marks;
+    changes committed before it are not told.  The Deferreds given out
+    never fail: a failed reading is logged.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self._lock = defer.DeferredLock()
+        #: The folder tree last read; ``None`` before the first reading.
+        self._names: dict[int, str] | None = None
+        self._subscribed: frozenset[str] = frozenset()
+        # The mailboxes open now: from where their lists are (what they tell next is new).
+        self._marks: dict[int, Mark] = {
+            box_id: (box._uidnext, box._modseq)
+            for box_id, box in list(store._boxes.items())
+            if not box._deleted
+        }
+        self._all_waiting: list[defer.Deferred[None]] | None = None
+        self._box_waiting: dict[int, list[defer.Deferred[None]]] = {}
+        self._first = self.sync_all()
+
+    def ready(self) -> defer.Deferred[None]:
+        """Fires once the first reading is done (or failed)."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def done(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._first.addBoth(done)
+        return d
+
+    # -- requests -------------------------------------------------------------
+
+    def sync_all(self) -> defer.Deferred[None]:
+        """Read the folder tree and subscriptions, and every mailbox not open here that changed; tell it."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._all_waiting is not None:
+            self._all_waiting.append(d)
+            return d
+        waiting = self._all_waiting = [d]
+
+        def start() -> defer.Deferred[None]:
+            self._all_waiting = None  # a request from now on needs a reading of its own
+            return self._read_all()
+
+        self._lock.run(start).addErrback(self._failed).addCallback(self._fire, waiting)
+        return d
+
+    def sync_box(self, box_id: int) -> defer.Deferred[None]:
+        """Read what changed in the mailbox *box_id* (not open here) and tell it."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._all_waiting is not None:  # that reading will see it
+            self._all_waiting.append(d)
+            return d
+        waiting = self._box_waiting.get(box_id)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        waiting = self._box_waiting[box_id] = [d]
+
+        def start() -> defer.Deferred[None] | None:
+            self._box_waiting.pop(box_id, None)
+            box = self.store._boxes.get(box_id)
+            if box is not None and not box._deleted:
+                return None  # opened meanwhile: it tells its own changes
+            return self._read_box(box_id)
+
+        self._lock.run(start).addErrback(self._failed).addCallback(self._fire, waiting)
+        return d
+
+    def mailbox_told(
+        self, box: PostgresMailbox, before: Mark, after: Mark, events: list[MailboxChange]
+    ) -> defer.Deferred[None]:
+        """The open *box* went from *before* to *after* telling its listeners *events*: tell the store's."""
+        return self._lock.run(self._box_told, box, before, after, events).addErrback(self._failed)
+
+    # -- in turn ----------------------------------------------------------------
+
+    def _box_told(
+        self, box: PostgresMailbox, before: Mark, after: Mark, events: list[MailboxChange]
+    ) -> defer.Deferred[None] | None:
+        if self._names is None:
+            return None  # the first reading failed: nothing to tell changes from
+        mark = self._marks.get(box.box_id, NEW_MARK)
+        if mark == before:
+            self._marks[box.box_id] = after
+            self._tell_messages(box.name, events, box)
+            return None
+        if after[1] <= mark[1]:
+            return None  # told already (read while the mailbox was not open)
+        return self._read_box(box.box_id)
+
+    def _read_all(self) -> defer.Deferred[None]:
+        store = self.store
+        first = self._names is None
+        marks = dict(self._marks)
+        in_use = frozenset(box_id for box_id, box in list(store._boxes.items()) if not box._deleted)
+
+        def read(conn: Any) -> tuple[dict[int, tuple[str, int, int]], frozenset[str], dict[int, Any]]:
+            _snapshot(conn)
+            tree, subscribed = _read_tree(conn, store.user)
+            deltas = {}
+            if not first:
+                for box_id, (_, uidnext, modseq) in tree.items():
+                    mark = marks.get(box_id, NEW_MARK)
+                    if box_id not in in_use and (uidnext, modseq) != mark:
+                        deltas[box_id] = (mark, _read_changes(conn, box_id, mark[1], lock=False))
+            return tree, subscribed, deltas
+
+        return store._run(read).addCallback(self._read_all_done)
+
+    def _read_all_done(
+        self, result: tuple[dict[int, tuple[str, int, int]], frozenset[str], dict[int, Any]]
+    ) -> None:
+        tree, subscribed, deltas = result
+        names = {box_id: name for box_id, (name, _, _) in tree.items()}
+        old, self._names = self._names, names
+        old_subscribed, self._subscribed = self._subscribed, subscribed
+        if old is None:
+            for box_id, (_, uidnext, modseq) in tree.items():
+                self._marks.setdefault(box_id, (uidnext, modseq))
+            return
+        for box_id in old.keys() - names.keys():
+            self._marks.pop(box_id, None)
+        self._tell(*_folder_changes(old, names, old_subscribed, subscribed))
+        for box_id in sorted(deltas):
+            mark, changes = deltas[box_id]
+            self._told_delta(box_id, mark, changes)
+
+    def _read_box(self, box_id: int) -> defer.Deferred[None] | None:
+        if self._names is None:
+            return None
+        mark = self._marks.get(box_id, NEW_MARK)
+        return self.store._run(_read_unlocked, box_id, mark[1]).addCallback(
+            lambda changes: self._told_delta(box_id, mark, changes)
+        )
+
+    def _told_delta(self, box_id: int, mark: Mark, changes: _Changes | None) -> None:
+        """Tell what *changes* (read after *mark*'s modseq) holds that the listeners were not told."""
+        if changes is None:
+            self._marks.pop(box_id, None)  # deleted: the folder reading tells it
+            return
+        self._marks[box_id] = (changes.uidnext, changes.highest_modseq)
+        uidnext = mark[0]
+        added = tuple(info for info in changes.messages if info.uid >= uidnext)
+        changed = tuple(info for info in changes.messages if info.uid < uidnext)
+        if changes.present is None:
+            removed = tuple(uid for uid in changes.expunged if uid < uidnext)
+        else:  # the history is pruned past the mark: every UID gone below it (a superset)
+            present = set(changes.present)
+            removed = tuple(uid for uid in range(1, uidnext) if uid not in present)
+        events: list[MailboxChange] = []
+        if added:
+            events.append(MessagesAdded(added))
+        if changed:
+            events.append(FlagsChanged(changed))
+        if removed:
+            events.append(MessagesExpunged(removed, changes.highest_modseq))
+        if events:
+            box = self.store._boxes.get(box_id)
+            mailbox: Any = box if box is not None and not box._deleted else None
+            if mailbox is None:
+                mailbox = _Unopened(self.store, box_id, changes.name)
+            self._tell_messages(changes.name, events, mailbox)
+
+    def _tell_messages(self, name: str, events: list[MailboxChange], mailbox: Any) -> None:
+        self._tell(*(MessagesChanged(name, event, mailbox) for event in events))
+
+    def _tell(self, *changes: FolderChange) -> None:
+        if changes and self.store._watch is self:  # not a watch the store has given up
+            self.store._tell_store(*changes)
+
+    @staticmethod
+    def _fire(_: Any, waiting: list[defer.Deferred[None]]) -> None:
+        for d in waiting:
+            d.callback(None)
+
+    def _failed(self, failure: Any) -> None:
+        self.log.failure(
+            "reading the changes for the store listeners of {user} failed", failure, user=self.store.user
+        )
+
+
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys)
+class PostgresStore(StoreListeners):
+    """
+    One user's mailboxes in the database.  Created by :class:`PostgresProvider`.
+
+    Its store listeners (:class:`~txmail.interfaces.IStoreChanges`) hear
+    the changes of every mailbox of the user, made by this process or
+    another node (:class:`_StoreWatch`, kept only while there is one).
+    """
 
     log = Logger()
 
@@ -911,6 +1370,8 @@ class PostgresStore:
         #: The mailbox objects in use, by row id.
         self._boxes: weakref.WeakValueDictionary[int, PostgresMailbox] = weakref.WeakValueDictionary()
         self._annotation_listeners = AnnotationListeners()
+        self._init_store_listeners()
+        self._watch: _StoreWatch | None = None
 
     @property
     def _database(self) -> Any:
@@ -937,8 +1398,57 @@ class PostgresStore:
             ds.append(box.refresh().addErrback(lambda f: f.trap(NoSuchMailbox)))
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
-    def _folder_change(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        """Run a folder change under the user's row lock; NOTIFY the other nodes."""
+    # -- IStoreChanges ------------------------------------------------------------
+
+    def add_store_listener(self, listener: Callable[[FolderChange], None]) -> Callable[[], None]:
+        """
+        See :meth:`txmail.interfaces.IStoreChanges.add_store_listener`:
+        the first listener starts a :class:`_StoreWatch` (one reading of
+        the folder tree), the last one removed ends it.  Changes committed
+        before that first reading is done (:meth:`listeners_ready`) may
+        not be told.
+        """
+        remove = super().add_store_listener(listener)
+        if self._watch is None:
+            self._watch = _StoreWatch(self)
+
+        def removed() -> None:
+            remove()
+            if not self._store_listeners:
+                self._watch = None
+
+        return removed
+
+    def listeners_ready(self) -> defer.Deferred[None]:
+        """Fires once the store listeners' first reading is done (at once without listeners)."""
+        if self._watch is None:
+            return defer.succeed(None)
+        return self._watch.ready()
+
+    def _folders_told(self, run: Callable[[], defer.Deferred[Any]]) -> defer.Deferred[Any]:
+        """
+        Start a folder or subscription change (*run*); with store
+        listeners, after their first reading, and telling them what
+        changed (read back) before the result fires.
+        """
+
+        def told(result: Any) -> Any:
+            watch = self._watch
+            if watch is None:
+                return result
+            return watch.sync_all().addCallback(lambda _: result)
+
+        watch = self._watch
+        started = watch.ready() if watch is not None else defer.succeed(None)
+        return started.addCallback(lambda _: run()).addCallback(told)
+
+    def _folder_change(
+        self, fn: Callable[..., Any], *args: Any, then: Callable[[Any], Any] | None = None
+    ) -> defer.Deferred[Any]:
+        """
+        Run a folder change under the user's row lock; NOTIFY the other
+        nodes; ``then(result)`` before the store listeners are told.
+        """
 
         def work(conn: Any) -> Any:
             last = _lock_user(conn, self.user)
@@ -946,7 +1456,11 @@ class PostgresStore:
             _notify(conn, self.provider.node, self.user, None, "mailboxes")
             return result
 
-        return self._run(work)
+        def run() -> defer.Deferred[Any]:
+            d = self._run(work)
+            return d if then is None else d.addCallback(then)
+
+        return self._folders_told(run)
 
     # -- IStorageUsage --------------------------------------------------------
 
@@ -1078,7 +1592,7 @@ class PostgresStore:
             self.provider.bodies.delete_unused(conn, body_ids)
             return int(row[0])
 
-        return self._folder_change(delete).addCallback(lambda box_id: self._gone([box_id]))
+        return self._folder_change(delete, then=lambda box_id: self._gone([box_id]))
 
     def rename_mailbox(self, old: str, new: str) -> defer.Deferred[None]:
         """See :meth:`txmail.interfaces.IMailStore.rename_mailbox` (RFC 3501 section 6.3.5)."""
@@ -1120,7 +1634,7 @@ class PostgresStore:
             _create_parents(conn, self.user, new, last)
             return [int(box_id) for box_id, _ in rows]
 
-        return self._folder_change(rename).addCallback(self._gone)
+        return self._folder_change(rename, then=self._gone)
 
     def _rename_inbox(self, conn: Any, last: int, new: str) -> None:
         """RFC 3501 section 6.3.5: INBOX's messages move to a new mailbox *new*; INBOX stays, empty, with its children."""
@@ -1141,7 +1655,7 @@ class PostgresStore:
             for r in conn.execute("SELECT uid FROM messages WHERE mailbox = %s ORDER BY uid", (inbox,))
         ]
         pairs = _move_rows(conn, self.provider.bodies, inbox, uids, target)
-        _expunge_rows(conn, self.provider.bodies, inbox, [s for s, _ in pairs])
+        _expunge_rows(conn, self.provider.bodies, inbox, [s for s, _ in pairs], self.provider.expunge_history)
         # RFC 5464 section 4.1: the new mailbox gets a copy of INBOX's annotations.
         conn.execute(
             "INSERT INTO annotations (owner, mailbox, name, value)"
@@ -1290,12 +1804,14 @@ class PostgresStore:
 
         def add(conn: Any) -> None:
             conn.execute("INSERT INTO mail_users (address) VALUES (%s) ON CONFLICT DO NOTHING", (self.user,))
-            conn.execute(
+            cur = conn.execute(
                 "INSERT INTO subscriptions (owner, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 (self.user, name),
             )
+            if cur.rowcount:
+                _notify(conn, self.provider.node, self.user, None, "subscriptions")
 
-        return self._run(add)
+        return self._folders_told(lambda: self._run(add))
 
     def unsubscribe(self, name: str) -> defer.Deferred[None]:
         """See :meth:`txmail.interfaces.IMailStore.unsubscribe`."""
@@ -1308,8 +1824,9 @@ class PostgresStore:
             cur = conn.execute("DELETE FROM subscriptions WHERE owner = %s AND name = %s", (self.user, name))
             if not cur.rowcount:
                 raise NoSuchMailbox(name)
+            _notify(conn, self.provider.node, self.user, None, "subscriptions")
 
-        return self._run(remove)
+        return self._folders_told(lambda: self._run(remove))
 
     def subscriptions(self) -> defer.Deferred[list[str]]:
         """See :meth:`txmail.interfaces.IMailStore.subscriptions`."""
@@ -1349,7 +1866,9 @@ class PostgresProvider:
     The POP3 maildrop lock is shared by every node too
     (:meth:`lock_maildrop`, a lease row: :mod:`txmail.pg.maildrop`);
     *lock_lease* is how long a dead node's locks outlive it, renewals run
-    on *clock* (the database's reactor by default).
+    on *clock* (the database's reactor by default).  *expunge_history* is
+    how many modseqs of each mailbox's expunge history (QRESYNC) are kept
+    (:func:`_prune_expunged`).
     """
 
     log = Logger()
@@ -1361,8 +1880,10 @@ class PostgresProvider:
         bodies: BodyStore | None = None,
         lock_lease: float = DEFAULT_LEASE,
         clock: Any = None,
+        expunge_history: int = EXPUNGE_HISTORY,
     ) -> None:
         self.database = database
+        self.expunge_history = expunge_history
         self.bodies = bodies if bodies is not None else BodyStore()
         #: This process's name in the notifications: its own are not read back.
         self.node = uuid.uuid4().hex
@@ -1431,6 +1952,8 @@ class PostgresProvider:
                         .addErrback(lambda f: f.trap(NoSuchMailbox))
                         .addErrback(self._refresh_failed)
                     )
+                elif store is not None and store._watch is not None:
+                    refreshes.append(store._watch.sync_box(box_id))
             done = defer.gatherResults(refreshes, consumeErrors=True)
             return done.addCallback(lambda _: {user: uid for user, (_, uid) in made.items()})
 
@@ -1481,19 +2004,27 @@ class PostgresProvider:
         store = self._stores.get(user)
         if store is None:
             return
-        if kind == "mailboxes":
-            store.refresh_open().addErrback(self._refresh_failed)
+        watch = store._watch
+        if kind in ("mailboxes", "subscriptions"):
+            if kind == "mailboxes":
+                store.refresh_open().addErrback(self._refresh_failed)
+            if watch is not None:
+                watch.sync_all()
             return
         box = store._boxes.get(box_id)
         if box is not None:
             d = box._notified()
             if d is not None:
                 d.addErrback(lambda f: f.trap(NoSuchMailbox)).addErrback(self._refresh_failed)
+        elif watch is not None and isinstance(box_id, int):
+            watch.sync_box(box_id)
 
     def _reconnected(self) -> None:
         """The listening connection is (back) up: what was missed while it was down is read now."""
         for store in list(self._stores.values()):
             store.refresh_open().addErrback(self._refresh_failed)
+            if store._watch is not None:
+                store._watch.sync_all()
 
     def _refresh_failed(self, failure: Any) -> None:
         self.log.failure("refreshing a mailbox after a notification failed", failure)

@@ -387,6 +387,14 @@ class MailboxState:
                 listener(change)
             except Exception:
                 self.log.failure("mailbox listener failed for {mailbox}", mailbox=self.name)
+        self._tell_store_listeners(change)
+
+    def _tell_store_listeners(self, change: MailboxChange) -> None:
+        """
+        Pass *change* on to the store's listeners as
+        :class:`~txmail.model.MessagesChanged` (a hook: the PostgreSQL
+        store tells them from what it read instead).
+        """
         store = getattr(self, "store", None)
         if getattr(store, "_store_listeners", None) and not isinstance(change, MailboxDeleted):
             store._tell_store(MessagesChanged(self.name, change, self))

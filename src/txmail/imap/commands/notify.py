@@ -66,7 +66,8 @@ What is supported
 
 The events come from the store (:class:`txmail.interfaces.IStoreChanges`):
 changes made through it in this process, by any session of the user or a
-delivery.  A store without it gets no events for other mailboxes.
+delivery (the PostgreSQL store: on any node).  A store without it gets no
+events for other mailboxes.
 
 This module is sans-IO: it imports nothing from Twisted.
 """
