@@ -181,6 +181,32 @@ class CheapCheckTests(RefreshBase):
         self.assertEqual(self.successResultOf(box.status()).messages, 4)
         self.assertEqual(self.successResultOf(archive.status()).messages, 2)
 
+    def test_own_deliveries_in_flight(self) -> None:
+        """
+        While our own deliveries are in flight (their files renamed into
+        new/, not yet committed), asking for the mailbox again does not list
+        it: the directory times are ours.  Another program's change made
+        meanwhile is found once IN_FLIGHT_CHECK_NS has passed.
+        """
+        from txmail.store.maildir import IN_FLIGHT_CHECK_NS
+
+        box = self.open_inbox()
+        scans: list[Any] = []
+        real_scan = io.scan_folder
+        self.patch(io, "scan_folder", lambda *a: scans.append(a[0]) or real_scan(*a))
+        self.again()  # a check: nothing changed
+        box._pending.add("in-flight")  # a delivery of ours between its rename and its commit
+        self.deliver(message(7))
+        for _ in range(5):
+            self.again()
+        self.assertEqual(scans, [])
+        later = self.provider._now() + IN_FLIGHT_CHECK_NS + 1
+        self.patch(self.provider, "_now", lambda: later)
+        self.again()
+        self.assertEqual(scans, [box.path])
+        self.assertEqual(self.successResultOf(box.status()).messages, 1)
+        box._pending.discard("in-flight")
+
     def test_change_during_own_write_is_caught(self) -> None:
         """Another program's delivery between our change's two stats is found by the owed listing."""
         box = self.open_inbox()

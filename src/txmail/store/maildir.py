@@ -223,6 +223,11 @@ BATCH = 4096
 #: parsed for its header alone during which get_metadata parses new
 #: messages whole (a client fetching structures wants them all).
 STRUCTURES_WINDOW = 60.0
+#: While the store's own deliveries into a mailbox are in flight, the
+#: change check of ``get_mailbox`` looks at the directories at most this
+#: often (ns): their times change with each of ours, which would make
+#: every delivery list the folder while others overlap it.
+IN_FLIGHT_CHECK_NS = 1_000_000_000
 #: Messages whose header columns are filled from the metadata cache at once.
 COLUMNS_FILL = 1024
 #: ``header_lines`` of fewer messages than this (and than a quarter of the
@@ -389,6 +394,8 @@ class MaildirMailbox(MailboxState):
         self._letter_kw: dict[str, str] = {}
         self._kw_letter: dict[str, str] = {}
         self._pending: set[str] = set()
+        #: When refresh_if_changed last looked at the directories (ns).
+        self._checked_at = 0
         self._serial = defer.DeferredLock()
         self._index_path = os.path.join(path, io.INDEX)
         self._index_lines = 0
@@ -771,18 +778,28 @@ class MaildirMailbox(MailboxState):
         or when a listing is owed and its time has come (a change in the
         same timestamp tick as the last listing or as our own write is
         seen within :data:`txmail.store._maildir_io.SETTLE_NS`, as in
-        Dovecot).  The store's own writes do not count as changes.
+        Dovecot).  The store's own writes do not count as changes; while
+        some are in flight the directories are looked at only every
+        :data:`IN_FLIGHT_CHECK_NS`.
         """
         failed = self._alive_or_fail()
         if failed is not None:
             return failed
         stamp = self._stamp
         if stamp is not None:
+            now = self._provider._now()
+            if self._pending and now - self._checked_at < IN_FLIGHT_CHECK_NS:
+                # Our own deliveries are in flight: the directories changed
+                # by them, and they take their times in as they commit (a
+                # listing now would be of our own files).  Another program's
+                # change waits at most IN_FLIGHT_CHECK_NS for a check.
+                return defer.succeed(None)
+            self._checked_at = now
             try:
                 current = io.dir_mtimes(self.path)
             except Exception:
                 return defer.fail()
-            if not stamp.changed(current, self._provider._now(), strict=False):
+            if not stamp.changed(current, now, strict=False):
                 return defer.succeed(None)
         return self._serial.run(self._refresh_job, False)
 
