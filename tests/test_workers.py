@@ -203,6 +203,22 @@ class HandOverTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
 
 
+class RestartDelayTests(SynchronousTestCase):
+    def test_backoff(self) -> None:
+        """A worker dying young waits longer each time (up to a minute); one that ran a while, the first delay."""
+        from txmail.workers import MAX_RESTART_DELAY, YOUNG, next_delay
+
+        delays = []
+        last = 0.0
+        for _ in range(10):
+            last = next_delay(last, 0.5, 1.0)
+            delays.append(last)
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0])
+        self.assertEqual(MAX_RESTART_DELAY, 60.0)
+        self.assertEqual(next_delay(60.0, YOUNG, 1.0), 1.0)
+        self.assertEqual(next_delay(0.0, YOUNG + 100, 0.25), 0.25)
+
+
 class EnvelopeTests(SynchronousTestCase):
     def test_round_trip(self) -> None:
         self.assertEqual(envelope_from_json(envelope_to_json(ENVELOPE)), ENVELOPE)

@@ -209,6 +209,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.pool = pool
         self.index = index
         self.spec = spec
+        self.started = 0.0
         self._partial = {1: b"", 2: b""}
         self.ended: defer.Deferred[None] = defer.Deferred()
 
@@ -297,6 +298,7 @@ class WorkerPool(service.Service):
         self.pids: dict[int, list[int]] = {}
         self._controls: dict[int, Any] = {}
         self._restarts: dict[int, Any] = {}
+        self._delays: dict[int, float] = {}  # index -> the last restart delay
         #: Writes the workers' log lines into the process's log file, or
         #: ``None``: they become log events (see :func:`_log_output`).
         self.log_output: Callable[[str], None] | None = None
@@ -353,6 +355,7 @@ class WorkerPool(service.Service):
         ours.close()
         self._controls[index] = control
         self.processes[index] = process
+        process.started = self.reactor.seconds()
         self.pids.setdefault(index, []).append(transport.pid)
         self.log.info("worker {worker} started (pid {pid})", worker=index, pid=transport.pid)
 
@@ -368,13 +371,16 @@ class WorkerPool(service.Service):
         # A worker stopped by Control-C (the signal reaches the whole process
         # group) may end before this process hears of it: the restart waits,
         # and stopping the server cancels it.
+        delay = self._delays[index] = next_delay(
+            self._delays.get(index, 0.0), self.reactor.seconds() - process.started, self.restart_delay
+        )
         self.log.warn(
             "worker {worker} ended ({reason}); it is started again in {delay} s unless the server stops",
             worker=index,
             reason=reason.getErrorMessage() if not reason.check(ProcessDone) else "exit 0",
-            delay=self.restart_delay,
+            delay=delay,
         )
-        self._restarts[index] = self.reactor.callLater(self.restart_delay, self._spawn, index)
+        self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -400,6 +406,24 @@ class WorkerPool(service.Service):
                 timer.cancel()
 
         return done.addCallback(stopped)
+
+
+#: A worker that lived less than this (seconds) died young: its next restart waits twice as long.
+YOUNG = 10.0
+#: The longest wait before a worker that keeps dying young is started again (seconds).
+MAX_RESTART_DELAY = 60.0
+
+
+def next_delay(last: float, lived: float, first: float) -> float:
+    """
+    The wait before a worker that ended after *lived* seconds is started
+    again: *first* after a worker that ran a while; twice the *last* wait
+    (at most :data:`MAX_RESTART_DELAY`) after one that died young (a worker
+    that cannot start, say, is not restarted in a tight loop).
+    """
+    if lived >= YOUNG or last <= 0:
+        return first
+    return min(max(last * 2, first), MAX_RESTART_DELAY)
 
 
 def _log_output() -> Callable[[str], None] | None:
