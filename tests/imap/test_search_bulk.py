@@ -188,6 +188,23 @@ class BulkTests(SynchronousTestCase):
             built = columns.FieldIndex.build("subject", [("subject", raw) for raw in sample])
             self.assertEqual(_occurrences(built.texts), [(i, columns._text(r)) for i, r in enumerate(sample)])
 
+    def test_every_field(self) -> None:
+        """The index of each column field holds the texts field_texts reads, tuple by tuple (odd tuples too)."""
+        values = [
+            *self.values,
+            *ODD_VALUES * 3,
+            (),
+            ("x", "subject", "subject", " s\r\n", "subject", " t\r\n"),
+        ]
+        for name in HEADER_COLUMNS:
+            expected = [(i, t) for i, v in enumerate(values) for t in columns.field_texts(v, name)]
+            self.assertEqual(
+                _occurrences(columns.FieldIndex.build(name, values).texts), sorted(expected), name
+            )
+        some = [(i, t) for i, v in enumerate(values) for t in columns.field_texts(v, "subject")]
+        self.assertIn((len(values) - 1, "s"), some)
+        self.assertIn((len(values) - 1, "t"), some)
+
     def test_index_kept_extended_rebuilt(self) -> None:
         """The same tuples: the same index; more after them: extended as if made afresh; others: made again."""
         values = self.values[:200]
@@ -222,104 +239,6 @@ class BulkTests(SynchronousTestCase):
         self.assertEqual(columns.ordered_values({1: a, 2: b}, array("I", [1, 2])), [a, b])
         self.assertIsNone(columns.ordered_values({1: a, 2: b}, [1, 2, 5]))
         self.assertIsNone(columns.ordered_values({1: a, 2: b, 7: c}, [1, 2, 5]))
-
-
-#: Raw values that are not of the plain form (space, core, CRLF) or whose
-#: core is not its text lowered, each of them alone: _plain_texts must refuse
-#: a run holding any of them.
-NOT_PLAIN = [
-    " =?utf-8?q?Dr=C3=A9i?=\r\n",
-    " a =? b\r\n",
-    " ends =\r\n?= next",
-    " folded\r\n over\r\n",
-    " two\r\n\r\n",
-    " cr\ronly\r\n",
-    " lf\nonly\r\n",
-    " no line end",
-    "no leading space\r\n",
-    "  two spaces\r\n",
-    " \ttab first\r\n",
-    " \t\r\n",
-    "   \r\n",
-    " blank last \r\n",
-    " tab last\t\r\n",
-    " nul\x00inside\r\n",
-    " nul last\x00\r\n",
-    " a\r\n\x00 b\r\n",
-    " caf\u00e9\r\n",
-    " \u212a\r\n",
-    " Stra\u00dfe\r\n",
-    "\r\n",
-    "",
-    " \r\n ",
-    "\n x\r\n",
-    " x\r",
-    " x\n",
-]
-
-#: Plain values: their texts are their cores lowered (a tab inside, an empty core).
-PLAIN = [" Plain ASCII\r\n", " a\tb\r\n", " \r\n", " x\r\n", " Re: [list] (x) =\r\n", " ?= ok\r\n"]
-
-
-class PlainTextsTests(SynchronousTestCase):
-    """The texts made by runs in C are _text's, value by value, whatever the mix and the run sizes."""
-
-    def expected(self, raws: list[str]) -> tuple[str, list[int]]:
-        texts = [columns._text(raw) for raw in raws]
-        return "".join(t + "\x00" for t in texts), [len(t) + 1 for t in texts]
-
-    def test_plain_or_refused(self) -> None:
-        """A run of plain values is made in C; a run with any other value is refused, wherever it is."""
-        for raw in PLAIN:
-            self.assertEqual(columns._plain_texts(raw, 1), self.expected([raw])[0], repr(raw))
-        self.assertEqual(columns._plain_texts("\x00".join(PLAIN), len(PLAIN)), self.expected(PLAIN)[0])
-        for raw in NOT_PLAIN:
-            for run in ([raw], [raw, *PLAIN], [*PLAIN, raw], [*PLAIN[:3], raw, *PLAIN[3:]]):
-                self.assertIsNone(columns._plain_texts("\x00".join(run), len(run)), repr(run))
-
-    def test_runs_mixed(self) -> None:
-        """Plain and other values mixed at random densities and places: the texts of _text."""
-        rng = random.Random(12)
-        odd = NOT_PLAIN + [v for _, _, _, values in _values()[0] for v in values[1::2]]
-        words = ["Zebra", "plans", "lunch", "Q3", "re:", "[list]", "a\tb", "(x)", "=", "?"]
-        plain = [" " + " ".join(rng.choices(words, k=rng.randrange(1, 6))) + "\r\n" for _ in range(300)]
-        made_in_c = 0
-        texts = columns._text
-        calls: list[str] = []
-
-        def counted(raw: str) -> str:
-            calls.append(raw)
-            return texts(raw)
-
-        self.patch(columns, "_text", counted)
-        for density in (0.0, 0.002, 0.05, 0.3, 1.0):
-            for runs in ((256, 16), (4, 2), (3,), (1000,)):
-                count = rng.choice([0, 1, 15, 16, 17, 255, 256, 257, 700])
-                raws = [
-                    rng.choice(odd) if rng.random() < density else rng.choice(plain) for _ in range(count)
-                ]
-                del calls[:]
-                got = columns._joined_texts(raws, runs)
-                made_in_c += len(raws) - len(calls)
-                self.assertEqual(got, self.expected(raws), (density, runs, count))
-        self.assertGreater(made_in_c, 1000)
-
-    def test_fields_found(self) -> None:
-        """Each column field's occurrences: those field_texts reads, tuple by tuple (odd tuples too)."""
-        values = _values()[1] + ODD_VALUES * 3 + [(), ("x", "subject", "subject", " s\r\n")]
-        for name in HEADER_COLUMNS:
-            owners, raws = columns._occurrences(name, values)
-            self.assertEqual(owners, sorted(owners))
-            self.assertEqual(
-                [(i, columns._text(raw)) for i, raw in zip(owners, raws, strict=True)],
-                [(i, t) for i, v in enumerate(values) for t in columns.field_texts(v, name)],
-                name,
-            )
-            built = columns.FieldIndex.build(name, values)
-            self.assertEqual(
-                _occurrences(built.texts),
-                sorted((i, t) for i, v in enumerate(values) for t in columns.field_texts(v, name)),
-            )
 
 
 def _occurrences(joined: Any) -> list[tuple[int, str]]:
@@ -474,14 +393,6 @@ class ServerTests(ServerTestCase):
         os.remove(os.path.join(self.mailbox.path, "txmail-columns"))
         self.mailbox._columns_read = None
         self.compare(proto, transport)
-
-
-class SmallRunsServerTests(ServerTests):
-    """ServerTests with the texts made in runs of 4 and 2: most generated messages' in C."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.patch(columns, "_RUNS", (4, 2))
 
 
 class NoColumnsTests(SynchronousTestCase):

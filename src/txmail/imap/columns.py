@@ -61,7 +61,6 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
-from operator import itemgetter
 from typing import Any
 
 from txmail import mime
@@ -429,18 +428,6 @@ class _Joined:
         #: The message (its place in the searched sequence) of each text.
         self.owners = array("q", owners)
 
-    @classmethod
-    def of(cls, text: str, sizes: list[int], owners: list[int]) -> _Joined:
-        """
-        The texts already joined: *text* (each followed by :data:`_SEP`),
-        the length of each with its separator, and the message of each.
-        """
-        joined = cls([], [])
-        joined.text = text
-        joined.nexts = array("q", accumulate(sizes))
-        joined.owners = array("q", owners)
-        return joined
-
     def then(self, tail: _Joined, shift: int) -> _Joined:
         """These texts followed by *tail*'s, whose owners are *shift* places further."""
         joined = _Joined([], [])
@@ -482,12 +469,29 @@ class FieldIndex:
     def build(cls, name: str, values: list[tuple[str, ...]]) -> FieldIndex:
         """
         The index of field *name* (lower case) of *values*: each message's
-        texts as :func:`field_texts` makes them, found (:func:`_occurrences`)
-        and made (:func:`_joined_texts`) by passes in C over all of them.
+        texts as :func:`field_texts` makes them (inline for a field found
+        once, as :func:`_substring` tests it).
         """
-        owners, raws = _occurrences(name, values)
-        text, sizes = _joined_texts(raws, _RUNS)
-        return cls(name, values, _Joined.of(text, sizes, owners))
+        texts: list[str] = []
+        owners: list[int] = []
+        add_text, add_owner = texts.append, owners.append
+        decode = search._decode_field
+        for i, fields in enumerate(values):
+            if fields.count(name) == 1:
+                j = fields.index(name)
+                if j & 1:
+                    continue  # a value spelled like the name: not the field
+                raw = fields[j + 1]
+                if raw.isascii() and "=?" not in raw and "\n" not in raw.rstrip("\r\n"):
+                    add_text(raw.strip(" \t\r\n").lower())  # _text, inline
+                else:
+                    add_text(decode(raw).casefold())
+                add_owner(i)
+            elif fields:
+                for text in field_texts(fields, name):
+                    add_text(text)
+                    add_owner(i)
+        return cls(name, values, _Joined(texts, owners))
 
     def extended(self, values: list[tuple[str, ...]]) -> FieldIndex:
         """The index of *values*, which begin with this index's (messages appended)."""
@@ -552,109 +556,6 @@ class FieldIndex:
         if with_addresses:
             found |= self.addresses().find(needle)
         return found
-
-
-def _occurrences(name: str, values: list[tuple[str, ...]]) -> tuple[list[int], list[str]]:
-    """
-    The place in *values* and the raw value of every field *name* (lower
-    case) of the column tuples *values*, in order (by message, then as in
-    its header).  Most messages have a field once or not at all: two scans
-    in C find it then (a value spelled like the name, at an odd place, is
-    not the field); a message with it more than once has its tuple read in
-    Python after the others, and the occurrences put in order.
-    """
-    owners: list[int] = []
-    raws: list[str] = []
-    repeated: list[int] = []
-    add_owner, add_raw = owners.append, raws.append
-    for i, fields in enumerate(values):
-        count = fields.count(name)
-        if count == 1:
-            j = fields.index(name)
-            if not j & 1:
-                add_owner(i)
-                add_raw(fields[j + 1])
-        elif count:
-            repeated.append(i)
-    if not repeated:
-        return owners, raws
-    pairs = list(zip(owners, raws, strict=True))
-    for i in repeated:
-        fields = values[i]
-        pairs += [(i, fields[j + 1]) for j in range(0, len(fields), 2) if fields[j] == name]
-    pairs.sort(key=itemgetter(0))  # stable: a message's fields stay in header order
-    return [i for i, _ in pairs], [raw for _, raw in pairs]
-
-
-#: Raw values whose texts are made together (:func:`_joined_texts`): a run
-#: of the first size that is not all :func:`_plain_texts` is made again as
-#: runs of the second, and any such run value by value.
-_RUNS = (256, 16)
-#: What separates values in a run of them that are all :func:`_plain_texts`.
-_PLAIN_SEP = "\r\n" + _SEP + " "
-_BLANKS = (" ", "\t")
-
-
-def _plain_texts(joined: str, count: int) -> str | None:
-    """
-    The texts (:func:`_text`) of *count* raw values joined by
-    :data:`_SEP` into *joined*, each followed by it, when every value is
-    of the form space, *core*, CRLF, its *core* of ASCII, without ``=?``,
-    CR, LF or NUL, neither beginning nor ending with a blank (what mail
-    mostly holds): each text is then its *core* lowered.  None when some
-    value is not.
-
-    The check, in C: *joined* begins with a space and ends with CRLF;
-    replacing CRLF, NUL, space by NUL makes *count* - 1 replacements and
-    leaves *count* - 1 NULs (so every NUL is a separator, between the CRLF
-    ending a value and the space beginning the next); what is left (the
-    cores) holds no CR, LF or ``=?`` and no blank next to a NUL or at its
-    ends.
-    """
-    if not (joined.startswith(" ") and joined.endswith("\r\n") and joined.isascii()):
-        return None
-    cores = joined[1:-2].replace(_PLAIN_SEP, _SEP)
-    if (
-        len(cores) != len(joined) - 3 * count
-        or cores.count(_SEP) != count - 1
-        or "\r" in cores
-        or "\n" in cores
-        or "=?" in cores
-        or cores.startswith(_BLANKS)
-        or cores.endswith(_BLANKS)
-        or " " + _SEP in cores
-        or _SEP + " " in cores
-        or ("\t" in cores and ("\t" + _SEP in cores or _SEP + "\t" in cores))
-    ):
-        return None
-    return cores.lower() + _SEP
-
-
-def _joined_texts(raws: list[str], runs: tuple[int, ...]) -> tuple[str, list[int]]:
-    """
-    The texts (:func:`_text`) of *raws*, each followed by :data:`_SEP`,
-    joined; and the length of each with its separator.  Runs of values
-    whose texts :func:`_plain_texts` makes (*runs*: their sizes, each
-    tried within a run of the size before it that is not) are made by it,
-    in a few calls in C; the other values go through :func:`_text` one by
-    one.
-    """
-    if not runs:
-        made = list(map(_text, raws))
-        return _SEP.join(made) + _SEP if made else "", list(map((1).__add__, map(len, made)))
-    step = runs[0]
-    pieces: list[str] = []
-    sizes: list[int] = []
-    for start in range(0, len(raws), step):
-        run = raws[start : start + step]
-        texts = _plain_texts(_SEP.join(run), len(run))
-        if texts is None:
-            texts, more = _joined_texts(run, runs[1:])
-            sizes += more
-        else:
-            sizes += map((-2).__add__, map(len, run))  # a space and CRLF dropped, the separator added
-        pieces.append(texts)
-    return "".join(pieces), sizes
 
 
 def field_index(name: str, values: list[tuple[str, ...]]) -> FieldIndex:

@@ -346,8 +346,6 @@ class _DirSync:
 
 
 _base_of = operator.attrgetter("base")
-_first = operator.itemgetter(0)
-_second = operator.itemgetter(1)
 
 
 class _Loc:
@@ -1032,19 +1030,14 @@ class MaildirMailbox(MailboxState):
             read = await self._run(columns.read_columns_since, self.path, names, self._lines_read, filename)
             self._keep_last("_lines_read", read)
             known, records, damaged = read.found, read.count, read.damaged
-        # Looked up in C; a message at a time only when some record is missing.
-        looked = list(map(known.get, map(_second, wanted)))
-        out: dict[int, columns.Values]
+        out: dict[int, columns.Values] = {}
         missing = []
-        if None not in looked:
-            out = dict(zip(map(_first, wanted), looked, strict=True))  # type: ignore[arg-type]
-        else:
-            out = {}
-            for (uid, _), found in zip(wanted, looked, strict=True):
-                if found is None:
-                    missing.append(uid)
-                else:
-                    out[uid] = found
+        for uid, base in wanted:
+            found = known.get(base)
+            if found is None:
+                missing.append(uid)
+            else:
+                out[uid] = found
         new: list[tuple[str, columns.Values]] = []
         for start in range(0, len(missing), COLUMNS_FILL):
             metadata = await self.get_metadata(missing[start : start + COLUMNS_FILL])
