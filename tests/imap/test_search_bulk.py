@@ -188,6 +188,23 @@ class BulkTests(SynchronousTestCase):
             built = columns.FieldIndex.build("subject", [("subject", raw) for raw in sample])
             self.assertEqual(_occurrences(built.texts), [(i, columns._text(r)) for i, r in enumerate(sample)])
 
+    def test_every_field(self) -> None:
+        """The index of each column field holds the texts field_texts reads, tuple by tuple (odd tuples too)."""
+        values = [
+            *self.values,
+            *ODD_VALUES * 3,
+            (),
+            ("x", "subject", "subject", " s\r\n", "subject", " t\r\n"),
+        ]
+        for name in HEADER_COLUMNS:
+            expected = [(i, t) for i, v in enumerate(values) for t in columns.field_texts(v, name)]
+            self.assertEqual(
+                _occurrences(columns.FieldIndex.build(name, values).texts), sorted(expected), name
+            )
+        some = [(i, t) for i, v in enumerate(values) for t in columns.field_texts(v, "subject")]
+        self.assertIn((len(values) - 1, "s"), some)
+        self.assertIn((len(values) - 1, "t"), some)
+
     def test_index_kept_extended_rebuilt(self) -> None:
         """The same tuples: the same index; more after them: extended as if made afresh; others: made again."""
         values = self.values[:200]
