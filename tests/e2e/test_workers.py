@@ -335,6 +335,64 @@ class WorkersTests(TestCase):
 
         return deferToThread(run)
 
+    def test_proxy_protocol_in_the_workers(self) -> Any:
+        """A PROXY header on a listener handed to the workers: the client's address is the header's."""
+        import socket
+
+        node = self.node
+        config = os.path.join(node.workdir, "txmail.toml")
+        with open(config, "w") as f:
+            f.write(f'[server]\nproxy_protocol = ["tcp:{node.smtp}:interface=127.0.0.1"]\n')
+        node.extra = ("--config", config)
+
+        def proxied_send(n: int) -> None:
+            with socket.create_connection(("127.0.0.1", node.smtp), timeout=30) as sock:
+                sock.sendall(f"PROXY TCP4 203.0.113.{n % 200 + 1} 127.0.0.1 40000 25\r\n".encode())
+                replies = sock.makefile("rb")
+
+                def expect(code: bytes) -> None:
+                    while True:
+                        line = replies.readline()
+                        self.assertTrue(line.startswith(code), line)
+                        if line[3:4] == b" ":
+                            return
+
+                expect(b"220")
+                for command, code in ((b"EHLO client.test", b"250"), (b"MAIL FROM:<bob@remote.test>", b"250"),
+                                      (f"RCPT TO:<{USER}>".encode(), b"250"), (b"DATA", b"354")):  # fmt: skip
+                    sock.sendall(command + b"\r\n")
+                    expect(code)
+                sock.sendall(message(f"proxied-{n}@example.test") + b".\r\n")
+                expect(b"250")
+                sock.sendall(b"QUIT\r\n")
+                expect(b"221")
+
+        def run() -> None:
+            node.start()
+            pattern = (
+                r"\[worker (\d): txmail.smtp.server.SMTPServerProtocol#info\] message \S+ from 203\.0\.113\."
+            )
+            sent = 0
+            while sent < 200:
+                proxied_send(sent)
+                sent += 1
+                if sent >= 20 and set(re.findall(pattern, node.log_text())) == {"1", "2"}:
+                    break
+            self.assertEqual(set(re.findall(pattern, node.log_text())), {"1", "2"})
+            base = os.path.join(node.data_dir, "mail", "example.test", "alice", "new")
+            received = []
+            for name in os.listdir(base):
+                with open(os.path.join(base, name), "rb") as f:
+                    received.append(f.read().split(b"\r\n\r\n", 1)[0])
+            self.assertEqual(len(received), sent)
+            self.assertTrue(all(b"[203.0.113." in header for header in received))
+            # Without the header, the connection is closed unread.
+            with socket.create_connection(("127.0.0.1", node.smtp), timeout=30) as sock:
+                sock.sendall(b"EHLO nobody\r\n")
+                self.assertEqual(sock.recv(100), b"")
+
+        return deferToThread(run)
+
     def test_kill_9_worker_under_load(self) -> Any:
         """A worker killed mid-load is started again; what got 250 is delivered exactly once."""
         node = self.node
