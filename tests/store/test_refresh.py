@@ -207,6 +207,20 @@ class CheapCheckTests(RefreshBase):
         self.assertEqual(self.successResultOf(box.status()).messages, 1)
         box._pending.discard("in-flight")
 
+    def test_new_files_take_uids_in_arrival_order(self) -> None:
+        """Files another program delivered get UIDs in delivery order, digits compared as numbers."""
+        from txmail.store.maildir import arrival_key
+
+        names = ["1700000000.M100000P1Q10.host", "1700000000.M99999P1Q9.host", "1700000001.M5P1Q11.host"]
+        self.assertEqual(sorted(names, key=arrival_key), [names[1], names[0], names[2]])
+        box = self.open_inbox()
+        for name, data in ((names[0], message(2)), (names[2], message(3)), (names[1], message(1))):
+            with open(os.path.join(self.user_dir, "new", name), "wb") as f:
+                f.write(data)
+        self.successResultOf(box.refresh())
+        data = [self.successResultOf(box.read_message(uid)) for uid in (1, 2, 3)]
+        self.assertEqual(data, [message(1), message(2), message(3)])
+
     def test_change_during_own_write_is_caught(self) -> None:
         """Another program's delivery between our change's two stats is found by the owed listing."""
         box = self.open_inbox()

@@ -371,6 +371,20 @@ class _Loc:
         self.raw = raw
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def arrival_key(name: str) -> tuple[Any, ...]:
+    """
+    The order new files get their UIDs in: their names compared with each
+    run of digits as a number, so that ``1700000000.M99999P1Q9.host``
+    comes before ``1700000000.M100000P1Q10.host`` (Maildir names start
+    with the delivery time; plain string order would put a later
+    microsecond or counter with one more digit first).
+    """
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))
+
+
 @implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines, IRecordCache)
 class MaildirMailbox(MailboxState):
     """
@@ -741,7 +755,7 @@ class MaildirMailbox(MailboxState):
             return defer.succeed(None)
         unknown = sorted(
             ((sub, name) for base, (sub, name) in listing.items() if base not in self._by_base),
-            key=lambda item: item[1],
+            key=lambda item: arrival_key(item[1]),
         )
         unknown = [item for item in unknown if item[1].split(",", 1)[0].split(":", 1)[0] not in self._pending]
         if not unknown:
