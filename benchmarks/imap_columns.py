@@ -81,6 +81,23 @@ class Connection:
         return out
 
 
+def selected_inbox(root: str) -> Connection:
+    """An IMAP session on a Maildir provider on *root* (a real clock's time), INBOX selected."""
+    clock = task.Clock()
+    clock.advance(time.time())
+    stores = MaildirProvider(root, hostname="bench.test", clock=clock, watch="off")
+    factory = IMAPFactory(
+        authenticator=Authenticator(FakeDirectory(), clock=clock),  # type: ignore[arg-type]
+        stores=stores,
+        clock=clock,
+        plaintext_auth="loopback",
+    )
+    conn = Connection(factory, clock)
+    conn.run(LOGIN.split(b" ", 1)[1].rstrip(b"\r\n"))
+    conn.run(b"SELECT INBOX")
+    return conn
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
@@ -95,18 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         work = make_mixed_workload(args.messages, args.seed)
         inbox = Path(root) / "example.test" / USER.split("@")[0]
         populate(inbox, work, None)
-        clock = task.Clock()
-        clock.advance(time.time())
-        stores = MaildirProvider(root, hostname="bench.test", clock=clock, watch="off")
-        factory = IMAPFactory(
-            authenticator=Authenticator(FakeDirectory(), clock=clock),  # type: ignore[arg-type]
-            stores=stores,
-            clock=clock,
-            plaintext_auth="loopback",
-        )
-        conn = Connection(factory, clock)
-        conn.run(LOGIN.split(b" ", 1)[1].rstrip(b"\r\n"))
-        conn.run(b"SELECT INBOX")
+        conn = selected_inbox(root)
         started = time.perf_counter()
         conn.run(FETCH_HEADERS)
         print(f"{args.messages} messages; header FETCH {time.perf_counter() - started:.2f} s")

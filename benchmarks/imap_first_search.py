@@ -30,18 +30,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import populate  # shared benchmark helpers
-from imap_columns import Connection
+from imap_columns import selected_inbox
 from imap_sync import FETCH_HEADERS, make_mixed_workload
-from tests.imap.test_server import LOGIN, USER, FakeDirectory
-from twisted.internet import task
+from tests.imap.test_server import USER
 
-from txmail.auth.authenticator import Authenticator
 from txmail.config import load_config
 from txmail.imap import columns
-from txmail.imap.server import IMAPFactory
 from txmail.service import tune_gc
 from txmail.store import _maildir_columns, maildir
-from txmail.store.maildir import MaildirProvider
 
 
 def _timed(steps: dict[str, list[float]], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,18 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             make_mixed_workload(args.messages, 2026),
             None,
         )
-    clock = task.Clock()
-    clock.advance(time.time())
-    stores = MaildirProvider(args.root, hostname="bench.test", clock=clock, watch="off")
-    factory = IMAPFactory(
-        authenticator=Authenticator(FakeDirectory(), clock=clock),  # type: ignore[arg-type]
-        stores=stores,
-        clock=clock,
-        plaintext_auth="loopback",
-    )
-    conn = Connection(factory, clock)
-    conn.run(LOGIN.split(b" ", 1)[1].rstrip(b"\r\n"))
-    conn.run(b"SELECT INBOX")
+    conn = selected_inbox(args.root)
     if fresh:
         conn.run(FETCH_HEADERS)
     command = args.command.encode()

@@ -294,8 +294,6 @@ class WorkerPool(service.Service):
         self.stop_timeout = stop_timeout
         #: index (from 1) -> the running process, for each live worker.
         self.processes: dict[int, _WorkerProcess] = {}
-        #: Each worker's process ids over time (the first, then its restarts).
-        self.pids: dict[int, list[int]] = {}
         self._controls: dict[int, Any] = {}
         self._restarts: dict[int, Any] = {}
         self._delays: dict[int, float] = {}  # index -> the last restart delay
@@ -356,7 +354,6 @@ class WorkerPool(service.Service):
         self._controls[index] = control
         self.processes[index] = process
         process.started = self.reactor.seconds()
-        self.pids.setdefault(index, []).append(transport.pid)
         self.log.info("worker {worker} started (pid {pid})", worker=index, pid=transport.pid)
 
     def _ended(self, process: _WorkerProcess, reason: Failure) -> None:

@@ -319,22 +319,26 @@ def wait_for(reactor: Any, condition: Any, timeout: float = 1.0) -> Any:
     return True
 
 
-class PostgresStoreNotificationTests(TestCase):
-    """Two nodes, each listening: a change committed on one reaches the other's listeners within a second."""
+class TwoListeningNodes:
+    """Set-up of a TestCase: providers *a* and *b*, two nodes on one database, both listening."""
 
     @defer.inlineCallbacks
     def setUp(self) -> Gen:
-        self.database = upgraded_database(self)
+        self.database = upgraded_database(self)  # type: ignore[arg-type]
         self.reactor = self.database.reactor
         self.a = self.started(make(self.database))
-        self.b = self.started(make(other_node(self.database, self)))
+        self.b = self.started(make(other_node(self.database, self)))  # type: ignore[arg-type]
         yield self.a.listening()
         yield self.b.listening()
 
     def started(self, provider: Any) -> Any:
         provider.start()
-        self.addCleanup(provider.stop)
+        self.addCleanup(provider.stop)  # type: ignore[attr-defined]
         return provider
+
+
+class PostgresStoreNotificationTests(TwoListeningNodes, TestCase):
+    """Two nodes, each listening: a change committed on one reaches the other's listeners within a second."""
 
     @defer.inlineCallbacks
     def test_messages(self) -> Gen:

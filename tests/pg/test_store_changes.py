@@ -265,27 +265,17 @@ class UnopenedMailboxTests(TestCase):
         self.assertEqual(len(queries), 1)
 
 
-class PostgresStoreChangesNodesTests(TestCase):
+class PostgresStoreChangesNodesTests(test_store.TwoListeningNodes, TestCase):
     """Two nodes, each listening: what A changes reaches a store listener on B within a second."""
 
     @defer.inlineCallbacks
     def setUp(self) -> Gen:
-        self.database = upgraded_database(self)
-        self.reactor = self.database.reactor
-        self.a = self.started(make(self.database))
-        self.b = self.started(make(other_node(self.database, self)))
-        yield self.a.listening()
-        yield self.b.listening()
+        yield test_store.TwoListeningNodes.setUp(self)
         self.store_a = yield self.a.store_for(USER)
         self.store_b = yield self.b.store_for(USER)
         self.heard: list[Any] = []
         self.addCleanup(self.store_b.add_store_listener(self.heard.append))
         yield self.store_b.listeners_ready()
-
-    def started(self, provider: Any) -> Any:
-        provider.start()
-        self.addCleanup(provider.stop)
-        return provider
 
     @defer.inlineCallbacks
     def hears(self, *expected: Any) -> Gen:
