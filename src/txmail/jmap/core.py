@@ -187,6 +187,11 @@ class Capability:
             current state string of each data type it owns (``Email``,
             ``Mailbox``, ``Thread``, ...), what push reports in a
             StateChange (RFC 8620 section 7.1), or ``None``.
+        blob: ``blob(context, blob_id) -> Awaitable[bytes | None]``: the
+            octets of a blob id this capability gave out (a message's
+            ``blobId``, a body part's), for the download endpoint (RFC 8620
+            section 6.2), which asks it when the upload store does not know
+            the id; ``None`` when it gives out none.
         primary: whether the account is the user's primary account for it
             (the session resource's ``primaryAccounts``).
     """
@@ -196,6 +201,7 @@ class Capability:
     account: Callable[[str], dict[str, Any]] | None = None
     methods: dict[str, Method] = field(default_factory=dict)
     states: Callable[[CallContext], Awaitable[dict[str, str]]] | None = None
+    blob: Callable[[CallContext, str], Awaitable[bytes | None]] | None = None
     primary: bool = True
 
 
