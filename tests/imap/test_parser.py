@@ -281,6 +281,24 @@ class CommandTests(SynchronousTestCase):
         parse_error(self, b"a APPEND x hello\r\n")
         parse_error(self, b'a APPEND x "32-Feb-1994 21:52:25 -0800" {1+}\r\nx\r\n')
 
+    def test_nul_only_in_literal8(self) -> None:
+        """
+        RFC 3501 section 4.3 and RFC 9051 section 4.3: a literal is CHAR8,
+        which excludes NUL; only a literal8 (RFC 3516) may carry one.  APPEND
+        with a synchronizing or a LITERAL+ literal holding a NUL is BAD, and
+        so is a NUL in a literal read as a string (a LOGIN password, a
+        SEARCH string).
+        """
+        for marker in (b"{3}", b"{3+}"):
+            parse_error(self, b"a APPEND x " + marker + b"\r\na\x00b\r\n")
+        self.assertEqual(
+            parse(self, b"a APPEND x ~{3}\r\na\x00b\r\n").args, Append("x", (), None, b"a\x00b", True)
+        )
+        parse_error(self, b"a LOGIN alice {3}\r\na\x00b\r\n")
+        parse_error(self, b"a SEARCH SUBJECT {3+}\r\na\x00b\r\n")
+        # The same octets without the NUL parse.
+        self.assertEqual(parse(self, b"a APPEND x {3+}\r\na-b\r\n").args, Append("x", (), None, b"a-b"))
+
     def test_store_forms(self) -> None:
         """STORE FLAGS, -FLAGS.SILENT and flags without parentheses parse; \\Recent is refused."""
         self.assertEqual(

@@ -426,6 +426,39 @@ class AuthenticateTests(SynchronousTestCase):
         _, out = feed(self.session, b"!!!\r\n")
         self.assertEqual(out, b"a1 BAD Invalid base64 in the SASL response\r\n")
 
+    def test_response_over_line_limit(self) -> None:
+        """
+        A SASL response longer than the line limit ends the exchange with a
+        tagged BAD (RFC 3501 section 6.2.2: the server answers the
+        AUTHENTICATE command), so that the next line is a command again and
+        not read as a SASL response (a NOOP here would otherwise be
+        "Invalid base64").
+        """
+        session = IMAPSession(plaintext_auth="always", limits=IMAPLimits(max_line=64))
+        session.data_to_send()
+        feed(session, b"a1 AUTHENTICATE PLAIN\r\n")
+        events, out = feed(session, b"A" * 100 + b"\r\n")
+        self.assertEqual(events, [])
+        self.assertEqual(out, b"a1 BAD Authentication cancelled: the response is longer than 64 octets\r\n")
+        self.assertIs(session.state, State.NOT_AUTHENTICATED)
+        _, out = feed(session, b"a2 NOOP\r\n")
+        self.assertEqual(out, b"a2 OK NOOP completed\r\n")
+
+    def test_response_over_line_limit_in_pieces(self) -> None:
+        """The same when the long response arrives in pieces, the end of line last."""
+        session = IMAPSession(plaintext_auth="always", limits=IMAPLimits(max_line=64))
+        session.data_to_send()
+        feed(session, b"a1 AUTHENTICATE PLAIN\r\n")
+        out = b""
+        for _ in range(5):
+            out += feed(session, b"QUFB" * 10)[1]
+        out += feed(session, b"\r\na2 NOOP\r\n")[1]
+        self.assertEqual(
+            out,
+            b"a1 BAD Authentication cancelled: the response is longer than 64 octets\r\n"
+            b"a2 OK NOOP completed\r\n",
+        )
+
     def test_unsupported_mechanism(self) -> None:
         _, out = feed(self.session, b"a1 AUTHENTICATE GSSAPI\r\n")
         self.assertEqual(out, b"a1 NO [CANNOT] Unsupported authentication mechanism\r\n")

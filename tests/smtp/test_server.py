@@ -215,6 +215,21 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(last, b"250 2.0.0 OK: queued as " + envelope.message_id.encode())
         self.assertEqual(self.spool_files(), [])
 
+    def test_nul_octets_kept(self) -> None:
+        """
+        NUL octets in DATA are accepted and kept as they came, as Postfix
+        does by default (its ``message_reject_characters`` and
+        ``message_strip_characters`` are empty): the message reaches the
+        router octet for octet, and the client gets 250.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(SEND)
+        proto.dataReceived(b"Subject: n\x00l\r\n\r\nbinary \x00\x00 junk\r\n\x00\r\n.\r\n")
+        (delivered,) = self.router.delivered
+        _, data, _ = delivered
+        self.assertTrue(data.endswith(b"Subject: n\x00l\r\n\r\nbinary \x00\x00 junk\r\n\x00\r\n"))
+        self.assertTrue(self.take(transport)[-1].startswith(b"250 2.0.0 OK: queued as "))
+
     def test_dsn_parameters_reach_the_envelope(self) -> None:
         """RFC 3461 parameters arrive in the Envelope normalised: RET/NOTIFY upper-cased, ENVID/ORCPT as given."""
         proto, transport = self.connect()

@@ -484,7 +484,17 @@ class IMAPSession(SessionCore[Event]):
             self._write(b"+ Ready for literal data\r\n")
             self._framer.accept_literal()
         elif isinstance(frame, FramingError):
-            if frame.code == "TOOBIG":
+            if self._sasl is not None:
+                # A SASL response over the line limit: end the exchange with
+                # the AUTHENTICATE command's tagged BAD, so that the next
+                # line is read as a command, not as a response.
+                self._sasl.cancel()
+                self._sasl = None
+                limit = self.limits.max_line
+                self._bad(
+                    self._tag or "*", f"Authentication cancelled: the response is longer than {limit} octets"
+                )
+            elif frame.code == "TOOBIG":
                 # RFC 7889 section 4 / RFC 4469: an APPEND over the limit is a NO [TOOBIG].
                 self._bad(frame.tag, frame.text, "TOOBIG", status="NO" if frame.tag else "BAD")
             else:

@@ -52,6 +52,13 @@ Invariants and policies
   that impose no limits on the length of these objects" where possible, and
   real mail has long lines (Postfix and Exim accept them too).  Nothing is
   buffered per line, so this costs no memory.
+* NUL octets inside the message are **accepted** and kept as they came,
+  as Postfix does by default (its ``message_reject_characters`` and
+  ``message_strip_characters`` are empty): RFC 5322 forbids them in a
+  message, but rejecting mail that other servers pass on would bounce it
+  for nothing.  IMAP sends such a message's octets as stored (``BINARY[]``
+  in a literal8; see :mod:`txmail.imap.fetch`), POP3 as stored.  In
+  command lines a NUL is a syntax error.
 * Size (RFC 1870): ``SIZE=`` over the limit is refused at MAIL with
   ``552 5.3.4``; the content is counted as it streams (after
   dot-unstuffing), and once over the limit it is read to its end and
