@@ -228,6 +228,144 @@ class AuthenticatorTests(SynchronousTestCase):
             self.assertNotIn("hunter", text)
 
 
+def peer(n: int) -> str:
+    """The *n*-th of many attacking hosts."""
+    return f"198.51.100.{n}:{1000 + n}"
+
+
+class AccountLimitTests(SynchronousTestCase):
+    """Failures counted per account, whatever the peer: checks spaced out, never refused."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.directory = MemoryDirectory({"alice@example.test": "wonderland"})
+        self.checks: list[float] = []
+
+        def run_blocking(fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+            self.checks.append(self.clock.seconds())
+            return defer.maybeDeferred(fn, *args)
+
+        self.auth = Authenticator(
+            self.directory, clock=self.clock, run_blocking=run_blocking, account_threshold=3
+        )
+
+    def fail_from_many(self, count: int, user: str = "alice") -> None:
+        """
+        *count* wrong passwords for *user*, each from a host of its own, a
+        minute apart (each run to its end, its slot long past).
+        """
+        for n in range(count):
+            d = self.auth.check_password(user, "wrong", peer=peer(100 + n))
+            self.clock.advance(60)
+            self.assertIsNone(self.successResultOf(d))
+
+    def test_counted_across_peers_and_spellings(self) -> None:
+        """Failures from different hosts, and for Alice and alice@example.test, count for one account."""
+        self.fail_from_many(1, "Alice")
+        self.fail_from_many(1, "alice@EXAMPLE.test")
+        self.fail_from_many(1, "bob")
+        self.assertEqual(self.auth.account_failure_count("alice"), 2)
+        self.assertEqual(self.auth.account_failure_count("bob@example.test"), 1)
+
+    def test_below_threshold_no_wait(self) -> None:
+        """Below the threshold, a check from a new host starts at once."""
+        self.fail_from_many(2)
+        start = self.clock.seconds()
+        self.auth.check_password("alice", "wrong", peer=peer(1))
+        self.assertEqual(self.checks[-1], start)
+
+    def test_parallel_guesses_spaced_out(self) -> None:
+        """
+        Past the threshold, guesses made at once from many hosts are checked
+        one slot after another, so many connections guess no faster than
+        one.  The slots are 1 s apart at the threshold and twice as far with
+        each failure: the first guess, checked at once, fails at once (four
+        failures: 2 s).
+        """
+        self.fail_from_many(3)
+        start = self.clock.seconds()
+        before = len(self.checks)
+        pending = [self.auth.check_password("alice", "wrong", peer=peer(n)) for n in range(4)]
+        # The first takes the account's slot at once; the others wait theirs.
+        self.assertEqual(self.checks[before:], [start])
+        self.clock.pump([0.5] * 20)
+        self.assertEqual([t - start for t in self.checks[before:]], [0.0, 1.0, 3.0, 5.0])
+        for d in pending:
+            self.assertIsNone(self.successResultOf(d))
+        # Seven failures now: the next guess's slot is 2 ** (7 - 3) = 16 s after the last
+        # one taken, capped by max_failure_delay (8 s).
+        self.clock.advance(10)
+        self.auth.check_password("alice", "wrong", peer=peer(50))
+        second = self.auth.check_password("alice", "wrong", peer=peer(51))
+        now = self.clock.seconds()
+        self.clock.advance(7.9)
+        self.assertEqual(self.checks[-1], now)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.assertEqual(self.checks[-1], now + 8)
+
+    def test_right_password_still_accepted(self) -> None:
+        """It slows, it never refuses: the right password, after its wait, logs in and resets the count."""
+        self.fail_from_many(5)
+        blocker = self.auth.check_password("alice", "wrong", peer=peer(1))
+        d = self.auth.check_password("alice", "wonderland", peer=peer(2))
+        self.assertNoResult(d)
+        self.clock.advance(4)  # 2 ** (5 - 3)
+        self.assertEqual(self.successResultOf(d), "alice@example.test")
+        self.assertEqual(self.auth.account_failure_count("alice"), 0)
+        self.clock.advance(10)
+        self.assertIsNone(self.successResultOf(blocker))
+
+    def test_wait_capped(self) -> None:
+        """However many guesses queue up, none waits longer than max_account_wait."""
+        self.fail_from_many(8)
+        start = self.clock.seconds()
+        before = len(self.checks)
+        for n in range(10):
+            self.auth.check_password("alice", "wrong", peer=peer(n))
+        self.clock.pump([1.0] * 40)
+        waits = [t - start for t in self.checks[before:]]
+        self.assertEqual(waits, [0.0, 8.0, 16.0, 24.0] + [30.0] * 6)
+
+    def test_known_host_does_not_wait(self) -> None:
+        """A host the account logged in from before is not held back by others' guesses."""
+        home = "203.0.113.9:5555"
+        self.assertEqual(
+            self.successResultOf(self.auth.check_password("alice", "wonderland", peer=home)),
+            "alice@example.test",
+        )
+        self.fail_from_many(6)
+        self.auth.check_password("alice", "wrong", peer=peer(1))  # takes the slot
+        d = self.auth.check_password("alice", "wonderland", peer=home)
+        self.assertEqual(self.successResultOf(d), "alice@example.test")
+
+    def test_sasl_exchanges_wait_too(self) -> None:
+        """PLAIN (a password check) and SCRAM (credentials looked up) wait for the account's slot."""
+        self.fail_from_many(3)
+        self.auth.check_password("alice", "wrong", peer=peer(1))  # takes the slot
+        sasl = SASLServer("PLAIN")
+        d = self.auth.step(sasl, sasl.start(b"\x00alice\x00wonderland"), peer=peer(2))
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(d), Succeeded("alice@example.test", ""))
+        self.fail_from_many(3)
+        self.auth.check_password("alice", "wrong", peer=peer(3))  # takes the slot
+        scram = SASLServer("SCRAM-SHA-256")
+        d = self.auth.step(scram, scram.start(b"n,,n=alice,r=abcdefghijklmnop"), peer=peer(4))
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.assertIsInstance(self.successResultOf(d), Challenge)
+
+    def test_forgotten_after_a_while(self) -> None:
+        """An account that stops failing for forget_after seconds is not held back any more."""
+        self.fail_from_many(5)
+        self.clock.advance(self.auth.forget_after + 1)
+        start = self.clock.seconds()
+        self.auth.check_password("alice", "wrong", peer=peer(1))
+        self.auth.check_password("alice", "wrong", peer=peer(2))
+        self.assertEqual(self.checks[-2:], [start, start])
+
+
 class PeerHostTests(SynchronousTestCase):
     def test_peer_host(self) -> None:
         """The port is stripped from IPv4 and bracketed IPv6 peers; other strings stay."""

@@ -24,6 +24,18 @@ Implementation notes
   failing for ``forget_after`` seconds starts over.  A client cancelling
   (``*``) is not a guess and is answered at once.  The table of peers is
   bounded; the oldest entries are dropped first.
+* Failures are also counted per account, whatever the peer (the name
+  before its last ``@``, case-folded, so that ``Alice`` and
+  ``alice@example.org`` count together), against an attack spread over many
+  addresses.  Once an account has ``account_threshold`` failures not
+  forgotten (``forget_after``), its password checks are spaced out: each
+  attempt takes the account's next slot, ``failure_delay`` after the one
+  before and doubling with every further failure up to
+  ``max_failure_delay``, and waits for it (at most ``max_account_wait``
+  seconds), so that many connections guess no faster than one.  It slows,
+  it never refuses: a right password is still accepted after the wait,
+  and a peer the account logged in from before (``max_peers`` such pairs
+  remembered) does not wait at all.  A success resets the account's count.
 * Logs name the user and peer, never the password: passwords travel as
   :class:`txmail.auth.passwords.Secret`, whose ``repr`` is redacted.
 
@@ -58,7 +70,7 @@ from txmail.auth.sasl import (
 )
 from txmail.interfaces import IDirectory
 
-__all__ = ["Authenticator", "ScramPasswordChecker", "peer_host"]
+__all__ = ["Authenticator", "ScramPasswordChecker", "account_key", "peer_host"]
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
@@ -110,9 +122,13 @@ class Authenticator:
             (PBKDF2); default: run inline.
         failure_delay: the delay after a peer's first failure (seconds).
         max_failure_delay: the longest delay.
-        forget_after: seconds after a peer's last failure at which its delay
-            starts over.
-        max_peers: how many peers' failure counts are remembered.
+        forget_after: seconds after a peer's (or an account's) last failure
+            at which its delay starts over.
+        max_peers: how many peers' and accounts' failure counts, and how
+            many (account, peer) pairs of past logins, are remembered.
+        account_threshold: an account's failures after which its password
+            checks are spaced out.
+        max_account_wait: the longest wait for an account's slot.
     """
 
     log = Logger()
@@ -127,6 +143,8 @@ class Authenticator:
         max_failure_delay: float = 8.0,
         forget_after: float = 900.0,
         max_peers: int = 10_000,
+        account_threshold: int = 10,
+        max_account_wait: float = 30.0,
     ) -> None:
         self.directory = directory
         self.clock = clock
@@ -135,8 +153,14 @@ class Authenticator:
         self.max_failure_delay = max_failure_delay
         self.forget_after = forget_after
         self.max_peers = max_peers
+        self.account_threshold = account_threshold
+        self.max_account_wait = max_account_wait
         # peer host -> (consecutive failures, time of the last one)
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # account key -> (failures, time of the last one, its next free slot)
+        self._accounts: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+        # (account key, peer host) of past logins: they skip the account's wait
+        self._known: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # -- public API --
 
@@ -170,12 +194,18 @@ class Authenticator:
         entry = self._failures.get(peer_host(peer))
         return entry[0] if entry else 0
 
+    def account_failure_count(self, username: str) -> int:
+        """How many failures are counted against *username*'s account."""
+        entry = self._accounts.get(account_key(username))
+        return entry[0] if entry else 0
+
     # -- internals --
 
     async def _step(self, sasl: SASLServer, event: SASLEvent, peer: str) -> SASLEvent:
         mechanism = sasl.mechanism
         while True:
             if isinstance(event, NeedCredentials):
+                await self._account_wait(event.username, peer)
                 try:
                     creds = await _call(self.directory.get_credentials, event.username)
                 except Exception:
@@ -204,7 +234,7 @@ class Authenticator:
                 if user is None:
                     # Deleted while authenticating.
                     return await self._failed(Failed("invalid"), event.username, peer, mechanism)
-                self._succeeded(user, peer, mechanism)
+                self._succeeded(user, peer, mechanism, event.username)
                 return Succeeded(user, user if event.authzid else "")
             elif isinstance(event, Failed):
                 return await self._failed(event, sasl.username, peer, mechanism)
@@ -216,6 +246,7 @@ class Authenticator:
         self, username: str, password: Secret[str], peer: str, mechanism: str
     ) -> str | None:
         user: str | None = None
+        await self._account_wait(username, peer)
         try:
             creds = await _call(self.directory.get_credentials, username)
             ok = await self.run_blocking(_check, creds, password.reveal())
@@ -227,11 +258,18 @@ class Authenticator:
         if user is None:
             await self._failed(Failed("invalid"), username, peer, mechanism)
             return None
-        self._succeeded(user, peer, mechanism)
+        self._succeeded(user, peer, mechanism, username)
         return user
 
-    def _succeeded(self, user: str, peer: str, mechanism: str) -> None:
-        self._failures.pop(peer_host(peer), None)
+    def _succeeded(self, user: str, peer: str, mechanism: str, username: str = "") -> None:
+        host = peer_host(peer)
+        self._failures.pop(host, None)
+        for key in {account_key(user), account_key(username or user)}:
+            self._accounts.pop(key, None)
+            self._known.pop((key, host), None)
+            self._known[(key, host)] = None
+        while len(self._known) > self.max_peers:
+            self._known.popitem(last=False)
         self.log.info(
             "authentication succeeded for {user} from {peer} ({mechanism})",
             user=user,
@@ -249,6 +287,7 @@ class Authenticator:
         )
         if event.reason == "cancelled":
             return event
+        self._register_account_failure(username)
         delay = self._register_failure(peer)
         if delay > 0:
             await task.deferLater(self.clock, delay)
@@ -266,6 +305,47 @@ class Authenticator:
         while len(self._failures) > self.max_peers:
             self._failures.popitem(last=False)
         return min(self.failure_delay * 2 ** min(count - 1, 32), self.max_failure_delay)
+
+    def _register_account_failure(self, username: str) -> None:
+        """Count a failure against *username*'s account (kept until ``forget_after``)."""
+        key = account_key(username)
+        now = self.clock.seconds()
+        count, last, slot = self._accounts.pop(key, (0, now, now))
+        if now - last > self.forget_after:
+            count, slot = 0, now
+        self._accounts[key] = (count + 1, now, slot)
+        while len(self._accounts) > self.max_peers:
+            self._accounts.popitem(last=False)
+
+    async def _account_wait(self, username: str, peer: str) -> None:
+        """
+        Wait for the account's next slot while it is under a guessing attack
+        (see the module's notes); return at once otherwise.
+        """
+        key = account_key(username)
+        entry = self._accounts.get(key)
+        if entry is None:
+            return
+        count, last, slot = entry
+        now = self.clock.seconds()
+        if now - last > self.forget_after:
+            del self._accounts[key]
+            return
+        if count < self.account_threshold or (key, peer_host(peer)) in self._known:
+            return
+        spacing = min(
+            self.failure_delay * 2 ** min(count - self.account_threshold, 32), self.max_failure_delay
+        )
+        start = max(now, slot)
+        self._accounts[key] = (count, last, start + spacing)
+        wait = min(start - now, self.max_account_wait)
+        if wait > 0:
+            await task.deferLater(self.clock, wait)
+
+
+def account_key(username: str) -> str:
+    """The name failures of an account are counted under: the part before the last ``@``, case-folded."""
+    return username.rpartition("@")[0].casefold() if "@" in username else username.casefold()
 
 
 @implementer(ICredentialsChecker)
