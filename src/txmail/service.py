@@ -648,9 +648,11 @@ def build_service(
             object with ``resolve(domain) -> Deferred[list[Destination]]``,
             like :class:`txmail.delivery.mx.MXResolver`); default dnspython
             with the settings' resolvers.
-        deliver: what the queue runner calls to hand mail to a remote host,
-            with the signature of :func:`txmail.smtp.relay.deliver_once`
-            minus its first (reactor) argument; default SMTP.
+        deliver: what the queue runner calls to hand mail to a remote host:
+            ``deliver(request) -> Deferred[TransactionResult]`` for a
+            :class:`txmail.smtp.relay.RelayRequest` (as
+            :func:`txmail.smtp.relay.deliver_once` with the reactor bound);
+            default SMTP over a connection cache.
         delivery_hook: a delivery hook, or a list of them run in order, for
             each message received over SMTP before it is delivered (see
             :mod:`txmail.delivery.hooks`).  The queue runner's redeliveries
@@ -679,9 +681,7 @@ def build_service(
         # The workers build their SMTP side from the settings alone (the
         # delivery hooks run in this process: its router delivers).
         given = [
-            name
-            for name, value in (("directory", directory), ("policies", policies), ("dns", dns))
-            if value
+            name for name, value in (("directory", directory), ("policies", policies), ("dns", dns)) if value
         ]
         if given:
             raise ConfigError(

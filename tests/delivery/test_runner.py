@@ -16,7 +16,7 @@ from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.runner import QueueRunner, Smarthost, xtext_decode
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
-from txmail.smtp.client import TransactionResult
+from txmail.smtp.client import RelayRequest, TransactionResult
 from txmail.smtp.codes import Reply
 
 START = 1_700_000_000.0
@@ -66,10 +66,11 @@ class FakeSMTP:
         self.behaviour = behaviour
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, host: str, port: int, **kwargs: Any) -> defer.Deferred[TransactionResult]:
-        data = kwargs["message"].read()
-        self.calls.append({"host": host, "port": port, "data": data, **kwargs})
-        return defer.succeed(self.behaviour(host, [r for r, _ in kwargs["recipients"]]))
+    def __call__(self, request: RelayRequest) -> defer.Deferred[TransactionResult]:
+        data = request.message.read()  # type: ignore[union-attr]
+        fields = {name: getattr(request, name) for name in RelayRequest.__dataclass_fields__}
+        self.calls.append({**fields, "data": data})
+        return defer.succeed(self.behaviour(request.host, [r for r, _ in request.recipients]))
 
 
 class FakeRouter:
@@ -316,7 +317,7 @@ class SlowClaimTests(RunnerTestCase):
         """While a transaction hangs past the lease, nobody else can claim its entry; afterwards it is done."""
         pending: list[defer.Deferred[TransactionResult]] = []
 
-        def slow(host: str, port: int, **kwargs: Any) -> defer.Deferred[TransactionResult]:
+        def slow(request: RelayRequest) -> defer.Deferred[TransactionResult]:
             d: defer.Deferred[TransactionResult] = defer.Deferred()
             pending.append(d)
             return d

@@ -22,6 +22,7 @@ from txmail.delivery.backoff import RetrySchedule
 from txmail.delivery.mx import Destination
 from txmail.delivery.runner import QueueRunner
 from txmail.model import Envelope, MessageSource
+from txmail.smtp.client import RelayRequest
 
 Gen = Generator[Any, Any, None]
 
@@ -41,14 +42,14 @@ class RemoteMX:
         self.when: dict[int, float] = {}
 
     def for_node(self, node: str) -> Any:
-        def deliver(host: str, port: int, **kwargs: Any) -> defer.Deferred[Any]:
-            match = _SUBJECT_RE.search(kwargs["message"].read())
+        def deliver(request: RelayRequest) -> defer.Deferred[Any]:
+            match = _SUBJECT_RE.search(request.message.read())  # type: ignore[union-attr]
             assert match is not None
             n = int(match.group(1))
             self.received[n] += 1
             self.by_node.setdefault(node, set()).add(n)
             self.when.setdefault(n, time.time())
-            rcpts = [r for r, _ in kwargs["recipients"]]
+            rcpts = [r for r, _ in request.recipients]
             # An SMTP transaction takes a little while: the other node gets its turn meanwhile.
             return task.deferLater(reactor, 0.01, transaction, {r: ok() for r in rcpts})
 

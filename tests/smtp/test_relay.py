@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests._certs import make_certificate
 from tests.e2e._server import maildir_files, start_server
 from txmail.smtp.client import TransactionResult
-from txmail.smtp.relay import client_endpoint, deliver_once
+from txmail.smtp.relay import RelayRequest, client_endpoint, deliver_once
 
 PASSWORD = "correct horse"
 MESSAGE = b"Subject: relayed\r\n\r\nHello\r\n.dot line\r\n"
@@ -112,7 +112,7 @@ class PlainServerTests(TestCase):
         kwargs.setdefault("recipients", ["alice@example.test"])
         kwargs.setdefault("message", MESSAGE)
         kwargs.setdefault("timeout", 30)
-        return deliver_once(reactor, self.host, self.port, **kwargs)
+        return deliver_once(reactor, RelayRequest(host=self.host, port=self.port, **kwargs))
 
     @defer.inlineCallbacks
     def test_plain_delivery(self) -> Any:
@@ -176,7 +176,7 @@ class TLSServerTests(TestCase):
         kwargs.setdefault("recipients", ["alice@example.test"])
         kwargs.setdefault("message", MESSAGE)
         kwargs.setdefault("timeout", 30)
-        return deliver_once(reactor, self.host, port or self.port, **kwargs)
+        return deliver_once(reactor, RelayRequest(host=self.host, port=port or self.port, **kwargs))
 
     def landed(self) -> bytes:
         (path,) = maildir_files(self.server, "alice@example.test")
@@ -260,12 +260,14 @@ class NetworkFailureTests(TestCase):
         yield port.stopListening()
         result = yield deliver_once(
             reactor,
-            "127.0.0.1",
-            number,
-            hostname="c.test",
-            mail_from="a@b.test",
-            recipients=["c@d.test"],
-            message=b"x",
+            RelayRequest(
+                host="127.0.0.1",
+                port=number,
+                hostname="c.test",
+                mail_from="a@b.test",
+                recipients=["c@d.test"],
+                message=b"x",
+            ),
         )
         self.assertTrue(result.temporary)
         self.assertIn("connection to 127.0.0.1 port", result.error)
@@ -306,14 +308,16 @@ class ScriptedServerTests(TestCase):
         port = self.listen(factory)
         result = yield deliver_once(
             reactor,
-            "127.0.0.1",
-            port,
-            hostname="c.test",
-            mail_from="a@b.test",
-            recipients=[("ok@fake.test", {"NOTIFY": "FAILURE"}), "later@fake.test", "never@fake.test"],
-            mail_params={"RET": "HDRS"},
-            message=MESSAGE,
-            tls_policy="none",
+            RelayRequest(
+                host="127.0.0.1",
+                port=port,
+                hostname="c.test",
+                mail_from="a@b.test",
+                recipients=[("ok@fake.test", {"NOTIFY": "FAILURE"}), "later@fake.test", "never@fake.test"],
+                mail_params={"RET": "HDRS"},
+                message=MESSAGE,
+                tls_policy="none",
+            ),
         )
         self.assertEqual(
             [result.status(r) for r in ("ok@fake.test", "later@fake.test", "never@fake.test")],
@@ -331,12 +335,14 @@ class ScriptedServerTests(TestCase):
         port = self.listen(factory)
         result = yield deliver_once(
             reactor,
-            "127.0.0.1",
-            port,
-            hostname="c.test",
-            mail_from="a@b.test",
-            recipients=["c@d.test"],
-            message=b"x",
+            RelayRequest(
+                host="127.0.0.1",
+                port=port,
+                hostname="c.test",
+                mail_from="a@b.test",
+                recipients=["c@d.test"],
+                message=b"x",
+            ),
         )
         self.assertTrue(result.temporary)
         self.assertIn("421 4.3.2 busy", result.error)
@@ -351,15 +357,17 @@ class ScriptedServerTests(TestCase):
         endpoint = WatchedEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
         d = deliver_once(
             reactor,
-            "127.0.0.1",
-            port,
-            hostname="c.test",
-            mail_from="a@b.test",
-            recipients=["c@d.test"],
-            message=b"x",
-            timeout=60,
+            RelayRequest(
+                host="127.0.0.1",
+                port=port,
+                hostname="c.test",
+                mail_from="a@b.test",
+                recipients=["c@d.test"],
+                message=b"x",
+                timeout=60,
+                endpoint=endpoint,
+            ),
             clock=clock,
-            endpoint=endpoint,
         )
         server = yield factory.connected
         yield endpoint.connected  # the client's connectionMade ran: its timer is set
@@ -388,13 +396,15 @@ class ScriptedServerTests(TestCase):
         self.addCleanup(port.stopListening)
         result = yield deliver_once(
             reactor,
-            "[::1]",
-            port.getHost().port,
-            hostname="c.test",
-            mail_from="a@b.test",
-            recipients=["c@d.test"],
-            message=MESSAGE,
-            timeout=30,
+            RelayRequest(
+                host="[::1]",
+                port=port.getHost().port,
+                hostname="c.test",
+                mail_from="a@b.test",
+                recipients=["c@d.test"],
+                message=MESSAGE,
+                timeout=30,
+            ),
         )
         self.assertEqual(result.delivered, ["c@d.test"])
         self.assertEqual(factory.content, [MESSAGE.replace(b"\r\n.", b"\r\n..")])

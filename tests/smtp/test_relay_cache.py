@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from tests._certs import make_certificate
 from tests.e2e._server import maildir_files, start_server
 from tests.smtp.test_relay import MESSAGE, ScriptedFactory, ScriptedServer, read
-from txmail.smtp.relay import ConnectionCache
+from txmail.smtp.relay import ConnectionCache, RelayRequest
 
 
 class CountingEndpoint:
@@ -86,13 +86,15 @@ class RealServerTests(TestCase):
         kwargs.setdefault("recipients", ["alice@example.test"])
         kwargs.setdefault("message", MESSAGE)
         return self.cache.deliver(
-            "127.0.0.1",
-            0,
-            hostname="client.test",
-            mail_from="sender@remote.test",
-            timeout=30,
-            endpoint=self.endpoint,
-            **kwargs,
+            RelayRequest(
+                host="127.0.0.1",
+                port=0,
+                hostname="client.test",
+                mail_from="sender@remote.test",
+                timeout=30,
+                endpoint=self.endpoint,
+                **kwargs,
+            )
         )
 
     @defer.inlineCallbacks
@@ -145,18 +147,18 @@ class ScriptedServerTests(TestCase):
         return cache
 
     def deliver(self, cache: ConnectionCache, endpoint: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        kwargs.setdefault("tls_policy", "none")
-        return cache.deliver(
-            "127.0.0.1",
-            0,
+        request = RelayRequest(
+            host="127.0.0.1",
+            port=0,
             hostname="c.test",
             mail_from="a@b.test",
             recipients=["x@fake.test"],
             message=MESSAGE,
+            tls_policy="none",
             timeout=30,
             endpoint=endpoint,
-            **kwargs,
         )
+        return cache.deliver(request.replace(**kwargs))
 
     @defer.inlineCallbacks
     def test_rset_between_transactions(self) -> Any:
@@ -223,8 +225,10 @@ class ScriptedServerTests(TestCase):
             yield self.deliver(cache, endpoint)
         self.assertEqual(endpoint.count, 2)  # 2 transactions, then a new connection
         other = yield cache.deliver(
-            "127.0.0.1", 0, hostname="other.test", mail_from="a@b.test", recipients=["x@fake.test"],
-            message=MESSAGE, tls_policy="none", endpoint=endpoint,
+            RelayRequest(
+                host="127.0.0.1", port=0, hostname="other.test", mail_from="a@b.test",
+                recipients=["x@fake.test"], message=MESSAGE, tls_policy="none", endpoint=endpoint,
+            )
         )  # fmt: skip
         self.assertEqual(other.delivered, ["x@fake.test"])
         self.assertEqual(endpoint.count, 3)
@@ -253,7 +257,10 @@ class ScriptedServerTests(TestCase):
         endpoint = self.listen(factory)
         cache = self.cache()
         yield self.deliver(cache, endpoint)
-        self.assertRaises(ValueError, cache.deliver, "127.0.0.1", 0, hostname="c.test", mail_from="a@b.test",
-                          recipients=[], message=MESSAGE, tls_policy="none", endpoint=endpoint)  # fmt: skip
+        bad = RelayRequest(
+            host="127.0.0.1", port=0, hostname="c.test", mail_from="a@b.test",
+            recipients=[], message=MESSAGE, tls_policy="none", endpoint=endpoint,
+        )  # fmt: skip
+        self.assertRaises(ValueError, cache.deliver, bad)
         yield self.deliver(cache, endpoint)
         self.assertEqual(endpoint.count, 1)

@@ -24,6 +24,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txmail.delivery.mx import Destination, NoRoute
 from txmail.errors import NoSuchUser
+from txmail.smtp.relay import RelayRequest
 from txmail.testing import (
     BlockingTestServer,
     FakeResolver,
@@ -301,16 +302,18 @@ class FakeTests(SynchronousTestCase):
         capture.set_reply("perm@remote.test", 550, "gone")
         result = self.successResultOf(
             capture(
-                "192.0.2.1",
-                25,
-                hostname="mx.example.test",
-                mail_from="a@example.test",
-                recipients=[
-                    "ok@remote.test",
-                    ("temp@remote.test", {"NOTIFY": "FAILURE"}),
-                    "perm@remote.test",
-                ],
-                message=b"Subject: x\r\n\r\nx\r\n",
+                RelayRequest(
+                    host="192.0.2.1",
+                    port=25,
+                    hostname="mx.example.test",
+                    mail_from="a@example.test",
+                    recipients=[
+                        "ok@remote.test",
+                        ("temp@remote.test", {"NOTIFY": "FAILURE"}),
+                        "perm@remote.test",
+                    ],
+                    message=b"Subject: x\r\n\r\nx\r\n",
+                )
             )
         )
         self.assertEqual(result.status("ok@remote.test"), "delivered")
@@ -330,7 +333,11 @@ class FakeTests(SynchronousTestCase):
         self.assertIn("0 of 1", str(self.failureResultOf(late, WaitTimeout).value))
         waiting = capture.wait_for(1, timeout=5)
         self.assertNoResult(waiting)
-        capture("192.0.2.1", hostname="h", mail_from="", recipients=["x@r.test"], message=b"m\r\n")
+        capture(
+            RelayRequest(
+                host="192.0.2.1", hostname="h", mail_from="", recipients=["x@r.test"], message=b"m\r\n"
+            )
+        )
         [captured] = self.successResultOf(waiting)
         self.assertEqual(captured.message, b"m\r\n")
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -102,6 +102,7 @@ from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
 from txmail.model import Envelope, QueueEntry
+from txmail.smtp.client import RelayRequest
 
 __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
@@ -144,9 +145,11 @@ class QueueRunner(service.Service):
         router: an ``IDeliveryRouter``; notices and local retries go through
             its ``deliver``.
         resolver: has ``resolve(domain) -> Deferred[list[Destination]]``.
-        deliver: ``deliver(host, port, **kwargs) -> Deferred[TransactionResult]``,
-            e.g. :func:`functools.partial` of
-            :func:`txmail.smtp.relay.deliver_once` with the reactor.
+        deliver: ``deliver(request) -> Deferred[TransactionResult]`` for a
+            :class:`txmail.smtp.relay.RelayRequest`, e.g. a
+            :class:`txmail.smtp.relay.ConnectionCache`'s ``deliver`` or
+            :func:`functools.partial` of :func:`txmail.smtp.relay.deliver_once`
+            with the reactor.
         clock: the timer source.
         hostname: our name (EHLO, Reporting-MTA).
         is_local: whether a domain is ours (its recipients go to the router).
@@ -513,22 +516,24 @@ class QueueRunner(service.Service):
             f = await self.queue.open_entry_message(entry.queue_id)
             try:
                 result = await self.deliver(
-                    dest.address,
-                    port,
-                    hostname=self.hostname,
-                    mail_from=env.mail_from,
-                    recipients=recipients,
-                    message=f,
-                    size=entry.size,
-                    needs_8bit=body == "8BITMIME",
-                    needs_smtputf8="SMTPUTF8" in env.mail_params,
-                    mail_params=mail_params,
-                    tls_policy=self._policy(domain),
-                    tls_hostname=dest.host,
-                    trust_root=self.trust_root,
-                    auth=self.smarthost.auth if self.smarthost else None,
-                    allow_plaintext_auth=self.smarthost is not None,
-                    timeout=self.timeout,
+                    RelayRequest(
+                        host=dest.address,
+                        port=port,
+                        hostname=self.hostname,
+                        mail_from=env.mail_from,
+                        recipients=recipients,
+                        message=f,
+                        size=entry.size,
+                        needs_8bit=body == "8BITMIME",
+                        needs_smtputf8="SMTPUTF8" in env.mail_params,
+                        mail_params=mail_params,
+                        tls_policy=self._policy(domain),
+                        tls_hostname=dest.host,
+                        trust_root=self.trust_root,
+                        auth=self.smarthost.auth if self.smarthost else None,
+                        allow_plaintext_auth=self.smarthost is not None,
+                        timeout=self.timeout,
+                    )
                 )
             finally:
                 f.close()

@@ -98,11 +98,12 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import IO, Any, ClassVar
 
 from txmail.smtp import grammar
 from txmail.smtp.codes import Reply
@@ -115,6 +116,7 @@ __all__ = [
     "ClientSession",
     "DotStuffer",
     "ReadyForData",
+    "RelayRequest",
     "StartTLS",
     "TransactionDone",
     "TransactionResult",
@@ -183,6 +185,74 @@ class DotStuffer:
             out += b"\r\n"
         self._line_start = True
         return out + b".\r\n"
+
+
+Recipient = str | tuple[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class RelayRequest:
+    """
+    One delivery attempt of one message to one host: what the queue runner
+    hands to :func:`txmail.smtp.relay.deliver_once` or
+    :meth:`txmail.smtp.relay.ConnectionCache.deliver` (and an
+    embedder's own ``deliver`` callable, :func:`txmail.service.build_service`).
+
+    Attributes:
+        host: an IP address (IPv6 with or without brackets) or a host name.
+        port: the TCP port.
+        hostname: our name for EHLO.
+        mail_from: the reverse-path (``""`` for the null sender).
+        recipients: addresses or ``(address, {"NOTIFY": ..., "ORCPT": ...})``.
+        message: the message bytes, or a binary file read from its current
+            position to its end.
+        size: octets for SIZE; by default the bytes' length or the file's
+            remaining length.
+        needs_8bit, needs_smtputf8, mail_params, auth, allow_plaintext_auth:
+            see :class:`~txmail.smtp.client.ClientSession`.
+        tls_policy: ``"none"``, ``"opportunistic"`` or ``"verify"``.
+        tls_context_factory: the context for ``startTLS``; by default
+            :func:`txmail.smtp.relay.client_tls_options` for the policy.
+        tls_hostname: the name the certificate must hold in ``"verify"``
+            mode (the MX host name); by default *host*.
+        trust_root: the CA to trust in ``"verify"`` mode instead of the
+            platform's (an ``IOpenSSLTrustRoot`` or ``ssl.Certificate``).
+        timeout: seconds to wait for the connection and for each reply
+            (RFC 5321 section 4.5.3.2 suggests 5 to 10 minutes).
+        endpoint: connect with this ``IStreamClientEndpoint`` instead of
+            one built for *host*.
+    """
+
+    host: str
+    port: int = 25
+    hostname: str
+    mail_from: str
+    recipients: Sequence[Recipient]
+    message: bytes | IO[bytes]
+    size: int | None = None
+    needs_8bit: bool = False
+    needs_smtputf8: bool = False
+    mail_params: Mapping[str, str] | None = None
+    tls_policy: str = "opportunistic"
+    tls_context_factory: Any = None
+    tls_hostname: str | None = None
+    trust_root: Any = None
+    auth: tuple[str, str] | None = None
+    allow_plaintext_auth: bool = False
+    timeout: float = 300.0
+    endpoint: Any = None
+
+    def replace(self, **changes: Any) -> RelayRequest:
+        """A copy with *changes*."""
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        # Never the password of *auth*, nor the whole message.
+        auth = None if self.auth is None else (self.auth[0], "<redacted>")
+        return (
+            f"RelayRequest(host={self.host!r}, port={self.port}, mail_from={self.mail_from!r}, "
+            f"recipients={list(self.recipients)!r}, tls_policy={self.tls_policy!r}, auth={auth!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

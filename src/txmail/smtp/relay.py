@@ -1,9 +1,11 @@
 """
 The Twisted adapter of the SMTP client: delivery attempts to one server.
 
-:func:`deliver_once` connects, drives a sans-IO
-:class:`txmail.smtp.client.ClientSession` over the connection and fires with
-its :class:`~txmail.smtp.client.TransactionResult`.  It never errbacks for
+:func:`deliver_once` takes a :class:`RelayRequest` (one message for one
+host: the envelope, the content, the TLS and authentication wanted),
+connects, drives a sans-IO :class:`txmail.smtp.client.ClientSession` over
+the connection and fires with its
+:class:`~txmail.smtp.client.TransactionResult`.  It never errbacks for
 network trouble: a refused connection, a timeout, a TLS failure or a lost
 connection are temporary results, so the queue runner has one code path.
 :class:`ConnectionCache` does the same but keeps each connection open for
@@ -69,12 +71,20 @@ from zope.interface import implementer
 from txmail.smtp.client import (
     ClientSession,
     ReadyForData,
+    RelayRequest,
     StartTLS,
     TransactionDone,
     TransactionResult,
 )
 
-__all__ = ["ConnectionCache", "SMTPClientProtocol", "client_endpoint", "client_tls_options", "deliver_once"]
+__all__ = [
+    "ConnectionCache",
+    "RelayRequest",
+    "SMTPClientProtocol",
+    "client_endpoint",
+    "client_tls_options",
+    "deliver_once",
+]
 
 log = Logger()
 
@@ -349,56 +359,16 @@ def _failed_result(error: str) -> TransactionResult:
 
 
 def deliver_once(
-    reactor: Any,
-    host: str,
-    port: int = 25,
-    *,
-    hostname: str,
-    mail_from: str,
-    recipients: Sequence[str | tuple[str, Mapping[str, str]]],
-    message: bytes | IO[bytes],
-    size: int | None = None,
-    needs_8bit: bool = False,
-    needs_smtputf8: bool = False,
-    mail_params: Mapping[str, str] | None = None,
-    tls_policy: str = "opportunistic",
-    tls_context_factory: Any = None,
-    tls_hostname: str | None = None,
-    trust_root: Any = None,
-    auth: tuple[str, str] | None = None,
-    allow_plaintext_auth: bool = False,
-    timeout: float = 300.0,
-    clock: IReactorTime | None = None,
-    endpoint: IStreamClientEndpoint | None = None,
+    reactor: Any, request: RelayRequest, *, clock: IReactorTime | None = None
 ) -> defer.Deferred[TransactionResult]:
     """
-    Make one delivery attempt of one message to *host*:*port*.
+    Make one delivery attempt of *request*'s message to its host.
 
     Args:
         reactor: provides ``IReactorTCP`` (and ``IReactorTime`` unless
             *clock* is given).
-        host: an IP address (IPv6 with or without brackets) or a host name.
-        port: the TCP port.
-        hostname: our name for EHLO.
-        mail_from: the reverse-path (``""`` for the null sender).
-        recipients: addresses or ``(address, {"NOTIFY": ..., "ORCPT": ...})``.
-        message: the message bytes, or a binary file read from its current
-            position to its end.
-        size: octets for SIZE; by default the bytes' length or the file's
-            remaining length.
-        needs_8bit, needs_smtputf8, mail_params, auth, allow_plaintext_auth:
-            see :class:`~txmail.smtp.client.ClientSession`.
-        tls_policy: ``"none"``, ``"opportunistic"`` or ``"verify"``.
-        tls_context_factory: the context for ``startTLS``; by default
-            :func:`client_tls_options` for the policy.
-        tls_hostname: the name the certificate must hold in ``"verify"``
-            mode (the MX host name); by default *host*.
-        trust_root: the CA to trust in ``"verify"`` mode instead of the
-            platform's (an ``IOpenSSLTrustRoot`` or ``ssl.Certificate``).
-        timeout: seconds to wait for the connection and for each reply
-            (RFC 5321 section 4.5.3.2 suggests 5 to 10 minutes).
+        request: what to send where, and how (:class:`RelayRequest`).
         clock: the timer source, by default *reactor*.
-        endpoint: connect with this instead of an endpoint built for *host*.
 
     Returns:
         A Deferred firing with the :class:`TransactionResult`; it does not
@@ -407,28 +377,7 @@ def deliver_once(
     Raises:
         ValueError: bad arguments (see ClientSession).
     """
-    _, finished = _connect(
-        reactor,
-        host,
-        port,
-        hostname=hostname,
-        mail_from=mail_from,
-        recipients=recipients,
-        message=message,
-        size=size,
-        needs_8bit=needs_8bit,
-        needs_smtputf8=needs_smtputf8,
-        mail_params=mail_params,
-        tls_policy=tls_policy,
-        tls_context_factory=tls_context_factory,
-        tls_hostname=tls_hostname,
-        trust_root=trust_root,
-        auth=auth,
-        allow_plaintext_auth=allow_plaintext_auth,
-        timeout=timeout,
-        clock=clock,
-        endpoint=endpoint,
-    )
+    _, finished = _connect(reactor, request, clock=clock)
     return finished
 
 
@@ -450,49 +399,36 @@ def _content(
 
 def _connect(
     reactor: Any,
-    host: str,
-    port: int,
+    request: RelayRequest,
     *,
-    hostname: str,
-    mail_from: str,
-    recipients: Sequence[str | tuple[str, Mapping[str, str]]],
-    message: bytes | IO[bytes],
-    size: int | None = None,
-    needs_8bit: bool = False,
-    needs_smtputf8: bool = False,
-    mail_params: Mapping[str, str] | None = None,
-    tls_policy: str = "opportunistic",
-    tls_context_factory: Any = None,
-    tls_hostname: str | None = None,
-    trust_root: Any = None,
-    auth: tuple[str, str] | None = None,
-    allow_plaintext_auth: bool = False,
-    timeout: float = 300.0,
     clock: IReactorTime | None = None,
-    endpoint: IStreamClientEndpoint | None = None,
     keep_open: bool = False,
 ) -> tuple[SMTPClientProtocol, defer.Deferred[TransactionResult]]:
     """Connect and start the first transaction (see :func:`deliver_once`); the protocol and its result."""
-    data, message_file, size = _content(message, size)
+    r = request
+    host, port, timeout = r.host, r.port, r.timeout
+    data, message_file, size = _content(r.message, r.size)
     session = ClientSession(
-        hostname,
-        mail_from,
-        recipients,
+        r.hostname,
+        r.mail_from,
+        r.recipients,
         message=data,
         size=size,
-        needs_8bit=needs_8bit,
-        needs_smtputf8=needs_smtputf8,
-        mail_params=mail_params,
-        tls_policy=tls_policy,
-        auth=auth,
-        allow_plaintext_auth=allow_plaintext_auth,
+        needs_8bit=r.needs_8bit,
+        needs_smtputf8=r.needs_smtputf8,
+        mail_params=r.mail_params,
+        tls_policy=r.tls_policy,
+        auth=r.auth,
+        allow_plaintext_auth=r.allow_plaintext_auth,
         keep_open=keep_open,
     )
-    if tls_context_factory is None and tls_policy != "none":
+    tls_context_factory = r.tls_context_factory
+    if tls_context_factory is None and r.tls_policy != "none":
         literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        tls_context_factory = client_tls_options(tls_policy, tls_hostname or literal, trust_root)
+        tls_context_factory = client_tls_options(r.tls_policy, r.tls_hostname or literal, r.trust_root)
     clock = clock if clock is not None else reactor
     assert clock is not None
+    endpoint = r.endpoint
     if endpoint is None:
         endpoint = client_endpoint(reactor, host, port, timeout)
     finished: defer.Deferred[TransactionResult] = defer.Deferred()
@@ -527,8 +463,8 @@ class ConnectionCache:
     TCP connection, greeting, EHLO and TLS handshake instead of one per
     message.
 
-    :meth:`deliver` has :func:`deliver_once`'s signature without the
-    reactor.  Connections are found by everything that makes them differ
+    :meth:`deliver` takes the same :class:`RelayRequest` as
+    :func:`deliver_once`.  Connections are found by everything that makes them differ
     (host, port, our name, TLS policy, name and trust root, credentials,
     endpoint).  A connection whose transaction left it usable (delivered, or
     refused by MAIL, RCPT or DATA) waits up to *idle_timeout* seconds; the
@@ -569,30 +505,26 @@ class ConnectionCache:
         self._objects: dict[int, Any] = {}
         self._closed = False
 
-    def deliver(self, host: str, port: int = 25, **options: Any) -> defer.Deferred[TransactionResult]:
-        """
-        One delivery attempt of one message to *host*:*port*; *options* are
-        :func:`deliver_once`'s keyword arguments but *clock* (the cache's).
-        """
-        options.pop("clock", None)
+    def deliver(self, request: RelayRequest) -> defer.Deferred[TransactionResult]:
+        """One delivery attempt of *request* (as :func:`deliver_once`, on a kept connection where one is idle)."""
+        r = request
+        host, port = r.host, r.port
         key = (
             host,
             port,
-            options.get("hostname"),
-            options.get("tls_policy", "opportunistic"),
-            self._identity(options.get("tls_context_factory")),
-            options.get("tls_hostname"),
-            self._identity(options.get("trust_root")),
-            options.get("auth"),
-            options.get("allow_plaintext_auth", False),
-            self._identity(options.get("endpoint")),
+            r.hostname,
+            r.tls_policy,
+            self._identity(r.tls_context_factory),
+            r.tls_hostname,
+            self._identity(r.trust_root),
+            r.auth,
+            r.allow_plaintext_auth,
+            self._identity(r.endpoint),
         )
 
         def connect() -> defer.Deferred[TransactionResult]:
             keep = not self._closed
-            protocol, finished = _connect(
-                self.reactor, host, port, clock=self.clock, keep_open=keep, **options
-            )
+            protocol, finished = _connect(self.reactor, request, clock=self.clock, keep_open=keep)
             self.connections += 1
             if keep:
                 protocol.on_idle = lambda p: self._park(key, p)
@@ -603,19 +535,19 @@ class ConnectionCache:
         if protocol is None:
             return connect()
         self.reused += 1
-        data, message_file, measured = _content(options["message"], options.get("size"))
+        data, message_file, measured = _content(r.message, r.size)
         finished: defer.Deferred[TransactionResult] = defer.Deferred()
         try:
             protocol.reuse(
                 finished,
                 message_file,
-                options["mail_from"],
-                options["recipients"],
+                r.mail_from,
+                r.recipients,
                 message=data,
                 size=measured,
-                needs_8bit=options.get("needs_8bit", False),
-                needs_smtputf8=options.get("needs_smtputf8", False),
-                mail_params=options.get("mail_params"),
+                needs_8bit=r.needs_8bit,
+                needs_smtputf8=r.needs_smtputf8,
+                mail_params=r.mail_params,
             )
         except Exception:
             self._park(key, protocol)  # a caller's mistake (bad address...): the connection is still good

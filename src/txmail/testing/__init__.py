@@ -94,7 +94,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.python import threadable
@@ -106,7 +106,7 @@ from txmail.directory import MemoryDirectory
 from txmail.errors import NoSuchUser
 from txmail.model import INBOX, MailboxChange
 from txmail.service import MailServer, build_service
-from txmail.smtp.client import TransactionResult
+from txmail.smtp.client import RelayRequest, TransactionResult
 from txmail.smtp.codes import Reply
 from txmail.store.memory import MemoryProvider
 
@@ -291,7 +291,8 @@ class _Waiters:
 
 class OutboundCapture:
     """
-    Stands in for :func:`txmail.smtp.relay.deliver_once`: records what the
+    Stands in for :func:`txmail.smtp.relay.deliver_once` (called with a
+    :class:`~txmail.smtp.relay.RelayRequest`): records what the
     server would have relayed and answers like a remote server.
 
     By default every recipient is accepted (``250``).  :meth:`set_reply`
@@ -331,21 +332,13 @@ class OutboundCapture:
         """Accept every recipient again."""
         self._replies.clear()
 
-    def __call__(
-        self,
-        host: str,
-        port: int = 25,
-        *,
-        hostname: str,
-        mail_from: str,
-        recipients: Sequence[str | tuple[str, Mapping[str, str]]],
-        message: bytes | IO[bytes],
-        mail_params: Mapping[str, str] | None = None,
-        tls_hostname: str | None = None,
-        **_ignored: Any,
-    ) -> defer.Deferred[TransactionResult]:
-        """The :func:`~txmail.smtp.relay.deliver_once` signature, minus the reactor."""
+    def __call__(self, request: RelayRequest) -> defer.Deferred[TransactionResult]:
+        """What the queue runner calls for one delivery attempt (see :class:`~txmail.smtp.relay.RelayRequest`)."""
+        message = request.message
         data = message if isinstance(message, bytes) else message.read()
+        host, port, mail_params = request.host, request.port, request.mail_params
+        recipients, tls_hostname = request.recipients, request.tls_hostname
+        mail_from, hostname = request.mail_from, request.hostname
         per_recipient: dict[str, Reply] = {}
         accepted: list[str] = []
         rejected: dict[str, Reply] = {}
