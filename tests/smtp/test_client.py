@@ -18,6 +18,7 @@ from txmail.smtp.client import (
     ClientSession,
     DotStuffer,
     ReadyForData,
+    RelayRequest,
     StartTLS,
     TransactionDone,
     TransactionResult,
@@ -894,3 +895,28 @@ class DotStufferTests(SynchronousTestCase):
     def test_xtext(self) -> None:
         """RFC 3461 4: "+", "=", space, controls and non-ASCII are +XX."""
         self.assertEqual(xtext("a+b=c d\x01é"), "a+2Bb+3Dc+20d+01+C3+A9")
+
+
+class RelayRequestTests(SynchronousTestCase):
+    def test_frozen_with_defaults(self) -> None:
+        """A request is immutable; replace() gives a changed copy; the defaults are the runner's."""
+        request = RelayRequest(
+            host="192.0.2.1", hostname="mx.test", mail_from="a@b.test", recipients=["c@d.test"], message=b"x"
+        )
+        self.assertEqual((request.port, request.tls_policy, request.timeout), (25, "opportunistic", 300.0))
+        with self.assertRaises(AttributeError):
+            request.port = 26  # type: ignore[misc]
+        other = request.replace(port=587, tls_policy="verify")
+        self.assertEqual((other.port, other.tls_policy, other.host), (587, "verify", "192.0.2.1"))
+        self.assertEqual(request.port, 25)
+
+    def test_repr_hides_the_password(self) -> None:
+        """Logging a request never shows the smarthost password nor the message."""
+        request = RelayRequest(
+            host="smarthost.test", hostname="mx.test", mail_from="a@b.test", recipients=["c@d.test"],
+            message=b"secret content", auth=("user", "hunter2"),
+        )  # fmt: skip
+        text = repr(request)
+        self.assertIn("'user'", text)
+        self.assertNotIn("hunter2", text)
+        self.assertNotIn("secret content", text)
