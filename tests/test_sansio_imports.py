@@ -18,6 +18,7 @@ _SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 #: Source files (relative to ``src/``) that must never import Twisted.
 SANS_IO_MODULES = (
     "txmail/_session.py",
+    "txmail/_events.py",
     "txmail/smtp/codes.py",
     "txmail/smtp/grammar.py",
     "txmail/smtp/events.py",

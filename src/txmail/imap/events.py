@@ -31,9 +31,10 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
+from txmail._events import Authenticated, AuthStep, ConnectionClosing, Event, PasswordCheck, StartTLS
 from txmail.imap.types import Command
 
 __all__ = [
@@ -49,57 +50,12 @@ __all__ = [
 ]
 
 
-class Event:
-    """Base class of the session's events."""
-
-    __slots__ = ()
-    needs_decision: ClassVar[bool] = False
-
-
-@dataclass(frozen=True, slots=True)
-class PasswordCheck(Event):
-    """LOGIN: check *password* for *username* (``authenticator.check_password``)."""
-
-    needs_decision: ClassVar[bool] = True
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class AuthStep(Event):
-    """
-    The SASL exchange of AUTHENTICATE needs the authenticator: call
-    ``authenticator.step(server, request, peer=...)`` and pass the result to
-    ``accept``.
-    """
-
-    needs_decision: ClassVar[bool] = True
-    mechanism: str
-    server: Any
-    request: Any
-
-
 @dataclass(frozen=True, slots=True)
 class Execute(Event):
     """A command the application runs against the store."""
 
     needs_decision: ClassVar[bool] = True
     command: Command
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLS(Event):
-    """STARTTLS was accepted by the session: ``accept()``, then start TLS."""
-
-    needs_decision: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
-class Authenticated(Event):
-    """*user* (canonical) logged in with *mechanism* (``"LOGIN"`` or a SASL mechanism)."""
-
-    user: str
-    mechanism: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +66,3 @@ class IdleStarted(Event):
 @dataclass(frozen=True, slots=True)
 class IdleDone(Event):
     """IDLE ended with DONE."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosing(Event):
-    """The session ended (``"logout"``, ``"timeout"``, ``"errors"``, ``"lost"``)."""
-
-    reason: str

@@ -35,7 +35,9 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from txmail._events import AuthStep, ConnectionClosing, Event, PasswordCheck, StartTLS
 
 __all__ = [
     "AuthStep",
@@ -48,13 +50,6 @@ __all__ = [
     "StartTLS",
     "Update",
 ]
-
-
-class Event:
-    """Base class of the session's events."""
-
-    __slots__ = ()
-    needs_decision: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -71,36 +66,6 @@ class Maildrop:
 
     uidvalidity: int
     messages: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class PasswordCheck(Event):
-    """
-    PASS after USER (RFC 1939 section 7): check the password with
-    ``Authenticator.check_password``.
-
-    Attributes:
-        username: the name given to USER.
-        password: a :class:`txmail.auth.passwords.Secret` (redacted ``repr``).
-    """
-
-    needs_decision: ClassVar[bool] = True
-    username: str
-    password: Any
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class AuthStep(Event):
-    """
-    The SASL exchange of AUTH (RFC 5034) needs the authenticator: call
-    ``authenticator.step(server, request, peer=...)`` and pass the result to
-    ``accept``.
-    """
-
-    needs_decision: ClassVar[bool] = True
-    mechanism: str
-    server: Any
-    request: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +95,6 @@ class Retrieve(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class StartTLS(Event):
-    """STLS (RFC 2595 section 4)."""
-
-    needs_decision: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
 class Update(Event):
     """
     QUIT in TRANSACTION state: the UPDATE state (RFC 1939 section 6).
@@ -149,15 +107,3 @@ class Update(Event):
     needs_decision: ClassVar[bool] = True
     deleted: tuple[int, ...]
     seen: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosing(Event):
-    """
-    The session ended: send what is buffered, then close.
-
-    Attributes:
-        reason: ``"quit"``, ``"errors"`` or ``"timeout"``.
-    """
-
-    reason: str

@@ -37,8 +37,9 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from txmail._events import Authenticated, AuthStep, ConnectionClosing, Event, StartTLS
 from txmail.smtp.codes import Reply
 
 __all__ = [
@@ -58,13 +59,6 @@ __all__ = [
     "RcptTo",
     "StartTLS",
 ]
-
-
-class Event:
-    """Base class of the session's events."""
-
-    __slots__ = ()
-    needs_decision: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,59 +196,3 @@ class DataAborted(Event):
     """
 
     reply: Reply
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class AuthStep(Event):
-    """
-    The SASL exchange needs the authenticator (a password check or stored
-    credentials).
-
-    The application calls
-    ``authenticator.step(server, request, peer=...)`` and feeds the
-    resulting ``Challenge``/``Succeeded``/``Failed`` to ``accept(...)``.
-
-    Attributes:
-        mechanism: the SASL mechanism name.
-        server: the :class:`txmail.auth.sasl.SASLServer` of this exchange.
-        request: its ``NeedPasswordCheck`` or ``NeedCredentials`` event.
-    """
-
-    needs_decision: ClassVar[bool] = True
-    mechanism: str
-    server: Any
-    request: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Authenticated(Event):
-    """AUTH succeeded; the client is now *username* (never a password here)."""
-
-    username: str
-    mechanism: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLS(Event):
-    """
-    The client asked for STARTTLS (RFC 3207).
-
-    ``accept()`` queues the 220 reply and resets the session; the
-    application writes it, discards :attr:`ServerSession.trailing_data`
-    and starts the TLS handshake.
-    """
-
-    needs_decision: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosing(Event):
-    """
-    The session ended (QUIT, too many errors, timeout, fatal framing error):
-    send what :meth:`data_to_send` has, then close.
-
-    Attributes:
-        reason: ``"quit"``, ``"errors"``, ``"timeout"`` or ``"protocol"``.
-    """
-
-    reason: str

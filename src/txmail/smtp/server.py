@@ -402,11 +402,11 @@ class SMTPServerProtocol(SessionProtocol):
         elif isinstance(event, AuthStep):
             self._auth_step(event)
         elif isinstance(event, Authenticated):
-            self.info.authenticated_user = event.username
+            self.info.authenticated_user = event.user
             self.log.info(
                 "{peer} authenticated as {user} ({mechanism})",
                 peer=self.peer,
-                user=event.username,
+                user=event.user,
                 mechanism=event.mechanism,
                 session_id=self.session_id,
             )
