@@ -19,6 +19,7 @@ _SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 SANS_IO_MODULES = (
     "txmail/_session.py",
     "txmail/_events.py",
+    "txmail/auth/exchange.py",
     "txmail/smtp/codes.py",
     "txmail/smtp/grammar.py",
     "txmail/smtp/events.py",

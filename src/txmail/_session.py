@@ -48,6 +48,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from txmail.auth import sasl
+from txmail.auth.exchange import Ask, Cancelled, Done, Outcome, Refused, SASLExchange, Send
 
 __all__ = ["MAX_AUTH_LINE", "LineSession", "SessionCore"]
 
@@ -151,13 +152,8 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
       responses), and ``AUTH_DONE_STATE``: the state an exchange that did not
       succeed returns to;
     * ``STARTTLS_EVENT``: the event class emitted by :meth:`_start_tls`;
-    * ``AUTH_STEP_EVENT``: the event class built with the mechanism, the
-      SASL server and its event, for the authenticator to resolve;
     * ``CLOSING_EVENT``: the event class built with the close reason
       (``"quit"``, ``"errors"``, ``"timeout"``...) by :meth:`_close`;
-    * ``BAD_AUTH_RESULT_ERROR`` (default ``RuntimeError``): the exception
-      raised when ``accept`` of an ``AuthStep`` gets neither a Challenge,
-      Succeeded nor Failed;
     * the replies ``LINE_TOO_LONG_REPLY``, ``TOO_MANY_ERRORS_REPLY``,
       ``TIMEOUT_REPLY``, ``UNKNOWN_COMMAND_REPLY`` (undecodable, control
       characters, or an unknown verb), ``AUTH_BAD_BASE64_REPLY``,
@@ -203,9 +199,7 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
     AUTH_STATE: ClassVar[Any]
     AUTH_DONE_STATE: ClassVar[Any]
     STARTTLS_EVENT: ClassVar[type[Any]]
-    AUTH_STEP_EVENT: ClassVar[type[Any]]
     CLOSING_EVENT: ClassVar[type[Any]]
-    BAD_AUTH_RESULT_ERROR: ClassVar[type[Exception]] = RuntimeError
     LINE_TOO_LONG_REPLY: ClassVar[Any]
     TOO_MANY_ERRORS_REPLY: ClassVar[Any]
     TIMEOUT_REPLY: ClassVar[Any]
@@ -237,7 +231,7 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
         self._inbuf = bytearray()
         self._scanned = 0  # octets of _inbuf known to hold no CRLF
         self._discarding_line = False
-        self._sasl: sasl.SASLServer | None = None
+        self._sasl: SASLExchange | None = None
 
     # -- public API ------------------------------------------------------------
 
@@ -417,67 +411,38 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
         Begin a SASL exchange with *mechanism* (already checked to be
         offered), given the command's initial response if any.
         """
-        initial: bytes | None = None
-        if initial_response is not None:
-            # RFC 4954 section 4, RFC 5034 section 4: "=" is an empty response.
-            try:
-                initial = sasl.decode_response(initial_response.encode("ascii"))
-            except (sasl.SASLDecodeError, UnicodeEncodeError):
-                self._protocol_error(self.AUTH_BAD_BASE64_REPLY)
-                return
-            if initial is None:
-                self._send(self.AUTH_CANCELLED_REPLY)
-                return
-        self._sasl = self._sasl_factory(mechanism)
+        exchange = SASLExchange(self._sasl_factory(mechanism))
+        self._sasl = exchange
         self.state = self.AUTH_STATE
-        self._sasl_event(self._sasl.start(initial))
+        self._sasl_outcome(exchange.start(initial_response))
 
     def _auth_response(self, line: bytes) -> None:
         """One client line inside a SASL exchange."""
         assert self._sasl is not None
-        try:
-            data = sasl.decode_response(line)
-        except sasl.SASLDecodeError:
-            self._end_auth()
-            self._protocol_error(self.AUTH_BAD_BASE64_REPLY)
-            return
-        if data is None:
-            # RFC 4954 section 4, RFC 5034 section 4: "*" cancels the exchange.
-            self._sasl.cancel()
-            self._end_auth()
-            self._send(self.AUTH_CANCELLED_REPLY)
-            return
-        self._sasl_event(self._sasl.respond(data))
-
-    def _sasl_event(self, event: sasl.SASLEvent) -> None:
-        """An event straight from the SASL server."""
-        if isinstance(event, sasl.Challenge):
-            self._challenge(event.data)
-            return
-        # Need*, Succeeded and Failed all go through the authenticator: it
-        # answers questions, canonicalises the user and delays failures.
-        assert self._sasl is not None
-        self._emit(self.AUTH_STEP_EVENT(self._sasl.mechanism, self._sasl, event))
+        self._sasl_outcome(self._sasl.respond(line))
 
     def _authenticator_result(self, event: Any) -> None:
         """An event the authenticator resolved (``accept`` of ``AuthStep``)."""
-        if isinstance(event, sasl.Challenge):
-            self._challenge(event.data)
-        elif isinstance(event, sasl.Succeeded):
-            mechanism = self._sasl.mechanism if self._sasl is not None else ""
+        if self._sasl is None:
+            raise RuntimeError("no SASL exchange is waiting for the authenticator")
+        self._sasl_outcome(self._sasl.resolved(event))
+
+    def _sasl_outcome(self, outcome: Outcome) -> None:
+        """Do what the exchange says (:mod:`txmail.auth.exchange`)."""
+        if isinstance(outcome, Send):
+            self._challenge(outcome.data)
+        elif isinstance(outcome, Ask):
+            self._emit(outcome.step)
+        else:
             self._end_auth()
-            self._auth_succeeded(event.username, mechanism)
-        elif isinstance(event, sasl.Failed):
-            mechanism = self._sasl.mechanism if self._sasl is not None else ""
-            self._end_auth()
-            if event.reason == "cancelled":
+            if isinstance(outcome, Done):
+                self._auth_succeeded(outcome.user, outcome.mechanism)
+            elif isinstance(outcome, Refused):
+                self._auth_failed(outcome.mechanism)
+            elif isinstance(outcome, Cancelled):
                 self._send(self.AUTH_CANCELLED_REPLY)
             else:
-                self._auth_failed(mechanism)
-        else:
-            raise self.BAD_AUTH_RESULT_ERROR(
-                f"AuthStep must be answered with Challenge, Succeeded or Failed, not {event!r}"
-            )
+                self._protocol_error(self.AUTH_BAD_BASE64_REPLY)
 
     def _auth_failed(self, mechanism: str) -> None:
         """A SASL exchange failed (bad credentials): answer ``AUTH_FAILED_REPLY``."""
@@ -485,6 +450,8 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
 
     def _end_auth(self) -> None:
         """Forget the SASL exchange, if any, and leave ``AUTH_STATE``."""
+        if self._sasl is not None:
+            self._sasl.abort()
         self._sasl = None
         if self.state is self.AUTH_STATE:
             self.state = self.AUTH_DONE_STATE

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 from txmail._session import SessionCore
 from txmail.auth import sasl
+from txmail.auth.exchange import Ask, Cancelled, Done, Outcome, Refused, SASLExchange, Send, encode_challenge
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS, State, allowed
 from txmail.imap.commands import capabilities as table_capabilities
@@ -201,7 +202,7 @@ class IMAPSession(SessionCore[Event]):
         self._framer = self._new_framer()
         self._tag: str | None = None  # of the command being answered
         self._command: Command | None = None
-        self._sasl: sasl.SASLServer | None = None
+        self._sasl: SASLExchange | None = None
         self._idling = False
         self._write(
             b"* OK [CAPABILITY " + self._capability_text().encode("ascii") + b"] txmail IMAP4rev1 ready\r\n"
@@ -488,7 +489,7 @@ class IMAPSession(SessionCore[Event]):
                 # A SASL response over the line limit: end the exchange with
                 # the AUTHENTICATE command's tagged BAD, so that the next
                 # line is read as a command, not as a response.
-                self._sasl.cancel()
+                self._sasl.abort()
                 self._sasl = None
                 limit = self.limits.max_line
                 self._bad(
@@ -610,21 +611,8 @@ class IMAPSession(SessionCore[Event]):
         if mechanism not in offered:
             self._complete(command.tag, "NO", "Unsupported authentication mechanism", "CANNOT")
             return
-        initial: bytes | None = None
-        if args.initial_response is not None:
-            if args.initial_response == "":
-                initial = b""  # RFC 4959 section 3: "=" is an empty initial response
-            else:
-                try:
-                    initial = sasl.decode_response(args.initial_response.encode("ascii"))
-                except (sasl.SASLDecodeError, UnicodeEncodeError):
-                    self._bad(command.tag, "Invalid base64 in the initial response")
-                    return
-                if initial is None:
-                    self._bad(command.tag, "Authentication cancelled")
-                    return
-        self._sasl = self._sasl_factory(mechanism)
-        self._sasl_event(self._sasl.start(initial))
+        self._sasl = SASLExchange(self._sasl_factory(mechanism))
+        self._sasl_outcome(command.tag, self._sasl.start(args.initial_response))
 
     # -- SASL --------------------------------------------------------------------------
 
@@ -632,48 +620,39 @@ class IMAPSession(SessionCore[Event]):
         assert self._sasl is not None
         tag = self._tag or "*"
         if len(frame.fragments) != 1:
+            # A literal is no SASL response.
+            self._sasl.abort()
             self._sasl = None
             self._bad(tag, "Invalid SASL response")
             return
-        try:
-            data = sasl.decode_response(frame.fragments[0].data)
-        except sasl.SASLDecodeError:
-            self._sasl = None
-            self._bad(tag, "Invalid base64 in the SASL response")
-            return
-        if data is None:
-            # RFC 3501 section 6.2.2: "*" cancels; the server answers BAD.
-            self._sasl.cancel()
-            self._sasl = None
-            self._complete(tag, "BAD", "Authentication cancelled")
-            return
-        self._sasl_event(self._sasl.respond(data))
-
-    def _sasl_event(self, event: sasl.SASLEvent) -> None:
-        if isinstance(event, sasl.Challenge):
-            self._write(b"+ " + sasl.encode_challenge(event.data) + b"\r\n")
-            return
-        assert self._sasl is not None
-        self._emit(AuthStep(self._sasl.mechanism, self._sasl, event))
+        self._sasl_outcome(tag, self._sasl.respond(frame.fragments[0].data))
 
     def _authenticator_result(self, event: object) -> None:
-        tag = self._tag or "*"
-        if isinstance(event, sasl.Challenge):
-            self._write(b"+ " + sasl.encode_challenge(event.data) + b"\r\n")
-        elif isinstance(event, sasl.Succeeded):
-            mechanism = self._sasl.mechanism if self._sasl is not None else ""
-            self._sasl = None
-            self._logged_in(tag, event.username, mechanism)
-        elif isinstance(event, sasl.Failed):
-            self._sasl = None
-            if event.reason == "cancelled":
-                self._complete(tag, "BAD", "Authentication cancelled")
-            else:
-                self._auth_failure()
-                self._complete(tag, "NO", "Authentication failed", "AUTHENTICATIONFAILED")
+        if self._sasl is None:
+            raise RuntimeError("no SASL exchange is waiting for the authenticator")
+        self._sasl_outcome(self._tag or "*", self._sasl.resolved(event))
+
+    def _sasl_outcome(self, tag: str, outcome: Outcome) -> None:
+        """Do what the exchange says (:mod:`txmail.auth.exchange`), in IMAP's words."""
+        if isinstance(outcome, Send):
+            self._write(b"+ " + encode_challenge(outcome.data) + b"\r\n")
+            return
+        if isinstance(outcome, Ask):
+            self._emit(outcome.step)
+            return
+        self._sasl = None
+        if isinstance(outcome, Done):
+            self._logged_in(tag, outcome.user, outcome.mechanism)
+        elif isinstance(outcome, Refused):
+            self._auth_failure()
+            self._complete(tag, "NO", "Authentication failed", "AUTHENTICATIONFAILED")
+        elif isinstance(outcome, Cancelled):
+            # RFC 3501 section 6.2.2: "*" cancels; the server answers BAD.
+            self._complete(tag, "BAD", "Authentication cancelled")
         else:
-            raise RuntimeError(
-                f"AuthStep must be answered with Challenge, Succeeded or Failed, not {event!r}"
+            self._bad(
+                tag,
+                f"Invalid base64 in the {'SASL response' if outcome.what == 'response' else outcome.what}",
             )
 
     def _auth_failure(self) -> None:

@@ -391,9 +391,7 @@ class ServerSession(LineSession[Event, Reply]):
     AUTH_STATE = State.AUTH
     AUTH_DONE_STATE = State.GREETED
     STARTTLS_EVENT = StartTLS
-    AUTH_STEP_EVENT = AuthStep
     CLOSING_EVENT = ConnectionClosing
-    BAD_AUTH_RESULT_ERROR = RuntimeError
     LINE_TOO_LONG_REPLY = codes.LINE_TOO_LONG
     TOO_MANY_ERRORS_REPLY = codes.TOO_MANY_ERRORS
     TIMEOUT_REPLY = codes.TIMEOUT
