@@ -64,7 +64,7 @@ class Request(DummyRequest):
             self.requestHeaders.setRawHeaders(key, [value])
         for pair in filter(None, query.split("&")):
             name, _, value = pair.partition("=")
-            self.addArg(name.encode(), urllib.parse.unquote_to_bytes(value))
+            self.args.setdefault(name.encode(), []).append(urllib.parse.unquote_to_bytes(value))
 
     def isSecure(self) -> bool:
         return self.secure
