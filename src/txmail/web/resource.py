@@ -644,6 +644,11 @@ class JMAPSite(server.Site):
     requestFactory = BoundedRequest
 
     def __init__(self, endpoint: JMAPEndpoint, *, timeout: float = 60.0) -> None:
+        """
+        Serve the resources of *endpoint*; an idle keep-alive connection is
+        closed after *timeout* seconds (never while a response, such as an
+        event stream, is in progress).
+        """
         super().__init__(root_resource(endpoint), timeout=timeout)
         self.endpoint = endpoint
         limits = endpoint.limits
