@@ -842,6 +842,20 @@ def build_service(
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)
+    if settings.web:
+        from txmail.web.service import web_site  # twisted.web: only when configured
+
+        site = web_site(settings, server, reactor=reactor)
+        for description in settings.web:
+            listener = ListenerService(
+                reactor,
+                with_certificate(description, settings.tls_cert, settings.tls_key),
+                site,
+                "web",
+                proxy=proxied(description),
+            )
+            listener.setServiceParent(server)
+            server.listeners.append(listener)
     if workers > 1:
         from txmail.workers import WorkerPool
 
