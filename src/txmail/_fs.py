@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
 
@@ -54,7 +55,9 @@ def write_file_durably(path: str, data: bytes, *, sync_dir: bool = True) -> None
     fsync it, rename it over *path*, and (unless *sync_dir* is false) fsync
     the directory so the rename itself is durable.
     """
-    tmp = f"{path}.tmp{os.getpid()}"
+    # One temporary name per process and thread: two threads replacing one
+    # file must not write into each other's temporary file.
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -88,6 +89,41 @@ class SpoolQueueTests(SynchronousTestCase):
         self.successResultOf(self.queue.delete_entry(q1))
         self.assertFalse(any(n.startswith(q1) for n in os.listdir(self.dir)))
         self.assertEqual(sorted(os.listdir(self.dir)), [f"{q2}.json", f"{q2}.msg"])
+
+    def test_updates_of_one_entry_written_in_order(self) -> None:
+        """
+        Two updates of one entry made before the first is on disk: the file
+        ends with the later state, whatever order the blocking pool would
+        finish them in (two threads writing one entry at once raced on one
+        temporary file and could leave the earlier state last).
+        """
+        pending: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def run_blocking(fn: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append((fn, args, d))
+            return d
+
+        def run(index: int) -> None:
+            fn, args, d = pending.pop(index)
+            d.callback(fn(*args))
+
+        queue = SpoolQueue(self.mktemp(), run_blocking=run_blocking)
+        enqueued = queue.enqueue(ENVELOPE, make_message(self), ["bob@remote.test"])
+        while pending:
+            run(0)
+        qid = self.successResultOf(enqueued)
+        first = queue.update_recipients(qid, {"bob@remote.test": {"state": "deferred", "attempts": 1}})
+        second = queue.update_recipients(qid, {"bob@remote.test": {"state": "delivered", "attempts": 2}})
+        # Whatever is ready runs last first, as a busy pool may.
+        while pending:
+            run(-1)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        with open(os.path.join(queue.directory, f"{qid}.json")) as f:
+            bob = json.load(f)["recipients"]["bob@remote.test"]
+        self.assertEqual((bob["state"], bob["attempts"]), ("delivered", 2))
+        self.assertEqual(sorted(os.listdir(queue.directory)), [f"{qid}.json", f"{qid}.msg"])
 
     def test_half_written_entry_removed_at_start(self) -> None:
         """A message file without its envelope (a crash before 250) is removed on load."""

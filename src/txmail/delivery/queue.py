@@ -122,6 +122,7 @@ class SpoolQueue:
         self._stamps: dict[str, int] = {}  # queue id -> mtime_ns of its .json as last read/written
         self._listeners: list[Callable[[str], Any]] = []
         self._claims: dict[str, float] = {}  # queue id -> the end of its lease
+        self._writes: dict[str, defer.DeferredLock] = {}  # queue id -> the lock of its writes, while any
         self._load()
 
     def _path(self, queue_id: str, ext: str) -> str:
@@ -404,10 +405,9 @@ class SpoolQueue:
             entry.recipients.setdefault(rcpt, {}).update(fields)
         if not durable:
             return defer.succeed(None)
-        data = _entry_to_json(entry)
         path = self._path(queue_id, "json")
 
-        def write() -> int:
+        def write(data: bytes) -> int:
             if not os.path.exists(path):
                 # Deleted by another process (txmail queue delete): do not revive it.
                 raise QueueError(f"queue entry {queue_id} was deleted")
@@ -423,4 +423,20 @@ class SpoolQueue:
                 self._stamps.pop(queue_id, None)
             return f
 
-        return self._run(write).addCallbacks(written, gone)
+        def start() -> defer.Deferred[None]:
+            # The entry as it is now, with every change merged so far.
+            return self._run(write, _entry_to_json(entry)).addCallbacks(written, gone)
+
+        # One write of an entry at a time, in order: two at once in the
+        # blocking pool could finish in either order and leave the earlier
+        # state on disk.
+        lock = self._writes.get(queue_id)
+        if lock is None:
+            lock = self._writes[queue_id] = defer.DeferredLock()
+
+        def unlocked(result: Any) -> Any:
+            if not lock.locked and not lock.waiting and self._writes.get(queue_id) is lock:
+                del self._writes[queue_id]
+            return result
+
+        return lock.run(start).addBoth(unlocked)
