@@ -31,8 +31,32 @@ This module imports no protocol code.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from txmail.auth.passwords import ScramCredentials
+    from txmail.delivery.hooks import HookResult
+    from txmail.model import (
+        AnnotationsChanged,
+        DeliveryReport,
+        Envelope,
+        FlagMode,
+        FolderChange,
+        FolderInfo,
+        MailboxChange,
+        MailboxStatus,
+        MessageInfo,
+        MessageMetadata,
+        MessageSource,
+        QueueEntry,
+        RecipientResult,
+    )
+    from txmail.quota import Usage
 
 __all__ = [
     "HEADER_COLUMNS",
@@ -73,7 +97,7 @@ class IMailStoreProvider(Interface):
     one ``[store] backend`` names (:func:`txmail.service.make_store_provider`).
     """
 
-    def store_for(user):  # type: ignore[no-untyped-def]
+    def store_for(user: str) -> Deferred[IMailStore]:
         """
         Open the :class:`IMailStore` of *user* (``str``, a canonical
         address), creating the user's storage (with an ``INBOX``) on first
@@ -123,7 +147,7 @@ class IMaildropLock(Interface):
 
     user = Attribute("The canonical address (str) whose maildrop is held.")
 
-    def release():  # type: ignore[no-untyped-def]
+    def release() -> Deferred[None]:
         """
         Give the maildrop up (the session ended, by QUIT or a lost
         connection).  Releasing twice is harmless.
@@ -148,7 +172,7 @@ class IMaildropLocks(Interface):
     memory providers do not provide it).
     """
 
-    def lock_maildrop(user):  # type: ignore[no-untyped-def]
+    def lock_maildrop(user: str) -> Deferred[IMaildropLock | None]:
         """
         Lock the maildrop of *user* (``str``, a canonical address) for one
         POP3 session, against the sessions of this process and of every
@@ -178,7 +202,9 @@ class IInboxDelivery(Interface):
     the Maildir and memory providers do not need it.
     """
 
-    def deliver_to_inboxes(users, message, internal_date=None):  # type: ignore[no-untyped-def]
+    def deliver_to_inboxes(
+        users: Sequence[str], message: MessageSource, internal_date: float | None = None
+    ) -> Deferred[dict[str, int]]:
         """
         Append *message* (a :class:`txmail.model.MessageSource`) to the
         INBOX of each of *users* (canonical addresses, ``str``, no two
@@ -207,7 +233,7 @@ class IMailStore(Interface):
 
     user = Attribute("The canonical address (str) of the user this store belongs to.")
 
-    def list_mailboxes(pattern="*"):  # type: ignore[no-untyped-def]
+    def list_mailboxes(pattern: str = "*") -> Deferred[list[FolderInfo]]:
         """
         List the mailboxes whose names match *pattern*.
 
@@ -222,7 +248,7 @@ class IMailStore(Interface):
             with ``selectable=False`` when they match.
         """
 
-    def get_mailbox(name):  # type: ignore[no-untyped-def]
+    def get_mailbox(name: str) -> Deferred[IMailbox]:
         """
         Open the mailbox *name*.
 
@@ -237,7 +263,7 @@ class IMailStore(Interface):
             InvalidMailboxName: the name is not valid.
         """
 
-    def create_mailbox(name, special_use=None):  # type: ignore[no-untyped-def]
+    def create_mailbox(name: str, special_use: str | None = None) -> Deferred[None]:
         """
         Create mailbox *name*, and any missing parents (RFC 3501 section 6.3.3).
 
@@ -253,7 +279,7 @@ class IMailStore(Interface):
             InvalidMailboxName: the name is not valid.
         """
 
-    def delete_mailbox(name):  # type: ignore[no-untyped-def]
+    def delete_mailbox(name: str) -> Deferred[None]:
         """
         Delete mailbox *name* and its messages (RFC 3501 section 6.3.4).
 
@@ -271,7 +297,7 @@ class IMailStore(Interface):
             MailboxNotEmpty: it has children and is non-selectable already.
         """
 
-    def rename_mailbox(old, new):  # type: ignore[no-untyped-def]
+    def rename_mailbox(old: str, new: str) -> Deferred[None]:
         """
         Rename mailbox *old*, and its children, to *new* (RFC 3501 section 6.3.5).
 
@@ -289,7 +315,7 @@ class IMailStore(Interface):
             InvalidMailboxName: a name is not valid, or *new* is below *old*.
         """
 
-    def subscribe(name):  # type: ignore[no-untyped-def]
+    def subscribe(name: str) -> Deferred[None]:
         """
         Add *name* to the user's subscriptions (the name need not exist).
 
@@ -297,7 +323,7 @@ class IMailStore(Interface):
             ``Deferred[None]``.
         """
 
-    def unsubscribe(name):  # type: ignore[no-untyped-def]
+    def unsubscribe(name: str) -> Deferred[None]:
         """
         Remove *name* from the user's subscriptions.
 
@@ -308,12 +334,12 @@ class IMailStore(Interface):
             NoSuchMailbox: *name* was not subscribed.
         """
 
-    def subscriptions():  # type: ignore[no-untyped-def]
+    def subscriptions() -> Deferred[list[str]]:
         """
         Return ``Deferred[list[str]]``: the subscribed names, sorted.
         """
 
-    def special_use_mailbox(role):  # type: ignore[no-untyped-def]
+    def special_use_mailbox(role: str) -> Deferred[str | None]:
         """
         Return ``Deferred[str | None]``: the name of the mailbox with the
         :class:`txmail.model.SpecialUse` *role*, or ``None``.
@@ -327,7 +353,7 @@ class IStorageUsage(Interface):
     have none.
     """
 
-    def usage():  # type: ignore[no-untyped-def]
+    def usage() -> Deferred[Usage]:
         """
         Return ``Deferred[txmail.quota.Usage]``: the octets (the sizes IMAP
         reports as RFC822.SIZE) and the number of messages over every mailbox
@@ -351,7 +377,7 @@ class IStoreChanges(Interface):
     (:mod:`txmail.pg.store`).
     """
 
-    def add_store_listener(listener):  # type: ignore[no-untyped-def]
+    def add_store_listener(listener: Callable[[FolderChange], object]) -> Callable[[], None]:
         """
         Call ``listener(change)`` with each :class:`txmail.model.FolderChange`
         of this store, after the change is made: :class:`txmail.model.MessagesChanged`
@@ -379,7 +405,7 @@ class IExpungeHistory(Interface):
     Maildir store keeps the history in its index, across restarts).
     """
 
-    def expunged_since(modseq, uids=None):  # type: ignore[no-untyped-def]
+    def expunged_since(modseq: int, uids: Iterable[int] | None = None) -> Deferred[list[int]]:
         """
         Return ``Deferred[list[int]]``: the UIDs expunged after mod-sequence
         *modseq* (``int``), ascending, restricted to *uids* (an iterable of
@@ -410,7 +436,7 @@ class IHeaderColumns(Interface):
     ``txmail-columns`` file).
     """
 
-    def header_columns(uids):  # type: ignore[no-untyped-def]
+    def header_columns(uids: Iterable[int]) -> Deferred[dict[int, tuple[str, ...]]]:
         """
         Return ``Deferred[dict[int, tuple[str, ...]]]``: for each message
         of *uids* (an iterable of UIDs; those that do not exist are left
@@ -447,7 +473,7 @@ class IHeaderLines(Interface):
     ``txmail-lines`` file).
     """
 
-    def header_lines(uids):  # type: ignore[no-untyped-def]
+    def header_lines(uids: Iterable[int]) -> Deferred[dict[int, tuple[str, str]]]:
         """
         Return ``Deferred[dict[int, tuple[str, str]]]``: for each message
         of *uids* (an iterable of UIDs; those that do not exist are left
@@ -478,14 +504,14 @@ class IRecordCache(Interface):
     the message is expunged, and a copy does not carry it.
     """
 
-    def cached_records(kind, uids):  # type: ignore[no-untyped-def]
+    def cached_records(kind: str, uids: Iterable[int]) -> Deferred[dict[int, tuple[Any, ...]]]:
         """
         Return ``Deferred[dict[int, tuple]]``: the records of *kind* kept
         for the messages of *uids* (an iterable of UIDs); a message without
         one, or that does not exist, is left out.
         """
 
-    def cache_records(kind, records):  # type: ignore[no-untyped-def]
+    def cache_records(kind: str, records: Mapping[int, tuple[Any, ...]]) -> Deferred[None]:
         """
         Keep *records* (``dict[int, tuple]``, UID to record) as the records
         of *kind* of those messages.  Returns ``Deferred[None]``.  Best
@@ -549,7 +575,7 @@ class IMetadataStore(Interface):
     (``/private/specialuse``, ``/shared/admin``) are not stored here.
     """
 
-    def get_annotations(mailbox):  # type: ignore[no-untyped-def]
+    def get_annotations(mailbox: str) -> Deferred[dict[str, bytes]]:
         """
         Return ``Deferred[dict[str, bytes]]``: every entry of *mailbox*
         (``""``: the server's), by name.
@@ -559,7 +585,7 @@ class IMetadataStore(Interface):
             InvalidMailboxName: the name is not valid.
         """
 
-    def set_annotations(mailbox, changes):  # type: ignore[no-untyped-def]
+    def set_annotations(mailbox: str, changes: Mapping[str, bytes | None]) -> Deferred[None]:
         """
         Set the entries of *changes* (``{name: bytes}``; ``None`` removes
         the entry) on *mailbox* (``""``: the server), all or none, durably;
@@ -574,13 +600,13 @@ class IMetadataStore(Interface):
             InvalidMailboxName: the name is not valid.
         """
 
-    def annotation_count():  # type: ignore[no-untyped-def]
+    def annotation_count() -> Deferred[int]:
         """
         Return ``Deferred[int]``: the number of entries the user keeps, over
         every mailbox and the server (for the per-user limit).
         """
 
-    def add_annotation_listener(listener):  # type: ignore[no-untyped-def]
+    def add_annotation_listener(listener: Callable[[AnnotationsChanged], object]) -> Callable[[], None]:
         """
         Call ``listener(change)`` with a :class:`txmail.model.AnnotationsChanged`
         after each :meth:`set_annotations` that changed something.  Listeners
@@ -602,7 +628,7 @@ class IURLAuthKeys(Interface):
     directory (mode 0600), so they survive restarts.
     """
 
-    def urlauth_key(mailbox, uidvalidity, create=False):  # type: ignore[no-untyped-def]
+    def urlauth_key(mailbox: str, uidvalidity: int, create: bool = False) -> Deferred[bytes | None]:
         """
         Return ``Deferred[bytes | None]``: the access key of *mailbox*
         (``str``) while its UIDVALIDITY is *uidvalidity* (``int``; a key
@@ -611,7 +637,7 @@ class IURLAuthKeys(Interface):
         is true (kept before the Deferred fires), else ``None``.
         """
 
-    def reset_urlauth_keys(mailbox=None):  # type: ignore[no-untyped-def]
+    def reset_urlauth_keys(mailbox: str | None = None) -> Deferred[None]:
         """
         Return ``Deferred[None]``: forget the key of *mailbox*, or every key
         of the user when ``None`` (RFC 4467 section 6.2, RESETKEY); the URLs
@@ -643,12 +669,12 @@ class IMailbox(Interface):
     name = Attribute("The mailbox's canonical name (str).")
     uidvalidity = Attribute("The UIDVALIDITY (int, non-zero, 32-bit).")
 
-    def status():  # type: ignore[no-untyped-def]
+    def status() -> Deferred[MailboxStatus]:
         """
         Return ``Deferred[MailboxStatus]`` with the current counters.
         """
 
-    def list_messages(uids=None):  # type: ignore[no-untyped-def]
+    def list_messages(uids: Iterable[int] | None = None) -> Deferred[list[MessageInfo]]:
         """
         List messages cheaply: no message is read or parsed.
 
@@ -660,7 +686,7 @@ class IMailbox(Interface):
             ``Deferred[list[MessageInfo]]`` in ascending UID order.
         """
 
-    def open_message(uid):  # type: ignore[no-untyped-def]
+    def open_message(uid: int) -> Deferred[BinaryIO]:
         """
         Open a message for streaming.
 
@@ -674,7 +700,7 @@ class IMailbox(Interface):
             NoSuchMessage: no message has that UID.
         """
 
-    def read_message(uid):  # type: ignore[no-untyped-def]
+    def read_message(uid: int) -> Deferred[bytes]:
         """
         Return ``Deferred[bytes]``: the whole message.  For small messages;
         use :meth:`open_message` to stream large ones.
@@ -683,7 +709,7 @@ class IMailbox(Interface):
             NoSuchMessage: no message has that UID.
         """
 
-    def get_metadata(uids):  # type: ignore[no-untyped-def]
+    def get_metadata(uids: Iterable[int]) -> Deferred[dict[int, MessageMetadata]]:
         """
         Return the cached parsed metadata of many messages at once.
 
@@ -695,7 +721,9 @@ class IMailbox(Interface):
             are left out.
         """
 
-    def append(message, flags=(), internal_date=None):  # type: ignore[no-untyped-def]
+    def append(
+        message: MessageSource | bytes, flags: Iterable[str] = (), internal_date: float | None = None
+    ) -> Deferred[int]:
         """
         Add a message to the mailbox (delivery, IMAP APPEND).
 
@@ -721,7 +749,9 @@ class IMailbox(Interface):
             Listeners receive :class:`txmail.model.MessagesAdded`.
         """
 
-    def set_flags(uids, flags, mode, unchanged_since=None):  # type: ignore[no-untyped-def]
+    def set_flags(
+        uids: Iterable[int], flags: Iterable[str], mode: FlagMode, unchanged_since: int | None = None
+    ) -> Deferred[list[MessageInfo]]:
         """
         Change the flags of many messages at once (IMAP STORE).
 
@@ -739,7 +769,7 @@ class IMailbox(Interface):
             when nothing changed).
         """
 
-    def copy(uids, target):  # type: ignore[no-untyped-def]
+    def copy(uids: Iterable[int], target: IMailbox) -> Deferred[list[tuple[int, int]]]:
         """
         Copy messages, with their flags and internal dates, into *target*.
 
@@ -752,7 +782,7 @@ class IMailbox(Interface):
             pairs in ascending source order (for UIDPLUS COPYUID).
         """
 
-    def move(uids, target):  # type: ignore[no-untyped-def]
+    def move(uids: Iterable[int], target: IMailbox) -> Deferred[list[tuple[int, int]]]:
         """
         Move messages into *target* (RFC 6851): copy then expunge from here.
 
@@ -761,7 +791,7 @@ class IMailbox(Interface):
             this mailbox receive :class:`txmail.model.MessagesExpunged`.
         """
 
-    def expunge(uids=None):  # type: ignore[no-untyped-def]
+    def expunge(uids: Iterable[int] | None = None) -> Deferred[list[int]]:
         """
         Permanently remove messages flagged ``\\Deleted``.
 
@@ -774,7 +804,7 @@ class IMailbox(Interface):
             receive :class:`txmail.model.MessagesExpunged`.
         """
 
-    def claim_recent():  # type: ignore[no-untyped-def]
+    def claim_recent() -> Deferred[list[int]]:
         """
         Claim the messages that arrived since the last claim (IMAP ``\\Recent``).
 
@@ -787,7 +817,7 @@ class IMailbox(Interface):
             ``Deferred[list[int]]``: the claimed UIDs, ascending.
         """
 
-    def refresh():  # type: ignore[no-untyped-def]
+    def refresh() -> Deferred[None]:
         """
         Pick up changes made behind the store's back (another program writing
         the same Maildir) and tell listeners about them, as if they had been
@@ -818,7 +848,7 @@ class IMailbox(Interface):
             and told.
         """
 
-    def add_listener(listener):  # type: ignore[no-untyped-def]
+    def add_listener(listener: Callable[[MailboxChange], object]) -> Callable[[], None]:
         """
         Call ``listener(change)`` with each :class:`txmail.model.MailboxChange`
         of this mailbox, from any session, after the change is made, and for
@@ -840,13 +870,13 @@ class IDirectory(Interface):
     Who is local: domains, users, aliases and their credentials.
     """
 
-    def is_local_domain(domain):  # type: ignore[no-untyped-def]
+    def is_local_domain(domain: str) -> bool:
         """
         Return ``True`` when mail for *domain* (``str``, compared
         case-insensitively) is delivered here.
         """
 
-    def resolve_recipient(address):  # type: ignore[no-untyped-def]
+    def resolve_recipient(address: str) -> Deferred[list[str]]:
         """
         Resolve a local recipient address to the users who get the mail.
 
@@ -863,7 +893,7 @@ class IDirectory(Interface):
             NoSuchUser: no user or alias answers to *address*.
         """
 
-    def get_credentials(username):  # type: ignore[no-untyped-def]
+    def get_credentials(username: str) -> Deferred[ScramCredentials | None]:
         """
         Return ``Deferred[ScramCredentials | None]`` for a login name: the
         stored SCRAM-SHA-256 verifier (see :mod:`txmail.auth.passwords`),
@@ -871,14 +901,14 @@ class IDirectory(Interface):
         addresses; a name without ``@`` is looked up in the primary domain.
         """
 
-    def canonical_user(username):  # type: ignore[no-untyped-def]
+    def canonical_user(username: str) -> Deferred[str | None]:
         """
         Return ``Deferred[str | None]``: the canonical address for a login
         name (a name without ``@`` is in the primary domain, as for
         :meth:`get_credentials`), or ``None`` if there is no such user.
         """
 
-    def owns_address(user, address):  # type: ignore[no-untyped-def]
+    def owns_address(user: str, address: str) -> Deferred[bool]:
         """
         Return ``Deferred[bool]``: whether *user* may use *address* as a
         sender (their own address, or an alias that resolves to them).
@@ -890,7 +920,7 @@ class IDeliveryRouter(Interface):
     Decides where each recipient's copy goes: a local mailbox or the queue.
     """
 
-    def check_recipient(address, authenticated_user=None):  # type: ignore[no-untyped-def]
+    def check_recipient(address: str, authenticated_user: str | None = None) -> Deferred[RecipientResult]:
         """
         Decide, at RCPT time, whether *address* is acceptable.
 
@@ -905,7 +935,7 @@ class IDeliveryRouter(Interface):
             non-local domain is allowed only for an authenticated user.
         """
 
-    def deliver(envelope, message):  # type: ignore[no-untyped-def]
+    def deliver(envelope: Envelope, message: MessageSource) -> Deferred[DeliveryReport]:
         """
         Deliver a received message to every recipient of *envelope*.
 
@@ -931,7 +961,9 @@ class IDeliveryHook(Interface):
     is.
     """
 
-    def before_delivery(envelope, message):  # type: ignore[no-untyped-def]
+    def before_delivery(
+        envelope: Envelope, message: MessageSource
+    ) -> HookResult | Deferred[HookResult | None] | None:
         """
         Decide what becomes of one message.
 
@@ -964,7 +996,7 @@ class IQueue(Interface):
     contract.
     """
 
-    def enqueue(envelope, message, recipients):  # type: ignore[no-untyped-def]
+    def enqueue(envelope: Envelope, message: MessageSource, recipients: Sequence[str]) -> Deferred[str]:
         """
         Store *message* (a :class:`txmail.model.MessageSource`, read as
         :meth:`IMailbox.append` reads it: streamed, or its ``local_path``
@@ -980,12 +1012,12 @@ class IQueue(Interface):
             QueueError: *recipients* is empty.
         """
 
-    def list_entries():  # type: ignore[no-untyped-def]
+    def list_entries() -> Deferred[list[QueueEntry]]:
         """
         Return ``Deferred[list[QueueEntry]]``, oldest first.
         """
 
-    def get_entry(queue_id):  # type: ignore[no-untyped-def]
+    def get_entry(queue_id: str) -> Deferred[QueueEntry]:
         """
         Return ``Deferred[QueueEntry]``.
 
@@ -993,7 +1025,9 @@ class IQueue(Interface):
             QueueError: no entry has that id.
         """
 
-    def update_recipients(queue_id, changes, *, durable=True):  # type: ignore[no-untyped-def]
+    def update_recipients(
+        queue_id: str, changes: Mapping[str, Mapping[str, Any]], *, durable: bool = True
+    ) -> Deferred[None]:
         """
         Record what became of recipients: merge *changes* (recipient -> the
         fields to set, ``state``, ``attempts``, ``next_attempt``,
@@ -1012,7 +1046,7 @@ class IQueue(Interface):
                 ``held``; then nothing is changed.
         """
 
-    def open_entry_message(queue_id):  # type: ignore[no-untyped-def]
+    def open_entry_message(queue_id: str) -> Deferred[BinaryIO]:
         """
         Return ``Deferred`` firing with a readable binary file of the queued
         message, its bytes exactly as enqueued.  The caller closes it.
@@ -1021,7 +1055,7 @@ class IQueue(Interface):
             QueueError: no entry has that id.
         """
 
-    def delete_entry(queue_id):  # type: ignore[no-untyped-def]
+    def delete_entry(queue_id: str) -> Deferred[None]:
         """
         Remove an entry and its message.  Returns ``Deferred[None]``.
 
@@ -1029,7 +1063,7 @@ class IQueue(Interface):
             QueueError: no entry has that id.
         """
 
-    def add_listener(listener):  # type: ignore[no-untyped-def]
+    def add_listener(listener: Callable[[str], object]) -> None:
         """
         Call ``listener(queue_id)`` in the reactor thread after each entry
         this queue object made (:meth:`enqueue`) or released
@@ -1038,7 +1072,7 @@ class IQueue(Interface):
         processes or nodes are found by polling (:meth:`claim`).
         """
 
-    def claim(limit, lease_seconds):  # type: ignore[no-untyped-def]
+    def claim(limit: int | None, lease_seconds: float) -> Deferred[list[QueueEntry]]:
         """
         Take entries to work on: up to *limit* (every one when ``None``)
         of the entries that nobody holds a claim on, oldest first, each
@@ -1055,7 +1089,7 @@ class IQueue(Interface):
             ``Deferred[list[QueueEntry]]``.
         """
 
-    def release_claim(queue_id):  # type: ignore[no-untyped-def]
+    def release_claim(queue_id: str) -> Deferred[None]:
         """
         Give up this queue object's claim on an entry (the runner is done
         with it for this pass).  A claim another claimer took since the
@@ -1066,7 +1100,7 @@ class IQueue(Interface):
             ``Deferred[None]``.
         """
 
-    def renew_claims(queue_ids, lease_seconds):  # type: ignore[no-untyped-def]
+    def renew_claims(queue_ids: Iterable[str], lease_seconds: float) -> Deferred[list[str]]:
         """
         Extend the claims this queue object holds on *queue_ids* to
         *lease_seconds* from now (a runner still working them keeps them,
@@ -1078,7 +1112,7 @@ class IQueue(Interface):
             ``Deferred[list[str]]``: the ids whose claim was extended.
         """
 
-    def open_source(queue_id):  # type: ignore[no-untyped-def]
+    def open_source(queue_id: str) -> Deferred[MessageSource]:
         """
         The queued message as a :class:`txmail.model.MessageSource` (to hand
         back to the delivery router: a local copy retried), its bytes
@@ -1091,7 +1125,7 @@ class IQueue(Interface):
             QueueError: no entry has that id.
         """
 
-    def flush():  # type: ignore[no-untyped-def]
+    def flush() -> Deferred[int]:
         """
         Make every deferred recipient due now (``txmail queue flush``).
 
@@ -1099,7 +1133,7 @@ class IQueue(Interface):
             ``Deferred[int]``: the number of recipients changed.
         """
 
-    def release(queue_id=None):  # type: ignore[no-untyped-def]
+    def release(queue_id: str | None = None) -> Deferred[int]:
         """
         Make the held recipients of *queue_id*, or of every entry when it
         is ``None``, ``pending`` (``txmail queue release``).
@@ -1122,7 +1156,7 @@ class ISpool(Interface):
     on the stores' file system, so that they can hard-link them.
     """
 
-    def take():  # type: ignore[no-untyped-def]
+    def take() -> ISpooledMessage | Deferred[ISpooledMessage]:
         """
         Start a new message.
 
@@ -1133,7 +1167,7 @@ class ISpool(Interface):
             OSError: none can be made (the server answers ``451 4.3.0``).
         """
 
-    def close():  # type: ignore[no-untyped-def]
+    def close() -> None:
         """
         Release what was prepared ahead of need (the server's factory
         stops); :meth:`take` still works afterwards.
@@ -1150,7 +1184,7 @@ class ISpooledMessage(Interface):
     size = Attribute("The octets written so far (``int``).")
     failed = Attribute("A write failed (``bool``): later writes are ignored and :meth:`finish` fails.")
 
-    def write(data):  # type: ignore[no-untyped-def]
+    def write(data: bytes) -> None:
         """
         Append *data* (``bytes``).  Cheap (buffered), so it is called on the
         reactor thread for each piece received.
@@ -1159,7 +1193,7 @@ class ISpooledMessage(Interface):
             OSError: the write failed; :attr:`failed` is then true.
         """
 
-    def finish(fsync=False):  # type: ignore[no-untyped-def]
+    def finish(fsync: bool = False) -> Deferred[MessageSource]:
         """
         No more writes: the message is complete.
 
@@ -1174,7 +1208,7 @@ class ISpooledMessage(Interface):
             :meth:`discard`.  Fails when writing or syncing failed.
         """
 
-    def discard():  # type: ignore[no-untyped-def]
+    def discard() -> None:
         """
         Remove the message, whether finished or not (the router has linked
         or copied what it keeps).  Calling it again does nothing.

@@ -10,16 +10,16 @@ continuation line (:meth:`~SASLExchange.respond`) and the authenticator's
 answers (:meth:`~SASLExchange.resolved`).  Each call returns one *outcome*
 that says what to do, in the session's own words:
 
-=================  ==================================================================
-outcome            the session ...
-=================  ==================================================================
-:class:`Send`      writes the challenge (``334``, ``+``) with :func:`encode_challenge`
-:class:`Ask`       emits the :class:`~txmail._events.AuthStep` and waits for ``accept``
-:class:`Done`      logs *user* in (canonical, from the authenticator)
-:class:`Refused`   answers that authentication failed (``535``, ``-ERR``, ``NO``)
-:class:`Cancelled` answers that the client cancelled (``501``, ``-ERR``, ``BAD``)
-:class:`Malformed` answers a syntax error (``501``, ``-ERR``, ``BAD``)
-=================  ==================================================================
+==================  ==================================================================
+outcome             the session ...
+==================  ==================================================================
+:class:`Send`       writes the challenge (``334``, ``+``) with :func:`encode_challenge`
+:class:`Ask`        emits the :class:`~txmail._events.AuthStep` and waits for ``accept``
+:class:`Done`       logs *user* in (canonical, from the authenticator)
+:class:`Refused`    answers that authentication failed (``535``, ``-ERR``, ``NO``)
+:class:`Cancelled`  answers that the client cancelled (``501``, ``-ERR``, ``BAD``)
+:class:`Malformed`  answers a syntax error (``501``, ``-ERR``, ``BAD``)
+==================  ==================================================================
 
 After :class:`Done`, :class:`Refused`, :class:`Cancelled` or
 :class:`Malformed` the exchange is over (:attr:`SASLExchange.over`).

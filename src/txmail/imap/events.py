@@ -34,19 +34,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from txmail._events import Authenticated, AuthStep, ConnectionClosing, Event, PasswordCheck, StartTLS
+# The events every session shares, documented in txmail._events.
+from txmail._events import (
+    Authenticated as Authenticated,
+)
+from txmail._events import (
+    AuthStep as AuthStep,
+)
+from txmail._events import (
+    ConnectionClosing as ConnectionClosing,
+)
+from txmail._events import (
+    Event as Event,
+)
+from txmail._events import (
+    PasswordCheck as PasswordCheck,
+)
+from txmail._events import (
+    StartTLS as StartTLS,
+)
 from txmail.imap.types import Command
 
 __all__ = [
-    "AuthStep",
-    "Authenticated",
-    "ConnectionClosing",
-    "Event",
     "Execute",
     "IdleDone",
     "IdleStarted",
-    "PasswordCheck",
-    "StartTLS",
 ]
 
 

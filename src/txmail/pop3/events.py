@@ -37,17 +37,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from txmail._events import AuthStep, ConnectionClosing, Event, PasswordCheck, StartTLS
+# The events every session shares, documented in txmail._events.
+from txmail._events import (
+    AuthStep as AuthStep,
+)
+from txmail._events import (
+    ConnectionClosing as ConnectionClosing,
+)
+from txmail._events import (
+    Event as Event,
+)
+from txmail._events import (
+    PasswordCheck as PasswordCheck,
+)
+from txmail._events import (
+    StartTLS as StartTLS,
+)
 
 __all__ = [
-    "AuthStep",
-    "ConnectionClosing",
-    "Event",
     "Login",
     "Maildrop",
-    "PasswordCheck",
     "Retrieve",
-    "StartTLS",
     "Update",
 ]
 

@@ -39,25 +39,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from txmail._events import Authenticated, AuthStep, ConnectionClosing, Event, StartTLS
+# The events every session shares, documented in txmail._events.
+from txmail._events import (
+    Authenticated as Authenticated,
+)
+from txmail._events import (
+    AuthStep as AuthStep,
+)
+from txmail._events import (
+    ConnectionClosing as ConnectionClosing,
+)
+from txmail._events import (
+    Event as Event,
+)
+from txmail._events import (
+    StartTLS as StartTLS,
+)
 from txmail.smtp.codes import Reply
 
 __all__ = [
     "AuthFinished",
-    "AuthStep",
-    "Authenticated",
     "ClientConnected",
-    "ConnectionClosing",
     "DataAborted",
     "DataChunk",
     "DataComplete",
     "DataStart",
-    "Event",
     "Greeted",
     "HeloReceived",
     "MailFrom",
     "RcptTo",
-    "StartTLS",
 ]
 
 
