@@ -755,6 +755,19 @@ def build_service(
         """The PROXY settings of the listener on *description*, if it is one (``[server] proxy_protocol``)."""
         return proxy if description in settings.proxy_protocol else None
 
+    def listen(description: str, factory: Any, role: str, *, accept: bool = True) -> None:
+        """A listener of *role* on *description* (its certificate and PROXY settings), started with the server."""
+        listener = ListenerService(
+            reactor,
+            with_certificate(description, settings.tls_cert, settings.tls_key),
+            factory,
+            role,
+            proxy=proxied(description),
+            accept=accept,
+        )
+        listener.setServiceParent(server)
+        server.listeners.append(listener)
+
     handed = workers > 1
     for role, endpoints in (
         ("mta", settings.smtp),
@@ -776,17 +789,8 @@ def build_service(
                 reactor=reactor,
                 run_blocking=run_blocking,
             )
-            listener = ListenerService(
-                reactor,
-                with_certificate(description, settings.tls_cert, settings.tls_key),
-                factory,
-                role,
-                proxy=proxied(description),
-                # SMTP and submission connections go to the workers (LMTP stays here).
-                accept=not (handed and role != "lmtp"),
-            )
-            listener.setServiceParent(server)
-            server.listeners.append(listener)
+            # SMTP and submission connections go to the workers (LMTP stays here).
+            listen(description, factory, role, accept=not (handed and role != "lmtp"))
     # One lock registry for every POP3 listener: exclusive access per user
     # holds across ports (RFC 1939 section 8), and across processes when the
     # provider offers its own locks (IMaildropLocks: the PostgreSQL store).
@@ -802,15 +806,7 @@ def build_service(
             idle_timeout=settings.pop3_idle_timeout,
             clock=reactor,
         )
-        listener = ListenerService(
-            reactor,
-            with_certificate(description, settings.tls_cert, settings.tls_key),
-            pop3_factory,
-            "pop3",
-            proxy=proxied(description),
-        )
-        listener.setServiceParent(server)
-        server.listeners.append(listener)
+        listen(description, pop3_factory, "pop3")
     imap_limits = IMAPLimits(
         max_line=settings.imap_max_line,
         max_literal=settings.imap_max_literal,
@@ -833,29 +829,13 @@ def build_service(
             quotas=quotas,
             hostname=settings.hostname,
         )
-        listener = ListenerService(
-            reactor,
-            with_certificate(description, settings.tls_cert, settings.tls_key),
-            imap_factory,
-            "imap",
-            proxy=proxied(description),
-        )
-        listener.setServiceParent(server)
-        server.listeners.append(listener)
+        listen(description, imap_factory, "imap")
     if settings.web:
         from txmail.web.service import web_site  # twisted.web: only when configured
 
         site = web_site(settings, server, reactor=reactor)
         for description in settings.web:
-            listener = ListenerService(
-                reactor,
-                with_certificate(description, settings.tls_cert, settings.tls_key),
-                site,
-                "web",
-                proxy=proxied(description),
-            )
-            listener.setServiceParent(server)
-            server.listeners.append(listener)
+            listen(description, site, "web")
     if workers > 1:
         from txmail.workers import WorkerPool
 

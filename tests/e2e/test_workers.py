@@ -302,9 +302,11 @@ class WorkersTests(TestCase):
                 wait_until(lambda pid=pid: not _alive(pid), 30, f"worker {pid} to stop")
             log = node.log_text()
             self.assertIn("Received SIGINT", log)
-            self.assertEqual(
-                len(re.findall(r"\[worker \d: twisted.internet.base#info\] Received SIGINT", log)), 2
-            )
+            # Each worker got the group's SIGINT and the owner's SIGTERM: it
+            # stops on whichever its reactor handles first (on a busy
+            # machine the owner's can come first).
+            stopped = re.findall(r"\[worker (\d): twisted.internet.base#info\] Received SIG(?:INT|TERM)", log)
+            self.assertEqual(sorted(set(stopped)), ["1", "2"])
             self.assertEqual(len(re.findall(r"worker \d started \(pid", log)), 2)  # none started again
 
         return deferToThread(run)
