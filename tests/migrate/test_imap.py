@@ -1,0 +1,156 @@
+"""
+Import from another IMAP server (txmail.migrate.imap): the source is an
+in-process txmail server (txmail.testing.TestServer) on loopback, the client
+runs in a thread as the admin command runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.trial.unittest import TestCase
+
+from tests.migrate._stores import USER, fill, memory_store, snapshot
+from txmail.migrate import IMAPSource, ImportState, MigrationError, import_imap, state_path
+from txmail.migrate._store import wait
+from txmail.model import INBOX, SpecialUse
+from txmail.testing import TestServer
+
+PASSWORD = "source secret"
+
+
+class IMAPImportTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = TestServer()
+        yield self.server.start()
+        self.addCleanup(self.server.stop)
+        self.server.add_user(USER, PASSWORD)
+        self.source_store = yield self.server.stores.store_for(USER)
+        fill(self.source_store)
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.dest = memory_store()
+        self.lines: list[str] = []
+
+    def source(self, password: str = PASSWORD, port: int | None = None) -> IMAPSource:
+        host, real_port = self.server.imap_address
+        return IMAPSource(host, port or real_port, USER, password, security="none", timeout=10)
+
+    def state(self) -> ImportState:
+        return ImportState(state_path(self.data_dir, USER, self.source()))
+
+    def run_import(self, max_messages: int | None = None, source: IMAPSource | None = None) -> Any:
+        src = source or self.source()
+        return threads.deferToThread(
+            import_imap, self.dest, src, self.state(), report=self.lines.append, max_messages=max_messages
+        )
+
+    def append_source(self, folder: str, data: bytes, flags: Any = (), date: float = 1_700_000_000) -> None:
+        box = wait(self.source_store.get_mailbox(folder))
+        wait(box.append(data, flags, date))
+
+    @defer.inlineCallbacks
+    def test_copies_everything(self) -> Any:
+        """Every folder, message, flag, keyword and internal date is copied; roles kept; the summary counts them."""
+        summary = yield self.run_import()
+        expected = snapshot(self.source_store, subscriptions=False)
+        self.assertEqual(snapshot(self.dest, subscriptions=False), expected)
+        self.assertEqual(summary.messages, 9)
+        self.assertEqual(summary.skipped, 0)
+        self.assertEqual(summary.folders, len(expected))
+        self.assertEqual(summary.bytes, sum(m[3] for f in expected.values() for m in f["messages"]))
+        self.assertEqual(wait(self.dest.special_use_mailbox(SpecialUse.SENT)), "Sent")
+        self.assertIn("INBOX: copied 3 messages, 189 bytes", self.lines)
+
+    @defer.inlineCallbacks
+    def test_source_unchanged(self) -> Any:
+        """The import changes nothing on the source: no \\Seen set, nothing expunged."""
+        before = snapshot(self.source_store)
+        yield self.run_import()
+        self.assertEqual(snapshot(self.source_store), before)
+
+    @defer.inlineCallbacks
+    def test_second_run_copies_only_new(self) -> Any:
+        """Run again: nothing is duplicated; a message added on the source since is the only one copied."""
+        yield self.run_import()
+        first = snapshot(self.dest)
+        again = yield self.run_import()
+        self.assertEqual((again.messages, again.duplicates), (0, 0))
+        self.assertEqual(snapshot(self.dest), first)
+        self.append_source(
+            "Archive/2024", b"Subject: later\r\n\r\nnew\r\n", {"\\Flagged", "later"}, 1_700_000_000
+        )
+        third = yield self.run_import()
+        self.assertEqual(third.messages, 1)
+        box = wait(self.dest.get_mailbox("Archive/2024"))
+        [_, new] = wait(box.list_messages())
+        self.assertEqual(wait(box.read_message(new.uid)), b"Subject: later\r\n\r\nnew\r\n")
+        self.assertEqual(new.flags, {"\\Flagged", "later"})
+        self.assertEqual(new.internal_date, 1_700_000_000)
+
+    @defer.inlineCallbacks
+    def test_interrupted_run_resumes(self) -> Any:
+        """A run stopped after 4 messages records them; the next goes on from there, nothing twice."""
+        first = yield self.run_import(max_messages=4)
+        self.assertEqual(first.messages, 4)
+        self.assertTrue(any("stopped after 4 messages" in line for line in self.lines))
+        with open(state_path(self.data_dir, USER, self.source())) as f:
+            recorded = json.load(f)["folders"]
+        self.assertEqual(recorded["INBOX"]["last_uid"], 3)
+        rest = yield self.run_import()
+        self.assertEqual(rest.messages, 5)
+        self.assertEqual(rest.duplicates, 0)
+        self.assertEqual(
+            snapshot(self.dest, subscriptions=False), snapshot(self.source_store, subscriptions=False)
+        )
+
+    @defer.inlineCallbacks
+    def test_uidvalidity_changed(self) -> Any:
+        """A source folder re-created (new UIDVALIDITY) is copied again, without the messages already there."""
+        yield self.run_import()
+        wait(self.source_store.delete_mailbox("Drafts"))
+        wait(self.source_store.create_mailbox("Drafts"))
+        self.append_source("Drafts", b"Subject: draft\r\n\r\nnot yet\r\n", {"\\Draft"}, 1_600_000_300)
+        self.append_source("Drafts", b"Subject: another\r\n\r\nx\r\n", (), 1_600_000_301)
+        summary = yield self.run_import()
+        self.assertEqual((summary.messages, summary.duplicates), (1, 1))
+        box = wait(self.dest.get_mailbox("Drafts"))
+        self.assertEqual(len(wait(box.list_messages())), 2)
+        self.assertTrue(any("UIDVALIDITY changed" in line for line in self.lines))
+
+    @defer.inlineCallbacks
+    def test_lost_state_no_duplicates(self) -> Any:
+        """Without its state file, a second run finds the messages already there by Message-ID, size and date."""
+        yield self.run_import()
+        os.unlink(state_path(self.data_dir, USER, self.source()))
+        summary = yield self.run_import()
+        self.assertEqual((summary.messages, summary.duplicates), (0, 9))
+        self.assertEqual(
+            snapshot(self.dest, subscriptions=False), snapshot(self.source_store, subscriptions=False)
+        )
+
+    @defer.inlineCallbacks
+    def test_wrong_password(self) -> Any:
+        """A refused login is a MigrationError naming the login; nothing is imported."""
+        with self.assertRaises(MigrationError) as caught:
+            yield self.run_import(source=self.source(password="wrong"))
+        self.assertIn(f"login as {USER} refused", str(caught.exception))
+        self.assertEqual([f.name for f in wait(self.dest.list_mailboxes("*"))], [INBOX])
+
+    @defer.inlineCallbacks
+    def test_unreachable(self) -> Any:
+        """A server that cannot be reached is a MigrationError naming it."""
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        with self.assertRaises(MigrationError) as caught:
+            yield self.run_import(source=self.source(port=port))
+        self.assertIn(f"cannot connect to 127.0.0.1:{port}", str(caught.exception))
