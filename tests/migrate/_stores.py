@@ -94,3 +94,7 @@ def tree_files(root: str) -> dict[str, bytes]:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, root)] = f.read()
     return out
+
+
+#: The octets of :data:`MESSAGES` as stores serve them (CRLF).
+TOTAL_BYTES = sum(len(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")) for _, data, _, _ in MESSAGES)

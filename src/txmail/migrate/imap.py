@@ -94,7 +94,7 @@ class IMAPSource:
     def key(self) -> str:
         """The name of this source's state file."""
         text = f"{self.login}@{self.host}:{self.port}"
-        return re.sub(r"[^A-Za-z0-9@._+-]", lambda m: f"%{ord(m.group()):02X}", text) + ".json"
+        return re.sub(r"[^A-Za-z0-9@._+:-]", lambda m: f"%{ord(m.group()):02X}", text) + ".json"
 
 
 def state_path(data_dir: str, user: str, source: IMAPSource) -> str:

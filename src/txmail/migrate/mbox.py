@@ -259,7 +259,7 @@ def _import_file(
 
 
 def _store(target: Target, box: Any, message: MboxMessage, path: str) -> None:
-    if message.spool.size == 0:
+    if message.spool.size <= 1024 and not message.spool.head().strip():
         target.summary.skip(f"{path}: message {message.number} is empty")
         return
     date = message.date if message.date is not None else time.time()
