@@ -37,6 +37,7 @@ import os
 import re
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -343,13 +344,13 @@ def _message_id(header: bytes) -> str | None:
     return "".join(match.group(1).decode("latin-1").split()) or None
 
 
-def _existing(box: Any) -> set[tuple[str | None, int, int]]:
-    """(Message-ID, size, internal date) of every message of the destination folder *box*."""
+def _existing(box: Any) -> Counter[tuple[str | None, int, int]]:
+    """(Message-ID, size, internal date) of the messages of the destination folder *box*, counted."""
     messages = wait(box.list_messages())
+    keys: Counter[tuple[str | None, int, int]] = Counter()
     if not messages:
-        return set()
+        return keys
     metadata = wait(box.get_metadata([m.uid for m in messages]))
-    keys = set()
     for m in messages:
         md = metadata.get(m.uid)
         message_id = None
@@ -358,7 +359,7 @@ def _existing(box: Any) -> set[tuple[str | None, int, int]]:
                 if name.lower() == "message-id":
                     message_id = "".join(value.split()) or None
                     break
-        keys.add((message_id, m.size, int(m.internal_date)))
+        keys[(message_id, m.size, int(m.internal_date))] += 1
     return keys
 
 
