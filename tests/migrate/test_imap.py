@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
+from tests._certs import make_certificate
 from tests.migrate._stores import USER, fill, memory_store, snapshot
 from txmail.migrate import IMAPSource, ImportState, MigrationError, import_imap, state_path
 from txmail.migrate._store import wait
@@ -154,3 +155,60 @@ class IMAPImportTests(TestCase):
         with self.assertRaises(MigrationError) as caught:
             yield self.run_import(source=self.source(port=port))
         self.assertIn(f"cannot connect to 127.0.0.1:{port}", str(caught.exception))
+
+
+class IMAPImportTLSTests(TestCase):
+    """The import over STARTTLS and implicit TLS: certificates checked unless --insecure."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def start(self, **settings: Any) -> Any:
+        self.ca, cert, key = make_certificate(self.mktemp(), "mx.example.test")
+        server = TestServer(
+            settings={"tls_cert": cert, "tls_key": key, "plaintext_auth": "never", **settings}
+        )
+        yield server.start()
+        self.addCleanup(server.stop)
+        server.add_user(USER, PASSWORD)
+        store = yield server.stores.store_for(USER)
+        wait(wait(store.get_mailbox(INBOX)).append(b"Subject: tls\r\n\r\nx\r\n", ("\\Seen",), 1_600_000_000))
+        return server
+
+    def run_import(self, server: Any, **options: Any) -> Any:
+        host, port = server.imap_address
+        source = IMAPSource(host, port, USER, PASSWORD, timeout=10, **options)
+        state = ImportState(os.path.join(os.path.abspath(self.mktemp()), "state.json"))
+        self.dest = memory_store()
+        return threads.deferToThread(import_imap, self.dest, source, state)
+
+    @defer.inlineCallbacks
+    def test_starttls(self) -> Any:
+        """STARTTLS with the server's CA: the login goes over TLS (the server refuses it in plain text)."""
+        server = yield self.start()
+        summary = yield self.run_import(server, security="starttls", cafile=self.ca)
+        self.assertEqual(summary.messages, 1)
+        with self.assertRaises(MigrationError) as caught:
+            yield self.run_import(server, security="none")
+        self.assertIn("refused", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_untrusted_certificate(self) -> Any:
+        """A certificate the system does not trust stops the import, naming --cafile and --insecure; --insecure goes on."""
+        server = yield self.start()
+        with self.assertRaises(MigrationError) as caught:
+            yield self.run_import(server, security="starttls")
+        self.assertIn("is not trusted", str(caught.exception))
+        self.assertIn("--insecure", str(caught.exception))
+        summary = yield self.run_import(server, security="starttls", insecure=True)
+        self.assertEqual(summary.messages, 1)
+
+    @defer.inlineCallbacks
+    def test_implicit_tls(self) -> Any:
+        server = yield self.start(imap=["ssl:0:interface=127.0.0.1"])
+        summary = yield self.run_import(server, security="tls", cafile=self.ca)
+        self.assertEqual(summary.messages, 1)
+        self.assertEqual(
+            snapshot(self.dest)[INBOX]["messages"][0][:3],
+            (b"Subject: tls\r\n\r\nx\r\n", ["\\Seen"], 1_600_000_000),
+        )
