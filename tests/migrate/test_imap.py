@@ -212,3 +212,77 @@ class IMAPImportTLSTests(TestCase):
             snapshot(self.dest)[INBOX]["messages"][0][:3],
             (b"Subject: tls\r\n\r\nx\r\n", ["\\Seen"], 1_600_000_000),
         )
+
+
+class FakeConnection:
+    """Answers as imaplib hands a server's responses over, for shapes txmail's own server does not send."""
+
+    def __init__(self, capabilities: tuple[str, ...] = ("IMAP4REV1", "NAMESPACE")) -> None:
+        self.capabilities = capabilities
+        self.lists: list[Any] = []
+        self.fetches: list[Any] = []
+
+    def namespace(self) -> Any:
+        return "OK", [b'(("INBOX." ".")) NIL (("#shared." "."))']
+
+    def list(self, directory: str, pattern: str) -> Any:
+        return "OK", self.lists
+
+    def uid(self, command: str, *args: str) -> Any:
+        return "OK", self.fetches
+
+
+class ServerShapesTests(TestCase):
+    def test_courier_style_folders(self) -> None:
+        """The personal prefix INBOX. goes, '.' becomes '/', shared folders, \\Noselect ones and bad names are left out."""
+        from txmail.migrate._store import Summary
+        from txmail.migrate.imap import list_folders
+
+        conn = FakeConnection()
+        conn.lists = [
+            b'(\\HasChildren) "." INBOX',
+            b'(\\HasNoChildren \\Sent) "." "INBOX.Sent Items"',
+            (b'(\\HasNoChildren) "." {18}', b"INBOX.Entw&APw-rfe"),
+            b'(\\Noselect \\HasChildren) "." "INBOX.Archive"',
+            b'(\\HasNoChildren \\Archive) "." "INBOX.Archive.2024"',
+            b'(\\HasNoChildren) "." "#shared.team.Board"',
+            b'(\\HasNoChildren) "." "INBOX.a/b"',
+            b'(\\HasNoChildren) "." "INBOX..."',
+        ]
+        summary = Summary()
+        folders = list_folders(conn, summary)  # type: ignore[arg-type]
+        self.assertEqual(
+            [(f.raw, f.name, f.role) for f in folders],
+            [
+                (b"INBOX", "INBOX", None),
+                (b"INBOX.Archive.2024", "Archive/2024", SpecialUse.ARCHIVE),
+                (b"INBOX.Entw&APw-rfe", "Entwürfe", None),
+                (b"INBOX.Sent Items", "Sent Items", SpecialUse.SENT),
+                (b"INBOX.a/b", "a_b", None),
+            ],
+        )
+        self.assertEqual(summary.skipped, 1)
+
+    def test_split_fetch_responses(self) -> None:
+        """FLAGS in another FETCH response than BODY[] still count; an unsolicited one for another message does not."""
+        from txmail.migrate.imap import _fetch_one
+
+        conn = FakeConnection()
+        conn.fetches = [
+            b"4 (UID 12 FLAGS (\\Deleted))",
+            (b'3 (UID 9 INTERNALDATE "01-Jan-1970 00:01:00 +0000" BODY[] {8}', b"S: x\r\n\r\n"),
+            b")",
+            b"3 (FLAGS (\\Seen \\Recent kw))",
+        ]
+        self.assertEqual(_fetch_one(conn, 9), (b"S: x\r\n\r\n", {"\\Seen", "kw"}, 60.0))  # type: ignore[arg-type]
+
+    def test_gone_and_empty(self) -> None:
+        """No answer for the UID: gone (None); an answer without content: an error the import counts."""
+        from txmail.migrate.imap import _fetch_one, _NoBody
+
+        conn = FakeConnection()
+        conn.fetches = [b"4 (UID 12 FLAGS ())"]
+        self.assertIsNone(_fetch_one(conn, 9))  # type: ignore[arg-type]
+        conn.fetches = [b"3 (UID 9 FLAGS () BODY[] NIL)"]
+        with self.assertRaises(_NoBody):
+            _fetch_one(conn, 9)  # type: ignore[arg-type]

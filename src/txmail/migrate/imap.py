@@ -181,6 +181,12 @@ def connect(source: IMAPSource) -> imaplib.IMAP4:
     except imaplib.IMAP4.error as e:
         _logout(conn)
         raise MigrationError(f"login as {source.login} refused by {where}: {_text(e)}") from None
+    # Servers list more capabilities once logged in (Dovecot: NAMESPACE,
+    # SPECIAL-USE, LIST-EXTENDED); imaplib keeps the greeting's.
+    with contextlib.suppress(imaplib.IMAP4.error, OSError):
+        typ, data = conn.capability()
+        if typ == "OK" and data and isinstance(data[-1], bytes):
+            conn.capabilities = tuple(data[-1].decode("ascii", "replace").upper().split())
     return conn
 
 
@@ -293,35 +299,48 @@ def _local_name(raw: bytes, delimiter: bytes | None, personal: bytes) -> str | N
 # -- messages -------------------------------------------------------------------
 
 
+class _NoBody(Exception):
+    """The server answered for the message without its content."""
+
+
 def _fetch_one(conn: imaplib.IMAP4, uid: int) -> tuple[bytes, frozenset[str], float | None] | None:
-    """The message *uid* of the selected folder: its octets, flags and internal date; ``None`` when gone."""
+    """
+    The message *uid* of the selected folder: its octets, flags and internal
+    date; ``None`` when it is gone (expunged meanwhile).  The items of every
+    FETCH response about it are taken together (a server may split them).
+
+    Raises:
+        _NoBody: the server answered without the message's content.
+    """
     typ, data = conn.uid("FETCH", str(uid), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
     _ok(typ, data, f"UID FETCH {uid}")
+    responses = []
     for response in join_imaplib(data):
         try:
             items = parse_imap(response)
         except ValueError:
             continue
-        if len(items) < 2 or not isinstance(items[1], list):
-            continue
-        fields = pairs(items[1])
-        if fields.get("UID") != str(uid).encode("ascii"):
-            continue
-        body = fields.get("BODY[]")
-        if not isinstance(body, bytes):
-            continue
-        flag_items = fields.get("FLAGS")
-        flags = (
-            [f.decode("utf-8", "replace") for f in flag_items if isinstance(f, bytes)]
-            if isinstance(flag_items, list)
-            else []
-        )
-        date_item = fields.get("INTERNALDATE")
-        date = (
-            parse_internaldate(date_item.decode("ascii", "replace")) if isinstance(date_item, bytes) else None
-        )
-        return body, safe_flags(flags), date
-    return None
+        if len(items) >= 2 and isinstance(items[0], bytes) and isinstance(items[1], list):
+            responses.append((items[0], pairs(items[1])))
+    numbers = {number for number, fields in responses if fields.get("UID") == str(uid).encode("ascii")}
+    if not numbers:
+        return None
+    fields = {}
+    for number, found in responses:
+        if number in numbers:
+            fields.update(found)
+    body = fields.get("BODY[]")
+    if not isinstance(body, bytes):
+        raise _NoBody
+    flag_items = fields.get("FLAGS")
+    flags = (
+        [f.decode("utf-8", "replace") for f in flag_items if isinstance(f, bytes)]
+        if isinstance(flag_items, list)
+        else []
+    )
+    date_item = fields.get("INTERNALDATE")
+    date = parse_internaldate(date_item.decode("ascii", "replace")) if isinstance(date_item, bytes) else None
+    return body, safe_flags(flags), date
 
 
 def _uids_after(conn: imaplib.IMAP4, last: int) -> list[int]:
@@ -425,7 +444,11 @@ def _import_folder(
     uidvalidity = int(validity[0]) if validity and validity[0] and validity[0].isdigit() else 0
     recorded = state.get(key)
     existed = target.exists(folder.name)
-    box = target.folder(folder.name, folder.role)
+    try:
+        box = target.folder(folder.name, folder.role)
+    except (InvalidMailboxName, ValueError) as e:
+        summary.skip(f"{folder.name}: the folder cannot be created here: {e}")
+        return
     summary.folders += 1
     last = 0
     dedupe = None
@@ -445,7 +468,12 @@ def _import_folder(
         if budget[0] is not None and budget[0] <= 0:
             _report_folder(report, folder.name, summary, before)
             raise _Stop
-        fetched = _fetch_one(conn, uid)
+        try:
+            fetched = _fetch_one(conn, uid)
+        except _NoBody:
+            summary.skip(f"{folder.name}: UID {uid}: the server sent no content")
+            state.set(key, uidvalidity, uid)
+            continue
         if fetched is None:
             state.set(key, uidvalidity, uid)
             continue

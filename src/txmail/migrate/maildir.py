@@ -148,7 +148,11 @@ def _import_folder(
             keywords = parse_keywords(f.read())
     except FileNotFoundError:
         keywords = {}
-    box = target.folder(name, role)
+    try:
+        box = target.folder(name, role)
+    except (InvalidMailboxName, ValueError) as e:
+        summary.skip(f"{path}: the folder {name!r} cannot be created here: {e}")
+        return
     summary.folders += 1
     for sub in ("cur", "new"):
         directory = os.path.join(path, sub)

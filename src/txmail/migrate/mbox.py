@@ -245,7 +245,11 @@ def _import_file(
     except OSError as e:
         raise MigrationError(f"cannot read {path}: {e.strerror or e}") from None
     with f:
-        box = target.folder(folder)
+        try:
+            box = target.folder(folder)
+        except (InvalidMailboxName, ValueError) as e:
+            summary.skip(f"{path}: the folder {folder!r} cannot be created here: {e}")
+            return
         summary.folders += 1
         try:
             for message in read_mbox(f, spool_dir):
