@@ -136,6 +136,33 @@ class IMAPImportTests(TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_large_message_in_pieces(self) -> Any:
+        """A message larger than a FETCH piece comes over in several partial FETCHes, whole and exact."""
+        from txmail.migrate import imap
+
+        self.patch(imap, "FETCH_CHUNK", 1000)
+        big = b"Subject: big\r\n\r\n" + b"".join(b"line %05d\r\n" % i for i in range(1000))
+        self.append_source(INBOX, big, {"\\Seen"}, 1_650_000_000)
+        summary = yield self.run_import()
+        self.assertEqual(summary.messages, 10)
+        box = wait(self.dest.get_mailbox(INBOX))
+        [last] = wait(box.list_messages())[-1:]
+        self.assertEqual(wait(box.read_message(last.uid)), big)
+        self.assertEqual((last.flags, last.internal_date), ({"\\Seen"}, 1_650_000_000))
+
+    @defer.inlineCallbacks
+    def test_duplicates_counted_per_copy(self) -> Any:
+        """Two identical messages on the source and one already here: the second still comes in."""
+        yield self.run_import()
+        os.unlink(state_path(self.data_dir, USER, self.source()))
+        self.append_source(
+            "Sent", b"Subject: sent\r\nTo: x@example.test\r\n\r\nbody\r\n", {"\\Seen"}, 1_600_000_500
+        )
+        summary = yield self.run_import()
+        self.assertEqual((summary.messages, summary.duplicates), (1, 9))
+        self.assertEqual(len(wait(wait(self.dest.get_mailbox("Sent")).list_messages())), 2)
+
+    @defer.inlineCallbacks
     def test_wrong_password(self) -> Any:
         """A refused login is a MigrationError naming the login; nothing is imported."""
         with self.assertRaises(MigrationError) as caught:
@@ -265,24 +292,30 @@ class ServerShapesTests(TestCase):
 
     def test_split_fetch_responses(self) -> None:
         """FLAGS in another FETCH response than BODY[] still count; an unsolicited one for another message does not."""
-        from txmail.migrate.imap import _fetch_one
+        from txmail.migrate._store import Spool
+        from txmail.migrate.imap import _fetch_message
 
         conn = FakeConnection()
         conn.fetches = [
             b"4 (UID 12 FLAGS (\\Deleted))",
-            (b'3 (UID 9 INTERNALDATE "01-Jan-1970 00:01:00 +0000" BODY[] {8}', b"S: x\r\n\r\n"),
+            (b'3 (UID 9 INTERNALDATE "01-Jan-1970 00:01:00 +0000" BODY[]<0> {7}', b"S: x\n\r\n"),
             b")",
             b"3 (FLAGS (\\Seen \\Recent kw))",
         ]
-        self.assertEqual(_fetch_one(conn, 9), (b"S: x\r\n\r\n", {"\\Seen", "kw"}, 60.0))  # type: ignore[arg-type]
+        spool = Spool()
+        self.addCleanup(spool.close)
+        self.assertEqual(_fetch_message(conn, 9, spool), ({"\\Seen", "kw"}, 60.0))  # type: ignore[arg-type]
+        self.assertEqual(spool.source().read(), b"S: x\r\n\r\n")
 
     def test_gone_and_empty(self) -> None:
         """No answer for the UID: gone (None); an answer without content: an error the import counts."""
-        from txmail.migrate.imap import _fetch_one, _NoBody
+        from txmail.migrate._store import Spool
+        from txmail.migrate.imap import _fetch_message, _NoBody
 
         conn = FakeConnection()
+        spool = Spool()
         conn.fetches = [b"4 (UID 12 FLAGS ())"]
-        self.assertIsNone(_fetch_one(conn, 9))  # type: ignore[arg-type]
-        conn.fetches = [b"3 (UID 9 FLAGS () BODY[] NIL)"]
+        self.assertIsNone(_fetch_message(conn, 9, spool))  # type: ignore[arg-type]
+        conn.fetches = [b"3 (UID 9 FLAGS () BODY[]<0> NIL)"]
         with self.assertRaises(_NoBody):
-            _fetch_one(conn, 9)  # type: ignore[arg-type]
+            _fetch_message(conn, 9, spool)  # type: ignore[arg-type]

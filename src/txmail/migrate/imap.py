@@ -14,7 +14,10 @@ delimiter turned into ``/`` and the personal namespace's prefix
 (``INBOX.`` on Courier-style servers, RFC 2342) taken off; folders of other
 namespaces (shared, other users) are left alone.  Each message keeps its
 FLAGS (``\\Recent`` aside; keywords that are not atoms are dropped) and
-INTERNALDATE.
+INTERNALDATE.  Messages come over in partial FETCHes of
+:data:`FETCH_CHUNK` octets (RFC 3501 section 6.4.5, ``BODY.PEEK[]<offset.length>``)
+into a spool (:class:`txmail.migrate._store.Spool`), so a large one is
+never whole in memory.
 
 Resuming: a state file (JSON, under ``<data-dir>/migrate/<user>/``, one per
 source login and server) records for each source folder its UIDVALIDITY
@@ -51,8 +54,8 @@ from txmail.migrate._formats import (
     parse_internaldate,
     safe_flags,
 )
-from txmail.migrate._store import MigrationError, Summary, Target, wait
-from txmail.model import DELIMITER, INBOX, MessageSource, SpecialUse, normalize_mailbox_name
+from txmail.migrate._store import MEMORY_LIMIT, MigrationError, Spool, Summary, Target, wait
+from txmail.model import DELIMITER, INBOX, SpecialUse, normalize_mailbox_name
 from txmail.store._crlf import bare_lf_count, to_crlf
 
 __all__ = [
@@ -303,35 +306,83 @@ class _NoBody(Exception):
     """The server answered for the message without its content."""
 
 
-def _fetch_one(conn: imaplib.IMAP4, uid: int) -> tuple[bytes, frozenset[str], float | None] | None:
-    """
-    The message *uid* of the selected folder: its octets, flags and internal
-    date; ``None`` when it is gone (expunged meanwhile).  The items of every
-    FETCH response about it are taken together (a server may split them).
+#: Octets asked for at a time (a partial FETCH, RFC 3501 section 6.4.5):
+#: a larger message is spooled piece by piece, never whole in memory.
+FETCH_CHUNK = MEMORY_LIMIT
 
-    Raises:
-        _NoBody: the server answered without the message's content.
+
+def _fetch_fields(conn: imaplib.IMAP4, uid: int, items: str) -> dict[str, Any] | None:
     """
-    typ, data = conn.uid("FETCH", str(uid), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+    The FETCH items of message *uid*, the items of every FETCH response
+    about it taken together (a server may split them); ``None`` when the
+    server answered nothing about it (it is gone).
+    """
+    typ, data = conn.uid("FETCH", str(uid), items)
     _ok(typ, data, f"UID FETCH {uid}")
     responses = []
     for response in join_imaplib(data):
         try:
-            items = parse_imap(response)
+            parsed = parse_imap(response)
         except ValueError:
             continue
-        if len(items) >= 2 and isinstance(items[0], bytes) and isinstance(items[1], list):
-            responses.append((items[0], pairs(items[1])))
+        if len(parsed) >= 2 and isinstance(parsed[0], bytes) and isinstance(parsed[1], list):
+            responses.append((parsed[0], pairs(parsed[1])))
     numbers = {number for number, fields in responses if fields.get("UID") == str(uid).encode("ascii")}
     if not numbers:
         return None
-    fields = {}
+    fields: dict[str, Any] = {}
     for number, found in responses:
         if number in numbers:
             fields.update(found)
-    body = fields.get("BODY[]")
-    if not isinstance(body, bytes):
+    return fields
+
+
+class _CRLFWriter:
+    """Writes pieces of a message to a spool with bare LFs turned into CRLF, across piece boundaries."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._after_cr = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if bare_lf_count(data, self._after_cr):
+            out = to_crlf(data)
+            if self._after_cr and data[:1] == b"\n":
+                out = out[1:]  # its CR ended the previous piece
+            data = out
+        self.spool.write(data)
+        self._after_cr = data[-1:] == b"\r"
+
+
+def _fetch_message(conn: imaplib.IMAP4, uid: int, spool: Spool) -> tuple[frozenset[str], float | None] | None:
+    """
+    Fetch message *uid* of the selected folder into *spool* (CRLF line
+    ends), :data:`FETCH_CHUNK` octets at a time; its flags and internal
+    date, or ``None`` when it is gone (expunged meanwhile).
+
+    Raises:
+        _NoBody: the server answered without the message's content.
+    """
+    fields = _fetch_fields(conn, uid, f"(UID FLAGS INTERNALDATE BODY.PEEK[]<0.{FETCH_CHUNK}>)")
+    if fields is None:
+        return None
+    piece = fields.get("BODY[]<0>", fields.get("BODY[]"))
+    if not isinstance(piece, bytes):
         raise _NoBody
+    writer = _CRLFWriter(spool)
+    writer.write(piece)
+    offset = len(piece)
+    while len(piece) >= FETCH_CHUNK:
+        more = _fetch_fields(conn, uid, f"(UID BODY.PEEK[]<{offset}.{FETCH_CHUNK}>)")
+        if more is None:
+            return None
+        piece = more.get(f"BODY[]<{offset}>")
+        if not isinstance(piece, bytes):
+            raise _NoBody
+        writer.write(piece)
+        offset += len(piece)
     flag_items = fields.get("FLAGS")
     flags = (
         [f.decode("utf-8", "replace") for f in flag_items if isinstance(f, bytes)]
@@ -340,7 +391,7 @@ def _fetch_one(conn: imaplib.IMAP4, uid: int) -> tuple[bytes, frozenset[str], fl
     )
     date_item = fields.get("INTERNALDATE")
     date = parse_internaldate(date_item.decode("ascii", "replace")) if isinstance(date_item, bytes) else None
-    return body, safe_flags(flags), date
+    return safe_flags(flags), date
 
 
 def _uids_after(conn: imaplib.IMAP4, last: int) -> list[int]:
@@ -468,37 +519,50 @@ def _import_folder(
         if budget[0] is not None and budget[0] <= 0:
             _report_folder(report, folder.name, summary, before)
             raise _Stop
+        spool = Spool()
         try:
-            fetched = _fetch_one(conn, uid)
-        except _NoBody:
-            summary.skip(f"{folder.name}: UID {uid}: the server sent no content")
-            state.set(key, uidvalidity, uid)
-            continue
-        if fetched is None:
-            state.set(key, uidvalidity, uid)
-            continue
-        body, flags, date = fetched
-        if bare_lf_count(body):
-            body = to_crlf(body)
-        if date is None:
-            date = time.time()
-        if (
-            dedupe is not None
-            and (_message_id(body.split(b"\r\n\r\n", 1)[0]), len(body), int(date)) in dedupe
-        ):
-            summary.duplicates += 1
-            state.set(key, uidvalidity, uid)
-            continue
-        try:
-            target.append(box, MessageSource.from_bytes(body), flags, date)
-        except (ValueError, OSError, InvalidMailboxName) as e:
-            summary.skip(f"{folder.name}: UID {uid} not stored: {e}")
+            _copy_message(conn, target, box, folder.name, uid, spool, dedupe)
+        finally:
+            spool.close()
         state.set(key, uidvalidity, uid)
         if budget[0] is not None:
             budget[0] -= 1
     if not uids and (recorded is None or recorded[0] != uidvalidity):
         state.set(key, uidvalidity, last)
     _report_folder(report, folder.name, summary, before)
+
+
+def _copy_message(
+    conn: imaplib.IMAP4,
+    target: Target,
+    box: Any,
+    name: str,
+    uid: int,
+    spool: Spool,
+    dedupe: Counter[tuple[str | None, int, int]] | None,
+) -> None:
+    """Copy message *uid* of the selected folder into *box*, unless *dedupe* counts a copy there already."""
+    summary = target.summary
+    try:
+        fetched = _fetch_message(conn, uid, spool)
+    except _NoBody:
+        summary.skip(f"{name}: UID {uid}: the server sent no content")
+        return
+    if fetched is None:
+        return  # expunged meanwhile
+    flags, date = fetched
+    if date is None:
+        date = time.time()
+    if dedupe is not None:
+        key = (_message_id(spool.head().split(b"\r\n\r\n", 1)[0]), spool.size, int(date))
+        if dedupe[key] > 0:
+            dedupe[key] -= 1  # one copy there for each copy on the source
+            summary.duplicates += 1
+            return
+    try:
+        target.append(box, spool.source(), flags, date)
+    except (ValueError, OSError, InvalidMailboxName) as e:
+        summary.skip(f"{name}: UID {uid} not stored: {e}")
 
 
 def _report_folder(
