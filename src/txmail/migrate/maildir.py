@@ -33,6 +33,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -186,8 +187,6 @@ def message_source(path: str) -> tuple[MessageSource, float] | str:
         return f"cannot read: {e.strerror or e}"
     try:
         st = os.fstat(fd)
-        import stat
-
         if not stat.S_ISREG(st.st_mode):
             return "not a regular file"
         head = os.read(fd, 4096)

@@ -360,23 +360,35 @@ def export_mbox(store: Any, root: str, *, report: Callable[[str], Any] = lambda 
         count = 0
         with open(path, "wb") as out:
             messages = wait(box.list_messages())
-            metadata = wait(box.get_metadata([m.uid for m in messages])) if messages else {}
-            for message in messages:
-                md = metadata.get(message.uid)
-                sender = _sender(md.headers) if md is not None else "MAILER-DAEMON"
-                try:
-                    f = wait(box.open_message(message.uid))
-                except Exception as e:  # expunged meanwhile, unreadable: counted
-                    summary.skip(f"{info.name}: message {message.uid} not readable: {e}")
-                    continue
-                with f:
-                    write_message(out, f, message.flags, message.internal_date, sender)
-                summary.messages += 1
-                summary.bytes += message.size
-                count += 1
+            for start in range(0, len(messages), _BATCH):
+                count += _write_batch(out, box, info.name, messages[start : start + _BATCH], summary)
         summary.folders += 1
         report(f"{info.name}: {count} messages to {path}")
     return summary
+
+
+#: Messages whose metadata (for the ``From`` line's sender) is read at once.
+_BATCH = 500
+
+
+def _write_batch(out: BinaryIO, box: Any, name: str, messages: list[Any], summary: Summary) -> int:
+    """Write *messages* of *box* to *out*; how many were written."""
+    metadata = wait(box.get_metadata([m.uid for m in messages]))
+    count = 0
+    for message in messages:
+        md = metadata.get(message.uid)
+        sender = _sender(md.headers) if md is not None else "MAILER-DAEMON"
+        try:
+            f = wait(box.open_message(message.uid))
+        except Exception as e:  # expunged meanwhile, unreadable: counted
+            summary.skip(f"{name}: message {message.uid} not readable: {e}")
+            continue
+        with f:
+            write_message(out, f, message.flags, message.internal_date, sender)
+        summary.messages += 1
+        summary.bytes += message.size
+        count += 1
+    return count
 
 
 def _empty_dir(root: str) -> None:
