@@ -15,7 +15,7 @@ The formats of the migration tools, as pure functions: no I/O, no Twisted.
   deleted), as mutt, Pine and Dovecot write them; ``X-Keywords:`` (names
   separated by blanks or commas); Thunderbird's ``X-Mozilla-Status:`` (hex
   bits: 1 read, 2 replied, 4 marked, 8 deleted) and ``X-Mozilla-Keys:``.
-* The dates of the mbox ``From `` line (``asctime`` form, UTC) and of IMAP's
+* The dates of the mbox ``From`` line (``asctime`` form, UTC) and of IMAP's
   INTERNALDATE (RFC 3501 section 9, ``date-time``).
 * IMAP response data as imaplib hands it over, parsed into nested lists
   (RFC 3501 section 9: atoms, quoted strings, literals, parenthesised
@@ -339,7 +339,7 @@ def _offset(text: bytes | None) -> int:
 
 def parse_from_line_date(line: bytes) -> float | None:
     """
-    The date of an mbox ``From `` line (``From sender Thu Jan  1 00:00:00 1970``,
+    The date of an mbox ``From`` line (``From sender Thu Jan  1 00:00:00 1970``,
     ``asctime`` form, UTC unless a numeric zone follows the time or the
     year), or ``None`` when it has none.
     """
@@ -362,7 +362,7 @@ def parse_from_line_date(line: bytes) -> float | None:
 
 
 def format_from_line_date(stamp: float) -> str:
-    """*stamp* as the date of an mbox ``From `` line (``asctime`` form, UTC)."""
+    """*stamp* as the date of an mbox ``From`` line (``asctime`` form, UTC)."""
     return time.asctime(time.gmtime(int(stamp)))
 
 

@@ -5,15 +5,15 @@ The format (https://www.loc.gov/preservation/digital/formats/fdd/fdd000383.shtml
 and ``mbox(5)`` of mutt and qmail): messages one after the other, each
 starting with a ``From sender date`` line at the start of the file or after
 a blank line, with LF line ends.  mboxrd quotes a line of a message that
-starts with any number of ``>`` and ``From `` by putting one more ``>``
-before it; mboxo quotes only ``From `` lines.  The reader here undoes the
-quoting of mboxrd (one ``>`` removed from each ``>From ``, ``>>From ``...
-line), which also reads mboxo right except for lines that were ``>From ``
+starts with any number of ``>`` and ``From`` by putting one more ``>``
+before it; mboxo quotes only ``From`` lines.  The reader here undoes the
+quoting of mboxrd (one ``>`` removed from each ``>From``, ``>>From``...
+line), which also reads mboxo right except for lines that were ``>From``
 already; the writer quotes as mboxrd.
 
 Flags live in header fields (:data:`txmail.migrate._formats.FLAG_HEADERS`):
 read on import and removed from the stored message, written on export.
-The internal date is the date of the ``From `` line (else the ``Date:``
+The internal date is the date of the ``From`` line (else the ``Date:``
 field, else now).  Messages are stored with CRLF line ends, as the stores
 expect, and written with LF ones; a message larger than
 :data:`txmail.migrate._store.MEMORY_LIMIT` goes through a temporary file.
@@ -133,7 +133,7 @@ def read_mbox(f: BinaryIO, spool_dir: str | None = None) -> Iterator[MboxMessage
     one's spool before asking for the next (the reader closes it then).
 
     Raises:
-        MigrationError: the file does not start with a ``From `` line.
+        MigrationError: the file does not start with a ``From`` line.
     """
     current: _Reader | None = None
     pending: bytes | None = None  # a blank line: the separator, if a From line follows
@@ -175,7 +175,7 @@ def mbox_files(root: str) -> Iterator[tuple[str, str]]:
     The mbox files under the directory *root* with the folder name each one
     is for: ``Archive/2024.mbox`` (as :func:`export_mbox` writes them) or
     Thunderbird's ``Archive.sbd/2024`` is ``Archive/2024``; a file without
-    the ``.mbox`` suffix counts when it starts with ``From ``.
+    the ``.mbox`` suffix counts when it starts with ``From``.
     """
     for directory, dirs, files in os.walk(root):
         dirs.sort()
@@ -344,7 +344,7 @@ def export_mbox(store: Any, root: str, *, report: Callable[[str], Any] = lambda 
     Write every selectable folder of *store* to an mbox file under the
     directory *root* (created; it must be empty if it exists): ``INBOX.mbox``,
     ``Archive/2024.mbox``..., flags in ``Status:``, ``X-Status:`` and
-    ``X-Keywords:``, internal dates in the ``From `` lines.
+    ``X-Keywords:``, internal dates in the ``From`` lines.
 
     Raises:
         MigrationError: *root* is not an empty directory, or cannot be written.
