@@ -80,11 +80,28 @@ class MboxImportTests(SynchronousTestCase):
         write(os.path.join(root, "Lists.sbd", "twisted"), MUTT)
         write(os.path.join(root, "Lists.msf"), b"// index, not mail")
         write(os.path.join(root, "Lists"), b"")
+        write(os.path.join(root, ".imap", "INBOX", "dovecot.index"), MUTT)  # Dovecot's indexes: not mail
         store = memory_store()
         summary = import_mbox(store, root, "Imported")
         self.assertEqual(summary.messages, 4)
         self.assertEqual(len(messages(store, "Imported/INBOX")), 2)
         self.assertEqual(len(messages(store, "Imported/Lists/twisted")), 2)
+
+    def test_uw_imap_pseudo_message(self) -> None:
+        """UW-IMAP's first 'FOLDER INTERNAL DATA' message (X-IMAP:) is not imported; Dovecot's X-IMAPbase, X-UID are dropped."""
+        data = (
+            b"From MAILER-DAEMON Sat Sep 12 10:00:00 2020\n"
+            b"Subject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\n"
+            b"X-IMAP: 1234567890 0000000002\n\n"
+            b"This text is part of the internal format of your mail folder.\n\n"
+            b"From a@b Sat Sep 12 10:00:00 2020\n"
+            b"X-IMAPbase: 1 2\nX-UID: 1\nSubject: real\n\nmail\n"
+        )
+        path = write(self.mktemp(), data)
+        store = memory_store()
+        summary = import_mbox(store, path)
+        self.assertEqual((summary.messages, summary.skipped), (1, 0))
+        self.assertEqual(messages(store)[0][0], b"Subject: real\r\n\r\nmail\r\n")
 
     def test_broken_from_line(self) -> None:
         """A From line without sender or date still starts a message; its date comes from Date:, else now."""

@@ -51,11 +51,16 @@ _MAX_HEADER = 1 << 20
 class MboxMessage:
     """One message read from an mbox: its content (a :class:`Spool`), flags, date and position."""
 
-    def __init__(self, number: int, spool: Spool, flags: frozenset[str], date: float | None) -> None:
+    def __init__(
+        self, number: int, spool: Spool, flags: frozenset[str], date: float | None, internal: bool = False
+    ) -> None:
         self.number = number
         self.spool = spool
         self.flags = flags
         self.date = date
+        #: UW-IMAP's (and Pine's) first message of a folder, "DON'T DELETE
+        #: THIS MESSAGE -- FOLDER INTERNAL DATA", marked by ``X-IMAP:``: not mail.
+        self.internal = internal
 
 
 def _content(line: bytes) -> tuple[bytes, bool]:
@@ -124,7 +129,8 @@ class _Reader:
         date = self.date
         if date is None and self.date_field is not None:
             date = date_from_header(self.date_field)
-        return MboxMessage(self.number, self.spool, flags_from_headers(self.flag_fields), date)
+        internal = self.number == 1 and any(name == "x-imap" for name, _ in self.flag_fields)
+        return MboxMessage(self.number, self.spool, flags_from_headers(self.flag_fields), date, internal)
 
 
 def read_mbox(f: BinaryIO, spool_dir: str | None = None) -> Iterator[MboxMessage]:
@@ -178,7 +184,7 @@ def mbox_files(root: str) -> Iterator[tuple[str, str]]:
     the ``.mbox`` suffix counts when it starts with ``From``.
     """
     for directory, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # Dovecot's .imap/ indexes
         for name in sorted(files):
             path = os.path.join(directory, name)
             if name.startswith(".") or not os.path.isfile(path):
@@ -263,6 +269,8 @@ def _import_file(
 
 
 def _store(target: Target, box: Any, message: MboxMessage, path: str) -> None:
+    if message.internal:
+        return
     if message.spool.size <= 1024 and not message.spool.head().strip():
         target.summary.skip(f"{path}: message {message.number} is empty")
         return
