@@ -261,7 +261,7 @@ class FakeConnection:
 
 class ServerShapesTests(TestCase):
     def test_courier_style_folders(self) -> None:
-        """The personal prefix INBOX. goes, '.' becomes '/', shared folders, \\Noselect ones and bad names are left out."""
+        """The prefix INBOX. goes, '.' becomes '/', shared and \\Noselect folders are left out, names not in modified UTF-7 kept as sent."""
         from txmail.migrate._store import Summary
         from txmail.migrate.imap import list_folders
 
@@ -274,6 +274,7 @@ class ServerShapesTests(TestCase):
             b'(\\HasNoChildren \\Archive) "." "INBOX.Archive.2024"',
             b'(\\HasNoChildren) "." "#shared.team.Board"',
             b'(\\HasNoChildren) "." "INBOX.a/b"',
+            b'(\\HasNoChildren) "." "INBOX.bad&Jjo"',
             b'(\\HasNoChildren) "." "INBOX..."',
         ]
         summary = Summary()
@@ -286,6 +287,7 @@ class ServerShapesTests(TestCase):
                 (b"INBOX.Entw&APw-rfe", "Entwürfe", None),
                 (b"INBOX.Sent Items", "Sent Items", SpecialUse.SENT),
                 (b"INBOX.a/b", "a_b", None),
+                (b"INBOX.bad&Jjo", "bad&Jjo", None),
             ],
         )
         self.assertEqual(summary.skipped, 1)
