@@ -111,6 +111,19 @@ class IMAPImportTests(TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_killed_before_recording(self) -> Any:
+        """A run killed after storing a message but before recording it: the next run does not store it twice."""
+        yield self.run_import(max_messages=2)
+        state = self.state()
+        uidvalidity, last = state.get("INBOX")  # type: ignore[misc]
+        state.set("INBOX", uidvalidity, last - 1)  # the second message stored, not recorded
+        summary = yield self.run_import()
+        self.assertEqual((summary.messages, summary.duplicates), (7, 1))
+        self.assertEqual(
+            snapshot(self.dest, subscriptions=False), snapshot(self.source_store, subscriptions=False)
+        )
+
+    @defer.inlineCallbacks
     def test_uidvalidity_changed(self) -> Any:
         """A source folder re-created (new UIDVALIDITY) is copied again, without the messages already there."""
         yield self.run_import()

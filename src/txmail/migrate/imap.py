@@ -24,7 +24,9 @@ source login and server) records for each source folder its UIDVALIDITY
 and the highest UID copied, written after each message is stored.  A run
 copies only the UIDs above it, so running again copies what is new, and a
 run that was interrupted (or stopped by ``max_messages``) goes on where it
-stopped.  When a folder's UIDVALIDITY changed, or the state knows nothing
+stopped (a run killed between storing a message and recording it finds
+that message as the destination folder's last, and does not store it
+again).  When a folder's UIDVALIDITY changed, or the state knows nothing
 of a folder whose destination already holds mail, the folder is copied
 again from its start, each message skipped when the destination folder
 already has one with the same Message-ID, size and internal date.
@@ -414,9 +416,11 @@ def _message_id(header: bytes) -> str | None:
     return "".join(match.group(1).decode("latin-1").split()) or None
 
 
-def _existing(box: Any) -> Counter[tuple[str | None, int, int]]:
-    """(Message-ID, size, internal date) of the messages of the destination folder *box*, counted."""
+def _existing(box: Any, tail: int | None = None) -> Counter[tuple[str | None, int, int]]:
+    """(Message-ID, size, internal date) of the messages of the destination folder *box* (its last *tail*), counted."""
     messages = wait(box.list_messages())
+    if tail is not None:
+        messages = messages[-tail:]
     keys: Counter[tuple[str | None, int, int]] = Counter()
     if not messages:
         return keys
@@ -515,13 +519,20 @@ def _import_folder(
         else ""
     )
     report(f"{folder.name}: {len(uids)} messages to copy{note}")
+    # A run killed between storing a message and recording it leaves that
+    # message as the folder's last here: the first one copied now is
+    # checked against it.
+    first_check = _existing(box, tail=1) if dedupe is None and last and uids else None
     for uid in uids:
         if budget[0] is not None and budget[0] <= 0:
             _report_folder(report, folder.name, summary, before)
             raise _Stop
         spool = Spool()
         try:
-            _copy_message(conn, target, box, folder.name, uid, spool, dedupe)
+            _copy_message(
+                conn, target, box, folder.name, uid, spool, dedupe if first_check is None else first_check
+            )
+            first_check = None
         finally:
             spool.close()
         state.set(key, uidvalidity, uid)
