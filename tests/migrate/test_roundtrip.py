@@ -97,6 +97,25 @@ class MboxRoundTripTests(SynchronousTestCase):
             snapshot(source, roles=False, subscriptions=False),
         )
 
+    def test_hidden_and_percent_names(self) -> None:
+        """Names that would be hidden files (a leading '.') or hold '%' survive: %2E and %25 in the file names."""
+        source = memory_store()
+        for name in (".hidden/child", "50%25 off", "a.b"):
+            wait(source.create_mailbox(name))
+            wait(wait(source.get_mailbox(name)).append(b"Subject: x\r\n\r\ny\r\n", (), 1_600_000_000))
+        tree = self.mktemp()
+        export_mbox(source, tree)
+        self.assertTrue(os.path.isfile(os.path.join(tree, "%2Ehidden", "child.mbox")))
+        self.assertTrue(os.path.isfile(os.path.join(tree, "50%2525 off.mbox")))
+        dest = memory_store()
+        import_mbox(dest, tree)
+        self.assertEqual(snapshot(dest, roles=False), snapshot(source, roles=False))
+        maildir_tree = self.mktemp()
+        export_maildir(source, maildir_tree)
+        again = memory_store()
+        import_maildir(again, maildir_tree)
+        self.assertEqual(snapshot(again, roles=False), snapshot(source, roles=False))
+
     def test_quoting(self) -> None:
         """From lines are quoted as mboxrd (one more '>') and unquoted on the way back."""
         source = memory_store()

@@ -63,6 +63,7 @@ __all__ = [
     "parse_internaldate",
     "parse_subscriptions",
     "safe_flags",
+    "unescape_percent",
 ]
 
 # -- modified UTF-7 (RFC 3501 section 5.1.3) ----------------------------------
@@ -143,7 +144,8 @@ def _decode_chunk(chunk: str) -> str | None:
 # -- Dovecot's Maildir++ names --------------------------------------------------
 
 
-def _unescape_percent(part: str) -> str:
+def unescape_percent(part: str) -> str:
+    """*part* with ``%2E`` and ``%25`` (either case) read as ``.`` and ``%``."""
     return re.sub(r"%(2[Ee5])", lambda m: chr(int(m.group(1), 16)), part)
 
 
@@ -164,7 +166,7 @@ def folder_for_dir_name(dir_name: str) -> tuple[str | None, bool]:
         if decoded is None:
             valid = False
             decoded = raw
-        part = _unescape_percent(decoded)
+        part = unescape_percent(decoded)
         if not part or DELIMITER in part:
             return None, valid
         parts.append(part)

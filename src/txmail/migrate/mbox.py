@@ -35,6 +35,7 @@ from txmail.migrate._formats import (
     flags_from_headers,
     format_from_line_date,
     parse_from_line_date,
+    unescape_percent,
 )
 from txmail.migrate._store import MigrationError, Spool, Summary, Target, wait
 from txmail.model import DELIMITER, INBOX, normalize_mailbox_name
@@ -179,7 +180,8 @@ def read_mbox(f: BinaryIO, spool_dir: str | None = None) -> Iterator[MboxMessage
 def mbox_files(root: str) -> Iterator[tuple[str, str]]:
     """
     The mbox files under the directory *root* with the folder name each one
-    is for: ``Archive/2024.mbox`` (as :func:`export_mbox` writes them) or
+    is for: ``Archive/2024.mbox`` (as :func:`export_mbox` writes them, ``%2E``
+    and ``%25`` read as ``.`` and ``%``) or
     Thunderbird's ``Archive.sbd/2024`` is ``Archive/2024``; a file without
     the ``.mbox`` suffix counts when it starts with ``From``.
     """
@@ -194,7 +196,9 @@ def mbox_files(root: str) -> Iterator[tuple[str, str]]:
             elif not _starts_with_from(path):
                 continue
             rel = os.path.relpath(os.path.join(directory, name), root)
-            parts = [p[: -len(".sbd")] if p.endswith(".sbd") else p for p in rel.split(os.sep)]
+            parts = [
+                unescape_percent(p[: -len(".sbd")] if p.endswith(".sbd") else p) for p in rel.split(os.sep)
+            ]
             yield path, DELIMITER.join(parts)
 
 
@@ -342,9 +346,18 @@ def write_message(out: BinaryIO, f: BinaryIO, flags: frozenset[str], date: float
     return written + out.write(b"\n")
 
 
+def _file_part(part: str) -> str:
+    """A folder name component as a file name: ``%`` as ``%25``, a leading ``.`` (a hidden file) as ``%2E``."""
+    part = part.replace("%", "%25")
+    return "%2E" + part[1:] if part.startswith(".") else part
+
+
 def mbox_path(root: str, name: str) -> str:
-    """Where :func:`export_mbox` writes the folder *name*: ``Archive/2024`` is ``ROOT/Archive/2024.mbox``."""
-    return os.path.join(root, *name.split(DELIMITER)) + ".mbox"
+    """
+    Where :func:`export_mbox` writes the folder *name*: ``Archive/2024`` is
+    ``ROOT/Archive/2024.mbox`` (:func:`_file_part` escapes).
+    """
+    return os.path.join(root, *(_file_part(p) for p in name.split(DELIMITER))) + ".mbox"
 
 
 def export_mbox(store: Any, root: str, *, report: Callable[[str], Any] = lambda line: None) -> Summary:
