@@ -123,6 +123,17 @@ class IMAPImportTests(TestCase):
             snapshot(self.dest, subscriptions=False), snapshot(self.source_store, subscriptions=False)
         )
 
+    def test_damaged_state_file(self) -> None:
+        """A state file that is not what the import writes stops it with a clear error."""
+        path = state_path(self.data_dir, USER, self.source())
+        os.makedirs(os.path.dirname(path))
+        for text in ("{not json", '{"folders": {"INBOX": {"last_uid": 3}}}', "[1]"):
+            with open(path, "w") as f:
+                f.write(text)
+            with self.assertRaises(MigrationError) as caught:
+                ImportState(path)
+            self.assertIn(path, str(caught.exception))
+
     @defer.inlineCallbacks
     def test_uidvalidity_changed(self) -> Any:
         """A source folder re-created (new UIDVALIDITY) is copied again, without the messages already there."""

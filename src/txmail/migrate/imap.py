@@ -122,12 +122,16 @@ class ImportState:
             return
         except (OSError, ValueError) as e:
             raise MigrationError(f"cannot read the state file {path}: {e}") from None
-        for name, entry in (data.get("folders") or {}).items():
-            if isinstance(entry, dict):
-                self.folders[name] = {
+        try:
+            for name, entry in (data.get("folders") or {}).items():
+                self.folders[str(name)] = {
                     "uidvalidity": int(entry["uidvalidity"]),
                     "last_uid": int(entry["last_uid"]),
                 }
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise MigrationError(
+                f"the state file {path} is damaged: remove it to copy again (messages already here are skipped)"
+            ) from None
 
     def get(self, folder: str) -> tuple[int, int] | None:
         entry = self.folders.get(folder)
