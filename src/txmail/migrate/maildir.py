@@ -305,17 +305,19 @@ def _export_folder(
             summary.skip(f"{name}: message {message.uid} not readable: {e}")
             continue
         now = time.time()
-        base = (
+        unique = (
             f"{int(message.internal_date)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{host}"
-            f",S={message.size},W={message.size}"
         )
-        tmp = os.path.join(path, "tmp", base)
+        tmp = os.path.join(path, "tmp", unique)
         with f, open(tmp, "wb") as out:
-            copy_stream(f.read, out.write)
-        final = os.path.join(path, "cur", f"{base}:2,{letters_for(message.flags, letter_of)}")
+            size = copy_stream(f.read, out.write)
+        # S= the file's size, W= its size with CRLF line ends: the same here (Dovecot reads both).
+        final = os.path.join(
+            path, "cur", f"{unique},S={size},W={size}:2,{letters_for(message.flags, letter_of)}"
+        )
         os.rename(tmp, final)
         os.utime(final, (message.internal_date, message.internal_date))
         summary.messages += 1
-        summary.bytes += message.size
+        summary.bytes += size
     summary.folders += 1
     report(f"{name}: {summary.messages - before[0]} messages, {summary.bytes - before[1]} bytes to {path}")
