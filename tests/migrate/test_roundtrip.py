@@ -63,6 +63,11 @@ class MaildirRoundTripTests(SynchronousTestCase):
         # served octets: CRLF, also for the message the store holds with bare LFs
         [lf] = [n for n in files if n.startswith("cur/1600000200.")]
         self.assertEqual(files[lf], b"Subject: lf\r\nX-Thing: y\r\n\r\nline one\r\nline two\r\n")
+        # Dovecot trusts S= (the file's size) and W= (with CRLF): both right for every file
+        for rel, content in files.items():
+            if "/cur/" in f"/{rel}":
+                sizes = dict(part.split("=") for part in rel.split(":2,")[0].split(",")[1:])
+                self.assertEqual((int(sizes["S"]), int(sizes["W"])), (len(content), len(content)), rel)
 
     def test_export_refuses_non_empty_directory(self) -> None:
         """Export never writes into a directory that holds something."""
