@@ -118,17 +118,20 @@ class DovecotTreeTests(SynchronousTestCase):
         self.assertEqual(wait(store.subscriptions()), ["Sent", "Sub/Folder"])
 
     def test_hostile_files(self) -> None:
-        """A file that is not a message, an empty one, and a directory in cur/ are skipped and reported; the rest goes in."""
+        """A file that is not a message, an empty one, a directory and a symbolic link in cur/ are skipped and reported."""
         write(self.root, "cur/junk:2,S", b"\x89PNG\r\n\x1a\n\x00\x00binary")
         write(self.root, "cur/empty:2,", b"")
+        secret = write(os.path.abspath(self.mktemp()), "secret", b"Subject: private\n\nnot theirs\n")
+        os.symlink(secret, os.path.join(self.root, "cur", "link:2,S"))
         os.makedirs(os.path.join(self.root, "cur", "adir"))
         store = memory_store()
         summary = import_maildir(store, self.root)
-        self.assertEqual((summary.messages, summary.skipped), (5, 3))
+        self.assertEqual((summary.messages, summary.skipped), (5, 4))
         text = "\n".join(summary.problems)
         self.assertIn("junk:2,S: not a message", text)
         self.assertIn("empty:2,: empty", text)
         self.assertIn("adir: not a regular file", text)
+        self.assertIn("link:2,S: a symbolic link", text)
         self.assertEqual(len(messages(store, "INBOX")), 2)
 
     def test_folder_name_not_modified_utf7(self) -> None:

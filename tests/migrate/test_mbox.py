@@ -74,13 +74,15 @@ class MboxImportTests(SynchronousTestCase):
         self.assertEqual(messages(store), [])
 
     def test_directory(self) -> None:
-        """A directory: every .mbox file, and Thunderbird's extensionless files and .sbd directories, into their folders."""
+        """A directory: every .mbox file, Thunderbird's extensionless files and .sbd directories; not indexes nor links."""
         root = self.mktemp()
         write(os.path.join(root, "INBOX.mbox"), MUTT)
         write(os.path.join(root, "Lists.sbd", "twisted"), MUTT)
         write(os.path.join(root, "Lists.msf"), b"// index, not mail")
         write(os.path.join(root, "Lists"), b"")
         write(os.path.join(root, ".imap", "INBOX", "dovecot.index"), MUTT)  # Dovecot's indexes: not mail
+        elsewhere = write(os.path.abspath(self.mktemp()), MUTT)
+        os.symlink(elsewhere, os.path.join(root, "linked.mbox"))  # a link to a file elsewhere: left alone
         store = memory_store()
         summary = import_mbox(store, root, "Imported")
         self.assertEqual(summary.messages, 4)

@@ -27,6 +27,7 @@ configuration does).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import itertools
 import json
@@ -182,8 +183,12 @@ def message_source(path: str) -> tuple[MessageSource, float] | str:
     no ``local_path``: a store must not link a file of the tree it imports.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Not through a symbolic link: a tree a user could write must not
+        # bring in files from elsewhere (the command may run as root).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link, not a message file"
         return f"cannot read: {e.strerror or e}"
     try:
         st = os.fstat(fd)
@@ -203,12 +208,17 @@ def message_source(path: str) -> tuple[MessageSource, float] | str:
         size = raw + bare
 
         def opener() -> BinaryIO:
-            return CRLFFile(open(path, "rb"), size)  # type: ignore[return-value]
+            return CRLFFile(_open_file(path), size)  # type: ignore[return-value]
 
     else:
         size = raw
-        opener = functools.partial(open, path, "rb")
+        opener = functools.partial(_open_file, path)
     return MessageSource(size, opener), st.st_mtime
+
+
+def _open_file(path: str) -> BinaryIO:
+    """*path* opened for reading, never through a symbolic link (nor blocking on a FIFO put in its place)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
 
 
 def _import_file(target: Target, box: Any, path: str, flags: frozenset[str]) -> None:

@@ -189,8 +189,8 @@ def mbox_files(root: str) -> Iterator[tuple[str, str]]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # Dovecot's .imap/ indexes
         for name in sorted(files):
             path = os.path.join(directory, name)
-            if name.startswith(".") or not os.path.isfile(path):
-                continue
+            if name.startswith(".") or os.path.islink(path) or not os.path.isfile(path):
+                continue  # hidden, a link (to files elsewhere), or no file
             if name.endswith(".mbox"):
                 name = name[: -len(".mbox")]
             elif not _starts_with_from(path):
