@@ -132,6 +132,16 @@ class DovecotTreeTests(SynchronousTestCase):
         self.assertIn("empty:2,: empty", text)
         self.assertIn("adir: not a regular file", text)
         self.assertIn("link:2,S: a symbolic link", text)
+
+    def test_linked_folder(self) -> None:
+        """A folder that is a symbolic link to a Maildir elsewhere is not followed."""
+        elsewhere = maildir(os.path.abspath(self.mktemp()))
+        write(elsewhere, "cur/1:2,S", b"Subject: elsewhere\n\nx\n")
+        os.symlink(elsewhere, os.path.join(self.root, ".Linked"))
+        store = memory_store()
+        summary = import_maildir(store, self.root)
+        self.assertNotIn("Linked", [f.name for f in wait(store.list_mailboxes("*"))])
+        self.assertIn("a symbolic link, not followed", summary.problems[0])
         self.assertEqual(len(messages(store, "INBOX")), 2)
 
     def test_folder_name_not_modified_utf7(self) -> None:

@@ -86,6 +86,10 @@ def maildir_folders(root: str, summary: Summary | None = None) -> list[tuple[str
             continue
         if not _is_maildir(path):
             continue
+        if os.path.islink(path) or any(os.path.islink(os.path.join(path, sub)) for sub in ("cur", "new")):
+            if summary is not None:
+                summary.skip(f"{path}: a symbolic link, not followed")
+            continue
         name, _ = folder_for_dir_name(entry)
         if name is None:
             if summary is not None:
