@@ -311,16 +311,12 @@ def _check_config(args: argparse.Namespace) -> None:
             checks.append("dns lists")
         if policy.defaults.greylisting or any(d.greylisting for _, d in policy.domains):
             checks.append("greylisting")
-        _out(
-            f"  inbound checks: {', '.join(checks) or '-'} (trusted: {', '.join(policy.trusted_networks) or '-'})"
-        )
+        _out(f"  inbound checks: {', '.join(checks) or '-'} (trusted: {', '.join(policy.trusted_networks) or '-'})")
     else:
         _out("  inbound checks: off")
     _out(f"  dkim signing:   {', '.join(f'{k.selector}._domainkey.{k.domain}' for k in keys) or '-'}")
     if forwarding is not None:
-        parts = (["srs"] if forwarding.srs is not None else []) + (
-            ["arc seal"] if forwarding.seal_key else []
-        )
+        parts = (["srs"] if forwarding.srs is not None else []) + (["arc seal"] if forwarding.seal_key else [])
         _out(f"  forwarding:     {', '.join(parts)}")
 
 
