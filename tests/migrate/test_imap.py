@@ -195,6 +195,13 @@ class IMAPImportTests(TestCase):
         self.assertEqual([f.name for f in wait(self.dest.list_mailboxes("*"))], [INBOX])
 
     @defer.inlineCallbacks
+    def test_password_not_ascii(self) -> Any:
+        """A password LOGIN cannot carry goes in AUTHENTICATE PLAIN (UTF-8)."""
+        self.server.directory.set_password(USER, "mot de passe \u00e9t\u00e9")
+        summary = yield self.run_import(source=self.source(password="mot de passe \u00e9t\u00e9"))
+        self.assertEqual(summary.messages, 9)
+
+    @defer.inlineCallbacks
     def test_unreachable(self) -> Any:
         """A server that cannot be reached is a MigrationError naming it."""
         import socket

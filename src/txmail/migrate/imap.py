@@ -186,8 +186,8 @@ def connect(source: IMAPSource) -> imaplib.IMAP4:
     except (OSError, imaplib.IMAP4.error) as e:
         raise MigrationError(f"cannot connect to {where}: {_text(e)}") from None
     try:
-        conn.login(source.login, source.password)
-    except imaplib.IMAP4.error as e:
+        _login(conn, source)
+    except (imaplib.IMAP4.error, OSError) as e:
         _logout(conn)
         raise MigrationError(f"login as {source.login} refused by {where}: {_text(e)}") from None
     # Servers list more capabilities once logged in (Dovecot: NAMESPACE,
@@ -197,6 +197,22 @@ def connect(source: IMAPSource) -> imaplib.IMAP4:
         if typ == "OK" and data and isinstance(data[-1], bytes):
             conn.capabilities = tuple(data[-1].decode("ascii", "replace").upper().split())
     return conn
+
+
+def _login(conn: imaplib.IMAP4, source: IMAPSource) -> None:
+    """
+    LOGIN (RFC 3501 section 6.2.3), or AUTHENTICATE PLAIN (RFC 4616, UTF-8)
+    for a name or password that is not ASCII, which LOGIN cannot carry.
+    """
+    if (source.login + source.password).isascii():
+        conn.login(source.login, source.password)
+        return
+    if "AUTH=PLAIN" not in conn.capabilities:
+        raise imaplib.IMAP4.error(
+            "a name or password that is not ASCII needs AUTHENTICATE PLAIN, not offered"
+        )
+    response = b"\0" + source.login.encode("utf-8") + b"\0" + source.password.encode("utf-8")
+    conn.authenticate("PLAIN", lambda _: response)
 
 
 def _text(error: BaseException) -> str:
