@@ -122,6 +122,23 @@ class MigrateCommandTests(TestCase):
         self.assertEqual(self.txmail("import", "pst", "--user", USER, "x"), 2)
         self.assertEqual(self.txmail("import", "imap", "h", "--user", USER, "--max-messages", "0"), 2)
 
+    def test_password_file_missing(self) -> None:
+        """An unreadable --password-file is an error before any connection."""
+        missing = os.path.abspath(self.mktemp())
+        argv = [
+            "import",
+            "imap",
+            "127.0.0.1:1",
+            "-c",
+            self.config,
+            "--user",
+            USER,
+            "--password-file",
+            missing,
+        ]
+        self.assertEqual(self.txmail(*argv), 1)
+        self.assertEqual(self.err, f"txmail: error: cannot read {missing}: No such file or directory\n")
+
     def test_export_into_non_empty_directory(self) -> None:
         tree = os.path.abspath(self.mktemp())
         os.makedirs(tree)
