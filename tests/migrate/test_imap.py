@@ -352,3 +352,51 @@ class ServerShapesTests(TestCase):
         conn.fetches = [b"3 (UID 9 FLAGS () BODY[]<0> NIL)"]
         with self.assertRaises(_NoBody):
             _fetch_message(conn, 9, spool)  # type: ignore[arg-type]
+
+
+class FromMaildirServerTests(TestCase):
+    """
+    The import from the real txmail service over its Maildir store, whose
+    files another program wrote with LF line ends (as on a Dovecot server
+    fed by Postfix): served, and so copied, with CRLF, in partial FETCHes
+    whose offsets count the CRLFs.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_lf_files_in_pieces(self) -> Any:
+        from tests.e2e._server import start_server
+        from txmail.migrate import imap
+
+        self.patch(imap, "FETCH_CHUNK", 700)
+        server = yield start_server(self, imap=["tcp:0:interface=127.0.0.1"])
+        server.directory.add_user(USER, PASSWORD)
+        inbox = os.path.join(server.settings.data_dir, "mail", "example.test", "alice")
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(inbox, sub), exist_ok=True)
+        big = b"Subject: long\nMessage-ID: <big@x>\n\n" + b"".join(b"line %04d\n" % i for i in range(500))
+        small = b"Subject: short\n\nhi\n"
+        for name, data, flags in (("1700000000.A.host", big, ":2,S"), ("1700000001.B.host", small, ":2,Fa")):
+            path = os.path.join(inbox, "cur", name + flags)
+            with open(path, "wb") as f:
+                f.write(data)
+            os.utime(path, (1_700_000_000, 1_700_000_000))
+        with open(os.path.join(inbox, "dovecot-keywords"), "wb") as f:
+            f.write(b"0 $Label2\n")
+        host, port = server.address("imap")
+        source = IMAPSource(host, port, USER, PASSWORD, security="none", timeout=10)
+        state = ImportState(os.path.join(os.path.abspath(self.mktemp()), "state.json"))
+        dest = memory_store()
+        summary = yield threads.deferToThread(import_imap, dest, source, state)
+        self.assertEqual((summary.messages, summary.skipped), (2, 0))
+        box = wait(dest.get_mailbox(INBOX))
+        got = [(wait(box.read_message(m.uid)), m.flags, m.internal_date) for m in wait(box.list_messages())]
+        self.assertEqual(
+            got,
+            [
+                (big.replace(b"\n", b"\r\n"), {"\\Seen"}, 1_700_000_000),
+                (small.replace(b"\n", b"\r\n"), {"\\Flagged", "$Label2"}, 1_700_000_000),
+            ],
+        )
+        self.assertEqual(summary.bytes, len(big) + big.count(b"\n") + len(small) + small.count(b"\n"))
