@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from txmail.errors import MailboxExists
 from txmail.model import INBOX, MessageSource, SpecialUse
 
-__all__ = ["MigrationError", "Spool", "Summary", "Target", "wait"]
+__all__ = ["MigrationError", "Spool", "Summary", "Target", "copy_stream", "empty_dir", "wait"]
 
 #: Messages up to this size are kept in memory on their way; larger ones
 #: are spooled to a temporary file.
@@ -185,3 +185,13 @@ def copy_stream(read: Callable[[int], bytes], write: Callable[[bytes], Any], chu
             return total
         write(data)
         total += len(data)
+
+
+def empty_dir(root: str) -> None:
+    """Make *root*, or check that it is empty: an export never writes over anything."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        if os.listdir(root):
+            raise MigrationError(f"{root} is not empty: export into a new or empty directory")
+    except OSError as e:
+        raise MigrationError(f"cannot write {root}: {e.strerror or e}") from None

@@ -48,7 +48,7 @@ from txmail.migrate._formats import (
     parse_subscriptions,
     safe_flags,
 )
-from txmail.migrate._store import MigrationError, Summary, Target, copy_stream, wait
+from txmail.migrate._store import MigrationError, Summary, Target, copy_stream, empty_dir, wait
 from txmail.model import INBOX, MessageSource, SpecialUse
 from txmail.store._crlf import CRLFFile, count_file
 from txmail.store._maildir_format import (
@@ -268,9 +268,7 @@ def export_maildir(store: Any, root: str, *, report: Callable[[str], Any] = lamb
     Raises:
         MigrationError: *root* is not an empty directory, or cannot be written.
     """
-    from txmail.migrate.mbox import _empty_dir
-
-    _empty_dir(root)
+    empty_dir(root)
     summary = Summary()
     roles: dict[str, str] = {}
     host = _host()

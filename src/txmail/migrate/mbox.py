@@ -37,7 +37,7 @@ from txmail.migrate._formats import (
     parse_from_line_date,
     unescape_percent,
 )
-from txmail.migrate._store import MigrationError, Spool, Summary, Target, wait
+from txmail.migrate._store import MigrationError, Spool, Summary, Target, empty_dir, wait
 from txmail.model import DELIMITER, INBOX, normalize_mailbox_name
 
 __all__ = ["export_mbox", "import_mbox", "mbox_files", "read_mbox"]
@@ -370,7 +370,7 @@ def export_mbox(store: Any, root: str, *, report: Callable[[str], Any] = lambda 
     Raises:
         MigrationError: *root* is not an empty directory, or cannot be written.
     """
-    _empty_dir(root)
+    empty_dir(root)
     summary = Summary()
     for info in wait(store.list_mailboxes("*")):
         if not info.selectable:
@@ -410,12 +410,3 @@ def _write_batch(out: BinaryIO, box: Any, name: str, messages: list[Any], summar
         summary.bytes += message.size
         count += 1
     return count
-
-
-def _empty_dir(root: str) -> None:
-    try:
-        os.makedirs(root, exist_ok=True)
-        if os.listdir(root):
-            raise MigrationError(f"{root} is not empty: export into a new or empty directory")
-    except OSError as e:
-        raise MigrationError(f"cannot write {root}: {e.strerror or e}") from None
