@@ -122,6 +122,29 @@ class MigrateCommandTests(TestCase):
         self.assertEqual(self.txmail("import", "pst", "--user", USER, "x"), 2)
         self.assertEqual(self.txmail("import", "imap", "h", "--user", USER, "--max-messages", "0"), 2)
 
+    def test_control_c(self) -> None:
+        """Control-C during an import: one line on stderr, status 1, what was stored kept."""
+        from txmail.migrate import mbox
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(
+                b"From a Sat Sep 12 10:00:00 2020\nSubject: 1\n\nx\n\nFrom a Sat Sep 12 10:00:00 2020\nSubject: 2\n\ny\n"
+            )
+        real = mbox.Target.append
+        calls = []
+
+        def append(target: Any, *args: Any) -> int:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(target, *args)
+
+        self.patch(mbox.Target, "append", append)
+        self.assertEqual(self.txmail("import", "mbox", "-c", self.config, "--user", USER, path), 1)
+        self.assertTrue(self.err.startswith("txmail: error: interrupted: what was copied is kept"), self.err)
+        self.assertEqual(len(snapshot(self.store())["INBOX"]["messages"]), 1)
+
     def test_password_file_missing(self) -> None:
         """An unreadable --password-file is an error before any connection."""
         missing = os.path.abspath(self.mktemp())

@@ -69,6 +69,11 @@ def _run(args: argparse.Namespace, work: Any, verb: str) -> int:
         summary = work()
     except MigrationError as e:
         raise cli.CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        # What was stored is kept; an IMAP import's state has recorded it.
+        raise cli.CLIError(
+            "interrupted: what was copied is kept (an IMAP import goes on when run again)"
+        ) from None
     return _finish(summary, verb)
 
 
