@@ -21,6 +21,8 @@ configuration check, DKIM keys and the DNS records of a mail domain.
     txmail queue release ID|--all           (held messages: deliver them)
     txmail dkim keygen DOMAIN --selector S --algorithm ed25519|rsa [--bits 2048] [--out PATH] [--force]
     txmail dns-records DOMAIN [--check] [--resolver HOST:PORT ...]
+    txmail import mbox|maildir|imap ... --user ADDRESS   (see txmail.migrate.cli)
+    txmail export maildir|mbox DIR --user ADDRESS
 
 Every user and alias command takes ``--data-dir`` (default
 ``./txmail-data``, as the server) and ``--config``; with a config file the
@@ -666,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data directory (users.json, mail/); default ./txmail-data or the config's",
     )
-    common.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file")
+    common.add_argument("-c", "--config", metavar="FILE", default=None, help="TOML configuration file")
 
     parser = argparse.ArgumentParser(
         prog="txmail",
@@ -803,6 +805,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="DNS server to ask (repeatable); default the config's [outbound] resolvers, else the system's",
     )
     p.set_defaults(func=_dns_records)
+
+    from txmail.migrate.cli import add_commands
+
+    add_commands(commands, common)  # import, export
     return parser
 
 
