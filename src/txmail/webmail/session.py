@@ -53,6 +53,8 @@ COOKIE_NAME = b"txmail_session"
 CSRF_HEADER = b"x-csrf-token"
 SAFE_METHODS = frozenset({b"GET", b"HEAD"})
 
+_TOKEN_CHARACTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
 # The key of the CSRF tokens: a restart changes it, as it drops the bearer
 # tokens (they live in memory).
 _KEY = secrets.token_bytes(32)
@@ -74,17 +76,18 @@ def _header(request: Any, name: bytes) -> str | None:
 
 def cookie_token(request: Any) -> str | None:
     """The bearer token the request's cookie holds, or ``None``."""
-    value = request.getCookie(COOKIE_NAME)
-    if not value:
-        return None
-    try:
-        token = value.decode("ascii")
-    except UnicodeDecodeError:
+    token = None
+    for header in request.requestHeaders.getRawHeaders(b"cookie", []):
+        for pair in header.split(b";"):
+            name, _, value = pair.strip().partition(b"=")
+            if name == COOKIE_NAME:
+                token = value.strip()
+    if not token:
         return None
     # Tokens are URL-safe Base64: anything else is not one.
-    if not all(c.isalnum() or c in "-_" for c in token):
+    if not all(c in _TOKEN_CHARACTERS for c in token):
         return None
-    return token
+    return token.decode("ascii")
 
 
 def same_origin(request: Any) -> bool:
@@ -130,7 +133,7 @@ def cookie_bearer(request: Any) -> str | None:
 
 def _cookie(request: Any, value: str, max_age: int) -> None:
     attributes = [f"Max-Age={max_age}", "Path=/", "HttpOnly", "SameSite=Strict"]
-    if request.isSecure():
+    if getattr(request, "isSecure", lambda: False)():
         attributes.append("Secure")
     request.responseHeaders.addRawHeader(
         b"Set-Cookie", "; ".join([f"{COOKIE_NAME.decode('ascii')}={value}", *attributes]).encode("ascii")
