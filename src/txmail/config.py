@@ -66,6 +66,12 @@ The file format (every key optional)::
     metadata_max_size = 16384            # octets of one METADATA entry value
     metadata_max_entries = 256           # METADATA entries one user may keep
 
+    [web]
+    listen = ["ssl:443", "tcp:8080:interface=127.0.0.1"]  # JMAP listeners (none by default); see below
+    tls_proxy = false                    # a TLS-terminating proxy in [server] proxy_trusted sits in front
+    token_idle_timeout = "1h"            # web client bearer tokens expire after this long unused
+    max_event_streams = 8                # open EventSource push streams one user may hold
+
     [outbound]
     enabled = true                       # run the queue (deliver mail for other domains)
     resolvers = ["127.0.0.1:53"]         # DNS servers to ask (HOST:PORT); default the system's
@@ -102,6 +108,11 @@ The file format (every key optional)::
     password = "secret"                  # the controller's password
     fail_action = "accept"               # rspamd unreachable: accept (unscanned) | tempfail
 
+A ``[web] listen`` endpoint serves JMAP (RFC 8620, :mod:`txmail.web`):
+``ssl:`` with the ``[tls]`` certificate, or plain ``tcp:`` on a loopback
+interface; a plain ``tcp:`` endpoint on another interface needs ``tls_proxy
+= true`` (clients reach it through a proxy that terminates TLS).
+
 The ``[policy]``, ``[dkim]``, ``[srs]`` and ``[arc]`` tables (mail
 authentication, blocklists, limits, signing) are described in
 :mod:`txmail.policy.config`; they become ``Settings.policy``.  Every key of
@@ -117,6 +128,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -198,6 +210,10 @@ class Settings:
     imap_comment: str | None = None
     imap_metadata_max_size: int = 16384
     imap_metadata_max_entries: int = 256
+    web: tuple[str, ...] = ()
+    web_tls_proxy: bool = False
+    web_token_idle_timeout: float = 3600.0
+    web_max_event_streams: int = 8
     proxy_protocol: tuple[str, ...] = ()
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     proxy_timeout: float = 10.0
@@ -293,6 +309,10 @@ _KEYS: dict[tuple[str, str], str] = {
     ("imap", "comment"): "imap_comment",
     ("imap", "metadata_max_size"): "imap_metadata_max_size",
     ("imap", "metadata_max_entries"): "imap_metadata_max_entries",
+    ("web", "listen"): "web",
+    ("web", "tls_proxy"): "web_tls_proxy",
+    ("web", "token_idle_timeout"): "web_token_idle_timeout",
+    ("web", "max_event_streams"): "web_max_event_streams",
     ("server", "proxy_protocol"): "proxy_protocol",
     ("server", "proxy_trusted"): "proxy_trusted",
     ("server", "proxy_timeout"): "proxy_timeout",
@@ -440,7 +460,7 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = tuple(parse_milters(value))
         elif f.name == "rspamd":
             out[f.name] = value if isinstance(value, RspamdSettings) else parse_rspamd_settings(value)
-        elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap"):
+        elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap", "web"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "proxy_protocol":
             out[f.name] = tuple(dict.fromkeys(_str_list(f.name, value)))
@@ -492,6 +512,16 @@ def _validate(values: dict[str, Any]) -> Settings:
         elif f.name == "outbound_enabled":
             if not isinstance(value, bool):
                 raise ConfigError("outbound enabled must be true or false")
+            out[f.name] = value
+        elif f.name == "web_tls_proxy":
+            if not isinstance(value, bool):
+                raise ConfigError("[web] tls_proxy must be true or false")
+            out[f.name] = value
+        elif f.name == "web_token_idle_timeout":
+            out[f.name] = _duration("[web] token_idle_timeout", value)
+        elif f.name == "web_max_event_streams":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+                raise ConfigError("[web] max_event_streams must be an integer from 1 to 1000")
             out[f.name] = value
         elif f.name == "relay_port":
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
@@ -597,7 +627,10 @@ def _validate(values: dict[str, Any]) -> Settings:
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
     _check_proxy_listeners(settings)
-    for endpoint in settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap:
+    _check_web_listeners(settings)
+    for endpoint in (
+        settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap + settings.web
+    ):
         if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
             raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
     return settings
@@ -605,11 +638,49 @@ def _validate(values: dict[str, Any]) -> Settings:
 
 def _check_proxy_listeners(settings: Settings) -> None:
     """Every ``proxy_protocol`` endpoint is a listener's (a typo would leave a listener without it)."""
-    listeners = settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap
+    listeners = (
+        settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap + settings.web
+    )
     for endpoint in settings.proxy_protocol:
         if endpoint not in listeners:
             raise ConfigError(
                 f"proxy_protocol endpoint {endpoint!r} is not a listener; name it exactly as in a listen list"
+            )
+
+
+def _endpoint_interface(description: str) -> str | None:
+    """
+    The ``interface`` of a ``tcp:``/``tcp6:`` endpoint string (``""``: every
+    interface), or ``None`` for another kind of endpoint.
+    """
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] not in ("tcp", "tcp6"):
+        return None
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            return part[len("interface=") :].replace("\\:", ":")
+    return ""
+
+
+def _check_web_listeners(settings: Settings) -> None:
+    """
+    A plain ``tcp:`` JMAP listener carries passwords and mail in clear text:
+    only on a loopback interface, unless ``[web] tls_proxy`` says a proxy
+    terminates TLS in front of it.
+    """
+    for endpoint in settings.web:
+        interface = _endpoint_interface(endpoint)
+        if interface is None or settings.web_tls_proxy:
+            continue
+        try:
+            loopback = ipaddress.ip_address(interface).is_loopback
+        except ValueError:
+            loopback = interface == "localhost"
+        if not loopback:
+            raise ConfigError(
+                f"[web] listen endpoint {endpoint!r} is plain HTTP on a public interface: use ssl:, "
+                "bind it to a loopback interface (interface=127.0.0.1), or set [web] tls_proxy = true "
+                "when a TLS-terminating proxy sits in front"
             )
 
 

@@ -679,9 +679,7 @@ def build_service(
         # The workers build their SMTP side from the settings alone (the
         # delivery hooks run in this process: its router delivers).
         given = [
-            name
-            for name, value in (("directory", directory), ("policies", policies), ("dns", dns))
-            if value
+            name for name, value in (("directory", directory), ("policies", policies), ("dns", dns)) if value
         ]
         if given:
             raise ConfigError(
@@ -842,6 +840,20 @@ def build_service(
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)
+    if settings.web:
+        from txmail.web.service import web_site  # twisted.web: only when configured
+
+        site = web_site(settings, server, reactor=reactor)
+        for description in settings.web:
+            listener = ListenerService(
+                reactor,
+                with_certificate(description, settings.tls_cert, settings.tls_key),
+                site,
+                "web",
+                proxy=proxied(description),
+            )
+            listener.setServiceParent(server)
+            server.listeners.append(listener)
     if workers > 1:
         from txmail.workers import WorkerPool
 

@@ -60,6 +60,7 @@ class Options(usage.Options):
         self["lmtp"] = []
         self["pop3"] = []
         self["imap"] = []
+        self["web"] = []
         self["resolver"] = []
 
     def opt_domain(self, name: str) -> None:
@@ -86,6 +87,10 @@ class Options(usage.Options):
         """IMAP listener endpoint (repeatable), e.g. tcp:143 or ssl:993. Default none."""
         self["imap"].append(endpoint)
 
+    def opt_web(self, endpoint: str) -> None:
+        """JMAP (HTTP) listener endpoint (repeatable), e.g. ssl:443 or tcp:8080:interface=127.0.0.1. Default none."""
+        self["web"].append(endpoint)
+
     def opt_resolver(self, address: str) -> None:
         """DNS server HOST:PORT for MX lookups and the policy checks (repeatable). Default the system's."""
         self["resolver"].append(address)
@@ -103,6 +108,7 @@ class Options(usage.Options):
             "lmtp": self["lmtp"],
             "pop3": self["pop3"],
             "imap": self["imap"],
+            "web": self["web"],
             "tls_cert": self["tls-cert"],
             "tls_key": self["tls-key"],
             "plaintext_auth": self["plaintext-auth"],

@@ -126,7 +126,7 @@ DEFAULT_DOMAIN = "example.test"
 # TEST-NET-1 (RFC 5737): documentation addresses, never routed.
 _FAKE_ADDRESS = "192.0.2.1"
 _LOOPBACK = "tcp:0:interface=127.0.0.1"
-_ROLES = ("mta", "submission", "pop3", "imap")
+_ROLES = ("mta", "submission", "pop3", "imap", "web")
 
 
 class WaitTimeout(TimeoutError):
@@ -425,6 +425,8 @@ class TestServer:
         settings: more :class:`txmail.config.Settings` attributes
             (``{"max_message_size": 1000}``); they override the defaults
             described in the module docstring.
+        web: also start the JMAP endpoint (:mod:`txmail.web`, ``[web]
+            listen``) on a loopback port: :attr:`web_address`.
 
     Attributes:
         directory: the :class:`~txmail.directory.MemoryDirectory`.
@@ -446,6 +448,7 @@ class TestServer:
         capture: OutboundCapture | None = None,
         data_dir: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        web: bool = False,
     ) -> None:
         self.domains = tuple(domains)
         if not self.domains:
@@ -460,6 +463,7 @@ class TestServer:
         self._data_dir = data_dir
         self._own_data_dir: str | None = None
         self._overrides = dict(settings or {})
+        self.web = web
         self._addresses: dict[str, tuple[str, int]] = {}
         self._connections: dict[Any, list[defer.Deferred[None]]] = {}
         self._waiters = _Waiters()
@@ -482,6 +486,7 @@ class TestServer:
             "submission": [_LOOPBACK],
             "pop3": [_LOOPBACK],
             "imap": [_LOOPBACK],
+            "web": [_LOOPBACK] if self.web else [],
             "threads": 2,
             "outbound_enabled": True,
         }
@@ -571,7 +576,7 @@ class TestServer:
     # -- where --
 
     def address(self, role: str) -> tuple[str, int]:
-        """``(host, port)`` of the ``"mta"``, ``"submission"``, ``"pop3"`` or ``"imap"`` listener."""
+        """``(host, port)`` of the ``"mta"``, ``"submission"``, ``"pop3"``, ``"imap"`` or ``"web"`` listener."""
         try:
             return self._addresses[role]
         except KeyError:
@@ -596,6 +601,11 @@ class TestServer:
     def imap_address(self) -> tuple[str, int]:
         """``(host, port)`` of IMAP."""
         return self.address("imap")
+
+    @property
+    def web_address(self) -> tuple[str, int]:
+        """``(host, port)`` of the JMAP endpoint (HTTP; started with ``web=True``): ``http://host:port/jmap/session``."""
+        return self.address("web")
 
     # -- users --
 
@@ -845,6 +855,11 @@ class BlockingTestServer:
     def imap_address(self) -> tuple[str, int]:
         """See :attr:`TestServer.imap_address`."""
         return self._running().imap_address
+
+    @property
+    def web_address(self) -> tuple[str, int]:
+        """See :attr:`TestServer.web_address`."""
+        return self._running().web_address
 
     @property
     def capture(self) -> OutboundCapture:

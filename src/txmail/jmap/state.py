@@ -1,0 +1,574 @@
+"""
+One user's mail as JMAP sees it (RFC 8621), and the state strings of its
+data types (RFC 8620 section 5.1), built from the mailbox contract.
+
+Ids
+===
+
+* A Mailbox's id is the store's MAILBOXID (:class:`txmail.interfaces.IObjectIds`),
+  which a rename keeps.  A name that exists only as the parent of others
+  (IMAP ``\\Noselect``) has no mailbox object: its id is ``N`` and a hash of
+  its name.
+* An Email's id is the EMAILID: one JMAP Email is every message with that
+  EMAILID in the user's mailboxes (a copy or move keeps it), and its
+  ``mailboxIds`` are their mailboxes.
+* A Thread's id is the message's THREADID (RFC 8474 section 5.2,
+  :func:`txmail.imap.thread.thread_id`): the hash of the first message id
+  of its ``References`` (else ``In-Reply-To``, else its own ``Message-ID``).
+  Every reply naming the same first message is in the same thread; the id
+  depends on the message's own header fields only, so it never changes
+  (RFC 8621 section 4.1.1: ``threadId`` is immutable), survives restarts,
+  and equals what IMAP OBJECTID gives.  A reply whose ``References`` lost
+  the thread's first message starts a thread of its own.
+
+States
+======
+
+A state string encodes, for each selectable mailbox, its id, UIDVALIDITY,
+UIDNEXT, HIGHESTMODSEQ and message count (Email and Thread), or its id, a
+hash of its name, parent, role and subscription, HIGHESTMODSEQ and message
+count (Mailbox); compressed, in base64url.  Since modification sequences are
+kept by the store, ``/changes`` is computed from the store alone, after a
+restart as before:
+
+* a message whose modseq is above the state's is new in its mailbox when
+  its UID is at least the state's UIDNEXT, else changed (its flags);
+* the UIDs expunged since (:class:`txmail.interfaces.IExpungeHistory`) are
+  the copies removed.  Their EMAILIDs come from the UID to EMAILID map this
+  module keeps for each mailbox it has listed (in memory): a removed UID it
+  never saw (the process restarted after the message was listed by the
+  client's state and before it was expunged) cannot be named, and the
+  answer is ``cannotCalculateChanges``, as it is for a mailbox whose
+  UIDVALIDITY changed, and for a deleted mailbox that held messages the
+  map does not know.
+
+An Email existed at the old state when one of its copies did (present now
+with a UID below that mailbox's old UIDNEXT, or removed since): it is then
+updated (or destroyed when no copy is left), else created.
+
+Caching
+=======
+
+The listing of each mailbox (:meth:`txmail.interfaces.IMailbox.list_messages`)
+is kept as long as its UIDVALIDITY, HIGHESTMODSEQ and message count are the
+same, and the whole view (:class:`MailView`, with its EMAILID index) as long
+as no mailbox changed, so that a call on an unchanged account costs one
+``status`` a mailbox.  Thread ids, immutable, are kept by EMAILID once
+computed from the header columns (:class:`txmail.interfaces.IHeaderColumns`).
+
+This module is sans-IO apart from the Deferreds the store returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import weakref
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from txmail import mime
+from txmail.errors import NoSuchMailbox
+from txmail.imap.thread import thread_id
+from txmail.interfaces import HEADER_COLUMNS
+from txmail.jmap.core import MethodError
+from txmail.model import DELIMITER, DRAFT, INBOX, SEEN, FolderInfo, MailboxStatus, MessageInfo, SpecialUse
+
+__all__ = [
+    "ROLES",
+    "BoxView",
+    "EmailChanges",
+    "MailView",
+    "cannot_calculate",
+    "decode_state",
+    "email_changes",
+    "encode_state",
+    "mail_view",
+    "parent_name",
+    "placeholder_id",
+]
+
+#: RFC 8621 section 2 roles (the IANA registry's names) of the special-use attributes (RFC 6154).
+ROLES = {
+    SpecialUse.SENT: "sent",
+    SpecialUse.DRAFTS: "drafts",
+    SpecialUse.TRASH: "trash",
+    SpecialUse.JUNK: "junk",
+    SpecialUse.ARCHIVE: "archive",
+}
+
+
+def placeholder_id(name: str) -> str:
+    """The id of a non-selectable parent name: ``N`` and 96 bits of its BLAKE2b hash."""
+    return "N" + hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+
+
+def parent_name(name: str) -> str | None:
+    """The name of *name*'s parent, ``None`` at the top."""
+    head, sep, _ = name.rpartition(DELIMITER)
+    return head if sep else None
+
+
+def encode_state(kind: str, entries: list[list[Any]]) -> str:
+    """A state string: *kind* (one letter) and the compressed JSON of *entries*, in base64url."""
+    raw = zlib.compress(json.dumps(entries, separators=(",", ":")).encode("utf-8"), 9)
+    return kind + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_state(kind: str, state: Any) -> list[list[Any]] | None:
+    """The entries of a state string of *kind*, or ``None`` when it is not one (any input)."""
+    if not isinstance(state, str) or not state.startswith(kind) or len(state) > 1_000_000:
+        return None
+    try:
+        text = state[1:]
+        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), bufsize=1 << 16)
+        entries = json.loads(raw)
+    except (ValueError, zlib.error, UnicodeError, RecursionError):
+        return None
+    if not isinstance(entries, list) or not all(isinstance(e, list) and e for e in entries):
+        return None
+    return entries
+
+
+@dataclass(slots=True)
+class BoxView:
+    """One mailbox of a :class:`MailView`: a folder, its mailbox object (``None`` when not selectable) and listing."""
+
+    id: str
+    folder: FolderInfo
+    mailbox: Any = None
+    status: MailboxStatus | None = None
+    infos: list[MessageInfo] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def role(self) -> str | None:
+        """The JMAP role (RFC 8621 section 2): ``inbox`` or a special use's."""
+        if self.folder.name == INBOX:
+            return "inbox"
+        return None if self.folder.special_use is None else ROLES.get(self.folder.special_use)
+
+    def props_hash(self, parent_id: str | None) -> str:
+        """A short hash of the properties a Mailbox/changes reports besides its counts."""
+        text = "\0".join((self.name, parent_id or "", self.role or "", "1" if self.folder.subscribed else ""))
+        return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+
+    def email_entry(self) -> list[Any]:
+        status = self.status
+        assert status is not None
+        return [self.id, status.uidvalidity, status.uidnext, status.highest_modseq, status.messages]
+
+
+@dataclass(slots=True)
+class _BoxCache:
+    key: tuple[int, int, int, int]
+    infos: list[MessageInfo]
+
+
+class _UserCache:
+    """What is kept for one store between calls (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[str, _BoxCache] = {}
+        #: (mailbox id, uidvalidity) -> uid -> email id, of every message ever listed.
+        self.uid_maps: dict[tuple[str, int], dict[int, str]] = {}
+        #: email id -> thread id (immutable).
+        self.threads: dict[str, str] = {}
+        #: email id -> the header columns (immutable: a message never changes).
+        self.columns: dict[str, tuple[str, ...]] = {}
+        self.view: MailView | None = None
+        self.view_key: tuple[Any, ...] | None = None
+
+
+_CACHES: weakref.WeakKeyDictionary[Any, _UserCache] = weakref.WeakKeyDictionary()
+
+
+def _cache_for(store: Any) -> _UserCache:
+    cache = _CACHES.get(store)
+    if cache is None:
+        cache = _CACHES[store] = _UserCache()
+    return cache
+
+
+class MailView:
+    """
+    A consistent view of one user's mailboxes: their folders, listings and
+    the EMAILID index (:attr:`emails`, EMAILID -> its copies as
+    ``(BoxView, MessageInfo)`` in mailbox order).
+    """
+
+    def __init__(self, store: Any, cache: _UserCache, boxes: list[BoxView]) -> None:
+        self.store = store
+        self.cache = cache
+        self.boxes: dict[str, BoxView] = {b.id: b for b in boxes}
+        self.by_name: dict[str, BoxView] = {b.name: b for b in boxes}
+        emails: dict[str, list[tuple[BoxView, MessageInfo]]] = {}
+        for box in boxes:
+            for info in box.infos:
+                eid = info.email_id or f"{box.id}-{info.uid}"
+                copies = emails.get(eid)
+                if copies is None:
+                    emails[eid] = [(box, info)]
+                else:
+                    copies.append((box, info))
+        self.emails = emails
+        self._by_date: list[str] | None = None
+        self._counts: dict[str, tuple[int, int, int, int]] | None = None
+
+    # -- ids and names -------------------------------------------------------
+
+    def parent_id(self, box: BoxView) -> str | None:
+        parent = parent_name(box.name)
+        if parent is None:
+            return None
+        found = self.by_name.get(parent)
+        return found.id if found is not None else placeholder_id(parent)
+
+    def email_state(self) -> str:
+        return encode_state("e", [b.email_entry() for b in self.boxes.values() if b.status is not None])
+
+    async def mailbox_counts(self) -> dict[str, tuple[int, int, int, int]]:
+        """
+        Each mailbox's ``totalEmails``, ``unreadEmails``, ``totalThreads``
+        and ``unreadThreads`` (RFC 8621 section 2): an Email is unread
+        without ``$seen`` and ``$draft``; a Thread is unread in a mailbox
+        holding one of its Emails when one of its Emails outside the trash
+        (or in it, for the trash itself) is unread.  Computed once a view.
+        """
+        if self._counts is not None:
+            return self._counts
+        tids = await self.thread_ids()
+        trash = next((b.id for b in self.boxes.values() if b.role == "trash"), None)
+        unread_threads: set[str] = set()
+        unread_threads_trash: set[str] = set()
+        unread_emails: set[str] = set()
+        for eid, copies in self.emails.items():
+            if self.is_unread(eid):
+                unread_emails.add(eid)
+                if any(box.id != trash for box, _ in copies):
+                    unread_threads.add(tids[eid])
+                if any(box.id == trash for box, _ in copies):
+                    unread_threads_trash.add(tids[eid])
+        counts = {}
+        for box in self.boxes.values():
+            ids = {i.email_id or f"{box.id}-{i.uid}" for i in box.infos}
+            threads = {tids[e] for e in ids}
+            unread_set = unread_threads_trash if box.id == trash else unread_threads
+            counts[box.id] = (
+                len(ids),
+                len(ids & unread_emails),
+                len(threads),
+                len(threads & unread_set),
+            )
+        self._counts = counts
+        return counts
+
+    async def mailbox_state(self) -> str:
+        """The Mailbox state: each mailbox's id, a hash of its other properties, and its counts."""
+        counts = await self.mailbox_counts()
+        return encode_state(
+            "m", [[b.id, b.props_hash(self.parent_id(b)), *counts[b.id]] for b in self.boxes.values()]
+        )
+
+    # -- emails ------------------------------------------------------------
+
+    def keywords(self, email_id: str) -> frozenset[str]:
+        """The IMAP flags of an Email: the union of its copies' flags."""
+        copies = self.emails.get(email_id, ())
+        if len(copies) == 1:
+            return copies[0][1].flags
+        out: set[str] = set()
+        for _, info in copies:
+            out |= info.flags
+        return frozenset(out)
+
+    def received_at(self, email_id: str) -> float:
+        """The internal date of the Email's first copy."""
+        return self.emails[email_id][0][1].internal_date
+
+    def by_date(self) -> list[str]:
+        """Every EMAILID, newest first (internal date, then EMAILID descending); computed once a view."""
+        if self._by_date is None:
+            keyed = [(copies[0][1].internal_date, eid) for eid, copies in self.emails.items()]
+            keyed.sort(reverse=True)
+            self._by_date = [eid for _, eid in keyed]
+        return self._by_date
+
+    async def columns(self, email_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The header columns (:data:`txmail.interfaces.HEADER_COLUMNS`) of Emails, read once and kept."""
+        known = self.cache.columns
+        wanted: dict[str, dict[int, str]] = {}
+        out: dict[str, tuple[str, ...]] = {}
+        for eid in email_ids:
+            cols = known.get(eid)
+            if cols is not None:
+                out[eid] = cols
+                continue
+            copies = self.emails.get(eid)
+            if copies:
+                box, info = copies[0]
+                wanted.setdefault(box.id, {})[info.uid] = eid
+        for box_id, uids in wanted.items():
+            box = self.boxes[box_id]
+            if hasattr(box.mailbox, "header_columns"):
+                found = await box.mailbox.header_columns(list(uids))
+            else:
+                metadata = await box.mailbox.get_metadata(list(uids))
+                found = {u: mime.header_columns(md.headers, HEADER_COLUMNS) for u, md in metadata.items()}
+            for uid, cols in found.items():
+                eid = uids[uid]
+                known[eid] = out[eid] = cols
+        return out
+
+    async def thread_ids(self, email_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """The thread id of each Email of *email_ids* (every one for ``None``)."""
+        ids = list(self.emails) if email_ids is None else [e for e in email_ids if e in self.emails]
+        threads = self.cache.threads
+        missing = [e for e in ids if e not in threads]
+        if missing:
+            columns = await self.columns(missing)
+            for eid in missing:
+                cols = columns.get(eid, ())
+                pairs = list(zip(cols[0::2], cols[1::2], strict=True))
+                threads[eid] = thread_id(pairs, eid) or ("T" + eid[1:])
+        return {e: threads[e] for e in ids if e in threads}
+
+    async def threads(self) -> dict[str, list[str]]:
+        """Thread id -> its EMAILIDs, oldest first (internal date, then id)."""
+        tids = await self.thread_ids()
+        out: dict[str, list[str]] = {}
+        for eid in reversed(self.by_date()):
+            out.setdefault(tids[eid], []).append(eid)
+        return out
+
+    def uid_map(self, box_id: str, uidvalidity: int) -> dict[int, str] | None:
+        return self.cache.uid_maps.get((box_id, uidvalidity))
+
+    def is_unread(self, email_id: str) -> bool:
+        """Neither ``$seen`` nor ``$draft`` (RFC 8621 section 2, ``unreadEmails``)."""
+        flags = self.keywords(email_id)
+        return SEEN not in flags and DRAFT not in flags
+
+
+async def mail_view(store: Any) -> MailView:
+    """
+    The current :class:`MailView` of *store*: one ``list_mailboxes`` and one
+    ``status`` a mailbox, and a ``list_messages`` of each mailbox that changed.
+    """
+    cache = _cache_for(store)
+    folders = await store.list_mailboxes("*")
+    boxes: list[BoxView] = []
+    key: list[Any] = []
+    for folder in folders:
+        if not folder.selectable:
+            boxes.append(BoxView(placeholder_id(folder.name), folder))
+            key.append(folder)
+            continue
+        try:
+            mailbox = await store.get_mailbox(folder.name)
+            status = await mailbox.status()
+        except NoSuchMailbox:  # deleted meanwhile
+            continue
+        box_id = getattr(mailbox, "mailbox_id", None) or placeholder_id(folder.name)
+        box_key = (status.uidvalidity, status.highest_modseq, status.messages, status.uidnext)
+        kept = cache.boxes.get(box_id)
+        if kept is not None and kept.key == box_key:
+            infos = kept.infos
+        else:
+            try:
+                infos = await mailbox.list_messages()
+            except NoSuchMailbox:
+                continue
+            cache.boxes[box_id] = _BoxCache(box_key, infos)
+            uid_map = cache.uid_maps.setdefault((box_id, status.uidvalidity), {})
+            for info in infos:
+                if info.email_id is not None:
+                    uid_map[info.uid] = info.email_id
+        boxes.append(BoxView(box_id, folder, mailbox, status, infos))
+        key.append((folder, box_id, box_key))
+    view_key = tuple(key)
+    if cache.view is not None and cache.view_key == view_key:
+        # The same mailboxes, unchanged: keep the index and its sorted order.
+        view = cache.view
+        for box in boxes:
+            view.boxes[box.id].mailbox = box.mailbox
+        return view
+    live = {b.id for b in boxes}
+    for box_id in [b for b in cache.boxes if b not in live]:
+        del cache.boxes[box_id]
+    view = MailView(store, cache, boxes)
+    cache.view, cache.view_key = view, view_key
+    return view
+
+
+def cannot_calculate(description: str) -> MethodError:
+    """The ``cannotCalculateChanges`` method error (RFC 8620 section 5.2)."""
+    return MethodError("cannotCalculateChanges", description)
+
+
+@dataclass(slots=True)
+class _Delta:
+    """What changed in one mailbox since a state's entry."""
+
+    box_id: str
+    touched: set[str]
+    gone: set[str]
+    entry: list[Any] | None  # the entry after these changes; None: the mailbox is gone
+
+
+@dataclass(slots=True)
+class EmailChanges:
+    """The answer of an ``Email/changes`` (and the base of ``Thread/changes``)."""
+
+    created: list[str]
+    updated: list[str]
+    destroyed: list[str]
+    new_state: str
+    has_more: bool
+    existed: Any = None
+
+
+def _entries(kind: str, state: Any, argument: str = "sinceState") -> list[list[Any]]:
+    if not isinstance(state, str):
+        raise MethodError("invalidArguments", f"{argument} must be a state string", arguments=[argument])
+    entries = decode_state(kind, state)
+    if entries is None:
+        raise cannot_calculate("the state is not one this server gave")
+    return entries
+
+
+async def _box_delta(view: MailView, old: list[Any], cut: int | None = None) -> _Delta:
+    """The changes of the mailbox of *old* (an email state entry) up to modseq *cut* (now when ``None``)."""
+    try:
+        box_id, uidvalidity, uidnext, modseq, count = old[:5]
+        uidvalidity, uidnext, modseq, count = int(uidvalidity), int(uidnext), int(modseq), int(count)
+    except (TypeError, ValueError) as e:
+        raise cannot_calculate("the state is not one this server gave") from e
+    box = view.boxes.get(box_id) if isinstance(box_id, str) else None
+    uid_map = view.uid_map(box_id, uidvalidity) if isinstance(box_id, str) else None
+    if box is None or box.status is None or box.status.uidvalidity != uidvalidity:
+        # The mailbox is gone (or was emptied by a new UIDVALIDITY).
+        if count == 0:
+            gone: set[str] = set()
+        elif uid_map is None:
+            raise cannot_calculate("a mailbox with messages was deleted")
+        else:
+            gone = {eid for uid, eid in uid_map.items() if uid < uidnext}
+        entry = None if box is None or box.status is None else box.email_entry()
+        touched = {info.email_id for info in box.infos if info.email_id} if entry is not None else set()
+        return _Delta(box_id, touched, gone, entry)
+    status = box.status
+    if cut is None:
+        cut = status.highest_modseq
+    if modseq == cut:
+        return _Delta(box_id, set(), set(), old if cut != status.highest_modseq else box.email_entry())
+    touched = {info.email_id for info in box.infos if modseq < info.modseq <= cut and info.email_id}
+    gone = set()
+    expunged = set(await box.mailbox.expunged_since(modseq)) if modseq < status.highest_modseq else set()
+    if cut != status.highest_modseq:
+        expunged -= set(await box.mailbox.expunged_since(cut))
+    for uid in expunged:
+        if uid >= uidnext:
+            continue  # came and went after the state
+        eid = None if uid_map is None else uid_map.get(uid)
+        if eid is None:
+            raise cannot_calculate("a message expunged since was never seen by this server")
+        gone.add(eid)
+    if cut == status.highest_modseq:
+        entry = box.email_entry()
+    else:
+        later = [i.uid for i in box.infos if i.modseq > cut and i.uid >= uidnext]
+        entry = [box_id, uidvalidity, min(later, default=status.uidnext), cut, max(count, 1)]
+    return _Delta(box_id, touched, gone, entry)
+
+
+def _existed_test(view: MailView, base: dict[str, list[Any]], gone: set[str]) -> Any:
+    """``existed(email_id)``: whether the Email existed at the state of *base* (entries by mailbox id)."""
+
+    def existed(eid: str) -> bool:
+        if eid in gone:
+            return True
+        for box, info in view.emails.get(eid, ()):
+            old = base.get(box.id)
+            if (
+                old is not None
+                and box.status is not None
+                and old[1] == box.status.uidvalidity
+                and info.uid < old[2]
+            ):
+                return True
+        return False
+
+    return existed
+
+
+async def email_changes(view: MailView, since: Any, max_changes: int | None) -> EmailChanges:
+    """
+    ``Email/changes`` (RFC 8620 section 5.2) of *view* since the email state
+    *since*: at most *max_changes* ids, by whole mailboxes in id order, or
+    by modification sequence within the first one when it alone has more.
+    """
+    entries = _entries("e", since)
+    base = {e[0]: e for e in entries if isinstance(e[0], str) and len(e) >= 5}
+    if len(base) != len(entries):
+        raise cannot_calculate("the state is not one this server gave")
+    deltas = [await _box_delta(view, old) for old in base.values()]
+    deltas += [
+        _Delta(b.id, {i.email_id for i in b.infos if i.email_id}, set(), b.email_entry())
+        for b in view.boxes.values()
+        if b.status is not None and b.id not in base
+    ]
+    deltas = [d for d in deltas if d.touched or d.gone or d.entry != base.get(d.box_id)]
+    deltas.sort(key=lambda d: d.box_id)
+    chosen: list[_Delta] = []
+    ids: set[str] = set()
+    has_more = False
+    for delta in deltas:
+        more = ids | delta.touched | delta.gone
+        if max_changes is not None and len(more) > max_changes:
+            has_more = True
+            if not chosen and delta.box_id in base and delta.entry is not None:
+                partial = await _partial_delta(view, base[delta.box_id], max_changes)
+                if partial is None:
+                    raise cannot_calculate("more changes at one modification sequence than maxChanges")
+                chosen.append(partial)
+            break
+        chosen.append(delta)
+        ids = more
+    new_entries = dict(base)
+    for delta in chosen:
+        if delta.entry is None:
+            new_entries.pop(delta.box_id, None)
+        else:
+            new_entries[delta.box_id] = delta.entry
+    gone = set().union(*(d.gone for d in chosen)) if chosen else set()
+    touched = set().union(*(d.touched for d in chosen)) if chosen else set()
+    existed = _existed_test(view, base, gone)
+    created, updated, destroyed = [], [], []
+    for eid in sorted(touched | gone):
+        present = eid in view.emails
+        if existed(eid):
+            (updated if present else destroyed).append(eid)
+        elif present:
+            created.append(eid)
+    new_state = view.email_state() if not has_more else encode_state("e", list(new_entries.values()))
+    return EmailChanges(created, updated, destroyed, new_state, has_more, existed)
+
+
+async def _partial_delta(view: MailView, old: list[Any], max_changes: int) -> _Delta | None:
+    """The changes of one mailbox up to the highest modseq that keeps them within *max_changes*."""
+    box = view.boxes[old[0]]
+    modseqs = sorted(i.modseq for i in box.infos if i.modseq > int(old[3]))
+    k = min(max_changes, len(modseqs))
+    while k > 0:
+        delta = await _box_delta(view, old, modseqs[k - 1])
+        if len(delta.touched | delta.gone) <= max_changes:
+            return delta
+        k //= 2
+    return None

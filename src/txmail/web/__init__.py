@@ -1,0 +1,37 @@
+"""
+JMAP over HTTP (RFC 8620): the twisted.web side of :mod:`txmail.jmap`.
+
+* :mod:`txmail.web.api`: request processing, sans-IO (parsing, request-level
+  errors, dispatch, result references, the session object);
+* :mod:`txmail.web.tokens`: the bearer tokens of the web client;
+* :mod:`txmail.web.blobs`: the upload store (RFC 8620 section 6.1);
+* :mod:`txmail.web.push`: the EventSource push channel (section 7.3);
+* :mod:`txmail.web.resource`: the twisted.web resources and the ``Site``
+  :func:`txmail.service.build_service` listens with (``[web] listen``).
+
+The capabilities the endpoint serves come from one function,
+:func:`capabilities`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txmail.jmap.core import Capability, Limits
+from txmail.web.api import core_capability
+
+__all__ = ["capabilities", "limits"]
+
+
+def limits(server: Any) -> Limits:
+    """The core limits the endpoint of *server* advertises and enforces."""
+    return Limits()
+
+
+def capabilities(server: Any) -> list[Capability]:
+    """
+    The JMAP capabilities *server* (a :class:`txmail.service.MailServer`, or
+    ``None`` in tests) serves: the core capability (RFC 8620 section 2), and
+    the mail capabilities once they are registered here.
+    """
+    return [core_capability(limits(server))]
