@@ -60,8 +60,8 @@ class ResourceTestCase(TestCase):
             self.root, tokens=self.tokens, check_password=self.check_password, fetch_blob=self.fetch_blob
         )
 
-    def check_password(self, username: str, password: str, *, peer: str = "") -> defer.Deferred[str | None]:
-        self.checked.append((username, password, peer))
+    def check_password(self, request: Any, username: str, password: str) -> defer.Deferred[str | None]:
+        self.checked.append((username, password, request.method.decode()))
         return defer.succeed("alice@example.test" if (username, password) == ("alice", "secret") else None)
 
     async def fetch_blob(self, user: str, account_id: str, blob_id: str) -> bytes | None:

@@ -40,7 +40,15 @@ from txmail.webmail.session import (
     set_cookie,
 )
 
-__all__ = ["PAGE_POLICY", "FetchBlob", "WebmailResource", "mount", "secure_headers"]
+__all__ = [
+    "PAGE_POLICY",
+    "FetchBlob",
+    "PasswordNotAllowed",
+    "WebmailResource",
+    "mount",
+    "mount_endpoint",
+    "secure_headers",
+]
 
 log = Logger()
 
@@ -184,7 +192,7 @@ class _Endpoint(resource.Resource):
 
     def answer(self, request: Any, user: str, token: str) -> dict[str, Any]:
         # Sliding expiry: the cookie lasts as long as the token's idle timeout.
-        set_cookie(request, token, self.app.tokens.idle_timeout)
+        set_cookie(request, token, self.app.tokens.idle_timeout, secure=self.app.secure(request))
         return {"username": user, "csrfToken": csrf_token(token), "html": sanitize.AVAILABLE}
 
 
@@ -210,8 +218,10 @@ class _Login(_Endpoint):
         return _run(request, self._login(request, username, password))
 
     async def _login(self, request: Any, username: str, password: str) -> bytes:
-        peer = request.getClientAddress()
-        user = await self.app.check_password(username, password, peer=getattr(peer, "host", ""))
+        try:
+            user = await self.app.check_password(request, username, password)
+        except PasswordNotAllowed:
+            return _json(request, 403, {"error": "passwords are accepted over TLS only"})
         if user is None:
             return _json(request, 401, {"error": "wrong user name or password"})
         token = self.app.tokens.issue(user)
@@ -226,7 +236,7 @@ class _Session(_Endpoint):
         user = self.user(request, token)
         if user is None or token is None:
             if token is not None:
-                clear_cookie(request)
+                clear_cookie(request, secure=self.app.secure(request))
             return _json(request, 401, {"error": "not logged in"})
         return _json(request, 200, self.answer(request, user, token))
 
@@ -241,7 +251,7 @@ class _Logout(_Endpoint):
         if token is None:
             return _json(request, 403, {"error": "CSRF check failed"})
         self.app.tokens.revoke(token)
-        clear_cookie(request)
+        clear_cookie(request, secure=self.app.secure(request))
         return _json(request, 200, {"loggedOut": True})
 
 
@@ -274,6 +284,10 @@ class _Render(_Endpoint):
         return rendered.html.encode("utf-8")
 
 
+class PasswordNotAllowed(Exception):
+    """A password may not be sent here (``[server] plaintext_auth``): the login is refused with 403."""
+
+
 def _inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(fn, *args)
 
@@ -285,12 +299,16 @@ class WebmailResource(resource.Resource):
     Args:
         tokens: the JMAP endpoint's bearer token store (``issue(user)``,
             ``user_for(token)``, ``revoke(token)``, ``idle_timeout``).
-        check_password: ``check_password(username, password, peer=) ->
-            Deferred[str | None]`` (the server's
-            :meth:`txmail.auth.authenticator.Authenticator.check_password`).
+        check_password: ``check_password(request, username, password) ->
+            Awaitable[str | None]``: the canonical user, or ``None`` when the
+            password is wrong; raises :class:`PasswordNotAllowed` where
+            passwords may not travel (no TLS).
         fetch_blob: the octets of a blob of a user's account (:data:`FetchBlob`).
         run_blocking: ``run_blocking(fn, *args) -> Deferred``
             for the sanitizing (the server's thread pool); default inline.
+        secure: ``secure(request) -> bool``: whether the browser reached
+            the server over TLS (the cookie is then ``Secure``); default
+            ``request.isSecure()``.
     """
 
     def __init__(
@@ -300,12 +318,14 @@ class WebmailResource(resource.Resource):
         check_password: Callable[..., Any],
         fetch_blob: FetchBlob,
         run_blocking: Callable[..., Any] | None = None,
+        secure: Callable[[Any], bool] | None = None,
     ) -> None:
         super().__init__()
         self.tokens = tokens
         self.check_password = check_password
         self.fetch_blob = fetch_blob
         self.run_blocking = run_blocking or _inline
+        self.secure = secure or (lambda request: bool(request.isSecure()))
         self.files = _load_static()
         self.index = _Static(*self.files["index.html"])
         self.putChild(b"static", _StaticDirectory(self.files))
@@ -324,3 +344,45 @@ def mount(root: resource.Resource, **kwargs: Any) -> WebmailResource:
     root.putChild(b"", app.index)
     root.putChild(b"webmail", app)
     return app
+
+
+def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
+    """
+    Serve the webmail in the site of the JMAP endpoint *endpoint* (a
+    :class:`txmail.web.resource.JMAPEndpoint`) whose root resource is
+    *root*: its token store, its authenticator under its plaintext policy
+    (as ``/jmap/login``), its notion of TLS (a TLS-terminating proxy counts)
+    and its blobs.
+    """
+    from txmail.auth.sasl import password_auth_allowed
+    from txmail.web.api import account_id
+
+    async def check_password(request: Any, username: str, password: str) -> str | None:
+        client = endpoint.client(request)
+        if not password_auth_allowed(
+            tls=client.secure, plaintext_policy=endpoint.plaintext_auth, loopback=client.loopback
+        ):
+            raise PasswordNotAllowed()
+        user = await endpoint.authenticator.check_password(username, password, peer=client.peer)
+        return None if user is None else str(user)
+
+    async def fetch_blob(user: str, account: str, blob_id: str) -> bytes | None:
+        if account != account_id(user):
+            return None
+        context = await endpoint.context(user)
+        for capability in endpoint.capabilities:
+            if capability.blob is not None:
+                data = await capability.blob(context, blob_id)
+                if data is not None:
+                    return bytes(data)
+        return None
+
+    server = endpoint.server
+    return mount(
+        root,
+        tokens=endpoint.tokens,
+        check_password=check_password,
+        fetch_blob=fetch_blob,
+        run_blocking=getattr(server, "run_blocking", None),
+        secure=lambda request: bool(endpoint.client(request).secure),
+    )

@@ -42,6 +42,7 @@ __all__ = [
     "CSRF_HEADER",
     "SAFE_METHODS",
     "clear_cookie",
+    "cookie_authorization",
     "cookie_bearer",
     "cookie_token",
     "csrf_ok",
@@ -131,20 +132,33 @@ def cookie_bearer(request: Any) -> str | None:
     return token
 
 
-def _cookie(request: Any, value: str, max_age: int) -> None:
+def _cookie(request: Any, value: str, max_age: int, secure: bool | None) -> None:
     attributes = [f"Max-Age={max_age}", "Path=/", "HttpOnly", "SameSite=Strict"]
-    if getattr(request, "isSecure", lambda: False)():
+    if secure if secure is not None else request.isSecure():
         attributes.append("Secure")
     request.responseHeaders.addRawHeader(
         b"Set-Cookie", "; ".join([f"{COOKIE_NAME.decode('ascii')}={value}", *attributes]).encode("ascii")
     )
 
 
-def set_cookie(request: Any, bearer: str, max_age: float) -> None:
-    """Set the session cookie to *bearer*, for *max_age* seconds."""
-    _cookie(request, bearer, max(1, int(max_age)))
+def set_cookie(request: Any, bearer: str, max_age: float, *, secure: bool | None = None) -> None:
+    """
+    Set the session cookie to *bearer*, for *max_age* seconds; ``Secure``
+    when *secure* (default: when *request* came over TLS).
+    """
+    _cookie(request, bearer, max(1, int(max_age)), secure)
 
 
-def clear_cookie(request: Any) -> None:
+def clear_cookie(request: Any, *, secure: bool | None = None) -> None:
     """Remove the session cookie."""
-    _cookie(request, "", 0)
+    _cookie(request, "", 0, secure)
+
+
+def cookie_authorization(request: Any) -> bytes | None:
+    """
+    The ``Authorization`` header value (``Bearer TOKEN``) the webmail's
+    cookie stands for (:func:`cookie_bearer`), or ``None``: what the JMAP
+    endpoint's authentication uses when a request has no such header.
+    """
+    token = cookie_bearer(request)
+    return None if token is None else b"Bearer " + token.encode("ascii")
