@@ -88,6 +88,7 @@ async function start(config) {
   state.mail = new Mail(state.client);
   await state.client.connect();
   await Promise.all([state.mail.loadMailboxes(), state.mail.loadIdentities()]);
+  await state.mail.ensureMailboxes();
   state.composer = new Composer(state.mail, { onClose: closeComposer, onSent: refresh });
   $("login-view").hidden = true;
   $("mail-view").hidden = false;

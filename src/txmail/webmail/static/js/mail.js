@@ -14,6 +14,12 @@ export const READ_PROPERTIES = [
   "bodyValues", "hasAttachment", "preview",
 ];
 
+const ROLE_NAMES = {
+  drafts: ["drafts"],
+  sent: ["sent", "sent items", "sent messages"],
+  trash: ["trash", "deleted items", "deleted messages"],
+};
+
 const BODY_PROPERTIES = ["partId", "blobId", "size", "name", "type", "charset", "disposition", "cid"];
 
 export class Mail {
@@ -23,8 +29,11 @@ export class Mail {
     this.identities = [];
   }
 
+  /** The mailbox with a role; failing that, one with the role's usual name. */
   byRole(role) {
-    return this.mailboxes.find((m) => m.role === role) || null;
+    const names = ROLE_NAMES[role] || [];
+    return this.mailboxes.find((m) => m.role === role) ||
+      this.mailboxes.find((m) => !m.role && !m.parentId && names.includes(m.name.toLowerCase())) || null;
   }
 
   mailbox(id) {
@@ -40,6 +49,28 @@ export class Mail {
     }]]);
     this.mailboxes = result.list;
     return this.mailboxes;
+  }
+
+  /**
+   * Create the Drafts, Sent and Trash mailboxes a new account may lack
+   * (with their roles, RFC 8621 section 2), so that drafts, sent mail and
+   * deleted mail have a place.  A refusal leaves things as they are.
+   */
+  async ensureMailboxes() {
+    const wanted = { drafts: "Drafts", sent: "Sent", trash: "Trash" };
+    const create = {};
+    for (const [role, name] of Object.entries(wanted)) {
+      if (!this.byRole(role)) {
+        create[role] = { name, role, parentId: null };
+      }
+    }
+    if (!Object.keys(create).length) return;
+    try {
+      await this.client.request([["Mailbox/set", { create }]]);
+    } catch (e) {
+      console.warn("could not create the special mailboxes", e);
+    }
+    await this.loadMailboxes();
   }
 
   async loadIdentities() {

@@ -1,0 +1,210 @@
+"""
+The webmail in headless Chromium against a real server: mail delivered over
+SMTP, read, answered, moved and searched in the page, checked over IMAP.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from tests.webmail._browser import ALICE, BOB, CAROL, BrowserTestCase, screenshots
+
+try:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+except ImportError:  # pragma: no cover - the tests skip
+    pass
+
+
+class Recorder(resource.Resource):
+    """A tiny HTTP server's root: remembers every path asked for and answers a 1x1 GIF."""
+
+    isLeaf = True
+    GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[bytes] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.requests.append(request.uri)
+        request.setHeader(b"content-type", b"image/gif")
+        return self.GIF
+
+
+class SessionTests(BrowserTestCase):
+    @screenshots
+    async def test_login_read_logout(self) -> None:
+        """Log in; a message delivered over SMTP is listed unread, reads as text, and the unread count goes."""
+        await self.deliver("Lunch on Friday?", "Shall we meet at noon?\n<b>not bold</b>")
+        await self.login()
+        self.assertEqual(await self.text("user-name"), ALICE)
+        inbox = await self.wait(
+            lambda d: d.find_element(By.CSS_SELECTOR, '#folder-list li[data-role="inbox"] .count'), what="unread count"
+        )
+        self.assertEqual(await self.browser(lambda: inbox.text), "1")
+        item = await self.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#message-list li.unread"), what="unread")
+        self.assertIn("Bob", await self.browser(lambda: item.text))
+        await self.open_message("Lunch on Friday?")
+        body = await self.text("message-text")
+        # The text part is shown as text: its markup is not markup.
+        self.assertEqual(body, "Shall we meet at noon?\n<b>not bold</b>")
+        self.assertIn("bob@example.test", await self.text("reader-from"))
+        await self.wait(
+            lambda d: not d.find_elements(By.CSS_SELECTOR, '#folder-list li[data-role="inbox"] .count'),
+            what="the unread count to go",
+        )
+        # The session cookie: HttpOnly and SameSite=Strict, not readable by the page.
+        [cookie] = await self.browser(self.driver.get_cookies)
+        self.assertEqual((cookie["name"], cookie["httpOnly"], cookie["sameSite"]), ("txmail_session", True, "Strict"))
+        self.assertEqual(await self.browser(self.driver.execute_script, "return document.cookie"), "")
+        await self.click("logout-button")
+        await self.element("login-form")
+        await self.browser(self.driver.refresh)
+        await self.element("login-form")
+
+    @screenshots
+    async def test_wrong_password(self) -> None:
+        await self.browser(self.driver.get, self.base + "/")
+        await self.type("login-user", ALICE)
+        await self.type("login-password", "wrong")
+        await self.click("login-submit")
+        await self.wait(lambda d: d.find_element(By.ID, "login-error").text, timeout=15, what="the login error")
+        self.assertEqual(await self.text("login-error"), "Wrong address or password")
+
+
+class MailTests(BrowserTestCase):
+    @screenshots
+    async def test_reply_seen_over_imap(self) -> None:
+        """Alice replies to Bob in the page; Bob sees the reply, threaded, over IMAP."""
+        await self.deliver("Quarterly figures", "Can you check the numbers?")
+        await self.login()
+        await self.open_message("Quarterly figures")
+        await self.click("reply")
+        await self.element("compose-body")
+        self.assertEqual(await self.browser(lambda: self.driver.find_element(By.ID, "compose-to").get_attribute("value")), f"Bob <{BOB}>")
+        self.assertEqual(
+            await self.browser(lambda: self.driver.find_element(By.ID, "compose-subject").get_attribute("value")),
+            "Re: Quarterly figures",
+        )
+        await self.browser(lambda: self.driver.find_element(By.ID, "compose-body").send_keys("They add up."))
+        await self.click("compose-send")
+        await self.server.wait_for_messages(BOB, 1, timeout=10)
+        [reply] = await self.imap_messages(BOB)
+        self.assertEqual(reply["Subject"], "Re: Quarterly figures")
+        self.assertEqual(reply["From"].addresses[0].addr_spec, ALICE)
+        self.assertEqual(str(reply["In-Reply-To"]).strip(), f"<{abs(hash('Quarterly figures'))}@example.test>")
+        text = reply.get_body(preferencelist=("plain",)).get_content()
+        self.assertTrue(text.startswith("They add up."), text)
+        self.assertIn("> Can you check the numbers?", text)
+        # Alice keeps a copy in Sent.
+        [sent] = await self.imap_messages(ALICE, "Sent")
+        self.assertEqual(sent["Subject"], "Re: Quarterly figures")
+
+    @screenshots
+    async def test_move_to_folder(self) -> None:
+        await self.imap(ALICE, lambda c: c.create("Projects"))
+        await self.deliver("Plans for 2027")
+        await self.deliver("Keep me here")
+        await self.login()
+        await self.open_message("Plans for 2027")
+        move = await self.element("move-to")
+        await self.browser(lambda: Select(move).select_by_visible_text("Projects"))
+        await self.wait(lambda d: "Plans for 2027" not in [e.text for e in d.find_elements(By.CSS_SELECTOR, "#message-list .subject")], what="the message to leave the list")
+        self.assertEqual(await self.list_subjects(), ["Keep me here"])
+        [moved] = await self.imap_messages(ALICE, "Projects")
+        self.assertEqual(moved["Subject"], "Plans for 2027")
+        self.assertEqual([m["Subject"] for m in await self.imap_messages(ALICE)], ["Keep me here"])
+        # The folder shows it.
+        await self.browser(lambda: self.driver.find_element(By.CSS_SELECTOR, '#folder-list li:not([data-role="inbox"]) button').click() if False else None)
+        folder = await self.wait(
+            lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "#folder-list button") if b.text.startswith("Projects")][0],
+            what="the Projects folder",
+        )
+        await self.browser(folder.click)
+        await self.wait_for_subject("Plans for 2027")
+
+    @screenshots
+    async def test_search(self) -> None:
+        await self.deliver("Invoice 1042", "Amount due: 300 EUR for the pelican statue")
+        await self.deliver("Holiday pictures", "See the attached beach photos")
+        await self.deliver("Re: the pelican", "Where do we put it?")
+        await self.login()
+        await self.wait_for_subject("Holiday pictures")
+        await self.type("search-input", "pelican\n")
+        await self.wait(lambda d: d.find_element(By.ID, "list-title").text == "Search: pelican", what="search results")
+        await self.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#message-list li")) == 2, what="two results")
+        self.assertEqual(sorted(await self.list_subjects()), ["Invoice 1042", "Re: the pelican"])
+
+    @screenshots
+    async def test_new_message_appears_live(self) -> None:
+        """A message delivered while the page is open is listed without a reload (EventSource push)."""
+        await self.deliver("First")
+        await self.login()
+        await self.wait_for_subject("First")
+        listing = await self.browser(lambda: self.driver.find_element(By.ID, "message-list"))
+        await self.deliver("Second, pushed", to=ALICE, sender=CAROL)
+        await self.wait_for_subject("Second, pushed", timeout=15)
+        # The same list element: the page was not loaded again.
+        self.assertEqual(await self.browser(lambda: listing.get_attribute("id")), "message-list")
+        self.assertEqual(await self.list_subjects(), ["Second, pushed", "First"])
+
+
+class HtmlMailTests(BrowserTestCase):
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        from twisted.internet import reactor
+
+        self.recorder = Recorder()
+        port = reactor.listenTCP(0, server.Site(self.recorder), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.image = f"http://127.0.0.1:{port.getHost().port}/tracker.gif"
+
+    @screenshots
+    async def test_script_never_runs_remote_image_never_loads(self) -> None:
+        html = (
+            "<html><head><title>t</title><script>parent.document.title='owned';window.owned=1</script></head>"
+            "<body><p id=\"greeting\">Hello <b>Alice</b></p>"
+            f'<img src="{self.image}" alt="tracker">'
+            "<img src=\"x\" onerror=\"parent.document.title='owned'\">"
+            "<a href=\"javascript:parent.document.title='owned'\">click</a>"
+            "<script>document.title='owned';parent.document.title='owned'</script></body></html>"
+        )
+        message = (
+            f"From: Bob <{BOB}>\r\nTo: {ALICE}\r\nSubject: Newsletter\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/alternative; boundary=x\r\n\r\n"
+            "--x\r\nContent-Type: text/plain\r\n\r\nHello Alice (text)\r\n"
+            f"--x\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--x--\r\n"
+        ).encode()
+        await self.smtp_send(BOB, [ALICE], message)
+        await self.login()
+        title = await self.browser(lambda: self.driver.title)
+        await self.open_message("Newsletter")
+        frame = await self.element("message-frame")
+        self.assertEqual(await self.browser(lambda: frame.get_attribute("sandbox")), "allow-popups allow-popups-to-escape-sandbox")
+        await self.browser(self.driver.switch_to.frame, frame)
+        try:
+            greeting = await self.wait(lambda d: d.find_element(By.ID, "greeting") if False else d.find_element(By.TAG_NAME, "p"), what="the HTML body")
+            self.assertEqual(await self.browser(lambda: greeting.text), "Hello Alice")
+            self.assertEqual(await self.browser(lambda: len(self.driver.find_elements(By.TAG_NAME, "script"))), 0)
+            sources = await self.browser(
+                lambda: [i.get_attribute("src") for i in self.driver.find_elements(By.TAG_NAME, "img")]
+            )
+            self.assertEqual(sources, [None, None])
+        finally:
+            await self.browser(self.driver.switch_to.default_content)
+        await self.sleep(1.0)
+        self.assertEqual(await self.browser(lambda: self.driver.title), title)
+        self.assertEqual(await self.browser(self.driver.execute_script, "return window.owned === undefined"), True)
+        self.assertEqual(self.recorder.requests, [])
+        # The reader's click shows it: the recorder would have seen a request.
+        await self.click("show-images")
+        deadline = time.monotonic() + 10
+        while not self.recorder.requests and time.monotonic() < deadline:
+            await self.sleep(0.1)
+        self.assertEqual(self.recorder.requests, [b"/tracker.gif"])
+        self.assertEqual(await self.browser(lambda: self.driver.title), title)
