@@ -117,11 +117,23 @@ class ParseRequestTests(SynchronousTestCase):
         self.assertEqual(request.created_ids, {"k": "v"})
 
     def test_not_json(self) -> None:
-        for body in (b"{", b"\xff\xfe", b'{"a": NaN}', b'{"a": 1, "a": 2}', b"[" * 100_000):
+        for body in (
+            b"{",
+            b"\xff\xfe",
+            b'{"a": NaN}',
+            b'{"a": 1, "a": 2}',
+            b'{"a": "\\ud800"}',
+            b'{"\\udc00": 1}',
+            b"[" * 100_000,
+        ):
             e = self.assertRaises(api.RequestError, api.parse_request, body, self.registry, Limits())
             error = e.to_json()
             self.assertEqual(error["type"], "urn:ietf:params:jmap:error:notJSON", body[:10])
             self.assertEqual(error["status"], 400)
+
+    def test_surrogate_pairs(self) -> None:
+        document = api.parse_json(b'{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}')
+        self.assertEqual(document, {"a": "\U0001f600", "b": "\\ud800"})
 
     def test_content_type(self) -> None:
         api.check_content_type("application/json")
@@ -504,11 +516,16 @@ class SessionTests(SynchronousTestCase):
 
 class SansIOTests(SynchronousTestCase):
     def test_no_twisted_import(self) -> None:
-        import txmail.web.api as module
+        import txmail.web.api
+        import txmail.web.tokens
 
-        with open(os.path.splitext(module.__file__)[0] + ".py", encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        names = [
-            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-        ] + [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-        self.assertEqual([n for n in names if n.split(".")[0] in ("twisted", "zope")], [])
+        for module in (txmail.web.api, txmail.web.tokens):
+            with open(os.path.splitext(module.__file__)[0] + ".py", encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            names = [
+                alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+            ]
+            names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+            self.assertEqual(
+                [n for n in names if n.split(".")[0] in ("twisted", "zope")], [], module.__name__
+            )

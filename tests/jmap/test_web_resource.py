@@ -17,7 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import getChildForRequest
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from txmail.auth.authenticator import Authenticator
 from txmail.directory import MemoryDirectory
@@ -25,7 +25,7 @@ from txmail.jmap.core import CORE, CallContext, Capability, Limits, Registry
 from txmail.store.memory import MemoryProvider
 from txmail.web import api, capabilities
 from txmail.web.blobs import BlobStore
-from txmail.web.resource import JMAPEndpoint, JMAPSite, content_disposition, root_resource
+from txmail.web.resource import BoundedRequest, JMAPEndpoint, JMAPSite, content_disposition, root_resource
 from txmail.web.tokens import TokenStore
 
 __all__ = ["ALICE", "BOB", "TEST", "Fixture", "Request", "basic"]
@@ -64,7 +64,7 @@ class Request(DummyRequest):
             self.requestHeaders.setRawHeaders(key, [value])
         for pair in filter(None, query.split("&")):
             name, _, value = pair.partition("=")
-            self.addArg(name.encode(), urllib.parse.unquote_to_bytes(value))
+            self.args.setdefault(name.encode(), []).append(urllib.parse.unquote_to_bytes(value))
 
     def isSecure(self) -> bool:
         return self.secure
@@ -547,6 +547,32 @@ class BlobTests(TestCase):
 
 
 class SiteTests(TestCase):
+    def test_bounded_request(self) -> None:
+        web = Fixture(self, limits=Limits(max_size_request=10, max_size_upload=20))
+        site = JMAPSite(web.endpoint)
+        site.max_body = 20
+        channel = DummyChannel()
+        channel.site = site
+        # A declared length beyond the bound: nothing is kept.
+        request = BoundedRequest(channel)
+        request.gotLength(21)
+        request.handleContentChunk(b"x" * 21)
+        self.assertTrue(request.body_too_large)
+        self.assertEqual(request.content.read(), b"")
+        # Chunked (no length): kept up to the bound, then dropped.
+        request = BoundedRequest(channel)
+        request.gotLength(None)
+        request.handleContentChunk(b"x" * 15)
+        self.assertFalse(request.body_too_large)
+        request.handleContentChunk(b"x" * 6)
+        self.assertTrue(request.body_too_large)
+        request = BoundedRequest(channel)
+        request.gotLength(20)
+        request.handleContentChunk(b"y" * 20)
+        self.assertFalse(request.body_too_large)
+        request.content.seek(0)
+        self.assertEqual(request.content.read(), b"y" * 20)
+
     def test_body_bound(self) -> None:
         web = Fixture(self, limits=Limits(max_size_request=1000, max_size_upload=2000))
         site = JMAPSite(web.endpoint)

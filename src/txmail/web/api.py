@@ -62,6 +62,8 @@ PROBLEM_TYPE = "application/problem+json"
 #: Longest JSON Pointer (in reference tokens) a result reference may use.
 MAX_POINTER_TOKENS = 64
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
 #: The characters of a JMAP Id (RFC 8620 section 1.2).
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
@@ -153,11 +155,17 @@ def parse_json(body: bytes) -> Any:
     """
     try:
         text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE.search(text):
+            # An escaped surrogate: only a pair is a character (RFC 7493 section 2.1).
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ValueError("a lone surrogate") from None
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
+    return document
 
 
 def parse_request(body: bytes, registry: Registry, limits: Limits) -> JMAPRequest:
