@@ -37,6 +37,7 @@ __all__ = [
     "parse_message",
     "part_blob_id",
     "split_blob_id",
+    "structure_parts",
     "utc_date",
 ]
 
@@ -72,7 +73,13 @@ def form_allowed(name: str, form: str) -> bool:
 
 
 def decode_raw(value: str) -> str:
-    """A raw header value (latin-1 decoded octets) as JMAP's ``asRaw``: the octets as UTF-8, bad ones replaced."""
+    """
+    A raw header value (latin-1 decoded octets) as JMAP's ``asRaw``
+    (section 4.1.2.1): without the field's final line end, the octets as
+    UTF-8, bad ones replaced.
+    """
+    if value.endswith("\n"):
+        value = value[:-2] if value.endswith("\r\n") else value[:-1]
     try:
         return value.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:
@@ -366,6 +373,38 @@ def parse_message(message: bytes) -> tuple[Part, tuple[tuple[str, str], ...]]:
     # gives the body structure the MIME fields only... and every field is
     # what clients expect of "headers": keep all.
     return top, tuple(root.fields)
+
+
+def structure_parts(structure: tuple[Any, ...], part_id: str = "") -> Part:
+    """
+    A :class:`Part` tree (types, dispositions and names only) from an IMAP
+    BODYSTRUCTURE (:attr:`txmail.model.MessageMetadata.body_structure`):
+    enough for :func:`classify` without reading the message.
+    """
+    if structure and isinstance(structure[0], tuple):
+        children = []
+        i = 0
+        while i < len(structure) and isinstance(structure[i], tuple):
+            children.append(structure_parts(structure[i], f"{part_id}.{i + 1}" if part_id else str(i + 1)))
+            i += 1
+        subtype = structure[i] if i < len(structure) and isinstance(structure[i], str) else "MIXED"
+        return Part(None, f"multipart/{subtype}".lower(), (), sub_parts=children)
+    try:
+        typ, sub, params = str(structure[0]), str(structure[1]), structure[2]
+    except (IndexError, TypeError):
+        return Part(part_id or "1", "text/plain", ())
+    extra = 1 if typ == "TEXT" else 3 if (typ, sub) == ("MESSAGE", "RFC822") else 0
+    disposition = structure[8 + extra] if len(structure) > 8 + extra else None
+    if not isinstance(disposition, tuple) or not disposition or not isinstance(disposition[0], str):
+        disposition = None
+    name = (_param(disposition[1], "FILENAME") if disposition else None) or _param(params, "NAME")
+    return Part(
+        part_id or "1",
+        f"{typ}/{sub}".lower(),
+        (),
+        disposition=disposition[0].lower() if disposition else None,
+        name=name,
+    )
 
 
 def _inline_media(mime_type: str) -> bool:

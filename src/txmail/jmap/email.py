@@ -380,28 +380,30 @@ async def _set_keywords(view: MailView, email_id: str, keywords: set[str]) -> No
             await box.mailbox.set_flags([info.uid], new, FlagMode.REPLACE)
 
 
-async def _remove_copy(box: Any, uid: int) -> None:
+async def _remove_copy(mailbox: Any, uid: int) -> None:
     """Expunge one message: ``\\Deleted`` on it alone, then UID EXPUNGE of it alone."""
-    await box.mailbox.set_flags([uid], [DELETED], FlagMode.ADD)
-    await box.mailbox.expunge([uid])
+    await mailbox.set_flags([uid], [DELETED], FlagMode.ADD)
+    await mailbox.expunge([uid])
 
 
 async def _set_mailboxes(view: MailView, email_id: str, targets: set[str]) -> None:
-    copies = {box.id: (box, info) for box, info in view.emails[email_id]}
+    copies = {box.id: (box.mailbox, info.uid) for box, info in view.emails[email_id]}
     add = [t for t in sorted(targets) if t not in copies]
-    remove = [c for c in copies if c not in targets]
+    remove = [c for c in sorted(copies) if c not in targets]
     if add and remove:
-        box, info = copies.pop(remove.pop(0))
-        await box.mailbox.move([info.uid], view.boxes[add.pop(0)].mailbox)
-    if add:
-        source, info = next(iter(copies.values())) if copies else (None, None)
-        if source is None:  # pragma: no cover - a move above left no copy but added one
-            return
-        for target in add:
-            await source.mailbox.copy([info.uid], view.boxes[target].mailbox)
+        # A MOVE (RFC 6851) for the first pair: the copy keeps its EMAILID.
+        mailbox, uid = copies.pop(remove.pop(0))
+        target = view.boxes[add.pop(0)].mailbox
+        pairs = await mailbox.move([uid], target)
+        for _, new_uid in pairs:
+            copies[""] = (target, new_uid)
+    if add and copies:
+        mailbox, uid = next(iter(copies.values()))
+        for box_id in add:
+            await mailbox.copy([uid], view.boxes[box_id].mailbox)
     for box_id in remove:
-        box, info = copies[box_id]
-        await _remove_copy(box, info.uid)
+        mailbox, uid = copies[box_id]
+        await _remove_copy(mailbox, uid)
 
 
 _IMMUTABLE = PROPERTIES - {"keywords", "mailboxIds"}
@@ -451,7 +453,7 @@ async def _destroy_one(view: MailView, email_id: str) -> dict[str, Any] | None:
     if not copies:
         return set_error("notFound")
     for box, info in copies:
-        await _remove_copy(box, info.uid)
+        await _remove_copy(box.mailbox, info.uid)
     return None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txmail.jmap import email, mailbox, thread
+from txmail.jmap import email, mailbox, query, thread
 from txmail.jmap.core import MAIL, SUBMISSION, CallContext, Capability
 from txmail.jmap.state import mail_view
 
@@ -54,6 +54,7 @@ def capabilities() -> list[Capability]:
     methods: dict[str, Any] = {}
     methods.update(mailbox.METHODS)
     methods.update(email.METHODS)
+    methods.update(query.METHODS)
     methods.update(thread.METHODS)
     return [
         Capability(MAIL, {}, mail_account, methods, states, email.blob),

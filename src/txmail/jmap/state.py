@@ -220,6 +220,8 @@ class MailView:
         self.emails = emails
         self._by_date: list[str] | None = None
         self._counts: dict[str, tuple[int, int, int, int]] | None = None
+        #: Email/query results of this view, by query (see :mod:`txmail.jmap.query`).
+        self.queries: dict[str, list[str]] = {}
 
     # -- ids and names -------------------------------------------------------
 
