@@ -14,6 +14,7 @@ missing.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import email
 import email.policy
 import functools
@@ -129,12 +130,24 @@ class BrowserTestCase(TestCase):
     def setUp(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self.asyncSetUp())
 
+    def needMethods(self, *names: str) -> None:
+        """Skip unless the server's JMAP endpoint has the methods *names* (the mail methods still arriving)."""
+        from txmail.jmap.core import Registry
+        from txmail.web import capabilities
+
+        registry = Registry(capabilities(None))
+        missing = [name for name in names if registry.method(name) is None]
+        if missing:
+            raise SkipTest(f"the JMAP endpoint has no {', '.join(missing)} yet")
+
     # -- the browser, in a thread --
 
     def browser(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThread(fn, *args)
 
-    def wait(self, condition: Callable[[Any], Any], timeout: float = 10.0, what: str = "") -> defer.Deferred[Any]:
+    def wait(
+        self, condition: Callable[[Any], Any], timeout: float = 10.0, what: str = ""
+    ) -> defer.Deferred[Any]:
         """Fires with *condition(driver)* once it is true (in the browser's thread); fails after *timeout*."""
 
         def check(driver: Any) -> Any:
@@ -163,8 +176,17 @@ class BrowserTestCase(TestCase):
     def text(self, element_id: str) -> defer.Deferred[str]:
         return self.browser(lambda: self.driver.find_element(By.ID, element_id).text)
 
-    def click(self, element_id: str) -> defer.Deferred[None]:
-        return self.element(element_id).addCallback(lambda e: self.browser(e.click))
+    def click(self, element_id: str) -> defer.Deferred[Any]:
+        """Click the element with id *element_id* once it shows (found again if the page redrew it)."""
+
+        def clicked(driver: Any) -> bool:
+            found = driver.find_element(By.ID, element_id)
+            if not found.is_displayed() or not found.is_enabled():
+                return False
+            found.click()
+            return True
+
+        return self.wait(clicked, what=f"#{element_id} to click")
 
     def type(self, element_id: str, text: str) -> defer.Deferred[None]:
         def run() -> None:
@@ -192,11 +214,36 @@ class BrowserTestCase(TestCase):
         return self.wait(listed, timeout, f"{subject!r} in the message list")
 
     async def open_message(self, subject: str) -> None:
-        button = await self.wait_for_subject(subject)
-        await self.browser(button.click)
+        """Click the message with *subject* in the list; wait for the reader to show it."""
+
+        def clicked(driver: Any) -> bool:
+            for item in driver.find_elements(By.CSS_SELECTOR, "#message-list li"):
+                if item.find_element(By.CSS_SELECTOR, ".subject").text == subject:
+                    item.find_element(By.TAG_NAME, "button").click()
+                    return True
+            return False
+
+        await self.wait(clicked, what=f"{subject!r} to click in the message list")
         await self.wait(
-            lambda d: d.find_element(By.ID, "reader-subject").text == subject, what=f"{subject!r} in the reader"
+            lambda d: d.find_element(By.ID, "reader-subject").text == subject,
+            what=f"{subject!r} in the reader",
         )
+
+    def open_folder(self, name: str) -> defer.Deferred[Any]:
+        """Click the folder *name* in the folder list; wait for the list to show it."""
+
+        def clicked(driver: Any) -> bool:
+            for button in driver.find_elements(By.CSS_SELECTOR, "#folder-list button"):
+                if button.find_element(By.CSS_SELECTOR, ".name").text == name:
+                    button.click()
+                    return True
+            return False
+
+        d = self.wait(clicked, what=f"the folder {name!r} to click")
+        d.addCallback(
+            lambda _: self.wait(lambda dr: dr.find_element(By.ID, "list-title").text == name, what=name)
+        )
+        return d
 
     # -- the page --
 
@@ -221,7 +268,9 @@ class BrowserTestCase(TestCase):
 
         return threads.deferToThread(run)
 
-    def deliver(self, subject: str, body: str = "hello", *, to: str = ALICE, sender: str = BOB) -> defer.Deferred[Any]:
+    def deliver(
+        self, subject: str, body: str = "hello", *, to: str = ALICE, sender: str = BOB
+    ) -> defer.Deferred[Any]:
         message = (
             f"From: Bob <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
             f"Message-ID: <{abs(hash(subject))}@example.test>\r\n"
@@ -238,14 +287,14 @@ class BrowserTestCase(TestCase):
                 client.login(user, PASSWORD)
                 return fn(client)
             finally:
-                try:
+                with contextlib.suppress(Exception):
                     client.logout()
-                except Exception:
-                    pass
 
         return threads.deferToThread(run)
 
-    def imap_messages(self, user: str, mailbox: str = "INBOX") -> defer.Deferred[list[email.message.EmailMessage]]:
+    def imap_messages(
+        self, user: str, mailbox: str = "INBOX"
+    ) -> defer.Deferred[list[email.message.EmailMessage]]:
         """The messages in *user*'s *mailbox*, over IMAP."""
 
         def fetch(client: imaplib.IMAP4) -> list[email.message.EmailMessage]:

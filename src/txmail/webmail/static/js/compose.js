@@ -9,7 +9,7 @@ function prefixed(prefix, subject) {
 }
 
 function quote(text) {
-  return text.split("\n").map((line) => `> ${line}`).join("\n");
+  return text.replace(/\s+$/, "").split("\n").map((line) => `> ${line}`).join("\n");
 }
 
 export class Composer {
