@@ -311,6 +311,19 @@ class BrowserTestCase(TestCase):
 
         return self.imap(user, fetch)
 
+    def imap_flags(self, user: str, subject: str, mailbox: str = "INBOX") -> defer.Deferred[set[str]]:
+        """The flags of the message with *subject* in *user*'s *mailbox*, over IMAP."""
+
+        def fetch(client: imaplib.IMAP4) -> set[str]:
+            client.select(mailbox, readonly=True)
+            _, data = client.uid("SEARCH", "SUBJECT", f'"{subject}"')
+            [uid] = data[0].split()
+            _, parts = client.uid("FETCH", uid, "(FLAGS)")
+            flags = parts[0].decode().split("FLAGS (", 1)[1].split(")", 1)[0]
+            return set(flags.split()) - {"\\Recent"}
+
+        return self.imap(user, fetch)
+
     def sleep(self, seconds: float) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
         reactor.callLater(seconds, d.callback, None)

@@ -147,6 +147,41 @@ class MailTests(BrowserTestCase):
         await self.wait_for_subject("Plans for 2027")
 
     @screenshots
+    async def test_flag_unread_delete(self) -> None:
+        """Flag, mark unread, delete to Trash and then for good; IMAP sees each step."""
+        await self.deliver("Keep an eye on this")
+        await self.deliver("Spam offer")
+        await self.login()
+        await self.open_message("Keep an eye on this")
+        await self.click("flag")
+        await self.wait(lambda d: d.find_element(By.ID, "flag").text == "Unflag", what="Unflag")
+        self.assertEqual(await self.imap_flags(ALICE, "Keep an eye on this"), {"\\Flagged", "\\Seen"})
+        await self.click("mark-unread")
+        await self.wait(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#message-list li.unread .flag"),
+            what="flagged and unread",
+        )
+        self.assertEqual(await self.imap_flags(ALICE, "Keep an eye on this"), {"\\Flagged"})
+        await self.open_message("Spam offer")
+        await self.click("delete")
+        await self.wait(
+            lambda d: (
+                "Spam offer"
+                not in [e.text for e in d.find_elements(By.CSS_SELECTOR, "#message-list .subject")]
+            ),
+            what="the message to leave the list",
+        )
+        self.assertEqual([m["Subject"] for m in await self.imap_messages(ALICE, "Trash")], ["Spam offer"])
+        self.assertEqual([m["Subject"] for m in await self.imap_messages(ALICE)], ["Keep an eye on this"])
+        await self.open_folder("Trash")
+        await self.open_message("Spam offer")
+        await self.click("delete")
+        await self.wait(
+            lambda d: not d.find_elements(By.CSS_SELECTOR, "#message-list li"), what="an empty Trash"
+        )
+        self.assertEqual(await self.imap_messages(ALICE, "Trash"), [])
+
+    @screenshots
     async def test_search(self) -> None:
         await self.deliver("Invoice 1042", "Amount due: 300 EUR for the pelican statue")
         await self.deliver("Holiday pictures", "See the attached beach photos")
