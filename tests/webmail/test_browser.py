@@ -5,6 +5,8 @@ SMTP, read, answered, moved and searched in the page, checked over IMAP.
 
 from __future__ import annotations
 
+import base64
+import os
 import time
 from typing import Any
 
@@ -121,6 +123,80 @@ class MailTests(BrowserTestCase):
         # Alice keeps a copy in Sent.
         [sent] = await self.imap_messages(ALICE, "Sent")
         self.assertEqual(sent["Subject"], "Re: Quarterly figures")
+
+    @screenshots
+    async def test_forward_with_attachments(self) -> None:
+        """Forward keeps the original's attachment and adds an uploaded file; Carol gets both over IMAP."""
+        self.needMethods("Email/set", "Identity/get", "EmailSubmission/set")
+        message = (
+            f"From: Bob <{BOB}>\r\nTo: {ALICE}\r\nSubject: The report\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=m\r\n\r\n"
+            "--m\r\nContent-Type: text/plain\r\n\r\nThe report is attached.\r\n"
+            "--m\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=report.pdf\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcOkw7zDtsOfCg==\r\n--m--\r\n"
+        ).encode()
+        await self.smtp_send(BOB, [ALICE], message)
+        upload = os.path.abspath(self.mktemp())
+        with open(upload, "wb") as f:
+            f.write(b"notes from alice\n")
+        await self.login()
+        await self.open_message("The report")
+        self.assertIn("report.pdf", await self.text("attachments"))
+        await self.click("forward")
+        await self.wait(
+            lambda d: "report.pdf" in d.find_element(By.ID, "compose-attachments").text, what="the attachment"
+        )
+        await self.type("compose-to", CAROL)
+        await self.browser(lambda: self.driver.find_element(By.ID, "compose-files").send_keys(upload))
+        name = os.path.basename(upload)
+        await self.wait(
+            lambda d: name in d.find_element(By.ID, "compose-attachments").text, what="the upload"
+        )
+        await self.click("compose-send")
+        await self.server.wait_for_messages(CAROL, 1, timeout=10)
+        [forwarded] = await self.imap_messages(CAROL)
+        self.assertEqual(forwarded["Subject"], "Fwd: The report")
+        attachments = {part.get_filename(): part.get_content() for part in forwarded.iter_attachments()}
+        self.assertEqual(attachments["report.pdf"], base64.b64decode("JVBERi0xLjQKJcOkw7zDtsOfCg=="))
+        self.assertEqual(attachments[name], b"notes from alice\n")
+        self.assertIn("The report is attached.", forwarded.get_body(preferencelist=("plain",)).get_content())
+
+    @screenshots
+    async def test_draft_saved_then_sent(self) -> None:
+        self.needMethods("Email/set", "Identity/get", "EmailSubmission/set")
+        await self.login()
+        await self.click("compose-button")
+        await self.type("compose-to", CAROL)
+        await self.type("compose-subject", "Plan for Monday")
+        await self.type("compose-body", "First draft")
+        await self.click("compose-save")
+        await self.wait(
+            lambda d: d.find_element(By.ID, "compose-status").text == "Draft saved", what="Draft saved"
+        )
+        [draft] = await self.imap_messages(ALICE, "Drafts")
+        self.assertEqual(draft["Subject"], "Plan for Monday")
+        self.assertIn("\\Draft", await self.imap_flags(ALICE, "Plan for Monday", "Drafts"))
+        await self.click("compose-discard")
+        await self.open_folder("Drafts")
+        await self.wait_for_subject("Plan for Monday")
+
+        def open_draft(driver: Any) -> bool:
+            driver.find_element(By.CSS_SELECTOR, "#message-list li button").click()
+            return True
+
+        await self.wait(open_draft, what="the draft to open")
+        await self.wait(
+            lambda d: d.find_element(By.ID, "compose-subject").get_attribute("value") == "Plan for Monday",
+            what="the draft in the composer",
+        )
+        await self.browser(lambda: self.driver.find_element(By.ID, "compose-body").send_keys(" and final"))
+        await self.click("compose-send")
+        [sent] = await self.server.wait_for_messages(CAROL, 1, timeout=10)
+        self.assertIn(b"First draft and final", sent)
+        await self.wait(
+            lambda d: not d.find_elements(By.CSS_SELECTOR, "#message-list li"), what="no drafts left"
+        )
+        self.assertEqual(await self.imap_messages(ALICE, "Drafts"), [])
 
     @screenshots
     async def test_move_to_folder(self) -> None:

@@ -138,7 +138,12 @@ function listFilter() {
 }
 
 async function loadList() {
-  const page = await state.mail.list(listFilter(), state.position, PAGE_SIZE);
+  let page = await state.mail.list(listFilter(), state.position, PAGE_SIZE);
+  if (!page.emails.length && state.position > 0) {
+    // The last page emptied (deleted, moved): show the one before.
+    state.position = Math.max(0, state.position - PAGE_SIZE);
+    page = await state.mail.list(listFilter(), state.position, PAGE_SIZE);
+  }
   state.total = page.total;
   state.position = page.position;
   const box = state.mail.mailbox(state.mailboxId);
@@ -185,7 +190,8 @@ async function search(event) {
 
 async function openEmail(summary) {
   const email = await state.mail.read(summary.id);
-  if ((email.keywords || {}).$draft && state.mail.mailbox(state.mailboxId)?.role === "drafts") {
+  const drafts = state.mail.byRole("drafts");
+  if ((email.keywords || {}).$draft && drafts && email.mailboxIds[drafts.id]) {
     state.composer.open({ draft: email });
     return openComposer();
   }
