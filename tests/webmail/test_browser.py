@@ -47,15 +47,15 @@ class SessionTests(BrowserTestCase):
         await self.deliver("Lunch on Friday?", "Shall we meet at noon?\n<b>not bold</b>")
         await self.login()
         self.assertEqual(await self.text("user-name"), ALICE)
-        inbox = await self.wait(
-            lambda d: d.find_element(By.CSS_SELECTOR, '#folder-list li[data-role="inbox"] .count'),
-            what="unread count",
+        count = await self.wait(
+            lambda d: d.find_element(By.CSS_SELECTOR, '#folder-list li[data-role="inbox"] .count').text,
+            what="the unread count",
         )
-        self.assertEqual(await self.browser(lambda: inbox.text), "1")
+        self.assertEqual(count, "1")
         item = await self.wait(
-            lambda d: d.find_element(By.CSS_SELECTOR, "#message-list li.unread"), what="unread"
+            lambda d: d.find_element(By.CSS_SELECTOR, "#message-list li.unread").text, what="unread"
         )
-        self.assertIn("Bob", await self.browser(lambda: item.text))
+        self.assertIn("Bob", item)
         await self.open_message("Lunch on Friday?")
         body = await self.text("message-text")
         # The text part is shown as text: its markup is not markup.
@@ -75,6 +75,38 @@ class SessionTests(BrowserTestCase):
         await self.element("login-form")
         await self.browser(self.driver.refresh)
         await self.element("login-form")
+
+    @screenshots
+    async def test_phone_layout(self) -> None:
+        """On a narrow screen one pane shows at a time: list, message, back to the list, folders."""
+        await self.deliver("Small screen")
+        await self.browser(self.driver.set_window_size, 400, 800)
+        self.addCleanup(lambda: self.browser(self.driver.set_window_size, 1280, 900))
+        await self.login()
+
+        def shown(driver: Any) -> dict[str, bool]:
+            panes = ("folder-pane", "list-pane", "reader-pane")
+            return {pane: driver.find_element(By.ID, pane).is_displayed() for pane in panes}
+
+        await self.wait_for_subject("Small screen")
+        self.assertEqual(
+            await self.browser(shown, self.driver),
+            {"folder-pane": False, "list-pane": True, "reader-pane": False},
+        )
+        await self.open_message("Small screen")
+        self.assertEqual(
+            await self.browser(shown, self.driver),
+            {"folder-pane": False, "list-pane": False, "reader-pane": True},
+        )
+        width = await self.browser(self.driver.execute_script, "return document.documentElement.scrollWidth")
+        self.assertLessEqual(width, 400)
+        await self.click("nav-back")
+        await self.wait(lambda d: d.find_element(By.ID, "list-pane").is_displayed(), what="the list again")
+        await self.click("nav-folders")
+        await self.wait(lambda d: d.find_element(By.ID, "folder-pane").is_displayed(), what="the folders")
+        self.assertFalse(
+            await self.browser(lambda: self.driver.find_element(By.ID, "list-pane").is_displayed())
+        )
 
     @screenshots
     async def test_wrong_password(self) -> None:
@@ -328,13 +360,17 @@ class HtmlMailTests(BrowserTestCase):
 
     @screenshots
     async def test_script_never_runs_remote_image_never_loads(self) -> None:
+        # Every script would tell the recorder (a beacon works from any
+        # origin) and try to change the page's title and globals.
+        beacon = self.image.replace("tracker.gif", "script-ran")
+        run = f"new Image().src='{beacon}';parent.document.title='owned';window.owned=1"
         html = (
-            "<html><head><title>t</title><script>parent.document.title='owned';window.owned=1</script></head>"
-            '<body><p id="greeting">Hello <b>Alice</b></p>'
+            f"<html><head><title>t</title><script>{run}</script></head>"
+            f'<body onload="{run}"><p id="greeting">Hello <b>Alice</b></p>'
             f'<img src="{self.image}" alt="tracker">'
-            '<img src="x" onerror="parent.document.title=\'owned\'">'
-            "<a href=\"javascript:parent.document.title='owned'\">click</a>"
-            "<script>document.title='owned';parent.document.title='owned'</script></body></html>"
+            f'<img src="x" onerror="{run}">'
+            f'<a href="javascript:{run}">click</a>'
+            f"<script>{run}</script></body></html>"
         )
         message = (
             f"From: Bob <{BOB}>\r\nTo: {ALICE}\r\nSubject: Newsletter\r\nMIME-Version: 1.0\r\n"
@@ -346,12 +382,16 @@ class HtmlMailTests(BrowserTestCase):
         await self.login()
         title = await self.browser(lambda: self.driver.title)
         await self.open_message("Newsletter")
-        frame = await self.element("message-frame")
-        self.assertEqual(
-            await self.browser(lambda: frame.get_attribute("sandbox")),
-            "allow-popups allow-popups-to-escape-sandbox",
+        sandbox = await self.wait(
+            lambda d: d.find_element(By.ID, "message-frame").get_attribute("sandbox"), what="the frame"
         )
-        await self.browser(self.driver.switch_to.frame, frame)
+        self.assertEqual(sandbox, "allow-popups allow-popups-to-escape-sandbox")
+
+        def enter(driver: Any) -> bool:
+            driver.switch_to.frame(driver.find_element(By.ID, "message-frame"))
+            return True
+
+        await self.wait(enter, what="the frame to enter")
         try:
             greeting = await self.wait(lambda d: d.find_element(By.TAG_NAME, "p"), what="the HTML body")
             self.assertEqual(await self.browser(lambda: greeting.text), "Hello Alice")
