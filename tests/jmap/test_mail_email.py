@@ -440,3 +440,64 @@ class MemoryEmailTests(EmailTestsMixin, TestCase):
 
 class MaildirEmailTests(MaildirMixin, EmailTestsMixin, TestCase):
     """Over the Maildir store."""
+
+
+class IncrementalViewMixin(MailMixin):
+    """The view patched with each mailbox's changes is the view built anew (:meth:`MailView.updated`)."""
+
+    def test_patched_view_equals_fresh_view(self) -> None:
+        import random
+
+        from txmail.jmap import state
+
+        rng = random.Random(14)
+        self.successResultOf(self.store.create_mailbox("Other"))
+        names = [INBOX, "Other"]
+        for step in range(120):
+            box = self.box(rng.choice(names))
+            infos = self.successResultOf(box.list_messages())
+            action = rng.randrange(5)
+            if action == 0 or not infos:
+                box.append(make_message(f"m{step}"), (), 1000 + rng.randrange(100))
+            elif action == 1:
+                uid = rng.choice(infos).uid
+                self.successResultOf(
+                    box.set_flags([uid], [SEEN], rng.choice([FlagMode.ADD, FlagMode.REMOVE]))
+                )
+            elif action == 2:
+                uid = rng.choice(infos).uid
+                self.successResultOf(box.set_flags([uid], [DELETED], FlagMode.ADD))
+                self.successResultOf(box.expunge([uid]))
+            elif action == 3:
+                other = self.box(rng.choice([n for n in names if n != box.name]))
+                self.successResultOf(box.copy([rng.choice(infos).uid], other))
+            else:
+                other = self.box(rng.choice([n for n in names if n != box.name]))
+                self.successResultOf(box.move([rng.choice(infos).uid], other))
+            view = self.successResultOf(defer.ensureDeferred(state.mail_view(self.store)))
+            fresh = state.MailView(self.store, view.cache, list(view.boxes.values()))
+            self.assertEqual(view.order, fresh.order)
+            self.assertEqual(
+                {e: [(b.id, i) for b, i in c] for e, c in view.emails.items()},
+                {e: [(b.id, i) for b, i in c] for e, c in fresh.emails.items()},
+            )
+            fast = self.call(
+                "Email/query", {"filter": {"inMailbox": self.box().mailbox_id}, "collapseThreads": True}
+            )
+            full = self.call(
+                "Email/query",
+                {
+                    "filter": {"inMailbox": self.box().mailbox_id},
+                    "collapseThreads": True,
+                    "calculateTotal": True,
+                },
+            )
+            self.assertEqual(fast["ids"], full["ids"])
+
+
+class MemoryIncrementalViewTests(IncrementalViewMixin, TestCase):
+    """Over the memory store."""
+
+
+class MaildirIncrementalViewTests(MaildirMixin, IncrementalViewMixin, TestCase):
+    """Over the Maildir store."""

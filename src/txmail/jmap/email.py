@@ -203,6 +203,11 @@ def _body_options(arguments: dict[str, Any]) -> tuple[bool, bool, bool, int]:
     )
 
 
+_PARSED_PROPS = frozenset(("bodyStructure", "textBody", "htmlBody", "attachments", "bodyValues"))
+#: The kind of the records (:class:`txmail.interfaces.IRecordCache`) keeping previews.
+PREVIEW_RECORDS = "jmap-preview-1"
+
+
 def body_properties(
     email_id: str,
     message: bytes,
@@ -210,7 +215,7 @@ def body_properties(
     body_props: list[str],
     options: tuple[bool, bool, bool, int],
 ) -> dict[str, Any]:
-    """The body properties of section 4.1.4 of one message."""
+    """The body properties of section 4.1.4 of one message that need its octets parsed."""
     root, _fields = bodies.parse_message(message)
     text, html, attachments = bodies.classify(root)
     out: dict[str, Any] = {}
@@ -222,10 +227,6 @@ def body_properties(
         out["htmlBody"] = [p.to_json(email_id, message, body_props) for p in html]
     if "attachments" in wanted:
         out["attachments"] = [p.to_json(email_id, message, body_props) for p in attachments]
-    if "hasAttachment" in wanted:
-        out["hasAttachment"] = bool(attachments)
-    if "preview" in wanted:
-        out["preview"] = mime.preview(message)
     if "bodyValues" in wanted:
         fetch_text, fetch_html, fetch_all, max_bytes = options
         parts: list[bodies.Part] = []
@@ -238,6 +239,46 @@ def body_properties(
             if part.part_id is not None and part.type.startswith("text/") and part.part_id not in values:
                 values[part.part_id] = bodies.body_value(part, message, max_bytes)
         out["bodyValues"] = values
+    return out
+
+
+def has_attachment(md: Any) -> bool:
+    """``hasAttachment``: section 4.1.4's ``attachments`` is not empty, from the cached BODYSTRUCTURE."""
+    return md is not None and bool(bodies.classify(bodies.structure_parts(md.body_structure))[2])
+
+
+async def previews(view: MailView, email_ids: list[str]) -> dict[str, str]:
+    """
+    The ``preview`` of Emails (:func:`txmail.mime.preview`, RFC 8970's),
+    computed once: kept by EMAILID in memory, and in the first copy's
+    mailbox's records when it keeps records (:class:`txmail.interfaces.IRecordCache`,
+    across restarts).
+    """
+    known = view.cache.previews
+    out = {e: known[e] for e in email_ids if e in known}
+    wanted: dict[str, dict[int, str]] = {}
+    for eid in email_ids:
+        if eid not in out and eid in view.emails:
+            box, info = view.emails[eid][0]
+            wanted.setdefault(box.id, {})[info.uid] = eid
+    for box_id, uids in wanted.items():
+        mailbox = view.boxes[box_id].mailbox
+        records = hasattr(mailbox, "cached_records")
+        found = await mailbox.cached_records(PREVIEW_RECORDS, list(uids)) if records else {}
+        new = {}
+        for uid, eid in uids.items():
+            record = found.get(uid)
+            if record is not None and len(record) == 2 and record[0] == "p":
+                text = str(record[1])
+            else:
+                message = await read_email(view, eid)
+                if message is None:
+                    continue
+                text = mime.preview(message)
+                new[uid] = ("p", text)
+            known[eid] = out[eid] = text
+        if new and records:
+            await mailbox.cache_records(PREVIEW_RECORDS, new)
     return out
 
 
@@ -256,9 +297,12 @@ async def email_get(context: CallContext, arguments: dict[str, Any]) -> dict[str
         ids = list(view.emails)
     found_ids = [i for i in ids if i in view.emails]
     not_found = [i for i in ids if i not in view.emails]
-    needs_headers = any(p in _CONVENIENCE or p == "headers" or p.startswith("header:") for p in wanted)
-    needs_body = any(p in _BODY_PROPS for p in wanted)
+    needs_headers = any(
+        p in _CONVENIENCE or p in ("headers", "hasAttachment") or p.startswith("header:") for p in wanted
+    )
+    needs_body = any(p in _PARSED_PROPS for p in wanted)
     metadata = await _metadata(view, found_ids) if needs_headers else {}
+    texts = await previews(view, found_ids) if "preview" in wanted else {}
     threads = await view.thread_ids(found_ids) if "threadId" in wanted else {}
     result = []
     for eid in found_ids:
@@ -287,6 +331,10 @@ async def email_get(context: CallContext, arguments: dict[str, Any]) -> dict[str
                 obj[prop] = [{"name": n, "value": bodies.decode_raw(v)} for n, v in fields]
             elif prop.startswith("header:"):
                 obj[prop] = bodies.header_property(fields, prop)
+            elif prop == "hasAttachment":
+                obj[prop] = has_attachment(md)
+            elif prop == "preview":
+                obj[prop] = texts.get(eid, "")
         if needs_body:
             message = await read_email(view, eid)
             if message is None:

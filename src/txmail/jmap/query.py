@@ -39,7 +39,7 @@ from txmail.imap.thread import base_subject
 from txmail.jmap import body as bodies
 from txmail.jmap.common import invalid, max_changes, optional_bool, unsigned
 from txmail.jmap.core import CallContext, MethodError
-from txmail.jmap.email import keyword_to_flag
+from txmail.jmap.email import has_attachment, keyword_to_flag
 from txmail.jmap.mailbox import window
 from txmail.jmap.state import MailView, email_changes, mail_view
 from txmail.model import SEEN
@@ -259,7 +259,7 @@ def _match(facts: _Facts, eid: str, filter: Any) -> bool:
             ):
                 return False
         elif key == "hasAttachment":
-            if _has_attachment(facts.metadata.get(eid)) != value:
+            if has_attachment(facts.metadata.get(eid)) != value:
                 return False
         elif key == "body":
             if value not in facts.texts.get(eid, ""):
@@ -271,13 +271,6 @@ def _match(facts: _Facts, eid: str, filter: Any) -> bool:
             if value not in haystack:
                 return False
     return True
-
-
-def _has_attachment(md: Any) -> bool:
-    """``hasAttachment`` from the cached BODYSTRUCTURE: the same algorithm as ``Email/get`` (section 4.1.4)."""
-    if md is None:
-        return False
-    return bool(bodies.classify(bodies.structure_parts(md.body_structure))[2])
 
 
 async def _gather(
@@ -406,6 +399,34 @@ async def run_query(view: MailView, filter: Any, sort: list[Any], collapse: bool
     return ids
 
 
+_NEWEST_FIRST = [("receivedAt", False, None)]
+
+
+def _newest(view: MailView, filter: Any, collapse: bool, count: int) -> list[str]:
+    """
+    The first *count* results of a query sorted newest first whose filter
+    is nothing or ``inMailbox``: the Emails walked from the newest, until
+    *count* are found (a webmail's first page reads a few Emails, not all).
+    """
+    box_id = None if filter is None else filter["inMailbox"]
+    threads = view.cache.threads
+    emails = view.emails
+    seen: set[str] = set()
+    out: list[str] = []
+    for _, eid in reversed(view.order):
+        if len(out) >= count:
+            break
+        if box_id is not None and not any(c[0].id == box_id for c in emails[eid]):
+            continue
+        if collapse:
+            tid = threads.get(eid, eid)
+            if tid in seen:
+                continue
+            seen.add(tid)
+        out.append(eid)
+    return out
+
+
 def _query_arguments(context: CallContext, arguments: dict[str, Any]) -> tuple[Any, list[Any], bool]:
     context.check_account(arguments)
     filter = _check_filter(arguments.get("filter"))
@@ -419,12 +440,23 @@ async def email_query(context: CallContext, arguments: dict[str, Any]) -> dict[s
     filter, sort, collapse = _query_arguments(context, arguments)
     calculate_total = optional_bool(arguments, "calculateTotal")
     view = await mail_view(context.store)
-    ids = await run_query(view, filter, sort, collapse)
     limit = unsigned(arguments, "limit")
     max_limit = context.limits.max_objects_in_get
-    position, page = window(
-        {**arguments, "limit": min(limit, max_limit) if limit is not None else max_limit}, ids
-    )
+    bounded = {**arguments, "limit": min(limit, max_limit) if limit is not None else max_limit}
+    start = arguments.get("position") or 0
+    if (
+        sort == _NEWEST_FIRST
+        and (filter is None or set(filter) == {"inMailbox"})
+        and not calculate_total
+        and arguments.get("anchor") is None
+        and isinstance(start, int)
+        and not isinstance(start, bool)
+        and start >= 0
+    ):
+        ids = _newest(view, filter, collapse, start + bounded["limit"])
+    else:
+        ids = await run_query(view, filter, sort, collapse)
+    position, page = window(bounded, ids)
     out: dict[str, Any] = {
         "accountId": context.account_id,
         "queryState": view.email_state(),

@@ -62,6 +62,7 @@ This module is sans-IO apart from the Deferreds the store returns.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import json
 import weakref
@@ -182,6 +183,8 @@ class _UserCache:
         self.threads: dict[str, str] = {}
         #: email id -> the header columns (immutable: a message never changes).
         self.columns: dict[str, tuple[str, ...]] = {}
+        #: email id -> preview (immutable).
+        self.previews: dict[str, str] = {}
         self.view: MailView | None = None
         self.view_key: tuple[Any, ...] | None = None
 
@@ -203,25 +206,84 @@ class MailView:
     ``(BoxView, MessageInfo)`` in mailbox order).
     """
 
-    def __init__(self, store: Any, cache: _UserCache, boxes: list[BoxView]) -> None:
+    def __init__(
+        self,
+        store: Any,
+        cache: _UserCache,
+        boxes: list[BoxView],
+        emails: dict[str, list[tuple[BoxView, MessageInfo]]] | None = None,
+        order: list[tuple[float, str]] | None = None,
+    ) -> None:
         self.store = store
         self.cache = cache
         self.boxes: dict[str, BoxView] = {b.id: b for b in boxes}
         self.by_name: dict[str, BoxView] = {b.name: b for b in boxes}
-        emails: dict[str, list[tuple[BoxView, MessageInfo]]] = {}
-        for box in boxes:
-            for info in box.infos:
-                eid = info.email_id or f"{box.id}-{info.uid}"
-                copies = emails.get(eid)
-                if copies is None:
-                    emails[eid] = [(box, info)]
-                else:
-                    copies.append((box, info))
+        if emails is None:
+            emails = {}
+            for box in boxes:
+                for info in box.infos:
+                    eid = info.email_id or f"{box.id}-{info.uid}"
+                    copies = emails.get(eid)
+                    if copies is None:
+                        emails[eid] = [(box, info)]
+                    else:
+                        copies.append((box, info))
         self.emails = emails
+        if order is None:
+            order = [(copies[0][1].internal_date, eid) for eid, copies in emails.items()]
+            order.sort()
+        #: Every EMAILID with its internal date, oldest first.
+        self.order = order
         self._by_date: list[str] | None = None
         self._counts: dict[str, tuple[int, int, int, int]] | None = None
         #: Email/query results of this view, by query (see :mod:`txmail.jmap.query`).
         self.queries: dict[str, list[str]] = {}
+
+    def updated(
+        self, boxes: list[BoxView], deltas: dict[str, tuple[list[MessageInfo], list[int]]]
+    ) -> MailView:
+        """
+        This view after the changes *deltas* (mailbox id -> the messages
+        new or changed, the UIDs expunged) of mailboxes that kept their
+        UIDVALIDITY: the index copied and patched, at the cost of the
+        changes (and of a copy of the index, done in C) rather than of
+        every message.
+        """
+        emails = self.emails.copy()
+        order = self.order.copy()
+        position = {b.id: i for i, b in enumerate(boxes)}
+        by_id = {b.id: b for b in boxes}
+        for box_id, (touched, expunged) in deltas.items():
+            box = by_id[box_id]
+            status = box.status
+            assert status is not None
+            uid_map = self.cache.uid_maps.get((box_id, status.uidvalidity), {})
+            for uid in expunged:
+                eid = uid_map.get(uid)
+                copies = emails.get(eid) if eid is not None else None
+                if not copies:
+                    continue
+                kept = [c for c in copies if not (c[0].id == box_id and c[1].uid == uid)]
+                if kept:
+                    emails[eid] = kept  # type: ignore[index]
+                else:
+                    del emails[eid]  # type: ignore[arg-type]
+                    key = (copies[0][1].internal_date, eid)
+                    at = bisect.bisect_left(order, key)
+                    if at < len(order) and order[at] == key:
+                        del order[at]
+            for info in touched:
+                eid = info.email_id or f"{box_id}-{info.uid}"
+                copies = emails.get(eid)
+                if copies is None:
+                    emails[eid] = [(box, info)]
+                    bisect.insort(order, (info.internal_date, eid))
+                    continue
+                kept = [c for c in copies if not (c[0].id == box_id and c[1].uid == info.uid)]
+                kept.append((box, info))
+                kept.sort(key=lambda c: (position.get(c[0].id, 0), c[1].uid))
+                emails[eid] = kept
+        return MailView(self.store, self.cache, boxes, emails, order)
 
     # -- ids and names -------------------------------------------------------
 
@@ -297,9 +359,7 @@ class MailView:
     def by_date(self) -> list[str]:
         """Every EMAILID, newest first (internal date, then EMAILID descending); computed once a view."""
         if self._by_date is None:
-            keyed = [(copies[0][1].internal_date, eid) for eid, copies in self.emails.items()]
-            keyed.sort(reverse=True)
-            self._by_date = [eid for _, eid in keyed]
+            self._by_date = [eid for _, eid in reversed(self.order)]
         return self._by_date
 
     async def columns(self, email_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
@@ -361,12 +421,17 @@ class MailView:
 async def mail_view(store: Any) -> MailView:
     """
     The current :class:`MailView` of *store*: one ``list_mailboxes`` and one
-    ``status`` a mailbox, and a ``list_messages`` of each mailbox that changed.
+    ``status`` a mailbox, and a ``list_messages`` of each mailbox that
+    changed; the view before patched with what changed when the folders are
+    the same (:meth:`MailView.updated`), built anew otherwise.  Every Email
+    of the view has its thread id.
     """
     cache = _cache_for(store)
     folders = await store.list_mailboxes("*")
     boxes: list[BoxView] = []
     key: list[Any] = []
+    deltas: dict[str, tuple[list[MessageInfo], list[int]]] = {}
+    complete = True  # every changed mailbox has its delta
     for folder in folders:
         if not folder.selectable:
             boxes.append(BoxView(placeholder_id(folder.name), folder))
@@ -385,28 +450,56 @@ async def mail_view(store: Any) -> MailView:
         else:
             try:
                 infos = await mailbox.list_messages()
+                if (
+                    kept is not None
+                    and kept.key[0] == status.uidvalidity
+                    and hasattr(mailbox, "expunged_since")
+                ):
+                    since = kept.key[1]
+                    touched = [i for i in infos if i.modseq > since]
+                    deltas[box_id] = (touched, await mailbox.expunged_since(since))
+                else:
+                    touched = infos
+                    complete = False
             except NoSuchMailbox:
                 continue
             cache.boxes[box_id] = _BoxCache(box_key, infos)
             uid_map = cache.uid_maps.setdefault((box_id, status.uidvalidity), {})
-            for info in infos:
+            for info in touched:
                 if info.email_id is not None:
                     uid_map[info.uid] = info.email_id
         boxes.append(BoxView(box_id, folder, mailbox, status, infos))
         key.append((folder, box_id, box_key))
     view_key = tuple(key)
-    if cache.view is not None and cache.view_key == view_key:
+    old = cache.view
+    if old is not None and cache.view_key == view_key:
         # The same mailboxes, unchanged: keep the index and its sorted order.
-        view = cache.view
         for box in boxes:
-            view.boxes[box.id].mailbox = box.mailbox
-        return view
+            old.boxes[box.id].mailbox = box.mailbox
+        return old
     live = {b.id for b in boxes}
     for box_id in [b for b in cache.boxes if b not in live]:
         del cache.boxes[box_id]
-    view = MailView(store, cache, boxes)
+    same_folders = (
+        old is not None
+        and cache.view_key is not None
+        and len(cache.view_key) == len(view_key)
+        and all(_folder_of(a) == _folder_of(b) for a, b in zip(cache.view_key, view_key, strict=True))
+    )
+    if old is not None and complete and same_folders:
+        view = old.updated(boxes, deltas)
+        new = [i.email_id for touched, _ in deltas.values() for i in touched if i.email_id]
+    else:
+        view = MailView(store, cache, boxes)
+        new = None
+    await view.thread_ids(new)
     cache.view, cache.view_key = view, view_key
     return view
+
+
+def _folder_of(key: Any) -> Any:
+    """The folder and mailbox id of a view key's member (its counters left out)."""
+    return key if isinstance(key, FolderInfo) else key[:2]
 
 
 def cannot_calculate(description: str) -> MethodError:
