@@ -170,6 +170,7 @@ class LoginTests(ResourceTestCase):
         self.assertEqual(answer["username"], "alice@example.test")
         self.assertEqual(answer["csrfToken"], csrf_token(token))
         self.assertEqual(answer["html"], sanitize.AVAILABLE)
+        self.assertEqual(answer["expiresIn"], 1800)
         self.assertNotIn(token, request.body().decode())
         [cookie] = request.cookies()
         self.assertEqual(cookie, f"txmail_session={token}; Max-Age=1800; Path=/; HttpOnly; SameSite=Strict")

@@ -193,7 +193,12 @@ class _Endpoint(resource.Resource):
     def answer(self, request: Any, user: str, token: str) -> dict[str, Any]:
         # Sliding expiry: the cookie lasts as long as the token's idle timeout.
         set_cookie(request, token, self.app.tokens.idle_timeout, secure=self.app.secure(request))
-        return {"username": user, "csrfToken": csrf_token(token), "html": sanitize.AVAILABLE}
+        return {
+            "username": user,
+            "csrfToken": csrf_token(token),
+            "html": sanitize.AVAILABLE,
+            "expiresIn": int(self.app.tokens.idle_timeout),
+        }
 
 
 class _Login(_Endpoint):

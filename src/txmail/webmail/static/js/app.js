@@ -83,7 +83,7 @@ async function logout() {
 
 async function start(config) {
   state.config = config;
-  state.client = new Client(config.csrfToken);
+  state.client = new Client(config.csrfToken, config.expiresIn);
   state.client.onUnauthorized = () => showLogin("Your session has expired: please log in again");
   state.mail = new Mail(state.client);
   await state.client.connect();

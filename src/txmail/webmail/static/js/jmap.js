@@ -22,8 +22,14 @@ export function expand(template, values) {
 }
 
 export class Client {
-  constructor(csrfToken) {
+  /**
+   * csrfToken: the session's CSRF token; expiresIn: seconds the session
+   * cookie lasts (the token's idle timeout), renewed while the reader works.
+   */
+  constructor(csrfToken, expiresIn) {
     this.csrfToken = csrfToken;
+    this.expiresIn = expiresIn || 3600;
+    this.renewedAt = Date.now();
     this.session = null;
     this.accountId = null;
     this.onUnauthorized = () => {};
@@ -78,7 +84,19 @@ export class Client {
     for (const [name, args] of body.methodResponses) {
       if (name === "error") throw new JmapError(args.type, args.description, args);
     }
+    this.renewCookie();
     return body.methodResponses;
+  }
+
+  /**
+   * The cookie's Max-Age counts from when it was set, the token's idle time
+   * from its last use: while the reader works, have the cookie set again
+   * (GET /webmail/session) once a quarter of its life has gone.
+   */
+  renewCookie() {
+    if (Date.now() - this.renewedAt < (this.expiresIn * 1000) / 4) return;
+    this.renewedAt = Date.now();
+    fetch("/webmail/session", { credentials: "same-origin", cache: "no-store" }).catch(() => {});
   }
 
   /** Upload a File or Blob (RFC 8620 section 6.1): its {blobId, type, size}. */
