@@ -197,10 +197,12 @@ class BrowserTestCase(TestCase):
         return self.element(element_id).addCallback(lambda _: self.browser(run))
 
     def list_subjects(self) -> defer.Deferred[list[str]]:
-        """The subjects in the message list, in order."""
-        return self.browser(
-            lambda: [e.text for e in self.driver.find_elements(By.CSS_SELECTOR, "#message-list li .subject")]
-        )
+        """The subjects in the message list, in order (read again if the page redraws the list meanwhile)."""
+
+        def subjects(driver: Any) -> tuple[list[str]]:
+            return ([e.text for e in driver.find_elements(By.CSS_SELECTOR, "#message-list li .subject")],)
+
+        return self.wait(subjects, what="the subjects").addCallback(lambda found: found[0])
 
     def wait_for_subject(self, subject: str, timeout: float = 10.0) -> defer.Deferred[Any]:
         """The message list's button of the message with *subject*, once listed."""

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import base64
 import os
+import smtplib
 import time
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.web import resource, server
 
 from tests.webmail._browser import ALICE, BOB, CAROL, BrowserTestCase, screenshots
@@ -237,8 +238,12 @@ class MailTests(BrowserTestCase):
         await self.deliver("Keep me here")
         await self.login()
         await self.open_message("Plans for 2027")
-        move = await self.element("move-to")
-        await self.browser(lambda: Select(move).select_by_visible_text("Projects"))
+
+        def move(driver: Any) -> bool:
+            Select(driver.find_element(By.ID, "move-to")).select_by_visible_text("Projects")
+            return True
+
+        await self.wait(move, what="Move to Projects")
         await self.wait(
             lambda d: (
                 "Plans for 2027"
@@ -288,6 +293,55 @@ class MailTests(BrowserTestCase):
             lambda d: not d.find_elements(By.CSS_SELECTOR, "#message-list li"), what="an empty Trash"
         )
         self.assertEqual(await self.imap_messages(ALICE, "Trash"), [])
+
+    @screenshots
+    async def test_threads_and_pages(self) -> None:
+        """A conversation is one line with its count; fifty lines a page, newest first."""
+
+        def send_many() -> None:
+            with smtplib.SMTP(*self.server.smtp_address, timeout=10) as client:
+                for i in range(50):
+                    message = f"From: <{BOB}>\r\nTo: <{ALICE}>\r\nSubject: Note {i:02}\r\n\r\nnote\r\n"
+                    client.sendmail(BOB, [ALICE], message.encode())
+                client.sendmail(
+                    BOB,
+                    [ALICE],
+                    (
+                        f"From: <{BOB}>\r\nTo: <{ALICE}>\r\nSubject: Topic\r\nMessage-ID: <topic@example.test>\r\n\r\nfirst\r\n"
+                    ).encode(),
+                )
+                client.sendmail(
+                    CAROL,
+                    [ALICE],
+                    (
+                        f"From: <{CAROL}>\r\nTo: <{ALICE}>\r\nSubject: Re: Topic\r\nMessage-ID: <re@example.test>\r\n"
+                        "In-Reply-To: <topic@example.test>\r\nReferences: <topic@example.test>\r\n\r\nsecond\r\n"
+                    ).encode(),
+                )
+
+        await threads.deferToThread(send_many)
+        await self.login()
+        await self.wait(
+            lambda d: d.find_element(By.ID, "page-info").text == "1\u201350 of 51", what="the first page"
+        )
+        subjects = await self.list_subjects()
+        self.assertEqual(len(subjects), 50)
+        self.assertEqual(subjects[:3], ["Re: Topic", "Note 49", "Note 48"])
+        count = await self.wait(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#message-list li .thread-count").text,
+            what="a thread count",
+        )
+        self.assertEqual(count, "(2)")
+        await self.open_message("Re: Topic")
+        await self.element("thread-list")
+        self.assertIn("Conversation (2)", await self.text("thread-list"))
+        await self.click("next-page")
+        await self.wait(
+            lambda d: d.find_element(By.ID, "page-info").text == "51\u201351 of 51", what="the second page"
+        )
+        self.assertEqual(await self.list_subjects(), ["Note 00"])
+        await self.click("prev-page")
+        await self.wait_for_subject("Note 49")
 
     @screenshots
     async def test_search(self) -> None:
