@@ -556,8 +556,135 @@ async def email_set(context: CallContext, arguments: dict[str, Any]) -> dict[str
     }
 
 
+# -- Email/import, Email/parse, Email/copy (RFC 8621 sections 4.7 to 4.9) ------------------
+
+
+async def email_import(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``Email/import`` (RFC 8621 section 4.8): uploaded messages appended to their mailboxes."""
+    from txmail.jmap.compose import import_email
+
+    context.check_account(arguments)
+    emails = arguments.get("emails")
+    if not isinstance(emails, dict):
+        raise invalid("emails", "emails must map creation ids to EmailImport objects")
+    if len(emails) > context.limits.max_objects_in_set:
+        raise MethodError("requestTooLarge", f"more than {context.limits.max_objects_in_set} Emails")
+    view = await mail_view(context.store)
+    old_state = view.email_state()
+    if_in_state = arguments.get("ifInState")
+    if if_in_state is not None and if_in_state != old_state:
+        raise MethodError("stateMismatch")
+    created: dict[str, Any] = {}
+    not_created: dict[str, Any] = {}
+    for creation_id, props in emails.items():
+        result = await import_email(context, view, props)
+        if "type" in result:
+            not_created[creation_id] = result
+        else:
+            created[creation_id] = result
+            context.created_ids[creation_id] = result["id"]
+        view = await mail_view(context.store)
+    return {
+        "accountId": context.account_id,
+        "oldState": old_state,
+        "newState": view.email_state(),
+        "created": created or None,
+        "notCreated": not_created or None,
+    }
+
+
+PARSE_DEFAULT = (
+    "messageId", "inReplyTo", "references", "sender", "from", "to", "cc", "bcc", "replyTo", "subject",
+    "sentAt", "hasAttachment", "preview", "bodyValues", "textBody", "htmlBody", "attachments",
+)  # fmt: skip
+
+
+def parse_properties(
+    message: bytes,
+    blob_id: str,
+    wanted: list[str],
+    body_props: list[str],
+    options: tuple[bool, bool, bool, int],
+) -> dict[str, Any]:
+    """The Email of the octets *message* (``Email/parse``): its ``id``, mailboxes, keywords and thread null."""
+    md = mime.parse_metadata(message)
+    out: dict[str, Any] = {}
+    for prop in wanted:
+        if prop in ("id", "threadId", "mailboxIds", "keywords", "receivedAt"):
+            out[prop] = None
+        elif prop == "blobId":
+            out[prop] = blob_id
+        elif prop == "size":
+            out[prop] = len(message)
+        elif prop in _CONVENIENCE:
+            name, form = _CONVENIENCE[prop]
+            out[prop] = bodies.header_value(md.headers, name, form, False)
+        elif prop == "headers":
+            out[prop] = [{"name": n, "value": bodies.decode_raw(v)} for n, v in md.headers]
+        elif prop.startswith("header:"):
+            out[prop] = bodies.header_property(md.headers, prop)
+        elif prop == "hasAttachment":
+            out[prop] = has_attachment(md)
+        elif prop == "preview":
+            out[prop] = mime.preview(message)
+    if any(p in _PARSED_PROPS for p in wanted):
+        # Part blob ids of a parsed blob are not kept: they are null.
+        parsed = body_properties(blob_id, message, wanted, [p for p in body_props if p != "blobId"], options)
+        out.update(parsed)
+    return {p: out[p] for p in wanted if p in out}
+
+
+async def email_parse(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``Email/parse`` (RFC 8621 section 4.9): blobs (uploads, attached messages) read as Emails."""
+    from txmail.jmap.compose import blob_bytes
+
+    context.check_account(arguments)
+    blob_ids = arguments.get("blobIds")
+    if not isinstance(blob_ids, list) or not all(isinstance(b, str) for b in blob_ids):
+        raise invalid("blobIds", "blobIds must be a list of ids")
+    if len(blob_ids) > context.limits.max_objects_in_get:
+        raise MethodError("requestTooLarge", f"more than {context.limits.max_objects_in_get} blobs")
+    wanted = _get_properties(arguments, "properties", PROPERTIES, PARSE_DEFAULT)
+    body_props = _get_properties(arguments, "bodyProperties", BODY_PROPERTIES, DEFAULT_BODY_PROPERTIES)
+    options = _body_options(arguments)
+    parsed: dict[str, Any] = {}
+    not_found: list[str] = []
+    not_parsable: list[str] = []
+    for blob_id in blob_ids:
+        data = await blob_bytes(context, blob_id)
+        if data is None:
+            not_found.append(blob_id)
+            continue
+        if not data.strip():
+            not_parsable.append(blob_id)
+            continue
+        parsed[blob_id] = parse_properties(data, blob_id, wanted, body_props, options)
+    return {
+        "accountId": context.account_id,
+        "parsed": parsed or None,
+        "notParsable": not_parsable or None,
+        "notFound": not_found or None,
+    }
+
+
+async def email_copy(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``Email/copy`` (RFC 8621 section 4.7; RFC 8620 section 5.4): between
+    two accounts, and a user has one, so the source account is either this
+    one (which section 5.4 forbids: ``invalidArguments``; ``Email/set``'s
+    ``mailboxIds`` copies within an account) or not one of the user's.
+    """
+    context.check_account(arguments)
+    if arguments.get("fromAccountId") == context.account_id:
+        raise invalid("fromAccountId", "fromAccountId must differ from accountId: use Email/set mailboxIds")
+    raise MethodError("fromAccountNotFound")
+
+
 METHODS: dict[str, Any] = {
     "Email/get": email_get,
     "Email/changes": email_changes_method,
     "Email/set": email_set,
+    "Email/import": email_import,
+    "Email/parse": email_parse,
+    "Email/copy": email_copy,
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txmail.jmap import email, mailbox, query, thread
+from txmail.jmap import email, mailbox, query, submission, thread
 from txmail.jmap.core import MAIL, SUBMISSION, CallContext, Capability
 from txmail.jmap.state import mail_view
 
@@ -56,7 +56,8 @@ def capabilities() -> list[Capability]:
     methods.update(email.METHODS)
     methods.update(query.METHODS)
     methods.update(thread.METHODS)
+    methods.update(submission.METHODS)
     return [
         Capability(MAIL, {}, mail_account, methods, states, email.blob),
-        Capability(SUBMISSION, {}, submission_account, {}),
+        Capability(SUBMISSION, {}, submission_account, dict(submission.SUBMISSION_METHODS)),
     ]
