@@ -130,16 +130,6 @@ class BrowserTestCase(TestCase):
     def setUp(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self.asyncSetUp())
 
-    def needMethods(self, *names: str) -> None:
-        """Skip unless the server's JMAP endpoint has the methods *names* (the mail methods still arriving)."""
-        from txmail.jmap.core import Registry
-        from txmail.web import capabilities
-
-        registry = Registry(capabilities(None))
-        missing = [name for name in names if registry.method(name) is None]
-        if missing:
-            raise SkipTest(f"the JMAP endpoint has no {', '.join(missing)} yet")
-
     # -- the browser, in a thread --
 
     def browser(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:

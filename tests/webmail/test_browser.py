@@ -125,7 +125,6 @@ class MailTests(BrowserTestCase):
     @screenshots
     async def test_reply_seen_over_imap(self) -> None:
         """Alice replies to Bob in the page; Bob sees the reply, threaded, over IMAP."""
-        self.needMethods("Email/set", "Identity/get", "EmailSubmission/set")
         await self.deliver("Quarterly figures", "Can you check the numbers?")
         await self.login()
         await self.open_message("Quarterly figures")
@@ -160,7 +159,6 @@ class MailTests(BrowserTestCase):
     @screenshots
     async def test_forward_with_attachments(self) -> None:
         """Forward keeps the original's attachment and adds an uploaded file; Carol gets both over IMAP."""
-        self.needMethods("Email/set", "Identity/get", "EmailSubmission/set")
         message = (
             f"From: Bob <{BOB}>\r\nTo: {ALICE}\r\nSubject: The report\r\nMIME-Version: 1.0\r\n"
             "Content-Type: multipart/mixed; boundary=m\r\n\r\n"
@@ -196,7 +194,6 @@ class MailTests(BrowserTestCase):
 
     @screenshots
     async def test_draft_saved_then_sent(self) -> None:
-        self.needMethods("Email/set", "Identity/get", "EmailSubmission/set")
         await self.login()
         await self.click("compose-button")
         await self.type("compose-to", CAROL)

@@ -86,7 +86,8 @@ export class Composer {
       cc = draft.cc || [];
       bcc = draft.bcc || [];
       subject = draft.subject || "";
-      text = bodyText(draft);
+      // The stored text part ends with the line break the message added.
+      text = bodyText(draft).replace(/\r?\n$/, "");
       this.inReplyTo = draft.inReplyTo || null;
       this.references = draft.references || null;
       this.attachments = (draft.attachments || []).map((a) => ({
