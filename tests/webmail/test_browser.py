@@ -76,6 +76,16 @@ class SessionTests(BrowserTestCase):
         await self.element("login-form")
         await self.browser(self.driver.refresh)
         await self.element("login-form")
+        # The page ran under its Content-Security-Policy without a violation
+        # or a script error (the one expected failure: "not logged in").
+        logged = await self.browser(self.driver.get_log, "browser")
+        problems = [
+            entry["message"]
+            for entry in logged
+            if entry["level"] == "SEVERE"
+            and "/webmail/session - Failed to load resource" not in entry["message"]
+        ]
+        self.assertEqual(problems, [])
 
     @screenshots
     async def test_phone_layout(self) -> None:
@@ -155,6 +165,37 @@ class MailTests(BrowserTestCase):
         # Alice keeps a copy in Sent.
         [sent] = await self.imap_messages(ALICE, "Sent")
         self.assertEqual(sent["Subject"], "Re: Quarterly figures")
+
+    @screenshots
+    async def test_reply_all(self) -> None:
+        """Reply to all: the sender in To, the other recipients in Cc, never the user herself."""
+        message = (
+            f"From: Bob <{BOB}>\r\nTo: <{ALICE}>, Carol <{CAROL}>\r\nSubject: Team lunch\r\n"
+            "Message-ID: <lunch@example.test>\r\n\r\nWho is in?\r\n"
+        ).encode()
+        await self.smtp_send(BOB, [ALICE, CAROL], message)
+        await self.login()
+        await self.open_message("Team lunch")
+        await self.click("reply-all")
+        await self.element("compose-body")
+        fields = await self.browser(
+            lambda: [
+                self.driver.find_element(By.ID, f).get_attribute("value")
+                for f in ("compose-to", "compose-cc")
+            ]
+        )
+        self.assertEqual(fields, [f"Bob <{BOB}>", f"Carol <{CAROL}>"])
+        await self.browser(lambda: self.driver.find_element(By.ID, "compose-body").send_keys("Me!"))
+        await self.click("compose-send")
+        await self.server.wait_for_messages(BOB, 1, timeout=10)
+        await self.server.wait_for_messages(CAROL, 2, timeout=10)
+        [to_bob] = await self.imap_messages(BOB)
+        self.assertEqual(to_bob["Subject"], "Re: Team lunch")
+        self.assertEqual([a.addr_spec for a in to_bob["Cc"].addresses], [CAROL])
+        self.assertEqual(
+            [m["Subject"] for m in await self.imap_messages(CAROL)], ["Team lunch", "Re: Team lunch"]
+        )
+        self.assertEqual(len(await self.imap_messages(ALICE)), 1)
 
     @screenshots
     async def test_forward_with_attachments(self) -> None:
@@ -468,3 +509,22 @@ class HtmlMailTests(BrowserTestCase):
             await self.sleep(0.1)
         self.assertEqual(self.recorder.requests, [b"/tracker.gif"])
         self.assertEqual(await self.browser(lambda: self.driver.title), title)
+
+    @screenshots
+    async def test_without_nh3_text_part_only(self) -> None:
+        """Without the sanitizer the page shows the text part, as text, and no frame."""
+        from txmail.webmail import sanitize
+
+        self.patch(sanitize, "AVAILABLE", False)
+        message = (
+            f"From: Bob <{BOB}>\r\nTo: {ALICE}\r\nSubject: Two parts\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/alternative; boundary=x\r\n\r\n"
+            "--x\r\nContent-Type: text/plain\r\n\r\nThe text part\r\n"
+            f'--x\r\nContent-Type: text/html\r\n\r\n<p>The HTML part</p><img src="{self.image}">\r\n--x--\r\n'
+        ).encode()
+        await self.smtp_send(BOB, [ALICE], message)
+        await self.login()
+        await self.open_message("Two parts")
+        self.assertEqual(await self.text("message-text"), "The text part")
+        self.assertEqual(await self.browser(lambda: self.driver.find_elements(By.ID, "message-frame")), [])
+        self.assertEqual(self.recorder.requests, [])

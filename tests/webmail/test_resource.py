@@ -308,3 +308,23 @@ class RenderTests(ResourceTestCase):
         for path in (b"/webmail/render/A1/B2", b"/webmail/render/A1", b"/webmail/render/A1/B1/x"):
             request = yield self.get(path, cookie=self.token)
             self.assertEqual(request.responseCode, 404, path)
+
+
+class WithoutNh3Tests(ResourceTestCase):
+    """Without nh3 the page is told to show text parts only, and the frame shows nothing."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.patch(sanitize, "AVAILABLE", False)
+        self.token = self.tokens.issue("alice@example.test")
+
+    @defer.inlineCallbacks
+    def test_session_says_no_html(self) -> Any:
+        request = yield self.get(b"/webmail/session", cookie=self.token)
+        self.assertIs(request.json()["html"], False)
+
+    @defer.inlineCallbacks
+    def test_no_render(self) -> Any:
+        request = yield self.get(b"/webmail/render/A1/B1", cookie=self.token)
+        self.assertEqual(request.responseCode, 404)
+        self.assertNotIn(b"hello", request.body())

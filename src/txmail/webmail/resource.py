@@ -67,6 +67,7 @@ _TYPES = {
     ".html": b"text/html; charset=utf-8",
     ".css": b"text/css; charset=utf-8",
     ".js": b"text/javascript; charset=utf-8",
+    ".svg": b"image/svg+xml",
 }
 
 _MAX_LOGIN_BODY = 16 * 1024
@@ -133,22 +134,18 @@ class _StaticDirectory(resource.Resource):
         name = b"/".join(rest).decode("utf-8", "replace")
         found = self.files.get(name)
         if found is None:
-            return _error_resource(404, "not found")
+            return _NotFound()
         request.postpath = []
         return _Static(*found)
 
 
-def _error_resource(code: int, message: str) -> resource.Resource:
-    page = resource.ErrorPage(code, message, message)
+class _NotFound(resource.Resource):
+    """Anything the webmail does not serve: 404, with the headers of every answer."""
 
-    render = page.render
+    isLeaf = True
 
-    def secured(request: Any) -> bytes:
-        secure_headers(request)
-        return render(request)
-
-    page.render = secured  # type: ignore[method-assign]
-    return page
+    def render(self, request: Any) -> bytes:
+        return _json(request, 404, {"error": "not found"})
 
 
 def _json(request: Any, code: int, body: Any) -> bytes:
@@ -340,7 +337,7 @@ class WebmailResource(resource.Resource):
         self.putChild(b"render", _Render(self))
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
-        return _error_resource(404, "not found")
+        return _NotFound()
 
 
 def mount(root: resource.Resource, **kwargs: Any) -> WebmailResource:
