@@ -8,6 +8,7 @@ tokens, the failure delay shared with IMAP, and push of an SMTP delivery.
 from __future__ import annotations
 
 import base64
+import imaplib
 import io
 import json
 import smtplib
@@ -198,6 +199,26 @@ class TestServerWebTests(TestCase):
         )
         # The HTTP failure counts against the peer in the table IMAP's LOGIN uses.
         self.assertEqual(authenticator.failure_count("127.0.0.1"), 1)
+        authenticator.failure_delay = 0.2
+
+        def imap_login() -> float:
+            client = imaplib.IMAP4(*self.server.imap_address, timeout=10)
+            try:
+                started = time.monotonic()
+                with self.assertRaises(imaplib.IMAP4.error):
+                    client.login(ALICE, "wrong again")
+                return time.monotonic() - started
+            finally:
+                client.logout()
+
+        # The next IMAP failure from the same address is the second: twice the delay.
+        elapsed = await deferToThread(imap_login)
+        self.assertGreaterEqual(elapsed, 0.35)
+        self.assertEqual(authenticator.failure_count("127.0.0.1"), 2)
+        # A success over HTTP starts the count over for IMAP too.
+        code, _, _ = await self.http.request("GET", "/jmap/session", authorization=basic(ALICE, PASSWORD))
+        self.assertEqual(code, 200)
+        self.assertEqual(authenticator.failure_count("127.0.0.1"), 0)
 
 
 class PushTests(TestCase):

@@ -13,7 +13,7 @@ import urllib.parse
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import getChildForRequest
@@ -144,6 +144,18 @@ class Fixture:
             request.write(result)
             request.finish()
         return request
+
+    def login(self, user: str = ALICE, password: str = "alice-pw") -> bytes:
+        """Log in at /jmap/login; the ``Authorization`` value of the token."""
+        request = self.render(
+            Request(
+                "/jmap/login",
+                method=b"POST",
+                body=json.dumps({"username": user, "password": password}).encode(),
+                headers={b"content-type": b"application/json"},
+            )
+        )
+        return b"Bearer " + request.json()["accessToken"].encode()
 
     def api(self, body: Any, auth: bytes | None = None, **kwargs: Any) -> Request:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -283,6 +295,16 @@ class AuthenticationTests(TestCase):
         # An untrusted address is no proxy: its X-Forwarded-For is ignored, and it has no TLS.
         request = web.render(Request("/jmap/session", headers=headers, client="192.0.2.7"))
         self.assertEqual(request.responseCode, 403)
+        # A proxy on a UNIX socket is on this machine: trusted.
+        request = Request("/jmap/session", headers=headers)
+        request.client = UNIXAddress(b"/run/txmail/jmap")
+        web.render(request)
+        self.assertEqual(request.responseCode, 200)
+        # Without tls_proxy a UNIX socket gets no such trust (as for IMAP, it is not loopback).
+        request = Request("/jmap/session", headers=headers)
+        request.client = UNIXAddress(b"/run/txmail/jmap")
+        self.web.render(request)
+        self.assertEqual(request.responseCode, 403)
 
     def test_login_token_logout(self) -> None:
         web = self.web
@@ -311,8 +333,7 @@ class AuthenticationTests(TestCase):
         self.assertEqual(logout.responseCode, 401)
 
     def test_token_expires_when_idle(self) -> None:
-        token = self.web.tokens.issue(ALICE)
-        bearer = b"Bearer " + token.encode()
+        bearer = self.web.login()
         self.web.clock.advance(599)
         self.assertEqual(self.web.api(ECHO, bearer).responseCode, 200)
         self.web.clock.advance(599)  # used 599 s ago: still valid
@@ -320,6 +341,23 @@ class AuthenticationTests(TestCase):
         self.web.clock.advance(600)
         self.assertEqual(self.web.api(ECHO, bearer).responseCode, 401)
         self.assertEqual(self.web.api(ECHO, b"Bearer made-up").responseCode, 401)
+
+    def test_token_ends_with_password_change_or_user(self) -> None:
+        bearer = self.web.login()
+        bob = self.web.login(BOB, "bob-pw")
+        self.assertEqual(self.web.api(ECHO, bearer).responseCode, 200)
+        self.web.directory.set_password(ALICE, "new-pw")
+        response = self.web.api(ECHO, bearer)
+        self.assertEqual(response.responseCode, 401)
+        self.assertIn("log in again", response.json()["detail"])
+        # Revoked for good, even were the old password set again.
+        self.assertEqual(len(self.web.tokens), 1)
+        self.assertEqual(self.web.api(ECHO, bob).responseCode, 200)
+        self.web.directory.delete_user(BOB)
+        self.assertEqual(self.web.api(ECHO, bob).responseCode, 401)
+        self.assertEqual(len(self.web.tokens), 0)
+        # A new login with the new password works.
+        self.assertEqual(self.web.api(ECHO, self.web.login(ALICE, "new-pw")).responseCode, 200)
 
     def test_login_refused(self) -> None:
         web = self.web

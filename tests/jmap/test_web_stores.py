@@ -113,6 +113,11 @@ class TokenStoreTests(SynchronousTestCase):
         self.assertIsNone(self.tokens.user_for(token))
         self.assertEqual(len(self.tokens), 0)
 
+    def test_stamp(self) -> None:
+        token = self.tokens.issue("alice", "s1")
+        self.assertEqual(self.tokens.lookup(token), ("alice", "s1"))
+        self.assertIsNone(self.tokens.lookup("made-up"))
+
     def test_revoke(self) -> None:
         token = self.tokens.issue("alice")
         self.assertTrue(self.tokens.revoke(token))

@@ -6,8 +6,9 @@ JMAP over HTTP (RFC 8620): the twisted.web side of :mod:`txmail.jmap`.
 * :mod:`txmail.web.tokens`: the bearer tokens of the web client;
 * :mod:`txmail.web.blobs`: the upload store (RFC 8620 section 6.1);
 * :mod:`txmail.web.push`: the EventSource push channel (section 7.3);
-* :mod:`txmail.web.resource`: the twisted.web resources and the ``Site``
-  :func:`txmail.service.build_service` listens with (``[web] listen``).
+* :mod:`txmail.web.resource`: the twisted.web resources and their ``Site``;
+* :mod:`txmail.web.service`: the site :func:`txmail.service.build_service`
+  listens with (``[web] listen``), and the sweep of expired uploads.
 
 The capabilities the endpoint serves come from one function,
 :func:`capabilities`.

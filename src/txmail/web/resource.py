@@ -17,11 +17,13 @@ Authentication (every resource but the well-known redirect and login):
 ``Authorization: Basic`` with a user's password, checked by the server's
 :class:`txmail.auth.authenticator.Authenticator` (the users, the failure
 delay and the peer table of IMAP and POP3), or ``Authorization: Bearer``
-with a token from ``/jmap/login`` (:mod:`txmail.web.tokens`).  Credentials
+with a token from ``/jmap/login`` (:mod:`txmail.web.tokens`), valid while
+the user exists with the password they logged in with.  Credentials
 travel without TLS only where ``[server] plaintext_auth`` allows it, as for
-IMAP and POP3; a connection from a ``[server] proxy_trusted`` address
-counts as TLS when ``[web] tls_proxy`` says a TLS-terminating proxy sits in
-front, and its last ``X-Forwarded-For`` address is the peer.  Anything else
+IMAP and POP3; a connection from a ``[server] proxy_trusted`` address (or
+over a UNIX socket) counts as TLS when ``[web] tls_proxy`` says a
+TLS-terminating proxy sits in front, and its last ``X-Forwarded-For``
+address is the peer.  Anything else
 is answered 401 with ``WWW-Authenticate: Basic``.
 
 Every response is private: ``Cache-Control: no-store`` and
@@ -33,6 +35,7 @@ does not exist.
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import re
@@ -168,7 +171,9 @@ class JMAPEndpoint:
         host = str(getattr(address, "host", "") or "")
         port = getattr(address, "port", "")
         secure = bool(request.isSecure())
-        if self.tls_proxy and _in_networks(host, self.proxy_trusted):
+        # A UNIX socket's peer is on this machine: a proxy's, as the PROXY listeners trust it.
+        on_socket = not hasattr(address, "host")
+        if self.tls_proxy and (on_socket or _in_networks(host, self.proxy_trusted)):
             secure = True
             forwarded = request.getHeader(b"x-forwarded-for")
             if forwarded:
@@ -199,9 +204,14 @@ class JMAPEndpoint:
         scheme = scheme.lower()
         value = value.strip()
         if scheme == "bearer":
-            user = self.tokens.user_for(value)
-            if user is None:
+            found = self.tokens.lookup(value)
+            if found is None:
                 raise Unauthorized("The access token is not valid (expired or revoked).")
+            user, stamp = found
+            if await self.credential_stamp(user) != stamp:
+                # The password changed since the login, or the user is gone.
+                self.tokens.revoke(value)
+                raise Unauthorized("The access token is no longer valid; log in again.")
             return user
         if scheme != "basic":
             raise Unauthorized("Use Basic or Bearer authentication.")
@@ -216,6 +226,21 @@ class JMAPEndpoint:
         if checked is None:
             raise Unauthorized("The user name or password is wrong.")
         return str(checked)
+
+    async def credential_stamp(self, user: str) -> str | None:
+        """
+        A digest of *user*'s stored credentials (it changes with the
+        password), or ``None`` when the user no longer exists.
+        """
+        try:
+            credentials = await defer.maybeDeferred(self.authenticator.directory.get_credentials, user)
+        except Exception:
+            self.log.failure("directory lookup failed for {user}", user=user)
+            raise _problem(503, "The user directory is not available; try again later.") from None
+        if credentials is None:
+            return None
+        digest = hashlib.sha256(credentials.salt + b"\0" + credentials.stored_key)
+        return digest.hexdigest()[:32]
 
     async def context(self, user: str) -> CallContext:
         """The call context of *user* (their store opened)."""
@@ -529,7 +554,10 @@ class LoginResource(_Handler):
         )
         if user is None:
             raise Unauthorized("The user name or password is wrong.")
-        token = endpoint.tokens.issue(str(user))
+        stamp = await endpoint.credential_stamp(str(user))
+        if stamp is None:
+            raise Unauthorized("The user name or password is wrong.")
+        token = endpoint.tokens.issue(str(user), stamp)
         send_json(
             request,
             200,
@@ -647,6 +675,11 @@ class JMAPSite(server.Site):
     requestFactory = BoundedRequest
 
     def __init__(self, endpoint: JMAPEndpoint, *, timeout: float = 60.0) -> None:
+        """
+        Serve the resources of *endpoint*; an idle keep-alive connection is
+        closed after *timeout* seconds (never while a response, such as an
+        event stream, is in progress).
+        """
         super().__init__(root_resource(endpoint), timeout=timeout)
         self.endpoint = endpoint
         limits = endpoint.limits

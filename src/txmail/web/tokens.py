@@ -2,8 +2,9 @@
 Bearer tokens for the web client (``POST /jmap/login``), sans-IO.
 
 A token is 32 random octets (URL-safe Base64), given to the client once;
-the server keeps only its SHA-256, with the user and the time of its last
-use.  A token not used for ``idle_timeout`` seconds expires; logging out
+the server keeps only its SHA-256, with the user, the time of its last use
+and a *stamp* of the user's credentials when it was issued (the endpoint
+refuses a token whose user's password has changed since, or who is gone).  A token not used for ``idle_timeout`` seconds expires; logging out
 revokes it.  Tokens live in memory: a restart logs every web client out.
 The table is bounded: each user keeps at most ``max_per_user`` tokens (a
 new login drops that user's least recently used one) and the server at
@@ -25,6 +26,7 @@ __all__ = ["TokenStore"]
 class _Entry:
     user: str
     last_used: float
+    stamp: str = ""
 
 
 def _digest(token: str) -> str:
@@ -60,8 +62,8 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def issue(self, user: str) -> str:
-        """A new token for *user*."""
+    def issue(self, user: str, stamp: str = "") -> str:
+        """A new token for *user*, whose credentials have the *stamp* now."""
         self._expire()
         mine = [digest for digest, entry in self._tokens.items() if entry.user == user]
         for digest in mine[: max(0, len(mine) - self.max_per_user + 1)]:
@@ -69,11 +71,19 @@ class TokenStore:
         while len(self._tokens) >= self.max_tokens:
             self._tokens.popitem(last=False)
         token = secrets.token_urlsafe(32)
-        self._tokens[_digest(token)] = _Entry(user, self.now())
+        self._tokens[_digest(token)] = _Entry(user, self.now(), stamp)
         return token
 
     def user_for(self, token: str) -> str | None:
         """The user of *token* (its idle time starts over), or ``None`` when unknown or expired."""
+        found = self.lookup(token)
+        return None if found is None else found[0]
+
+    def lookup(self, token: str) -> tuple[str, str] | None:
+        """
+        The user and credential stamp of *token* (its idle time starts
+        over), or ``None`` when unknown or expired.
+        """
         digest = _digest(token)
         entry = self._tokens.get(digest)
         if entry is None:
@@ -84,7 +94,7 @@ class TokenStore:
             return None
         entry.last_used = now
         self._tokens.move_to_end(digest)
-        return entry.user
+        return entry.user, entry.stamp
 
     def revoke(self, token: str) -> bool:
         """Revoke *token*; whether it was in force."""
