@@ -181,3 +181,31 @@ class SubmissionTests(TestCase):
         self.assertEqual(errors["rcpt"]["invalidRecipients"], ["nobody@example.test"])
         with self.assertRaises(MethodError):
             await self.call("EmailSubmission/set", {"onSuccessDestroyEmail": "x"})
+
+    def test_dkim_signed_where_configured(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._signed())
+
+    async def _signed(self) -> None:
+        from twisted.internet import reactor
+
+        from tests._dkim import load_key
+        from txmail._fs import run_inline
+        from txmail.policy import dkim
+        from txmail.policy.authentication import DKIMSigner
+
+        private, _record = dkim.generate_key("ed25519-sha256")
+        signer = DKIMSigner(
+            [load_key("example.test", "jmap", private)], run_blocking=run_inline, clock=reactor
+        )
+        service = self.server.service
+        assert service is not None
+        service.policies = [*service.policies, signer]
+        eid = await self.draft(ALICE, [BOB])
+        got = await self.call(
+            "EmailSubmission/set", {"create": {"s": {"identityId": identity_id(ALICE), "emailId": eid}}}
+        )
+        self.assertIsNone(got["notCreated"])
+        (received,) = await self.server.wait_for_messages(BOB, 1)
+        self.assertIn(b"DKIM-Signature:", received)
+        self.assertIn(b"d=example.test", received)
+        self.assertIn(b"s=jmap", received)
