@@ -109,6 +109,18 @@ class SiteTests(TestCase):
             (await self.request("GET", "/webmail/session", headers={"Cookie": cookie})).status, 401
         )
 
+    async def test_password_change_ends_the_session(self) -> None:
+        """The cookie's token is checked as the endpoint checks a bearer token: a new password ends it."""
+        cookie, csrf = await self.login()
+        self.assertEqual(
+            (await self.request("GET", "/webmail/session", headers={"Cookie": cookie})).status, 200
+        )
+        self.server.directory.set_password(ALICE, "changed")
+        session = await self.request("GET", "/webmail/session", headers={"Cookie": cookie})
+        self.assertEqual(session.status, 401)
+        self.assertIn("Max-Age=0", session.headers["Set-Cookie"])
+        self.assertEqual((await self.request("GET", "/jmap/session", headers={"Cookie": cookie})).status, 401)
+
     async def test_wrong_password(self) -> None:
         response = await self.request("POST", "/webmail/login", {"username": ALICE, "password": "nope"})
         self.assertEqual(response.status, 401)

@@ -184,8 +184,9 @@ class _Endpoint(resource.Resource):
         super().__init__()
         self.app = app
 
-    def user(self, request: Any, token: str | None) -> str | None:
-        return self.app.tokens.user_for(token) if token else None
+    async def user(self, request: Any, token: str | None) -> str | None:
+        """The user the request's cookie (holding *token*) logs in, or ``None``."""
+        return None if token is None else await self.app.token_user(request, token)
 
     def answer(self, request: Any, user: str, token: str) -> dict[str, Any]:
         # Sliding expiry: the cookie lasts as long as the token's idle timeout.
@@ -226,16 +227,21 @@ class _Login(_Endpoint):
             return _json(request, 403, {"error": "passwords are accepted over TLS only"})
         if user is None:
             return _json(request, 401, {"error": "wrong user name or password"})
-        token = self.app.tokens.issue(user)
+        token = await self.app.issue_token(user)
+        if token is None:  # the user went away meanwhile
+            return _json(request, 401, {"error": "wrong user name or password"})
         return _json(request, 200, self.answer(request, user, token))
 
 
 class _Session(_Endpoint):
     """``GET /webmail/session``: who the cookie logs in, and the CSRF token."""
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> Any:
+        return _run(request, self._session(request))
+
+    async def _session(self, request: Any) -> bytes:
         token = cookie_token(request)
-        user = self.user(request, token)
+        user = await self.user(request, token)
         if user is None or token is None:
             if token is not None:
                 clear_cookie(request, secure=self.app.secure(request))
@@ -261,16 +267,16 @@ class _Render(_Endpoint):
     """``GET /webmail/render/ACCOUNT/BLOB[?images=1]``: the reading frame's document."""
 
     def render_GET(self, request: Any) -> Any:
-        user = self.user(request, cookie_token(request))
+        return _run(request, self._render(request))
+
+    async def _render(self, request: Any) -> bytes:
+        user = await self.user(request, cookie_token(request))
         if user is None:
             return _json(request, 401, {"error": "not logged in"})
         if len(request.postpath) != 2 or not all(request.postpath):
             return _json(request, 404, {"error": "not found"})
         account_id, blob_id = (part.decode("utf-8", "replace") for part in request.postpath)
         images = request.args.get(b"images", [b"0"])[0] == b"1"
-        return _run(request, self._render(request, user, account_id, blob_id, images))
-
-    async def _render(self, request: Any, user: str, account_id: str, blob_id: str, images: bool) -> bytes:
         if not sanitize.AVAILABLE:
             return _json(request, 404, {"error": "HTML mail is not shown: nh3 is not installed"})
         raw = await self.app.fetch_blob(user, account_id, blob_id)
@@ -301,6 +307,12 @@ class WebmailResource(resource.Resource):
     Args:
         tokens: the JMAP endpoint's bearer token store (``issue(user)``,
             ``user_for(token)``, ``revoke(token)``, ``idle_timeout``).
+        issue_token: ``issue_token(user) -> Awaitable[str | None]``: a new
+            token for *user* (``None`` if the user is gone); default
+            ``tokens.issue``.
+        token_user: ``token_user(request, token) -> Awaitable[str | None]``:
+            the user a cookie holding *token* logs in, or ``None``; default
+            ``tokens.user_for``.
         check_password: ``check_password(request, username, password) ->
             Awaitable[str | None]``: the canonical user, or ``None`` when the
             password is wrong; raises :class:`PasswordNotAllowed` where
@@ -321,6 +333,8 @@ class WebmailResource(resource.Resource):
         fetch_blob: FetchBlob,
         run_blocking: Callable[..., Any] | None = None,
         secure: Callable[[Any], bool] | None = None,
+        issue_token: Callable[[str], Awaitable[str | None]] | None = None,
+        token_user: Callable[[Any, str], Awaitable[str | None]] | None = None,
     ) -> None:
         super().__init__()
         self.tokens = tokens
@@ -328,6 +342,8 @@ class WebmailResource(resource.Resource):
         self.fetch_blob = fetch_blob
         self.run_blocking = run_blocking or _inline
         self.secure = secure or (lambda request: bool(request.isSecure()))
+        self.issue_token = issue_token or self._issue_token
+        self.token_user = token_user or self._token_user
         self.files = _load_static()
         self.index = _Static(*self.files["index.html"])
         self.putChild(b"static", _StaticDirectory(self.files))
@@ -335,6 +351,13 @@ class WebmailResource(resource.Resource):
         self.putChild(b"session", _Session(self))
         self.putChild(b"logout", _Logout(self))
         self.putChild(b"render", _Render(self))
+
+    async def _issue_token(self, user: str) -> str | None:
+        return str(self.tokens.issue(user))
+
+    async def _token_user(self, request: Any, token: str) -> str | None:
+        user = self.tokens.user_for(token)
+        return None if user is None else str(user)
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         return _NotFound()
@@ -357,7 +380,7 @@ def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
     and its blobs.
     """
     from txmail.auth.sasl import password_auth_allowed
-    from txmail.web.api import account_id
+    from txmail.web.api import RequestError, account_id
 
     async def check_password(request: Any, username: str, password: str) -> str | None:
         client = endpoint.client(request)
@@ -379,6 +402,22 @@ def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
                     return bytes(data)
         return None
 
+    async def issue_token(user: str) -> str | None:
+        # As /jmap/login: the token carries the stamp of the user's credentials.
+        stamp = await endpoint.credential_stamp(user)
+        return None if stamp is None else str(endpoint.tokens.issue(user, stamp))
+
+    async def token_user(request: Any, token: str) -> str | None:
+        # The endpoint's own check of the cookie's token (for a GET, which
+        # needs no CSRF token): expiry, credentials changed, TLS policy.
+        try:
+            user = str(await endpoint.authenticate(request))
+        except RequestError:
+            return None
+        # A request that also has an Authorization header is judged by it:
+        # the cookie's token must still be the same user's.
+        return user if endpoint.tokens.user_for(token) == user else None
+
     server = endpoint.server
     return mount(
         root,
@@ -387,4 +426,6 @@ def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
         fetch_blob=fetch_blob,
         run_blocking=getattr(server, "run_blocking", None),
         secure=lambda request: bool(endpoint.client(request).secure),
+        issue_token=issue_token,
+        token_user=token_user,
     )
