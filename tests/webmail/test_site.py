@@ -111,7 +111,7 @@ class SiteTests(TestCase):
 
     async def test_password_change_ends_the_session(self) -> None:
         """The cookie's token is checked as the endpoint checks a bearer token: a new password ends it."""
-        cookie, csrf = await self.login()
+        cookie, _ = await self.login()
         self.assertEqual(
             (await self.request("GET", "/webmail/session", headers={"Cookie": cookie})).status, 200
         )
