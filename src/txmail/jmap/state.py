@@ -236,6 +236,7 @@ class MailView:
         self.order = order
         self._by_date: list[str] | None = None
         self._counts: dict[str, tuple[int, int, int, int]] | None = None
+        self._threads: dict[str, list[str]] | None = None
         #: Email/query results of this view, by query (see :mod:`txmail.jmap.query`).
         self.queries: dict[str, list[str]] = {}
 
@@ -402,12 +403,15 @@ class MailView:
         return {e: threads[e] for e in ids if e in threads}
 
     async def threads(self) -> dict[str, list[str]]:
-        """Thread id -> its EMAILIDs, oldest first (internal date, then id)."""
-        tids = await self.thread_ids()
-        out: dict[str, list[str]] = {}
-        for eid in reversed(self.by_date()):
-            out.setdefault(tids[eid], []).append(eid)
-        return out
+        """Thread id -> its EMAILIDs, oldest first (internal date, then id); computed once a view."""
+        if self._threads is None:
+            await self.thread_ids([eid for _, eid in self.order if eid not in self.cache.threads])
+            known = self.cache.threads
+            out: dict[str, list[str]] = {}
+            for _, eid in self.order:
+                out.setdefault(known[eid], []).append(eid)
+            self._threads = out
+        return self._threads
 
     def uid_map(self, box_id: str, uidvalidity: int) -> dict[int, str] | None:
         return self.cache.uid_maps.get((box_id, uidvalidity))
