@@ -452,13 +452,15 @@ class IncrementalViewMixin(MailMixin):
 
         rng = random.Random(14)
         self.successResultOf(self.store.create_mailbox("Other"))
-        names = [INBOX, "Other"]
+        self.successResultOf(self.store.create_mailbox("Trash", SpecialUse.TRASH))
+        names = [INBOX, "Other", "Trash"]
         for step in range(120):
             box = self.box(rng.choice(names))
             infos = self.successResultOf(box.list_messages())
             action = rng.randrange(5)
             if action == 0 or not infos:
-                box.append(make_message(f"m{step}"), (), 1000 + rng.randrange(100))
+                references = f"<t{rng.randrange(5)}@x>" if rng.randrange(3) else None
+                box.append(make_message(f"m{step}", references=references), (), 1000 + rng.randrange(100))
             elif action == 1:
                 uid = rng.choice(infos).uid
                 self.successResultOf(
@@ -481,6 +483,8 @@ class IncrementalViewMixin(MailMixin):
                 {e: [(b.id, i) for b, i in c] for e, c in view.emails.items()},
                 {e: [(b.id, i) for b, i in c] for e, c in fresh.emails.items()},
             )
+            counts = self.successResultOf(defer.ensureDeferred(view.mailbox_counts()))
+            self.assertEqual(counts, self.successResultOf(defer.ensureDeferred(fresh.mailbox_counts())))
             fast = self.call(
                 "Email/query", {"filter": {"inMailbox": self.box().mailbox_id}, "collapseThreads": True}
             )

@@ -237,6 +237,10 @@ class MailView:
         self._by_date: list[str] | None = None
         self._counts: dict[str, tuple[int, int, int, int]] | None = None
         self._threads: dict[str, list[str]] | None = None
+        self._aggregate: _Counts | None = None
+        #: The view whose counts this one's derive from, and the Emails changed since.
+        self._parent: MailView | None = None
+        self._affected: set[str] = set()
         #: Email/query results of this view, by query (see :mod:`txmail.jmap.query`).
         self.queries: dict[str, list[str]] = {}
 
@@ -284,7 +288,18 @@ class MailView:
                 kept.append((box, info))
                 kept.sort(key=lambda c: (position.get(c[0].id, 0), c[1].uid))
                 emails[eid] = kept
-        return MailView(self.store, self.cache, boxes, emails, order)
+        view = MailView(self.store, self.cache, boxes, emails, order)
+        affected = {i.email_id or f"{b}-{i.uid}" for b, (touched, _) in deltas.items() for i in touched}
+        for box_id, (_, expunged) in deltas.items():
+            status = by_id[box_id].status
+            assert status is not None
+            uid_map = self.cache.uid_maps.get((box_id, status.uidvalidity), {})
+            affected.update(uid_map[u] for u in expunged if u in uid_map)
+        if self._aggregate is not None:
+            view._parent, view._affected = self, affected
+        elif self._parent is not None:
+            view._parent, view._affected = self._parent, self._affected | affected
+        return view
 
     # -- ids and names -------------------------------------------------------
 
@@ -304,35 +319,40 @@ class MailView:
         and ``unreadThreads`` (RFC 8621 section 2): an Email is unread
         without ``$seen`` and ``$draft``; a Thread is unread in a mailbox
         holding one of its Emails when one of its Emails outside the trash
-        (or in it, for the trash itself) is unread.  Computed once a view.
+        (or in it, for the trash itself) is unread.  Computed once a view:
+        from the counts of the view it was patched from and the Emails that
+        changed since, when that view had them (:class:`_Counts`), else
+        from every Email.
         """
         if self._counts is not None:
             return self._counts
-        tids = await self.thread_ids()
         trash = next((b.id for b in self.boxes.values() if b.role == "trash"), None)
-        unread_threads: set[str] = set()
-        unread_threads_trash: set[str] = set()
-        unread_emails: set[str] = set()
-        for eid, copies in self.emails.items():
-            if self.is_unread(eid):
-                unread_emails.add(eid)
-                if any(box.id != trash for box, _ in copies):
-                    unread_threads.add(tids[eid])
-                if any(box.id == trash for box, _ in copies):
-                    unread_threads_trash.add(tids[eid])
-        counts = {}
-        for box in self.boxes.values():
-            ids = {i.email_id or f"{box.id}-{i.uid}" for i in box.infos}
-            threads = {tids[e] for e in ids}
-            unread_set = unread_threads_trash if box.id == trash else unread_threads
-            counts[box.id] = (
-                len(ids),
-                len(ids & unread_emails),
-                len(threads),
-                len(threads & unread_set),
-            )
-        self._counts = counts
-        return counts
+        parent, affected = self._parent, self._affected
+        self._parent, self._affected = None, set()
+        if parent is not None and parent._aggregate is not None and parent._aggregate.trash == trash:
+            await self.thread_ids([e for e in affected if e in self.emails])
+            aggregate = parent._aggregate.copy()
+            for eid in affected:
+                if eid in parent.emails:
+                    aggregate.remove(*parent._contribution(eid))
+                if eid in self.emails:
+                    aggregate.add(*self._contribution(eid))
+        else:
+            await self.thread_ids()
+            aggregate = _Counts(trash)
+            for eid in self.emails:
+                aggregate.add(*self._contribution(eid))
+        self._aggregate = aggregate
+        self._counts = {box_id: aggregate.counts(box_id) for box_id in self.boxes}
+        return self._counts
+
+    def _contribution(self, eid: str) -> tuple[frozenset[str], bool, str]:
+        """What an Email adds to the counts: its mailboxes, whether it is unread, its thread."""
+        return (
+            frozenset(box.id for box, _ in self.emails[eid]),
+            self.is_unread(eid),
+            self.cache.threads[eid],
+        )
 
     async def mailbox_state(self) -> str:
         """The Mailbox state: each mailbox's id, a hash of its other properties, and its counts."""
@@ -499,6 +519,115 @@ async def mail_view(store: Any) -> MailView:
     await view.thread_ids(new)
     cache.view, cache.view_key = view, view_key
     return view
+
+
+class _Counts:
+    """
+    The mailbox counts of a view, kept so that one Email's change updates
+    them (:meth:`remove` its old contribution, :meth:`add` its new one)
+    instead of counting every Email again.
+    """
+
+    def __init__(self, trash: str | None) -> None:
+        self.trash = trash
+        self.total: dict[str, int] = {}
+        self.unread: dict[str, int] = {}
+        #: mailbox -> thread -> its Emails in the mailbox.
+        self.in_box: dict[str, dict[str, int]] = {}
+        #: thread -> mailbox -> its Emails in the mailbox.
+        self.boxes_of: dict[str, dict[str, int]] = {}
+        #: thread -> its unread Emails with a copy outside the trash / in the trash.
+        self.unread_out: dict[str, int] = {}
+        self.unread_trash: dict[str, int] = {}
+        #: mailbox -> its unread threads.
+        self.unread_threads: dict[str, int] = {}
+        self._copied: set[int] = set()
+
+    def copy(self) -> _Counts:
+        """A copy sharing the per-mailbox and per-thread tables until they are changed."""
+        out = _Counts.__new__(_Counts)
+        out.trash = self.trash
+        out.total = dict(self.total)
+        out.unread = dict(self.unread)
+        out.in_box = dict(self.in_box)
+        out.boxes_of = dict(self.boxes_of)
+        out.unread_out = dict(self.unread_out)
+        out.unread_trash = dict(self.unread_trash)
+        out.unread_threads = dict(self.unread_threads)
+        out._copied = set()
+        return out
+
+    def _own(self, table: dict[str, dict[str, int]], key: str) -> dict[str, int]:
+        """*table*[*key*], copied first if it may be shared with the counts this copy was made from."""
+        inner = table.get(key)
+        if inner is None:
+            inner = table[key] = {}
+            self._copied.add(id(inner))
+        elif id(inner) not in self._copied:
+            inner = table[key] = dict(inner)
+            self._copied.add(id(inner))
+        return inner
+
+    def _unread_for(self, box_id: str) -> dict[str, int]:
+        return self.unread_trash if box_id == self.trash else self.unread_out
+
+    @staticmethod
+    def _bump(table: dict[str, int], key: str, step: int) -> int:
+        value = table.get(key, 0) + step
+        if value:
+            table[key] = value
+        else:
+            table.pop(key, None)
+        return value
+
+    def _thread_unread(self, tid: str, trash: bool, step: int) -> None:
+        table = self.unread_trash if trash else self.unread_out
+        value = self._bump(table, tid, step)
+        if (step > 0 and value == 1) or (step < 0 and value == 0):
+            for box_id in self.boxes_of.get(tid, ()):
+                if (box_id == self.trash) == trash:
+                    self._bump(self.unread_threads, box_id, 1 if step > 0 else -1)
+
+    def _presence(self, box_id: str, tid: str, step: int) -> None:
+        value = self._bump(self._own(self.in_box, box_id), tid, step)
+        self._bump(self._own(self.boxes_of, tid), box_id, step)
+        if ((step > 0 and value == 1) or (step < 0 and value == 0)) and self._unread_for(box_id).get(tid):
+            self._bump(self.unread_threads, box_id, 1 if step > 0 else -1)
+
+    def add(self, boxes: frozenset[str], unread: bool, tid: str) -> None:
+        """Count an Email in *boxes*."""
+        if unread:
+            if any(b != self.trash for b in boxes):
+                self._thread_unread(tid, False, 1)
+            if self.trash in boxes:
+                self._thread_unread(tid, True, 1)
+        for box_id in boxes:
+            self._bump(self.total, box_id, 1)
+            if unread:
+                self._bump(self.unread, box_id, 1)
+            self._presence(box_id, tid, 1)
+
+    def remove(self, boxes: frozenset[str], unread: bool, tid: str) -> None:
+        """Count an Email no more (the reverse of :meth:`add`)."""
+        for box_id in boxes:
+            self._bump(self.total, box_id, -1)
+            if unread:
+                self._bump(self.unread, box_id, -1)
+            self._presence(box_id, tid, -1)
+        if unread:
+            if any(b != self.trash for b in boxes):
+                self._thread_unread(tid, False, -1)
+            if self.trash in boxes:
+                self._thread_unread(tid, True, -1)
+
+    def counts(self, box_id: str) -> tuple[int, int, int, int]:
+        """``(totalEmails, unreadEmails, totalThreads, unreadThreads)`` of a mailbox."""
+        return (
+            self.total.get(box_id, 0),
+            self.unread.get(box_id, 0),
+            len(self.in_box.get(box_id, ())),
+            self.unread_threads.get(box_id, 0),
+        )
 
 
 def _folder_of(key: Any) -> Any:
