@@ -12,7 +12,7 @@ import base64
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.jmap._mail import MaildirMixin, MailMixin, make_message
+from tests.jmap._mail import USER, MaildirMixin, MailMixin, make_message
 from txmail.jmap import mail
 from txmail.model import ANSWERED, DELETED, FLAGGED, INBOX, SEEN, FlagMode, SpecialUse
 
@@ -505,3 +505,35 @@ class MemoryIncrementalViewTests(IncrementalViewMixin, TestCase):
 
 class MaildirIncrementalViewTests(MaildirMixin, IncrementalViewMixin, TestCase):
     """Over the Maildir store."""
+
+
+class MaildirRestartTests(MaildirMixin, MailMixin, TestCase):
+    """``/changes`` after a restart: the state is the store's modseqs, which the Maildir store keeps."""
+
+    def test_changes_exact_after_restart(self) -> None:
+        from twisted.internet import task
+
+        from txmail.store.maildir import MaildirProvider
+
+        root = self.mktemp()
+        self.provider = MaildirProvider(root, hostname="mx.test", clock=task.Clock(), watch="off")
+        self.store = self.successResultOf(self.provider.store_for(USER))
+        self.context.store = self.store
+        one = self.deliver()
+        self.deliver()
+        e1 = self.email_id(INBOX, one)
+        email_state = self.call("Email/get", {"ids": []})["state"]
+        mailbox_state = self.call("Mailbox/get", {})["state"]
+        # A new process over the same files.
+        self.provider = MaildirProvider(root, hostname="mx.test", clock=task.Clock(), watch="off")
+        self.store = self.successResultOf(self.provider.store_for(USER))
+        self.context.store = self.store
+        self.successResultOf(self.box().set_flags([one], [SEEN], FlagMode.ADD))
+        e3 = self.email_id(INBOX, self.deliver())
+        changes = self.call("Email/changes", {"sinceState": email_state})
+        self.assertEqual((changes["created"], changes["updated"], changes["destroyed"]), ([e3], [e1], []))
+        changes = self.call("Mailbox/changes", {"sinceState": mailbox_state})
+        self.assertEqual(
+            (changes["updated"], changes["updatedProperties"]),
+            ([self.box().mailbox_id], ["totalEmails", "unreadEmails", "totalThreads", "unreadThreads"]),
+        )

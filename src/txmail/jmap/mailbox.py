@@ -164,11 +164,11 @@ async def mailbox_changes(context: CallContext, arguments: dict[str, Any]) -> di
 _CONDITIONS = {"parentId", "name", "role", "hasAnyRole", "isSubscribed"}
 
 
-def _check_filter(filter: Any, context: CallContext) -> Any:
+def _check_filter(filter: Any, context: CallContext, depth: int = 0) -> Any:
     """The filter with creation ids resolved; ``unsupportedFilter`` for anything not of section 2.3."""
     if filter is None:
         return None
-    if not isinstance(filter, dict):
+    if not isinstance(filter, dict) or depth > 50:
         raise MethodError("unsupportedFilter", "a filter must be an object")
     if "operator" in filter:
         if filter["operator"] not in ("AND", "OR", "NOT") or not isinstance(filter.get("conditions"), list):
@@ -177,7 +177,7 @@ def _check_filter(filter: Any, context: CallContext) -> Any:
             raise MethodError("unsupportedFilter", "bad FilterOperator")
         return {
             "operator": filter["operator"],
-            "conditions": [_check_filter(c, context) for c in filter["conditions"]],
+            "conditions": [_check_filter(c, context, depth + 1) for c in filter["conditions"]],
         }
     unknown = set(filter) - _CONDITIONS
     if unknown:
