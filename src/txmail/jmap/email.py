@@ -18,10 +18,17 @@ The Email methods of RFC 8621 section 4 over the mailbox contract:
   the EMAILID), further added ones are COPYs, further removed ones a
   ``\\Deleted`` and UID EXPUNGE of that copy only.  Destroying an Email
   expunges each copy the same way.
-* Header properties come from the store's cached metadata
-  (:meth:`txmail.interfaces.IMailbox.get_metadata`), so an ``Email/get`` of
-  header fields reads no message; ``preview``, the body parts and body
-  values read the Email's first copy once.
+* Header properties and ``hasAttachment`` (section 4.1.4's
+  ``attachments`` not empty, from the cached BODYSTRUCTURE) come from the
+  store's cached metadata (:meth:`txmail.interfaces.IMailbox.get_metadata`),
+  so an ``Email/get`` of them reads no message; ``preview`` (RFC 8970's,
+  :func:`txmail.mime.preview`) is computed once an Email and kept, in the
+  store's records where the mailbox keeps records
+  (:class:`txmail.interfaces.IRecordCache`); the body parts and body values
+  read the Email's first copy.
+* ``Email/import`` appends an uploaded message; ``Email/parse`` reads an
+  uploaded one (or an attached ``message/rfc822`` part); ``Email/copy``
+  has nothing to copy between, a user having one account.
 * ``blobId`` is the Email's id (the whole message), a part's is the Email's
   id, ``_`` and its part id (see :mod:`txmail.jmap.body`).
 * ``Email/set`` create builds an RFC 5322 message (CRLF line ends, a

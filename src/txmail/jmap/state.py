@@ -35,12 +35,17 @@ restart as before:
   its UID is at least the state's UIDNEXT, else changed (its flags);
 * the UIDs expunged since (:class:`txmail.interfaces.IExpungeHistory`) are
   the copies removed.  Their EMAILIDs come from the UID to EMAILID map this
-  module keeps for each mailbox it has listed (in memory): a removed UID it
-  never saw (the process restarted after the message was listed by the
-  client's state and before it was expunged) cannot be named, and the
-  answer is ``cannotCalculateChanges``, as it is for a mailbox whose
-  UIDVALIDITY changed, and for a deleted mailbox that held messages the
-  map does not know.
+  module keeps for each mailbox it has listed (in memory, for the life of
+  the process).  A removed UID the map does not know (the process
+  restarted after the client's state and before the expunge) cannot be
+  named, and the answer is ``cannotCalculateChanges``; so it is for a
+  mailbox deleted, or given a new UIDVALIDITY, with messages the map does
+  not know.  Flag changes, deliveries, copies and moves in are exact across
+  restarts, since they are read from the store's modseqs.
+* ``maxChanges`` is kept by advancing whole mailboxes in id order, or, when
+  the first one alone has more changes, that mailbox up to the highest
+  modseq that keeps the answer within it: the new state is one of those
+  intermediate states, and ``hasMoreChanges`` is true.
 
 An Email existed at the old state when one of its copies did (present now
 with a UID below that mailbox's old UIDNEXT, or removed since): it is then
@@ -49,12 +54,19 @@ updated (or destroyed when no copy is left), else created.
 Caching
 =======
 
-The listing of each mailbox (:meth:`txmail.interfaces.IMailbox.list_messages`)
-is kept as long as its UIDVALIDITY, HIGHESTMODSEQ and message count are the
-same, and the whole view (:class:`MailView`, with its EMAILID index) as long
-as no mailbox changed, so that a call on an unchanged account costs one
-``status`` a mailbox.  Thread ids, immutable, are kept by EMAILID once
-computed from the header columns (:class:`txmail.interfaces.IHeaderColumns`).
+Per store (in memory, for the life of the process):
+
+* each mailbox's listing (:meth:`txmail.interfaces.IMailbox.list_messages`),
+  kept while its UIDVALIDITY, HIGHESTMODSEQ, UIDNEXT and message count are
+  the same;
+* the view (:class:`MailView`: the EMAILID index, the Emails by date, the
+  mailbox counts), kept while no mailbox changed, and otherwise patched
+  with the changes of the mailboxes that changed (their messages with a
+  higher modseq and their UIDs expunged since, :meth:`MailView.updated`),
+  so that the cost of a call follows the changes, not the size of the
+  mailboxes; it is built anew only when the folders changed;
+* thread ids, header columns and previews by EMAILID: a message never
+  changes, so they are computed once.
 
 This module is sans-IO apart from the Deferreds the store returns.
 """
