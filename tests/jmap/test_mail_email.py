@@ -537,3 +537,66 @@ class MaildirRestartTests(MaildirMixin, MailMixin, TestCase):
             (changes["updated"], changes["updatedProperties"]),
             ([self.box().mailbox_id], ["totalEmails", "unreadEmails", "totalThreads", "unreadThreads"]),
         )
+
+
+class _HeldStore:
+    """A store whose ``get_mailbox`` of the names in :attr:`held` waits until :meth:`release`."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.held: set[str] = set()
+        self.waiting: list[defer.Deferred[object]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def get_mailbox(self, name: str) -> defer.Deferred[object]:
+        d = self.store.get_mailbox(name)  # type: ignore[attr-defined]
+        if name not in self.held:
+            return d  # type: ignore[no-any-return]
+        waiting: defer.Deferred[object] = defer.Deferred()
+        self.waiting.append(waiting)
+        return waiting.addCallback(lambda _: d)
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+class OvertakenViewTests(MailMixin, TestCase):
+    """A view computed while another call overtakes it is still the store's (no change lost)."""
+
+    def same_as_fresh(self, view: object) -> None:
+        from txmail.jmap import state
+
+        fresh = state.MailView(view.store, view.cache, list(view.boxes.values()))  # type: ignore[attr-defined]
+        self.assertEqual(
+            {e: [(b.id, i) for b, i in c] for e, c in view.emails.items()},  # type: ignore[attr-defined]
+            {e: [(b.id, i) for b, i in c] for e, c in fresh.emails.items()},
+        )
+
+    def test_overtaken(self) -> None:
+        from txmail.jmap import state
+
+        self.successResultOf(self.store.create_mailbox("Other"))
+        first = self.deliver()
+        self.deliver("Other")
+        held = _HeldStore(self.store)
+        self.successResultOf(defer.ensureDeferred(state.mail_view(held)))
+        self.successResultOf(self.box().set_flags([first], [SEEN], FlagMode.ADD))
+        # The slow call lists INBOX, then waits for Other.
+        held.held = {"Other"}
+        slow = defer.ensureDeferred(state.mail_view(held))
+        self.assertNoResult(slow)
+        held.held = set()
+        fast = self.successResultOf(defer.ensureDeferred(state.mail_view(held)))
+        self.same_as_fresh(fast)
+        self.successResultOf(self.box().set_flags([first], [FLAGGED], FlagMode.ADD))
+        held.release()
+        self.same_as_fresh(self.successResultOf(slow))
+        now = self.successResultOf(defer.ensureDeferred(state.mail_view(held)))
+        self.same_as_fresh(now)
+        self.assertIn(
+            frozenset({SEEN, FLAGGED}), {i.flags for copies in now.emails.values() for _, i in copies}
+        )

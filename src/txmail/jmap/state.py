@@ -178,17 +178,10 @@ class BoxView:
         return [self.id, status.uidvalidity, status.uidnext, status.highest_modseq, status.messages]
 
 
-@dataclass(slots=True)
-class _BoxCache:
-    key: tuple[int, int, int, int]
-    infos: list[MessageInfo]
-
-
 class _UserCache:
     """What is kept for one store between calls (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.boxes: dict[str, _BoxCache] = {}
         #: (mailbox id, uidvalidity) -> uid -> email id, of every message ever listed.
         self.uid_maps: dict[tuple[str, int], dict[int, str]] = {}
         #: email id -> thread id (immutable).
@@ -463,6 +456,15 @@ async def mail_view(store: Any) -> MailView:
     of the view has its thread id.
     """
     cache = _cache_for(store)
+    # The view to patch, taken before the first wait: a call that overtakes
+    # this one may replace cache.view meanwhile, and the changes computed
+    # here are those since *base*.
+    base, base_key = cache.view, cache.view_key
+    kept: dict[str, tuple[Any, list[MessageInfo]]] = {}
+    if base is not None and base_key is not None:
+        for item in base_key:
+            if not isinstance(item, FolderInfo):
+                kept[item[1]] = (item[2], base.boxes[item[1]].infos)
     folders = await store.list_mailboxes("*")
     boxes: list[BoxView] = []
     key: list[Any] = []
@@ -480,18 +482,18 @@ async def mail_view(store: Any) -> MailView:
             continue
         box_id = getattr(mailbox, "mailbox_id", None) or placeholder_id(folder.name)
         box_key = (status.uidvalidity, status.highest_modseq, status.messages, status.uidnext)
-        kept = cache.boxes.get(box_id)
-        if kept is not None and kept.key == box_key:
-            infos = kept.infos
+        before = kept.get(box_id)
+        if before is not None and before[0] == box_key:
+            infos = before[1]
         else:
             try:
                 infos = await mailbox.list_messages()
                 if (
-                    kept is not None
-                    and kept.key[0] == status.uidvalidity
+                    before is not None
+                    and before[0][0] == status.uidvalidity
                     and hasattr(mailbox, "expunged_since")
                 ):
-                    since = kept.key[1]
+                    since = before[0][1]
                     touched = [i for i in infos if i.modseq > since]
                     deltas[box_id] = (touched, await mailbox.expunged_since(since))
                 else:
@@ -499,7 +501,6 @@ async def mail_view(store: Any) -> MailView:
                     complete = False
             except NoSuchMailbox:
                 continue
-            cache.boxes[box_id] = _BoxCache(box_key, infos)
             uid_map = cache.uid_maps.setdefault((box_id, status.uidvalidity), {})
             for info in touched:
                 if info.email_id is not None:
@@ -507,23 +508,19 @@ async def mail_view(store: Any) -> MailView:
         boxes.append(BoxView(box_id, folder, mailbox, status, infos))
         key.append((folder, box_id, box_key))
     view_key = tuple(key)
-    old = cache.view
-    if old is not None and cache.view_key == view_key:
+    if base is not None and base_key == view_key:
         # The same mailboxes, unchanged: keep the index and its sorted order.
         for box in boxes:
-            old.boxes[box.id].mailbox = box.mailbox
-        return old
-    live = {b.id for b in boxes}
-    for box_id in [b for b in cache.boxes if b not in live]:
-        del cache.boxes[box_id]
+            base.boxes[box.id].mailbox = box.mailbox
+        return base
     same_folders = (
-        old is not None
-        and cache.view_key is not None
-        and len(cache.view_key) == len(view_key)
-        and all(_folder_of(a) == _folder_of(b) for a, b in zip(cache.view_key, view_key, strict=True))
+        base is not None
+        and base_key is not None
+        and len(base_key) == len(view_key)
+        and all(_folder_of(a) == _folder_of(b) for a, b in zip(base_key, view_key, strict=True))
     )
-    if old is not None and complete and same_folders:
-        view = old.updated(boxes, deltas)
+    if base is not None and complete and same_folders:
+        view = base.updated(boxes, deltas)
         new = [i.email_id for touched, _ in deltas.values() for i in touched if i.email_id]
     else:
         view = MailView(store, cache, boxes)
