@@ -454,11 +454,29 @@ class IncrementalViewMixin(MailMixin):
         self.successResultOf(self.store.create_mailbox("Other"))
         self.successResultOf(self.store.create_mailbox("Trash", SpecialUse.TRASH))
         names = [INBOX, "Other", "Trash"]
-        for step in range(120):
+        for step in range(160):
             box = self.box(rng.choice(names))
             infos = self.successResultOf(box.list_messages())
-            action = rng.randrange(5)
-            if action == 0 or not infos:
+            action = rng.randrange(9)
+            movable = [n for n in names if n not in (INBOX, "Trash")]
+            if action == 5:
+                names.append(f"Box{step}")
+                self.successResultOf(self.store.create_mailbox(names[-1]))
+            elif action == 6 and len(movable) > 1:
+                name = rng.choice(movable)
+                names.remove(name)
+                self.successResultOf(self.store.delete_mailbox(name))  # as IMAP DELETE, messages and all
+            elif action == 7:
+                name = rng.choice(names)
+                if name in self.successResultOf(self.store.subscriptions()):
+                    self.successResultOf(self.store.unsubscribe(name))
+                else:
+                    self.successResultOf(self.store.subscribe(name))
+            elif action == 8 and movable:
+                name = rng.choice(movable)
+                names[names.index(name)] = f"Renamed{step}"
+                self.successResultOf(self.store.rename_mailbox(name, f"Renamed{step}"))
+            elif action in (0, 5, 6, 7, 8) or not infos:
                 references = f"<t{rng.randrange(5)}@x>" if rng.randrange(3) else None
                 box.append(make_message(f"m{step}", references=references), (), 1000 + rng.randrange(100))
             elif action == 1:

@@ -195,7 +195,7 @@ async def read_email(view: MailView, email_id: str) -> bytes | None:
     """The octets of an Email (its first copy that can still be read), or ``None``."""
     for box, info in view.emails.get(email_id, ()):
         try:
-            return bytes(await box.mailbox.read_message(info.uid))
+            return bytes(await view.boxes[box.id].mailbox.read_message(info.uid))
         except (NoSuchMessage, NoSuchMailbox):
             continue
     return None
@@ -432,7 +432,7 @@ async def _set_keywords(view: MailView, email_id: str, keywords: set[str]) -> No
     for box, info in view.emails[email_id]:
         new = _new_flags(info.flags, keywords)
         if new != info.flags:
-            await box.mailbox.set_flags([info.uid], new, FlagMode.REPLACE)
+            await view.boxes[box.id].mailbox.set_flags([info.uid], new, FlagMode.REPLACE)
 
 
 async def _remove_copy(mailbox: Any, uid: int) -> None:
@@ -442,7 +442,7 @@ async def _remove_copy(mailbox: Any, uid: int) -> None:
 
 
 async def _set_mailboxes(view: MailView, email_id: str, targets: set[str]) -> None:
-    copies = {box.id: (box.mailbox, info.uid) for box, info in view.emails[email_id]}
+    copies = {box.id: (view.boxes[box.id].mailbox, info.uid) for box, info in view.emails[email_id]}
     add = [t for t in sorted(targets) if t not in copies]
     remove = [c for c in sorted(copies) if c not in targets]
     if add and remove:
@@ -508,7 +508,7 @@ async def _destroy_one(view: MailView, email_id: str) -> dict[str, Any] | None:
     if not copies:
         return set_error("notFound")
     for box, info in copies:
-        await _remove_copy(box.mailbox, info.uid)
+        await _remove_copy(view.boxes[box.id].mailbox, info.uid)
     return None
 
 

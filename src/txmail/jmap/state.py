@@ -250,38 +250,47 @@ class MailView:
         self.queries: dict[str, list[str]] = {}
 
     def updated(
-        self, boxes: list[BoxView], deltas: dict[str, tuple[list[MessageInfo], list[int]]]
+        self,
+        boxes: list[BoxView],
+        deltas: dict[str, tuple[list[MessageInfo], list[int]]],
+        removed: Iterable[BoxView] = (),
     ) -> MailView:
         """
         This view after the changes *deltas* (mailbox id -> the messages
-        new or changed, the UIDs expunged) of mailboxes that kept their
-        UIDVALIDITY: the index copied and patched, at the cost of the
-        changes (and of a copy of the index, done in C) rather than of
-        every message.
+        new or changed, the UIDs expunged; every message of a mailbox new
+        since) and the mailboxes *removed* (this view's, deleted since): the
+        index copied and patched, at the cost of the changes (and of a copy
+        of the index, done in C) rather than of every message.  The
+        mailboxes this view and *boxes* share must have the same names (the
+        order of an Email's copies follows the names).
         """
         emails = self.emails.copy()
         order = self.order.copy()
         position = {b.id: i for i, b in enumerate(boxes)}
         by_id = {b.id: b for b in boxes}
-        for box_id, (touched, expunged) in deltas.items():
-            box = by_id[box_id]
-            status = box.status
+        removals: list[tuple[str, int, str | None]] = []
+        for box_id, (_, expunged) in deltas.items():
+            status = by_id[box_id].status
             assert status is not None
             uid_map = self.cache.uid_maps.get((box_id, status.uidvalidity), {})
-            for uid in expunged:
-                eid = uid_map.get(uid)
-                copies = emails.get(eid) if eid is not None else None
-                if not copies:
-                    continue
-                kept = [c for c in copies if not (c[0].id == box_id and c[1].uid == uid)]
-                if kept:
-                    emails[eid] = kept  # type: ignore[index]
-                else:
-                    del emails[eid]  # type: ignore[arg-type]
-                    key = (copies[0][1].internal_date, eid)
-                    at = bisect.bisect_left(order, key)
-                    if at < len(order) and order[at] == key:
-                        del order[at]
+            removals += [(box_id, uid, uid_map.get(uid)) for uid in expunged]
+        for old_box in removed:
+            removals += [(old_box.id, i.uid, i.email_id or f"{old_box.id}-{i.uid}") for i in old_box.infos]
+        for box_id, uid, eid in removals:
+            copies = emails.get(eid) if eid is not None else None
+            if not copies:
+                continue
+            kept = [c for c in copies if not (c[0].id == box_id and c[1].uid == uid)]
+            if kept:
+                emails[eid] = kept  # type: ignore[index]
+            else:
+                del emails[eid]  # type: ignore[arg-type]
+                key = (copies[0][1].internal_date, eid)
+                at = bisect.bisect_left(order, key)
+                if at < len(order) and order[at] == key:
+                    del order[at]
+        for box_id, (touched, _) in deltas.items():
+            box = by_id[box_id]
             for info in touched:
                 eid = info.email_id or f"{box_id}-{info.uid}"
                 copies = emails.get(eid)
@@ -295,11 +304,7 @@ class MailView:
                 emails[eid] = kept
         view = MailView(self.store, self.cache, boxes, emails, order)
         affected = {i.email_id or f"{b}-{i.uid}" for b, (touched, _) in deltas.items() for i in touched}
-        for box_id, (_, expunged) in deltas.items():
-            status = by_id[box_id].status
-            assert status is not None
-            uid_map = self.cache.uid_maps.get((box_id, status.uidvalidity), {})
-            affected.update(uid_map[u] for u in expunged if u in uid_map)
+        affected.update(eid for _, _, eid in removals if eid is not None)
         if self._aggregate is not None:
             view._parent, view._affected = self, affected
         elif self._parent is not None:
@@ -496,6 +501,9 @@ async def mail_view(store: Any) -> MailView:
                     since = before[0][1]
                     touched = [i for i in infos if i.modseq > since]
                     deltas[box_id] = (touched, await mailbox.expunged_since(since))
+                elif before is None and base is not None:
+                    touched = infos  # a mailbox new since the base view: every message is new
+                    deltas[box_id] = (touched, [])
                 else:
                     touched = infos
                     complete = False
@@ -513,14 +521,15 @@ async def mail_view(store: Any) -> MailView:
         for box in boxes:
             base.boxes[box.id].mailbox = box.mailbox
         return base
-    same_folders = (
-        base is not None
-        and base_key is not None
-        and len(base_key) == len(view_key)
-        and all(_folder_of(a) == _folder_of(b) for a, b in zip(base_key, view_key, strict=True))
+    # Mailboxes created, deleted, (un)subscribed are patched in; a rename
+    # changes the order of the copies: the view is built anew.
+    same_names = base is not None and all(
+        base.boxes[b.id].name == b.name for b in boxes if b.id in base.boxes
     )
-    if base is not None and complete and same_folders:
-        view = base.updated(boxes, deltas)
+    if base is not None and complete and same_names:
+        live = {b.id for b in boxes}
+        removed = [b for b in base.boxes.values() if b.id not in live and b.status is not None]
+        view = base.updated(boxes, deltas, removed)
         new = [i.email_id for touched, _ in deltas.values() for i in touched if i.email_id]
     else:
         view = MailView(store, cache, boxes)
@@ -639,11 +648,6 @@ class _Counts:
         )
 
 
-def _folder_of(key: Any) -> Any:
-    """The folder and mailbox id of a view key's member (its counters left out)."""
-    return key if isinstance(key, FolderInfo) else key[:2]
-
-
 def cannot_calculate(description: str) -> MethodError:
     """The ``cannotCalculateChanges`` method error (RFC 8620 section 5.2)."""
     return MethodError("cannotCalculateChanges", description)
@@ -733,12 +737,8 @@ def _existed_test(view: MailView, base: dict[str, list[Any]], gone: set[str]) ->
             return True
         for box, info in view.emails.get(eid, ()):
             old = base.get(box.id)
-            if (
-                old is not None
-                and box.status is not None
-                and old[1] == box.status.uidvalidity
-                and info.uid < old[2]
-            ):
+            status = view.boxes[box.id].status
+            if old is not None and status is not None and old[1] == status.uidvalidity and info.uid < old[2]:
                 return True
         return False
 
