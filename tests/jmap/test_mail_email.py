@@ -12,7 +12,7 @@ import base64
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.jmap._mail import MaildirMixin, MailMixin, make_message
+from tests.jmap._mail import USER, MaildirMixin, MailMixin, make_message
 from txmail.jmap import mail
 from txmail.model import ANSWERED, DELETED, FLAGGED, INBOX, SEEN, FlagMode, SpecialUse
 
@@ -452,13 +452,33 @@ class IncrementalViewMixin(MailMixin):
 
         rng = random.Random(14)
         self.successResultOf(self.store.create_mailbox("Other"))
-        names = [INBOX, "Other"]
-        for step in range(120):
+        self.successResultOf(self.store.create_mailbox("Trash", SpecialUse.TRASH))
+        names = [INBOX, "Other", "Trash"]
+        for step in range(160):
             box = self.box(rng.choice(names))
             infos = self.successResultOf(box.list_messages())
-            action = rng.randrange(5)
-            if action == 0 or not infos:
-                box.append(make_message(f"m{step}"), (), 1000 + rng.randrange(100))
+            action = rng.randrange(9)
+            movable = [n for n in names if n not in (INBOX, "Trash")]
+            if action == 5:
+                names.append(f"Box{step}")
+                self.successResultOf(self.store.create_mailbox(names[-1]))
+            elif action == 6 and len(movable) > 1:
+                name = rng.choice(movable)
+                names.remove(name)
+                self.successResultOf(self.store.delete_mailbox(name))  # as IMAP DELETE, messages and all
+            elif action == 7:
+                name = rng.choice(names)
+                if name in self.successResultOf(self.store.subscriptions()):
+                    self.successResultOf(self.store.unsubscribe(name))
+                else:
+                    self.successResultOf(self.store.subscribe(name))
+            elif action == 8 and movable:
+                name = rng.choice(movable)
+                names[names.index(name)] = f"Renamed{step}"
+                self.successResultOf(self.store.rename_mailbox(name, f"Renamed{step}"))
+            elif action in (0, 5, 6, 7, 8) or not infos:
+                references = f"<t{rng.randrange(5)}@x>" if rng.randrange(3) else None
+                box.append(make_message(f"m{step}", references=references), (), 1000 + rng.randrange(100))
             elif action == 1:
                 uid = rng.choice(infos).uid
                 self.successResultOf(
@@ -481,6 +501,8 @@ class IncrementalViewMixin(MailMixin):
                 {e: [(b.id, i) for b, i in c] for e, c in view.emails.items()},
                 {e: [(b.id, i) for b, i in c] for e, c in fresh.emails.items()},
             )
+            counts = self.successResultOf(defer.ensureDeferred(view.mailbox_counts()))
+            self.assertEqual(counts, self.successResultOf(defer.ensureDeferred(fresh.mailbox_counts())))
             fast = self.call(
                 "Email/query", {"filter": {"inMailbox": self.box().mailbox_id}, "collapseThreads": True}
             )
@@ -501,3 +523,98 @@ class MemoryIncrementalViewTests(IncrementalViewMixin, TestCase):
 
 class MaildirIncrementalViewTests(MaildirMixin, IncrementalViewMixin, TestCase):
     """Over the Maildir store."""
+
+
+class MaildirRestartTests(MaildirMixin, MailMixin, TestCase):
+    """``/changes`` after a restart: the state is the store's modseqs, which the Maildir store keeps."""
+
+    def test_changes_exact_after_restart(self) -> None:
+        from twisted.internet import task
+
+        from txmail.store.maildir import MaildirProvider
+
+        root = self.mktemp()
+        self.provider = MaildirProvider(root, hostname="mx.test", clock=task.Clock(), watch="off")
+        self.store = self.successResultOf(self.provider.store_for(USER))
+        self.context.store = self.store
+        one = self.deliver()
+        self.deliver()
+        e1 = self.email_id(INBOX, one)
+        email_state = self.call("Email/get", {"ids": []})["state"]
+        mailbox_state = self.call("Mailbox/get", {})["state"]
+        # A new process over the same files.
+        self.provider = MaildirProvider(root, hostname="mx.test", clock=task.Clock(), watch="off")
+        self.store = self.successResultOf(self.provider.store_for(USER))
+        self.context.store = self.store
+        self.successResultOf(self.box().set_flags([one], [SEEN], FlagMode.ADD))
+        e3 = self.email_id(INBOX, self.deliver())
+        changes = self.call("Email/changes", {"sinceState": email_state})
+        self.assertEqual((changes["created"], changes["updated"], changes["destroyed"]), ([e3], [e1], []))
+        changes = self.call("Mailbox/changes", {"sinceState": mailbox_state})
+        self.assertEqual(
+            (changes["updated"], changes["updatedProperties"]),
+            ([self.box().mailbox_id], ["totalEmails", "unreadEmails", "totalThreads", "unreadThreads"]),
+        )
+
+
+class _HeldStore:
+    """A store whose ``get_mailbox`` of the names in :attr:`held` waits until :meth:`release`."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.held: set[str] = set()
+        self.waiting: list[defer.Deferred[object]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def get_mailbox(self, name: str) -> defer.Deferred[object]:
+        d = self.store.get_mailbox(name)  # type: ignore[attr-defined]
+        if name not in self.held:
+            return d  # type: ignore[no-any-return]
+        waiting: defer.Deferred[object] = defer.Deferred()
+        self.waiting.append(waiting)
+        return waiting.addCallback(lambda _: d)
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+class OvertakenViewTests(MailMixin, TestCase):
+    """A view computed while another call overtakes it is still the store's (no change lost)."""
+
+    def same_as_fresh(self, view: object) -> None:
+        from txmail.jmap import state
+
+        fresh = state.MailView(view.store, view.cache, list(view.boxes.values()))  # type: ignore[attr-defined]
+        self.assertEqual(
+            {e: [(b.id, i) for b, i in c] for e, c in view.emails.items()},  # type: ignore[attr-defined]
+            {e: [(b.id, i) for b, i in c] for e, c in fresh.emails.items()},
+        )
+
+    def test_overtaken(self) -> None:
+        from txmail.jmap import state
+
+        self.successResultOf(self.store.create_mailbox("Other"))
+        first = self.deliver()
+        self.deliver("Other")
+        held = _HeldStore(self.store)
+        self.successResultOf(defer.ensureDeferred(state.mail_view(held)))
+        self.successResultOf(self.box().set_flags([first], [SEEN], FlagMode.ADD))
+        # The slow call lists INBOX, then waits for Other.
+        held.held = {"Other"}
+        slow = defer.ensureDeferred(state.mail_view(held))
+        self.assertNoResult(slow)
+        held.held = set()
+        fast = self.successResultOf(defer.ensureDeferred(state.mail_view(held)))
+        self.same_as_fresh(fast)
+        self.successResultOf(self.box().set_flags([first], [FLAGGED], FlagMode.ADD))
+        held.release()
+        self.same_as_fresh(self.successResultOf(slow))
+        now = self.successResultOf(defer.ensureDeferred(state.mail_view(held)))
+        self.same_as_fresh(now)
+        self.assertIn(
+            frozenset({SEEN, FLAGGED}), {i.flags for copies in now.emails.values() for _, i in copies}
+        )

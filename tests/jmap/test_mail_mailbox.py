@@ -215,6 +215,22 @@ class MailboxTestsMixin(MailMixin):
         self.assertEqual(got["destroyed"], [ids["Projects"], alpha])
         self.assertNotIn("INBOX/Beta", self.mailbox_ids())
 
+    def test_set_depth(self) -> None:
+        self.successResultOf(self.store.create_mailbox("/".join(f"L{i}" for i in range(1, 10))))
+        ids = self.mailbox_ids()
+        deepest = ids["/".join(f"L{i}" for i in range(1, 10))]
+        got = self.call("Mailbox/set", {"create": {"ok": {"name": "L10", "parentId": deepest}}})
+        self.assertEqual(list(got["created"]), ["ok"])
+        got = self.call(
+            "Mailbox/set", {"create": {"deep": {"name": "L11", "parentId": got["created"]["ok"]["id"]}}}
+        )
+        self.assertEqual(got["notCreated"]["deep"]["properties"], ["parentId"])
+        self.successResultOf(self.store.create_mailbox("Top"))
+        got = self.call("Mailbox/set", {"update": {ids["L1"]: {"parentId": self.mailbox_ids()["Top"]}}})
+        self.assertEqual(got["notUpdated"][ids["L1"]]["properties"], ["parentId"])
+        account = self.call("Mailbox/get", {"ids": []})
+        self.assertEqual(account["list"], [])
+
     def test_set_subscribe(self) -> None:
         self.successResultOf(self.store.create_mailbox("News"))
         news = self.mailbox_ids()["News"]

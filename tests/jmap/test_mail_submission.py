@@ -91,6 +91,7 @@ class SubmissionTests(TestCase):
             },
         )
         self.assertEqual(got["created"]["s"]["undoStatus"], "final")
+        self.assertEqual(got["created"]["s"]["deliveryStatus"][BOB]["delivered"], "yes")
         self.assertIsNone(got["notCreated"])
         (received,) = await self.server.wait_for_messages(BOB, 1)
         self.assertIn(b"Subject: Lunch?", received)
@@ -143,6 +144,7 @@ class SubmissionTests(TestCase):
             },
         )
         self.assertIsNone(got["notCreated"])
+        self.assertEqual(got["created"]["s"]["deliveryStatus"]["carol@remote.test"]["delivered"], "queued")
         (captured,) = await self.server.capture.wait_for(1)
         self.assertEqual(
             (captured.mail_from, captured.recipients), ("sales@example.test", ("carol@remote.test",))

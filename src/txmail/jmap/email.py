@@ -18,10 +18,17 @@ The Email methods of RFC 8621 section 4 over the mailbox contract:
   the EMAILID), further added ones are COPYs, further removed ones a
   ``\\Deleted`` and UID EXPUNGE of that copy only.  Destroying an Email
   expunges each copy the same way.
-* Header properties come from the store's cached metadata
-  (:meth:`txmail.interfaces.IMailbox.get_metadata`), so an ``Email/get`` of
-  header fields reads no message; ``preview``, the body parts and body
-  values read the Email's first copy once.
+* Header properties and ``hasAttachment`` (section 4.1.4's
+  ``attachments`` not empty, from the cached BODYSTRUCTURE) come from the
+  store's cached metadata (:meth:`txmail.interfaces.IMailbox.get_metadata`),
+  so an ``Email/get`` of them reads no message; ``preview`` (RFC 8970's,
+  :func:`txmail.mime.preview`) is computed once an Email and kept, in the
+  store's records where the mailbox keeps records
+  (:class:`txmail.interfaces.IRecordCache`); the body parts and body values
+  read the Email's first copy.
+* ``Email/import`` appends an uploaded message; ``Email/parse`` reads an
+  uploaded one (or an attached ``message/rfc822`` part); ``Email/copy``
+  has nothing to copy between, a user having one account.
 * ``blobId`` is the Email's id (the whole message), a part's is the Email's
   id, ``_`` and its part id (see :mod:`txmail.jmap.body`).
 * ``Email/set`` create builds an RFC 5322 message (CRLF line ends, a
@@ -188,7 +195,7 @@ async def read_email(view: MailView, email_id: str) -> bytes | None:
     """The octets of an Email (its first copy that can still be read), or ``None``."""
     for box, info in view.emails.get(email_id, ()):
         try:
-            return bytes(await box.mailbox.read_message(info.uid))
+            return bytes(await view.boxes[box.id].mailbox.read_message(info.uid))
         except (NoSuchMessage, NoSuchMailbox):
             continue
     return None
@@ -425,7 +432,7 @@ async def _set_keywords(view: MailView, email_id: str, keywords: set[str]) -> No
     for box, info in view.emails[email_id]:
         new = _new_flags(info.flags, keywords)
         if new != info.flags:
-            await box.mailbox.set_flags([info.uid], new, FlagMode.REPLACE)
+            await view.boxes[box.id].mailbox.set_flags([info.uid], new, FlagMode.REPLACE)
 
 
 async def _remove_copy(mailbox: Any, uid: int) -> None:
@@ -435,7 +442,7 @@ async def _remove_copy(mailbox: Any, uid: int) -> None:
 
 
 async def _set_mailboxes(view: MailView, email_id: str, targets: set[str]) -> None:
-    copies = {box.id: (box.mailbox, info.uid) for box, info in view.emails[email_id]}
+    copies = {box.id: (view.boxes[box.id].mailbox, info.uid) for box, info in view.emails[email_id]}
     add = [t for t in sorted(targets) if t not in copies]
     remove = [c for c in sorted(copies) if c not in targets]
     if add and remove:
@@ -501,7 +508,7 @@ async def _destroy_one(view: MailView, email_id: str) -> dict[str, Any] | None:
     if not copies:
         return set_error("notFound")
     for box, info in copies:
-        await _remove_copy(box.mailbox, info.uid)
+        await _remove_copy(view.boxes[box.id].mailbox, info.uid)
     return None
 
 

@@ -17,12 +17,10 @@ from typing import Any
 
 from txmail.jmap import email, mailbox, query, submission, thread
 from txmail.jmap.core import MAIL, SUBMISSION, CallContext, Capability
+from txmail.jmap.mailbox import MAX_MAILBOX_DEPTH
 from txmail.jmap.state import mail_view
 
 __all__ = ["MAX_MAILBOX_DEPTH", "capabilities", "mail_account", "states", "submission_account"]
-
-#: ``maxMailboxDepth`` (RFC 8621 section 1.3.1).
-MAX_MAILBOX_DEPTH = 10
 
 
 def mail_account(user: str) -> dict[str, Any]:

@@ -43,13 +43,15 @@ from txmail.jmap.core import CallContext, MethodError, set_error
 from txmail.jmap.state import ROLES, BoxView, MailView, decode_state, encode_state, mail_view
 from txmail.model import DELIMITER, INBOX, SpecialUse
 
-__all__ = ["METHODS"]
+__all__ = ["MAX_MAILBOX_DEPTH", "METHODS"]
 
 PROPERTIES = (
     "id", "name", "parentId", "role", "sortOrder", "totalEmails", "unreadEmails",
     "totalThreads", "unreadThreads", "myRights", "isSubscribed",
 )  # fmt: skip
 COUNTS = ["totalEmails", "unreadEmails", "totalThreads", "unreadThreads"]
+#: ``maxMailboxDepth`` (RFC 8621 section 1.3.1): a mailbox and its parents, at most.
+MAX_MAILBOX_DEPTH = 10
 _ROLE_USES = {role: use for use, role in ROLES.items()}
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/]")
 
@@ -164,11 +166,11 @@ async def mailbox_changes(context: CallContext, arguments: dict[str, Any]) -> di
 _CONDITIONS = {"parentId", "name", "role", "hasAnyRole", "isSubscribed"}
 
 
-def _check_filter(filter: Any, context: CallContext) -> Any:
+def _check_filter(filter: Any, context: CallContext, depth: int = 0) -> Any:
     """The filter with creation ids resolved; ``unsupportedFilter`` for anything not of section 2.3."""
     if filter is None:
         return None
-    if not isinstance(filter, dict):
+    if not isinstance(filter, dict) or depth > 50:
         raise MethodError("unsupportedFilter", "a filter must be an object")
     if "operator" in filter:
         if filter["operator"] not in ("AND", "OR", "NOT") or not isinstance(filter.get("conditions"), list):
@@ -177,7 +179,7 @@ def _check_filter(filter: Any, context: CallContext) -> Any:
             raise MethodError("unsupportedFilter", "bad FilterOperator")
         return {
             "operator": filter["operator"],
-            "conditions": [_check_filter(c, context) for c in filter["conditions"]],
+            "conditions": [_check_filter(c, context, depth + 1) for c in filter["conditions"]],
         }
     unknown = set(filter) - _CONDITIONS
     if unknown:
@@ -388,6 +390,8 @@ async def _create_one(context: CallContext, view: MailView, props: dict[str, Any
     if not isinstance(subscribe, bool):
         return _bad(["isSubscribed"], "must be a boolean")
     full = name if parent is None else parent.name + DELIMITER + name
+    if full.count(DELIMITER) >= MAX_MAILBOX_DEPTH:
+        return _bad(["parentId"], f"mailboxes nest at most {MAX_MAILBOX_DEPTH} deep")
     try:
         await context.store.create_mailbox(full, SpecialUse(use) if use is not None else None)
     except MailboxExists:
@@ -430,6 +434,12 @@ async def _update_one(
                 return _bad(["parentId"], "a mailbox cannot be below itself")
             new_name = parent.name + DELIMITER + leaf
     if new_name != box.name:
+        deepest = max(
+            (b.name.count(DELIMITER) for b in view.boxes.values() if b.name.startswith(box.name + DELIMITER)),
+            default=box.name.count(DELIMITER),
+        )
+        if new_name.count(DELIMITER) + deepest - box.name.count(DELIMITER) >= MAX_MAILBOX_DEPTH:
+            return _bad(["parentId"], f"mailboxes nest at most {MAX_MAILBOX_DEPTH} deep")
         if box.name == INBOX:
             return set_error("forbidden", "INBOX cannot be renamed")
         try:

@@ -35,12 +35,17 @@ restart as before:
   its UID is at least the state's UIDNEXT, else changed (its flags);
 * the UIDs expunged since (:class:`txmail.interfaces.IExpungeHistory`) are
   the copies removed.  Their EMAILIDs come from the UID to EMAILID map this
-  module keeps for each mailbox it has listed (in memory): a removed UID it
-  never saw (the process restarted after the message was listed by the
-  client's state and before it was expunged) cannot be named, and the
-  answer is ``cannotCalculateChanges``, as it is for a mailbox whose
-  UIDVALIDITY changed, and for a deleted mailbox that held messages the
-  map does not know.
+  module keeps for each mailbox it has listed (in memory, for the life of
+  the process).  A removed UID the map does not know (the process
+  restarted after the client's state and before the expunge) cannot be
+  named, and the answer is ``cannotCalculateChanges``; so it is for a
+  mailbox deleted, or given a new UIDVALIDITY, with messages the map does
+  not know.  Flag changes, deliveries, copies and moves in are exact across
+  restarts, since they are read from the store's modseqs.
+* ``maxChanges`` is kept by advancing whole mailboxes in id order, or, when
+  the first one alone has more changes, that mailbox up to the highest
+  modseq that keeps the answer within it: the new state is one of those
+  intermediate states, and ``hasMoreChanges`` is true.
 
 An Email existed at the old state when one of its copies did (present now
 with a UID below that mailbox's old UIDNEXT, or removed since): it is then
@@ -49,12 +54,19 @@ updated (or destroyed when no copy is left), else created.
 Caching
 =======
 
-The listing of each mailbox (:meth:`txmail.interfaces.IMailbox.list_messages`)
-is kept as long as its UIDVALIDITY, HIGHESTMODSEQ and message count are the
-same, and the whole view (:class:`MailView`, with its EMAILID index) as long
-as no mailbox changed, so that a call on an unchanged account costs one
-``status`` a mailbox.  Thread ids, immutable, are kept by EMAILID once
-computed from the header columns (:class:`txmail.interfaces.IHeaderColumns`).
+Per store (in memory, for the life of the process):
+
+* each mailbox's listing (:meth:`txmail.interfaces.IMailbox.list_messages`),
+  kept while its UIDVALIDITY, HIGHESTMODSEQ, UIDNEXT and message count are
+  the same;
+* the view (:class:`MailView`: the EMAILID index, the Emails by date, the
+  mailbox counts), kept while no mailbox changed, and otherwise patched
+  with the changes of the mailboxes that changed (their messages with a
+  higher modseq and their UIDs expunged since, :meth:`MailView.updated`),
+  so that the cost of a call follows the changes, not the size of the
+  mailboxes; it is built anew only when the folders changed;
+* thread ids, header columns and previews by EMAILID: a message never
+  changes, so they are computed once.
 
 This module is sans-IO apart from the Deferreds the store returns.
 """
@@ -166,17 +178,10 @@ class BoxView:
         return [self.id, status.uidvalidity, status.uidnext, status.highest_modseq, status.messages]
 
 
-@dataclass(slots=True)
-class _BoxCache:
-    key: tuple[int, int, int, int]
-    infos: list[MessageInfo]
-
-
 class _UserCache:
     """What is kept for one store between calls (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.boxes: dict[str, _BoxCache] = {}
         #: (mailbox id, uidvalidity) -> uid -> email id, of every message ever listed.
         self.uid_maps: dict[tuple[str, int], dict[int, str]] = {}
         #: email id -> thread id (immutable).
@@ -236,42 +241,56 @@ class MailView:
         self.order = order
         self._by_date: list[str] | None = None
         self._counts: dict[str, tuple[int, int, int, int]] | None = None
+        self._threads: dict[str, list[str]] | None = None
+        self._aggregate: _Counts | None = None
+        #: The view whose counts this one's derive from, and the Emails changed since.
+        self._parent: MailView | None = None
+        self._affected: set[str] = set()
         #: Email/query results of this view, by query (see :mod:`txmail.jmap.query`).
         self.queries: dict[str, list[str]] = {}
 
     def updated(
-        self, boxes: list[BoxView], deltas: dict[str, tuple[list[MessageInfo], list[int]]]
+        self,
+        boxes: list[BoxView],
+        deltas: dict[str, tuple[list[MessageInfo], list[int]]],
+        removed: Iterable[BoxView] = (),
     ) -> MailView:
         """
         This view after the changes *deltas* (mailbox id -> the messages
-        new or changed, the UIDs expunged) of mailboxes that kept their
-        UIDVALIDITY: the index copied and patched, at the cost of the
-        changes (and of a copy of the index, done in C) rather than of
-        every message.
+        new or changed, the UIDs expunged; every message of a mailbox new
+        since) and the mailboxes *removed* (this view's, deleted since): the
+        index copied and patched, at the cost of the changes (and of a copy
+        of the index, done in C) rather than of every message.  The
+        mailboxes this view and *boxes* share must have the same names (the
+        order of an Email's copies follows the names).
         """
         emails = self.emails.copy()
         order = self.order.copy()
         position = {b.id: i for i, b in enumerate(boxes)}
         by_id = {b.id: b for b in boxes}
-        for box_id, (touched, expunged) in deltas.items():
-            box = by_id[box_id]
-            status = box.status
+        removals: list[tuple[str, int, str | None]] = []
+        for box_id, (_, expunged) in deltas.items():
+            status = by_id[box_id].status
             assert status is not None
             uid_map = self.cache.uid_maps.get((box_id, status.uidvalidity), {})
-            for uid in expunged:
-                eid = uid_map.get(uid)
-                copies = emails.get(eid) if eid is not None else None
-                if not copies:
-                    continue
-                kept = [c for c in copies if not (c[0].id == box_id and c[1].uid == uid)]
-                if kept:
-                    emails[eid] = kept  # type: ignore[index]
-                else:
-                    del emails[eid]  # type: ignore[arg-type]
-                    key = (copies[0][1].internal_date, eid)
-                    at = bisect.bisect_left(order, key)
-                    if at < len(order) and order[at] == key:
-                        del order[at]
+            removals += [(box_id, uid, uid_map.get(uid)) for uid in expunged]
+        for old_box in removed:
+            removals += [(old_box.id, i.uid, i.email_id or f"{old_box.id}-{i.uid}") for i in old_box.infos]
+        for box_id, uid, eid in removals:
+            copies = emails.get(eid) if eid is not None else None
+            if not copies:
+                continue
+            kept = [c for c in copies if not (c[0].id == box_id and c[1].uid == uid)]
+            if kept:
+                emails[eid] = kept  # type: ignore[index]
+            else:
+                del emails[eid]  # type: ignore[arg-type]
+                key = (copies[0][1].internal_date, eid)
+                at = bisect.bisect_left(order, key)
+                if at < len(order) and order[at] == key:
+                    del order[at]
+        for box_id, (touched, _) in deltas.items():
+            box = by_id[box_id]
             for info in touched:
                 eid = info.email_id or f"{box_id}-{info.uid}"
                 copies = emails.get(eid)
@@ -283,7 +302,14 @@ class MailView:
                 kept.append((box, info))
                 kept.sort(key=lambda c: (position.get(c[0].id, 0), c[1].uid))
                 emails[eid] = kept
-        return MailView(self.store, self.cache, boxes, emails, order)
+        view = MailView(self.store, self.cache, boxes, emails, order)
+        affected = {i.email_id or f"{b}-{i.uid}" for b, (touched, _) in deltas.items() for i in touched}
+        affected.update(eid for _, _, eid in removals if eid is not None)
+        if self._aggregate is not None:
+            view._parent, view._affected = self, affected
+        elif self._parent is not None:
+            view._parent, view._affected = self._parent, self._affected | affected
+        return view
 
     # -- ids and names -------------------------------------------------------
 
@@ -303,35 +329,40 @@ class MailView:
         and ``unreadThreads`` (RFC 8621 section 2): an Email is unread
         without ``$seen`` and ``$draft``; a Thread is unread in a mailbox
         holding one of its Emails when one of its Emails outside the trash
-        (or in it, for the trash itself) is unread.  Computed once a view.
+        (or in it, for the trash itself) is unread.  Computed once a view:
+        from the counts of the view it was patched from and the Emails that
+        changed since, when that view had them (:class:`_Counts`), else
+        from every Email.
         """
         if self._counts is not None:
             return self._counts
-        tids = await self.thread_ids()
         trash = next((b.id for b in self.boxes.values() if b.role == "trash"), None)
-        unread_threads: set[str] = set()
-        unread_threads_trash: set[str] = set()
-        unread_emails: set[str] = set()
-        for eid, copies in self.emails.items():
-            if self.is_unread(eid):
-                unread_emails.add(eid)
-                if any(box.id != trash for box, _ in copies):
-                    unread_threads.add(tids[eid])
-                if any(box.id == trash for box, _ in copies):
-                    unread_threads_trash.add(tids[eid])
-        counts = {}
-        for box in self.boxes.values():
-            ids = {i.email_id or f"{box.id}-{i.uid}" for i in box.infos}
-            threads = {tids[e] for e in ids}
-            unread_set = unread_threads_trash if box.id == trash else unread_threads
-            counts[box.id] = (
-                len(ids),
-                len(ids & unread_emails),
-                len(threads),
-                len(threads & unread_set),
-            )
-        self._counts = counts
-        return counts
+        parent, affected = self._parent, self._affected
+        self._parent, self._affected = None, set()
+        if parent is not None and parent._aggregate is not None and parent._aggregate.trash == trash:
+            await self.thread_ids([e for e in affected if e in self.emails])
+            aggregate = parent._aggregate.copy()
+            for eid in affected:
+                if eid in parent.emails:
+                    aggregate.remove(*parent._contribution(eid))
+                if eid in self.emails:
+                    aggregate.add(*self._contribution(eid))
+        else:
+            await self.thread_ids()
+            aggregate = _Counts(trash)
+            for eid in self.emails:
+                aggregate.add(*self._contribution(eid))
+        self._aggregate = aggregate
+        self._counts = {box_id: aggregate.counts(box_id) for box_id in self.boxes}
+        return self._counts
+
+    def _contribution(self, eid: str) -> tuple[frozenset[str], bool, str]:
+        """What an Email adds to the counts: its mailboxes, whether it is unread, its thread."""
+        return (
+            frozenset(box.id for box, _ in self.emails[eid]),
+            self.is_unread(eid),
+            self.cache.threads[eid],
+        )
 
     async def mailbox_state(self) -> str:
         """The Mailbox state: each mailbox's id, a hash of its other properties, and its counts."""
@@ -402,12 +433,15 @@ class MailView:
         return {e: threads[e] for e in ids if e in threads}
 
     async def threads(self) -> dict[str, list[str]]:
-        """Thread id -> its EMAILIDs, oldest first (internal date, then id)."""
-        tids = await self.thread_ids()
-        out: dict[str, list[str]] = {}
-        for eid in reversed(self.by_date()):
-            out.setdefault(tids[eid], []).append(eid)
-        return out
+        """Thread id -> its EMAILIDs, oldest first (internal date, then id); computed once a view."""
+        if self._threads is None:
+            await self.thread_ids([eid for _, eid in self.order if eid not in self.cache.threads])
+            known = self.cache.threads
+            out: dict[str, list[str]] = {}
+            for _, eid in self.order:
+                out.setdefault(known[eid], []).append(eid)
+            self._threads = out
+        return self._threads
 
     def uid_map(self, box_id: str, uidvalidity: int) -> dict[int, str] | None:
         return self.cache.uid_maps.get((box_id, uidvalidity))
@@ -427,6 +461,15 @@ async def mail_view(store: Any) -> MailView:
     of the view has its thread id.
     """
     cache = _cache_for(store)
+    # The view to patch, taken before the first wait: a call that overtakes
+    # this one may replace cache.view meanwhile, and the changes computed
+    # here are those since *base*.
+    base, base_key = cache.view, cache.view_key
+    kept: dict[str, tuple[Any, list[MessageInfo]]] = {}
+    if base is not None and base_key is not None:
+        for item in base_key:
+            if not isinstance(item, FolderInfo):
+                kept[item[1]] = (item[2], base.boxes[item[1]].infos)
     folders = await store.list_mailboxes("*")
     boxes: list[BoxView] = []
     key: list[Any] = []
@@ -444,26 +487,28 @@ async def mail_view(store: Any) -> MailView:
             continue
         box_id = getattr(mailbox, "mailbox_id", None) or placeholder_id(folder.name)
         box_key = (status.uidvalidity, status.highest_modseq, status.messages, status.uidnext)
-        kept = cache.boxes.get(box_id)
-        if kept is not None and kept.key == box_key:
-            infos = kept.infos
+        before = kept.get(box_id)
+        if before is not None and before[0] == box_key:
+            infos = before[1]
         else:
             try:
                 infos = await mailbox.list_messages()
                 if (
-                    kept is not None
-                    and kept.key[0] == status.uidvalidity
+                    before is not None
+                    and before[0][0] == status.uidvalidity
                     and hasattr(mailbox, "expunged_since")
                 ):
-                    since = kept.key[1]
+                    since = before[0][1]
                     touched = [i for i in infos if i.modseq > since]
                     deltas[box_id] = (touched, await mailbox.expunged_since(since))
+                elif before is None and base is not None:
+                    touched = infos  # a mailbox new since the base view: every message is new
+                    deltas[box_id] = (touched, [])
                 else:
                     touched = infos
                     complete = False
             except NoSuchMailbox:
                 continue
-            cache.boxes[box_id] = _BoxCache(box_key, infos)
             uid_map = cache.uid_maps.setdefault((box_id, status.uidvalidity), {})
             for info in touched:
                 if info.email_id is not None:
@@ -471,23 +516,20 @@ async def mail_view(store: Any) -> MailView:
         boxes.append(BoxView(box_id, folder, mailbox, status, infos))
         key.append((folder, box_id, box_key))
     view_key = tuple(key)
-    old = cache.view
-    if old is not None and cache.view_key == view_key:
+    if base is not None and base_key == view_key:
         # The same mailboxes, unchanged: keep the index and its sorted order.
         for box in boxes:
-            old.boxes[box.id].mailbox = box.mailbox
-        return old
-    live = {b.id for b in boxes}
-    for box_id in [b for b in cache.boxes if b not in live]:
-        del cache.boxes[box_id]
-    same_folders = (
-        old is not None
-        and cache.view_key is not None
-        and len(cache.view_key) == len(view_key)
-        and all(_folder_of(a) == _folder_of(b) for a, b in zip(cache.view_key, view_key, strict=True))
+            base.boxes[box.id].mailbox = box.mailbox
+        return base
+    # Mailboxes created, deleted, (un)subscribed are patched in; a rename
+    # changes the order of the copies: the view is built anew.
+    same_names = base is not None and all(
+        base.boxes[b.id].name == b.name for b in boxes if b.id in base.boxes
     )
-    if old is not None and complete and same_folders:
-        view = old.updated(boxes, deltas)
+    if base is not None and complete and same_names:
+        live = {b.id for b in boxes}
+        removed = [b for b in base.boxes.values() if b.id not in live and b.status is not None]
+        view = base.updated(boxes, deltas, removed)
         new = [i.email_id for touched, _ in deltas.values() for i in touched if i.email_id]
     else:
         view = MailView(store, cache, boxes)
@@ -497,9 +539,113 @@ async def mail_view(store: Any) -> MailView:
     return view
 
 
-def _folder_of(key: Any) -> Any:
-    """The folder and mailbox id of a view key's member (its counters left out)."""
-    return key if isinstance(key, FolderInfo) else key[:2]
+class _Counts:
+    """
+    The mailbox counts of a view, kept so that one Email's change updates
+    them (:meth:`remove` its old contribution, :meth:`add` its new one)
+    instead of counting every Email again.
+    """
+
+    def __init__(self, trash: str | None) -> None:
+        self.trash = trash
+        self.total: dict[str, int] = {}
+        self.unread: dict[str, int] = {}
+        #: mailbox -> thread -> its Emails in the mailbox.
+        self.in_box: dict[str, dict[str, int]] = {}
+        #: thread -> mailbox -> its Emails in the mailbox.
+        self.boxes_of: dict[str, dict[str, int]] = {}
+        #: thread -> its unread Emails with a copy outside the trash / in the trash.
+        self.unread_out: dict[str, int] = {}
+        self.unread_trash: dict[str, int] = {}
+        #: mailbox -> its unread threads.
+        self.unread_threads: dict[str, int] = {}
+        self._copied: set[int] = set()
+
+    def copy(self) -> _Counts:
+        """A copy sharing the per-mailbox and per-thread tables until they are changed."""
+        out = _Counts.__new__(_Counts)
+        out.trash = self.trash
+        out.total = dict(self.total)
+        out.unread = dict(self.unread)
+        out.in_box = dict(self.in_box)
+        out.boxes_of = dict(self.boxes_of)
+        out.unread_out = dict(self.unread_out)
+        out.unread_trash = dict(self.unread_trash)
+        out.unread_threads = dict(self.unread_threads)
+        out._copied = set()
+        return out
+
+    def _own(self, table: dict[str, dict[str, int]], key: str) -> dict[str, int]:
+        """*table*[*key*], copied first if it may be shared with the counts this copy was made from."""
+        inner = table.get(key)
+        if inner is None:
+            inner = table[key] = {}
+            self._copied.add(id(inner))
+        elif id(inner) not in self._copied:
+            inner = table[key] = dict(inner)
+            self._copied.add(id(inner))
+        return inner
+
+    def _unread_for(self, box_id: str) -> dict[str, int]:
+        return self.unread_trash if box_id == self.trash else self.unread_out
+
+    @staticmethod
+    def _bump(table: dict[str, int], key: str, step: int) -> int:
+        value = table.get(key, 0) + step
+        if value:
+            table[key] = value
+        else:
+            table.pop(key, None)
+        return value
+
+    def _thread_unread(self, tid: str, trash: bool, step: int) -> None:
+        table = self.unread_trash if trash else self.unread_out
+        value = self._bump(table, tid, step)
+        if (step > 0 and value == 1) or (step < 0 and value == 0):
+            for box_id in self.boxes_of.get(tid, ()):
+                if (box_id == self.trash) == trash:
+                    self._bump(self.unread_threads, box_id, 1 if step > 0 else -1)
+
+    def _presence(self, box_id: str, tid: str, step: int) -> None:
+        value = self._bump(self._own(self.in_box, box_id), tid, step)
+        self._bump(self._own(self.boxes_of, tid), box_id, step)
+        if ((step > 0 and value == 1) or (step < 0 and value == 0)) and self._unread_for(box_id).get(tid):
+            self._bump(self.unread_threads, box_id, 1 if step > 0 else -1)
+
+    def add(self, boxes: frozenset[str], unread: bool, tid: str) -> None:
+        """Count an Email in *boxes*."""
+        if unread:
+            if any(b != self.trash for b in boxes):
+                self._thread_unread(tid, False, 1)
+            if self.trash in boxes:
+                self._thread_unread(tid, True, 1)
+        for box_id in boxes:
+            self._bump(self.total, box_id, 1)
+            if unread:
+                self._bump(self.unread, box_id, 1)
+            self._presence(box_id, tid, 1)
+
+    def remove(self, boxes: frozenset[str], unread: bool, tid: str) -> None:
+        """Count an Email no more (the reverse of :meth:`add`)."""
+        for box_id in boxes:
+            self._bump(self.total, box_id, -1)
+            if unread:
+                self._bump(self.unread, box_id, -1)
+            self._presence(box_id, tid, -1)
+        if unread:
+            if any(b != self.trash for b in boxes):
+                self._thread_unread(tid, False, -1)
+            if self.trash in boxes:
+                self._thread_unread(tid, True, -1)
+
+    def counts(self, box_id: str) -> tuple[int, int, int, int]:
+        """``(totalEmails, unreadEmails, totalThreads, unreadThreads)`` of a mailbox."""
+        return (
+            self.total.get(box_id, 0),
+            self.unread.get(box_id, 0),
+            len(self.in_box.get(box_id, ())),
+            self.unread_threads.get(box_id, 0),
+        )
 
 
 def cannot_calculate(description: str) -> MethodError:
@@ -591,12 +737,8 @@ def _existed_test(view: MailView, base: dict[str, list[Any]], gone: set[str]) ->
             return True
         for box, info in view.emails.get(eid, ()):
             old = base.get(box.id)
-            if (
-                old is not None
-                and box.status is not None
-                and old[1] == box.status.uidvalidity
-                and info.uid < old[2]
-            ):
+            status = view.boxes[box.id].status
+            if old is not None and status is not None and old[1] == status.uidvalidity and info.uid < old[2]:
                 return True
         return False
 

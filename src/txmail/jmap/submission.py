@@ -241,14 +241,15 @@ async def _submit(context: CallContext, props: dict[str, Any]) -> dict[str, Any]
         return set_error(
             "forbiddenToSend", "no recipient could be reached: " + "; ".join(r.reply for r in report.results)
         )
-    status = {
-        r.recipient: {
-            "smtpReply": r.reply or "250 2.0.0 OK",
-            "delivered": "queued" if r.ok else "no",
+    status = {}
+    for result in report.results:
+        local = bool(directory.is_local_domain(result.recipient.rpartition("@")[2]))
+        status[result.recipient] = {
+            "smtpReply": result.reply or "250 2.0.0 OK",
+            # Section 7: "yes" once in the recipient's mailbox, "queued" while the queue has it.
+            "delivered": ("yes" if local else "queued") if result.ok else "no",
             "displayed": "unknown",
         }
-        for r in report.results
-    }
     return {
         "id": submission_id,
         "undoStatus": "final",
