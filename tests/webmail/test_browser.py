@@ -214,6 +214,18 @@ class MailTests(BrowserTestCase):
         await self.login()
         await self.open_message("The report")
         self.assertIn("report.pdf", await self.text("attachments"))
+        # The link downloads it from the JMAP download endpoint (with the cookie).
+        link = await self.browser(
+            lambda: self.driver.find_element(By.CSS_SELECTOR, "#attachments a").get_attribute("href")
+        )
+        self.assertTrue(link.startswith(self.base + "/jmap/download/"), link)
+        downloaded = await self.browser(
+            self.driver.execute_async_script,
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0]).then(r => r.arrayBuffer()).then(b => done(Array.from(new Uint8Array(b))));",
+            link,
+        )
+        self.assertEqual(bytes(downloaded), base64.b64decode("JVBERi0xLjQKJcOkw7zDtsOfCg=="))
         await self.click("forward")
         await self.wait(
             lambda d: "report.pdf" in d.find_element(By.ID, "compose-attachments").text, what="the attachment"
