@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txmail.jmap.core import CORE, CallContext, Capability, Limits, MethodError, Registry
-from txmail.web import api, capabilities
+from txmail.web import api
 
 TEST = "urn:example:test"
 
@@ -87,7 +87,7 @@ class Recorder:
 
 
 def _registry(recorder: Recorder | None = None, limits: Limits | None = None) -> Registry:
-    registry = Registry(capabilities(None) if limits is None else [api.core_capability(limits)])
+    registry = Registry([api.core_capability(limits or Limits())])
     registry.add((recorder or Recorder()).capability())
     return registry
 

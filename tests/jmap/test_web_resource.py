@@ -618,4 +618,7 @@ class SiteTests(TestCase):
         self.assertEqual(site.displayTracebacks, False)
 
     def test_capabilities_function(self) -> None:
-        self.assertEqual([c.urn for c in capabilities(None)], [CORE])
+        self.assertEqual(
+            [c.urn for c in capabilities(None)],
+            [CORE, "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"],
+        )

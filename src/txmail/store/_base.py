@@ -414,10 +414,13 @@ class MailboxState:
 
     def _status(self) -> MailboxStatus:
         recent = 0
-        for uid in reversed(self._infos):
-            if uid <= self._recent:
-                break
-            recent += 1
+        if self._infos and next(iter(self._infos)) > self._recent:
+            recent = len(self._infos)  # nothing claimed yet: no walk over every message
+        else:
+            for uid in reversed(self._infos):
+                if uid <= self._recent:
+                    break
+                recent += 1
         return MailboxStatus(
             messages=len(self._infos),
             recent=recent,

@@ -529,7 +529,9 @@ class TestServer:
             lost: defer.Deferred[None] = defer.Deferred()
             self._connections[proto].append(lost)
             waits.append(lost)
-            transport = getattr(proto, "transport", None)
+            transport = getattr(proto, "transport", None) or getattr(
+                getattr(proto, "_channel", None), "transport", None
+            )
             if transport is not None:
                 transport.abortConnection()
         d = defer.gatherResults(waits, consumeErrors=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from txmail.jmap import mail
 from txmail.jmap.core import Capability, Limits
 from txmail.web.api import core_capability
 
@@ -35,4 +36,4 @@ def capabilities(server: Any) -> list[Capability]:
     ``None`` in tests) serves: the core capability (RFC 8620 section 2), and
     the mail capabilities once they are registered here.
     """
-    return [core_capability(limits(server))]
+    return [core_capability(limits(server)), *mail.capabilities()]

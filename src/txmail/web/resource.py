@@ -58,6 +58,8 @@ from txmail.web import api
 from txmail.web.blobs import BlobStore, UploadStorageFull
 from txmail.web.push import EventStream, parse_push_query
 from txmail.web.tokens import TokenStore
+from txmail.webmail.resource import mount_endpoint
+from txmail.webmail.session import cookie_authorization
 
 __all__ = ["JMAPEndpoint", "JMAPSite", "build_site"]
 
@@ -190,7 +192,7 @@ class JMAPEndpoint:
                 authenticator's failure delay for a wrong password).
             RequestError: 403 when credentials may not travel without TLS here.
         """
-        header = request.getHeader(b"authorization")
+        header = request.getHeader(b"authorization") or cookie_authorization(request)
         if not header:
             raise Unauthorized()
         client = self.client(request)
@@ -615,6 +617,7 @@ def root_resource(endpoint: JMAPEndpoint) -> Resource:
     jmap.putChild(b"login", LoginResource(endpoint))
     jmap.putChild(b"logout", LogoutResource(endpoint))
     root.putChild(b"jmap", jmap)
+    mount_endpoint(root, endpoint)
     return root
 
 
