@@ -499,7 +499,11 @@ class _Validator:
 
     def _tests(self, raw: RawCommand | RawTest, spec: _Spec) -> list[Node]:
         if spec.tests == "none" and raw.tests:
-            raise SieveError(f"{raw.name} takes no test", raw.tests[0].line, raw.tests[0].column)
+            first = raw.tests[0]
+            other = SPECS.get(first.name)
+            if other is not None and other.kind != "test":
+                raise SieveError(f"missing ';' after the {raw.name} command", first.line, first.column)
+            raise SieveError(f"{raw.name} takes no test", first.line, first.column)
         if spec.tests == "one" and len(raw.tests) != 1:
             raise SieveError(f"{raw.name} needs exactly one test", raw.line, raw.column)
         if spec.tests == "many" and not raw.tests:
