@@ -163,7 +163,7 @@ class SieveMessage:
                 continue
             text = _decoded(part)
             if part.get_content_subtype() == "html":
-                text = html.unescape(re.sub(r"<[^>]*>", " ", text))
+                text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]*>", " ", text)))
             yield text
 
 
