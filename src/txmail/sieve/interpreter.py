@@ -617,6 +617,8 @@ class _Run:
         part = self.expand(node.args[1], scope).lower()
         values = []
         for value in self.indexed(node, self.headers(header)):
+            if header.lower() == "received":
+                value = value.rpartition(";")[2]  # RFC 5260 section 4.1: the date after the last ";"
             when = _parse_date(value)
             if when is None:
                 continue
