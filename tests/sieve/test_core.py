@@ -104,6 +104,14 @@ class TestCommandsTests(SynchronousTestCase):
         result = sieve('if address :domain :is "cc" "example.net" { discard; }', _SPAM)
         self.assertEqual(result.actions, (Discard(),))
 
+    def test_address_with_encoded_comma_in_name(self) -> None:
+        """Addresses are read from the raw field: a decoded display name's comma splits nothing."""
+        data = b"From: =?utf-8?q?Doe=2C_John?= <john@example.org>\r\n\r\n"
+        result = sieve('if address :all :is "from" "Doe" { discard; }', data)
+        self.assertEqual(result.actions, ())
+        result = sieve('if address :all :is "from" "john@example.org" { discard; }', data)
+        self.assertEqual(result.actions, (Discard(),))
+
     def test_exists(self) -> None:
         """Section 5.5: every named header must exist."""
         self.assertFalse(sieve('if exists ["From", "Date"] { discard; }').implicit_keep)

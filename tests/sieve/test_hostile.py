@@ -82,6 +82,21 @@ class HostileTests(SynchronousTestCase):
 
         self.assertRaises(SieveError, parse, 'require "include"; include "s";', loader=loader)
 
+    def test_include_diamonds(self) -> None:
+        """Scripts each including the next one many times: each is read and explored once."""
+        calls: list[str] = []
+
+        def loader(name: str, location: str) -> str:
+            calls.append(name)
+            level = int(name[1:])
+            if level == 9:
+                return "keep;"
+            return 'require "include";' + f'include "s{level + 1}";' * 200
+
+        script = parse('require "include"; include "s0";', loader=loader)
+        self.assertEqual(len(calls), 10)
+        self.assertEqual(len(script.includes), 10)
+
     def test_exponential_matches_pattern(self) -> None:
         """A pattern that makes a backtracking matcher take exponential time is linear here."""
         value = "a" * 30_000
@@ -100,6 +115,15 @@ class HostileTests(SynchronousTestCase):
         result = sieve(script, f"X-Long: {value}\r\n\r\n".encode(), limits=Limits(max_steps=20_000))
         self.assertTrue(result.implicit_keep)
         self.assertIn("too many steps", result.errors[0])
+
+    def test_question_mark_pattern_default_limits(self) -> None:
+        """The same kind of pattern with the default limits: answered (no match) within the time."""
+        value = "a" * 60_000
+        pattern = ("*" + "?" * 200 + "b") * 3 + "*"
+        script = f'if header :matches ["x-long", "x-long", "x-long"] "{pattern}" {{ discard; }}'
+        result = sieve(script, f"X-Long: {value}\r\n\r\n".encode())
+        self.assertEqual(result.actions, ())
+        self.assertTrue(result.implicit_keep)
 
     def test_variable_growth(self) -> None:
         """Doubling a variable is capped by the variable size limit."""

@@ -117,36 +117,44 @@ class _Includes:
         self.limits = limits
         self.loader = loader
         self.found: dict[tuple[str, str], Script | None] = {}
+        self.heights: dict[tuple[str, str], int] = {}
 
-    def resolve(self, script: Script, stack: tuple[tuple[str, str], ...]) -> None:
+    def resolve(self, script: Script, stack: tuple[tuple[str, str], ...], level: int) -> int:
+        """
+        Load what *script* (at include *level*) includes, checking loops,
+        depth and count: the depth of the includes below it.  Each script is
+        explored once; a script explored without a loop below it can close no
+        loop later, so only its height is remembered.
+        """
+        height = 0
         for node in _include_nodes(script.commands):
             key = (node.tag("location", ":personal")[1:], node.args[0])
             if key in stack:
                 chain = " -> ".join(name for _, name in (*stack, key))
                 raise SieveError(f"include loop: {chain}", node.line, node.column, script.name)
-            if len(stack) >= self.limits.max_include_depth:
+            below = self.heights.get(key)
+            if below is None:
+                if key not in self.found:
+                    if len(self.found) >= self.limits.max_includes:
+                        raise SieveError(
+                            f"more than {self.limits.max_includes} included scripts",
+                            node.line,
+                            node.column,
+                            script.name,
+                        )
+                    self.found[key] = self.load(key)
+                included = self.found[key]
+                below = 0 if included is None else self.resolve(included, (*stack, key), level + 1)
+                self.heights[key] = below
+            if level + 1 + below > self.limits.max_include_depth:
                 raise SieveError(
                     f"include nested deeper than {self.limits.max_include_depth} levels",
                     node.line,
                     node.column,
                     script.name,
                 )
-            if key in self.found:
-                included = self.found[key]
-                if included is not None:
-                    self.resolve(included, (*stack, key))
-                continue
-            if len(self.found) >= self.limits.max_includes:
-                raise SieveError(
-                    f"more than {self.limits.max_includes} included scripts",
-                    node.line,
-                    node.column,
-                    script.name,
-                )
-            included = self.load(key)
-            self.found[key] = included
-            if included is not None:
-                self.resolve(included, (*stack, key))
+            height = max(height, 1 + below)
+        return height
 
     def load(self, key: tuple[str, str]) -> Script | None:
         location, name = key
@@ -184,5 +192,5 @@ def parse(
     available = frozenset(extensions) & EXTENSIONS
     script = _compile(text, available, limits, name)
     includes = _Includes(available, limits, loader)
-    includes.resolve(script, ((":personal"[1:], name),) if name is not None else ())
+    includes.resolve(script, (("personal", name),) if name is not None else (), 0)
     return dataclasses.replace(script, includes=includes.found)

@@ -49,7 +49,7 @@ from txmail.sieve.commands import Node, is_field_name, is_valid_address, is_vari
 from txmail.sieve.errors import LimitExceeded, SieveRuntimeError
 from txmail.sieve.limits import Limits
 from txmail.sieve.matching import compare_values, contains, glob_match, is_equal
-from txmail.sieve.message import Envelope, SieveMessage, decode_field
+from txmail.sieve.message import Envelope, SieveMessage, decode_field, unfold_text
 from txmail.sieve.vacation import build_reply, default_handle, refusal, reply_subject
 
 __all__ = ["Context", "DuplicateTracker", "VacationTracker", "run"]
@@ -551,7 +551,7 @@ class _Run:
     def test_address(self, node: Node, scope: _Scope) -> bool:
         values: list[str] = []
         for name in self.expand_all(node.args[0], scope):
-            for field in self.indexed(node, self.headers(name)):
+            for field in self.indexed(node, [unfold_text(v) for v in self.raw_headers(name)]):
                 for _, address in email.utils.getaddresses([field]):
                     if address:
                         part = self.address_part(node, address)

@@ -22,7 +22,7 @@ import html
 import re
 from collections.abc import Iterator
 
-__all__ = ["Envelope", "SieveMessage", "decode_field", "split_header_section"]
+__all__ = ["Envelope", "SieveMessage", "decode_field", "split_header_section", "unfold", "unfold_text"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +84,17 @@ def unfold(value: str) -> str:
     return re.sub(r"\r?\n(?=[ \t])", "", value)
 
 
-def decode_field(raw: str) -> str:
-    """A raw (latin-1) field value unfolded, as UTF-8 where it is, with RFC 2047 encoded-words decoded."""
+def unfold_text(raw: str) -> str:
+    """A raw (latin-1) field value unfolded, as UTF-8 where it is (RFC 6532), encoded-words left as they are."""
     value = unfold(raw)
     with contextlib.suppress(UnicodeError):
         value = value.encode("latin-1").decode("utf-8")
+    return value
+
+
+def decode_field(raw: str) -> str:
+    """A raw (latin-1) field value unfolded, as UTF-8 where it is, with RFC 2047 encoded-words decoded."""
+    value = unfold_text(raw)
     if "=?" not in value:
         return value.strip()
     try:

@@ -30,7 +30,7 @@ import email.utils
 import hashlib
 from collections.abc import Iterable
 
-from txmail.sieve.message import SieveMessage
+from txmail.sieve.message import SieveMessage, unfold_text
 
 __all__ = ["build_reply", "default_handle", "refusal", "reply_subject"]
 
@@ -76,7 +76,7 @@ def refusal(message: SieveMessage, sender: str, addresses: Iterable[str]) -> str
     listed = {
         _normal(address)
         for name in _RECIPIENT_FIELDS
-        for _, address in email.utils.getaddresses(message.headers(name))
+        for _, address in email.utils.getaddresses([unfold_text(v) for v in message.raw_headers(name)])
         if address
     }
     if not listed & mine:
@@ -138,7 +138,7 @@ def build_reply(
 
 
 def reply_subject(message: SieveMessage, subject: str | None) -> str:
-    """The ``:subject`` or ``Auto: `` and the original subject (RFC 5230 section 5.4)."""
+    """The ``:subject``, or ``Auto:`` and the original subject (RFC 5230 section 5.4)."""
     if subject is not None:
         return subject
     original = next(iter(message.headers("subject")), "")
