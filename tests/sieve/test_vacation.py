@@ -64,6 +64,19 @@ class ReplyTests(SynchronousTestCase):
         self.assertEqual(reply["Subject"], "Gone fishin'")
         self.assertEqual(reply["From"], "Road Runner <rr@acme.example.com>")
 
+    def test_non_ascii(self) -> None:
+        """A non-ASCII reason is quoted-printable UTF-8; a non-ASCII name is encoded, its address not."""
+        script = 'require "vacation"; vacation :from "Rüdiger <rr@acme.example.com>" :subject "Départ" "Je suis parti, désolé.";'
+        action = _vacation(script)
+        assert action is not None
+        self.assertTrue(action.reply.isascii())
+        reply = email.message_from_bytes(action.reply, policy=email.policy.default)
+        self.assertEqual(reply["Content-Transfer-Encoding"], "quoted-printable")
+        self.assertEqual(reply.get_content().strip(), "Je suis parti, désolé.")
+        self.assertEqual(reply["Subject"], "Départ")
+        self.assertEqual(reply["From"].addresses[0].addr_spec, "rr@acme.example.com")
+        self.assertEqual(reply["From"].addresses[0].display_name, "Rüdiger")
+
     def test_mime_reason(self) -> None:
         """Section 5.3's :mime example: the reason is a MIME entity."""
         script = (

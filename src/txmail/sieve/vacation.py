@@ -19,7 +19,8 @@ and the reply.
 :func:`build_reply` makes the reply: ``Auto-Submitted: auto-replied``,
 ``In-Reply-To`` and ``References`` (section 5.8), the subject ``Auto:``
 and the original's (section 5.4) unless ``:subject`` is given, and
-the reason as ``text/plain; charset=utf-8`` or, with ``:mime``, as the MIME
+the reason as ``text/plain; charset=utf-8`` (quoted-printable unless it is
+short-lined ASCII) or, with ``:mime``, as the MIME
 entity the script wrote.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import email.header
 import email.utils
 import hashlib
+import quopri
 from collections.abc import Iterable
 
 from txmail.sieve.message import SieveMessage, unfold_text
@@ -96,6 +98,24 @@ def _encode(value: str) -> str:
     return email.header.Header(value, "utf-8").encode()
 
 
+def _encode_address(value: str) -> str:
+    """A ``From`` value with a non-ASCII display name as encoded-words, the address left as it is."""
+    if value.isascii():
+        return value
+    name, address = email.utils.parseaddr(value)
+    if not address:
+        return _encode(value)
+    return email.utils.formataddr((name, address), charset="utf-8")
+
+
+def _body(text: str) -> tuple[str, bytes]:
+    """The transfer encoding and the octets of a text/plain body: 7bit when it can be, else quoted-printable."""
+    if text.isascii() and all(len(line) <= 998 for line in text.split("\r\n")):
+        return "7bit", text.encode("ascii")
+    encoded = quopri.encodestring(text.replace("\r\n", "\n").encode("utf-8"))
+    return "quoted-printable", encoded.replace(b"\n", b"\r\n")
+
+
 def build_reply(
     message: SieveMessage,
     *,
@@ -110,7 +130,7 @@ def build_reply(
     """The reply's octets: header section and body, CRLF line ends."""
     fields = [
         ("Date", email.utils.formatdate(now, localtime=False)),
-        ("From", _encode(sender)),
+        ("From", _encode_address(sender)),
         ("To", to),
         ("Subject", _encode(subject)),
         ("Message-ID", email.utils.make_msgid(domain=message_id_domain)),
@@ -129,12 +149,13 @@ def build_reply(
             text = "\r\n" + text
         head = "".join(f"{name}: {value}\r\n" for name, value in fields)
         return (head + text).encode("utf-8")
-    fields.append(("Content-Type", "text/plain; charset=utf-8"))
-    fields.append(("Content-Transfer-Encoding", "8bit" if not text.isascii() else "7bit"))
-    head = "".join(f"{name}: {value}\r\n" for name, value in fields)
     if not text.endswith("\r\n"):
         text += "\r\n"
-    return (head + "\r\n" + text).encode("utf-8")
+    encoding, body = _body(text)
+    fields.append(("Content-Type", "text/plain; charset=utf-8"))
+    fields.append(("Content-Transfer-Encoding", encoding))
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    return (head + "\r\n").encode("utf-8") + body
 
 
 def reply_subject(message: SieveMessage, subject: str | None) -> str:
