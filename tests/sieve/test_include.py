@@ -154,6 +154,10 @@ class IncludeTests(SynchronousTestCase):
         )
         self.assertIn("more than 5 included scripts", e.message)
 
+    def test_global_needs_variables(self) -> None:
+        e = self.assertRaises(SieveError, parse, 'require "include"; global "x";')
+        self.assertIn('require "variables"', e.message)
+
     def test_include_name_is_constant(self) -> None:
         e = self.assertRaises(SieveError, parse, 'require ["include", "variables"]; include "${x}";')
         self.assertIn("invalid script name", e.message)

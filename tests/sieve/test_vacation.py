@@ -112,6 +112,16 @@ class ReplyTests(SynchronousTestCase):
         self.assertRaises(SieveError, parse, 'require "vacation"; vacation :seconds 1800 "x";')
         self.assertRaises(SieveError, parse, 'require "vacation-seconds"; vacation :days 1 :seconds 5 "x";')
 
+    def test_bad_from(self) -> None:
+        """An invalid :from is refused at parse time, or at run time when made of variables."""
+        e = self.assertRaises(SieveError, parse, 'require "vacation"; vacation :from "nobody" "x";')
+        self.assertIn(":from", e.message)
+        result = sieve(
+            'require ["vacation", "variables"]; set "f" "nobody"; vacation :from "${f}" "x";', _MAIL
+        )
+        self.assertEqual(result.actions, ())
+        self.assertIn(":from is not a valid address", result.errors[0])
+
     def test_two_vacations_is_error(self) -> None:
         result = sieve('require "vacation"; vacation "a"; vacation "b";', _MAIL)
         self.assertIn("only one vacation", result.errors[0])

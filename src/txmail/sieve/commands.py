@@ -597,6 +597,8 @@ class _Validator:
             self._fail(node, f"include: invalid script name {name!r}")
 
     def _check_global(self, node: Node) -> None:
+        if "variables" not in self.required:
+            self._fail(node, 'global needs require "variables" (RFC 6609 section 3.3)')
         for name in node.args[0]:
             if not is_variable_name(name) or "." in name:
                 self._fail(node, f"global: invalid variable name {name!r}")

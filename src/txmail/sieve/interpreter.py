@@ -347,6 +347,8 @@ class _Run:
         subject = None if subject is None else self.expand(subject, scope)
         sender_field = node.value("from")
         sender_field = None if sender_field is None else self.expand(sender_field, scope)
+        if sender_field is not None and not is_valid_address(email.utils.parseaddr(sender_field)[1]):
+            raise self.error(node, f":from is not a valid address: {sender_field!r}")
         mime = node.tag("mime") is not None
         handle = node.value("handle")
         handle = (
