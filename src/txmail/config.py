@@ -214,6 +214,13 @@ class Settings:
     web_tls_proxy: bool = False
     web_token_idle_timeout: float = 3600.0
     web_max_event_streams: int = 8
+    web_max_size_request: int = 10_000_000
+    web_max_size_upload: int = 50_000_000
+    web_max_calls_in_request: int = 16
+    web_max_objects_in_get: int = 500
+    web_max_objects_in_set: int = 500
+    web_max_concurrent_requests: int = 4
+    web_max_concurrent_upload: int = 4
     proxy_protocol: tuple[str, ...] = ()
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     proxy_timeout: float = 10.0
@@ -313,6 +320,13 @@ _KEYS: dict[tuple[str, str], str] = {
     ("web", "tls_proxy"): "web_tls_proxy",
     ("web", "token_idle_timeout"): "web_token_idle_timeout",
     ("web", "max_event_streams"): "web_max_event_streams",
+    ("web", "max_size_request"): "web_max_size_request",
+    ("web", "max_size_upload"): "web_max_size_upload",
+    ("web", "max_calls_in_request"): "web_max_calls_in_request",
+    ("web", "max_objects_in_get"): "web_max_objects_in_get",
+    ("web", "max_objects_in_set"): "web_max_objects_in_set",
+    ("web", "max_concurrent_requests"): "web_max_concurrent_requests",
+    ("web", "max_concurrent_upload"): "web_max_concurrent_upload",
     ("server", "proxy_protocol"): "proxy_protocol",
     ("server", "proxy_trusted"): "proxy_trusted",
     ("server", "proxy_timeout"): "proxy_timeout",
@@ -566,6 +580,13 @@ def _validate(values: dict[str, Any]) -> Settings:
             "imap_max_literal",
             "postgresql_min_connections",
             "postgresql_max_connections",
+            "web_max_size_request",
+            "web_max_size_upload",
+            "web_max_calls_in_request",
+            "web_max_objects_in_get",
+            "web_max_objects_in_set",
+            "web_max_concurrent_requests",
+            "web_max_concurrent_upload",
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{f.name} must be a positive integer")

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import ssl
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -21,6 +22,8 @@ from tests._certs import make_certificate
 from tests.e2e._server import start_server
 from txmail.config import Settings, load_config
 from txmail.errors import ConfigError
+from txmail.jmap.core import Limits
+from txmail.web import limits as web_limits
 
 
 class SettingsTests(SynchronousTestCase):
@@ -49,6 +52,24 @@ class SettingsTests(SynchronousTestCase):
         self.assertTrue(settings.web_tls_proxy)
         self.assertEqual(settings.web_token_idle_timeout, 900.0)
         self.assertEqual(settings.web_max_event_streams, 3)
+
+    def test_limits(self) -> None:
+        """The core limits of RFC 8620 section 2 come from [web]; the endpoint advertises them."""
+        settings = self.load(
+            "[web]\nmax_calls_in_request = 2\nmax_size_upload = 1000\nmax_objects_in_get = 7\n"
+        )
+        limits = web_limits(SimpleNamespace(settings=settings))
+        self.assertEqual(
+            (limits.max_calls_in_request, limits.max_size_upload, limits.max_objects_in_get), (2, 1000, 7)
+        )
+        self.assertEqual(limits.max_size_request, Limits().max_size_request)
+        self.assertEqual(web_limits(None), Limits())
+        for values in (
+            {"web_max_calls_in_request": 0},
+            {"web_max_size_request": "10M"},
+            {"web_max_objects_in_set": True},
+        ):
+            self.assertRaises(ConfigError, Settings.validated, **values)
 
     def test_plain_http_only_on_loopback(self) -> None:
         for endpoint in (
@@ -134,3 +155,46 @@ class HTTPSListenerTests(TestCase):
         status, session = yield deferToThread(get)
         self.assertEqual(status, 200)
         self.assertEqual(session["apiUrl"], f"https://{host}:{port}/jmap/api")
+
+
+class ConfiguredLimitsTests(TestCase):
+    """The [web] limits reach the running endpoint: advertised in the session and enforced."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_max_calls_in_request(self) -> Any:
+        server = yield start_server(self, web=["tcp:0:interface=127.0.0.1"], web_max_calls_in_request=2)
+        server.directory.add_user("alice@example.test", "pw")
+        host, port = server.address("web")
+        auth = "Basic " + base64.b64encode(b"alice@example.test:pw").decode()
+
+        def request(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            connection = http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                headers = {"Authorization": auth, "Content-Type": "application/json"}
+                connection.request(
+                    method, path, body=None if body is None else json.dumps(body), headers=headers
+                )
+                response = connection.getresponse()
+                return response.status, json.loads(response.read())
+            finally:
+                connection.close()
+
+        def run() -> None:
+            status, session = request("GET", "/jmap/session")
+            self.assertEqual(session["capabilities"]["urn:ietf:params:jmap:core"]["maxCallsInRequest"], 2)
+            calls = [["Core/echo", {"n": n}, f"c{n}"] for n in range(3)]
+            status, problem = request(
+                "POST", "/jmap/api", {"using": ["urn:ietf:params:jmap:core"], "methodCalls": calls}
+            )
+            self.assertEqual(status, 400)
+            self.assertEqual(
+                (problem["type"], problem["limit"]), ("urn:ietf:params:jmap:error:limit", "maxCallsInRequest")
+            )
+            status, answer = request(
+                "POST", "/jmap/api", {"using": ["urn:ietf:params:jmap:core"], "methodCalls": calls[:2]}
+            )
+            self.assertEqual((status, len(answer["methodResponses"])), (200, 2))
+
+        yield deferToThread(run)

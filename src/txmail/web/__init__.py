@@ -26,8 +26,22 @@ __all__ = ["capabilities", "limits"]
 
 
 def limits(server: Any) -> Limits:
-    """The core limits the endpoint of *server* advertises and enforces."""
-    return Limits()
+    """
+    The core limits the endpoint of *server* advertises and enforces: its
+    settings' ``[web]`` limits, or the defaults without a server.
+    """
+    settings = getattr(server, "settings", None)
+    if settings is None:
+        return Limits()
+    return Limits(
+        max_size_upload=settings.web_max_size_upload,
+        max_concurrent_upload=settings.web_max_concurrent_upload,
+        max_size_request=settings.web_max_size_request,
+        max_concurrent_requests=settings.web_max_concurrent_requests,
+        max_calls_in_request=settings.web_max_calls_in_request,
+        max_objects_in_get=settings.web_max_objects_in_get,
+        max_objects_in_set=settings.web_max_objects_in_set,
+    )
 
 
 def capabilities(server: Any) -> list[Capability]:
