@@ -10,12 +10,14 @@ This module is sans-IO.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from txmail.jmap.core import CallContext, MethodError
 
 __all__ = [
+    "SetRun",
+    "check_if_in_state",
     "get_ids",
     "invalid",
     "max_changes",
@@ -121,3 +123,83 @@ def set_arguments(
     destroy = [resolve_id(context, i) for i in destroy]
     update = {resolve_id(context, k): v for k, v in update.items()}
     return create, update, destroy
+
+
+def check_if_in_state(arguments: dict[str, Any], state: str) -> None:
+    """A ``/set``'s ``ifInState`` other than the current *state* is ``stateMismatch`` (RFC 8620 section 5.3)."""
+    if_in_state = arguments.get("ifInState")
+    if if_in_state is not None and if_in_state != state:
+        raise MethodError("stateMismatch")
+
+
+class SetRun:
+    """
+    One ``/set``'s operations (RFC 8620 section 5.3), each in turn, with the
+    account's view read again (*reload*) after each, and their outcomes
+    gathered for the response: ``created``/``notCreated`` (creation ids
+    recorded in the request's ``created_ids``), ``updated``/``notUpdated``,
+    ``destroyed``/``notDestroyed``.
+    """
+
+    def __init__(self, context: CallContext, view: Any, reload: Callable[[], Awaitable[Any]]) -> None:
+        self.context = context
+        #: The account's view as the last operation left it.
+        self.view = view
+        self._reload = reload
+        self.created: dict[str, Any] = {}
+        self.not_created: dict[str, Any] = {}
+        self.updated: dict[str, Any] = {}
+        self.not_updated: dict[str, Any] = {}
+        self.destroyed: list[str] = []
+        self.not_destroyed: dict[str, Any] = {}
+
+    async def create(
+        self, items: dict[str, Any], make: Callable[[Any, Any], Awaitable[dict[str, Any]]]
+    ) -> None:
+        """``make(view, properties)`` for each creation: the new object, or a SetError (it has a ``type``)."""
+        for creation_id, props in items.items():
+            result = await make(self.view, props)
+            if "type" in result:
+                self.not_created[creation_id] = result
+            else:
+                self.created[creation_id] = result
+                self.context.created_ids[creation_id] = result["id"]
+            self.view = await self._reload()
+
+    async def update(
+        self, items: dict[str, Any], change: Callable[[Any, str, Any], Awaitable[dict[str, Any] | None]]
+    ) -> None:
+        """``change(view, id, patch)`` for each update: ``None``, or a SetError."""
+        for object_id, patch in items.items():
+            error = await change(self.view, object_id, patch)
+            if error is None:
+                self.updated[object_id] = None
+            else:
+                self.not_updated[object_id] = error
+            self.view = await self._reload()
+
+    async def destroy(
+        self, ids: list[str], remove: Callable[[Any, str], Awaitable[dict[str, Any] | None]]
+    ) -> None:
+        """``remove(view, id)`` for each id: ``None``, or a SetError."""
+        for object_id in ids:
+            error = await remove(self.view, object_id)
+            if error is None:
+                self.destroyed.append(object_id)
+            else:
+                self.not_destroyed[object_id] = error
+            self.view = await self._reload()
+
+    def response(self, old_state: str, new_state: str) -> dict[str, Any]:
+        """The ``/set`` response arguments."""
+        return {
+            "accountId": self.context.account_id,
+            "oldState": old_state,
+            "newState": new_state,
+            "created": self.created or None,
+            "updated": self.updated or None,
+            "destroyed": self.destroyed or None,
+            "notCreated": self.not_created or None,
+            "notUpdated": self.not_updated or None,
+            "notDestroyed": self.not_destroyed or None,
+        }

@@ -49,6 +49,8 @@ from txmail import mime
 from txmail.errors import NoSuchMailbox, NoSuchMessage
 from txmail.jmap import body as bodies
 from txmail.jmap.common import (
+    SetRun,
+    check_if_in_state,
     get_ids,
     invalid,
     max_changes,
@@ -519,48 +521,12 @@ async def email_set(context: CallContext, arguments: dict[str, Any]) -> dict[str
     create, update, destroy = set_arguments(context, arguments)
     view = await mail_view(context.store)
     old_state = view.email_state()
-    if_in_state = arguments.get("ifInState")
-    if if_in_state is not None and if_in_state != old_state:
-        raise MethodError("stateMismatch")
-    created: dict[str, Any] = {}
-    not_created: dict[str, Any] = {}
-    for creation_id, props in create.items():
-        result = await create_email(context, view, props)
-        if "type" in result:
-            not_created[creation_id] = result
-        else:
-            created[creation_id] = result
-            context.created_ids[creation_id] = result["id"]
-        view = await mail_view(context.store)
-    updated: dict[str, Any] = {}
-    not_updated: dict[str, Any] = {}
-    for email_id, patch in update.items():
-        error = await _update_one(context, view, email_id, patch)
-        if error is None:
-            updated[email_id] = None
-        else:
-            not_updated[email_id] = error
-        view = await mail_view(context.store)
-    destroyed: list[str] = []
-    not_destroyed: dict[str, Any] = {}
-    for email_id in destroy:
-        error = await _destroy_one(view, email_id)
-        if error is None:
-            destroyed.append(email_id)
-        else:
-            not_destroyed[email_id] = error
-        view = await mail_view(context.store)
-    return {
-        "accountId": context.account_id,
-        "oldState": old_state,
-        "newState": view.email_state(),
-        "created": created or None,
-        "updated": updated or None,
-        "destroyed": destroyed or None,
-        "notCreated": not_created or None,
-        "notUpdated": not_updated or None,
-        "notDestroyed": not_destroyed or None,
-    }
+    check_if_in_state(arguments, old_state)
+    run = SetRun(context, view, lambda: mail_view(context.store))
+    await run.create(create, lambda view, props: create_email(context, view, props))
+    await run.update(update, lambda view, email_id, patch: _update_one(context, view, email_id, patch))
+    await run.destroy(destroy, _destroy_one)
+    return run.response(old_state, run.view.email_state())
 
 
 # -- Email/import, Email/parse, Email/copy (RFC 8621 sections 4.7 to 4.9) ------------------
@@ -578,25 +544,15 @@ async def email_import(context: CallContext, arguments: dict[str, Any]) -> dict[
         raise MethodError("requestTooLarge", f"more than {context.limits.max_objects_in_set} Emails")
     view = await mail_view(context.store)
     old_state = view.email_state()
-    if_in_state = arguments.get("ifInState")
-    if if_in_state is not None and if_in_state != old_state:
-        raise MethodError("stateMismatch")
-    created: dict[str, Any] = {}
-    not_created: dict[str, Any] = {}
-    for creation_id, props in emails.items():
-        result = await import_email(context, view, props)
-        if "type" in result:
-            not_created[creation_id] = result
-        else:
-            created[creation_id] = result
-            context.created_ids[creation_id] = result["id"]
-        view = await mail_view(context.store)
+    check_if_in_state(arguments, old_state)
+    run = SetRun(context, view, lambda: mail_view(context.store))
+    await run.create(emails, lambda view, props: import_email(context, view, props))
     return {
         "accountId": context.account_id,
         "oldState": old_state,
-        "newState": view.email_state(),
-        "created": created or None,
-        "notCreated": not_created or None,
+        "newState": run.view.email_state(),
+        "created": run.created or None,
+        "notCreated": run.not_created or None,
     }
 
 

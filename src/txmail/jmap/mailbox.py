@@ -30,6 +30,8 @@ from typing import Any
 
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox
 from txmail.jmap.common import (
+    SetRun,
+    check_if_in_state,
     get_ids,
     invalid,
     max_changes,
@@ -489,52 +491,21 @@ async def mailbox_set(context: CallContext, arguments: dict[str, Any]) -> dict[s
     remove_emails = optional_bool(arguments, "onDestroyRemoveEmails")
     view = await mail_view(context.store)
     old_state = await view.mailbox_state()
-    if_in_state = arguments.get("ifInState")
-    if if_in_state is not None and if_in_state != old_state:
-        raise MethodError("stateMismatch")
-    created: dict[str, Any] = {}
-    not_created: dict[str, Any] = {}
-    for creation_id, props in create.items():
-        result = await _create_one(context, view, props)
-        if "type" in result:
-            not_created[creation_id] = result
-        else:
-            created[creation_id] = result
-            context.created_ids[creation_id] = result["id"]
-        view = await mail_view(context.store)
-    updated: dict[str, Any] = {}
-    not_updated: dict[str, Any] = {}
-    for box_id, patch in update.items():
+    check_if_in_state(arguments, old_state)
+
+    async def change(view: Any, box_id: str, patch: Any) -> dict[str, Any] | None:
         box = view.boxes.get(box_id)
-        error = set_error("notFound") if box is None else await _update_one(context, view, box, patch)
-        if error is None:
-            updated[box_id] = None
-        else:
-            not_updated[box_id] = error
-        view = await mail_view(context.store)
-    destroyed: list[str] = []
-    not_destroyed: dict[str, Any] = {}
-    for box_id in destroy:
+        return set_error("notFound") if box is None else await _update_one(context, view, box, patch)
+
+    async def remove(view: Any, box_id: str) -> dict[str, Any] | None:
         box = view.boxes.get(box_id)
-        error = (
-            set_error("notFound") if box is None else await _destroy_one(context, view, box, remove_emails)
-        )
-        if error is None:
-            destroyed.append(box_id)
-        else:
-            not_destroyed[box_id] = error
-        view = await mail_view(context.store)
-    return {
-        "accountId": context.account_id,
-        "oldState": old_state,
-        "newState": await view.mailbox_state(),
-        "created": created or None,
-        "updated": updated or None,
-        "destroyed": destroyed or None,
-        "notCreated": not_created or None,
-        "notUpdated": not_updated or None,
-        "notDestroyed": not_destroyed or None,
-    }
+        return set_error("notFound") if box is None else await _destroy_one(context, view, box, remove_emails)
+
+    run = SetRun(context, view, lambda: mail_view(context.store))
+    await run.create(create, lambda view, props: _create_one(context, view, props))
+    await run.update(update, change)
+    await run.destroy(destroy, remove)
+    return run.response(old_state, await run.view.mailbox_state())
 
 
 METHODS = {
