@@ -372,6 +372,16 @@ async def _store(
     return {"id": eid, "blobId": eid, "threadId": threads.get(eid), "size": info.size}
 
 
+def _received_at(props: dict[str, Any]) -> float | None:
+    """A create's or import's ``receivedAt`` as epoch seconds (``None``: now)."""
+    if props.get("receivedAt") is None:
+        return None
+    when = bodies.parse_utc_date(props["receivedAt"])
+    if when is None:
+        raise _Invalid("receivedAt", "not a UTCDate")
+    return when
+
+
 async def create_email(context: CallContext, view: MailView, props: dict[str, Any]) -> dict[str, Any]:
     """One ``Email/set`` create: the created Email's id, blobId, threadId and size, or a SetError."""
     unknown = sorted(p for p in props if p not in _CREATE_PROPS and not p.startswith("header:"))
@@ -380,11 +390,7 @@ async def create_email(context: CallContext, view: MailView, props: dict[str, An
     try:
         box_ids = _mailboxes(context, view, props.get("mailboxIds"))
         flags = _flags(props.get("keywords"))
-        when = None
-        if props.get("receivedAt") is not None:
-            when = bodies.parse_utc_date(props["receivedAt"])
-            if when is None:
-                raise _Invalid("receivedAt", "not a UTCDate")
+        when = _received_at(props)
         data = await build_message(context, props)
     except _Invalid as e:
         return set_error("invalidProperties", e.description, properties=[e.prop])
@@ -406,11 +412,7 @@ async def import_email(context: CallContext, view: MailView, props: Any) -> dict
     try:
         box_ids = _mailboxes(context, view, props.get("mailboxIds"))
         flags = _flags(props.get("keywords"))
-        when = None
-        if props.get("receivedAt") is not None:
-            when = bodies.parse_utc_date(props["receivedAt"])
-            if when is None:
-                raise _Invalid("receivedAt", "not a UTCDate")
+        when = _received_at(props)
     except _Invalid as e:
         return set_error("invalidProperties", e.description, properties=[e.prop])
     data = await blob_bytes(context, resolve_id(context, props.get("blobId")))
