@@ -14,13 +14,17 @@ __all__ = [
     "DeliveryError",
     "DirectoryError",
     "InvalidMailboxName",
+    "InvalidScriptName",
     "MailboxExists",
     "MailboxNotEmpty",
     "NoSuchMailbox",
     "NoSuchMessage",
+    "NoSuchScript",
     "NoSuchUser",
     "QueueError",
     "SchemaTooOld",
+    "ScriptActive",
+    "ScriptExists",
     "StoreError",
     "TxMailError",
     "UserExists",
@@ -53,6 +57,22 @@ class MailboxNotEmpty(StoreError):
 
 class NoSuchMessage(StoreError):
     """No message with that UID exists (any more) in the mailbox."""
+
+
+class NoSuchScript(StoreError):
+    """No Sieve script of that name exists (ManageSieve ``NONEXISTENT``)."""
+
+
+class ScriptExists(StoreError):
+    """A Sieve script of that name exists already (ManageSieve ``ALREADYEXISTS``)."""
+
+
+class ScriptActive(StoreError):
+    """The active Sieve script cannot be deleted (ManageSieve ``ACTIVE``)."""
+
+
+class InvalidScriptName(StoreError):
+    """Not a valid Sieve script name (RFC 5804 section 1.6)."""
 
 
 class DirectoryError(TxMailError):

@@ -79,6 +79,7 @@ __all__ = [
     "IQueue",
     "IRecordCache",
     "ISaveDates",
+    "ISieveScripts",
     "ISpool",
     "ISpooledMessage",
     "IStorageUsage",
@@ -614,6 +615,80 @@ class IMetadataStore(Interface):
 
         Returns:
             a callable with no arguments that removes the listener.
+        """
+
+
+class ISieveScripts(Interface):
+    """
+    A store that keeps its user's Sieve scripts (RFC 5228), at most one of
+    them active: what ManageSieve (RFC 5804) edits and what the delivery
+    router runs for each message to the user.  Optional beside
+    :class:`IMailStore`: without it the user has no filters and ManageSieve
+    refuses to log in.  The memory store keeps them in memory.
+
+    Names are checked by the store with
+    :func:`txmail.sieve.storage.check_script_name` (RFC 5804 section 1.6: 1
+    to 128 Unicode characters, no control characters, no ``/``); contents
+    are the script's octets, stored as given (the caller checks the script
+    compiles before it stores it).  Every change is durable when its
+    Deferred fires.
+    """
+
+    def list_scripts() -> Deferred[list[tuple[str, bool]]]:
+        """
+        Return ``Deferred[list[tuple[str, bool]]]``: each script's name and
+        whether it is the active one, sorted by name (code point order).
+        """
+
+    def get_script(name: str) -> Deferred[bytes]:
+        """
+        Return ``Deferred[bytes]``: the script *name*.
+
+        Raises:
+            NoSuchScript: there is none of that name.
+            InvalidScriptName: the name is not valid.
+        """
+
+    def put_script(name: str, content: bytes) -> Deferred[None]:
+        """
+        Store *content* as the script *name*, replacing one of that name
+        (the active script stays active).
+
+        Raises:
+            InvalidScriptName: the name is not valid.
+        """
+
+    def delete_script(name: str) -> Deferred[None]:
+        """
+        Remove the script *name*.
+
+        Raises:
+            NoSuchScript: there is none of that name.
+            ScriptActive: it is the active script.
+        """
+
+    def rename_script(old: str, new: str) -> Deferred[None]:
+        """
+        Give the script *old* the name *new*; it stays active if it was.
+
+        Raises:
+            NoSuchScript: there is no script *old*.
+            ScriptExists: a script *new* exists.
+            InvalidScriptName: a name is not valid.
+        """
+
+    def set_active(name: str | None) -> Deferred[None]:
+        """
+        Make the script *name* the active one (``None``: none is).
+
+        Raises:
+            NoSuchScript: there is none of that name.
+        """
+
+    def active_script() -> Deferred[tuple[str, bytes] | None]:
+        """
+        Return ``Deferred[tuple[str, bytes] | None]``: the active script's
+        name and content, or ``None`` when no script is active.
         """
 
 

@@ -6,10 +6,10 @@ from twisted.trial.unittest import TestCase
 
 from txmail.model import INBOX
 from txmail.store.memory import MemoryMailbox, MemoryProvider
-from txmail.testing.store import MailStoreConformanceMixin
+from txmail.testing.store import MailStoreConformanceMixin, SieveScriptsConformanceMixin
 
 
-class MemoryStoreConformanceTests(MailStoreConformanceMixin, TestCase):
+class MemoryStoreConformanceTests(SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase):
     """The memory store keeps the whole mailbox contract."""
 
     def make_provider(self) -> MemoryProvider:

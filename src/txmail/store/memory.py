@@ -37,6 +37,7 @@ from txmail.interfaces import (
     IObjectIdProvider,
     IObjectIds,
     ISaveDates,
+    ISieveScripts,
     IStorageUsage,
     IStoreChanges,
     IURLAuthKeys,
@@ -61,6 +62,7 @@ from txmail.model import (
     normalize_flags,
 )
 from txmail.quota import Usage
+from txmail.sieve.storage import ScriptTable
 from txmail.store._annotations import AnnotationListeners, apply_changes
 from txmail.store._base import (
     URLAUTH_KEY_SIZE,
@@ -260,7 +262,7 @@ class MemoryMailbox(MailboxState):
         self._check_alive()
 
 
-@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys)
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys, ISieveScripts)
 class MemoryStore(StoreListeners):
     """One user's mailboxes, in memory.  Created by :class:`MemoryProvider`."""
 
@@ -275,6 +277,7 @@ class MemoryStore(StoreListeners):
         self._annotations: dict[str, dict[str, bytes]] = {}
         self._annotation_listeners = AnnotationListeners()
         self._urlauth_keys: dict[str, tuple[int, bytes]] = {}  # name -> (uidvalidity, key)
+        self._scripts = ScriptTable()
         self._new_box(INBOX)
 
     def _new_box(self, name: str) -> MemoryMailbox:
@@ -488,6 +491,43 @@ class MemoryStore(StoreListeners):
     def add_annotation_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
         """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener`."""
         return self._annotation_listeners.add(listener)
+
+    # -- Sieve scripts (ISieveScripts) -----------------------------------------
+
+    @_guard
+    def list_scripts(self) -> list[tuple[str, bool]]:
+        """See :meth:`txmail.interfaces.ISieveScripts.list_scripts`."""
+        return self._scripts.list()
+
+    @_guard
+    def get_script(self, name: str) -> bytes:
+        """See :meth:`txmail.interfaces.ISieveScripts.get_script`."""
+        return self._scripts.get(name)
+
+    @_guard
+    def put_script(self, name: str, content: bytes) -> None:
+        """See :meth:`txmail.interfaces.ISieveScripts.put_script`."""
+        self._scripts.put(name, content)
+
+    @_guard
+    def delete_script(self, name: str) -> None:
+        """See :meth:`txmail.interfaces.ISieveScripts.delete_script`."""
+        self._scripts.delete(name)
+
+    @_guard
+    def rename_script(self, old: str, new: str) -> None:
+        """See :meth:`txmail.interfaces.ISieveScripts.rename_script`."""
+        self._scripts.rename(old, new)
+
+    @_guard
+    def set_active(self, name: str | None) -> None:
+        """See :meth:`txmail.interfaces.ISieveScripts.set_active`."""
+        self._scripts.set_active(name)
+
+    @_guard
+    def active_script(self) -> tuple[str, bytes] | None:
+        """See :meth:`txmail.interfaces.ISieveScripts.active_script`."""
+        return self._scripts.active_script()
 
 
 @implementer(IMailStoreProvider, IObjectIdProvider)

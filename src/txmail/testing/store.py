@@ -27,8 +27,25 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from txmail import mime
-from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
-from txmail.interfaces import IExpungeHistory, IInboxDelivery, IMailbox, IMailStore, IMailStoreProvider
+from txmail.errors import (
+    InvalidMailboxName,
+    InvalidScriptName,
+    MailboxExists,
+    MailboxNotEmpty,
+    NoSuchMailbox,
+    NoSuchMessage,
+    NoSuchScript,
+    ScriptActive,
+    ScriptExists,
+)
+from txmail.interfaces import (
+    IExpungeHistory,
+    IInboxDelivery,
+    IMailbox,
+    IMailStore,
+    IMailStoreProvider,
+    ISieveScripts,
+)
 from txmail.model import (
     ANSWERED,
     DELETED,
@@ -47,7 +64,12 @@ from txmail.model import (
 )
 from txmail.testing.sources import file_source, pattern_digest, pattern_source, streamed_source
 
-__all__ = ["InboxDeliveryConformanceMixin", "MailStoreConformanceMixin", "message"]
+__all__ = [
+    "InboxDeliveryConformanceMixin",
+    "MailStoreConformanceMixin",
+    "SieveScriptsConformanceMixin",
+    "message",
+]
 
 USER = "alice@example.test"
 OTHER = "bob@example.test"
@@ -1032,3 +1054,93 @@ class InboxDeliveryConformanceMixin:
         finally:
             f.close()
         self.assertEqual(digest.hexdigest(), pattern_digest(size))
+
+
+class SieveScriptsConformanceMixin:
+    """
+    Behaviour of a store that also provides the optional
+    :class:`txmail.interfaces.ISieveScripts`.  Mix it in before
+    :class:`MailStoreConformanceMixin`, whose helpers it uses::
+
+        class MyStoreTests(SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase):
+            ...
+    """
+
+    # Provided by MailStoreConformanceMixin and TestCase.
+    provider: Any
+    store: Any
+    reopen_provider: Any
+    assertEqual: Any
+    assertTrue: Any
+    assertIsNone: Any
+    assertFailure: Any
+
+    @defer.inlineCallbacks
+    def scripts(self, user: str = USER) -> Any:
+        """The store of *user*, checked to provide :class:`ISieveScripts` fully."""
+        store = yield self.store(user)
+        self.assertTrue(verifyObject(ISieveScripts, store))
+        return store
+
+    @defer.inlineCallbacks
+    def test_scripts_put_get_list(self) -> Gen:
+        """Scripts are stored as given, listed by name, none active at first; a put replaces."""
+        store = yield self.scripts()
+        self.assertEqual((yield store.list_scripts()), [])
+        self.assertIsNone((yield store.active_script()))
+        yield store.put_script("work", b'require "fileinto";\r\nfileinto "Work";\r\n')
+        yield store.put_script("a\u0301 vacation", b"keep;\r\n")  # stored in NFC
+        yield store.put_script("work", b"keep;\r\n")
+        listed = yield store.list_scripts()
+        self.assertEqual(listed, [("work", False), ("\u00e1 vacation", False)])  # code point order
+        self.assertEqual((yield store.get_script("work")), b"keep;\r\n")
+        self.assertEqual((yield store.get_script("\u00e1 vacation")), b"keep;\r\n")
+        yield self.assertFailure(store.get_script("missing"), NoSuchScript)
+
+    @defer.inlineCallbacks
+    def test_scripts_active(self) -> Gen:
+        """One script at most is active; it cannot be deleted; a replace and a rename keep it active."""
+        store = yield self.scripts()
+        yield store.put_script("one", b"keep;\r\n")
+        yield store.put_script("two", b"discard;\r\n")
+        yield self.assertFailure(store.set_active("three"), NoSuchScript)
+        yield store.set_active("one")
+        yield store.set_active("two")
+        self.assertEqual((yield store.list_scripts()), [("one", False), ("two", True)])
+        yield self.assertFailure(store.delete_script("two"), ScriptActive)
+        yield store.put_script("two", b"stop;\r\n")
+        self.assertEqual((yield store.active_script()), ("two", b"stop;\r\n"))
+        yield self.assertFailure(store.rename_script("two", "one"), ScriptExists)
+        yield self.assertFailure(store.rename_script("zero", "four"), NoSuchScript)
+        yield store.rename_script("two", "three")
+        self.assertEqual((yield store.active_script()), ("three", b"stop;\r\n"))
+        yield store.delete_script("one")
+        yield self.assertFailure(store.delete_script("one"), NoSuchScript)
+        yield store.set_active(None)
+        self.assertIsNone((yield store.active_script()))
+        self.assertEqual((yield store.list_scripts()), [("three", False)])
+        yield store.delete_script("three")
+        self.assertEqual((yield store.list_scripts()), [])
+
+    @defer.inlineCallbacks
+    def test_scripts_invalid_names(self) -> Gen:
+        """Names with control characters, a slash, a leading dot, or too long are refused."""
+        store = yield self.scripts()
+        for name in ("", "a/b", ".hidden", "tab\there", "nul\x00", "line\u2028sep", "x" * 129):
+            yield self.assertFailure(store.put_script(name, b"keep;\r\n"), InvalidScriptName)
+        yield store.put_script("x" * 128, b"keep;\r\n")
+        yield self.assertFailure(store.rename_script("x" * 128, "a/b"), InvalidScriptName)
+        self.assertEqual((yield store.list_scripts()), [("x" * 128, False)])
+
+    @defer.inlineCallbacks
+    def test_scripts_per_user_and_durable(self) -> Gen:
+        """Each user has their own scripts, and they outlive a restart of a persistent backend."""
+        store = yield self.scripts()
+        other = yield self.scripts(OTHER)
+        yield store.put_script("mine", b"keep;\r\n")
+        yield store.set_active("mine")
+        self.assertEqual((yield other.list_scripts()), [])
+        provider = self.reopen_provider(self.provider)
+        again = yield provider.store_for(USER)
+        self.assertEqual((yield again.list_scripts()), [("mine", True)])
+        self.assertEqual((yield again.active_script()), ("mine", b"keep;\r\n"))
