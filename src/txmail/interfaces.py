@@ -65,6 +65,7 @@ __all__ = [
     "IDeliveryRouter",
     "IDirectory",
     "IExpungeHistory",
+    "IExpungedEmailIds",
     "IHeaderColumns",
     "IHeaderLines",
     "IInboxDelivery",
@@ -415,6 +416,26 @@ class IExpungeHistory(Interface):
         with a superset: UIDs expunged earlier, never a UID still present
         or never given (RFC 7162 section 3.2.6 allows reporting messages
         expunged before *modseq*).
+        """
+
+
+class IExpungedEmailIds(Interface):
+    """
+    A mailbox that remembers the EMAILIDs (RFC 8474) of the messages it
+    expunged, beside their UIDs (:class:`IExpungeHistory`), across restarts:
+    JMAP's ``Email/changes`` (RFC 8620 section 5.2) names the Emails
+    destroyed since a state with them, also when the process that gave the
+    state is gone.  Optional: without it, an expunge that the JMAP server
+    did not see answers ``cannotCalculateChanges`` (the client resyncs).
+    The memory, Maildir and PostgreSQL stores provide it; each keeps the
+    ids of at least the last 100,000 messages expunged from a mailbox.
+    """
+
+    def expunged_email_ids(uids: Iterable[int]) -> Deferred[dict[int, str]]:
+        """
+        Return ``Deferred[dict[int, str]]``: the EMAILID of each of *uids*
+        that was expunged from this mailbox and is still remembered, by UID
+        (a UID never expunged, or forgotten, is left out).
         """
 
 

@@ -339,8 +339,15 @@ class EmailTestsMixin(MailMixin):
         self.assertEqual(self.error("Email/changes", {"sinceState": "eAAAA"}).type, "cannotCalculateChanges")
         self.assertEqual(self.error("Email/changes", {"sinceState": None}).type, "invalidArguments")
 
-    def test_changes_after_restart_without_history(self) -> None:
+    def test_changes_after_restart_from_the_store(self) -> None:
+        """
+        An expunge that this process never listed the message of is named from the EMAILIDs the
+        store remembers (IExpungedEmailIds); a store that does not remember them gets
+        ``cannotCalculateChanges``, never a wrong list (RFC 8620 section 5.2).
+        """
         uid = self.deliver()
+        kept = self.deliver()
+        gone_id = self.email_id(INBOX, uid)
         state = self.state()
         # A fresh process: the UID -> EMAILID map is gone.
         from txmail.jmap import state as state_module
@@ -348,6 +355,14 @@ class EmailTestsMixin(MailMixin):
         state_module._CACHES.clear()
         self.successResultOf(self.box().set_flags([uid], [DELETED], FlagMode.ADD))
         self.successResultOf(self.box().expunge())
+        changes = self.call("Email/changes", {"sinceState": state})
+        self.assertEqual((changes["created"], changes["updated"], changes["destroyed"]), ([], [], [gone_id]))
+        state = changes["newState"]
+        state_module._CACHES.clear()
+        box = self.box()
+        box.expunged_email_ids = lambda uids: defer.succeed({})  # a store that forgot them
+        self.successResultOf(box.set_flags([kept], [DELETED], FlagMode.ADD))
+        self.successResultOf(box.expunge())
         self.assertEqual(self.error("Email/changes", {"sinceState": state}).type, "cannotCalculateChanges")
 
     def test_threads(self) -> None:

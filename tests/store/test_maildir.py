@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 import threading
 from typing import Any
@@ -28,7 +29,7 @@ from txmail.model import (
 from txmail.store import maildir
 from txmail.store._maildir_format import parse_index
 from txmail.store.maildir import MaildirMailbox, MaildirProvider
-from txmail.testing.store import MailStoreConformanceMixin, message
+from txmail.testing.store import ExpungedEmailIdsConformanceMixin, MailStoreConformanceMixin, message
 
 
 def _quiet() -> dict[str, Any]:
@@ -39,7 +40,7 @@ def _quiet() -> dict[str, Any]:
 MIME_PARSE = mime.parse_metadata
 
 
-class MaildirConformanceTests(MailStoreConformanceMixin, TestCase):
+class MaildirConformanceTests(ExpungedEmailIdsConformanceMixin, MailStoreConformanceMixin, TestCase):
     """The Maildir store keeps the whole mailbox contract."""
 
     def make_provider(self) -> MaildirProvider:
@@ -50,7 +51,7 @@ class MaildirConformanceTests(MailStoreConformanceMixin, TestCase):
         return MaildirProvider(provider.root, hostname="test.host", **_quiet())
 
 
-class MaildirThreadedConformanceTests(MailStoreConformanceMixin, TestCase):
+class MaildirThreadedConformanceTests(ExpungedEmailIdsConformanceMixin, MailStoreConformanceMixin, TestCase):
     """The conformance suite again, with file work in real threads (as the server runs it)."""
 
     def make_provider(self) -> MaildirProvider:
@@ -660,6 +661,50 @@ class MaildirRecoveryTests(MaildirBase):
         self.assertEqual(self.successResultOf(box2.expunged_since(marks[0], [uids[2], uids[3]])), [uids[2]])
         box3 = self.inbox(self.reopen())
         self.assertEqual(self.successResultOf(box3.expunged_since(marks[0])), expected)
+
+    def test_expunged_email_ids_kept_by_compaction(self) -> None:
+        """The EMAILIDs of expunged messages are in the ``X`` records, and a rewritten index keeps them."""
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(40)]
+        ids = {i.uid: i.email_id for i in self.successResultOf(box.list_messages())}
+        for i in range(20):
+            self.successResultOf(box.set_flags(uids[2 * i : 2 * i + 1], [DELETED], FlagMode.ADD))
+            self.successResultOf(box.expunge())
+        with open(self.index_path(), "rb") as f:
+            xs = [line.split(b"\t") for line in f.read().splitlines() if line.startswith(b"X\t")]
+        self.assertEqual(xs[-1], [b"X", xs[-1][1], str(uids[38]).encode(), ids[uids[38]].encode()])
+        gone = {u: ids[u] for u in uids[0:40:2]}
+        self.assertEqual(self.successResultOf(self.inbox(self.reopen()).expunged_email_ids(uids)), gone)
+        self.patch(maildir, "compact_expunge_log", functools.partial(maildir.compact_expunge_log, limit=3))
+        box2 = self.inbox(self.reopen())
+        self.successResultOf(box2._compact())
+        with open(self.index_path(), "rb") as f:
+            self.assertEqual(len([line for line in f.read().splitlines() if line.startswith(b"X\t")]), 4)
+        self.assertEqual(self.successResultOf(self.inbox(self.reopen()).expunged_email_ids(uids)), gone)
+
+    def test_expunged_email_ids_of_older_records(self) -> None:
+        """``X`` records without EMAILIDs (older indexes) name none; a field of the wrong length is damage."""
+        box = self.inbox()
+        uids = [self.successResultOf(box.append(message(i))) for i in range(3)]
+        self.successResultOf(box.set_flags(uids[:2], [DELETED], FlagMode.ADD))
+        self.successResultOf(box.expunge())
+        with open(self.index_path(), "rb") as f:
+            data = f.read()
+        lines = data.splitlines(keepends=True)
+        old = [
+            b"\t".join(line.split(b"\t")[:3]) + b"\n" if line.startswith(b"X\t") else line for line in lines
+        ]
+        with open(self.index_path(), "wb") as f:
+            f.write(b"".join(old))
+        box2 = self.inbox(self.reopen())
+        self.assertEqual(self.successResultOf(box2.expunged_email_ids(uids)), {})
+        self.assertEqual(self.successResultOf(box2.expunged_since(1)), uids[:2])
+        self.assertFalse(parse_index(data).damaged)
+        self.assertTrue(parse_index(data + b"X\t99\t7,8\tM" + b"0" * 24 + b"\n").damaged)  # 2 UIDs, 1 id
+        self.assertTrue(parse_index(data + b"X\t99\t7\tnot an id\n").damaged)
+        self.assertEqual(
+            parse_index(data + b"X\t99\t7,8\t,M" + b"0" * 24 + b"\n").expunged_ids[8], "M" + "0" * 24
+        )
 
     def test_expunge_history_unknown_before_the_index(self) -> None:
         """An index without the history marker answers a superset: every UID gone (RFC 7162 section 3.2.6)."""

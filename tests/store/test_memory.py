@@ -6,10 +6,16 @@ from twisted.trial.unittest import TestCase
 
 from txmail.model import INBOX
 from txmail.store.memory import MemoryMailbox, MemoryProvider
-from txmail.testing.store import MailStoreConformanceMixin, SieveScriptsConformanceMixin
+from txmail.testing.store import (
+    ExpungedEmailIdsConformanceMixin,
+    MailStoreConformanceMixin,
+    SieveScriptsConformanceMixin,
+)
 
 
-class MemoryStoreConformanceTests(SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase):
+class MemoryStoreConformanceTests(
+    ExpungedEmailIdsConformanceMixin, SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase
+):
     """The memory store keeps the whole mailbox contract."""
 
     def make_provider(self) -> MemoryProvider:

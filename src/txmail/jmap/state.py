@@ -36,12 +36,15 @@ restart as before:
 * the UIDs expunged since (:class:`txmail.interfaces.IExpungeHistory`) are
   the copies removed.  Their EMAILIDs come from the UID to EMAILID map this
   module keeps for each mailbox it has listed (in memory, for the life of
-  the process).  A removed UID the map does not know (the process
-  restarted after the client's state and before the expunge) cannot be
-  named, and the answer is ``cannotCalculateChanges``; so it is for a
-  mailbox deleted, or given a new UIDVALIDITY, with messages the map does
-  not know.  Flag changes, deliveries, copies and moves in are exact across
-  restarts, since they are read from the store's modseqs.
+  the process), else from the store, which remembers the EMAILIDs of the
+  messages it expunged (:class:`txmail.interfaces.IExpungedEmailIds`: the
+  memory, Maildir and PostgreSQL stores, across restarts and nodes).  A
+  removed UID that neither knows (a store without that interface, or one
+  that forgot it) cannot be named, and the answer is
+  ``cannotCalculateChanges``; so it is for a mailbox deleted, or given a
+  new UIDVALIDITY, with messages the map does not know.  Flag changes,
+  deliveries, expunges, copies and moves are exact across restarts, since
+  they are read from the store's modseqs and expunge history.
 * ``maxChanges`` is kept by advancing whole mailboxes in id order, or, when
   the first one alone has more changes, that mailbox up to the highest
   modseq that keeps the answer within it: the new state is one of those
@@ -714,13 +717,23 @@ async def _box_delta(view: MailView, old: list[Any], cut: int | None = None) -> 
     expunged = set(await box.mailbox.expunged_since(modseq)) if modseq < status.highest_modseq else set()
     if cut != status.highest_modseq:
         expunged -= set(await box.mailbox.expunged_since(cut))
+    unknown = []
     for uid in expunged:
         if uid >= uidnext:
             continue  # came and went after the state
         eid = None if uid_map is None else uid_map.get(uid)
         if eid is None:
-            raise cannot_calculate("a message expunged since was never seen by this server")
-        gone.add(eid)
+            unknown.append(uid)
+        else:
+            gone.add(eid)
+    if unknown:
+        # Expunged before this process listed them: the store remembers their EMAILIDs.
+        remembered = {}
+        if hasattr(box.mailbox, "expunged_email_ids"):
+            remembered = await box.mailbox.expunged_email_ids(unknown)
+        if len(remembered) != len(unknown):
+            raise cannot_calculate("a message expunged since is not remembered by the store")
+        gone.update(remembered.values())
     if cut == status.highest_modseq:
         entry = box.email_entry()
     else:

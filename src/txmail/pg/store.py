@@ -109,6 +109,7 @@ from zope.interface import implementer
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import (
+    IExpungedEmailIds,
     IExpungeHistory,
     IHeaderColumns,
     IHeaderLines,
@@ -613,15 +614,16 @@ def _expunge_rows(
         return []
     _, modseq = _allocate(conn, box_id, 0, 1)
     rows = conn.execute(
-        "DELETE FROM messages WHERE mailbox = %s AND uid = ANY(%s) RETURNING uid, body_id", (box_id, uids)
+        "DELETE FROM messages WHERE mailbox = %s AND uid = ANY(%s) RETURNING uid, body_id, email_id",
+        (box_id, uids),
     ).fetchall()
     removed = sorted(int(r[0]) for r in rows)
     if removed:
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO expunged (mailbox, uid, modseq) VALUES (%s, %s, %s)"
-                " ON CONFLICT (mailbox, uid) DO UPDATE SET modseq = excluded.modseq",
-                [(box_id, uid, modseq) for uid in removed],
+                "INSERT INTO expunged (mailbox, uid, modseq, email_id) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (mailbox, uid) DO UPDATE SET modseq = excluded.modseq, email_id = excluded.email_id",
+                [(box_id, int(r[0]), modseq, r[2]) for r in rows],
             )
         bodies.delete_unused(conn, (r[1] for r in rows))
         _prune_expunged(conn, box_id, modseq - history)
@@ -687,7 +689,9 @@ def _flag_rows(
     return [uid for uid, _ in changes]
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
+@implementer(
+    IMailbox, IExpungeHistory, IExpungedEmailIds, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines
+)
 class PostgresMailbox(MailboxState):
     """
     One mailbox of a :class:`PostgresStore`: the message list in memory
@@ -857,6 +861,25 @@ class PostgresMailbox(MailboxState):
 
         if wanted == []:
             return defer.succeed([])
+        return self._database.run(query)
+
+    def expunged_email_ids(self, uids: Iterable[int]) -> defer.Deferred[dict[int, str]]:
+        """See :meth:`txmail.interfaces.IExpungedEmailIds.expunged_email_ids`: from the ``expunged`` table."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        wanted = sorted({int(u) for u in uids})
+        if not wanted:
+            return defer.succeed({})
+
+        def query(conn: Any) -> dict[int, str]:
+            rows = conn.execute(
+                "SELECT uid, email_id FROM expunged WHERE mailbox = %s AND uid = ANY(%s) AND uid > 0"
+                " AND email_id IS NOT NULL",
+                (self.box_id, wanted),
+            ).fetchall()
+            return {int(r[0]): r[1] for r in rows}
+
         return self._database.run(query)
 
     def _gone_below_uidnext(self, conn: Any, wanted: list[int] | None) -> list[int]:

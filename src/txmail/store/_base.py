@@ -16,6 +16,7 @@ each expunge raises HIGHESTMODSEQ by one.
 
 from __future__ import annotations
 
+import itertools
 import time
 from array import array
 from collections.abc import Callable, Iterable
@@ -48,6 +49,7 @@ from txmail.model import (
 from txmail.store._ids import new_email_id
 
 __all__ = [
+    "EXPUNGED_IDS_KEPT",
     "URLAUTH_KEY_SIZE",
     "Listener",
     "MailboxState",
@@ -59,6 +61,7 @@ __all__ = [
     "lines_from_metadata",
     "next_uidvalidity",
     "select_uids",
+    "trim_expunged_ids",
 ]
 
 Listener = Callable[[MailboxChange], None]
@@ -68,6 +71,18 @@ URLAUTH_KEY_SIZE = 32
 
 #: Largest UIDVALIDITY (a 32-bit non-zero number, RFC 3501 section 9).
 MAX_UIDVALIDITY = 0xFFFFFFFF
+
+#: The EMAILIDs of at most this many expunged messages are kept per mailbox
+#: (:class:`txmail.interfaces.IExpungedEmailIds`): 2.5 MB at most in memory.
+EXPUNGED_IDS_KEPT = 100_000
+
+
+def trim_expunged_ids(ids: dict[int, str], limit: int = EXPUNGED_IDS_KEPT) -> None:
+    """Forget the oldest entries of *ids* (UID -> EMAILID, oldest first) beyond *limit*."""
+    excess = len(ids) - limit
+    if excess > 0:
+        for uid in list(itertools.islice(ids, excess)):
+            del ids[uid]
 
 
 def check_name(name: str) -> str:
@@ -237,6 +252,9 @@ class MailboxState:
         #: (before it, :meth:`_expunged_since` answers with every UID gone).
         self._expunge_log: list[tuple[int, tuple[int, ...]]] = []
         self._expunge_horizon = 0
+        #: The EMAILIDs of the messages expunged (:class:`IExpungedEmailIds`),
+        #: by UID, oldest first, at most :data:`EXPUNGED_IDS_KEPT`.
+        self._expunged_ids: dict[int, str] = {}
 
     # -- checks ---------------------------------------------------------
 
@@ -308,14 +326,23 @@ class MailboxState:
     def _remove(self, uids: Iterable[int]) -> list[int]:
         """Remove messages; raises HIGHESTMODSEQ once if any was removed."""
         removed = []
+        ids = self._expunged_ids
         for uid in sorted(uids):
             info = self._infos.pop(uid, None)
             if info is not None:
                 self._count(info, -1)
                 removed.append(uid)
+                if info.email_id is not None:
+                    ids[uid] = info.email_id
         if removed:
             self._expunge_log.append((self._next_modseq(), tuple(removed)))
+            trim_expunged_ids(ids)
         return removed
+
+    def _expunged_email_ids(self, uids: Iterable[int]) -> dict[int, str]:
+        """See :meth:`txmail.interfaces.IExpungedEmailIds.expunged_email_ids`."""
+        ids = self._expunged_ids
+        return {uid: ids[uid] for uid in uids if uid in ids}
 
     def _expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> list[int]:
         """

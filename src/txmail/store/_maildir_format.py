@@ -24,7 +24,8 @@ The index log (one text line per record, fields separated by TAB)::
     txmail-index 3 <uidvalidity> <uidnext> <highestmodseq> <recent>   header
     A <uid> <modseq> <size> <internaldate> <cacheoff> <cachelen> <base> <flags> <raw> <savedate> <emailid>
     F <uid> <modseq> <flags>          flags changed
-    X <modseq> <uid>,<uid>,...        expunged (<uid> may be a range <lo>:<hi>)
+    X <modseq> <uid>,<uid>,... [<emailid>,<emailid>,...]
+                                      expunged (<uid> may be a range <lo>:<hi>)
     M <uid> <cacheoff> <cachelen>     metadata cached (again)
     R <watermark>                     \\Recent claimed up to this UID
 
@@ -44,7 +45,11 @@ as version 3.  The ``X`` records are the expunge history QRESYNC needs (RFC
 7162 section 3.2); a rewritten index keeps them, merged into at most
 :data:`EXPUNGE_RECORDS` records with UID ranges, after an ``X <modseq>``
 record without UIDs that marks the history complete after *modseq* (an
-index without one is complete only from the time it is read).
+index without one is complete only from the time it is read).  An ``X``
+record's optional last field holds the EMAILIDs of its UIDs, in the order
+of the UIDs (ranges expanded), empty where unknown
+(:class:`txmail.interfaces.IExpungedEmailIds`); older ``X`` records
+without it are read as UIDs of unknown EMAILIDs.
 A line that does
 not parse, or a last line without its line end (a torn write), marks the
 index damaged: the readable records are kept and the store rewrites it.
@@ -309,8 +314,18 @@ def index_flags(uid: int, modseq: int, flags: Iterable[str]) -> str:
     return f"F\t{uid}\t{modseq}\t{_flags_text(flags)}\n"
 
 
-def index_expunge(modseq: int, uids: Iterable[int]) -> str:
-    return f"X\t{modseq}\t{','.join(map(str, uids))}\n"
+def index_expunge(modseq: int, uids: Iterable[int], ids: dict[int, str] | None = None) -> str:
+    """An ``X`` record: *uids* expunged at *modseq*, with their EMAILIDs from *ids* (UID -> id)."""
+    uids = list(uids)
+    return f"X\t{modseq}\t{','.join(map(str, uids))}{_ids_field(uids, ids)}\n"
+
+
+def _ids_field(uids: list[int], ids: dict[int, str] | None) -> str:
+    """The ``X`` record's EMAILID field (with its TAB) for *uids*, ``""`` when none is known."""
+    if not ids:
+        return ""
+    found = [ids.get(uid, "") for uid in uids]
+    return "\t" + ",".join(found) if any(found) else ""
 
 
 #: The most ``X`` records a rewritten index keeps (:func:`compact_expunge_log`).
@@ -334,7 +349,10 @@ def _uid_ranges(uids: Iterable[int]) -> str:
 
 
 def compact_expunge_log(
-    log: list[tuple[int, tuple[int, ...]]], horizon: int, limit: int = EXPUNGE_RECORDS
+    log: list[tuple[int, tuple[int, ...]]],
+    horizon: int,
+    limit: int = EXPUNGE_RECORDS,
+    ids: dict[int, str] | None = None,
 ) -> tuple[list[tuple[int, tuple[int, ...]]], str]:
     """
     Merge an expunge history (``(modseq, uids)`` ascending) into at most
@@ -342,7 +360,7 @@ def compact_expunge_log(
     modseq of its group: a client asking from between two is told a few
     UIDs expunged just before, which RFC 7162 section 3.2.6 allows), and
     the index records for it: the horizon marker, then one ``X`` record
-    per entry with UID ranges.
+    per entry with UID ranges and the EMAILIDs *ids* (UID -> id) knows.
     """
     if len(log) > limit:
         merged: list[tuple[int, tuple[int, ...]]] = []
@@ -353,7 +371,10 @@ def compact_expunge_log(
             merged.append((group[-1][0], tuple(uids)))
         log = merged
     lines = [f"X\t{horizon}\t\n"]
-    lines.extend(f"X\t{modseq}\t{_uid_ranges(sorted(uids))}\n" for modseq, uids in log if uids)
+    for modseq, uids in log:
+        if uids:
+            ordered = sorted(uids)
+            lines.append(f"X\t{modseq}\t{_uid_ranges(ordered)}{_ids_field(ordered, ids)}\n")
     return log, "".join(lines)
 
 
@@ -426,6 +447,8 @@ class ParsedIndex:
     expunged: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
     #: The history is complete after this modseq (``None``: no marker read).
     expunge_horizon: int | None = None
+    #: The EMAILIDs of the UIDs expunged, where the ``X`` records name them, in record order.
+    expunged_ids: dict[int, str] = field(default_factory=dict)
 
 
 def _parse_flags(text: str) -> frozenset[str]:
@@ -511,9 +534,14 @@ def parse_index(data: bytes) -> ParsedIndex:
                     frec.flags = flags
                     frec.modseq = modseq
                 max_modseq = max(max_modseq, modseq)
-            elif kind == "X" and len(f) == 3:
+            elif kind == "X" and len(f) in (3, 4):
                 modseq = int(f[1])
                 uids = _parse_uids(f[2]) if f[2] else []
+                if len(f) == 4:
+                    found = f[3].split(",")
+                    if len(found) != len(uids) or not all(e == "" or is_object_id(e) for e in found):
+                        raise ValueError("email ids")
+                    out.expunged_ids.update((u, e) for u, e in zip(uids, found, strict=True) if e)
                 for uid in uids:
                     records.pop(uid, None)
                     max_uid = max(max_uid, uid)

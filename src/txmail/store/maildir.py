@@ -131,6 +131,7 @@ from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, No
 from txmail.interfaces import (
     HEADER_COLUMNS,
     HEADER_LINES,
+    IExpungedEmailIds,
     IExpungeHistory,
     IHeaderColumns,
     IHeaderLines,
@@ -178,6 +179,7 @@ from txmail.store._base import (
     generic_copy,
     next_uidvalidity,
     select_uids,
+    trim_expunged_ids,
 )
 from txmail.store._crlf import CRLFFile, to_crlf
 from txmail.store._ids import derived_email_id
@@ -385,7 +387,16 @@ def arrival_key(name: str) -> tuple[Any, ...]:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines, IRecordCache)
+@implementer(
+    IMailbox,
+    IExpungeHistory,
+    IExpungedEmailIds,
+    ISaveDates,
+    IObjectIds,
+    IHeaderColumns,
+    IHeaderLines,
+    IRecordCache,
+)
 class MaildirMailbox(MailboxState):
     """
     One Maildir folder.  Get it from :meth:`MaildirStore.get_mailbox`; the
@@ -456,6 +467,8 @@ class MaildirMailbox(MailboxState):
             self._expunge_log = sorted(parsed.expunged, key=lambda e: e[0])
             horizon = parsed.expunge_horizon
             self._expunge_horizon = parsed.modseq if horizon is None else horizon
+            self._expunged_ids = parsed.expunged_ids
+            trim_expunged_ids(self._expunged_ids)
             records = parsed.records
             insert, locs, by_base = self._insert, self._locs, self._by_base
 
@@ -533,7 +546,9 @@ class MaildirMailbox(MailboxState):
         self._compacting = True
         lines = [index_header(self.uidvalidity, self._uidnext, self._modseq, self._recent)]
         # The expunge history (QRESYNC), merged so that it stays small.
-        self._expunge_log, history = compact_expunge_log(self._expunge_log, self._expunge_horizon)
+        self._expunge_log, history = compact_expunge_log(
+            self._expunge_log, self._expunge_horizon, ids=self._expunged_ids
+        )
         lines.append(history)
         for uid, info in self._infos.items():
             loc = self._locs[uid]
@@ -575,6 +590,13 @@ class MaildirMailbox(MailboxState):
         if failed is not None:
             return failed
         return defer.succeed(self._expunged_since(modseq, uids))
+
+    def expunged_email_ids(self, uids: Iterable[int]) -> defer.Deferred[dict[int, str]]:
+        """See :meth:`txmail.interfaces.IExpungedEmailIds.expunged_email_ids`: kept in the index's ``X`` records."""
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        return defer.succeed(self._expunged_email_ids(uids))
 
     def _persist_recent(self, watermark: int) -> None:
         self._write_index(index_recent(watermark))
@@ -680,7 +702,7 @@ class MaildirMailbox(MailboxState):
             if self._by_base.get(loc.base) == uid:
                 del self._by_base[loc.base]
         if removed:
-            self._write_index(index_expunge(self._modseq, removed))
+            self._write_index(index_expunge(self._modseq, removed, self._expunged_ids))
             self._notify(MessagesExpunged(tuple(removed), self._modseq))
         return removed
 

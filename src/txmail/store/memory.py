@@ -27,6 +27,7 @@ from zope.interface import implementer
 from txmail import mime
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
 from txmail.interfaces import (
+    IExpungedEmailIds,
     IExpungeHistory,
     IHeaderColumns,
     IHeaderLines,
@@ -96,7 +97,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
     return wrapper
 
 
-@implementer(IMailbox, IExpungeHistory, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
+@implementer(IMailbox, IExpungeHistory, IExpungedEmailIds, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
 class MemoryMailbox(MailboxState):
     """
     One mailbox of a :class:`MemoryStore`.
@@ -123,6 +124,7 @@ class MemoryMailbox(MailboxState):
         self._modseq = other._modseq
         self._expunge_log = other._expunge_log
         self._expunge_horizon = other._expunge_horizon
+        self._expunged_ids = other._expunged_ids
         self._recent = other._recent
         self._unseen = other._unseen
         self._size = other._size
@@ -155,6 +157,12 @@ class MemoryMailbox(MailboxState):
         """See :meth:`txmail.interfaces.IExpungeHistory.expunged_since`."""
         self._check_alive()
         return self._expunged_since(modseq, uids)
+
+    @_guard
+    def expunged_email_ids(self, uids: Iterable[int]) -> dict[int, str]:
+        """See :meth:`txmail.interfaces.IExpungedEmailIds.expunged_email_ids`."""
+        self._check_alive()
+        return self._expunged_email_ids(uids)
 
     def _get(self, uid: int) -> bytes:
         self._check_alive()

@@ -39,6 +39,7 @@ from txmail.errors import (
     ScriptExists,
 )
 from txmail.interfaces import (
+    IExpungedEmailIds,
     IExpungeHistory,
     IInboxDelivery,
     IMailbox,
@@ -65,6 +66,7 @@ from txmail.model import (
 from txmail.testing.sources import file_source, pattern_digest, pattern_source, streamed_source
 
 __all__ = [
+    "ExpungedEmailIdsConformanceMixin",
     "InboxDeliveryConformanceMixin",
     "MailStoreConformanceMixin",
     "SieveScriptsConformanceMixin",
@@ -1144,3 +1146,45 @@ class SieveScriptsConformanceMixin:
         again = yield provider.store_for(USER)
         self.assertEqual((yield again.list_scripts()), [("mine", True)])
         self.assertEqual((yield again.active_script()), ("mine", b"keep;\r\n"))
+
+
+class ExpungedEmailIdsConformanceMixin:
+    """
+    Behaviour of a store whose mailboxes also provide the optional
+    :class:`txmail.interfaces.IExpungedEmailIds`.  Mix it in before
+    :class:`MailStoreConformanceMixin`, whose helpers it uses.
+    """
+
+    # Provided by MailStoreConformanceMixin and TestCase.
+    provider: Any
+    inbox: Any
+    mailbox: Any
+    fill: Any
+    reopen_provider: Any
+    assertEqual: Any
+    assertTrue: Any
+
+    @defer.inlineCallbacks
+    def test_expunged_email_ids(self) -> Gen:
+        """
+        The EMAILIDs of expunged messages (one EXPUNGE, a MOVE out, another
+        EXPUNGE) are given by UID, also after a restart; UIDs present or
+        never used are left out.
+        """
+        box = yield self.inbox()
+        self.assertTrue(verifyObject(IExpungedEmailIds, box))
+        uids = yield self.fill(box, 5)
+        ids = {info.uid: info.email_id for info in (yield box.list_messages())}
+        self.assertEqual((yield box.expunged_email_ids(uids)), {})
+        yield box.set_flags([uids[0], uids[2]], [DELETED], FlagMode.ADD)
+        yield box.expunge()
+        archive = yield self.mailbox("Archive")
+        yield box.move([uids[3]], archive)
+        yield box.set_flags([uids[4]], [DELETED], FlagMode.ADD)
+        yield box.expunge([uids[4]])
+        gone = {uid: ids[uid] for uid in (uids[0], uids[2], uids[3], uids[4])}
+        self.assertEqual((yield box.expunged_email_ids([*uids, 999])), gone)
+        self.assertEqual((yield box.expunged_email_ids([uids[2]])), {uids[2]: ids[uids[2]]})
+        provider = self.reopen_provider(self.provider)
+        again = yield (yield provider.store_for(USER)).get_mailbox(INBOX)
+        self.assertEqual((yield again.expunged_email_ids(uids)), gone)

@@ -1,0 +1,1 @@
+JMAP ``Email/changes`` is exact after a restart: the stores remember the EMAILIDs of the messages they expunge (the new optional ``IExpungedEmailIds``; Maildir ``X`` records gain an EMAILID field, PostgreSQL schema 6 an ``email_id`` column), so an expunge made before the JMAP server listed the mailbox is named instead of answered with ``cannotCalculateChanges``.
