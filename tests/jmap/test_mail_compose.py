@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from tests.jmap._mail import ACCOUNT, MaildirMixin, MailMixin, make_message
+from txmail.jmap.core import Limits
 from txmail.jmap.submission import identity_id
 from txmail.model import DRAFT, INBOX, SEEN, SpecialUse
 
@@ -162,6 +163,18 @@ class ComposeTestsMixin(MailMixin):
         self.assertEqual(errors["id"]["properties"], ["id"])
         self.assertEqual(errors["crlf"]["properties"], ["subject"])
         self.assertEqual(self.successResultOf(self.box("Drafts").list_messages()), [])
+
+    def test_create_too_large(self) -> None:
+        """A created Email larger than maxSizeUpload is refused with tooLarge (RFC 8621 section 4.6)."""
+        self.blobs.add("Gbig", b"x" * 3000)
+        self.context.limits = Limits(max_size_upload=2000)
+        props = {"mailboxIds": {self.drafts: True}, "attachments": [{"blobId": "Gbig", "type": "text/plain"}]}
+        got = self.call("Email/set", {"create": {"big": props}})
+        self.assertEqual(got["notCreated"]["big"]["type"], "tooLarge")
+        self.assertEqual(self.successResultOf(self.box("Drafts").list_messages()), [])
+        self.context.limits = Limits(max_size_upload=20000)
+        got = self.call("Email/set", {"create": {"big": props}})
+        self.assertIn("big", got["created"])
 
     def test_import_and_parse(self) -> None:
         raw = make_message("Imported", body="from a file").replace(b"\r\n", b"\n")

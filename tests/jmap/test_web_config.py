@@ -22,7 +22,8 @@ from tests._certs import make_certificate
 from tests.e2e._server import start_server
 from txmail.config import Settings, load_config
 from txmail.errors import ConfigError
-from txmail.jmap.core import Limits
+from txmail.jmap.core import MAIL, Limits
+from txmail.web import capabilities as web_capabilities
 from txmail.web import limits as web_limits
 
 
@@ -64,6 +65,11 @@ class SettingsTests(SynchronousTestCase):
         )
         self.assertEqual(limits.max_size_request, Limits().max_size_request)
         self.assertEqual(web_limits(None), Limits())
+        # The mail account's attachment limit is the same number (Email/set create enforces it).
+        (mail_capability,) = [
+            c for c in web_capabilities(SimpleNamespace(settings=settings)) if c.urn == MAIL
+        ]
+        self.assertEqual(mail_capability.account("alice@example.test")["maxSizeAttachmentsPerEmail"], 1000)
         for values in (
             {"web_max_calls_in_request": 0},
             {"web_max_size_request": "10M"},

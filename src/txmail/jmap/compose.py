@@ -394,8 +394,8 @@ async def create_email(context: CallContext, view: MailView, props: dict[str, An
         data = await build_message(context, props)
     except _Invalid as e:
         return set_error("invalidProperties", e.description, properties=[e.prop])
-    if len(data) > 50_000_000:
-        return set_error("tooLarge", "the message is too large")
+    if len(data) > context.limits.max_size_upload:
+        return set_error("tooLarge", f"the message is larger than {context.limits.max_size_upload} octets")
     try:
         return await _store(context, view, data, box_ids, flags, when)
     except NoSuchMailbox:

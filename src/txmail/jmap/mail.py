@@ -13,23 +13,30 @@ sections 1.3.1 and 1.3.2.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from txmail.jmap import email, mailbox, query, submission, thread
-from txmail.jmap.core import MAIL, SUBMISSION, CallContext, Capability
+from txmail.jmap.core import MAIL, SUBMISSION, CallContext, Capability, Limits
 from txmail.jmap.mailbox import MAX_MAILBOX_DEPTH
 from txmail.jmap.state import mail_view
 
 __all__ = ["MAX_MAILBOX_DEPTH", "capabilities", "mail_account", "states", "submission_account"]
 
 
-def mail_account(user: str) -> dict[str, Any]:
-    """The ``urn:ietf:params:jmap:mail`` account capability object (RFC 8621 section 1.3.1)."""
+def mail_account(user: str, max_size: int = Limits.max_size_upload) -> dict[str, Any]:
+    """
+    The ``urn:ietf:params:jmap:mail`` account capability object (RFC 8621
+    section 1.3.1).  An Email created by ``Email/set`` is refused when it is
+    larger than *max_size* (the core ``maxSizeUpload``, the same limit a
+    message uploaded for ``Email/import`` has), which bounds its
+    attachments too.
+    """
     return {
         "maxMailboxesPerEmail": None,
         "maxMailboxDepth": MAX_MAILBOX_DEPTH,
         "maxSizeMailboxName": 255,
-        "maxSizeAttachmentsPerEmail": 50_000_000,
+        "maxSizeAttachmentsPerEmail": max_size,
         "emailQuerySortOptions": list(email.SORTS),
         "mayCreateTopLevelMailbox": True,
     }
@@ -47,8 +54,9 @@ async def states(context: CallContext) -> dict[str, str]:
     return {"Mailbox": await view.mailbox_state(), "Email": email_state, "Thread": email_state}
 
 
-def capabilities() -> list[Capability]:
-    """The mail and submission capabilities."""
+def capabilities(limits: Limits | None = None) -> list[Capability]:
+    """The mail and submission capabilities, under the core *limits* (the defaults when ``None``)."""
+    max_size = (limits or Limits()).max_size_upload
     methods: dict[str, Any] = {}
     methods.update(mailbox.METHODS)
     methods.update(email.METHODS)
@@ -56,6 +64,6 @@ def capabilities() -> list[Capability]:
     methods.update(thread.METHODS)
     methods.update(submission.METHODS)
     return [
-        Capability(MAIL, {}, mail_account, methods, states, email.blob),
+        Capability(MAIL, {}, functools.partial(mail_account, max_size=max_size), methods, states, email.blob),
         Capability(SUBMISSION, {}, submission_account, dict(submission.SUBMISSION_METHODS)),
     ]

@@ -50,4 +50,5 @@ def capabilities(server: Any) -> list[Capability]:
     ``None`` in tests) serves: the core capability (RFC 8620 section 2), and
     the mail capabilities once they are registered here.
     """
-    return [core_capability(limits(server)), *mail.capabilities()]
+    in_force = limits(server)
+    return [core_capability(in_force), *mail.capabilities(in_force)]
