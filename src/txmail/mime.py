@@ -901,7 +901,7 @@ def _simple_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
             return None
         name, local, host, bare_local, bare_host = m.groups()
         if local is None:
-            out.append((None, None, bare_local, bare_host))
+            out.append((None, None, bare_local, bare_host))  # type: ignore[arg-type]  # the list holds (name, route, local, host) of both forms
         else:
             if name is not None and ("\t" in name or "  " in name):
                 name = _BLANKS_RE.sub(" ", name)
@@ -1727,7 +1727,7 @@ def _preview_part(root: _Node) -> _Node | None:
             if node.ctype[1] == "ALTERNATIVE":
                 found = [f for f in (find(c) for c in node.children) if f is not None]
                 plain = [f for f in found if f.ctype[1] == "PLAIN"]
-                return (plain or found or [None])[0]
+                return (plain or found or [None])[0]  # type: ignore[list-item]  # None: no part found
             for child in node.children:
                 hit = find(child)
                 if hit is not None:

@@ -299,6 +299,10 @@ class MessageMetadata:
 
     header_size: int
     headers: tuple[tuple[str, str], ...]
+    _envelope: tuple[Any, ...]
+    _body_structure: tuple[Any, ...]
+    _lines: int
+    _complete: Callable[[], tuple[tuple[Any, ...], tuple[Any, ...], int]] | None
 
     def __init__(
         self,
@@ -377,7 +381,8 @@ class MessageMetadata:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
+        assert isinstance(other, MessageMetadata)
+        return self._values() == other._values()
 
     def __hash__(self) -> int:
         return hash(self._values())
@@ -394,6 +399,11 @@ class MessageMetadata:
 
 #: Octets :meth:`MessageSource.open`'s readers take at a time when they stream.
 SOURCE_CHUNK = 1 << 20
+
+
+def _open_binary(path: str) -> BinaryIO:
+    """*path* opened for reading in binary mode."""
+    return open(path, "rb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,7 +473,7 @@ class MessageSource:
         stores may hard-link: :attr:`local_path` is *path*.  *data* is its
         content when the caller still has it in memory.
         """
-        return cls(size, functools.partial(open, path, "rb"), metadata, fsynced, data, path)
+        return cls(size, functools.partial(_open_binary, path), metadata, fsynced, data, path)
 
     def open(self) -> BinaryIO:
         """A new readable binary file object of the message, at its start (blocking; the caller closes it)."""
@@ -576,6 +586,8 @@ class SubscriptionChanged(FolderChange):
 
     name: str
     subscribed: bool
+
+
 @dataclass(frozen=True, slots=True)
 class AnnotationsChanged:
     """

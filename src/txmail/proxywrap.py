@@ -133,6 +133,9 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     log = Logger()
 
     factory: ProxyProtocolFactory
+    #: The connection (a TCP/UNIX/TLS transport: more than ``ITransport`` says), ``None`` once spliced.
+    transport: Any
+    wrappedProtocol: Any
 
     def __init__(self, factory: ProxyProtocolFactory) -> None:
         super().__init__(factory, None)  # type: ignore[arg-type]  # built once the header is read
@@ -145,14 +148,14 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     def logPrefix(self) -> str:
         if self.wrappedProtocol is None:
             return "PROXY"
-        return str(super().logPrefix())
+        return str(super().logPrefix())  # type: ignore[no-untyped-call]  # Twisted's logPrefix is untyped
 
     def makeConnection(self, transport: Any) -> None:
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
 
     def connectionMade(self) -> None:
-        self.factory.registerProtocol(self)
+        self.factory.registerProtocol(self)  # type: ignore[no-untyped-call]  # untyped in Twisted
         peer = self.transport.getPeer()
         if not self.factory.settings.trusts(peer):
             self.log.warn("closing connection from {peer}: not a trusted PROXY sender", peer=_describe(peer))
@@ -264,7 +267,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
         self._parser = None
-        self.factory.unregisterProtocol(self)
+        self.factory.unregisterProtocol(self)  # type: ignore[no-untyped-call]  # untyped in Twisted
         protocol, self.wrappedProtocol = self.wrappedProtocol, None
         if protocol is not None:
             protocol.connectionLost(reason)
@@ -284,7 +287,7 @@ class ProxyProtocolFactory(WrappingFactory):
     protocol = ProxyProtocolWrapper
 
     def __init__(self, wrapped: IProtocolFactory, settings: ProxySettings, clock: Any) -> None:
-        super().__init__(wrapped)
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]  # WrappingFactory is untyped
         self.settings = settings
         self.clock = clock
 
@@ -292,7 +295,7 @@ class ProxyProtocolFactory(WrappingFactory):
         return ProxyProtocolWrapper(self)
 
     def logPrefix(self) -> str:
-        return f"{super().logPrefix()} (PROXY)"
+        return f"{super().logPrefix()} (PROXY)"  # type: ignore[no-untyped-call]  # untyped in Twisted
 
 
 class _ProxyingReactor:

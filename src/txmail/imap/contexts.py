@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from txmail.errors import NoSuchMessage, StoreError
@@ -305,12 +305,12 @@ class ResultContext:
         return pairs
 
     def _update(
-        self, removed: list[tuple[int, list[int]]], added: list[tuple[int, list[int]]]
+        self, removed: Sequence[tuple[int, list[int]]], added: Sequence[tuple[int, list[int]]]
     ) -> ContextUpdate | None:
         if not removed and not added:
             return None
 
-        def form(pairs: list[tuple[int, list[int]]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        def form(pairs: Sequence[tuple[int, list[int]]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
             # Position 0: any order will do; mailbox order is the shortest set.
             return tuple((p, tuple(sorted(ns) if p == 0 else ns)) for p, ns in pairs)
 

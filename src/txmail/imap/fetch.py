@@ -259,8 +259,12 @@ def _section_data(
             raise ValueError(f"BODY[{section}] needs the message metadata")
         if type(metadata) is tuple:
             # A record of the store's header lines (txmail.imap.columns.fetch_uses_lines).
-            return mime.header_lines_fields(metadata, section.fields)
-        return mime.header_fields(metadata, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
+            return mime.header_lines_fields(metadata, section.fields)  # type: ignore[arg-type]  # a tuple: HeaderLines
+        return mime.header_fields(
+            metadata,  # type: ignore[arg-type]  # neither HeaderLines nor Structures: MessageMetadata
+            section.fields,
+            exclude=section.text == "HEADER.FIELDS.NOT",
+        )
     if message is None:
         raise ValueError(f"BODY[{section}] needs the message octets")
     if not section.part and section.text is None:
@@ -298,7 +302,7 @@ _FLAGS_MEMO = 1024
 def _need_metadata(metadata: Loaded | None, name: str) -> MessageMetadata:
     if metadata is None or type(metadata) is tuple or type(metadata) is Structures:
         raise ValueError(f"{name} needs the message metadata")
-    return metadata
+    return metadata  # type: ignore[return-value]  # neither HeaderLines nor Structures: MessageMetadata
 
 
 def _need_message(message: mime.ParsedMessage | None, name: str) -> mime.ParsedMessage:

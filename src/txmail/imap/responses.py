@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from txmail.imap.types import FetchAttribute
 from txmail.model import MessageInfo, MessageMetadata
+
+if TYPE_CHECKING:
+    from txmail.imap.fetch import Structures
 
 __all__ = [
     "Bad",
@@ -380,7 +383,9 @@ class FetchBatch(Response):
     items: Sequence[FetchAttribute]
     include_uid: bool
     rows: Sequence[
-        tuple[int, MessageInfo, MessageMetadata | tuple[str, str] | None, bytes | None, bool, bool]
+        tuple[
+            int, MessageInfo, MessageMetadata | tuple[str, str] | Structures | None, bytes | None, bool, bool
+        ]
     ]
 
 

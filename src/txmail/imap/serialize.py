@@ -744,7 +744,7 @@ _RENDERERS: dict[type, Any] = {
 }
 
 
-def render(response: r.Response, *, utf8_names: bool = False) -> Iterable[bytes]:
+def render(response: r.Response, *, utf8_names: bool = False) -> list[bytes]:
     """
     The wire form of a typed response of :mod:`txmail.imap.responses`, as
     pieces to write one after the other (a FETCH literal's octets are a

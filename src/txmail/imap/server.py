@@ -483,7 +483,9 @@ class IMAPServerProtocol(SessionProtocol):
 
     def emit(self, *responses: Response) -> None:
         """Queue untagged responses of the running command (written per batch by :meth:`drain`)."""
-        self.session.send(*serialize.render_all(responses, utf8_names=utf8_names(self.session.enabled)))
+        session = self.session
+        assert session is not None
+        session.send(*serialize.render_all(responses, utf8_names=utf8_names(session.enabled)))
 
     def listen(self, mailbox: Any) -> None:
         self.mailbox = mailbox
@@ -725,16 +727,18 @@ class IMAPServerProtocol(SessionProtocol):
                 target_mailbox=target,
                 session_id=self.session_id,
             )
-            for listener in self.factory.copy_listeners:
-                defer.maybeDeferred(listener.messages_copied, event).addErrback(
-                    lambda f, listener=listener: self.log.failure(
-                        "IMAP copy listener {listener} failed for {user}",
-                        failure=f,
-                        listener=type(listener).__name__,
-                        user=user,
-                        session_id=self.session_id,
-                    )
+
+            def failed(f: Failure, listener: Any) -> None:
+                self.log.failure(
+                    "IMAP copy listener {listener} failed for {user}",
+                    failure=f,
+                    listener=type(listener).__name__,
+                    user=user,
+                    session_id=self.session_id,
                 )
+
+            for listener in self.factory.copy_listeners:
+                defer.maybeDeferred(listener.messages_copied, event).addErrback(failed, listener)
 
         defer.ensureDeferred(announce()).addErrback(
             lambda f: self.log.failure(
@@ -785,7 +789,7 @@ class IMAPFactory(Factory):
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
+            clock = reactor
         self.copy_listeners = tuple(copy_listeners)
         self.quotas = quotas if quotas is not None and quotas.enabled else None
         self.hostnames = frozenset({hostname.lower()} if hostname else ())
@@ -804,5 +808,5 @@ class IMAPFactory(Factory):
     def make_id(self) -> str:
         return make_id(self.clock)
 
-    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
+    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:  # type: ignore[override]  # Factory's return type is an unbound TypeVar
         return IMAPServerProtocol(self)

@@ -693,6 +693,9 @@ CommandArgs = (
     | Compress
     | Notify
     | CancelUpdate
+    | GenUrlAuth
+    | ResetKey
+    | UrlFetch
 )
 
 

@@ -45,6 +45,7 @@ import bisect
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
 
 from txmail.imap import serialize
 from txmail.imap.responses import Exists, Expunged, FetchFlags, Recent, Response, Vanished
@@ -116,6 +117,7 @@ def _snapshot(name: str, uidvalidity: int, infos: list[MessageInfo]) -> _Snapsho
 
 
 _MISSING = object()
+_NO_FLAGS: frozenset[str] = frozenset()
 
 
 class _Flags(MutableMapping[int, frozenset[str]]):
@@ -143,7 +145,7 @@ class _Flags(MutableMapping[int, frozenset[str]]):
             raise KeyError(uid)
         return value  # type: ignore[return-value]
 
-    def get(self, uid: int, default: object = None) -> object:  # type: ignore[override]
+    def get(self, uid: int, default: Any = None) -> Any:
         value = self._own.get(uid, _MISSING)
         if value is _MISSING:
             return self._base.get(uid, default)
@@ -549,7 +551,7 @@ class SelectedView:
     def fetch_flags(self, seq: int, uid: int, *, with_uid: bool = False, modseq: int | None = None) -> bytes:
         """``* seq FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])`` for what the view holds of *uid*."""
         return serialize.fetch_flags(
-            seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None, modseq
+            seq, self.display_flags(uid, self.flags.get(uid, _NO_FLAGS)), uid if with_uid else None, modseq
         )
 
     def flags_fetched(
@@ -557,5 +559,5 @@ class SelectedView:
     ) -> FetchFlags:
         """:meth:`fetch_flags` as a typed response."""
         return FetchFlags(
-            seq, self.display_flags(uid, self.flags.get(uid, ())), uid if with_uid else None, modseq
+            seq, self.display_flags(uid, self.flags.get(uid, _NO_FLAGS)), uid if with_uid else None, modseq
         )

@@ -24,14 +24,16 @@ from txmail.jmap.state import mail_view
 __all__ = ["MAX_MAILBOX_DEPTH", "capabilities", "mail_account", "states", "submission_account"]
 
 
-def mail_account(user: str, max_size: int = Limits.max_size_upload) -> dict[str, Any]:
+def mail_account(user: str, max_size: int | None = None) -> dict[str, Any]:
     """
     The ``urn:ietf:params:jmap:mail`` account capability object (RFC 8621
     section 1.3.1).  An Email created by ``Email/set`` is refused when it is
     larger than *max_size* (the core ``maxSizeUpload``, the same limit a
-    message uploaded for ``Email/import`` has), which bounds its
-    attachments too.
+    message uploaded for ``Email/import`` has; its default when ``None``),
+    which bounds its attachments too.
     """
+    if max_size is None:
+        max_size = Limits().max_size_upload
     return {
         "maxMailboxesPerEmail": None,
         "maxMailboxDepth": MAX_MAILBOX_DEPTH,

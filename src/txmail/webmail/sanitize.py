@@ -40,7 +40,7 @@ from typing import Any
 try:
     import nh3
 except ImportError:  # pragma: no cover - exercised where nh3 is missing
-    nh3 = None
+    nh3 = None  # type: ignore[assignment]  # the module, or None when the web extra is missing
 
 __all__ = [
     "AVAILABLE",
@@ -249,8 +249,14 @@ def _content_id(value: str) -> str:
     return value.strip().strip("<>").strip()
 
 
-def _text(part: EmailMessage) -> str:
-    payload = part.get_payload(decode=True) or b""
+def _payload(part: Any) -> bytes:
+    """The decoded octets of a leaf part (``b""`` for a multipart or an undecodable one)."""
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _text(part: Any) -> str:
+    payload = _payload(part)
     charset = part.get_content_charset() or "utf-8"
     try:
         return payload.decode(charset, errors="replace")
@@ -269,7 +275,7 @@ def _inline_images(message: EmailMessage) -> dict[str, str]:
         ctype = part.get_content_type()
         if f"data:{ctype};" not in _INLINE_IMAGE_TYPES:
             continue
-        data = part.get_payload(decode=True) or b""
+        data = _payload(part)
         total += len(data)
         if total > _MAX_INLINE:
             break

@@ -77,7 +77,7 @@ def _header(request: Any, name: bytes) -> str | None:
 
 def cookie_token(request: Any) -> str | None:
     """The bearer token the request's cookie holds, or ``None``."""
-    token = None
+    token: bytes | None = None
     for header in request.requestHeaders.getRawHeaders(b"cookie", []):
         for pair in header.split(b";"):
             name, _, value = pair.strip().partition(b"=")

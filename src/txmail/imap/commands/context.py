@@ -63,8 +63,12 @@ class CommandContext(Protocol):
     session: Any
     store: Any
     mailbox: Any
-    quotas: Any
-    server_names: frozenset[str]
+
+    @property
+    def quotas(self) -> Any: ...
+
+    @property
+    def server_names(self) -> frozenset[str]: ...
 
     async def user_store(self, user: str) -> Any:
         """

@@ -331,7 +331,7 @@ class NotifyState:
         responses: list[ListData] = []
         if isinstance(change, SubscriptionChanged):
             if change.name not in own and self._wants_name(change.name, "SubscriptionChange", True):
-                flags = ("\\Subscribed",) if change.subscribed else ()
+                flags: tuple[str, ...] = ("\\Subscribed",) if change.subscribed else ()
                 responses.append(ListData(change.name, flags))
         elif isinstance(change, FolderCreated):
             if change.name not in own and self._wants_name(change.name, "MailboxName"):
@@ -416,7 +416,7 @@ class _Everything:
 
 def status_items(session: Any) -> tuple[str, ...]:
     """The STATUS items of a notification (sections 5.1 to 5.3)."""
-    items = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+    items: tuple[str, ...] = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
     if condstore.enabled(session) or qresync.enabled(session):
         items += ("HIGHESTMODSEQ",)
     return items

@@ -55,7 +55,7 @@ def enabled(session: Any) -> bool:
 @enableable(QRESYNC)
 def enable(session: Any) -> Sequence[Response]:
     """``ENABLE QRESYNC``: CONDSTORE too (RFC 7162 section 3.2.3), and the selected view tells VANISHED."""
-    responses = condstore.enable(session)
+    responses: Sequence[Response] = condstore.enable(session)
     session.enabled.add(QRESYNC)
     if session.view is not None:
         session.view.qresync = True

@@ -260,7 +260,7 @@ class SortFacts(NamedTuple):
 Facts = MessageFacts | SortFacts | DateFacts
 
 
-def sort_facts(info: MessageInfo, md: MessageMetadata | None) -> SortFacts:
+def sort_facts(info: MessageInfo, md: Any) -> SortFacts:
     """:class:`SortFacts` of a message, from its listing and metadata (or header columns)."""
     fields = _column_fields(md.fields) if type(md) is ColumnHeaders else _fields(md)
     return _sort_facts(_date(info, fields.get("date")), fields)
@@ -300,12 +300,13 @@ class FactsCache:
         """The facts known for *mailbox* (whose messages are now *uids*), to read and fill."""
         key = id(mailbox)
         entry = self._tables.pop(key, None)
-        if entry is None or entry[0]() is not mailbox or entry[1] != mailbox.uidvalidity:
+        uidvalidity = mailbox.uidvalidity
+        if entry is None or entry[0]() is not mailbox or entry[1] != uidvalidity:
             try:
                 ref = weakref.ref(mailbox)
             except TypeError:
                 return {}  # not cacheable: a table for this command only
-            entry = (ref, mailbox.uidvalidity, {})
+            entry = (ref, uidvalidity, {})
         table = entry[2]
         if len(table) > 2 * len(uids) + 1024:
             table = {uid: table[uid] for uid in uids if uid in table}
@@ -346,11 +347,12 @@ def _new_facts(
     return facts.complete() if want == ALL_FACTS else facts
 
 
-_KEYS: dict[str, Callable[[MessageInfo, MessageMetadata | None, MessageFacts | None], Any]] = {
+#: Each key's value of a message: ``(info, metadata or header columns, facts) -> key``.
+_KEYS: dict[str, Callable[[MessageInfo, Any, Any], Any]] = {
     "ARRIVAL": lambda info, md, facts: info.internal_date,
     "SIZE": lambda info, md, facts: info.size,
-    "DATE": lambda info, md, facts: facts.date,  # type: ignore[union-attr]
-    "SUBJECT": lambda info, md, facts: facts.subject,  # type: ignore[union-attr]
+    "DATE": lambda info, md, facts: facts.date,
+    "SUBJECT": lambda info, md, facts: facts.subject,
     "FROM": lambda info, md, facts: _mailbox_key(md, "FROM"),
     "TO": lambda info, md, facts: _mailbox_key(md, "TO"),
     "CC": lambda info, md, facts: _mailbox_key(md, "CC"),
@@ -458,7 +460,7 @@ async def _each_match(
                 if facts is None:
                     facts = known[uid] = _new_facts(want_facts, info, md)
                 elif want_facts == ALL_FACTS and type(facts) is not MessageFacts:
-                    facts = known[uid] = facts.complete()
+                    facts = known[uid] = facts.complete()  # type: ignore[union-attr]  # not MessageFacts: has complete()
                 elif want_facts == SORT_FACTS and type(facts) is DateFacts:
                     facts = known[uid] = facts.sort_facts()
             record(seq, uid, info, md, facts)

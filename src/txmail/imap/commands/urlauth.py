@@ -41,7 +41,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, cast
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox, NoSuchMessage, StoreError
@@ -110,6 +110,7 @@ async def authorized_mailbox(ctx: CommandContext, url: IMAPURL) -> Any:
     store = await _store_of(ctx, url.user)
     if store is None or not IURLAuthKeys.providedBy(store):
         raise UnauthorizedURL("no such user")
+    store = cast(Any, store)  # an IMailStore that also provides IURLAuthKeys
     try:
         mailbox = await call(store.get_mailbox, url.mailbox)
     except (NoSuchMailbox, InvalidMailboxName):
