@@ -893,7 +893,7 @@ def _simple_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
     the common forms (see ``_SIMPLE_ADDRESS_RE``), exactly as
     :class:`_AddressParser` gives them; ``None`` when it is anything else.
     """
-    out = []
+    out: list[tuple[str | None, None, str, str]] = []
     match = _SIMPLE_ADDRESS_RE.fullmatch
     for piece in value.split(",") if "," in value else (value,):
         m = match(piece.strip(" \t"))
@@ -901,7 +901,7 @@ def _simple_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
             return None
         name, local, host, bare_local, bare_host = m.groups()
         if local is None:
-            out.append((None, None, bare_local, bare_host))  # type: ignore[arg-type]  # the list holds (name, route, local, host) of both forms
+            out.append((None, None, bare_local, bare_host))
         else:
             if name is not None and ("\t" in name or "  " in name):
                 name = _BLANKS_RE.sub(" ", name)

@@ -206,9 +206,9 @@ def _set_headers(message: email.message.EmailMessage, props: dict[str, Any]) -> 
         domain = "txmail.invalid"
         for field in ("From", "Sender"):
             if field in message:
-                addresses = getattr(message[field], "addresses", ())
-                if addresses and addresses[0].domain:
-                    domain = addresses[0].domain
+                named: Any = getattr(message[field], "addresses", ())
+                if named and named[0].domain:
+                    domain = named[0].domain
                     break
         message["Message-ID"] = f"<{secrets.token_hex(12)}@{domain}>"
     message["MIME-Version"] = "1.0"

@@ -253,7 +253,7 @@ class _Ordered:
         self.ascending = ascending
 
     def __lt__(self, other: _Ordered) -> bool:
-        return self.value < other.value if self.ascending else other.value < self.value
+        return bool(self.value < other.value if self.ascending else other.value < self.value)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Ordered) and self.value == other.value
@@ -364,7 +364,7 @@ def _check_name(name: Any) -> str | None:
     return name
 
 
-async def _create_one(context: CallContext, view: MailView, props: dict[str, Any]) -> dict[str, Any] | str:
+async def _create_one(context: CallContext, view: MailView, props: dict[str, Any]) -> dict[str, Any]:
     """Create one mailbox: its server-set properties, or a SetError (a dict with ``type``)."""
     unknown = sorted(set(props) - _SETTABLE)
     if unknown:

@@ -705,7 +705,9 @@ async def _box_delta(view: MailView, old: list[Any], cut: int | None = None) -> 
         else:
             gone = {eid for uid, eid in uid_map.items() if uid < uidnext}
         entry = None if box is None or box.status is None else box.email_entry()
-        touched = {info.email_id for info in box.infos if info.email_id} if entry is not None else set()
+        touched = (
+            {info.email_id for info in box.infos if info.email_id} if box is not None and entry else set()
+        )
         return _Delta(box_id, touched, gone, entry)
     status = box.status
     if cut is None:
@@ -800,7 +802,9 @@ async def email_changes(view: MailView, since: Any, max_changes: int | None) -> 
     gone = set().union(*(d.gone for d in chosen)) if chosen else set()
     touched = set().union(*(d.touched for d in chosen)) if chosen else set()
     existed = _existed_test(view, base, gone)
-    created, updated, destroyed = [], [], []
+    created: list[str] = []
+    updated: list[str] = []
+    destroyed: list[str] = []
     for eid in sorted(touched | gone):
         present = eid in view.emails
         if existed(eid):

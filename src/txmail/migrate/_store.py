@@ -67,6 +67,11 @@ class Summary:
         return text
 
 
+def _open_binary(path: str) -> BinaryIO:
+    """*path* opened for reading in binary mode."""
+    return open(path, "rb")
+
+
 def wait(result: Any) -> Any:
     """The result of *result*, a Deferred that has fired (its failure raised), or *result* itself."""
     if not isinstance(result, defer.Deferred):
@@ -156,7 +161,7 @@ class Spool:
             return MessageSource.from_bytes(self._buffer.getvalue())
         self._file.flush()
         assert self._path is not None
-        return MessageSource(self.size, functools.partial(open, self._path, "rb"))
+        return MessageSource(self.size, functools.partial(_open_binary, self._path))
 
     def head(self, size: int = 65536) -> bytes:
         """The first *size* octets written."""

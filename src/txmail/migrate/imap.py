@@ -277,8 +277,8 @@ def list_folders(conn: imaplib.IMAP4, summary: Summary) -> list[RemoteFolder]:
     personal, others = _namespaces(conn)
     caps = conn.capabilities
     if "SPECIAL-USE" in caps and "LIST-EXTENDED" in caps:
-        typ, data = conn._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")  # type: ignore[attr-defined]
-        typ, data = conn._untagged_response(typ, data, "LIST")  # type: ignore[attr-defined]
+        typ, data = conn._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
+        typ, data = conn._untagged_response(typ, data, "LIST")
     else:
         typ, data = conn.list('""', '"*"')
     _ok(typ, data, "LIST")
@@ -419,7 +419,7 @@ def _fetch_message(conn: imaplib.IMAP4, uid: int, spool: Spool) -> tuple[frozens
 def _uids_after(conn: imaplib.IMAP4, last: int) -> list[int]:
     typ, data = conn.uid("SEARCH", "UID", f"{last + 1}:*")
     _ok(typ, data, "UID SEARCH")
-    uids = set()
+    uids: set[int] = set()
     for line in data:
         if isinstance(line, bytes):
             uids.update(int(word) for word in line.split() if word.isdigit())

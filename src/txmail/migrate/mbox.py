@@ -307,7 +307,7 @@ def _lines(read: Callable[[int], bytes], chunk: int = 1 << 17) -> Iterator[bytes
 def _sender(headers: Any) -> str:
     for name, value in headers:
         if name.lower() == "return-path":
-            address = value.strip().strip("<>").strip()
+            address: str = value.strip().strip("<>").strip()
             if address and " " not in address:
                 return address
     return "MAILER-DAEMON"

@@ -280,7 +280,7 @@ class _Parser:
             raise self.error(f"nesting deeper than {self.limits.max_nesting} levels", tok)
 
     def commands(self, depth: int, in_block: bool) -> list[RawCommand]:
-        out = []
+        out: list[RawCommand] = []
         while True:
             tok = self.peek()
             if tok.kind == "eof":

@@ -398,7 +398,7 @@ class _Run:
             seconds = node.value("period")
         else:
             return limits.vacation_default_seconds
-        return min(max(seconds, limits.vacation_min_seconds), limits.vacation_max_seconds)
+        return int(min(max(seconds, limits.vacation_min_seconds), limits.vacation_max_seconds))
 
     def recipient_address(self, own: list[str]) -> str:
         """The user's address the message came to (RFC 5230 section 4.4's default ``:from``)."""
@@ -532,9 +532,10 @@ class _Run:
         return all(self.raw_headers(n) for n in self.expand_all(node.args[0], scope))
 
     def test_size(self, node: Node, scope: _Scope) -> bool:
+        limit: int = node.args[0]
         if node.tag("size") == ":over":
-            return self.message.size > node.args[0]
-        return self.message.size < node.args[0]
+            return self.message.size > limit
+        return self.message.size < limit
 
     def indexed(self, node: Node, values: list[str]) -> list[str]:
         """RFC 5260 section 6: only the field at ``:index`` (from the end with ``:last``)."""

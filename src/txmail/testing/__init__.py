@@ -258,7 +258,7 @@ class _Waiters:
     ) -> defer.Deferred[Any]:
         if ready():
             return defer.succeed(value())
-        d: defer.Deferred[Any] = defer.Deferred(lambda _: self._drop(d))
+        d: defer.Deferred[Any] = defer.Deferred(lambda _: self._forget(d))
         entry = (d, ready, value)
         self._pending.append(entry)
 
@@ -269,6 +269,10 @@ class _Waiters:
         timer = clock.callLater(timeout, expired)
         d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
         return d
+
+    def _forget(self, d: defer.Deferred[Any]) -> None:
+        """A waiter was cancelled: stop checking it."""
+        self._drop(d)
 
     def _drop(self, d: defer.Deferred[Any]) -> bool:
         for i, entry in enumerate(self._pending):
@@ -497,7 +501,7 @@ class TestServer:
             for listener in service.listeners:
                 self._track(listener.factory)
             self.service = service
-            service.startService()
+            service.startService()  # type: ignore[no-untyped-call]  # MultiService.startService is untyped
         except Exception:
             failure = Failure()
             return self.stop().addCallback(lambda _: failure)
@@ -702,7 +706,7 @@ def _stop_reactor_thread() -> None:
     thread = _reactor_thread
     if thread is not None and thread.is_alive():
         with contextlib.suppress(Exception):
-            reactor.callFromThread(reactor.stop)
+            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]  # the global reactor is a full IReactorThreads
         thread.join(5)
 
 
@@ -863,11 +867,13 @@ class BlockingTestServer:
 
     def add_user(self, address: str, password: str) -> str:
         """See :meth:`TestServer.add_user`."""
-        return self._call(self._running().add_user, address, password)
+        user: str = self._call(self._running().add_user, address, password)
+        return user
 
     def add_alias(self, alias: str, *targets: str) -> str:
         """See :meth:`TestServer.add_alias`."""
-        return self._call(self._running().add_alias, alias, *targets)
+        target: str = self._call(self._running().add_alias, alias, *targets)
+        return target
 
     def set_outbound_reply(self, recipient: str, code: int, text: str = "refused") -> None:
         """See :meth:`OutboundCapture.set_reply`."""
@@ -875,19 +881,24 @@ class BlockingTestServer:
 
     def messages_for(self, address: str, mailbox: str = INBOX) -> list[bytes]:
         """See :meth:`TestServer.messages_for`."""
-        return self._call(self._running().messages_for, address, mailbox)
+        found: list[bytes] = self._call(self._running().messages_for, address, mailbox)
+        return found
 
     def wait_for_messages(
         self, address: str, count: int = 1, timeout: float = 5.0, mailbox: str = INBOX
     ) -> list[bytes]:
         """See :meth:`TestServer.wait_for_messages`; raises :class:`WaitTimeout`."""
-        return self._call(
+        found: list[bytes] = self._call(
             self._running().wait_for_messages, address, count, timeout, mailbox, timeout=timeout + _MARGIN
         )
+        return found
 
     def wait_for_outbound(self, count: int = 1, timeout: float = 5.0) -> list[CapturedMessage]:
         """See :meth:`OutboundCapture.wait_for`; raises :class:`WaitTimeout`."""
-        return self._call(self._running().wait_for_outbound, count, timeout, timeout=timeout + _MARGIN)
+        captured: list[CapturedMessage] = self._call(
+            self._running().wait_for_outbound, count, timeout, timeout=timeout + _MARGIN
+        )
+        return captured
 
 
 @contextlib.contextmanager

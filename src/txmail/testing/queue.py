@@ -86,6 +86,7 @@ class QueueConformanceMixin:
     assertIsNone: Any
     assertLessEqual: Any
     assertFailure: Any
+    assertIn: Any
     mktemp: Any
 
     def make_queue(self) -> Any:
@@ -257,6 +258,7 @@ class QueueConformanceMixin:
         for fsynced in (True, False):
             message = self.message_file(data, fsynced=fsynced)
             ids.append((yield queue.enqueue(ENVELOPE, message, [BOB])))
+            assert message.local_path is not None
             with open(message.local_path, "rb") as f:
                 self.assertEqual(f.read(), data)
         for queue_id in ids:
@@ -270,6 +272,7 @@ class QueueConformanceMixin:
         data = queued_message(5)
         message = self.message_file(data)
         queue_id = yield queue.enqueue(ENVELOPE, message, [BOB])
+        assert message.local_path is not None
         os.unlink(message.local_path)
         self.assertEqual((yield self.read(queue_id)), data)
         yield self.reopen()

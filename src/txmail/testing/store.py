@@ -343,6 +343,7 @@ class MailStoreConformanceMixin:
             self.assertEqual((yield box.read_message(uid)), data)
             found = yield box.get_metadata([uid])
             self.assertEqual(found[uid], mime.parse_metadata(data))
+            assert mf.local_path is not None
             with open(mf.local_path, "rb") as f:
                 self.assertEqual(f.read(), data)
         infos = yield box.list_messages()
