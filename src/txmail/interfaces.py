@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         MessageSource,
         QueueEntry,
         RecipientResult,
+        SpecialUse,
     )
     from txmail.quota import Usage
 
@@ -265,7 +266,7 @@ class IMailStore(Interface):
             InvalidMailboxName: the name is not valid.
         """
 
-    def create_mailbox(name: str, special_use: str | None = None) -> Deferred[None]:
+    def create_mailbox(name: str, special_use: SpecialUse | None = None) -> Deferred[None]:
         """
         Create mailbox *name*, and any missing parents (RFC 3501 section 6.3.3).
 
@@ -341,7 +342,7 @@ class IMailStore(Interface):
         Return ``Deferred[list[str]]``: the subscribed names, sorted.
         """
 
-    def special_use_mailbox(role: str) -> Deferred[str | None]:
+    def special_use_mailbox(role: SpecialUse | str) -> Deferred[str | None]:
         """
         Return ``Deferred[str | None]``: the name of the mailbox with the
         :class:`txmail.model.SpecialUse` *role*, or ``None``.

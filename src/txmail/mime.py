@@ -141,6 +141,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_PARTS",
     "ParsedMessage",
+    "Readable",
     "decode_metadata",
     "encode_header_metadata",
     "encode_metadata",
@@ -207,6 +208,12 @@ def _lower(s: str) -> str:
 # Reading
 
 
+class Readable(typing.Protocol):
+    """A binary file object as the parser reads one: ``read(size)`` until it gives ``b""``."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
 class _Reader:
     """
     Octets from a ``bytes`` object or a binary file, consumed either one line
@@ -215,8 +222,8 @@ class _Reader:
     consumed.
     """
 
-    def __init__(self, source: bytes | bytearray | memoryview | typing.BinaryIO) -> None:
-        self._file: typing.BinaryIO | None
+    def __init__(self, source: bytes | bytearray | memoryview | Readable) -> None:
+        self._file: Readable | None
         if isinstance(source, (bytes, bytearray, memoryview)):
             self._buf = bytes(source)
             self._file = None
@@ -1228,7 +1235,7 @@ class _Parser:
         node.state = _DONE
 
 
-def _parse(source: bytes | bytearray | memoryview | typing.BinaryIO) -> _Node:
+def _parse(source: bytes | bytearray | memoryview | Readable) -> _Node:
     return _Parser(_Reader(source)).run()
 
 
@@ -1265,7 +1272,7 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def parse_metadata(source: bytes | typing.BinaryIO) -> MessageMetadata:
+def parse_metadata(source: bytes | Readable) -> MessageMetadata:
     """
     Parse a stored message once into its :class:`MessageMetadata`.
 

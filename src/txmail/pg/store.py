@@ -1860,7 +1860,7 @@ class PostgresStore(StoreListeners):
 
         return self._run(query)
 
-    def special_use_mailbox(self, role: SpecialUse) -> defer.Deferred[str | None]:
+    def special_use_mailbox(self, role: SpecialUse | str) -> defer.Deferred[str | None]:
         """See :meth:`txmail.interfaces.IMailStore.special_use_mailbox`."""
         try:
             role = SpecialUse(role)

@@ -151,9 +151,9 @@ class AnnotationListeners:
     """The annotation listeners of one store (:meth:`IMetadataStore.add_annotation_listener`)."""
 
     def __init__(self) -> None:
-        self._listeners: list[Callable[[Any], None]] = []
+        self._listeners: list[Callable[[Any], object]] = []
 
-    def add(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+    def add(self, listener: Callable[[Any], object]) -> Callable[[], None]:
         """Add *listener*; returns the function that removes it (once)."""
         self._listeners.append(listener)
 

@@ -64,7 +64,7 @@ __all__ = [
     "trim_expunged_ids",
 ]
 
-Listener = Callable[[MailboxChange], None]
+Listener = Callable[[MailboxChange], object]
 
 #: Octets of a URLAUTH mailbox access key (RFC 4467 section 3: at least 128 bits).
 URLAUTH_KEY_SIZE = 32
@@ -195,14 +195,14 @@ class StoreListeners:
 
     log = Logger()
 
-    _store_listeners: dict[int, Callable[[FolderChange], None]]
+    _store_listeners: dict[int, Callable[[FolderChange], object]]
     _store_listener_token: int
 
     def _init_store_listeners(self) -> None:
         self._store_listeners = {}
         self._store_listener_token = 0
 
-    def add_store_listener(self, listener: Callable[[FolderChange], None]) -> Callable[[], None]:
+    def add_store_listener(self, listener: Callable[[FolderChange], object]) -> Callable[[], None]:
         """See :meth:`txmail.interfaces.IStoreChanges.add_store_listener`."""
         self._store_listener_token += 1
         token = self._store_listener_token
@@ -422,7 +422,7 @@ class MailboxState:
         :class:`~txmail.model.MessagesChanged` (a hook: the PostgreSQL
         store tells them from what it read instead).
         """
-        store = getattr(self, "store", None)
+        store: Any = getattr(self, "store", None)
         if getattr(store, "_store_listeners", None) and not isinstance(change, MailboxDeleted):
             store._tell_store(MessagesChanged(self.name, change, self))
 

@@ -371,9 +371,9 @@ def compact_expunge_log(
             merged.append((group[-1][0], tuple(uids)))
         log = merged
     lines = [f"X\t{horizon}\t\n"]
-    for modseq, uids in log:
-        if uids:
-            ordered = sorted(uids)
+    for modseq, removed in log:
+        if removed:
+            ordered = sorted(removed)
             lines.append(f"X\t{modseq}\t{_uid_ranges(ordered)}{_ids_field(ordered, ids)}\n")
     return log, "".join(lines)
 

@@ -688,7 +688,7 @@ def deliver_stream(
     after = dir_mtimes(path)
     if metadata is None or bare:
         with open(dst, "rb") as f:
-            metadata = mime.encode_metadata(mime.parse_metadata(CRLFFile(f, size) if bare else f))  # type: ignore[arg-type]
+            metadata = mime.encode_metadata(mime.parse_metadata(CRLFFile(f, size) if bare else f))
     coff, clen = cache_append(path, base, metadata)
     return Delivered(sub, name, size, coff, clen, raw if bare else None, before, after)
 

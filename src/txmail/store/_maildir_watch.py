@@ -109,7 +109,7 @@ class Inotify:
         if fd < 0:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
-        self._fd = fd
+        self._fd: int = fd
         self._reactor = reactor
         self._on_event = on_event
         self._buffer = b""
@@ -287,8 +287,8 @@ class FolderWatcher:
 
     def _event(self, wd: int, mask: int) -> None:
         if mask & IN_Q_OVERFLOW:
-            for w in list(self._watched.values()):
-                self._schedule(w, self.coalesce)
+            for each in list(self._watched.values()):
+                self._schedule(each, self.coalesce)
             return
         for box in list(self._by_wd.get(wd, ())):
             w = self._watched.get(box)

@@ -115,9 +115,9 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from io import BytesIO
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -167,7 +167,7 @@ from txmail.model import (
     normalize_flags,
 )
 from txmail.quota import Usage
-from txmail.store import _annotations as annotations
+from txmail.store import _annotations
 from txmail.store import _maildir_columns as columns
 from txmail.store import _maildir_io as io
 from txmail.store._base import (
@@ -845,7 +845,7 @@ class MaildirMailbox(MailboxState):
         d = self._run(
             io.scan_folder, self.path, self._stamp, self._provider._settle_ns, strict, self._provider._now
         )
-        d.addCallbacks(self._reconcile, self._vanished, callbackArgs=(known_below,))
+        d.addCallbacks(self._reconcile, self._vanished, callbackArgs=(known_below,))  # type: ignore[arg-type]  # Deferred's stubs cannot express callbackArgs
         return d
 
     def _vanished(self, f: Failure) -> Failure:
@@ -874,7 +874,7 @@ class MaildirMailbox(MailboxState):
 
     # -- watching -------------------------------------------------------------
 
-    def add_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+    def add_listener(self, listener: Callable[[Any], object]) -> Callable[[], None]:
         """
         See :meth:`txmail.interfaces.IMailbox.add_listener`.  While the
         mailbox has listeners, its directories are watched for other
@@ -927,7 +927,8 @@ class MaildirMailbox(MailboxState):
             return self._run(io.open_file, self.path, loc.sub, loc.name, size)
         except OSError:
             return defer.fail()
-        return defer.succeed(f if size is None else CRLFFile(f, size))
+        opened: BinaryIO = f if size is None else cast(BinaryIO, CRLFFile(f, size))
+        return defer.succeed(opened)
 
     def read_message(self, uid: int) -> defer.Deferred[bytes]:
         """See :meth:`txmail.interfaces.IMailbox.read_message`."""
@@ -1042,7 +1043,7 @@ class MaildirMailbox(MailboxState):
         self._columns_answer = None if read is None or len(out) != len(uids) else (read, locs, out)
         return dict(out) if self._columns_answer is not None else out
 
-    def header_lines(self, uids: Iterable[int]) -> defer.Deferred[dict[int, columns.Values]]:
+    def header_lines(self, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
         """
         See :meth:`txmail.interfaces.IHeaderLines.header_lines`: for many
         messages (at least :data:`LINES_FEW` and a quarter of the folder)
@@ -1050,7 +1051,7 @@ class MaildirMailbox(MailboxState):
         :meth:`header_columns` reads its file, else made from
         :meth:`get_metadata`.
         """
-        return self._with_bases(uids, self._header_lines)
+        return self._with_bases(uids, self._header_lines)  # type: ignore[return-value]  # LINES records are (keys, text)
 
     def _header_lines(self, wanted: list[tuple[int, str]]) -> defer.Deferred[dict[int, columns.Values]]:
         if len(wanted) < LINES_FEW or len(wanted) < len(self._locs) // 4:
@@ -1150,7 +1151,9 @@ class MaildirMailbox(MailboxState):
         )
 
     async def _read_records(self, kind: str, filename: str) -> columns.Read:
-        read = await self._run(columns.read_columns_since, self.path, (kind,), self._records_read, filename)
+        read: columns.Read = await self._run(
+            columns.read_columns_since, self.path, (kind,), self._records_read, filename
+        )
         self._keep_last("_records_read", read)
         return read
 
@@ -1160,7 +1163,7 @@ class MaildirMailbox(MailboxState):
         known = (await self._read_records(kind, filename)).found
         return {uid: found for uid, base in wanted if (found := known.get(base)) is not None}
 
-    def cache_records(self, kind: str, records: dict[int, columns.Values]) -> defer.Deferred[None]:
+    def cache_records(self, kind: str, records: Mapping[int, columns.Values]) -> defer.Deferred[None]:
         """
         See :meth:`txmail.interfaces.IRecordCache.cache_records`: appended
         to the folder's ``txmail-records-KIND`` file, which is written again
@@ -1172,7 +1175,7 @@ class MaildirMailbox(MailboxState):
             return defer.succeed(None)
         return defer.ensureDeferred(self._cache_records(kind, filename, records))
 
-    async def _cache_records(self, kind: str, filename: str, records: dict[int, columns.Values]) -> None:
+    async def _cache_records(self, kind: str, filename: str, records: Mapping[int, columns.Values]) -> None:
         new = [
             (loc.base, record) for uid, record in records.items() if (loc := self._locs.get(uid)) is not None
         ]
@@ -1497,7 +1500,8 @@ class MaildirMailbox(MailboxState):
         def failed(f: Failure) -> Failure:
             target._pending.difference_update(uniques)
             if f.check(defer.FirstError):
-                return f.value.subFailure  # type: ignore[no-any-return]
+                first: Failure = f.value.subFailure  # type: ignore[union-attr]  # checked: a FirstError
+                return first
             return f
 
         d = self._run(io.link_files, self.path, target.path, items)
@@ -1532,7 +1536,7 @@ class MaildirStore(StoreListeners):
         self._usage_scan: dict[str, Usage] | None = None  # {folder path: Usage} (usage())
         self._usage_scan_at = 0.0
         # RFC 5464 annotations: listeners, and the user's count (None: count again).
-        self._annotation_listeners = annotations.AnnotationListeners()
+        self._annotation_listeners = _annotations.AnnotationListeners()
         self._annotation_total: int | None = None
         # The storage was created and its files read by the provider
         # (_open_user_dir, in run_blocking; IMailStoreProvider.store_for).
@@ -1604,7 +1608,8 @@ class MaildirStore(StoreListeners):
         keys = yield self._run(self._read_urlauth_keys)
         kept = keys.get(mailbox)
         if kept is not None and kept[0] == uidvalidity:
-            return kept[1]
+            key: bytes = kept[1]
+            return key
         if not create:
             return None
         key = os.urandom(URLAUTH_KEY_SIZE)
@@ -1626,7 +1631,7 @@ class MaildirStore(StoreListeners):
 
     # -- mailboxes ------------------------------------------------------------
 
-    def get_mailbox(self, name: str) -> defer.Deferred[MaildirMailbox]:
+    def get_mailbox(self, name: str) -> defer.Deferred[MaildirMailbox]:  # type: ignore[override]  # Deferred is invariant; a MaildirMailbox is an IMailbox
         """See :meth:`txmail.interfaces.IMailStore.get_mailbox`."""
         try:
             name = check_name(name)
@@ -1805,7 +1810,7 @@ class MaildirStore(StoreListeners):
             # mailbox gets a copy.
             entries = yield self._read_annotations(INBOX)
             if entries:
-                yield self._run(annotations.write_annotations, self._path(new), entries)
+                yield self._run(_annotations.write_annotations, self._path(new), entries)
                 self._annotation_total = None
             return
         prefix = old + DELIMITER
@@ -1865,7 +1870,7 @@ class MaildirStore(StoreListeners):
         """See :meth:`txmail.interfaces.IMailStore.subscriptions`."""
         return defer.succeed(sorted(self._subscriptions))
 
-    def special_use_mailbox(self, role: SpecialUse) -> defer.Deferred[str | None]:
+    def special_use_mailbox(self, role: SpecialUse | str) -> defer.Deferred[str | None]:
         """See :meth:`txmail.interfaces.IMailStore.special_use_mailbox`."""
         try:
             role = SpecialUse(role)
@@ -1897,7 +1902,7 @@ class MaildirStore(StoreListeners):
             f.trap(NoSuchMailbox)
             raise NoSuchMailbox(mailbox)
 
-        d: defer.Deferred[Any] = self._run(annotations.read_annotations, path, server)
+        d: defer.Deferred[Any] = self._run(_annotations.read_annotations, path, server)
         return d.addCallbacks(read, missing)
 
     def get_annotations(self, mailbox: str) -> defer.Deferred[dict[str, bytes]]:
@@ -1913,11 +1918,11 @@ class MaildirStore(StoreListeners):
         """See :meth:`txmail.interfaces.IMetadataStore.set_annotations`."""
         name = "" if mailbox == "" else check_name(mailbox)
         old = yield self._read_annotations(name)
-        entries, changed = annotations.apply_changes(old, changes)
+        entries, changed = _annotations.apply_changes(old, changes)
         if not changed:
             return
         path = self.root if name == "" else self._path(name)
-        yield self._run(annotations.write_annotations, path, entries, name == "")
+        yield self._run(_annotations.write_annotations, path, entries, name == "")
         if self._annotation_total is not None:
             self._annotation_total += len(entries) - len(old)
         self._annotation_listeners.notify(AnnotationsChanged(name, changed))
@@ -1934,7 +1939,7 @@ class MaildirStore(StoreListeners):
             self._annotation_total = total
         return self._annotation_total
 
-    def add_annotation_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+    def add_annotation_listener(self, listener: Callable[[Any], object]) -> Callable[[], None]:
         """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener`."""
         return self._annotation_listeners.add(listener)
 
@@ -2073,7 +2078,7 @@ class MaildirProvider:
         _check_path_part(domain, "domain")
         return os.path.join(self.root, domain, local)
 
-    def store_for(self, user: str) -> defer.Deferred[MaildirStore]:
+    def store_for(self, user: str) -> defer.Deferred[MaildirStore]:  # type: ignore[override]  # Deferred is invariant; a MaildirStore is an IMailStore
         """
         See :meth:`txmail.interfaces.IMailStoreProvider.store_for`.
 

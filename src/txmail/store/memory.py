@@ -97,7 +97,9 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
     return wrapper
 
 
-@implementer(IMailbox, IExpungeHistory, IExpungedEmailIds, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines)
+@implementer(
+    IMailbox, IExpungeHistory, IExpungedEmailIds, ISaveDates, IObjectIds, IHeaderColumns, IHeaderLines
+)
 class MemoryMailbox(MailboxState):
     """
     One mailbox of a :class:`MemoryStore`.
@@ -456,7 +458,7 @@ class MemoryStore(StoreListeners):
         return sorted(self._subscriptions)
 
     @_guard
-    def special_use_mailbox(self, role: SpecialUse) -> str | None:
+    def special_use_mailbox(self, role: SpecialUse | str) -> str | None:
         """See :meth:`txmail.interfaces.IMailStore.special_use_mailbox`."""
         role = SpecialUse(role)
         for name, r in self._roles.items():
@@ -496,7 +498,7 @@ class MemoryStore(StoreListeners):
         """See :meth:`txmail.interfaces.IMetadataStore.annotation_count`."""
         return sum(len(entries) for entries in self._annotations.values())
 
-    def add_annotation_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+    def add_annotation_listener(self, listener: Callable[[Any], object]) -> Callable[[], None]:
         """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener`."""
         return self._annotation_listeners.add(listener)
 
@@ -545,7 +547,7 @@ class MemoryProvider:
     def __init__(self) -> None:
         self._stores: dict[str, MemoryStore] = {}
 
-    def store_for(self, user: str) -> defer.Deferred[MemoryStore]:
+    def store_for(self, user: str) -> defer.Deferred[IMailStore]:
         """See :meth:`txmail.interfaces.IMailStoreProvider.store_for` (fired already)."""
         store = self._stores.get(user)
         if store is None:
