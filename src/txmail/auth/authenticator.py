@@ -304,7 +304,8 @@ class Authenticator:
         self._failures[key] = (count, now)
         while len(self._failures) > self.max_peers:
             self._failures.popitem(last=False)
-        return min(self.failure_delay * 2 ** min(count - 1, 32), self.max_failure_delay)
+        delay: float = min(self.failure_delay * 2 ** min(count - 1, 32), self.max_failure_delay)
+        return delay
 
     def _register_account_failure(self, username: str) -> None:
         """Count a failure against *username*'s account (kept until ``forget_after``)."""
@@ -367,7 +368,7 @@ class ScramPasswordChecker:
         self.directory = directory
         self.run_blocking: RunBlocking = run_blocking if run_blocking is not None else _run_inline
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # type: ignore[override]  # cred's stub says bytes; txmail's avatar ids are canonical addresses
         """Fire with the canonical user, or fail with ``UnauthorizedLogin``."""
         return defer.ensureDeferred(self._request(credentials))
 

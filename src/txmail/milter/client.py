@@ -372,7 +372,7 @@ class _Conversation:
         self._disarm()
         proto, self.proto = self.proto, None
         if proto is not None and proto.transport is not None:
-            proto.transport.abortConnection()
+            proto.transport.abortConnection()  # type: ignore[attr-defined]  # a TCP transport: ITCPTransport has it
         d, self._waiting = self._waiting, None
         if d is not None:
             d.errback(error)

@@ -181,13 +181,13 @@ class DatabaseService(service.Service):
         self.dependents = list(dependents)
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Service.startService is untyped
         self.database.start()
         for dependent in self.dependents:
             dependent.start()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Service.stopService is untyped
         for dependent in reversed(self.dependents):
             dependent.stop()
         self.database.stop()

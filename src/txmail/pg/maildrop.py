@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmail.interfaces import IMaildropLock, IMaildropLocks
+from txmail.pg.db import Database
 
 __all__ = ["DEFAULT_LEASE", "PostgresMaildropLock", "PostgresMaildropLocks"]
 
@@ -90,7 +91,9 @@ class PostgresMaildropLocks:
 
     log = Logger()
 
-    def __init__(self, database: Any, node: str, *, lease: float = DEFAULT_LEASE, clock: Any = None) -> None:
+    def __init__(
+        self, database: Database, node: str, *, lease: float = DEFAULT_LEASE, clock: Any = None
+    ) -> None:
         if lease <= 0:
             raise ValueError("the maildrop lock lease must be longer than 0 seconds")
         self.database = database
@@ -100,7 +103,7 @@ class PostgresMaildropLocks:
         #: The locks this node holds (their renewals run).
         self.held: set[PostgresMaildropLock] = set()
 
-    def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:
+    def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:  # type: ignore[override]  # Deferred is invariant
         """See :meth:`txmail.interfaces.IMaildropLocks.lock_maildrop`."""
         token = uuid.uuid4().hex
 

@@ -38,7 +38,7 @@ import secrets
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
@@ -248,7 +248,7 @@ def _copy_out(conn: Any, queue_id: str) -> BinaryIO:
     except BaseException:
         out.close()
         raise
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _size(conn: Any, queue_id: str) -> int:
@@ -365,7 +365,7 @@ class PostgresQueue:
         return self.database.run(_get, queue_id)
 
     def update_recipients(
-        self, queue_id: str, changes: dict[str, dict[str, Any]], *, durable: bool = True
+        self, queue_id: str, changes: Mapping[str, Mapping[str, Any]], *, durable: bool = True
     ) -> defer.Deferred[None]:
         """See :meth:`txmail.interfaces.IQueue.update_recipients` (every update is durable here)."""
         for fields in changes.values():

@@ -98,7 +98,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -151,6 +151,7 @@ from txmail.model import (
     normalize_flags,
 )
 from txmail.pg.bodies import SPOOL_MEMORY, BodyStore
+from txmail.pg.db import Database
 from txmail.pg.maildrop import DEFAULT_LEASE, PostgresMaildropLock, PostgresMaildropLocks
 from txmail.pg.schema import require_current
 from txmail.quota import Usage
@@ -392,7 +393,7 @@ def _spool(message: bytes | MessageSource) -> tuple[BinaryIO, int, MessageMetada
         metadata = None if bare else message.metadata
         if metadata is None:
             out.seek(0)
-            metadata = mime.parse_metadata(out)  # type: ignore[arg-type]
+            metadata = mime.parse_metadata(out)
         out.seek(0)
     except BaseException:
         out.close()
@@ -500,7 +501,10 @@ def _deliver_inboxes(
 
 
 def _mailbox_rows(conn: Any, owner: str) -> list[tuple[str, str | None]]:
-    return conn.execute("SELECT name, special_use FROM mailboxes WHERE owner = %s", (owner,)).fetchall()
+    rows: list[tuple[str, str | None]] = conn.execute(
+        "SELECT name, special_use FROM mailboxes WHERE owner = %s", (owner,)
+    ).fetchall()
+    return rows
 
 
 def _lock_user(conn: Any, owner: str) -> int:
@@ -716,7 +720,7 @@ class PostgresMailbox(MailboxState):
         self._refresh_waiting = False
 
     @property
-    def _database(self) -> Any:
+    def _database(self) -> Database:
         return self.store.provider.database
 
     @property
@@ -1266,7 +1270,8 @@ class _StoreWatch:
         self, box: PostgresMailbox, before: Mark, after: Mark, events: list[MailboxChange]
     ) -> defer.Deferred[None]:
         """The open *box* went from *before* to *after* telling its listeners *events*: tell the store's."""
-        return self._lock.run(self._box_told, box, before, after, events).addErrback(self._failed)
+        told: defer.Deferred[Any] = self._lock.run(self._box_told, box, before, after, events)
+        return told.addErrback(self._failed)
 
     # -- in turn ----------------------------------------------------------------
 
@@ -1397,7 +1402,7 @@ class PostgresStore(StoreListeners):
         self._watch: _StoreWatch | None = None
 
     @property
-    def _database(self) -> Any:
+    def _database(self) -> Database:
         return self.provider.database
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
@@ -1423,7 +1428,7 @@ class PostgresStore(StoreListeners):
 
     # -- IStoreChanges ------------------------------------------------------------
 
-    def add_store_listener(self, listener: Callable[[FolderChange], None]) -> Callable[[], None]:
+    def add_store_listener(self, listener: Callable[[FolderChange], object]) -> Callable[[], None]:
         """
         See :meth:`txmail.interfaces.IStoreChanges.add_store_listener`:
         the first listener starts a :class:`_StoreWatch` (one reading of
@@ -1515,7 +1520,7 @@ class PostgresStore(StoreListeners):
 
         return self._run(query)
 
-    def get_mailbox(self, name: str) -> defer.Deferred[PostgresMailbox]:
+    def get_mailbox(self, name: str) -> defer.Deferred[PostgresMailbox]:  # type: ignore[override]  # Deferred is invariant; a PostgresMailbox is an IMailbox
         """
         See :meth:`txmail.interfaces.IMailStore.get_mailbox`: the object in
         use for the mailbox, refreshed, or a new one loaded from the database.
@@ -1712,7 +1717,7 @@ class PostgresStore(StoreListeners):
         """See :meth:`txmail.interfaces.IMetadataStore.get_annotations`."""
         return self._run(lambda conn: self._entries(conn, self._annotated(conn, mailbox)))
 
-    def set_annotations(self, mailbox: str, changes: dict[str, bytes | None]) -> defer.Deferred[None]:
+    def set_annotations(self, mailbox: str, changes: Mapping[str, bytes | None]) -> defer.Deferred[None]:
         """
         See :meth:`txmail.interfaces.IMetadataStore.set_annotations`: one
         transaction, the mailbox's row locked so that two nodes' changes
@@ -1755,7 +1760,7 @@ class PostgresStore(StoreListeners):
 
         return self._run(query)
 
-    def add_annotation_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+    def add_annotation_listener(self, listener: Callable[[Any], object]) -> Callable[[], None]:
         """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener` (changes made by this process)."""
         return self._annotation_listeners.add(listener)
 
@@ -1898,7 +1903,7 @@ class PostgresProvider:
 
     def __init__(
         self,
-        database: Any,
+        database: Database,
         *,
         bodies: BodyStore | None = None,
         lock_lease: float = DEFAULT_LEASE,
@@ -1924,7 +1929,7 @@ class PostgresProvider:
         """
         self.database.run_sync(require_current)
 
-    def store_for(self, user: str) -> defer.Deferred[PostgresStore]:
+    def store_for(self, user: str) -> defer.Deferred[PostgresStore]:  # type: ignore[override]  # Deferred is invariant; a PostgresStore is an IMailStore
         """See :meth:`txmail.interfaces.IMailStoreProvider.store_for`: the user's INBOX is made the first time."""
         store = self._stores.get(user)
         if store is not None:
@@ -1945,7 +1950,7 @@ class PostgresProvider:
 
         return self.database.run(ensure).addCallback(made)
 
-    def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:
+    def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:  # type: ignore[override]  # Deferred is invariant
         """See :meth:`txmail.interfaces.IMaildropLocks.lock_maildrop`: held against every node."""
         return self.maildrop_locks.lock_maildrop(user)
 

@@ -272,7 +272,8 @@ def _from_pem(content: bytes) -> tuple[str, bytes, Any]:
         private = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
         return "ed25519-sha256", base64.b64encode(seed), private
     try:
-        private = serialization.load_pem_private_key(content, password=None)
+        loaded: Any = serialization.load_pem_private_key(content, password=None)
+        private = loaded
     except TypeError:
         raise ValueError("the private key is encrypted: DKIM keys are read without a passphrase") from None
     except (ValueError, UnsupportedAlgorithm) as e:

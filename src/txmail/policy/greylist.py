@@ -318,7 +318,12 @@ class Greylisting(Policy):
         except ValueError as e:
             self.log.warn("greylisting table {path} ignored: {error}", path=path, error=str(e))
             return
-        for table, entries in ((self.pending, pending), (self.passed, passed), (self.networks, networks)):
+        tables: tuple[tuple[OrderedDict[Any, float], list[Any]], ...] = (
+            (self.pending, pending),
+            (self.passed, passed),
+            (self.networks, networks),
+        )
+        for table, entries in tables:
             for *key, t in sorted(entries, key=lambda entry: entry[-1]):
                 table[tuple(key) if len(key) > 1 else key[0]] = t
             self._add(table)

@@ -219,7 +219,7 @@ class RateLimits(Policy):
         state = session.notes.get(self._note)
         if state is None:
             state = session.notes[self._note] = _Connection()
-        return state  # type: ignore[no-any-return]
+        return state
 
     def connections_from(self, address: str) -> int:
         """Connections counted now for the client of *address*."""

@@ -431,11 +431,11 @@ class RspamdPolicy(Policy):
             if now - first_seen <= self.greylist_expire and len(self._greylisted) <= 100_000:
                 break
             del self._greylisted[oldest]
-        first_seen = self._greylisted.get(key)
-        if first_seen is None:
+        seen = self._greylisted.get(key)
+        if seen is None:
             self._greylisted[key] = now
             return False
-        return now - first_seen >= self.greylist_delay
+        return now - seen >= self.greylist_delay
 
 
 class RspamdLearner:
@@ -512,9 +512,11 @@ class RspamdLearner:
         if kind is None:
             return
         for _, target_uid in event.uids:
-            d = self._semaphore.run(
-                lambda uid=target_uid: defer.Deferred.fromCoroutine(self._learn(event, kind, uid))
-            )
+
+            def learn(uid: int = target_uid) -> defer.Deferred[None]:
+                return defer.Deferred.fromCoroutine(self._learn(event, kind, uid))
+
+            d = self._semaphore.run(learn)
             self._pending.add(d)
             d.addErrback(self._failed, event, kind, target_uid)
             d.addBoth(self._done, d)
