@@ -17,6 +17,9 @@ import tempfile
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests._certs import make_certificate
@@ -368,6 +371,43 @@ class AutodiscoverTests(SynchronousTestCase):
             with contextlib.suppress(BadRequest):
                 parse_autodiscover_request(body)
 
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"<Autodiscover>",
+                    b"</Autodiscover>",
+                    b"<Request>",
+                    b"</Request>",
+                    b"<EMailAddress>",
+                    b"</EMailAddress>",
+                    b"<!DOCTYPE a>",
+                    b'<!ENTITY e "x">',
+                    b"&e;",
+                    b"&amp;",
+                    b"<![CDATA[",
+                    b"]]>",
+                    b"<?pi x?>",
+                    b'<?xml version="1.0" encoding="latin-1"?>',
+                    b"a@example.test",
+                    b"\xff",
+                    b"\x00",
+                ]
+            )
+            | st.binary(max_size=20),
+            max_size=30,
+        )
+    )
+    @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    def test_property(self, parts: list[bytes]) -> None:
+        """Any body built from XML pieces parses to strings or raises BadRequest (hypothesis)."""
+        try:
+            parsed = parse_autodiscover_request(b"".join(parts))
+        except BadRequest:
+            return
+        self.assertIsInstance(parsed.email, str)
+        self.assertIsInstance(parsed.schema, str)
+
 
 class MobileconfigTests(SynchronousTestCase):
     """mobileconfig: the Apple configuration profile."""
@@ -517,6 +557,16 @@ class ConfigTests(SynchronousTestCase):
             "[autoconfig]\nunknown = 1\n",
         ):
             self.assertRaises(ConfigError, self.load, text)
+
+    def test_plugin_option(self) -> None:
+        """twistd mailserver --autoconfig ENDPOINT (repeatable) adds autoconfiguration-only listeners."""
+        from tests.test_plugin import _maker
+
+        options = _maker().options()  # type: ignore[attr-defined]
+        options.parseOptions(
+            ["--data-dir", self.mktemp(), "--autoconfig", "tcp:80", "--autoconfig", "tcp:8081"]
+        )
+        self.assertEqual(options.settings.autoconfig_listen, ("tcp:80", "tcp:8081"))
 
     def test_ssl_listener_needs_certificate(self) -> None:
         """An ssl: autoconfig listener without [tls] is refused."""
