@@ -111,18 +111,18 @@ class AutoconfigEndpoint:
     @classmethod
     def for_server(cls, server: Any) -> AutoconfigEndpoint:
         """The endpoint of a running :class:`txmail.service.MailServer`."""
-        return cls(offer=lambda: running_offer(server), is_local_domain=server.directory.is_local_domain)
+        # Both read the server at each request: a reloaded configuration or directory is followed.
+        return cls(
+            offer=lambda: running_offer(server),
+            is_local_domain=lambda domain: server.directory.is_local_domain(domain),
+        )
 
     async def check_local(self, domain: str) -> None:
         """
         Raises:
             NotLocal: *domain* is not served here.
         """
-        try:
-            local = await defer.maybeDeferred(self.is_local_domain, domain)
-        except Exception:
-            self.log.failure("domain lookup failed for {domain}", domain=domain)
-            raise
+        local = await defer.maybeDeferred(self.is_local_domain, domain)
         if not local:
             raise NotLocal(domain)
 
