@@ -22,6 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from tests._dns import SERVFAIL, start_dns_server
 from tests.test_sansio_imports import twisted_imports
 from txmail import cli, dnsrecords
+from txmail.autoconfig import ClientOffer
 from txmail.dnsdata import DictAnswers, DNSStatus, run_sync
 from txmail.dnsrecords import (
     CheckStatus,
@@ -44,6 +45,7 @@ from txmail.resolver import Resolver, StaticResolver
 
 DOMAIN = "example.test"
 HOST = "mail.example.test"
+SRV_NAMES = ("submissions", "submission", "imaps", "imap", "pop3s", "pop3")
 
 
 @functools.cache
@@ -521,7 +523,9 @@ class DNSRecordsCommandTests(CommandTestCase):
         self.assertEqual(self.txmail("dns-records", "example.test.", "--config", config), 0)
         self.assertEqual(self.stderr.getvalue(), "")
         out = self.stdout.getvalue()
-        self.assertEqual(out, zone_text(mail_domain()))
+        # No listener has TLS here: the client SRV records all say "not offered".
+        clients = ClientOffer(HOST)
+        self.assertEqual(out, zone_text(mail_domain(clients=clients)))
         records = {
             tuple(line.split(" ", 3)[:3:2]): line
             for line in out.splitlines()
@@ -537,14 +541,44 @@ class DNSRecordsCommandTests(CommandTestCase):
                     (f"s2._domainkey.{DOMAIN}.", "TXT"),
                     (f"_dmarc.{DOMAIN}.", "TXT"),
                 ]
+                + [(f"_{name}._tcp.{DOMAIN}.", "SRV") for name in SRV_NAMES]
             ),
         )
+        for name in SRV_NAMES:
+            self.assertEqual(
+                records[(f"_{name}._tcp.{DOMAIN}.", "SRV")], f"_{name}._tcp.{DOMAIN}. IN SRV 0 0 0 ."
+            )
         self.assertEqual(records[(f"{DOMAIN}.", "MX")], f"{DOMAIN}. IN MX 10 {HOST}.")
         self.assertEqual(txt_value(records[(f"s1._domainkey.{DOMAIN}.", "TXT")]), rsa_record())
         self.assertEqual(txt_value(records[(f"s2._domainkey.{DOMAIN}.", "TXT")]), ed25519_record())
         self.assertIn("published, not signing yet", out)
         self.assertNotIn("other.test", out)
         self.assertIn("iprev", out)
+
+    def test_client_records(self) -> None:
+        """With TLS listeners the SRV records name their ports; autoconfiguration's names are printed."""
+        from tests._certs import make_certificate
+
+        _, cert, key = make_certificate(os.path.join(self.tmp, "tls"), HOST)
+        config = self.write_config(
+            f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+            '[smtp]\nsubmission = ["tcp:587", "ssl:465"]\n[imap]\nlisten = ["ssl:993"]\n'
+            '[web]\nlisten = ["ssl:443"]\n[autoconfig]\nhostname = "imap.example.test"\n'
+        )
+        self.assertEqual(self.txmail("dns-records", DOMAIN, "--config", config), 0)
+        lines = set(self.stdout.getvalue().splitlines())
+        for line in (
+            f"_submissions._tcp.{DOMAIN}. IN SRV 0 1 465 imap.example.test.",
+            f"_submission._tcp.{DOMAIN}. IN SRV 10 1 587 imap.example.test.",
+            f"_imaps._tcp.{DOMAIN}. IN SRV 0 1 993 imap.example.test.",
+            f"_imap._tcp.{DOMAIN}. IN SRV 0 0 0 .",
+            f"_pop3s._tcp.{DOMAIN}. IN SRV 0 0 0 .",
+            f"_pop3._tcp.{DOMAIN}. IN SRV 0 0 0 .",
+            f"autoconfig.{DOMAIN}. IN CNAME imap.example.test.",
+            f"autodiscover.{DOMAIN}. IN CNAME imap.example.test.",
+            f"_autodiscover._tcp.{DOMAIN}. IN SRV 0 0 443 imap.example.test.",
+        ):
+            self.assertIn(line, lines)
 
     def test_not_local_domain(self) -> None:
         """A domain the server does not receive for is printed anyway, with a note on stderr."""

@@ -575,7 +575,11 @@ def _mail_domain(args: argparse.Namespace, settings: Any) -> tuple[MailDomain, i
         _warn(f"error: DKIM key {key.selector} of {domain}: {error}")
         keys.append(DKIMPublication(key.selector, None, signing, error))
         status = 1
-    return MailDomain(domain, hostname, tuple(keys), settings.smarthost), status
+    from txmail.autoconfig import client_offer, https_port
+
+    clients = client_offer(settings)
+    mail = MailDomain(domain, hostname, tuple(keys), settings.smarthost, clients, https_port(settings))
+    return mail, status
 
 
 def check_records(mail: MailDomain, resolver: Any) -> Any:

@@ -72,6 +72,14 @@ The file format (every key optional)::
     token_idle_timeout = "1h"            # web client bearer tokens expire after this long unused
     max_event_streams = 8                # open EventSource push streams one user may hold
 
+    [autoconfig]                         # mail client autoconfiguration (txmail.autoconfig)
+    enabled = true                       # serve it on the [web] listeners too
+    listen = ["tcp:80"]                  # listeners serving only it (plain HTTP allowed; none by default)
+    hostname = "mail.example.com"        # the host clients connect to (default [server] hostname)
+
+    [autoconfig.ports]                   # the public port of a listener behind a port mapping; 0 hides it
+    "tcp:10143" = 143
+
     [outbound]
     enabled = true                       # run the queue (deliver mail for other domains)
     resolvers = ["127.0.0.1:53"]         # DNS servers to ask (HOST:PORT); default the system's
@@ -112,6 +120,12 @@ A ``[web] listen`` endpoint serves JMAP (RFC 8620, :mod:`txmail.web`):
 ``ssl:`` with the ``[tls]`` certificate, or plain ``tcp:`` on a loopback
 interface; a plain ``tcp:`` endpoint on another interface needs ``tls_proxy
 = true`` (clients reach it through a proxy that terminates TLS).
+
+The ``[web]`` listeners also serve client autoconfiguration (Thunderbird,
+Outlook, Apple profiles; :mod:`txmail.web.autoconfig`) unless
+``[autoconfig] enabled = false``; ``[autoconfig] listen`` endpoints serve
+only that, and may be plain HTTP on any interface (the documents hold no
+secret).
 
 The ``[policy]``, ``[dkim]``, ``[srs]`` and ``[arc]`` tables (mail
 authentication, blocklists, limits, signing) are described in
@@ -221,6 +235,10 @@ class Settings:
     web_max_objects_in_set: int = 500
     web_max_concurrent_requests: int = 4
     web_max_concurrent_upload: int = 4
+    autoconfig_enabled: bool = True
+    autoconfig_listen: tuple[str, ...] = ()
+    autoconfig_hostname: str | None = None
+    autoconfig_ports: tuple[tuple[str, int], ...] = ()
     proxy_protocol: tuple[str, ...] = ()
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     proxy_timeout: float = 10.0
@@ -327,6 +345,10 @@ _KEYS: dict[tuple[str, str], str] = {
     ("web", "max_objects_in_set"): "web_max_objects_in_set",
     ("web", "max_concurrent_requests"): "web_max_concurrent_requests",
     ("web", "max_concurrent_upload"): "web_max_concurrent_upload",
+    ("autoconfig", "enabled"): "autoconfig_enabled",
+    ("autoconfig", "listen"): "autoconfig_listen",
+    ("autoconfig", "hostname"): "autoconfig_hostname",
+    ("autoconfig", "ports"): "autoconfig_ports",
     ("server", "proxy_protocol"): "proxy_protocol",
     ("server", "proxy_trusted"): "proxy_trusted",
     ("server", "proxy_timeout"): "proxy_timeout",
@@ -474,6 +496,8 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = tuple(parse_milters(value))
         elif f.name == "rspamd":
             out[f.name] = value if isinstance(value, RspamdSettings) else parse_rspamd_settings(value)
+        elif f.name.startswith("autoconfig_"):
+            out[f.name] = _autoconfig_value(f.name, value)
         elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap", "web"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "proxy_protocol":
@@ -649,6 +673,7 @@ def _validate(values: dict[str, Any]) -> Settings:
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
     _check_proxy_listeners(settings)
     _check_web_listeners(settings)
+    _check_autoconfig(settings)
     for endpoint in (
         settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap + settings.web
     ):
@@ -703,6 +728,47 @@ def _check_web_listeners(settings: Settings) -> None:
                 "bind it to a loopback interface (interface=127.0.0.1), or set [web] tls_proxy = true "
                 "when a TLS-terminating proxy sits in front"
             )
+
+
+def _autoconfig_value(name: str, value: Any) -> Any:
+    """A valid ``[autoconfig]`` value of the Settings attribute *name*."""
+    if name == "autoconfig_enabled":
+        if not isinstance(value, bool):
+            raise ConfigError("[autoconfig] enabled must be true or false")
+        return value
+    if name == "autoconfig_listen":
+        return _str_list("[autoconfig] listen", value)
+    if name == "autoconfig_hostname":
+        text = value.strip().rstrip(".").lower() if isinstance(value, str) else ""
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?", text) or ".." in text:
+            raise ConfigError("[autoconfig] hostname must be a host name such as mail.example.com")
+        return text
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = tuple((str(endpoint), port) for endpoint, port in items)
+    except (TypeError, ValueError):
+        raise ConfigError('[autoconfig.ports] must be a table of "endpoint" = port') from None
+    for endpoint, port in pairs:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise ConfigError(f"[autoconfig.ports] {endpoint!r}: the port must be 0 (hidden) to 65535")
+    return pairs
+
+
+def _check_autoconfig(settings: Settings) -> None:
+    """
+    Every ``[autoconfig.ports]`` endpoint is a client listener's (submission,
+    IMAP or POP3), and an ``ssl:`` autoconfig listener has a certificate.
+    """
+    listeners = settings.submission + settings.imap + settings.pop3
+    for endpoint, _port in settings.autoconfig_ports:
+        if endpoint not in listeners:
+            raise ConfigError(
+                f"[autoconfig.ports] endpoint {endpoint!r} is not a submission, IMAP or POP3 listener; "
+                "name it exactly as in a listen list"
+            )
+    for endpoint in settings.autoconfig_listen:
+        if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
+            raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
 
 
 def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> Settings:

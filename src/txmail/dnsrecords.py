@@ -64,6 +64,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from txmail.autoconfig import ClientOffer, srv_services
 from txmail.dnsdata import Answer, Question, Resolving, reverse_name
 from txmail.policy.dmarc import MalformedRecord, Policy, is_dmarc_record, organizational_domain, parse_record
 from txmail.policy.spf import SPFResult, check_host
@@ -75,6 +76,7 @@ __all__ = [
     "Finding",
     "MailDomain",
     "check_domain",
+    "client_records",
     "dkim_tags",
     "dmarc_value",
     "first_questions",
@@ -147,12 +149,19 @@ class MailDomain:
         hostname: this server's name (the MX target, the EHLO name).
         dkim: the DKIM keys configured for *domain*.
         smarthost: ``HOST:PORT`` when outgoing mail leaves through a smarthost.
+        clients: what mail clients are offered (:func:`txmail.autoconfig.client_offer`):
+            its RFC 6186 SRV records are printed; ``None``: none are.
+        autoconfig_port: the HTTPS port autoconfiguration is served on
+            (``0``: only plain HTTP; ``None``: not served): the
+            ``autoconfig.`` and ``autodiscover.`` names are printed.
     """
 
     domain: str
     hostname: str
     dkim: tuple[DKIMPublication, ...] = ()
     smarthost: str | None = None
+    clients: ClientOffer | None = None
+    autoconfig_port: int | None = None
 
     def dkim_name(self, selector: str) -> str:
         """``<selector>._domainkey.<domain>`` (RFC 6376 section 3.6.2.1)."""
@@ -173,7 +182,8 @@ class Entry:
     One record the domain needs.
 
     Attributes:
-        kind: ``"mx"``, ``"address"``, ``"spf"``, ``"dkim"``, ``"dmarc"`` or ``"ptr"``.
+        kind: ``"mx"``, ``"address"``, ``"spf"``, ``"dkim"``, ``"dmarc"``,
+            ``"srv"``, ``"autoconfig"`` or ``"ptr"``.
         name: the owner name, without the final dot.
         rdtype: the record type.
         value: the record data as a zone file writes it, TXT values without
@@ -332,6 +342,7 @@ def records_for(mail: MailDomain) -> list[Entry]:
             ),
         )
     )
+    entries.extend(client_records(mail))
     entries.append(
         Entry(
             "ptr",
@@ -347,6 +358,58 @@ def records_for(mail: MailDomain) -> list[Entry]:
             placeholder=True,
         )
     )
+    return entries
+
+
+def client_records(mail: MailDomain) -> list[Entry]:
+    """
+    The records mail clients look up: the RFC 6186 SRV records (RFC 8314
+    section 5.1 for ``_submissions``), a ``"."`` target for each service
+    not offered; and, when autoconfiguration is served, the
+    ``autoconfig.<domain>`` (Thunderbird) and ``autodiscover.<domain>``
+    (Outlook) names, with Outlook's ``_autodiscover._tcp`` SRV record.
+    """
+    if mail.clients is None:
+        return []
+    domain, host = mail.domain, mail.clients.hostname
+    entries: list[Entry] = []
+    comment: tuple[str, ...] = (
+        "Mail clients (RFC 6186): where to read mail (IMAP, POP3) and submit it. A lower",
+        "priority is preferred: implicit TLS first (RFC 8314 section 5.1), IMAP before POP3.",
+        'A target of "." says the service is not offered here, so clients do not guess.',
+    )
+    for record in srv_services(mail.clients):
+        target = "." if not record.offered else f"{record.target}."
+        value = f"{record.priority} {record.weight} {record.port} {target}"
+        entries.append(Entry("srv", f"{record.service}._tcp.{domain}", "SRV", value, comment))
+        comment = ()
+    if mail.autoconfig_port is None:
+        return entries
+    entries.append(
+        Entry(
+            "autoconfig",
+            f"autoconfig.{domain}",
+            "CNAME",
+            f"{host}.",
+            (
+                f"Autoconfiguration: Thunderbird asks https://autoconfig.{domain}/ (then http://),",
+                f"Outlook https://autodiscover.{domain}/; both names lead to this server's web",
+                "listener ([web] or [autoconfig] listen). For HTTPS its certificate must name them;",
+                "Thunderbird's plain-HTTP fallback needs an [autoconfig] listen on port 80.",
+            ),
+        )
+    )
+    entries.append(Entry("autoconfig", f"autodiscover.{domain}", "CNAME", f"{host}."))
+    if mail.autoconfig_port:
+        entries.append(
+            Entry(
+                "autoconfig",
+                f"_autodiscover._tcp.{domain}",
+                "SRV",
+                f"0 0 {mail.autoconfig_port} {host}.",
+                (f"Outlook's fallback when https://autodiscover.{domain}/ fails: HTTPS on {host}.",),
+            )
+        )
     return entries
 
 

@@ -836,6 +836,12 @@ def build_service(
         site = web_site(settings, server, reactor=reactor)
         for description in settings.web:
             listen(description, site, "web")
+    if settings.autoconfig_listen:
+        from txmail.web.autoconfig import autoconfig_site  # twisted.web: only when configured
+
+        autoconfig = autoconfig_site(server)
+        for description in settings.autoconfig_listen:
+            listen(description, autoconfig, "autoconfig")
     if workers > 1:
         from txmail.workers import WorkerPool
 

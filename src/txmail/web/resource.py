@@ -633,6 +633,10 @@ class _Discard:
     def read(self, size: int = -1) -> bytes:
         return b""
 
+    def tell(self) -> int:
+        # twisted.web's Request.requestReceived asks the body's length.
+        return 0
+
     def close(self) -> None:
         pass
 

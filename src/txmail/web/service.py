@@ -2,7 +2,9 @@
 The JMAP listeners of a :class:`txmail.service.MailServer` (``[web]
 listen``): one :class:`txmail.web.resource.JMAPSite` serves them all, so
 tokens, counters and the upload store are shared; a child service deletes
-expired uploads every ten minutes.
+expired uploads every ten minutes.  Unless ``[autoconfig] enabled =
+false``, the site also serves client autoconfiguration
+(:mod:`txmail.web.autoconfig`).
 """
 
 from __future__ import annotations
@@ -68,4 +70,9 @@ def web_site(settings: Any, server: Any, *, reactor: Any) -> JMAPSite:
         realm=settings.hostname,
     )
     UploadSweeper(site.endpoint.blobs, reactor).setServiceParent(server)
+    if settings.autoconfig_enabled:
+        # Client autoconfiguration beside JMAP (txmail.web.autoconfig).
+        from txmail.web.autoconfig import AutoconfigEndpoint, mount_autoconfig
+
+        mount_autoconfig(site.resource, AutoconfigEndpoint.for_server(server))
     return site
