@@ -22,7 +22,12 @@ from txmail.model import (
     MessagesExpunged,
     MessageSource,
 )
-from txmail.testing.store import InboxDeliveryConformanceMixin, MailStoreConformanceMixin, message
+from txmail.testing.store import (
+    InboxDeliveryConformanceMixin,
+    MailStoreConformanceMixin,
+    SieveScriptsConformanceMixin,
+    message,
+)
 
 Gen = Generator[Any, Any, None]
 USER = "alice@example.test"
@@ -36,7 +41,9 @@ def make(database: Any) -> Any:
     return provider
 
 
-class PostgresStoreConformanceTests(InboxDeliveryConformanceMixin, MailStoreConformanceMixin, TestCase):
+class PostgresStoreConformanceTests(
+    SieveScriptsConformanceMixin, InboxDeliveryConformanceMixin, MailStoreConformanceMixin, TestCase
+):
     """The PostgreSQL store keeps the whole mailbox contract; a restart is a new provider on the same database."""
 
     def make_provider(self) -> Any:
@@ -47,7 +54,9 @@ class PostgresStoreConformanceTests(InboxDeliveryConformanceMixin, MailStoreConf
         return make(self.database)
 
 
-class PostgresStoreOtherNodeConformanceTests(MailStoreConformanceMixin, TestCase):
+class PostgresStoreOtherNodeConformanceTests(
+    SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase
+):
     """The contract again, each restart a provider on a second Database (another node)."""
 
     def make_provider(self) -> Any:
