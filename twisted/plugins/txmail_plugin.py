@@ -61,6 +61,7 @@ class Options(usage.Options):
         self["pop3"] = []
         self["imap"] = []
         self["web"] = []
+        self["managesieve"] = []
         self["resolver"] = []
 
     def opt_domain(self, name: str) -> None:
@@ -91,6 +92,10 @@ class Options(usage.Options):
         """JMAP (HTTP) listener endpoint (repeatable), e.g. ssl:443 or tcp:8080:interface=127.0.0.1. Default none."""
         self["web"].append(endpoint)
 
+    def opt_managesieve(self, endpoint: str) -> None:
+        """ManageSieve (RFC 5804) listener endpoint (repeatable), e.g. tcp:4190. Default none."""
+        self["managesieve"].append(endpoint)
+
     def opt_resolver(self, address: str) -> None:
         """DNS server HOST:PORT for MX lookups and the policy checks (repeatable). Default the system's."""
         self["resolver"].append(address)
@@ -109,6 +114,7 @@ class Options(usage.Options):
             "pop3": self["pop3"],
             "imap": self["imap"],
             "web": self["web"],
+            "managesieve": self["managesieve"],
             "tls_cert": self["tls-cert"],
             "tls_key": self["tls-key"],
             "plaintext_auth": self["plaintext-auth"],
