@@ -497,3 +497,45 @@ class CheckScriptTests(SynchronousTestCase):
         check_script(SCRIPT)
         error = self.assertRaises(ScriptInvalid, check_script, b"if true {\r\n  keep;\r\n")
         self.assertIn("line", error.message)
+
+
+class LinearParsingTests(SynchronousTestCase):
+    def count_parses(self, chunks: list[bytes]) -> int:
+        from txmail.managesieve import session as module
+
+        calls = []
+        original = module.parse_command
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        self.patch(module, "parse_command", counting)
+        s, _, _ = run(LOGIN, plaintext_auth="always")
+        for chunk in chunks:
+            s.receive_data(chunk)
+            while s.next_event() is not None:
+                pass
+        return len(calls)
+
+    def test_byte_by_byte_line_parsed_once(self) -> None:
+        """A command arriving one octet at a time is parsed once its CRLF is there, not once per octet."""
+        counts = []
+        for size in (10, 1000):
+            line = b'NOOP "' + b"x" * size + b'"\r\n'
+            counts.append(self.count_parses([line[i : i + 1] for i in range(len(line))]))
+        self.assertEqual(counts[0], counts[1])
+        self.assertLessEqual(counts[1], 6)
+
+    def test_byte_by_byte_literal_parsed_twice(self) -> None:
+        """A literal arriving one octet at a time is not parsed again until all of it is there."""
+        script = b"#" * 5000 + b"\r\nkeep;\r\n"
+        data = b'PUTSCRIPT "a" {%d+}\r\n' % len(script) + script + b"\r\n"
+        self.assertLessEqual(self.count_parses([data[i : i + 1] for i in range(len(data))]), 8)
+
+    def test_many_literals_refused_early(self) -> None:
+        """A command of many tiny literals is refused at its fourth token, not parsed again for each one."""
+        data = b"NOOP" + b" {1+}\r\na" * 500 + b"\r\n"
+        _, out, _ = run(data, byte_by_byte=True, max_bad_commands=1000)
+        self.assertTrue(out.startswith(b'NO "Too many arguments"\r\n'), out[:100])
+        self.assertLessEqual(self.count_parses([data[i : i + 1] for i in range(len(data))]), 2500)

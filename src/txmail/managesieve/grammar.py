@@ -25,6 +25,10 @@ __all__ = [
 
 #: RFC 5804 section 4: ``quoted = DQUOTE *1024QUOTED-CHAR DQUOTE``.
 MAX_QUOTED = 1024
+#: Tokens of the longest command (a name and two arguments): more is an
+#: error at once, so a line of many small literals is not parsed again and
+#: again as its parts arrive.
+MAX_TOKENS = 3
 #: ``number = 1*DIGIT`` ... ``; 0 <= number < 4,294,967,296``.
 MAX_NUMBER = 4_294_967_295
 
@@ -98,7 +102,12 @@ _ATOM_CHARS = frozenset(
 
 
 def parse_command(
-    buf: bytes | bytearray, *, max_line: int, max_literal: int, sasl: bool = False
+    buf: bytes | bytearray,
+    *,
+    max_line: int,
+    max_literal: int,
+    sasl: bool = False,
+    need: list[int] | None = None,
 ) -> Command | None:
     """
     The first whole command in *buf*, or ``None`` when more input is needed.
@@ -116,7 +125,10 @@ def parse_command(
     outside literals of one command are at most *max_line*, each literal
     at most *max_literal*.  With *sasl*, the line is a client's SASL
     response (section 2.1: a string, no command name): the command's name
-    is ``""`` and every token is an argument.
+    is ``""`` and every token is an argument.  When the answer is ``None``
+    because a literal's octets have not all arrived, ``need[0]`` (if *need*
+    is given) is set to the length *buf* must reach before parsing again
+    can give more: callers parsing as input arrives stay linear.
 
     Raises:
         FrameError: not a command (or a line too long: ``fatal``).
@@ -210,6 +222,8 @@ def parse_command(
                 name = tokens[0].value if tokens and isinstance(tokens[0], Atom) else ""
                 raise LiteralTooLarge(name, start, length)
             if n < start + length:
+                if need is not None:
+                    need[0] = start + length
                 return None
             tokens.append(String(bytes(buf[start : start + length]), literal=True))
             pos = start + length
@@ -231,6 +245,8 @@ def parse_command(
                 tokens.append(Number(value))
             else:
                 tokens.append(Atom(word.upper()))
+        if len(tokens) > MAX_TOKENS:
+            raise FrameError("Too many arguments", line_end(pos))
         if pos < n and buf[pos] not in (0x20, 0x0D):
             raise FrameError("Arguments are separated by spaces", line_end(pos))
 

@@ -182,7 +182,7 @@ class ManageSieveServerProtocol(SessionProtocol):
         def failed(f: Failure) -> None:
             if self._lost or not session.paused:
                 return
-            if not session.fail(f.value):
+            if not session.fail(f.value if f.value is not None else RuntimeError("no error")):
                 self.log.failure(
                     "ManageSieve {command} failed for {user}",
                     failure=f,
@@ -284,7 +284,7 @@ class ManageSieveFactory(Factory):
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
+            clock = reactor
         self.authenticator = authenticator
         self.stores = stores
         self.tls_context = tls_context

@@ -291,6 +291,8 @@ class ManageSieveSession(SessionCore[Event]):
         self._inbuf = bytearray()
         self._discard = 0  # octets of an over-long literal still to drop
         self._discard_line = False  # then drop up to the next CRLF
+        self._parsed_len = 0  # the buffer's length when a parse last needed more
+        self._need = 0  # the length a literal needs before parsing again
         self._after_discard: tuple[str | None, str] = (None, "")  # the answer once the line is dropped
         self._sasl: SASLExchange | None = None
         self._request: ScriptRequest | None = None
@@ -363,6 +365,7 @@ class ManageSieveSession(SessionCore[Event]):
         if isinstance(event, StartTLS):
             self._trailing.clear()
             self._inbuf.clear()
+            self._parsed_len = self._need = 0
             self.tls = True
             self.tls_available = False
             self._write(response("OK", None, "Begin TLS negotiation now"))
@@ -413,6 +416,7 @@ class ManageSieveSession(SessionCore[Event]):
             self.state = State.CLOSED
             self._pending = None
             self._inbuf.clear()
+            self._parsed_len = self._need = 0
             self._emit(ConnectionClosing("lost"))
 
     # -- output -------------------------------------------------------------------
@@ -431,6 +435,7 @@ class ManageSieveSession(SessionCore[Event]):
         self._write(reply)
         self.state = State.CLOSED
         self._inbuf.clear()
+        self._parsed_len = self._need = 0
         self._emit(ConnectionClosing(reason))
 
     def _error(self, text: str, code: str | None = None) -> None:
@@ -442,6 +447,22 @@ class ManageSieveSession(SessionCore[Event]):
             self._write(response("NO", code, text))
 
     # -- parsing ------------------------------------------------------------------
+
+    def _may_complete(self) -> bool:
+        """
+        Whether parsing the buffer again may give more than last time: a
+        command ends with CRLF, so only once a CRLF arrived since (or once a
+        literal's octets are all there, or the buffer grew by more than a
+        line, to catch a line too long).  Parsing stays linear in the input
+        however it is cut into packets.
+        """
+        buf = self._inbuf
+        if len(buf) < self._need:
+            return False
+        seen = self._parsed_len
+        if not seen or self._need:
+            return True
+        return len(buf) > seen + self.max_line_length or buf.find(b"\r\n", max(seen - 1, 0)) >= 0
 
     def _max_literal(self) -> int:
         if self.state is State.AUTHENTICATED:
@@ -455,8 +476,10 @@ class ManageSieveSession(SessionCore[Event]):
             if idx < 0:
                 keep = 1 if self._inbuf.endswith(b"\r") else 0
                 del self._inbuf[: len(self._inbuf) - keep]
+                self._parsed_len = self._need = 0
                 return False
             del self._inbuf[: idx + 2]
+            self._parsed_len = self._need = 0
             self._discard_line = False
             code, text = self._after_discard
             if code == "QUOTA/MAXSIZE":
@@ -464,12 +487,16 @@ class ManageSieveSession(SessionCore[Event]):
             else:
                 self._framing_error(text)
             return True
+        if not self._may_complete():
+            return False
+        need = [0]
         try:
             command = parse_command(
                 self._inbuf,
                 max_line=self.max_line_length,
                 max_literal=self._max_literal(),
                 sasl=self.state is State.AUTHENTICATING,
+                need=need,
             )
         except FrameError as e:
             if e.fatal:
@@ -479,10 +506,12 @@ class ManageSieveSession(SessionCore[Event]):
                 # The rest of the line has not arrived: drop it as it does
                 # (keeping a final CR: it may begin the CRLF).
                 del self._inbuf[: len(self._inbuf) - (1 if self._inbuf.endswith(b"\r") else 0)]
+                self._parsed_len = self._need = 0
                 self._discard_line = True
                 self._after_discard = (None, e.message)
             else:
                 del self._inbuf[: e.size]
+                self._parsed_len = self._need = 0
                 self._framing_error(e.message)
             return True
         except LiteralTooLarge as e:
@@ -496,14 +525,19 @@ class ManageSieveSession(SessionCore[Event]):
             have = len(self._inbuf) - e.start
             if have >= e.length:
                 del self._inbuf[: e.start + e.length]
+                self._parsed_len = self._need = 0
             else:
                 self._discard = e.length - have
                 self._inbuf.clear()
+                self._parsed_len = self._need = 0
             self._discard_line = True
             return not self._discard
         if command is None:
+            self._parsed_len = len(self._inbuf)
+            self._need = need[0]
             return False
         del self._inbuf[: command.size]
+        self._parsed_len = self._need = 0
         if self.state is State.AUTHENTICATING:
             self._sasl_response(command)
         else:
@@ -558,6 +592,7 @@ class ManageSieveSession(SessionCore[Event]):
         # Section 2.2: what was pipelined behind the command is never run.
         self._trailing[:] = self._inbuf
         self._inbuf.clear()
+        self._parsed_len = self._need = 0
         self._emit(StartTLS())
 
     def _cmd_authenticate(self, args: list[Any]) -> None:
