@@ -668,6 +668,7 @@ def _validate(values: dict[str, Any]) -> Settings:
             raise ConfigError(f"{name.replace('_', ' ')} file {path!r} does not exist")
     _check_proxy_listeners(settings)
     _check_web_listeners(settings)
+    _check_managesieve_login(settings)
     for endpoint in (
         settings.smtp
         + settings.submission
@@ -693,6 +694,17 @@ def _managesieve_value(name: str, value: Any) -> Any:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise ConfigError(f"[managesieve] {key} must be an integer of at least {least}")
     return value
+
+
+def _check_managesieve_login(settings: Settings) -> None:
+    """A ``tcp:`` ManageSieve listener with no TLS and no plaintext passwords could log nobody in."""
+    if settings.tls_cert is None and settings.plaintext_auth == "never":
+        for endpoint in settings.managesieve:
+            if not endpoint.startswith("ssl:"):
+                raise ConfigError(
+                    f"[managesieve] listen endpoint {endpoint!r} could log nobody in: "
+                    'set [tls] cert and key (STARTTLS), or [server] plaintext_auth = "loopback"'
+                )
 
 
 def _check_proxy_listeners(settings: Settings) -> None:

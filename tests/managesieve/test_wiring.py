@@ -58,6 +58,10 @@ class ConfigTests(SynchronousTestCase):
             ("[managesieve]\nidle_timeout = -1\n", "[managesieve] idle_timeout must be positive"),
             ('[managesieve]\nlisten = ["ssl:4190"]\n', "needs a TLS certificate"),
             ("[managesieve]\nport = 4190\n", "unknown key 'port' in [managesieve]"),
+            (
+                '[server]\nplaintext_auth = "never"\n[managesieve]\nlisten = ["tcp:4190"]\n',
+                "[managesieve] listen endpoint 'tcp:4190' could log nobody in",
+            ),
         ):
             error = self.assertRaises(ConfigError, self.load, text)
             self.assertIn(message, str(error))
@@ -74,7 +78,7 @@ class ServiceTests(SynchronousTestCase):
                 "managesieve_max_scripts": 7,
                 "managesieve_max_script_size": 4096,
                 "managesieve_idle_timeout": 60,
-                "plaintext_auth": "never",
+                "plaintext_auth": "always",
             },
         )
         server = build_service(settings, reactor=MemoryReactorClock())
@@ -83,7 +87,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertIsInstance(factory, ManageSieveFactory)
         self.assertEqual(
             (factory.max_scripts, factory.max_script_size, factory.idle_timeout, factory.plaintext_auth),
-            (7, 4096, 60.0, "never"),
+            (7, 4096, 60.0, "always"),
         )
         self.assertIs(factory.authenticator, server.authenticator)
         self.assertIs(factory.stores, server.stores)
