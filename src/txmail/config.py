@@ -66,6 +66,13 @@ The file format (every key optional)::
     metadata_max_size = 16384            # octets of one METADATA entry value
     metadata_max_entries = 256           # METADATA entries one user may keep
 
+    [managesieve]
+    listen = ["tcp:4190"]                # ManageSieve listeners (RFC 5804; none by default)
+    idle_timeout = 1800                  # seconds a client may stay silent
+    max_script_size = 1048576            # octets of one Sieve script (QUOTA/MAXSIZE beyond)
+    max_scripts = 32                     # scripts one user may keep (QUOTA/MAXSCRIPTS beyond)
+    max_line = 8192                      # octets of one command outside its literals
+
     [web]
     listen = ["ssl:443", "tcp:8080:interface=127.0.0.1"]  # JMAP listeners (none by default); see below
     tls_proxy = false                    # a TLS-terminating proxy in [server] proxy_trusted sits in front
@@ -224,6 +231,11 @@ class Settings:
     imap_comment: str | None = None
     imap_metadata_max_size: int = 16384
     imap_metadata_max_entries: int = 256
+    managesieve: tuple[str, ...] = ()
+    managesieve_idle_timeout: float = 1800.0
+    managesieve_max_script_size: int = 1024 * 1024
+    managesieve_max_scripts: int = 32
+    managesieve_max_line: int = 8192
     web: tuple[str, ...] = ()
     web_tls_proxy: bool = False
     web_token_idle_timeout: float = 3600.0
@@ -334,6 +346,11 @@ _KEYS: dict[tuple[str, str], str] = {
     ("imap", "comment"): "imap_comment",
     ("imap", "metadata_max_size"): "imap_metadata_max_size",
     ("imap", "metadata_max_entries"): "imap_metadata_max_entries",
+    ("managesieve", "listen"): "managesieve",
+    ("managesieve", "idle_timeout"): "managesieve_idle_timeout",
+    ("managesieve", "max_script_size"): "managesieve_max_script_size",
+    ("managesieve", "max_scripts"): "managesieve_max_scripts",
+    ("managesieve", "max_line"): "managesieve_max_line",
     ("web", "listen"): "web",
     ("web", "tls_proxy"): "web_tls_proxy",
     ("web", "token_idle_timeout"): "web_token_idle_timeout",
@@ -498,6 +515,8 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = value if isinstance(value, RspamdSettings) else parse_rspamd_settings(value)
         elif f.name.startswith("autoconfig_"):
             out[f.name] = _autoconfig_value(f.name, value)
+        elif f.name.startswith("managesieve"):
+            out[f.name] = _managesieve_value(f.name, value)
         elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap", "web"):
             out[f.name] = _str_list(f.name, value)
         elif f.name == "proxy_protocol":
@@ -674,18 +693,55 @@ def _validate(values: dict[str, Any]) -> Settings:
     _check_proxy_listeners(settings)
     _check_web_listeners(settings)
     _check_autoconfig(settings)
+    _check_managesieve_login(settings)
     for endpoint in (
-        settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap + settings.web
+        settings.smtp
+        + settings.submission
+        + settings.lmtp
+        + settings.pop3
+        + settings.imap
+        + settings.web
+        + settings.managesieve
     ):
         if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
             raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
     return settings
 
 
+def _managesieve_value(name: str, value: Any) -> Any:
+    """A ``[managesieve]`` value, checked (:mod:`txmail.managesieve`)."""
+    key = name.removeprefix("managesieve_") if name != "managesieve" else "listen"
+    if key == "listen":
+        return _str_list("[managesieve] listen", value)
+    if key == "idle_timeout":
+        return _duration("[managesieve] idle_timeout", value)
+    least = {"max_script_size": 1024, "max_scripts": 1, "max_line": 1024}[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f"[managesieve] {key} must be an integer of at least {least}")
+    return value
+
+
+def _check_managesieve_login(settings: Settings) -> None:
+    """A ``tcp:`` ManageSieve listener with no TLS and no plaintext passwords could log nobody in."""
+    if settings.tls_cert is None and settings.plaintext_auth == "never":
+        for endpoint in settings.managesieve:
+            if not endpoint.startswith("ssl:"):
+                raise ConfigError(
+                    f"[managesieve] listen endpoint {endpoint!r} could log nobody in: "
+                    'set [tls] cert and key (STARTTLS), or [server] plaintext_auth = "loopback"'
+                )
+
+
 def _check_proxy_listeners(settings: Settings) -> None:
     """Every ``proxy_protocol`` endpoint is a listener's (a typo would leave a listener without it)."""
     listeners = (
-        settings.smtp + settings.submission + settings.lmtp + settings.pop3 + settings.imap + settings.web
+        settings.smtp
+        + settings.submission
+        + settings.lmtp
+        + settings.pop3
+        + settings.imap
+        + settings.web
+        + settings.managesieve
     )
     for endpoint in settings.proxy_protocol:
         if endpoint not in listeners:

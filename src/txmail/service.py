@@ -620,6 +620,34 @@ def smtp_factory(
     )
 
 
+def managesieve_factory(
+    settings: Settings,
+    description: str,
+    *,
+    authenticator: Any,
+    stores: IMailStoreProvider,
+    tls: Any,
+    reactor: Any,
+    run_blocking: Callable[..., defer.Deferred[Any]],
+) -> Any:
+    """The ManageSieve factory (RFC 5804) of the ``[managesieve]`` listener on *description*."""
+    from txmail.managesieve.server import ManageSieveFactory
+
+    return ManageSieveFactory(
+        authenticator=authenticator,
+        stores=stores,
+        tls_context=tls,
+        implicit_tls=description.startswith("ssl:"),
+        plaintext_auth=settings.plaintext_auth,
+        idle_timeout=settings.managesieve_idle_timeout,
+        max_script_size=settings.managesieve_max_script_size,
+        max_scripts=settings.managesieve_max_scripts,
+        max_line_length=settings.managesieve_max_line,
+        run_blocking=run_blocking,
+        clock=reactor,
+    )
+
+
 def build_service(
     settings: Settings,
     *,
@@ -830,6 +858,17 @@ def build_service(
             hostname=settings.hostname,
         )
         listen(description, imap_factory, "imap")
+    for description in settings.managesieve:
+        factory = managesieve_factory(
+            settings,
+            description,
+            authenticator=authenticator,
+            stores=stores,
+            tls=tls,
+            reactor=reactor,
+            run_blocking=run_blocking,
+        )
+        listen(description, factory, "managesieve")
     if settings.web:
         from txmail.web.service import web_site  # twisted.web: only when configured
 

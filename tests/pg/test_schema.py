@@ -20,13 +20,16 @@ def tables(conn: Any) -> list[str]:
 
 
 class MigrationFilesTests(SynchronousTestCase):
-    """The package ships its migrations numbered from 1 without gaps."""
+    """The package ships its migrations numbered from 1, each number once (a gap is allowed)."""
 
     def test_migrations(self) -> None:
         from txmail.pg.schema import LATEST_VERSION, migrations
 
         found = migrations()
-        self.assertEqual([m.version for m in found], list(range(1, LATEST_VERSION + 1)))
+        versions = [m.version for m in found]
+        self.assertEqual(versions, sorted(set(versions)))
+        self.assertEqual((versions[0], versions[-1]), (1, LATEST_VERSION))
+        self.assertIn("sieve", [m.name for m in found])
         self.assertEqual(found[0].name, "directory")
         self.assertIn("CREATE TABLE users", found[0].sql)
 
@@ -49,7 +52,7 @@ class UpgradeTests(TestCase):
         found = set(self.database.run_sync(tables))
         directory = {"alias_targets", "aliases", "domains", "schema_version", "users"}
         store = {"mail_users", "mailboxes", "subscriptions", "bodies", "body_chunks", "messages", "expunged"}
-        store |= {"maildrop_locks", "annotations", "urlauth_keys"}
+        store |= {"maildrop_locks", "annotations", "urlauth_keys", "sieve_scripts"}
         queue = {"queue_entries", "queue_recipients", "queue_chunks"}
         self.assertEqual(found & (directory | store | queue), directory | store | queue)
 
@@ -86,6 +89,31 @@ class UpgradeTests(TestCase):
         self.assertRaises(psycopg.errors.UndefinedFunction, self.database.run_sync, schema.upgrade)
         self.assertEqual(self.database.run_sync(tables), [])
         self.assertEqual(self.database.run_sync(schema.current_version), 0)
+
+
+class GapTests(TestCase):
+    """A migration numbered below the highest applied one (a branch merged late) is applied by the next upgrade."""
+
+    def setUp(self) -> None:
+        from txmail.pg.db import Database
+
+        self.database = Database(fresh_database(self))
+
+    def test_gap_filled_later(self) -> None:
+        from txmail.pg import schema
+
+        one = schema.Migration(1, "one", "CREATE TABLE one (x int)")
+        two = schema.Migration(2, "two", "CREATE TABLE two (x int)")
+        three = schema.Migration(3, "three", "CREATE TABLE three (x int)")
+        self.patch(schema, "LATEST_VERSION", 3)
+        self.patch(schema, "migrations", lambda: (one, three))
+        self.assertEqual(self.database.run_sync(schema.upgrade), (0, 3))
+        self.assertEqual(self.database.run_sync(schema.require_current), 3)
+        self.patch(schema, "migrations", lambda: (one, two, three))
+        self.assertRaises(SchemaTooOld, self.database.run_sync, schema.require_current)
+        self.assertEqual(self.database.run_sync(schema.upgrade), (3, 3))
+        self.assertEqual(self.database.run_sync(tables), ["one", "schema_version", "three", "two"])
+        self.assertEqual(self.database.run_sync(schema.require_current), 3)
 
 
 class RequireCurrentTests(TestCase):

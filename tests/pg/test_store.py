@@ -26,6 +26,7 @@ from txmail.testing.store import (
     ExpungedEmailIdsConformanceMixin,
     InboxDeliveryConformanceMixin,
     MailStoreConformanceMixin,
+    SieveScriptsConformanceMixin,
     message,
 )
 
@@ -42,7 +43,11 @@ def make(database: Any) -> Any:
 
 
 class PostgresStoreConformanceTests(
-    ExpungedEmailIdsConformanceMixin, InboxDeliveryConformanceMixin, MailStoreConformanceMixin, TestCase
+    ExpungedEmailIdsConformanceMixin,
+    InboxDeliveryConformanceMixin,
+    SieveScriptsConformanceMixin,
+    MailStoreConformanceMixin,
+    TestCase,
 ):
     """The PostgreSQL store keeps the whole mailbox contract; a restart is a new provider on the same database."""
 
@@ -55,7 +60,7 @@ class PostgresStoreConformanceTests(
 
 
 class PostgresStoreOtherNodeConformanceTests(
-    ExpungedEmailIdsConformanceMixin, MailStoreConformanceMixin, TestCase
+    ExpungedEmailIdsConformanceMixin, SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase
 ):
     """The contract again, each restart a provider on a second Database (another node)."""
 

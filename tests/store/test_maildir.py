@@ -13,6 +13,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from txmail import mime
+from txmail.errors import InvalidMailboxName, MailboxExists
 from txmail.model import (
     ANSWERED,
     DELETED,
@@ -29,7 +30,12 @@ from txmail.model import (
 from txmail.store import maildir
 from txmail.store._maildir_format import parse_index
 from txmail.store.maildir import MaildirMailbox, MaildirProvider
-from txmail.testing.store import ExpungedEmailIdsConformanceMixin, MailStoreConformanceMixin, message
+from txmail.testing.store import (
+    ExpungedEmailIdsConformanceMixin,
+    MailStoreConformanceMixin,
+    SieveScriptsConformanceMixin,
+    message,
+)
 
 
 def _quiet() -> dict[str, Any]:
@@ -40,7 +46,9 @@ def _quiet() -> dict[str, Any]:
 MIME_PARSE = mime.parse_metadata
 
 
-class MaildirConformanceTests(ExpungedEmailIdsConformanceMixin, MailStoreConformanceMixin, TestCase):
+class MaildirConformanceTests(
+    ExpungedEmailIdsConformanceMixin, SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase
+):
     """The Maildir store keeps the whole mailbox contract."""
 
     def make_provider(self) -> MaildirProvider:
@@ -51,7 +59,9 @@ class MaildirConformanceTests(ExpungedEmailIdsConformanceMixin, MailStoreConform
         return MaildirProvider(provider.root, hostname="test.host", **_quiet())
 
 
-class MaildirThreadedConformanceTests(ExpungedEmailIdsConformanceMixin, MailStoreConformanceMixin, TestCase):
+class MaildirThreadedConformanceTests(
+    ExpungedEmailIdsConformanceMixin, SieveScriptsConformanceMixin, MailStoreConformanceMixin, TestCase
+):
     """The conformance suite again, with file work in real threads (as the server runs it)."""
 
     def make_provider(self) -> MaildirProvider:
@@ -1053,3 +1063,125 @@ class MaildirBatchTests(MaildirBase):
         self.assertEqual([i.uid for i in self.successResultOf(box.list_messages())], [1, 2, 3, 4, 5, 6, 8])
         self.assertEqual([type(c).__name__ for c in changes], ["MessagesAdded", "MessagesExpunged"])
         self.assertEqual(changes[1].uids, (7,))
+
+
+class MaildirSieveLayoutTests(MaildirBase):
+    """Sieve scripts are kept as Dovecot (Pigeonhole) keeps them: ``sieve/NAME.sieve`` and ``.dovecot.sieve``."""
+
+    def store(self) -> Any:
+        return self.successResultOf(self.provider.store_for(USER))
+
+    def lay_out(self, scripts: dict[str, bytes], active: str | None, *, regular: bytes | None = None) -> None:
+        """Write a user directory as Dovecot leaves it (with a compiled .svbin beside each script)."""
+        sieve = os.path.join(self.user_dir, "sieve")
+        os.makedirs(os.path.join(sieve, "tmp"))
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.user_dir, sub), exist_ok=True)
+        for name, content in scripts.items():
+            with open(os.path.join(sieve, name + ".sieve"), "wb") as f:
+                f.write(content)
+            with open(os.path.join(sieve, name + ".svbin"), "wb") as f:
+                f.write(b"\x00compiled")
+        link = os.path.join(self.user_dir, ".dovecot.sieve")
+        if active is not None:
+            os.symlink("sieve/" + active + ".sieve", link)
+        if regular is not None:
+            with open(link, "wb") as f:
+                f.write(regular)
+
+    def test_dovecot_tree_read(self) -> None:
+        """A tree laid out by Dovecot is read: scripts by file name, the link's target active, .svbin ignored."""
+        self.lay_out(
+            {"roundcube": b"keep;\n", "vacation": b"stop;\n", "Caf\u00e9": b"discard;\n"}, "vacation"
+        )
+        store = self.store()
+        self.assertEqual(
+            self.successResultOf(store.list_scripts()),
+            [("Caf\u00e9", False), ("roundcube", False), ("vacation", True)],
+        )
+        self.assertEqual(self.successResultOf(store.active_script()), ("vacation", b"stop;\n"))
+        self.assertEqual(self.successResultOf(store.get_script("Caf\u00e9")), b"discard;\n")
+
+    def test_absolute_and_dangling_links(self) -> None:
+        """An absolute link into sieve/ is the active script; a dangling link or one elsewhere means none."""
+        self.lay_out({"one": b"keep;\n"}, None)
+        link = os.path.join(self.user_dir, ".dovecot.sieve")
+        os.symlink(os.path.abspath(os.path.join(self.user_dir, "sieve", "one.sieve")), link)
+        store = self.store()
+        self.assertEqual(self.successResultOf(store.active_script()), ("one", b"keep;\n"))
+        os.unlink(link)
+        os.symlink("sieve/gone.sieve", link)
+        self.assertIsNone(self.successResultOf(store.active_script()))
+        os.unlink(link)
+        os.symlink("elsewhere/one.sieve", link)
+        self.assertEqual(self.successResultOf(store.list_scripts()), [("one", False)])
+
+    def test_what_txmail_writes_is_what_dovecot_expects(self) -> None:
+        """Scripts are files in sieve/, the active one the relative link Pigeonhole makes; a change drops the .svbin."""
+        self.lay_out({"old": b"keep;\n"}, None)
+        store = self.store()
+        self.successResultOf(store.put_script("filters", b'require "fileinto";\r\nfileinto "Lists";\r\n'))
+        self.successResultOf(store.set_active("filters"))
+        sieve = os.path.join(self.user_dir, "sieve")
+        with open(os.path.join(sieve, "filters.sieve"), "rb") as f:
+            self.assertEqual(f.read(), b'require "fileinto";\r\nfileinto "Lists";\r\n')
+        link = os.path.join(self.user_dir, ".dovecot.sieve")
+        self.assertEqual(os.readlink(link), "sieve/filters.sieve")
+        self.successResultOf(store.put_script("old", b"discard;\r\n"))
+        self.assertFalse(os.path.exists(os.path.join(sieve, "old.svbin")))
+        self.successResultOf(store.rename_script("filters", "main"))
+        self.assertEqual(os.readlink(link), "sieve/main.sieve")
+        self.assertEqual(sorted(os.listdir(sieve)), ["main.sieve", "old.sieve", "tmp"])
+        self.assertEqual(os.listdir(os.path.join(sieve, "tmp")), [])
+        self.successResultOf(store.set_active(None))
+        self.assertFalse(os.path.lexists(link))
+
+    def test_regular_file_adopted(self) -> None:
+        """A regular .dovecot.sieve is moved into sieve/ as dovecot.orig (as Pigeonhole does) and stays active."""
+        self.lay_out({"dovecot.orig": b"keep;\n"}, None, regular=b"discard;\n")
+        store = self.store()
+        self.assertEqual(
+            self.successResultOf(store.list_scripts()), [("dovecot.orig", False), ("dovecot.orig-2", True)]
+        )
+        link = os.path.join(self.user_dir, ".dovecot.sieve")
+        self.assertEqual(os.readlink(link), "sieve/dovecot.orig-2.sieve")
+        self.assertEqual(self.successResultOf(store.active_script()), ("dovecot.orig-2", b"discard;\n"))
+
+    def test_regular_file_adopted_on_delivery_read(self) -> None:
+        """The first read of the active script (what delivery does) adopts a regular file too."""
+        self.lay_out({}, None, regular=b"keep;\n")
+        store = self.store()
+        self.assertEqual(self.successResultOf(store.active_script()), ("dovecot.orig", b"keep;\n"))
+
+    def test_folders_never_clash(self) -> None:
+        """sieve/ and .dovecot.sieve are no mailboxes; a folder "sieve" is .sieve; "dovecot/sieve" is refused."""
+        self.lay_out({"a": b"keep;\n"}, "a")
+        store = self.store()
+        self.successResultOf(store.create_mailbox("sieve"))
+        self.successResultOf(store.create_mailbox("dovecot"))
+        names = [f.name for f in self.successResultOf(store.list_mailboxes())]
+        self.assertEqual(sorted(names), ["INBOX", "dovecot", "sieve"])
+        self.assertTrue(os.path.isdir(os.path.join(self.user_dir, ".sieve", "cur")))
+        for bad in ("dovecot/sieve", "dovecot/sieve/x", "dovecot/svbin"):
+            self.failureResultOf(store.create_mailbox(bad), InvalidMailboxName)
+        self.failureResultOf(store.rename_mailbox("sieve", "dovecot/sieve"), InvalidMailboxName)
+        self.successResultOf(store.create_mailbox("other/sieve"))
+        self.failureResultOf(store.rename_mailbox("other", "dovecot"), MailboxExists)
+        self.successResultOf(store.rename_mailbox("dovecot", "renamed"))
+        self.assertEqual(os.readlink(os.path.join(self.user_dir, ".dovecot.sieve")), "sieve/a.sieve")
+        self.assertEqual(self.successResultOf(store.active_script()), ("a", b"keep;\n"))
+        self.successResultOf(store.delete_mailbox("sieve"))
+        self.assertEqual(self.successResultOf(store.list_scripts()), [("a", True)])
+
+    def test_rename_below_reserved_refused(self) -> None:
+        """A rename whose children would land on .dovecot.sieve is refused."""
+        store = self.store()
+        self.successResultOf(store.create_mailbox("x/sieve"))
+        self.failureResultOf(store.rename_mailbox("x", "dovecot"), InvalidMailboxName)
+
+    def test_usage_ignores_scripts(self) -> None:
+        """Scripts are not messages: storage usage does not count them."""
+        store = self.store()
+        self.successResultOf(store.put_script("big", b"#" * 5000 + b"\r\nkeep;\r\n"))
+        usage = self.successResultOf(store.usage())
+        self.assertEqual((usage.octets, usage.messages), (0, 0))

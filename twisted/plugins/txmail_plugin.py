@@ -62,6 +62,7 @@ class Options(usage.Options):
         self["imap"] = []
         self["web"] = []
         self["autoconfig"] = []
+        self["managesieve"] = []
         self["resolver"] = []
 
     def opt_domain(self, name: str) -> None:
@@ -96,6 +97,10 @@ class Options(usage.Options):
         """Mail client autoconfiguration (HTTP) listener endpoint (repeatable), e.g. tcp:80. Default none."""
         self["autoconfig"].append(endpoint)
 
+    def opt_managesieve(self, endpoint: str) -> None:
+        """ManageSieve (RFC 5804) listener endpoint (repeatable), e.g. tcp:4190. Default none."""
+        self["managesieve"].append(endpoint)
+
     def opt_resolver(self, address: str) -> None:
         """DNS server HOST:PORT for MX lookups and the policy checks (repeatable). Default the system's."""
         self["resolver"].append(address)
@@ -115,6 +120,7 @@ class Options(usage.Options):
             "imap": self["imap"],
             "web": self["web"],
             "autoconfig_listen": self["autoconfig"],
+            "managesieve": self["managesieve"],
             "tls_cert": self["tls-cert"],
             "tls_key": self["tls-key"],
             "plaintext_auth": self["plaintext-auth"],

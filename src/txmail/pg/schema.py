@@ -47,24 +47,37 @@ class Migration:
 
 @cache
 def migrations() -> tuple[Migration, ...]:
-    """The package's migrations, in version order (numbered 1, 2, ... without gaps)."""
+    """
+    The package's migrations, in version order.  Numbers may have gaps (a
+    branch may ship 0007 before 0006 is merged): :func:`upgrade` applies
+    every migration a database has not recorded, whatever its highest.
+    """
     found = []
     for entry in resources.files("txmail.pg").joinpath("migrations").iterdir():
         match = _NAME_RE.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"txmail's migrations are not numbered 1..n: {[m.version for m in found]}")
+    versions = [m.version for m in found]
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise RuntimeError(f"txmail's migrations must start at 1, each number once: {versions}")
     return tuple(found)
 
 
 def latest_version() -> int:
-    """The version of the schema this code expects."""
-    return len(migrations())
+    """The version of the schema this code expects (its highest migration)."""
+    return migrations()[-1].version
 
 
 LATEST_VERSION = latest_version()
+
+
+def _applied(conn: Any) -> set[int]:
+    """The versions recorded in ``schema_version`` (none before the first upgrade)."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not row[0]:
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_version").fetchall()}
 
 
 def current_version(conn: Any) -> int:
@@ -91,8 +104,9 @@ def upgrade(conn: Any) -> tuple[int, int]:
         " applied timestamptz NOT NULL DEFAULT now())"
     )
     before = current_version(conn)
+    applied = _applied(conn)
     for migration in migrations():
-        if migration.version <= before:
+        if migration.version in applied:
             continue
         conn.execute(migration.sql.encode("utf-8"))
         conn.execute(
@@ -109,7 +123,8 @@ def require_current(conn: Any) -> int:
         SchemaTooOld: the schema is older than :data:`LATEST_VERSION`.
     """
     version = current_version(conn)
-    if version < LATEST_VERSION:
+    applied = _applied(conn)
+    if version < LATEST_VERSION or any(m.version not in applied for m in migrations()):
         raise SchemaTooOld(
             f"the PostgreSQL schema is at version {version}, this txmail needs {LATEST_VERSION}: "
             "run `txmail db upgrade` (with the same --config)"

@@ -86,6 +86,12 @@ have open costs it nothing.
 
 \\Recent is kept in the database (a watermark per mailbox), so exactly one
 session of any node claims each new message.
+
+Sieve scripts (:class:`~txmail.interfaces.ISieveScripts`) are rows of
+``sieve_scripts`` (``0007_sieve.sql``); a change of one user's scripts
+takes the transaction-scoped advisory lock ``(SIEVE_LOCK, hashtext(user))``
+first, so changes from several nodes take turns and at most one script is
+active (also a partial unique index).
 """
 
 from __future__ import annotations
@@ -107,7 +113,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmail import mime
-from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, NoSuchMessage
+from txmail.errors import (
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxNotEmpty,
+    NoSuchMailbox,
+    NoSuchMessage,
+    NoSuchScript,
+    ScriptActive,
+    ScriptExists,
+)
 from txmail.interfaces import (
     IExpungedEmailIds,
     IExpungeHistory,
@@ -122,6 +137,7 @@ from txmail.interfaces import (
     IObjectIdProvider,
     IObjectIds,
     ISaveDates,
+    ISieveScripts,
     IStorageUsage,
     IStoreChanges,
     IURLAuthKeys,
@@ -155,6 +171,7 @@ from txmail.pg.db import Database
 from txmail.pg.maildrop import DEFAULT_LEASE, PostgresMaildropLock, PostgresMaildropLocks
 from txmail.pg.schema import require_current
 from txmail.quota import Usage
+from txmail.sieve.storage import check_script_name
 from txmail.store._annotations import AnnotationListeners, apply_changes
 from txmail.store._base import (
     URLAUTH_KEY_SIZE,
@@ -1380,7 +1397,20 @@ class _StoreWatch:
         )
 
 
-@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys)
+#: The class of the advisory locks taken by changes of a user's Sieve scripts ("SV").
+SIEVE_LOCK = 0x5356
+
+
+def _lock_scripts(conn: Any, user: str) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SIEVE_LOCK, user))
+
+
+def _script_exists(conn: Any, user: str, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sieve_scripts WHERE owner = %s AND name = %s", (user, name)).fetchone()
+    return row is not None
+
+
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys, ISieveScripts)
 class PostgresStore(StoreListeners):
     """
     One user's mailboxes in the database.  Created by :class:`PostgresProvider`.
@@ -1763,6 +1793,111 @@ class PostgresStore(StoreListeners):
     def add_annotation_listener(self, listener: Callable[[Any], object]) -> Callable[[], None]:
         """See :meth:`txmail.interfaces.IMetadataStore.add_annotation_listener` (changes made by this process)."""
         return self._annotation_listeners.add(listener)
+
+    # -- ISieveScripts (RFC 5228, RFC 5804) -------------------------------------------
+
+    def list_scripts(self) -> defer.Deferred[list[tuple[str, bool]]]:
+        """See :meth:`txmail.interfaces.ISieveScripts.list_scripts`."""
+
+        def read(conn: Any) -> list[tuple[str, bool]]:
+            rows = conn.execute("SELECT name, active FROM sieve_scripts WHERE owner = %s", (self.user,))
+            return sorted((str(n), bool(a)) for n, a in rows.fetchall())  # code point order, not collation
+
+        return self._run(read)
+
+    def get_script(self, name: str) -> defer.Deferred[bytes]:
+        """See :meth:`txmail.interfaces.ISieveScripts.get_script`."""
+
+        def read(conn: Any) -> bytes:
+            checked = check_script_name(name)
+            row = conn.execute(
+                "SELECT content FROM sieve_scripts WHERE owner = %s AND name = %s", (self.user, checked)
+            ).fetchone()
+            if row is None:
+                raise NoSuchScript(checked)
+            return bytes(row[0])
+
+        return self._run(read)
+
+    def put_script(self, name: str, content: bytes) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.put_script`."""
+
+        def put(conn: Any) -> None:
+            checked = check_script_name(name)
+            _lock_scripts(conn, self.user)
+            conn.execute(
+                "INSERT INTO sieve_scripts (owner, name, content) VALUES (%s, %s, %s)"
+                " ON CONFLICT (owner, name) DO UPDATE SET content = excluded.content, updated = now()",
+                (self.user, checked, bytes(content)),
+            )
+
+        return self._run(put)
+
+    def delete_script(self, name: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.delete_script`."""
+
+        def delete(conn: Any) -> None:
+            checked = check_script_name(name)
+            _lock_scripts(conn, self.user)
+            row = conn.execute(
+                "SELECT active FROM sieve_scripts WHERE owner = %s AND name = %s", (self.user, checked)
+            ).fetchone()
+            if row is None:
+                raise NoSuchScript(checked)
+            if row[0]:
+                raise ScriptActive(checked)
+            conn.execute("DELETE FROM sieve_scripts WHERE owner = %s AND name = %s", (self.user, checked))
+
+        return self._run(delete)
+
+    def rename_script(self, old: str, new: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.rename_script`."""
+
+        def rename(conn: Any) -> None:
+            old_name, new_name = check_script_name(old), check_script_name(new)
+            _lock_scripts(conn, self.user)
+            if not _script_exists(conn, self.user, old_name):
+                raise NoSuchScript(old_name)
+            if _script_exists(conn, self.user, new_name):
+                raise ScriptExists(new_name)
+            conn.execute(
+                "UPDATE sieve_scripts SET name = %s, updated = now() WHERE owner = %s AND name = %s",
+                (new_name, self.user, old_name),
+            )
+
+        return self._run(rename)
+
+    def set_active(self, name: str | None) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.set_active`."""
+
+        def activate(conn: Any) -> None:
+            checked = None if name is None else check_script_name(name)
+            _lock_scripts(conn, self.user)
+            if checked is not None and not _script_exists(conn, self.user, checked):
+                raise NoSuchScript(checked)
+            # Two statements: the partial unique index is checked row by row.
+            conn.execute(
+                "UPDATE sieve_scripts SET active = false WHERE owner = %s AND active AND name IS DISTINCT FROM %s",
+                (self.user, checked),
+            )
+            if checked is not None:
+                conn.execute(
+                    "UPDATE sieve_scripts SET active = true WHERE owner = %s AND name = %s AND NOT active",
+                    (self.user, checked),
+                )
+
+        return self._run(activate)
+
+    def active_script(self) -> defer.Deferred[tuple[str, bytes] | None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.active_script`."""
+
+        def read(conn: Any) -> tuple[str, bytes] | None:
+            row = conn.execute(
+                "SELECT name, content FROM sieve_scripts WHERE owner = %s AND active", (self.user,)
+            ).fetchone()
+            return None if row is None else (str(row[0]), bytes(row[1]))
+
+        return self._run(read)
 
     # -- IURLAuthKeys (RFC 4467) -------------------------------------------------------
 

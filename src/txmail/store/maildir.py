@@ -41,7 +41,9 @@ names and flag letters).  Beside the messages of each folder:
 In the user's directory: ``subscriptions`` (one name per line),
 ``txmail-special-use.json`` (mailbox name -> RFC 6154 attribute) and
 ``txmail-uidvalidity`` (the last UIDVALIDITY given, so a re-created name
-gets a new one).
+gets a new one).  Sieve scripts (:class:`txmail.interfaces.ISieveScripts`)
+are where Dovecot keeps them: ``sieve/NAME.sieve``, the active one linked
+from ``.dovecot.sieve`` (see :mod:`txmail.store._maildir_sieve`).
 
 Theory of operation
 ===================
@@ -143,6 +145,7 @@ from txmail.interfaces import (
     IObjectIds,
     IRecordCache,
     ISaveDates,
+    ISieveScripts,
     IStorageUsage,
     IStoreChanges,
     IURLAuthKeys,
@@ -170,6 +173,7 @@ from txmail.quota import Usage
 from txmail.store import _annotations
 from txmail.store import _maildir_columns as columns
 from txmail.store import _maildir_io as io
+from txmail.store import _maildir_sieve as sieve_files
 from txmail.store._base import (
     URLAUTH_KEY_SIZE,
     MailboxState,
@@ -1514,7 +1518,7 @@ class MaildirMailbox(MailboxState):
 USAGE_RESCAN = 300.0
 
 
-@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys)
+@implementer(IMailStore, IStorageUsage, IStoreChanges, IMetadataStore, IURLAuthKeys, ISieveScripts)
 class MaildirStore(StoreListeners):
     """
     One user's Maildir++ tree.  Get it from :meth:`MaildirProvider.store_for`.
@@ -1532,6 +1536,7 @@ class MaildirStore(StoreListeners):
         self.root = root
         self._run = provider._run
         self._lock = defer.DeferredLock()
+        self._sieve_lock = defer.DeferredLock()  # Sieve scripts (ISieveScripts): one change at a time
         self._boxes: dict[str, MaildirMailbox] = {}
         self._usage_scan: dict[str, Usage] | None = None  # {folder path: Usage} (usage())
         self._usage_scan_at = 0.0
@@ -1629,6 +1634,40 @@ class MaildirStore(StoreListeners):
         if changed:
             yield self._write_urlauth_keys(keys)
 
+    # -- Sieve scripts (ISieveScripts; txmail.store._maildir_sieve) ------------
+
+    def _sieve(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Run the blocking script operation *fn* on this user's directory, one at a time."""
+        return self._sieve_lock.run(self._run, fn, self.root, *args)
+
+    def list_scripts(self) -> defer.Deferred[list[tuple[str, bool]]]:
+        """See :meth:`txmail.interfaces.ISieveScripts.list_scripts`."""
+        return self._sieve(sieve_files.list_scripts)
+
+    def get_script(self, name: str) -> defer.Deferred[bytes]:
+        """See :meth:`txmail.interfaces.ISieveScripts.get_script`."""
+        return self._sieve(sieve_files.get_script, name)
+
+    def put_script(self, name: str, content: bytes) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.put_script`."""
+        return self._sieve(sieve_files.put_script, name, bytes(content))
+
+    def delete_script(self, name: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.delete_script`."""
+        return self._sieve(sieve_files.delete_script, name)
+
+    def rename_script(self, old: str, new: str) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.rename_script`."""
+        return self._sieve(sieve_files.rename_script, old, new)
+
+    def set_active(self, name: str | None) -> defer.Deferred[None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.set_active`."""
+        return self._sieve(sieve_files.set_active, name)
+
+    def active_script(self) -> defer.Deferred[tuple[str, bytes] | None]:
+        """See :meth:`txmail.interfaces.ISieveScripts.active_script`."""
+        return self._sieve(sieve_files.active_script)
+
     # -- mailboxes ------------------------------------------------------------
 
     def get_mailbox(self, name: str) -> defer.Deferred[MaildirMailbox]:  # type: ignore[override]  # Deferred is invariant; a MaildirMailbox is an IMailbox
@@ -1714,6 +1753,20 @@ class MaildirStore(StoreListeners):
         d.addCallback(lambda names: folder_infos(names, pattern, self._subscriptions, self._roles))
         return d
 
+    @staticmethod
+    def _check_not_reserved(*names: str) -> None:
+        """
+        Refuse mailbox names whose folder (or a parent's) would be a
+        directory Dovecot's Sieve files take (``.dovecot.sieve``:
+        ``dovecot/sieve``; :data:`txmail.store._maildir_sieve.RESERVED_DIRS`).
+        """
+        for name in names:
+            parts = name.split(DELIMITER)
+            for i in range(1, len(parts) + 1):
+                prefix = DELIMITER.join(parts[:i])
+                if prefix != INBOX and folder_dir_name(prefix) in sieve_files.RESERVED_DIRS:
+                    raise InvalidMailboxName(f"{prefix!r} is reserved for the Sieve scripts")
+
     def _missing_parents(self, name: str, existing: set[str]) -> list[str]:
         parts = name.split(DELIMITER)
         parents = [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
@@ -1726,6 +1779,7 @@ class MaildirStore(StoreListeners):
         role = None if special_use is None else SpecialUse(special_use)
         if name == INBOX:
             raise MailboxExists(name)
+        self._check_not_reserved(name)
         existing = yield self._run(io.list_folders, self.root)
         if name in existing:
             raise MailboxExists(name)
@@ -1796,6 +1850,7 @@ class MaildirStore(StoreListeners):
             raise MailboxExists(new)
         if new.startswith(old + DELIMITER):
             raise InvalidMailboxName("cannot rename a mailbox below itself")
+        self._check_not_reserved(new)
         existing = yield self._run(io.list_folders, self.root)
         if new == INBOX or new in existing:
             raise MailboxExists(new)
@@ -1818,6 +1873,7 @@ class MaildirStore(StoreListeners):
         if not moving:
             raise NoSuchMailbox(old)
         renamed = {n: new + n[len(old) :] for n in moving}
+        self._check_not_reserved(*renamed.values())
         if any(t in existing for t in renamed.values()):
             raise MailboxExists(new)
         parents = [

@@ -126,7 +126,7 @@ DEFAULT_DOMAIN = "example.test"
 # TEST-NET-1 (RFC 5737): documentation addresses, never routed.
 _FAKE_ADDRESS = "192.0.2.1"
 _LOOPBACK = "tcp:0:interface=127.0.0.1"
-_ROLES = ("mta", "submission", "pop3", "imap", "web")
+_ROLES = ("mta", "submission", "pop3", "imap", "web", "managesieve")
 
 
 class WaitTimeout(TimeoutError):
@@ -424,6 +424,8 @@ class TestServer:
             described in the module docstring.
         web: also start the JMAP endpoint (:mod:`txmail.web`, ``[web]
             listen``) on a loopback port: :attr:`web_address`.
+        managesieve: also start ManageSieve (RFC 5804, ``[managesieve]
+            listen``) on a loopback port: :attr:`managesieve_address`.
 
     Attributes:
         directory: the :class:`~txmail.directory.MemoryDirectory`.
@@ -446,6 +448,7 @@ class TestServer:
         data_dir: str | None = None,
         settings: Mapping[str, Any] | None = None,
         web: bool = False,
+        managesieve: bool = False,
     ) -> None:
         self.domains = tuple(domains)
         if not self.domains:
@@ -461,6 +464,7 @@ class TestServer:
         self._own_data_dir: str | None = None
         self._overrides = dict(settings or {})
         self.web = web
+        self.managesieve = managesieve
         self._addresses: dict[str, tuple[str, int]] = {}
         self._connections: dict[Any, list[defer.Deferred[None]]] = {}
         self._waiters = _Waiters()
@@ -484,6 +488,7 @@ class TestServer:
             "pop3": [_LOOPBACK],
             "imap": [_LOOPBACK],
             "web": [_LOOPBACK] if self.web else [],
+            "managesieve": [_LOOPBACK] if self.managesieve else [],
             "threads": 2,
             "outbound_enabled": True,
         }
@@ -605,6 +610,11 @@ class TestServer:
     def web_address(self) -> tuple[str, int]:
         """``(host, port)`` of the JMAP endpoint (HTTP; started with ``web=True``): ``http://host:port/jmap/session``."""
         return self.address("web")
+
+    @property
+    def managesieve_address(self) -> tuple[str, int]:
+        """``(host, port)`` of ManageSieve (started with ``managesieve=True``)."""
+        return self.address("managesieve")
 
     # -- users --
 
