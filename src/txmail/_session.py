@@ -432,7 +432,7 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
         if isinstance(outcome, Send):
             self._challenge(outcome.data)
         elif isinstance(outcome, Ask):
-            self._emit(outcome.step)
+            self._emit(outcome.step)  # type: ignore[arg-type]  # AuthStep is an event of every line protocol
         else:
             self._end_auth()
             if isinstance(outcome, Done):

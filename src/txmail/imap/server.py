@@ -747,7 +747,7 @@ class IMAPServerProtocol(SessionProtocol):
         )
 
 
-class IMAPFactory(Factory):
+class IMAPFactory(Factory[IMAPServerProtocol]):
     """
     Builds :class:`IMAPServerProtocol` connections.
 
@@ -769,7 +769,7 @@ class IMAPFactory(Factory):
             name it, or the address the client connected to.
     """
 
-    protocol = IMAPServerProtocol  # type: ignore[assignment]
+    protocol = IMAPServerProtocol
 
     def __init__(
         self,
@@ -808,5 +808,5 @@ class IMAPFactory(Factory):
     def make_id(self) -> str:
         return make_id(self.clock)
 
-    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:  # type: ignore[override]  # Factory's return type is an unbound TypeVar
+    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
         return IMAPServerProtocol(self)

@@ -238,7 +238,7 @@ class ManageSieveServerProtocol(SessionProtocol):
             raise QuotaMaxScripts(name)
 
 
-class ManageSieveFactory(Factory):
+class ManageSieveFactory(Factory[ManageSieveServerProtocol]):
     """
     Builds :class:`ManageSieveServerProtocol` connections.
 

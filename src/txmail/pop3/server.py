@@ -610,7 +610,7 @@ class POP3ServerProtocol(SessionProtocol):
         super()._session_timed_out()
 
 
-class POP3Factory(Factory):
+class POP3Factory(Factory[POP3ServerProtocol]):
     """
     Builds :class:`POP3ServerProtocol` connections.
 

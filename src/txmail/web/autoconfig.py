@@ -42,7 +42,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.resource import Resource
 
 from txmail.autoconfig import (
     INVALID_REQUEST,
@@ -62,6 +61,7 @@ from txmail.autoconfig import (
     parse_autodiscover_request,
     thunderbird_config,
 )
+from txmail.web._base import Resource
 from txmail.web.resource import BoundedRequest
 
 __all__ = ["AutoconfigEndpoint", "AutoconfigSite", "autoconfig_site", "mount_autoconfig", "running_offer"]
@@ -368,7 +368,7 @@ class AutoconfigSite(server.Site):
         """Serve the resources of *endpoint* (:func:`mount_autoconfig`)."""
         root = _Folder()
         mount_autoconfig(root, endpoint)
-        super().__init__(root, timeout=timeout)
+        super().__init__(root, timeout=timeout)  # type: ignore[no-untyped-call]  # twisted.web.server.Site is untyped
         self.endpoint = endpoint
         self.displayTracebacks = False
 

@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from txmail.web._base import Resource
 from txmail.webmail import sanitize
 from txmail.webmail.session import (
     clear_cookie,
@@ -106,7 +107,7 @@ def _load_static() -> dict[str, tuple[bytes, bytes]]:
     return files
 
 
-class _Static(resource.Resource):
+class _Static(Resource):
     """One static file."""
 
     isLeaf = True
@@ -122,7 +123,7 @@ class _Static(resource.Resource):
         return self.body
 
 
-class _StaticDirectory(resource.Resource):
+class _StaticDirectory(Resource):
     """``/webmail/static/``: the files by path; nothing else."""
 
     def __init__(self, files: dict[str, tuple[bytes, bytes]]) -> None:
@@ -139,7 +140,7 @@ class _StaticDirectory(resource.Resource):
         return _Static(*found)
 
 
-class _NotFound(resource.Resource):
+class _NotFound(Resource):
     """Anything the webmail does not serve: 404, with the headers of every answer."""
 
     isLeaf = True
@@ -175,7 +176,7 @@ def _run(request: Any, work: Coroutine[Any, Any, bytes]) -> int:
     return server.NOT_DONE_YET
 
 
-class _Endpoint(resource.Resource):
+class _Endpoint(Resource):
     """A webmail endpoint of the JSON API: shares the session's parts."""
 
     isLeaf = True
@@ -282,7 +283,9 @@ class _Render(_Endpoint):
         raw = await self.app.fetch_blob(user, account_id, blob_id)
         if raw is None:
             return _json(request, 404, {"error": "no such message"})
-        rendered = await self.app.run_blocking(partial(sanitize.render_message, remote_images=images), raw)
+        rendered: sanitize.Rendered = await self.app.run_blocking(
+            partial(sanitize.render_message, remote_images=images), raw
+        )
         if rendered.html is None:
             return _json(request, 404, {"error": "the message has no HTML body"})
         secure_headers(
@@ -300,7 +303,7 @@ def _inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(fn, *args)
 
 
-class WebmailResource(resource.Resource):
+class WebmailResource(Resource):
     """
     ``/webmail``: the page's files and its session and rendering endpoints.
 
