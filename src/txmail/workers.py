@@ -434,7 +434,20 @@ def _log_output() -> Callable[[str], None] | None:
     """
     from twisted.logger import globalLogPublisher
 
-    observers = [o for o in getattr(globalLogPublisher, "_observers", ()) if hasattr(o, "_outFile")]
+    from txmail.logs import JSONLogObserver
+
+    every = list(getattr(globalLogPublisher, "_observers", ()))
+    json_observers = [o for o in every if isinstance(o, JSONLogObserver)]
+    if len(json_observers) == 1:
+        # [log] format = "json": the workers write JSON lines too (main).
+        json_out = json_observers[0].out
+
+        def write_json(text: str) -> None:
+            json_out.write(text)
+            json_out.flush()
+
+        return write_json
+    observers = [o for o in every if hasattr(o, "_outFile")]
     if len(observers) != 1:
         return None
     observer = observers[0]
@@ -793,7 +806,14 @@ def main() -> None:
         stamp, found, rest = line.partition(" [")
         return stamp + marker + rest if found else line
 
-    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, text)], redirectStandardIO=False)
+    if getattr(spec["settings"], "log_format", "text") == "json":
+        from txmail.logs import JSONLogObserver
+
+        # The owner copies these lines into its JSON log (_log_output).
+        observer: Any = JSONLogObserver(sys.stdout, fields={"worker": spec["index"]})
+    else:
+        observer = FileLogObserver(sys.stdout, text)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     # SIGINT (Control-C on twistd -n reaches the whole process group) and SIGTERM stop it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     run_worker(reactor, spec)

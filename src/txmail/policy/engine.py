@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txmail.metrics import NULL_METRICS, policy_reason
 from txmail.policy.hooks import ACCEPT, Policy, SessionInfo, Stage, Verdict
 from txmail.policy.iprev import check_iprev
 from txmail.resolver import drive
@@ -117,6 +118,9 @@ class PolicyEngine:
     """
 
     log = Logger()
+    #: The server's :class:`txmail.metrics.Metrics` (rejections by stage and
+    #: reason), or the no-op ones.
+    metrics: Any = NULL_METRICS
 
     def __init__(
         self,
@@ -257,6 +261,7 @@ class PolicyEngine:
                 timeout=self.timeout,
                 session_id=session.session_id,
             )
+            self.metrics.policy_rejected(stage.value, "timeout")
             return Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
 
         return d.addErrback(timed_out)
@@ -288,6 +293,8 @@ class PolicyEngine:
                 result = self._failed(stage, policy, session)
         verdict = verdict.then(result)
         if verdict.reply is not None:
+            if self.metrics.enabled:
+                self.metrics.policy_rejected(stage.value, policy_reason(policy, stage.value))
             self.log.info(
                 "policy {policy} refused {stage} from {peer}: {code} {enhanced} {text}",
                 policy=_name(policy),
