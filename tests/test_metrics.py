@@ -127,7 +127,7 @@ class POP3MetricsTests(SynchronousTestCase):
 
     def test_command_latency(self) -> None:
         """Each command is timed from its parsing until the session waits for the next one; unknown verbs are 'other'."""
-        proto, transport = self.connect()
+        proto, _ = self.connect()
         proto.dataReceived(b"CAPA\r\n")
         self.timer.now += 0.5
         proto.dataReceived(b"FOO bar\r\nXYZZY\r\n")
@@ -144,7 +144,7 @@ class POP3MetricsTests(SynchronousTestCase):
 
     def test_command_waiting_for_the_store(self) -> None:
         """A command answered by a later Deferred is timed until that answer."""
-        proto, transport = self.connect()
+        proto, _ = self.connect()
         proto.dataReceived(f"USER {USER}\r\n".encode())
         proto.dataReceived(b"PASS wrong\r\n")  # the authenticator delays a failure on the clock
         self.timer.now += 2.0
@@ -327,9 +327,9 @@ class PolicyMetricsTests(SynchronousTestCase):
 
     def test_reasons(self) -> None:
         """SPF refuses at RCPT and DMARC at DATA; an embedder's policy is named after itself."""
-        InboundAuthentication = type("InboundAuthentication", (), {})
-        self.assertEqual(policy_reason(InboundAuthentication(), "rcpt"), "spf")
-        self.assertEqual(policy_reason(InboundAuthentication(), "data"), "dmarc")
+        inbound = type("InboundAuthentication", (), {})()
+        self.assertEqual(policy_reason(inbound, "rcpt"), "spf")
+        self.assertEqual(policy_reason(inbound, "data"), "dmarc")
         custom = type("NotFromYou", (), {"name": "Not From You!"})()
         self.assertEqual(policy_reason(custom, "mail"), "not_from_you")
 
