@@ -289,7 +289,7 @@ class ProtocolMetrics:
 class Metrics:
     """
     The metrics of one server, in a ``prometheus_client`` registry of its
-    own (:attr:`registry`).  See ``docs/guides/monitoring.rst`` for each
+    own (:attr:`registry`).  See ``docs/monitoring.rst`` for each
     metric's meaning.
 
     Args:
