@@ -396,3 +396,71 @@ class NullMetricsTests(SynchronousTestCase):
         """[metrics] on_web without a [web] listener is refused."""
         with self.assertRaises(ConfigError):
             load_config(None, {"metrics_on_web": True})
+
+
+class MergeTests(SynchronousTestCase):
+    """Other processes' expositions add up with the server's own."""
+
+    def test_sources_added_sample_by_sample(self) -> None:
+        """A source's counters, histograms and gauges are added to the same series of the registry."""
+        owner, worker = Metrics(), Metrics()
+        owner.protocol("smtp", "lmtp").connection_opened()
+        worker.protocol("smtp", "lmtp").connection_opened()
+        worker.protocol("smtp", "mta").connection_opened()
+        worker.protocol("smtp", "mta").command("RCPT", 0.002)
+        worker_text = worker.exposition()[0]
+        owner.add_source(lambda: defer.succeed([worker_text, worker_text]))
+        self.successResultOf(owner.refresh())
+        merged = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(owner.exposition()[0].decode())
+            for s in f.samples
+        }
+        self.assertEqual(merged[("txmail_connections_total", (("protocol", "smtp"), ("role", "lmtp")))], 3)
+        self.assertEqual(merged[("txmail_connections_total", (("protocol", "smtp"), ("role", "mta")))], 2)
+        self.assertEqual(merged[("txmail_connections_active", (("protocol", "smtp"), ("role", "mta")))], 2)
+        rcpt = (("command", "RCPT"), ("protocol", "smtp"))
+        self.assertEqual(merged[("txmail_command_duration_seconds_count", rcpt)], 2)
+        self.assertEqual(
+            merged[("txmail_command_duration_seconds_bucket", (*rcpt[:1], ("le", "0.0025"), rcpt[1]))], 2
+        )
+
+    def test_retired_keep_counts_only(self) -> None:
+        """Without gauges, what an ended process leaves is its counts."""
+        from txmail.metrics import merge_expositions
+
+        worker = Metrics()
+        worker.protocol("pop3", "pop3").connection_opened()
+        text = merge_expositions([worker.exposition()[0]], keep_gauges=False).decode()
+        self.assertIn('txmail_connections_total{protocol="pop3",role="pop3"} 1.0', text)
+        self.assertNotIn("txmail_connections_active", text)
+        self.assertNotIn("txmail_queue_entries", text)
+
+    def test_worker_pool_collects_and_retires(self) -> None:
+        """The pool asks each worker for its metrics in pieces and keeps an ended worker's counts."""
+        from txmail.workers import AMP_VALUE_LIMIT, CollectMetrics, WorkerPool, _WorkerAMP
+
+        worker = _WorkerAMP(lambda: None)
+        worker.metrics = Metrics()
+        for n in range(2000):  # a large exposition: more than one AMP value
+            worker.metrics.policy_rejected("rcpt", f"policy_{n}")
+        full = worker.metrics.exposition()[0]
+        self.assertGreater(len(full), AMP_VALUE_LIMIT)
+
+        class Control:
+            def callRemote(self, command: Any, **kwargs: Any) -> defer.Deferred[Any]:
+                assert command is CollectMetrics
+                return defer.succeed(worker.collect_metrics(**kwargs))
+
+        pool = WorkerPool.__new__(WorkerPool)
+        pool.reactor = task.Clock()
+        pool._controls = {1: Control()}
+        pool.processes = {1: object()}
+        pool._last_metrics = {}
+        pool._retired_metrics = b""
+        [text] = self.successResultOf(pool.collect_metrics())
+        self.assertEqual(text, full)
+        del pool.processes[1]
+        pool._retire_metrics(1)
+        [retired] = self.successResultOf(pool.collect_metrics())
+        self.assertIn(b'txmail_policy_rejections_total{reason="policy_1999",stage="rcpt"} 1.0', retired)

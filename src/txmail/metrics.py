@@ -52,6 +52,7 @@ __all__ = [
     "NullProtocolMetrics",
     "ProtocolMetrics",
     "bind_listener",
+    "merge_expositions",
     "metrics_available",
     "policy_reason",
 ]
@@ -311,6 +312,8 @@ class Metrics:
         self._protocols: dict[tuple[str, str], ProtocolMetrics] = {}
         self._queue: Any = None
         self._clock: Any = None
+        self._sources: list[Callable[[], defer.Deferred[list[bytes]]]] = []
+        self._collected: list[bytes] = []
         r = registry
         self.connections = prom.Counter(
             "txmail_connections", "Connections accepted.", ["protocol", "role"], registry=r
@@ -433,14 +436,26 @@ class Metrics:
         self._queue = queue
         self._clock = clock
 
+    def add_source(self, source: Callable[[], defer.Deferred[list[bytes]]]) -> None:
+        """
+        Add the expositions *source* gives at each :meth:`refresh` (other
+        processes' metrics in the text format: the SMTP workers',
+        :meth:`txmail.workers.WorkerPool.collect_metrics`) to this
+        registry's in :meth:`exposition`, sample by sample.
+        """
+        self._sources.append(source)
+
     def refresh(self) -> defer.Deferred[None]:
-        """Bring the gauges computed at scrape time up to date (the queue's)."""
+        """Bring the gauges computed at scrape time up to date (the queue's), and collect the sources."""
+        steps: list[defer.Deferred[Any]] = []
         queue = self._queue
-        if queue is None:
-            return defer.succeed(None)
-        d = defer.maybeDeferred(queue.list_entries)
-        d.addCallback(self._queue_listed)
-        return d
+        if queue is not None:
+            steps.append(defer.maybeDeferred(queue.list_entries).addCallback(self._queue_listed))
+        collected: list[bytes] = []
+        for source in self._sources:
+            steps.append(defer.maybeDeferred(source).addCallback(collected.extend))
+        self._collected = collected
+        return defer.gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
 
     def _queue_listed(self, entries: Iterable[Any]) -> None:
         entries = list(entries)
@@ -460,9 +475,57 @@ class Metrics:
             self.queue_recipients.labels(state).set(count)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The registry in the Prometheus text format, and its content type (call :meth:`refresh` first)."""
+        """
+        The registry in the Prometheus text format (with the sources'
+        samples added), and its content type; call :meth:`refresh` first.
+        """
         prom = _require()
-        return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
+        own = prom.generate_latest(self.registry)
+        if not self._collected:
+            return own, prom.CONTENT_TYPE_LATEST
+        return merge_expositions([own, *self._collected]), prom.CONTENT_TYPE_LATEST
+
+
+def merge_expositions(texts: Iterable[bytes], *, keep_gauges: bool = True) -> bytes:
+    """
+    Several processes' expositions (Prometheus text format) as one: the
+    samples of the same name and labels added up (counters, histograms,
+    gauges such as open connections), ``_created`` timestamps the
+    earliest.  Without *keep_gauges*, gauges are left out (what a process
+    that ended leaves behind: its counts, not its current values).
+    """
+    prom = _require()
+    from prometheus_client.core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Any] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            if family.type == "gauge" and not keep_gauges:
+                continue
+            if family.name not in families:
+                families[family.name] = family
+                values[family.name] = {}
+            found = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if sample.name.endswith("_created"):
+                    found[key] = min(found.get(key, sample.value), sample.value)
+                else:
+                    found[key] = found.get(key, 0.0) + sample.value
+
+    class _Merged:
+        def collect(self) -> Iterable[Any]:
+            for name, family in families.items():
+                metric = Metric(name, family.documentation, family.type, family.unit)
+                for (sample_name, labels), value in values[name].items():
+                    metric.add_sample(sample_name, dict(labels), value)
+                yield metric
+
+    registry = prom.CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    return bytes(prom.generate_latest(registry))
 
 
 def make_metrics(enabled: bool) -> Metrics | NullMetrics:

@@ -285,8 +285,15 @@ def install_monitoring(
         runner.router.metrics = metrics
     for engine in {id(e): e for e in _engines(server)}.values():
         engine.metrics = metrics
-    if metrics.enabled:
+    if isinstance(metrics, Metrics):
         metrics.watch_queue(server.queue, reactor)
+
+        def workers_metrics() -> defer.Deferred[list[bytes]]:
+            # The SMTP workers' counts (txmail.workers), added at each scrape.
+            workers = getattr(server, "workers", None)
+            return workers.collect_metrics() if workers is not None else defer.succeed([])
+
+        metrics.add_source(workers_metrics)
     if settings.metrics_listen:
         site = monitoring_site(metrics if isinstance(metrics, Metrics) else None, health)
         for description in settings.metrics_listen:
