@@ -120,7 +120,9 @@ def run_once(metrics: bool, args: argparse.Namespace) -> tuple[float, float]:
         load(smtp_port, args.messages, args.concurrency, args.size)
         elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
         if metrics:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+            )
             line = next(x for x in text.splitlines() if x.startswith("txmail_messages_received_total{"))
             assert float(line.rsplit(" ", 1)[1]) == args.messages + args.warmup, line
         return args.messages / elapsed, cpu / args.messages * 1e6
@@ -145,7 +147,9 @@ def main() -> None:
     for _ in range(args.runs):
         for metrics in (False, True):
             results[metrics].append(run_once(metrics, args))
-    print(f"{args.messages} messages of {args.size} octets, {args.concurrency} connections, {args.runs} runs (median)")
+    print(
+        f"{args.messages} messages of {args.size} octets, {args.concurrency} connections, {args.runs} runs (median)"
+    )
     base = None
     for metrics in (False, True):
         rate = statistics.median(r for r, _ in results[metrics])
