@@ -47,6 +47,7 @@ __all__ = [
     "MECHANISMS",
     "NULL_METRICS",
     "NULL_PROTOCOL_METRICS",
+    "WEB_PROTOCOL",
     "Metrics",
     "NullMetrics",
     "NullProtocolMetrics",
@@ -77,12 +78,14 @@ MECHANISMS = frozenset(
         "ANONYMOUS",
         "USER",  # POP3 USER/PASS
         "BASIC",  # HTTP Basic (the web endpoint)
-        "BEARER",  # HTTP Bearer tokens
+        "PASSWORD",  # the web endpoint's and the webmail's login forms
     }
 )
 
 #: The protocol label of each listener role.
 _ROLE_PROTOCOLS = {"mta": "smtp", "submission": "smtp", "lmtp": "lmtp", "pop3": "pop3", "imap": "imap"}
+#: The protocol label of the web listeners (JMAP, the webmail).
+WEB_PROTOCOL = "http"
 
 #: The policy classes' rejection reasons (see :func:`policy_reason`).
 _POLICY_REASONS = {
@@ -538,15 +541,15 @@ def bind_listener(metrics: Metrics | NullMetrics, factory: Any, role: str) -> No
     Give the factory of a listener of *role* its counters: a protocol
     factory (SMTP, LMTP, POP3, IMAP) gets ``factory.metrics`` (a
     :class:`ProtocolMetrics`), its policy engine the server's
-    :class:`Metrics`; a web site the server's :class:`Metrics`.
+    :class:`Metrics`.  Other roles (web, metrics) are left alone
+    (:func:`txmail.monitoring.install_monitoring` counts the web listeners).
     """
     if not metrics.enabled:
         return
     protocol = _ROLE_PROTOCOLS.get(role)
-    if protocol is not None:
-        factory.metrics = metrics.protocol(protocol, role)
-        engine = getattr(factory, "policy", None)
-        if engine is not None:
-            engine.metrics = metrics
-    else:
-        factory.metrics = metrics
+    if protocol is None:
+        return
+    factory.metrics = metrics.protocol(protocol, role)
+    engine = getattr(factory, "policy", None)
+    if engine is not None:
+        engine.metrics = metrics

@@ -13,7 +13,8 @@ the listeners of ``[metrics] listen``.
 The health check (:class:`HealthCheck`) answers ``200`` with a small JSON
 body when every check passes, ``503`` with the failing checks otherwise:
 
-* ``listeners``: every listener of the server is listening;
+* ``listeners``: every listener of the server is listening (and, with
+  SMTP workers, at least one worker runs);
 * ``store``: the mail store can be reached (a Maildir root that exists
   and is writable, a PostgreSQL database that answers ``SELECT 1``, a
   provider's own ``health_check()``);
@@ -37,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from txmail.logs import json_observer_for
-from txmail.metrics import Metrics, NullMetrics, bind_listener, make_metrics
+from txmail.metrics import WEB_PROTOCOL, Metrics, NullMetrics, bind_listener, make_metrics
 
 __all__ = [
     "CHECK_TIMEOUT",
@@ -80,6 +81,15 @@ class HealthCheck:
                 return f"{listener.role} listener on {listener.description} is not listening"
         return None
 
+    def check_workers(self) -> str | None:
+        """``None`` unless the server has SMTP workers and none of them runs (nothing accepts SMTP)."""
+        workers = getattr(self.server, "workers", None)
+        if workers is None or not workers.running:
+            return None
+        if not workers.processes:
+            return "no SMTP worker process is running"
+        return None
+
     def _database(self) -> Any:
         from txmail.pg.db import DatabaseService
 
@@ -120,8 +130,7 @@ class HealthCheck:
     async def run(self) -> tuple[bool, dict[str, str]]:
         """Run every check: whether all passed, and each check's ``"ok"`` or failure."""
         results: dict[str, str] = {}
-        listening = self.check_listeners()
-        results["listeners"] = listening or "ok"
+        results["listeners"] = self.check_listeners() or self.check_workers() or "ok"
         for name, check in (("store", self.check_store), ("queue", self.check_queue)):
             d = defer.maybeDeferred(check)
             d.addTimeout(self.timeout, self.clock)
@@ -316,13 +325,34 @@ def _mount(site: Any, metrics: Metrics | NullMetrics, health: HealthCheck, *, ex
     """Add ``/health`` (and ``/metrics`` when *expose*) to a web listener's site, and count its requests."""
     root = site.resource
     root.putChild(b"health", HealthResource(health))
-    if isinstance(metrics, Metrics):
-        if expose:
-            root.putChild(b"metrics", MetricsResource(metrics))
-        original = site.log
+    if not isinstance(metrics, Metrics):
+        return
+    if expose:
+        root.putChild(b"metrics", MetricsResource(metrics))
+    web = metrics.protocol(WEB_PROTOCOL, "web")
+    endpoint = getattr(site, "endpoint", None)
+    if endpoint is not None:
+        endpoint.metrics = web  # password checks (Basic, the login forms)
+    original_log = site.log
+    original_build = site.buildProtocol
 
-        def log(request: Any) -> None:
-            metrics.http_request(request.code)
-            original(request)
+    def log(request: Any) -> None:
+        metrics.http_request(request.code)
+        original_log(request)
 
-        site.log = log
+    def build(addr: Any) -> Any:
+        channel = original_build(addr)
+        if channel is None:
+            return None
+        web.connection_opened()
+        lost = channel.connectionLost
+
+        def connection_lost(reason: Any) -> Any:
+            web.connection_closed()
+            return lost(reason)
+
+        channel.connectionLost = connection_lost
+        return channel
+
+    site.log = log
+    site.buildProtocol = build

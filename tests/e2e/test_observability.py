@@ -10,6 +10,7 @@ JSON log lines followed by the message's queue id; ``/health`` answering
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import io
 import json
@@ -26,6 +27,7 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
 
 from tests._dns import start_dns_server
 from tests.e2e._server import maildir_files, start_server
@@ -113,9 +115,9 @@ class ObservabilityTests(TestCase):
         self.agent = Agent(reactor)
 
     @defer.inlineCallbacks
-    def get(self, role: str, path: str) -> Any:
+    def get(self, role: str, path: str, headers: Any = None) -> Any:
         host, port = self.server.address(role)
-        response = yield self.agent.request(b"GET", f"http://{host}:{port}{path}".encode())
+        response = yield self.agent.request(b"GET", f"http://{host}:{port}{path}".encode(), headers)
         body = yield readBody(response)
         return response.code, response.headers, body
 
@@ -166,6 +168,9 @@ class ObservabilityTests(TestCase):
             pop.quit()
 
         yield deferToThread(logins)
+        wrong = base64.b64encode(b"bob@example.test:wrong")
+        code, _, _ = yield self.get("web", "/jmap/session", Headers({b"authorization": [b"Basic " + wrong]}))
+        self.assertEqual(code, 401)
 
         code, headers, body = yield self.get("metrics", "/metrics")
         self.assertEqual(code, 200)
@@ -184,6 +189,9 @@ class ObservabilityTests(TestCase):
         self.assertEqual(value(samples, auth, protocol="smtp", mechanism="PLAIN", result="success"), 1)
         self.assertEqual(value(samples, auth, protocol="imap", mechanism="LOGIN", result="success"), 1)
         self.assertEqual(value(samples, auth, protocol="pop3", mechanism="USER", result="failure"), 1)
+        self.assertEqual(value(samples, auth, protocol="http", mechanism="BASIC", result="failure"), 1)
+        self.assertEqual(value(samples, "txmail_connections_total", protocol="http", role="web"), 1)
+        self.assertEqual(value(samples, "txmail_http_requests_total", code="4xx"), 1)
         self.assertEqual(value(samples, "txmail_connections_total", protocol="smtp", role="submission"), 1)
         self.assertEqual(value(samples, "txmail_connections_total", protocol="imap", role="imap"), 1)
         self.assertEqual(value(samples, "txmail_connections_total", protocol="pop3", role="pop3"), 1)
