@@ -325,6 +325,21 @@ class PolicyMetricsTests(SynchronousTestCase):
             sample(metrics, "txmail_policy_rejections_total", stage="rcpt", reason="greylist"), 1
         )
 
+    def test_broken_policy_is_error(self) -> None:
+        """A policy that raises refuses the stage temporarily and counts as 'error'."""
+
+        class Broken(Policy):
+            def on_mail(self, session: SessionInfo, sender: Any) -> Verdict:
+                raise RuntimeError("bug")
+
+        metrics = Metrics()
+        engine = PolicyEngine([Broken()], role="mta", clock=task.Clock())
+        engine.metrics = metrics
+        verdict = engine.decide(Stage.MAIL, SessionInfo(role="mta"), "a@example.org")
+        self.assertEqual(verdict.reply.code, 451)  # type: ignore[union-attr]
+        self.assertEqual(sample(metrics, "txmail_policy_rejections_total", stage="mail", reason="error"), 1)
+        self.flushLoggedErrors(RuntimeError)
+
     def test_reasons(self) -> None:
         """SPF refuses at RCPT and DMARC at DATA; an embedder's policy is named after itself."""
         inbound = type("InboundAuthentication", (), {})()

@@ -40,6 +40,8 @@ FAILURE_REPLIES = {
     Stage.AUTH: Reply(454, "4.7.0", "Temporary authentication failure"),
 }
 _DEFAULT_FAILURE = Reply(451, "4.3.0", "Requested action aborted: local error in processing")
+#: The verdict of a policy that failed, per stage (one object each: the metrics tell it apart).
+_FAILED = {stage: Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE)) for stage in Stage}
 
 _METHODS = {
     Stage.CONNECT: "on_connect",
@@ -278,7 +280,7 @@ class PolicyEngine:
             peer=session.client_address,
             session_id=session.session_id,
         )
-        return Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
+        return _FAILED[stage]
 
     def _combine(
         self, stage: Stage, policy: Any, session: SessionInfo, verdict: Verdict, result: Any
@@ -294,7 +296,8 @@ class PolicyEngine:
         verdict = verdict.then(result)
         if verdict.reply is not None:
             if self.metrics.enabled:
-                self.metrics.policy_rejected(stage.value, policy_reason(policy, stage.value))
+                reason = "error" if result is _FAILED[stage] else policy_reason(policy, stage.value)
+                self.metrics.policy_rejected(stage.value, reason)
             self.log.info(
                 "policy {policy} refused {stage} from {peer}: {code} {enhanced} {text}",
                 policy=_name(policy),
