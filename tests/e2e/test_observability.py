@@ -18,10 +18,12 @@ import os
 import poplib
 import re
 import smtplib
+import socket
+import ssl
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
@@ -29,6 +31,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
+from tests._certs import make_certificate
 from tests._dns import start_dns_server
 from tests.e2e._server import maildir_files, start_server
 from tests.e2e.test_outbound import wait_for
@@ -258,3 +261,65 @@ class ObservabilityTests(TestCase):
         self.assertIn("imap listener", json.loads(body)["checks"]["listeners"])
         code, _, _ = yield self.get("metrics", "/nothing")
         self.assertEqual(code, 404)
+
+
+class TLSMetricsTests(TestCase):
+    """Real TLS handshakes (STARTTLS and implicit TLS) are counted, and one cut short as a failure."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_handshakes(self) -> Any:
+        """IMAP STARTTLS and submission on ssl: succeed; a plain client on the ssl: port fails."""
+        ca, cert, key = make_certificate(os.path.abspath(self.mktemp()), "mx.example.test")
+        server = yield start_server(
+            self,
+            tls_cert=cert,
+            tls_key=key,
+            submission=["ssl:0:interface=127.0.0.1"],
+            imap=["tcp:0:interface=127.0.0.1"],
+            metrics_listen=["tcp:0:interface=127.0.0.1"],
+        )
+        server.directory.add_user("alice@example.test", PASSWORD)
+
+        def clients() -> None:
+            context = ssl.create_default_context(cafile=ca)
+            context.check_hostname = False
+            imap = imaplib.IMAP4(*server.address("imap"))
+            imap.starttls(context)
+            imap.login("alice@example.test", PASSWORD)
+            imap.logout()
+            with smtplib.SMTP_SSL(*server.address("submission"), context=context) as s:
+                s.login("alice@example.test", PASSWORD)
+            with socket.create_connection(server.address("submission")) as plain:
+                plain.sendall(b"EHLO not-tls\r\n")
+                plain.shutdown(socket.SHUT_WR)
+                plain.recv(100)
+
+        yield deferToThread(clients)
+        host, port = server.address("metrics")
+
+        @defer.inlineCallbacks
+        def handshakes() -> Any:
+            response = yield Agent(reactor).request(b"GET", f"http://{host}:{port}/metrics".encode())
+            samples = families((yield readBody(response)).decode())
+            return {
+                (protocol, result): value(
+                    samples, "txmail_tls_handshakes_total", protocol=protocol, result=result
+                )
+                for protocol in ("imap", "smtp")
+                for result in ("success", "failure")
+            }
+
+        expected = {
+            ("imap", "success"): 1,
+            ("imap", "failure"): 0,
+            ("smtp", "success"): 1,
+            ("smtp", "failure"): 1,
+        }
+        for _ in range(100):  # the server may see the plain client's close a moment after it left
+            found = yield handshakes()
+            if found == expected:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(found, expected)
