@@ -102,7 +102,8 @@ class HealthCheck:
         database = self._database()
         if database is None:
             return defer.succeed("no database service")
-        return database.run(lambda conn: conn.execute("SELECT 1").fetchone()).addCallback(lambda _: None)
+        d: defer.Deferred[Any] = database.run(lambda conn: conn.execute("SELECT 1").fetchone())
+        return d.addCallback(lambda _: None)
 
     def check_store(self) -> defer.Deferred[str | None]:
         """``None`` when the mail store can be reached, else why not."""
@@ -185,7 +186,7 @@ class HealthResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, check: HealthCheck) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.check = check
 
     def render_GET(self, request: Any) -> Any:
@@ -213,7 +214,7 @@ class MetricsResource(resource.Resource):
     log = Logger()
 
     def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.metrics = metrics
 
     def render_GET(self, request: Any) -> Any:
@@ -251,11 +252,11 @@ class _MonitoringSite(server.Site):
 
 def monitoring_site(metrics: Metrics | None, health: HealthCheck) -> server.Site:
     """The site of a ``[metrics] listen`` endpoint: ``/metrics`` (when *metrics*) and ``/health``."""
-    root = _Root()
+    root = _Root()  # type: ignore[no-untyped-call]
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"health", HealthResource(health))
-    site = _MonitoringSite(root, timeout=60.0)
+    site = _MonitoringSite(root, timeout=60.0)  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     return site
 

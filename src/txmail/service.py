@@ -270,7 +270,7 @@ class MailServer(service.MultiService):
             from twisted.logger import ILogObserver
 
             parent.setComponent(ILogObserver, self.log_observer)
-        return super().setServiceParent(parent)
+        return super().setServiceParent(parent)  # type: ignore[no-untyped-call]
 
     def listeners_for(self, role: str) -> list[ListenerService]:
         return [lst for lst in self.listeners if lst.role == role]
