@@ -479,3 +479,59 @@ class MergeTests(SynchronousTestCase):
         pool._retire_metrics(1)
         [retired] = self.successResultOf(pool.collect_metrics())
         self.assertIn(b'txmail_policy_rejections_total{reason="policy_1999",stage="rcpt"} 1.0', retired)
+
+
+class HealthCheckTests(SynchronousTestCase):
+    """The health checks, on a stand-in server."""
+
+    def server(self, root: str, queue_dir: str) -> Any:
+        class Listener:
+            role, description, port = "imap", "tcp:143", object()
+
+        class Server(list):  # iterates as a MultiService does: no children
+            listeners = [Listener()]
+            stores = type("Stores", (), {"root": root})()
+            queue = type("Queue", (), {"directory": queue_dir})()
+            workers = None
+
+        return Server()
+
+    def test_ok_and_failing(self) -> None:
+        """Writable directories pass; a store root that is a file fails the store check."""
+        from txmail.monitoring import HealthCheck
+
+        base = self.mktemp()
+        os.makedirs(os.path.join(base, "mail"))
+        os.makedirs(os.path.join(base, "queue"))
+        check = HealthCheck(
+            self.server(os.path.join(base, "mail"), os.path.join(base, "queue")), task.Clock()
+        )
+        ok, results = self.successResultOf(defer.Deferred.fromCoroutine(check.run()))
+        self.assertTrue(ok)
+        self.assertEqual(results, {"listeners": "ok", "store": "ok", "queue": "ok"})
+        self.assertEqual(os.listdir(os.path.join(base, "queue")), [])  # the probe file is gone
+        with open(os.path.join(base, "file"), "w"):
+            pass
+        check = HealthCheck(
+            self.server(os.path.join(base, "file"), os.path.join(base, "nowhere")), task.Clock()
+        )
+        ok, results = self.successResultOf(defer.Deferred.fromCoroutine(check.run()))
+        self.assertFalse(ok)
+        self.assertIn("is not a directory", results["store"])
+        self.assertIn("cannot write", results["queue"])
+
+    def test_check_that_hangs(self) -> None:
+        """A check that does not answer in time fails with the timeout."""
+        from txmail.monitoring import HealthCheck
+
+        clock = task.Clock()
+        base = self.mktemp()
+        os.makedirs(base)
+        server = self.server(base, base)
+        server.stores = type("Stores", (), {"health_check": lambda self: defer.Deferred()})()
+        d = defer.Deferred.fromCoroutine(HealthCheck(server, clock, timeout=2.0).run())
+        self.assertNoResult(d)
+        clock.advance(2.0)
+        ok, results = self.successResultOf(d)
+        self.assertFalse(ok)
+        self.assertEqual(results["store"], "no answer within 2 seconds")
