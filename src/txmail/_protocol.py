@@ -29,6 +29,12 @@ Implementation notes
   section 4; CVE-2011-0411).
 * A bug in our own callbacks is logged and the paused session is rejected
   with a temporary failure, never with the exception's text.
+* Metrics (:mod:`txmail.metrics`): the factory's ``metrics`` (a
+  :class:`~txmail.metrics.ProtocolMetrics`, absent when metrics are off)
+  counts the connection, times each command the session names to its
+  ``command_observer`` until the session is ready for the next one, and
+  counts logins by mechanism and TLS handshakes (``handshakeCompleted``;
+  a connection lost before it counts as a failure).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any, ClassVar
 
 from twisted.internet import defer
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IPushProducer, ITLSTransport
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ITLSTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
@@ -50,6 +56,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmail.auth import sasl
+from txmail.metrics import NULL_PROTOCOL_METRICS
 
 __all__ = ["SessionProtocol", "format_peer", "is_loopback", "make_id"]
 
@@ -119,6 +126,7 @@ FLUSH_EVERY = 256 * 1024
 MAX_UNREAD_INPUT = 256 * 1024
 
 
+@implementer(IHandshakeListener)
 class SessionProtocol(Protocol, ABC):
     """
     Base class of a server connection driving a sans-IO
@@ -157,6 +165,8 @@ class SessionProtocol(Protocol, ABC):
     STARTTLS_COMMAND: ClassVar[str]
     INTERNAL_ERROR_REPLY: ClassVar[Any]
     PASSWORD_FAILED_REPLY: ClassVar[Any] = None
+    #: The mechanism label of a login with a password command (POP3 USER/PASS, IMAP LOGIN).
+    PASSWORD_MECHANISM: ClassVar[str] = "LOGIN"
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -170,6 +180,12 @@ class SessionProtocol(Protocol, ABC):
         self._lost = False
         self._reply_gate = _ReplyGate(self)
         self._gate_registered = False
+        #: The listener's counters (txmail.metrics); the no-op ones when metrics are off.
+        self._metrics = getattr(factory, "metrics", NULL_PROTOCOL_METRICS)
+        self._counted = False  # connectionMade counted this connection
+        self._command: str | None = None  # the command being timed
+        self._command_started = 0.0
+        self._tls_pending = False  # a TLS handshake started and did not complete
 
     @property
     def _waiting(self) -> bool:
@@ -224,6 +240,12 @@ class SessionProtocol(Protocol, ABC):
         host = getattr(peer, "host", "")
         self.peer = format_peer(host, getattr(peer, "port", ""))
         self.session = self._open_session(host)
+        metrics = self._metrics
+        if metrics.enabled:
+            self._counted = True
+            metrics.connection_opened()
+            self.session.command_observer = self._command_parsed
+            self._tls_pending = bool(self.factory.implicit_tls)
         self._claim_producer()
         self._process()
 
@@ -238,6 +260,35 @@ class SessionProtocol(Protocol, ABC):
         self._cancel_timer()
         if self.session is not None:
             self.session.connection_lost()
+        if self._counted:
+            self._counted = False
+            self._command_done()
+            if self._tls_pending:
+                self._tls_pending = False
+                self._metrics.tls(False)
+            self._metrics.connection_closed()
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake (STARTTLS or implicit TLS) succeeded (``IHandshakeListener``)."""
+        if self._tls_pending:
+            self._tls_pending = False
+            self._metrics.tls(True)
+
+    # -- metrics --
+
+    def _command_parsed(self, name: str) -> None:
+        """The session parsed command *name*: the previous one is done, time this one."""
+        now = self._metrics.timer()
+        if self._command is not None:
+            self._metrics.command(self._command, now - self._command_started)
+        self._command = name
+        self._command_started = now
+
+    def _command_done(self) -> None:
+        """The session is ready for the next command: the one being timed is done."""
+        if self._command is not None:
+            name, self._command = self._command, None
+            self._metrics.command(name, self._metrics.timer() - self._command_started)
 
     # -- helpers for _open_session --
 
@@ -271,6 +322,8 @@ class SessionProtocol(Protocol, ABC):
         self._flush()
         if session.closed and self._may_close():
             self._cancel_timer()
+            if self._command is not None:
+                self._command_done()
             self._closing()
             self._release_producer()  # TLS closes only once no producer is registered
             self._transport.loseConnection()
@@ -281,6 +334,8 @@ class SessionProtocol(Protocol, ABC):
         else:
             self._reset_timer()
         self._send_now()
+        if self._command is not None and not self._waiting:
+            self._command_done()
 
     # -- back-pressure on replies --
 
@@ -440,6 +495,19 @@ class SessionProtocol(Protocol, ABC):
             with contextlib.suppress(RuntimeError, ValueError):
                 self.session.reject(self.INTERNAL_ERROR_REPLY)
 
+    def _store_call(self, operation: str, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """``fn(*args)`` as a Deferred, its time counted as the store's *operation* (``open``, ``list``, ``fetch``)."""
+        metrics = self._metrics
+        if not metrics.enabled:
+            return defer.maybeDeferred(fn, *args)
+        started = metrics.timer()
+
+        def measured(result: Any) -> Any:
+            metrics.store(operation, metrics.timer() - started)
+            return result
+
+        return defer.maybeDeferred(fn, *args).addCallback(measured)
+
     # -- authentication --
 
     def _check_password(self, event: Any) -> None:
@@ -451,6 +519,7 @@ class SessionProtocol(Protocol, ABC):
         )
 
         def checked(user: str | None) -> None:
+            self._metrics.auth(self.PASSWORD_MECHANISM, user is not None)
             if user is None:
                 session.reject(self.PASSWORD_FAILED_REPLY)
             else:
@@ -466,8 +535,11 @@ class SessionProtocol(Protocol, ABC):
 
         def stepped(result: Any) -> None:
             if isinstance(result, sasl.Succeeded):
+                self._metrics.auth(event.mechanism, True)
                 self._logging_in(result.username, lambda: session.accept(result))
             else:
+                if isinstance(result, sasl.Failed):
+                    self._metrics.auth(event.mechanism, False)
                 session.accept(result)
 
         self._answer(d, stepped, self.INTERNAL_ERROR_REPLY, "authentication step")
@@ -501,6 +573,7 @@ class SessionProtocol(Protocol, ABC):
         session.accept()
         self._flush()  # the positive reply goes out in the clear, before the handshake
         self._release_producer()  # registered again through the TLS layer
+        self._tls_pending = self._counted
         self._transport.startTLS(self.factory.tls_context)
         self._claim_producer()
 

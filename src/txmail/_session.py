@@ -74,6 +74,9 @@ class SessionCore(Generic[EventT]):
 
     CLOSED_STATE: ClassVar[Any]
     state: Any
+    #: Called with each command's name (upper case) as it is parsed, or
+    #: ``None``: the adapter times commands with it (:mod:`txmail.metrics`).
+    command_observer: Callable[[str], None] | None = None
 
     def __init__(self) -> None:
         self._out: list[bytes] = []  # joined once by data_to_send
@@ -399,6 +402,8 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
             return None
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
+        if self.command_observer is not None:
+            self.command_observer(verb)
         if len(line) + 2 > self._max_line_length() and verb != "AUTH":
             self._protocol_error(self.LINE_TOO_LONG_REPLY)
             return None

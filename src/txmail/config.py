@@ -86,6 +86,13 @@ The file format (every key optional)::
 
     [autoconfig.ports]                   # the public port of a listener behind a port mapping; 0 hides it
     "tcp:10143" = 143
+    [metrics]                            # Prometheus metrics and the health check (txmail[metrics])
+    listen = ["tcp:9125:interface=127.0.0.1"]  # /metrics and /health over plain HTTP (none by default)
+    on_web = false                       # also /metrics on the [web] listeners (/health is always there)
+
+    [log]
+    format = "text"                      # text (twistd's lines) | json (one object per line)
+    file = "/var/log/txmail/txmail.json" # where JSON lines go (default standard output)
 
     [outbound]
     enabled = true                       # run the queue (deliver mail for other domains)
@@ -273,6 +280,10 @@ class Settings:
     quota_users: tuple[tuple[str, int | None], ...] = ()
     milters: tuple[MilterSettings, ...] = ()
     rspamd: RspamdSettings | None = None
+    metrics_listen: tuple[str, ...] = ()
+    metrics_on_web: bool = False
+    log_format: str = "text"
+    log_file: str | None = None
 
     @classmethod
     def validated(cls, **values: Any) -> Settings:
@@ -385,7 +396,14 @@ _KEYS: dict[tuple[str, str], str] = {
     ("outbound", "delay_notice_after"): "delay_notice_after",
     ("outbound", "poll_interval"): "queue_poll_interval",
     ("outbound", "timeout"): "outbound_timeout",
+    ("metrics", "listen"): "metrics_listen",
+    ("metrics", "on_web"): "metrics_on_web",
+    ("log", "format"): "log_format",
+    ("log", "file"): "log_file",
 }
+
+#: The values of ``[log] format``.
+LOG_FORMATS = ("text", "json")
 
 
 def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -519,6 +537,16 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = _managesieve_value(f.name, value)
         elif f.name in ("smtp", "submission", "lmtp", "pop3", "imap", "web"):
             out[f.name] = _str_list(f.name, value)
+        elif f.name == "metrics_listen":
+            out[f.name] = _str_list("[metrics] listen", value)
+        elif f.name == "metrics_on_web":
+            if not isinstance(value, bool):
+                raise ConfigError("[metrics] on_web must be true or false")
+            out[f.name] = value
+        elif f.name == "log_format":
+            if value not in LOG_FORMATS:
+                raise ConfigError(f"[log] format must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+            out[f.name] = value
         elif f.name == "proxy_protocol":
             out[f.name] = tuple(dict.fromkeys(_str_list(f.name, value)))
         elif f.name == "proxy_trusted":
@@ -694,6 +722,7 @@ def _validate(values: dict[str, Any]) -> Settings:
     _check_web_listeners(settings)
     _check_autoconfig(settings)
     _check_managesieve_login(settings)
+    _check_monitoring(settings)
     for endpoint in (
         settings.smtp
         + settings.submission
@@ -748,6 +777,23 @@ def _check_proxy_listeners(settings: Settings) -> None:
             raise ConfigError(
                 f"proxy_protocol endpoint {endpoint!r} is not a listener; name it exactly as in a listen list"
             )
+
+
+def _check_monitoring(settings: Settings) -> None:
+    """``[metrics]``: the library is installed, ``on_web`` has a web listener, ``ssl:`` has a certificate."""
+    if not settings.metrics_listen and not settings.metrics_on_web:
+        return
+    from txmail.metrics import metrics_available
+
+    if not metrics_available():
+        raise ConfigError(
+            "[metrics] (--metrics) needs the prometheus_client library: pip install 'txmail[metrics]'"
+        )
+    if settings.metrics_on_web and not settings.web:
+        raise ConfigError("[metrics] on_web = true needs a [web] listen endpoint")
+    for endpoint in settings.metrics_listen:
+        if endpoint.startswith("ssl:") and settings.tls_cert is None and "privateKey=" not in endpoint:
+            raise ConfigError(f"endpoint {endpoint!r} needs a TLS certificate: set [tls] cert and key")
 
 
 def _endpoint_interface(description: str) -> str | None:

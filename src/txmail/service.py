@@ -245,11 +245,32 @@ class MailServer(service.MultiService):
     workers: Any = None
     dns: Any = None
     policies: Sequence[Any] = ()
+    #: The :class:`txmail.metrics.Metrics` (``[metrics]``), or the no-op ones
+    #: (:func:`txmail.monitoring.install_monitoring`).
+    metrics: Any = None
+    #: The :class:`txmail.monitoring.HealthCheck` of ``/health``.
+    health: Any = None
+    #: The log observer twistd logs with instead of its own (``[log] format
+    #: = "json"``: a :class:`txmail.logs.JSONLogObserver`), or ``None``.
+    log_observer: Any = None
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
         self.listeners: list[ListenerService] = []
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """
+        Join *parent*; when it is twistd's application and this server has
+        a :attr:`log_observer`, twistd logs with that observer (it asks
+        the application's ``ILogObserver`` component once the service is
+        made, before it starts logging).
+        """
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)  # type: ignore[no-untyped-call]
 
     def listeners_for(self, role: str) -> list[ListenerService]:
         return [lst for lst in self.listeners if lst.role == role]
@@ -881,6 +902,11 @@ def build_service(
         autoconfig = autoconfig_site(server)
         for description in settings.autoconfig_listen:
             listen(description, autoconfig, "autoconfig")
+    # Metrics, /health and JSON logs ([metrics], [log]): after the other
+    # listeners (it binds their factories), before the workers are given them.
+    from txmail.monitoring import install_monitoring
+
+    install_monitoring(server, settings, reactor=reactor, listen=listen)
     if workers > 1:
         from txmail.workers import WorkerPool
 

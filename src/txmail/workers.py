@@ -143,6 +143,22 @@ class StorageUsage(amp.Command):
     response = [(b"known", amp.Boolean()), (b"octets", amp.Integer()), (b"messages", amp.Integer())]
 
 
+class CollectMetrics(amp.Command):
+    """
+    Owner to worker: the worker's metrics (:mod:`txmail.metrics`) in the
+    Prometheus text format, from octet *offset* on, at most one AMP value
+    (*more*: ask again from the next offset).  Asked at each scrape of the
+    owner's ``/metrics``, which adds them to its own.
+    """
+
+    arguments = [(b"offset", amp.Integer())]
+    response = [(b"data", amp.String()), (b"more", amp.Boolean())]
+
+
+#: Seconds a worker has to answer :class:`CollectMetrics`.
+COLLECT_TIMEOUT = 5.0
+
+
 # -- the owner's side ------------------------------------------------------------
 
 
@@ -300,6 +316,58 @@ class WorkerPool(service.Service):
         #: Writes the workers' log lines into the process's log file, or
         #: ``None``: they become log events (see :func:`_log_output`).
         self.log_output: Callable[[str], None] | None = None
+        #: index -> the worker's metrics at the last collection.
+        self._last_metrics: dict[int, bytes] = {}
+        #: The counts of the workers that ended (their last collection), added up.
+        self._retired_metrics = b""
+
+    def collect_metrics(self) -> defer.Deferred[list[bytes]]:
+        """
+        Each running worker's metrics (:class:`CollectMetrics`), and the
+        counts the workers that ended left (so that a restart does not
+        make the server's counters go back).  A worker that does not
+        answer in :data:`COLLECT_TIMEOUT` seconds gives its last ones.
+        """
+
+        async def one(index: int, control: Any) -> None:
+            chunks: list[bytes] = []
+            offset, more = 0, True
+            while more:
+                d = control.callRemote(CollectMetrics, offset=offset)
+                d.addTimeout(COLLECT_TIMEOUT, self.reactor)
+                answer = await d
+                chunks.append(answer["data"])
+                offset += len(answer["data"])
+                more = bool(answer["more"]) and bool(answer["data"])
+            self._last_metrics[index] = b"".join(chunks)
+
+        def failed(f: Failure, index: int) -> None:
+            self.log.info("worker {worker} gave no metrics: {error}", worker=index, error=f.getErrorMessage())
+
+        steps = [
+            defer.Deferred.fromCoroutine(one(index, control)).addErrback(failed, index)
+            for index, control in list(self._controls.items())
+            if index in self.processes
+        ]
+
+        def gathered(_: Any) -> list[bytes]:
+            texts = [self._last_metrics[i] for i in sorted(self._last_metrics) if i in self.processes]
+            return [self._retired_metrics, *texts] if self._retired_metrics else texts
+
+        return defer.gatherResults(steps).addCallback(gathered)
+
+    def _retire_metrics(self, index: int) -> None:
+        """Worker *index* ended: keep its counts (not its gauges) among the retired ones."""
+        last = self._last_metrics.pop(index, None)
+        if not last:
+            return
+        from txmail.metrics import merge_expositions
+
+        texts = [self._retired_metrics, last] if self._retired_metrics else [last]
+        try:
+            self._retired_metrics = merge_expositions(texts, keep_gauges=False)
+        except Exception:
+            self.log.failure("keeping the counts of worker {worker} failed", worker=index)
 
     def handed(self) -> list[HandedListener]:
         """The listening sockets the workers get."""
@@ -363,6 +431,7 @@ class WorkerPool(service.Service):
         control = self._controls.pop(index, None)
         if control is not None and control.transport is not None:
             control.transport.loseConnection()
+        self._retire_metrics(index)
         if not self.running:
             return
         # A worker stopped by Control-C (the signal reaches the whole process
@@ -434,7 +503,20 @@ def _log_output() -> Callable[[str], None] | None:
     """
     from twisted.logger import globalLogPublisher
 
-    observers = [o for o in getattr(globalLogPublisher, "_observers", ()) if hasattr(o, "_outFile")]
+    from txmail.logs import JSONLogObserver
+
+    every = list(getattr(globalLogPublisher, "_observers", ()))
+    json_observers = [o for o in every if isinstance(o, JSONLogObserver)]
+    if len(json_observers) == 1:
+        # [log] format = "json": the workers write JSON lines too (main).
+        json_out = json_observers[0].out
+
+        def write_json(text: str) -> None:
+            json_out.write(text)
+            json_out.flush()
+
+        return write_json
+    observers = [o for o in every if hasattr(o, "_outFile")]
     if len(observers) != 1:
         return None
     observer = observers[0]
@@ -478,6 +560,16 @@ class _WorkerAMP(amp.AMP):
     def __init__(self, lost: Callable[[], None]) -> None:
         super().__init__()
         self._lost = lost
+        #: The worker's :class:`txmail.metrics.Metrics`, or ``None`` without ``[metrics]``.
+        self.metrics: Any = None
+        self._exposition = b""
+
+    @CollectMetrics.responder
+    def collect_metrics(self, offset: int) -> dict[str, Any]:
+        if offset == 0:
+            self._exposition = self.metrics.exposition()[0] if self.metrics is not None else b""
+        data = self._exposition[offset : offset + AMP_VALUE_LIMIT]
+        return {"data": data, "more": offset + len(data) < len(self._exposition)}
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         super().connectionLost(reason)
@@ -748,6 +840,11 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
         greylist_path=settings.path(f"greylist-worker-{index}.json"),
     )
     proxy = ProxySettings.from_strings(settings.proxy_trusted, settings.proxy_timeout)
+    if settings.metrics_listen or settings.metrics_on_web:
+        from txmail.metrics import Metrics
+
+        # Counted here, collected by the owner at each scrape (CollectMetrics).
+        control.metrics = Metrics()
     for role, description, fd, family, proxied in spec["listeners"]:
         factory = smtp_factory(
             settings,
@@ -763,6 +860,10 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
             reactor=reactor,
             run_blocking=run_blocking,
         )
+        if control.metrics is not None:
+            from txmail.metrics import bind_listener
+
+            bind_listener(control.metrics, factory, role)
         ListenerService(
             _AdoptingReactor(reactor, fd, family),
             with_certificate(description, settings.tls_cert, settings.tls_key),
@@ -793,7 +894,14 @@ def main() -> None:
         stamp, found, rest = line.partition(" [")
         return stamp + marker + rest if found else line
 
-    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, text)], redirectStandardIO=False)
+    if getattr(spec["settings"], "log_format", "text") == "json":
+        from txmail.logs import JSONLogObserver
+
+        # The owner copies these lines into its JSON log (_log_output).
+        observer: Any = JSONLogObserver(sys.stdout, fields={"worker": spec["index"]})
+    else:
+        observer = FileLogObserver(sys.stdout, text)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     # SIGINT (Control-C on twistd -n reaches the whole process group) and SIGTERM stop it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     run_worker(reactor, spec)

@@ -43,6 +43,7 @@ class Options(usage.Options):
             "SMTP receiving processes (default: the number of CPUs; 1 runs everything in one process).",
             int,
         ],
+        ["log-format", None, None, "Log lines: text (twistd's, the default) | json (one object per line)."],
         [
             "smarthost",
             None,
@@ -64,6 +65,7 @@ class Options(usage.Options):
         self["autoconfig"] = []
         self["managesieve"] = []
         self["resolver"] = []
+        self["metrics"] = []
 
     def opt_domain(self, name: str) -> None:
         """A local domain (repeatable; the first is the primary). Default localhost."""
@@ -105,6 +107,10 @@ class Options(usage.Options):
         """DNS server HOST:PORT for MX lookups and the policy checks (repeatable). Default the system's."""
         self["resolver"].append(address)
 
+    def opt_metrics(self, endpoint: str) -> None:
+        """Prometheus /metrics and /health listener endpoint (repeatable), e.g. tcp:9125:interface=127.0.0.1. Default none; needs txmail[metrics]."""
+        self["metrics"].append(endpoint)
+
     def postOptions(self) -> None:
         from txmail.config import load_config
         from txmail.errors import ConfigError
@@ -128,6 +134,8 @@ class Options(usage.Options):
             "relay_port": self["relay-port"],
             "smarthost": self["smarthost"],
             "workers": self["workers"],
+            "metrics_listen": self["metrics"],
+            "log_format": self["log-format"],
         }
         try:
             self.settings = load_config(self["config"], overrides)

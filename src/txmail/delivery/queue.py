@@ -342,6 +342,7 @@ class SpoolQueue:
                 sender=envelope.mail_from,
                 count=len(rcpts),
                 message_id=envelope.message_id,
+                peer=envelope.peer,
             )
             for listener in list(self._listeners):
                 try:

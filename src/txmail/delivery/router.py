@@ -73,6 +73,7 @@ from txmail.interfaces import (
     IQueue,
     IStorageUsage,
 )
+from txmail.metrics import NULL_METRICS
 from txmail.model import (
     INBOX,
     DeliveryReport,
@@ -176,9 +177,13 @@ class DeliveryRouter:
 
     Attributes:
         hooks: the hooks' functions, in order (a tuple).
+        metrics: the server's :class:`txmail.metrics.Metrics` (local
+            copies delivered, the store's delivery latency), or the no-op
+            ones.
     """
 
     log = Logger()
+    metrics: Any = NULL_METRICS
 
     def __init__(
         self,
@@ -215,7 +220,7 @@ class DeliveryRouter:
         """This router (same directory, stores and queue) with no delivery hooks."""
         if not self.hooks:
             return self
-        return DeliveryRouter(
+        router = DeliveryRouter(
             self.directory,
             self.stores,
             self.queue,
@@ -226,6 +231,8 @@ class DeliveryRouter:
             notice_signer=self.notice_signer,
             quotas=self.quotas,
         )
+        router.metrics = self.metrics
+        return router
 
     def redeliver(self, envelope: Envelope, message: MessageSource) -> Any:
         """
@@ -563,8 +570,11 @@ class DeliveryRouter:
         wanted = [u for u in users if quotas is None or quotas.limit_for(u) is None]
         if not wanted:
             return {}
+        metrics = self.metrics
+        started = metrics.timer()
         try:
             uids = yield self.stores.deliver_to_inboxes(wanted, message, envelope.received_at or None)
+            metrics.store("deliver", metrics.timer() - started)
         except Exception:
             self.log.failure(
                 "{message_id}: delivering to {count} INBOXes at once failed; one at a time",
@@ -578,11 +588,13 @@ class DeliveryRouter:
         return uids
 
     def _delivered(self, envelope: Envelope, user: str, uid: int) -> int:
+        self.metrics.delivered("local")
         self.log.info(
             "delivered {message_id} to {user} uid {uid}",
             message_id=envelope.message_id,
             user=user,
             uid=uid,
+            peer=envelope.peer,
         )
         return uid
 
@@ -594,7 +606,22 @@ class DeliveryRouter:
         if self.quotas is not None and self.quotas.limit_for(user) is not None:
             d.addCallback(self._check_quota, user, message.size)
         d.addCallback(self._mailbox_for, envelope.folder, user, envelope.message_id)
-        d.addCallback(got_mailbox)
+        metrics = self.metrics
+        if metrics.enabled:
+
+            def timed_append(mailbox: Any) -> Any:
+                started = metrics.timer()
+                appended = defer.maybeDeferred(got_mailbox, mailbox)
+
+                def measured(uid: Any) -> Any:
+                    metrics.store("deliver", metrics.timer() - started)
+                    return uid
+
+                return appended.addCallback(measured)
+
+            d.addCallback(timed_append)
+        else:
+            d.addCallback(got_mailbox)
         d.addCallback(lambda uid: self._delivered(envelope, user, uid))
         return d
 

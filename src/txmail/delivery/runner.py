@@ -101,6 +101,7 @@ from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, shou
 from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
+from txmail.metrics import NULL_METRICS
 from txmail.model import Envelope, QueueEntry
 from txmail.smtp.client import RelayRequest
 
@@ -176,6 +177,9 @@ class QueueRunner(service.Service):
     """
 
     log = Logger()
+    #: The server's :class:`txmail.metrics.Metrics` (remote deliveries,
+    #: deferrals, bounces), or the no-op ones.
+    metrics: Any = NULL_METRICS
 
     def __init__(
         self,
@@ -356,10 +360,18 @@ class QueueRunner(service.Service):
         def failed(f: Failure) -> None:
             if f.check(QueueError):  # deleted meanwhile (txmail queue delete)
                 self.log.info(
-                    "queue entry {queue_id} went away: {error}", queue_id=entry.queue_id, error=f.value
+                    "queue entry {queue_id} went away: {error}",
+                    queue_id=entry.queue_id,
+                    message_id=entry.envelope.message_id,
+                    error=f.value,
                 )
                 return
-            self.log.failure("working queue entry {queue_id} failed", failure=f, queue_id=entry.queue_id)
+            self.log.failure(
+                "working queue entry {queue_id} failed",
+                failure=f,
+                queue_id=entry.queue_id,
+                message_id=entry.envelope.message_id,
+            )
 
         return d.addErrback(failed)
 
@@ -379,6 +391,7 @@ class QueueRunner(service.Service):
                 changes = await self._deliver_local(entry, rcpts)
             else:
                 changes = await self._deliver_remote(entry, domain, rcpts)
+            self._count(changes, local=self.is_local(domain))
             # Each domain's results are on disk before the next domain is
             # tried; the last ones are written below only if the entry stays
             # (a delivered entry is deleted at once: one write less per
@@ -391,9 +404,28 @@ class QueueRunner(service.Service):
             for st in entry.recipients.values()
         ):
             await self.queue.delete_entry(entry.queue_id)
-            self.log.info("queue entry {queue_id} done", queue_id=entry.queue_id)
+            self.log.info(
+                "queue entry {queue_id} done", queue_id=entry.queue_id, message_id=entry.envelope.message_id
+            )
         elif groups:
             await self._update(entry, {})
+
+    def _count(self, changes: Mapping[str, Mapping[str, Any]], *, local: bool) -> None:
+        """
+        Count the outcomes of one domain's attempt (:mod:`txmail.metrics`):
+        a local copy delivered was counted by the router already.
+        """
+        metrics = self.metrics
+        if not metrics.enabled:
+            return
+        destination = "local" if local else "remote"
+        states = [fields.get("state") for fields in changes.values()]
+        if not local and states.count("delivered"):
+            metrics.delivered(destination, states.count("delivered"))
+        if states.count("deferred"):
+            metrics.deferred(destination, states.count("deferred"))
+        if states.count("failed"):
+            metrics.bounced(destination, states.count("failed"))
 
     # -- parameters -----------------------------------------------------------
 
@@ -436,7 +468,11 @@ class QueueRunner(service.Service):
         try:
             report = await deliver(envelope, message)
         except Exception as e:
-            self.log.failure("local redelivery of {queue_id} failed", queue_id=entry.queue_id)
+            self.log.failure(
+                "local redelivery of {queue_id} failed",
+                queue_id=entry.queue_id,
+                message_id=entry.envelope.message_id,
+            )
             results = {r: (False, f"local delivery failed: {e}", True) for r in rcpts}
         else:
             results = {r.recipient: (r.ok, r.reply, r.temporary) for r in report.results}
@@ -448,6 +484,7 @@ class QueueRunner(service.Service):
             self.log.info(
                 "{queue_id} to <{rcpt}> via local delivery: {reply}",
                 queue_id=entry.queue_id,
+                message_id=entry.envelope.message_id,
                 rcpt=rcpt,
                 reply=reply,
             )
@@ -491,6 +528,7 @@ class QueueRunner(service.Service):
                 self.log.info(
                     "{queue_id} to <{rcpt}>: no route: {error}",
                     queue_id=entry.queue_id,
+                    message_id=entry.envelope.message_id,
                     rcpt=rcpt,
                     error=str(e),
                 )
@@ -544,6 +582,7 @@ class QueueRunner(service.Service):
             self.log.info(
                 "{queue_id} for {domain}: {host} [{address}] port {port}: {error}; trying the next host",
                 queue_id=entry.queue_id,
+                message_id=entry.envelope.message_id,
                 domain=domain,
                 host=dest.host,
                 address=dest.address,
@@ -557,6 +596,7 @@ class QueueRunner(service.Service):
                 self.log.info(
                     "{queue_id} to <{rcpt}>: every host failed: {error}",
                     queue_id=entry.queue_id,
+                    message_id=entry.envelope.message_id,
                     rcpt=rcpt,
                     error=last_error,
                 )
@@ -577,6 +617,7 @@ class QueueRunner(service.Service):
             self.log.info(
                 "{queue_id} to <{rcpt}> via {host} [{address}]: {status}: {reply}",
                 queue_id=entry.queue_id,
+                message_id=entry.envelope.message_id,
                 rcpt=rcpt,
                 host=last_host,
                 address=last_address,
@@ -672,6 +713,7 @@ class QueueRunner(service.Service):
                 self.log.info(
                     "{queue_id}: no bounce for {count} failed recipient(s): null sender",
                     queue_id=entry.queue_id,
+                    message_id=entry.envelope.message_id,
                     count=len(wanted),
                 )
             await self._update(entry, {r: {"dsn_sent": True} for r in failed})
@@ -753,6 +795,7 @@ class QueueRunner(service.Service):
         self.log.info(
             "{queue_id}: {action} notice for {rcpts} to <{sender}>: {outcome}",
             queue_id=entry.queue_id,
+            message_id=entry.envelope.message_id,
             action=kind,
             rcpts=", ".join(rcpts),
             sender=env.mail_from,

@@ -273,7 +273,7 @@ class IMAPServerProtocol(SessionProtocol):
         ``NO [UNAVAILABLE]`` (RFC 5530); the session waits meanwhile, so
         commands pipelined after the login run once the store is there.
         """
-        d = defer.maybeDeferred(self.factory.stores.store_for, user)
+        d = self._store_call("open", self.factory.stores.store_for, user)
 
         def opened(store: Any) -> None:
             self.store = store

@@ -517,6 +517,8 @@ class IMAPSession(SessionCore[Event]):
             self._bad(e.tag, e.text)
             return
         name = command.name
+        if self.command_observer is not None:
+            self.command_observer(name)
         if name not in allowed(self.state):
             self._bad(command.tag, f"{name} is not allowed now")
             return

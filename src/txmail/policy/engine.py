@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txmail.metrics import NULL_METRICS, policy_reason
 from txmail.policy.hooks import ACCEPT, Policy, SessionInfo, Stage, Verdict
 from txmail.policy.iprev import check_iprev
 from txmail.resolver import drive
@@ -39,6 +40,8 @@ FAILURE_REPLIES = {
     Stage.AUTH: Reply(454, "4.7.0", "Temporary authentication failure"),
 }
 _DEFAULT_FAILURE = Reply(451, "4.3.0", "Requested action aborted: local error in processing")
+#: The verdict of a policy that failed, per stage (one object each: the metrics tell it apart).
+_FAILED = {stage: Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE)) for stage in Stage}
 
 _METHODS = {
     Stage.CONNECT: "on_connect",
@@ -117,6 +120,9 @@ class PolicyEngine:
     """
 
     log = Logger()
+    #: The server's :class:`txmail.metrics.Metrics` (rejections by stage and
+    #: reason), or the no-op ones.
+    metrics: Any = NULL_METRICS
 
     def __init__(
         self,
@@ -257,6 +263,7 @@ class PolicyEngine:
                 timeout=self.timeout,
                 session_id=session.session_id,
             )
+            self.metrics.policy_rejected(stage.value, "timeout")
             return Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
 
         return d.addErrback(timed_out)
@@ -273,7 +280,7 @@ class PolicyEngine:
             peer=session.client_address,
             session_id=session.session_id,
         )
-        return Verdict(reply=FAILURE_REPLIES.get(stage, _DEFAULT_FAILURE))
+        return _FAILED[stage]
 
     def _combine(
         self, stage: Stage, policy: Any, session: SessionInfo, verdict: Verdict, result: Any
@@ -288,6 +295,9 @@ class PolicyEngine:
                 result = self._failed(stage, policy, session)
         verdict = verdict.then(result)
         if verdict.reply is not None:
+            if self.metrics.enabled:
+                reason = "error" if result is _FAILED[stage] else policy_reason(policy, stage.value)
+                self.metrics.policy_rejected(stage.value, reason)
             self.log.info(
                 "policy {policy} refused {stage} from {peer}: {code} {enhanced} {text}",
                 policy=_name(policy),

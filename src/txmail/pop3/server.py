@@ -255,6 +255,7 @@ class POP3ServerProtocol(SessionProtocol):
     log = Logger()
 
     PROTOCOL_NAME = "POP3"
+    PASSWORD_MECHANISM = "USER"
     STARTTLS_COMMAND = "STLS"
     INTERNAL_ERROR_REPLY = SYS_TEMP
     PASSWORD_FAILED_REPLY = AUTH_FAILED
@@ -346,12 +347,12 @@ class POP3ServerProtocol(SessionProtocol):
                 return None
             self._lock = lock
             self.user = event.user
-            store = await defer.maybeDeferred(self.factory.stores.store_for, event.user)
+            store = await self._store_call("open", self.factory.stores.store_for, event.user)
             # get_mailbox of an open mailbox first picks up what other
             # programs changed (IMailStore.get_mailbox; cheap when nothing
             # did), so mail dropped into a Maildir meanwhile is listed.
             mailbox = await defer.maybeDeferred(store.get_mailbox, "INBOX")
-            infos = await defer.maybeDeferred(mailbox.list_messages)
+            infos = await self._store_call("list", mailbox.list_messages)
             return mailbox, Maildrop(mailbox.uidvalidity, tuple((i.uid, i.size) for i in infos))
 
         def opened(result: tuple[Any, Maildrop] | None) -> None:
@@ -431,7 +432,7 @@ class POP3ServerProtocol(SessionProtocol):
         if event.size <= chunk_size and self._answer_inline(event, chunk_size):
             return
         result: defer.Deferred[None] = defer.Deferred()
-        opening = defer.maybeDeferred(self.mailbox.open_message, event.uid)
+        opening = self._store_call("fetch", self.mailbox.open_message, event.uid)
 
         def opened(file: IO[bytes]) -> None:
             if self._lost:
@@ -521,7 +522,7 @@ class POP3ServerProtocol(SessionProtocol):
         has it at hand and it is at most *chunk_size* octets; else ``None``.
         """
         assert self.mailbox is not None
-        reading = defer.maybeDeferred(self.mailbox.read_message, uid)
+        reading = self._store_call("fetch", self.mailbox.read_message, uid)
         if not reading.called:
             # Not at hand: stream it instead (this read is abandoned).
             reading.addErrback(lambda f: None)

@@ -398,6 +398,9 @@ class SMTPServerProtocol(SessionProtocol):
                 session_id=self.session_id,
             )
         elif isinstance(event, DataComplete):
+            if self._counted:
+                # Time the end of data to the final reply like a command (txmail.metrics).
+                self._command_parsed("end-of-data")
             self._deliver(event)
         elif isinstance(event, AuthStep):
             self._auth_step(event)
@@ -844,6 +847,8 @@ class SMTPServerProtocol(SessionProtocol):
                 user=envelope.authenticated_user,
                 session_id=self.session_id,
             )
+            if any(r.ok for r in report.results):
+                self._metrics.message_received()
             if self._lost:
                 return
             if session.role == "lmtp":
@@ -882,6 +887,8 @@ class SMTPServerProtocol(SessionProtocol):
         d = defer.maybeDeferred(authenticator.step, event.server, event.request, peer=self.peer)
 
         def stepped(result: sasl.SASLEvent) -> None:
+            if isinstance(result, sasl.Succeeded | sasl.Failed):
+                self._metrics.auth(event.mechanism, isinstance(result, sasl.Succeeded))
             if not self._lost:
                 session.accept(result)
 

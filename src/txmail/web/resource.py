@@ -54,6 +54,7 @@ from twisted.web.resource import Resource
 from txmail._protocol import format_peer, is_loopback
 from txmail.auth.sasl import password_auth_allowed
 from txmail.jmap.core import CallContext, Capability, Limits, Registry
+from txmail.metrics import NULL_PROTOCOL_METRICS
 from txmail.web import api
 from txmail.web.blobs import BlobStore, UploadStorageFull
 from txmail.web.push import EventStream, parse_push_query
@@ -124,6 +125,8 @@ class JMAPEndpoint:
     """
 
     log = Logger()
+    #: Counts password checks (:mod:`txmail.metrics`; the no-op counters unless metrics are on).
+    metrics: Any = NULL_PROTOCOL_METRICS
 
     def __init__(
         self,
@@ -223,6 +226,7 @@ class JMAPEndpoint:
         if not sep or not username:
             raise Unauthorized("The Basic credentials are malformed.")
         checked = await self.authenticator.check_password(username, password, peer=client.peer)
+        self.metrics.auth("BASIC", checked is not None)
         if checked is None:
             raise Unauthorized("The user name or password is wrong.")
         return str(checked)
@@ -552,6 +556,7 @@ class LoginResource(_Handler):
         user = await endpoint.authenticator.check_password(
             document["username"], document["password"], peer=client.peer
         )
+        endpoint.metrics.auth("PASSWORD", user is not None)
         if user is None:
             raise Unauthorized("The user name or password is wrong.")
         stamp = await endpoint.credential_stamp(str(user))

@@ -392,6 +392,7 @@ def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
         ):
             raise PasswordNotAllowed()
         user = await endpoint.authenticator.check_password(username, password, peer=client.peer)
+        endpoint.metrics.auth("PASSWORD", user is not None)
         return None if user is None else str(user)
 
     async def fetch_blob(user: str, account: str, blob_id: str) -> bytes | None:
