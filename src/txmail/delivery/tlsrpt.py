@@ -122,6 +122,7 @@ class TLSReports:
         self.days: dict[str, dict[str, dict[str, Any]]] = {}
         self._flush_call: Any = None
         self._daily: Any = None
+        self._stopped = False
         if path is not None and os.path.exists(path):
             try:
                 with open(path, encoding="utf-8") as f:
@@ -167,6 +168,9 @@ class TLSReports:
         return ok, failed
 
     def _schedule_flush(self) -> None:
+        if self._stopped:
+            self.flush()  # an attempt that ended after stop(): no timer left behind
+            return
         if self.path is None or (self._flush_call is not None and self._flush_call.active()):
             return
         self._flush_call = self.clock.callLater(self.flush_interval, self.flush)
@@ -294,6 +298,7 @@ class TLSReports:
 
     def start(self) -> None:
         """Send the reports daily, a few minutes after midnight UTC (when *sending*)."""
+        self._stopped = False
         if self.sending and self._daily is None:
             self._schedule_daily()
 
@@ -312,6 +317,7 @@ class TLSReports:
         if self._daily is not None and self._daily.active():
             self._daily.cancel()
         self._daily = None
+        self._stopped = True
         self.flush()
 
 
@@ -382,7 +388,8 @@ def build_transport_security(settings: Any, reactor: Any, resolver: Any, router:
         for rdtype in ("A", "AAAA"):
             answer = await lookup(name, rdtype)
             if answer.records:
-                return str(answer.records[0].address)
+                first = answer.records[0]
+                return str(getattr(first, "address", first))
         return None
 
     mta_sts = None
