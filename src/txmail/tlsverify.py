@@ -102,7 +102,7 @@ def usable_tlsa(records: Iterable[TLSA]) -> list[TLSA]:
     for r in records:
         if r.usage not in (DANE_TA, DANE_EE) or r.selector not in (0, 1):
             continue
-        if r.mtype == 1 and len(r.data) != 32 or r.mtype == 2 and len(r.data) != 64:
+        if (r.mtype == 1 and len(r.data) != 32) or (r.mtype == 2 and len(r.data) != 64):
             continue
         if r.mtype not in (0, 1, 2) or not r.data:
             continue
@@ -162,7 +162,9 @@ def _names_host(cert: x509.Certificate, hostname: str) -> bool:
     return True
 
 
-def dane_check(chain: Sequence[x509.Certificate], records: Sequence[TLSA], hostname: str) -> TLSFailure | None:
+def dane_check(
+    chain: Sequence[x509.Certificate], records: Sequence[TLSA], hostname: str
+) -> TLSFailure | None:
     """
     Check the chain the server sent (leaf first) against the usable TLSA
     *records* of *hostname* (RFC 7672 section 3.1); ``None`` when one
@@ -189,7 +191,8 @@ def dane_check(chain: Sequence[x509.Certificate], records: Sequence[TLSA], hostn
             return None
     if name_problem:
         return TLSFailure(
-            "certificate-host-mismatch", f"the certificate (DANE-TA) does not name {hostname} (RFC 7672 section 3.2.2)"
+            "certificate-host-mismatch",
+            f"the certificate (DANE-TA) does not name {hostname} (RFC 7672 section 3.2.2)",
         )
     return TLSFailure("validation-failure", f"no TLSA record of {hostname} matches the certificate chain")
 
@@ -203,7 +206,9 @@ def _chains_to(leaf: x509.Certificate, others: Sequence[x509.Certificate], ancho
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
     intermediates = [crypto.X509.from_cryptography(c) for c in others if c != anchor]
     try:
-        crypto.X509StoreContext(store, crypto.X509.from_cryptography(leaf), chain=intermediates).verify_certificate()
+        crypto.X509StoreContext(
+            store, crypto.X509.from_cryptography(leaf), chain=intermediates
+        ).verify_certificate()
     except crypto.X509StoreContextError:
         return False
     return True
@@ -266,7 +271,7 @@ class CheckedTLS:
         ctx.set_info_callback(self._info)
         self._ctx = ctx
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802, N803 - Twisted API
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N803 - Twisted API
         connection = SSL.Connection(self._ctx, None)
         connection.set_app_data(tlsProtocol)
         connection.set_tlsext_host_name(self.hostname.encode("idna"))

@@ -91,7 +91,15 @@ _MODES = ("enforce", "testing", "none")
 
 
 class PolicyError(Exception):
-    """A TXT record or policy file that does not follow RFC 8461."""
+    """
+    A policy that could not be had: *kind* is the RFC 8460 result type,
+    ``sts-policy-invalid`` (it does not follow RFC 8461) or
+    ``sts-policy-fetch-error`` (HTTP status, size, timeout...).
+    """
+
+    def __init__(self, message: str, kind: str = "sts-policy-invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def parse_txt(records: Sequence[bytes | str]) -> str | None:
@@ -229,7 +237,9 @@ class PolicyCache:
                         parse_policy(item["text"]), str(item["id"]), float(item["fetched_at"])
                     )
             except (OSError, ValueError, KeyError, TypeError, PolicyError) as e:
-                self.log.warn("MTA-STS policy cache {path} unreadable, starting empty: {error}", path=path, error=e)
+                self.log.warn(
+                    "MTA-STS policy cache {path} unreadable, starting empty: {error}", path=path, error=e
+                )
                 self._entries = {}
 
     def get(self, domain: str) -> CachedPolicy | None:
@@ -276,7 +286,9 @@ class _BodyReader(protocol.Protocol):
             return
         self.data += data
         if len(self.data) > self.limit:
-            self.finished.errback(PolicyError(f"policy larger than {self.limit} octets"))
+            self.finished.errback(
+                PolicyError(f"policy larger than {self.limit} octets", "sts-policy-fetch-error")
+            )
             self.transport.stopProducing()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -287,14 +299,18 @@ class _BodyReader(protocol.Protocol):
         if reason.check(ResponseDone):
             self.finished.callback(bytes(self.data))
         else:
-            self.finished.errback(PolicyError(f"policy transfer failed: {reason.getErrorMessage()}"))
+            self.finished.errback(
+                PolicyError(f"policy transfer failed: {reason.getErrorMessage()}", "sts-policy-fetch-error")
+            )
 
 
 @implementer(IStreamClientEndpoint)
 class _ResolvingEndpoint:
     """Resolves the host with *resolve_host*, then connects to the address."""
 
-    def __init__(self, reactor: Any, resolve_host: Callable[[str], Any], host: str, port: int, timeout: float):
+    def __init__(
+        self, reactor: Any, resolve_host: Callable[[str], Any], host: str, port: int, timeout: float
+    ):
         self.reactor = reactor
         self.resolve_host = resolve_host
         self.host = host
@@ -307,7 +323,7 @@ class _ResolvingEndpoint:
         async def go() -> Any:
             address = await self.resolve_host(self.host)
             if not address:
-                raise PolicyError(f"{self.host} has no address")
+                raise PolicyError(f"{self.host} has no address", "sts-policy-fetch-error")
             return await client_endpoint(self.reactor, address, self.port, self.timeout).connect(factory)
 
         return defer.Deferred.fromCoroutine(go())
@@ -353,7 +369,7 @@ class PolicyFetcher:
 
         @implementer(IAgentEndpointFactory)
         class Factory:
-            def endpointForURI(self, uri: Any) -> Any:  # noqa: N802 - Twisted API
+            def endpointForURI(self, uri: Any) -> Any:
                 host = uri.host.decode("ascii")
                 trust = (
                     ssl.trustRootFromCertificates([ssl.Certificate(c) for c in fetcher.trust_roots])
@@ -361,7 +377,9 @@ class PolicyFetcher:
                     else None
                 )
                 creator = ssl.optionsForClientTLS(host, trustRoot=trust)
-                inner = _ResolvingEndpoint(fetcher.reactor, fetcher.resolve_host, host, fetcher.port, fetcher.timeout)
+                inner = _ResolvingEndpoint(
+                    fetcher.reactor, fetcher.resolve_host, host, fetcher.port, fetcher.timeout
+                )
                 return wrapClientTLS(creator, inner)
 
         return Factory()
@@ -379,10 +397,10 @@ class PolicyFetcher:
             if response.code != 200:
                 # RFC 8461 section 3.3: "HTTP 3xx redirects MUST NOT be followed".
                 response.deliverBody(_BodyReader(defer.Deferred(), 0))
-                raise PolicyError(f"HTTP status {response.code}")
+                raise PolicyError(f"HTTP status {response.code}", "sts-policy-fetch-error")
             ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
             if not ctype.lower().startswith("text/plain"):
-                raise PolicyError(f"content type {ctype!r} is not text/plain")
+                raise PolicyError(f"content type {ctype!r} is not text/plain", "sts-policy-fetch-error")
             body: defer.Deferred[bytes] = defer.Deferred()
             response.deliverBody(_BodyReader(body, self.max_size))
             data = await body
@@ -392,8 +410,22 @@ class PolicyFetcher:
                 raise PolicyError("policy is not UTF-8") from None
 
         d = defer.Deferred.fromCoroutine(go())
-        d.addTimeout(self.timeout, self.reactor)
-        return d
+        timed_out = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self.reactor.callLater(self.timeout, expire)
+
+        def finished(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if timed_out and isinstance(result, Failure):
+                raise PolicyError(f"no policy within {self.timeout:g} seconds", "sts-policy-fetch-error")
+            return result
+
+        return d.addBoth(finished)
 
 
 # -- the sender's view -------------------------------------------------------------
@@ -427,7 +459,9 @@ class MTASTS:
 
     log = Logger()
 
-    def __init__(self, lookup_txt: Callable[[str], Any], fetcher: Any, cache: PolicyCache, clock: Any) -> None:
+    def __init__(
+        self, lookup_txt: Callable[[str], Any], fetcher: Any, cache: PolicyCache, clock: Any
+    ) -> None:
         self.lookup_txt = lookup_txt
         self.fetcher = fetcher
         self.cache = cache
@@ -464,14 +498,17 @@ class MTASTS:
         if ident is None:
             # No (valid) record: a cached policy stays in force (section 5.1).
             return Lookup(cached.policy if cached else None)
-        if cached is not None and cached.policy_id == ident and now < cached.fetched_at + cached.policy.max_age / 2:
+        if (
+            cached is not None
+            and cached.policy_id == ident
+            and now < cached.fetched_at + cached.policy.max_age / 2
+        ):
             return Lookup(cached.policy)
         try:
             text = await self.fetcher.fetch(domain)
             policy = parse_policy(text)
         except PolicyError as e:
-            failure = "sts-policy-invalid" if "HTTP" not in str(e) and "transfer" not in str(e) else "sts-policy-fetch-error"
-            return self._failed(domain, cached, failure, str(e))
+            return self._failed(domain, cached, e.kind, str(e))
         except Exception as e:
             kind = "sts-webpki-invalid" if _is_tls_error(e) else "sts-policy-fetch-error"
             return self._failed(domain, cached, kind, str(e) or type(e).__name__)
@@ -522,12 +559,9 @@ class PolicyResource(Resource):
         self.text = text.encode()
         self.hosts = {f"mta-sts.{d.lower()}" for d in domains}
 
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802 - Twisted API
+    def render_GET(self, request: Any) -> bytes:
         host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
-        if host.startswith("["):
-            host = host.partition("]")[0] + "]"
-        else:
-            host = host.partition(":")[0]
+        host = host.partition(":")[0]  # no port; a policy host is never an address literal
         if host.rstrip(".") not in self.hosts:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -541,6 +575,8 @@ def mount(site: Any, settings: Any) -> None:
     """Serve the ``[mta_sts]`` policy on *site* (a JMAP site whose root has ``.well-known``)."""
     if not getattr(settings, "mta_sts_mode", None):
         return
-    text = policy_text(settings.mta_sts_mode, settings.mta_sts_mx or (settings.hostname,), settings.mta_sts_max_age)
+    text = policy_text(
+        settings.mta_sts_mode, settings.mta_sts_mx or (settings.hostname,), settings.mta_sts_max_age
+    )
     well_known = site.resource.children[b".well-known"]
     well_known.putChild(b"mta-sts.txt", PolicyResource(text, settings.domains))

@@ -78,7 +78,7 @@ class HostPlan:
     failure: TLSFailure | None = None
 
 
-def failure_of(plan: HostPlan, result: Any) -> TLSFailure | None | bool:
+def failure_of(plan: HostPlan, result: Any) -> TLSFailure | bool | None:
     """
     The TLS outcome of an attempt made under *plan*: ``None`` (TLS went as
     the policy wants), a :class:`TLSFailure`, or ``False`` when the attempt
@@ -216,7 +216,12 @@ class TransportSecurity:
                 strings = [r.text for r in records]
                 if usable:
                     ctx = self._context(host, "dane", usable, enforce)
-                    return HostPlan("verify" if enforce else "opportunistic", ctx, policy_type="tlsa", policy_strings=strings)
+                    return HostPlan(
+                        "verify" if enforce else "opportunistic",
+                        ctx,
+                        policy_type="tlsa",
+                        policy_strings=strings,
+                    )
                 # RFC 7672 section 2.2: TLS is still required, unauthenticated.
                 ctx = self._context(host, "encrypt", (), enforce)
                 return HostPlan(
@@ -237,15 +242,24 @@ class TransportSecurity:
                 if sts_enforce:
                     return HostPlan("verify", refused=failure, policy_type="sts", policy_strings=strings)
                 if require_tls:
-                    return HostPlan("verify", self._context(host, "pkix", (), True), policy_type="sts", policy_strings=strings, failure=failure)
+                    return HostPlan(
+                        "verify",
+                        self._context(host, "pkix", (), True),
+                        policy_type="sts",
+                        policy_strings=strings,
+                        failure=failure,
+                    )
                 return HostPlan(default_policy, policy_type="sts", policy_strings=strings, failure=failure)
-            ctx = self._context(host, "pkix", (), sts_enforce or require_tls)
-            return HostPlan(
-                "verify" if sts_enforce or require_tls else "opportunistic" if default_policy != "none" else "none",
-                ctx if default_policy != "none" or sts_enforce or require_tls else None,
-                policy_type="sts",
-                policy_strings=strings,
-            )
+            if sts_enforce or require_tls:
+                ctx = self._context(host, "pkix", (), True)
+                return HostPlan("verify", ctx, policy_type="sts", policy_strings=strings)
+            # testing (or TLS-Required: No): STARTTLS as usual; the check is
+            # made, but only reported.  TLS stays off if it is configured off.
+            if default_policy == "none":
+                return HostPlan("none", policy_type="sts", policy_strings=strings)
+            # A configured "verify" for the domain still fails closed.
+            ctx = self._context(host, "pkix", (), default_policy == "verify")
+            return HostPlan(default_policy, ctx, policy_type="sts", policy_strings=strings)
         if require_tls:
             return HostPlan("verify", self._context(host, "pkix", (), True))
         return HostPlan(default_policy)

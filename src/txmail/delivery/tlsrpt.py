@@ -150,7 +150,13 @@ class TLSReports:
         policies = self.days.setdefault(_day(now), {}).setdefault(domain, {})
         entry = policies.setdefault(
             key,
-            {"type": policy_type, "strings": list(policy_strings), "mx_host": mx_host, "success": 0, "failures": {}},
+            {
+                "type": policy_type,
+                "strings": list(policy_strings),
+                "mx_host": mx_host,
+                "success": 0,
+                "failures": {},
+            },
         )
         if failure is None:
             entry["success"] += 1
@@ -260,7 +266,10 @@ class TLSReports:
                             sent = await self._send(uri, day, domain, report)
                         except Exception as e:
                             self.log.info(
-                                "TLS report for {domain} to {uri} failed: {error}", domain=domain, uri=uri, error=e
+                                "TLS report for {domain} to {uri} failed: {error}",
+                                domain=domain,
+                                uri=uri,
+                                error=e,
                             )
                             sent = False
                         outcome.append((domain, uri, sent))
@@ -304,7 +313,7 @@ class TLSReports:
 
     def _schedule_daily(self) -> None:
         now = self.clock.seconds()
-        begin, end = _day_range(_day(now))
+        _, end = _day_range(_day(now))
         self._daily = self.clock.callLater(end + 1 - now + 300, self._daily_run)
 
     def _daily_run(self) -> None:
@@ -369,7 +378,9 @@ def build_transport_security(settings: Any, reactor: Any, resolver: Any, router:
     from txmail.tlsverify import load_trust_root
 
     lookup = getattr(resolver, "lookup", None)
-    if lookup is None or not (settings.outbound_mta_sts or settings.outbound_dane or settings.outbound_tls_reports):
+    if lookup is None or not (
+        settings.outbound_mta_sts or settings.outbound_dane or settings.outbound_tls_reports
+    ):
         return None
     trust_roots = None
     if settings.outbound_ca_file:
@@ -411,10 +422,11 @@ def build_transport_security(settings: Any, reactor: Any, resolver: Any, router:
         )
 
     def post(url: str, body: bytes, content_type: str) -> Any:
+        import io
+
         from twisted.internet import ssl
         from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, readBody
         from twisted.web.http_headers import Headers
-        import io
 
         trust = (
             ssl.trustRootFromCertificates([ssl.Certificate(c) for c in trust_roots]) if trust_roots else None
