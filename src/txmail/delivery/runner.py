@@ -538,6 +538,8 @@ class QueueRunner(service.Service):
         last_address = ""
         result: Any = None
         # RFC 8689: REQUIRETLS is kept in the envelope's MAIL parameters.
+        # TODO(RFC 8689 section 4.2.1): the MX lookup is not required to be
+        # DNSSEC-secured (Destination.mx_secure) or MTA-STS-validated.
         require_tls = "REQUIRETLS" in env.mail_params
         security = self.security if self.smarthost is None else None
         sts: Any = None
