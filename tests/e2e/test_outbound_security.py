@@ -34,7 +34,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
 from tests._certs import make_certificate
-from tests._dns import start_dns_server
+from tests._dns import SERVFAIL, start_dns_server
 from tests.e2e._server import maildir_files, start_server
 from tests.e2e.test_outbound import wait_for
 
@@ -56,7 +56,13 @@ class _Policy(resource.Resource):
 
 
 def policy(mode: str, *mx: str, max_age: int = 86400) -> str:
-    return "version: STSv1\r\nmode: " + mode + "\r\n" + "".join(f"mx: {m}\r\n" for m in mx) + f"max_age: {max_age}\r\n"
+    return (
+        "version: STSv1\r\nmode: "
+        + mode
+        + "\r\n"
+        + "".join(f"mx: {m}\r\n" for m in mx)
+        + f"max_age: {max_age}\r\n"
+    )
 
 
 def spki_sha256(cert_path: str) -> str:
@@ -140,7 +146,12 @@ class SecurityCase(TestCase):
     def start_remote(self, tls: bool = True, **overrides: Any) -> Any:
         extra = {"tls_cert": self.cert, "tls_key": self.key} if tls else {}
         self.remote = yield start_server(
-            self, hostname="mx.remote.test", domains=["remote.test"], outbound_enabled=False, **extra, **overrides
+            self,
+            hostname="mx.remote.test",
+            domains=["remote.test"],
+            outbound_enabled=False,
+            **extra,
+            **overrides,
         )
         self.remote.directory.add_user("someone@remote.test", PASSWORD)
         self.remote.directory.add_user("reports@remote.test", PASSWORD)
@@ -200,7 +211,9 @@ class SecurityCase(TestCase):
             with smtplib.SMTP(*address) as s:
                 s.starttls(context=stdlib_ssl._create_unverified_context())
                 s.login("alice@example.test", PASSWORD)
-                s.sendmail("alice@example.test", [rcpt], body, mail_options=["REQUIRETLS"] if requiretls else [])
+                s.sendmail(
+                    "alice@example.test", [rcpt], body, mail_options=["REQUIRETLS"] if requiretls else []
+                )
 
         return deferToThread(send)
 
@@ -321,7 +334,8 @@ class MTASTSTests(SecurityCase):
         with open(self.sender.settings.path("mta-sts.json")) as f:
             cached = json.load(f)
         self.assertEqual(
-            cached["remote.test"]["text"], "version: STSv1\r\nmode: enforce\r\nmx: mx.remote.test\r\nmax_age: 604800\r\n"
+            cached["remote.test"]["text"],
+            "version: STSv1\r\nmode: enforce\r\nmx: mx.remote.test\r\nmax_age: 604800\r\n",
         )
 
 
@@ -361,6 +375,17 @@ class DANETests(SecurityCase):
         )
         yield self.submit()
         yield self.assert_deferred("TLS failure", "validation-failure")
+        self.assertEqual(maildir_files(self.remote, "someone@remote.test"), [])
+
+    @defer.inlineCallbacks
+    def test_bogus_tlsa_lookup_defers(self) -> Any:
+        """A TLSA lookup that fails under DNSSEC (SERVFAIL: bogus) means no delivery to that host."""
+        port = yield self.start_remote()
+        yield self.start_sender(
+            {("_25._tcp.mx.remote.test", "TLSA"): SERVFAIL}, port, secure=self.SECURE, outbound_dane=True
+        )
+        yield self.submit()
+        yield self.assert_deferred("dnssec-invalid")
         self.assertEqual(maildir_files(self.remote, "someone@remote.test"), [])
 
     @defer.inlineCallbacks
@@ -433,7 +458,11 @@ class TLSRPTTests(SecurityCase):
         self.assertEqual(msg.get_param("report-type"), "tlsrpt")
         self.assertEqual(msg["TLS-Report-Domain"], "remote.test")
         self.assertEqual(msg["TLS-Report-Submitter"], "mx.example.test")
-        self.assertTrue(" ".join(msg["Subject"].split()).startswith("Report Domain: remote.test Submitter: mx.example.test Report-ID: <"))
+        self.assertTrue(
+            " ".join(msg["Subject"].split()).startswith(
+                "Report Domain: remote.test Submitter: mx.example.test Report-ID: <"
+            )
+        )
         [attachment] = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
         self.assertTrue(attachment.get_filename().startswith("mx.example.test!remote.test!"))
         report = json.loads(gzip.decompress(attachment.get_payload(decode=True)))
@@ -441,7 +470,9 @@ class TLSRPTTests(SecurityCase):
         enforced = policies[("version: STSv1", "mode: enforce")]
         self.assertEqual(enforced["policy"]["policy-type"], "sts")
         self.assertEqual(enforced["policy"]["policy-domain"], "remote.test")
-        self.assertEqual(enforced["summary"], {"total-successful-session-count": 1, "total-failure-session-count": 0})
+        self.assertEqual(
+            enforced["summary"], {"total-successful-session-count": 1, "total-failure-session-count": 0}
+        )
         [other] = [p for p in report["policies"] if p is not enforced]
         self.assertEqual(other["summary"]["total-failure-session-count"], 1)
         [detail] = other["failure-details"]
