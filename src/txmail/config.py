@@ -757,7 +757,14 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
 
 #: Settings of outbound transport security (MTA-STS, DANE, TLS-RPT).
 _TRANSPORT_SECURITY = frozenset(
-    {"outbound_mta_sts", "outbound_dane", "outbound_tls_reports", "mta_sts_mode", "mta_sts_mx", "mta_sts_max_age"}
+    {
+        "outbound_mta_sts",
+        "outbound_dane",
+        "outbound_tls_reports",
+        "mta_sts_mode",
+        "mta_sts_mx",
+        "mta_sts_max_age",
+    }
 )
 
 

@@ -203,7 +203,7 @@ class SecurityCase(TestCase):
 
     def submit(
         self, body: bytes = b"Subject: secret\r\n\r\nhush\r\n", *, requiretls: bool = False,
-        rcpt: str = "someone@remote.test",
+        rcpt: str = "someone@remote.test", ret_full: bool = False,
     ) -> defer.Deferred[Any]:  # fmt: skip
         address = self.sender.address("submission")
 
@@ -211,9 +211,8 @@ class SecurityCase(TestCase):
             with smtplib.SMTP(*address) as s:
                 s.starttls(context=stdlib_ssl._create_unverified_context())
                 s.login("alice@example.test", PASSWORD)
-                s.sendmail(
-                    "alice@example.test", [rcpt], body, mail_options=["REQUIRETLS"] if requiretls else []
-                )
+                options = (["REQUIRETLS"] if requiretls else []) + (["RET=FULL"] if ret_full else [])
+                s.sendmail("alice@example.test", [rcpt], body, mail_options=options)
 
         return deferToThread(send)
 
@@ -499,7 +498,7 @@ class RequireTLSTests(SecurityCase):
         """A next hop with STARTTLS but without REQUIRETLS gets nothing; the sender gets a 5.7.30 bounce."""
         port = self.start_plain_remote(tls=True)
         yield self.start_sender({}, port)
-        yield self.submit(requiretls=True)
+        yield self.submit(b"Subject: secret\r\n\r\nhush\r\n", requiretls=True, ret_full=True)
         yield wait_for(lambda: maildir_files(self.sender, "alice@example.test") != [])
         self.assertEqual(self.plain.messages, [])
         self.assertFalse(any(c.upper().startswith(b"MAIL") for c in self.plain.commands))
@@ -508,6 +507,8 @@ class RequireTLSTests(SecurityCase):
             text = f.read().decode()
         self.assertIn("Status: 5.7.30", text)
         self.assertIn("Action: failed", text)
+        self.assertIn("Subject: secret", text)  # the header comes back (RFC 8689 section 5)...
+        self.assertNotIn("hush", text)  # ...never the body
 
     @defer.inlineCallbacks
     def test_requiretls_refused_without_tls(self) -> Any:

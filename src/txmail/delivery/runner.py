@@ -830,7 +830,9 @@ class QueueRunner(service.Service):
             sender=env.mail_from,
             recipients=statuses,
             original=original,
-            return_full=ret == "FULL",
+            # RFC 8689 section 5: a notice about a REQUIRETLS message, which
+            # goes out without that protection, returns only the header.
+            return_full=ret == "FULL" and "REQUIRETLS" not in env.mail_params,
             envid=xtext_decode(envid) if envid else None,
             arrival=env.received_at or entry.created,
             now=now,

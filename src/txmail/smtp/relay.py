@@ -68,7 +68,6 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmail.tlsverify import TLSPolicyError
 from txmail.smtp.client import (
     ClientSession,
     ReadyForData,
@@ -77,6 +76,7 @@ from txmail.smtp.client import (
     TransactionDone,
     TransactionResult,
 )
+from txmail.tlsverify import TLSPolicyError
 
 __all__ = [
     "ConnectionCache",
@@ -194,10 +194,7 @@ class SMTPClientProtocol(Protocol):
         self._lost = True
         self._cancel_timer()
         self._sender = None
-        if (
-            reason.check(SSL.Error, TLSPolicyError)
-            or type(reason.value).__name__ == "VerificationError"
-        ):
+        if reason.check(SSL.Error, TLSPolicyError) or type(reason.value).__name__ == "VerificationError":
             description = f"TLS failure: {reason.getErrorMessage()}"
         else:
             description = None  # the session names the step it was waiting for
