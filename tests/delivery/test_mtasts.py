@@ -251,7 +251,7 @@ class FetcherTests(TestCase):
     @defer.inlineCallbacks
     def test_redirect_not_followed(self) -> Any:
         """Section 3.3: a 3xx is a failure, never followed."""
-        fetcher = self.serve(_Text(b"", code=301))
+        fetcher = self.serve(_Text(b"moved elsewhere" * 100, code=301))
         error = yield self.assertFailure(fetcher.fetch("example.test"), PolicyError)
         self.assertIn("301", str(error))
 

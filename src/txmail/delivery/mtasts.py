@@ -396,10 +396,15 @@ class PolicyFetcher:
             response = await agent.request(b"GET", url, Headers({b"User-Agent": [b"txmail MTA-STS"]}))
             if response.code != 200:
                 # RFC 8461 section 3.3: "HTTP 3xx redirects MUST NOT be followed".
-                response.deliverBody(_BodyReader(defer.Deferred(), 0))
+                discarded: defer.Deferred[bytes] = defer.Deferred()
+                discarded.addErrback(lambda f: None)  # the body of a refusal is not read
+                response.deliverBody(_BodyReader(discarded, 0))
                 raise PolicyError(f"HTTP status {response.code}", "sts-policy-fetch-error")
             ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
             if not ctype.lower().startswith("text/plain"):
+                discarded = defer.Deferred()
+                discarded.addErrback(lambda f: None)
+                response.deliverBody(_BodyReader(discarded, 0))
                 raise PolicyError(f"content type {ctype!r} is not text/plain", "sts-policy-fetch-error")
             body: defer.Deferred[bytes] = defer.Deferred()
             response.deliverBody(_BodyReader(body, self.max_size))

@@ -222,8 +222,10 @@ class TransportSecurity:
                         policy_type="tlsa",
                         policy_strings=strings,
                     )
-                # RFC 7672 section 2.2: TLS is still required, unauthenticated.
-                ctx = self._context(host, "encrypt", (), enforce)
+                # RFC 7672 section 2.2: TLS is still required, unauthenticated
+                # (authenticated by WebPKI for a REQUIRETLS message, RFC 8689
+                # section 4.2.1).
+                ctx = self._context(host, "pkix" if require_tls else "encrypt", (), enforce)
                 return HostPlan(
                     "verify" if enforce else "opportunistic",
                     ctx,
