@@ -560,7 +560,7 @@ class PolicyResource(Resource):
     isLeaf = True
 
     def __init__(self, text: str, domains: Sequence[str]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.text = text.encode()
         self.hosts = {f"mta-sts.{d.lower()}" for d in domains}
 
