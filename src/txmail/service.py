@@ -326,15 +326,17 @@ def _build_runner(
         # A shared queue is claimed a batch at a time, so that the nodes share it out.
         claim_batch=None if settings.queue_backend == "file" else 50,
         lease=settings.queue_lease,
-        security=_transport_security(settings, reactor, resolver, router, directory),
+        security=_transport_security(settings, reactor, resolver, router, directory, queue),
     )
 
 
-def _transport_security(settings: Settings, reactor: Any, resolver: Any, router: Any, directory: Any) -> Any:
+def _transport_security(
+    settings: Settings, reactor: Any, resolver: Any, router: Any, directory: Any, queue: Any
+) -> Any:
     """DANE, MTA-STS and TLS-RPT for the runner (:mod:`txmail.delivery.tlspolicy`), if *resolver* can look up records."""
     from txmail.delivery.tlsrpt import build_transport_security
 
-    return build_transport_security(settings, reactor, resolver, router, directory)
+    return build_transport_security(settings, reactor, resolver, router, directory, queue)
 
 
 def tune_gc(threshold: Sequence[int]) -> None:

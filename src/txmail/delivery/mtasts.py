@@ -32,7 +32,8 @@ delivery attempt):
 
 Policies are kept in a JSON file (``<data_dir>/mta-sts.json``), written
 atomically, so they survive restarts (section 5.1 asks for a persistent
-cache).
+cache); with the PostgreSQL queue, in the database
+(:class:`txmail.pg.mtasts.PostgresPolicyCache`), shared by the nodes.
 
 The policy file (section 3.2): ``key: value`` lines (CRLF or LF);
 ``version: STSv1``, ``mode`` (``enforce``, ``testing``, ``none``),
@@ -458,7 +459,9 @@ class MTASTS:
         lookup_txt: ``lookup_txt(name) -> Deferred[list of TXT strings or
             None]`` (``None``: the lookup failed).
         fetcher: a :class:`PolicyFetcher` (anything with ``fetch(domain)``).
-        cache: a :class:`PolicyCache`.
+        cache: a :class:`PolicyCache`, or anything with the same ``get`` and
+            ``put`` (they may return Deferreds:
+            :class:`txmail.pg.mtasts.PostgresPolicyCache`).
         clock: tells the time.
     """
 
@@ -495,7 +498,7 @@ class MTASTS:
 
     async def _policy_for(self, domain: str) -> Lookup:
         now = self.clock.seconds()
-        cached = self.cache.get(domain)
+        cached = await defer.maybeDeferred(self.cache.get, domain)
         if cached is not None and cached.expires_at <= now:
             cached = None
         records = await self.lookup_txt(f"_mta-sts.{domain}")
@@ -517,7 +520,10 @@ class MTASTS:
         except Exception as e:
             kind = "sts-webpki-invalid" if _is_tls_error(e) else "sts-policy-fetch-error"
             return self._failed(domain, cached, kind, str(e) or type(e).__name__)
-        self.cache.put(domain, CachedPolicy(policy, ident, now))
+        try:
+            await defer.maybeDeferred(self.cache.put, domain, CachedPolicy(policy, ident, now))
+        except Exception:
+            self.log.failure("caching the MTA-STS policy of {domain} failed", domain=domain)
         self.log.info(
             "MTA-STS policy of {domain} (id {id}): mode {mode}, mx {mx}",
             domain=domain,

@@ -365,10 +365,13 @@ def report_message(
 # -- wiring ---------------------------------------------------------------------------
 
 
-def build_transport_security(settings: Any, reactor: Any, resolver: Any, router: Any, directory: Any) -> Any:
+def build_transport_security(
+    settings: Any, reactor: Any, resolver: Any, router: Any, directory: Any, queue: Any = None
+) -> Any:
     """
     The :class:`~txmail.delivery.tlspolicy.TransportSecurity` of *settings*
-    (``[outbound] mta_sts``, ``dane``, ``tls_reports``, ``ca_file``), or
+    (``[outbound] mta_sts``, ``dane``, ``tls_reports``, ``ca_file``; the
+    MTA-STS cache in PostgreSQL when *queue* is the PostgreSQL queue), or
     ``None`` when *resolver* cannot look records up (an embedder's own) or
     nothing is on.
     """
@@ -407,7 +410,15 @@ def build_transport_security(settings: Any, reactor: Any, resolver: Any, router:
     if settings.outbound_mta_sts:
         os.makedirs(settings.data_dir, exist_ok=True)
         fetcher = PolicyFetcher(reactor, resolve_host, trust_roots=trust_roots)
-        mta_sts = MTASTS(lookup_txt, fetcher, PolicyCache(settings.path("mta-sts.json")), reactor)
+        database = getattr(queue, "database", None)
+        cache: Any
+        if settings.queue_backend == "postgresql" and database is not None:
+            from txmail.pg.mtasts import PostgresPolicyCache
+
+            cache = PostgresPolicyCache(database)  # shared by the nodes of the queue
+        else:
+            cache = PolicyCache(settings.path("mta-sts.json"))
+        mta_sts = MTASTS(lookup_txt, fetcher, cache, reactor)
 
     def send_mail(rcpt: str, data: bytes, report_id: str) -> Any:
         return deliver_notice(
