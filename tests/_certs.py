@@ -24,7 +24,10 @@ def make_certificate(
     os.makedirs(directory, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txmail test CA")])
+    # A name of its own for each CA, so that a bundle of several is unambiguous.
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"txmail test CA {x509.random_serial_number() % 10**9}")]
+    )
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)

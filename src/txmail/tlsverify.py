@@ -69,6 +69,17 @@ PKIX_TA, PKIX_EE, DANE_TA, DANE_EE = 0, 1, 2, 3
 _X509_V_ERR_CERT_HAS_EXPIRED = 10
 _X509_V_ERR_CERT_NOT_YET_VALID = 9
 _UNTRUSTED = frozenset({18, 19, 20, 21, 2, 27})  # self-signed, no issuer, untrusted
+#: OpenSSL's texts for the verify errors seen most (x509_txt.c).
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    7: "certificate signature failure",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    24: "invalid CA certificate",
+    27: "certificate not trusted",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +321,7 @@ class CheckedTLS:
         if chain_errno is not None:
             if chain_errno in (_X509_V_ERR_CERT_HAS_EXPIRED, _X509_V_ERR_CERT_NOT_YET_VALID):
                 return TLSFailure("certificate-expired", "the certificate has expired or is not valid yet")
-            text = f"OpenSSL error {chain_errno}"
+            text = _VERIFY_ERRORS.get(chain_errno, f"OpenSSL verify error {chain_errno}")
             kind = "certificate-not-trusted" if chain_errno in _UNTRUSTED else "validation-failure"
             return TLSFailure(kind, f"certificate verification failed: {text}")
         if not _names_host(chain[0], self.hostname):

@@ -307,6 +307,43 @@ class MTASTSTests(SecurityCase):
         self.assertEqual(reports.counts(self.today(), "remote.test"), (0, 1))
 
     @defer.inlineCallbacks
+    def start_misnamed_remote(self, mode: str) -> Any:
+        """A remote whose certificate (from a trusted CA) names another host, under a *mode* policy."""
+        ca2, cert2, key2 = make_certificate(os.path.abspath(self.mktemp()), "mail.elsewhere.test")
+        bundle = os.path.abspath(self.mktemp())
+        with open(bundle, "wb") as out, open(self.ca, "rb") as a, open(ca2, "rb") as b:
+            out.write(a.read() + b"\n" + b.read())
+        policy_port = self.serve_policy(policy(mode, "mx.remote.test"))
+        self.cert, self.key = cert2, key2
+        port = yield self.start_remote()
+        yield self.start_sender(
+            {("_mta-sts.remote.test", "TXT"): ["v=STSv1; id=1"]},
+            port,
+            policy_port=policy_port,
+            outbound_ca_file=bundle,
+        )
+
+    @defer.inlineCallbacks
+    def test_enforce_refuses_certificate_for_another_name(self) -> Any:
+        """Enforce: a trusted certificate that does not name the MX ends the connection before MAIL."""
+        yield self.start_misnamed_remote("enforce")
+        yield self.submit()
+        yield self.assert_deferred("TLS failure", "certificate-host-mismatch")
+        self.assertEqual(maildir_files(self.remote, "someone@remote.test"), [])
+
+    @defer.inlineCallbacks
+    def test_testing_mode_reports_certificate_for_another_name(self) -> Any:
+        """Testing: the same certificate is accepted (TLS is used) and the mismatch is counted."""
+        yield self.start_misnamed_remote("testing")
+        yield self.submit()
+        yield wait_for(lambda: maildir_files(self.remote, "someone@remote.test") != [])
+        yield wait_for(self.queue_empty)
+        self.received_over_tls()
+        [entry] = self.sender.runner.security.reports.days[self.today()]["remote.test"].values()
+        self.assertEqual(list(entry["failures"]), ["certificate-host-mismatch|127.0.0.1|mx.remote.test"])
+        self.assertEqual(entry["success"], 0)
+
+    @defer.inlineCallbacks
     def test_mx_not_in_policy_refused(self) -> Any:
         """An MX host the enforce policy does not list is not even connected to."""
         port = self.start_plain_remote(tls=True)
