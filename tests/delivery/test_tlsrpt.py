@@ -166,3 +166,13 @@ class ReportsTests(SynchronousTestCase):
         self.assertEqual(len(self.mails), 2)
         self.reports.stop()
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+    def test_old_days_forgotten(self) -> None:
+        """Counts older than keep_days are dropped when a new day starts (reports off: no growth)."""
+        self.count()
+        self.clock.advance(3 * 86400)
+        self.count()
+        self.assertEqual(sorted(self.reports.days), ["2026-12-07", "2026-12-10"])
+        self.clock.advance(5 * 86400)
+        self.count()
+        self.assertEqual(sorted(self.reports.days), ["2026-12-10", "2026-12-15"])

@@ -91,6 +91,8 @@ class TLSReports:
         sending: send reports daily (``[outbound] tls_reports``); the
             counts are kept either way.
         flush_interval: seconds between writes of the counts.
+        keep_days: days of counts kept at most (when reports are off, or
+            could not be sent).
     """
 
     log = Logger()
@@ -108,6 +110,7 @@ class TLSReports:
         post: Callable[..., Any] | None = None,
         sending: bool = True,
         flush_interval: float = 60.0,
+        keep_days: int = 7,
     ) -> None:
         self.path = path
         self.clock = clock
@@ -119,6 +122,7 @@ class TLSReports:
         self.post = post
         self.sending = sending
         self.flush_interval = flush_interval
+        self.keep_days = keep_days
         self.days: dict[str, dict[str, dict[str, Any]]] = {}
         self._flush_call: Any = None
         self._daily: Any = None
@@ -147,7 +151,13 @@ class TLSReports:
         """Count one session (``failure`` ``None``: a success) under a policy of *domain*."""
         domain = domain.lower().rstrip(".")
         key = "\n".join([policy_type, mx_host or "", *policy_strings])
-        policies = self.days.setdefault(_day(now), {}).setdefault(domain, {})
+        day = _day(now)
+        if day not in self.days:
+            # A new day: forget days too old to report (reports off, or never sent).
+            oldest = _day(now - self.keep_days * 86400)
+            for old in [d for d in self.days if d < oldest]:
+                del self.days[old]
+        policies = self.days.setdefault(day, {}).setdefault(domain, {})
         entry = policies.setdefault(
             key,
             {
