@@ -550,7 +550,7 @@ class RequireTLSTests(SecurityCase):
     @defer.inlineCallbacks
     def test_requiretls_refused_without_tls(self) -> Any:
         """MAIL FROM with REQUIRETLS on a connection without TLS gets 530 5.7.10; EHLO does not offer it."""
-        port = yield self.start_remote()
+        yield self.start_remote()
         address = self.remote.address("mta")
 
         def talk() -> tuple[Any, ...]:
@@ -571,7 +571,6 @@ class RequireTLSTests(SecurityCase):
         self.assertIn(b"5.7.10", refused[1])
         self.assertTrue(tls_offer)
         self.assertEqual(accepted[0], 250)
-        del port
 
     @defer.inlineCallbacks
     def test_tls_required_no_ignores_policy(self) -> Any:
