@@ -11,10 +11,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def make_certificate(directory: str, hostname: str = "localhost") -> tuple[str, str, str]:
+def make_certificate(
+    directory: str, hostname: str = "localhost", extra_names: tuple[str, ...] = ()
+) -> tuple[str, str, str]:
     """
     Write a CA certificate and a server certificate for *hostname* (and
-    127.0.0.1) signed by it into *directory*.
+    *extra_names*, and 127.0.0.1) signed by it into *directory*.
 
     Returns:
         (ca_cert_path, server_cert_path, server_key_path), PEM files.
@@ -22,7 +24,10 @@ def make_certificate(directory: str, hostname: str = "localhost") -> tuple[str, 
     os.makedirs(directory, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txmail test CA")])
+    # A name of its own for each CA, so that a bundle of several is unambiguous.
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"txmail test CA {x509.random_serial_number() % 10**9}")]
+    )
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -47,7 +52,11 @@ def make_certificate(directory: str, hostname: str = "localhost") -> tuple[str, 
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName(hostname),
+                    *(x509.DNSName(n) for n in extra_names),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
             ),
             critical=False,
         )

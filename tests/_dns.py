@@ -15,10 +15,19 @@ running test, so the code under test must query from another thread (as
 Values by type: ``MX`` ``(preference, exchange)`` (exchange ``"."`` or ``""``
 for a null MX), ``A``/``AAAA`` address strings, ``CNAME`` and ``PTR`` target
 names, ``TXT`` one ``str``/``bytes`` per record (split into 255-octet
-character-strings) or a list of character-strings.  A
+character-strings) or a list of character-strings, ``TLSA``
+``(usage, selector, matching type, hex data)`` (RFC 6698 section 2.1).  A
 name that appears in some key but not with the asked type answers NODATA
 (NOERROR, empty answer); a name that appears in no key answers NXDOMAIN.
 The value :data:`SERVFAIL` answers SERVFAIL.
+
+DNSSEC: the server signs nothing, but it plays a validating resolver's
+part for the names in *secure* (``start_dns_server(..., secure={...})``,
+or ``secure=True`` for every name): their answers carry the AD bit
+(authenticated data, RFC 4035 section 3.2.3), which is all a stub resolver
+that trusts its resolver (Postfix's ``smtp_dns_support_level = dnssec``,
+our DANE) looks at.  A bogus answer is what a validating resolver turns
+into SERVFAIL: use :data:`SERVFAIL`.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ __all__ = ["SERVFAIL", "start_dns_server"]
 
 #: A record value that makes the server answer SERVFAIL.
 SERVFAIL = "SERVFAIL"
+#: The TLSA RR type (RFC 6698 section 7.1), which twisted.names does not name.
+_TLSA = 52
 
 
 class _ServerFailure(Exception):
@@ -51,6 +62,10 @@ def _payload(rtype: str, value: Any) -> Any:
         return dns.Record_CNAME(value.rstrip(".").encode(), ttl=60)
     if rtype == "PTR":
         return dns.Record_PTR(value.rstrip(".").encode(), ttl=60)
+    if rtype == "TLSA":
+        # RFC 6698 section 2.1: usage, selector, matching type, association data.
+        usage, selector, mtype, data = value
+        return dns.UnknownRecord(bytes([usage, selector, mtype]) + bytes.fromhex(data), ttl=60)
     if rtype == "TXT":
         # One record: a str/bytes (split into 255-octet character-strings) or a list of them.
         parts = value if isinstance(value, list | tuple) else [value]
@@ -71,11 +86,12 @@ class _DictAuthority:
     @staticmethod
     def _rr(name: str, rtype: str, value: Any) -> dns.RRHeader:
         payload = _payload(rtype, value)
-        return dns.RRHeader(name=name, type=payload.TYPE, payload=payload, ttl=60, auth=True)
+        rrtype = _TLSA if rtype == "TLSA" else payload.TYPE
+        return dns.RRHeader(name=name, type=rrtype, payload=payload, ttl=60, auth=True)
 
     def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred[Any]:
         name = query.name.name.decode("ascii").lower().rstrip(".")
-        rtype = dns.QUERY_TYPES.get(query.type, str(query.type))
+        rtype = "TLSA" if query.type == _TLSA else dns.QUERY_TYPES.get(query.type, str(query.type))
         self.queries.append((name, rtype))
         answers = []
         for _ in range(8):  # follow CNAMEs, as a recursive server would
@@ -96,6 +112,14 @@ class _DictAuthority:
 
 
 class _Factory(server.DNSServerFactory):
+    secure: Any = frozenset()
+
+    def sendReply(self, protocol: Any, message: Any, address: Any) -> None:
+        if message.queries and message.rCode == dns.OK:
+            name = message.queries[0].name.name.decode("ascii").lower().rstrip(".")
+            message.authenticData = self.secure is True or name in self.secure
+        super().sendReply(protocol, message, address)
+
     def gotResolverError(self, failure: Any, protocol: Any, message: Any, address: Any) -> None:
         if failure.check(_ServerFailure):
             # The base class would log the failure, which trial counts as an error.
@@ -105,14 +129,18 @@ class _Factory(server.DNSServerFactory):
         super().gotResolverError(failure, protocol, message, address)
 
 
-def start_dns_server(test_case: TestCase, records: dict[tuple[str, str], Any]) -> tuple[str, int]:
+def start_dns_server(
+    test_case: TestCase, records: dict[tuple[str, str], Any], *, secure: Any = frozenset()
+) -> tuple[str, int]:
     """
     Listen on 127.0.0.1, a free UDP port, answering from *records*; stop when
     the test ends.  Returns ``(host, port)``.  The authority object (with its
-    ``queries`` log) is ``test_case.dns_authority``.
+    ``queries`` log) is ``test_case.dns_authority``.  Answers for the names
+    in *secure* (``True``: all) carry the AD bit.
     """
     authority = _DictAuthority(records)
     factory = _Factory(authorities=[authority])
+    factory.secure = secure if secure is True else {n.lower().rstrip(".") for n in secure}
     factory.noisy = False
     protocol = dns.DNSDatagramProtocol(controller=factory)
     port = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]

@@ -517,6 +517,19 @@ class DNSRecordsCommandTests(CommandTestCase):
             )
         return path
 
+    def test_mta_sts_records(self) -> None:
+        """With [mta_sts], the _mta-sts TXT (its id from the served policy), the mta-sts host and _smtp._tls."""
+        from txmail.delivery.mtasts import parse_txt, policy_id, policy_text
+
+        config = self.write_config('[mta_sts]\nmode = "enforce"\nmx = ["mx.example.test"]\nmax_age = 86400\n')
+        self.assertEqual(self.txmail("dns-records", "example.test.", "--config", config), 0)
+        out = self.stdout.getvalue()
+        [txt] = [line for line in out.splitlines() if line.startswith(f"_mta-sts.{DOMAIN}. ")]
+        value = txt.split(" TXT ", 1)[1].strip('"')
+        self.assertEqual(parse_txt([value]), policy_id(policy_text("enforce", ["mx.example.test"], 86400)))
+        self.assertIn(f"mta-sts.{DOMAIN}. IN CNAME {HOST}.", out)
+        self.assertIn(f'_smtp._tls.{DOMAIN}. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@{DOMAIN}"', out)
+
     def test_two_keys(self) -> None:
         """The output is zone-file lines for MX, SPF, both keys (from their files) and DMARC, with notes."""
         config = self.write_config()

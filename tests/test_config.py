@@ -404,3 +404,40 @@ class QueueConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as cm:
                 load_config(self.write(text))
             self.assertIn(message, str(cm.exception), text)
+
+
+class TransportSecurityConfigTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults_and_tables(self) -> None:
+        """MTA-STS is enforced by default, DANE and reports are off; [mta_sts] reaches the settings."""
+        s = load_config(None)
+        self.assertEqual((s.outbound_mta_sts, s.outbound_dane, s.outbound_tls_reports), (True, False, False))
+        self.assertIsNone(s.mta_sts_mode)
+        s = load_config(
+            self.write(
+                "[outbound]\nmta_sts = false\ndane = true\ntls_reports = true\n"
+                '[mta_sts]\nmode = "enforce"\nmx = ["mx1.example.test", "*.example.test"]\nmax_age = 86400\n'
+            )
+        )
+        self.assertEqual((s.outbound_mta_sts, s.outbound_dane, s.outbound_tls_reports), (False, True, True))
+        self.assertEqual(
+            (s.mta_sts_mode, s.mta_sts_mx, s.mta_sts_max_age),
+            ("enforce", ("mx1.example.test", "*.example.test"), 86400),
+        )
+
+    def test_errors(self) -> None:
+        """Bad values name the key."""
+        for text, needle in [
+            ('[outbound]\ndane = "yes"\n', "dane"),
+            ('[mta_sts]\nmode = "strict"\n', "mode"),
+            ('[mta_sts]\nmx = ["a b"]\n', "mx"),
+            ("[mta_sts]\nmax_age = 31557601\n", "max_age"),
+        ]:
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertIn(needle, str(cm.exception), text)

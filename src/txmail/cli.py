@@ -311,12 +311,16 @@ def _check_config(args: argparse.Namespace) -> None:
             checks.append("dns lists")
         if policy.defaults.greylisting or any(d.greylisting for _, d in policy.domains):
             checks.append("greylisting")
-        _out(f"  inbound checks: {', '.join(checks) or '-'} (trusted: {', '.join(policy.trusted_networks) or '-'})")
+        _out(
+            f"  inbound checks: {', '.join(checks) or '-'} (trusted: {', '.join(policy.trusted_networks) or '-'})"
+        )
     else:
         _out("  inbound checks: off")
     _out(f"  dkim signing:   {', '.join(f'{k.selector}._domainkey.{k.domain}' for k in keys) or '-'}")
     if forwarding is not None:
-        parts = (["srs"] if forwarding.srs is not None else []) + (["arc seal"] if forwarding.seal_key else [])
+        parts = (["srs"] if forwarding.srs is not None else []) + (
+            ["arc seal"] if forwarding.seal_key else []
+        )
         _out(f"  forwarding:     {', '.join(parts)}")
 
 
@@ -578,8 +582,27 @@ def _mail_domain(args: argparse.Namespace, settings: Any) -> tuple[MailDomain, i
     from txmail.autoconfig import client_offer, https_port
 
     clients = client_offer(settings)
-    mail = MailDomain(domain, hostname, tuple(keys), settings.smarthost, clients, https_port(settings))
+    mail = MailDomain(
+        domain,
+        hostname,
+        tuple(keys),
+        settings.smarthost,
+        clients=clients,
+        autoconfig_port=https_port(settings),
+        mta_sts=_mta_sts_policy(settings),
+    )
     return mail, status
+
+
+def _mta_sts_policy(settings: Any) -> str | None:
+    """The MTA-STS policy text the ``[mta_sts]`` settings serve, or ``None``."""
+    if not settings.mta_sts_mode:
+        return None
+    from txmail.delivery.mtasts import policy_text
+
+    return policy_text(
+        settings.mta_sts_mode, settings.mta_sts_mx or (settings.hostname,), settings.mta_sts_max_age
+    )
 
 
 def check_records(mail: MailDomain, resolver: Any) -> Any:

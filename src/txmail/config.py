@@ -109,8 +109,17 @@ The file format (every key optional)::
     poll_interval = 30                   # seconds between queue passes (txmail queue flush waits for one)
     timeout = 300                        # seconds per SMTP command (RFC 5321 section 4.5.3.2)
 
+    mta_sts = true                       # enforce other domains' MTA-STS policies (RFC 8461)
+    dane = false                         # DANE (RFC 7672): needs a validating resolver (unbound)
+    tls_reports = false                  # send daily TLS-RPT reports (RFC 8460) to their rua
+
     [outbound.tls_policies]              # per-domain TLS policy, overrides tls_policy
     "bank.example" = "verify"
+
+    [mta_sts]                            # serve our MTA-STS policy on the [web] listener
+    mode = "testing"                     # testing | enforce | none (no table: nothing served)
+    mx = ["mail.example.com"]            # MX patterns (default the hostname)
+    max_age = 604800                     # seconds senders keep the policy
 
     [quota]
     storage = "1G"                       # each user's limit over all mailboxes (default none)
@@ -275,6 +284,12 @@ class Settings:
     delay_notice_after: float | None = 4 * 3600.0
     queue_poll_interval: float = 30.0
     outbound_timeout: float = 300.0
+    outbound_mta_sts: bool = True
+    outbound_dane: bool = False
+    outbound_tls_reports: bool = False
+    mta_sts_mode: str | None = None
+    mta_sts_mx: tuple[str, ...] = ()
+    mta_sts_max_age: int = 604800
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     quota_storage: int | None = None
     quota_users: tuple[tuple[str, int | None], ...] = ()
@@ -400,6 +415,12 @@ _KEYS: dict[tuple[str, str], str] = {
     ("metrics", "on_web"): "metrics_on_web",
     ("log", "format"): "log_format",
     ("log", "file"): "log_file",
+    ("outbound", "mta_sts"): "outbound_mta_sts",
+    ("outbound", "dane"): "outbound_dane",
+    ("outbound", "tls_reports"): "outbound_tls_reports",
+    ("mta_sts", "mode"): "mta_sts_mode",
+    ("mta_sts", "mx"): "mta_sts_mx",
+    ("mta_sts", "max_age"): "mta_sts_max_age",
 }
 
 #: The values of ``[log] format``.
@@ -510,7 +531,9 @@ def _validate(values: dict[str, Any]) -> Settings:
         if f.name not in values or values[f.name] is None:
             continue
         value = values[f.name]
-        if f.name == "policy":
+        if f.name in _TRANSPORT_SECURITY:
+            out[f.name] = _transport_security_value(f.name, value)
+        elif f.name == "policy":
             if isinstance(value, PolicyConfig):
                 out[f.name] = value
             elif isinstance(value, Mapping):
@@ -898,3 +921,38 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
             continue
         values[key] = value
     return _validate(values)
+
+
+#: Settings of outbound transport security (MTA-STS, DANE, TLS-RPT).
+_TRANSPORT_SECURITY = frozenset(
+    {
+        "outbound_mta_sts",
+        "outbound_dane",
+        "outbound_tls_reports",
+        "mta_sts_mode",
+        "mta_sts_mx",
+        "mta_sts_max_age",
+    }
+)
+
+
+def _transport_security_value(name: str, value: Any) -> Any:
+    """Validate one of :data:`_TRANSPORT_SECURITY`."""
+    if name in ("outbound_mta_sts", "outbound_dane", "outbound_tls_reports"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"[outbound] {name.removeprefix('outbound_')} must be true or false")
+        return value
+    if name == "mta_sts_mode":
+        if value not in ("enforce", "testing", "none"):
+            raise ConfigError('[mta_sts] mode must be "enforce", "testing" or "none"')
+        return value
+    if name == "mta_sts_mx":
+        patterns = _str_list("[mta_sts] mx", value)
+        for pattern in patterns:
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", pattern):
+                raise ConfigError(f"[mta_sts] mx: {pattern!r} is not a host name or *.domain pattern")
+        return patterns
+    # RFC 8461 section 3.2: max_age up to 31557600 seconds.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 31557600:
+        raise ConfigError("[mta_sts] max_age must be a number of seconds from 0 to 31557600")
+    return value

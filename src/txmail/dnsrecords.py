@@ -154,6 +154,7 @@ class MailDomain:
         autoconfig_port: the HTTPS port autoconfiguration is served on
             (``0``: only plain HTTP; ``None``: not served): the
             ``autoconfig.`` and ``autodiscover.`` names are printed.
+        mta_sts: the MTA-STS policy text we serve (``[mta_sts]``), or ``None``.
     """
 
     domain: str
@@ -162,6 +163,7 @@ class MailDomain:
     smarthost: str | None = None
     clients: ClientOffer | None = None
     autoconfig_port: int | None = None
+    mta_sts: str | None = None
 
     def dkim_name(self, selector: str) -> str:
         """``<selector>._domainkey.<domain>`` (RFC 6376 section 3.6.2.1)."""
@@ -183,7 +185,7 @@ class Entry:
 
     Attributes:
         kind: ``"mx"``, ``"address"``, ``"spf"``, ``"dkim"``, ``"dmarc"``,
-            ``"srv"``, ``"autoconfig"`` or ``"ptr"``.
+            ``"srv"``, ``"autoconfig"``, ``"mta-sts"``, ``"tls-rpt"`` or ``"ptr"``.
         name: the owner name, without the final dot.
         rdtype: the record type.
         value: the record data as a zone file writes it, TXT values without
@@ -343,6 +345,8 @@ def records_for(mail: MailDomain) -> list[Entry]:
         )
     )
     entries.extend(client_records(mail))
+    if mail.mta_sts is not None:
+        entries.extend(_mta_sts_entries(mail, mail.mta_sts))
     entries.append(
         Entry(
             "ptr",
@@ -411,6 +415,44 @@ def client_records(mail: MailDomain) -> list[Entry]:
             )
         )
     return entries
+
+
+def _mta_sts_entries(mail: MailDomain, policy: str) -> list[Entry]:
+    """The MTA-STS (RFC 8461 section 3.1) and TLS-RPT (RFC 8460 section 3) records of *mail*."""
+    from txmail.delivery.mtasts import policy_id
+
+    domain, host = mail.domain, mail.hostname
+    return [
+        Entry(
+            "mta-sts",
+            f"_mta-sts.{domain}",
+            "TXT",
+            f"v=STSv1; id={policy_id(policy)}",
+            (
+                f"MTA-STS (RFC 8461): senders fetch the policy of {domain} from",
+                f"https://mta-sts.{domain}/.well-known/mta-sts.txt, which the [web] listener serves",
+                "([mta_sts] settings); the id changes whenever the policy does (publish the new",
+                "record after the new policy is served).",
+            ),
+        ),
+        Entry(
+            "mta-sts",
+            f"mta-sts.{domain}",
+            "CNAME",
+            f"{host}.",
+            (
+                f"mta-sts.{domain} must reach the [web] listener on port 443, with a certificate",
+                f"valid for mta-sts.{domain} (add the name to the [tls] certificate).",
+            ),
+        ),
+        Entry(
+            "tls-rpt",
+            f"_smtp._tls.{domain}",
+            "TXT",
+            f"v=TLSRPTv1; rua=mailto:postmaster@{domain}",
+            (f"TLS-RPT (RFC 8460): senders mail their daily TLS reports for {domain} here.",),
+        ),
+    ]
 
 
 def zone_text(mail: MailDomain) -> str:

@@ -305,7 +305,7 @@ def _build_runner(
 
     if resolver is None:
         nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
-        resolver = MXResolver(nameservers, run_blocking=run_blocking)
+        resolver = MXResolver(nameservers, run_blocking=run_blocking, dnssec=settings.outbound_dane)
     connections = None
     if deliver is None:
         # One connection per destination carries a burst of messages (RSET between them).
@@ -347,7 +347,17 @@ def _build_runner(
         # A shared queue is claimed a batch at a time, so that the nodes share it out.
         claim_batch=None if settings.queue_backend == "file" else 50,
         lease=settings.queue_lease,
+        security=_transport_security(settings, reactor, resolver, router, directory, queue),
     )
+
+
+def _transport_security(
+    settings: Settings, reactor: Any, resolver: Any, router: Any, directory: Any, queue: Any
+) -> Any:
+    """DANE, MTA-STS and TLS-RPT for the runner (:mod:`txmail.delivery.tlspolicy`), if *resolver* can look up records."""
+    from txmail.delivery.tlsrpt import build_transport_security
+
+    return build_transport_security(settings, reactor, resolver, router, directory, queue)
 
 
 def tune_gc(threshold: Sequence[int]) -> None:
@@ -894,6 +904,9 @@ def build_service(
         from txmail.web.service import web_site  # twisted.web: only when configured
 
         site = web_site(settings, server, reactor=reactor)
+        from txmail.delivery.mtasts import mount as mount_mta_sts
+
+        mount_mta_sts(site, settings)  # [mta_sts]: /.well-known/mta-sts.txt
         for description in settings.web:
             listen(description, site, "web")
     if settings.autoconfig_listen:

@@ -242,3 +242,45 @@ class ParseDomainLiteralTests(TestCase):
         self.assertEqual(parse_domain_literal("[ipv6:::1]"), "::1")
         self.assertIsNone(parse_domain_literal("example.test"))
         self.assertRaises(ValueError, parse_domain_literal, "[10.0.0]")
+
+
+class DNSSECTests(TestCase):
+    """``dnssec=True``: the AD bit of each answer is kept (RFC 7672 section 2.2)."""
+
+    def resolver(self, secure: Any) -> MXResolver:
+        server = start_dns_server(
+            self,
+            {
+                ("signed.test", "MX"): [(10, "mx.signed.test")],
+                ("mx.signed.test", "A"): ["127.0.0.1"],
+                ("_25._tcp.mx.signed.test", "TLSA"): [(3, 1, 1, "ab" * 32)],
+                ("_25._tcp.broken.signed.test", "TLSA"): SERVFAIL,
+            },
+            secure=secure,
+        )
+        return MXResolver([server], timeout=2.0, dnssec=True)
+
+    @defer.inlineCallbacks
+    def test_ad_bit_kept(self) -> Any:
+        """Authenticated MX and address answers mark the destination secure; TLSA records come with their status."""
+        resolver = self.resolver({"signed.test", "mx.signed.test", "_25._tcp.mx.signed.test"})
+        [dest] = yield resolver.resolve("signed.test")
+        self.assertEqual((dest.mx_secure, dest.secure), (True, True))
+        answer = yield resolver.lookup("_25._tcp.mx.signed.test", "TLSA")
+        self.assertEqual((answer.status, answer.secure), ("ok", True))
+        [record] = answer.records
+        self.assertEqual((record.usage, record.selector, record.mtype, record.cert), (3, 1, 1, b"\xab" * 32))
+        failed = yield resolver.lookup("_25._tcp.broken.signed.test", "TLSA")
+        self.assertEqual(failed.status, "temp")
+
+    @defer.inlineCallbacks
+    def test_insecure_answers(self) -> Any:
+        """Without the AD bit nothing is secure (and equality of destinations ignores the flags)."""
+        resolver = self.resolver(frozenset())
+        [dest] = yield resolver.resolve("signed.test")
+        self.assertEqual((dest.mx_secure, dest.secure), (False, False))
+        self.assertEqual(dest, Destination("mx.signed.test", "127.0.0.1", 10, True, True))
+        answer = yield resolver.lookup("_25._tcp.mx.signed.test", "TLSA")
+        self.assertEqual((answer.status, answer.secure), ("ok", False))
+        missing = yield resolver.lookup("_25._tcp.nothing.signed.test", "TLSA")
+        self.assertEqual(missing.status, "nxdomain")

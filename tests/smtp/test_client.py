@@ -920,3 +920,40 @@ class RelayRequestTests(SynchronousTestCase):
         self.assertIn("'user'", text)
         self.assertNotIn("hunter2", text)
         self.assertNotIn("secret content", text)
+
+
+class RequireTLSTests(SynchronousTestCase):
+    """REQUIRETLS (RFC 8689 section 4.2.1) on the client side."""
+
+    def after_tls(self, ehlo: bytes) -> tuple[ClientSession, bytes, list[ClientEvent]]:
+        s = make(tls_policy="opportunistic", require_tls=True)
+        step(s, GREETING)
+        step(s, EHLO_FULL)
+        step(s, b"220 2.0.0 go ahead\r\n")
+        s.tls_started()
+        step(s)
+        out, events = step(s, ehlo)
+        return s, out, events
+
+    def test_mail_carries_requiretls(self) -> None:
+        """With the next hop's REQUIRETLS keyword after STARTTLS, MAIL says REQUIRETLS."""
+        _, out, _ = self.after_tls(b"250-mx.remote.test\r\n250 REQUIRETLS\r\n")
+        self.assertEqual(out, b"MAIL FROM:<alice@example.test> REQUIRETLS\r\n")
+
+    def test_hop_without_requiretls_fails_permanently(self) -> None:
+        """Without the keyword nothing is sent; the failure is permanent, 5.7.30 (RFC 8689 section 5)."""
+        s, out, _ = self.after_tls(EHLO_BASIC)
+        self.assertEqual(out, b"QUIT\r\n")
+        result = done(step(s, b"221 bye\r\n")[1])
+        self.assertFalse(result.temporary)
+        self.assertIn("5.7.30", result.error or "")
+        self.assertEqual(result.status("bob@remote.test"), "permanent")
+
+    def test_no_starttls_is_temporary(self) -> None:
+        """A hop without STARTTLS: TLS required, temporary, even with an opportunistic policy."""
+        s = make(tls_policy="opportunistic", require_tls=True)
+        out, _ = step(s, GREETING + b"250-mx.remote.test\r\n250 REQUIRETLS\r\n")
+        self.assertEqual(out, b"EHLO mta.example.test\r\nQUIT\r\n")
+        result = done(step(s, b"221 bye\r\n")[1])
+        self.assertTrue(result.temporary)
+        self.assertIn("TLS required", result.error or "")

@@ -1083,3 +1083,24 @@ class FuzzTests(SynchronousTestCase):
                             accept_all(session, event)
             for line in session.data_to_send().split(b"\r\n")[:-1]:
                 self.assertRegex(line, rb"^[2-5][0-9][0-9][ -]")
+
+
+class RequireTLSTests(SessionTestCase):
+    """REQUIRETLS (RFC 8689) on the server side."""
+
+    def test_offered_only_over_tls(self) -> None:
+        """EHLO lists REQUIRETLS once TLS is on, never before."""
+        _, _, out = self.exchange(EHLO, tls_available=True)
+        self.assertNotIn(b"REQUIRETLS", out)
+        _, _, out = self.exchange(EHLO, tls_active=True, tls_available=True)
+        self.assertIn(b"\r\n250 REQUIRETLS\r\n", out)
+
+    def test_mail_parameter(self) -> None:
+        """Over TLS the keyword reaches the MailFrom event; without TLS 530 5.7.10; a value is a syntax error."""
+        _, events, _ = self.exchange(EHLO + b"MAIL FROM:<a@remote.test> REQUIRETLS\r\n", tls_active=True)
+        self.assertEqual(events[-1], MailFrom("a@remote.test", {"REQUIRETLS": None}))
+        _, events, out = self.exchange(EHLO + b"MAIL FROM:<a@remote.test> REQUIRETLS\r\n")
+        self.assertTrue(out.endswith(b"530 5.7.10 REQUIRETLS needs a TLS connection: use STARTTLS first\r\n"))
+        self.assertFalse(any(isinstance(e, MailFrom) for e in events))
+        _, _, out = self.exchange(EHLO + b"MAIL FROM:<a@remote.test> REQUIRETLS=yes\r\n", tls_active=True)
+        self.assertTrue(out.splitlines()[-1].startswith(b"501 5.5.4"), out)

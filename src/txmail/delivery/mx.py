@@ -52,10 +52,11 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.resolver
@@ -63,7 +64,7 @@ from twisted.internet import defer, threads
 
 from txmail.errors import DeliveryError
 
-__all__ = ["Destination", "MXResolver", "NoRoute", "NullMX", "parse_domain_literal"]
+__all__ = ["Destination", "LookupResult", "MXResolver", "NoRoute", "NullMX", "parse_domain_literal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +78,34 @@ class Destination:
             (``[192.0.2.1]``) for a literal.
         address: one IP address (v6 or v4) to connect to.
         preference: the MX preference (0 for an implicit MX or a literal).
+        mx_secure: the MX RRset (or the NODATA that made the domain its own
+            MX) came with the AD bit from a validating resolver (only asked
+            for with ``dnssec=True``; RFC 7672 section 2.2.1).
+        secure: this host's address RRset came with the AD bit too (RFC
+            7672 section 2.2.2: only then are its TLSA records looked up).
     """
 
     host: str
     address: str
     preference: int
+    mx_secure: bool = field(default=False, compare=False)
+    secure: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """
+    One answer of :meth:`MXResolver.lookup`: ``status`` is ``"ok"``,
+    ``"nodata"``, ``"nxdomain"`` or ``"temp"`` (SERVFAIL, timeout: under
+    DNSSEC also what a validating resolver makes of a bogus answer);
+    ``records`` the rdata as dnspython objects; ``secure`` whether the
+    answer carried the AD bit; ``error`` the failure text.
+    """
+
+    status: str
+    records: tuple[Any, ...] = ()
+    secure: bool = False
+    error: str = ""
 
 
 class NullMX(DeliveryError):
@@ -154,6 +178,12 @@ class MXResolver:
             :func:`~twisted.internet.threads.deferToThread`.
         timeout: seconds one query may take in all (dnspython's lifetime).
         rng: shuffles MX records of equal preference.
+        dnssec: ask for DNSSEC status: queries carry the AD and DO bits
+            (RFC 6840 section 5.7, what Postfix sends with
+            ``smtp_dns_support_level = dnssec``) and the AD bit of each
+            answer is kept (:attr:`Destination.secure`).  The resolver
+            itself must validate (unbound on 127.0.0.1): the AD bit from a
+            resolver across a network proves nothing.
     """
 
     def __init__(
@@ -163,8 +193,13 @@ class MXResolver:
         run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
         timeout: float = 10.0,
         rng: random.Random | None = None,
+        dnssec: bool = False,
     ) -> None:
         resolver = dns.resolver.Resolver(configure=nameservers is None)
+        self.dnssec = dnssec
+        if dnssec:
+            resolver.flags = dns.flags.RD | dns.flags.AD
+            resolver.use_edns(0, dns.flags.DO, 1232)
         if nameservers is not None:
             # dnspython 2.4+: per-nameserver ports through Nameserver objects.
             resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers]
@@ -180,21 +215,39 @@ class MXResolver:
 
     # -- blocking part (runs in a worker thread) --------------------------
 
-    def _query(self, name: dns.name.Name, rdtype: str) -> tuple[str, list[Any], str]:
-        """Ask one question; return ``(outcome, records, error text)`` with plain values."""
+    def _query(self, name: dns.name.Name, rdtype: str) -> tuple[str, list[Any], str, bool]:
+        """Ask one question; return ``(outcome, records, error text, AD bit)`` with plain values."""
         try:
             answer = self._resolver.resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            return _NXDOMAIN, [], ""
-        except dns.resolver.NoAnswer:
-            return _NODATA, [], ""
+        except dns.resolver.NXDOMAIN as e:
+            return _NXDOMAIN, [], "", _ad(_response_of(e))
+        except dns.resolver.NoAnswer as e:
+            return _NODATA, [], "", _ad(_response_of(e))
         except Exception as e:
             # NoNameservers (SERVFAIL, REFUSED...), LifetimeTimeout, and
             # anything odd: unknown causes count as temporary.
-            return _TEMP, [], f"{rdtype} lookup for {name.to_text(omit_final_dot=True)} failed: {e}"
+            return _TEMP, [], f"{rdtype} lookup for {name.to_text(omit_final_dot=True)} failed: {e}", False
+        secure = _ad(answer.response)
         if rdtype == "MX":
-            return _OK, [(rr.preference, rr.exchange) for rr in answer], ""
-        return _OK, [rr.address for rr in answer], ""
+            return _OK, [(rr.preference, rr.exchange) for rr in answer], "", secure
+        if rdtype in ("A", "AAAA"):
+            return _OK, [rr.address for rr in answer], "", secure
+        return _OK, list(answer), "", secure
+
+    def lookup(self, name: str, rdtype: str) -> defer.Deferred[LookupResult]:
+        """
+        Ask for *name*'s *rdtype* records (``"TLSA"``, ``"TXT"``...), in the
+        thread pool; never fails (a malformed name is NXDOMAIN).
+        """
+        try:
+            qname = dns.name.from_text(name.rstrip("."))
+        except (dns.exception.DNSException, UnicodeError, ValueError):
+            return defer.succeed(LookupResult(_NXDOMAIN))
+
+        def done(r: tuple[str, list[Any], str, bool]) -> LookupResult:
+            return LookupResult(r[0], tuple(r[1]), r[3], r[2])
+
+        return self._run(self._query, qname, rdtype).addCallback(done)
 
     # -- reactor part -------------------------------------------------------
 
@@ -220,7 +273,7 @@ class MXResolver:
         except (dns.exception.DNSException, UnicodeError, ValueError) as e:
             raise NoRoute(f"invalid domain {domain!r}: {e}", temporary=False) from None
 
-        outcome, records, error = await self._run(self._query, name, "MX")
+        outcome, records, error, mx_secure = await self._run(self._query, name, "MX")
         if outcome == _NXDOMAIN:
             raise NoRoute(f"domain {domain} does not exist", temporary=False)
         if outcome == _TEMP:
@@ -249,13 +302,13 @@ class MXResolver:
         errors = []
         for i, (pref, host) in enumerate(hosts):
             host_text = host.to_text(omit_final_dot=True)
-            for outcome, addresses, error in results[2 * i : 2 * i + 2]:  # AAAA first, then A
+            for outcome, addresses, error, secure in results[2 * i : 2 * i + 2]:  # AAAA first, then A
                 if outcome == _TEMP:
                     errors.append(error)
                 for address in addresses:
                     if address not in seen:
                         seen.add(address)
-                        destinations.append(Destination(host_text, address, pref))
+                        destinations.append(Destination(host_text, address, pref, mx_secure, secure))
         if not destinations:
             if errors:
                 raise NoRoute(f"no address for any mail exchanger of {domain}: {errors[0]}", temporary=True)
@@ -275,3 +328,17 @@ class MXResolver:
             self._rng.shuffle(group)
             ordered.extend((pref, exchange) for exchange in group)
         return ordered
+
+
+def _ad(response: Any) -> bool:
+    """Whether a dnspython response message carries the AD bit (RFC 4035 section 3.2.3)."""
+    return response is not None and bool(response.flags & dns.flags.AD)
+
+
+def _response_of(error: Exception) -> Any:
+    """The response message behind dnspython's NXDOMAIN or NoAnswer, if it kept one."""
+    kwargs = getattr(error, "kwargs", None) or {}
+    if "response" in kwargs:
+        return kwargs["response"]
+    responses = kwargs.get("responses") or {}
+    return next(iter(responses.values()), None)

@@ -73,6 +73,18 @@ what it writes: it never relies on the queue changing an entry it
 returned.  A crash during a transaction leaves the recipients as they were: they are tried again, so a
 message may be sent twice but is never lost.
 
+Transport security: with a *security* object
+(:class:`~txmail.delivery.tlspolicy.TransportSecurity`) the MTA-STS policy
+of the domain is looked up before its hosts are tried, and each host gets
+a :class:`~txmail.delivery.tlspolicy.HostPlan` (DANE, MTA-STS, REQUIRETLS):
+a host the plan refuses is skipped like one that does not answer (so the
+recipients are deferred, not bounced, when none is left); each attempt's
+TLS outcome is counted for TLS-RPT.  A message received with REQUIRETLS
+(RFC 8689, ``REQUIRETLS`` in the envelope's MAIL parameters) needs a
+verified TLS connection to a next hop that offers REQUIRETLS: when every
+host lacks the keyword its recipients fail with ``5.7.30``; a message whose
+header says ``TLS-Required: No`` has DANE and MTA-STS failures ignored.
+
 DSN parameters: ``NOTIFY``/``ORCPT`` of each recipient and ``RET``/
 ``ENVID`` of the envelope are passed on to servers that advertise DSN (the
 SMTP client decides, RFC 3461 section 4); values are as received (xtext)
@@ -109,6 +121,9 @@ __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
 _PARAM_OK_RE = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
 _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+_TLS_REQUIRED_NO_RE = re.compile(rb"(?im)^TLS-Required[ \t]*:[ \t]*No[ \t]*\r?$")
+#: Octets of a queued message read to find its header's TLS-Required field.
+_HEADER_PEEK = 65536
 
 #: States in which a recipient still waits for delivery.
 _OPEN = ("pending", "deferred")
@@ -174,6 +189,8 @@ class QueueRunner(service.Service):
             renews its claims every third of it while a pass runs); a
             runner that dies leaves its entries to the others for that
             long.
+        security: a :class:`~txmail.delivery.tlspolicy.TransportSecurity`
+            (DANE, MTA-STS, TLS-RPT), or ``None``.
     """
 
     log = Logger()
@@ -204,6 +221,7 @@ class QueueRunner(service.Service):
         connections: Any = None,
         claim_batch: int | None = None,
         lease: float = 900.0,
+        security: Any = None,
     ) -> None:
         self.queue = queue
         self.router = router
@@ -224,6 +242,7 @@ class QueueRunner(service.Service):
         self.connections = connections
         self.claim_batch = claim_batch
         self.lease = lease
+        self.security = security
         self._limit = defer.DeferredSemaphore(concurrency)
         self._loop: task.LoopingCall | None = None
         self._wakeup: Any = None
@@ -242,11 +261,17 @@ class QueueRunner(service.Service):
         loop.start(self.poll_interval, now=False).addErrback(
             lambda f: self.log.failure("queue runner loop stopped", failure=f)
         )
+        reports = getattr(self.security, "reports", None)
+        if reports is not None:
+            reports.start()  # TLS-RPT: the daily reports
         self.wake()  # the first pass, as soon as the reactor runs
 
     def stopService(self) -> Any:
         super().stopService()
         self._stopping = True  # the pass in flight ends after its batch
+        reports = getattr(self.security, "reports", None)
+        if reports is not None:
+            reports.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
@@ -550,7 +575,47 @@ class QueueRunner(service.Service):
         last_host: str | None = None
         last_address = ""
         result: Any = None
+        # RFC 8689: REQUIRETLS is kept in the envelope's MAIL parameters.
+        # TODO(RFC 8689 section 4.2.1): the MX lookup is not required to be
+        # DNSSEC-secured (Destination.mx_secure) or MTA-STS-validated.
+        require_tls = "REQUIRETLS" in env.mail_params
+        security = self.security if self.smarthost is None else None
+        sts: Any = None
+        ignore_policies = False
+        if security is not None:
+            sts = await security.domain_policy(domain)
+            if not require_tls:
+                ignore_policies = await self._tls_required_no(entry)
+        missing_requiretls = 0
         for dest, port in destinations:
+            tls_policy = self._policy(domain)
+            context = None
+            plan = None
+            if security is not None:
+                plan = await security.plan(
+                    domain,
+                    sts,
+                    dest,
+                    default_policy=tls_policy,
+                    require_tls=require_tls,
+                    ignore_policies=ignore_policies,
+                )
+                if plan.refused is not None:
+                    security.record(domain, plan, dest, None)
+                    last_host, last_address = dest.host, f"{dest.address}:{port}"
+                    last_error = f"TLS policy refuses {dest.host}: {plan.refused}"
+                    self.log.info(
+                        "{queue_id} for {domain}: {host} [{address}] not used: {error}",
+                        queue_id=entry.queue_id,
+                        domain=domain,
+                        host=dest.host,
+                        address=dest.address,
+                        error=last_error,
+                    )
+                    continue
+                tls_policy, context = plan.tls_policy, plan.context
+            elif require_tls:
+                tls_policy = "verify"  # RFC 8689 section 4.2.1: a WebPKI-valid certificate
             f = await self.queue.open_entry_message(entry.queue_id)
             try:
                 result = await self.deliver(
@@ -565,7 +630,9 @@ class QueueRunner(service.Service):
                         needs_8bit=body == "8BITMIME",
                         needs_smtputf8="SMTPUTF8" in env.mail_params,
                         mail_params=mail_params,
-                        tls_policy=self._policy(domain),
+                        tls_policy=tls_policy,
+                        tls_context_factory=context,
+                        require_tls=require_tls,
                         tls_hostname=dest.host,
                         trust_root=self.trust_root,
                         auth=self.smarthost.auth if self.smarthost else None,
@@ -576,6 +643,14 @@ class QueueRunner(service.Service):
             finally:
                 f.close()
             last_host, last_address = dest.host, f"{dest.address}:{port}"
+            if security is not None and plan is not None:
+                security.record(domain, plan, dest, result)
+            if require_tls and not result.temporary and "5.7.30" in (result.error or ""):
+                # RFC 8689 section 5: only when no next hop offers REQUIRETLS.
+                missing_requiretls += 1
+                last_error = result.error
+                result = None
+                continue
             if result.per_recipient or result.message_reply is not None or not result.temporary:
                 break  # it answered: its word decides
             last_error = result.error or "no answer"
@@ -592,6 +667,14 @@ class QueueRunner(service.Service):
             result = None
 
         for rcpt in rcpts:
+            if result is None and missing_requiretls and missing_requiretls == len(destinations):
+                self.log.info(
+                    "{queue_id} to <{rcpt}>: no mail exchanger offers REQUIRETLS",
+                    queue_id=entry.queue_id,
+                    rcpt=rcpt,
+                )
+                changes[rcpt] = self._failed(attempts[rcpt], now, last_error, last_host, "5.7.30")
+                continue
             if result is None:
                 self.log.info(
                     "{queue_id} to <{rcpt}>: every host failed: {error}",
@@ -646,6 +729,19 @@ class QueueRunner(service.Service):
                     entry, entry.recipients[rcpt], attempts[rcpt], now, text, last_host, code
                 )
         return changes
+
+    async def _tls_required_no(self, entry: QueueEntry) -> bool:
+        """Whether the message's header says ``TLS-Required: No`` (RFC 8689 section 5)."""
+        f = await self.queue.open_entry_message(entry.queue_id)
+        try:
+            head = f.read(_HEADER_PEEK)
+        finally:
+            f.close()
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            end = head.find(b"\n\n")
+        header = head if end < 0 else head[:end]
+        return _TLS_REQUIRED_NO_RE.search(header) is not None
 
     def _success_fields(self, entry: QueueEntry, rcpt: str, action: str) -> dict[str, Any]:
         """State fields that ask for a success notice of *action*, if the recipient's NOTIFY wants one."""
@@ -776,7 +872,9 @@ class QueueRunner(service.Service):
             sender=env.mail_from,
             recipients=statuses,
             original=original,
-            return_full=ret == "FULL",
+            # RFC 8689 section 5: a notice about a REQUIRETLS message, which
+            # goes out without that protection, returns only the header.
+            return_full=ret == "FULL" and "REQUIRETLS" not in env.mail_params,
             envid=xtext_decode(envid) if envid else None,
             arrival=env.received_at or entry.created,
             now=now,

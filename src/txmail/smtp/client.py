@@ -66,6 +66,12 @@ Policies
   needs one is failed permanently when the server does not advertise it (we
   do not downgrade); when advertised, ``BODY=8BITMIME`` / ``SMTPUTF8`` are
   added to MAIL.  A non-ASCII address needs SMTPUTF8 on its own.
+* REQUIRETLS (RFC 8689 section 4.2.1): with ``require_tls`` the transaction
+  needs TLS (the certificate check is the adapter's TLS context) and the
+  server's ``REQUIRETLS`` EHLO keyword after STARTTLS; then ``REQUIRETLS``
+  goes on MAIL.  A server without the keyword fails the transaction
+  permanently with ``5.7.30`` (RFC 8689 section 5), reusable; without
+  TLS it fails temporarily.
 * DSN (RFC 3461): ``RET``/``ENVID`` on MAIL and ``NOTIFY``/``ORCPT`` on
   RCPT are sent only when the server advertises DSN (section 4: the client
   must not send them otherwise; the queue then generates the DSNs itself).
@@ -211,6 +217,9 @@ class RelayRequest:
         needs_8bit, needs_smtputf8, mail_params, auth, allow_plaintext_auth:
             see :class:`~txmail.smtp.client.ClientSession`.
         tls_policy: ``"none"``, ``"opportunistic"`` or ``"verify"``.
+        require_tls: the message was received with REQUIRETLS (RFC 8689):
+            TLS and the next hop's REQUIRETLS keyword are required, and
+            MAIL carries REQUIRETLS.
         tls_context_factory: the context for ``startTLS``; by default
             :func:`txmail.smtp.relay.client_tls_options` for the policy.
         tls_hostname: the name the certificate must hold in ``"verify"``
@@ -234,6 +243,7 @@ class RelayRequest:
     needs_smtputf8: bool = False
     mail_params: Mapping[str, str] | None = None
     tls_policy: str = "opportunistic"
+    require_tls: bool = False
     tls_context_factory: Any = None
     tls_hostname: str | None = None
     trust_root: Any = None
@@ -385,6 +395,7 @@ class ClientSession:
         tls_active: the connection already runs TLS (implicit TLS, port 465).
         auth: ``(username, password)`` to authenticate with, or ``None``.
         allow_plaintext_auth: authenticate without TLS too.
+        require_tls: REQUIRETLS (RFC 8689; see the module notes).
         keep_open: after a transaction that leaves the connection usable (it
             was delivered, or refused by MAIL, RCPT, DATA or the content
             reply, or failed a SIZE/8BITMIME/SMTPUTF8 check before MAIL), go
@@ -422,6 +433,7 @@ class ClientSession:
         auth: tuple[str, str] | None = None,
         allow_plaintext_auth: bool = False,
         keep_open: bool = False,
+        require_tls: bool = False,
     ) -> None:
         if tls_policy not in TLS_POLICIES:
             raise ValueError(f"unknown TLS policy {tls_policy!r}")
@@ -448,7 +460,9 @@ class ClientSession:
         self._phase = self._PHASE_REPLIES
         self._greeting: Reply | None = None
         self.result: TransactionResult | None = None
-        self._set_transaction(mail_from, recipients, message, size, needs_8bit, needs_smtputf8, mail_params)
+        self._set_transaction(
+            mail_from, recipients, message, size, needs_8bit, needs_smtputf8, mail_params, require_tls
+        )
         self._expect.append(("greeting", ""))
 
     def _set_transaction(
@@ -460,8 +474,10 @@ class ClientSession:
         needs_8bit: bool,
         needs_smtputf8: bool,
         mail_params: Mapping[str, str] | None,
+        require_tls: bool = False,
     ) -> None:
         """Check and take the next transaction's envelope and content; clear the last one's outcome."""
+        self.require_tls = require_tls
         _check_address(mail_from)
         new_recipients: list[_Recipient] = []
         seen: set[str] = set()
@@ -517,6 +533,7 @@ class ClientSession:
         needs_8bit: bool = False,
         needs_smtputf8: bool = False,
         mail_params: Mapping[str, str] | None = None,
+        require_tls: bool = False,
     ) -> None:
         """
         Start another transaction on an :attr:`idle` connection (the
@@ -531,7 +548,9 @@ class ClientSession:
         """
         if self._phase != self._PHASE_IDLE:
             raise RuntimeError("next_transaction() on a session that is not idle")
-        self._set_transaction(mail_from, recipients, message, size, needs_8bit, needs_smtputf8, mail_params)
+        self._set_transaction(
+            mail_from, recipients, message, size, needs_8bit, needs_smtputf8, mail_params, require_tls
+        )
         self.stale = False
         self.result = None
         self._phase = self._PHASE_REPLIES
@@ -766,7 +785,7 @@ class ClientSession:
             if "STARTTLS" in self.extensions:
                 self._command("STARTTLS", "starttls")
                 return
-            if self.tls_policy == "verify":
+            if self.tls_policy == "verify" or self.require_tls:
                 self._fail("TLS required: remote server does not offer STARTTLS", temporary=True)
                 return
         self._after_tls()
@@ -776,7 +795,7 @@ class ClientSession:
             self._phase = self._PHASE_TLS
             self._inbuf.clear()  # RFC 3207 section 4.2: never act on pre-TLS leftovers
             self._events.append(StartTLS())
-        elif self.tls_policy == "verify":
+        elif self.tls_policy == "verify" or self.require_tls:
             self._fail("TLS required: STARTTLS refused: " + _describe(reply), temporary=True)
         elif reply.code >= 400:
             self._after_tls()  # opportunistic: go on in the clear
@@ -859,6 +878,17 @@ class ClientSession:
                 "553 5.6.7 remote server does not support SMTPUTF8 (RFC 6531)", temporary=False, reusable=True
             )
             return
+        if self.require_tls and not self.tls:
+            self._fail("TLS required: REQUIRETLS message on a connection without TLS", temporary=True)
+            return
+        if self.require_tls and "REQUIRETLS" not in ext:
+            # RFC 8689 section 4.2.1 step 4, and section 5's 5.7.30.
+            self._fail(
+                "550 5.7.30 REQUIRETLS support required: the remote server does not offer REQUIRETLS",
+                temporary=False,
+                reusable=True,
+            )
+            return
         dsn = "DSN" in ext
         mail = [f"MAIL FROM:<{self.mail_from}>"]
         if self.size is not None and "SIZE" in ext:
@@ -867,6 +897,8 @@ class ClientSession:
             mail.append("BODY=8BITMIME")
         if self.needs_smtputf8:
             mail.append("SMTPUTF8")
+        if self.require_tls:
+            mail.append("REQUIRETLS")
         if dsn:
             mail.extend(f"{k}={v}" for k, v in self._mail_params.items())
         self._pipelined = "PIPELINING" in ext

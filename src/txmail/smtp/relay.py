@@ -76,6 +76,7 @@ from txmail.smtp.client import (
     TransactionDone,
     TransactionResult,
 )
+from txmail.tlsverify import TLSPolicyError
 
 __all__ = [
     "ConnectionCache",
@@ -193,7 +194,7 @@ class SMTPClientProtocol(Protocol):
         self._lost = True
         self._cancel_timer()
         self._sender = None
-        if reason.check(SSL.Error) or type(reason.value).__name__ == "VerificationError":
+        if reason.check(SSL.Error, TLSPolicyError) or type(reason.value).__name__ == "VerificationError":
             description = f"TLS failure: {reason.getErrorMessage()}"
         else:
             description = None  # the session names the step it was waiting for
@@ -421,6 +422,7 @@ def _connect(
         auth=r.auth,
         allow_plaintext_auth=r.allow_plaintext_auth,
         keep_open=keep_open,
+        require_tls=r.require_tls,
     )
     tls_context_factory = r.tls_context_factory
     if tls_context_factory is None and r.tls_policy != "none":
@@ -548,6 +550,7 @@ class ConnectionCache:
                 needs_8bit=r.needs_8bit,
                 needs_smtputf8=r.needs_smtputf8,
                 mail_params=r.mail_params,
+                require_tls=r.require_tls,
             )
         except Exception:
             self._park(key, protocol)  # a caller's mistake (bad address...): the connection is still good

@@ -261,7 +261,9 @@ SEQUENCE_REPLIES: dict[tuple[str, State], Reply] = {
     ("BDAT", State.MAIL): codes.NO_VALID_RECIPIENTS,
 }
 
-_MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID"})
+_MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID", "REQUIRETLS"})
+#: RFC 8689 section 4.1: REQUIRETLS only on a connection protected by TLS.
+_REQUIRETLS_NEEDS_TLS = Reply(530, "5.7.10", "REQUIRETLS needs a TLS connection: use STARTTLS first")
 _RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 
@@ -760,6 +762,10 @@ class ServerSession(LineSession[Event, Reply]):
             lines.append("DSN")
         if self.tls_available and not self.tls:
             lines.append("STARTTLS")
+        if self.tls:
+            # RFC 8689 section 3: offered only over TLS (MAIL ... REQUIRETLS
+            # is refused without it, below).
+            lines.append("REQUIRETLS")
         mechanisms = self.mechanisms()
         if mechanisms:
             lines.append("AUTH " + " ".join(mechanisms))
@@ -819,6 +825,12 @@ class ServerSession(LineSession[Event, Reply]):
             elif key == "SMTPUTF8":
                 if value is not None:
                     return codes.PARAM_SYNTAX_ERROR
+            elif key == "REQUIRETLS":
+                # RFC 8689 section 3: a keyword without a value.
+                if value is not None:
+                    return codes.PARAM_SYNTAX_ERROR
+                if not self.tls:
+                    return _REQUIRETLS_NEEDS_TLS
             elif key == "RET":
                 # RFC 3461 section 4.3: ret-value = "FULL" / "HDRS"
                 ret = (value or "").upper()
