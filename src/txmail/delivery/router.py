@@ -690,7 +690,12 @@ class DeliveryRouter:
 
     @defer.inlineCallbacks
     def _deliver_filtered(
-        self, envelope: Envelope, message: MessageSource, data: bytes, evaluation: Evaluation, at_protocol: bool
+        self,
+        envelope: Envelope,
+        message: MessageSource,
+        data: bytes,
+        evaluation: Evaluation,
+        at_protocol: bool,
     ) -> Any:
         """
         Carry out *evaluation*'s actions for its user (see the module

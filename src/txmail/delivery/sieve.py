@@ -529,7 +529,9 @@ class SieveDelivery:
         except Exception as e:
             if release is not None:
                 release()
-            self.log.failure("sieve: running {script} of {user} failed; implicit keep", user=user, script=name)
+            self.log.failure(
+                "sieve: running {script} of {user} failed; implicit keep", user=user, script=name
+            )
             return Evaluation(user, name, keep, (f"internal error: {type(e).__name__}",), store=store)
         if result.errors:
             self.log.warn(
@@ -554,7 +556,9 @@ class SieveDelivery:
             del self.locks[user]
 
     @defer.inlineCallbacks
-    def _run(self, script: Script, message: SieveMessage, envelope: Envelope, context: Context, size: int) -> Any:
+    def _run(
+        self, script: Script, message: SieveMessage, envelope: Envelope, context: Context, size: int
+    ) -> Any:
         from txmail.delivery.router import INLINE_PARSE_LIMIT
 
         if size <= INLINE_PARSE_LIMIT and self.inline_steps > 0:
@@ -563,7 +567,9 @@ class SieveDelivery:
                 script,
                 message,
                 envelope,
-                context=dataclasses.replace(context, limits=dataclasses.replace(self.limits, max_steps=budget)),
+                context=dataclasses.replace(
+                    context, limits=dataclasses.replace(self.limits, max_steps=budget)
+                ),
             )
             if not (quick.errors and "too many steps" in quick.errors[0] and budget < self.limits.max_steps):
                 return quick
@@ -607,7 +613,9 @@ class SieveDelivery:
             elif self.state_dir is not None:
                 yield self.run_blocking(_write_state, _state_path(self.state_dir, evaluation.user), data)
         except Exception:
-            self.log.failure("sieve: saving the vacation/duplicate state of {user} failed", user=evaluation.user)
+            self.log.failure(
+                "sieve: saving the vacation/duplicate state of {user} failed", user=evaluation.user
+            )
 
 
 def _without_redirects(result: Result) -> Result:
@@ -702,7 +710,8 @@ def rejection_notice(
     ]
     parts = [
         f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode() + body,
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode()
+        + body,
         f"--{boundary}\r\nContent-Type: message/disposition-notification\r\n\r\n".encode()
         + "".join(line + "\r\n" for line in report).encode("utf-8", "replace"),
         f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode() + header_section,
@@ -725,7 +734,9 @@ def usable_flags(flags: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def make_sieve(settings: Any, directory: Any, *, run_blocking: RunBlocking, reactor: Any) -> SieveDelivery | None:
+def make_sieve(
+    settings: Any, directory: Any, *, run_blocking: RunBlocking, reactor: Any
+) -> SieveDelivery | None:
     """
     The :class:`SieveDelivery` of *settings* (``[sieve]``), or ``None``
     when ``enabled = false``: vacation/duplicate state files under
