@@ -86,6 +86,7 @@ from txmail.sieve import (
 )
 
 __all__ = [
+    "INLINE_SIZE",
     "INLINE_STEPS",
     "MAX_STATE_ENTRIES",
     "REDIRECT_MARK",
@@ -103,6 +104,8 @@ __all__ = [
 
 #: The step budget of a run on the calling thread (see the module notes).
 INLINE_STEPS = 5_000
+#: Messages up to this size may be run on the calling thread (the router's inline parse limit).
+INLINE_SIZE = 256 * 1024
 #: The most vacation and duplicate entries kept per user (oldest dropped).
 MAX_STATE_ENTRIES = 10_000
 #: The field a redirected copy carries (Pigeonhole's), naming the user.
@@ -214,20 +217,10 @@ class _Compiled:
     error: str | None
     #: ``(location, name) -> sha256 of the content`` (``None``: not found) of each included script.
     includes: tuple[tuple[tuple[str, str], str | None], ...] = ()
-
-    @property
-    def stateful(self) -> bool:
-        if self.script is None:
-            return False
-        scripts = [self.script, *(s for s in self.script.includes.values() if s is not None)]
-        return any(s.extensions & _STATEFUL for s in scripts)
-
-    @property
-    def uses_mailboxes(self) -> bool:
-        if self.script is None:
-            return False
-        scripts = [self.script, *(s for s in self.script.includes.values() if s is not None)]
-        return any("mailbox" in s.extensions for s in scripts)
+    #: A script uses vacation or duplicate (the state is loaded for it).
+    stateful: bool = False
+    #: A script uses the ``mailboxexists`` test (the mailbox names are listed for it).
+    uses_mailboxes: bool = False
 
 
 def _digest(content: bytes) -> str:
@@ -241,6 +234,18 @@ class ScriptCache:
         self.size = size
         self.entries: collections.OrderedDict[str, _Compiled] = collections.OrderedDict()
         self.compiles = 0
+        # content -> digest: a store that hands out the same bytes object
+        # each time costs a dict look-up (bytes cache their hash), not a SHA-256.
+        self.digests: dict[bytes, str] = {}
+
+    def digest(self, content: bytes) -> str:
+        found = self.digests.get(content)
+        if found is None:
+            found = _digest(content)
+            if len(self.digests) >= self.size:
+                self.digests.clear()
+            self.digests[content] = found
+        return found
 
     def get(self, digest: str) -> _Compiled | None:
         entry = self.entries.get(digest)
@@ -253,6 +258,30 @@ class ScriptCache:
         self.entries.move_to_end(digest)
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
+
+
+def _uses(nodes: Any, what: str) -> bool:
+    """Whether a command or test named *what* is among *nodes*, at any depth."""
+    for node in nodes:
+        if node.name == what:
+            return True
+        for inner in (node.tests, node.block, node.orelse, node.elifs):
+            if inner and _uses(inner, what):
+                return True
+    return False
+
+
+def _entry(script: Script | None, error: str | None, used: dict[tuple[str, str], str | None]) -> _Compiled:
+    if script is None:
+        return _Compiled(None, error, tuple(sorted(used.items())))
+    scripts = [script, *(s for s in script.includes.values() if s is not None)]
+    return _Compiled(
+        script,
+        None,
+        tuple(sorted(used.items())),
+        stateful=any(s.extensions & _STATEFUL for s in scripts),
+        uses_mailboxes=any("mailbox" in s.extensions and _uses(s.commands, "mailboxexists") for s in scripts),
+    )
 
 
 def _compile(
@@ -365,6 +394,9 @@ class SieveDelivery:
         self.inline_steps = inline_steps
         self.separator = separator
         self.cache = ScriptCache(cache_size)
+        self.inline_limits = dataclasses.replace(
+            self.limits, max_steps=min(inline_steps, self.limits.max_steps)
+        )
         self.pool = defer.DeferredSemaphore(max(1, max_concurrent))
         self.locks: dict[str, defer.DeferredLock] = {}
 
@@ -407,11 +439,16 @@ class SieveDelivery:
 
     # -- compiling --
 
-    @defer.inlineCallbacks
-    def compiled(self, store: Any, name: str, content: bytes) -> Any:
+    def compiled(self, store: Any, name: str, content: bytes) -> defer.Deferred[_Compiled]:
         """The :class:`_Compiled` form of the script *content* of *store*'s user (cached)."""
-        digest = _digest(content)
+        digest = self.cache.digest(content)
         entry = self.cache.get(digest)
+        if entry is not None and not entry.includes:
+            return defer.succeed(entry)
+        return self._compiled(store, name, content, digest, entry)
+
+    @defer.inlineCallbacks
+    def _compiled(self, store: Any, name: str, content: bytes, digest: str, entry: _Compiled | None) -> Any:
         if entry is not None and entry.includes:
             current = yield self._include_digests(store, [key for key, _ in entry.includes])
             if current != dict(entry.includes):
@@ -425,7 +462,7 @@ class SieveDelivery:
             functools.partial(_compile, content, name, self.limits, scripts)
         )
         self.cache.compiles += 1
-        entry = _Compiled(script, error, tuple(sorted(used.items())))
+        entry = _entry(script, error, used)
         self.cache.put(digest, entry)
         return entry
 
@@ -520,7 +557,7 @@ class SieveDelivery:
                 now=self.now(),
                 domain=self.hostname,
                 separator=self.separator,
-                limits=self.limits,
+                limits=self.inline_limits if self._inline(size) else self.limits,
             )
             sieve_envelope = Envelope(
                 mail_from, user, orig_to=rcpt_to if rcpt_to != user else None, auth=authenticated_user
@@ -555,28 +592,26 @@ class SieveDelivery:
         if not lock.locked and not lock.waiting and self.locks.get(user) is lock:
             del self.locks[user]
 
-    @defer.inlineCallbacks
+    def _inline(self, size: int) -> bool:
+        return size <= INLINE_SIZE and self.inline_steps > 0
+
     def _run(
         self, script: Script, message: SieveMessage, envelope: Envelope, context: Context, size: int
-    ) -> Any:
-        from txmail.delivery.router import INLINE_PARSE_LIMIT
-
-        if size <= INLINE_PARSE_LIMIT and self.inline_steps > 0:
-            budget = min(self.inline_steps, self.limits.max_steps)
-            quick = run(
-                script,
-                message,
-                envelope,
-                context=dataclasses.replace(
-                    context, limits=dataclasses.replace(self.limits, max_steps=budget)
-                ),
-            )
+    ) -> defer.Deferred[Result]:
+        """
+        Run on this thread within the context's (inline) limits when the
+        message is small, and again in the pool with the full limits when
+        that was too few steps; large messages go to the pool at once.
+        """
+        if self._inline(size):
+            quick = run(script, message, envelope, context=context)
+            budget = self.inline_limits.max_steps
             if not (quick.errors and "too many steps" in quick.errors[0] and budget < self.limits.max_steps):
-                return quick
-        result = yield self.pool.run(
+                return defer.succeed(quick)
+        context = dataclasses.replace(context, limits=self.limits)
+        return self.pool.run(
             self.run_blocking, functools.partial(run, script, message, envelope, context=context)
         )
-        return result
 
     def _redirected_by_us(self, message: SieveMessage) -> bool:
         import email.utils

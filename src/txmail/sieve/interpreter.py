@@ -116,10 +116,11 @@ class _Scope:
     variables: dict[str, str] = dataclasses.field(default_factory=dict)
     declared: set[str] = dataclasses.field(default_factory=set)
     match: list[str] = dataclasses.field(default_factory=list)
+    #: The script requires "variables" (strings are expanded only then).
+    has_variables: bool = dataclasses.field(init=False)
 
-    @property
-    def has_variables(self) -> bool:
-        return "variables" in self.script.extensions
+    def __post_init__(self) -> None:
+        self.has_variables = "variables" in self.script.extensions
 
 
 class _Run:
@@ -217,6 +218,8 @@ class _Run:
         return out
 
     def expand_all(self, values: list[str], scope: _Scope) -> list[str]:
+        if not scope.has_variables:
+            return list(values)
         return [self.expand(v, scope) for v in values]
 
     def set_variable(self, name: str, value: str, scope: _Scope) -> None:

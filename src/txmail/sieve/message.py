@@ -134,7 +134,19 @@ class SieveMessage:
 
     def _message(self) -> email.message.Message:
         if self._parsed is None:
-            self._parsed = email.message_from_bytes(self.data, policy=email.policy.compat32)
+            ctype = next(iter(self.headers("content-type")), "").strip().lower()
+            if ctype.startswith(("multipart/", "message/")):
+                self._parsed = email.message_from_bytes(self.data, policy=email.policy.compat32)
+            else:
+                # One part: what the body tests need of it (its type, charset
+                # and transfer encoding, the body as the bytes parser keeps
+                # it) without parsing the whole message again.
+                part = email.message.Message(policy=email.policy.compat32)
+                for name in ("content-type", "content-transfer-encoding"):
+                    for value in self.raw_headers(name)[:1]:
+                        part[name] = unfold(value)
+                part.set_payload(self.body.decode("ascii", errors="surrogateescape"))
+                self._parsed = part
         return self._parsed
 
     def body_raw(self) -> str:
