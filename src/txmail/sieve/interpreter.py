@@ -166,8 +166,10 @@ class _Run:
         return self.message.fields if self.fields is None else self.fields
 
     def raw_headers(self, name: str) -> list[str]:
+        if self.fields is None:
+            return self.message.raw_headers(name)
         lname = name.lower()
-        return [v for n, v in self.current_fields() if n.lower() == lname]
+        return [v for n, v in self.fields if n.lower() == lname]
 
     def headers(self, name: str) -> list[str]:
         if self.fields is not None:

@@ -113,6 +113,7 @@ class SieveMessage:
         self.fields: list[tuple[str, str]] = fields
         self.body = body
         self._parsed: email.message.Message | None = None
+        self._index: dict[str, list[str]] | None = None  # fields by lower-cased name
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SieveMessage:
@@ -125,8 +126,13 @@ class SieveMessage:
 
     def raw_headers(self, name: str) -> list[str]:
         """The raw values of the fields called *name*, in order."""
-        lname = name.lower()
-        return [v for n, v in self.fields if n.lower() == lname]
+        index = self._index
+        if index is None:
+            index = {}
+            for n, v in self.fields:
+                index.setdefault(n.lower(), []).append(v)
+            self._index = index
+        return list(index.get(name.lower(), ()))
 
     def headers(self, name: str) -> list[str]:
         """The decoded values of the fields called *name*, in order."""
