@@ -711,13 +711,12 @@ class DeliveryRouter:
         fallback = False  # an action failed: keep it in the default mailbox
         try:
             for action in result.deliveries:
-                kind = type(action)
-                if kind is Keep:
+                if isinstance(action, Keep):
                     uid = yield self._store_copy(
                         envelope, message, data, user, store, None, action.flags, action.headers, True
                     )
                     kept = True
-                elif kind is FileInto:
+                elif isinstance(action, FileInto):
                     try:
                         uid = yield self._store_copy(
                             envelope,
@@ -741,18 +740,18 @@ class DeliveryRouter:
                             error=f"{type(e).__name__}: {e}",
                         )
                         fallback = True
-                elif kind is Discard:
+                elif isinstance(action, Discard):
                     self.log.info(
                         "sieve: {message_id} for {user} discarded by {script}",
                         message_id=envelope.message_id,
                         user=user,
                         script=evaluation.script,
                     )
-                elif kind is Redirect:
+                elif isinstance(action, Redirect):
                     sent = yield self._redirect(envelope, data, user, action)
                     if not sent and not action.copy:
                         fallback = True
-                elif kind is Reject:
+                elif isinstance(action, Reject):
                     if at_protocol and action.ereject:
                         self.log.info(
                             "sieve: {message_id} for {user} refused in the transaction by {script}",
@@ -779,7 +778,7 @@ class DeliveryRouter:
                         now=self.sieve.now(),
                     )
                     notices.append((envelope.mail_from, notice, "rejection"))
-                elif kind is Vacation:
+                elif isinstance(action, Vacation):
                     notices.append((action.to, action.reply, "vacation"))
                     if evaluation.state is not None:
                         evaluation.state.replied(action.to, action.handle)

@@ -415,27 +415,27 @@ class SieveDelivery:
         """
         users = list(users)
 
-        @defer.inlineCallbacks
-        def one(user: str) -> Any:
-            store = yield defer.maybeDeferred(stores.store_for, user)
-            if not ISieveScripts.providedBy(store):
-                return None
-            active = yield defer.maybeDeferred(store.active_script)
-            return None if active is None else (store, active)
+        def one(user: str) -> defer.Deferred[Any]:
+            def got_store(store: Any) -> Any:
+                if not ISieveScripts.providedBy(store):
+                    return None
+                d = defer.maybeDeferred(store.active_script)
+                d.addCallbacks(lambda active: None if active is None else (store, active), unreadable)
+                return d
 
-        results = yield defer.DeferredList([one(u) for u in users], consumeErrors=True)
-        found: dict[str, Any] = {}
-        for user, (ok, value) in zip(users, results, strict=True):
-            if ok:
-                if value is not None:
-                    found[user] = value
-            else:
+            def unreadable(failure: Any) -> None:
                 self.log.failure(
                     "sieve: cannot read the active script of {user}; delivering unfiltered",
-                    failure=value,
+                    failure=failure,
                     user=user,
                 )
-        return found
+
+            # A store that cannot be had at all fails the ordinary delivery
+            # too, which logs and queues it: nothing to add here.
+            return defer.maybeDeferred(stores.store_for, user).addCallbacks(got_store, lambda _: None)
+
+        results = yield defer.gatherResults([one(u) for u in users])
+        return {user: value for user, value in zip(users, results, strict=True) if value is not None}
 
     # -- compiling --
 
