@@ -16,6 +16,7 @@ import email
 import imaplib
 import os
 import smtplib
+import socket
 import time
 from typing import Any
 
@@ -24,6 +25,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from txmail.testing import TestServer
+
+from .test_lmtp import lmtp_session
 
 ALICE = "alice@example.test"
 CAROL = "carol@example.test"
@@ -234,6 +237,26 @@ class SieveDeliveryTests(TestCase):
         self.assertEqual(code, 250)
         [notice] = yield self.server.capture.wait_for(1)
         self.assertEqual((notice.mail_from, notice.recipients), ("", (SENDER,)))
+
+    @defer.inlineCallbacks
+    def test_ereject_over_lmtp_is_per_recipient(self) -> Any:
+        """Over LMTP Alice's ereject is her own 550 5.7.1 after the data; Carol's 250 stands."""
+        server = TestServer(settings={"lmtp": ["tcp:0:interface=127.0.0.1"], "smtp": [], "submission": []})
+        yield server.start()
+        self.addCleanup(server.stop)
+        server.add_user(ALICE, PASSWORD)
+        server.add_user(CAROL, PASSWORD)
+        store = yield server.stores.store_for(ALICE)
+        yield store.put_script("main", b'require "ereject";\nereject "not over LMTP either";\n')
+        yield store.set_active("main")
+        out = yield deferToThread(
+            lmtp_session, server.service.address("lmtp"), socket.AF_INET, [ALICE, CAROL], message("lmtp")
+        )
+        (code_a, lines_a), (code_c, _) = out["results"]
+        self.assertEqual((code_a, code_c), (550, 250))
+        self.assertEqual(lines_a[0], b"550 5.7.1 <alice@example.test> not over LMTP either")
+        self.assertEqual((yield server.messages_for(ALICE)), [])
+        self.assertEqual(len((yield server.messages_for(CAROL))), 1)
 
     # -- redirect ----------------------------------------------------------------------
 
