@@ -399,12 +399,12 @@ class SieveDeliveryTests(TestCase):
 class HostileScriptTests(TestCase):
     """A script that runs into a large step limit does not hold up another user's delivery."""
 
-    timeout = 120
+    timeout = 300
 
     @defer.inlineCallbacks
     def test_step_hog_does_not_delay_others(self) -> Any:
         """Dave's script runs for seconds to its step limit (in the pool); Carol's mail is delivered meanwhile; Dave's lands in the INBOX."""
-        server = TestServer(settings={"sieve_max_steps": 3_000_000})
+        server = TestServer(settings={"sieve_max_steps": 2_000_000})
         yield server.start()
         self.addCleanup(server.stop)
         server.add_user(DAVE, PASSWORD)
@@ -430,8 +430,11 @@ class HostileScriptTests(TestCase):
         yield deferToThread(send, CAROL)
         quick = finished[CAROL] - begun
         yield slow
-        self.assertLess(quick, 2.0)
+        hog = finished[DAVE] - started
+        # Carol's message does not wait for Dave's script: it is done first,
+        # in a fraction of the time Dave's run takes (relative, so that a
+        # loaded machine slows both alike).
         self.assertLess(finished[CAROL], finished[DAVE])
-        self.assertGreater(finished[DAVE] - started, quick)
+        self.assertLess(quick, hog / 2)
         self.assertEqual(len((yield server.messages_for(DAVE))), 1)
         self.assertEqual(len((yield server.messages_for(CAROL))), 1)
