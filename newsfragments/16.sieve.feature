@@ -3,4 +3,4 @@ their line and column; `run()` gives the actions for one message (keep, fileinto
 vacation replies and header edits) and falls back to keeping the message on any runtime error or resource
 limit. Extensions: fileinto, reject/ereject, envelope, encoded-character, variables, body, relational,
 subaddress, copy, imap4flags, vacation and vacation-seconds, date and index, mailbox, include, duplicate and
-editheader. Delivery does not run it yet.
+editheader.

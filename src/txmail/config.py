@@ -128,6 +128,12 @@ The file format (every key optional)::
     "boss@example.com" = "10G"
     "archive@example.com" = "none"
 
+    [sieve]                              # users' Sieve filters at delivery (RFC 5228)
+    enabled = true                       # run each user's active script before storing
+    max_steps = 200000                   # interpreter steps of one run (then the implicit keep)
+    max_actions = 32                     # actions of one run
+    max_redirects = 4                    # redirects of one message per user
+
     [[milter]]                           # milters, asked in order (none by default)
     address = "inet:127.0.0.1:8891"      # or "unix:/run/opendkim/opendkim.sock"
     listeners = ["submission"]           # mta | submission | lmtp (default mta and submission)
@@ -299,6 +305,10 @@ class Settings:
     metrics_on_web: bool = False
     log_format: str = "text"
     log_file: str | None = None
+    sieve_enabled: bool = True
+    sieve_max_steps: int = 200_000
+    sieve_max_actions: int = 32
+    sieve_max_redirects: int = 4
 
     @classmethod
     def validated(cls, **values: Any) -> Settings:
@@ -421,6 +431,10 @@ _KEYS: dict[tuple[str, str], str] = {
     ("mta_sts", "mode"): "mta_sts_mode",
     ("mta_sts", "mx"): "mta_sts_mx",
     ("mta_sts", "max_age"): "mta_sts_max_age",
+    ("sieve", "enabled"): "sieve_enabled",
+    ("sieve", "max_steps"): "sieve_max_steps",
+    ("sieve", "max_actions"): "sieve_max_actions",
+    ("sieve", "max_redirects"): "sieve_max_redirects",
 }
 
 #: The values of ``[log] format``.
@@ -620,6 +634,14 @@ def _validate(values: dict[str, Any]) -> Settings:
         elif f.name == "outbound_enabled":
             if not isinstance(value, bool):
                 raise ConfigError("outbound enabled must be true or false")
+            out[f.name] = value
+        elif f.name == "sieve_enabled":
+            if not isinstance(value, bool):
+                raise ConfigError("[sieve] enabled must be true or false")
+            out[f.name] = value
+        elif f.name in ("sieve_max_steps", "sieve_max_actions", "sieve_max_redirects"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"[sieve] {f.name.removeprefix('sieve_')} must be a positive integer")
             out[f.name] = value
         elif f.name == "web_tls_proxy":
             if not isinstance(value, bool):

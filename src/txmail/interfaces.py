@@ -82,6 +82,7 @@ __all__ = [
     "IRecordCache",
     "ISaveDates",
     "ISieveScripts",
+    "ISieveState",
     "ISpool",
     "ISpooledMessage",
     "IStorageUsage",
@@ -712,6 +713,22 @@ class ISieveScripts(Interface):
         Return ``Deferred[tuple[str, bytes] | None]``: the active script's
         name and content, or ``None`` when no script is active.
         """
+
+
+class ISieveState(Interface):
+    """
+    A store that keeps its user's Sieve vacation and duplicate state (RFC
+    5230 section 4.1: whom a vacation reply went to and when; RFC 7352:
+    which message ids were seen) as one opaque blob that
+    :mod:`txmail.delivery.sieve` reads before a run and writes after it.
+    Optional: without it the state is a file under the data directory.
+    """
+
+    def get_sieve_state() -> Deferred[bytes | None]:
+        """Return ``Deferred[bytes | None]``: the blob last saved, or ``None``."""
+
+    def put_sieve_state(data: bytes) -> Deferred[None]:
+        """Replace the blob with *data* (at most a few megabytes), durable when the Deferred fires."""
 
 
 class IURLAuthKeys(Interface):

@@ -44,6 +44,7 @@ from txmail.delivery.mx import MXResolver
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import DeliveryRouter
 from txmail.delivery.runner import QueueRunner, Smarthost
+from txmail.delivery.sieve import make_sieve
 from txmail.delivery.spool import clean_spool
 from txmail.directory import FileDirectory
 from txmail.errors import ConfigError
@@ -563,6 +564,7 @@ def make_router(
             clock=reactor,
         ),
         notice_signer=MessageSigner(keys, run_blocking=run_blocking, clock=reactor) if keys else None,
+        sieve=make_sieve(settings, directory, run_blocking=run_blocking, reactor=reactor),
     )
 
 

@@ -44,6 +44,19 @@ Implementation notes:
   queued like any failed copy, so the other recipients' 250 stands, and
   the queue runner tries it again (:meth:`DeliveryRouter.redeliver`) until
   it fits, it is given up, or it can never fit (a bounce at once).
+* Sieve (:mod:`txmail.delivery.sieve`), when the router has a
+  :class:`~txmail.delivery.sieve.SieveDelivery`: a local user whose store
+  has an active script gets what the script decides instead of the INBOX
+  copy (:meth:`DeliveryRouter._deliver_filtered`): keep and fileinto (with
+  flags, ``:create``, the header section editheader left), discard,
+  redirect (queued as a new envelope, SRS sender), vacation replies and
+  rejections (sent from ``<>`` through this router: local copies or the
+  queue).  An ``ereject`` refuses the recipient in the transaction (``550
+  5.7.1``, RFC 5429 section 2.1.1) when that reply can be the recipient's
+  own: over LMTP, or over SMTP when every recipient of the message is
+  refused that way; otherwise, and for ``reject``, the sender gets a
+  rejection message.  Any failure of a filing action falls back to the
+  INBOX.
 """
 
 from __future__ import annotations
@@ -64,6 +77,14 @@ from txmail import mime
 from txmail._fs import RunBlocking, run_inline
 from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
 from txmail.delivery.hooks import DeliveryHook, HookAction, HookResult, hook_callables
+from txmail.delivery.sieve import (
+    Evaluation,
+    SieveRejected,
+    redirected_copy,
+    reject_reply,
+    rejection_notice,
+    usable_flags,
+)
 from txmail.errors import MailboxExists, NoSuchMailbox, NoSuchUser
 from txmail.interfaces import (
     IDeliveryRouter,
@@ -84,6 +105,7 @@ from txmail.model import (
     SpecialUse,
 )
 from txmail.quota import FULL_REPLY, QuotaExceeded, Quotas, Usage
+from txmail.sieve import Discard, FileInto, Keep, Redirect, Reject, SieveMessage, Vacation, rebuild_message
 from txmail.smtp.grammar import xtext_decode
 
 __all__ = ["HOOK_FAILED_REPLY", "INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
@@ -174,6 +196,8 @@ class DeliveryRouter:
             ARC sealing) for mail that aliases forward elsewhere, or ``None``.
         notice_signer: a :class:`txmail.policy.authentication.MessageSigner`
             for the notices the server writes, or ``None``.
+        sieve: a :class:`txmail.delivery.sieve.SieveDelivery` to run users'
+            active Sieve scripts, or ``None`` (no filtering).
 
     Attributes:
         hooks: the hooks' functions, in order (a tuple).
@@ -198,7 +222,9 @@ class DeliveryRouter:
         forwarding: Any = None,
         notice_signer: Any = None,
         quotas: Quotas | None = None,
+        sieve: Any = None,
     ) -> None:
+        self.sieve = sieve
         self.quotas = quotas if quotas is not None and quotas.enabled else None
         self._requeue = True
         self.primary_domain = primary_domain
@@ -230,6 +256,7 @@ class DeliveryRouter:
             forwarding=self.forwarding,
             notice_signer=self.notice_signer,
             quotas=self.quotas,
+            sieve=self.sieve,
         )
         router.metrics = self.metrics
         return router
@@ -476,6 +503,10 @@ class DeliveryRouter:
 
         outcome: dict[str, bool] = {}
         failures: dict[str, tuple[str, bool]] = {}  # destination -> (reply, temporary)
+        lmtp = envelope.protocol.upper().startswith("LMTP")
+        scripted: dict[str, Any] = {}
+        if users and self.sieve is not None:
+            scripted = yield self.sieve.active_scripts(self.stores, users)
         if users:
             if message.metadata is None:
                 # Small messages parse in tens of microseconds: cheaper here
@@ -489,11 +520,28 @@ class DeliveryRouter:
                 else:
                     metadata = yield self._run(_parse_source, message)
                 message = message.with_metadata(metadata)
-            at_once = yield self._deliver_inboxes(envelope, message, users)
+            at_once = yield self._deliver_inboxes(envelope, message, [u for u in users if u not in scripted])
+            evaluations: dict[str, Evaluation] = {}
+            data = b""
+            if scripted:
+                data, evaluations = yield self._evaluate(envelope, message, targets, scripted)
+            # RFC 5429 section 2.1.1: ereject in the transaction only where
+            # the reply is this recipient's alone (see the module notes).
+            at_protocol = self._requeue and (
+                lmtp
+                or (
+                    len(evaluations) == len(users)
+                    and not remote
+                    and not onward
+                    and all(e.ereject for e in evaluations.values())
+                )
+            )
             results = yield defer.DeferredList(
                 [
                     defer.succeed(at_once[user])
                     if user in at_once
+                    else self._deliver_filtered(envelope, message, data, evaluations[user], at_protocol)
+                    if user in evaluations
                     else self._deliver_local(envelope, message, user)
                     for user in users
                 ],
@@ -504,6 +552,8 @@ class DeliveryRouter:
             for user, (ok, value) in zip(users, results, strict=True):
                 if ok:
                     outcome[user] = True
+                elif value.check(SieveRejected):
+                    failures[user] = (value.value.reply, False)
                 elif value.check(QuotaExceeded):
                     over[user] = value.value
                 elif not self._requeue:
@@ -526,7 +576,6 @@ class DeliveryRouter:
                 # Each recipient its own reply (LMTP, the queue's retry), or
                 # the client's reply when no copy went anywhere; else queue.
                 alone = len(over) == len(users) and not remote and not onward
-                lmtp = envelope.protocol.upper().startswith("LMTP")
                 for user, exceeded in over.items():
                     self.log.info(
                         "{message_id} for {user}: {reply}",
@@ -624,6 +673,251 @@ class DeliveryRouter:
             d.addCallback(got_mailbox)
         d.addCallback(lambda uid: self._delivered(envelope, user, uid))
         return d
+
+    # -- Sieve (txmail.delivery.sieve) ------------------------------------------
+
+    @defer.inlineCallbacks
+    def _evaluate(
+        self,
+        envelope: Envelope,
+        message: MessageSource,
+        targets: dict[str, tuple[list[str], list[str]]],
+        scripted: dict[str, Any],
+    ) -> Any:
+        """The message's octets and ``{user: Evaluation}`` of each user in *scripted* (run at once)."""
+        assert self.sieve is not None
+        if message.data is not None:
+            data = message.data
+        elif message.size <= INLINE_PARSE_LIMIT:
+            data = message.read()
+        else:
+            data = yield self._run(message.read)
+        parsed = SieveMessage.from_bytes(data)
+        rcpt_of: dict[str, str] = {}
+        for rcpt, (local, _) in targets.items():
+            for user in local:
+                rcpt_of.setdefault(user, self._qualify(rcpt))
+        users = list(scripted)
+        runs = [
+            self.sieve.evaluate(
+                user,
+                store,
+                active,
+                message=lambda: defer.succeed(parsed),
+                size=message.size,
+                mail_from=envelope.mail_from,
+                rcpt_to=rcpt_of.get(user, user),
+                authenticated_user=envelope.authenticated_user,
+                addresses=tuple(dict.fromkeys([user, rcpt_of.get(user, user)])),
+            )
+            for user, (store, active) in scripted.items()
+        ]
+        done = yield defer.gatherResults(runs, consumeErrors=True)
+        return data, dict(zip(users, done, strict=True))
+
+    @defer.inlineCallbacks
+    def _deliver_filtered(
+        self,
+        envelope: Envelope,
+        message: MessageSource,
+        data: bytes,
+        evaluation: Evaluation,
+        at_protocol: bool,
+    ) -> Any:
+        """
+        Carry out *evaluation*'s actions for its user (see the module
+        notes); fires with the last UID stored (``0``: nothing stored), or
+        fails with :class:`SieveRejected` or the error of the INBOX copy.
+        """
+        assert self.sieve is not None
+        user, result = evaluation.user, evaluation.result
+        store = evaluation.store
+        notices: list[tuple[str, bytes, str]] = []  # (to, message, kind), sent once the state is saved
+        uid = 0
+        kept = False  # a copy is in the default mailbox
+        fallback = False  # an action failed: keep it in the default mailbox
+        try:
+            for action in result.deliveries:
+                if isinstance(action, Keep):
+                    uid = yield self._store_copy(
+                        envelope, message, data, user, store, None, action.flags, action.headers, True
+                    )
+                    kept = True
+                elif isinstance(action, FileInto):
+                    try:
+                        uid = yield self._store_copy(
+                            envelope,
+                            message,
+                            data,
+                            user,
+                            store,
+                            action.mailbox,
+                            action.flags,
+                            action.headers,
+                            action.create,
+                        )
+                    except QuotaExceeded:
+                        raise
+                    except Exception as e:
+                        self.log.warn(
+                            "sieve: {message_id}: fileinto {mailbox} of {user} failed ({error}); keeping it",
+                            message_id=envelope.message_id,
+                            mailbox=action.mailbox,
+                            user=user,
+                            error=f"{type(e).__name__}: {e}",
+                        )
+                        fallback = True
+                elif isinstance(action, Discard):
+                    self.log.info(
+                        "sieve: {message_id} for {user} discarded by {script}",
+                        message_id=envelope.message_id,
+                        user=user,
+                        script=evaluation.script,
+                    )
+                elif isinstance(action, Redirect):
+                    sent = yield self._redirect(envelope, data, user, action)
+                    if not sent and not action.copy:
+                        fallback = True
+                elif isinstance(action, Reject):
+                    if at_protocol and action.ereject:
+                        self.log.info(
+                            "sieve: {message_id} for {user} refused in the transaction by {script}",
+                            message_id=envelope.message_id,
+                            user=user,
+                            script=evaluation.script,
+                        )
+                        raise SieveRejected(reject_reply(action.reason))
+                    if not envelope.mail_from:
+                        # RFC 5429 section 2.1.2 and RFC 5321 section 6.1:
+                        # nothing goes back to the null sender.
+                        self.log.info(
+                            "sieve: {message_id} for {user} rejected; the sender is null, so discarded",
+                            message_id=envelope.message_id,
+                            user=user,
+                        )
+                        continue
+                    notice = rejection_notice(
+                        original=data,
+                        sender=envelope.mail_from,
+                        recipient=user,
+                        reason=action.reason,
+                        hostname=self.hostname,
+                        now=self.sieve.now(),
+                    )
+                    notices.append((envelope.mail_from, notice, "rejection"))
+                elif isinstance(action, Vacation):
+                    notices.append((action.to, action.reply, "vacation"))
+                    if evaluation.state is not None:
+                        evaluation.state.replied(action.to, action.handle)
+            if fallback and not kept:
+                uid = yield self._store_copy(envelope, message, data, user, store, None, (), None, True)
+            if evaluation.state is not None:
+                for mark in result.duplicates:
+                    evaluation.state.mark(mark.id, mark.handle, mark.seconds, mark.last)
+                yield self.sieve.save_state(evaluation)
+        finally:
+            evaluation.done()
+        for to, notice, kind in notices:
+            yield self._send_sieve_notice(envelope, to, notice, kind, user)
+        return uid
+
+    @defer.inlineCallbacks
+    def _store_copy(
+        self,
+        envelope: Envelope,
+        message: MessageSource,
+        data: bytes,
+        user: str,
+        store: Any,
+        folder: str | None,
+        flags: Sequence[str],
+        headers: Any,
+        create: bool,
+    ) -> Any:
+        """
+        Store one copy for *user*: in the default mailbox (*folder*
+        ``None``: the INBOX or the policy's folder) or in *folder*
+        (created first if *create*, else NoSuchMailbox), with *flags* and
+        the header section *headers* (``None``: unchanged).
+        """
+        source = message if headers is None else MessageSource.from_bytes(rebuild_message(data, headers))
+        if self.quotas is not None and self.quotas.limit_for(user) is not None:
+            yield self._check_quota(store, user, source.size)
+        if folder is None:
+            mailbox = yield self._mailbox_for(store, envelope.folder, user, envelope.message_id)
+        else:
+            try:
+                mailbox = yield store.get_mailbox(folder)
+            except NoSuchMailbox:
+                if not create:
+                    raise
+                with contextlib.suppress(MailboxExists):
+                    yield store.create_mailbox(folder)
+                mailbox = yield store.get_mailbox(folder)
+        uid = yield mailbox.append(source, usable_flags(flags), envelope.received_at or None)
+        return self._delivered(envelope, user, uid)
+
+    @defer.inlineCallbacks
+    def _redirect(self, envelope: Envelope, data: bytes, user: str, action: Redirect) -> Any:
+        """
+        Queue a redirected copy (RFC 5228 section 4.2) to *action*'s
+        address: a new envelope with the original sender (SRS-rewritten
+        when forwarding has SRS), the loop mark on top.  Whether it was queued.
+        """
+        sender = envelope.mail_from
+        if self.forwarding is not None:
+            sender = self.forwarding.sender(sender)
+        copy_data = redirected_copy(rebuild_message(data, action.headers), user)
+        redirected = Envelope(
+            mail_from=sender,
+            rcpt_to=(action.address,),
+            helo=self.hostname,
+            received_at=envelope.received_at,
+            protocol=envelope.protocol,
+            message_id=f"{envelope.message_id}.redirect",
+        )
+        queued = yield self._enqueue(redirected, MessageSource.from_bytes(copy_data), [action.address])
+        self.log.info(
+            "sieve: {message_id} for {user} redirected to <{address}> from <{sender}>: {outcome}",
+            message_id=envelope.message_id,
+            user=user,
+            address=action.address,
+            sender=sender,
+            outcome="queued" if queued else "not queued",
+        )
+        return queued
+
+    @defer.inlineCallbacks
+    def _send_sieve_notice(self, envelope: Envelope, to: str, data: bytes, kind: str, user: str) -> Any:
+        """Send a vacation reply or a rejection from ``<>`` (RFC 3834, RFC 5429); failures are logged."""
+        try:
+            sent = yield deliver_notice(
+                self._route,
+                to,
+                data,
+                message_id=f"{envelope.message_id}.{kind}",
+                received_at=envelope.received_at,
+                hostname=self.hostname,
+                local=self._is_local(split_address(to)[1]),
+                sign=self.sign_notice,
+            )
+        except Exception:
+            self.log.failure(
+                "sieve: the {kind} of {user} for {message_id} could not be sent",
+                kind=kind,
+                user=user,
+                message_id=envelope.message_id,
+            )
+            return False
+        self.log.info(
+            "sieve: {kind} of {user} for {message_id} to <{to}>: {outcome}",
+            kind=kind,
+            user=user,
+            message_id=envelope.message_id,
+            to=to,
+            outcome="sent" if sent else "could not be sent",
+        )
+        return sent
 
     @defer.inlineCallbacks
     def _check_quota(self, store: Any, user: str, size: int) -> Any:

@@ -116,10 +116,11 @@ class _Scope:
     variables: dict[str, str] = dataclasses.field(default_factory=dict)
     declared: set[str] = dataclasses.field(default_factory=set)
     match: list[str] = dataclasses.field(default_factory=list)
+    #: The script requires "variables" (strings are expanded only then).
+    has_variables: bool = dataclasses.field(init=False)
 
-    @property
-    def has_variables(self) -> bool:
-        return "variables" in self.script.extensions
+    def __post_init__(self) -> None:
+        self.has_variables = "variables" in self.script.extensions
 
 
 class _Run:
@@ -142,6 +143,12 @@ class _Run:
         self.log: list[str] = []
         self.rejected = False
         self.vacationed = False
+        # Per run caches (a header test per rule of a 30-rule script would
+        # otherwise decode the same fields 30 times): decoded values by
+        # field name while editheader has not changed the header section,
+        # and the addresses of a field value (pure).
+        self._decoded: dict[str, list[str]] = {}
+        self._addresses: dict[str, list[str]] = {}
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -159,11 +166,28 @@ class _Run:
         return self.message.fields if self.fields is None else self.fields
 
     def raw_headers(self, name: str) -> list[str]:
+        if self.fields is None:
+            return self.message.raw_headers(name)
         lname = name.lower()
-        return [v for n, v in self.current_fields() if n.lower() == lname]
+        return [v for n, v in self.fields if n.lower() == lname]
 
     def headers(self, name: str) -> list[str]:
-        return [decode_field(v) for v in self.raw_headers(name)]
+        if self.fields is not None:
+            return [decode_field(v) for v in self.raw_headers(name)]
+        key = name.lower()
+        found = self._decoded.get(key)
+        if found is None:
+            found = self._decoded[key] = [decode_field(v) for v in self.raw_headers(name)]
+        return list(found)
+
+    def addresses(self, raw: str) -> list[str]:
+        """The addresses of the raw field value *raw* (RFC 5228 section 2.7.4), empty ones left out."""
+        found = self._addresses.get(raw)
+        if found is None:
+            found = [a for _, a in email.utils.getaddresses([unfold_text(raw)]) if a]
+            if len(self._addresses) < 256:
+                self._addresses[raw] = found
+        return found
 
     def edited(self) -> tuple[tuple[str, str], ...] | None:
         return None if self.fields is None else tuple(self.fields)
@@ -196,6 +220,8 @@ class _Run:
         return out
 
     def expand_all(self, values: list[str], scope: _Scope) -> list[str]:
+        if not scope.has_variables:
+            return list(values)
         return [self.expand(v, scope) for v in values]
 
     def set_variable(self, name: str, value: str, scope: _Scope) -> None:
@@ -554,12 +580,11 @@ class _Run:
     def test_address(self, node: Node, scope: _Scope) -> bool:
         values: list[str] = []
         for name in self.expand_all(node.args[0], scope):
-            for field in self.indexed(node, [unfold_text(v) for v in self.raw_headers(name)]):
-                for _, address in email.utils.getaddresses([field]):
-                    if address:
-                        part = self.address_part(node, address)
-                        if part is not None:
-                            values.append(part)
+            for field in self.indexed(node, self.raw_headers(name)):
+                for address in self.addresses(field):
+                    part = self.address_part(node, address)
+                    if part is not None:
+                        values.append(part)
         return self.match(node, values, node.args[1], scope)
 
     def test_envelope(self, node: Node, scope: _Scope) -> bool:

@@ -113,6 +113,7 @@ class SieveMessage:
         self.fields: list[tuple[str, str]] = fields
         self.body = body
         self._parsed: email.message.Message | None = None
+        self._index: dict[str, list[str]] | None = None  # fields by lower-cased name
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SieveMessage:
@@ -125,8 +126,13 @@ class SieveMessage:
 
     def raw_headers(self, name: str) -> list[str]:
         """The raw values of the fields called *name*, in order."""
-        lname = name.lower()
-        return [v for n, v in self.fields if n.lower() == lname]
+        index = self._index
+        if index is None:
+            index = {}
+            for n, v in self.fields:
+                index.setdefault(n.lower(), []).append(v)
+            self._index = index
+        return list(index.get(name.lower(), ()))
 
     def headers(self, name: str) -> list[str]:
         """The decoded values of the fields called *name*, in order."""
@@ -134,7 +140,19 @@ class SieveMessage:
 
     def _message(self) -> email.message.Message:
         if self._parsed is None:
-            self._parsed = email.message_from_bytes(self.data, policy=email.policy.compat32)
+            ctype = next(iter(self.headers("content-type")), "").strip().lower()
+            if ctype.startswith(("multipart/", "message/")):
+                self._parsed = email.message_from_bytes(self.data, policy=email.policy.compat32)
+            else:
+                # One part: what the body tests need of it (its type, charset
+                # and transfer encoding, the body as the bytes parser keeps
+                # it) without parsing the whole message again.
+                part = email.message.Message(policy=email.policy.compat32)
+                for name in ("content-type", "content-transfer-encoding"):
+                    for value in self.raw_headers(name)[:1]:
+                        part[name] = unfold(value)
+                part.set_payload(self.body.decode("ascii", errors="surrogateescape"))
+                self._parsed = part
         return self._parsed
 
     def body_raw(self) -> str:
