@@ -29,6 +29,12 @@ Implementation notes
   section 4; CVE-2011-0411).
 * A bug in our own callbacks is logged and the paused session is rejected
   with a temporary failure, never with the exception's text.
+* Graceful shutdown (:meth:`SessionProtocol.shut_down`, called for every
+  connection in the factory's ``connections`` when the server stops): a
+  session idle between commands gets the protocol's shutdown reply (SMTP
+  ``421 4.3.2``, POP3 ``-ERR``, IMAP ``* BYE``) and is closed at once; one
+  in the middle of a command (or, for SMTP, of a mail transaction) is
+  closed the same way as soon as that ends.
 """
 
 from __future__ import annotations
@@ -170,6 +176,8 @@ class SessionProtocol(Protocol, ABC):
         self._lost = False
         self._reply_gate = _ReplyGate(self)
         self._gate_registered = False
+        #: The server is stopping: close as soon as the session is idle.
+        self.shutting_down = False
 
     @property
     def _waiting(self) -> bool:
@@ -206,6 +214,20 @@ class SessionProtocol(Protocol, ABC):
         """No timer runs now (by default: while a Deferred of ours is pending)."""
         return self._waiting
 
+    def _idle(self) -> bool:
+        """
+        The session waits for the client's next command, in the middle of
+        nothing: a graceful shutdown may close it now.
+        """
+        session = self.session
+        return (
+            session is not None
+            and not self._waiting
+            and not session.paused
+            and session.buffered_input == 0
+            and not session.closed
+        )
+
     def _session_timed_out(self) -> None:
         """The client was silent too long: let the session answer and close."""
         assert self.session is not None
@@ -224,8 +246,13 @@ class SessionProtocol(Protocol, ABC):
         host = getattr(peer, "host", "")
         self.peer = format_peer(host, getattr(peer, "port", ""))
         self.session = self._open_session(host)
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.add(self)
         self._claim_producer()
         self._process()
+        if getattr(self.factory, "draining", False):
+            self.shut_down()  # accepted as the listener closed
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is None or self._lost:
@@ -236,8 +263,34 @@ class SessionProtocol(Protocol, ABC):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._cancel_timer()
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.discard(self)
         if self.session is not None:
             self.session.connection_lost()
+
+    # -- graceful shutdown --
+
+    def shut_down(self) -> None:
+        """
+        The server stops: answer the protocol's shutdown reply and close
+        now if the session is idle, else as soon as the command (or SMTP
+        transaction) in progress is over.
+        """
+        self.shutting_down = True
+        self._shutdown_if_idle()
+
+    def _shutdown_if_idle(self) -> None:
+        session = self.session
+        if session is None or self._lost or session.closed or not self._idle():
+            return
+        self.log.info(
+            self.PROTOCOL_NAME + " connection from {peer} closed: the server stops",
+            peer=self.peer,
+            session_id=self.session_id,
+        )
+        session.shutdown()
+        self._process()
 
     # -- helpers for _open_session --
 
@@ -281,6 +334,8 @@ class SessionProtocol(Protocol, ABC):
         else:
             self._reset_timer()
         self._send_now()
+        if self.shutting_down:
+            self._shutdown_if_idle()
 
     # -- back-pressure on replies --
 
