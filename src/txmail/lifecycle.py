@@ -364,7 +364,7 @@ def apply_settings(target: Any, settings: Settings) -> ReloadReport:
     for key in changed:
         log.info("reload: {key} changed", key=key)
     for key in needs_restart:
-        log.warn("reload: {key} changed and needs a restart: {key}", key=key)
+        log.warn("reload: needs a restart: {key} (its running value is kept until then)", key=key)
     log.info(
         "reload done: {count} key(s) changed, {restart} need(s) a restart, reloaded: {reloaded}",
         count=len(changed),
@@ -454,18 +454,27 @@ class _Stop:
     def wait_for(self, done: Callable[[], bool], interval: float = 0.05) -> defer.Deferred[bool]:
         """Fires with ``True`` once ``done()`` is true (checked every *interval* s), else as :meth:`race`."""
         polled: defer.Deferred[None] = defer.Deferred()
+        pending: list[Any] = []
 
         def check() -> None:
+            pending.clear()
             if polled.called or self.forced:
                 return
             if done():
                 polled.callback(None)
             elif self.reactor.seconds() < self.deadline:
-                self.reactor.callLater(interval, check)
+                pending.append(self.reactor.callLater(interval, check))
+
+        def finished(result: bool) -> bool:
+            for call in pending:
+                if call.active():
+                    call.cancel()
+            pending.clear()
+            return result
 
         out = self.race(polled)
         check()
-        return out
+        return out.addCallback(finished)
 
     def force(self) -> None:
         """Stop waiting now (a second Control-C)."""
