@@ -22,10 +22,10 @@ import contextlib
 import hashlib
 import imaplib
 import os
-import re
-import signal
 import poplib
+import re
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -293,7 +293,9 @@ class ReloadTests(LiveCase):
             typ, _ = imap.login("bob@example.test", "bob secret")
             imap.logout()
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=20) as smtp:
-                refused = smtp.sendmail("carol@remote.test", ["team@example.test"], message("team", "team@example.test"))
+                refused = smtp.sendmail(
+                    "carol@remote.test", ["team@example.test"], message("team", "team@example.test")
+                )
             gone = imaplib.IMAP4("127.0.0.1", imap_port, timeout=20)
             try:
                 gone.login(USER, PASSWORD)
@@ -318,7 +320,9 @@ class ReloadTests(LiveCase):
             self.assertFalse(report.ok)
             self.assertEqual((report.changed, report.needs_restart), ((), ()))
             self.assertEqual(server.settings.max_recipients, 5)
-        self.assertEqual(len(self.logged("the configuration is invalid; the running configuration is kept")), 2)
+        self.assertEqual(
+            len(self.logged("the configuration is invalid; the running configuration is kept")), 2
+        )
         errors = [e for e in self.events if "invalid" in str(e.get("log_format", ""))]
         self.assertEqual({e["log_level"].name for e in errors}, {"error"})
 
@@ -336,7 +340,7 @@ class ReloadTests(LiveCase):
         """Keys that cannot change live are logged as needing a restart and keep their running values."""
         server = yield self.start()
         port = self.port(server, "mta")
-        self.write_config("[server]\nthreads = 3\n[store]\nbackend = \"memory\"\n[smtp]\nmax_recipients = 2\n")
+        self.write_config('[server]\nthreads = 3\n[store]\nbackend = "memory"\n[smtp]\nmax_recipients = 2\n')
         report = yield server.reload()
         self.assertEqual(report.changed, ("[smtp] max_recipients",))
         self.assertEqual(set(report.needs_restart), {"[server] threads", "[store] backend"})
