@@ -47,8 +47,9 @@ Graceful shutdown (:func:`stop_gracefully`)
 3. The queue runner's deliveries in flight finish, then the rest of the
    server stops.
 4. After ``[server] shutdown_timeout`` seconds (or a second Control-C or
-   SIGTERM under ``twistd``), whatever is left is cut: connections are
-   aborted, and a delivery in flight stays in the queue for the next start.
+   SIGTERM under ``twistd``; the owner then sends the SMTP workers
+   ``SIGQUIT``), whatever is left is cut: connections are aborted, and a
+   delivery in flight stays in the queue for the next start.
 """
 
 from __future__ import annotations
@@ -532,14 +533,26 @@ def stop_gracefully(server: Any, timeout: float | None = None) -> defer.Deferred
     if timeout is None:
         timeout = server.settings.shutdown_timeout
     stop = _Stop(reactor, timeout)
-    server.force_stop = stop.force
-    log.info("stopping: no new connections; waiting up to {timeout} s for those open", timeout=timeout)
-    _signals_force(server, stop)
-    early: list[defer.Deferred[Any]] = []
     workers = getattr(server, "workers", None)
+
+    def force() -> None:
+        stop.force()
+        if workers is not None and hasattr(workers, "force"):
+            workers.force()
+
+    server.force_stop = force
+    log.info("stopping: no new connections; waiting up to {timeout} s for those open", timeout=timeout)
+    _signals_force(server, force)
+    if getattr(server, "force_requested", False):
+        stop.force()
+    early: list[defer.Deferred[Any]] = []
     if workers is not None and workers.running:
         early.append(defer.maybeDeferred(workers.stopService))
     drained = drain(server.listeners, stop)
+    if early:
+        # The workers' sessions hand their last messages to this process's
+        # router: the stores and the thread pool stop only after them.
+        drained = defer.gatherResults([drained, stop.race(defer.DeferredList(early, consumeErrors=True))])
 
     def rest(_: Any) -> defer.Deferred[Any]:
         # The other children (queue runner, policies, stores, thread pool),
@@ -552,7 +565,9 @@ def stop_gracefully(server: Any, timeout: float | None = None) -> defer.Deferred
         return stop.race(defer.DeferredList(deferreds, consumeErrors=True))
 
     def done(finished: bool) -> None:
-        if not finished:
+        if stop.forced:
+            log.warn("graceful stop cut short")
+        elif not finished:
             log.warn("graceful stop: gave up waiting after {timeout} s", timeout=timeout)
         log.info("stopped")
 
@@ -582,7 +597,7 @@ def _reload_logged(server: Any) -> None:
     server.reload()
 
 
-def _signals_force(server: Any, stop: _Stop) -> None:
+def _signals_force(server: Any, force: Callable[[], None]) -> None:
     """Under twistd: a second Control-C (or SIGTERM) while stopping forces the stop."""
     if not getattr(server, "signals", False):
         return
@@ -590,7 +605,7 @@ def _signals_force(server: Any, stop: _Stop) -> None:
 
     def again(signum: int, frame: Any) -> None:
         log.warn("stopping: signal {signum} again; cutting the open connections", signum=signum)
-        reactor.callFromThread(stop.force)
+        reactor.callFromThread(force)
 
     try:
         signal.signal(signal.SIGINT, again)

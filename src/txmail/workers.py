@@ -419,6 +419,12 @@ class WorkerPool(service.Service):
 
         return defer.gatherResults([one(i, c) for i, c in sorted(self._controls.items())])
 
+    def force(self) -> None:
+        """Make the workers stop now, cutting their open sessions (``SIGQUIT``; a forced stop)."""
+        for process in list(self.processes.values()):
+            if not process.ended.called:
+                _signal(process, signal.SIGQUIT)  # signalProcess knows only KILL, TERM and INT by name
+
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         for call in self._restarts.values():
@@ -487,7 +493,7 @@ def _log_output() -> Callable[[str], None] | None:
     return write
 
 
-def _signal(process: _WorkerProcess, name: str) -> None:
+def _signal(process: _WorkerProcess, name: str | int) -> None:
     transport = process.transport
     if transport is None or getattr(transport, "pid", None) is None:
         return
@@ -853,6 +859,16 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
     return server
 
 
+def _force(reactor: Any, server: Any) -> None:
+    """Stop now: the open sessions are cut (a forced stop of the owner)."""
+    server.force_requested = True
+    force_stop = getattr(server, "force_stop", None)
+    if force_stop is not None:
+        force_stop()
+    elif reactor.running:
+        reactor.stop()
+
+
 def main() -> None:
     """``python -m txmail.workers N``: a worker, given its spec on standard input by the owner."""
     from twisted.internet import reactor
@@ -871,7 +887,22 @@ def main() -> None:
     globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, text)], redirectStandardIO=False)
     # SIGINT (Control-C on twistd -n reaches the whole process group) and SIGTERM stop it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    run_worker(reactor, spec)
+    server = run_worker(reactor, spec)
+
+    def force(signum: int, frame: Any) -> None:
+        # SIGQUIT from the owner (WorkerPool.force): cut the graceful stop short.
+        reactor.callFromThread(_force, reactor, server)
+
+    signal.signal(signal.SIGQUIT, force)
+
+    def stopping() -> None:
+        # A Control-C reaches the worker twice (the group's SIGINT, then the
+        # owner's SIGTERM): once stopping, more of them change nothing; the
+        # owner's SIGQUIT (a second Control-C there) cuts the stop short.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: None)
+
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.run()
 
 

@@ -489,8 +489,8 @@ class GracefulStopTests(LiveCase):
         self.assertEqual(maildir_files(server, USER), [])
 
 
-class TwistdReloadTests(TestCase):
-    """``kill -HUP`` of a real ``twistd -n mailserver --workers 2``: the owner and both workers reload."""
+class TwistdTests(TestCase):
+    """A real ``twistd -n mailserver --workers 2``: SIGHUP reloads the owner and both workers; Control-C stops gracefully."""
 
     timeout = 300
 
@@ -539,5 +539,84 @@ class TwistdReloadTests(TestCase):
             self.assertIn("needs a restart: [server] threads", log)
             self.assertEqual(seen(), {("200000", b)})
             self.assertEqual(node.proc.poll(), None)  # still running
+
+        return deferToThread(run)
+
+    def graceful_node(self, shutdown_timeout: int) -> Any:
+        from tests.e2e.test_workers import Node
+
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        config = os.path.join(workdir, "txmail.toml")
+        with open(config, "w") as f:
+            f.write(f"[server]\nshutdown_timeout = {shutdown_timeout}\n")
+        node = Node(workdir, ("--config", config))
+        node.add_user()
+        self.addCleanup(lambda: deferToThread(node.stop))
+        return node
+
+    @staticmethod
+    def in_data(port: int) -> LineClient:
+        """An SMTP client in the middle of its message content."""
+        from tests.e2e.test_workers import USER as NODE_USER
+
+        client = LineClient(port)
+        client.reply()
+        client.command(b"EHLO c.test\r\n")
+        client.command(b"MAIL FROM:<bob@remote.test>\r\n")
+        client.command(b"RCPT TO:<" + NODE_USER.encode() + b">\r\n")
+        assert client.command(b"DATA\r\n")[:3] == b"354"
+        client.send(b"Message-ID: <graceful@example.test>\r\nSubject: in flight\r\n\r\nfirst half\r\n")
+        return client
+
+    def test_control_c_lets_data_finish(self) -> Any:
+        """Control-C on ``twistd -n --workers 2``: an idle IMAP session gets BYE, a DATA in a worker ends with 250 and is delivered."""
+        node = self.graceful_node(60)
+
+        def run() -> None:
+            node.start()
+            assert node.proc is not None
+            busy = self.in_data(node.smtp)
+            imap = LineClient(node.imap)
+            imap.line()
+            started = time.monotonic()
+            os.killpg(node.proc.pid, signal.SIGINT)
+            self.assertTrue(imap.line().startswith(b"* BYE"))
+            time.sleep(0.5)
+            self.assertIsNone(node.proc.poll())  # waiting for the message
+            busy.send(b"second half\r\n.\r\n")
+            self.assertEqual(busy.reply()[:3], b"250")
+            self.assertEqual(busy.line()[:9], b"421 4.3.2")
+            node.proc.wait(timeout=60)
+            self.assertLess(time.monotonic() - started, 30)
+            self.assertEqual(node.message_ids()["graceful@example.test"], 1)
+            busy.close()
+            imap.close()
+
+        return deferToThread(run)
+
+    def test_second_control_c_forces(self) -> Any:
+        """A second Control-C cuts a client that does not finish, long before shutdown_timeout; nothing half-received is kept."""
+        node = self.graceful_node(120)
+
+        def run() -> None:
+            node.start()
+            assert node.proc is not None
+            busy = self.in_data(node.smtp)
+            os.killpg(node.proc.pid, signal.SIGINT)
+            time.sleep(1.5)
+            self.assertIsNone(node.proc.poll())  # still waiting for the client
+            started = time.monotonic()
+            os.killpg(node.proc.pid, signal.SIGINT)
+            node.proc.wait(timeout=60)
+            self.assertLess(time.monotonic() - started, 20)
+            try:
+                rest = busy.line()
+            except OSError:
+                rest = b""
+            self.assertEqual(rest, b"")
+            busy.close()
+            self.assertEqual(node.message_ids()["graceful@example.test"], 0)
+            self.assertIn("cutting the open connections", node.log_text())
 
         return deferToThread(run)
