@@ -188,7 +188,7 @@ class ReloadTests(LiveCase):
 
     @defer.inlineCallbacks
     def test_certificate_reload(self) -> None:
-        """After the certificate files are replaced and reloaded, new handshakes show the new one; an open TLS session keeps working."""
+        """After the certificate files are replaced and reloaded, new handshakes (IMAP, SMTP, POP3, JMAP) show the new one; an open TLS session keeps working."""
         certs = os.path.abspath(self.mktemp())
         _, cert_a, key_a = make_certificate(os.path.join(certs, "a"))
         _, cert_b, key_b = make_certificate(os.path.join(certs, "b"))
@@ -199,9 +199,12 @@ class ReloadTests(LiveCase):
             f'[tls]\ncert = "{cert}"\nkey = "{key}"\n',
             imap=["ssl:0:interface=127.0.0.1"],
             pop3=["tcp:0:interface=127.0.0.1"],
+            web=["ssl:0:interface=127.0.0.1"],
         )
         server.directory.add_user(USER, PASSWORD)
-        smtp_port, imap_port, pop3_port = (self.port(server, r) for r in ("mta", "imap", "pop3"))
+        smtp_port, imap_port, pop3_port, web_port = (
+            self.port(server, r) for r in ("mta", "imap", "pop3", "web")
+        )
 
         def seen() -> dict[str, str]:
             """The certificate each TLS listener shows to a new connection."""
@@ -217,12 +220,16 @@ class ReloadTests(LiveCase):
             pop.stls(context=no_verify())
             out["pop3"] = fingerprint(pop.sock)
             pop.quit()
+            with no_verify().wrap_socket(
+                socket.create_connection(("127.0.0.1", web_port), timeout=20)
+            ) as web:
+                out["web"] = fingerprint(web)
             return out
 
         a, b = file_fingerprint(cert_a), file_fingerprint(cert_b)
         self.assertNotEqual(a, b)
         before = yield deferToThread(seen)
-        self.assertEqual(before, {"imap": a, "smtp": a, "pop3": a})
+        self.assertEqual(before, {"imap": a, "smtp": a, "pop3": a, "web": a})
 
         def open_session() -> Any:
             imap = imaplib.IMAP4_SSL("127.0.0.1", imap_port, ssl_context=no_verify(), timeout=20)
@@ -238,7 +245,7 @@ class ReloadTests(LiveCase):
         report = yield server.reload()
         self.assertIn("tls", report.reloaded)
         after = yield deferToThread(seen)
-        self.assertEqual(after, {"imap": b, "smtp": b, "pop3": b})
+        self.assertEqual(after, {"imap": b, "smtp": b, "pop3": b, "web": b})
 
         def still_works() -> tuple[str, str]:
             typ, _ = old.select("INBOX")
