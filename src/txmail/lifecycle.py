@@ -159,10 +159,12 @@ class ReloadReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a dict of lists (JSON, from a worker to the owner)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReloadReport:
+        """The inverse of :meth:`to_dict`."""
         return cls(**{k: tuple(v) for k, v in data.items()})
 
 
