@@ -276,3 +276,26 @@ class ReloadCommandTests(SynchronousTestCase):
         with open(pidfile, "w") as f:
             f.write("not a pid\n")
         self.assertEqual(main(["reload", "--pidfile", pidfile]), 1)
+
+
+class FileDirectoryReloadTests(SynchronousTestCase):
+    def test_reload_now(self) -> None:
+        """reload() reads the users file at once (not after recheck_interval); a broken file raises and keeps the users."""
+        from txmail.directory import FileDirectory
+        from txmail.errors import DirectoryError
+
+        path = os.path.join(os.path.abspath(self.mktemp()), "users.json")
+        now = [0.0]
+        directory = FileDirectory(
+            path, local_domains=["example.test"], recheck_interval=60.0, monotonic=lambda: now[0]
+        )
+        self.assertEqual(directory.list_users(), [])  # checked now; again in 60 s
+        other = FileDirectory(path, local_domains=["example.test"])
+        other.add_user("alice@example.test", "pw")
+        self.assertEqual(directory.list_users(), [])
+        directory.reload()
+        self.assertEqual(directory.list_users(), ["alice@example.test"])
+        with open(path, "w") as f:
+            f.write("{not json")
+        self.assertRaises(DirectoryError, directory.reload)
+        self.assertEqual(directory.list_users(), ["alice@example.test"])
