@@ -240,7 +240,7 @@ def reload_server(server: Any, settings: Settings | None = None) -> defer.Deferr
     workers = getattr(server, "workers", None)
     if workers is None or not hasattr(workers, "reload"):
         return defer.succeed(report)
-    d = workers.reload(server.settings)
+    d: defer.Deferred[Sequence[ReloadReport]] = workers.reload(server.settings)
 
     def merge(reports: Sequence[ReloadReport]) -> ReloadReport:
         out = report
@@ -320,11 +320,11 @@ def apply_settings(target: Any, settings: Settings) -> ReloadReport:
         )
 
     # 2. Swap (nothing below fails on a valid configuration).
-    if new_tls is not None and tls.use(new_tls, running.tls_cert, running.tls_key):
+    if new_tls is not None and tls is not None and tls.use(new_tls, running.tls_cert, running.tls_key):
         reloaded.append("tls")
     if new_policies is not None:
         for service in old_services:
-            service.disownServiceParent()  # stopped: greylisting saves, timers end
+            service.disownServiceParent()  # type: ignore[no-untyped-call]  # stopped: greylisting saves
         target.key_digest = policy_digest
         target.policies = new_policies
         reloaded.append("policy")
@@ -550,11 +550,12 @@ def stop_gracefully(server: Any, timeout: float | None = None) -> defer.Deferred
     early: list[defer.Deferred[Any]] = []
     if workers is not None and workers.running:
         early.append(defer.maybeDeferred(workers.stopService))
-    drained = drain(server.listeners, stop)
+    drained: defer.Deferred[Any] = drain(server.listeners, stop)
     if early:
         # The workers' sessions hand their last messages to this process's
         # router: the stores and the thread pool stop only after them.
-        drained = defer.gatherResults([drained, stop.race(defer.DeferredList(early, consumeErrors=True))])
+        workers_ended: defer.Deferred[Any] = stop.race(defer.DeferredList(early, consumeErrors=True))
+        drained = defer.gatherResults([drained, workers_ended])
 
     def rest(_: Any) -> defer.Deferred[Any]:
         # The other children (queue runner, policies, stores, thread pool),

@@ -152,4 +152,7 @@ class ReloadableServerTLS:
 
 def certificate_fingerprint(options: ssl.CertificateOptions) -> str:
     """The SHA-256 fingerprint (hex) of the server certificate of *options*."""
-    return str(options.certificate.digest("sha256").decode("ascii"))
+    certificate = options.certificate
+    if certificate is None:
+        raise ConfigError("no server certificate")
+    return str(certificate.digest("sha256").decode("ascii"))
