@@ -35,6 +35,12 @@ Implementation notes
   ``command_observer`` until the session is ready for the next one, and
   counts logins by mechanism and TLS handshakes (``handshakeCompleted``;
   a connection lost before it counts as a failure).
+* Graceful shutdown (:meth:`SessionProtocol.shut_down`, called for every
+  connection in the factory's ``connections`` when the server stops): a
+  session idle between commands gets the protocol's shutdown reply (SMTP
+  ``421 4.3.2``, POP3 ``-ERR``, IMAP ``* BYE``) and is closed at once; one
+  in the middle of a command (or, for SMTP, of a mail transaction) is
+  closed the same way as soon as that ends.
 """
 
 from __future__ import annotations
@@ -186,6 +192,8 @@ class SessionProtocol(Protocol, ABC):
         self._command: str | None = None  # the command being timed
         self._command_started = 0.0
         self._tls_pending = False  # a TLS handshake started and did not complete
+        #: The server is stopping: close as soon as the session is idle.
+        self.shutting_down = False
 
     @property
     def _waiting(self) -> bool:
@@ -222,6 +230,20 @@ class SessionProtocol(Protocol, ABC):
         """No timer runs now (by default: while a Deferred of ours is pending)."""
         return self._waiting
 
+    def _idle(self) -> bool:
+        """
+        The session waits for the client's next command, in the middle of
+        nothing: a graceful shutdown may close it now.
+        """
+        session = self.session
+        return (
+            session is not None
+            and not self._waiting
+            and not session.paused
+            and session.buffered_input == 0
+            and not session.closed
+        )
+
     def _session_timed_out(self) -> None:
         """The client was silent too long: let the session answer and close."""
         assert self.session is not None
@@ -246,8 +268,13 @@ class SessionProtocol(Protocol, ABC):
             metrics.connection_opened()
             self.session.command_observer = self._command_parsed
             self._tls_pending = bool(self.factory.implicit_tls)
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.add(self)
         self._claim_producer()
         self._process()
+        if getattr(self.factory, "draining", False):
+            self.shut_down()  # accepted as the listener closed
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is None or self._lost:
@@ -258,6 +285,9 @@ class SessionProtocol(Protocol, ABC):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._cancel_timer()
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.discard(self)
         if self.session is not None:
             self.session.connection_lost()
         if self._counted:
@@ -289,6 +319,29 @@ class SessionProtocol(Protocol, ABC):
         if self._command is not None:
             name, self._command = self._command, None
             self._metrics.command(name, self._metrics.timer() - self._command_started)
+
+    # -- graceful shutdown --
+
+    def shut_down(self) -> None:
+        """
+        The server stops: answer the protocol's shutdown reply and close
+        now if the session is idle, else as soon as the command (or SMTP
+        transaction) in progress is over.
+        """
+        self.shutting_down = True
+        self._shutdown_if_idle()
+
+    def _shutdown_if_idle(self) -> None:
+        session = self.session
+        if session is None or self._lost or session.closed or not self._idle():
+            return
+        self.log.info(
+            self.PROTOCOL_NAME + " connection from {peer} closed: the server stops",
+            peer=self.peer,
+            session_id=self.session_id,
+        )
+        session.shutdown()
+        self._process()
 
     # -- helpers for _open_session --
 
@@ -336,6 +389,8 @@ class SessionProtocol(Protocol, ABC):
         self._send_now()
         if self._command is not None and not self._waiting:
             self._command_done()
+        if self.shutting_down:
+            self._shutdown_if_idle()
 
     # -- back-pressure on replies --
 

@@ -158,7 +158,7 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
     * ``CLOSING_EVENT``: the event class built with the close reason
       (``"quit"``, ``"errors"``, ``"timeout"``...) by :meth:`_close`;
     * the replies ``LINE_TOO_LONG_REPLY``, ``TOO_MANY_ERRORS_REPLY``,
-      ``TIMEOUT_REPLY``, ``UNKNOWN_COMMAND_REPLY`` (undecodable, control
+      ``TIMEOUT_REPLY``, ``SHUTDOWN_REPLY``, ``UNKNOWN_COMMAND_REPLY`` (undecodable, control
       characters, or an unknown verb), ``AUTH_BAD_BASE64_REPLY``,
       ``AUTH_CANCELLED_REPLY`` and ``AUTH_FAILED_REPLY``;
 
@@ -206,6 +206,7 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
     LINE_TOO_LONG_REPLY: ClassVar[Any]
     TOO_MANY_ERRORS_REPLY: ClassVar[Any]
     TIMEOUT_REPLY: ClassVar[Any]
+    SHUTDOWN_REPLY: ClassVar[Any]
     UNKNOWN_COMMAND_REPLY: ClassVar[Any]
     AUTH_BAD_BASE64_REPLY: ClassVar[Any]
     AUTH_CANCELLED_REPLY: ClassVar[Any]
@@ -275,6 +276,17 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
             return
         self._pending = None
         self._close(self.TIMEOUT_REPLY, "timeout")
+
+    def shutdown(self) -> None:
+        """
+        The server stops: answer ``SHUTDOWN_REPLY`` and close.  The adapter
+        calls it between commands (RFC 5321 section 3.8: an SMTP server
+        that must shut down answers 421 and closes).
+        """
+        if self.state is self.CLOSED_STATE:
+            return
+        self._pending = None
+        self._close(self.SHUTDOWN_REPLY, "shutdown")
 
     # -- what subclasses provide -------------------------------------------------
 

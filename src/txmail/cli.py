@@ -287,6 +287,24 @@ def _alias_list(args: argparse.Namespace) -> None:
         _out(f"{alias} -> {', '.join(targets)}")
 
 
+def _reload(args: argparse.Namespace) -> None:
+    """SIGHUP to the server whose process id is in the pidfile (see :mod:`txmail.lifecycle`)."""
+    import signal
+
+    try:
+        with open(args.pidfile, encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except FileNotFoundError:
+        raise CLIError(f"no pidfile {args.pidfile!r}: is the server running (twistd --pidfile)?") from None
+    except ValueError:
+        raise CLIError(f"pidfile {args.pidfile!r} does not hold a process id") from None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CLIError(f"no process {pid} (from {args.pidfile!r}): the server is not running") from None
+    _out(f"sent SIGHUP to {pid}; the server's log says what changed and what needs a restart")
+
+
 def _check_config(args: argparse.Namespace) -> None:
     directory, settings = _directory(args)
     policy = settings.policy
@@ -771,6 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="print the schema version (exit 1 if it needs an upgrade)"
     )
     p.set_defaults(func=_db_status)
+
+    p = commands.add_parser(
+        "reload", help="make the running server reload its configuration, certificates and users (SIGHUP)"
+    )
+    p.add_argument("--pidfile", default="twistd.pid", help="twistd's pidfile (default twistd.pid)")
+    p.set_defaults(func=_reload)
 
     p = commands.add_parser("check-config", help="validate a configuration file")
     p.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")

@@ -19,6 +19,7 @@ The file format (every key optional)::
     proxy_protocol = ["tcp:25"]          # listeners behind a load balancer: a PROXY header (v1/v2) first
     proxy_trusted = ["10.0.0.0/8"]       # who may send it (default loopback); others are closed
     proxy_timeout = 10                   # seconds to send the complete header
+    shutdown_timeout = 30                # seconds open sessions get to finish when the server stops
 
     [store]
     backend = "maildir"                  # maildir (data_dir/mail) | memory (lost at exit) | postgresql
@@ -276,6 +277,7 @@ class Settings:
     proxy_protocol: tuple[str, ...] = ()
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     proxy_timeout: float = 10.0
+    shutdown_timeout: float = 30.0
     outbound_enabled: bool = True
     resolvers: tuple[str, ...] = ()
     relay_port: int = 25
@@ -405,6 +407,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "proxy_protocol"): "proxy_protocol",
     ("server", "proxy_trusted"): "proxy_trusted",
     ("server", "proxy_timeout"): "proxy_timeout",
+    ("server", "shutdown_timeout"): "shutdown_timeout",
     ("outbound", "enabled"): "outbound_enabled",
     ("outbound", "resolvers"): "resolvers",
     ("outbound", "relay_port"): "relay_port",
@@ -590,6 +593,8 @@ def _validate(values: dict[str, Any]) -> Settings:
             out[f.name] = _networks(f.name, value)
         elif f.name == "proxy_timeout":
             out[f.name] = _duration(f.name, value)
+        elif f.name == "shutdown_timeout":
+            out[f.name] = _duration("[server] shutdown_timeout", value)
         elif f.name == "resolvers":
             out[f.name] = _str_list(f.name, value)
             for item in out[f.name]:

@@ -569,6 +569,18 @@ class FileDirectory(_DirectoryBase):
         self._signature = signature
         self._bad_signature = None
 
+    def reload(self) -> None:
+        """
+        Read the file again now (a server reload, ``SIGHUP``), instead of
+        at the next check after :attr:`recheck_interval`.
+
+        Raises:
+            DirectoryError: the file cannot be read or parsed; the users
+                read before stay.
+        """
+        self._reload(strict=True)
+        self._next_check = self._monotonic() + self.recheck_interval
+
     def _current(self) -> _Snapshot:
         """The contents, re-read first if the file changed."""
         if self.recheck_interval > 0:

@@ -59,7 +59,7 @@ from txmail.proxywrap import ProxySettings, listen_proxied
 from txmail.quota import Quotas
 from txmail.resolver import Resolver
 from txmail.smtp.server import SMTPFactory, SMTPLimits
-from txmail.tls import server_context, with_certificate
+from txmail.tls import ReloadableServerTLS, with_certificate
 
 __all__ = [
     "ListenerService",
@@ -151,8 +151,12 @@ class ListenerService(service.Service):
         role: str,
         proxy: ProxySettings | None = None,
         accept: bool = True,
+        tls: ReloadableServerTLS | None = None,
     ) -> None:
         self.reactor = reactor
+        #: The server's reloadable TLS context: an ``ssl:`` endpoint
+        #: handshakes with it (a reload changes its certificate), or ``None``.
+        self.tls = tls
         self.description = description
         self.factory = factory
         self.role = role
@@ -175,12 +179,17 @@ class ListenerService(service.Service):
     def _listen(self) -> None:
         if self._listening is not None:
             return
+
+        def endpoint(reactor: Any) -> Any:
+            made = serverFromString(reactor, self.description)
+            if self.tls is not None:
+                self.tls.install(made)
+            return made
+
         if self.proxy is None:
-            d = serverFromString(self.reactor, self.description).listen(self.factory)
+            d = endpoint(self.reactor).listen(self.factory)
         else:
-            d = listen_proxied(
-                self.reactor, lambda r: serverFromString(r, self.description), self.factory, self.proxy
-            )
+            d = listen_proxied(self.reactor, endpoint, self.factory, self.proxy)
         failures: list[Any] = []
 
         def listening(port: IListeningPort) -> IListeningPort:
@@ -255,10 +264,48 @@ class MailServer(service.MultiService):
     #: = "json"``: a :class:`txmail.logs.JSONLogObserver`), or ``None``.
     log_observer: Any = None
 
+    #: Reads the configuration again for :meth:`reload` (``twistd mailserver``
+    #: sets it: the ``--config`` file with the command line's overrides), or ``None``.
+    config_loader: Callable[[], Settings] | None = None
+    #: The reloadable TLS context of every listener (``[tls]``), or ``None``.
+    tls: ReloadableServerTLS | None = None
+
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
         self.listeners: list[ListenerService] = []
+        self._stopping: defer.Deferred[None] | None = None
+
+    def reload(self, settings: Settings | None = None) -> defer.Deferred[Any]:
+        """
+        Apply *settings* (default: :attr:`config_loader`'s, else the current
+        ones) without dropping a connection, and read the TLS certificate,
+        the users and the DKIM keys again (``SIGHUP`` under twistd).  See
+        :mod:`txmail.lifecycle`.
+
+        Returns:
+            A Deferred of a :class:`txmail.lifecycle.ReloadReport`: what
+            changed, what needs a restart, errors (then nothing changed).
+        """
+        from txmail.lifecycle import reload_server
+
+        return reload_server(self, settings)
+
+    def startService(self) -> None:
+        self._stopping = None
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop gracefully: no new connections, the open ones finish what they
+        are doing (up to ``[server] shutdown_timeout``), then everything
+        stops (:func:`txmail.lifecycle.stop_gracefully`).
+        """
+        if self._stopping is None:
+            from txmail.lifecycle import stop_gracefully
+
+            self._stopping = stop_gracefully(self)
+        return self._stopping
 
     def setServiceParent(self, parent: Any) -> Any:
         """
@@ -611,6 +658,28 @@ def smtp_policies(
     return policies, copy_listeners
 
 
+def smtp_limits(settings: Settings) -> SMTPLimits:
+    """The SMTP session limits of *settings*."""
+    return SMTPLimits(
+        max_message_size=settings.max_message_size,
+        max_recipients=settings.max_recipients,
+        command_timeout=settings.command_timeout,
+        data_timeout=settings.data_timeout,
+    )
+
+
+def imap_limits(settings: Settings) -> IMAPLimits:
+    """The IMAP session limits of *settings*."""
+    return IMAPLimits(
+        max_line=settings.imap_max_line,
+        max_literal=settings.imap_max_literal,
+        metadata_max_size=settings.imap_metadata_max_size,
+        metadata_max_entries=settings.imap_metadata_max_entries,
+        metadata_admin=settings.imap_admin,
+        metadata_comment=settings.imap_comment,
+    )
+
+
 def smtp_factory(
     settings: Settings,
     role: str,
@@ -639,12 +708,7 @@ def smtp_factory(
         tls_context=tls,
         implicit_tls=description.startswith("ssl:"),
         plaintext_auth=settings.plaintext_auth,
-        limits=SMTPLimits(
-            max_message_size=settings.max_message_size,
-            max_recipients=settings.max_recipients,
-            command_timeout=settings.command_timeout,
-            data_timeout=settings.data_timeout,
-        ),
+        limits=smtp_limits(settings),
         clock=reactor,
         run_blocking=run_blocking,
         policies=policies,
@@ -778,8 +842,9 @@ def build_service(
     )
     quotas = Quotas.from_settings(settings.quota_storage, settings.quota_users)
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
+    # One context for every listener, whose certificate a reload replaces.
     tls = (
-        server_context(settings.tls_cert, settings.tls_key)
+        ReloadableServerTLS(settings.tls_cert, settings.tls_key)
         if settings.tls_cert and settings.tls_key
         else None
     )
@@ -825,6 +890,7 @@ def build_service(
             role,
             proxy=proxied(description),
             accept=accept,
+            tls=tls if "privateKey=" not in description else None,
         )
         listener.setServiceParent(server)
         server.listeners.append(listener)
@@ -868,14 +934,7 @@ def build_service(
             clock=reactor,
         )
         listen(description, pop3_factory, "pop3")
-    imap_limits = IMAPLimits(
-        max_line=settings.imap_max_line,
-        max_literal=settings.imap_max_literal,
-        metadata_max_size=settings.imap_metadata_max_size,
-        metadata_max_entries=settings.imap_metadata_max_entries,
-        metadata_admin=settings.imap_admin,
-        metadata_comment=settings.imap_comment,
-    )
+    limits = imap_limits(settings)
     for description in settings.imap:
         imap_factory = IMAPFactory(
             authenticator=authenticator,
@@ -884,7 +943,7 @@ def build_service(
             implicit_tls=description.startswith("ssl:"),
             plaintext_auth=settings.plaintext_auth,
             idle_timeout=settings.imap_idle_timeout,
-            limits=imap_limits,
+            limits=limits,
             clock=reactor,
             copy_listeners=copy_listeners,
             quotas=quotas,
@@ -926,6 +985,30 @@ def build_service(
         from txmail.workers import WorkerPool
 
         # After the listeners: they are listening by the time it starts.
-        server.workers = WorkerPool(reactor, settings, workers, server.listeners, router)
+        server.workers = WorkerPool(
+            reactor,
+            settings,
+            workers,
+            server.listeners,
+            router,
+            # The workers stop gracefully too: SIGKILL only after their shutdown_timeout.
+            stop_timeout=settings.shutdown_timeout + 5.0,
+        )
         server.workers.setServiceParent(server)
+    _reloadable(server, reactor=reactor, tls=tls, dns=dns, extra_policies=policies, run_blocking=run_blocking)
     return server
+
+
+def _reloadable(
+    server: Any, *, reactor: Any, tls: Any, dns: Any, extra_policies: Sequence[Any], run_blocking: Any
+) -> None:
+    """What a reload (:func:`txmail.lifecycle.apply_settings`) works on, kept on *server*."""
+    from txmail.lifecycle import key_files_digest
+
+    server.reactor = reactor
+    server.tls = tls
+    server.dns = dns
+    server.extra_policies = tuple(extra_policies)
+    server.run_blocking = run_blocking
+    server.key_digest = key_files_digest(server.settings)
+    server.routers = [r for r in (server.router, getattr(server.runner, "router", None)) if r is not None]

@@ -92,6 +92,7 @@ from txmail.quota import Usage
 
 __all__ = [
     "Deliver",
+    "Reload",
     "StorageUsage",
     "WorkerPool",
     "WorkerRouter",
@@ -134,6 +135,18 @@ class Deliver(amp.Command):
         (b"metadata", amp.String()),
     ]
     response = [(b"report", amp.String()), (b"report_file", amp.Unicode())]
+
+
+class Reload(amp.Command):
+    """
+    Owner to worker: apply *settings* (pickled :class:`~txmail.config.Settings`,
+    those the owner now runs with), and read the certificate, users and
+    keys again (:func:`txmail.lifecycle.apply_settings`); the worker's
+    :class:`~txmail.lifecycle.ReloadReport` comes back as JSON.
+    """
+
+    arguments = [(b"settings", amp.String())]
+    response = [(b"report", amp.String())]
 
 
 class StorageUsage(amp.Command):
@@ -448,6 +461,39 @@ class WorkerPool(service.Service):
         )
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
 
+    def reload(self, settings: Settings) -> defer.Deferred[list[Any]]:
+        """
+        Send *settings* to every running worker (:class:`Reload`); a Deferred
+        of their :class:`~txmail.lifecycle.ReloadReport` list.  A worker
+        started later is given them at its start.
+        """
+        from txmail.lifecycle import ReloadReport
+
+        self.settings = settings
+        data = pickle.dumps(settings)
+        if len(data) > AMP_VALUE_LIMIT:
+            error = "the settings are too large to send to the SMTP workers; restart to apply them there"
+            self.log.error("reload: {error}", error=error)
+            return defer.succeed([ReloadReport(errors=(error,))])
+
+        def one(index: int, control: Any) -> defer.Deferred[Any]:
+            d = control.callRemote(Reload, settings=data)
+            d.addCallback(lambda answer: ReloadReport.from_dict(json.loads(answer["report"])))
+
+            def failed(f: Failure) -> Any:
+                self.log.failure("reload: worker {worker} did not reload", f, worker=index)
+                return ReloadReport(errors=(f"worker {index}: {f.getErrorMessage()}",))
+
+            return d.addErrback(failed)
+
+        return defer.gatherResults([one(i, c) for i, c in sorted(self._controls.items())])
+
+    def force(self) -> None:
+        """Make the workers stop now, cutting their open sessions (``SIGQUIT``; a forced stop)."""
+        for process in list(self.processes.values()):
+            if not process.ended.called:
+                _signal(process, signal.SIGQUIT)  # signalProcess knows only KILL, TERM and INT by name
+
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         for call in self._restarts.values():
@@ -529,7 +575,7 @@ def _log_output() -> Callable[[str], None] | None:
     return write
 
 
-def _signal(process: _WorkerProcess, name: str) -> None:
+def _signal(process: _WorkerProcess, name: str | int) -> None:
     transport = process.transport
     if transport is None or getattr(transport, "pid", None) is None:
         return
@@ -553,6 +599,8 @@ class _Once(protocol.Factory):
 
 # -- the worker's side -------------------------------------------------------------
 
+_log = Logger(namespace="txmail.workers")
+
 
 class _WorkerAMP(amp.AMP):
     """The worker's end of its control connection; losing it stops the worker."""
@@ -570,6 +618,19 @@ class _WorkerAMP(amp.AMP):
             self._exposition = self.metrics.exposition()[0] if self.metrics is not None else b""
         data = self._exposition[offset : offset + AMP_VALUE_LIMIT]
         return {"data": data, "more": offset + len(data) < len(self._exposition)}
+        #: The worker's service, once built (what :class:`Reload` applies to).
+        self.target: Any = None
+
+    @Reload.responder
+    def reload(self, settings: bytes) -> dict[str, Any]:
+        from txmail.lifecycle import ReloadReport, apply_settings
+
+        try:
+            report = apply_settings(self.target, pickle.loads(settings))
+        except Exception as e:
+            _log.failure("reload failed; the running configuration is kept")
+            report = ReloadReport(errors=(str(e),))
+        return {"report": json.dumps(report.to_dict()).encode()}
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         super().connectionLost(reason)
@@ -765,6 +826,7 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
     from txmail.auth.authenticator import Authenticator
     from txmail.config import parse_host_port
     from txmail.delivery.spool import clean_spool
+    from txmail.lifecycle import key_files_digest, stop_gracefully
     from txmail.policy.builtin import signing_keys
     from txmail.proxywrap import ProxySettings
     from txmail.resolver import Resolver
@@ -777,7 +839,7 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
         smtp_policies,
         tune_gc,
     )
-    from txmail.tls import server_context, with_certificate
+    from txmail.tls import ReloadableServerTLS, with_certificate
 
     settings: Settings = spec["settings"]
     index: int = spec["index"]
@@ -824,12 +886,13 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
     router = WorkerRouter(checker, hand_over, spool_dir, run_blocking)
     authenticator = Authenticator(directory, clock=reactor, run_blocking=run_blocking)
     tls = (
-        server_context(settings.tls_cert, settings.tls_key)
+        ReloadableServerTLS(settings.tls_cert, settings.tls_key)
         if settings.tls_cert and settings.tls_key
         else None
     )
     nameservers = [parse_host_port(r, 53) for r in settings.resolvers] or None
     dns = Resolver(nameservers, reactor=reactor)
+    greylist_path = settings.path(f"greylist-worker-{index}.json")
     policies, _ = smtp_policies(
         settings,
         server,
@@ -837,7 +900,7 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
         run_blocking=run_blocking,
         dns=dns,
         keys=keys,
-        greylist_path=settings.path(f"greylist-worker-{index}.json"),
+        greylist_path=greylist_path,
     )
     proxy = ProxySettings.from_strings(settings.proxy_trusted, settings.proxy_timeout)
     if settings.metrics_listen or settings.metrics_on_web:
@@ -845,6 +908,7 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
 
         # Counted here, collected by the owner at each scrape (CollectMetrics).
         control.metrics = Metrics()
+    listeners = []
     for role, description, fd, family, proxied in spec["listeners"]:
         factory = smtp_factory(
             settings,
@@ -864,19 +928,46 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
             from txmail.metrics import bind_listener
 
             bind_listener(control.metrics, factory, role)
-        ListenerService(
+        listener = ListenerService(
             _AdoptingReactor(reactor, fd, family),
             with_certificate(description, settings.tls_cert, settings.tls_key),
             factory,
             role,
             proxy=proxy if proxied else None,
-        ).setServiceParent(server)
+            tls=tls if "privateKey=" not in description else None,
+        )
+        listener.setServiceParent(server)
+        listeners.append(listener)
+    # What a reload (Reload, from the owner) and the graceful stop work on.
+    target: Any = server
+    target.settings = settings
+    target.reactor = reactor
+    target.tls = tls
+    target.directory = directory
+    target.listeners = listeners
+    target.routers = [checker]
+    target.run_blocking = run_blocking
+    target.dns = dns
+    target.greylist_path = greylist_path
+    target.key_digest = key_files_digest(settings)
+    control.target = server
     server.startService()
     # The adopted ports hold their own copies of the descriptors.
     for _, _, fd, _, _ in spec["listeners"]:
         os.close(fd)
-    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    # SIGTERM from the owner, or Control-C: the open sessions finish first.
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: stop_gracefully(server))
     return server
+
+
+def _force(reactor: Any, server: Any) -> None:
+    """Stop now: the open sessions are cut (a forced stop of the owner)."""
+    server.force_requested = True
+    force_stop = getattr(server, "force_stop", None)
+    if force_stop is not None:
+        force_stop()
+    elif reactor.running:
+        reactor.stop()
 
 
 def main() -> None:
@@ -904,7 +995,22 @@ def main() -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     # SIGINT (Control-C on twistd -n reaches the whole process group) and SIGTERM stop it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    run_worker(reactor, spec)
+    server = run_worker(reactor, spec)
+
+    def force(signum: int, frame: Any) -> None:
+        # SIGQUIT from the owner (WorkerPool.force): cut the graceful stop short.
+        reactor.callFromThread(_force, reactor, server)
+
+    signal.signal(signal.SIGQUIT, force)
+
+    def stopping() -> None:
+        # A Control-C reaches the worker twice (the group's SIGINT, then the
+        # owner's SIGTERM): once stopping, more of them change nothing; the
+        # owner's SIGQUIT (a second Control-C there) cuts the stop short.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: None)
+
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.run()
 
 

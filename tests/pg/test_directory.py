@@ -225,6 +225,24 @@ class PostgresDirectoryChangeTests(TestCase):
         self.assertEqual((yield strict.resolve_recipient("carol@example.test")), ["carol@example.test"])
 
     @defer.inlineCallbacks
+    def test_reload(self) -> Gen:
+        """reload() (a server reload) forgets the remembered recipients and re-reads the domains at once."""
+        from twisted.internet import task
+
+        from txmail.pg.directory import PostgresDirectory
+
+        clock = task.Clock()
+        node = PostgresDirectory(self.database, local_domains=["example.test"], clock=clock)
+        node.check_schema()
+        yield self.assertFailure(node.resolve_recipient("frank@new.test"), NoSuchUser)
+        yield self.directory.add_user("frank@new.test", "pw")  # on another node
+        yield self.assertFailure(node.resolve_recipient("frank@new.test"), NoSuchUser)  # remembered
+        self.assertFalse(node.is_local_domain("new.test"))
+        yield node.reload()
+        self.assertTrue(node.is_local_domain("new.test"))
+        self.assertEqual((yield node.resolve_recipient("frank@new.test")), ["frank@new.test"])
+
+    @defer.inlineCallbacks
     def test_invalid_stored_credentials(self) -> Gen:
         """A user whose stored verifier is broken gets mail but cannot log in."""
         yield self.directory.add_user("alice@example.test", "pw")

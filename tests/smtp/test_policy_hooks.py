@@ -661,7 +661,7 @@ class EngineTimeoutTests(ServerTestCase):
         slow = Recorder("slow", calls, {"mail": lambda: never})
         after = Recorder("after", calls)
         proto, transport = self.connect(policies=[slow, after])
-        proto.factory.policy = PolicyEngine([slow, after], role="mta", clock=self.clock, timeout=30)
+        proto.policy_engine = PolicyEngine([slow, after], role="mta", clock=self.clock, timeout=30)
         proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@r.test>\r\n")
         self.take(transport)
         self.clock.advance(29)

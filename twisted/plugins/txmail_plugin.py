@@ -137,6 +137,7 @@ class Options(usage.Options):
             "metrics_listen": self["metrics"],
             "log_format": self["log-format"],
         }
+        self.overrides = overrides
         try:
             self.settings = load_config(self["config"], overrides)
         except ConfigError as e:
@@ -165,9 +166,32 @@ class MailServerMaker:
         from txmail.errors import DatabaseError
 
         try:
-            return build_service(settings)
+            server = build_service(settings)
         except DatabaseError as e:  # PostgreSQL unreachable, or its schema needs `txmail db upgrade`
             raise SystemExit(f"txmail: {e}") from None
+        _live_change(server, options)
+        return server
+
+
+def _live_change(server: Any, options: Options) -> None:
+    """SIGHUP reloads the --config file (with the same command-line overrides); see txmail.lifecycle."""
+    import dataclasses
+
+    from twisted.internet import reactor
+
+    from txmail.config import load_config
+    from txmail.lifecycle import install_signal_handlers
+
+    workers = server.settings.workers
+
+    def load() -> Any:
+        settings = load_config(options["config"], options.overrides)
+        if settings.workers is None:
+            settings = dataclasses.replace(settings, workers=workers)
+        return settings
+
+    server.config_loader = load
+    reactor.callWhenRunning(install_signal_handlers, server, reactor)
 
 
 serviceMaker = MailServerMaker()

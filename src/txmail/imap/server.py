@@ -796,6 +796,10 @@ class IMAPFactory(Factory[IMAPServerProtocol]):
         self.authenticator = authenticator
         self.stores = stores
         self.tls_context = tls_context
+        #: The open connections (a graceful shutdown closes them).
+        self.connections: set[IMAPServerProtocol] = set()
+        #: The server is stopping: new connections are closed at once.
+        self.draining = False
         self.implicit_tls = implicit_tls
         self.plaintext_auth = plaintext_auth
         self.idle_timeout = idle_timeout

@@ -274,6 +274,11 @@ class PostgresDirectory(_DirectoryBase):
         """Re-read the domain list."""
         return self.db.run(_domains).addCallback(self._set_known_domains)
 
+    def reload(self) -> defer.Deferred[None]:
+        """Forget the recipients kept in memory and re-read the domain list (a server reload)."""
+        self._recipients.clear()
+        return self.refresh()
+
     def _set_known_domains(self, domains: frozenset[str]) -> None:
         self._domains = domains
 

@@ -657,6 +657,10 @@ class POP3Factory(Factory[POP3ServerProtocol]):
         self.stores = stores
         self.locks: Any = locks if locks is not None else maildrop_locks_for(stores)
         self.tls_context = tls_context
+        #: The open connections (a graceful shutdown closes them).
+        self.connections: set[POP3ServerProtocol] = set()
+        #: The server is stopping: new connections are closed at once.
+        self.draining = False
         self.implicit_tls = implicit_tls
         self.plaintext_auth = plaintext_auth
         self.idle_timeout = idle_timeout

@@ -145,6 +145,7 @@ _SYNTAX = _err("Syntax error in arguments")
 _LINE_TOO_LONG = _err("Line too long")
 _TOO_MANY_ERRORS = _err("Too many errors, closing connection")
 _TIMEOUT = _err("Disconnected for inactivity")
+_SHUTDOWN = _err("Server shutting down")
 _DELETED = _err("Message is deleted")
 _BAD_BASE64 = _err("Invalid base64 data")
 _CANCELLED = _err("Authentication cancelled")
@@ -233,6 +234,7 @@ class POP3Session(LineSession[Event, Response]):
     LINE_TOO_LONG_REPLY = _LINE_TOO_LONG
     TOO_MANY_ERRORS_REPLY = _TOO_MANY_ERRORS
     TIMEOUT_REPLY = _TIMEOUT
+    SHUTDOWN_REPLY = _SHUTDOWN
     UNKNOWN_COMMAND_REPLY = _UNKNOWN_COMMAND
     AUTH_BAD_BASE64_REPLY = _BAD_BASE64
     AUTH_CANCELLED_REPLY = _CANCELLED

@@ -52,6 +52,7 @@ __all__ = [
     "RECIPIENT_OK",
     "ROUTING_NOT_ACCEPTED",
     "SENDER_OK",
+    "SHUTTING_DOWN",
     "SMTPUTF8_REQUIRED",
     "START_MAIL_INPUT",
     "SYNTAX_ERROR",
@@ -200,6 +201,8 @@ AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
 LOCAL_ERROR = Reply(451, "4.3.0", "Requested action aborted: local error in processing")
 TRANSACTION_FAILED = Reply(554, "5.0.0", "Transaction failed")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+#: RFC 5321 section 3.8; RFC 3463 4.3.2 "System not accepting network messages".
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 #: A BDAT whose size cannot be read loses the chunk boundary; nothing after
 #: it can be trusted to be a command (RFC 3030 section 3), so we close.

@@ -321,6 +321,9 @@ class SMTPServerProtocol(SessionProtocol):
         # Accepted verdicts: of connect/HELO/AUTH (every message), of MAIL/RCPT (this transaction).
         self._conn_verdict = Verdict()
         self._tx_verdict = Verdict()
+        #: The factory's policy engine when the client connected: the whole
+        #: session asks this one, even when a reload replaces the factory's.
+        self.policy_engine = factory.policy
 
     def _open_session(self, host: str) -> ServerSession:
         self.peer_ip = host
@@ -329,7 +332,7 @@ class SMTPServerProtocol(SessionProtocol):
         info.client_address = host
         info.client_port = int(getattr(self._transport.getPeer(), "port", 0) or 0)
         info.tls = factory.implicit_tls
-        engine = factory.policy
+        engine = self.policy_engine
         info.trusted = engine is not None and engine.is_trusted(host)
         checks = frozenset(
             name
@@ -355,14 +358,19 @@ class SMTPServerProtocol(SessionProtocol):
         )
         return session
 
+    def _idle(self) -> bool:
+        # A mail transaction is finished before a graceful shutdown closes the session.
+        session = self.session
+        return super()._idle() and session is not None and session.transaction is None
+
     # -- Twisted API --
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         # A message being delivered owns its file until delivery ends.
         self._discard_spool()
-        if self.factory.policy is not None:
-            self.factory.policy.closed(self.info)
+        if self.policy_engine is not None:
+            self.policy_engine.closed(self.info)
 
     # -- the event loop --
 
@@ -434,7 +442,7 @@ class SMTPServerProtocol(SessionProtocol):
         Ask the policies of *stage*; ``decided(verdict)`` answers the
         session (``abandoned()`` is called instead once the client is gone).
         """
-        engine = self.factory.policy
+        engine = self.policy_engine
         assert engine is not None
         d = engine.decide(stage, self.info, *args)
         if isinstance(d, Verdict):
@@ -492,7 +500,7 @@ class SMTPServerProtocol(SessionProtocol):
             if session.transaction is not None:
                 tx.recipients = session.transaction.rcpt_to  # the session's own list, kept current
 
-        engine = self.factory.policy
+        engine = self.policy_engine
         if engine is None or not engine.checks(Stage.MAIL):
             accept()
             return
@@ -555,7 +563,7 @@ class SMTPServerProtocol(SessionProtocol):
                 reply = Reply.parse(result.reply, default)
                 if reply.is_positive:
                     reply = default
-            engine = self.factory.policy
+            engine = self.policy_engine
             if engine is None or not engine.checks(Stage.RCPT):
                 if reply is None:
                     session.accept()
@@ -709,7 +717,7 @@ class SMTPServerProtocol(SessionProtocol):
         assert session is not None
         message_id = envelope.message_id
         verdict = self._conn_verdict.then(self._tx_verdict)
-        engine = self.factory.policy
+        engine = self.policy_engine
         if engine is None or not engine.checks(Stage.DATA):
             self._finish_message(received, envelope, verdict)
             return
@@ -1017,6 +1025,35 @@ class SMTPFactory(Factory):
             else None
         )
         #: The :class:`~txmail.policy.engine.PolicyEngine`, or ``None`` without policies.
+        self.policy = engine if engine is not None and engine.active else None
+        self.resolver = resolver
+        self.trusted_networks = tuple(trusted_networks)
+        #: The open connections (a graceful shutdown closes them).
+        self.connections: set[SMTPServerProtocol] = set()
+        #: The server is stopping: new connections are closed at once.
+        self.draining = False
+
+    def set_policies(
+        self, policies: Sequence[Any], *, resolver: Any = None, trusted_networks: Sequence[str] = ()
+    ) -> None:
+        """
+        Ask *policies* (with *resolver* and *trusted_networks*, as the
+        constructor's) from the next connection on (a reload); the open
+        sessions keep the engine they started with.
+        """
+        self.resolver = resolver
+        self.trusted_networks = tuple(trusted_networks)
+        engine = (
+            PolicyEngine(
+                policies,
+                role=self.role,
+                clock=self.clock,
+                resolver=self.resolver,
+                trusted_networks=self.trusted_networks,
+            )
+            if policies
+            else None
+        )
         self.policy = engine if engine is not None and engine.active else None
 
     def stopFactory(self) -> None:
