@@ -213,7 +213,8 @@ class Resolver:
                 return Answer(DNSStatus.NXDOMAIN, ttl=_negative_ttl(authority))
             return Answer(DNSStatus.ERROR, error=f"{rdtype} lookup for {name} failed: {f.getErrorMessage()}")
 
-        return d.addCallbacks(answered, failed)
+        answer: defer.Deferred[Answer] = d.addCallbacks(answered, failed)
+        return answer
 
     def _answered(self, result: Answer | Failure, key: tuple[str, str]) -> None:
         if isinstance(result, Failure):  # a bug above; never let a caller hang

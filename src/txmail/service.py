@@ -34,8 +34,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from txmail import _twisted
 from txmail.auth.authenticator import Authenticator
 from txmail.config import Settings, parse_host_port
 from txmail.delivery.backoff import parse_schedule
@@ -75,7 +77,7 @@ __all__ = [
 ]
 
 
-class ThreadPoolService(service.Service):
+class ThreadPoolService(_twisted.Service):
     """Runs a bounded thread pool for blocking work while the service runs."""
 
     def __init__(self, reactor: Any, size: int) -> None:
@@ -99,7 +101,7 @@ class ThreadPoolService(service.Service):
             self.pool.stop()
 
 
-class StopService(service.Service):
+class StopService(_twisted.Service):
     """Calls *stop* when the server stops (a store provider's helpers: the Maildir parse workers)."""
 
     def __init__(self, stop: Callable[[], None]) -> None:
@@ -110,7 +112,7 @@ class StopService(service.Service):
         self.stop()
 
 
-class PolicyService(service.Service):
+class PolicyService(_twisted.Service):
     """Stops the policies that keep state (``stop()``: greylisting saves its table)."""
 
     log = Logger()
@@ -129,7 +131,7 @@ class PolicyService(service.Service):
                     self.log.failure("stopping policy {policy} failed", policy=type(policy).__name__)
 
 
-class ListenerService(service.Service):
+class ListenerService(_twisted.Service):
     """
     Listens on one endpoint while running, and tells where.
 
@@ -197,7 +199,7 @@ class ListenerService(service.Service):
             if not self.accept:
                 port.stopReading()  # type: ignore[attr-defined]
             host = port.getHost()
-            where = getattr(host, "name", None) if not hasattr(host, "port") else f"{host.host}:{host.port}"
+            where = getattr(host, "name", None) if not hasattr(host, "port") else f"{host.host}:{host.port}"  # type: ignore[attr-defined]  # an IPv4Address/IPv6Address: checked by hasattr
             self.log.info(
                 "{role} listening on {where}{proxy}{workers}",
                 role=self.role,
@@ -208,7 +210,12 @@ class ListenerService(service.Service):
             return port
 
         d.addCallback(listening)
-        d.addErrback(lambda f: failures.append(f) or f)
+
+        def failed(f: Failure) -> Failure:
+            failures.append(f)
+            return f
+
+        d.addErrback(failed)
         self._listening = d
         if failures:
             self._listening = None
@@ -219,7 +226,12 @@ class ListenerService(service.Service):
         if self._listening is None:
             return defer.fail(RuntimeError("not started"))
         d: defer.Deferred[IListeningPort] = defer.Deferred()
-        self._listening.addCallback(lambda p: (d.callback(p), p)[1])
+
+        def fire(port: IListeningPort) -> IListeningPort:
+            d.callback(port)
+            return port
+
+        self._listening.addCallback(fire)
         return d
 
     def stopService(self) -> Any:
@@ -230,7 +242,7 @@ class ListenerService(service.Service):
         return None
 
 
-class MailServer(service.MultiService):
+class MailServer(_twisted.MultiService):
     """
     A complete txmail server: the shared parts and its listeners.
 
@@ -318,7 +330,7 @@ class MailServer(service.MultiService):
             from twisted.logger import ILogObserver
 
             parent.setComponent(ILogObserver, self.log_observer)
-        return super().setServiceParent(parent)  # type: ignore[no-untyped-call]
+        return super().setServiceParent(parent)
 
     def listeners_for(self, role: str) -> list[ListenerService]:
         return [lst for lst in self.listeners if lst.role == role]
@@ -332,7 +344,7 @@ class MailServer(service.MultiService):
         port = self.listeners_for(role)[index].port
         if port is None:
             raise RuntimeError(f"{role} listener {index} is not listening")
-        host = port.getHost()
+        host: Any = port.getHost()
         if not hasattr(host, "port"):
             raise RuntimeError(f"{role} listener {index} is not on TCP: {host}")
         return host.host, host.port

@@ -84,6 +84,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmail import _twisted
 from txmail.config import Settings
 from txmail.interfaces import IDeliveryRouter, IStorageUsage
 from txmail.mime import encode_metadata, parse_metadata
@@ -190,7 +191,7 @@ class _OwnerAMP(amp.AMP):
     """The owner's end of one worker's control connection."""
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # amp.AMP is untyped
         self.pool = pool
         self.index = index
 
@@ -226,7 +227,8 @@ class _OwnerAMP(amp.AMP):
                 return {"known": False, "octets": 0, "messages": 0}
             return {"known": True, "octets": usage.octets, "messages": usage.messages}
 
-        return self.pool.router._usage(user).addCallback(answer)
+        asked: defer.Deferred[dict[str, Any]] = self.pool.router._usage(user).addCallback(answer)
+        return asked
 
 
 class _WorkerProcess(protocol.ProcessProtocol):
@@ -282,7 +284,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-class WorkerPool(service.Service):
+class WorkerPool(_twisted.Service):
     """
     Runs *count* SMTP worker processes on the listeners of *listeners* whose
     ``accept`` is false, and answers them (see the module notes).
@@ -484,7 +486,8 @@ class WorkerPool(service.Service):
                 self.log.failure("reload: worker {worker} did not reload", f, worker=index)
                 return ReloadReport(errors=(f"worker {index}: {f.getErrorMessage()}",))
 
-            return d.addErrback(failed)
+            reloaded: defer.Deferred[Any] = d.addErrback(failed)
+            return reloaded
 
         return defer.gatherResults([one(i, c) for i, c in sorted(self._controls.items())])
 
@@ -606,7 +609,7 @@ class _WorkerAMP(amp.AMP):
     """The worker's end of its control connection; losing it stops the worker."""
 
     def __init__(self, lost: Callable[[], None]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # amp.AMP is untyped
         self._lost = lost
         #: The worker's :class:`txmail.metrics.Metrics`, or ``None`` without ``[metrics]``.
         self.metrics: Any = None
@@ -633,7 +636,7 @@ class _WorkerAMP(amp.AMP):
         return {"report": json.dumps(report.to_dict()).encode()}
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # amp.AMP is untyped
         self._lost()
 
 
@@ -645,13 +648,16 @@ class _OwnerUsage:
         self.control = control
         self.user = user
 
-    def usage(self) -> defer.Deferred[Usage | None]:
+    def usage(self) -> defer.Deferred[Usage | None]:  # type: ignore[override]  # None: the owner's store keeps no usage (the router reads it as unknown)
         def made(answer: dict[str, Any]) -> Usage | None:
             if not answer["known"]:
                 return None
             return Usage(octets=answer["octets"], messages=answer["messages"])
 
-        return self.control.callRemote(StorageUsage, user=self.user).addCallback(made)
+        asked: defer.Deferred[Usage | None] = self.control.callRemote(
+            StorageUsage, user=self.user
+        ).addCallback(made)
+        return asked
 
 
 class _OwnerStores:
@@ -769,7 +775,7 @@ def _take(path: str) -> bytes:
 
 def _read(message: MessageSource) -> bytes:
     with message.open() as f:
-        return f.read()  # type: ignore[no-any-return]
+        return f.read()
 
 
 def _report(envelope: Envelope, *, ok: bool, reply: str, detail: str = "") -> DeliveryReport:
@@ -869,7 +875,7 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
     checker = make_router(
         settings,
         directory,
-        _OwnerStores(control),
+        _OwnerStores(control),  # type: ignore[arg-type]  # a partial store provider: only the usage a recipient check reads
         None,
         reactor=reactor,
         run_blocking=run_blocking,
@@ -879,7 +885,7 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
     def hand_over(
         envelope: bytes, envelope_file: str, path: str, size: int, metadata: bytes
     ) -> defer.Deferred[Any]:
-        return control.callRemote(
+        return control.callRemote(  # type: ignore[no-any-return,no-untyped-call]  # amp is untyped
             Deliver, envelope=envelope, envelope_file=envelope_file, path=path, size=size, metadata=metadata
         )
 
@@ -999,7 +1005,7 @@ def main() -> None:
 
     def force(signum: int, frame: Any) -> None:
         # SIGQUIT from the owner (WorkerPool.force): cut the graceful stop short.
-        reactor.callFromThread(_force, reactor, server)
+        reactor.callFromThread(_force, reactor, server)  # type: ignore[attr-defined]  # the global reactor is a full IReactorThreads
 
     signal.signal(signal.SIGQUIT, force)
 

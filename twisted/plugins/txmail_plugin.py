@@ -54,7 +54,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # usage.Options.__init__ is untyped
         self["domain"] = []
         self["smtp"] = []
         self["submission"] = []

@@ -167,7 +167,7 @@ def hook_callable(hook: DeliveryHook) -> Callable[..., Any]:
         TypeError: *hook* is neither.
     """
     if IDeliveryHook.providedBy(hook):
-        return hook.before_delivery  # type: ignore[no-any-return]
+        return hook.before_delivery
     if callable(hook):
         return hook  # type: ignore[no-any-return]
     raise TypeError(f"a delivery hook must be callable or provide IDeliveryHook, not {hook!r}")

@@ -322,7 +322,7 @@ class MXResolver:
             group = by_pref.setdefault(pref, [])
             if exchange not in group:
                 group.append(exchange)
-        ordered = []
+        ordered: list[Any] = []
         for pref in sorted(by_pref):
             group = sorted(by_pref[pref])  # a stable start, so a seeded rng is reproducible
             self._rng.shuffle(group)

@@ -47,7 +47,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
@@ -386,7 +386,7 @@ class SpoolQueue:
         return self._run(remove)
 
     def update_recipients(
-        self, queue_id: str, changes: dict[str, dict[str, Any]], *, durable: bool = True
+        self, queue_id: str, changes: Mapping[str, Mapping[str, Any]], *, durable: bool = True
     ) -> defer.Deferred[None]:
         """
         Merge *changes* (recipient -> fields) into an entry's recipient states

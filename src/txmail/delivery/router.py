@@ -651,7 +651,7 @@ class DeliveryRouter:
         def got_mailbox(mailbox: Any) -> Any:
             return mailbox.append(message, (), envelope.received_at or None)
 
-        d = defer.maybeDeferred(self.stores.store_for, user)
+        d: defer.Deferred[Any] = defer.maybeDeferred(self.stores.store_for, user)
         if self.quotas is not None and self.quotas.limit_for(user) is not None:
             d.addCallback(self._check_quota, user, message.size)
         d.addCallback(self._mailbox_for, envelope.folder, user, envelope.message_id)

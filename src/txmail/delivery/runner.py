@@ -102,12 +102,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txmail import _twisted
 from txmail.delivery.backoff import RetrySchedule
 from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, should_bounce
 from txmail.delivery.mx import Destination, NoRoute, NullMX
@@ -151,7 +151,7 @@ class Smarthost:
         return (self.username, self.password)
 
 
-class QueueRunner(service.Service):
+class QueueRunner(_twisted.Service):
     """
     Works an :class:`~txmail.interfaces.IQueue`.  See the module
     documentation.
@@ -282,7 +282,7 @@ class QueueRunner(service.Service):
         if self._pass is not None:
             # Let the transactions in flight finish (their results are recorded).
             d: defer.Deferred[None] = defer.Deferred()
-            self._pass.addBoth(lambda r: (d.callback(None), r)[1])
+            self._pass.addBoth(_fire_then_pass, d)
             return d.addCallback(lambda _: self._close_connections())
         return self._close_connections()
 
@@ -316,7 +316,7 @@ class QueueRunner(service.Service):
         if self._pass is not None:
             self._again = True
             d: defer.Deferred[None] = defer.Deferred()
-            self._pass.addBoth(lambda r: (d.callback(None), r)[1])
+            self._pass.addBoth(_fire_then_pass, d)
             return d
         current = self._pass = defer.Deferred.fromCoroutine(self._run_pass())
 
@@ -361,7 +361,7 @@ class QueueRunner(service.Service):
     def _renew(self, claimed: list[str]) -> defer.Deferred[Any] | None:
         if not claimed:
             return None
-        d = self.queue.renew_claims(list(claimed), self.lease)
+        d: defer.Deferred[Any] = self.queue.renew_claims(list(claimed), self.lease)
         return d.addErrback(lambda f: self.log.failure("renewing queue claims failed", failure=f))
 
     async def _update(
@@ -907,3 +907,9 @@ def _status_of(text: str, status: str) -> str:
     if m:
         return m.group(1)
     return {"delivered": "2.0.0", "permanent": "5.0.0"}.get(status, "4.0.0")
+
+
+def _fire_then_pass(result: Any, d: defer.Deferred[None]) -> Any:
+    """Fire *d* with ``None``, then pass *result* on unchanged (an ``addBoth`` callback)."""
+    d.callback(None)
+    return result

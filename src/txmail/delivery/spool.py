@@ -58,7 +58,7 @@ def clean_spool(directory: str) -> None:
 
 
 def _create_spool_files(directory: str, count: int) -> list[tuple[str, IO[bytes]]]:
-    out = []
+    out: list[tuple[str, IO[bytes]]] = []
     for _ in range(count):
         fd, path = tempfile.mkstemp(dir=directory, prefix="smtp-", suffix=".msg")
         out.append((path, os.fdopen(fd, "wb")))

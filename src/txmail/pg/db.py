@@ -34,12 +34,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from txmail import _twisted
 from txmail.errors import DatabaseError
 from txmail.pg import require_psycopg
 
@@ -168,7 +168,7 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class DatabaseService(service.Service):
+class DatabaseService(_twisted.Service):
     """
     Runs a :class:`Database` (its pool and threads) while the service runs,
     and the start/stop of what depends on it (``start()``/``stop()``
@@ -181,13 +181,13 @@ class DatabaseService(service.Service):
         self.dependents = list(dependents)
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]  # Service.startService is untyped
+        super().startService()
         self.database.start()
         for dependent in self.dependents:
             dependent.start()
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]  # Service.stopService is untyped
+        super().stopService()
         for dependent in reversed(self.dependents):
             dependent.stop()
         self.database.stop()

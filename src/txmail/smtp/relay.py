@@ -61,7 +61,12 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     connectProtocol,
 )
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
@@ -121,7 +126,7 @@ class _StuffingConsumer:
     def __init__(self, protocol: SMTPClientProtocol) -> None:
         self.protocol = protocol
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.protocol.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
 
     def unregisterProducer(self) -> None:

@@ -193,8 +193,8 @@ def lmtp_replies(report: DeliveryReport, recipients: Sequence[str], message_id: 
         results.setdefault(result.recipient, result)
     replies = []
     for rcpt in recipients:
-        result = results.get(rcpt)
-        if result is not None and result.ok:
+        found = results.get(rcpt)
+        if found is not None and found.ok:
             replies.append(codes.OK.with_text(f"<{rcpt}> delivered as {message_id}"))
             continue
         temporary = result is None or result.temporary
@@ -917,7 +917,7 @@ class SMTPServerProtocol(SessionProtocol):
         return limits.data_timeout if self.session.in_data else limits.command_timeout
 
 
-class SMTPFactory(Factory):
+class SMTPFactory(Factory[SMTPServerProtocol]):
     """
     Builds :class:`SMTPServerProtocol` connections.
 

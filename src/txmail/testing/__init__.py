@@ -506,7 +506,7 @@ class TestServer:
             for listener in service.listeners:
                 self._track(listener.factory)
             self.service = service
-            service.startService()  # type: ignore[no-untyped-call]  # MultiService.startService is untyped
+            service.startService()
         except Exception:
             failure = Failure()
             return self.stop().addCallback(lambda _: failure)

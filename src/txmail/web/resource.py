@@ -49,13 +49,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.resource import Resource
 
 from txmail._protocol import format_peer, is_loopback
 from txmail.auth.sasl import password_auth_allowed
 from txmail.jmap.core import CallContext, Capability, Limits, Registry
 from txmail.metrics import NULL_PROTOCOL_METRICS
 from txmail.web import api
+from txmail.web._base import Resource
 from txmail.web.blobs import BlobStore, UploadStorageFull
 from txmail.web.push import EventStream, parse_push_query
 from txmail.web.tokens import TokenStore
@@ -339,8 +339,9 @@ class _Handler(Resource):
         raise NotImplementedError
 
     def _failed(self, failure: Failure, request: Any) -> None:
-        if failure.check(api.RequestError):
-            send_problem(request, failure.value, self.endpoint.realm)
+        error = failure.value
+        if isinstance(error, api.RequestError):
+            send_problem(request, error, self.endpoint.realm)
             return
         self.endpoint.log.failure("JMAP request {uri} failed", failure, uri=getattr(request, "uri", b""))
         send_problem(request, _problem(500, "The server failed."))
@@ -664,7 +665,7 @@ class BoundedRequest(server.Request):
             self.body_too_large = True
             self.content = _Discard()
             return
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]  # untyped in twisted.web
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:
@@ -672,10 +673,11 @@ class BoundedRequest(server.Request):
         self._received += len(data)
         if self._received > self._limit():
             self.body_too_large = True
-            self.content.close()
+            if self.content is not None:
+                self.content.close()
             self.content = _Discard()
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # untyped in twisted.web
 
 
 class JMAPSite(server.Site):
@@ -689,7 +691,7 @@ class JMAPSite(server.Site):
         closed after *timeout* seconds (never while a response, such as an
         event stream, is in progress).
         """
-        super().__init__(root_resource(endpoint), timeout=timeout)
+        super().__init__(root_resource(endpoint), timeout=timeout)  # type: ignore[no-untyped-call]  # twisted.web.server.Site is untyped
         self.endpoint = endpoint
         limits = endpoint.limits
         self.max_body = max(limits.max_size_request, limits.max_size_upload, MAX_LOGIN_BODY)

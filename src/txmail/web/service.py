@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import service
 from twisted.internet import task
 
+from txmail import _twisted
 from txmail.jmap.core import Registry
 from txmail.web import capabilities, limits
 from txmail.web.resource import JMAPSite, build_site
@@ -24,7 +24,7 @@ __all__ = ["UploadSweeper", "web_site"]
 SWEEP_INTERVAL = 600.0
 
 
-class UploadSweeper(service.Service):
+class UploadSweeper(_twisted.Service):
     """Deletes expired uploads (:meth:`txmail.web.blobs.BlobStore.sweep`) while running."""
 
     def __init__(self, blobs: Any, clock: Any, interval: float = SWEEP_INTERVAL) -> None:
