@@ -128,7 +128,7 @@ class SessionCore(Generic[EventT]):
 
     def _emit(self, event: EventT) -> None:
         self._events.append(event)
-        if event.needs_decision:  # type: ignore[attr-defined]
+        if event.needs_decision:  # type: ignore[attr-defined]  # every event type has needs_decision; EventT is unbound
             self._pending = event
 
     def _take_pending(self) -> EventT:

@@ -409,7 +409,7 @@ def parse_autodiscover_request(data: bytes) -> AutodiscoverRequest:
     parser.StartDoctypeDeclHandler = refuse
     parser.EntityDeclHandler = refuse
     parser.UnparsedEntityDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
+    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]  # expat's stub types the handler's return value
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = characters

@@ -191,4 +191,4 @@ def run_sync(check: Resolving[T], answers: DictAnswers) -> T:
         while True:
             question = check.send(answers.answer(question))
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value  # type: ignore[no-any-return]  # the generator's return value, untyped

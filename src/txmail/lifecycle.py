@@ -293,7 +293,7 @@ def apply_settings(target: Any, settings: Settings) -> ReloadReport:
         new_router = make_router(
             running,
             target.directory,
-            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]  # only its settings-dependent parts are taken; the running router keeps its stores
             None,
             reactor=target.reactor,
             run_blocking=target.run_blocking,

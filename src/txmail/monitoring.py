@@ -186,7 +186,7 @@ class HealthResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, check: HealthCheck) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()  # type: ignore[no-untyped-call]  # untyped in twisted.web
         self.check = check
 
     def render_GET(self, request: Any) -> Any:
@@ -214,7 +214,7 @@ class MetricsResource(resource.Resource):
     log = Logger()
 
     def __init__(self, metrics: Metrics) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()  # type: ignore[no-untyped-call]  # untyped in twisted.web
         self.metrics = metrics
 
     def render_GET(self, request: Any) -> Any:
@@ -252,11 +252,11 @@ class _MonitoringSite(server.Site):
 
 def monitoring_site(metrics: Metrics | None, health: HealthCheck) -> server.Site:
     """The site of a ``[metrics] listen`` endpoint: ``/metrics`` (when *metrics*) and ``/health``."""
-    root = _Root()  # type: ignore[no-untyped-call]
+    root = _Root()  # type: ignore[no-untyped-call]  # untyped in twisted.web
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"health", HealthResource(health))
-    site = _MonitoringSite(root, timeout=60.0)  # type: ignore[no-untyped-call]
+    site = _MonitoringSite(root, timeout=60.0)  # type: ignore[no-untyped-call]  # untyped in twisted.web
     site.displayTracebacks = False
     return site
 

@@ -298,6 +298,6 @@ def drive(check: Resolving[T], resolver: Any) -> defer.Deferred[T]:
                 answer = await resolver.query(question)
                 question = check.send(answer)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value  # type: ignore[no-any-return]  # the generator's return value, untyped
 
     return defer.Deferred.fromCoroutine(run(question))

@@ -197,7 +197,7 @@ class ListenerService(_twisted.Service):
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             if not self.accept:
-                port.stopReading()  # type: ignore[attr-defined]
+                port.stopReading()  # type: ignore[attr-defined]  # a TCP port (IListeningPort does not name stopReading)
             host = port.getHost()
             where = getattr(host, "name", None) if not hasattr(host, "port") else f"{host.host}:{host.port}"  # type: ignore[attr-defined]  # an IPv4Address/IPv6Address: checked by hasattr
             self.log.info(

@@ -169,7 +169,7 @@ def hook_callable(hook: DeliveryHook) -> Callable[..., Any]:
     if IDeliveryHook.providedBy(hook):
         return hook.before_delivery
     if callable(hook):
-        return hook  # type: ignore[no-any-return]
+        return hook  # type: ignore[no-any-return]  # a plain callable hook, duck-typed
     raise TypeError(f"a delivery hook must be callable or provide IDeliveryHook, not {hook!r}")
 
 

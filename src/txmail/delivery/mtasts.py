@@ -290,7 +290,7 @@ class _BodyReader(protocol.Protocol):
             self.finished.errback(
                 PolicyError(f"policy larger than {self.limit} octets", "sts-policy-fetch-error")
             )
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self.transport.stopProducing()  # type: ignore[union-attr]  # connected: the transport is set while data arrives
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if self.finished.called:
@@ -566,7 +566,7 @@ class PolicyResource(Resource):
     isLeaf = True
 
     def __init__(self, text: str, domains: Sequence[str]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()  # type: ignore[no-untyped-call]  # untyped in Twisted
         self.text = text.encode()
         self.hosts = {f"mta-sts.{d.lower()}" for d in domains}
 

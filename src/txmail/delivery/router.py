@@ -325,7 +325,7 @@ class DeliveryRouter:
         """The original sender behind one of our SRS addresses (a returning bounce), or ``None``."""
         if self.forwarding is None:
             return None
-        return self.forwarding.original(address)  # type: ignore[no-any-return]
+        return self.forwarding.original(address)  # type: ignore[no-any-return]  # the forwarding table is duck-typed (Any)
 
     @defer.inlineCallbacks
     def _targets(self, envelope: Envelope) -> Any:

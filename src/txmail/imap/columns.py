@@ -165,7 +165,7 @@ async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHea
 
 async def read_column_values(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
     """The flat column tuples of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
-    return await _awaited(mailbox.header_columns(uids))  # type: ignore[no-any-return]
+    return await _awaited(mailbox.header_columns(uids))  # type: ignore[no-any-return]  # the store's header_columns is duck-typed (Any)
 
 
 # -- SEARCH on the flat tuples --------------------------------------------------
@@ -358,7 +358,7 @@ def _compile_values(key: SearchNode) -> ValuesPredicate | None:
             return None
         if len(parts) == 1:
             return parts[0]
-        return lambda values: all(p(values) for p in parts)  # type: ignore[misc]
+        return lambda values: all(p(values) for p in parts)  # type: ignore[misc]  # a closure over the parts: the lambda is the Predicate
     if isinstance(key, SearchOr):
         left, right = _compile_values(key.left), _compile_values(key.right)
         if left is None or right is None:
@@ -590,7 +590,7 @@ def ordered_values(
     if list(column_values) == (uids if isinstance(uids, list) else list(uids)):
         return list(column_values.values())
     values = list(map(column_values.get, uids))
-    return None if None in values else values  # type: ignore[return-value]
+    return None if None in values else values  # type: ignore[return-value]  # no None left once checked
 
 
 def bulk_search(key: SearchNode, values: list[tuple[str, ...]]) -> list[int] | None:
@@ -675,4 +675,4 @@ def fetch_uses_lines(mailbox: Any, items: Iterable[FetchAttribute]) -> bool:
 
 async def read_lines(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """The header lines records of *uids* of *mailbox* (an :class:`IHeaderLines`)."""
-    return await _awaited(mailbox.header_lines(uids))  # type: ignore[no-any-return]
+    return await _awaited(mailbox.header_lines(uids))  # type: ignore[no-any-return]  # the store's header_lines is duck-typed (Any)

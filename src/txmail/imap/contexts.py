@@ -109,7 +109,7 @@ def freeze(key: SearchNode, view: Any) -> SearchNode:
     """
     if isinstance(key, SearchKey):
         if key.name == "SEQUENCE":
-            uids = [view.uids[n - 1] for n in key.args[0].expand(view.exists)]  # type: ignore[union-attr]
+            uids = [view.uids[n - 1] for n in key.args[0].expand(view.exists)]  # type: ignore[union-attr]  # a SEQUENCE key's argument is a SequenceSet
             return SearchKey("UID", (_uid_set(uids),))
         return key
     if isinstance(key, SearchAnd):
@@ -477,7 +477,7 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
 
 async def _read(mailbox: Any, uid: int) -> bytes | None:
     try:
-        return await call(mailbox.read_message, uid)  # type: ignore[no-any-return]
+        return await call(mailbox.read_message, uid)  # type: ignore[no-any-return]  # the mailbox is duck-typed (Any)
     except NoSuchMessage:
         return None
 

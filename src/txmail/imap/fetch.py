@@ -495,7 +495,7 @@ def fetch_chunks(
             continue
         if kind is _HEADERS and metadata is not None and type(metadata) is not Structures:
             # A first sync's header fields (from the metadata or the store's header lines).
-            data = _section_data(item.section, metadata, None)  # type: ignore[arg-type]
+            data = _section_data(item.section, metadata, None)  # type: ignore[arg-type]  # neither None nor Structures: metadata or header lines
             if data and len(data) <= _JOINED_LITERAL:
                 text += (head, b"{%d}\r\n" % len(data), data)
                 continue

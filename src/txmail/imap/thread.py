@@ -159,7 +159,7 @@ def _days(text: str) -> int | None:
     """The days since 1970-01-01 of *text* (``1 Dec 2026``: :data:`_DATE_RE`'s first group), or ``None``."""
     days = _DAYS.get(text, _DAYS)
     if days is not _DAYS:
-        return days  # type: ignore[return-value]
+        return days  # type: ignore[return-value]  # _DAYS is the miss sentinel; any other value is a day number
     day, mon, year = text.split()
     month = _MONTHS.get(mon.upper())
     try:

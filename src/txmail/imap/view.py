@@ -143,7 +143,7 @@ class _Flags(MutableMapping[int, frozenset[str]]):
             return self._base[uid]
         if value is None:
             raise KeyError(uid)
-        return value  # type: ignore[return-value]
+        return value  # type: ignore[return-value]  # not _MISSING nor None: a flag set
 
     def get(self, uid: int, default: Any = None) -> Any:
         value = self._own.get(uid, _MISSING)
@@ -152,7 +152,7 @@ class _Flags(MutableMapping[int, frozenset[str]]):
         return default if value is None else value
 
     def __contains__(self, uid: object) -> bool:
-        value = self._own.get(uid, _MISSING)  # type: ignore[call-overload]
+        value = self._own.get(uid, _MISSING)  # type: ignore[call-overload]  # any key is looked up; a non-int one is simply missing
         if value is _MISSING:
             return uid in self._base
         return value is not None

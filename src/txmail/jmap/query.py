@@ -144,7 +144,7 @@ def _check_sort(sort: Any) -> list[tuple[str, bool, str | None]]:
         keyword = None
         if comparator["property"] in ("hasKeyword", *_THREAD_SORTS):
             try:
-                keyword = keyword_to_flag(comparator.get("keyword"))  # type: ignore[arg-type]
+                keyword = keyword_to_flag(comparator.get("keyword"))  # type: ignore[arg-type]  # a non-str keyword raises ValueError, which is caught
             except (ValueError, AttributeError):
                 raise MethodError("unsupportedSort", "a keyword sort needs a keyword") from None
         out.append((comparator["property"], ascending, keyword))
@@ -350,7 +350,7 @@ class _Reverse:
         self.value = value
 
     def __lt__(self, other: _Reverse) -> bool:
-        return other.value < self.value  # type: ignore[no-any-return]
+        return other.value < self.value  # type: ignore[no-any-return]  # comparable values of one property
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Reverse) and self.value == other.value

@@ -285,9 +285,9 @@ class MailView:
                 continue
             kept = [c for c in copies if not (c[0].id == box_id and c[1].uid == uid)]
             if kept:
-                emails[eid] = kept  # type: ignore[index]
+                emails[eid] = kept  # type: ignore[index]  # eid is a str: only messages with an email id are indexed
             else:
-                del emails[eid]  # type: ignore[arg-type]
+                del emails[eid]  # type: ignore[arg-type]  # eid is a str: only messages with an email id are indexed
                 key = (copies[0][1].internal_date, eid)
                 at = bisect.bisect_left(order, key)
                 if at < len(order) and order[at] == key:

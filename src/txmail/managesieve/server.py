@@ -215,7 +215,7 @@ class ManageSieveServerProtocol(SessionProtocol):
                 "ManageSieve: {user} stored the script {name} ({size} octets)",
                 user=self.user,
                 name=name,
-                size=len(content),  # type: ignore[arg-type]
+                size=len(content),  # type: ignore[arg-type]  # PUTSCRIPT's second argument is a string (bytes), never a number
                 session_id=self.session_id,
             )
             return None

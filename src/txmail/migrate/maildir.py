@@ -212,7 +212,7 @@ def message_source(path: str) -> tuple[MessageSource, float] | str:
         size = raw + bare
 
         def opener() -> BinaryIO:
-            return CRLFFile(_open_file(path), size)  # type: ignore[return-value]
+            return CRLFFile(_open_file(path), size)  # type: ignore[return-value]  # a CRLFFile is a readable binary file
 
     else:
         size = raw

@@ -329,7 +329,7 @@ def write_message(out: BinaryIO, f: BinaryIO, flags: frozenset[str], date: float
                 continue
             else:
                 match = _FIELD.match(content)
-                skipping = bool(match) and match.group(1).decode("ascii").lower() in FLAG_HEADERS  # type: ignore[union-attr]
+                skipping = bool(match) and match.group(1).decode("ascii").lower() in FLAG_HEADERS  # type: ignore[union-attr]  # bool(match) guards the None case
                 if skipping:
                     continue
         if _NEEDS_QUOTE.match(content):

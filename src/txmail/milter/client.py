@@ -252,7 +252,7 @@ class _MilterProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.conversation.received(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # Twisted's own default is connectionDone; None marks 'no reason given'
         self.conversation.lost(reason)
 
 
@@ -493,7 +493,7 @@ class MilterPolicy(Policy):
         hostname, family, port, address = _connect_args(session)
         conv.connect_sent = True
         sent = conv.client.connect(hostname, family, port, address, macros_for("connect", session))
-        return await conv.ask(sent, self.settings.command_timeout)  # type: ignore[no-any-return]
+        return await conv.ask(sent, self.settings.command_timeout)  # type: ignore[no-any-return]  # the conversation's answer is the milter reply, untyped
 
     def _session_done(self, conv: _Conversation, stage: Stage) -> tuple[bool, Verdict | None]:
         """Whether the milter is done with this session, and the stage's verdict if so."""

@@ -102,7 +102,7 @@ class BodyStore:
         except BaseException:
             out.close()
             raise
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # a SpooledTemporaryFile is a binary file object
 
     def delete_unused(self, conn: Any, body_ids: Iterable[int]) -> int:
         """Delete those of *body_ids* no message refers to any more; how many went."""

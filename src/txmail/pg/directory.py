@@ -324,7 +324,7 @@ class PostgresDirectory(_DirectoryBase):
         return self.db.run(self._resolve_in, address, True).addCallback(remember).addCallback(resolved)
 
     def _resolve_in(self, conn: Any, address: str, catch_all: bool) -> list[str]:
-        return self._resolve(address, catch_all=catch_all, snapshot=_DatabaseSnapshot(conn))  # type: ignore[arg-type]
+        return self._resolve(address, catch_all=catch_all, snapshot=_DatabaseSnapshot(conn))  # type: ignore[arg-type]  # a _DatabaseSnapshot reads the same tables as the in-memory snapshot
 
     def get_credentials(self, username: str) -> defer.Deferred[ScramCredentials | None]:
         """See :meth:`txmail.interfaces.IDirectory.get_credentials`."""
@@ -382,7 +382,7 @@ class PostgresDirectory(_DirectoryBase):
 
         return defer.maybeDeferred(run).addCallback(changed)
 
-    def add_user(self, address: str, password: str) -> defer.Deferred[str]:  # type: ignore[override]
+    def add_user(self, address: str, password: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
         """
         Add a user with *password*; a Deferred of the canonical address.
 
@@ -391,15 +391,15 @@ class PostgresDirectory(_DirectoryBase):
         """
         return self._change(lambda: (_add_user, (self._user_address(address), password)))
 
-    def set_password(self, address: str, password: str) -> defer.Deferred[str]:  # type: ignore[override]
+    def set_password(self, address: str, password: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
         """Replace the password of a user; a Deferred of the canonical address (NoSuchUser)."""
         return self._change(lambda: (_set_password, (self._user_address(address), password)))
 
-    def delete_user(self, address: str) -> defer.Deferred[str]:  # type: ignore[override]
+    def delete_user(self, address: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
         """Remove a user; a Deferred of the canonical address (NoSuchUser)."""
         return self._change(lambda: (_delete_user, (self._user_address(address),)))
 
-    def add_alias(self, alias: str, targets: Iterable[str]) -> defer.Deferred[str]:  # type: ignore[override]
+    def add_alias(self, alias: str, targets: Iterable[str]) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
         """
         Add an alias (``@domain`` for a catch-all) delivering to *targets*;
         a Deferred of the canonical alias (InvalidAddress, ValueError,
@@ -417,14 +417,14 @@ class PostgresDirectory(_DirectoryBase):
 
         return self._change(prepare)
 
-    def delete_alias(self, alias: str) -> defer.Deferred[str]:  # type: ignore[override]
+    def delete_alias(self, alias: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
         """Remove an alias; a Deferred of the canonical alias (NoSuchUser)."""
         return self._change(lambda: (_delete_alias, (_normalize_alias(alias),)))
 
-    def list_users(self) -> defer.Deferred[list[str]]:  # type: ignore[override]
+    def list_users(self) -> defer.Deferred[list[str]]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
         """A Deferred of the canonical addresses of all users, sorted."""
         return self.db.run(_list_users)
 
-    def list_aliases(self) -> defer.Deferred[dict[str, list[str]]]:  # type: ignore[override]
+    def list_aliases(self) -> defer.Deferred[dict[str, list[str]]]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
         """A Deferred of every alias (sorted) with its targets."""
         return self.db.run(_list_aliases)

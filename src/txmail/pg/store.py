@@ -415,7 +415,7 @@ def _spool(message: bytes | MessageSource) -> tuple[BinaryIO, int, MessageMetada
     except BaseException:
         out.close()
         raise
-    return out, size, metadata  # type: ignore[return-value]
+    return out, size, metadata  # type: ignore[return-value]  # a SpooledTemporaryFile is a binary file object
 
 
 class _MissingInboxes(Exception):

@@ -88,7 +88,7 @@ def _message_bytes(message: MessageInfo, run_blocking: Callable[..., Any]) -> de
     data = message.data
     if data is not None:
         return defer.succeed(data)
-    return run_blocking(message.read)  # type: ignore[no-any-return]
+    return run_blocking(message.read)  # type: ignore[no-any-return]  # run_blocking is typed Any -> Deferred[Any]
 
 
 async def _lookups(resolver: Any, names: Sequence[str]) -> dict[str, Answer]:

@@ -441,10 +441,10 @@ class _FastPolicy:
     def canonicalize_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if self.header_algorithm is Relaxed:
             return _relaxed_headers(headers)
-        return self.header_algorithm.canonicalize_headers(headers)  # type: ignore[no-any-return]
+        return self.header_algorithm.canonicalize_headers(headers)  # type: ignore[no-any-return]  # dkimpy is untyped
 
     def canonicalize_body(self, body: bytes) -> bytes:
-        return self.body_algorithm.canonicalize_body(body)  # type: ignore[no-any-return]
+        return self.body_algorithm.canonicalize_body(body)  # type: ignore[no-any-return]  # dkimpy is untyped
 
 
 _B_PREFIX = re.compile(rb"[;\s]b\s*=")
@@ -505,8 +505,8 @@ def _relaxed_body(body: bytes) -> bytes:
     two regular-expression passes), so only the trailing empty lines go.
     """
     if b"\t" in body or b"  " in body or b" \r\n" in body:
-        return Relaxed.canonicalize_body(body)  # type: ignore[no-any-return]
-    return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
+        return Relaxed.canonicalize_body(body)  # type: ignore[no-any-return]  # dkimpy is untyped
+    return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]  # dkimpy is untyped
 
 
 class _Message:

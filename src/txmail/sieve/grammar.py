@@ -300,12 +300,12 @@ class _Parser:
         arguments, tests = self.arguments(depth, tok)
         end = self.take()
         if end.kind == ";":
-            return RawCommand(tok.value, arguments, tests, None, tok.line, tok.column)  # type: ignore[arg-type]
+            return RawCommand(tok.value, arguments, tests, None, tok.line, tok.column)  # type: ignore[arg-type]  # an identifier token's value is a str
         if end.kind == "{":
             self._depth(depth + 1, end)
             block = self.commands(depth + 1, True)
             self.take()  # the "}"
-            return RawCommand(tok.value, arguments, tests, block, tok.line, tok.column)  # type: ignore[arg-type]
+            return RawCommand(tok.value, arguments, tests, block, tok.line, tok.column)  # type: ignore[arg-type]  # an identifier token's value is a str
         raise self.error(f"missing ';' after the {tok.value} command (found {_describe(end)})", end)
 
     def arguments(self, depth: int, head: _Token) -> tuple[list[Argument], list[RawTest]]:
@@ -314,13 +314,13 @@ class _Parser:
             tok = self.peek()
             if tok.kind == "string":
                 self.take()
-                arguments.append(StringList([tok.value], tok.line, tok.column))  # type: ignore[list-item]
+                arguments.append(StringList([tok.value], tok.line, tok.column))  # type: ignore[list-item]  # a string token's value is a str
             elif tok.kind == "number":
                 self.take()
-                arguments.append(Number(tok.value, tok.line, tok.column))  # type: ignore[arg-type]
+                arguments.append(Number(tok.value, tok.line, tok.column))  # type: ignore[arg-type]  # a number token's value is an int
             elif tok.kind == "tag":
                 self.take()
-                arguments.append(Tag(tok.value, tok.line, tok.column))  # type: ignore[arg-type]
+                arguments.append(Tag(tok.value, tok.line, tok.column))  # type: ignore[arg-type]  # a tag token's value is a str
             elif tok.kind == "[":
                 arguments.append(self.string_list())
             else:
@@ -347,7 +347,7 @@ class _Parser:
         if tok.kind != "ident":
             raise self.error(f"expected a test, found {_describe(tok)}", tok)
         arguments, tests = self.arguments(depth, tok)
-        return RawTest(tok.value, arguments, tests, tok.line, tok.column)  # type: ignore[arg-type]
+        return RawTest(tok.value, arguments, tests, tok.line, tok.column)  # type: ignore[arg-type]  # an identifier token's value is a str
 
     def string_list(self) -> StringList:
         open_ = self.take()
@@ -359,7 +359,7 @@ class _Parser:
             values.append(tok.value)
             tok = self.take()
             if tok.kind == "]":
-                return StringList(values, open_.line, open_.column, is_list=True)  # type: ignore[arg-type]
+                return StringList(values, open_.line, open_.column, is_list=True)  # type: ignore[arg-type]  # string tokens' values are str
             if tok.kind != ",":
                 raise self.error(f"expected ',' or ']' in a string list, found {_describe(tok)}", tok)
 

@@ -123,7 +123,7 @@ def _find(seg: Segment, s: str, start: int, stop: int, budget: int) -> tuple[int
     *budget* as it goes.
     """
     if None not in seg:
-        found = s.find("".join(seg), start, stop)  # type: ignore[arg-type]
+        found = s.find("".join(seg), start, stop)  # type: ignore[arg-type]  # no None in seg once checked
         return found, (found if found >= 0 else stop) - start + len(seg) + 1
     pattern = re.compile("".join("." if c is None else re.escape(c) for c in seg), re.DOTALL)
     window = max(1, _WINDOW // len(seg))
@@ -152,7 +152,7 @@ def _segment_at(seg: Segment, s: str, pos: int) -> bool:
     if pos + len(seg) > len(s):
         return False
     if None not in seg:
-        return s.startswith("".join(seg), pos)  # type: ignore[arg-type]
+        return s.startswith("".join(seg), pos)  # type: ignore[arg-type]  # no None in seg once checked
     return all(c is None or c == s[pos + k] for k, c in enumerate(seg))
 
 

@@ -127,11 +127,11 @@ class _StuffingConsumer:
         self.protocol = protocol
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self.protocol.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+        self.protocol.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]  # connected: the protocol has its transport
 
     def unregisterProducer(self) -> None:
         with contextlib.suppress(Exception):
-            self.protocol.transport.unregisterProducer()  # type: ignore[union-attr]
+            self.protocol.transport.unregisterProducer()  # type: ignore[union-attr]  # connected: the protocol has its transport
 
     def write(self, data: bytes) -> None:
         self.protocol.content_written(data)
@@ -185,7 +185,7 @@ class SMTPClientProtocol(Protocol):
     def connectionMade(self) -> None:
         self.connected_at = self._clock.seconds()
         with contextlib.suppress(AttributeError, OSError):
-            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]  # connected: the transport is set
         self._reset_timer()
 
     def dataReceived(self, data: bytes) -> None:
@@ -238,7 +238,7 @@ class SMTPClientProtocol(Protocol):
             return
         self.session.quit()
         self._flush()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]  # connected: the transport is set
 
     def when_lost(self) -> defer.Deferred[None]:
         """A Deferred that fires once the connection is gone."""
@@ -293,7 +293,7 @@ class SMTPClientProtocol(Protocol):
             while (event := self.session.next_event()) is not None:
                 if isinstance(event, StartTLS):
                     self._flush()
-                    self.transport.startTLS(self._tls_context)  # type: ignore[union-attr]
+                    self.transport.startTLS(self._tls_context)  # type: ignore[union-attr]  # connected: the transport is set (and is an ITLSTransport)
                     self.session.tls_started()
                 elif isinstance(event, ReadyForData):
                     self._start_content()
@@ -319,10 +319,10 @@ class SMTPClientProtocol(Protocol):
             if self._sender is not None:
                 sender, self._sender = self._sender, None
                 with contextlib.suppress(Exception):
-                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                    self.transport.unregisterProducer()  # type: ignore[union-attr]  # connected: the transport is set
                 sender.stopProducing()
             if not self._lost:
-                self.transport.loseConnection()  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]  # connected: the transport is set
 
     def _fire(self, result: TransactionResult) -> None:
         if not self._finished.called:
@@ -331,7 +331,7 @@ class SMTPClientProtocol(Protocol):
     def _flush(self) -> None:
         out = self.session.data_to_send()
         if out and not self._lost:
-            self.transport.write(out)  # type: ignore[union-attr]
+            self.transport.write(out)  # type: ignore[union-attr]  # connected: the transport is set
 
     # -- timeouts (RFC 5321 section 4.5.3.2) --
 
@@ -355,7 +355,7 @@ class SMTPClientProtocol(Protocol):
         self.session.timeout()
         self._process()
         if not self._lost:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.abortConnection()  # type: ignore[union-attr]  # connected: the transport is set (a TCP transport)
 
 
 def _failed_result(error: str) -> TransactionResult:

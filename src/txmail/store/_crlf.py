@@ -153,7 +153,7 @@ class CRLFFile(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # RawIOBase.readinto takes any writable buffer; these are the ones passed
         data = self.read(len(buffer))
         n = len(data)
         memoryview(buffer).cast("B")[:n] = data

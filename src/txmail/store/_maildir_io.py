@@ -787,7 +787,7 @@ def open_file(path: str, sub: str, name: str, size: int | None = None) -> Binary
         NoSuchMessage: the file is gone.
     """
     f = _open_raw(path, sub, name)
-    return f if size is None else CRLFFile(f, size)  # type: ignore[return-value]
+    return f if size is None else CRLFFile(f, size)  # type: ignore[return-value]  # a CRLFFile is a readable binary file
 
 
 def _open_raw(path: str, sub: str, name: str) -> BinaryIO:

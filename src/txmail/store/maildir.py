@@ -2108,7 +2108,7 @@ class MaildirProvider:
             if clock is None:
                 from twisted.internet import reactor as clock
             self._watcher = FolderWatcher(
-                clock,  # type: ignore[arg-type]
+                clock,  # type: ignore[arg-type]  # the global reactor provides IReactorTime
                 mode="auto" if self._watch_mode == "inotify" else self._watch_mode,
                 poll_interval=self._poll_interval,
             )

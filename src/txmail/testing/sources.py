@@ -49,7 +49,7 @@ class _ChunkStream(io.RawIOBase):
 
 
 def _streamed(size: int, pieces: Callable[[], Iterable[bytes]]) -> MessageSource:
-    return MessageSource(size, lambda: _ChunkStream(iter(pieces())))  # type: ignore[arg-type,return-value]
+    return MessageSource(size, lambda: _ChunkStream(iter(pieces())))  # type: ignore[arg-type,return-value]  # a _ChunkStream is a readable binary file
 
 
 def file_source(

@@ -723,7 +723,7 @@ class MailStoreConformanceMixin:
         yield box.append(message(2))
         self.assertEqual(len(events), 1)
         self.assertEqual(len((yield box.list_messages())), 2)
-        self.flushLoggedErrors(RuntimeError)  # type: ignore[attr-defined]
+        self.flushLoggedErrors(RuntimeError)  # type: ignore[attr-defined]  # provided by the TestCase this mixin goes into
 
     @defer.inlineCallbacks
     def test_listener_mailbox_deleted(self) -> Gen:

@@ -170,6 +170,6 @@ def run_now(coro: Coroutine[Any, Any, _T]) -> _T:
     try:
         coro.send(None)
     except StopIteration as e:
-        return e.value  # type: ignore[no-any-return]
+        return e.value  # type: ignore[no-any-return]  # the coroutine's value, untyped
     coro.close()
     raise RuntimeError("the coroutine waits for something that has not happened")

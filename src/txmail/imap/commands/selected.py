@@ -79,7 +79,7 @@ extension("UIDPLUS")
 def _view(ctx: CommandContext) -> SelectedView:
     view = ctx.session.view
     assert view is not None
-    return view  # type: ignore[no-any-return]
+    return view  # type: ignore[no-any-return]  # the session is duck-typed (Any)
 
 
 def _targets(view: SelectedView, seqset: Any, uid: bool) -> list[tuple[int, int]]:
@@ -109,7 +109,7 @@ async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
         result = mailbox.read_message(info.uid)
         if hasattr(result, "__await__"):
             result = await result
-        return result  # type: ignore[no-any-return]
+        return result  # type: ignore[no-any-return]  # the store's answer is duck-typed (Any)
     except NoSuchMessage:
         return None
 
@@ -175,7 +175,7 @@ class _ReadAhead:
                 raise result.error
             if hasattr(result, "__await__"):
                 result = await result
-            return result  # type: ignore[no-any-return]
+            return result  # type: ignore[no-any-return]  # the store's answer is duck-typed (Any)
         except NoSuchMessage:
             return None
 

@@ -85,7 +85,7 @@ def _first_address(md: MessageMetadata, key: str) -> tuple[Any, ...] | None:
     addresses = md.envelope[_ENVELOPE_FIELD[key]] if md.envelope else None
     for address in addresses or ():
         if address[3] is not None:  # group markers have no host
-            return address  # type: ignore[no-any-return]
+            return address  # type: ignore[no-any-return]  # an ENVELOPE address is a tuple of str or None
     return None
 
 
@@ -339,7 +339,7 @@ def _new_facts(
         return DateFacts(_column_date(info, md), md)
     columns = md if type(md) is tuple else md.fields if type(md) is ColumnHeaders else None
     if columns is None:
-        return message_facts(info, md) if want == ALL_FACTS else sort_facts(info, md)  # type: ignore[arg-type]
+        return message_facts(info, md) if want == ALL_FACTS else sort_facts(info, md)  # type: ignore[arg-type]  # without columns, md is the message's metadata
     if want == DATE_FACTS:
         return DateFacts(_column_date(info, columns), columns)
     fields = _column_fields(columns)
