@@ -521,20 +521,58 @@ class TLSRPTTests(SecurityCase):
 class RequireTLSTests(SecurityCase):
     """REQUIRETLS (RFC 8689) from submission to the remote MX."""
 
+    #: The names the fake resolver vouches for (AD bit), as a validating resolver would.
+    SECURE = ("remote.test", "mx.remote.test", "_25._tcp.mx.remote.test")
+
     @defer.inlineCallbacks
     def test_requiretls_end_to_end(self) -> Any:
-        """A REQUIRETLS message is relayed over verified TLS to a next hop that offers REQUIRETLS."""
+        """
+        A REQUIRETLS message to an MX from a DNSSEC-validated lookup is relayed over verified TLS
+        to a next hop that offers REQUIRETLS.
+        """
         port = yield self.start_remote()
-        yield self.start_sender({}, port)
+        yield self.start_sender({}, port, secure=self.SECURE, outbound_dane=True)
         yield self.submit(requiretls=True)
         yield wait_for(lambda: maildir_files(self.remote, "someone@remote.test") != [])
         self.received_over_tls()
 
     @defer.inlineCallbacks
+    def test_requiretls_to_an_mx_named_by_mta_sts(self) -> Any:
+        """Without DNSSEC, an MX that the domain's MTA-STS policy names takes REQUIRETLS mail (RFC 8689 4.2.1)."""
+        port = yield self.start_remote()
+        policy_port = self.serve_policy(policy("testing", "mx.remote.test"))
+        yield self.start_sender(
+            {("_mta-sts.remote.test", "TXT"): ["v=STSv1; id=1"]}, port, policy_port=policy_port
+        )
+        yield self.submit(requiretls=True)
+        yield wait_for(lambda: maildir_files(self.remote, "someone@remote.test") != [])
+        self.received_over_tls()
+
+    @defer.inlineCallbacks
+    def test_requiretls_to_an_insecure_mx_bounces_5_7_30(self) -> Any:
+        """
+        An MX from an unvalidated lookup, with no MTA-STS policy naming it, is never contacted for
+        a REQUIRETLS message (RFC 8689 section 4.2.1): the sender gets a 5.7.30 bounce.
+        """
+        port = self.start_plain_remote(tls=True)
+        yield self.start_sender({}, port)
+        yield self.submit(b"Subject: secret\r\n\r\nhush\r\n", requiretls=True)
+        yield wait_for(lambda: maildir_files(self.sender, "alice@example.test") != [])
+        self.assertEqual(self.plain.commands, [])  # not even connected to
+        [path] = maildir_files(self.sender, "alice@example.test")
+        with open(path, "rb") as f:
+            text = f.read().decode()
+        self.assertIn("Status: 5.7.30", text)
+        self.assertIn("secured neither by DNSSEC nor by an MTA-STS policy", text)
+        # Without REQUIRETLS the same MX is used as before.
+        yield self.submit(b"Subject: open\r\n\r\nplain\r\n")
+        yield wait_for(lambda: self.plain.messages != [])
+
+    @defer.inlineCallbacks
     def test_hop_without_requiretls_bounces_5_7_30(self) -> Any:
         """A next hop with STARTTLS but without REQUIRETLS gets nothing; the sender gets a 5.7.30 bounce."""
         port = self.start_plain_remote(tls=True)
-        yield self.start_sender({}, port)
+        yield self.start_sender({}, port, secure=self.SECURE, outbound_dane=True)
         yield self.submit(b"Subject: secret\r\n\r\nhush\r\n", requiretls=True, ret_full=True)
         yield wait_for(lambda: maildir_files(self.sender, "alice@example.test") != [])
         self.assertEqual(self.plain.messages, [])

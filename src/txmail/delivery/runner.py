@@ -80,9 +80,11 @@ a :class:`~txmail.delivery.tlspolicy.HostPlan` (DANE, MTA-STS, REQUIRETLS):
 a host the plan refuses is skipped like one that does not answer (so the
 recipients are deferred, not bounced, when none is left); each attempt's
 TLS outcome is counted for TLS-RPT.  A message received with REQUIRETLS
-(RFC 8689, ``REQUIRETLS`` in the envelope's MAIL parameters) needs a
-verified TLS connection to a next hop that offers REQUIRETLS: when every
-host lacks the keyword its recipients fail with ``5.7.30``; a message whose
+(RFC 8689, ``REQUIRETLS`` in the envelope's MAIL parameters) goes only
+to an MX host whose lookup was DNSSEC-validated (``[outbound] dane``) or
+that the domain's MTA-STS policy names (section 4.2.1), over a verified TLS
+connection, to a next hop that offers REQUIRETLS: when every host fails
+one of these its recipients fail with ``5.7.30``; a message whose
 header says ``TLS-Required: No`` has DANE and MTA-STS failures ignored.
 
 DSN parameters: ``NOTIFY``/``ORCPT`` of each recipient and ``RET``/
@@ -576,8 +578,6 @@ class QueueRunner(_twisted.Service):
         last_address = ""
         result: Any = None
         # RFC 8689: REQUIRETLS is kept in the envelope's MAIL parameters.
-        # TODO(RFC 8689 section 4.2.1): the MX lookup is not required to be
-        # DNSSEC-secured (Destination.mx_secure) or MTA-STS-validated.
         require_tls = "REQUIRETLS" in env.mail_params
         security = self.security if self.smarthost is None else None
         sts: Any = None
@@ -591,6 +591,24 @@ class QueueRunner(_twisted.Service):
             tls_policy = self._policy(domain)
             context = None
             plan = None
+            if require_tls and self.smarthost is None and not _mx_secured(dest, sts):
+                # RFC 8689 section 4.2.1: the MX host must come from a
+                # DNSSEC-validated lookup or match the domain's MTA-STS policy.
+                missing_requiretls += 1
+                last_host, last_address = dest.host, f"{dest.address}:{port}"
+                last_error = (
+                    f"REQUIRETLS: the MX host {dest.host} of {domain} is secured neither by DNSSEC"
+                    " nor by an MTA-STS policy"
+                )
+                self.log.info(
+                    "{queue_id} for {domain}: {host} [{address}] not used: {error}",
+                    queue_id=entry.queue_id,
+                    domain=domain,
+                    host=dest.host,
+                    address=dest.address,
+                    error=last_error,
+                )
+                continue
             if security is not None:
                 plan = await security.plan(
                     domain,
@@ -669,7 +687,7 @@ class QueueRunner(_twisted.Service):
         for rcpt in rcpts:
             if result is None and missing_requiretls and missing_requiretls == len(destinations):
                 self.log.info(
-                    "{queue_id} to <{rcpt}>: no mail exchanger offers REQUIRETLS",
+                    "{queue_id} to <{rcpt}>: no mail exchanger can take it with REQUIRETLS",
                     queue_id=entry.queue_id,
                     rcpt=rcpt,
                 )
@@ -913,3 +931,17 @@ def _fire_then_pass(result: Any, d: defer.Deferred[None]) -> Any:
     """Fire *d* with ``None``, then pass *result* on unchanged (an ``addBoth`` callback)."""
     d.callback(None)
     return result
+
+
+def _mx_secured(dest: Any, sts: Any) -> bool:
+    """
+    Whether MX host *dest* (a :class:`~txmail.delivery.mx.Destination`) is
+    one a REQUIRETLS message may go to (RFC 8689 section 4.2.1): its MX
+    lookup was DNSSEC-validated (with ``[outbound] dane``, whose validating
+    resolver is trusted for the AD bit), or the domain's MTA-STS policy
+    (*sts*, a :class:`~txmail.delivery.mtasts.Lookup` or ``None``) names it.
+    """
+    if getattr(dest, "mx_secure", False):
+        return True
+    policy = getattr(sts, "policy", None)
+    return policy is not None and policy.mode in ("enforce", "testing") and bool(policy.matches(dest.host))
