@@ -13,8 +13,10 @@ End to end: ManageSieve (RFC 5804) on the real service, on 127.0.0.1 port 0.
 from __future__ import annotations
 
 import base64
+import imaplib
 import os
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -26,7 +28,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from tests._certs import make_certificate
-from tests.e2e._server import start_server
+from tests.e2e._server import maildir_files, start_server
+from tests.e2e.test_outbound import wait_for
 from txmail.interfaces import IMailStoreProvider
 from txmail.store.memory import MemoryProvider
 
@@ -413,3 +416,102 @@ class TestServerTests(TestCase):
         )
         store = yield server.stores.store_for(USER)
         self.assertEqual((yield store.active_script()), ("s", b"keep;"))
+
+
+FILTERS = (
+    'require ["fileinto", "imap4flags", "mailbox", "reject", "vacation"];\r\n'
+    'if header :contains "subject" "invoice" {\r\n'
+    '    addflag "\\\\Flagged";\r\n'
+    '    fileinto :create "Invoices";\r\n'
+    "    stop;\r\n"
+    "}\r\n"
+    'if header :contains "subject" "offer" {\r\n'
+    '    reject "No offers, thank you.";\r\n'
+    "    stop;\r\n"
+    "}\r\n"
+    'vacation :days 1 :subject "Away" :addresses ["alice@example.test"] "I am away until Monday.";\r\n'
+)
+
+
+class UploadThenDeliverTests(TestCase):
+    """
+    The whole path of issue 16: a script uploaded with PyPI's sievelib over
+    ManageSieve (STARTTLS), then mail delivered over SMTP is filed and flagged,
+    rejected and answered as the script says, checked over IMAP.  (Redirect to
+    a remote MX is covered by ``tests/e2e/test_sieve_delivery.py``.)
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_upload_with_sievelib_then_deliver(self) -> Any:
+        try:
+            from sievelib import managesieve
+        except ImportError:
+            raise SkipTest("sievelib is not installed (pip install sievelib)") from None
+        ca, cert, key = make_certificate(self.mktemp())
+        server = yield start_server(
+            self,
+            managesieve=[LOOPBACK],
+            imap=[LOOPBACK],
+            tls_cert=cert,
+            tls_key=key,
+            plaintext_auth="never",
+        )
+        server.directory.add_user(USER, PASSWORD)
+        server.directory.add_user("bob@example.test", PASSWORD)
+        original = managesieve.ssllib.create_default_context
+        self.patch(managesieve.ssllib, "create_default_context", lambda: original(cafile=ca))
+        sieve_host, sieve_port = server.address("managesieve")
+        smtp_address = server.address("mta")
+        imap_address = server.address("imap")
+
+        def upload() -> None:
+            client = managesieve.Client(sieve_host, sieve_port, srvhostname="localhost")
+            assert client.connect(USER, PASSWORD, starttls=True, authmech="PLAIN")
+            assert client.putscript("filters", FILTERS), client.errmsg
+            assert client.setactive("filters")
+            client.logout()
+
+        def send(subject: str) -> None:
+            message = (
+                f"From: Bob <bob@example.test>\r\nTo: Alice <{USER}>\r\nSubject: {subject}\r\n"
+                f"Message-ID: <{subject.replace(' ', '.')}@example.test>\r\n\r\nHello.\r\n"
+            )
+            with smtplib.SMTP(*smtp_address, timeout=30) as s:
+                s.sendmail("bob@example.test", [USER], message.encode())
+
+        def mailbox(user: str, name: str) -> list[tuple[bytes, bytes]]:
+            context = original(cafile=ca)  # ssl.create_default_context, patched for sievelib above
+            imap = imaplib.IMAP4(*imap_address, timeout=30)
+            imap.starttls(context)
+            imap.login(user, PASSWORD)
+            imap.select(f'"{name}"', readonly=True)
+            _, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT AUTO-SUBMITTED)])")
+            imap.logout()
+            return [(item[0], item[1]) for item in data if isinstance(item, tuple)]
+
+        yield deferToThread(upload)
+        for subject in ("invoice 42", "special offer", "lunch?"):
+            yield deferToThread(send, subject)
+
+        def delivered() -> bool:
+            return len(maildir_files(server, "bob@example.test")) >= 2
+
+        yield wait_for(delivered)
+        invoices = yield deferToThread(mailbox, USER, "Invoices")
+        self.assertEqual(len(invoices), 1)
+        self.assertIn(b"\\Flagged", invoices[0][0])
+        self.assertIn(b"invoice 42", invoices[0][1])
+        inbox = yield deferToThread(mailbox, USER, "INBOX")
+        self.assertEqual([b"lunch?" in header for _, header in inbox], [True])  # the offer was rejected
+        bob = yield deferToThread(mailbox, "bob@example.test", "INBOX")
+        headers = [header for _, header in bob]
+        self.assertEqual(
+            len(headers), 2
+        )  # the rejection and one vacation reply (the invoice was filed first)
+        [away] = [h for h in headers if b"Subject: Away" in h]
+        self.assertIn(b"Auto-Submitted: auto-replied", away)
+        [rejected] = [h for h in headers if h is not away]
+        self.assertIn(b"Subject: Rejected: special offer", rejected)  # the RFC 5429 rejection (an MDN)
+        self.assertIn(b"Auto-Submitted: auto-replied (rejected)", rejected)
