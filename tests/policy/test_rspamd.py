@@ -426,18 +426,25 @@ class LearnerTests(RspamdTestCase):
         learner = self.learner(retry_delays=(1.0, 5.0))
         self.fake.answer = (500, b'{"error":"cannot commit checkpoint: database is locked"}')
         learner.messages_copied(self.event("INBOX", "Junk", self.junk))
-        yield self.until(lambda: len(self.fake.requests) == 1)
+        # Each retry is scheduled once the failed answer is read, which may come after the
+        # request reached the fake server: wait for it before moving the clock.
+        clock = self.clock
+
+        def retry_in(delay: float) -> bool:
+            return any(c.getTime() == clock.seconds() + delay for c in clock.getDelayedCalls())
+
+        yield self.until(lambda: len(self.fake.requests) == 1 and retry_in(1.0))
         self.clock.advance(1)
-        yield self.until(lambda: len(self.fake.requests) == 2)
+        yield self.until(lambda: len(self.fake.requests) == 2 and retry_in(5.0))
         self.fake.answer = {"success": True}
         self.clock.advance(5)
         yield learner.wait()
         self.assertEqual(len(self.fake.requests), 3)
         self.fake.answer = (503, b"down")
         learner.messages_copied(self.event("INBOX", "Junk", self.junk))
-        yield self.until(lambda: len(self.fake.requests) == 4)
+        yield self.until(lambda: len(self.fake.requests) == 4 and retry_in(1.0))
         self.clock.advance(1)
-        yield self.until(lambda: len(self.fake.requests) == 5)
+        yield self.until(lambda: len(self.fake.requests) == 5 and retry_in(5.0))
         self.clock.advance(5)
         yield learner.wait()  # given up after the last delay: logged, not raised
         self.assertEqual(len(self.fake.requests), 6)
