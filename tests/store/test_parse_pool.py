@@ -177,6 +177,9 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         self.assertEqual(answers.count(None), len(self.items) // 2)
         self.assertEqual(pool.failures, 1)
         self.assertFalse(_alive(victim))
+        # The replacement worker starts a new interpreter: on a loaded machine that alone can
+        # take longer than the 1 s used above, so it is given the default time again.
+        pool.timeout = _parse_pool.DEFAULT_TIMEOUT
         self.check(pool.parse(self.root, self.items), self.items)
 
     def test_large_batch_waited_for(self) -> None:
