@@ -28,6 +28,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from tests._certs import make_certificate
+from tests._dns import start_dns_server
 from tests.e2e._server import maildir_files, start_server
 from tests.e2e.test_outbound import wait_for
 from txmail.interfaces import IMailStoreProvider
@@ -419,8 +420,9 @@ class TestServerTests(TestCase):
 
 
 FILTERS = (
-    'require ["fileinto", "imap4flags", "mailbox", "reject", "vacation"];\r\n'
+    'require ["copy", "fileinto", "imap4flags", "mailbox", "reject", "vacation"];\r\n'
     'if header :contains "subject" "invoice" {\r\n'
+    '    redirect :copy "accounts@remote.test";\r\n'
     '    addflag "\\\\Flagged";\r\n'
     '    fileinto :create "Invoices";\r\n'
     "    stop;\r\n"
@@ -437,8 +439,8 @@ class UploadThenDeliverTests(TestCase):
     """
     The whole path of issue 16: a script uploaded with PyPI's sievelib over
     ManageSieve (STARTTLS), then mail delivered over SMTP is filed and flagged,
-    rejected and answered as the script says, checked over IMAP.  (Redirect to
-    a remote MX is covered by ``tests/e2e/test_sieve_delivery.py``.)
+    redirected to a remote MX (a second txmail), rejected and answered as the
+    script says, checked over IMAP and on the remote MX.
     """
 
     timeout = 120
@@ -450,6 +452,12 @@ class UploadThenDeliverTests(TestCase):
         except ImportError:
             raise SkipTest("sievelib is not installed (pip install sievelib)") from None
         ca, cert, key = make_certificate(self.mktemp())
+        # The remote MX the redirect goes to: a second txmail, found through a fake DNS server.
+        remote = yield start_server(self, hostname="mx.remote.test", domains=["remote.test"])
+        remote.directory.add_user("accounts@remote.test", PASSWORD)
+        dns_host, dns_port = start_dns_server(
+            self, {("remote.test", "MX"): [(10, "mx.remote.test")], ("mx.remote.test", "A"): ["127.0.0.1"]}
+        )
         server = yield start_server(
             self,
             managesieve=[LOOPBACK],
@@ -457,6 +465,9 @@ class UploadThenDeliverTests(TestCase):
             tls_cert=cert,
             tls_key=key,
             plaintext_auth="never",
+            outbound_enabled=True,
+            resolvers=[f"{dns_host}:{dns_port}"],
+            relay_port=remote.address("mta")[1],
         )
         server.directory.add_user(USER, PASSWORD)
         server.directory.add_user("bob@example.test", PASSWORD)
@@ -499,6 +510,12 @@ class UploadThenDeliverTests(TestCase):
             return len(maildir_files(server, "bob@example.test")) >= 2
 
         yield wait_for(delivered)
+        yield wait_for(lambda: maildir_files(remote, "accounts@remote.test") != [])
+        [path] = maildir_files(remote, "accounts@remote.test")
+        with open(path, "rb") as f:
+            redirected = f.read()
+        self.assertIn(b"Subject: invoice 42", redirected)
+        self.assertIn(b"X-Sieve-Redirected-From:", redirected)  # marked, so never redirected again
         invoices = yield deferToThread(mailbox, USER, "Invoices")
         self.assertEqual(len(invoices), 1)
         self.assertIn(b"\\Flagged", invoices[0][0])
