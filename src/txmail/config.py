@@ -134,6 +134,7 @@ The file format (every key optional)::
     max_steps = 200000                   # interpreter steps of one run (then the implicit keep)
     max_actions = 32                     # actions of one run
     max_redirects = 4                    # redirects of one message per user
+    global_dir = "/etc/txmail/sieve"     # the scripts `include :global` reads, NAME.sieve (none by default)
 
     [[milter]]                           # milters, asked in order (none by default)
     address = "inet:127.0.0.1:8891"      # or "unix:/run/opendkim/opendkim.sock"
@@ -311,6 +312,7 @@ class Settings:
     sieve_max_steps: int = 200_000
     sieve_max_actions: int = 32
     sieve_max_redirects: int = 4
+    sieve_global_dir: str | None = None
 
     @classmethod
     def validated(cls, **values: Any) -> Settings:
@@ -438,6 +440,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("sieve", "max_steps"): "sieve_max_steps",
     ("sieve", "max_actions"): "sieve_max_actions",
     ("sieve", "max_redirects"): "sieve_max_redirects",
+    ("sieve", "global_dir"): "sieve_global_dir",
 }
 
 #: The values of ``[log] format``.
@@ -643,6 +646,10 @@ def _validate(values: dict[str, Any]) -> Settings:
         elif f.name == "sieve_enabled":
             if not isinstance(value, bool):
                 raise ConfigError("[sieve] enabled must be true or false")
+            out[f.name] = value
+        elif f.name == "sieve_global_dir":
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError("[sieve] global_dir must be a directory path")
             out[f.name] = value
         elif f.name in ("sieve_max_steps", "sieve_max_actions", "sieve_max_redirects"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -242,6 +242,35 @@ class RouterSieveTests(SynchronousTestCase):
         self.assertEqual(len(self.inbox(ALICE, "One")), 1)
         self.assertEqual(len(self.inbox(ALICE, "Two")), 1)
 
+    def test_global_include(self) -> None:
+        """
+        ``include :global`` (RFC 6609 section 3.2) reads NAME.sieve from [sieve] global_dir; a
+        changed file is picked up; a missing one, or a name reaching outside the directory, is a
+        runtime error, so the message is kept in the INBOX.
+        """
+        global_dir = self.mktemp()
+        os.makedirs(global_dir)
+        self.sieve.global_dir = global_dir
+
+        def write(text: str) -> None:
+            with open(os.path.join(global_dir, "spam.sieve"), "w") as f:
+                f.write(text)
+
+        write('require ["fileinto", "mailbox"];\nfileinto :create "Junk";\n')
+        self.activate(ALICE, 'require "include";\ninclude :global "spam";\n')
+        self.deliver((ALICE,))
+        self.assertEqual(len(self.inbox(ALICE, "Junk")), 1)
+        write('require ["fileinto", "mailbox"];\nfileinto :create "Quarantine";\n')
+        self.deliver((ALICE,))
+        self.assertEqual(len(self.inbox(ALICE, "Quarantine")), 1)
+        with open(os.path.join(os.path.dirname(global_dir), "outside.sieve"), "w") as f:
+            f.write('require ["fileinto", "mailbox"];\nfileinto :create "Outside";\n')
+        for name in ("missing", "../outside"):
+            self.activate(ALICE, f'require "include";\ninclude :global "{name}";\n')
+            self.deliver((ALICE,))
+        self.assertEqual(len(self.inbox(ALICE)), 2)  # the implicit keep, twice
+        self.flushLoggedErrors()
+
     def test_ereject_per_recipient_over_lmtp(self) -> None:
         """Over LMTP an ereject is the recipient's own 550 5.7.1; the other recipient is delivered."""
         self.activate(ALICE, 'require "ereject";\nereject "not today";\n')

@@ -66,6 +66,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from txmail._fs import RunBlocking, run_inline
+from txmail.errors import InvalidScriptName
 from txmail.interfaces import ISieveScripts, ISieveState
 from txmail.sieve import (
     Context,
@@ -84,6 +85,7 @@ from txmail.sieve import (
     parse,
     run,
 )
+from txmail.sieve.storage import check_script_name
 
 __all__ = [
     "INLINE_SIZE",
@@ -284,17 +286,49 @@ def _entry(script: Script | None, error: str | None, used: dict[tuple[str, str],
     )
 
 
+def read_global_script(global_dir: str | None, name: str) -> bytes | None:
+    """
+    The ``:global`` script *name* (RFC 6609 section 3.2): ``<global_dir>/<name>.sieve``,
+    as Dovecot's ``sieve_global`` keeps them; ``None`` when there is no such
+    file, no directory configured, or *name* is not a valid script name
+    (so that it never reaches outside the directory).  Blocking.
+    """
+    if global_dir is None:
+        return None
+    try:
+        check_script_name(name)
+    except InvalidScriptName:
+        return None
+    try:
+        with open(os.path.join(global_dir, name + ".sieve"), "rb") as f:
+            return f.read(MAX_GLOBAL_SCRIPT + 1)[:MAX_GLOBAL_SCRIPT]
+    except OSError:
+        return None
+
+
+#: The most octets of a ``:global`` script read.
+MAX_GLOBAL_SCRIPT = 1 << 20
+
+
 def _compile(
-    content: bytes, name: str, limits: Limits, scripts: dict[str, bytes]
+    content: bytes,
+    name: str,
+    limits: Limits,
+    scripts: dict[str, bytes],
+    global_dir: str | None = None,
 ) -> tuple[Script | None, str | None, dict[tuple[str, str], str | None]]:
-    """Compile *content*; included ``:personal`` scripts come from *scripts* (name -> content)."""
+    """
+    Compile *content* (on a pool thread: ``:global`` includes are read from
+    *global_dir* here); included ``:personal`` scripts come from *scripts*
+    (name -> content).
+    """
     used: dict[tuple[str, str], str | None] = {}
 
     def loader(included: str, location: str) -> str:
-        if location != "personal" or included not in scripts:
+        data = scripts.get(included) if location == "personal" else read_global_script(global_dir, included)
+        if data is None:
             used[(location, included)] = None
             raise ScriptNotFound(included)
-        data = scripts[included]
         used[(location, included)] = _digest(data)
         return data.decode("utf-8", errors="replace")
 
@@ -367,6 +401,8 @@ class SieveDelivery:
         max_concurrent: runs in the thread pool at once.
         inline_steps: the step budget of a run on the calling thread.
         separator: the subaddress separator (RFC 5233).
+        global_dir: the directory of the ``:global`` scripts (RFC 6609),
+            ``NAME.sieve`` each, or ``None`` for none.
     """
 
     log = Logger()
@@ -384,8 +420,10 @@ class SieveDelivery:
         inline_steps: int = INLINE_STEPS,
         separator: str = "+",
         cache_size: int = 1024,
+        global_dir: str | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self.global_dir = global_dir
         self.run_blocking = run_blocking or run_inline
         self.state_dir = state_dir
         self.hostname = hostname
@@ -459,7 +497,7 @@ class SieveDelivery:
         if b"include" in content:
             scripts = yield self._all_scripts(store)
         script, error, used = yield self.run_blocking(
-            functools.partial(_compile, content, name, self.limits, scripts)
+            functools.partial(_compile, content, name, self.limits, scripts, self.global_dir)
         )
         self.cache.compiles += 1
         entry = _entry(script, error, used)
@@ -488,6 +526,9 @@ class SieveDelivery:
                     digest = _digest((yield defer.maybeDeferred(store.get_script, name)))
                 except Exception:
                     digest = None
+            else:
+                data = yield self.run_blocking(read_global_script, self.global_dir, name)
+                digest = None if data is None else _digest(data)
             out[(location, name)] = digest
         return out
 
@@ -792,4 +833,5 @@ def make_sieve(
         clock=reactor,
         is_local=lambda domain: bool(directory.is_local_domain(domain)),
         max_concurrent=max(1, settings.threads // 2),
+        global_dir=settings.sieve_global_dir,
     )
