@@ -197,9 +197,9 @@ def lmtp_replies(report: DeliveryReport, recipients: Sequence[str], message_id: 
         if found is not None and found.ok:
             replies.append(codes.OK.with_text(f"<{rcpt}> delivered as {message_id}"))
             continue
-        temporary = result is None or result.temporary
+        temporary = found is None or found.temporary
         default = codes.LOCAL_ERROR if temporary else codes.TRANSACTION_FAILED
-        reply = Reply.parse(result.reply, default) if result is not None else default
+        reply = Reply.parse(found.reply, default) if found is not None else default
         if reply.is_positive or reply.code // 100 != default.code // 100:
             reply = default
         replies.append(reply.with_text(f"<{rcpt}> {reply.text}"))
