@@ -227,6 +227,7 @@ def run_server_and_client(args: argparse.Namespace) -> int:
     pop_users = [f"pop{i}@{DOMAIN}" for i in range(1, pop3_clients + 1)]
     add_users(data, users + pop_users)
     ports = {name: free_port() for name in ("smtp", "pop3", "imap")}
+    backlog = f":backlog={args.backlog}" if args.backlog else ""
     cmd = [
         str(Path(sys.executable).parent / "twistd"),
         "--logfile",
@@ -242,13 +243,13 @@ def run_server_and_client(args: argparse.Namespace) -> int:
         "--hostname",
         "load.test",
         "--smtp",
-        f"tcp:{ports['smtp']}:interface={HOST}",
+        f"tcp:{ports['smtp']}:interface={HOST}{backlog}",
         "--submission",
         f"tcp:0:interface={HOST}",
         "--pop3",
-        f"tcp:{ports['pop3']}:interface={HOST}",
+        f"tcp:{ports['pop3']}:interface={HOST}{backlog}",
         "--imap",
-        f"tcp:{ports['imap']}:interface={HOST}",
+        f"tcp:{ports['imap']}:interface={HOST}{backlog}",
     ]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
@@ -764,6 +765,9 @@ def main() -> int:
     p.add_argument("--prefill", type=int, default=2, help="messages per user before the run (default 2)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one reply (default 60)")
     p.add_argument("--workers", type=int, default=None, help="twistd mailserver --workers (default: its own)")
+    p.add_argument(
+        "--backlog", type=int, default=0, help="listen backlog in the endpoint strings (default: txmail's)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the temporary data directory and logs")
     p.add_argument("--client", help=argparse.SUPPRESS)

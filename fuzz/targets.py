@@ -40,6 +40,14 @@ def check(condition: bool, rule: str, detail: object = "") -> None:
         raise OracleViolation(rule, detail)
 
 
+_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|0x[0-9a-f]+|\d+")
+
+
+def message_feature(text: str) -> str:
+    """An error message as a feature: without the input's values (offsets, octets, quoted text)."""
+    return _VARIABLE.sub("", text)[:60]
+
+
 def bigrams(tokens: list[Any]) -> set[Any]:
     """Features of a sequence: each token after the one before it (edges of the protocol graph)."""
     prev: Any = None
@@ -748,7 +756,22 @@ class IMAPSession(Target):
 
     name = "imap-session"
     max_len = 1536
-    dictionary = (*IMAPParser.dictionary, b"a CAPABILITY\r\n", b"a LOGIN alice@example.test secret\r\n", b"a AUTHENTICATE PLAIN\r\n", b"AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n", b"a SELECT INBOX\r\n", b"a IDLE\r\n", b"DONE\r\n", b"a STARTTLS\r\n", b"a LOGOUT\r\n", b"a NOOP\r\n", b"a COMPRESS DEFLATE\r\n", b"a UNSELECT\r\n", b"a CLOSE\r\n")
+    dictionary = (
+        *IMAPParser.dictionary,
+        b"a CAPABILITY\r\n",
+        b"a LOGIN alice@example.test secret\r\n",
+        b"a AUTHENTICATE PLAIN\r\n",
+        b"AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n",
+        b"a SELECT INBOX\r\n",
+        b"a IDLE\r\n",
+        b"DONE\r\n",
+        b"a STARTTLS\r\n",
+        b"a LOGOUT\r\n",
+        b"a NOOP\r\n",
+        b"a COMPRESS DEFLATE\r\n",
+        b"a UNSELECT\r\n",
+        b"a CLOSE\r\n",
+    )
 
     def __init__(self) -> None:
         from txmail.imap import events, session, view
@@ -997,7 +1020,7 @@ class Addresses(Target):
         try:
             value = rule(text)
         except self.g.GrammarError as e:
-            return {(name, type(e).__name__, str(e)[:60])}
+            return {(name, type(e).__name__, message_feature(str(e)))}
         if name in ("mail", "rcpt") and value[0] is not None:
             box = value[0]
             again = (self.g.reverse_path if name == "mail" else self.g.forward_path)(f"<{box}>")
@@ -1043,7 +1066,7 @@ class MUTF7(Target):
         try:
             decoded = self.p.decode_mailbox_name(text)
         except ValueError as e:
-            feature = ("error", str(e))
+            feature = ("error", message_feature(str(e)))
         else:
             # Strict: only printable ASCII on the wire (RFC 3501 section 5.1.3).
             check(
@@ -1121,11 +1144,11 @@ class Config(Target):
             document = tomllib.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             # load_config turns these into ConfigError.
-            return {("toml", str(e).split("(")[0][:40])}
+            return {("toml", message_feature(str(e)))}
         try:
             c._validate(c._flatten(document))
         except c.ConfigError as e:
-            return {("config", re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "", str(e))[:80])}
+            return {("config", message_feature(str(e)))}
         return {("ok",)}
 
 
@@ -1177,7 +1200,7 @@ class Sieve(Target):
         try:
             script = self.sieve.parse(text)
         except self.allowed[0] as e:
-            return {("error", re.sub(r"\"[^\"]*\"|'[^']*'|\d+", "", str(e))[:80])}
+            return {("error", message_feature(str(e)))}
         return {("ok", len(script.nodes) if hasattr(script, "nodes") else 0)}
 
 
