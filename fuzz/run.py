@@ -316,9 +316,12 @@ def fuzz_target(target: targets.Target, args: argparse.Namespace) -> dict[str, o
             if args.save:
                 save_dir.mkdir(parents=True, exist_ok=True)
                 (save_dir / hashlib.sha1(data).hexdigest()[:16]).write_bytes(data)
-        # Time per octet (plus a constant for the per-input setup): a long
-        # input may take longer, but not more than linearly so.
-        cost = elapsed / (len(data) + COST_BASE)
+        # Time per octet of input and output (plus a constant for the
+        # per-input setup): a long input or answer may take longer, but not
+        # more than linearly so.
+        work = len(data) + targets.last_output + COST_BASE
+        targets.last_output = 0
+        cost = elapsed / work
         timings.append(cost)
         if len(timings) >= 2048:
             median = statistics.median(timings)
@@ -332,12 +335,13 @@ def fuzz_target(target: targets.Target, args: argparse.Namespace) -> dict[str, o
             # Confirm on re-runs (the machine is shared: one run may just have been descheduled).
             slow_checked.add(data)
             again = min(one(data)[0] for _ in range(3))
-            if again / (len(data) + COST_BASE) > args.slow_factor * median:
+            if again / work > args.slow_factor * median:
                 findings.record(
                     "slow",
                     data,
                     None,
-                    f"{again * 1e3:.2f} ms for {len(data)} octets; median {median * 1e9:.1f} ns per octet",
+                    f"{again * 1e3:.2f} ms for {len(data)} octets in, {work - len(data) - COST_BASE} out; "
+                    f"median {median * 1e9:.1f} ns per octet",
                 )
         now = time.monotonic()
         if now - last_report >= args.report:

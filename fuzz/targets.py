@@ -76,8 +76,16 @@ class Target:
         raise NotImplementedError
 
 
+#: Octets of the last run's output (set by :func:`check_output`): the time
+#: budget is per octet of input and output, since a short command may
+#: rightly answer at length (CAPA, EHLO, CAPABILITY).
+last_output = 0
+
+
 def check_output(data: bytes, out: bytes | bytearray | int) -> None:
+    global last_output
     size = out if isinstance(out, int) else len(out)
+    last_output = size
     check(
         size <= OUTPUT_BASE + OUTPUT_PER_OCTET * len(data),
         "output not bounded",
