@@ -179,6 +179,7 @@ class SMTPServer(Target):
             auth_enabled=True,
             plaintext_auth="always",
             checks=checks,
+            sasl_factory=fixed_nonce_sasl,
         )
 
     def _decide(self, session: Any, event: Any, rng: random.Random) -> None:
@@ -253,6 +254,11 @@ class SMTPServer(Target):
         finals = _final_codes(out)
         expected = [b"503"] if session.refused else [b"250"]
         check(finals == expected or finals == [b"421"], "NOOP not answered", out[:80])
+
+
+def fixed_nonce_sasl(mechanism: str) -> sasl.SASLServer:
+    """A SASL server with a fixed SCRAM nonce: runs of one input must write the same octets."""
+    return sasl.SASLServer(mechanism, server_nonce="fuzznonce")
 
 
 def fake_authenticator(server: sasl.SASLServer, request: Any) -> Any:
@@ -360,7 +366,7 @@ class SMTPClient(Target):
         for r in session._recipients:
             result.status(r.address)
         check_output(data, out)
-        tokens.append(result.error[:40] if result.error else "ok")
+        tokens.append(message_feature(result.error.split(":")[0]) if result.error else "ok")
         tokens.append(session.waiting_for)
         return bigrams(tokens)
 
@@ -447,7 +453,9 @@ class POP3(Target):
                 self._decide(session, event, rng)
 
     def _session(self, rng: random.Random) -> Any:
-        return self.mod.POP3Session(tls_available=rng.random() < 0.5, plaintext_auth="always")
+        return self.mod.POP3Session(
+            tls_available=rng.random() < 0.5, plaintext_auth="always", sasl_factory=fixed_nonce_sasl
+        )
 
     def run(self, data: bytes) -> set[Any]:
         crc = zlib.crc32(data)
@@ -946,17 +954,13 @@ class MIME(Target):
             if not isinstance(body, tuple) or not body:
                 return
             if isinstance(body[0], tuple):
-                features.add(
-                    (
-                        "multipart",
-                        depth,
-                        body[len([b for b in body if isinstance(b, tuple)])] if len(body) > 1 else None,
-                    )
-                )
-                for part in body:
+                parts = [b for b in body if isinstance(b, tuple)]
+                subtype = body[len(parts)] if len(body) > len(parts) else None
+                features.add(("multipart", depth, subtype))
+                for part in parts:
                     walk(part, depth + 1)
             else:
-                features.add(("part", depth, body[0], body[1], body[5] if len(body) > 5 else None))
+                features.add(("part", depth, body[0], body[1] if len(body) > 1 else None))
 
         walk(md.body_structure)
         features.add(("fields", min(len(md.headers), 20)))
