@@ -261,8 +261,10 @@ def fuzz_target(target: targets.Target, args: argparse.Namespace) -> dict[str, o
     slow_checked: set[bytes] = set()
     hang = args.hang
     # CPU time, not wall time: on a shared machine a process may wait
-    # seconds for a core, which says nothing about the input.
-    clock = time.process_time
+    # seconds for a core, which says nothing about the input.  The thread's
+    # clock: the process's stops advancing finely while ITIMER_PROF is armed
+    # (Linux; measured: 99 % of 50 us runs read as 0).
+    clock = time.thread_time
 
     def one(data: bytes) -> tuple[float, set[object] | None]:
         signal.setitimer(signal.ITIMER_PROF, hang)
@@ -370,7 +372,7 @@ def fuzz_target(target: targets.Target, args: argparse.Namespace) -> dict[str, o
 
 def replay(target: targets.Target, path: Path) -> int:
     data = path.read_bytes()
-    start = time.process_time()
+    start = time.thread_time()
     try:
         found = target.run(data)
     except Exception as e:
@@ -379,7 +381,7 @@ def replay(target: targets.Target, path: Path) -> int:
             return 0
         traceback.print_exc()
         return 1
-    print(f"ok in {(time.process_time() - start) * 1e3:.2f} ms of CPU; {len(found)} features")
+    print(f"ok in {(time.thread_time() - start) * 1e3:.2f} ms of CPU; {len(found)} features")
     return 0
 
 
