@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,6 +65,7 @@ from txmail.smtp.server import SMTPFactory, SMTPLimits
 from txmail.tls import ReloadableServerTLS, with_certificate
 
 __all__ = [
+    "DEFAULT_BACKLOG",
     "ListenerService",
     "MailServer",
     "PolicyService",
@@ -74,6 +76,7 @@ __all__ = [
     "make_store_provider",
     "postgresql_service",
     "tune_gc",
+    "with_default_backlog",
 ]
 
 
@@ -131,6 +134,23 @@ class PolicyService(_twisted.Service):
                     self.log.failure("stopping policy {policy} failed", policy=type(policy).__name__)
 
 
+#: The accept queue of a TCP or TLS listener (the ``listen(2)`` backlog)
+#: unless its endpoint string gives ``backlog=``.  Twisted's default, 50,
+#: overflows when hundreds of clients connect while the reactor is busy
+#: (``benchmarks/load.py``: 2,000 clients); the kernel then drops their SYNs
+#: and they retry only after 1, 3, 7, 15... seconds.  The kernel caps it at
+#: ``net.core.somaxconn`` (4096 on Linux since 5.4).
+DEFAULT_BACKLOG = 1024
+
+
+def with_default_backlog(description: str) -> str:
+    """*description* with ``backlog=DEFAULT_BACKLOG`` added when it is ``tcp:``/``tcp6:``/``ssl:`` without one."""
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] not in ("tcp", "tcp6", "ssl") or any(p.startswith("backlog=") for p in parts[1:]):
+        return description
+    return f"{description}:backlog={DEFAULT_BACKLOG}"
+
+
 class ListenerService(_twisted.Service):
     """
     Listens on one endpoint while running, and tells where.
@@ -181,9 +201,10 @@ class ListenerService(_twisted.Service):
     def _listen(self) -> None:
         if self._listening is not None:
             return
+        description = with_default_backlog(self.description)
 
         def endpoint(reactor: Any) -> Any:
-            made = serverFromString(reactor, self.description)
+            made = serverFromString(reactor, description)
             if self.tls is not None:
                 self.tls.install(made)
             return made

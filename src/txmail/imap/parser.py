@@ -32,6 +32,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Callable, Sequence
 
 from txmail.imap.fragment import Fragment, LineFragment, LiteralFragment
@@ -423,6 +424,7 @@ def nstring(c: Cursor) -> str | None:
 
 # -- mailbox names (RFC 3501 section 5.1 and 5.1.3) --------------------------
 
+_PRINTABLE_ASCII = re.compile(r"[ -~]*")
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,"
 _B64_INDEX = {ch: i for i, ch in enumerate(_B64)}
 
@@ -439,8 +441,9 @@ def decode_mailbox_name(name: str) -> str:
         ValueError: *name* is not valid modified UTF-7.
     """
     if "&" not in name:
-        if not name.isascii():
-            raise ValueError("8-bit octets in a modified UTF-7 name")
+        if _PRINTABLE_ASCII.fullmatch(name) is None:
+            # Controls too: they must be encoded like any character outside 0x20-0x7E.
+            raise ValueError("octet outside printable ASCII")
         return name
     out: list[str] = []
     i = 0

@@ -132,10 +132,16 @@ class Mailbox:
         return f"{local}@{self.domain}" if self.domain else local
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _Cursor:
     """A position in a string; each method consumes one grammar rule."""
 
     def __init__(self, text: str, error: type[GrammarError] = GrammarError) -> None:
+        if _SURROGATE.search(text) is not None:
+            # Not text (str can hold them; UTF-8 cannot): refuse rather than fail later.
+            raise error("a lone surrogate is not a character")
         self.text = text
         self.pos = 0
         self.error = error

@@ -1,0 +1,64 @@
+"""
+Regression tests for what ``fuzz/run.py`` found (see fuzz/README.md): each
+test is named after the target that found it and fails before its fix.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from txmail.imap.fragment import LineFragment
+from txmail.imap.parser import decode_mailbox_name, encode_mailbox_name, parse_command
+from txmail.smtp import grammar
+
+
+class AddressesTargetTests(SynchronousTestCase):
+    """Target ``addresses``: the SMTP grammar raises only GrammarError."""
+
+    def test_lone_surrogate_in_domain(self) -> None:
+        """
+        A str may hold a lone surrogate (from JSON's ``"\\udcf8"`` or a
+        ``surrogateescape`` decode); the grammar used to fail with
+        UnicodeEncodeError while measuring the label in UTF-8.
+        """
+        for call, text in (
+            (grammar.mailbox, "a@b\udcf8c"),
+            (grammar.forward_path, "<a@b\udcf8c>"),
+            (grammar.mail_from_argument, "<x\udcf8@b.example>"),
+            (grammar.rcpt_to_argument, "<a@b.example> NOTIFY=\ud800"),
+            (grammar.helo_name, "h\udcf8.example"),
+            (grammar.domain, "\udcf8.example"),
+        ):
+            with self.subTest(text=text):
+                self.assertRaises(grammar.GrammarError, call, text)
+
+    def test_non_ascii_domain_still_accepted(self) -> None:
+        """RFC 6531 U-labels are characters above U+007F, and still parse."""
+        self.assertEqual(grammar.mailbox("a@bé.example").domain, "bé.example")
+
+
+class MUTF7TargetTests(SynchronousTestCase):
+    """Target ``mutf7``: modified UTF-7 decoding is strict both ways."""
+
+    def test_controls_without_shift_refused(self) -> None:
+        """
+        RFC 3501 section 5.1.3: only 0x20-0x7E represent themselves.  A name
+        without ``&`` used to be accepted with raw controls (``"a\\x7fb"``,
+        ``"\\x1a"``) while the same octets next to a shift were refused, so
+        ``decode`` accepted names ``encode`` never writes.
+        """
+        for name in ("a\x7fb c", "\x1a", "\x07peu", "a \x1b", "x\r\ny", "a\x00"):
+            with self.subTest(name=name):
+                self.assertRaises(ValueError, decode_mailbox_name, name)
+                self.assertRaises(ValueError, decode_mailbox_name, name + "&AOk-")
+
+    def test_controls_encoded_and_decoded(self) -> None:
+        """A control in a name goes on the wire base64-encoded, and comes back."""
+        self.assertEqual(encode_mailbox_name("\x1a"), "&ABo-")
+        self.assertEqual(decode_mailbox_name("&ABo-"), "\x1a")
+        self.assertEqual(decode_mailbox_name("Sent Items & Co"[:10]), "Sent Items")
+
+    def test_raw_control_in_quoted_name_is_invalid(self) -> None:
+        """The parser marks such a name invalid (the command is answered NO)."""
+        command = parse_command([LineFragment(b'a SELECT "x\x7fy"')])
+        self.assertTrue(command.invalid_name)
