@@ -55,6 +55,7 @@ __all__ = [
     "match_mailbox_pattern",
     "normalize_flags",
     "normalize_mailbox_name",
+    "open_binary",
 ]
 
 #: The name of every user's inbox.  It is case-insensitive (RFC 3501
@@ -401,7 +402,7 @@ class MessageMetadata:
 SOURCE_CHUNK = 1 << 20
 
 
-def _open_binary(path: str) -> BinaryIO:
+def open_binary(path: str) -> BinaryIO:
     """*path* opened for reading in binary mode."""
     return open(path, "rb")
 
@@ -473,7 +474,7 @@ class MessageSource:
         stores may hard-link: :attr:`local_path` is *path*.  *data* is its
         content when the caller still has it in memory.
         """
-        return cls(size, functools.partial(_open_binary, path), metadata, fsynced, data, path)
+        return cls(size, functools.partial(open_binary, path), metadata, fsynced, data, path)
 
     def open(self) -> BinaryIO:
         """A new readable binary file object of the message, at its start (blocking; the caller closes it)."""

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from txmail.errors import MailboxExists
-from txmail.model import INBOX, MessageSource, SpecialUse
+from txmail.model import INBOX, MessageSource, SpecialUse, open_binary
 
 __all__ = ["MigrationError", "Spool", "Summary", "Target", "copy_stream", "empty_dir", "wait"]
 
@@ -65,11 +65,6 @@ class Summary:
         if self.duplicates:
             text += f", {self.duplicates} already there"
         return text
-
-
-def _open_binary(path: str) -> BinaryIO:
-    """*path* opened for reading in binary mode."""
-    return open(path, "rb")
 
 
 def wait(result: Any) -> Any:
@@ -161,7 +156,7 @@ class Spool:
             return MessageSource.from_bytes(self._buffer.getvalue())
         self._file.flush()
         assert self._path is not None
-        return MessageSource(self.size, functools.partial(_open_binary, self._path))
+        return MessageSource(self.size, functools.partial(open_binary, self._path))
 
     def head(self, size: int = 65536) -> bytes:
         """The first *size* octets written."""

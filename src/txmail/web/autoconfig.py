@@ -62,7 +62,7 @@ from txmail.autoconfig import (
     thunderbird_config,
 )
 from txmail.web._base import Resource
-from txmail.web.resource import BoundedRequest
+from txmail.web.resource import BoundedRequest, read_body
 
 __all__ = ["AutoconfigEndpoint", "AutoconfigSite", "autoconfig_site", "mount_autoconfig", "running_offer"]
 
@@ -252,7 +252,7 @@ class AutodiscoverResource(_Handler):
 
     async def handle(self, request: Any) -> None:
         if request.method == b"POST":
-            body = _read_body(request, MAX_AUTODISCOVER_REQUEST)
+            body = read_body(request, MAX_AUTODISCOVER_REQUEST)
             if body is None:
                 raise BadRequest(f"The request is larger than {MAX_AUTODISCOVER_REQUEST} octets.")
             parsed = parse_autodiscover_request(body)
@@ -296,18 +296,6 @@ class MobileconfigResource(_Handler):
             MOBILECONFIG_TYPE.encode("ascii"),
             content_disposition=f'attachment; filename="{domain}.mobileconfig"'.encode("ascii"),
         )
-
-
-def _read_body(request: Any, limit: int) -> bytes | None:
-    """The request body, or ``None`` when it is longer than *limit* octets."""
-    if getattr(request, "body_too_large", False):
-        return None
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    data = content.read(limit + 1)
-    return None if len(data) > limit else bytes(data)
 
 
 class _NotFound(Resource):

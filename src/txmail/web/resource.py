@@ -62,7 +62,7 @@ from txmail.web.tokens import TokenStore
 from txmail.webmail.resource import mount_endpoint
 from txmail.webmail.session import cookie_authorization
 
-__all__ = ["JMAPEndpoint", "JMAPSite", "build_site"]
+__all__ = ["JMAPEndpoint", "JMAPSite", "build_site", "read_body"]
 
 #: Octets of a login request body.
 MAX_LOGIN_BODY = 16_384
@@ -304,7 +304,7 @@ def send_problem(request: Any, error: api.RequestError, realm: str = "txmail") -
     send_json(request, error.status, error.to_json(), api.PROBLEM_TYPE.encode())
 
 
-def _body(request: Any, limit: int) -> bytes | None:
+def read_body(request: Any, limit: int) -> bytes | None:
     """The request body, or ``None`` when it is longer than *limit* octets."""
     if getattr(request, "body_too_large", False):
         return None
@@ -379,7 +379,7 @@ class APIResource(_Handler):
         limits = endpoint.limits
         user = await endpoint.authenticate(request)
         api.check_content_type((request.getHeader(b"content-type") or b"").decode("latin-1"))
-        body = _body(request, limits.max_size_request)
+        body = read_body(request, limits.max_size_request)
         if body is None:
             raise api.limit_error(
                 "maxSizeRequest", f"The request is larger than {limits.max_size_request} octets."
@@ -417,7 +417,7 @@ class UploadResource(_Handler):
         path = [p for p in request.postpath if p]
         if len(path) != 1 or path[0] != account.encode():
             raise _problem(404, "No such account.")
-        body = _body(request, limits.max_size_upload)
+        body = read_body(request, limits.max_size_upload)
         if body is None:
             raise api.RequestError(
                 "limit",
@@ -542,7 +542,7 @@ class LoginResource(_Handler):
             tls=client.secure, plaintext_policy=endpoint.plaintext_auth, loopback=client.loopback
         ):
             raise _problem(403, "Credentials are accepted over TLS only.")
-        body = _body(request, MAX_LOGIN_BODY)
+        body = read_body(request, MAX_LOGIN_BODY)
         try:
             document = api.parse_json(body) if body is not None else None
         except ValueError:
