@@ -50,6 +50,11 @@ POP3_COMMAND = re.compile(
     rb"^(USER|PASS|APOP|AUTH|CAPA|STLS|STAT|LIST|RETR|TOP|DELE|RSET|NOOP|QUIT|UIDL)", re.I
 )
 IMAP_COMMAND = re.compile(rb"^[A-Za-z0-9.]+ [A-Za-z]+")
+MANAGESIEVE_COMMAND = re.compile(
+    rb"^(CAPABILITY|LOGOUT|NOOP|STARTTLS|AUTHENTICATE|HAVESPACE|PUTSCRIPT|LISTSCRIPTS|SETACTIVE"
+    rb"|GETSCRIPT|DELETESCRIPT|RENAMESCRIPT|CHECKSCRIPT|UNAUTHENTICATE)",
+    re.I,
+)
 
 SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "smtp-server": lambda: pick(
@@ -94,6 +99,10 @@ SEEDS: dict[str, Callable[[], list[bytes]]] = {
         literals("imap/test_parser.py", "imap/test_serialize.py"), lambda d: b"&" in d and len(d) < 200
     ),
     "config": lambda: pick(literals("test_config.py"), lambda d: b"=" in d and b"[" in d and b"\n" in d),
+    "managesieve": lambda: pick(
+        literals("managesieve/test_session.py", "managesieve/test_server.py"),
+        lambda d: b"\n" in d and MANAGESIEVE_COMMAND.match(d) is not None,
+    ),
     "sieve": lambda: pick(literals("sieve/*.py"), lambda d: b";" in d and len(d) < 4096),
 }
 

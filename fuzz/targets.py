@@ -1216,6 +1216,200 @@ class Sieve(Target):
         return {("ok", len(script.nodes) if hasattr(script, "nodes") else 0)}
 
 
+# -- ManageSieve -------------------------------------------------------------------
+
+
+_MS_LITERAL = re.compile(rb"\{(\d+)\+?\}$")
+_MS_STATUS = re.compile(rb"(OK|NO|BYE)(?= |$)")
+
+
+def managesieve_responses(out: bytes) -> list[bytes]:
+    """
+    The status responses (``OK``, ``NO``, ``BYE``) in a ManageSieve server's
+    output, read as a client does: a line ending in a literal marker goes
+    on after the literal's octets, so literal contents are never taken for
+    a response (RFC 5804 section 4's ``response`` grammar).
+    """
+    found: list[bytes] = []
+    pos = 0
+    start = True
+    while pos < len(out):
+        end = out.find(b"\r\n", pos)
+        if end < 0:
+            end = len(out)
+        line = out[pos:end]
+        if start and (m := _MS_STATUS.match(line)):
+            found.append(m.group(1))
+        pos = end + 2
+        marker = _MS_LITERAL.search(line)
+        if marker is not None:
+            pos += int(marker.group(1))
+            start = False
+        else:
+            start = True
+    return found
+
+
+class ManageSieve(Target):
+    """
+    ``txmail.managesieve.session.ManageSieveSession`` fed client bytes, each
+    script request answered like the adapter does (scripts checked with
+    ``check_script``, store errors drawn at random), AUTHENTICATE checked
+    like the real authenticator.  Oracles: no exception; at most one
+    status response per input line (plus the greeting, STARTTLS's
+    capabilities sent again, and a closing one), counted as a client reads
+    them (literals skipped); the same output when the input arrives in
+    pieces; after the input (the last line ended, a SASL exchange
+    cancelled) an open session answers NOOP with exactly one ``OK``;
+    bounded output.
+    """
+
+    name = "managesieve"
+    max_len = 2048
+    dictionary = (
+        b"CAPABILITY\r\n",
+        b"LOGOUT\r\n",
+        b'NOOP "tag"\r\n',
+        b"STARTTLS\r\n",
+        b'AUTHENTICATE "PLAIN" "AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ="\r\n',
+        b'AUTHENTICATE "PLAIN"\r\n',
+        b'AUTHENTICATE "SCRAM-SHA-256"\r\n',
+        b'AUTHENTICATE "LOGIN"\r\n',
+        b'"*"\r\n',
+        b'HAVESPACE "s" 100\r\n',
+        b'PUTSCRIPT "s" {6+}\r\nkeep;\n\r\n',
+        b'PUTSCRIPT "s" "keep;"\r\n',
+        b'CHECKSCRIPT "if true { discard; }"\r\n',
+        b"LISTSCRIPTS\r\n",
+        b'SETACTIVE "s"\r\n',
+        b'SETACTIVE ""\r\n',
+        b'GETSCRIPT "s"\r\n',
+        b'DELETESCRIPT "s"\r\n',
+        b'RENAMESCRIPT "s" "t"\r\n',
+        b"UNAUTHENTICATE\r\n",
+        b"{0}\r\n",
+        b"{5+}\r\n",
+        b"{4294967296}\r\n",
+        b'"',
+        b"\\",
+        b"\r\n",
+        b" ",
+        b"\x00",
+    )
+
+    def __init__(self) -> None:
+        from txmail import errors
+        from txmail.managesieve import events, session
+
+        self.mod = session
+        self.events = events
+        self.store_errors: tuple[BaseException, ...] = (
+            errors.NoSuchScript("s"),
+            errors.ScriptExists("s"),
+            errors.ScriptActive("s"),
+            errors.InvalidScriptName("s"),
+            session.QuotaMaxScripts(),
+            RuntimeError("the store is down"),
+        )
+
+    def _decide(self, session: Any, event: Any, rng: random.Random) -> None:
+        e = self.events
+        if isinstance(event, e.AuthStep):
+            session.accept(fake_authenticator(event.server, event.request))
+        elif isinstance(event, e.StartTLS):
+            session.accept()
+            session.tls_started()
+        elif isinstance(event, e.ScriptRequest):
+            if rng.random() < 0.15:
+                session.fail(rng.choice(self.store_errors))
+                return
+            command, args = event.command, event.args
+            if command in ("PUTSCRIPT", "CHECKSCRIPT"):
+                try:
+                    self.mod.check_script(bytes(args[-1]))  # type: ignore[arg-type]
+                except self.mod.ScriptInvalid as error:
+                    session.fail(error)
+                    return
+            if command == "LISTSCRIPTS":
+                session.accept([("s", True), ("t", False)])
+            elif command == "GETSCRIPT":
+                session.accept(b"keep;\r\n")
+            else:
+                session.accept()
+        else:
+            session.accept()
+
+    def _drive(self, session: Any, pieces: list[bytes], rng: random.Random, tokens: list[Any]) -> bytearray:
+        out = bytearray(session.data_to_send())
+        for piece in pieces:
+            session.receive_data(piece)
+            self._drain(session, rng, tokens)
+            out += session.data_to_send()
+        return out
+
+    def _drain(self, session: Any, rng: random.Random, tokens: list[Any]) -> None:
+        while (event := session.next_event()) is not None:
+            tokens.append(getattr(event, "command", type(event).__name__))
+            if event.needs_decision:
+                self._decide(session, event, rng)
+
+    def _session(self, rng: random.Random) -> Any:
+        return self.mod.ManageSieveSession(
+            tls_available=rng.random() < 0.5,
+            plaintext_auth="always",
+            max_script_size=rng.choice((64, 1024, 1024 * 1024)),
+            max_bad_commands=rng.choice((3, 10)),
+            sasl_factory=fixed_nonce_sasl,
+        )
+
+    def run(self, data: bytes) -> set[Any]:
+        crc = zlib.crc32(data)
+        rng = random.Random(crc)
+        session = self._session(rng)
+        tokens: list[Any] = []
+        out = bytes(self._drive(session, [data], rng, tokens))
+        check_output(data, len(out))
+        statuses = managesieve_responses(out)
+        starttls = tokens.count("StartTLS")
+        check(
+            len(statuses) <= 1 + data.count(b"\n") + starttls + 1,
+            "more responses than lines",
+            statuses[-8:],
+        )
+        features = bigrams(tokens + [s.decode() for s in statuses])
+        features.add(("state", session.state.value))
+        if crc % 8 == 0 and not starttls:
+            rng2 = random.Random(crc)
+            again = self._session(rng2)
+            out2 = bytes(self._drive(again, _splits(random.Random(crc + 1), data), rng2, []))
+            check(out2 == out, "output differs when the input is split")
+        self._probe(session, rng, tokens)
+        session.connection_lost()
+        return features
+
+    def _probe(self, session: Any, rng: random.Random, tokens: list[Any]) -> None:
+        state = self.mod.State
+        if session.state is state.CLOSED or session.paused:
+            return
+        if session.buffered_input:
+            session.receive_data(b"\r\n")
+            self._drain(session, rng, tokens)
+        if session.state is state.AUTHENTICATING and not session.paused:
+            session.receive_data(b'"*"\r\n')
+            self._drain(session, rng, tokens)
+        session.data_to_send()
+        if session.state is state.CLOSED or session.paused or session.buffered_input:
+            return
+        if session.state is state.AUTHENTICATING or session._discard or session._discard_line:
+            return  # inside an exchange, or an over-long literal is still being dropped
+        session.receive_data(b"NOOP\r\n")
+        self._drain(session, rng, tokens)
+        out = session.data_to_send()
+        check(
+            managesieve_responses(out) == [b"OK"] and out.count(b"\r\n") == 1, "NOOP not answered", out[:80]
+        )
+
+
 TARGETS: dict[str, type[Target]] = {
     t.name: t
     for t in (
@@ -1231,5 +1425,6 @@ TARGETS: dict[str, type[Target]] = {
         MUTF7,
         Config,
         Sieve,
+        ManageSieve,
     )
 }

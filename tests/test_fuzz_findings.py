@@ -62,3 +62,40 @@ class MUTF7TargetTests(SynchronousTestCase):
         """The parser marks such a name invalid (the command is answered NO)."""
         command = parse_command([LineFragment(b'a SELECT "x\x7fy"')])
         self.assertTrue(command.invalid_name)
+
+
+class ManageSieveTargetTests(SynchronousTestCase):
+    """Target ``managesieve``: the session's output does not depend on how input is cut."""
+
+    def answers(self, pieces: list[bytes]) -> bytes:
+        from txmail.managesieve.session import ManageSieveSession
+
+        session = ManageSieveSession()
+        session.data_to_send()  # the greeting
+        out = b""
+        for piece in pieces:
+            session.receive_data(piece)
+            while (event := session.next_event()) is not None:
+                if event.needs_decision:
+                    session.accept(None)
+            out += session.data_to_send()
+        return out
+
+    def test_brace_without_marker_before_crlf(self) -> None:
+        """
+        ``{`` followed by the line's CRLF within a marker's 16 octets is not
+        a literal marker: the line is answered when its CRLF arrives.  The
+        parser used to wait for 16 octets to look for the ``}``, and then
+        for another CRLF, so a client that sent ``NOOP {`` and a CRLF got
+        no answer.
+        """
+        self.assertEqual(self.answers([b"NOOP {\r\n"]), b'NO "Bad literal"\r\n')
+        whole = self.answers([b'\nif true {\r\n\r\nPUTSCRIPT "s" {11+}\r'])
+        self.assertEqual(whole, b'NO "Bare LF in a command"\r\nNO "Bad literal"\r\nNO "Empty command"\r\n')
+        split = self.answers([b"\nif ", b"true ", b"{\r\n\r\nP", b"U", b'TSCRIPT "s" {11+}\r'])
+        self.assertEqual(split, whole)
+
+    def test_marker_cut_before_its_brace_still_waits(self) -> None:
+        """A marker cut in two (no CRLF yet) is still read whole."""
+        out = self.answers([b"NOOP {5", b"+}\r\nhello\r\n"])
+        self.assertEqual(out, b'OK (TAG "hello") "Done"\r\n')

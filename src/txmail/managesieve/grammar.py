@@ -202,7 +202,10 @@ def parse_command(
         elif ch == 0x7B:  # literal
             close = buf.find(b"}", pos, pos + 16)
             if close < 0:
-                if n - pos < 16:
+                # A marker is short: without its "}" within 16 octets, or
+                # with the line's CRLF before it, it is not one (waiting for
+                # more would stall a complete line until another CRLF).
+                if n - pos < 16 and buf.find(b"\r\n", pos) < 0:
                     return None
                 raise FrameError("Bad literal", line_end(pos))
             spec = bytes(buf[pos + 1 : close])
