@@ -99,3 +99,13 @@ class ManageSieveTargetTests(SynchronousTestCase):
         """A marker cut in two (no CRLF yet) is still read whole."""
         out = self.answers([b"NOOP {5", b"+}\r\nhello\r\n"])
         self.assertEqual(out, b'OK (TAG "hello") "Done"\r\n')
+
+    def test_bare_lf_after_a_partial_line(self) -> None:
+        """
+        A bare LF is refused as soon as it arrives, whether the start of
+        its line came in an earlier packet or not (the session used to
+        parse again only once a CRLF arrived).
+        """
+        whole = self.answers([b"NOOP \n"])
+        self.assertEqual(whole, b'NO "Bare LF in a command"\r\n')
+        self.assertEqual(self.answers([b"NO", b"OP \n"]), whole)

@@ -451,10 +451,11 @@ class ManageSieveSession(SessionCore[Event]):
     def _may_complete(self) -> bool:
         """
         Whether parsing the buffer again may give more than last time: a
-        command ends with CRLF, so only once a CRLF arrived since (or once a
-        literal's octets are all there, or the buffer grew by more than a
-        line, to catch a line too long).  Parsing stays linear in the input
-        however it is cut into packets.
+        command ends with CRLF, so only once a LF arrived since (the end of
+        a line, or a bare LF, refused at once), or once a literal's octets
+        are all there, or the buffer grew by more than a line (to catch a
+        line too long).  Parsing stays linear in the input however it is
+        cut into packets.
         """
         buf = self._inbuf
         if len(buf) < self._need:
@@ -462,7 +463,7 @@ class ManageSieveSession(SessionCore[Event]):
         seen = self._parsed_len
         if not seen or self._need:
             return True
-        return len(buf) > seen + self.max_line_length or buf.find(b"\r\n", max(seen - 1, 0)) >= 0
+        return len(buf) > seen + self.max_line_length or buf.find(b"\n", seen) >= 0
 
     def _max_literal(self) -> int:
         if self.state is State.AUTHENTICATED:
