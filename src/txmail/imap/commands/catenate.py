@@ -53,7 +53,7 @@ from typing import Any
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox, NoSuchMessage
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.registry import extension
 from txmail.imap.commands.urlauth import UnauthorizedURL, authorized_mailbox
 from txmail.imap.responses import No
@@ -113,7 +113,7 @@ class _Reader:
         if url.user is not None and url.user != ctx.session.user:
             raise bad_url(text, "URL names another user's mailbox")
         try:
-            mailbox = await call(ctx.store.get_mailbox, url.mailbox)
+            mailbox = await call(user_store(ctx).get_mailbox, url.mailbox)
         except (NoSuchMailbox, InvalidMailboxName):
             raise bad_url(text, "No such mailbox") from None
         if url.uidvalidity is not None and url.uidvalidity != mailbox.uidvalidity:

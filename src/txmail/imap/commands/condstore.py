@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from txmail.imap import serialize
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, selected_mailbox
 from txmail.imap.commands.registry import enableable, extension
 from txmail.imap.responses import FetchFlags, Response, UntaggedOk
 from txmail.imap.search import leaves
@@ -155,7 +155,9 @@ async def store_responses(
     UIDs for UID STORE), ``None`` when none did.
     """
     changed_uids = {info.uid for info in changed}
-    current = {info.uid: info for info in await call(ctx.mailbox.list_messages, [u for _, u in targets])}
+    current = {
+        info.uid: info for info in await call(selected_mailbox(ctx).list_messages, [u for _, u in targets])
+    }
     failed: list[int] = []
     out: list[Response] = []
     for seq, u in targets:

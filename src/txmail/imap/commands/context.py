@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, StoreError
 from txmail.imap.responses import No, Response
 from txmail.imap.view import SelectedView
 from txmail.model import INBOX, SpecialUse
+
+if TYPE_CHECKING:
+    from txmail.interfaces import IMailbox, IMailStore
 
 __all__ = [
     "SPECIAL_FOLDERS",
@@ -30,8 +33,10 @@ __all__ = [
     "call",
     "ensure_special_folders",
     "run_now",
+    "selected_mailbox",
     "store_op",
     "target_mailbox",
+    "user_store",
 ]
 
 _T = TypeVar("_T")
@@ -61,8 +66,12 @@ class CommandContext(Protocol):
     """
 
     session: Any
-    store: Any
-    mailbox: Any
+
+    @property
+    def store(self) -> IMailStore | None: ...
+
+    @property
+    def mailbox(self) -> IMailbox | None: ...
 
     @property
     def quotas(self) -> Any: ...
@@ -106,6 +115,22 @@ class CommandContext(Protocol):
         :class:`~txmail.imap.commands.notify.NotifyState` (``None`` for
         NOTIFY NONE) and listen to the store's changes while it wants some.
         """
+
+
+def user_store(ctx: CommandContext) -> IMailStore:
+    """The logged-in user's store (the command table runs store commands only once logged in)."""
+    store = ctx.store
+    if store is None:
+        raise RuntimeError("a store command ran before login")
+    return store
+
+
+def selected_mailbox(ctx: CommandContext) -> IMailbox:
+    """The selected mailbox (the command table runs these commands only in the selected state)."""
+    mailbox = ctx.mailbox
+    if mailbox is None:
+        raise RuntimeError("a selected-state command ran with no mailbox selected")
+    return mailbox
 
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:

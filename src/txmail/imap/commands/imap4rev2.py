@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from txmail.errors import MailboxNotEmpty
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.registry import enableable, extension
 from txmail.imap.responses import Bad, ListData, No, Response
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr
@@ -145,6 +145,6 @@ async def select_list(ctx: CommandContext, name: str) -> ListData:
     # Imported here: mailboxes imports this module.
     from txmail.imap.commands.mailboxes import _attributes
 
-    folders = await call(ctx.store.list_mailboxes, name)
+    folders = await call(user_store(ctx).list_mailboxes, name)
     folder = next((f for f in folders if f.name == name), None)
     return ListData(name, _attributes(folder, subscribed=False))

@@ -81,7 +81,7 @@ from txmail.errors import StoreError
 from txmail.imap.binary import binary_items
 from txmail.imap.commands import condstore, qresync
 from txmail.imap.commands.binary import require_decodable
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.notify_metadata import MAILBOX_EVENT, SERVER_EVENT, MetadataQueue
 from txmail.imap.commands.registry import AUTHENTICATED, command
 from txmail.imap.fetch import fetch_needs
@@ -493,7 +493,7 @@ async def notify(ctx: CommandContext, cmd: Command) -> Done:
     if args.groups is None:
         ctx.watch(None)
         return Done("NOTIFY completed")
-    store = ctx.store
+    store = user_store(ctx)
     check(args, supported_events(store))
     state = NotifyState(args, await call(store.subscriptions))
     if state.watches_other_mailboxes and not IStoreChanges.providedBy(store):

@@ -38,7 +38,7 @@ import re
 from typing import Any
 
 from txmail.errors import StoreError
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.registry import extension
 from txmail.imap.responses import UntaggedOk
 from txmail.interfaces import IObjectIdProvider, IObjectIds
@@ -91,7 +91,7 @@ async def created_code(ctx: CommandContext, name: str) -> str | None:
     be opened (the CREATE succeeded all the same).
     """
     try:
-        mailbox = await call(ctx.store.get_mailbox, name)
+        mailbox = await call(user_store(ctx).get_mailbox, name)
     except StoreError:
         return None
     return code(mailbox)

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from txmail.imap.commands import condstore
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, selected_mailbox
 from txmail.imap.commands.registry import enableable, extension
 from txmail.imap.responses import Bad, Response, UntaggedOk, Vanished
 from txmail.imap.types import QresyncParam, SequenceSet
@@ -145,7 +145,7 @@ async def fetch_vanished(
 ) -> None:
     """``UID FETCH ... (CHANGEDSINCE n VANISHED)``: emit ``VANISHED (EARLIER)`` first (RFC 7162 section 3.2.6)."""
     require_enabled(ctx, "VANISHED")
-    status = await call(ctx.mailbox.status)
+    status = await call(selected_mailbox(ctx).status)
     top = max(status.uidnext - 1, view.max_uid)
     gone = await _expunged_since(ctx.mailbox, view, changed_since, uid_set, top)
     if gone:

@@ -55,7 +55,7 @@ from txmail.imap.columns import (
     search_uses_columns,
 )
 from txmail.imap.commands import searchres
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, selected_mailbox
 from txmail.imap.commands.registry import SELECTED, command, extension
 from txmail.imap.commands.selected import BATCH, _read_message
 from txmail.imap.responses import Bad, Done, ESortData, No, SortData, ThreadData
@@ -410,7 +410,7 @@ async def _each_match(
     view = ctx.session.view
     assert view is not None
     key = searchres.replace_saved(key, view)  # RFC 5182 section 2.1: $ in the keys
-    mailbox = ctx.mailbox
+    mailbox = selected_mailbox(ctx)
     needs = search_needs(key)
     with_metadata = want_metadata or needs.metadata
     match_all = isinstance(key, SearchKey) and key.name == "ALL"
