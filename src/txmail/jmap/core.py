@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from txmail.interfaces import IMailStore
 
 __all__ = [
     "CORE",
@@ -150,7 +153,7 @@ class CallContext:
 
     user: str
     account_id: str
-    store: Any
+    store: IMailStore
     server: Any = None
     blobs: Any = None
     using: frozenset[str] = frozenset({CORE})
