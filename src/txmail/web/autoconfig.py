@@ -122,6 +122,7 @@ class AutoconfigEndpoint:
         Raises:
             NotLocal: *domain* is not served here.
         """
+        # The embedder's callable: a bool (IDirectory.is_local_domain) or a Deferred of one.
         local = await defer.maybeDeferred(self.is_local_domain, domain)
         if not local:
             raise NotLocal(domain)
