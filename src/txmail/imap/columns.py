@@ -67,7 +67,7 @@ from txmail import mime
 from txmail.imap import search
 from txmail.imap.search import SearchContext, leaves
 from txmail.imap.types import FetchAttribute, SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr
-from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IHeaderColumns, IHeaderLines
+from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IHeaderColumns, IHeaderLines, IMailbox
 from txmail.model import MessageInfo
 
 __all__ = [
@@ -100,7 +100,7 @@ COLUMN_SORT_KEYS = frozenset(
 _NAMES = frozenset(HEADER_COLUMNS)
 
 
-def has_columns(mailbox: Any) -> bool:
+def has_columns(mailbox: IMailbox) -> bool:
     """Whether *mailbox* gives header columns."""
     return IHeaderColumns.providedBy(mailbox)
 
@@ -157,15 +157,16 @@ async def _awaited(result: Any) -> Any:
     return result
 
 
-async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHeaders]:
+async def read_columns(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, ColumnHeaders]:
     """The :class:`ColumnHeaders` of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
     values = await read_column_values(mailbox, uids)
     return {uid: ColumnHeaders(fields) for uid, fields in values.items()}
 
 
-async def read_column_values(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
+async def read_column_values(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
     """The flat column tuples of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
-    return await _awaited(mailbox.header_columns(uids))  # type: ignore[no-any-return]  # the store's header_columns is duck-typed (Any)
+    values: dict[int, tuple[str, ...]] = await _awaited(IHeaderColumns(mailbox).header_columns(uids))
+    return values
 
 
 # -- SEARCH on the flat tuples --------------------------------------------------
@@ -649,7 +650,7 @@ _LINE_NAMES = frozenset(HEADER_LINES)
 _METADATA_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "THREADID"})
 
 
-def fetch_uses_lines(mailbox: Any, items: Iterable[FetchAttribute]) -> bool:
+def fetch_uses_lines(mailbox: IMailbox, items: Iterable[FetchAttribute]) -> bool:
     """
     Whether a FETCH of *items* from *mailbox* is answered from its header
     lines (:class:`txmail.interfaces.IHeaderLines`) instead of its
@@ -673,6 +674,7 @@ def fetch_uses_lines(mailbox: Any, items: Iterable[FetchAttribute]) -> bool:
     return True
 
 
-async def read_lines(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
+async def read_lines(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """The header lines records of *uids* of *mailbox* (an :class:`IHeaderLines`)."""
-    return await _awaited(mailbox.header_lines(uids))  # type: ignore[no-any-return]  # the store's header_lines is duck-typed (Any)
+    lines: dict[int, tuple[str, str]] = await _awaited(IHeaderLines(mailbox).header_lines(uids))
+    return lines

@@ -58,6 +58,7 @@ from txmail.errors import NoSuchMessage, StoreError
 from txmail.imap.responses import Bad, ContextUpdate, NoUpdate
 from txmail.imap.search import SearchContext, matches, search_needs
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr, SequenceSet
+from txmail.interfaces import IMailbox
 from txmail.model import (
     FlagsChanged,
     MailboxChange,
@@ -397,7 +398,7 @@ class ResultContexts:
             self.clear()  # no longer selected, in effect (section 4.3)
         return out
 
-    async def refresh(self, mailbox: Any, view: Any) -> None:
+    async def refresh(self, mailbox: IMailbox, view: Any) -> None:
         """
         Look at the messages marked by :meth:`heard` again: whether each
         matches each context now, and where it sorts.  Reads the listing,
@@ -424,7 +425,7 @@ class ResultContexts:
 
     async def _judge(
         self,
-        mailbox: Any,
+        mailbox: IMailbox,
         view: Any,
         batch: list[int],
         work: list[tuple[ResultContext, set[int]]],
@@ -475,11 +476,12 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-async def _read(mailbox: Any, uid: int) -> bytes | None:
+async def _read(mailbox: IMailbox, uid: int) -> bytes | None:
     try:
-        return await call(mailbox.read_message, uid)  # type: ignore[no-any-return]  # the mailbox is duck-typed (Any)
+        data: bytes = await call(mailbox.read_message, uid)
     except NoSuchMessage:
         return None
+    return data
 
 
 # -- the searching commands' side ------------------------------------------------------------

@@ -299,6 +299,7 @@ class IMAPServerProtocol(SessionProtocol):
         self.factory.withheld = objectid.withheld(self.factory.stores) | withheld_capabilities(self.store)
         if self.session is not None:
             self.session.withheld = self.factory.withheld
+        assert self.store is not None  # opened by _logging_in
         d = defer.Deferred.fromCoroutine(ensure_special_folders(self.store))
         d.addErrback(
             lambda f: self.log.failure("creating special-use mailboxes failed", failure=f, user=event.user)
@@ -441,9 +442,10 @@ class IMAPServerProtocol(SessionProtocol):
         session = self.session
         assert session is not None and session.view is not None
         self.emit(*session.contexts.heard(change, session.view))
-        if session.contexts.pending and not self._refreshing:
+        mailbox = self.mailbox
+        if session.contexts.pending and not self._refreshing and mailbox is not None:
             self._refreshing = True
-            d = defer.Deferred.fromCoroutine(session.contexts.refresh(self.mailbox, session.view))
+            d = defer.Deferred.fromCoroutine(session.contexts.refresh(mailbox, session.view))
             d.addErrback(lambda f: self.log.failure("updating searches failed", failure=f))
 
             def done(_: object) -> None:
@@ -592,7 +594,11 @@ class IMAPServerProtocol(SessionProtocol):
             return
         if session.notify_fetch_later:
             session.push_updates()
-            while (uids := session.take_new_messages()) and session.view is not None:
+            while (
+                (uids := session.take_new_messages())
+                and session.view is not None
+                and self.mailbox is not None
+            ):
                 view, mailbox = session.view, self.mailbox
                 self.emit(*await new_message_fetches(view, mailbox, uids, state.selected_fetch))
                 if self._lost or session.view is not view:

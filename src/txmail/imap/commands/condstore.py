@@ -45,6 +45,7 @@ from txmail.imap.responses import FetchFlags, Response, UntaggedOk
 from txmail.imap.search import leaves
 from txmail.imap.types import FetchAttribute, SearchNode
 from txmail.imap.view import SelectedView
+from txmail.model import MailboxStatus
 
 __all__ = [
     "CONDSTORE",
@@ -99,7 +100,9 @@ def enable_implicitly(ctx: CommandContext) -> None:
         ctx.emit(*responses)
 
 
-def select_responses(ctx: CommandContext, view: SelectedView, status: Any, param: bool) -> Sequence[Response]:
+def select_responses(
+    ctx: CommandContext, view: SelectedView, status: MailboxStatus, param: bool
+) -> Sequence[Response]:
     """
     SELECT/EXAMINE: note the mailbox's HIGHESTMODSEQ in *view*; with the
     ``(CONDSTORE)`` parameter *param* CONDSTORE is enabled (RFC 7162 section

@@ -79,7 +79,7 @@ class CommandContext(Protocol):
     @property
     def server_names(self) -> frozenset[str]: ...
 
-    async def user_store(self, user: str) -> Any:
+    async def user_store(self, user: str) -> IMailStore | None:
         """
         The store of another user, by canonical name, or ``None`` (optional:
         URLAUTH, RFC 4467, reads what that user signed).
@@ -94,7 +94,7 @@ class CommandContext(Protocol):
     async def take_turn(self) -> None:
         """Let other connections run between two batches of a long response."""
 
-    def listen(self, mailbox: Any) -> None:
+    def listen(self, mailbox: IMailbox) -> None:
         """
         *mailbox* is being selected: make it ``ctx.mailbox`` and listen to
         its changes (those made before :meth:`selected` are kept for the view).
@@ -106,7 +106,7 @@ class CommandContext(Protocol):
     def deselect(self) -> None:
         """Stop listening to the selected mailbox and leave the selected state."""
 
-    def copied(self, target: Any, pairs: list[tuple[int, int]], *, moved: bool) -> None:
+    def copied(self, target: IMailbox, pairs: list[tuple[int, int]], *, moved: bool) -> None:
         """COPY/MOVE put messages into *target* (``(source uid, target uid)``): tell the copy listeners."""
 
     def watch(self, state: Any) -> None:
@@ -161,18 +161,19 @@ async def store_op(fn: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
-async def target_mailbox(store: Any, name: str) -> Any:
+async def target_mailbox(store: IMailStore, name: str) -> IMailbox:
     """
     The mailbox APPEND, COPY or MOVE write into; ``NO [TRYCREATE]`` when
     there is none (RFC 3501 sections 6.3.11 and 6.4.7).
     """
     try:
-        return await call(store.get_mailbox, name)
+        mailbox: IMailbox = await call(store.get_mailbox, name)
     except (NoSuchMailbox, InvalidMailboxName):
         raise No("No such mailbox", "TRYCREATE") from None
+    return mailbox
 
 
-async def ensure_special_folders(store: Any) -> None:
+async def ensure_special_folders(store: IMailStore) -> None:
     """
     Give a new user the RFC 6154 special-use mailboxes: when the store holds
     only INBOX, create and subscribe Sent, Drafts, Trash, Junk and Archive.

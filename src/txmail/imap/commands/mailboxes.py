@@ -9,8 +9,6 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-from typing import Any
-
 from txmail.imap.commands import catenate, condstore, imap4rev2, objectid
 from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox, user_store
 from txmail.imap.commands.create_special_use import requested_role
@@ -29,7 +27,7 @@ from txmail.imap.types import (
     Subscribe,
     Unsubscribe,
 )
-from txmail.interfaces import IStorageUsage
+from txmail.interfaces import IMailStore, IStorageUsage
 from txmail.model import INBOX, FolderInfo, SpecialUse, match_mailbox_pattern, normalize_flags
 from txmail.quota import QuotaExceeded
 
@@ -273,14 +271,14 @@ async def append(ctx: CommandContext, cmd: Command) -> Done:
             normalize_flags(m.flags)
     except ValueError:
         raise Bad("Invalid flag") from None
-    mailbox = await target_mailbox(ctx.store, args.mailbox)
+    mailbox = await target_mailbox(user_store(ctx), args.mailbox)
     messages = await catenate.build_messages(ctx, messages)
     await check_quota(ctx, sum(len(m.literal) for m in messages))
     uids = await append_messages(ctx, mailbox, messages)
     return Done(code=appenduid(mailbox, uids))
 
 
-async def special_uses(store: Any, names: tuple[str, ...]) -> dict[str, SpecialUse]:
+async def special_uses(store: IMailStore, names: tuple[str, ...]) -> dict[str, SpecialUse]:
     """The RFC 6154 role of each mailbox of *names* that has one."""
     roles: dict[str, SpecialUse] = {}
     for name in set(names):

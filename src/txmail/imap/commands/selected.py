@@ -71,7 +71,8 @@ from txmail.imap.structures import (
 )
 from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, SearchNode, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
-from txmail.model import FlagMode, MessageInfo, normalize_flags
+from txmail.interfaces import IMailbox
+from txmail.model import FlagMode, MailboxStatus, MessageInfo, normalize_flags
 
 __all__ = ["BATCH", "copyuid"]
 
@@ -105,7 +106,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
+async def _read_message(mailbox: IMailbox, info: MessageInfo) -> bytes | None:
     """
     The whole message, or ``None`` when it is gone.  A store that has it at
     hand answers at once (the Maildir store reads small files inline; an
@@ -113,12 +114,10 @@ async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
     through the event loop).
     """
     try:
-        result = mailbox.read_message(info.uid)
-        if hasattr(result, "__await__"):
-            result = await result
-        return result  # type: ignore[no-any-return]  # the store's answer is duck-typed (Any)
+        data: bytes = await call(mailbox.read_message, info.uid)
     except NoSuchMessage:
         return None
+    return data
 
 
 #: Messages a FETCH of whole messages asks the store for ahead of the one it
@@ -151,7 +150,7 @@ class _ReadAhead:
     reads not taken (their failures too).
     """
 
-    def __init__(self, mailbox: Any, infos: list[MessageInfo]) -> None:
+    def __init__(self, mailbox: IMailbox, infos: list[MessageInfo]) -> None:
         self._mailbox = mailbox
         self._waiting = list(reversed(infos))
         self._started: dict[int, tuple[Any, int]] = {}
@@ -165,6 +164,7 @@ class _ReadAhead:
             or (len(self._started) < READ_AHEAD and self._octets + waiting[-1].size <= READ_AHEAD_OCTETS)
         ):
             info = waiting.pop()
+            result: object
             try:
                 result = self._mailbox.read_message(info.uid)
             except Exception as e:
@@ -196,7 +196,7 @@ class _ReadAhead:
 # -- selection ---------------------------------------------------------------------------
 
 
-def _unclaimed(infos: list[MessageInfo], status: Any) -> list[int]:
+def _unclaimed(infos: list[MessageInfo], status: MailboxStatus) -> list[int]:
     """
     The UIDs of *infos* that no session has claimed as ``\\Recent``, from a
     *status* taken before the listing: the ``status.recent`` newest below
@@ -378,7 +378,7 @@ async def copy(ctx: CommandContext, cmd: Command) -> Done:
     args = cmd.args
     assert isinstance(args, Copy)
     targets = _targets(_view(ctx), args.sequence_set, args.uid)
-    target = await target_mailbox(ctx.store, args.mailbox)
+    target = await target_mailbox(user_store(ctx), args.mailbox)
     uids = [u for _, u in targets]
     if ctx.quotas is not None:
         infos = await call(selected_mailbox(ctx).list_messages, uids)
@@ -398,7 +398,7 @@ async def move(ctx: CommandContext, cmd: Command) -> Done:
     view = _view(ctx)
     _writable(view)
     targets = _targets(view, args.sequence_set, args.uid)
-    target = await target_mailbox(ctx.store, args.mailbox)
+    target = await target_mailbox(user_store(ctx), args.mailbox)
     pairs = await call(selected_mailbox(ctx).move, [u for _, u in targets], target)
     if pairs:
         # RFC 6851 section 4.3: COPYUID in an untagged OK before the EXPUNGEs.

@@ -62,6 +62,7 @@ from txmail.imap.responses import Bad, Done, ESortData, No, SortData, ThreadData
 from txmail.imap.search import SUPPORTED_CHARSETS, SearchContext, matches, search_needs
 from txmail.imap.search import _decode_field as decode_field
 from txmail.imap.types import Command, SearchKey, SearchNode, Sort, Thread
+from txmail.interfaces import IMailbox
 from txmail.model import MessageInfo, MessageMetadata
 
 __all__ = [
@@ -296,7 +297,7 @@ class FactsCache:
         self.limit = limit
         self._tables: OrderedDict[int, tuple[weakref.ref[Any], int, dict[int, Facts]]] = OrderedDict()
 
-    def table(self, mailbox: Any, uids: Sequence[int]) -> dict[int, Facts]:
+    def table(self, mailbox: IMailbox, uids: Sequence[int]) -> dict[int, Facts]:
         """The facts known for *mailbox* (whose messages are now *uids*), to read and fill."""
         key = id(mailbox)
         entry = self._tables.pop(key, None)
