@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from txmail.interfaces import IMailStore
+    from txmail.service import MailServer
 
 __all__ = [
     "CORE",
@@ -154,7 +155,7 @@ class CallContext:
     user: str
     account_id: str
     store: IMailStore
-    server: Any = None
+    server: MailServer | None = None
     blobs: Any = None
     using: frozenset[str] = frozenset({CORE})
     limits: Limits = field(default_factory=Limits)

@@ -65,6 +65,7 @@ from txmail.webmail.session import cookie_authorization
 
 if TYPE_CHECKING:
     from txmail.auth.authenticator import Authenticator
+    from txmail.service import MailServer
 
 __all__ = ["JMAPEndpoint", "JMAPSite", "build_site", "read_body"]
 
@@ -142,7 +143,7 @@ class JMAPEndpoint:
         blobs: BlobStore,
         tokens: TokenStore,
         clock: IReactorTime,
-        server: Any = None,
+        server: MailServer | None = None,
         plaintext_auth: str = "loopback",
         tls_proxy: bool = False,
         proxy_trusted: Sequence[str] = (),
