@@ -29,7 +29,7 @@ Implementation notes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -68,6 +68,8 @@ __all__ = ["DEFAULT_IDLE_TIMEOUT", "ManageSieveFactory", "ManageSieveServerProto
 
 #: Seconds a client may stay silent (Dovecot disconnects idle ManageSieve clients after 30 minutes too).
 DEFAULT_IDLE_TIMEOUT = 1800.0
+
+_T = TypeVar("_T")
 
 _TRY_LATER = response("NO", "TRYLATER", "Temporary server failure, try again later")
 _NO_SCRIPTS = response("NO", None, "Sieve scripts are not available for this account")
@@ -207,14 +209,14 @@ class ManageSieveServerProtocol(SessionProtocol):
         if command == "LISTSCRIPTS":
             return await store.list_scripts()
         if command == "GETSCRIPT":
-            return await store.get_script(_text(args[0]))
+            return await store.get_script(_arg(args[0], str))
         if command == "CHECKSCRIPT":
             await factory.run_blocking(check_script, args[0], None, factory.limits)
             return None
         if command == "PUTSCRIPT":
             name, content = args
             await factory.run_blocking(check_script, content, name, factory.limits)
-            name, content = _text(name), _octets(content)
+            name, content = _arg(name, str), _arg(content, bytes)
             await self._check_count(name)
             await store.put_script(name, content)
             self.log.info(
@@ -229,11 +231,11 @@ class ManageSieveServerProtocol(SessionProtocol):
             await self._check_count(str(args[0]))
             return None
         if command == "SETACTIVE":
-            return await store.set_active(None if args[0] is None else _text(args[0]))
+            return await store.set_active(None if args[0] is None else _arg(args[0], str))
         if command == "DELETESCRIPT":
-            return await store.delete_script(_text(args[0]))
+            return await store.delete_script(_arg(args[0], str))
         if command == "RENAMESCRIPT":
-            return await store.rename_script(_text(args[0]), _text(args[1]))
+            return await store.rename_script(_arg(args[0], str), _arg(args[1], str))
         raise RuntimeError(f"unknown script request {command}")
 
     async def _check_count(self, name: str) -> None:
@@ -245,18 +247,11 @@ class ManageSieveServerProtocol(SessionProtocol):
             raise QuotaMaxScripts(name)
 
 
-def _text(arg: object) -> str:
-    """A script name of a :class:`ScriptRequest` (the session checked it: a ``str``)."""
-    if not isinstance(arg, str):
-        raise TypeError(f"a script name is a str, not {type(arg).__name__}")
-    return arg
-
-
-def _octets(arg: object) -> bytes:
-    """A script's content of a :class:`ScriptRequest` (a string literal: ``bytes``)."""
-    if not isinstance(arg, bytes):
-        raise TypeError(f"a script is bytes, not {type(arg).__name__}")
-    return arg
+def _arg(arg: object, kind: type[_T]) -> _T:
+    """An argument of a :class:`ScriptRequest` as the session gives it (a name ``str``, a script ``bytes``)."""
+    if isinstance(arg, kind):
+        return arg
+    raise TypeError(f"a script request argument is {kind.__name__}, not {type(arg).__name__}")
 
 
 class ManageSieveFactory(Factory[ManageSieveServerProtocol]):
