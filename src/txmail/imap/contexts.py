@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 from txmail.errors import NoSuchMessage, StoreError
 from txmail.imap.responses import Bad, ContextUpdate, NoUpdate
@@ -69,6 +69,8 @@ from txmail.model import (
 )
 
 __all__ = ["MAX_CONTEXTS", "ResultContext", "ResultContexts", "Reverse", "begin", "freeze", "opened"]
+
+_T = TypeVar("_T")
 
 #: Updating searches one session may keep (RFC 5267 section 4.3.1: at least one).
 MAX_CONTEXTS = 10
@@ -468,12 +470,12 @@ class ResultContexts:
         return out
 
 
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, awaited when it returns an awaitable (a store's Deferred)."""
+async def call(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """``fn(*args)``, a contract method, awaited (a plain test store's value taken as it is)."""
     result = fn(*args)
     if hasattr(result, "__await__"):
         return await result
-    return result
+    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
 async def _read(mailbox: IMailbox, uid: int) -> bytes | None:

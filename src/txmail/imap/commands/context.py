@@ -16,8 +16,8 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, StoreError
 from txmail.imap.responses import No, Response
@@ -133,12 +133,16 @@ def selected_mailbox(ctx: CommandContext) -> IMailbox:
     return mailbox
 
 
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, awaited when it returns an awaitable (a store's Deferred)."""
+async def call(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """
+    ``fn(*args)``, a contract method, awaited: its Deferred (one that has
+    fired gives its result at once).  A plain store that answers with the
+    value itself, or raises, is taken as it is (the unit tests' stores).
+    """
     result = fn(*args)
     if hasattr(result, "__await__"):
         return await result
-    return result
+    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
 #: How store errors answer a command (RFC 5530 response codes).
@@ -150,7 +154,7 @@ _STORE_ERRORS: tuple[tuple[type[StoreError], str, str], ...] = (
 )
 
 
-async def store_op(fn: Callable[..., Any], *args: Any) -> Any:
+async def store_op(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
     """Call a store method; its errors become the tagged NO of :data:`_STORE_ERRORS`."""
     try:
         return await call(fn, *args)

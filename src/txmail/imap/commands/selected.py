@@ -72,7 +72,7 @@ from txmail.imap.structures import (
 from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, SearchNode, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
 from txmail.interfaces import IMailbox
-from txmail.model import FlagMode, MailboxStatus, MessageInfo, normalize_flags
+from txmail.model import FlagMode, MailboxStatus, MessageInfo, MessageMetadata, normalize_flags
 
 __all__ = ["BATCH", "copyuid"]
 
@@ -452,15 +452,17 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                 unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
                 if unseen:
                     changed = await call(mailbox.set_flags, unseen, {"\\Seen"}, FlagMode.ADD)
-                    for info in changed:
-                        infos[info.uid] = info
-                        seen_now.add(info.uid)
+                    for new in changed:
+                        infos[new.uid] = new
+                        seen_now.add(new.uid)
             if lines is not None:
                 metadata = lines
             elif kept is not None:
                 missing = [u for u in uids if u not in kept]
                 if missing:
-                    found = await ahead.take() if ahead.uids == missing else None
+                    found: dict[int, MessageMetadata] | None = (
+                        await ahead.take() if ahead.uids == missing else None
+                    )
                     if found is None:
                         found = await call(mailbox.get_metadata, missing)
                     if structured and n + 1 < len(batches):

@@ -160,6 +160,7 @@ async def genurlauth(ctx: CommandContext, cmd: Command) -> Done:
         if url.uidvalidity is not None and url.uidvalidity != mailbox.uidvalidity:
             raise _bad(rump, "UIDVALIDITY mismatch")
         key = await call(store.urlauth_key, url.mailbox, mailbox.uidvalidity, True)
+        assert key is not None  # create=True: a key is made when there is none
         urls.append(f"{rump}:{MECHANISM.lower()}:{sign(key, rump)}")
     ctx.emit(GenUrlAuthData(tuple(urls)))
     return Done()
