@@ -59,9 +59,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from txmail import mime
 from txmail.imap import search
@@ -86,6 +86,8 @@ __all__ = [
     "search_uses_columns",
     "values_predicate",
 ]
+
+_T = TypeVar("_T")
 
 #: SEARCH keys answered by the columns (besides those reading no header).
 _COLUMN_KEYS = frozenset({"BCC", "CC", "FROM", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"})
@@ -150,11 +152,11 @@ class ColumnHeaders:
         return f"ColumnHeaders({self.fields!r})"
 
 
-async def _awaited(result: Any) -> Any:
-    """A store's answer, awaited when it is a Deferred (or another awaitable)."""
+async def _awaited(result: Awaitable[_T]) -> _T:
+    """A store's answer, awaited when it is a Deferred (a plain test store's value taken as it is)."""
     if hasattr(result, "__await__"):
         return await result
-    return result
+    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
 async def read_columns(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, ColumnHeaders]:
@@ -165,8 +167,7 @@ async def read_columns(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, Colu
 
 async def read_column_values(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
     """The flat column tuples of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
-    values: dict[int, tuple[str, ...]] = await _awaited(IHeaderColumns(mailbox).header_columns(uids))
-    return values
+    return await _awaited(IHeaderColumns(mailbox).header_columns(uids))
 
 
 # -- SEARCH on the flat tuples --------------------------------------------------
@@ -676,5 +677,4 @@ def fetch_uses_lines(mailbox: IMailbox, items: Iterable[FetchAttribute]) -> bool
 
 async def read_lines(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """The header lines records of *uids* of *mailbox* (an :class:`IHeaderLines`)."""
-    lines: dict[int, tuple[str, str]] = await _awaited(IHeaderLines(mailbox).header_lines(uids))
-    return lines
+    return await _awaited(IHeaderLines(mailbox).header_lines(uids))

@@ -112,7 +112,7 @@ def _from_record(record: Any) -> Structures | None:
 
 async def cached_structures(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, Structures]:
     """The structures *mailbox* (an :class:`IRecordCache`) keeps of *uids*."""
-    records: dict[int, tuple[Any, ...]] = await _awaited(IRecordCache(mailbox).cached_records(KIND, uids))
+    records = await _awaited(IRecordCache(mailbox).cached_records(KIND, uids))
     out = {}
     for uid, record in records.items():
         found = _from_record(record)
