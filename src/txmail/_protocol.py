@@ -50,7 +50,7 @@ import ipaddress
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.abstract import FileDescriptor
@@ -63,6 +63,11 @@ from zope.interface import implementer
 
 from txmail.auth import sasl
 from txmail.metrics import NULL_PROTOCOL_METRICS
+
+if TYPE_CHECKING:
+    from txmail.auth.authenticator import Authenticator
+
+_T = TypeVar("_T")
 
 __all__ = ["SessionProtocol", "format_peer", "is_loopback", "make_id"]
 
@@ -550,28 +555,37 @@ class SessionProtocol(Protocol, ABC):
             with contextlib.suppress(RuntimeError, ValueError):
                 self.session.reject(self.INTERNAL_ERROR_REPLY)
 
-    def _store_call(self, operation: str, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        """``fn(*args)`` as a Deferred, its time counted as the store's *operation* (``open``, ``list``, ``fetch``)."""
+    def _store_call(
+        self, operation: str, fn: Callable[..., defer.Deferred[_T]], *args: Any
+    ) -> defer.Deferred[_T]:
+        """
+        ``fn(*args)``, a contract method that returns a Deferred, its time
+        counted as the store's *operation* (``open``, ``list``, ``fetch``).
+        """
         metrics = self._metrics
         if not metrics.enabled:
-            return defer.maybeDeferred(fn, *args)
+            return fn(*args)
         started = metrics.timer()
 
-        def measured(result: Any) -> Any:
+        def measured(result: _T) -> _T:
             metrics.store(operation, metrics.timer() - started)
             return result
 
-        return defer.maybeDeferred(fn, *args).addCallback(measured)
+        return fn(*args).addCallback(measured)
 
     # -- authentication --
+
+    @property
+    def _authenticator(self) -> Authenticator:
+        """The factory's shared :class:`txmail.auth.authenticator.Authenticator`."""
+        authenticator: Authenticator = self.factory.authenticator
+        return authenticator
 
     def _check_password(self, event: Any) -> None:
         """A ``PasswordCheck`` event: ask the authenticator (which slows down failures)."""
         session = self.session
         assert session is not None
-        d = defer.maybeDeferred(
-            self.factory.authenticator.check_password, event.username, event.password, peer=self.peer
-        )
+        d = self._authenticator.check_password(event.username, event.password, peer=self.peer)
 
         def checked(user: str | None) -> None:
             self._metrics.auth(self.PASSWORD_MECHANISM, user is not None)
@@ -586,9 +600,9 @@ class SessionProtocol(Protocol, ABC):
         """An ``AuthStep`` event: the authenticator resolves the SASL server's request."""
         session = self.session
         assert session is not None
-        d = defer.maybeDeferred(self.factory.authenticator.step, event.server, event.request, peer=self.peer)
+        d = self._authenticator.step(event.server, event.request, peer=self.peer)
 
-        def stepped(result: Any) -> None:
+        def stepped(result: sasl.SASLEvent) -> None:
             if isinstance(result, sasl.Succeeded):
                 self._metrics.auth(event.mechanism, True)
                 self._logging_in(result.username, lambda: session.accept(result))

@@ -36,11 +36,17 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
 from txmail.errors import ConfigError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from txmail.interfaces import IQueue
+    from txmail.model import QueueEntry
 
 __all__ = [
     "COMMAND_BUCKETS",
@@ -218,7 +224,7 @@ class NullMetrics:
     def http_request(self, code: int) -> None:
         pass
 
-    def watch_queue(self, queue: Any, clock: Any) -> None:
+    def watch_queue(self, queue: IQueue, clock: IReactorTime | None) -> None:
         pass
 
     def refresh(self) -> defer.Deferred[None]:
@@ -313,8 +319,8 @@ class Metrics:
         self.registry = registry
         self.timer = timer
         self._protocols: dict[tuple[str, str], ProtocolMetrics] = {}
-        self._queue: Any = None
-        self._clock: Any = None
+        self._queue: IQueue | None = None
+        self._clock: IReactorTime | None = None
         self._sources: list[Callable[[], defer.Deferred[list[bytes]]]] = []
         self._collected: list[bytes] = []
         r = registry
@@ -434,7 +440,7 @@ class Metrics:
 
     # -- the queue, at scrape time -------------------------------------------------------
 
-    def watch_queue(self, queue: Any, clock: Any) -> None:
+    def watch_queue(self, queue: IQueue, clock: IReactorTime | None) -> None:
         """Compute the queue gauges from *queue* (``list_entries()``) at each :meth:`refresh`."""
         self._queue = queue
         self._clock = clock
@@ -453,14 +459,15 @@ class Metrics:
         steps: list[defer.Deferred[Any]] = []
         queue = self._queue
         if queue is not None:
-            steps.append(defer.maybeDeferred(queue.list_entries).addCallback(self._queue_listed))
+            steps.append(queue.list_entries().addCallback(self._queue_listed))
         collected: list[bytes] = []
         for source in self._sources:
+            # Another part's callable (the workers' collection): one that raises fails its step only.
             steps.append(defer.maybeDeferred(source).addCallback(collected.extend))
         self._collected = collected
         return defer.gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
 
-    def _queue_listed(self, entries: Iterable[Any]) -> None:
+    def _queue_listed(self, entries: Iterable[QueueEntry]) -> None:
         entries = list(entries)
         now = self._clock.seconds() if self._clock is not None else time.time()
         states: dict[str, int] = dict.fromkeys(("pending", "deferred", "held", "failed", "delivered"), 0)

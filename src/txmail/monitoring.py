@@ -72,6 +72,7 @@ class HealthCheck:
 
     def _run_blocking(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         run = getattr(self.server, "run_blocking", None)
+        # Inline without a pool: the plain function's value or exception becomes the Deferred.
         return run(fn, *args) if run is not None else defer.maybeDeferred(fn, *args)
 
     def check_listeners(self) -> str | None:
@@ -110,7 +111,7 @@ class HealthCheck:
         stores = getattr(self.server, "stores", None)
         own = getattr(stores, "health_check", None)
         if callable(own):
-            return defer.maybeDeferred(own)
+            return defer.maybeDeferred(own)  # a provider's own check: a value or a Deferred of one
         if type(stores).__name__ == "PostgresProvider":
             return self._database_check()
         root = getattr(stores, "root", None)
@@ -133,7 +134,7 @@ class HealthCheck:
         results: dict[str, str] = {}
         results["listeners"] = self.check_listeners() or self.check_workers() or "ok"
         for name, check in (("store", self.check_store), ("queue", self.check_queue)):
-            d = defer.maybeDeferred(check)
+            d = defer.maybeDeferred(check)  # a check that raises at once is reported like a failed one
             d.addTimeout(self.timeout, self.clock)
             try:
                 problem = await d

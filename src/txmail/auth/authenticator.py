@@ -76,6 +76,7 @@ RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
 
 def _run_inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    # run_blocking runs plain functions (PBKDF2): their value or exception becomes the Deferred.
     return defer.maybeDeferred(fn, *args)
 
 
@@ -105,10 +106,6 @@ def peer_host(peer: str) -> str:
     if peer.count(":") == 1:
         return peer.partition(":")[0]
     return peer
-
-
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    return await defer.maybeDeferred(fn, *args)
 
 
 class Authenticator:
@@ -207,7 +204,7 @@ class Authenticator:
             if isinstance(event, NeedCredentials):
                 await self._account_wait(event.username, peer)
                 try:
-                    creds = await _call(self.directory.get_credentials, event.username)
+                    creds = await self.directory.get_credentials(event.username)
                 except Exception:
                     self.log.failure(
                         "directory lookup failed for {user} from {peer}", user=event.username, peer=peer
@@ -225,7 +222,7 @@ class Authenticator:
                 return result
             elif isinstance(event, Succeeded):
                 try:
-                    user = await _call(self.directory.canonical_user, event.username)
+                    user = await self.directory.canonical_user(event.username)
                 except Exception:
                     self.log.failure(
                         "directory lookup failed for {user} from {peer}", user=event.username, peer=peer
@@ -248,10 +245,10 @@ class Authenticator:
         user: str | None = None
         await self._account_wait(username, peer)
         try:
-            creds = await _call(self.directory.get_credentials, username)
+            creds = await self.directory.get_credentials(username)
             ok = await self.run_blocking(_check, creds, password.reveal())
             if ok:
-                user = await _call(self.directory.canonical_user, username)
+                user = await self.directory.canonical_user(username)
         except Exception:
             self.log.failure("password check failed for {user} from {peer}", user=username, peer=peer)
             user = None
@@ -378,11 +375,11 @@ class ScramPasswordChecker:
             password = _text(credentials.password)
         except (UnicodeDecodeError, AttributeError):
             raise UnauthorizedLogin() from None
-        creds = await _call(self.directory.get_credentials, username)
+        creds = await self.directory.get_credentials(username)
         ok = await self.run_blocking(_check, creds, password)
         if not ok:
             raise UnauthorizedLogin()
-        user = await _call(self.directory.canonical_user, username)
+        user = await self.directory.canonical_user(username)
         if user is None:
             raise UnauthorizedLogin()
         return str(user)

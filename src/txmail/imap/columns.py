@@ -59,15 +59,15 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from txmail import mime
 from txmail.imap import search
 from txmail.imap.search import SearchContext, leaves
 from txmail.imap.types import FetchAttribute, SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr
-from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IHeaderColumns, IHeaderLines
+from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IHeaderColumns, IHeaderLines, IMailbox
 from txmail.model import MessageInfo
 
 __all__ = [
@@ -87,6 +87,8 @@ __all__ = [
     "values_predicate",
 ]
 
+_T = TypeVar("_T")
+
 #: SEARCH keys answered by the columns (besides those reading no header).
 _COLUMN_KEYS = frozenset({"BCC", "CC", "FROM", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"})
 #: SEARCH keys that read header fields or the message (see search._HEADER_KEYS, _MESSAGE_KEYS).
@@ -100,7 +102,7 @@ COLUMN_SORT_KEYS = frozenset(
 _NAMES = frozenset(HEADER_COLUMNS)
 
 
-def has_columns(mailbox: Any) -> bool:
+def has_columns(mailbox: IMailbox) -> bool:
     """Whether *mailbox* gives header columns."""
     return IHeaderColumns.providedBy(mailbox)
 
@@ -150,22 +152,22 @@ class ColumnHeaders:
         return f"ColumnHeaders({self.fields!r})"
 
 
-async def _awaited(result: Any) -> Any:
-    """A store's answer, awaited when it is a Deferred (or another awaitable)."""
+async def _awaited(result: Awaitable[_T]) -> _T:
+    """A store's answer, awaited when it is a Deferred (a plain test store's value taken as it is)."""
     if hasattr(result, "__await__"):
         return await result
-    return result
+    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
-async def read_columns(mailbox: Any, uids: Iterable[int]) -> dict[int, ColumnHeaders]:
+async def read_columns(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, ColumnHeaders]:
     """The :class:`ColumnHeaders` of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
     values = await read_column_values(mailbox, uids)
     return {uid: ColumnHeaders(fields) for uid, fields in values.items()}
 
 
-async def read_column_values(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
+async def read_column_values(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, tuple[str, ...]]:
     """The flat column tuples of the messages *uids* of *mailbox* (an :class:`IHeaderColumns`)."""
-    return await _awaited(mailbox.header_columns(uids))  # type: ignore[no-any-return]  # the store's header_columns is duck-typed (Any)
+    return await _awaited(IHeaderColumns(mailbox).header_columns(uids))
 
 
 # -- SEARCH on the flat tuples --------------------------------------------------
@@ -649,7 +651,7 @@ _LINE_NAMES = frozenset(HEADER_LINES)
 _METADATA_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "THREADID"})
 
 
-def fetch_uses_lines(mailbox: Any, items: Iterable[FetchAttribute]) -> bool:
+def fetch_uses_lines(mailbox: IMailbox, items: Iterable[FetchAttribute]) -> bool:
     """
     Whether a FETCH of *items* from *mailbox* is answered from its header
     lines (:class:`txmail.interfaces.IHeaderLines`) instead of its
@@ -673,6 +675,6 @@ def fetch_uses_lines(mailbox: Any, items: Iterable[FetchAttribute]) -> bool:
     return True
 
 
-async def read_lines(mailbox: Any, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
+async def read_lines(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """The header lines records of *uids* of *mailbox* (an :class:`IHeaderLines`)."""
-    return await _awaited(mailbox.header_lines(uids))  # type: ignore[no-any-return]  # the store's header_lines is duck-typed (Any)
+    return await _awaited(IHeaderLines(mailbox).header_lines(uids))

@@ -51,13 +51,15 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 from txmail.errors import NoSuchMessage, StoreError
 from txmail.imap.responses import Bad, ContextUpdate, NoUpdate
 from txmail.imap.search import SearchContext, matches, search_needs
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr, SequenceSet
+from txmail.imap.view import SelectedView
+from txmail.interfaces import IMailbox
 from txmail.model import (
     FlagsChanged,
     MailboxChange,
@@ -68,6 +70,8 @@ from txmail.model import (
 )
 
 __all__ = ["MAX_CONTEXTS", "ResultContext", "ResultContexts", "Reverse", "begin", "freeze", "opened"]
+
+_T = TypeVar("_T")
 
 #: Updating searches one session may keep (RFC 5267 section 4.3.1: at least one).
 MAX_CONTEXTS = 10
@@ -99,7 +103,7 @@ class Reverse:
         return f"Reverse({self.key!r})"
 
 
-def freeze(key: SearchNode, view: Any) -> SearchNode:
+def freeze(key: SearchNode, view: SelectedView) -> SearchNode:
     """
     *key* with each message sequence set made the UIDs it names now (RFC
     5267 section 4.3: "any message sequence numbers used in the search
@@ -189,7 +193,7 @@ class ResultContext:
             return (info.uid,)
         return (*self.order(info, metadata), info.uid)
 
-    def open(self, results: Iterable[OrderKey], view: Any) -> ContextUpdate | None:
+    def open(self, results: Iterable[OrderKey], view: SelectedView) -> ContextUpdate | None:
         """
         The command found *results* (order keys) and told the client: the
         context is live.  Results expunged while it ran leave at once (the
@@ -204,7 +208,7 @@ class ResultContext:
 
     # -- changes ------------------------------------------------------------------------
 
-    def expunged(self, uids: Iterable[int], view: Any) -> ContextUpdate | None:
+    def expunged(self, uids: Iterable[int], view: SelectedView) -> ContextUpdate | None:
         """*uids* are gone: the ``REMOVEFROM`` of those among the results."""
         uids = list(uids)
         for u in uids:
@@ -221,7 +225,7 @@ class ResultContext:
             self.pending.add(u)
             self.ready.pop(u, None)
 
-    def updates(self, view: Any) -> ContextUpdate | None:
+    def updates(self, view: SelectedView) -> ContextUpdate | None:
         """What was looked at again and differs from what the client has, for the messages it knows of."""
         if self.opening or not self.ready:
             return None
@@ -239,10 +243,10 @@ class ResultContext:
 
     # -- positions ----------------------------------------------------------------------
 
-    def _number(self, uid: int, view: Any) -> int:
+    def _number(self, uid: int, view: SelectedView) -> int:
         return uid if self.uid else view.seq_of(uid) or 0
 
-    def _remove(self, uids: list[int], view: Any) -> list[tuple[int, list[int]]]:
+    def _remove(self, uids: list[int], view: SelectedView) -> list[tuple[int, list[int]]]:
         """
         Take *uids* out of the results: the ``(position, numbers)`` pairs
         saying so, one after the other.  The ``j``-th one (in the
@@ -264,7 +268,7 @@ class ResultContext:
             self._order = [key for key in order if key not in gone]
         return self._pairs(keys, [i - j for j, i in enumerate(places)], view, same=True)
 
-    def _add(self, keys: list[OrderKey], view: Any) -> list[tuple[int, list[int]]]:
+    def _add(self, keys: list[OrderKey], view: SelectedView) -> list[tuple[int, list[int]]]:
         """
         Put the messages of *keys* into the results: the ``(position,
         numbers)`` pairs saying so, one after the other (the ``j``-th at
@@ -285,7 +289,7 @@ class ResultContext:
         return self._pairs(keys, places, view, same=False)
 
     def _pairs(
-        self, keys: list[OrderKey], places: list[int], view: Any, *, same: bool
+        self, keys: list[OrderKey], places: list[int], view: SelectedView, *, same: bool
     ) -> list[tuple[int, list[int]]]:
         """
         The ``(position, numbers)`` pairs of changes at *places* (0-based,
@@ -375,7 +379,7 @@ class ResultContexts:
         """Some messages wait for :meth:`refresh`."""
         return any(c.pending for c in self._contexts.values())
 
-    def heard(self, change: MailboxChange, view: Any) -> list[ContextUpdate]:
+    def heard(self, change: MailboxChange, view: SelectedView) -> list[ContextUpdate]:
         """
         The selected mailbox changed (before *view* applies it): the
         ``REMOVEFROM`` of expunged results, to send now; new messages and
@@ -397,7 +401,7 @@ class ResultContexts:
             self.clear()  # no longer selected, in effect (section 4.3)
         return out
 
-    async def refresh(self, mailbox: Any, view: Any) -> None:
+    async def refresh(self, mailbox: IMailbox, view: SelectedView) -> None:
         """
         Look at the messages marked by :meth:`heard` again: whether each
         matches each context now, and where it sorts.  Reads the listing,
@@ -424,8 +428,8 @@ class ResultContexts:
 
     async def _judge(
         self,
-        mailbox: Any,
-        view: Any,
+        mailbox: IMailbox,
+        view: SelectedView,
         batch: list[int],
         work: list[tuple[ResultContext, set[int]]],
         generation: int,
@@ -457,7 +461,7 @@ class ResultContexts:
                 hit = matches(context.key, sctx, 0, info, md, message)
                 context.ready[uid] = context.order_key(info, md) if hit else None
 
-    def updates(self, view: Any) -> list[ContextUpdate]:
+    def updates(self, view: SelectedView) -> list[ContextUpdate]:
         """The ``REMOVEFROM``/``ADDTO`` of each context, for after the mailbox updates of *view*."""
         out = []
         for context in self._contexts.values():
@@ -467,19 +471,20 @@ class ResultContexts:
         return out
 
 
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, awaited when it returns an awaitable (a store's Deferred)."""
+async def call(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """``fn(*args)``, a contract method, awaited (a plain test store's value taken as it is)."""
     result = fn(*args)
     if hasattr(result, "__await__"):
         return await result
-    return result
+    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
-async def _read(mailbox: Any, uid: int) -> bytes | None:
+async def _read(mailbox: IMailbox, uid: int) -> bytes | None:
     try:
-        return await call(mailbox.read_message, uid)  # type: ignore[no-any-return]  # the mailbox is duck-typed (Any)
+        data: bytes = await call(mailbox.read_message, uid)
     except NoSuchMessage:
         return None
+    return data
 
 
 # -- the searching commands' side ------------------------------------------------------------

@@ -39,11 +39,14 @@ Theory of operation
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from twisted.internet import defer
+from typing import TYPE_CHECKING, Any, Protocol
 
 from txmail.model import SpecialUse
+
+if TYPE_CHECKING:
+    from twisted.internet import defer
+
+    from txmail.interfaces import IMailbox
 
 __all__ = ["CopyListener", "MessagesCopied"]
 
@@ -72,12 +75,12 @@ class MessagesCopied:
     target_special_use: SpecialUse | None
     moved: bool
     uids: tuple[tuple[int, int], ...]
-    target_mailbox: Any
+    target_mailbox: IMailbox
     session_id: str = ""
 
     def read_message(self, target_uid: int) -> defer.Deferred[bytes]:
         """The whole message with *target_uid* in the target mailbox."""
-        return defer.maybeDeferred(self.target_mailbox.read_message, target_uid)
+        return self.target_mailbox.read_message(target_uid)
 
 
 class CopyListener(Protocol):

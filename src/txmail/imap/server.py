@@ -79,7 +79,7 @@ from __future__ import annotations
 import contextlib
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -91,7 +91,7 @@ from zope.interface import implementer
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS, objectid
-from txmail.imap.commands.context import SPECIAL_FOLDERS, call, ensure_special_folders
+from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
 from txmail.imap.commands.imap4rev2 import utf8_names
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.metadata import withheld_capabilities
@@ -114,9 +114,12 @@ from txmail.imap.responses import CommandFailed, Response
 from txmail.imap.session import IMAPLimits, IMAPSession
 from txmail.imap.types import Command
 from txmail.imap.view import SelectedView
-from txmail.interfaces import IMailStoreProvider, IMetadataStore
+from txmail.interfaces import IMailbox, IMailStore, IMailStoreProvider, IMetadataStore, IStoreChanges
 from txmail.model import AnnotationsChanged, FolderChange, MailboxChange, MessagesAdded
 from txmail.quota import Quotas
+
+if TYPE_CHECKING:
+    from txmail.auth.authenticator import Authenticator
 
 __all__ = [
     "BATCH",
@@ -184,8 +187,8 @@ class IMAPServerProtocol(SessionProtocol):
     def __init__(self, factory: IMAPFactory) -> None:
         super().__init__(factory)
         self.factory: IMAPFactory = factory
-        self.store: Any = None
-        self.mailbox: Any = None  # the selected IMailbox
+        self.store: IMailStore | None = None  # the user's, once logged in
+        self.mailbox: IMailbox | None = None  # the selected one
         self._remove_listener: Callable[[], None] | None = None
         self._gate = _WriteGate()
         self._early_changes: list[MailboxChange] | None = None
@@ -275,7 +278,7 @@ class IMAPServerProtocol(SessionProtocol):
         """
         d = self._store_call("open", self.factory.stores.store_for, user)
 
-        def opened(store: Any) -> None:
+        def opened(store: IMailStore) -> None:
             self.store = store
             accept()
 
@@ -296,6 +299,7 @@ class IMAPServerProtocol(SessionProtocol):
         self.factory.withheld = objectid.withheld(self.factory.stores) | withheld_capabilities(self.store)
         if self.session is not None:
             self.session.withheld = self.factory.withheld
+        assert self.store is not None  # opened by _logging_in
         d = defer.Deferred.fromCoroutine(ensure_special_folders(self.store))
         d.addErrback(
             lambda f: self.log.failure("creating special-use mailboxes failed", failure=f, user=event.user)
@@ -415,7 +419,7 @@ class IMAPServerProtocol(SessionProtocol):
             view.claimed_recent(info.uid for info in change.messages)
         elif isinstance(change, MessagesAdded) and self.mailbox is not None and view.shows_recent:
             mailbox = self.mailbox
-            d = defer.maybeDeferred(mailbox.claim_recent)
+            d = mailbox.claim_recent()
 
             def claimed(uids: list[int]) -> None:
                 if session.view is view:
@@ -438,9 +442,10 @@ class IMAPServerProtocol(SessionProtocol):
         session = self.session
         assert session is not None and session.view is not None
         self.emit(*session.contexts.heard(change, session.view))
-        if session.contexts.pending and not self._refreshing:
+        mailbox = self.mailbox
+        if session.contexts.pending and not self._refreshing and mailbox is not None:
             self._refreshing = True
-            d = defer.Deferred.fromCoroutine(session.contexts.refresh(self.mailbox, session.view))
+            d = defer.Deferred.fromCoroutine(session.contexts.refresh(mailbox, session.view))
             d.addErrback(lambda f: self.log.failure("updating searches failed", failure=f))
 
             def done(_: object) -> None:
@@ -466,13 +471,13 @@ class IMAPServerProtocol(SessionProtocol):
     def quotas(self) -> Quotas | None:
         return self.factory.quotas
 
-    async def user_store(self, user: str) -> Any:
+    async def user_store(self, user: str) -> IMailStore | None:
         """
         The store of *user* when that is a user's canonical name, else
         ``None``: another user's mail, for a URLAUTH-authorized URL (RFC 4467).
         """
-        canonical = await call(self.factory.authenticator.directory.canonical_user, user)
-        return (await call(self.factory.stores.store_for, user)) if canonical == user else None
+        canonical = await self.factory.authenticator.directory.canonical_user(user)
+        return (await self.factory.stores.store_for(user)) if canonical == user else None
 
     @property
     def server_names(self) -> frozenset[str]:
@@ -487,7 +492,7 @@ class IMAPServerProtocol(SessionProtocol):
         assert session is not None
         session.send(*serialize.render_all(responses, utf8_names=utf8_names(session.enabled)))
 
-    def listen(self, mailbox: Any) -> None:
+    def listen(self, mailbox: IMailbox) -> None:
         self.mailbox = mailbox
         # Changes made while the handler lists are kept and applied to the new view.
         self._early_changes = []
@@ -519,16 +524,19 @@ class IMAPServerProtocol(SessionProtocol):
             session.notify_fetch = frozenset(a.name for a in fetch)
             session.notify_fetch_later = later
             session.notify_flag_uid = state is not None and state.selected_flags
-        wanted = state is not None and state.watches_other_mailboxes and self.store is not None
-        if wanted and self._remove_store_listener is None:
-            self._remove_store_listener = self.store.add_store_listener(self._store_changed)
+        # NOTIFY offers other mailboxes' events only for an IStoreChanges store (notify.supported_events).
+        changes = IStoreChanges(self.store, None)
+        wanted = state is not None and state.watches_other_mailboxes and changes is not None
+        if changes is not None and wanted and self._remove_store_listener is None:
+            self._remove_store_listener = changes.add_store_listener(self._store_changed)
         elif not wanted and self._remove_store_listener is not None:
             self._remove_store_listener()
             self._remove_store_listener = None
         # RFC 5465 sections 5.6 and 5.7: the store's annotation changes.
-        metadata = state is not None and state.watches_metadata and IMetadataStore.providedBy(self.store)
-        if metadata and self._remove_annotation_listener is None:
-            self._remove_annotation_listener = self.store.add_annotation_listener(self._annotations_changed)
+        annotations = IMetadataStore(self.store, None)
+        metadata = state is not None and state.watches_metadata and annotations is not None
+        if annotations is not None and metadata and self._remove_annotation_listener is None:
+            self._remove_annotation_listener = annotations.add_annotation_listener(self._annotations_changed)
         elif not metadata and self._remove_annotation_listener is not None:
             self._remove_annotation_listener()
             self._remove_annotation_listener = None
@@ -586,7 +594,11 @@ class IMAPServerProtocol(SessionProtocol):
             return
         if session.notify_fetch_later:
             session.push_updates()
-            while (uids := session.take_new_messages()) and session.view is not None:
+            while (
+                (uids := session.take_new_messages())
+                and session.view is not None
+                and self.mailbox is not None
+            ):
                 view, mailbox = session.view, self.mailbox
                 self.emit(*await new_message_fetches(view, mailbox, uids, state.selected_fetch))
                 if self._lost or session.view is not view:
@@ -701,18 +713,29 @@ class IMAPServerProtocol(SessionProtocol):
 
     # -- copy listeners (txmail.imap.listeners) --
 
-    def copied(self, target: Any, pairs: list[tuple[int, int]], *, moved: bool) -> None:
+    def copied(self, target: IMailbox, pairs: list[tuple[int, int]], *, moved: bool) -> None:
         """Tell the copy listeners, on the next turn of the reactor (after the tagged OK)."""
-        if not self.factory.copy_listeners or self.session is None:
+        if (
+            not self.factory.copy_listeners
+            or self.session is None
+            or self.mailbox is None
+            or self.store is None
+        ):
             return
-        source = self.mailbox.name
+        source: str = self.mailbox.name
         user = self.session.user or ""
         self.factory.clock.callLater(
             0, self._announce_copy, self.store, user, source, target, tuple(pairs), moved
         )
 
     def _announce_copy(
-        self, store: Any, user: str, source: str, target: Any, pairs: tuple[tuple[int, int], ...], moved: bool
+        self,
+        store: IMailStore,
+        user: str,
+        source: str,
+        target: IMailbox,
+        pairs: tuple[tuple[int, int], ...],
+        moved: bool,
     ) -> None:
         async def announce() -> None:
             roles = await special_uses(store, (source, target.name))
@@ -728,7 +751,7 @@ class IMAPServerProtocol(SessionProtocol):
                 session_id=self.session_id,
             )
 
-            def failed(f: Failure, listener: Any) -> None:
+            def failed(f: Failure, listener: CopyListener) -> None:
                 self.log.failure(
                     "IMAP copy listener {listener} failed for {user}",
                     failure=f,
@@ -738,6 +761,7 @@ class IMAPServerProtocol(SessionProtocol):
                 )
 
             for listener in self.factory.copy_listeners:
+                # Embedder code: it may return anything, or raise (logged either way).
                 defer.maybeDeferred(listener.messages_copied, event).addErrback(failed, listener)
 
         defer.ensureDeferred(announce()).addErrback(
@@ -774,7 +798,7 @@ class IMAPFactory(Factory[IMAPServerProtocol]):
     def __init__(
         self,
         *,
-        authenticator: Any,
+        authenticator: Authenticator,
         stores: IMailStoreProvider,
         tls_context: Any = None,
         implicit_tls: bool = False,

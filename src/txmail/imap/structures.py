@@ -30,7 +30,7 @@ from txmail.imap import serialize
 from txmail.imap.columns import _awaited
 from txmail.imap.fetch import Structures, basic_body_structure
 from txmail.imap.types import FetchAttribute
-from txmail.interfaces import IRecordCache
+from txmail.interfaces import IMailbox, IRecordCache
 from txmail.model import MessageMetadata
 
 __all__ = [
@@ -60,7 +60,7 @@ _ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
 _NAMES = ("envelope", "bodystructure", "body")
 
 
-def fetch_uses_structures(mailbox: Any, items: Iterable[FetchAttribute], count: int) -> bool:
+def fetch_uses_structures(mailbox: IMailbox, items: Iterable[FetchAttribute], count: int) -> bool:
     """
     Whether a FETCH of *items* from *count* messages of *mailbox* is
     answered from kept structures: the mailbox keeps records, there are at
@@ -110,9 +110,9 @@ def _from_record(record: Any) -> Structures | None:
     return None
 
 
-async def cached_structures(mailbox: Any, uids: Iterable[int]) -> dict[int, Structures]:
+async def cached_structures(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, Structures]:
     """The structures *mailbox* (an :class:`IRecordCache`) keeps of *uids*."""
-    records = await _awaited(mailbox.cached_records(KIND, uids))
+    records = await _awaited(IRecordCache(mailbox).cached_records(KIND, uids))
     out = {}
     for uid, record in records.items():
         found = _from_record(record)
@@ -121,7 +121,9 @@ async def cached_structures(mailbox: Any, uids: Iterable[int]) -> dict[int, Stru
     return out
 
 
-async def keep_structures(mailbox: Any, structures: dict[int, Structures]) -> None:
+async def keep_structures(mailbox: IMailbox, structures: dict[int, Structures]) -> None:
     """Have *mailbox* (an :class:`IRecordCache`) keep *structures*, rendered by this FETCH."""
     if structures:
-        await _awaited(mailbox.cache_records(KIND, {uid: record_of(s) for uid, s in structures.items()}))
+        await _awaited(
+            IRecordCache(mailbox).cache_records(KIND, {uid: record_of(s) for uid, s in structures.items()})
+        )

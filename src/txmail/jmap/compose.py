@@ -361,13 +361,14 @@ async def _store(
     when: float | None,
 ) -> dict[str, Any]:
     """Append *data* to the first mailbox and copy it to the others; the created Email's server-set properties."""
-    first = view.boxes[box_ids[0]].mailbox
+    first = view.boxes[box_ids[0]].opened
     uid = await first.append(MessageSource.from_bytes(data), flags, when)
     for box_id in box_ids[1:]:
-        await first.copy([uid], view.boxes[box_id].mailbox)
+        await first.copy([uid], view.boxes[box_id].opened)
     (info,) = await first.list_messages([uid])
     view = await mail_view(context.store)
     eid = info.email_id
+    assert eid is not None  # JMAP serves stores whose mailboxes provide IObjectIds
     threads = await view.thread_ids([eid])
     return {"id": eid, "blobId": eid, "threadId": threads.get(eid), "size": info.size}
 

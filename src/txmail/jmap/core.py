@@ -28,7 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from txmail.interfaces import IMailStore
+    from txmail.service import MailServer
 
 __all__ = [
     "CORE",
@@ -150,8 +154,8 @@ class CallContext:
 
     user: str
     account_id: str
-    store: Any
-    server: Any = None
+    store: IMailStore
+    server: MailServer | None = None
     blobs: Any = None
     using: frozenset[str] = frozenset({CORE})
     limits: Limits = field(default_factory=Limits)

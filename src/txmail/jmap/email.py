@@ -47,6 +47,7 @@ from typing import Any
 
 from txmail import mime
 from txmail.errors import NoSuchMailbox, NoSuchMessage
+from txmail.interfaces import IMailbox, IRecordCache
 from txmail.jmap import body as bodies
 from txmail.jmap.common import (
     SetRun,
@@ -187,7 +188,7 @@ async def _metadata(view: MailView, email_ids: list[str]) -> dict[str, Any]:
         wanted.setdefault(box.id, {})[info.uid] = eid
     out = {}
     for box_id, uids in wanted.items():
-        found = await view.boxes[box_id].mailbox.get_metadata(list(uids))
+        found = await view.boxes[box_id].opened.get_metadata(list(uids))
         for uid, md in found.items():
             out[uids[uid]] = md
     return out
@@ -197,7 +198,7 @@ async def read_email(view: MailView, email_id: str) -> bytes | None:
     """The octets of an Email (its first copy that can still be read), or ``None``."""
     for box, info in view.emails.get(email_id, ()):
         try:
-            return bytes(await view.boxes[box.id].mailbox.read_message(info.uid))
+            return bytes(await view.boxes[box.id].opened.read_message(info.uid))
         except (NoSuchMessage, NoSuchMailbox):
             continue
     return None
@@ -271,9 +272,8 @@ async def previews(view: MailView, email_ids: list[str]) -> dict[str, str]:
             box, info = view.emails[eid][0]
             wanted.setdefault(box.id, {})[info.uid] = eid
     for box_id, uids in wanted.items():
-        mailbox = view.boxes[box_id].mailbox
-        records = hasattr(mailbox, "cached_records")
-        found = await mailbox.cached_records(PREVIEW_RECORDS, list(uids)) if records else {}
+        records = IRecordCache(view.boxes[box_id].mailbox, None)
+        found = await records.cached_records(PREVIEW_RECORDS, list(uids)) if records is not None else {}
         new = {}
         for uid, eid in uids.items():
             record = found.get(uid)
@@ -286,8 +286,8 @@ async def previews(view: MailView, email_ids: list[str]) -> dict[str, str]:
                 text = mime.preview(message)
                 new[uid] = ("p", text)
             known[eid] = out[eid] = text
-        if new and records:
-            await mailbox.cache_records(PREVIEW_RECORDS, new)
+        if new and records is not None:
+            await records.cache_records(PREVIEW_RECORDS, new)
     return out
 
 
@@ -434,30 +434,30 @@ async def _set_keywords(view: MailView, email_id: str, keywords: set[str]) -> No
     for box, info in view.emails[email_id]:
         new = _new_flags(info.flags, keywords)
         if new != info.flags:
-            await view.boxes[box.id].mailbox.set_flags([info.uid], new, FlagMode.REPLACE)
+            await view.boxes[box.id].opened.set_flags([info.uid], new, FlagMode.REPLACE)
 
 
-async def _remove_copy(mailbox: Any, uid: int) -> None:
+async def _remove_copy(mailbox: IMailbox, uid: int) -> None:
     """Expunge one message: ``\\Deleted`` on it alone, then UID EXPUNGE of it alone."""
     await mailbox.set_flags([uid], [DELETED], FlagMode.ADD)
     await mailbox.expunge([uid])
 
 
 async def _set_mailboxes(view: MailView, email_id: str, targets: set[str]) -> None:
-    copies = {box.id: (view.boxes[box.id].mailbox, info.uid) for box, info in view.emails[email_id]}
+    copies = {box.id: (view.boxes[box.id].opened, info.uid) for box, info in view.emails[email_id]}
     add = [t for t in sorted(targets) if t not in copies]
     remove = [c for c in sorted(copies) if c not in targets]
     if add and remove:
         # A MOVE (RFC 6851) for the first pair: the copy keeps its EMAILID.
         mailbox, uid = copies.pop(remove.pop(0))
-        target = view.boxes[add.pop(0)].mailbox
+        target = view.boxes[add.pop(0)].opened
         pairs = await mailbox.move([uid], target)
         for _, new_uid in pairs:
             copies[""] = (target, new_uid)
     if add and copies:
         mailbox, uid = next(iter(copies.values()))
         for box_id in add:
-            await mailbox.copy([uid], view.boxes[box_id].mailbox)
+            await mailbox.copy([uid], view.boxes[box_id].opened)
     for box_id in remove:
         mailbox, uid = copies[box_id]
         await _remove_copy(mailbox, uid)
@@ -510,7 +510,7 @@ async def _destroy_one(view: MailView, email_id: str) -> dict[str, Any] | None:
     if not copies:
         return set_error("notFound")
     for box, info in copies:
-        await _remove_copy(view.boxes[box.id].mailbox, info.uid)
+        await _remove_copy(view.boxes[box.id].opened, info.uid)
     return None
 
 

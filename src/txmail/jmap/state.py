@@ -89,7 +89,14 @@ from typing import Any
 from txmail import mime
 from txmail.errors import NoSuchMailbox
 from txmail.imap.thread import thread_id
-from txmail.interfaces import HEADER_COLUMNS
+from txmail.interfaces import (
+    HEADER_COLUMNS,
+    IExpungedEmailIds,
+    IExpungeHistory,
+    IHeaderColumns,
+    IMailbox,
+    IMailStore,
+)
 from txmail.jmap.core import MethodError
 from txmail.model import DELIMITER, DRAFT, INBOX, SEEN, FolderInfo, MailboxStatus, MessageInfo, SpecialUse
 
@@ -155,9 +162,16 @@ class BoxView:
 
     id: str
     folder: FolderInfo
-    mailbox: Any = None
+    mailbox: IMailbox | None = None
     status: MailboxStatus | None = None
     infos: list[MessageInfo] = field(default_factory=list)
+
+    @property
+    def opened(self) -> IMailbox:
+        """The mailbox object, of a selectable mailbox (every box an Email is in is one)."""
+        if self.mailbox is None:
+            raise NoSuchMailbox(self.folder.name)
+        return self.mailbox
 
     @property
     def name(self) -> str:
@@ -197,10 +211,10 @@ class _UserCache:
         self.view_key: tuple[Any, ...] | None = None
 
 
-_CACHES: weakref.WeakKeyDictionary[Any, _UserCache] = weakref.WeakKeyDictionary()
+_CACHES: weakref.WeakKeyDictionary[IMailStore, _UserCache] = weakref.WeakKeyDictionary()
 
 
-def _cache_for(store: Any) -> _UserCache:
+def _cache_for(store: IMailStore) -> _UserCache:
     cache = _CACHES.get(store)
     if cache is None:
         cache = _CACHES[store] = _UserCache()
@@ -216,7 +230,7 @@ class MailView:
 
     def __init__(
         self,
-        store: Any,
+        store: IMailStore,
         cache: _UserCache,
         boxes: list[BoxView],
         emails: dict[str, list[tuple[BoxView, MessageInfo]]] | None = None,
@@ -412,10 +426,11 @@ class MailView:
                 wanted.setdefault(box.id, {})[info.uid] = eid
         for box_id, uids in wanted.items():
             box = self.boxes[box_id]
-            if hasattr(box.mailbox, "header_columns"):
-                found = await box.mailbox.header_columns(list(uids))
+            columns = IHeaderColumns(box.mailbox, None)
+            if columns is not None:
+                found = await columns.header_columns(list(uids))
             else:
-                metadata = await box.mailbox.get_metadata(list(uids))
+                metadata = await box.opened.get_metadata(list(uids))
                 found = {u: mime.header_columns(md.headers, HEADER_COLUMNS) for u, md in metadata.items()}
             for uid, cols in found.items():
                 eid = uids[uid]
@@ -455,7 +470,7 @@ class MailView:
         return SEEN not in flags and DRAFT not in flags
 
 
-async def mail_view(store: Any) -> MailView:
+async def mail_view(store: IMailStore) -> MailView:
     """
     The current :class:`MailView` of *store*: one ``list_mailboxes`` and one
     ``status`` a mailbox, and a ``list_messages`` of each mailbox that
@@ -496,14 +511,11 @@ async def mail_view(store: Any) -> MailView:
         else:
             try:
                 infos = await mailbox.list_messages()
-                if (
-                    before is not None
-                    and before[0][0] == status.uidvalidity
-                    and hasattr(mailbox, "expunged_since")
-                ):
+                history = IExpungeHistory(mailbox, None)
+                if before is not None and before[0][0] == status.uidvalidity and history is not None:
                     since = before[0][1]
                     touched = [i for i in infos if i.modseq > since]
-                    deltas[box_id] = (touched, await mailbox.expunged_since(since))
+                    deltas[box_id] = (touched, await history.expunged_since(since))
                 elif before is None and base is not None:
                     touched = infos  # a mailbox new since the base view: every message is new
                     deltas[box_id] = (touched, [])
@@ -716,9 +728,11 @@ async def _box_delta(view: MailView, old: list[Any], cut: int | None = None) -> 
         return _Delta(box_id, set(), set(), old if cut != status.highest_modseq else box.email_entry())
     touched = {info.email_id for info in box.infos if modseq < info.modseq <= cut and info.email_id}
     gone = set()
-    expunged = set(await box.mailbox.expunged_since(modseq)) if modseq < status.highest_modseq else set()
+    # Email states are given for the mailboxes of stores with an expunge history (every store's).
+    history = IExpungeHistory(box.mailbox)
+    expunged = set(await history.expunged_since(modseq)) if modseq < status.highest_modseq else set()
     if cut != status.highest_modseq:
-        expunged -= set(await box.mailbox.expunged_since(cut))
+        expunged -= set(await history.expunged_since(cut))
     unknown = []
     for uid in expunged:
         if uid >= uidnext:
@@ -730,9 +744,10 @@ async def _box_delta(view: MailView, old: list[Any], cut: int | None = None) -> 
             gone.add(eid)
     if unknown:
         # Expunged before this process listed them: the store remembers their EMAILIDs.
-        remembered = {}
-        if hasattr(box.mailbox, "expunged_email_ids"):
-            remembered = await box.mailbox.expunged_email_ids(unknown)
+        remembered: dict[int, str] = {}
+        ids = IExpungedEmailIds(box.mailbox, None)
+        if ids is not None:
+            remembered = await ids.expunged_email_ids(unknown)
         if len(remembered) != len(unknown):
             raise cannot_calculate("a message expunged since is not remembered by the store")
         gone.update(remembered.values())

@@ -33,13 +33,16 @@ from __future__ import annotations
 import hashlib
 import html
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from txmail.jmap import body as bodies
 from txmail.jmap.common import get_ids, invalid, properties, resolve_id, set_arguments
 from txmail.jmap.core import CallContext, MethodError, set_error
 from txmail.jmap.state import mail_view
 from txmail.model import Envelope, MessageSource
+
+if TYPE_CHECKING:
+    from txmail.service import MailServer
 
 __all__ = ["METHODS", "SUBMISSION_METHODS", "identity_id"]
 
@@ -157,7 +160,7 @@ def _without_bcc(message: bytes) -> bytes:
     return b"\r\n".join(out) + rest
 
 
-async def _sign(server: Any, data: bytes) -> bytes:
+async def _sign(server: MailServer, data: bytes) -> bytes:
     """The DKIM-Signature fields of the server's submission signer for *data*, ``b""`` without one."""
     from txmail.policy.authentication import DKIMSigner
 

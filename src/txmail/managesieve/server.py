@@ -29,7 +29,7 @@ Implementation notes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from txmail._fs import run_inline
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
-from txmail.interfaces import IMailStoreProvider, ISieveScripts
+from txmail.interfaces import IMailStore, IMailStoreProvider, ISieveScripts
 from txmail.managesieve.events import (
     Authenticated,
     AuthStep,
@@ -61,10 +61,15 @@ from txmail.managesieve.session import (
 )
 from txmail.sieve import Limits
 
+if TYPE_CHECKING:
+    from txmail.auth.authenticator import Authenticator
+
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "ManageSieveFactory", "ManageSieveServerProtocol"]
 
 #: Seconds a client may stay silent (Dovecot disconnects idle ManageSieve clients after 30 minutes too).
 DEFAULT_IDLE_TIMEOUT = 1800.0
+
+_T = TypeVar("_T")
 
 _TRY_LATER = response("NO", "TRYLATER", "Temporary server failure, try again later")
 _NO_SCRIPTS = response("NO", None, "Sieve scripts are not available for this account")
@@ -85,7 +90,7 @@ class ManageSieveServerProtocol(SessionProtocol):
         super().__init__(factory)
         self.factory: ManageSieveFactory = factory
         self.user: str | None = None
-        self.scripts: Any = None  # the user's ISieveScripts store once logged in
+        self.scripts: ISieveScripts | None = None  # the user's store once logged in
 
     def _open_session(self, host: str) -> ManageSieveSession:
         factory = self.factory
@@ -141,10 +146,11 @@ class ManageSieveServerProtocol(SessionProtocol):
         """The SASL exchange succeeded: open the user's store, which must keep scripts."""
         session = self.session
         assert session is not None
-        d = defer.maybeDeferred(self.factory.stores.store_for, user)
+        d = self.factory.stores.store_for(user)
 
-        def opened(store: Any) -> None:
-            if not ISieveScripts.providedBy(store):
+        def opened(store: IMailStore) -> None:
+            scripts = ISieveScripts(store, None)
+            if scripts is None:
                 self.log.info(
                     "ManageSieve login of {user} refused: the store keeps no Sieve scripts",
                     user=user,
@@ -153,7 +159,7 @@ class ManageSieveServerProtocol(SessionProtocol):
                 session.reject(_NO_SCRIPTS)
                 return
             self.user = user
-            self.scripts = store
+            self.scripts = scripts
             accept()
 
         self._answer(d, opened, _TRY_LATER, "opening the store")
@@ -197,25 +203,27 @@ class ManageSieveServerProtocol(SessionProtocol):
 
     async def _run_request(self, event: ScriptRequest) -> Any:
         store = self.scripts
+        assert store is not None  # the session asks only once logged in
         factory = self.factory
         command, args = event.command, event.args
         if command == "LISTSCRIPTS":
-            return await defer.maybeDeferred(store.list_scripts)
+            return await store.list_scripts()
         if command == "GETSCRIPT":
-            return await defer.maybeDeferred(store.get_script, args[0])
+            return await store.get_script(_arg(args[0], str))
         if command == "CHECKSCRIPT":
             await factory.run_blocking(check_script, args[0], None, factory.limits)
             return None
         if command == "PUTSCRIPT":
             name, content = args
             await factory.run_blocking(check_script, content, name, factory.limits)
-            await self._check_count(str(name))
-            await defer.maybeDeferred(store.put_script, name, content)
+            name, content = _arg(name, str), _arg(content, bytes)
+            await self._check_count(name)
+            await store.put_script(name, content)
             self.log.info(
                 "ManageSieve: {user} stored the script {name} ({size} octets)",
                 user=self.user,
                 name=name,
-                size=len(content),  # type: ignore[arg-type]  # PUTSCRIPT's second argument is a string (bytes), never a number
+                size=len(content),
                 session_id=self.session_id,
             )
             return None
@@ -223,19 +231,27 @@ class ManageSieveServerProtocol(SessionProtocol):
             await self._check_count(str(args[0]))
             return None
         if command == "SETACTIVE":
-            return await defer.maybeDeferred(store.set_active, args[0])
+            return await store.set_active(None if args[0] is None else _arg(args[0], str))
         if command == "DELETESCRIPT":
-            return await defer.maybeDeferred(store.delete_script, args[0])
+            return await store.delete_script(_arg(args[0], str))
         if command == "RENAMESCRIPT":
-            return await defer.maybeDeferred(store.rename_script, args[0], args[1])
+            return await store.rename_script(_arg(args[0], str), _arg(args[1], str))
         raise RuntimeError(f"unknown script request {command}")
 
     async def _check_count(self, name: str) -> None:
         """Storing *name* would not take the user past ``max_scripts`` (a replacement never does)."""
-        listed = await defer.maybeDeferred(self.scripts.list_scripts)
+        assert self.scripts is not None
+        listed = await self.scripts.list_scripts()
         names = {n for n, _ in listed}
         if name not in names and len(names) >= self.factory.max_scripts:
             raise QuotaMaxScripts(name)
+
+
+def _arg(arg: object, kind: type[_T]) -> _T:
+    """An argument of a :class:`ScriptRequest` as the session gives it (a name ``str``, a script ``bytes``)."""
+    if isinstance(arg, kind):
+        return arg
+    raise TypeError(f"a script request argument is {kind.__name__}, not {type(arg).__name__}")
 
 
 class ManageSieveFactory(Factory[ManageSieveServerProtocol]):
@@ -265,7 +281,7 @@ class ManageSieveFactory(Factory[ManageSieveServerProtocol]):
     def __init__(
         self,
         *,
-        authenticator: Any,
+        authenticator: Authenticator,
         stores: IMailStoreProvider,
         tls_context: Any = None,
         implicit_tls: bool = False,

@@ -83,7 +83,7 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -103,6 +103,9 @@ from txmail.policy.rspamd_settings import (
     RspamdSettings,
     parse_rspamd_settings,
 )
+
+if TYPE_CHECKING:
+    from txmail.imap.listeners import MessagesCopied
 
 __all__ = [
     "DEFAULT_CONTROLLER_URL",
@@ -496,7 +499,7 @@ class RspamdLearner:
     def _is_trash(name: str, role: SpecialUse | None) -> bool:
         return role == SpecialUse.TRASH or name.lower() == "trash"
 
-    def classify(self, event: Any) -> str | None:
+    def classify(self, event: MessagesCopied) -> str | None:
         """``"spam"``, ``"ham"`` or ``None``: what *event* (a MessagesCopied) teaches."""
         into_junk = self._is_junk(event.target, event.target_special_use)
         from_junk = self._is_junk(event.source, event.source_special_use)
@@ -506,7 +509,7 @@ class RspamdLearner:
             return "ham"
         return None
 
-    def messages_copied(self, event: Any) -> None:
+    def messages_copied(self, event: MessagesCopied) -> None:
         """The copy listener: start learning, return at once."""
         kind = self.classify(event)
         if kind is None:
@@ -525,7 +528,7 @@ class RspamdLearner:
         self._pending.discard(d)
         return result
 
-    def _failed(self, failure: Failure, event: Any, kind: str, uid: int) -> None:
+    def _failed(self, failure: Failure, event: MessagesCopied, kind: str, uid: int) -> None:
         self.log.warn(
             "learning {kind} from {user}'s {mailbox} UID {uid} failed: {error}",
             kind=kind,
@@ -546,8 +549,8 @@ class RspamdLearner:
             return pool.closeCachedConnections()
         return None
 
-    async def _learn(self, event: Any, kind: str, uid: int) -> None:
-        infos = await defer.maybeDeferred(event.target_mailbox.list_messages, [uid])
+    async def _learn(self, event: MessagesCopied, kind: str, uid: int) -> None:
+        infos = await event.target_mailbox.list_messages([uid])
         if infos and infos[0].size > self.max_size:
             self.log.info(
                 "not learning {kind} from a message of {size} octets", kind=kind, size=infos[0].size

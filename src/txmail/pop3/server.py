@@ -57,7 +57,8 @@ Implementation notes
 from __future__ import annotations
 
 import contextlib
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPullProducer, IReactorTime
@@ -69,7 +70,7 @@ from zope.interface import implementer
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
 from txmail.errors import NoSuchMessage
-from txmail.interfaces import IMaildropLock, IMaildropLocks, IMailStoreProvider
+from txmail.interfaces import IMailbox, IMaildropLock, IMaildropLocks, IMailStoreProvider
 from txmail.model import FlagMode, MailboxChange, MailboxDeleted, MessagesExpunged
 from txmail.pop3.events import (
     AuthStep,
@@ -91,6 +92,9 @@ from txmail.pop3.session import (
     POP3Session,
     Response,
 )
+
+if TYPE_CHECKING:
+    from txmail.auth.authenticator import Authenticator
 
 __all__ = ["MaildropLocks", "MessageProducer", "POP3Factory", "POP3ServerProtocol", "maildrop_locks_for"]
 
@@ -151,15 +155,14 @@ class _HeldMaildrop:
         return defer.succeed(None)
 
 
-def maildrop_locks_for(stores: Any) -> Any:
+def maildrop_locks_for(stores: IMailStoreProvider) -> IMaildropLocks:
     """
     The POP3 maildrop locks for a server on *stores*: the provider itself
     when it provides :class:`txmail.interfaces.IMaildropLocks` (its lock
     holds across processes), else a new in-process :class:`MaildropLocks`.
     """
-    if IMaildropLocks.providedBy(stores):
-        return stores
-    return MaildropLocks()
+    own = IMaildropLocks(stores, None)
+    return own if own is not None else MaildropLocks()
 
 
 @implementer(IPullProducer)
@@ -266,8 +269,8 @@ class POP3ServerProtocol(SessionProtocol):
         super().__init__(factory)
         self.factory: POP3Factory = factory
         self.user: str | None = None  # holds the maildrop lock when set
-        self._lock: Any = None  # the IMaildropLock held
-        self.mailbox: Any = None  # the user's INBOX (an IMailbox) once logged in
+        self._lock: IMaildropLock | None = None  # the lock held
+        self.mailbox: IMailbox | None = None  # the user's INBOX once logged in
         self.producer: MessageProducer | None = None
         #: The next message, read and encoded ahead of its RETR: (UID, response body).
         self._ahead: tuple[int, bytes] | None = None
@@ -275,7 +278,7 @@ class POP3ServerProtocol(SessionProtocol):
         self._ahead_number: int | None = None
         #: The number of the last message retrieved with RETR (0: none yet).
         self._last_retr = 0
-        self._remove_listener: Any = None
+        self._remove_listener: Callable[[], None] | None = None
 
     def _open_session(self, host: str) -> POP3Session:
         factory = self.factory
@@ -338,8 +341,8 @@ class POP3ServerProtocol(SessionProtocol):
         session = self.session
         assert session is not None
 
-        async def open_maildrop() -> tuple[Any, Maildrop] | None:
-            lock = await defer.maybeDeferred(self.factory.locks.lock_maildrop, event.user)
+        async def open_maildrop() -> tuple[IMailbox, Maildrop] | None:
+            lock = await self.factory.locks.lock_maildrop(event.user)
             if lock is None:
                 return None
             if self._lost:  # the client left while we waited for the lock
@@ -351,11 +354,11 @@ class POP3ServerProtocol(SessionProtocol):
             # get_mailbox of an open mailbox first picks up what other
             # programs changed (IMailStore.get_mailbox; cheap when nothing
             # did), so mail dropped into a Maildir meanwhile is listed.
-            mailbox = await defer.maybeDeferred(store.get_mailbox, "INBOX")
+            mailbox = await store.get_mailbox("INBOX")
             infos = await self._store_call("list", mailbox.list_messages)
             return mailbox, Maildrop(mailbox.uidvalidity, tuple((i.uid, i.size) for i in infos))
 
-        def opened(result: tuple[Any, Maildrop] | None) -> None:
+        def opened(result: tuple[IMailbox, Maildrop] | None) -> None:
             if result is None:
                 self.log.info(
                     "POP3 maildrop of {user} is in use; refused {peer}",
@@ -366,7 +369,7 @@ class POP3ServerProtocol(SessionProtocol):
                 session.reject(IN_USE)
                 return
             self.mailbox, maildrop = result
-            self._remove_listener = self.mailbox.add_listener(self._mailbox_changed)
+            self._remove_listener = result[0].add_listener(self._mailbox_changed)
             self.log.info(
                 "POP3 login of {user} from {peer} ({mechanism}), {count} messages",
                 user=event.user,
@@ -396,9 +399,9 @@ class POP3ServerProtocol(SessionProtocol):
         if lock is not None:
             self._release_lock(lock)
 
-    def _release_lock(self, lock: Any) -> None:
+    def _release_lock(self, lock: IMaildropLock) -> None:
         """Give the maildrop lock up; a failure is logged (a shared lock's lease ends it)."""
-        user = lock.user
+        user: str = lock.user
 
         def failed(f: Failure) -> None:
             self.log.failure(
@@ -408,7 +411,7 @@ class POP3ServerProtocol(SessionProtocol):
                 session_id=self.session_id,
             )
 
-        defer.maybeDeferred(lock.release).addErrback(failed)
+        lock.release().addErrback(failed)
 
     def _mailbox_changed(self, change: MailboxChange) -> None:
         """The INBOX changed elsewhere: a message read ahead and expunged meanwhile is dropped."""
@@ -568,16 +571,16 @@ class POP3ServerProtocol(SessionProtocol):
     def _update(self, event: Update) -> None:
         session = self.session
         assert session is not None
-        mailbox: Any = self.mailbox
+        mailbox = self.mailbox
 
         async def apply() -> None:
             if mailbox is None:
                 return
             if event.seen:
-                await defer.maybeDeferred(mailbox.set_flags, event.seen, {"\\Seen"}, FlagMode.ADD)
+                await mailbox.set_flags(event.seen, {"\\Seen"}, FlagMode.ADD)
             if event.deleted:
-                await defer.maybeDeferred(mailbox.set_flags, event.deleted, {"\\Deleted"}, FlagMode.ADD)
-                await defer.maybeDeferred(mailbox.expunge, event.deleted)
+                await mailbox.set_flags(event.deleted, {"\\Deleted"}, FlagMode.ADD)
+                await mailbox.expunge(event.deleted)
 
         def applied(_: Any) -> None:
             self.log.info(
@@ -637,7 +640,7 @@ class POP3Factory(Factory[POP3ServerProtocol]):
     def __init__(
         self,
         *,
-        authenticator: Any,
+        authenticator: Authenticator,
         stores: IMailStoreProvider,
         locks: IMaildropLocks | None = None,
         tls_context: Any = None,
@@ -655,7 +658,7 @@ class POP3Factory(Factory[POP3ServerProtocol]):
             clock = reactor
         self.authenticator = authenticator
         self.stores = stores
-        self.locks: Any = locks if locks is not None else maildrop_locks_for(stores)
+        self.locks: IMaildropLocks = locks if locks is not None else maildrop_locks_for(stores)
         self.tls_context = tls_context
         #: The open connections (a graceful shutdown closes them).
         self.connections: set[POP3ServerProtocol] = set()

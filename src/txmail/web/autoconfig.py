@@ -36,7 +36,7 @@ as Exchange answers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -64,6 +64,9 @@ from txmail.autoconfig import (
 from txmail.web._base import Resource
 from txmail.web.resource import BoundedRequest, read_body
 
+if TYPE_CHECKING:
+    from txmail.service import MailServer
+
 __all__ = ["AutoconfigEndpoint", "AutoconfigSite", "autoconfig_site", "mount_autoconfig", "running_offer"]
 
 _XML = b"application/xml; charset=utf-8"
@@ -73,7 +76,7 @@ class NotLocal(Exception):
     """The address is not in a domain served here: 404."""
 
 
-def running_offer(server: Any) -> ClientOffer:
+def running_offer(server: MailServer) -> ClientOffer:
     """
     What the running *server* (a :class:`txmail.service.MailServer`) offers
     clients: :func:`txmail.autoconfig.client_offer` with the port each
@@ -109,7 +112,7 @@ class AutoconfigEndpoint:
         self.is_local_domain = is_local_domain
 
     @classmethod
-    def for_server(cls, server: Any) -> AutoconfigEndpoint:
+    def for_server(cls, server: MailServer) -> AutoconfigEndpoint:
         """The endpoint of a running :class:`txmail.service.MailServer`."""
         # Both read the server at each request: a reloaded configuration or directory is followed.
         return cls(
@@ -122,6 +125,7 @@ class AutoconfigEndpoint:
         Raises:
             NotLocal: *domain* is not served here.
         """
+        # The embedder's callable: a bool (IDirectory.is_local_domain) or a Deferred of one.
         local = await defer.maybeDeferred(self.is_local_domain, domain)
         if not local:
             raise NotLocal(domain)
@@ -364,6 +368,6 @@ class AutoconfigSite(server.Site):
         """No access log lines (failures are logged by the resources)."""
 
 
-def autoconfig_site(server: Any) -> AutoconfigSite:
+def autoconfig_site(server: MailServer) -> AutoconfigSite:
     """The site of *server*'s ``[autoconfig] listen`` listeners."""
     return AutoconfigSite(AutoconfigEndpoint.for_server(server))

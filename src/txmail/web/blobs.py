@@ -72,6 +72,7 @@ class BlobStore:
     ) -> None:
         self.root = root
         self.now = now
+        # Inline by default: the file work's value or exception becomes the Deferred.
         self.run_blocking = run_blocking or (lambda fn, *args: defer.maybeDeferred(fn, *args))
         self.expire_after = expire_after
         self.max_blobs = max_blobs

@@ -42,7 +42,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -52,6 +52,7 @@ from twisted.web import server
 
 from txmail._protocol import format_peer, is_loopback
 from txmail.auth.sasl import password_auth_allowed
+from txmail.interfaces import IMailStoreProvider
 from txmail.jmap.core import CallContext, Capability, Limits, Registry
 from txmail.metrics import NULL_PROTOCOL_METRICS
 from txmail.web import api
@@ -61,6 +62,10 @@ from txmail.web.push import EventStream, parse_push_query
 from txmail.web.tokens import TokenStore
 from txmail.webmail.resource import mount_endpoint
 from txmail.webmail.session import cookie_authorization
+
+if TYPE_CHECKING:
+    from txmail.auth.authenticator import Authenticator
+    from txmail.service import MailServer
 
 __all__ = ["JMAPEndpoint", "JMAPSite", "build_site", "read_body"]
 
@@ -133,12 +138,12 @@ class JMAPEndpoint:
         *,
         registry: Registry,
         limits: Limits,
-        authenticator: Any,
-        stores: Any,
+        authenticator: Authenticator,
+        stores: IMailStoreProvider,
         blobs: BlobStore,
         tokens: TokenStore,
         clock: IReactorTime,
-        server: Any = None,
+        server: MailServer | None = None,
         plaintext_auth: str = "loopback",
         tls_proxy: bool = False,
         proxy_trusted: Sequence[str] = (),
@@ -229,7 +234,7 @@ class JMAPEndpoint:
         self.metrics.auth("BASIC", checked is not None)
         if checked is None:
             raise Unauthorized("The user name or password is wrong.")
-        return str(checked)
+        return checked
 
     async def credential_stamp(self, user: str) -> str | None:
         """
@@ -237,7 +242,7 @@ class JMAPEndpoint:
         password), or ``None`` when the user no longer exists.
         """
         try:
-            credentials = await defer.maybeDeferred(self.authenticator.directory.get_credentials, user)
+            credentials = await self.authenticator.directory.get_credentials(user)
         except Exception:
             self.log.failure("directory lookup failed for {user}", user=user)
             raise _problem(503, "The user directory is not available; try again later.") from None
@@ -249,7 +254,7 @@ class JMAPEndpoint:
     async def context(self, user: str) -> CallContext:
         """The call context of *user* (their store opened)."""
         try:
-            store = await defer.maybeDeferred(self.stores.store_for, user)
+            store = await self.stores.store_for(user)
         except Exception:
             self.log.failure("opening the mail store of {user} failed", user=user)
             raise _problem(503, "The mail store is not available; try again later.") from None
@@ -705,12 +710,12 @@ def build_site(
     *,
     registry: Registry,
     limits: Limits,
-    authenticator: Any,
-    stores: Any,
+    authenticator: Authenticator,
+    stores: IMailStoreProvider,
     blob_dir: str,
     clock: Any,
     run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
-    server: Any = None,
+    server: MailServer | None = None,
     token_idle_timeout: float = 3600.0,
     **options: Any,
 ) -> JMAPSite:

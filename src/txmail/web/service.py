@@ -9,7 +9,7 @@ false``, the site also serves client autoconfiguration
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
 
@@ -17,6 +17,9 @@ from txmail import _twisted
 from txmail.jmap.core import Registry
 from txmail.web import capabilities, limits
 from txmail.web.resource import JMAPSite, build_site
+
+if TYPE_CHECKING:
+    from txmail.service import MailServer
 
 __all__ = ["UploadSweeper", "web_site"]
 
@@ -46,7 +49,7 @@ class UploadSweeper(_twisted.Service):
             self.call.stop()
 
 
-def web_site(settings: Any, server: Any, *, reactor: Any) -> JMAPSite:
+def web_site(settings: Any, server: MailServer, *, reactor: Any) -> JMAPSite:
     """
     The site of *server*'s ``[web] listen`` endpoints: the capabilities of
     :func:`txmail.web.capabilities`, the server's authenticator and stores,

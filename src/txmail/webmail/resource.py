@@ -24,7 +24,7 @@ import json
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -40,6 +40,9 @@ from txmail.webmail.session import (
     same_origin,
     set_cookie,
 )
+
+if TYPE_CHECKING:
+    from txmail.web.resource import JMAPEndpoint
 
 __all__ = [
     "PAGE_POLICY",
@@ -300,6 +303,7 @@ class PasswordNotAllowed(Exception):
 
 
 def _inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    # run_blocking runs plain functions (the sanitizing): their value or exception becomes the Deferred.
     return defer.maybeDeferred(fn, *args)
 
 
@@ -374,7 +378,7 @@ def mount(root: resource.Resource, **kwargs: Any) -> WebmailResource:
     return app
 
 
-def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
+def mount_endpoint(root: resource.Resource, endpoint: JMAPEndpoint) -> WebmailResource:
     """
     Serve the webmail in the site of the JMAP endpoint *endpoint* (a
     :class:`txmail.web.resource.JMAPEndpoint`) whose root resource is
@@ -393,7 +397,7 @@ def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
             raise PasswordNotAllowed()
         user = await endpoint.authenticator.check_password(username, password, peer=client.peer)
         endpoint.metrics.auth("PASSWORD", user is not None)
-        return None if user is None else str(user)
+        return user
 
     async def fetch_blob(user: str, account: str, blob_id: str) -> bytes | None:
         if account != account_id(user):
@@ -415,7 +419,7 @@ def mount_endpoint(root: resource.Resource, endpoint: Any) -> WebmailResource:
         # The endpoint's own check of the cookie's token (for a GET, which
         # needs no CSRF token): expiry, credentials changed, TLS policy.
         try:
-            user = str(await endpoint.authenticate(request))
+            user = await endpoint.authenticate(request)
         except RequestError:
             return None
         # A request that also has an Authorization header is judged by it:

@@ -49,16 +49,16 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox, NoSuchMessage
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.registry import extension
 from txmail.imap.commands.urlauth import UnauthorizedURL, authorized_mailbox
 from txmail.imap.responses import No
 from txmail.imap.types import AppendMessage
 from txmail.imap.url import IMAPURL, URLError, parse_url, response_text, url_part
+from txmail.interfaces import IMailbox
 
 __all__ = ["MAX_URLS", "bad_url", "build_message", "build_messages", "read_url", "server_names"]
 
@@ -100,7 +100,7 @@ class _Reader:
         except URLError:
             raise bad_url(text, "No such message part") from None
 
-    async def _mailbox(self, url: IMAPURL, text: str) -> Any:
+    async def _mailbox(self, url: IMAPURL, text: str) -> IMailbox:
         """The mailbox *url* names, if the logged-in user may read it."""
         ctx = self.ctx
         if url.access is not None or url.token is not None:
@@ -113,7 +113,7 @@ class _Reader:
         if url.user is not None and url.user != ctx.session.user:
             raise bad_url(text, "URL names another user's mailbox")
         try:
-            mailbox = await call(ctx.store.get_mailbox, url.mailbox)
+            mailbox: IMailbox = await call(user_store(ctx).get_mailbox, url.mailbox)
         except (NoSuchMailbox, InvalidMailboxName):
             raise bad_url(text, "No such mailbox") from None
         if url.uidvalidity is not None and url.uidvalidity != mailbox.uidvalidity:

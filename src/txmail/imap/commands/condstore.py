@@ -39,12 +39,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from txmail.imap import serialize
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, selected_mailbox
 from txmail.imap.commands.registry import enableable, extension
 from txmail.imap.responses import FetchFlags, Response, UntaggedOk
 from txmail.imap.search import leaves
 from txmail.imap.types import FetchAttribute, SearchNode
 from txmail.imap.view import SelectedView
+from txmail.model import MailboxStatus
 
 __all__ = [
     "CONDSTORE",
@@ -99,7 +100,9 @@ def enable_implicitly(ctx: CommandContext) -> None:
         ctx.emit(*responses)
 
 
-def select_responses(ctx: CommandContext, view: SelectedView, status: Any, param: bool) -> Sequence[Response]:
+def select_responses(
+    ctx: CommandContext, view: SelectedView, status: MailboxStatus, param: bool
+) -> Sequence[Response]:
     """
     SELECT/EXAMINE: note the mailbox's HIGHESTMODSEQ in *view*; with the
     ``(CONDSTORE)`` parameter *param* CONDSTORE is enabled (RFC 7162 section
@@ -155,7 +158,9 @@ async def store_responses(
     UIDs for UID STORE), ``None`` when none did.
     """
     changed_uids = {info.uid for info in changed}
-    current = {info.uid: info for info in await call(ctx.mailbox.list_messages, [u for _, u in targets])}
+    current = {
+        info.uid: info for info in await call(selected_mailbox(ctx).list_messages, [u for _, u in targets])
+    }
     failed: list[int] = []
     out: list[Response] = []
     for seq, u in targets:

@@ -16,13 +16,16 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, StoreError
 from txmail.imap.responses import No, Response
 from txmail.imap.view import SelectedView
 from txmail.model import INBOX, SpecialUse
+
+if TYPE_CHECKING:
+    from txmail.interfaces import IMailbox, IMailStore
 
 __all__ = [
     "SPECIAL_FOLDERS",
@@ -30,8 +33,10 @@ __all__ = [
     "call",
     "ensure_special_folders",
     "run_now",
+    "selected_mailbox",
     "store_op",
     "target_mailbox",
+    "user_store",
 ]
 
 _T = TypeVar("_T")
@@ -61,8 +66,12 @@ class CommandContext(Protocol):
     """
 
     session: Any
-    store: Any
-    mailbox: Any
+
+    @property
+    def store(self) -> IMailStore | None: ...
+
+    @property
+    def mailbox(self) -> IMailbox | None: ...
 
     @property
     def quotas(self) -> Any: ...
@@ -70,7 +79,7 @@ class CommandContext(Protocol):
     @property
     def server_names(self) -> frozenset[str]: ...
 
-    async def user_store(self, user: str) -> Any:
+    async def user_store(self, user: str) -> IMailStore | None:
         """
         The store of another user, by canonical name, or ``None`` (optional:
         URLAUTH, RFC 4467, reads what that user signed).
@@ -85,7 +94,7 @@ class CommandContext(Protocol):
     async def take_turn(self) -> None:
         """Let other connections run between two batches of a long response."""
 
-    def listen(self, mailbox: Any) -> None:
+    def listen(self, mailbox: IMailbox) -> None:
         """
         *mailbox* is being selected: make it ``ctx.mailbox`` and listen to
         its changes (those made before :meth:`selected` are kept for the view).
@@ -97,7 +106,7 @@ class CommandContext(Protocol):
     def deselect(self) -> None:
         """Stop listening to the selected mailbox and leave the selected state."""
 
-    def copied(self, target: Any, pairs: list[tuple[int, int]], *, moved: bool) -> None:
+    def copied(self, target: IMailbox, pairs: list[tuple[int, int]], *, moved: bool) -> None:
         """COPY/MOVE put messages into *target* (``(source uid, target uid)``): tell the copy listeners."""
 
     def watch(self, state: Any) -> None:
@@ -108,12 +117,32 @@ class CommandContext(Protocol):
         """
 
 
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, awaited when it returns an awaitable (a store's Deferred)."""
+def user_store(ctx: CommandContext) -> IMailStore:
+    """The logged-in user's store (the command table runs store commands only once logged in)."""
+    store = ctx.store
+    if store is None:
+        raise RuntimeError("a store command ran before login")
+    return store
+
+
+def selected_mailbox(ctx: CommandContext) -> IMailbox:
+    """The selected mailbox (the command table runs these commands only in the selected state)."""
+    mailbox = ctx.mailbox
+    if mailbox is None:
+        raise RuntimeError("a selected-state command ran with no mailbox selected")
+    return mailbox
+
+
+async def call(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """
+    ``fn(*args)``, a contract method, awaited: its Deferred (one that has
+    fired gives its result at once).  A plain store that answers with the
+    value itself, or raises, is taken as it is (the unit tests' stores).
+    """
     result = fn(*args)
     if hasattr(result, "__await__"):
         return await result
-    return result
+    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
 #: How store errors answer a command (RFC 5530 response codes).
@@ -125,7 +154,7 @@ _STORE_ERRORS: tuple[tuple[type[StoreError], str, str], ...] = (
 )
 
 
-async def store_op(fn: Callable[..., Any], *args: Any) -> Any:
+async def store_op(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
     """Call a store method; its errors become the tagged NO of :data:`_STORE_ERRORS`."""
     try:
         return await call(fn, *args)
@@ -136,18 +165,19 @@ async def store_op(fn: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
-async def target_mailbox(store: Any, name: str) -> Any:
+async def target_mailbox(store: IMailStore, name: str) -> IMailbox:
     """
     The mailbox APPEND, COPY or MOVE write into; ``NO [TRYCREATE]`` when
     there is none (RFC 3501 sections 6.3.11 and 6.4.7).
     """
     try:
-        return await call(store.get_mailbox, name)
+        mailbox: IMailbox = await call(store.get_mailbox, name)
     except (NoSuchMailbox, InvalidMailboxName):
         raise No("No such mailbox", "TRYCREATE") from None
+    return mailbox
 
 
-async def ensure_special_folders(store: Any) -> None:
+async def ensure_special_folders(store: IMailStore) -> None:
     """
     Give a new user the RFC 6154 special-use mailboxes: when the store holds
     only INBOX, create and subscribe Sent, Drafts, Trash, Junk and Archive.

@@ -19,7 +19,7 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.responses import No
 from txmail.model import SpecialUse
 
@@ -40,6 +40,6 @@ async def requested_role(ctx: CommandContext, attributes: tuple[str, ...]) -> Sp
     role = _ROLES.get(attributes[0].upper())
     if role is None:
         raise No(f"Unsupported special-use attribute {attributes[0]}", "USEATTR")
-    if await call(ctx.store.special_use_mailbox, role) is not None:
+    if await call(user_store(ctx).special_use_mailbox, role) is not None:
         raise No(f"Another mailbox has the {role.value} role", "USEATTR")
     return role

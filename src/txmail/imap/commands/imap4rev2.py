@@ -34,10 +34,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from txmail.errors import MailboxNotEmpty
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.registry import enableable, extension
 from txmail.imap.responses import Bad, ListData, No, Response
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr
+from txmail.interfaces import IMailStore
 
 __all__ = [
     "IMAP4REV2",
@@ -123,7 +124,7 @@ def check_status_items(session: Any, items: Iterable[str]) -> None:
         raise Bad("RECENT is not an IMAP4rev2 status item")
 
 
-async def delete_mailbox(store: Any, name: str, session: Any) -> None:
+async def delete_mailbox(store: IMailStore, name: str, session: Any) -> None:
     """
     DELETE through :func:`~txmail.imap.commands.context.store_op`: a
     mailbox whose children keep it is ``NO [HASCHILDREN]`` under rev2
@@ -145,6 +146,6 @@ async def select_list(ctx: CommandContext, name: str) -> ListData:
     # Imported here: mailboxes imports this module.
     from txmail.imap.commands.mailboxes import _attributes
 
-    folders = await call(ctx.store.list_mailboxes, name)
+    folders = await call(user_store(ctx).list_mailboxes, name)
     folder = next((f for f in folders if f.name == name), None)
     return ListData(name, _attributes(folder, subscribed=False))

@@ -9,10 +9,8 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-from typing import Any
-
 from txmail.imap.commands import catenate, condstore, imap4rev2, objectid
-from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
+from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox, user_store
 from txmail.imap.commands.create_special_use import requested_role
 from txmail.imap.commands.multiappend import append_messages, appenduid
 from txmail.imap.commands.registry import AUTHENTICATED, command, extension
@@ -29,7 +27,7 @@ from txmail.imap.types import (
     Subscribe,
     Unsubscribe,
 )
-from txmail.interfaces import IStorageUsage
+from txmail.interfaces import IMailStore, IStorageUsage
 from txmail.model import INBOX, FolderInfo, SpecialUse, match_mailbox_pattern, normalize_flags
 from txmail.quota import QuotaExceeded
 
@@ -46,7 +44,7 @@ async def create(ctx: CommandContext, cmd: Command) -> Done:
     args = cmd.args
     assert isinstance(args, Create)
     role = await requested_role(ctx, args.special_use)
-    await store_op(ctx.store.create_mailbox, args.mailbox, *(() if role is None else (role,)))
+    await store_op(user_store(ctx).create_mailbox, args.mailbox, *(() if role is None else (role,)))
     return Done(code=await objectid.created_code(ctx, args.mailbox))  # RFC 8474 section 4.1
 
 
@@ -66,7 +64,7 @@ async def rename(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 3501 section 6.3.5."""
     args = cmd.args
     assert isinstance(args, Rename)
-    await store_op(ctx.store.rename_mailbox, args.old, args.new)
+    await store_op(user_store(ctx).rename_mailbox, args.old, args.new)
     return Done()
 
 
@@ -75,7 +73,7 @@ async def subscribe(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 3501 section 6.3.6."""
     args = cmd.args
     assert isinstance(args, Subscribe)
-    await store_op(ctx.store.subscribe, args.mailbox)
+    await store_op(user_store(ctx).subscribe, args.mailbox)
     return Done()
 
 
@@ -84,7 +82,7 @@ async def unsubscribe(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 3501 section 6.3.7."""
     args = cmd.args
     assert isinstance(args, Unsubscribe)
-    await store_op(ctx.store.unsubscribe, args.mailbox)
+    await store_op(user_store(ctx).unsubscribe, args.mailbox)
     return Done()
 
 
@@ -127,7 +125,7 @@ async def list_(ctx: CommandContext, cmd: Command) -> Done:
         # RFC 3501 section 6.3.8: the delimiter and the root.
         ctx.emit(ListData("", ("\\Noselect",)))
         return Done()
-    store = ctx.store
+    store = user_store(ctx)
     folders: list[FolderInfo] = await call(store.list_mailboxes, "*")
     subscribed = set(await call(store.subscriptions))
     sel = set(args.selection_options)
@@ -182,9 +180,9 @@ async def lsub(ctx: CommandContext, cmd: Command) -> Done:
     args = cmd.args
     assert isinstance(args, Lsub)
     pattern = _join(args.reference, args.pattern)
-    folders: list[FolderInfo] = await call(ctx.store.list_mailboxes, "*")
+    folders: list[FolderInfo] = await call(user_store(ctx).list_mailboxes, "*")
     by_name = {f.name: f for f in folders}
-    subscribed = set(await call(ctx.store.subscriptions))
+    subscribed = set(await call(user_store(ctx).subscriptions))
     found: dict[str, bool] = {}  # name -> selectable
     for name in subscribed:
         if match_mailbox_pattern(pattern, name):
@@ -206,7 +204,7 @@ async def lsub(ctx: CommandContext, cmd: Command) -> Done:
 
 async def status_response(ctx: CommandContext, name: str, items: tuple[str, ...]) -> StatusData:
     """The STATUS response of mailbox *name* (RFC 3501 section 7.2.4, RFC 8438 SIZE, RFC 7889 APPENDLIMIT)."""
-    mailbox = await store_op(ctx.store.get_mailbox, name)
+    mailbox = await store_op(user_store(ctx).get_mailbox, name)
     status = await call(mailbox.status)
     values: dict[str, int | str] = {
         "MESSAGES": status.messages,
@@ -273,14 +271,14 @@ async def append(ctx: CommandContext, cmd: Command) -> Done:
             normalize_flags(m.flags)
     except ValueError:
         raise Bad("Invalid flag") from None
-    mailbox = await target_mailbox(ctx.store, args.mailbox)
+    mailbox = await target_mailbox(user_store(ctx), args.mailbox)
     messages = await catenate.build_messages(ctx, messages)
     await check_quota(ctx, sum(len(m.literal) for m in messages))
     uids = await append_messages(ctx, mailbox, messages)
     return Done(code=appenduid(mailbox, uids))
 
 
-async def special_uses(store: Any, names: tuple[str, ...]) -> dict[str, SpecialUse]:
+async def special_uses(store: IMailStore, names: tuple[str, ...]) -> dict[str, SpecialUse]:
     """The RFC 6154 role of each mailbox of *names* that has one."""
     roles: dict[str, SpecialUse] = {}
     for name in set(names):

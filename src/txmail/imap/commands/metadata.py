@@ -44,15 +44,14 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from txmail.imap.commands import notify, notify_metadata
-from txmail.imap.commands.context import CommandContext, call, store_op
+from txmail.imap.commands.context import CommandContext, call, store_op, user_store
 from txmail.imap.commands.mailboxes import special_uses
 from txmail.imap.commands.registry import AUTHENTICATED, command
 from txmail.imap.responses import Done, MetadataData, No
 from txmail.imap.types import Command, GetMetadata, SetMetadata
-from txmail.interfaces import IMetadataStore
+from txmail.interfaces import IMailStore, IMetadataStore
 
 __all__ = ["CAPABILITIES", "select_entries", "withheld_capabilities"]
 
@@ -72,14 +71,14 @@ ADMIN = "/shared/admin"
 COMMENT = "/shared/comment"
 
 
-def withheld_capabilities(store: Any) -> frozenset[str]:
+def withheld_capabilities(store: IMailStore | None) -> frozenset[str]:
     """The capabilities of this module that *store* does not back."""
     return frozenset() if IMetadataStore.providedBy(store) else frozenset(CAPABILITIES)
 
 
-def _metadata_store(ctx: CommandContext) -> Any:
-    store = ctx.store
-    if not IMetadataStore.providedBy(store):
+def _metadata_store(ctx: CommandContext) -> IMetadataStore:
+    store = IMetadataStore(ctx.store, None)
+    if store is None:
         raise No("METADATA is not available for this mailbox store", "CANNOT")
     return store
 
@@ -96,7 +95,7 @@ async def _computed(ctx: CommandContext, mailbox: str, names: Iterable[str]) -> 
         return out
     if not any(n == SPECIALUSE or SPECIALUSE.startswith(n + "/") for n in names):
         return {}  # not asked: no listing
-    role = (await special_uses(ctx.store, (mailbox,))).get(mailbox)
+    role = (await special_uses(user_store(ctx), (mailbox,))).get(mailbox)
     return {} if role is None else {SPECIALUSE: role.value.encode("ascii")}
 
 

@@ -24,19 +24,21 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from txmail.imap import serialize
 from txmail.imap.commands.context import CommandContext, call
 from txmail.imap.commands.registry import extension
 from txmail.imap.responses import Bad
 from txmail.imap.types import AppendMessage
+from txmail.interfaces import IMailbox
 from txmail.model import FlagMode, MessageSource, normalize_flags
 
 __all__ = ["append_messages", "appenduid", "take_back"]
 
 
-async def append_messages(ctx: CommandContext, mailbox: Any, messages: Sequence[AppendMessage]) -> list[int]:
+async def append_messages(
+    ctx: CommandContext, mailbox: IMailbox, messages: Sequence[AppendMessage]
+) -> list[int]:
     """
     Append *messages* to *mailbox*, all or none: the new UIDs in order.
     ``BAD`` for an invalid flag (before anything is written); a store
@@ -64,13 +66,13 @@ async def append_messages(ctx: CommandContext, mailbox: Any, messages: Sequence[
     return uids
 
 
-async def take_back(mailbox: Any, uids: list[int]) -> None:
+async def take_back(mailbox: IMailbox, uids: list[int]) -> None:
     """Remove the messages *uids* just appended: ``\\Deleted``, then UID EXPUNGE of them only."""
     await call(mailbox.set_flags, uids, ("\\Deleted",), FlagMode.ADD)
     await call(mailbox.expunge, uids)
 
 
-def appenduid(mailbox: Any, uids: Sequence[int]) -> str:
+def appenduid(mailbox: IMailbox, uids: Sequence[int]) -> str:
     """RFC 4315 section 3 (RFC 3502): ``APPENDUID uidvalidity uid-set``."""
     return f"APPENDUID {mailbox.uidvalidity} {serialize.number_set(uids).decode('ascii')}"
 

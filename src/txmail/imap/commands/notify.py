@@ -81,7 +81,7 @@ from txmail.errors import StoreError
 from txmail.imap.binary import binary_items
 from txmail.imap.commands import condstore, qresync
 from txmail.imap.commands.binary import require_decodable
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.notify_metadata import MAILBOX_EVENT, SERVER_EVENT, MetadataQueue
 from txmail.imap.commands.registry import AUTHENTICATED, command
 from txmail.imap.fetch import fetch_needs
@@ -97,7 +97,8 @@ from txmail.imap.responses import (
     UntaggedOk,
 )
 from txmail.imap.types import Command, Notify, NotifyGroup
-from txmail.interfaces import IStoreChanges
+from txmail.imap.view import SelectedView
+from txmail.interfaces import IMailbox, IMailStore, IStoreChanges
 from txmail.model import (
     DELIMITER,
     AnnotationsChanged,
@@ -106,6 +107,7 @@ from txmail.model import (
     FolderCreated,
     FolderDeleted,
     FolderRenamed,
+    MailboxStatus,
     MessagesAdded,
     MessagesChanged,
     MessagesExpunged,
@@ -150,7 +152,7 @@ def support_event(name: str, available: Callable[[Any], bool] | None = None) -> 
     SUPPORTED_EVENTS.setdefault(name, available)
 
 
-def supported_events(store: Any) -> tuple[str, ...]:
+def supported_events(store: IMailStore | None) -> tuple[str, ...]:
     """The events offered with *store* (RFC 5465 section 3.1: what BADEVENT lists)."""
     return tuple(
         name for name, available in SUPPORTED_EVENTS.items() if available is None or available(store)
@@ -422,7 +424,7 @@ def status_items(session: Any) -> tuple[str, ...]:
     return items
 
 
-def status_data(name: str, status: Any, items: tuple[str, ...]) -> StatusData:
+def status_data(name: str, status: MailboxStatus, items: tuple[str, ...]) -> StatusData:
     """``* STATUS name (...)`` from a :class:`txmail.model.MailboxStatus`."""
     values = {
         "MESSAGES": status.messages,
@@ -434,7 +436,9 @@ def status_data(name: str, status: Any, items: tuple[str, ...]) -> StatusData:
     return StatusData(name, tuple((item, values[item]) for item in items))
 
 
-async def new_message_fetches(view: Any, mailbox: Any, uids: list[int], items: Any) -> list[FetchData]:
+async def new_message_fetches(
+    view: SelectedView, mailbox: IMailbox, uids: list[int], items: Any
+) -> list[FetchData]:
     """
     MessageNew's FETCH responses (section 5.2) for the new messages *uids*
     of the selected mailbox, with the sequence numbers the client knows
@@ -493,7 +497,7 @@ async def notify(ctx: CommandContext, cmd: Command) -> Done:
     if args.groups is None:
         ctx.watch(None)
         return Done("NOTIFY completed")
-    store = ctx.store
+    store = user_store(ctx)
     check(args, supported_events(store))
     state = NotifyState(args, await call(store.subscriptions))
     if state.watches_other_mailboxes and not IStoreChanges.providedBy(store):

@@ -35,13 +35,12 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from txmail.errors import StoreError
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, user_store
 from txmail.imap.commands.registry import extension
 from txmail.imap.responses import UntaggedOk
-from txmail.interfaces import IObjectIdProvider, IObjectIds
+from txmail.interfaces import IMailbox, IMailStoreProvider, IObjectIdProvider, IObjectIds
 
 __all__ = ["OBJECTID", "created_code", "mailbox_id", "select_response", "withheld"]
 
@@ -54,7 +53,7 @@ _OBJECTID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 extension(OBJECTID)
 
 
-def withheld(provider: Any) -> frozenset[str]:
+def withheld(provider: IMailStoreProvider) -> frozenset[str]:
     """
     The capabilities not to advertise for the store *provider*: OBJECTID
     unless it provides :class:`~txmail.interfaces.IObjectIdProvider`.
@@ -62,7 +61,7 @@ def withheld(provider: Any) -> frozenset[str]:
     return frozenset() if IObjectIdProvider.providedBy(provider) else frozenset({OBJECTID})
 
 
-def mailbox_id(mailbox: Any) -> str | None:
+def mailbox_id(mailbox: IMailbox) -> str | None:
     """The MAILBOXID of *mailbox*, or ``None`` when its store keeps none (or a malformed one)."""
     if not IObjectIds.providedBy(mailbox):
         return None
@@ -72,13 +71,13 @@ def mailbox_id(mailbox: Any) -> str | None:
     return None
 
 
-def code(mailbox: Any) -> str | None:
+def code(mailbox: IMailbox) -> str | None:
     """The response code ``MAILBOXID (id)`` of *mailbox* (RFC 8474 section 7), or ``None``."""
     found = mailbox_id(mailbox)
     return None if found is None else f"MAILBOXID ({found})"
 
 
-def select_response(mailbox: Any) -> tuple[UntaggedOk, ...]:
+def select_response(mailbox: IMailbox) -> tuple[UntaggedOk, ...]:
     """RFC 8474 section 4.2: ``* OK [MAILBOXID (id)] Ok`` at SELECT and EXAMINE (none without an id)."""
     found = code(mailbox)
     return () if found is None else (UntaggedOk("Ok", found),)
@@ -91,7 +90,7 @@ async def created_code(ctx: CommandContext, name: str) -> str | None:
     be opened (the CREATE succeeded all the same).
     """
     try:
-        mailbox = await call(ctx.store.get_mailbox, name)
+        mailbox = await call(user_store(ctx).get_mailbox, name)
     except StoreError:
         return None
     return code(mailbox)

@@ -33,12 +33,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from txmail.imap.commands import condstore
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, selected_mailbox
 from txmail.imap.commands.registry import enableable, extension
 from txmail.imap.responses import Bad, Response, UntaggedOk, Vanished
 from txmail.imap.types import QresyncParam, SequenceSet
 from txmail.imap.view import SelectedView
-from txmail.model import MessageInfo
+from txmail.interfaces import IExpungeHistory, IMailbox
+from txmail.model import MailboxStatus, MessageInfo
 
 __all__ = ["QRESYNC", "closed", "enable", "enabled", "fetch_vanished", "require_enabled", "select_responses"]
 
@@ -88,16 +89,16 @@ def _within(uids: Iterable[int], spans: Sequence[tuple[int, int]]) -> list[int]:
 
 
 async def _expunged_since(
-    mailbox: Any, view: SelectedView, modseq: int, uid_set: SequenceSet | None, top: int
+    mailbox: IMailbox, view: SelectedView, modseq: int, uid_set: SequenceSet | None, top: int
 ) -> list[int]:
     """
     The UIDs of *uid_set* (every UID when ``None``; ``*`` is *top*)
     expunged since *modseq* and not in *view* (the view tells those
     itself, as VANISHED, when it may).
     """
-    history = getattr(mailbox, "expunged_since", None)
+    history = IExpungeHistory(mailbox, None)
     if history is not None:
-        gone = await call(history, modseq)
+        gone = await call(history.expunged_since, modseq)
     else:
         # No history: every UID below UIDNEXT no longer there (a superset).
         present = {info.uid for info in await call(mailbox.list_messages)}
@@ -118,7 +119,7 @@ async def resync(
     ctx: CommandContext,
     view: SelectedView,
     infos: Sequence[MessageInfo],
-    status: Any,
+    status: MailboxStatus,
     param: QresyncParam,
 ) -> list[Response]:
     """
@@ -131,7 +132,7 @@ async def resync(
     if param.uidvalidity != view.uidvalidity or status.highest_modseq <= 0:
         return []
     top = max(status.uidnext - 1, view.max_uid)
-    gone = await _expunged_since(ctx.mailbox, view, param.modseq, param.known_uids, top)
+    gone = await _expunged_since(selected_mailbox(ctx), view, param.modseq, param.known_uids, top)
     out: list[Response] = [Vanished(tuple(gone), earlier=True)] if gone else []
     since = param.modseq
     for seq, info in enumerate(infos, 1):
@@ -145,8 +146,8 @@ async def fetch_vanished(
 ) -> None:
     """``UID FETCH ... (CHANGEDSINCE n VANISHED)``: emit ``VANISHED (EARLIER)`` first (RFC 7162 section 3.2.6)."""
     require_enabled(ctx, "VANISHED")
-    status = await call(ctx.mailbox.status)
+    status = await call(selected_mailbox(ctx).status)
     top = max(status.uidnext - 1, view.max_uid)
-    gone = await _expunged_since(ctx.mailbox, view, changed_since, uid_set, top)
+    gone = await _expunged_since(selected_mailbox(ctx), view, changed_since, uid_set, top)
     if gone:
         ctx.emit(Vanished(tuple(gone), earlier=True))

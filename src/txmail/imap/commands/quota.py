@@ -17,7 +17,7 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
-from txmail.imap.commands.context import CommandContext, call, store_op
+from txmail.imap.commands.context import CommandContext, call, store_op, user_store
 from txmail.imap.commands.registry import AUTHENTICATED, command, extension
 from txmail.imap.responses import Done, No, QuotaData, QuotaRootData
 from txmail.imap.types import Command, GetQuota, GetQuotaRoot
@@ -45,7 +45,7 @@ async def getquotaroot(ctx: CommandContext, cmd: Command) -> Done:
     """RFC 9208 section 4.2.2: the mailbox's quota roots, then each root's QUOTA."""
     args = cmd.args
     assert isinstance(args, GetQuotaRoot)
-    await store_op(ctx.store.get_mailbox, args.mailbox)  # NO [NONEXISTENT] for a missing one
+    await store_op(user_store(ctx).get_mailbox, args.mailbox)  # NO [NONEXISTENT] for a missing one
     data = await quota_data(ctx)
     ctx.emit(QuotaRootData(args.mailbox, () if data is None else (ROOT,)))
     if data is not None:

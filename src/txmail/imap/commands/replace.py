@@ -25,7 +25,7 @@ This module is sans-IO: it imports nothing from Twisted.
 from __future__ import annotations
 
 from txmail.imap.commands.catenate import build_message
-from txmail.imap.commands.context import CommandContext, call, target_mailbox
+from txmail.imap.commands.context import CommandContext, call, selected_mailbox, target_mailbox, user_store
 from txmail.imap.commands.mailboxes import check_quota
 from txmail.imap.commands.multiappend import append_messages, appenduid, take_back
 from txmail.imap.commands.registry import SELECTED, command
@@ -52,11 +52,11 @@ async def replace(ctx: CommandContext, cmd: Command) -> Done:
     if not found:
         raise No("No such message", "NONEXISTENT")
     ((_, old_uid),) = found
-    target = await target_mailbox(ctx.store, args.mailbox)
+    target = await target_mailbox(user_store(ctx), args.mailbox)
     message = await build_message(ctx, args.message)  # RFC 4469 CATENATE
     await check_quota(ctx, len(message.literal))
     (new_uid,) = await append_messages(ctx, target, [message])
-    mailbox = ctx.mailbox
+    mailbox = selected_mailbox(ctx)
     flagged = False
     try:
         changed = await call(mailbox.set_flags, [old_uid], ("\\Deleted",), FlagMode.ADD)

@@ -38,7 +38,14 @@ from txmail.imap.columns import (
 )
 from txmail.imap.commands import condstore, imap4rev2, objectid, qresync, searchres
 from txmail.imap.commands.binary import require_decodable
-from txmail.imap.commands.context import CommandContext, call, store_op, target_mailbox
+from txmail.imap.commands.context import (
+    CommandContext,
+    call,
+    selected_mailbox,
+    store_op,
+    target_mailbox,
+    user_store,
+)
 from txmail.imap.commands.mailboxes import check_quota
 from txmail.imap.commands.registry import AUTHENTICATED, SELECTED, command, extension
 from txmail.imap.fetch import FetchRow, Structures, fetch_needs
@@ -64,7 +71,8 @@ from txmail.imap.structures import (
 )
 from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, SearchNode, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
-from txmail.model import FlagMode, MessageInfo, normalize_flags
+from txmail.interfaces import IMailbox
+from txmail.model import FlagMode, MailboxStatus, MessageInfo, MessageMetadata, normalize_flags
 
 __all__ = ["BATCH", "copyuid"]
 
@@ -98,7 +106,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
+async def _read_message(mailbox: IMailbox, info: MessageInfo) -> bytes | None:
     """
     The whole message, or ``None`` when it is gone.  A store that has it at
     hand answers at once (the Maildir store reads small files inline; an
@@ -106,12 +114,10 @@ async def _read_message(mailbox: Any, info: MessageInfo) -> bytes | None:
     through the event loop).
     """
     try:
-        result = mailbox.read_message(info.uid)
-        if hasattr(result, "__await__"):
-            result = await result
-        return result  # type: ignore[no-any-return]  # the store's answer is duck-typed (Any)
+        data: bytes = await call(mailbox.read_message, info.uid)
     except NoSuchMessage:
         return None
+    return data
 
 
 #: Messages a FETCH of whole messages asks the store for ahead of the one it
@@ -144,7 +150,7 @@ class _ReadAhead:
     reads not taken (their failures too).
     """
 
-    def __init__(self, mailbox: Any, infos: list[MessageInfo]) -> None:
+    def __init__(self, mailbox: IMailbox, infos: list[MessageInfo]) -> None:
         self._mailbox = mailbox
         self._waiting = list(reversed(infos))
         self._started: dict[int, tuple[Any, int]] = {}
@@ -158,6 +164,7 @@ class _ReadAhead:
             or (len(self._started) < READ_AHEAD and self._octets + waiting[-1].size <= READ_AHEAD_OCTETS)
         ):
             info = waiting.pop()
+            result: object
             try:
                 result = self._mailbox.read_message(info.uid)
             except Exception as e:
@@ -189,7 +196,7 @@ class _ReadAhead:
 # -- selection ---------------------------------------------------------------------------
 
 
-def _unclaimed(infos: list[MessageInfo], status: Any) -> list[int]:
+def _unclaimed(infos: list[MessageInfo], status: MailboxStatus) -> list[int]:
     """
     The UIDs of *infos* that no session has claimed as ``\\Recent``, from a
     *status* taken before the listing: the ``status.recent`` newest below
@@ -215,7 +222,7 @@ async def select(ctx: CommandContext, cmd: Command) -> Done:
         # RFC 3501 section 6.3.1: a name that is not modified UTF-7 names
         # no mailbox; NO, and no mailbox is selected any more.
         raise No("Mailbox name is not valid modified UTF-7", "NONEXISTENT")
-    mailbox = await store_op(ctx.store.get_mailbox, args.mailbox)
+    mailbox = await store_op(user_store(ctx).get_mailbox, args.mailbox)
     # Changes made while we list are kept and applied to the new view.
     ctx.listen(mailbox)
     rev2 = imap4rev2.enabled(ctx.session)
@@ -294,7 +301,7 @@ async def expunge(ctx: CommandContext, cmd: Command) -> Done:
     uids = None
     if args.uid_set is not None:
         uids = [u for _, u in _targets(view, args.uid_set, True)]
-    removed = await call(ctx.mailbox.expunge, uids)
+    removed = await call(selected_mailbox(ctx).expunge, uids)
     ctx.emit(view.expunge_response(removed))  # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 section 3.2.10)
     return Done()
 
@@ -313,12 +320,12 @@ async def store(ctx: CommandContext, cmd: Command) -> Done:
         raise Bad("Invalid flag") from None
     uids = [u for _, u in targets]
     if args.unchanged_since is None:
-        changed = await call(ctx.mailbox.set_flags, uids, flags, _STORE_MODES[args.mode])
+        changed = await call(selected_mailbox(ctx).set_flags, uids, flags, _STORE_MODES[args.mode])
     else:
         # RFC 7162 section 3.1.3: a CONDSTORE enabling command.
         condstore.enable_implicitly(ctx)
         changed = await call(
-            ctx.mailbox.set_flags, uids, flags, _STORE_MODES[args.mode], args.unchanged_since
+            selected_mailbox(ctx).set_flags, uids, flags, _STORE_MODES[args.mode], args.unchanged_since
         )
     for info in changed:
         if info.uid in view.flags:
@@ -371,12 +378,12 @@ async def copy(ctx: CommandContext, cmd: Command) -> Done:
     args = cmd.args
     assert isinstance(args, Copy)
     targets = _targets(_view(ctx), args.sequence_set, args.uid)
-    target = await target_mailbox(ctx.store, args.mailbox)
+    target = await target_mailbox(user_store(ctx), args.mailbox)
     uids = [u for _, u in targets]
     if ctx.quotas is not None:
-        infos = await call(ctx.mailbox.list_messages, uids)
+        infos = await call(selected_mailbox(ctx).list_messages, uids)
         await check_quota(ctx, sum(info.size for info in infos))
-    pairs = await call(ctx.mailbox.copy, uids, target)
+    pairs = await call(selected_mailbox(ctx).copy, uids, target)
     if not pairs:
         return Done()
     ctx.copied(target, pairs, moved=False)
@@ -391,8 +398,8 @@ async def move(ctx: CommandContext, cmd: Command) -> Done:
     view = _view(ctx)
     _writable(view)
     targets = _targets(view, args.sequence_set, args.uid)
-    target = await target_mailbox(ctx.store, args.mailbox)
-    pairs = await call(ctx.mailbox.move, [u for _, u in targets], target)
+    target = await target_mailbox(user_store(ctx), args.mailbox)
+    pairs = await call(selected_mailbox(ctx).move, [u for _, u in targets], target)
     if pairs:
         # RFC 6851 section 4.3: COPYUID in an untagged OK before the EXPUNGEs.
         ctx.emit(
@@ -409,7 +416,7 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     args = cmd.args
     assert isinstance(args, Fetch)
     view = _view(ctx)
-    mailbox = ctx.mailbox
+    mailbox = selected_mailbox(ctx)
     targets = _targets(view, args.sequence_set, args.uid)
     needs = fetch_needs(args.items)
     mark_seen = needs.sets_seen and not view.read_only
@@ -445,15 +452,17 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                 unseen = [u for u in uids if u in infos and "\\Seen" not in infos[u].flags]
                 if unseen:
                     changed = await call(mailbox.set_flags, unseen, {"\\Seen"}, FlagMode.ADD)
-                    for info in changed:
-                        infos[info.uid] = info
-                        seen_now.add(info.uid)
+                    for new in changed:
+                        infos[new.uid] = new
+                        seen_now.add(new.uid)
             if lines is not None:
                 metadata = lines
             elif kept is not None:
                 missing = [u for u in uids if u not in kept]
                 if missing:
-                    found = await ahead.take() if ahead.uids == missing else None
+                    found: dict[int, MessageMetadata] | None = (
+                        await ahead.take() if ahead.uids == missing else None
+                    )
                     if found is None:
                         found = await call(mailbox.get_metadata, missing)
                     if structured and n + 1 < len(batches):
@@ -564,7 +573,7 @@ async def search(ctx: CommandContext, cmd: Command) -> Done:
     imap4rev2.check_search_keys(ctx.session, args.key)
     if args.charset is not None and args.charset.upper() not in SUPPORTED_CHARSETS:
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")")
-    mailbox = ctx.mailbox
+    mailbox = selected_mailbox(ctx)
     live = contexts.begin(ctx, cmd.tag, args.uid, key, options)  # RFC 5267 section 4.3
     needs = search_needs(key)
     with_modseq = condstore.search_uses_modseq(key)

@@ -55,13 +55,14 @@ from txmail.imap.columns import (
     search_uses_columns,
 )
 from txmail.imap.commands import searchres
-from txmail.imap.commands.context import CommandContext, call
+from txmail.imap.commands.context import CommandContext, call, selected_mailbox
 from txmail.imap.commands.registry import SELECTED, command, extension
 from txmail.imap.commands.selected import BATCH, _read_message
 from txmail.imap.responses import Bad, Done, ESortData, No, SortData, ThreadData
 from txmail.imap.search import SUPPORTED_CHARSETS, SearchContext, matches, search_needs
 from txmail.imap.search import _decode_field as decode_field
 from txmail.imap.types import Command, SearchKey, SearchNode, Sort, Thread
+from txmail.interfaces import IMailbox
 from txmail.model import MessageInfo, MessageMetadata
 
 __all__ = [
@@ -296,7 +297,7 @@ class FactsCache:
         self.limit = limit
         self._tables: OrderedDict[int, tuple[weakref.ref[Any], int, dict[int, Facts]]] = OrderedDict()
 
-    def table(self, mailbox: Any, uids: Sequence[int]) -> dict[int, Facts]:
+    def table(self, mailbox: IMailbox, uids: Sequence[int]) -> dict[int, Facts]:
         """The facts known for *mailbox* (whose messages are now *uids*), to read and fill."""
         key = id(mailbox)
         entry = self._tables.pop(key, None)
@@ -410,7 +411,7 @@ async def _each_match(
     view = ctx.session.view
     assert view is not None
     key = searchres.replace_saved(key, view)  # RFC 5182 section 2.1: $ in the keys
-    mailbox = ctx.mailbox
+    mailbox = selected_mailbox(ctx)
     needs = search_needs(key)
     with_metadata = want_metadata or needs.metadata
     match_all = isinstance(key, SearchKey) and key.name == "ALL"

@@ -41,16 +41,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-from typing import Any, cast
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox, NoSuchMessage, StoreError
-from txmail.imap.commands.context import CommandContext, call, store_op
+from txmail.imap.commands.context import CommandContext, call, store_op, user_store
 from txmail.imap.commands.registry import AUTHENTICATED, command
 from txmail.imap.responses import Done, GenUrlAuthData, No, UrlFetchData
 from txmail.imap.types import Command, GenUrlAuth, ResetKey, UrlFetch
 from txmail.imap.url import IMAPURL, URLError, parse_url, response_text, url_part
-from txmail.interfaces import IURLAuthKeys
+from txmail.interfaces import IMailbox, IMailStore, IURLAuthKeys
 
 __all__ = ["MECHANISM", "UnauthorizedURL", "authorized_mailbox", "sign"]
 
@@ -86,15 +85,16 @@ def _admits(access: str, user: str | None) -> bool:
     return kind == "user" and name == user
 
 
-async def _store_of(ctx: CommandContext, user: str) -> Any:
-    """The store of *user*: the session's own, or another user's through ``ctx.user_store``."""
+async def _store_of(ctx: CommandContext, user: str) -> IMailStore | None:
+    """The store of *user*: the session's own, or another user's through ``ctx.user_store`` (optional)."""
     if user == ctx.session.user:
         return ctx.store
     find = getattr(ctx, "user_store", None)
-    return None if find is None else await call(find, user)
+    found: IMailStore | None = None if find is None else await call(find, user)
+    return found
 
 
-async def authorized_mailbox(ctx: CommandContext, url: IMAPURL) -> Any:
+async def authorized_mailbox(ctx: CommandContext, url: IMAPURL) -> IMailbox:
     """
     The mailbox a URLAUTH-authorized *url* gives the logged-in user access
     to (section 6.3); :class:`UnauthorizedURL` otherwise.
@@ -108,26 +108,27 @@ async def authorized_mailbox(ctx: CommandContext, url: IMAPURL) -> Any:
     if not _admits(url.access, ctx.session.user):
         raise UnauthorizedURL("access identifier")
     store = await _store_of(ctx, url.user)
-    if store is None or not IURLAuthKeys.providedBy(store):
+    keys = IURLAuthKeys(store, None)
+    if store is None or keys is None:
         raise UnauthorizedURL("no such user")
-    store = cast(Any, store)  # an IMailStore that also provides IURLAuthKeys
     try:
-        mailbox = await call(store.get_mailbox, url.mailbox)
+        mailbox: IMailbox = await call(store.get_mailbox, url.mailbox)
     except (NoSuchMailbox, InvalidMailboxName):
         raise UnauthorizedURL("no such mailbox") from None
     if url.uidvalidity is not None and url.uidvalidity != mailbox.uidvalidity:
         raise UnauthorizedURL("UIDVALIDITY")
-    key = await call(store.urlauth_key, url.mailbox, mailbox.uidvalidity)
+    key = await call(keys.urlauth_key, url.mailbox, mailbox.uidvalidity)
     if key is None or not hmac.compare_digest(sign(key, url.rump), url.token):
         raise UnauthorizedURL("verifier")
     return mailbox
 
 
-def _key_store(ctx: CommandContext) -> Any:
+def _key_store(ctx: CommandContext) -> IURLAuthKeys:
     """The session's store, which must keep access keys (:class:`IURLAuthKeys`): else NO [CANNOT]."""
-    if not IURLAuthKeys.providedBy(ctx.store):
+    keys = IURLAuthKeys(ctx.store, None)
+    if keys is None:
         raise No("URLAUTH is not available for this mailbox store", "CANNOT")
-    return ctx.store
+    return keys
 
 
 def _bad(rump: str, text: str) -> No:
@@ -153,12 +154,13 @@ async def genurlauth(ctx: CommandContext, cmd: Command) -> Done:
         if url.access is None or url.token is not None:
             raise _bad(rump, "Not a URLAUTH URL rump")
         try:
-            mailbox = await call(store.get_mailbox, url.mailbox)
+            mailbox = await call(user_store(ctx).get_mailbox, url.mailbox)
         except (NoSuchMailbox, InvalidMailboxName):
             raise _bad(rump, "No such mailbox") from None
         if url.uidvalidity is not None and url.uidvalidity != mailbox.uidvalidity:
             raise _bad(rump, "UIDVALIDITY mismatch")
         key = await call(store.urlauth_key, url.mailbox, mailbox.uidvalidity, True)
+        assert key is not None  # create=True: a key is made when there is none
         urls.append(f"{rump}:{MECHANISM.lower()}:{sign(key, rump)}")
     ctx.emit(GenUrlAuthData(tuple(urls)))
     return Done()
@@ -175,7 +177,7 @@ async def resetkey(ctx: CommandContext, cmd: Command) -> Done:
     if args.mailbox is None:
         await call(store.reset_urlauth_keys)
         return Done("All keys removed")
-    await store_op(store.get_mailbox, args.mailbox)  # NO [NONEXISTENT]
+    await store_op(user_store(ctx).get_mailbox, args.mailbox)  # NO [NONEXISTENT]
     await call(store.reset_urlauth_keys, args.mailbox)
     return Done("Keys removed", code="URLMECH " + MECHANISM)
 
