@@ -15,8 +15,8 @@ import io
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, BinaryIO
+from enum import Enum, StrEnum
+from typing import Any, BinaryIO, Literal
 
 __all__ = [
     "ANSWERED",
@@ -30,6 +30,7 @@ __all__ = [
     "SYSTEM_FLAGS",
     "AnnotationsChanged",
     "DeliveryReport",
+    "DeliveryState",
     "Envelope",
     "FlagMode",
     "FlagsChanged",
@@ -49,6 +50,7 @@ __all__ = [
     "MessagesExpunged",
     "QueueEntry",
     "RecipientResult",
+    "RecipientState",
     "SpecialUse",
     "SubscriptionChanged",
     "as_source",
@@ -678,6 +680,61 @@ class DeliveryReport:
         return any(r.ok for r in self.results)
 
 
+class DeliveryState(StrEnum):
+    """
+    Where a queued recipient stands (:attr:`RecipientState.state`); the
+    values are the strings the queues store.
+    """
+
+    #: Queued, never tried.
+    PENDING = "pending"
+    #: Tried, to be tried again at :attr:`RecipientState.next_attempt`.
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    #: Quarantined (the envelope's ``hold``) until released.
+    HELD = "held"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    """
+    What became of one recipient of a :class:`QueueEntry` so far, as the
+    queue runner (:mod:`txmail.delivery.runner`) records it with
+    :meth:`txmail.interfaces.IQueue.update_recipients`.
+
+    Attributes:
+        state: where it stands.
+        attempts: how many delivery attempts were made.
+        next_attempt: when a ``deferred`` recipient is due (seconds since
+            the epoch), else ``None``.
+        last_error: the text of the last failure, if any.
+        last_attempt: when it was last tried (seconds since the epoch).
+        host: the remote MTA last tried (``None`` for local delivery).
+        reply: the reply text of a successful delivery.
+        status: the RFC 3463 status code of the last attempt.
+        dsn_sent: a ``failed`` recipient's failure notice was handled.
+        delay_notice_sent: a ``deferred`` recipient's delay notice was handled.
+        success_action: ``delivered`` or ``relayed`` when the recipient's
+            NOTIFY wants a success notice (RFC 3461 section 5.2).
+        success_sent: ``None`` when no success notice is wanted, else
+            whether it was handled.
+    """
+
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    next_attempt: float | None = None
+    last_error: str | None = None
+    last_attempt: float | None = None
+    host: str | None = None
+    reply: str | None = None
+    status: str | None = None
+    dsn_sent: bool = False
+    delay_notice_sent: bool = False
+    success_action: Literal["delivered", "relayed"] | None = None
+    success_sent: bool | None = None
+
+
 @dataclass(frozen=True)
 class QueueEntry:
     """
@@ -686,15 +743,13 @@ class QueueEntry:
     Attributes:
         queue_id: the id the queue gave it.
         envelope: the envelope it was accepted with.
-        recipients: per recipient its state: a dict with at least ``state``
-            (``pending | deferred | delivered | failed | held``), ``attempts``,
-            ``next_attempt`` (epoch seconds or ``None``) and ``last_error``.
+        recipients: per recipient its :class:`RecipientState`.
         size: the message size in octets.
         created: seconds since the epoch when it was queued.
     """
 
     queue_id: str
     envelope: Envelope
-    recipients: dict[str, dict[str, Any]]
+    recipients: dict[str, RecipientState]
     size: int
     created: float

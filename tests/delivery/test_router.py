@@ -302,7 +302,7 @@ class HoldTests(RouterTestBase):
             sorted(entry.recipients),
             ["alice@example.test", "bob@example.test", "someone@else.test", "someone@remote.test"],
         )
-        self.assertEqual({st["state"] for st in entry.recipients.values()}, {"held"})
+        self.assertEqual({st.state for st in entry.recipients.values()}, {"held"})
         self.assertEqual(entry.envelope.hold, "milter: quarantine")
 
 

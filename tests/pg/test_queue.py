@@ -94,6 +94,57 @@ class PostgresQueueStorageTests(TestCase):
         self.assertEqual(digest.hexdigest(), pattern_digest(size))
 
     @defer.inlineCallbacks
+    def test_untyped_fields_load(self) -> Gen:
+        """
+        ``fields`` as the runner wrote them before recipient states were
+        typed (only the keys it had set) load as RecipientStates; a state
+        written now is the same JSON with the defaults beyond the first four
+        keys left out.
+        """
+        from psycopg.types.json import Jsonb
+
+        from txmail.model import DeliveryState, RecipientState
+
+        queue_id = yield self.queue.enqueue(
+            ENVELOPE, pattern_source(10), ["bob@remote.test", "carol@remote.test"]
+        )
+        old = {
+            "state": "delivered",
+            "attempts": 1,
+            "last_attempt": 1700000300.0,
+            "next_attempt": None,
+            "last_error": None,
+            "host": "mx1.remote.test",
+            "reply": "250 2.0.0 queued as 1",
+            "status": "2.0.0",
+            "success_action": "relayed",
+            "success_sent": False,
+        }
+        self.database.run_sync(
+            lambda conn: conn.execute(
+                "UPDATE queue_recipients SET fields = %s WHERE queue_id = %s AND address = %s",
+                (Jsonb(old), queue_id, "bob@remote.test"),
+            )
+        )
+        entry = yield self.queue.get_entry(queue_id)
+        bob = RecipientState(
+            DeliveryState.DELIVERED,
+            attempts=1,
+            last_attempt=1700000300.0,
+            host="mx1.remote.test",
+            reply="250 2.0.0 queued as 1",
+            status="2.0.0",
+            success_action="relayed",
+            success_sent=False,
+        )
+        self.assertEqual(entry.recipients, {"bob@remote.test": bob, "carol@remote.test": RecipientState()})
+        yield self.queue.update_recipients(queue_id, {"bob@remote.test": bob})
+        self.assertEqual(
+            self.rows("SELECT fields FROM queue_recipients WHERE queue_id = %s ORDER BY position", queue_id),
+            [(old,), ({"state": "pending", "attempts": 0, "next_attempt": None, "last_error": None},)],
+        )
+
+    @defer.inlineCallbacks
     def test_delete_removes_everything(self) -> Gen:
         """Deleting an entry removes its recipients and pieces."""
         queue_id = yield self.queue.enqueue(ENVELOPE, pattern_source(1000), ["bob@remote.test"])
