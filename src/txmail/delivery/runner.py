@@ -117,7 +117,7 @@ from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
 from txmail.metrics import NULL_METRICS
 from txmail.model import DeliveryState, Envelope, QueueEntry, RecipientState
-from txmail.smtp.client import RelayRequest
+from txmail.smtp.client import RelayRequest, TLSPolicy
 
 __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
@@ -211,8 +211,8 @@ class QueueRunner(_twisted.Service):
         schedule: RetrySchedule | None = None,
         relay_port: int = 25,
         smarthost: Smarthost | None = None,
-        tls_policy: str = "opportunistic",
-        domain_tls: Mapping[str, str] | None = None,
+        tls_policy: TLSPolicy = "opportunistic",
+        domain_tls: Mapping[str, TLSPolicy] | None = None,
         trust_root: Any = None,
         poll_interval: float = 30.0,
         timeout: float = 300.0,
@@ -462,7 +462,7 @@ class QueueRunner(_twisted.Service):
     def _dsn_params(params: Mapping[str, str], keys: Sequence[str]) -> dict[str, str]:
         return {k: v for k, v in params.items() if k in keys and isinstance(v, str) and _PARAM_OK_RE.match(v)}
 
-    def _policy(self, domain: str) -> str:
+    def _policy(self, domain: str) -> TLSPolicy:
         return self.domain_tls.get(domain, self.tls_policy)
 
     # -- local --------------------------------------------------------------

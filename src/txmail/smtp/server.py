@@ -109,7 +109,7 @@ from txmail.smtp.events import (
     RcptTo,
     StartTLS,
 )
-from txmail.smtp.session import SENDER_NOT_OWNED, SESSION_ROLES, ServerSession, SMTPLimits
+from txmail.smtp.session import SENDER_NOT_OWNED, SESSION_ROLES, ServerSession, SessionRole, SMTPLimits
 
 __all__ = [
     "SMTPFactory",
@@ -973,7 +973,7 @@ class SMTPFactory(Factory[SMTPServerProtocol]):
     def __init__(
         self,
         *,
-        role: str = "mta",
+        role: SessionRole = "mta",
         hostname: str,
         router: IDeliveryRouter,
         authenticator: Any = None,
@@ -981,7 +981,7 @@ class SMTPFactory(Factory[SMTPServerProtocol]):
         spool_dir: str | None = None,
         tls_context: Any = None,
         implicit_tls: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         limits: SMTPLimits | None = None,
         clock: IReactorTime | None = None,
         run_blocking: RunBlocking | None = None,
