@@ -1045,8 +1045,9 @@ class IDeliveryRouter(Interface):
 
         Returns:
             ``Deferred[RecipientResult]``: ``ok`` to accept; otherwise
-            ``reply`` holds the SMTP reply (``"550 5.1.1 ..."``,
-            ``"554 5.7.1 ..."``) and ``temporary`` its class.  Relaying to a
+            ``reply`` holds the SMTP reply (a
+            :class:`~txmail.smtp.codes.Reply`: ``550 5.1.1 ...``,
+            ``554 5.7.1 ...``) and ``temporary`` its class.  Relaying to a
             non-local domain is allowed only for an authenticated user.
         """
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, BinaryIO, Literal
 
+from txmail.smtp.codes import Reply
+
 __all__ = [
     "ANSWERED",
     "DELETED",
@@ -653,7 +655,12 @@ class RecipientResult:
         recipient: the address as the client gave it.
         ok: delivered to a mailbox or queued durably.
         temporary: when not ok, whether the failure is temporary (4xx).
-        reply: an SMTP-style text for logs and replies.
+        reply: the :class:`~txmail.smtp.codes.Reply` that says what became
+            of it, or ``None`` (the SMTP server then sends its own).  A
+            ``str`` given here (``"550 5.1.1 No such user"``, as routers
+            written for earlier versions give it) is parsed once, with
+            :meth:`Reply.from_text <txmail.smtp.codes.Reply.from_text>`:
+            one that is not a well-formed reply becomes ``None``.
         detail: for local deliveries the mailbox owners and UIDs, for
             queued ones the queue id.
     """
@@ -661,8 +668,13 @@ class RecipientResult:
     recipient: str
     ok: bool
     temporary: bool = False
-    reply: str = ""
+    reply: Reply | None = None
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        reply: object = self.reply
+        if isinstance(reply, str):
+            object.__setattr__(self, "reply", Reply.from_text(reply) if reply else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -487,6 +487,8 @@ class QueueRunner(_twisted.Service):
         # A router that can (DeliveryRouter.redeliver) reports a failed copy
         # instead of queueing it again, so its attempts count here.
         deliver = getattr(self.router, "redeliver", self.router.deliver)
+        # Per recipient: ok, the reply as text, temporary, the reply's enhanced code.
+        results: dict[str, tuple[bool, str, bool, str]]
         try:
             report = await deliver(envelope, message)
         except Exception as e:
@@ -495,12 +497,20 @@ class QueueRunner(_twisted.Service):
                 queue_id=entry.queue_id,
                 message_id=entry.envelope.message_id,
             )
-            results = {r: (False, f"local delivery failed: {e}", True) for r in rcpts}
+            results = {r: (False, f"local delivery failed: {e}", True, "") for r in rcpts}
         else:
-            results = {r.recipient: (r.ok, r.reply, r.temporary) for r in report.results}
+            results = {
+                r.recipient: (
+                    r.ok,
+                    r.reply.as_text() if r.reply is not None else "",
+                    r.temporary,
+                    r.reply.enhanced if r.reply is not None else "",
+                )
+                for r in report.results
+            }
         changes: dict[str, RecipientState] = {}
         for rcpt in rcpts:
-            ok, reply, temporary = results.get(rcpt, (False, "local delivery failed", True))
+            ok, reply, temporary, enhanced = results.get(rcpt, (False, "local delivery failed", True, ""))
             st = entry.recipients[rcpt]
             attempts = st.attempts + 1
             self.log.info(
@@ -523,10 +533,12 @@ class QueueRunner(_twisted.Service):
                 changes[rcpt] = self._wanting_success(delivered, entry, rcpt, "delivered")
             elif temporary:
                 changes[rcpt] = self._temporary(
-                    entry, st, attempts, now, reply, None, _status_of(reply, "temporary")
+                    entry, st, attempts, now, reply, None, enhanced or _status_of(reply, "temporary")
                 )
             else:
-                changes[rcpt] = self._failed(st, attempts, now, reply, None, _status_of(reply, "permanent"))
+                changes[rcpt] = self._failed(
+                    st, attempts, now, reply, None, enhanced or _status_of(reply, "permanent")
+                )
         return changes
 
     # -- remote -------------------------------------------------------------
@@ -707,11 +719,7 @@ class QueueRunner(_twisted.Service):
                 continue
             status = result.status(rcpt)
             reply = result.reply_for(rcpt)
-            text = (
-                f"{reply.code} {' '.join(w for w in (reply.enhanced, reply.text.replace(chr(10), ' ')) if w)}"
-                if reply is not None
-                else (result.error or "no reply")
-            )
+            text = reply.as_text() if reply is not None else (result.error or "no reply")
             code = (reply.enhanced if reply is not None and reply.enhanced else None) or _status_of(
                 text, status
             )
