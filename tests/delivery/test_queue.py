@@ -38,6 +38,60 @@ ENVELOPE = Envelope(
 )
 
 
+#: A queue entry as the file queue wrote it before recipient states were
+#: typed: each state holds the fields the runner had set (and one it never
+#: knew, ``x_custom``).
+UNTYPED_ENTRY = (
+    b'{"created": 1700000000.0, "envelope": {"authenticated_user": null, "folder": null,'
+    b' "helo": "", "hold": null, "mail_from": "alice@example.test", "mail_params": {},'
+    b' "message_id": "", "peer": "", "protocol": "ESMTP", "rcpt_params": [], "rcpt_to":'
+    b' ["bob@remote.test", "carol@remote.test", "dave@remote.test"], "received_at": 0.0,'
+    b' "tls": false}, "queue_id": "6553F10063FBC49834", "recipients": {"bob@remote.test":'
+    b' {"attempts": 2, "delay_notice_sent": true, "host": "mx1.remote.test", "last_attempt":'
+    b' 1700000300.0, "last_error": "451 4.2.0 try later", "next_attempt": 1700000900.0,'
+    b' "state": "deferred", "status": "4.2.0"}, "carol@remote.test": {"attempts": 1, "host":'
+    b' "mx1.remote.test", "last_attempt": 1700000300.0, "last_error": null, "next_attempt":'
+    b' null, "reply": "250 2.0.0 queued as 1", "state": "delivered", "status": "2.0.0",'
+    b' "success_action": "relayed", "success_sent": false}, "dave@remote.test": {"attempts": 1,'
+    b' "dsn_sent": true, "host": "mx1.remote.test", "last_attempt": 1700000300.0, "last_error":'
+    b' "550 5.1.1 no such user", "next_attempt": null, "state": "failed", "status": "5.1.1",'
+    b' "x_custom": 7}}, "size": 5, "version": 1}'
+)
+
+#: The states of :data:`UNTYPED_ENTRY`, loaded.
+UNTYPED_STATES = {
+    "bob@remote.test": RecipientState(
+        DeliveryState.DEFERRED,
+        attempts=2,
+        next_attempt=1700000900.0,
+        last_error="451 4.2.0 try later",
+        last_attempt=1700000300.0,
+        host="mx1.remote.test",
+        status="4.2.0",
+        delay_notice_sent=True,
+    ),
+    "carol@remote.test": RecipientState(
+        DeliveryState.DELIVERED,
+        attempts=1,
+        last_attempt=1700000300.0,
+        host="mx1.remote.test",
+        reply="250 2.0.0 queued as 1",
+        status="2.0.0",
+        success_action="relayed",
+        success_sent=False,
+    ),
+    "dave@remote.test": RecipientState(
+        DeliveryState.FAILED,
+        attempts=1,
+        last_error="550 5.1.1 no such user",
+        last_attempt=1700000300.0,
+        host="mx1.remote.test",
+        status="5.1.1",
+        dsn_sent=True,
+    ),
+}
+
+
 class SpoolQueueConformanceTests(QueueConformanceMixin, TestCase):
     """The spool directory queue keeps the whole queue contract."""
 
@@ -199,69 +253,20 @@ class SpoolQueueTests(SynchronousTestCase):
         runner kept them, only those it had set) loads as RecipientStates,
         an unknown field dropped; written again, it keeps the same JSON.
         """
-        old = (
-            b'{"created": 1700000000.0, "envelope": {"authenticated_user": null, "folder": null,'
-            b' "helo": "", "hold": null, "mail_from": "alice@example.test", "mail_params": {},'
-            b' "message_id": "", "peer": "", "protocol": "ESMTP", "rcpt_params": [], "rcpt_to":'
-            b' ["bob@remote.test", "carol@remote.test", "dave@remote.test"], "received_at": 0.0,'
-            b' "tls": false}, "queue_id": "6553F10063FBC49834", "recipients": {"bob@remote.test":'
-            b' {"attempts": 2, "delay_notice_sent": true, "host": "mx1.remote.test", "last_attempt":'
-            b' 1700000300.0, "last_error": "451 4.2.0 try later", "next_attempt": 1700000900.0,'
-            b' "state": "deferred", "status": "4.2.0"}, "carol@remote.test": {"attempts": 1, "host":'
-            b' "mx1.remote.test", "last_attempt": 1700000300.0, "last_error": null, "next_attempt":'
-            b' null, "reply": "250 2.0.0 queued as 1", "state": "delivered", "status": "2.0.0",'
-            b' "success_action": "relayed", "success_sent": false}, "dave@remote.test": {"attempts": 1,'
-            b' "dsn_sent": true, "host": "mx1.remote.test", "last_attempt": 1700000300.0, "last_error":'
-            b' "550 5.1.1 no such user", "next_attempt": null, "state": "failed", "status": "5.1.1",'
-            b' "x_custom": 7}}, "size": 5, "version": 1}'
-        )
         os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, "6553F10063FBC49834.json"), "wb") as f:
-            f.write(old)
+            f.write(UNTYPED_ENTRY)
         with open(os.path.join(self.dir, "6553F10063FBC49834.msg"), "wb") as f:
             f.write(b"hello")
         queue = SpoolQueue(self.dir)
         entry = self.successResultOf(queue.get_entry("6553F10063FBC49834"))
-        self.assertEqual(
-            entry.recipients,
-            {
-                "bob@remote.test": RecipientState(
-                    DeliveryState.DEFERRED,
-                    attempts=2,
-                    next_attempt=1700000900.0,
-                    last_error="451 4.2.0 try later",
-                    last_attempt=1700000300.0,
-                    host="mx1.remote.test",
-                    status="4.2.0",
-                    delay_notice_sent=True,
-                ),
-                "carol@remote.test": RecipientState(
-                    DeliveryState.DELIVERED,
-                    attempts=1,
-                    last_attempt=1700000300.0,
-                    host="mx1.remote.test",
-                    reply="250 2.0.0 queued as 1",
-                    status="2.0.0",
-                    success_action="relayed",
-                    success_sent=False,
-                ),
-                "dave@remote.test": RecipientState(
-                    DeliveryState.FAILED,
-                    attempts=1,
-                    last_error="550 5.1.1 no such user",
-                    last_attempt=1700000300.0,
-                    host="mx1.remote.test",
-                    status="5.1.1",
-                    dsn_sent=True,
-                ),
-            },
-        )
+        self.assertEqual(entry.recipients, UNTYPED_STATES)
         # Written again (an update of another recipient), the states keep their JSON.
         bob = dataclasses.replace(entry.recipients["bob@remote.test"], attempts=3)
         self.successResultOf(queue.update_recipients("6553F10063FBC49834", {"bob@remote.test": bob}))
         with open(os.path.join(self.dir, "6553F10063FBC49834.json"), "rb") as f:
             written = json.load(f)
-        expected = json.loads(old)
+        expected = json.loads(UNTYPED_ENTRY)
         expected["recipients"]["bob@remote.test"]["attempts"] = 3
         del expected["recipients"]["dave@remote.test"]["x_custom"]
         self.assertEqual(written, expected)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from tests.delivery.test_queue import UNTYPED_ENTRY, UNTYPED_STATES
 from tests.pg._helpers import upgraded_database
 from txmail.testing.queue import ENVELOPE, QueueConformanceMixin
 from txmail.testing.sources import pattern_digest, pattern_source
@@ -103,23 +105,12 @@ class PostgresQueueStorageTests(TestCase):
         """
         from psycopg.types.json import Jsonb
 
-        from txmail.model import DeliveryState, RecipientState
+        from txmail.model import RecipientState
 
         queue_id = yield self.queue.enqueue(
             ENVELOPE, pattern_source(10), ["bob@remote.test", "carol@remote.test"]
         )
-        old = {
-            "state": "delivered",
-            "attempts": 1,
-            "last_attempt": 1700000300.0,
-            "next_attempt": None,
-            "last_error": None,
-            "host": "mx1.remote.test",
-            "reply": "250 2.0.0 queued as 1",
-            "status": "2.0.0",
-            "success_action": "relayed",
-            "success_sent": False,
-        }
+        old = json.loads(UNTYPED_ENTRY)["recipients"]["carol@remote.test"]
         self.database.run_sync(
             lambda conn: conn.execute(
                 "UPDATE queue_recipients SET fields = %s WHERE queue_id = %s AND address = %s",
@@ -127,16 +118,7 @@ class PostgresQueueStorageTests(TestCase):
             )
         )
         entry = yield self.queue.get_entry(queue_id)
-        bob = RecipientState(
-            DeliveryState.DELIVERED,
-            attempts=1,
-            last_attempt=1700000300.0,
-            host="mx1.remote.test",
-            reply="250 2.0.0 queued as 1",
-            status="2.0.0",
-            success_action="relayed",
-            success_sent=False,
-        )
+        bob = UNTYPED_STATES["carol@remote.test"]
         self.assertEqual(entry.recipients, {"bob@remote.test": bob, "carol@remote.test": RecipientState()})
         yield self.queue.update_recipients(queue_id, {"bob@remote.test": bob})
         self.assertEqual(

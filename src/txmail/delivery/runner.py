@@ -784,18 +784,10 @@ class QueueRunner(_twisted.Service):
     def _failed(
         st: RecipientState, attempts: int, now: float, error: str, host: str | None, status: str
     ) -> RecipientState:
-        return dataclasses.replace(
-            st,
-            state=DeliveryState.FAILED,
-            attempts=attempts,
-            last_attempt=now,
-            next_attempt=None,
-            last_error=error,
-            host=host,
-            # 4.4.7 (RFC 3463): delivery time expired.
-            status=status if status.startswith("5") or status == "4.4.7" else "5.0.0",
-            dsn_sent=False,
-        )
+        # 4.4.7 (RFC 3463): delivery time expired.
+        status = status if status.startswith("5") or status == "4.4.7" else "5.0.0"
+        failed = _attempted(st, DeliveryState.FAILED, attempts, now, None, error, host, status)
+        return dataclasses.replace(failed, dsn_sent=False)
 
     def _temporary(
         self,
@@ -810,16 +802,8 @@ class QueueRunner(_twisted.Service):
         nxt = self.schedule.next_attempt(entry.created, attempts, now)
         if nxt is None:
             return self._failed(st, attempts, now, f"{error} (gave up: delivery time expired)", host, "4.4.7")
-        return dataclasses.replace(
-            st,
-            state=DeliveryState.DEFERRED,
-            attempts=attempts,
-            last_attempt=now,
-            next_attempt=nxt,
-            last_error=error,
-            host=host,
-            status=status if status.startswith("4") else "4.0.0",
-        )
+        status = status if status.startswith("4") else "4.0.0"
+        return _attempted(st, DeliveryState.DEFERRED, attempts, now, nxt, error, host, status)
 
     # -- notices ------------------------------------------------------------
 
@@ -939,6 +923,29 @@ class QueueRunner(_twisted.Service):
             sender=env.mail_from,
             outcome="sent" if ok else "could not be sent",
         )
+
+
+def _attempted(
+    st: RecipientState,
+    state: DeliveryState,
+    attempts: int,
+    now: float,
+    next_attempt: float | None,
+    error: str,
+    host: str | None,
+    status: str,
+) -> RecipientState:
+    """*st* after an attempt at *now* that failed with *error* (at *host*) and left it in *state*."""
+    return dataclasses.replace(
+        st,
+        state=state,
+        attempts=attempts,
+        last_attempt=now,
+        next_attempt=next_attempt,
+        last_error=error,
+        host=host,
+        status=status,
+    )
 
 
 def _status_of(text: str, status: str) -> str:
