@@ -410,7 +410,7 @@ class QueueCommandTests(CLITestCase):
     def setUp(self) -> None:
         super().setUp()
         from txmail.delivery.queue import SpoolQueue
-        from txmail.model import Envelope, MessageSource
+        from txmail.model import DeliveryState, Envelope, MessageSource, RecipientState
 
         self.queue_dir = os.path.join(self.data_dir, "queue")
         queue = SpoolQueue(self.queue_dir)
@@ -428,13 +428,13 @@ class QueueCommandTests(CLITestCase):
         queue.update_recipients(
             self.queue_id,
             {
-                "a@remote.test": {
-                    "state": "deferred",
-                    "attempts": 1,
-                    "next_attempt": 4102444800,
-                    "last_error": "451 4.2.0 later",
-                    "host": "mx.remote.test",
-                }
+                "a@remote.test": RecipientState(
+                    DeliveryState.DEFERRED,
+                    attempts=1,
+                    next_attempt=4102444800,
+                    last_error="451 4.2.0 later",
+                    host="mx.remote.test",
+                )
             },
         )
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import get_args
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from txmail.auth.sasl import PlaintextPolicy
 from txmail.config import Settings, load_config, parse_host_port
 from txmail.errors import ConfigError
+from txmail.smtp.client import TLSPolicy
 
 
 class LoadConfigTests(SynchronousTestCase):
@@ -163,6 +166,34 @@ class OutboundConfigTests(SynchronousTestCase):
             ('[outbound.tls_policies]\n"x.test" = "sometimes"\n', "x.test"),
             ('[outbound]\ngive_up_after = "soon"\n', "give_up_after"),
             ('[outbound]\nenabled = "yes"\n', "enabled"),
+        ]
+        for text, needle in cases:
+            with self.assertRaises(ConfigError) as cm:
+                load_config(self.write(text))
+            self.assertIn(needle, str(cm.exception), text)
+
+    def test_policies_typed(self) -> None:
+        """
+        ``plaintext_auth`` and the TLS policies take every value of their
+        ``Literal`` type and nothing else; an error names the setting.
+        """
+        for value in get_args(PlaintextPolicy):
+            self.assertEqual(
+                load_config(self.write(f'[server]\nplaintext_auth = "{value}"\n')).plaintext_auth, value
+            )
+        for value in get_args(TLSPolicy):
+            s = load_config(
+                self.write(
+                    f'[outbound]\ntls_policy = "{value}"\n[outbound.tls_policies]\n"x.test" = "{value}"\n'
+                )
+            )
+            self.assertEqual((s.outbound_tls_policy, s.outbound_tls_policies), (value, (("x.test", value),)))
+        cases = [
+            ("[server]\nplaintext_auth = 1\n", "plaintext_auth"),
+            ('[server]\nplaintext_auth = "Always"\n', "plaintext_auth"),
+            ('[outbound]\ntls_policy = "VERIFY"\n', "tls_policy"),
+            ('[outbound.tls_policies]\n"x.test" = "dane"\n', "[outbound.tls_policies] x.test"),
+            ('[outbound.tls_policies]\n"x.test" = 1\n', "[outbound.tls_policies] x.test"),
         ]
         for text, needle in cases:
             with self.assertRaises(ConfigError) as cm:

@@ -32,7 +32,7 @@ from txmail.metrics import (
     metrics_available,
     policy_reason,
 )
-from txmail.model import Envelope, MessageSource, QueueEntry
+from txmail.model import DeliveryState, Envelope, MessageSource, QueueEntry, RecipientState
 from txmail.policy.engine import PolicyEngine
 from txmail.policy.hooks import Policy, SessionInfo, Stage, Verdict
 from txmail.pop3.server import MaildropLocks, POP3Factory
@@ -254,15 +254,19 @@ class DeliveryMetricsTests(SynchronousTestCase):
         runner.metrics = metrics
         runner._count(
             {
-                "a@remote.test": {"state": "delivered"},
-                "b@remote.test": {"state": "deferred"},
-                "c@remote.test": {"state": "failed"},
-                "d@remote.test": {"state": "failed"},
+                "a@remote.test": RecipientState(DeliveryState.DELIVERED),
+                "b@remote.test": RecipientState(DeliveryState.DEFERRED),
+                "c@remote.test": RecipientState(DeliveryState.FAILED),
+                "d@remote.test": RecipientState(DeliveryState.FAILED),
             },
             local=False,
         )
         runner._count(
-            {"e@example.test": {"state": "delivered"}, "f@example.test": {"state": "deferred"}}, local=True
+            {
+                "e@example.test": RecipientState(DeliveryState.DELIVERED),
+                "f@example.test": RecipientState(DeliveryState.DEFERRED),
+            },
+            local=True,
         )
         self.assertEqual(sample(metrics, "txmail_messages_delivered_total", destination="remote"), 1)
         self.assertEqual(sample(metrics, "txmail_messages_deferred_total", destination="remote"), 1)
@@ -279,11 +283,16 @@ class DeliveryMetricsTests(SynchronousTestCase):
                 env = Envelope(mail_from="", rcpt_to=())
                 return defer.succeed(
                     [
-                        QueueEntry("A", env, {"x@r.test": {"state": "deferred"}}, 10, 1000.0),
+                        QueueEntry(
+                            "A", env, {"x@r.test": RecipientState(DeliveryState.DEFERRED)}, 10, 1000.0
+                        ),
                         QueueEntry(
                             "B",
                             env,
-                            {"y@r.test": {"state": "pending"}, "z@r.test": {"state": "held"}},
+                            {
+                                "y@r.test": RecipientState(DeliveryState.PENDING),
+                                "z@r.test": RecipientState(DeliveryState.HELD),
+                            },
                             10,
                             1900.0,
                         ),

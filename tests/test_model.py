@@ -11,11 +11,26 @@ from twisted.trial.unittest import SynchronousTestCase
 from txmail.mime import parse_metadata
 from txmail.model import (
     MessageSource,
+    RecipientResult,
     as_source,
     match_mailbox_pattern,
     normalize_flags,
     normalize_mailbox_name,
 )
+from txmail.smtp.codes import Reply
+
+
+class RecipientResultTests(SynchronousTestCase):
+    def test_reply_typed(self) -> None:
+        """The reply is a Reply; the text of earlier versions is parsed once, a malformed one is no reply."""
+        reply = Reply(550, "5.1.1", "No such user here")
+        self.assertIs(RecipientResult("a", ok=False, reply=reply).reply, reply)
+        self.assertEqual(RecipientResult("a", ok=False, reply="550 5.1.1 No such user here").reply, reply)
+        self.assertEqual(RecipientResult("a", ok=True, reply="250 OK").reply, Reply(250, "", "OK"))
+        self.assertEqual(RecipientResult("a", ok=False, reply="550 4.1.1 x").reply, Reply(550, "", "x"))
+        for text in ("", "no such user", "999 x", "550 5.1.1 a\n550 5.1.1 b"):
+            self.assertIsNone(RecipientResult("a", ok=False, reply=text).reply, text)
+        self.assertIsNone(RecipientResult("a", ok=True).reply)
 
 
 class FlagTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txmail.errors import ConfigError
 from txmail.quota import QuotaExceeded, Quotas, Usage, parse_size
+from txmail.smtp.codes import Reply
 
 
 class ParseSizeTests(SynchronousTestCase):
@@ -46,11 +47,11 @@ class QuotasTests(SynchronousTestCase):
         with self.assertRaises(QuotaExceeded) as cm:
             self.quotas.check("alice@example.test", Usage(600, 3), 401)
         self.assertFalse(cm.exception.permanent)
-        self.assertEqual(cm.exception.reply, "452 4.2.2 Mailbox full")
+        self.assertEqual(cm.exception.reply, Reply(452, "4.2.2", "Mailbox full"))
         with self.assertRaises(QuotaExceeded) as cm:
             self.quotas.check("alice@example.test", Usage(0, 0), 1001)
         self.assertTrue(cm.exception.permanent)
-        self.assertTrue(cm.exception.reply.startswith("552 5.2.2 "))
+        self.assertEqual((cm.exception.reply.code, cm.exception.reply.enhanced), (552, "5.2.2"))
         self.quotas.check("archive@example.test", Usage(10**12, 1), 10**9)
 
     def test_full(self) -> None:

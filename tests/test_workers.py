@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txmail.mime import parse_metadata
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.quota import Usage
+from txmail.smtp.codes import Reply
 from txmail.smtp.server import reply_for_report
 from txmail.workers import (
     AMP_VALUE_LIMIT,
@@ -60,7 +61,7 @@ class FakeRouter:
 
     def __init__(self) -> None:
         self.delivered: list[tuple[Envelope, bytes, Any]] = []
-        self.fail: dict[str, tuple[bool, str]] = {}
+        self.fail: dict[str, tuple[bool, str | Reply | None]] = {}
 
     def deliver(self, envelope: Envelope, message: MessageSource) -> defer.Deferred[DeliveryReport]:
         with message.open() as f:
@@ -143,10 +144,19 @@ class HandOverTests(SynchronousTestCase):
         self.assertEqual(
             [(r.recipient, r.ok, r.temporary, r.reply) for r in report.results],
             [
-                ("bob@example.test", True, False, "250 2.0.0 OK"),
-                ("carol@example.test", False, True, "452 4.2.2 Mailbox full"),
+                ("bob@example.test", True, False, Reply(250, "2.0.0", "OK")),
+                ("carol@example.test", False, True, Reply(452, "4.2.2", "Mailbox full")),
             ],
         )
+        self.assertEqual(reply_for_report(report, "M1").code, 451)
+
+    def test_typed_replies_cross_intact(self) -> None:
+        """A Reply (multi-line, or without an enhanced code) and no reply at all cross as they are."""
+        multi = Reply(550, "5.7.1", "Rejected\nsee https://example.test/why")
+        self.router.fail["bob@example.test"] = (False, multi)
+        self.router.fail["carol@example.test"] = (True, None)
+        report = self.deliver()
+        self.assertEqual([r.reply for r in report.results], [multi, None])
         self.assertEqual(reply_for_report(report, "M1").code, 451)
 
     def test_owner_gone_is_451(self) -> None:

@@ -219,7 +219,7 @@ class LineSession(SessionCore[EventT], ABC, Generic[EventT, ReplyT]):
         *,
         tls_available: bool = False,
         tls_active: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         loopback: bool = False,
         sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
     ) -> None:

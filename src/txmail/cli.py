@@ -95,6 +95,7 @@ from txmail.dnsrecords import (
     zone_text,
 )
 from txmail.errors import ConfigError, DatabaseError, DirectoryError, QueueError
+from txmail.model import DeliveryState
 
 __all__ = ["CLIError", "build_parser", "check_records", "main"]
 
@@ -406,8 +407,8 @@ def _queue_list(args: argparse.Namespace) -> None:
     entries = _now(_queue(args).list_entries())
     for entry in entries:
         counts: dict[str, int] = {}
-        for fields in entry.recipients.values():
-            counts[fields.get("state", "?")] = counts.get(fields.get("state", "?"), 0) + 1
+        for st in entry.recipients.values():
+            counts[st.state] = counts.get(st.state, 0) + 1
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         _out(
             f"{entry.queue_id}  {_when(entry.created)}  {entry.size:>9}  <{entry.envelope.mail_from}>  {states}"
@@ -428,13 +429,13 @@ def _queue_show(args: argparse.Namespace) -> None:
         _out(f"held for:  {env.hold}")
     if env.mail_params:
         _out("params:    " + " ".join(f"{k}={v}" if v is not None else k for k, v in env.mail_params.items()))
-    for rcpt, fields in entry.recipients.items():
-        _out(f"<{rcpt}>: {fields.get('state')}, {fields.get('attempts', 0)} attempt(s)")
-        if fields.get("state") == "deferred":
-            _out(f"    next attempt: {_when(fields.get('next_attempt'))}")
-        for key, label in (("host", "last host"), ("reply", "reply"), ("last_error", "last error")):
-            if fields.get(key):
-                _out(f"    {label}: {fields[key]}")
+    for rcpt, st in entry.recipients.items():
+        _out(f"<{rcpt}>: {st.state}, {st.attempts} attempt(s)")
+        if st.state is DeliveryState.DEFERRED:
+            _out(f"    next attempt: {_when(st.next_attempt)}")
+        for value, label in ((st.host, "last host"), (st.reply, "reply"), (st.last_error, "last error")):
+            if value:
+                _out(f"    {label}: {value}")
 
 
 def _queue_flush(args: argparse.Namespace) -> None:

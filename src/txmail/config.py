@@ -180,11 +180,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from txmail.auth.sasl import PLAINTEXT_POLICIES, PlaintextPolicy
 from txmail.errors import ConfigError
 from txmail.milter.settings import MilterSettings, parse_milters
 from txmail.policy.config import PolicyConfig, parse_policy_config
 from txmail.policy.rspamd_settings import RspamdSettings, parse_rspamd_settings
 from txmail.quota import parse_size
+from txmail.smtp.client import TLS_POLICIES, TLSPolicy
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -198,7 +200,6 @@ __all__ = [
     "parse_host_port",
 ]
 
-PLAINTEXT_POLICIES = ("never", "loopback", "always")
 #: The mail store backends ``[store] backend`` may name.
 STORE_BACKENDS = ("maildir", "memory", "postgresql")
 #: Backends reserved for a later release: named, but refused with a clear error.
@@ -207,7 +208,6 @@ RESERVED_STORE_BACKENDS: tuple[str, ...] = ()
 DIRECTORY_BACKENDS = ("file", "postgresql")
 #: The outbound queue backends ``[queue] backend`` may name.
 QUEUE_BACKENDS = ("file", "postgresql")
-TLS_POLICIES = ("none", "opportunistic", "verify")
 DEFAULT_DATA_DIR = "./txmail-data"
 #: The balancers ``[server] proxy_trusted`` names by default: this machine.
 DEFAULT_PROXY_TRUSTED = ("127.0.0.0/8", "::1/128")
@@ -223,7 +223,7 @@ class Settings:
     hostname: str = field(default_factory=socket.gethostname)
     data_dir: str = DEFAULT_DATA_DIR
     domains: tuple[str, ...] = ("localhost",)
-    plaintext_auth: str = "loopback"
+    plaintext_auth: PlaintextPolicy = "loopback"
     threads: int = 8
     workers: int | None = None
     gc_threshold: tuple[int, ...] = (100_000, 50, 100)
@@ -285,8 +285,8 @@ class Settings:
     smarthost: str | None = None
     smarthost_user: str | None = None
     smarthost_password: str | None = field(default=None, repr=False)
-    outbound_tls_policy: str = "opportunistic"
-    outbound_tls_policies: tuple[tuple[str, str], ...] = ()
+    outbound_tls_policy: TLSPolicy = "opportunistic"
+    outbound_tls_policies: tuple[tuple[str, TLSPolicy], ...] = ()
     outbound_ca_file: str | None = None
     retry_schedule: str = "5m,10m,20m,40m,1h"
     give_up_after: float = 5 * 86400.0
@@ -677,7 +677,9 @@ def _validate(values: dict[str, Any]) -> Settings:
                 raise ConfigError("tls_policies must be a table of domain = policy") from None
             for domain, policy in pairs:
                 if policy not in TLS_POLICIES:
-                    raise ConfigError(f"tls policy for {domain} must be one of {', '.join(TLS_POLICIES)}")
+                    raise ConfigError(
+                        f"[outbound.tls_policies] {domain} must be one of {', '.join(TLS_POLICIES)}"
+                    )
             out[f.name] = pairs
         elif f.name in ("give_up_after", "queue_poll_interval", "outbound_timeout"):
             out[f.name] = _duration(f.name, value)

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         MessageSource,
         QueueEntry,
         RecipientResult,
+        RecipientState,
         SpecialUse,
     )
     from txmail.quota import Usage
@@ -1044,8 +1045,9 @@ class IDeliveryRouter(Interface):
 
         Returns:
             ``Deferred[RecipientResult]``: ``ok`` to accept; otherwise
-            ``reply`` holds the SMTP reply (``"550 5.1.1 ..."``,
-            ``"554 5.7.1 ..."``) and ``temporary`` its class.  Relaying to a
+            ``reply`` holds the SMTP reply (a
+            :class:`~txmail.smtp.codes.Reply`: ``550 5.1.1 ...``,
+            ``554 5.7.1 ...``) and ``temporary`` its class.  Relaying to a
             non-local domain is allowed only for an authenticated user.
         """
 
@@ -1100,11 +1102,12 @@ class IQueue(Interface):
     """
     The durable outbound spool for mail to non-local recipients.
 
-    Each entry keeps a state per recipient (:attr:`txmail.model.QueueEntry.recipients`):
-    ``pending`` when queued (``held`` when the envelope has a ``hold``
-    reason), then as the queue runner records its attempts with
-    :meth:`update_recipients`, ``deferred`` (to be retried at
-    ``next_attempt``), ``delivered`` or ``failed``.  Every method taking a
+    Each entry keeps a :class:`~txmail.model.RecipientState` per recipient
+    (:attr:`txmail.model.QueueEntry.recipients`): ``pending`` when queued
+    (``held`` when the envelope has a ``hold`` reason), then as the queue
+    runner records its attempts with :meth:`update_recipients`,
+    ``deferred`` (to be retried at ``next_attempt``), ``delivered`` or
+    ``failed`` (:class:`~txmail.model.DeliveryState`).  Every method taking a
     queue id fails with :class:`~txmail.errors.QueueError` when no entry has
     that id.  The conformance suite :mod:`txmail.testing.queue` checks the
     contract.
@@ -1140,24 +1143,24 @@ class IQueue(Interface):
         """
 
     def update_recipients(
-        queue_id: str, changes: Mapping[str, Mapping[str, Any]], *, durable: bool = True
+        queue_id: str, changes: Mapping[str, RecipientState], *, durable: bool = True
     ) -> Deferred[None]:
         """
-        Record what became of recipients: merge *changes* (recipient -> the
-        fields to set, ``state``, ``attempts``, ``next_attempt``,
-        ``last_error`` and any other JSON-serialisable fields the runner
-        keeps) into the entry's recipient states; fields not named keep
-        their values.  With *durable* true, fires once the entry, with every
-        change merged so far, is durable; with *durable* false the changes
-        need only be seen by later calls until a durable update or a delete.
+        Record what became of recipients: *changes* maps each recipient to
+        its new :class:`~txmail.model.RecipientState` (the caller builds it
+        from the one it read, e.g. with :func:`dataclasses.replace`);
+        recipients not named keep theirs.  With *durable* true, fires once
+        the entry, with every change made so far, is durable; with *durable*
+        false the changes need only be seen by later calls until a durable
+        update or a delete.
 
         Returns:
             ``Deferred[None]``.
 
         Raises:
-            QueueError: no entry has that id, or a ``state`` is not one of
-                ``pending``, ``deferred``, ``delivered``, ``failed``,
-                ``held``; then nothing is changed.
+            QueueError: no entry has that id, or a ``state`` is not a
+                :class:`~txmail.model.DeliveryState`; then nothing is
+                changed.
         """
 
     def open_entry_message(queue_id: str) -> Deferred[BinaryIO]:

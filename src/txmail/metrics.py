@@ -476,9 +476,8 @@ class Metrics:
             created = float(entry.created)
             oldest = created if oldest is None else min(oldest, created)
             for st in entry.recipients.values():
-                state = str(st.get("state") or "pending")
-                if state in states:
-                    states[state] += 1
+                if st.state in states:
+                    states[st.state] += 1
         self.queue_entries.set(len(entries))
         self.queue_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
         for state, count in states.items():

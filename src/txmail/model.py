@@ -15,8 +15,10 @@ import io
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, BinaryIO
+from enum import Enum, StrEnum
+from typing import Any, BinaryIO, Literal
+
+from txmail.smtp.codes import Reply
 
 __all__ = [
     "ANSWERED",
@@ -30,6 +32,7 @@ __all__ = [
     "SYSTEM_FLAGS",
     "AnnotationsChanged",
     "DeliveryReport",
+    "DeliveryState",
     "Envelope",
     "FlagMode",
     "FlagsChanged",
@@ -49,6 +52,7 @@ __all__ = [
     "MessagesExpunged",
     "QueueEntry",
     "RecipientResult",
+    "RecipientState",
     "SpecialUse",
     "SubscriptionChanged",
     "as_source",
@@ -651,7 +655,12 @@ class RecipientResult:
         recipient: the address as the client gave it.
         ok: delivered to a mailbox or queued durably.
         temporary: when not ok, whether the failure is temporary (4xx).
-        reply: an SMTP-style text for logs and replies.
+        reply: the :class:`~txmail.smtp.codes.Reply` that says what became
+            of it, or ``None`` (the SMTP server then sends its own).  A
+            ``str`` given here (``"550 5.1.1 No such user"``, as routers
+            written for earlier versions give it) is parsed once, with
+            :meth:`Reply.from_text <txmail.smtp.codes.Reply.from_text>`:
+            one that is not a well-formed reply becomes ``None``.
         detail: for local deliveries the mailbox owners and UIDs, for
             queued ones the queue id.
     """
@@ -659,8 +668,13 @@ class RecipientResult:
     recipient: str
     ok: bool
     temporary: bool = False
-    reply: str = ""
+    reply: Reply | None = None
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        reply: object = self.reply
+        if isinstance(reply, str):
+            object.__setattr__(self, "reply", Reply.from_text(reply) if reply else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,6 +692,61 @@ class DeliveryReport:
         return any(r.ok for r in self.results)
 
 
+class DeliveryState(StrEnum):
+    """
+    Where a queued recipient stands (:attr:`RecipientState.state`); the
+    values are the strings the queues store.
+    """
+
+    #: Queued, never tried.
+    PENDING = "pending"
+    #: Tried, to be tried again at :attr:`RecipientState.next_attempt`.
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    #: Quarantined (the envelope's ``hold``) until released.
+    HELD = "held"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    """
+    What became of one recipient of a :class:`QueueEntry` so far, as the
+    queue runner (:mod:`txmail.delivery.runner`) records it with
+    :meth:`txmail.interfaces.IQueue.update_recipients`.
+
+    Attributes:
+        state: where it stands.
+        attempts: how many delivery attempts were made.
+        next_attempt: when a ``deferred`` recipient is due (seconds since
+            the epoch), else ``None``.
+        last_error: the text of the last failure, if any.
+        last_attempt: when it was last tried (seconds since the epoch).
+        host: the remote MTA last tried (``None`` for local delivery).
+        reply: the reply text of a successful delivery.
+        status: the RFC 3463 status code of the last attempt.
+        dsn_sent: a ``failed`` recipient's failure notice was handled.
+        delay_notice_sent: a ``deferred`` recipient's delay notice was handled.
+        success_action: ``delivered`` or ``relayed`` when the recipient's
+            NOTIFY wants a success notice (RFC 3461 section 5.2).
+        success_sent: ``None`` when no success notice is wanted, else
+            whether it was handled.
+    """
+
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    next_attempt: float | None = None
+    last_error: str | None = None
+    last_attempt: float | None = None
+    host: str | None = None
+    reply: str | None = None
+    status: str | None = None
+    dsn_sent: bool = False
+    delay_notice_sent: bool = False
+    success_action: Literal["delivered", "relayed"] | None = None
+    success_sent: bool | None = None
+
+
 @dataclass(frozen=True)
 class QueueEntry:
     """
@@ -686,15 +755,13 @@ class QueueEntry:
     Attributes:
         queue_id: the id the queue gave it.
         envelope: the envelope it was accepted with.
-        recipients: per recipient its state: a dict with at least ``state``
-            (``pending | deferred | delivered | failed | held``), ``attempts``,
-            ``next_attempt`` (epoch seconds or ``None``) and ``last_error``.
+        recipients: per recipient its :class:`RecipientState`.
         size: the message size in octets.
         created: seconds since the epoch when it was queued.
     """
 
     queue_id: str
     envelope: Envelope
-    recipients: dict[str, dict[str, Any]]
+    recipients: dict[str, RecipientState]
     size: int
     created: float

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from txmail.errors import ConfigError
+from txmail.smtp.codes import Reply
 
 __all__ = ["QuotaExceeded", "Quotas", "Usage", "parse_size"]
 
@@ -83,15 +84,15 @@ class QuotaExceeded(Exception):
         self.permanent = permanent
 
     @property
-    def reply(self) -> str:
+    def reply(self) -> Reply:
         """The SMTP reply (RFC 3463 X.2.2, mailbox full)."""
         if self.permanent:
-            return "552 5.2.2 Message is larger than the mailbox quota"
-        return "452 4.2.2 Mailbox full"
+            return Reply(552, "5.2.2", "Message is larger than the mailbox quota")
+        return FULL_REPLY
 
 
 #: The reply to RCPT for a user whose mailbox is full already.
-FULL_REPLY = "452 4.2.2 Mailbox full"
+FULL_REPLY = Reply(452, "4.2.2", "Mailbox full")
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from txmail.proxywrap import ProxySettings, listen_proxied
 from txmail.quota import Quotas
 from txmail.resolver import Resolver
 from txmail.smtp.server import SMTPFactory, SMTPLimits
+from txmail.smtp.session import SessionRole
 from txmail.tls import ReloadableServerTLS, with_certificate
 
 __all__ = [
@@ -715,7 +716,7 @@ def imap_limits(settings: Settings) -> IMAPLimits:
 
 def smtp_factory(
     settings: Settings,
-    role: str,
+    role: SessionRole,
     description: str,
     *,
     router: Any,
@@ -929,11 +930,12 @@ def build_service(
         server.listeners.append(listener)
 
     handed = workers > 1
-    for role, endpoints in (
+    smtp_listeners: tuple[tuple[SessionRole, tuple[str, ...]], ...] = (
         ("mta", settings.smtp),
         ("submission", settings.submission),
         ("lmtp", settings.lmtp),
-    ):
+    )
+    for role, endpoints in smtp_listeners:
         for description in endpoints:
             factory = smtp_factory(
                 settings,

@@ -90,6 +90,7 @@ from txmail.interfaces import IDeliveryRouter, IStorageUsage
 from txmail.mime import encode_metadata, parse_metadata
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.quota import Usage
+from txmail.smtp.codes import Reply
 
 __all__ = [
     "Deliver",
@@ -103,7 +104,7 @@ __all__ = [
 ]
 
 #: The reply when the owner did not deliver a message (it died, or failed).
-OWNER_FAILED_REPLY = "451 4.3.0 Temporary failure: try again later"
+OWNER_FAILED_REPLY = Reply(451, "4.3.0", "Temporary failure: try again later")
 
 #: The child's file descriptor of its AMP connection to the owner.
 CONTROL_FD = 3
@@ -210,7 +211,9 @@ class _OwnerAMP(amp.AMP):
         d = defer.maybeDeferred(self.pool.router.deliver, envelope_from_json(envelope), source)
 
         def answer(report: DeliveryReport) -> dict[str, Any]:
-            results = [[r.recipient, r.ok, r.temporary, r.reply, r.detail] for r in report.results]
+            results = [
+                [r.recipient, r.ok, r.temporary, _reply_to_json(r.reply), r.detail] for r in report.results
+            ]
             data = json.dumps(results).encode()
             if len(data) <= AMP_VALUE_LIMIT:
                 return {"report": data, "report_file": ""}
@@ -740,7 +743,9 @@ class WorkerRouter:
             report = yield self._run(_take, answer["report_file"])
         return DeliveryReport(
             tuple(
-                RecipientResult(rcpt, ok=bool(ok), temporary=bool(temporary), reply=reply, detail=detail)
+                RecipientResult(
+                    rcpt, ok=bool(ok), temporary=bool(temporary), reply=_reply_from_json(reply), detail=detail
+                )
                 for rcpt, ok, temporary, reply, detail in json.loads(report)
             )
         )
@@ -778,7 +783,17 @@ def _read(message: MessageSource) -> bytes:
         return f.read()
 
 
-def _report(envelope: Envelope, *, ok: bool, reply: str, detail: str = "") -> DeliveryReport:
+def _reply_to_json(reply: Reply | None) -> list[Any] | None:
+    """A result's reply as it crosses from the owner to a worker: ``[code, enhanced, text]``."""
+    return None if reply is None else [reply.code, reply.enhanced, reply.text]
+
+
+def _reply_from_json(value: list[Any] | None) -> Reply | None:
+    """The inverse of :func:`_reply_to_json`."""
+    return None if value is None else Reply(int(value[0]), str(value[1]), str(value[2]))
+
+
+def _report(envelope: Envelope, *, ok: bool, reply: Reply, detail: str = "") -> DeliveryReport:
     return DeliveryReport(
         tuple(
             RecipientResult(rcpt, ok=ok, temporary=not ok, reply=reply, detail=detail)

@@ -147,7 +147,7 @@ class ForwardingTests(SynchronousTestCase):
         local, _, domain = address.partition("@")
         tampered = local.replace("=remote.test=", "=evil.test=") + "@" + domain
         result = self.successResultOf(self.router.check_recipient(tampered))
-        self.assertEqual(result.reply[:9], "550 5.1.1")
+        self.assertEqual((result.reply.code, result.reply.enhanced), (550, "5.1.1"))
         self.clock.advance(30 * 86400)
         self.assertFalse(self.successResultOf(self.router.check_recipient(address)).ok)
 

@@ -14,6 +14,7 @@ from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.router import HOOK_FAILED_REPLY, DeliveryRouter
 from txmail.interfaces import IDeliveryHook
 from txmail.model import INBOX, DeliveryReport, Envelope, MessageSource
+from txmail.smtp.codes import Reply
 from txmail.smtp.server import reply_for_report
 from txmail.store.memory import MemoryProvider
 
@@ -32,6 +33,14 @@ class HookResultTests(SynchronousTestCase):
         self.assertFalse(r.temporary)
         self.assertTrue(HookResult.reject("451 4.7.1 Later").temporary)
         self.assertEqual(HookResult.reject().reply, "550 5.7.1 Message rejected")
+
+    def test_reject_smtp_reply(self) -> None:
+        """A rejection's reply is parsed once, into smtp_reply, the reply the router reports."""
+        r = HookResult.reject(" 550 5.7.1 Go away \r\n")
+        self.assertEqual(r.smtp_reply, Reply(550, "5.7.1", "Go away"))
+        self.assertEqual(r.reply, "550 5.7.1 Go away")
+        self.assertEqual(HookResult.reject("554 2.0.0 odd").smtp_reply, Reply(554, "", "odd"))
+        self.assertIsNone(HookResult.accept().smtp_reply)
 
     def test_reject_bad_reply(self) -> None:
         """A 2xx, malformed or multi-line reply is refused at construction, never sent."""
@@ -137,7 +146,10 @@ class RouterHookTests(SynchronousTestCase):
         report = self.deliver(router, "alice@example.test", "someone@remote.test")
         self.assertEqual([r.recipient for r in report.results], ["alice@example.test", "someone@remote.test"])
         self.assertTrue(
-            all(not r.ok and not r.temporary and r.reply == "550 5.7.1 Not wanted" for r in report.results)
+            all(
+                not r.ok and not r.temporary and r.reply == Reply(550, "5.7.1", "Not wanted")
+                for r in report.results
+            )
         )
         self.assertEqual(self.inbox("alice@example.test"), [])
         self.assertEqual(self.queued(), [])

@@ -6,6 +6,7 @@ and its own methods (release).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txmail.delivery.queue import SpoolQueue
 from txmail.errors import QueueError
-from txmail.model import Envelope, MessageSource
+from txmail.model import DeliveryState, Envelope, MessageSource, RecipientState
 from txmail.testing.queue import QueueConformanceMixin
 
 
@@ -35,6 +36,60 @@ ENVELOPE = Envelope(
     authenticated_user="alice@example.test",
     message_id="M1",
 )
+
+
+#: A queue entry as the file queue wrote it before recipient states were
+#: typed: each state holds the fields the runner had set (and one it never
+#: knew, ``x_custom``).
+UNTYPED_ENTRY = (
+    b'{"created": 1700000000.0, "envelope": {"authenticated_user": null, "folder": null,'
+    b' "helo": "", "hold": null, "mail_from": "alice@example.test", "mail_params": {},'
+    b' "message_id": "", "peer": "", "protocol": "ESMTP", "rcpt_params": [], "rcpt_to":'
+    b' ["bob@remote.test", "carol@remote.test", "dave@remote.test"], "received_at": 0.0,'
+    b' "tls": false}, "queue_id": "6553F10063FBC49834", "recipients": {"bob@remote.test":'
+    b' {"attempts": 2, "delay_notice_sent": true, "host": "mx1.remote.test", "last_attempt":'
+    b' 1700000300.0, "last_error": "451 4.2.0 try later", "next_attempt": 1700000900.0,'
+    b' "state": "deferred", "status": "4.2.0"}, "carol@remote.test": {"attempts": 1, "host":'
+    b' "mx1.remote.test", "last_attempt": 1700000300.0, "last_error": null, "next_attempt":'
+    b' null, "reply": "250 2.0.0 queued as 1", "state": "delivered", "status": "2.0.0",'
+    b' "success_action": "relayed", "success_sent": false}, "dave@remote.test": {"attempts": 1,'
+    b' "dsn_sent": true, "host": "mx1.remote.test", "last_attempt": 1700000300.0, "last_error":'
+    b' "550 5.1.1 no such user", "next_attempt": null, "state": "failed", "status": "5.1.1",'
+    b' "x_custom": 7}}, "size": 5, "version": 1}'
+)
+
+#: The states of :data:`UNTYPED_ENTRY`, loaded.
+UNTYPED_STATES = {
+    "bob@remote.test": RecipientState(
+        DeliveryState.DEFERRED,
+        attempts=2,
+        next_attempt=1700000900.0,
+        last_error="451 4.2.0 try later",
+        last_attempt=1700000300.0,
+        host="mx1.remote.test",
+        status="4.2.0",
+        delay_notice_sent=True,
+    ),
+    "carol@remote.test": RecipientState(
+        DeliveryState.DELIVERED,
+        attempts=1,
+        last_attempt=1700000300.0,
+        host="mx1.remote.test",
+        reply="250 2.0.0 queued as 1",
+        status="2.0.0",
+        success_action="relayed",
+        success_sent=False,
+    ),
+    "dave@remote.test": RecipientState(
+        DeliveryState.FAILED,
+        attempts=1,
+        last_error="550 5.1.1 no such user",
+        last_attempt=1700000300.0,
+        host="mx1.remote.test",
+        status="5.1.1",
+        dsn_sent=True,
+    ),
+}
 
 
 class SpoolQueueConformanceTests(QueueConformanceMixin, TestCase):
@@ -113,8 +168,8 @@ class SpoolQueueTests(SynchronousTestCase):
         while pending:
             run(0)
         qid = self.successResultOf(enqueued)
-        first = queue.update_recipients(qid, {"bob@remote.test": {"state": "deferred", "attempts": 1}})
-        second = queue.update_recipients(qid, {"bob@remote.test": {"state": "delivered", "attempts": 2}})
+        first = queue.update_recipients(qid, {"bob@remote.test": RecipientState(DeliveryState.DEFERRED, 1)})
+        second = queue.update_recipients(qid, {"bob@remote.test": RecipientState(DeliveryState.DELIVERED, 2)})
         # Whatever is ready runs last first, as a busy pool may.
         while pending:
             run(-1)
@@ -151,15 +206,24 @@ class SpoolQueueTests(SynchronousTestCase):
         path = os.path.join(self.dir, f"{qid}.json")
         self.successResultOf(
             self.queue.update_recipients(
-                qid, {"bob@remote.test": {"state": "deferred", "attempts": 1, "last_error": "451 busy"}}
+                qid,
+                {
+                    "bob@remote.test": RecipientState(
+                        DeliveryState.DEFERRED, attempts=1, last_error="451 busy"
+                    )
+                },
             )
         )
         with open(path) as f:
             doc = json.load(f)
-        self.assertEqual(doc["recipients"]["bob@remote.test"]["state"], "deferred")
-        self.assertEqual(doc["recipients"]["bob@remote.test"]["last_error"], "451 busy")
+        # The fields at their defaults beyond the first four are left out, as before they were typed.
+        self.assertEqual(
+            doc["recipients"]["bob@remote.test"],
+            {"state": "deferred", "attempts": 1, "next_attempt": None, "last_error": "451 busy"},
+        )
+        lost: Any = "lost"
         self.failureResultOf(
-            self.queue.update_recipients(qid, {"bob@remote.test": {"state": "lost"}}), QueueError
+            self.queue.update_recipients(qid, {"bob@remote.test": RecipientState(lost)}), QueueError
         )
         with open(path) as f:
             self.assertEqual(json.load(f), doc)
@@ -170,17 +234,53 @@ class SpoolQueueTests(SynchronousTestCase):
         path = os.path.join(self.dir, f"{qid}.json")
         with open(path, "rb") as f:
             before = f.read()
-        self.successResultOf(
-            self.queue.update_recipients(qid, {"bob@remote.test": {"state": "delivered"}}, durable=False)
-        )
+        delivered = RecipientState(DeliveryState.DELIVERED)
+        self.successResultOf(self.queue.update_recipients(qid, {"bob@remote.test": delivered}, durable=False))
         with open(path, "rb") as f:
             self.assertEqual(f.read(), before)
         entry = self.successResultOf(self.queue.get_entry(qid))
-        self.assertEqual(entry.recipients["bob@remote.test"]["state"], "delivered")
-        self.successResultOf(self.queue.update_recipients(qid, {"bob@remote.test": {"attempts": 1}}))
+        self.assertEqual(entry.recipients["bob@remote.test"].state, "delivered")
+        self.successResultOf(
+            self.queue.update_recipients(qid, {"bob@remote.test": RecipientState(DeliveryState.DELIVERED, 1)})
+        )
         with open(path) as f:
             written = json.load(f)["recipients"]["bob@remote.test"]
         self.assertEqual((written["state"], written["attempts"]), ("delivered", 1))
+
+    def test_loads_untyped_states(self) -> None:
+        """
+        An entry written before recipient states were typed (fields as the
+        runner kept them, only those it had set) loads as RecipientStates,
+        an unknown field dropped; written again, it keeps the same JSON.
+        """
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "6553F10063FBC49834.json"), "wb") as f:
+            f.write(UNTYPED_ENTRY)
+        with open(os.path.join(self.dir, "6553F10063FBC49834.msg"), "wb") as f:
+            f.write(b"hello")
+        queue = SpoolQueue(self.dir)
+        entry = self.successResultOf(queue.get_entry("6553F10063FBC49834"))
+        self.assertEqual(entry.recipients, UNTYPED_STATES)
+        # Written again (an update of another recipient), the states keep their JSON.
+        bob = dataclasses.replace(entry.recipients["bob@remote.test"], attempts=3)
+        self.successResultOf(queue.update_recipients("6553F10063FBC49834", {"bob@remote.test": bob}))
+        with open(os.path.join(self.dir, "6553F10063FBC49834.json"), "rb") as f:
+            written = json.load(f)
+        expected = json.loads(UNTYPED_ENTRY)
+        expected["recipients"]["bob@remote.test"]["attempts"] = 3
+        del expected["recipients"]["dave@remote.test"]["x_custom"]
+        self.assertEqual(written, expected)
+
+    def test_unknown_state_skipped(self) -> None:
+        """An entry file with a recipient state this version does not know is logged and skipped."""
+        qid = self.successResultOf(self.queue.enqueue(ENVELOPE, make_message(self), ["bob@remote.test"]))
+        path = os.path.join(self.dir, f"{qid}.json")
+        with open(path) as f:
+            doc = json.load(f)
+        doc["recipients"]["bob@remote.test"]["state"] = "lost"
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        self.assertEqual(self.successResultOf(SpoolQueue(self.dir).list_entries()), [])
 
     def test_enqueue_needs_recipients(self) -> None:
         """Enqueueing for nobody writes no file."""
@@ -204,14 +304,14 @@ class HoldTests(SynchronousTestCase):
         reloaded = SpoolQueue(self.dir)
         entry = self.successResultOf(reloaded.get_entry(qid))
         self.assertEqual(entry.envelope.hold, "milter: quarantined")
-        self.assertEqual(entry.recipients["b@remote.test"]["state"], "held")
+        self.assertEqual(entry.recipients["b@remote.test"].state, "held")
         reloaded.add_listener(self.woken.append)
         self.woken.clear()
         self.assertEqual(self.successResultOf(reloaded.release(qid)), 1)
         self.assertEqual(self.woken, [qid])
         again = SpoolQueue(self.dir)
         self.assertEqual(
-            self.successResultOf(again.get_entry(qid)).recipients["b@remote.test"]["state"], "pending"
+            self.successResultOf(again.get_entry(qid)).recipients["b@remote.test"].state, "pending"
         )
         self.assertEqual(self.successResultOf(again.release(qid)), 0)
 

@@ -16,6 +16,7 @@ from txmail.delivery.router import DeliveryRouter, split_address
 from txmail.errors import NoSuchUser
 from txmail.interfaces import IDeliveryRouter, IDirectory, IInboxDelivery
 from txmail.model import INBOX, Envelope, MessageSource, SpecialUse
+from txmail.smtp.codes import Reply
 from txmail.store.memory import MemoryProvider
 from txmail.testing.sources import streamed_source
 
@@ -108,13 +109,13 @@ class RouterTests(RouterTestBase):
         self.assertTrue(self.successResultOf(self.router.check_recipient("alice@EXAMPLE.test")).ok)
         res = self.successResultOf(self.router.check_recipient("nobody@example.test"))
         self.assertFalse(res.ok)
-        self.assertTrue(res.reply.startswith("550 5.1.1"))
+        self.assertEqual(res.reply, Reply(550, "5.1.1", "No such user here"))
 
     def test_no_relay_without_auth(self) -> None:
         """A non-local recipient is refused with 554 5.7.1 unless the client authenticated."""
         res = self.successResultOf(self.router.check_recipient("someone@remote.test"))
         self.assertFalse(res.ok)
-        self.assertTrue(res.reply.startswith("554 5.7.1"))
+        self.assertEqual(res.reply, Reply(554, "5.7.1", "Relay access denied"))
         res = self.successResultOf(self.router.check_recipient("someone@remote.test", "alice@example.test"))
         self.assertTrue(res.ok)
 
@@ -302,7 +303,7 @@ class HoldTests(RouterTestBase):
             sorted(entry.recipients),
             ["alice@example.test", "bob@example.test", "someone@else.test", "someone@remote.test"],
         )
-        self.assertEqual({st["state"] for st in entry.recipients.values()}, {"held"})
+        self.assertEqual({st.state for st in entry.recipients.values()}, {"held"})
         self.assertEqual(entry.envelope.hold, "milter: quarantine")
 
 
@@ -391,7 +392,9 @@ class QuotaTests(RouterTestBase):
         """A full mailbox is refused at RCPT with 452 4.2.2; others, and aliases of several users, are not."""
         self.fill_alice()
         result = self.successResultOf(self.router.check_recipient("alice@example.test"))
-        self.assertEqual((result.ok, result.temporary, result.reply), (False, True, "452 4.2.2 Mailbox full"))
+        self.assertEqual(
+            (result.ok, result.temporary, result.reply), (False, True, Reply(452, "4.2.2", "Mailbox full"))
+        )
         self.assertTrue(self.successResultOf(self.router.check_recipient("bob@example.test")).ok)
         self.assertTrue(self.successResultOf(self.router.check_recipient("team@example.test")).ok)
 
@@ -400,7 +403,9 @@ class QuotaTests(RouterTestBase):
         self.fill_alice()
         report = self.deliver("alice@example.test")
         (result,) = report.results
-        self.assertEqual((result.ok, result.temporary, result.reply), (False, True, "452 4.2.2 Mailbox full"))
+        self.assertEqual(
+            (result.ok, result.temporary, result.reply), (False, True, Reply(452, "4.2.2", "Mailbox full"))
+        )
         self.assertEqual(self.successResultOf(self.queue.list_entries()), [])
         self.assertEqual(len(self.inbox("alice@example.test")), 2)
 
@@ -411,7 +416,7 @@ class QuotaTests(RouterTestBase):
         self.router.quotas = Quotas(len(MESSAGE) - 1)
         (result,) = self.deliver("alice@example.test").results
         self.assertEqual((result.ok, result.temporary), (False, False))
-        self.assertTrue(result.reply.startswith("552 5.2.2 "), result.reply)
+        self.assertEqual((result.reply.code, result.reply.enhanced), (552, "5.2.2"), result.reply)
 
     def test_lmtp_each_recipient_its_own(self) -> None:
         """Over LMTP the full mailbox fails alone while the others are delivered."""
@@ -420,8 +425,8 @@ class QuotaTests(RouterTestBase):
         self.assertEqual(
             [(r.recipient, r.ok, r.reply) for r in report.results],
             [
-                ("alice@example.test", False, "452 4.2.2 Mailbox full"),
-                ("bob@example.test", True, "250 2.0.0 OK"),
+                ("alice@example.test", False, Reply(452, "4.2.2", "Mailbox full")),
+                ("bob@example.test", True, Reply(250, "2.0.0", "OK")),
             ],
         )
         self.assertEqual(len(self.inbox("bob@example.test")), 1)
@@ -441,7 +446,7 @@ class QuotaTests(RouterTestBase):
         envelope = self.envelope("alice@example.test")
         report = self.successResultOf(self.router.redeliver(envelope, self.message))
         (result,) = report.results
-        self.assertEqual((result.ok, result.reply), (False, "452 4.2.2 Mailbox full"))
+        self.assertEqual((result.ok, result.reply), (False, Reply(452, "4.2.2", "Mailbox full")))
         self.assertEqual(self.successResultOf(self.queue.list_entries()), [])
         # Room made (a message expunged): the retry goes in.
         mailbox = self.successResultOf(

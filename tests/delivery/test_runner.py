@@ -15,7 +15,14 @@ from txmail.delivery.backoff import RetrySchedule
 from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.queue import SpoolQueue
 from txmail.delivery.runner import QueueRunner, Smarthost, xtext_decode
-from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
+from txmail.model import (
+    DeliveryReport,
+    DeliveryState,
+    Envelope,
+    MessageSource,
+    RecipientResult,
+    RecipientState,
+)
 from txmail.smtp.client import RelayRequest, TransactionResult
 from txmail.smtp.codes import Reply
 
@@ -126,7 +133,7 @@ class RunnerTestCase(SynchronousTestCase):
             self.queue.enqueue(envelope, MessageSource.from_file(path, len(MESSAGE)), rcpts)
         )
 
-    def states(self, queue_id: str) -> dict[str, dict[str, Any]]:
+    def states(self, queue_id: str) -> dict[str, RecipientState]:
         return self.successResultOf(self.queue.get_entry(queue_id)).recipients
 
     def entries(self) -> list[Any]:
@@ -172,14 +179,14 @@ class DeliveryTests(RunnerTestCase):
         runner = self.runner()
         self.pass_(runner)
         st = self.states(qid)
-        self.assertEqual(st["a@remote.test"]["state"], "delivered")
-        self.assertEqual(st["a@remote.test"]["host"], "mx1.remote.test")
+        self.assertEqual(st["a@remote.test"].state, "delivered")
+        self.assertEqual(st["a@remote.test"].host, "mx1.remote.test")
         b = st["b@remote.test"]
-        self.assertEqual(b["state"], "deferred")
-        self.assertEqual(b["attempts"], 1)
-        self.assertEqual(b["next_attempt"], START + 300)
-        self.assertEqual(b["last_error"], "451 4.2.0 try later")
-        self.assertEqual(b["host"], "mx1.remote.test")
+        self.assertEqual(b.state, "deferred")
+        self.assertEqual(b.attempts, 1)
+        self.assertEqual(b.next_attempt, START + 300)
+        self.assertEqual(b.last_error, "451 4.2.0 try later")
+        self.assertEqual(b.host, "mx1.remote.test")
 
         self.clock.advance(299)
         self.pass_(runner)
@@ -190,7 +197,7 @@ class DeliveryTests(RunnerTestCase):
         self.pass_(runner)
         self.assertEqual([r for r, _ in self.smtp.calls[1]["recipients"]], ["b@remote.test"])
         b = self.states(qid)["b@remote.test"]
-        self.assertEqual((b["attempts"], b["next_attempt"]), (2, START + 300 + 600))
+        self.assertEqual((b.attempts, b.next_attempt), (2, START + 300 + 600))
 
         self.clock.advance(600)
         replies["b@remote.test"] = ok()
@@ -212,7 +219,7 @@ class DeliveryTests(RunnerTestCase):
         self.smtp.behaviour = lambda host, rcpts: transaction({r: Reply(450, "4.2.1", "busy") for r in rcpts})
         qid = self.enqueue(["b@remote.test"])
         self.clock.advance(0)
-        self.assertEqual(self.states(qid)["b@remote.test"]["state"], "deferred")
+        self.assertEqual(self.states(qid)["b@remote.test"].state, "deferred")
         self.smtp.behaviour = lambda host, rcpts: transaction({r: ok() for r in rcpts})
         self.clock.advance(300)  # due now; the next poll picks it up
         self.assertEqual(len(self.smtp.calls), 3)
@@ -347,7 +354,7 @@ class HoldTests(RunnerTestCase):
         self.pass_(runner)
         self.assertEqual(self.smtp.calls, [])
         self.assertEqual(self.router.delivered, [])
-        self.assertEqual({st["state"] for st in self.states(qid).values()}, {"held"})
+        self.assertEqual({st.state for st in self.states(qid).values()}, {"held"})
         self.successResultOf(self.queue.release(qid))
         self.pass_(runner)
         self.assertEqual(
@@ -381,7 +388,7 @@ class QuotaRetryTests(RunnerTestCase):
         qid = self.enqueue(["b@example.test"])
         self.pass_(self.runner())
         st = self.states(qid)["b@example.test"]
-        self.assertEqual((st["state"], st["status"]), ("deferred", "4.2.2"))
+        self.assertEqual((st.state, st.status), ("deferred", "4.2.2"))
         self.assertEqual(self.redelivered, [("b@example.test",)])
         self.assertEqual(self.router.delivered, [])  # nothing went through deliver() (no new entry)
 
@@ -439,7 +446,7 @@ class BounceTests(RunnerTestCase):
         qid = self.enqueue(["a@servfail.test"])
         self.pass_(self.runner())
         st = self.states(qid)["a@servfail.test"]
-        self.assertEqual((st["state"], st["status"]), ("deferred", "4.4.3"))
+        self.assertEqual((st.state, st.status), ("deferred", "4.4.3"))
         self.assertEqual(self.router.delivered, [])
 
     def test_null_sender_never_bounced(self) -> None:
@@ -485,8 +492,8 @@ class BounceTests(RunnerTestCase):
         for _ in range(2):
             self.clock.advance(100)
             self.pass_(runner)
-            self.assertEqual(self.states(qid)["a@remote.test"]["state"], "deferred")
-        self.assertEqual(self.states(qid)["a@remote.test"]["next_attempt"], START + 250)
+            self.assertEqual(self.states(qid)["a@remote.test"].state, "deferred")
+        self.assertEqual(self.states(qid)["a@remote.test"].next_attempt, START + 250)
         self.clock.advance(50)
         self.pass_(runner)
         _, msg = self.bounce()
@@ -513,7 +520,7 @@ class BounceTests(RunnerTestCase):
         self.clock.advance(100)
         self.pass_(runner)
         self.assertEqual(len(self.router.delivered), 1)
-        self.assertTrue(self.states(qid)["a@remote.test"]["delay_notice_sent"])
+        self.assertTrue(self.states(qid)["a@remote.test"].delay_notice_sent)
 
 
 class RestartTests(RunnerTestCase):
@@ -528,8 +535,8 @@ class RestartTests(RunnerTestCase):
         # "Restart": fresh objects reading the same files.
         self.queue = SpoolQueue(self.dir, now=self.clock.seconds)
         st = self.states(qid)
-        self.assertEqual(st["a@remote.test"]["state"], "deferred")
-        self.assertEqual(st["x@remote.test"]["dsn_sent"], True)
+        self.assertEqual(st["a@remote.test"].state, "deferred")
+        self.assertEqual(st["x@remote.test"].dsn_sent, True)
         runner = self.runner()
         self.pass_(runner)
         self.assertEqual(len(self.smtp.calls), 1)  # not due yet
@@ -673,7 +680,7 @@ class SuccessNoticeTests(RunnerTestCase):
         qid = self.enqueue(["a@remote.test"], rcpt_params=({"NOTIFY": "SUCCESS"},))
         runner = self.runner()
         self.pass_(runner)
-        self.assertNotIn("success_sent", self.states(qid)["a@remote.test"])
+        self.assertIsNone(self.states(qid)["a@remote.test"].success_sent)
         self.assertEqual(self.router.delivered, [])
         self.clock.advance(300)
         replies["a@remote.test"] = ok()
@@ -693,7 +700,7 @@ class SuccessNoticeTests(RunnerTestCase):
         self.pass_(self.runner())
         self.assertEqual(len(self.router.delivered), 1)
         st = self.states(qid)["a@remote.test"]
-        self.assertEqual((st["success_action"], st["success_sent"]), ("relayed", True))
+        self.assertEqual((st.success_action, st.success_sent), ("relayed", True))
 
         self.queue = SpoolQueue(self.dir, now=self.clock.seconds)  # "restart"
         self.smtp.behaviour = lambda host, rcpts: transaction({r: ok() for r in rcpts})
@@ -711,14 +718,14 @@ class SuccessNoticeTests(RunnerTestCase):
             self.queue.update_recipients(
                 qid,
                 {
-                    "a@remote.test": {
-                        "state": "delivered",
-                        "host": "mx1.remote.test",
-                        "reply": "250 2.0.0 queued",
-                        "status": "2.0.0",
-                        "success_action": "relayed",
-                        "success_sent": False,
-                    }
+                    "a@remote.test": RecipientState(
+                        state=DeliveryState.DELIVERED,
+                        host="mx1.remote.test",
+                        reply="250 2.0.0 queued",
+                        status="2.0.0",
+                        success_action="relayed",
+                        success_sent=False,
+                    )
                 },
             )
         )

@@ -31,6 +31,7 @@ from txmail.delivery.sieve import (
 from txmail.interfaces import ISieveState
 from txmail.model import INBOX, Envelope, MessageSource
 from txmail.sieve import Limits
+from txmail.smtp.codes import Reply
 from txmail.store.memory import MemoryProvider
 
 from .test_router import DictDirectory
@@ -90,10 +91,10 @@ class StateTests(SynchronousTestCase):
 class HelperTests(SynchronousTestCase):
     def test_reject_reply(self) -> None:
         """ereject's reason becomes one printable ASCII line after 550 5.7.1."""
-        self.assertEqual(reject_reply("no\r\nthanks"), "550 5.7.1 no thanks")
-        self.assertEqual(reject_reply("caf\u00e9"), "550 5.7.1 caf?")
-        self.assertEqual(reject_reply(""), "550 5.7.1 Message rejected")
-        self.assertEqual(len(reject_reply("x" * 5000)), len("550 5.7.1 ") + 400)
+        self.assertEqual(reject_reply("no\r\nthanks"), Reply(550, "5.7.1", "no thanks"))
+        self.assertEqual(reject_reply("caf\u00e9"), Reply(550, "5.7.1", "caf?"))
+        self.assertEqual(reject_reply(""), Reply(550, "5.7.1", "Message rejected"))
+        self.assertEqual(len(reject_reply("x" * 5000).text), 400)
 
     def test_usable_flags(self) -> None:
         """System flags are spelled canonically, invalid keywords and \\Recent dropped."""
@@ -278,7 +279,7 @@ class RouterSieveTests(SynchronousTestCase):
         results = {r.recipient: r for r in report.results}
         self.assertFalse(results[ALICE].ok)
         self.assertFalse(results[ALICE].temporary)
-        self.assertEqual(results[ALICE].reply, "550 5.7.1 not today")
+        self.assertEqual(results[ALICE].reply, Reply(550, "5.7.1", "not today"))
         self.assertTrue(results[BOB].ok)
         self.assertEqual(self.inbox(ALICE), [])
         self.assertEqual(len(self.inbox(BOB)), 1)

@@ -126,7 +126,7 @@ class ObservabilityTests(TestCase):
 
     def states(self) -> list[str]:
         entries = self.successResultOf(self.server.queue.list_entries())
-        return [st["state"] for e in entries for st in e.recipients.values()]
+        return [st.state for e in entries for st in e.recipients.values()]
 
     def json_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.getvalue().splitlines()]

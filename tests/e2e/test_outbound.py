@@ -26,6 +26,7 @@ from twisted.trial.unittest import TestCase
 from tests._certs import make_certificate
 from tests._dns import start_dns_server
 from tests.e2e._server import maildir_files, start_server
+from txmail.model import RecipientState
 
 PASSWORD = "correct horse"
 
@@ -220,7 +221,7 @@ class TLSVerifyTests(TestCase):
 
         return deferToThread(send)
 
-    def recipient_state(self) -> dict[str, Any] | None:
+    def recipient_state(self) -> RecipientState | None:
         entries = self.successResultOf(self.sender.queue.list_entries())
         return entries[0].recipients["someone@remote.test"] if entries else None
 
@@ -230,12 +231,12 @@ class TLSVerifyTests(TestCase):
     @defer.inlineCallbacks
     def assert_fails_closed(self) -> Any:
         yield self.submit()
-        yield wait_for(lambda: (self.recipient_state() or {}).get("state") == "deferred")
+        yield wait_for(lambda: getattr(self.recipient_state(), "state", None) == "deferred")
         st = self.recipient_state()
         assert st is not None
-        self.assertEqual(st["attempts"], 1)
-        self.assertIn("TLS", st["last_error"])
-        self.assertTrue(st["status"].startswith("4."), st["status"])
+        self.assertEqual(st.attempts, 1)
+        self.assertIn("TLS", st.last_error)
+        self.assertTrue(st.status.startswith("4."), st.status)
         # Nothing went over in the clear: the remote has no message at all.
         self.assertEqual(maildir_files(self.remote, "someone@remote.test"), [])
         self.assertEqual(maildir_files(self.remote, "someone@remote.test", "tmp"), [])
@@ -262,7 +263,7 @@ class TLSVerifyTests(TestCase):
         """A certificate from a CA the sender does not trust: deferred with a TLS error, nothing sent."""
         yield self.start(trust="other")
         st = yield self.assert_fails_closed()
-        self.assertEqual(st["host"], "mx.remote.test")
+        self.assertEqual(st.host, "mx.remote.test")
 
     @defer.inlineCallbacks
     def test_wrong_name_fails_closed_per_domain_policy(self) -> Any:
@@ -309,7 +310,7 @@ class RetryTests(TestCase):
 
     def states(self) -> list[str]:
         entries = self.successResultOf(self.sender.queue.list_entries())
-        return [st["state"] for e in entries for st in e.recipients.values()]
+        return [st.state for e in entries for st in e.recipients.values()]
 
     @defer.inlineCallbacks
     def submit(self) -> Any:
@@ -329,8 +330,8 @@ class RetryTests(TestCase):
         yield wait_for(lambda: self.states() == ["deferred"])
         [entry] = self.successResultOf(self.sender.queue.list_entries())
         st = entry.recipients["bob@flaky.test"]
-        self.assertEqual(st["last_error"], "451 4.3.2 try again later")
-        self.assertEqual(st["host"], "mx.flaky.test")
+        self.assertEqual(st.last_error, "451 4.3.2 try again later")
+        self.assertEqual(st.host, "mx.flaky.test")
         self.assertEqual(self.smtp.messages, [])  # type: ignore[attr-defined]
         self.sender.queue.flush()
         self.sender.runner.wake()

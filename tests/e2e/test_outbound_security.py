@@ -37,6 +37,7 @@ from tests._certs import make_certificate
 from tests._dns import SERVFAIL, start_dns_server
 from tests.e2e._server import maildir_files, start_server
 from tests.e2e.test_outbound import wait_for
+from txmail.model import RecipientState
 
 PASSWORD = "correct horse"
 
@@ -216,23 +217,23 @@ class SecurityCase(TestCase):
 
         return deferToThread(send)
 
-    def state(self, rcpt: str = "someone@remote.test") -> dict[str, Any]:
+    def state(self, rcpt: str = "someone@remote.test") -> RecipientState:
         entries = self.successResultOf(self.sender.queue.list_entries())
         for entry in entries:
             if rcpt in entry.recipients:
                 return entry.recipients[rcpt]
-        return {}
+        return RecipientState()
 
     def queue_empty(self) -> bool:
         return self.successResultOf(self.sender.queue.list_entries()) == []
 
     @defer.inlineCallbacks
     def assert_deferred(self, *words: str) -> Any:
-        yield wait_for(lambda: self.state().get("state") == "deferred")
+        yield wait_for(lambda: self.state().state == "deferred")
         st = self.state()
         for word in words:
-            self.assertIn(word, st["last_error"])
-        self.assertTrue(st["status"].startswith("4."), st["status"])
+            self.assertIn(word, st.last_error)
+        self.assertTrue(st.status.startswith("4."), st.status)
         self.assertEqual(maildir_files(self.sender, "alice@example.test"), [])  # no bounce
         return st
 

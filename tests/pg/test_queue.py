@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from tests.delivery.test_queue import UNTYPED_ENTRY, UNTYPED_STATES
 from tests.pg._helpers import upgraded_database
 from txmail.testing.queue import ENVELOPE, QueueConformanceMixin
 from txmail.testing.sources import pattern_digest, pattern_source
@@ -92,6 +94,37 @@ class PostgresQueueStorageTests(TestCase):
         finally:
             f.close()
         self.assertEqual(digest.hexdigest(), pattern_digest(size))
+
+    @defer.inlineCallbacks
+    def test_untyped_fields_load(self) -> Gen:
+        """
+        ``fields`` as the runner wrote them before recipient states were
+        typed (only the keys it had set) load as RecipientStates; a state
+        written now is the same JSON with the defaults beyond the first four
+        keys left out.
+        """
+        from psycopg.types.json import Jsonb
+
+        from txmail.model import RecipientState
+
+        queue_id = yield self.queue.enqueue(
+            ENVELOPE, pattern_source(10), ["bob@remote.test", "carol@remote.test"]
+        )
+        old = json.loads(UNTYPED_ENTRY)["recipients"]["carol@remote.test"]
+        self.database.run_sync(
+            lambda conn: conn.execute(
+                "UPDATE queue_recipients SET fields = %s WHERE queue_id = %s AND address = %s",
+                (Jsonb(old), queue_id, "bob@remote.test"),
+            )
+        )
+        entry = yield self.queue.get_entry(queue_id)
+        bob = UNTYPED_STATES["carol@remote.test"]
+        self.assertEqual(entry.recipients, {"bob@remote.test": bob, "carol@remote.test": RecipientState()})
+        yield self.queue.update_recipients(queue_id, {"bob@remote.test": bob})
+        self.assertEqual(
+            self.rows("SELECT fields FROM queue_recipients WHERE queue_id = %s ORDER BY position", queue_id),
+            [(old,), ({"state": "pending", "attempts": 0, "next_attempt": None, "last_error": None},)],
+        )
 
     @defer.inlineCallbacks
     def test_delete_removes_everything(self) -> Gen:

@@ -22,7 +22,7 @@ from tests._dns import start_dns_server
 from tests.e2e._server import maildir_files, start_server
 from tests.pg._helpers import upgraded_database
 from txmail import cli
-from txmail.model import Envelope, MessageSource
+from txmail.model import DeliveryState, Envelope, MessageSource, RecipientState
 
 Gen = Generator[Any, Any, None]
 
@@ -137,7 +137,7 @@ class PostgresQueueCommandTests(TestCase):
         deferred = self.enqueue(("bob@remote.test",))
         self.successResultOf(
             self.queue.update_recipients(
-                deferred, {"bob@remote.test": {"state": "deferred", "next_attempt": 4e9}}
+                deferred, {"bob@remote.test": RecipientState(DeliveryState.DEFERRED, next_attempt=4e9)}
             )
         )
         held = self.enqueue(("dave@remote.test",), hold="milter: quarantine")
@@ -145,9 +145,9 @@ class PostgresQueueCommandTests(TestCase):
         self.assertEqual(status, 0)
         self.assertTrue(out.startswith("1 deferred recipient(s) due now"), out)
         entry = self.successResultOf(self.queue.get_entry(deferred))
-        self.assertLess(entry.recipients["bob@remote.test"]["next_attempt"], 4e9)
+        self.assertLess(entry.recipients["bob@remote.test"].next_attempt, 4e9)
         status, out, _ = self.txmail("queue", "release", held)
         self.assertEqual(status, 0)
         self.assertTrue(out.startswith("1 held recipient(s) released"), out)
         entry = self.successResultOf(self.queue.get_entry(held))
-        self.assertEqual(entry.recipients["dave@remote.test"]["state"], "pending")
+        self.assertEqual(entry.recipients["dave@remote.test"].state, "pending")

@@ -140,6 +140,24 @@ class LMTPRepliesTests(SynchronousTestCase):
             ],
         )
 
+    def test_typed_replies(self) -> None:
+        """A Reply of the right class is the recipient's; a positive one or one of the wrong class is not."""
+        report = DeliveryReport(
+            (
+                RecipientResult("a@x.test", ok=False, reply=Reply(552, "5.2.2", "Over quota")),
+                RecipientResult("b@x.test", ok=False, temporary=True, reply=Reply(550, "5.1.1", "No")),
+                RecipientResult("c@x.test", ok=False, reply=Reply(250, "2.0.0", "OK")),
+            )
+        )
+        self.assertEqual(
+            [r.to_bytes() for r in lmtp_replies(report, ["a@x.test", "b@x.test", "c@x.test"], "ID1")],
+            [
+                b"552 5.2.2 <a@x.test> Over quota\r\n",
+                b"451 4.3.0 <b@x.test> Requested action aborted: local error in processing\r\n",
+                b"554 5.0.0 <c@x.test> Transaction failed\r\n",
+            ],
+        )
+
 
 class LMTPAdapterTests(ServerTestCase):
     """The adapter answers LMTP's data with the router's per-recipient results."""

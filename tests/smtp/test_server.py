@@ -23,6 +23,7 @@ from txmail.auth.passwords import make_credentials
 from txmail.delivery import spool as spool_module
 from txmail.interfaces import IDeliveryRouter, ISpool, ISpooledMessage
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
+from txmail.smtp.codes import Reply
 from txmail.smtp.server import SMTPFactory, SMTPLimits, SMTPServerProtocol, received_header, reply_for_report
 
 PASSWORD = "secret"
@@ -769,6 +770,26 @@ class HelperTests(SynchronousTestCase):
         )
         self.assertEqual(reply_for_report(DeliveryReport((ok, temp, perm)), "X").code, 451)
         self.assertEqual(reply_for_report(DeliveryReport((perm,)), "X").code, 554)
+
+    def test_reply_for_report_typed(self) -> None:
+        """Every recipient failing with one Reply of the right class gets it, multi-line as it is; else the default."""
+        multi = Reply(550, "5.7.1", "Rejected\nsee https://example.test/why")
+        same = DeliveryReport(
+            (RecipientResult("a", ok=False, reply=multi), RecipientResult("b", ok=False, reply=multi))
+        )
+        self.assertEqual(
+            reply_for_report(same, "X").to_bytes(),
+            b"550-5.7.1 Rejected\r\n550 5.7.1 see https://example.test/why\r\n",
+        )
+        wrong_class = DeliveryReport((RecipientResult("a", ok=False, temporary=True, reply=multi),))
+        self.assertEqual(reply_for_report(wrong_class, "X").to_bytes()[:10], b"451 4.3.0 ")
+        two = DeliveryReport(
+            (
+                RecipientResult("a", ok=False, reply=multi),
+                RecipientResult("b", ok=False, reply=multi.with_text("x")),
+            )
+        )
+        self.assertEqual(reply_for_report(two, "X").to_bytes()[:10], b"554 5.0.0 ")
 
     def test_ipv6_peer(self) -> None:
         """An IPv6 peer is written [addr]:port in the envelope."""

@@ -47,6 +47,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from txmail.auth.passwords import DEFAULT_ITERATIONS, ScramCredentials, Secret
 
@@ -57,6 +58,7 @@ __all__ = [
     "Failed",
     "NeedCredentials",
     "NeedPasswordCheck",
+    "PlaintextPolicy",
     "SASLDecodeError",
     "SASLEvent",
     "SASLServer",
@@ -71,14 +73,17 @@ __all__ = [
 #: Mechanisms offered, strongest first.
 MECHANISMS: tuple[str, ...] = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 
-#: Values of the ``plaintext_auth`` setting.
-PLAINTEXT_POLICIES = ("never", "loopback", "always")
+#: Whether passwords may travel without TLS (the ``plaintext_auth`` setting):
+#: never, from the loopback interface only, or always.
+PlaintextPolicy = Literal["never", "loopback", "always"]
+#: The values of :data:`PlaintextPolicy`.
+PLAINTEXT_POLICIES: tuple[PlaintextPolicy, ...] = get_args(PlaintextPolicy)
 
 #: Longest client response accepted by any mechanism here (octets).
 MAX_RESPONSE = 4096
 
 
-def password_auth_allowed(*, tls: bool, plaintext_policy: str, loopback: bool) -> bool:
+def password_auth_allowed(*, tls: bool, plaintext_policy: PlaintextPolicy, loopback: bool) -> bool:
     """
     Return whether password authentication may run on this connection.
 
@@ -96,7 +101,7 @@ def password_auth_allowed(*, tls: bool, plaintext_policy: str, loopback: bool) -
     return plaintext_policy == "always" or (plaintext_policy == "loopback" and loopback)
 
 
-def available_mechanisms(*, tls: bool, plaintext_policy: str, loopback: bool) -> tuple[str, ...]:
+def available_mechanisms(*, tls: bool, plaintext_policy: PlaintextPolicy, loopback: bool) -> tuple[str, ...]:
     """
     Return the SASL mechanisms to advertise: all of :data:`MECHANISMS`
     when :func:`password_auth_allowed`, else ``()`` (advertise nothing).

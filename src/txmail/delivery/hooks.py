@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from txmail.interfaces import IDeliveryHook
@@ -61,8 +61,6 @@ __all__ = ["DeliveryHook", "HookAction", "HookResult", "hook_callable", "hook_ca
 #: | Deferred[HookResult | None]``, or an :class:`~txmail.interfaces.IDeliveryHook`.
 DeliveryHook = Any
 
-_NOT_A_REPLY = Reply(599, "", "")
-
 
 class HookAction(enum.Enum):
     """What a :class:`HookResult` asks the router to do."""
@@ -73,11 +71,11 @@ class HookAction(enum.Enum):
     CONSUME = "consume"
 
 
-def _check_reply(text: str) -> str:
-    reply = Reply.parse(text, _NOT_A_REPLY)
-    if reply is _NOT_A_REPLY or not 400 <= reply.code < 600:
+def _check_reply(text: str) -> Reply:
+    reply = Reply.from_text(text)
+    if reply is None or not 400 <= reply.code < 600:
         raise ValueError(f"a rejection needs a one-line 4xx or 5xx SMTP reply, not {text!r}")
-    return " ".join(w for w in (str(reply.code), reply.enhanced, reply.text) if w)
+    return reply
 
 
 def _check_address(address: Any) -> str:
@@ -101,16 +99,21 @@ class HookResult:
             duplicates.
         detail: for ``CONSUME``, a note for the logs and the delivery report
             (where the message went).
+        smtp_reply: for ``REJECT``, *reply* parsed (what the router reports),
+            else ``None``.
     """
 
     action: HookAction
     reply: str = ""
     recipients: tuple[str, ...] = ()
     detail: str = ""
+    smtp_reply: Reply | None = field(default=None, init=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.action is HookAction.REJECT:
-            object.__setattr__(self, "reply", _check_reply(self.reply))
+            reply = _check_reply(self.reply)
+            object.__setattr__(self, "reply", reply.as_text())
+            object.__setattr__(self, "smtp_reply", reply)
         if self.action is HookAction.REWRITE:
             recipients = tuple(dict.fromkeys(_check_address(a) for a in self.recipients))
             if not recipients:

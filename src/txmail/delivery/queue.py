@@ -21,10 +21,14 @@ Implementation notes:
   :meth:`SpoolQueue.update_recipients`.
 * Index and state live in the reactor thread; only file work goes through
   ``run_blocking``.
-* Per-recipient fields besides ``state``/``attempts``/``next_attempt``/
-  ``last_error`` are the runner's (:mod:`txmail.delivery.runner`):
-  ``last_attempt``, ``host`` (the remote MTA last tried), ``reply``,
-  ``status`` (RFC 3463 code), ``dsn_sent`` and ``delay_notice_sent``.
+* Recipient states are :class:`txmail.model.RecipientState` objects; the
+  ``.json`` file keeps each as an object of its fields
+  (:func:`recipient_state_to_json`): ``state``, ``attempts``,
+  ``next_attempt`` and ``last_error`` always, the runner's other fields
+  (:mod:`txmail.delivery.runner`) when they differ from their defaults.
+  Files written before the states were typed load unchanged
+  (:func:`recipient_state_from_json`); fields this version does not know are
+  dropped.
 * Other processes (``txmail queue flush|delete``) change the files while
   the server runs: :meth:`SpoolQueue.rescan` brings the index in line with
   the directory (new, changed and removed ``.json`` files, by modification
@@ -43,6 +47,7 @@ Implementation notes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -58,11 +63,63 @@ from zope.interface import implementer
 from txmail._fs import RunBlocking, fsync_dir, run_inline, store_source, write_file_durably
 from txmail.errors import QueueError
 from txmail.interfaces import IQueue
-from txmail.model import Envelope, MessageSource, QueueEntry
+from txmail.model import DeliveryState, Envelope, MessageSource, QueueEntry, RecipientState
 
-__all__ = ["RECIPIENT_STATES", "SpoolQueue"]
+__all__ = ["RECIPIENT_STATES", "SpoolQueue", "recipient_state_from_json", "recipient_state_to_json"]
 
-RECIPIENT_STATES = ("pending", "deferred", "delivered", "failed", "held")
+RECIPIENT_STATES = tuple(DeliveryState)
+
+#: The fields every stored recipient state names, even at their defaults.
+_ALWAYS = ("state", "attempts", "next_attempt", "last_error")
+_DEFAULT_STATE = RecipientState()
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(RecipientState))
+
+
+def recipient_state_to_json(state: RecipientState) -> dict[str, Any]:
+    """*state* as the JSON object the queues store (the file queue, PostgreSQL's ``fields``)."""
+    doc: dict[str, Any] = {}
+    for name in _STATE_FIELDS:
+        value = getattr(state, name)
+        if name in _ALWAYS or value != getattr(_DEFAULT_STATE, name):
+            doc[name] = value.value if isinstance(value, DeliveryState) else value
+    return doc
+
+
+def recipient_state_from_json(doc: Mapping[str, Any]) -> RecipientState:
+    """
+    A stored recipient state (:func:`recipient_state_to_json`, or the dict
+    of any earlier version) as a :class:`RecipientState`.
+
+    Raises:
+        ValueError: its ``state`` is not a :class:`DeliveryState`, or a
+            field is not of its type.
+    """
+    state = DeliveryState(doc.get("state") or "pending")
+
+    def number(name: str) -> float | None:
+        value = doc.get(name)
+        return None if value is None else float(value)
+
+    def text(name: str) -> str | None:
+        value = doc.get(name)
+        return None if value is None else str(value)
+
+    action = doc.get("success_action")
+    sent = doc.get("success_sent")
+    return RecipientState(
+        state=state,
+        attempts=int(doc.get("attempts") or 0),
+        next_attempt=number("next_attempt"),
+        last_error=text("last_error"),
+        last_attempt=number("last_attempt"),
+        host=text("host"),
+        reply=text("reply"),
+        status=text("status"),
+        dsn_sent=bool(doc.get("dsn_sent")),
+        delay_notice_sent=bool(doc.get("delay_notice_sent")),
+        success_action=action if action in ("delivered", "relayed") else None,
+        success_sent=None if sent is None else bool(sent),
+    )
 
 
 def _entry_to_json(entry: QueueEntry) -> bytes:
@@ -73,7 +130,7 @@ def _entry_to_json(entry: QueueEntry) -> bytes:
         "version": 1,
         "queue_id": entry.queue_id,
         "envelope": env,
-        "recipients": entry.recipients,
+        "recipients": {rcpt: recipient_state_to_json(st) for rcpt, st in entry.recipients.items()},
         "size": entry.size,
         "created": entry.created,
     }
@@ -88,7 +145,7 @@ def _entry_from_json(data: bytes) -> QueueEntry:
     return QueueEntry(
         queue_id=doc["queue_id"],
         envelope=Envelope(**env),
-        recipients=doc["recipients"],
+        recipients={rcpt: recipient_state_from_json(st) for rcpt, st in doc["recipients"].items()},
         size=doc["size"],
         created=doc["created"],
     )
@@ -260,9 +317,9 @@ class SpoolQueue:
         count = 0
         for entry in list(self._entries.values()):
             changes = {
-                rcpt: {"next_attempt": now}
-                for rcpt, fields in entry.recipients.items()
-                if fields.get("state") == "deferred"
+                rcpt: dataclasses.replace(st, next_attempt=now)
+                for rcpt, st in entry.recipients.items()
+                if st.state is DeliveryState.DEFERRED
             }
             if changes:
                 count += len(changes)
@@ -286,9 +343,9 @@ class SpoolQueue:
         for qid in ids:
             entry = self._entries[qid]
             changes = {
-                rcpt: {"state": "pending", "next_attempt": None}
-                for rcpt, fields in entry.recipients.items()
-                if fields.get("state") == "held"
+                rcpt: dataclasses.replace(st, state=DeliveryState.PENDING, next_attempt=None)
+                for rcpt, st in entry.recipients.items()
+                if st.state is DeliveryState.HELD
             }
             if changes:
                 count += len(changes)
@@ -317,13 +374,11 @@ class SpoolQueue:
         if not rcpts:
             return defer.fail(QueueError("no recipients to queue"))
         queue_id = self._new_id()
-        state = "pending" if envelope.hold is None else "held"
+        state = RecipientState(DeliveryState.PENDING if envelope.hold is None else DeliveryState.HELD)
         entry = QueueEntry(
             queue_id=queue_id,
             envelope=envelope,
-            recipients={
-                r: {"state": state, "attempts": 0, "next_attempt": None, "last_error": None} for r in rcpts
-            },
+            recipients=dict.fromkeys(rcpts, state),
             size=message.size,
             created=self._now(),
         )
@@ -386,11 +441,11 @@ class SpoolQueue:
         return self._run(remove)
 
     def update_recipients(
-        self, queue_id: str, changes: Mapping[str, Mapping[str, Any]], *, durable: bool = True
+        self, queue_id: str, changes: Mapping[str, RecipientState], *, durable: bool = True
     ) -> defer.Deferred[None]:
         """
-        Merge *changes* (recipient -> fields) into an entry's recipient states
-        and write the entry durably.  With *durable* false the changes are only
+        Set *changes* (recipient -> its new state) in an entry's recipient
+        states and write the entry durably.  With *durable* false the changes are only
         merged in memory (the caller is about to delete the entry, or to write
         it with a later call): a crash before that loses them, which at worst
         sends a message again, never loses one.
@@ -398,12 +453,10 @@ class SpoolQueue:
         entry = self._entries.get(queue_id)
         if entry is None:
             return defer.fail(QueueError(f"no queue entry {queue_id}"))
-        for fields in changes.values():
-            state = fields.get("state")
-            if state is not None and state not in RECIPIENT_STATES:
-                return defer.fail(QueueError(f"invalid recipient state {state!r}"))
-        for rcpt, fields in changes.items():
-            entry.recipients.setdefault(rcpt, {}).update(fields)
+        for st in changes.values():
+            if not isinstance(st.state, DeliveryState):
+                return defer.fail(QueueError(f"invalid recipient state {st.state!r}"))
+        entry.recipients.update(changes)
         if not durable:
             return defer.succeed(None)
         path = self._path(queue_id, "json")

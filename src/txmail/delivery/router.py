@@ -106,13 +106,25 @@ from txmail.model import (
 )
 from txmail.quota import FULL_REPLY, QuotaExceeded, Quotas, Usage
 from txmail.sieve import Discard, FileInto, Keep, Redirect, Reject, SieveMessage, Vacation, rebuild_message
+from txmail.smtp import codes
+from txmail.smtp.codes import Reply
 from txmail.smtp.grammar import xtext_decode
 
 __all__ = ["HOOK_FAILED_REPLY", "INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
 
 #: The result of every recipient when a delivery hook fails (RFC 3463
 #: 4.3.0: other or undefined mail system status, temporary).
-HOOK_FAILED_REPLY = "451 4.3.0 Requested action aborted: local error in processing"
+HOOK_FAILED_REPLY = codes.LOCAL_ERROR
+#: A local recipient the directory does not know.
+_NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
+#: A remote recipient from a client that has not authenticated.
+_RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+#: A recipient without a domain.
+_BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
+#: A local copy that failed (the router queues no retry).
+_LOCAL_DELIVERY_FAILED = Reply(451, "4.3.0", "Local delivery failed")
+#: A recipient whose destinations did not all take the message, for no reason given.
+_DELIVERY_FAILED = Reply(451, "4.3.0", "Delivery failed")
 
 #: Messages up to this size are parsed on the calling thread; bigger ones
 #: go through ``run_blocking``.
@@ -302,7 +314,7 @@ class DeliveryRouter:
             except NoSuchUser:
                 if self._srs_original(address) is not None:
                     return RecipientResult(address, ok=True)
-                return RecipientResult(address, ok=False, reply="550 5.1.1 No such user here")
+                return RecipientResult(address, ok=False, reply=_NO_SUCH_USER)
             if (
                 self.quotas is not None
                 and len(resolved) == 1
@@ -316,9 +328,9 @@ class DeliveryRouter:
                     return RecipientResult(address, ok=False, temporary=True, reply=FULL_REPLY)
             return RecipientResult(address, ok=True)
         if authenticated_user is None:
-            return RecipientResult(address, ok=False, reply="554 5.7.1 Relay access denied")
+            return RecipientResult(address, ok=False, reply=_RELAY_DENIED)
         if not domain:
-            return RecipientResult(address, ok=False, reply="501 5.1.3 Bad recipient address syntax")
+            return RecipientResult(address, ok=False, reply=_BAD_RECIPIENT)
         return RecipientResult(address, ok=True)
 
     def _srs_original(self, address: str) -> str | None:
@@ -400,7 +412,7 @@ class DeliveryRouter:
                     recipient=result.recipient,
                     action="delivered",
                     status="2.0.0",
-                    diagnostic="smtp; " + result.reply if result.reply else None,
+                    diagnostic="smtp; " + result.reply.as_text() if result.reply else None,
                     original_recipient=stored_xtext(orcpt) if orcpt else None,
                 )
             )
@@ -465,7 +477,7 @@ class DeliveryRouter:
                     reply=result.reply,
                 )
                 return _report_all(
-                    original, ok=False, temporary=result.temporary, reply=result.reply, detail="hook"
+                    original, ok=False, temporary=result.temporary, reply=result.smtp_reply, detail="hook"
                 )
             if result.action is HookAction.CONSUME:
                 self.log.info(
@@ -473,7 +485,7 @@ class DeliveryRouter:
                     message_id=envelope.message_id,
                     detail=result.detail,
                 )
-                return _report_all(original, ok=True, reply="250 2.0.0 OK", detail=result.detail or "hook")
+                return _report_all(original, ok=True, reply=codes.OK, detail=result.detail or "hook")
             if result.action is HookAction.REWRITE:
                 self.log.info(
                     "delivery hook rewrote the recipients of {message_id}: {recipients}",
@@ -502,7 +514,7 @@ class DeliveryRouter:
         remote = [r for r in remote if r not in forwarded]
 
         outcome: dict[str, bool] = {}
-        failures: dict[str, tuple[str, bool]] = {}  # destination -> (reply, temporary)
+        failures: dict[str, tuple[Reply, bool]] = {}  # destination -> (reply, temporary)
         lmtp = envelope.protocol.upper().startswith("LMTP")
         scripted: dict[str, Any] = {}
         if users and self.sieve is not None:
@@ -563,7 +575,7 @@ class DeliveryRouter:
                         user=user,
                         message_id=envelope.message_id,
                     )
-                    failures[user] = ("451 4.3.0 Local delivery failed", True)
+                    failures[user] = (_LOCAL_DELIVERY_FAILED, True)
                 else:
                     self.log.failure(
                         "local delivery to {user} failed; queueing it for retry",
@@ -581,7 +593,7 @@ class DeliveryRouter:
                         "{message_id} for {user}: {reply}",
                         message_id=envelope.message_id,
                         user=user,
-                        reply=exceeded.reply,
+                        reply=exceeded.reply.as_text(),
                     )
                     if lmtp or alone or not self._requeue:
                         failures[user] = (exceeded.reply, not exceeded.permanent)
@@ -993,7 +1005,7 @@ class DeliveryRouter:
 def _report_targets(
     targets: dict[str, tuple[list[str], list[str]]],
     outcome: dict[str, bool],
-    failures: dict[str, tuple[str, bool]] | None = None,
+    failures: dict[str, tuple[Reply, bool]] | None = None,
 ) -> DeliveryReport:
     """
     The report of a delivery: a recipient succeeded when it has destinations
@@ -1007,12 +1019,12 @@ def _report_targets(
         ok = bool(dests) and all(outcome.get(d, False) for d in dests)
         temporary = bool(dests) and not ok
         if ok:
-            reply = "250 2.0.0 OK"
+            reply = codes.OK
         elif not dests:
-            reply = "550 5.1.1 No such user here"
+            reply = _NO_SUCH_USER
         else:
             failed = [failures[d] for d in dests if d in failures]
-            reply, temporary = failed[0] if failed else ("451 4.3.0 Delivery failed", True)
+            reply, temporary = failed[0] if failed else (_DELIVERY_FAILED, True)
         results_out.append(
             RecipientResult(rcpt, ok=ok, temporary=temporary, reply=reply, detail=",".join(dests))
         )
@@ -1020,7 +1032,7 @@ def _report_targets(
 
 
 def _report_all(
-    envelope: Envelope, *, ok: bool, reply: str, temporary: bool = False, detail: str = ""
+    envelope: Envelope, *, ok: bool, reply: Reply | None, temporary: bool = False, detail: str = ""
 ) -> DeliveryReport:
     """One and the same result for every recipient of *envelope*."""
     return DeliveryReport(

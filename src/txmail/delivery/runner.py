@@ -102,7 +102,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -116,8 +116,8 @@ from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
 from txmail.metrics import NULL_METRICS
-from txmail.model import Envelope, QueueEntry
-from txmail.smtp.client import RelayRequest
+from txmail.model import DeliveryState, Envelope, QueueEntry, RecipientState
+from txmail.smtp.client import RelayRequest, TLSPolicy
 
 __all__ = ["QueueRunner", "Smarthost", "xtext_decode"]
 
@@ -127,10 +127,8 @@ _TLS_REQUIRED_NO_RE = re.compile(rb"(?im)^TLS-Required[ \t]*:[ \t]*No[ \t]*\r?$"
 #: Octets of a queued message read to find its header's TLS-Required field.
 _HEADER_PEEK = 65536
 
-#: States in which a recipient still waits for delivery.
-_OPEN = ("pending", "deferred")
 #: An entry with a recipient in one of these states stays in the queue.
-_KEPT = (*_OPEN, "held")
+_KEPT = (DeliveryState.PENDING, DeliveryState.DEFERRED, DeliveryState.HELD)
 
 
 #: A stored RFC 3461 xtext value as text (see :func:`txmail.delivery.router.stored_xtext`).
@@ -213,8 +211,8 @@ class QueueRunner(_twisted.Service):
         schedule: RetrySchedule | None = None,
         relay_port: int = 25,
         smarthost: Smarthost | None = None,
-        tls_policy: str = "opportunistic",
-        domain_tls: Mapping[str, str] | None = None,
+        tls_policy: TLSPolicy = "opportunistic",
+        domain_tls: Mapping[str, TLSPolicy] | None = None,
         trust_root: Any = None,
         poll_interval: float = 30.0,
         timeout: float = 300.0,
@@ -367,21 +365,18 @@ class QueueRunner(_twisted.Service):
         return d.addErrback(lambda f: self.log.failure("renewing queue claims failed", failure=f))
 
     async def _update(
-        self, entry: QueueEntry, changes: dict[str, dict[str, Any]], *, durable: bool = True
+        self, entry: QueueEntry, changes: dict[str, RecipientState], *, durable: bool = True
     ) -> None:
         """Record *changes* in the queue and in the runner's copy of *entry*'s states."""
         await self.queue.update_recipients(entry.queue_id, changes, durable=durable)
-        for rcpt, fields in changes.items():
-            entry.recipients.setdefault(rcpt, {}).update(fields)
+        entry.recipients.update(changes)
 
     def _now(self) -> float:
         return self.clock.seconds()
 
     def _work_entry(self, entry: QueueEntry) -> defer.Deferred[None]:
         # The runner's own copy of the states: updated by _update alone.
-        entry = dataclasses.replace(
-            entry, recipients={rcpt: dict(fields) for rcpt, fields in entry.recipients.items()}
-        )
+        entry = dataclasses.replace(entry, recipients=dict(entry.recipients))
         d = defer.Deferred.fromCoroutine(self._work(entry))
 
         def failed(f: Failure) -> None:
@@ -407,8 +402,8 @@ class QueueRunner(_twisted.Service):
         due = [
             rcpt
             for rcpt, st in entry.recipients.items()
-            if st.get("state") == "pending"
-            or (st.get("state") == "deferred" and (st.get("next_attempt") or 0) <= now)
+            if st.state is DeliveryState.PENDING
+            or (st.state is DeliveryState.DEFERRED and (st.next_attempt or 0) <= now)
         ]
         groups: dict[str, list[str]] = {}
         for rcpt in due:
@@ -425,9 +420,9 @@ class QueueRunner(_twisted.Service):
             # message; a crash meanwhile sends it again, never loses it).
             await self._update(entry, changes, durable=n < len(groups))
         await self._notify(entry)
-        if not any(st.get("state") in _KEPT for st in entry.recipients.values()) and all(
-            (st.get("dsn_sent") or st.get("state") != "failed")
-            and (st.get("success_sent") is not False or st.get("state") != "delivered")
+        if not any(st.state in _KEPT for st in entry.recipients.values()) and all(
+            (st.dsn_sent or st.state is not DeliveryState.FAILED)
+            and (st.success_sent is not False or st.state is not DeliveryState.DELIVERED)
             for st in entry.recipients.values()
         ):
             await self.queue.delete_entry(entry.queue_id)
@@ -437,7 +432,7 @@ class QueueRunner(_twisted.Service):
         elif groups:
             await self._update(entry, {})
 
-    def _count(self, changes: Mapping[str, Mapping[str, Any]], *, local: bool) -> None:
+    def _count(self, changes: Mapping[str, RecipientState], *, local: bool) -> None:
         """
         Count the outcomes of one domain's attempt (:mod:`txmail.metrics`):
         a local copy delivered was counted by the router already.
@@ -446,13 +441,13 @@ class QueueRunner(_twisted.Service):
         if not metrics.enabled:
             return
         destination = "local" if local else "remote"
-        states = [fields.get("state") for fields in changes.values()]
-        if not local and states.count("delivered"):
-            metrics.delivered(destination, states.count("delivered"))
-        if states.count("deferred"):
-            metrics.deferred(destination, states.count("deferred"))
-        if states.count("failed"):
-            metrics.bounced(destination, states.count("failed"))
+        states = [st.state for st in changes.values()]
+        if not local and states.count(DeliveryState.DELIVERED):
+            metrics.delivered(destination, states.count(DeliveryState.DELIVERED))
+        if states.count(DeliveryState.DEFERRED):
+            metrics.deferred(destination, states.count(DeliveryState.DEFERRED))
+        if states.count(DeliveryState.FAILED):
+            metrics.bounced(destination, states.count(DeliveryState.FAILED))
 
     # -- parameters -----------------------------------------------------------
 
@@ -467,12 +462,12 @@ class QueueRunner(_twisted.Service):
     def _dsn_params(params: Mapping[str, str], keys: Sequence[str]) -> dict[str, str]:
         return {k: v for k, v in params.items() if k in keys and isinstance(v, str) and _PARAM_OK_RE.match(v)}
 
-    def _policy(self, domain: str) -> str:
+    def _policy(self, domain: str) -> TLSPolicy:
         return self.domain_tls.get(domain, self.tls_policy)
 
     # -- local --------------------------------------------------------------
 
-    async def _deliver_local(self, entry: QueueEntry, rcpts: list[str]) -> dict[str, dict[str, Any]]:
+    async def _deliver_local(self, entry: QueueEntry, rcpts: list[str]) -> dict[str, RecipientState]:
         env = entry.envelope
         envelope = Envelope(
             mail_from=env.mail_from,
@@ -492,6 +487,8 @@ class QueueRunner(_twisted.Service):
         # A router that can (DeliveryRouter.redeliver) reports a failed copy
         # instead of queueing it again, so its attempts count here.
         deliver = getattr(self.router, "redeliver", self.router.deliver)
+        # Per recipient: ok, the reply as text, temporary, the reply's enhanced code.
+        results: dict[str, tuple[bool, str, bool, str]]
         try:
             report = await deliver(envelope, message)
         except Exception as e:
@@ -500,14 +497,22 @@ class QueueRunner(_twisted.Service):
                 queue_id=entry.queue_id,
                 message_id=entry.envelope.message_id,
             )
-            results = {r: (False, f"local delivery failed: {e}", True) for r in rcpts}
+            results = {r: (False, f"local delivery failed: {e}", True, "") for r in rcpts}
         else:
-            results = {r.recipient: (r.ok, r.reply, r.temporary) for r in report.results}
-        changes: dict[str, dict[str, Any]] = {}
+            results = {
+                r.recipient: (
+                    r.ok,
+                    r.reply.as_text() if r.reply is not None else "",
+                    r.temporary,
+                    r.reply.enhanced if r.reply is not None else "",
+                )
+                for r in report.results
+            }
+        changes: dict[str, RecipientState] = {}
         for rcpt in rcpts:
-            ok, reply, temporary = results.get(rcpt, (False, "local delivery failed", True))
+            ok, reply, temporary, enhanced = results.get(rcpt, (False, "local delivery failed", True, ""))
             st = entry.recipients[rcpt]
-            attempts = int(st.get("attempts") or 0) + 1
+            attempts = st.attempts + 1
             self.log.info(
                 "{queue_id} to <{rcpt}> via local delivery: {reply}",
                 queue_id=entry.queue_id,
@@ -516,21 +521,24 @@ class QueueRunner(_twisted.Service):
                 reply=reply,
             )
             if ok:
-                changes[rcpt] = {
-                    "state": "delivered",
-                    "attempts": attempts,
-                    "last_attempt": now,
-                    "next_attempt": None,
-                    "reply": reply,
-                    "status": "2.0.0",
-                    **self._success_fields(entry, rcpt, "delivered"),
-                }
+                delivered = dataclasses.replace(
+                    st,
+                    state=DeliveryState.DELIVERED,
+                    attempts=attempts,
+                    last_attempt=now,
+                    next_attempt=None,
+                    reply=reply,
+                    status="2.0.0",
+                )
+                changes[rcpt] = self._wanting_success(delivered, entry, rcpt, "delivered")
             elif temporary:
                 changes[rcpt] = self._temporary(
-                    entry, st, attempts, now, reply, None, _status_of(reply, "temporary")
+                    entry, st, attempts, now, reply, None, enhanced or _status_of(reply, "temporary")
                 )
             else:
-                changes[rcpt] = self._failed(attempts, now, reply, None, _status_of(reply, "permanent"))
+                changes[rcpt] = self._failed(
+                    st, attempts, now, reply, None, enhanced or _status_of(reply, "permanent")
+                )
         return changes
 
     # -- remote -------------------------------------------------------------
@@ -543,10 +551,10 @@ class QueueRunner(_twisted.Service):
 
     async def _deliver_remote(
         self, entry: QueueEntry, domain: str, rcpts: list[str]
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, RecipientState]:
         now = self._now()
-        changes: dict[str, dict[str, Any]] = {}
-        attempts = {r: int(entry.recipients[r].get("attempts") or 0) + 1 for r in rcpts}
+        changes: dict[str, RecipientState] = {}
+        attempts = {r: entry.recipients[r].attempts + 1 for r in rcpts}
         try:
             destinations = await self._destinations(domain)
         except (NullMX, NoRoute) as e:
@@ -564,7 +572,9 @@ class QueueRunner(_twisted.Service):
                         entry, entry.recipients[rcpt], attempts[rcpt], now, str(e), None, status
                     )
                 else:
-                    changes[rcpt] = self._failed(attempts[rcpt], now, str(e), None, status)
+                    changes[rcpt] = self._failed(
+                        entry.recipients[rcpt], attempts[rcpt], now, str(e), None, status
+                    )
             return changes
 
         env = entry.envelope
@@ -691,7 +701,9 @@ class QueueRunner(_twisted.Service):
                     queue_id=entry.queue_id,
                     rcpt=rcpt,
                 )
-                changes[rcpt] = self._failed(attempts[rcpt], now, last_error, last_host, "5.7.30")
+                changes[rcpt] = self._failed(
+                    entry.recipients[rcpt], attempts[rcpt], now, last_error, last_host, "5.7.30"
+                )
                 continue
             if result is None:
                 self.log.info(
@@ -707,11 +719,7 @@ class QueueRunner(_twisted.Service):
                 continue
             status = result.status(rcpt)
             reply = result.reply_for(rcpt)
-            text = (
-                f"{reply.code} {' '.join(w for w in (reply.enhanced, reply.text.replace(chr(10), ' ')) if w)}"
-                if reply is not None
-                else (result.error or "no reply")
-            )
+            text = reply.as_text() if reply is not None else (result.error or "no reply")
             code = (reply.enhanced if reply is not None and reply.enhanced else None) or _status_of(
                 text, status
             )
@@ -726,22 +734,25 @@ class QueueRunner(_twisted.Service):
                 reply=text,
             )
             if status == "delivered":
-                changes[rcpt] = {
-                    "state": "delivered",
-                    "attempts": attempts[rcpt],
-                    "last_attempt": now,
-                    "host": last_host,
-                    "reply": text,
-                    "status": code,
-                    "next_attempt": None,
-                }
+                changes[rcpt] = dataclasses.replace(
+                    entry.recipients[rcpt],
+                    state=DeliveryState.DELIVERED,
+                    attempts=attempts[rcpt],
+                    last_attempt=now,
+                    host=last_host,
+                    reply=text,
+                    status=code,
+                    next_attempt=None,
+                )
                 # RFC 3461 section 5.2.1: a server that advertised DSN got the
                 # NOTIFY and reports success itself; section 5.2.2: for one that
                 # did not, our responsibility ends here ("relayed").
                 if not result.dsn:
-                    changes[rcpt].update(self._success_fields(entry, rcpt, "relayed"))
+                    changes[rcpt] = self._wanting_success(changes[rcpt], entry, rcpt, "relayed")
             elif status == "permanent":
-                changes[rcpt] = self._failed(attempts[rcpt], now, text, last_host, code)
+                changes[rcpt] = self._failed(
+                    entry.recipients[rcpt], attempts[rcpt], now, text, last_host, code
+                )
             else:
                 changes[rcpt] = self._temporary(
                     entry, entry.recipients[rcpt], attempts[rcpt], now, text, last_host, code
@@ -761,49 +772,38 @@ class QueueRunner(_twisted.Service):
         header = head if end < 0 else head[:end]
         return _TLS_REQUIRED_NO_RE.search(header) is not None
 
-    def _success_fields(self, entry: QueueEntry, rcpt: str, action: str) -> dict[str, Any]:
-        """State fields that ask for a success notice of *action*, if the recipient's NOTIFY wants one."""
+    def _wanting_success(
+        self, st: RecipientState, entry: QueueEntry, rcpt: str, action: Literal["delivered", "relayed"]
+    ) -> RecipientState:
+        """*st* asking for a success notice of *action*, if the recipient's NOTIFY wants one."""
         if not notify_wants(self._notify_param(entry, rcpt), action):
-            return {}
-        return {"success_action": action, "success_sent": False}
+            return st
+        return dataclasses.replace(st, success_action=action, success_sent=False)
 
     @staticmethod
-    def _failed(attempts: int, now: float, error: str, host: str | None, status: str) -> dict[str, Any]:
-        return {
-            "state": "failed",
-            "attempts": attempts,
-            "last_attempt": now,
-            "next_attempt": None,
-            "last_error": error,
-            "host": host,
-            "status": status if status.startswith("5") or status == "4.4.7" else "5.0.0",
-            "dsn_sent": False,
-        }
+    def _failed(
+        st: RecipientState, attempts: int, now: float, error: str, host: str | None, status: str
+    ) -> RecipientState:
+        # 4.4.7 (RFC 3463): delivery time expired.
+        status = status if status.startswith("5") or status == "4.4.7" else "5.0.0"
+        failed = _attempted(st, DeliveryState.FAILED, attempts, now, None, error, host, status)
+        return dataclasses.replace(failed, dsn_sent=False)
 
     def _temporary(
         self,
         entry: QueueEntry,
-        st: Mapping[str, Any],
+        st: RecipientState,
         attempts: int,
         now: float,
         error: str,
         host: str | None,
         status: str,
-    ) -> dict[str, Any]:
+    ) -> RecipientState:
         nxt = self.schedule.next_attempt(entry.created, attempts, now)
         if nxt is None:
-            failed = self._failed(attempts, now, f"{error} (gave up: delivery time expired)", host, "4.4.7")
-            failed["status"] = "4.4.7"  # RFC 3463: delivery time expired
-            return failed
-        return {
-            "state": "deferred",
-            "attempts": attempts,
-            "last_attempt": now,
-            "next_attempt": nxt,
-            "last_error": error,
-            "host": host,
-            "status": status if status.startswith("4") else "4.0.0",
-        }
+            return self._failed(st, attempts, now, f"{error} (gave up: delivery time expired)", host, "4.4.7")
+        status = status if status.startswith("4") else "4.0.0"
+        return _attempted(st, DeliveryState.DEFERRED, attempts, now, nxt, error, host, status)
 
     # -- notices ------------------------------------------------------------
 
@@ -811,13 +811,13 @@ class QueueRunner(_twisted.Service):
         env = entry.envelope
         now = self._now()
         failed = [
-            r for r, st in entry.recipients.items() if st.get("state") == "failed" and not st.get("dsn_sent")
+            r for r, st in entry.recipients.items() if st.state is DeliveryState.FAILED and not st.dsn_sent
         ]
         delayed = [
             r
             for r, st in entry.recipients.items()
-            if st.get("state") == "deferred"
-            and self.schedule.should_send_delay_notice(entry.created, now, bool(st.get("delay_notice_sent")))
+            if st.state is DeliveryState.DEFERRED
+            and self.schedule.should_send_delay_notice(entry.created, now, st.delay_notice_sent)
         ]
         if failed:
             wanted = [r for r in failed if notify_wants(self._notify_param(entry, r), "failed")]
@@ -830,23 +830,29 @@ class QueueRunner(_twisted.Service):
                     message_id=entry.envelope.message_id,
                     count=len(wanted),
                 )
-            await self._update(entry, {r: {"dsn_sent": True} for r in failed})
+            await self._update(
+                entry, {r: dataclasses.replace(entry.recipients[r], dsn_sent=True) for r in failed}
+            )
         if delayed:
             wanted = [r for r in delayed if notify_wants(self._notify_param(entry, r), "delayed")]
             if wanted and should_bounce(env.mail_from):
                 await self._send_notice(entry, wanted, "delayed", now)
-            await self._update(entry, {r: {"delay_notice_sent": True} for r in delayed})
+            await self._update(
+                entry, {r: dataclasses.replace(entry.recipients[r], delay_notice_sent=True) for r in delayed}
+            )
         # RFC 3461 section 4.1 NOTIFY=SUCCESS: the wish was recorded when the
-        # recipient was delivered (_success_fields), with the action to report.
+        # recipient was delivered (_wanting_success), with the action to report.
         succeeded = [
             r
             for r, st in entry.recipients.items()
-            if st.get("state") == "delivered" and st.get("success_sent") is False
+            if st.state is DeliveryState.DELIVERED and st.success_sent is False
         ]
         if succeeded:
             if should_bounce(env.mail_from):
                 await self._send_notice(entry, succeeded, "success", now)
-            await self._update(entry, {r: {"success_sent": True} for r in succeeded})
+            await self._update(
+                entry, {r: dataclasses.replace(entry.recipients[r], success_sent=True) for r in succeeded}
+            )
 
     def _notify_param(self, entry: QueueEntry, rcpt: str) -> str | None:
         return self._rcpt_params(entry, rcpt).get("NOTIFY")
@@ -862,8 +868,8 @@ class QueueRunner(_twisted.Service):
         for rcpt in rcpts:
             st = entry.recipients[rcpt]
             orcpt = self._rcpt_params(entry, rcpt).get("ORCPT")
-            action = (st.get("success_action") or "delivered") if kind == "success" else kind
-            status = st.get("status") or {"failed": "5.0.0", "delayed": "4.0.0"}.get(kind, "2.0.0")
+            action = (st.success_action or "delivered") if kind == "success" else kind
+            status = st.status or {"failed": "5.0.0", "delayed": "4.0.0"}.get(kind, "2.0.0")
             if kind == "success" and not status.startswith("2"):
                 status = "2.0.0"  # RFC 3464 section 2.3.4: a 2.X.X status for delivered/relayed
             statuses.append(
@@ -871,10 +877,10 @@ class QueueRunner(_twisted.Service):
                     recipient=rcpt,
                     action=action,
                     status=status,
-                    diagnostic=st.get("reply") if kind == "success" else st.get("last_error"),
-                    remote_mta=st.get("host"),
+                    diagnostic=st.reply if kind == "success" else st.last_error,
+                    remote_mta=st.host,
                     original_recipient=xtext_decode(orcpt) if orcpt else None,
-                    last_attempt=st.get("last_attempt"),
+                    last_attempt=st.last_attempt,
                     will_retry_until=self.schedule.expires_at(entry.created) if action == "delayed" else None,
                 )
             )
@@ -917,6 +923,29 @@ class QueueRunner(_twisted.Service):
             sender=env.mail_from,
             outcome="sent" if ok else "could not be sent",
         )
+
+
+def _attempted(
+    st: RecipientState,
+    state: DeliveryState,
+    attempts: int,
+    now: float,
+    next_attempt: float | None,
+    error: str,
+    host: str | None,
+    status: str,
+) -> RecipientState:
+    """*st* after an attempt at *now* that failed with *error* (at *host*) and left it in *state*."""
+    return dataclasses.replace(
+        st,
+        state=state,
+        attempts=attempts,
+        last_attempt=now,
+        next_attempt=next_attempt,
+        last_error=error,
+        host=host,
+        status=status,
+    )
 
 
 def _status_of(text: str, status: str) -> str:

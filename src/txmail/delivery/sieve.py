@@ -86,6 +86,7 @@ from txmail.sieve import (
     run,
 )
 from txmail.sieve.storage import check_script_name
+from txmail.smtp.codes import Reply
 
 __all__ = [
     "INLINE_SIZE",
@@ -704,16 +705,16 @@ def _without_redirects(result: Result) -> Result:
 class SieveRejected(Exception):
     """A recipient refused in the SMTP/LMTP transaction by ``ereject`` (RFC 5429 section 2.1.1): *reply*."""
 
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.as_text())
         self.reply = reply
 
 
-def reject_reply(reason: str) -> str:
+def reject_reply(reason: str) -> Reply:
     """The ``550 5.7.1`` reply of an ``ereject`` with *reason*, on one line of printable ASCII."""
     text = " ".join(reason.split())
     text = "".join(c if " " <= c <= "~" else "?" for c in text)[:400]
-    return f"550 5.7.1 {text or 'Message rejected'}"
+    return Reply(550, "5.7.1", text or "Message rejected")
 
 
 def redirected_copy(data: bytes, user: str) -> bytes:

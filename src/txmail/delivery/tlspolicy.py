@@ -49,6 +49,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from txmail.delivery.mtasts import MTASTS, Lookup, Policy
+from txmail.smtp.client import TLSPolicy
 from txmail.tlsverify import TLSA, CheckedTLS, TLSFailure, usable_tlsa
 
 __all__ = ["HostPlan", "TransportSecurity", "failure_of"]
@@ -70,7 +71,7 @@ class HostPlan:
             the host is used (MX not in a ``testing`` policy).
     """
 
-    tls_policy: str
+    tls_policy: TLSPolicy
     context: CheckedTLS | None = None
     refused: TLSFailure | None = None
     policy_type: str | None = None
@@ -196,7 +197,7 @@ class TransportSecurity:
         sts: Lookup,
         dest: Any,
         *,
-        default_policy: str,
+        default_policy: TLSPolicy,
         require_tls: bool = False,
         ignore_policies: bool = False,
     ) -> HostPlan:

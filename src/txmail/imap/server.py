@@ -89,6 +89,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmail._protocol import SessionProtocol, is_loopback, make_id
+from txmail.auth import sasl
 from txmail.imap import serialize
 from txmail.imap.commands import COMMANDS, objectid
 from txmail.imap.commands.context import SPECIAL_FOLDERS, ensure_special_folders
@@ -802,7 +803,7 @@ class IMAPFactory(Factory[IMAPServerProtocol]):
         stores: IMailStoreProvider,
         tls_context: Any = None,
         implicit_tls: bool = False,
-        plaintext_auth: str = "loopback",
+        plaintext_auth: sasl.PlaintextPolicy = "loopback",
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         limits: IMAPLimits | None = None,
         clock: IReactorTime | None = None,

@@ -160,7 +160,7 @@ class IMAPSession(SessionCore[Event]):
         *,
         tls_available: bool = False,
         tls_active: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         loopback: bool = False,
         limits: IMAPLimits | None = None,
         sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,

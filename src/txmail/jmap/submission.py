@@ -242,13 +242,15 @@ async def _submit(context: CallContext, props: dict[str, Any]) -> dict[str, Any]
     )
     if not report.any_ok:
         return set_error(
-            "forbiddenToSend", "no recipient could be reached: " + "; ".join(r.reply for r in report.results)
+            "forbiddenToSend",
+            "no recipient could be reached: "
+            + "; ".join(r.reply.as_text() if r.reply else "" for r in report.results),
         )
     status = {}
     for result in report.results:
         local = bool(directory.is_local_domain(result.recipient.rpartition("@")[2]))
         status[result.recipient] = {
-            "smtpReply": result.reply or "250 2.0.0 OK",
+            "smtpReply": result.reply.as_text() if result.reply else "250 2.0.0 OK",
             # Section 7: "yes" once in the recipient's mailbox, "queued" while the queue has it.
             "delivered": ("yes" if local else "queued") if result.ok else "no",
             "displayed": "unknown",

@@ -285,7 +285,7 @@ class ManageSieveFactory(Factory[ManageSieveServerProtocol]):
         stores: IMailStoreProvider,
         tls_context: Any = None,
         implicit_tls: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_script_size: int = DEFAULT_MAX_SCRIPT_SIZE,
         max_scripts: int = DEFAULT_MAX_SCRIPTS,

@@ -263,7 +263,7 @@ class ManageSieveSession(SessionCore[Event]):
         *,
         tls_available: bool = False,
         tls_active: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         loopback: bool = False,
         max_script_size: int = DEFAULT_MAX_SCRIPT_SIZE,
         max_line_length: int = MAX_LINE_LENGTH,

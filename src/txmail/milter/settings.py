@@ -12,16 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from txmail.errors import ConfigError
+from txmail.smtp.session import SESSION_ROLES, SessionRole
 
-__all__ = ["DEFAULT_ACTIONS", "ROLES", "MilterSettings", "check_address", "parse_milters"]
+__all__ = ["DEFAULT_ACTIONS", "ROLES", "DefaultAction", "MilterSettings", "check_address", "parse_milters"]
 
+#: What a broken or unreachable milter means (``default_action``).
+DefaultAction = Literal["tempfail", "accept", "reject"]
 #: What ``default_action`` may be.
-DEFAULT_ACTIONS = ("tempfail", "accept", "reject")
+DEFAULT_ACTIONS: tuple[DefaultAction, ...] = get_args(DefaultAction)
 #: The listener roles a milter may apply to.
-ROLES = ("mta", "submission", "lmtp")
+ROLES: tuple[SessionRole, ...] = SESSION_ROLES
 
 _KEYS = {
     "address",
@@ -53,8 +56,8 @@ class MilterSettings:
 
     address: str
     name: str = ""
-    listeners: tuple[str, ...] = ("mta", "submission")
-    default_action: str = "tempfail"
+    listeners: tuple[SessionRole, ...] = ("mta", "submission")
+    default_action: DefaultAction = "tempfail"
     connect_timeout: float = 30.0
     command_timeout: float = 30.0
     content_timeout: float = 300.0

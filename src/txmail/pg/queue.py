@@ -46,10 +46,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmail.delivery.queue import RECIPIENT_STATES
+from txmail.delivery.queue import recipient_state_from_json, recipient_state_to_json
 from txmail.errors import QueueError
 from txmail.interfaces import IQueue
-from txmail.model import Envelope, MessageSource, QueueEntry
+from txmail.model import DeliveryState, Envelope, MessageSource, QueueEntry, RecipientState
 from txmail.pg.db import Database
 from txmail.pg.schema import require_current
 
@@ -126,15 +126,15 @@ def _insert(
             position += 1
 
 
-def _recipients(conn: Any, queue_ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    found: dict[str, dict[str, dict[str, Any]]] = {queue_id: {} for queue_id in queue_ids}
+def _recipients(conn: Any, queue_ids: list[str]) -> dict[str, dict[str, RecipientState]]:
+    found: dict[str, dict[str, RecipientState]] = {queue_id: {} for queue_id in queue_ids}
     rows = conn.execute(
         "SELECT queue_id, address, fields FROM queue_recipients"
         " WHERE queue_id = ANY(%s) ORDER BY queue_id, position",
         (queue_ids,),
     ).fetchall()
     for queue_id, address, fields in rows:
-        found[queue_id][address] = fields
+        found[queue_id][address] = recipient_state_from_json(fields)
     return found
 
 
@@ -207,12 +207,13 @@ def _renew(conn: Any, node: str, queue_ids: list[str], lease_seconds: float) -> 
 
 
 def _update(conn: Any, queue_id: str, changes: dict[str, dict[str, Any]]) -> None:
+    """Set the recipients' ``fields`` of *changes* (recipient -> its state as JSON)."""
     row = conn.execute("SELECT 1 FROM queue_entries WHERE queue_id = %s FOR UPDATE", (queue_id,)).fetchone()
     if row is None:
         raise _missing(queue_id)
     for rcpt, fields in changes.items():
         updated = conn.execute(
-            "UPDATE queue_recipients SET fields = fields || %s WHERE queue_id = %s AND address = %s",
+            "UPDATE queue_recipients SET fields = %s WHERE queue_id = %s AND address = %s",
             (_jsonb(fields), queue_id, rcpt),
         )
         if updated.rowcount == 0:
@@ -337,8 +338,8 @@ class PostgresQueue:
         if not rcpts:
             return defer.fail(QueueError("no recipients to queue"))
         queue_id = self._new_id()
-        state = "pending" if envelope.hold is None else "held"
-        fields = {"state": state, "attempts": 0, "next_attempt": None, "last_error": None}
+        state = DeliveryState.PENDING if envelope.hold is None else DeliveryState.HELD
+        fields = recipient_state_to_json(RecipientState(state))
         d = self.database.run(
             _insert, queue_id, _envelope_to_json(envelope), message, rcpts, fields, self._now()
         )
@@ -365,14 +366,14 @@ class PostgresQueue:
         return self.database.run(_get, queue_id)
 
     def update_recipients(
-        self, queue_id: str, changes: Mapping[str, Mapping[str, Any]], *, durable: bool = True
+        self, queue_id: str, changes: Mapping[str, RecipientState], *, durable: bool = True
     ) -> defer.Deferred[None]:
         """See :meth:`txmail.interfaces.IQueue.update_recipients` (every update is durable here)."""
-        for fields in changes.values():
-            state = fields.get("state")
-            if state is not None and state not in RECIPIENT_STATES:
-                return defer.fail(QueueError(f"invalid recipient state {state!r}"))
-        return self.database.run(_update, queue_id, changes)
+        for st in changes.values():
+            if not isinstance(st.state, DeliveryState):
+                return defer.fail(QueueError(f"invalid recipient state {st.state!r}"))
+        fields = {rcpt: recipient_state_to_json(st) for rcpt, st in changes.items()}
+        return self.database.run(_update, queue_id, fields)
 
     def open_entry_message(self, queue_id: str) -> defer.Deferred[BinaryIO]:
         """See :meth:`txmail.interfaces.IQueue.open_entry_message` (a local temporary copy)."""

@@ -30,6 +30,7 @@ from txmail.policy.hooks import ACCEPT, Policy, SessionInfo, Stage, Verdict
 from txmail.policy.iprev import check_iprev
 from txmail.resolver import drive
 from txmail.smtp.codes import Reply
+from txmail.smtp.session import SessionRole
 
 __all__ = ["FAILURE_REPLIES", "PolicyEngine", "result_now"]
 
@@ -128,7 +129,7 @@ class PolicyEngine:
         self,
         policies: Sequence[Any],
         *,
-        role: str,
+        role: SessionRole,
         clock: Any,
         resolver: Any = None,
         trusted_networks: Sequence[str] = (),

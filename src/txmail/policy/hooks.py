@@ -89,6 +89,7 @@ from typing import Any, BinaryIO
 
 from txmail.model import MessageSource, RecipientResult
 from txmail.smtp.codes import Reply
+from txmail.smtp.session import SessionRole
 
 __all__ = [
     "MessageInfo",
@@ -360,7 +361,7 @@ class SessionInfo:
             whole connection.
     """
 
-    role: str
+    role: SessionRole
     session_id: str = ""
     hostname: str = ""
     client_address: str = ""

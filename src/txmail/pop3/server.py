@@ -645,7 +645,7 @@ class POP3Factory(Factory[POP3ServerProtocol]):
         locks: IMaildropLocks | None = None,
         tls_context: Any = None,
         implicit_tls: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         clock: IReactorTime | None = None,
         chunk_size: int = CHUNK_SIZE,

@@ -245,7 +245,7 @@ class POP3Session(LineSession[Event, Response]):
         *,
         tls_available: bool = False,
         tls_active: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         loopback: bool = False,
         max_line_length: int = MAX_LINE_LENGTH,
         max_bad_commands: int = 20,

@@ -109,7 +109,7 @@ import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Literal, get_args
 
 from txmail.smtp import grammar
 from txmail.smtp.codes import Reply
@@ -124,6 +124,7 @@ __all__ = [
     "ReadyForData",
     "RelayRequest",
     "StartTLS",
+    "TLSPolicy",
     "TransactionDone",
     "TransactionResult",
     "xtext",
@@ -134,8 +135,11 @@ __all__ = [
 MAX_REPLY_LINE = 8192
 #: Octets a whole (multi-line) reply may hold.
 MAX_REPLY = 65536
-#: The TLS policies (see the module docstring).
-TLS_POLICIES = frozenset({"none", "opportunistic", "verify"})
+#: A TLS policy (see the module docstring): no STARTTLS, STARTTLS when
+#: offered, or STARTTLS with a verified certificate required.
+TLSPolicy = Literal["none", "opportunistic", "verify"]
+#: The values of :data:`TLSPolicy`.
+TLS_POLICIES: tuple[TLSPolicy, ...] = get_args(TLSPolicy)
 
 _MAIL_PARAMS = frozenset({"RET", "ENVID"})  # RFC 3461 section 4.3, 4.4
 _RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})  # RFC 3461 section 4.1, 4.2
@@ -242,7 +246,7 @@ class RelayRequest:
     needs_8bit: bool = False
     needs_smtputf8: bool = False
     mail_params: Mapping[str, str] | None = None
-    tls_policy: str = "opportunistic"
+    tls_policy: TLSPolicy = "opportunistic"
     require_tls: bool = False
     tls_context_factory: Any = None
     tls_hostname: str | None = None
@@ -428,7 +432,7 @@ class ClientSession:
         needs_8bit: bool = False,
         needs_smtputf8: bool = False,
         mail_params: Mapping[str, str] | None = None,
-        tls_policy: str = "opportunistic",
+        tls_policy: TLSPolicy = "opportunistic",
         tls_active: bool = False,
         auth: tuple[str, str] | None = None,
         allow_plaintext_auth: bool = False,

@@ -121,24 +121,41 @@ class Reply:
             out.append(f"{self.code}{sep}{words}\r\n")
         return "".join(out).encode("utf-8")
 
-    @classmethod
-    def parse(cls, text: str, default: Reply) -> Reply:
+    def as_text(self) -> str:
         """
-        Parse a reply written as text (``"550 5.1.1 No such user"``), as
-        :class:`txmail.model.RecipientResult` carries it.
+        The reply on one line, ``"550 5.1.1 No such user"`` (the lines of a
+        multi-line reply joined with spaces): for logs, stored states and
+        JSON, never for the wire (:meth:`to_bytes`).
+        """
+        return " ".join(w for w in (str(self.code), self.enhanced, self.text.replace("\n", " ")) if w)
 
-        Returns *default* when *text* is not a well-formed single-line
-        reply, so a bad string from a plug-in never reaches the wire.
+    @classmethod
+    def from_text(cls, text: str) -> Reply | None:
+        """
+        Parse a reply written as text (``"550 5.1.1 No such user"``, what a
+        plug-in gives): ``None`` when *text* is not a well-formed
+        single-line reply.  An enhanced code of another class than the
+        reply's is dropped (RFC 3463 section 2).
         """
         m = _REPLY_RE.match(text.strip()) if "\n" not in text.strip() else None
         if m is None:
-            return default
+            return None
         code = int(m.group(1))
         enhanced = m.group(2) or ""
         if enhanced and enhanced[0] != m.group(1)[0]:
             # RFC 3463 section 2: the class of the enhanced code matches the reply's.
             enhanced = ""
         return cls(code, enhanced, m.group(3) or "")
+
+    @classmethod
+    def parse(cls, text: str, default: Reply) -> Reply:
+        """
+        :meth:`from_text`, or *default* when *text* is not a well-formed
+        single-line reply, so a bad string from a plug-in never reaches the
+        wire.
+        """
+        reply = cls.from_text(text)
+        return default if reply is None else reply
 
 
 # 2xx and 3xx

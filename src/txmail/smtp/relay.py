@@ -78,6 +78,7 @@ from txmail.smtp.client import (
     ReadyForData,
     RelayRequest,
     StartTLS,
+    TLSPolicy,
     TransactionDone,
     TransactionResult,
 )
@@ -107,7 +108,7 @@ def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStre
     return TCP4ClientEndpoint(reactor, literal, port, timeout=timeout)
 
 
-def client_tls_options(policy: str, hostname: str, trust_root: Any = None) -> Any:
+def client_tls_options(policy: TLSPolicy, hostname: str, trust_root: Any = None) -> Any:
     """
     The TLS context for *policy*: for ``"verify"`` one that checks the chain
     (against *trust_root*, e.g. ``ssl.Certificate.loadPEM(ca_pem)``, or the

@@ -109,7 +109,7 @@ from txmail.smtp.events import (
     RcptTo,
     StartTLS,
 )
-from txmail.smtp.session import SENDER_NOT_OWNED, SESSION_ROLES, ServerSession, SMTPLimits
+from txmail.smtp.session import SENDER_NOT_OWNED, SESSION_ROLES, ServerSession, SessionRole, SMTPLimits
 
 __all__ = [
     "SMTPFactory",
@@ -174,9 +174,9 @@ def reply_for_report(report: DeliveryReport, message_id: str) -> Reply:
     default = codes.LOCAL_ERROR if temporary else codes.TRANSACTION_FAILED
     if len(failed) == len(report.results) and len({r.reply for r in failed}) == 1:
         # Every recipient failed for one reason (a delivery hook's rejection,
-        # say): that reply, if it is a well-formed one of the right class.
-        reply = codes.Reply.parse(failed[0].reply, default)
-        if reply.code // 100 == default.code // 100:
+        # say): that reply, if it is one of the right class.
+        reply = failed[0].reply
+        if reply is not None and reply.code // 100 == default.code // 100:
             return reply
     return default
 
@@ -199,7 +199,7 @@ def lmtp_replies(report: DeliveryReport, recipients: Sequence[str], message_id: 
             continue
         temporary = found is None or found.temporary
         default = codes.LOCAL_ERROR if temporary else codes.TRANSACTION_FAILED
-        reply = Reply.parse(found.reply, default) if found is not None else default
+        reply = (found.reply if found is not None else None) or default
         if reply.is_positive or reply.code // 100 != default.code // 100:
             reply = default
         replies.append(reply.with_text(f"<{rcpt}> {reply.text}"))
@@ -560,7 +560,7 @@ class SMTPServerProtocol(SessionProtocol):
                     if result.temporary
                     else Reply(550, "5.1.1", "Recipient rejected")
                 )
-                reply = Reply.parse(result.reply, default)
+                reply = result.reply or default
                 if reply.is_positive:
                     reply = default
             engine = self.policy_engine
@@ -973,7 +973,7 @@ class SMTPFactory(Factory[SMTPServerProtocol]):
     def __init__(
         self,
         *,
-        role: str = "mta",
+        role: SessionRole = "mta",
         hostname: str,
         router: IDeliveryRouter,
         authenticator: Any = None,
@@ -981,7 +981,7 @@ class SMTPFactory(Factory[SMTPServerProtocol]):
         spool_dir: str | None = None,
         tls_context: Any = None,
         implicit_tls: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         limits: SMTPLimits | None = None,
         clock: IReactorTime | None = None,
         run_blocking: RunBlocking | None = None,

@@ -112,7 +112,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from txmail._session import MAX_AUTH_LINE, LineSession
 from txmail.auth import sasl
@@ -159,6 +159,7 @@ __all__ = [
     "MailTransaction",
     "SMTPLimits",
     "ServerSession",
+    "SessionRole",
     "State",
 ]
 
@@ -171,7 +172,9 @@ CHECKS = frozenset({"connect", "helo", "auth"})
 #: port 587/465, AUTH is required before MAIL (RFC 6409 section 4.3).
 #: ``lmtp``: LMTP (RFC 2033) for an MTA in front of us: LHLO instead of
 #: EHLO/HELO, and one reply per recipient at the end of the data.
-SESSION_ROLES = ("mta", "submission", "lmtp")
+SessionRole = Literal["mta", "submission", "lmtp"]
+#: The values of :data:`SessionRole`.
+SESSION_ROLES: tuple[SessionRole, ...] = get_args(SessionRole)
 
 #: The reply to EHLO/HELO on an LMTP connection (RFC 2033 section 4.1: the
 #: client greets with LHLO; SMTP's greetings are not LMTP commands).
@@ -407,12 +410,12 @@ class ServerSession(LineSession[Event, Reply]):
         self,
         hostname: str,
         *,
-        role: str = "mta",
+        role: SessionRole = "mta",
         limits: SMTPLimits | None = None,
         tls_available: bool = False,
         tls_active: bool = False,
         auth_enabled: bool = False,
-        plaintext_auth: str = "never",
+        plaintext_auth: sasl.PlaintextPolicy = "never",
         loopback: bool = False,
         sasl_factory: Callable[[str], sasl.SASLServer] = sasl.SASLServer,
         checks: frozenset[str] = frozenset(),

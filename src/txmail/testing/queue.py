@@ -25,6 +25,7 @@ connection); a queue that holds resources releases them with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -35,10 +36,9 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from txmail.delivery.queue import RECIPIENT_STATES
 from txmail.errors import QueueError
 from txmail.interfaces import IQueue
-from txmail.model import Envelope, MessageSource, QueueEntry
+from txmail.model import DeliveryState, Envelope, MessageSource, QueueEntry, RecipientState
 from txmail.testing.sources import file_source, pattern_digest, pattern_source, streamed_source
 
 __all__ = ["ENVELOPE", "QueueConformanceMixin", "queued_message"]
@@ -148,9 +148,11 @@ class QueueConformanceMixin:
             f.close()
         return b"".join(chunks)
 
-    def assertFields(self, state: dict[str, Any], expected: dict[str, Any]) -> None:
+    def assertFields(self, state: RecipientState, expected: dict[str, Any]) -> None:
         """*state* (a recipient's) has every field of *expected* with its value (and maybe more)."""
-        self.assertEqual({key: state.get(key) for key in expected}, expected)
+        self.assertIsInstance(state, RecipientState)
+        self.assertIsInstance(state.state, DeliveryState)
+        self.assertEqual({key: getattr(state, key) for key in expected}, expected)
 
     @defer.inlineCallbacks
     def listed(self) -> Any:
@@ -234,9 +236,7 @@ class QueueConformanceMixin:
         for _ in range(2):
             entry = yield (yield self.queue()).get_entry(queue_id)
             self.assertEqual(entry.envelope.hold, "milter: quarantined")
-            self.assertEqual(
-                {r: s["state"] for r, s in entry.recipients.items()}, {BOB: "held", CAROL: "held"}
-            )
+            self.assertEqual({r: s.state for r, s in entry.recipients.items()}, {BOB: "held", CAROL: "held"})
             yield self.reopen()
 
     @defer.inlineCallbacks
@@ -373,7 +373,9 @@ class QueueConformanceMixin:
             yield self.assertFailure(queue.get_entry(queue_id), QueueError)
             yield self.assertFailure(queue.open_entry_message(queue_id), QueueError)
             yield self.assertFailure(queue.delete_entry(queue_id), QueueError)
-            yield self.assertFailure(queue.update_recipients(queue_id, {BOB: {"attempts": 1}}), QueueError)
+            yield self.assertFailure(
+                queue.update_recipients(queue_id, {BOB: RecipientState(attempts=1)}), QueueError
+            )
         self.assertEqual(len((yield self.listed())), 1)
 
     @defer.inlineCallbacks
@@ -386,7 +388,9 @@ class QueueConformanceMixin:
         self.assertEqual((yield self.listed()), [second])
         yield self.assertFailure(queue.get_entry(first), QueueError)
         yield self.assertFailure(queue.open_entry_message(first), QueueError)
-        yield self.assertFailure(queue.update_recipients(first, {BOB: {"attempts": 1}}), QueueError)
+        yield self.assertFailure(
+            queue.update_recipients(first, {BOB: RecipientState(attempts=1)}), QueueError
+        )
         yield self.assertFailure(queue.delete_entry(first), QueueError)
         self.assertEqual((yield self.read(second)), queued_message(2))
 
@@ -413,18 +417,18 @@ class QueueConformanceMixin:
         """A retry scheduled for one recipient is kept with the runner's own fields; the other is untouched."""
         queue = yield self.queue()
         queue_id = yield self.enqueue()
-        change = {
-            "state": "deferred",
-            "attempts": 1,
-            "next_attempt": 1_700_000_600.5,
-            "last_error": "451 4.3.0 try later",
-            "host": "mx.remote.test",
-            "dsn_sent": False,
-        }
+        change = RecipientState(
+            state=DeliveryState.DEFERRED,
+            attempts=1,
+            next_attempt=1_700_000_600.5,
+            last_error="451 4.3.0 try later",
+            host="mx.remote.test",
+            dsn_sent=False,
+        )
         self.assertIsNone((yield queue.update_recipients(queue_id, {BOB: change})))
         for _ in range(2):
             entry = yield (yield self.queue()).get_entry(queue_id)
-            self.assertFields(entry.recipients[BOB], change)
+            self.assertEqual(entry.recipients[BOB], change)
             self.assertFields(
                 entry.recipients[CAROL], {"state": "pending", "attempts": 0, "last_error": None}
             )
@@ -433,48 +437,81 @@ class QueueConformanceMixin:
             yield self.reopen()
 
     @defer.inlineCallbacks
-    def test_update_merges(self) -> Gen:
-        """An update changes only the fields it names; later updates build on earlier ones."""
+    def test_update_replaces_named(self) -> Gen:
+        """An update sets the states of the recipients it names; the others keep theirs."""
         queue = yield self.queue()
         queue_id = yield self.enqueue()
-        yield queue.update_recipients(
-            queue_id, {BOB: {"state": "deferred", "attempts": 1, "next_attempt": 10.0}}
-        )
-        yield queue.update_recipients(queue_id, {BOB: {"attempts": 2}, CAROL: {"state": "delivered"}})
+        deferred = RecipientState(DeliveryState.DEFERRED, attempts=1, next_attempt=10.0, host="mx")
+        yield queue.update_recipients(queue_id, {BOB: deferred})
+        again = dataclasses.replace(deferred, attempts=2, host=None)
+        yield queue.update_recipients(queue_id, {BOB: again, CAROL: RecipientState(DeliveryState.DELIVERED)})
         queue = yield self.reopen()
         entry = yield queue.get_entry(queue_id)
-        self.assertFields(
-            entry.recipients[BOB],
-            {"state": "deferred", "attempts": 2, "next_attempt": 10.0, "last_error": None},
-        )
+        self.assertEqual(entry.recipients[BOB], again)
         self.assertFields(entry.recipients[CAROL], {"state": "delivered", "attempts": 0})
+        yield queue.update_recipients(queue_id, {CAROL: RecipientState(DeliveryState.FAILED, attempts=1)})
+        entry = yield (yield self.reopen()).get_entry(queue_id)
+        self.assertEqual(entry.recipients[BOB], again)
+
+    @defer.inlineCallbacks
+    def test_every_field_kept(self) -> Gen:
+        """Every field of a recipient state, each away from its default, survives a restart."""
+        queue = yield self.queue()
+        queue_id = yield self.enqueue()
+        full = RecipientState(
+            state=DeliveryState.DELIVERED,
+            attempts=3,
+            next_attempt=1_700_000_900.25,
+            last_error="451 4.4.1 no answer",
+            last_attempt=1_700_000_800.5,
+            host="mx.remote.test",
+            reply="250 2.0.0 queued as 12345",
+            status="2.0.0",
+            dsn_sent=True,
+            delay_notice_sent=True,
+            success_action="relayed",
+            success_sent=False,
+        )
+        yield queue.update_recipients(queue_id, {BOB: full})
+        for _ in range(2):
+            entry = yield (yield self.queue()).get_entry(queue_id)
+            self.assertEqual(entry.recipients[BOB], full)
+            self.assertEqual(entry.recipients[CAROL], RecipientState(DeliveryState.PENDING))
+            yield self.reopen()
 
     @defer.inlineCallbacks
     def test_every_state(self) -> Gen:
         """Each recipient state the queue defines is accepted and kept."""
-        recipients = tuple(f"r{n}@remote.test" for n in range(len(RECIPIENT_STATES)))
+        states = tuple(DeliveryState)
+        recipients = tuple(f"r{n}@remote.test" for n in range(len(states)))
         queue_id = yield self.enqueue(
             recipients=recipients, envelope=Envelope("alice@example.test", recipients)
         )
-        changes = {rcpt: {"state": state} for rcpt, state in zip(recipients, RECIPIENT_STATES, strict=True)}
+        changes = {rcpt: RecipientState(state) for rcpt, state in zip(recipients, states, strict=True)}
         yield (yield self.queue()).update_recipients(queue_id, changes)
         entry = yield (yield self.reopen()).get_entry(queue_id)
         self.assertEqual(
-            {r: s["state"] for r, s in entry.recipients.items()},
-            dict(zip(recipients, RECIPIENT_STATES, strict=True)),
+            {r: s.state for r, s in entry.recipients.items()},
+            dict(zip(recipients, states, strict=True)),
         )
+        for s in entry.recipients.values():
+            self.assertIsInstance(s.state, DeliveryState)
 
     @defer.inlineCallbacks
     def test_invalid_state(self) -> Gen:
         """An unknown recipient state fails with QueueError and changes nothing, not even the valid part."""
         queue = yield self.queue()
         queue_id = yield self.enqueue()
-        changes = {BOB: {"state": "deferred", "attempts": 1}, CAROL: {"state": "lost"}}
+        lost: Any = "lost"  # not a DeliveryState: what an untyped caller might pass
+        changes = {
+            BOB: RecipientState(DeliveryState.DEFERRED, attempts=1),
+            CAROL: RecipientState(lost),
+        }
         yield self.assertFailure(queue.update_recipients(queue_id, changes), QueueError)
         for _ in range(2):
             entry = yield (yield self.queue()).get_entry(queue_id)
             self.assertEqual(
-                {r: (s["state"], s["attempts"]) for r, s in entry.recipients.items()},
+                {r: (s.state, s.attempts) for r, s in entry.recipients.items()},
                 {
                     BOB: ("pending", 0),
                     CAROL: ("pending", 0),
@@ -487,15 +524,13 @@ class QueueConformanceMixin:
         """Changes made with durable=False are seen at once and made durable by the next durable update."""
         queue = yield self.queue()
         queue_id = yield self.enqueue()
-        yield queue.update_recipients(queue_id, {BOB: {"state": "delivered"}}, durable=False)
+        yield queue.update_recipients(queue_id, {BOB: RecipientState(DeliveryState.DELIVERED)}, durable=False)
         entry = yield queue.get_entry(queue_id)
-        self.assertEqual(entry.recipients[BOB]["state"], "delivered")
-        yield queue.update_recipients(queue_id, {CAROL: {"state": "deferred", "attempts": 1}})
+        self.assertEqual(entry.recipients[BOB].state, "delivered")
+        yield queue.update_recipients(queue_id, {CAROL: RecipientState(DeliveryState.DEFERRED, attempts=1)})
         entry = yield (yield self.reopen()).get_entry(queue_id)
-        self.assertEqual(entry.recipients[BOB]["state"], "delivered")
-        self.assertEqual(
-            (entry.recipients[CAROL]["state"], entry.recipients[CAROL]["attempts"]), ("deferred", 1)
-        )
+        self.assertEqual(entry.recipients[BOB].state, "delivered")
+        self.assertEqual((entry.recipients[CAROL].state, entry.recipients[CAROL].attempts), ("deferred", 1))
 
     # -- restarts ---------------------------------------------------------------
 
@@ -535,7 +570,7 @@ class QueueConformanceMixin:
         entries = yield queue.claim(None, 3600)
         self.assertEqual([e.queue_id for e in entries], ids)
         self.assertEqual(entries[0].envelope, ENVELOPE)
-        self.assertEqual(entries[0].recipients[BOB]["state"], "pending")
+        self.assertEqual(entries[0].recipients[BOB].state, "pending")
         self.assertEqual(entries[0].size, len(queued_message(0)))
         self.assertEqual((yield self.claimed(queue)), [])
         other = yield defer.maybeDeferred(self.other_claimer, queue)
@@ -626,10 +661,11 @@ class QueueConformanceMixin:
         """A claimed entry carries the recipient states last written."""
         queue = yield self.queue()
         queue_id = yield self.enqueue()
-        yield queue.update_recipients(queue_id, {BOB: {"state": "deferred", "attempts": 2, "host": "mx"}})
+        change = RecipientState(DeliveryState.DEFERRED, attempts=2, host="mx")
+        yield queue.update_recipients(queue_id, {BOB: change})
         (entry,) = yield queue.claim(None, 3600)
-        self.assertFields(entry.recipients[BOB], {"state": "deferred", "attempts": 2, "host": "mx"})
-        self.assertEqual(entry.recipients[CAROL]["state"], "pending")
+        self.assertEqual(entry.recipients[BOB], change)
+        self.assertEqual(entry.recipients[CAROL].state, "pending")
 
     @defer.inlineCallbacks
     def test_open_source_bytes_exact(self) -> Gen:
@@ -682,14 +718,20 @@ class QueueConformanceMixin:
         queue_id = yield self.enqueue()
         later = time.time() + 86400
         yield queue.update_recipients(
-            queue_id, {BOB: {"state": "deferred", "next_attempt": later}, CAROL: {"state": "delivered"}}
+            queue_id,
+            {
+                BOB: RecipientState(DeliveryState.DEFERRED, attempts=1, next_attempt=later, host="mx"),
+                CAROL: RecipientState(DeliveryState.DELIVERED),
+            },
         )
         before = time.time()
         self.assertEqual((yield queue.flush()), 1)
         entry = yield (yield self.reopen()).get_entry(queue_id)
-        self.assertEqual(entry.recipients[BOB]["state"], "deferred")
-        self.assertLessEqual(entry.recipients[BOB]["next_attempt"], time.time() + 1)
-        self.assertLessEqual(before - 1, entry.recipients[BOB]["next_attempt"])
+        bob = entry.recipients[BOB]
+        self.assertFields(bob, {"state": "deferred", "attempts": 1, "host": "mx"})
+        assert bob.next_attempt is not None
+        self.assertLessEqual(bob.next_attempt, time.time() + 1)
+        self.assertLessEqual(before - 1, bob.next_attempt)
         self.assertFields(entry.recipients[CAROL], {"state": "delivered", "next_attempt": None})
         # Still deferred (due now): counted again.
         self.assertEqual((yield (yield self.queue()).flush()), 1)
@@ -708,10 +750,10 @@ class QueueConformanceMixin:
         self.assertIn(first, heard)
         entry = yield (yield self.reopen()).get_entry(first)
         self.assertFields(entry.recipients[BOB], {"state": "pending", "next_attempt": None})
-        self.assertEqual((yield (yield self.queue()).get_entry(second)).recipients[BOB]["state"], "held")
+        self.assertEqual((yield (yield self.queue()).get_entry(second)).recipients[BOB].state, "held")
         self.assertEqual((yield (yield self.queue()).release(None)), 2)
         entry = yield (yield self.queue()).get_entry(second)
-        self.assertEqual({s["state"] for s in entry.recipients.values()}, {"pending"})
+        self.assertEqual({s.state for s in entry.recipients.values()}, {"pending"})
         self.assertEqual((yield (yield self.queue()).release(None)), 0)
         self.assertEqual((yield (yield self.queue()).release(plain)), 0)
         yield self.assertFailure((yield self.queue()).release("NOSUCHID"), QueueError)

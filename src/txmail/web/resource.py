@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from txmail._protocol import format_peer, is_loopback
-from txmail.auth.sasl import password_auth_allowed
+from txmail.auth.sasl import PlaintextPolicy, password_auth_allowed
 from txmail.interfaces import IMailStoreProvider
 from txmail.jmap.core import CallContext, Capability, Limits, Registry
 from txmail.metrics import NULL_PROTOCOL_METRICS
@@ -144,7 +144,7 @@ class JMAPEndpoint:
         tokens: TokenStore,
         clock: IReactorTime,
         server: MailServer | None = None,
-        plaintext_auth: str = "loopback",
+        plaintext_auth: PlaintextPolicy = "loopback",
         tls_proxy: bool = False,
         proxy_trusted: Sequence[str] = (),
         max_event_streams: int = 8,
