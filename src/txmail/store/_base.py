@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox
-from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES
+from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IMailbox
 from txmail.model import (
     DELETED,
     DELIMITER,
@@ -501,7 +501,9 @@ class MailboxState:
 
 
 @defer.inlineCallbacks
-def generic_copy(source: Any, uids: list[int], target: Any) -> Any:
+def generic_copy(
+    source: IMailbox, uids: list[int], target: IMailbox
+) -> Generator[Any, Any, list[tuple[int, int]]]:
     """
     Copy messages between mailboxes of any two backends through the
     :class:`~txmail.interfaces.IMailbox` interface: read each message and
@@ -510,7 +512,7 @@ def generic_copy(source: Any, uids: list[int], target: Any) -> Any:
     Returns ``Deferred[list[tuple[int, int]]]`` of (source, target) UIDs.
     """
     infos = yield source.list_messages(uids)
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for info in infos:
         data = yield source.read_message(info.uid)
         new_uid = yield target.append(data, info.flags, info.internal_date)
