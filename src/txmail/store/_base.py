@@ -108,9 +108,11 @@ def next_uidvalidity(last: int) -> int:
     return value
 
 
-def columns_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, ...]]]:
+def columns_from_metadata(
+    mailbox: IMailbox, uids: Iterable[int]
+) -> defer.Deferred[dict[int, tuple[str, ...]]]:
     """:meth:`~txmail.interfaces.IHeaderColumns.header_columns` made from *mailbox*'s ``get_metadata``."""
-    return mailbox.get_metadata(uids).addCallback(  # type: ignore[no-any-return]  # the mailbox is duck-typed (Any)
+    return mailbox.get_metadata(uids).addCallback(
         lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
     )
 
@@ -118,9 +120,9 @@ def columns_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[d
 _LINE_NAMES = frozenset(HEADER_LINES)
 
 
-def lines_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
+def lines_from_metadata(mailbox: IMailbox, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
     """:meth:`~txmail.interfaces.IHeaderLines.header_lines` made from *mailbox*'s ``get_metadata``."""
-    return mailbox.get_metadata(uids).addCallback(  # type: ignore[no-any-return]  # the mailbox is duck-typed (Any)
+    return mailbox.get_metadata(uids).addCallback(
         lambda found: {uid: mime.header_lines(md.headers, _LINE_NAMES) for uid, md in found.items()}
     )
 
