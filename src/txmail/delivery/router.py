@@ -65,7 +65,7 @@ import contextlib
 import copy
 import dataclasses
 import socket
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -142,7 +142,7 @@ def stored_xtext(value: str) -> str:
 
 @defer.inlineCallbacks
 def deliver_notice(
-    deliver: Any,
+    deliver: Callable[[Envelope, MessageSource], defer.Deferred[DeliveryReport]],
     sender: str,
     data: bytes,
     *,
@@ -150,8 +150,8 @@ def deliver_notice(
     received_at: float,
     hostname: str,
     local: bool,
-    sign: Any = None,
-) -> Any:
+    sign: Callable[[bytes], defer.Deferred[bytes]] | None = None,
+) -> Generator[Any, Any, bool]:
     """
     Deliver a delivery status notification (*data*, from
     :func:`txmail.delivery.bounce.make_dsn`) to *sender* from the null
@@ -245,7 +245,7 @@ class DeliveryRouter:
         self.notice_signer = notice_signer
 
     @property
-    def sign_notice(self) -> Any:
+    def sign_notice(self) -> Callable[[bytes], defer.Deferred[bytes]] | None:
         """``sign(data) -> Deferred[bytes]`` for the server's notices, or ``None``."""
         return self.notice_signer.sign if self.notice_signer is not None else None
 
@@ -268,7 +268,7 @@ class DeliveryRouter:
         router.metrics = self.metrics
         return router
 
-    def redeliver(self, envelope: Envelope, message: MessageSource) -> Any:
+    def redeliver(self, envelope: Envelope, message: MessageSource) -> defer.Deferred[DeliveryReport]:
         """
         Deliver a message the queue holds for local recipients (the queue
         runner's retry): no hooks, and a copy that fails is reported as
