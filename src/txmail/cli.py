@@ -75,12 +75,12 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from txmail.config import load_config, parse_host_port
+from txmail.config import Settings, load_config, parse_host_port
 from txmail.directory import FileDirectory
 from txmail.dnsrecords import (
     CheckStatus,
@@ -95,7 +95,11 @@ from txmail.dnsrecords import (
     zone_text,
 )
 from txmail.errors import ConfigError, DatabaseError, DirectoryError, QueueError
+from txmail.interfaces import IDirectory
 from txmail.model import DeliveryState
+
+if TYPE_CHECKING:
+    from txmail.pg.directory import PostgresDirectory
 
 __all__ = ["CLIError", "build_parser", "check_records", "main"]
 
@@ -106,14 +110,14 @@ class CLIError(Exception):
     """An error to report on stderr (exit status 1)."""
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> Settings:
     try:
         return load_config(args.config, {"data_dir": args.data_dir})
     except ConfigError as e:
         raise CLIError(f"config error: {e}") from None
 
 
-def _directory(args: argparse.Namespace) -> tuple[Any, Any]:
+def _directory(args: argparse.Namespace) -> tuple[FileDirectory | PostgresDirectory, Settings]:
     """
     The configured directory (``[directory] backend``) and the settings.
     The PostgreSQL directory's methods return Deferreds that have fired
@@ -220,7 +224,7 @@ def _create_storage(settings: Any, address: str) -> None:
         raise CLIError(f"user {address} added, but mail storage is not available: {e}") from None
     # The backends' file work runs inline here: the Deferred has fired.
     results: list[Any] = []
-    defer.maybeDeferred(provider.store_for, address).addBoth(results.append)
+    provider.store_for(address).addBoth(results.append)
     if not results:  # pragma: no cover - the configured backends answer inline
         raise CLIError(f"user {address} added, but creating its mail storage did not complete")
     if isinstance(results[0], Failure):
@@ -691,7 +695,7 @@ def _dns_records(args: argparse.Namespace) -> int:
     return _react(check) or status
 
 
-def _check_user(directory: Any, address: str) -> None:
+def _check_user(directory: IDirectory, address: str) -> None:
     """Fail before prompting for a password when the user does not exist."""
     results: list[Any] = []
     directory.canonical_user(address).addBoth(results.append)

@@ -174,15 +174,14 @@ def _empty_document() -> dict[str, Any]:
 
 class _DirectoryBase(ABC):
     """
-    What :class:`FileDirectory` and :class:`MemoryDirectory` share: the
-    lookups of :class:`txmail.interfaces.IDirectory` over a :class:`_Snapshot`
-    and the changes (users, passwords, aliases) as edits of a document in the
-    ``users.json`` format.
+    What every directory here shares (:class:`FileDirectory`,
+    :class:`MemoryDirectory`, :class:`txmail.pg.directory.PostgresDirectory`):
+    the lookups of :class:`txmail.interfaces.IDirectory` over a
+    :class:`_Snapshot`.
 
     Subclasses set :attr:`configured_domains` and :attr:`primary_domain`
     (:meth:`_set_domains`) and provide :meth:`_current` (the snapshot to
-    answer from) and :meth:`_mutate` (apply a change to the document, keep
-    it, and re-parse).
+    answer from).
     """
 
     log = Logger()
@@ -199,10 +198,6 @@ class _DirectoryBase(ABC):
     @abstractmethod
     def _current(self) -> _Snapshot:
         """The snapshot to answer lookups from."""
-
-    @abstractmethod
-    def _mutate(self, change: Callable[[dict[str, Any]], _T]) -> _T:
-        """Apply *change* to the document, keep it, re-parse; return what *change* returned."""
 
     def _parse(self, document: dict[str, Any]) -> _Snapshot:
         snapshot = _Snapshot()
@@ -350,6 +345,21 @@ class _DirectoryBase(ABC):
             name = f"{name}@{self.primary_domain}"
         return normalize_address(name)
 
+
+class _DocumentDirectory(_DirectoryBase):
+    """
+    What :class:`FileDirectory` and :class:`MemoryDirectory` share beyond
+    the lookups: the changes (users, passwords, aliases) as edits of a
+    document in the ``users.json`` format, made at once.
+
+    Subclasses also provide :meth:`_mutate` (apply a change to the
+    document, keep it, and re-parse).
+    """
+
+    @abstractmethod
+    def _mutate(self, change: Callable[[dict[str, Any]], _T]) -> _T:
+        """Apply *change* to the document, keep it, re-parse; return what *change* returned."""
+
     @staticmethod
     def _find_key(table: dict[str, Any], canonical: str, normalize: Callable[[str], str]) -> str | None:
         """The key of *table* that normalises to *canonical* (files may be hand-edited)."""
@@ -482,7 +492,7 @@ class _DirectoryBase(ABC):
 
 
 @implementer(IDirectory)
-class FileDirectory(_DirectoryBase):
+class FileDirectory(_DocumentDirectory):
     """
     The JSON-file user directory.
 
@@ -634,7 +644,7 @@ class FileDirectory(_DirectoryBase):
 
 
 @implementer(IDirectory)
-class MemoryDirectory(_DirectoryBase):
+class MemoryDirectory(_DocumentDirectory):
     """
     A user directory kept in memory, for tests and for embedding txmail.
 

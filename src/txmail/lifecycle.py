@@ -294,7 +294,7 @@ def apply_settings(target: Any, settings: Settings) -> ReloadReport:
             running,
             target.directory,
             None,  # type: ignore[arg-type]  # only its settings-dependent parts are taken; the running router keeps its stores
-            None,
+            None,  # type: ignore[arg-type]  # and its queue
             reactor=target.reactor,
             run_blocking=target.run_blocking,
             keys=keys,
@@ -492,6 +492,7 @@ def drain(listeners: Sequence[Any], stop: _Stop) -> defer.Deferred[int]:
     shut down, and wait until they are gone (or *stop*'s deadline): then
     abort what is left.  Fires with the number of connections aborted.
     """
+    # IService.stopService answers with a Deferred or None.
     stopping = [defer.maybeDeferred(listener.stopService) for listener in listeners if listener.running]
     for listener in listeners:
         if hasattr(listener.factory, "draining"):

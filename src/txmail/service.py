@@ -27,7 +27,7 @@ import gc
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer
@@ -53,7 +53,7 @@ from txmail.directory import FileDirectory
 from txmail.errors import ConfigError
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
-from txmail.interfaces import IDirectory, IMailStoreProvider, IQueue
+from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
 from txmail.milter.client import build_milter_policies
 from txmail.policy.authentication import MessageSigner
 from txmail.policy.builtin import build_forwarding, build_policies, signing_keys
@@ -64,6 +64,11 @@ from txmail.resolver import Resolver
 from txmail.smtp.server import SMTPFactory, SMTPLimits
 from txmail.smtp.session import SessionRole
 from txmail.tls import ReloadableServerTLS, with_certificate
+
+if TYPE_CHECKING:
+    from txmail.managesieve.server import ManageSieveFactory
+    from txmail.pg.db import DatabaseService
+    from txmail.workers import WorkerPool
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -286,7 +291,7 @@ class MailServer(_twisted.MultiService):
     run_blocking: Callable[..., defer.Deferred[Any]]
     runner: QueueRunner | None = None
     #: The :class:`txmail.workers.WorkerPool` (``[server] workers`` above 1), or ``None``.
-    workers: Any = None
+    workers: WorkerPool | None = None
     dns: Any = None
     policies: Sequence[Any] = ()
     #: The :class:`txmail.metrics.Metrics` (``[metrics]``), or the no-op ones
@@ -434,7 +439,12 @@ def _build_runner(
 
 
 def _transport_security(
-    settings: Settings, reactor: Any, resolver: Any, router: Any, directory: Any, queue: Any
+    settings: Settings,
+    reactor: Any,
+    resolver: Any,
+    router: DeliveryRouter,
+    directory: IDirectory,
+    queue: IQueue,
 ) -> Any:
     """DANE, MTA-STS and TLS-RPT for the runner (:mod:`txmail.delivery.tlspolicy`), if *resolver* can look up records."""
     from txmail.delivery.tlsrpt import build_transport_security
@@ -528,7 +538,7 @@ def make_store_provider(
     raise ConfigError(f"unknown [store] backend {backend!r}")
 
 
-def postgresql_service(settings: Settings, server: service.MultiService, *, reactor: Any) -> Any:
+def postgresql_service(settings: Settings, server: service.MultiService, *, reactor: Any) -> DatabaseService:
     """
     The :class:`txmail.pg.db.DatabaseService` of *server*: one
     ``[postgresql]`` pool per process, made (and added to *server*) the
@@ -616,7 +626,7 @@ def make_router(
     settings: Settings,
     directory: IDirectory,
     stores: IMailStoreProvider,
-    queue: Any,
+    queue: IQueue,
     *,
     reactor: Any,
     run_blocking: Callable[..., defer.Deferred[Any]],
@@ -719,7 +729,7 @@ def smtp_factory(
     role: SessionRole,
     description: str,
     *,
-    router: Any,
+    router: IDeliveryRouter,
     authenticator: Authenticator,
     directory: IDirectory,
     spool_dir: str,
@@ -755,12 +765,12 @@ def managesieve_factory(
     settings: Settings,
     description: str,
     *,
-    authenticator: Any,
+    authenticator: Authenticator,
     stores: IMailStoreProvider,
     tls: Any,
     reactor: Any,
     run_blocking: Callable[..., defer.Deferred[Any]],
-) -> Any:
+) -> ManageSieveFactory:
     """The ManageSieve factory (RFC 5804) of the ``[managesieve]`` listener on *description*."""
     from txmail.managesieve.server import ManageSieveFactory
 
@@ -986,7 +996,7 @@ def build_service(
         )
         listen(description, imap_factory, "imap")
     for description in settings.managesieve:
-        factory = managesieve_factory(
+        sieve_factory = managesieve_factory(
             settings,
             description,
             authenticator=authenticator,
@@ -995,7 +1005,7 @@ def build_service(
             reactor=reactor,
             run_blocking=run_blocking,
         )
-        listen(description, factory, "managesieve")
+        listen(description, sieve_factory, "managesieve")
     if settings.web:
         from txmail.web.service import web_site  # twisted.web: only when configured
 

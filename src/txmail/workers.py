@@ -72,9 +72,9 @@ import pickle
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -85,12 +85,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmail import _twisted
+from txmail._fs import run_inline
 from txmail.config import Settings
 from txmail.interfaces import IDeliveryRouter, IStorageUsage
 from txmail.mime import encode_metadata, parse_metadata
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.quota import Usage
 from txmail.smtp.codes import Reply
+
+if TYPE_CHECKING:
+    from txmail.delivery.router import DeliveryRouter
 
 __all__ = [
     "Deliver",
@@ -208,7 +212,7 @@ class _OwnerAMP(amp.AMP):
         source = MessageSource.from_file(path, size)
         if metadata:
             source = source.with_metadata(decode_metadata(metadata))
-        d = defer.maybeDeferred(self.pool.router.deliver, envelope_from_json(envelope), source)
+        d = self.pool.router.deliver(envelope_from_json(envelope), source)
 
         def answer(report: DeliveryReport) -> dict[str, Any]:
             results = [
@@ -312,7 +316,7 @@ class WorkerPool(_twisted.Service):
         settings: Settings,
         count: int,
         listeners: Sequence[Any],
-        router: Any,
+        router: DeliveryRouter,
         *,
         python: str = sys.executable,
         restart_delay: float = 1.0,
@@ -693,7 +697,7 @@ class WorkerRouter:
 
     def __init__(
         self,
-        checker: Any,
+        checker: DeliveryRouter,
         hand_over: Callable[..., defer.Deferred[Any]],
         spool_dir: str,
         run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
@@ -701,15 +705,17 @@ class WorkerRouter:
         self.checker = checker
         self.hand_over = hand_over
         self.spool_dir = spool_dir
-        self._run = run_blocking or (lambda fn, *args: defer.maybeDeferred(fn, *args))
+        self._run = run_blocking or run_inline
         self.directory = checker.directory
 
-    def check_recipient(self, address: str, authenticated_user: str | None = None) -> Any:
+    def check_recipient(
+        self, address: str, authenticated_user: str | None = None
+    ) -> defer.Deferred[RecipientResult]:
         """See :meth:`txmail.interfaces.IDeliveryRouter.check_recipient`."""
         return self.checker.check_recipient(address, authenticated_user)
 
     @defer.inlineCallbacks
-    def deliver(self, envelope: Envelope, message: MessageSource) -> Any:
+    def deliver(self, envelope: Envelope, message: MessageSource) -> Generator[Any, Any, DeliveryReport]:
         """Hand the spooled message to the owner; its report, or 451 for every recipient."""
         if message.local_path is None:
             raise ValueError("a worker hands over spooled messages only")
@@ -891,7 +897,7 @@ def run_worker(reactor: Any, spec: dict[str, Any]) -> service.MultiService:
         settings,
         directory,
         _OwnerStores(control),  # type: ignore[arg-type]  # a partial store provider: only the usage a recipient check reads
-        None,
+        None,  # type: ignore[arg-type]  # a recipient check queues nothing
         reactor=reactor,
         run_blocking=run_blocking,
         keys=keys,

@@ -60,7 +60,7 @@ class BrokenProvider:
 
     def store_for(self, user: str) -> Any:
         if user in self.broken:
-            raise OSError("disk on fire")
+            return defer.fail(OSError("disk on fire"))  # the contract: a failed Deferred
         return self.inner.store_for(user)
 
 

@@ -339,6 +339,29 @@ class RouterSieveTests(SynchronousTestCase):
         self.assertEqual(len(self.inbox(ALICE)), 1)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
+    def test_store_unavailable_for_one_user(self) -> None:
+        """
+        A store that cannot be opened leaves its user out of the scripts
+        (the ordinary delivery queues that copy); the others are filtered.
+        """
+        self.activate(ALICE, "discard;\n")
+        self.activate(BOB, "discard;\n")
+        memory = self.memory
+
+        class Failing:
+            def store_for(self, user: str) -> defer.Deferred[Any]:
+                if user == BOB:
+                    return defer.fail(OSError("unreachable"))
+                return memory.store_for(user)
+
+        self.stores = Failing()
+        report = self.deliver((ALICE, BOB))
+        self.assertTrue(report.all_ok)
+        self.assertEqual(self.inbox(ALICE), [])  # discarded by her script
+        (entry,) = self.successResultOf(self.queue.list_entries())
+        self.assertEqual(list(entry.recipients), [BOB])
+        self.flushLoggedErrors(OSError)
+
     def test_disabled(self) -> None:
         """A router without a SieveDelivery ignores active scripts."""
         self.activate(ALICE, "discard;\n")

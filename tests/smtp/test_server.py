@@ -340,10 +340,10 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(self.spool_files(), [])
 
     def test_check_recipient_exception(self) -> None:
-        """A failing recipient check is answered 451 4.3.0 and the session goes on."""
+        """A failing recipient check (a failed Deferred) is answered 451 4.3.0 and the session goes on."""
 
         def broken(address: str, authenticated_user: str | None = None) -> Any:
-            raise RuntimeError("boom")
+            return defer.fail(RuntimeError("boom"))
 
         self.router.check_recipient = broken  # type: ignore[method-assign]
         proto, transport = self.connect()

@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from txmail.config import Settings
+    from txmail.service import MailServer
 
 
 class Options(usage.Options):
@@ -150,7 +154,7 @@ class MailServerMaker:
     description = "A txmail mail server (SMTP, submission; Maildir storage)."
     options = Options
 
-    def makeService(self, options: Options) -> Any:
+    def makeService(self, options: Options) -> MailServer:
         from txmail.service import build_service, tune_gc
 
         # This process is the mail server's own: tune its garbage collector
@@ -173,7 +177,7 @@ class MailServerMaker:
         return server
 
 
-def _live_change(server: Any, options: Options) -> None:
+def _live_change(server: MailServer, options: Options) -> None:
     """SIGHUP reloads the --config file (with the same command-line overrides); see txmail.lifecycle."""
     import dataclasses
 
@@ -184,7 +188,7 @@ def _live_change(server: Any, options: Options) -> None:
 
     workers = server.settings.workers
 
-    def load() -> Any:
+    def load() -> Settings:
         settings = load_config(options["config"], options.overrides)
         if settings.workers is None:
             settings = dataclasses.replace(settings, workers=workers)

@@ -65,8 +65,8 @@ import contextlib
 import copy
 import dataclasses
 import socket
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -79,6 +79,7 @@ from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, shou
 from txmail.delivery.hooks import DeliveryHook, HookAction, HookResult, hook_callables
 from txmail.delivery.sieve import (
     Evaluation,
+    SieveDelivery,
     SieveRejected,
     redirected_copy,
     reject_reply,
@@ -90,6 +91,8 @@ from txmail.interfaces import (
     IDeliveryRouter,
     IDirectory,
     IInboxDelivery,
+    IMailbox,
+    IMailStore,
     IMailStoreProvider,
     IQueue,
     IStorageUsage,
@@ -109,6 +112,10 @@ from txmail.sieve import Discard, FileInto, Keep, Redirect, Reject, SieveMessage
 from txmail.smtp import codes
 from txmail.smtp.codes import Reply
 from txmail.smtp.grammar import xtext_decode
+
+if TYPE_CHECKING:
+    from txmail.delivery.forward import Forwarding
+    from txmail.policy.authentication import MessageSigner
 
 __all__ = ["HOOK_FAILED_REPLY", "INLINE_PARSE_LIMIT", "DeliveryRouter", "split_address"]
 
@@ -147,7 +154,7 @@ def stored_xtext(value: str) -> str:
 
 @defer.inlineCallbacks
 def deliver_notice(
-    deliver: Any,
+    deliver: Callable[[Envelope, MessageSource], defer.Deferred[DeliveryReport]],
     sender: str,
     data: bytes,
     *,
@@ -155,8 +162,8 @@ def deliver_notice(
     received_at: float,
     hostname: str,
     local: bool,
-    sign: Any = None,
-) -> Any:
+    sign: Callable[[bytes], defer.Deferred[bytes]] | None = None,
+) -> Generator[Any, Any, bool]:
     """
     Deliver a delivery status notification (*data*, from
     :func:`txmail.delivery.bounce.make_dsn`) to *sender* from the null
@@ -231,10 +238,10 @@ class DeliveryRouter:
         primary_domain: str = "localhost",
         hooks: DeliveryHook | Sequence[DeliveryHook] | None = None,
         hostname: str | None = None,
-        forwarding: Any = None,
-        notice_signer: Any = None,
+        forwarding: Forwarding | None = None,
+        notice_signer: MessageSigner | None = None,
         quotas: Quotas | None = None,
-        sieve: Any = None,
+        sieve: SieveDelivery | None = None,
     ) -> None:
         self.sieve = sieve
         self.quotas = quotas if quotas is not None and quotas.enabled else None
@@ -250,7 +257,7 @@ class DeliveryRouter:
         self.notice_signer = notice_signer
 
     @property
-    def sign_notice(self) -> Any:
+    def sign_notice(self) -> Callable[[bytes], defer.Deferred[bytes]] | None:
         """``sign(data) -> Deferred[bytes]`` for the server's notices, or ``None``."""
         return self.notice_signer.sign if self.notice_signer is not None else None
 
@@ -273,7 +280,7 @@ class DeliveryRouter:
         router.metrics = self.metrics
         return router
 
-    def redeliver(self, envelope: Envelope, message: MessageSource) -> Any:
+    def redeliver(self, envelope: Envelope, message: MessageSource) -> defer.Deferred[DeliveryReport]:
         """
         Deliver a message the queue holds for local recipients (the queue
         runner's retry): no hooks, and a copy that fails is reported as
@@ -283,13 +290,14 @@ class DeliveryRouter:
         router._requeue = False
         return router.deliver(envelope, message)
 
-    def _usage(self, user: str) -> defer.Deferred[Usage | None]:
+    @defer.inlineCallbacks
+    def _usage(self, user: str) -> Generator[Any, Any, Usage | None]:
         """*user*'s :class:`~txmail.quota.Usage`, or ``None`` when the store keeps none."""
-
-        def usage(store: Any) -> Any:
-            return store.usage() if IStorageUsage.providedBy(store) else None
-
-        return defer.maybeDeferred(self.stores.store_for, user).addCallback(usage)
+        store: IMailStore = yield self.stores.store_for(user)
+        if not IStorageUsage.providedBy(store):
+            return None
+        usage: Usage = yield store.usage()
+        return usage
 
     def _qualify(self, address: str) -> str:
         """
@@ -304,7 +312,9 @@ class DeliveryRouter:
         return bool(domain) and bool(self.directory.is_local_domain(domain))
 
     @defer.inlineCallbacks
-    def check_recipient(self, address: str, authenticated_user: str | None = None) -> Any:
+    def check_recipient(
+        self, address: str, authenticated_user: str | None = None
+    ) -> Generator[Any, Any, RecipientResult]:
         """See :meth:`txmail.interfaces.IDeliveryRouter.check_recipient`."""
         address = self._qualify(address)
         _, domain = split_address(address)
@@ -337,7 +347,7 @@ class DeliveryRouter:
         """The original sender behind one of our SRS addresses (a returning bounce), or ``None``."""
         if self.forwarding is None:
             return None
-        return self.forwarding.original(address)  # type: ignore[no-any-return]  # the forwarding table is duck-typed (Any)
+        return self.forwarding.original(address)
 
     @defer.inlineCallbacks
     def _targets(self, envelope: Envelope) -> Any:
@@ -372,7 +382,7 @@ class DeliveryRouter:
         return targets, forwarded
 
     @defer.inlineCallbacks
-    def deliver(self, envelope: Envelope, message: MessageSource) -> Any:
+    def deliver(self, envelope: Envelope, message: MessageSource) -> Generator[Any, Any, DeliveryReport]:
         """
         See :meth:`txmail.interfaces.IDeliveryRouter.deliver`.  The hooks
         run first (see the module notes).
@@ -382,7 +392,7 @@ class DeliveryRouter:
             if isinstance(outcome, DeliveryReport):
                 return outcome
             envelope = outcome
-        report = yield self._route(envelope, message)
+        report: DeliveryReport = yield self._route(envelope, message)
         yield self._notify_success(envelope, message, report)
         return report
 
@@ -457,6 +467,7 @@ class DeliveryRouter:
         original = envelope
         for hook in self.hooks:
             try:
+                # A hook may answer with a plain value, a Deferred, or raise.
                 result = yield defer.maybeDeferred(hook, envelope, message)
                 if result is None:
                     result = HookResult.accept()
@@ -516,7 +527,7 @@ class DeliveryRouter:
         outcome: dict[str, bool] = {}
         failures: dict[str, tuple[Reply, bool]] = {}  # destination -> (reply, temporary)
         lmtp = envelope.protocol.upper().startswith("LMTP")
-        scripted: dict[str, Any] = {}
+        scripted: dict[str, tuple[IMailStore, tuple[str, bytes]]] = {}
         if users and self.sieve is not None:
             scripted = yield self.sieve.active_scripts(self.stores, users)
         if users:
@@ -660,21 +671,21 @@ class DeliveryRouter:
         return uid
 
     def _deliver_local(self, envelope: Envelope, message: MessageSource, user: str) -> defer.Deferred[int]:
-        def got_mailbox(mailbox: Any) -> Any:
+        def got_mailbox(mailbox: IMailbox) -> defer.Deferred[int]:
             return mailbox.append(message, (), envelope.received_at or None)
 
-        d: defer.Deferred[Any] = defer.maybeDeferred(self.stores.store_for, user)
+        d: defer.Deferred[Any] = self.stores.store_for(user)
         if self.quotas is not None and self.quotas.limit_for(user) is not None:
             d.addCallback(self._check_quota, user, message.size)
         d.addCallback(self._mailbox_for, envelope.folder, user, envelope.message_id)
         metrics = self.metrics
         if metrics.enabled:
 
-            def timed_append(mailbox: Any) -> Any:
+            def timed_append(mailbox: IMailbox) -> defer.Deferred[int]:
                 started = metrics.timer()
-                appended = defer.maybeDeferred(got_mailbox, mailbox)
+                appended = got_mailbox(mailbox)
 
-                def measured(uid: Any) -> Any:
+                def measured(uid: int) -> int:
                     metrics.store("deliver", metrics.timer() - started)
                     return uid
 
@@ -694,7 +705,7 @@ class DeliveryRouter:
         envelope: Envelope,
         message: MessageSource,
         targets: dict[str, tuple[list[str], list[str]]],
-        scripted: dict[str, Any],
+        scripted: dict[str, tuple[IMailStore, tuple[str, bytes]]],
     ) -> Any:
         """The message's octets and ``{user: Evaluation}`` of each user in *scripted* (run at once)."""
         assert self.sieve is not None
@@ -744,6 +755,7 @@ class DeliveryRouter:
         assert self.sieve is not None
         user, result = evaluation.user, evaluation.result
         store = evaluation.store
+        assert store is not None  # SieveDelivery.evaluate gives every evaluation its store
         notices: list[tuple[str, bytes, str]] = []  # (to, message, kind), sent once the state is saved
         uid = 0
         kept = False  # a copy is in the default mailbox
@@ -840,7 +852,7 @@ class DeliveryRouter:
         message: MessageSource,
         data: bytes,
         user: str,
-        store: Any,
+        store: IMailStore,
         folder: str | None,
         flags: Sequence[str],
         headers: Any,
@@ -932,7 +944,7 @@ class DeliveryRouter:
         return sent
 
     @defer.inlineCallbacks
-    def _check_quota(self, store: Any, user: str, size: int) -> Any:
+    def _check_quota(self, store: IMailStore, user: str, size: int) -> Generator[Any, Any, IMailStore]:
         """*store*, once *size* more octets are known to fit in *user*'s quota (else QuotaExceeded)."""
         assert self.quotas is not None
         if IStorageUsage.providedBy(store):
@@ -940,7 +952,9 @@ class DeliveryRouter:
         return store
 
     @defer.inlineCallbacks
-    def _mailbox_for(self, store: Any, folder: str | None, user: str, message_id: str) -> Any:
+    def _mailbox_for(
+        self, store: IMailStore, folder: str | None, user: str, message_id: str
+    ) -> Generator[Any, Any, IMailbox]:
         """
         The mailbox a local copy goes into: the INBOX, or the *folder* a
         policy chose.  ``Junk`` means the user's mailbox with the \\Junk
@@ -948,6 +962,7 @@ class DeliveryRouter:
         created; when that fails the copy goes to the INBOX, so a policy's
         choice never loses mail.
         """
+        mailbox: IMailbox
         if folder is None or folder.upper() == INBOX:
             mailbox = yield store.get_mailbox(INBOX)
             return mailbox
@@ -977,6 +992,7 @@ class DeliveryRouter:
     def _forward(self, envelope: Envelope, message: MessageSource, recipients: list[str]) -> Any:
         """Queue the copy an alias forwards elsewhere: SRS sender, ARC seal (see the module notes)."""
         forwarding = self.forwarding
+        assert forwarding is not None  # _route forwards only with forwarding set
         sender = forwarding.sender(envelope.mail_from, authenticated=envelope.authenticated_user is not None)
         try:
             sealed = yield forwarding.seal(message)

@@ -59,7 +59,7 @@ import json
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -67,7 +67,7 @@ from twisted.logger import Logger
 
 from txmail._fs import RunBlocking, run_inline
 from txmail.errors import InvalidScriptName
-from txmail.interfaces import ISieveScripts, ISieveState
+from txmail.interfaces import IDirectory, IMailStore, IMailStoreProvider, ISieveScripts, ISieveState
 from txmail.sieve import (
     Context,
     Discard,
@@ -370,7 +370,7 @@ class Evaluation:
     result: Result
     errors: tuple[str, ...] = ()
     state: SieveState | None = None
-    store: Any = None
+    store: IMailStore | None = None
     loop: bool = False
     release: Callable[[], None] | None = None
 
@@ -445,7 +445,9 @@ class SieveDelivery:
     # -- which users have a script --
 
     @defer.inlineCallbacks
-    def active_scripts(self, stores: Any, users: Iterable[str]) -> Any:
+    def active_scripts(
+        self, stores: IMailStoreProvider, users: Iterable[str]
+    ) -> Generator[Any, Any, dict[str, tuple[IMailStore, tuple[str, bytes]]]]:
         """
         ``{user: (store, (name, content))}`` for each of *users* whose store
         provides ``ISieveScripts`` and has an active script.  A store or a
@@ -454,31 +456,31 @@ class SieveDelivery:
         """
         users = list(users)
 
-        def one(user: str) -> defer.Deferred[Any]:
-            def got_store(store: Any) -> Any:
-                if not ISieveScripts.providedBy(store):
-                    return None
-                d = defer.maybeDeferred(store.active_script)
-                d.addCallbacks(lambda active: None if active is None else (store, active), unreadable)
-                return d
-
-            def unreadable(failure: Any) -> None:
+        @defer.inlineCallbacks
+        def one(user: str) -> Generator[Any, Any, tuple[IMailStore, tuple[str, bytes]] | None]:
+            try:
+                store: IMailStore = yield stores.store_for(user)
+            except Exception:
+                # A store that cannot be had at all fails the ordinary
+                # delivery too, which logs and queues it: nothing to add here.
+                return None
+            if not ISieveScripts.providedBy(store):
+                return None
+            try:
+                active: tuple[str, bytes] | None = yield store.active_script()
+            except Exception:
                 self.log.failure(
-                    "sieve: cannot read the active script of {user}; delivering unfiltered",
-                    failure=failure,
-                    user=user,
+                    "sieve: cannot read the active script of {user}; delivering unfiltered", user=user
                 )
-
-            # A store that cannot be had at all fails the ordinary delivery
-            # too, which logs and queues it: nothing to add here.
-            return defer.maybeDeferred(stores.store_for, user).addCallbacks(got_store, lambda _: None)
+                return None
+            return None if active is None else (store, active)
 
         results = yield defer.gatherResults([one(u) for u in users])
         return {user: value for user, value in zip(users, results, strict=True) if value is not None}
 
     # -- compiling --
 
-    def compiled(self, store: Any, name: str, content: bytes) -> defer.Deferred[_Compiled]:
+    def compiled(self, store: ISieveScripts, name: str, content: bytes) -> defer.Deferred[_Compiled]:
         """The :class:`_Compiled` form of the script *content* of *store*'s user (cached)."""
         digest = self.cache.digest(content)
         entry = self.cache.get(digest)
@@ -487,7 +489,9 @@ class SieveDelivery:
         return self._compiled(store, name, content, digest, entry)
 
     @defer.inlineCallbacks
-    def _compiled(self, store: Any, name: str, content: bytes, digest: str, entry: _Compiled | None) -> Any:
+    def _compiled(
+        self, store: ISieveScripts, name: str, content: bytes, digest: str, entry: _Compiled | None
+    ) -> Generator[Any, Any, _Compiled]:
         if entry is not None and entry.includes:
             current = yield self._include_digests(store, [key for key, _ in entry.includes])
             if current != dict(entry.includes):
@@ -506,25 +510,27 @@ class SieveDelivery:
         return entry
 
     @defer.inlineCallbacks
-    def _all_scripts(self, store: Any) -> Any:
+    def _all_scripts(self, store: ISieveScripts) -> Generator[Any, Any, dict[str, bytes]]:
         """Every script of *store* (what ``include`` may read), by name."""
         out: dict[str, bytes] = {}
-        listed = yield defer.maybeDeferred(store.list_scripts)
+        listed: list[tuple[str, bool]] = yield store.list_scripts()
         for name, _active in listed[: self.limits.max_includes + 1]:
             try:
-                out[name] = yield defer.maybeDeferred(store.get_script, name)
+                out[name] = yield store.get_script(name)
             except Exception:
                 continue
         return out
 
     @defer.inlineCallbacks
-    def _include_digests(self, store: Any, keys: list[tuple[str, str]]) -> Any:
+    def _include_digests(
+        self, store: ISieveScripts, keys: list[tuple[str, str]]
+    ) -> Generator[Any, Any, dict[tuple[str, str], str | None]]:
         out: dict[tuple[str, str], str | None] = {}
         for location, name in keys:
             digest = None
             if location == "personal":
                 try:
-                    digest = _digest((yield defer.maybeDeferred(store.get_script, name)))
+                    digest = _digest((yield store.get_script(name)))
                 except Exception:
                     digest = None
             else:
@@ -545,7 +551,7 @@ class SieveDelivery:
     def evaluate(
         self,
         user: str,
-        store: Any,
+        store: IMailStore,
         active: tuple[str, bytes],
         *,
         message: Callable[[], Any],
@@ -560,12 +566,13 @@ class SieveDelivery:
         message; fires with an :class:`Evaluation`, never fails.
         *message* gives a Deferred of the :class:`~txmail.sieve.SieveMessage`
         (shared by the users of one delivery).  The caller must call
-        :meth:`Evaluation.done` once the actions are carried out.
+        :meth:`Evaluation.done` once the actions are carried out.  *store*
+        provides ``ISieveScripts`` (:meth:`active_scripts` gave it).
         """
         name, content = active
         keep = Result()
         try:
-            entry = yield self.compiled(store, name, content)
+            entry = yield self.compiled(ISieveScripts(store), name, content)
         except Exception as e:
             self.log.failure("sieve: compiling {script} of {user} failed", user=user, script=name)
             return Evaluation(user, name, keep, (f"internal error: {type(e).__name__}",), store=store)
@@ -587,7 +594,7 @@ class SieveDelivery:
                 state = yield self._load_state(store, user)
             mailboxes: set[str] | None = None
             if entry.uses_mailboxes:
-                infos = yield defer.maybeDeferred(store.list_mailboxes)
+                infos = yield store.list_mailboxes()
                 mailboxes = {info.name for info in infos if getattr(info, "selectable", True)}
             sieve_message = yield message()
             loop = self._redirected_by_us(sieve_message)
@@ -668,9 +675,10 @@ class SieveDelivery:
     # -- state --
 
     @defer.inlineCallbacks
-    def _load_state(self, store: Any, user: str) -> Any:
+    def _load_state(self, store: IMailStore, user: str) -> Generator[Any, Any, SieveState]:
+        data: bytes | None
         if ISieveState.providedBy(store):
-            data = yield defer.maybeDeferred(store.get_sieve_state)
+            data = yield store.get_sieve_state()
         elif self.state_dir is not None:
             data = yield self.run_blocking(_read_state, _state_path(self.state_dir, user))
         else:
@@ -678,15 +686,16 @@ class SieveDelivery:
         return SieveState.from_bytes(data, now=self.now(), limits=self.limits)
 
     @defer.inlineCallbacks
-    def save_state(self, evaluation: Evaluation) -> Any:
+    def save_state(self, evaluation: Evaluation) -> Generator[Any, Any, None]:
         """Save *evaluation*'s state when it changed (errors are logged: the mail is delivered)."""
         state = evaluation.state
         if state is None or not state.changed:
             return
         data = state.to_bytes()
+        store = evaluation.store
         try:
-            if ISieveState.providedBy(evaluation.store):
-                yield defer.maybeDeferred(evaluation.store.put_sieve_state, data)
+            if store is not None and ISieveState.providedBy(store):
+                yield store.put_sieve_state(data)
             elif self.state_dir is not None:
                 yield self.run_blocking(_write_state, _state_path(self.state_dir, evaluation.user), data)
         except Exception:
@@ -812,7 +821,7 @@ def usable_flags(flags: Iterable[str]) -> tuple[str, ...]:
 
 
 def make_sieve(
-    settings: Any, directory: Any, *, run_blocking: RunBlocking, reactor: Any
+    settings: Any, directory: IDirectory, *, run_blocking: RunBlocking, reactor: Any
 ) -> SieveDelivery | None:
     """
     The :class:`SieveDelivery` of *settings* (``[sieve]``), or ``None``

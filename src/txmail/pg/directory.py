@@ -45,7 +45,7 @@ from zope.interface import implementer
 
 from txmail.auth.passwords import ScramCredentials, make_credentials
 from txmail.directory import _DirectoryBase, _domain_of, _normalize_alias, _Snapshot, normalize_address
-from txmail.errors import DirectoryError, NoSuchUser, UserExists
+from txmail.errors import NoSuchUser, UserExists
 from txmail.interfaces import IDirectory
 from txmail.pg.db import Database
 from txmail.pg.schema import require_current
@@ -257,9 +257,6 @@ class PostgresDirectory(_DirectoryBase):
         """The domains known in memory (the lookups that return Deferreds ask the database)."""
         return _Snapshot(domains=self._domains)
 
-    def _mutate(self, change: Callable[[dict[str, Any]], Any]) -> Any:
-        raise DirectoryError("the PostgreSQL directory is changed through its own methods, not documents")
-
     def check_schema(self) -> None:
         """
         Check the schema and read the domain list, blocking (at start-up).
@@ -382,7 +379,7 @@ class PostgresDirectory(_DirectoryBase):
 
         return defer.maybeDeferred(run).addCallback(changed)
 
-    def add_user(self, address: str, password: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
+    def add_user(self, address: str, password: str) -> defer.Deferred[str]:
         """
         Add a user with *password*; a Deferred of the canonical address.
 
@@ -391,15 +388,15 @@ class PostgresDirectory(_DirectoryBase):
         """
         return self._change(lambda: (_add_user, (self._user_address(address), password)))
 
-    def set_password(self, address: str, password: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
+    def set_password(self, address: str, password: str) -> defer.Deferred[str]:
         """Replace the password of a user; a Deferred of the canonical address (NoSuchUser)."""
         return self._change(lambda: (_set_password, (self._user_address(address), password)))
 
-    def delete_user(self, address: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
+    def delete_user(self, address: str) -> defer.Deferred[str]:
         """Remove a user; a Deferred of the canonical address (NoSuchUser)."""
         return self._change(lambda: (_delete_user, (self._user_address(address),)))
 
-    def add_alias(self, alias: str, targets: Iterable[str]) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
+    def add_alias(self, alias: str, targets: Iterable[str]) -> defer.Deferred[str]:
         """
         Add an alias (``@domain`` for a catch-all) delivering to *targets*;
         a Deferred of the canonical alias (InvalidAddress, ValueError,
@@ -417,14 +414,14 @@ class PostgresDirectory(_DirectoryBase):
 
         return self._change(prepare)
 
-    def delete_alias(self, alias: str) -> defer.Deferred[str]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
+    def delete_alias(self, alias: str) -> defer.Deferred[str]:
         """Remove an alias; a Deferred of the canonical alias (NoSuchUser)."""
         return self._change(lambda: (_delete_alias, (_normalize_alias(alias),)))
 
-    def list_users(self) -> defer.Deferred[list[str]]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
+    def list_users(self) -> defer.Deferred[list[str]]:
         """A Deferred of the canonical addresses of all users, sorted."""
         return self.db.run(_list_users)
 
-    def list_aliases(self) -> defer.Deferred[dict[str, list[str]]]:  # type: ignore[override]  # the PostgreSQL directory answers with a Deferred; callers use maybeDeferred
+    def list_aliases(self) -> defer.Deferred[dict[str, list[str]]]:
         """A Deferred of every alias (sorted) with its targets."""
         return self.db.run(_list_aliases)

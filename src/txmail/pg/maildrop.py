@@ -103,7 +103,7 @@ class PostgresMaildropLocks:
         #: The locks this node holds (their renewals run).
         self.held: set[PostgresMaildropLock] = set()
 
-    def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:  # type: ignore[override]  # Deferred is invariant
+    def lock_maildrop(self, user: str) -> defer.Deferred[IMaildropLock | None]:
         """See :meth:`txmail.interfaces.IMaildropLocks.lock_maildrop`."""
         token = uuid.uuid4().hex
 

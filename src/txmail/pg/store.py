@@ -106,7 +106,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -130,6 +130,7 @@ from txmail.interfaces import (
     IHeaderLines,
     IInboxDelivery,
     IMailbox,
+    IMaildropLock,
     IMaildropLocks,
     IMailStore,
     IMailStoreProvider,
@@ -168,7 +169,7 @@ from txmail.model import (
 )
 from txmail.pg.bodies import SPOOL_MEMORY, BodyStore
 from txmail.pg.db import Database
-from txmail.pg.maildrop import DEFAULT_LEASE, PostgresMaildropLock, PostgresMaildropLocks
+from txmail.pg.maildrop import DEFAULT_LEASE, PostgresMaildropLocks
 from txmail.pg.schema import require_current
 from txmail.quota import Usage
 from txmail.sieve.storage import check_script_name
@@ -1038,10 +1039,10 @@ class PostgresMailbox(MailboxState):
             return self._alive_or_fail() or defer.succeed([])
         return self._change(store).addCallback(infos)
 
-    def _same_database(self, target: Any) -> bool:
+    def _same_database(self, target: IMailbox) -> TypeGuard[PostgresMailbox]:
         return isinstance(target, PostgresMailbox) and target._database is self._database
 
-    def copy(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+    def copy(self, uids: Iterable[int], target: IMailbox) -> defer.Deferred[list[tuple[int, int]]]:
         """
         See :meth:`txmail.interfaces.IMailbox.copy`: within the database the
         copies share the bodies and keep the EMAILIDs (RFC 8474 section
@@ -1067,7 +1068,7 @@ class PostgresMailbox(MailboxState):
             lambda pairs: target.refresh().addCallback(lambda _: pairs)
         )
 
-    def move(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+    def move(self, uids: Iterable[int], target: IMailbox) -> defer.Deferred[list[tuple[int, int]]]:
         """See :meth:`txmail.interfaces.IMailbox.move`: copy and expunge in one transaction."""
         failed = self._alive_or_fail()
         if failed is not None:
@@ -1550,7 +1551,7 @@ class PostgresStore(StoreListeners):
 
         return self._run(query)
 
-    def get_mailbox(self, name: str) -> defer.Deferred[PostgresMailbox]:  # type: ignore[override]  # Deferred is invariant; a PostgresMailbox is an IMailbox
+    def get_mailbox(self, name: str) -> defer.Deferred[IMailbox]:
         """
         See :meth:`txmail.interfaces.IMailStore.get_mailbox`: the object in
         use for the mailbox, refreshed, or a new one loaded from the database.
@@ -2064,7 +2065,7 @@ class PostgresProvider:
         """
         self.database.run_sync(require_current)
 
-    def store_for(self, user: str) -> defer.Deferred[PostgresStore]:  # type: ignore[override]  # Deferred is invariant; a PostgresStore is an IMailStore
+    def store_for(self, user: str) -> defer.Deferred[IMailStore]:
         """See :meth:`txmail.interfaces.IMailStoreProvider.store_for`: the user's INBOX is made the first time."""
         store = self._stores.get(user)
         if store is not None:
@@ -2085,7 +2086,7 @@ class PostgresProvider:
 
         return self.database.run(ensure).addCallback(made)
 
-    def lock_maildrop(self, user: str) -> defer.Deferred[PostgresMaildropLock | None]:  # type: ignore[override]  # Deferred is invariant
+    def lock_maildrop(self, user: str) -> defer.Deferred[IMaildropLock | None]:
         """See :meth:`txmail.interfaces.IMaildropLocks.lock_maildrop`: held against every node."""
         return self.maildrop_locks.lock_maildrop(user)
 

@@ -66,7 +66,7 @@ import ipaddress
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -110,6 +110,9 @@ from txmail.smtp.events import (
     StartTLS,
 )
 from txmail.smtp.session import SENDER_NOT_OWNED, SESSION_ROLES, ServerSession, SessionRole, SMTPLimits
+
+if TYPE_CHECKING:
+    from txmail.auth.authenticator import Authenticator
 
 __all__ = [
     "SMTPFactory",
@@ -526,7 +529,7 @@ class SMTPServerProtocol(SessionProtocol):
             return
         directory = self.factory.directory
         assert directory is not None  # SMTPFactory refuses submission+AUTH without one
-        d = defer.maybeDeferred(directory.owns_address, user, event.address)
+        d = directory.owns_address(user, event.address)
 
         def checked(owned: bool) -> None:
             if owned:
@@ -548,9 +551,7 @@ class SMTPServerProtocol(SessionProtocol):
     def _check_recipient(self, event: RcptTo) -> None:
         session = self.session
         assert session is not None
-        d = defer.maybeDeferred(
-            self.factory.router.check_recipient, event.address, authenticated_user=session.authenticated_user
-        )
+        d = self.factory.router.check_recipient(event.address, authenticated_user=session.authenticated_user)
 
         def checked(result: RecipientResult) -> None:
             reply = None
@@ -618,6 +619,7 @@ class SMTPServerProtocol(SessionProtocol):
             when=self._started_at,
         )
 
+        # ISpool.take answers with a spooled message or a Deferred of one, or raises.
         d = defer.maybeDeferred(self.factory.spool.take)
 
         def created(spooled: ISpooledMessage) -> None:
@@ -686,7 +688,7 @@ class SMTPServerProtocol(SessionProtocol):
         )
         return_path, trace_length = self._return_path, self._trace_length
         # Not fsynced here: every destination syncs what it keeps (see _route).
-        d = defer.maybeDeferred(spooled.finish, False)
+        d = spooled.finish(False)
 
         def finished(source: MessageSource) -> None:
             received = _Received(spooled, source, return_path, trace_length)
@@ -805,7 +807,7 @@ class SMTPServerProtocol(SessionProtocol):
         pool.
         """
         source = received.source
-        new = yield defer.maybeDeferred(self.factory.spool.take)
+        new: ISpooledMessage = yield self.factory.spool.take()  # a spooled message or a Deferred of one
         try:
             if source.data is not None:
                 new.write(
@@ -840,7 +842,7 @@ class SMTPServerProtocol(SessionProtocol):
         # link shares the data), inside the same thread-pool job that links
         # it, which saves a round trip per message.  The router fires only
         # once each copy is durable, and only then do we reply 250.
-        d = defer.maybeDeferred(self.factory.router.deliver, envelope, received.source)
+        d = self.factory.router.deliver(envelope, received.source)
 
         def delivered(report: DeliveryReport) -> None:
             reply = reply_for_report(report, message_id)
@@ -892,7 +894,7 @@ class SMTPServerProtocol(SessionProtocol):
         session = self.session
         authenticator = self.factory.authenticator
         assert session is not None and authenticator is not None
-        d = defer.maybeDeferred(authenticator.step, event.server, event.request, peer=self.peer)
+        d = authenticator.step(event.server, event.request, peer=self.peer)
 
         def stepped(result: sasl.SASLEvent) -> None:
             if isinstance(result, sasl.Succeeded | sasl.Failed):
@@ -976,7 +978,7 @@ class SMTPFactory(Factory[SMTPServerProtocol]):
         role: SessionRole = "mta",
         hostname: str,
         router: IDeliveryRouter,
-        authenticator: Any = None,
+        authenticator: Authenticator | None = None,
         spool: ISpool | None = None,
         spool_dir: str | None = None,
         tls_context: Any = None,

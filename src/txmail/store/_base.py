@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from txmail import mime
 from txmail.errors import InvalidMailboxName, NoSuchMailbox
-from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES
+from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IMailbox
 from txmail.model import (
     DELETED,
     DELIMITER,
@@ -108,9 +108,11 @@ def next_uidvalidity(last: int) -> int:
     return value
 
 
-def columns_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, ...]]]:
+def columns_from_metadata(
+    mailbox: IMailbox, uids: Iterable[int]
+) -> defer.Deferred[dict[int, tuple[str, ...]]]:
     """:meth:`~txmail.interfaces.IHeaderColumns.header_columns` made from *mailbox*'s ``get_metadata``."""
-    return mailbox.get_metadata(uids).addCallback(  # type: ignore[no-any-return]  # the mailbox is duck-typed (Any)
+    return mailbox.get_metadata(uids).addCallback(
         lambda found: {uid: mime.header_columns(md.headers, HEADER_COLUMNS) for uid, md in found.items()}
     )
 
@@ -118,9 +120,9 @@ def columns_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[d
 _LINE_NAMES = frozenset(HEADER_LINES)
 
 
-def lines_from_metadata(mailbox: Any, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
+def lines_from_metadata(mailbox: IMailbox, uids: Iterable[int]) -> defer.Deferred[dict[int, tuple[str, str]]]:
     """:meth:`~txmail.interfaces.IHeaderLines.header_lines` made from *mailbox*'s ``get_metadata``."""
-    return mailbox.get_metadata(uids).addCallback(  # type: ignore[no-any-return]  # the mailbox is duck-typed (Any)
+    return mailbox.get_metadata(uids).addCallback(
         lambda found: {uid: mime.header_lines(md.headers, _LINE_NAMES) for uid, md in found.items()}
     )
 
@@ -501,7 +503,9 @@ class MailboxState:
 
 
 @defer.inlineCallbacks
-def generic_copy(source: Any, uids: list[int], target: Any) -> Any:
+def generic_copy(
+    source: IMailbox, uids: list[int], target: IMailbox
+) -> Generator[Any, Any, list[tuple[int, int]]]:
     """
     Copy messages between mailboxes of any two backends through the
     :class:`~txmail.interfaces.IMailbox` interface: read each message and
@@ -510,7 +514,7 @@ def generic_copy(source: Any, uids: list[int], target: Any) -> Any:
     Returns ``Deferred[list[tuple[int, int]]]`` of (source, target) UIDs.
     """
     infos = yield source.list_messages(uids)
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for info in infos:
         data = yield source.read_message(info.uid)
         new_uid = yield target.append(data, info.flags, info.internal_date)

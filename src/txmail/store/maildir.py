@@ -1409,16 +1409,16 @@ class MaildirMailbox(MailboxState):
 
         return d.addCallback(unlinked)
 
-    def copy(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+    def copy(self, uids: Iterable[int], target: IMailbox) -> defer.Deferred[list[tuple[int, int]]]:
         """See :meth:`txmail.interfaces.IMailbox.copy`."""
         return self._copy_or_move(uids, target, move=False)
 
-    def move(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+    def move(self, uids: Iterable[int], target: IMailbox) -> defer.Deferred[list[tuple[int, int]]]:
         """See :meth:`txmail.interfaces.IMailbox.move`."""
         return self._copy_or_move(uids, target, move=True)
 
     def _copy_or_move(
-        self, uids: Iterable[int], target: Any, move: bool
+        self, uids: Iterable[int], target: IMailbox, move: bool
     ) -> defer.Deferred[list[tuple[int, int]]]:
         failed = self._alive_or_fail()
         if failed is not None:
@@ -1670,7 +1670,7 @@ class MaildirStore(StoreListeners):
 
     # -- mailboxes ------------------------------------------------------------
 
-    def get_mailbox(self, name: str) -> defer.Deferred[MaildirMailbox]:  # type: ignore[override]  # Deferred is invariant; a MaildirMailbox is an IMailbox
+    def get_mailbox(self, name: str) -> defer.Deferred[IMailbox]:
         """See :meth:`txmail.interfaces.IMailStore.get_mailbox`."""
         try:
             name = check_name(name)
@@ -1691,7 +1691,7 @@ class MaildirStore(StoreListeners):
             return d.addErrback(failed).addCallback(lambda _: found)
         return self._lock.run(self._open, name)
 
-    def _open(self, name: str) -> defer.Deferred[MaildirMailbox]:
+    def _open(self, name: str) -> defer.Deferred[IMailbox]:
         """Open a mailbox (under the store lock)."""
         box = self._boxes.get(name)
         if box is not None:
@@ -2068,7 +2068,7 @@ class MaildirProvider:
         self.hostname = _sanitize_host(hostname or socket.gethostname())
         self._stores: dict[str, MaildirStore] = {}
         #: First opens of a user's store under way: {user dir: callers waiting}.
-        self._opening: dict[str, list[defer.Deferred[MaildirStore]]] = {}
+        self._opening: dict[str, list[defer.Deferred[IMailStore]]] = {}
         self._syncs: dict[str, _DirSync] = {}
         self._counter = 0
         self._clock = clock
@@ -2134,7 +2134,7 @@ class MaildirProvider:
         _check_path_part(domain, "domain")
         return os.path.join(self.root, domain, local)
 
-    def store_for(self, user: str) -> defer.Deferred[MaildirStore]:  # type: ignore[override]  # Deferred is invariant; a MaildirStore is an IMailStore
+    def store_for(self, user: str) -> defer.Deferred[IMailStore]:
         """
         See :meth:`txmail.interfaces.IMailStoreProvider.store_for`.
 
@@ -2151,7 +2151,7 @@ class MaildirProvider:
         store = self._stores.get(path)
         if store is not None:
             return defer.succeed(store)
-        d: defer.Deferred[MaildirStore] = defer.Deferred()
+        d: defer.Deferred[IMailStore] = defer.Deferred()
         waiting = self._opening.get(path)
         if waiting is not None:
             waiting.append(d)

@@ -232,7 +232,7 @@ class MemoryMailbox(MailboxState):
             self._notify(FlagsChanged(tuple(changed)))
         return changed
 
-    def copy(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+    def copy(self, uids: Iterable[int], target: IMailbox) -> defer.Deferred[list[tuple[int, int]]]:
         """See :meth:`txmail.interfaces.IMailbox.copy`."""
         failed = self._alive_or_fail()
         if failed is not None:
@@ -251,7 +251,7 @@ class MemoryMailbox(MailboxState):
         infos = target._add_messages(items)
         return defer.succeed([(u, info.uid) for u, info in zip(selected, infos, strict=True)])
 
-    def move(self, uids: Iterable[int], target: Any) -> defer.Deferred[list[tuple[int, int]]]:
+    def move(self, uids: Iterable[int], target: IMailbox) -> defer.Deferred[list[tuple[int, int]]]:
         """See :meth:`txmail.interfaces.IMailbox.move`."""
 
         def copied(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:

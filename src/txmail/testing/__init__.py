@@ -104,7 +104,8 @@ from txmail.config import load_config
 from txmail.delivery.mx import Destination, NoRoute, parse_domain_literal
 from txmail.directory import MemoryDirectory
 from txmail.errors import NoSuchUser
-from txmail.model import INBOX, MailboxChange
+from txmail.interfaces import IMailbox
+from txmail.model import INBOX, MailboxChange, MailboxStatus
 from txmail.service import MailServer, build_service
 from txmail.smtp.client import RelayRequest, TransactionResult
 from txmail.smtp.codes import Reply
@@ -635,14 +636,14 @@ class TestServer:
 
     # -- mail --
 
-    async def _mailbox(self, address: str, mailbox: str) -> Any:
+    async def _mailbox(self, address: str, mailbox: str) -> IMailbox:
         user = await self.directory.canonical_user(address)
         if user is None:
             raise NoSuchUser(f"{address} is not a user of this TestServer (add_user it first)")
         store = await self.stores.store_for(user)
         return await store.get_mailbox(mailbox)
 
-    async def _read_all(self, box: Any) -> list[bytes]:
+    async def _read_all(self, box: IMailbox) -> list[bytes]:
         infos = await box.list_messages()
         return [await box.read_message(info.uid) for info in infos]
 
@@ -679,7 +680,7 @@ class TestServer:
             )
 
             def listener(change: MailboxChange) -> None:
-                def counted(status: Any) -> None:
+                def counted(status: MailboxStatus) -> None:
                     have[0] = status.messages
                     self._waiters.check()
 

@@ -84,7 +84,7 @@ class DirectoryConformanceMixin:
 
     def make_directory(
         self, domains: Sequence[str], users: Mapping[str, str], aliases: Mapping[str, Sequence[str]]
-    ) -> Any:
+    ) -> IDirectory | defer.Deferred[IDirectory]:
         """
         Return a new :class:`~txmail.interfaces.IDirectory` (or a Deferred of
         one) that holds exactly what it is given.
@@ -101,10 +101,11 @@ class DirectoryConformanceMixin:
     # -- helpers ------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def directory(self) -> Any:
+    def directory(self) -> Generator[Any, Any, IDirectory]:
         """The directory under test, provisioned with :data:`DOMAINS`, :data:`USERS` and :data:`ALIASES`."""
         if not hasattr(self, "_directory"):
-            self._directory = yield defer.maybeDeferred(
+            # A backend author's hook: a directory, or a Deferred of one.
+            self._directory: IDirectory = yield defer.maybeDeferred(
                 self.make_directory, DOMAINS, dict(USERS), {k: list(v) for k, v in ALIASES.items()}
             )
         return self._directory

@@ -89,15 +89,15 @@ class QueueConformanceMixin:
     assertIn: Any
     mktemp: Any
 
-    def make_queue(self) -> Any:
+    def make_queue(self) -> IQueue | defer.Deferred[IQueue]:
         """Return a new, empty :class:`~txmail.interfaces.IQueue` (or a Deferred of one)."""
         raise NotImplementedError
 
-    def reopen_queue(self, queue: Any) -> Any:
+    def reopen_queue(self, queue: IQueue) -> IQueue | defer.Deferred[IQueue]:
         """Return a queue on the same storage as *queue*, as after a restart (or a Deferred of one)."""
         return queue
 
-    def other_claimer(self, queue: Any) -> Any:
+    def other_claimer(self, queue: IQueue) -> IQueue | defer.Deferred[IQueue]:
         """
         Return a queue that claims entries besides *queue* (or a Deferred of
         one): *queue* itself for a queue one process works, a queue of
@@ -108,14 +108,15 @@ class QueueConformanceMixin:
     # -- helpers ------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def queue(self) -> Any:
+    def queue(self) -> Generator[Any, Any, IQueue]:
         """The queue under test, made on first use."""
         if not hasattr(self, "_queue"):
-            self._queue = yield defer.maybeDeferred(self.make_queue)
+            # A backend author's hook: a queue, or a Deferred of one.
+            self._queue: IQueue = yield defer.maybeDeferred(self.make_queue)
         return self._queue
 
     @defer.inlineCallbacks
-    def reopen(self) -> Any:
+    def reopen(self) -> Generator[Any, Any, IQueue]:
         """Restart the queue under test and return the new one."""
         self._queue = yield defer.maybeDeferred(self.reopen_queue, (yield self.queue()))
         return self._queue
@@ -556,7 +557,7 @@ class QueueConformanceMixin:
     # -- what a queue runner needs ---------------------------------------------
 
     @defer.inlineCallbacks
-    def claimed(self, queue: Any, limit: int | None = None, lease: float = 3600) -> Any:
+    def claimed(self, queue: IQueue, limit: int | None = None, lease: float = 3600) -> Any:
         """The queue ids :meth:`~txmail.interfaces.IQueue.claim` gives, in its order."""
         return [e.queue_id for e in (yield queue.claim(limit, lease))]
 

@@ -111,39 +111,42 @@ class MailStoreConformanceMixin:
     assertFailure: Any
     mktemp: Any
 
-    def make_provider(self) -> Any:
+    def make_provider(self) -> IMailStoreProvider:
         """Return a new, empty :class:`IMailStoreProvider`."""
         raise NotImplementedError
 
-    def reopen_provider(self, provider: Any) -> Any:
+    def reopen_provider(self, provider: IMailStoreProvider) -> IMailStoreProvider:
         """Return a provider on the same storage as *provider* (a restart)."""
         return provider
 
     # -- helpers ------------------------------------------------------------
 
     @property
-    def provider(self) -> Any:
+    def provider(self) -> IMailStoreProvider:
         if not hasattr(self, "_provider"):
             self._provider = self.make_provider()
         return self._provider
 
-    def store(self, user: str = USER) -> Any:
+    def store(self, user: str = USER) -> defer.Deferred[IMailStore]:
         return self.provider.store_for(user)
 
     @defer.inlineCallbacks
-    def inbox(self, user: str = USER) -> Any:
-        return (yield (yield self.store(user)).get_mailbox(INBOX))
+    def inbox(self, user: str = USER) -> Generator[Any, Any, IMailbox]:
+        store: IMailStore = yield self.store(user)
+        box: IMailbox = yield store.get_mailbox(INBOX)
+        return box
 
     @defer.inlineCallbacks
-    def mailbox(self, name: str, user: str = USER) -> Any:
-        store = yield self.store(user)
+    def mailbox(self, name: str, user: str = USER) -> Generator[Any, Any, IMailbox]:
+        store: IMailStore = yield self.store(user)
         with contextlib.suppress(MailboxExists):
             yield store.create_mailbox(name)
-        return (yield store.get_mailbox(name))
+        box: IMailbox = yield store.get_mailbox(name)
+        return box
 
     @defer.inlineCallbacks
-    def fill(self, box: Any, count: int, flags: tuple[str, ...] = ()) -> Any:
-        uids = []
+    def fill(self, box: IMailbox, count: int, flags: tuple[str, ...] = ()) -> Generator[Any, Any, list[int]]:
+        uids: list[int] = []
         for i in range(count):
             uids.append((yield box.append(message(i + 1), flags)))
         return uids
@@ -153,7 +156,7 @@ class MailStoreConformanceMixin:
         return file_source(self.mktemp(), data, **kwargs)
 
     @staticmethod
-    def record(box: Any) -> list[Any]:
+    def record(box: IMailbox) -> list[Any]:  # the tests read each kind of change's own fields
         events: list[Any] = []
         box.add_listener(events.append)
         return events
