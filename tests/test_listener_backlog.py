@@ -10,7 +10,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from txmail.service import DEFAULT_BACKLOG, ListenerService, with_default_backlog
+from txmail.service import DEFAULT_BACKLOG, LISTENER_ROLES, ListenerService, with_default_backlog
 
 
 class BacklogTests(SynchronousTestCase):
@@ -39,3 +39,20 @@ class BacklogTests(SynchronousTestCase):
         )
         self.assertEqual(with_default_backlog("tcp:25:backlog=10"), "tcp:25:backlog=10")
         self.assertEqual(with_default_backlog("unix:/run/lmtp"), "unix:/run/lmtp")
+
+
+class RoleTests(SynchronousTestCase):
+    """A listener's role is one of ``LISTENER_ROLES`` (``MailServer.address(role)`` finds it by it)."""
+
+    def test_roles(self) -> None:
+        self.assertEqual(
+            set(LISTENER_ROLES),
+            {"mta", "submission", "lmtp", "pop3", "imap", "managesieve", "web", "autoconfig", "metrics"},
+        )
+        for role in LISTENER_ROLES:
+            self.assertEqual(ListenerService(MemoryReactor(), "tcp:0", Factory(), role).role, role)  # type: ignore[arg-type]  # a str from the tuple
+
+    def test_unknown_role_refused(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            ListenerService(MemoryReactor(), "tcp:0", Factory(), "smtp")  # type: ignore[arg-type]  # the point of the test
+        self.assertIn("'smtp'", str(caught.exception))

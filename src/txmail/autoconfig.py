@@ -79,7 +79,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from xml.parsers import expat
 
 __all__ = [
@@ -215,7 +215,11 @@ def endpoint_port(description: str) -> int | None:
 
 
 #: Listener role (``MailServer.listeners_for``) -> protocol.
-ROLES = {"imap": "imap", "pop3": "pop3", "submission": "smtp"}
+ROLES: dict[Literal["imap", "pop3", "submission"], str] = {
+    "imap": "imap",
+    "pop3": "pop3",
+    "submission": "smtp",
+}
 
 
 def client_offer(

@@ -27,7 +27,7 @@ import gc
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from twisted.application import service
 from twisted.internet import defer
@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "LISTENER_ROLES",
+    "ListenerRole",
     "ListenerService",
     "MailServer",
     "PolicyService",
@@ -84,6 +86,15 @@ __all__ = [
     "tune_gc",
     "with_default_backlog",
 ]
+
+
+#: What a listener serves (``MailServer.address(role)``, log lines, metrics
+#: labels): the SMTP session roles, then the other protocols' listeners.
+ListenerRole = Literal[SessionRole, "pop3", "imap", "managesieve", "web", "autoconfig", "metrics"]
+#: The values of :data:`ListenerRole`.
+LISTENER_ROLES: tuple[str, ...] = tuple(
+    value for arg in get_args(ListenerRole) for value in (get_args(arg) or (arg,))
+)
 
 
 class ThreadPoolService(_twisted.Service):
@@ -176,11 +187,13 @@ class ListenerService(_twisted.Service):
         reactor: Any,
         description: str,
         factory: IProtocolFactory,
-        role: str,
+        role: ListenerRole,
         proxy: ProxySettings | None = None,
         accept: bool = True,
         tls: ReloadableServerTLS | None = None,
     ) -> None:
+        if role not in LISTENER_ROLES:
+            raise ValueError(f"unknown listener role {role!r} (one of {', '.join(LISTENER_ROLES)})")
         self.reactor = reactor
         #: The server's reloadable TLS context: an ``ssl:`` endpoint
         #: handshakes with it (a reload changes its certificate), or ``None``.
@@ -359,14 +372,14 @@ class MailServer(_twisted.MultiService):
             parent.setComponent(ILogObserver, self.log_observer)
         return super().setServiceParent(parent)
 
-    def listeners_for(self, role: str) -> list[ListenerService]:
+    def listeners_for(self, role: ListenerRole) -> list[ListenerService]:
         return [lst for lst in self.listeners if lst.role == role]
 
     def when_listening(self) -> defer.Deferred[list[IListeningPort]]:
         """Fires once every listener is listening."""
         return defer.gatherResults([lst.when_listening() for lst in self.listeners])
 
-    def address(self, role: str, index: int = 0) -> tuple[str, int]:
+    def address(self, role: ListenerRole, index: int = 0) -> tuple[str, int]:
         """The (host, port) a running listener of *role* is bound to."""
         port = self.listeners_for(role)[index].port
         if port is None:
@@ -925,7 +938,7 @@ def build_service(
         """The PROXY settings of the listener on *description*, if it is one (``[server] proxy_protocol``)."""
         return proxy if description in settings.proxy_protocol else None
 
-    def listen(description: str, factory: Any, role: str, *, accept: bool = True) -> None:
+    def listen(description: str, factory: Any, role: ListenerRole, *, accept: bool = True) -> None:
         """A listener of *role* on *description* (its certificate and PROXY settings), started with the server."""
         listener = ListenerService(
             reactor,

@@ -92,6 +92,7 @@ from txmail.mime import encode_metadata, parse_metadata
 from txmail.model import DeliveryReport, Envelope, MessageSource, RecipientResult
 from txmail.quota import Usage
 from txmail.smtp.codes import Reply
+from txmail.smtp.session import SessionRole
 
 if TYPE_CHECKING:
     from txmail.delivery.router import DeliveryRouter
@@ -185,7 +186,7 @@ COLLECT_TIMEOUT = 5.0
 class HandedListener:
     """A listening socket handed to the workers: its role, endpoint string and descriptor."""
 
-    role: str
+    role: SessionRole
     description: str
     fd: int
     family: int

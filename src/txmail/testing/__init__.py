@@ -106,7 +106,7 @@ from txmail.directory import MemoryDirectory
 from txmail.errors import NoSuchUser
 from txmail.interfaces import IMailbox
 from txmail.model import INBOX, MailboxChange, MailboxStatus
-from txmail.service import MailServer, build_service
+from txmail.service import ListenerRole, MailServer, build_service
 from txmail.smtp.client import RelayRequest, TransactionResult
 from txmail.smtp.codes import Reply
 from txmail.store.memory import MemoryProvider
@@ -127,7 +127,7 @@ DEFAULT_DOMAIN = "example.test"
 # TEST-NET-1 (RFC 5737): documentation addresses, never routed.
 _FAKE_ADDRESS = "192.0.2.1"
 _LOOPBACK = "tcp:0:interface=127.0.0.1"
-_ROLES = ("mta", "submission", "pop3", "imap", "web", "managesieve")
+_ROLES: tuple[ListenerRole, ...] = ("mta", "submission", "pop3", "imap", "web", "managesieve")
 
 
 class WaitTimeout(TimeoutError):
@@ -580,7 +580,7 @@ class TestServer:
 
     # -- where --
 
-    def address(self, role: str) -> tuple[str, int]:
+    def address(self, role: ListenerRole) -> tuple[str, int]:
         """``(host, port)`` of the ``"mta"``, ``"submission"``, ``"pop3"``, ``"imap"`` or ``"web"`` listener."""
         try:
             return self._addresses[role]
