@@ -115,6 +115,7 @@ from txmail.delivery.bounce import RecipientStatus, make_dsn, notify_wants, shou
 from txmail.delivery.mx import Destination, NoRoute, NullMX
 from txmail.delivery.router import deliver_notice, split_address, stored_xtext
 from txmail.errors import QueueError
+from txmail.interfaces import IDeliveryRouter, IQueue
 from txmail.metrics import NULL_METRICS
 from txmail.model import DeliveryState, Envelope, QueueEntry, RecipientState
 from txmail.smtp.client import RelayRequest, TLSPolicy
@@ -200,8 +201,8 @@ class QueueRunner(_twisted.Service):
 
     def __init__(
         self,
-        queue: Any,
-        router: Any,
+        queue: IQueue,
+        router: IDeliveryRouter,
         resolver: Any,
         deliver: Callable[..., defer.Deferred[Any]],
         *,

@@ -42,6 +42,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from txmail.interfaces import IDeliveryRouter, IDirectory, IQueue
 from txmail.tlsverify import TLSFailure
 
 __all__ = ["TLSReports", "build_transport_security", "parse_tlsrpt_record", "report_message"]
@@ -376,7 +377,12 @@ def report_message(
 
 
 def build_transport_security(
-    settings: Any, reactor: Any, resolver: Any, router: Any, directory: Any, queue: Any = None
+    settings: Any,
+    reactor: Any,
+    resolver: Any,
+    router: IDeliveryRouter,
+    directory: IDirectory,
+    queue: IQueue | None = None,
 ) -> Any:
     """
     The :class:`~txmail.delivery.tlspolicy.TransportSecurity` of *settings*

@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from txmail.errors import MailboxExists
+from txmail.interfaces import IMailStore
 from txmail.model import INBOX, MessageSource, SpecialUse, open_binary
 
 __all__ = ["MigrationError", "Spool", "Summary", "Target", "copy_stream", "empty_dir", "wait"]
@@ -87,7 +88,7 @@ class Target:
     with their flags and internal dates.
     """
 
-    def __init__(self, store: Any, summary: Summary) -> None:
+    def __init__(self, store: IMailStore, summary: Summary) -> None:
         self.store = store
         self.summary = summary
         self._known: set[str] = {f.name for f in wait(store.list_mailboxes("*")) if f.selectable}

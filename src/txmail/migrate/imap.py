@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from txmail.errors import InvalidMailboxName
+from txmail.interfaces import IMailStore
 from txmail.migrate._formats import (
     decode_mutf7,
     join_imaplib,
@@ -462,7 +463,7 @@ class _Stop(Exception):
 
 
 def import_imap(
-    store: Any,
+    store: IMailStore,
     source: IMAPSource,
     state: ImportState,
     *,

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from txmail.errors import InvalidMailboxName
+from txmail.interfaces import IMailStore
 from txmail.migrate._formats import (
     DEFAULT_ROLES,
     dir_name_for,
@@ -115,7 +116,9 @@ def _roles(root: str, names: list[str]) -> dict[str, SpecialUse]:
     return roles
 
 
-def import_maildir(store: Any, root: str, *, report: Callable[[str], Any] = lambda line: None) -> Summary:
+def import_maildir(
+    store: IMailStore, root: str, *, report: Callable[[str], Any] = lambda line: None
+) -> Summary:
     """
     Import the Maildir++ tree *root* (Dovecot's layout) into *store*:
     every folder, created when missing (with its special-use role when the
@@ -256,7 +259,9 @@ def _make_maildir(path: str, folder: bool) -> None:
             pass
 
 
-def export_maildir(store: Any, root: str, *, report: Callable[[str], Any] = lambda line: None) -> Summary:
+def export_maildir(
+    store: IMailStore, root: str, *, report: Callable[[str], Any] = lambda line: None
+) -> Summary:
     """
     Write *store* as a Maildir++ tree in Dovecot's layout under *root*
     (created; it must be empty if it exists): every selectable folder, each
@@ -288,7 +293,7 @@ def export_maildir(store: Any, root: str, *, report: Callable[[str], Any] = lamb
 
 
 def _export_folder(
-    store: Any, name: str, path: str, host: str, summary: Summary, report: Callable[[str], Any]
+    store: IMailStore, name: str, path: str, host: str, summary: Summary, report: Callable[[str], Any]
 ) -> None:
     box = wait(store.get_mailbox(name))
     messages = wait(box.list_messages())

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from txmail.errors import InvalidMailboxName
+from txmail.interfaces import IMailStore
 from txmail.migrate._formats import (
     FLAG_HEADERS,
     date_from_header,
@@ -211,7 +212,7 @@ def _starts_with_from(path: str) -> bool:
 
 
 def import_mbox(
-    store: Any,
+    store: IMailStore,
     path: str,
     folder: str | None = None,
     *,
@@ -360,7 +361,7 @@ def mbox_path(root: str, name: str) -> str:
     return os.path.join(root, *(_file_part(p) for p in name.split(DELIMITER))) + ".mbox"
 
 
-def export_mbox(store: Any, root: str, *, report: Callable[[str], Any] = lambda line: None) -> Summary:
+def export_mbox(store: IMailStore, root: str, *, report: Callable[[str], Any] = lambda line: None) -> Summary:
     """
     Write every selectable folder of *store* to an mbox file under the
     directory *root* (created; it must be empty if it exists): ``INBOX.mbox``,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.internet import defer
@@ -1073,8 +1073,8 @@ class SieveScriptsConformanceMixin:
     """
 
     # Provided by MailStoreConformanceMixin and TestCase.
-    provider: Any
-    store: Any
+    provider: IMailStoreProvider
+    store: Callable[..., defer.Deferred[IMailStore]]
     reopen_provider: Any
     assertEqual: Any
     assertTrue: Any
@@ -1160,9 +1160,9 @@ class ExpungedEmailIdsConformanceMixin:
     """
 
     # Provided by MailStoreConformanceMixin and TestCase.
-    provider: Any
-    inbox: Any
-    mailbox: Any
+    provider: IMailStoreProvider
+    inbox: Callable[..., defer.Deferred[IMailbox]]
+    mailbox: Callable[..., defer.Deferred[IMailbox]]
     fill: Any
     reopen_provider: Any
     assertEqual: Any
