@@ -45,6 +45,15 @@ file renamed over it: another inode, another first block); and should a
 kept record outlive its file, it is still right, since a base names one
 message content for good.
 
+What a mailbox appends itself need not be read back either:
+:func:`append_columns_at` tells where its block went (:class:`Appended`:
+the file, as :attr:`Read.file` names it, and the octets it took), and
+:func:`extend_read` adds such blocks to a :class:`Read` they follow
+without a gap, giving what :func:`read_columns_since` would have read
+(the records written, the same tuples).  A block that does not follow the
+read (another writer's block between them, another file) is left out, and
+read from the file next time.
+
 The header lines file ``txmail-lines`` (:data:`LINES`,
 :class:`txmail.interfaces.IHeaderLines`) has the same format, with
 :data:`txmail.interfaces.HEADER_LINES` as its names and ``(keys, text)``
@@ -68,8 +77,11 @@ __all__ = [
     "COLUMNS",
     "LINES",
     "SLACK",
+    "Appended",
     "Read",
     "append_columns",
+    "append_columns_at",
+    "extend_read",
     "read_columns",
     "read_columns_since",
     "rewrite_columns",
@@ -237,18 +249,90 @@ def append_columns(
     ``write``; whether it was written whole (a failure only costs their
     being filled again from the metadata cache next time).
     """
+    return not items or append_columns_at(path, names, items, filename) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """
+    The records that :func:`append_columns_at` wrote, and where.
+
+    Attributes:
+        names: the field names written.
+        file: the file written (as :attr:`Read.file`: device, inode, its first block's head).
+        start: the octet where the records' blocks begin.
+        end: the octet just past them.
+        items: the records, (base, values) each.
+    """
+
+    names: tuple[str, ...]
+    file: tuple[int, int, bytes]
+    start: int
+    end: int
+    items: list[tuple[str, Values]]
+
+
+def append_columns_at(
+    path: str, names: tuple[str, ...], items: list[tuple[str, Values]], filename: str = COLUMNS
+) -> Appended | None:
+    """
+    Append the records *items* as :func:`append_columns` does; where they
+    went (for :func:`extend_read`), or None when none were written whole.
+    """
     if not items:
-        return True
+        return None
     blob = _blocks(names, items)
     try:
-        fd = os.open(os.path.join(path, filename), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(path, filename), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            written = os.write(fd, blob)
+            if os.write(fd, blob) != len(blob):
+                return None
+            # O_APPEND wrote the blob whole at the end of the file (one
+            # write), and left the offset just past it.
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            st = os.fstat(fd)
+            head = os.pread(fd, _HEAD.size, 0)
         finally:
             os.close(fd)
     except OSError:
-        return False
-    return written == len(blob)
+        return None
+    return Appended(names, (st.st_dev, st.st_ino, head), end - len(blob), end, items)
+
+
+def extend_read(read: Read | None, names: tuple[str, ...], appended: list[Appended]) -> Read | None:
+    """
+    *read* (of the columns written for *names*, or None: nothing read)
+    with the blocks of *appended* (in any order) that follow it in its
+    file, without a gap: what :func:`read_columns_since` would read of the
+    file up to their end.  Without *read*, or after a read that found no
+    file, a block that begins the file starts the chain.  A damaged read,
+    and the blocks from the first that does not follow, are left as they
+    are (the file is read next time).
+    """
+    if read is not None and (read.names != names or read.damaged):
+        return read
+    before = Read(names, None, 0, {}, 0, False) if read is None else read
+    file, size, count = before.file, before.size, before.count
+    chained: list[Appended] = []
+    for block in sorted(appended, key=lambda block: block.start):
+        if block.names != names:
+            continue
+        if file is None and size == 0 and block.start == 0:
+            file = block.file  # the file made by this block (or empty before it)
+        if block.file != file:
+            continue  # another file's (one since replaced, or replacing it)
+        if block.end <= size:
+            continue  # read already
+        if block.start != size:
+            break
+        chained.append(block)
+        size, count = block.end, count + len(block.items)
+    if not chained:
+        return read
+    found = dict(before.found)
+    for block in chained:
+        found.update(block.items)
+    return Read(names, file, size, found, count, False)
 
 
 def rewrite_columns(
