@@ -1123,7 +1123,11 @@ class MaildirMailbox(MailboxState):
         elif new and filename == columns.COLUMNS:
             self._columns_appended(await self._run(columns.append_columns_at, self.path, names, new))
         elif new:
-            await self._run(columns.append_columns, self.path, names, new, filename)
+            appended = await self._run(columns.append_columns_at, self.path, names, new, filename)
+            if appended is not None and self._lines_read is read:
+                # Kept as if read, while this mailbox is still their last reader:
+                # a first sync repeated on the next connection reads none of them.
+                self._lines_read = columns.extend_read(read, names, [appended])
         return out
 
     def _keep_columns(self, read: columns.Read) -> None:
@@ -1188,7 +1192,8 @@ class MaildirMailbox(MailboxState):
         until another mailbox of the provider reads its own: so at most one
         mailbox keeps them (some hundred octets a message), and a FETCH of
         a first sync that a client repeats on a new connection reads only
-        the records appended since.
+        the records appended since (the header lines that the first one
+        made and appended are kept as if read: see :meth:`_records`).
         """
         setattr(self, slot, read)
         last = self._provider._last_readers
