@@ -161,14 +161,19 @@ class MaildirLinesTests(_StoreLinesMixin, TestCase):
         return mailbox
 
     @defer.inlineCallbacks
-    def test_file_written_then_read_after_restart(self) -> Any:
-        """Dropped-in files: the first call makes the records from their metadata; after a restart it reads the file."""
+    def dropped_in(self, count: int) -> Any:
+        """A mailbox (of a new provider) of *count* files another program dropped in: (mailbox, UIDs)."""
         yield self.fill([])
-        for i, body in enumerate(generated_messages(6)):
+        for i, body in enumerate(generated_messages(count)):
             with open(os.path.join(self.mailbox.path, "new", f"1700000000.M{i}P1.other"), "wb") as f:
                 f.write(body)
         mailbox = yield self.reopened_mailbox()
-        uids = [info.uid for info in (yield mailbox.list_messages())]
+        return mailbox, [info.uid for info in (yield mailbox.list_messages())]
+
+    @defer.inlineCallbacks
+    def test_file_written_then_read_after_restart(self) -> Any:
+        """Dropped-in files: the first call makes the records from their metadata; after a restart it reads the file."""
+        mailbox, uids = yield self.dropped_in(6)
         asked = self.spy(mailbox)
         first = yield mailbox.header_lines(uids)
         self.assertEqual(sum(map(len, asked)), 6)
@@ -249,12 +254,7 @@ class MaildirLinesTests(_StoreLinesMixin, TestCase):
         same FETCH on the next connection reads nothing of the file (unless
         another mailbox read its own since).
         """
-        yield self.fill([])
-        for i, body in enumerate(generated_messages(9)):
-            with open(os.path.join(self.mailbox.path, "new", f"1700000000.M{i}P1.other"), "wb") as f:
-                f.write(body)
-        mailbox = yield self.reopened_mailbox()
-        uids = [info.uid for info in (yield mailbox.list_messages())]
+        mailbox, uids = yield self.dropped_in(9)
         first = yield mailbox.header_lines(uids)
         metadata = yield mailbox.get_metadata(uids)
         self.assertEqual(first, {uid: mime.header_lines(md.headers, NAMES) for uid, md in metadata.items()})
