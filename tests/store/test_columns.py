@@ -584,7 +584,11 @@ class ColumnsFileTests(SynchronousTestCase):
         assert first is not None
         size = os.path.getsize(os.path.join(self.path, columns.COLUMNS))
         self.assertEqual((first.start, first.end, first.names), (0, size, HEADER_COLUMNS))
-        self.assertEqual(first.items, self.items(0, 20))
+        self.assertEqual(
+            [pair for bases, values in first.blocks for pair in zip(bases, values, strict=True)],
+            self.items(0, 20),
+        )
+        self.assertEqual((len(first.blocks), first.count), (5, 20))  # BLOCK_TEXT: several blocks
         second = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(20, 21))
         assert second is not None
         self.assertEqual((second.start, second.file), (size, first.file))

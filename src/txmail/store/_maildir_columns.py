@@ -105,17 +105,16 @@ _HEAD = struct.Struct("<4sII")
 Values = tuple[str, ...]
 
 
-def _block(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+def _payload(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
     bases = tuple(base for base, _ in items)
     values = tuple(value for _, value in items)
-    payload = marshal.dumps((names, bases, values), 4)
-    return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+    return marshal.dumps((names, bases, values), 4)
 
 
-def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+def _payloads(names: tuple[str, ...], items: list[tuple[str, Values]]) -> list[bytes]:
     """
-    *items* as blocks of at most about :data:`BLOCK_TEXT` characters of
-    values each (a message's header fields are at most
+    The payloads of *items* as blocks of at most about :data:`BLOCK_TEXT`
+    characters of values each (a message's header fields are at most
     :data:`txmail.mime.HEADER_COLLECT_LIMIT` octets, so every block stays
     far below :data:`MAX_BLOCK`).
     """
@@ -123,11 +122,21 @@ def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
     for i, (base, value) in enumerate(items):
         size += len(base) + sum(map(len, value))
         if size >= BLOCK_TEXT:
-            out.append(_block(names, items[start : i + 1]))
+            out.append(_payload(names, items[start : i + 1]))
             start, size = i + 1, 0
     if start < len(items):
-        out.append(_block(names, items[start:]))
-    return b"".join(out)
+        out.append(_payload(names, items[start:]))
+    return out
+
+
+def _framed(payloads: list[bytes]) -> bytes:
+    """The blocks of *payloads*, each behind its head."""
+    return b"".join(_HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload for payload in payloads)
+
+
+def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+    """*items* as blocks (see :func:`_payloads`)."""
+    return _framed(_payloads(names, items))
 
 
 def _valid(payload: Any) -> bool:
@@ -262,14 +271,17 @@ class Appended:
         file: the file written (as :attr:`Read.file`: device, inode, its first block's head).
         start: the octet where the records' blocks begin.
         end: the octet just past them.
-        items: the records, (base, values) each.
+        blocks: the records of each block, (bases, values), decoded from
+            what was written (as reading the file would decode them).
+        count: the records.
     """
 
     names: tuple[str, ...]
     file: tuple[int, int, bytes]
     start: int
     end: int
-    items: list[tuple[str, Values]]
+    blocks: list[tuple[tuple[str, ...], tuple[Values, ...]]]
+    count: int
 
 
 def append_columns_at(
@@ -278,10 +290,17 @@ def append_columns_at(
     """
     Append the records *items* as :func:`append_columns` does; where they
     went (for :func:`extend_read`), or None when none were written whole.
+
+    The records given back are decoded from the blocks written, not the
+    objects of *items*: those a mailbox keeps for many searches are then
+    made together, as by a read of the file (a pass over 100,000 records
+    made while parsing, strewn over the heap among the parse's garbage,
+    costs about twice as much), and hold no more than a read would.
     """
     if not items:
         return None
-    blob = _blocks(names, items)
+    payloads = _payloads(names, items)
+    blob = _framed(payloads)
     try:
         fd = os.open(os.path.join(path, filename), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -296,7 +315,8 @@ def append_columns_at(
             os.close(fd)
     except OSError:
         return None
-    return Appended(names, (st.st_dev, st.st_ino, head), end - len(blob), end, items)
+    blocks = [marshal.loads(payload)[1:] for payload in payloads]
+    return Appended(names, (st.st_dev, st.st_ino, head), end - len(blob), end, blocks, len(items))
 
 
 def extend_read(read: Read | None, names: tuple[str, ...], appended: list[Appended]) -> Read | None:
@@ -326,12 +346,13 @@ def extend_read(read: Read | None, names: tuple[str, ...], appended: list[Append
         if block.start != size:
             break
         chained.append(block)
-        size, count = block.end, count + len(block.items)
+        size, count = block.end, count + block.count
     if not chained:
         return read
     found = dict(before.found)
     for block in chained:
-        found.update(block.items)
+        for bases, values in block.blocks:
+            found.update(zip(bases, values, strict=True))
     return Read(names, file, size, found, count, False)
 
 

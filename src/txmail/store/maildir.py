@@ -1137,7 +1137,8 @@ class MaildirMailbox(MailboxState):
         provider reads or writes its columns (a client that searches on a
         new connection each time finds them still decoded).  So at most one
         mailbox that nobody has selected keeps its columns (tens of MB for
-        a big mailbox: ~60 MB at 100,000 messages of imap_sync.py's mix).
+        a big mailbox: 70 MiB at 100,000 messages of imap_sync.py's mix,
+        benchmarks/imap_first_search.py --after-fetch).
         """
         self._columns_read = read
         self._claim_columns()
