@@ -10,8 +10,9 @@ file work inline.  Then ``--rounds`` times: what a server keeps from one search 
 mailbox's columns as read, its last answer, the field indexes) dropped, the search run (its
 "first" time: the columns file read, the index made), and run again (its "again" time).  Printed:
 medians of the CPU and wall times, the garbage collector's time in the first search, and with
-``--steps`` the CPU time of the steps of the first search (the columns file read, the records
-looked up around it, the field index made).  The answers of every run must be the same
+``--steps`` the CPU time of the steps of the first search (the columns file read, the columns
+the store wrote added to those it keeps, the records looked up around them, the field index
+made; their calls outside the first search not counted).  The answers of every run must be the same
 (checked).
 
 ``--after-fetch`` runs each round as ``imap_sync.py``'s fill A meets the search in a fresh

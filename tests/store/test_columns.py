@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from txmail import mime
 from txmail.interfaces import HEADER_COLUMNS, IHeaderColumns
 from txmail.store import _maildir_columns as columns
+from txmail.store import maildir
 from txmail.store.maildir import MaildirProvider
 from txmail.store.memory import MemoryProvider
 
@@ -297,10 +298,14 @@ class MaildirColumnsTests(_StoreColumnsMixin, TestCase):
         last mailbox to keep its columns): the next header_columns reads
         nothing of the file, and answers as the metadata.
         """
+        self.patch(maildir, "COLUMNS_WRITTEN", 2)  # two blocks listed are added to those kept
         mailbox, uids = yield self.dropped_in(30)
         remove = mailbox.add_listener(lambda change: None)
         metadata = yield mailbox.get_metadata(uids[:10])
-        metadata.update((yield mailbox.get_metadata(uids[10:])))  # two blocks
+        metadata.update((yield mailbox.get_metadata(uids[10:20])))
+        self.assertEqual((mailbox._columns_read.count, mailbox._columns_written), (20, []))
+        metadata.update((yield mailbox.get_metadata(uids[20:])))
+        self.assertEqual(len(mailbox._columns_written), 1)
         self.assertIs(mailbox._provider._columns_last, mailbox)
         remove()
         decoded = self.decoded()
