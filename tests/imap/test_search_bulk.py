@@ -281,21 +281,12 @@ SEARCHES = [
 ]
 
 
-class ServerTests(ServerTestCase):
-    """Through the server, a Maildir mailbox: the answers of the per-message and metadata paths."""
+class _Compared(ServerTestCase):
+    """SEARCH answered in bulk, message by message and from the metadata, compared."""
 
-    def setUp(self) -> None:
-        super().setUp()
+    def count_bulk(self) -> None:
         self.patch(sort, "FACTS", sort.FactsCache())
         self.patch(columns, "_INDEXES", {})
-        self.root = tempfile.mkdtemp()
-        self.addCleanup(test_columns._rmtree, self.root)
-        self.stores = MaildirProvider(self.root, hostname="test.host", clock=self.clock, watch="off")  # type: ignore[assignment]
-        store = self.successResultOf(self.stores.store_for(USER))
-        self.mailbox = self.successResultOf(store.get_mailbox("INBOX"))
-        self.bodies = generated_messages(120, seed=23) + test_search_columns.HOSTILE
-        for body in self.bodies[:90]:
-            self.successResultOf(self.mailbox.append(body, (), 1_600_000_000))
         self.bulk_answers = 0
         original = columns.bulk_search
 
@@ -342,6 +333,22 @@ class ServerTests(ServerTestCase):
                 setattr(obj, name, old)
 
         return patched()
+
+
+class ServerTests(_Compared):
+    """Through the server, a Maildir mailbox: the answers of the per-message and metadata paths."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.count_bulk()
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(test_columns._rmtree, self.root)
+        self.stores = MaildirProvider(self.root, hostname="test.host", clock=self.clock, watch="off")  # type: ignore[assignment]
+        store = self.successResultOf(self.stores.store_for(USER))
+        self.mailbox = self.successResultOf(store.get_mailbox("INBOX"))
+        self.bodies = generated_messages(120, seed=23) + test_search_columns.HOSTILE
+        for body in self.bodies[:90]:
+            self.successResultOf(self.mailbox.append(body, (), 1_600_000_000))
 
     def test_same_answers(self) -> None:
         """Generated and hostile messages: the bulk answers are the per-message and metadata paths'."""
@@ -393,6 +400,58 @@ class ServerTests(ServerTestCase):
         os.remove(os.path.join(self.mailbox.path, "txmail-columns"))
         self.mailbox._columns_read = None
         self.compare(proto, transport)
+
+
+class FirstSyncTests(_Compared):
+    """
+    Files dropped into new/ by another program: the header FETCH of a
+    client's first sync parses them (their columns written, and kept as
+    written), the session ends, and a SEARCH on the next connection reads
+    nothing of the columns file and answers as the other paths.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.count_bulk()
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(test_columns._rmtree, self.root)
+        first = MaildirProvider(self.root, hostname="test.host", clock=self.clock, watch="off")
+        store = self.successResultOf(first.store_for(USER))
+        path = self.successResultOf(store.get_mailbox("INBOX")).path
+        for i, body in enumerate(generated_messages(120, seed=23) + test_search_columns.HOSTILE):
+            with open(os.path.join(path, "new", f"1700000000.M{i}P1.other"), "wb") as f:
+                f.write(body)
+        self.stores = MaildirProvider(self.root, hostname="test.host", clock=self.clock, watch="off")  # type: ignore[assignment]
+
+    def test_search_after_first_sync(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        from txmail.store import _maildir_columns
+
+        proto, transport = self.login()
+        out = self.send(
+            proto,
+            transport,
+            b"f1 UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Subject Date)])\r\n",
+        )
+        self.assertTrue(out.endswith(b"f1 OK UID FETCH completed\r\n"), out[-200:])
+        mailbox = proto.mailbox
+        self.assertTrue(os.path.exists(os.path.join(mailbox.path, _maildir_columns.COLUMNS)))
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(mailbox._listeners)
+        decoded: list[bytes] = []
+        parse = _maildir_columns._parse
+        self.patch(
+            _maildir_columns, "_parse", lambda data, names: (decoded.append(data), parse(data, names))[1]
+        )
+        proto, transport = self.login()
+        self.assertIs(proto.mailbox, mailbox)
+        first = self.send(proto, transport, b"x1 " + SEARCHES[0] + b"\r\n")
+        self.assertEqual([d for d in decoded if d], [])  # nothing of the file decoded
+        self.assertEqual(self.bulk_answers, 1)
+        self.assertEqual(first, self.compare(proto, transport)[0].replace(b"b0 ", b"x1 "))
+        self.assertEqual([d for d in decoded if d], [])
 
 
 class NoColumnsTests(SynchronousTestCase):
@@ -482,15 +541,15 @@ class MaildirAnswerTests(SynchronousTestCase):
 
         mailbox._records = counted  # type: ignore[method-assign]
         first = self.successResultOf(mailbox.header_columns(uids))
-        self.successResultOf(mailbox.header_columns(uids))  # the file as appended by the first
-        self.assertEqual(len(made), 2)
+        self.assertEqual(len(made), 1)
+        # What the first appended to the file is kept as written: the file is as kept.
         again = self.successResultOf(mailbox.header_columns(uids))
-        self.assertEqual(len(made), 2)  # given again
+        self.assertEqual(len(made), 1)  # given again
         self.assertEqual(again, first)
         self.assertIsNot(again, first)
         again.clear()  # a copy: the caller may change it
         self.assertEqual(self.successResultOf(mailbox.header_columns(uids)), first)
-        self.assertEqual(len(made), 2)
+        self.assertEqual(len(made), 1)
         # Fewer asked, a message added, one expunged, the file gone: answered afresh, rightly.
         self.assertEqual(
             self.successResultOf(mailbox.header_columns(uids[:4])), {u: first[u] for u in uids[:4]}

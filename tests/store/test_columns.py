@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from txmail import mime
 from txmail.interfaces import HEADER_COLUMNS, IHeaderColumns
 from txmail.store import _maildir_columns as columns
+from txmail.store import maildir
 from txmail.store.maildir import MaildirProvider
 from txmail.store.memory import MemoryProvider
 
@@ -263,6 +264,133 @@ class MaildirColumnsTests(_StoreColumnsMixin, TestCase):
         self.assertEqual(found, {uid: _expected(md) for uid, md in metadata.items()})
 
     @defer.inlineCallbacks
+    def dropped_in(self, count: int, seed: int = 7) -> Any:
+        """A mailbox (of a new provider) of *count* more files another program dropped in, not yet parsed."""
+        if not hasattr(self, "provider"):
+            yield self.fill([])
+        path = self.path
+        for i, body in enumerate(generated_messages(count, seed)):
+            with open(os.path.join(path, "new", f"1700000000.M{seed}_{i}P1.other"), "wb") as f:
+                f.write(body)
+        mailbox = yield self.reopened_mailbox()
+        uids = [info.uid for info in (yield mailbox.list_messages())]
+        return mailbox, uids
+
+    def decoded(self) -> list[int]:
+        """The records decoded from columns files from now on: one number a read that found blocks."""
+        counts: list[int] = []
+        original = columns._parse
+
+        def counted(data: bytes, names: tuple[str, ...]) -> Any:
+            found = original(data, names)
+            if data:
+                counts.append(found[1])
+            return found
+
+        self.patch(columns, "_parse", counted)
+        return counts
+
+    @defer.inlineCallbacks
+    def test_written_kept_as_read(self) -> Any:
+        """
+        The columns written when the messages are first parsed (a first
+        FETCH) are kept as read, after the session ends too (the provider's
+        last mailbox to keep its columns): the next header_columns reads
+        nothing of the file, and answers as the metadata.
+        """
+        self.patch(maildir, "COLUMNS_WRITTEN", 2)  # two blocks listed are added to those kept
+        mailbox, uids = yield self.dropped_in(30)
+        remove = mailbox.add_listener(lambda change: None)
+        metadata = yield mailbox.get_metadata(uids[:10])
+        metadata.update((yield mailbox.get_metadata(uids[10:20])))
+        self.assertEqual((mailbox._columns_read.count, mailbox._columns_written), (20, []))
+        metadata.update((yield mailbox.get_metadata(uids[20:])))
+        self.assertEqual(len(mailbox._columns_written), 1)
+        self.assertIs(mailbox._provider._columns_last, mailbox)
+        remove()
+        decoded = self.decoded()
+        asked = self.spy(mailbox)
+        found = yield mailbox.header_columns(uids)
+        self.assertEqual(found, {uid: _expected(md) for uid, md in metadata.items()})
+        self.assertEqual((decoded, asked), ([], []))
+        read = mailbox._columns_read
+        self.assertEqual((read.count, read.damaged), (30, False))
+        self.assertEqual(read.size, os.path.getsize(os.path.join(mailbox.path, columns.COLUMNS)))
+        # Another mailbox reads its columns: this one, not selected, forgets them.
+        store = yield mailbox._provider.store_for(USER)
+        yield store.create_mailbox("Other")
+        other = yield store.get_mailbox("Other")
+        yield other.header_columns([])
+        yield other.append(generated_messages(1)[0])
+        yield other.header_columns([1])
+        self.assertEqual((mailbox._columns_read, mailbox._columns_written), (None, []))
+        again = yield mailbox.header_columns(uids)
+        self.assertEqual(again, found)
+        self.assertEqual(decoded, [30])  # read from the file
+
+    @defer.inlineCallbacks
+    def test_written_after_records_not_read(self) -> Any:
+        """Columns appended to a file whose earlier records were never read: not kept; the file is read."""
+        yield self.fill(generated_messages(4))
+        yield self.mailbox.header_columns(self.uids)  # the file holds their records
+        mailbox, uids = yield self.dropped_in(5)
+        metadata = yield mailbox.get_metadata(uids)
+        self.assertEqual((mailbox._columns_read, mailbox._columns_written), (None, []))
+        decoded = self.decoded()
+        found = yield mailbox.header_columns(uids)
+        self.assertEqual(found, {uid: _expected(md) for uid, md in metadata.items()})
+        self.assertEqual(decoded, [9])
+
+    @defer.inlineCallbacks
+    def test_written_then_changes(self) -> Any:
+        """
+        Kept as written, then another writer's block, messages appended,
+        expunged, the file compacted and damaged: every answer is the
+        metadata's, and only what the mailbox did not write itself is read.
+        """
+        from txmail.model import FlagMode
+
+        self.patch(columns, "SLACK", 0)
+        mailbox, uids = yield self.dropped_in(12)
+        metadata = yield mailbox.get_metadata(uids)
+        want = {uid: _expected(md) for uid, md in metadata.items()}
+        decoded = self.decoded()
+
+        @defer.inlineCallbacks
+        def check() -> Any:
+            found = yield mailbox.header_columns(sorted(want))
+            self.assertEqual(found, want)
+
+        yield check()
+        self.assertEqual(decoded, [])
+        # Another writer's block (a record of no message here), then ours after it: read since.
+        columns.append_columns(mailbox.path, HEADER_COLUMNS, [("elsewhere", ("subject", " x"))])
+        for body in generated_messages(3, seed=11):
+            uid = yield mailbox.append(body)
+            want[uid] = _expected((yield mailbox.get_metadata([uid]))[uid])
+        yield check()
+        self.assertEqual(decoded, [1])  # the other writer's block alone
+        yield check()
+        self.assertEqual(decoded, [1])
+        # Most messages expunged: the file is rewritten with the live records, answers unchanged.
+        gone = sorted(want)[:10]
+        yield mailbox.set_flags(gone, {"\\Deleted"}, FlagMode.ADD)
+        yield mailbox.expunge()
+        for uid in gone:
+            del want[uid]
+        more = yield mailbox.append(generated_messages(1, seed=12)[0])
+        want[more] = _expected((yield mailbox.get_metadata([more]))[more])
+        yield check()
+        self.assertEqual(columns.read_columns(mailbox.path, HEADER_COLUMNS)[1:], (len(want), False))
+        yield check()
+        # Damage after what is kept: found at the next read, repaired, answers unchanged.
+        with open(os.path.join(mailbox.path, columns.COLUMNS), "ab") as f:
+            f.write(b"TXC1\xff\xff\xff\x0fnot a block")
+        yield check()
+        self.assertEqual(columns.read_columns(mailbox.path, HEADER_COLUMNS)[1:], (len(want), False))
+        yield check()
+
+    @defer.inlineCallbacks
     def check_damage(self, damage: Any) -> Any:
         """After *damage* (a function of the file's path), the answers are right and the file repaired."""
         yield self.fill(generated_messages(30))
@@ -437,8 +565,106 @@ class ColumnsFileTests(SynchronousTestCase):
         """A folder that cannot be written: the appends and rewrites say so, nothing raises."""
         missing = os.path.join(self.path, "gone")
         self.assertFalse(columns.append_columns(missing, HEADER_COLUMNS, [("a", ())]))
+        self.assertIsNone(columns.append_columns_at(missing, HEADER_COLUMNS, [("a", ())]))
         self.assertFalse(columns.rewrite_columns(missing, HEADER_COLUMNS, [("a", ())]))
         self.assertEqual(columns.read_columns(missing, HEADER_COLUMNS), ({}, 0, False))
+
+    def items(self, start: int, stop: int) -> list[tuple[str, tuple[str, ...]]]:
+        return [(f"b{i}", ("subject", f" s{i}\r\n", "from", f" f{i}@x.test\r\n")) for i in range(start, stop)]
+
+    def assert_as_read(self, read: Any) -> None:
+        """*read* is what reading the whole file gives (and what reading since it adds nothing to)."""
+        whole = columns.read_columns_since(self.path, HEADER_COLUMNS, None)
+        self.assertEqual(
+            (read.names, read.file, read.size, read.found, read.count, read.damaged),
+            (whole.names, whole.file, whole.size, whole.found, whole.count, whole.damaged),
+        )
+        self.assertIs(columns.read_columns_since(self.path, HEADER_COLUMNS, read), read)
+
+    def test_appended_where(self) -> None:
+        """append_columns_at tells the file and the octets its blocks took, and the records."""
+        self.patch(columns, "BLOCK_TEXT", 100)
+        self.assertIsNone(columns.append_columns_at(self.path, HEADER_COLUMNS, []))
+        first = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(0, 20))
+        assert first is not None
+        size = os.path.getsize(os.path.join(self.path, columns.COLUMNS))
+        self.assertEqual((first.start, first.end, first.names), (0, size, HEADER_COLUMNS))
+        self.assertEqual(
+            [pair for bases, values in first.blocks for pair in zip(bases, values, strict=True)],
+            self.items(0, 20),
+        )
+        self.assertEqual((len(first.blocks), first.count), (5, 20))  # BLOCK_TEXT: several blocks
+        second = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(20, 21))
+        assert second is not None
+        self.assertEqual((second.start, second.file), (size, first.file))
+        self.assertEqual(second.end, os.path.getsize(os.path.join(self.path, columns.COLUMNS)))
+        self.assertEqual(first.file, columns.read_columns_since(self.path, HEADER_COLUMNS, None).file)
+
+    def test_extend_read(self) -> None:
+        """Blocks appended after a read, in any order: what reading the file again gives."""
+        self.patch(columns, "BLOCK_TEXT", 100)
+        one = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(0, 5))
+        assert one is not None
+        read = columns.extend_read(None, HEADER_COLUMNS, [one])  # the file begun by it
+        self.assert_as_read(read)
+        later = [
+            columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(i, i + 3)) for i in (5, 8, 11)
+        ]
+        self.assertNotIn(None, later)
+        extended = columns.extend_read(read, HEADER_COLUMNS, [later[2], later[0], later[1]])  # type: ignore[list-item]
+        self.assert_as_read(extended)
+        assert extended is not None and read is not None
+        self.assertEqual(len(read.found), 5)  # the read extended is left as it was
+        # Blocks read already are skipped; nothing new: the read itself.
+        self.assertIs(columns.extend_read(extended, HEADER_COLUMNS, [one, *later]), extended)  # type: ignore[list-item]
+        # After a read that found no file, the block that makes it starts the chain.
+        os.unlink(os.path.join(self.path, columns.COLUMNS))
+        nothing = columns.read_columns_since(self.path, HEADER_COLUMNS, None)
+        made = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(0, 2))
+        assert made is not None
+        self.assert_as_read(columns.extend_read(nothing, HEADER_COLUMNS, [made]))
+
+    def test_extend_read_left_alone(self) -> None:
+        """
+        A block after another writer's, one of another file, of other
+        names, or after a damaged read is not added: the file is read
+        next time, and gives every record.
+        """
+        columns.append_columns(self.path, HEADER_COLUMNS, self.items(0, 2))
+        read = columns.read_columns_since(self.path, HEADER_COLUMNS, None)
+        # Without a read, a block that does not begin the file: nothing known.
+        other = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(2, 3))
+        assert other is not None
+        self.assertIsNone(columns.extend_read(None, HEADER_COLUMNS, [other]))
+        # A gap: another writer's block between the read and ours.
+        mine = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(3, 4))
+        assert mine is not None
+        self.assertIs(columns.extend_read(read, HEADER_COLUMNS, [mine]), read)
+        # Up to the gap only.
+        before = columns.extend_read(read, HEADER_COLUMNS, [mine, other])
+        self.assert_as_read(before)
+        # Other field names: not these records.
+        foreign = columns.append_columns_at(self.path, ("subject",), [("b9", ("subject", " x"))])
+        assert foreign is not None and before is not None
+        self.assertIs(columns.extend_read(before, HEADER_COLUMNS, [foreign]), before)
+        self.assertEqual(columns.read_columns_since(self.path, HEADER_COLUMNS, before).found, before.found)
+        # The file rewritten: a block of the old file, or of the new one after a read of the old.
+        columns.rewrite_columns(self.path, HEADER_COLUMNS, self.items(0, 1))
+        self.assertIs(columns.extend_read(before, HEADER_COLUMNS, [mine]), before)
+        new = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(5, 6))
+        assert new is not None
+        self.assertIs(columns.extend_read(before, HEADER_COLUMNS, [new]), before)
+        self.assertEqual(
+            sorted(columns.read_columns_since(self.path, HEADER_COLUMNS, before).found), ["b0", "b5"]
+        )
+        # A damaged read.
+        with open(os.path.join(self.path, columns.COLUMNS), "ab") as f:
+            f.write(b"garbage")
+        damaged = columns.read_columns_since(self.path, HEADER_COLUMNS, None)
+        self.assertTrue(damaged.damaged)
+        late = columns.append_columns_at(self.path, HEADER_COLUMNS, self.items(7, 8))
+        assert late is not None
+        self.assertIs(columns.extend_read(damaged, HEADER_COLUMNS, [late]), damaged)
 
 
 class MaildirThreadedColumnsTests(MaildirColumnsTests):

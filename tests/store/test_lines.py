@@ -161,14 +161,19 @@ class MaildirLinesTests(_StoreLinesMixin, TestCase):
         return mailbox
 
     @defer.inlineCallbacks
-    def test_file_written_then_read_after_restart(self) -> Any:
-        """Dropped-in files: the first call makes the records from their metadata; after a restart it reads the file."""
+    def dropped_in(self, count: int) -> Any:
+        """A mailbox (of a new provider) of *count* files another program dropped in: (mailbox, UIDs)."""
         yield self.fill([])
-        for i, body in enumerate(generated_messages(6)):
+        for i, body in enumerate(generated_messages(count)):
             with open(os.path.join(self.mailbox.path, "new", f"1700000000.M{i}P1.other"), "wb") as f:
                 f.write(body)
         mailbox = yield self.reopened_mailbox()
-        uids = [info.uid for info in (yield mailbox.list_messages())]
+        return mailbox, [info.uid for info in (yield mailbox.list_messages())]
+
+    @defer.inlineCallbacks
+    def test_file_written_then_read_after_restart(self) -> Any:
+        """Dropped-in files: the first call makes the records from their metadata; after a restart it reads the file."""
+        mailbox, uids = yield self.dropped_in(6)
         asked = self.spy(mailbox)
         first = yield mailbox.header_lines(uids)
         self.assertEqual(sum(map(len, asked)), 6)
@@ -225,14 +230,41 @@ class MaildirLinesTests(_StoreLinesMixin, TestCase):
         uid = yield self.mailbox.append(generated_messages(7)[6])
         grown = yield self.mailbox.header_lines([*self.uids, uid])  # its record made and appended
         self.assertEqual({u: grown[u] for u in self.uids}, first)
+        self.assertEqual(len(self.mailbox._lines_read.found), 7)  # kept as appended
         again = yield self.mailbox.header_lines([*self.uids, uid])
-        self.assertEqual(again, grown)
+        self.assertEqual((again, parsed), (grown, []))
         self.assertEqual(len(self.mailbox._lines_read.found), 7)
-        (appended,) = parsed  # the block appended alone, not the whole file
-        self.assertEqual(appended[0], columns._blocks(HEADER_LINES, [(self.mailbox._locs[uid].base, grown[uid])]))
+        # Another writer's block: the next read decodes it alone, not the whole file.
+        other_uid = yield self.mailbox.append(generated_messages(8)[7])
+        record = mime.header_lines((yield self.mailbox.get_metadata([other_uid]))[other_uid].headers, NAMES)
+        block = [(self.mailbox._locs[other_uid].base, record)]
+        columns.append_columns(self.mailbox.path, HEADER_LINES, block, columns.LINES)
+        again = yield self.mailbox.header_lines([*self.uids, uid, other_uid])
+        self.assertEqual(again, {**grown, other_uid: record})
+        (appended,) = parsed
+        self.assertEqual(appended[0], columns._blocks(HEADER_LINES, block))
         yield other.header_lines([1])  # another mailbox reads: it keeps its own, this one forgets
         self.assertIsNone(self.mailbox._lines_read)
         self.assertIsNotNone(other._lines_read)
+
+    @defer.inlineCallbacks
+    def test_written_kept_as_read(self) -> Any:
+        """
+        The records a first sync makes and appends are kept as if read: the
+        same FETCH on the next connection reads nothing of the file (unless
+        another mailbox read its own since).
+        """
+        mailbox, uids = yield self.dropped_in(9)
+        first = yield mailbox.header_lines(uids)
+        metadata = yield mailbox.get_metadata(uids)
+        self.assertEqual(first, {uid: mime.header_lines(md.headers, NAMES) for uid, md in metadata.items()})
+        parsed: list[Any] = []
+        self.patch(columns, "_parse", lambda *a, _parse=columns._parse: parsed.append(a) or _parse(*a))
+        again = yield mailbox.header_lines(uids)
+        self.assertEqual((again, parsed), (first, []))
+        read = mailbox._lines_read
+        self.assertEqual((read.count, read.damaged), (9, False))
+        self.assertEqual(read.size, os.path.getsize(os.path.join(mailbox.path, columns.LINES)))
 
     @defer.inlineCallbacks
     def test_few_messages_read_metadata(self) -> Any:

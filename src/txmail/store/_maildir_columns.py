@@ -45,6 +45,15 @@ file renamed over it: another inode, another first block); and should a
 kept record outlive its file, it is still right, since a base names one
 message content for good.
 
+What a mailbox appends itself need not be read back either:
+:func:`append_columns_at` tells where its block went (:class:`Appended`:
+the file, as :attr:`Read.file` names it, and the octets it took), and
+:func:`extend_read` adds such blocks to a :class:`Read` they follow
+without a gap, giving what :func:`read_columns_since` would have read
+(the records written, the same tuples).  A block that does not follow the
+read (another writer's block between them, another file) is left out, and
+read from the file next time.
+
 The header lines file ``txmail-lines`` (:data:`LINES`,
 :class:`txmail.interfaces.IHeaderLines`) has the same format, with
 :data:`txmail.interfaces.HEADER_LINES` as its names and ``(keys, text)``
@@ -68,8 +77,11 @@ __all__ = [
     "COLUMNS",
     "LINES",
     "SLACK",
+    "Appended",
     "Read",
     "append_columns",
+    "append_columns_at",
+    "extend_read",
     "read_columns",
     "read_columns_since",
     "rewrite_columns",
@@ -93,17 +105,16 @@ _HEAD = struct.Struct("<4sII")
 Values = tuple[str, ...]
 
 
-def _block(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+def _payload(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
     bases = tuple(base for base, _ in items)
     values = tuple(value for _, value in items)
-    payload = marshal.dumps((names, bases, values), 4)
-    return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+    return marshal.dumps((names, bases, values), 4)
 
 
-def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+def _payloads(names: tuple[str, ...], items: list[tuple[str, Values]]) -> list[bytes]:
     """
-    *items* as blocks of at most about :data:`BLOCK_TEXT` characters of
-    values each (a message's header fields are at most
+    The payloads of *items* as blocks of at most about :data:`BLOCK_TEXT`
+    characters of values each (a message's header fields are at most
     :data:`txmail.mime.HEADER_COLLECT_LIMIT` octets, so every block stays
     far below :data:`MAX_BLOCK`).
     """
@@ -111,11 +122,21 @@ def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
     for i, (base, value) in enumerate(items):
         size += len(base) + sum(map(len, value))
         if size >= BLOCK_TEXT:
-            out.append(_block(names, items[start : i + 1]))
+            out.append(_payload(names, items[start : i + 1]))
             start, size = i + 1, 0
     if start < len(items):
-        out.append(_block(names, items[start:]))
-    return b"".join(out)
+        out.append(_payload(names, items[start:]))
+    return out
+
+
+def _framed(payloads: list[bytes]) -> bytes:
+    """The blocks of *payloads*, each behind its head."""
+    return b"".join(_HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload for payload in payloads)
+
+
+def _blocks(names: tuple[str, ...], items: list[tuple[str, Values]]) -> bytes:
+    """*items* as blocks (see :func:`_payloads`)."""
+    return _framed(_payloads(names, items))
 
 
 def _valid(payload: Any) -> bool:
@@ -237,18 +258,102 @@ def append_columns(
     ``write``; whether it was written whole (a failure only costs their
     being filled again from the metadata cache next time).
     """
+    return not items or append_columns_at(path, names, items, filename) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """
+    The records that :func:`append_columns_at` wrote, and where.
+
+    Attributes:
+        names: the field names written.
+        file: the file written (as :attr:`Read.file`: device, inode, its first block's head).
+        start: the octet where the records' blocks begin.
+        end: the octet just past them.
+        blocks: the records of each block, (bases, values), decoded from
+            what was written (as reading the file would decode them).
+        count: the records.
+    """
+
+    names: tuple[str, ...]
+    file: tuple[int, int, bytes]
+    start: int
+    end: int
+    blocks: list[tuple[tuple[str, ...], tuple[Values, ...]]]
+    count: int
+
+
+def append_columns_at(
+    path: str, names: tuple[str, ...], items: list[tuple[str, Values]], filename: str = COLUMNS
+) -> Appended | None:
+    """
+    Append the records *items* as :func:`append_columns` does; where they
+    went (for :func:`extend_read`), or None when none were written whole.
+
+    The records given back are decoded from the blocks written, not the
+    objects of *items*: those a mailbox keeps for many searches are then
+    made together, as by a read of the file (a pass over 100,000 records
+    made while parsing, strewn over the heap among the parse's garbage,
+    costs about twice as much), and hold no more than a read would.
+    """
     if not items:
-        return True
-    blob = _blocks(names, items)
+        return None
+    payloads = _payloads(names, items)
+    blob = _framed(payloads)
     try:
-        fd = os.open(os.path.join(path, filename), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(path, filename), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            written = os.write(fd, blob)
+            if os.write(fd, blob) != len(blob):
+                return None
+            # O_APPEND wrote the blob whole at the end of the file (one
+            # write), and left the offset just past it.
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            st = os.fstat(fd)
+            head = os.pread(fd, _HEAD.size, 0)
         finally:
             os.close(fd)
     except OSError:
-        return False
-    return written == len(blob)
+        return None
+    blocks = [marshal.loads(payload)[1:] for payload in payloads]
+    return Appended(names, (st.st_dev, st.st_ino, head), end - len(blob), end, blocks, len(items))
+
+
+def extend_read(read: Read | None, names: tuple[str, ...], appended: list[Appended]) -> Read | None:
+    """
+    *read* (of the columns written for *names*, or None: nothing read)
+    with the blocks of *appended* (in any order) that follow it in its
+    file, without a gap: what :func:`read_columns_since` would read of the
+    file up to their end.  Without *read*, or after a read that found no
+    file, a block that begins the file starts the chain.  A damaged read,
+    and the blocks from the first that does not follow, are left as they
+    are (the file is read next time).
+    """
+    if read is not None and (read.names != names or read.damaged):
+        return read
+    before = Read(names, None, 0, {}, 0, False) if read is None else read
+    file, size, count = before.file, before.size, before.count
+    chained: list[Appended] = []
+    for block in sorted(appended, key=lambda block: block.start):
+        if block.names != names:
+            continue
+        if file is None and size == 0 and block.start == 0:
+            file = block.file  # the file made by this block (or empty before it)
+        if block.file != file:
+            continue  # another file's (one since replaced, or replacing it)
+        if block.end <= size:
+            continue  # read already
+        if block.start != size:
+            break
+        chained.append(block)
+        size, count = block.end, count + block.count
+    if not chained:
+        return read
+    found = dict(before.found)
+    for block in chained:
+        for bases, values in block.blocks:
+            found.update(zip(bases, values, strict=True))
+    return Read(names, file, size, found, count, False)
 
 
 def rewrite_columns(

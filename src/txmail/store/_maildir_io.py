@@ -853,12 +853,14 @@ def read_metadata(
     reqs: list[tuple[int, int, int, str, str, str, bool]],
     complete: Completion | None = None,
     pool: ParsePool | None = None,
-) -> tuple[dict[int, MessageMetadata], list[tuple[int, int, int]]]:
+) -> tuple[dict[int, MessageMetadata], list[tuple[int, int, int]], columns.Appended | None]:
     """
     Read cached metadata for (uid, offset, length, base, sub, name,
     convert) each; a message whose record is missing or damaged is parsed
     again (with CRLF line ends when *convert*) and re-cached.  Returns the
-    metadata by UID and the (uid, offset, length) of the new cache records.
+    metadata by UID, the (uid, offset, length) of the new cache records,
+    and the header columns appended for the messages parsed (where they
+    went in the columns file: :func:`columns.append_columns_at`), if any.
 
     With *complete*, a message of at most :data:`HEADER_ONLY_SIZE` octets
     is parsed for its header fields alone (:func:`txmail.mime.parse_header_section`,
@@ -873,6 +875,7 @@ def read_metadata(
     out: dict[int, MessageMetadata] = {}
     updates: list[tuple[int, int, int]] = []
     parsed: list[tuple[int, str, bytes]] = []
+    appended = None
     ordered = sorted(reqs, key=lambda r: r[1])
     with _open_cache(path) as cache:
         if cache is None:
@@ -902,13 +905,13 @@ def read_metadata(
         # mailbox of dropped-in files parses them all).
         places = cache_append_many(path, [(base, encoded) for _, base, encoded in parsed])
         # Their header columns too, while the fields are in hand (IHeaderColumns).
-        columns.append_columns(
+        appended = columns.append_columns_at(
             path,
             HEADER_COLUMNS,
             [(base, mime.header_columns(out[uid].headers, HEADER_COLUMNS)) for uid, base, _ in parsed],
         )
         updates = [(uid, off, length) for (uid, _, _), (off, length) in zip(parsed, places, strict=True)]
-    return out, updates
+    return out, updates, appended
 
 
 #: ``read_metadata`` asks its pool to parse when at least this many messages

@@ -236,6 +236,9 @@ STRUCTURES_WINDOW = 60.0
 IN_FLIGHT_CHECK_NS = 1_000_000_000
 #: Messages whose header columns are filled from the metadata cache at once.
 COLUMNS_FILL = 1024
+#: Blocks of header columns written (see MaildirMailbox._columns_appended)
+#: after which they are added to those kept rather than listed.
+COLUMNS_WRITTEN = 256
 #: ``header_lines`` of fewer messages than this (and than a quarter of the
 #: folder) reads their metadata, not the whole ``txmail-lines`` file.
 LINES_FEW = 2048
@@ -438,6 +441,10 @@ class MaildirMailbox(MailboxState):
         #: (kept while the mailbox has listeners, sessions that have it
         #: selected, or it is the provider's last mailbox to read its columns).
         self._columns_read: columns.Read | None = None
+        #: The header columns this mailbox appended to the file since
+        #: (kept as _columns_read is, added to it when next used: see
+        #: _columns_appended).
+        self._columns_written: list[columns.Appended] = []
         #: The last answer of header_columns: (the read it came from, the
         #: _Loc of each message asked, the answer), given again (a copy)
         #: while both are the same objects (see header_columns).
@@ -973,9 +980,10 @@ class MaildirMailbox(MailboxState):
             return defer.succeed({})
 
         def got(
-            result: tuple[dict[int, MessageMetadata], list[tuple[int, int, int]]],
+            result: tuple[dict[int, MessageMetadata], list[tuple[int, int, int]], columns.Appended | None],
         ) -> dict[int, MessageMetadata]:
-            found, updates = result
+            found, updates, appended = result
+            self._columns_appended(appended)
             lines = []
             for uid, coff, clen in updates:
                 loc = self._locs.get(uid)
@@ -1033,7 +1041,9 @@ class MaildirMailbox(MailboxState):
         """
         last = self._columns_answer
         if last is not None:
-            read = await self._run(columns.read_columns_since, self.path, HEADER_COLUMNS, self._columns_read)
+            read = await self._run(
+                columns.read_columns_since, self.path, HEADER_COLUMNS, self._kept_columns()
+            )
             self._keep_columns(read)
             if last[0] is read and last[1] == locs:  # compared by identity, in C
                 return dict(last[2])
@@ -1043,7 +1053,7 @@ class MaildirMailbox(MailboxState):
             columns.COLUMNS,
             lambda md: mime.header_columns(md.headers, HEADER_COLUMNS),
         )
-        read = self._columns_read
+        read = self._kept_columns()
         self._columns_answer = None if read is None or len(out) != len(uids) else (read, locs, out)
         return dict(out) if self._columns_answer is not None else out
 
@@ -1079,7 +1089,7 @@ class MaildirMailbox(MailboxState):
         """
         if filename == columns.COLUMNS:
             # Kept as read: SEARCH and SORT read it whole at each command.
-            read = await self._run(columns.read_columns_since, self.path, names, self._columns_read)
+            read = await self._run(columns.read_columns_since, self.path, names, self._kept_columns())
             self._keep_columns(read)
             known, records, damaged = read.found, read.count, read.damaged
         else:
@@ -1110,20 +1120,68 @@ class MaildirMailbox(MailboxState):
             keep = [(base, values) for base, values in known.items() if base in live]
             keep.extend(new)
             await self._run(columns.rewrite_columns, self.path, names, keep, filename)
+        elif new and filename == columns.COLUMNS:
+            self._columns_appended(await self._run(columns.append_columns_at, self.path, names, new))
         elif new:
-            await self._run(columns.append_columns, self.path, names, new, filename)
+            appended = await self._run(columns.append_columns_at, self.path, names, new, filename)
+            if appended is not None and self._lines_read is read:
+                # Kept as if read, while this mailbox is still their last reader:
+                # a first sync repeated on the next connection reads none of them.
+                self._lines_read = columns.extend_read(read, names, [appended])
         return out
 
     def _keep_columns(self, read: columns.Read) -> None:
         """
         Keep *read* for the next SEARCH, SORT or THREAD: while a session has
         the mailbox selected, and after that until another mailbox of the
-        provider reads its columns (a client that searches on a new
-        connection each time finds them still decoded).  So at most one
+        provider reads or writes its columns (a client that searches on a
+        new connection each time finds them still decoded).  So at most one
         mailbox that nobody has selected keeps its columns (tens of MB for
-        a big mailbox).
+        a big mailbox: 70 MiB at 100,000 messages of imap_sync.py's mix,
+        benchmarks/imap_first_search.py --after-fetch).
         """
         self._columns_read = read
+        self._claim_columns()
+
+    def _kept_columns(self) -> columns.Read | None:
+        """The columns kept (see :meth:`_keep_columns`), with those written since added."""
+        if self._columns_written:
+            # The provider's slot was claimed when they were written.
+            self._columns_read = columns.extend_read(
+                self._columns_read, HEADER_COLUMNS, self._columns_written
+            )
+            self._columns_written = []
+        return self._columns_read
+
+    def _columns_appended(self, appended: columns.Appended | None) -> None:
+        """
+        Keep the columns this mailbox just *appended* (where
+        :func:`columns.append_columns_at` wrote them) as if read: added to
+        those kept (:func:`columns.extend_read`, when next used) when they
+        follow them in the file, or, when nothing is kept, kept alone when
+        they begin the file (the first parse of a folder's messages, as the
+        first FETCH of a mailbox of dropped-in files does).  So the first
+        SEARCH, SORT or THREAD after the FETCH that parsed the messages,
+        on the same connection or the next, reads nothing of the file;
+        the mailbox keeps them as it keeps what it reads.  Else the file
+        is read next time, as before.
+        """
+        if appended is None or self._deleted:
+            return
+        kept = self._columns_read
+        if kept is None and not self._columns_written:
+            if appended.start:
+                return  # records not read before them: the next reader reads the file
+        elif kept is not None and kept.file is not None and kept.file != appended.file:
+            return  # another file (rewritten since): read next time
+        self._columns_written.append(appended)
+        if len(self._columns_written) >= COLUMNS_WRITTEN:
+            self._kept_columns()
+        else:
+            self._claim_columns()
+
+    def _claim_columns(self) -> None:
+        """Make this mailbox the provider's last to keep its columns (the previous one forgets them)."""
         provider = self._provider
         previous, provider._columns_last = provider._columns_last, self
         if previous is not None and previous is not self:
@@ -1135,7 +1193,8 @@ class MaildirMailbox(MailboxState):
         until another mailbox of the provider reads its own: so at most one
         mailbox keeps them (some hundred octets a message), and a FETCH of
         a first sync that a client repeats on a new connection reads only
-        the records appended since.
+        the records appended since (the header lines that the first one
+        made and appended are kept as if read: see :meth:`_records`).
         """
         setattr(self, slot, read)
         last = self._provider._last_readers
@@ -1198,6 +1257,7 @@ class MaildirMailbox(MailboxState):
         """Drop the columns kept, unless a session has the mailbox selected or it read them last."""
         if not self._listeners and self._provider._columns_last is not self:
             self._columns_read = None
+            self._columns_written = []
             self._columns_answer = None
 
     def _completion(
