@@ -76,6 +76,36 @@ class Target:
         raise NotImplementedError
 
 
+class SessionTarget(Target):
+    """
+    A sans-IO session driven the same way: input fed piece by piece, each
+    event noted as a token (:meth:`_token`; ``None``: not noted) and each
+    decision answered by :meth:`_decide`.
+    """
+
+    def _decide(self, session: Any, event: Any, rng: random.Random) -> None:
+        raise NotImplementedError
+
+    def _token(self, event: Any) -> Any:
+        return type(event).__name__
+
+    def _drive(self, session: Any, pieces: list[bytes], rng: random.Random, tokens: list[Any]) -> bytearray:
+        out = bytearray(session.data_to_send())
+        for piece in pieces:
+            session.receive_data(piece)
+            self._drain(session, rng, tokens)
+            out += session.data_to_send()
+        return out
+
+    def _drain(self, session: Any, rng: random.Random, tokens: list[Any]) -> None:
+        while (event := session.next_event()) is not None:
+            token = self._token(event)
+            if token is not None:
+                tokens.append(token)
+            if event.needs_decision:
+                self._decide(session, event, rng)
+
+
 #: Octets of the last run's output (set by :func:`check_output`): the time
 #: budget is per octet of input and output, since a short command may
 #: rightly answer at length (CAPA, EHLO, CAPABILITY).
@@ -101,7 +131,7 @@ def _final_codes(out: bytes) -> list[bytes]:
 # -- SMTP server ---------------------------------------------------------------
 
 
-class SMTPServer(Target):
+class SMTPServer(SessionTarget):
     """
     ``txmail.smtp.session.ServerSession`` fed client bytes, every decision
     answered (accept, or a 4xx/5xx reject), AUTH checked like the real
@@ -193,21 +223,8 @@ class SMTPServer(Target):
         else:
             session.accept()
 
-    def _drive(self, session: Any, pieces: list[bytes], rng: random.Random, tokens: list[Any]) -> bytearray:
-        out = bytearray(session.data_to_send())
-        for piece in pieces:
-            session.receive_data(piece)
-            self._drain(session, rng, tokens)
-            out += session.data_to_send()
-        return out
-
-    def _drain(self, session: Any, rng: random.Random, tokens: list[Any]) -> None:
-        ev = self.ev
-        while (event := session.next_event()) is not None:
-            if not isinstance(event, ev.DataChunk):
-                tokens.append(type(event).__name__)
-            if event.needs_decision:
-                self._decide(session, event, rng)
+    def _token(self, event: Any) -> Any:
+        return None if isinstance(event, self.ev.DataChunk) else type(event).__name__
 
     def run(self, data: bytes) -> set[Any]:
         crc = zlib.crc32(data)
@@ -374,7 +391,7 @@ class SMTPClient(Target):
 # -- POP3 ------------------------------------------------------------------------
 
 
-class POP3(Target):
+class POP3(SessionTarget):
     """
     ``txmail.pop3.session.POP3Session``.  Oracles: no exception; at most one
     response per input line (plus a closing one); the same output when the
@@ -437,20 +454,6 @@ class POP3(Target):
             session.accept(b"Subject: x\r\n\r\nbody\r\n.\r\n" if rng.random() < 0.5 else None)
         else:
             session.accept()
-
-    def _drive(self, session: Any, pieces: list[bytes], rng: random.Random, tokens: list[Any]) -> bytearray:
-        out = bytearray(session.data_to_send())
-        for piece in pieces:
-            session.receive_data(piece)
-            self._drain(session, rng, tokens)
-            out += session.data_to_send()
-        return out
-
-    def _drain(self, session: Any, rng: random.Random, tokens: list[Any]) -> None:
-        while (event := session.next_event()) is not None:
-            tokens.append(type(event).__name__)
-            if event.needs_decision:
-                self._decide(session, event, rng)
 
     def _session(self, rng: random.Random) -> Any:
         return self.mod.POP3Session(
@@ -1250,7 +1253,7 @@ def managesieve_responses(out: bytes) -> list[bytes]:
     return found
 
 
-class ManageSieve(Target):
+class ManageSieve(SessionTarget):
     """
     ``txmail.managesieve.session.ManageSieveSession`` fed client bytes, each
     script request answered like the adapter does (scripts checked with
@@ -1339,19 +1342,8 @@ class ManageSieve(Target):
         else:
             session.accept()
 
-    def _drive(self, session: Any, pieces: list[bytes], rng: random.Random, tokens: list[Any]) -> bytearray:
-        out = bytearray(session.data_to_send())
-        for piece in pieces:
-            session.receive_data(piece)
-            self._drain(session, rng, tokens)
-            out += session.data_to_send()
-        return out
-
-    def _drain(self, session: Any, rng: random.Random, tokens: list[Any]) -> None:
-        while (event := session.next_event()) is not None:
-            tokens.append(getattr(event, "command", type(event).__name__))
-            if event.needs_decision:
-                self._decide(session, event, rng)
+    def _token(self, event: Any) -> Any:
+        return getattr(event, "command", type(event).__name__)
 
     def _session(self, rng: random.Random) -> Any:
         return self.mod.ManageSieveSession(
