@@ -51,6 +51,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -307,10 +308,37 @@ def start_rspamd(test_case: Any, milter: bool = False, *, timeout: float = 90.0)
                 break
             time.sleep(0.1)
         else:
+            if instance.milter_port is not None:
+                _wait_for_listener(instance, instance.milter_port, deadline, timeout)
             return instance
     raise RuntimeError(
         f"rspamd's controller did not load its statfiles within {timeout} s:\n{instance.log()[-5000:]}"
     )
+
+
+def _wait_for_listener(instance: RspamdInstance, port: int, deadline: float, timeout: float) -> None:
+    """
+    Wait until the milter on *port* answers an option negotiation (SMFIC_OPTNEG):
+    the proxy worker starts on its own after the normal worker answers
+    ``/ping``, and a connection the main process holds in its backlog
+    meanwhile is not answered (a message sent then gets the milter's
+    connect-time tempfail, 421).
+    """
+    optneg = b"O" + struct.pack(">III", 6, 0x1FF, 0x1FFFFF)
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(struct.pack(">I", len(optneg)) + optneg)
+                if conn.recv(5)[4:5] == b"O":
+                    return
+        except OSError:
+            pass
+        if instance.process is None or instance.process.poll() is not None or time.monotonic() > deadline:
+            instance.stop()
+            raise RuntimeError(
+                f"rspamd's milter did not answer on {port} within {timeout} s:\n{instance.log()[-5000:]}"
+            )
+        time.sleep(0.1)
 
 
 #: Seconds a first rspamd is given to list its statfiles before it is started again.

@@ -29,7 +29,7 @@ Implementation notes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from txmail._fs import run_inline
 from txmail._protocol import SessionProtocol, is_loopback, make_id
 from txmail.auth import sasl
+from txmail.auth.authenticator import Authenticator
 from txmail.interfaces import IMailStore, IMailStoreProvider, ISieveScripts
 from txmail.managesieve.events import (
     Authenticated,
@@ -61,8 +62,9 @@ from txmail.managesieve.session import (
 )
 from txmail.sieve import Limits
 
-if TYPE_CHECKING:
-    from txmail.auth.authenticator import Authenticator
+# Authenticator is imported at run time, not only for type checking: the API
+# documentation evaluates the signatures' annotations (else a short name such as
+# Limits is ambiguous).
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "ManageSieveFactory", "ManageSieveServerProtocol"]
 

@@ -42,7 +42,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -51,10 +51,12 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from txmail._protocol import format_peer, is_loopback
+from txmail.auth.authenticator import Authenticator
 from txmail.auth.sasl import PlaintextPolicy, password_auth_allowed
 from txmail.interfaces import IMailStoreProvider
 from txmail.jmap.core import CallContext, Capability, Limits, Registry
 from txmail.metrics import NULL_PROTOCOL_METRICS
+from txmail.service import MailServer
 from txmail.web import api
 from txmail.web._base import Resource
 from txmail.web.blobs import BlobStore, UploadStorageFull
@@ -63,9 +65,9 @@ from txmail.web.tokens import TokenStore
 from txmail.webmail.resource import mount_endpoint
 from txmail.webmail.session import cookie_authorization
 
-if TYPE_CHECKING:
-    from txmail.auth.authenticator import Authenticator
-    from txmail.service import MailServer
+# Authenticator and MailServer are imported at run time, not only for type checking: the API
+# documentation evaluates the signatures' annotations (else a short name such as
+# Limits is ambiguous).
 
 __all__ = ["JMAPEndpoint", "JMAPSite", "build_site", "read_body"]
 
