@@ -544,6 +544,17 @@ class QueueRunner(_twisted.Service):
 
     # -- remote -------------------------------------------------------------
 
+    def _not_used(self, queue_id: str, domain: str, dest: Destination, error: str) -> None:
+        """Log that MX host *dest* of *domain* was passed over for *error* (REQUIRETLS, a TLS policy)."""
+        self.log.info(
+            "{queue_id} for {domain}: {host} [{address}] not used: {error}",
+            queue_id=queue_id,
+            domain=domain,
+            host=dest.host,
+            address=dest.address,
+            error=error,
+        )
+
     async def _destinations(self, domain: str) -> list[tuple[Destination, int]]:
         if self.smarthost is not None:
             return [(Destination(self.smarthost.host, self.smarthost.host, 0), self.smarthost.port)]
@@ -611,14 +622,7 @@ class QueueRunner(_twisted.Service):
                     f"REQUIRETLS: the MX host {dest.host} of {domain} is secured neither by DNSSEC"
                     " nor by an MTA-STS policy"
                 )
-                self.log.info(
-                    "{queue_id} for {domain}: {host} [{address}] not used: {error}",
-                    queue_id=entry.queue_id,
-                    domain=domain,
-                    host=dest.host,
-                    address=dest.address,
-                    error=last_error,
-                )
+                self._not_used(entry.queue_id, domain, dest, last_error)
                 continue
             if security is not None:
                 plan = await security.plan(
@@ -633,14 +637,7 @@ class QueueRunner(_twisted.Service):
                     security.record(domain, plan, dest, None)
                     last_host, last_address = dest.host, f"{dest.address}:{port}"
                     last_error = f"TLS policy refuses {dest.host}: {plan.refused}"
-                    self.log.info(
-                        "{queue_id} for {domain}: {host} [{address}] not used: {error}",
-                        queue_id=entry.queue_id,
-                        domain=domain,
-                        host=dest.host,
-                        address=dest.address,
-                        error=last_error,
-                    )
+                    self._not_used(entry.queue_id, domain, dest, last_error)
                     continue
                 tls_policy, context = plan.tls_policy, plan.context
             elif require_tls:
