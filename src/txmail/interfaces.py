@@ -544,6 +544,22 @@ class IRecordCache(Interface):
         that is full); it never fails for that.
         """
 
+    def derive_records(
+        uids: Iterable[int], derive: Callable[[MessageMetadata], Any]
+    ) -> Deferred[dict[int, Any]]:
+        """
+        Return ``Deferred[dict[int, Any]]``: ``derive(metadata)`` of each
+        message of *uids* (a message that does not exist is left out), as
+        ``get_metadata`` would give its metadata and the protocol would then
+        derive its record, but with the work where the store likes: the
+        Maildir store has its parse worker processes parse the messages not
+        cached and run *derive* too.  *derive* is a pure function whose
+        answer :mod:`marshal` carries, found again by its module and
+        qualified name when a module-level function (any other is run in
+        this process).  Nothing is kept by this call (:meth:`cache_records`
+        keeps records).
+        """
+
 
 class ISaveDates(Interface):
     """

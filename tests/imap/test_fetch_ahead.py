@@ -53,8 +53,12 @@ class FetchAheadTests(ServerTestCase):
         proto, transport = self.login()
         transport.clear()
         proto.dataReceived(b"f1 " + FETCH + b"\r\n")
-        while b"f1 OK" not in transport.value():
+        for _ in range(100_000):
+            if b"f1 OK" in transport.value():
+                break
             self.clock.advance(0)  # the turns FETCH gives between batches
+        else:
+            self.fail(f"no answer: {transport.value()[-300:]!r}")
         out = transport.value()
         self.assertEqual(out.count(b" FETCH ("), len(self.messages))
         return out
@@ -71,31 +75,53 @@ class FetchAheadTests(ServerTestCase):
         self.assertEqual(self.fetch(), expected)
 
     def test_asked_ahead(self) -> None:
-        """The first batch renders before the next is asked for; then each next one before the current renders."""
+        """Each batch's structures and the next's are asked for before the batch is awaited, once each."""
         self.maildir(2)
-        events: list[str] = []
+        events: list[tuple[str, int]] = []
         mailbox = self.inbox()
-        original = mailbox.get_metadata
-        mailbox.get_metadata = lambda uids: events.append("ask") or original(uids)
-        render = selected.structures_of
-        self.patch(selected, "structures_of", lambda md: events.append("render") or render(md))
+        original = mailbox.derive_records
+        mailbox.derive_records = lambda uids, fn: events.append(("ask", uids[0])) or original(uids, fn)
+        take = selected.derived_structures
+        self.patch(
+            selected,
+            "derived_structures",
+            lambda box, records: events.append(("take", min(records))) or take(box, records),
+        )
         self.fetch()
-        groups = [e for i, e in enumerate(events) if not i or e != "render" or events[i - 1] != "render"]
-        batches = -(-len(self.messages) // 16)
-        # Runs of renders shown once: the last batch's follows the one before without an ask.
-        self.assertEqual(groups, ["ask", "render", "ask"] + ["ask", "render"] * (batches - 2))
-        self.assertEqual(events.count("render"), len(self.messages))
+        firsts = [1 + 16 * k for k in range(-(-len(self.messages) // 16))]
+        expected = [("ask", firsts[0])]
+        for k, first in enumerate(firsts):
+            if k + 1 < len(firsts):
+                expected.append(("ask", firsts[k + 1]))
+            expected.append(("take", first))
+        self.assertEqual(events, expected)
+
+    def test_parsed_by_workers(self) -> None:
+        """With workers, the FETCH renders nothing in this process: the workers parse and render."""
+        self.patch(io, "POOL_LEAST", 1)  # the last batch's few messages too
+        self.maildir(2)
+        self.patch(structures, "structures_of", lambda md: self.fail("rendered in the server process"))
+        self.patch(io, "_parse_file", lambda *a: self.fail("parsed in the server process"))
+        self.fetch()
+        self.assertEqual(self.stores._pool().failures, 0)  # type: ignore[attr-defined]
 
     def test_ahead_error_taken(self) -> None:
-        """What was asked ahead is taken with its error, and an error not taken is not reported."""
+        """What was asked ahead is taken with its error, asked once, and an error not taken is not reported."""
         ahead = selected._Ahead()
-        ahead.ask(lambda uids: defer.fail(ValueError("gone")), [1, 2])
-        self.assertEqual(ahead.uids, [1, 2])
-        self.failureResultOf(defer.ensureDeferred(ahead.take()), ValueError)
-        self.assertIsNone(ahead.uids)
+        calls: list[list[int]] = []
+
+        def failing(uids: list[int]) -> Any:
+            calls.append(uids)
+            return defer.fail(ValueError("gone"))
+
+        ahead.ask(failing, [1, 2])
+        ahead.ask(failing, [1, 2])  # already asked
+        self.assertEqual(calls, [[1, 2]])
+        self.failureResultOf(defer.ensureDeferred(ahead.take([1, 2])), ValueError)
+        self.assertIsNone(self.successResultOf(defer.ensureDeferred(ahead.take([1, 2]))))
         ahead.ask(lambda uids: defer.fail(ValueError("left")), [3])
-        ahead.ask(lambda uids: {4: "md"}, [4])  # the one before forgotten
-        self.assertEqual(self.successResultOf(defer.ensureDeferred(ahead.take())), {4: "md"})
+        ahead.ask(lambda uids: {4: "md"}, [4])
+        self.assertEqual(self.successResultOf(defer.ensureDeferred(ahead.take([4]))), {4: "md"})
         ahead.ask(lambda uids: defer.fail(ValueError("left")), [5])
         ahead.forget()
         gc.collect()

@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_mime import FRAGMENTS, _workload_messages
 from txmail import mime
 from txmail.config import ConfigError, Settings, load_config
-from txmail.imap.structures import structures_of
+from txmail.imap.structures import record_of, record_of_metadata, structures_of
 from txmail.model import MessageMetadata
 from txmail.service import make_store_provider
 from txmail.store import _maildir_io as io
@@ -215,6 +216,73 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         with self.assertRaises(ValueError):
             ParsePool(0)
 
+    def test_deriving(self) -> None:
+        """With functions named, each answer is the record and what each function gives of the metadata."""
+        names = (io._COLUMNS_OF, _parse_pool.function_name(record_of_metadata))
+        self.assertEqual(names[1], "txmail.imap.structures:record_of_metadata")
+        answers = self.pool().parse_deriving(self.root, self.items, names)  # type: ignore[arg-type]
+        self.assertNotIn(None, answers)
+        self.check([a[0] for a in answers], self.items)
+        for (_, cols, record), (sub, name, convert) in zip(answers, self.items, strict=True):
+            md, _ = io._parse_file(self.root, sub, name, convert, 0, None)
+            self.assertEqual(cols, io.header_columns_of(md), name)
+            self.assertEqual(record, record_of(structures_of(md)), name)
+
+    def test_deriving_fails_whole_batch(self) -> None:
+        """A function a worker cannot find, or whose answers marshal cannot carry: nothing (parsed inline), no worker lost."""
+        pool = self.pool(1)
+        for names in (("txmail.mime:no_such_function",), ("builtins:type",)):
+            self.assertEqual(pool.parse_deriving(self.root, self.items[:5], names), [None] * 5)
+        self.assertEqual(pool.failures, 0)
+        self.check(pool.parse(self.root, self.items[:5]), self.items[:5])
+
+    def test_function_names(self) -> None:
+        """Only a function found again by its module and name is named (a worker runs it by that name)."""
+        self.assertEqual(_parse_pool.function_name(mime.parse_metadata), "txmail.mime:parse_metadata")
+        self.assertEqual(_parse_pool.named_function("txmail.mime:parse_metadata"), mime.parse_metadata)
+        self.assertIsNone(_parse_pool.function_name(lambda md: md))
+
+        def inner(md: Any) -> Any:
+            return md
+
+        self.assertIsNone(_parse_pool.function_name(inner))
+        self.assertIsNone(_parse_pool.function_name(self.check))  # a bound method
+        for bad in ("txmail.mime", "txmail.mime:nothing", "no.such.module:f", "txmail.mime:CHUNK_SIZE_NOT"):
+            with self.assertRaises((ValueError, ImportError, AttributeError)):
+                _parse_pool.named_function(bad)
+
+    def test_busy_workers_waited_for(self) -> None:
+        """A call finding the workers busy waits for them (no inline parse), and no third worker starts."""
+        pool = self.pool(2)
+        pool.parse(self.root, self.items)  # started
+        first: list[Any] = []
+        thread = threading.Thread(target=lambda: first.append(pool.parse(self.root, self.items * 4)))
+        thread.start()
+        self.addCleanup(thread.join)
+        deadline = time.monotonic() + 10
+        while pool._busy < 2 and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        busy = pool._busy
+        second = pool.parse(self.root, self.items)
+        thread.join()
+        self.assertEqual(busy, 2)
+        self.check(second, self.items)
+        self.check(first[0], self.items * 4)
+        self.assertEqual(len(pool.pids()), 2)
+        self.assertEqual(pool.failures, 0)
+
+    def test_busy_workers_not_waited_for_past_timeout(self) -> None:
+        """Workers held past the timeout (a hung batch): the call gets nothing and its caller parses inline."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:5])
+        pool.timeout = 0.2
+        (worker,) = pool._take(1)  # held by another caller
+        started = time.monotonic()
+        self.assertEqual(pool.parse(self.root, self.items[:5]), [None] * 5)
+        self.assertGreaterEqual(time.monotonic() - started, 0.2)
+        pool._give_back(worker)
+        self.check(pool.parse(self.root, self.items[:5]), self.items[:5])
+
     def test_worker_batch(self) -> None:
         """What a worker answers for a batch, computed here: a message that fails is ``None``."""
         answers = _parse_pool.parse_batch(self.root, [self.items[0], ("cur", "gone", False)])
@@ -304,6 +372,51 @@ class MaildirWorkersTests(_Tree, SynchronousTestCase):
     def test_bad_count(self) -> None:
         with self.assertRaises(ValueError):
             MaildirProvider(self.tree(), parse_workers=-1)
+
+    def records(self, box: Any, derive: Any = record_of_metadata) -> dict[int, Any]:
+        uids = [i.uid for i in self.successResultOf(box.list_messages())]
+        found = self.successResultOf(box.derive_records(uids, derive))
+        self.assertEqual(sorted(found), uids)
+        return found
+
+    def test_derive_records(self) -> None:
+        """derive_records: the workers' records are those rendered here; cached, then read back without a parse."""
+        _, inline = self.mailbox(0)
+        expected = {uid: record_of(v[-1]) for uid, v in self.metadata(inline).items()}
+        provider, pooled = self.mailbox(2)
+        self.patch(io, "_parse_file", lambda *a: self.fail("parsed in the server process"))
+        self.assertEqual(self.records(pooled), expected)
+        self.assertEqual(len(provider._pool().pids()), 2)  # type: ignore[union-attr]
+        uids = sorted(expected)
+        # The header columns appended with the metadata are those of the inline parse.
+        self.assertEqual(
+            self.successResultOf(pooled.header_columns(uids)),
+            self.successResultOf(inline.header_columns(uids)),
+        )
+        # The metadata cached: read back, none parsed again.
+        self.patch(_parse_pool.ParsePool, "parse_deriving", lambda *a: self.fail("parsed again"))
+        self.assertEqual(self.records(pooled), expected)
+        self.assertEqual({uid: record_of(v[-1]) for uid, v in self.metadata(pooled).items()}, expected)
+
+    def test_derive_records_inline(self) -> None:
+        """Without workers, or with a function the workers cannot name, the records are made here."""
+        _, inline = self.mailbox(0)
+        expected = {uid: record_of(v[-1]) for uid, v in self.metadata(inline).items()}
+        _, fresh = self.mailbox(0)
+        self.assertEqual(self.records(fresh), expected)
+        provider, pooled = self.mailbox(2)
+        self.assertEqual(self.records(pooled, lambda md: record_of_metadata(md)), expected)
+        self.assertEqual(provider._pool().pids(), [])  # type: ignore[union-attr]
+
+    def test_derive_records_after_header_only(self) -> None:
+        """Messages whose header alone was parsed and cached are parsed whole for their records."""
+        _, inline = self.mailbox(0)
+        expected = {uid: record_of(v[-1]) for uid, v in self.metadata(inline).items()}
+        _, pooled = self.mailbox(2)
+        pooled._structures_at = 0.0  # structures not asked lately: header-only records for small messages
+        uids = sorted(expected)
+        self.successResultOf(pooled.get_metadata(uids))
+        self.assertEqual(self.records(pooled), expected)
 
 
 class SettingsTests(SynchronousTestCase):

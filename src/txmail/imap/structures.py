@@ -38,9 +38,12 @@ __all__ = [
     "KIND",
     "MANY",
     "cached_structures",
+    "derive_structures",
+    "derived_structures",
     "fetch_uses_structures",
     "keep_structures",
     "record_of",
+    "record_of_metadata",
     "structures_of",
 ]
 
@@ -96,6 +99,11 @@ def record_of(structures: Structures) -> tuple[str | bytes, ...]:
     return (_NAMES[0], structures.envelope, _NAMES[1], structures.body_structure, _NAMES[2], structures.body)
 
 
+def record_of_metadata(metadata: MessageMetadata) -> tuple[str | bytes, ...]:
+    """The record of a message's structures, from its metadata (run by the store's parse workers)."""
+    return record_of(structures_of(metadata))
+
+
 def _from_record(record: Any) -> Structures | None:
     """The structures of a record of :func:`record_of`; None for anything else."""
     if (
@@ -118,6 +126,34 @@ async def cached_structures(mailbox: IMailbox, uids: Iterable[int]) -> dict[int,
         found = _from_record(record)
         if found is not None:
             out[uid] = found
+    return out
+
+
+def derive_structures(mailbox: IMailbox, uids: list[int]) -> Any:
+    """
+    Ask *mailbox* (an :class:`IRecordCache`) for the structure records of
+    *uids* rendered from their metadata where it likes
+    (:meth:`IRecordCache.derive_records`: the Maildir store's parse workers
+    parse and render them): its Deferred, started now; see
+    :func:`derived_structures`.
+    """
+    return IRecordCache(mailbox).derive_records(uids, record_of_metadata)
+
+
+async def derived_structures(mailbox: IMailbox, records: dict[int, Any]) -> dict[int, Structures]:
+    """
+    The structures of the *records* that :func:`derive_structures` gave;
+    one that is not such a record is rendered here from its metadata.
+    """
+    out = {}
+    for uid, record in records.items():
+        found = _from_record(record)
+        if found is not None:
+            out[uid] = found
+    again = [uid for uid in records if uid not in out]
+    if again:
+        for uid, md in (await _awaited(mailbox.get_metadata(again))).items():
+            out[uid] = structures_of(md)
     return out
 
 

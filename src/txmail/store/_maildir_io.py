@@ -49,7 +49,7 @@ from txmail.store._maildir_format import (
     parse_keywords,
     split_file_name,
 )
-from txmail.store._parse_pool import ParsePool
+from txmail.store._parse_pool import ParsePool, function_name
 
 __all__ = [
     "CACHE",
@@ -64,8 +64,10 @@ __all__ = [
     "deliver_bytes",
     "deliver_file",
     "deliver_stream",
+    "derive_records",
     "file_sizes",
     "folder_mailbox_id",
+    "header_columns_of",
     "link_files",
     "list_folders",
     "make_user_dir",
@@ -873,20 +875,9 @@ def read_metadata(
     here, as every one without it).
     """
     out: dict[int, MessageMetadata] = {}
-    updates: list[tuple[int, int, int]] = []
-    parsed: list[tuple[int, str, bytes]] = []
-    appended = None
+    parsed: list[tuple[int, str, bytes, tuple[str, ...]]] = []
     ordered = sorted(reqs, key=lambda r: r[1])
-    with _open_cache(path) as cache:
-        if cache is None:
-            records: list[bytes | None] = [None] * len(ordered)
-        else:
-            records = _read_cache_records(cache.fileno(), [(r[1], r[2], r[3]) for r in ordered])
-    metadata: list[MessageMetadata | None] = [None] * len(ordered)
-    for i, ((uid, *_), data) in enumerate(zip(ordered, records, strict=True)):
-        if data is not None:
-            with contextlib.suppress(ValueError):
-                metadata[i] = mime.decode_metadata(data, _completion(complete, uid, data))
+    metadata = _cached_metadata(path, ordered, complete)
     pooled = _pool_parse(path, ordered, metadata, pool) if complete is None else {}
     for i, (uid, _, _, base, sub, name, convert) in enumerate(ordered):
         md = metadata[i]
@@ -898,20 +889,104 @@ def read_metadata(
                     md, encoded = _parse_file(path, sub, name, convert, uid, complete)
                 except NoSuchMessage:
                     continue
-            parsed.append((uid, base, encoded))
+            parsed.append((uid, base, encoded, header_columns_of(md)))
         out[uid] = md
-    if parsed:
-        # One write for every record of this batch (the first FETCH of a
-        # mailbox of dropped-in files parses them all).
-        places = cache_append_many(path, [(base, encoded) for _, base, encoded in parsed])
-        # Their header columns too, while the fields are in hand (IHeaderColumns).
-        appended = columns.append_columns_at(
-            path,
-            HEADER_COLUMNS,
-            [(base, mime.header_columns(out[uid].headers, HEADER_COLUMNS)) for uid, base, _ in parsed],
-        )
-        updates = [(uid, off, length) for (uid, _, _), (off, length) in zip(parsed, places, strict=True)]
-    return out, updates, appended
+    return (out, *_keep_parsed(path, parsed))
+
+
+def derive_records(
+    path: str,
+    reqs: list[tuple[int, int, int, str, str, str, bool]],
+    derive: Callable[[MessageMetadata], Any],
+    pool: ParsePool | None = None,
+) -> tuple[dict[int, Any], list[tuple[int, int, int]], columns.Appended | None]:
+    """
+    ``derive(metadata)`` of each message of *reqs* (as :func:`read_metadata`
+    takes them), by UID, with the (uid, offset, length) of the new cache
+    records and the header columns appended, as :func:`read_metadata`
+    returns them.  The metadata comes from the cache, or from a whole parse
+    (cached, and its header columns appended, as :func:`read_metadata`
+    does); with *pool*, at least :data:`POOL_LEAST` to parse and *derive*
+    found by name (:func:`txmail.store._parse_pool.function_name`), the
+    worker processes parse them and run *derive* too, so that none of that
+    work is done in this process.  Messages gone are left out.
+    """
+    out: dict[int, Any] = {}
+    parsed: list[tuple[int, str, bytes, tuple[str, ...]]] = []
+    ordered = sorted(reqs, key=lambda r: r[1])
+    metadata = _cached_metadata(path, ordered, None)
+    todo = [i for i, md in enumerate(metadata) if md is None]
+    answers: dict[int, list[Any]] = {}
+    derive_name = function_name(derive) if pool is not None and len(todo) >= POOL_LEAST else None
+    if pool is not None and derive_name is not None:
+        octets = sum(name_sizes(ordered[i][3])[0] or 0 for i in todo)
+        items = [(ordered[i][4], ordered[i][5], ordered[i][6]) for i in todo]
+        for i, answer in zip(
+            todo, pool.parse_deriving(path, items, (_COLUMNS_OF, derive_name), octets), strict=True
+        ):
+            cols = None if answer is None else answer[1]
+            if type(cols) is tuple and len(cols) % 2 == 0:  # (name, value, ...)
+                answers[i] = answer
+    for i, (uid, _, _, base, sub, name, convert) in enumerate(ordered):
+        md = metadata[i]
+        if md is not None:
+            out[uid] = derive(md)
+            continue
+        answer = answers.get(i)
+        if answer is not None:
+            encoded, cols, out[uid] = answer
+        else:
+            try:
+                md, encoded = _parse_file(path, sub, name, convert, uid, None)
+            except NoSuchMessage:
+                continue
+            cols, out[uid] = header_columns_of(md), derive(md)
+        parsed.append((uid, base, encoded, cols))
+    return (out, *_keep_parsed(path, parsed))
+
+
+def header_columns_of(md: MessageMetadata) -> tuple[str, ...]:
+    """The header columns of a message (:data:`txmail.interfaces.HEADER_COLUMNS`) from its metadata."""
+    return mime.header_columns(md.headers, HEADER_COLUMNS)
+
+
+#: :func:`header_columns_of` by name, for the parse workers.
+_COLUMNS_OF = f"{__name__}:header_columns_of"
+
+
+def _cached_metadata(
+    path: str, ordered: list[tuple[int, int, int, str, str, str, bool]], complete: Completion | None
+) -> list[MessageMetadata | None]:
+    """The cached metadata of each of *ordered* (in cache order), ``None`` where it needs a parse."""
+    with _open_cache(path) as cache:
+        if cache is None:
+            records: list[bytes | None] = [None] * len(ordered)
+        else:
+            records = _read_cache_records(cache.fileno(), [(r[1], r[2], r[3]) for r in ordered])
+    metadata: list[MessageMetadata | None] = [None] * len(ordered)
+    for i, ((uid, *_), data) in enumerate(zip(ordered, records, strict=True)):
+        if data is not None:
+            with contextlib.suppress(ValueError):
+                metadata[i] = mime.decode_metadata(data, _completion(complete, uid, data))
+    return metadata
+
+
+def _keep_parsed(
+    path: str, parsed: list[tuple[int, str, bytes, tuple[str, ...]]]
+) -> tuple[list[tuple[int, int, int]], columns.Appended | None]:
+    """
+    Cache the records of the messages just parsed, (uid, base, encoded
+    record, header columns) each, and append their header columns: the
+    (uid, offset, length) of the records and where the columns went.
+    """
+    if not parsed:
+        return [], None
+    # One write for every record of this batch (the first FETCH of a
+    # mailbox of dropped-in files parses them all).
+    places = cache_append_many(path, [(base, encoded) for _, base, encoded, _ in parsed])
+    # Their header columns too, while the fields are in hand (IHeaderColumns).
+    appended = columns.append_columns_at(path, HEADER_COLUMNS, [(base, cols) for _, base, _, cols in parsed])
+    return [(uid, off, length) for (uid, *_), (off, length) in zip(parsed, places, strict=True)], appended
 
 
 #: ``read_metadata`` asks its pool to parse when at least this many messages

@@ -7,7 +7,11 @@ which is most of its CPU; in one Python process it runs on one core at a
 time, whatever the threads.  A :class:`ParsePool` hands batches of file
 names to a few worker processes (``python -m txmail.store._parse_pool``),
 each answering with the encoded metadata (:func:`txmail.mime.encode_metadata`)
-of its messages, while the reactor thread renders the batch before.
+of its messages and, when asked (:meth:`ParsePool.parse_deriving`), what
+functions named by their module and name derive from it (the header
+columns; IMAP's rendered ENVELOPE and BODYSTRUCTURE,
+:meth:`txmail.interfaces.IRecordCache.derive_records`), while the server
+writes the batch before and asks for the next.
 
 A worker runs exactly what the store runs inline (:func:`parse_file`), so
 its answer is the octets an inline parse would have cached.  Anything else
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import marshal
 import os
 import select
@@ -35,13 +40,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from txmail import mime
+from txmail.model import MessageMetadata
 from txmail.store._crlf import CRLFFile
 
-__all__ = ["DEFAULT_TIMEOUT", "MIN_SHARE", "OCTETS_A_SECOND", "ParsePool", "parse_file"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MIN_SHARE",
+    "OCTETS_A_SECOND",
+    "ParsePool",
+    "function_name",
+    "named_function",
+    "parse_file",
+]
 
 #: Seconds a worker may take to answer one batch before it is killed and
 #: its messages parsed inline, besides :data:`OCTETS_A_SECOND` of its messages.
@@ -67,17 +82,63 @@ def parse_file(path: str, sub: str, name: str, convert: bool) -> bytes:
     whole (with CRLF line ends when *convert*): what
     :func:`txmail.store._maildir_io.read_metadata` caches for it.
     """
+    return mime.encode_metadata(parse_file_metadata(path, sub, name, convert))
+
+
+def parse_file_metadata(path: str, sub: str, name: str, convert: bool) -> MessageMetadata:
+    """The metadata of the message file ``path/sub/name``, parsed whole (see :func:`parse_file`)."""
     with open(os.path.join(path, sub, name), "rb") as f:
-        md = mime.parse_metadata(CRLFFile(f) if convert else f)
-    return mime.encode_metadata(md)
+        return mime.parse_metadata(CRLFFile(f) if convert else f)
 
 
-def parse_batch(path: str, items: Sequence[Item]) -> list[bytes | None]:
-    """A worker's answer to a batch: each message's encoded metadata, or ``None`` when it failed."""
-    out: list[bytes | None] = []
+#: A function of a message's metadata that a worker also runs, by its name
+#: (:func:`function_name`): its answer goes back beside the encoded metadata.
+Derive = Callable[[MessageMetadata], Any]
+
+
+def function_name(fn: Callable[..., Any]) -> str | None:
+    """
+    ``"module:qualified name"`` of *fn* when a worker process finds the
+    same function by it (a module-level function, or a method reached
+    from one), else ``None``.
+    """
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    name = f"{module}:{qualname}"
+    try:
+        found = named_function(name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return name if found is fn or found == fn else None
+
+
+def named_function(name: str) -> Derive:
+    """The function named *name* (``"module:qualified name"``)."""
+    module, _, qualname = name.partition(":")
+    if not qualname:
+        raise ValueError(f"not a function name: {name!r}")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"{name!r} is not a function")
+    return typing.cast(Derive, found)
+
+
+def parse_batch(path: str, items: Sequence[Item], derive: Sequence[str] = ()) -> list[Any]:
+    """
+    A worker's answer to a batch: each message's encoded metadata, or
+    ``None`` when it failed; with *derive* (function names), each message's
+    ``[encoded metadata, fn(metadata) for each fn]``.
+    """
+    fns = [named_function(name) for name in derive]
+    out: list[Any] = []
     for sub, name, convert in items:
         try:
-            out.append(parse_file(path, sub, name, convert))
+            md = parse_file_metadata(path, sub, name, convert)
+            encoded = mime.encode_metadata(md)
+            out.append([encoded, *(fn(md) for fn in fns)] if fns else encoded)
         except Exception:
             out.append(None)  # parsed inline by the caller, which sees the error itself
     return out
@@ -106,8 +167,8 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid
 
-    def send(self, path: str, items: Sequence[Item]) -> None:
-        payload = marshal.dumps((path, list(items)))
+    def send(self, path: str, items: Sequence[Item], derive: Sequence[str] = ()) -> None:
+        payload = marshal.dumps((path, list(items), list(derive)))
         data = memoryview(_HEAD.pack(len(payload)) + payload)
         try:
             while data:
@@ -115,7 +176,7 @@ class _Worker:
         except OSError as e:
             raise WorkerFailed(f"writing to worker {self.pid}: {e}") from e
 
-    def receive(self, count: int, deadline: float) -> list[bytes | None]:
+    def receive(self, count: int, deadline: float, derived: int = 0) -> list[Any]:
         data = self._read(_HEAD.size, deadline, PIPE_SIZE)
         size = _HEAD.unpack_from(data)[0]
         body = data[_HEAD.size :]
@@ -129,7 +190,12 @@ class _Worker:
             raise WorkerFailed(f"worker {self.pid} answered nonsense") from e
         if not isinstance(answer, list) or len(answer) != count:
             raise WorkerFailed(f"worker {self.pid} answered {type(answer).__name__}")
-        return [a if isinstance(a, bytes) else None for a in answer]
+        if not derived:
+            return [a if isinstance(a, bytes) else None for a in answer]
+        return [
+            a if isinstance(a, list) and len(a) == derived + 1 and isinstance(a[0], bytes) else None
+            for a in answer
+        ]
 
     def _read(self, n: int, deadline: float, most: int = 0) -> bytes:
         """At least *n* octets (and at most *most*, when larger), by *deadline*."""
@@ -181,8 +247,11 @@ class ParsePool:
     """
     Up to *size* worker processes parsing messages whole, started when
     first needed; thread-safe.  A call takes the idle workers (starting
-    those missing), so two threads never share one; a thread that finds
-    none idle gets ``None`` for everything (it parses inline).
+    those missing), so two threads never share one.  A thread that finds
+    the workers it wants busy waits until they are given back (at most
+    *timeout*: a thread asking for the next batch while the current one is
+    parsed gets the workers the moment they answer), then takes those
+    idle; with none it gets ``None`` for everything (it parses inline).
 
     Args:
         size: the most workers.
@@ -194,7 +263,7 @@ class ParsePool:
             raise ValueError(f"a parse pool needs at least one worker, not {size}")
         self.size = size
         self.timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._idle: list[_Worker] = []
         self._busy = 0
         self._stopped = False
@@ -207,6 +276,17 @@ class ParsePool:
         about *octets* in all), or ``None`` for those the workers did not
         parse; blocking.
         """
+        return self.parse_deriving(path, items, (), octets)
+
+    def parse_deriving(
+        self, path: str, items: Sequence[Item], derive: Sequence[str], octets: int = 0
+    ) -> list[Any]:
+        """
+        As :meth:`parse`, and with *derive* (names of :func:`function_name`:
+        functions of the metadata, each answering what :mod:`marshal`
+        carries), each message's ``[encoded metadata, fn(metadata) for
+        each fn]`` or ``None``; blocking.
+        """
         if not items:
             return []
         workers = self._take(max(1, min(self.size, len(items) // MIN_SHARE)))
@@ -218,7 +298,7 @@ class ParsePool:
         sent: list[_Worker | None] = []
         for worker, share in zip(workers, shares, strict=False):
             try:
-                worker.send(path, share)
+                worker.send(path, share, derive)
             except WorkerFailed:
                 self._failed(worker)
                 sent.append(None)
@@ -226,12 +306,12 @@ class ParsePool:
                 sent.append(worker)
         for worker in workers[len(shares) :]:
             self._give_back(worker)
-        out: list[bytes | None] = []
+        out: list[Any] = []
         for sent_to, share in zip(sent, shares, strict=True):
-            answer: list[bytes | None] = [None] * len(share)
+            answer: list[Any] = [None] * len(share)
             if sent_to is not None:
                 try:
-                    answer = sent_to.receive(len(share), deadline)
+                    answer = sent_to.receive(len(share), deadline, len(derive))
                 except WorkerFailed:
                     self._failed(sent_to)
                 else:
@@ -253,7 +333,15 @@ class ParsePool:
             worker.close()
 
     def _take(self, want: int) -> list[_Worker]:
+        deadline = time.monotonic() + self.timeout
         with self._lock:
+            while not self._stopped and self._busy:
+                if self.size - self._busy >= want:
+                    break  # enough idle, or room to start them
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
             if self._stopped:
                 return []
             taken = self._idle[:want]
@@ -268,12 +356,14 @@ class ParsePool:
             except OSError:
                 with self._lock:
                     self._busy -= start - n
+                    self._lock.notify_all()
                 break
         return taken
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
             self._busy -= 1
+            self._lock.notify_all()
             if not self._stopped:
                 self._idle.append(worker)
                 return
@@ -283,6 +373,7 @@ class ParsePool:
         with self._lock:
             self._busy -= 1
             self.failures += 1
+            self._lock.notify_all()
         worker.close(kill=True)
 
 
@@ -293,8 +384,15 @@ def _serve(stdin: Any, stdout: Any) -> None:
         if len(head) < _HEAD.size:
             return
         (size,) = _HEAD.unpack(head)
-        path, items = marshal.loads(stdin.read(size))
-        payload = marshal.dumps(parse_batch(path, items))
+        path, items, derive = marshal.loads(stdin.read(size))
+        try:
+            answer = parse_batch(path, items, derive)
+        except Exception:  # a function not found: nothing of this batch (parsed by the caller)
+            answer = [None] * len(items)
+        try:
+            payload = marshal.dumps(answer)
+        except ValueError:  # a derived value marshal does not carry: the caller derives it
+            payload = marshal.dumps([None] * len(items))
         stdout.write(_HEAD.pack(len(payload)) + payload)
         stdout.flush()
 

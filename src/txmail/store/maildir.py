@@ -119,7 +119,7 @@ import socket
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from io import BytesIO
-from typing import Any, BinaryIO, NamedTuple, cast
+from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -207,6 +207,8 @@ from txmail.store._maildir_format import (
 from txmail.store._maildir_watch import POLL_INTERVAL, FolderWatcher
 from txmail.store._parse_pool import ParsePool
 from txmail.store._usage import tree_usage
+
+T = TypeVar("T")
 
 __all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
 
@@ -972,34 +974,61 @@ class MaildirMailbox(MailboxState):
         failed = self._alive_or_fail()
         if failed is not None:
             return failed
-        reqs = []
-        for uid in select_uids(uids, self._infos):
-            loc = self._locs[uid]
-            reqs.append((uid, loc.coff, loc.clen, loc.base, loc.sub, loc.name, loc.raw is not None))
+        reqs = self._metadata_requests(uids)
         if not reqs:
             return defer.succeed({})
-
-        def got(
-            result: tuple[dict[int, MessageMetadata], list[tuple[int, int, int]], columns.Appended | None],
-        ) -> dict[int, MessageMetadata]:
-            found, updates, appended = result
-            self._columns_appended(appended)
-            lines = []
-            for uid, coff, clen in updates:
-                loc = self._locs.get(uid)
-                if loc is not None and coff >= 0:
-                    loc.coff, loc.clen = coff, clen
-                    lines.append(index_meta(uid, coff, clen))
-            if lines:
-                self._write_index("".join(lines))
-            return {uid: found[uid] for uid, *_ in reqs if uid in found}
-
         # Parse new messages for their header alone, unless the structures
         # were asked of this mailbox lately (then whole, in the thread pool).
         recent = time.monotonic() - self._structures_at < STRUCTURES_WINDOW
         complete = None if recent else self._completion
         pool = None if complete is not None or len(reqs) < io.POOL_LEAST else self._provider._pool()
-        return self._run(io.read_metadata, self.path, reqs, complete, pool).addCallback(got)
+        return self._run(io.read_metadata, self.path, reqs, complete, pool).addCallback(self._parsed, reqs)
+
+    def derive_records(
+        self, uids: Iterable[int], derive: Callable[[MessageMetadata], Any]
+    ) -> defer.Deferred[dict[int, Any]]:
+        """
+        See :meth:`txmail.interfaces.IRecordCache.derive_records`: from the
+        metadata cache, the others parsed whole and cached as
+        :meth:`get_metadata` does; at least :data:`io.POOL_LEAST` of those
+        by the parse worker processes, which run *derive* too when it is
+        found by name (:func:`io.derive_records`).
+        """
+        failed = self._alive_or_fail()
+        if failed is not None:
+            return failed
+        reqs = self._metadata_requests(uids)
+        if not reqs:
+            return defer.succeed({})
+        self._structures_at = time.monotonic()  # whole parses are wanted
+        pool = None if len(reqs) < io.POOL_LEAST else self._provider._pool()
+        return self._run(io.derive_records, self.path, reqs, derive, pool).addCallback(self._parsed, reqs)
+
+    def _metadata_requests(self, uids: Iterable[int]) -> list[tuple[int, int, int, str, str, str, bool]]:
+        """What :func:`io.read_metadata` takes of the messages of *uids* that exist."""
+        reqs = []
+        for uid in select_uids(uids, self._infos):
+            loc = self._locs[uid]
+            reqs.append((uid, loc.coff, loc.clen, loc.base, loc.sub, loc.name, loc.raw is not None))
+        return reqs
+
+    def _parsed(
+        self,
+        result: tuple[dict[int, T], list[tuple[int, int, int]], columns.Appended | None],
+        reqs: list[tuple[int, int, int, str, str, str, bool]],
+    ) -> dict[int, T]:
+        """What :func:`io.read_metadata` or :func:`io.derive_records` found, its cache records indexed."""
+        found, updates, appended = result
+        self._columns_appended(appended)
+        lines = []
+        for uid, coff, clen in updates:
+            loc = self._locs.get(uid)
+            if loc is not None and coff >= 0:
+                loc.coff, loc.clen = coff, clen
+                lines.append(index_meta(uid, coff, clen))
+        if lines:
+            self._write_index("".join(lines))
+        return {uid: found[uid] for uid, *_ in reqs if uid in found}
 
     def header_columns(self, uids: Iterable[int]) -> defer.Deferred[dict[int, columns.Values]]:
         """

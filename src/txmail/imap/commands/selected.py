@@ -65,14 +65,15 @@ from txmail.imap.search import SUPPORTED_CHARSETS, SearchContext, matches, searc
 from txmail.imap.structures import (
     KEEP_EVERY,
     cached_structures,
+    derive_structures,
+    derived_structures,
     fetch_uses_structures,
     keep_structures,
-    structures_of,
 )
 from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, SearchNode, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
 from txmail.interfaces import IMailbox
-from txmail.model import FlagMode, MailboxStatus, MessageInfo, MessageMetadata, normalize_flags
+from txmail.model import FlagMode, MailboxStatus, MessageInfo, normalize_flags
 
 __all__ = ["BATCH", "copyuid"]
 
@@ -440,7 +441,6 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
         kept = await cached_structures(mailbox, [u for _, u in targets])
     batches = list(_chunks(targets, BATCH))
     ahead = _Ahead()
-    structured = False  # a batch's structures were rendered from its metadata
     try:
         for n, batch in enumerate(batches):
             if n:
@@ -460,20 +460,21 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
             elif kept is not None:
                 missing = [u for u in uids if u not in kept]
                 if missing:
-                    found: dict[int, MessageMetadata] | None = (
-                        await ahead.take() if ahead.uids == missing else None
-                    )
-                    if found is None:
-                        found = await call(mailbox.get_metadata, missing)
-                    if structured and n + 1 < len(batches):
-                        # The next batch's metadata asked for before this one renders:
-                        # a store parsing in other processes (the Maildir parse workers)
-                        # parses it meanwhile.  Not before a first batch was rendered,
-                        # which tells the store that the structures are wanted.
-                        ahead.ask(mailbox.get_metadata, [u for _, u in batches[n + 1] if u not in kept])
-                    for uid, md in found.items():
-                        kept[uid] = rendered[uid] = structures_of(md)
-                    structured = True
+                    # This batch's structures and the next's asked for before this one is
+                    # awaited: a store rendering them in other processes (the Maildir
+                    # parse workers) starts on the next the moment this one is done.
+                    ahead.ask(lambda uids: derive_structures(mailbox, uids), missing)
+                    if n + 1 < len(batches):
+                        ahead.ask(
+                            lambda uids: derive_structures(mailbox, uids),
+                            [u for _, u in batches[n + 1] if u not in kept],
+                        )
+                    records = await ahead.take(missing)
+                    if records is None:
+                        records = await call(derive_structures, mailbox, missing)
+                    found = await derived_structures(mailbox, records)
+                    for uid, structures in found.items():
+                        kept[uid] = rendered[uid] = structures
                     if len(rendered) >= KEEP_EVERY:  # kept as it goes: a client may leave mid-FETCH
                         await keep_structures(mailbox, rendered)
                         rendered = {}
@@ -517,27 +518,27 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
 
 
 class _Ahead:
-    """The metadata of a FETCH's next batch, asked for before the current batch renders."""
+    """What a FETCH asked the store for ahead (the next batch's while the current one is awaited)."""
 
     def __init__(self) -> None:
-        self.uids: list[int] | None = None
-        self._asked: Any = None
+        self._asked: dict[tuple[int, ...], Any] = {}
 
-    def ask(self, get_metadata: Callable[[list[int]], Any], uids: list[int]) -> None:
-        """``get_metadata(uids)`` asked now, its answer taken later (:meth:`take`)."""
-        self.forget()
-        if uids:
-            self.uids, self._asked = uids, get_metadata(uids)
+    def ask(self, fn: Callable[[list[int]], Any], uids: list[int]) -> None:
+        """``fn(uids)`` asked now, unless it was already; its answer taken later (:meth:`take`)."""
+        key = tuple(uids)
+        if uids and key not in self._asked:
+            self._asked[key] = fn(uids)
 
-    async def take(self) -> Any:
-        """The answer (or error) of what was asked for :attr:`uids`."""
-        asked, self.uids, self._asked = self._asked, None, None
+    async def take(self, uids: list[int]) -> Any:
+        """The answer (or error) of what was asked for *uids* (``None`` when nothing was)."""
+        asked = self._asked.pop(tuple(uids), None)
         return (await asked) if hasattr(asked, "__await__") else asked
 
     def forget(self) -> None:
-        """The FETCH ended without taking it: an error it may end with is not reported."""
-        asked, self.uids, self._asked = self._asked, None, None
-        _abandon(asked)
+        """The FETCH ended without taking them: an error they may end with is not reported."""
+        asked, self._asked = self._asked, {}
+        for result in asked.values():
+            _abandon(result)
 
 
 def _bulk_hits(key: SearchNode, uids: Any, column_values: dict[int, tuple[str, ...]]) -> list[Any] | None:
