@@ -34,7 +34,8 @@ the server answers that command for these messages:
   INTERNALDATE FLAGS RFC822.SIZE)`` cold, then warm.
 
 ``--qresync-only`` runs fill A with its cold SELECT and the QRESYNC phase alone (for the issue's
-100,000-message figure without the rest).
+100,000-message figure without the rest); ``--structure-only`` runs fill B alone (its cold SELECT,
+then (b) cold and warm).
 
 Checked: every SELECT reports all messages; every FETCH answers one response per message;
 each SEARCH finds exactly the messages generated with its word (1 in 50 subjects, 1 in 50
@@ -357,7 +358,7 @@ def run_fill(server: ImapServer, user: str, work: MixedWorkload, phases: list[tu
 
 
 def run_once(server: ImapServer, run: int, user: str, work: MixedWorkload, workdir: Path,
-             timeout: float, qresync_only: bool = False) -> RunResult:
+             timeout: float, qresync_only: bool = False, structure_only: bool = False) -> RunResult:
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
     fills: tuple[list[tuple[str, bytes]], ...] = (
@@ -365,10 +366,13 @@ def run_once(server: ImapServer, run: int, user: str, work: MixedWorkload, workd
          ("search_subject", SEARCH_SUBJECT), ("search_text", SEARCH_TEXT), *SORTS, ("qresync", b"")],
         [("structure_cold", FETCH_STRUCTURE), ("structure_warm", FETCH_STRUCTURE)],
     )
+    labels = "AB"
     if qresync_only:
         fills = ([("qresync", b"")],)
+    elif structure_only:
+        fills, labels = (fills[1],), "B"
     for k, phases in enumerate(fills):
-        log(f"{server.name} run {run} fill {'AB'[k]}: dropping {len(work.bodies)} files into new/")
+        log(f"{server.name} run {run} fill {labels[k]}: dropping {len(work.bodies)} files into new/")
         try:
             server.fill(work, user, workdir, run * 10 + k)
             os.sync()
@@ -442,6 +446,8 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--qresync-only", action="store_true",
                    help="only the cold SELECT and the QRESYNC phase (fill A alone)")
+    p.add_argument("--structure-only", action="store_true",
+                   help="only fill B: its cold SELECT and (b) cold and warm")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args(argv)
     parse_servers(p, args, {"dovecot", "txmail"})
@@ -476,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 try:
                     results.append(run_once(server, run, args.user, work, workdir, args.timeout,
-                                               args.qresync_only))
+                                               args.qresync_only, args.structure_only))
                 except (BenchError, OSError) as e:
                     failures[server.name] = f"run {run}: {type(e).__name__}: {e}"
                     log(f"{server.name} run {run}: FAILED: {e}")

@@ -11,10 +11,12 @@ texts, so that each message's are rendered once, as Dovecot keeps
 
 A FETCH of at least :data:`MANY` messages whose items read nothing of the
 metadata but these three (:func:`fetch_uses_structures`) reads the records
-kept (:func:`cached_structures`), renders the others from their metadata
-batch by batch as before, and hands those to the store
-(:func:`keep_structures`) every :data:`KEEP_EVERY` messages rendered and
-at its end.  The records are of the kind :data:`KIND`, whose number
+kept (:func:`cached_structures`), asks the store for the others batch by
+batch (:func:`derive_structures`: the store renders them from their
+metadata with :func:`record_of_metadata` where it likes, the Maildir store
+in its parse worker processes, each batch asked for while the one before
+is awaited), and hands those to the store (:func:`keep_structures`) every
+:data:`KEEP_EVERY` messages and at its end.  The records are of the kind :data:`KIND`, whose number
 changes whenever this server's rendering of the three changes, so that a
 record written by another version is never used.
 

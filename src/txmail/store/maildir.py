@@ -209,6 +209,8 @@ from txmail.store._parse_pool import ParsePool
 from txmail.store._usage import tree_usage
 
 T = TypeVar("T")
+#: What :func:`io.read_metadata` takes of a message: (uid, cache offset, cache length, base, sub, name, convert).
+_MetadataRequest = tuple[int, int, int, str, str, str, bool]
 
 __all__ = ["MaildirMailbox", "MaildirProvider", "MaildirStore"]
 
@@ -971,18 +973,16 @@ class MaildirMailbox(MailboxState):
 
     def get_metadata(self, uids: Iterable[int]) -> defer.Deferred[dict[int, MessageMetadata]]:
         """See :meth:`txmail.interfaces.IMailbox.get_metadata`."""
-        failed = self._alive_or_fail()
-        if failed is not None:
-            return failed
-        reqs = self._metadata_requests(uids)
-        if not reqs:
-            return defer.succeed({})
-        # Parse new messages for their header alone, unless the structures
-        # were asked of this mailbox lately (then whole, in the thread pool).
-        recent = time.monotonic() - self._structures_at < STRUCTURES_WINDOW
-        complete = None if recent else self._completion
-        pool = None if complete is not None or len(reqs) < io.POOL_LEAST else self._provider._pool()
-        return self._run(io.read_metadata, self.path, reqs, complete, pool).addCallback(self._parsed, reqs)
+
+        def read(reqs: list[_MetadataRequest]) -> defer.Deferred[Any]:
+            # Parse new messages for their header alone, unless the structures
+            # were asked of this mailbox lately (then whole, in the thread pool).
+            recent = time.monotonic() - self._structures_at < STRUCTURES_WINDOW
+            complete = None if recent else self._completion
+            pool = None if complete is not None or len(reqs) < io.POOL_LEAST else self._provider._pool()
+            return self._run(io.read_metadata, self.path, reqs, complete, pool)
+
+        return self._metadata_job(uids, read)
 
     def derive_records(
         self, uids: Iterable[int], derive: Callable[[MessageMetadata], Any]
@@ -994,28 +994,37 @@ class MaildirMailbox(MailboxState):
         by the parse worker processes, which run *derive* too when it is
         found by name (:func:`io.derive_records`).
         """
+
+        def make(reqs: list[_MetadataRequest]) -> defer.Deferred[Any]:
+            self._structures_at = time.monotonic()  # whole parses are wanted
+            pool = None if len(reqs) < io.POOL_LEAST else self._provider._pool()
+            return self._run(io.derive_records, self.path, reqs, derive, pool)
+
+        return self._metadata_job(uids, make)
+
+    def _metadata_job(
+        self, uids: Iterable[int], job: Callable[[list[_MetadataRequest]], defer.Deferred[Any]]
+    ) -> defer.Deferred[dict[int, Any]]:
+        """
+        ``job(requests)`` of the messages of *uids* that exist, run unless
+        there are none: :func:`io.read_metadata`'s or
+        :func:`io.derive_records`'s answer, its cache records indexed.
+        """
         failed = self._alive_or_fail()
         if failed is not None:
             return failed
-        reqs = self._metadata_requests(uids)
-        if not reqs:
-            return defer.succeed({})
-        self._structures_at = time.monotonic()  # whole parses are wanted
-        pool = None if len(reqs) < io.POOL_LEAST else self._provider._pool()
-        return self._run(io.derive_records, self.path, reqs, derive, pool).addCallback(self._parsed, reqs)
-
-    def _metadata_requests(self, uids: Iterable[int]) -> list[tuple[int, int, int, str, str, str, bool]]:
-        """What :func:`io.read_metadata` takes of the messages of *uids* that exist."""
         reqs = []
         for uid in select_uids(uids, self._infos):
             loc = self._locs[uid]
             reqs.append((uid, loc.coff, loc.clen, loc.base, loc.sub, loc.name, loc.raw is not None))
-        return reqs
+        if not reqs:
+            return defer.succeed({})
+        return job(reqs).addCallback(self._parsed, reqs)
 
     def _parsed(
         self,
         result: tuple[dict[int, T], list[tuple[int, int, int]], columns.Appended | None],
-        reqs: list[tuple[int, int, int, str, str, str, bool]],
+        reqs: list[_MetadataRequest],
     ) -> dict[int, T]:
         """What :func:`io.read_metadata` or :func:`io.derive_records` found, its cache records indexed."""
         found, updates, appended = result
