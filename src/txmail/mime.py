@@ -103,6 +103,11 @@ line ends and offsets on the way, so nothing is read twice.  Limits against
 hostile input: nesting depth ``MAX_DEPTH`` and ``MAX_PARTS`` parts in total
 (beyond them the content is an opaque leaf body, as in Dovecot).
 
+Octets held whole (``bytes``, and a file of at most a chunk, read with one
+read of its size) take the same steps without the streaming reader's
+bookkeeping (:class:`_BytesParser`): a header section is a slice of the
+octets and LFs are counted where a count is needed.
+
 Boundary lines are matched strictly: ``--boundary``, an optional ``--``,
 then only white space (RFC 2046 section 5.1.1), innermost multipart first,
 and an enclosing multipart's delimiter also ends the parts inside it.
@@ -122,9 +127,12 @@ import codecs
 import functools
 import html
 import html.parser
+import io
 import json
 import marshal
+import os
 import re
+import stat
 import struct
 import sys
 import typing
@@ -222,14 +230,14 @@ class _Reader:
     consumed.
     """
 
-    def __init__(self, source: bytes | bytearray | memoryview | Readable) -> None:
+    def __init__(self, source: bytes | bytearray | memoryview | Readable, first: bytes = b"") -> None:
         self._file: Readable | None
         if isinstance(source, (bytes, bytearray, memoryview)):
             self._buf = bytes(source)
             self._file = None
             self._eof = True
         else:
-            self._buf = b""
+            self._buf = first  # octets already read from the file
             self._file = source
             self._eof = False
         self._i = 0
@@ -1099,8 +1107,12 @@ class _Node:
         """Parse the first *size* octets of the collected header lines."""
         data = b"".join(self.hbuf)[:size]
         self.hbuf = []
-        self.fields = _parse_fields(data)
-        self.ctype = _content_type(self.fields, self.digest_child)
+        self.set_header(data)
+
+    def set_header(self, data: bytes) -> None:
+        """Parse the header section *data* (at most ``HEADER_COLLECT_LIMIT`` octets of it)."""
+        self.fields = fields = _parse_fields(data)
+        self.ctype = _content_type(fields, self.digest_child)
 
     @property
     def is_multipart(self) -> bool:
@@ -1141,24 +1153,35 @@ class _Parser:
             if got is None:
                 break
             frag, complete = got
-            if at_start and complete and frag.startswith(b"--") and self._delimiter(frag, pos, lf, tail):
+            if (
+                at_start
+                and complete
+                and frag.startswith(b"--")
+                and self._delimiter(frag, pos, lf, tail, r.pos)
+            ):
                 continue
             if header:
                 if at_start and frag in (b"\r\n", b"\n"):
-                    self._end_header(top)
+                    self._end_header(top, top.hlen, r.pos, r.lf_total)
                 else:
                     top.add_header(frag)
         while stack:
             self._close(stack.pop(), r.pos, r.lf_total, r.tail, 0)
         return self.root
 
-    def _end_header(self, node: _Node) -> None:
-        """The blank line ending *node*'s header section was just consumed."""
-        r = self.r
-        node.body_start = r.pos
-        node.lf_at_body = r.lf_total
+    def _finish_header(self, node: _Node, size: int) -> None:
+        """Parse the first *size* octets of *node*'s header section."""
+        node.finish_header(size)
+
+    def _end_header(self, node: _Node, size: int, pos: int, lf: int) -> None:
+        """
+        The blank line ending *node*'s header section (of *size* octets) was
+        just consumed: the body starts at *pos*, after *lf* LFs of the input.
+        """
+        node.body_start = pos
+        node.lf_at_body = lf
         node.state = _BODY
-        node.finish_header(node.hlen)
+        self._finish_header(node, size)
         if node.depth >= MAX_DEPTH or self.parts >= MAX_PARTS:
             return
         if node.is_multipart:
@@ -1166,16 +1189,17 @@ class _Parser:
             if boundary:
                 node.boundary = b"--" + boundary.encode("latin-1")
         elif node.is_rfc822:
-            msg = _Node(r.pos, node.depth + 1)
+            msg = _Node(pos, node.depth + 1)
             node.message = msg
             self.parts += 1
             self.stack.append(msg)
 
-    def _delimiter(self, frag: bytes, pos: int, lf: int, tail: bytes) -> bool:
+    def _delimiter(self, frag: bytes, pos: int, lf: int, tail: bytes, after: int) -> bool:
         """
-        If *frag* (a whole line starting at *pos*) is a boundary delimiter of
-        an open multipart, innermost first, act on it and return ``True``
-        (RFC 2046 section 5.1.1; an enclosing boundary also ends inner parts).
+        If *frag* (a whole line starting at *pos* and ending before *after*)
+        is a boundary delimiter of an open multipart, innermost first, act on
+        it and return ``True`` (RFC 2046 section 5.1.1; an enclosing boundary
+        also ends inner parts).
         """
         if frag.endswith(b"\r\n"):
             content = frag[:-2]
@@ -1203,7 +1227,7 @@ class _Parser:
             if close:
                 node.state = _EPILOGUE
             else:
-                child = _Node(self.r.pos, node.depth + 1, digest_child=node.ctype[1] == "DIGEST")
+                child = _Node(after, node.depth + 1, digest_child=node.ctype[1] == "DIGEST")
                 node.children.append(child)
                 self.parts += 1
                 stack.append(child)
@@ -1219,7 +1243,7 @@ class _Parser:
         if node.state == _HEADER:
             ex = eol if pos > node.start else 0
             node.end = node.body_start = pos - ex
-            node.finish_header(node.end - node.start)
+            self._finish_header(node, node.end - node.start)
             node.lines = 0
             if node.is_rfc822 and node.depth < MAX_DEPTH:
                 node.message = _Node(node.end, node.depth + 1)
@@ -1235,8 +1259,120 @@ class _Parser:
         node.state = _DONE
 
 
+class _BytesParser(_Parser):
+    """
+    :class:`_Parser` over octets held whole: the same steps, each taken
+    with positions in the octets instead of a :class:`_Reader`'s
+    bookkeeping (a header section is a slice, LFs are counted only where a
+    count is needed).  ``tests.test_mime`` checks that it gives exactly what
+    the streaming parser gives.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(None)  # type: ignore[arg-type]  # no reader: run() is replaced
+        self.data = data
+
+    def _finish_header(self, node: _Node, size: int) -> None:
+        start = node.start
+        node.set_header(self.data[start : start + min(size, HEADER_COLLECT_LIMIT)])
+
+    def run(self) -> _Node:
+        data = self.data
+        n = len(data)
+        stack = self.stack
+        count = data.count
+        startswith = data.startswith
+        pos = 0
+        lf = lf_pos = 0  # the LFs of data[:lf_pos]
+        while True:
+            top = stack[-1]
+            header = top.state == _HEADER
+            prefixes = self._prefixes()
+            # _Reader.skip_to: on to the next line start that is a stop.
+            if header:
+                search = _BLANK_OR_DASHES_SEARCH if prefixes else _BLANK_SEARCH
+            elif prefixes:
+                search = _DASHES_SEARCH
+            else:
+                break  # nothing stops the rest of the input
+            at_start = pos == 0 or data[pos - 1] == _LF
+            if not (
+                at_start
+                and ((prefixes and startswith(prefixes, pos)) or (header and startswith(_BLANKS, pos)))
+            ):
+                found = n
+                m = search.search(data, pos)
+                while m is not None:
+                    start = m.start() + 1
+                    if (prefixes and startswith(prefixes, start)) or (header and startswith(_BLANKS, start)):
+                        found = start
+                        break
+                    m = search.search(data, start)
+                pos = found
+                at_start = pos == 0 or data[pos - 1] == _LF
+            # _Reader.next_line
+            if pos >= n:
+                break
+            j = data.find(b"\n", pos, pos + _LINE)
+            if j >= 0:
+                end, complete = j + 1, True
+            elif n - pos >= _LINE:
+                end, complete = pos + _LINE, False
+            else:
+                end, complete = n, True
+            if at_start and complete and startswith(b"--", pos):
+                lf += count(b"\n", lf_pos, pos)
+                lf_pos = pos
+                if self._delimiter(data[pos:end], pos, lf, data[max(0, pos - 3) : pos], end):
+                    pos = end
+                    continue
+            if header and at_start and startswith(_BLANKS, pos):
+                lf += count(b"\n", lf_pos, end)
+                lf_pos = end
+                self._end_header(top, pos - top.start, end, lf)
+            pos = end
+        lf += count(b"\n", lf_pos, n)
+        tail = data[max(0, n - 3) :]
+        while stack:
+            self._close(stack.pop(), n, lf, tail, 0)
+        return self.root
+
+
+_BLANKS = (b"\n", b"\r\n")
+
+
+def _file_size(source: Readable) -> int | None:
+    """The octets left to read in *source* if it is a regular file holding at most a chunk of them."""
+    if type(source) is not io.BufferedReader:
+        return None  # a wrapper's octets may not be the file's
+    try:
+        st = os.fstat(source.fileno())
+        size = st.st_size - source.tell()
+    except (OSError, ValueError):
+        return None
+    return size if stat.S_ISREG(st.st_mode) and 0 <= size <= _CHUNK else None
+
+
 def _parse(source: bytes | bytearray | memoryview | Readable) -> _Node:
-    return _Parser(_Reader(source)).run()
+    """The MIME tree of *source*: octets held whole, or a file object read in chunks."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _BytesParser(bytes(source)).run()
+    size = _file_size(source)
+    if size is not None:
+        # A regular file of modest size is read with one read of its size
+        # (a read of a whole chunk costs more than the parse of a small
+        # message); fewer octets than asked for means its end was reached.
+        first = source.read(size + 1)
+        if len(first) <= size:
+            return _BytesParser(first).run()
+    else:
+        first = source.read(_CHUNK)
+    # Two reads tell whether the input fits in one chunk, as the streaming
+    # reader's would.
+    more = source.read(_CHUNK) if first else b""
+    if not more:
+        return _BytesParser(first).run()
+    return _Parser(_Reader(source, first + more)).run()
 
 
 # ---------------------------------------------------------------------------
@@ -1286,7 +1422,11 @@ def parse_metadata(source: bytes | Readable) -> MessageMetadata:
         count, as described in the module docstring.  Any input gives an
         answer; only an error reading the file propagates.
     """
-    root = _parse(source)
+    return _metadata(_parse(source))
+
+
+def _metadata(root: _Node) -> MessageMetadata:
+    """The :class:`MessageMetadata` of a parsed message."""
     return MessageMetadata(
         header_size=root.body_start - root.start,
         headers=root.fields,
