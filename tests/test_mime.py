@@ -1195,3 +1195,64 @@ class BytesParserTests(SynchronousTestCase):
                 with open(path, "rb", buffering=0) as raw:
                     raw.read(4)
                     self.assertEqual(parse_metadata(raw), expected)
+
+
+MIME_VALUES = [
+    ' multipart/mixed; boundary="=_b000123"\r\n',
+    " text/plain; charset=utf-8; format=flowed;\r\n",
+    ' application/pdf; name="doc 1.pdf"\r\n',
+    'text/plain;charset=""',
+    "Text/Plain",
+    "text/plain; a=1; A=2; a=3",
+    "text/plain; a*=x; b*0=1; b*1*=%41",
+    'text/plain; name="a;b"; x="(c)"',
+    'text/plain; name="a\\"b"',
+    "text/plain; name = x",
+    "text/plain; ;; name=x;",
+    " text/plain;\r\n\tcharset=us-ascii\r\n",
+    "text/pl\xe9in; charset=\xe9",
+    "text /plain",
+    "/plain",
+    "text/",
+    "",
+    ' attachment; filename="x.pdf"\r\n',
+    "inline",
+    'inline; filename=x.pdf; size=12; creation-date="Mon, 1 Jan 2024 00:00:00 +0000"',
+    "attachment; filename*=utf-8''%e9.pdf",
+    "(comment) inline",
+    ";",
+]
+
+
+MIME_PIECES = [
+    *("text", "/", "Plain", ";", " ", "\t", "=", '"', "a", "A", "*", "0", "'", "%", "(", ")"),
+    *("\\", "\r\n ", "\r", "\xe9", ",", "name", "charset", "utf-8", "x.pdf", "\x00"),
+]
+
+
+class MimeValueFastPathTests(SynchronousTestCase):
+    """The Content-Type and Content-Disposition fast paths give what the general code gives."""
+
+    def check(self, raw: str) -> bool:
+        """Compare both values' parses; whether the fast path took *raw* as a Content-Type."""
+        value = mime._unfold(raw)
+        self.assertEqual(mime._content_type_value.__wrapped__(raw), mime._general_content_type(value), raw)
+        self.assertEqual(mime._disposition_value.__wrapped__(raw), mime._general_disposition(value), raw)
+        m = mime._SIMPLE_CONTENT_TYPE_RE.fullmatch(value)
+        return m is not None and mime._simple_parameters(m.group(3)) is not None
+
+    def test_values(self) -> None:
+        taken = sum(self.check(v) for v in MIME_VALUES)
+        self.assertGreater(taken, 5)
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from(MIME_PIECES),
+            max_size=30,
+        )
+    )
+    def test_generated(self, pieces: list[str]) -> None:
+        self.check("".join(pieces))
+        self.check("text/plain" + "".join(pieces))
+        self.check("inline; " + "".join(pieces))

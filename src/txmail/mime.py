@@ -407,15 +407,29 @@ class _Fields(tuple[tuple[str, str], ...]):
     """
 
     _by_name: dict[str, str] | None = None
+    _ascii = False  # every name is ASCII
 
     def by_name(self) -> dict[str, str]:
         """Lower-case field name (trailing blanks dropped) -> its first raw value."""
         index = self._by_name
         if index is None:
             # Built from the last field back: the first of each name wins.
-            index = {_lower(n.rstrip(" \t")): v for n, v in reversed(self)}
+            # The names _parse_fields splits are ASCII: str.lower is ASCII
+            # lower case on them.
+            if self._ascii:
+                index = {n.rstrip(" \t").lower(): v for n, v in reversed(self)}
+            else:
+                index = {_lower(n.rstrip(" \t")): v for n, v in reversed(self)}
             self._by_name = index
         return index
+
+
+def _index(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """:meth:`_Fields.by_name` of *fields*."""
+    if isinstance(fields, _Fields):
+        index = fields._by_name
+        return fields.by_name() if index is None else index
+    return _Fields(fields).by_name()
 
 
 # One field per match: a line starting with a name and a colon, then the
@@ -429,7 +443,9 @@ def _parse_fields(data: bytes) -> tuple[tuple[str, str], ...]:
     """Split a header section into ``(name, raw value)`` pairs (see module docstring)."""
     # Decoded once (latin-1 maps each octet to one character), split by one
     # pattern; tests.test_mime compares it with a line-by-line splitter.
-    return _Fields(_FIELD_RE.findall(data.decode("latin-1")))
+    fields = _Fields(_FIELD_RE.findall(data.decode("latin-1")))
+    fields._ascii = True  # _FIELD_RE's names are printable ASCII
+    return fields
 
 
 def _field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -454,6 +470,11 @@ def _unfold(value: str) -> str:
 def _clean_field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
     v = _field(fields, name)
     return None if v is None else _unfold(v)
+
+
+def _clean(value: str | None) -> str | None:
+    """A raw value unfolded and stripped, or ``None``."""
+    return None if value is None else _unfold(value)
 
 
 class _NameFilter(dict[str, bool]):
@@ -621,7 +642,11 @@ def _content_type(
     fields: tuple[tuple[str, str], ...], digest_child: bool
 ) -> tuple[str, str, tuple[str, ...]]:
     """``(TYPE, SUBTYPE, params)`` of a part, with the RFC 2045/2046 defaults."""
-    raw = _field(fields, "content-type")
+    return _content_type_of(_field(fields, "content-type"), digest_child)
+
+
+def _content_type_of(raw: str | None, digest_child: bool) -> tuple[str, str, tuple[str, ...]]:
+    """:func:`_content_type` of a raw Content-Type value (``None``: absent)."""
     if raw is not None:
         parsed = _content_type_value(raw)
         if parsed is not None:
@@ -637,12 +662,56 @@ def _content_type(
 @functools.lru_cache(maxsize=512)
 def _content_type_value(raw: str) -> tuple[str, str, tuple[str, ...]] | None:
     """``(TYPE, SUBTYPE, params)`` of a raw Content-Type value, ``None`` when invalid."""
-    segments = _split_structured(_unfold(raw))
+    value = _unfold(raw)
+    m = _SIMPLE_CONTENT_TYPE_RE.fullmatch(value)
+    if m is not None:
+        params = _simple_parameters(m.group(3))
+        if params is not None:
+            return m.group(1).upper(), m.group(2).upper(), params
+    return _general_content_type(value)
+
+
+def _general_content_type(value: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """:func:`_content_type_value` of an unfolded value, by the general code."""
+    segments = _split_structured(value)
     typ, slash, sub = segments[0].partition("/")
     typ, sub = typ.strip(" \t\r\n"), sub.strip(" \t\r\n")
     if slash and _TOKEN_RE.match(typ) and _TOKEN_RE.match(sub):
         return _upper(typ), _upper(sub), _parameters(segments[1:])
     return None
+
+
+# The common forms of Content-Type and Content-Disposition values, unfolded:
+# ``type/subtype`` (or a disposition type) of ASCII token characters, then
+# ``; name=token`` or ``; name="text"`` parameters whose names have no "*"
+# (no RFC 2231 continuation) and whose quoted text holds no quote, backslash,
+# ";", parenthesis or line end, and white space only around the ";"s.  Their
+# parses need none of the general code's cases; anything else takes it.
+_ASCII_TOKEN = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_PARAMETER = rf';[ \t]*([!#$%&\'+\-.0-9A-Z^_`a-z{{|}}~]+)=(?:"([^"\\;()\r\n]*)"|({_ASCII_TOKEN}))[ \t]*'
+_PARAMETER_RE = re.compile(_PARAMETER)
+_SIMPLE_PARAMETERS_RE = re.compile(rf"(?:{_PARAMETER})*(?:;[ \t]*)?")
+_SIMPLE_CONTENT_TYPE_RE = re.compile(rf"({_ASCII_TOKEN})/({_ASCII_TOKEN})[ \t]*(.*)", re.DOTALL)
+_SIMPLE_DISPOSITION_RE = re.compile(rf"({_ASCII_TOKEN})[ \t]*(.*)", re.DOTALL)
+
+
+def _simple_parameters(text: str) -> tuple[str, ...] | None:
+    """
+    The parameters of *text* (what follows the type) as :func:`_parameters`
+    gives them, when they are all of the common forms; else ``None``.
+    """
+    if not text:
+        return ()
+    if _SIMPLE_PARAMETERS_RE.fullmatch(text) is None:
+        return None
+    out: list[str] = []
+    seen: set[str] = set()
+    for name, quoted, token in _PARAMETER_RE.findall(text):
+        name = name.upper()
+        if name not in seen:
+            seen.add(name)
+            out += [name, token or quoted]
+    return tuple(out)
 
 
 def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
@@ -653,9 +722,24 @@ def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
     return _disposition_value(raw)
 
 
+def _disposition_of(raw: str | None) -> tuple[Any, ...] | None:
+    return None if raw is None else _disposition_value(raw)
+
+
 @functools.lru_cache(maxsize=512)
 def _disposition_value(raw: str) -> tuple[Any, ...] | None:
-    segments = _split_structured(_unfold(raw))
+    value = _unfold(raw)
+    m = _SIMPLE_DISPOSITION_RE.fullmatch(value)
+    if m is not None:
+        params = _simple_parameters(m.group(2))
+        if params is not None:
+            return (m.group(1).upper(), params or None)
+    return _general_disposition(value)
+
+
+def _general_disposition(value: str) -> tuple[Any, ...] | None:
+    """:func:`_disposition_value` of an unfolded value, by the general code."""
+    segments = _split_structured(value)
     typ = segments[0].strip(" \t\r\n")
     if not typ:
         return None
@@ -664,7 +748,10 @@ def _disposition_value(raw: str) -> tuple[Any, ...] | None:
 
 def _language(fields: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:
     """Content-Language tags (RFC 3282), or ``None``."""
-    raw = _field(fields, "content-language")
+    return _language_of(_field(fields, "content-language"))
+
+
+def _language_of(raw: str | None) -> tuple[str, ...] | None:
     if raw is None:
         return None
     text = " ".join(_split_structured(_unfold(raw)))
@@ -678,6 +765,10 @@ def _encoding(fields: tuple[tuple[str, str], ...]) -> str:
     if raw is None:
         return "7BIT"
     return _encoding_value(raw)
+
+
+def _encoding_of(raw: str | None) -> str:
+    return "7BIT" if raw is None else _encoding_value(raw)
 
 
 @functools.lru_cache(maxsize=512)
@@ -934,10 +1025,12 @@ def _parse_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
 
 
 def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...] | None:
-    raw = _field(fields, name)
-    if raw is None:
-        return None
-    return _parse_addresses(_unfold(raw))
+    return _addresses_of(_field(fields, name))
+
+
+def _addresses_of(raw: str | None) -> tuple[Any, ...] | None:
+    """The addresses of a raw address field value (``None``: absent)."""
+    return None if raw is None else _parse_addresses(_unfold(raw))
 
 
 def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[str, ...]:
@@ -1040,18 +1133,19 @@ def field_addresses(header_section: bytes, name: str) -> list[tuple[Any, ...]]:
 
 def _envelope(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...]:
     """The IMAP ENVELOPE (RFC 3501 section 7.4.2) of a header section."""
-    from_ = _addresses(fields, "from")
+    get = _index(fields).get
+    from_ = _addresses_of(get("from"))
     return (
-        _clean_field(fields, "date"),
-        _clean_field(fields, "subject"),
+        _clean(get("date")),
+        _clean(get("subject")),
         from_,
-        _addresses(fields, "sender") or from_,
-        _addresses(fields, "reply-to") or from_,
-        _addresses(fields, "to"),
-        _addresses(fields, "cc"),
-        _addresses(fields, "bcc"),
-        _clean_field(fields, "in-reply-to"),
-        _clean_field(fields, "message-id"),
+        _addresses_of(get("sender")) or from_,
+        _addresses_of(get("reply-to")) or from_,
+        _addresses_of(get("to")),
+        _addresses_of(get("cc")),
+        _addresses_of(get("bcc")),
+        _clean(get("in-reply-to")),
+        _clean(get("message-id")),
     )
 
 
@@ -1112,7 +1206,7 @@ class _Node:
     def set_header(self, data: bytes) -> None:
         """Parse the header section *data* (at most ``HEADER_COLLECT_LIMIT`` octets of it)."""
         self.fields = fields = _parse_fields(data)
-        self.ctype = _content_type(fields, self.digest_child)
+        self.ctype = _content_type_of(_index(fields).get("content-type"), self.digest_child)
 
     @property
     def is_multipart(self) -> bool:
@@ -1381,9 +1475,13 @@ def _parse(source: bytes | bytearray | memoryview | Readable) -> _Node:
 
 def _body_structure(node: _Node) -> tuple[Any, ...]:
     """The BODYSTRUCTURE of *node* (RFC 3501 section 7.4.2, see module docstring)."""
-    f = node.fields
+    get = _index(node.fields).get
     typ, sub, params = node.ctype
-    ext = (_disposition(f), _language(f), _clean_field(f, "content-location"))
+    ext = (
+        _disposition_of(get("content-disposition")),
+        _language_of(get("content-language")),
+        _clean(get("content-location")),
+    )
     if typ == "MULTIPART":
         kids = [_body_structure(c) for c in node.children] or [EMPTY_BODY_STRUCTURE]
         return (*kids, sub, params or None, *ext)
@@ -1391,9 +1489,9 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
         typ,
         sub,
         params or None,
-        _clean_field(f, "content-id"),
-        _clean_field(f, "content-description"),
-        _encoding(f),
+        _clean(get("content-id")),
+        _clean(get("content-description")),
+        _encoding_of(get("content-transfer-encoding")),
         node.end - node.body_start,
     ]
     if typ == "TEXT":
@@ -1403,7 +1501,7 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
             out += [_envelope(node.message.fields), _body_structure(node.message), node.lines]
         else:
             out += [EMPTY_ENVELOPE, EMPTY_BODY_STRUCTURE, node.lines]
-    out.append(_clean_field(f, "content-md5"))
+    out.append(_clean(get("content-md5")))
     out += ext
     return tuple(out)
 
