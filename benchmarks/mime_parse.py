@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--passes", type=int, default=2, help="passes a process (its best counts)")
+    parser.add_argument("--passes", type=int, default=1, help="passes a process (its best counts)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
