@@ -279,6 +279,8 @@ _TOKENS: dict[Any, bytes] = {}
 _TOKENS_MAX = 4096
 #: Strings at most this long are remembered in :data:`_TOKENS`.
 _TOKEN_LEN = 40
+#: The types of the members of a remembered tuple.
+_STR_OR_NONE = frozenset({str, type(None)})
 
 
 def _latin1(item: Any) -> bytes:
@@ -303,9 +305,9 @@ def _latin1(item: Any) -> bytes:
         out = _TOKENS.get(item)
         if out is not None:
             return out
-        out = b"(" + b" ".join([_latin1(i) for i in item]) + b")"
+        out = b"(" + b" ".join(_members(item)) + b")"
         # Addresses (name, NIL, mailbox, host) recur from message to message.
-        if len(item) <= 8 and all(type(i) is str or i is None for i in item):
+        if len(item) <= 8 and _STR_OR_NONE.issuperset(map(type, item)):
             if len(_TOKENS) >= _TOKENS_MAX:
                 _TOKENS.clear()
             _TOKENS[item] = out
@@ -346,7 +348,7 @@ _ADDRESS_LISTS: dict[tuple[Any, ...], bytes] = {}
 
 def _plain_address(address: Any) -> bool:
     """Whether *address* is a tuple of strings and NILs."""
-    return type(address) is tuple and all(type(i) is str or i is None for i in address)
+    return type(address) is tuple and _STR_OR_NONE.issuperset(map(type, address))
 
 
 def _address_list(member: Any) -> bytes:
