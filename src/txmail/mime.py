@@ -467,16 +467,6 @@ def _unfold(value: str) -> str:
     return _FOLD_RE.sub("", value).strip(" \t\r\n")
 
 
-def _clean_field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
-    v = _field(fields, name)
-    return None if v is None else _unfold(v)
-
-
-def _clean(value: str | None) -> str | None:
-    """A raw value unfolded and stripped, or ``None``."""
-    return None if value is None else _unfold(value)
-
-
 class _NameFilter(dict[str, bool]):
     """
     Raw field name -> whether a HEADER.FIELDS (``exclude``: .NOT) list keeps
@@ -722,10 +712,6 @@ def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
     return _disposition_value(raw)
 
 
-def _disposition_of(raw: str | None) -> tuple[Any, ...] | None:
-    return None if raw is None else _disposition_value(raw)
-
-
 @functools.lru_cache(maxsize=512)
 def _disposition_value(raw: str) -> tuple[Any, ...] | None:
     value = _unfold(raw)
@@ -765,10 +751,6 @@ def _encoding(fields: tuple[tuple[str, str], ...]) -> str:
     if raw is None:
         return "7BIT"
     return _encoding_value(raw)
-
-
-def _encoding_of(raw: str | None) -> str:
-    return "7BIT" if raw is None else _encoding_value(raw)
 
 
 @functools.lru_cache(maxsize=512)
@@ -1024,15 +1006,6 @@ def _parse_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
     return _AddressParser(value).parse()
 
 
-def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...] | None:
-    return _addresses_of(_field(fields, name))
-
-
-def _addresses_of(raw: str | None) -> tuple[Any, ...] | None:
-    """The addresses of a raw address field value (``None``: absent)."""
-    return None if raw is None else _parse_addresses(_unfold(raw))
-
-
 def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[str, ...]:
     """
     The fields of *headers* (``(name, raw value)`` pairs) whose name,
@@ -1134,19 +1107,18 @@ def field_addresses(header_section: bytes, name: str) -> list[tuple[Any, ...]]:
 def _envelope(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...]:
     """The IMAP ENVELOPE (RFC 3501 section 7.4.2) of a header section."""
     get = _index(fields).get
-    from_ = _addresses_of(get("from"))
-    return (
-        _clean(get("date")),
-        _clean(get("subject")),
-        from_,
-        _addresses_of(get("sender")) or from_,
-        _addresses_of(get("reply-to")) or from_,
-        _addresses_of(get("to")),
-        _addresses_of(get("cc")),
-        _addresses_of(get("bcc")),
-        _clean(get("in-reply-to")),
-        _clean(get("message-id")),
-    )
+    # No call for an absent field (most of them).
+    date, subject, in_reply_to, message_id = [
+        None if (raw := get(name)) is None else _unfold(raw) for name in _ENVELOPE_TEXTS
+    ]
+    from_, sender, reply_to, to, cc, bcc = [
+        None if (raw := get(name)) is None else _parse_addresses(_unfold(raw)) for name in _ENVELOPE_LISTS
+    ]
+    return (date, subject, from_, sender or from_, reply_to or from_, to, cc, bcc, in_reply_to, message_id)
+
+
+_ENVELOPE_TEXTS = ("date", "subject", "in-reply-to", "message-id")
+_ENVELOPE_LISTS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 
 
 # ---------------------------------------------------------------------------
@@ -1477,10 +1449,11 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
     """The BODYSTRUCTURE of *node* (RFC 3501 section 7.4.2, see module docstring)."""
     get = _index(node.fields).get
     typ, sub, params = node.ctype
+    # No call for an absent field (most of them).
     ext = (
-        _disposition_of(get("content-disposition")),
-        _language_of(get("content-language")),
-        _clean(get("content-location")),
+        None if (raw := get("content-disposition")) is None else _disposition_value(raw),
+        None if (raw := get("content-language")) is None else _language_of(raw),
+        None if (raw := get("content-location")) is None else _unfold(raw),
     )
     if typ == "MULTIPART":
         kids = [_body_structure(c) for c in node.children] or [EMPTY_BODY_STRUCTURE]
@@ -1489,9 +1462,9 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
         typ,
         sub,
         params or None,
-        _clean(get("content-id")),
-        _clean(get("content-description")),
-        _encoding_of(get("content-transfer-encoding")),
+        None if (raw := get("content-id")) is None else _unfold(raw),
+        None if (raw := get("content-description")) is None else _unfold(raw),
+        "7BIT" if (raw := get("content-transfer-encoding")) is None else _encoding_value(raw),
         node.end - node.body_start,
     ]
     if typ == "TEXT":
@@ -1501,7 +1474,7 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
             out += [_envelope(node.message.fields), _body_structure(node.message), node.lines]
         else:
             out += [EMPTY_ENVELOPE, EMPTY_BODY_STRUCTURE, node.lines]
-    out.append(_clean(get("content-md5")))
+    out.append(None if (raw := get("content-md5")) is None else _unfold(raw))
     out += ext
     return tuple(out)
 
