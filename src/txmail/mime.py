@@ -1202,9 +1202,11 @@ class _Parser:
         """The line prefixes that may be delimiters of the open multiparts."""
         close_only = self.parts >= MAX_PARTS  # then only close delimiters count
         return tuple(
-            n.boundary + b"--" if close_only else n.boundary
-            for n in self.stack
-            if n.boundary and n.state == _BODY
+            [
+                n.boundary + b"--" if close_only else n.boundary
+                for n in self.stack
+                if n.boundary and n.state == _BODY
+            ]
         )
 
     def run(self) -> _Node:
@@ -1350,10 +1352,11 @@ class _BytesParser(_Parser):
         startswith = data.startswith
         pos = 0
         lf = lf_pos = 0  # the LFs of data[:lf_pos]
+        # The open delimiters change only with a delimiter or a header's end.
+        prefixes = self._prefixes()
         while True:
             top = stack[-1]
             header = top.state == _HEADER
-            prefixes = self._prefixes()
             # _Reader.skip_to: on to the next line start that is a stop.
             if header:
                 search = _BLANK_OR_DASHES_SEARCH if prefixes else _BLANK_SEARCH
@@ -1391,11 +1394,13 @@ class _BytesParser(_Parser):
                 lf_pos = pos
                 if self._delimiter(data[pos:end], pos, lf, data[max(0, pos - 3) : pos], end):
                     pos = end
+                    prefixes = self._prefixes()
                     continue
             if header and at_start and startswith(_BLANKS, pos):
                 lf += count(b"\n", lf_pos, end)
                 lf_pos = end
                 self._end_header(top, pos - top.start, end, lf)
+                prefixes = self._prefixes()
             pos = end
         lf += count(b"\n", lf_pos, n)
         tail = data[max(0, n - 3) :]
