@@ -424,6 +424,12 @@ class _Fields(tuple[tuple[str, str], ...]):
         return index
 
 
+class _SplitFields(_Fields):
+    """The fields :func:`_parse_fields` split: their names are printable ASCII (``_FIELD_RE``)."""
+
+    _ascii = True
+
+
 def _index(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
     """:meth:`_Fields.by_name` of *fields*."""
     if isinstance(fields, _Fields):
@@ -443,9 +449,7 @@ def _parse_fields(data: bytes) -> tuple[tuple[str, str], ...]:
     """Split a header section into ``(name, raw value)`` pairs (see module docstring)."""
     # Decoded once (latin-1 maps each octet to one character), split by one
     # pattern; tests.test_mime compares it with a line-by-line splitter.
-    fields = _Fields(_FIELD_RE.findall(data.decode("latin-1")))
-    fields._ascii = True  # _FIELD_RE's names are printable ASCII
-    return fields
+    return _SplitFields(_FIELD_RE.findall(data.decode("latin-1")))
 
 
 def _field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
