@@ -9,10 +9,11 @@ default: 1-64 KiB, every fifth multipart/mixed with a text part and a base64 att
 round runs every checkout once, in a fresh process (``PYTHONPATH=<checkout>/src``), one after the
 other (interleaved: the machine's other work changes from minute to minute); the best of
 ``--rounds`` is reported, in CPU microseconds a message.  Every checkout must give the same
-records and texts, octet for octet (checked by digest).  Run from the repository, with the main
-checkout as the baseline::
+records and texts, octet for octet (checked by digest).  Run from the repository, with a
+commit's ``src`` as the baseline (exported, so that no uncommitted change counts)::
 
-    python benchmarks/mime_parse.py /work/main/src src
+    mkdir -p /tmp/base && git archive <commit> src | tar -x -C /tmp/base
+    python benchmarks/mime_parse.py /tmp/base/src src --rounds 11
 """
 
 from __future__ import annotations

@@ -1201,6 +1201,11 @@ class _Parser:
         self.parts = 0
         self.root = _Node(0, 0)
         self.stack = [self.root]
+        #: Set when what :meth:`_prefixes` gives may have changed (a boundary
+        #: opened or closed, the part limit reached).  A boundary opened must
+        #: set it; a prefix kept after its multipart closed would only add
+        #: stops that :meth:`_delimiter` refuses, but is dropped too.
+        self.delimiters_changed = False
 
     def _prefixes(self) -> tuple[bytes, ...]:
         """The line prefixes that may be delimiters of the open multiparts."""
@@ -1260,11 +1265,14 @@ class _Parser:
             boundary = dict(zip(node.ctype[2][::2], node.ctype[2][1::2], strict=False)).get("BOUNDARY")
             if boundary:
                 node.boundary = b"--" + boundary.encode("latin-1")
+                self.delimiters_changed = True
         elif node.is_rfc822:
             msg = _Node(pos, node.depth + 1)
             node.message = msg
             self.parts += 1
             self.stack.append(msg)
+            if self.parts >= MAX_PARTS:
+                self.delimiters_changed = True
 
     def _delimiter(self, frag: bytes, pos: int, lf: int, tail: bytes, after: int) -> bool:
         """
@@ -1295,14 +1303,20 @@ class _Parser:
             # The line end before the delimiter belongs to it, not to the part.
             eol = 2 if tail.endswith(b"\r\n") else 1 if tail.endswith(b"\n") else 0
             while len(stack) > k + 1:
-                self._close(stack.pop(), pos, lf, tail, eol)
+                inner = stack.pop()
+                if inner.boundary:
+                    self.delimiters_changed = True
+                self._close(inner, pos, lf, tail, eol)
             if close:
                 node.state = _EPILOGUE
+                self.delimiters_changed = True
             else:
                 child = _Node(after, node.depth + 1, digest_child=node.ctype[1] == "DIGEST")
                 node.children.append(child)
                 self.parts += 1
                 stack.append(child)
+                if self.parts >= MAX_PARTS:
+                    self.delimiters_changed = True
             return True
         return False
 
@@ -1346,7 +1360,9 @@ class _BytesParser(_Parser):
 
     def _finish_header(self, node: _Node, size: int) -> None:
         start = node.start
-        node.set_header(self.data[start : start + min(size, HEADER_COLLECT_LIMIT)])
+        # _Node.set_header, one call less.
+        node.fields = fields = _parse_fields(self.data[start : start + min(size, HEADER_COLLECT_LIMIT)])
+        node.ctype = _content_type_of(fields.by_name().get("content-type"), node.digest_child)  # type: ignore[attr-defined]  # a _SplitFields
 
     def run(self) -> _Node:
         data = self.data
@@ -1356,7 +1372,8 @@ class _BytesParser(_Parser):
         startswith = data.startswith
         pos = 0
         lf = lf_pos = 0  # the LFs of data[:lf_pos]
-        # The open delimiters change only with a delimiter or a header's end.
+        # The open delimiters change only with a delimiter or a header's end,
+        # which say so (delimiters_changed).
         prefixes = self._prefixes()
         while True:
             top = stack[-1]
@@ -1398,13 +1415,17 @@ class _BytesParser(_Parser):
                 lf_pos = pos
                 if self._delimiter(data[pos:end], pos, lf, data[max(0, pos - 3) : pos], end):
                     pos = end
-                    prefixes = self._prefixes()
+                    if self.delimiters_changed:
+                        self.delimiters_changed = False
+                        prefixes = self._prefixes()
                     continue
             if header and at_start and startswith(_BLANKS, pos):
                 lf += count(b"\n", lf_pos, end)
                 lf_pos = end
                 self._end_header(top, pos - top.start, end, lf)
-                prefixes = self._prefixes()
+                if self.delimiters_changed:
+                    self.delimiters_changed = False
+                    prefixes = self._prefixes()
             pos = end
         lf += count(b"\n", lf_pos, n)
         tail = data[max(0, n - 3) :]
