@@ -389,17 +389,18 @@ def envelope(env: tuple[Any, ...]) -> bytes:
     if type(env) is tuple and len(env) == 10:
         date, subject, from_, sender, reply_to, to, cc, bcc, in_reply_to, message_id = env
         first = _envelope_list(from_)
+        # Inline for the common members (a string, NIL): no call.
         return b"(%s %s %s %s %s %s %s %s %s %s)" % (
-            _unique(date),
-            _unique(subject),
+            string(date, "latin-1") if type(date) is str else _unique(date),
+            string(subject, "latin-1") if type(subject) is str else _unique(subject),
             first,
             first if sender is from_ else _envelope_list(sender),
             first if reply_to is from_ else _envelope_list(reply_to),
-            _envelope_list(to),
-            _envelope_list(cc),
-            _envelope_list(bcc),
-            _unique(in_reply_to),
-            _unique(message_id),
+            NIL if to is None else _envelope_list(to),
+            NIL if cc is None else _envelope_list(cc),
+            NIL if bcc is None else _envelope_list(bcc),
+            NIL if in_reply_to is None else _unique(in_reply_to),
+            string(message_id, "latin-1") if type(message_id) is str else _unique(message_id),
         )
     out = []
     for i, member in enumerate(env):
