@@ -1515,8 +1515,9 @@ def parse_metadata(source: bytes | Readable) -> MessageMetadata:
 
     Args:
         source: the message octets, or a binary file object read from its
-            current position to its end (in 1 MiB chunks; the whole message
-            is never held in memory).
+            current position to its end: a message of at most 1 MiB is read
+            whole (a regular file in one read of its size), a larger one in
+            1 MiB chunks, never held whole in memory.
 
     Returns:
         header size, header fields, ENVELOPE, BODYSTRUCTURE and body line
