@@ -417,7 +417,9 @@ class _Fields(tuple[tuple[str, str], ...]):
             # The names _parse_fields splits are ASCII: str.lower is ASCII
             # lower case on them.
             if self._ascii:
-                index = {n.rstrip(" \t").lower(): v for n, v in reversed(self)}
+                index = {}
+                for n, v in reversed(self):  # a loop costs less than a comprehension's call
+                    index[n.rstrip(" \t").lower()] = v
             else:
                 index = {_lower(n.rstrip(" \t")): v for n, v in reversed(self)}
             self._by_name = index
