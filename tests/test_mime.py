@@ -1181,13 +1181,17 @@ class BytesParserTests(SynchronousTestCase):
         self.check(b"".join(pieces))
 
     def test_files(self) -> None:
-        """A message file is read whole when small, streamed when not, from its current position."""
+        """
+        A message file is read whole when it holds at most a chunk (in one
+        read or several), streamed when not, from its current position.
+        """
         path = self.mktemp()
         for data in (RFC_EXAMPLE, b"Subject: x\r\n\r\n" + b"y\r\n" * 5000, b""):
             with open(path, "wb") as f:
                 f.write(b"skip" + data)
             expected = parse_metadata(data)
-            for chunk in (3, 1 << 20):
+            for small, chunk in ((3, 3), (16, 1 << 20), (16, 1000), (1 << 16, 1 << 20)):
+                self.patch(mime, "_SMALL", small)
                 self.patch(mime, "_CHUNK", chunk)
                 with open(path, "rb") as f:
                     f.read(4)

@@ -103,8 +103,8 @@ line ends and offsets on the way, so nothing is read twice.  Limits against
 hostile input: nesting depth ``MAX_DEPTH`` and ``MAX_PARTS`` parts in total
 (beyond them the content is an opaque leaf body, as in Dovecot).
 
-Octets held whole (``bytes``, and a file of at most a chunk, read with one
-read of its size) take the same steps without the streaming reader's
+Octets held whole (``bytes``, and a file of at most a chunk, read whole in
+reads of 64 KiB) take the same steps without the streaming reader's
 bookkeeping (:class:`_BytesParser`): a header section is a slice of the
 octets and LFs are counted where a count is needed.
 
@@ -127,12 +127,9 @@ import codecs
 import functools
 import html
 import html.parser
-import io
 import json
 import marshal
-import os
 import re
-import stat
 import struct
 import sys
 import typing
@@ -1439,38 +1436,29 @@ class _BytesParser(_Parser):
 _BLANKS = (b"\n", b"\r\n")
 
 
-def _file_size(source: Readable) -> int | None:
-    """The octets left to read in *source* if it is a regular file holding at most a chunk of them."""
-    if type(source) is not io.BufferedReader:
-        return None  # a wrapper's octets may not be the file's
-    try:
-        st = os.fstat(source.fileno())
-        size = st.st_size - source.tell()
-    except (OSError, ValueError):
-        return None
-    return size if stat.S_ISREG(st.st_mode) and 0 <= size <= _CHUNK else None
-
-
 def _parse(source: bytes | bytearray | memoryview | Readable) -> _Node:
-    """The MIME tree of *source*: octets held whole, or a file object read in chunks."""
+    """
+    The MIME tree of *source*: octets held whole, or a file object, read
+    whole if it holds at most a chunk (in reads of ``_SMALL`` octets: a read
+    takes memory for the size it asks first, and a read of a whole chunk
+    costs more than the parse of a small message), else in chunks.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _BytesParser(bytes(source)).run()
-    size = _file_size(source)
-    if size is not None:
-        # A regular file of modest size is read with one read of its size
-        # (a read of a whole chunk costs more than the parse of a small
-        # message); fewer octets than asked for means its end was reached.
-        first = source.read(size + 1)
-        if len(first) <= size:
-            return _BytesParser(first).run()
-    else:
-        first = source.read(_CHUNK)
-    # Two reads tell whether the input fits in one chunk, as the streaming
-    # reader's would.
-    more = source.read(_CHUNK) if first else b""
-    if not more:
-        return _BytesParser(first).run()
-    return _Parser(_Reader(source, first + more)).run()
+    size = min(_SMALL, _CHUNK)
+    pieces = []
+    total = 0
+    while total <= _CHUNK:
+        data = source.read(size)
+        if not data:
+            return _BytesParser(b"".join(pieces)).run()
+        pieces.append(data)
+        total += len(data)
+    return _Parser(_Reader(source, b"".join(pieces))).run()
+
+
+#: Octets of each read of a file before it is known to hold more than a chunk.
+_SMALL = 1 << 16
 
 
 # ---------------------------------------------------------------------------
@@ -1518,8 +1506,8 @@ def parse_metadata(source: bytes | Readable) -> MessageMetadata:
     Args:
         source: the message octets, or a binary file object read from its
             current position to its end: a message of at most 1 MiB is read
-            whole (a regular file in one read of its size), a larger one in
-            1 MiB chunks, never held whole in memory.
+            whole (in reads of 64 KiB), a larger one in 1 MiB chunks, never
+            held whole in memory.
 
     Returns:
         header size, header fields, ENVELOPE, BODYSTRUCTURE and body line
