@@ -353,22 +353,17 @@ def _plain_address(address: Any) -> bool:
 
 def _address_list(member: Any) -> bytes:
     """An ENVELOPE address list (``env-from`` and the others): ``"(" 1*address ")"``."""
-    if type(member) is tuple:
-        try:
-            out = _ADDRESS_LISTS.get(member)
-        except TypeError:  # a list inside: unhashable
-            out = None
-        else:
-            if out is None:
-                out = b"(" + b"".join([_latin1(a) for a in member]) + b")"
-                # Only lists of addresses of strings and NILs: a key equal
-                # to another of other types (1 and True) could render apart.
-                if len(member) <= 8 and all(map(_plain_address, member)):
-                    if len(_ADDRESS_LISTS) >= _TOKENS_MAX:
-                        _ADDRESS_LISTS.clear()
-                    _ADDRESS_LISTS[member] = out
-            return out
-    return b"(" + b"".join([_latin1(a) for a in member]) + b")"
+    key = member if type(member) is tuple else tuple(member)
+    out = _ADDRESS_LISTS.get(key)  # a list inside is refused (TypeError), as it always was
+    if out is None:
+        out = b"(" + b"".join([_latin1(a) for a in member]) + b")"
+        # Only lists of addresses of strings and NILs: a key equal to another
+        # of other types (1 and True) could render apart.
+        if len(key) <= 8 and all(map(_plain_address, key)):
+            if len(_ADDRESS_LISTS) >= _TOKENS_MAX:
+                _ADDRESS_LISTS.clear()
+            _ADDRESS_LISTS[key] = out
+    return out
 
 
 def envelope(env: tuple[Any, ...]) -> bytes:
