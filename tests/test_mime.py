@@ -1074,3 +1074,189 @@ class FastPathTests(SynchronousTestCase):
             ]
             self.assertEqual([md.envelope[2], md.envelope[5], md.envelope[6]], expected)
             self.assertIsNotNone(md.envelope[2])
+
+
+def _tree(node: mime._Node) -> tuple[Any, ...]:
+    """Everything the parse found of *node* and below it, comparable."""
+    return (
+        node.start,
+        node.body_start,
+        node.end,
+        node.lines,
+        tuple(node.fields),
+        node.ctype,
+        [_tree(c) for c in node.children],
+        None if node.message is None else _tree(node.message),
+    )
+
+
+def _streamed(data: bytes) -> mime._Node:
+    """The streaming parser's tree of *data*, read from a file object."""
+    return mime._Parser(mime._Reader(io.BytesIO(data))).run()
+
+
+def _hostile_messages() -> list[bytes]:
+    """Inputs that take every turn of the scanner."""
+    long_name = b"X-Long: " + b"y" * 300 + b"\r\n"
+    out = [
+        b"",
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b"--",
+        b"--b\r\n",
+        b"Subject: no body",
+        b"Subject: no blank line\r\nFrom: a@b\r\n",
+        b"Subject: lf\n\nbody\nlines\n",
+        b"Subject: cr\ronly\r\rbody\r",
+        b"Subject: folded\r\n  more\r\n\tand more\r\nFrom: \r\n a@b\r\n\r\nx",
+        b"\xff\xfe: \xe9\r\nSubject: \xe9t\xe9\r\n\r\n\xe9",
+        long_name * 10 + b"\r\n" + long_name,
+        RFC_EXAMPLE,
+        RFC_EXAMPLE.replace(b"\r\n", b"\n"),
+        RFC_EXAMPLE.replace(b"\r\n", b"\r"),
+        RFC_EXAMPLE[: len(RFC_EXAMPLE) // 2],
+        RFC_EXAMPLE.replace(b"--outer--", b"--outer-x"),
+        RFC_EXAMPLE.replace(b"boundary=outer", b"boundary=missing"),
+        RFC_EXAMPLE.replace(b"boundary=in3", b"charset=x"),
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n--b--\r\n--b\r\n",
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nX: y\r\n--b \t\r\n\r\nz\r\n--b--  \r\nepilogue",
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--bc\r\n--b\r\n\r\n--b-\r\n--b--x\r\n--b--",
+        b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\n"
+        b"Content-Type: multipart/mixed; boundary=ab\r\n\r\n--ab\r\n\r\ninner\r\n--a\r\n\r\nouter\r\n--a--",
+        b"Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: in digest\r\n\r\nx\r\n--d\r\n"
+        b"Content-Type: text/plain\r\n\r\ny\r\n--d--\r\n",
+        b"Content-Type: message/rfc822\r\n\r\n",
+        b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n",
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n--b--\r\n",
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"Content-Type: multipart/alternative; boundary=c\r\n\r\n--c\r\n\r\nq\r\n--b\r\n\r\nr\r\n--b--\r\n",
+    ]
+    nested = b"deep\r\n"
+    for k in range(60):  # deeper than MAX_DEPTH
+        nested = multipart(b"mixed", b"n%d" % k, [nested])
+    out.append(nested)
+    out.append(b"Content-Type: multipart/mixed; boundary=m\r\n\r\n" + b"--m\r\n\r\np\r\n" * 50 + b"--m--\r\n")
+    out += [data for data in _workload_messages()[:20]]
+    return out
+
+
+class BytesParserTests(SynchronousTestCase):
+    """
+    The parser of octets held whole (:class:`mime._BytesParser`) finds
+    exactly what the streaming parser finds reading them from a file.
+    """
+
+    def check(self, data: bytes) -> None:
+        expected = _tree(_streamed(data))
+        self.assertEqual(_tree(mime._BytesParser(data).run()), expected, data[:200])
+        for chunk in (1, 2, 3, 7):
+            self.patch(mime, "_CHUNK", chunk)
+            self.assertEqual(_tree(_streamed(data)), expected, (chunk, data[:200]))
+            self.assertEqual(_tree(mime._parse(io.BytesIO(data))), expected, (chunk, data[:200]))
+        self.patch(mime, "_CHUNK", 1 << 20)
+        self.assertEqual(
+            parse_metadata(data), mime._metadata(mime._Parser(mime._Reader(io.BytesIO(data))).run())
+        )
+
+    def test_hostile(self) -> None:
+        """Bare LF and CR, folded fields, nested multiparts, RFC822 parts, missing boundaries..."""
+        for data in _hostile_messages():
+            self.check(data)
+
+    def test_limits(self) -> None:
+        """Long lines, a header beyond the collect limit, and the depth and part limits."""
+        self.patch(mime, "_LINE", 16)
+        self.patch(mime, "HEADER_COLLECT_LIMIT", 40)
+        self.patch(mime, "MAX_DEPTH", 3)
+        self.patch(mime, "MAX_PARTS", 5)
+        for data in _hostile_messages():
+            self.check(data)
+            self.check(data.replace(b"\r\n", b"\n"))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=20), max_size=40))
+    def test_generated(self, pieces: list[bytes]) -> None:
+        """MIME-like fragments in any order."""
+        self.check(b"".join(pieces))
+
+    def test_files(self) -> None:
+        """
+        A message file is read whole when it holds at most a chunk (in one
+        read or several), streamed when not, from its current position.
+        """
+        path = self.mktemp()
+        for data in (RFC_EXAMPLE, b"Subject: x\r\n\r\n" + b"y\r\n" * 5000, b""):
+            with open(path, "wb") as f:
+                f.write(b"skip" + data)
+            expected = parse_metadata(data)
+            for small, chunk in ((3, 3), (16, 1 << 20), (16, 1000), (1 << 16, 1 << 20)):
+                self.patch(mime, "_SMALL", small)
+                self.patch(mime, "_CHUNK", chunk)
+                with open(path, "rb") as f:
+                    f.read(4)
+                    self.assertEqual(parse_metadata(f), expected)
+                with open(path, "rb", buffering=0) as raw:
+                    raw.read(4)
+                    self.assertEqual(parse_metadata(raw), expected)
+
+
+MIME_VALUES = [
+    ' multipart/mixed; boundary="=_b000123"\r\n',
+    " text/plain; charset=utf-8; format=flowed;\r\n",
+    ' application/pdf; name="doc 1.pdf"\r\n',
+    'text/plain;charset=""',
+    "Text/Plain",
+    "text/plain; a=1; A=2; a=3",
+    "text/plain; a*=x; b*0=1; b*1*=%41",
+    'text/plain; name="a;b"; x="(c)"',
+    'text/plain; name="a\\"b"',
+    "text/plain; name = x",
+    "text/plain; ;; name=x;",
+    " text/plain;\r\n\tcharset=us-ascii\r\n",
+    "text/pl\xe9in; charset=\xe9",
+    "text /plain",
+    "/plain",
+    "text/",
+    "",
+    ' attachment; filename="x.pdf"\r\n',
+    "inline",
+    'inline; filename=x.pdf; size=12; creation-date="Mon, 1 Jan 2024 00:00:00 +0000"',
+    "attachment; filename*=utf-8''%e9.pdf",
+    "(comment) inline",
+    ";",
+]
+
+
+MIME_PIECES = [
+    *("text", "/", "Plain", ";", " ", "\t", "=", '"', "a", "A", "*", "0", "'", "%", "(", ")"),
+    *("\\", "\r\n ", "\r", "\xe9", ",", "name", "charset", "utf-8", "x.pdf", "\x00"),
+]
+
+
+class MimeValueFastPathTests(SynchronousTestCase):
+    """The Content-Type and Content-Disposition fast paths give what the general code gives."""
+
+    def check(self, raw: str) -> bool:
+        """Compare both values' parses; whether the fast path took *raw* as a Content-Type."""
+        value = mime._unfold(raw)
+        self.assertEqual(mime._content_type_value.__wrapped__(raw), mime._general_content_type(value), raw)
+        self.assertEqual(mime._disposition_value.__wrapped__(raw), mime._general_disposition(value), raw)
+        m = mime._SIMPLE_CONTENT_TYPE_RE.fullmatch(value)
+        return m is not None and mime._simple_parameters(m.group(3)) is not None
+
+    def test_values(self) -> None:
+        taken = sum(self.check(v) for v in MIME_VALUES)
+        self.assertGreater(taken, 5)
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from(MIME_PIECES),
+            max_size=30,
+        )
+    )
+    def test_generated(self, pieces: list[str]) -> None:
+        self.check("".join(pieces))
+        self.check("text/plain" + "".join(pieces))
+        self.check("inline; " + "".join(pieces))

@@ -103,6 +103,11 @@ line ends and offsets on the way, so nothing is read twice.  Limits against
 hostile input: nesting depth ``MAX_DEPTH`` and ``MAX_PARTS`` parts in total
 (beyond them the content is an opaque leaf body, as in Dovecot).
 
+Octets held whole (``bytes``, and a file of at most a chunk, read whole in
+reads of 64 KiB) take the same steps without the streaming reader's
+bookkeeping (:class:`_BytesParser`): a header section is a slice of the
+octets and LFs are counted where a count is needed.
+
 Boundary lines are matched strictly: ``--boundary``, an optional ``--``,
 then only white space (RFC 2046 section 5.1.1), innermost multipart first,
 and an enclosing multipart's delimiter also ends the parts inside it.
@@ -222,14 +227,14 @@ class _Reader:
     consumed.
     """
 
-    def __init__(self, source: bytes | bytearray | memoryview | Readable) -> None:
+    def __init__(self, source: bytes | bytearray | memoryview | Readable, first: bytes = b"") -> None:
         self._file: Readable | None
         if isinstance(source, (bytes, bytearray, memoryview)):
             self._buf = bytes(source)
             self._file = None
             self._eof = True
         else:
-            self._buf = b""
+            self._buf = first  # octets already read from the file
             self._file = source
             self._eof = False
         self._i = 0
@@ -399,15 +404,37 @@ class _Fields(tuple[tuple[str, str], ...]):
     """
 
     _by_name: dict[str, str] | None = None
+    _ascii = False  # every name is ASCII
 
     def by_name(self) -> dict[str, str]:
         """Lower-case field name (trailing blanks dropped) -> its first raw value."""
         index = self._by_name
         if index is None:
             # Built from the last field back: the first of each name wins.
-            index = {_lower(n.rstrip(" \t")): v for n, v in reversed(self)}
+            # The names _parse_fields splits are ASCII: str.lower is ASCII
+            # lower case on them.
+            if self._ascii:
+                index = {}
+                for n, v in reversed(self):  # a loop costs less than a comprehension's call
+                    index[n.rstrip(" \t").lower()] = v
+            else:
+                index = {_lower(n.rstrip(" \t")): v for n, v in reversed(self)}
             self._by_name = index
         return index
+
+
+class _SplitFields(_Fields):
+    """The fields :func:`_parse_fields` split: their names are printable ASCII (``_FIELD_RE``)."""
+
+    _ascii = True
+
+
+def _index(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """:meth:`_Fields.by_name` of *fields*."""
+    if isinstance(fields, _Fields):
+        index = fields._by_name
+        return fields.by_name() if index is None else index
+    return _Fields(fields).by_name()
 
 
 # One field per match: a line starting with a name and a colon, then the
@@ -421,7 +448,7 @@ def _parse_fields(data: bytes) -> tuple[tuple[str, str], ...]:
     """Split a header section into ``(name, raw value)`` pairs (see module docstring)."""
     # Decoded once (latin-1 maps each octet to one character), split by one
     # pattern; tests.test_mime compares it with a line-by-line splitter.
-    return _Fields(_FIELD_RE.findall(data.decode("latin-1")))
+    return _SplitFields(_FIELD_RE.findall(data.decode("latin-1")))
 
 
 def _field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -441,11 +468,6 @@ def _unfold(value: str) -> str:
     if lfs == 0 or (lfs == 1 and value[-1] == "\n"):
         return value.strip(" \t\r\n")  # one line: nothing to unfold
     return _FOLD_RE.sub("", value).strip(" \t\r\n")
-
-
-def _clean_field(fields: Iterable[tuple[str, str]], name: str) -> str | None:
-    v = _field(fields, name)
-    return None if v is None else _unfold(v)
 
 
 class _NameFilter(dict[str, bool]):
@@ -613,7 +635,11 @@ def _content_type(
     fields: tuple[tuple[str, str], ...], digest_child: bool
 ) -> tuple[str, str, tuple[str, ...]]:
     """``(TYPE, SUBTYPE, params)`` of a part, with the RFC 2045/2046 defaults."""
-    raw = _field(fields, "content-type")
+    return _content_type_of(_field(fields, "content-type"), digest_child)
+
+
+def _content_type_of(raw: str | None, digest_child: bool) -> tuple[str, str, tuple[str, ...]]:
+    """:func:`_content_type` of a raw Content-Type value (``None``: absent)."""
     if raw is not None:
         parsed = _content_type_value(raw)
         if parsed is not None:
@@ -629,12 +655,56 @@ def _content_type(
 @functools.lru_cache(maxsize=512)
 def _content_type_value(raw: str) -> tuple[str, str, tuple[str, ...]] | None:
     """``(TYPE, SUBTYPE, params)`` of a raw Content-Type value, ``None`` when invalid."""
-    segments = _split_structured(_unfold(raw))
+    value = _unfold(raw)
+    m = _SIMPLE_CONTENT_TYPE_RE.fullmatch(value)
+    if m is not None:
+        params = _simple_parameters(m.group(3))
+        if params is not None:
+            return m.group(1).upper(), m.group(2).upper(), params
+    return _general_content_type(value)
+
+
+def _general_content_type(value: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """:func:`_content_type_value` of an unfolded value, by the general code."""
+    segments = _split_structured(value)
     typ, slash, sub = segments[0].partition("/")
     typ, sub = typ.strip(" \t\r\n"), sub.strip(" \t\r\n")
     if slash and _TOKEN_RE.match(typ) and _TOKEN_RE.match(sub):
         return _upper(typ), _upper(sub), _parameters(segments[1:])
     return None
+
+
+# The common forms of Content-Type and Content-Disposition values, unfolded:
+# ``type/subtype`` (or a disposition type) of ASCII token characters, then
+# ``; name=token`` or ``; name="text"`` parameters whose names have no "*"
+# (no RFC 2231 continuation) and whose quoted text holds no quote, backslash,
+# ";", parenthesis or line end, and white space only around the ";"s.  Their
+# parses need none of the general code's cases; anything else takes it.
+_ASCII_TOKEN = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_PARAMETER = rf';[ \t]*([!#$%&\'+\-.0-9A-Z^_`a-z{{|}}~]+)=(?:"([^"\\;()\r\n]*)"|({_ASCII_TOKEN}))[ \t]*'
+_PARAMETER_RE = re.compile(_PARAMETER)
+_SIMPLE_PARAMETERS_RE = re.compile(rf"(?:{_PARAMETER})*(?:;[ \t]*)?")
+_SIMPLE_CONTENT_TYPE_RE = re.compile(rf"({_ASCII_TOKEN})/({_ASCII_TOKEN})[ \t]*(.*)", re.DOTALL)
+_SIMPLE_DISPOSITION_RE = re.compile(rf"({_ASCII_TOKEN})[ \t]*(.*)", re.DOTALL)
+
+
+def _simple_parameters(text: str) -> tuple[str, ...] | None:
+    """
+    The parameters of *text* (what follows the type) as :func:`_parameters`
+    gives them, when they are all of the common forms; else ``None``.
+    """
+    if not text:
+        return ()
+    if _SIMPLE_PARAMETERS_RE.fullmatch(text) is None:
+        return None
+    out: list[str] = []
+    seen: set[str] = set()
+    for name, quoted, token in _PARAMETER_RE.findall(text):
+        name = name.upper()
+        if name not in seen:
+            seen.add(name)
+            out += [name, token or quoted]
+    return tuple(out)
 
 
 def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
@@ -647,7 +717,18 @@ def _disposition(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
 
 @functools.lru_cache(maxsize=512)
 def _disposition_value(raw: str) -> tuple[Any, ...] | None:
-    segments = _split_structured(_unfold(raw))
+    value = _unfold(raw)
+    m = _SIMPLE_DISPOSITION_RE.fullmatch(value)
+    if m is not None:
+        params = _simple_parameters(m.group(2))
+        if params is not None:
+            return (m.group(1).upper(), params or None)
+    return _general_disposition(value)
+
+
+def _general_disposition(value: str) -> tuple[Any, ...] | None:
+    """:func:`_disposition_value` of an unfolded value, by the general code."""
+    segments = _split_structured(value)
     typ = segments[0].strip(" \t\r\n")
     if not typ:
         return None
@@ -656,7 +737,10 @@ def _disposition_value(raw: str) -> tuple[Any, ...] | None:
 
 def _language(fields: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:
     """Content-Language tags (RFC 3282), or ``None``."""
-    raw = _field(fields, "content-language")
+    return _language_of(_field(fields, "content-language"))
+
+
+def _language_of(raw: str | None) -> tuple[str, ...] | None:
     if raw is None:
         return None
     text = " ".join(_split_structured(_unfold(raw)))
@@ -925,13 +1009,6 @@ def _parse_addresses(value: str) -> tuple[tuple[Any, ...], ...] | None:
     return _AddressParser(value).parse()
 
 
-def _addresses(fields: tuple[tuple[str, str], ...], name: str) -> tuple[Any, ...] | None:
-    raw = _field(fields, name)
-    if raw is None:
-        return None
-    return _parse_addresses(_unfold(raw))
-
-
 def header_columns(headers: Iterable[tuple[str, str]], names: tuple[str, ...]) -> tuple[str, ...]:
     """
     The fields of *headers* (``(name, raw value)`` pairs) whose name,
@@ -1032,19 +1109,19 @@ def field_addresses(header_section: bytes, name: str) -> list[tuple[Any, ...]]:
 
 def _envelope(fields: tuple[tuple[str, str], ...]) -> tuple[Any, ...]:
     """The IMAP ENVELOPE (RFC 3501 section 7.4.2) of a header section."""
-    from_ = _addresses(fields, "from")
-    return (
-        _clean_field(fields, "date"),
-        _clean_field(fields, "subject"),
-        from_,
-        _addresses(fields, "sender") or from_,
-        _addresses(fields, "reply-to") or from_,
-        _addresses(fields, "to"),
-        _addresses(fields, "cc"),
-        _addresses(fields, "bcc"),
-        _clean_field(fields, "in-reply-to"),
-        _clean_field(fields, "message-id"),
-    )
+    get = _index(fields).get
+    # No call for an absent field (most of them).
+    date, subject, in_reply_to, message_id = [
+        None if (raw := get(name)) is None else _unfold(raw) for name in _ENVELOPE_TEXTS
+    ]
+    from_, sender, reply_to, to, cc, bcc = [
+        None if (raw := get(name)) is None else _parse_addresses(_unfold(raw)) for name in _ENVELOPE_LISTS
+    ]
+    return (date, subject, from_, sender or from_, reply_to or from_, to, cc, bcc, in_reply_to, message_id)
+
+
+_ENVELOPE_TEXTS = ("date", "subject", "in-reply-to", "message-id")
+_ENVELOPE_LISTS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 
 
 # ---------------------------------------------------------------------------
@@ -1099,8 +1176,12 @@ class _Node:
         """Parse the first *size* octets of the collected header lines."""
         data = b"".join(self.hbuf)[:size]
         self.hbuf = []
-        self.fields = _parse_fields(data)
-        self.ctype = _content_type(self.fields, self.digest_child)
+        self.set_header(data)
+
+    def set_header(self, data: bytes) -> None:
+        """Parse the header section *data* (at most ``HEADER_COLLECT_LIMIT`` octets of it)."""
+        self.fields = fields = _parse_fields(data)
+        self.ctype = _content_type_of(_index(fields).get("content-type"), self.digest_child)
 
     @property
     def is_multipart(self) -> bool:
@@ -1119,14 +1200,21 @@ class _Parser:
         self.parts = 0
         self.root = _Node(0, 0)
         self.stack = [self.root]
+        #: Set when what :meth:`_prefixes` gives may have changed (a boundary
+        #: opened or closed, the part limit reached).  A boundary opened must
+        #: set it; a prefix kept after its multipart closed would only add
+        #: stops that :meth:`_delimiter` refuses, but is dropped too.
+        self.delimiters_changed = False
 
     def _prefixes(self) -> tuple[bytes, ...]:
         """The line prefixes that may be delimiters of the open multiparts."""
         close_only = self.parts >= MAX_PARTS  # then only close delimiters count
         return tuple(
-            n.boundary + b"--" if close_only else n.boundary
-            for n in self.stack
-            if n.boundary and n.state == _BODY
+            [
+                n.boundary + b"--" if close_only else n.boundary
+                for n in self.stack
+                if n.boundary and n.state == _BODY
+            ]
         )
 
     def run(self) -> _Node:
@@ -1141,41 +1229,56 @@ class _Parser:
             if got is None:
                 break
             frag, complete = got
-            if at_start and complete and frag.startswith(b"--") and self._delimiter(frag, pos, lf, tail):
+            if (
+                at_start
+                and complete
+                and frag.startswith(b"--")
+                and self._delimiter(frag, pos, lf, tail, r.pos)
+            ):
                 continue
             if header:
                 if at_start and frag in (b"\r\n", b"\n"):
-                    self._end_header(top)
+                    self._end_header(top, top.hlen, r.pos, r.lf_total)
                 else:
                     top.add_header(frag)
         while stack:
             self._close(stack.pop(), r.pos, r.lf_total, r.tail, 0)
         return self.root
 
-    def _end_header(self, node: _Node) -> None:
-        """The blank line ending *node*'s header section was just consumed."""
-        r = self.r
-        node.body_start = r.pos
-        node.lf_at_body = r.lf_total
+    def _finish_header(self, node: _Node, size: int) -> None:
+        """Parse the first *size* octets of *node*'s header section."""
+        node.finish_header(size)
+
+    def _end_header(self, node: _Node, size: int, pos: int, lf: int) -> None:
+        """
+        The blank line ending *node*'s header section (of *size* octets) was
+        just consumed: the body starts at *pos*, after *lf* LFs of the input.
+        """
+        node.body_start = pos
+        node.lf_at_body = lf
         node.state = _BODY
-        node.finish_header(node.hlen)
+        self._finish_header(node, size)
         if node.depth >= MAX_DEPTH or self.parts >= MAX_PARTS:
             return
         if node.is_multipart:
             boundary = dict(zip(node.ctype[2][::2], node.ctype[2][1::2], strict=False)).get("BOUNDARY")
             if boundary:
                 node.boundary = b"--" + boundary.encode("latin-1")
+                self.delimiters_changed = True
         elif node.is_rfc822:
-            msg = _Node(r.pos, node.depth + 1)
+            msg = _Node(pos, node.depth + 1)
             node.message = msg
             self.parts += 1
             self.stack.append(msg)
+            if self.parts >= MAX_PARTS:
+                self.delimiters_changed = True
 
-    def _delimiter(self, frag: bytes, pos: int, lf: int, tail: bytes) -> bool:
+    def _delimiter(self, frag: bytes, pos: int, lf: int, tail: bytes, after: int) -> bool:
         """
-        If *frag* (a whole line starting at *pos*) is a boundary delimiter of
-        an open multipart, innermost first, act on it and return ``True``
-        (RFC 2046 section 5.1.1; an enclosing boundary also ends inner parts).
+        If *frag* (a whole line starting at *pos* and ending before *after*)
+        is a boundary delimiter of an open multipart, innermost first, act on
+        it and return ``True`` (RFC 2046 section 5.1.1; an enclosing boundary
+        also ends inner parts).
         """
         if frag.endswith(b"\r\n"):
             content = frag[:-2]
@@ -1199,14 +1302,20 @@ class _Parser:
             # The line end before the delimiter belongs to it, not to the part.
             eol = 2 if tail.endswith(b"\r\n") else 1 if tail.endswith(b"\n") else 0
             while len(stack) > k + 1:
-                self._close(stack.pop(), pos, lf, tail, eol)
+                inner = stack.pop()
+                if inner.boundary:
+                    self.delimiters_changed = True
+                self._close(inner, pos, lf, tail, eol)
             if close:
                 node.state = _EPILOGUE
+                self.delimiters_changed = True
             else:
-                child = _Node(self.r.pos, node.depth + 1, digest_child=node.ctype[1] == "DIGEST")
+                child = _Node(after, node.depth + 1, digest_child=node.ctype[1] == "DIGEST")
                 node.children.append(child)
                 self.parts += 1
                 stack.append(child)
+                if self.parts >= MAX_PARTS:
+                    self.delimiters_changed = True
             return True
         return False
 
@@ -1219,7 +1328,7 @@ class _Parser:
         if node.state == _HEADER:
             ex = eol if pos > node.start else 0
             node.end = node.body_start = pos - ex
-            node.finish_header(node.end - node.start)
+            self._finish_header(node, node.end - node.start)
             node.lines = 0
             if node.is_rfc822 and node.depth < MAX_DEPTH:
                 node.message = _Node(node.end, node.depth + 1)
@@ -1235,8 +1344,121 @@ class _Parser:
         node.state = _DONE
 
 
+class _BytesParser(_Parser):
+    """
+    :class:`_Parser` over octets held whole: the same steps, each taken
+    with positions in the octets instead of a :class:`_Reader`'s
+    bookkeeping (a header section is a slice, LFs are counted only where a
+    count is needed).  ``tests.test_mime`` checks that it gives exactly what
+    the streaming parser gives.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(None)  # type: ignore[arg-type]  # no reader: run() is replaced
+        self.data = data
+
+    def _finish_header(self, node: _Node, size: int) -> None:
+        start = node.start
+        # _Node.set_header, one call less.
+        node.fields = fields = _parse_fields(self.data[start : start + min(size, HEADER_COLLECT_LIMIT)])
+        node.ctype = _content_type_of(fields.by_name().get("content-type"), node.digest_child)  # type: ignore[attr-defined]  # a _SplitFields
+
+    def run(self) -> _Node:
+        data = self.data
+        n = len(data)
+        stack = self.stack
+        count = data.count
+        startswith = data.startswith
+        pos = 0
+        lf = lf_pos = 0  # the LFs of data[:lf_pos]
+        # The open delimiters change only with a delimiter or a header's end,
+        # which say so (delimiters_changed).
+        prefixes = self._prefixes()
+        while True:
+            top = stack[-1]
+            header = top.state == _HEADER
+            # _Reader.skip_to: on to the next line start that is a stop.
+            if header:
+                search = _BLANK_OR_DASHES_SEARCH if prefixes else _BLANK_SEARCH
+            elif prefixes:
+                search = _DASHES_SEARCH
+            else:
+                break  # nothing stops the rest of the input
+            at_start = pos == 0 or data[pos - 1] == _LF
+            if not (
+                at_start
+                and ((prefixes and startswith(prefixes, pos)) or (header and startswith(_BLANKS, pos)))
+            ):
+                found = n
+                m = search.search(data, pos)
+                while m is not None:
+                    start = m.start() + 1
+                    if (prefixes and startswith(prefixes, start)) or (header and startswith(_BLANKS, start)):
+                        found = start
+                        break
+                    m = search.search(data, start)
+                pos = found
+                at_start = pos == 0 or data[pos - 1] == _LF
+            # _Reader.next_line
+            if pos >= n:
+                break
+            j = data.find(b"\n", pos, pos + _LINE)
+            if j >= 0:
+                end, complete = j + 1, True
+            elif n - pos >= _LINE:
+                end, complete = pos + _LINE, False
+            else:
+                end, complete = n, True
+            if at_start and complete and startswith(b"--", pos):
+                lf += count(b"\n", lf_pos, pos)
+                lf_pos = pos
+                if self._delimiter(data[pos:end], pos, lf, data[max(0, pos - 3) : pos], end):
+                    pos = end
+                    if self.delimiters_changed:
+                        self.delimiters_changed = False
+                        prefixes = self._prefixes()
+                    continue
+            if header and at_start and startswith(_BLANKS, pos):
+                lf += count(b"\n", lf_pos, end)
+                lf_pos = end
+                self._end_header(top, pos - top.start, end, lf)
+                if self.delimiters_changed:
+                    self.delimiters_changed = False
+                    prefixes = self._prefixes()
+            pos = end
+        lf += count(b"\n", lf_pos, n)
+        tail = data[max(0, n - 3) :]
+        while stack:
+            self._close(stack.pop(), n, lf, tail, 0)
+        return self.root
+
+
+_BLANKS = (b"\n", b"\r\n")
+
+
 def _parse(source: bytes | bytearray | memoryview | Readable) -> _Node:
-    return _Parser(_Reader(source)).run()
+    """
+    The MIME tree of *source*: octets held whole, or a file object, read
+    whole if it holds at most a chunk (in reads of ``_SMALL`` octets: a read
+    takes memory for the size it asks first, and a read of a whole chunk
+    costs more than the parse of a small message), else in chunks.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _BytesParser(bytes(source)).run()
+    size = min(_SMALL, _CHUNK)
+    pieces = []
+    total = 0
+    while total <= _CHUNK:
+        data = source.read(size)
+        if not data:
+            return _BytesParser(b"".join(pieces)).run()
+        pieces.append(data)
+        total += len(data)
+    return _Parser(_Reader(source, b"".join(pieces))).run()
+
+
+#: Octets of each read of a file before it is known to hold more than a chunk.
+_SMALL = 1 << 16
 
 
 # ---------------------------------------------------------------------------
@@ -1245,9 +1467,14 @@ def _parse(source: bytes | bytearray | memoryview | Readable) -> _Node:
 
 def _body_structure(node: _Node) -> tuple[Any, ...]:
     """The BODYSTRUCTURE of *node* (RFC 3501 section 7.4.2, see module docstring)."""
-    f = node.fields
+    get = _index(node.fields).get
     typ, sub, params = node.ctype
-    ext = (_disposition(f), _language(f), _clean_field(f, "content-location"))
+    # No call for an absent field (most of them).
+    ext = (
+        None if (raw := get("content-disposition")) is None else _disposition_value(raw),
+        None if (raw := get("content-language")) is None else _language_of(raw),
+        None if (raw := get("content-location")) is None else _unfold(raw),
+    )
     if typ == "MULTIPART":
         kids = [_body_structure(c) for c in node.children] or [EMPTY_BODY_STRUCTURE]
         return (*kids, sub, params or None, *ext)
@@ -1255,9 +1482,9 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
         typ,
         sub,
         params or None,
-        _clean_field(f, "content-id"),
-        _clean_field(f, "content-description"),
-        _encoding(f),
+        None if (raw := get("content-id")) is None else _unfold(raw),
+        None if (raw := get("content-description")) is None else _unfold(raw),
+        "7BIT" if (raw := get("content-transfer-encoding")) is None else _encoding_value(raw),
         node.end - node.body_start,
     ]
     if typ == "TEXT":
@@ -1267,7 +1494,7 @@ def _body_structure(node: _Node) -> tuple[Any, ...]:
             out += [_envelope(node.message.fields), _body_structure(node.message), node.lines]
         else:
             out += [EMPTY_ENVELOPE, EMPTY_BODY_STRUCTURE, node.lines]
-    out.append(_clean_field(f, "content-md5"))
+    out.append(None if (raw := get("content-md5")) is None else _unfold(raw))
     out += ext
     return tuple(out)
 
@@ -1278,15 +1505,20 @@ def parse_metadata(source: bytes | Readable) -> MessageMetadata:
 
     Args:
         source: the message octets, or a binary file object read from its
-            current position to its end (in 1 MiB chunks; the whole message
-            is never held in memory).
+            current position to its end: a message of at most 1 MiB is read
+            whole (in reads of 64 KiB), a larger one in 1 MiB chunks, never
+            held whole in memory.
 
     Returns:
         header size, header fields, ENVELOPE, BODYSTRUCTURE and body line
         count, as described in the module docstring.  Any input gives an
         answer; only an error reading the file propagates.
     """
-    root = _parse(source)
+    return _metadata(_parse(source))
+
+
+def _metadata(root: _Node) -> MessageMetadata:
+    """The :class:`MessageMetadata` of a parsed message."""
     return MessageMetadata(
         header_size=root.body_start - root.start,
         headers=root.fields,

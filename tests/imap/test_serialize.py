@@ -274,3 +274,82 @@ class ResponseLineTests(SynchronousTestCase):
         self.assertEqual(serialize.tagged("a1", "BAD", "x\r\ny"), b"a1 BAD x  y\r\n")
         self.assertEqual(serialize.continuation(), b"+ \r\n")
         self.assertEqual(serialize.continuation("Ready"), b"+ Ready\r\n")
+
+
+_WORDS = st.sampled_from(
+    [
+        *("TEXT", "PLAIN", "MESSAGE", "message", "RFC822", "rfc822", "MULTIPART", "MIXED", "7BIT", "utf-8"),
+        *('a"b', "x\\y", "\xe9t\xe9", "\r\n", "", "NIL", "x" * 50, "y" * 1100, "ME\xdfAGE"),
+    ]
+)
+_STR = _WORDS | _LATIN1_TEXT
+_NSTR = st.none() | _STR
+_ADDRESS = st.tuples(_NSTR, _NSTR, _NSTR, _NSTR)
+_ADDRESS_LIST = st.none() | st.lists(_ADDRESS, max_size=3).map(tuple)
+_PARAMS = st.none() | st.lists(_STR, max_size=4).map(tuple)
+
+
+@st.composite
+def _envelopes(draw: Any) -> tuple[Any, ...]:
+    from_ = draw(_ADDRESS_LIST)
+    lists = [draw(st.just(from_) | _ADDRESS_LIST) for _ in range(2)] + [draw(_ADDRESS_LIST) for _ in range(3)]
+    return (draw(_NSTR), draw(_NSTR), from_, *lists, draw(_NSTR), draw(_NSTR))
+
+
+_EXTENSION = st.tuples(
+    _NSTR, st.none() | st.tuples(_STR, _PARAMS), st.none() | st.lists(_STR).map(tuple), _NSTR
+)
+
+
+def _leaf(draw: Any, body: Any) -> tuple[Any, ...]:
+    kind = draw(st.sampled_from(["TEXT", "APPLICATION", "MESSAGE", "message", "other"]))
+    typ = draw(_STR) if kind == "other" else kind
+    sub = "RFC822" if kind in ("MESSAGE", "message") and draw(st.booleans()) else draw(_STR)
+    head = (typ, sub, draw(_PARAMS), draw(_NSTR), draw(_NSTR), draw(_STR), draw(st.integers(0, 2**40)))
+    if typ == "TEXT":
+        head += (draw(st.integers(0, 9999)),)
+    elif sub == "RFC822":
+        head += (draw(_envelopes()), body, draw(st.integers(0, 9999)))
+    return (*head, draw(_NSTR), *draw(_EXTENSION))
+
+
+@st.composite
+def _bodies(draw: Any, depth: int = 0) -> tuple[Any, ...]:
+    inner = _bodies(depth + 1) if depth < 3 else st.just(mime.EMPTY_BODY_STRUCTURE)
+    if draw(st.booleans()):
+        return _leaf(draw, draw(inner))
+    parts = tuple(draw(st.lists(inner, min_size=1, max_size=3)))
+    return (*parts, draw(_STR), draw(_PARAMS), *draw(_EXTENSION)[1:])
+
+
+class StructureFastPathTests(SynchronousTestCase):
+    """ENVELOPE and BODYSTRUCTURE give the general code's octets on any shape of their tuples."""
+
+    @given(_envelopes())
+    @settings(max_examples=300, deadline=None)
+    def test_envelopes(self, env: tuple[Any, ...]) -> None:
+        for _ in range(2):  # the second time from the remembered renderings
+            self.assertEqual(serialize.envelope(env), _reference_envelope(env))
+
+    @given(_bodies())
+    @settings(max_examples=300, deadline=None)
+    def test_body_structures(self, body: tuple[Any, ...]) -> None:
+        for _ in range(2):
+            self.assertEqual(serialize.body_structure(body), _reference_body_structure(body))
+
+    @given(_STRUCTURES)
+    @settings(max_examples=200, deadline=None)
+    def test_other_shapes(self, item: Any) -> None:
+        """Tuples of other shapes (as a cache damaged or of another version could hold)."""
+        if isinstance(item, tuple):
+            self.assertEqual(serialize.body_structure(item), _reference_body_structure(item))
+            self.assertEqual(serialize.envelope(item), _reference_envelope(item))
+
+    def test_refused(self) -> None:
+        """What has no IMAP form is refused as by the general code: a negative number, a bool."""
+        for body, error in (
+            (("TEXT", "PLAIN", None, None, None, "7BIT", -1, 0), ValueError),
+            (("TEXT", "PLAIN", None, None, None, "7BIT", True, 0), TypeError),
+        ):
+            self.assertRaises(error, _reference_body_structure, body)
+            self.assertRaises(error, serialize.body_structure, body)

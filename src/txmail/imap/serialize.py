@@ -272,11 +272,15 @@ def is_message_rfc822(body: tuple[Any, ...]) -> bool:
 #: Rendered short strings and tuples of strings and NILs of ENVELOPE and
 #: BODYSTRUCTURE (``"TEXT"``, ``("CHARSET" "utf-8")``, ``"7BIT"``, an
 #: address...), by value: most of a body structure is a few dozen such
-#: tokens, and senders recur.  Bounded.
+#: tokens, and senders recur.  Bounded: emptied when full (boundaries, file
+#: names and message-ids are new with each message), so that the tokens in
+#: use come back instead of missing for the rest of a long FETCH.
 _TOKENS: dict[Any, bytes] = {}
 _TOKENS_MAX = 4096
 #: Strings at most this long are remembered in :data:`_TOKENS`.
 _TOKEN_LEN = 40
+#: The types of the members of a remembered tuple.
+_STR_OR_NONE = frozenset({str, type(None)})
 
 
 def _latin1(item: Any) -> bytes:
@@ -290,7 +294,9 @@ def _latin1(item: Any) -> bytes:
         out = _TOKENS.get(item)
         if out is None:
             out = string(item, "latin-1")
-            if len(item) <= _TOKEN_LEN and len(_TOKENS) < _TOKENS_MAX:
+            if len(item) <= _TOKEN_LEN:
+                if len(_TOKENS) >= _TOKENS_MAX:
+                    _TOKENS.clear()
                 _TOKENS[item] = out
         return out
     if item is None:
@@ -299,12 +305,65 @@ def _latin1(item: Any) -> bytes:
         out = _TOKENS.get(item)
         if out is not None:
             return out
-        out = b"(" + b" ".join([_latin1(i) for i in item]) + b")"
+        out = b"(" + b" ".join(_members(item)) + b")"
         # Addresses (name, NIL, mailbox, host) recur from message to message.
-        if len(item) <= 8 and len(_TOKENS) < _TOKENS_MAX and all(type(i) is str or i is None for i in item):
+        if len(item) <= 8 and _STR_OR_NONE.issuperset(map(type, item)):
+            if len(_TOKENS) >= _TOKENS_MAX:
+                _TOKENS.clear()
             _TOKENS[item] = out
         return out
     return value(item, "latin-1")
+
+
+def _members(items: Iterable[Any]) -> list[bytes]:
+    """
+    :func:`_latin1` of each of *items*, without a call for a remembered
+    string or tuple, NIL or a number.
+    """
+    tokens = _TOKENS
+    return [
+        NIL
+        if x is None
+        else (tokens.get(x) or _latin1(x))
+        if type(x) is str or type(x) is tuple
+        else b"%d" % x
+        if type(x) is int and x >= 0
+        else _latin1(x)
+        for x in items
+    ]
+
+
+def _unique(item: Any) -> bytes:
+    """:func:`_latin1` of a member that seldom recurs (a date, a subject, a message-id): not remembered."""
+    if item is None:
+        return NIL
+    if type(item) is str:
+        return string(item, "latin-1")
+    return _latin1(item)
+
+
+#: Rendered address lists of ENVELOPE (a sender's, the recipients'), by value: bounded.
+_ADDRESS_LISTS: dict[tuple[Any, ...], bytes] = {}
+
+
+def _plain_address(address: Any) -> bool:
+    """Whether *address* is a tuple of strings and NILs."""
+    return type(address) is tuple and _STR_OR_NONE.issuperset(map(type, address))
+
+
+def _address_list(member: Any) -> bytes:
+    """An ENVELOPE address list (``env-from`` and the others): ``"(" 1*address ")"``."""
+    key = member if type(member) is tuple else tuple(member)
+    out = _ADDRESS_LISTS.get(key)  # a list inside is refused (TypeError), as it always was
+    if out is None:
+        out = b"(" + b"".join([_latin1(a) for a in member]) + b")"
+        # Only lists of addresses of strings and NILs: a key equal to another
+        # of other types (1 and True) could render apart.
+        if len(key) <= 8 and all(map(_plain_address, key)):
+            if len(_ADDRESS_LISTS) >= _TOKENS_MAX:
+                _ADDRESS_LISTS.clear()
+            _ADDRESS_LISTS[key] = out
+    return out
 
 
 def envelope(env: tuple[Any, ...]) -> bytes:
@@ -319,21 +378,42 @@ def envelope(env: tuple[Any, ...]) -> bytes:
 
     The addresses of a list follow each other without a space, as
     ``1*address`` says (strict parsers such as imap-codec's refuse the
-    space).  Equal address lists (sender and reply-to default to from) are
-    written once and reused.
+    space).  Address lists are rendered once and remembered (sender and
+    reply-to default to from; senders and recipients recur).
     """
+    if type(env) is tuple and len(env) == 10:
+        date, subject, from_, sender, reply_to, to, cc, bcc, in_reply_to, message_id = env
+        first = _envelope_list(from_)
+        # Inline for the common members (a string, NIL): no call.
+        return b"(%s %s %s %s %s %s %s %s %s %s)" % (
+            string(date, "latin-1") if type(date) is str else _unique(date),
+            string(subject, "latin-1") if type(subject) is str else _unique(subject),
+            first,
+            first if sender is from_ else _envelope_list(sender),
+            first if reply_to is from_ else _envelope_list(reply_to),
+            NIL if to is None else _envelope_list(to),
+            NIL if cc is None else _envelope_list(cc),
+            NIL if bcc is None else _envelope_list(bcc),
+            NIL if in_reply_to is None else _unique(in_reply_to),
+            string(message_id, "latin-1") if type(message_id) is str else _unique(message_id),
+        )
     out = []
-    lists: dict[Any, bytes] = {}
     for i, member in enumerate(env):
-        if 2 <= i <= 7 and isinstance(member, tuple | list):
-            key = tuple(member) if isinstance(member, list) else member
-            rendered = lists.get(key)
-            if rendered is None:
-                rendered = lists[key] = b"(" + b"".join([_latin1(a) for a in member]) + b")"
-            out.append(rendered)
-        else:
-            out.append(_latin1(member))
+        out.append(_envelope_list(member) if 2 <= i <= 7 else _latin1(member))
     return b"(" + b" ".join(out) + b")"
+
+
+def _envelope_list(member: Any) -> bytes:
+    """An address list member of ENVELOPE: a list of addresses, or NIL (or whatever else it holds)."""
+    if member is None:
+        return NIL
+    if isinstance(member, tuple | list):
+        return _address_list(member)
+    return _latin1(member)
+
+
+#: Body types that are not MESSAGE whatever their case (a shortcut of :func:`is_message_rfc822`).
+_NOT_MESSAGE = frozenset({"TEXT", "APPLICATION", "IMAGE", "AUDIO", "VIDEO", "FONT", "MODEL"})
 
 
 def body_structure(body: tuple[Any, ...]) -> bytes:
@@ -348,14 +428,15 @@ def body_structure(body: tuple[Any, ...]) -> bytes:
     envelope of a MESSAGE/RFC822 part is written by :func:`envelope`.
     """
     if body and isinstance(body[0], tuple):
-        count = 0
+        count = 1
         while count < len(body) and isinstance(body[count], tuple):
             count += 1
         parts = b"".join([body_structure(p) for p in body[:count]])
-        rest = b"".join([b" " + _latin1(x) for x in body[count:]])
-        return b"(" + parts + rest + b")"
-    if not is_message_rfc822(body):
-        return b"(" + b" ".join([_latin1(x) for x in body]) + b")"
+        if count == len(body):
+            return b"(" + parts + b")"
+        return b"(" + parts + b" " + b" ".join(_members(body[count:])) + b")"
+    if not body or (type(body[0]) is str and body[0] in _NOT_MESSAGE) or not is_message_rfc822(body):
+        return b"(" + b" ".join(_members(body)) + b")"
     members = []
     for i, x in enumerate(body):
         if i == 7 and isinstance(x, tuple):
