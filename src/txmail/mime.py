@@ -1446,7 +1446,7 @@ def _parse(source: bytes | bytearray | memoryview | Readable) -> _Node:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _BytesParser(bytes(source)).run()
     size = min(_SMALL, _CHUNK)
-    pieces = []
+    pieces: list[bytes] = []
     total = 0
     while total <= _CHUNK:
         data = source.read(size)
