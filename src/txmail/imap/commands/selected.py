@@ -79,6 +79,10 @@ __all__ = ["BATCH", "copyuid"]
 
 #: Messages handled per step of FETCH and SEARCH.
 BATCH = 256
+#: A FETCH asks the store for the structures of this many batches at a time
+#: (:func:`txmail.imap.structures.derive_structures`): fewer, longer turns of
+#: the Maildir parse workers.
+DERIVE_BATCHES = 4
 _STORE_MODES = {"": FlagMode.REPLACE, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
 
 # RFC 4315 (APPENDUID, COPYUID, UID EXPUNGE); RFC 4731 (SEARCH RETURN).
@@ -460,18 +464,18 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
             elif kept is not None:
                 missing = [u for u in uids if u not in kept]
                 if missing:
-                    # This batch's structures and the next's asked for before this one is
-                    # awaited: a store rendering them in other processes (the Maildir
-                    # parse workers) starts on the next the moment this one is done.
-                    ahead.ask(lambda uids: derive_structures(mailbox, uids), missing)
-                    if n + 1 < len(batches):
-                        ahead.ask(
-                            lambda uids: derive_structures(mailbox, uids),
-                            [u for _, u in batches[n + 1] if u not in kept],
-                        )
-                    records = await ahead.take(missing)
+                    # Asked of the store for DERIVE_BATCHES batches at a time, this
+                    # group and the next before this one is awaited: a store rendering
+                    # them in other processes (the Maildir parse workers) starts on the
+                    # next group the moment this one is done.
+                    group = n - n % DERIVE_BATCHES
+                    asked = _missing(batches[group : group + DERIVE_BATCHES], kept)
+                    ahead.ask(lambda uids: derive_structures(mailbox, uids), asked)
+                    following = _missing(batches[group + DERIVE_BATCHES : group + 2 * DERIVE_BATCHES], kept)
+                    ahead.ask(lambda uids: derive_structures(mailbox, uids), following)
+                    records = await ahead.take(asked)
                     if records is None:
-                        records = await call(derive_structures, mailbox, missing)
+                        records = await call(derive_structures, mailbox, asked)
                     found = await derived_structures(mailbox, records)
                     for uid, structures in found.items():
                         kept[uid] = rendered[uid] = structures
@@ -515,6 +519,11 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
     if rendered:
         await keep_structures(mailbox, rendered)
     return Done("UID FETCH completed" if args.uid else "FETCH completed")
+
+
+def _missing(batches: list[list[tuple[int, int]]], kept: dict[int, Any]) -> list[int]:
+    """The UIDs of *batches* of (sequence number, UID) that *kept* lacks."""
+    return [uid for batch in batches for _, uid in batch if uid not in kept]
 
 
 class _Ahead:
