@@ -75,7 +75,7 @@ class FetchAheadTests(ServerTestCase):
         self.assertEqual(self.fetch(), expected)
 
     def test_asked_ahead(self) -> None:
-        """Each batch's structures and the next's are asked for before the batch is awaited, once each."""
+        """Each group of batches' structures and the next group's are asked for before the group is awaited, once each."""
         self.maildir(2)
         events: list[tuple[str, int]] = []
         mailbox = self.inbox()
@@ -88,7 +88,10 @@ class FetchAheadTests(ServerTestCase):
             lambda box, records: events.append(("take", min(records))) or take(box, records),
         )
         self.fetch()
-        firsts = [1 + 16 * k for k in range(-(-len(self.messages) // 16))]
+        # Asked DERIVE_BATCHES batches at a time, the next group before the current one is taken.
+        per = 16 * selected.DERIVE_BATCHES
+        firsts = [1 + per * k for k in range(-(-len(self.messages) // per))]
+        self.assertGreater(len(firsts), 2)
         expected = [("ask", firsts[0])]
         for k, first in enumerate(firsts):
             if k + 1 < len(firsts):

@@ -95,6 +95,16 @@ class _Tree:
         return pool
 
 
+def _counting(fn: Any, seen: list[Any]) -> Any:
+    """*fn*, noting the first argument of each call in *seen*."""
+
+    def counted(source: Any, *args: Any) -> Any:
+        seen.append(source)
+        return fn(source, *args)
+
+    return counted
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -282,6 +292,15 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         self.assertGreaterEqual(time.monotonic() - started, 0.2)
         pool._give_back(worker)
         self.check(pool.parse(self.root, self.items[:5]), self.items[:5])
+
+    def test_read_as_file(self) -> None:
+        """Files larger than WHOLE_READ are parsed as they are read: the same records as those read whole."""
+        whole = _parse_pool.parse_batch(self.root, self.items)
+        self.patch(_parse_pool, "WHOLE_READ", 64)
+        self.patch(mime, "parse_metadata", _counting(mime.parse_metadata, counted := []))
+        self.assertEqual(_parse_pool.parse_batch(self.root, self.items), whole)
+        self.assertTrue(any(not isinstance(source, bytes) for source in counted))
+        self.check(whole, self.items)
 
     def test_worker_batch(self) -> None:
         """What a worker answers for a batch, computed here: a message that fails is ``None``."""

@@ -46,7 +46,7 @@ from typing import Any
 
 from txmail import mime
 from txmail.model import MessageMetadata
-from txmail.store._crlf import CRLFFile
+from txmail.store._crlf import CRLFFile, to_crlf
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -85,10 +85,25 @@ def parse_file(path: str, sub: str, name: str, convert: bool) -> bytes:
     return mime.encode_metadata(parse_file_metadata(path, sub, name, convert))
 
 
+#: A message file of at most this many octets is read with one system call
+#: and parsed from its octets (a larger one is parsed as it is read).
+WHOLE_READ = 1 << 20
+
+
 def parse_file_metadata(path: str, sub: str, name: str, convert: bool) -> MessageMetadata:
     """The metadata of the message file ``path/sub/name``, parsed whole (see :func:`parse_file`)."""
-    with open(os.path.join(path, sub, name), "rb") as f:
-        return mime.parse_metadata(CRLFFile(f) if convert else f)
+    fd = os.open(os.path.join(path, sub, name), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size < WHOLE_READ:
+            data = os.read(fd, size + 1)
+            if len(data) == size:  # the whole file (one that grew meanwhile is read as a file)
+                return mime.parse_metadata(to_crlf(data) if convert else data)
+            os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return mime.parse_metadata(CRLFFile(f) if convert else f)
+    finally:
+        os.close(fd)
 
 
 #: A function of a message's metadata that a worker also runs, by its name
