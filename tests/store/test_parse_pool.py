@@ -207,7 +207,7 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         """A worker answering something else than its batch's list is dropped."""
         pool = self.pool(1)
         pool.parse(self.root, self.items[:40])
-        (worker,) = pool._idle
+        (worker,) = pool._workers
         worker.process.stdin.close()  # type: ignore[union-attr]
         worker.process.wait()
         self.assertEqual(pool.parse(self.root, self.items[:40]), [None] * 40)
@@ -262,35 +262,65 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
                 _parse_pool.named_function(bad)
 
     def test_busy_workers_waited_for(self) -> None:
-        """A call finding the workers busy waits for them (no inline parse), and no third worker starts."""
+        """A call finding the workers busy queues its batch behind (no inline parse), and no third worker starts."""
         pool = self.pool(2)
         pool.parse(self.root, self.items)  # started
-        first: list[Any] = []
-        thread = threading.Thread(target=lambda: first.append(pool.parse(self.root, self.items * 4)))
-        thread.start()
-        self.addCleanup(thread.join)
-        deadline = time.monotonic() + 10
-        while pool._busy < 2 and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        busy = pool._busy
-        second = pool.parse(self.root, self.items)
-        thread.join()
-        self.assertEqual(busy, 2)
-        self.check(second, self.items)
-        self.check(first[0], self.items * 4)
+        held = pool._take(2)  # another caller's batches
+        self.assertEqual(sorted(pool._load.values()), [1, 1])
+        self.check(pool.parse(self.root, self.items), self.items)
+        self.assertEqual(sorted(pool._load.values()), [1, 1])
+        for worker in held:
+            pool._give_back(worker)
         self.assertEqual(len(pool.pids()), 2)
         self.assertEqual(pool.failures, 0)
 
+    def test_batches_queued_answered_in_turn(self) -> None:
+        """Batches of several callers queued on one worker: each caller gets its own batch's answers."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:5])  # started
+        parts = [self.items[i::3] for i in range(3)]
+        answers: dict[int, Any] = {}
+        threads = [
+            threading.Thread(target=lambda k=k: answers.__setitem__(k, pool.parse(self.root, parts[k])))
+            for k in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for k in range(3):
+            self.check(answers[k], parts[k])
+        self.assertEqual(len(pool.pids()), 1)
+        self.assertEqual(pool.failures, 0)
+        self.assertEqual(pool._load, {pool._workers[0]: 0})
+
+    def test_killed_with_batches_queued(self) -> None:
+        """A worker killed with two batches queued: both callers get nothing (parsed inline), one failure."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:5])  # started
+        (worker,) = set(pool._take(1) + pool._take(1))  # two holders
+        first, second = worker.send(self.root, self.items), worker.send(self.root, self.items[:7])
+        os.kill(worker.pid, signal.SIGKILL)
+        for turn, count in ((first, len(self.items)), (second, 7)):
+            with self.assertRaises(_parse_pool.WorkerFailed):
+                worker.receive(turn, count, 5.0)
+            pool._failed(worker)
+        self.assertEqual(pool.failures, 1)
+        self.assertEqual((pool._workers, pool._load), ([], {}))
+        self.check(pool.parse(self.root, self.items), self.items)
+
     def test_busy_workers_not_waited_for_past_timeout(self) -> None:
-        """Workers held past the timeout (a hung batch): the call gets nothing and its caller parses inline."""
+        """Workers full (DEPTH batches each) past the timeout: the call gets nothing and its caller parses inline."""
         pool = self.pool(1)
         pool.parse(self.root, self.items[:5])
         pool.timeout = 0.2
-        (worker,) = pool._take(1)  # held by another caller
+        held = [w for _ in range(_parse_pool.DEPTH) for w in pool._take(1)]  # by other callers
+        self.assertEqual(len(set(held)), 1)
         started = time.monotonic()
         self.assertEqual(pool.parse(self.root, self.items[:5]), [None] * 5)
         self.assertGreaterEqual(time.monotonic() - started, 0.2)
-        pool._give_back(worker)
+        for worker in held:
+            pool._give_back(worker)
         self.check(pool.parse(self.root, self.items[:5]), self.items[:5])
 
     def test_read_as_file(self) -> None:

@@ -68,6 +68,9 @@ OCTETS_A_SECOND = 4 << 20
 #: (so a small one goes to one worker: a pipe round trip costs about a parse).
 MIN_SHARE = 32
 
+#: Batches a worker takes at once (answered in turn).
+DEPTH = 2
+
 #: The octets a worker's answer pipe holds (Linux lets a process ask up to 1 MiB).
 PIPE_SIZE = 1 << 20
 
@@ -164,7 +167,12 @@ class WorkerFailed(Exception):
 
 
 class _Worker:
-    """One worker process and its pipes."""
+    """
+    One worker process and its pipes.  Batches are answered in the order
+    they were sent: a caller may send while another's batch is being
+    parsed (it then waits for its turn to read), so the worker finds the
+    next batch in its pipe the moment it answers one.
+    """
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
@@ -174,24 +182,68 @@ class _Worker:
         self._in = self.process.stdin.fileno()
         self._out = self.process.stdout.fileno()
         # An answer in one write and one read: fewer turns of the GIL for
-        # the waiting thread while the reactor thread renders.
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(self._out, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        # the waiting thread while the reactor thread works; a batch sent
+        # ahead fits in the pipe while the worker is busy.
+        for fd in (self._in, self._out):
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self._sending = threading.Lock()
+        self._turns = threading.Condition()
+        self._sent = 0  # batches written
+        self._answered = 0  # answers read
+        self.broken = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def send(self, path: str, items: Sequence[Item], derive: Sequence[str] = ()) -> None:
+    def send(self, path: str, items: Sequence[Item], derive: Sequence[str] = ()) -> int:
+        """Write a batch; returns its turn (for :meth:`receive`)."""
         payload = marshal.dumps((path, list(items), list(derive)))
         data = memoryview(_HEAD.pack(len(payload)) + payload)
-        try:
-            while data:
-                data = data[os.write(self._in, data) :]
-        except OSError as e:
-            raise WorkerFailed(f"writing to worker {self.pid}: {e}") from e
+        with self._sending:
+            if self.broken:
+                raise WorkerFailed(f"worker {self.pid} failed")
+            try:
+                while data:
+                    data = data[os.write(self._in, data) :]
+            except OSError as e:
+                raise WorkerFailed(f"writing to worker {self.pid}: {e}") from e
+            turn = self._sent
+            self._sent += 1
+        return turn
 
-    def receive(self, count: int, deadline: float, derived: int = 0) -> list[Any]:
+    def receive(self, turn: int, count: int, seconds: float, derived: int = 0) -> list[Any]:
+        """
+        The answer to the batch sent as *turn* (of *count* messages), read
+        once the batches before it are answered, within *seconds* from then.
+        """
+        with self._turns:
+            # The caller before reads within its own time, or fails the worker.
+            while self._answered != turn and not self.broken:
+                self._turns.wait(seconds)
+            if self.broken:
+                raise WorkerFailed(f"worker {self.pid} failed")
+        try:
+            answer = self._answer(count, time.monotonic() + seconds, derived)
+        except OSError as e:  # its pipe closed under it
+            self.fail()
+            raise WorkerFailed(f"reading from worker {self.pid}: {e}") from e
+        except WorkerFailed:
+            self.fail()
+            raise
+        with self._turns:
+            self._answered += 1
+            self._turns.notify_all()
+        return answer
+
+    def fail(self) -> None:
+        """Mark the worker failed: the callers waiting for their turn give up."""
+        with self._turns:
+            self.broken = True
+            self._turns.notify_all()
+
+    def _answer(self, count: int, deadline: float, derived: int) -> list[Any]:
         data = self._read(_HEAD.size, deadline, PIPE_SIZE)
         size = _HEAD.unpack_from(data)[0]
         body = data[_HEAD.size :]
@@ -261,12 +313,13 @@ def _worker_argv() -> tuple[list[str], dict[str, str]]:
 class ParsePool:
     """
     Up to *size* worker processes parsing messages whole, started when
-    first needed; thread-safe.  A call takes the idle workers (starting
-    those missing), so two threads never share one.  A thread that finds
-    the workers it wants busy waits until they are given back (at most
-    *timeout*: a thread asking for the next batch while the current one is
-    parsed gets the workers the moment they answer), then takes those
-    idle; with none it gets ``None`` for everything (it parses inline).
+    first needed; thread-safe.  A call shares its batch between the least
+    busy workers (starting those missing); each worker takes up to
+    :data:`DEPTH` batches at once, answered in turn, so that a thread
+    asking for the next batch while the current one is parsed has it
+    queued in the workers' pipes.  A thread finding every worker that full
+    waits until one answers (at most *timeout*), then takes those with
+    room; with none it gets ``None`` for everything (it parses inline).
 
     Args:
         size: the most workers.
@@ -279,8 +332,9 @@ class ParsePool:
         self.size = size
         self.timeout = timeout
         self._lock = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._busy = 0
+        self._workers: list[_Worker] = []
+        self._load: dict[_Worker, int] = {}  # batches sent and not yet answered
+        self._starting = 0
         self._stopped = False
         #: Workers that failed (died, hung, answered nonsense) and were replaced.
         self.failures = 0
@@ -309,87 +363,104 @@ class ParsePool:
             return [None] * len(items)
         step = -(-len(items) // len(workers))
         shares = [items[i : i + step] for i in range(0, len(items), step)]
-        deadline = time.monotonic() + self.timeout + octets / OCTETS_A_SECOND
-        sent: list[_Worker | None] = []
+        seconds = self.timeout + octets / OCTETS_A_SECOND
+        turns: list[int | None] = []
         for worker, share in zip(workers, shares, strict=False):
             try:
-                worker.send(path, share, derive)
+                turns.append(worker.send(path, share, derive))
             except WorkerFailed:
                 self._failed(worker)
-                sent.append(None)
-            else:
-                sent.append(worker)
+                turns.append(None)
         for worker in workers[len(shares) :]:
             self._give_back(worker)
         out: list[Any] = []
-        for sent_to, share in zip(sent, shares, strict=True):
+        for worker, turn, share in zip(workers, turns, shares, strict=False):
             answer: list[Any] = [None] * len(share)
-            if sent_to is not None:
+            if turn is not None:
                 try:
-                    answer = sent_to.receive(len(share), deadline, len(derive))
+                    answer = worker.receive(turn, len(share), seconds, len(derive))
                 except WorkerFailed:
-                    self._failed(sent_to)
+                    self._failed(worker)
                 else:
-                    self._give_back(sent_to)
+                    self._give_back(worker)
             out.extend(answer)
         return out
 
     def pids(self) -> list[int]:
-        """The process ids of the idle workers (for tests)."""
+        """The process ids of the workers (for tests)."""
         with self._lock:
-            return [w.pid for w in self._idle]
+            return [w.pid for w in self._workers]
 
     def stop(self) -> None:
-        """Stop every idle worker now and the busy ones when their batch ends; no new ones start."""
+        """Stop every idle worker now and the busy ones when their batches end; no new ones start."""
         with self._lock:
             self._stopped = True
-            idle, self._idle = self._idle, []
+            idle = [w for w in self._workers if not self._load[w]]
+            self._workers = [w for w in self._workers if self._load[w]]
+            for worker in idle:
+                del self._load[worker]
         for worker in idle:
             worker.close()
 
     def _take(self, want: int) -> list[_Worker]:
+        """Up to *want* workers with room for a batch, least busy first, each counted as sent one."""
         deadline = time.monotonic() + self.timeout
         with self._lock:
-            while not self._stopped and self._busy:
-                if self.size - self._busy >= want:
-                    break  # enough idle, or room to start them
+            while True:
+                if self._stopped:
+                    return []
+                room = sorted((w for w in self._workers if self._load[w] < DEPTH), key=self._load.__getitem__)
+                start = max(0, min(want - len(room), self.size - len(self._workers) - self._starting))
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if len(room) + start >= want or left <= 0:
                     break
                 self._lock.wait(left)
-            if self._stopped:
-                return []
-            taken = self._idle[:want]
-            del self._idle[:want]
-            alive = self._busy + len(self._idle) + len(taken)
-            start = max(0, min(want - len(taken), self.size - alive))
-            self._busy += len(taken) + start  # the new ones reserved before they start
-        for n in range(start):
-            try:
+            taken = room[:want]
+            for worker in taken:
+                self._load[worker] += 1
+            self._starting += start
+        started: list[_Worker] = []
+        try:
+            for _ in range(start):
                 argv, env = _worker_argv()
-                taken.append(_Worker(argv, env))
-            except OSError:
-                with self._lock:
-                    self._busy -= start - n
-                    self._lock.notify_all()
-                break
-        return taken
+                started.append(_Worker(argv, env))
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._starting -= start
+                for worker in started:
+                    self._workers.append(worker)
+                    self._load[worker] = 1
+                self._lock.notify_all()
+        return taken + started
 
     def _give_back(self, worker: _Worker) -> None:
-        with self._lock:
-            self._busy -= 1
-            self._lock.notify_all()
-            if not self._stopped:
-                self._idle.append(worker)
-                return
-        worker.close()
+        """A batch of *worker* answered (or not sent)."""
+        self._release(worker, failed=False)
 
     def _failed(self, worker: _Worker) -> None:
+        """*worker* failed a batch: killed now, its other callers fail too, replaced by the next need."""
+        worker.fail()
+        with contextlib.suppress(OSError):
+            worker.process.kill()
+        self._release(worker, failed=True)
+
+    def _release(self, worker: _Worker, failed: bool) -> None:
         with self._lock:
-            self._busy -= 1
-            self.failures += 1
+            if failed and worker in self._workers:
+                self.failures += 1
+                self._workers.remove(worker)
+            self._load[worker] -= 1
             self._lock.notify_all()
-        worker.close(kill=True)
+            if self._load[worker]:
+                return  # other callers still hold it; the last one closes it
+            if worker in self._workers and not self._stopped:
+                return
+            if worker in self._workers:
+                self._workers.remove(worker)
+            del self._load[worker]
+        worker.close(kill=failed)
 
 
 def _serve(stdin: Any, stdout: Any) -> None:
