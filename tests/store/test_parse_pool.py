@@ -8,11 +8,15 @@ without, and stops them.
 
 from __future__ import annotations
 
+import fcntl
+import marshal
 import os
 import random
 import shutil
 import signal
+import struct
 import tempfile
+import termios
 import threading
 import time
 from typing import Any
@@ -103,6 +107,11 @@ def _counting(fn: Any, seen: list[Any]) -> Any:
         return fn(source, *args)
 
     return counted
+
+
+def _readable(fd: int) -> int:
+    """The octets waiting in the pipe *fd*."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
 
 
 def _alive(pid: int) -> bool:
@@ -293,6 +302,23 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         self.assertEqual(len(pool.pids()), 1)
         self.assertEqual(pool.failures, 0)
         self.assertEqual(pool._load, {pool._workers[0]: 0})
+
+    def test_answers_waiting_in_the_pipe(self) -> None:
+        """Two answers waiting in a worker's pipe at once: each caller reads exactly its own frame."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:5])  # started
+        (worker,) = set(pool._take(1) + pool._take(1))
+        shares = [self.items[:40], self.items[40:90]]
+        turns = [worker.send(self.root, share) for share in shares]
+        expected = sum(4 + len(marshal.dumps(_parse_pool.parse_batch(self.root, share))) for share in shares)
+        deadline = time.monotonic() + 30
+        while _readable(worker.process.stdout.fileno()) < expected and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.01)
+        self.assertEqual(_readable(worker.process.stdout.fileno()), expected)  # type: ignore[union-attr]
+        for turn, share in zip(turns, shares, strict=True):
+            self.check(worker.receive(turn, len(share), 5.0), share)
+            pool._give_back(worker)
+        self.assertEqual(pool.failures, 0)
 
     def test_killed_with_batches_queued(self) -> None:
         """A worker killed with two batches queued: both callers get nothing (parsed inline), one failure."""

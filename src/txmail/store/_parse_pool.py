@@ -244,13 +244,9 @@ class _Worker:
             self._turns.notify_all()
 
     def _answer(self, count: int, deadline: float, derived: int) -> list[Any]:
-        data = self._read(_HEAD.size, deadline, PIPE_SIZE)
-        size = _HEAD.unpack_from(data)[0]
-        body = data[_HEAD.size :]
-        if len(body) < size:
-            body += self._read(size - len(body), deadline)
-        elif len(body) > size:
-            raise WorkerFailed(f"worker {self.pid} answered more than asked")
+        # Exactly one frame: the answer to a batch sent after may follow in the pipe.
+        (size,) = _HEAD.unpack(self._read(_HEAD.size, deadline))
+        body = self._read(size, deadline)
         try:
             answer = marshal.loads(body)
         except (ValueError, EOFError, TypeError) as e:
@@ -264,8 +260,8 @@ class _Worker:
             for a in answer
         ]
 
-    def _read(self, n: int, deadline: float, most: int = 0) -> bytes:
-        """At least *n* octets (and at most *most*, when larger), by *deadline*."""
+    def _read(self, n: int, deadline: float) -> bytes:
+        """Exactly *n* octets, by *deadline*."""
         chunks: list[bytes] = []
         poller = select.poll()
         poller.register(self._out, select.POLLIN)
@@ -276,12 +272,12 @@ class _Worker:
             left = max(0.0, deadline - time.monotonic())
             if not poller.poll(left * 1000):
                 raise WorkerFailed(f"worker {self.pid} did not answer in time")
-            chunk = os.read(self._out, max(n, most) - got)
+            chunk = os.read(self._out, n - got)
             if not chunk:
                 raise WorkerFailed(f"worker {self.pid} ended")
             chunks.append(chunk)
             got += len(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self, kill: bool = False) -> None:
         """Stop the worker: its input closed (it ends), killed when *kill* or when it lingers."""
