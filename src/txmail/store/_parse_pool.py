@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import importlib
 import marshal
 import os
@@ -67,6 +68,9 @@ OCTETS_A_SECOND = 4 << 20
 #: A batch is split between at most ``len(items) // MIN_SHARE`` workers
 #: (so a small one goes to one worker: a pipe round trip costs about a parse).
 MIN_SHARE = 32
+
+#: The worker processes' garbage collector thresholds (:func:`gc.set_threshold`).
+WORKER_GC_THRESHOLD = (50_000, 20, 20)
 
 #: Batches a worker takes at once (answered in turn).
 DEPTH = 2
@@ -481,4 +485,8 @@ def _serve(stdin: Any, stdout: Any) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - run in the worker processes
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
+    # A parse makes many small tuples and keeps none: collections of the
+    # young generation are rare here (a parse makes no reference cycles).
+    gc.freeze()
+    gc.set_threshold(*WORKER_GC_THRESHOLD)
     _serve(sys.stdin.buffer, sys.stdout.buffer)
