@@ -234,6 +234,7 @@ class ComparisonTests(ServerTestCase):
         self.patch(structures, "KEEP_EVERY", 16)
         self.patch(selected, "KEEP_EVERY", 16)
         self.patch(selected, "BATCH", 8)
+        self.patch(selected, "DERIVE_BATCHES", 1)  # structures come a batch at a time
         kept: list[int] = []
         original_keep = self.mailbox.cache_records
         self.mailbox.cache_records = lambda kind, records: (
