@@ -335,6 +335,24 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         self.assertEqual((pool._workers, pool._load), ([], {}))
         self.check(pool.parse(self.root, self.items), self.items)
 
+    def test_stop_ends_the_wait(self) -> None:
+        """A caller waiting for room when the pool stops gets nothing at once, not after the timeout."""
+        pool = self.pool(1)
+        pool.parse(self.root, self.items[:5])
+        held = pool._take(1) + pool._take(1)
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(pool.parse(self.root, self.items[:5])))
+        thread.start()
+        time.sleep(0.2)  # waiting for room
+        started = time.monotonic()
+        pool.stop()
+        thread.join(10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(got, [[None] * 5])
+        for worker in held:
+            pool._give_back(worker)
+        self.assertEqual(pool.pids(), [])
+
     def test_busy_workers_not_waited_for_past_timeout(self) -> None:
         """Workers full (DEPTH batches each) past the timeout: the call gets nothing and its caller parses inline."""
         pool = self.pool(1)

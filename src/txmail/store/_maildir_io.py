@@ -915,17 +915,11 @@ def derive_records(
     parsed: list[tuple[int, str, bytes, tuple[str, ...]]] = []
     ordered = sorted(reqs, key=lambda r: r[1])
     metadata = _cached_metadata(path, ordered, None)
-    todo = [i for i, md in enumerate(metadata) if md is None]
     answers: dict[int, list[Any]] = {}
-    derive_name = function_name(derive) if pool is not None and len(todo) >= POOL_LEAST else None
-    if pool is not None and derive_name is not None:
-        octets = sum(name_sizes(ordered[i][3])[0] or 0 for i in todo)
-        items = [(ordered[i][4], ordered[i][5], ordered[i][6]) for i in todo]
-        for i, answer in zip(
-            todo, pool.parse_deriving(path, items, (_COLUMNS_OF, derive_name), octets), strict=True
-        ):
-            cols = None if answer is None else answer[1]
-            if type(cols) is tuple and len(cols) % 2 == 0:  # (name, value, ...)
+    derive_name = None if pool is None else function_name(derive)
+    if derive_name is not None:
+        for i, answer in _pooled(path, ordered, metadata, pool, (_COLUMNS_OF, derive_name)).items():
+            if type(answer[1]) is tuple and len(answer[1]) % 2 == 0:  # columns: (name, value, ...)
                 answers[i] = answer
     for i, (uid, _, _, base, sub, name, convert) in enumerate(ordered):
         md = metadata[i]
@@ -1005,18 +999,34 @@ def _pool_parse(
     The metadata and encoded record that the workers of *pool* parsed, by
     index in *ordered*, of the messages lacking metadata.
     """
+    out = {}
+    for i, encoded in _pooled(path, ordered, metadata, pool).items():
+        with contextlib.suppress(ValueError):  # not a record (never seen): parsed here again
+            out[i] = (mime.decode_metadata(encoded), encoded)
+    return out
+
+
+def _pooled(
+    path: str,
+    ordered: list[tuple[int, int, int, str, str, str, bool]],
+    metadata: list[MessageMetadata | None],
+    pool: ParsePool | None,
+    derive: tuple[str, ...] = (),
+) -> dict[int, Any]:
+    """
+    What the workers of *pool* answered (:meth:`ParsePool.parse_deriving`
+    with *derive*), by index in *ordered*, for the messages lacking
+    metadata that they parsed; nothing when fewer than :data:`POOL_LEAST`
+    lack it.
+    """
     todo = [i for i, md in enumerate(metadata) if md is None]
     if pool is None or len(todo) < POOL_LEAST:
         return {}
     # The files' sizes from their names (S=), for the time the workers get.
     octets = sum(name_sizes(ordered[i][3])[0] or 0 for i in todo)
-    answers = pool.parse(path, [(ordered[i][4], ordered[i][5], ordered[i][6]) for i in todo], octets)
-    out = {}
-    for i, encoded in zip(todo, answers, strict=True):
-        if encoded is not None:
-            with contextlib.suppress(ValueError):  # not a record (never seen): parsed here again
-                out[i] = (mime.decode_metadata(encoded), encoded)
-    return out
+    items = [(ordered[i][4], ordered[i][5], ordered[i][6]) for i in todo]
+    answers = pool.parse_deriving(path, items, derive, octets)
+    return {i: answer for i, answer in zip(todo, answers, strict=True) if answer is not None}
 
 
 def _completion(

@@ -395,6 +395,7 @@ class ParsePool:
         """Stop every idle worker now and the busy ones when their batches end; no new ones start."""
         with self._lock:
             self._stopped = True
+            self._lock.notify_all()  # callers waiting for room give up now
             idle = [w for w in self._workers if not self._load[w]]
             self._workers = [w for w in self._workers if self._load[w]]
             for worker in idle:

@@ -18,6 +18,7 @@ This module is sans-IO: it imports nothing from Twisted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -468,14 +469,16 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                     # group and the next before this one is awaited: a store rendering
                     # them in other processes (the Maildir parse workers) starts on the
                     # next group the moment this one is done.
+                    derive = functools.partial(derive_structures, mailbox)
                     group = n - n % DERIVE_BATCHES
                     asked = _missing(batches[group : group + DERIVE_BATCHES], kept)
-                    ahead.ask(lambda uids: derive_structures(mailbox, uids), asked)
-                    following = _missing(batches[group + DERIVE_BATCHES : group + 2 * DERIVE_BATCHES], kept)
-                    ahead.ask(lambda uids: derive_structures(mailbox, uids), following)
+                    ahead.ask(derive, asked)
+                    ahead.ask(
+                        derive, _missing(batches[group + DERIVE_BATCHES : group + 2 * DERIVE_BATCHES], kept)
+                    )
                     records = await ahead.take(asked)
                     if records is None:
-                        records = await call(derive_structures, mailbox, asked)
+                        records = await call(derive, asked)
                     found = await derived_structures(mailbox, records)
                     for uid, structures in found.items():
                         kept[uid] = rendered[uid] = structures
