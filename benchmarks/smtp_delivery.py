@@ -509,8 +509,10 @@ class TxmailServer(Server):
 
     name = "txmail"
 
-    def __init__(self, venv_bin: str, start_timeout: float, workers: int = 1) -> None:
+    def __init__(self, venv_bin: str, start_timeout: float, workers: int = 1,
+                 config: str | None = None) -> None:
         self.workers = workers
+        self.config = config
         if workers > 1:
             self.name = f"txmail-w{workers}"
         self.twistd = str(Path(venv_bin) / "twistd")
@@ -535,7 +537,8 @@ class TxmailServer(Server):
             ["--data-dir", str(self.data), "--domain", DOMAIN,
              "--smtp", f"tcp:{port}:interface={HOST}",
              "--submission", f"tcp:0:interface={HOST}", "--hostname", "bench.test",
-             "--workers", str(self.workers), "--imap", f"tcp:{self.imap_port}:interface={HOST}"],
+             "--workers", str(self.workers), "--imap", f"tcp:{self.imap_port}:interface={HOST}",
+             *(["--config", self.config] if self.config else [])],
             ports=[port, self.imap_port], start_timeout=self.start_timeout,
             logfile=run_dir / f"{self.name}-twistd.log", outfile=run_dir / f"{self.name}-twistd.out")
         if self.workers > 1:
@@ -899,6 +902,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "non-editable install (pip install .), so twistd finds the plugin")
     p.add_argument("--txmail-start-timeout", type=float, default=30,
                    help="seconds to wait for txmail's SMTP port")
+    p.add_argument("--txmail-config", default=None,
+                   help="a TOML configuration file for every txmail server (twistd mailserver "
+                        "--config), to compare settings; its options come before the command line's")
     p.add_argument("--workdir", default=None,
                    help="scratch directory (default: a new /tmp/smtpbench-*, same filesystem "
                         "as the Postfix Maildirs)")
@@ -940,7 +946,8 @@ def main(argv: list[str] | None = None) -> int:
             servers[name] = AiosmtpdServer(args.bench_python)
         else:
             workers = int(name.removeprefix("txmail-w")) if name.startswith("txmail-w") else 1
-            servers[name] = TxmailServer(args.txmail_bin, args.txmail_start_timeout, workers)
+            servers[name] = TxmailServer(args.txmail_bin, args.txmail_start_timeout, workers,
+                                         args.txmail_config)
 
     results: list[RunResult] = []
     failures: dict[str, str] = {}

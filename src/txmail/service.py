@@ -97,6 +97,12 @@ LISTENER_ROLES: tuple[str, ...] = tuple(
 )
 
 
+#: The function an IMAP FETCH has the Maildir parse workers run
+#: (:func:`txmail.imap.structures.record_of_metadata`, by its name:
+#: ``tests.test_service`` checks it).
+_IMAP_STRUCTURES = "txmail.imap.structures:record_of_metadata"
+
+
 class ThreadPoolService(_twisted.Service):
     """Runs a bounded thread pool for blocking work while the service runs."""
 
@@ -529,6 +535,8 @@ def make_store_provider(
             run_blocking=run_blocking,
             hostname=settings.hostname,
             parse_workers=workers,
+            # What an IMAP FETCH has the workers render (imported as they start).
+            parse_preload=(_IMAP_STRUCTURES,) if settings.imap else (),
         )
         if server is not None:
             StopService(maildir.stop).setServiceParent(server)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap.test_commands import command
@@ -108,6 +108,35 @@ class MaildirRecordsTests(_Maildir, SynchronousTestCase):
         again = self.reopen()
         self.assertEqual(self.successResultOf(again.cached_records("k-1", uids)), records)
         self.assertEqual(self.successResultOf(again.cached_records("k-2", uids)), {})
+
+    def test_own_records_not_read_back(self) -> None:
+        """
+        Records this mailbox appended are kept as if read: the next write
+        and read parse none of them from the file (a FETCH keeps its
+        records every KEEP_EVERY messages); another writer's are read.
+        """
+        mailbox = self.make_mailbox(6)
+        uids = [i.uid for i in self.successResultOf(mailbox.list_messages())]
+        first = {uid: ("n", str(uid)) for uid in uids[:2]}
+        self.successResultOf(mailbox.cache_records("k", first))
+        second = {uid: ("n", str(uid)) for uid in uids[2:4]}
+        parsed: list[int] = []
+        original = columns_file._parse
+        self.patch(
+            columns_file, "_parse", lambda data, names: parsed.append(len(data)) or original(data, names)
+        )
+        self.successResultOf(mailbox.cache_records("k", second))
+        self.successResultOf(mailbox.cache_records("k", {uids[4]: ("n", "4")}))
+        self.assertEqual(
+            self.successResultOf(mailbox.cached_records("k", uids)), {**first, **second, uids[4]: ("n", "4")}
+        )
+        self.assertEqual(parsed, [])
+        # Appended by someone else: read (and only that block).
+        columns_file.append_columns(
+            mailbox.path, ("k",), [(mailbox._locs[uids[5]].base, ("n", "5"))], "txmail-records-k"
+        )
+        self.assertEqual(self.successResultOf(mailbox.cached_records("k", uids[5:])), {uids[5]: ("n", "5")})
+        self.assertEqual(len(parsed), 1)
 
     def test_bad_kind(self) -> None:
         """A kind that could not name a file is refused."""
@@ -247,6 +276,75 @@ class ComparisonTests(ServerTestCase):
             self.clock.advance(0)  # the turns FETCH gives between batches
         self.assertEqual(transport.value().count(b" FETCH ("), 40)
         self.assertEqual(kept, [16, 16, 8])
+
+    def test_keeps_not_waited_for(self) -> None:
+        """
+        The FETCH goes on while the store keeps what it handed over every
+        KEEP_EVERY messages (the next structures are asked for meanwhile),
+        and ends only when every keep has ended.
+        """
+        self.patch(structures, "KEEP_EVERY", 16)
+        self.patch(selected, "KEEP_EVERY", 16)
+        self.patch(selected, "BATCH", 8)
+        self.patch(selected, "DERIVE_BATCHES", 1)
+        events: list[str] = []
+        keeps: list[defer.Deferred[None]] = []
+        original_keep = self.mailbox.cache_records
+
+        def keep(kind: str, records: Any) -> defer.Deferred[None]:
+            events.append(f"keep {len(records)}")
+            d: defer.Deferred[None] = defer.Deferred()
+            keeps.append(d)
+            return d.addCallback(lambda _: original_keep(kind, records))
+
+        original_derive = self.mailbox.derive_records
+        self.mailbox.cache_records = keep  # type: ignore[method-assign]
+        self.mailbox.derive_records = lambda uids, fn: (  # type: ignore[method-assign]
+            events.append(f"derive {min(uids)}") or original_derive(uids, fn)
+        )
+        proto, transport = self.login()
+        transport.clear()
+        proto.dataReceived(b"k1 " + COMPARED[0] + b"\r\n")
+        for _ in range(1000):
+            self.clock.advance(0)
+        # Every batch was asked for although no keep has ended, and the FETCH waits for them.
+        self.assertEqual(transport.value().count(b" FETCH ("), 40)
+        self.assertNotIn(b"k1 OK", transport.value())
+        self.assertLess(events.index("keep 16"), events.index("derive 33"))  # asked after an unended keep
+        self.assertEqual(
+            [e for e in events if e.startswith("derive")], [f"derive {n}" for n in range(1, 41, 8)]
+        )
+        self.assertEqual(len(keeps), 2)
+        keeps[0].callback(None)
+        self.clock.advance(0)
+        self.assertNotIn(b"k1 OK", transport.value())
+        keeps[1].callback(None)
+        for _ in range(100):
+            self.clock.advance(0)
+            if len(keeps) == 3 and not keeps[2].called:
+                keeps[2].callback(None)  # the rest, at the end
+        self.assertIn(b"k1 OK", transport.value())
+        self.assertEqual([e for e in events if e.startswith("keep")], ["keep 16", "keep 16", "keep 8"])
+        uids = [i.uid for i in self.successResultOf(self.mailbox.list_messages())]
+        self.assertEqual(len(self.successResultOf(structures.cached_structures(self.mailbox, uids))), 40)
+
+    def test_keep_failure_reported(self) -> None:
+        """A keep that fails fails the FETCH at its end, once every answer was sent."""
+        self.patch(structures, "KEEP_EVERY", 16)
+        self.patch(selected, "KEEP_EVERY", 16)
+        self.patch(selected, "BATCH", 8)
+        self.mailbox.cache_records = lambda kind, records: defer.fail(  # type: ignore[method-assign]
+            OSError("disk full")
+        )
+        proto, transport = self.login()
+        transport.clear()
+        proto.dataReceived(b"k1 " + COMPARED[0] + b"\r\n")
+        for _ in range(1000):
+            self.clock.advance(0)
+        self.assertEqual(transport.value().count(b" FETCH ("), 40)
+        self.assertIn(b"k1 ", transport.value().rsplit(b"\r\n", 2)[-2])
+        self.assertNotIn(b"k1 OK", transport.value())
+        self.flushLoggedErrors(OSError)
 
     def test_new_message_rendered(self) -> None:
         """A message delivered after the records were kept is rendered and kept by the next FETCH."""

@@ -93,10 +93,29 @@ class _Tree:
         self.addCleanup(shutil.rmtree, root, True)  # type: ignore[attr-defined]
         return root
 
-    def pool(self, size: int = 2) -> ParsePool:
-        pool = ParsePool(size)
+    def pool(self, size: int = 2, preload: tuple[str, ...] = ()) -> ParsePool:
+        pool = ParsePool(size, preload=preload)
         self.addCleanup(pool.stop)  # type: ignore[attr-defined]
         return pool
+
+    def probe(self) -> str:
+        """
+        The name of a function the workers can run, telling whether IMAP's
+        rendering was imported before it (a module of its own, on the
+        workers' path from now on).
+        """
+        where = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, where, True)  # type: ignore[attr-defined]
+        with open(os.path.join(where, "txmail_probe.py"), "w") as f:
+            f.write(
+                "import sys\n\ndef imap_loaded(md):\n    return 'txmail.imap.structures' in sys.modules\n"
+            )
+        path = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (where, path) if p)
+        self.addCleanup(  # type: ignore[attr-defined]
+            lambda: os.environ.pop("PYTHONPATH") if path is None else os.environ.update(PYTHONPATH=path)
+        )
+        return "txmail_probe:imap_loaded"
 
 
 def _counting(fn: Any, seen: list[Any]) -> Any:
@@ -335,6 +354,55 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         self.assertEqual((pool._workers, pool._load), ([], {}))
         self.check(pool.parse(self.root, self.items), self.items)
 
+    def test_preload(self) -> None:
+        """A worker imports the modules it is given before its first batch, and only those."""
+        probe = self.probe()
+        without = self.pool(1).parse_deriving(self.root, self.items[:5], [probe])
+        self.assertEqual([a[1] for a in without], [False] * 5)
+        pool = self.pool(1, preload=("txmail.imap.structures:record_of_metadata", "txmail.no_such_module"))
+        self.assertEqual(pool.preload, {"txmail.imap.structures", "txmail.no_such_module"})
+        answers = pool.parse_deriving(self.root, self.items[:5], [probe])
+        self.assertEqual([a[1] for a in answers], [True] * 5)  # a module not found is left out
+        self.check([a[0] for a in answers], self.items[:5])
+        self.assertEqual(pool.failures, 0)
+
+    def test_derived_modules_preloaded(self) -> None:
+        """The module of a function asked for is imported by the workers started after."""
+        self.patch(_parse_pool, "MIN_SHARE", 1000)  # one worker for a batch
+        pool = self.pool(2)
+        name = _parse_pool.function_name(record_of_metadata)
+        assert name is not None
+        pool.parse(self.root, self.items[:5])
+        [first] = pool.pids()
+        self.assertEqual(pool.preload, set())
+        pool.parse_deriving(self.root, self.items[:5], [name])
+        self.assertEqual(pool.pids(), [first])
+        self.assertEqual(pool.preload, {"txmail.imap.structures"})
+        pool.start()  # the second worker
+        [second] = set(pool.pids()) - {first}
+        with open(f"/proc/{second}/cmdline", "rb") as f:
+            self.assertEqual(f.read().split(b"\0")[-2:], [b"txmail.imap.structures", b""])
+        with open(f"/proc/{first}/cmdline", "rb") as f:
+            self.assertEqual(f.read().split(b"\0")[-2:], [b"txmail.store._parse_pool", b""])
+
+    def test_start(self) -> None:
+        """start() starts the missing workers without a batch; the batches go to them; none once stopped."""
+        pool = self.pool(2)
+        pool.start()
+        pids = pool.pids()
+        self.assertEqual(len(pids), 2)
+        self.assertEqual(sorted(pool._load.values()), [0, 0])
+        pool.start()
+        self.assertEqual(pool.pids(), pids)
+        self.check(pool.parse(self.root, self.items), self.items)
+        self.assertEqual(pool.pids(), pids)
+        pool.stop()
+        self.assertEqual(pool.pids(), [])
+        for pid in pids:
+            self.assertFalse(_alive(pid))
+        pool.start()
+        self.assertEqual(pool.pids(), [])
+
     def test_stop_ends_the_wait(self) -> None:
         """A caller waiting for room when the pool stops gets nothing at once, not after the timeout."""
         pool = self.pool(1)
@@ -497,9 +565,20 @@ class MaildirWorkersTests(_Tree, SynchronousTestCase):
         expected = {uid: record_of(v[-1]) for uid, v in self.metadata(inline).items()}
         _, fresh = self.mailbox(0)
         self.assertEqual(self.records(fresh), expected)
-        provider, pooled = self.mailbox(2)
+        _, pooled = self.mailbox(2)
+        self.patch(_parse_pool.ParsePool, "parse_deriving", lambda *a: self.fail("asked the workers"))
         self.assertEqual(self.records(pooled, lambda md: record_of_metadata(md)), expected)
-        self.assertEqual(provider._pool().pids(), [])  # type: ignore[union-attr]
+
+    def test_workers_started_by_a_listing(self) -> None:
+        """A listing taking in at least POOL_LEAST dropped-in files starts the workers, before any parse."""
+        self.patch(io, "POOL_LEAST", len(self.messages))
+        provider, _ = self.mailbox(2)
+        self.assertEqual(len(provider._pool().pids()), 2)  # type: ignore[union-attr]
+        self.patch(io, "POOL_LEAST", len(self.messages) + 1)
+        provider, _ = self.mailbox(2)
+        self.assertIsNone(provider._parse_pool)
+        provider, _ = self.mailbox(0)  # no workers: none started
+        self.assertIsNone(provider._pool())
 
     def test_derive_records_after_header_only(self) -> None:
         """Messages whose header alone was parsed and cached are parsed whole for their records."""
@@ -539,3 +618,20 @@ class SettingsTests(SynchronousTestCase):
         server.stopService()
         self.assertEqual(stopped, [True])
         self.assertIsNone(provider._parse_pool)
+
+    def test_server_provider_preloads_imap(self) -> None:
+        """With an IMAP listener, the server's workers import IMAP's rendering as they start; without, not."""
+        from txmail import service
+
+        self.assertEqual(_parse_pool.function_name(record_of_metadata), service._IMAP_STRUCTURES)
+        data = os.path.abspath(self.mktemp())
+        with_imap = Settings.validated(data_dir=data, imap=["tcp:0"])
+        provider = make_store_provider(with_imap, server=MultiService())
+        assert isinstance(provider, MaildirProvider)
+        self.assertEqual(provider.parse_preload, (service._IMAP_STRUCTURES,))
+        pool = provider._pool()
+        assert pool is not None
+        self.assertEqual(pool.preload, {"txmail.imap.structures", "txmail.store._maildir_io"})
+        without = Settings.validated(data_dir=data, imap=[])
+        provider = make_store_provider(without, server=MultiService())
+        self.assertEqual(provider.parse_preload, ())  # type: ignore[attr-defined]

@@ -15,8 +15,10 @@ kept (:func:`cached_structures`), asks the store for the others batch by
 batch (:func:`derive_structures`: the store renders them from their
 metadata with :func:`record_of_metadata` where it likes, the Maildir store
 in its parse worker processes, each batch asked for while the one before
-is awaited), and hands those to the store (:func:`keep_structures`) every
-:data:`KEEP_EVERY` messages and at its end.  The records are of the kind :data:`KIND`, whose number
+is awaited), and hands those to the store every :data:`KEEP_EVERY`
+messages (:func:`start_keeping`: the FETCH goes on meanwhile, and awaits
+those keeps at its end) and at its end (:func:`keep_structures`).  The
+records are of the kind :data:`KIND`, whose number
 changes whenever this server's rendering of the three changes, so that a
 record written by another version is never used.
 
@@ -46,6 +48,7 @@ __all__ = [
     "keep_structures",
     "record_of",
     "record_of_metadata",
+    "start_keeping",
     "structures_of",
 ]
 
@@ -162,6 +165,13 @@ async def derived_structures(mailbox: IMailbox, records: dict[int, Any]) -> dict
 async def keep_structures(mailbox: IMailbox, structures: dict[int, Structures]) -> None:
     """Have *mailbox* (an :class:`IRecordCache`) keep *structures*, rendered by this FETCH."""
     if structures:
-        await _awaited(
-            IRecordCache(mailbox).cache_records(KIND, {uid: record_of(s) for uid, s in structures.items()})
-        )
+        await _awaited(start_keeping(mailbox, structures))
+
+
+def start_keeping(mailbox: IMailbox, structures: dict[int, Structures]) -> Any:
+    """
+    Ask *mailbox* (an :class:`IRecordCache`) to keep *structures*, as
+    :func:`keep_structures`, without waiting: the store's answer (a
+    Deferred started now), for the caller to await when it likes.
+    """
+    return IRecordCache(mailbox).cache_records(KIND, {uid: record_of(s) for uid, s in structures.items()})

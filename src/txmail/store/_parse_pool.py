@@ -13,6 +13,12 @@ columns; IMAP's rendered ENVELOPE and BODYSTRUCTURE,
 :meth:`txmail.interfaces.IRecordCache.derive_records`), while the server
 writes the batch before and asks for the next.
 
+Workers start when first needed, or ahead of the need
+(:meth:`ParsePool.start`: the Maildir store starts them when a listing
+takes in many files other programs dropped in); each imports, as it starts,
+the modules of the functions it will run (given, or named by an earlier
+batch), so that neither the start nor the imports fall in a FETCH.
+
 A worker runs exactly what the store runs inline (:func:`parse_file`), so
 its answer is the octets an inline parse would have cached.  Anything else
 (a file gone or renamed, a parse error, a worker that died, hung, or
@@ -42,7 +48,7 @@ import sys
 import threading
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from txmail import mime
@@ -300,14 +306,22 @@ class _Worker:
             self.process.wait()
 
 
-def _worker_argv() -> tuple[list[str], dict[str, str]]:
-    """How a worker is started: this interpreter, with this process's ``txmail`` first on its path."""
+def _worker_argv(preload: Iterable[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """
+    How a worker is started: this interpreter, with this process's
+    ``txmail`` first on its path, importing the modules *preload* first.
+    """
     import txmail
 
     top = os.path.dirname(os.path.dirname(os.path.abspath(txmail.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (top, env.get("PYTHONPATH", "")) if p)
-    return [sys.executable, "-m", "txmail.store._parse_pool"], env
+    return [sys.executable, "-m", "txmail.store._parse_pool", *sorted(preload)], env
+
+
+def _module_of(name: str) -> str:
+    """The module of a function name of :func:`function_name`."""
+    return name.partition(":")[0]
 
 
 class ParsePool:
@@ -321,16 +335,27 @@ class ParsePool:
     waits until one answers (at most *timeout*), then takes those with
     room; with none it gets ``None`` for everything (it parses inline).
 
+    A worker imports the modules of the functions it will run when it
+    starts, before it freezes what it holds for the garbage collector
+    (:func:`gc.freeze`): those of *preload*, and those of every function
+    a :meth:`parse_deriving` named before.  :meth:`start` starts the
+    workers ahead of the first need.
+
     Args:
         size: the most workers.
         timeout: seconds a worker may take over one batch.
+        preload: names of modules (or of functions, as
+            :func:`function_name` gives them) for each worker to import
+            when it starts.
     """
 
-    def __init__(self, size: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, size: int, *, timeout: float = DEFAULT_TIMEOUT, preload: Iterable[str] = ()) -> None:
         if size < 1:
             raise ValueError(f"a parse pool needs at least one worker, not {size}")
         self.size = size
         self.timeout = timeout
+        #: The modules a worker imports when it starts (a set replaced when it grows).
+        self.preload = frozenset(_module_of(name) for name in preload)
         self._lock = threading.Condition()
         self._workers: list[_Worker] = []
         self._load: dict[_Worker, int] = {}  # batches sent and not yet answered
@@ -358,6 +383,10 @@ class ParsePool:
         """
         if not items:
             return []
+        for name in derive:
+            if _module_of(name) not in self.preload:
+                with self._lock:  # for the workers started from now on
+                    self.preload = self.preload | {_module_of(name)}
         workers = self._take(max(1, min(self.size, len(items) // MIN_SHARE)))
         if not workers:
             return [None] * len(items)
@@ -385,6 +414,19 @@ class ParsePool:
                     self._give_back(worker)
             out.extend(answer)
         return out
+
+    def start(self) -> None:
+        """
+        Start the workers missing now (without waiting for them to be
+        ready), so that the first batch does not wait for their start and
+        their imports; nothing once stopped.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            start = self.size - len(self._workers) - self._starting
+            self._starting += max(0, start)
+        self._spawn(max(0, start), load=0)
 
     def pids(self) -> list[int]:
         """The process ids of the workers (for tests)."""
@@ -420,21 +462,33 @@ class ParsePool:
             for worker in taken:
                 self._load[worker] += 1
             self._starting += start
+        return taken + self._spawn(start, load=1)
+
+    def _spawn(self, count: int, load: int) -> list[_Worker]:
+        """Start *count* workers (counted in ``_starting``), each with *load* batches counted."""
         started: list[_Worker] = []
+        preload = self.preload  # replaced, never changed: safe to read in any thread
         try:
-            for _ in range(start):
-                argv, env = _worker_argv()
+            for _ in range(count):
+                argv, env = _worker_argv(preload)
                 started.append(_Worker(argv, env))
         except OSError:
             pass
         finally:
             with self._lock:
-                self._starting -= start
+                self._starting -= count
+                stopped = self._stopped and not load
                 for worker in started:
+                    if stopped:
+                        continue  # stopped meanwhile: closed below
                     self._workers.append(worker)
-                    self._load[worker] = 1
+                    self._load[worker] = load
                 self._lock.notify_all()
-        return taken + started
+        if stopped:
+            for worker in started:
+                worker.close()
+            return []
+        return started
 
     def _give_back(self, worker: _Worker) -> None:
         """A batch of *worker* answered (or not sent)."""
@@ -484,8 +538,16 @@ def _serve(stdin: Any, stdout: Any) -> None:
         stdout.flush()
 
 
+def _preload(modules: Sequence[str]) -> None:
+    """Import *modules* (a worker's argv), each that can be: one that cannot fails only its batches."""
+    for module in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+
 if __name__ == "__main__":  # pragma: no cover - run in the worker processes
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
+    _preload(sys.argv[1:])
     # A parse makes many small tuples and keeps none: collections of the
     # young generation are rare here (a parse makes no reference cycles).
     gc.freeze()

@@ -117,7 +117,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from io import BytesIO
 from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
@@ -799,6 +799,10 @@ class MaildirMailbox(MailboxState):
             return defer.succeed(None)
 
         def picked(found: list[tuple[str, str, int, int | None, float, int, int]]) -> None:
+            if len(found) >= io.POOL_LEAST:
+                # Files dropped in by other programs, not parsed yet: the FETCH
+                # that usually follows a SELECT finds the workers started.
+                self._provider._start_workers()
             entries = []
             for sub, name, size, raw, date, coff, clen in found:
                 base, letters = split_file_name(name)
@@ -1288,8 +1292,13 @@ class MaildirMailbox(MailboxState):
             keep = [(base, values) for base, values in read.found.items() if base in live]
             keep.extend(new)
             await self._run(columns.rewrite_columns, self.path, (kind,), keep, filename)
-        else:
-            await self._run(columns.append_columns, self.path, (kind,), new, filename)
+            return
+        appended = await self._run(columns.append_columns_at, self.path, (kind,), new, filename)
+        if appended is not None and self._records_read is read:
+            # Kept as if read, while this mailbox is still their last reader: the
+            # next call (a FETCH keeps its records every KEEP_EVERY messages) and
+            # the next FETCH read none of them back.
+            self._records_read = columns.extend_read(read, (kind,), [appended])
 
     def _forget_columns(self) -> None:
         """Drop the columns kept, unless a session has the mailbox selected or it read them last."""
@@ -2140,8 +2149,19 @@ class MaildirProvider:
             and stopped by :meth:`stop`; 0 (the default) parses them in
             the ``run_blocking`` thread.  Their wait is ``run_blocking``'s:
             give the workers to a provider whose ``run_blocking`` is a
-            thread pool.
+            thread pool.  They are started ahead of that need when a
+            listing takes in at least :data:`io.POOL_LEAST` files that
+            other programs dropped in.
+        parse_preload: modules (or functions, ``"module:name"``) the
+            workers import when they start, those of the functions that
+            :meth:`MaildirMailbox.derive_records` will be asked to run
+            (the server names IMAP's,
+            :func:`txmail.imap.structures.record_of_metadata`); a
+            function asked for before is imported by the workers started
+            after it anyway.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -2154,12 +2174,14 @@ class MaildirProvider:
         poll_interval: float = POLL_INTERVAL,
         settle: float = io.SETTLE_NS / 1e9,
         parse_workers: int = 0,
+        parse_preload: Sequence[str] = (),
     ) -> None:
         if watch not in ("auto", "inotify", "poll", "off"):
             raise ValueError(f"unknown watch mode {watch!r}")
         if parse_workers < 0:
             raise ValueError(f"parse_workers must be at least 0, not {parse_workers}")
         self.parse_workers = parse_workers
+        self.parse_preload = tuple(parse_preload)
         self._parse_pool: ParsePool | None = None
         self.root = root
         self._run: RunBlocking = run_blocking or run_inline
@@ -2185,8 +2207,16 @@ class MaildirProvider:
     def _pool(self) -> ParsePool | None:
         """The parse worker pool (made when first asked for), or ``None`` without workers."""
         if self._parse_pool is None and self.parse_workers:
-            self._parse_pool = ParsePool(self.parse_workers)
+            self._parse_pool = ParsePool(self.parse_workers, preload=(io.__name__, *self.parse_preload))
         return self._parse_pool
+
+    def _start_workers(self) -> None:
+        """Start the parse workers not running (in ``run_blocking``: a start forks), without waiting."""
+        pool = self._pool()
+        if pool is not None:
+            self._run(pool.start).addErrback(
+                lambda f: self.log.failure("starting the parse workers failed", f)
+            )
 
     def stop(self) -> None:
         """

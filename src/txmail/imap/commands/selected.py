@@ -70,6 +70,7 @@ from txmail.imap.structures import (
     derived_structures,
     fetch_uses_structures,
     keep_structures,
+    start_keeping,
 )
 from txmail.imap.types import Command, Copy, Examine, Expunge, Fetch, Move, Search, SearchNode, Select, Store
 from txmail.imap.view import SelectedView, SequenceError
@@ -446,6 +447,7 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
         kept = await cached_structures(mailbox, [u for _, u in targets])
     batches = list(_chunks(targets, BATCH))
     ahead = _Ahead()
+    keeping: list[Any] = []  # the keeps asked of the store and not yet awaited
     try:
         for n, batch in enumerate(batches):
             if n:
@@ -482,8 +484,11 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                     found = await derived_structures(mailbox, records)
                     for uid, structures in found.items():
                         kept[uid] = rendered[uid] = structures
-                    if len(rendered) >= KEEP_EVERY:  # kept as it goes: a client may leave mid-FETCH
-                        await keep_structures(mailbox, rendered)
+                    if len(rendered) >= KEEP_EVERY:
+                        # Kept as it goes (a client may leave mid-FETCH), while the
+                        # FETCH goes on: the workers are asked for the next groups
+                        # meanwhile; awaited at the end.
+                        keeping.append(start_keeping(mailbox, rendered))
                         rendered = {}
                 metadata = kept
             else:
@@ -517,8 +522,15 @@ async def fetch(ctx: CommandContext, cmd: Command) -> Done:
                     reads.close()
             ctx.emit(FetchBatch(items, args.uid, rows))
             await ctx.drain()
+    except BaseException:
+        for result in keeping:
+            _abandon(result)  # a started keep goes on; its failure is not reported
+        raise
     finally:
         ahead.forget()
+    for result in keeping:
+        if hasattr(result, "__await__"):
+            await result
     if rendered:
         await keep_structures(mailbox, rendered)
     return Done("UID FETCH completed" if args.uid else "FETCH completed")
