@@ -277,15 +277,28 @@ class ComparisonTests(ServerTestCase):
         self.assertEqual(transport.value().count(b" FETCH ("), 40)
         self.assertEqual(kept, [16, 16, 8])
 
+    def small_keeps(self) -> None:
+        """Structures kept every 16 messages, FETCHed 8 at a time."""
+        self.patch(structures, "KEEP_EVERY", 16)
+        self.patch(selected, "KEEP_EVERY", 16)
+        self.patch(selected, "BATCH", 8)
+
+    def fetch_turned(self) -> Any:
+        """The transport of a FETCH of every message, the clock turned until nothing is left to do."""
+        proto, transport = self.login()
+        transport.clear()
+        proto.dataReceived(b"k1 " + COMPARED[0] + b"\r\n")
+        for _ in range(1000):
+            self.clock.advance(0)
+        return transport
+
     def test_keeps_not_waited_for(self) -> None:
         """
         The FETCH goes on while the store keeps what it handed over every
         KEEP_EVERY messages (the next structures are asked for meanwhile),
         and ends only when every keep has ended.
         """
-        self.patch(structures, "KEEP_EVERY", 16)
-        self.patch(selected, "KEEP_EVERY", 16)
-        self.patch(selected, "BATCH", 8)
+        self.small_keeps()
         self.patch(selected, "DERIVE_BATCHES", 1)
         events: list[str] = []
         keeps: list[defer.Deferred[None]] = []
@@ -302,11 +315,7 @@ class ComparisonTests(ServerTestCase):
         self.mailbox.derive_records = lambda uids, fn: (  # type: ignore[method-assign]
             events.append(f"derive {min(uids)}") or original_derive(uids, fn)
         )
-        proto, transport = self.login()
-        transport.clear()
-        proto.dataReceived(b"k1 " + COMPARED[0] + b"\r\n")
-        for _ in range(1000):
-            self.clock.advance(0)
+        transport = self.fetch_turned()
         # Every batch was asked for although no keep has ended, and the FETCH waits for them.
         self.assertEqual(transport.value().count(b" FETCH ("), 40)
         self.assertNotIn(b"k1 OK", transport.value())
@@ -330,17 +339,11 @@ class ComparisonTests(ServerTestCase):
 
     def test_keep_failure_reported(self) -> None:
         """A keep that fails fails the FETCH at its end, once every answer was sent."""
-        self.patch(structures, "KEEP_EVERY", 16)
-        self.patch(selected, "KEEP_EVERY", 16)
-        self.patch(selected, "BATCH", 8)
+        self.small_keeps()
         self.mailbox.cache_records = lambda kind, records: defer.fail(  # type: ignore[method-assign]
             OSError("disk full")
         )
-        proto, transport = self.login()
-        transport.clear()
-        proto.dataReceived(b"k1 " + COMPARED[0] + b"\r\n")
-        for _ in range(1000):
-            self.clock.advance(0)
+        transport = self.fetch_turned()
         self.assertEqual(transport.value().count(b" FETCH ("), 40)
         self.assertIn(b"k1 ", transport.value().rsplit(b"\r\n", 2)[-2])
         self.assertNotIn(b"k1 OK", transport.value())
