@@ -99,7 +99,7 @@ LISTENER_ROLES: tuple[str, ...] = tuple(
 
 #: The function an IMAP FETCH has the Maildir parse workers run
 #: (:func:`txmail.imap.structures.record_of_metadata`, by its name:
-#: ``tests.test_service`` checks it).
+#: ``tests.store.test_parse_pool`` checks it).
 _IMAP_STRUCTURES = "txmail.imap.structures:record_of_metadata"
 
 
