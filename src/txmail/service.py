@@ -53,6 +53,7 @@ from txmail.directory import FileDirectory
 from txmail.errors import ConfigError
 from txmail.imap.server import IMAPFactory
 from txmail.imap.session import IMAPLimits
+from txmail.imap.structures import record_of_metadata
 from txmail.interfaces import IDeliveryRouter, IDirectory, IMailStoreProvider, IQueue
 from txmail.milter.client import build_milter_policies
 from txmail.policy.authentication import MessageSigner
@@ -97,10 +98,9 @@ LISTENER_ROLES: tuple[str, ...] = tuple(
 )
 
 
-#: The function an IMAP FETCH has the Maildir parse workers run
-#: (:func:`txmail.imap.structures.record_of_metadata`, by its name:
-#: ``tests.store.test_parse_pool`` checks it).
-_IMAP_STRUCTURES = "txmail.imap.structures:record_of_metadata"
+#: The function an IMAP FETCH has the Maildir parse workers run, by the
+#: name they find it by (:func:`txmail.store._parse_pool.function_name`).
+_IMAP_STRUCTURES = f"{record_of_metadata.__module__}:{record_of_metadata.__qualname__}"
 
 
 class ThreadPoolService(_twisted.Service):
