@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_mime import FRAGMENTS, _workload_messages
 from txmail import mime
 from txmail.config import ConfigError, Settings, load_config
+from txmail.errors import NoSuchMessage
 from txmail.imap.structures import record_of, record_of_metadata, structures_of
 from txmail.model import MessageMetadata
 from txmail.service import make_store_provider
@@ -198,6 +199,27 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         answers = self.pool(1).parse(self.root, items)
         self.assertIsNone(answers[3])
         self.check(answers[:3], items[:3])
+
+    def test_inline_parse_follows_a_rename(self) -> None:
+        """
+        The inline parse of a file whose flags changed since its name was
+        taken parses it at its new name, whole or header first; one gone
+        is NoSuchMessage.
+        """
+        sub, name, convert = self.items[0]
+        expected = values(mime.parse_metadata(to_crlf(self.messages[0]) if convert else self.messages[0]))
+        os.makedirs(os.path.join(self.root, "cur"))
+        os.rename(os.path.join(self.root, sub, name), os.path.join(self.root, "cur", name + ":2,S"))
+        md, encoded = io._parse_file(self.root, sub, name, convert, 0, None)
+        self.assertEqual(values(md), expected)
+        self.assertEqual(values(mime.decode_metadata(encoded)), expected)
+        self.patch(io, "HEADER_ONLY_SIZE", 10)  # too big for the header alone: parsed whole
+        md, _ = io._parse_file(self.root, sub, name, convert, 0, lambda *a: self.fail("header only"))
+        self.assertEqual(values(md), expected)
+        os.unlink(os.path.join(self.root, "cur", name + ":2,S"))
+        for complete in (None, lambda *a: self.fail("header only")):
+            with self.assertRaises(NoSuchMessage):
+                io._parse_file(self.root, sub, name, convert, 0, complete)
 
     def test_killed_worker(self) -> None:
         """A killed worker's messages are ``None`` (never wrong); the next batch starts a new worker."""

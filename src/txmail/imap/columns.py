@@ -59,12 +59,13 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from txmail import mime
 from txmail.imap import search
+from txmail.imap._awaiting import awaited as _awaited
 from txmail.imap.search import SearchContext, leaves
 from txmail.imap.types import FetchAttribute, SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr
 from txmail.interfaces import HEADER_COLUMNS, HEADER_LINES, IHeaderColumns, IHeaderLines, IMailbox
@@ -87,7 +88,6 @@ __all__ = [
     "values_predicate",
 ]
 
-_T = TypeVar("_T")
 
 #: SEARCH keys answered by the columns (besides those reading no header).
 _COLUMN_KEYS = frozenset({"BCC", "CC", "FROM", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TO"})
@@ -150,13 +150,6 @@ class ColumnHeaders:
 
     def __repr__(self) -> str:
         return f"ColumnHeaders({self.fields!r})"
-
-
-async def _awaited(result: Awaitable[_T]) -> _T:
-    """A store's answer, awaited when it is a Deferred (a plain test store's value taken as it is)."""
-    if hasattr(result, "__await__"):
-        return await result
-    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
 async def read_columns(mailbox: IMailbox, uids: Iterable[int]) -> dict[int, ColumnHeaders]:

@@ -51,10 +51,11 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from txmail.errors import NoSuchMessage, StoreError
+from txmail.imap._awaiting import call
 from txmail.imap.responses import Bad, ContextUpdate, NoUpdate
 from txmail.imap.search import SearchContext, matches, search_needs
 from txmail.imap.types import SearchAnd, SearchKey, SearchNode, SearchNot, SearchOr, SequenceSet
@@ -71,7 +72,6 @@ from txmail.model import (
 
 __all__ = ["MAX_CONTEXTS", "ResultContext", "ResultContexts", "Reverse", "begin", "freeze", "opened"]
 
-_T = TypeVar("_T")
 
 #: Updating searches one session may keep (RFC 5267 section 4.3.1: at least one).
 MAX_CONTEXTS = 10
@@ -469,14 +469,6 @@ class ResultContexts:
             if update is not None:
                 out.append(update)
         return out
-
-
-async def call(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-    """``fn(*args)``, a contract method, awaited (a plain test store's value taken as it is)."""
-    result = fn(*args)
-    if hasattr(result, "__await__"):
-        return await result
-    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
 async def _read(mailbox: IMailbox, uid: int) -> bytes | None:

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from txmail.imap import serialize
-from txmail.imap.columns import _awaited
+from txmail.imap._awaiting import awaited as _awaited
 from txmail.imap.fetch import Structures, basic_body_structure
 from txmail.imap.types import FetchAttribute
 from txmail.interfaces import IMailbox, IRecordCache

@@ -20,13 +20,14 @@ differ convert it on the way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from txmail import mime
 from txmail._fs import fsync_dir, fsync_file, write_file_durably
@@ -49,7 +50,7 @@ from txmail.store._maildir_format import (
     parse_keywords,
     split_file_name,
 )
-from txmail.store._parse_pool import ParsePool, function_name
+from txmail.store._parse_pool import ParsePool, function_name, parse_file_metadata
 
 __all__ = [
     "CACHE",
@@ -793,14 +794,32 @@ def open_file(path: str, sub: str, name: str, size: int | None = None) -> Binary
 
 
 def _open_raw(path: str, sub: str, name: str) -> BinaryIO:
+    return _at_current_name(path, sub, name, _open_binary)
+
+
+def _open_binary(path: str, sub: str, name: str) -> BinaryIO:
+    return open(os.path.join(path, sub, name), "rb")
+
+
+_R = TypeVar("_R")
+
+
+def _at_current_name(path: str, sub: str, name: str, fn: Callable[[str, str, str], _R]) -> _R:
+    """
+    ``fn(path, sub, name)`` on a message file, or on its current name when
+    it was renamed (its flags changed) meanwhile.
+
+    Raises:
+        NoSuchMessage: the file is gone (*fn* raised ``FileNotFoundError``).
+    """
     try:
-        return open(os.path.join(path, sub, name), "rb")
+        return fn(path, sub, name)
     except FileNotFoundError:
         pass
     found = _find(path, split_file_name(name)[0])
     if found is not None:
         try:
-            return open(os.path.join(path, *found), "rb")
+            return fn(path, *found)
         except FileNotFoundError:
             pass
     raise NoSuchMessage(name)
@@ -1051,18 +1070,21 @@ def _never() -> tuple[Any, Any, int]:  # pragma: no cover - only decodes the hea
 def _parse_file(
     path: str, sub: str, name: str, convert: bool, uid: int, complete: Completion | None
 ) -> tuple[MessageMetadata, bytes]:
-    """Parse a message file: its header alone when *complete* is given and it is small."""
-    with _open_raw(path, sub, name) as f:
-        if complete is not None:
+    """
+    Parse a message file: its header alone when *complete* is given and it
+    is small, else whole, as the parse workers do
+    (:func:`txmail.store._parse_pool.parse_file_metadata`).
+    """
+    if complete is not None:
+        with _open_raw(path, sub, name) as f:
             data = f.read(HEADER_ONLY_SIZE + 1)
-            if len(data) <= HEADER_ONLY_SIZE:
-                if convert:
-                    data = to_crlf(data)
-                header_size, headers = mime.parse_header_section(data)
-                md = MessageMetadata.deferred(header_size, headers, complete(uid, headers))
-                return md, mime.encode_header_metadata(header_size, headers)
-            f.seek(0)
-        md = mime.parse_metadata(CRLFFile(f) if convert else f)
+        if len(data) <= HEADER_ONLY_SIZE:
+            if convert:
+                data = to_crlf(data)
+            header_size, headers = mime.parse_header_section(data)
+            md = MessageMetadata.deferred(header_size, headers, complete(uid, headers))
+            return md, mime.encode_header_metadata(header_size, headers)
+    md = _at_current_name(path, sub, name, functools.partial(parse_file_metadata, convert=convert))
     return md, mime.encode_metadata(md)
 
 

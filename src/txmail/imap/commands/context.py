@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox, StoreError
+from txmail.imap._awaiting import call
 from txmail.imap.responses import No, Response
 from txmail.imap.view import SelectedView
 from txmail.model import INBOX, SpecialUse
@@ -131,18 +132,6 @@ def selected_mailbox(ctx: CommandContext) -> IMailbox:
     if mailbox is None:
         raise RuntimeError("a selected-state command ran with no mailbox selected")
     return mailbox
-
-
-async def call(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-    """
-    ``fn(*args)``, a contract method, awaited: its Deferred (one that has
-    fired gives its result at once).  A plain store that answers with the
-    value itself, or raises, is taken as it is (the unit tests' stores).
-    """
-    result = fn(*args)
-    if hasattr(result, "__await__"):
-        return await result
-    return cast(_T, result)  # a plain store's value, not an awaitable
 
 
 #: How store errors answer a command (RFC 5530 response codes).
