@@ -504,6 +504,8 @@ class ConfigTests(TestCase):
             {"url": "127.0.0.1:11333"},
             {"url": 5},
             {"controller_url": "http://x:port"},
+            {"url": "http://[]x"},  # a bracketed host that is not an address
+            {"controller_url": "http://[127.0.0.1"},
             {"timeout": 0},
             {"timeout": "soon"},
             {"timeout": True},

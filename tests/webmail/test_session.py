@@ -69,6 +69,8 @@ class CookieBearerTests(SynchronousTestCase):
             {b"origin": b"http://evil.test"},
             {b"origin": b"http://mail.example.test:9999"},
             {b"origin": b"null"},
+            {b"origin": b"http://[mail.example.test:8080"},  # not a URL: no exception, refused
+            {b"origin": b"http://[]mail.example.test:8080"},
             {b"sec-fetch-site": b"cross-site"},
             {b"sec-fetch-site": b"same-site"},
         ):

@@ -54,7 +54,10 @@ class RspamdSettings:
 def _url(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"rspamd {name} must be a URL string")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # a bracketed host that is not an address
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(f'rspamd {name} must be an http:// URL such as "{DEFAULT_URL}", not {value!r}')
     try:

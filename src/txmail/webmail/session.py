@@ -106,7 +106,11 @@ def same_origin(request: Any) -> bool:
     host = _header(request, b"host")
     if host is None or origin.strip() == "null":
         return False
-    return urlsplit(origin.strip()).netloc.lower() == host.strip().lower()
+    try:
+        netloc = urlsplit(origin.strip()).netloc
+    except ValueError:  # not a URL (a bracketed host that is not an address): another origin
+        return False
+    return netloc.lower() == host.strip().lower()
 
 
 def csrf_ok(request: Any, bearer: str) -> bool:
