@@ -8,6 +8,7 @@ them (flags, expunge, copy, move, delivery).
 from __future__ import annotations
 
 import base64
+import json
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -338,6 +339,30 @@ class EmailTestsMixin(MailMixin):
     def test_changes_bad_state(self) -> None:
         self.assertEqual(self.error("Email/changes", {"sinceState": "eAAAA"}).type, "cannotCalculateChanges")
         self.assertEqual(self.error("Email/changes", {"sinceState": None}).type, "invalidArguments")
+
+    def test_state_inflating_too_far(self) -> None:
+        """
+        A client's state string that inflates past STATE_INFLATED_MAX (a
+        "zip bomb": 1 MB of it inflates to about 1 GB) is refused unread;
+        this server's own states, and one cut short, are told apart.
+        """
+        from txmail.jmap import state as state_module
+
+        big = state_module.encode_state("e", [[" " * state_module.STATE_INFLATED_MAX]])
+        self.assertLess(len(big), 100_000)
+        self.assertIsNone(state_module.decode_state("e", big))
+        self.deliver()
+        real = self.state()
+        entries = state_module.decode_state("e", real)
+        self.assertIsNotNone(entries)
+        inflated = len(json.dumps(entries, separators=(",", ":")))
+        self.patch(state_module, "STATE_INFLATED_MAX", inflated)
+        self.assertEqual(state_module.decode_state("e", real), entries)  # just fits
+        bomb = state_module.encode_state("e", [[" " * inflated]])
+        self.assertLess(len(bomb), 100)
+        self.assertIsNone(state_module.decode_state("e", bomb))
+        self.assertEqual(self.error("Email/changes", {"sinceState": bomb}).type, "cannotCalculateChanges")
+        self.assertIsNone(state_module.decode_state("e", real[:-8]))  # cut short
 
     def test_changes_after_restart_from_the_store(self) -> None:
         """

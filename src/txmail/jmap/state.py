@@ -141,13 +141,22 @@ def encode_state(kind: str, entries: list[list[Any]]) -> str:
     return kind + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
+#: The most octets a state string's JSON may hold once inflated (this
+#: server's states hold a few numbers a mailbox): a client's string that
+#: inflates to more (a "zip bomb") is refused before it takes more memory.
+STATE_INFLATED_MAX = 1 << 24
+
+
 def decode_state(kind: str, state: Any) -> list[list[Any]] | None:
     """The entries of a state string of *kind*, or ``None`` when it is not one (any input)."""
     if not isinstance(state, str) or not state.startswith(kind) or len(state) > 1_000_000:
         return None
     try:
         text = state[1:]
-        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), bufsize=1 << 16)
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), STATE_INFLATED_MAX)
+        if not inflate.eof or inflate.unconsumed_tail:
+            return None  # more than STATE_INFLATED_MAX, or cut short
         entries = json.loads(raw)
     except (ValueError, zlib.error, UnicodeError, RecursionError):
         return None
