@@ -303,6 +303,12 @@ class ARCStructureTests(SynchronousTestCase):
         )
         zero = self.message.replace(b"ARC-Authentication-Results: i=1;", b"ARC-Authentication-Results: i=0;")
         self.check(zero, "ARC-Authentication-Results without a valid instance (i=1 to 50)")
+        # Longer than any instance (int() refuses more than 4,300 digits): invalid, not an exception.
+        for digits in (b"0001", b"9" * 4301):
+            huge = self.message.replace(
+                b"ARC-Authentication-Results: i=1;", b"ARC-Authentication-Results: i=" + digits + b";"
+            )
+            self.check(huge, "ARC-Authentication-Results without a valid instance (i=1 to 50)")
         self.check(
             b"ARC-Seal: i=51; cv=pass; a=rsa-sha256; d=x; s=y; b=AAAA\r\n" + self.message,
             "more than 50 ARC sets",

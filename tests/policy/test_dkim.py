@@ -564,7 +564,8 @@ class VerifyResultTests(SynchronousTestCase):
 
     def test_import_error_names_the_extra(self) -> None:
         """Without dkimpy, importing txmail.policy.dkim says to install txmail[policy]."""
-        saved = {name: sys.modules.get(name) for name in ("dkim", "txmail.policy.dkim")}
+        hidden = ["dkim", *(name for name in sys.modules if name.startswith("dkim."))]
+        saved = {name: sys.modules.get(name) for name in (*hidden, "txmail.policy.dkim")}
 
         def restore() -> None:
             for name, module in saved.items():
@@ -574,7 +575,8 @@ class VerifyResultTests(SynchronousTestCase):
                     sys.modules[name] = module
 
         self.addCleanup(restore)
-        sys.modules["dkim"] = None  # type: ignore[assignment]
+        for name in hidden:  # the package and the submodules already imported
+            sys.modules[name] = None  # type: ignore[assignment]
         sys.modules.pop("txmail.policy.dkim")
         error = self.assertRaises(ImportError, importlib.import_module, "txmail.policy.dkim")
         self.assertIn("pip install 'txmail[policy]'", str(error))
@@ -980,3 +982,45 @@ class RelaxedBodyTests(SynchronousTestCase):
             self.assertEqual(_without_b(value), RE_BTAG.sub(b"\\1", value))
 
         check()
+
+    def test_header_selection_same_as_dkimpy(self) -> None:
+        """
+        The fields an h= list selects (RFC 6376 section 5.4.2: bottom up,
+        repeated names, absent names) are dkimpy's ``select_headers``'s.
+        """
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        from txmail.policy.dkim import _select_headers
+
+        names = [b"from", b"to", b"subject", b"x-a"]
+        field = st.tuples(st.sampled_from([*names, b"From", b"SUBJECT", b"X-A"]), st.binary(max_size=3))
+
+        @settings(max_examples=1000, deadline=None)
+        @given(st.lists(field, max_size=8), st.lists(st.sampled_from([*names, b"cc"]), max_size=10))
+        def check(headers: list[tuple[bytes, bytes]], include: list[bytes]) -> None:
+            self.assertEqual(_select_headers(headers, include), dkimpy.select_headers(headers, include))
+
+        check()
+
+    def test_header_fields_same_as_dkimpy(self) -> None:
+        """Header fields, folded over any number of lines, are split as dkimpy's rfc822_parse splits them."""
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        from txmail.policy.dkim import _Message
+
+        line = st.sampled_from([b"", b" a", b"b c", b"\td", b":"])
+        folded = st.lists(line, min_size=1, max_size=6).map(lambda lines: b"\r\n ".join(lines) + b"\r\n")
+        field = st.tuples(st.sampled_from([b"From", b"Subject", b"X-Long"]), folded)
+
+        @settings(max_examples=500, deadline=None)
+        @given(st.lists(field, max_size=6))
+        def check(fields: list[tuple[bytes, bytes]]) -> None:
+            message = b"".join(n + b":" + v for n, v in fields) + b"\r\nbody\r\n"
+            expected = [(n, v) for n, v in dkimpy.rfc822_parse(message)[0]]
+            self.assertEqual(_Message(message).headers, expected)
+
+        check()
+        many = b"X-Long: a\r\n" + b" b\r\n" * 50_000
+        self.assertEqual(_Message(many + b"\r\n").headers, [(b"X-Long", many[len(b"X-Long:") :])])

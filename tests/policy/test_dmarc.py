@@ -617,8 +617,12 @@ class FromDomainTests(SynchronousTestCase):
             b"From: john@example..com\r\n",
             b"From: john@\xff\xfe.example\r\n",
             b"From: a@example.com, b@\r\n",
+            b"From: a@" + "\u00e9".encode() * 200_000 + b".example\r\n",  # refused before IDNA
         ):
             self.assertRaises(NoAuthorDomain, from_domain, header)
+        longest = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters: a domain name still
+        self.assertEqual(from_domain(f"From: a@{longest}\r\n".encode()), longest)
+        self.assertRaises(NoAuthorDomain, from_domain, f"From: a@{longest}b\r\n".encode())
 
 
 class DomainExistsTests(SynchronousTestCase):

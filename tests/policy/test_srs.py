@@ -241,6 +241,16 @@ class ReverseTests(SynchronousTestCase):
         for old, new in (("orig.example", "evil.example"), ("=user@", "=admin@"), ("=G3=", "=G4=")):
             self.assertRaises(BadHash, srs.reverse, rewritten.replace(old, new), T0)
 
+    def test_non_ascii_timestamp(self) -> None:
+        """
+        A timestamp whose upper case is longer ("ß" is "SS") is malformed,
+        even under a good hash (only our own secret can make one).
+        """
+        srs = make()
+        for stamp in ("\u00dfT", "\ufb00T", "G\u00df"):
+            forged = f"SRS0={srs._hash(stamp, 'orig.example', 'user')}={stamp}=orig.example=user@forwarder.example"
+            self.assertRaises(MalformedSRS, srs.reverse, forged, T0)
+
     def test_other_secret(self) -> None:
         """An address made with another secret is refused."""
         rewritten = make("forwarder.example", b"theirs").forward("user@orig.example", T0)

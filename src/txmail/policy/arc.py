@@ -117,7 +117,9 @@ _AAR = b"arc-authentication-results"
 _AMS = b"arc-message-signature"
 _AS = b"arc-seal"
 _KINDS = (_AAR, _AMS, _AS)
-_AAR_INSTANCE = re.compile(rb"\s*i\s*=\s*(\d+)\s*;", re.ASCII)
+# At most three digits, as the instances of the other two (MAX_INSTANCE is 50):
+# a longer one is no valid instance (and int() refuses over 4,300 digits).
+_AAR_INSTANCE = re.compile(rb"\s*i\s*=\s*(\d{1,3})\s*;", re.ASCII)
 _CV = ("none", "pass", "fail")
 
 

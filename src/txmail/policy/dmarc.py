@@ -521,7 +521,9 @@ def _domain_name(host: str) -> str | None:
     except UnicodeError:
         return None
     name = name.strip().rstrip(".").lower()
-    if not name or name.startswith("["):
+    # Too long for a domain name whatever it encodes to (an A-label is never
+    # shorter than its U-label): refused before IDNA's costly nameprep.
+    if not name or name.startswith("[") or len(name) > 253:
         return None
     if not name.isascii():
         # RFC 7489 section 6.6.1: "If the domain is a U-label, the domain

@@ -216,9 +216,10 @@ class SRS:
 
     def _check_timestamp(self, stamp: str, now: float) -> None:
         """Raise unless *stamp* is within ``max_age_days`` before *now*, or one day after."""
-        if len(stamp) != 2 or not all(c in _BASE32 for c in stamp.upper()):
+        stamp = stamp.upper()  # ASCII alone is checked: "ß".upper() is two letters
+        if len(stamp) != 2 or not all(c in _BASE32 for c in stamp):
             raise MalformedSRS("the timestamp is not two base32 characters")
-        then = _BASE32.index(stamp[0].upper()) * 32 + _BASE32.index(stamp[1].upper())
+        then = _BASE32.index(stamp[0]) * 32 + _BASE32.index(stamp[1])
         age = (int(now // _DAY) - then) % _SLOTS
         if age > self.max_age_days and age != _SLOTS - 1:
             raise TimestampExpired(f"the address is {age} days old (or from the future)")
