@@ -439,6 +439,30 @@ class VerifyResultTests(SynchronousTestCase):
             result = self.check(self.signed, record)
             self.assertEqual((result.result, result.reason), ("permerror", reason), record)
 
+    def test_huge_rsa_keys_refused_unread(self) -> None:
+        """
+        A key of more than MAX_RSA_KEY_BITS bits is permerror before it is
+        parsed (dkimpy's ASN.1 reader is quadratic in its length); one of
+        that size is read (and fails to verify, as any other key would).
+        """
+
+        def record(bits: int) -> str:
+            modulus = random.Random(bits).getrandbits(bits) | (1 << (bits - 1)) | 1
+            key = rsa.RSAPublicNumbers(65537, modulus).public_key()
+            der = key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+        biggest = dkim.MAX_RSA_KEY_BITS
+        result = self.check(self.signed, record(biggest))
+        self.assertEqual((result.result, result.reason), ("fail", "signature did not verify"))
+        for bits in (biggest + 8, 48_000 * 8):
+            result = self.check(self.signed, record(bits))
+            self.assertEqual(
+                (result.result, result.reason), ("permerror", f"RSA key longer than {biggest} bits")
+            )
+
     def test_first_usable_record_of_several_is_used(self) -> None:
         """With several TXT records at the name, the first usable key is used; no usable one is permerror."""
         result = self.check(self.signed, Answer.of(b"v=spf1 -all", self.record.encode()))

@@ -113,6 +113,7 @@ __all__ = [
     "CLOCK_SKEW",
     "DEFAULT_LIMIT",
     "DEFAULT_SIGNED_HEADERS",
+    "MAX_RSA_KEY_BITS",
     "MIN_RSA_BITS",
     "OVERSIGNED_HEADERS",
     "DKIMResult",
@@ -923,6 +924,15 @@ def _check_dkim_tags(tags: Mapping[bytes, bytes], now: int) -> list[bytes]:
     return names
 
 
+#: The longest RSA key a key record may hold (RFC 8301 section 3.2: verifiers
+#: take 1024 to 4096 bits; 8192-bit keys are published too).
+MAX_RSA_KEY_BITS = 16384
+#: The most octets of its ``p=`` read (the DER SubjectPublicKeyInfo: the
+#: modulus and the exponent, with a few octets of framing each); a longer
+#: one is refused unread.
+MAX_RSA_KEY_OCTETS = MAX_RSA_KEY_BITS // 8 + 64
+
+
 @functools.lru_cache(maxsize=1024)
 def _parse_key_record(record: bytes) -> _PublicKey:
     """One TXT record as a DKIM key (RFC 6376 section 3.6.1), or an ``_Outcome``."""
@@ -951,6 +961,10 @@ def _parse_key_record(record: bytes) -> _PublicKey:
     except binascii.Error:
         raise _Outcome("permerror", "key p= is not base64") from None
     if kind == b"rsa":
+        if len(data) > MAX_RSA_KEY_OCTETS:
+            # dkimpy's ASN.1 reader takes time quadratic in the key's length:
+            # a record of a huge key is refused unread.
+            raise _Outcome("permerror", f"RSA key longer than {MAX_RSA_KEY_BITS} bits")
         try:
             key: Any = parse_public_key(data)
         except (UnparsableKeyError, AssertionError, IndexError, TypeError, ValueError):
@@ -958,6 +972,8 @@ def _parse_key_record(record: bytes) -> _PublicKey:
             raise _Outcome("permerror", "RSA key does not parse") from None
         modulus, exponent = int(key["modulus"]), int(key["publicExponent"])
         bits = modulus.bit_length()
+        if bits > MAX_RSA_KEY_BITS:
+            raise _Outcome("permerror", f"RSA key longer than {MAX_RSA_KEY_BITS} bits")
         try:
             # Verification through OpenSSL (``cryptography``): the same
             # RSASSA-PKCS1-v1_5 check as dkimpy's pure-Python one, faster.
