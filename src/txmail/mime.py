@@ -1941,10 +1941,30 @@ def _decode_text(body: bytes, charset: str | None) -> str:
             codec = "utf-8"
     if codec in ("ascii", "us-ascii"):
         codec = "utf-8"  # 8-bit octets in "US-ASCII" text are most often UTF-8
+    text = decode_charset(body, codec)
+    return body.decode("utf-8", errors="replace") if text is None else text
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decode_charset(data: bytes, charset: str) -> str | None:
+    """
+    *data* decoded by *charset* (a name a message gave), bad octets
+    replaced, or ``None`` when that is no text encoding Python can decode
+    with replacement.  Never raises: a sender's charset parameter can name
+    any codec, and some raise whatever the errors handler (``idna``), or
+    give lone surrogates (``utf-7``, ``unicode-escape``), which no UTF-8
+    output (JSON, IMAP) can carry: those become U+FFFD.
+    """
     try:
-        return body.decode(codec, errors="replace")
-    except LookupError:  # a codec that is not a text encoding
-        return body.decode("utf-8", errors="replace")
+        text = data.decode(charset, errors="replace")
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return None
+    if _LONE_SURROGATE.search(text) is not None:
+        # Pairs are kept (a str never holds a pair but from such a codec); lone halves replaced.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _preview_part(root: _Node) -> _Node | None:

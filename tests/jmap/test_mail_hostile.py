@@ -86,3 +86,67 @@ class HostileArgumentsTests(MailMixin, TestCase):
                 if value is not None and prop not in ("parentId", "role") and not valid:
                     self.assertEqual(got["notUpdated"][target]["type"], "invalidProperties")
         self.assertEqual(self.mailbox_ids()["Box"], target)
+
+
+#: Messages a stranger can send, each naming a charset or a date that Python's
+#: codecs and date functions refuse in their own ways.
+_HOSTILE_MESSAGES = {
+    "idna": b"Subject: a\r\nContent-Type: text/plain; charset=idna\r\n\r\nxn--\xff-\r\n",
+    "punycode": b"Subject: b\r\nContent-Type: text/plain; charset=punycode\r\n\r\n\xff\xfe-\r\n",
+    "utf-7": b"Subject: c\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nlone +2AA- half\r\n",
+    "unicode-escape": b"Subject: d\r\nContent-Type: text/plain; charset=unicode-escape\r\n\r\nx \\ud800 y\r\n",
+    "filename": (
+        b"Subject: e\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+        b"hi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*=idna''%ff%fe\r\n\r\nxx\r\n--b--\r\n"
+    ),
+    "date": b"Subject: f\r\nDate: Mon, 1 Jan 99999999999 00:00:00 +0000\r\nContent-Type: text/plain\r\n\r\nx\r\n",
+}
+
+
+class HostileContentTests(MailMixin, TestCase):
+    def test_hostile_messages_are_read(self) -> None:
+        """
+        A message whose charset is no text encoding Python decodes with
+        replacement (idna, punycode), decodes to lone surrogates (utf-7,
+        unicode-escape), or whose Date is beyond any year is read by
+        Email/get, Email/query and SearchSnippet/get: the octets replaced
+        and flagged, never a serverFail, and the answer is valid JSON.
+        """
+        import json
+
+        for name, message in _HOSTILE_MESSAGES.items():
+            eid = self.email_id("INBOX", self.deliver(message=message))
+            got = self.call(
+                "Email/get",
+                {
+                    "ids": [eid],
+                    "properties": [
+                        "subject",
+                        "sentAt",
+                        "receivedAt",
+                        "bodyValues",
+                        "textBody",
+                        "attachments",
+                    ],
+                    "fetchAllBodyValues": True,
+                },
+            )
+            (email,) = got["list"]
+            json.dumps(got).encode("utf-8")  # no lone surrogate anywhere
+            values = list(email["bodyValues"].values())
+            self.assertTrue(values, name)
+            if name in ("idna", "punycode", "utf-7", "unicode-escape"):
+                self.assertTrue(values[0]["isEncodingProblem"], name)
+            if name == "utf-7":
+                self.assertEqual(values[0]["value"], "lone \ufffd half\n")
+            if name == "filename":
+                self.assertEqual(email["attachments"][0]["name"], "\ufffd\ufffd")
+            if name == "date":
+                self.assertIsNone(email["sentAt"])
+            found = self.call("Email/query", {"filter": {"text": "half"}, "sort": [{"property": "sentAt"}]})
+            self.assertIsInstance(found["ids"], list)
+            snippets = self.call("SearchSnippet/get", {"emailIds": [eid], "filter": {"text": "x"}})
+            json.dumps(snippets).encode("utf-8")
+            parsed = self.call("Email/parse", {"blobIds": [email["textBody"][0]["blobId"]]})
+            json.dumps(parsed).encode("utf-8")

@@ -138,7 +138,7 @@ def as_message_ids(value: str) -> list[str] | None:
 def _parse_date(value: str) -> datetime.datetime | None:
     try:
         parsed = email.utils.parsedate_to_datetime(_unfold(value))
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed is None:
         return None
@@ -197,8 +197,15 @@ def header_value(fields: Iterable[tuple[str, str]], name: str, form: str, all: b
 
 def utc_date(timestamp: float) -> str:
     """A ``UTCDate`` (RFC 8620 section 1.4): ``2014-10-30T06:12:00Z``."""
-    when = datetime.datetime.fromtimestamp(int(timestamp), datetime.UTC)
+    # Within what a UTCDate can say (years 1970 to 9999): a file's time or a
+    # client's receivedAt outside it is shown at the nearest end.
+    seconds = min(max(timestamp, 0), _LAST_UTC_DATE) if timestamp == timestamp else 0  # NaN: 0
+    when = datetime.datetime.fromtimestamp(int(seconds), datetime.UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: 9999-12-31T23:59:59Z.
+_LAST_UTC_DATE = 253_402_300_799
 
 
 def parse_utc_date(value: Any) -> float | None:
@@ -236,10 +243,9 @@ def _param(params: tuple[str, ...] | None, name: str) -> str | None:
     if name + "*" in pairs:
         charset, _, rest = pairs[name + "*"].partition("'")
         _lang, _, encoded = rest.partition("'")
-        try:
-            return urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="replace")
-        except LookupError:
-            return urllib.parse.unquote(encoded, errors="replace")
+        octets = urllib.parse.unquote_to_bytes(encoded)
+        decoded = mime.decode_charset(octets, charset or "utf-8")
+        return octets.decode("utf-8", "replace") if decoded is None else decoded
     value = pairs.get(name)
     if value is None:
         return None
@@ -475,12 +481,17 @@ def body_value(part: Part, message: bytes, max_bytes: int) -> dict[str, Any]:
     codec = (part.charset or "utf-8").strip().strip('"')
     try:
         text = raw.decode(codec)
-    except LookupError:
+    except UnicodeDecodeError:
+        fallback = codec if codec.lower() not in ("us-ascii", "ascii") else "utf-8"
+        text = mime.decode_charset(raw, fallback) or raw.decode("utf-8", "replace")
+        problem = True
+    except (LookupError, UnicodeError, ValueError, TypeError):  # no text encoding Python has
         text = raw.decode("utf-8", "replace")
         problem = True
-    except UnicodeDecodeError:
-        text = raw.decode(codec if codec.lower() not in ("us-ascii", "ascii") else "utf-8", "replace")
-        problem = True
+    else:
+        if mime._LONE_SURROGATE.search(text) is not None:  # utf-7, unicode-escape
+            text = mime.decode_charset(raw, codec) or raw.decode("utf-8", "replace")
+            problem = True
     text = text.replace("\r\n", "\n")
     truncated = False
     if max_bytes and len(text.encode("utf-8")) > max_bytes:
