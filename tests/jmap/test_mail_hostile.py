@@ -150,3 +150,36 @@ class HostileContentTests(MailMixin, TestCase):
             json.dumps(snippets).encode("utf-8")
             parsed = self.call("Email/parse", {"blobIds": [email["textBody"][0]["blobId"]]})
             json.dumps(parsed).encode("utf-8")
+
+    def test_made_up_states_and_arguments(self) -> None:
+        """
+        State strings a client made up (entries of other shapes: infinity,
+        text for numbers) are cannotCalculateChanges; a sort property or an
+        onSuccessDestroyEmail id of another JSON type is a method error.
+        """
+        from txmail.jmap.state import encode_state
+
+        box = self.box().mailbox_id
+        self.deliver()
+        for entries in (
+            [[box, float("inf"), 1, 1, 1]],
+            [[box, 1, "9", 1, 1]],
+            [[box, 1, 2, 3]],
+            [[box, True, 1, 1, 1]],
+            [[1, 1, 1, 1, 1]],
+        ):
+            state = encode_state("e", entries)
+            for method, argument in (
+                ("Email/changes", "sinceState"),
+                ("Thread/changes", "sinceState"),
+                ("Email/queryChanges", "sinceQueryState"),
+            ):
+                self.assertEqual(
+                    self.error(method, {argument: state}).type, "cannotCalculateChanges", entries
+                )
+        for prop in ([], {}, 1, None):
+            self.assertEqual(
+                self.error("Email/query", {"sort": [{"property": prop}]}).type, "unsupportedSort"
+            )
+        error = self.error("EmailSubmission/set", {"onSuccessDestroyEmail": [[]]})
+        self.assertEqual(error.type, "invalidArguments")

@@ -133,7 +133,8 @@ def _check_sort(sort: Any) -> list[tuple[str, bool, str | None]]:
         raise invalid("sort", "sort must be a list of comparators")
     out = []
     for comparator in sort:
-        if not isinstance(comparator, dict) or comparator.get("property") not in _SORTS:
+        prop = comparator.get("property") if isinstance(comparator, dict) else None
+        if not isinstance(prop, str) or prop not in _SORTS:
             raise MethodError("unsupportedSort", "not a sort of RFC 8621 section 4.4.2")
         ascending = comparator.get("isAscending", True)
         if not isinstance(ascending, bool):

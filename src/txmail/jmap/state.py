@@ -141,10 +141,11 @@ def encode_state(kind: str, entries: list[list[Any]]) -> str:
     return kind + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-#: The most octets a state string's JSON may hold once inflated (this
-#: server's states hold a few numbers a mailbox): a client's string that
-#: inflates to more (a "zip bomb") is refused before it takes more memory.
-STATE_INFLATED_MAX = 1 << 24
+#: The most octets a state string's JSON may hold once inflated: this
+#: server's states hold about 60 octets a mailbox (some 17,000 mailboxes in
+#: 1 MiB).  A client's string that inflates to more (a "zip bomb", or
+#: entries made up by the thousand, each looked at) is refused unread.
+STATE_INFLATED_MAX = 1 << 20
 
 
 def decode_state(kind: str, state: Any) -> list[list[Any]] | None:
@@ -703,9 +704,18 @@ def _entries(kind: str, state: Any, argument: str = "sinceState") -> list[list[A
     if not isinstance(state, str):
         raise MethodError("invalidArguments", f"{argument} must be a state string", arguments=[argument])
     entries = decode_state(kind, state)
-    if entries is None:
+    if entries is None or not all(_is_email_entry(e) for e in entries):
         raise cannot_calculate("the state is not one this server gave")
     return entries
+
+
+def _is_email_entry(entry: list[Any]) -> bool:
+    """Whether *entry* has the shape of :meth:`BoxView.email_entry` (a client may send any JSON)."""
+    return (
+        len(entry) >= 5
+        and isinstance(entry[0], str)
+        and all(type(n) is int and 0 <= n < 1 << 64 for n in entry[1:5])
+    )
 
 
 async def _box_delta(view: MailView, old: list[Any], cut: int | None = None) -> _Delta:

@@ -275,7 +275,7 @@ async def submission_set(context: CallContext, arguments: dict[str, Any]) -> dic
     on_destroy = arguments.get("onSuccessDestroyEmail") or []
     if not isinstance(on_update, dict):
         raise invalid("onSuccessUpdateEmail", "must map ids to patches")
-    if not isinstance(on_destroy, list):
+    if not isinstance(on_destroy, list) or not all(isinstance(k, str) for k in on_destroy):
         raise invalid("onSuccessDestroyEmail", "must be a list of ids")
     if arguments.get("ifInState") not in (None, FIXED_STATE):
         raise MethodError("stateMismatch")
