@@ -145,7 +145,9 @@ def _check_sort(sort: Any) -> list[tuple[str, bool, str | None]]:
         keyword = None
         if comparator["property"] in ("hasKeyword", *_THREAD_SORTS):
             try:
-                keyword = keyword_to_flag(comparator.get("keyword"))  # type: ignore[arg-type]  # a non-str keyword raises ValueError, which is caught
+                keyword = keyword_to_flag(
+                    comparator.get("keyword")
+                )  # a non-str keyword raises ValueError, which is caught
             except (ValueError, AttributeError):
                 raise MethodError("unsupportedSort", "a keyword sort needs a keyword") from None
         out.append((comparator["property"], ascending, keyword))
