@@ -183,3 +183,39 @@ class HostileContentTests(MailMixin, TestCase):
             )
         error = self.error("EmailSubmission/set", {"onSuccessDestroyEmail": [[]]})
         self.assertEqual(error.type, "invalidArguments")
+
+    def test_creations_the_message_library_refuses(self) -> None:
+        """
+        An Email/set create the standard library's message refuses as it is
+        built (line ends in values, a header given twice, values of other
+        JSON types) is notCreated with invalidProperties, and stores nothing.
+        """
+        box = self.box().mailbox_id
+        blob = self.call(
+            "Email/get", {"ids": [self.email_id("INBOX", self.deliver())], "properties": ["blobId"]}
+        )
+        blob_id = blob["list"][0]["blobId"]
+        before = self.successResultOf(self.box().list_messages())
+        attachment = {"blobId": blob_id, "type": "application/pdf"}
+        for extra in (
+            {"headers": [{"name": "X-A", "value": "a\r\nb"}]},
+            {"subject": "a", "headers": [{"name": "Subject", "value": "b"}]},
+            {"headers": [{"name": "Date", "value": "x"}, {"name": "Date", "value": "y"}]},
+            {"to": [{"email": "a@b.example"}], "header:To:asAddresses": [{"email": "c@d.example"}]},
+            {"header:X-A:asAddresses": [{"email": "a@b.example"}]},
+            {"header:X-A:asMessageIds": 5},
+            {"header:X-A:asURLs": ["a\r\nb"]},
+            {"header:Content-Type": "text/plain"},
+            {"messageId": ["x\r\ny@z"]},
+            {"sentAt": "2020-01-01T00:00:00z"},
+            {"attachments": [{**attachment, "name": "a\r\nb"}]},
+            {"attachments": [{**attachment, "disposition": "x\r\ny"}]},
+            {"attachments": [{**attachment, "type": "text/plain", "charset": 5}]},
+            {"bodyStructure": {"type": "multipart/x\r\ny", "subParts": [{"partId": "1"}]}, "bodyValues": {"1": {"value": "x"}}},
+        ):  # fmt: skip
+            got = self.call("Email/set", {"create": {"c": {"mailboxIds": {box: True}, **extra}}})
+            if got["created"]:  # taken as valid (a value the library writes some other way)
+                self.call("Email/set", {"destroy": [got["created"]["c"]["id"]]})
+                continue
+            self.assertEqual(got["notCreated"]["c"]["type"], "invalidProperties", extra)
+        self.assertEqual(self.successResultOf(self.box().list_messages()), before)

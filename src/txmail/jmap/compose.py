@@ -339,14 +339,19 @@ async def _body(context: CallContext, props: dict[str, Any]) -> email.message.MI
 
 
 async def build_message(context: CallContext, props: dict[str, Any]) -> bytes:
-    """The octets of the message of an ``Email/set`` create; :class:`_Invalid` on bad input."""
-    message = email.message.EmailMessage(policy=_POLICY)
-    _set_headers(message, props)
-    root = await _body(context, props)
-    for name, value in root.items():
-        message[name] = value
-    message.set_payload(root.get_payload())
+    """
+    The octets of the message of an ``Email/set`` create; :class:`_Invalid`
+    on bad input, including what the standard library's message refuses
+    as it is built (a line end in a header value, a second ``Subject``
+    through ``header:Subject``, a value of another JSON type).
+    """
     try:
+        message = email.message.EmailMessage(policy=_POLICY)
+        _set_headers(message, props)
+        root = await _body(context, props)
+        for name, value in root.items():
+            message[name] = value
+        message.set_payload(root.get_payload())
         return message.as_bytes(policy=_POLICY)
     except (ValueError, TypeError, email.errors.MessageError) as e:
         raise _Invalid("headers", f"cannot be written: {e}") from None
