@@ -10,7 +10,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txmail.sieve import Limits, ScriptNotFound, SieveError, parse
+from txmail.sieve import Discard, Limits, ScriptNotFound, SieveError, parse
 from txmail.sieve.matching import glob_match
 
 from ._support import sieve
@@ -25,6 +25,19 @@ class HostileTests(SynchronousTestCase):
 
     def tearDown(self) -> None:
         self.assertLess(time.monotonic() - self.started, _FAST)
+
+    def test_body_in_hostile_charsets(self) -> None:
+        """The body test reads text whose charset no codec decodes with replacement (idna), or that gives lone surrogates (utf-7)."""
+        script = 'require "body"; if body :content "text" :contains "half" { discard; }'
+        for charset, text in ((b"idna", b"xn--\xff- half"), (b"utf-7", b"lone +2AA- half")):
+            message = (
+                b"From: a@b.example\r\nContent-Type: text/plain; charset="
+                + charset
+                + b"\r\n\r\n"
+                + text
+                + b"\r\n"
+            )
+            self.assertEqual(sieve(script, message).actions, (Discard(),), charset)
 
     def test_deep_block_nesting(self) -> None:
         script = "if true {" * 10_000 + "}" * 10_000

@@ -115,6 +115,17 @@ class SanitizeTests(SynchronousTestCase):
         assert rendered.html is not None
         self.assertIn("<p>caf\u00e9</p>", rendered.html)
 
+    def test_render_message_hostile_charsets(self) -> None:
+        """A charset no text codec decodes with replacement (idna), or one giving lone surrogates (utf-7), still renders."""
+        for charset, body, shown in (("idna", "xn--\u00ff-", "xn--"), ("utf-7", "a +2AA- b", "a \ufffd b")):
+            raw = _message(f"<p>{body}</p>", text=None).replace(
+                b"charset=utf-8", b"charset=" + charset.encode()
+            )
+            rendered = sanitize.render_message(raw)
+            assert rendered.html is not None
+            self.assertIn(shown, rendered.html)
+            rendered.html.encode("utf-8")  # no lone surrogate
+
     def test_render_message_blocks_remote_images(self) -> None:
         raw = _message(f'<p>hi</p><img src="{REMOTE}">')
         blocked = sanitize.render_message(raw)

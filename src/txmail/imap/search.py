@@ -234,12 +234,8 @@ def _bytes_text(data: bytes, charset: str | None = None) -> str:
             return data.decode(name)
         except (LookupError, UnicodeError):
             continue
-    if charset:
-        try:
-            return data.decode(charset, "replace")
-        except LookupError:
-            pass
-    return data.decode("latin-1")
+    text = mime.decode_charset(data, charset) if charset else None
+    return data.decode("latin-1") if text is None else text
 
 
 def _decode_words(text: str) -> str:

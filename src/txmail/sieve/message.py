@@ -22,6 +22,8 @@ import html
 import re
 from collections.abc import Iterator
 
+from txmail.mime import decode_charset
+
 __all__ = ["Envelope", "SieveMessage", "decode_field", "split_header_section", "unfold", "unfold_text"]
 
 
@@ -195,8 +197,5 @@ def _decoded(part: email.message.Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, errors="replace")
-    except LookupError:
-        return payload.decode("utf-8", errors="replace")
+    text = decode_charset(payload, part.get_content_charset() or "utf-8")
+    return payload.decode("utf-8", errors="replace") if text is None else text

@@ -37,6 +37,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
+from txmail.mime import decode_charset
+
 try:
     import nh3
 except ImportError:  # pragma: no cover - exercised where nh3 is missing
@@ -257,11 +259,8 @@ def _payload(part: Any) -> bytes:
 
 def _text(part: Any) -> str:
     payload = _payload(part)
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, errors="replace")
-    except LookupError:
-        return payload.decode("utf-8", errors="replace")
+    text = decode_charset(payload, part.get_content_charset() or "utf-8")
+    return payload.decode("utf-8", errors="replace") if text is None else text
 
 
 def _inline_images(message: EmailMessage) -> dict[str, str]:
