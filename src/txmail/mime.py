@@ -1961,10 +1961,14 @@ def decode_charset(data: bytes, charset: str) -> str | None:
         text = data.decode(charset, errors="replace")
     except (LookupError, UnicodeError, ValueError, TypeError):
         return None
-    if _LONE_SURROGATE.search(text) is not None:
-        # Pairs are kept (a str never holds a pair but from such a codec); lone halves replaced.
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
+    return without_lone_surrogates(text)
+
+
+def without_lone_surrogates(text: str) -> str:
+    """*text* with each lone surrogate (which UTF-8 cannot carry) replaced by U+FFFD; pairs joined."""
+    if _LONE_SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _preview_part(root: _Node) -> _Node | None:

@@ -101,6 +101,10 @@ _HOSTILE_MESSAGES = {
         b"Content-Disposition: attachment; filename*=idna''%ff%fe\r\n\r\nxx\r\n--b--\r\n"
     ),
     "date": b"Subject: f\r\nDate: Mon, 1 Jan 99999999999 00:00:00 +0000\r\nContent-Type: text/plain\r\n\r\nx\r\n",
+    # Encoded words (RFC 2047) in such charsets, and a written "\ud800" next to one.
+    "subject-words": b"Subject: =?unicode_escape?b?XHVkODAw?= =?idna?q?xn--=FF?=\r\n\r\nx\r\n",
+    "from-utf-7": b"From: =?utf-7?q?+2D8-?= <a@b.example>\r\nSubject: g\r\n\r\nx\r\n",
+    "escape": b"Subject: =?utf-8?q?x?= \\ud800\r\n\r\nx\r\n",
 }
 
 
@@ -123,6 +127,7 @@ class HostileContentTests(MailMixin, TestCase):
                     "ids": [eid],
                     "properties": [
                         "subject",
+                        "from",
                         "sentAt",
                         "receivedAt",
                         "bodyValues",
@@ -133,7 +138,7 @@ class HostileContentTests(MailMixin, TestCase):
                 },
             )
             (email,) = got["list"]
-            json.dumps(got).encode("utf-8")  # no lone surrogate anywhere
+            json.dumps(got, ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
             values = list(email["bodyValues"].values())
             self.assertTrue(values, name)
             if name in ("idna", "punycode", "utf-7", "unicode-escape"):
@@ -147,9 +152,9 @@ class HostileContentTests(MailMixin, TestCase):
             found = self.call("Email/query", {"filter": {"text": "half"}, "sort": [{"property": "sentAt"}]})
             self.assertIsInstance(found["ids"], list)
             snippets = self.call("SearchSnippet/get", {"emailIds": [eid], "filter": {"text": "x"}})
-            json.dumps(snippets).encode("utf-8")
+            json.dumps(snippets, ensure_ascii=False).encode("utf-8")
             parsed = self.call("Email/parse", {"blobIds": [email["textBody"][0]["blobId"]]})
-            json.dumps(parsed).encode("utf-8")
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
 
     def test_made_up_states_and_arguments(self) -> None:
         """

@@ -622,3 +622,15 @@ class SiteTests(TestCase):
             [c.urn for c in capabilities(None)],
             [CORE, "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"],
         )
+
+
+class SendJSONTests(TestCase):
+    def test_lone_surrogate_replaced(self) -> None:
+        """A lone surrogate left in an answer is sent as U+FFFD (pairs as their character), not a failed answer."""
+        from txmail.web.resource import send_json
+
+        request = DummyRequest([b""])
+        send_json(request, 200, {"subject": "a\ud800b", "pair": "\ud83d\ude00"})
+        body = b"".join(request.written)
+        self.assertEqual(json.loads(body), {"subject": "a\ufffdb", "pair": "\U0001f600"})
+        self.assertEqual(request.responseCode, 200)

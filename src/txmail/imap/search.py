@@ -252,11 +252,11 @@ def _decode_words(text: str) -> str:
                 out.append(chunk.decode("raw-unicode-escape"))
             else:
                 name = charset.split("*", 1)[0]  # RFC 2231 section 5: charset*language
-                try:
-                    out.append(chunk.decode(name, "replace"))
-                except LookupError:
-                    out.append(chunk.decode("latin-1"))
-        return "".join(out)
+                decoded = mime.decode_charset(chunk, name)
+                out.append(chunk.decode("latin-1") if decoded is None else decoded)
+        # raw-unicode-escape reads a written "\ud800" as a lone surrogate: replaced,
+        # as JSON and IMAP output cannot carry it.
+        return mime.without_lone_surrogates("".join(out))
     except Exception:
         return text
 

@@ -56,6 +56,7 @@ from txmail.auth.sasl import PlaintextPolicy, password_auth_allowed
 from txmail.interfaces import IMailStoreProvider
 from txmail.jmap.core import CallContext, Capability, Limits, Registry
 from txmail.metrics import NULL_PROTOCOL_METRICS
+from txmail.mime import without_lone_surrogates
 from txmail.service import MailServer
 from txmail.web import api
 from txmail.web._base import Resource
@@ -295,7 +296,13 @@ def send_json(request: Any, status: int, body: Any, content_type: bytes = b"appl
     """Answer *request* with *body* as JSON."""
     if not _alive(request):
         return
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate some text of a message still decoded to (the
+        # decoders replace those they know of): U+FFFD, not a failed answer.
+        data = without_lone_surrogates(text).encode("utf-8")
     request.setResponseCode(status)
     _private(request)
     request.setHeader(b"content-type", content_type)
