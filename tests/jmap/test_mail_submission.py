@@ -183,6 +183,25 @@ class SubmissionTests(TestCase):
         self.assertEqual(errors["rcpt"]["invalidRecipients"], ["nobody@example.test"])
         with self.assertRaises(MethodError):
             await self.call("EmailSubmission/set", {"onSuccessDestroyEmail": "x"})
+        # Envelope addresses SMTP cannot carry (a line end would start a
+        # field of its own in the Received field): refused, nothing sent.
+        bad = ["x@remote.test\r\nBcc: injected@evil.test", "<x@remote.test>", "a@b@remote.test",
+               "x@remote.test SIZE=1", "x\x00@remote.test", "a" * 65 + "@remote.test"]  # fmt: skip
+        envelope = {"mailFrom": {"email": ALICE}, "rcptTo": [{"email": b} for b in [BOB, *bad]]}
+        create = {"s": {"identityId": identity_id(ALICE), "emailId": eid, "envelope": envelope}}
+        got = await self.call("EmailSubmission/set", {"create": create})
+        self.assertEqual(got["notCreated"]["s"]["type"], "invalidRecipients")
+        self.assertEqual(got["notCreated"]["s"]["invalidRecipients"], bad)
+        envelope = {"mailFrom": {"email": ALICE + "\r\nX: y"}, "rcptTo": [{"email": BOB}]}
+        create = {"s": {"identityId": identity_id(ALICE), "emailId": eid, "envelope": envelope}}
+        got = await self.call("EmailSubmission/set", {"create": create})
+        self.assertEqual(got["notCreated"]["s"]["properties"], ["envelope"])
+        # Patches checked before anything is sent (a client told of an error would send again).
+        create = {"s": {"identityId": identity_id(ALICE), "emailId": eid}}
+        with self.assertRaises(MethodError):
+            await self.call("EmailSubmission/set", {"create": create, "onSuccessUpdateEmail": {"#s": 5}})
+        self.assertEqual(self.server.capture.messages, [])
+        self.assertEqual(await self.server.messages_for(BOB), [])
 
     def test_dkim_signed_where_configured(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._signed())

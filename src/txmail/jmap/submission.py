@@ -40,6 +40,7 @@ from txmail.jmap.common import get_ids, invalid, properties, resolve_id, set_arg
 from txmail.jmap.core import CallContext, MethodError, set_error
 from txmail.jmap.state import mail_view
 from txmail.model import Envelope, MessageSource
+from txmail.smtp import grammar
 
 if TYPE_CHECKING:
     from txmail.service import MailServer
@@ -110,6 +111,20 @@ async def submission_get(context: CallContext, arguments: dict[str, Any]) -> dic
 
 def _addresses(value: Any) -> list[str]:
     return [a["email"] for a in value or () if a.get("email")]
+
+
+def _is_smtp_mailbox(address: str) -> bool:
+    """
+    Whether *address* is an RFC 5321 ``Mailbox`` (section 4.1.2; SMTPUTF8's
+    UTF-8 allowed) within the section 4.5.3.1 lengths: nothing else may go
+    into a MAIL FROM, an RCPT TO or the Received field naming it (a line
+    end in it would start a field of its own).
+    """
+    try:
+        parsed = grammar.mailbox(address)
+    except grammar.GrammarError:
+        return False
+    return len(parsed.local_part.encode("utf-8")) <= 64 and len(parsed.domain.encode("utf-8")) <= 255
 
 
 def _envelope(
@@ -193,8 +208,15 @@ async def _submit(context: CallContext, props: dict[str, Any]) -> dict[str, Any]
     if envelope is None:
         return set_error("invalidProperties", "bad envelope", properties=["envelope"])
     mail_from, recipients = envelope
+    if not _is_smtp_mailbox(mail_from):
+        return set_error(
+            "invalidProperties", "the envelope's mailFrom is not an address", properties=["envelope"]
+        )
     if not recipients:
         return set_error("noRecipients", "the Email has no recipients")
+    malformed = [r for r in recipients if not _is_smtp_mailbox(r)]
+    if malformed:
+        return set_error("invalidRecipients", "not addresses SMTP can carry", invalidRecipients=malformed)
     directory = server.directory
     authors = _addresses(bodies.header_value(md.headers, "from", "Addresses", False))
     for address in {mail_from, *authors}:
@@ -273,7 +295,9 @@ async def submission_set(context: CallContext, arguments: dict[str, Any]) -> dic
     create, update, destroy = set_arguments(context, arguments)
     on_update = arguments.get("onSuccessUpdateEmail") or {}
     on_destroy = arguments.get("onSuccessDestroyEmail") or []
-    if not isinstance(on_update, dict):
+    if not isinstance(on_update, dict) or not all(isinstance(p, dict) for p in on_update.values()):
+        # Checked before anything is sent: a client told "invalidArguments"
+        # after its mail went out would send it again.
         raise invalid("onSuccessUpdateEmail", "must map ids to patches")
     if not isinstance(on_destroy, list) or not all(isinstance(k, str) for k in on_destroy):
         raise invalid("onSuccessDestroyEmail", "must be a list of ids")
