@@ -1941,26 +1941,26 @@ def _decode_text(body: bytes, charset: str | None) -> str:
             codec = "utf-8"
     if codec in ("ascii", "us-ascii"):
         codec = "utf-8"  # 8-bit octets in "US-ASCII" text are most often UTF-8
-    text = decode_charset(body, codec)
-    return body.decode("utf-8", errors="replace") if text is None else text
+    return decode_charset(body, codec)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def decode_charset(data: bytes, charset: str) -> str | None:
+def decode_charset(data: bytes, charset: str, fallback: str = "utf-8") -> str:
     """
     *data* decoded by *charset* (a name a message gave), bad octets
-    replaced, or ``None`` when that is no text encoding Python can decode
-    with replacement.  Never raises: a sender's charset parameter can name
-    any codec, and some raise whatever the errors handler (``idna``), or
-    give lone surrogates (``utf-7``, ``unicode-escape``), which no UTF-8
-    output (JSON, IMAP) can carry: those become U+FFFD.
+    replaced; by *fallback* (a text encoding) when that is no text encoding
+    Python can decode with replacement.  Never raises: a sender's charset
+    parameter can name any codec, and some raise whatever the errors
+    handler (``idna``), or give lone surrogates (``utf-7``,
+    ``unicode-escape``), which no UTF-8 output (JSON, IMAP) can carry:
+    those become U+FFFD.
     """
     try:
         text = data.decode(charset, errors="replace")
     except (LookupError, UnicodeError, ValueError, TypeError):
-        return None
+        text = data.decode(fallback, errors="replace")
     return without_lone_surrogates(text)
 
 

@@ -234,8 +234,7 @@ def _bytes_text(data: bytes, charset: str | None = None) -> str:
             return data.decode(name)
         except (LookupError, UnicodeError):
             continue
-    text = mime.decode_charset(data, charset) if charset else None
-    return data.decode("latin-1") if text is None else text
+    return mime.decode_charset(data, charset, "latin-1") if charset else data.decode("latin-1")
 
 
 def _decode_words(text: str) -> str:
@@ -252,8 +251,7 @@ def _decode_words(text: str) -> str:
                 out.append(chunk.decode("raw-unicode-escape"))
             else:
                 name = charset.split("*", 1)[0]  # RFC 2231 section 5: charset*language
-                decoded = mime.decode_charset(chunk, name)
-                out.append(chunk.decode("latin-1") if decoded is None else decoded)
+                out.append(mime.decode_charset(chunk, name, "latin-1"))
         # raw-unicode-escape reads a written "\ud800" as a lone surrogate: replaced,
         # as JSON and IMAP output cannot carry it.
         return mime.without_lone_surrogates("".join(out))

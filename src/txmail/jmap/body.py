@@ -243,9 +243,7 @@ def _param(params: tuple[str, ...] | None, name: str) -> str | None:
     if name + "*" in pairs:
         charset, _, rest = pairs[name + "*"].partition("'")
         _lang, _, encoded = rest.partition("'")
-        octets = urllib.parse.unquote_to_bytes(encoded)
-        decoded = mime.decode_charset(octets, charset or "utf-8")
-        return octets.decode("utf-8", "replace") if decoded is None else decoded
+        return mime.decode_charset(urllib.parse.unquote_to_bytes(encoded), charset or "utf-8")
     value = pairs.get(name)
     if value is None:
         return None
@@ -482,16 +480,15 @@ def body_value(part: Part, message: bytes, max_bytes: int) -> dict[str, Any]:
     try:
         text = raw.decode(codec)
     except UnicodeDecodeError:
-        fallback = codec if codec.lower() not in ("us-ascii", "ascii") else "utf-8"
-        text = mime.decode_charset(raw, fallback) or raw.decode("utf-8", "replace")
+        text = mime.decode_charset(raw, codec if codec.lower() not in ("us-ascii", "ascii") else "utf-8")
         problem = True
     except (LookupError, UnicodeError, ValueError, TypeError):  # no text encoding Python has
         text = raw.decode("utf-8", "replace")
         problem = True
     else:
-        if mime._LONE_SURROGATE.search(text) is not None:  # utf-7, unicode-escape
-            text = mime.decode_charset(raw, codec) or raw.decode("utf-8", "replace")
-            problem = True
+        cleaned = mime.without_lone_surrogates(text)  # utf-7, unicode-escape
+        problem = cleaned is not text  # the same object when nothing was replaced
+        text = cleaned
     text = text.replace("\r\n", "\n")
     truncated = False
     if max_bytes and len(text.encode("utf-8")) > max_bytes:

@@ -197,5 +197,4 @@ def _decoded(part: email.message.Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    text = decode_charset(payload, part.get_content_charset() or "utf-8")
-    return payload.decode("utf-8", errors="replace") if text is None else text
+    return decode_charset(payload, part.get_content_charset() or "utf-8")

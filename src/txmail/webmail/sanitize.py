@@ -259,8 +259,7 @@ def _payload(part: Any) -> bytes:
 
 def _text(part: Any) -> str:
     payload = _payload(part)
-    text = decode_charset(payload, part.get_content_charset() or "utf-8")
-    return payload.decode("utf-8", errors="replace") if text is None else text
+    return decode_charset(payload, part.get_content_charset() or "utf-8")
 
 
 def _inline_images(message: EmailMessage) -> dict[str, str]:
