@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from txmail.delivery.tlsrpt import TLSReports, parse_tlsrpt_record
+from txmail.delivery.tlsrpt import TLSReports, mailto_address, parse_tlsrpt_record
 from txmail.tlsverify import TLSFailure
 
 #: 2026-12-07 10:00:00 UTC
@@ -29,6 +29,34 @@ class RecordTests(SynchronousTestCase):
             parse_tlsrpt_record([b"v=TLSRPTv1; rua=mailto:a@x", b"v=TLSRPTv1; rua=mailto:b@x"]), []
         )
         self.assertEqual(parse_tlsrpt_record([b"v=spf1 -all"]), [])
+
+    def test_mailto_addresses(self) -> None:
+        """
+        A mailto: rua is one address SMTP can send to, percent-decoded
+        (RFC 6068 section 2), header fields after "?" dropped; any other is
+        left out, as the domain publishing the record writes it.
+        """
+        self.assertEqual(mailto_address("mailto:tls%2Breports@example.test"), "tls+reports@example.test")
+        self.assertEqual(mailto_address("MAILTO:a@example.test?subject=x"), "a@example.test")
+        self.assertEqual(mailto_address("mailto:%C3%A9t%C3%A9@example.test"), "\u00e9t\u00e9@example.test")
+        for uri in (
+            "mailto:a@example.test%0D%0ABcc:%20x@evil.test",  # a header field of its own
+            "mailto:a@example.test\r\nBcc: x@evil.test",
+            "mailto:a@example.test SIZE=1",  # an RCPT TO parameter
+            "mailto:<a@example.test>",
+            "mailto:a@b@example.test",
+            "mailto:%FF@example.test",  # not UTF-8
+            "mailto:" + "a" * 65 + "@example.test",  # RFC 5321 section 4.5.3.1.1
+            "mailto:example.test",
+            "mailto:",
+            "https://a@example.test",
+        ):
+            self.assertIsNone(mailto_address(uri), uri)
+        record = (
+            "v=TLSRPTv1; rua=mailto:a@example.test%0D%0ABcc:x@evil.test,mailto:b@x SIZE=1,"
+            "mailto:ok@example.test"
+        )
+        self.assertEqual(parse_tlsrpt_record([record.encode()]), ["mailto:ok@example.test"])
 
 
 class ReportsTests(SynchronousTestCase):
@@ -135,6 +163,16 @@ class ReportsTests(SynchronousTestCase):
         self.assertEqual(report["policies"][0]["summary"]["total-successful-session-count"], 1)
         self.assertIn(b"\r\n", data)
         self.assertNotIn(b"\r\r", data)
+
+    def test_mailto_rua_decoded(self) -> None:
+        """The report goes to the decoded address of the mailto: URI; a broken one gets nothing."""
+        self.txt["_smtp._tls.remote.test"] = [b"v=TLSRPTv1; rua=mailto:tls%2Bin@remote.test?subject=r"]
+        self.count()
+        sent = self.successResultOf(self.reports.send_reports(include_today=True))
+        self.assertEqual(sent, [("remote.test", "mailto:tls%2Bin@remote.test?subject=r", True)])
+        [(rcpt, data)] = self.mails
+        self.assertEqual(rcpt, "tls+in@remote.test")
+        self.assertEqual(email.message_from_bytes(data)["To"], "tls+in@remote.test")
 
     def test_https_rua(self) -> None:
         """An https: rua gets the gzipped JSON POSTed as application/tlsrpt+gzip."""

@@ -741,6 +741,11 @@ class MacroTests(SPFTestCase):
         self.SENDER = "~jack&jill=up-a_b3.c@email.example.com"
         self.assertEqual(self.explain("see %{L}"), "see ~jack%26jill%3Dup-a_b3.c")
 
+    def test_url_escaping_unencodable(self) -> None:
+        """A lone surrogate in a sender (only an embedder can pass one) escapes as "?", not an error."""
+        self.SENDER = "a\ud800b@email.example.com"
+        self.assertEqual(self.explain("see %{L}"), "see a%3Fb")
+
     def test_escapes(self) -> None:
         """%% is a percent sign, %_ a space and %- a URL-escaped space."""
         self.assertEqual(self.explain("100%% sure%_really%-yes"), "100% sure really%20yes")

@@ -89,6 +89,28 @@ class MailboxTests(SynchronousTestCase):
             self.assertEqual(str(box), printed)
             self.assertEqual(grammar.mailbox(printed), box)
 
+    def test_is_sendable_mailbox(self) -> None:
+        """A Mailbox within RFC 5321 section 4.5.3.1's lengths; nothing else, and never an error."""
+        for text in (
+            "a@example.test",
+            '"a b"@example.test',
+            "ü@ü.example",
+            "u@[192.0.2.1]",
+            "a" * 64 + "@x.test",
+        ):
+            self.assertTrue(grammar.is_sendable_mailbox(text), text)
+        for text in (
+            "a" * 65 + "@x.test",
+            "a@" + "x." * 127 + "test",
+            "a@x.test\r\nBcc: b@y.test",
+            "<a@x.test>",
+            "a@x.test SIZE=1",
+            "Postmaster",
+            "a\ud800@x.test",
+            "",
+        ):
+            self.assertFalse(grammar.is_sendable_mailbox(text), text)
+
     def test_properties(self) -> None:
         """Routing characters, literals and non-ASCII are reported."""
         self.assertTrue(grammar.mailbox("u%remote@local.test").has_routing_characters())

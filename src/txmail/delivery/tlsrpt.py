@@ -38,14 +38,22 @@ import uuid
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from txmail.interfaces import IDeliveryRouter, IDirectory, IQueue
+from txmail.smtp import grammar
 from txmail.tlsverify import TLSFailure
 
-__all__ = ["TLSReports", "build_transport_security", "parse_tlsrpt_record", "report_message"]
+__all__ = [
+    "TLSReports",
+    "build_transport_security",
+    "mailto_address",
+    "parse_tlsrpt_record",
+    "report_message",
+]
 
 
 def parse_tlsrpt_record(records: Sequence[bytes | str]) -> list[str]:
@@ -61,8 +69,30 @@ def parse_tlsrpt_record(records: Sequence[bytes | str]) -> list[str]:
         key, sep, value = part.strip().partition("=")
         if sep and key.strip() == "rua":
             uris = [u.strip() for u in value.split(",") if u.strip()]
-            return [u for u in uris if u.lower().startswith(("mailto:", "https:"))]
+            return [
+                u
+                for u in uris
+                if u.lower().startswith("https:") or (u.lower().startswith("mailto:") and mailto_address(u))
+            ]
     return []
+
+
+def mailto_address(uri: str) -> str | None:
+    """
+    The address of a ``mailto:`` rua URI: the part before any ``?`` (its
+    header fields, not used), percent-decoded as UTF-8 (RFC 6068 section 2);
+    ``None`` unless that is one address an SMTP client can send to
+    (:func:`txmail.smtp.grammar.is_sendable_mailbox`).  The domain that
+    publishes the record writes it: a line end in it would start a header
+    field of the report of its own, a space or ``>`` a parameter of RCPT TO.
+    """
+    if not uri.lower().startswith("mailto:"):
+        return None
+    try:
+        address = unquote(uri[len("mailto:") :].split("?", 1)[0], errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return address if grammar.is_sendable_mailbox(address) else None
 
 
 def _day(now: float) -> str:
@@ -295,7 +325,9 @@ class TLSReports:
         if uri.lower().startswith("mailto:"):
             if self.send_mail is None:
                 return False
-            rcpt = uri[len("mailto:") :].split("?")[0]
+            rcpt = mailto_address(uri)
+            if rcpt is None:
+                return False
             data = report_message(
                 report, body, day=day, domain=domain, hostname=self.hostname, to=rcpt, sender=self.contact
             )

@@ -113,20 +113,6 @@ def _addresses(value: Any) -> list[str]:
     return [a["email"] for a in value or () if a.get("email")]
 
 
-def _is_smtp_mailbox(address: str) -> bool:
-    """
-    Whether *address* is an RFC 5321 ``Mailbox`` (section 4.1.2; SMTPUTF8's
-    UTF-8 allowed) within the section 4.5.3.1 lengths: nothing else may go
-    into a MAIL FROM, an RCPT TO or the Received field naming it (a line
-    end in it would start a field of its own).
-    """
-    try:
-        parsed = grammar.mailbox(address)
-    except grammar.GrammarError:
-        return False
-    return len(parsed.local_part.encode("utf-8")) <= 64 and len(parsed.domain.encode("utf-8")) <= 255
-
-
 def _envelope(
     spec: Any, fields: tuple[tuple[str, str], ...], identity_email: str
 ) -> tuple[str, list[str]] | None:
@@ -208,13 +194,13 @@ async def _submit(context: CallContext, props: dict[str, Any]) -> dict[str, Any]
     if envelope is None:
         return set_error("invalidProperties", "bad envelope", properties=["envelope"])
     mail_from, recipients = envelope
-    if not _is_smtp_mailbox(mail_from):
+    if not grammar.is_sendable_mailbox(mail_from):
         return set_error(
             "invalidProperties", "the envelope's mailFrom is not an address", properties=["envelope"]
         )
     if not recipients:
         return set_error("noRecipients", "the Email has no recipients")
-    malformed = [r for r in recipients if not _is_smtp_mailbox(r)]
+    malformed = [r for r in recipients if not grammar.is_sendable_mailbox(r)]
     if malformed:
         return set_error("invalidRecipients", "not addresses SMTP can carry", invalidRecipients=malformed)
     directory = server.directory

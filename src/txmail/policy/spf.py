@@ -908,8 +908,10 @@ class _Evaluation:
                 value = ".".join(labels)
             if token.escape:
                 # Section 7.3: "Uppercase macros expand exactly as their
-                # lowercase equivalents, and are then URL escaped."
-                value = quote(value, safe="")
+                # lowercase equivalents, and are then URL escaped."  A
+                # string UTF-8 cannot carry (a lone surrogate an embedder
+                # passed) escapes its unencodable characters as "?".
+                value = quote(value, safe="", errors="replace")
             parts.append(value)
         return "".join(parts)
 

@@ -42,6 +42,7 @@ __all__ = [
     "esmtp_params",
     "forward_path",
     "helo_name",
+    "is_sendable_mailbox",
     "local_part",
     "mail_from_argument",
     "mailbox",
@@ -361,6 +362,25 @@ def mailbox(text: str) -> Mailbox:
     value = c.mailbox()
     c.end()
     return value
+
+
+#: The longest local part, in octets (RFC 5321 section 4.5.3.1.1).
+MAX_LOCAL_PART = 64
+
+
+def is_sendable_mailbox(text: str) -> bool:
+    """
+    Whether *text* is a ``Mailbox`` (SMTPUTF8's UTF-8 allowed) within the
+    lengths of RFC 5321 section 4.5.3.1: what may go into a MAIL FROM, an
+    RCPT TO or a header field naming it, from a source that is not an SMTP
+    command line (a JMAP envelope, a TLS report address a domain
+    publishes).  A line end, a space, ``<>`` or a parameter in it is not.
+    """
+    try:
+        parsed = mailbox(text)
+    except GrammarError:
+        return False
+    return len(parsed.local_part.encode("utf-8")) <= MAX_LOCAL_PART
 
 
 def reverse_path(text: str) -> Mailbox | None:
