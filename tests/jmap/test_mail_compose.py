@@ -241,6 +241,98 @@ class ComposeTestsMixin(MailMixin):
         self.assertEqual(self.call("Identity/get", {"ids": ["Inope"]})["notFound"], ["Inope"])
         self.assertEqual(self.call("Identity/changes", {"sinceState": got["state"]})["created"], [])
 
+    def test_identity_set_changes_nothing(self) -> None:
+        """RFC 8621 section 6.3: the one identity is fixed, so every operation is forbidden (another id notFound)."""
+        own = identity_id(self.context.user)
+        state = self.call("Identity/get", {})["state"]
+        got = self.call(
+            "Identity/set",
+            {
+                "ifInState": state,
+                "create": {"k": {"email": self.context.user, "name": "Me"}},
+                "update": {own: {"name": "Someone"}, "Inope": {"name": "x"}},
+                "destroy": [own, "Inope"],
+            },
+        )
+        self.assertEqual((got["oldState"], got["newState"]), (state, state))
+        self.assertEqual((got["created"], got["updated"], got["destroyed"]), (None, None, None))
+        self.assertEqual(got["notCreated"]["k"]["type"], "forbidden")
+        self.assertEqual(
+            {i: e["type"] for i, e in got["notUpdated"].items()}, {own: "forbidden", "Inope": "notFound"}
+        )
+        self.assertEqual(
+            {i: e["type"] for i, e in got["notDestroyed"].items()}, {own: "forbidden", "Inope": "notFound"}
+        )
+        self.assertEqual(self.call("Identity/get", {})["list"][0]["name"], "")
+        self.assertEqual(
+            self.error("Identity/set", {"ifInState": "s9", "destroy": [own]}).type, "stateMismatch"
+        )
+        self.assertEqual(self.error("Identity/set", {"destroy": [own, 5]}).type, "invalidArguments")
+        empty = self.call("Identity/set", {})
+        self.assertEqual(
+            (empty["notCreated"], empty["notUpdated"], empty["notDestroyed"]), (None, None, None)
+        )
+
+    def test_submission_query(self) -> None:
+        """RFC 8621 sections 7.3 and 7.4: no submission is kept, so none matches; the arguments are still checked."""
+        got = self.call(
+            "EmailSubmission/query",
+            {
+                "filter": {
+                    "operator": "OR",
+                    "conditions": [
+                        {"identityIds": [identity_id(self.context.user)], "undoStatus": "final"},
+                        {"after": "2026-12-01T00:00:00Z", "before": "2026-12-08T00:00:00Z", "emailIds": []},
+                    ],
+                },
+                "sort": [{"property": "sentAt", "isAscending": False}, {"property": "emailId"}],
+                "calculateTotal": True,
+                "limit": 10,
+            },
+        )
+        self.assertEqual(
+            {k: got[k] for k in ("ids", "position", "total", "canCalculateChanges")},
+            {"ids": [], "position": 0, "total": 0, "canCalculateChanges": True},
+        )
+        changes = self.call(
+            "EmailSubmission/queryChanges", {"sinceQueryState": got["queryState"], "calculateTotal": True}
+        )
+        self.assertEqual(
+            (
+                changes["oldQueryState"],
+                changes["newQueryState"],
+                changes["added"],
+                changes["removed"],
+                changes["total"],
+            ),
+            (got["queryState"], got["queryState"], [], [], 0),
+        )
+        for arguments, kind in [
+            ({"filter": {"subject": "x"}}, "unsupportedFilter"),
+            ({"filter": {"undoStatus": "sent"}}, "unsupportedFilter"),
+            ({"filter": {"before": "yesterday"}}, "unsupportedFilter"),
+            ({"filter": {"emailIds": "M1"}}, "unsupportedFilter"),
+            ({"filter": {"operator": "XOR", "conditions": []}}, "unsupportedFilter"),
+            ({"filter": []}, "unsupportedFilter"),
+            ({"sort": [{"property": "subject"}]}, "unsupportedSort"),
+            ({"sort": [{"property": "sentAt", "isAscending": "no"}]}, "unsupportedSort"),
+            ({"sort": [[]]}, "unsupportedSort"),
+            ({"sort": {}}, "invalidArguments"),
+            ({"position": "1"}, "invalidArguments"),
+            ({"limit": -1}, "invalidArguments"),
+            ({"anchor": "S1"}, "anchorNotFound"),
+            ({"calculateTotal": 1}, "invalidArguments"),
+        ]:
+            self.assertEqual(self.error("EmailSubmission/query", arguments).type, kind, arguments)
+        for arguments, kind in [
+            ({"sinceQueryState": "s9"}, "cannotCalculateChanges"),
+            ({}, "invalidArguments"),
+            ({"sinceQueryState": got["queryState"], "maxChanges": 0}, "invalidArguments"),
+            ({"sinceQueryState": got["queryState"], "upToId": 3}, "invalidArguments"),
+            ({"sinceQueryState": got["queryState"], "filter": {"x": 1}}, "unsupportedFilter"),
+        ]:
+            self.assertEqual(self.error("EmailSubmission/queryChanges", arguments).type, kind, arguments)
+
 
 class MemoryComposeTests(ComposeTestsMixin, TestCase):
     """Over the memory store."""

@@ -1,7 +1,8 @@
 """
 Sending mail over JMAP (RFC 8621 sections 6 and 7): ``Identity/get``,
-``Identity/changes``, ``EmailSubmission/get`` and ``EmailSubmission/set``,
-and ``SearchSnippet/get`` (section 5).
+``/changes`` and ``/set``, ``EmailSubmission/get``, ``/changes``,
+``/query``, ``/queryChanges`` and ``/set``, and ``SearchSnippet/get``
+(section 5).
 
 An EmailSubmission goes the way of SMTP submission (:mod:`txmail.smtp.server`):
 
@@ -20,9 +21,10 @@ An EmailSubmission goes the way of SMTP submission (:mod:`txmail.smtp.server`):
   remote ones through the queue (with its retries and bounces).
 
 Submissions are final when accepted (no ``maxDelayedSend``, no undo), and
-are not kept: ``EmailSubmission/get`` finds none, ``/changes`` reports none.
-An identity is the user's own address (the directory tells whether an
-address is the user's, not which addresses are): its id is derived from it.
+are not kept: ``EmailSubmission/get`` finds none, ``/changes`` reports none,
+``/query`` matches none.  An identity is the user's own address (the
+directory tells whether an address is the user's, not which addresses
+are): its id is derived from it, and ``Identity/set`` changes nothing.
 
 This module is sans-IO apart from the Deferreds of the store, directory and
 router.
@@ -36,8 +38,18 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from txmail.jmap import body as bodies
-from txmail.jmap.common import get_ids, invalid, properties, resolve_id, set_arguments
+from txmail.jmap.common import (
+    check_if_in_state,
+    get_ids,
+    invalid,
+    max_changes,
+    optional_bool,
+    properties,
+    resolve_id,
+    set_arguments,
+)
 from txmail.jmap.core import CallContext, MethodError, set_error
+from txmail.jmap.mailbox import window
 from txmail.jmap.state import mail_view
 from txmail.model import Envelope, MessageSource
 from txmail.smtp import grammar
@@ -103,10 +115,142 @@ async def fixed_changes(context: CallContext, arguments: dict[str, Any]) -> dict
     }
 
 
+async def identity_set(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``Identity/set`` (RFC 8621 section 6.3): the user's one identity is
+    their own address and is not kept anywhere, so nothing is created,
+    changed or destroyed: each operation is ``forbidden`` (``notFound`` for
+    another id), as section 6.3 allows a server that forbids them.
+    """
+    create, update, destroy = set_arguments(context, arguments)
+    check_if_in_state(arguments, FIXED_STATE)
+    own = identity_id(context.user)
+    fixed = "identities are fixed: one a user, their own address"
+
+    def refused(object_id: str) -> dict[str, Any]:
+        return set_error("forbidden", fixed) if object_id == own else set_error("notFound")
+
+    return {
+        "accountId": context.account_id,
+        "oldState": FIXED_STATE,
+        "newState": FIXED_STATE,
+        "created": None,
+        "updated": None,
+        "destroyed": None,
+        "notCreated": {c: set_error("forbidden", fixed) for c in create} or None,
+        "notUpdated": {i: refused(i) for i in update} or None,
+        "notDestroyed": {i: refused(i) for i in destroy} or None,
+    }
+
+
 async def submission_get(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
     """``EmailSubmission/get`` (section 7.1): submissions are not kept."""
     ids = get_ids(context, arguments)
     return {"accountId": context.account_id, "state": FIXED_STATE, "list": [], "notFound": ids or []}
+
+
+# -- EmailSubmission/query and /queryChanges (sections 7.3 and 7.4) ---------------------------
+
+_SUBMISSION_ID_LISTS = frozenset({"identityIds", "emailIds", "threadIds"})
+_SUBMISSION_CONDITIONS = _SUBMISSION_ID_LISTS | {"undoStatus", "before", "after"}
+_UNDO_STATUSES = frozenset({"pending", "final", "canceled"})
+_SUBMISSION_SORTS = frozenset({"emailId", "threadId", "sentAt"})
+
+
+def _check_submission_filter(filter: Any, depth: int = 0) -> None:
+    """A FilterCondition of section 7.3 or a FilterOperator of them; else ``unsupportedFilter``."""
+    if filter is None:
+        return
+    if not isinstance(filter, dict) or depth > 50:
+        raise MethodError("unsupportedFilter", "a filter must be an object")
+    if "operator" in filter:
+        conditions = filter.get("conditions")
+        if (
+            filter["operator"] not in ("AND", "OR", "NOT")
+            or not isinstance(conditions, list)
+            or set(filter) - {"operator", "conditions"}
+        ):
+            raise MethodError("unsupportedFilter", "bad FilterOperator")
+        for condition in conditions:
+            _check_submission_filter(condition, depth + 1)
+        return
+    unknown = set(filter) - _SUBMISSION_CONDITIONS
+    if unknown:
+        raise MethodError("unsupportedFilter", f"unknown conditions: {', '.join(sorted(unknown))}")
+    for key, value in filter.items():
+        if key in _SUBMISSION_ID_LISTS:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif key == "undoStatus":
+            ok = value in _UNDO_STATUSES
+        else:
+            ok = bodies.parse_utc_date(value) is not None
+        if not ok:
+            raise MethodError("unsupportedFilter", f"bad {key}")
+
+
+def _check_submission_sort(sort: Any) -> None:
+    """Comparators on ``emailId``, ``threadId`` or ``sentAt`` (section 7.3); else ``unsupportedSort``."""
+    if sort is None:
+        return
+    if not isinstance(sort, list):
+        raise invalid("sort", "sort must be a list of comparators")
+    for comparator in sort:
+        if (
+            not isinstance(comparator, dict)
+            or comparator.get("property") not in _SUBMISSION_SORTS
+            or not isinstance(comparator.get("isAscending", True), bool)
+        ):
+            raise MethodError("unsupportedSort", "EmailSubmission/query sorts by emailId, threadId or sentAt")
+
+
+async def submission_query(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``EmailSubmission/query`` (section 7.3): the arguments checked as for
+    any query (RFC 8620 section 5.5); submissions are not kept, so the
+    results are always empty, and never change (``canCalculateChanges``).
+    """
+    context.check_account(arguments)
+    _check_submission_filter(arguments.get("filter"))
+    _check_submission_sort(arguments.get("sort"))
+    calculate_total = optional_bool(arguments, "calculateTotal")
+    position, ids = window(arguments, [])
+    out: dict[str, Any] = {
+        "accountId": context.account_id,
+        "queryState": FIXED_STATE,
+        "canCalculateChanges": True,
+        "position": position,
+        "ids": ids,
+    }
+    if calculate_total:
+        out["total"] = 0
+    return out
+
+
+async def submission_query_changes(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``EmailSubmission/queryChanges`` (section 7.4, RFC 8620 section 5.6): nothing is ever added or removed."""
+    context.check_account(arguments)
+    _check_submission_filter(arguments.get("filter"))
+    _check_submission_sort(arguments.get("sort"))
+    since = arguments.get("sinceQueryState")
+    if not isinstance(since, str):
+        raise invalid("sinceQueryState", "sinceQueryState must be a state string")
+    max_changes(arguments)
+    up_to = arguments.get("upToId")
+    if up_to is not None and not isinstance(up_to, str):
+        raise invalid("upToId", "upToId must be an id")
+    calculate_total = optional_bool(arguments, "calculateTotal")
+    if since != FIXED_STATE:
+        raise MethodError("cannotCalculateChanges")
+    out: dict[str, Any] = {
+        "accountId": context.account_id,
+        "oldQueryState": since,
+        "newQueryState": FIXED_STATE,
+        "removed": [],
+        "added": [],
+    }
+    if calculate_total:
+        out["total"] = 0
+    return out
 
 
 def _addresses(value: Any) -> list[str]:
@@ -400,8 +544,11 @@ async def snippet_get(context: CallContext, arguments: dict[str, Any]) -> dict[s
 SUBMISSION_METHODS = {
     "Identity/get": identity_get,
     "Identity/changes": fixed_changes,
+    "Identity/set": identity_set,
     "EmailSubmission/get": submission_get,
     "EmailSubmission/changes": fixed_changes,
+    "EmailSubmission/query": submission_query,
+    "EmailSubmission/queryChanges": submission_query_changes,
     "EmailSubmission/set": submission_set,
 }
 METHODS = {"SearchSnippet/get": snippet_get}
