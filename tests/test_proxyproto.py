@@ -260,6 +260,30 @@ class VersionTwoTests(SynchronousTestCase):
         self.assertEqual(result[0].tlvs, ((4, b"abc"),))
         self.assertEqual(result[1], b"rest")
 
+    def test_longest_header_in_octets_is_not_copied_each_time(self) -> None:
+        """
+        The longest header (65535 octets after the fixed 16) fed one octet
+        at a time is appended to one buffer in place: copying the whole
+        buffer at each octet took time quadratic in its length (about 2 GB
+        copied).  The buffer is the parser's own, looked at directly because
+        a time limit would be flaky on a loaded machine.
+        """
+        tlv = b"\x04" + struct.pack("!H", 65535 - len(INET_BLOCK) - 3)
+        data = v2(INET_BLOCK + tlv + bytes(65535 - len(INET_BLOCK) - 3))
+        parser = ProxyParser()
+        self.assertIsNone(parser.feed(data[:16]))
+        buffer = parser._buffer
+        for i in range(16, len(data) - 1):
+            self.assertIsNone(parser.feed(data[i : i + 1]))
+        self.assertIs(parser._buffer, buffer)
+        self.assertEqual(len(buffer), len(data) - 1)
+        result = parser.feed(data[-1:] + b"rest")
+        assert result is not None
+        self.assertEqual(result[0].source, ProxyAddress("192.0.2.7", 56324, 4))
+        self.assertEqual(len(result[0].tlvs[0][1]), 65535 - len(INET_BLOCK) - 3)
+        self.assertEqual(result[1], b"rest")
+        self.assertIs(type(result[1]), bytes)
+
     def test_pieces(self) -> None:
         """Split anywhere in two, the same header and rest come out."""
         data = v2(INET_BLOCK + b"\x04\x00\x01z") + b"EHLO x\r\n"

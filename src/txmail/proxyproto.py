@@ -124,7 +124,10 @@ class ProxyParser:
     """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        # A bytearray, appended to in place: a version 2 header (up to
+        # 65551 octets) arriving in small pieces would otherwise be copied
+        # whole at each one, in time quadratic in its length.
+        self._buffer = bytearray()
         self._done = False
 
     def feed(self, data: bytes) -> tuple[ProxyHeader, bytes] | None:
@@ -141,7 +144,8 @@ class ProxyParser:
         """
         if self._done:
             raise RuntimeError("the PROXY header was already read")
-        buffer = self._buffer = self._buffer + data
+        self._buffer += data
+        buffer = self._buffer
         if not buffer:
             return None
         if buffer[:1] == _V1_PREFIX[:1]:
@@ -152,14 +156,14 @@ class ProxyParser:
             raise ProxyHeaderError("no PROXY header (neither version 1 nor 2)")
         if result is not None:
             self._done = True
-            self._buffer = b""
+            self._buffer = bytearray()
         return result
 
 
 # -- version 1 -----------------------------------------------------------------
 
 
-def _feed_v1(buffer: bytes) -> tuple[ProxyHeader, bytes] | None:
+def _feed_v1(buffer: bytearray) -> tuple[ProxyHeader, bytes] | None:
     """A version 1 header from *buffer* (which starts with ``P``), if complete."""
     head = buffer[: len(_V1_PREFIX)]
     if not _V1_PREFIX.startswith(head):
@@ -172,7 +176,7 @@ def _feed_v1(buffer: bytes) -> tuple[ProxyHeader, bytes] | None:
         if b"\n" in window or b"\r" in window[:-1]:
             raise ProxyHeaderError("PROXY version 1 header not ended by CRLF")
         return None
-    return _parse_v1_line(buffer[:end]), buffer[end + 2 :]
+    return _parse_v1_line(bytes(buffer[:end])), bytes(buffer[end + 2 :])
 
 
 def _parse_v1_line(line: bytes) -> ProxyHeader:
@@ -221,7 +225,7 @@ def _v1_port(field: bytes) -> int:
 # -- version 2 -----------------------------------------------------------------
 
 
-def _feed_v2(buffer: bytes) -> tuple[ProxyHeader, bytes] | None:
+def _feed_v2(buffer: bytearray) -> tuple[ProxyHeader, bytes] | None:
     """A version 2 header from *buffer* (which starts with CR), if complete."""
     signature = buffer[: len(V2_SIGNATURE)]
     if not V2_SIGNATURE.startswith(signature):
@@ -238,8 +242,8 @@ def _feed_v2(buffer: bytes) -> tuple[ProxyHeader, bytes] | None:
     end = _V2_FIXED + length
     if len(buffer) < end:
         return None
-    header = _parse_v2(buffer[12] & 0x0F, buffer[13], buffer[_V2_FIXED:end])
-    return header, buffer[end:]
+    header = _parse_v2(buffer[12] & 0x0F, buffer[13], bytes(buffer[_V2_FIXED:end]))
+    return header, bytes(buffer[end:])
 
 
 def _parse_v2(command: int, family: int, block: bytes) -> ProxyHeader:

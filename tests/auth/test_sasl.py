@@ -320,6 +320,19 @@ class ScramTests(SynchronousTestCase):
         for case in cases:
             self.assertEqual(SASLServer("SCRAM-SHA-256").start(case), Failed("malformed"), case)
 
+    def test_nonce_with_final_line_feed_refused(self) -> None:
+        """
+        A nonce is printable ASCII to its last octet: a final LF (which a
+        ``$`` in the check let through) is "malformed" from the client, and
+        a ValueError for the server's own nonce.  It used to be echoed in
+        the middle of the server-first message.
+        """
+        for nonce in (b"abc\n", b"abc\r\n", b"abc\r", b"abc\t"):
+            self.assertEqual(
+                SASLServer("SCRAM-SHA-256").start(b"n,,n=user,r=" + nonce), Failed("malformed"), nonce
+            )
+        self.assertRaises(ValueError, SASLServer, "SCRAM-SHA-256", server_nonce="abc\n")
+
     def test_cancel_mid_exchange(self) -> None:
         """Cancelling after server-first ends the exchange."""
         server = SASLServer("SCRAM-SHA-256")

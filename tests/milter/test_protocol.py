@@ -372,6 +372,52 @@ class ReplyTests(SynchronousTestCase):
             send(client)
             self.assertRaises(MilterProtocolError, client.receive_data, reply)
 
+    def test_modifications_bounded_in_octets(self) -> None:
+        """
+        A milter that keeps sending body chunks after the end of the message
+        is cut off once they pass the limit for one message, instead of
+        growing the process without end (each packet is bounded, not their
+        number); empty chunks count too.  The count starts again with the
+        next message.
+        """
+        client = MilterClient(max_modifications=1000)
+        client.negotiate()
+        client.receive_data(optneg())
+        client.end_of_message()
+        client.receive_data(packet(b"b", b"x" * 500))
+        self.assertRaises(MilterProtocolError, client.receive_data, packet(b"b", b"x" * 500))
+        client = MilterClient(max_modifications=1000)
+        client.negotiate()
+        client.receive_data(optneg())
+        client.end_of_message()
+        client.receive_data(packet(b"b") * 7)
+        self.assertRaises(MilterProtocolError, client.receive_data, packet(b"b") * 7)
+        client = MilterClient(max_modifications=1000)
+        client.negotiate()
+        client.receive_data(optneg())
+        self.assertIsInstance(client.next_event(), Negotiated)
+        for _ in range(3):
+            client.end_of_message()
+            client.receive_data(packet(b"b", b"x" * 500) + packet(b"a"))
+            self.assertEqual(client.next_event(), Decision(b"E", "accept", "", (ReplaceBody(b"x" * 500),)))
+        self.assertEqual(p.MAX_MODIFICATIONS, 64 * 1024 * 1024)
+
+    def test_header_edits_bounded(self) -> None:
+        """
+        At most MAX_HEADER_EDITS header field edits for one message: applying
+        them takes time quadratic in their number (20,000 changes, 320 KB
+        from the milter, took 40 seconds to apply).
+        """
+        edits = b"".join(
+            packet(b"m", struct.pack("!I", 1) + b"X-%d\x00v\x00" % i) for i in range(p.MAX_HEADER_EDITS)
+        )
+        decision = self.eob(edits, packet(b"a"))
+        self.assertEqual(len(decision.modifications), p.MAX_HEADER_EDITS)
+        client = negotiated()
+        client.end_of_message()
+        client.receive_data(edits + packet(b"b", b"body") + packet(b"q", b"why\x00"))
+        self.assertRaises(MilterProtocolError, client.receive_data, packet(b"h", b"X\x00y\x00"))
+
     def test_modification_not_negotiated(self) -> None:
         client = negotiated(actions=p.SMFIF_ADDHDRS)
         client.end_of_message()

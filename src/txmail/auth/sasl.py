@@ -219,8 +219,10 @@ def encode_challenge(data: bytes) -> bytes:
 
 _START, _WAIT_RESPONSE, _WAIT_CHECK, _WAIT_CREDS, _WAIT_FINAL_ACK, _DONE = range(6)
 
-# printable = %x21-2B / %x2D-7E  (RFC 5802 section 7: any printable ASCII but ",")
-_PRINTABLE_RE = re.compile(rb"^[\x21-\x2b\x2d-\x7e]+$")
+# printable = %x21-2B / %x2D-7E  (RFC 5802 section 7: any printable ASCII but ",").
+# Used with fullmatch: "$" would also match before a final LF, letting
+# "r=abc\n" through into the server-first message.
+_PRINTABLE_RE = re.compile(rb"[\x21-\x2b\x2d-\x7e]+")
 # Per-process key for the fake salts given to unknown users.
 _FAKE_SALT_KEY = secrets.token_bytes(32)
 
@@ -293,7 +295,7 @@ class SASLServer:
             nonce_bytes = self._server_nonce.encode("ascii")
         except UnicodeEncodeError:
             nonce_bytes = b""
-        if not _PRINTABLE_RE.match(nonce_bytes):
+        if not _PRINTABLE_RE.fullmatch(nonce_bytes):
             raise ValueError("server nonce must be printable ASCII without ','")
         self._gs2_header = b""
         self._client_first_bare = b""
@@ -463,7 +465,7 @@ class SASLServer:
             return self._fail("malformed")
         username = _saslname(bare[0][2:])
         client_nonce = bare[1][2:]
-        if not username or not _PRINTABLE_RE.match(client_nonce):
+        if not username or not _PRINTABLE_RE.fullmatch(client_nonce):
             return self._fail("malformed")
         if not _same_identity(authzid, username):
             return self._fail("authzid")

@@ -38,8 +38,9 @@ reply is awaited; :meth:`MilterClient.receive_data` parses what the milter
 sends and checks that it fits; :meth:`MilterClient.next_event` gives
 :class:`Negotiated`, :class:`Progress` and :class:`Decision` events.  Anything
 that does not fit (garbled or oversized packets, replies nobody asked for,
-actions that were not negotiated) raises :class:`MilterProtocolError`; the
-caller then drops the milter connection.
+actions that were not negotiated, more modifications than one message may
+carry) raises :class:`MilterProtocolError`; the caller then drops the
+milter connection.
 
 This module is sans-IO: it imports nothing from Twisted.
 """
@@ -54,6 +55,8 @@ from dataclasses import dataclass, field
 __all__ = [
     "ACTIONS_OFFERED",
     "MAX_BODY_CHUNK",
+    "MAX_HEADER_EDITS",
+    "MAX_MODIFICATIONS",
     "MAX_PACKET",
     "PROTOCOL_OFFERED",
     "PROTOCOL_VERSION",
@@ -200,6 +203,25 @@ MAX_BODY_CHUNK = 65535
 #: The largest packet we accept from a milter.  libmilter sends at most a
 #: 1 MiB chunk (SMFIP_MDS_1M); header fields and replies are far smaller.
 MAX_PACKET = 1024 * 1024 + 64
+
+#: The most octets of modifications (body chunks, header field edits,
+#: quarantine reasons) accepted for one message.  They are kept until the
+#: final reply, so without a bound a milter that keeps sending them grows
+#: the process without end (each packet is bounded, not their number).
+#: Each counts its data plus ``_MODIFICATION_COST``; the default leaves
+#: room for a new body as large as the default message size limit (50 MiB).
+MAX_MODIFICATIONS = 64 * 1024 * 1024
+
+# What each modification counts beyond its data (the objects that hold it):
+# an empty body chunk, which libmilter sends for an empty new body, is not free.
+_MODIFICATION_COST = 128
+
+#: The most header field edits (add, insert, change) accepted for one
+#: message: applying a change looks through the whole header section
+#: (:func:`txmail.milter.edits.apply_header_edits`), so the work grows with
+#: the square of their number (20,000 edits, 320 KB from the milter, took
+#: 40 seconds).  Milters add or change a handful.
+MAX_HEADER_EDITS = 1000
 
 # Which command each stage is, and its "don't send" and "no reply" bits.
 _STEPS: dict[bytes, tuple[int, int]] = {
@@ -562,6 +584,9 @@ class MilterClient:
         actions: the SMFIF_* actions offered.
         protocol: the SMFIP_* steps and extensions offered.
         max_packet: the largest packet accepted from the milter.
+        max_modifications: the most octets of modifications for one
+            message (see :data:`MAX_MODIFICATIONS`).
+        max_header_edits: the most header field edits for one message.
     """
 
     def __init__(
@@ -570,14 +595,20 @@ class MilterClient:
         actions: int = ACTIONS_OFFERED,
         protocol: int = PROTOCOL_OFFERED,
         max_packet: int = MAX_PACKET,
+        max_modifications: int = MAX_MODIFICATIONS,
+        max_header_edits: int = MAX_HEADER_EDITS,
     ) -> None:
         self.actions_offered = actions
         self.protocol_offered = protocol
+        self.max_modifications = max_modifications
+        self.max_header_edits = max_header_edits
         self._reader = PacketReader(max_packet)
         self._out: list[bytes] = []
         self._events: deque[Negotiated | Progress | Decision] = deque()
         self._awaiting: bytes | None = None
         self._modifications: list[Modification] = []
+        self._modified_size = 0
+        self._header_edits = 0
         #: What was negotiated (``None`` before).
         self.negotiated: Negotiated | None = None
         #: The SMFIF_* actions the milter may take (those it asked for that we offered).
@@ -633,7 +664,7 @@ class MilterClient:
         if isinstance(reply, bytes):
             raise MilterProtocolError(f"envelope change {reply!r} after {what}: it was not negotiated")
         if not isinstance(reply, tuple):
-            self._modification(reply, what)
+            self._modification(reply, what, len(data))
             return
         action, text = reply
         if action == "skip" and (awaiting != SMFIC_BODY or not self.protocol & SMFIP_SKIP):
@@ -645,10 +676,11 @@ class MilterClient:
             self._skipping_body = True
         modifications = tuple(self._modifications)
         self._modifications = []
+        self._modified_size = self._header_edits = 0
         self._awaiting = None
         self._events.append(Decision(awaiting, action, text, modifications))
 
-    def _modification(self, reply: Modification, what: str) -> None:
+    def _modification(self, reply: Modification, what: str, size: int) -> None:
         if self._awaiting != SMFIC_BODYEOB:
             raise MilterProtocolError(f"modification {type(reply).__name__} after {what}")
         needed = {
@@ -660,6 +692,15 @@ class MilterClient:
         }[type(reply)]
         if not self.actions & needed:
             raise MilterProtocolError(f"modification {type(reply).__name__} was not negotiated")
+        self._modified_size += size + _MODIFICATION_COST
+        if self._modified_size > self.max_modifications:
+            raise MilterProtocolError(
+                f"over {self.max_modifications} octets of modifications for one message"
+            )
+        if isinstance(reply, AddHeader | InsertHeader | ChangeHeader):
+            self._header_edits += 1
+            if self._header_edits > self.max_header_edits:
+                raise MilterProtocolError(f"over {self.max_header_edits} header field edits for one message")
         self._modifications.append(reply)
 
     def _negotiated(self, answer: Negotiated) -> None:
