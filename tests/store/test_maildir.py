@@ -5,15 +5,19 @@ from __future__ import annotations
 import builtins
 import functools
 import os
+import stat
 import threading
+from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from txmail import mime
-from txmail.errors import InvalidMailboxName, MailboxExists
+from txmail.errors import InvalidMailboxName, MailboxExists, NoSuchMessage
 from txmail.model import (
     ANSWERED,
     DELETED,
@@ -1185,3 +1189,302 @@ class MaildirSieveLayoutTests(MaildirBase):
         self.successResultOf(store.put_script("big", b"#" * 5000 + b"\r\nkeep;\r\n"))
         usage = self.successResultOf(store.usage())
         self.assertEqual((usage.octets, usage.messages), (0, 0))
+
+
+# -- entries of new/ and cur/ that are not regular files ------------------------
+
+#: What a file outside the Maildir holds: it must never be served.
+OUTSIDE = b"Subject: outside the Maildir\r\n\r\nTOP SECRET\r\n"
+
+
+def _release_fifo(path: str) -> None:
+    """Let a reader blocked opening the FIFO *path* go (an open for writing, closed: it reads EOF)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # no reader waiting, or gone
+    os.close(fd)
+
+
+def _in_daemon_thread(fn: Any, *args: Any) -> defer.Deferred[Any]:
+    """
+    A run_blocking whose threads never keep the process alive: a read that
+    blocks for ever (a FIFO opened without O_NONBLOCK, /dev/zero read to
+    its end) fails the test by its timeout instead of hanging the run.
+    """
+    d: defer.Deferred[Any] = defer.Deferred()
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException:
+            failure = Failure()
+            reactor.callFromThread(d.errback, failure)  # type: ignore[attr-defined]
+        else:
+            reactor.callFromThread(d.callback, result)  # type: ignore[attr-defined]
+
+    threading.Thread(target=run, daemon=True).start()
+    return d
+
+
+def _within(test: TestCase, fn: Any, *args: Any, seconds: float = 5.0) -> Any:
+    """``fn(*args)`` in a daemon thread: its result or error, or the test fails when it takes longer."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        test.fail(f"{getattr(fn, '__name__', fn)} still blocked after {seconds} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class MaildirNotRegularFilesTests(MaildirBase):
+    """
+    Only regular files are messages: a symbolic link (to a file outside the
+    Maildir, dangling, to a device), a FIFO, a directory, a socket or a
+    device in new/ or cur/ is not listed, counted, moved or served, and
+    blocks nothing; a file replaced by one after it was listed behaves as
+    a message another program deleted.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.provider = self.reopen(run_blocking=_in_daemon_thread)
+        self.outside = os.path.abspath(self.mktemp())
+        with open(self.outside, "wb") as f:
+            f.write(OUTSIDE)
+        self.fifos: list[str] = []
+        self.addCleanup(lambda: [_release_fifo(p) for p in self.fifos])
+
+    def plant(self, sub: str, stamp: int, suffix: str = "") -> dict[str, str]:
+        """The entries that are not messages, in *sub*, by kind: their names (*suffix* after each)."""
+        directory = os.path.join(self.user_dir, sub)
+        names = {
+            kind: f"{stamp + i}.{kind}.other.host{suffix}"
+            for i, kind in enumerate(("link", "dangling", "fifo", "dir", "socket", "zero", "device"))
+        }
+        os.symlink(self.outside, os.path.join(directory, names["link"]))
+        os.symlink(os.path.join(directory, "nothing-here"), os.path.join(directory, names["dangling"]))
+        os.mkfifo(os.path.join(directory, names["fifo"]))
+        self.fifos.append(os.path.join(directory, names["fifo"]))
+        os.mkdir(os.path.join(directory, names["dir"]))
+        os.mknod(os.path.join(directory, names["socket"]), 0o600 | stat.S_IFSOCK)
+        os.symlink("/dev/zero", os.path.join(directory, names["zero"]))
+        try:  # /dev/zero's device numbers (Linux): only root may make a device node
+            os.mknod(os.path.join(directory, names["device"]), 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+        except (PermissionError, AttributeError):
+            del names["device"]
+        return names
+
+    def assert_never_outside(self, data: bytes) -> None:
+        self.assertNotIn(b"TOP SECRET", data)
+        self.assertNotIn(b"outside the Maildir", data)
+
+    @defer.inlineCallbacks
+    def test_not_listed_or_served(self) -> Generator[Any, Any, None]:
+        """
+        Listing new/ and cur/ holding one message each beside every kind of
+        entry that is not a regular file: the two messages are listed and
+        served (read, opened, parsed); the others are left where they are,
+        in new/ too, and logged once each.
+        """
+        store = yield self.provider.store_for(USER)
+        planted = {"new": self.plant("new", 1_600_000_000), "cur": self.plant("cur", 1_600_000_100, ":2,S")}
+        self.drop("new", "1600000050.msg.other.host", message(1))
+        self.drop("cur", "1600000150.msg.other.host:2,S", message(2))
+        warnings: list[dict[str, Any]] = []
+        self.patch(MaildirMailbox, "log", Logger(observer=warnings.append))
+        box = yield store.get_mailbox(INBOX)
+        infos = yield box.list_messages()
+        self.assertEqual([(i.uid, i.flags) for i in infos], [(1, frozenset()), (2, frozenset({SEEN}))])
+        self.assertEqual((yield box.status()).messages, 2)
+        self.assertEqual((yield box.read_message(1)), message(1))
+        self.assertEqual((yield box.read_message(2)), message(2))
+        f = yield box.open_message(2)
+        self.addCleanup(f.close)
+        self.assertEqual(f.read(), message(2))
+        md = yield box.get_metadata([1, 2])
+        self.assertEqual(md, {1: mime.parse_metadata(message(1)), 2: mime.parse_metadata(message(2))})
+        for sub, names in planted.items():
+            for name in names.values():
+                self.assertIn(name, self.files(sub))  # not moved, not removed
+        logged = sorted(w["entry"] for w in warnings)
+        expected = sorted(
+            os.path.join(sub, name) for sub, names in planted.items() for name in names.values()
+        )
+        self.assertEqual(logged, expected)
+        # Listed again (both directories changed): nothing new, nothing logged again.
+        for sub in ("new", "cur"):
+            os.utime(os.path.join(self.user_dir, sub), ns=(1, 1))
+        rescans = box.rescans
+        yield box.refresh()
+        self.assertEqual(box.rescans, rescans + 1)
+        self.assertEqual([i.uid for i in (yield box.list_messages())], [1, 2])
+        self.assertEqual(len(warnings), len(expected))
+        # A restart lists the same two.
+        box2 = yield (yield self.reopen(run_blocking=_in_daemon_thread).store_for(USER)).get_mailbox(INBOX)
+        self.assertEqual([i.uid for i in (yield box2.list_messages())], [1, 2])
+
+    @defer.inlineCallbacks
+    def test_replaced_by_a_link_after_listing(self) -> Generator[Any, Any, None]:
+        """
+        A listed message file replaced by a symbolic link to a file outside
+        the Maildir: read, opened, parsed or copied, it is a message
+        deleted by another program (NoSuchMessage, left out), never the
+        outside file; the next listing expunges it.  Small and large files,
+        CRLF and bare LF (each read by its own path).
+        """
+        store = yield self.provider.store_for(USER)
+        big = message(3, b"x" * 100 + b"\r\n") * (maildir.INLINE_READ_SIZE // 100)
+        contents = [message(1), message(2).replace(b"\r\n", b"\n"), big, big.replace(b"\r\n", b"\n")]
+        for i, data in enumerate(contents):
+            self.drop("new", f"160000000{i}.M{i}.other.host", data)
+        box = yield store.get_mailbox(INBOX)
+        uids = [i.uid for i in (yield box.list_messages())]
+        self.assertEqual(len(uids), 4)
+        yield store.create_mailbox("Other")
+        for name in self.files("new"):
+            swap = os.path.join(self.user_dir, "new", name + ".swap")
+            os.symlink(self.outside, swap)
+            os.rename(swap, os.path.join(self.user_dir, "new", name))
+        for uid in uids:
+            failure = yield self.assertFailure(box.read_message(uid), NoSuchMessage)
+            self.assert_never_outside(str(failure).encode())
+            yield self.assertFailure(box.open_message(uid), NoSuchMessage)
+        self.assertEqual((yield box.get_metadata(uids)), {})
+        other = yield store.get_mailbox("Other")
+        self.assertEqual((yield box.copy(uids, other)), [])
+        self.assertEqual((yield other.list_messages()), [])
+        self.assertEqual(self.files("new", ".Other") + self.files("cur", ".Other"), [])
+        events: list[Any] = []
+        box.add_listener(events.append)
+        yield box.refresh()
+        self.assertEqual([type(e) for e in events], [MessagesExpunged])
+        self.assertEqual(sorted(events[0].uids), uids)
+        self.assertEqual((yield box.list_messages()), [])
+
+    @defer.inlineCallbacks
+    def test_replaced_by_a_link_before_pickup(self) -> Generator[Any, Any, None]:
+        """A file listed, then replaced by a link before it is taken in, is left out (with W= in its name too)."""
+        store = yield self.provider.store_for(USER)
+        box = yield store.get_mailbox(INBOX)
+        names = ["1600000000.a.other.host", f"1600000001.b.other.host,S={len(OUTSIDE)},W={len(OUTSIDE)}"]
+        for name in names:
+            self.drop("new", name, message(1))
+        real = maildir.io.pickup_files
+
+        def swapped_first(path: str, items: list[tuple[str, str]]) -> Any:
+            for sub, name in items:
+                full = os.path.join(path, sub, name)
+                os.unlink(full)
+                os.symlink(self.outside, full)
+            return real(path, items)
+
+        self.patch(maildir.io, "pickup_files", swapped_first)
+        yield box.refresh()
+        self.assertEqual((yield box.list_messages()), [])
+
+    @defer.inlineCallbacks
+    def test_copy_of_a_source_replaced_by_a_link(self) -> Generator[Any, Any, None]:
+        """A copy whose source became a link is a copy of a message gone, hard link or byte copy."""
+        store = yield self.provider.store_for(USER)
+        box = yield store.get_mailbox(INBOX)
+        uid = yield box.append(message(1))
+        yield store.create_mailbox("Other")
+        other = yield store.get_mailbox("Other")
+        (name,) = self.files("new")
+        os.unlink(os.path.join(self.user_dir, "new", name))
+        os.symlink(self.outside, os.path.join(self.user_dir, "new", name))
+        for link_fails in (False, True):
+            if link_fails:
+
+                def no_link(src: str, dst: str) -> None:
+                    raise OSError(18, "cross-device link")
+
+                self.patch(maildir.io.os, "link", no_link)
+            self.assertEqual((yield box.copy([uid], other)), [])
+            self.assertEqual((yield other.list_messages()), [])
+            for sub in ("new", "cur", "tmp"):
+                for left in self.files(sub, ".Other"):
+                    self.assert_never_outside(self.read_file(sub, left, ".Other"))
+
+
+class NotRegularFilesIOTests(TestCase):
+    """
+    Each function of the store's file work on an entry that is not a
+    regular file, in a thread with a deadline (the FIFO blocked an open
+    for ever): gone, as a removed file is, never served, never blocking.
+    """
+
+    def setUp(self) -> None:
+        from txmail.store import _maildir_io
+
+        self.io = _maildir_io
+        self.path = os.path.abspath(self.mktemp())
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(self.path, sub))
+        self.outside = os.path.abspath(self.mktemp())
+        with open(self.outside, "wb") as f:
+            f.write(OUTSIDE)
+        self.fifo = os.path.join(self.path, "new", "1.fifo.host")
+        self.addCleanup(_release_fifo, self.fifo)
+        os.mkfifo(self.fifo)
+        os.symlink(self.outside, os.path.join(self.path, "new", "2.link.host"))
+        os.symlink("/dev/zero", os.path.join(self.path, "new", "3.zero.host"))
+        os.mkdir(os.path.join(self.path, "new", "4.dir.host"))
+        os.symlink(self.outside, os.path.join(self.path, "new", f"5.link.host,S=1,W={len(OUTSIDE)}"))
+        os.mkfifo(os.path.join(self.path, "new", f"6.fifo.host,S=1,W={len(OUTSIDE)}"))
+        self.bad = sorted(os.listdir(os.path.join(self.path, "new")))
+        with open(os.path.join(self.path, "new", "7.msg.host"), "wb") as f:
+            f.write(message(1))
+
+    def test_scan_and_pickup(self) -> None:
+        """The listing leaves them out (Scan.ignored); taking them in anyway finds nothing."""
+        scan = _within(self, self.io.scan_folder, self.path)
+        self.assertEqual(scan.listing, {"7.msg.host": ("new", "7.msg.host")})
+        self.assertEqual(sorted(name for _, name in scan.ignored), self.bad)
+        got = _within(self, self.io.pickup_files, self.path, [("new", name) for name in self.bad])
+        self.assertEqual(got, [])
+
+    def test_reads(self) -> None:
+        """read_known_file, open_file, read_file, file_sizes, the parse: gone, as a removed file is."""
+        for name in self.bad:
+            full = os.path.join(self.path, "new", name)
+            self.assertRaises(FileNotFoundError, _within, self, self.io.read_known_file, full, 10)
+            self.assertRaises(FileNotFoundError, _within, self, self.io.file_sizes, full, name)
+            for fn in (self.io.open_file, self.io.read_file):
+                self.assertRaises(NoSuchMessage, _within, self, fn, self.path, "new", name)
+            for complete in (None, lambda *a: self.fail("completed")):
+                self.assertRaises(
+                    NoSuchMessage,
+                    _within,
+                    self,
+                    self.io._parse_file,
+                    self.path,
+                    "new",
+                    name,
+                    False,
+                    1,
+                    complete,
+                )
+            self.assertRaises(
+                FileNotFoundError, _within, self, self.io.parse_file_metadata, self.path, "new", name, False
+            )
+        self.assertEqual(self.io.read_file(self.path, "new", "7.msg.host"), message(1))
+
+    def test_renamed_to_a_link_is_not_found(self) -> None:
+        """A message looked for by its base name after a rename is not found as a link."""
+        os.unlink(os.path.join(self.path, "new", "7.msg.host"))
+        os.symlink(self.outside, os.path.join(self.path, "cur", "7.msg.host:2,S"))
+        self.assertRaises(NoSuchMessage, self.io.read_file, self.path, "new", "7.msg.host")

@@ -481,6 +481,43 @@ class ParsePoolTests(_Tree, SynchronousTestCase):
         self.assertIsNone(answers[1])
         self.check(answers[:1], self.items[:1])
 
+    def test_not_regular_files(self) -> None:
+        """
+        The workers answer ``None`` for an entry that is not a regular file
+        (a link to a file outside the Maildir, a dangling one, a link to
+        /dev/zero, a FIFO, a directory), parse the messages beside them,
+        and are not held up: a FIFO opened for reading would wait for a
+        writer for ever (here the pool's timeout would end the wait, the
+        worker killed).
+        """
+        outside = os.path.join(self.tree(), "outside")
+        with open(outside, "wb") as f:
+            f.write(b"Subject: outside the Maildir\r\n\r\nTOP SECRET\r\n")
+        new = os.path.join(self.root, "new")
+        os.symlink(outside, os.path.join(new, "1.link"))
+        os.symlink(os.path.join(new, "nothing-here"), os.path.join(new, "2.dangling"))
+        os.symlink("/dev/zero", os.path.join(new, "3.zero"))
+        os.mkfifo(os.path.join(new, "4.fifo"))
+        self.addCleanup(_release_fifo, os.path.join(new, "4.fifo"))
+        os.mkdir(os.path.join(new, "5.dir"))
+        bad = [("new", name, False) for name in ("1.link", "2.dangling", "3.zero", "4.fifo", "5.dir")]
+        items = [*self.items[:2], *bad, *self.items[2:4]]
+        pool = self.pool(1)
+        pool.timeout = 10.0  # a worker blocked on the FIFO is killed after it (and the answer fails)
+        answers = pool.parse(self.root, items)
+        self.assertEqual(answers[2:7], [None] * 5)
+        self.check(answers[:2] + answers[7:], items[:2] + items[7:])
+        self.assertEqual(pool.failures, 0)
+
+
+def _release_fifo(path: str) -> None:
+    """Let a reader blocked opening the FIFO *path* go (an open for writing, closed: it reads EOF)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    os.close(fd)
+
 
 class MaildirWorkersTests(_Tree, SynchronousTestCase):
     """The store with workers against the store without, each on its own copy of the same files."""

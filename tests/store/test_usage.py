@@ -77,6 +77,26 @@ class MaildirUsageTests(UsageMixin, TestCase):
         fresh = self.successResultOf(self.provider().store_for(USER))
         self.assertEqual(self.successResultOf(fresh.usage()), Usage(104 + 50 + 7, 3))
 
+    def test_only_regular_files_counted(self) -> None:
+        """
+        Entries the store does not serve (a symbolic link, dangling or to a
+        file outside the Maildir, a FIFO, a directory) are not counted; the
+        size of a message without one in its name is its own, not a link's target's.
+        """
+        store = self.successResultOf(self.provider().store_for(USER))
+        self.successResultOf(store.create_mailbox("Archive"))
+        outside = os.path.abspath(self.mktemp())
+        with open(outside, "wb") as f:
+            f.write(b"o" * 5000)
+        self.drop(".Archive", "cur", "1.M1P1.other:2,S", b"r" * 11)
+        cur = os.path.join(self.root, "example.test", "alice", ".Archive", "cur")
+        os.symlink(outside, os.path.join(cur, "2.M2P2.other:2,S"))
+        os.symlink(outside + ".gone", os.path.join(cur, "3.M3P3.other,S=9:2,S"))
+        os.mkfifo(os.path.join(cur, "4.M4P4.other:2,"))
+        os.mkdir(os.path.join(cur, "5.M5P5.other,S=77:2,"))
+        fresh = self.successResultOf(self.provider().store_for(USER))
+        self.assertEqual(self.successResultOf(fresh.usage()), Usage(11, 1))
+
     def test_open_mailbox_counts_live_and_scan_is_redone(self, clock: Any = None) -> None:
         """An open mailbox counts live; a closed folder's scan is taken again once it is USAGE_RESCAN seconds old."""
         store = self.successResultOf(self.provider().store_for(USER))

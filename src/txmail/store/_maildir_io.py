@@ -24,9 +24,10 @@ import functools
 import os
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
 from txmail import mime
@@ -50,7 +51,13 @@ from txmail.store._maildir_format import (
     parse_keywords,
     split_file_name,
 )
-from txmail.store._parse_pool import ParsePool, function_name, parse_file_metadata
+from txmail.store._parse_pool import (
+    NotAMessageFile,
+    ParsePool,
+    function_name,
+    open_message_fd,
+    parse_file_metadata,
+)
 
 __all__ = [
     "CACHE",
@@ -60,6 +67,7 @@ __all__ = [
     "MAILBOX_ID",
     "Delivered",
     "Loaded",
+    "NotAMessageFile",
     "Scan",
     "create_folders",
     "deliver_bytes",
@@ -73,6 +81,7 @@ __all__ = [
     "list_folders",
     "make_user_dir",
     "open_file",
+    "open_message_file",
     "pickup_files",
     "read_file",
     "read_folder",
@@ -174,6 +183,8 @@ class Scan:
     listing: dict[str, tuple[str, str]]
     keywords: dict[str, str] | None
     stamp: Stamp
+    #: The entries left out for not being regular files: (sub-directory, name).
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -247,6 +258,12 @@ def scan_folder(
     listing, return ``None`` when no listing is due (:meth:`Stamp.changed`).
     *now* is the wall clock in nanoseconds.
 
+    Only regular files are messages: symbolic links, FIFOs, directories,
+    sockets and devices are left out (:attr:`Scan.ignored`), told apart by
+    the type the directory entry carries (``DirEntry.is_file`` without
+    following links: no ``stat`` where the file system gives the type, as
+    Linux's local ones do).
+
     Raises:
         NoSuchMailbox: the folder is gone (removed by another program).
     """
@@ -257,22 +274,32 @@ def scan_folder(
     if not os.path.isdir(os.path.join(path, "cur")):
         raise NoSuchMailbox(path)
     listing: dict[str, tuple[str, str]] = {}
+    ignored: list[tuple[str, str]] = []
     for sub in SUBS:
         try:
-            names = os.listdir(os.path.join(path, sub))
+            entries = os.scandir(os.path.join(path, sub))
         except FileNotFoundError:
             continue
-        for name in names:
-            if name[0] == ".":
-                continue
-            listing[name.partition(":")[0]] = (sub, name)  # cur/ (listed last) wins over new/
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name[0] == ".":
+                    continue
+                try:
+                    regular = entry.is_file(follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile (a file system without types in its entries)
+                if regular:
+                    listing[name.partition(":")[0]] = (sub, name)  # cur/ (listed last) wins over new/
+                else:
+                    ignored.append((sub, name))
     keywords = None
     try:
         with open(os.path.join(path, KEYWORDS), "rb") as f:
             keywords = parse_keywords(f.read())
     except FileNotFoundError:
         pass
-    return Scan(listing, keywords, Stamp.after_listing(mtimes, taken, settle_ns))
+    return Scan(listing, keywords, Stamp.after_listing(mtimes, taken, settle_ns), ignored)
 
 
 @contextlib.contextmanager
@@ -436,14 +463,18 @@ def file_sizes(full_path: str, name: str, st_size: int | None = None) -> tuple[i
     and its bare LFs counted.
 
     Raises:
-        OSError: ``FileNotFoundError`` when it was renamed or removed.
+        OSError: ``FileNotFoundError`` when it was renamed or removed,
+            :class:`NotAMessageFile` (one too) when it is not a regular file.
     """
     if st_size is None:
-        st_size = os.stat(full_path).st_size
+        st = os.lstat(full_path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAMessageFile(full_path)
+        st_size = st.st_size
     w = name_sizes(split_file_name(name)[0])[1]
     if w is not None and w >= st_size:
         return w, st_size
-    fd = os.open(full_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd, _ = open_message_fd(full_path)
     try:
         raw, bare = count_file(fd, st_size)
     finally:
@@ -532,15 +563,21 @@ def folder_mailbox_id(path: str) -> str:
 
 
 def _find(path: str, base: str) -> tuple[str, str] | None:
-    """Find the current file of a message by its base name (after a rename)."""
+    """
+    Find the current file of a message by its base name (after a rename):
+    a regular file (see :func:`scan_folder`).
+    """
     for sub in ("cur", "new"):
         try:
-            names = os.listdir(os.path.join(path, sub))
+            entries = os.scandir(os.path.join(path, sub))
         except FileNotFoundError:
             continue
-        for name in names:
-            if split_file_name(name)[0] == base:
-                return sub, name
+        with entries:
+            for entry in entries:
+                if split_file_name(entry.name)[0] == base:
+                    with contextlib.suppress(OSError):
+                        if entry.is_file(follow_symlinks=False):
+                            return sub, entry.name
     return None
 
 
@@ -592,8 +629,16 @@ def deliver_bytes(
     return Delivered(sub, name, size, coff, clen, raw if bare else None, before, after)
 
 
-def _copy_durably(src: str, tmp: str, dst: str, date: float | None) -> None:
-    with open(src, "rb") as fin, open(tmp, "xb") as fout:
+def _copy_durably(src: str, tmp: str, dst: str, date: float | None, message_file: bool = False) -> None:
+    """
+    Copy the file *src* to *dst* through *tmp*, synced; a *message_file*
+    (one of a folder's) is opened as every message file is
+    (:func:`open_message_file`).
+
+    Raises:
+        NotAMessageFile: a *message_file* that is not a regular file.
+    """
+    with open_message_file(src) if message_file else open(src, "rb") as fin, open(tmp, "xb") as fout:
         try:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
@@ -705,31 +750,32 @@ def pickup_files(
     :func:`file_sizes` (the name's ``W=``, else a read through the file
     counting bare LFs: ~15 us for 10 KB from the page cache).  The messages
     are not parsed: their metadata is parsed and cached the first time it
-    is asked for (:func:`read_metadata`).  Files that vanished meanwhile are
-    left out.  Returns (sub, name, size, raw size or ``None`` when the
-    same, date, cache offset, cache length) tuples; the offset is -1
-    (nothing cached yet).
+    is asked for (:func:`read_metadata`).  Files that vanished meanwhile,
+    and entries that are not regular files (any more: the listing left the
+    others out), are left out.  Returns (sub, name, size, raw size or
+    ``None`` when the same, date, cache offset, cache length) tuples; the
+    offset is -1 (nothing cached yet).
     """
     out = []
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
     for sub, name in items:
         full = os.path.join(path, sub, name)
         try:
             if name_sizes(split_file_name(name)[0])[1] is not None:
-                st = os.stat(full)
+                st = os.lstat(full)
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # replaced since the listing: left out as gone
                 size, raw = file_sizes(full, name, st.st_size)
             else:
                 # To be read through anyway: opened first, then fstat (one
                 # path lookup instead of two).
-                fd = os.open(full, flags)
+                fd, st = open_message_fd(full)
                 try:
-                    st = os.fstat(fd)
                     raw, bare = count_file(fd, st.st_size)
                 finally:
                     os.close(fd)
                 size = raw + bare
         except OSError:
-            continue  # gone meanwhile: tried again next time
+            continue  # gone meanwhile (or not a regular file): tried again next time
         out.append((sub, name, size, None if raw == size else raw, st.st_mtime, -1, 0))
     return out
 
@@ -798,7 +844,24 @@ def _open_raw(path: str, sub: str, name: str) -> BinaryIO:
 
 
 def _open_binary(path: str, sub: str, name: str) -> BinaryIO:
-    return open(os.path.join(path, sub, name), "rb")
+    return open_message_file(os.path.join(path, sub, name))
+
+
+def open_message_file(full_path: str) -> BinaryIO:
+    """
+    The message file at *full_path* opened for reading, a buffered binary
+    file (:func:`open_message_fd`: a regular file, not through a link).
+
+    Raises:
+        OSError: ``FileNotFoundError`` when it is gone,
+            :class:`NotAMessageFile` (one too) when it is not a regular file.
+    """
+    fd, _ = open_message_fd(full_path)
+    try:
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 _R = TypeVar("_R")
@@ -810,7 +873,9 @@ def _at_current_name(path: str, sub: str, name: str, fn: Callable[[str, str, str
     it was renamed (its flags changed) meanwhile.
 
     Raises:
-        NoSuchMessage: the file is gone (*fn* raised ``FileNotFoundError``).
+        NoSuchMessage: the file is gone (*fn* raised ``FileNotFoundError``,
+            as it does for an entry that is not a regular file,
+            :class:`NotAMessageFile`).
     """
     try:
         return fn(path, sub, name)
@@ -842,11 +907,12 @@ def read_known_file(full_path: str, size: int) -> bytes:
     buffered file object (the cheapest way to read a small file).
 
     Raises:
-        OSError: ``FileNotFoundError`` when it was renamed or removed.
+        OSError: ``FileNotFoundError`` when it was renamed or removed,
+            :class:`NotAMessageFile` (one too) when it is not a regular file.
     """
-    fd = os.open(full_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd, st = open_message_fd(full_path)
     try:
-        want = max(size, 4096) + 1
+        want = max(size, st.st_size, 4096) + 1
         data = os.read(fd, want)
         if len(data) < want:
             return data  # a short read of a regular file is its end
@@ -1124,31 +1190,49 @@ def _link_all(
     made: list[str],
     out: list[Delivered | None],
 ) -> None:
-    """The work of :func:`link_files`; records the files made in *made*."""
+    """
+    The work of :func:`link_files`; records the files made in *made*.  A
+    source that is not a regular file (replaced since it was listed) is
+    gone, as a removed one is: a link to it (``link`` does not follow a
+    symbolic link) is removed, and a copy reads only a regular file.
+    """
     for sub, name, unique, letters, date, coff, clen, size, raw in items:
         src = os.path.join(src_path, sub, name)
         src_base = split_file_name(name)[0]
         try:
-            st_size = os.stat(src).st_size
+            st = os.lstat(src)
         except FileNotFoundError:
             found = _find(src_path, src_base)
             if found is None:
                 out.append(None)
                 continue
             src = os.path.join(src_path, *found)
-            st_size = os.stat(src).st_size
-        base = f"{unique},S={st_size}" if raw is None else f"{unique},S={raw},W={size}"
+            st = os.lstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            out.append(None)
+            continue
+        base = f"{unique},S={st.st_size}" if raw is None else f"{unique},S={raw},W={size}"
         new_sub = "cur" if letters else "new"
         new_name = file_name(base, letters or None)
         dst = os.path.join(dst_path, new_sub, new_name)
         try:
             os.link(src, dst)
         except OSError:
-            _copy_durably(src, os.path.join(dst_path, "tmp", base), dst, date)
+            try:
+                _copy_durably(src, os.path.join(dst_path, "tmp", base), dst, date, message_file=True)
+            except NotAMessageFile:
+                out.append(None)
+                continue
         made.append(dst)
+        if not stat.S_ISREG(os.lstat(dst).st_mode):
+            # The source was replaced between the lstat and the link.
+            made.pop()
+            _unlink_quietly(dst)
+            out.append(None)
+            continue
         encoded = _read_cache_record(cache, coff, clen, src_base) if cache is not None else None
         if encoded is None:
-            with open(dst, "rb") as f:
+            with open_message_file(dst) as f:
                 encoded = mime.encode_metadata(mime.parse_metadata(f if raw is None else CRLFFile(f)))
         new_off, new_len = cache_append(dst_path, base, encoded)
         out.append(Delivered(new_sub, new_name, size, new_off, new_len, raw))

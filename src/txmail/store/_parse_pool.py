@@ -35,6 +35,7 @@ No Twisted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import importlib
@@ -42,6 +43,7 @@ import marshal
 import os
 import select
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -57,11 +59,14 @@ from txmail.store._crlf import CRLFFile, to_crlf
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MESSAGE_OPEN_FLAGS",
     "MIN_SHARE",
     "OCTETS_A_SECOND",
+    "NotAMessageFile",
     "ParsePool",
     "function_name",
     "named_function",
+    "open_message_fd",
     "parse_file",
 ]
 
@@ -89,6 +94,72 @@ _HEAD = struct.Struct(">I")
 Item = tuple[str, str, bool]
 
 
+#: How a message file is opened: never through a symbolic link (``O_NOFOLLOW``:
+#: one in ``new/`` or ``cur/`` would serve a file outside the Maildir), and
+#: never waiting for a FIFO's writer (``O_NONBLOCK``, cleared once the file
+#: is known to be a regular one); ``O_NOCTTY`` so that a terminal device
+#: never becomes the server's controlling terminal.
+MESSAGE_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+#: What ``open`` fails with on an entry that is not a regular file:
+#: a symbolic link under ``O_NOFOLLOW`` (``ELOOP``; ``EMLINK`` on FreeBSD,
+#: ``EFTYPE`` on NetBSD), a socket (``ENXIO``).
+_NOT_A_FILE_ERRNOS = frozenset(
+    code
+    for code in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", None), errno.ENXIO)
+    if code is not None
+)
+
+
+class NotAMessageFile(FileNotFoundError):
+    """
+    An entry of ``new/`` or ``cur/`` that is not a regular file (a
+    symbolic link, a FIFO, a directory, a socket, a device): only regular
+    files are messages, so it is treated as a file that is gone (a
+    ``FileNotFoundError``: every caller handling a message deleted by
+    another program handles this one the same way).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ENOENT, "not a regular file", path)
+
+
+def open_message_fd(full_path: str) -> tuple[int, os.stat_result]:
+    """
+    Open the message file at *full_path* for reading
+    (:data:`MESSAGE_OPEN_FLAGS`): its descriptor, blocking as usual, and its
+    ``fstat``.  The caller closes the descriptor.
+
+    Raises:
+        NotAMessageFile: it is not a regular file (checked on what was
+            opened, so a file replaced after it was listed is caught too).
+        OSError: ``FileNotFoundError`` when it was renamed or removed.
+    """
+    try:
+        fd = os.open(full_path, MESSAGE_OPEN_FLAGS)
+    except OSError as e:
+        if e.errno in _NOT_A_FILE_ERRNOS:
+            raise NotAMessageFile(full_path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAMessageFile(full_path)
+        # A regular file: reads as usual (O_NONBLOCK off: a network or FUSE
+        # file system may honour it).  F_SETFL changes only the status flags.
+        fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def parse_file(path: str, sub: str, name: str, convert: bool) -> bytes:
     """
     The encoded metadata of the message file ``path/sub/name``, parsed
@@ -105,9 +176,9 @@ WHOLE_READ = 1 << 20
 
 def parse_file_metadata(path: str, sub: str, name: str, convert: bool) -> MessageMetadata:
     """The metadata of the message file ``path/sub/name``, parsed whole (see :func:`parse_file`)."""
-    fd = os.open(os.path.join(path, sub, name), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd, st = open_message_fd(os.path.join(path, sub, name))
     try:
-        size = os.fstat(fd).st_size
+        size = st.st_size
         if size < WHOLE_READ:
             data = os.read(fd, size + 1)
             if len(data) == size:  # the whole file (one that grew meanwhile is read as a file)

@@ -5,7 +5,9 @@ the thread pool).
 A message's size comes from its file name when it has one (``,W=`` is the
 CRLF size Dovecot and txmail give a file with bare LFs, ``,S=`` the file
 size), else from ``stat``.  Files in ``tmp/`` are not counted (not yet
-delivered, or left over from a crash).
+delivered, or left over from a crash), nor entries that are not regular
+files (symbolic links, FIFOs, directories...), which the store does not
+serve either (:func:`txmail.store._maildir_io.scan_folder`).
 """
 
 from __future__ import annotations
@@ -20,33 +22,38 @@ __all__ = ["folder_usage"]
 _SIZE_FIELD = re.compile(r",([SW])=(\d+)")
 
 
-def _message_size(directory: str, name: str) -> int:
-    base = name.split(":", 1)[0]
+def _message_size(entry: os.DirEntry[str]) -> int:
+    base = entry.name.split(":", 1)[0]
     sizes = dict(_SIZE_FIELD.findall(base))
     if "W" in sizes:
         return int(sizes["W"])
     if "S" in sizes:
         return int(sizes["S"])
     try:
-        return os.stat(os.path.join(directory, name)).st_size
+        return entry.stat(follow_symlinks=False).st_size
     except OSError:
         return 0  # renamed or expunged meanwhile
 
 
 def folder_usage(path: str) -> Usage:
-    """The messages in ``new/`` and ``cur/`` of the Maildir at *path*."""
+    """The messages (regular files) in ``new/`` and ``cur/`` of the Maildir at *path*."""
     octets = count = 0
     for sub in ("new", "cur"):
-        directory = os.path.join(path, sub)
         try:
-            names = os.listdir(directory)
+            entries = os.scandir(os.path.join(path, sub))
         except (FileNotFoundError, NotADirectoryError):
             continue
-        for name in names:
-            if name.startswith("."):
-                continue
-            octets += _message_size(directory, name)
-            count += 1
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                except OSError:
+                    continue  # gone meanwhile
+                octets += _message_size(entry)
+                count += 1
     return Usage(octets, count)
 
 

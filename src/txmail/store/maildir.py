@@ -82,6 +82,15 @@ Theory of operation
   stop other connections for long (measured: the longest pause while one
   opens after a restart went from ~340 ms to ~80 ms, the rest being the
   garbage collector); what the comparison finds is committed at the end.
+* Only regular files are messages.  A listing leaves out the entries of
+  ``new/`` and ``cur/`` that are not (a symbolic link, to a file outside
+  the Maildir or dangling, a FIFO, a directory, a socket, a device; told
+  by the type in the directory entry, no ``stat``), logging each once; a
+  message file is opened without following a link and without waiting for
+  a FIFO's writer, and one found not to be a regular file when opened
+  (replaced after it was listed) is a message another program deleted
+  (``NoSuchMessage``, expunged by the next listing), never served
+  (:func:`txmail.store._parse_pool.open_message_fd`).
 * Line ends: IMAP and POP3 send messages with CRLF, and IMAP's sizes
   count it (RFC 3501 sections 2.3.4 and 7.4.2), but most Maildir writers
   (Postfix's ``local``/``virtual``, Dovecot's LDA, procmail, mutt) store
@@ -459,6 +468,9 @@ class MaildirMailbox(MailboxState):
         self._records_read: columns.Read | None = None
         #: Listings of the directories made (opening, rescans): for tests and statistics.
         self.rescans = 0
+        #: The entries of new/ and cur/ the last listing left out (not regular
+        #: files), logged once each (:meth:`_log_ignored`).
+        self._ignored: set[tuple[str, str]] = set()
         self._init_state()
 
     # -- opening ----------------------------------------------------------
@@ -735,6 +747,7 @@ class MaildirMailbox(MailboxState):
         self.rescans += 1
         self._stamp = scan.stamp
         self._set_keywords(scan.keywords)
+        self._log_ignored(scan.ignored)
         listing = scan.listing
         vanished: list[int] = []
         changes: list[tuple[int, frozenset[str]]] = []
@@ -771,6 +784,22 @@ class MaildirMailbox(MailboxState):
         d = self._in_batches(known, check)
         d.addCallback(lambda _: self._reconciled(listing, vanished, changes, len(known) - len(vanished)))
         return d
+
+    def _log_ignored(self, ignored: list[tuple[str, str]]) -> None:
+        """
+        Log the entries a listing left out for not being regular files
+        (:func:`io.scan_folder`), each once while it stays there.
+        """
+        if not ignored and not self._ignored:
+            return
+        current = set(ignored)
+        for sub, name in sorted(current - self._ignored):
+            self.log.warn(
+                "ignoring {entry} in {mailbox}: not a regular file",
+                entry=os.path.join(sub, name),
+                mailbox=self.path,
+            )
+        self._ignored = current
 
     def _reconciled(
         self,
@@ -941,8 +970,8 @@ class MaildirMailbox(MailboxState):
         try:
             if size is not None and size <= INLINE_READ_SIZE:
                 return defer.succeed(BytesIO(to_crlf(io.read_known_file(path, loc.raw or 0))))
-            f = open(path, "rb")  # noqa: SIM115 - the caller closes it
-        except FileNotFoundError:
+            f = io.open_message_file(path)  # the caller closes it
+        except FileNotFoundError:  # or not a regular file (io.NotAMessageFile): as gone
             return self._run(io.open_file, self.path, loc.sub, loc.name, size)
         except OSError:
             return defer.fail()
@@ -966,7 +995,7 @@ class MaildirMailbox(MailboxState):
                 data = io.read_known_file(
                     os.path.join(self.path, loc.sub, loc.name), info.size if raw is None else raw
                 )
-            except FileNotFoundError:
+            except FileNotFoundError:  # or not a regular file (io.NotAMessageFile)
                 pass
             except OSError:
                 return defer.fail()
