@@ -1457,6 +1457,22 @@ class NotRegularFilesIOTests(TestCase):
         got = _within(self, self.io.pickup_files, self.path, [("new", name) for name in self.bad])
         self.assertEqual(got, [])
 
+    def test_keywords_file_not_regular(self) -> None:
+        """A dovecot-keywords that is a FIFO or a link is not read (no keywords), and never blocks the listing."""
+        keywords = os.path.join(self.path, self.io.KEYWORDS)
+        with open(self.outside + ".kw", "wb") as f:
+            f.write(b"0 $Outside\n")
+        os.symlink(self.outside + ".kw", keywords)
+        self.assertIsNone(_within(self, self.io.scan_folder, self.path).keywords)
+        os.unlink(keywords)
+        self.addCleanup(_release_fifo, keywords)
+        os.mkfifo(keywords)
+        self.assertIsNone(_within(self, self.io.scan_folder, self.path).keywords)
+        os.unlink(keywords)
+        with open(keywords, "wb") as f:
+            f.write(b"0 $Label1\n")
+        self.assertEqual(_within(self, self.io.scan_folder, self.path).keywords, {"a": "$Label1"})
+
     def test_reads(self) -> None:
         """read_known_file, open_file, read_file, file_sizes, the parse: gone, as a removed file is."""
         for name in self.bad:

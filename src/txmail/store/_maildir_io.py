@@ -98,6 +98,8 @@ __all__ = [
 INDEX = "txmail-index"
 CACHE = "txmail-cache"
 KEYWORDS = "dovecot-keywords"
+#: The most of :data:`KEYWORDS` read (it names at most 26 keywords).
+KEYWORDS_MAX = 64 * 1024
 #: The folder's MAILBOXID (RFC 8474 section 4), one line; it moves with the
 #: folder's directory when the mailbox is renamed.
 MAILBOX_ID = "txmail-mailboxid"
@@ -295,9 +297,11 @@ def scan_folder(
                     ignored.append((sub, name))
     keywords = None
     try:
-        with open(os.path.join(path, KEYWORDS), "rb") as f:
-            keywords = parse_keywords(f.read())
-    except FileNotFoundError:
+        # Written by other programs too (Dovecot): a regular file only, as
+        # a message file (a FIFO would block the listing), and small.
+        with open_message_file(os.path.join(path, KEYWORDS)) as f:
+            keywords = parse_keywords(f.read(KEYWORDS_MAX))
+    except FileNotFoundError:  # or not a regular file (NotAMessageFile)
         pass
     return Scan(listing, keywords, Stamp.after_listing(mtimes, taken, settle_ns), ignored)
 
