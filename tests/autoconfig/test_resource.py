@@ -11,13 +11,18 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
 from twisted.web.resource import getChildForRequest
 
+from tests.autoconfig.test_documents import request_body
 from tests.webmail._requests import Request
 from txmail.autoconfig import ClientOffer, MailService
-from txmail.web.autoconfig import AutoconfigEndpoint, _Folder, mount_autoconfig
+from txmail.web.autoconfig import AutoconfigEndpoint, AutoconfigSite, _Folder, mount_autoconfig
 
 OFFER = ClientOffer(
     "mail.example.test",
@@ -95,3 +100,37 @@ class ResourceTests(SynchronousTestCase):
         render(tree(lambda d: True), request)
         self.assertEqual(request.responseCode, 400)
         self.assertIn(b"<ErrorCode>600</ErrorCode>", request.body())
+
+
+class SiteWireTests(SynchronousTestCase):
+    """The ``[autoconfig] listen`` site, fed raw HTTP."""
+
+    def wire(self, data: bytes) -> bytes:
+        site = AutoconfigSite(AutoconfigEndpoint(offer=lambda: OFFER, is_local_domain=lambda d: True))
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+        )
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return transport.value()
+
+    def test_post_content_type_not_parsed(self) -> None:
+        """
+        An Autodiscover POST is read as XML, not as a form: a Content-Type
+        Python's e-mail parser raises on (or takes seconds over) still gets
+        the document, and nothing is logged.
+        """
+        body = request_body("a@example.test")
+        for ctype in (b"text/xml; a*", b"text/xml\x0b; a=b", b"a/b; a=" + b'"' * 16_000):
+            answer = self.wire(
+                b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: h\r\nContent-Type: "
+                + ctype
+                + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body
+            )
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), (ctype[:30], answer[:100]))
+            self.assertIn(b"mail.example.test", answer)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -125,6 +125,8 @@ class ParseRequestTests(SynchronousTestCase):
             b'{"a": "\\ud800"}',
             b'{"\\udc00": 1}',
             b"[" * 100_000,
+            b'{"a": 1e400}',
+            b'{"a": -1.5e999}',
         ):
             e = self.assertRaises(api.RequestError, api.parse_request, body, self.registry, Limits())
             error = e.to_json()

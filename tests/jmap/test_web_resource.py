@@ -14,7 +14,10 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
@@ -510,6 +513,26 @@ class BlobTests(TestCase):
         )
         self.assertEqual(response.json()["methodResponses"][0][1], {"data": "hello blob"})
 
+    def test_media_types_with_odd_blanks(self) -> None:
+        """
+        An ``accept`` or upload type whose blanks are not spaces or tabs
+        (CR, LF, U+0085, U+00A0) is no media type: ``application/octet-stream``,
+        not a failed answer or a header with them.
+        """
+        blob_id = self.upload(b"hello blob", self.alice).json()["blobId"]
+        for accept in (
+            "text/plain%A0%3Ba=b",
+            "text/plain%85%3Ba=b",
+            "text/plain%0D%0A%3Ba=b",
+            "a/b%0B%3Bc=d",
+        ):
+            download = self.download(blob_id, self.alice, accept=accept)
+            self.assertEqual(download.responseCode, 200, accept)
+            self.assertEqual(download.header(b"content-type"), "application/octet-stream", accept)
+        upload = self.upload(b"x", self.alice, media=b"text/plain\x85; a=b")
+        self.assertEqual(upload.json()["type"], "application/octet-stream")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_other_users_blob_is_not_found(self) -> None:
         blob_id = self.upload(b"alice's secret", self.alice).json()["blobId"]
         bob_account = api.account_id(BOB)
@@ -585,6 +608,56 @@ class BlobTests(TestCase):
 
 
 class SiteTests(TestCase):
+    def wire(self, site: JMAPSite, data: bytes) -> bytes:
+        """What *site* answers the raw HTTP request *data* (one connection, the Clock advanced)."""
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+        )
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return transport.value()
+
+    def test_method_not_allowed(self) -> None:
+        """
+        A method a resource has no ``render_*`` for is 405 with ``Allow``,
+        also for a URI that is not ASCII (twisted.web's own 405 page fails
+        on it) and ``HEAD`` of a resource without ``GET``.
+        """
+        site = JMAPSite(Fixture(self).endpoint)
+        for data, allow in (
+            (b"POST /.well-known/jmap?\xa0 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", b"GET, HEAD"),
+            (b"POST /?\x85 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", b"GET, HEAD"),
+            (b"HEAD /webmail/login HTTP/1.1\r\nHost: h\r\n\r\n", b"POST"),
+            (b"HEAD /webmail HTTP/1.1\r\nHost: h\r\n\r\n", b""),
+        ):
+            answer = self.wire(site, data)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 405 "), (data, answer[:100]))
+            self.assertIn(b"\r\nAllow: " + allow + b"\r\n", answer)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_post_content_type_not_parsed(self) -> None:
+        """
+        A POST body is not parsed as a form: its Content-Type reaches the
+        resource, even one Python's e-mail parser raises on or is slow with.
+        """
+        site = JMAPSite(Fixture(self).endpoint)
+        auth = basic(ALICE, "alice-pw")
+        for ctype in (b"text/plain; a*", b"application/json\x0b; a=b", b"a/b; a=" + b'"' * 16_000):
+            answer = self.wire(
+                site,
+                b"POST /jmap/api HTTP/1.1\r\nHost: h\r\nAuthorization: "
+                + auth
+                + b"\r\nContent-Type: "
+                + ctype
+                + b"\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (ctype[:30], answer[:100]))
+            self.assertIn(b"urn:ietf:params:jmap:error:not", answer)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_bounded_request(self) -> None:
         web = Fixture(self, limits=Limits(max_size_request=10, max_size_upload=20))
         site = JMAPSite(web.endpoint)

@@ -159,6 +159,24 @@ class StaticTests(ResourceTestCase):
         self.assertIn("txmail.webmail", config["options"]["packages"].split())
 
 
+class MethodTests(ResourceTestCase):
+    @defer.inlineCallbacks
+    def test_method_not_allowed(self) -> Any:
+        """A method a resource does not serve, HEAD of one without GET too: 405 with Allow and the usual headers."""
+        for path, method, allow in (
+            (b"/webmail/login", b"HEAD", "POST"),
+            (b"/webmail/logout", b"HEAD", "POST"),
+            (b"/webmail", b"HEAD", ""),
+            (b"/webmail/static", b"HEAD", ""),
+            (b"/webmail/session", b"PUT", "GET, HEAD"),
+            (b"/", b"POST", "GET, HEAD"),
+        ):
+            request = yield self.get(path, method=method)
+            self.assertEqual(request.responseCode, 405, (path, method))
+            self.assertEqual(request.header(b"allow"), allow, (path, method))
+            self.assertSecure(request)
+
+
 class LoginTests(ResourceTestCase):
     @defer.inlineCallbacks
     def test_login(self) -> Any:
@@ -219,6 +237,22 @@ class LoginTests(ResourceTestCase):
         ):
             request = yield self.post(b"/webmail/login", body)
             self.assertEqual(request.responseCode, 400, body)
+        self.assertEqual(self.checked, [])
+
+    @defer.inlineCallbacks
+    def test_unparsable_bodies(self) -> Any:
+        """JSON nested too deeply, or a lone surrogate in a field: 400, not a failure."""
+        for body in (b"[" * 100_000, b'{"username": "\\ud800", "password": "x"}'):
+            request = yield render(
+                self.root,
+                Request(
+                    b"/webmail/login",
+                    b"POST",
+                    body=body,
+                    headers={b"host": HOST, b"content-type": b"application/json"},
+                ),
+            )
+            self.assertEqual(request.responseCode, 400, body[:20])
         self.assertEqual(self.checked, [])
 
 

@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -145,17 +146,28 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not I-JSON")
 
 
+def _finite(text: str) -> float:
+    # A number beyond the range of a double (1e400) parses as infinity, which
+    # the response would then carry as ``Infinity``, no JSON at all.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is beyond the range of I-JSON numbers")
+    return value
+
+
 def parse_json(body: bytes) -> Any:
     """
     Parse *body* as I-JSON (RFC 7493).
 
     Raises:
-        ValueError: not UTF-8, not JSON, duplicate names, NaN/Infinity, or
-            nested too deeply.
+        ValueError: not UTF-8, not JSON, duplicate names, NaN/Infinity (or a
+            number that overflows to it), or nested too deeply.
     """
     try:
         text = body.decode("utf-8")
-        document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        document = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite
+        )
         if _SURROGATE_ESCAPE.search(text):
             # An escaped surrogate: only a pair is a character (RFC 7493 section 2.1).
             json.dumps(document, ensure_ascii=False).encode("utf-8")

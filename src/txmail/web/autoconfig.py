@@ -360,7 +360,12 @@ class AutoconfigSite(server.Site):
         """Serve the resources of *endpoint* (:func:`mount_autoconfig`)."""
         root = _Folder()
         mount_autoconfig(root, endpoint)
-        super().__init__(root, timeout=timeout)  # type: ignore[no-untyped-call]  # twisted.web.server.Site is untyped
+        # Bodies are read as they are (Autodiscover's XML), never as forms:
+        # see JMAPSite for what twisted.web's form parsing does with a
+        # hostile Content-Type.
+        super().__init__(  # type: ignore[no-untyped-call]  # twisted.web.server.Site is untyped
+            root, timeout=timeout, parsePOSTFormSubmission=False
+        )
         self.endpoint = endpoint
         self.displayTracebacks = False
 

@@ -74,9 +74,11 @@ __all__ = ["JMAPEndpoint", "JMAPSite", "build_site", "read_body"]
 
 #: Octets of a login request body.
 MAX_LOGIN_BODY = 16_384
+# Blanks are spaces and tabs only (RFC 9110 OWS): ``\s`` would let CR, LF and
+# non-ASCII spaces (U+0085, U+00A0) into a Content-Type header.
 _MEDIA_TYPE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-    r"(?:\s*;\s*[A-Za-z0-9!#$&^_.+-]{1,64}=[A-Za-z0-9!#$&^_.+-]{1,64})*"
+    r"(?:[ \t]*;[ \t]*[A-Za-z0-9!#$&^_.+-]{1,64}=[A-Za-z0-9!#$&^_.+-]{1,64})*"
 )
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
@@ -705,7 +707,15 @@ class JMAPSite(server.Site):
         closed after *timeout* seconds (never while a response, such as an
         event stream, is in progress).
         """
-        super().__init__(root_resource(endpoint), timeout=timeout)  # type: ignore[no-untyped-call]  # twisted.web.server.Site is untyped
+        # No parsing of POST bodies as forms (nothing here takes a form):
+        # twisted.web reads their Content-Type with Python's e-mail header
+        # parser, which raises on some (``text/plain; a*``, line breaks) out
+        # of the connection's dataReceived, and takes seconds on others
+        # (16 kB of quotes); a multipart upload would be parsed whole too.
+        # (The option is Twisted 25.5's: setup.cfg asks for at least that.)
+        super().__init__(  # type: ignore[no-untyped-call]  # twisted.web.server.Site is untyped
+            root_resource(endpoint), timeout=timeout, parsePOSTFormSubmission=False
+        )
         self.endpoint = endpoint
         limits = endpoint.limits
         self.max_body = max(limits.max_size_request, limits.max_size_upload, MAX_LOGIN_BODY)

@@ -110,7 +110,15 @@ def _load_static() -> dict[str, tuple[bytes, bytes]]:
     return files
 
 
-class _Static(Resource):
+class _Resource(Resource):
+    """A webmail resource: its 405 answer (:meth:`Resource.not_allowed`) carries the headers of every answer."""
+
+    def not_allowed(self, request: Any) -> bytes:
+        request.setHeader(b"allow", b", ".join(self.allowed_methods()))
+        return _json(request, 405, {"error": "method not allowed"})
+
+
+class _Static(_Resource):
     """One static file."""
 
     isLeaf = True
@@ -126,7 +134,7 @@ class _Static(Resource):
         return self.body
 
 
-class _StaticDirectory(Resource):
+class _StaticDirectory(_Resource):
     """``/webmail/static/``: the files by path; nothing else."""
 
     def __init__(self, files: dict[str, tuple[bytes, bytes]]) -> None:
@@ -179,7 +187,7 @@ def _run(request: Any, work: Coroutine[Any, Any, bytes]) -> int:
     return server.NOT_DONE_YET
 
 
-class _Endpoint(Resource):
+class _Endpoint(_Resource):
     """A webmail endpoint of the JSON API: shares the session's parts."""
 
     isLeaf = True
@@ -220,7 +228,12 @@ class _Login(_Endpoint):
             username, password = fields["username"], fields["password"]
             if not isinstance(username, str) or not isinstance(password, str) or not username:
                 raise ValueError("not strings")
-        except (ValueError, KeyError, TypeError):
+            # A lone surrogate (an escaped half of a pair) is no character:
+            # UnicodeEncodeError, a ValueError, before the authenticator trips on it.
+            username.encode("utf-8")
+            password.encode("utf-8")
+        except (ValueError, KeyError, TypeError, RecursionError):
+            # RecursionError: JSON nested deeper than the parser goes.
             return _json(request, 400, {"error": "username and password expected"})
         return _run(request, self._login(request, username, password))
 
@@ -307,7 +320,7 @@ def _inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(fn, *args)
 
 
-class WebmailResource(Resource):
+class WebmailResource(_Resource):
     """
     ``/webmail``: the page's files and its session and rendering endpoints.
 
