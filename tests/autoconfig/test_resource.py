@@ -11,16 +11,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
 from twisted.web.resource import getChildForRequest
 
 from tests.autoconfig.test_documents import request_body
-from tests.webmail._requests import Request
+from tests.webmail._requests import Request, wire
 from txmail.autoconfig import ClientOffer, MailService
 from txmail.web.autoconfig import AutoconfigEndpoint, AutoconfigSite, _Folder, mount_autoconfig
 
@@ -107,15 +103,7 @@ class SiteWireTests(SynchronousTestCase):
 
     def wire(self, data: bytes) -> bytes:
         site = AutoconfigSite(AutoconfigEndpoint(offer=lambda: OFFER, is_local_domain=lambda d: True))
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
-        )
-        protocol.makeConnection(transport)
-        protocol.dataReceived(data)
-        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
-        return transport.value()
+        return wire(self, site, data)
 
     def test_post_content_type_not_parsed(self) -> None:
         """

@@ -14,14 +14,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
+from tests.webmail._requests import wire
 from txmail.auth.authenticator import Authenticator
 from txmail.directory import MemoryDirectory
 from txmail.jmap.core import CORE, CallContext, Capability, Limits, Registry
@@ -609,16 +607,8 @@ class BlobTests(TestCase):
 
 class SiteTests(TestCase):
     def wire(self, site: JMAPSite, data: bytes) -> bytes:
-        """What *site* answers the raw HTTP request *data* (one connection, the Clock advanced)."""
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
-        )
-        protocol.makeConnection(transport)
-        protocol.dataReceived(data)
-        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
-        return transport.value()
+        """What *site* answers the raw HTTP request *data* (one connection)."""
+        return wire(self, site, data)
 
     def test_method_not_allowed(self) -> None:
         """

@@ -7,6 +7,10 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
 from txmail.webmail.session import COOKIE_NAME
@@ -69,3 +73,20 @@ def render(resource: Any, request: Request) -> defer.Deferred[Request]:
     if request.finished:
         return defer.succeed(request)
     return request.notifyFinish().addCallback(lambda _: request)
+
+
+def wire(test: Any, site: Any, data: bytes) -> bytes:
+    """
+    What *site* (a twisted.web ``Site``) answers the raw HTTP octets *data*
+    on one connection from 127.0.0.1 (closed when *test* ends): the whole
+    HTTP layer runs, twisted.web's request parsing included.
+    """
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+        peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+    )
+    protocol.makeConnection(transport)
+    protocol.dataReceived(data)
+    test.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+    return transport.value()  # type: ignore[no-any-return]
