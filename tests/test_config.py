@@ -51,12 +51,24 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(s.path("users.json"), os.path.join("/srv/mail", "users.json"))
 
     def test_overrides_win_and_none_is_ignored(self) -> None:
-        """Command-line overrides replace file values; None and empty lists leave them."""
-        path = self.write('[server]\nhostname = "a.test"\ndomains = ["a.test"]\n')
-        s = load_config(path, {"hostname": "b.test", "domains": [], "data_dir": None})
+        """
+        Overrides replace file values and None leaves them; an empty list
+        is a value (no listener of that kind), not "not given": an embedder's
+        or a test's ``{"submission": []}`` used to listen on the default
+        127.0.0.1:2587 (the twistd plugin passes None for an option not given).
+        """
+        path = self.write(
+            '[server]\nhostname = "a.test"\ndomains = ["a.test"]\n[smtp]\nlisten = ["tcp:25"]\n'
+        )
+        s = load_config(path, {"hostname": "b.test", "domains": None, "data_dir": None, "submission": []})
         self.assertEqual(s.hostname, "b.test")
         self.assertEqual(s.domains, ("a.test",))
         self.assertEqual(s.data_dir, Settings().data_dir)
+        self.assertEqual((s.smtp, s.submission), (("tcp:25",), ()))
+        self.assertEqual(load_config(path, {"smtp": (), "submission": None}).smtp, ())
+        self.assertEqual(load_config(None, {"submission": None}).submission, Settings().submission)
+        with self.assertRaisesRegex(ConfigError, "domains"):
+            load_config(path, {"domains": []})
 
     def test_errors_name_the_problem(self) -> None:
         """Invalid files and values raise ConfigError saying which key and why."""

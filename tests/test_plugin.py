@@ -31,6 +31,18 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(IPlugin.providedBy(maker))
         self.assertTrue(IServiceMaker.providedBy(maker))
 
+    def test_options_not_given_keep_file_and_defaults(self) -> None:
+        """A repeatable option not given leaves the config file's value, or the default, in place."""
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write('[smtp]\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
+        options = _maker().options()  # type: ignore[attr-defined]
+        options.parseOptions(["--config", config, "--data-dir", self.mktemp()])
+        self.assertEqual(options.settings.smtp, ("tcp:0:interface=127.0.0.1",))
+        self.assertEqual(options.settings.submission, ("tcp:2587:interface=127.0.0.1",))
+        self.assertEqual(options.settings.domains, ("localhost",))
+        self.assertIsNone(options.overrides["submission"])
+
     def test_options_override_defaults(self) -> None:
         """Command-line options become settings; repeatable options accumulate."""
         maker = _maker()

@@ -935,7 +935,8 @@ def _check_autoconfig(settings: Settings) -> None:
 def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """
     Read the TOML file at *path* (``None``: defaults only), apply
-    *overrides* (``Settings`` attribute names; ``None`` values are ignored)
+    *overrides* (``Settings`` attribute names; ``None`` values are ignored,
+    an empty list is one: ``{"submission": []}`` is no submission listener)
     and validate.
 
     Raises:
@@ -953,7 +954,7 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
             raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
         values.update(_flatten(document))
     for key, value in (overrides or {}).items():
-        if value is None or value == () or value == []:
+        if value is None:
             continue
         values[key] = value
     return _validate(values)

@@ -280,6 +280,22 @@ class StopTests(TestCase):
         self.assertEqual(server.add_user("x", PASSWORD), "x@one.test")
         yield self.assertFailure(server.start(), RuntimeError)
 
+    @defer.inlineCallbacks
+    def test_listeners_turned_off(self) -> Any:
+        """
+        ``settings={"smtp": [], "submission": []}`` starts neither: they used
+        to listen on the defaults, 127.0.0.1:2525 and 2587, so two such test
+        servers (or one beside a running server) collided.
+        """
+        servers = [TestServer(settings={"smtp": [], "submission": [], "lmtp": ["tcp:0:interface=127.0.0.1"]})]
+        servers.append(TestServer(settings=dict(servers[0]._overrides)))
+        for server in servers:
+            yield server.start()
+            self.addCleanup(server.stop)
+            self.assertEqual((server.service.settings.smtp, server.service.settings.submission), ((), ()))
+            self.assertRaises(RuntimeError, server.address, "mta")
+            self.assertRaises(RuntimeError, server.address, "submission")
+
 
 class FakeTests(SynchronousTestCase):
     def test_resolver_default(self) -> None:

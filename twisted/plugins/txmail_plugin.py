@@ -141,6 +141,9 @@ class Options(usage.Options):
             "metrics_listen": self["metrics"],
             "log_format": self["log-format"],
         }
+        # A repeatable option not given is None (the file's value or the
+        # default stands); an empty list would be "none of these".
+        overrides = {k: None if v == [] else v for k, v in overrides.items()}
         self.overrides = overrides
         try:
             self.settings = load_config(self["config"], overrides)
