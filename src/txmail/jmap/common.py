@@ -17,6 +17,7 @@ from txmail.jmap.core import CallContext, MethodError
 
 __all__ = [
     "SetRun",
+    "check_filter",
     "check_if_in_state",
     "get_ids",
     "invalid",
@@ -123,6 +124,33 @@ def set_arguments(
     destroy = [resolve_id(context, i) for i in destroy]
     update = {resolve_id(context, k): v for k, v in update.items()}
     return create, update, destroy
+
+
+def check_filter(filter: Any, condition: Callable[[dict[str, Any]], Any], depth: int = 0) -> Any:
+    """
+    A ``/query`` filter (RFC 8620 section 5.5): ``None``, a FilterOperator
+    of filters, or a FilterCondition, which *condition* checks (raising a
+    method error) and answers as the query will use it; the operators are
+    kept, each of their conditions checked in turn.  Anything else, or
+    operators nested more than 50 deep, is ``unsupportedFilter``.
+    """
+    if filter is None:
+        return None
+    if not isinstance(filter, dict) or depth > 50:
+        raise MethodError("unsupportedFilter", "a filter must be an object")
+    if "operator" not in filter:
+        return condition(filter)
+    conditions = filter.get("conditions")
+    if (
+        filter["operator"] not in ("AND", "OR", "NOT")
+        or not isinstance(conditions, list)
+        or set(filter) - {"operator", "conditions"}
+    ):
+        raise MethodError("unsupportedFilter", "bad FilterOperator")
+    return {
+        "operator": filter["operator"],
+        "conditions": [check_filter(c, condition, depth + 1) for c in conditions],
+    }
 
 
 def check_if_in_state(arguments: dict[str, Any], state: str) -> None:

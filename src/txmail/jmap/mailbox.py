@@ -25,12 +25,14 @@ This module is sans-IO apart from the Deferreds the store returns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Any
 
 from txmail.errors import InvalidMailboxName, MailboxExists, MailboxNotEmpty, NoSuchMailbox
 from txmail.jmap.common import (
     SetRun,
+    check_filter,
     check_if_in_state,
     get_ids,
     invalid,
@@ -168,21 +170,12 @@ async def mailbox_changes(context: CallContext, arguments: dict[str, Any]) -> di
 _CONDITIONS = {"parentId", "name", "role", "hasAnyRole", "isSubscribed"}
 
 
-def _check_filter(filter: Any, context: CallContext, depth: int = 0) -> Any:
+def _check_filter(filter: Any, context: CallContext) -> Any:
     """The filter with creation ids resolved; ``unsupportedFilter`` for anything not of section 2.3."""
-    if filter is None:
-        return None
-    if not isinstance(filter, dict) or depth > 50:
-        raise MethodError("unsupportedFilter", "a filter must be an object")
-    if "operator" in filter:
-        if filter["operator"] not in ("AND", "OR", "NOT") or not isinstance(filter.get("conditions"), list):
-            raise MethodError("unsupportedFilter", "bad FilterOperator")
-        if set(filter) - {"operator", "conditions"}:
-            raise MethodError("unsupportedFilter", "bad FilterOperator")
-        return {
-            "operator": filter["operator"],
-            "conditions": [_check_filter(c, context, depth + 1) for c in filter["conditions"]],
-        }
+    return check_filter(filter, functools.partial(_check_condition, context))
+
+
+def _check_condition(context: CallContext, filter: dict[str, Any]) -> Any:
     unknown = set(filter) - _CONDITIONS
     if unknown:
         raise MethodError("unsupportedFilter", f"unknown conditions: {', '.join(sorted(unknown))}")

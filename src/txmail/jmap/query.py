@@ -37,7 +37,7 @@ from typing import Any
 from txmail.imap.search import _decode_field
 from txmail.imap.thread import base_subject
 from txmail.jmap import body as bodies
-from txmail.jmap.common import invalid, max_changes, optional_bool, unsigned
+from txmail.jmap.common import check_filter, invalid, max_changes, optional_bool, unsigned
 from txmail.jmap.core import CallContext, MethodError
 from txmail.jmap.email import has_attachment, keyword_to_flag
 from txmail.jmap.mailbox import window
@@ -64,22 +64,12 @@ def _unsupported(description: str) -> MethodError:
     return MethodError("unsupportedFilter", description)
 
 
-def _check_filter(filter: Any, depth: int = 0) -> Any:
+def _check_filter(filter: Any) -> Any:
     """Check a filter (section 4.4.1), with keywords as IMAP flags and dates as epoch seconds."""
-    if filter is None:
-        return None
-    if not isinstance(filter, dict) or depth > 50:
-        raise _unsupported("a filter must be an object")
-    if "operator" in filter:
-        conditions = filter.get("conditions")
-        if filter["operator"] not in ("AND", "OR", "NOT") or not isinstance(conditions, list):
-            raise _unsupported("bad FilterOperator")
-        if set(filter) - {"operator", "conditions"}:
-            raise _unsupported("bad FilterOperator")
-        return {
-            "operator": filter["operator"],
-            "conditions": [_check_filter(c, depth + 1) for c in conditions],
-        }
+    return check_filter(filter, _check_condition)
+
+
+def _check_condition(filter: dict[str, Any]) -> Any:
     unknown = set(filter) - _CONDITIONS
     if unknown:
         raise _unsupported(f"unknown conditions: {', '.join(sorted(unknown))}")

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from txmail.jmap import body as bodies
 from txmail.jmap.common import (
+    check_filter,
     check_if_in_state,
     get_ids,
     invalid,
@@ -157,23 +158,12 @@ _UNDO_STATUSES = frozenset({"pending", "final", "canceled"})
 _SUBMISSION_SORTS = frozenset({"emailId", "threadId", "sentAt"})
 
 
-def _check_submission_filter(filter: Any, depth: int = 0) -> None:
+def _check_submission_filter(filter: Any) -> None:
     """A FilterCondition of section 7.3 or a FilterOperator of them; else ``unsupportedFilter``."""
-    if filter is None:
-        return
-    if not isinstance(filter, dict) or depth > 50:
-        raise MethodError("unsupportedFilter", "a filter must be an object")
-    if "operator" in filter:
-        conditions = filter.get("conditions")
-        if (
-            filter["operator"] not in ("AND", "OR", "NOT")
-            or not isinstance(conditions, list)
-            or set(filter) - {"operator", "conditions"}
-        ):
-            raise MethodError("unsupportedFilter", "bad FilterOperator")
-        for condition in conditions:
-            _check_submission_filter(condition, depth + 1)
-        return
+    check_filter(filter, _check_submission_condition)
+
+
+def _check_submission_condition(filter: dict[str, Any]) -> dict[str, Any]:
     unknown = set(filter) - _SUBMISSION_CONDITIONS
     if unknown:
         raise MethodError("unsupportedFilter", f"unknown conditions: {', '.join(sorted(unknown))}")
@@ -186,6 +176,7 @@ def _check_submission_filter(filter: Any, depth: int = 0) -> None:
             ok = bodies.parse_utc_date(value) is not None
         if not ok:
             raise MethodError("unsupportedFilter", f"bad {key}")
+    return filter
 
 
 def _check_submission_sort(sort: Any) -> None:
